@@ -1,0 +1,119 @@
+//! The hvt network ring (`include/hvt_ring.h`, Solo5 v0.11 and later).
+//!
+//! A single-producer, single-consumer ring in guest memory carries network
+//! requests from the guest to an I/O thread of the tender, so that a packet
+//! does not cost a VM exit. The guest fills an [`RingEntry`] and advances
+//! `ent_tail`; the tender's thread performs the write or read on the tap
+//! device, advances `ent_head` and, for reads, posts a [`RingCommit`] at
+//! `com_tail`. When the thread has gone to sleep it sets `needs_kick`, and
+//! the guest wakes it by writing to port [`crate::hvt::RING_KICK_PIO_BASE`]
+//! (an ioeventfd, so KVM signals the thread without leaving the kernel).
+//!
+//! Indices are free-running `u32`s; the slot is `index & RING_MASK`.
+//! Every field is an atomic: the two sides run concurrently on shared
+//! memory, and either may be hostile to the other.
+
+use core::sync::atomic::{AtomicU32, AtomicU64};
+
+/// `HVT_RING_SIZE`: entries (and commits) in the ring.
+pub const RING_SIZE: u32 = 1024;
+/// `HVT_RING_MASK`.
+pub const RING_MASK: u32 = RING_SIZE - 1;
+/// `HVT_RING_BUF_SIZE`: the largest frame the guest sends through the ring;
+/// larger frames go through the NET_WRITE hypercall.
+pub const RING_BUF_SIZE: usize = 2048;
+/// `HVT_RING_POLL_ITERS`: spins of the I/O thread before it sleeps.
+pub const RING_POLL_ITERS: u32 = 4096;
+/// `HVT_RING_NET_WRITE`.
+pub const OP_NET_WRITE: u32 = 1;
+/// `HVT_RING_NET_READ`.
+pub const OP_NET_READ: u32 = 2;
+
+/// `struct hvt_ring_entry`: one request from the guest.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct RingEntry {
+    /// [`OP_NET_WRITE`] or [`OP_NET_READ`].
+    pub operation: AtomicU32,
+    /// The device handle (manifest index).
+    pub handle: AtomicU32,
+    /// Guest address of the frame or buffer.
+    pub data: AtomicU64,
+    /// Frame length or buffer size.
+    pub len: AtomicU32,
+    /// Request id, echoed in the commit.
+    pub id: AtomicU32,
+    /// Reserved.
+    pub _reserved: AtomicU64,
+}
+
+/// `struct hvt_ring_commit`: the completion of a read.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct RingCommit {
+    /// The id of the request.
+    pub id: AtomicU32,
+    /// A [`crate::SoloResult`].
+    pub ret: AtomicU32,
+    /// Bytes read.
+    pub len: AtomicU32,
+    /// Reserved.
+    pub _reserved: AtomicU32,
+}
+
+/// `struct hvt_ring`: indices on separate cache lines, then the entries and
+/// the commits.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Ring {
+    /// Written by the guest: next entry to fill.
+    pub ent_tail: AtomicU32,
+    /// Written by the guest: next commit to consume.
+    pub com_head: AtomicU32,
+    _pad0: [u8; 56],
+    /// Written by the tender: next entry to process.
+    pub ent_head: AtomicU32,
+    /// Written by the tender: next commit to post.
+    pub com_tail: AtomicU32,
+    /// Written by the tender: non-zero when its thread sleeps and must be kicked.
+    pub needs_kick: AtomicU32,
+    _pad1: [u8; 52],
+    /// Requests.
+    pub entries: [RingEntry; RING_SIZE as usize],
+    /// Completions of reads.
+    pub commits: [RingCommit; RING_SIZE as usize],
+}
+
+/// `sizeof(struct hvt_ring)`.
+pub const RING_STRUCT_SIZE: usize = core::mem::size_of::<Ring>();
+
+/// Guest memory reserved for the ring: its size rounded up to a 2 MiB page.
+pub const RING_RESERVED_SIZE: u64 = crate::hvt::GUEST_PAGE_SIZE;
+
+const _: () = assert!(RING_STRUCT_SIZE as u64 <= RING_RESERVED_SIZE);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn ring_layout_matches_solo5() {
+        assert_eq!(size_of::<RingEntry>(), 32);
+        assert_eq!(offset_of!(RingEntry, handle), 4);
+        assert_eq!(offset_of!(RingEntry, data), 8);
+        assert_eq!(offset_of!(RingEntry, len), 16);
+        assert_eq!(offset_of!(RingEntry, id), 20);
+        assert_eq!(size_of::<RingCommit>(), 16);
+        assert_eq!(core::mem::align_of::<RingCommit>(), 4);
+        assert_eq!(offset_of!(RingCommit, ret), 4);
+        assert_eq!(offset_of!(RingCommit, len), 8);
+        assert_eq!(size_of::<Ring>(), 49_280);
+        assert_eq!(offset_of!(Ring, com_head), 4);
+        assert_eq!(offset_of!(Ring, ent_head), 64);
+        assert_eq!(offset_of!(Ring, com_tail), 68);
+        assert_eq!(offset_of!(Ring, needs_kick), 72);
+        assert_eq!(offset_of!(Ring, entries), 128);
+        assert_eq!(offset_of!(Ring, commits), 32_896);
+    }
+}
