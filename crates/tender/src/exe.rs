@@ -1,0 +1,77 @@
+//! Reading a unikernel: its bytes, its ABI note and its manifest.
+
+use std::ffi::OsStr;
+use std::io::Read;
+
+use solo5_abi::mft::{self, MftEntry};
+use solo5_abi::note::{
+    ABI1_NOTE_ALIGN, ABI1_NOTE_MAX_SIZE, ABI1_NOTE_TYPE, AbiTarget, MFT1_NOTE_ALIGN, MFT1_NOTE_MAX_SIZE,
+    MFT1_NOTE_TYPE,
+};
+
+use crate::{Exit, fatal, strerror};
+
+/// No executable can usefully be larger than the largest guest memory.
+const MAX_FILE_SIZE: u64 = solo5_abi::hvt::GUEST_MAX_MEM_SIZE;
+
+/// A unikernel read from disk, its notes checked.
+#[derive(Debug)]
+pub struct Executable {
+    /// The path as given, for messages.
+    pub name: String,
+    /// The whole file.
+    pub bytes: Vec<u8>,
+    /// The validated manifest entries.
+    pub manifest: Vec<MftEntry>,
+}
+
+/// Reads the file at `path`.
+pub fn read(path: &OsStr) -> Result<(String, Vec<u8>), Exit> {
+    let name = path.to_string_lossy().into_owned();
+    let mut file = std::fs::File::open(path).map_err(|e| fatal!("{name}: Could not open: {}", strerror(&e)))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > MAX_FILE_SIZE {
+        return Err(fatal!("{name}: invalid executable: file is {len} bytes, more than any guest memory"));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut bytes).map_err(|e| fatal!("{name}: Could not read: {}", strerror(&e)))?;
+    Ok((name, bytes))
+}
+
+/// The ABI note's target and version.
+pub fn abi(name: &str, bytes: &[u8]) -> Result<(u32, u32), Exit> {
+    let note = solo5_elf::load_note(bytes, ABI1_NOTE_TYPE, ABI1_NOTE_ALIGN, ABI1_NOTE_MAX_SIZE)
+        .map_err(|e| fatal!("{name}: {e}"))?
+        .ok_or_else(|| fatal!("{name}: No Solo5 ABI information found in executable"))?;
+    // load_note returned at least one byte; the ABI1 content is 16 bytes,
+    // and a shorter note reads as zeros, which matches no target.
+    let mut info = [0u8; 8];
+    let n = note.len().min(8);
+    info[..n].copy_from_slice(&note[..n]);
+    let target = u32::from_le_bytes([info[0], info[1], info[2], info[3]]);
+    let version = u32::from_le_bytes([info[4], info[5], info[6], info[7]]);
+    Ok((target, version))
+}
+
+/// The validated manifest.
+pub fn manifest(name: &str, bytes: &[u8]) -> Result<Vec<MftEntry>, Exit> {
+    let note = solo5_elf::load_note(bytes, MFT1_NOTE_TYPE, MFT1_NOTE_ALIGN, MFT1_NOTE_MAX_SIZE)
+        .map_err(|e| fatal!("{name}: {e}"))?
+        .ok_or_else(|| fatal!("{name}: No Solo5 manifest found in executable"))?;
+    mft::validate(note).map(<[MftEntry]>::to_vec).map_err(|_| fatal!("{name}: Solo5 manifest is invalid"))
+}
+
+/// Reads a unikernel for `target` and checks its ABI note and manifest, in
+/// the order and with the messages of Solo5's tenders.
+pub fn open(path: &OsStr, target: AbiTarget, abi_version: u32) -> Result<Executable, Exit> {
+    let (name, bytes) = read(path)?;
+    let (t, v) = abi(&name, &bytes)?;
+    if t != target as u32 {
+        return Err(fatal!("{name}: Executable is not for the solo5-{} target", AbiTarget::name_of(target as u32)));
+    }
+    if v != abi_version {
+        return Err(fatal!("{name}: Executable requests unsupported ABI version {v}"));
+    }
+    let manifest = manifest(&name, &bytes)?;
+    Ok(Executable { name, bytes, manifest })
+}

@@ -1,0 +1,418 @@
+//! `solo5-hvt`: runs a unikernel as a KVM virtual machine.
+//!
+//! The set-up follows Solo5's `hvt_main.c` step for step, so that errors
+//! come out in the same order: command line, executable and manifest,
+//! device options, memory size, KVM, ELF load, net ring reservation, vCPU
+//! state, device set-up, boot information, seccomp, then the vCPU loop.
+//!
+//! The guest starts in 64-bit mode at CPL 0 with Solo5's page tables and
+//! GDT ([`x86`]); it talks to the tender only through port I/O hypercalls
+//! ([`hypercall`]) and the net ring ([`ring`]).
+
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd};
+use solo5_abi::hvt::{self, BootInfo, FEATURE_RING_IO, GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE};
+use solo5_abi::mft::MftType;
+use solo5_abi::note::AbiTarget;
+use solo5_abi::ring::RING_RESERVED_SIZE;
+
+use crate::cli::{self, option_str};
+use crate::devices::{BLOCK_USAGE, Devices, Handled, NET_USAGE};
+use crate::seccomp::{Arg, Policy};
+use crate::{Exit, exe, fatal, strerror, warn};
+
+pub mod hypercall;
+pub mod memory;
+pub mod ring;
+pub mod x86;
+
+use hypercall::{Hypercalls, Outcome};
+use memory::GuestMemory;
+use ring::RingThread;
+
+/// The usage text.
+pub fn usage(prog: &str) -> String {
+    cli::usage(prog, true, &[("core", None), ("block", Some(BLOCK_USAGE)), ("net", Some(NET_USAGE))])
+}
+
+/// The `--version` text.
+pub fn version(prog: &str) -> String {
+    cli::version(prog, hvt::ABI_VERSION)
+}
+
+/// Rounds the memory size down to whole 2 MiB pages (at least one) and
+/// checks the 4 GiB limit, as `hvt_x86_mem_size`.
+pub fn adjust_mem_size(requested: u64) -> Result<u64, Exit> {
+    let mut mem = requested / GUEST_PAGE_SIZE * GUEST_PAGE_SIZE;
+    if mem == 0 {
+        mem = GUEST_PAGE_SIZE;
+    }
+    if mem != requested {
+        warn(format_args!("adjusting memory to {mem} bytes"));
+    }
+    if mem > GUEST_MAX_MEM_SIZE {
+        return Err(fatal!("guest memory size {mem} bytes exceeds the max size {GUEST_MAX_MEM_SIZE} bytes"));
+    }
+    Ok(mem)
+}
+
+static SIGNAL_PREFIX: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+extern "C" fn on_signal(signo: libc::c_int) {
+    // Only async-signal-safe calls: write(2) and _exit(2).
+    let mut msg = [0u8; 128];
+    let prefix = SIGNAL_PREFIX.get().map(Vec::as_slice).unwrap_or(b"solo5-hvt: ");
+    let text = b"Exiting on signal ";
+    let mut n = 0;
+    for &b in prefix.iter().chain(text.iter()).take(100) {
+        msg[n] = b;
+        n += 1;
+    }
+    let mut digits = [0u8; 10];
+    let mut d = 0;
+    let mut v = signo.unsigned_abs();
+    loop {
+        digits[d] = b'0' + (v % 10) as u8;
+        d += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    while d > 0 {
+        d -= 1;
+        msg[n] = digits[d];
+        n += 1;
+    }
+    msg[n] = b'\n';
+    n += 1;
+    // SAFETY: writing a stack buffer to stderr, then exiting without running
+    // any handlers: both async-signal-safe.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), n);
+        libc::_exit(1);
+    }
+}
+
+fn install_signal_handlers() -> Result<(), Exit> {
+    let _ = SIGNAL_PREFIX.set(format!("{}: ", crate::prog()).into_bytes());
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction is valid; the handler is an
+        // async-signal-safe extern "C" fn; sa_mask is filled before use.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigfillset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                return Err(fatal!("Could not install signal handler: {}", strerror(&std::io::Error::last_os_error())));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `solo5-hvt` with `args` (program name excluded); returns the guest's
+/// exit status.
+pub fn run(args: &[OsString]) -> Result<i32, Exit> {
+    let cl = cli::split(args)?;
+    let exe = exe::open(&cl.kernel, AbiTarget::Hvt, hvt::ABI_VERSION)?;
+    let mut devices = Devices::new(exe.manifest.clone());
+    let mut mem_size = hvt::DEFAULT_MEM_SIZE;
+    for opt in &cl.options {
+        let arg = option_str(opt);
+        let handled = if let Some(m) = cli::parse_mem(arg) {
+            mem_size = m?;
+            true
+        } else {
+            devices.block_option(arg)? == Handled::Yes || devices.net_option(arg)? == Handled::Yes
+        };
+        if !handled {
+            return Err(Exit::Usage(Some(format!("Invalid option: `{}'", opt.to_string_lossy()))));
+        }
+    }
+    install_signal_handlers()?;
+
+    let mut mem_size = adjust_mem_size(mem_size)?;
+    if devices.has_net() {
+        mem_size = (mem_size + RING_RESERVED_SIZE).min(GUEST_MAX_MEM_SIZE);
+    }
+    let vm = Vm::new(mem_size)?;
+
+    let plan = solo5_elf::load_plan(&exe.bytes, mem_size, hvt::GUEST_MIN_BASE)
+        .map_err(|e| fatal!("{}: {e}", exe.name))?;
+    for s in &plan.segments {
+        vm.mem.load(s.vaddr, plan.file_bytes(&exe.bytes, s)).map_err(|e| fatal!("{}: {e}", exe.name))?;
+        // Guest-executable pages are readable, never executable, on the host;
+        // KVM turns host read-only into guest write protection.
+        let mut prot = libc::PROT_NONE;
+        if s.prot.read || s.prot.exec {
+            prot |= libc::PROT_READ;
+        }
+        if s.prot.write {
+            prot |= libc::PROT_WRITE;
+        }
+        vm.mem
+            .protect(s.prot_start, s.prot_end, prot)
+            .map_err(|e| fatal!("{}: mprotect failed: {}", exe.name, strerror(&e)))?;
+    }
+    drop(exe);
+
+    // The ring takes the top 2 MiB; the guest's memory ends below it.
+    let mut ring_gpa = None;
+    if devices.has_net() {
+        if mem_size < 2 * RING_RESERVED_SIZE {
+            warn("Not enough guest memory for ring allocation");
+        } else {
+            let gpa = mem_size - RING_RESERVED_SIZE;
+            vm.mem.set_guest_size(gpa);
+            ring_gpa = Some(gpa);
+        }
+    }
+    let (mut vcpu, tsc_hz) = vm.init_vcpu(plan.entry)?;
+
+    devices.setup_block()?;
+    devices.setup_net()?;
+    let nics: Vec<ring::Nic> = devices
+        .attached(MftType::NetBasic)
+        .filter_map(|i| devices.get(i as u64, MftType::NetBasic).map(|(_, fd)| (i as u32, fd)))
+        .collect();
+    let mut ring_thread = None;
+    if let (Some(gpa), true) = (ring_gpa, vm.has_ioeventfd) {
+        if let Some(efd) = ring::kick_eventfd(vm.vm_fd()) {
+            ring_thread = Some(RingThread::start(vm.mem.clone(), gpa, nics.clone(), efd)?);
+        }
+    }
+    devices.check_all_attached()?;
+
+    let manifest = devices.manifest_bytes();
+    let cmdline = cli::guest_cmdline(&cl.guest_args, hvt::CMDLINE_SIZE)?;
+    let mft_gpa = hvt::BOOT_INFO_BASE + std::mem::size_of::<BootInfo>() as u64;
+    let cmdline_gpa = mft_gpa + manifest.len() as u64;
+    let ring_active = ring_thread.is_some();
+    let bi = BootInfo {
+        mem_size: vm.mem.guest_size(),
+        kernel_end: plan.kernel_end,
+        cpu_cycle_freq: tsc_hz,
+        cmdline: cmdline_gpa,
+        mft: mft_gpa,
+        host_features: if ring_active { FEATURE_RING_IO } else { 0 },
+        guest_features: 0,
+        net_ring: if ring_active { ring_gpa.unwrap_or(0) } else { 0 },
+    };
+    let low = |e| fatal!("boot information does not fit low memory: {e}");
+    vm.mem.load(hvt::BOOT_INFO_BASE, zerocopy::IntoBytes::as_bytes(&bi)).map_err(low)?;
+    vm.mem.load(mft_gpa, &manifest).map_err(low)?;
+    vm.mem.load(cmdline_gpa, &cmdline).map_err(low)?;
+
+    let mut hypercalls = Hypercalls::new(&vm.mem, devices)?;
+    drop_privileges(&hypercalls, &vcpu, &nics, ring_active)?;
+    let status = vcpu_loop(&mut vcpu, &mut hypercalls, vm.mem.alloc_size());
+    if let Some(mut t) = ring_thread {
+        t.stop();
+    }
+    status
+}
+
+/// The KVM virtual machine: one vCPU, one memory slot, no interrupt
+/// controller (Solo5 guests take no interrupts).
+struct Vm {
+    kvm: Kvm,
+    vm: kvm_ioctls::VmFd,
+    mem: Arc<GuestMemory>,
+    has_ioeventfd: bool,
+}
+
+fn kvm_err(what: &str) -> impl Fn(kvm_ioctls::Error) -> Exit + '_ {
+    move |e| fatal!("KVM: ioctl ({what}) failed: {}", strerror(&std::io::Error::from_raw_os_error(e.errno())))
+}
+
+impl Vm {
+    fn new(mem_size: u64) -> Result<Vm, Exit> {
+        let kvm = Kvm::new().map_err(|e| {
+            let io = std::io::Error::from_raw_os_error(e.errno());
+            let hint = match e.errno() {
+                libc::ENOENT | libc::ENXIO | libc::ENODEV => {
+                    " (KVM is not available on this host: enable virtualization, or run the unikernel on solo5-spt)"
+                }
+                libc::EACCES | libc::EPERM => " (this user needs read-write access to /dev/kvm, e.g. by joining the kvm group)",
+                _ => "",
+            };
+            fatal!("Could not open: /dev/kvm: {}{hint}", strerror(&io))
+        })?;
+        let api = kvm.get_api_version();
+        if api != 12 {
+            return Err(fatal!("KVM: API version is {api}, solo5-hvt requires version 12"));
+        }
+        let vm = kvm.create_vm().map_err(kvm_err("CREATE_VM"))?;
+        if !kvm.check_extension(Cap::UserMemory) {
+            return Err(fatal!("KVM: host does not support KVM_CAP_USER_MEMORY"));
+        }
+        let mem = GuestMemory::new(mem_size).map_err(|e| fatal!("Error allocating guest memory: {}", strerror(&e)))?;
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: mem.alloc_size(),
+            userspace_addr: mem.host_base(),
+        };
+        // SAFETY: the region is our own mapping of exactly this size, which
+        // outlives the VM (the Vm owns both, and the memory is dropped last).
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("SET_USER_MEMORY_REGION"))?;
+        let has_ioeventfd = kvm.check_extension(Cap::Ioeventfd);
+        Ok(Vm { kvm, vm, mem: Arc::new(mem), has_ioeventfd })
+    }
+
+    fn vm_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.vm.as_raw_fd()
+    }
+
+    /// Creates the vCPU in its entry state; returns it with the TSC frequency.
+    fn init_vcpu(&self, entry: u64) -> Result<(VcpuFd, u64), Exit> {
+        let vcpu = self.vm.create_vcpu(0).map_err(kvm_err("CREATE_VCPU"))?;
+        x86::setup_gdt(&self.mem);
+        x86::setup_pagetables(&self.mem, self.mem.alloc_size());
+        let cpuid = self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("SET_CPUID2"))?;
+        let sregs = vcpu.get_sregs().map_err(kvm_err("GET_SREGS"))?;
+        vcpu.set_sregs(&x86::initial_sregs(sregs)).map_err(kvm_err("SET_SREGS"))?;
+        if !self.kvm.check_extension(Cap::GetTscKhz) {
+            return Err(fatal!("KVM: host does not support KVM_CAP_GET_TSC_KHZ"));
+        }
+        let khz = vcpu.get_tsc_khz().map_err(|e| {
+            if e.errno() == libc::EIO {
+                fatal!("KVM: host TSC is unstable, cannot continue")
+            } else {
+                kvm_err("KVM_GET_TSC_KHZ")(e)
+            }
+        })?;
+        vcpu.set_regs(&x86::initial_regs(entry, self.mem.guest_size())).map_err(kvm_err("SET_REGS"))?;
+        Ok((vcpu, u64::from(khz) * 1000))
+    }
+}
+
+fn drop_privileges(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], ring_active: bool) -> Result<(), Exit> {
+    // SAFETY: personality(0xffffffff) only queries the current persona.
+    let persona = unsafe { libc::personality(0xffff_ffff) };
+    if persona >= 0 && persona & libc::READ_IMPLIES_EXEC != 0 {
+        return Err(fatal!(
+            "Cowardly refusing to run with a sys_personality of READ_IMPLIES_EXEC. Please report a bug, with details of your Linux distribution and GCC version"
+        ));
+    }
+    policy(hc, vcpu, nics, ring_active).apply(true)
+}
+
+/// What the tender may do once the guest runs. `TSYNC` extends it to the
+/// net I/O thread.
+pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], ring_active: bool) -> Policy {
+    use std::os::fd::AsRawFd;
+    let vcpu_fd = vcpu.as_raw_fd() as u64;
+    let (epoll, timer) = hc.wait_fds();
+    let mut p = Policy::default();
+    p.when(libc::SYS_ioctl, &[Arg::Int(0, vcpu_fd), Arg::Eq(1, KVM_RUN)], "KVM_RUN: run the guest")
+        .when(libc::SYS_ioctl, &[Arg::Int(0, vcpu_fd), Arg::Eq(1, KVM_GET_REGS)], "KVM_GET_REGS: report a faulting guest")
+        .when(libc::SYS_write, &[Arg::Int(0, 1)], "PUTS: the guest console")
+        .when(libc::SYS_write, &[Arg::Int(0, 2)], "error messages")
+        .when(libc::SYS_epoll_pwait, &[Arg::Int(0, epoll as u64)], "POLL: wait for the timer or a NIC")
+        .when(libc::SYS_timerfd_settime, &[Arg::Int(0, timer as u64)], "POLL: arm the timeout")
+        .any(libc::SYS_clock_gettime, "WALLTIME (the vDSO's fallback)")
+        .any(libc::SYS_exit_group, "guest exit")
+        .any(libc::SYS_close, "releasing descriptors at exit")
+        .any(libc::SYS_exit, "net I/O thread exit")
+        .any(libc::SYS_futex, "joining the net I/O thread")
+        .any(libc::SYS_rt_sigreturn, "returning from a signal handler")
+        .any(libc::SYS_rt_sigprocmask, "thread exit in the C library")
+        .any(libc::SYS_sigaltstack, "thread exit in the Rust runtime")
+        .any(libc::SYS_munmap, "freeing memory")
+        .any(libc::SYS_madvise, "releasing a thread stack")
+        .any(libc::SYS_brk, "allocating memory for an error message")
+        .when(libc::SYS_mmap, &[Arg::NoBits(2, libc::PROT_EXEC as u64)], "allocating memory, never executable")
+        .when(libc::SYS_mprotect, &[Arg::NoBits(2, libc::PROT_EXEC as u64)], "allocator guard pages, never executable");
+    for e in hc.devices().attached(MftType::BlockBasic) {
+        if let Some((_, fd)) = hc.devices().get(e as u64, MftType::BlockBasic) {
+            p.when(libc::SYS_pread64, &[Arg::Int(0, fd as u64)], "BLOCK_READ")
+                .when(libc::SYS_pwrite64, &[Arg::Int(0, fd as u64)], "BLOCK_WRITE");
+        }
+    }
+    for &(_, fd) in nics {
+        p.when(libc::SYS_read, &[Arg::Int(0, fd as u64)], "NET_READ and the ring's reads")
+            .when(libc::SYS_write, &[Arg::Int(0, fd as u64)], "NET_WRITE and the ring's writes");
+    }
+    if ring_active {
+        // The I/O thread sleeps on and is woken through its eventfd; any
+        // descriptor number is allowed for these two because the eventfd is
+        // owned by the thread, and reads and writes of 8 bytes are harmless.
+        p.when(libc::SYS_read, &[Arg::Eq(2, 8)], "the net I/O thread's eventfd")
+            .when(libc::SYS_write, &[Arg::Eq(2, 8)], "waking the net I/O thread");
+    }
+    p
+}
+
+/// `KVM_RUN` = `_IO(KVMIO, 0x80)`.
+const KVM_RUN: u64 = 0xAE80;
+/// `KVM_GET_REGS` = `_IOR(KVMIO, 0x81, struct kvm_regs)`.
+const KVM_GET_REGS: u64 = 0x8090_AE81;
+
+fn rip(vcpu: &VcpuFd) -> u64 {
+    vcpu.get_regs().map(|r| r.rip).unwrap_or(0)
+}
+
+fn vcpu_loop(vcpu: &mut VcpuFd, hc: &mut Hypercalls<'_>, alloc_size: u64) -> Result<i32, Exit> {
+    let base = hvt::HYPERCALL_PIO_BASE;
+    loop {
+        let exit = match vcpu.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) if e.errno() == libc::EFAULT => {
+                return Err(fatal!("KVM: host/guest translation fault: rip=0x{:x}", rip(vcpu)));
+            }
+            Err(e) => return Err(kvm_err("RUN")(e)),
+        };
+        match exit {
+            VcpuExit::IoOut(port, data) => {
+                if data.len() != 4 || !(base..base + hvt::HYPERCALL_MAX).contains(&port) {
+                    return Err(fatal!("Invalid guest port access: port=0x{port:x}"));
+                }
+                let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
+                if let Outcome::Halt(status) = hc.handle(port - base, gpa)? {
+                    return Ok(status);
+                }
+            }
+            VcpuExit::IoIn(port, _) => return Err(fatal!("Invalid guest port access: port=0x{port:x}")),
+            VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _) => {
+                // KVM reports a write to memory the host mapped read-only
+                // (the guest's text and rodata) either as EFAULT or, on some
+                // hosts, as an MMIO exit. Anything else is unbacked.
+                let rip = rip(vcpu);
+                return Err(if addr < alloc_size {
+                    fatal!("KVM: host/guest translation fault: rip=0x{rip:x} (write to read-only memory at 0x{addr:x})")
+                } else {
+                    fatal!("KVM: guest accessed unbacked memory: gpa=0x{addr:x}, rip=0x{rip:x}")
+                });
+            }
+            VcpuExit::FailEntry(reason, _) => {
+                return Err(fatal!("KVM: entry failure: hw_entry_failure_reason=0x{reason:x}"));
+            }
+            VcpuExit::InternalError => {
+                let sub = vcpu.get_kvm_run();
+                // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so the
+                // `internal` member of the union is the valid one.
+                let suberror = unsafe { sub.__bindgen_anon_1.internal.suberror };
+                return Err(fatal!("KVM: internal error exit: suberror=0x{suberror:x}"));
+            }
+            VcpuExit::Shutdown => {
+                return Err(fatal!(
+                    "KVM: unhandled exit: exit_reason=0x8, rip=0x{:x} (the guest triple-faulted)",
+                    rip(vcpu)
+                ));
+            }
+            _ => {
+                let reason = vcpu.get_kvm_run().exit_reason;
+                return Err(fatal!("KVM: unhandled exit: exit_reason=0x{reason:x}, rip=0x{:x}", rip(vcpu)));
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Network interfaces: Linux tap devices.
+//!
+//! The interface must already exist and be up: opening `/dev/net/tun` would
+//! otherwise create a new, unconfigured device, which is never what the user
+//! meant. Frames are read and written whole, without the packet-information
+//! header (`IFF_NO_PI`), and GRO/GSO are turned off so that the host never
+//! hands the guest a frame larger than its MTU.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// `IFNAMSIZ`.
+pub const IFNAMSIZ: usize = 16;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const ETHTOOL_SGSO: u32 = 0x0000_0024;
+const ETHTOOL_SGRO: u32 = 0x0000_002c;
+
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; IFNAMSIZ],
+    // The union of ifreq: flags, mtu or a data pointer.
+    data: [u8; 24],
+}
+
+impl IfReq {
+    fn new(name: &str) -> IfReq {
+        let mut r = IfReq { name: [0; IFNAMSIZ], data: [0; 24] };
+        for (d, s) in r.name.iter_mut().zip(name.bytes().take(IFNAMSIZ - 1)) {
+            *d = s as libc::c_char;
+        }
+        r
+    }
+    fn name(&self) -> String {
+        // SAFETY: name is NUL-terminated: at most IFNAMSIZ - 1 bytes were
+        // copied in, and the kernel writes a NUL-terminated name.
+        unsafe { CStr::from_ptr(self.name.as_ptr()) }.to_string_lossy().into_owned()
+    }
+    fn short(&self) -> i16 {
+        i16::from_ne_bytes([self.data[0], self.data[1]])
+    }
+    fn int(&self) -> i32 {
+        i32::from_ne_bytes([self.data[0], self.data[1], self.data[2], self.data[3]])
+    }
+}
+
+fn ioctl(fd: &impl AsRawFd, req: libc::c_ulong, arg: *mut libc::c_void) -> io::Result<()> {
+    // SAFETY: every caller passes a request whose argument is the pointer
+    // given, to a live object of the size the kernel expects (struct ifreq).
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn control_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Flags of interface `name`, or `ENOENT` if there is none.
+fn interface_flags(sock: &OwnedFd, name: &str) -> io::Result<i16> {
+    let mut req = IfReq::new(name);
+    match ioctl(sock, libc::SIOCGIFFLAGS, &mut req as *mut IfReq as *mut libc::c_void) {
+        Ok(()) => Ok(req.short()),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        Err(e) => Err(e),
+    }
+}
+
+fn mtu_of(sock: &OwnedFd, name: &str) -> io::Result<u16> {
+    let mut req = IfReq::new(name);
+    ioctl(sock, libc::SIOCGIFMTU, &mut req as *mut IfReq as *mut libc::c_void)?;
+    u16::try_from(req.int()).map_err(|_| io::Error::from_raw_os_error(libc::ERANGE))
+}
+
+fn disable_offloads(sock: &OwnedFd, name: &str) {
+    for cmd in [ETHTOOL_SGRO, ETHTOOL_SGSO] {
+        let mut value: [u32; 2] = [cmd, 0];
+        let mut req = IfReq::new(name);
+        req.data[..8].copy_from_slice(&(value.as_mut_ptr() as u64).to_ne_bytes());
+        // Best effort, as Solo5: a device without the knob keeps working.
+        let _ = ioctl(sock, libc::SIOCETHTOOL, &mut req as *mut IfReq as *mut libc::c_void);
+    }
+}
+
+/// `tap_attach`: opens tap interface `ifname` (or the already open tap
+/// descriptor `@N`), returning it non-blocking, with the interface's MTU.
+pub fn attach(ifname: &str) -> io::Result<(OwnedFd, u16)> {
+    let sock = control_socket()?;
+    if let Some(num) = ifname.strip_prefix('@') {
+        // An inherited descriptor (as a parent such as albatross passes
+        // one). Solo5 v0.12.1 documents this form but fails to read the MTU;
+        // here it works.
+        let fd: i32 = num.parse().map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: F_GETFL/F_SETFL on an arbitrary number only fail (EBADF)
+        // if it is not an open descriptor.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor was handed to this process to own.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut req = IfReq::new("");
+        ioctl(&owned, TUNGETIFF, &mut req as *mut IfReq as *mut libc::c_void)?;
+        let name = req.name();
+        let mtu = mtu_of(&sock, &name)?;
+        disable_offloads(&sock, &name);
+        return Ok((owned, mtu));
+    }
+    if ifname.len() >= IFNAMSIZ {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    let flags = interface_flags(&sock, ifname)?;
+    if flags & (libc::IFF_UP | libc::IFF_RUNNING) as i16 == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ENETDOWN));
+    }
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/net/tun")?;
+    let mut req = IfReq::new(ifname);
+    req.data[..2].copy_from_slice(&(IFF_TAP | IFF_NO_PI).to_ne_bytes());
+    ioctl(&tun, TUNSETIFF, &mut req as *mut IfReq as *mut libc::c_void)?;
+    if req.name() != ifname {
+        // E.g. a name with "%d": the kernel made a new device instead.
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mtu = mtu_of(&sock, ifname)?;
+    disable_offloads(&sock, ifname);
+    Ok((OwnedFd::from(tun), mtu))
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// `tap_attach_genmac`: a random locally administered unicast MAC address.
+pub fn generate_mac() -> io::Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    File::open("/dev/urandom")?.read_exact(&mut mac)?;
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
+}
+
+/// Parses `xx:xx:xx:xx:xx:xx` (one or two hex digits per byte).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("02:00:0a:0B:c:ff"), Some([2, 0, 10, 11, 12, 255]));
+        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "02:00:00:00:00:zz", "002:00:00:00:00:00", "02::00:00:00:00"] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+        let m = generate_mac().unwrap();
+        assert_eq!(m[0] & 0x03, 0x02, "locally administered unicast");
+    }
+
+    #[test]
+    fn attach_errors() {
+        assert_eq!(attach("a-name-that-is-too-long").unwrap_err().raw_os_error(), Some(libc::ENAMETOOLONG));
+        assert_eq!(attach("nosuchtap0").unwrap_err().raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(attach("@x").unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    }
+}
