@@ -1,0 +1,237 @@
+//! The hvt platform: hypercalls, the TSC clock, the CPL-3 side of boot and
+//! traps.
+
+use core::arch::asm;
+
+use solo5_abi::hvt::{
+    BootInfo, HcBlockRead, HcBlockWrite, HcHalt, HcNetRead, HcNetWrite, HcPoll, HcPuts, HcWalltime, Hypercall,
+    TrapRegs,
+};
+
+use super::{Boot, Global, rt};
+use crate::Error;
+
+mod boot;
+mod ring;
+
+/// Makes hypercall `hc` with its argument struct `arg`.
+///
+/// The `out` traps to the CPL-0 #GP stub, which performs it; the tender
+/// reads and writes `arg` in guest memory while the guest is stopped. The
+/// asm block is a compiler barrier, so results are read after it.
+#[inline(always)]
+fn hypercall<T>(hc: Hypercall, arg: &mut T) {
+    let gpa = arg as *mut T as usize as u32;
+    // SAFETY: `arg` is a live struct of the layout the hypercall expects, in
+    // guest memory below 4 GiB (all of it is), so its address fits in %eax.
+    unsafe {
+        asm!("out dx, eax", in("dx") hc.port(), in("eax") gpa, options(nostack, preserves_flags));
+    }
+}
+
+struct Clock {
+    /// TSC at boot.
+    tsc_base: u64,
+    /// Nanoseconds per TSC tick in 32.32 fixed point.
+    mult: u64,
+    /// Wall-clock time at `tsc_base`, read once on first use.
+    wall_base: Option<u64>,
+}
+
+static CLOCK: Global<Clock> = Global::new(Clock { tsc_base: 0, mult: 0, wall_base: None });
+static RING_INFO: Global<(u32, u64)> = Global::new((0, 0));
+
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no side effects (CR4.TSD is clear: it works at CPL 3).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The page directories that map 1 to 4 GiB, filled in only for guests with
+/// more than 1 GiB of memory.
+#[repr(C, align(4096))]
+struct HighPds([u64; 3 * 512]);
+
+static HIGH_PDS: Global<HighPds> = Global::new(HighPds([0; 3 * 512]));
+
+unsafe extern "C" {
+    /// The page-directory-pointer table of `boot.rs`.
+    static mut mirage_solo5_pdpt: [u64; 512];
+    fn mirage_solo5_switch_stack(arg: usize, stack_top: usize, f: extern "C" fn(usize) -> !) -> !;
+}
+
+core::arch::global_asm!(
+    r#"
+    .section .text.mirage_solo5_switch_stack, "ax"
+    .global mirage_solo5_switch_stack
+    .type mirage_solo5_switch_stack, @function
+mirage_solo5_switch_stack:
+    movq %rsi, %rsp
+    xorl %ebp, %ebp
+    callq *%rdx
+    ud2
+"#,
+    options(att_syntax)
+);
+
+/// Maps guest addresses from 1 GiB up to `top` (at most 4 GiB) with 2 MiB
+/// pages. The static tables of `boot.rs` cover the first 1 GiB; building the
+/// rest here, at CPL 3, costs nothing at CPL 0.
+fn map_high_memory(top: u64) {
+    const GIB: u64 = 1 << 30;
+    const PAGE: u64 = 2 << 20;
+    if top <= GIB {
+        return;
+    }
+    HIGH_PDS.with(|pds| {
+        let mut addr = GIB;
+        while addr < top.min(4 * GIB) {
+            pds.0[((addr - GIB) / PAGE) as usize] = addr | 0x87;
+            addr += PAGE;
+        }
+        let base = pds.0.as_ptr() as u64;
+        for k in 1..4u64 {
+            if k * GIB < top {
+                // SAFETY: the PDPT is the guest's own page table in .data;
+                // the entry was not present, so no TLB entry can be stale.
+                // Volatile, so the store is not reordered or elided.
+                unsafe {
+                    let pdpt = &raw mut mirage_solo5_pdpt;
+                    core::ptr::write_volatile(&mut (*pdpt)[k as usize], (base + (k - 1) * 4096) | 7);
+                }
+            }
+        }
+    });
+}
+
+/// The CPL-3 entry, on the boot stack, with `%rdi` = the boot information.
+#[unsafe(no_mangle)]
+extern "C" fn mirage_solo5_hvt_start(bi: *const BootInfo) -> ! {
+    // SAFETY: the tender placed the boot information at this address (read-
+    // only low memory, mapped by boot.rs).
+    let bi = unsafe { bi.read() };
+    let ring_top = if bi.net_ring != 0 { bi.net_ring + solo5_abi::ring::RING_RESERVED_SIZE } else { 0 };
+    map_high_memory(bi.mem_size.max(ring_top));
+    let stack_top = bi.mem_size & !15;
+    // SAFETY: the top of guest memory is mapped and unused; the boot stack is
+    // left behind for good.
+    unsafe { mirage_solo5_switch_stack(&bi as *const BootInfo as usize, stack_top as usize, main_stack) }
+}
+
+extern "C" fn main_stack(bi: usize) -> ! {
+    // SAFETY: `bi` points at the copy on the boot stack, which is still
+    // intact: nothing has been pushed there since the switch.
+    let bi = unsafe { (bi as *const BootInfo).read() };
+    let freq = bi.cpu_cycle_freq.max(1);
+    CLOCK.with(|c| {
+        c.tsc_base = rdtsc();
+        c.mult = (((1_000_000_000u128) << 32) / freq as u128) as u64;
+    });
+    if bi.host_features & solo5_abi::hvt::FEATURE_RING_IO != 0 {
+        RING_INFO.with(|r| *r = (bi.host_features, bi.net_ring));
+    }
+    rt::start(Boot {
+        mem_size: bi.mem_size,
+        kernel_end: bi.kernel_end,
+        cmdline: super::cstr(bi.cmdline, solo5_abi::hvt::CMDLINE_SIZE),
+        mft: super::manifest(bi.mft),
+    })
+}
+
+pub(crate) fn puts(bytes: &[u8]) {
+    let mut p = HcPuts { data: bytes.as_ptr() as u64, len: bytes.len() as u64 };
+    hypercall(Hypercall::Puts, &mut p);
+}
+
+pub(crate) fn halt(status: i32, cookie: u64) -> ! {
+    let mut h = HcHalt { cookie, exit_status: status, _pad: 0 };
+    loop {
+        hypercall(Hypercall::Halt, &mut h);
+    }
+}
+
+pub(crate) fn monotonic() -> u64 {
+    let (base, mult) = CLOCK.with(|c| (c.tsc_base, c.mult));
+    let delta = rdtsc().wrapping_sub(base);
+    ((delta as u128 * mult as u128) >> 32) as u64
+}
+
+pub(crate) fn wall() -> u64 {
+    let base = CLOCK.with(|c| c.wall_base);
+    let base = match base {
+        Some(b) => b,
+        None => {
+            let mut w = HcWalltime::default();
+            hypercall(Hypercall::Walltime, &mut w);
+            let b = w.nsecs.wrapping_sub(monotonic());
+            CLOCK.with(|c| c.wall_base = Some(b));
+            b
+        }
+    };
+    base.wrapping_add(monotonic())
+}
+
+pub(crate) fn poll(deadline: u64) -> u64 {
+    let timeout = deadline.saturating_sub(monotonic());
+    let mut p = HcPoll { timeout_nsecs: timeout, ..Default::default() };
+    hypercall(Hypercall::Poll, &mut p);
+    p.ready_set
+}
+
+pub(crate) fn block_write(handle: u64, _fd: i32, _bs: u64, offset: u64, data: &[u8]) -> Result<(), Error> {
+    let mut w = HcBlockWrite { handle, offset, data: data.as_ptr() as u64, len: data.len() as u64, ret: 0, _pad: 0 };
+    hypercall(Hypercall::BlockWrite, &mut w);
+    Error::check(w.ret)
+}
+
+pub(crate) fn block_read(handle: u64, _fd: i32, _bs: u64, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+    let mut r = HcBlockRead { handle, offset, data: buf.as_mut_ptr() as u64, len: buf.len() as u64, ret: 0, _pad: 0 };
+    hypercall(Hypercall::BlockRead, &mut r);
+    Error::check(r.ret)
+}
+
+pub(crate) fn net_write(handle: u64, _fd: i32, frame: &[u8]) -> Result<(), Error> {
+    if let Some(r) = ring::get() {
+        if let Some(result) = r.write(handle, frame) {
+            return result;
+        }
+    }
+    let mut w = HcNetWrite { handle, data: frame.as_ptr() as u64, len: frame.len() as u64, ret: 0, _pad: 0 };
+    hypercall(Hypercall::NetWrite, &mut w);
+    Error::check(w.ret)
+}
+
+pub(crate) fn net_read(handle: u64, _fd: i32, buf: &mut [u8]) -> Result<usize, Error> {
+    if let Some(r) = ring::get() {
+        return r.read(handle, buf);
+    }
+    let mut r = HcNetRead { handle, data: buf.as_mut_ptr() as u64, len: buf.len() as u64, ret: 0, _pad: 0 };
+    hypercall(Hypercall::NetRead, &mut r);
+    Error::check(r.ret).map(|()| r.len as usize)
+}
+
+/// Reports a CPU exception, at CPL 3 on the trap stack, then halts with
+/// status 255 and the trap frame as cookie, as Solo5 guests do.
+#[unsafe(no_mangle)]
+extern "C" fn mirage_solo5_hvt_trap(vector: u64, regs: *const TrapRegs) -> ! {
+    const NAMES: [&str; 22] = [
+        "#DE", "#DB", "#NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS", "#GP", "#PF",
+        "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
+    ];
+    // SAFETY: the CPL-0 stub filled the static frame before coming here.
+    let r = unsafe { regs.read() };
+    let name = NAMES.get(vector as usize).copied().unwrap_or("#??");
+    use super::console::{Level, log};
+    log(
+        Level::Error,
+        format_args!(
+            "Solo5: trap: type={name} ec=0x{:x} rip=0x{:x} rsp=0x{:x} rflags=0x{:x}\n",
+            r.ec, r.rip, r.rsp, r.rflags
+        ),
+    );
+    if vector == 14 {
+        log(Level::Error, format_args!("Solo5: trap: cr2=0x{:x}\n", r.cr2));
+    }
+    log(Level::Error, format_args!("Solo5: ABORT: Fatal trap\n"));
+    super::console::flush();
+    halt(solo5_abi::EXIT_ABORT, regs as u64)
+}

@@ -1,0 +1,138 @@
+//! The guest side of the hvt net ring (see [`solo5_abi::ring`]): frames go
+//! to and from the tender's I/O thread through shared memory, without an
+//! exit unless the thread sleeps and must be kicked.
+//!
+//! Writes are fire-and-forget: the frame is copied into the slot's buffer
+//! and the call returns. Reads wait for the thread's commit.
+
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, Ordering, fence};
+
+use solo5_abi::SoloResult;
+use solo5_abi::ring::{OP_NET_READ, OP_NET_WRITE, RING_BUF_SIZE, RING_MASK, RING_SIZE, Ring};
+
+use super::RING_INFO;
+use crate::Error;
+
+pub(crate) struct GuestRing {
+    ring: &'static Ring,
+    /// One frame buffer per slot, for writes.
+    bufs: *mut u8,
+    next_id: AtomicU32,
+}
+
+const UNINIT: u8 = 0;
+const ABSENT: u8 = 1;
+const READY: u8 = 2;
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+static RING: AtomicPtr<GuestRing> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The ring, if the tender offers one; set up on first use (it needs the
+/// heap for its 2 MiB of write buffers).
+pub(crate) fn get() -> Option<&'static GuestRing> {
+    match STATE.load(Ordering::Relaxed) {
+        READY => {
+            // SAFETY: set once below to a leaked, never-freed GuestRing.
+            Some(unsafe { &*RING.load(Ordering::Relaxed) })
+        }
+        ABSENT => None,
+        _ => {
+            let (features, gpa) = RING_INFO.with(|r| *r);
+            if features & solo5_abi::hvt::FEATURE_RING_IO == 0 || gpa == 0 {
+                STATE.store(ABSENT, Ordering::Relaxed);
+                return None;
+            }
+            let size = RING_SIZE as usize * RING_BUF_SIZE;
+            let layout = core::alloc::Layout::from_size_align(size, 64).ok()?;
+            // SAFETY: a non-zero-sized layout.
+            let bufs = unsafe { alloc::alloc::alloc(layout) };
+            if bufs.is_null() {
+                STATE.store(ABSENT, Ordering::Relaxed);
+                return None;
+            }
+            // SAFETY: the tender reserved and zeroed the ring at `gpa`
+            // (2 MiB aligned, mapped by boot.rs or map_high_memory); it lives
+            // as long as the guest; all of Ring's fields are atomics shared
+            // with the tender's thread.
+            let ring = unsafe { &*(gpa as *const Ring) };
+            let r = alloc::boxed::Box::leak(alloc::boxed::Box::new(GuestRing { ring, bufs, next_id: AtomicU32::new(0) }));
+            RING.store(r, Ordering::Relaxed);
+            STATE.store(READY, Ordering::Relaxed);
+            Some(r)
+        }
+    }
+}
+
+fn kick() {
+    // SAFETY: a write to the kick port, which the tender binds to an
+    // ioeventfd; it traps to the CPL-0 #GP stub like a hypercall.
+    unsafe {
+        core::arch::asm!("out dx, eax", in("dx") solo5_abi::hvt::RING_KICK_PIO_BASE, in("eax") 0u32, options(nostack, preserves_flags));
+    }
+}
+
+impl GuestRing {
+    /// Waits for a free slot; returns the tail to fill.
+    fn reserve(&self) -> u32 {
+        let tail = self.ring.ent_tail.load(Ordering::Relaxed);
+        while tail.wrapping_sub(self.ring.ent_head.load(Ordering::Acquire)) >= RING_SIZE - 1 {
+            core::hint::spin_loop();
+        }
+        tail
+    }
+
+    fn submit(&self, tail: u32, op: u32, handle: u64, data: u64, len: u32) {
+        let e = &self.ring.entries[(tail & RING_MASK) as usize];
+        e.operation.store(op, Ordering::Relaxed);
+        e.handle.store(handle as u32, Ordering::Relaxed);
+        e.data.store(data, Ordering::Relaxed);
+        e.len.store(len, Ordering::Relaxed);
+        e.id.store(self.next_id.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        self.ring.ent_tail.store(tail.wrapping_add(1), Ordering::Release);
+        // Order the tail store before the needs_kick load (the thread does
+        // the mirror image), so a sleeping thread is always woken.
+        fence(Ordering::SeqCst);
+        if self.ring.needs_kick.load(Ordering::Relaxed) != 0 {
+            kick();
+        }
+    }
+
+    /// Sends `frame`; `None` if it is too large for a ring buffer (the
+    /// caller then makes the hypercall).
+    pub(crate) fn write(&self, handle: u64, frame: &[u8]) -> Option<Result<(), Error>> {
+        if frame.len() > RING_BUF_SIZE {
+            return None;
+        }
+        let tail = self.reserve();
+        // SAFETY: slot `tail & MASK` is free (the thread has consumed every
+        // entry up to ent_head, and tail - ent_head < RING_SIZE - 1), so its
+        // buffer is not being read; the buffer holds RING_BUF_SIZE bytes.
+        let buf = unsafe {
+            let b = self.bufs.add((tail & RING_MASK) as usize * RING_BUF_SIZE);
+            core::ptr::copy_nonoverlapping(frame.as_ptr(), b, frame.len());
+            b
+        };
+        self.submit(tail, OP_NET_WRITE, handle, buf as u64, frame.len() as u32);
+        Some(Ok(()))
+    }
+
+    /// Reads a frame into `buf`, waiting for the thread's answer.
+    pub(crate) fn read(&self, handle: u64, buf: &mut [u8]) -> Result<usize, Error> {
+        let tail = self.reserve();
+        let len = buf.len().min(u32::MAX as usize) as u32;
+        self.submit(tail, OP_NET_READ, handle, buf.as_mut_ptr() as u64, len);
+        let head = self.ring.com_head.load(Ordering::Relaxed);
+        while self.ring.com_tail.load(Ordering::Acquire) == head {
+            core::hint::spin_loop();
+        }
+        let c = &self.ring.commits[(head & RING_MASK) as usize];
+        let ret = c.ret.load(Ordering::Relaxed);
+        let got = c.len.load(Ordering::Relaxed) as usize;
+        self.ring.com_head.store(head.wrapping_add(1), Ordering::Release);
+        match SoloResult::from_raw(ret) {
+            SoloResult::Ok => Ok(got.min(buf.len())),
+            SoloResult::Again => Err(Error::Again),
+            SoloResult::Inval => Err(Error::Invalid),
+            SoloResult::Unspec => Err(Error::Unspecified),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The spt platform: the guest runs inside the tender's process and talks to
+//! the host with the raw system calls the tender's seccomp filter allows
+//! (anything else ends the process with SIGSYS).
+
+use core::arch::{asm, global_asm};
+
+use solo5_abi::spt::{BootInfo, sys};
+
+use super::{Boot, Global, rt};
+use crate::Error;
+
+global_asm!(
+    super::notes::solo5_notes_asm!(),
+    r#"
+    .section .text.boot, "ax"
+    .global _start
+    .type _start, @function
+_start:
+    /* %rdi = boot information, %rsp = top of guest memory - 8. */
+    xorl %ebp, %ebp
+    jmp mirage_solo5_spt_start
+    .size _start, . - _start
+"#,
+    abi_target = const solo5_abi::note::AbiTarget::Spt as u32,
+    options(att_syntax)
+);
+
+#[inline(always)]
+fn syscall1(nr: u64, a0: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: a raw system call; the kernel reads only the registers given
+    // and clobbers rcx and r11. Callers pass arguments valid for the call.
+    unsafe { asm!("syscall", inlateout("rax") nr as i64 => ret, in("rdi") a0, lateout("rcx") _, lateout("r11") _, options(nostack)) };
+    ret
+}
+
+#[inline(always)]
+fn syscall2(nr: u64, a0: u64, a1: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: as syscall1.
+    unsafe {
+        asm!("syscall", inlateout("rax") nr as i64 => ret, in("rdi") a0, in("rsi") a1, lateout("rcx") _, lateout("r11") _, options(nostack))
+    };
+    ret
+}
+
+#[inline(always)]
+fn syscall4(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: as syscall1.
+    unsafe {
+        asm!("syscall", inlateout("rax") nr as i64 => ret, in("rdi") a0, in("rsi") a1, in("rdx") a2, in("r10") a3,
+             lateout("rcx") _, lateout("r11") _, options(nostack))
+    };
+    ret
+}
+
+#[inline(always)]
+fn syscall6(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: as syscall1.
+    unsafe {
+        asm!("syscall", inlateout("rax") nr as i64 => ret, in("rdi") a0, in("rsi") a1, in("rdx") a2, in("r10") a3,
+             in("r8") a4, in("r9") a5, lateout("rcx") _, lateout("r11") _, options(nostack))
+    };
+    ret
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Timespec {
+    sec: i64,
+    nsec: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Itimerspec {
+    interval: Timespec,
+    value: Timespec,
+}
+
+#[repr(C, packed)]
+#[derive(Clone, Copy, Default)]
+struct EpollEvent {
+    events: u32,
+    data: u64,
+}
+
+struct Fds {
+    epoll: i32,
+    timer: i32,
+    /// NICs in the wait set: the size of the events buffer.
+    npollfds: usize,
+}
+
+static FDS: Global<Fds> = Global::new(Fds { epoll: -1, timer: -1, npollfds: 0 });
+
+/// The entry point's Rust half.
+#[unsafe(no_mangle)]
+extern "C" fn mirage_solo5_spt_start(bi: *const BootInfo) -> ! {
+    // SAFETY: the tender wrote the boot information at this address.
+    let bi = unsafe { bi.read() };
+    let mft = super::manifest(bi.mft);
+    let nics = mft.iter().filter(|e| e.mtype == solo5_abi::mft::MftType::NetBasic as u32).count();
+    FDS.with(|f| *f = Fds { epoll: bi.epollfd, timer: bi.timerfd, npollfds: nics });
+    rt::start(Boot {
+        mem_size: bi.mem_size,
+        kernel_end: bi.kernel_end,
+        cmdline: super::cstr(bi.cmdline, solo5_abi::spt::CMDLINE_SIZE),
+        mft,
+    })
+}
+
+pub(crate) fn puts(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        let n = syscall4(sys::WRITE, 1, bytes.as_ptr() as u64, bytes.len() as u64, 0);
+        if n == sys::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+pub(crate) fn halt(status: i32, _cookie: u64) -> ! {
+    loop {
+        syscall1(sys::EXIT_GROUP, status as u32 as u64);
+    }
+}
+
+fn clock(id: u64) -> u64 {
+    let mut ts = Timespec::default();
+    syscall2(sys::CLOCK_GETTIME, id, &mut ts as *mut Timespec as u64);
+    (ts.sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.nsec as u64)
+}
+
+pub(crate) fn monotonic() -> u64 {
+    clock(sys::CLOCK_MONOTONIC)
+}
+
+pub(crate) fn wall() -> u64 {
+    clock(sys::CLOCK_REALTIME)
+}
+
+pub(crate) fn poll(deadline: u64) -> u64 {
+    let (epoll, timer, npollfds) = FDS.with(|f| (f.epoll, f.timer, f.npollfds));
+    // The monotonic clock is CLOCK_MONOTONIC, so the deadline is the
+    // timer's absolute expiry. Never zero, which would disarm it.
+    let it = Itimerspec {
+        interval: Timespec::default(),
+        value: Timespec { sec: (deadline / 1_000_000_000) as i64, nsec: ((deadline % 1_000_000_000) | 1) as i64 },
+    };
+    syscall4(sys::TIMERFD_SETTIME, timer as u64, sys::TFD_TIMER_ABSTIME, &it as *const Itimerspec as u64, 0);
+    let mut events = [EpollEvent::default(); 65];
+    let max = (npollfds + 1).min(events.len());
+    let n = loop {
+        let n = syscall6(sys::EPOLL_PWAIT, epoll as u64, events.as_mut_ptr() as u64, max as u64, u64::MAX, 0, 8);
+        if n != sys::EINTR {
+            break n;
+        }
+    };
+    let mut ready = 0u64;
+    for ev in events.iter().take(n.max(0) as usize) {
+        let data = ev.data;
+        if data != solo5_abi::spt::INTERNAL_TIMERFD && data < 64 {
+            ready |= 1 << data;
+        }
+    }
+    ready
+}
+
+pub(crate) fn net_read(_handle: u64, fd: i32, buf: &mut [u8]) -> Result<usize, Error> {
+    let n = syscall4(sys::READ, fd as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0);
+    if n == sys::EAGAIN {
+        Err(Error::Again)
+    } else if n < 0 {
+        Err(Error::Unspecified)
+    } else {
+        Ok(n as usize)
+    }
+}
+
+pub(crate) fn net_write(_handle: u64, fd: i32, frame: &[u8]) -> Result<(), Error> {
+    let n = syscall4(sys::WRITE, fd as u64, frame.as_ptr() as u64, frame.len() as u64, 0);
+    if n == frame.len() as i64 { Ok(()) } else { Err(Error::Unspecified) }
+}
+
+pub(crate) fn block_read(_handle: u64, fd: i32, bs: u64, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+    for (i, chunk) in buf.chunks_mut(bs as usize).enumerate() {
+        let off = offset + i as u64 * bs;
+        let n = syscall4(sys::PREAD64, fd as u64, chunk.as_mut_ptr() as u64, bs, off);
+        if n != bs as i64 {
+            return Err(Error::Unspecified);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn block_write(_handle: u64, fd: i32, bs: u64, offset: u64, data: &[u8]) -> Result<(), Error> {
+    for (i, chunk) in data.chunks(bs as usize).enumerate() {
+        let off = offset + i as u64 * bs;
+        let n = syscall4(sys::PWRITE64, fd as u64, chunk.as_ptr() as u64, bs, off);
+        if n != bs as i64 {
+            return Err(Error::Unspecified);
+        }
+    }
+    Ok(())
+}
