@@ -56,7 +56,6 @@ impl<T> Global<T> {
 #[derive(Clone, Copy)]
 pub(crate) struct Boot {
     pub mem_size: u64,
-    pub kernel_end: u64,
     pub cmdline: &'static [u8],
     pub mft: &'static [solo5_abi::mft::MftEntry],
 }
@@ -64,7 +63,7 @@ pub(crate) struct Boot {
 static BOOT: Global<Option<Boot>> = Global::new(None);
 
 pub(crate) fn boot() -> Boot {
-    BOOT.with(|b| *b).unwrap_or(Boot { mem_size: 0, kernel_end: 0, cmdline: b"", mft: &[] })
+    BOOT.with(|b| *b).unwrap_or(Boot { mem_size: 0, cmdline: b"", mft: &[] })
 }
 
 use solo5_abi::mft::{MftEntry, MftHeader};

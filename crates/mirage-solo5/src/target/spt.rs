@@ -106,7 +106,6 @@ extern "C" fn mirage_solo5_spt_start(bi: *const BootInfo) -> ! {
     FDS.with(|f| *f = Fds { epoll: bi.epollfd, timer: bi.timerfd, npollfds: nics });
     rt::start(Boot {
         mem_size: bi.mem_size,
-        kernel_end: bi.kernel_end,
         cmdline: super::cstr(bi.cmdline, solo5_abi::spt::CMDLINE_SIZE),
         mft,
     })

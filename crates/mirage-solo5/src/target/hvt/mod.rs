@@ -131,7 +131,6 @@ extern "C" fn main_stack(bi: usize) -> ! {
     }
     rt::start(Boot {
         mem_size: bi.mem_size,
-        kernel_end: bi.kernel_end,
         cmdline: super::cstr(bi.cmdline, solo5_abi::hvt::CMDLINE_SIZE),
         mft: super::manifest(bi.mft),
     })

@@ -1,0 +1,78 @@
+//! A guest that makes hypercalls with hostile arguments: `hostile WHAT`.
+//! Each one must end the guest with a message from the tender and status 1,
+//! or (for bad handles and block ranges) fail with EINVAL. The manifest
+//! declares one block device, "storage", so the block hypercalls exist.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use mirage_solo5::{self as solo5, abi::hvt::*};
+
+solo5::manifest!(block "storage");
+solo5::main!(start);
+
+/// Makes hypercall port `port` with `gpa` in %eax, whatever they are.
+fn raw(port: u16, gpa: u64) {
+    // SAFETY: deliberately hostile; the tender must cope.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") gpa as u32) };
+}
+
+fn call<T>(hc: Hypercall, arg: &mut T) {
+    raw(hc.port(), arg as *mut T as u64);
+}
+
+fn start(si: &solo5::StartInfo) -> i32 {
+    let what = si.cmdline.split_whitespace().next().unwrap_or("");
+    let msg = b"hostile\n";
+    let mem_top = (si.heap_start + si.heap_size) as u64 + (1 << 20);
+    solo5::println!("hostile: {what}");
+    solo5::console::flush();
+    match what {
+        "puts-ptr" => call(Hypercall::Puts, &mut HcPuts { data: 0xffff_0000, len: 16 }),
+        "puts-len" => call(Hypercall::Puts, &mut HcPuts { data: msg.as_ptr() as u64, len: 1 << 40 }),
+        "puts-wrap" => call(Hypercall::Puts, &mut HcPuts { data: 0x20_0000, len: u64::MAX - 0x10_0000 }),
+        "puts-top" => call(Hypercall::Puts, &mut HcPuts { data: mem_top - 8, len: 8 }),
+        "arg-oob" => raw(Hypercall::Puts.port(), 0xffff_ff00),
+        "arg-straddle" => raw(Hypercall::Puts.port(), mem_top - 8),
+        "poll-oob" => raw(Hypercall::Poll.port(), 0xfff0_0000),
+        "walltime-oob" => raw(Hypercall::Walltime.port(), 0xfff0_0000),
+        "halt-cookie" => call(Hypercall::Halt, &mut HcHalt { cookie: 0xffff_f000, exit_status: 3, _pad: 0 }),
+        "nr0" => raw(0x500, 0),
+        "port-high" => raw(0x509, 0),
+        "port-low" => raw(0x4ff, 0),
+        "kick" => raw(RING_KICK_PIO_BASE, 0),
+        "net-read" => call(Hypercall::NetRead, &mut HcNetRead::default()),
+        "blk-data" => {
+            let mut r = HcBlockRead { handle: 1, offset: 0, data: 0xfff0_0000, len: 512, ret: 0, _pad: 0 };
+            call(Hypercall::BlockRead, &mut r);
+        }
+        "blk-einval" => {
+            let mut buf = [0u8; 512];
+            let p = buf.as_mut_ptr() as u64;
+            let cases = [
+                ("handle 0", HcBlockRead { handle: 0, offset: 0, data: p, len: 512, ret: 0, _pad: 0 }),
+                ("handle 99", HcBlockRead { handle: 99, offset: 0, data: p, len: 512, ret: 0, _pad: 0 }),
+                ("handle 2^40", HcBlockRead { handle: 1 << 40, offset: 0, data: p, len: 512, ret: 0, _pad: 0 }),
+                ("offset at end", HcBlockRead { handle: 1, offset: 1 << 20, data: p, len: 512, ret: 0, _pad: 0 }),
+                ("range past end", HcBlockRead { handle: 1, offset: (1 << 20) - 256, data: p, len: 512, ret: 0, _pad: 0 }),
+                ("huge len", HcBlockRead { handle: 1, offset: 0, data: p, len: u64::MAX, ret: 0, _pad: 0 }),
+                ("offset overflow", HcBlockRead { handle: 1, offset: u64::MAX - 10, data: p, len: 512, ret: 0, _pad: 0 }),
+            ];
+            for (name, mut c) in cases {
+                call(Hypercall::BlockRead, &mut c);
+                if c.ret != 2 {
+                    solo5::println!("FAILURE: {name}: ret={} instead of EINVAL", c.ret);
+                    return 1;
+                }
+            }
+            solo5::println!("SUCCESS: every bad block request gave EINVAL");
+            return 0;
+        }
+        _ => {
+            solo5::println!("hostile: unknown case '{what}'");
+            return 64;
+        }
+    }
+    solo5::println!("hostile: the tender accepted {what}");
+    1
+}
