@@ -81,10 +81,20 @@ impl RingThread {
         let stop = Arc::new(AtomicBool::new(false));
         let eventfd = Arc::new(eventfd);
         let worker = Worker { mem, ring_gpa, nics, eventfd: eventfd.clone(), stop: stop.clone() };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("net-ring".into())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                // Everything the C library and the Rust runtime set up for a
+                // new thread (its malloc arena among them) must happen before
+                // the tender installs its seccomp filter; so allocate once,
+                // then tell the main thread the thread is ready.
+                drop(std::hint::black_box(Box::new([0u8; 64])));
+                let _ = ready_tx.send(());
+                worker.run()
+            })
             .map_err(|e| fatal!("Could not start the net I/O thread: {e}"))?;
+        ready_rx.recv().map_err(|_| fatal!("the net I/O thread failed to start"))?;
         Ok(RingThread { stop, eventfd, handle: Some(handle) })
     }
 

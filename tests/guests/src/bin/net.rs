@@ -202,10 +202,13 @@ fn start(si: &solo5::StartInfo) -> i32 {
                 }
             }
             if stats.pings >= limit {
-                solo5::println!("net: answered {} pings, {} ARP requests; dropped {} malformed frames", stats.pings, stats.arps, stats.dropped);
-                solo5::println!("SUCCESS");
-                return 0;
+                break;
             }
+        }
+        if stats.pings >= limit {
+            solo5::println!("net: answered {} pings, {} ARP requests; dropped {} malformed frames", stats.pings, stats.arps, stats.dropped);
+            solo5::println!("SUCCESS");
+            return 0;
         }
         solo5::yield_until(solo5::time::monotonic() + 1_000_000_000);
     }

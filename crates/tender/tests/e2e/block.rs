@@ -1,0 +1,62 @@
+//! Block devices: I/O that round-trips through a real file, and backing
+//! files the tenders refuse with Solo5's messages.
+
+use crate::support::{Scratch, boot};
+use crate::{Case, Needs, case};
+
+pub fn cases(v: &mut Vec<Case>) {
+    for t in ["hvt", "spt"] {
+        let n = Needs::Target(t);
+        for sector in [512u64, 4096] {
+            v.push(case(format!("{t}::block_round_trips_{sector}_byte_sectors"), n, move || {
+                let dir = Scratch::new("blk");
+                let disk = dir.file("disk.img", 4 << 20);
+                let opt = format!("--block:storage={}", disk.display());
+                let size = format!("--block-sector-size:storage={sector}");
+                let r = boot(t, &[&opt, &size], "blk", &["--solo5:quiet"])?;
+                r.expect_status(0)?;
+                r.expect_stdout("SUCCESS")?;
+                // The data is really in the file: block 10 holds its pattern.
+                let bytes = std::fs::read(&disk).map_err(|e| e.to_string())?;
+                let b = 10 * sector as usize;
+                let want: Vec<u8> = (0..sector as usize).map(|i| 10u8.wrapping_mul(31).wrapping_add(i as u8)).collect();
+                if bytes[b..b + sector as usize] != want[..] {
+                    return Err("block 10 of the backing file does not hold the written pattern".into());
+                }
+                Ok(())
+            }));
+        }
+        v.push(case(format!("{t}::block_misaligned_backing_file_is_refused"), n, move || {
+            let dir = Scratch::new("blk");
+            let disk = dir.file("disk.img", 6 << 10);
+            let r = boot(t, &[&format!("--block:storage={}", disk.display()), "--block-sector-size:storage=4096"], "blk", &[])?;
+            r.expect_status(1)?;
+            r.expect_stderr("storage: Backing storage size must be block aligned (4096 bytes)")
+        }));
+        v.push(case(format!("{t}::block_too_small_backing_file_is_refused"), n, move || {
+            let dir = Scratch::new("blk");
+            let disk = dir.file("disk.img", 0);
+            let r = boot(t, &[&format!("--block:storage={}", disk.display())], "blk", &[])?;
+            r.expect_status(1)?;
+            r.expect_stderr("storage: Backing storage must be at least 1 block (512 bytes) in size")
+        }));
+        for bad in ["521", "256", "0", "65536", "x"] {
+            v.push(case(format!("{t}::block_sector_size_{bad}_is_refused"), n, move || {
+                let dir = Scratch::new("blk");
+                let disk = dir.file("disk.img", 1 << 20);
+                let opt = format!("--block-sector-size:storage={bad}");
+                let r = boot(t, &[&format!("--block:storage={}", disk.display()), &opt], "blk", &[])?;
+                r.expect_status(1)?;
+                if bad != "x" {
+                    r.expect_stderr("Block size must be a multiple of 2 greater than or equal 512")?;
+                }
+                r.expect_stderr(&format!("Invalid option: `{opt}'"))
+            }));
+        }
+        v.push(case(format!("{t}::block_missing_file_is_refused"), n, move || {
+            let r = boot(t, &["--block:storage=/nonexistent/disk.img"], "blk", &[])?;
+            r.expect_status(1)?;
+            r.expect_stderr("Could not open block device: /nonexistent/disk.img: No such file or directory")
+        }));
+    }
+}

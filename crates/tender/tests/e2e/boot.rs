@@ -1,0 +1,172 @@
+//! Booting: hello, exit statuses, faults, quiet mode, memory sizes, and
+//! compute speed on both targets.
+
+use crate::support::{boot, run, tender};
+use crate::{Case, Needs, case};
+
+const TARGETS: [&str; 2] = ["hvt", "spt"];
+
+pub fn cases(v: &mut Vec<Case>) {
+    for t in TARGETS {
+        let n = Needs::Target(t);
+        v.push(case(format!("{t}::hello_echoes_its_command_line"), n, move || {
+            let r = boot(t, &[], "hello", &["Hello_Solo5", "--and", "more"])?;
+            r.expect_status(0)?;
+            r.expect_stdout("Hello, World")?;
+            r.expect_stdout("Command line is: 'Hello_Solo5 --and more'")?;
+            r.expect_stdout(&format!("mirage-rs 0.1.0, {t})"))?;
+            r.expect_stdout("Solo5: solo5_exit(0) called")
+        }));
+        v.push(case(format!("{t}::quiet_prints_nothing_of_solo5"), n, move || {
+            let r = boot(t, &[], "hello", &["--solo5:quiet", "x"])?;
+            r.expect_status(0)?;
+            r.expect_stdout("Command line is: 'x'")?;
+            if r.stdout.contains("Solo5:") || r.stderr.contains("Solo5:") {
+                return Err(format!("--solo5:quiet printed Solo5 messages\n{}", r.dump()));
+            }
+            Ok(())
+        }));
+        for code in [0, 1, 42, 255] {
+            v.push(case(format!("{t}::exit_status_{code}_propagates"), n, move || {
+                boot(t, &[], "fault", &["exit", &code.to_string()])?.expect_status(code)
+            }));
+        }
+        v.push(case(format!("{t}::panic_exits_255_with_its_message"), n, move || {
+            let r = boot(t, &[], "fault", &["panic"])?;
+            r.expect_status(255)?;
+            r.expect_stdout("Solo5: ABORT: src/bin/fault.rs:")?;
+            r.expect_stdout("deliberate panic")
+        }));
+        v.push(case(format!("{t}::abort_exits_255"), n, move || {
+            let r = boot(t, &[], "fault", &["abort"])?;
+            r.expect_status(255)?;
+            r.expect_stdout("Solo5: ABORT: solo5_abort() called")
+        }));
+        v.push(case(format!("{t}::floating_point_and_sse_work"), n, move || {
+            let r = boot(t, &[], "fault", &["float"])?;
+            r.expect_status(0)?;
+            r.expect_stdout("float: 527.485 inf")
+        }));
+    }
+
+    // CPU faults: on hvt the guest reports the trap and halts with 255; on
+    // spt the host kernel ends the process with SIGSEGV (139), as Solo5's.
+    for (what, cr2) in [("zeropage", "cr2=0x8"), ("unmapped", "cr2=0x400000000"), ("bootinfo", "cr2=0x10000")] {
+        let spt_faults = what != "bootinfo"; // spt's boot information is ordinary writable memory
+        v.push(case(format!("hvt::fault_{what}_is_reported"), Needs::Target("hvt"), move || {
+            let r = boot("hvt", &[], "fault", &[what])?;
+            r.expect_status(255)?;
+            r.expect_stdout("Solo5: trap: type=#PF")?;
+            r.expect_stdout(cr2)?;
+            r.expect_stdout("Solo5: ABORT: Fatal trap")
+        }));
+        if spt_faults {
+            v.push(case(format!("spt::fault_{what}_is_sigsegv"), Needs::Target("spt"), move || {
+                boot("spt", &[], "fault", &[what])?.expect_status(139)
+            }));
+        }
+    }
+    for (what, name) in [("ud2", "#UD"), ("divide", "#DE"), ("int3", "#BP")] {
+        v.push(case(format!("hvt::exception_{what}_is_reported"), Needs::Target("hvt"), move || {
+            let r = boot("hvt", &[], "fault", &[what])?;
+            r.expect_status(255)?;
+            r.expect_stdout(&format!("Solo5: trap: type={name}"))
+        }));
+    }
+    v.push(case("hvt::write_to_text_is_a_translation_fault", Needs::Target("hvt"), || {
+        let r = boot("hvt", &[], "fault", &["text"])?;
+        r.expect_status(1)?;
+        r.expect_stderr("KVM: host/guest translation fault")
+    }));
+    v.push(case("spt::write_to_text_is_sigsegv", Needs::Target("spt"), || {
+        boot("spt", &[], "fault", &["text"])?.expect_status(139)
+    }));
+
+    v.push(case("hvt::memory_sizes", Needs::Target("hvt"), || {
+        // The smallest guest memory, one 2 MiB page, is enough for hello.
+        let r = boot("hvt", &["--mem=1"], "hello", &[])?;
+        r.expect_status(0)?;
+        r.expect_stderr("adjusting memory to 2097152 bytes")?;
+        let r = boot("hvt", &["--mem=3"], "hello", &[])?;
+        r.expect_status(0)?;
+        r.expect_stderr("adjusting memory to 2097152 bytes")?;
+        r.expect_stdout("Memory map: 2 MB addressable")?;
+        // Above 1 GiB the bindings map the rest of memory themselves.
+        let r = boot("hvt", &["--mem=2048"], "hello", &[])?;
+        r.expect_status(0)?;
+        r.expect_stdout("Memory map: 2048 MB addressable")?;
+        let r = boot("hvt", &["--mem=4098"], "hello", &[])?;
+        r.expect_status(1)?;
+        r.expect_stderr("exceeds the max size 4294967296 bytes")
+    }));
+    v.push(case("spt::memory_sizes", Needs::Target("spt"), || {
+        let r = boot("spt", &["--mem=1"], "hello", &[])?;
+        r.expect_status(1)?;
+        r.expect_stderr("e_entry does not fall within the memory allocation range")?;
+        let r = boot("spt", &["--mem=2"], "hello", &[])?;
+        r.expect_status(0)?;
+        let r = boot("spt", &["--mem=3"], "hello", &[])?;
+        r.expect_status(0)?;
+        r.expect_stdout("Memory map: 3 MB addressable")?;
+        let r = boot("spt", &["--mem=2048"], "hello", &[])?;
+        r.expect_status(0)
+    }));
+
+    for t in TARGETS {
+        v.push(case(format!("{t}::the_image_cannot_be_executed_directly"), Needs::Nothing, move || {
+            let g = crate::support::guest(t, "hello")?;
+            match std::process::Command::new(&g).output() {
+                Ok(o) if o.status.success() => Err("the host ran a unikernel image as a program".into()),
+                _ => Ok(()),
+            }
+        }));
+    }
+
+    // The same work takes about as long on hvt as on spt: on hvt the guest
+    // runs at CPL 3, natively, not in the CPL-0 emulator.
+    v.push(case("hvt_and_spt_compute_at_the_same_speed", Needs::Target("hvt"), || {
+        let time = |t: &str| -> Result<(u64, std::time::Duration), String> {
+            let r = boot(t, &[], "compute", &["--solo5:quiet", "100000000"])?;
+            r.expect_status(0)?;
+            let ns = r
+                .stdout
+                .split("iterations in ")
+                .nth(1)
+                .and_then(|s| s.split(' ').next())
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("no timing in output\n{}", r.dump()))?;
+            Ok((ns, r.elapsed))
+        };
+        // The best of three runs each, so that another test running on the
+        // other core does not decide the comparison.
+        let best = |t: &str| -> Result<(u64, std::time::Duration), String> {
+            let runs = [time(t)?, time(t)?, time(t)?];
+            Ok((runs.iter().map(|r| r.0).min().unwrap_or(0), runs.iter().map(|r| r.1).min().unwrap_or_default()))
+        };
+        let (hvt, hvt_wall) = best("hvt")?;
+        let (spt, spt_wall) = best("spt")?;
+        let ratio = hvt as f64 / spt as f64;
+        let wall_ratio = hvt_wall.as_secs_f64() / spt_wall.as_secs_f64();
+        if !(1.0 / 1.5..=1.5).contains(&ratio) || wall_ratio > 1.5 {
+            return Err(format!(
+                "10^8 iterations: hvt {hvt} ns, spt {spt} ns (ratio {ratio:.2}); processes {hvt_wall:?} vs {spt_wall:?}"
+            ));
+        }
+        Ok(())
+    }));
+
+    v.push(case("version_and_help", Needs::Nothing, || {
+        for t in TARGETS {
+            let r = run(tender(t), &["--version"])?;
+            r.expect_status(0)?;
+            r.expect_stderr(&format!("solo5-{t} tender, version v0.12.1"))?;
+            r.expect_stderr("ABI version 2")?;
+            let r = run(tender(t), &["--help"])?;
+            r.expect_status(1)?;
+            r.expect_stderr(&format!("usage: solo5-{t} [ CORE OPTIONS ]"))?;
+            r.expect_stderr("--block:NAME=PATH")?;
+            r.expect_stderr("--net:NAME=IFACE")?;
+        }
+        Ok(())
+    }));
+}

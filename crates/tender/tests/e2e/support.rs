@@ -1,0 +1,326 @@
+//! Shared machinery of the end-to-end tests: building the test guests,
+//! running tenders with a deadline, network namespaces with a tap device,
+//! and deciding what this machine can run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub type TestResult = Result<(), String>;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+pub fn tender(name: &str) -> PathBuf {
+    match name {
+        "hvt" => PathBuf::from(env!("CARGO_BIN_EXE_solo5-hvt")),
+        "spt" => PathBuf::from(env!("CARGO_BIN_EXE_solo5-spt")),
+        "elftool" => PathBuf::from(env!("CARGO_BIN_EXE_solo5-elftool")),
+        _ => panic!("no tender {name}"),
+    }
+}
+
+static GUESTS: [OnceLock<Result<PathBuf, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+
+/// Builds the test guests for `target` (once per test run) and returns the
+/// directory holding them.
+pub fn guests(target: &str) -> Result<PathBuf, String> {
+    let slot = if target == "hvt" { &GUESTS[0] } else { &GUESTS[1] };
+    slot.get_or_init(|| {
+        let root = root();
+        let target_dir = root.join("target/guests").join(target);
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "--release", "--quiet", "--features", target, "--manifest-path"])
+            .arg(root.join("tests/guests/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("building the {target} test guests failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(target_dir.join("release"))
+    })
+    .clone()
+}
+
+pub fn guest(target: &str, name: &str) -> Result<PathBuf, String> {
+    Ok(guests(target)?.join(name))
+}
+
+/// The outcome of a process.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// The shell's view of the status: the code, or 128 + the signal.
+    pub fn status(&self) -> i32 {
+        self.code.unwrap_or_else(|| 128 + self.signal.unwrap_or(0))
+    }
+
+    pub fn expect_status(&self, want: i32) -> TestResult {
+        if self.status() != want {
+            return Err(format!("exit status {} instead of {want}\n{}", self.status(), self.dump()));
+        }
+        Ok(())
+    }
+
+    pub fn expect_stdout(&self, needle: &str) -> TestResult {
+        if !self.stdout.contains(needle) {
+            return Err(format!("stdout lacks {needle:?}\n{}", self.dump()));
+        }
+        Ok(())
+    }
+
+    pub fn expect_stderr(&self, needle: &str) -> TestResult {
+        if !self.stderr.contains(needle) {
+            return Err(format!("stderr lacks {needle:?}\n{}", self.dump()));
+        }
+        Ok(())
+    }
+
+    pub fn dump(&self) -> String {
+        format!("--- stdout:\n{}--- stderr:\n{}---", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd`, killing it after `limit`.
+pub fn run_with(mut cmd: Command, limit: Duration) -> Result<Run, String> {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let t_out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
+            let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
+            return Err(format!("{cmd:?} did not finish within {limit:?}\n--- stdout:\n{stdout}--- stderr:\n{stderr}---"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let elapsed = start.elapsed();
+    Ok(Run {
+        code: status.code(),
+        signal: status.signal(),
+        stdout: String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned(),
+        stderr: String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned(),
+        elapsed,
+    })
+}
+
+/// Runs `program` with `args`, with a 60-second limit.
+pub fn run<S: AsRef<std::ffi::OsStr>>(program: impl AsRef<std::ffi::OsStr>, args: &[S]) -> Result<Run, String> {
+    let mut c = Command::new(program);
+    c.args(args);
+    run_with(c, Duration::from_secs(60))
+}
+
+/// Runs a tender: `tender(target) options... guest guest_args...`.
+pub fn boot(target: &str, options: &[&str], guest_name: &str, guest_args: &[&str]) -> Result<Run, String> {
+    let mut c = Command::new(tender(target));
+    c.args(options).arg(guest(target, guest_name)?).args(guest_args);
+    run_with(c, Duration::from_secs(60))
+}
+
+/// A scratch directory removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+static SCRATCH: AtomicU32 = AtomicU32::new(0);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("mirage-e2e-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn file(&self, name: &str, size: u64) -> PathBuf {
+        let p = self.0.join(name);
+        let f = std::fs::File::create(&p).expect("create");
+        f.set_len(size).expect("set_len");
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Why this machine cannot run `target` guests, if it cannot.
+pub fn missing(target: &str) -> Option<String> {
+    match target {
+        "hvt" => match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+            Ok(_) => None,
+            Err(e) => Some(format!("/dev/kvm is not usable ({e})")),
+        },
+        _ => None,
+    }
+}
+
+/// Why this machine cannot run the network tests, if it cannot.
+pub fn missing_net() -> Option<String> {
+    static WHY: OnceLock<Option<String>> = OnceLock::new();
+    WHY.get_or_init(|| {
+        if !Path::new("/dev/net/tun").exists() {
+            return Some("/dev/net/tun is missing".into());
+        }
+        for tool in ["ip", "ping"] {
+            if Command::new(tool).arg("-V").output().is_err() {
+                return Some(format!("`{tool}` is not installed (iproute2, iputils-ping)"));
+            }
+        }
+        let probe = Netns::new();
+        match probe {
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot create a network namespace with a tap device: {e}")),
+        }
+    })
+    .clone()
+}
+
+static NETNS: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace holding tap device `tap0` (10.0.0.1/24, up), for one
+/// test; deleted, with everything in it, when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+impl Netns {
+    pub fn new() -> Result<Netns, String> {
+        let n = NETNS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("mirage-e2e-{}-{n}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        ns.ip(&["tuntap", "add", "tap0", "mode", "tap"])?;
+        ns.ip(&["addr", "add", "10.0.0.1/24", "dev", "tap0"])?;
+        ns.ip(&["link", "set", "tap0", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn ip(&self, args: &[&str]) -> Result<(), String> {
+        let mut a = vec!["netns", "exec", &self.name, "ip"];
+        a.extend_from_slice(args);
+        ip(&a)
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// A tender running in the background; killed when dropped.
+pub struct Background {
+    pub child: std::process::Child,
+    log: PathBuf,
+    _scratch: Scratch,
+}
+
+impl Background {
+    pub fn start(mut cmd: Command) -> Result<Background, String> {
+        let scratch = Scratch::new("bg");
+        let log = scratch.0.join("out.log");
+        let f = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let f2 = f.try_clone().map_err(|e| e.to_string())?;
+        let child = cmd.stdout(f).stderr(f2).stdin(Stdio::null()).spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+        Ok(Background { child, log, _scratch: scratch })
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for the process to exit; its status.
+    pub fn wait(&mut self, limit: Duration) -> Result<i32, String> {
+        use std::os::unix::process::ExitStatusExt;
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)));
+            }
+            if start.elapsed() > limit {
+                return Err(format!("did not exit within {limit:?}\n{}", self.output()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until the output contains `needle`.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> TestResult {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.output().contains(needle) {
+                return Ok(());
+            }
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Err(format!("exited ({s}) before printing {needle:?}\n{}", self.output()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Err(format!("no {needle:?} within {limit:?}\n{}", self.output()))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
