@@ -9,7 +9,7 @@
 //!
 //! A minimal guest:
 //!
-//! ```ignore
+//! ```text
 //! #![no_std]
 //! #![no_main]
 //! use mirage_solo5 as solo5;
@@ -25,7 +25,7 @@
 //!
 //! with a build script that forwards the link settings:
 //!
-//! ```ignore
+//! ```text
 //! fn main() {
 //!     if let Ok(args) = std::env::var("DEP_MIRAGE_SOLO5_LINK_ARGS") {
 //!         for a in args.split(' ') {

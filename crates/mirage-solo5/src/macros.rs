@@ -17,10 +17,11 @@ pub const fn entries<const N: usize>(s: &[MftEntry]) -> [MftEntry; N] {
 /// Declares the devices of the unikernel: its Solo5 manifest, placed in the
 /// MFT1 ELF note that the tenders read.
 ///
-/// ```ignore
-/// mirage_solo5::manifest!(net "service", block "storage");
-/// mirage_solo5::manifest!(); // no devices
 /// ```
+/// mirage_solo5::manifest!(net "service", block "storage");
+/// ```
+///
+/// A unikernel without devices writes `mirage_solo5::manifest!();`.
 ///
 /// Names are 1 to 67 alphanumeric characters, checked at compile time.
 #[macro_export]
@@ -51,9 +52,11 @@ macro_rules! manifest {
 /// Names the application's entry point: `fn(&StartInfo) -> i32`. The value
 /// it returns is the unikernel's exit status.
 ///
-/// ```ignore
+/// ```
 /// mirage_solo5::main!(start);
-/// fn start(si: &mirage_solo5::StartInfo) -> i32 { 0 }
+/// fn start(si: &mirage_solo5::StartInfo) -> i32 {
+///     si.cmdline.len() as i32
+/// }
 /// ```
 #[macro_export]
 macro_rules! main {

@@ -6,6 +6,16 @@ use solo5_abi::mft::{self, MftType};
 use super::{boot, platform};
 use crate::Error;
 
+/// Whether frames go through the tender's shared-memory ring (hvt, when the
+/// tender offers one) or through one hypercall each. The ring is the
+/// default and the faster; turning it off is for measurements.
+pub fn use_ring(enabled: bool) {
+    #[cfg(feature = "hvt")]
+    super::hvt::set_ring_enabled(enabled);
+    #[cfg(not(feature = "hvt"))]
+    let _ = enabled;
+}
+
 /// What the tender attached for an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetInfo {

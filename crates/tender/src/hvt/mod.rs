@@ -277,8 +277,7 @@ impl Vm {
         x86::setup_pagetables(&self.mem, self.mem.alloc_size());
         let cpuid = self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("GET_SUPPORTED_CPUID"))?;
         vcpu.set_cpuid2(&cpuid).map_err(kvm_err("SET_CPUID2"))?;
-        let sregs = vcpu.get_sregs().map_err(kvm_err("GET_SREGS"))?;
-        vcpu.set_sregs(&x86::initial_sregs(sregs)).map_err(kvm_err("SET_SREGS"))?;
+        vcpu.set_sregs(&x86::initial_sregs(Default::default())).map_err(kvm_err("SET_SREGS"))?;
         if !self.kvm.check_extension(Cap::GetTscKhz) {
             return Err(fatal!("KVM: host does not support KVM_CAP_GET_TSC_KHZ"));
         }

@@ -1,7 +1,7 @@
 //! Block devices: I/O that round-trips through a real file, and backing
 //! files the tenders refuse with Solo5's messages.
 
-use crate::support::{Scratch, boot};
+use testkit::{Scratch, boot};
 use crate::{Case, Needs, case};
 
 pub fn cases(v: &mut Vec<Case>) {

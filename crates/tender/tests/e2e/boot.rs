@@ -1,7 +1,7 @@
 //! Booting: hello, exit statuses, faults, quiet mode, memory sizes, and
 //! compute speed on both targets.
 
-use crate::support::{boot, run, tender};
+use testkit::{boot, run, tender};
 use crate::{Case, Needs, case};
 
 const TARGETS: [&str; 2] = ["hvt", "spt"];
@@ -114,7 +114,7 @@ pub fn cases(v: &mut Vec<Case>) {
 
     for t in TARGETS {
         v.push(case(format!("{t}::the_image_cannot_be_executed_directly"), Needs::Nothing, move || {
-            let g = crate::support::guest(t, "hello")?;
+            let g = testkit::guest(t, "hello")?;
             match std::process::Command::new(&g).output() {
                 Ok(o) if o.status.success() => Err("the host ran a unikernel image as a program".into()),
                 _ => Ok(()),

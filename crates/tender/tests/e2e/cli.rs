@@ -1,10 +1,10 @@
 //! Bad command lines, undeclared and missing devices, malformed executables
 //! and manifests: Solo5's messages, status 1, and never a panic.
 
-use crate::support::{Scratch, boot, guest, run, tender};
+use testkit::{Scratch, boot, guest, run, tender};
 use crate::{Case, Needs, case};
 
-fn expect_fatal(r: &crate::support::Run, message: &str) -> Result<(), String> {
+fn expect_fatal(r: &testkit::Run, message: &str) -> Result<(), String> {
     if r.stderr.contains("panicked") {
         return Err(format!("the tender panicked\n{}", r.dump()));
     }

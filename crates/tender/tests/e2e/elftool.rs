@@ -1,6 +1,6 @@
 //! `solo5-elftool` on real executables and manifest sources.
 
-use crate::support::{Scratch, guest, run, tender};
+use testkit::{Scratch, guest, run, tender};
 use crate::{Case, Needs, case};
 
 pub fn cases(v: &mut Vec<Case>) {

@@ -1,12 +1,12 @@
 //! Hostile guests: every bad pointer, length, handle or port ends the guest
 //! with a message from the tender and status 1; the tender never panics.
 
-use crate::support::{Scratch, boot};
+use testkit::{Scratch, boot};
 use crate::{Case, Needs, case};
 
 const HVT: Needs = Needs::Target("hvt");
 
-fn no_panic(r: &crate::support::Run) -> Result<(), String> {
+fn no_panic(r: &testkit::Run) -> Result<(), String> {
     if r.stderr.contains("panicked") || r.stderr.contains("RUST_BACKTRACE") {
         return Err(format!("the tender panicked\n{}", r.dump()));
     }

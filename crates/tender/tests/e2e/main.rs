@@ -13,7 +13,6 @@ mod cli;
 mod elftool;
 mod hostile;
 mod net;
-mod support;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -28,15 +27,20 @@ pub enum Needs {
 pub struct Case {
     pub name: String,
     pub needs: Needs,
-    pub run: Box<dyn FnOnce() -> support::TestResult + Send + std::panic::UnwindSafe>,
+    pub run: Box<dyn FnOnce() -> testkit::TestResult + Send + std::panic::UnwindSafe>,
 }
 
-pub fn case(name: impl Into<String>, needs: Needs, run: impl FnOnce() -> support::TestResult + Send + std::panic::UnwindSafe + 'static) -> Case {
+pub fn case(name: impl Into<String>, needs: Needs, run: impl FnOnce() -> testkit::TestResult + Send + std::panic::UnwindSafe + 'static) -> Case {
     Case { name: name.into(), needs, run: Box::new(run) }
 }
 
 fn main() {
     let args = Arguments::from_args();
+    testkit::set_tenders(
+        env!("CARGO_BIN_EXE_solo5-hvt").into(),
+        env!("CARGO_BIN_EXE_solo5-spt").into(),
+        env!("CARGO_BIN_EXE_solo5-elftool").into(),
+    );
     let mut cases = Vec::new();
     boot::cases(&mut cases);
     block::cases(&mut cases);
@@ -51,8 +55,8 @@ fn main() {
         .map(|c| {
             let why = match c.needs {
                 Needs::Nothing => None,
-                Needs::Target(t) => support::missing(t),
-                Needs::Net(t) => support::missing(t).or_else(support::missing_net),
+                Needs::Target(t) => testkit::missing(t),
+                Needs::Net(t) => testkit::missing(t).or_else(testkit::missing_net),
             };
             match why {
                 Some(reason) => {

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{Background, Netns, guest, run_with, tender};
+use testkit::{Background, Netns, guest, run_with, tender};
 use crate::{Case, Needs, case};
 
 fn start(ns: &Netns, t: &str, args: &[&str]) -> Result<Background, String> {

@@ -5,7 +5,9 @@
 //! * `limit=N`: exit with status 0 after answering N pings;
 //! * `pattern`: check that each echo payload, after ping's 16-byte
 //!   timestamp, is the repeating 0xdeadbeef of `ping -p deadbeef`;
-//! * `mtu`: print the device's MTU and exit.
+//! * `mtu`: print the device's MTU and exit;
+//! * `noring`: use one hypercall per frame even if the tender offers the
+//!   shared-memory ring (hvt).
 //!
 //! Malformed frames are counted and dropped.
 #![no_std]
@@ -152,6 +154,8 @@ fn start(si: &solo5::StartInfo) -> i32 {
             pattern = true;
         } else if arg == "mtu" {
             mtu_only = true;
+        } else if arg == "noring" {
+            solo5::net::use_ring(false);
         }
     }
     let net = match Net::acquire("service") {

@@ -40,6 +40,15 @@ struct Clock {
 
 static CLOCK: Global<Clock> = Global::new(Clock { tsc_base: 0, mult: 0, wall_base: None });
 static RING_INFO: Global<(u32, u64)> = Global::new((0, 0));
+static RING_ENABLED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
+
+pub(crate) fn set_ring_enabled(enabled: bool) {
+    RING_ENABLED.store(enabled, core::sync::atomic::Ordering::Relaxed);
+}
+
+fn ring() -> Option<&'static ring::GuestRing> {
+    if RING_ENABLED.load(core::sync::atomic::Ordering::Relaxed) { ring::get() } else { None }
+}
 
 fn rdtsc() -> u64 {
     // SAFETY: rdtsc has no side effects (CR4.TSD is clear: it works at CPL 3).
@@ -189,7 +198,7 @@ pub(crate) fn block_read(handle: u64, _fd: i32, _bs: u64, offset: u64, buf: &mut
 }
 
 pub(crate) fn net_write(handle: u64, _fd: i32, frame: &[u8]) -> Result<(), Error> {
-    if let Some(r) = ring::get() {
+    if let Some(r) = ring() {
         if let Some(result) = r.write(handle, frame) {
             return result;
         }
@@ -200,7 +209,7 @@ pub(crate) fn net_write(handle: u64, _fd: i32, frame: &[u8]) -> Result<(), Error
 }
 
 pub(crate) fn net_read(handle: u64, _fd: i32, buf: &mut [u8]) -> Result<usize, Error> {
-    if let Some(r) = ring::get() {
+    if let Some(r) = ring() {
         return r.read(handle, buf);
     }
     let mut r = HcNetRead { handle, data: buf.as_mut_ptr() as u64, len: buf.len() as u64, ret: 0, _pad: 0 };

@@ -1,6 +1,9 @@
-//! Shared machinery of the end-to-end tests: building the test guests,
-//! running tenders with a deadline, network namespaces with a tap device,
-//! and deciding what this machine can run.
+//! What the end-to-end tests and the benchmarks share: building the test
+//! guests, running tenders with a deadline, network namespaces with a tap
+//! device, and deciding what this machine can run.
+//!
+//! Tenders are found with [`set_tenders`] (the tests pass the paths cargo
+//! gives them) or, by default, in `target/release`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,15 +15,27 @@ pub type TestResult = Result<(), String>;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_else(|_| PathBuf::from("."))
 }
 
+static TENDERS: OnceLock<[PathBuf; 3]> = OnceLock::new();
+
+/// Uses these binaries for `solo5-hvt`, `solo5-spt` and `solo5-elftool`.
+pub fn set_tenders(hvt: PathBuf, spt: PathBuf, elftool: PathBuf) {
+    let _ = TENDERS.set([hvt, spt, elftool]);
+}
+
+/// The path of `solo5-hvt` (`"hvt"`), `solo5-spt` (`"spt"`) or
+/// `solo5-elftool` (`"elftool"`).
 pub fn tender(name: &str) -> PathBuf {
+    let t = TENDERS.get_or_init(|| {
+        let dir = root().join("target/release");
+        [dir.join("solo5-hvt"), dir.join("solo5-spt"), dir.join("solo5-elftool")]
+    });
     match name {
-        "hvt" => PathBuf::from(env!("CARGO_BIN_EXE_solo5-hvt")),
-        "spt" => PathBuf::from(env!("CARGO_BIN_EXE_solo5-spt")),
-        "elftool" => PathBuf::from(env!("CARGO_BIN_EXE_solo5-elftool")),
-        _ => panic!("no tender {name}"),
+        "hvt" => t[0].clone(),
+        "spt" => t[1].clone(),
+        _ => t[2].clone(),
     }
 }
 
@@ -158,6 +173,7 @@ pub fn boot(target: &str, options: &[&str], guest_name: &str, guest_args: &[&str
 }
 
 /// A scratch directory removed when dropped.
+#[derive(Debug)]
 pub struct Scratch(pub PathBuf);
 
 static SCRATCH: AtomicU32 = AtomicU32::new(0);
@@ -165,7 +181,7 @@ static SCRATCH: AtomicU32 = AtomicU32::new(0);
 impl Scratch {
     pub fn new(tag: &str) -> Scratch {
         let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("mirage-e2e-{}-{tag}-{n}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("mirage-test-{}-{tag}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
         Scratch(dir)
@@ -221,6 +237,7 @@ static NETNS: AtomicU32 = AtomicU32::new(0);
 
 /// A network namespace holding tap device `tap0` (10.0.0.1/24, up), for one
 /// test; deleted, with everything in it, when dropped.
+#[derive(Debug)]
 pub struct Netns {
     pub name: String,
 }
@@ -236,7 +253,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 impl Netns {
     pub fn new() -> Result<Netns, String> {
         let n = NETNS.fetch_add(1, Ordering::Relaxed);
-        let name = format!("mirage-e2e-{}-{n}", std::process::id());
+        let name = format!("mirage-test-{}-{n}", std::process::id());
         ip(&["netns", "add", &name])?;
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
@@ -267,6 +284,7 @@ impl Drop for Netns {
 }
 
 /// A tender running in the background; killed when dropped.
+#[derive(Debug)]
 pub struct Background {
     pub child: std::process::Child,
     log: PathBuf,

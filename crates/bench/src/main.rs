@@ -1,0 +1,358 @@
+//! `mirage-bench`: measurements that print figures, for BENCHMARKS.md.
+//!
+//! ```text
+//! mirage-bench boot    [--runs N] [--solo5 DIR]   # hello, start to exit, and peak RSS
+//! mirage-bench ping    [--count N] [--solo5 DIR]  # flood-ping rate and round-trip times
+//! mirage-bench compute [--solo5 DIR]              # 10^8 iterations of integer and float work
+//! ```
+//!
+//! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
+//! source; nothing of it is part of this project) whose tenders and test
+//! programs are measured in the same run, as the reference. Run as root:
+//! the network benchmarks create a network namespace with a tap device.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::{Background, Netns, guest, tender};
+
+struct Options {
+    runs: usize,
+    count: usize,
+    solo5: Option<PathBuf>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut opts = Options { runs: 50, count: 20_000, solo5: None };
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--runs" => opts.runs = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(opts.runs),
+            "--count" => opts.count = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(opts.count),
+            "--solo5" => opts.solo5 = args.get(i + 1).map(PathBuf::from),
+            other => {
+                eprintln!("mirage-bench: unknown option {other}");
+                std::process::exit(64);
+            }
+        }
+        i += 2;
+    }
+    let result = match args.first().map(String::as_str) {
+        Some("boot") => boot(&opts),
+        Some("ping") => ping(&opts),
+        Some("compute") => compute(&opts),
+        _ => {
+            eprintln!("usage: mirage-bench boot|ping|compute [--runs N] [--count N] [--solo5 DIR]");
+            std::process::exit(64);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("mirage-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn machine() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    println!("machine: {cpu}, {cores} cores, Linux {}", kernel.trim());
+}
+
+/// One process run: wall time from spawn to reap.
+fn measure(cmd: &mut Command) -> Result<(Duration, i32), String> {
+    let start = Instant::now();
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    Ok((start.elapsed(), status.code().unwrap_or(-1)))
+}
+
+/// The peak resident set of a process, read from `/proc/PID/status`
+/// (VmHWM) when it is about to exit. The usual `ru_maxrss` would report
+/// the launcher's own size: it counts the pre-`exec` copy of the parent.
+fn peak_rss(cmd: &mut Command) -> Result<u64, String> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: PTRACE_TRACEME in the child before exec is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+    let pid = child.id() as i32;
+    let mut status = 0;
+    let mut hwm = 0;
+    loop {
+        // SAFETY: waiting for our own traced child.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+            return Err(format!("waitpid: {}", std::io::Error::last_os_error()));
+        }
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            break;
+        }
+        let event = (status >> 16) & 0xff;
+        let mut sig = 0;
+        if event == libc::PTRACE_EVENT_EXIT {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            hwm = s
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        } else if libc::WSTOPSIG(status) == libc::SIGTRAP && event == 0 {
+            // The stop at exec: ask to stop again at exit.
+            // SAFETY: the child is stopped under our trace.
+            unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, libc::PTRACE_O_TRACEEXIT as usize) };
+        } else {
+            sig = libc::WSTOPSIG(status);
+        }
+        // SAFETY: resuming our stopped tracee, passing on any real signal.
+        unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, sig as usize) };
+    }
+    Ok(hwm)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn solo5_file(dir: &Option<PathBuf>, rel: &str) -> Option<PathBuf> {
+    dir.as_ref().map(|d| d.join(rel)).filter(|p| p.exists())
+}
+
+fn boot(o: &Options) -> Result<(), String> {
+    machine();
+    let mut rows: Vec<(String, PathBuf, PathBuf)> = vec![
+        ("mirage-rs solo5-hvt, mirage-rs hello".into(), tender("hvt"), guest("hvt", "hello")?),
+        ("mirage-rs solo5-spt, mirage-rs hello".into(), tender("spt"), guest("spt", "hello")?),
+    ];
+    let s_hvt = solo5_file(&o.solo5, "tenders/hvt/solo5-hvt");
+    let s_spt = solo5_file(&o.solo5, "tenders/spt/solo5-spt");
+    let s_hello_hvt = solo5_file(&o.solo5, "tests/test_hello/test_hello.hvt");
+    let s_hello_spt = solo5_file(&o.solo5, "tests/test_hello/test_hello.spt");
+    if let (Some(t), Some(g)) = (&s_hvt, &s_hello_hvt) {
+        rows.push(("Solo5 solo5-hvt, Solo5 test_hello".into(), t.clone(), g.clone()));
+        rows.push(("Solo5 solo5-hvt, mirage-rs hello".into(), t.clone(), guest("hvt", "hello")?));
+        rows.push(("mirage-rs solo5-hvt, Solo5 test_hello".into(), tender("hvt"), g.clone()));
+    }
+    if let (Some(t), Some(g)) = (&s_spt, &s_hello_spt) {
+        rows.push(("Solo5 solo5-spt, Solo5 test_hello".into(), t.clone(), g.clone()));
+    }
+    println!("hello, from tender start to exit: median, p90 and min of {} runs; peak RSS (median)", o.runs);
+    println!();
+    println!("| tender, guest | median | p90 | min | peak RSS |");
+    println!("|---|---|---|---|---|");
+    for (name, t, g) in rows {
+        let mut times = Vec::new();
+        let mut rss = Vec::new();
+        for i in 0..o.runs + 3 {
+            let (d, status) = measure(Command::new(&t).arg(&g).arg("--solo5:quiet"))?;
+            if status != 0 {
+                return Err(format!("{name}: exit status {status}"));
+            }
+            if i >= 3 {
+                times.push(d.as_secs_f64() * 1e3);
+            }
+        }
+        for _ in 0..5 {
+            rss.push(peak_rss(Command::new(&t).arg(&g).arg("--solo5:quiet"))? as f64);
+        }
+        let med = median(&mut times);
+        let p90 = percentile(&mut times, 0.9);
+        let min = times[0];
+        println!("| {name} | {med:.2} ms | {p90:.2} ms | {min:.2} ms | {:.0} KiB |", median(&mut rss));
+    }
+    Ok(())
+}
+
+fn compute(o: &Options) -> Result<(), String> {
+    machine();
+    let mut rows = vec![
+        ("mirage-rs solo5-hvt".to_string(), tender("hvt"), guest("hvt", "compute")?),
+        ("mirage-rs solo5-spt".to_string(), tender("spt"), guest("spt", "compute")?),
+    ];
+    if let Some(t) = solo5_file(&o.solo5, "tenders/hvt/solo5-hvt") {
+        rows.push(("Solo5 solo5-hvt".into(), t, guest("hvt", "compute")?));
+    }
+    if let Some(t) = solo5_file(&o.solo5, "tenders/spt/solo5-spt") {
+        rows.push(("Solo5 solo5-spt".into(), t, guest("spt", "compute")?));
+    }
+    println!("10^8 iterations of integer and floating-point work in the mirage-rs compute guest; best of 3");
+    println!();
+    println!("| tender | loop (guest clock) | whole run |");
+    println!("|---|---|---|");
+    for (name, t, g) in rows {
+        let mut best = (f64::MAX, f64::MAX);
+        for _ in 0..3 {
+            let start = Instant::now();
+            let out = Command::new(&t).arg(&g).arg("--solo5:quiet").output().map_err(|e| e.to_string())?;
+            let wall = start.elapsed().as_secs_f64();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let ns: f64 = text
+                .split("iterations in ")
+                .nth(1)
+                .and_then(|s| s.split(' ').next())
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("{name}: no timing in {text:?}"))?;
+            best = (best.0.min(ns / 1e6), best.1.min(wall * 1e3));
+        }
+        println!("| {name} | {:.0} ms | {:.0} ms |", best.0, best.1);
+    }
+    Ok(())
+}
+
+struct Responder {
+    name: String,
+    tender: PathBuf,
+    guest: PathBuf,
+    net_option: &'static str,
+    args: Vec<&'static str>,
+    ready: &'static str,
+}
+
+fn ping_stats(ns: &Netns, args: &[&str]) -> Result<String, String> {
+    let out = ns.command("ping").args(args).arg("10.0.0.2").output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("ping {args:?}: {}", String::from_utf8_lossy(&out.stdout)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ping(o: &Options) -> Result<(), String> {
+    machine();
+    let mut rows = vec![
+        Responder {
+            name: "mirage-rs solo5-hvt, net ring".into(),
+            tender: tender("hvt"),
+            guest: guest("hvt", "net")?,
+            net_option: "--net:service=tap0",
+            args: vec![],
+            ready: "net: serving",
+        },
+        Responder {
+            name: "mirage-rs solo5-hvt, hypercalls".into(),
+            tender: tender("hvt"),
+            guest: guest("hvt", "net")?,
+            net_option: "--net:service=tap0",
+            args: vec!["noring"],
+            ready: "net: serving",
+        },
+        Responder {
+            name: "mirage-rs solo5-spt".into(),
+            tender: tender("spt"),
+            guest: guest("spt", "net")?,
+            net_option: "--net:service=tap0",
+            args: vec![],
+            ready: "net: serving",
+        },
+    ];
+    if let Some(t) = solo5_file(&o.solo5, "tenders/hvt/solo5-hvt") {
+        rows.push(Responder {
+            name: "Solo5 solo5-hvt, mirage-rs net".into(),
+            tender: t.clone(),
+            guest: guest("hvt", "net")?,
+            net_option: "--net:service=tap0",
+            args: vec![],
+            ready: "net: serving",
+        });
+        if let Some(g) = solo5_file(&o.solo5, "tests/test_net/test_net.hvt") {
+            rows.push(Responder {
+                name: "Solo5 solo5-hvt, Solo5 test_net".into(),
+                tender: t,
+                guest: g.clone(),
+                net_option: "--net:service0=tap0",
+                args: vec![],
+                ready: "Serving ping",
+            });
+            rows.push(Responder {
+                name: "mirage-rs solo5-hvt, Solo5 test_net".into(),
+                tender: tender("hvt"),
+                guest: g,
+                net_option: "--net:service0=tap0",
+                args: vec![],
+                ready: "Serving ping",
+            });
+        }
+    }
+    if let Some(t) = solo5_file(&o.solo5, "tenders/spt/solo5-spt") {
+        rows.push(Responder {
+            name: "Solo5 solo5-spt, mirage-rs net".into(),
+            tender: t,
+            guest: guest("spt", "net")?,
+            net_option: "--net:service=tap0",
+            args: vec![],
+            ready: "net: serving",
+        });
+    }
+    println!(
+        "ICMP echo from the host (ping, in a network namespace with a tap device): flood rate over {} pings (`ping -f`), round-trip times of 500 pings 2 ms apart",
+        o.count
+    );
+    println!();
+    println!("| responder | flood pings/s | flood loss | RTT p50 | RTT p99 | RTT max |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        let ns = Netns::new()?;
+        let mut c = ns.command(&r.tender);
+        c.arg(r.net_option).arg(&r.guest).args(&r.args);
+        let mut g = Background::start(c)?;
+        g.wait_for(r.ready, Duration::from_secs(30))?;
+        ping_stats(&ns, &["-c", "3", "-i", "0.1", "-W", "5"])?;
+        // Solo5's C guest is slow (its code runs in the CPL-0 emulator), so
+        // it gets fewer pings.
+        let count = if r.name.contains("test_net") { (o.count / 10).max(1000) } else { o.count };
+        let start = Instant::now();
+        let flood = ping_stats(&ns, &["-f", "-q", "-c", &count.to_string()])?;
+        let secs = start.elapsed().as_secs_f64();
+        let received: f64 = flood
+            .split(" received")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
+        let loss = flood.split(", ").find(|s| s.contains("packet loss")).unwrap_or("?").to_string();
+        let lat = ping_stats(&ns, &["-c", "500", "-i", "0.002"])?;
+        let mut rtts: Vec<f64> = lat
+            .lines()
+            .filter_map(|l| l.split("time=").nth(1))
+            .filter_map(|t| t.split(' ').next())
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        if rtts.is_empty() {
+            return Err(format!("{}: no round-trip times", r.name));
+        }
+        let p50 = percentile(&mut rtts, 0.5);
+        let p99 = percentile(&mut rtts, 0.99);
+        let max = rtts[rtts.len() - 1];
+        println!(
+            "| {} | {:.0} | {} | {:.3} ms | {:.3} ms | {:.3} ms |",
+            r.name,
+            received / secs,
+            loss.replace(" packet loss", ""),
+            p50,
+            p99,
+            max
+        );
+        drop(g);
+    }
+    Ok(())
+}
