@@ -178,10 +178,23 @@ pub(crate) fn wall() -> u64 {
     base.wrapping_add(monotonic())
 }
 
+/// A wait for input longer than this marks traffic as sparse (see
+/// `ring::GuestRing::bypass`).
+const SPARSE_WAIT_NS: u64 = 1_000_000;
+static SPARSE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
+
+fn sparse_traffic() -> bool {
+    SPARSE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) fn poll(deadline: u64) -> u64 {
-    let timeout = deadline.saturating_sub(monotonic());
+    let start = monotonic();
+    let timeout = deadline.saturating_sub(start);
     let mut p = HcPoll { timeout_nsecs: timeout, ..Default::default() };
     hypercall(Hypercall::Poll, &mut p);
+    if p.ready_set != 0 {
+        SPARSE.store(monotonic().wrapping_sub(start) > SPARSE_WAIT_NS, core::sync::atomic::Ordering::Relaxed);
+    }
     p.ready_set
 }
 
@@ -209,8 +222,8 @@ pub(crate) fn net_write(handle: u64, _fd: i32, frame: &[u8]) -> Result<(), Error
 }
 
 pub(crate) fn net_read(handle: u64, _fd: i32, buf: &mut [u8]) -> Result<usize, Error> {
-    if let Some(r) = ring() {
-        return r.read(handle, buf);
+    if let Some(result) = ring().and_then(|r| r.read(handle, buf)) {
+        return result;
     }
     let mut r = HcNetRead { handle, data: buf.as_mut_ptr() as u64, len: buf.len() as u64, ret: 0, _pad: 0 };
     hypercall(Hypercall::NetRead, &mut r);

@@ -96,10 +96,10 @@ impl GuestRing {
         }
     }
 
-    /// Sends `frame`; `None` if it is too large for a ring buffer (the
-    /// caller then makes the hypercall).
+    /// Sends `frame`; `None` if it is too large for a ring buffer or the
+    /// ring is bypassed (the caller then makes the hypercall).
     pub(crate) fn write(&self, handle: u64, frame: &[u8]) -> Option<Result<(), Error>> {
-        if frame.len() > RING_BUF_SIZE {
+        if frame.len() > RING_BUF_SIZE || self.bypass() {
             return None;
         }
         let tail = self.reserve();
@@ -115,8 +115,29 @@ impl GuestRing {
         Some(Ok(()))
     }
 
-    /// Reads a frame into `buf`, waiting for the thread's answer.
-    pub(crate) fn read(&self, handle: u64, buf: &mut [u8]) -> Result<usize, Error> {
+    /// Whether to leave the ring's sleeping I/O thread alone and make a
+    /// hypercall instead.
+    ///
+    /// Waking the thread costs an exit (the kick) and a thread wake-up, and
+    /// the scheduler tends to queue the woken thread behind this vCPU's,
+    /// whose spin for the answer then lasts until its time slice ends. When
+    /// traffic is sparse (the guest's last wait for input was long) one
+    /// hypercall per frame is cheaper and steadier; when it is dense the
+    /// thread stays awake and the ring carries frames without exits. Frames
+    /// keep their order: the hypercall path is taken only with no write
+    /// pending in the ring.
+    fn bypass(&self) -> bool {
+        super::sparse_traffic()
+            && self.ring.needs_kick.load(Ordering::Acquire) != 0
+            && self.ring.ent_head.load(Ordering::Acquire) == self.ring.ent_tail.load(Ordering::Relaxed)
+    }
+
+    /// Reads a frame into `buf`, waiting for the thread's answer; `None`
+    /// when the caller should make the hypercall instead ([`Self::bypass`]).
+    pub(crate) fn read(&self, handle: u64, buf: &mut [u8]) -> Option<Result<usize, Error>> {
+        if self.bypass() {
+            return None;
+        }
         let tail = self.reserve();
         let len = buf.len().min(u32::MAX as usize) as u32;
         self.submit(tail, OP_NET_READ, handle, buf.as_mut_ptr() as u64, len);
@@ -128,11 +149,11 @@ impl GuestRing {
         let ret = c.ret.load(Ordering::Relaxed);
         let got = c.len.load(Ordering::Relaxed) as usize;
         self.ring.com_head.store(head.wrapping_add(1), Ordering::Release);
-        match SoloResult::from_raw(ret) {
+        Some(match SoloResult::from_raw(ret) {
             SoloResult::Ok => Ok(got.min(buf.len())),
             SoloResult::Again => Err(Error::Again),
             SoloResult::Inval => Err(Error::Invalid),
             SoloResult::Unspec => Err(Error::Unspecified),
-        }
+        })
     }
 }
