@@ -20,6 +20,8 @@
 //! * [`hvt`]: the KVM tender; [`spt`]: the seccomp tender;
 //! * [`elftool`], [`json`]: `solo5-elftool`.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use std::fmt;
 use std::sync::OnceLock;
 

@@ -180,10 +180,10 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
         .filter_map(|i| devices.get(i as u64, MftType::NetBasic).map(|(_, fd)| (i as u32, fd)))
         .collect();
     let mut ring_thread = None;
-    if let (Some(gpa), true) = (ring_gpa, vm.has_ioeventfd) {
-        if let Some(efd) = ring::kick_eventfd(vm.vm_fd()) {
-            ring_thread = Some(RingThread::start(vm.mem.clone(), gpa, nics.clone(), efd)?);
-        }
+    if let (Some(gpa), true) = (ring_gpa, vm.has_ioeventfd)
+        && let Some(efd) = ring::kick_eventfd(vm.vm_fd())
+    {
+        ring_thread = Some(RingThread::start(vm.mem.clone(), gpa, nics.clone(), efd)?);
     }
     devices.check_all_attached()?;
 

@@ -17,13 +17,20 @@ mod net;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// What a test needs from the machine.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needs {
     Nothing,
     Target(&'static str),
     Net(&'static str),
 }
 
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Case").field("name", &self.name).field("needs", &self.needs).finish()
+    }
+}
+
+/// One end-to-end test.
 pub struct Case {
     pub name: String,
     pub needs: Needs,
