@@ -98,6 +98,19 @@ pub fn strerror(e: &std::io::Error) -> String {
     }
 }
 
+/// The `main` of a tender binary: records the program name, runs `run` on
+/// the arguments and exits as Solo5 does ([`exit_with`]).
+pub fn tender_main(
+    run: fn(&[std::ffi::OsString]) -> Result<i32, Exit>,
+    usage: fn(&str) -> String,
+    version: fn(&str) -> String,
+) -> ! {
+    let mut args = std::env::args_os();
+    set_prog(&args.next().unwrap_or_default());
+    let args: Vec<_> = args.collect();
+    exit_with(run(&args), || usage(prog()), || version(prog()))
+}
+
 /// Runs a tender's body and exits as Solo5 does: the guest's status, or 1
 /// with a message, or 0 for `--version`.
 pub fn exit_with(result: Result<i32, Exit>, usage: impl FnOnce() -> String, version: impl FnOnce() -> String) -> ! {

@@ -187,24 +187,25 @@ pub(crate) fn net_write(_handle: u64, fd: i32, frame: &[u8]) -> Result<(), Error
     if n == frame.len() as i64 { Ok(()) } else { Err(Error::Unspecified) }
 }
 
-pub(crate) fn block_read(_handle: u64, fd: i32, bs: u64, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
-    for (i, chunk) in buf.chunks_mut(bs as usize).enumerate() {
-        let off = offset + i as u64 * bs;
-        let n = syscall4(sys::PREAD64, fd as u64, chunk.as_mut_ptr() as u64, bs, off);
+/// One system call per block: the seccomp filter allows no more.
+fn block_io(fd: i32, bs: u64, offset: u64, buf: *mut u8, len: usize, nr: u64) -> Result<(), Error> {
+    let mut done = 0;
+    while done < len as u64 {
+        // SAFETY (of the caller's buffer): `buf` is valid for `len` bytes,
+        // a whole number of blocks (checked by Block).
+        let n = syscall4(nr, fd as u64, buf as u64 + done, bs, offset + done);
         if n != bs as i64 {
             return Err(Error::Unspecified);
         }
+        done += bs;
     }
     Ok(())
 }
 
+pub(crate) fn block_read(_handle: u64, fd: i32, bs: u64, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+    block_io(fd, bs, offset, buf.as_mut_ptr(), buf.len(), sys::PREAD64)
+}
+
 pub(crate) fn block_write(_handle: u64, fd: i32, bs: u64, offset: u64, data: &[u8]) -> Result<(), Error> {
-    for (i, chunk) in data.chunks(bs as usize).enumerate() {
-        let off = offset + i as u64 * bs;
-        let n = syscall4(sys::PWRITE64, fd as u64, chunk.as_ptr() as u64, bs, off);
-        if n != bs as i64 {
-            return Err(Error::Unspecified);
-        }
-    }
-    Ok(())
+    block_io(fd, bs, offset, data.as_ptr().cast_mut(), data.len(), sys::PWRITE64)
 }

@@ -7,9 +7,5 @@
 
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
-    let mut args = std::env::args_os();
-    tender::set_prog(&args.next().unwrap_or_default());
-    let args: Vec<_> = args.collect();
-    let result = tender::hvt::run(&args);
-    tender::exit_with(result, || tender::hvt::usage(tender::prog()), || tender::hvt::version(tender::prog()))
+    tender::tender_main(tender::hvt::run, tender::hvt::usage, tender::hvt::version)
 }

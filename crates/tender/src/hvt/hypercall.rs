@@ -9,10 +9,17 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use solo5_abi::hvt::{
-    HcBlockRead, HcBlockWrite, HcHalt, HcNetRead, HcNetWrite, HcPoll, HcPuts, HcWalltime, Hypercall, HALT_COOKIE_MAX,
+    HcBlockRead, HcHalt, HcNetRead, HcNetWrite, HcPoll, HcPuts, HcWalltime, Hypercall, HALT_COOKIE_MAX,
 };
 use solo5_abi::mft::MftType;
 use solo5_abi::{SoloResult, spt::INTERNAL_TIMERFD};
+
+// BLOCK_READ is served with BLOCK_WRITE's code: same fields, same offsets.
+const _: () = assert!(
+    std::mem::size_of::<solo5_abi::hvt::HcBlockWrite>() == std::mem::size_of::<HcBlockRead>()
+        && std::mem::offset_of!(solo5_abi::hvt::HcBlockWrite, ret) == std::mem::offset_of!(HcBlockRead, ret)
+        && std::mem::offset_of!(solo5_abi::hvt::HcBlockWrite, data) == std::mem::offset_of!(HcBlockRead, data)
+);
 
 use super::memory::{GuestMemory, InvalidAccess};
 use crate::devices::Devices;
@@ -117,8 +124,8 @@ impl<'m> Hypercalls<'m> {
             Some(Hypercall::Walltime) => self.walltime(gpa),
             Some(Hypercall::Puts) => self.puts(gpa),
             Some(Hypercall::Poll) => self.poll(gpa),
-            Some(Hypercall::BlockWrite) => self.block_write(gpa),
-            Some(Hypercall::BlockRead) => self.block_read(gpa),
+            Some(Hypercall::BlockWrite) => self.block_io(gpa, true),
+            Some(Hypercall::BlockRead) => self.block_io(gpa, false),
             Some(Hypercall::NetWrite) => self.net_write(gpa),
             Some(Hypercall::NetRead) => self.net_read(gpa),
             Some(Hypercall::Halt) => return self.halt(gpa),
@@ -210,46 +217,33 @@ impl<'m> Hypercalls<'m> {
         }
     }
 
-    fn block_write(&self, gpa: u64) -> Result<(), Exit> {
-        let err = guest(Hypercall::BlockWrite);
-        let mut w: HcBlockWrite = self.mem.read_obj(gpa).map_err(&err)?;
-        w.ret = match self.block_entry(w.handle, w.offset, w.len) {
+    /// BLOCK_WRITE and BLOCK_READ, whose argument structs share a layout.
+    fn block_io(&self, gpa: u64, write: bool) -> Result<(), Exit> {
+        let err = guest(if write { Hypercall::BlockWrite } else { Hypercall::BlockRead });
+        let mut a: HcBlockRead = self.mem.read_obj(gpa).map_err(&err)?;
+        a.ret = match self.block_entry(a.handle, a.offset, a.len) {
             None => SoloResult::Inval as u32,
             Some(fd) => {
-                let data = self.mem.check(w.data, w.len).map_err(&err)?;
-                // SAFETY: the source range was checked to lie in guest memory.
-                let n = unsafe { libc::pwrite(fd, data.cast(), w.len as usize, w.offset as i64) };
+                let data = self.mem.check(a.data, a.len).map_err(&err)?;
+                // SAFETY: the range was checked to lie in guest memory.
+                let n = unsafe {
+                    if write {
+                        libc::pwrite(fd, data.cast(), a.len as usize, a.offset as i64)
+                    } else {
+                        libc::pread(fd, data.cast(), a.len as usize, a.offset as i64)
+                    }
+                };
+                let (doing, done) = if write { ("writing", "wrote") } else { ("reading", "read") };
                 if n < 0 {
-                    return Err(fatal!("Fatal error when writing: {}", strerror(&os_error())));
+                    return Err(fatal!("Fatal error when {doing}: {}", strerror(&os_error())));
                 }
-                if n as u64 != w.len {
-                    return Err(fatal!("Fatal error: wrote only {n} out of {} bytes", w.len));
+                if n as u64 != a.len {
+                    return Err(fatal!("Fatal error: {done} only {n} out of {} bytes", a.len));
                 }
                 SoloResult::Ok as u32
             }
         };
-        self.mem.write_obj(gpa, &w).map_err(&err)
-    }
-
-    fn block_read(&self, gpa: u64) -> Result<(), Exit> {
-        let err = guest(Hypercall::BlockRead);
-        let mut r: HcBlockRead = self.mem.read_obj(gpa).map_err(&err)?;
-        r.ret = match self.block_entry(r.handle, r.offset, r.len) {
-            None => SoloResult::Inval as u32,
-            Some(fd) => {
-                let data = self.mem.check(r.data, r.len).map_err(&err)?;
-                // SAFETY: the destination range was checked to lie in guest memory.
-                let n = unsafe { libc::pread(fd, data.cast(), r.len as usize, r.offset as i64) };
-                if n < 0 {
-                    return Err(fatal!("Fatal error when reading: {}", strerror(&os_error())));
-                }
-                if n as u64 != r.len {
-                    return Err(fatal!("Fatal error: read only {n} out of {} bytes", r.len));
-                }
-                SoloResult::Ok as u32
-            }
-        };
-        self.mem.write_obj(gpa, &r).map_err(&err)
+        self.mem.write_obj(gpa, &a).map_err(&err)
     }
 
     fn net_write(&self, gpa: u64) -> Result<(), Exit> {

@@ -155,6 +155,63 @@ pub fn cases(v: &mut Vec<Case>) {
         Ok(())
     }));
 
+    for t in TARGETS {
+        let n = Needs::Target(t);
+        v.push(case(format!("{t}::yield_sleeps_until_the_deadline"), n, move || {
+            let r = boot(t, &[], "sleep", &["--solo5:quiet", "1000"])?;
+            r.expect_status(0)?;
+            r.expect_stdout("SUCCESS")?;
+            // A sleep is one wait for the host, not a busy loop.
+            let wakeups: u32 = r
+                .stdout
+                .split(" wake-ups")
+                .next()
+                .and_then(|s| s.rsplit(' ').next())
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("no wake-up count\n{}", r.dump()))?;
+            if wakeups > 3 {
+                return Err(format!("a one-second sleep took {wakeups} wake-ups"));
+            }
+            Ok(())
+        }));
+        v.push(case(format!("{t}::the_largest_manifest"), n, move || {
+            let dir = testkit::Scratch::new("maxdev");
+            let opts: Vec<String> =
+                (0..63).map(|i| format!("--block:storage{i}={}", dir.file(&format!("s{i}.img"), 4096).display())).collect();
+            let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+            let r = boot(t, &opts, "maxdev", &["--solo5:quiet"])?;
+            r.expect_status(0)?;
+            r.expect_stdout("storage62: handle 63, 4096 bytes")
+        }));
+    }
+    v.push(case("hvt::sigterm_and_sigint_end_the_tender", Needs::Target("hvt"), || {
+        for (sig, name) in [(libc_sig::SIGTERM, "15"), (libc_sig::SIGINT, "2")] {
+            let mut c = std::process::Command::new(tender("hvt"));
+            c.arg(testkit::guest("hvt", "sleep")?).arg("60000");
+            let mut g = testkit::Background::start(c)?;
+            g.wait_for("Solo5: Bindings version", std::time::Duration::from_secs(10))?;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            libc_sig::kill(g.child.id(), sig);
+            let status = g.wait(std::time::Duration::from_secs(10))?;
+            if status != 1 || !g.output().contains(&format!("solo5-hvt: Exiting on signal {name}")) {
+                return Err(format!("signal {name}: status {status}\n{}", g.output()));
+            }
+        }
+        Ok(())
+    }));
+    v.push(case("spt::sigterm_kills_the_guest", Needs::Target("spt"), || {
+        let mut c = std::process::Command::new(tender("spt"));
+        c.arg(testkit::guest("spt", "sleep")?).arg("60000");
+        let mut g = testkit::Background::start(c)?;
+        g.wait_for("Solo5: Bindings version", std::time::Duration::from_secs(10))?;
+        libc_sig::kill(g.child.id(), libc_sig::SIGTERM);
+        let status = g.wait(std::time::Duration::from_secs(10))?;
+        if status != 128 + libc_sig::SIGTERM {
+            return Err(format!("status {status} instead of 143\n{}", g.output()));
+        }
+        Ok(())
+    }));
+
     v.push(case("version_and_help", Needs::Nothing, || {
         for t in TARGETS {
             let r = run(tender(t), &["--version"])?;
@@ -169,4 +226,14 @@ pub fn cases(v: &mut Vec<Case>) {
         }
         Ok(())
     }));
+}
+
+/// Sending signals to a tender under test.
+mod libc_sig {
+    pub const SIGINT: i32 = 2;
+    pub const SIGTERM: i32 = 15;
+
+    pub fn kill(pid: u32, sig: i32) {
+        let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    }
 }
