@@ -199,6 +199,22 @@ pub fn cases(v: &mut Vec<Case>) {
         }
         Ok(())
     }));
+    for t in TARGETS {
+        v.push(case(format!("{t}::the_running_tender_is_confined_by_seccomp"), Needs::Target(t), move || {
+            let mut c = std::process::Command::new(tender(t));
+            c.arg(testkit::guest(t, "sleep")?).arg("5000");
+            let mut g = testkit::Background::start(c)?;
+            g.wait_for("Solo5: Bindings version", std::time::Duration::from_secs(10))?;
+            let status = std::fs::read_to_string(format!("/proc/{}/status", g.child.id())).map_err(|e| e.to_string())?;
+            if !status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')) {
+                return Err(format!("the tender runs without a seccomp filter:\n{status}"));
+            }
+            if !status.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')) {
+                return Err("no_new_privs is not set".into());
+            }
+            Ok(())
+        }));
+    }
     v.push(case("spt::sigterm_kills_the_guest", Needs::Target("spt"), || {
         let mut c = std::process::Command::new(tender("spt"));
         c.arg(testkit::guest("spt", "sleep")?).arg("60000");
