@@ -43,6 +43,7 @@ extern crate alloc;
 
 pub mod args;
 mod core_state;
+pub mod entry;
 mod exec;
 pub mod io;
 pub mod logger;
@@ -52,6 +53,7 @@ pub mod time;
 mod tests;
 
 pub use exec::{Either, JoinHandle, join, join_all, run, select, spawn, yield_now};
+pub use entry::{Outcome, boot};
 pub use io::{Interest, Source};
 
 /// What the executor needs from the target: a monotonic clock and a way to

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use solo5_abi::mft::{self, MftEntry, MftType};
 
 use crate::cli::device_option;
-use crate::{Exit, block, fatal, strerror, tap, warn};
+use crate::{Exit, block, fatal, strerror, warn};
 
 /// `PATH_MAX`: the longest block device path accepted.
 const PATH_MAX: usize = 4096;

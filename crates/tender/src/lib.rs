@@ -16,7 +16,7 @@
 //! Module map:
 //! * [`cli`]: the command line, parsed in Solo5's two passes;
 //! * [`exe`]: reading the executable, its ABI and manifest notes;
-//! * [`devices`], [`block`], [`tap`]: attaching the manifest's devices;
+//! * [`devices`], [`block`] (and the `tap` crate): attaching the manifest's devices;
 //! * [`hvt`]: the KVM tender; [`spt`]: the seccomp tender;
 //! * [`elftool`], [`json`]: `solo5-elftool`.
 
@@ -34,7 +34,6 @@ pub mod hvt;
 pub mod json;
 pub mod seccomp;
 pub mod spt;
-pub mod tap;
 
 /// How a tender stops before (or instead of) running the guest. The
 /// binaries turn this into Solo5's output and exit status.

@@ -1,4 +1,4 @@
-//! Network interfaces: Linux tap devices.
+//! Linux tap devices, as the tenders and the unix target attach them.
 //!
 //! The interface must already exist and be up: opening `/dev/net/tun` would
 //! otherwise create a new, unconfigured device, which is never what the user
@@ -10,6 +10,7 @@ use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 
 /// `IFNAMSIZ`.
 pub const IFNAMSIZ: usize = 16;
@@ -140,8 +141,6 @@ pub fn attach(ifname: &str) -> io::Result<(OwnedFd, u16)> {
     disable_offloads(&sock, ifname);
     Ok((OwnedFd::from(tun), mtu))
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 /// `tap_attach_genmac`: a random locally administered unicast MAC address.
 pub fn generate_mac() -> io::Result<[u8; 6]> {
