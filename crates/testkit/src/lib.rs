@@ -70,6 +70,40 @@ pub fn guest(target: &str, name: &str) -> Result<PathBuf, String> {
     Ok(guests(target)?.join(name))
 }
 
+static EXAMPLES: [OnceLock<Result<PathBuf, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+
+/// Builds the examples for `target` (`unix`, `hvt` or `spt`; once per run)
+/// and returns the path of example `name`.
+pub fn example(target: &str, name: &str) -> Result<PathBuf, String> {
+    let (slot, manifest, features): (_, &str, &[&str]) = match target {
+        "unix" => (&EXAMPLES[0], "examples/unix/Cargo.toml", &[]),
+        "hvt" => (&EXAMPLES[1], "examples/solo5/Cargo.toml", &["--features", "hvt"]),
+        _ => (&EXAMPLES[2], "examples/solo5/Cargo.toml", &["--features", "spt"]),
+    };
+    let dir = slot
+        .get_or_init(|| {
+            let root = root();
+            let target_dir = root.join("target/examples").join(target);
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let out = Command::new(cargo)
+                .args(["build", "--release", "--quiet", "--manifest-path"])
+                .arg(root.join(manifest))
+                .args(features)
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .output()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("building the {target} examples failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+            }
+            Ok(target_dir.join("release"))
+        })
+        .clone()?;
+    Ok(dir.join(name))
+}
+
 /// The outcome of a process.
 #[derive(Debug)]
 pub struct Run {

@@ -99,3 +99,10 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 /// with `panic = "abort"`; nothing ever calls it.
 #[unsafe(no_mangle)]
 pub extern "C" fn rust_eh_personality() {}
+
+/// The precompiled `alloc` has landing pads that resume unwinding; with
+/// `panic = "abort"` no unwinding ever starts, so this is never reached.
+#[unsafe(no_mangle)]
+pub extern "C" fn _Unwind_Resume(_exception: *mut u8) -> ! {
+    super::rt::abort_with(format_args!("unwinding is not supported"))
+}

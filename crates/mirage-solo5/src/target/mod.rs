@@ -6,6 +6,7 @@ mod notes;
 
 pub mod block;
 pub mod console;
+pub mod dev;
 mod heap;
 mod mem;
 pub mod net;
@@ -92,6 +93,13 @@ pub(crate) fn manifest(addr: u64) -> &'static [MftEntry] {
         let n = (h.entries as usize).min(solo5_abi::mft::MFT_MAX_ENTRIES as usize);
         core::slice::from_raw_parts((addr + 8) as *const MftEntry, n)
     }
+}
+
+/// How many times the guest has left to the host so far: hypercalls and
+/// net ring kicks on hvt, blocking waits (`epoll_pwait`) on spt. For
+/// measurements.
+pub fn exits() -> u64 {
+    platform::EXITS.load(core::sync::atomic::Ordering::Relaxed)
 }
 
 /// Sleeps until the monotonic clock reaches `deadline` (nanoseconds, see

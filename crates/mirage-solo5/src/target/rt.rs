@@ -73,6 +73,7 @@ pub(crate) fn start(boot: Boot) -> ! {
 
 /// Ends the unikernel with `status` (`solo5_exit`).
 pub fn exit(status: i32) -> ! {
+    console::log(Level::Debug, format_args!("Solo5: {} exits to the host\n", super::exits()));
     console::log(Level::Info, format_args!("Solo5: solo5_exit({status}) called\n"));
     console::flush();
     platform::halt(status, 0)

@@ -87,6 +87,9 @@ struct EpollEvent {
     data: u64,
 }
 
+/// Blocking waits made (see `super::exits`).
+pub(crate) static EXITS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 struct Fds {
     epoll: i32,
     timer: i32,
@@ -153,6 +156,7 @@ pub(crate) fn poll(deadline: u64) -> u64 {
         value: Timespec { sec: (deadline / 1_000_000_000) as i64, nsec: ((deadline % 1_000_000_000) | 1) as i64 },
     };
     syscall4(sys::TIMERFD_SETTIME, timer as u64, sys::TFD_TIMER_ABSTIME, &it as *const Itimerspec as u64, 0);
+    EXITS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let mut events = [EpollEvent::default(); 65];
     let max = (npollfds + 1).min(events.len());
     let n = loop {

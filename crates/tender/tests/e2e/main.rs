@@ -11,6 +11,7 @@ mod block;
 mod boot;
 mod cli;
 mod elftool;
+mod examples;
 mod hostile;
 mod net;
 
@@ -54,6 +55,7 @@ fn main() {
     hostile::cases(&mut cases);
     cli::cases(&mut cases);
     elftool::cases(&mut cases);
+    examples::cases(&mut cases);
     net::cases(&mut cases);
 
     let mut skipped = Vec::new();

@@ -21,6 +21,7 @@ mod ring;
 /// asm block is a compiler barrier, so results are read after it.
 #[inline(always)]
 fn hypercall<T>(hc: Hypercall, arg: &mut T) {
+    EXITS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let gpa = arg as *mut T as usize as u32;
     // SAFETY: `arg` is a live struct of the layout the hypercall expects, in
     // guest memory below 4 GiB (all of it is), so its address fits in %eax.
@@ -28,6 +29,9 @@ fn hypercall<T>(hc: Hypercall, arg: &mut T) {
         asm!("out dx, eax", in("dx") hc.port(), in("eax") gpa, options(nostack, preserves_flags));
     }
 }
+
+/// Hypercalls and kicks made (see `super::exits`).
+pub(crate) static EXITS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 struct Clock {
     /// TSC at boot.

@@ -63,6 +63,7 @@ pub(crate) fn get() -> Option<&'static GuestRing> {
 }
 
 fn kick() {
+    super::EXITS.fetch_add(1, Ordering::Relaxed);
     // SAFETY: a write to the kick port, which the tender binds to an
     // ioeventfd; it traps to the CPL-0 #GP stub like a hypercall.
     unsafe {

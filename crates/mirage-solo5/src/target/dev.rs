@@ -1,0 +1,280 @@
+//! The device traits of `mirage-devices` on Solo5, and the runtime's
+//! platform: what a unikernel generic over the traits is wired to on hvt
+//! and spt.
+//!
+//! ```text
+//! mirage_solo5::manifest!(net "service");
+//! mirage_solo5::main!(start);
+//! fn start(si: &mirage_solo5::StartInfo) -> i32 {
+//!     let args = match mirage_solo5::dev::boot("hello", si.cmdline, &[]) { Ok(a) => a, Err(c) => return c };
+//!     mirage_solo5::dev::run(async move { app::start(mirage_solo5::dev::Console).await })
+//! }
+//! ```
+
+extern crate alloc;
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use mirage_devices::block::{self as dblock, BlockInfo};
+use mirage_devices::net::{self as dnet, MacAddr, NetInfo, Stats};
+use mirage_devices::time::Timestamp;
+use mirage_runtime::args::{Arg, Args, split_cmdline};
+use mirage_runtime::logger::Sink;
+use mirage_runtime::{Interest, Outcome, Platform, Source, io};
+
+use super::{Global, block, console, net, time};
+
+/// The executor's platform: the monotonic clock and `solo5_yield`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Solo5Platform;
+
+impl Platform for Solo5Platform {
+    fn now(&self) -> u64 {
+        time::monotonic()
+    }
+
+    fn clock(&self) -> Option<fn() -> u64> {
+        Some(time::monotonic)
+    }
+
+    fn wait(&mut self, deadline: Option<u64>, io: &[(Source, Interest)], ready: &mut dyn FnMut(Source, Interest)) {
+        let set = super::yield_until(deadline.unwrap_or(u64::MAX));
+        for &(s, i) in io {
+            if i == Interest::Read && set.contains(s.0) {
+                ready(s, i);
+            }
+        }
+    }
+}
+
+fn console_line(s: &str) {
+    console::write(s.as_bytes());
+}
+
+/// Parses the command line of `program` against `specs` and sets up
+/// logging; on `--help` or a bad argument, prints and returns the exit
+/// status (0 or 64).
+pub fn boot(program: &str, cmdline: &str, specs: &[Arg]) -> Result<Args, i32> {
+    let sink = Sink { write: console_line, wall: Some(time::wall) };
+    let argv = match split_cmdline(cmdline) {
+        Ok(a) => a,
+        Err(e) => {
+            console_line(&alloc::format!("{program}: {e}\n"));
+            return Err(e.exit_status());
+        }
+    };
+    mirage_runtime::boot(program, specs, &argv, sink)
+}
+
+/// Runs `start` to completion; its exit status.
+pub fn run<F: core::future::Future>(start: F) -> i32
+where
+    F::Output: Outcome,
+{
+    mirage_runtime::run(&mut Solo5Platform, start).exit_code()
+}
+
+/// The console.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Console;
+
+impl mirage_devices::console::Console for Console {
+    async fn write(&self, bytes: &[u8]) -> Result<(), mirage_devices::console::Error> {
+        console::write(bytes);
+        Ok(())
+    }
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WallClock;
+
+impl mirage_devices::time::WallClock for WallClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(time::wall())
+    }
+}
+
+/// A network interface of the manifest.
+#[derive(Debug)]
+pub struct Net {
+    raw: net::Net,
+    info: NetInfo,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+    stats: Stats,
+}
+
+impl Net {
+    /// Acquires the interface named `name` in the manifest.
+    pub fn acquire(name: &str) -> Result<Net, crate::Error> {
+        let raw = net::Net::acquire(name)?;
+        let i = raw.info();
+        let info = NetInfo::new(MacAddr(i.mac), i.mtu);
+        Ok(Net { raw, info, rx: vec![0; info.max_frame()], tx: vec![0; info.max_frame()], stats: Stats::default() })
+    }
+}
+
+impl dnet::Net for Net {
+    fn info(&self) -> NetInfo {
+        self.info
+    }
+
+    fn try_recv<R>(&mut self, f: impl FnOnce(&mut [u8]) -> R) -> Result<Option<R>, dnet::Error> {
+        match self.raw.read(&mut self.rx) {
+            Ok(n) => {
+                self.stats.rx_frames += 1;
+                self.stats.rx_bytes += n as u64;
+                Ok(Some(f(&mut self.rx[..n])))
+            }
+            Err(crate::Error::Again) => Ok(None),
+            Err(_) => Err(dnet::Error::Io),
+        }
+    }
+
+    async fn readable(&mut self) -> Result<(), dnet::Error> {
+        io::ready(Source(self.raw.handle()), Interest::Read).await;
+        Ok(())
+    }
+
+    fn send<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, dnet::Error> {
+        if len > self.tx.len() {
+            return Err(dnet::Error::TooLarge);
+        }
+        let r = f(&mut self.tx[..len]);
+        self.raw.write(&self.tx[..len]).map_err(|_| dnet::Error::Io)?;
+        self.stats.tx_frames += 1;
+        self.stats.tx_bytes += len as u64;
+        Ok(r)
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+}
+
+/// A block device of the manifest.
+#[derive(Debug)]
+pub struct Block {
+    raw: block::Block,
+    info: BlockInfo,
+}
+
+impl Block {
+    /// Acquires the device named `name` in the manifest.
+    pub fn acquire(name: &str) -> Result<Block, crate::Error> {
+        let raw = block::Block::acquire(name)?;
+        let i = raw.info();
+        Ok(Block { raw, info: BlockInfo::new(i.block_size as u32, i.capacity / i.block_size, false) })
+    }
+}
+
+fn block_err(e: crate::Error) -> dblock::Error {
+    match e {
+        crate::Error::Invalid => dblock::Error::OutOfRange,
+        _ => dblock::Error::Io,
+    }
+}
+
+/// The most bytes one block request carries, so that a huge read or write
+/// does not hold the guest in one hypercall for long.
+const MAX_RUN: usize = 1 << 20;
+
+impl dblock::Block for Block {
+    fn info(&self) -> BlockInfo {
+        self.info
+    }
+
+    async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), dblock::Error> {
+        self.info.check(sector, buf.len())?;
+        let ss = self.info.sector_size as u64;
+        for (i, chunk) in buf.chunks_mut(MAX_RUN).enumerate() {
+            self.raw.read(sector * ss + (i * MAX_RUN) as u64, chunk).map_err(block_err)?;
+        }
+        Ok(())
+    }
+
+    async fn write(&self, sector: u64, data: &[u8]) -> Result<(), dblock::Error> {
+        self.info.check(sector, data.len())?;
+        let ss = self.info.sector_size as u64;
+        for (i, chunk) in data.chunks(MAX_RUN).enumerate() {
+            self.raw.write(sector * ss + (i * MAX_RUN) as u64, chunk).map_err(block_err)?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), dblock::Error> {
+        // Solo5 writes reach the host file before the call returns.
+        Ok(())
+    }
+}
+
+/// A cryptographically secure generator: ChaCha20, seeded at first use from
+/// the CPU's RDSEED or RDRAND and the TSC.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Random;
+
+static RNG: Global<Option<rand_chacha::ChaCha20Rng>> = Global::new(None);
+
+fn cpuid(leaf: u32) -> core::arch::x86_64::CpuidResult {
+    core::arch::x86_64::__cpuid_count(leaf, 0)
+}
+
+/// # Safety
+/// The CPU supports RDSEED.
+#[target_feature(enable = "rdseed")]
+unsafe fn rdseed() -> Option<u64> {
+    let mut v = 0u64;
+    for _ in 0..10 {
+        if core::arch::x86_64::_rdseed64_step(&mut v) == 1 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// # Safety
+/// The CPU supports RDRAND.
+#[target_feature(enable = "rdrand")]
+unsafe fn rdrand() -> Option<u64> {
+    let mut v = 0u64;
+    for _ in 0..10 {
+        if core::arch::x86_64::_rdrand64_step(&mut v) == 1 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn seed() -> [u8; 32] {
+    let has_rdseed = cpuid(0).eax >= 7 && cpuid(7).ebx & (1 << 18) != 0;
+    let has_rdrand = cpuid(1).ecx & (1 << 30) != 0;
+    let mut s = [0u8; 32];
+    let mut hardware = 0;
+    for chunk in s.chunks_mut(8) {
+        // SAFETY (both calls): the CPU reported the instruction above.
+        let hw = if has_rdseed { unsafe { rdseed() } } else { None }
+            .or_else(|| if has_rdrand { unsafe { rdrand() } } else { None });
+        if hw.is_some() {
+            hardware += 1;
+        }
+        // SAFETY: rdtsc has no side effects.
+        let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+        let v = hw.unwrap_or(0) ^ tsc.rotate_left(17) ^ time::monotonic();
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    if hardware < 4 {
+        log::warn!(target: "mirage", "no hardware random source: random numbers are seeded from clocks only");
+    }
+    s
+}
+
+impl mirage_devices::random::Random for Random {
+    fn fill(&self, buf: &mut [u8]) {
+        use rand_core::{Rng, SeedableRng};
+        RNG.with(|r| {
+            r.get_or_insert_with(|| rand_chacha::ChaCha20Rng::from_seed(seed())).fill_bytes(buf);
+        });
+    }
+}

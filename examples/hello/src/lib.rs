@@ -1,0 +1,16 @@
+//! hello: prints a greeting four times, a second apart.
+//!
+//! Generic over a console and a sleep; nothing here names a target.
+#![no_std]
+
+use mirage_devices::console::Console;
+use mirage_devices::time::{Duration, Sleep};
+
+/// The unikernel.
+pub async fn start(console: impl Console, time: impl Sleep) -> Result<(), mirage_devices::console::Error> {
+    for _ in 0..4 {
+        console.log("hello").await?;
+        time.sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
