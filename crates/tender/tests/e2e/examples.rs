@@ -102,6 +102,41 @@ pub fn cases(v: &mut Vec<Case>) {
             r.expect_stdout("sub/hello.txt begins with \"Hello\"")
         }));
     }
+    for t in TARGETS {
+        v.push(case(format!("{t}::example_ping_answers_a_flood"), Needs::Net(t), move || {
+            let ns = testkit::Netns::new()?;
+            let image = example(t, "ping")?;
+            let mut c = if t == "unix" {
+                let mut c = ns.command(image);
+                c.arg("--tap=tap0");
+                c
+            } else {
+                let mut c = ns.command(tender(t));
+                c.arg("--net:service=tap0").arg(image).arg("--solo5:quiet");
+                c
+            };
+            c.arg("--limit=5001");
+            let mut g = testkit::Background::start(c)?;
+            g.wait_for("ping: serving 10.0.0.2", Duration::from_secs(20))?;
+            let ping = |args: &[&str]| -> Result<String, String> {
+                let mut p = ns.command("ping");
+                p.args(args).arg("10.0.0.2");
+                let r = run_with(p, Duration::from_secs(60))?;
+                r.expect_status(0)?;
+                Ok(r.stdout)
+            };
+            ping(&["-c", "1", "-W", "5"])?;
+            let out = ping(&["-f", "-c", "5000", "-q"])?;
+            if !out.contains("5000 packets transmitted, 5000 received, 0% packet loss") {
+                return Err(format!("flood ping lost packets:\n{out}"));
+            }
+            let status = g.wait(Duration::from_secs(10))?;
+            if status != 0 || !g.output().contains("ping: answered 5001 pings") {
+                return Err(format!("responder exited with {status}:\n{}", g.output()));
+            }
+            Ok(())
+        }));
+    }
     for t in ["hvt", "spt"] {
         v.push(case(format!("{t}::example_hello_sleeps_without_spinning"), needs(t), move || {
             let r = boot(t, "hello", &[], &["--solo5:debug"])?;

@@ -1,0 +1,193 @@
+//! ping: an ARP and ICMP echo responder written directly on Ethernet
+//! frames, generic over any network interface; no TCP/IP stack.
+//!
+//! [`respond`] is the pure part: a request frame in, its reply in place.
+//! Malformed frames (short, bad lengths or checksums) are dropped and
+//! counted.
+#![no_std]
+
+extern crate alloc;
+
+use alloc::vec;
+use core::net::Ipv4Addr;
+
+use mirage_devices::console::Console;
+use mirage_devices::net::{self, Net};
+
+/// Internet checksum (RFC 1071) of `data`.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    if let [b] = chunks.remainder() {
+        sum += (*b as u32) << 8;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+
+/// What to do with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send the first `n` bytes of the frame back: the reply.
+    Reply(usize),
+    /// Not for us, or not a request.
+    Ignore,
+    /// Malformed.
+    Drop,
+    /// An echo whose payload is not the `0xdeadbeef` pattern.
+    BadPattern,
+}
+
+/// Turns an ARP request for `ip` or an ICMP echo request to `ip` in `f`
+/// into its reply, in place. With `pattern`, an echo payload (after ping's
+/// 16-byte timestamp) must repeat `0xdeadbeef`.
+pub fn respond(f: &mut [u8], mac: [u8; 6], ip: [u8; 4], pattern: bool) -> Action {
+    if f.len() < 14 {
+        return Action::Drop;
+    }
+    let ethertype = u16::from_be_bytes([f[12], f[13]]);
+    match ethertype {
+        0x0806 => {
+            if f.len() < 42 {
+                return Action::Drop;
+            }
+            let a = &f[14..42];
+            if a[0..2] != [0, 1] || a[2..4] != [8, 0] || a[4] != 6 || a[5] != 4 {
+                return Action::Drop;
+            }
+            if a[6..8] != [0, 1] || a[24..28] != ip {
+                return Action::Ignore;
+            }
+            let (sha, spa) = ([a[8], a[9], a[10], a[11], a[12], a[13]], [a[14], a[15], a[16], a[17]]);
+            f[0..6].copy_from_slice(&sha);
+            f[6..12].copy_from_slice(&mac);
+            f[20..22].copy_from_slice(&[0, 2]);
+            f[22..28].copy_from_slice(&mac);
+            f[28..32].copy_from_slice(&ip);
+            f[32..38].copy_from_slice(&sha);
+            f[38..42].copy_from_slice(&spa);
+            Action::Reply(42)
+        }
+        0x0800 => {
+            if f.len() < 34 || f[14] >> 4 != 4 {
+                return Action::Drop;
+            }
+            let ihl = ((f[14] & 0xf) as usize) * 4;
+            let total = u16::from_be_bytes([f[16], f[17]]) as usize;
+            if ihl < 20 || total < ihl + 8 || 14 + total > f.len() || checksum(&f[14..14 + ihl]) != 0 {
+                return Action::Drop;
+            }
+            if f[23] != 1 || f[30..34] != ip {
+                return Action::Ignore;
+            }
+            let icmp = 14 + ihl;
+            let end = 14 + total;
+            if checksum(&f[icmp..end]) != 0 {
+                return Action::Drop;
+            }
+            if f[icmp] != 8 || f[icmp + 1] != 0 {
+                return Action::Ignore;
+            }
+            if pattern {
+                let payload = &f[icmp + 8..end];
+                if payload.len() > 16
+                    && payload[16..].iter().enumerate().any(|(i, &b)| b != [0xde, 0xad, 0xbe, 0xef][i % 4])
+                {
+                    return Action::BadPattern;
+                }
+            }
+            let mut tmp = [0u8; 6];
+            tmp.copy_from_slice(&f[6..12]);
+            f.copy_within(0..6, 6);
+            f[0..6].copy_from_slice(&tmp);
+            let mut src = [0u8; 4];
+            src.copy_from_slice(&f[26..30]);
+            f.copy_within(30..34, 26);
+            f[30..34].copy_from_slice(&src);
+            f[icmp] = 0;
+            f[icmp + 2] = 0;
+            f[icmp + 3] = 0;
+            let c = checksum(&f[icmp..end]);
+            f[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
+            Action::Reply(end)
+        }
+        _ => Action::Ignore,
+    }
+}
+
+
+/// What the responder did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Echo requests answered.
+    pub pings: u64,
+    /// ARP requests answered.
+    pub arps: u64,
+    /// Malformed frames dropped.
+    pub dropped: u64,
+}
+
+/// Why the responder stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// The interface failed.
+    Net(net::Error),
+    /// An echo payload was corrupted.
+    Corrupted,
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::Net(e) => write!(f, "network: {e}"),
+            Error::Corrupted => f.write_str("echo payload does not match the 0xdeadbeef pattern"),
+        }
+    }
+}
+
+/// The unikernel: answers for `ip` on `net` until `limit` pings (forever if
+/// `None`).
+pub async fn start(console: impl Console, mut net: impl Net, ip: Ipv4Addr, limit: Option<u64>, pattern: bool) -> Result<(), Error> {
+    let info = net.info();
+    let _ = console.log(&alloc::format!("ping: serving {ip} ({}, mtu {})", info.mac, info.mtu)).await;
+    let mut stats = Stats::default();
+    let mut frame = vec![0u8; info.max_frame()];
+    let mac = info.mac.0;
+    let ip = ip.octets();
+    while limit.is_none_or(|l| stats.pings < l) {
+        let action = net
+            .recv(|f| {
+                let n = f.len().min(frame.len());
+                frame[..n].copy_from_slice(&f[..n]);
+                respond(&mut frame[..n], mac, ip, pattern)
+            })
+            .await
+            .map_err(Error::Net)?;
+        match action {
+            Action::Reply(len) => {
+                net.send(len, |tx| tx.copy_from_slice(&frame[..len])).map_err(Error::Net)?;
+                if len == 42 {
+                    stats.arps += 1;
+                } else {
+                    stats.pings += 1;
+                }
+            }
+            Action::Ignore => {}
+            Action::Drop => stats.dropped += 1,
+            Action::BadPattern => return Err(Error::Corrupted),
+        }
+    }
+    let _ = console
+        .log(&alloc::format!(
+            "ping: answered {} pings, {} ARP requests; dropped {} malformed frames",
+            stats.pings, stats.arps, stats.dropped
+        ))
+        .await;
+    Ok(())
+}
