@@ -4,6 +4,8 @@
 //! mirage-bench boot    [--runs N] [--solo5 DIR]   # hello, start to exit, and peak RSS
 //! mirage-bench ping    [--count N] [--solo5 DIR]  # flood-ping rate and round-trip times
 //! mirage-bench compute [--solo5 DIR]              # 10^8 iterations of integer and float work
+//! mirage-bench block   [--count MIB]              # sequential block throughput, beside dd
+//! mirage-bench timers  [--count N]                # lateness of sleeps on each target
 //! ```
 //!
 //! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
@@ -43,8 +45,10 @@ fn main() {
         Some("boot") => boot(&opts),
         Some("ping") => ping(&opts),
         Some("compute") => compute(&opts),
+        Some("block") => block(&opts),
+        Some("timers") => timers(&opts),
         _ => {
-            eprintln!("usage: mirage-bench boot|ping|compute [--runs N] [--count N] [--solo5 DIR]");
+            eprintln!("usage: mirage-bench boot|ping|compute|block|timers [--runs N] [--count N] [--solo5 DIR]");
             std::process::exit(64);
         }
     };
@@ -353,6 +357,107 @@ fn ping(o: &Options) -> Result<(), String> {
             max
         );
         drop(g);
+    }
+    Ok(())
+}
+
+/// The figures line a bench unikernel printed.
+fn figures(out: &[u8], prefix: &str) -> Vec<String> {
+    String::from_utf8_lossy(out).lines().filter(|l| l.starts_with(prefix)).map(String::from).collect()
+}
+
+fn block(o: &Options) -> Result<(), String> {
+    machine();
+    let mib = if o.count == 20_000 { 256 } else { o.count as u64 };
+    let dir = testkit::Scratch::new("blockbench");
+    let disk = dir.file("disk.img", mib << 20);
+    let disk_s = disk.display().to_string();
+    // Every row writes over pages already in the page cache, so that the
+    // first row does not pay for allocating them.
+    Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={disk_s}"), "bs=1M", &format!("count={mib}"), "conv=notrunc"])
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| e.to_string())?;
+    println!("sequential write then read of {mib} MiB through the Block trait, 1 MiB requests, on a file in the page cache");
+    println!();
+    println!("| target | write | read |");
+    println!("|---|---|---|");
+    let parse = |line: &str| -> (String, String) {
+        let w = line.split("write ").nth(1).and_then(|s| s.split(" read").next()).unwrap_or("?").to_string();
+        let r = line.split("read ").nth(1).and_then(|s| s.split(" (").next()).unwrap_or("?").to_string();
+        (w, r)
+    };
+    for t in ["hvt", "spt"] {
+        let out = Command::new(tender(t))
+            .arg(format!("--block:storage={disk_s}"))
+            .arg(guest(t, "blockbench")?)
+            .args(["--solo5:quiet", &format!("--mib={mib}"), "--chunk-kib=1024"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let lines = figures(&out.stdout, "blockbench:");
+        let (w, r) = parse(lines.first().ok_or_else(|| format!("{t}: no figures: {}", String::from_utf8_lossy(&out.stdout)))?);
+        println!("| mirage-rs {t} | {w} | {r} |");
+    }
+    let line = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let file = mirage_unix::FileBlock::open(&disk, 512, false).map_err(|e| e.to_string())?;
+        let capture = Capture(line.clone());
+        mirage_unix::run(bench_apps::block(capture, file, mirage_runtime::time::Clock, mib << 20, 1 << 20));
+    }
+    let (w, r) = parse(&line.lock().map_err(|e| e.to_string())?);
+    println!("| mirage-rs unix | {w} | {r} |");
+    // dd on the same file, same request size, through the page cache.
+    let dd = |args: &[&str]| -> Result<String, String> {
+        let out = Command::new("dd").args(args).output().map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let rate = err.lines().last().and_then(|l| l.rsplit(", ").next()).unwrap_or("?").to_string();
+        Ok(rate)
+    };
+    let w = dd(&["if=/dev/zero", &format!("of={disk_s}"), "bs=1M", &format!("count={mib}"), "conv=notrunc"])?;
+    let r = dd(&[&format!("if={disk_s}"), "of=/dev/null", "bs=1M"])?;
+    println!("| dd (host) | {w} | {r} |");
+    Ok(())
+}
+
+/// A console that keeps what is written, for in-process runs.
+struct Capture(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl mirage_devices::console::Console for Capture {
+    async fn write(&self, bytes: &[u8]) -> Result<(), mirage_devices::console::Error> {
+        if let Ok(mut s) = self.0.lock() {
+            s.push_str(&String::from_utf8_lossy(bytes));
+        }
+        Ok(())
+    }
+}
+
+fn timers(o: &Options) -> Result<(), String> {
+    machine();
+    let count = if o.count == 20_000 { 200 } else { o.count };
+    println!("lateness of sleeps (how long after its deadline a sleep returns, on the unikernel's own clock)");
+    println!();
+    println!("| target | period | mean | p99 | max |");
+    println!("|---|---|---|---|---|");
+    let row = |t: &str, line: &str| {
+        // timerbench: sleep P ms: mean L us, p99 Q us, max M us (N sleeps)
+        let f = |k: &str| line.split(k).nth(1).and_then(|s| s.split(&[',', ' ', '('][..]).find(|x| !x.is_empty())).unwrap_or("?").to_string();
+        println!("| {t} | {} ms | {} us | {} us | {} us |", f("sleep "), f("mean "), f("p99 "), f("max "));
+    };
+    for t in ["hvt", "spt"] {
+        let out = Command::new(tender(t))
+            .arg(guest(t, "timerbench")?)
+            .args(["--solo5:quiet", &format!("--count={count}")])
+            .output()
+            .map_err(|e| e.to_string())?;
+        for l in figures(&out.stdout, "timerbench:") {
+            row(&format!("mirage-rs {t}"), &l);
+        }
+    }
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    mirage_unix::run(bench_apps::timers(Capture(text.clone()), mirage_runtime::time::Clock, count));
+    for l in text.lock().map_err(|e| e.to_string())?.lines().filter(|l| l.starts_with("timerbench:")) {
+        row("mirage-rs unix", l);
     }
     Ok(())
 }

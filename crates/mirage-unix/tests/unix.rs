@@ -160,3 +160,12 @@ fn directory_key_value_store() {
     });
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn random_bytes_differ() {
+    use mirage_devices::random::Random;
+    let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+    mirage_unix::Random.fill(&mut a);
+    mirage_unix::Random.fill(&mut b);
+    assert_ne!(a, b);
+}

@@ -215,6 +215,23 @@ pub fn cases(v: &mut Vec<Case>) {
             Ok(())
         }));
     }
+    for t in TARGETS {
+        v.push(case(format!("{t}::random_bytes_differ_between_boots"), Needs::Target(t), move || {
+            let a = boot(t, &[], "random", &["--solo5:quiet"])?;
+            let b = boot(t, &[], "random", &["--solo5:quiet"])?;
+            a.expect_status(0)?;
+            b.expect_status(0)?;
+            let word = |r: &testkit::Run| r.stdout.lines().find_map(|l| l.strip_prefix("random: ")).map(String::from);
+            let (x, y) = (word(&a).ok_or("no output")?, word(&b).ok_or("no output")?);
+            if x == y || x.len() != 64 {
+                return Err(format!("two boots gave {x} and {y}"));
+            }
+            if a.stdout.contains("no hardware random source") {
+                return Err("the generator was seeded without RDSEED/RDRAND".into());
+            }
+            Ok(())
+        }));
+    }
     v.push(case("spt::sigterm_kills_the_guest", Needs::Target("spt"), || {
         let mut c = std::process::Command::new(tender("spt"));
         c.arg(testkit::guest("spt", "sleep")?).arg("60000");
