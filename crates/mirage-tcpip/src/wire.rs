@@ -1,0 +1,447 @@
+//! The Ethernet and IP layers on their own: parsing and checking of
+//! Ethernet, ARP, IPv4, IPv6, ICMP, UDP and TCP headers, for applications
+//! that work on raw frames (a responder, a firewall) and need no TCP.
+//!
+//! [`parse`] checks a frame completely: lengths at every layer and every
+//! checksum (IPv4 header, ICMP, ICMPv6, UDP, TCP). The stack runs it on
+//! each frame it receives and drops those it rejects, counting them, so
+//! the protocol engine only ever sees well-formed frames.
+
+use core::net::{Ipv4Addr, Ipv6Addr};
+
+/// EtherType of IPv4.
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// EtherType of ARP.
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+/// EtherType of IPv6.
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+/// IP protocol number of ICMP.
+pub const PROTO_ICMP: u8 = 1;
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+/// IP protocol number of ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Why a frame was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// Shorter than its headers.
+    Truncated,
+    /// A length field disagrees with the frame.
+    BadLength,
+    /// A checksum does not match.
+    BadChecksum,
+    /// A header field has an impossible value (IP version, header length,
+    /// ARP address sizes).
+    BadHeader,
+}
+
+impl core::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Malformed::Truncated => "truncated frame",
+            Malformed::BadLength => "length field disagrees with the frame",
+            Malformed::BadChecksum => "bad checksum",
+            Malformed::BadHeader => "impossible header field",
+        })
+    }
+}
+
+/// The one's-complement sum of `data` (RFC 1071) added to `sum`, unfolded.
+fn add(mut sum: u64, data: &[u8]) -> u64 {
+    // Eight bytes at a time: the sum of 32-bit words in a 64-bit
+    // accumulator folds to the same 16-bit result and is four times faster
+    // than 16-bit words on the bulk path.
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let (s, carry) = sum.overflowing_add(w >> 32);
+        sum = s + carry as u64;
+        let (s, carry) = sum.overflowing_add(w & 0xffff_ffff);
+        sum = s + carry as u64;
+    }
+    let mut rest = chunks.remainder().chunks_exact(2);
+    for c in &mut rest {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u64;
+    }
+    if let [b] = rest.remainder() {
+        sum += (*b as u64) << 8;
+    }
+    sum
+}
+
+fn fold(mut sum: u64) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The Internet checksum of `data`: 0 over data that includes a correct
+/// checksum field.
+pub fn checksum(data: &[u8]) -> u16 {
+    fold(add(0, data))
+}
+
+/// The Internet checksum of an upper-layer packet under the IPv4
+/// pseudo-header.
+pub fn checksum_ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, data: &[u8]) -> u16 {
+    let mut sum = add(0, &src.octets());
+    sum = add(sum, &dst.octets());
+    sum += protocol as u64 + data.len() as u64;
+    fold(add(sum, data))
+}
+
+/// The Internet checksum of an upper-layer packet under the IPv6
+/// pseudo-header.
+pub fn checksum_ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, data: &[u8]) -> u16 {
+    let mut sum = add(0, &src.octets());
+    sum = add(sum, &dst.octets());
+    sum += next_header as u64 + data.len() as u64;
+    fold(add(sum, data))
+}
+
+/// An Ethernet frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ethernet<'a> {
+    /// Destination MAC address.
+    pub dst: [u8; 6],
+    /// Source MAC address.
+    pub src: [u8; 6],
+    /// EtherType.
+    pub ethertype: u16,
+    /// What follows the header (including any padding).
+    pub payload: &'a [u8],
+}
+
+/// An ARP packet for IPv4 over Ethernet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arp {
+    /// 1: request, 2: reply.
+    pub op: u16,
+    /// Sender MAC address.
+    pub sender_mac: [u8; 6],
+    /// Sender IPv4 address.
+    pub sender_ip: Ipv4Addr,
+    /// Target MAC address.
+    pub target_mac: [u8; 6],
+    /// Target IPv4 address.
+    pub target_ip: Ipv4Addr,
+}
+
+/// An IPv4 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4<'a> {
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+    /// Protocol of the payload.
+    pub protocol: u8,
+    /// Time to live.
+    pub ttl: u8,
+    /// Header length in bytes.
+    pub header_len: usize,
+    /// Whether this is a fragment (the payload's own header was not
+    /// checked: it may be in another fragment).
+    pub fragment: bool,
+    /// The payload, cut at the total length (Ethernet padding removed).
+    pub payload: &'a [u8],
+}
+
+/// An IPv6 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6<'a> {
+    /// Source address.
+    pub src: Ipv6Addr,
+    /// Destination address.
+    pub dst: Ipv6Addr,
+    /// Next header of the fixed header.
+    pub next_header: u8,
+    /// Hop limit.
+    pub hop_limit: u8,
+    /// The payload, cut at the payload length.
+    pub payload: &'a [u8],
+}
+
+/// What an Ethernet frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packet<'a> {
+    /// ARP.
+    Arp(Arp),
+    /// IPv4.
+    Ipv4(Ipv4<'a>),
+    /// IPv6.
+    Ipv6(Ipv6<'a>),
+    /// Another EtherType, not checked.
+    Other,
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn mac(b: &[u8]) -> [u8; 6] {
+    [b[0], b[1], b[2], b[3], b[4], b[5]]
+}
+
+fn ipv4(b: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(b[0], b[1], b[2], b[3])
+}
+
+fn ipv6(b: &[u8]) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[..16]);
+    Ipv6Addr::from(a)
+}
+
+/// Parses the Ethernet header.
+pub fn ethernet(frame: &[u8]) -> Result<Ethernet<'_>, Malformed> {
+    if frame.len() < 14 {
+        return Err(Malformed::Truncated);
+    }
+    Ok(Ethernet { dst: mac(&frame[0..6]), src: mac(&frame[6..12]), ethertype: be16(frame, 12), payload: &frame[14..] })
+}
+
+/// Parses and checks a whole frame, through the transport header and its
+/// checksum.
+pub fn parse(frame: &[u8]) -> Result<(Ethernet<'_>, Packet<'_>), Malformed> {
+    let eth = ethernet(frame)?;
+    let packet = match eth.ethertype {
+        ETHERTYPE_ARP => Packet::Arp(parse_arp(eth.payload)?),
+        ETHERTYPE_IPV4 => Packet::Ipv4(parse_ipv4(eth.payload)?),
+        ETHERTYPE_IPV6 => Packet::Ipv6(parse_ipv6(eth.payload)?),
+        _ => Packet::Other,
+    };
+    Ok((eth, packet))
+}
+
+/// Parses an ARP packet (Ethernet and IPv4 addresses only).
+pub fn parse_arp(p: &[u8]) -> Result<Arp, Malformed> {
+    if p.len() < 28 {
+        return Err(Malformed::Truncated);
+    }
+    if be16(p, 0) != 1 || be16(p, 2) != ETHERTYPE_IPV4 || p[4] != 6 || p[5] != 4 {
+        return Err(Malformed::BadHeader);
+    }
+    Ok(Arp {
+        op: be16(p, 6),
+        sender_mac: mac(&p[8..14]),
+        sender_ip: ipv4(&p[14..18]),
+        target_mac: mac(&p[18..24]),
+        target_ip: ipv4(&p[24..28]),
+    })
+}
+
+/// Parses an IPv4 packet and checks its header checksum and, unless it is
+/// a fragment, its ICMP, UDP or TCP header and checksum.
+pub fn parse_ipv4(p: &[u8]) -> Result<Ipv4<'_>, Malformed> {
+    if p.len() < 20 {
+        return Err(Malformed::Truncated);
+    }
+    if p[0] >> 4 != 4 {
+        return Err(Malformed::BadHeader);
+    }
+    let header_len = (p[0] & 0xf) as usize * 4;
+    let total = be16(p, 2) as usize;
+    if header_len < 20 {
+        return Err(Malformed::BadHeader);
+    }
+    if total < header_len || total > p.len() {
+        return Err(Malformed::BadLength);
+    }
+    if checksum(&p[..header_len]) != 0 {
+        return Err(Malformed::BadChecksum);
+    }
+    let flags_offset = be16(p, 6);
+    let fragment = flags_offset & 0x3fff != 0;
+    let packet = Ipv4 {
+        src: ipv4(&p[12..16]),
+        dst: ipv4(&p[16..20]),
+        protocol: p[9],
+        ttl: p[8],
+        header_len,
+        fragment,
+        payload: &p[header_len..total],
+    };
+    if !fragment {
+        let pseudo = |data: &[u8]| checksum_ipv4(packet.src, packet.dst, packet.protocol, data);
+        check_transport(packet.protocol, packet.payload, pseudo, false)?;
+    }
+    Ok(packet)
+}
+
+/// Parses an IPv6 packet and, when the fixed header is followed directly
+/// by ICMPv6, UDP or TCP, checks that header and its checksum.
+pub fn parse_ipv6(p: &[u8]) -> Result<Ipv6<'_>, Malformed> {
+    if p.len() < 40 {
+        return Err(Malformed::Truncated);
+    }
+    if p[0] >> 4 != 6 {
+        return Err(Malformed::BadHeader);
+    }
+    let len = be16(p, 4) as usize;
+    if 40 + len > p.len() {
+        return Err(Malformed::BadLength);
+    }
+    let packet = Ipv6 { src: ipv6(&p[8..24]), dst: ipv6(&p[24..40]), next_header: p[6], hop_limit: p[7], payload: &p[40..40 + len] };
+    let pseudo = |data: &[u8]| checksum_ipv6(packet.src, packet.dst, packet.next_header, data);
+    check_transport(packet.next_header, packet.payload, pseudo, true)?;
+    Ok(packet)
+}
+
+/// Checks the lengths and checksum of an ICMP, ICMPv6, UDP or TCP header
+/// (other protocols pass). `pseudo` sums under the IP pseudo-header.
+fn check_transport(protocol: u8, data: &[u8], pseudo: impl Fn(&[u8]) -> u16, v6: bool) -> Result<(), Malformed> {
+    match protocol {
+        PROTO_ICMP if !v6 => {
+            if data.len() < 8 {
+                return Err(Malformed::Truncated);
+            }
+            if checksum(data) != 0 {
+                return Err(Malformed::BadChecksum);
+            }
+        }
+        PROTO_ICMPV6 if v6 => {
+            if data.len() < 4 {
+                return Err(Malformed::Truncated);
+            }
+            if pseudo(data) != 0 {
+                return Err(Malformed::BadChecksum);
+            }
+        }
+        PROTO_UDP => {
+            if data.len() < 8 {
+                return Err(Malformed::Truncated);
+            }
+            let len = be16(data, 4) as usize;
+            if len < 8 || len > data.len() {
+                return Err(Malformed::BadLength);
+            }
+            let sum = be16(data, 6);
+            // A zero UDP checksum means "none" over IPv4 and is forbidden
+            // over IPv6 (RFC 8200, 8.1).
+            if sum == 0 && v6 {
+                return Err(Malformed::BadChecksum);
+            }
+            if sum != 0 && pseudo(&data[..len]) != 0 {
+                return Err(Malformed::BadChecksum);
+            }
+        }
+        PROTO_TCP => {
+            if data.len() < 20 {
+                return Err(Malformed::Truncated);
+            }
+            let offset = (data[12] >> 4) as usize * 4;
+            if offset < 20 || offset > data.len() {
+                return Err(Malformed::BadLength);
+            }
+            if pseudo(data) != 0 {
+                return Err(Malformed::BadChecksum);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ICMP echo request from 10.0.0.1 to 10.0.0.2, as ping sends it.
+    fn echo() -> [u8; 42] {
+        let mut f = [0u8; 42];
+        f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&28u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = PROTO_ICMP;
+        ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        let c = checksum(ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let icmp = &mut f[34..42];
+        icmp[0] = 8;
+        icmp[4..8].copy_from_slice(&[0, 1, 0, 7]);
+        let c = checksum(icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // RFC 1071, section 3: the sum of these bytes is 0xddf2.
+        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+        // Odd lengths pad with a zero byte.
+        assert_eq!(checksum(&[0x01]), !0x0100);
+        let long: alloc::vec::Vec<u8> = (0..1001u32).map(|i| (i * 7) as u8).collect();
+        let mut slow: u32 = 0;
+        for c in long.chunks(2) {
+            slow += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+        }
+        while slow >> 16 != 0 {
+            slow = (slow & 0xffff) + (slow >> 16);
+        }
+        assert_eq!(checksum(&long), !(slow as u16));
+    }
+
+    #[test]
+    fn parses_an_echo_request() {
+        let f = echo();
+        let (eth, p) = parse(&f).unwrap();
+        assert_eq!(eth.src, [2, 0, 0, 0, 0, 1]);
+        let Packet::Ipv4(ip) = p else { panic!("not IPv4: {p:?}") };
+        assert_eq!((ip.src, ip.dst, ip.protocol, ip.payload.len()), (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 1, 8));
+    }
+
+    #[test]
+    fn rejects_damage() {
+        let f = echo();
+        for cut in 0..42 {
+            assert!(parse(&f[..cut]).is_err(), "truncated at {cut}");
+        }
+        let mut bad = f;
+        bad[16] = 0xff; // total length beyond the frame
+        assert_eq!(parse(&bad).unwrap_err(), Malformed::BadLength);
+        let mut bad = f;
+        bad[22] ^= 1; // TTL: header checksum
+        assert_eq!(parse(&bad).unwrap_err(), Malformed::BadChecksum);
+        let mut bad = f;
+        bad[41] ^= 1; // ICMP payload
+        assert_eq!(parse(&bad).unwrap_err(), Malformed::BadChecksum);
+        let mut bad = f;
+        bad[14] = 0x44; // header length 16
+        assert_eq!(parse(&bad).unwrap_err(), Malformed::BadHeader);
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut accepted = 0;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 100) as usize;
+            let mut f = echo().to_vec();
+            f.resize(len.max(42), 0);
+            // Flip a few bytes of a valid frame, or fill with noise.
+            for k in 0..(x >> 60) as usize + 1 {
+                let i = ((x >> (k * 8)) as usize) % f.len();
+                f[i] = (x >> 32) as u8 ^ k as u8;
+            }
+            f.truncate(len);
+            if parse(&f).is_ok() {
+                accepted += 1;
+            }
+        }
+        // Some mutations are harmless (MAC addresses, padding).
+        assert!(accepted > 0);
+    }
+}
