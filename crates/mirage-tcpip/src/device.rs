@@ -35,6 +35,12 @@ pub(crate) struct Adapter<N> {
 }
 
 impl<N: Net> Adapter<N> {
+    #[cold]
+    fn malformed(&mut self, why: impl core::fmt::Display) {
+        self.stats.malformed += 1;
+        log::debug!("dropped a malformed frame: {why} ({} so far)", self.stats.malformed);
+    }
+
     /// Reads the next well-formed frame for the engine, counting and
     /// skipping malformed ones; whether there is one.
     pub fn fetch(&mut self) -> bool {
@@ -55,20 +61,19 @@ impl<N: Net> Adapter<N> {
                     return false;
                 }
             };
+            let Some(got) = got else { return false };
+            self.stats.rx_frames += 1;
             let len = match got {
-                None => return false,
-                Some(None) => {
-                    self.stats.rx_frames += 1;
-                    self.stats.malformed += 1;
+                None => {
+                    self.malformed("longer than the MTU");
                     continue;
                 }
-                Some(Some(n)) => n,
+                Some(n) => n,
             };
-            self.stats.rx_frames += 1;
             match wire::parse(&self.rx[..len]) {
                 Ok((_, packet)) => self.syn = syn_of(&packet),
-                Err(_) => {
-                    self.stats.malformed += 1;
+                Err(e) => {
+                    self.malformed(e);
                     continue;
                 }
             }

@@ -173,7 +173,10 @@ fn dhcp(inner: &mut Inner) {
             }
         }
         Some(dhcpv4::Event::Deconfigured) => {
-            log::warn!("DHCP: lease lost");
+            // The engine reports this once at start as well.
+            if inner.ipv4.is_some() {
+                log::warn!("DHCP: lease lost");
+            }
             inner.iface.update_ip_addrs(|addrs| addrs.retain(|a| !matches!(a.address(), IpAddress::Ipv4(_))));
             inner.iface.routes_mut().remove_default_ipv4_route();
             inner.ipv4 = None;

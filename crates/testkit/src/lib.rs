@@ -309,6 +309,69 @@ impl Netns {
         c.args(["netns", "exec", &self.name]).arg(program);
         c
     }
+
+    /// Runs `f` on a thread that has entered the namespace: the sockets it
+    /// opens, and the threads it starts, live there.
+    pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R, String> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns on a namespace file this thread opened;
+                // it changes only this thread's network namespace.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| "the thread in the namespace panicked".to_string())?
+        })
+    }
+}
+
+/// Sends raw Ethernet frames out of interface `ifname` of the calling
+/// thread's namespace (on a tap device: to whatever reads the tap).
+pub fn send_frames(ifname: &str, frames: &[Vec<u8>]) -> Result<(), String> {
+    let name = std::ffi::CString::new(ifname).map_err(|e| e.to_string())?;
+    // SAFETY: plain system calls on a socket this function owns; the
+    // address structure is fully initialised.
+    unsafe {
+        let index = libc::if_nametoindex(name.as_ptr());
+        if index == 0 {
+            return Err(format!("{ifname}: {}", std::io::Error::last_os_error()));
+        }
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            return Err(format!("AF_PACKET socket: {}", std::io::Error::last_os_error()));
+        }
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = index as i32;
+        let mut result = Ok(());
+        for f in frames {
+            let n = libc::sendto(
+                fd,
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                // Frames shorter than an Ethernet header are refused by the
+                // kernel itself; they cannot reach the guest anyway.
+                if e.raw_os_error() != Some(libc::EINVAL) {
+                    result = Err(format!("sendto {ifname}: {e}"));
+                    break;
+                }
+            }
+        }
+        libc::close(fd);
+        result
+    }
 }
 
 impl Drop for Netns {

@@ -14,6 +14,7 @@ mod elftool;
 mod examples;
 mod hostile;
 mod net;
+mod tcpip;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -57,6 +58,7 @@ fn main() {
     elftool::cases(&mut cases);
     examples::cases(&mut cases);
     net::cases(&mut cases);
+    tcpip::cases(&mut cases);
 
     let mut skipped = Vec::new();
     let trials = cases

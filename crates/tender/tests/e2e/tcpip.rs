@@ -1,0 +1,300 @@
+//! The direct TCP/IP stack end to end: the `network` example (echo,
+//! discard, chargen) on unix over a tap device, on hvt and on spt, each in
+//! a network namespace of the test's own, talking to the host's Linux
+//! stack: ping and a ping flood, a DHCP lease from dnsmasq, TCP echo with
+//! 100 concurrent clients, UDP echo, and malformed frames that are counted
+//! and dropped. The same example also runs over the host's sockets.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use testkit::{Background, Netns, example, run_with, send_frames, tender};
+
+use crate::{Case, Needs, case};
+
+const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+/// Starts the network example on `t` in `ns`, with boot arguments `args`;
+/// returns once it serves.
+fn start(ns: &Netns, t: &str, args: &[&str]) -> Result<Background, String> {
+    let image = example(t, "network")?;
+    let mut c = if t == "unix" {
+        let mut c = ns.command(image);
+        c.arg("--tap=tap0");
+        c
+    } else {
+        let mut c = ns.command(tender(t));
+        c.arg("--net:service=tap0").arg(image).arg("--solo5:quiet");
+        c
+    };
+    c.args(args);
+    let mut bg = Background::start(c)?;
+    bg.wait_for("network: ", Duration::from_secs(30))?;
+    Ok(bg)
+}
+
+fn ping(ns: &Netns, args: &[&str], to: Ipv4Addr, limit: Duration) -> Result<String, String> {
+    let mut c: Command = ns.command("ping");
+    c.args(args).arg(to.to_string());
+    let r = run_with(c, limit)?;
+    if r.status() != 0 {
+        return Err(format!("ping {args:?} {to} failed: {}", r.dump()));
+    }
+    Ok(r.stdout)
+}
+
+/// Payload `i` of a test: distinct per client, not a repeating pattern.
+fn payload(i: usize, len: usize) -> Vec<u8> {
+    let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `clients` TCP connections to the echo service at once, each sending
+/// `len` bytes of its own and reading them back.
+pub fn tcp_echo_clients(ns: &Netns, to: SocketAddr, clients: usize, len: usize) -> Result<(), String> {
+    ns.enter(|| {
+        let barrier = Arc::new(Barrier::new(clients));
+        let threads: Vec<_> = (0..clients)
+            .map(|i| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || -> Result<(), String> {
+                    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(20))
+                        .map_err(|e| format!("client {i}: connect {to}: {e}"))?;
+                    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+                    s.set_write_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+                    // Every client is connected before any sends: the
+                    // server holds 100 connections at once.
+                    barrier.wait();
+                    let data = payload(i, len);
+                    let mut reader = s.try_clone().map_err(|e| e.to_string())?;
+                    let echo = std::thread::spawn(move || {
+                        let mut back = Vec::new();
+                        reader.read_to_end(&mut back).map(|_| back)
+                    });
+                    s.write_all(&data).map_err(|e| format!("client {i}: write: {e}"))?;
+                    s.shutdown(Shutdown::Write).map_err(|e| format!("client {i}: shutdown: {e}"))?;
+                    let back = echo.join().map_err(|_| "reader panicked")?.map_err(|e| format!("client {i}: read: {e}"))?;
+                    if back != data {
+                        return Err(format!("client {i}: sent {} bytes, {} came back different", data.len(), back.len()));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let mut errors = Vec::new();
+        for t in threads {
+            if let Err(e) = t.join().map_err(|_| "client panicked".to_string()).and_then(|r| r) {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(format!("{} of {clients} clients failed: {}", errors.len(), errors.join("; "))) }
+    })?
+}
+
+/// Datagrams of several sizes to the UDP echo service, each answered.
+pub fn udp_echo(ns: &Netns, to: SocketAddr, from: IpAddr) -> Result<(), String> {
+    ns.enter(|| {
+        let s = UdpSocket::bind(SocketAddr::new(from, 0)).map_err(|e| format!("bind: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_millis(500))).map_err(|e| e.to_string())?;
+        for (i, len) in [1usize, 100, 1000, 1472, 0].into_iter().enumerate() {
+            let msg = payload(i, len);
+            let mut buf = vec![0u8; 2048];
+            // UDP may lose the first datagram while addresses resolve.
+            let got = (0..5).find_map(|_| {
+                s.send_to(&msg, to).ok()?;
+                s.recv_from(&mut buf).ok()
+            });
+            match got {
+                Some((n, peer)) if peer == to && buf[..n] == msg[..] => {}
+                Some((n, peer)) => return Err(format!("{len}-byte datagram: {n} bytes from {peer} came back different")),
+                None => return Err(format!("{len}-byte datagram: no echo in 5 tries")),
+            }
+        }
+        Ok(())
+    })?
+}
+
+/// Frames that are all malformed: truncated, bad checksums, bogus
+/// lengths, random bytes, each addressed to the guest's subnet.
+fn malformed_frames() -> Vec<Vec<u8>> {
+    fn ipv4(proto: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        let total = (20 + payload.len()) as u16;
+        let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        let c = checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(payload);
+        f
+    }
+    fn checksum(d: &[u8]) -> u16 {
+        let mut s: u32 = d.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+        while s >> 16 != 0 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        !(s as u16)
+    }
+    let mut frames = Vec::new();
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    let mut rand = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // A TCP SYN to port 7 with a wrong checksum.
+    let mut syn = vec![0, 99, 0, 7, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0x12, 0x34, 0, 0];
+    let tcp_bad_sum = ipv4(6, &syn);
+    syn[12] = 0xf0; // data offset 60 > segment
+    let tcp_bad_offset = ipv4(6, &syn);
+    // UDP claiming 200 bytes in a 12-byte datagram.
+    let udp_bad_len = ipv4(17, &[0, 99, 0, 7, 0, 200, 0, 0, 1, 2, 3, 4]);
+    // An ICMP echo request with a wrong checksum.
+    let icmp_bad_sum = ipv4(1, &[8, 0, 0x12, 0x34, 0, 1, 0, 1]);
+    for i in 0..1000 {
+        let f = match i % 8 {
+            0 => tcp_bad_sum.clone(),
+            1 => tcp_bad_offset.clone(),
+            2 => udp_bad_len.clone(),
+            3 => icmp_bad_sum.clone(),
+            4 => {
+                // The IPv4 header checksum broken.
+                let mut f = icmp_bad_sum.clone();
+                f[22] ^= 0x40;
+                f
+            }
+            5 => {
+                // Total length past the end of the frame.
+                let mut f = ipv4(17, &[0, 99, 0, 7, 0, 8, 0, 0]);
+                f[16] = 0x05;
+                f
+            }
+            6 => {
+                // Truncated inside the IP header.
+                let f = tcp_bad_sum.clone();
+                f[..14 + 1 + (rand() % 19) as usize].to_vec()
+            }
+            _ => {
+                // Random bytes behind an IPv4 EtherType, version nibble
+                // kept wrong so no random frame is by chance well formed.
+                let mut f = vec![0xff; 6];
+                f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+                let n = 1 + rand() % 1400;
+                f.extend((0..n).map(|_| rand() as u8));
+                f[14] = (f[14] & 0x0f) | 0x70;
+                f
+            }
+        };
+        frames.push(f);
+    }
+    frames
+}
+
+fn needs(t: &'static str) -> Needs {
+    if t == "unix" { Needs::Net("unix") } else { Needs::Net(t) }
+}
+
+pub fn cases(v: &mut Vec<Case>) {
+    let guest = SocketAddr::new(GUEST.into(), 7);
+    for t in ["unix", "hvt", "spt"] {
+        let n = needs(t);
+        v.push(case(format!("{t}::tcpip_answers_ping_and_a_flood_of_100000"), n, move || {
+            let ns = Netns::new()?;
+            let _g = start(&ns, t, &["--ipv4=10.0.0.2/24"])?;
+            let out = ping(&ns, &["-c", "3", "-i", "0.2", "-W", "5"], GUEST, Duration::from_secs(20))?;
+            if !out.contains("3 received") {
+                return Err(format!("ping lost packets:\n{out}"));
+            }
+            let out = ping(&ns, &["-f", "-c", "100000", "-q", "-W", "2"], GUEST, Duration::from_secs(120))?;
+            if !out.contains("100000 packets transmitted, 100000 received") {
+                return Err(format!("the flood was not all answered:\n{out}"));
+            }
+            Ok(())
+        }));
+        v.push(case(format!("{t}::tcpip_leases_an_address_from_a_dhcp_server"), n, move || {
+            let ns = Netns::new()?;
+            let mut d = ns.command("dnsmasq");
+            d.args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--interface=tap0",
+                "--bind-interfaces",
+                "--port=0",
+                "--no-ping",
+                "--leasefile-ro",
+                "--dhcp-range=10.0.0.50,10.0.0.59,255.255.255.0,1h",
+            ]);
+            let mut dnsmasq = Background::start(d)?;
+            dnsmasq.wait_for("DHCP, IP range", Duration::from_secs(10))?;
+            // No --ipv4: the stack asks for a lease.
+            let g = start(&ns, t, &[])?;
+            let line = g.output().lines().find(|l| l.starts_with("network: ")).unwrap_or_default().to_string();
+            let addr: Ipv4Addr = line
+                .strip_prefix("network: ")
+                .and_then(|r| r.split('/').next())
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| format!("no address in {line:?}:\n{}", g.output()))?;
+            if !(50..60).contains(&addr.octets()[3]) || addr.octets()[..3] != [10, 0, 0] {
+                return Err(format!("leased {addr}, outside the server's range"));
+            }
+            // The first reply may be lost while the guest resolves the
+            // host's address (dnsmasq gave the host the guest's directly).
+            let _ = ping(&ns, &["-c", "1", "-W", "2"], addr, Duration::from_secs(10));
+            let out = ping(&ns, &["-c", "2", "-i", "0.2", "-W", "5"], addr, Duration::from_secs(20))?;
+            if !out.contains("2 received") {
+                return Err(format!("the leased address does not answer:\n{out}"));
+            }
+            tcp_echo_clients(&ns, SocketAddr::new(addr.into(), 7), 2, 1000)
+        }));
+        v.push(case(format!("{t}::tcpip_echoes_100_concurrent_tcp_clients"), n, move || {
+            let ns = Netns::new()?;
+            let _g = start(&ns, t, &["--ipv4=10.0.0.2/24"])?;
+            tcp_echo_clients(&ns, guest, 100, 64 * 1024)
+        }));
+        v.push(case(format!("{t}::tcpip_echoes_udp_datagrams"), n, move || {
+            let ns = Netns::new()?;
+            let _g = start(&ns, t, &["--ipv4=10.0.0.2/24"])?;
+            udp_echo(&ns, guest, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))
+        }));
+        v.push(case(format!("{t}::tcpip_counts_and_drops_malformed_frames"), n, move || {
+            let ns = Netns::new()?;
+            let mut g = start(&ns, t, &["--ipv4=10.0.0.2/24", "--logs=mirage_tcpip::device:debug"])?;
+            let frames = malformed_frames();
+            // Paced: a burst longer than the tap's queue (500 frames)
+            // would be cut by the host kernel before the guest reads it.
+            ns.enter(|| {
+                frames.chunks(25).try_for_each(|c| {
+                    std::thread::sleep(Duration::from_millis(3));
+                    send_frames("tap0", c)
+                })
+            })??;
+            let want = format!("({} so far)", frames.len());
+            g.wait_for(&want, Duration::from_secs(30))
+                .map_err(|e| format!("{e}\nnot every malformed frame was counted"))?;
+            // Still serving.
+            tcp_echo_clients(&ns, guest, 4, 10_000)?;
+            udp_echo(&ns, guest, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))
+        }));
+    }
+    v.push(case("unix::network_example_over_host_sockets", Needs::Net("unix"), move || {
+        let ns = Netns::new()?;
+        let mut c = ns.command(example("unix", "network")?);
+        c.arg("--stack=socket");
+        let mut g = Background::start(c)?;
+        g.wait_for("network: ", Duration::from_secs(30))?;
+        let local = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 7);
+        tcp_echo_clients(&ns, local, 100, 64 * 1024)?;
+        udp_echo(&ns, local, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }));
+}
