@@ -6,6 +6,7 @@
 //! mirage-bench compute [--solo5 DIR]              # 10^8 iterations of integer and float work
 //! mirage-bench block   [--count MIB]              # sequential block throughput, beside dd
 //! mirage-bench timers  [--count N]                # lateness of sleeps on each target
+//! mirage-bench tcp     [--count GIB]              # TCP bulk, short connections and ping, beside Linux
 //! ```
 //!
 //! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
@@ -18,6 +19,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testkit::{Background, Netns, guest, tender};
+
+mod tcp;
 
 struct Options {
     runs: usize,
@@ -47,8 +50,9 @@ fn main() {
         Some("compute") => compute(&opts),
         Some("block") => block(&opts),
         Some("timers") => timers(&opts),
+        Some("tcp") => tcp::tcp(&opts),
         _ => {
-            eprintln!("usage: mirage-bench boot|ping|compute|block|timers [--runs N] [--count N] [--solo5 DIR]");
+            eprintln!("usage: mirage-bench boot|ping|compute|block|timers|tcp [--runs N] [--count N] [--solo5 DIR]");
             std::process::exit(64);
         }
     };

@@ -41,6 +41,11 @@ impl<N: Net> Adapter<N> {
         log::debug!("dropped a malformed frame: {why} ({} so far)", self.stats.malformed);
     }
 
+    /// Drops the frame [`Adapter::fetch`] read.
+    pub fn skip(&mut self) {
+        self.pending = None;
+    }
+
     /// Reads the next well-formed frame for the engine, counting and
     /// skipping malformed ones; whether there is one.
     pub fn fetch(&mut self) -> bool {

@@ -78,7 +78,22 @@ fn step<N: Net>(inner: &mut Inner, dev: &mut Adapter<N>) -> (Option<Duration>, b
             break;
         }
         busy = true;
-        let hidden = dev.syn.map(|syn| hide_listeners(inner, syn)).unwrap_or_default();
+        let mut hidden = Vec::new();
+        if let Some(syn) = dev.syn
+            && inner.listeners.contains_key(&syn.2)
+        {
+            match existing_connection(inner, syn) {
+                true => hidden = hide_listeners(inner, syn.2),
+                false if !inner.replenish(syn.2) => {
+                    // The backlog is full: drop the SYN, as Linux does, and
+                    // let the client retry, rather than have the engine
+                    // refuse the connection.
+                    dev.skip();
+                    continue;
+                }
+                false => {}
+            }
+        }
         let Inner { iface, sockets, .. } = inner;
         iface.poll_ingress_single(now, dev, sockets);
         for &(h, port) in &hidden {
@@ -108,39 +123,38 @@ fn step<N: Net>(inner: &mut Inner, dev: &mut Adapter<N>) -> (Option<Duration>, b
     (delay, busy)
 }
 
+/// Whether a SYN belongs to a connection that already has its socket (the
+/// SYN was retransmitted because the SYN-ACK was lost, or the network
+/// duplicated it).
+fn existing_connection(inner: &Inner, (src, sport, dport): (IpAddr, u16, u16)) -> bool {
+    inner.sockets.iter().any(|(_, s)| {
+        let smoltcp::socket::Socket::Tcp(s) = s else { return false };
+        !matches!(s.state(), tcp::State::Listen | tcp::State::Closed)
+            && s.local_endpoint().is_some_and(|l| l.port == dport)
+            && s.remote_endpoint().is_some_and(|r| r.port == sport && IpAddr::from(r.addr) == src)
+    })
+}
+
 /// The engine gives a segment to the first socket that accepts it, and a
-/// listening socket accepts any SYN for its port: a retransmitted or
-/// duplicated SYN of a connection that already has its socket (its SYN-ACK
-/// was lost, or the network duplicated the SYN) would start a second,
-/// bogus handshake whose failure resets the real connection. For such a
-/// SYN the listening sockets of the port are closed while the engine
-/// processes it, and listen again after. The sockets to restore.
-fn hide_listeners(inner: &mut Inner, (src, sport, dport): (IpAddr, u16, u16)) -> Vec<(SocketHandle, u16)> {
-    if !inner.listen_ports.contains(&dport) {
-        return Vec::new();
-    }
-    let mut existing = false;
-    let mut listening = Vec::new();
-    for (h, s) in inner.sockets.iter() {
-        let smoltcp::socket::Socket::Tcp(s) = s else { continue };
-        match s.state() {
-            tcp::State::Listen if s.listen_endpoint().port == dport => listening.push(h),
-            tcp::State::Listen | tcp::State::Closed => {}
-            _ => {
-                if let (Some(l), Some(r)) = (s.local_endpoint(), s.remote_endpoint()) {
-                    existing |= l.port == dport && r.port == sport && IpAddr::from(r.addr) == src;
-                }
-            }
-        }
-    }
-    if !existing {
-        return Vec::new();
-    }
+/// listening socket accepts any SYN for its port: a SYN of a connection
+/// that already has its socket would start a second, bogus handshake whose
+/// failure resets the real connection. For such a SYN the listening
+/// sockets of the port are closed while the engine processes it, and
+/// listen again after. The sockets to restore.
+fn hide_listeners(inner: &mut Inner, port: u16) -> Vec<(SocketHandle, u16)> {
+    let listening: Vec<SocketHandle> = inner
+        .sockets
+        .iter()
+        .filter_map(|(h, s)| match s {
+            smoltcp::socket::Socket::Tcp(s) if s.state() == tcp::State::Listen && s.listen_endpoint().port == port => Some(h),
+            _ => None,
+        })
+        .collect();
     listening
         .into_iter()
         .map(|h| {
             inner.sockets.get_mut::<tcp::Socket>(h).close();
-            (h, dport)
+            (h, port)
         })
         .collect()
 }

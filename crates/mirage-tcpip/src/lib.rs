@@ -30,7 +30,7 @@
 
 extern crate alloc;
 
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -180,8 +180,8 @@ pub(crate) struct Inner {
     pub next_port: u16,
     /// Ephemeral ports of connections this side opened.
     pub tcp_ports: BTreeSet<u16>,
-    /// Ports with a listener.
-    pub listen_ports: BTreeSet<u16>,
+    /// Listeners by port.
+    pub listeners: BTreeMap<u16, tcp::Listening>,
     /// Bound UDP ports.
     pub udp_ports: BTreeSet<u16>,
     /// Dropped UDP sockets (and their ports) with datagrams still queued.
@@ -199,7 +199,7 @@ impl Inner {
         for _ in 0..16384 {
             let p = self.next_port;
             self.next_port = if self.next_port == u16::MAX { 49152 } else { self.next_port + 1 };
-            if !self.tcp_ports.contains(&p) && !self.udp_ports.contains(&p) && !self.listen_ports.contains(&p) {
+            if !self.tcp_ports.contains(&p) && !self.udp_ports.contains(&p) && !self.listeners.contains_key(&p) {
                 return Some(p);
             }
         }
@@ -303,7 +303,7 @@ impl Stack {
             ipv4,
             next_port,
             tcp_ports: BTreeSet::new(),
-            listen_ports: BTreeSet::new(),
+            listeners: BTreeMap::new(),
             udp_ports: BTreeSet::new(),
             udp_orphans: Vec::new(),
             orphans: Vec::new(),

@@ -10,7 +10,7 @@
 use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::cell::{Cell, RefCell};
+use core::cell::Cell;
 use core::future::poll_fn;
 use core::net::{IpAddr, SocketAddr};
 use core::task::Poll;
@@ -50,25 +50,58 @@ impl Inner {
     }
 }
 
+/// The sockets of a listener: one listening, the others in or past their
+/// handshake and not yet accepted.
+pub(crate) struct Listening {
+    sockets: Vec<SocketHandle>,
+    backlog: usize,
+}
+
+impl Inner {
+    fn new_listening(&mut self, port: u16) -> SocketHandle {
+        let h = self.tcp_socket();
+        // Cannot fail: the socket is new and the port is not 0.
+        let _ = self.sockets.get_mut::<tcp::Socket>(h).listen(port);
+        h
+    }
+
+    /// Makes sure the listener on `port` has a socket listening, unless its
+    /// backlog is full; whether one listens. Sockets are made on demand, so
+    /// a large backlog of large buffers costs memory only when used.
+    pub(crate) fn replenish(&mut self, port: u16) -> bool {
+        let Some(l) = self.listeners.get(&port) else { return false };
+        let mut listening = false;
+        for &h in &l.sockets {
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            if s.state() == State::Closed {
+                // A connection came and went before it was accepted.
+                let _ = s.listen(port);
+            }
+            listening |= s.state() == State::Listen;
+        }
+        if listening {
+            return true;
+        }
+        if l.sockets.len() >= l.backlog {
+            return false;
+        }
+        let h = self.new_listening(port);
+        if let Some(l) = self.listeners.get_mut(&port) {
+            l.sockets.push(h);
+        }
+        true
+    }
+}
+
 /// A listening TCP socket.
 pub struct Listener {
     stack: Stack,
     port: u16,
-    backlog: RefCell<Vec<SocketHandle>>,
 }
 
 impl core::fmt::Debug for Listener {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Listener").field("port", &self.port).field("backlog", &self.backlog.borrow().len()).finish()
-    }
-}
-
-impl Listener {
-    fn new_listening(inner: &mut Inner, port: u16) -> SocketHandle {
-        let h = inner.tcp_socket();
-        // Cannot fail: the socket is new and the port is not 0.
-        let _ = inner.sockets.get_mut::<tcp::Socket>(h).listen(port);
-        h
+        f.debug_struct("Listener").field("port", &self.port).finish()
     }
 }
 
@@ -80,26 +113,28 @@ impl stack::TcpListener for Listener {
     async fn accept(&self) -> Result<(Flow, SocketAddr), Error> {
         poll_fn(|cx| {
             self.stack.with(|inner| {
-                let mut backlog = self.backlog.borrow_mut();
-                for slot in backlog.iter_mut() {
-                    let s = inner.sockets.get_mut::<tcp::Socket>(*slot);
+                let Some(l) = inner.listeners.get_mut(&self.port) else { return Poll::Ready(Err(Error::Io)) };
+                let mut ready = None;
+                for (i, &h) in l.sockets.iter().enumerate() {
+                    let s = inner.sockets.get_mut::<tcp::Socket>(h);
                     match s.state() {
-                        State::Listen | State::SynReceived => s.register_recv_waker(cx.waker()),
-                        State::Closed => {
-                            // A connection came and went before it was
-                            // accepted: listen again.
-                            let _ = s.listen(self.port);
-                            s.register_recv_waker(cx.waker());
-                        }
+                        State::Listen | State::SynReceived | State::Closed => s.register_recv_waker(cx.waker()),
                         _ => {
-                            let Some(peer) = s.remote_endpoint() else { continue };
-                            let handle = core::mem::replace(slot, Listener::new_listening(inner, self.port));
-                            let flow = Flow { conn: Conn::new(self.stack.clone(), handle, None) };
-                            return Poll::Ready(Ok((flow, from_endpoint(peer))));
+                            if let Some(peer) = s.remote_endpoint() {
+                                ready = Some((i, peer));
+                                break;
+                            }
                         }
                     }
                 }
-                Poll::Pending
+                let Some((i, peer)) = ready else {
+                    inner.replenish(self.port);
+                    return Poll::Pending;
+                };
+                let handle = l.sockets.swap_remove(i);
+                inner.replenish(self.port);
+                let flow = Flow { conn: Conn::new(self.stack.clone(), handle, None) };
+                Poll::Ready(Ok((flow, from_endpoint(peer))))
             })
         })
         .await
@@ -113,7 +148,8 @@ impl stack::TcpListener for Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         self.stack.with(|inner| {
-            for h in self.backlog.borrow_mut().drain(..) {
+            let Some(l) = inner.listeners.remove(&self.port) else { return };
+            for h in l.sockets {
                 let s = inner.sockets.get_mut::<tcp::Socket>(h);
                 if matches!(s.state(), State::Listen | State::Closed) {
                     inner.sockets.remove(h);
@@ -124,7 +160,6 @@ impl Drop for Listener {
                     inner.orphans.push((h, None, crate::now() + LINGER));
                 }
             }
-            inner.listen_ports.remove(&self.port);
         });
         self.stack.kick();
     }
@@ -386,14 +421,16 @@ impl stack::Tcp for Stack {
         if port == 0 {
             return Err(Error::InvalidAddress);
         }
-        let backlog = self.with(|inner| {
-            if !inner.listen_ports.insert(port) {
+        self.with(|inner| {
+            if inner.listeners.contains_key(&port) {
                 return Err(Error::AddrInUse);
             }
-            Ok((0..backlog.clamp(1, 1024)).map(|_| Listener::new_listening(inner, port)).collect())
+            inner.listeners.insert(port, Listening { sockets: Vec::new(), backlog: backlog.clamp(1, 4096) });
+            inner.replenish(port);
+            Ok(())
         })?;
         self.kick();
-        Ok(Listener { stack: self.clone(), port, backlog: RefCell::new(backlog) })
+        Ok(Listener { stack: self.clone(), port })
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Flow, Error> {

@@ -644,3 +644,28 @@ fn garbage_frames_are_counted_and_change_nothing() {
     });
 }
 
+
+#[test]
+fn a_full_backlog_delays_connections_instead_of_refusing_them() {
+    run(async {
+        let (a, b, _) = pair(51, Faults::default());
+        let l = b.listen(80, 2).await.unwrap();
+        let clients: Vec<_> = (0..5)
+            .map(|_| {
+                let a = a.clone();
+                spawn(async move { a.connect(SocketAddr::new(B.into(), 80)).await })
+            })
+            .collect();
+        // Nobody accepts for a while: two connections wait in the backlog,
+        // the other SYNs are dropped and retried.
+        sleep(Duration::from_millis(500)).await;
+        assert_eq!(clients.iter().filter(|c| c.is_finished()).count(), 2);
+        let mut accepted = Vec::new();
+        for _ in 0..5 {
+            accepted.push(l.accept().await.unwrap());
+        }
+        for c in clients {
+            assert!(c.await.is_ok(), "a connection was refused");
+        }
+    });
+}
