@@ -14,22 +14,7 @@ use core::net::Ipv4Addr;
 use mirage_devices::console::Console;
 use mirage_devices::net::{self, Net};
 
-/// Internet checksum (RFC 1071) of `data`.
-pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
-    }
-    if let [b] = chunks.remainder() {
-        sum += (*b as u32) << 8;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
+use mirage_tcpip::wire::{self, Packet};
 
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,25 +31,19 @@ pub enum Action {
 
 /// Turns an ARP request for `ip` or an ICMP echo request to `ip` in `f`
 /// into its reply, in place. With `pattern`, an echo payload (after ping's
-/// 16-byte timestamp) must repeat `0xdeadbeef`.
+/// 16-byte timestamp) must repeat `0xdeadbeef`. The frame is checked by
+/// the Ethernet and IP layers of `mirage-tcpip` (lengths and checksums).
 pub fn respond(f: &mut [u8], mac: [u8; 6], ip: [u8; 4], pattern: bool) -> Action {
-    if f.len() < 14 {
-        return Action::Drop;
-    }
-    let ethertype = u16::from_be_bytes([f[12], f[13]]);
-    match ethertype {
-        0x0806 => {
-            if f.len() < 42 {
-                return Action::Drop;
-            }
-            let a = &f[14..42];
-            if a[0..2] != [0, 1] || a[2..4] != [8, 0] || a[4] != 6 || a[5] != 4 {
-                return Action::Drop;
-            }
-            if a[6..8] != [0, 1] || a[24..28] != ip {
+    let (eth, packet) = match wire::parse(f) {
+        Ok(p) => p,
+        Err(_) => return Action::Drop,
+    };
+    match packet {
+        Packet::Arp(a) => {
+            if a.op != 1 || a.target_ip.octets() != ip {
                 return Action::Ignore;
             }
-            let (sha, spa) = ([a[8], a[9], a[10], a[11], a[12], a[13]], [a[14], a[15], a[16], a[17]]);
+            let (sha, spa) = (a.sender_mac, a.sender_ip.octets());
             f[0..6].copy_from_slice(&sha);
             f[6..12].copy_from_slice(&mac);
             f[20..22].copy_from_slice(&[0, 2]);
@@ -74,53 +53,35 @@ pub fn respond(f: &mut [u8], mac: [u8; 6], ip: [u8; 4], pattern: bool) -> Action
             f[38..42].copy_from_slice(&spa);
             Action::Reply(42)
         }
-        0x0800 => {
-            if f.len() < 34 || f[14] >> 4 != 4 {
-                return Action::Drop;
-            }
-            let ihl = ((f[14] & 0xf) as usize) * 4;
-            let total = u16::from_be_bytes([f[16], f[17]]) as usize;
-            if ihl < 20 || total < ihl + 8 || 14 + total > f.len() || checksum(&f[14..14 + ihl]) != 0 {
-                return Action::Drop;
-            }
-            if f[23] != 1 || f[30..34] != ip {
+        Packet::Ipv4(p) => {
+            if p.protocol != wire::PROTO_ICMP || p.dst.octets() != ip || p.fragment {
                 return Action::Ignore;
             }
-            let icmp = 14 + ihl;
-            let end = 14 + total;
-            if checksum(&f[icmp..end]) != 0 {
-                return Action::Drop;
-            }
-            if f[icmp] != 8 || f[icmp + 1] != 0 {
+            let icmp = 14 + p.header_len;
+            let end = icmp + p.payload.len();
+            if p.payload[0] != 8 || p.payload[1] != 0 {
                 return Action::Ignore;
             }
             if pattern {
-                let payload = &f[icmp + 8..end];
-                if payload.len() > 16
-                    && payload[16..].iter().enumerate().any(|(i, &b)| b != [0xde, 0xad, 0xbe, 0xef][i % 4])
-                {
+                let data = &p.payload[8..];
+                if data.len() > 16 && data[16..].iter().enumerate().any(|(i, &b)| b != [0xde, 0xad, 0xbe, 0xef][i % 4]) {
                     return Action::BadPattern;
                 }
             }
-            let mut tmp = [0u8; 6];
-            tmp.copy_from_slice(&f[6..12]);
-            f.copy_within(0..6, 6);
-            f[0..6].copy_from_slice(&tmp);
-            let mut src = [0u8; 4];
-            src.copy_from_slice(&f[26..30]);
+            let (src_mac, src_ip) = (eth.src, p.src.octets());
+            f[0..6].copy_from_slice(&src_mac);
+            f[6..12].copy_from_slice(&mac);
             f.copy_within(30..34, 26);
-            f[30..34].copy_from_slice(&src);
+            f[30..34].copy_from_slice(&src_ip);
             f[icmp] = 0;
-            f[icmp + 2] = 0;
-            f[icmp + 3] = 0;
-            let c = checksum(&f[icmp..end]);
+            f[icmp + 2..icmp + 4].copy_from_slice(&[0, 0]);
+            let c = wire::checksum(&f[icmp..end]);
             f[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
             Action::Reply(end)
         }
         _ => Action::Ignore,
     }
 }
-
 
 /// What the responder did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
