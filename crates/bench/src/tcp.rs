@@ -198,7 +198,7 @@ pub fn tcp(o: &Options) -> Result<(), String> {
         let image = example(target, "network")?;
         let mut c = if target == "unix" {
             let mut c = ns.command(image);
-            c.arg("--tap=tap0");
+            c.arg("--net:service=tap0");
             c
         } else {
             let mut c = ns.command(tender(target));

@@ -1,5 +1,7 @@
 //! Key-value stores that work on every target.
 //!
+//! [`Mem`] is a read-write store in memory.
+//!
 //! [`Crunched`] is MirageOS's crunch: a directory compiled into the image
 //! at build time, served read-only with no device at all. A build script
 //! turns the directory into Rust source ([`crunch::generate`], feature
@@ -24,6 +26,9 @@ pub use mirage_devices::time::Timestamp;
 
 #[cfg(feature = "crunch")]
 pub mod crunch;
+mod mem;
+
+pub use mem::Mem;
 
 /// One file of a crunched directory.
 #[derive(Debug, Clone, Copy)]
@@ -143,7 +148,7 @@ impl KvRo for Crunched {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use alloc::string::ToString;
 
@@ -159,7 +164,7 @@ mod tests {
     }
 
     /// Runs a future that never waits.
-    fn now<F: core::future::Future>(f: F) -> F::Output {
+    pub(crate) fn now<F: core::future::Future>(f: F) -> F::Output {
         let mut f = core::pin::pin!(f);
         let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
         match f.as_mut().poll(&mut cx) {

@@ -99,6 +99,12 @@ pub struct Ipv4Cidr {
     pub prefix: u8,
 }
 
+impl From<Ipv4Cidr> for Ipv4Addr {
+    fn from(c: Ipv4Cidr) -> Ipv4Addr {
+        c.addr
+    }
+}
+
 impl FromArg for Ipv4Cidr {
     const TYPE: &'static str = "IPV4/N";
     fn from_arg(s: &str) -> Result<Self, String> {

@@ -76,12 +76,13 @@ impl Config {
     }
 
     /// The boot arguments that configure the stack, MirageOS's names:
-    /// `--ipv4`, `--ipv4-gateway`, `--ipv6`, `--ipv6-gateway`, `--dhcp`,
-    /// `--tcp-buffer-kib`. An empty `--ipv4` means DHCP.
-    pub fn args(default_ipv4: &'static str) -> Vec<Arg> {
+    /// `--ipv4`, `--ipv4-gateway`, `--ipv6`, `--ipv6-gateway`,
+    /// `--tcp-buffer-kib`, with the given defaults for the first two. An
+    /// empty `--ipv4` means DHCP.
+    pub fn args(default_ipv4: &'static str, default_gateway: &'static str) -> Vec<Arg> {
         vec![
             Arg::new::<Option<Ipv4Cidr>>("ipv4", Some(default_ipv4), "IPv4 address and prefix length (empty: DHCP)."),
-            Arg::new::<Option<Ipv4Addr>>("ipv4-gateway", Some(""), "IPv4 default gateway."),
+            Arg::new::<Option<Ipv4Addr>>("ipv4-gateway", Some(default_gateway), "IPv4 default gateway."),
             Arg::new::<Option<Ipv6Cidr>>("ipv6", Some(""), "IPv6 address and prefix length."),
             Arg::new::<Option<Ipv6Addr>>("ipv6-gateway", Some(""), "IPv6 default gateway."),
             Arg::new::<u32>("tcp-buffer-kib", Some("64"), "Receive and send buffer per TCP connection, in KiB."),

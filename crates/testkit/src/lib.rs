@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -70,38 +70,83 @@ pub fn guest(target: &str, name: &str) -> Result<PathBuf, String> {
     Ok(guests(target)?.join(name))
 }
 
-static EXAMPLES: [OnceLock<Result<PathBuf, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+/// The `mirage` tool, built once per run (`target/release/mirage`).
+pub fn mirage() -> Result<PathBuf, String> {
+    static TOOL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    TOOL.get_or_init(|| {
+        let root = root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "--release", "--quiet", "-p", "mirage", "-p", "tender"])
+            .current_dir(&root)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("building the mirage tool failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(root.join("target/release/mirage"))
+    })
+    .clone()
+}
 
-/// Builds the examples for `target` (`unix`, `hvt` or `spt`; once per run)
-/// and returns the path of example `name`.
+/// Runs the mirage tool in `dir` with `args`; its output, or why it failed.
+pub fn mirage_in(dir: &Path, args: &[&str]) -> Result<Run, String> {
+    let mut c = Command::new(mirage()?);
+    c.arg("-C").arg(dir).args(args);
+    // Every example and target shares one cargo target directory.
+    c.env("CARGO_TARGET_DIR", root().join("target/mirage"));
+    run_with(c, Duration::from_secs(1200))
+}
+
+/// Held while the mirage tool works in `examples/`: configurations of one
+/// example share its directory, so one runs at a time.
+pub fn examples_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Configures (`mirage configure -t TARGET` plus `keys`) and builds example
+/// `name` with the mirage tool, once per run for each target and keys, and
+/// returns its image (copied out of the example's `dist/`, which the next
+/// configuration overwrites).
+pub fn example_with(target: &str, name: &str, keys: &[&str]) -> Result<PathBuf, String> {
+    static BUILT: Mutex<Vec<(String, Result<PathBuf, String>)>> = Mutex::new(Vec::new());
+    let id = format!("{target}{}", keys.join(""));
+    let _lock = examples_lock();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, r)) = built.iter().find(|(k, _)| *k == format!("{id}/{name}")) {
+        return r.clone();
+    }
+    let result = (|| {
+        let dir = root().join("examples").join(name);
+        let mut configure = vec!["configure", "-t", target];
+        configure.extend_from_slice(keys);
+        let r = mirage_in(&dir, &configure)?;
+        if r.status() != 0 {
+            return Err(format!("mirage configure failed: {}", r.dump()));
+        }
+        let r = mirage_in(&dir, &["build", "-t", target])?;
+        if r.status() != 0 {
+            return Err(format!("mirage build failed: {}", r.dump()));
+        }
+        let image = if target == "unix" { name.to_string() } else { format!("{name}.{target}") };
+        let out_dir = root().join("target/e2e-images").join(id.replace("--", "-").replace('=', "-"));
+        std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
+        let out = out_dir.join(&image);
+        let _ = std::fs::remove_file(&out);
+        std::fs::copy(dir.join("dist").join(&image), &out).map_err(|e| format!("copying {image}: {e}"))?;
+        Ok(out)
+    })();
+    built.push((format!("{id}/{name}"), result.clone()));
+    result
+}
+
+/// Example `name` built for `target` (`unix`, `hvt` or `spt`) with the
+/// default keys, except that on unix stacks are direct (on a tap device).
 pub fn example(target: &str, name: &str) -> Result<PathBuf, String> {
-    let (slot, manifest, features): (_, &str, &[&str]) = match target {
-        "unix" => (&EXAMPLES[0], "examples/unix/Cargo.toml", &[]),
-        "hvt" => (&EXAMPLES[1], "examples/solo5/Cargo.toml", &["--features", "hvt"]),
-        _ => (&EXAMPLES[2], "examples/solo5/Cargo.toml", &["--features", "spt"]),
-    };
-    let dir = slot
-        .get_or_init(|| {
-            let root = root();
-            let target_dir = root.join("target/examples").join(target);
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let out = Command::new(cargo)
-                .args(["build", "--release", "--quiet", "--manifest-path"])
-                .arg(root.join(manifest))
-                .args(features)
-                .arg("--target-dir")
-                .arg(&target_dir)
-                .env_remove("RUSTFLAGS")
-                .env_remove("CARGO_ENCODED_RUSTFLAGS")
-                .output()
-                .map_err(|e| format!("cannot run cargo: {e}"))?;
-            if !out.status.success() {
-                return Err(format!("building the {target} examples failed:\n{}", String::from_utf8_lossy(&out.stderr)));
-            }
-            Ok(target_dir.join("release"))
-        })
-        .clone()?;
-    Ok(dir.join(name))
+    if target == "unix" { example_with(target, name, &["--net=direct"]) } else { example_with(target, name, &[]) }
 }
 
 /// The outcome of a process.

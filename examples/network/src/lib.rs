@@ -22,38 +22,24 @@ use mirage_devices::flow::Flow;
 use mirage_devices::stack::{self, Stack, TcpListener, UdpSocket};
 use mirage_runtime::spawn;
 
-/// The ports the services listen on.
-#[derive(Debug, Clone, Copy)]
-pub struct Ports {
-    /// TCP and UDP echo.
-    pub echo: u16,
-    /// TCP discard.
-    pub discard: u16,
-    /// TCP chargen.
-    pub chargen: u16,
-}
-
-impl Default for Ports {
-    fn default() -> Ports {
-        Ports { echo: 7, discard: 9, chargen: 19 }
-    }
-}
-
 /// Connections a listener keeps waiting for acceptance.
 const BACKLOG: usize = 128;
 
-/// The unikernel: serves until the stack fails.
-pub async fn start<S>(console: impl Console, stack: S, ports: Ports) -> Result<(), stack::Error>
+/// The unikernel: echo on TCP and UDP port `echo`, discard and chargen on
+/// TCP ports `discard` and `chargen` (7, 9 and 19 by default); serves until
+/// the stack fails.
+pub async fn start<S>(console: impl Console, stack: S, echo: u16, discard: u16, chargen: u16) -> Result<(), stack::Error>
 where
     S: Stack + 'static,
     S::Flow: 'static,
     S::Listener: 'static,
     S::Socket: 'static,
 {
-    let echo = stack.listen(ports.echo, BACKLOG).await?;
-    let discard = stack.listen(ports.discard, BACKLOG).await?;
-    let chargen = stack.listen(ports.chargen, BACKLOG).await?;
-    let udp = stack.bind(ports.echo).await?;
+    let ports = (echo, discard, chargen);
+    let echo = stack.listen(ports.0, BACKLOG).await?;
+    let discard = stack.listen(ports.1, BACKLOG).await?;
+    let chargen = stack.listen(ports.2, BACKLOG).await?;
+    let udp = stack.bind(ports.0).await?;
     let addr = match stack.ipv4() {
         Some((a, p)) => format!("{a}/{p}"),
         None => "no IPv4 address".into(),
@@ -61,7 +47,7 @@ where
     let _ = console
         .log(&format!(
             "network: {addr}: echo on TCP and UDP port {}, discard on {}, chargen on {}",
-            ports.echo, ports.discard, ports.chargen
+            ports.0, ports.1, ports.2
         ))
         .await;
     let udp_task = spawn(async move {

@@ -113,8 +113,10 @@ impl core::fmt::Display for Error {
 }
 
 /// The unikernel: answers for `ip` on `net` until `limit` pings (forever if
-/// `None`).
-pub async fn start(console: impl Console, mut net: impl Net, ip: Ipv4Addr, limit: Option<u64>, pattern: bool) -> Result<(), Error> {
+/// 0).
+pub async fn start(console: impl Console, mut net: impl Net, ip: impl Into<Ipv4Addr>, limit: u64, pattern: bool) -> Result<(), Error> {
+    let ip: Ipv4Addr = ip.into();
+    let limit = Some(limit).filter(|&l| l > 0);
     let info = net.info();
     let _ = console.log(&alloc::format!("ping: serving {ip} ({}, mtu {})", info.mac, info.mtu)).await;
     let mut stats = Stats::default();

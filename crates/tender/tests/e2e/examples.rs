@@ -1,4 +1,5 @@
-//! The examples, unchanged, on every target: unix (a process), hvt and spt.
+//! The examples, unchanged, on every target: unix (a process), hvt and spt,
+//! each configured and built by the mirage tool.
 
 use std::process::Command;
 use std::time::Duration;
@@ -77,11 +78,12 @@ pub fn cases(v: &mut Vec<Case>) {
         v.push(case(format!("{t}::example_block_writes_reads_and_verifies"), n, move || {
             let dir = Scratch::new("example-block");
             let disk = dir.file("disk.img", 1 << 20);
+            // The same option attaches the disk on every target: the
+            // tender's on hvt and spt, the process's own on unix.
             let opt = format!("--block:storage={}", disk.display());
-            let storage = format!("--storage={}", disk.display());
             let mut args = quiet(t).to_vec();
             if t == "unix" {
-                args.push(&storage);
+                args.push(&opt);
             }
             let r = boot(t, "block", &[&opt], &args)?;
             r.expect_status(0)?;
@@ -108,7 +110,7 @@ pub fn cases(v: &mut Vec<Case>) {
             let image = example(t, "ping")?;
             let mut c = if t == "unix" {
                 let mut c = ns.command(image);
-                c.arg("--tap=tap0");
+                c.arg("--net:service=tap0");
                 c
             } else {
                 let mut c = ns.command(tender(t));

@@ -15,6 +15,7 @@ mod examples;
 mod hostile;
 mod net;
 mod tcpip;
+mod tool;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -59,6 +60,7 @@ fn main() {
     examples::cases(&mut cases);
     net::cases(&mut cases);
     tcpip::cases(&mut cases);
+    tool::cases(&mut cases);
 
     let mut skipped = Vec::new();
     let trials = cases

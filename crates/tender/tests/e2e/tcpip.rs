@@ -23,7 +23,7 @@ fn start(ns: &Netns, t: &str, args: &[&str]) -> Result<Background, String> {
     let image = example(t, "network")?;
     let mut c = if t == "unix" {
         let mut c = ns.command(image);
-        c.arg("--tap=tap0");
+        c.arg("--net:service=tap0");
         c
     } else {
         let mut c = ns.command(tender(t));
@@ -289,8 +289,8 @@ pub fn cases(v: &mut Vec<Case>) {
     }
     v.push(case("unix::network_example_over_host_sockets", Needs::Net("unix"), move || {
         let ns = Netns::new()?;
-        let mut c = ns.command(example("unix", "network")?);
-        c.arg("--stack=socket");
+        // Configured with the default keys: on unix, the host's sockets.
+        let c = ns.command(testkit::example_with("unix", "network", &[])?);
         let mut g = Background::start(c)?;
         g.wait_for("network: ", Duration::from_secs(30))?;
         let local = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 7);

@@ -1,0 +1,693 @@
+//! The configuration of a unikernel: `mirage.toml`, beside its Cargo.toml
+//! (MirageOS's config.ml). Parsed with spans, so that every error names
+//! the line and says how to fix it.
+//!
+//! ```toml
+//! [unikernel]
+//! name = "hello-key"
+//! start = "hello_key::start"
+//! # What start is given, in order: devices, then boot arguments.
+//! arguments = ["console", "time", "hello"]
+//!
+//! [devices]
+//! console = "console"
+//! time = "time"
+//!
+//! [boot.hello]
+//! type = "string"
+//! default = "Hello World!"
+//! doc = "How to say hello."
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use toml_edit::{ImDocument, Item, Table, Value};
+
+/// The configuration file's name.
+pub const FILE: &str = "mirage.toml";
+
+/// A checked configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The unikernel crate's directory.
+    pub dir: PathBuf,
+    /// The crate's package name (from its Cargo.toml).
+    pub package: String,
+    /// The unikernel's name: the image is `dist/NAME[.hvt|.spt]`.
+    pub name: String,
+    /// The start function's path, from the crate root (`hello::start`).
+    pub start: String,
+    /// What start is given, in order: device and boot argument names.
+    pub arguments: Vec<String>,
+    /// The devices, in declaration order.
+    pub devices: Vec<Device>,
+    /// The unikernel's own boot arguments, in declaration order.
+    pub boot: Vec<BootArg>,
+}
+
+/// A device the unikernel uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    /// Its name in the configuration (and the variable in the wiring).
+    pub name: String,
+    pub kind: Kind,
+}
+
+/// The kinds of device, and what each needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// The console.
+    Console,
+    /// The monotonic clock and sleep.
+    Time,
+    /// The wall clock (POSIX time).
+    WallClock,
+    /// Random bytes.
+    Random,
+    /// A network interface carrying raw Ethernet frames.
+    Net { interface: String },
+    /// A block device; `size` is what `mirage run` creates when the disk
+    /// image is missing.
+    Block { interface: String, size: u64 },
+    /// A TCP/IP stack on a network interface (the direct stack on Solo5,
+    /// the direct or host-socket stack on unix).
+    Stack { interface: String, ipv4: Option<String>, gateway: Option<String> },
+    /// A read-only key-value store compiled from a directory.
+    KvRo { directory: PathBuf },
+    /// A read-write key-value store: a host directory on unix, memory on
+    /// Solo5.
+    KvRw,
+}
+
+impl Kind {
+    /// The name used in `mirage.toml`.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Kind::Console => "console",
+            Kind::Time => "time",
+            Kind::WallClock => "wall-clock",
+            Kind::Random => "random",
+            Kind::Net { .. } => "net",
+            Kind::Block { .. } => "block",
+            Kind::Stack { .. } => "stack",
+            Kind::KvRo { .. } => "kv-ro",
+            Kind::KvRw => "kv-rw",
+        }
+    }
+
+    /// The host interface or block device it is attached to, if any.
+    pub fn interface(&self) -> Option<&str> {
+        match self {
+            Kind::Net { interface } | Kind::Block { interface, .. } | Kind::Stack { interface, .. } => Some(interface),
+            _ => None,
+        }
+    }
+}
+
+const KINDS: &str = "console, time, wall-clock, random, net, block, stack, kv-ro, kv-rw";
+
+/// A boot argument of the unikernel's own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootArg {
+    pub name: String,
+    pub ty: ArgType,
+    /// `None`: the argument must be given.
+    pub default: Option<String>,
+    pub doc: String,
+}
+
+/// The types a boot argument may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgType {
+    String,
+    Bool,
+    Int,
+    U16,
+    U32,
+    U64,
+    Ipv4,
+    Ipv4Cidr,
+}
+
+impl ArgType {
+    fn parse(s: &str) -> Option<ArgType> {
+        Some(match s {
+            "string" => ArgType::String,
+            "bool" => ArgType::Bool,
+            "int" => ArgType::Int,
+            "u16" => ArgType::U16,
+            "u32" => ArgType::U32,
+            "u64" => ArgType::U64,
+            "ipv4" => ArgType::Ipv4,
+            "ipv4-cidr" => ArgType::Ipv4Cidr,
+            _ => return None,
+        })
+    }
+
+    /// The Rust type the wiring parses it into.
+    pub fn rust(self) -> &'static str {
+        match self {
+            ArgType::String => "String",
+            ArgType::Bool => "bool",
+            ArgType::Int => "i64",
+            ArgType::U16 => "u16",
+            ArgType::U32 => "u32",
+            ArgType::U64 => "u64",
+            ArgType::Ipv4 => "core::net::Ipv4Addr",
+            ArgType::Ipv4Cidr => "mirage_runtime::args::Ipv4Cidr",
+        }
+    }
+
+    /// Whether `value` is a valid value of the type (checked at configure
+    /// time for defaults, so a bad default never reaches a boot).
+    fn accepts(self, value: &str) -> bool {
+        match self {
+            ArgType::String => true,
+            ArgType::Bool => matches!(value, "true" | "false"),
+            ArgType::Int => value.parse::<i64>().is_ok(),
+            ArgType::U16 => value.parse::<u16>().is_ok(),
+            ArgType::U32 => value.parse::<u32>().is_ok(),
+            ArgType::U64 => value.parse::<u64>().is_ok(),
+            ArgType::Ipv4 => value.parse::<std::net::Ipv4Addr>().is_ok(),
+            ArgType::Ipv4Cidr => valid_cidr(value),
+        }
+    }
+}
+
+const TYPES: &str = "string, bool, int, u16, u32, u64, ipv4, ipv4-cidr";
+
+fn valid_cidr(s: &str) -> bool {
+    s.split_once('/')
+        .is_some_and(|(a, p)| a.parse::<std::net::Ipv4Addr>().is_ok() && p.parse::<u8>().is_ok_and(|p| p <= 32))
+}
+
+/// A configuration error: where, what, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub file: PathBuf,
+    /// 1-based; 0 when the error is about the file as a whole.
+    pub line: usize,
+    pub cause: String,
+    pub fix: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            0 => write!(f, "{}: {}", self.file.display(), self.cause)?,
+            l => write!(f, "{}:{l}: {}", self.file.display(), self.cause)?,
+        }
+        write!(f, "\n  fix: {}", self.fix)
+    }
+}
+
+struct Parser<'a> {
+    file: PathBuf,
+    text: &'a str,
+}
+
+impl Parser<'_> {
+    fn line(&self, span: Option<std::ops::Range<usize>>) -> usize {
+        span.map_or(0, |s| self.text[..s.start.min(self.text.len())].matches('\n').count() + 1)
+    }
+
+    fn err(&self, span: Option<std::ops::Range<usize>>, cause: impl Into<String>, fix: impl Into<String>) -> Error {
+        Error { file: self.file.clone(), line: self.line(span), cause: cause.into(), fix: fix.into() }
+    }
+
+    fn table<'t>(&self, doc: &'t Table, key: &str, fix: &str) -> Result<&'t Table, Error> {
+        match doc.get(key) {
+            Some(Item::Table(t)) => Ok(t),
+            Some(other) => Err(self.err(other.span(), format!("`{key}` must be a table"), fix)),
+            None => Err(self.err(None, format!("no [{key}] table"), fix)),
+        }
+    }
+
+    fn string(&self, t: &Table, key: &str, table: &str) -> Result<Option<(String, usize)>, Error> {
+        match t.get(key) {
+            None => Ok(None),
+            Some(Item::Value(Value::String(s))) => Ok(Some((s.value().clone(), self.line(s.span())))),
+            Some(other) => Err(self.err(
+                other.span(),
+                format!("`{key}` in [{table}] must be a string"),
+                format!("write it in quotes: {key} = \"...\""),
+            )),
+        }
+    }
+
+    fn unknown_keys(&self, t: &Table, table: &str, allowed: &[&str]) -> Result<(), Error> {
+        for (k, item) in t.iter() {
+            if !allowed.contains(&k) {
+                return Err(self.err(
+                    t.key(k).and_then(|k| k.span()).or_else(|| item.span()),
+                    format!("unknown key `{k}` in [{table}]"),
+                    format!("the keys of [{table}] are: {}", allowed.join(", ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name usable as a device or argument name: it becomes a Rust variable
+/// and a command-line option.
+fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Names the wiring itself uses for variables and options.
+const RESERVED: &[&str] = &["args", "specs", "si", "help", "logs", "start"];
+
+/// Reads and checks `dir/mirage.toml`.
+pub fn load(dir: &Path) -> Result<Config, Error> {
+    let path = dir.join(FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error {
+        file: path.clone(),
+        line: 0,
+        cause: format!("cannot read it: {e}"),
+        fix: if e.kind() == std::io::ErrorKind::NotFound {
+            "run mirage in the unikernel's directory (the one with mirage.toml), or start one with `mirage new NAME`".into()
+        } else {
+            "check the file's permissions".into()
+        },
+    })?;
+    let package = package_name(dir)?;
+    parse(&path, &text, dir, package)
+}
+
+/// The `[package] name` of `dir/Cargo.toml`.
+fn package_name(dir: &Path) -> Result<String, Error> {
+    let path = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error {
+        file: path.clone(),
+        line: 0,
+        cause: format!("cannot read it: {e}"),
+        fix: "a unikernel is a Rust library crate: mirage.toml sits beside its Cargo.toml".into(),
+    })?;
+    let doc = ImDocument::parse(text.as_str()).map_err(|e| Error {
+        file: path.clone(),
+        line: e.span().map_or(0, |s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+        cause: e.message().trim().to_string(),
+        fix: "correct the TOML syntax".into(),
+    })?;
+    doc.get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .map(String::from)
+        .ok_or_else(|| Error { file: path, line: 0, cause: "no [package] name".into(), fix: "add name = \"...\" under [package]".into() })
+}
+
+/// Parses and checks the text of a configuration.
+pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Config, Error> {
+    let p = Parser { file: path.to_path_buf(), text };
+    let doc = ImDocument::parse(text).map_err(|e| {
+        let msg = e.message().trim().to_string();
+        let fix = if msg.contains("duplicate key") {
+            "declare each device and argument once: remove or rename the second".to_string()
+        } else {
+            "correct the TOML syntax at that line".to_string()
+        };
+        p.err(e.span(), msg, fix)
+    })?;
+    let root = doc.as_table();
+    p.unknown_keys(root, "top level", &["unikernel", "devices", "boot"])?;
+    let u = p.table(root, "unikernel", "start the file with [unikernel] and its name, start and arguments")?;
+    p.unknown_keys(u, "unikernel", &["name", "start", "arguments"])?;
+    let (name, name_line) = p
+        .string(u, "name", "unikernel")?
+        .ok_or_else(|| p.err(u.span(), "[unikernel] has no name", "add name = \"...\": the image is dist/NAME"))?;
+    if !valid_name(&name) {
+        return Err(Error {
+            file: p.file.clone(),
+            line: name_line,
+            cause: format!("the name {name:?} is not usable as a file name and program name"),
+            fix: "use lowercase letters, digits, - and _, starting with a letter".into(),
+        });
+    }
+    let (start, start_line) = p.string(u, "start", "unikernel")?.ok_or_else(|| {
+        p.err(u.span(), "[unikernel] has no start function", format!("add start = \"{}::start\"", package.replace('-', "_")))
+    })?;
+    if start.split("::").any(|seg| seg.is_empty() || !seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+        return Err(Error {
+            file: p.file.clone(),
+            line: start_line,
+            cause: format!("start = {start:?} is not a Rust path"),
+            fix: format!("name the function from the crate root, as in \"{}::start\"", package.replace('-', "_")),
+        });
+    }
+
+    // Devices.
+    let mut devices = Vec::new();
+    let mut interfaces: Vec<(String, &'static str, String)> = Vec::new();
+    if let Some(item) = root.get("devices") {
+        let Item::Table(t) = item else {
+            return Err(p.err(item.span(), "`devices` must be a table", "write [devices] and one line per device"));
+        };
+        for (key, item) in t.iter() {
+            let key_span = t.key(key).and_then(|k| k.span());
+            if !valid_name(key) || RESERVED.contains(&key) {
+                return Err(p.err(
+                    key_span,
+                    format!("the device name {key:?} cannot be a Rust variable here"),
+                    "use lowercase letters, digits, - and _, starting with a letter (and not args, specs, si, help, logs, start)",
+                ));
+            }
+            let kind = device(&p, key, item, dir)?;
+            if let Some(iface) = kind.interface() {
+                let class = if matches!(kind, Kind::Block { .. }) { "block" } else { "network" };
+                if let Some((other, _, _)) = interfaces.iter().find(|(_, c, i)| *c == class && i == iface) {
+                    return Err(p.err(
+                        key_span,
+                        format!("devices {other} and {key} are both on the {class} device {iface:?}: a device declared twice"),
+                        format!("give {key} its own interface (interface = \"...\"), or use {other} for both"),
+                    ));
+                }
+                interfaces.push((key.to_string(), class, iface.to_string()));
+            }
+            devices.push(Device { name: key.to_string(), kind });
+        }
+    }
+
+    // Boot arguments.
+    let mut boot = Vec::new();
+    if let Some(item) = root.get("boot") {
+        let Item::Table(t) = item else {
+            return Err(p.err(item.span(), "`boot` must be a table", "declare each argument as [boot.NAME] with type, default and doc"));
+        };
+        for (key, item) in t.iter() {
+            let key_span = t.key(key).and_then(|k| k.span());
+            if !valid_name(key) || RESERVED.contains(&key) {
+                return Err(p.err(
+                    key_span,
+                    format!("the argument name {key:?} is not usable"),
+                    "use lowercase letters, digits, - and _, starting with a letter",
+                ));
+            }
+            if devices.iter().any(|d| d.name == key) {
+                return Err(p.err(
+                    key_span,
+                    format!("{key} is both a device and a boot argument: a name declared twice"),
+                    "rename one of them",
+                ));
+            }
+            let Item::Table(a) = item else {
+                return Err(p.err(item.span(), format!("boot.{key} must be a table"), format!("write [boot.{key}] with type = \"...\"")));
+            };
+            let table = format!("boot.{key}");
+            p.unknown_keys(a, &table, &["type", "default", "doc"])?;
+            let (ty, ty_line) = p
+                .string(a, "type", &table)?
+                .ok_or_else(|| p.err(key_span.clone(), format!("[boot.{key}] has no type"), format!("add type = \"...\", one of {TYPES}")))?;
+            let ty = ArgType::parse(&ty).ok_or_else(|| Error {
+                file: p.file.clone(),
+                line: ty_line,
+                cause: format!("unknown argument type {ty:?}"),
+                fix: format!("use one of {TYPES}"),
+            })?;
+            let default = match a.get("default") {
+                None => None,
+                Some(Item::Value(v)) => {
+                    let s = match v {
+                        Value::String(s) => s.value().clone(),
+                        Value::Boolean(b) => b.value().to_string(),
+                        Value::Integer(i) => i.value().to_string(),
+                        _ => return Err(p.err(v.span(), "a default is a string, a boolean or an integer", "write it as in the command line")),
+                    };
+                    if !ty.accepts(&s) {
+                        return Err(p.err(
+                            v.span(),
+                            format!("the default {s:?} is not a valid {}", ArgType::name(ty)),
+                            "give a default of the argument's type",
+                        ));
+                    }
+                    Some(s)
+                }
+                Some(other) => return Err(p.err(other.span(), "a default is a value", "write default = \"...\"")),
+            };
+            let doc = p.string(a, "doc", &table)?.map(|d| d.0).unwrap_or_default();
+            boot.push(BootArg { name: key.to_string(), ty, default, doc });
+        }
+    }
+
+    // What start takes.
+    let mut arguments = Vec::new();
+    match u.get("arguments") {
+        None => {}
+        Some(Item::Value(Value::Array(a))) => {
+            let mut seen = BTreeSet::new();
+            for v in a.iter() {
+                let Value::String(s) = v else {
+                    return Err(p.err(v.span(), "arguments are names in quotes", "write arguments = [\"console\", ...]"));
+                };
+                let n = s.value();
+                if !devices.iter().any(|d| &d.name == n) && !boot.iter().any(|b| &b.name == n) {
+                    return Err(p.err(
+                        s.span(),
+                        format!("start's argument {n:?} is neither a device nor a boot argument"),
+                        format!("declare it under [devices] or as [boot.{n}], or remove it"),
+                    ));
+                }
+                if !seen.insert(n.clone()) {
+                    return Err(p.err(s.span(), format!("{n:?} is given to start twice"), "list each device or argument once"));
+                }
+                arguments.push(n.clone());
+            }
+        }
+        Some(other) => return Err(p.err(other.span(), "`arguments` must be a list", "write arguments = [\"console\", ...]")),
+    }
+    for d in &devices {
+        if !arguments.contains(&d.name) {
+            return Err(Error {
+                file: p.file.clone(),
+                line: 0,
+                cause: format!("the device {} is declared but not given to start", d.name),
+                fix: format!("add \"{}\" to arguments in [unikernel], or remove the device", d.name),
+            });
+        }
+    }
+    Ok(Config { dir: dir.to_path_buf(), package, name, start, arguments, devices, boot })
+}
+
+impl ArgType {
+    fn name(self) -> &'static str {
+        match self {
+            ArgType::String => "string",
+            ArgType::Bool => "bool",
+            ArgType::Int => "int",
+            ArgType::U16 => "u16",
+            ArgType::U32 => "u32",
+            ArgType::U64 => "u64",
+            ArgType::Ipv4 => "ipv4",
+            ArgType::Ipv4Cidr => "ipv4-cidr",
+        }
+    }
+}
+
+/// Parses sizes such as `4M`, `512K`, `1G` or a byte count.
+fn size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (s, 1),
+        Some((i, _)) => (
+            &s[..i],
+            match s[i..].trim().trim_end_matches(['B', 'b']).trim_end_matches('i') {
+                "K" | "k" => 1 << 10,
+                "M" | "m" => 1 << 20,
+                "G" | "g" => 1 << 30,
+                "" => 1,
+                _ => return None,
+            },
+        ),
+    };
+    num.parse::<u64>().ok().map(|n| n * mult)
+}
+
+fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Error> {
+    let (kind, table, span) = match item {
+        Item::Value(Value::String(s)) => (s.value().clone(), None, s.span()),
+        Item::Value(Value::InlineTable(t)) => {
+            let kind = t.get("kind").and_then(|v| v.as_str()).map(String::from);
+            let kind = kind.ok_or_else(|| p.err(t.span(), format!("device {key} has no kind"), format!("add kind = \"...\", one of {KINDS}")))?;
+            (kind, Some(t.clone().into_table()), t.span())
+        }
+        Item::Table(t) => {
+            let kind = p
+                .string(t, "kind", &format!("devices.{key}"))?
+                .ok_or_else(|| p.err(t.span(), format!("device {key} has no kind"), format!("add kind = \"...\", one of {KINDS}")))?
+                .0;
+            (kind, Some(t.clone()), t.span())
+        }
+        other => {
+            return Err(p.err(other.span(), format!("device {key} must be a kind or a table"), format!("write {key} = \"console\", or {key} = {{ kind = \"stack\", interface = \"service\" }}")));
+        }
+    };
+    let t = table.unwrap_or_default();
+    let tname = format!("devices.{key}");
+    let opt = |k: &str| -> Result<Option<String>, Error> {
+        match t.get(k) {
+            None => Ok(None),
+            Some(i) => i
+                .as_str()
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| p.err(i.span().or(span.clone()), format!("`{k}` of device {key} must be a string"), format!("write {k} = \"...\""))),
+        }
+    };
+    let interface = |default: &str| -> Result<String, Error> {
+        let i = opt("interface")?.unwrap_or_else(|| default.to_string());
+        if i.is_empty() || i.len() > 67 || !i.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(p.err(span.clone(), format!("interface {i:?} of device {key} is not a valid Solo5 device name"), "use up to 67 letters, digits, - and _"));
+        }
+        Ok(i)
+    };
+    let k = match kind.as_str() {
+        "console" => Kind::Console,
+        "time" => Kind::Time,
+        "wall-clock" => Kind::WallClock,
+        "random" => Kind::Random,
+        "net" => Kind::Net { interface: interface("service")? },
+        "block" => {
+            let size = match opt("size")? {
+                None => 1 << 20,
+                Some(s) => size(&s).filter(|&n| n > 0 && n % 512 == 0).ok_or_else(|| {
+                    p.err(span.clone(), format!("size {s:?} of device {key} is not a size in whole sectors"), "write a size such as \"4M\" or \"512K\"")
+                })?,
+            };
+            Kind::Block { interface: interface("storage")?, size }
+        }
+        "stack" => {
+            let ipv4 = opt("ipv4")?;
+            if let Some(a) = &ipv4
+                && !valid_cidr(a)
+            {
+                return Err(p.err(span.clone(), format!("ipv4 {a:?} of device {key} is not an address with a prefix length"), "write it as \"10.0.0.2/24\""));
+            }
+            let gateway = opt("gateway")?;
+            if let Some(g) = &gateway
+                && g.parse::<std::net::Ipv4Addr>().is_err()
+            {
+                return Err(p.err(span.clone(), format!("gateway {g:?} of device {key} is not an IPv4 address"), "write it as \"10.0.0.1\""));
+            }
+            Kind::Stack { interface: interface("service")?, ipv4, gateway }
+        }
+        "kv-ro" => {
+            let d = opt("directory")?.ok_or_else(|| {
+                p.err(span.clone(), format!("the kv-ro device {key} has no directory"), format!("write {key} = {{ kind = \"kv-ro\", directory = \"data\" }}"))
+            })?;
+            let path = dir.join(&d);
+            if !path.is_dir() {
+                return Err(p.err(span.clone(), format!("the directory {d:?} of device {key} does not exist"), "create it, or name an existing directory (relative to mirage.toml)"));
+            }
+            Kind::KvRo { directory: PathBuf::from(d) }
+        }
+        "kv-rw" => Kind::KvRw,
+        other => {
+            return Err(p.err(span.clone(), format!("unknown device kind {other:?}"), format!("use one of {KINDS}")));
+        }
+    };
+    let allowed: &[&str] = match &k {
+        Kind::Net { .. } => &["kind", "interface"],
+        Kind::Block { .. } => &["kind", "interface", "size"],
+        Kind::Stack { .. } => &["kind", "interface", "ipv4", "gateway"],
+        Kind::KvRo { .. } => &["kind", "directory"],
+        _ => &["kind"],
+    };
+    p.unknown_keys(&t, &tname, allowed)?;
+    Ok(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, Error> {
+        parse(Path::new("mirage.toml"), text, Path::new("."), "demo".into())
+    }
+
+    const GOOD: &str = r#"
+[unikernel]
+name = "demo"
+start = "demo::start"
+arguments = ["console", "net", "greeting", "port"]
+
+[devices]
+console = "console"
+net = { kind = "stack", interface = "service", ipv4 = "10.0.0.2/24" }
+
+[boot.greeting]
+type = "string"
+default = "hi"
+doc = "What to say."
+
+[boot.port]
+type = "u16"
+default = 8080
+"#;
+
+    #[test]
+    fn a_good_configuration() {
+        let c = check(GOOD).unwrap();
+        assert_eq!(c.name, "demo");
+        assert_eq!(c.arguments, ["console", "net", "greeting", "port"]);
+        assert_eq!(c.devices[1].kind, Kind::Stack { interface: "service".into(), ipv4: Some("10.0.0.2/24".into()), gateway: None });
+        assert_eq!(c.boot[1].default.as_deref(), Some("8080"));
+    }
+
+    fn error(text: &str) -> Error {
+        check(text).expect_err("the configuration should be refused")
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_fix() {
+        let e = error(&GOOD.replace("\"console\"\nnet", "\"consle\"\nnet"));
+        assert_eq!(e.line, 8, "{e}");
+        assert!(e.cause.contains("unknown device kind \"consle\"") && e.fix.contains("console, time"), "{e}");
+
+        let e = error(&GOOD.replace("net = {", "console = \"console\"\nnet = {"));
+        assert_eq!(e.line, 9, "{e}");
+        assert!(e.cause.contains("duplicate key") && e.fix.contains("once"), "{e}");
+
+        let e = error(&GOOD.replace("default = 8080", "default = 80800"));
+        assert!(e.cause.contains("not a valid u16"), "{e}");
+        assert_eq!(e.line, 18);
+
+        let e = error(&GOOD.replace("\"port\"]", "\"prot\"]"));
+        assert!(e.cause.contains("\"prot\" is neither"), "{e}");
+        assert_eq!(e.line, 5);
+
+        let e = error(&GOOD.replace("type = \"u16\"", "type = \"short\""));
+        assert!(e.cause.contains("unknown argument type") && e.fix.contains("u16"), "{e}");
+
+        let e = error(&GOOD.replace("ipv4 = \"10.0.0.2/24\"", "ipv4 = \"10.0.0.2\""));
+        assert!(e.fix.contains("10.0.0.2/24"), "{e}");
+
+        let e = error(&GOOD.replace("[devices]", "[devices]\nnet2 = { kind = \"net\" }").replace("\"port\"]", "\"port\", \"net2\"]"));
+        assert!(e.cause.contains("declared twice"), "{e}");
+
+        let e = error(&GOOD.replace("name = \"demo\"\n", ""));
+        assert!(e.cause.contains("no name"), "{e}");
+
+        let e = error(&GOOD.replace("[unikernel]", "[unikernel]\nflavour = \"x\""));
+        assert!(e.cause.contains("unknown key `flavour`") && e.line == 3, "{e}");
+
+        let e = error("[unikernel\nname = 1");
+        assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn every_device_must_reach_start() {
+        let e = error(&GOOD.replace("\"console\", \"net\", ", "\"console\", "));
+        assert!(e.cause.contains("net is declared but not given"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("4M"), Some(4 << 20));
+        assert_eq!(size("512 KiB"), Some(512 << 10));
+        assert_eq!(size("1024"), Some(1024));
+        assert_eq!(size("3X"), None);
+    }
+}

@@ -1,0 +1,106 @@
+//! `mirage describe`: the device graph of a configured unikernel, as text
+//! and as Graphviz DOT.
+
+use std::fmt::Write as _;
+
+use crate::config::{Config, Kind};
+use crate::generate::{Options, Target, UnixNet};
+
+/// What implements a device on a target, and what it sits on.
+fn implementation(kind: &Kind, opts: &Options) -> (String, Option<String>) {
+    let solo5 = opts.target != Target::Unix;
+    let platform = if solo5 { "mirage_solo5::dev" } else { "mirage_unix" };
+    match kind {
+        Kind::Console => (format!("{platform}::Console"), None),
+        Kind::Time => ("mirage_runtime::time::Clock".into(), None),
+        Kind::WallClock => (format!("{platform}::WallClock"), None),
+        Kind::Random => (format!("{platform}::Random"), None),
+        Kind::Net { interface } => net(interface, solo5),
+        Kind::Block { interface, .. } => {
+            if solo5 {
+                ("mirage_solo5::dev::Block".into(), Some(format!("Solo5 BLOCK_BASIC {interface:?}")))
+            } else {
+                ("mirage_unix::FileBlock".into(), Some(format!("--block:{interface}=PATH")))
+            }
+        }
+        Kind::Stack { interface, .. } => {
+            if solo5 || opts.net == UnixNet::Direct {
+                let (n, below) = net(interface, solo5);
+                ("mirage_tcpip::Stack".into(), Some(format!("{n} ({})", below.unwrap_or_default())))
+            } else {
+                ("mirage_unix::SocketStack".into(), Some("the host's sockets".into()))
+            }
+        }
+        Kind::KvRo { directory } => ("mirage_kv::Crunched".into(), Some(format!("{} compiled in", directory.display()))),
+        Kind::KvRw => {
+            if solo5 {
+                ("mirage_kv::Mem".into(), Some("memory".into()))
+            } else {
+                ("mirage_unix::DirKv".into(), Some("a host directory".into()))
+            }
+        }
+    }
+}
+
+fn net(interface: &str, solo5: bool) -> (String, Option<String>) {
+    if solo5 {
+        ("mirage_solo5::dev::Net".into(), Some(format!("Solo5 NET_BASIC {interface:?}")))
+    } else {
+        ("mirage_unix::TapNet".into(), Some(format!("--net:{interface}=TAP")))
+    }
+}
+
+/// The graph as text.
+pub fn text(config: &Config, opts: &Options) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "{} for {} ({})", config.name, opts.target.name(), opts.command());
+    let _ = writeln!(t, "start: {}({})", config.start, config.arguments.join(", "));
+    let width = config.arguments.iter().map(String::len).max().unwrap_or(0);
+    for (i, a) in config.arguments.iter().enumerate() {
+        if let Some(d) = config.devices.iter().find(|d| &d.name == a) {
+            let (imp, below) = implementation(&d.kind, opts);
+            let _ = write!(t, "  {}. {a:width$}  {} device: {imp}", i + 1, d.kind.keyword());
+            if let Some(b) = below {
+                let _ = write!(t, " on {b}");
+            }
+            t.push('\n');
+        } else if let Some(b) = config.boot.iter().find(|b| &b.name == a) {
+            let default = b.default.as_deref().map_or("required".to_string(), |d| format!("default {d:?}"));
+            let _ = writeln!(t, "  {}. {a:width$}  boot argument --{a}: {}, {default}", i + 1, b.ty.rust());
+        }
+    }
+    t
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The graph as Graphviz DOT: devices and boot arguments flow into start,
+/// each from what implements it.
+pub fn dot(config: &Config, opts: &Options) -> String {
+    let mut d = String::new();
+    let _ = writeln!(d, "digraph {} {{", quote(&config.name));
+    d.push_str("  rankdir=LR;\n  node [shape=box, fontname=\"sans-serif\"];\n  edge [fontname=\"sans-serif\"];\n");
+    let _ = writeln!(
+        d,
+        "  start [shape=ellipse, label={}];",
+        quote(&format!("{}\n{}", config.start, opts.target.name()))
+    );
+    for (i, a) in config.arguments.iter().enumerate() {
+        let node = format!("n{i}");
+        if let Some(dev) = config.devices.iter().find(|x| &x.name == a) {
+            let (imp, below) = implementation(&dev.kind, opts);
+            let _ = writeln!(d, "  {node} [label={}];", quote(&format!("{a}: {}\n{imp}", dev.kind.keyword())));
+            if let Some(b) = below {
+                let _ = writeln!(d, "  {node}_below [shape=note, label={}];", quote(&b));
+                let _ = writeln!(d, "  {node}_below -> {node};");
+            }
+        } else if let Some(b) = config.boot.iter().find(|x| &x.name == a) {
+            let _ = writeln!(d, "  {node} [shape=parallelogram, label={}];", quote(&format!("--{a}\n{}", b.ty.rust())));
+        }
+        let _ = writeln!(d, "  {node} -> start [label=\"{}\"];", i + 1);
+    }
+    d.push_str("}\n");
+    d
+}

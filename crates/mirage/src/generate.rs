@@ -1,0 +1,572 @@
+//! The wiring `mirage configure` writes: a Cargo project in
+//! `mirage/TARGET/` whose `main.rs` builds each declared device for the
+//! target and calls the unikernel's start function, with the Solo5
+//! manifest from the declared network and block devices and the link
+//! settings in its build script.
+//!
+//! The generated code is written to read well: one statement per device,
+//! in declaration order, formatted as rustfmt would.
+
+use std::fmt::Write as _;
+use std::path::{Component, Path, PathBuf};
+
+use crate::config::{ArgType, Config, Kind};
+
+/// The targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Unix,
+    Hvt,
+    Spt,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Option<Target> {
+        match s {
+            "unix" => Some(Target::Unix),
+            "hvt" => Some(Target::Hvt),
+            "spt" => Some(Target::Spt),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Unix => "unix",
+            Target::Hvt => "hvt",
+            Target::Spt => "spt",
+        }
+    }
+
+    pub fn solo5(self) -> bool {
+        self != Target::Unix
+    }
+
+    /// The image's file name in `dist/`.
+    pub fn image(self, name: &str) -> String {
+        match self {
+            Target::Unix => name.to_string(),
+            t => format!("{name}.{}", t.name()),
+        }
+    }
+}
+
+/// Which stack a `stack` device is on unix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnixNet {
+    /// The host's sockets (MirageOS's default on unix).
+    Socket,
+    /// mirage-tcpip on a tap device.
+    Direct,
+}
+
+/// The keys of `mirage configure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    pub target: Target,
+    pub net: UnixNet,
+    /// Ask DHCP for an address when none is given (MirageOS's default);
+    /// with `--no-dhcp`, the default address is static.
+    pub dhcp: bool,
+}
+
+impl Options {
+    /// The command line that produces this configuration.
+    pub fn command(&self) -> String {
+        let mut c = format!("mirage configure -t {}", self.target.name());
+        if self.target == Target::Unix && self.net == UnixNet::Direct {
+            c.push_str(" --net=direct");
+        }
+        if !self.dhcp {
+            c.push_str(" --no-dhcp");
+        }
+        c
+    }
+
+    /// Whether stacks are mirage-tcpip (rather than host sockets).
+    fn direct(&self) -> bool {
+        self.target.solo5() || self.net == UnixNet::Direct
+    }
+}
+
+/// A generated file: its path inside the generated directory and text.
+#[derive(Debug)]
+pub struct File {
+    pub path: &'static str,
+    pub text: String,
+}
+
+/// The directory the wiring for `target` goes to.
+pub fn dir(config: &Config, target: Target) -> PathBuf {
+    config.dir.join("mirage").join(target.name())
+}
+
+/// `to` relative to `from` (both absolute or both relative to the same
+/// place), with `/` separators, for paths in generated files that must not
+/// depend on where the repository is checked out.
+pub fn relative(to: &Path, from: &Path) -> String {
+    let norm = |p: &Path| -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for c in p.components() {
+            match c {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::Normal(s) => out.push(s.to_string_lossy().into_owned()),
+                Component::RootDir | Component::Prefix(_) => out.clear(),
+                Component::CurDir => {}
+            }
+        }
+        out
+    };
+    let (to, from) = (norm(to), norm(from));
+    let common = to.iter().zip(&from).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = vec!["..".to_string(); from.len() - common];
+    parts.extend(to[common..].iter().cloned());
+    if parts.is_empty() { ".".into() } else { parts.join("/") }
+}
+
+fn ident(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+/// `KV_NAME`: the static a kv-ro device's directory is compiled into.
+fn kv_static(name: &str) -> String {
+    format!("KV_{}", ident(name).to_uppercase())
+}
+
+/// A Rust string literal.
+fn lit(s: &str) -> String {
+    format!("{s:?}")
+}
+
+/// The default address of the stack's `--ipv4` and `--ipv4-gateway`.
+fn stack_defaults(kind: &Kind, opts: &Options) -> (String, String) {
+    let Kind::Stack { ipv4, gateway, .. } = kind else { return (String::new(), String::new()) };
+    match (ipv4, opts.dhcp) {
+        (Some(a), _) => (a.clone(), gateway.clone().unwrap_or_default()),
+        (None, true) => (String::new(), gateway.clone().unwrap_or_default()),
+        // MirageOS's static defaults.
+        (None, false) => ("10.0.0.2/24".into(), gateway.clone().unwrap_or_else(|| "10.0.0.1".into())),
+    }
+}
+
+/// Formats Rust source with rustfmt (default settings, edition 2024), as
+/// the wiring is written; the text unchanged if rustfmt is missing or
+/// fails.
+pub fn format(text: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("rustfmt")
+        .args(["--edition", "2024", "--emit", "stdout"])
+        // No rustfmt.toml of an enclosing project applies.
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return text.to_string() };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    match child.wait_with_output() {
+        Ok(out) if out.status.success() => String::from_utf8(out.stdout).unwrap_or_else(|_| text.to_string()),
+        _ => text.to_string(),
+    }
+}
+
+/// Every file of the wiring, Rust sources formatted by rustfmt. `crates`
+/// is the directory holding the mirage-rs crates.
+pub fn files_formatted(config: &Config, opts: &Options, crates: &Path) -> Vec<File> {
+    let mut files = files(config, opts, crates);
+    for f in &mut files {
+        if f.path.ends_with(".rs") {
+            f.text = format(&f.text);
+        }
+    }
+    files
+}
+
+/// Every file of the wiring, as generated. `crates` is the directory
+/// holding the mirage-rs crates.
+pub fn files(config: &Config, opts: &Options, crates: &Path) -> Vec<File> {
+    let dir = dir(config, opts.target);
+    let header = format!(
+        "Generated by `{}` from mirage.toml: edit that\n# file and configure again rather than this one.",
+        opts.command()
+    );
+    let mut files = vec![File { path: "Cargo.toml", text: cargo_toml(config, opts, crates, &dir, &header) }];
+    files.push(File { path: "main.rs", text: main_rs(config, opts) });
+    if let Some(b) = build_rs(config, opts) {
+        files.push(File { path: "build.rs", text: b });
+    }
+    files
+}
+
+fn uses(config: &Config, f: impl Fn(&Kind) -> bool) -> bool {
+    config.devices.iter().any(|d| f(&d.kind))
+}
+
+fn cargo_toml(config: &Config, opts: &Options, crates: &Path, dir: &Path, header: &str) -> String {
+    let krate = |name: &str| relative(&crates.join(name), dir);
+    let mut t = String::new();
+    let _ = writeln!(t, "# {header}");
+    t.push_str("[package]\n");
+    let _ = writeln!(t, "name = \"{}-{}\"", config.name, opts.target.name());
+    t.push_str("version = \"0.0.0\"\nedition = \"2024\"\npublish = false\n");
+    if build_rs(config, opts).is_some() {
+        t.push_str("build = \"build.rs\"\n");
+    }
+    t.push_str("\n[[bin]]\n");
+    let _ = writeln!(t, "name = \"{}\"", config.name);
+    t.push_str("path = \"main.rs\"\n\n[dependencies]\n");
+    let _ = writeln!(t, "{} = {{ path = \"{}\" }}", config.package, relative(&config.dir, dir));
+    let stack = uses(config, |k| matches!(k, Kind::Stack { .. }));
+    let kv = uses(config, |k| matches!(k, Kind::KvRo { .. })) || (opts.target.solo5() && uses(config, |k| *k == Kind::KvRw));
+    if kv {
+        let _ = writeln!(t, "mirage-kv = {{ path = \"{}\" }}", krate("mirage-kv"));
+    }
+    match opts.target {
+        Target::Unix => {
+            let _ = writeln!(t, "mirage-runtime = {{ path = \"{}\", features = [\"std\"] }}", krate("mirage-runtime"));
+            if stack {
+                let _ = writeln!(t, "mirage-tcpip = {{ path = \"{}\" }}", krate("mirage-tcpip"));
+            }
+            let _ = writeln!(t, "mirage-unix = {{ path = \"{}\" }}", krate("mirage-unix"));
+        }
+        target => {
+            let _ = writeln!(t, "mirage-runtime = {{ path = \"{}\" }}", krate("mirage-runtime"));
+            let _ = writeln!(t, "mirage-solo5 = {{ path = \"{}\", features = [\"{}\"] }}", krate("mirage-solo5"), target.name());
+            if stack {
+                let _ = writeln!(t, "mirage-tcpip = {{ path = \"{}\" }}", krate("mirage-tcpip"));
+            }
+        }
+    }
+    if uses(config, |k| matches!(k, Kind::KvRo { .. })) {
+        t.push_str("\n[build-dependencies]\n");
+        let _ = writeln!(t, "mirage-kv = {{ path = \"{}\", features = [\"crunch\"] }}", krate("mirage-kv"));
+    }
+    t.push_str("\n[profile.release]\n");
+    if opts.target.solo5() {
+        // Small images: there is no unwinding on Solo5, and size matters
+        // more than the last percent of speed.
+        t.push_str("panic = \"abort\"\nopt-level = \"s\"\nlto = true\ncodegen-units = 1\nstrip = true\n\n[profile.dev]\npanic = \"abort\"\n");
+    } else {
+        t.push_str("lto = true\ncodegen-units = 1\n");
+    }
+    t.push_str("\n# The wiring is a project of its own, outside any enclosing workspace.\n[workspace]\n");
+    t
+}
+
+fn build_rs(config: &Config, opts: &Options) -> Option<String> {
+    let kvs: Vec<(&str, &Path)> = config
+        .devices
+        .iter()
+        .filter_map(|d| match &d.kind {
+            Kind::KvRo { directory } => Some((d.name.as_str(), directory.as_path())),
+            _ => None,
+        })
+        .collect();
+    if !opts.target.solo5() && kvs.is_empty() {
+        return None;
+    }
+    let mut b = format!("//! Generated by `{}` from mirage.toml.\n", opts.command());
+    match (opts.target.solo5(), kvs.is_empty()) {
+        (true, true) => b.push_str("//! Links the unikernel for Solo5.\n\n"),
+        (true, false) => b.push_str("//! Links the unikernel for Solo5 and compiles its kv-ro directories into\n//! the image.\n\n"),
+        _ => b.push_str("//! Compiles the unikernel's kv-ro directories into the image.\n\n"),
+    }
+    b.push_str("fn main() {\n");
+    if opts.target.solo5() {
+        b.push_str("    let link = std::env::var(\"DEP_MIRAGE_SOLO5_LINK_ARGS\").expect(\"mirage-solo5 publishes its link arguments\");\n");
+        b.push_str("    for arg in link.split(' ') {\n        println!(\"cargo:rustc-link-arg-bins={arg}\");\n    }\n");
+    }
+    if !kvs.is_empty() {
+        b.push_str("    let out = std::path::PathBuf::from(std::env::var(\"OUT_DIR\").expect(\"cargo sets OUT_DIR\"));\n");
+        b.push_str("    let unikernel = std::path::Path::new(env!(\"CARGO_MANIFEST_DIR\")).join(\"../..\");\n");
+        for (name, directory) in kvs {
+            let d = directory.to_string_lossy().replace('\\', "/");
+            let _ = writeln!(
+                b,
+                "    mirage_kv::crunch::generate_named(&unikernel.join({}), &out.join(\"{}.rs\"), \"{}\")\n        .expect(\"compiling the kv-ro directory {d}\");",
+                lit(&d),
+                ident(name),
+                kv_static(name)
+            );
+        }
+    }
+    b.push_str("}\n");
+    Some(b)
+}
+
+/// Boot argument declarations, one per line.
+fn specs(config: &Config, opts: &Options) -> (Vec<String>, Option<(String, String)>) {
+    let mut specs = Vec::new();
+    let mut stack = None;
+    for a in &config.boot {
+        let default = a.default.as_deref().map_or("None".to_string(), |d| format!("Some({})", lit(d)));
+        specs.push(format!("Arg::new::<{}>({}, {default}, {})", a.ty.rust(), lit(&a.name), lit(&a.doc)));
+    }
+    for d in &config.devices {
+        match &d.kind {
+            Kind::Net { interface } if !opts.target.solo5() => {
+                specs.push(format!(
+                    "Arg::new::<String>(\"net:{interface}\", Some(\"tap0\"), \"The tap device of network interface {interface}.\")"
+                ));
+            }
+            Kind::Stack { interface, .. } if opts.target == Target::Unix && opts.net == UnixNet::Direct => {
+                specs.push(format!(
+                    "Arg::new::<String>(\"net:{interface}\", Some(\"tap0\"), \"The tap device of network interface {interface}.\")"
+                ));
+                stack = Some(stack_defaults(&d.kind, opts));
+            }
+            Kind::Stack { .. } => stack = Some(stack_defaults(&d.kind, opts)),
+            Kind::Block { interface, .. } if !opts.target.solo5() => {
+                specs.push(format!(
+                    "Arg::new::<String>(\"block:{interface}\", None, \"The disk image of block device {interface}.\")"
+                ));
+            }
+            Kind::KvRw if !opts.target.solo5() => {
+                specs.push(format!(
+                    "Arg::new::<String>(\"kv-rw:{0}\", Some({1}), \"The directory of read-write store {0}.\")",
+                    d.name,
+                    lit(&d.name)
+                ));
+            }
+            _ => {}
+        }
+    }
+    (specs, stack)
+}
+
+/// What start is called with.
+fn call(config: &Config) -> String {
+    let args: Vec<String> = config
+        .arguments
+        .iter()
+        .map(|n| {
+            if let Some(d) = config.devices.iter().find(|d| &d.name == n) {
+                match d.kind {
+                    Kind::KvRo { .. } => kv_static(n),
+                    _ => ident(n),
+                }
+            } else if config.boot.iter().any(|b| &b.name == n && b.ty == ArgType::String) {
+                // String arguments are lent to start as &str.
+                format!("&{}", ident(n))
+            } else {
+                ident(n)
+            }
+        })
+        .collect();
+    format!("{}({})", config.start, args.join(", "))
+}
+
+fn main_rs(config: &Config, opts: &Options) -> String {
+    let solo5 = opts.target.solo5();
+    let name = &config.name;
+    let mut m = String::new();
+    let _ = writeln!(m, "//! Generated by `{}` from mirage.toml: edit that file", opts.command());
+    m.push_str("//! and configure again rather than this one.\n");
+    let (specs, stack) = specs(config, opts);
+    if solo5 {
+        m.push_str("#![no_std]\n#![no_main]\n\nextern crate alloc;\n\n");
+        if stack.is_some() {
+            m.push_str("use alloc::format;\n");
+        }
+        if config.boot.iter().any(|a| a.ty == ArgType::String) {
+            m.push_str("use alloc::string::String;\n");
+        }
+        if !specs.is_empty() || stack.is_some() {
+            m.push_str("use alloc::vec;\n");
+        }
+    }
+    if !specs.is_empty() || stack.is_some() {
+        m.push_str("use mirage_runtime::args::Arg;\n");
+    }
+    if solo5 {
+        m.push_str("use mirage_solo5 as solo5;\n");
+    }
+    for d in &config.devices {
+        if let Kind::KvRo { .. } = d.kind {
+            let _ = writeln!(m, "\ninclude!(concat!(env!(\"OUT_DIR\"), \"/{}.rs\"));", ident(&d.name));
+        }
+    }
+    if solo5 {
+        let entries: Vec<String> = config
+            .devices
+            .iter()
+            .filter_map(|d| match &d.kind {
+                Kind::Net { interface } | Kind::Stack { interface, .. } => Some(format!("net {}", lit(interface))),
+                Kind::Block { interface, .. } => Some(format!("block {}", lit(interface))),
+                _ => None,
+            })
+            .collect();
+        let _ = writeln!(m, "\nsolo5::manifest!({});\nsolo5::main!(start);", entries.join(", "));
+        m.push_str("\nfn start(si: &solo5::StartInfo) -> i32 {\n");
+    } else {
+        m.push_str("\nfn main() {\n");
+    }
+
+    // Boot arguments.
+    match (specs.is_empty(), stack.is_some()) {
+        // An empty list needs its type spelled out.
+        (true, false) => m.push_str("    let specs: [mirage_runtime::args::Arg; 0] = [];\n"),
+        (true, true) => m.push_str("    let mut specs = vec![];\n"),
+        (false, mutable) => {
+            let _ = writeln!(m, "    let {}specs = vec![", if mutable { "mut " } else { "" });
+            for s in &specs {
+                let _ = writeln!(m, "        {s},");
+            }
+            m.push_str("    ];\n");
+        }
+    }
+    if let Some((ipv4, gateway)) = &stack {
+        let _ = writeln!(m, "    specs.extend(mirage_tcpip::Config::args({}, {}));", lit(ipv4), lit(gateway));
+    }
+    // Boot parses the command line (and answers --help) even when nothing
+    // reads the arguments.
+    let boot = if solo5 {
+        format!("solo5::dev::boot({}, si.cmdline, &specs)", lit(name))
+    } else {
+        format!("mirage_unix::boot({}, &specs)", lit(name))
+    };
+    let exit = if solo5 { "return code" } else { "std::process::exit(code)" };
+    if specs.is_empty() && stack.is_none() {
+        let _ = writeln!(m, "    if let Err(code) = {boot} {{\n        {exit};\n    }}");
+    } else {
+        let _ = writeln!(m, "    let args = match {boot} {{\n        Ok(args) => args,\n        Err(code) => {exit},\n    }};");
+    }
+
+    // Devices, in declaration order.
+    let fail = |what: String| -> String {
+        if solo5 {
+            format!(
+                "        Err(e) => {{\n            solo5::println!(\"{name}: {what}: {{e}}\");\n            return 1;\n        }}\n"
+            )
+        } else {
+            format!("        Err(e) => fail(format!(\"{what}: {{e}}\")),\n")
+        }
+    };
+    let platform = if solo5 { "solo5::dev" } else { "mirage_unix" };
+    let mut stack_var = None;
+    for d in &config.devices {
+        let v = ident(&d.name);
+        match &d.kind {
+            Kind::Console => {
+                let _ = writeln!(m, "    let {v} = {platform}::Console;");
+            }
+            Kind::Time => {
+                let _ = writeln!(m, "    let {v} = mirage_runtime::time::Clock;");
+            }
+            Kind::WallClock => {
+                let _ = writeln!(m, "    let {v} = {platform}::WallClock;");
+            }
+            Kind::Random => {
+                let _ = writeln!(m, "    let {v} = {platform}::Random;");
+            }
+            Kind::Net { interface } => net(&mut m, &v, interface, solo5, &fail),
+            Kind::Stack { interface, .. } => {
+                if opts.direct() {
+                    let net_var = format!("{v}_net");
+                    net(&mut m, &net_var, interface, solo5, &fail);
+                    stack_var = Some((v.clone(), net_var));
+                } else {
+                    let _ = writeln!(m, "    let {v} = mirage_unix::SocketStack;");
+                }
+            }
+            Kind::Block { interface, .. } => {
+                if solo5 {
+                    let _ = writeln!(m, "    let {v} = match solo5::dev::Block::acquire({}) {{", lit(interface));
+                    m.push_str("        Ok(device) => device,\n");
+                    m.push_str(&fail(format!("cannot acquire block device {interface}")));
+                } else {
+                    let _ = writeln!(m, "    let {v}_path: String = args.get(\"block:{interface}\");");
+                    let _ = writeln!(m, "    let {v} = match mirage_unix::FileBlock::open(std::path::Path::new(&{v}_path), 512, false) {{");
+                    m.push_str("        Ok(device) => device,\n");
+                    m.push_str(&fail(format!("cannot open the disk image {{{v}_path}} of block device {interface}")));
+                }
+                m.push_str("    };\n");
+            }
+            Kind::KvRo { .. } => {}
+            Kind::KvRw => {
+                if solo5 {
+                    let _ = writeln!(m, "    let {v} = mirage_kv::Mem::new(solo5::dev::WallClock);");
+                } else {
+                    let _ = writeln!(m, "    let {v}_dir: String = args.get(\"kv-rw:{}\");", d.name);
+                    let _ = writeln!(m, "    let {v} = match mirage_unix::DirKv::open(std::path::Path::new(&{v}_dir)) {{");
+                    m.push_str("        Ok(store) => store,\n");
+                    m.push_str(&fail(format!("cannot open the directory {{{v}_dir}} of store {}", d.name)));
+                    m.push_str("    };\n");
+                }
+            }
+        }
+    }
+    for a in &config.boot {
+        let _ = writeln!(m, "    let {}: {} = args.get({});", ident(&a.name), a.ty.rust(), lit(&a.name));
+    }
+
+    // Run.
+    let run = if solo5 { "solo5::dev::run" } else { "mirage_unix::run" };
+    let body = match &stack_var {
+        Some((v, net_var)) => {
+            let mut b = String::from("async move {\n");
+            let _ = writeln!(
+                b,
+                "        let {v} = mirage_tcpip::Stack::new({net_var}, mirage_tcpip::Config::from_args(&args))\n            .map_err(|e| format!(\"cannot start the stack {v}: {{e}}\"))?;"
+            );
+            let _ = writeln!(b, "        {v}.configured().await;");
+            let string = if solo5 { "alloc::string::String" } else { "String" };
+            let _ = writeln!(b, "        Ok::<_, {string}>({}.await)", call(config));
+            b.push_str("    }");
+            b
+        }
+        None => format!("async move {{ {}.await }}", call(config)),
+    };
+    if solo5 {
+        let _ = writeln!(m, "    {run}({body})");
+    } else {
+        let _ = writeln!(m, "    std::process::exit({run}({body}));");
+    }
+    m.push_str("}\n");
+    if !solo5 && needs_fail(config, opts) {
+        let _ = write!(
+            m,
+            "\n/// Reports a device that cannot be set up, and exits.\nfn fail(message: String) -> ! {{\n    eprintln!(\"{name}: {{message}}\");\n    std::process::exit(1);\n}}\n"
+        );
+    }
+    m
+}
+
+fn needs_fail(config: &Config, opts: &Options) -> bool {
+    config.devices.iter().any(|d| match d.kind {
+        Kind::Net { .. } | Kind::Block { .. } | Kind::KvRw => true,
+        Kind::Stack { .. } => opts.direct(),
+        _ => false,
+    })
+}
+
+fn net(m: &mut String, v: &str, interface: &str, solo5: bool, fail: &dyn Fn(String) -> String) {
+    if solo5 {
+        let _ = writeln!(m, "    let {v} = match solo5::dev::Net::acquire({}) {{", lit(interface));
+        m.push_str("        Ok(device) => device,\n");
+        m.push_str(&fail(format!("cannot acquire network interface {interface}")));
+    } else {
+        let _ = writeln!(m, "    let {v}_tap: String = args.get(\"net:{interface}\");");
+        let _ = writeln!(m, "    let {v} = match mirage_unix::TapNet::open(&{v}_tap, None) {{");
+        m.push_str("        Ok(device) => device,\n");
+        m.push_str(&fail(format!("cannot attach tap device {{{v}_tap}} as network interface {interface}")));
+    }
+    m.push_str("    };\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(relative(Path::new("/r/crates/a"), Path::new("/r/examples/x/mirage/hvt")), "../../../../crates/a");
+        assert_eq!(relative(Path::new("/r/examples/x"), Path::new("/r/examples/x/mirage/hvt")), "../..");
+        assert_eq!(relative(Path::new("/r"), Path::new("/r")), ".");
+    }
+}

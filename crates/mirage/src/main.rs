@@ -1,0 +1,593 @@
+//! `mirage`: configures, builds, runs and describes unikernels.
+//!
+//! ```text
+//! mirage configure -t unix|hvt|spt [--net=socket|direct] [--no-dhcp]
+//! mirage build [-t TARGET]
+//! mirage run [-t TARGET] [--tap=NAME] [-- ARGS...]
+//! mirage clean
+//! mirage query [name|target|files|manifest|packages]
+//! mirage describe [--dot] [--svg=FILE]
+//! mirage new NAME
+//! ```
+//!
+//! Every command works on the unikernel crate in the current directory
+//! (`-C DIR` for another), whose `mirage.toml` declares its devices and
+//! boot arguments.
+
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use mirage::config::{self, Config};
+use mirage::describe;
+use mirage::generate::{self, Options, Target, UnixNet};
+
+/// A failure: one line of cause, one of fix.
+#[derive(Debug)]
+pub struct Failure {
+    pub cause: String,
+    pub fix: String,
+    pub status: i32,
+}
+
+impl Failure {
+    pub fn new(cause: impl Into<String>, fix: impl Into<String>) -> Failure {
+        Failure { cause: cause.into(), fix: fix.into(), status: 1 }
+    }
+
+    /// A wrong command line (status 64, as the unikernels').
+    pub fn usage(cause: impl Into<String>, fix: impl Into<String>) -> Failure {
+        Failure { status: 64, ..Failure::new(cause, fix) }
+    }
+}
+
+impl From<config::Error> for Failure {
+    fn from(e: config::Error) -> Failure {
+        let cause = match e.line {
+            0 => format!("{}: {}", e.file.display(), e.cause),
+            l => format!("{}:{l}: {}", e.file.display(), e.cause),
+        };
+        Failure::new(cause, e.fix)
+    }
+}
+
+const USAGE: &str = "\
+usage: mirage [-C DIR] COMMAND [OPTIONS]
+
+Configures, builds and runs the unikernel crate in the current directory
+(or DIR), as its mirage.toml declares.
+
+commands:
+  configure   write the wiring for a target (-t unix|hvt|spt)
+  build       build dist/NAME, dist/NAME.hvt or dist/NAME.spt
+  run         boot the image with its tender and devices
+  clean       remove the wiring and dist/
+  query       print the name, target, files, manifest or packages
+  describe    print the device graph (--dot for Graphviz)
+  new NAME    start a unikernel crate from a template
+
+`mirage COMMAND --help` describes each.";
+
+fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    match real_main(argv) {
+        Ok(()) => {}
+        Err(f) => {
+            eprintln!("mirage: {}", f.cause);
+            if !f.fix.is_empty() {
+                eprintln!("  fix: {}", f.fix);
+            }
+            std::process::exit(f.status);
+        }
+    }
+}
+
+/// Command-line options of one command: flags and `--key=value`s, plus
+/// what follows `--`.
+struct Args {
+    values: Vec<(String, Option<String>)>,
+    positional: Vec<String>,
+    rest: Vec<String>,
+}
+
+impl Args {
+    /// Parses `argv` against the options `known` (names; a trailing `=`
+    /// takes a value).
+    fn parse(command: &str, argv: &[String], known: &[&str]) -> Result<Args, Failure> {
+        let mut a = Args { values: Vec::new(), positional: Vec::new(), rest: Vec::new() };
+        let mut i = 0;
+        while i < argv.len() {
+            let arg = &argv[i];
+            i += 1;
+            if arg == "--" {
+                a.rest = argv[i..].to_vec();
+                break;
+            }
+            let Some(opt) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-').filter(|o| o.len() == 1)) else {
+                a.positional.push(arg.clone());
+                continue;
+            };
+            let (name, inline) = match opt.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (opt, None),
+            };
+            let name = match name {
+                "t" => "target",
+                "h" => "help",
+                n => n,
+            };
+            let takes_value = known.contains(&format!("{name}=").as_str());
+            if !takes_value && !known.contains(&name) {
+                return Err(Failure::usage(
+                    format!("{command}: unknown option {arg}"),
+                    format!("see `mirage {command} --help`"),
+                ));
+            }
+            let value = match (takes_value, inline) {
+                (true, Some(v)) => Some(v),
+                (true, None) => {
+                    let v = argv.get(i).cloned().ok_or_else(|| {
+                        Failure::usage(format!("{command}: --{name} needs a value"), format!("write --{name}=VALUE"))
+                    })?;
+                    i += 1;
+                    Some(v)
+                }
+                (false, Some(_)) => {
+                    return Err(Failure::usage(format!("{command}: --{name} takes no value"), format!("write --{name}")));
+                }
+                (false, None) => None,
+            };
+            a.values.push((name.to_string(), value));
+        }
+        Ok(a)
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.values.iter().any(|(n, _)| n == name)
+    }
+
+    fn value(&self, name: &str) -> Option<&str> {
+        self.values.iter().rev().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
+    }
+}
+
+fn real_main(mut argv: Vec<String>) -> Result<(), Failure> {
+    let mut dir = PathBuf::from(".");
+    if argv.first().map(String::as_str) == Some("-C") {
+        let d = argv.get(1).cloned().ok_or_else(|| Failure::usage("-C needs a directory", "write mirage -C DIR COMMAND"))?;
+        dir = PathBuf::from(d);
+        argv.drain(..2);
+    }
+    let Some(command) = argv.first().cloned() else {
+        println!("{USAGE}");
+        return Err(Failure { cause: "no command".into(), fix: "give one of the commands above".into(), status: 64 });
+    };
+    let rest = &argv[1..];
+    match command.as_str() {
+        "--help" | "-h" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        "--version" => {
+            println!("mirage {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        "configure" => configure(&dir, rest),
+        "build" => build(&dir, rest),
+        "run" => run::run(&dir, rest),
+        "clean" => clean(&dir, rest),
+        "query" => query(&dir, rest),
+        "describe" => describe(&dir, rest),
+        "new" => new(&dir, rest),
+        other => Err(Failure::usage(
+            format!("unknown command {other:?}"),
+            "use one of configure, build, run, clean, query, describe, new (mirage --help)",
+        )),
+    }
+}
+
+fn help(args: &Args, text: &str) -> bool {
+    if args.flag("help") {
+        println!("{text}");
+        return true;
+    }
+    false
+}
+
+/// The directory holding the mirage-rs crates the wiring depends on: the
+/// repository this tool was built from, or `$MIRAGE_RS/crates`.
+fn crates_dir() -> Result<PathBuf, Failure> {
+    let root = match std::env::var_os("MIRAGE_RS") {
+        Some(r) => PathBuf::from(r),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    };
+    let crates = root.join("crates");
+    if !crates.join("mirage-runtime/Cargo.toml").is_file() {
+        return Err(Failure::new(
+            format!("the mirage-rs crates are not in {}", crates.display()),
+            "set MIRAGE_RS to the mirage-rs repository",
+        ));
+    }
+    crates.canonicalize().map_err(|e| Failure::new(format!("{}: {e}", crates.display()), "set MIRAGE_RS to the mirage-rs repository"))
+}
+
+fn load(dir: &Path) -> Result<Config, Failure> {
+    let dir = dir.canonicalize().map_err(|e| Failure::new(format!("{}: {e}", dir.display()), "name an existing directory with -C"))?;
+    Ok(config::load(&dir)?)
+}
+
+fn parse_target(s: &str) -> Result<Target, Failure> {
+    Target::parse(s).ok_or_else(|| Failure::usage(format!("unknown target {s:?}"), "use -t unix, -t hvt or -t spt"))
+}
+
+/// Where `configure` records its keys, for `build` and `run`.
+fn state_file(config: &Config) -> PathBuf {
+    config.dir.join("mirage/configured")
+}
+
+fn save_state(config: &Config, opts: &Options) -> std::io::Result<()> {
+    let net = if opts.net == UnixNet::Direct { "direct" } else { "socket" };
+    std::fs::write(state_file(config), format!("target={}\nnet={net}\ndhcp={}\n", opts.target.name(), opts.dhcp))
+}
+
+/// The keys of the last `configure`, or of `configure -t TARGET` for an
+/// explicit target that was configured before.
+fn load_state(config: &Config, target: Option<Target>) -> Result<Options, Failure> {
+    let not_configured = |t: &str| {
+        Failure::new(format!("{} is not configured for {t}", config.name), format!("run `mirage configure -t {t}` first"))
+    };
+    let text = std::fs::read_to_string(state_file(config)).unwrap_or_default();
+    let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).map(String::from);
+    let last = get("target").and_then(|t| Target::parse(&t));
+    let target = match (target, last) {
+        (Some(t), _) => t,
+        (None, Some(t)) => t,
+        (None, None) => return Err(not_configured("TARGET")),
+    };
+    let generated = generate::dir(config, target).join("Cargo.toml");
+    if !generated.is_file() {
+        return Err(not_configured(target.name()));
+    }
+    // The keys apply to the target they were given for; another target
+    // configured earlier keeps its own in its generated main.rs header.
+    let header = std::fs::read_to_string(generate::dir(config, target).join("main.rs")).unwrap_or_default();
+    let first = header.lines().next().unwrap_or_default().to_string();
+    Ok(Options {
+        target,
+        net: if first.contains("--net=direct") { UnixNet::Direct } else { UnixNet::Socket },
+        dhcp: !first.contains("--no-dhcp"),
+    })
+}
+
+const CONFIGURE_HELP: &str = "\
+usage: mirage configure [-t TARGET] [--net=socket|direct] [--no-dhcp]
+
+Writes the wiring for TARGET into mirage/TARGET/: a Cargo project whose
+main builds each device declared in mirage.toml and calls the start
+function, with the Solo5 manifest and link settings.
+
+  -t, --target=TARGET   unix (a Linux process, the default), hvt (KVM) or spt (seccomp)
+  --net=socket|direct   unix: stacks on the host's sockets (default) or
+                        mirage-tcpip on a tap device (hvt and spt are always direct)
+  --no-dhcp             stacks default to the static 10.0.0.2/24 (gateway
+                        10.0.0.1) instead of asking DHCP when no --ipv4 is given";
+
+fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure> {
+    let crates = crates_dir()?;
+    let dir = generate::dir(config, opts.target);
+    std::fs::create_dir_all(&dir).map_err(|e| Failure::new(format!("{}: {e}", dir.display()), "check the directory's permissions"))?;
+    let mut written = Vec::new();
+    // A build script of an earlier configuration that this one does not
+    // write.
+    let _ = std::fs::remove_file(dir.join("build.rs"));
+    for f in generate::files_formatted(config, opts, &crates) {
+        let path = dir.join(f.path);
+        std::fs::write(&path, f.text).map_err(|e| Failure::new(format!("{}: {e}", path.display()), "check the directory's permissions"))?;
+        written.push(path);
+    }
+    // Start from the versions mirage-rs is tested with.
+    let lock = dir.join("Cargo.lock");
+    if !lock.exists() {
+        let _ = std::fs::copy(crates.join("../Cargo.lock"), &lock);
+    }
+    save_state(config, opts).map_err(|e| Failure::new(format!("{}: {e}", state_file(config).display()), "check the directory's permissions"))?;
+    Ok(written)
+}
+
+fn configure(dir: &Path, argv: &[String]) -> Result<(), Failure> {
+    let args = Args::parse("configure", argv, &["target=", "net=", "no-dhcp", "help"])?;
+    if help(&args, CONFIGURE_HELP) {
+        return Ok(());
+    }
+    if let Some(p) = args.positional.first() {
+        return Err(Failure::usage(format!("configure: unexpected argument {p:?}"), "see `mirage configure --help`"));
+    }
+    let target = parse_target(args.value("target").unwrap_or("unix"))?;
+    let net = match args.value("net") {
+        None | Some("socket") => UnixNet::Socket,
+        Some("direct") => UnixNet::Direct,
+        Some(other) => return Err(Failure::usage(format!("--net={other}: unknown stack"), "use --net=socket or --net=direct")),
+    };
+    if target != Target::Unix && args.value("net") == Some("socket") {
+        return Err(Failure::usage(
+            format!("--net=socket: {} has no host sockets", target.name()),
+            "drop --net (Solo5 targets use mirage-tcpip), or configure -t unix",
+        ));
+    }
+    let config = load(dir)?;
+    let stacks = config.devices.iter().filter(|d| matches!(d.kind, config::Kind::Stack { .. })).count();
+    if stacks > 1 {
+        return Err(Failure::new(
+            format!("{} declares {stacks} stacks; the boot arguments (--ipv4, ...) configure one", config.name),
+            "declare one stack device",
+        ));
+    }
+    let opts = Options { target, net: if target == Target::Unix { net } else { UnixNet::Direct }, dhcp: !args.flag("no-dhcp") };
+    let written = write_wiring(&config, &opts)?;
+    println!("configured {} for {} in {}", config.name, target.name(), generate::relative(&generate::dir(&config, target), &std::env::current_dir().unwrap_or_default()));
+    for w in written {
+        println!("  wrote {}", w.file_name().and_then(|n| n.to_str()).unwrap_or(""));
+    }
+    println!("next: mirage build");
+    Ok(())
+}
+
+const BUILD_HELP: &str = "\
+usage: mirage build [-t TARGET]
+
+Builds the configured unikernel (the last target configured, or TARGET)
+into dist/NAME (unix), dist/NAME.hvt or dist/NAME.spt, with cargo's
+progress. Reconfigures first when mirage.toml changed. Cargo's target
+directory is mirage/target, or $CARGO_TARGET_DIR.";
+
+/// Builds the image; its path.
+pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> {
+    let gen_dir = generate::dir(config, opts.target);
+    // A configuration edited since configure is applied now.
+    let stale = |p: &Path| -> bool {
+        let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        match (m(&config.dir.join(config::FILE)), m(p)) {
+            (Some(c), Some(g)) => c > g,
+            _ => true,
+        }
+    };
+    if stale(&gen_dir.join("main.rs")) {
+        write_wiring(config, opts)?;
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| config.dir.join("mirage/target"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--manifest-path"])
+        .arg(gen_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .map_err(|e| Failure::new(format!("cannot run cargo: {e}"), "install Rust (rustup.rs) and put cargo on PATH"))?;
+    if !status.success() {
+        return Err(Failure::new(
+            format!("cargo failed to build {} for {}", config.name, opts.target.name()),
+            "see cargo's messages above; the wiring is in mirage/TARGET/",
+        ));
+    }
+    let built = target_dir.join("release").join(&config.name);
+    let dist = config.dir.join("dist");
+    std::fs::create_dir_all(&dist).map_err(|e| Failure::new(format!("{}: {e}", dist.display()), "check the directory's permissions"))?;
+    let image = dist.join(opts.target.image(&config.name));
+    // Replace, not overwrite in place: a running copy keeps its file.
+    let _ = std::fs::remove_file(&image);
+    std::fs::copy(&built, &image).map_err(|e| Failure::new(format!("copying {} to {}: {e}", built.display(), image.display()), "check the directory's permissions"))?;
+    Ok(image)
+}
+
+fn build(dir: &Path, argv: &[String]) -> Result<(), Failure> {
+    let args = Args::parse("build", argv, &["target=", "help"])?;
+    if help(&args, BUILD_HELP) {
+        return Ok(());
+    }
+    let config = load(dir)?;
+    let target = args.value("target").map(parse_target).transpose()?;
+    let opts = load_state(&config, target)?;
+    let image = build_image(&config, &opts)?;
+    let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
+    println!("built dist/{} ({} KiB)", opts.target.image(&config.name), size.div_ceil(1024));
+    Ok(())
+}
+
+const CLEAN_HELP: &str = "\
+usage: mirage clean
+
+Removes the wiring (mirage/) and the images (dist/).";
+
+fn clean(dir: &Path, argv: &[String]) -> Result<(), Failure> {
+    let args = Args::parse("clean", argv, &["help"])?;
+    if help(&args, CLEAN_HELP) {
+        return Ok(());
+    }
+    let config = load(dir)?;
+    for d in ["mirage", "dist"] {
+        let p = config.dir.join(d);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(|e| Failure::new(format!("{}: {e}", p.display()), "check the directory's permissions"))?;
+            println!("removed {d}/");
+        }
+    }
+    Ok(())
+}
+
+const QUERY_HELP: &str = "\
+usage: mirage query [-t TARGET] [name|target|files|manifest|packages]
+
+  name       the unikernel's name
+  target     the target configured last
+  files      the generated files and the image
+  manifest   the Solo5 manifest (JSON, as solo5-elftool gen-manifest reads)
+  packages   the crates the wiring depends on
+Without a question, all of them.";
+
+fn query(dir: &Path, argv: &[String]) -> Result<(), Failure> {
+    let args = Args::parse("query", argv, &["target=", "help"])?;
+    if help(&args, QUERY_HELP) {
+        return Ok(());
+    }
+    let config = load(dir)?;
+    let target = args.value("target").map(parse_target).transpose()?;
+    let what = args.positional.first().map(String::as_str);
+    let opts = || load_state(&config, target);
+    let manifest = || {
+        let devices: Vec<String> = config
+            .devices
+            .iter()
+            .filter_map(|d| match &d.kind {
+                config::Kind::Net { interface } | config::Kind::Stack { interface, .. } => {
+                    Some(format!("{{ \"name\": \"{interface}\", \"type\": \"NET_BASIC\" }}"))
+                }
+                config::Kind::Block { interface, .. } => Some(format!("{{ \"name\": \"{interface}\", \"type\": \"BLOCK_BASIC\" }}")),
+                _ => None,
+            })
+            .collect();
+        format!("{{\n  \"type\": \"solo5.manifest\",\n  \"version\": 1,\n  \"devices\": [{}]\n}}", if devices.is_empty() { String::new() } else { format!(" {} ", devices.join(", ")) })
+    };
+    let files = |opts: &Options| -> Vec<String> {
+        let gen_dir = generate::relative(&generate::dir(&config, opts.target), &config.dir);
+        let mut f: Vec<String> = generate::files(&config, opts, Path::new("/crates")).iter().map(|f| format!("{gen_dir}/{}", f.path)).collect();
+        f.push(format!("dist/{}", opts.target.image(&config.name)));
+        f
+    };
+    let packages = |opts: &Options| -> Vec<String> {
+        let toml = generate::files(&config, opts, Path::new("/crates")).into_iter().find(|f| f.path == "Cargo.toml").map(|f| f.text).unwrap_or_default();
+        toml.lines()
+            .skip_while(|l| *l != "[dependencies]")
+            .skip(1)
+            .take_while(|l| !l.starts_with('['))
+            .filter_map(|l| l.split_once(" = ").map(|(n, _)| n.to_string()))
+            .collect()
+    };
+    match what {
+        Some("name") => println!("{}", config.name),
+        Some("target") => println!("{}", opts()?.target.name()),
+        Some("files") => println!("{}", files(&opts()?).join("\n")),
+        Some("manifest") => println!("{}", manifest()),
+        Some("packages") => println!("{}", packages(&opts()?).join("\n")),
+        None => {
+            println!("name: {}", config.name);
+            match opts() {
+                Ok(o) => {
+                    println!("target: {} ({})", o.target.name(), o.command());
+                    println!("files:\n  {}", files(&o).join("\n  "));
+                    println!("packages: {}", packages(&o).join(", "));
+                }
+                Err(_) => println!("target: not configured"),
+            }
+            println!("manifest: {}", manifest().replace('\n', " ").split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+        Some(other) => {
+            return Err(Failure::usage(format!("query: unknown question {other:?}"), "ask name, target, files, manifest or packages"));
+        }
+    }
+    Ok(())
+}
+
+const DESCRIBE_HELP: &str = "\
+usage: mirage describe [-t TARGET] [--dot] [--svg=FILE]
+
+Prints the device graph of the configured unikernel: what start is given,
+and what implements each device on the target.
+
+  --dot        print it as Graphviz DOT instead
+  --svg=FILE   render it to FILE with Graphviz's dot";
+
+fn describe(dir: &Path, argv: &[String]) -> Result<(), Failure> {
+    let args = Args::parse("describe", argv, &["target=", "dot", "svg=", "help"])?;
+    if help(&args, DESCRIBE_HELP) {
+        return Ok(());
+    }
+    let config = load(dir)?;
+    let target = args.value("target").map(parse_target).transpose()?;
+    let opts = load_state(&config, target)?;
+    let dot = describe::dot(&config, &opts);
+    if let Some(svg) = args.value("svg") {
+        let mut child = Command::new("dot")
+            .args(["-Tsvg", "-o", svg])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| Failure::new(format!("cannot run Graphviz's dot: {e}"), "install Graphviz (apt-get install graphviz), or use --dot"))?;
+        use std::io::Write;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(dot.as_bytes());
+        }
+        let status = child.wait().map_err(|e| Failure::new(format!("dot: {e}"), "use --dot and render it yourself"))?;
+        if !status.success() {
+            return Err(Failure::new("dot failed to render the graph", "use --dot and check its output"));
+        }
+        println!("wrote {svg}");
+    } else if args.flag("dot") {
+        print!("{dot}");
+    } else {
+        print!("{}", describe::text(&config, &opts));
+    }
+    Ok(())
+}
+
+const NEW_HELP: &str = "\
+usage: mirage new NAME
+
+Creates the directory NAME with a unikernel crate: Cargo.toml, mirage.toml
+and src/lib.rs, a hello world generic over a console and a clock. Then:
+  cd NAME && mirage configure -t hvt && mirage build && mirage run";
+
+fn new(dir: &Path, argv: &[String]) -> Result<(), Failure> {
+    let args = Args::parse("new", argv, &["help"])?;
+    if help(&args, NEW_HELP) {
+        return Ok(());
+    }
+    let name = match args.positional.as_slice() {
+        [n] => n.clone(),
+        [] => return Err(Failure::usage("new: no name given", "write mirage new NAME")),
+        _ => return Err(Failure::usage("new: one name at a time", "write mirage new NAME")),
+    };
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !valid {
+        return Err(Failure::usage(format!("new: {name:?} is not a usable crate name"), "use lowercase letters, digits, - and _, starting with a letter"));
+    }
+    let root = dir.join(&name);
+    if root.exists() {
+        return Err(Failure::new(format!("{} exists already", root.display()), "choose another name, or remove it"));
+    }
+    let crates = crates_dir()?;
+    std::fs::create_dir_all(root.join("src")).map_err(|e| Failure::new(format!("{}: {e}", root.display()), "check the directory's permissions"))?;
+    let abs = root.canonicalize().map_err(|e| Failure::new(format!("{}: {e}", root.display()), "check the directory's permissions"))?;
+    let devices = generate::relative(&crates.join("mirage-devices"), &abs);
+    let ident = name.replace('-', "_");
+    let files = [
+        (
+            "Cargo.toml",
+            format!(
+                "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nmirage-devices = {{ path = \"{devices}\" }}\n\n# The unikernel stands alone, outside any enclosing workspace.\n[workspace]\n"
+            ),
+        ),
+        (
+            "mirage.toml",
+            format!(
+                "# The unikernel: what start is given, and the boot arguments.\n# mirage configure -t unix|hvt|spt && mirage build && mirage run\n\n[unikernel]\nname = \"{name}\"\nstart = \"{ident}::start\"\narguments = [\"console\", \"time\", \"greeting\"]\n\n[devices]\nconsole = \"console\"\ntime = \"time\"\n\n[boot.greeting]\ntype = \"string\"\ndefault = \"Hello from {name}!\"\ndoc = \"What to print.\"\n"
+            ),
+        ),
+        (
+            "src/lib.rs",
+            format!(
+                "//! {name}: prints a greeting four times, a second apart.\n//!\n//! Generic over the device traits: `mirage configure` wires it for unix,\n//! hvt or spt.\n#![no_std]\n\nuse mirage_devices::console::{{self, Console}};\nuse mirage_devices::time::{{Duration, Sleep}};\n\n/// The unikernel.\npub async fn start(console: impl Console, time: impl Sleep, greeting: &str) -> Result<(), console::Error> {{\n    for _ in 0..4 {{\n        console.log(greeting).await?;\n        time.sleep(Duration::from_secs(1)).await;\n    }}\n    Ok(())\n}}\n"
+            ),
+        ),
+        (".gitignore", "/mirage/\n/dist/\n".to_string()),
+    ];
+    for (path, text) in files {
+        let p = root.join(path);
+        std::fs::write(&p, text).map_err(|e| Failure::new(format!("{}: {e}", p.display()), "check the directory's permissions"))?;
+    }
+    println!("created {name}/ (Cargo.toml, mirage.toml, src/lib.rs)");
+    println!("next: cd {name} && mirage configure -t hvt && mirage build && mirage run");
+    Ok(())
+}

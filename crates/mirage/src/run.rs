@@ -1,0 +1,212 @@
+//! `mirage run`: boots the built image with the right tender and device
+//! options, setting up what its devices need on the host (tap devices with
+//! the host's address, disk images) and removing what it created.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::config::{Config, Kind};
+use crate::generate::{Options, Target, UnixNet};
+use crate::{Args, Failure, help, load, load_state, parse_target};
+
+const RUN_HELP: &str = "\
+usage: mirage run [-t TARGET] [--tap=NAME] [--host-address=CIDR] [--mem=MIB] [-- ARGS...]
+
+Boots dist/NAME[.hvt|.spt] (building it first if it is missing): on hvt
+and spt with solo5-hvt or solo5-spt (found beside mirage, or on PATH), on
+unix as a process. ARGS are the unikernel's boot arguments.
+
+Each network interface gets a tap device: NAME if --tap is given (it must
+exist), else tap-INTERFACE, created with the host address 10.0.0.1/24
+(--host-address) and removed at exit; that needs root (CAP_NET_ADMIN),
+and without it mirage prints the commands to run. Each block device is
+dist/INTERFACE.img, created with the size in mirage.toml if missing.";
+
+/// A tap device this run created, removed when dropped.
+struct CreatedTap(String);
+
+impl Drop for CreatedTap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+fn tender_path(target: Target) -> Result<PathBuf, Failure> {
+    let name = format!("solo5-{}", target.name());
+    let mut looked = Vec::new();
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        let p = dir.join(&name);
+        if p.is_file() {
+            return Ok(p);
+        }
+        looked.push(dir.display().to_string());
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(&name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        looked.push("PATH".into());
+    }
+    Err(Failure::new(
+        format!("no {name} tender found (looked in {})", looked.join(" and ")),
+        format!("build the tenders with `cargo build --release` in the mirage-rs repository (they go beside mirage), or put {name} on PATH"),
+    ))
+}
+
+fn check_kvm() -> Result<(), Failure> {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Failure::new(
+            format!("no access to /dev/kvm ({e})"),
+            match e.kind() {
+                std::io::ErrorKind::NotFound => "enable KVM on this machine, or configure for spt: mirage configure -t spt".to_string(),
+                _ => "add yourself to the kvm group (sudo usermod -aG kvm $USER, then log in again), or configure for spt: mirage configure -t spt".to_string(),
+            },
+        )),
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// The tap device for `interface`: given, existing, or created.
+fn tap(interface: &str, given: Option<&str>, host: &str, created: &mut Vec<CreatedTap>) -> Result<String, Failure> {
+    if let Some(t) = given {
+        if !Path::new("/sys/class/net").join(t).exists() {
+            return Err(Failure::new(format!("there is no network device {t}"), format!("create it (ip tuntap add {t} mode tap), or drop --tap")));
+        }
+        return Ok(t.to_string());
+    }
+    let name: String = format!("tap-{interface}").chars().take(15).collect();
+    if Path::new("/sys/class/net").join(&name).exists() {
+        return Ok(name);
+    }
+    let commands = format!(
+        "sudo ip tuntap add {name} mode tap user $USER && sudo ip addr add {host} dev {name} && sudo ip link set {name} up"
+    );
+    if let Err(e) = ip(&["tuntap", "add", "dev", &name, "mode", "tap"]) {
+        return Err(Failure::new(format!("no right to create the tap device {name} ({e})"), format!("run mirage as root, or create it first: {commands}")));
+    }
+    created.push(CreatedTap(name.clone()));
+    ip(&["addr", "add", host, "dev", &name])
+        .and_then(|()| ip(&["link", "set", &name, "up"]))
+        .map_err(|e| Failure::new(format!("cannot set up the tap device {name}: {e}"), format!("set it up by hand: {commands}")))?;
+    Ok(name)
+}
+
+/// The disk image of block device `interface`, created if missing.
+fn disk(config: &Config, interface: &str, size: u64) -> Result<PathBuf, Failure> {
+    let path = config.dir.join("dist").join(format!("{interface}.img"));
+    if !path.exists() {
+        let f = std::fs::File::create(&path).map_err(|e| Failure::new(format!("{}: {e}", path.display()), "check the directory's permissions"))?;
+        f.set_len(size).map_err(|e| Failure::new(format!("{}: {e}", path.display()), "check the free space"))?;
+        eprintln!("mirage: created {} ({} KiB) for block device {interface}", path.display(), size / 1024);
+    }
+    Ok(path)
+}
+
+pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
+    let args = Args::parse("run", argv, &["target=", "tap=", "host-address=", "mem=", "help"])?;
+    if help(&args, RUN_HELP) {
+        return Ok(());
+    }
+    if let Some(p) = args.positional.first() {
+        return Err(Failure::usage(format!("run: unexpected argument {p:?}"), "boot arguments go after --: mirage run -- --ipv4=10.0.0.2/24"));
+    }
+    let config = load(dir)?;
+    let target = args.value("target").map(parse_target).transpose()?;
+    let opts: Options = load_state(&config, target)?;
+    let image = config.dir.join("dist").join(opts.target.image(&config.name));
+    if !image.exists() {
+        crate::build_image(&config, &opts)?;
+    }
+    let mut cmd = match opts.target {
+        Target::Unix => Command::new(&image),
+        t => {
+            if t == Target::Hvt {
+                check_kvm()?;
+            }
+            let mut c = Command::new(tender_path(t)?);
+            if let Some(m) = args.value("mem") {
+                c.arg(format!("--mem={m}"));
+            }
+            c
+        }
+    };
+    if opts.target == Target::Unix && args.value("mem").is_some() {
+        return Err(Failure::usage("--mem applies to hvt and spt", "drop --mem on unix"));
+    }
+    let host = args.value("host-address").unwrap_or("10.0.0.1/24");
+    let mut created = Vec::new();
+    let mut device_args = Vec::new();
+    let mut first_tap = true;
+    for d in &config.devices {
+        let interface = match &d.kind {
+            Kind::Net { interface } => interface,
+            Kind::Stack { interface, .. } if opts.target != Target::Unix || opts.net == UnixNet::Direct => interface,
+            Kind::Block { interface, size } => {
+                std::fs::create_dir_all(config.dir.join("dist")).ok();
+                let path = disk(&config, interface, *size)?;
+                device_args.push(format!("--block:{interface}={}", path.display()));
+                continue;
+            }
+            _ => continue,
+        };
+        let given = if first_tap { args.value("tap") } else { None };
+        first_tap = false;
+        let t = tap(interface, given, host, &mut created)?;
+        device_args.push(format!("--net:{interface}={t}"));
+    }
+    match opts.target {
+        Target::Unix => {
+            cmd.args(&device_args);
+        }
+        _ => {
+            cmd.args(&device_args).arg(&image);
+        }
+    }
+    cmd.args(&args.rest);
+    let shown: Vec<String> = std::iter::once(cmd.get_program().to_string_lossy().into_owned())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect();
+    eprintln!("mirage: {}", shown.join(" "));
+    // Ctrl-C, SIGTERM and SIGHUP go to the unikernel, and mirage stays to
+    // remove what it created. A handler, not SIG_IGN: an ignored signal
+    // stays ignored across exec, a handled one reverts to the default in
+    // the child.
+    static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+    extern "C" fn forward(sig: libc::c_int) {
+        let pid = CHILD.load(std::sync::atomic::Ordering::Relaxed);
+        if pid > 0 {
+            // SAFETY: kill(2) is async-signal-safe; pid is our child.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installs an async-signal-safe handler (it only calls
+        // kill) in this process.
+        unsafe {
+            libc::signal(sig, forward as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| Failure::new(format!("cannot run {}: {e}", shown[0]), "check that the file exists and is executable"))?;
+    CHILD.store(child.id() as i32, std::sync::atomic::Ordering::Relaxed);
+    let status = child.wait().map_err(|e| Failure::new(format!("waiting for {}: {e}", shown[0]), ""))?;
+    drop(created);
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(c) => Err(Failure { cause: format!("{} exited with status {c}", config.name), fix: String::new(), status: c }),
+        None => Err(Failure { cause: format!("{} was killed ({status})", config.name), fix: String::new(), status: 128 }),
+    }
+}

@@ -1,0 +1,263 @@
+//! The `mirage` tool end to end: configure, build and run of the examples
+//! on every target (with `mirage run` setting up tap devices itself inside
+//! a namespace of the test's own), describe rendered by Graphviz, a crate
+//! made by `mirage new`, and the errors a user meets, each with its cause
+//! and fix.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::{Background, Netns, Run, Scratch, example, example_with, mirage, root, run_with};
+
+use crate::{Case, Needs, case};
+
+fn examples_dir(name: &str) -> PathBuf {
+    root().join("examples").join(name)
+}
+
+/// `mirage -C DIR ARGS` with the shared cargo target directory.
+fn tool(dir: &Path, args: &[&str]) -> Result<Run, String> {
+    testkit::mirage_in(dir, args)
+}
+
+fn expect_failure(r: &Run, status: i32, cause: &str, fix: &str) -> Result<(), String> {
+    r.expect_status(status)?;
+    let cause_line = format!("mirage: {cause}");
+    if !r.stderr.contains(&cause_line) || !r.stderr.contains(&format!("  fix: {fix}")) {
+        return Err(format!("expected cause {cause:?} and fix {fix:?}\n{}", r.dump()));
+    }
+    Ok(())
+}
+
+/// A copy of the mirage binary in a directory without tenders.
+fn lone_mirage(scratch: &Scratch) -> Result<PathBuf, String> {
+    let p = scratch.0.join("mirage");
+    std::fs::copy(mirage()?, &p).map_err(|e| e.to_string())?;
+    Ok(p)
+}
+
+fn needs(t: &'static str) -> Needs {
+    if t == "unix" { Needs::Nothing } else { Needs::Target(t) }
+}
+
+pub fn cases(v: &mut Vec<Case>) {
+    for t in ["unix", "hvt", "spt"] {
+        v.push(case(format!("{t}::mirage_run_boots_hello"), needs(t), move || {
+            // Built by the same configure and build as the other tests'.
+            example(t, "hello")?;
+            let _lock = testkit::examples_lock();
+            let mut args = vec!["run", "-t", t];
+            if t != "unix" {
+                args.extend(["--", "--solo5:quiet"]);
+            }
+            let r = tool(&examples_dir("hello"), &args)?;
+            r.expect_status(0)?;
+            if r.stdout.lines().filter(|l| *l == "hello").count() != 4 {
+                return Err(format!("hello did not greet four times\n{}", r.dump()));
+            }
+            // mirage says what it runs.
+            let image = if t == "unix" { "dist/hello".to_string() } else { format!("solo5-{t} ") };
+            if !r.stderr.lines().any(|l| l.starts_with("mirage: ") && l.contains(&image)) {
+                return Err(format!("mirage did not show the command it ran\n{}", r.dump()));
+            }
+            Ok(())
+        }));
+        v.push(case(format!("{t}::mirage_run_sets_up_and_removes_the_tap_device"), Needs::Net(t), move || {
+            let keys: &[&str] = if t == "unix" { &["--net=direct"] } else { &[] };
+            example_with(t, "network", keys)?;
+            let ns = Netns::new()?;
+            // The namespace's own tap0 holds 10.0.0.1/24: mirage gives that
+            // address to the tap device it creates.
+            ns.ip(&["link", "del", "tap0"])?;
+            let mut c = {
+                let _lock = testkit::examples_lock();
+                // Run the configuration the image was built with.
+                let mut configure = vec!["configure", "-t", t];
+                configure.extend_from_slice(keys);
+                tool(&examples_dir("network"), &configure)?.expect_status(0)?;
+                let mut c = ns.command(mirage()?);
+                c.arg("-C").arg(examples_dir("network")).args(["run", "-t", t, "--", "--ipv4=10.0.0.2/24"]);
+                c
+            };
+            c.env("CARGO_TARGET_DIR", root().join("target/mirage"));
+            let mut g = Background::start(c)?;
+            g.wait_for("network: 10.0.0.2/24", Duration::from_secs(60))?;
+            if !g.output().contains("--net:service=tap-service") {
+                return Err(format!("the tap device was not attached:\n{}", g.output()));
+            }
+            let mut p = ns.command("ping");
+            p.args(["-c", "2", "-i", "0.2", "-W", "5", "10.0.0.2"]);
+            run_with(p, Duration::from_secs(20))?.expect_status(0)?;
+            crate::tcpip::tcp_echo_clients(&ns, "10.0.0.2:7".parse().unwrap(), 5, 1000)?;
+            // SAFETY: kill(2) on our own child process.
+            unsafe {
+                libc::kill(g.child.id() as i32, libc::SIGTERM);
+            }
+            g.wait(Duration::from_secs(20))?;
+            let links = ns.command("ip").args(["-br", "link"]).output().map_err(|e| e.to_string())?;
+            let links = String::from_utf8_lossy(&links.stdout);
+            if links.contains("tap-service") {
+                return Err(format!("mirage left its tap device behind:\n{links}"));
+            }
+            Ok(())
+        }));
+    }
+    v.push(case("mirage_describe_renders_with_graphviz_for_every_example", Needs::Nothing, || {
+        if Command::new("dot").arg("-V").output().is_err() {
+            return Err("Graphviz's dot is missing (apt-get install graphviz; .ci/run installs it)".into());
+        }
+        let scratch = Scratch::new("describe");
+        let _lock = testkit::examples_lock();
+        for ex in ["hello", "hello-key", "block", "kv-ro", "ping", "network"] {
+            for t in ["unix", "hvt"] {
+                tool(&examples_dir(ex), &["configure", "-t", t])?.expect_status(0)?;
+                let text = tool(&examples_dir(ex), &["describe", "-t", t])?;
+                text.expect_status(0)?;
+                text.expect_stdout("start: ")?;
+                let dot = tool(&examples_dir(ex), &["describe", "-t", t, "--dot"])?;
+                dot.expect_status(0)?;
+                let file = scratch.0.join(format!("{ex}-{t}.dot"));
+                std::fs::write(&file, &dot.stdout).map_err(|e| e.to_string())?;
+                let out = Command::new("dot").arg("-Tsvg").arg(&file).output().map_err(|e| e.to_string())?;
+                if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("<svg") {
+                    return Err(format!("{ex} on {t}: dot cannot render\n{}\n{}", dot.stdout, String::from_utf8_lossy(&out.stderr)));
+                }
+                let svg = scratch.0.join(format!("{ex}-{t}.svg"));
+                let r = tool(&examples_dir(ex), &["describe", "-t", t, &format!("--svg={}", svg.display())])?;
+                r.expect_status(0)?;
+                if !std::fs::read_to_string(&svg).unwrap_or_default().contains("<svg") {
+                    return Err(format!("{ex} on {t}: --svg wrote no SVG"));
+                }
+            }
+        }
+        let r = tool(&examples_dir("network"), &["describe", "-t", "hvt"])?;
+        r.expect_stdout("stack device: mirage_tcpip::Stack on mirage_solo5::dev::Net (Solo5 NET_BASIC \"service\")")?;
+        Ok(())
+    }));
+    v.push(case("mirage_query_answers", Needs::Nothing, || {
+        let _lock = testkit::examples_lock();
+        let dir = examples_dir("block");
+        tool(&dir, &["configure", "-t", "spt"])?.expect_status(0)?;
+        let r = tool(&dir, &["query", "name"])?;
+        r.expect_status(0)?;
+        if r.stdout.trim() != "block" {
+            return Err(r.dump());
+        }
+        let r = tool(&dir, &["query", "manifest"])?;
+        r.expect_stdout("{ \"name\": \"storage\", \"type\": \"BLOCK_BASIC\" }")?;
+        let r = tool(&dir, &["query", "files"])?;
+        r.expect_stdout("mirage/spt/main.rs")?;
+        r.expect_stdout("dist/block.spt")?;
+        let r = tool(&dir, &["query", "packages"])?;
+        r.expect_stdout("mirage-solo5")?;
+        let r = tool(&dir, &["query", "colour"])?;
+        expect_failure(&r, 64, "query: unknown question \"colour\"", "ask name, target, files, manifest or packages")
+    }));
+    v.push(case("unix::mirage_new_makes_a_unikernel_that_builds_and_runs", Needs::Nothing, || {
+        let scratch = Scratch::new("new");
+        let r = tool(&scratch.0, &["new", "demo-app"])?;
+        r.expect_status(0)?;
+        let dir = scratch.0.join("demo-app");
+        tool(&dir, &["configure", "-t", "unix"])?.expect_status(0)?;
+        let r = tool(&dir, &["build"])?;
+        r.expect_status(0)?;
+        r.expect_stdout("built dist/demo-app")?;
+        let r = tool(&dir, &["run", "--", "--greeting=bonjour"])?;
+        r.expect_status(0)?;
+        if r.stdout.lines().filter(|l| *l == "bonjour").count() != 4 {
+            return Err(format!("the new unikernel did not greet\n{}", r.dump()));
+        }
+        let r = tool(&dir, &["clean"])?;
+        r.expect_status(0)?;
+        if dir.join("dist").exists() || dir.join("mirage").exists() {
+            return Err("clean left files behind".into());
+        }
+        let r = tool(&scratch.0, &["new", "demo-app"])?;
+        expect_failure(&r, 1, &format!("{} exists already", scratch.0.join("demo-app").display()), "choose another name, or remove it")
+    }));
+    v.push(case("mirage_errors_give_a_cause_and_a_fix", Needs::Nothing, || {
+        let scratch = Scratch::new("errors");
+        let r = tool(&examples_dir("hello"), &["configure", "-t", "xen"])?;
+        expect_failure(&r, 64, "unknown target \"xen\"", "use -t unix, -t hvt or -t spt")?;
+        let r = tool(&examples_dir("hello"), &["configur"])?;
+        expect_failure(&r, 64, "unknown command \"configur\"", "use one of configure")?;
+        let r = tool(&examples_dir("hello"), &["build", "--fast"])?;
+        expect_failure(&r, 64, "build: unknown option --fast", "see `mirage build --help`")?;
+        let r = tool(&scratch.0, &["configure"])?;
+        r.expect_status(1)?;
+        r.expect_stderr("mirage.toml: cannot read it")?;
+        r.expect_stderr("fix: run mirage in the unikernel's directory (the one with mirage.toml), or start one with `mirage new NAME`")?;
+        // A device declared twice, and a bad kind: the line and the fix.
+        let dir = scratch.0.join("twice");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("Cargo.toml"), "[package]\nname = \"twice\"\n").map_err(|e| e.to_string())?;
+        let toml = "[unikernel]\nname = \"twice\"\nstart = \"twice::start\"\narguments = [\"console\"]\n\n[devices]\nconsole = \"console\"\nconsole = \"console\"\n";
+        std::fs::write(dir.join("mirage.toml"), toml).map_err(|e| e.to_string())?;
+        let r = tool(&dir, &["configure"])?;
+        r.expect_status(1)?;
+        r.expect_stderr("mirage.toml:8: duplicate key")?;
+        r.expect_stderr("fix: declare each device and argument once")?;
+        std::fs::write(dir.join("mirage.toml"), toml.replace("console = \"console\"\nconsole", "console = \"consol\"\nother")).map_err(|e| e.to_string())?;
+        let r = tool(&dir, &["configure"])?;
+        r.expect_stderr("mirage.toml:7: unknown device kind \"consol\"")?;
+        r.expect_stderr("fix: use one of console, time")?;
+        // Two devices on one network interface.
+        std::fs::write(
+            dir.join("mirage.toml"),
+            "[unikernel]\nname = \"twice\"\nstart = \"twice::start\"\narguments = [\"a\", \"b\"]\n\n[devices]\na = { kind = \"net\" }\nb = { kind = \"stack\" }\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let r = tool(&dir, &["configure"])?;
+        r.expect_stderr("mirage.toml:8: devices a and b are both on the network device \"service\": a device declared twice")?;
+        // Not configured.
+        std::fs::write(dir.join("mirage.toml"), toml.replace("console = \"console\"\nconsole = \"console\"\n", "console = \"console\"\n"))
+            .map_err(|e| e.to_string())?;
+        let r = tool(&dir, &["build", "-t", "spt"])?;
+        r.expect_status(1)?;
+        r.expect_stderr("twice is not configured for spt")?;
+        r.expect_stderr("fix: run `mirage configure -t spt` first")?;
+        Ok(())
+    }));
+    v.push(case("spt::mirage_run_without_a_tender_says_where_it_looked", Needs::Target("spt"), || {
+        example("spt", "hello")?;
+        let scratch = Scratch::new("lone");
+        let lone = lone_mirage(&scratch)?;
+        let _lock = testkit::examples_lock();
+        let mut c = Command::new(lone);
+        c.arg("-C").arg(examples_dir("hello")).args(["run", "-t", "spt"]).env("PATH", "/nonexistent");
+        let r = run_with(c, Duration::from_secs(30))?;
+        expect_failure(&r, 1, "no solo5-spt tender found", "build the tenders with `cargo build --release`")
+    }));
+    v.push(case("hvt::mirage_run_without_kvm_access_says_so", Needs::Target("hvt"), || {
+        example("hvt", "hello")?;
+        let _lock = testkit::examples_lock();
+        // An unprivileged user cannot open /dev/kvm (mode 0600 here).
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(mirage()?);
+        c.arg("-C").arg(examples_dir("hello")).args(["run", "-t", "hvt"]);
+        let r = run_with(c, Duration::from_secs(30))?;
+        if std::fs::metadata("/dev/kvm").map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o006 != 0).unwrap_or(false) {
+            return Err("/dev/kvm is open to every user here: this test cannot provoke the error".into());
+        }
+        expect_failure(&r, 1, "no access to /dev/kvm", "add yourself to the kvm group")
+    }));
+    v.push(case("spt::mirage_run_without_the_right_to_create_a_tap_says_what_to_run", Needs::Net("spt"), || {
+        example("spt", "network")?;
+        let ns = Netns::new()?;
+        let _lock = testkit::examples_lock();
+        tool(&examples_dir("network"), &["configure", "-t", "spt"])?.expect_status(0)?;
+        // An unprivileged user on spt: no /dev/kvm needed, so the tap
+        // device is the first thing to fail.
+        let mut c = ns.command("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(mirage()?);
+        c.arg("-C").arg(examples_dir("network")).args(["run", "-t", "spt"]);
+        let r = run_with(c, Duration::from_secs(30))?;
+        expect_failure(
+            &r,
+            1,
+            "no right to create the tap device tap-service",
+            "run mirage as root, or create it first: sudo ip tuntap add tap-service mode tap user $USER && sudo ip addr add 10.0.0.1/24 dev tap-service && sudo ip link set tap-service up",
+        )
+    }));
+}
