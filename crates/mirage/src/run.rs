@@ -12,7 +12,8 @@ use crate::{Args, Failure, help, load, load_state, parse_target};
 const RUN_HELP: &str = "\
 usage: mirage run [-t TARGET] [--tap=NAME] [--host-address=CIDR] [--mem=MIB] [-- ARGS...]
 
-Boots dist/NAME[.hvt|.spt] (building it first if it is missing): on hvt
+Boots dist/NAME[.hvt|.spt] (building it first if it is missing or older
+than its configuration): on hvt
 and spt with solo5-hvt or solo5-spt (found beside mirage, or on PATH), on
 unix as a process. ARGS are the unikernel's boot arguments.
 
@@ -126,7 +127,11 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     let target = args.value("target").map(parse_target).transpose()?;
     let opts: Options = load_state(&config, target)?;
     let image = config.dir.join("dist").join(opts.target.image(&config.name));
-    if !image.exists() {
+    // Build when the image is missing or older than its configuration.
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let wiring = crate::generate::dir(&config, opts.target).join("main.rs");
+    let sources = [modified(&wiring), modified(&config.dir.join(mirage::config::FILE))];
+    if modified(&image).is_none_or(|i| sources.iter().flatten().any(|s| *s > i)) {
         crate::build_image(&config, &opts)?;
     }
     let mut cmd = match opts.target {

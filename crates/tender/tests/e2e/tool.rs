@@ -70,19 +70,18 @@ pub fn cases(v: &mut Vec<Case>) {
             // The namespace's own tap0 holds 10.0.0.1/24: mirage gives that
             // address to the tap device it creates.
             ns.ip(&["link", "del", "tap0"])?;
-            let mut c = {
-                let _lock = testkit::examples_lock();
-                // Run the configuration the image was built with.
-                let mut configure = vec!["configure", "-t", t];
-                configure.extend_from_slice(keys);
-                tool(&examples_dir("network"), &configure)?.expect_status(0)?;
-                let mut c = ns.command(mirage()?);
-                c.arg("-C").arg(examples_dir("network")).args(["run", "-t", t, "--", "--ipv4=10.0.0.2/24"]);
-                c
-            };
+            // Other tests configure the example too: hold the lock until
+            // the unikernel runs.
+            let lock = testkit::examples_lock();
+            let mut configure = vec!["configure", "-t", t];
+            configure.extend_from_slice(keys);
+            tool(&examples_dir("network"), &configure)?.expect_status(0)?;
+            let mut c = ns.command(mirage()?);
+            c.arg("-C").arg(examples_dir("network")).args(["run", "-t", t, "--", "--ipv4=10.0.0.2/24"]);
             c.env("CARGO_TARGET_DIR", root().join("target/mirage"));
             let mut g = Background::start(c)?;
-            g.wait_for("network: 10.0.0.2/24", Duration::from_secs(60))?;
+            g.wait_for("network: 10.0.0.2/24", Duration::from_secs(300))?;
+            drop(lock);
             if !g.output().contains("--net:service=tap-service") {
                 return Err(format!("the tap device was not attached:\n{}", g.output()));
             }
