@@ -278,11 +278,13 @@ fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure
     let dir = generate::dir(config, opts.target);
     std::fs::create_dir_all(&dir).map_err(|e| Failure::new(format!("{}: {e}", dir.display()), "check the directory's permissions"))?;
     let mut written = Vec::new();
-    // A build script of an earlier configuration that this one does not
-    // write.
-    let _ = std::fs::remove_file(dir.join("build.rs"));
     for f in generate::files_formatted(config, opts, &crates) {
         let path = dir.join(f.path);
+        // Unchanged files keep their time, so nothing is rebuilt for them.
+        if std::fs::read_to_string(&path).is_ok_and(|old| old == f.text) {
+            written.push(path);
+            continue;
+        }
         std::fs::write(&path, f.text).map_err(|e| Failure::new(format!("{}: {e}", path.display()), "check the directory's permissions"))?;
         written.push(path);
     }
@@ -290,6 +292,11 @@ fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure
     let lock = dir.join("Cargo.lock");
     if !lock.exists() {
         let _ = std::fs::copy(crates.join("../Cargo.lock"), &lock);
+    }
+    // A build script of an earlier configuration that this one does not
+    // write.
+    if !written.iter().any(|p| p.ends_with("build.rs")) {
+        let _ = std::fs::remove_file(dir.join("build.rs"));
     }
     save_state(config, opts).map_err(|e| Failure::new(format!("{}: {e}", state_file(config).display()), "check the directory's permissions"))?;
     Ok(written)
