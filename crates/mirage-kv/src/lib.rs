@@ -2,6 +2,9 @@
 //!
 //! [`Mem`] is a read-write store in memory.
 //!
+//! [`Tar`] is a read-only store over a block device holding a tar
+//! archive; [`tar::write_archive`] makes such an archive.
+//!
 //! [`Crunched`] is MirageOS's crunch: a directory compiled into the image
 //! at build time, served read-only with no device at all. A build script
 //! turns the directory into Rust source ([`crunch::generate`], feature
@@ -26,9 +29,14 @@ pub use mirage_devices::time::Timestamp;
 
 #[cfg(feature = "crunch")]
 pub mod crunch;
+mod index;
 mod mem;
+pub mod tar;
+
+use index::{Index, Indexed};
 
 pub use mem::Mem;
+pub use tar::Tar;
 
 /// One file of a crunched directory.
 #[derive(Debug, Clone, Copy)]
@@ -60,49 +68,32 @@ impl Crunched {
         self.entries
     }
 
-    fn value(&self, key: &Key) -> Option<&'static Entry> {
-        self.entries.binary_search_by(|e| e.path.cmp(key.as_str())).ok().map(|i| &self.entries[i])
+    fn index(&self) -> Index<'static, Entry> {
+        Index(self.entries)
+    }
+}
+
+impl Indexed for Entry {
+    fn path(&self) -> &str {
+        self.path
     }
 
-    /// The entries under dictionary `key` (all of them for the root).
-    fn under<'k>(&self, key: &'k Key) -> impl Iterator<Item = &'static Entry> + 'k {
-        let prefix = key.as_str();
-        let root = key.is_root();
-        self.entries.iter().filter(move |e| {
-            root || (e.path.len() > prefix.len() && e.path.starts_with(prefix) && e.path.as_bytes()[prefix.len()] == b'/')
-        })
-    }
-
-    fn kind(&self, key: &Key) -> Option<Kind> {
-        if self.value(key).is_some() {
-            Some(Kind::Value)
-        } else if key.is_root() || self.under(key).next().is_some() {
-            Some(Kind::Dictionary)
-        } else {
-            None
-        }
-    }
-
-    fn value_or_err(&self, key: &Key) -> Result<&'static Entry, Error> {
-        match self.value(key) {
-            Some(e) => Ok(e),
-            None if self.kind(key) == Some(Kind::Dictionary) => Err(Error::ValueExpected),
-            None => Err(Error::NotFound),
-        }
+    fn modified(&self) -> Timestamp {
+        self.modified
     }
 }
 
 impl KvRo for Crunched {
     async fn exists(&self, key: &Key) -> Result<Option<Kind>, Error> {
-        Ok(self.kind(key))
+        Ok(self.index().kind(key))
     }
 
     async fn get(&self, key: &Key) -> Result<Vec<u8>, Error> {
-        Ok(self.value_or_err(key)?.data.to_vec())
+        Ok(self.index().value_or_err(key)?.data.to_vec())
     }
 
     async fn get_partial(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
-        let data = self.value_or_err(key)?.data;
+        let data = self.index().value_or_err(key)?.data;
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
         let n = buf.len().min(data.len() - start);
         buf[..n].copy_from_slice(&data[start..start + n]);
@@ -110,40 +101,19 @@ impl KvRo for Crunched {
     }
 
     async fn list(&self, key: &Key) -> Result<Vec<(Key, Kind)>, Error> {
-        match self.kind(key) {
-            None => return Err(Error::NotFound),
-            Some(Kind::Value) => return Err(Error::DictionaryExpected),
-            Some(Kind::Dictionary) => {}
-        }
-        let skip = if key.is_root() { 1 } else { key.as_str().len() + 1 };
-        let mut out: Vec<(Key, Kind)> = Vec::new();
-        for e in self.under(key) {
-            let rest = &e.path[skip..];
-            let (child, kind) = match rest.split_once('/') {
-                Some((c, _)) => (c, Kind::Dictionary),
-                None => (rest, Kind::Value),
-            };
-            let k = key.join(child)?;
-            if out.last().map(|(l, _)| l != &k).unwrap_or(true) {
-                out.push((k, kind));
-            }
-        }
-        Ok(out)
+        self.index().list(key)
     }
 
     async fn last_modified(&self, key: &Key) -> Result<Timestamp, Error> {
-        if let Some(e) = self.value(key) {
-            return Ok(e.modified);
-        }
-        self.under(key).map(|e| e.modified).max().ok_or(Error::NotFound)
+        self.index().last_modified(key)
     }
 
     async fn digest(&self, key: &Key) -> Result<Digest, Error> {
-        Ok(Digest(self.value_or_err(key)?.digest))
+        Ok(Digest(self.index().value_or_err(key)?.digest))
     }
 
     async fn size(&self, key: &Key) -> Result<u64, Error> {
-        Ok(self.value_or_err(key)?.data.len() as u64)
+        Ok(self.index().value_or_err(key)?.data.len() as u64)
     }
 }
 

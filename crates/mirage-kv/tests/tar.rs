@@ -1,0 +1,164 @@
+//! The tar store over real files: archives made by GNU tar in its three
+//! formats and by `write_archive`, on 512- and 4096-byte sectors, and
+//! damaged archives refused with the reason.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use mirage_devices::kv::{Key, Kind, KvRo};
+use mirage_kv::tar::{Tar, TarError, write_archive};
+use mirage_unix::{FileBlock, UnixPlatform};
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    mirage_runtime::run(&mut UnixPlatform::new(), f)
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("mirage-kv-tar-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const LONG: &str = "a-directory-name-long-enough-to-need-more-than-one-hundred-bytes/and-then-another-quite-long-one-too/file-with-a-long-name.txt";
+
+/// A tree of files with a long path and a 300 KiB value.
+fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let big: Vec<u8> = (0..300 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let files = vec![
+        ("index.html".to_string(), b"<h1>home</h1>\n".to_vec()),
+        ("css/site.css".to_string(), b"body { color: black }\n".to_vec()),
+        ("empty".to_string(), Vec::new()),
+        ("big.bin".to_string(), big),
+        (LONG.to_string(), b"far away\n".to_vec()),
+    ];
+    for (p, data) in &files {
+        let path = root.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, data).unwrap();
+    }
+    files
+}
+
+/// Pads `archive` to whole sectors, as a disk image must be.
+fn image(dir: &Path, archive: &[u8], sector: usize) -> PathBuf {
+    let mut data = archive.to_vec();
+    data.resize(data.len().div_ceil(sector) * sector, 0);
+    let p = dir.join(format!("disk-{sector}.img"));
+    std::fs::write(&p, data).unwrap();
+    p
+}
+
+fn check(img: &Path, sector: u32, files: &[(String, Vec<u8>)]) {
+    let block = FileBlock::open(img, sector, true).unwrap();
+    block_on(async {
+        let tar = Tar::new(block).await.unwrap_or_else(|e| panic!("{}: {e}", img.display()));
+        assert_eq!(tar.len(), files.len());
+        for (p, data) in files {
+            let key = Key::parse(p).unwrap();
+            assert_eq!(tar.exists(&key).await.unwrap(), Some(Kind::Value), "{p}");
+            assert_eq!(&tar.get(&key).await.unwrap(), data, "{p}");
+            assert_eq!(tar.size(&key).await.unwrap(), data.len() as u64);
+            // Reads at odd offsets cross sector boundaries.
+            let mut buf = vec![0u8; 1000];
+            let off = data.len().min(777);
+            let n = tar.get_partial(&key, off as u64, &mut buf).await.unwrap_or_else(|e| panic!("{p} at {off} of {}: {e}", img.display()));
+            assert_eq!(&buf[..n], &data[off..(off + 1000).min(data.len())], "{p} at {off}");
+        }
+        assert_eq!(tar.exists(&Key::parse("css").unwrap()).await.unwrap(), Some(Kind::Dictionary));
+        assert_eq!(tar.exists(&Key::parse("nope").unwrap()).await.unwrap(), None);
+        let root: Vec<String> = tar.list(&Key::root()).await.unwrap().into_iter().map(|(k, _)| k.to_string()).collect();
+        assert!(root.contains(&"/css".to_string()) && root.contains(&"/index.html".to_string()), "{root:?}");
+        assert_eq!(tar.get(&Key::parse("css").unwrap()).await, Err(mirage_devices::kv::Error::ValueExpected));
+        // The digest is the SHA-256 of the value, as sha256sum computes it.
+        let d = tar.digest(&Key::parse("index.html").unwrap()).await.unwrap();
+        assert_eq!(d.to_string(), "25bd9226c1514c5b63d541ca4f280ab769a4dab6f9e0c510669713d16d686065");
+    });
+}
+
+fn gnu_tar(root: &Path, out: &Path, format: &str) {
+    let st = Command::new("tar")
+        .args(["--format", format, "--sort=name", "-C"])
+        .arg(root)
+        .arg("-cf")
+        .arg(out)
+        .args(["index.html", "css", "empty", "big.bin", "a-directory-name-long-enough-to-need-more-than-one-hundred-bytes"])
+        .status()
+        .expect("GNU tar runs");
+    assert!(st.success());
+}
+
+#[test]
+fn archives_made_by_gnu_tar_in_each_format() {
+    let dir = Dir::new("gnu");
+    let root = dir.0.join("site");
+    let files = tree(&root);
+    for format in ["gnu", "pax", "ustar"] {
+        let out = dir.0.join(format!("{format}.tar"));
+        gnu_tar(&root, &out, format);
+        let archive = std::fs::read(&out).unwrap();
+        for sector in [512usize, 4096] {
+            check(&image(&dir.0, &archive, sector), sector as u32, &files);
+        }
+    }
+}
+
+#[test]
+fn archives_written_for_the_tool_and_read_by_gnu_tar() {
+    let dir = Dir::new("ours");
+    let root = dir.0.join("site");
+    let files = tree(&root);
+    let archive = write_archive(files.iter().map(|(p, d)| (p.as_str(), d.as_slice(), 1_700_000_000)), 4096);
+    assert_eq!(archive.len() % 4096, 0);
+    check(&image(&dir.0, &archive, 4096), 4096, &files);
+    // GNU tar extracts the same tree from it.
+    let tar = dir.0.join("ours.tar");
+    std::fs::write(&tar, &archive).unwrap();
+    let out = dir.0.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let st = Command::new("tar").arg("-C").arg(&out).arg("-xf").arg(&tar).status().unwrap();
+    assert!(st.success());
+    for (p, data) in &files {
+        assert_eq!(&std::fs::read(out.join(p)).unwrap(), data, "{p}");
+    }
+}
+
+#[test]
+fn damaged_archives_are_refused_with_the_reason() {
+    let dir = Dir::new("bad");
+    let open = |bytes: &[u8]| {
+        let img = image(&dir.0, bytes, 512);
+        let block = FileBlock::open(&img, 512, true).unwrap();
+        block_on(async { Tar::new(block).await.map(|t| t.len()) })
+    };
+    let good = write_archive([("a.txt", &b"hello"[..], 1), ("b.txt", &[7u8; 2000][..], 2)], 512);
+    assert_eq!(open(&good), Ok(2));
+
+    let mut bad_sum = good.clone();
+    bad_sum[0] = b'z';
+    assert_eq!(open(&bad_sum), Err(TarError::BadHeader(0)));
+
+    // The second file's data cut off by the end of the disk.
+    let cut = &good[..512 * 3];
+    assert_eq!(open(cut), Err(TarError::Truncated(1024)));
+
+    let escape = write_archive([("../etc/passwd", &b"x"[..], 1)], 512);
+    assert!(matches!(open(&escape), Err(TarError::BadPath(_))));
+
+    // Random bytes are not an archive; an empty disk is an empty store.
+    let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    assert!(matches!(open(&noise), Err(TarError::BadHeader(0))));
+    assert_eq!(open(&[0u8; 4096]), Ok(0));
+    let msg = TarError::BadHeader(0).to_string();
+    assert!(msg.contains("tar archive"), "{msg}");
+}
