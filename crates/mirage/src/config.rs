@@ -74,8 +74,10 @@ pub enum Kind {
     /// A TCP/IP stack on a network interface (the direct stack on Solo5,
     /// the direct or host-socket stack on unix).
     Stack { interface: String, ipv4: Option<String>, gateway: Option<String> },
-    /// A read-only key-value store compiled from a directory.
-    KvRo { directory: PathBuf },
+    /// A read-only key-value store of a directory: compiled into the image
+    /// (crunch), or, with `store = "tar"`, a tar archive of it on block
+    /// device `tar` that `mirage build` makes.
+    KvRo { directory: PathBuf, tar: Option<String> },
     /// A read-write key-value store: a host directory on unix, memory on
     /// Solo5.
     KvRw,
@@ -101,6 +103,7 @@ impl Kind {
     pub fn interface(&self) -> Option<&str> {
         match self {
             Kind::Net { interface } | Kind::Block { interface, .. } | Kind::Stack { interface, .. } => Some(interface),
+            Kind::KvRo { tar: Some(interface), .. } => Some(interface),
             _ => None,
         }
     }
@@ -358,7 +361,7 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
             }
             let kind = device(&p, key, item, dir)?;
             if let Some(iface) = kind.interface() {
-                let class = if matches!(kind, Kind::Block { .. }) { "block" } else { "network" };
+                let class = if matches!(kind, Kind::Block { .. } | Kind::KvRo { .. }) { "block" } else { "network" };
                 if let Some((other, _, _)) = interfaces.iter().find(|(_, c, i)| *c == class && i == iface) {
                     return Err(p.err(
                         key_span,
@@ -581,7 +584,17 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
             if !path.is_dir() {
                 return Err(p.err(span.clone(), format!("the directory {d:?} of device {key} does not exist"), "create it, or name an existing directory (relative to mirage.toml)"));
             }
-            Kind::KvRo { directory: PathBuf::from(d) }
+            let tar = match opt("store")?.as_deref() {
+                None | Some("crunch") => None,
+                Some("tar") => Some(interface(key)?),
+                Some(other) => {
+                    return Err(p.err(span.clone(), format!("unknown store {other:?} of device {key}"), "use store = \"crunch\" (compiled into the image) or store = \"tar\" (a disk image)"));
+                }
+            };
+            if tar.is_none() && opt("interface")?.is_some() {
+                return Err(p.err(span.clone(), format!("device {key} has an interface but is compiled into the image"), "add store = \"tar\", or drop interface"));
+            }
+            Kind::KvRo { directory: PathBuf::from(d), tar }
         }
         "kv-rw" => Kind::KvRw,
         other => {
@@ -592,7 +605,7 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
         Kind::Net { .. } => &["kind", "interface"],
         Kind::Block { .. } => &["kind", "interface", "size"],
         Kind::Stack { .. } => &["kind", "interface", "ipv4", "gateway"],
-        Kind::KvRo { .. } => &["kind", "directory"],
+        Kind::KvRo { .. } => &["kind", "directory", "store", "interface"],
         _ => &["kind"],
     };
     p.unknown_keys(&t, &tname, allowed)?;
@@ -672,6 +685,12 @@ default = 8080
 
         let e = error(&GOOD.replace("[unikernel]", "[unikernel]\nflavour = \"x\""));
         assert!(e.cause.contains("unknown key `flavour`") && e.line == 3, "{e}");
+
+        let e = error(&GOOD.replace("[devices]", "[devices]\nkv = { kind = \"kv-ro\", directory = \".\", store = \"zip\" }"));
+        assert!(e.cause.contains("unknown store \"zip\"") && e.fix.contains("store = \"tar\""), "{e}");
+
+        let e = error(&GOOD.replace("[devices]", "[devices]\nkv = { kind = \"kv-ro\", directory = \".\", interface = \"disk\" }"));
+        assert!(e.cause.contains("compiled into the image") && e.fix.contains("store = \"tar\""), "{e}");
 
         let e = error("[unikernel\nname = 1");
         assert_eq!(e.line, 1, "{e}");

@@ -7,7 +7,7 @@ use crate::config::{Config, Kind};
 use crate::generate::{Options, Target, UnixNet};
 
 /// What implements a device on a target, and what it sits on.
-fn implementation(kind: &Kind, opts: &Options) -> (String, Option<String>) {
+fn implementation(name: &str, kind: &Kind, opts: &Options) -> (String, Option<String>) {
     let solo5 = opts.target != Target::Unix;
     let platform = if solo5 { "mirage_solo5::dev" } else { "mirage_unix" };
     match kind {
@@ -31,7 +31,10 @@ fn implementation(kind: &Kind, opts: &Options) -> (String, Option<String>) {
                 ("mirage_unix::SocketStack".into(), Some("the host's sockets".into()))
             }
         }
-        Kind::KvRo { directory } => ("mirage_kv::Crunched".into(), Some(format!("{} compiled in", directory.display()))),
+        Kind::KvRo { directory, .. } => match opts.tar(name, kind) {
+            None => ("mirage_kv::Crunched".into(), Some(format!("{} compiled in", directory.display()))),
+            Some(i) => ("mirage_kv::Tar".into(), Some(format!("a tar archive of {} on block device {i}", directory.display()))),
+        },
         Kind::KvRw => {
             if solo5 {
                 ("mirage_kv::Mem".into(), Some("memory".into()))
@@ -58,7 +61,7 @@ pub fn text(config: &Config, opts: &Options) -> String {
     let width = config.arguments.iter().map(String::len).max().unwrap_or(0);
     for (i, a) in config.arguments.iter().enumerate() {
         if let Some(d) = config.devices.iter().find(|d| &d.name == a) {
-            let (imp, below) = implementation(&d.kind, opts);
+            let (imp, below) = implementation(&d.name, &d.kind, opts);
             let _ = write!(t, "  {}. {a:width$}  {} device: {imp}", i + 1, d.kind.keyword());
             if let Some(b) = below {
                 let _ = write!(t, " on {b}");
@@ -90,7 +93,7 @@ pub fn dot(config: &Config, opts: &Options) -> String {
     for (i, a) in config.arguments.iter().enumerate() {
         let node = format!("n{i}");
         if let Some(dev) = config.devices.iter().find(|x| &x.name == a) {
-            let (imp, below) = implementation(&dev.kind, opts);
+            let (imp, below) = implementation(&dev.name, &dev.kind, opts);
             let _ = writeln!(d, "  {node} [label={}];", quote(&format!("{a}: {}\n{imp}", dev.kind.keyword())));
             if let Some(b) = below {
                 let _ = writeln!(d, "  {node}_below [shape=note, label={}];", quote(&b));

@@ -68,6 +68,9 @@ pub struct Options {
     /// Ask DHCP for an address when none is given (MirageOS's default);
     /// with `--no-dhcp`, the default address is static.
     pub dhcp: bool,
+    /// Every kv-ro store is a tar archive on a block device
+    /// (`--kv-ro=tar`), whatever its `store`.
+    pub kv_tar: bool,
 }
 
 impl Options {
@@ -80,7 +83,25 @@ impl Options {
         if !self.dhcp {
             c.push_str(" --no-dhcp");
         }
+        if self.kv_tar {
+            c.push_str(" --kv-ro=tar");
+        }
         c
+    }
+
+    /// The block device holding the tar archive of kv-ro device `name`,
+    /// or `None` when its directory is compiled into the image.
+    pub fn tar(&self, name: &str, kind: &Kind) -> Option<String> {
+        match kind {
+            Kind::KvRo { tar: Some(t), .. } => Some(t.clone()),
+            Kind::KvRo { tar: None, .. } if self.kv_tar => Some(name.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Whether kv-ro device `name` is compiled into the image.
+    fn crunch(&self, name: &str, kind: &Kind) -> bool {
+        matches!(kind, Kind::KvRo { .. }) && self.tar(name, kind).is_none()
     }
 
     /// Whether stacks are mirage-tcpip (rather than host sockets).
@@ -242,7 +263,7 @@ fn cargo_toml(config: &Config, opts: &Options, crates: &Path, dir: &Path, header
             }
         }
     }
-    if uses(config, |k| matches!(k, Kind::KvRo { .. })) {
+    if config.devices.iter().any(|d| opts.crunch(&d.name, &d.kind)) {
         t.push_str("\n[build-dependencies]\n");
         let _ = writeln!(t, "mirage-kv = {{ path = \"{}\", features = [\"crunch\"] }}", krate("mirage-kv"));
     }
@@ -263,7 +284,7 @@ fn build_rs(config: &Config, opts: &Options) -> Option<String> {
         .devices
         .iter()
         .filter_map(|d| match &d.kind {
-            Kind::KvRo { directory } => Some((d.name.as_str(), directory.as_path())),
+            Kind::KvRo { directory, .. } if opts.crunch(&d.name, &d.kind) => Some((d.name.as_str(), directory.as_path())),
             _ => None,
         })
         .collect();
@@ -326,6 +347,14 @@ fn specs(config: &Config, opts: &Options) -> (Vec<String>, Option<(String, Strin
                     "Arg::new::<String>(\"block:{interface}\", None, \"The disk image of block device {interface}.\")"
                 ));
             }
+            Kind::KvRo { .. } if !opts.target.solo5() => {
+                if let Some(interface) = opts.tar(&d.name, &d.kind) {
+                    specs.push(format!(
+                        "Arg::new::<String>(\"block:{interface}\", None, \"The disk image (a tar archive) of store {}.\")",
+                        d.name
+                    ));
+                }
+            }
             Kind::KvRw if !opts.target.solo5() => {
                 specs.push(format!(
                     "Arg::new::<String>(\"kv-rw:{0}\", Some({1}), \"The directory of read-write store {0}.\")",
@@ -340,14 +369,14 @@ fn specs(config: &Config, opts: &Options) -> (Vec<String>, Option<(String, Strin
 }
 
 /// What start is called with.
-fn call(config: &Config) -> String {
+fn call(config: &Config, opts: &Options) -> String {
     let args: Vec<String> = config
         .arguments
         .iter()
         .map(|n| {
             if let Some(d) = config.devices.iter().find(|d| &d.name == n) {
                 match d.kind {
-                    Kind::KvRo { .. } => kv_static(n),
+                    Kind::KvRo { .. } if opts.crunch(&d.name, &d.kind) => kv_static(n),
                     _ => ident(n),
                 }
             } else if config.boot.iter().any(|b| &b.name == n && b.ty == ArgType::String) {
@@ -370,7 +399,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
     let (specs, stack) = specs(config, opts);
     if solo5 {
         m.push_str("#![no_std]\n#![no_main]\n\nextern crate alloc;\n\n");
-        if stack.is_some() {
+        if stack.is_some() || config.devices.iter().any(|d| opts.tar(&d.name, &d.kind).is_some()) {
             m.push_str("use alloc::format;\n");
         }
         if config.boot.iter().any(|a| a.ty == ArgType::String) {
@@ -387,7 +416,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
         m.push_str("use mirage_solo5 as solo5;\n");
     }
     for d in &config.devices {
-        if let Kind::KvRo { .. } = d.kind {
+        if opts.crunch(&d.name, &d.kind) {
             let _ = writeln!(m, "\ninclude!(concat!(env!(\"OUT_DIR\"), \"/{}.rs\"));", ident(&d.name));
         }
     }
@@ -398,6 +427,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
             .filter_map(|d| match &d.kind {
                 Kind::Net { interface } | Kind::Stack { interface, .. } => Some(format!("net {}", lit(interface))),
                 Kind::Block { interface, .. } => Some(format!("block {}", lit(interface))),
+                Kind::KvRo { .. } => opts.tar(&d.name, &d.kind).map(|i| format!("block {}", lit(&i))),
                 _ => None,
             })
             .collect();
@@ -449,6 +479,8 @@ fn main_rs(config: &Config, opts: &Options) -> String {
     };
     let platform = if solo5 { "solo5::dev" } else { "mirage_unix" };
     let mut stack_var = None;
+    // Statements that must await, run first inside the unikernel's task.
+    let mut opening: Vec<String> = Vec::new();
     for d in &config.devices {
         let v = ident(&d.name);
         match &d.kind {
@@ -474,20 +506,16 @@ fn main_rs(config: &Config, opts: &Options) -> String {
                     let _ = writeln!(m, "    let {v} = mirage_unix::SocketStack;");
                 }
             }
-            Kind::Block { interface, .. } => {
-                if solo5 {
-                    let _ = writeln!(m, "    let {v} = match solo5::dev::Block::acquire({}) {{", lit(interface));
-                    m.push_str("        Ok(device) => device,\n");
-                    m.push_str(&fail(format!("cannot acquire block device {interface}")));
-                } else {
-                    let _ = writeln!(m, "    let {v}_path: String = args.get(\"block:{interface}\");");
-                    let _ = writeln!(m, "    let {v} = match mirage_unix::FileBlock::open(std::path::Path::new(&{v}_path), 512, false) {{");
-                    m.push_str("        Ok(device) => device,\n");
-                    m.push_str(&fail(format!("cannot open the disk image {{{v}_path}} of block device {interface}")));
+            Kind::Block { interface, .. } => block(&mut m, &v, interface, solo5, false, &fail),
+            Kind::KvRo { .. } => {
+                if let Some(interface) = opts.tar(&d.name, &d.kind) {
+                    block(&mut m, &format!("{v}_disk"), &interface, solo5, true, &fail);
+                    opening.push(format!(
+                        "let {v} = mirage_kv::Tar::new({v}_disk)\n            .await\n            .map_err(|e| format!(\"cannot open the store {}: block device {interface}: {{e}}\"))?;",
+                        d.name
+                    ));
                 }
-                m.push_str("    };\n");
             }
-            Kind::KvRo { .. } => {}
             Kind::KvRw => {
                 if solo5 {
                     let _ = writeln!(m, "    let {v} = mirage_kv::Mem::new(solo5::dev::WallClock);");
@@ -507,20 +535,23 @@ fn main_rs(config: &Config, opts: &Options) -> String {
 
     // Run.
     let run = if solo5 { "solo5::dev::run" } else { "mirage_unix::run" };
-    let body = match &stack_var {
-        Some((v, net_var)) => {
-            let mut b = String::from("async move {\n");
-            let _ = writeln!(
-                b,
-                "        let {v} = mirage_tcpip::Stack::new({net_var}, mirage_tcpip::Config::from_args(&args))\n            .map_err(|e| format!(\"cannot start the stack {v}: {{e}}\"))?;"
-            );
-            let _ = writeln!(b, "        {v}.configured().await;");
-            let string = if solo5 { "alloc::string::String" } else { "String" };
-            let _ = writeln!(b, "        Ok::<_, {string}>({}.await)", call(config));
-            b.push_str("    }");
-            b
+    if let Some((v, net_var)) = &stack_var {
+        opening.push(format!(
+            "let {v} = mirage_tcpip::Stack::new({net_var}, mirage_tcpip::Config::from_args(&args))\n            .map_err(|e| format!(\"cannot start the stack {v}: {{e}}\"))?;"
+        ));
+        opening.push(format!("{v}.configured().await;"));
+    }
+    let body = if opening.is_empty() {
+        format!("async move {{ {}.await }}", call(config, opts))
+    } else {
+        let mut b = String::from("async move {\n");
+        for o in &opening {
+            let _ = writeln!(b, "        {o}");
         }
-        None => format!("async move {{ {}.await }}", call(config)),
+        let string = if solo5 { "alloc::string::String" } else { "String" };
+        let _ = writeln!(b, "        Ok::<_, {string}>({}.await)", call(config, opts));
+        b.push_str("    }");
+        b
     };
     if solo5 {
         let _ = writeln!(m, "    {run}({body})");
@@ -540,9 +571,26 @@ fn main_rs(config: &Config, opts: &Options) -> String {
 fn needs_fail(config: &Config, opts: &Options) -> bool {
     config.devices.iter().any(|d| match d.kind {
         Kind::Net { .. } | Kind::Block { .. } | Kind::KvRw => true,
+        Kind::KvRo { .. } => opts.tar(&d.name, &d.kind).is_some(),
         Kind::Stack { .. } => opts.direct(),
         _ => false,
     })
+}
+
+/// A block device `v` on `interface`; read-only on unix when `read_only`
+/// (Solo5 has no read-only attachment).
+fn block(m: &mut String, v: &str, interface: &str, solo5: bool, read_only: bool, fail: &dyn Fn(String) -> String) {
+    if solo5 {
+        let _ = writeln!(m, "    let {v} = match solo5::dev::Block::acquire({}) {{", lit(interface));
+        m.push_str("        Ok(device) => device,\n");
+        m.push_str(&fail(format!("cannot acquire block device {interface}")));
+    } else {
+        let _ = writeln!(m, "    let {v}_path: String = args.get(\"block:{interface}\");");
+        let _ = writeln!(m, "    let {v} = match mirage_unix::FileBlock::open(std::path::Path::new(&{v}_path), 512, {read_only}) {{");
+        m.push_str("        Ok(device) => device,\n");
+        m.push_str(&fail(format!("cannot open the disk image {{{v}_path}} of block device {interface}")));
+    }
+    m.push_str("    };\n");
 }
 
 fn net(m: &mut String, v: &str, interface: &str, solo5: bool, fail: &dyn Fn(String) -> String) {

@@ -257,11 +257,12 @@ fn load_state(config: &Config, target: Option<Target>) -> Result<Options, Failur
         target,
         net: if first.contains("--net=direct") { UnixNet::Direct } else { UnixNet::Socket },
         dhcp: !first.contains("--no-dhcp"),
+        kv_tar: first.contains("--kv-ro=tar"),
     })
 }
 
 const CONFIGURE_HELP: &str = "\
-usage: mirage configure [-t TARGET] [--net=socket|direct] [--no-dhcp]
+usage: mirage configure [-t TARGET] [--net=socket|direct] [--no-dhcp] [--kv-ro=tar]
 
 Writes the wiring for TARGET into mirage/TARGET/: a Cargo project whose
 main builds each device declared in mirage.toml and calls the start
@@ -271,7 +272,10 @@ function, with the Solo5 manifest and link settings.
   --net=socket|direct   unix: stacks on the host's sockets (default) or
                         mirage-tcpip on a tap device (hvt and spt are always direct)
   --no-dhcp             stacks default to the static 10.0.0.2/24 (gateway
-                        10.0.0.1) instead of asking DHCP when no --ipv4 is given";
+                        10.0.0.1) instead of asking DHCP when no --ipv4 is given
+  --kv-ro=tar           every kv-ro store is a tar archive of its directory on a
+                        block device of the store's name (made by mirage build),
+                        rather than compiled into the image";
 
 fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure> {
     let crates = crates_dir()?;
@@ -303,7 +307,7 @@ fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure
 }
 
 fn configure(dir: &Path, argv: &[String]) -> Result<(), Failure> {
-    let args = Args::parse("configure", argv, &["target=", "net=", "no-dhcp", "help"])?;
+    let args = Args::parse("configure", argv, &["target=", "net=", "no-dhcp", "kv-ro=", "help"])?;
     if help(&args, CONFIGURE_HELP) {
         return Ok(());
     }
@@ -330,7 +334,12 @@ fn configure(dir: &Path, argv: &[String]) -> Result<(), Failure> {
             "declare one stack device",
         ));
     }
-    let opts = Options { target, net: if target == Target::Unix { net } else { UnixNet::Direct }, dhcp: !args.flag("no-dhcp") };
+    let kv_tar = match args.value("kv-ro") {
+        None | Some("default") => false,
+        Some("tar") => true,
+        Some(other) => return Err(Failure::usage(format!("--kv-ro={other}: unknown store"), "use --kv-ro=tar, or leave it out for each store's own")),
+    };
+    let opts = Options { target, net: if target == Target::Unix { net } else { UnixNet::Direct }, dhcp: !args.flag("no-dhcp"), kv_tar };
     let written = write_wiring(&config, &opts)?;
     println!("configured {} for {} in {}", config.name, target.name(), generate::relative(&generate::dir(&config, target), &std::env::current_dir().unwrap_or_default()));
     for w in written {
@@ -386,7 +395,41 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
     // Replace, not overwrite in place: a running copy keeps its file.
     let _ = std::fs::remove_file(&image);
     std::fs::copy(&built, &image).map_err(|e| Failure::new(format!("copying {} to {}: {e}", built.display(), image.display()), "check the directory's permissions"))?;
+    for d in &config.devices {
+        if let (Some(interface), config::Kind::KvRo { directory, .. }) = (opts.tar(&d.name, &d.kind), &d.kind) {
+            let disk = tar_image(&config.dir.join(directory), &dist.join(format!("{interface}.img")))?;
+            println!("made {} (a tar archive of {}) for store {}", generate::relative(&disk, &config.dir), directory.display(), d.name);
+        }
+    }
     Ok(image)
+}
+
+/// Writes the tar archive of `dir` to `out`: the disk image of a
+/// `--kv-ro=tar` store, whole 512-byte sectors.
+fn tar_image(dir: &Path, out: &Path) -> Result<PathBuf, Failure> {
+    fn walk(root: &Path, dir: &Path, files: &mut Vec<(String, Vec<u8>, u64)>) -> std::io::Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            let meta = std::fs::metadata(&path)?;
+            if meta.is_dir() {
+                walk(root, &path, files)?;
+            } else if meta.is_file() {
+                let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+                let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+                files.push((rel, std::fs::read(&path)?, mtime));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files).map_err(|e| Failure::new(format!("reading {}: {e}", dir.display()), "check the store's directory"))?;
+    let archive = mirage_kv::tar::write_archive(files.iter().map(|(p, d, m)| (p.as_str(), d.as_slice(), *m)), 512);
+    // Replace, not overwrite in place: a running unikernel keeps its disk.
+    let _ = std::fs::remove_file(out);
+    std::fs::write(out, archive).map_err(|e| Failure::new(format!("{}: {e}", out.display()), "check the directory's permissions"))?;
+    Ok(out.to_path_buf())
 }
 
 fn build(dir: &Path, argv: &[String]) -> Result<(), Failure> {

@@ -164,6 +164,16 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
                 device_args.push(format!("--block:{interface}={}", path.display()));
                 continue;
             }
+            Kind::KvRo { .. } => {
+                if let Some(interface) = opts.tar(&d.name, &d.kind) {
+                    let path = config.dir.join("dist").join(format!("{interface}.img"));
+                    if !path.is_file() {
+                        return Err(Failure::new(format!("the disk image {} of store {} is missing", path.display(), d.name), "run `mirage build`, which makes it"));
+                    }
+                    device_args.push(format!("--block:{interface}={}", path.display()));
+                }
+                continue;
+            }
             _ => continue,
         };
         let given = if first_tap { args.value("tap") } else { None };

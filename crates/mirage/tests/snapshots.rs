@@ -13,16 +13,19 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-const EXAMPLES: [&str; 6] = ["hello", "hello-key", "block", "kv-ro", "ping", "network"];
+const EXAMPLES: [&str; 7] = ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website"];
 
 fn variants() -> Vec<(&'static str, Options)> {
-    let o = |target, net, dhcp| Options { target, net, dhcp };
+    let o = |target, net, dhcp| Options { target, net, dhcp, kv_tar: false };
+    let tar = |target| Options { target, net: UnixNet::Direct, dhcp: true, kv_tar: true };
     vec![
         ("unix", o(Target::Unix, UnixNet::Socket, true)),
         ("unix-direct", o(Target::Unix, UnixNet::Direct, true)),
         ("hvt", o(Target::Hvt, UnixNet::Direct, true)),
         ("spt", o(Target::Spt, UnixNet::Direct, true)),
         ("hvt-no-dhcp", o(Target::Hvt, UnixNet::Direct, false)),
+        ("unix-tar", tar(Target::Unix)),
+        ("hvt-tar", tar(Target::Hvt)),
     ]
 }
 
@@ -38,7 +41,11 @@ fn generated_wiring_matches_the_snapshots() {
         for (variant, opts) in variants() {
             // The variants that only matter with a stack are taken for the
             // network example alone.
-            if variant.contains('-') && ex != "network" {
+            if variant.contains('-') && !variant.ends_with("-tar") && ex != "network" {
+                continue;
+            }
+            // The tar variants, for the examples with kv-ro stores.
+            if variant.ends_with("-tar") && !["kv-ro", "static-website"].contains(&ex) {
                 continue;
             }
             let snap_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(ex).join(variant);
