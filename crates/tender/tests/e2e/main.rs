@@ -14,6 +14,7 @@ mod elftool;
 mod examples;
 mod hostile;
 mod net;
+mod http;
 mod tcpip;
 mod tool;
 
@@ -59,6 +60,7 @@ fn main() {
     elftool::cases(&mut cases);
     examples::cases(&mut cases);
     net::cases(&mut cases);
+    http::cases(&mut cases);
     tcpip::cases(&mut cases);
     tool::cases(&mut cases);
 

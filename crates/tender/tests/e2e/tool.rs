@@ -102,13 +102,56 @@ pub fn cases(v: &mut Vec<Case>) {
             Ok(())
         }));
     }
+    v.push(case("spt::mirage_build_makes_the_tar_image_of_a_store_and_run_attaches_it", Needs::Net("spt"), || {
+        let keys = ["--kv-ro=tar"];
+        example_with("spt", "static-website", &keys)?;
+        let ns = Netns::new()?;
+        ns.ip(&["link", "del", "tap0"])?;
+        let lock = testkit::examples_lock();
+        let dir = examples_dir("static-website");
+        tool(&dir, &["configure", "-t", "spt", "--kv-ro=tar"])?.expect_status(0)?;
+        let built = tool(&dir, &["build"])?;
+        built.expect_status(0)?;
+        built.expect_stdout("made dist/htdocs.img")?;
+        // GNU tar reads what mirage wrote.
+        let listing = Command::new("tar").arg("-tf").arg(dir.join("dist/htdocs.img")).output().map_err(|e| e.to_string())?;
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        for f in ["index.html", "css/site.css", "docs/index.html"] {
+            if !listing.lines().any(|l| l == f) {
+                return Err(format!("{f} is not in the disk image:\n{listing}"));
+            }
+        }
+        let mut c = ns.command(mirage()?);
+        c.arg("-C").arg(&dir).args(["run", "-t", "spt", "--", "--solo5:quiet", "--ipv4=10.0.0.2/24"]);
+        c.env("CARGO_TARGET_DIR", root().join("target/mirage"));
+        let mut g = Background::start(c)?;
+        g.wait_for("static-website: serving", Duration::from_secs(300))?;
+        drop(lock);
+        if !g.output().contains("--block:htdocs=") {
+            return Err(format!("the disk image was not attached:\n{}", g.output()));
+        }
+        let mut curl = ns.command("curl");
+        curl.args(["-s", "-S", "--max-time", "10", "http://10.0.0.2/docs/"]);
+        let r = run_with(curl, Duration::from_secs(20))?;
+        r.expect_status(0)?;
+        let want = std::fs::read_to_string(dir.join("htdocs/docs/index.html")).map_err(|e| e.to_string())?;
+        if r.stdout != want {
+            return Err(format!("/docs/ from the tar image:\n{}", r.dump()));
+        }
+        // SAFETY: kill(2) on our own child process.
+        unsafe {
+            libc::kill(g.child.id() as i32, libc::SIGTERM);
+        }
+        g.wait(Duration::from_secs(20))?;
+        Ok(())
+    }));
     v.push(case("mirage_describe_renders_with_graphviz_for_every_example", Needs::Nothing, || {
         if Command::new("dot").arg("-V").output().is_err() {
             return Err("Graphviz's dot is missing (apt-get install graphviz; .ci/run installs it)".into());
         }
         let scratch = Scratch::new("describe");
         let _lock = testkit::examples_lock();
-        for ex in ["hello", "hello-key", "block", "kv-ro", "ping", "network"] {
+        for ex in ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website"] {
             for t in ["unix", "hvt"] {
                 tool(&examples_dir(ex), &["configure", "-t", t])?.expect_status(0)?;
                 let text = tool(&examples_dir(ex), &["describe", "-t", t])?;

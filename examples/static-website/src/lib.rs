@@ -1,0 +1,53 @@
+//! static-website: serves the files of a read-only key-value store over
+//! HTTP/1.1: `index.html` for directories, conditional and range
+//! requests, an access log on the console.
+#![no_std]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::rc::Rc;
+use core::time::Duration;
+
+use mirage_devices::console::Console;
+use mirage_devices::kv::KvRo;
+use mirage_devices::stack::{self, Stack};
+use mirage_devices::time::WallClock;
+use mirage_http::{Limits, Static, Stats};
+
+/// Connections a listener keeps waiting for acceptance.
+const BACKLOG: usize = 256;
+
+/// The unikernel: serves `htdocs` on TCP port `port` until the stack fails.
+#[allow(clippy::too_many_arguments)]
+pub async fn start<S, K, W>(
+    console: impl Console,
+    stack: S,
+    htdocs: K,
+    clock: W,
+    port: u16,
+    header_timeout: u32,
+    idle_timeout: u32,
+    max_body: u64,
+) -> Result<(), stack::Error>
+where
+    S: Stack,
+    S::Flow: 'static,
+    K: KvRo + 'static,
+    W: WallClock + 'static,
+{
+    let listener = stack.listen(port, BACKLOG).await?;
+    let addr = match stack.ipv4() {
+        Some((a, _)) => format!("http://{a}:{port}/"),
+        None => format!("port {port}"),
+    };
+    let _ = console.log(&format!("static-website: serving on {addr}")).await;
+    let limits = Limits {
+        header_timeout: Duration::from_secs(header_timeout.into()),
+        idle_timeout: Duration::from_secs(idle_timeout.into()),
+        max_body,
+        ..Limits::default()
+    };
+    let handler = Rc::new(Static::new(Rc::new(htdocs)));
+    Err(mirage_http::serve(listener, handler, Rc::new(limits), Rc::new(clock), Rc::new(Stats::default())).await)
+}
