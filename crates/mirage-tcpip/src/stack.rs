@@ -116,6 +116,9 @@ pub struct Stats {
     pub malformed: u64,
     /// Frames the interface refused to send.
     pub tx_dropped: u64,
+    /// TCP sockets held now: listening, connected, and closing ones not
+    /// yet forgotten.
+    pub tcp_sockets: usize,
 }
 
 /// Why the stack could not be created.
@@ -316,7 +319,10 @@ impl Stack {
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        self.with(|i| i.stats)
+        self.with(|i| {
+            let tcp_sockets = i.sockets.iter().filter(|(_, s)| matches!(s, smoltcp::socket::Socket::Tcp(_))).count();
+            Stats { tcp_sockets, ..i.stats }
+        })
     }
 }
 

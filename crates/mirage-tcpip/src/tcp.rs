@@ -489,6 +489,22 @@ pub(crate) fn reap(inner: &mut Inner, now: Instant) {
     let Inner { sockets, orphans, tcp_ports, .. } = inner;
     orphans.retain(|&(h, port, deadline)| {
         let s = sockets.get_mut::<tcp::Socket>(h);
+        if s.state() == State::TimeWait {
+            // The connection is over: both FINs are acknowledged (this
+            // step's egress sent the last ACK). The engine would keep the
+            // whole socket, buffers and all, for its 10 s of TIME-WAIT; a
+            // server closing a few hundred connections a second would hold
+            // hundreds of megabytes in them. Linux keeps a small record
+            // instead; this keeps none. A FIN retransmitted because our
+            // ACK was lost is answered with a reset, which ends the peer's
+            // side as well, and a SYN reusing the address pair reaches a
+            // listener at once.
+            if let Some(p) = port {
+                tcp_ports.remove(&p);
+            }
+            sockets.remove(h);
+            return false;
+        }
         if s.state() != State::Closed {
             // Until all it sent is acknowledged the engine retransmits, and
             // its timeout (`Config::timeout`) ends a connection whose peer

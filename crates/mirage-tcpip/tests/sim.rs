@@ -402,6 +402,36 @@ fn server_closes_first() {
 }
 
 #[test]
+fn a_closed_connection_is_forgotten_without_waiting_out_time_wait() {
+    run(async {
+        let (a, b, _) = pair(14, Faults::default());
+        let l = b.listen(80, 4).await.unwrap();
+        let (mut f, _) = {
+            let (c, accepted) = mirage_runtime::join(a.connect(SocketAddr::new(B.into(), 80)), l.accept()).await;
+            drop(c.unwrap());
+            accepted.unwrap()
+        };
+        assert_eq!(read_to_end(&mut f).await.unwrap(), b"");
+        f.close().await.unwrap();
+        sleep(Duration::from_secs(1)).await;
+        let idle = b.stats().tcp_sockets;
+        for i in 0..20u8 {
+            let (c, accepted) = mirage_runtime::join(a.connect(SocketAddr::new(B.into(), 80)), l.accept()).await;
+            let (mut f, mut c) = (accepted.unwrap().0, c.unwrap());
+            f.write_all(&[i; 100]).await.unwrap();
+            // The server closes first: its side enters TIME-WAIT.
+            f.close().await.unwrap();
+            assert_eq!(read_to_end(&mut c).await.unwrap(), [i; 100]);
+            c.close().await.unwrap();
+        }
+        // Well inside the engine's 10 s of TIME-WAIT.
+        sleep(Duration::from_secs(1)).await;
+        let held = b.stats().tcp_sockets;
+        assert!(held <= idle, "{held} TCP sockets held after 20 closed connections ({idle} before)");
+    });
+}
+
+#[test]
 fn both_close_at_once() {
     run(async {
         let (a, b, _) = pair(13, HARSH);
