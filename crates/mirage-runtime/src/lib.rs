@@ -47,6 +47,7 @@ pub mod entry;
 mod exec;
 pub mod io;
 pub mod logger;
+pub mod memory;
 pub mod time;
 
 #[cfg(test)]

@@ -57,7 +57,16 @@ fn wall_ns() -> u64 {
 /// status (0 or 64).
 pub fn boot(program: &str, specs: &[Arg]) -> Result<Args, i32> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    mirage_runtime::memory::set_heap_probe(heap_in_use);
     mirage_runtime::boot(program, specs, &argv, Sink { write: write_stdout, wall: Some(wall_ns) })
+}
+
+/// glibc's count of bytes allocated and not yet freed (main arena and
+/// mmapped chunks).
+fn heap_in_use() -> usize {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let m = unsafe { libc::mallinfo2() };
+    m.uordblks + m.hblkhd
 }
 
 /// Runs `start` to completion on this thread; its exit status.

@@ -33,6 +33,11 @@ unsafe impl GlobalAlloc for Heap {
 #[global_allocator]
 static HEAP: Heap = Heap(TalcCell::new(Manual));
 
+/// Bytes allocated and not yet freed.
+pub(crate) fn in_use() -> usize {
+    HEAP.0.counters().allocated_bytes
+}
+
 /// Gives the allocator `[start, start + size)`.
 ///
 /// # Safety
