@@ -12,23 +12,27 @@ use core::time::Duration;
 use mirage_devices::console::Console;
 use mirage_devices::kv::KvRo;
 use mirage_devices::stack::{self, Stack};
-use mirage_devices::time::WallClock;
+use mirage_devices::time::{Sleep, WallClock};
 use mirage_http::{Limits, Static, Stats};
+use mirage_runtime::{Either, select};
 
 /// Connections a listener keeps waiting for acceptance.
 const BACKLOG: usize = 256;
 
-/// The unikernel: serves `htdocs` on TCP port `port` until the stack fails.
+/// The unikernel: serves `htdocs` on TCP port `port` until the stack fails;
+/// every `stats` seconds (if not 0) a line of statistics on the console.
 #[allow(clippy::too_many_arguments)]
 pub async fn start<S, K, W>(
     console: impl Console,
     stack: S,
     htdocs: K,
     clock: W,
+    time: impl Sleep,
     port: u16,
     header_timeout: u32,
     idle_timeout: u32,
     max_body: u64,
+    stats: u32,
 ) -> Result<(), stack::Error>
 where
     S: Stack,
@@ -49,5 +53,30 @@ where
         ..Limits::default()
     };
     let handler = Rc::new(Static::new(Rc::new(htdocs)));
-    Err(mirage_http::serve(listener, handler, Rc::new(limits), Rc::new(clock), Rc::new(Stats::default())).await)
+    let counters = Rc::new(Stats::default());
+    let server = mirage_http::serve(listener, handler, Rc::new(limits), Rc::new(clock), counters.clone());
+    let report = async {
+        if stats == 0 {
+            return core::future::pending().await;
+        }
+        loop {
+            time.sleep(Duration::from_secs(stats.into())).await;
+            let heap = match mirage_runtime::memory::heap_in_use() {
+                Some(b) => format!("{} KiB", b / 1024),
+                None => "unknown".into(),
+            };
+            let line = format!(
+                "static-website: {} connections open, {} accepted, {} responses, {} refused; heap {heap} in use",
+                counters.open.get(),
+                counters.accepted.get(),
+                counters.responses.get(),
+                counters.refusals.get()
+            );
+            let _ = console.log(&line).await;
+        }
+    };
+    match select(server, report).await {
+        Either::Left(e) => Err(e),
+        Either::Right(never) => never,
+    }
 }

@@ -325,6 +325,32 @@ fn raw_requests() -> Result<(), String> {
     if r.status != 408 {
         return Err(format!("an unfinished body: {}", r.status));
     }
+    // A client that lets the server close first keeps no TIME-WAIT and may
+    // reuse its port at once, while the server's side of the old
+    // connection is still in TIME-WAIT: the new connection is accepted
+    // at once, as Linux accepts it.
+    let port = 40_000 + (std::process::id() % 20_000) as u16;
+    for i in 0..3 {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).map_err(|e| e.to_string())?;
+        sock.set_reuse_address(true).map_err(|e| e.to_string())?;
+        sock.bind(&SocketAddr::from(([10, 0, 0, 1], port)).into()).map_err(|e| format!("bind port {port}: {e}"))?;
+        let started = Instant::now();
+        sock.connect_timeout(&addr().into(), Duration::from_secs(5)).map_err(|e| format!("connection {i} from port {port}: {e}"))?;
+        if started.elapsed() > Duration::from_millis(500) {
+            return Err(format!("connection {i} from port {port} took {:?}", started.elapsed()));
+        }
+        let mut s: TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).map_err(|e| format!("connection {i}: {e}"))?;
+        if !all.starts_with(b"HTTP/1.1 200 ") {
+            return Err(format!("connection {i} from port {port}: {:?}", String::from_utf8_lossy(&all[..all.len().min(60)])));
+        }
+        drop(s);
+        // Our FIN and the server's ACK, so that the port is free again.
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // An idle persistent connection is closed, quietly, after 3 s.
     let mut s = connect()?;
     let started = Instant::now();

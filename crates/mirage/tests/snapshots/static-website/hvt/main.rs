@@ -33,6 +33,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
             Some("1048576"),
             "The largest request body, in bytes (413 beyond).",
         ),
+        Arg::new::<u32>(
+            "stats",
+            Some("0"),
+            "Seconds between statistics lines (connections, responses, heap in use); 0 for none.",
+        ),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
     let args = match solo5::dev::boot("static-website", si.cmdline, &specs) {
@@ -48,10 +53,12 @@ fn start(si: &solo5::StartInfo) -> i32 {
         }
     };
     let clock = solo5::dev::WallClock;
+    let time = mirage_runtime::time::Clock;
     let port: u16 = args.get("port");
     let header_timeout: u32 = args.get("header-timeout");
     let idle_timeout: u32 = args.get("idle-timeout");
     let max_body: u64 = args.get("max-body");
+    let stats: u32 = args.get("stats");
     solo5::dev::run(async move {
         let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
             .map_err(|e| format!("cannot start the stack stack: {e}"))?;
@@ -62,10 +69,12 @@ fn start(si: &solo5::StartInfo) -> i32 {
                 stack,
                 KV_HTDOCS,
                 clock,
+                time,
                 port,
                 header_timeout,
                 idle_timeout,
                 max_body,
+                stats,
             )
             .await,
         )

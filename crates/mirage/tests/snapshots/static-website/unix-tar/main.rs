@@ -20,6 +20,11 @@ fn main() {
             Some("1048576"),
             "The largest request body, in bytes (413 beyond).",
         ),
+        Arg::new::<u32>(
+            "stats",
+            Some("0"),
+            "Seconds between statistics lines (connections, responses, heap in use); 0 for none.",
+        ),
         Arg::new::<String>(
             "net:service",
             Some("tap0"),
@@ -53,10 +58,12 @@ fn main() {
             )),
         };
     let clock = mirage_unix::WallClock;
+    let time = mirage_runtime::time::Clock;
     let port: u16 = args.get("port");
     let header_timeout: u32 = args.get("header-timeout");
     let idle_timeout: u32 = args.get("idle-timeout");
     let max_body: u64 = args.get("max-body");
+    let stats: u32 = args.get("stats");
     std::process::exit(mirage_unix::run(async move {
         let htdocs = mirage_kv::Tar::new(htdocs_disk)
             .await
@@ -70,10 +77,12 @@ fn main() {
                 stack,
                 htdocs,
                 clock,
+                time,
                 port,
                 header_timeout,
                 idle_timeout,
                 max_body,
+                stats,
             )
             .await,
         )

@@ -22,6 +22,11 @@ fn main() {
             Some("1048576"),
             "The largest request body, in bytes (413 beyond).",
         ),
+        Arg::new::<u32>(
+            "stats",
+            Some("0"),
+            "Seconds between statistics lines (connections, responses, heap in use); 0 for none.",
+        ),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
     let args = match mirage_unix::boot("static-website", &specs) {
@@ -31,20 +36,24 @@ fn main() {
     let console = mirage_unix::Console;
     let stack = mirage_unix::SocketStack;
     let clock = mirage_unix::WallClock;
+    let time = mirage_runtime::time::Clock;
     let port: u16 = args.get("port");
     let header_timeout: u32 = args.get("header-timeout");
     let idle_timeout: u32 = args.get("idle-timeout");
     let max_body: u64 = args.get("max-body");
+    let stats: u32 = args.get("stats");
     std::process::exit(mirage_unix::run(async move {
         static_website::start(
             console,
             stack,
             KV_HTDOCS,
             clock,
+            time,
             port,
             header_timeout,
             idle_timeout,
             max_body,
+            stats,
         )
         .await
     }));
