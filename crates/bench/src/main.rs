@@ -7,6 +7,9 @@
 //! mirage-bench block   [--count MIB]              # sequential block throughput, beside dd
 //! mirage-bench timers  [--count N]                # lateness of sleeps on each target
 //! mirage-bench tcp     [--count GIB]              # TCP bulk, short connections and ping, beside Linux
+//! mirage-bench http    [--runs SECONDS]           # wrk against static-website, beside nginx
+//! mirage-bench images  [--solo5 DIR]              # image sizes, least memory, configure and build times
+//! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
 //! ```
 //!
 //! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
@@ -20,23 +23,27 @@ use std::time::{Duration, Instant};
 
 use testkit::{Background, Netns, guest, tender};
 
+mod http;
+mod images;
 mod tcp;
 
 struct Options {
     runs: usize,
     count: usize,
     solo5: Option<PathBuf>,
+    target: String,
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut opts = Options { runs: 50, count: 20_000, solo5: None };
+    let mut opts = Options { runs: 50, count: 20_000, solo5: None, target: "hvt".into() };
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
             "--runs" => opts.runs = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(opts.runs),
             "--count" => opts.count = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(opts.count),
             "--solo5" => opts.solo5 = args.get(i + 1).map(PathBuf::from),
+            "--target" => opts.target = args.get(i + 1).cloned().unwrap_or(opts.target),
             other => {
                 eprintln!("mirage-bench: unknown option {other}");
                 std::process::exit(64);
@@ -51,8 +58,11 @@ fn main() {
         Some("block") => block(&opts),
         Some("timers") => timers(&opts),
         Some("tcp") => tcp::tcp(&opts),
+        Some("http") => http::http(&opts),
+        Some("images") => images::images(&opts),
+        Some("soak") => http::soak(&opts, &opts.target.clone()),
         _ => {
-            eprintln!("usage: mirage-bench boot|ping|compute|block|timers|tcp [--runs N] [--count N] [--solo5 DIR]");
+            eprintln!("usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak [--runs N] [--count N] [--solo5 DIR] [--target T]");
             std::process::exit(64);
         }
     };

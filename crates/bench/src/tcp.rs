@@ -152,7 +152,7 @@ fn serve(mut s: TcpStream, port: u16) {
 
 /// Two namespaces joined by a veth pair: 10.0.1.1 (client side, `a`) and
 /// 10.0.1.2 (`b`).
-fn veth() -> Result<(Netns, Netns), String> {
+pub fn veth() -> Result<(Netns, Netns), String> {
     let a = Netns::new()?;
     let b = Netns::new()?;
     let run = |args: &[&str]| -> Result<(), String> {
