@@ -372,6 +372,28 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
         write_wiring(config, opts)?;
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| config.dir.join("mirage/target"));
+    // Cargo tells packages apart by their path relative to their
+    // workspace, and every generated project is a workspace of its own:
+    // two unikernels of the same name built into one target directory
+    // (a shared $CARGO_TARGET_DIR) look like one package to it. Their
+    // build scripts share an output directory, so one image could be
+    // built with the other's crunched files. When the last build of this
+    // name came from another directory, cargo is made to forget both
+    // packages and build them afresh.
+    let owner = target_dir.join(format!(".mirage-built-{}-{}", config.name, opts.target.name()));
+    let me = config.dir.display().to_string();
+    if std::fs::read_to_string(&owner).is_ok_and(|o| o != me) {
+        let wiring = format!("{}-{}-", config.name, opts.target.name());
+        let package = format!("{}-", config.package);
+        if let Ok(entries) = std::fs::read_dir(target_dir.join("release/.fingerprint")) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&wiring) || n.starts_with(&package) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(&cargo)
         .args(["build", "--release", "--manifest-path"])
@@ -388,6 +410,7 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
             "see cargo's messages above; the wiring is in mirage/TARGET/",
         ));
     }
+    let _ = std::fs::write(&owner, &me);
     let built = target_dir.join("release").join(&config.name);
     let dist = config.dir.join("dist");
     std::fs::create_dir_all(&dist).map_err(|e| Failure::new(format!("{}: {e}", dist.display()), "check the directory's permissions"))?;

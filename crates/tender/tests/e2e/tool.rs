@@ -218,6 +218,39 @@ pub fn cases(v: &mut Vec<Case>) {
         let r = tool(&scratch.0, &["new", "demo-app"])?;
         expect_failure(&r, 1, &format!("{} exists already", scratch.0.join("demo-app").display()), "choose another name, or remove it")
     }));
+    v.push(case("spt::mirage_builds_two_unikernels_of_one_name_in_one_target_directory", Needs::Target("spt"), || {
+        // Two copies of kv-ro whose data differ, built in turn into the
+        // shared target directory. Each generated project is a workspace
+        // of its own, and cargo tells packages apart by their path inside
+        // it: the copies' build scripts would share one output directory,
+        // and one image would hold the other's files.
+        let scratch = Scratch::new("twins");
+        for (side, word) in [("a", "first"), ("b", "second"), ("a", "first")] {
+            let dir = scratch.0.join(side).join("kv-ro");
+            if !dir.exists() {
+                std::fs::create_dir_all(dir.join("data/sub")).map_err(|e| e.to_string())?;
+                std::fs::create_dir_all(dir.join("src")).map_err(|e| e.to_string())?;
+                let src = examples_dir("kv-ro");
+                for f in ["mirage.toml", "src/lib.rs", "data/sub/hello.txt"] {
+                    std::fs::copy(src.join(f), dir.join(f)).map_err(|e| format!("{f}: {e}"))?;
+                }
+                let manifest = std::fs::read_to_string(src.join("Cargo.toml")).map_err(|e| e.to_string())?;
+                let manifest = manifest.replace("../../crates", &root().join("crates").display().to_string());
+                std::fs::write(dir.join("Cargo.toml"), manifest).map_err(|e| e.to_string())?;
+                std::fs::write(dir.join("data/secret"), word).map_err(|e| e.to_string())?;
+            }
+            tool(&dir, &["configure", "-t", "spt"])?.expect_status(0)?;
+            tool(&dir, &["build"])?.expect_status(0)?;
+            let mut c = Command::new(testkit::tender("spt"));
+            c.arg(dir.join("dist/kv-ro.spt")).arg("--solo5:quiet");
+            let r = run_with(c, Duration::from_secs(20))?;
+            r.expect_status(0)?;
+            if !r.stdout.contains(&format!("secret: {word}\n")) {
+                return Err(format!("{side}/kv-ro does not hold its own data:\n{}", r.dump()));
+            }
+        }
+        Ok(())
+    }));
     v.push(case("mirage_errors_give_a_cause_and_a_fix", Needs::Nothing, || {
         let scratch = Scratch::new("errors");
         let r = tool(&examples_dir("hello"), &["configure", "-t", "xen"])?;
