@@ -52,21 +52,24 @@ fn boots(name: &str, target: &str, image: &Path, mib: u32, disk: &Path) -> Resul
     }
 }
 
-/// The least `--mem` (MiB) `image` boots with, by bisection.
+/// The least `--mem` (MiB) `image` boots with, by bisection. solo5-hvt
+/// rounds memory up to whole 2 MiB pages, so on hvt only even sizes are
+/// tried.
 fn least_mem(name: &str, target: &str, image: &Path, disk: &Path) -> Result<Option<u32>, String> {
-    let (mut lo, mut hi) = (1u32, 64u32);
-    if !boots(name, target, image, hi, disk)? {
+    let step = if target == "hvt" { 2 } else { 1 };
+    let (mut lo, mut hi) = (1u32, 64 / step);
+    if !boots(name, target, image, hi * step, disk)? {
         return Ok(None);
     }
     while lo < hi {
         let mid = (lo + hi) / 2;
-        if boots(name, target, image, mid, disk)? {
+        if boots(name, target, image, mid * step, disk)? {
             hi = mid;
         } else {
             lo = mid + 1;
         }
     }
-    Ok(Some(hi))
+    Ok(Some(hi * step))
 }
 
 /// A copy of example `name` under `target/bench-images/` with its own
@@ -75,6 +78,7 @@ fn scratch_copy(name: &str) -> Result<PathBuf, String> {
     let src = root().join("examples").join(name);
     let dir = root().join("target/bench-images").join(name);
     let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(root().join("target/bench-images")).map_err(|e| e.to_string())?;
     let out = std::process::Command::new("cp").arg("-r").arg(&src).arg(&dir).status().map_err(|e| e.to_string())?;
     if !out.success() {
         return Err(format!("cp -r {}", src.display()));
