@@ -4,14 +4,23 @@
 //! instructions fail there): it must be short and use no SSE.
 //!
 //! At entry (`_start`, CPL 0, the tender's page tables) the code loads its
-//! own GDT (with user segments and a TSS), IDT and page tables, switches to
-//! a static boot stack and `iretq`s to [`super::start`] at CPL 3: sixteen
-//! instructions. Every table is static data assembled at link time:
+//! own GDT (with user segments and a TSS) and IDT, builds its page tables,
+//! switches to a static boot stack and `iretq`s to [`super::start`] at CPL
+//! 3. The descriptor tables are static data assembled at link time; the
+//! page tables are in .bss, so that they cost nothing in the image:
 //!
-//! * the page tables map the first 1 GiB identity, user-accessible: 4 KiB
-//!   pages for the first 2 MiB (the zero page and the tender's structures
-//!   not present, the boot information read-only) and 2 MiB pages above.
-//!   Memory beyond 1 GiB is mapped at CPL 3 by [`super::map_high_memory`].
+//! * `_start` maps only the image, with 2 MiB pages of a boot page
+//!   directory (one store per 2 MiB of image). At CPL 3, where code runs
+//!   natively, [`super::map_memory`] fills the real page directory (2 MiB
+//!   pages) and the 4 KiB table under the first 2 MiB (the zero page and
+//!   the tender's structures not present, the boot information read-only)
+//!   while no table refers to them, then links them with one store and
+//!   flushes the TLB with a CPL-3 `mov` to CR3, which the #GP stub performs
+//!   (reloading the same tables). Both orders matter on this machine's
+//!   nested KVM: a loop filling the entries at CPL 0 would cost 5 ms of
+//!   emulation, and every store to a table in use traps to the hypervisor,
+//!   which shadows the tables (filling the live directory at CPL 3 cost
+//!   4.5 ms).
 //! * the IDT and TSS descriptors hold 16-bit relocations of addresses in
 //!   the first 64 KiB of the image (`.text.boot` is placed first by the
 //!   linker script), so no code has to split addresses into descriptor
@@ -19,7 +28,8 @@
 //!
 //! A CPL-3 `out` (a hypercall) raises #GP. The #GP stub checks that the
 //! fault came from CPL 3 at an `out %eax,(%dx)` instruction, executes it
-//! and returns past it: eleven instructions. Any other exception saves the
+//! and returns past it: eleven instructions. It does the same for `mov
+//! %rax,%cr3`, as a TLB flush. Any other exception saves the
 //! trap frame (Solo5's `struct x86_trap_regs`) and `iretq`s to
 //! [`super::trap`] at CPL 3 on a dedicated stack, which reports it and
 //! halts. A fault while reporting a fault halts at once with status 255.
@@ -46,8 +56,22 @@ _start:
     lidt idtr(%rip)
     movw $TSS_SEL, %ax
     ltr %ax
+    /* The page tables are in .bss (zero). Here only the image is mapped,
+       with 2 MiB pages of a boot page directory, user read-write (one
+       page unless the image is larger): every instruction here is
+       emulated. CPL 3 builds the real tables (map_memory in mod.rs)
+       natively, while nothing refers to them, and switches to them. */
     movq $pdpt + 7, %rax
     movq %rax, pml4(%rip)
+    movq $pd_boot + 7, %rax
+    movq %rax, pdpt(%rip)
+    movq $0x87, %rax
+    leaq pd_boot(%rip), %rcx
+3:  movq %rax, (%rcx)
+    addq $8, %rcx
+    addq $0x200000, %rax
+    cmpq $_end + 0x87, %rax
+    jb 3b
     movq $pml4, %rax
     movq %rax, %cr3
     leaq boot_stack_top(%rip), %rsp
@@ -59,18 +83,28 @@ _start:
     iretq
     .size _start, . - _start
 
-    /* #GP: a CPL-3 hypercall, or a real fault. */
+    /* #GP: a CPL-3 hypercall, a CPL-3 TLB flush, or a real fault. */
 gp_stub:
     pushq %rax
     testb $3, 24(%rsp)          /* saved %cs: from CPL 3? */
     jz 1f
     movq 16(%rsp), %rax         /* saved %rip */
     cmpb $0xef, (%rax)          /* outl %eax, (%dx) */
-    jne 1f
+    jne 2f
     popq %rax
     outl %eax, (%dx)
     addq $8, %rsp               /* the error code */
     incq (%rsp)                 /* past the one-byte instruction */
+    iretq
+2:  cmpw $0x220f, (%rax)        /* movq %rax, %cr3 (0f 22 d8) */
+    jne 1f
+    cmpb $0xd8, 2(%rax)
+    jne 1f
+    movq %cr3, %rax             /* reload the same tables: a TLB flush, */
+    movq %rax, %cr3             /* whatever %rax CPL 3 gave */
+    popq %rax
+    addq $8, %rsp
+    addq $3, (%rsp)
     iretq
 1:  popq %rax
     pushq $13
@@ -243,38 +277,22 @@ double_fault_halt:
     .long 255                   /* SOLO5_EXIT_ABORT */
     .long 0
 
-    /* Page tables: P | RW | U = 7; 2 MiB pages add PS (0x80). */
-    .balign 4096
-    .global mirage_solo5_pdpt
-mirage_solo5_pdpt:
-pdpt:
-    .quad pd0 + 7
-    .fill 511, 8, 0
-pd0:
-    .quad pt0 + 7
-    .set i, 1
-    .rept 511
-    .quad (i << 21) + 0x87
-    .set i, i + 1
-    .endr
-pt0:
-    .set i, 0
-    .rept 16
-    .quad 0                     /* zero page, tender GDT and page tables */
-    .set i, i + 1
-    .endr
-    .rept 240
-    .quad (i << 12) + 5         /* boot information, manifest, command line: read-only */
-    .set i, i + 1
-    .endr
-    .rept 256
-    .quad (i << 12) + 7
-    .set i, i + 1
-    .endr
-
     .section .bss.boot, "aw", @nobits
     .balign 4096
 pml4:
+    .fill 4096, 1, 0
+    .global mirage_solo5_pdpt
+mirage_solo5_pdpt:
+pdpt:
+    .fill 4096, 1, 0
+pd_boot:
+    .fill 4096, 1, 0
+    .global mirage_solo5_pd0
+mirage_solo5_pd0:
+pd0:
+    .fill 4096, 1, 0
+    .global mirage_solo5_pt0
+mirage_solo5_pt0:
     .fill 4096, 1, 0
 kstack:
     .fill 4096, 1, 0

@@ -69,6 +69,8 @@ static HIGH_PDS: Global<HighPds> = Global::new(HighPds([0; 3 * 512]));
 unsafe extern "C" {
     /// The page-directory-pointer table of `boot.rs`.
     static mut mirage_solo5_pdpt: [u64; 512];
+    static mut mirage_solo5_pd0: [u64; 512];
+    static mut mirage_solo5_pt0: [u64; 512];
     fn mirage_solo5_switch_stack(arg: usize, stack_top: usize, f: extern "C" fn(usize) -> !) -> !;
 }
 
@@ -86,25 +88,54 @@ mirage_solo5_switch_stack:
     options(att_syntax)
 );
 
-/// Maps guest addresses from 1 GiB up to `top` (at most 4 GiB) with 2 MiB
-/// pages. The static tables of `boot.rs` cover the first 1 GiB; building the
-/// rest here, at CPL 3, costs nothing at CPL 0.
-fn map_high_memory(top: u64) {
+/// Maps guest memory up to `top` (at most 4 GiB): 2 MiB pages, user
+/// read-write, above 2 MiB; 4 KiB pages below, with the zero page and the
+/// tender's structures (below 64 KiB) not present and the boot information
+/// (up to 1 MiB) read-only. `boot.rs` maps only the first 2 MiB, with one
+/// 2 MiB page: building the tables here, at CPL 3, costs nothing at CPL 0
+/// and keeps them out of the image. Memory above `top` stays unmapped, so a
+/// stray access faults in the guest.
+fn map_memory(top: u64) {
     const GIB: u64 = 1 << 30;
     const PAGE: u64 = 2 << 20;
+    let top = top.min(4 * GIB);
+    // SAFETY: pd0 and pt0 are the guest's own page tables in .bss, in the
+    // image that boot.rs maps read-write at CPL 3. Nothing refers to them
+    // until the PDPT entry is written, last; that store replaces the boot
+    // directory's mappings, so the TLB is flushed after it. Volatile: the
+    // page walker reads them.
+    unsafe {
+        let pdpt = &raw mut mirage_solo5_pdpt;
+        let pd0 = &raw mut mirage_solo5_pd0;
+        let pt0 = &raw mut mirage_solo5_pt0;
+        for i in 16..512u64 {
+            let flags = if i < 256 { 5 } else { 7 };
+            core::ptr::write_volatile(&mut (*pt0)[i as usize], (i << 12) | flags);
+        }
+        core::ptr::write_volatile(&mut (*pd0)[0], pt0 as u64 | 7);
+        let mut addr = PAGE;
+        while addr < top.min(GIB) {
+            core::ptr::write_volatile(&mut (*pd0)[(addr / PAGE) as usize], addr | 0x87);
+            addr += PAGE;
+        }
+        core::ptr::write_volatile(&mut (*pdpt)[0], pd0 as u64 | 7);
+        // The #GP stub of boot.rs performs this at CPL 0, reloading the
+        // same tables whatever %rax holds.
+        core::arch::asm!("mov cr3, rax", in("rax") 0u64, options(nostack));
+    }
     if top <= GIB {
         return;
     }
     HIGH_PDS.with(|pds| {
         let mut addr = GIB;
-        while addr < top.min(4 * GIB) {
+        while addr < top {
             pds.0[((addr - GIB) / PAGE) as usize] = addr | 0x87;
             addr += PAGE;
         }
         let base = pds.0.as_ptr() as u64;
         for k in 1..4u64 {
             if k * GIB < top {
-                // SAFETY: the PDPT is the guest's own page table in .data;
+                // SAFETY: the PDPT is the guest's own page table in .bss;
                 // the entry was not present, so no TLB entry can be stale.
                 // Volatile, so the store is not reordered or elided.
                 unsafe {
@@ -123,7 +154,7 @@ extern "C" fn mirage_solo5_hvt_start(bi: *const BootInfo) -> ! {
     // only low memory, mapped by boot.rs).
     let bi = unsafe { bi.read() };
     let ring_top = if bi.net_ring != 0 { bi.net_ring + solo5_abi::ring::RING_RESERVED_SIZE } else { 0 };
-    map_high_memory(bi.mem_size.max(ring_top));
+    map_memory(bi.mem_size.max(ring_top));
     let stack_top = bi.mem_size & !15;
     // SAFETY: the top of guest memory is mapped and unused; the boot stack is
     // left behind for good.

@@ -50,7 +50,7 @@ pub(crate) fn get() -> Option<&'static GuestRing> {
                 return None;
             }
             // SAFETY: the tender reserved and zeroed the ring at `gpa`
-            // (2 MiB aligned, mapped by boot.rs or map_high_memory); it lives
+            // (2 MiB aligned, mapped by map_memory); it lives
             // as long as the guest; all of Ring's fields are atomics shared
             // with the tender's thread.
             let ring = unsafe { &*(gpa as *const Ring) };
