@@ -5,3 +5,4 @@
 pub mod config;
 pub mod describe;
 pub mod generate;
+pub mod trim;

@@ -418,6 +418,11 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
     // Replace, not overwrite in place: a running copy keeps its file.
     let _ = std::fs::remove_file(&image);
     std::fs::copy(&built, &image).map_err(|e| Failure::new(format!("copying {} to {}: {e}", built.display(), image.display()), "check the directory's permissions"))?;
+    if opts.target.solo5()
+        && let Some(trimmed) = std::fs::read(&image).ok().and_then(|elf| mirage::trim::strip_section_headers(&elf))
+    {
+        std::fs::write(&image, trimmed).map_err(|e| Failure::new(format!("{}: {e}", image.display()), "check the free space"))?;
+    }
     for d in &config.devices {
         if let (Some(interface), config::Kind::KvRo { directory, .. }) = (opts.tar(&d.name, &d.kind), &d.kind) {
             let disk = tar_image(&config.dir.join(directory), &dist.join(format!("{interface}.img")))?;
