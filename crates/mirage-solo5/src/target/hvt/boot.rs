@@ -14,13 +14,14 @@
 //!   natively, [`super::map_memory`] fills the real page directory (2 MiB
 //!   pages) and the 4 KiB table under the first 2 MiB (the zero page and
 //!   the tender's structures not present, the boot information read-only)
-//!   while no table refers to them, then links them with one store and
-//!   flushes the TLB with a CPL-3 `mov` to CR3, which the #GP stub performs
-//!   (reloading the same tables). Both orders matter on this machine's
-//!   nested KVM: a loop filling the entries at CPL 0 would cost 5 ms of
-//!   emulation, and every store to a table in use traps to the hypervisor,
-//!   which shadows the tables (filling the live directory at CPL 3 cost
-//!   4.5 ms).
+//!   while nothing refers to them, puts the directory in place of the boot
+//!   one with a single store, and drops the boot directory's stale
+//!   translation of the first 2 MiB with a CPL-3 `invlpg`, which the #GP
+//!   stub performs (always for address 0, whatever CPL 3 asked for). The
+//!   choices are this machine's nested KVM's: a loop filling the entries
+//!   at CPL 0 would cost 5 ms of emulation; every store to a table in use
+//!   traps to the hypervisor, which shadows the tables (filling the
+//!   directory in use cost 4.5 ms); and any load of CR3 costs 0.2 ms.
 //! * the IDT and TSS descriptors hold 16-bit relocations of addresses in
 //!   the first 64 KiB of the image (`.text.boot` is placed first by the
 //!   linker script), so no code has to split addresses into descriptor
@@ -28,8 +29,8 @@
 //!
 //! A CPL-3 `out` (a hypercall) raises #GP. The #GP stub checks that the
 //! fault came from CPL 3 at an `out %eax,(%dx)` instruction, executes it
-//! and returns past it: eleven instructions. It does the same for `mov
-//! %rax,%cr3`, as a TLB flush. Any other exception saves the
+//! and returns past it: eleven instructions. It does the same for `invlpg`,
+//! as a TLB flush of the first 2 MiB. Any other exception saves the
 //! trap frame (Solo5's `struct x86_trap_regs`) and `iretq`s to
 //! [`super::trap`] at CPL 3 on a dedicated stack, which reports it and
 //! halts. A fault while reporting a fault halts at once with status 255.
@@ -96,12 +97,12 @@ gp_stub:
     addq $8, %rsp               /* the error code */
     incq (%rsp)                 /* past the one-byte instruction */
     iretq
-2:  cmpw $0x220f, (%rax)        /* movq %rax, %cr3 (0f 22 d8) */
+2:  cmpw $0x010f, (%rax)        /* invlpg (%rax) (0f 01 38) */
     jne 1f
-    cmpb $0xd8, 2(%rax)
+    cmpb $0x38, 2(%rax)
     jne 1f
-    movq %cr3, %rax             /* reload the same tables: a TLB flush, */
-    movq %rax, %cr3             /* whatever %rax CPL 3 gave */
+    xorl %eax, %eax             /* the first 2 MiB, whatever %rax CPL 3 */
+    invlpg (%rax)               /* gave: it chooses nothing */
     popq %rax
     addq $8, %rsp
     addq $3, (%rsp)

@@ -67,7 +67,7 @@ struct HighPds([u64; 3 * 512]);
 static HIGH_PDS: Global<HighPds> = Global::new(HighPds([0; 3 * 512]));
 
 unsafe extern "C" {
-    /// The page-directory-pointer table of `boot.rs`.
+    /// The page tables of `boot.rs`, in .bss, filled by map_memory.
     static mut mirage_solo5_pdpt: [u64; 512];
     static mut mirage_solo5_pd0: [u64; 512];
     static mut mirage_solo5_pt0: [u64; 512];
@@ -91,19 +91,22 @@ mirage_solo5_switch_stack:
 /// Maps guest memory up to `top` (at most 4 GiB): 2 MiB pages, user
 /// read-write, above 2 MiB; 4 KiB pages below, with the zero page and the
 /// tender's structures (below 64 KiB) not present and the boot information
-/// (up to 1 MiB) read-only. `boot.rs` maps only the first 2 MiB, with one
-/// 2 MiB page: building the tables here, at CPL 3, costs nothing at CPL 0
-/// and keeps them out of the image. Memory above `top` stays unmapped, so a
-/// stray access faults in the guest.
+/// (up to 1 MiB) read-only, in place of the boot page directory of
+/// `boot.rs`, which maps only the image. Building the tables here, at CPL
+/// 3, while they are not in use, costs nothing at CPL 0, one trap to the
+/// hypervisor, and nothing in the image. Memory above `top` stays unmapped,
+/// so a stray access faults in the guest.
 fn map_memory(top: u64) {
     const GIB: u64 = 1 << 30;
     const PAGE: u64 = 2 << 20;
     let top = top.min(4 * GIB);
-    // SAFETY: pd0 and pt0 are the guest's own page tables in .bss, in the
-    // image that boot.rs maps read-write at CPL 3. Nothing refers to them
-    // until the PDPT entry is written, last; that store replaces the boot
-    // directory's mappings, so the TLB is flushed after it. Volatile: the
-    // page walker reads them.
+    // SAFETY: these are the guest's own page tables in .bss, in the image
+    // that boot.rs maps read-write at CPL 3. pt0 and pd0 are not in use
+    // until the PDPT's first entry points at pd0 instead of the boot
+    // directory; that store changes the translation of the first 2 MiB
+    // only (above, the boot directory mapped the image as pd0 does), so
+    // only that translation is flushed. The other PDPT entries were not
+    // present: no stale translation. Volatile: the page walker reads them.
     unsafe {
         let pdpt = &raw mut mirage_solo5_pdpt;
         let pd0 = &raw mut mirage_solo5_pd0;
@@ -119,32 +122,25 @@ fn map_memory(top: u64) {
             addr += PAGE;
         }
         core::ptr::write_volatile(&mut (*pdpt)[0], pd0 as u64 | 7);
-        // The #GP stub of boot.rs performs this at CPL 0, reloading the
-        // same tables whatever %rax holds.
-        core::arch::asm!("mov cr3, rax", in("rax") 0u64, options(nostack));
-    }
-    if top <= GIB {
-        return;
-    }
-    HIGH_PDS.with(|pds| {
-        let mut addr = GIB;
-        while addr < top {
-            pds.0[((addr - GIB) / PAGE) as usize] = addr | 0x87;
-            addr += PAGE;
-        }
-        let base = pds.0.as_ptr() as u64;
-        for k in 1..4u64 {
-            if k * GIB < top {
-                // SAFETY: the PDPT is the guest's own page table in .bss;
-                // the entry was not present, so no TLB entry can be stale.
-                // Volatile, so the store is not reordered or elided.
-                unsafe {
-                    let pdpt = &raw mut mirage_solo5_pdpt;
-                    core::ptr::write_volatile(&mut (*pdpt)[k as usize], (base + (k - 1) * 4096) | 7);
+        // The #GP stub of boot.rs performs this at CPL 0, for address 0
+        // whatever %rax holds.
+        core::arch::asm!("invlpg [rax]", in("rax") 0u64, options(nostack));
+        if top > GIB {
+            HIGH_PDS.with(|pds| {
+                let mut addr = GIB;
+                while addr < top {
+                    pds.0[((addr - GIB) / PAGE) as usize] = addr | 0x87;
+                    addr += PAGE;
                 }
-            }
+                let base = pds.0.as_ptr() as u64;
+                for k in 1..4u64 {
+                    if k * GIB < top {
+                        core::ptr::write_volatile(&mut (*pdpt)[k as usize], (base + (k - 1) * 4096) | 7);
+                    }
+                }
+            });
         }
-    });
+    }
 }
 
 /// The CPL-3 entry, on the boot stack, with `%rdi` = the boot information.
