@@ -228,15 +228,7 @@ pub fn cases(v: &mut Vec<Case>) {
         for (side, word) in [("a", "first"), ("b", "second"), ("a", "first")] {
             let dir = scratch.0.join(side).join("kv-ro");
             if !dir.exists() {
-                std::fs::create_dir_all(dir.join("data/sub")).map_err(|e| e.to_string())?;
-                std::fs::create_dir_all(dir.join("src")).map_err(|e| e.to_string())?;
-                let src = examples_dir("kv-ro");
-                for f in ["mirage.toml", "src/lib.rs", "data/sub/hello.txt"] {
-                    std::fs::copy(src.join(f), dir.join(f)).map_err(|e| format!("{f}: {e}"))?;
-                }
-                let manifest = std::fs::read_to_string(src.join("Cargo.toml")).map_err(|e| e.to_string())?;
-                let manifest = manifest.replace("../../crates", &root().join("crates").display().to_string());
-                std::fs::write(dir.join("Cargo.toml"), manifest).map_err(|e| e.to_string())?;
+                copy_kv_ro(&dir)?;
                 std::fs::write(dir.join("data/secret"), word).map_err(|e| e.to_string())?;
             }
             tool(&dir, &["configure", "-t", "spt"])?.expect_status(0)?;
@@ -250,6 +242,36 @@ pub fn cases(v: &mut Vec<Case>) {
             }
         }
         Ok(())
+    }));
+    v.push(case("hvt::an_image_larger_than_2_mib_boots", Needs::Target("hvt"), || {
+        // The boot code maps the image with 2 MiB pages before the real
+        // tables exist: a 5 MB file compiled in spans three of them.
+        let scratch = Scratch::new("big-image");
+        let dir = scratch.0.join("kv-ro");
+        copy_kv_ro(&dir)?;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let big: Vec<u8> = (0..5_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(dir.join("data/big.bin"), &big).map_err(|e| e.to_string())?;
+        tool(&dir, &["configure", "-t", "hvt"])?.expect_status(0)?;
+        tool(&dir, &["build"])?.expect_status(0)?;
+        let image = dir.join("dist/kv-ro.hvt");
+        if std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0) < 5_000_000 {
+            return Err("the image does not hold the 5 MB file".into());
+        }
+        let sum = Command::new("sha256sum").arg(dir.join("data/big.bin")).output().map_err(|e| e.to_string())?;
+        let sum = String::from_utf8_lossy(&sum.stdout).split_whitespace().next().unwrap_or("").to_string();
+        let mut c = Command::new(testkit::tender("hvt"));
+        c.arg(&image).arg("--solo5:quiet");
+        let r = run_with(c, Duration::from_secs(30))?;
+        r.expect_status(0)?;
+        r.expect_stdout(&format!("/big.bin: 5000000 bytes, sha256 {sum}"))
     }));
     v.push(case("mirage_errors_give_a_cause_and_a_fix", Needs::Nothing, || {
         let scratch = Scratch::new("errors");
@@ -335,4 +357,18 @@ pub fn cases(v: &mut Vec<Case>) {
             "run mirage as root, or create it first: sudo ip tuntap add tap-service mode tap user $USER && sudo ip addr add 10.0.0.1/24 dev tap-service && sudo ip link set tap-service up",
         )
     }));
+}
+
+/// A copy of the kv-ro example at `dir`, its dependencies pointing at this
+/// repository.
+fn copy_kv_ro(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir.join("data/sub")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir.join("src")).map_err(|e| e.to_string())?;
+    let src = examples_dir("kv-ro");
+    for f in ["mirage.toml", "src/lib.rs", "data/secret", "data/sub/hello.txt"] {
+        std::fs::copy(src.join(f), dir.join(f)).map_err(|e| format!("{f}: {e}"))?;
+    }
+    let manifest = std::fs::read_to_string(src.join("Cargo.toml")).map_err(|e| e.to_string())?;
+    let manifest = manifest.replace("../../crates", &root().join("crates").display().to_string());
+    std::fs::write(dir.join("Cargo.toml"), manifest).map_err(|e| e.to_string())
 }
