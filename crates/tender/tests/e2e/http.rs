@@ -572,6 +572,34 @@ fn needs(t: &'static str) -> Needs {
 }
 
 pub fn cases(v: &mut Vec<Case>) {
+    v.push(case("unix::http_serves_over_the_host_sockets", Needs::Net("unix"), || {
+        // Configured with the default keys: on unix, the host's sockets.
+        let ns = Netns::new()?;
+        let mut c = ns.command(example_with("unix", "static-website", &[])?);
+        c.args(["--port=8080", "--header-timeout=2"]);
+        let mut g = Background::start(c)?;
+        g.wait_for("static-website: serving", Duration::from_secs(30))?;
+        let mut curl = ns.command("curl");
+        curl.args(["-s", "-S", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", "http://127.0.0.1:8080/docs/"]);
+        let r = run_with(curl, Duration::from_secs(20))?;
+        let want = format!("200 {}", site("docs/index.html").len());
+        if r.stdout.trim() != want {
+            return Err(format!("GET /docs/ over the host's sockets: {:?} (want {want:?})\n{}", r.stdout, g.output()));
+        }
+        // Limits hold on this stack too: an unfinished head gets 408.
+        let to = SocketAddr::from(([127, 0, 0, 1], 8080));
+        ns.enter(move || -> Result<(), String> {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").map_err(|e| e.to_string())?;
+            let mut buf = Vec::new();
+            let r = read_response(&mut s, &mut buf)?;
+            if r.status != 408 {
+                return Err(format!("an unfinished head over the host's sockets: {}", r.status));
+            }
+            Ok(())
+        })?
+    }));
     for t in ["unix", "hvt", "spt"] {
         v.push(case(format!("{t}::http_answers_curl_with_every_status"), needs(t), move || {
             let ns = Netns::new()?;
