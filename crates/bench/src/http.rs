@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use testkit::{Background, Netns, root, tender};
+use testkit::{Background, Netns, root};
 
 use crate::{Options, machine};
 
@@ -35,15 +35,7 @@ fn site() -> Result<PathBuf, String> {
         write_if_changed(&dir.join(f), &std::fs::read_to_string(src.join(f)).map_err(|e| e.to_string())?)?;
     }
     std::fs::copy(src.join("htdocs/index.html"), htdocs.join(SMALL)).map_err(|e| e.to_string())?;
-    let mut big = vec![0u8; 1 << 20];
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for b in big.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-    std::fs::write(htdocs.join(BIG), big).map_err(|e| e.to_string())?;
+    std::fs::write(htdocs.join(BIG), testkit::noise(0x2545_f491_4f6c_dd1d, 1 << 20)).map_err(|e| e.to_string())?;
     Ok(dir)
 }
 
@@ -76,11 +68,7 @@ fn build(dir: &Path, target: &str) -> Result<PathBuf, String> {
 
 /// Starts the site on `target` in `ns` at 10.0.0.2, access log off.
 fn start(ns: &Netns, target: &str, image: &Path, extra: &[&str]) -> Result<Background, String> {
-    let mut c = if target == "unix" { ns.command(image) } else { ns.command(tender(target)) };
-    c.arg("--net:service=tap0");
-    if target != "unix" {
-        c.arg(image).arg("--solo5:quiet");
-    }
+    let mut c = ns.unikernel(target, image, &["--net:service=tap0"]);
     c.args(["--ipv4=10.0.0.2/24", "--logs=http:warn"]).args(extra);
     let mut g = Background::start(c)?;
     g.wait_for("static-website: serving", Duration::from_secs(30))?;

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use testkit::{Background, Netns, example, tender};
+use testkit::{Background, Netns, example};
 
 use crate::{Options, machine, percentile};
 
@@ -195,16 +195,7 @@ pub fn tcp(o: &Options) -> Result<(), String> {
         ("mirage-rs solo5-spt, 1 MiB windows", "spt", "1024"),
     ] {
         let ns = Netns::new()?;
-        let image = example(target, "network")?;
-        let mut c = if target == "unix" {
-            let mut c = ns.command(image);
-            c.arg("--net:service=tap0");
-            c
-        } else {
-            let mut c = ns.command(tender(target));
-            c.arg("--net:service=tap0").arg(image).arg("--solo5:quiet");
-            c
-        };
+        let mut c = ns.unikernel(target, &example(target, "network")?, &["--net:service=tap0"]);
         c.args(["--ipv4=10.0.0.2/24", &format!("--tcp-buffer-kib={buffer}")]);
         let mut g = Background::start(c)?;
         g.wait_for("network: ", Duration::from_secs(30))?;

@@ -275,7 +275,7 @@ pub async fn serve_connection<F: Flow, H: Handler, W: WallClock>(
         if expects_body
             && request.version >= 1
             && request.header_list("expect").any(|e| e.eq_ignore_ascii_case("100-continue"))
-            && write_timed(&mut flow, b"HTTP/1.1 100 Continue\r\n\r\n", limits).await.is_err()
+            && write_timed(&mut flow, b"HTTP/1.1 100 Continue\r\n\r\n", limits.send_timeout).await.is_err()
         {
             break Stop::Quiet;
         }
@@ -356,8 +356,8 @@ async fn read_body<F: Flow>(
     }
 }
 
-async fn write_timed<F: Flow>(flow: &mut F, data: &[u8], limits: &Limits) -> Result<(), ()> {
-    match mirage_runtime::time::timeout(limits.send_timeout, flow.write_all(data)).await {
+async fn write_timed<F: Flow>(flow: &mut F, data: &[u8], limit: Duration) -> Result<(), ()> {
+    match mirage_runtime::time::timeout(limit, flow.write_all(data)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
@@ -396,13 +396,13 @@ async fn write_response<F: Flow, B: Body, W: WallClock>(
     head.push_str("\r\n");
     out.extend_from_slice(head.as_bytes());
     if no_body || head_only {
-        return write_timed(flow, out, limits).await;
+        return write_timed(flow, out, limits.send_timeout).await;
     }
     if let Some(bytes) = response.body.bytes().filter(|b| b.len() as u64 <= COALESCE) {
         out.extend_from_slice(bytes);
-        return write_timed(flow, out, limits).await;
+        return write_timed(flow, out, limits.send_timeout).await;
     }
-    write_timed(flow, out, limits).await?;
+    write_timed(flow, out, limits.send_timeout).await?;
     match mirage_runtime::time::timeout(limits.send_timeout, response.body.write_to(flow)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
@@ -424,8 +424,7 @@ async fn close<F: Flow, W: WallClock>(mut flow: F, stop: Stop, out: &mut Vec<u8>
             text.len() + 5
         );
         log::info!(target: "http", "{peer} refused: {status} {text}");
-        let limits = Limits { send_timeout: Duration::from_secs(5), ..Limits::default() };
-        if write_timed(&mut flow, out, &limits).await.is_ok() && flow.shutdown().await.is_ok() {
+        if write_timed(&mut flow, out, Duration::from_secs(5)).await.is_ok() && flow.shutdown().await.is_ok() {
             let deadline = now() + Duration::from_secs(2);
             let mut sink = alloc::vec![0u8; 4096];
             let mut budget = 1usize << 20;

@@ -33,6 +33,15 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> io::Result
     Ok(())
 }
 
+/// The regular files below `dir`, each with its key (`/a/b`), sorted by
+/// key: what a store of the directory holds, compiled in or archived.
+pub fn files(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort();
+    Ok(files)
+}
+
 /// Writes Rust source defining `static NAME: mirage_kv::Crunched` with every
 /// regular file below `dir` (NAME is the directory's name, upper-cased,
 /// non-alphanumerics as `_`), and prints the `cargo:rerun-if-changed`
@@ -53,9 +62,7 @@ pub fn generate(dir: &Path, out: &Path) -> io::Result<String> {
 
 /// [`generate`] with the static's name given.
 pub fn generate_named(dir: &Path, out: &Path, name: &str) -> io::Result<()> {
-    let mut files = Vec::new();
-    walk(dir, dir, &mut files)?;
-    files.sort();
+    let files = files(dir)?;
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut src = format!(
         "/// The contents of `{}`, compiled in.\npub static {name}: mirage_kv::Crunched = mirage_kv::Crunched::new(&[\n",

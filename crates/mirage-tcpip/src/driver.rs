@@ -82,7 +82,6 @@ fn step<N: Net>(inner: &mut Inner, dev: &mut Adapter<N>) -> (Option<Duration>, b
         if let Some(syn) = dev.syn
             && inner.listeners.contains_key(&syn.2)
         {
-            recycle_time_wait(inner, syn);
             match existing_connection(inner, syn) {
                 true => hidden = hide_listeners(inner, syn.2),
                 false if !inner.replenish(syn.2) => {
@@ -124,36 +123,34 @@ fn step<N: Net>(inner: &mut Inner, dev: &mut Adapter<N>) -> (Option<Duration>, b
     (delay, busy)
 }
 
-/// A SYN for the address pair of a connection this side closed, still in
-/// TIME-WAIT, starts a new connection: the client has forgotten the old
-/// one and reuses its port (a client that lets the server close first has
-/// no TIME-WAIT of its own, and may reuse a port at once). The engine would
-/// give the SYN to the TIME-WAIT socket, which answers nothing useful, and
-/// the client would retry until the 10 s wait ends; Linux accepts such a
-/// SYN, and so does this: the old socket is closed and a listener takes
-/// it.
-fn recycle_time_wait(inner: &mut Inner, (src, sport, dport): (IpAddr, u16, u16)) {
-    for (_, s) in inner.sockets.iter_mut() {
-        let smoltcp::socket::Socket::Tcp(s) = s else { continue };
-        if s.state() == tcp::State::TimeWait
-            && s.local_endpoint().is_some_and(|l| l.port == dport)
-            && s.remote_endpoint().is_some_and(|r| r.port == sport && IpAddr::from(r.addr) == src)
-        {
-            s.abort();
-        }
-    }
-}
-
 /// Whether a SYN belongs to a connection that already has its socket (the
 /// SYN was retransmitted because the SYN-ACK was lost, or the network
 /// duplicated it).
-fn existing_connection(inner: &Inner, (src, sport, dport): (IpAddr, u16, u16)) -> bool {
-    inner.sockets.iter().any(|(_, s)| {
-        let smoltcp::socket::Socket::Tcp(s) = s else { return false };
-        !matches!(s.state(), tcp::State::Listen | tcp::State::Closed)
-            && s.local_endpoint().is_some_and(|l| l.port == dport)
-            && s.remote_endpoint().is_some_and(|r| r.port == sport && IpAddr::from(r.addr) == src)
-    })
+///
+/// A SYN for the address pair of a connection this side closed, still in
+/// TIME-WAIT, starts a new connection instead: the client has forgotten
+/// the old one and reuses its port (a client that lets the server close
+/// first has no TIME-WAIT of its own, and may reuse a port at once). The
+/// engine would give the SYN to the TIME-WAIT socket, which answers
+/// nothing useful, and the client would retry until the 10 s wait ends;
+/// Linux accepts such a SYN, and so does this: the old socket is closed,
+/// here, and a listener takes the SYN.
+fn existing_connection(inner: &mut Inner, (src, sport, dport): (IpAddr, u16, u16)) -> bool {
+    let mut existing = false;
+    for (_, s) in inner.sockets.iter_mut() {
+        let smoltcp::socket::Socket::Tcp(s) = s else { continue };
+        let same_pair = s.local_endpoint().is_some_and(|l| l.port == dport)
+            && s.remote_endpoint().is_some_and(|r| r.port == sport && IpAddr::from(r.addr) == src);
+        if !same_pair || matches!(s.state(), tcp::State::Listen | tcp::State::Closed) {
+            continue;
+        }
+        if s.state() == tcp::State::TimeWait {
+            s.abort();
+        } else {
+            existing = true;
+        }
+    }
+    existing
 }
 
 /// The engine gives a segment to the first socket that accepts it, and a

@@ -210,15 +210,7 @@ fn run<F: Future>(f: F) -> F::Output {
 }
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    testkit::noise(seed | 1, len)
 }
 
 async fn read_to_end(f: &mut impl flow::Flow) -> Result<Vec<u8>, flow::Error> {

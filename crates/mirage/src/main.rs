@@ -435,24 +435,13 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
 /// Writes the tar archive of `dir` to `out`: the disk image of a
 /// `--kv-ro=tar` store, whole 512-byte sectors.
 fn tar_image(dir: &Path, out: &Path) -> Result<PathBuf, Failure> {
-    fn walk(root: &Path, dir: &Path, files: &mut Vec<(String, Vec<u8>, u64)>) -> std::io::Result<()> {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let path = e.path();
-            let meta = std::fs::metadata(&path)?;
-            if meta.is_dir() {
-                walk(root, &path, files)?;
-            } else if meta.is_file() {
-                let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
-                let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
-                files.push((rel, std::fs::read(&path)?, mtime));
-            }
-        }
-        Ok(())
-    }
+    let read = |e: std::io::Error| Failure::new(format!("reading {}: {e}", dir.display()), "check the store's directory");
     let mut files = Vec::new();
-    walk(dir, dir, &mut files).map_err(|e| Failure::new(format!("reading {}: {e}", dir.display()), "check the store's directory"))?;
+    for (key, path) in mirage_kv::crunch::files(dir).map_err(read)? {
+        let meta = std::fs::metadata(&path).map_err(read)?;
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+        files.push((key, std::fs::read(&path).map_err(read)?, mtime));
+    }
     let archive = mirage_kv::tar::write_archive(files.iter().map(|(p, d, m)| (p.as_str(), d.as_slice(), *m)), 512);
     // Replace, not overwrite in place: a running unikernel keeps its disk.
     let _ = std::fs::remove_file(out);

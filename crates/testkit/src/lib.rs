@@ -355,6 +355,22 @@ impl Netns {
         c
     }
 
+    /// Unikernel `image` for `target` run inside the namespace with device
+    /// options `devices` (`--net:service=tap0`, ...): the image itself on
+    /// unix, which takes them, else its tender, quiet. Boot arguments go
+    /// after.
+    pub fn unikernel(&self, target: &str, image: &Path, devices: &[&str]) -> Command {
+        if target == "unix" {
+            let mut c = self.command(image);
+            c.args(devices);
+            c
+        } else {
+            let mut c = self.command(tender(target));
+            c.args(devices).arg(image).arg("--solo5:quiet");
+            c
+        }
+    }
+
     /// Runs `f` on a thread that has entered the namespace: the sockets it
     /// opens, and the threads it starts, live there.
     pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R, String> {
@@ -483,4 +499,19 @@ impl Drop for Background {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `len` pseudo-random bytes from `seed` (xorshift64): test data that is
+/// not a repeating pattern, the same on every run.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    // Zero is xorshift's one fixed point.
+    let mut x = seed.max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

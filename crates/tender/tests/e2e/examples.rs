@@ -107,16 +107,7 @@ pub fn cases(v: &mut Vec<Case>) {
     for t in TARGETS {
         v.push(case(format!("{t}::example_ping_answers_a_flood"), Needs::Net(t), move || {
             let ns = testkit::Netns::new()?;
-            let image = example(t, "ping")?;
-            let mut c = if t == "unix" {
-                let mut c = ns.command(image);
-                c.arg("--net:service=tap0");
-                c
-            } else {
-                let mut c = ns.command(tender(t));
-                c.arg("--net:service=tap0").arg(image).arg("--solo5:quiet");
-                c
-            };
+            let mut c = ns.unikernel(t, &example(t, "ping")?, &["--net:service=tap0"]);
             c.arg("--limit=5001");
             let mut g = testkit::Background::start(c)?;
             g.wait_for("ping: serving 10.0.0.2", Duration::from_secs(20))?;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use testkit::{Background, Netns, Scratch, example_with, root, run_with, tender};
+use testkit::{Background, Netns, Scratch, example_with, root, run_with};
 
 use crate::{Case, Needs, case};
 
@@ -43,14 +43,10 @@ fn keys(t: &str, tar: bool) -> Vec<&'static str> {
 /// `--kv-ro=tar` build.
 fn start(ns: &Netns, t: &str, disk: Option<&Path>) -> Result<Background, String> {
     let image = example_with(t, "static-website", &keys(t, disk.is_some()))?;
-    let mut c = if t == "unix" { ns.command(image.clone()) } else { ns.command(tender(t)) };
-    c.arg("--net:service=tap0");
-    if let Some(d) = disk {
-        c.arg(format!("--block:htdocs={}", d.display()));
-    }
-    if t != "unix" {
-        c.arg(image).arg("--solo5:quiet");
-    }
+    let block = disk.map(|d| format!("--block:htdocs={}", d.display()));
+    let mut devices = vec!["--net:service=tap0"];
+    devices.extend(block.as_deref());
+    let mut c = ns.unikernel(t, &image, &devices);
     c.args(LIMITS);
     let mut bg = Background::start(c)?;
     bg.wait_for("static-website: serving", Duration::from_secs(30))?;
@@ -512,14 +508,7 @@ fn tar_image(scratch: &Scratch) -> Result<(std::path::PathBuf, Vec<u8>), String>
     let dir = scratch.0.join("site");
     std::fs::create_dir_all(dir.join("a/b/c")).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("index.html"), "<h1>from a tar archive</h1>\n").map_err(|e| e.to_string())?;
-    let mut big = vec![0u8; 1 << 20];
-    let mut x = 88172645463325252u64;
-    for b in big.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    let big = testkit::noise(88172645463325252, 1 << 20);
     std::fs::write(dir.join("a/b/c/big.bin"), &big).map_err(|e| e.to_string())?;
     let img = scratch.0.join("htdocs.img");
     let st = Command::new("tar").arg("-C").arg(&dir).arg("-cf").arg(&img).args(["index.html", "a"]).status().map_err(|e| e.to_string())?;

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use testkit::{Background, Netns, example, run_with, send_frames, tender};
+use testkit::{Background, Netns, example, run_with, send_frames};
 
 use crate::{Case, Needs, case};
 
@@ -20,16 +20,7 @@ const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 /// Starts the network example on `t` in `ns`, with boot arguments `args`;
 /// returns once it serves.
 fn start(ns: &Netns, t: &str, args: &[&str]) -> Result<Background, String> {
-    let image = example(t, "network")?;
-    let mut c = if t == "unix" {
-        let mut c = ns.command(image);
-        c.arg("--net:service=tap0");
-        c
-    } else {
-        let mut c = ns.command(tender(t));
-        c.arg("--net:service=tap0").arg(image).arg("--solo5:quiet");
-        c
-    };
+    let mut c = ns.unikernel(t, &example(t, "network")?, &["--net:service=tap0"]);
     c.args(args);
     let mut bg = Background::start(c)?;
     bg.wait_for("network: ", Duration::from_secs(30))?;
@@ -48,15 +39,7 @@ fn ping(ns: &Netns, args: &[&str], to: Ipv4Addr, limit: Duration) -> Result<Stri
 
 /// Payload `i` of a test: distinct per client, not a repeating pattern.
 fn payload(i: usize, len: usize) -> Vec<u8> {
-    let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    testkit::noise((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15), len)
 }
 
 /// `clients` TCP connections to the echo service at once, each sending

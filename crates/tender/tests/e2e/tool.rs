@@ -249,15 +249,7 @@ pub fn cases(v: &mut Vec<Case>) {
         let scratch = Scratch::new("big-image");
         let dir = scratch.0.join("kv-ro");
         copy_kv_ro(&dir)?;
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let big: Vec<u8> = (0..5_000_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let big = testkit::noise(0x9e37_79b9_7f4a_7c15, 5_000_000);
         std::fs::write(dir.join("data/big.bin"), &big).map_err(|e| e.to_string())?;
         tool(&dir, &["configure", "-t", "hvt"])?.expect_status(0)?;
         tool(&dir, &["build"])?.expect_status(0)?;
