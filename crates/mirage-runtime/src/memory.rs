@@ -1,9 +1,27 @@
-//! How much heap is in use, for an operator's statistics (a soak test
-//! watching for leaks). Each platform says how to measure it; where none
-//! has, the answer is `None`.
+//! The heap: how much is in use (for an operator's statistics, a soak
+//! test watching for leaks) and how much the unikernel may let its peers
+//! make it hold (the memory budget).
+//!
+//! A network service holds memory on behalf of remote hosts: socket
+//! buffers, request bodies. A peer that opens and holds enough of them
+//! would exhaust the heap, and on Solo5 an allocation failure ends the
+//! unikernel. So code that allocates on a peer's behalf asks
+//! [`may_hold`] first and refuses the peer (a reset, a 503) when the
+//! answer is no. The budget is a share of the heap the platform reports
+//! ([`set_heap_size`]): on Solo5 the memory given with `--mem` less the
+//! image and the stack; on unix, where the process has no fixed heap, the
+//! platform sets a default that `--mem`-like limits can lower.
 
 /// The platform's measure: bytes allocated and not yet freed.
 static PROBE: spin::Mutex<Option<fn() -> usize>> = spin::Mutex::new(None);
+
+/// The heap's size in bytes, 0 while the platform has not said.
+static HEAP_SIZE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// The share of the heap that peers may make the unikernel hold, in
+/// eighths. The rest is left for the application's own allocations and
+/// for the allocator's fragmentation.
+const BUDGET_EIGHTHS: usize = 6;
 
 /// Sets how the heap in use is measured; the platform calls it at boot.
 pub fn set_heap_probe(probe: fn() -> usize) {
@@ -14,4 +32,52 @@ pub fn set_heap_probe(probe: fn() -> usize) {
 pub fn heap_in_use() -> Option<usize> {
     let probe = *PROBE.lock();
     probe.map(|f| f())
+}
+
+/// Sets the heap's size; the platform calls it at boot.
+pub fn set_heap_size(bytes: usize) {
+    HEAP_SIZE.store(bytes, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The heap's size in bytes, if the platform has said.
+pub fn heap_size() -> Option<usize> {
+    match HEAP_SIZE.load(core::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        n => Some(n),
+    }
+}
+
+/// The memory budget: how many bytes of heap may be in use before
+/// allocations made on a peer's behalf are refused. `None` when the
+/// platform gives no heap size (nothing is refused for memory then).
+pub fn budget() -> Option<usize> {
+    heap_size().map(|n| n / 8 * BUDGET_EIGHTHS)
+}
+
+/// Whether `bytes` more may be allocated on a peer's behalf without the
+/// heap in use passing the budget. True when the platform cannot measure
+/// the heap or gives no size.
+pub fn may_hold(bytes: usize) -> bool {
+    match (budget(), heap_in_use()) {
+        (Some(budget), Some(used)) => used.saturating_add(bytes) <= budget,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[test]
+    fn budget_is_a_share_of_the_heap_and_refuses_past_it() {
+        fn used() -> usize {
+            500
+        }
+        set_heap_probe(used);
+        set_heap_size(1024);
+        assert_eq!(budget(), Some(768));
+        assert!(may_hold(268));
+        assert!(!may_hold(269));
+        assert!(!may_hold(usize::MAX));
+    }
 }

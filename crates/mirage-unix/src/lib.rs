@@ -58,7 +58,20 @@ fn wall_ns() -> u64 {
 pub fn boot(program: &str, specs: &[Arg]) -> Result<Args, i32> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     mirage_runtime::memory::set_heap_probe(heap_in_use);
+    if let Some(limit) = data_limit() {
+        mirage_runtime::memory::set_heap_size(limit);
+    }
     mirage_runtime::boot(program, specs, &argv, Sink { write: write_stdout, wall: Some(wall_ns) })
+}
+
+/// The process's data limit (`RLIMIT_DATA`, as `prlimit --data` sets it),
+/// which bounds the heap, if there is one. A process without one has no
+/// fixed heap, and its memory budget is the host's to enforce.
+fn data_limit() -> Option<usize> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_DATA, &mut lim) };
+    (r == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then(|| usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX))
 }
 
 /// glibc's count of bytes allocated and not yet freed (main arena and

@@ -58,6 +58,7 @@ fn console_line(s: &str) {
 pub fn boot(program: &str, cmdline: &str, specs: &[Arg]) -> Result<Args, i32> {
     let sink = Sink { write: console_line, wall: Some(time::wall) };
     mirage_runtime::memory::set_heap_probe(super::heap::in_use);
+    mirage_runtime::memory::set_heap_size(super::heap::size());
     let argv = match split_cmdline(cmdline) {
         Ok(a) => a,
         Err(e) => {

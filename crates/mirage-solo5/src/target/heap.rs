@@ -33,6 +33,14 @@ unsafe impl GlobalAlloc for Heap {
 #[global_allocator]
 static HEAP: Heap = Heap(TalcCell::new(Manual));
 
+/// The size of the range the allocator was given, 0 before [`init`].
+static SIZE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// The heap's size in bytes.
+pub(crate) fn size() -> usize {
+    SIZE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// Bytes allocated and not yet freed.
 pub(crate) fn in_use() -> usize {
     HEAP.0.counters().allocated_bytes
@@ -43,6 +51,7 @@ pub(crate) fn in_use() -> usize {
 /// # Safety
 /// The range is memory the guest owns and uses for nothing else.
 pub(crate) unsafe fn init(start: usize, size: usize) -> bool {
+    SIZE.store(size, core::sync::atomic::Ordering::Relaxed);
     // SAFETY: the caller hands over the range for the allocator's exclusive use.
     unsafe { HEAP.0.claim(start as *mut u8, size).is_some() }
 }
