@@ -5,6 +5,8 @@
 //! Tenders are found with [`set_tenders`] (the tests pass the paths cargo
 //! gives them) or, by default, in `target/release`.
 
+pub mod harness;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};

@@ -1,0 +1,81 @@
+//! The end-to-end test runner shared by the test crates: each test says
+//! what it needs from the machine, and a test the machine cannot run is
+//! reported as SKIPPED with the reason and counted as ignored in the
+//! summary; it never passes silently.
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// What a test needs from the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Runs anywhere.
+    Nothing,
+    /// Boots guests on this target (`hvt` needs /dev/kvm).
+    Target(&'static str),
+    /// As `Target`, plus network namespaces and tap devices.
+    Net(&'static str),
+}
+
+/// One end-to-end test.
+pub struct Case {
+    /// The test's name, as filters match it.
+    pub name: String,
+    /// What it needs from the machine.
+    pub needs: Needs,
+    /// The test itself.
+    pub run: Box<dyn FnOnce() -> crate::TestResult + Send + std::panic::UnwindSafe>,
+}
+
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Case").field("name", &self.name).field("needs", &self.needs).finish()
+    }
+}
+
+/// A test named `name` that needs `needs`.
+pub fn case(
+    name: impl Into<String>,
+    needs: Needs,
+    run: impl FnOnce() -> crate::TestResult + Send + std::panic::UnwindSafe + 'static,
+) -> Case {
+    Case { name: name.into(), needs, run: Box::new(run) }
+}
+
+/// Runs `cases` with libtest's command line and summary, and exits.
+pub fn run(cases: Vec<Case>) -> ! {
+    let args = Arguments::from_args();
+    let mut skipped = Vec::new();
+    let trials = cases
+        .into_iter()
+        .map(|c| {
+            let why = match c.needs {
+                Needs::Nothing => None,
+                Needs::Target(t) => crate::missing(t),
+                Needs::Net(t) => crate::missing(t).or_else(crate::missing_net),
+            };
+            match why {
+                Some(reason) => {
+                    skipped.push(format!("SKIPPED {}: {reason}", c.name));
+                    Trial::test(c.name, || Ok(())).with_ignored_flag(true)
+                }
+                None => {
+                    let run = c.run;
+                    Trial::test(c.name, move || run().map_err(Failed::from))
+                }
+            }
+        })
+        .collect();
+    for s in &skipped {
+        eprintln!("*** {s}");
+    }
+    let mut args = args;
+    if !skipped.is_empty() {
+        // Skipped tests are reported as ignored; run the rest.
+        args.include_ignored = false;
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    if !skipped.is_empty() {
+        eprintln!("*** {} end-to-end tests SKIPPED on this machine (see the reasons above)", skipped.len());
+    }
+    conclusion.exit()
+}

@@ -1,0 +1,31 @@
+//! End-to-end tests above the tenders: the examples on unix, hvt and spt,
+//! each configured and built by the `mirage` tool; the TCP/IP stack against
+//! the host's Linux stack; the HTTP server against curl and raw sockets;
+//! the tool's commands and errors. Network tests run in network namespaces
+//! each test creates and removes, with tap devices.
+//!
+//! The tenders and the tool are built once, at the start, into
+//! `target/release`. A test this machine cannot run is reported as SKIPPED
+//! with the reason and counted as ignored; it never passes silently.
+
+mod examples;
+mod http;
+mod tcpip;
+mod tool;
+
+use testkit::harness::{Case, Needs, case};
+
+fn main() {
+    // Builds target/release/{mirage,solo5-hvt,solo5-spt,solo5-elftool}, which
+    // testkit::tender finds there.
+    if let Err(e) = testkit::mirage() {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+    let mut cases = Vec::new();
+    examples::cases(&mut cases);
+    http::cases(&mut cases);
+    tcpip::cases(&mut cases);
+    tool::cases(&mut cases);
+    testkit::harness::run(cases)
+}
