@@ -17,6 +17,7 @@
 //! * [`cli`]: the command line, parsed in Solo5's two passes;
 //! * [`exe`]: reading the executable, its ABI and manifest notes;
 //! * [`devices`], [`block`] (and the `tap` crate): attaching the manifest's devices;
+//! * [`host`]: what both tenders do on the host alike (options, the wait set);
 //! * [`hvt`]: the KVM tender; [`spt`]: the seccomp tender;
 //! * [`elftool`], [`json`]: `solo5-elftool`.
 
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod devices;
 pub mod elftool;
 pub mod exe;
+pub mod host;
 pub mod hvt;
 pub mod json;
 pub mod seccomp;

@@ -11,14 +11,15 @@
 
 use std::convert::Infallible;
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use solo5_abi::mft::MftType;
 use solo5_abi::note::AbiTarget;
 use solo5_abi::spt::{self, BootInfo, sys};
 
-use crate::cli::{self, option_str};
-use crate::devices::{BLOCK_USAGE, Devices, Handled, NET_USAGE};
+use crate::cli;
+use crate::devices::{BLOCK_USAGE, Devices, NET_USAGE};
+use crate::host::{self, Tender, WaitSet};
 use crate::seccomp::{Arg, Policy};
 use crate::{Exit, exe, fatal, strerror, warn};
 
@@ -114,48 +115,18 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
     let cl = cli::split(args)?;
     let exe = exe::open(&cl.kernel, AbiTarget::Spt, spt::ABI_VERSION)?;
     let mut devices = Devices::new(exe.manifest.clone());
-    let mut mem_size = spt::DEFAULT_MEM_SIZE;
     let mut exec_heap = false;
-    for opt in &cl.options {
-        let arg = option_str(opt);
-        let handled = if let Some(m) = cli::parse_mem(arg) {
-            mem_size = m?;
-            true
-        } else if arg.starts_with("--x-exec-heap") {
+    let mem_size = host::parse_options(&cl, &mut devices, spt::DEFAULT_MEM_SIZE, |arg| {
+        let is = arg.starts_with("--x-exec-heap");
+        if is {
             warn("WARNING: The use of --x-exec-heap is dangerous and not recommended as it makes the heap and stack executable.");
             exec_heap = true;
-            true
-        } else {
-            devices.net_option(arg)? == Handled::Yes || devices.block_option(arg)? == Handled::Yes
-        };
-        if !handled {
-            return Err(Exit::Usage(Some(format!("Invalid option: `{}'", opt.to_string_lossy()))));
         }
-    }
-
-    // SAFETY: personality(0xffffffff) only queries the current persona.
-    let persona = unsafe { libc::personality(0xffff_ffff) };
-    if persona >= 0 && persona & libc::READ_IMPLIES_EXEC != 0 {
-        return Err(fatal!(
-            "Cowardly refusing to run with a sys_personality of READ_IMPLIES_EXEC. Please report a bug, with details of your Linux distribution and GCC version"
-        ));
-    }
+        is
+    })?;
+    host::refuse_read_implies_exec()?;
     let mem = Memory::map(mem_size, exec_heap)?;
-    // SAFETY: plain epoll_create1/timerfd_create; results checked.
-    let epfd = unsafe { libc::epoll_create1(0) };
-    if epfd < 0 {
-        return Err(fatal!("epoll_create1() failed: {}", strerror(&os_error())));
-    }
-    // SAFETY: fresh descriptor, owned by nothing else.
-    let epoll = unsafe { OwnedFd::from_raw_fd(epfd) };
-    // SAFETY: as above.
-    let tfd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK) };
-    if tfd < 0 {
-        return Err(fatal!("timerfd_create() failed: {}", strerror(&os_error())));
-    }
-    // SAFETY: as above.
-    let timerfd = unsafe { OwnedFd::from_raw_fd(tfd) };
-    epoll_add(&epoll, timerfd.as_raw_fd(), spt::INTERNAL_TIMERFD)?;
+    let wait = WaitSet::new(Tender::Spt, spt::INTERNAL_TIMERFD)?;
 
     let plan = solo5_elf::load_plan(&exe.bytes, mem_size, spt::GUEST_MIN_BASE).map_err(|e| fatal!("{}: {e}", exe.name))?;
     for s in &plan.segments {
@@ -174,11 +145,11 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
     }
     drop(exe);
 
-    let mut policy = core_policy(epoll.as_raw_fd(), timerfd.as_raw_fd());
+    let mut policy = core_policy(wait.epoll.as_raw_fd(), wait.timerfd.as_raw_fd());
     devices.setup_net()?;
     for i in devices.attached(MftType::NetBasic).collect::<Vec<_>>() {
         if let Some((_, fd)) = devices.get(i as u64, MftType::NetBasic) {
-            epoll_add(&epoll, fd, i as u64)?;
+            wait.add(fd, i as u64)?;
             policy
                 .when(libc::SYS_read, &[Arg::Int(0, fd as u64)], "solo5_net_read")
                 .when(libc::SYS_write, &[Arg::Int(0, fd as u64)], "solo5_net_write");
@@ -206,27 +177,17 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
         kernel_end: plan.kernel_end,
         cmdline: cmdline_addr,
         mft: mft_addr,
-        epollfd: epoll.as_raw_fd(),
-        timerfd: timerfd.as_raw_fd(),
+        epollfd: wait.epoll.as_raw_fd(),
+        timerfd: wait.timerfd.as_raw_fd(),
     };
     mem.write(spt::BOOT_INFO_BASE, zerocopy::IntoBytes::as_bytes(&bi))?;
     mem.write(mft_addr, &manifest)?;
     mem.write(cmdline_addr, &cmdline)?;
 
     // The guest owns these descriptors from now on.
-    std::mem::forget(epoll);
-    std::mem::forget(timerfd);
+    std::mem::forget(wait);
     std::mem::forget(devices);
     launch(&policy, plan.entry, mem_size)
-}
-
-fn epoll_add(epoll: &OwnedFd, fd: i32, data: u64) -> Result<(), Exit> {
-    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: data };
-    // SAFETY: both descriptors are open; ev is a valid epoll_event.
-    if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-        return Err(fatal!("epoll_ctl(EPOLL_CTL_ADD, hostfd={fd}) failed: {}", strerror(&os_error())));
-    }
-    Ok(())
 }
 
 /// The system calls every spt guest may make.

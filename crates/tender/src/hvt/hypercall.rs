@@ -6,7 +6,8 @@
 //! as results (a bad handle, an out-of-range block) become `SOLO5_R_EINVAL`;
 //! guest memory violations and host I/O failures end the guest.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use solo5_abi::hvt::{
     HcBlockRead, HcHalt, HcNetRead, HcNetWrite, HcPoll, HcPuts, HcWalltime, Hypercall, HALT_COOKIE_MAX,
@@ -21,8 +22,10 @@ const _: () = assert!(
         && std::mem::offset_of!(solo5_abi::hvt::HcBlockWrite, data) == std::mem::offset_of!(HcBlockRead, data)
 );
 
-use super::memory::{GuestMemory, InvalidAccess};
+use super::memory::{GuestMemory, Gpa, InvalidAccess};
+use super::ring::Failure;
 use crate::devices::Devices;
+use crate::host::{Tender, WaitSet};
 use crate::{Exit, fatal, strerror};
 
 /// What the vCPU loop does after a hypercall.
@@ -41,9 +44,11 @@ pub struct Hypercalls<'m> {
     devices: Devices,
     block: bool,
     net: bool,
-    epoll: OwnedFd,
-    timerfd: OwnedFd,
+    wait: WaitSet,
     npollfds: usize,
+    /// Where the net I/O thread leaves its error: a POLL it interrupts
+    /// returns at once so that the vCPU loop can report it.
+    failure: Arc<Failure>,
 }
 
 fn guest(hc: Hypercall) -> impl Fn(InvalidAccess) -> Exit {
@@ -57,50 +62,16 @@ fn os_error() -> std::io::Error {
 impl<'m> Hypercalls<'m> {
     /// Sets up the wait set (a timerfd and every attached NIC) and enables
     /// the block and net hypercalls if such devices are attached.
-    pub fn new(mem: &'m GuestMemory, devices: Devices) -> Result<Hypercalls<'m>, Exit> {
-        // SAFETY: plain epoll_create1/timerfd_create calls; results checked.
-        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epfd < 0 {
-            return Err(fatal!("Could not create wait set: {}", strerror(&os_error())));
+    pub fn new(mem: &'m GuestMemory, devices: Devices, failure: Arc<Failure>) -> Result<Hypercalls<'m>, Exit> {
+        let wait = WaitSet::new(Tender::Hvt, INTERNAL_TIMERFD)?;
+        let mut npollfds = 0;
+        for i in devices.attached(MftType::NetBasic) {
+            if let Some((_, fd)) = devices.get(i as u64, MftType::NetBasic) {
+                wait.add(fd, i as u64)?;
+                npollfds += 1;
+            }
         }
-        // SAFETY: epfd is a fresh descriptor owned by nothing else.
-        let epoll = unsafe { OwnedFd::from_raw_fd(epfd) };
-        // SAFETY: as above.
-        let tfd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
-        if tfd < 0 {
-            return Err(fatal!("Could not create wait set timerfd: {}", strerror(&os_error())));
-        }
-        // SAFETY: as above.
-        let timerfd = unsafe { OwnedFd::from_raw_fd(tfd) };
-        let mut hc = Hypercalls {
-            mem,
-            block: devices.has_block(),
-            net: devices.has_net(),
-            devices,
-            epoll,
-            timerfd,
-            npollfds: 0,
-        };
-        hc.add_pollfd(hc.timerfd.as_raw_fd(), INTERNAL_TIMERFD)?;
-        let nics: Vec<(usize, i32)> = hc
-            .devices
-            .attached(MftType::NetBasic)
-            .filter_map(|i| hc.devices.get(i as u64, MftType::NetBasic).map(|(_, fd)| (i, fd)))
-            .collect();
-        for (i, fd) in nics {
-            hc.add_pollfd(fd, i as u64)?;
-            hc.npollfds += 1;
-        }
-        Ok(hc)
-    }
-
-    fn add_pollfd(&self, fd: i32, data: u64) -> Result<(), Exit> {
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: data };
-        // SAFETY: both descriptors are open; ev is a valid epoll_event.
-        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-            return Err(fatal!("epoll_ctl(EPOLL_CTL_ADD) failed: {}", strerror(&os_error())));
-        }
-        Ok(())
+        Ok(Hypercalls { mem, block: devices.has_block(), net: devices.has_net(), devices, wait, npollfds, failure })
     }
 
     /// The devices, for the net ring.
@@ -110,11 +81,11 @@ impl<'m> Hypercalls<'m> {
 
     /// The descriptors the seccomp policy must allow: (epoll, timerfd).
     pub fn wait_fds(&self) -> (i32, i32) {
-        (self.epoll.as_raw_fd(), self.timerfd.as_raw_fd())
+        (self.wait.epoll.as_raw_fd(), self.wait.timerfd.as_raw_fd())
     }
 
     /// Handles hypercall `nr` with its argument at `gpa`.
-    pub fn handle(&mut self, nr: u16, gpa: u64) -> Result<Outcome, Exit> {
+    pub fn handle(&mut self, nr: u16, gpa: Gpa) -> Result<Outcome, Exit> {
         let hc = match Hypercall::from_nr(nr) {
             Some(Hypercall::BlockRead | Hypercall::BlockWrite) if !self.block => None,
             Some(Hypercall::NetRead | Hypercall::NetWrite) if !self.net => None,
@@ -134,21 +105,22 @@ impl<'m> Hypercalls<'m> {
         Ok(Outcome::Resume)
     }
 
-    fn walltime(&self, gpa: u64) -> Result<(), Exit> {
-        let err = guest(Hypercall::Walltime);
-        self.mem.check(gpa, std::mem::size_of::<HcWalltime>() as u64).map_err(&err)?;
+    fn walltime(&self, gpa: Gpa) -> Result<(), Exit> {
+        let mut arg = self.mem.arg::<HcWalltime>(gpa).map_err(guest(Hypercall::Walltime))?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        self.mem.write_obj(gpa, &HcWalltime { nsecs: now.as_nanos() as u64 }).map_err(&err)
+        arg.set(&HcWalltime { nsecs: now.as_nanos() as u64 });
+        Ok(())
     }
 
-    fn puts(&self, gpa: u64) -> Result<(), Exit> {
+    fn puts(&self, gpa: Gpa) -> Result<(), Exit> {
         let err = guest(Hypercall::Puts);
         let p: HcPuts = self.mem.read_obj(gpa).map_err(&err)?;
-        let data = self.mem.check(p.data, p.len).map_err(&err)?;
+        let data = self.mem.readable(Gpa(p.data), p.len).map_err(&err)?;
         let mut off = 0usize;
-        while off < p.len as usize {
-            // SAFETY: [data, data + len) was checked to lie in guest memory.
-            let n = unsafe { libc::write(1, data.add(off).cast(), p.len as usize - off) };
+        while off < data.len() {
+            // SAFETY: the slice is checked, readable guest memory of
+            // data.len() bytes, and off < data.len().
+            let n = unsafe { libc::write(1, data.as_ptr().add(off).cast(), data.len() - off) };
             if n < 0 {
                 let e = os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -161,9 +133,9 @@ impl<'m> Hypercalls<'m> {
         Ok(())
     }
 
-    fn poll(&self, gpa: u64) -> Result<(), Exit> {
-        let err = guest(Hypercall::Poll);
-        let mut p: HcPoll = self.mem.read_obj(gpa).map_err(&err)?;
+    fn poll(&self, gpa: Gpa) -> Result<(), Exit> {
+        let mut arg = self.mem.arg::<HcPoll>(gpa).map_err(guest(Hypercall::Poll))?;
+        let mut p = arg.get();
         let it = libc::itimerspec {
             it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
             it_value: libc::timespec {
@@ -173,7 +145,7 @@ impl<'m> Hypercalls<'m> {
             },
         };
         // SAFETY: timerfd is ours; it points to a valid itimerspec.
-        if unsafe { libc::timerfd_settime(self.timerfd.as_raw_fd(), 0, &it, std::ptr::null_mut()) } < 0 {
+        if unsafe { libc::timerfd_settime(self.wait.timerfd.as_raw_fd(), 0, &it, std::ptr::null_mut()) } < 0 {
             return Err(fatal!("timerfd_settime() failed: {}", strerror(&os_error())));
         }
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 65];
@@ -181,7 +153,7 @@ impl<'m> Hypercalls<'m> {
         let n = loop {
             // SAFETY: events has room for `max` entries.
             let n = unsafe {
-                libc::epoll_pwait(self.epoll.as_raw_fd(), events.as_mut_ptr(), max as i32, -1, std::ptr::null())
+                libc::epoll_pwait(self.wait.epoll.as_raw_fd(), events.as_mut_ptr(), max as i32, -1, std::ptr::null())
             };
             if n >= 0 {
                 break n as usize;
@@ -189,6 +161,10 @@ impl<'m> Hypercalls<'m> {
             let e = os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(fatal!("epoll_pwait() failed: {}", strerror(&e)));
+            }
+            if self.failure.failed() {
+                // The vCPU loop reports the I/O thread's error next.
+                return Ok(());
             }
         };
         let mut ready = 0u64;
@@ -202,7 +178,8 @@ impl<'m> Hypercalls<'m> {
         }
         p.ready_set = ready;
         p.ret = count;
-        self.mem.write_obj(gpa, &p).map_err(&err)
+        arg.set(&p);
+        Ok(())
     }
 
     fn block_entry(&self, handle: u64, offset: u64, len: u64) -> Option<i32> {
@@ -218,20 +195,23 @@ impl<'m> Hypercalls<'m> {
     }
 
     /// BLOCK_WRITE and BLOCK_READ, whose argument structs share a layout.
-    fn block_io(&self, gpa: u64, write: bool) -> Result<(), Exit> {
+    fn block_io(&self, gpa: Gpa, write: bool) -> Result<(), Exit> {
         let err = guest(if write { Hypercall::BlockWrite } else { Hypercall::BlockRead });
-        let mut a: HcBlockRead = self.mem.read_obj(gpa).map_err(&err)?;
+        let mut arg = self.mem.arg::<HcBlockRead>(gpa).map_err(&err)?;
+        let mut a = arg.get();
         a.ret = match self.block_entry(a.handle, a.offset, a.len) {
             None => SoloResult::Inval as u32,
             Some(fd) => {
-                let data = self.mem.check(a.data, a.len).map_err(&err)?;
-                // SAFETY: the range was checked to lie in guest memory.
-                let n = unsafe {
-                    if write {
-                        libc::pwrite(fd, data.cast(), a.len as usize, a.offset as i64)
-                    } else {
-                        libc::pread(fd, data.cast(), a.len as usize, a.offset as i64)
-                    }
+                let n = if write {
+                    let data = self.mem.readable(Gpa(a.data), a.len).map_err(&err)?;
+                    // SAFETY: the slice is checked, readable guest memory
+                    // of a.len bytes.
+                    unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), a.offset as i64) }
+                } else {
+                    let mut data = self.mem.writable(Gpa(a.data), a.len).map_err(&err)?;
+                    // SAFETY: the slice is checked, writable guest memory
+                    // of a.len bytes.
+                    unsafe { libc::pread(fd, data.as_mut_ptr().cast(), data.len(), a.offset as i64) }
                 };
                 let (doing, done) = if write { ("writing", "wrote") } else { ("reading", "read") };
                 if n < 0 {
@@ -243,18 +223,20 @@ impl<'m> Hypercalls<'m> {
                 SoloResult::Ok as u32
             }
         };
-        self.mem.write_obj(gpa, &a).map_err(&err)
+        arg.set(&a);
+        Ok(())
     }
 
-    fn net_write(&self, gpa: u64) -> Result<(), Exit> {
+    fn net_write(&self, gpa: Gpa) -> Result<(), Exit> {
         let err = guest(Hypercall::NetWrite);
-        let mut w: HcNetWrite = self.mem.read_obj(gpa).map_err(&err)?;
+        let mut arg = self.mem.arg::<HcNetWrite>(gpa).map_err(&err)?;
+        let mut w = arg.get();
         w.ret = match self.devices.get(w.handle, MftType::NetBasic) {
             None => SoloResult::Inval as u32,
             Some((_, fd)) => {
-                let data = self.mem.check(w.data, w.len).map_err(&err)?;
-                // SAFETY: the frame was checked to lie in guest memory.
-                let n = unsafe { libc::write(fd, data.cast(), w.len as usize) };
+                let data = self.mem.readable(Gpa(w.data), w.len).map_err(&err)?;
+                // SAFETY: the slice is checked, readable guest memory.
+                let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
                 if n < 0 {
                     return Err(fatal!("Fatal error when writing: {}", strerror(&os_error())));
                 }
@@ -264,18 +246,20 @@ impl<'m> Hypercalls<'m> {
                 SoloResult::Ok as u32
             }
         };
-        self.mem.write_obj(gpa, &w).map_err(&err)
+        arg.set(&w);
+        Ok(())
     }
 
-    fn net_read(&self, gpa: u64) -> Result<(), Exit> {
+    fn net_read(&self, gpa: Gpa) -> Result<(), Exit> {
         let err = guest(Hypercall::NetRead);
-        let mut r: HcNetRead = self.mem.read_obj(gpa).map_err(&err)?;
+        let mut arg = self.mem.arg::<HcNetRead>(gpa).map_err(&err)?;
+        let mut r = arg.get();
         match self.devices.get(r.handle, MftType::NetBasic) {
             None => r.ret = SoloResult::Inval as u32,
             Some((_, fd)) => {
-                let data = self.mem.check(r.data, r.len).map_err(&err)?;
-                // SAFETY: the buffer was checked to lie in guest memory.
-                let n = unsafe { libc::read(fd, data.cast(), r.len as usize) };
+                let mut data = self.mem.writable(Gpa(r.data), r.len).map_err(&err)?;
+                // SAFETY: the slice is checked, writable guest memory.
+                let n = unsafe { libc::read(fd, data.as_mut_ptr().cast(), data.len()) };
                 if n > 0 {
                     r.len = n as u64;
                     r.ret = SoloResult::Ok as u32;
@@ -286,16 +270,17 @@ impl<'m> Hypercalls<'m> {
                 }
             }
         }
-        self.mem.write_obj(gpa, &r).map_err(&err)
+        arg.set(&r);
+        Ok(())
     }
 
-    fn halt(&self, gpa: u64) -> Result<Outcome, Exit> {
+    fn halt(&self, gpa: Gpa) -> Result<Outcome, Exit> {
         let err = guest(Hypercall::Halt);
         let h: HcHalt = self.mem.read_obj(gpa).map_err(&err)?;
         if h.cookie != 0 {
             // The cookie points at the guest's trap frame; a debug tender
             // would dump it. Checked all the same, as Solo5 does.
-            self.mem.check(h.cookie, HALT_COOKIE_MAX).map_err(&err)?;
+            self.mem.readable(Gpa(h.cookie), HALT_COOKIE_MAX).map_err(&err)?;
         }
         Ok(Outcome::Halt(h.exit_status))
     }

@@ -1,18 +1,33 @@
 //! Guest memory, and the one checked path from a guest address to the host.
 //!
-//! Every guest-physical address and length that comes from the guest goes
-//! through [`GuestMemory::check`], which applies Solo5's rule
-//! (`HVT_CHECKED_GPA_P`): the range must start and end strictly inside the
-//! guest's memory, the net ring excluded. A failed check is the guest's
-//! fault and ends it with "Invalid guest access".
+//! An address the guest gives is a [`Gpa`]: untrusted until checked. The
+//! only ways from a `Gpa` to host memory are [`GuestMemory::readable`],
+//! [`GuestMemory::writable`] and the typed [`GuestMemory::read_obj`] /
+//! [`GuestMemory::arg`], which return checked slices rather than raw
+//! pointers. Each applies Solo5's bounds rule (`HVT_CHECKED_GPA_P`: the
+//! range starts and ends strictly inside the guest's memory, the net ring
+//! excluded, no overflow) and, for writes, the protections the tender gave
+//! the guest's memory: the image's read-only segments (text, rodata, notes)
+//! are read-only on the host too, so a host write there would kill the
+//! tender with SIGSEGV, and low memory (below `HVT_GUEST_MIN_BASE`: the
+//! tender's GDT and page tables, the boot information, manifest and command
+//! line) is the tender's own. A failed check is the guest's fault and ends
+//! it with Solo5's "Invalid guest access" message and status 1.
 
 use std::io;
+use std::marker::PhantomData;
 use std::ptr::NonNull;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use zerocopy::{FromBytes, IntoBytes};
 
-/// A guest address range that failed the bounds check.
+/// A guest-physical address, as the guest gave it: nothing is known of it
+/// until [`GuestMemory`] has checked it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Gpa(pub u64);
+
+/// A guest address range that failed a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidAccess {
     /// The guest address.
@@ -27,6 +42,105 @@ impl std::fmt::Display for InvalidAccess {
     }
 }
 
+/// A checked range of guest memory the host may read.
+#[derive(Debug)]
+pub struct GuestSlice<'m> {
+    ptr: NonNull<u8>,
+    len: usize,
+    _mem: PhantomData<&'m GuestMemory>,
+}
+
+impl GuestSlice<'_> {
+    /// The host address of the range, for a system call that reads it
+    /// (`write(2)`, `pwrite(2)`). The range is mapped and readable for as
+    /// long as the slice lives; the guest may change it meanwhile.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A checked range of guest memory the host may write.
+#[derive(Debug)]
+pub struct GuestSliceMut<'m> {
+    ptr: NonNull<u8>,
+    len: usize,
+    _mem: PhantomData<&'m GuestMemory>,
+}
+
+impl GuestSliceMut<'_> {
+    /// The host address of the range, for a system call that fills it
+    /// (`read(2)`, `pread(2)`). The range is mapped and writable for as long
+    /// as the slice lives.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies `bytes` to the start of the range; false if they do not fit.
+    pub fn copy_from(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() > self.len {
+            return false;
+        }
+        // SAFETY: the range is mapped and writable (checked when the slice
+        // was made) and holds bytes.len() bytes; host memory in `bytes`
+        // cannot overlap guest memory.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr(), bytes.len()) };
+        true
+    }
+}
+
+/// A hypercall's argument struct, checked readable and writable: the
+/// hypercalls with results read their arguments and write the results back
+/// through it.
+#[derive(Debug)]
+pub struct GuestArg<'m, T> {
+    slice: GuestSliceMut<'m>,
+    _t: PhantomData<T>,
+}
+
+impl<T: FromBytes + IntoBytes + zerocopy::Immutable> GuestArg<'_, T> {
+    /// Reads the struct as the guest left it.
+    pub fn get(&self) -> T {
+        // SAFETY: the slice covers size_of::<T>() mapped, readable bytes; T
+        // accepts any bytes; read_unaligned copes with a misaligned pointer.
+        unsafe { self.slice.ptr.as_ptr().cast::<T>().read_unaligned() }
+    }
+
+    /// Writes the struct back.
+    pub fn set(&mut self, value: &T) {
+        // Cannot fail: the slice was made for exactly one T.
+        let _ = self.slice.copy_from(value.as_bytes());
+    }
+}
+
+/// Host protections of a range of guest memory, as the tender set them.
+#[derive(Debug, Clone, Copy)]
+struct Protected {
+    start: u64,
+    end: u64,
+    read: bool,
+    write: bool,
+}
+
 /// The guest's RAM: one anonymous shared mapping, registered with KVM as
 /// memory slot 0 at guest address 0.
 #[derive(Debug)]
@@ -36,6 +150,10 @@ pub struct GuestMemory {
     /// The part the guest may name in hypercalls: all of it, or up to the
     /// net ring once it is reserved.
     guest_size: AtomicU64,
+    /// Ranges the host may not write (or read) on the guest's behalf. Set
+    /// while the tender loads the guest, read on every hypercall; a handful
+    /// of entries.
+    protected: RwLock<Vec<Protected>>,
 }
 
 // SAFETY: the mapping is plain memory owned by this struct for its whole
@@ -47,7 +165,9 @@ unsafe impl Send for GuestMemory {}
 unsafe impl Sync for GuestMemory {}
 
 impl GuestMemory {
-    /// Maps `size` bytes of zeroed memory.
+    /// Maps `size` bytes of zeroed memory. Low memory (below
+    /// `HVT_GUEST_MIN_BASE`) is the tender's: the guest may name it for the
+    /// host to read, never to write.
     pub fn new(size: u64) -> io::Result<GuestMemory> {
         let alloc_size = usize::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
         // SAFETY: an anonymous mapping at an address of the kernel's choice
@@ -66,7 +186,13 @@ impl GuestMemory {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        Ok(GuestMemory { base, alloc_size, guest_size: AtomicU64::new(size) })
+        let low = Protected { start: 0, end: solo5_abi::hvt::GUEST_MIN_BASE, read: true, write: false };
+        Ok(GuestMemory {
+            base,
+            alloc_size,
+            guest_size: AtomicU64::new(size),
+            protected: RwLock::new(vec![low]),
+        })
     }
 
     /// Host address of guest address 0.
@@ -92,37 +218,55 @@ impl GuestMemory {
     }
 
     /// Solo5's check: `gpa < size`, no overflow, and `gpa + len < size`
-    /// (strict, so a range ending exactly at the top is refused). Returns
-    /// the host pointer to `gpa`.
-    pub fn check(&self, gpa: u64, len: u64) -> Result<*mut u8, InvalidAccess> {
+    /// (strict, so a range ending exactly at the top is refused); then that
+    /// no byte of the range lies where the host may not `write` (or, for a
+    /// read, may not read). Returns the host pointer to `gpa`.
+    fn check(&self, gpa: Gpa, len: u64, write: bool) -> Result<NonNull<u8>, InvalidAccess> {
+        let bad = InvalidAccess { gpa: gpa.0, len };
         let size = self.guest_size();
-        match gpa.checked_add(len) {
-            Some(end) if gpa < size && end < size => {
-                // SAFETY: gpa < size <= alloc_size, so the offset stays
-                // inside the mapping.
-                Ok(unsafe { self.base.as_ptr().add(gpa as usize) })
-            }
-            _ => Err(InvalidAccess { gpa, len }),
+        let end = match gpa.0.checked_add(len) {
+            Some(end) if gpa.0 < size && end < size => end,
+            _ => return Err(bad),
+        };
+        // A poisoned lock only means a panic elsewhere; the list is intact.
+        let protected = self.protected.read().unwrap_or_else(|e| e.into_inner());
+        let denied = protected
+            .iter()
+            .any(|p| p.start < end.max(gpa.0 + 1) && gpa.0 < p.end && !(if write { p.write } else { p.read }));
+        if denied {
+            return Err(bad);
         }
+        // SAFETY: gpa < size <= alloc_size, so the offset stays inside the
+        // mapping, and a pointer into a live mapping is not null.
+        Ok(unsafe { NonNull::new_unchecked(self.base.as_ptr().add(gpa.0 as usize)) })
     }
 
-    /// Reads a `T` at `gpa`, checked.
-    pub fn read_obj<T: FromBytes>(&self, gpa: u64) -> Result<T, InvalidAccess> {
-        let p = self.check(gpa, std::mem::size_of::<T>() as u64)?;
-        // SAFETY: check() proved [p, p + size_of::<T>()) is inside the
-        // mapping; T: FromBytes accepts any bytes; read_unaligned copes with
-        // a guest that passes a misaligned pointer.
-        Ok(unsafe { p.cast::<T>().read_unaligned() })
+    /// `len` bytes at `gpa` for the host to read on the guest's behalf.
+    pub fn readable(&self, gpa: Gpa, len: u64) -> Result<GuestSlice<'_>, InvalidAccess> {
+        let ptr = self.check(gpa, len, false)?;
+        Ok(GuestSlice { ptr, len: len as usize, _mem: PhantomData })
     }
 
-    /// Writes a `T` at `gpa`, checked.
-    pub fn write_obj<T: IntoBytes + zerocopy::Immutable>(&self, gpa: u64, value: &T) -> Result<(), InvalidAccess> {
-        let bytes = value.as_bytes();
-        let p = self.check(gpa, bytes.len() as u64)?;
-        // SAFETY: check() proved the destination range is inside the
-        // mapping; it cannot overlap `value`, which is host memory.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
-        Ok(())
+    /// `len` bytes at `gpa` for the host to write on the guest's behalf.
+    pub fn writable(&self, gpa: Gpa, len: u64) -> Result<GuestSliceMut<'_>, InvalidAccess> {
+        let ptr = self.check(gpa, len, true)?;
+        Ok(GuestSliceMut { ptr, len: len as usize, _mem: PhantomData })
+    }
+
+    /// Reads a `T` at `gpa` (an argument the host only reads).
+    pub fn read_obj<T: FromBytes>(&self, gpa: Gpa) -> Result<T, InvalidAccess> {
+        let s = self.readable(gpa, std::mem::size_of::<T>() as u64)?;
+        // SAFETY: the slice covers size_of::<T>() mapped, readable bytes; T
+        // accepts any bytes; read_unaligned copes with a guest that passes a
+        // misaligned pointer.
+        Ok(unsafe { s.as_ptr().cast::<T>().read_unaligned() })
+    }
+
+    /// The argument struct `T` at `gpa`, which the host reads and then
+    /// writes results into: checked for both before anything is done.
+    pub fn arg<T: FromBytes + IntoBytes + zerocopy::Immutable>(&self, gpa: Gpa) -> Result<GuestArg<'_, T>, InvalidAccess> {
+        let slice = self.writable(gpa, std::mem::size_of::<T>() as u64)?;
+        Ok(GuestArg { slice, _t: PhantomData })
     }
 
     /// Copies `bytes` to `gpa` while loading the guest. The caller has
@@ -146,13 +290,20 @@ impl GuestMemory {
         (end <= self.alloc_size as u64).then(|| unsafe { self.base.as_ptr().add(gpa as usize) })
     }
 
-    /// Changes the host protection of `[start, end)`.
+    /// Changes the host protection of `[start, end)`, and remembers it so
+    /// that the host never reads or writes there on the guest's behalf
+    /// beyond what `prot` allows.
     pub fn protect(&self, start: u64, end: u64, prot: i32) -> io::Result<()> {
         let p = self.host_ptr(start, end.saturating_sub(start)).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: the range is inside our own mapping; changing its
         // protection affects only guest memory.
         if unsafe { libc::mprotect(p.cast(), (end - start) as usize, prot) } != 0 {
             return Err(io::Error::last_os_error());
+        }
+        let (read, write) = (prot & libc::PROT_READ != 0, prot & libc::PROT_WRITE != 0);
+        if !(read && write) {
+            let mut protected = self.protected.write().unwrap_or_else(|e| e.into_inner());
+            protected.push(Protected { start, end, read, write });
         }
         Ok(())
     }
@@ -174,14 +325,16 @@ mod tests {
     fn the_check_is_solo5s() {
         let m = GuestMemory::new(4 << 20).unwrap();
         let size = 4u64 << 20;
-        assert!(m.check(0, 0).is_ok());
-        assert!(m.check(size - 2, 1).is_ok());
-        assert!(m.check(size - 1, 1).is_err(), "ending exactly at the top is refused");
-        assert!(m.check(size, 0).is_err());
-        assert!(m.check(1, u64::MAX).is_err(), "overflow");
-        assert!(m.check(u64::MAX, 1).is_err());
+        assert!(m.readable(Gpa(0), 0).is_ok());
+        assert!(m.readable(Gpa(size - 2), 1).is_ok());
+        assert!(m.writable(Gpa(size - 2), 1).is_ok());
+        assert!(m.readable(Gpa(size - 1), 1).is_err(), "ending exactly at the top is refused");
+        assert!(m.readable(Gpa(size), 0).is_err());
+        assert!(m.readable(Gpa(1), u64::MAX).is_err(), "overflow");
+        assert!(m.writable(Gpa(0x20_0000), u64::MAX - 0x10_0000).is_err(), "wrapping");
+        assert!(m.readable(Gpa(u64::MAX), 1).is_err());
         m.set_guest_size(2 << 20);
-        assert!(m.check((2 << 20) - 8, 8).is_err(), "the ring is excluded");
+        assert!(m.readable(Gpa((2 << 20) - 8), 8).is_err(), "the ring is excluded");
         assert_eq!(InvalidAccess { gpa: 0x10, len: 3 }.to_string(), "Invalid guest access: gpa=0x10, sz=3");
     }
 
@@ -189,10 +342,39 @@ mod tests {
     fn objects_round_trip() {
         let m = GuestMemory::new(2 << 20).unwrap();
         let v = solo5_abi::hvt::HcPuts { data: 0x1234, len: 7 };
-        m.write_obj(0x3001, &v).unwrap();
-        let r: solo5_abi::hvt::HcPuts = m.read_obj(0x3001).unwrap();
+        let mut a = m.arg::<solo5_abi::hvt::HcPuts>(Gpa(0x10_3001)).unwrap();
+        a.set(&v);
+        let r: solo5_abi::hvt::HcPuts = m.read_obj(Gpa(0x10_3001)).unwrap();
         assert_eq!((r.data, r.len), (0x1234, 7));
-        assert!(m.read_obj::<solo5_abi::hvt::HcPuts>((2 << 20) - 16).is_err());
+        assert_eq!(a.get().data, 0x1234);
+        assert!(m.read_obj::<solo5_abi::hvt::HcPuts>(Gpa((2 << 20) - 16)).is_err());
         assert!(m.load((2 << 20) - 1, &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn the_host_never_writes_where_the_guest_may_not() {
+        let m = GuestMemory::new(4 << 20).unwrap();
+        // Low memory: the tender's tables and the boot information.
+        assert!(m.writable(Gpa(0), 8).is_err(), "the zero page");
+        assert!(m.writable(Gpa(0x2000), 8).is_err(), "the page tables");
+        assert!(m.arg::<solo5_abi::hvt::HcWalltime>(Gpa(0x10000)).is_err(), "the boot information");
+        assert!(m.writable(Gpa(0xf_fff8), 16).is_err(), "straddling the start of the image");
+        assert!(m.readable(Gpa(0x10000), 56).is_ok(), "the host may read it");
+        assert!(m.writable(Gpa(0x10_0000), 16).is_ok());
+        // A read-only segment (text) between writable ones.
+        m.protect(0x10_1000, 0x10_3000, libc::PROT_READ).unwrap();
+        assert!(m.writable(Gpa(0x10_1000), 1).is_err());
+        assert!(m.writable(Gpa(0x10_2fff), 1).is_err(), "the last byte");
+        assert!(m.writable(Gpa(0x10_0ff8), 16).is_err(), "straddling its start");
+        assert!(m.writable(Gpa(0x10_2ff8), 16).is_err(), "straddling its end");
+        assert!(m.writable(Gpa(0x10_0000), 0x10_0000).is_err(), "covering it");
+        assert!(m.writable(Gpa(0x10_0ff8), 8).is_ok(), "ending at its start");
+        assert!(m.writable(Gpa(0x10_3000), 8).is_ok(), "starting at its end");
+        assert!(m.writable(Gpa(0x10_1800), 0).is_err(), "an empty range inside it");
+        assert!(m.readable(Gpa(0x10_1000), 0x2000).is_ok());
+        // A segment with no access at all cannot even be read.
+        m.protect(0x10_4000, 0x10_5000, libc::PROT_NONE).unwrap();
+        assert!(m.readable(Gpa(0x10_4800), 8).is_err());
+        assert!(m.read_obj::<u64>(Gpa(0x10_3ffc)).is_err());
     }
 }

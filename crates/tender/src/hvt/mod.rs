@@ -19,8 +19,9 @@ use solo5_abi::mft::MftType;
 use solo5_abi::note::AbiTarget;
 use solo5_abi::ring::RING_RESERVED_SIZE;
 
-use crate::cli::{self, option_str};
-use crate::devices::{BLOCK_USAGE, Devices, Handled, NET_USAGE};
+use crate::cli;
+use crate::devices::{BLOCK_USAGE, Devices, NET_USAGE};
+use crate::host;
 use crate::seccomp::{Arg, Policy};
 use crate::{Exit, exe, fatal, strerror, warn};
 
@@ -31,7 +32,7 @@ pub mod x86;
 
 use hypercall::{Hypercalls, Outcome};
 use memory::GuestMemory;
-use ring::RingThread;
+use ring::{Failure, RingThread, VcpuStopper};
 
 /// The usage text.
 pub fn usage(prog: &str) -> String {
@@ -97,6 +98,10 @@ extern "C" fn on_signal(signo: libc::c_int) {
     }
 }
 
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    // Nothing: the signal only interrupts KVM_RUN or a POLL's epoll_pwait.
+}
+
 fn install_signal_handlers() -> Result<(), Exit> {
     let _ = SIGNAL_PREFIX.set(format!("{}: ", crate::prog()).into_bytes());
     for sig in [libc::SIGINT, libc::SIGTERM] {
@@ -111,6 +116,16 @@ fn install_signal_handlers() -> Result<(), Exit> {
             }
         }
     }
+    // SAFETY: as above; no SA_RESTART, so that the signal interrupts the
+    // system call under way.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_stop_signal as *const () as usize;
+        libc::sigfillset(&mut sa.sa_mask);
+        if libc::sigaction(ring::STOP_SIGNAL, &sa, std::ptr::null_mut()) != 0 {
+            return Err(fatal!("Could not install signal handler: {}", strerror(&std::io::Error::last_os_error())));
+        }
+    }
     Ok(())
 }
 
@@ -120,19 +135,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     let cl = cli::split(args)?;
     let exe = exe::open(&cl.kernel, AbiTarget::Hvt, hvt::ABI_VERSION)?;
     let mut devices = Devices::new(exe.manifest.clone());
-    let mut mem_size = hvt::DEFAULT_MEM_SIZE;
-    for opt in &cl.options {
-        let arg = option_str(opt);
-        let handled = if let Some(m) = cli::parse_mem(arg) {
-            mem_size = m?;
-            true
-        } else {
-            devices.block_option(arg)? == Handled::Yes || devices.net_option(arg)? == Handled::Yes
-        };
-        if !handled {
-            return Err(Exit::Usage(Some(format!("Invalid option: `{}'", opt.to_string_lossy()))));
-        }
-    }
+    let mem_size = host::parse_options(&cl, &mut devices, hvt::DEFAULT_MEM_SIZE, |_| false)?;
     install_signal_handlers()?;
 
     let mut mem_size = adjust_mem_size(mem_size)?;
@@ -179,11 +182,12 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
         .attached(MftType::NetBasic)
         .filter_map(|i| devices.get(i as u64, MftType::NetBasic).map(|(_, fd)| (i as u32, fd)))
         .collect();
+    let failure = Arc::new(Failure::new(VcpuStopper::for_this_thread(&mut vcpu)));
     let mut ring_thread = None;
     if let (Some(gpa), true) = (ring_gpa, vm.has_ioeventfd)
-        && let Some(efd) = ring::kick_eventfd(vm.vm_fd())
+        && let Some(efd) = ring::kick_eventfd(&vm.vm)
     {
-        ring_thread = Some(RingThread::start(vm.mem.clone(), gpa, nics.clone(), efd)?);
+        ring_thread = Some(RingThread::start(vm.mem.clone(), gpa, nics.clone(), efd, failure.clone())?);
     }
     devices.check_all_attached()?;
 
@@ -207,13 +211,17 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     vm.mem.load(mft_gpa, &manifest).map_err(low)?;
     vm.mem.load(cmdline_gpa, &cmdline).map_err(low)?;
 
-    let mut hypercalls = Hypercalls::new(&vm.mem, devices)?;
-    drop_privileges(&hypercalls, &vcpu, &nics, ring_active)?;
-    let status = vcpu_loop(&mut vcpu, &mut hypercalls, vm.mem.alloc_size());
+    let mut hypercalls = Hypercalls::new(&vm.mem, devices, failure.clone())?;
+    drop_privileges(&hypercalls, &vcpu, &nics, ring_thread.as_ref())?;
+    let status = vcpu_loop(&mut vcpu, &mut hypercalls, &failure, vm.mem.alloc_size());
     if let Some(mut t) = ring_thread {
         t.stop();
     }
-    status
+    // The I/O thread may have failed while the guest was halting.
+    match failure.take() {
+        Some(e) => Err(e),
+        None => status,
+    }
 }
 
 /// The KVM virtual machine: one vCPU, one memory slot, no interrupt
@@ -265,11 +273,6 @@ impl Vm {
         Ok(Vm { kvm, vm, mem: Arc::new(mem), has_ioeventfd })
     }
 
-    fn vm_fd(&self) -> i32 {
-        use std::os::fd::AsRawFd;
-        self.vm.as_raw_fd()
-    }
-
     /// Creates the vCPU in its entry state; returns it with the TSC frequency.
     fn init_vcpu(&self, entry: u64) -> Result<(VcpuFd, u64), Exit> {
         let vcpu = self.vm.create_vcpu(0).map_err(kvm_err("CREATE_VCPU"))?;
@@ -293,20 +296,14 @@ impl Vm {
     }
 }
 
-fn drop_privileges(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], ring_active: bool) -> Result<(), Exit> {
-    // SAFETY: personality(0xffffffff) only queries the current persona.
-    let persona = unsafe { libc::personality(0xffff_ffff) };
-    if persona >= 0 && persona & libc::READ_IMPLIES_EXEC != 0 {
-        return Err(fatal!(
-            "Cowardly refusing to run with a sys_personality of READ_IMPLIES_EXEC. Please report a bug, with details of your Linux distribution and GCC version"
-        ));
-    }
-    policy(hc, vcpu, nics, ring_active).apply(true)
+fn drop_privileges(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], ring: Option<&RingThread>) -> Result<(), Exit> {
+    host::refuse_read_implies_exec()?;
+    policy(hc, vcpu, nics, ring.map(RingThread::eventfd)).apply(true)
 }
 
 /// What the tender may do once the guest runs. `TSYNC` extends it to the
 /// net I/O thread.
-pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], ring_active: bool) -> Policy {
+pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], ring_eventfd: Option<i32>) -> Policy {
     use std::os::fd::AsRawFd;
     let vcpu_fd = vcpu.as_raw_fd() as u64;
     let (epoll, timer) = hc.wait_fds();
@@ -340,12 +337,16 @@ pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], rin
         p.when(libc::SYS_read, &[Arg::Int(0, fd as u64)], "NET_READ and the ring's reads")
             .when(libc::SYS_write, &[Arg::Int(0, fd as u64)], "NET_WRITE and the ring's writes");
     }
-    if ring_active {
-        // The I/O thread sleeps on and is woken through its eventfd; any
-        // descriptor number is allowed for these two because the eventfd is
-        // owned by the thread, and reads and writes of 8 bytes are harmless.
-        p.when(libc::SYS_read, &[Arg::Eq(2, 8)], "the net I/O thread's eventfd")
-            .when(libc::SYS_write, &[Arg::Eq(2, 8)], "waking the net I/O thread");
+    if let Some(efd) = ring_eventfd {
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() } as u64;
+        p.when(libc::SYS_read, &[Arg::Int(0, efd as u64), Arg::Eq(2, 8)], "the net I/O thread sleeps on its eventfd")
+            .when(libc::SYS_write, &[Arg::Int(0, efd as u64), Arg::Eq(2, 8)], "waking the net I/O thread to stop it")
+            .when(
+                libc::SYS_tgkill,
+                &[Arg::Int(0, pid), Arg::Int(2, ring::STOP_SIGNAL as u64)],
+                "the net I/O thread stops the vCPU to report its error",
+            );
     }
     p
 }
@@ -359,9 +360,12 @@ fn rip(vcpu: &VcpuFd) -> u64 {
     vcpu.get_regs().map(|r| r.rip).unwrap_or(0)
 }
 
-fn vcpu_loop(vcpu: &mut VcpuFd, hc: &mut Hypercalls<'_>, alloc_size: u64) -> Result<i32, Exit> {
+fn vcpu_loop(vcpu: &mut VcpuFd, hc: &mut Hypercalls<'_>, failure: &Failure, alloc_size: u64) -> Result<i32, Exit> {
     let base = hvt::HYPERCALL_PIO_BASE;
     loop {
+        if let Some(e) = failure.take() {
+            return Err(e);
+        }
         let exit = match vcpu.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
@@ -376,7 +380,7 @@ fn vcpu_loop(vcpu: &mut VcpuFd, hc: &mut Hypercalls<'_>, alloc_size: u64) -> Res
                     return Err(fatal!("Invalid guest port access: port=0x{port:x}"));
                 }
                 let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
-                if let Outcome::Halt(status) = hc.handle(port - base, gpa)? {
+                if let Outcome::Halt(status) = hc.handle(port - base, memory::Gpa(gpa))? {
                     return Ok(status);
                 }
             }

@@ -8,79 +8,158 @@
 //! commit. Every guest address in an entry is bounds-checked, and a guest
 //! that breaks the protocol is stopped with a message.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering, fence};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use solo5_abi::SoloResult;
 use solo5_abi::ring::{OP_NET_READ, OP_NET_WRITE, RING_MASK, RING_POLL_ITERS, RING_SIZE, Ring};
+use vmm_sys_util::eventfd::EventFd;
 
-use super::memory::GuestMemory;
+use super::memory::{GuestMemory, Gpa};
 use crate::{Exit, fatal, strerror, warn};
 
 /// The running I/O thread.
 #[derive(Debug)]
 pub struct RingThread {
     stop: Arc<AtomicBool>,
-    eventfd: Arc<OwnedFd>,
+    eventfd: Arc<EventFd>,
     handle: Option<JoinHandle<()>>,
 }
 
 /// A NIC the thread may serve: manifest index and tap descriptor.
 pub type Nic = (u32, i32);
 
-/// `KVM_IOEVENTFD` = `_IOW(KVMIO, 0x79, struct kvm_ioeventfd)`.
-const KVM_IOEVENTFD: libc::c_ulong = 0x4040_AE79;
-const KVM_IOEVENTFD_FLAG_PIO: u32 = 1 << 1;
-
-/// Creates the kick eventfd and binds it to the kick port of `vm_fd`. On
+/// Creates the kick eventfd and binds it to the kick port of `vm`. On
 /// failure the tender falls back to hypercalls, as Solo5 does.
-pub fn kick_eventfd(vm_fd: i32) -> Option<OwnedFd> {
-    // SAFETY: plain eventfd(2); the result is checked.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if efd < 0 {
-        warn(format_args!("eventfd() failed, falling back to hypercalls: {}", strerror(&std::io::Error::last_os_error())));
-        return None;
-    }
-    // SAFETY: efd is fresh and owned by nothing else.
-    let efd = unsafe { OwnedFd::from_raw_fd(efd) };
-    let mut ioev = kvm_bindings::kvm_ioeventfd {
-        datamatch: 0,
-        addr: solo5_abi::hvt::RING_KICK_PIO_BASE as u64,
-        len: 4,
-        fd: efd.as_raw_fd(),
-        flags: KVM_IOEVENTFD_FLAG_PIO,
-        ..Default::default()
+pub fn kick_eventfd(vm: &VmFd) -> Option<EventFd> {
+    let efd = match EventFd::new(libc::EFD_CLOEXEC) {
+        Ok(efd) => efd,
+        Err(e) => {
+            warn(format_args!("eventfd() failed, falling back to hypercalls: {}", strerror(&e.into())));
+            return None;
+        }
     };
-    // SAFETY: KVM_IOEVENTFD reads a struct kvm_ioeventfd, which ioev is.
-    if unsafe { libc::ioctl(vm_fd, KVM_IOEVENTFD, &mut ioev) } < 0 {
-        warn(format_args!(
-            "KVM_IOEVENTFD failed, falling back to hypercalls: {}",
-            strerror(&std::io::Error::last_os_error())
-        ));
+    let port = IoEventAddress::Pio(u64::from(solo5_abi::hvt::RING_KICK_PIO_BASE));
+    if let Err(e) = vm.register_ioevent(&efd, &port, NoDatamatch) {
+        let e = std::io::Error::from_raw_os_error(e.errno());
+        warn(format_args!("KVM_IOEVENTFD failed, falling back to hypercalls: {}", strerror(&e)));
         return None;
     }
     Some(efd)
+}
+
+/// How the I/O thread ends the guest: it leaves its error here and stops
+/// the vCPU, whose loop returns the error to the one place that maps errors
+/// to exit statuses ([`crate::exit_with`]). Only that thread exits the
+/// process.
+#[derive(Debug)]
+pub struct Failure {
+    exit: Mutex<Option<Exit>>,
+    vcpu: VcpuStopper,
+}
+
+/// What stops the vCPU from another thread: KVM's `immediate_exit` flag in
+/// the vCPU's shared `kvm_run` page, which makes the next `KVM_RUN` return
+/// `EINTR` at once, and a signal that interrupts a `KVM_RUN` (or a POLL's
+/// `epoll_pwait`) already under way.
+#[derive(Debug)]
+pub struct VcpuStopper {
+    /// The process's id (asked once: the seccomp filter forbids getpid).
+    pid: libc::pid_t,
+    /// The vCPU thread's id.
+    tid: libc::pid_t,
+    /// `kvm_run.immediate_exit` in the vCPU's mapping, which lives as long
+    /// as the vCPU, and so as long as the tender runs the guest.
+    immediate_exit: *const AtomicU8,
+}
+
+// SAFETY: the pointer is to a byte of the kvm_run mapping, which outlives
+// every thread that holds the stopper (the I/O thread is joined before the
+// vCPU is dropped); the byte is only accessed atomically.
+unsafe impl Send for VcpuStopper {}
+// SAFETY: as above.
+unsafe impl Sync for VcpuStopper {}
+
+/// The signal that interrupts the vCPU thread; its handler does nothing.
+pub const STOP_SIGNAL: libc::c_int = libc::SIGUSR1;
+
+impl VcpuStopper {
+    /// The stopper of the vCPU run on the calling thread.
+    pub fn for_this_thread(vcpu: &mut kvm_ioctls::VcpuFd) -> VcpuStopper {
+        let run = vcpu.get_kvm_run();
+        VcpuStopper {
+            // SAFETY: getpid and gettid have no preconditions.
+            pid: unsafe { libc::getpid() },
+            // SAFETY: as above.
+            tid: unsafe { libc::gettid() },
+            immediate_exit: std::ptr::addr_of_mut!(run.immediate_exit).cast::<AtomicU8>(),
+        }
+    }
+
+    fn stop(&self) {
+        // SAFETY: the pointer is valid (see VcpuStopper); u8 and AtomicU8
+        // have the same layout.
+        unsafe { &*self.immediate_exit }.store(1, Ordering::SeqCst);
+        // SAFETY: signals our own process's vCPU thread; the handler of
+        // STOP_SIGNAL does nothing.
+        unsafe { libc::syscall(libc::SYS_tgkill, self.pid, self.tid, STOP_SIGNAL) };
+    }
+}
+
+impl Failure {
+    /// A failure slot for the vCPU that `vcpu` stops.
+    pub fn new(vcpu: VcpuStopper) -> Failure {
+        Failure { exit: Mutex::new(None), vcpu }
+    }
+
+    /// Records `exit` (the first one wins) and stops the vCPU.
+    fn fail(&self, exit: Exit) {
+        let mut slot = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(exit);
+        }
+        drop(slot);
+        self.vcpu.stop();
+    }
+
+    /// The error the I/O thread left, if any.
+    pub fn take(&self) -> Option<Exit> {
+        self.exit.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Whether the I/O thread has failed.
+    pub fn failed(&self) -> bool {
+        self.exit.lock().map(|s| s.is_some()).unwrap_or(true)
+    }
 }
 
 struct Worker {
     mem: Arc<GuestMemory>,
     ring_gpa: u64,
     nics: Vec<Nic>,
-    eventfd: Arc<OwnedFd>,
+    eventfd: Arc<EventFd>,
     stop: Arc<AtomicBool>,
+    failure: Arc<Failure>,
 }
 
 impl RingThread {
-    /// Starts serving the ring at `ring_gpa`.
-    pub fn start(mem: Arc<GuestMemory>, ring_gpa: u64, nics: Vec<Nic>, eventfd: OwnedFd) -> Result<RingThread, Exit> {
+    /// Starts serving the ring at `ring_gpa`; a failure ends up in `failure`.
+    pub fn start(
+        mem: Arc<GuestMemory>,
+        ring_gpa: u64,
+        nics: Vec<Nic>,
+        eventfd: EventFd,
+        failure: Arc<Failure>,
+    ) -> Result<RingThread, Exit> {
         if mem.host_ptr(ring_gpa, std::mem::size_of::<Ring>() as u64).is_none() {
             return Err(fatal!("net ring at 0x{ring_gpa:x} is outside guest memory"));
         }
         let stop = Arc::new(AtomicBool::new(false));
         let eventfd = Arc::new(eventfd);
-        let worker = Worker { mem, ring_gpa, nics, eventfd: eventfd.clone(), stop: stop.clone() };
+        let worker = Worker { mem, ring_gpa, nics, eventfd: eventfd.clone(), stop: stop.clone(), failure };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("net-ring".into())
@@ -98,12 +177,15 @@ impl RingThread {
         Ok(RingThread { stop, eventfd, handle: Some(handle) })
     }
 
+    /// The thread's eventfd, which the seccomp policy must let it read.
+    pub fn eventfd(&self) -> i32 {
+        self.eventfd.as_raw_fd()
+    }
+
     /// Stops the thread and waits for it (the HALT hook).
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let one = 1u64;
-        // SAFETY: writing 8 bytes from a live u64 to our eventfd.
-        unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        let _ = self.eventfd.write(1);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -116,21 +198,14 @@ impl Drop for RingThread {
     }
 }
 
-/// Ends the tender from the I/O thread: the guest broke the protocol or the
-/// host failed.
-fn die(msg: String) -> ! {
-    warn(msg);
-    std::process::exit(1)
-}
-
 impl Worker {
-    fn ring(&self) -> &Ring {
-        let p = self.mem.host_ptr(self.ring_gpa, std::mem::size_of::<Ring>() as u64).expect("checked in start()");
+    fn ring(&self) -> Option<&Ring> {
+        let p = self.mem.host_ptr(self.ring_gpa, std::mem::size_of::<Ring>() as u64)?;
         // SAFETY: the range is inside the guest mapping, which lives as long
         // as self.mem; the ring GPA is 2 MiB aligned, so the struct is
         // aligned; every field of Ring is an atomic, so sharing it with the
         // guest (which may write anything at any time) is sound.
-        unsafe { &*p.cast::<Ring>() }
+        Some(unsafe { &*p.cast::<Ring>() })
     }
 
     fn nic_fd(&self, handle: u32) -> Option<i32> {
@@ -138,7 +213,13 @@ impl Worker {
     }
 
     fn run(self) {
-        let ring = self.ring();
+        if let Err(e) = self.serve() {
+            self.failure.fail(e);
+        }
+    }
+
+    fn serve(&self) -> Result<(), Exit> {
+        let ring = self.ring().ok_or_else(|| fatal!("net ring at 0x{:x} is outside guest memory", self.ring_gpa))?;
         while !self.stop.load(Ordering::Relaxed) {
             let mut found = false;
             for _ in 0..RING_POLL_ITERS {
@@ -151,28 +232,27 @@ impl Worker {
             if !found {
                 ring.needs_kick.store(1, Ordering::SeqCst);
                 fence(Ordering::SeqCst);
-                if ring.ent_head.load(Ordering::Acquire) == ring.ent_tail.load(Ordering::Acquire) {
-                    let mut val = 0u64;
-                    // SAFETY: reading 8 bytes into a live u64 from our eventfd.
-                    let r = unsafe { libc::read(self.eventfd.as_raw_fd(), (&mut val as *mut u64).cast(), 8) };
-                    if r <= 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                        break;
-                    }
+                if ring.ent_head.load(Ordering::Acquire) == ring.ent_tail.load(Ordering::Acquire)
+                    && let Err(e) = self.eventfd.read()
+                    && e.kind() != std::io::ErrorKind::Interrupted
+                {
+                    return Err(fatal!("net I/O thread: reading its eventfd failed: {}", strerror(&e)));
                 }
                 ring.needs_kick.store(0, Ordering::Release);
             }
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
-            self.process(ring);
+            self.process(ring)?;
         }
+        Ok(())
     }
 
-    fn process(&self, ring: &Ring) {
+    fn process(&self, ring: &Ring) -> Result<(), Exit> {
         let tail = ring.ent_tail.load(Ordering::Acquire);
         let mut head = ring.ent_head.load(Ordering::Relaxed);
         if tail.wrapping_sub(head) > RING_SIZE {
-            die(format!(
+            return Err(fatal!(
                 "net ring: guest submitted {} entries, the ring holds {RING_SIZE}",
                 tail.wrapping_sub(head)
             ));
@@ -187,17 +267,18 @@ impl Worker {
             match op {
                 OP_NET_WRITE => {
                     if let Some(fd) = self.nic_fd(handle) {
-                        let p = self
+                        let frame = self
                             .mem
-                            .check(data, len as u64)
-                            .unwrap_or_else(|e| die(format!("net ring write: {e}")));
-                        // SAFETY: the frame was checked to lie in guest memory.
-                        let n = unsafe { libc::write(fd, p.cast(), len as usize) };
+                            .readable(Gpa(data), len as u64)
+                            .map_err(|e| fatal!("net ring write: {e}"))?;
+                        // SAFETY: the slice is checked, readable guest memory.
+                        let n = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
                         if n < 0 {
-                            die(format!("Fatal write error on net device: {}", strerror(&std::io::Error::last_os_error())));
+                            let e = std::io::Error::last_os_error();
+                            return Err(fatal!("Fatal write error on net device: {}", strerror(&e)));
                         }
                         if n as u64 != len as u64 {
-                            die(format!("Fatal write error: wrote only {n} out of {len} bytes"));
+                            return Err(fatal!("Fatal write error: wrote only {n} out of {len} bytes"));
                         }
                     }
                     pending_writes += 1;
@@ -212,12 +293,12 @@ impl Worker {
                     let (ret, got) = match self.nic_fd(handle) {
                         None => (SoloResult::Inval, 0),
                         Some(fd) => {
-                            let p = self
+                            let mut buf = self
                                 .mem
-                                .check(data, len as u64)
-                                .unwrap_or_else(|e| die(format!("net ring read: {e}")));
-                            // SAFETY: the buffer was checked to lie in guest memory.
-                            let n = unsafe { libc::read(fd, p.cast(), len as usize) };
+                                .writable(Gpa(data), len as u64)
+                                .map_err(|e| fatal!("net ring read: {e}"))?;
+                            // SAFETY: the slice is checked, writable guest memory.
+                            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
                             if n > 0 {
                                 (SoloResult::Ok, n as u32)
                             } else if n == 0
@@ -248,5 +329,6 @@ impl Worker {
         if pending_writes > 0 {
             ring.ent_head.store(head, Ordering::Release);
         }
+        Ok(())
     }
 }

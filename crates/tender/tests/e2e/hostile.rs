@@ -1,10 +1,23 @@
 //! Hostile guests: every bad pointer, length, handle or port ends the guest
-//! with a message from the tender and status 1; the tender never panics.
+//! with a message from the tender and status 1; the tender never panics
+//! and is never killed by a signal, not even when the guest asks it to
+//! write into the guest's own read-only text.
 
-use testkit::{Scratch, boot};
+use std::time::Duration;
+
+use testkit::{Background, Netns, Scratch, boot, guest, tender};
 use crate::{Case, Needs, case};
 
 const HVT: Needs = Needs::Target("hvt");
+
+/// Boots the block-declaring hostile guest on hvt with case `what`.
+fn hostile(what: &str) -> Result<testkit::Run, String> {
+    let dir = Scratch::new("hostile");
+    let disk = dir.file("disk.img", 1 << 20);
+    let r = boot("hvt", &[&format!("--block:storage={}", disk.display())], "hostile", &[what])?;
+    no_panic(&r)?;
+    Ok(r)
+}
 
 fn no_panic(r: &testkit::Run) -> Result<(), String> {
     if r.stderr.contains("panicked") || r.stderr.contains("RUST_BACKTRACE") {
@@ -13,7 +26,79 @@ fn no_panic(r: &testkit::Run) -> Result<(), String> {
     Ok(())
 }
 
+/// The address a case used, as the guest printed it (`hostile: gpa=0x...`).
+fn printed_gpa(out: &str) -> Result<String, String> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("hostile: gpa="))
+        .map(str::to_string)
+        .ok_or_else(|| format!("the guest did not print its address:\n{out}"))
+}
+
+/// The memory the host must not write for the guest: what the tender says
+/// for each case, given the address the guest used.
+const PROTECTED: &[(&str, &str, u64)] = &[
+    ("walltime-ro", "Walltime", 8),
+    ("poll-ro", "Poll", 24),
+    ("blkread-arg-ro", "BlockRead", 40),
+    ("blkwrite-arg-ro", "BlockWrite", 40),
+    ("blkread-data-ro", "BlockRead", 512),
+    ("blkread-data-edge", "BlockRead", 512),
+    ("poll-edge", "Poll", 24),
+    ("walltime-zero-low", "Walltime", 8),
+    ("poll-pagetables-low", "Poll", 24),
+    ("walltime-bootinfo-low", "Walltime", 8),
+    ("blkread-data-low", "BlockRead", 512),
+];
+
+/// The same through the network hypercalls and the net ring: the message,
+/// with `{gpa}` for the address the guest printed.
+const PROTECTED_NET: &[(&str, &str)] = &[
+    ("netread-arg-ro", "NetRead hypercall: Invalid guest access: gpa={gpa}, sz=32"),
+    ("netwrite-arg-ro", "NetWrite hypercall: Invalid guest access: gpa={gpa}, sz=32"),
+    ("netread-data-ro", "NetRead hypercall: Invalid guest access: gpa={gpa}, sz=1514"),
+    ("netwrite-data-oob", "NetWrite hypercall: Invalid guest access: gpa=0xfff00000, sz=60"),
+    ("ring-read-ro", "net ring read: Invalid guest access: gpa={gpa}, sz=1514"),
+    ("ring-write-oob", "net ring write: Invalid guest access: gpa=0xfff00000, sz=60"),
+    ("ring-overflow", "net ring: guest submitted 1025 entries, the ring holds 1024"),
+];
+
 pub fn cases(v: &mut Vec<Case>) {
+    for &(what, hc, size) in PROTECTED {
+        v.push(case(format!("hvt::hostile_{what}"), HVT, move || {
+            let r = hostile(what)?;
+            r.expect_status(1)?;
+            let gpa = printed_gpa(&r.stdout)?;
+            r.expect_stderr(&format!("{hc} hypercall: Invalid guest access: gpa={gpa}, sz={size}\n"))
+        }));
+    }
+    for (what, status, out) in [("blkwrite-data-ro", 0, "SUCCESS"), ("halt-cookie-ro", 7, "hostile: halt-cookie-ro")] {
+        v.push(case(format!("hvt::hostile_{what}_is_allowed"), HVT, move || {
+            let r = hostile(what)?;
+            r.expect_status(status)?;
+            r.expect_stdout(out)
+        }));
+    }
+    for &(what, message) in PROTECTED_NET {
+        v.push(case(format!("hvt::hostile_{what}"), Needs::Net("hvt"), move || {
+            let ns = Netns::new()?;
+            let mut c = ns.command(tender("hvt"));
+            c.arg("--net:service=tap0").arg(guest("hvt", "hostile-net")?).arg(what);
+            let mut g = Background::start(c)?;
+            let status = g.wait(Duration::from_secs(30))?;
+            let out = g.output();
+            if out.contains("panicked") || out.contains("the tender accepted") {
+                return Err(format!("the tender accepted {what} or panicked:\n{out}"));
+            }
+            if status != 1 {
+                return Err(format!("status {status} instead of 1 (a signal is 128 + its number):\n{out}"));
+            }
+            let want = if message.contains("{gpa}") { message.replace("{gpa}", &printed_gpa(&out)?) } else { message.into() };
+            if !out.contains(&want) {
+                return Err(format!("expected {want:?}:\n{out}"));
+            }
+            Ok(())
+        }));
+    }
     let fatal: &[(&str, &str)] = &[
         ("puts-ptr", "Puts hypercall: Invalid guest access: gpa=0xffff0000, sz=16"),
         ("puts-len", "Puts hypercall: Invalid guest access: gpa=0x"),
@@ -33,10 +118,7 @@ pub fn cases(v: &mut Vec<Case>) {
     ];
     for &(what, message) in fatal {
         v.push(case(format!("hvt::hostile_{what}"), HVT, move || {
-            let dir = Scratch::new("hostile");
-            let disk = dir.file("disk.img", 1 << 20);
-            let r = boot("hvt", &[&format!("--block:storage={}", disk.display())], "hostile", &[what])?;
-            no_panic(&r)?;
+            let r = hostile(what)?;
             r.expect_status(1)?;
             r.expect_stderr(message)?;
             if r.stdout.contains("the tender accepted") {

@@ -2,6 +2,13 @@
 //! Each one must end the guest with a message from the tender and status 1,
 //! or (for bad handles and block ranges) fail with EINVAL. The manifest
 //! declares one block device, "storage", so the block hypercalls exist.
+//!
+//! The `-ro`, `-low` and `-edge` cases name memory the host must not write
+//! on the guest's behalf: the image's text (mapped read-only on the host, so
+//! a write there would kill the tender with SIGSEGV), low memory (the
+//! tender's page tables and the boot information), and ranges straddling
+//! the end of the read-only segment. The guest prints the address it uses
+//! (`hostile: gpa=0x...`) so the test can check the tender's message.
 #![no_std]
 #![no_main]
 
@@ -21,6 +28,39 @@ fn call<T>(hc: Hypercall, arg: &mut T) {
     raw(hc.port(), arg as *mut T as u64);
 }
 
+unsafe extern "C" {
+    /// The end of the read-only segment's contents (the linker script's).
+    static _erodata: u8;
+}
+
+/// An address in the image's text.
+fn text() -> u64 {
+    start as usize as u64
+}
+
+/// Eight bytes before the end of the last read-only page: an argument
+/// there straddles into the writable data after it.
+fn ro_edge() -> u64 {
+    // SAFETY: only the symbol's address is taken.
+    let end = unsafe { core::ptr::addr_of!(_erodata) } as u64;
+    end.next_multiple_of(0x1000) - 8
+}
+
+/// Shows the address a case uses, then makes hypercall `hc` with it.
+fn at(hc: Hypercall, gpa: u64) {
+    solo5::println!("hostile: gpa=0x{gpa:x}");
+    solo5::console::flush();
+    raw(hc.port(), gpa);
+}
+
+/// A block request whose data buffer is at `data`.
+fn block_at(hc: Hypercall, data: u64) {
+    solo5::println!("hostile: gpa=0x{data:x}");
+    solo5::console::flush();
+    let mut r = HcBlockRead { handle: 1, offset: 0, data, len: 512, ret: 0, _pad: 0 };
+    call(hc, &mut r);
+}
+
 fn start(si: &solo5::StartInfo) -> i32 {
     let what = si.cmdline.split_whitespace().next().unwrap_or("");
     let msg = b"hostile\n";
@@ -37,6 +77,32 @@ fn start(si: &solo5::StartInfo) -> i32 {
         "poll-oob" => raw(Hypercall::Poll.port(), 0xfff0_0000),
         "walltime-oob" => raw(Hypercall::Walltime.port(), 0xfff0_0000),
         "halt-cookie" => call(Hypercall::Halt, &mut HcHalt { cookie: 0xffff_f000, exit_status: 3, _pad: 0 }),
+        "walltime-ro" => at(Hypercall::Walltime, text()),
+        "poll-ro" => at(Hypercall::Poll, text()),
+        "blkread-arg-ro" => at(Hypercall::BlockRead, text()),
+        "blkwrite-arg-ro" => at(Hypercall::BlockWrite, text()),
+        "blkread-data-ro" => block_at(Hypercall::BlockRead, text()),
+        "blkread-data-edge" => block_at(Hypercall::BlockRead, ro_edge() - 256),
+        "poll-edge" => at(Hypercall::Poll, ro_edge()),
+        "walltime-zero-low" => at(Hypercall::Walltime, 0),
+        "poll-pagetables-low" => at(Hypercall::Poll, 0x2000),
+        "walltime-bootinfo-low" => at(Hypercall::Walltime, 0x10000),
+        "blkread-data-low" => block_at(Hypercall::BlockRead, 0xf_ff00),
+        "blkwrite-data-ro" => {
+            // Reading the guest's text to write it to disk is allowed.
+            let mut r = HcBlockWrite { handle: 1, offset: 0, data: text(), len: 512, ret: 0, _pad: 0 };
+            call(Hypercall::BlockWrite, &mut r);
+            if r.ret != 0 {
+                solo5::println!("FAILURE: writing the text to disk gave {}", r.ret);
+                return 1;
+            }
+            solo5::println!("SUCCESS: the text went to disk");
+            return 0;
+        }
+        "halt-cookie-ro" => {
+            // The cookie is only read: a trap frame in read-only memory is fine.
+            call(Hypercall::Halt, &mut HcHalt { cookie: text(), exit_status: 7, _pad: 0 });
+        }
         "nr0" => raw(0x500, 0),
         "port-high" => raw(0x509, 0),
         "port-low" => raw(0x4ff, 0),
