@@ -2,7 +2,8 @@
 //! tap device), hvt and spt, each in a network namespace of the test's
 //! own, against curl and against raw sockets: every status the server
 //! gives, persistent connections and pipelining, conditional and range
-//! requests, files from a tar disk image made by GNU tar, and hostile
+//! requests, the request details of issue 18 (redirects on this host,
+//! Host fields), files from a tar disk image made by GNU tar, and hostile
 //! clients (fuzzed heads, trickling clients, oversize bodies) while a
 //! well-behaved client keeps being served.
 
@@ -358,6 +359,43 @@ fn raw_requests() -> Result<(), String> {
     Ok(())
 }
 
+/// The details issue 18 found: a redirect that must stay on this host, a
+/// space in the target, Host fields, a future If-Modified-Since, and a
+/// chunk size far past the body limit (answered at once, not after the
+/// header timeout).
+fn request_details() -> Result<(), String> {
+    let (r, _) = raw(b"GET //docs HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?;
+    let location = r.head.lines().find_map(|l| l.strip_prefix("Location: ")).unwrap_or("");
+    if r.status != 301 || location != "/docs/" {
+        return Err(format!("GET //docs: {} to {location:?} (want 301 to \"/docs/\", never \"//docs/\", another host)", r.status));
+    }
+    for (request, want, what) in [
+        (&b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"[..], 400, "a space in the target"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "two Host fields"),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "Host: a b"),
+        (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400, "Host: a/b"),
+        (b"GET / HTTP/1.1\r\nHost: u@b\r\n\r\n", 400, "Host: u@b"),
+        (b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", 400, "two Host fields in HTTP/1.0"),
+    ] {
+        let (r, closed) = raw(request)?;
+        if r.status != want || !closed {
+            return Err(format!("{what}: {} (want {want}), closed {closed}", r.status));
+        }
+    }
+    let (r, _) = raw(b"GET / HTTP/1.1\r\nHost: 10.0.0.2:80\r\nIf-Modified-Since: Thu, 01 Jan 2099 00:00:00 GMT\r\nConnection: close\r\n\r\n")?;
+    if r.status != 200 || r.body != site("index.html") {
+        return Err(format!("If-Modified-Since in 2099: {} (want 200: a date past the server's clock is ignored)", r.status));
+    }
+    // The chunk's data never comes; the connection stays open.
+    let started = Instant::now();
+    let (r, closed) = raw(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffff\r\nabc")?;
+    let took = started.elapsed();
+    if r.status != 413 || !closed || took > Duration::from_millis(1500) {
+        return Err(format!("a chunk of 2^60 bytes: {} after {took:?}, closed {closed} (want 413 at once)", r.status));
+    }
+    Ok(())
+}
+
 /// Mutations of a good request, each on its own connection: the answer is
 /// a status line or a close, in time; never silence, never a crash.
 fn fuzz(seed: u64, count: usize) -> Result<(), String> {
@@ -595,6 +633,7 @@ pub fn cases(v: &mut Vec<Case>) {
             let mut g = start(&ns, t, None)?;
             serves_to_curl(&ns)?;
             ns.enter(raw_requests)??;
+            ns.enter(request_details)??;
             // The access log names each request.
             if !g.output().contains("\"GET /css/site.css HTTP/1.1\" 200") {
                 return Err(format!("no access log line:\n{}", g.output()));
