@@ -167,6 +167,18 @@ fn raw(request: &[u8]) -> Result<(Raw, bool), String> {
     Ok((r, closed))
 }
 
+/// Sends each request on its own connection: each must be answered with
+/// its status (named `what` in the error), and the connection closed.
+fn refused(cases: &[(&[u8], u16, &str)]) -> Result<(), String> {
+    for &(request, want, what) in cases {
+        let (r, closed) = raw(request)?;
+        if r.status != want || !closed {
+            return Err(format!("{what}: {} (want {want}), closed {closed}", r.status));
+        }
+    }
+    Ok(())
+}
+
 fn site(file: &str) -> Vec<u8> {
     std::fs::read(root().join("examples/static-website/htdocs").join(file)).unwrap_or_default()
 }
@@ -292,7 +304,7 @@ fn raw_requests() -> Result<(), String> {
         return Err("the server kept the connection after Connection: close".into());
     }
     // Statuses the curl command line cannot ask for.
-    for (request, want, what) in [
+    refused(&[
         (&b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"[..], 505, "HTTP/2.0"),
         (b"GET / HTTP/1.1\r\n\r\n", 400, "no Host"),
         (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400, "two lengths"),
@@ -300,12 +312,7 @@ fn raw_requests() -> Result<(), String> {
         (b"GET\x01/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "a control byte"),
         (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "a bad chunk size"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, "a TLS hello"),
-    ] {
-        let (r, closed) = raw(request)?;
-        if r.status != want || !closed {
-            return Err(format!("{what}: {} (want {want}), closed {closed}", r.status));
-        }
-    }
+    ])?;
     let (r, _) = raw(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")?;
     if r.status != 200 || !r.head.contains("Connection: keep-alive") {
         return Err(format!("HTTP/1.0 keep-alive: {r:?}"));
@@ -369,19 +376,14 @@ fn request_details() -> Result<(), String> {
     if r.status != 301 || location != "/docs/" {
         return Err(format!("GET //docs: {} to {location:?} (want 301 to \"/docs/\", never \"//docs/\", another host)", r.status));
     }
-    for (request, want, what) in [
+    refused(&[
         (&b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"[..], 400, "a space in the target"),
         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "two Host fields"),
         (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "Host: a b"),
         (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400, "Host: a/b"),
         (b"GET / HTTP/1.1\r\nHost: u@b\r\n\r\n", 400, "Host: u@b"),
         (b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", 400, "two Host fields in HTTP/1.0"),
-    ] {
-        let (r, closed) = raw(request)?;
-        if r.status != want || !closed {
-            return Err(format!("{what}: {} (want {want}), closed {closed}", r.status));
-        }
-    }
+    ])?;
     let (r, _) = raw(b"GET / HTTP/1.1\r\nHost: 10.0.0.2:80\r\nIf-Modified-Since: Thu, 01 Jan 2099 00:00:00 GMT\r\nConnection: close\r\n\r\n")?;
     if r.status != 200 || r.body != site("index.html") {
         return Err(format!("If-Modified-Since in 2099: {} (want 200: a date past the server's clock is ignored)", r.status));
