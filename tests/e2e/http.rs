@@ -2,7 +2,8 @@
 //! tap device), hvt and spt, each in a network namespace of the test's
 //! own, against curl and against raw sockets: every status the server
 //! gives, persistent connections and pipelining, conditional and range
-//! requests, files from a tar disk image made by GNU tar, and hostile
+//! requests, the request details of issue 18 (redirects on this host,
+//! Host fields), files from a tar disk image made by GNU tar, and hostile
 //! clients (fuzzed heads, trickling clients, oversize bodies) while a
 //! well-behaved client keeps being served.
 
@@ -166,6 +167,18 @@ fn raw(request: &[u8]) -> Result<(Raw, bool), String> {
     Ok((r, closed))
 }
 
+/// Sends each request on its own connection: each must be answered with
+/// its status (named `what` in the error), and the connection closed.
+fn refused(cases: &[(&[u8], u16, &str)]) -> Result<(), String> {
+    for &(request, want, what) in cases {
+        let (r, closed) = raw(request)?;
+        if r.status != want || !closed {
+            return Err(format!("{what}: {} (want {want}), closed {closed}", r.status));
+        }
+    }
+    Ok(())
+}
+
 fn site(file: &str) -> Vec<u8> {
     std::fs::read(root().join("examples/static-website/htdocs").join(file)).unwrap_or_default()
 }
@@ -291,7 +304,7 @@ fn raw_requests() -> Result<(), String> {
         return Err("the server kept the connection after Connection: close".into());
     }
     // Statuses the curl command line cannot ask for.
-    for (request, want, what) in [
+    refused(&[
         (&b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"[..], 505, "HTTP/2.0"),
         (b"GET / HTTP/1.1\r\n\r\n", 400, "no Host"),
         (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400, "two lengths"),
@@ -299,12 +312,7 @@ fn raw_requests() -> Result<(), String> {
         (b"GET\x01/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "a control byte"),
         (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "a bad chunk size"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400, "a TLS hello"),
-    ] {
-        let (r, closed) = raw(request)?;
-        if r.status != want || !closed {
-            return Err(format!("{what}: {} (want {want}), closed {closed}", r.status));
-        }
-    }
+    ])?;
     let (r, _) = raw(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")?;
     if r.status != 200 || !r.head.contains("Connection: keep-alive") {
         return Err(format!("HTTP/1.0 keep-alive: {r:?}"));
@@ -354,6 +362,38 @@ fn raw_requests() -> Result<(), String> {
     match s.read(&mut one) {
         Ok(0) if started.elapsed() >= Duration::from_millis(2500) => {}
         other => return Err(format!("an idle connection: {other:?} after {:?}", started.elapsed())),
+    }
+    Ok(())
+}
+
+/// The details issue 18 found: a redirect that must stay on this host, a
+/// space in the target, Host fields, a future If-Modified-Since, and a
+/// chunk size far past the body limit (answered at once, not after the
+/// header timeout).
+fn request_details() -> Result<(), String> {
+    let (r, _) = raw(b"GET //docs HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?;
+    let location = r.head.lines().find_map(|l| l.strip_prefix("Location: ")).unwrap_or("");
+    if r.status != 301 || location != "/docs/" {
+        return Err(format!("GET //docs: {} to {location:?} (want 301 to \"/docs/\", never \"//docs/\", another host)", r.status));
+    }
+    refused(&[
+        (&b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"[..], 400, "a space in the target"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "two Host fields"),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "Host: a b"),
+        (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400, "Host: a/b"),
+        (b"GET / HTTP/1.1\r\nHost: u@b\r\n\r\n", 400, "Host: u@b"),
+        (b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", 400, "two Host fields in HTTP/1.0"),
+    ])?;
+    let (r, _) = raw(b"GET / HTTP/1.1\r\nHost: 10.0.0.2:80\r\nIf-Modified-Since: Thu, 01 Jan 2099 00:00:00 GMT\r\nConnection: close\r\n\r\n")?;
+    if r.status != 200 || r.body != site("index.html") {
+        return Err(format!("If-Modified-Since in 2099: {} (want 200: a date past the server's clock is ignored)", r.status));
+    }
+    // The chunk's data never comes; the connection stays open.
+    let started = Instant::now();
+    let (r, closed) = raw(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffff\r\nabc")?;
+    let took = started.elapsed();
+    if r.status != 413 || !closed || took > Duration::from_millis(1500) {
+        return Err(format!("a chunk of 2^60 bytes: {} after {took:?}, closed {closed} (want 413 at once)", r.status));
     }
     Ok(())
 }
@@ -595,6 +635,7 @@ pub fn cases(v: &mut Vec<Case>) {
             let mut g = start(&ns, t, None)?;
             serves_to_curl(&ns)?;
             ns.enter(raw_requests)??;
+            ns.enter(request_details)??;
             // The access log names each request.
             if !g.output().contains("\"GET /css/site.css HTTP/1.1\" 200") {
                 return Err(format!("no access log line:\n{}", g.output()));

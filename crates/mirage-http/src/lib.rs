@@ -25,6 +25,7 @@
 extern crate alloc;
 
 mod date;
+mod ledger;
 mod mime;
 mod request;
 mod server;

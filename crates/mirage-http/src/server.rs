@@ -1,5 +1,14 @@
 //! The connection loop: read a head, read its body, ask the handler,
 //! write the response; again while the connection persists.
+//!
+//! Memory: a connection's buffers grow only as bytes arrive, never past
+//! what the request's framing needs (a head up to
+//! [`Limits::max_header_bytes`], a body up to its length), by fallible
+//! allocations within the memory budget (see `ledger.rs`). An idle
+//! connection keeps a small read buffer. When the budget is reached, a new
+//! connection is answered 503 (once its head arrives) and closed, a request
+//! that no longer fits is answered 503 or 413 and closed, and the largest
+//! holders are shed first to make room for the others.
 
 use alloc::rc::Rc;
 use alloc::string::String;
@@ -12,10 +21,12 @@ use core::time::Duration;
 use mirage_devices::flow::{self, Flow};
 use mirage_devices::stack::{self, TcpListener};
 use mirage_devices::time::WallClock;
+use mirage_runtime::memory;
 use mirage_runtime::time::{now, sleep_until};
 use mirage_runtime::{Either, select, spawn};
 
-use crate::request::{self, Chunk, Framing, Head, Refusal, Request};
+use crate::ledger::{Holder, Ledger};
+use crate::request::{self, ChunkLine, Framing, Head, Request};
 
 /// What a server accepts, and how long it waits.
 #[derive(Debug, Clone)]
@@ -160,11 +171,50 @@ pub struct Stats {
     pub responses: Cell<u64>,
     /// Requests refused for their form (4xx and 5xx from the server itself).
     pub refusals: Cell<u64>,
+    /// Connections refused for want of memory: new ones while the memory
+    /// budget is reached (503 once their head arrives, or closed), and
+    /// requests whose head or body no longer fit in it (503 or 413); each
+    /// then closed.
+    pub refused_memory: Cell<u64>,
+    /// Connections shed to give memory back to others, largest holders
+    /// first: 503 between requests, 413 in the middle of a body, or closed
+    /// without an answer in the middle of a response.
+    pub shed: Cell<u64>,
+    /// Bytes the connections' buffers hold now: heads and bodies read,
+    /// responses assembled in memory.
+    pub held: Cell<usize>,
+    /// The most they held at once.
+    pub peak_held: Cell<usize>,
 }
 
 fn bump(c: &Cell<u64>) {
     c.set(c.get() + 1);
 }
+
+/// What a new connection needs before it can be served: its task, its
+/// first read buffer, the head it parses. Without room for it in the
+/// memory budget (after shedding), the connection is refused.
+const CONNECTION_COST: usize = 16 * 1024;
+
+/// The read buffer of a new or idle connection; it grows as a request
+/// needs, and shrinks back to this when the request is done.
+const INITIAL: usize = 2048;
+
+/// A read buffer with less room than this grows before reading.
+const MIN_READ: usize = 1024;
+
+/// The most bytes one read may take: the spare room is zeroed before each
+/// read, and a large body must not cost that for every segment.
+const MAX_READ: usize = 16 * 1024;
+
+/// The read buffer of a chunked body: chunk data moves from it to the
+/// body as it arrives, so it holds at most a size line, the trailers, and
+/// the start of the next request.
+const CHUNK_WINDOW: usize = 16 * 1024;
+
+/// How long a connection refused for want of memory may take to send its
+/// head before it is closed without an answer.
+const REFUSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Accepts connections on `listener` and serves each in its own task
 /// until the listener fails.
@@ -175,6 +225,7 @@ where
     H: Handler + 'static,
     W: WallClock + 'static,
 {
+    let ledger = Rc::new(Ledger::default());
     loop {
         let (flow, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -188,59 +239,176 @@ where
             continue;
         }
         stats.open.set(stats.open.get() + 1);
-        let (handler, limits, clock, stats) = (handler.clone(), limits.clone(), clock.clone(), stats.clone());
+        let fits = memory::may_hold(CONNECTION_COST) || ledger.relieve(CONNECTION_COST).await;
+        if !fits {
+            bump(&stats.refused_memory);
+            log::warn!(
+                target: "http",
+                "{peer} refused: 503 Service Unavailable, memory budget reached ({} of {} bytes in use)",
+                memory::heap_in_use().unwrap_or(0),
+                memory::budget().unwrap_or(0)
+            );
+        }
+        let (handler, limits, clock, stats, ledger) = (handler.clone(), limits.clone(), clock.clone(), stats.clone(), ledger.clone());
         // The task is detached: it ends with its connection.
         drop(spawn(async move {
-            serve_connection(flow, peer, &*handler, &limits, &*clock, &stats).await;
+            if fits {
+                connection(flow, peer, &*handler, &limits, &*clock, &stats, &ledger).await;
+            } else {
+                refuse_for_memory(flow, &limits, &*clock).await;
+            }
             stats.open.set(stats.open.get() - 1);
         }));
     }
 }
 
-/// Why reading stopped.
+/// Why a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
     /// The peer closed, or went quiet between requests: close quietly.
     Quiet,
-    /// Answer with this status, then close.
+    /// The request is refused for its form or its timing: answer with
+    /// this status, then close.
     Refuse(u16),
+    /// Shed to give memory back: answer with this status (none in the
+    /// middle of a response), then close.
+    Shed { status: Option<u16>, held: usize },
+    /// The request no longer fits in the memory budget: answer with this
+    /// status, then close.
+    NoMemory(u16),
 }
 
-/// Reads more bytes into `buf` before `deadline`; `Ok(0)` at the end of
-/// the stream.
-async fn fill<F: Flow>(flow: &mut F, buf: &mut Vec<u8>, deadline: mirage_devices::time::Instant) -> Result<usize, Option<flow::Error>> {
-    let len = buf.len();
-    if buf.capacity() - len < 2048 {
-        buf.reserve(8192);
+/// What a read brought.
+#[derive(Debug, PartialEq, Eq)]
+enum Fill {
+    /// This many bytes; 0 at the end of the stream.
+    Read(usize),
+    /// The flow failed.
+    Failed,
+    /// Nothing came before the deadline.
+    TimedOut,
+    /// The connection was shed meanwhile.
+    Shed,
+    /// No room to read into within the memory budget.
+    Short,
+    /// The buffer is at the limit given: the caller's bug, answered 400.
+    Full,
+}
+
+impl Fill {
+    /// How a request ends when a read brought nothing: `status` (413 in a
+    /// body, 503 otherwise) if the connection was shed or memory is short.
+    fn stop(self, me: &Holder<'_>, status: u16) -> Stop {
+        match self {
+            Fill::Read(_) | Fill::Failed => Stop::Quiet,
+            Fill::TimedOut => Stop::Refuse(408),
+            Fill::Shed => Stop::Shed { status: Some(status), held: me.held() },
+            Fill::Short if me.is_shed() => Stop::Shed { status: Some(status), held: me.held() },
+            Fill::Short => Stop::NoMemory(status),
+            Fill::Full => Stop::Refuse(400),
+        }
     }
-    buf.resize(buf.capacity(), 0);
-    let r = select(flow.read(&mut buf[len..]), sleep_until(deadline)).await;
-    let n = match r {
-        Either::Left(Ok(n)) => n,
-        Either::Left(Err(e)) => {
-            buf.truncate(len);
-            return Err(Some(e));
-        }
-        Either::Right(()) => {
-            buf.truncate(len);
-            return Err(None);
-        }
-    };
-    buf.truncate(len + n);
-    Ok(n)
 }
 
-/// Serves one connection until it closes, fails, or times out.
+/// Reads more bytes into `buf` before `deadline`, first growing it
+/// towards `limit` bytes if it has little room left.
+async fn fill<F: Flow>(flow: &mut F, buf: &mut Vec<u8>, limit: usize, deadline: mirage_devices::time::Instant, me: &Holder<'_>) -> Fill {
+    if me.is_shed() {
+        return Fill::Shed;
+    }
+    let len = buf.len();
+    let spare = buf.capacity() - len;
+    if spare < MIN_READ.min(limit.saturating_sub(len)) {
+        // Doubling, but never past what the request needs.
+        let cap = limit.min((buf.capacity() * 2).max(len + MIN_READ).max(INITIAL));
+        if !me.grow(buf, cap).await {
+            return if me.is_shed() { Fill::Shed } else { Fill::Short };
+        }
+    }
+    if buf.capacity() == len {
+        return Fill::Full;
+    }
+    let end = buf.capacity().min(len + MAX_READ);
+    buf.resize(end, 0);
+    let read = select(select(flow.read(&mut buf[len..]), sleep_until(deadline)), me.shed()).await;
+    let got = match read {
+        Either::Left(Either::Left(Ok(n))) => Fill::Read(n),
+        Either::Left(Either::Left(Err(_))) => Fill::Failed,
+        Either::Left(Either::Right(())) => Fill::TimedOut,
+        Either::Right(()) => Fill::Shed,
+    };
+    let n = if let Fill::Read(n) = got { n } else { 0 };
+    buf.truncate(len + n);
+    got
+}
+
+/// Serves one connection until it closes, fails, or times out. Its
+/// buffers are held within the memory budget; this connection is the only
+/// one it may shed.
 pub async fn serve_connection<F: Flow, H: Handler, W: WallClock>(
-    mut flow: F,
+    flow: F,
     peer: SocketAddr,
     handler: &H,
     limits: &Limits,
     clock: &W,
     stats: &Stats,
 ) {
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut out: Vec<u8> = Vec::with_capacity(1024);
-    let stop = loop {
+    connection(flow, peer, handler, limits, clock, stats, &Ledger::default()).await
+}
+
+/// Serves one connection, its buffers accounted in `ledger`.
+async fn connection<F: Flow, H: Handler, W: WallClock>(
+    mut flow: F,
+    peer: SocketAddr,
+    handler: &H,
+    limits: &Limits,
+    clock: &W,
+    stats: &Stats,
+    ledger: &Ledger,
+) {
+    let me = ledger.open(stats);
+    let stop = converse(&mut flow, peer, handler, limits, clock, stats, &me).await;
+    // The buffers are gone with `converse`; the answer needs none of them.
+    me.set(0);
+    drop(me);
+    let status = match stop {
+        Stop::Quiet => None,
+        Stop::Refuse(status) => {
+            bump(&stats.refusals);
+            log::info!(target: "http", "{peer} refused: {status} {}", reason(status));
+            Some(status)
+        }
+        Stop::Shed { status, held } => {
+            bump(&stats.shed);
+            match status {
+                Some(s) => log::warn!(target: "http", "{peer} shed: {s} {}, giving back {held} bytes: memory budget reached", reason(s)),
+                None => log::warn!(target: "http", "{peer} shed: closed, giving back {held} bytes: memory budget reached"),
+            }
+            status
+        }
+        Stop::NoMemory(status) => {
+            bump(&stats.refused_memory);
+            log::warn!(target: "http", "{peer} refused: {status} {}, memory budget reached", reason(status));
+            Some(status)
+        }
+    };
+    close(flow, status, clock).await
+}
+
+/// The requests of one connection, until it is to close, and why.
+async fn converse<F: Flow, H: Handler, W: WallClock>(
+    flow: &mut F,
+    peer: SocketAddr,
+    handler: &H,
+    limits: &Limits,
+    clock: &W,
+    stats: &Stats,
+    me: &Holder<'_>,
+) -> Stop {
+    let mut buf: Vec<u8> = Vec::new();
+    // A head may be one byte over the limit: that byte tells it is too large.
+    let head_limit = limits.max_header_bytes.saturating_add(1);
+    loop {
         // The head: nothing at all until the idle deadline is a quiet
         // close; a head begun must be complete by the header deadline.
         let idle_deadline = now() + limits.idle_timeout;
@@ -250,23 +418,23 @@ pub async fn serve_connection<F: Flow, H: Handler, W: WallClock>(
                 match request::parse(&buf, limits, peer) {
                     Ok(Head::Complete { request, len, framing }) => break (request, len, framing),
                     Ok(Head::Partial) => {}
-                    Err(r) => return close(flow, Stop::Refuse(r.status()), &mut out, clock, stats, peer).await,
+                    Err(r) => return Stop::Refuse(r.status()),
                 }
             }
             let deadline = head_deadline.unwrap_or(idle_deadline);
-            match fill(&mut flow, &mut buf, deadline).await {
-                Ok(0) if buf.iter().all(|b| *b == b'\r' || *b == b'\n') => return close(flow, Stop::Quiet, &mut out, clock, stats, peer).await,
-                Ok(0) => return close(flow, Stop::Refuse(400), &mut out, clock, stats, peer).await,
-                Ok(_) => {
+            match fill(flow, &mut buf, head_limit, deadline, me).await {
+                Fill::Read(0) if buf.iter().all(|b| *b == b'\r' || *b == b'\n') => return Stop::Quiet,
+                Fill::Read(0) => return Stop::Refuse(400),
+                Fill::Read(_) => {
                     if head_deadline.is_none() {
                         head_deadline = Some(now() + limits.header_timeout);
                     }
                 }
-                Err(Some(_)) => return close(flow, Stop::Quiet, &mut out, clock, stats, peer).await,
-                Err(None) if head_deadline.is_some() => return close(flow, Stop::Refuse(408), &mut out, clock, stats, peer).await,
-                Err(None) => return close(flow, Stop::Quiet, &mut out, clock, stats, peer).await,
+                Fill::TimedOut if head_deadline.is_none() => return Stop::Quiet,
+                other => return other.stop(me, 503),
             }
         };
+        request.received = clock.now().as_secs();
         buf.drain(..head_len);
 
         // The body, by its framing, before the body deadline.
@@ -275,28 +443,39 @@ pub async fn serve_connection<F: Flow, H: Handler, W: WallClock>(
         if expects_body
             && request.version >= 1
             && request.header_list("expect").any(|e| e.eq_ignore_ascii_case("100-continue"))
-            && write_timed(&mut flow, b"HTTP/1.1 100 Continue\r\n\r\n", limits.send_timeout).await.is_err()
+            && write_timed(flow, b"HTTP/1.1 100 Continue\r\n\r\n", limits.send_timeout, me).await.is_err()
         {
-            break Stop::Quiet;
+            return Stop::Quiet;
         }
-        match read_body(&mut flow, &mut buf, framing, limits, body_deadline).await {
+        match read_body(flow, &mut buf, framing, body_deadline, limits, me).await {
             Ok(body) => request.body = body,
-            Err(stop) => break stop,
+            Err(stop) => return stop,
         }
+        me.set(buf.capacity() + request.body.capacity());
 
         let keep = request.keep_alive();
         let mut response = handler.handle(&request).await;
         let head_only = request.method == "HEAD";
-        if write_response(&mut flow, &mut out, &request, &mut response, keep, head_only, clock, limits).await.is_err() {
-            break Stop::Quiet;
+        let written = write_response(flow, &request, &mut response, keep, head_only, clock, limits, me).await;
+        if written.is_err() {
+            return if me.is_shed() { Stop::Shed { status: None, held: me.held() } } else { Stop::Quiet };
         }
         bump(&stats.responses);
         log::info!(target: "http", "{peer} \"{} {} HTTP/1.{}\" {} {}", request.method, request.target, request.version, response.status, response.body.len());
-        if !keep {
-            break Stop::Quiet;
+        drop(response);
+        drop(request);
+        // Between requests, give back what this one made the buffer grow
+        // to, but keep a small one: an idle connection must be able to
+        // read its next request even when the budget is reached.
+        if buf.capacity() > INITIAL.max(buf.len()) {
+            buf.shrink_to(INITIAL.max(buf.len()));
         }
-    };
-    close(flow, stop, &mut out, clock, stats, peer).await
+        me.set(buf.capacity());
+        let _ = me.grow(&mut buf, INITIAL).await;
+        if !keep {
+            return Stop::Quiet;
+        }
+    }
 }
 
 /// Reads the body framed by `framing`; leftover bytes (a pipelined next
@@ -305,60 +484,91 @@ async fn read_body<F: Flow>(
     flow: &mut F,
     buf: &mut Vec<u8>,
     framing: Framing,
-    limits: &Limits,
     deadline: mirage_devices::time::Instant,
+    limits: &Limits,
+    me: &Holder<'_>,
 ) -> Result<Vec<u8>, Stop> {
-    let timed_out = |e: Option<flow::Error>| if e.is_none() { Stop::Refuse(408) } else { Stop::Quiet };
+    // Reads more into `buf`, at most up to `limit` bytes; what ends the
+    // request if nothing came.
+    macro_rules! more {
+        ($limit:expr) => {
+            match fill(flow, buf, $limit, deadline, me).await {
+                Fill::Read(n) if n > 0 => {}
+                other => return Err(other.stop(me, 413)),
+            }
+        };
+    }
     match framing {
         Framing::Length(n) => {
-            let n = n as usize; // at most max_body, checked by the parser
+            // At most max_body, checked by the parser.
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
             while buf.len() < n {
-                match fill(flow, buf, deadline).await {
-                    Ok(0) => return Err(Stop::Quiet),
-                    Ok(_) => {}
-                    Err(e) => return Err(timed_out(e)),
-                }
+                more!(n);
             }
             let rest = buf.split_off(n);
             Ok(core::mem::replace(buf, rest))
         }
         Framing::Chunked => {
-            let mut body = Vec::new();
+            let mut body: Vec<u8> = Vec::new();
             loop {
-                match request::chunk(buf) {
-                    Ok(Chunk::Data { start, end, len, last }) => {
-                        if body.len() as u64 + (end - start) as u64 > limits.max_body {
-                            return Err(Stop::Refuse(413));
+                let allowance = limits.max_body.saturating_sub(body.len() as u64);
+                let size = loop {
+                    match request::chunk_size(buf, allowance) {
+                        Ok(ChunkLine::Size { size, len }) => {
+                            buf.drain(..len);
+                            break size;
                         }
-                        body.extend_from_slice(&buf[start..end]);
-                        buf.drain(..len);
-                        if last {
-                            return Ok(body);
+                        Ok(ChunkLine::Partial) => more!(CHUNK_WINDOW),
+                        Err(r) => return Err(Stop::Refuse(r.status())),
+                    }
+                };
+                if size == 0 {
+                    loop {
+                        match request::trailers(buf) {
+                            Ok(Some(len)) => {
+                                buf.drain(..len);
+                                return Ok(body);
+                            }
+                            Ok(None) => more!(CHUNK_WINDOW),
+                            Err(r) => return Err(Stop::Refuse(r.status())),
                         }
                     }
-                    Ok(Chunk::Partial) => {
-                        // A chunk larger than the whole body may be is
-                        // refused before it arrives.
-                        if buf.len() as u64 > limits.max_body + 1024 {
-                            return Err(Stop::Refuse(413));
-                        }
-                        match fill(flow, buf, deadline).await {
-                            Ok(0) => return Err(Stop::Quiet),
-                            Ok(_) => {}
-                            Err(e) => return Err(timed_out(e)),
-                        }
-                    }
-                    Err(Refusal::TooLarge) => return Err(Stop::Refuse(413)),
-                    Err(r) => return Err(Stop::Refuse(r.status())),
                 }
+                // The data moves to the body as it arrives; the body grows
+                // by doubling, never past what the chunk declared.
+                let mut left = usize::try_from(size).unwrap_or(usize::MAX);
+                while left > 0 {
+                    if buf.is_empty() {
+                        more!(CHUNK_WINDOW);
+                    }
+                    let take = left.min(buf.len());
+                    if body.capacity() - body.len() < take {
+                        let cap = body.len().saturating_add(left).min((body.capacity() * 2).max(body.len() + take));
+                        if !me.grow(&mut body, cap).await {
+                            return Err(Fill::Short.stop(me, 413));
+                        }
+                    }
+                    body.extend_from_slice(&buf[..take]);
+                    buf.drain(..take);
+                    left -= take;
+                }
+                while buf.len() < 2 {
+                    more!(CHUNK_WINDOW);
+                }
+                if buf[..2] != *b"\r\n" {
+                    return Err(Stop::Refuse(400));
+                }
+                buf.drain(..2);
             }
         }
     }
 }
 
-async fn write_timed<F: Flow>(flow: &mut F, data: &[u8], limit: Duration) -> Result<(), ()> {
-    match mirage_runtime::time::timeout(limit, flow.write_all(data)).await {
-        Ok(Ok(())) => Ok(()),
+/// Writes `data` within `limit`; fails too if the connection is shed
+/// meanwhile.
+async fn write_timed<F: Flow>(flow: &mut F, data: &[u8], limit: Duration, me: &Holder<'_>) -> Result<(), ()> {
+    match select(mirage_runtime::time::timeout(limit, flow.write_all(data)), me.shed()).await {
+        Either::Left(Ok(Ok(()))) => Ok(()),
         _ => Err(()),
     }
 }
@@ -369,15 +579,14 @@ const COALESCE: u64 = 32 * 1024;
 #[allow(clippy::too_many_arguments)]
 async fn write_response<F: Flow, B: Body, W: WallClock>(
     flow: &mut F,
-    out: &mut Vec<u8>,
     request: &Request,
     response: &mut Response<B>,
     keep: bool,
     head_only: bool,
     clock: &W,
     limits: &Limits,
+    me: &Holder<'_>,
 ) -> Result<(), ()> {
-    out.clear();
     let status = response.status;
     let mut head = String::with_capacity(256);
     let _ = write!(head, "HTTP/1.1 {status} {}\r\nDate: {}\r\n", reason(status), crate::format_http_date(clock.now().as_secs()));
@@ -394,39 +603,90 @@ async fn write_response<F: Flow, B: Body, W: WallClock>(
         head.push_str("Connection: keep-alive\r\n");
     }
     head.push_str("\r\n");
-    out.extend_from_slice(head.as_bytes());
-    if no_body || head_only {
-        return write_timed(flow, out, limits.send_timeout).await;
+    // A response in memory is held for the peer while it takes it: a
+    // reader slow enough to hold the most may be shed.
+    let held = me.held();
+    let in_memory = response.body.bytes().map_or(0, <[u8]>::len);
+    me.set(held + head.len() + in_memory);
+    let sent = if no_body || head_only {
+        write_timed(flow, head.as_bytes(), limits.send_timeout, me).await
+    } else {
+        send_with_body(flow, head.into_bytes(), &mut response.body, limits, me).await
+    };
+    me.set(held);
+    sent
+}
+
+/// Sends `head` and the body: a small body in memory in the same write,
+/// if there is room to join them.
+async fn send_with_body<F: Flow, B: Body>(flow: &mut F, mut head: Vec<u8>, body: &mut B, limits: &Limits, me: &Holder<'_>) -> Result<(), ()> {
+    if let Some(bytes) = body.bytes().filter(|b| b.len() as u64 <= COALESCE)
+        && memory::may_hold(bytes.len())
+        && head.try_reserve_exact(bytes.len()).is_ok()
+    {
+        head.extend_from_slice(bytes);
+        return write_timed(flow, &head, limits.send_timeout, me).await;
     }
-    if let Some(bytes) = response.body.bytes().filter(|b| b.len() as u64 <= COALESCE) {
-        out.extend_from_slice(bytes);
-        return write_timed(flow, out, limits.send_timeout).await;
-    }
-    write_timed(flow, out, limits.send_timeout).await?;
-    match mirage_runtime::time::timeout(limits.send_timeout, response.body.write_to(flow)).await {
-        Ok(Ok(())) => Ok(()),
+    write_timed(flow, &head, limits.send_timeout, me).await?;
+    drop(head);
+    match select(mirage_runtime::time::timeout(limits.send_timeout, body.write_to(flow)), me.shed()).await {
+        Either::Left(Ok(Ok(()))) => Ok(()),
         _ => Err(()),
     }
 }
 
-/// Ends a connection: a refusal is answered first, and the connection
+/// Serves a connection refused for want of memory, holding no buffer:
+/// reads (and drops) its head, answers 503, and closes; closes at once if
+/// the head does not come in time.
+async fn refuse_for_memory<F: Flow, W: WallClock>(mut flow: F, limits: &Limits, clock: &W) {
+    let deadline = now() + limits.header_timeout.min(REFUSE_WAIT);
+    let mut scratch = [0u8; 128];
+    let mut seen = 0usize;
+    // Line ends in a row, carriage returns aside: two end the head.
+    let mut line_ends = 0;
+    let answer = 'read: loop {
+        match select(flow.read(&mut scratch), sleep_until(deadline)).await {
+            Either::Left(Ok(n)) if n > 0 => {
+                for &b in &scratch[..n] {
+                    match b {
+                        b'\n' => line_ends += 1,
+                        b'\r' => {}
+                        _ => line_ends = 0,
+                    }
+                    if line_ends == 2 {
+                        break 'read true;
+                    }
+                }
+                seen += n;
+                if seen > limits.max_header_bytes {
+                    break true;
+                }
+            }
+            _ => break false,
+        }
+    };
+    close(flow, answer.then_some(503), clock).await
+}
+
+/// Ends a connection: a status is answered first, and the connection
 /// lingers, reading, so that the peer reads the answer before the close
 /// (closing with unread bytes would reset the connection and lose it).
-async fn close<F: Flow, W: WallClock>(mut flow: F, stop: Stop, out: &mut Vec<u8>, clock: &W, stats: &Stats, peer: SocketAddr) {
-    if let Stop::Refuse(status) = stop {
-        bump(&stats.refusals);
+async fn close<F: Flow, W: WallClock>(mut flow: F, status: Option<u16>, clock: &W) {
+    if let Some(status) = status {
         let text = reason(status);
-        out.clear();
+        let mut out = String::with_capacity(200);
         let _ = write!(
-            Adapter(out),
-            "HTTP/1.1 {status} {text}\r\nDate: {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{status} {text}\n",
+            out,
+            "HTTP/1.1 {status} {text}\r\nDate: {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n{status} {text}\n",
             crate::format_http_date(clock.now().as_secs()),
-            text.len() + 5
+            text.len() + 5,
+            if status == 503 { "Retry-After: 1\r\n" } else { "" },
         );
-        log::info!(target: "http", "{peer} refused: {status} {text}");
-        if write_timed(&mut flow, out, Duration::from_secs(5)).await.is_ok() && flow.shutdown().await.is_ok() {
+        let sent = matches!(mirage_runtime::time::timeout(Duration::from_secs(5), flow.write_all(out.as_bytes())).await, Ok(Ok(())));
+        drop(out);
+        if sent && flow.shutdown().await.is_ok() {
             let deadline = now() + Duration::from_secs(2);
-            let mut sink = alloc::vec![0u8; 4096];
+            let mut sink = [0u8; 256];
             let mut budget = 1usize << 20;
             while budget > 0 {
                 match select(flow.read(&mut sink), sleep_until(deadline)).await {
@@ -437,14 +697,4 @@ async fn close<F: Flow, W: WallClock>(mut flow: F, stop: Stop, out: &mut Vec<u8>
         }
     }
     let _ = flow.close().await;
-}
-
-/// `fmt::Write` into a byte vector.
-struct Adapter<'a>(&'a mut Vec<u8>);
-
-impl core::fmt::Write for Adapter<'_> {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }

@@ -71,7 +71,7 @@ impl<K: KvRo> Body for StaticBody<K> {
         match self {
             StaticBody::Bytes(b) => flow.write_all(b).await,
             StaticBody::Value { kv, key, offset, len } => {
-                let mut piece = alloc::vec![0u8; PIECE.min(*len as usize)];
+                let mut piece = buffer(PIECE.min(*len as usize), MIN_PIECE.min(*len as usize)).ok_or(flow::Error::Io)?;
                 let mut at = *offset;
                 let end = *offset + *len;
                 while at < end {
@@ -89,6 +89,50 @@ impl<K: KvRo> Body for StaticBody<K> {
             }
         }
     }
+}
+
+/// A zeroed buffer of `len` bytes, within the memory budget; when memory
+/// is short, a smaller one down to `min` bytes, or `None`.
+fn buffer(len: usize, min: usize) -> Option<Vec<u8>> {
+    let mut want = len;
+    loop {
+        let mut v = Vec::new();
+        if mirage_runtime::memory::may_hold(want) && v.try_reserve_exact(want).is_ok() {
+            v.resize(want, 0);
+            return Some(v);
+        }
+        if want <= min {
+            log::warn!(target: "http", "no memory for a buffer of {want} bytes: memory budget reached");
+            return None;
+        }
+        want = (want / 4).max(min);
+    }
+}
+
+/// The smallest piece a value is read and written in.
+const MIN_PIECE: usize = 4 * 1024;
+
+/// The `Location` of a directory reached without its trailing `/`: the
+/// path with it, and its query. Runs of `/` are made one, and `\` is
+/// escaped, so that the location is always a path on this host: a
+/// browser reads `//host/` (or `/\host/`) as another host.
+fn directory_location(path: &str, query: Option<&str>) -> String {
+    let mut location = String::with_capacity(path.len() + 2);
+    for c in path.chars() {
+        match c {
+            '/' if location.ends_with('/') => {}
+            '\\' => location.push_str("%5C"),
+            c => location.push(c),
+        }
+    }
+    if !location.ends_with('/') {
+        location.push('/');
+    }
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+    location
 }
 
 fn text<K>(status: u16) -> Response<StaticBody<K>> {
@@ -197,11 +241,7 @@ impl<K: KvRo> Handler for Static<K> {
                 if !decoded.ends_with('/') {
                     // As other servers do: a directory's URL ends with `/`,
                     // so that its relative links resolve inside it.
-                    let location = match request.query() {
-                        Some(q) => format!("{path}/?{q}"),
-                        None => format!("{path}/"),
-                    };
-                    return text(301).with("Location", location);
+                    return text(301).with("Location", directory_location(path, request.query()));
                 }
                 key = match key.join("index.html") {
                     Ok(k) => k,
@@ -229,10 +269,14 @@ impl<K: KvRo> Handler for Static<K> {
         let validators = |r: Response<StaticBody<K>>| r.with("ETag", etag.clone()).with("Last-Modified", last_modified.clone());
 
         // Conditional requests (RFC 9110 section 13.2.2): If-None-Match
-        // wins over If-Modified-Since.
+        // wins over If-Modified-Since, and a date later than the server's
+        // clock is ignored (section 13.1.3).
         let not_modified = match request.header_str("if-none-match") {
             Some(list) => etag_matches(list, &etag),
-            None => request.header_str("if-modified-since").and_then(parse_http_date).is_some_and(|since| modified <= since),
+            None => request
+                .header_str("if-modified-since")
+                .and_then(parse_http_date)
+                .is_some_and(|since| modified <= since && since <= request.received),
         };
         if not_modified {
             return validators(Response::new(304, StaticBody::Bytes(Vec::new())));
@@ -255,7 +299,10 @@ impl<K: KvRo> Handler for Static<K> {
             Range::Unsatisfiable => return text(416).with("Content-Range", format!("bytes */{size}")),
         };
         let body = if len <= SMALL && get {
-            let mut data = alloc::vec![0u8; len as usize];
+            // Held for the peer until it takes it: within the budget.
+            let Some(mut data) = buffer(len as usize, len as usize) else {
+                return text(503).with("Retry-After", "1");
+            };
             match self.kv.get_partial(&key, offset, &mut data).await {
                 Ok(n) if n == data.len() => StaticBody::Bytes(data),
                 Ok(_) => return text(500),

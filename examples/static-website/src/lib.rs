@@ -66,11 +66,16 @@ where
                 None => "unknown".into(),
             };
             let line = format!(
-                "static-website: {} connections open, {} accepted, {} responses, {} refused; heap {heap} in use",
+                "static-website: {} connections open, {} accepted, {} responses, {} refused; \
+                 {} refused for memory, {} shed, {} KiB held (peak {} KiB); heap {heap} in use",
                 counters.open.get(),
                 counters.accepted.get(),
                 counters.responses.get(),
-                counters.refusals.get()
+                counters.refusals.get(),
+                counters.refused_memory.get(),
+                counters.shed.get(),
+                counters.held.get() / 1024,
+                counters.peak_held.get() / 1024,
             );
             let _ = console.log(&line).await;
         }

@@ -1,0 +1,217 @@
+//! What the connections of a server hold, and which of them give memory
+//! back when the memory budget is reached.
+//!
+//! A connection's buffers (the request head being read, the body, a
+//! response assembled in memory) are memory held on a peer's behalf. Every
+//! growth asks [`mirage_runtime::memory::may_hold`] first and allocates
+//! fallibly, so a peer can never make the server abort. When the budget is
+//! reached the largest holders are shed first: asked to answer 503 (or 413
+//! in the middle of a body) and close, which frees their buffers before
+//! the one who asked tries again. Connections that hold little, idle ones
+//! above all, are never shed; when nothing large is left to shed, it is the
+//! asking connection that is refused.
+
+use alloc::rc::Rc;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+use core::task::{Poll, Waker};
+
+use mirage_runtime::memory::may_hold;
+use mirage_runtime::yield_now;
+
+use crate::Stats;
+
+/// Connections holding less than this are never shed: what an idle or a
+/// small request costs, which shedding would not win back.
+const MIN_SHED: usize = 8 * 1024;
+
+/// How many holders one request for memory may shed before giving up.
+const SHED_ROUNDS: usize = 4;
+
+/// The connections of one server, by what they hold.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    accounts: RefCell<Vec<Rc<Account>>>,
+}
+
+/// One connection's entry in the ledger.
+#[derive(Default)]
+struct Account {
+    /// Its index in [`Ledger::accounts`].
+    slot: Cell<usize>,
+    /// Bytes its buffers hold.
+    held: Cell<usize>,
+    /// Whether it has been asked to give its memory back.
+    shed: Cell<bool>,
+    /// The task to wake when it is.
+    waker: Cell<Option<Waker>>,
+}
+
+impl core::fmt::Debug for Account {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Account").field("held", &self.held.get()).field("shed", &self.shed.get()).finish()
+    }
+}
+
+impl Ledger {
+    /// Opens an account for a connection; it is closed when dropped.
+    pub(crate) fn open<'a>(&'a self, stats: &'a Stats) -> Holder<'a> {
+        let account = Rc::new(Account::default());
+        let mut accounts = self.accounts.borrow_mut();
+        account.slot.set(accounts.len());
+        accounts.push(account.clone());
+        Holder { ledger: self, stats, account }
+    }
+
+    /// Asks the largest holder that holds more than `than` (and at least
+    /// [`MIN_SHED`]), and has not been asked yet, to give its memory back;
+    /// false if there is none.
+    fn shed_largest(&self, than: usize) -> bool {
+        let accounts = self.accounts.borrow();
+        let victim = accounts
+            .iter()
+            .filter(|a| !a.shed.get() && a.held.get() >= MIN_SHED && a.held.get() > than)
+            .max_by_key(|a| a.held.get());
+        match victim {
+            Some(v) => {
+                v.shed.set(true);
+                if let Some(w) = v.waker.take() {
+                    w.wake();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes room for `bytes` more within the memory budget by shedding
+    /// the largest holders; whether there is room.
+    pub(crate) async fn relieve(&self, bytes: usize) -> bool {
+        for _ in 0..SHED_ROUNDS {
+            if may_hold(bytes) {
+                return true;
+            }
+            if !self.shed_largest(0) {
+                return false;
+            }
+            // The holder just woken runs first, and frees its buffers.
+            yield_now().await;
+        }
+        may_hold(bytes)
+    }
+}
+
+/// A connection's hold on its account.
+#[derive(Debug)]
+pub(crate) struct Holder<'a> {
+    ledger: &'a Ledger,
+    stats: &'a Stats,
+    account: Rc<Account>,
+}
+
+impl Holder<'_> {
+    /// Bytes its buffers hold.
+    pub(crate) fn held(&self) -> usize {
+        self.account.held.get()
+    }
+
+    /// Records that its buffers now hold `bytes`.
+    pub(crate) fn set(&self, bytes: usize) {
+        let before = self.account.held.replace(bytes);
+        let total = self.stats.held.get().saturating_sub(before).saturating_add(bytes);
+        self.stats.held.set(total);
+        if total > self.stats.peak_held.get() {
+            self.stats.peak_held.set(total);
+        }
+    }
+
+    /// Whether it has been asked to give its memory back.
+    pub(crate) fn is_shed(&self) -> bool {
+        self.account.shed.get()
+    }
+
+    /// Waits until it is asked to give its memory back.
+    pub(crate) async fn shed(&self) {
+        core::future::poll_fn(|cx| {
+            if self.account.shed.get() {
+                Poll::Ready(())
+            } else {
+                self.account.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// Grows the capacity of `v` to `cap` bytes (exactly, as far as the
+    /// allocator goes) within the memory budget, shedding larger holders
+    /// if need be; false if there is no room, or it has been shed itself.
+    pub(crate) async fn grow(&self, v: &mut Vec<u8>, cap: usize) -> bool {
+        let before = v.capacity();
+        if cap <= before {
+            return true;
+        }
+        let mut rounds = 0;
+        loop {
+            if self.is_shed() {
+                return false;
+            }
+            if may_hold(cap - before) && v.try_reserve_exact(cap - v.len()).is_ok() {
+                self.set(self.held().saturating_add(v.capacity() - before));
+                return true;
+            }
+            if rounds == SHED_ROUNDS || !self.ledger.shed_largest(self.held()) {
+                return false;
+            }
+            rounds += 1;
+            yield_now().await;
+        }
+    }
+}
+
+impl Drop for Holder<'_> {
+    fn drop(&mut self) {
+        self.set(0);
+        let mut accounts = self.ledger.accounts.borrow_mut();
+        let slot = self.account.slot.get();
+        if slot < accounts.len() && Rc::ptr_eq(&accounts[slot], &self.account) {
+            accounts.swap_remove(slot);
+            if let Some(moved) = accounts.get(slot) {
+                moved.slot.set(slot);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_is_shed_first_and_the_small_never() {
+        let stats = Stats::default();
+        let ledger = Ledger::default();
+        let (a, b, c) = (ledger.open(&stats), ledger.open(&stats), ledger.open(&stats));
+        a.set(100 * 1024);
+        b.set(300 * 1024);
+        c.set(2 * 1024);
+        assert_eq!(stats.held.get(), 402 * 1024);
+        assert!(ledger.shed_largest(0));
+        assert!(b.is_shed() && !a.is_shed());
+        // b was asked already; a is next, but not for one larger than it.
+        assert!(!ledger.shed_largest(200 * 1024));
+        assert!(ledger.shed_largest(0));
+        assert!(a.is_shed());
+        // c holds too little to be worth shedding.
+        assert!(!ledger.shed_largest(0));
+        assert!(!c.is_shed());
+        drop(b);
+        assert_eq!(stats.held.get(), 102 * 1024);
+        assert_eq!(stats.peak_held.get(), 402 * 1024);
+        // The account moved into b's slot is still found and removed.
+        drop(c);
+        drop(a);
+        assert_eq!(stats.held.get(), 0);
+        assert!(ledger.accounts.borrow().is_empty());
+    }
+}
