@@ -25,17 +25,29 @@ _start:
     options(att_syntax)
 );
 
+/// A raw system call with one argument; the kernel's result (a negative
+/// errno on failure).
+///
+/// # Safety
+/// The call and its arguments must be valid for the kernel, and every
+/// pointer among them must name memory valid for what the kernel does with
+/// it (read or written, and how much): the kernel writes through pointers
+/// without Rust's knowledge.
 #[inline(always)]
-fn syscall1(nr: u64, a0: u64) -> i64 {
+unsafe fn syscall1(nr: u64, a0: u64) -> i64 {
     let ret: i64;
     // SAFETY: a raw system call; the kernel reads only the registers given
-    // and clobbers rcx and r11. Callers pass arguments valid for the call.
+    // and clobbers rcx and r11; the caller vouches for the arguments.
     unsafe { asm!("syscall", inlateout("rax") nr as i64 => ret, in("rdi") a0, lateout("rcx") _, lateout("r11") _, options(nostack)) };
     ret
 }
 
+/// [`syscall1`] with two arguments.
+///
+/// # Safety
+/// As [`syscall1`].
 #[inline(always)]
-fn syscall2(nr: u64, a0: u64, a1: u64) -> i64 {
+unsafe fn syscall2(nr: u64, a0: u64, a1: u64) -> i64 {
     let ret: i64;
     // SAFETY: as syscall1.
     unsafe {
@@ -44,8 +56,12 @@ fn syscall2(nr: u64, a0: u64, a1: u64) -> i64 {
     ret
 }
 
+/// [`syscall1`] with four arguments.
+///
+/// # Safety
+/// As [`syscall1`].
 #[inline(always)]
-fn syscall4(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> i64 {
+unsafe fn syscall4(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> i64 {
     let ret: i64;
     // SAFETY: as syscall1.
     unsafe {
@@ -55,8 +71,12 @@ fn syscall4(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> i64 {
     ret
 }
 
+/// [`syscall1`] with six arguments.
+///
+/// # Safety
+/// As [`syscall1`].
 #[inline(always)]
-fn syscall6(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
+unsafe fn syscall6(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
     let ret: i64;
     // SAFETY: as syscall1.
     unsafe {
@@ -116,7 +136,8 @@ extern "C" fn mirage_solo5_spt_start(bi: *const BootInfo) -> ! {
 
 pub(crate) fn puts(mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        let n = syscall4(sys::WRITE, 1, bytes.as_ptr() as u64, bytes.len() as u64, 0);
+        // SAFETY: write(2) reads bytes.len() bytes of a live slice.
+        let n = unsafe { syscall4(sys::WRITE, 1, bytes.as_ptr() as u64, bytes.len() as u64, 0) };
         if n == sys::EINTR {
             continue;
         }
@@ -129,13 +150,15 @@ pub(crate) fn puts(mut bytes: &[u8]) {
 
 pub(crate) fn halt(status: i32, _cookie: u64) -> ! {
     loop {
-        syscall1(sys::EXIT_GROUP, status as u32 as u64);
+        // SAFETY: exit_group(2) takes no pointer.
+        unsafe { syscall1(sys::EXIT_GROUP, status as u32 as u64) };
     }
 }
 
 fn clock(id: u64) -> u64 {
     let mut ts = Timespec::default();
-    syscall2(sys::CLOCK_GETTIME, id, &mut ts as *mut Timespec as u64);
+    // SAFETY: clock_gettime(2) writes one timespec, which `ts` is.
+    unsafe { syscall2(sys::CLOCK_GETTIME, id, &mut ts as *mut Timespec as u64) };
     (ts.sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.nsec as u64)
 }
 
@@ -155,12 +178,16 @@ pub(crate) fn poll(deadline: u64) -> u64 {
         interval: Timespec::default(),
         value: Timespec { sec: (deadline / 1_000_000_000) as i64, nsec: ((deadline % 1_000_000_000) | 1) as i64 },
     };
-    syscall4(sys::TIMERFD_SETTIME, timer as u64, sys::TFD_TIMER_ABSTIME, &it as *const Itimerspec as u64, 0);
+    // SAFETY: timerfd_settime(2) reads one itimerspec, which `it` is, and
+    // writes nothing (no old value is asked for).
+    unsafe { syscall4(sys::TIMERFD_SETTIME, timer as u64, sys::TFD_TIMER_ABSTIME, &it as *const Itimerspec as u64, 0) };
     EXITS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let mut events = [EpollEvent::default(); 65];
     let max = (npollfds + 1).min(events.len());
     let n = loop {
-        let n = syscall6(sys::EPOLL_PWAIT, epoll as u64, events.as_mut_ptr() as u64, max as u64, u64::MAX, 0, 8);
+        // SAFETY: epoll_pwait(2) writes at most `max` events, and `events`
+        // holds at least that many; no signal mask is passed.
+        let n = unsafe { syscall6(sys::EPOLL_PWAIT, epoll as u64, events.as_mut_ptr() as u64, max as u64, u64::MAX, 0, 8) };
         if n != sys::EINTR {
             break n;
         }
@@ -176,7 +203,8 @@ pub(crate) fn poll(deadline: u64) -> u64 {
 }
 
 pub(crate) fn net_read(_handle: u64, fd: i32, buf: &mut [u8]) -> Result<usize, Error> {
-    let n = syscall4(sys::READ, fd as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0);
+    // SAFETY: read(2) writes at most buf.len() bytes into a live slice.
+    let n = unsafe { syscall4(sys::READ, fd as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0) };
     if n == sys::EAGAIN {
         Err(Error::Again)
     } else if n < 0 {
@@ -187,17 +215,24 @@ pub(crate) fn net_read(_handle: u64, fd: i32, buf: &mut [u8]) -> Result<usize, E
 }
 
 pub(crate) fn net_write(_handle: u64, fd: i32, frame: &[u8]) -> Result<(), Error> {
-    let n = syscall4(sys::WRITE, fd as u64, frame.as_ptr() as u64, frame.len() as u64, 0);
+    // SAFETY: write(2) reads frame.len() bytes of a live slice.
+    let n = unsafe { syscall4(sys::WRITE, fd as u64, frame.as_ptr() as u64, frame.len() as u64, 0) };
     if n == frame.len() as i64 { Ok(()) } else { Err(Error::Unspecified) }
 }
 
 /// One system call per block: the seccomp filter allows no more.
-fn block_io(fd: i32, bs: u64, offset: u64, buf: *mut u8, len: usize, nr: u64) -> Result<(), Error> {
+///
+/// # Safety
+/// `buf` is valid for `len` bytes, a whole number of blocks of `bs`: read
+/// for `PWRITE64`, written for `PREAD64`.
+unsafe fn block_io(fd: i32, bs: u64, offset: u64, buf: *mut u8, len: usize, nr: u64) -> Result<(), Error> {
+    if bs == 0 || len as u64 % bs != 0 {
+        return Err(Error::Invalid);
+    }
     let mut done = 0;
     while done < len as u64 {
-        // SAFETY (of the caller's buffer): `buf` is valid for `len` bytes,
-        // a whole number of blocks (checked by Block).
-        let n = syscall4(nr, fd as u64, buf as u64 + done, bs, offset + done);
+        // SAFETY: [buf + done, buf + done + bs) lies in the caller's buffer.
+        let n = unsafe { syscall4(nr, fd as u64, buf as u64 + done, bs, offset + done) };
         if n != bs as i64 {
             return Err(Error::Unspecified);
         }
@@ -207,9 +242,12 @@ fn block_io(fd: i32, bs: u64, offset: u64, buf: *mut u8, len: usize, nr: u64) ->
 }
 
 pub(crate) fn block_read(_handle: u64, fd: i32, bs: u64, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
-    block_io(fd, bs, offset, buf.as_mut_ptr(), buf.len(), sys::PREAD64)
+    // SAFETY: pread64 writes into `buf`, a live, exclusive slice.
+    unsafe { block_io(fd, bs, offset, buf.as_mut_ptr(), buf.len(), sys::PREAD64) }
 }
 
 pub(crate) fn block_write(_handle: u64, fd: i32, bs: u64, offset: u64, data: &[u8]) -> Result<(), Error> {
-    block_io(fd, bs, offset, data.as_ptr().cast_mut(), data.len(), sys::PWRITE64)
+    // SAFETY: pwrite64 only reads `data`, a live slice; nothing writes
+    // through the pointer despite its type.
+    unsafe { block_io(fd, bs, offset, data.as_ptr().cast_mut(), data.len(), sys::PWRITE64) }
 }

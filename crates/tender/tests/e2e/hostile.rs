@@ -63,6 +63,7 @@ const PROTECTED_NET: &[(&str, &str)] = &[
 ];
 
 pub fn cases(v: &mut Vec<Case>) {
+    spt_cases(v);
     for &(what, hc, size) in PROTECTED {
         v.push(case(format!("hvt::hostile_{what}"), HVT, move || {
             let r = hostile(what)?;
@@ -152,6 +153,34 @@ pub fn cases(v: &mut Vec<Case>) {
             no_panic(&r)?;
             r.expect_status(1)?;
             r.expect_stderr(message)
+        }));
+    }
+}
+
+/// On spt the guest is the tender's process and no tender code runs after
+/// the jump to it: what protects the host is the kernel, which checks every
+/// pointer of every system call (EFAULT, never a crash), and the seccomp
+/// filter, which kills the process (SIGSYS, status 159, as Solo5's) for any
+/// call, descriptor or block range it does not allow.
+fn spt_cases(v: &mut Vec<Case>) {
+    const SPT: Needs = Needs::Target("spt");
+    let run = |what: &str| -> Result<testkit::Run, String> {
+        let dir = Scratch::new("hostile-spt");
+        let disk = dir.file("disk.img", 1 << 20);
+        boot("spt", &[&format!("--block:storage={}", disk.display())], "hostile-spt", &[what])
+    };
+    v.push(case("spt::hostile_pointers_get_efault", SPT, move || {
+        let r = run("efault")?;
+        r.expect_status(0)?;
+        r.expect_stdout("SUCCESS: 12 hostile system calls got EFAULT")
+    }));
+    for what in ["getpid", "open", "mprotect-exec", "pwrite-past-end", "pwrite-two-blocks", "write-other-fd"] {
+        v.push(case(format!("spt::hostile_{what}_is_killed_by_the_filter"), SPT, move || {
+            let r = run(what)?;
+            if r.stdout.contains("hostile-spt: unknown") {
+                return Err(r.dump());
+            }
+            r.expect_status(159)
         }));
     }
 }

@@ -26,7 +26,7 @@ fn call<T>(hc: Hypercall, arg: &mut T) {
 
 /// An address in the image's text, shown for the test to check the message.
 fn text() -> u64 {
-    let gpa = start as usize as u64;
+    let gpa = start as *const () as u64;
     solo5::println!("hostile: gpa=0x{gpa:x}");
     solo5::console::flush();
     gpa

@@ -35,14 +35,13 @@ unsafe extern "C" {
 
 /// An address in the image's text.
 fn text() -> u64 {
-    start as usize as u64
+    start as *const () as u64
 }
 
 /// Eight bytes before the end of the last read-only page: an argument
 /// there straddles into the writable data after it.
 fn ro_edge() -> u64 {
-    // SAFETY: only the symbol's address is taken.
-    let end = unsafe { core::ptr::addr_of!(_erodata) } as u64;
+    let end = core::ptr::addr_of!(_erodata) as u64;
     end.next_multiple_of(0x1000) - 8
 }
 

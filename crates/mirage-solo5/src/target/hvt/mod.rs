@@ -14,19 +14,59 @@ use crate::Error;
 mod boot;
 mod ring;
 
-/// Makes hypercall `hc` with its argument struct `arg`.
+/// The argument struct of one hypercall: the type names the call, so no
+/// struct can be passed to a hypercall that expects another layout. Sealed:
+/// only the ABI's structs are arguments.
+pub(crate) trait HypercallArg: sealed::Sealed {
+    /// The hypercall that takes this struct.
+    const CALL: Hypercall;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+macro_rules! hypercall_args {
+    ($($ty:ty => $call:ident),* $(,)?) => {$(
+        impl sealed::Sealed for $ty {}
+        impl HypercallArg for $ty {
+            const CALL: Hypercall = Hypercall::$call;
+        }
+    )*};
+}
+
+hypercall_args! {
+    HcWalltime => Walltime,
+    HcPuts => Puts,
+    HcPoll => Poll,
+    HcBlockWrite => BlockWrite,
+    HcBlockRead => BlockRead,
+    HcNetWrite => NetWrite,
+    HcNetRead => NetRead,
+    HcHalt => Halt,
+}
+
+/// Makes the hypercall that takes `arg`.
 ///
 /// The `out` traps to the CPL-0 #GP stub, which performs it; the tender
 /// reads and writes `arg` in guest memory while the guest is stopped. The
 /// asm block is a compiler barrier, so results are read after it.
+///
+/// # Safety
+/// Every guest address inside `arg` names memory valid for what the tender
+/// does with it: read for the data of PUTS, BLOCK_WRITE and NET_WRITE and
+/// for HALT's cookie (`len` bytes, or the cookie's 512), written for the
+/// buffers of BLOCK_READ and NET_READ (`len` bytes), which the tender fills
+/// without the compiler's knowledge.
 #[inline(always)]
-fn hypercall<T>(hc: Hypercall, arg: &mut T) {
+unsafe fn hypercall<A: HypercallArg>(arg: &mut A) {
     EXITS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    let gpa = arg as *mut T as usize as u32;
-    // SAFETY: `arg` is a live struct of the layout the hypercall expects, in
-    // guest memory below 4 GiB (all of it is), so its address fits in %eax.
+    let gpa = arg as *mut A as usize as u32;
+    // SAFETY: `arg` is a live struct of the layout its hypercall expects, in
+    // guest memory below 4 GiB (all of it is), so its address fits in %eax;
+    // the caller vouches for the addresses inside it.
     unsafe {
-        asm!("out dx, eax", in("dx") hc.port(), in("eax") gpa, options(nostack, preserves_flags));
+        asm!("out dx, eax", in("dx") A::CALL.port(), in("eax") gpa, options(nostack, preserves_flags));
     }
 }
 
@@ -178,13 +218,16 @@ extern "C" fn main_stack(bi: usize) -> ! {
 
 pub(crate) fn puts(bytes: &[u8]) {
     let mut p = HcPuts { data: bytes.as_ptr() as u64, len: bytes.len() as u64 };
-    hypercall(Hypercall::Puts, &mut p);
+    // SAFETY: the tender reads `bytes`, a live slice of p.len bytes.
+    unsafe { hypercall(&mut p) };
 }
 
 pub(crate) fn halt(status: i32, cookie: u64) -> ! {
     let mut h = HcHalt { cookie, exit_status: status, _pad: 0 };
     loop {
-        hypercall(Hypercall::Halt, &mut h);
+        // SAFETY: the cookie is 0 or the trap frame the caller passes,
+        // which the tender only reads.
+        unsafe { hypercall(&mut h) };
     }
 }
 
@@ -200,7 +243,8 @@ pub(crate) fn wall() -> u64 {
         Some(b) => b,
         None => {
             let mut w = HcWalltime::default();
-            hypercall(Hypercall::Walltime, &mut w);
+            // SAFETY: WALLTIME's struct holds no address.
+            unsafe { hypercall(&mut w) };
             let b = w.nsecs.wrapping_sub(monotonic());
             CLOCK.with(|c| c.wall_base = Some(b));
             b
@@ -222,7 +266,8 @@ pub(crate) fn poll(deadline: u64) -> u64 {
     let start = monotonic();
     let timeout = deadline.saturating_sub(start);
     let mut p = HcPoll { timeout_nsecs: timeout, ..Default::default() };
-    hypercall(Hypercall::Poll, &mut p);
+    // SAFETY: POLL's struct holds no address.
+    unsafe { hypercall(&mut p) };
     if p.ready_set != 0 {
         SPARSE.store(monotonic().wrapping_sub(start) > SPARSE_WAIT_NS, core::sync::atomic::Ordering::Relaxed);
     }
@@ -231,13 +276,16 @@ pub(crate) fn poll(deadline: u64) -> u64 {
 
 pub(crate) fn block_write(handle: u64, _fd: i32, _bs: u64, offset: u64, data: &[u8]) -> Result<(), Error> {
     let mut w = HcBlockWrite { handle, offset, data: data.as_ptr() as u64, len: data.len() as u64, ret: 0, _pad: 0 };
-    hypercall(Hypercall::BlockWrite, &mut w);
+    // SAFETY: the tender reads `data`, a live slice of w.len bytes.
+    unsafe { hypercall(&mut w) };
     Error::check(w.ret)
 }
 
 pub(crate) fn block_read(handle: u64, _fd: i32, _bs: u64, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
     let mut r = HcBlockRead { handle, offset, data: buf.as_mut_ptr() as u64, len: buf.len() as u64, ret: 0, _pad: 0 };
-    hypercall(Hypercall::BlockRead, &mut r);
+    // SAFETY: the tender writes at most r.len bytes into `buf`, a live,
+    // exclusive slice.
+    unsafe { hypercall(&mut r) };
     Error::check(r.ret)
 }
 
@@ -248,7 +296,8 @@ pub(crate) fn net_write(handle: u64, _fd: i32, frame: &[u8]) -> Result<(), Error
         }
     }
     let mut w = HcNetWrite { handle, data: frame.as_ptr() as u64, len: frame.len() as u64, ret: 0, _pad: 0 };
-    hypercall(Hypercall::NetWrite, &mut w);
+    // SAFETY: the tender reads `frame`, a live slice of w.len bytes.
+    unsafe { hypercall(&mut w) };
     Error::check(w.ret)
 }
 
@@ -257,7 +306,9 @@ pub(crate) fn net_read(handle: u64, _fd: i32, buf: &mut [u8]) -> Result<usize, E
         return result;
     }
     let mut r = HcNetRead { handle, data: buf.as_mut_ptr() as u64, len: buf.len() as u64, ret: 0, _pad: 0 };
-    hypercall(Hypercall::NetRead, &mut r);
+    // SAFETY: the tender writes at most r.len bytes into `buf`, a live,
+    // exclusive slice.
+    unsafe { hypercall(&mut r) };
     Error::check(r.ret).map(|()| r.len as usize)
 }
 
