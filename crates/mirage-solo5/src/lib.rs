@@ -4,8 +4,8 @@
 //! The same guest source builds for both targets; the crate feature `hvt`
 //! or `spt` picks one. The bindings provide the entry point, the ELF notes,
 //! a heap (`alloc` works), a panic handler, and the Solo5 API in Rust:
-//! [`console`], [`time`], [`yield_until`], [`net`], [`block`], [`exit`] and
-//! [`abort`].
+//! `console`, `time`, `yield_until`, `net`, `block`, `exit` and `abort`
+//! (built with the `hvt` or `spt` feature only).
 //!
 //! A minimal guest:
 //!

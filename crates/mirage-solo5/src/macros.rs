@@ -2,7 +2,7 @@
 
 use solo5_abi::mft::MftEntry;
 
-/// Copies the first `N` entries of `s` into an array (for [`manifest!`]).
+/// Copies the first `N` entries of `s` into an array (for `manifest!`).
 pub const fn entries<const N: usize>(s: &[MftEntry]) -> [MftEntry; N] {
     assert!(s.len() == N);
     let mut out = [MftEntry::ZERO; N];

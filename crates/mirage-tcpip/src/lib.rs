@@ -1,5 +1,5 @@
 //! The direct TCP/IP stack: IPv4 and IPv6, ARP and NDP, ICMP echo, UDP,
-//! TCP and a DHCPv4 client, over any [`Net`] interface.
+//! TCP and a DHCPv4 client, over any [`Net`](mirage_devices::net::Net) interface.
 //!
 //! The protocol engine is smoltcp, behind this crate's adapter: nothing of
 //! it shows in the API, which is the stack traits of `mirage-devices`

@@ -38,7 +38,7 @@ pub fn kick_eventfd(vm: &VmFd) -> Option<EventFd> {
     let efd = match EventFd::new(libc::EFD_CLOEXEC) {
         Ok(efd) => efd,
         Err(e) => {
-            warn(format_args!("eventfd() failed, falling back to hypercalls: {}", strerror(&e.into())));
+            warn(format_args!("eventfd() failed, falling back to hypercalls: {}", strerror(&e)));
             return None;
         }
     };
