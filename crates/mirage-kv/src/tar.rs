@@ -9,6 +9,16 @@
 //! understood, so archives made by GNU tar, bsdtar and `mirage build` all
 //! work. Directories are implied by paths; links, devices and FIFOs are
 //! skipped.
+//!
+//! # Panics
+//!
+//! None on any device contents. The archive is untrusted input: every
+//! header field is parsed with a checked conversion, every offset and size
+//! is checked against the device before use (a file reaching past its end
+//! is [`TarError::Truncated`]), and slicing is bounded by what was checked.
+//! [`Tar::new`] answers a damaged archive with a [`TarError`] naming the
+//! byte offset; reads of values answer [`Error::Io`] if the device fails.
+//! A fuzz target feeds arbitrary images to `new` and every read.
 
 use alloc::string::String;
 use alloc::vec::Vec;
