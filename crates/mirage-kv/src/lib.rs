@@ -7,7 +7,7 @@
 //!
 //! [`Crunched`] is MirageOS's crunch: a directory compiled into the image
 //! at build time, served read-only with no device at all. A build script
-//! turns the directory into Rust source ([`crunch::generate`], feature
+//! turns the directory into Rust source (`crunch::generate`, feature
 //! `crunch`), which the unikernel includes:
 //!
 //! ```text
