@@ -5,7 +5,10 @@
 //! resource to every entry, and hands a copy with the host details filled in
 //! to the guest, whose handles are manifest indices.
 //!
-//! [`validate`] treats its input as untrusted and never panics.
+//! [`read`] and [`validate`] treat their input as untrusted and never
+//! panic. [`read`] copies the manifest out of bytes of any alignment (a
+//! note at any offset of an executable, as Solo5 accepts it); [`validate`]
+//! checks it in place and needs bytes aligned for [`MftEntry`].
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -245,6 +248,9 @@ pub enum MftError {
     UnterminatedName(u32),
     /// An entry is already marked attached.
     Attached(u32),
+    /// [`validate`] was given entries not aligned for [`MftEntry`] in
+    /// memory; [`read`] copies them out of bytes of any alignment.
+    Misaligned,
 }
 
 impl core::fmt::Display for MftError {
@@ -261,13 +267,16 @@ impl core::fmt::Display for MftError {
             MftError::BadFirstEntry => write!(f, "first manifest entry is not RESERVED_FIRST"),
             MftError::UnterminatedName(i) => write!(f, "manifest entry {i} has an unterminated name"),
             MftError::Attached(i) => write!(f, "manifest entry {i} is marked attached"),
+            MftError::Misaligned => write!(f, "manifest entries are not 8-byte aligned in memory (read them with mft::read)"),
         }
     }
 }
 
-/// `mft_validate`: checks an untrusted manifest and returns its entries.
-pub fn validate(bytes: &[u8]) -> Result<&[MftEntry], MftError> {
-    let (header, rest) = MftHeader::ref_from_prefix(bytes).map_err(|_| MftError::TooShort)?;
+/// The header rules of `mft_validate`, on a copy of the header (any
+/// alignment): version, entry count, and a size of exactly header plus
+/// entries.
+fn check_header(bytes: &[u8]) -> Result<MftHeader, MftError> {
+    let (header, _) = MftHeader::read_from_prefix(bytes).map_err(|_| MftError::TooShort)?;
     if header.version != MFT_VERSION {
         return Err(MftError::BadVersion(header.version));
     }
@@ -278,7 +287,11 @@ pub fn validate(bytes: &[u8]) -> Result<&[MftEntry], MftError> {
     if bytes.len() != expected {
         return Err(MftError::SizeMismatch { size: bytes.len(), expected });
     }
-    let entries = <[MftEntry]>::ref_from_bytes(rest).map_err(|_| MftError::TooShort)?;
+    Ok(header)
+}
+
+/// The entry rules of `mft_validate`.
+fn check_entries(entries: &[MftEntry]) -> Result<(), MftError> {
     match entries.first() {
         Some(e0) if e0.mtype == MftType::ReservedFirst as u32 && e0.name[0] == 0 => {}
         _ => return Err(MftError::BadFirstEntry),
@@ -291,7 +304,52 @@ pub fn validate(bytes: &[u8]) -> Result<&[MftEntry], MftError> {
             return Err(MftError::Attached(i as u32));
         }
     }
+    Ok(())
+}
+
+/// `mft_validate` in place: checks an untrusted manifest and returns its
+/// entries. The entries must be 8-byte aligned in memory
+/// ([`MftError::Misaligned`] otherwise); bytes read from a file at an
+/// arbitrary offset go through [`read`].
+pub fn validate(bytes: &[u8]) -> Result<&[MftEntry], MftError> {
+    check_header(bytes)?;
+    // check_header proved bytes.len() == manifest_size(entries) >= the header.
+    let entries = <[MftEntry]>::ref_from_bytes(&bytes[MFT_HEADER_SIZE..]).map_err(|_| MftError::Misaligned)?;
+    check_entries(entries)?;
     Ok(entries)
+}
+
+/// A manifest copied out of untrusted bytes by [`read`].
+#[derive(Clone, Copy)]
+pub struct ManifestCopy {
+    len: usize,
+    e: [MftEntry; MFT_MAX_ENTRIES as usize],
+}
+
+impl ManifestCopy {
+    /// The validated entries, the reserved first one included.
+    pub fn entries(&self) -> &[MftEntry] {
+        &self.e[..self.len]
+    }
+}
+
+impl core::fmt::Debug for ManifestCopy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list().entries(self.entries()).finish()
+    }
+}
+
+/// `mft_validate` on bytes of any alignment, such as an MFT1 note's content
+/// where the executable placed it: the same rules, in the same order, as
+/// [`validate`], on a copy of the entries.
+pub fn read(bytes: &[u8]) -> Result<ManifestCopy, MftError> {
+    let header = check_header(bytes)?;
+    let mut copy = ManifestCopy { len: header.entries as usize, e: [MftEntry::ZERO; MFT_MAX_ENTRIES as usize] };
+    for (e, raw) in copy.e.iter_mut().zip(bytes[MFT_HEADER_SIZE..].chunks_exact(MFT_ENTRY_SIZE)) {
+        *e = MftEntry::read_from_bytes(raw).map_err(|_| MftError::TooShort)?;
+    }
+    check_entries(copy.entries())?;
+    Ok(copy)
 }
 
 /// `mft_get_by_name`: the index of the entry named `name` of type `mtype`.
@@ -381,6 +439,34 @@ mod tests {
         let mut bad = good;
         bad[8 + 104 + 96] = 1;
         assert_eq!(validate(&bad[..n]), Err(MftError::Attached(1)));
+    }
+
+    /// A manifest in a note at an offset of the file that is not a
+    /// multiple of 8 (which Solo5 loads): `read` takes it at every
+    /// alignment, with the verdict and entries of an aligned copy, and
+    /// `validate` says why it cannot look at it in place.
+    #[test]
+    fn read_takes_any_alignment() {
+        let m = Manifest::new([MftEntry::reserved_first(), MftEntry::device("a", MftType::NetBasic)]);
+        let good = bytes_of(&m);
+        let n = manifest_size(2);
+        let mut bad = good;
+        bad[8 + 104 + 96] = 1;
+        let mut storage = [0u64; 1024 / 8 + 1];
+        for shift in 0..8 {
+            let buf = &mut storage.as_mut_bytes()[shift..shift + n];
+            buf.copy_from_slice(&good[..n]);
+            let copy = read(buf).expect("valid at any alignment");
+            assert_eq!(copy.entries(), validate(&good[..n]).unwrap());
+            match validate(buf) {
+                Ok(e) => assert_eq!((shift, e), (0, copy.entries())),
+                Err(e) => assert_eq!((shift != 0, e), (true, MftError::Misaligned)),
+            }
+            buf.copy_from_slice(&bad[..n]);
+            assert_eq!(read(buf).unwrap_err(), MftError::Attached(1));
+            assert_eq!(read(&buf[..n - 1]).unwrap_err(), MftError::SizeMismatch { size: n - 1, expected: n });
+        }
+        assert_eq!(read(&good[..4]).unwrap_err(), MftError::TooShort);
     }
 
     #[test]
