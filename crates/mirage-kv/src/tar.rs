@@ -40,8 +40,12 @@ pub enum TarError {
     BadHeader(u64),
     /// The file at this offset reaches past the end of the device.
     Truncated(u64),
-    /// A path of the archive is not a valid key (`..`, NUL).
+    /// A path of the archive is not a valid key (`..`, NUL), or names no
+    /// file (empty, `/`).
     BadPath(String),
+    /// A path is both a file and, as the parent of another file, a
+    /// directory.
+    Conflict(String),
 }
 
 impl fmt::Display for TarError {
@@ -50,7 +54,8 @@ impl fmt::Display for TarError {
             TarError::Block(e) => write!(f, "reading the archive: {e}"),
             TarError::BadHeader(at) => write!(f, "the tar header at byte {at} is damaged (bad checksum or field); is the disk a tar archive?"),
             TarError::Truncated(at) => write!(f, "the file whose header is at byte {at} reaches past the end of the disk; the archive is truncated"),
-            TarError::BadPath(p) => write!(f, "the archive holds {p:?}, which is not a valid key (no `..`, no NUL)"),
+            TarError::BadPath(p) => write!(f, "the archive holds {p:?}, which is not a valid key (a file name, no `..`, no NUL)"),
+            TarError::Conflict(p) => write!(f, "the archive holds {p:?} both as a file and as a directory; make the image from one directory tree"),
         }
     }
 }
@@ -227,6 +232,11 @@ impl<B: Block> Tar<B> {
                 size = pax_size.unwrap_or(size);
                 if kind == b'0' || kind == 0 || kind == b'7' {
                     let key = Key::parse(&path).map_err(|_| TarError::BadPath(path.clone()))?;
+                    // A file named "", "/" or "./" would be the root, which
+                    // is the dictionary of everything.
+                    if key.is_root() {
+                        return Err(TarError::BadPath(path));
+                    }
                     let data_at = at + HEADER;
                     if data_at.checked_add(size).is_none_or(|end| end > self.capacity) {
                         return Err(TarError::Truncated(header_at));
@@ -246,6 +256,17 @@ impl<B: Block> Tar<B> {
             match dedup.last_mut() {
                 Some(last) if last.path == e.path => *last = e,
                 _ => dedup.push(e),
+            }
+        }
+        // A key is a value or a dictionary, never both (as in every store):
+        // no file may sit under another.
+        for e in &dedup {
+            let mut parent = Key::parse(&e.path).map_err(|_| TarError::BadPath(e.path.clone()))?.parent();
+            while !parent.is_root() {
+                if dedup.binary_search_by(|x| x.path.as_str().cmp(parent.as_str())).is_ok() {
+                    return Err(TarError::Conflict(String::from(parent.as_str())));
+                }
+                parent = parent.parent();
             }
         }
         self.entries = dedup;
@@ -323,10 +344,22 @@ pub fn write_archive<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8], u64
     fn header(name: &[u8], prefix: &[u8], size: u64, mtime: u64, kind: u8) -> [u8; 512] {
         let mut h = [0u8; 512];
         h[..name.len()].copy_from_slice(name);
+        // Octal digits and a NUL; GNU's base-256 (the high bit of the first
+        // byte set, then big-endian) for a value that needs more digits,
+        // such as a time after 2242 or a size over 8 GiB.
         let octal = |h: &mut [u8], v: u64| {
             let digits = h.len() - 1;
             let s = alloc::format!("{v:0digits$o}");
-            h[..digits].copy_from_slice(&s.as_bytes()[s.len() - digits..]);
+            if s.len() == digits {
+                h[..digits].copy_from_slice(s.as_bytes());
+            } else {
+                h.fill(0);
+                let be = v.to_be_bytes();
+                let n = be.len().min(h.len() - 1);
+                let at = h.len() - n;
+                h[at..].copy_from_slice(&be[be.len() - n..]);
+                h[0] = 0x80;
+            }
         };
         octal(&mut h[100..108], 0o644);
         octal(&mut h[108..116], 0);

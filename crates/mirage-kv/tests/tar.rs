@@ -133,14 +133,17 @@ fn archives_written_for_the_tool_and_read_by_gnu_tar() {
     }
 }
 
+/// Opens `bytes` as a disk of 512-byte sectors: the number of files, or why not.
+fn open_count(dir: &Dir, bytes: &[u8]) -> Result<usize, TarError> {
+    let img = image(&dir.0, bytes, 512);
+    let block = FileBlock::open(&img, 512, true).unwrap();
+    block_on(async { Tar::new(block).await.map(|t| t.len()) })
+}
+
 #[test]
 fn damaged_archives_are_refused_with_the_reason() {
     let dir = Dir::new("bad");
-    let open = |bytes: &[u8]| {
-        let img = image(&dir.0, bytes, 512);
-        let block = FileBlock::open(&img, 512, true).unwrap();
-        block_on(async { Tar::new(block).await.map(|t| t.len()) })
-    };
+    let open = |bytes: &[u8]| open_count(&dir, bytes);
     let good = write_archive([("a.txt", &b"hello"[..], 1), ("b.txt", &[7u8; 2000][..], 2)], 512);
     assert_eq!(open(&good), Ok(2));
 
@@ -161,4 +164,43 @@ fn damaged_archives_are_refused_with_the_reason() {
     assert_eq!(open(&[0u8; 4096]), Ok(0));
     let msg = TarError::BadHeader(0).to_string();
     assert!(msg.contains("tar archive"), "{msg}");
+}
+
+/// Found by fuzzing (fuzz/regressions/tar): a file whose path names the
+/// root made the root a value, so that nothing could be listed; a file
+/// under another file made a key both a value and a dictionary, and the
+/// file under it unreachable by listing. Both are refused by name.
+#[test]
+fn paths_that_are_not_one_tree_are_refused() {
+    let dir = Dir::new("tree");
+    let open = |bytes: &[u8]| open_count(&dir, bytes);
+    assert_eq!(open(&write_archive([("/", &b"x"[..], 1)], 512)), Err(TarError::BadPath(String::new())));
+    let both = write_archive([("a/b/c", &b"x"[..], 1), ("a/b", b"y", 1)], 512);
+    assert_eq!(open(&both), Err(TarError::Conflict("/a/b".into())));
+    assert!(TarError::Conflict("/a/b".into()).to_string().contains("both as a file and as a directory"));
+    assert_eq!(open(&write_archive([("a/b", &b"x"[..], 1), ("a/c", b"y", 1), ("ab", b"z", 1)], 512)), Ok(3));
+}
+
+/// Found by fuzzing (fuzz/regressions/tar_roundtrip): a time that needs
+/// more than the field's eleven octal digits was written cut to its low
+/// digits; it is now written in GNU's base-256, which both GNU tar and
+/// the reader read back.
+#[test]
+fn times_past_the_octal_range_round_trip() {
+    let dir = Dir::new("mtime");
+    let late = 10_507_614_452u64; // in 2302; 8^11 seconds is in 2242
+    let archive = write_archive([("late", &b"x"[..], late), ("early", b"y", 8u64.pow(11) - 1)], 512);
+    let img = image(&dir.0, &archive, 512);
+    let block = FileBlock::open(&img, 512, true).unwrap();
+    block_on(async {
+        let tar = Tar::new(block).await.unwrap();
+        let t = tar.last_modified(&Key::parse("late").unwrap()).await.unwrap();
+        assert_eq!(t.as_secs(), late);
+        let t = tar.last_modified(&Key::parse("early").unwrap()).await.unwrap();
+        assert_eq!(t.as_secs(), 8u64.pow(11) - 1);
+    });
+    let out = Command::new("tar").args(["--utc", "-tvf"]).arg(&img).output().expect("GNU tar runs");
+    assert!(out.status.success());
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("2302-"), "{listing}");
 }
