@@ -1,0 +1,34 @@
+//! What each fuzz target checks. Every target of `fuzz/` is one call to a
+//! `run` function here, so that the same checks replay the committed
+//! corpus and regressions under `cargo test` with no fuzzer at all.
+//!
+//! A check fails by panicking (libFuzzer records the input as a crash):
+//! a panic of the code under test, or an assertion here about what must
+//! hold for every input: invariants of a parser's result, agreement with
+//! an independent reading of the same bytes, and round trips where a
+//! parser has an inverse.
+//!
+//! [`seeds`] makes each target's starting corpus from the project's own
+//! builders (`fuzz/run seeds` writes it under `fuzz/corpus/`).
+
+pub mod args;
+pub mod elf;
+pub mod http;
+pub mod manifest;
+pub mod seeds;
+pub mod sim;
+pub mod tar;
+pub mod wire;
+
+/// The targets, by the name of their binary and corpus directory, and the
+/// function each runs.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("elf", elf::run),
+    ("manifest", manifest::run),
+    ("http_server", http::run_server),
+    ("http_request", http::run_request),
+    ("tar", tar::run),
+    ("tar_roundtrip", tar::run_roundtrip),
+    ("wire", wire::run),
+    ("args", args::run),
+];
