@@ -14,6 +14,7 @@
 pub mod args;
 pub mod elf;
 pub mod http;
+pub mod hypercall;
 pub mod manifest;
 pub mod seeds;
 pub mod sim;
@@ -25,6 +26,7 @@ pub mod wire;
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("elf", elf::run),
     ("manifest", manifest::run),
+    ("hypercall", hypercall::run),
     ("http_server", http::run_server),
     ("http_request", http::run_request),
     ("tar", tar::run),

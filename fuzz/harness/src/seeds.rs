@@ -18,6 +18,7 @@ pub fn all() -> Vec<Seed> {
     let mut seeds = Vec::new();
     seeds.extend(elf());
     seeds.extend(manifest());
+    seeds.extend(crate::hypercall::seeds());
     seeds.extend(http());
     seeds.extend(tar());
     seeds.extend(wire());
@@ -29,7 +30,7 @@ pub fn all() -> Vec<Seed> {
 
 /// Inputs for targets that build their own structure from any bytes
 /// (`arbitrary`): fixed pseudo-random blobs of a few lengths.
-fn blobs(target: &'static str, n: usize) -> Vec<Seed> {
+pub(crate) fn blobs(target: &'static str, n: usize) -> Vec<Seed> {
     const NAMES: [&str; 8] = ["blob-0", "blob-1", "blob-2", "blob-3", "blob-4", "blob-5", "blob-6", "blob-7"];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ target.len() as u64;
     (0..n.min(NAMES.len()))
