@@ -21,9 +21,12 @@ pub mod sim;
 pub mod tar;
 pub mod wire;
 
-/// The targets, by the name of their binary and corpus directory, and the
-/// function each runs.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A target: the name of its binary and corpus directory, and the
+/// function it runs on each input.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// The targets.
+pub const TARGETS: &[Target] = &[
     ("elf", elf::run),
     ("manifest", manifest::run),
     ("hypercall", hypercall::run),
