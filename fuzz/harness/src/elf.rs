@@ -3,7 +3,9 @@
 
 use solo5_abi::hvt::{GUEST_MAX_MEM_SIZE, GUEST_MIN_BASE};
 use solo5_abi::mft;
-use solo5_abi::note::{ABI1_NOTE_ALIGN, ABI1_NOTE_MAX_SIZE, ABI1_NOTE_TYPE, MFT1_NOTE_ALIGN, MFT1_NOTE_MAX_SIZE, MFT1_NOTE_TYPE};
+use solo5_abi::note::{
+    ABI1_NOTE_ALIGN, ABI1_NOTE_MAX_SIZE, ABI1_NOTE_TYPE, MFT1_NOTE_ALIGN, MFT1_NOTE_MAX_SIZE, MFT1_NOTE_TYPE,
+};
 use solo5_elf::{LoadPlan, PAGE_SIZE, load_note, load_plan};
 
 /// The smallest guest memory a tender gives (`--mem=2`).

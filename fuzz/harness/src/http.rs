@@ -155,7 +155,8 @@ fn check(session: &Session) {
             (206, Some(range)) => {
                 let (span, size) = range.strip_prefix("bytes ").and_then(|r| r.split_once('/')).expect("a byte range");
                 let (a, b) = span.split_once('-').expect("a span");
-                let (a, b, size): (usize, usize, usize) = (a.parse().unwrap(), b.parse().unwrap(), size.parse().unwrap());
+                let (a, b, size): (usize, usize, usize) =
+                    (a.parse().unwrap(), b.parse().unwrap(), size.parse().unwrap());
                 assert!(a <= b && b < size, "{range}");
                 assert!(
                     files.iter().any(|(_, f)| f.len() == size && f[a..=b] == answer.body[..]),
@@ -219,7 +220,11 @@ const FRAMING: &[&str] = &["content-length", "transfer-encoding", "host", "conne
 
 impl<'a> Arbitrary<'a> for Sent {
     fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Sent> {
-        let method = if u.arbitrary()? { u.choose(&["GET", "HEAD", "POST", "PUT"])?.to_string() } else { text(u, TOKEN, 1..=8)? };
+        let method = if u.arbitrary()? {
+            u.choose(&["GET", "HEAD", "POST", "PUT"])?.to_string()
+        } else {
+            text(u, TOKEN, 1..=8)?
+        };
         let target = format!("/{}", text(u, TARGET, 0..=40)?);
         let version = u.int_in_range(0..=1)?;
         let mut headers = Vec::new();
@@ -289,7 +294,8 @@ impl Sent {
 /// fields, decoded body) and answer each.
 pub fn run_request(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let Ok(sent) = (0..u.int_in_range(1..=3).unwrap_or(1)).map(|_| Sent::arbitrary(&mut u)).collect::<arbitrary::Result<Vec<_>>>()
+    let Ok(sent) =
+        (0..u.int_in_range(1..=3).unwrap_or(1)).map(|_| Sent::arbitrary(&mut u)).collect::<arbitrary::Result<Vec<_>>>()
     else {
         return;
     };

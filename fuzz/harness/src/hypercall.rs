@@ -31,7 +31,7 @@ use solo5_elf::{LoadPlan, load_plan};
 use tender::Exit;
 use tender::devices::Devices;
 use tender::hvt::hypercall::{Hypercalls, Outcome};
-use tender::hvt::memory::{GuestMemory, Gpa};
+use tender::hvt::memory::{Gpa, GuestMemory};
 use tender::hvt::ring::{Failure, VcpuStopper};
 use zerocopy::FromBytes;
 
@@ -70,7 +70,14 @@ struct World {
 fn socketpair() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
     // SAFETY: fds has room for the two descriptors; the result is checked.
-    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
     assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
     // SAFETY: both descriptors are fresh and owned by nothing else.
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
@@ -86,11 +93,15 @@ impl World {
         let mut vcpu = vm.create_vcpu(0).expect("a vCPU");
         let failure = Arc::new(Failure::new(VcpuStopper::for_this_thread(&mut vcpu)));
         let path = std::env::temp_dir().join(format!("mirage-fuzz-block-{}", std::process::id()));
-        let block = File::options().read(true).write(true).create(true).truncate(true).open(&path).expect("a block file");
+        let block =
+            File::options().read(true).write(true).create(true).truncate(true).open(&path).expect("a block file");
         let _ = std::fs::remove_file(&path);
         block.set_len(CAPACITY).expect("sized");
         let (net, peer) = socketpair();
-        let image = executable(Layout { target: 1, manifest: true, mft_skew: 0 }, &[("net0", MftType::NetBasic), ("blk0", MftType::BlockBasic)]);
+        let image = executable(
+            Layout { target: 1, manifest: true, mft_skew: 0 },
+            &[("net0", MftType::NetBasic), ("blk0", MftType::BlockBasic)],
+        );
         let plan = load_plan(&image, ALLOC, GUEST_MIN_BASE).expect("the image loads");
         let mem = memory(&image, &plan);
         let mut read_only = vec![(0, GUEST_MIN_BASE)];
@@ -317,7 +328,9 @@ impl Rules {
 /// What a hypercall must do.
 #[derive(Debug, PartialEq)]
 enum Expect {
-    Resume { ret: Option<u32> },
+    Resume {
+        ret: Option<u32>,
+    },
     Halt(i32),
     /// Exit with "{hypercall:?} hypercall: Invalid guest access: ...".
     Invalid(Hypercall, u64, u64),
@@ -333,7 +346,8 @@ fn play(w: &World, ring: bool, actions: &[Action]) -> Vec<Expect> {
     w.drain();
     w.reset(ring);
     let mem = &w.mem;
-    let mut hc = Hypercalls::new(mem, w.devices(), w.failure.clone()).unwrap_or_else(|e| panic!("Hypercalls::new: {e}"));
+    let mut hc =
+        Hypercalls::new(mem, w.devices(), w.failure.clone()).unwrap_or_else(|e| panic!("Hypercalls::new: {e}"));
     let rules = Rules { size: if ring { RING_AT } else { ALLOC }, read_only: w.read_only.clone() };
     let mut wire: VecDeque<Vec<u8>> = VecDeque::new();
     for action in actions {
@@ -415,7 +429,11 @@ fn expect(rules: &Rules, memory: &[u8], wire: &VecDeque<Vec<u8>>, nr: u16, gpa: 
         Walltime | Poll => (Expect::Resume { ret: None }, arg),
         Puts => {
             let p: HcPuts = field(memory, gpa);
-            if rules.readable(p.data, p.len) { (Expect::Resume { ret: None }, vec![]) } else { (Expect::Invalid(hc, p.data, p.len), vec![]) }
+            if rules.readable(p.data, p.len) {
+                (Expect::Resume { ret: None }, vec![])
+            } else {
+                (Expect::Invalid(hc, p.data, p.len), vec![])
+            }
         }
         Halt => {
             let cookie: u64 = field(memory, gpa);
@@ -428,7 +446,8 @@ fn expect(rules: &Rules, memory: &[u8], wire: &VecDeque<Vec<u8>>, nr: u16, gpa: 
         }
         BlockWrite | BlockRead => {
             let a: HcBlockRead = field(memory, gpa);
-            let in_device = a.handle == BLOCK && a.offset < CAPACITY && a.offset.checked_add(a.len).is_some_and(|e| e <= CAPACITY);
+            let in_device =
+                a.handle == BLOCK && a.offset < CAPACITY && a.offset.checked_add(a.len).is_some_and(|e| e <= CAPACITY);
             if !in_device {
                 return (Expect::Resume { ret: Some(SoloResult::Inval as u32) }, arg);
             }
@@ -459,7 +478,15 @@ fn expect(rules: &Rules, memory: &[u8], wire: &VecDeque<Vec<u8>>, nr: u16, gpa: 
 
 /// Makes the hypercall and checks it; its outcome (`Resume` if the guest
 /// goes on).
-fn call(w: &World, mem: &GuestMemory, hc: &mut Hypercalls<'_>, rules: &Rules, wire: &mut VecDeque<Vec<u8>>, nr: u16, gpa: u64) -> Expect {
+fn call(
+    w: &World,
+    mem: &GuestMemory,
+    hc: &mut Hypercalls<'_>,
+    rules: &Rules,
+    wire: &mut VecDeque<Vec<u8>>,
+    nr: u16,
+    gpa: u64,
+) -> Expect {
     // A POLL sleeps for as long as the guest asks: 1 µs at most here.
     if nr == Hypercall::Poll as u16 && rules.writable(gpa, 24) {
         poke(mem, rules, gpa, &1000u64.to_le_bytes());
@@ -480,7 +507,10 @@ fn call(w: &World, mem: &GuestMemory, hc: &mut Hypercalls<'_>, rules: &Rules, wi
         for (i, _) in b.iter().zip(a).enumerate().filter(|(_, (x, y))| x != y) {
             let at = (page * 4096 + i) as u64;
             let named = may_write.iter().any(|&(s, n)| at >= s && at - s < n);
-            assert!(named && rules.writable(at, 1), "hypercall {nr} at {gpa:#x} changed guest byte {at:#x} ({expected:?})");
+            assert!(
+                named && rules.writable(at, 1),
+                "hypercall {nr} at {gpa:#x} changed guest byte {at:#x} ({expected:?})"
+            );
         }
     }
 
@@ -500,7 +530,10 @@ fn call(w: &World, mem: &GuestMemory, hc: &mut Hypercalls<'_>, rules: &Rules, wi
             resumed(w, (&before, &after), wire, nr, gpa, ret, (clock_before, clock_after));
             return Expect::Resume { ret };
         }
-        _ => panic!("hypercall {nr} at {gpa:#x}: expected {expected:?}, got {:?}", result.as_ref().map_err(|e| e.to_string())),
+        _ => panic!(
+            "hypercall {nr} at {gpa:#x}: expected {expected:?}, got {:?}",
+            result.as_ref().map_err(|e| e.to_string())
+        ),
     }
     expected
 }
@@ -512,7 +545,15 @@ fn now_nanos() -> u64 {
 /// The results a hypercall that resumed the guest left in its memory
 /// (`after`); what the host read is compared with guest memory `before`.
 /// Where a buffer overlaps the argument struct, the struct's results win.
-fn resumed(w: &World, (before, after): (&[u8], &[u8]), wire: &mut VecDeque<Vec<u8>>, nr: u16, gpa: u64, ret: Option<u32>, clock: (u64, u64)) {
+fn resumed(
+    w: &World,
+    (before, after): (&[u8], &[u8]),
+    wire: &mut VecDeque<Vec<u8>>,
+    nr: u16,
+    gpa: u64,
+    ret: Option<u32>,
+    clock: (u64, u64),
+) {
     let range = |data: u64, len: u64| data as usize..(data + len) as usize;
     let clear_of_arg = |data: u64, len: u64, n: u64| data.saturating_add(len) <= gpa || data >= gpa + n;
     match Hypercall::from_nr(nr) {
@@ -523,7 +564,12 @@ fn resumed(w: &World, (before, after): (&[u8], &[u8]), wire: &mut VecDeque<Vec<u
         Some(Hypercall::Poll) => {
             let p: HcPoll = field(after, gpa);
             let ready = !wire.is_empty();
-            assert_eq!((p.ret, p.ready_set), (i32::from(ready), u64::from(ready) << NET), "POLL with {} frames", wire.len());
+            assert_eq!(
+                (p.ret, p.ready_set),
+                (i32::from(ready), u64::from(ready) << NET),
+                "POLL with {} frames",
+                wire.len()
+            );
         }
         Some(h @ (Hypercall::BlockWrite | Hypercall::BlockRead)) => {
             let a: HcBlockRead = field(after, gpa);
@@ -532,7 +578,12 @@ fn resumed(w: &World, (before, after): (&[u8], &[u8]), wire: &mut VecDeque<Vec<u
                 let mut file = vec![0u8; a.len as usize];
                 w.block.read_exact_at(&mut file, a.offset).expect("the block file");
                 let guest = if h == Hypercall::BlockWrite { before } else { after };
-                assert!(file == guest[range(a.data, a.len)], "{h:?} of {} bytes at {}: guest and file differ", a.len, a.offset);
+                assert!(
+                    file == guest[range(a.data, a.len)],
+                    "{h:?} of {} bytes at {}: guest and file differ",
+                    a.len,
+                    a.offset
+                );
             }
         }
         Some(Hypercall::NetWrite) => {

@@ -1,6 +1,8 @@
 //! The manifest: `solo5_abi::mft` on untrusted bytes.
 
-use solo5_abi::mft::{self, MFT_ENTRY_SIZE, MFT_HEADER_SIZE, MFT_MAX_ENTRIES, MFT_NAME_MAX, MftEntry, MftError, MftType};
+use solo5_abi::mft::{
+    self, MFT_ENTRY_SIZE, MFT_HEADER_SIZE, MFT_MAX_ENTRIES, MFT_NAME_MAX, MftEntry, MftError, MftType,
+};
 
 /// The input is a manifest (an MFT1 note's content) and, when it is text,
 /// a manifest source.
@@ -76,6 +78,7 @@ pub fn check_source(text: &str) {
     let declared: Vec<_> = devices.iter().map(|d| (d.name.clone(), d.mtype as u32)).collect();
     assert_eq!(listed, declared);
     let query = manifest_json(copy.entries());
-    let again = parse_manifest(&query, "query.json").unwrap_or_else(|e| panic!("query-manifest output does not parse: {e}\n{query}"));
+    let again = parse_manifest(&query, "query.json")
+        .unwrap_or_else(|e| panic!("query-manifest output does not parse: {e}\n{query}"));
     assert_eq!(again, devices, "query-manifest output reads back as other devices");
 }

@@ -90,7 +90,11 @@ pub struct Layout {
 /// two notes in rodata (R), data (R W), bss, one `PT_NOTE` per note.
 pub fn executable(layout: Layout, devices: &[(&str, MftType)]) -> Vec<u8> {
     const BASE: u64 = 0x10_0000;
-    let abi = note(ABI1_NOTE_TYPE, &[layout.target.to_le_bytes(), 2u32.to_le_bytes(), [0; 4], [0; 4]].concat(), ABI1_NOTE_ALIGN);
+    let abi = note(
+        ABI1_NOTE_TYPE,
+        &[layout.target.to_le_bytes(), 2u32.to_le_bytes(), [0; 4], [0; 4]].concat(),
+        ABI1_NOTE_ALIGN,
+    );
     let mft = note(MFT1_NOTE_TYPE, &manifest_bytes(devices), MFT1_NOTE_ALIGN);
     let mut bytes = vec![0u8; 0x3000];
     bytes[0x1000..0x1004].copy_from_slice(&[0xf4, 0xeb, 0xfd, 0x90]); // hlt; jmp .-1
@@ -141,7 +145,14 @@ fn elf() -> Vec<Seed> {
     vec![
         ("elf", "hvt-no-devices", executable(HVT, &[])),
         ("elf", "hvt-net", executable(HVT, &[("service", NetBasic)])),
-        ("elf", "spt-net-two-blocks", executable(Layout { target: 2, ..HVT }, &[("service", NetBasic), ("storage", BlockBasic), ("b2", BlockBasic)])),
+        (
+            "elf",
+            "spt-net-two-blocks",
+            executable(
+                Layout { target: 2, ..HVT },
+                &[("service", NetBasic), ("storage", BlockBasic), ("b2", BlockBasic)],
+            ),
+        ),
         ("elf", "no-manifest", executable(Layout { manifest: false, ..HVT }, &[])),
     ]
 }
@@ -170,11 +181,26 @@ fn http() -> Vec<Seed> {
         s("get-directory-redirect", "GET /a?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
         s("head-and-close", "HEAD /a/b.txt HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
         s("http10-keep-alive", "GET /a/ HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /empty HTTP/1.0\r\n\r\n"),
-        s("pipelined", "GET /a/b.txt HTTP/1.1\r\nHost: a\r\n\r\nGET /big.bin HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\n"),
-        s("range", "GET /big.bin HTTP/1.1\r\nHost: a\r\nRange: bytes=100-39999\r\n\r\nGET /a/b.txt HTTP/1.1\r\nHost: a\r\nRange: bytes=-10\r\n\r\n"),
-        s("conditional", "GET /a/b.txt HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"x\", *\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: Sun, 01 Nov 2026 00:00:00 GMT\r\n\r\n"),
-        s("post-length", "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: a\r\n\r\n"),
-        s("post-chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n"),
+        s(
+            "pipelined",
+            "GET /a/b.txt HTTP/1.1\r\nHost: a\r\n\r\nGET /big.bin HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        s(
+            "range",
+            "GET /big.bin HTTP/1.1\r\nHost: a\r\nRange: bytes=100-39999\r\n\r\nGET /a/b.txt HTTP/1.1\r\nHost: a\r\nRange: bytes=-10\r\n\r\n",
+        ),
+        s(
+            "conditional",
+            "GET /a/b.txt HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"x\", *\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: Sun, 01 Nov 2026 00:00:00 GMT\r\n\r\n",
+        ),
+        s(
+            "post-length",
+            "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        s(
+            "post-chunked",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+        ),
         s("expect-continue", "PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc"),
         s("too-large", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999\r\n\r\n"),
         s("bad-version", "GET / HTTP/2.0\r\nHost: a\r\n\r\n"),
@@ -226,8 +252,19 @@ fn tar() -> Vec<Seed> {
     let longer = format!("{}/x", "p".repeat(300));
     vec![
         ("tar", "empty", write_archive([], 512)),
-        ("tar", "site", write_archive([("index.html", &b"<h1>hi</h1>"[..], 1_700_000_000), ("css/site.css", b"body{}", 5), ("empty", b"", 0)], 512)),
-        ("tar", "prefix-and-pax", write_archive([(long.as_str(), &b"split at a slash"[..], 7), (longer.as_str(), b"pax path", 8)], 512)),
+        (
+            "tar",
+            "site",
+            write_archive(
+                [("index.html", &b"<h1>hi</h1>"[..], 1_700_000_000), ("css/site.css", b"body{}", 5), ("empty", b"", 0)],
+                512,
+            ),
+        ),
+        (
+            "tar",
+            "prefix-and-pax",
+            write_archive([(long.as_str(), &b"split at a slash"[..], 7), (longer.as_str(), b"pax path", 8)], 512),
+        ),
         ("tar", "gnu-long-name", gnu_archive()),
     ]
 }
@@ -265,7 +302,10 @@ fn args() -> Vec<Seed> {
     vec![
         s("empty", ""),
         s("solo5-options", "--solo5:quiet --solo5:debug --hello=Hola"),
-        s("every-type", "--hello='Hola mundo' --verbose --u8=255 --port 80 --u32=7 --u64=18446744073709551615 --usize=0 --i32=-5 --i64=9 --gateway=10.0.0.1 --v6=fd00::1 --ip=::1 --peer=[::1]:8080 --ipv4=192.168.1.7/16 --ipv6=fd00::2/64 --timeout=500ms --maybe="),
+        s(
+            "every-type",
+            "--hello='Hola mundo' --verbose --u8=255 --port 80 --u32=7 --u64=18446744073709551615 --usize=0 --i32=-5 --i64=9 --gateway=10.0.0.1 --v6=fd00::1 --ip=::1 --peer=[::1]:8080 --ipv4=192.168.1.7/16 --ipv6=fd00::2/64 --timeout=500ms --maybe=",
+        ),
         s("logs", "-l tcpip:debug,*:warn --logs=error -ldebug"),
         s("quotes-and-escapes", r#"--hello="a \"b\" c" 'd e'\ f"#),
         s("help", "--port=1 --help"),

@@ -111,9 +111,9 @@ pub fn run_roundtrip(data: &[u8]) {
         let key = Key::parse(&f.path).expect("generated paths are keys").to_string();
         // A path under a file, or a file where a dictionary is, is not an
         // archive of a directory tree: not written.
-        let conflict = expect.keys().any(|k| {
-            k != &key && (key.starts_with(&format!("{k}/")) || k.starts_with(&format!("{key}/")))
-        });
+        let conflict = expect
+            .keys()
+            .any(|k| k != &key && (key.starts_with(&format!("{k}/")) || k.starts_with(&format!("{key}/"))));
         if !conflict {
             expect.insert(key, f);
             written.push((f.path.as_str(), f.data.as_slice(), f.mtime));

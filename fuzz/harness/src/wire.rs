@@ -8,7 +8,9 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use mirage_tcpip::wire::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet};
+use mirage_tcpip::wire::{
+    self, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet,
+};
 use smoltcp::wire::{self as smol, IpAddress, IpProtocol};
 
 /// The input is a frame, and the recipe for one.
@@ -16,7 +18,8 @@ pub fn run(data: &[u8]) {
     assert_eq!(wire::checksum(data), reference_checksum(0, data), "checksum of {} bytes", data.len());
     check_parse(data);
     if let Some((frame, expect)) = build(data) {
-        let (_, packet) = wire::parse(&frame).unwrap_or_else(|e| panic!("a well-formed frame is refused ({e}): {frame:02x?}"));
+        let (_, packet) =
+            wire::parse(&frame).unwrap_or_else(|e| panic!("a well-formed frame is refused ({e}): {frame:02x?}"));
         match (packet, expect) {
             (Packet::Ipv4(p), Expect::V4 { src, dst, protocol, payload }) => {
                 assert_eq!((p.src, p.dst, p.protocol, p.payload), (src, dst, protocol, &payload[..]));
@@ -59,7 +62,8 @@ fn check_parse(frame: &[u8]) {
     match packet {
         Packet::Arp(_) => assert!(smol::ArpPacket::new_checked(eth.payload).is_ok()),
         Packet::Ipv4(p) => {
-            let smol_ip = smol::Ipv4Packet::new_checked(eth.payload).expect("smoltcp refuses an IPv4 packet wire accepts");
+            let smol_ip =
+                smol::Ipv4Packet::new_checked(eth.payload).expect("smoltcp refuses an IPv4 packet wire accepts");
             assert!(smol_ip.verify_checksum());
             assert_eq!(p.header_len, usize::from(smol_ip.header_len()));
             assert_eq!(p.payload, smol_ip.payload());
@@ -69,7 +73,8 @@ fn check_parse(frame: &[u8]) {
             }
         }
         Packet::Ipv6(p) => {
-            let smol_ip = smol::Ipv6Packet::new_checked(eth.payload).expect("smoltcp refuses an IPv6 packet wire accepts");
+            let smol_ip =
+                smol::Ipv6Packet::new_checked(eth.payload).expect("smoltcp refuses an IPv6 packet wire accepts");
             assert_eq!(p.payload, smol_ip.payload());
             check_transport(p.next_header, p.payload, IpAddress::Ipv6(p.src), IpAddress::Ipv6(p.dst));
         }
@@ -98,7 +103,10 @@ fn check_transport(protocol: u8, data: &[u8], src: IpAddress, dst: IpAddress) {
             let p = smol::Icmpv6Packet::new_unchecked(data);
             let known = !matches!(p.msg_type(), smol::Icmpv6Message::Unknown(_) | smol::Icmpv6Message::RplControl);
             if known && data.len() >= p.header_len().max(8) {
-                assert!(smol::Icmpv6Packet::new_checked(data).is_ok(), "smoltcp refuses an ICMPv6 message wire accepts");
+                assert!(
+                    smol::Icmpv6Packet::new_checked(data).is_ok(),
+                    "smoltcp refuses an ICMPv6 message wire accepts"
+                );
             }
             assert!(p.verify_checksum(&s, &d));
             assert_eq!(reference_checksum(pseudo(data.len()), data), 0);
@@ -154,7 +162,10 @@ fn build(data: &[u8]) -> Option<(Vec<u8>, Expect)> {
         let d: [u8; 16] = addrs[16..].try_into().ok()?;
         (Ipv6Addr::from(s).into(), Ipv6Addr::from(d).into())
     } else {
-        (Ipv4Addr::new(addrs[0], addrs[1], addrs[2], addrs[3]).into(), Ipv4Addr::new(addrs[4], addrs[5], addrs[6], addrs[7]).into())
+        (
+            Ipv4Addr::new(addrs[0], addrs[1], addrs[2], addrs[3]).into(),
+            Ipv4Addr::new(addrs[4], addrs[5], addrs[6], addrs[7]).into(),
+        )
     };
     let mut l4 = body.to_vec();
     match protocol {
