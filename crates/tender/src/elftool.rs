@@ -203,8 +203,9 @@ fn query_manifest(binary: &str) -> Result<(), Exit> {
     )
     .map_err(|e| fatal!("{name}: {e}"))?
     .ok_or_else(|| fatal!("{name}: No Solo5 manifest found in executable"))?;
-    let entries = solo5_abi::mft::validate(note).map_err(|_| fatal!("{name}: Manifest validation failed"))?;
-    print!("{}", manifest_json(entries));
+    // Read, not validated in place: the note may sit at any file offset.
+    let manifest = solo5_abi::mft::read(note).map_err(|_| fatal!("{name}: Manifest validation failed"))?;
+    print!("{}", manifest_json(manifest.entries()));
     Ok(())
 }
 

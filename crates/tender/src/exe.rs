@@ -115,7 +115,9 @@ pub fn manifest(name: &str, bytes: &[u8]) -> Result<Vec<MftEntry>, Exit> {
     let note = solo5_elf::load_note(bytes, MFT1_NOTE_TYPE, MFT1_NOTE_ALIGN, MFT1_NOTE_MAX_SIZE)
         .map_err(|e| fatal!("{name}: {e}"))?
         .ok_or_else(|| fatal!("{name}: No Solo5 manifest found in executable"))?;
-    mft::validate(note).map(<[MftEntry]>::to_vec).map_err(|_| fatal!("{name}: Solo5 manifest is invalid"))
+    // Read, not validated in place: the note may sit at any file offset, as
+    // Solo5, which copies it out first, allows.
+    mft::read(note).map(|m| m.entries().to_vec()).map_err(|_| fatal!("{name}: Solo5 manifest is invalid"))
 }
 
 /// Reads a unikernel for `target` and checks its ABI note and manifest, in

@@ -8,7 +8,7 @@
 //! lets it make a handful of system calls (spt) until it exits.
 //!
 //! Everything the guest controls is untrusted: the executable
-//! ([`solo5_elf`]), its manifest ([`solo5_abi::mft::validate`]), and every
+//! ([`solo5_elf`]), its manifest ([`solo5_abi::mft::read`]), and every
 //! hypercall argument ([`hvt::memory::GuestMemory`], the one checked path to
 //! guest memory). A bad guest ends with a message and exit status 1, never
 //! with a panic of the tender.

@@ -1,6 +1,5 @@
-//! Findings in crates this harness may not change, each shown by a test
-//! that fails today and is ignored until the fix lands (the report names
-//! the change). Run them with `cargo test -- --ignored`.
+//! Findings of the fuzzer outside the fuzz workspace, each kept as a test
+//! of the fix.
 
 use mirage_fuzz_harness::seeds::{Layout, executable};
 use solo5_abi::mft::{self, MftType};
@@ -8,12 +7,10 @@ use solo5_abi::note::{MFT1_NOTE_ALIGN, MFT1_NOTE_MAX_SIZE, MFT1_NOTE_TYPE};
 
 /// Solo5 reads the MFT1 note into a buffer of its own, so a note at a
 /// file offset that is not a multiple of 8 loads. `tender::exe::manifest`
-/// (and `solo5-elftool query-manifest`) check the note in place with
-/// `mft::validate`, which cannot look at misaligned entries: the tender
-/// says "Solo5 manifest is invalid". Fix: call `mft::read(note)` there
-/// (`.map(|m| m.entries().to_vec())`).
+/// (and `solo5-elftool query-manifest`) checked the note in place with
+/// `mft::validate`, which cannot look at misaligned entries, and said
+/// "Solo5 manifest is invalid"; they read it with `mft::read` now.
 #[test]
-#[ignore = "open: tender::exe::manifest checks the note in place; it should call mft::read"]
 fn a_manifest_note_at_an_offset_not_a_multiple_of_8_loads() {
     let exe = executable(Layout { target: 1, manifest: true, mft_skew: 4 }, &[("service", MftType::NetBasic)]);
     let note = solo5_elf::load_note(&exe, MFT1_NOTE_TYPE, MFT1_NOTE_ALIGN, MFT1_NOTE_MAX_SIZE).unwrap().unwrap();

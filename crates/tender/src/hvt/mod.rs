@@ -146,21 +146,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
 
     let plan = solo5_elf::load_plan(&exe.bytes, mem_size, hvt::GUEST_MIN_BASE)
         .map_err(|e| fatal!("{}: {e}", exe.name))?;
-    for s in &plan.segments {
-        vm.mem.load(s.vaddr, plan.file_bytes(&exe.bytes, s)).map_err(|e| fatal!("{}: {e}", exe.name))?;
-        // Guest-executable pages are readable, never executable, on the host;
-        // KVM turns host read-only into guest write protection.
-        let mut prot = libc::PROT_NONE;
-        if s.prot.read || s.prot.exec {
-            prot |= libc::PROT_READ;
-        }
-        if s.prot.write {
-            prot |= libc::PROT_WRITE;
-        }
-        vm.mem
-            .protect(s.prot_start, s.prot_end, prot)
-            .map_err(|e| fatal!("{}: mprotect failed: {}", exe.name, strerror(&e)))?;
-    }
+    load(&vm.mem, &plan, &exe.bytes, &exe.name)?;
     drop(exe);
 
     // The ring takes the top 2 MiB; the guest's memory ends below it.
@@ -222,6 +208,25 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
         Some(e) => Err(e),
         None => status,
     }
+}
+
+/// Copies the segments of `plan` from `bytes` into guest memory and gives
+/// each the host protection the tender gives it: guest-executable pages are
+/// readable, never executable, on the host, and KVM turns host read-only
+/// into guest write protection. `name` is the executable's, for messages.
+pub fn load(mem: &GuestMemory, plan: &solo5_elf::LoadPlan, bytes: &[u8], name: &str) -> Result<(), Exit> {
+    for s in &plan.segments {
+        mem.load(s.vaddr, plan.file_bytes(bytes, s)).map_err(|e| fatal!("{name}: {e}"))?;
+        let mut prot = libc::PROT_NONE;
+        if s.prot.read || s.prot.exec {
+            prot |= libc::PROT_READ;
+        }
+        if s.prot.write {
+            prot |= libc::PROT_WRITE;
+        }
+        mem.protect(s.prot_start, s.prot_end, prot).map_err(|e| fatal!("{name}: mprotect failed: {}", strerror(&e)))?;
+    }
+    Ok(())
 }
 
 /// The KVM virtual machine: one vCPU, one memory slot, no interrupt

@@ -58,7 +58,9 @@ pub fn kick_eventfd(vm: &VmFd) -> Option<EventFd> {
 #[derive(Debug)]
 pub struct Failure {
     exit: Mutex<Option<Exit>>,
-    vcpu: VcpuStopper,
+    /// The vCPU to stop; none where hypercalls are served without one (a
+    /// test or fuzz harness driving the handlers directly).
+    vcpu: Option<VcpuStopper>,
 }
 
 /// What stops the vCPU from another thread: KVM's `immediate_exit` flag in
@@ -112,7 +114,13 @@ impl VcpuStopper {
 impl Failure {
     /// A failure slot for the vCPU that `vcpu` stops.
     pub fn new(vcpu: VcpuStopper) -> Failure {
-        Failure { exit: Mutex::new(None), vcpu }
+        Failure { exit: Mutex::new(None), vcpu: Some(vcpu) }
+    }
+
+    /// A failure slot with no vCPU to stop, for serving hypercalls outside
+    /// a VM (tests, fuzzing).
+    pub fn detached() -> Failure {
+        Failure { exit: Mutex::new(None), vcpu: None }
     }
 
     /// Records `exit` (the first one wins) and stops the vCPU.
@@ -122,7 +130,9 @@ impl Failure {
             *slot = Some(exit);
         }
         drop(slot);
-        self.vcpu.stop();
+        if let Some(v) = &self.vcpu {
+            v.stop();
+        }
     }
 
     /// The error the I/O thread left, if any.
