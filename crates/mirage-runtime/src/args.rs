@@ -172,6 +172,70 @@ impl<T: FromArg> FromArg for Option<T> {
     }
 }
 
+/// A type without values: the wiring's second implementation of each
+/// [`declared!`](crate::declared) trait is for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Never {}
+
+#[doc(hidden)]
+pub use alloc::string::String as __String;
+
+/// Declares the trait through which the wiring gives start a boot argument
+/// of the type `mirage.toml` declares (`string`, or a Rust type). Only that
+/// type implements it, so a start function that takes another one is
+/// refused at compile time with the trait's own message, which the wiring
+/// writes to name the argument and its declaration (with
+/// `#[diagnostic::on_unimplemented]`). A `string` is lent as `&str` or
+/// cloned into a `String`; another type has a second implementation, for
+/// [`Never`], which keeps rustc from inferring the declared type from a
+/// single implementation before it reads start's parameter.
+///
+/// ```
+/// mirage_runtime::declared! {
+///     #[diagnostic::on_unimplemented(message = "mirage.toml declares `port` as u16, but start takes `{T}`")]
+///     Port: u16
+/// }
+/// fn start(port: u16) -> u16 { port }
+/// assert_eq!(start(Port::arg(80u16)), 80);
+/// ```
+#[macro_export]
+macro_rules! declared {
+    ($(#[$attr:meta])* $name:ident: string) => {
+        $(#[$attr])*
+        pub trait $name<T> {
+            /// The argument, as start takes it.
+            fn arg(self) -> T;
+        }
+        impl<'a> $name<&'a str> for &'a $crate::args::__String {
+            fn arg(self) -> &'a str {
+                self
+            }
+        }
+        impl $name<$crate::args::__String> for &$crate::args::__String {
+            fn arg(self) -> $crate::args::__String {
+                self.clone()
+            }
+        }
+    };
+    ($(#[$attr:meta])* $name:ident: $ty:ty) => {
+        $(#[$attr])*
+        pub trait $name<T> {
+            /// The argument, as start takes it.
+            fn arg(self) -> T;
+        }
+        impl $name<$ty> for $ty {
+            fn arg(self) -> $ty {
+                self
+            }
+        }
+        impl $name<$crate::args::Never> for $ty {
+            fn arg(self) -> $crate::args::Never {
+                unreachable!("no value has the type Never")
+            }
+        }
+    };
+}
+
 /// A boot argument a unikernel accepts.
 #[derive(Clone)]
 pub struct Arg {

@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{ImDocument, Item, Table, Value};
 
+use crate::generate::Libraries;
+
 /// The configuration file's name.
 pub const FILE: &str = "mirage.toml";
 
@@ -35,6 +37,9 @@ pub struct Config {
     pub dir: PathBuf,
     /// The crate's package name (from its Cargo.toml).
     pub package: String,
+    /// Where the crate takes the mirage-rs libraries from (its dependency
+    /// on one of them, `mirage-devices` first), if it names one.
+    pub libraries: Option<Libraries>,
     /// The unikernel's name: the image is `dist/NAME[.hvt|.spt]`.
     pub name: String,
     /// The start function's path, from the crate root (`hello::start`).
@@ -278,12 +283,51 @@ pub fn load(dir: &Path) -> Result<Config, Error> {
             "check the file's permissions".into()
         },
     })?;
-    let package = package_name(dir)?;
-    parse(&path, &text, dir, package)
+    let krate = crate_info(dir)?;
+    let mut config = parse(&path, &text, dir, krate.package)?;
+    config.libraries = krate.libraries;
+    check_start(&config, &krate.lib.unwrap_or_else(|| ident(&config.package)), &path, &text)?;
+    Ok(config)
 }
 
-/// The `[package] name` of `dir/Cargo.toml`.
-fn package_name(dir: &Path) -> Result<String, Error> {
+/// What the tool reads of the unikernel's Cargo.toml.
+struct CrateInfo {
+    package: String,
+    /// `[lib] name`, when given.
+    lib: Option<String>,
+    libraries: Option<Libraries>,
+}
+
+/// The mirage-rs libraries a unikernel may depend on, in the order their
+/// dependency is looked at to find where they come from.
+pub const LIBRARIES: [&str; 9] =
+    ["mirage-devices", "mirage-runtime", "mirage-http", "mirage-kv", "mirage-tcpip", "mirage-unix", "mirage-solo5", "solo5-abi", "solo5-elf"];
+
+/// Where `dependency` (one entry of `[dependencies]` of the crate in `dir`)
+/// takes its library from: its path's directory, its git repository,
+/// or the registry. `None` for a form that says nothing (`workspace = true`).
+fn source(dir: &Path, dependency: &Item) -> Option<Libraries> {
+    if let Some(version) = dependency.as_str() {
+        return Some(Libraries::Registry(version.to_string()));
+    }
+    let t = dependency.as_table_like()?;
+    let get = |k: &str| t.get(k).and_then(|v| v.as_str()).map(String::from);
+    if let Some(path) = get("path") {
+        let at = dir.join(path);
+        // The libraries sit side by side: the directory holding this one.
+        let crates = at.canonicalize().unwrap_or(at).parent()?.to_path_buf();
+        return Some(Libraries::Path(crates));
+    }
+    if let Some(url) = get("git") {
+        let reference = ["branch", "tag", "rev"].iter().find_map(|k| get(k).map(|v| (k.to_string(), v)));
+        return Some(Libraries::Git { url, reference });
+    }
+    get("version").map(Libraries::Registry)
+}
+
+/// The package name, library name and mirage-rs dependency of
+/// `dir/Cargo.toml`.
+fn crate_info(dir: &Path) -> Result<CrateInfo, Error> {
     let path = dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&path).map_err(|e| Error {
         file: path.clone(),
@@ -297,11 +341,38 @@ fn package_name(dir: &Path) -> Result<String, Error> {
         cause: e.message().trim().to_string(),
         fix: "correct the TOML syntax".into(),
     })?;
-    doc.get("package")
+    let package = doc
+        .get("package")
         .and_then(|p| p.get("name"))
         .and_then(|n| n.as_str())
         .map(String::from)
-        .ok_or_else(|| Error { file: path, line: 0, cause: "no [package] name".into(), fix: "add name = \"...\" under [package]".into() })
+        .ok_or_else(|| Error { file: path, line: 0, cause: "no [package] name".into(), fix: "add name = \"...\" under [package]".into() })?;
+    let lib = doc.get("lib").and_then(|l| l.get("name")).and_then(|n| n.as_str()).map(String::from);
+    let deps = doc.get("dependencies").and_then(Item::as_table_like);
+    let libraries = deps.and_then(|d| LIBRARIES.iter().find_map(|name| d.get(name).and_then(|item| source(dir, item))));
+    Ok(CrateInfo { package, lib, libraries })
+}
+
+/// A crate name as Rust code names it.
+fn ident(package: &str) -> String {
+    package.replace('-', "_")
+}
+
+/// The start function must be the unikernel crate's: the wiring calls it
+/// from outside, where nothing else is in scope (and `start` alone would
+/// name the wiring's own function).
+fn check_start(config: &Config, lib: &str, path: &Path, text: &str) -> Result<(), Error> {
+    let first = config.start.split("::").next().unwrap_or_default();
+    if config.start.contains("::") && first == lib {
+        return Ok(());
+    }
+    let line = text.lines().position(|l| l.trim_start().starts_with("start")).map_or(0, |i| i + 1);
+    Err(Error {
+        file: path.to_path_buf(),
+        line,
+        cause: format!("start = {:?} is not a function of the unikernel crate {lib}: the wiring calls it from outside the crate", config.start),
+        fix: format!("name it from the crate root, as in start = \"{lib}::{}\"", config.start.rsplit("::").next().unwrap_or("start")),
+    })
 }
 
 /// Parses and checks the text of a configuration.
@@ -339,7 +410,18 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
             file: p.file.clone(),
             line: start_line,
             cause: format!("start = {start:?} is not a Rust path"),
-            fix: format!("name the function from the crate root, as in \"{}::start\"", package.replace('-', "_")),
+            fix: format!("name the function from the crate root, as in \"{}::start\"", ident(&package)),
+        });
+    }
+    if !start.contains("::") {
+        let lib = ident(&package);
+        return Err(Error {
+            file: p.file.clone(),
+            line: start_line,
+            cause: format!(
+                "start = {start:?} is not a function of the unikernel crate {lib}: the wiring calls it from outside the crate (and `{start}` alone names the wiring's own function)"
+            ),
+            fix: format!("name it from the crate root, as in start = \"{lib}::{start}\""),
         });
     }
 
@@ -423,7 +505,7 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
                     if !ty.accepts(&s) {
                         return Err(p.err(
                             v.span(),
-                            format!("the default {s:?} is not a valid {}", ArgType::name(ty)),
+                            format!("the default {s:?} is not a valid {}", ty.keyword()),
                             "give a default of the argument's type",
                         ));
                     }
@@ -472,11 +554,12 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
             });
         }
     }
-    Ok(Config { dir: dir.to_path_buf(), package, name, start, arguments, devices, boot })
+    Ok(Config { dir: dir.to_path_buf(), package, libraries: None, name, start, arguments, devices, boot })
 }
 
 impl ArgType {
-    fn name(self) -> &'static str {
+    /// The type's name in `mirage.toml`.
+    pub fn keyword(self) -> &'static str {
         match self {
             ArgType::String => "string",
             ArgType::Bool => "bool",

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use mirage::config;
-use mirage::generate::{self, Options, Target, UnixNet};
+use mirage::generate::{self, Libraries, Options, Target, UnixNet};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -49,11 +49,11 @@ fn generated_wiring_matches_the_snapshots() {
                 continue;
             }
             let snap_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(ex).join(variant);
-            for f in generate::files_formatted(&c, &opts, &root.join("crates")) {
+            for f in generate::files_formatted(&c, &opts, &Libraries::Path(root.join("crates"))) {
                 // hvt and spt share their Rust code, but for the command
                 // named in the header: spt keeps only its Cargo.toml.
                 if variant == "spt" && f.path.ends_with(".rs") {
-                    let hvt = generate::files_formatted(&c, &Options { target: Target::Hvt, ..opts }, &root.join("crates"));
+                    let hvt = generate::files_formatted(&c, &Options { target: Target::Hvt, ..opts }, &Libraries::Path(root.join("crates")));
                     let same = hvt.iter().find(|h| h.path == f.path).map(|h| h.text.replace("-t hvt", "-t spt"));
                     if same.as_deref() != Some(f.text.as_str()) {
                         differ.push(format!("{ex}: spt's {} differs from hvt's beyond the header", f.path));

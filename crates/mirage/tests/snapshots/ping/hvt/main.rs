@@ -41,5 +41,45 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let ipv4: mirage_runtime::args::Ipv4Cidr = args.get("ipv4");
     let limit: u64 = args.get("limit");
     let pattern: bool = args.get("pattern");
-    solo5::dev::run(async move { ping::start(console, service, ipv4, limit, pattern).await })
+    solo5::dev::run(async move {
+        ping::start(
+            console,
+            service,
+            declared::Ipv4::arg(ipv4),
+            declared::Limit::arg(limit),
+            declared::Pattern::arg(pattern),
+        )
+        .await
+    })
+}
+
+/// Start takes each boot argument with the type mirage.toml declares:
+/// a mismatch is reported with these messages.
+mod declared {
+    mirage_runtime::declared! {
+        #[diagnostic::on_unimplemented(
+            message = "mirage.toml declares boot argument `ipv4` as type = \"ipv4-cidr\", but start takes `{T}` there",
+            label = "declared in mirage.toml as ipv4-cidr",
+            note = "make [boot.ipv4] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
+        )]
+        Ipv4: mirage_runtime::args::Ipv4Cidr
+    }
+
+    mirage_runtime::declared! {
+        #[diagnostic::on_unimplemented(
+            message = "mirage.toml declares boot argument `limit` as type = \"u64\", but start takes `{T}` there",
+            label = "declared in mirage.toml as u64",
+            note = "make [boot.limit] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
+        )]
+        Limit: u64
+    }
+
+    mirage_runtime::declared! {
+        #[diagnostic::on_unimplemented(
+            message = "mirage.toml declares boot argument `pattern` as type = \"bool\", but start takes `{T}` there",
+            label = "declared in mirage.toml as bool",
+            note = "make [boot.pattern] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
+        )]
+        Pattern: bool
+    }
 }

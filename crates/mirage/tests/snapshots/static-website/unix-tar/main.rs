@@ -33,7 +33,7 @@ fn main() {
         Arg::new::<String>(
             "block:htdocs",
             None,
-            "The disk image (a tar archive) of store htdocs.",
+            "The disk image (a tar archive) of the kv-ro store \"htdocs\".",
         ),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
@@ -65,11 +65,11 @@ fn main() {
     let max_body: u64 = args.get("max-body");
     let stats: u32 = args.get("stats");
     std::process::exit(mirage_unix::run(async move {
-        let htdocs = mirage_kv::Tar::new(htdocs_disk)
-            .await
-            .map_err(|e| format!("cannot open the store htdocs: block device htdocs: {e}"))?;
+        let htdocs = mirage_kv::Tar::new(htdocs_disk).await.map_err(|e| {
+            format!("cannot open the kv-ro store \"htdocs\" on block device htdocs: {e}")
+        })?;
         let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
-            .map_err(|e| format!("cannot start the stack stack: {e}"))?;
+            .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;
         Ok::<_, String>(
             static_website::start(
@@ -78,15 +78,64 @@ fn main() {
                 htdocs,
                 clock,
                 time,
-                port,
-                header_timeout,
-                idle_timeout,
-                max_body,
-                stats,
+                declared::Port::arg(port),
+                declared::HeaderTimeout::arg(header_timeout),
+                declared::IdleTimeout::arg(idle_timeout),
+                declared::MaxBody::arg(max_body),
+                declared::Stats::arg(stats),
             )
             .await,
         )
     }));
+}
+
+/// Start takes each boot argument with the type mirage.toml declares:
+/// a mismatch is reported with these messages.
+mod declared {
+    mirage_runtime::declared! {
+        #[diagnostic::on_unimplemented(
+            message = "mirage.toml declares boot argument `port` as type = \"u16\", but start takes `{T}` there",
+            label = "declared in mirage.toml as u16",
+            note = "make [boot.port] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
+        )]
+        Port: u16
+    }
+
+    mirage_runtime::declared! {
+        #[diagnostic::on_unimplemented(
+            message = "mirage.toml declares boot argument `header-timeout` as type = \"u32\", but start takes `{T}` there",
+            label = "declared in mirage.toml as u32",
+            note = "make [boot.header-timeout] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
+        )]
+        HeaderTimeout: u32
+    }
+
+    mirage_runtime::declared! {
+        #[diagnostic::on_unimplemented(
+            message = "mirage.toml declares boot argument `idle-timeout` as type = \"u32\", but start takes `{T}` there",
+            label = "declared in mirage.toml as u32",
+            note = "make [boot.idle-timeout] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
+        )]
+        IdleTimeout: u32
+    }
+
+    mirage_runtime::declared! {
+        #[diagnostic::on_unimplemented(
+            message = "mirage.toml declares boot argument `max-body` as type = \"u64\", but start takes `{T}` there",
+            label = "declared in mirage.toml as u64",
+            note = "make [boot.max-body] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
+        )]
+        MaxBody: u64
+    }
+
+    mirage_runtime::declared! {
+        #[diagnostic::on_unimplemented(
+            message = "mirage.toml declares boot argument `stats` as type = \"u32\", but start takes `{T}` there",
+            label = "declared in mirage.toml as u32",
+            note = "make [boot.stats] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
+        )]
+        Stats: u32
+    }
 }
 
 /// Reports a device that cannot be set up, and exits.

@@ -49,12 +49,61 @@ fn main() {
             KV_HTDOCS,
             clock,
             time,
-            port,
-            header_timeout,
-            idle_timeout,
-            max_body,
-            stats,
+            declared::Port::arg(port),
+            declared::HeaderTimeout::arg(header_timeout),
+            declared::IdleTimeout::arg(idle_timeout),
+            declared::MaxBody::arg(max_body),
+            declared::Stats::arg(stats),
         )
         .await
     }));
+}
+
+/// Start takes each boot argument with the type mirage.toml declares:
+/// a mismatch is reported with these messages.
+mod declared {
+    mirage_runtime::declared! {
+        #[diagnostic::on_unimplemented(
+            message = "mirage.toml declares boot argument `port` as type = \"u16\", but start takes `{T}` there",
+            label = "declared in mirage.toml as u16",
+            note = "make [boot.port] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
+        )]
+        Port: u16
+    }
+
+    mirage_runtime::declared! {
+        #[diagnostic::on_unimplemented(
+            message = "mirage.toml declares boot argument `header-timeout` as type = \"u32\", but start takes `{T}` there",
+            label = "declared in mirage.toml as u32",
+            note = "make [boot.header-timeout] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
+        )]
+        HeaderTimeout: u32
+    }
+
+    mirage_runtime::declared! {
+        #[diagnostic::on_unimplemented(
+            message = "mirage.toml declares boot argument `idle-timeout` as type = \"u32\", but start takes `{T}` there",
+            label = "declared in mirage.toml as u32",
+            note = "make [boot.idle-timeout] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
+        )]
+        IdleTimeout: u32
+    }
+
+    mirage_runtime::declared! {
+        #[diagnostic::on_unimplemented(
+            message = "mirage.toml declares boot argument `max-body` as type = \"u64\", but start takes `{T}` there",
+            label = "declared in mirage.toml as u64",
+            note = "make [boot.max-body] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
+        )]
+        MaxBody: u64
+    }
+
+    mirage_runtime::declared! {
+        #[diagnostic::on_unimplemented(
+            message = "mirage.toml declares boot argument `stats` as type = \"u32\", but start takes `{T}` there",
+            label = "declared in mirage.toml as u32",
+            note = "make [boot.stats] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
+        )]
+        Stats: u32
+    }
 }
