@@ -114,7 +114,26 @@ impl Kind {
     }
 }
 
-const KINDS: &str = "console, time, wall-clock, random, net, block, stack, kv-ro, kv-rw";
+/// The device kinds, as `mirage.toml` names them.
+pub const KINDS: [&str; 9] = ["console", "time", "wall-clock", "random", "net", "block", "stack", "kv-ro", "kv-rw"];
+
+/// The keys a device of kind `kind` may have in its table (besides the
+/// short form `name = "kind"`).
+pub fn keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "net" => &["kind", "interface"],
+        "block" => &["kind", "interface", "size"],
+        "stack" => &["kind", "interface", "ipv4", "gateway"],
+        "kv-ro" => &["kind", "directory", "store", "interface"],
+        _ => &["kind"],
+    }
+}
+
+/// The keys of `[unikernel]`.
+pub const UNIKERNEL_KEYS: [&str; 3] = ["name", "start", "arguments"];
+
+/// The keys of a `[boot.NAME]` table.
+pub const BOOT_KEYS: [&str; 3] = ["type", "default", "doc"];
 
 /// A boot argument of the unikernel's own.
 #[derive(Debug, Clone, PartialEq)]
@@ -184,7 +203,8 @@ impl ArgType {
     }
 }
 
-const TYPES: &str = "string, bool, int, u16, u32, u64, ipv4, ipv4-cidr";
+/// The boot-argument types, as `mirage.toml` names them.
+pub const TYPES: [&str; 8] = ["string", "bool", "int", "u16", "u32", "u64", "ipv4", "ipv4-cidr"];
 
 fn valid_cidr(s: &str) -> bool {
     s.split_once('/')
@@ -390,7 +410,7 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
     let root = doc.as_table();
     p.unknown_keys(root, "top level", &["unikernel", "devices", "boot"])?;
     let u = p.table(root, "unikernel", "start the file with [unikernel] and its name, start and arguments")?;
-    p.unknown_keys(u, "unikernel", &["name", "start", "arguments"])?;
+    p.unknown_keys(u, "unikernel", &UNIKERNEL_KEYS)?;
     let (name, name_line) = p
         .string(u, "name", "unikernel")?
         .ok_or_else(|| p.err(u.span(), "[unikernel] has no name", "add name = \"...\": the image is dist/NAME"))?;
@@ -483,15 +503,15 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
                 return Err(p.err(item.span(), format!("boot.{key} must be a table"), format!("write [boot.{key}] with type = \"...\"")));
             };
             let table = format!("boot.{key}");
-            p.unknown_keys(a, &table, &["type", "default", "doc"])?;
+            p.unknown_keys(a, &table, &BOOT_KEYS)?;
             let (ty, ty_line) = p
                 .string(a, "type", &table)?
-                .ok_or_else(|| p.err(key_span.clone(), format!("[boot.{key}] has no type"), format!("add type = \"...\", one of {TYPES}")))?;
+                .ok_or_else(|| p.err(key_span.clone(), format!("[boot.{key}] has no type"), format!("add type = \"...\", one of {}", TYPES.join(", "))))?;
             let ty = ArgType::parse(&ty).ok_or_else(|| Error {
                 file: p.file.clone(),
                 line: ty_line,
                 cause: format!("unknown argument type {ty:?}"),
-                fix: format!("use one of {TYPES}"),
+                fix: format!("use one of {}", TYPES.join(", ")),
             })?;
             let default = match a.get("default") {
                 None => None,
@@ -597,13 +617,13 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
         Item::Value(Value::String(s)) => (s.value().clone(), None, s.span()),
         Item::Value(Value::InlineTable(t)) => {
             let kind = t.get("kind").and_then(|v| v.as_str()).map(String::from);
-            let kind = kind.ok_or_else(|| p.err(t.span(), format!("device {key} has no kind"), format!("add kind = \"...\", one of {KINDS}")))?;
+            let kind = kind.ok_or_else(|| p.err(t.span(), format!("device {key} has no kind"), format!("add kind = \"...\", one of {}", KINDS.join(", "))))?;
             (kind, Some(t.clone().into_table()), t.span())
         }
         Item::Table(t) => {
             let kind = p
                 .string(t, "kind", &format!("devices.{key}"))?
-                .ok_or_else(|| p.err(t.span(), format!("device {key} has no kind"), format!("add kind = \"...\", one of {KINDS}")))?
+                .ok_or_else(|| p.err(t.span(), format!("device {key} has no kind"), format!("add kind = \"...\", one of {}", KINDS.join(", "))))?
                 .0;
             (kind, Some(t.clone()), t.span())
         }
@@ -681,17 +701,10 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
         }
         "kv-rw" => Kind::KvRw,
         other => {
-            return Err(p.err(span.clone(), format!("unknown device kind {other:?}"), format!("use one of {KINDS}")));
+            return Err(p.err(span.clone(), format!("unknown device kind {other:?}"), format!("use one of {}", KINDS.join(", "))));
         }
     };
-    let allowed: &[&str] = match &k {
-        Kind::Net { .. } => &["kind", "interface"],
-        Kind::Block { .. } => &["kind", "interface", "size"],
-        Kind::Stack { .. } => &["kind", "interface", "ipv4", "gateway"],
-        Kind::KvRo { .. } => &["kind", "directory", "store", "interface"],
-        _ => &["kind"],
-    };
-    p.unknown_keys(&t, &tname, allowed)?;
+    p.unknown_keys(&t, &tname, keys(k.keyword()))?;
     Ok(k)
 }
 
@@ -783,6 +796,57 @@ default = 8080
     fn every_device_must_reach_start() {
         let e = error(&GOOD.replace("\"console\", \"net\", ", "\"console\", "));
         assert!(e.cause.contains("net is declared but not given"), "{e}");
+    }
+
+    #[test]
+    fn start_is_the_crates_own() {
+        // `start` alone would call the wiring's own function (E0061).
+        let e = error(&GOOD.replace("start = \"demo::start\"", "start = \"start\""));
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.cause.contains("start = \"start\" is not a function of the unikernel crate demo"), "{e}");
+        assert!(e.fix.contains("start = \"demo::start\""), "{e}");
+        // Another crate's function is out of the wiring's reach.
+        let dir = scratch("start");
+        write(&dir, "Cargo.toml", "[package]\nname = \"demo\"\n");
+        write(&dir, FILE, &GOOD.replace("demo::start", "other::start"));
+        let e = load(&dir).unwrap_err();
+        assert!(e.cause.contains("is not a function of the unikernel crate demo") && e.line == 4, "{e}");
+        // A library renamed by [lib] name.
+        write(&dir, "Cargo.toml", "[package]\nname = \"demo\"\n[lib]\nname = \"other\"\n");
+        assert!(load(&dir).is_ok());
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mirage-config-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn the_libraries_come_from_where_the_crate_takes_them() {
+        let dir = scratch("libraries");
+        let libs = |deps: &str| {
+            write(&dir, "Cargo.toml", &format!("[package]\nname = \"demo\"\n\n[dependencies]\nlog = \"0.4\"\n{deps}"));
+            write(&dir, FILE, GOOD);
+            load(&dir).unwrap().libraries
+        };
+        assert_eq!(libs(""), None);
+        std::fs::create_dir_all(dir.join("rs/crates/mirage-devices")).unwrap();
+        let crates = dir.join("rs/crates").canonicalize().unwrap();
+        assert_eq!(libs("mirage-devices = { path = \"rs/crates/mirage-devices\" }"), Some(Libraries::Path(crates.clone())));
+        assert_eq!(libs("[dependencies.mirage-http]\npath = \"rs/crates/mirage-http\"\n"), Some(Libraries::Path(crates)));
+        assert_eq!(
+            libs("mirage-devices = { git = \"https://example.org/mirage-rs\", tag = \"v0.1.0\" }"),
+            Some(Libraries::Git { url: "https://example.org/mirage-rs".into(), reference: Some(("tag".into(), "v0.1.0".into())) })
+        );
+        assert_eq!(libs("mirage-devices = \"0.1\""), Some(Libraries::Registry("0.1".into())));
+        assert_eq!(libs("mirage-runtime = { version = \"0.1.2\", features = [\"std\"] }"), Some(Libraries::Registry("0.1.2".into())));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

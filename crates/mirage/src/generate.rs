@@ -773,6 +773,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn dependencies_on_the_libraries() {
+        let from = Path::new("/r/examples/x/mirage/hvt");
+        let path = Libraries::Path("/r/crates".into());
+        assert_eq!(path.dependency("mirage-kv", from, &[]), "mirage-kv = { path = \"../../../../crates/mirage-kv\" }");
+        // A unikernel outside the checkout: an absolute path.
+        assert_eq!(
+            path.dependency("mirage-solo5", Path::new("/home/u/app/mirage/hvt"), &["hvt"]),
+            "mirage-solo5 = { path = \"/r/crates/mirage-solo5\", features = [\"hvt\"] }"
+        );
+        let git = Libraries::Git { url: "https://example.org/rs".into(), reference: Some(("rev".into(), "abc".into())) };
+        assert_eq!(git.dependency("mirage-unix", from, &[]), "mirage-unix = { git = \"https://example.org/rs\", rev = \"abc\" }");
+        let registry = Libraries::Registry("0.1".into());
+        assert_eq!(registry.dependency("mirage-runtime", from, &["std"]), "mirage-runtime = { version = \"0.1\", features = [\"std\"] }");
+    }
+
+    #[test]
+    fn the_manifest_follows_the_configuration() {
+        let text = "[unikernel]\nname = \"w\"\nstart = \"w::start\"\narguments = [\"stack\", \"htdocs\", \"disk\"]\n\n[devices]\nstack = \"stack\"\nhtdocs = { kind = \"kv-ro\", directory = \".\" }\ndisk = \"block\"\n";
+        let c = crate::config::parse(Path::new("mirage.toml"), text, Path::new("."), "w".into()).unwrap();
+        let mut opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: true, kv_tar: false };
+        let names = |o: &Options| manifest(&c, o).into_iter().map(|(_, n)| n).collect::<Vec<_>>();
+        assert_eq!(names(&opts), ["service", "storage"]);
+        // --kv-ro=tar: the store is a block device of the image too.
+        opts.kv_tar = true;
+        assert_eq!(names(&opts), ["service", "htdocs", "storage"]);
+        assert!(manifest_json(&c, &opts).contains("{ \"name\": \"htdocs\", \"type\": \"BLOCK_BASIC\" }"));
+        // main.rs declares the same.
+        let main = files(&c, &opts, &Libraries::Path("/c".into())).into_iter().find(|f| f.path == "main.rs").unwrap();
+        assert!(main.text.contains("solo5::manifest!(net \"service\", block \"htdocs\", block \"storage\");"), "{}", main.text);
+    }
+
+    #[test]
     fn relative_paths() {
         assert_eq!(relative(Path::new("/r/crates/a"), Path::new("/r/examples/x/mirage/hvt")), "../../../../crates/a");
         assert_eq!(relative(Path::new("/r/examples/x"), Path::new("/r/examples/x/mirage/hvt")), "../..");

@@ -789,3 +789,40 @@ fn new(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     println!("next: cd {name} && mirage configure -t hvt && mirage build && mirage run");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `--help` text.
+    fn helps() -> [(&'static str, &'static str); 8] {
+        [
+            ("mirage", USAGE),
+            ("configure", CONFIGURE_HELP),
+            ("build", BUILD_HELP),
+            ("run", run::RUN_HELP),
+            ("clean", CLEAN_HELP),
+            ("query", QUERY_HELP),
+            ("describe", DESCRIBE_HELP),
+            ("new", NEW_HELP),
+        ]
+    }
+
+    #[test]
+    fn help_sentences_are_not_broken_early() {
+        // Prose lines (not indented, not the usage) fill the width: a
+        // short one with more prose after it is a line break inside a
+        // sentence.
+        let mut short = Vec::new();
+        for (command, text) in helps() {
+            let lines: Vec<&str> = text.lines().collect();
+            for pair in lines.windows(2) {
+                let prose = |l: &str| !l.is_empty() && !l.starts_with(' ') && !l.starts_with("usage:");
+                if prose(pair[0]) && prose(pair[1]) && pair[0].len() < 50 {
+                    short.push(format!("{command}: {:?} is followed by {:?}", pair[0], pair[1]));
+                }
+            }
+        }
+        assert!(short.is_empty(), "{}", short.join("\n"));
+    }
+}

@@ -9,7 +9,7 @@ use crate::config::{Config, Kind};
 use crate::generate::{self, Options, Target, UnixNet};
 use crate::{Args, Failure, help, load, load_state, parse_target};
 
-const RUN_HELP: &str = "\
+pub const RUN_HELP: &str = "\
 usage: mirage run [-t TARGET] [--tap=NAME] [--host-address=CIDR] [--mem=MIB] [-- ARGS...]
 
 Boots dist/NAME[.hvt|.spt], building it first if it is missing or older
@@ -263,5 +263,22 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
         Some(0) => Ok(()),
         Some(c) => Err(Failure { cause: format!("{} exited with status {c}", config.name), fix: String::new(), status: c }),
         None => Err(Failure { cause: format!("{} was killed ({status})", config.name), fix: String::new(), status: 128 }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote;
+    use mirage_runtime::args::split_cmdline;
+
+    #[test]
+    fn quoted_words_come_back_as_given() {
+        let words = ["--hello=\"Hola Mundo!\"", "--hello=Hola Mundo!", "it's", "a\\b", "", "--solo5:quiet", "--ipv4=10.0.0.2/24", "tab\there", "'\"'"];
+        let line: Vec<String> = words.iter().map(|w| quote(w)).collect();
+        assert_eq!(split_cmdline(&line.join(" ")).unwrap(), words);
+        // Plain words stay as they are, so the command shown reads well
+        // and the bindings' own options are seen.
+        assert_eq!(quote("--solo5:quiet"), "--solo5:quiet");
+        assert_eq!(quote("--hello=\"Hola Mundo!\""), "'--hello=\"Hola Mundo!\"'");
     }
 }
