@@ -190,6 +190,57 @@ pub fn cases(v: &mut Vec<Case>) {
             Ok(())
         }));
     }
+    v.push(case("unix::mirage_new_with_devices_builds_without_warnings_and_runs", Needs::Net("unix"), || {
+        // Every device the template offers, each used by its lines, with
+        // the dependencies it needs: built, run, and its data kept.
+        let scratch = Scratch::new("with");
+        tool(&scratch.0, &["new", "every", "--with=stack,kv-ro,kv-rw,block,random,wall-clock"])?.expect_status(0)?;
+        let dir = scratch.0.join("every");
+        tool(&dir, &["configure", "-t", "unix"])?.expect_status(0)?;
+        let built = tool(&dir, &["build"])?;
+        built.expect_status(0)?;
+        if built.stderr.contains("warning") {
+            return Err(format!("the template warns:\n{}", built.dump()));
+        }
+        for boot in ["every: boot 1", "every: boot 2"] {
+            let r = tool(&dir, &["run"])?;
+            r.expect_status(0)?;
+            for line in [boot, "every: htdocs/index.html has ", "every: storage has 2048 sectors of 512 bytes", "Hello from every!"] {
+                r.expect_stdout(line)?;
+            }
+        }
+        // The HTTP template: its dependencies follow (mirage-http), and it
+        // serves htdocs/.
+        tool(&scratch.0, &["new", "web", "--with=http"])?.expect_status(0)?;
+        let dir = scratch.0.join("web");
+        let toml = std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|e| e.to_string())?;
+        if !toml.lines().any(|l| l.starts_with("mirage-http = ")) {
+            return Err(format!("the HTTP template does not depend on mirage-http:\n{toml}"));
+        }
+        tool(&dir, &["configure", "-t", "unix"])?.expect_status(0)?;
+        let built = tool(&dir, &["build"])?;
+        built.expect_status(0)?;
+        if built.stderr.contains("warning") {
+            return Err(format!("the template warns:\n{}", built.dump()));
+        }
+        let ns = Netns::new()?;
+        let mut c = ns.command(mirage()?);
+        c.arg("-C").arg(&dir).args(["run"]).env("CARGO_TARGET_DIR", root().join("target/mirage"));
+        let mut g = Background::start(c)?;
+        g.wait_for("web: serving htdocs/ on port 8080", Duration::from_secs(60))?;
+        let mut curl = ns.command("curl");
+        curl.args(["-s", "-S", "--max-time", "10", "http://127.0.0.1:8080/"]);
+        let r = run_with(curl, Duration::from_secs(20))?;
+        r.expect_status(0)?;
+        r.expect_stdout("<h1>Hello from web!</h1>")?;
+        // SAFETY: kill(2) on our own child process.
+        unsafe {
+            libc::kill(g.child.id() as i32, libc::SIGTERM);
+        }
+        g.wait(Duration::from_secs(20))?;
+        let r = tool(&scratch.0, &["new", "bad", "--with=floppy"])?;
+        expect_failure(&r, 64, "new: --with=floppy: nothing of that name", "choose among stack, http, kv-ro")
+    }));
     v.push(case("spt::each_network_interface_has_its_own_subnet", Needs::Net("spt"), || {
         let scratch = Scratch::new("two-nets");
         let toml = "[unikernel]\nname = \"twonets\"\nstart = \"twonets::start\"\narguments = [\"console\", \"service\", \"admin\"]\n\n[devices]\nconsole = \"console\"\nservice = { kind = \"net\", interface = \"service\" }\nadmin = { kind = \"stack\", interface = \"admin\" }\n";

@@ -22,6 +22,7 @@ use std::process::Command;
 use mirage::config::{self, Config};
 use mirage::describe;
 use mirage::generate::{self, Libraries, Options, Target, UnixNet};
+use mirage::template::{self, Template};
 
 /// A failure: one line of cause, one of fix.
 #[derive(Debug)]
@@ -715,24 +716,19 @@ fn describe(dir: &Path, argv: &[String]) -> Result<(), Failure> {
 }
 
 const NEW_HELP: &str = "\
-usage: mirage new NAME
+usage: mirage new NAME [--with=stack,http,kv-ro,kv-rw,block,random,wall-clock]
 
 Creates the directory NAME with a unikernel crate: Cargo.toml, mirage.toml
-and src/lib.rs, a hello world generic over a console and a clock. Then:
+and src/lib.rs, a hello world generic over a console and a clock, with the
+devices of --with, each used in a few lines: a stack (its address), http
+(htdocs/ served over a stack), kv-ro (htdocs/), kv-rw (a count of boots),
+block, random, wall-clock. Cargo.toml depends on the libraries the code
+uses, from the mirage-rs checkout this tool comes from, and names the
+others, commented out, in the same form. Then:
   cd NAME && mirage configure -t hvt && mirage build && mirage run";
 
-/// The libraries the template's own code uses, and why.
-const TEMPLATE_LIBRARIES: [(&str, &str); 1] = [("mirage-devices", "The device traits start is generic over.")];
-
-/// The libraries a unikernel adds as it grows, and what for.
-const OTHER_LIBRARIES: [(&str, &str); 3] = [
-    ("mirage-http", "an HTTP server over a stack, files from a kv-ro store"),
-    ("mirage-runtime", "spawn, select, join_all; the memory budget"),
-    ("mirage-kv", "stores over a block device (tar), in memory"),
-];
-
 fn new(dir: &Path, argv: &[String]) -> Result<(), Failure> {
-    let args = Args::parse("new", argv, &["help"])?;
+    let args = Args::parse("new", argv, &["with=", "help"])?;
     if help(&args, NEW_HELP) {
         return Ok(());
     }
@@ -746,46 +742,28 @@ fn new(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     if !valid {
         return Err(Failure::usage(format!("new: {name:?} is not a usable crate name"), "use lowercase letters, digits, - and _, starting with a letter"));
     }
+    let with: Vec<&str> = args.value("with").map(|w| w.split(',').filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+    let template = Template::with(&with).map_err(|unknown| {
+        Failure::usage(format!("new: --with={unknown}: nothing of that name"), format!("choose among {}", template::ADDITIONS.join(", ")))
+    })?;
     let root = dir.join(&name);
     if root.exists() {
         return Err(Failure::new(format!("{} exists already", root.display()), "choose another name, or remove it"));
     }
     let crates = crates_dir()?;
-    std::fs::create_dir_all(root.join("src")).map_err(|e| Failure::new(format!("{}: {e}", root.display()), "check the directory's permissions"))?;
-    let abs = root.canonicalize().map_err(|e| Failure::new(format!("{}: {e}", root.display()), "check the directory's permissions"))?;
-    let libraries = Libraries::Path(crates);
-    let dependencies: Vec<String> = TEMPLATE_LIBRARIES.iter().map(|(l, why)| format!("# {why}\n{}", libraries.dependency(l, &abs, &[]))).collect();
-    let others: Vec<String> = OTHER_LIBRARIES.iter().map(|(l, why)| format!("# {}  # {why}", libraries.dependency(l, &abs, &[]))).collect();
-    let ident = name.replace('-', "_");
-    let files = [
-        (
-            "Cargo.toml",
-            format!(
-                "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\n{}\n# Libraries start may use, from the same place (the wiring takes the\n# target's own from there too):\n{}\n\n# The unikernel stands alone, outside any enclosing workspace.\n[workspace]\n",
-                dependencies.join("\n"),
-                others.join("\n")
-            ),
-        ),
-        (
-            "mirage.toml",
-            format!(
-                "# The unikernel: what start is given, and the boot arguments.\n# mirage configure -t unix|hvt|spt && mirage build && mirage run\n# Every device kind, key, type and default: {}\n\n[unikernel]\nname = \"{name}\"\nstart = \"{ident}::start\"\narguments = [\"console\", \"time\", \"greeting\"]\n\n[devices]\nconsole = \"console\"\ntime = \"time\"\n\n[boot.greeting]\ntype = \"string\"\ndefault = \"Hello from {name}!\"\ndoc = \"What to print.\"\n",
-                reference()
-            ),
-        ),
-        (
-            "src/lib.rs",
-            format!(
-                "//! {name}: prints a greeting four times, a second apart.\n//!\n//! Generic over the device traits: `mirage configure` wires it for unix,\n//! hvt or spt.\n#![no_std]\n\nuse mirage_devices::console::{{self, Console}};\nuse mirage_devices::time::{{Duration, Sleep}};\n\n/// The unikernel.\npub async fn start(console: impl Console, time: impl Sleep, greeting: &str) -> Result<(), console::Error> {{\n    for _ in 0..4 {{\n        console.log(greeting).await?;\n        time.sleep(Duration::from_secs(1)).await;\n    }}\n    Ok(())\n}}\n"
-            ),
-        ),
-        (".gitignore", "/mirage/\n/dist/\n".to_string()),
-    ];
-    for (path, text) in files {
+    let perm = |p: &Path, e: std::io::Error| Failure::new(format!("{}: {e}", p.display()), "check the directory's permissions");
+    std::fs::create_dir_all(root.join("src")).map_err(|e| perm(&root, e))?;
+    let abs = root.canonicalize().map_err(|e| perm(&root, e))?;
+    let files = template::files(&name, &template, &Libraries::Path(crates), &abs, &reference());
+    for (path, text) in &files {
         let p = root.join(path);
-        std::fs::write(&p, text).map_err(|e| Failure::new(format!("{}: {e}", p.display()), "check the directory's permissions"))?;
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| perm(parent, e))?;
+        }
+        std::fs::write(&p, text).map_err(|e| perm(&p, e))?;
     }
-    println!("created {name}/ (Cargo.toml, mirage.toml, src/lib.rs)");
+    let made: Vec<&str> = files.iter().map(|(p, _)| *p).filter(|p| !p.starts_with('.')).collect();
+    println!("created {name}/ ({})", made.join(", "));
     println!("next: cd {name} && mirage configure -t hvt && mirage build && mirage run");
     Ok(())
 }
