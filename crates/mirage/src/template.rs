@@ -196,47 +196,31 @@ fn lib_rs(name: &str, t: &Template) -> String {
         r.push_str("use mirage_http::{Limits, Static, Stats};\n");
     }
 
-    // The signature: generic parameters where the server keeps the device.
+    // The signature: a device the HTTP server keeps (it outlives start's
+    // borrow) is a generic parameter with a 'static bound; the others are
+    // `impl Trait`. (used, name, trait, generic parameter, its bounds)
+    let devices = [
+        (!t.http, "time", "Sleep", "", ""),
+        (t.stack, "stack", "Stack", "S", "S: Stack,\n    S::Flow: 'static,"),
+        (t.kv_ro, "htdocs", "KvRo", "K", "K: KvRo + 'static,"),
+        (t.kv_rw, "state", "KvRw", "", ""),
+        (t.block, "storage", "Block", "", ""),
+        (t.random, "random", "Random", "", ""),
+        (t.wall_clock, "clock", "WallClock", "W", "W: WallClock + 'static,"),
+    ];
     let mut generics = Vec::new();
     let mut bounds = Vec::new();
     let mut params = vec!["console: impl Console".to_string()];
-    if !t.http {
-        params.push("time: impl Sleep".into());
-    }
-    if t.stack {
-        if t.http {
-            generics.push("S");
-            bounds.push("S: Stack,\n    S::Flow: 'static,");
-            params.push("stack: S".into());
-        } else {
-            params.push("stack: impl Stack".into());
+    for (used, name, trait_name, generic, bound) in devices {
+        if !used {
+            continue;
         }
-    }
-    if t.kv_ro {
-        if t.http {
-            generics.push("K");
-            bounds.push("K: KvRo + 'static,");
-            params.push("htdocs: K".into());
+        if t.http && !generic.is_empty() {
+            generics.push(generic);
+            bounds.push(bound);
+            params.push(format!("{name}: {generic}"));
         } else {
-            params.push("htdocs: impl KvRo".into());
-        }
-    }
-    if t.kv_rw {
-        params.push("state: impl KvRw".into());
-    }
-    if t.block {
-        params.push("storage: impl Block".into());
-    }
-    if t.random {
-        params.push("random: impl Random".into());
-    }
-    if t.wall_clock {
-        if t.http {
-            generics.push("W");
-            bounds.push("W: WallClock + 'static,");
-            params.push("clock: W".into());
-        } else {
-            params.push("clock: impl WallClock".into());
+            params.push(format!("{name}: impl {trait_name}"));
         }
     }
     params.push("greeting: &str".into());
