@@ -486,10 +486,10 @@ fn specs(config: &Config, opts: &Options) -> (Vec<String>, Option<(String, Strin
     (specs, stack)
 }
 
-/// What start is called with. Boot arguments go through their checks in
-/// `mod declared` (see [`declared`]).
-fn call(config: &Config, opts: &Options) -> String {
-    let args: Vec<String> = config
+/// What start is called with, one expression per argument of
+/// mirage.toml's `arguments`.
+pub fn call_arguments(config: &Config, opts: &Options) -> Vec<String> {
+    config
         .arguments
         .iter()
         .map(|n| {
@@ -498,58 +498,18 @@ fn call(config: &Config, opts: &Options) -> String {
                     Kind::KvRo { .. } if opts.crunch(&d.name, &d.kind) => kv_static(n),
                     _ => ident(n),
                 }
-            } else if let Some(b) = config.boot.iter().find(|b| &b.name == n) {
-                // String arguments are lent to start as &str (or cloned
-                // into a String).
-                let value = if b.ty == ArgType::String { format!("&{}", ident(n)) } else { ident(n) };
-                format!("declared::{}::arg({value})", camel(n))
+            } else if config.boot.iter().any(|b| &b.name == n && b.ty == ArgType::String) {
+                // String arguments are lent to start as &str.
+                format!("&{}", ident(n))
             } else {
                 ident(n)
             }
         })
-        .collect();
-    format!("{}({})", config.start, args.join(", "))
-}
-
-/// `echo-port` -> `EchoPort`.
-fn camel(name: &str) -> String {
-    name.split(['-', '_'])
-        .map(|w| {
-            let mut c = w.chars();
-            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
-        })
         .collect()
 }
 
-/// `mod declared`: one trait per boot argument given to start
-/// (`mirage_runtime::declared!`), through which the argument is passed. It
-/// is implemented only for the type mirage.toml declares, so a start
-/// function that takes another type is refused with a message naming the
-/// argument and its declaration in mirage.toml, rather than with rustc's
-/// suggestion to edit the generated call.
-fn declared(config: &Config) -> Option<String> {
-    let given: Vec<_> = config.boot.iter().filter(|b| config.arguments.contains(&b.name)).collect();
-    if given.is_empty() {
-        return None;
-    }
-    let mut m = String::from(
-        "\n/// Start takes each boot argument with the type mirage.toml declares:\n/// a mismatch is reported with these messages.\nmod declared {\n",
-    );
-    for (i, b) in given.iter().enumerate() {
-        let declared = b.ty.keyword();
-        let ty = if b.ty == ArgType::String { "string" } else { b.ty.rust() };
-        if i > 0 {
-            m.push('\n');
-        }
-        let _ = write!(
-            m,
-            "    mirage_runtime::declared! {{\n        #[diagnostic::on_unimplemented(\n            message = \"mirage.toml declares boot argument `{0}` as type = \\\"{declared}\\\", but start takes `{{T}}` there\",\n            label = \"declared in mirage.toml as {declared}\",\n            note = \"make [boot.{0}] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)\"\n        )]\n        {1}: {ty}\n    }}\n",
-            b.name,
-            camel(&b.name)
-        );
-    }
-    m.push_str("}\n");
-    Some(m)
+fn call(config: &Config, opts: &Options) -> String {
+    format!("{}({})", config.start, call_arguments(config, opts).join(", "))
 }
 
 fn main_rs(config: &Config, opts: &Options) -> String {
@@ -717,9 +677,6 @@ fn main_rs(config: &Config, opts: &Options) -> String {
         let _ = writeln!(m, "    std::process::exit({run}({body}));");
     }
     m.push_str("}\n");
-    if let Some(d) = declared(config) {
-        m.push_str(&d);
-    }
     if !solo5 && needs_fail(config, opts) {
         let _ = write!(
             m,

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod describe;
+pub mod diagnose;
 pub mod generate;
 pub mod template;
 pub mod trim;

@@ -319,10 +319,15 @@ fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure
         std::fs::write(&path, f.text).map_err(|e| Failure::new(format!("{}: {e}", path.display()), "check the directory's permissions"))?;
         written.push(path);
     }
-    // Start from the versions mirage-rs is tested with, when the libraries
-    // are a checkout.
+    // Start from the versions mirage-rs is tested with: those of the
+    // checkout the libraries come from, else of the tool's own (cargo
+    // re-resolves what differs).
     let lock = dir.join("Cargo.lock");
-    if let Libraries::Path(crates) = &libraries
+    let tested = match &libraries {
+        Libraries::Path(crates) => Some(crates.clone()),
+        _ => crates_dir().ok(),
+    };
+    if let Some(crates) = tested
         && !lock.exists()
     {
         let _ = std::fs::copy(crates.join("../Cargo.lock"), &lock);
@@ -469,22 +474,56 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
         }
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "--manifest-path"])
+    // Cargo's messages pass through mirage, which reads where rustc's
+    // errors point (in colour when they go to a terminal).
+    // SAFETY: isatty only inspects descriptor 2.
+    let colour = if unsafe { libc::isatty(2) } == 1 { "always" } else { "never" };
+    let mut child = Command::new(&cargo)
+        .args(["build", "--release", "--color", colour, "--manifest-path"])
         .arg(gen_dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| Failure::new(format!("cannot run cargo: {e}"), "install Rust (rustup.rs) and put cargo on PATH"))?;
+    let mut output = String::new();
+    if let Some(stderr) = child.stderr.take() {
+        use std::io::{BufRead, Write};
+        let mut out = std::io::stderr().lock();
+        for line in std::io::BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+            let _ = out.write_all(&line);
+            let _ = out.write_all(b"\n");
+            output.push_str(&strip_ansi(&String::from_utf8_lossy(&line)));
+            output.push('\n');
+        }
+    }
+    let status = child.wait().map_err(|e| Failure::new(format!("waiting for cargo: {e}"), ""))?;
     if !status.success() {
+        let main = std::fs::read_to_string(gen_dir.join("main.rs")).unwrap_or_default();
+        let toml = std::fs::read_to_string(config.dir.join(config::FILE)).unwrap_or_default();
+        let places = mirage::diagnose::explain(config, opts, &main, &toml, &mirage::diagnose::places(&output));
+        let wiring = format!("mirage/{}/", opts.target.name());
+        if !places.is_empty() {
+            return Err(Failure::new(
+                format!(
+                    "cargo failed to build {} for {}: rustc's errors point into the wiring {wiring}main.rs, where mirage.toml and start disagree:\n  {}",
+                    config.name,
+                    opts.target.name(),
+                    places.join("\n  ")
+                ),
+                format!(
+                    "make mirage.toml and start agree (mirage.toml's reference: {}), then mirage build again; {wiring} is generated from mirage.toml, so do not edit it",
+                    reference()
+                ),
+            ));
+        }
         return Err(Failure::new(
             format!("cargo failed to build {} for {}", config.name, opts.target.name()),
             format!(
-                "see cargo's messages above. The wiring in mirage/{}/ is generated from mirage.toml: where rustc points into it, \
+                "see cargo's messages above. The wiring in {wiring} is generated from mirage.toml: where rustc points into it, \
                  correct mirage.toml (see its reference, {}) or the start function, not the generated file",
-                opts.target.name(),
                 reference()
             ),
         ));
@@ -509,6 +548,25 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
         }
     }
     Ok(image)
+}
+
+/// `line` without ANSI colour sequences.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, then one letter.
+            for n in chars.by_ref() {
+                if n.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Writes the tar archive of `dir` to `out`: the disk image of a

@@ -14,11 +14,7 @@ solo5::manifest!();
 solo5::main!(start);
 
 fn start(si: &solo5::StartInfo) -> i32 {
-    let specs = vec![Arg::new::<String>(
-        "hello",
-        Some("Hello World!"),
-        "How to say hello.",
-    )];
+    let specs = vec![Arg::new::<String>("hello", Some("Hello World!"), "How to say hello.")];
     let args = match solo5::dev::boot("hello-key", si.cmdline, &specs) {
         Ok(args) => args,
         Err(code) => return code,
@@ -26,20 +22,5 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let console = solo5::dev::Console;
     let time = mirage_runtime::time::Clock;
     let hello: String = args.get("hello");
-    solo5::dev::run(
-        async move { hello_key::start(console, time, declared::Hello::arg(&hello)).await },
-    )
-}
-
-/// Start takes each boot argument with the type mirage.toml declares:
-/// a mismatch is reported with these messages.
-mod declared {
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `hello` as type = \"string\", but start takes `{T}` there",
-            label = "declared in mirage.toml as string",
-            note = "make [boot.hello] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        Hello: string
-    }
+    solo5::dev::run(async move { hello_key::start(console, time, &hello).await })
 }

@@ -3,11 +3,7 @@
 use mirage_runtime::args::Arg;
 
 fn main() {
-    let specs = vec![Arg::new::<String>(
-        "hello",
-        Some("Hello World!"),
-        "How to say hello.",
-    )];
+    let specs = vec![Arg::new::<String>("hello", Some("Hello World!"), "How to say hello.")];
     let args = match mirage_unix::boot("hello-key", &specs) {
         Ok(args) => args,
         Err(code) => std::process::exit(code),
@@ -15,20 +11,5 @@ fn main() {
     let console = mirage_unix::Console;
     let time = mirage_runtime::time::Clock;
     let hello: String = args.get("hello");
-    std::process::exit(mirage_unix::run(async move {
-        hello_key::start(console, time, declared::Hello::arg(&hello)).await
-    }));
-}
-
-/// Start takes each boot argument with the type mirage.toml declares:
-/// a mismatch is reported with these messages.
-mod declared {
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `hello` as type = \"string\", but start takes `{T}` there",
-            label = "declared in mirage.toml as string",
-            note = "make [boot.hello] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        Hello: string
-    }
+    std::process::exit(mirage_unix::run(async move { hello_key::start(console, time, &hello).await }));
 }

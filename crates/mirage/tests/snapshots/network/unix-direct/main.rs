@@ -7,11 +7,7 @@ fn main() {
         Arg::new::<u16>("echo-port", Some("7"), "TCP and UDP echo port."),
         Arg::new::<u16>("discard-port", Some("9"), "TCP discard port."),
         Arg::new::<u16>("chargen-port", Some("19"), "TCP chargen port."),
-        Arg::new::<String>(
-            "net:service",
-            Some("tap0"),
-            "The tap device of network interface service.",
-        ),
+        Arg::new::<String>("net:service", Some("tap0"), "The tap device of network interface service."),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
     let args = match mirage_unix::boot("network", &specs) {
@@ -22,9 +18,7 @@ fn main() {
     let stack_net_tap: String = args.get("net:service");
     let stack_net = match mirage_unix::TapNet::open(&stack_net_tap, None) {
         Ok(device) => device,
-        Err(e) => fail(format!(
-            "cannot attach tap device {stack_net_tap} as network interface service: {e}"
-        )),
+        Err(e) => fail(format!("cannot attach tap device {stack_net_tap} as network interface service: {e}")),
     };
     let echo_port: u16 = args.get("echo-port");
     let discard_port: u16 = args.get("discard-port");
@@ -33,48 +27,8 @@ fn main() {
         let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
             .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;
-        Ok::<_, String>(
-            network::start(
-                console,
-                stack,
-                declared::EchoPort::arg(echo_port),
-                declared::DiscardPort::arg(discard_port),
-                declared::ChargenPort::arg(chargen_port),
-            )
-            .await,
-        )
+        Ok::<_, String>(network::start(console, stack, echo_port, discard_port, chargen_port).await)
     }));
-}
-
-/// Start takes each boot argument with the type mirage.toml declares:
-/// a mismatch is reported with these messages.
-mod declared {
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `echo-port` as type = \"u16\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u16",
-            note = "make [boot.echo-port] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        EchoPort: u16
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `discard-port` as type = \"u16\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u16",
-            note = "make [boot.discard-port] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        DiscardPort: u16
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `chargen-port` as type = \"u16\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u16",
-            note = "make [boot.chargen-port] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        ChargenPort: u16
-    }
 }
 
 /// Reports a device that cannot be set up, and exits.

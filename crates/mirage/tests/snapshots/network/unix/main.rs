@@ -19,44 +19,6 @@ fn main() {
     let discard_port: u16 = args.get("discard-port");
     let chargen_port: u16 = args.get("chargen-port");
     std::process::exit(mirage_unix::run(async move {
-        network::start(
-            console,
-            stack,
-            declared::EchoPort::arg(echo_port),
-            declared::DiscardPort::arg(discard_port),
-            declared::ChargenPort::arg(chargen_port),
-        )
-        .await
+        network::start(console, stack, echo_port, discard_port, chargen_port).await
     }));
-}
-
-/// Start takes each boot argument with the type mirage.toml declares:
-/// a mismatch is reported with these messages.
-mod declared {
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `echo-port` as type = \"u16\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u16",
-            note = "make [boot.echo-port] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        EchoPort: u16
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `discard-port` as type = \"u16\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u16",
-            note = "make [boot.discard-port] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        DiscardPort: u16
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `chargen-port` as type = \"u16\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u16",
-            note = "make [boot.chargen-port] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        ChargenPort: u16
-    }
 }

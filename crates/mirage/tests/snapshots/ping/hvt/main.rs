@@ -14,17 +14,9 @@ solo5::main!(start);
 
 fn start(si: &solo5::StartInfo) -> i32 {
     let specs = vec![
-        Arg::new::<mirage_runtime::args::Ipv4Cidr>(
-            "ipv4",
-            Some("10.0.0.2/24"),
-            "The address to answer for.",
-        ),
+        Arg::new::<mirage_runtime::args::Ipv4Cidr>("ipv4", Some("10.0.0.2/24"), "The address to answer for."),
         Arg::new::<u64>("limit", Some("0"), "Exit after this many pings (0: never)."),
-        Arg::new::<bool>(
-            "pattern",
-            Some("false"),
-            "Check that echo payloads repeat 0xdeadbeef (ping -p deadbeef).",
-        ),
+        Arg::new::<bool>("pattern", Some("false"), "Check that echo payloads repeat 0xdeadbeef (ping -p deadbeef)."),
     ];
     let args = match solo5::dev::boot("ping", si.cmdline, &specs) {
         Ok(args) => args,
@@ -41,45 +33,5 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let ipv4: mirage_runtime::args::Ipv4Cidr = args.get("ipv4");
     let limit: u64 = args.get("limit");
     let pattern: bool = args.get("pattern");
-    solo5::dev::run(async move {
-        ping::start(
-            console,
-            service,
-            declared::Ipv4::arg(ipv4),
-            declared::Limit::arg(limit),
-            declared::Pattern::arg(pattern),
-        )
-        .await
-    })
-}
-
-/// Start takes each boot argument with the type mirage.toml declares:
-/// a mismatch is reported with these messages.
-mod declared {
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `ipv4` as type = \"ipv4-cidr\", but start takes `{T}` there",
-            label = "declared in mirage.toml as ipv4-cidr",
-            note = "make [boot.ipv4] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        Ipv4: mirage_runtime::args::Ipv4Cidr
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `limit` as type = \"u64\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u64",
-            note = "make [boot.limit] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        Limit: u64
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `pattern` as type = \"bool\", but start takes `{T}` there",
-            label = "declared in mirage.toml as bool",
-            note = "make [boot.pattern] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        Pattern: bool
-    }
+    solo5::dev::run(async move { ping::start(console, service, ipv4, limit, pattern).await })
 }

@@ -16,21 +16,9 @@ solo5::main!(start);
 fn start(si: &solo5::StartInfo) -> i32 {
     let mut specs = vec![
         Arg::new::<u16>("port", Some("80"), "The HTTP port."),
-        Arg::new::<u32>(
-            "header-timeout",
-            Some("30"),
-            "Seconds a request may take to arrive once begun (408 after).",
-        ),
-        Arg::new::<u32>(
-            "idle-timeout",
-            Some("60"),
-            "Seconds a persistent connection may wait for its next request.",
-        ),
-        Arg::new::<u64>(
-            "max-body",
-            Some("1048576"),
-            "The largest request body, in bytes (413 beyond).",
-        ),
+        Arg::new::<u32>("header-timeout", Some("30"), "Seconds a request may take to arrive once begun (408 after)."),
+        Arg::new::<u32>("idle-timeout", Some("60"), "Seconds a persistent connection may wait for its next request."),
+        Arg::new::<u64>("max-body", Some("1048576"), "The largest request body, in bytes (413 beyond)."),
         Arg::new::<u32>(
             "stats",
             Some("0"),
@@ -65,9 +53,9 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let max_body: u64 = args.get("max-body");
     let stats: u32 = args.get("stats");
     solo5::dev::run(async move {
-        let htdocs = mirage_kv::Tar::new(htdocs_disk).await.map_err(|e| {
-            format!("cannot open the kv-ro store \"htdocs\" on block device htdocs: {e}")
-        })?;
+        let htdocs = mirage_kv::Tar::new(htdocs_disk)
+            .await
+            .map_err(|e| format!("cannot open the kv-ro store \"htdocs\" on block device htdocs: {e}"))?;
         let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
             .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;
@@ -78,62 +66,13 @@ fn start(si: &solo5::StartInfo) -> i32 {
                 htdocs,
                 clock,
                 time,
-                declared::Port::arg(port),
-                declared::HeaderTimeout::arg(header_timeout),
-                declared::IdleTimeout::arg(idle_timeout),
-                declared::MaxBody::arg(max_body),
-                declared::Stats::arg(stats),
+                port,
+                header_timeout,
+                idle_timeout,
+                max_body,
+                stats,
             )
             .await,
         )
     })
-}
-
-/// Start takes each boot argument with the type mirage.toml declares:
-/// a mismatch is reported with these messages.
-mod declared {
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `port` as type = \"u16\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u16",
-            note = "make [boot.port] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        Port: u16
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `header-timeout` as type = \"u32\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u32",
-            note = "make [boot.header-timeout] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        HeaderTimeout: u32
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `idle-timeout` as type = \"u32\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u32",
-            note = "make [boot.idle-timeout] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        IdleTimeout: u32
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `max-body` as type = \"u64\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u64",
-            note = "make [boot.max-body] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        MaxBody: u64
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `stats` as type = \"u32\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u32",
-            note = "make [boot.stats] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        Stats: u32
-    }
 }

@@ -5,36 +5,16 @@ use mirage_runtime::args::Arg;
 fn main() {
     let mut specs = vec![
         Arg::new::<u16>("port", Some("80"), "The HTTP port."),
-        Arg::new::<u32>(
-            "header-timeout",
-            Some("30"),
-            "Seconds a request may take to arrive once begun (408 after).",
-        ),
-        Arg::new::<u32>(
-            "idle-timeout",
-            Some("60"),
-            "Seconds a persistent connection may wait for its next request.",
-        ),
-        Arg::new::<u64>(
-            "max-body",
-            Some("1048576"),
-            "The largest request body, in bytes (413 beyond).",
-        ),
+        Arg::new::<u32>("header-timeout", Some("30"), "Seconds a request may take to arrive once begun (408 after)."),
+        Arg::new::<u32>("idle-timeout", Some("60"), "Seconds a persistent connection may wait for its next request."),
+        Arg::new::<u64>("max-body", Some("1048576"), "The largest request body, in bytes (413 beyond)."),
         Arg::new::<u32>(
             "stats",
             Some("0"),
             "Seconds between statistics lines (connections, responses, heap in use); 0 for none.",
         ),
-        Arg::new::<String>(
-            "net:service",
-            Some("tap0"),
-            "The tap device of network interface service.",
-        ),
-        Arg::new::<String>(
-            "block:htdocs",
-            None,
-            "The disk image (a tar archive) of the kv-ro store \"htdocs\".",
-        ),
+        Arg::new::<String>("net:service", Some("tap0"), "The tap device of network interface service."),
+        Arg::new::<String>("block:htdocs", None, "The disk image (a tar archive) of the kv-ro store \"htdocs\"."),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
     let args = match mirage_unix::boot("static-website", &specs) {
@@ -45,18 +25,13 @@ fn main() {
     let stack_net_tap: String = args.get("net:service");
     let stack_net = match mirage_unix::TapNet::open(&stack_net_tap, None) {
         Ok(device) => device,
-        Err(e) => fail(format!(
-            "cannot attach tap device {stack_net_tap} as network interface service: {e}"
-        )),
+        Err(e) => fail(format!("cannot attach tap device {stack_net_tap} as network interface service: {e}")),
     };
     let htdocs_disk_path: String = args.get("block:htdocs");
-    let htdocs_disk =
-        match mirage_unix::FileBlock::open(std::path::Path::new(&htdocs_disk_path), 512, true) {
-            Ok(device) => device,
-            Err(e) => fail(format!(
-                "cannot open the disk image {htdocs_disk_path} of block device htdocs: {e}"
-            )),
-        };
+    let htdocs_disk = match mirage_unix::FileBlock::open(std::path::Path::new(&htdocs_disk_path), 512, true) {
+        Ok(device) => device,
+        Err(e) => fail(format!("cannot open the disk image {htdocs_disk_path} of block device htdocs: {e}")),
+    };
     let clock = mirage_unix::WallClock;
     let time = mirage_runtime::time::Clock;
     let port: u16 = args.get("port");
@@ -65,9 +40,9 @@ fn main() {
     let max_body: u64 = args.get("max-body");
     let stats: u32 = args.get("stats");
     std::process::exit(mirage_unix::run(async move {
-        let htdocs = mirage_kv::Tar::new(htdocs_disk).await.map_err(|e| {
-            format!("cannot open the kv-ro store \"htdocs\" on block device htdocs: {e}")
-        })?;
+        let htdocs = mirage_kv::Tar::new(htdocs_disk)
+            .await
+            .map_err(|e| format!("cannot open the kv-ro store \"htdocs\" on block device htdocs: {e}"))?;
         let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
             .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;
@@ -78,64 +53,15 @@ fn main() {
                 htdocs,
                 clock,
                 time,
-                declared::Port::arg(port),
-                declared::HeaderTimeout::arg(header_timeout),
-                declared::IdleTimeout::arg(idle_timeout),
-                declared::MaxBody::arg(max_body),
-                declared::Stats::arg(stats),
+                port,
+                header_timeout,
+                idle_timeout,
+                max_body,
+                stats,
             )
             .await,
         )
     }));
-}
-
-/// Start takes each boot argument with the type mirage.toml declares:
-/// a mismatch is reported with these messages.
-mod declared {
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `port` as type = \"u16\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u16",
-            note = "make [boot.port] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        Port: u16
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `header-timeout` as type = \"u32\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u32",
-            note = "make [boot.header-timeout] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        HeaderTimeout: u32
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `idle-timeout` as type = \"u32\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u32",
-            note = "make [boot.idle-timeout] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        IdleTimeout: u32
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `max-body` as type = \"u64\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u64",
-            note = "make [boot.max-body] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        MaxBody: u64
-    }
-
-    mirage_runtime::declared! {
-        #[diagnostic::on_unimplemented(
-            message = "mirage.toml declares boot argument `stats` as type = \"u32\", but start takes `{T}` there",
-            label = "declared in mirage.toml as u32",
-            note = "make [boot.stats] in mirage.toml and start's parameter agree, then run `mirage configure` again (this file is generated from mirage.toml)"
-        )]
-        Stats: u32
-    }
 }
 
 /// Reports a device that cannot be set up, and exits.
