@@ -297,8 +297,9 @@ pub fn format(text: &str) -> String {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let child = Command::new("rustfmt")
-        .args(["--edition", "2024", "--emit", "stdout"])
-        // No rustfmt.toml of an enclosing project applies.
+        // Rustfmt's defaults, whatever rustfmt.toml lies around (it looks
+        // from the current directory up): an empty configuration.
+        .args(["--edition", "2024", "--emit", "stdout", "--config-path", "/dev/null"])
         .current_dir(std::env::temp_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -116,6 +116,14 @@ fn rustfmt_is_there_to_format_the_wiring() {
     assert!(out.is_ok_and(|o| o.status.success()), "rustfmt (part of the Rust toolchain) is missing");
     let messy = "fn  main( ) { let x=1 ; }";
     assert_eq!(generate::format(messy), "fn main() {\n    let x = 1;\n}\n");
+    // rustfmt's defaults (100 columns), whatever rustfmt.toml lies in the
+    // directories rustfmt would search (a 120-column one in /tmp changed
+    // every snapshot once).
+    let long = "fn main() { let link = std::env::var(\"DEP_MIRAGE_SOLO5_LINK_ARGS\").expect(\"mirage-solo5 publishes its link arguments\"); }";
+    assert_eq!(
+        generate::format(long),
+        "fn main() {\n    let link = std::env::var(\"DEP_MIRAGE_SOLO5_LINK_ARGS\")\n        .expect(\"mirage-solo5 publishes its link arguments\");\n}\n"
+    );
 }
 
 #[test]

@@ -3,18 +3,27 @@
 use mirage_runtime::args::Arg;
 
 fn main() {
-    let specs = vec![Arg::new::<String>("block:storage", None, "The disk image of block device storage.")];
+    let specs = vec![Arg::new::<String>(
+        "block:storage",
+        None,
+        "The disk image of block device storage.",
+    )];
     let args = match mirage_unix::boot("block", &specs) {
         Ok(args) => args,
         Err(code) => std::process::exit(code),
     };
     let console = mirage_unix::Console;
     let storage_path: String = args.get("block:storage");
-    let storage = match mirage_unix::FileBlock::open(std::path::Path::new(&storage_path), 512, false) {
-        Ok(device) => device,
-        Err(e) => fail(format!("cannot open the disk image {storage_path} of block device storage: {e}")),
-    };
-    std::process::exit(mirage_unix::run(async move { block::start(console, storage).await }));
+    let storage =
+        match mirage_unix::FileBlock::open(std::path::Path::new(&storage_path), 512, false) {
+            Ok(device) => device,
+            Err(e) => fail(format!(
+                "cannot open the disk image {storage_path} of block device storage: {e}"
+            )),
+        };
+    std::process::exit(mirage_unix::run(async move {
+        block::start(console, storage).await
+    }));
 }
 
 /// Reports a device that cannot be set up, and exits.

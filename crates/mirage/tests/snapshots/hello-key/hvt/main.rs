@@ -14,7 +14,11 @@ solo5::manifest!();
 solo5::main!(start);
 
 fn start(si: &solo5::StartInfo) -> i32 {
-    let specs = vec![Arg::new::<String>("hello", Some("Hello World!"), "How to say hello.")];
+    let specs = vec![Arg::new::<String>(
+        "hello",
+        Some("Hello World!"),
+        "How to say hello.",
+    )];
     let args = match solo5::dev::boot("hello-key", si.cmdline, &specs) {
         Ok(args) => args,
         Err(code) => return code,

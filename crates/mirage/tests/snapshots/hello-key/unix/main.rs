@@ -3,7 +3,11 @@
 use mirage_runtime::args::Arg;
 
 fn main() {
-    let specs = vec![Arg::new::<String>("hello", Some("Hello World!"), "How to say hello.")];
+    let specs = vec![Arg::new::<String>(
+        "hello",
+        Some("Hello World!"),
+        "How to say hello.",
+    )];
     let args = match mirage_unix::boot("hello-key", &specs) {
         Ok(args) => args,
         Err(code) => std::process::exit(code),
@@ -11,5 +15,7 @@ fn main() {
     let console = mirage_unix::Console;
     let time = mirage_runtime::time::Clock;
     let hello: String = args.get("hello");
-    std::process::exit(mirage_unix::run(async move { hello_key::start(console, time, &hello).await }));
+    std::process::exit(mirage_unix::run(async move {
+        hello_key::start(console, time, &hello).await
+    }));
 }

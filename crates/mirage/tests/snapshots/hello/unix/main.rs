@@ -8,5 +8,7 @@ fn main() {
     }
     let console = mirage_unix::Console;
     let time = mirage_runtime::time::Clock;
-    std::process::exit(mirage_unix::run(async move { hello::start(console, time).await }));
+    std::process::exit(mirage_unix::run(async move {
+        hello::start(console, time).await
+    }));
 }

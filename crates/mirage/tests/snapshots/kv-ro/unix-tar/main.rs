@@ -3,22 +3,28 @@
 use mirage_runtime::args::Arg;
 
 fn main() {
-    let specs =
-        vec![Arg::new::<String>("block:data", None, "The disk image (a tar archive) of the kv-ro store \"data\".")];
+    let specs = vec![Arg::new::<String>(
+        "block:data",
+        None,
+        "The disk image (a tar archive) of the kv-ro store \"data\".",
+    )];
     let args = match mirage_unix::boot("kv-ro", &specs) {
         Ok(args) => args,
         Err(code) => std::process::exit(code),
     };
     let console = mirage_unix::Console;
     let data_disk_path: String = args.get("block:data");
-    let data_disk = match mirage_unix::FileBlock::open(std::path::Path::new(&data_disk_path), 512, true) {
-        Ok(device) => device,
-        Err(e) => fail(format!("cannot open the disk image {data_disk_path} of block device data: {e}")),
-    };
+    let data_disk =
+        match mirage_unix::FileBlock::open(std::path::Path::new(&data_disk_path), 512, true) {
+            Ok(device) => device,
+            Err(e) => fail(format!(
+                "cannot open the disk image {data_disk_path} of block device data: {e}"
+            )),
+        };
     std::process::exit(mirage_unix::run(async move {
-        let data = mirage_kv::Tar::new(data_disk)
-            .await
-            .map_err(|e| format!("cannot open the kv-ro store \"data\" on block device data: {e}"))?;
+        let data = mirage_kv::Tar::new(data_disk).await.map_err(|e| {
+            format!("cannot open the kv-ro store \"data\" on block device data: {e}")
+        })?;
         Ok::<_, String>(kv_ro::start(console, data).await)
     }));
 }

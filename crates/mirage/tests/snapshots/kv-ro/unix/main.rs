@@ -9,5 +9,7 @@ fn main() {
         std::process::exit(code);
     }
     let console = mirage_unix::Console;
-    std::process::exit(mirage_unix::run(async move { kv_ro::start(console, KV_DATA).await }));
+    std::process::exit(mirage_unix::run(async move {
+        kv_ro::start(console, KV_DATA).await
+    }));
 }

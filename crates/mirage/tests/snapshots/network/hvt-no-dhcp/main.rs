@@ -39,6 +39,8 @@ fn start(si: &solo5::StartInfo) -> i32 {
         let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
             .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;
-        Ok::<_, alloc::string::String>(network::start(console, stack, echo_port, discard_port, chargen_port).await)
+        Ok::<_, alloc::string::String>(
+            network::start(console, stack, echo_port, discard_port, chargen_port).await,
+        )
     })
 }

@@ -7,7 +7,11 @@ fn main() {
         Arg::new::<u16>("echo-port", Some("7"), "TCP and UDP echo port."),
         Arg::new::<u16>("discard-port", Some("9"), "TCP discard port."),
         Arg::new::<u16>("chargen-port", Some("19"), "TCP chargen port."),
-        Arg::new::<String>("net:service", Some("tap0"), "The tap device of network interface service."),
+        Arg::new::<String>(
+            "net:service",
+            Some("tap0"),
+            "The tap device of network interface service.",
+        ),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
     let args = match mirage_unix::boot("network", &specs) {
@@ -18,7 +22,9 @@ fn main() {
     let stack_net_tap: String = args.get("net:service");
     let stack_net = match mirage_unix::TapNet::open(&stack_net_tap, None) {
         Ok(device) => device,
-        Err(e) => fail(format!("cannot attach tap device {stack_net_tap} as network interface service: {e}")),
+        Err(e) => fail(format!(
+            "cannot attach tap device {stack_net_tap} as network interface service: {e}"
+        )),
     };
     let echo_port: u16 = args.get("echo-port");
     let discard_port: u16 = args.get("discard-port");

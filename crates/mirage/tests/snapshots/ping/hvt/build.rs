@@ -2,7 +2,8 @@
 //! Links the unikernel for Solo5.
 
 fn main() {
-    let link = std::env::var("DEP_MIRAGE_SOLO5_LINK_ARGS").expect("mirage-solo5 publishes its link arguments");
+    let link = std::env::var("DEP_MIRAGE_SOLO5_LINK_ARGS")
+        .expect("mirage-solo5 publishes its link arguments");
     for arg in link.split(' ') {
         println!("cargo:rustc-link-arg-bins={arg}");
     }

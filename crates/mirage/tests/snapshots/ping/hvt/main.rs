@@ -14,9 +14,17 @@ solo5::main!(start);
 
 fn start(si: &solo5::StartInfo) -> i32 {
     let specs = vec![
-        Arg::new::<mirage_runtime::args::Ipv4Cidr>("ipv4", Some("10.0.0.2/24"), "The address to answer for."),
+        Arg::new::<mirage_runtime::args::Ipv4Cidr>(
+            "ipv4",
+            Some("10.0.0.2/24"),
+            "The address to answer for.",
+        ),
         Arg::new::<u64>("limit", Some("0"), "Exit after this many pings (0: never)."),
-        Arg::new::<bool>("pattern", Some("false"), "Check that echo payloads repeat 0xdeadbeef (ping -p deadbeef)."),
+        Arg::new::<bool>(
+            "pattern",
+            Some("false"),
+            "Check that echo payloads repeat 0xdeadbeef (ping -p deadbeef).",
+        ),
     ];
     let args = match solo5::dev::boot("ping", si.cmdline, &specs) {
         Ok(args) => args,

@@ -4,10 +4,22 @@ use mirage_runtime::args::Arg;
 
 fn main() {
     let specs = vec![
-        Arg::new::<mirage_runtime::args::Ipv4Cidr>("ipv4", Some("10.0.0.2/24"), "The address to answer for."),
+        Arg::new::<mirage_runtime::args::Ipv4Cidr>(
+            "ipv4",
+            Some("10.0.0.2/24"),
+            "The address to answer for.",
+        ),
         Arg::new::<u64>("limit", Some("0"), "Exit after this many pings (0: never)."),
-        Arg::new::<bool>("pattern", Some("false"), "Check that echo payloads repeat 0xdeadbeef (ping -p deadbeef)."),
-        Arg::new::<String>("net:service", Some("tap0"), "The tap device of network interface service."),
+        Arg::new::<bool>(
+            "pattern",
+            Some("false"),
+            "Check that echo payloads repeat 0xdeadbeef (ping -p deadbeef).",
+        ),
+        Arg::new::<String>(
+            "net:service",
+            Some("tap0"),
+            "The tap device of network interface service.",
+        ),
     ];
     let args = match mirage_unix::boot("ping", &specs) {
         Ok(args) => args,
@@ -17,12 +29,16 @@ fn main() {
     let service_tap: String = args.get("net:service");
     let service = match mirage_unix::TapNet::open(&service_tap, None) {
         Ok(device) => device,
-        Err(e) => fail(format!("cannot attach tap device {service_tap} as network interface service: {e}")),
+        Err(e) => fail(format!(
+            "cannot attach tap device {service_tap} as network interface service: {e}"
+        )),
     };
     let ipv4: mirage_runtime::args::Ipv4Cidr = args.get("ipv4");
     let limit: u64 = args.get("limit");
     let pattern: bool = args.get("pattern");
-    std::process::exit(mirage_unix::run(async move { ping::start(console, service, ipv4, limit, pattern).await }));
+    std::process::exit(mirage_unix::run(async move {
+        ping::start(console, service, ipv4, limit, pattern).await
+    }));
 }
 
 /// Reports a device that cannot be set up, and exits.

@@ -16,9 +16,21 @@ solo5::main!(start);
 fn start(si: &solo5::StartInfo) -> i32 {
     let mut specs = vec![
         Arg::new::<u16>("port", Some("80"), "The HTTP port."),
-        Arg::new::<u32>("header-timeout", Some("30"), "Seconds a request may take to arrive once begun (408 after)."),
-        Arg::new::<u32>("idle-timeout", Some("60"), "Seconds a persistent connection may wait for its next request."),
-        Arg::new::<u64>("max-body", Some("1048576"), "The largest request body, in bytes (413 beyond)."),
+        Arg::new::<u32>(
+            "header-timeout",
+            Some("30"),
+            "Seconds a request may take to arrive once begun (408 after).",
+        ),
+        Arg::new::<u32>(
+            "idle-timeout",
+            Some("60"),
+            "Seconds a persistent connection may wait for its next request.",
+        ),
+        Arg::new::<u64>(
+            "max-body",
+            Some("1048576"),
+            "The largest request body, in bytes (413 beyond).",
+        ),
         Arg::new::<u32>(
             "stats",
             Some("0"),
@@ -53,9 +65,9 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let max_body: u64 = args.get("max-body");
     let stats: u32 = args.get("stats");
     solo5::dev::run(async move {
-        let htdocs = mirage_kv::Tar::new(htdocs_disk)
-            .await
-            .map_err(|e| format!("cannot open the kv-ro store \"htdocs\" on block device htdocs: {e}"))?;
+        let htdocs = mirage_kv::Tar::new(htdocs_disk).await.map_err(|e| {
+            format!("cannot open the kv-ro store \"htdocs\" on block device htdocs: {e}")
+        })?;
         let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
             .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;

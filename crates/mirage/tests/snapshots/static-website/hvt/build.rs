@@ -3,12 +3,17 @@
 //! the image.
 
 fn main() {
-    let link = std::env::var("DEP_MIRAGE_SOLO5_LINK_ARGS").expect("mirage-solo5 publishes its link arguments");
+    let link = std::env::var("DEP_MIRAGE_SOLO5_LINK_ARGS")
+        .expect("mirage-solo5 publishes its link arguments");
     for arg in link.split(' ') {
         println!("cargo:rustc-link-arg-bins={arg}");
     }
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let unikernel = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    mirage_kv::crunch::generate_named(&unikernel.join("htdocs"), &out.join("htdocs.rs"), "KV_HTDOCS")
-        .expect("compiling the kv-ro directory htdocs");
+    mirage_kv::crunch::generate_named(
+        &unikernel.join("htdocs"),
+        &out.join("htdocs.rs"),
+        "KV_HTDOCS",
+    )
+    .expect("compiling the kv-ro directory htdocs");
 }

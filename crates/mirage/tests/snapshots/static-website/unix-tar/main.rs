@@ -5,16 +5,36 @@ use mirage_runtime::args::Arg;
 fn main() {
     let mut specs = vec![
         Arg::new::<u16>("port", Some("80"), "The HTTP port."),
-        Arg::new::<u32>("header-timeout", Some("30"), "Seconds a request may take to arrive once begun (408 after)."),
-        Arg::new::<u32>("idle-timeout", Some("60"), "Seconds a persistent connection may wait for its next request."),
-        Arg::new::<u64>("max-body", Some("1048576"), "The largest request body, in bytes (413 beyond)."),
+        Arg::new::<u32>(
+            "header-timeout",
+            Some("30"),
+            "Seconds a request may take to arrive once begun (408 after).",
+        ),
+        Arg::new::<u32>(
+            "idle-timeout",
+            Some("60"),
+            "Seconds a persistent connection may wait for its next request.",
+        ),
+        Arg::new::<u64>(
+            "max-body",
+            Some("1048576"),
+            "The largest request body, in bytes (413 beyond).",
+        ),
         Arg::new::<u32>(
             "stats",
             Some("0"),
             "Seconds between statistics lines (connections, responses, heap in use); 0 for none.",
         ),
-        Arg::new::<String>("net:service", Some("tap0"), "The tap device of network interface service."),
-        Arg::new::<String>("block:htdocs", None, "The disk image (a tar archive) of the kv-ro store \"htdocs\"."),
+        Arg::new::<String>(
+            "net:service",
+            Some("tap0"),
+            "The tap device of network interface service.",
+        ),
+        Arg::new::<String>(
+            "block:htdocs",
+            None,
+            "The disk image (a tar archive) of the kv-ro store \"htdocs\".",
+        ),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
     let args = match mirage_unix::boot("static-website", &specs) {
@@ -25,13 +45,18 @@ fn main() {
     let stack_net_tap: String = args.get("net:service");
     let stack_net = match mirage_unix::TapNet::open(&stack_net_tap, None) {
         Ok(device) => device,
-        Err(e) => fail(format!("cannot attach tap device {stack_net_tap} as network interface service: {e}")),
+        Err(e) => fail(format!(
+            "cannot attach tap device {stack_net_tap} as network interface service: {e}"
+        )),
     };
     let htdocs_disk_path: String = args.get("block:htdocs");
-    let htdocs_disk = match mirage_unix::FileBlock::open(std::path::Path::new(&htdocs_disk_path), 512, true) {
-        Ok(device) => device,
-        Err(e) => fail(format!("cannot open the disk image {htdocs_disk_path} of block device htdocs: {e}")),
-    };
+    let htdocs_disk =
+        match mirage_unix::FileBlock::open(std::path::Path::new(&htdocs_disk_path), 512, true) {
+            Ok(device) => device,
+            Err(e) => fail(format!(
+                "cannot open the disk image {htdocs_disk_path} of block device htdocs: {e}"
+            )),
+        };
     let clock = mirage_unix::WallClock;
     let time = mirage_runtime::time::Clock;
     let port: u16 = args.get("port");
@@ -40,9 +65,9 @@ fn main() {
     let max_body: u64 = args.get("max-body");
     let stats: u32 = args.get("stats");
     std::process::exit(mirage_unix::run(async move {
-        let htdocs = mirage_kv::Tar::new(htdocs_disk)
-            .await
-            .map_err(|e| format!("cannot open the kv-ro store \"htdocs\" on block device htdocs: {e}"))?;
+        let htdocs = mirage_kv::Tar::new(htdocs_disk).await.map_err(|e| {
+            format!("cannot open the kv-ro store \"htdocs\" on block device htdocs: {e}")
+        })?;
         let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
             .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;

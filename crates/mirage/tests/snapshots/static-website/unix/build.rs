@@ -4,6 +4,10 @@
 fn main() {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let unikernel = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    mirage_kv::crunch::generate_named(&unikernel.join("htdocs"), &out.join("htdocs.rs"), "KV_HTDOCS")
-        .expect("compiling the kv-ro directory htdocs");
+    mirage_kv::crunch::generate_named(
+        &unikernel.join("htdocs"),
+        &out.join("htdocs.rs"),
+        "KV_HTDOCS",
+    )
+    .expect("compiling the kv-ro directory htdocs");
 }

@@ -7,9 +7,21 @@ include!(concat!(env!("OUT_DIR"), "/htdocs.rs"));
 fn main() {
     let mut specs = vec![
         Arg::new::<u16>("port", Some("80"), "The HTTP port."),
-        Arg::new::<u32>("header-timeout", Some("30"), "Seconds a request may take to arrive once begun (408 after)."),
-        Arg::new::<u32>("idle-timeout", Some("60"), "Seconds a persistent connection may wait for its next request."),
-        Arg::new::<u64>("max-body", Some("1048576"), "The largest request body, in bytes (413 beyond)."),
+        Arg::new::<u32>(
+            "header-timeout",
+            Some("30"),
+            "Seconds a request may take to arrive once begun (408 after).",
+        ),
+        Arg::new::<u32>(
+            "idle-timeout",
+            Some("60"),
+            "Seconds a persistent connection may wait for its next request.",
+        ),
+        Arg::new::<u64>(
+            "max-body",
+            Some("1048576"),
+            "The largest request body, in bytes (413 beyond).",
+        ),
         Arg::new::<u32>(
             "stats",
             Some("0"),

@@ -4,9 +4,21 @@ use mirage_runtime::args::Arg;
 
 fn main() {
     let mut specs = vec![
-        Arg::new::<String>("net:service", Some("tap0"), "The tap device of network interface service."),
-        Arg::new::<String>("net:admin", Some("tap0"), "The tap device of network interface admin."),
-        Arg::new::<String>("kv-rw:store", Some("dist/store.kv"), "The directory of the kv-rw store \"store\"."),
+        Arg::new::<String>(
+            "net:service",
+            Some("tap0"),
+            "The tap device of network interface service.",
+        ),
+        Arg::new::<String>(
+            "net:admin",
+            Some("tap0"),
+            "The tap device of network interface admin.",
+        ),
+        Arg::new::<String>(
+            "kv-rw:store",
+            Some("dist/store.kv"),
+            "The directory of the kv-rw store \"store\".",
+        ),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
     let args = match mirage_unix::boot("two-nets", &specs) {
@@ -17,17 +29,23 @@ fn main() {
     let service_tap: String = args.get("net:service");
     let service = match mirage_unix::TapNet::open(&service_tap, None) {
         Ok(device) => device,
-        Err(e) => fail(format!("cannot attach tap device {service_tap} as network interface service: {e}")),
+        Err(e) => fail(format!(
+            "cannot attach tap device {service_tap} as network interface service: {e}"
+        )),
     };
     let admin_net_tap: String = args.get("net:admin");
     let admin_net = match mirage_unix::TapNet::open(&admin_net_tap, None) {
         Ok(device) => device,
-        Err(e) => fail(format!("cannot attach tap device {admin_net_tap} as network interface admin: {e}")),
+        Err(e) => fail(format!(
+            "cannot attach tap device {admin_net_tap} as network interface admin: {e}"
+        )),
     };
     let store_dir: String = args.get("kv-rw:store");
     let store = match mirage_unix::DirKv::open(std::path::Path::new(&store_dir)) {
         Ok(store) => store,
-        Err(e) => fail(format!("cannot open the directory {store_dir} of the kv-rw store \"store\": {e}")),
+        Err(e) => fail(format!(
+            "cannot open the directory {store_dir} of the kv-rw store \"store\": {e}"
+        )),
     };
     std::process::exit(mirage_unix::run(async move {
         let admin = mirage_tcpip::Stack::new(admin_net, mirage_tcpip::Config::from_args(&args))

@@ -4,8 +4,16 @@ use mirage_runtime::args::Arg;
 
 fn main() {
     let mut specs = vec![
-        Arg::new::<String>("net:service", Some("tap0"), "The tap device of network interface service."),
-        Arg::new::<String>("kv-rw:store", Some("dist/store.kv"), "The directory of the kv-rw store \"store\"."),
+        Arg::new::<String>(
+            "net:service",
+            Some("tap0"),
+            "The tap device of network interface service.",
+        ),
+        Arg::new::<String>(
+            "kv-rw:store",
+            Some("dist/store.kv"),
+            "The directory of the kv-rw store \"store\".",
+        ),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
     let args = match mirage_unix::boot("two-nets", &specs) {
@@ -16,15 +24,21 @@ fn main() {
     let service_tap: String = args.get("net:service");
     let service = match mirage_unix::TapNet::open(&service_tap, None) {
         Ok(device) => device,
-        Err(e) => fail(format!("cannot attach tap device {service_tap} as network interface service: {e}")),
+        Err(e) => fail(format!(
+            "cannot attach tap device {service_tap} as network interface service: {e}"
+        )),
     };
     let admin = mirage_unix::SocketStack;
     let store_dir: String = args.get("kv-rw:store");
     let store = match mirage_unix::DirKv::open(std::path::Path::new(&store_dir)) {
         Ok(store) => store,
-        Err(e) => fail(format!("cannot open the directory {store_dir} of the kv-rw store \"store\": {e}")),
+        Err(e) => fail(format!(
+            "cannot open the directory {store_dir} of the kv-rw store \"store\": {e}"
+        )),
     };
-    std::process::exit(mirage_unix::run(async move { two_nets::start(console, service, admin, store).await }));
+    std::process::exit(mirage_unix::run(async move {
+        two_nets::start(console, service, admin, store).await
+    }));
 }
 
 /// Reports a device that cannot be set up, and exits.
