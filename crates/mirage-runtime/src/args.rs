@@ -325,6 +325,13 @@ pub fn split_cmdline(line: &str) -> Result<Vec<String>, ArgError> {
 
 /// The `--help` text.
 pub fn help(program: &str, specs: &[Arg]) -> String {
+    help_with(program, specs, &[])
+}
+
+/// The `--help` text, with the target's own options (`platform`: the
+/// option as written, and its documentation) after the unikernel's, and
+/// the log targets.
+pub fn help_with(program: &str, specs: &[Arg], platform: &[(&str, &str)]) -> String {
     let mut rows: Vec<(String, String)> = specs
         .iter()
         .map(|a| {
@@ -337,13 +344,26 @@ pub fn help(program: &str, specs: &[Arg]) -> String {
             (flag, doc)
         })
         .collect();
-    rows.push(("-l, --logs=LEVELS".into(), "Log levels: LEVEL or TARGET:LEVEL,... (default: info)".into()));
+    rows.extend(platform.iter().map(|(f, d)| (f.to_string(), d.to_string())));
+    rows.push((
+        "-l, --logs=LEVELS".into(),
+        "Log levels: LEVEL, or TARGET:LEVEL,... with * for the other targets (default: info); LEVEL is quiet, error, warn, info, debug or trace.".into(),
+    ));
     rows.push(("--help".into(), "Show this help.".into()));
     let w = rows.iter().map(|(f, _)| f.len()).max().unwrap_or(0);
     let mut out = format!("{program}: boot arguments\n");
     for (f, d) in rows {
         out += &format!("  {f:w$}  {d}\n");
     }
+    out += "Log targets (a target's level applies to its TARGET::... too):\n";
+    // The unikernel's own: the log crate's default target is the module
+    // path, which begins with the crate's name.
+    let own = program.replace('-', "_");
+    let w = crate::logger::TARGETS.iter().map(|(t, _)| t.len()).max().unwrap_or(0).max(own.len());
+    for (t, d) in crate::logger::TARGETS {
+        out += &format!("  {t:w$}  {d}\n");
+    }
+    out += &format!("  {own:w$}  the unikernel's own messages (its crate's name)\n");
     out
 }
 
@@ -455,6 +475,13 @@ mod tests {
         assert!(text.contains("How to say hello. (default: Hello World!)"));
         assert!(text.contains("--verbose "));
         assert!(text.contains("-l, --logs=LEVELS"));
+        // The log targets, each with what logs under it.
+        for t in ["mirage ", "tcpip ", "http "] {
+            assert!(text.lines().any(|l| l.trim_start().starts_with(t)), "{t} is not listed:\n{text}");
+        }
+        let with = help_with("hello-key", &specs(), &[("--solo5:LEVEL", "The bindings' messages.")]);
+        assert!(with.lines().any(|l| l.trim_start().starts_with("--solo5:LEVEL ") && l.ends_with("The bindings' messages.")), "{with}");
+        assert!(with.contains("  hello_key  the unikernel's own messages"), "{with}");
     }
 
     #[test]

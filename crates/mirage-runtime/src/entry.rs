@@ -41,13 +41,19 @@ impl<T: Outcome, E: core::fmt::Display> Outcome for Result<T, E> {
 /// installs the logger. On `--help` or a bad argument, writes the help or
 /// the error through `sink` and returns the exit status (0 or 64).
 pub fn boot(program: &str, specs: &[Arg], argv: &[String], sink: Sink) -> Result<Args, i32> {
+    boot_with(program, specs, argv, sink, &[])
+}
+
+/// [`boot`] for a target with options of its own (taken from the command
+/// line before it reaches here), which `--help` lists as `platform` says.
+pub fn boot_with(program: &str, specs: &[Arg], argv: &[String], sink: Sink, platform: &[(&str, &str)]) -> Result<Args, i32> {
     match parse(program, specs, argv) {
         Ok(args) => {
             logger::init(args.logs.clone(), sink);
             Ok(args)
         }
-        Err(ArgError::Help(text)) => {
-            (sink.write)(&text);
+        Err(ArgError::Help(_)) => {
+            (sink.write)(&crate::args::help_with(program, specs, platform));
             Err(0)
         }
         Err(e) => {

@@ -1,7 +1,10 @@
 //! Logging through the `log` crate, with levels set at boot.
 //!
 //! `-l debug` sets every target's level; `-l tcpip:debug,*:info` sets one
-//! target's (and its sub-targets') and the rest. Lines look like MirageOS's:
+//! target's (and its sub-targets') and the rest. The libraries log under
+//! the short names of [`TARGETS`], which `--help` lists; a unikernel's own
+//! messages go under its crate's name (the `log` crate's default, the
+//! module path). Lines look like MirageOS's:
 //!
 //! ```text
 //! 2026-11-25T21:50:02.118Z INF [hello] Hello World!
@@ -12,6 +15,15 @@ use alloc::vec::Vec;
 use core::fmt::Write;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
+
+/// The log targets of the mirage-rs libraries, and what logs under each:
+/// the names `-l TARGET:LEVEL` takes. A library logs under its own name or
+/// a sub-target of it (`tcpip::dhcp`), never under its module path.
+pub const TARGETS: &[(&str, &str)] = &[
+    ("mirage", "the runtime and the target's devices (start's error, the random source)"),
+    ("tcpip", "the TCP/IP stack (DHCP, a failed interface, dropped frames)"),
+    ("http", "the HTTP server (the access log, refusals, sheds)"),
+];
 
 /// Log levels per target.
 #[derive(Debug, Clone, PartialEq, Eq)]

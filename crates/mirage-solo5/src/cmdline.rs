@@ -1,11 +1,17 @@
 //! The bindings' own command-line options.
 //!
-//! As in Solo5, the command line may begin with `--solo5:quiet`,
-//! `--solo5:error`, `--solo5:warn`, `--solo5:info` or `--solo5:debug`, which
-//! set the level of the messages the bindings print; they are removed before
-//! the application sees the rest. `quiet` and `error` both leave only errors
-//! (so `--solo5:quiet` prints nothing containing "Solo5:" unless the guest
-//! fails).
+//! As in Solo5, the command line may hold `--solo5:quiet`, `--solo5:error`,
+//! `--solo5:warn`, `--solo5:info` or `--solo5:debug`, which set the level
+//! of the messages the bindings print; they are removed before the
+//! application sees the rest. Unlike Solo5's bindings, which read them only
+//! at the start, they are taken anywhere on the command line, as words
+//! (a quoted word or part of one is the application's), so that
+//! `mirage run -- ARGS --solo5:debug` works; the last one wins. `quiet`
+//! and `error` both leave only errors (so `--solo5:quiet` prints nothing
+//! containing "Solo5:" unless the guest fails).
+
+use alloc::borrow::Cow;
+use alloc::string::String;
 
 /// Levels of the bindings' messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -20,35 +26,126 @@ pub enum Level {
     Debug = 3,
 }
 
-/// Strips the leading `--solo5:` options; returns the level they set (or
-/// `Info`) and the rest of the command line.
-pub fn parse(cmdline: &str) -> (Level, &str) {
-    let mut level = Level::Info;
-    let mut rest = cmdline.trim_start();
-    loop {
-        let word_end = rest.find(|c: char| c.is_ascii_whitespace()).unwrap_or(rest.len());
-        let new = match &rest[..word_end] {
-            "--solo5:quiet" | "--solo5:error" => Level::Error,
-            "--solo5:warn" => Level::Warn,
-            "--solo5:info" => Level::Info,
-            "--solo5:debug" => Level::Debug,
-            _ => return (level, rest),
-        };
-        level = new;
-        rest = rest[word_end..].trim_start();
+/// The option as `--help` lists it, and its line of documentation.
+pub const HELP: (&str, &str) = (
+    "--solo5:LEVEL",
+    "The Solo5 bindings' messages: quiet, error, warn, info (the default) or debug (with the count of exits to the host); anywhere on the command line.",
+);
+
+/// The level an option word sets, if it is one.
+fn option(word: &str) -> Option<Level> {
+    Some(match word {
+        "--solo5:quiet" | "--solo5:error" => Level::Error,
+        "--solo5:warn" => Level::Warn,
+        "--solo5:info" => Level::Info,
+        "--solo5:debug" => Level::Debug,
+        _ => return None,
+    })
+}
+
+/// The words of `cmdline` as byte ranges of its text, split as
+/// `mirage_runtime::args::split_cmdline` splits them (blanks separate,
+/// quotes group, a backslash escapes); an unterminated quote runs to the
+/// end (the application's splitting reports it).
+fn words(cmdline: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let bytes = cmdline.as_bytes();
+    let mut i = 0;
+    core::iter::from_fn(move || {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == bytes.len() {
+            return None;
+        }
+        let start = i;
+        let mut quote = None;
+        while i < bytes.len() {
+            match (quote, bytes[i]) {
+                (None, c) if c.is_ascii_whitespace() => break,
+                (None, b'\\') | (Some(b'"'), b'\\') => i += 1,
+                (None, q @ (b'\'' | b'"')) => quote = Some(q),
+                (Some(q), c) if c == q => quote = None,
+                _ => {}
+            }
+            i += 1;
+        }
+        i = i.min(bytes.len());
+        Some((start, i))
+    })
+}
+
+/// The level the options in `cmdline` set (the last one wins; `Info`
+/// without any).
+pub fn level(cmdline: &str) -> Level {
+    words(cmdline).filter_map(|(s, e)| option(&cmdline[s..e])).last().unwrap_or(Level::Info)
+}
+
+/// `cmdline` without the options, each taken with the blanks before it;
+/// borrowed when none stands after the application's first word.
+pub fn strip(cmdline: &str) -> Cow<'_, str> {
+    let mut kept: Option<String> = None;
+    let mut rest = 0;
+    let mut last_kept = None;
+    for (s, e) in words(cmdline) {
+        if option(&cmdline[s..e]).is_none() {
+            last_kept = Some(e);
+            continue;
+        }
+        match last_kept {
+            // Leading options: the application's text starts after them.
+            None => rest = e,
+            Some(end) => {
+                let out = kept.get_or_insert_with(String::new);
+                out.push_str(&cmdline[rest..end]);
+                rest = e;
+            }
+        }
     }
+    match kept {
+        None => Cow::Borrowed(cmdline[rest..].trim_start()),
+        Some(mut out) => {
+            out.push_str(&cmdline[rest..]);
+            Cow::Owned(String::from(out.trim_start()))
+        }
+    }
+}
+
+/// The level and the command line without the options.
+pub fn parse(cmdline: &str) -> (Level, Cow<'_, str>) {
+    (level(cmdline), strip(cmdline))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn p(s: &str) -> (Level, String) {
+        let (l, rest) = parse(s);
+        (l, rest.into_owned())
+    }
+
     #[test]
     fn options_are_stripped() {
-        assert_eq!(parse(""), (Level::Info, ""));
-        assert_eq!(parse("--solo5:quiet"), (Level::Error, ""));
-        assert_eq!(parse("--solo5:debug --solo5:warn  Hello_Solo5 x"), (Level::Warn, "Hello_Solo5 x"));
-        assert_eq!(parse("a --solo5:quiet"), (Level::Info, "a --solo5:quiet"));
-        assert_eq!(parse("--solo5:quietly"), (Level::Info, "--solo5:quietly"));
+        assert_eq!(p(""), (Level::Info, "".into()));
+        assert_eq!(p("--solo5:quiet"), (Level::Error, "".into()));
+        assert_eq!(p("--solo5:debug --solo5:warn  Hello_Solo5 x"), (Level::Warn, "Hello_Solo5 x".into()));
+        assert_eq!(p("--solo5:quietly"), (Level::Info, "--solo5:quietly".into()));
+    }
+
+    #[test]
+    fn options_are_taken_anywhere() {
+        assert_eq!(p("a --solo5:quiet"), (Level::Error, "a".into()));
+        assert_eq!(p("--hello=x --solo5:debug --port=80"), (Level::Debug, "--hello=x --port=80".into()));
+        assert_eq!(p("--solo5:warn a  --solo5:debug\tb --solo5:info"), (Level::Info, "a\tb".into()));
+        // Borrowed when the options all lead.
+        assert!(matches!(strip("--solo5:quiet --a=1"), Cow::Borrowed("--a=1")));
+    }
+
+    #[test]
+    fn quoted_words_are_the_applications() {
+        assert_eq!(p("'--hello=a --solo5:debug' b"), (Level::Info, "'--hello=a --solo5:debug' b".into()));
+        assert_eq!(p("--hello=\"x --solo5:quiet\""), (Level::Info, "--hello=\"x --solo5:quiet\"".into()));
+        assert_eq!(p("a\\ --solo5:quiet"), (Level::Info, "a\\ --solo5:quiet".into()));
+        assert_eq!(p("'unterminated --solo5:quiet"), (Level::Info, "'unterminated --solo5:quiet".into()));
     }
 }

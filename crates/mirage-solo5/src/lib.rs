@@ -57,7 +57,6 @@
 #[cfg(all(feature = "hvt", feature = "spt"))]
 compile_error!("mirage-solo5: enable exactly one of the features `hvt` and `spt`");
 
-#[cfg(any(feature = "hvt", feature = "spt"))]
 extern crate alloc;
 
 pub mod cmdline;

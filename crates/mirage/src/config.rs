@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{ImDocument, Item, Table, Value};
 
+use crate::generate::Libraries;
+
 /// The configuration file's name.
 pub const FILE: &str = "mirage.toml";
 
@@ -35,6 +37,9 @@ pub struct Config {
     pub dir: PathBuf,
     /// The crate's package name (from its Cargo.toml).
     pub package: String,
+    /// Where the crate takes the mirage-rs libraries from (its dependency
+    /// on one of them, `mirage-devices` first), if it names one.
+    pub libraries: Option<Libraries>,
     /// The unikernel's name: the image is `dist/NAME[.hvt|.spt]`.
     pub name: String,
     /// The start function's path, from the crate root (`hello::start`).
@@ -109,7 +114,26 @@ impl Kind {
     }
 }
 
-const KINDS: &str = "console, time, wall-clock, random, net, block, stack, kv-ro, kv-rw";
+/// The device kinds, as `mirage.toml` names them.
+pub const KINDS: [&str; 9] = ["console", "time", "wall-clock", "random", "net", "block", "stack", "kv-ro", "kv-rw"];
+
+/// The keys a device of kind `kind` may have in its table (besides the
+/// short form `name = "kind"`).
+pub fn keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "net" => &["kind", "interface"],
+        "block" => &["kind", "interface", "size"],
+        "stack" => &["kind", "interface", "ipv4", "gateway"],
+        "kv-ro" => &["kind", "directory", "store", "interface"],
+        _ => &["kind"],
+    }
+}
+
+/// The keys of `[unikernel]`.
+pub const UNIKERNEL_KEYS: [&str; 3] = ["name", "start", "arguments"];
+
+/// The keys of a `[boot.NAME]` table.
+pub const BOOT_KEYS: [&str; 3] = ["type", "default", "doc"];
 
 /// A boot argument of the unikernel's own.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,7 +203,8 @@ impl ArgType {
     }
 }
 
-const TYPES: &str = "string, bool, int, u16, u32, u64, ipv4, ipv4-cidr";
+/// The boot-argument types, as `mirage.toml` names them.
+pub const TYPES: [&str; 8] = ["string", "bool", "int", "u16", "u32", "u64", "ipv4", "ipv4-cidr"];
 
 fn valid_cidr(s: &str) -> bool {
     s.split_once('/')
@@ -278,12 +303,51 @@ pub fn load(dir: &Path) -> Result<Config, Error> {
             "check the file's permissions".into()
         },
     })?;
-    let package = package_name(dir)?;
-    parse(&path, &text, dir, package)
+    let krate = crate_info(dir)?;
+    let mut config = parse(&path, &text, dir, krate.package)?;
+    config.libraries = krate.libraries;
+    check_start(&config, &krate.lib.unwrap_or_else(|| ident(&config.package)), &path, &text)?;
+    Ok(config)
 }
 
-/// The `[package] name` of `dir/Cargo.toml`.
-fn package_name(dir: &Path) -> Result<String, Error> {
+/// What the tool reads of the unikernel's Cargo.toml.
+struct CrateInfo {
+    package: String,
+    /// `[lib] name`, when given.
+    lib: Option<String>,
+    libraries: Option<Libraries>,
+}
+
+/// The mirage-rs libraries a unikernel may depend on, in the order their
+/// dependency is looked at to find where they come from.
+pub const LIBRARIES: [&str; 9] =
+    ["mirage-devices", "mirage-runtime", "mirage-http", "mirage-kv", "mirage-tcpip", "mirage-unix", "mirage-solo5", "solo5-abi", "solo5-elf"];
+
+/// Where `dependency` (one entry of `[dependencies]` of the crate in `dir`)
+/// takes its library from: its path's directory, its git repository,
+/// or the registry. `None` for a form that says nothing (`workspace = true`).
+fn source(dir: &Path, dependency: &Item) -> Option<Libraries> {
+    if let Some(version) = dependency.as_str() {
+        return Some(Libraries::Registry(version.to_string()));
+    }
+    let t = dependency.as_table_like()?;
+    let get = |k: &str| t.get(k).and_then(|v| v.as_str()).map(String::from);
+    if let Some(path) = get("path") {
+        let at = dir.join(path);
+        // The libraries sit side by side: the directory holding this one.
+        let crates = at.canonicalize().unwrap_or(at).parent()?.to_path_buf();
+        return Some(Libraries::Path(crates));
+    }
+    if let Some(url) = get("git") {
+        let reference = ["branch", "tag", "rev"].iter().find_map(|k| get(k).map(|v| (k.to_string(), v)));
+        return Some(Libraries::Git { url, reference });
+    }
+    get("version").map(Libraries::Registry)
+}
+
+/// The package name, library name and mirage-rs dependency of
+/// `dir/Cargo.toml`.
+fn crate_info(dir: &Path) -> Result<CrateInfo, Error> {
     let path = dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&path).map_err(|e| Error {
         file: path.clone(),
@@ -297,11 +361,38 @@ fn package_name(dir: &Path) -> Result<String, Error> {
         cause: e.message().trim().to_string(),
         fix: "correct the TOML syntax".into(),
     })?;
-    doc.get("package")
+    let package = doc
+        .get("package")
         .and_then(|p| p.get("name"))
         .and_then(|n| n.as_str())
         .map(String::from)
-        .ok_or_else(|| Error { file: path, line: 0, cause: "no [package] name".into(), fix: "add name = \"...\" under [package]".into() })
+        .ok_or_else(|| Error { file: path, line: 0, cause: "no [package] name".into(), fix: "add name = \"...\" under [package]".into() })?;
+    let lib = doc.get("lib").and_then(|l| l.get("name")).and_then(|n| n.as_str()).map(String::from);
+    let deps = doc.get("dependencies").and_then(Item::as_table_like);
+    let libraries = deps.and_then(|d| LIBRARIES.iter().find_map(|name| d.get(name).and_then(|item| source(dir, item))));
+    Ok(CrateInfo { package, lib, libraries })
+}
+
+/// A crate name as Rust code names it.
+fn ident(package: &str) -> String {
+    package.replace('-', "_")
+}
+
+/// The start function must be the unikernel crate's: the wiring calls it
+/// from outside, where nothing else is in scope (and `start` alone would
+/// name the wiring's own function).
+fn check_start(config: &Config, lib: &str, path: &Path, text: &str) -> Result<(), Error> {
+    let first = config.start.split("::").next().unwrap_or_default();
+    if config.start.contains("::") && first == lib {
+        return Ok(());
+    }
+    let line = text.lines().position(|l| l.trim_start().starts_with("start")).map_or(0, |i| i + 1);
+    Err(Error {
+        file: path.to_path_buf(),
+        line,
+        cause: format!("start = {:?} is not a function of the unikernel crate {lib}: the wiring calls it from outside the crate", config.start),
+        fix: format!("name it from the crate root, as in start = \"{lib}::{}\"", config.start.rsplit("::").next().unwrap_or("start")),
+    })
 }
 
 /// Parses and checks the text of a configuration.
@@ -319,7 +410,7 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
     let root = doc.as_table();
     p.unknown_keys(root, "top level", &["unikernel", "devices", "boot"])?;
     let u = p.table(root, "unikernel", "start the file with [unikernel] and its name, start and arguments")?;
-    p.unknown_keys(u, "unikernel", &["name", "start", "arguments"])?;
+    p.unknown_keys(u, "unikernel", &UNIKERNEL_KEYS)?;
     let (name, name_line) = p
         .string(u, "name", "unikernel")?
         .ok_or_else(|| p.err(u.span(), "[unikernel] has no name", "add name = \"...\": the image is dist/NAME"))?;
@@ -339,7 +430,18 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
             file: p.file.clone(),
             line: start_line,
             cause: format!("start = {start:?} is not a Rust path"),
-            fix: format!("name the function from the crate root, as in \"{}::start\"", package.replace('-', "_")),
+            fix: format!("name the function from the crate root, as in \"{}::start\"", ident(&package)),
+        });
+    }
+    if !start.contains("::") {
+        let lib = ident(&package);
+        return Err(Error {
+            file: p.file.clone(),
+            line: start_line,
+            cause: format!(
+                "start = {start:?} is not a function of the unikernel crate {lib}: the wiring calls it from outside the crate (and `{start}` alone names the wiring's own function)"
+            ),
+            fix: format!("name it from the crate root, as in start = \"{lib}::{start}\""),
         });
     }
 
@@ -401,15 +503,15 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
                 return Err(p.err(item.span(), format!("boot.{key} must be a table"), format!("write [boot.{key}] with type = \"...\"")));
             };
             let table = format!("boot.{key}");
-            p.unknown_keys(a, &table, &["type", "default", "doc"])?;
+            p.unknown_keys(a, &table, &BOOT_KEYS)?;
             let (ty, ty_line) = p
                 .string(a, "type", &table)?
-                .ok_or_else(|| p.err(key_span.clone(), format!("[boot.{key}] has no type"), format!("add type = \"...\", one of {TYPES}")))?;
+                .ok_or_else(|| p.err(key_span.clone(), format!("[boot.{key}] has no type"), format!("add type = \"...\", one of {}", TYPES.join(", "))))?;
             let ty = ArgType::parse(&ty).ok_or_else(|| Error {
                 file: p.file.clone(),
                 line: ty_line,
                 cause: format!("unknown argument type {ty:?}"),
-                fix: format!("use one of {TYPES}"),
+                fix: format!("use one of {}", TYPES.join(", ")),
             })?;
             let default = match a.get("default") {
                 None => None,
@@ -423,7 +525,7 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
                     if !ty.accepts(&s) {
                         return Err(p.err(
                             v.span(),
-                            format!("the default {s:?} is not a valid {}", ArgType::name(ty)),
+                            format!("the default {s:?} is not a valid {}", ty.keyword()),
                             "give a default of the argument's type",
                         ));
                     }
@@ -472,11 +574,12 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
             });
         }
     }
-    Ok(Config { dir: dir.to_path_buf(), package, name, start, arguments, devices, boot })
+    Ok(Config { dir: dir.to_path_buf(), package, libraries: None, name, start, arguments, devices, boot })
 }
 
 impl ArgType {
-    fn name(self) -> &'static str {
+    /// The type's name in `mirage.toml`.
+    pub fn keyword(self) -> &'static str {
         match self {
             ArgType::String => "string",
             ArgType::Bool => "bool",
@@ -514,13 +617,13 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
         Item::Value(Value::String(s)) => (s.value().clone(), None, s.span()),
         Item::Value(Value::InlineTable(t)) => {
             let kind = t.get("kind").and_then(|v| v.as_str()).map(String::from);
-            let kind = kind.ok_or_else(|| p.err(t.span(), format!("device {key} has no kind"), format!("add kind = \"...\", one of {KINDS}")))?;
+            let kind = kind.ok_or_else(|| p.err(t.span(), format!("device {key} has no kind"), format!("add kind = \"...\", one of {}", KINDS.join(", "))))?;
             (kind, Some(t.clone().into_table()), t.span())
         }
         Item::Table(t) => {
             let kind = p
                 .string(t, "kind", &format!("devices.{key}"))?
-                .ok_or_else(|| p.err(t.span(), format!("device {key} has no kind"), format!("add kind = \"...\", one of {KINDS}")))?
+                .ok_or_else(|| p.err(t.span(), format!("device {key} has no kind"), format!("add kind = \"...\", one of {}", KINDS.join(", "))))?
                 .0;
             (kind, Some(t.clone()), t.span())
         }
@@ -598,17 +701,10 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
         }
         "kv-rw" => Kind::KvRw,
         other => {
-            return Err(p.err(span.clone(), format!("unknown device kind {other:?}"), format!("use one of {KINDS}")));
+            return Err(p.err(span.clone(), format!("unknown device kind {other:?}"), format!("use one of {}", KINDS.join(", "))));
         }
     };
-    let allowed: &[&str] = match &k {
-        Kind::Net { .. } => &["kind", "interface"],
-        Kind::Block { .. } => &["kind", "interface", "size"],
-        Kind::Stack { .. } => &["kind", "interface", "ipv4", "gateway"],
-        Kind::KvRo { .. } => &["kind", "directory", "store", "interface"],
-        _ => &["kind"],
-    };
-    p.unknown_keys(&t, &tname, allowed)?;
+    p.unknown_keys(&t, &tname, keys(k.keyword()))?;
     Ok(k)
 }
 
@@ -700,6 +796,57 @@ default = 8080
     fn every_device_must_reach_start() {
         let e = error(&GOOD.replace("\"console\", \"net\", ", "\"console\", "));
         assert!(e.cause.contains("net is declared but not given"), "{e}");
+    }
+
+    #[test]
+    fn start_is_the_crates_own() {
+        // `start` alone would call the wiring's own function (E0061).
+        let e = error(&GOOD.replace("start = \"demo::start\"", "start = \"start\""));
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.cause.contains("start = \"start\" is not a function of the unikernel crate demo"), "{e}");
+        assert!(e.fix.contains("start = \"demo::start\""), "{e}");
+        // Another crate's function is out of the wiring's reach.
+        let dir = scratch("start");
+        write(&dir, "Cargo.toml", "[package]\nname = \"demo\"\n");
+        write(&dir, FILE, &GOOD.replace("demo::start", "other::start"));
+        let e = load(&dir).unwrap_err();
+        assert!(e.cause.contains("is not a function of the unikernel crate demo") && e.line == 4, "{e}");
+        // A library renamed by [lib] name.
+        write(&dir, "Cargo.toml", "[package]\nname = \"demo\"\n[lib]\nname = \"other\"\n");
+        assert!(load(&dir).is_ok());
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mirage-config-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn the_libraries_come_from_where_the_crate_takes_them() {
+        let dir = scratch("libraries");
+        let libs = |deps: &str| {
+            write(&dir, "Cargo.toml", &format!("[package]\nname = \"demo\"\n\n[dependencies]\nlog = \"0.4\"\n{deps}"));
+            write(&dir, FILE, GOOD);
+            load(&dir).unwrap().libraries
+        };
+        assert_eq!(libs(""), None);
+        std::fs::create_dir_all(dir.join("rs/crates/mirage-devices")).unwrap();
+        let crates = dir.join("rs/crates").canonicalize().unwrap();
+        assert_eq!(libs("mirage-devices = { path = \"rs/crates/mirage-devices\" }"), Some(Libraries::Path(crates.clone())));
+        assert_eq!(libs("[dependencies.mirage-http]\npath = \"rs/crates/mirage-http\"\n"), Some(Libraries::Path(crates)));
+        assert_eq!(
+            libs("mirage-devices = { git = \"https://example.org/mirage-rs\", tag = \"v0.1.0\" }"),
+            Some(Libraries::Git { url: "https://example.org/mirage-rs".into(), reference: Some(("tag".into(), "v0.1.0".into())) })
+        );
+        assert_eq!(libs("mirage-devices = \"0.1\""), Some(Libraries::Registry("0.1".into())));
+        assert_eq!(libs("mirage-runtime = { version = \"0.1.2\", features = [\"std\"] }"), Some(Libraries::Registry("0.1.2".into())));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -39,7 +39,7 @@ fn implementation(name: &str, kind: &Kind, opts: &Options) -> (String, Option<St
             if solo5 {
                 ("mirage_kv::Mem".into(), Some("memory".into()))
             } else {
-                ("mirage_unix::DirKv".into(), Some("a host directory".into()))
+                ("mirage_unix::DirKv".into(), Some(format!("a host directory, {} by default (--kv-rw:{name}=DIR)", crate::generate::kv_rw_directory(name))))
             }
         }
     }

@@ -110,6 +110,42 @@ impl Options {
     }
 }
 
+/// Where the wiring takes the mirage-rs libraries from: the same place as
+/// the unikernel crate takes them, so that both see one `mirage-devices`
+/// (two copies of it would make two sets of unrelated traits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Libraries {
+    /// A directory holding the crates side by side (a checkout's `crates/`).
+    Path(PathBuf),
+    /// A git repository, with its `branch`, `tag` or `rev` key if any.
+    Git { url: String, reference: Option<(String, String)> },
+    /// The registry, with a version requirement (`"0.1"`).
+    Registry(String),
+}
+
+impl Libraries {
+    /// The dependency on library `name` as Cargo.toml writes it, from a
+    /// project in `from`, with `features`.
+    pub fn dependency(&self, name: &str, from: &Path, features: &[&str]) -> String {
+        let mut keys = match self {
+            Libraries::Path(dir) => vec![format!("path = {}", lit(&path_from(&dir.join(name), from)))],
+            Libraries::Git { url, reference } => {
+                let mut k = vec![format!("git = {}", lit(url))];
+                if let Some((key, value)) = reference {
+                    k.push(format!("{key} = {}", lit(value)));
+                }
+                k
+            }
+            Libraries::Registry(version) => vec![format!("version = {}", lit(version))],
+        };
+        if !features.is_empty() {
+            let f: Vec<String> = features.iter().map(|f| lit(f)).collect();
+            keys.push(format!("features = [{}]", f.join(", ")));
+        }
+        format!("{name} = {{ {} }}", keys.join(", "))
+    }
+}
+
 /// A generated file: its path inside the generated directory and text.
 #[derive(Debug)]
 pub struct File {
@@ -147,6 +183,26 @@ pub fn relative(to: &Path, from: &Path) -> String {
     if parts.is_empty() { ".".into() } else { parts.join("/") }
 }
 
+/// The directory of kv-rw store `name` on unix, relative to the
+/// unikernel's directory: `mirage run` creates it and `mirage clean`
+/// keeps it (it is data).
+pub fn kv_rw_directory(name: &str) -> String {
+    format!("dist/{name}.kv")
+}
+
+/// `to` as a path dependency of a project in `from` writes it: relative
+/// when both are in one tree (a checkout moves as a whole), absolute when
+/// they only share the root (a unikernel outside the checkout).
+pub fn path_from(to: &Path, from: &Path) -> String {
+    fn top(p: &Path) -> Option<Component<'_>> {
+        p.components().find(|c| matches!(c, Component::Normal(_)))
+    }
+    if to.is_absolute() && from.is_absolute() && top(to) != top(from) {
+        return to.to_string_lossy().replace('\\', "/");
+    }
+    relative(to, from)
+}
+
 fn ident(name: &str) -> String {
     name.replace('-', "_")
 }
@@ -161,15 +217,77 @@ fn lit(s: &str) -> String {
     format!("{s:?}")
 }
 
+/// The network interfaces, in declaration order. The `i`-th has the
+/// subnet 10.0.i.0/24 on the host side: `mirage run` gives its tap device
+/// 10.0.i.1, and a stack on it defaults (with `--no-dhcp`) to 10.0.i.2
+/// with the gateway 10.0.i.1. Interfaces keep their numbers on every
+/// target, whether or not the target attaches them to a tap device.
+pub fn network_interfaces(config: &Config) -> Vec<&str> {
+    config
+        .devices
+        .iter()
+        .filter_map(|d| match &d.kind {
+            Kind::Net { interface } | Kind::Stack { interface, .. } => Some(interface.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The third byte of the subnet of network interface `interface`
+/// (10.0.N.0/24), see [`network_interfaces`].
+pub fn subnet(config: &Config, interface: &str) -> u8 {
+    let i = network_interfaces(config).iter().position(|i| *i == interface).unwrap_or(0);
+    // Solo5's manifest holds at most 63 devices.
+    u8::try_from(i).unwrap_or(u8::MAX)
+}
+
 /// The default address of the stack's `--ipv4` and `--ipv4-gateway`.
-fn stack_defaults(kind: &Kind, opts: &Options) -> (String, String) {
-    let Kind::Stack { ipv4, gateway, .. } = kind else { return (String::new(), String::new()) };
+fn stack_defaults(config: &Config, kind: &Kind, opts: &Options) -> (String, String) {
+    let Kind::Stack { interface, ipv4, gateway } = kind else { return (String::new(), String::new()) };
+    let n = subnet(config, interface);
     match (ipv4, opts.dhcp) {
         (Some(a), _) => (a.clone(), gateway.clone().unwrap_or_default()),
         (None, true) => (String::new(), gateway.clone().unwrap_or_default()),
-        // MirageOS's static defaults.
-        (None, false) => ("10.0.0.2/24".into(), gateway.clone().unwrap_or_else(|| "10.0.0.1".into())),
+        // MirageOS's static defaults, in the interface's own subnet.
+        (None, false) => (format!("10.0.{n}.2/24"), gateway.clone().unwrap_or_else(|| format!("10.0.{n}.1"))),
     }
+}
+
+/// What the Solo5 manifest declares, in declaration order: network
+/// interfaces (a stack's too) and block devices (a tar store's too).
+pub fn manifest(config: &Config, opts: &Options) -> Vec<(ManifestKind, String)> {
+    config
+        .devices
+        .iter()
+        .filter_map(|d| match &d.kind {
+            Kind::Net { interface } | Kind::Stack { interface, .. } => Some((ManifestKind::Net, interface.clone())),
+            Kind::Block { interface, .. } => Some((ManifestKind::Block, interface.clone())),
+            Kind::KvRo { .. } => opts.tar(&d.name, &d.kind).map(|i| (ManifestKind::Block, i)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The kinds of device a Solo5 manifest declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestKind {
+    /// `NET_BASIC`.
+    Net,
+    /// `BLOCK_BASIC`.
+    Block,
+}
+
+/// The manifest as the JSON `solo5-elftool gen-manifest` reads.
+pub fn manifest_json(config: &Config, opts: &Options) -> String {
+    let devices: Vec<String> = manifest(config, opts)
+        .iter()
+        .map(|(kind, name)| {
+            let t = if *kind == ManifestKind::Net { "NET_BASIC" } else { "BLOCK_BASIC" };
+            format!("{{ \"name\": {}, \"type\": \"{t}\" }}", lit(name))
+        })
+        .collect();
+    let devices = if devices.is_empty() { String::new() } else { format!(" {} ", devices.join(", ")) };
+    format!("{{\n  \"type\": \"solo5.manifest\",\n  \"version\": 1,\n  \"devices\": [{devices}]\n}}")
 }
 
 /// Formats Rust source with rustfmt (default settings, edition 2024), as
@@ -179,8 +297,9 @@ pub fn format(text: &str) -> String {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let child = Command::new("rustfmt")
-        .args(["--edition", "2024", "--emit", "stdout"])
-        // No rustfmt.toml of an enclosing project applies.
+        // Rustfmt's defaults, whatever rustfmt.toml lies around (it looks
+        // from the current directory up): an empty configuration.
+        .args(["--edition", "2024", "--emit", "stdout", "--config-path", "/dev/null"])
         .current_dir(std::env::temp_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -196,10 +315,10 @@ pub fn format(text: &str) -> String {
     }
 }
 
-/// Every file of the wiring, Rust sources formatted by rustfmt. `crates`
-/// is the directory holding the mirage-rs crates.
-pub fn files_formatted(config: &Config, opts: &Options, crates: &Path) -> Vec<File> {
-    let mut files = files(config, opts, crates);
+/// Every file of the wiring, Rust sources formatted by rustfmt, with the
+/// mirage-rs libraries from `libraries`.
+pub fn files_formatted(config: &Config, opts: &Options, libraries: &Libraries) -> Vec<File> {
+    let mut files = files(config, opts, libraries);
     for f in &mut files {
         if f.path.ends_with(".rs") {
             f.text = format(&f.text);
@@ -208,15 +327,15 @@ pub fn files_formatted(config: &Config, opts: &Options, crates: &Path) -> Vec<Fi
     files
 }
 
-/// Every file of the wiring, as generated. `crates` is the directory
-/// holding the mirage-rs crates.
-pub fn files(config: &Config, opts: &Options, crates: &Path) -> Vec<File> {
+/// Every file of the wiring, as generated, with the mirage-rs libraries
+/// from `libraries`.
+pub fn files(config: &Config, opts: &Options, libraries: &Libraries) -> Vec<File> {
     let dir = dir(config, opts.target);
     let header = format!(
         "Generated by `{}` from mirage.toml: edit that\n# file and configure again rather than this one.",
         opts.command()
     );
-    let mut files = vec![File { path: "Cargo.toml", text: cargo_toml(config, opts, crates, &dir, &header) }];
+    let mut files = vec![File { path: "Cargo.toml", text: cargo_toml(config, opts, libraries, &dir, &header) }];
     files.push(File { path: "main.rs", text: main_rs(config, opts) });
     if let Some(b) = build_rs(config, opts) {
         files.push(File { path: "build.rs", text: b });
@@ -228,8 +347,8 @@ fn uses(config: &Config, f: impl Fn(&Kind) -> bool) -> bool {
     config.devices.iter().any(|d| f(&d.kind))
 }
 
-fn cargo_toml(config: &Config, opts: &Options, crates: &Path, dir: &Path, header: &str) -> String {
-    let krate = |name: &str| relative(&crates.join(name), dir);
+fn cargo_toml(config: &Config, opts: &Options, libraries: &Libraries, dir: &Path, header: &str) -> String {
+    let dep = |name: &str, features: &[&str]| libraries.dependency(name, dir, features);
     let mut t = String::new();
     let _ = writeln!(t, "# {header}");
     t.push_str("[package]\n");
@@ -245,27 +364,27 @@ fn cargo_toml(config: &Config, opts: &Options, crates: &Path, dir: &Path, header
     let stack = uses(config, |k| matches!(k, Kind::Stack { .. }));
     let kv = uses(config, |k| matches!(k, Kind::KvRo { .. })) || (opts.target.solo5() && uses(config, |k| *k == Kind::KvRw));
     if kv {
-        let _ = writeln!(t, "mirage-kv = {{ path = \"{}\" }}", krate("mirage-kv"));
+        let _ = writeln!(t, "{}", dep("mirage-kv", &[]));
     }
     match opts.target {
         Target::Unix => {
-            let _ = writeln!(t, "mirage-runtime = {{ path = \"{}\", features = [\"std\"] }}", krate("mirage-runtime"));
+            let _ = writeln!(t, "{}", dep("mirage-runtime", &["std"]));
             if stack {
-                let _ = writeln!(t, "mirage-tcpip = {{ path = \"{}\" }}", krate("mirage-tcpip"));
+                let _ = writeln!(t, "{}", dep("mirage-tcpip", &[]));
             }
-            let _ = writeln!(t, "mirage-unix = {{ path = \"{}\" }}", krate("mirage-unix"));
+            let _ = writeln!(t, "{}", dep("mirage-unix", &[]));
         }
         target => {
-            let _ = writeln!(t, "mirage-runtime = {{ path = \"{}\" }}", krate("mirage-runtime"));
-            let _ = writeln!(t, "mirage-solo5 = {{ path = \"{}\", features = [\"{}\"] }}", krate("mirage-solo5"), target.name());
+            let _ = writeln!(t, "{}", dep("mirage-runtime", &[]));
+            let _ = writeln!(t, "{}", dep("mirage-solo5", &[target.name()]));
             if stack {
-                let _ = writeln!(t, "mirage-tcpip = {{ path = \"{}\" }}", krate("mirage-tcpip"));
+                let _ = writeln!(t, "{}", dep("mirage-tcpip", &[]));
             }
         }
     }
     if config.devices.iter().any(|d| opts.crunch(&d.name, &d.kind)) {
         t.push_str("\n[build-dependencies]\n");
-        let _ = writeln!(t, "mirage-kv = {{ path = \"{}\", features = [\"crunch\"] }}", krate("mirage-kv"));
+        let _ = writeln!(t, "{}", dep("mirage-kv", &["crunch"]));
     }
     t.push_str("\n[profile.release]\n");
     if opts.target.solo5() {
@@ -339,9 +458,9 @@ fn specs(config: &Config, opts: &Options) -> (Vec<String>, Option<(String, Strin
                 specs.push(format!(
                     "Arg::new::<String>(\"net:{interface}\", Some(\"tap0\"), \"The tap device of network interface {interface}.\")"
                 ));
-                stack = Some(stack_defaults(&d.kind, opts));
+                stack = Some(stack_defaults(config, &d.kind, opts));
             }
-            Kind::Stack { .. } => stack = Some(stack_defaults(&d.kind, opts)),
+            Kind::Stack { .. } => stack = Some(stack_defaults(config, &d.kind, opts)),
             Kind::Block { interface, .. } if !opts.target.solo5() => {
                 specs.push(format!(
                     "Arg::new::<String>(\"block:{interface}\", None, \"The disk image of block device {interface}.\")"
@@ -350,16 +469,16 @@ fn specs(config: &Config, opts: &Options) -> (Vec<String>, Option<(String, Strin
             Kind::KvRo { .. } if !opts.target.solo5() => {
                 if let Some(interface) = opts.tar(&d.name, &d.kind) {
                     specs.push(format!(
-                        "Arg::new::<String>(\"block:{interface}\", None, \"The disk image (a tar archive) of store {}.\")",
+                        "Arg::new::<String>(\"block:{interface}\", None, \"The disk image (a tar archive) of the kv-ro store \\\"{}\\\".\")",
                         d.name
                     ));
                 }
             }
             Kind::KvRw if !opts.target.solo5() => {
                 specs.push(format!(
-                    "Arg::new::<String>(\"kv-rw:{0}\", Some({1}), \"The directory of read-write store {0}.\")",
+                    "Arg::new::<String>(\"kv-rw:{0}\", Some({1}), \"The directory of the kv-rw store \\\"{0}\\\".\")",
                     d.name,
-                    lit(&d.name)
+                    lit(&kv_rw_directory(&d.name))
                 ));
             }
             _ => {}
@@ -368,9 +487,10 @@ fn specs(config: &Config, opts: &Options) -> (Vec<String>, Option<(String, Strin
     (specs, stack)
 }
 
-/// What start is called with.
-fn call(config: &Config, opts: &Options) -> String {
-    let args: Vec<String> = config
+/// What start is called with, one expression per argument of
+/// mirage.toml's `arguments`.
+pub fn call_arguments(config: &Config, opts: &Options) -> Vec<String> {
+    config
         .arguments
         .iter()
         .map(|n| {
@@ -386,8 +506,11 @@ fn call(config: &Config, opts: &Options) -> String {
                 ident(n)
             }
         })
-        .collect();
-    format!("{}({})", config.start, args.join(", "))
+        .collect()
+}
+
+fn call(config: &Config, opts: &Options) -> String {
+    format!("{}({})", config.start, call_arguments(config, opts).join(", "))
 }
 
 fn main_rs(config: &Config, opts: &Options) -> String {
@@ -409,7 +532,9 @@ fn main_rs(config: &Config, opts: &Options) -> String {
             m.push_str("use alloc::vec;\n");
         }
     }
-    if !specs.is_empty() || stack.is_some() {
+    // The stack's arguments come from mirage-tcpip: Arg is named only for
+    // the unikernel's own and the devices'.
+    if !specs.is_empty() {
         m.push_str("use mirage_runtime::args::Arg;\n");
     }
     if solo5 {
@@ -421,15 +546,9 @@ fn main_rs(config: &Config, opts: &Options) -> String {
         }
     }
     if solo5 {
-        let entries: Vec<String> = config
-            .devices
+        let entries: Vec<String> = manifest(config, opts)
             .iter()
-            .filter_map(|d| match &d.kind {
-                Kind::Net { interface } | Kind::Stack { interface, .. } => Some(format!("net {}", lit(interface))),
-                Kind::Block { interface, .. } => Some(format!("block {}", lit(interface))),
-                Kind::KvRo { .. } => opts.tar(&d.name, &d.kind).map(|i| format!("block {}", lit(&i))),
-                _ => None,
-            })
+            .map(|(kind, name)| format!("{} {}", if *kind == ManifestKind::Net { "net" } else { "block" }, lit(name)))
             .collect();
         let _ = writeln!(m, "\nsolo5::manifest!({});\nsolo5::main!(start);", entries.join(", "));
         m.push_str("\nfn start(si: &solo5::StartInfo) -> i32 {\n");
@@ -511,7 +630,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
                 if let Some(interface) = opts.tar(&d.name, &d.kind) {
                     block(&mut m, &format!("{v}_disk"), &interface, solo5, true, &fail);
                     opening.push(format!(
-                        "let {v} = mirage_kv::Tar::new({v}_disk)\n            .await\n            .map_err(|e| format!(\"cannot open the store {}: block device {interface}: {{e}}\"))?;",
+                        "let {v} = mirage_kv::Tar::new({v}_disk)\n            .await\n            .map_err(|e| format!(\"cannot open the kv-ro store \\\"{}\\\" on block device {interface}: {{e}}\"))?;",
                         d.name
                     ));
                 }
@@ -523,7 +642,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
                     let _ = writeln!(m, "    let {v}_dir: String = args.get(\"kv-rw:{}\");", d.name);
                     let _ = writeln!(m, "    let {v} = match mirage_unix::DirKv::open(std::path::Path::new(&{v}_dir)) {{");
                     m.push_str("        Ok(store) => store,\n");
-                    m.push_str(&fail(format!("cannot open the directory {{{v}_dir}} of store {}", d.name)));
+                    m.push_str(&fail(format!("cannot open the directory {{{v}_dir}} of the kv-rw store \\\"{}\\\"", d.name)));
                     m.push_str("    };\n");
                 }
             }
@@ -537,7 +656,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
     let run = if solo5 { "solo5::dev::run" } else { "mirage_unix::run" };
     if let Some((v, net_var)) = &stack_var {
         opening.push(format!(
-            "let {v} = mirage_tcpip::Stack::new({net_var}, mirage_tcpip::Config::from_args(&args))\n            .map_err(|e| format!(\"cannot start the stack {v}: {{e}}\"))?;"
+            "let {v} = mirage_tcpip::Stack::new({net_var}, mirage_tcpip::Config::from_args(&args))\n            .map_err(|e| format!(\"cannot start the TCP/IP stack \\\"{v}\\\": {{e}}\"))?;"
         ));
         opening.push(format!("{v}.configured().await;"));
     }
@@ -610,6 +729,38 @@ fn net(m: &mut String, v: &str, interface: &str, solo5: bool, fail: &dyn Fn(Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dependencies_on_the_libraries() {
+        let from = Path::new("/r/examples/x/mirage/hvt");
+        let path = Libraries::Path("/r/crates".into());
+        assert_eq!(path.dependency("mirage-kv", from, &[]), "mirage-kv = { path = \"../../../../crates/mirage-kv\" }");
+        // A unikernel outside the checkout: an absolute path.
+        assert_eq!(
+            path.dependency("mirage-solo5", Path::new("/home/u/app/mirage/hvt"), &["hvt"]),
+            "mirage-solo5 = { path = \"/r/crates/mirage-solo5\", features = [\"hvt\"] }"
+        );
+        let git = Libraries::Git { url: "https://example.org/rs".into(), reference: Some(("rev".into(), "abc".into())) };
+        assert_eq!(git.dependency("mirage-unix", from, &[]), "mirage-unix = { git = \"https://example.org/rs\", rev = \"abc\" }");
+        let registry = Libraries::Registry("0.1".into());
+        assert_eq!(registry.dependency("mirage-runtime", from, &["std"]), "mirage-runtime = { version = \"0.1\", features = [\"std\"] }");
+    }
+
+    #[test]
+    fn the_manifest_follows_the_configuration() {
+        let text = "[unikernel]\nname = \"w\"\nstart = \"w::start\"\narguments = [\"stack\", \"htdocs\", \"disk\"]\n\n[devices]\nstack = \"stack\"\nhtdocs = { kind = \"kv-ro\", directory = \".\" }\ndisk = \"block\"\n";
+        let c = crate::config::parse(Path::new("mirage.toml"), text, Path::new("."), "w".into()).unwrap();
+        let mut opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: true, kv_tar: false };
+        let names = |o: &Options| manifest(&c, o).into_iter().map(|(_, n)| n).collect::<Vec<_>>();
+        assert_eq!(names(&opts), ["service", "storage"]);
+        // --kv-ro=tar: the store is a block device of the image too.
+        opts.kv_tar = true;
+        assert_eq!(names(&opts), ["service", "htdocs", "storage"]);
+        assert!(manifest_json(&c, &opts).contains("{ \"name\": \"htdocs\", \"type\": \"BLOCK_BASIC\" }"));
+        // main.rs declares the same.
+        let main = files(&c, &opts, &Libraries::Path("/c".into())).into_iter().find(|f| f.path == "main.rs").unwrap();
+        assert!(main.text.contains("solo5::manifest!(net \"service\", block \"htdocs\", block \"storage\");"), "{}", main.text);
+    }
 
     #[test]
     fn relative_paths() {

@@ -21,7 +21,8 @@ use std::process::Command;
 
 use mirage::config::{self, Config};
 use mirage::describe;
-use mirage::generate::{self, Options, Target, UnixNet};
+use mirage::generate::{self, Libraries, Options, Target, UnixNet};
+use mirage::template::{self, Template};
 
 /// A failure: one line of cause, one of fix.
 #[derive(Debug)]
@@ -212,6 +213,15 @@ fn crates_dir() -> Result<PathBuf, Failure> {
     crates.canonicalize().map_err(|e| Failure::new(format!("{}: {e}", crates.display()), "set MIRAGE_RS to the mirage-rs repository"))
 }
 
+/// Where the wiring of `config` takes the mirage-rs libraries from: where
+/// the unikernel crate takes them, else the crates beside this tool.
+fn libraries(config: &Config) -> Result<Libraries, Failure> {
+    match &config.libraries {
+        Some(l) => Ok(l.clone()),
+        None => crates_dir().map(Libraries::Path),
+    }
+}
+
 fn load(dir: &Path) -> Result<Config, Failure> {
     let dir = dir.canonicalize().map_err(|e| Failure::new(format!("{}: {e}", dir.display()), "name an existing directory with -C"))?;
     Ok(config::load(&dir)?)
@@ -243,7 +253,12 @@ fn load_state(config: &Config, target: Option<Target>) -> Result<Options, Failur
     let target = match (target, last) {
         (Some(t), _) => t,
         (None, Some(t)) => t,
-        (None, None) => return Err(not_configured("TARGET")),
+        (None, None) => {
+            return Err(Failure::new(
+                format!("{} is not configured", config.name),
+                "run `mirage configure -t unix` (or -t hvt, -t spt) first",
+            ));
+        }
     };
     let generated = generate::dir(config, target).join("Cargo.toml");
     if !generated.is_file() {
@@ -275,14 +290,26 @@ function, with the Solo5 manifest and link settings.
                         10.0.0.1) instead of asking DHCP when no --ipv4 is given
   --kv-ro=tar           every kv-ro store is a tar archive of its directory on a
                         block device of the store's name (made by mirage build),
-                        rather than compiled into the image";
+                        rather than compiled into the image
+
+The reference of mirage.toml (each device kind, its keys, their types and
+defaults, the boot-argument types, the conventions):";
+
+/// Where the reference of mirage.toml is: in the repository this tool
+/// comes from, or named in it.
+fn reference() -> String {
+    match crates_dir().map(|c| c.join("../docs/mirage-toml.md")) {
+        Ok(p) if p.is_file() => p.canonicalize().unwrap_or(p).display().to_string(),
+        _ => "docs/mirage-toml.md in the mirage-rs repository".to_string(),
+    }
+}
 
 fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure> {
-    let crates = crates_dir()?;
+    let libraries = libraries(config)?;
     let dir = generate::dir(config, opts.target);
     std::fs::create_dir_all(&dir).map_err(|e| Failure::new(format!("{}: {e}", dir.display()), "check the directory's permissions"))?;
     let mut written = Vec::new();
-    for f in generate::files_formatted(config, opts, &crates) {
+    for f in generate::files_formatted(config, opts, &libraries) {
         let path = dir.join(f.path);
         // Unchanged files keep their time, so nothing is rebuilt for them.
         if std::fs::read_to_string(&path).is_ok_and(|old| old == f.text) {
@@ -292,9 +319,17 @@ fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure
         std::fs::write(&path, f.text).map_err(|e| Failure::new(format!("{}: {e}", path.display()), "check the directory's permissions"))?;
         written.push(path);
     }
-    // Start from the versions mirage-rs is tested with.
+    // Start from the versions mirage-rs is tested with: those of the
+    // checkout the libraries come from, else of the tool's own (cargo
+    // re-resolves what differs).
     let lock = dir.join("Cargo.lock");
-    if !lock.exists() {
+    let tested = match &libraries {
+        Libraries::Path(crates) => Some(crates.clone()),
+        _ => crates_dir().ok(),
+    };
+    if let Some(crates) = tested
+        && !lock.exists()
+    {
         let _ = std::fs::copy(crates.join("../Cargo.lock"), &lock);
     }
     // A build script of an earlier configuration that this one does not
@@ -308,7 +343,7 @@ fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure
 
 fn configure(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     let args = Args::parse("configure", argv, &["target=", "net=", "no-dhcp", "kv-ro=", "help"])?;
-    if help(&args, CONFIGURE_HELP) {
+    if help(&args, &format!("{CONFIGURE_HELP}\n  {}", reference())) {
         return Ok(());
     }
     if let Some(p) = args.positional.first() {
@@ -354,8 +389,48 @@ usage: mirage build [-t TARGET]
 
 Builds the configured unikernel (the last target configured, or TARGET)
 into dist/NAME (unix), dist/NAME.hvt or dist/NAME.spt, with cargo's
-progress. Reconfigures first when mirage.toml changed. Cargo's target
-directory is mirage/target, or $CARGO_TARGET_DIR.";
+progress. Reconfigures first when mirage.toml changed.
+
+Every unikernel shares one cargo target directory per target, under the
+cache $MIRAGE_CACHE (default $XDG_CACHE_HOME/mirage, or ~/.cache/mirage):
+the libraries are built once for all. $CARGO_TARGET_DIR, when set, is
+used for every target instead. Removing the cache is safe.";
+
+/// The cargo target directory of `target`: `$CARGO_TARGET_DIR`, else one
+/// per target under the tool's cache, shared by every unikernel (so the
+/// libraries are compiled once), else, without a home, the unikernel's
+/// own `mirage/target`.
+fn target_dir(config: &Config, target: Target) -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let cache = env("MIRAGE_CACHE")
+        .or_else(|| env("XDG_CACHE_HOME").map(|c| c.join("mirage")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache/mirage")));
+    match cache {
+        Some(c) => c.join("target").join(target.name()),
+        None => config.dir.join("mirage/target"),
+    }
+}
+
+/// An exclusive lock on `path` (created if missing), held until dropped.
+fn lock(path: &Path) -> Result<std::fs::File, Failure> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Failure::new(format!("{}: {e}", path.display()), "check the directory's permissions"))?;
+    // SAFETY: flock on a descriptor this function owns; the lock goes with
+    // the file when it is closed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Failure::new(format!("locking {}: {e}", path.display()), "check the file system supports flock"));
+    }
+    Ok(f)
+}
 
 /// Builds the image; its path.
 pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> {
@@ -371,7 +446,11 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
     if stale(&gen_dir.join("main.rs")) {
         write_wiring(config, opts)?;
     }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| config.dir.join("mirage/target"));
+    let target_dir = target_dir(config, opts.target);
+    std::fs::create_dir_all(&target_dir).map_err(|e| Failure::new(format!("{}: {e}", target_dir.display()), "set CARGO_TARGET_DIR or MIRAGE_CACHE to a directory you may write"))?;
+    // One build at a time in a target directory, from cargo to the copy
+    // into dist/: two unikernels of one name write the same binary there.
+    let _lock = lock(&target_dir.join(".mirage-lock"))?;
     // Cargo tells packages apart by their path relative to their
     // workspace, and every generated project is a workspace of its own:
     // two unikernels of the same name built into one target directory
@@ -395,19 +474,58 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
         }
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(["build", "--release", "--manifest-path"])
+    // Cargo's messages pass through mirage, which reads where rustc's
+    // errors point (in colour when they go to a terminal).
+    // SAFETY: isatty only inspects descriptor 2.
+    let colour = if unsafe { libc::isatty(2) } == 1 { "always" } else { "never" };
+    let mut child = Command::new(&cargo)
+        .args(["build", "--release", "--color", colour, "--manifest-path"])
         .arg(gen_dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| Failure::new(format!("cannot run cargo: {e}"), "install Rust (rustup.rs) and put cargo on PATH"))?;
+    let mut output = String::new();
+    if let Some(stderr) = child.stderr.take() {
+        use std::io::{BufRead, Write};
+        let mut out = std::io::stderr().lock();
+        for line in std::io::BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+            let _ = out.write_all(&line);
+            let _ = out.write_all(b"\n");
+            output.push_str(&strip_ansi(&String::from_utf8_lossy(&line)));
+            output.push('\n');
+        }
+    }
+    let status = child.wait().map_err(|e| Failure::new(format!("waiting for cargo: {e}"), ""))?;
     if !status.success() {
+        let main = std::fs::read_to_string(gen_dir.join("main.rs")).unwrap_or_default();
+        let toml = std::fs::read_to_string(config.dir.join(config::FILE)).unwrap_or_default();
+        let places = mirage::diagnose::explain(config, opts, &main, &toml, &mirage::diagnose::places(&output));
+        let wiring = format!("mirage/{}/", opts.target.name());
+        if !places.is_empty() {
+            return Err(Failure::new(
+                format!(
+                    "cargo failed to build {} for {}: rustc's errors point into the wiring {wiring}main.rs, where mirage.toml and start disagree:\n  {}",
+                    config.name,
+                    opts.target.name(),
+                    places.join("\n  ")
+                ),
+                format!(
+                    "make mirage.toml and start agree (mirage.toml's reference: {}), then mirage build again; {wiring} is generated from mirage.toml, so do not edit it",
+                    reference()
+                ),
+            ));
+        }
         return Err(Failure::new(
             format!("cargo failed to build {} for {}", config.name, opts.target.name()),
-            "see cargo's messages above; the wiring is in mirage/TARGET/",
+            format!(
+                "see cargo's messages above. The wiring in {wiring} is generated from mirage.toml: where rustc points into it, \
+                 correct mirage.toml (see its reference, {}) or the start function, not the generated file",
+                reference()
+            ),
         ));
     }
     let _ = std::fs::write(&owner, &me);
@@ -430,6 +548,25 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
         }
     }
     Ok(image)
+}
+
+/// `line` without ANSI colour sequences.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, then one letter.
+            for n in chars.by_ref() {
+                if n.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Writes the tar archive of `dir` to `out`: the disk image of a
@@ -466,7 +603,36 @@ fn build(dir: &Path, argv: &[String]) -> Result<(), Failure> {
 const CLEAN_HELP: &str = "\
 usage: mirage clean
 
-Removes the wiring (mirage/) and the images (dist/).";
+Removes the wiring (mirage/) and what mirage build made in dist/: the
+images and the tar archives of kv-ro directories. Data stays: the disk
+images of block devices and the directories of kv-rw stores are never
+removed (delete them yourself when you mean to). The shared build cache
+(see `mirage build --help`) stays too.";
+
+/// What `mirage clean` may remove from dist/: what `mirage build` makes
+/// from sources, never a device's data.
+fn built_files(config: &Config) -> Vec<String> {
+    let mut files: Vec<String> = [Target::Unix, Target::Hvt, Target::Spt].iter().map(|t| t.image(&config.name)).collect();
+    let data: Vec<&str> = config
+        .devices
+        .iter()
+        .filter_map(|d| match &d.kind {
+            config::Kind::Block { interface, .. } => Some(interface.as_str()),
+            _ => None,
+        })
+        .collect();
+    for d in &config.devices {
+        if let config::Kind::KvRo { tar, .. } = &d.kind {
+            // The block device a tar store would be on, with or without
+            // --kv-ro=tar.
+            let interface = tar.clone().unwrap_or_else(|| d.name.clone());
+            if !data.contains(&interface.as_str()) {
+                files.push(format!("{interface}.img"));
+            }
+        }
+    }
+    files
+}
 
 fn clean(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     let args = Args::parse("clean", argv, &["help"])?;
@@ -474,11 +640,28 @@ fn clean(dir: &Path, argv: &[String]) -> Result<(), Failure> {
         return Ok(());
     }
     let config = load(dir)?;
-    for d in ["mirage", "dist"] {
-        let p = config.dir.join(d);
-        if p.exists() {
-            std::fs::remove_dir_all(&p).map_err(|e| Failure::new(format!("{}: {e}", p.display()), "check the directory's permissions"))?;
-            println!("removed {d}/");
+    let perm = |p: &Path, e: std::io::Error| Failure::new(format!("{}: {e}", p.display()), "check the directory's permissions");
+    let wiring = config.dir.join("mirage");
+    if wiring.exists() {
+        std::fs::remove_dir_all(&wiring).map_err(|e| perm(&wiring, e))?;
+        println!("removed mirage/");
+    }
+    let dist = config.dir.join("dist");
+    for f in built_files(&config) {
+        let p = dist.join(&f);
+        if p.is_file() {
+            std::fs::remove_file(&p).map_err(|e| perm(&p, e))?;
+            println!("removed dist/{f}");
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&dist) {
+        let mut kept: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        kept.sort();
+        if kept.is_empty() {
+            std::fs::remove_dir(&dist).map_err(|e| perm(&dist, e))?;
+            println!("removed dist/");
+        } else {
+            println!("kept dist/{} (data, which mirage clean never removes)", kept.join(", dist/"));
         }
     }
     Ok(())
@@ -503,28 +686,20 @@ fn query(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     let target = args.value("target").map(parse_target).transpose()?;
     let what = args.positional.first().map(String::as_str);
     let opts = || load_state(&config, target);
+    // The manifest follows the configuration (a tar store is a block
+    // device); before any configure, that of the defaults.
     let manifest = || {
-        let devices: Vec<String> = config
-            .devices
-            .iter()
-            .filter_map(|d| match &d.kind {
-                config::Kind::Net { interface } | config::Kind::Stack { interface, .. } => {
-                    Some(format!("{{ \"name\": \"{interface}\", \"type\": \"NET_BASIC\" }}"))
-                }
-                config::Kind::Block { interface, .. } => Some(format!("{{ \"name\": \"{interface}\", \"type\": \"BLOCK_BASIC\" }}")),
-                _ => None,
-            })
-            .collect();
-        format!("{{\n  \"type\": \"solo5.manifest\",\n  \"version\": 1,\n  \"devices\": [{}]\n}}", if devices.is_empty() { String::new() } else { format!(" {} ", devices.join(", ")) })
+        let opts = opts().unwrap_or(Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: true, kv_tar: false });
+        generate::manifest_json(&config, &opts)
     };
     let files = |opts: &Options| -> Vec<String> {
         let gen_dir = generate::relative(&generate::dir(&config, opts.target), &config.dir);
-        let mut f: Vec<String> = generate::files(&config, opts, Path::new("/crates")).iter().map(|f| format!("{gen_dir}/{}", f.path)).collect();
+        let mut f: Vec<String> = generate::files(&config, opts, &Libraries::Path("/crates".into())).iter().map(|f| format!("{gen_dir}/{}", f.path)).collect();
         f.push(format!("dist/{}", opts.target.image(&config.name)));
         f
     };
     let packages = |opts: &Options| -> Vec<String> {
-        let toml = generate::files(&config, opts, Path::new("/crates")).into_iter().find(|f| f.path == "Cargo.toml").map(|f| f.text).unwrap_or_default();
+        let toml = generate::files(&config, opts, &Libraries::Path("/crates".into())).into_iter().find(|f| f.path == "Cargo.toml").map(|f| f.text).unwrap_or_default();
         toml.lines()
             .skip_while(|l| *l != "[dependencies]")
             .skip(1)
@@ -599,14 +774,19 @@ fn describe(dir: &Path, argv: &[String]) -> Result<(), Failure> {
 }
 
 const NEW_HELP: &str = "\
-usage: mirage new NAME
+usage: mirage new NAME [--with=stack,http,kv-ro,kv-rw,block,random,wall-clock]
 
 Creates the directory NAME with a unikernel crate: Cargo.toml, mirage.toml
-and src/lib.rs, a hello world generic over a console and a clock. Then:
+and src/lib.rs, a hello world generic over a console and a clock, with the
+devices of --with, each used in a few lines: a stack (its address), http
+(htdocs/ served over a stack), kv-ro (htdocs/), kv-rw (a count of boots),
+block, random, wall-clock. Cargo.toml depends on the libraries the code
+uses, from the mirage-rs checkout this tool comes from, and names the
+others, commented out, in the same form. Then:
   cd NAME && mirage configure -t hvt && mirage build && mirage run";
 
 fn new(dir: &Path, argv: &[String]) -> Result<(), Failure> {
-    let args = Args::parse("new", argv, &["help"])?;
+    let args = Args::parse("new", argv, &["with=", "help"])?;
     if help(&args, NEW_HELP) {
         return Ok(());
     }
@@ -620,41 +800,65 @@ fn new(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     if !valid {
         return Err(Failure::usage(format!("new: {name:?} is not a usable crate name"), "use lowercase letters, digits, - and _, starting with a letter"));
     }
+    let with: Vec<&str> = args.value("with").map(|w| w.split(',').filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+    let template = Template::with(&with).map_err(|unknown| {
+        Failure::usage(format!("new: --with={unknown}: nothing of that name"), format!("choose among {}", template::ADDITIONS.join(", ")))
+    })?;
     let root = dir.join(&name);
     if root.exists() {
         return Err(Failure::new(format!("{} exists already", root.display()), "choose another name, or remove it"));
     }
     let crates = crates_dir()?;
-    std::fs::create_dir_all(root.join("src")).map_err(|e| Failure::new(format!("{}: {e}", root.display()), "check the directory's permissions"))?;
-    let abs = root.canonicalize().map_err(|e| Failure::new(format!("{}: {e}", root.display()), "check the directory's permissions"))?;
-    let devices = generate::relative(&crates.join("mirage-devices"), &abs);
-    let ident = name.replace('-', "_");
-    let files = [
-        (
-            "Cargo.toml",
-            format!(
-                "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nmirage-devices = {{ path = \"{devices}\" }}\n\n# The unikernel stands alone, outside any enclosing workspace.\n[workspace]\n"
-            ),
-        ),
-        (
-            "mirage.toml",
-            format!(
-                "# The unikernel: what start is given, and the boot arguments.\n# mirage configure -t unix|hvt|spt && mirage build && mirage run\n\n[unikernel]\nname = \"{name}\"\nstart = \"{ident}::start\"\narguments = [\"console\", \"time\", \"greeting\"]\n\n[devices]\nconsole = \"console\"\ntime = \"time\"\n\n[boot.greeting]\ntype = \"string\"\ndefault = \"Hello from {name}!\"\ndoc = \"What to print.\"\n"
-            ),
-        ),
-        (
-            "src/lib.rs",
-            format!(
-                "//! {name}: prints a greeting four times, a second apart.\n//!\n//! Generic over the device traits: `mirage configure` wires it for unix,\n//! hvt or spt.\n#![no_std]\n\nuse mirage_devices::console::{{self, Console}};\nuse mirage_devices::time::{{Duration, Sleep}};\n\n/// The unikernel.\npub async fn start(console: impl Console, time: impl Sleep, greeting: &str) -> Result<(), console::Error> {{\n    for _ in 0..4 {{\n        console.log(greeting).await?;\n        time.sleep(Duration::from_secs(1)).await;\n    }}\n    Ok(())\n}}\n"
-            ),
-        ),
-        (".gitignore", "/mirage/\n/dist/\n".to_string()),
-    ];
-    for (path, text) in files {
+    let perm = |p: &Path, e: std::io::Error| Failure::new(format!("{}: {e}", p.display()), "check the directory's permissions");
+    std::fs::create_dir_all(root.join("src")).map_err(|e| perm(&root, e))?;
+    let abs = root.canonicalize().map_err(|e| perm(&root, e))?;
+    let files = template::files(&name, &template, &Libraries::Path(crates), &abs, &reference());
+    for (path, text) in &files {
         let p = root.join(path);
-        std::fs::write(&p, text).map_err(|e| Failure::new(format!("{}: {e}", p.display()), "check the directory's permissions"))?;
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| perm(parent, e))?;
+        }
+        std::fs::write(&p, text).map_err(|e| perm(&p, e))?;
     }
-    println!("created {name}/ (Cargo.toml, mirage.toml, src/lib.rs)");
+    let made: Vec<&str> = files.iter().map(|(p, _)| *p).filter(|p| !p.starts_with('.')).collect();
+    println!("created {name}/ ({})", made.join(", "));
     println!("next: cd {name} && mirage configure -t hvt && mirage build && mirage run");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `--help` text.
+    fn helps() -> [(&'static str, &'static str); 8] {
+        [
+            ("mirage", USAGE),
+            ("configure", CONFIGURE_HELP),
+            ("build", BUILD_HELP),
+            ("run", run::RUN_HELP),
+            ("clean", CLEAN_HELP),
+            ("query", QUERY_HELP),
+            ("describe", DESCRIBE_HELP),
+            ("new", NEW_HELP),
+        ]
+    }
+
+    #[test]
+    fn help_sentences_are_not_broken_early() {
+        // Prose lines (not indented, not the usage) fill the width: a
+        // short one with more prose after it is a line break inside a
+        // sentence.
+        let mut short = Vec::new();
+        for (command, text) in helps() {
+            let lines: Vec<&str> = text.lines().collect();
+            for pair in lines.windows(2) {
+                let prose = |l: &str| !l.is_empty() && !l.starts_with(' ') && !l.starts_with("usage:");
+                if prose(pair[0]) && prose(pair[1]) && pair[0].len() < 50 {
+                    short.push(format!("{command}: {:?} is followed by {:?}", pair[0], pair[1]));
+                }
+            }
+        }
+        assert!(short.is_empty(), "{}", short.join("\n"));
+    }
 }

@@ -6,22 +6,41 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::config::{Config, Kind};
-use crate::generate::{Options, Target, UnixNet};
+use crate::generate::{self, Options, Target, UnixNet};
 use crate::{Args, Failure, help, load, load_state, parse_target};
 
-const RUN_HELP: &str = "\
+pub const RUN_HELP: &str = "\
 usage: mirage run [-t TARGET] [--tap=NAME] [--host-address=CIDR] [--mem=MIB] [-- ARGS...]
 
-Boots dist/NAME[.hvt|.spt] (building it first if it is missing or older
-than its configuration): on hvt
-and spt with solo5-hvt or solo5-spt (found beside mirage, or on PATH), on
-unix as a process. ARGS are the unikernel's boot arguments.
+Boots dist/NAME[.hvt|.spt], building it first if it is missing or older
+than its configuration: on hvt and spt with solo5-hvt or solo5-spt (found
+beside mirage, or on PATH), on unix as a process. ARGS are the
+unikernel's boot arguments, each word one argument on every target (on
+Solo5, mirage quotes them into the one command line the tender passes).
 
 Each network interface gets a tap device: NAME if --tap is given (it must
-exist), else tap-INTERFACE, created with the host address 10.0.0.1/24
-(--host-address) and removed at exit; that needs root (CAP_NET_ADMIN),
-and without it mirage prints the commands to run. Each block device is
-dist/INTERFACE.img, created with the size in mirage.toml if missing.";
+exist; first interface only), else tap-INTERFACE, created and removed at
+exit, which needs root (CAP_NET_ADMIN); without it, mirage prints the
+commands to run. The n-th interface (from 0, in mirage.toml's order) has
+the subnet 10.0.n.0/24: its tap device gets 10.0.n.1/24 (the first's is
+--host-address), and a stack on it configured --no-dhcp defaults to
+10.0.n.2. Each block device is dist/INTERFACE.img, created with the size
+in mirage.toml if missing; on unix each kv-rw store is the directory
+dist/NAME.kv, created if missing.";
+
+/// `word` quoted, if it must be, so that the unikernel's command-line
+/// splitting (a shell's: `mirage_runtime::args::split_cmdline`) gives it
+/// back as one word.
+pub fn quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_=:,./@%+^".contains(c));
+    if plain {
+        return word.to_string();
+    }
+    // Inside single quotes nothing is special; a single quote itself is
+    // closed, escaped and reopened.
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
 
 /// A tap device this run created, removed when dropped.
 struct CreatedTap(String);
@@ -150,7 +169,7 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     if opts.target == Target::Unix && args.value("mem").is_some() {
         return Err(Failure::usage("--mem applies to hvt and spt", "drop --mem on unix"));
     }
-    let host = args.value("host-address").unwrap_or("10.0.0.1/24");
+    let first_host = args.value("host-address").unwrap_or("10.0.0.1/24");
     let mut created = Vec::new();
     let mut device_args = Vec::new();
     let mut first_tap = true;
@@ -174,11 +193,26 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
                 }
                 continue;
             }
+            Kind::KvRw if opts.target == Target::Unix => {
+                let dir = config.dir.join(generate::kv_rw_directory(&d.name));
+                if !dir.is_dir() {
+                    std::fs::create_dir_all(&dir).map_err(|e| Failure::new(format!("{}: {e}", dir.display()), "check the directory's permissions"))?;
+                    eprintln!("mirage: created {} for kv-rw store {}", dir.display(), d.name);
+                }
+                device_args.push(format!("--kv-rw:{}={}", d.name, dir.display()));
+                continue;
+            }
             _ => continue,
         };
         let given = if first_tap { args.value("tap") } else { None };
+        // Each interface has its own subnet (two taps in one subnet would
+        // make two routes to it).
+        let host = match generate::subnet(&config, interface) {
+            0 => first_host.to_string(),
+            n => format!("10.0.{n}.1/24"),
+        };
         first_tap = false;
-        let t = tap(interface, given, host, &mut created)?;
+        let t = tap(interface, given, &host, &mut created)?;
         device_args.push(format!("--net:{interface}={t}"));
     }
     match opts.target {
@@ -189,7 +223,13 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
             cmd.args(&device_args).arg(&image);
         }
     }
-    cmd.args(&args.rest);
+    // A tender joins the words after the image into one command line,
+    // which the unikernel splits as a shell would: each word is quoted so
+    // that it arrives as the word given here, as it does on unix.
+    match opts.target {
+        Target::Unix => cmd.args(&args.rest),
+        _ => cmd.args(args.rest.iter().map(|w| quote(w))),
+    };
     let shown: Vec<String> = std::iter::once(cmd.get_program().to_string_lossy().into_owned())
         .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
         .collect();
@@ -223,5 +263,22 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
         Some(0) => Ok(()),
         Some(c) => Err(Failure { cause: format!("{} exited with status {c}", config.name), fix: String::new(), status: c }),
         None => Err(Failure { cause: format!("{} was killed ({status})", config.name), fix: String::new(), status: 128 }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote;
+    use mirage_runtime::args::split_cmdline;
+
+    #[test]
+    fn quoted_words_come_back_as_given() {
+        let words = ["--hello=\"Hola Mundo!\"", "--hello=Hola Mundo!", "it's", "a\\b", "", "--solo5:quiet", "--ipv4=10.0.0.2/24", "tab\there", "'\"'"];
+        let line: Vec<String> = words.iter().map(|w| quote(w)).collect();
+        assert_eq!(split_cmdline(&line.join(" ")).unwrap(), words);
+        // Plain words stay as they are, so the command shown reads well
+        // and the bindings' own options are seen.
+        assert_eq!(quote("--solo5:quiet"), "--solo5:quiet");
+        assert_eq!(quote("--hello=\"Hola Mundo!\""), "'--hello=\"Hola Mundo!\"'");
     }
 }

@@ -1,19 +1,48 @@
 //! Snapshot tests of the generated wiring, as `mirage configure` writes it
-//! (Rust sources formatted by rustfmt): every example on every target,
+//! (Rust sources formatted by rustfmt): every example on every target, and
+//! the configurations of `tests/fixtures` the examples do not cover,
 //! compared with the files under `tests/snapshots/EXAMPLE/TARGET/`. After
 //! a deliberate change, `UPDATE_SNAPSHOTS=1 cargo test -p mirage` rewrites
-//! them; review the diff.
+//! them; review the diff. Every generated file is also checked for what no
+//! snapshot review should have to catch: unused imports, doubled words.
 
 use std::path::{Path, PathBuf};
 
 use mirage::config;
-use mirage::generate::{self, Options, Target, UnixNet};
+use mirage::generate::{self, Libraries, Options, Target, UnixNet};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
 const EXAMPLES: [&str; 7] = ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website"];
+
+/// Configurations under `tests/fixtures`, with every variant.
+const FIXTURES: [&str; 1] = ["two-nets"];
+
+/// Each configuration to snapshot: its name and directory.
+fn configurations() -> Vec<(&'static str, PathBuf)> {
+    let root = root();
+    let mut c: Vec<_> = EXAMPLES.iter().map(|e| (*e, root.join("examples").join(e))).collect();
+    c.extend(FIXTURES.iter().map(|f| (*f, Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(f))));
+    c
+}
+
+/// Every generated file of every configuration and variant:
+/// (configuration, variant, file).
+fn generated() -> Vec<(&'static str, &'static str, generate::File)> {
+    let libraries = Libraries::Path(root().join("crates"));
+    let mut out = Vec::new();
+    for (name, dir) in configurations() {
+        let c = config::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (variant, opts) in variants() {
+            for f in generate::files_formatted(&c, &opts, &libraries) {
+                out.push((name, variant, f));
+            }
+        }
+    }
+    out
+}
 
 fn variants() -> Vec<(&'static str, Options)> {
     let o = |target, net, dhcp| Options { target, net, dhcp, kv_tar: false };
@@ -35,13 +64,12 @@ fn generated_wiring_matches_the_snapshots() {
     let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
     let mut differ = Vec::new();
     let mut checked = 0;
-    for ex in EXAMPLES {
-        let dir = root.join("examples").join(ex);
+    for (ex, dir) in configurations() {
         let c = config::load(&dir).unwrap_or_else(|e| panic!("{ex}: {e}"));
         for (variant, opts) in variants() {
             // The variants that only matter with a stack are taken for the
             // network example alone.
-            if variant.contains('-') && !variant.ends_with("-tar") && ex != "network" {
+            if variant.contains('-') && !variant.ends_with("-tar") && ex != "network" && !FIXTURES.contains(&ex) {
                 continue;
             }
             // The tar variants, for the examples with kv-ro stores.
@@ -49,11 +77,11 @@ fn generated_wiring_matches_the_snapshots() {
                 continue;
             }
             let snap_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(ex).join(variant);
-            for f in generate::files_formatted(&c, &opts, &root.join("crates")) {
+            for f in generate::files_formatted(&c, &opts, &Libraries::Path(root.join("crates"))) {
                 // hvt and spt share their Rust code, but for the command
                 // named in the header: spt keeps only its Cargo.toml.
                 if variant == "spt" && f.path.ends_with(".rs") {
-                    let hvt = generate::files_formatted(&c, &Options { target: Target::Hvt, ..opts }, &root.join("crates"));
+                    let hvt = generate::files_formatted(&c, &Options { target: Target::Hvt, ..opts }, &Libraries::Path(root.join("crates")));
                     let same = hvt.iter().find(|h| h.path == f.path).map(|h| h.text.replace("-t hvt", "-t spt"));
                     if same.as_deref() != Some(f.text.as_str()) {
                         differ.push(format!("{ex}: spt's {} differs from hvt's beyond the header", f.path));
@@ -88,4 +116,92 @@ fn rustfmt_is_there_to_format_the_wiring() {
     assert!(out.is_ok_and(|o| o.status.success()), "rustfmt (part of the Rust toolchain) is missing");
     let messy = "fn  main( ) { let x=1 ; }";
     assert_eq!(generate::format(messy), "fn main() {\n    let x = 1;\n}\n");
+    // rustfmt's defaults (100 columns), whatever rustfmt.toml lies in the
+    // directories rustfmt would search (a 120-column one in /tmp changed
+    // every snapshot once).
+    let long = "fn main() { let link = std::env::var(\"DEP_MIRAGE_SOLO5_LINK_ARGS\").expect(\"mirage-solo5 publishes its link arguments\"); }";
+    assert_eq!(
+        generate::format(long),
+        "fn main() {\n    let link = std::env::var(\"DEP_MIRAGE_SOLO5_LINK_ARGS\")\n        .expect(\"mirage-solo5 publishes its link arguments\");\n}\n"
+    );
+}
+
+#[test]
+fn generated_code_imports_only_what_it_uses() {
+    let mut unused = Vec::new();
+    for (name, variant, f) in generated() {
+        if !f.path.ends_with(".rs") {
+            continue;
+        }
+        for line in f.text.lines() {
+            let Some(path) = line.strip_prefix("use ").and_then(|l| l.strip_suffix(';')) else { continue };
+            let imported = path.rsplit([':', ' ']).next().unwrap_or(path);
+            let uses = f.text.matches(imported).count();
+            if uses < 2 {
+                unused.push(format!("{name} ({variant}) {}: `{line}` imports {imported}, which nothing uses", f.path));
+            }
+        }
+    }
+    assert!(unused.is_empty(), "{}", unused.join("\n"));
+}
+
+/// `word word`, as in "the store store": the name of a device or argument
+/// written where its kind belongs.
+fn doubled_words(text: &str) -> Vec<String> {
+    // A word ends before its punctuation; a quoted name is not the word.
+    let words: Vec<&str> =
+        text.split(|c: char| c.is_whitespace()).map(|w| w.trim_end_matches([':', ',', '.', ';', ')'])).filter(|w| !w.is_empty()).collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == w[1] && w[0].chars().all(|c| c.is_ascii_alphabetic()) && w[0].len() > 1)
+        .map(|w| format!("{} {}", w[0], w[1]))
+        .collect()
+}
+
+#[test]
+fn generated_messages_say_each_word_once() {
+    assert_eq!(doubled_words("cannot open the store store: no"), ["store store"]);
+    let mut found = Vec::new();
+    for (name, variant, f) in generated() {
+        for d in doubled_words(&f.text) {
+            found.push(format!("{name} ({variant}) {}: \"{d}\"", f.path));
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+#[test]
+fn each_interface_has_its_own_subnet() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/two-nets");
+    let c = config::load(&dir).unwrap();
+    assert_eq!(generate::network_interfaces(&c), ["service", "admin"]);
+    assert_eq!((generate::subnet(&c, "service"), generate::subnet(&c, "admin")), (0, 1));
+    // The stack is on the second interface: its static defaults are in
+    // 10.0.1.0/24, which mirage run gives tap-admin.
+    let opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: false, kv_tar: false };
+    let main = generate::files(&c, &opts, &Libraries::Path(root().join("crates"))).into_iter().find(|f| f.path == "main.rs").unwrap();
+    assert!(main.text.contains("mirage_tcpip::Config::args(\"10.0.1.2/24\", \"10.0.1.1\")"), "{}", main.text);
+}
+
+#[test]
+fn examples_do_not_restate_their_configuration() {
+    // A default of mirage.toml written again in the crate drifts from it.
+    let root = root();
+    let mut restated = Vec::new();
+    for ex in EXAMPLES {
+        let dir = root.join("examples").join(ex);
+        let c = config::load(&dir).unwrap();
+        let sources = mirage_kv::crunch::files(&dir.join("src")).unwrap();
+        for (key, path) in sources {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for b in &c.boot {
+                if let Some(d) = b.default.as_deref().filter(|d| d.len() >= 4)
+                    && text.contains(&format!("{d:?}"))
+                {
+                    restated.push(format!("{ex}/src{key} restates the default {d:?} of --{}", b.name));
+                }
+            }
+        }
+    }
+    assert!(restated.is_empty(), "{}", restated.join("\n"));
 }

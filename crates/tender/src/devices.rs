@@ -100,13 +100,11 @@ impl Devices {
             let Some(i) = self.lookup(name, MftType::NetBasic) else {
                 return Ok(Handled::No);
             };
-            let (fd, mtu) = match tap::attach(iface) {
-                Ok(v) => v,
-                Err(e) => {
-                    warn(format_args!("Could not attach interface: {iface}: {}", strerror(&e)));
-                    return Ok(Handled::No);
-                }
-            };
+            // Solo5 goes on to "Invalid option" and the usage here; the
+            // option was right, the host was not: the error and its fix.
+            let (fd, mtu) = tap::attach(iface).map_err(|e| {
+                fatal!("Could not attach interface: {iface}: {}\n  fix: {}", strerror(&e), attach_fix(iface, &e))
+            })?;
             let e = &mut self.entries[i];
             let mac = e.net_mac();
             e.set_net_basic(mac, mtu);
@@ -215,6 +213,26 @@ impl Devices {
         let e = mft::get_by_index(&self.entries, handle, mtype)?;
         let fd = self.fds.get(handle as usize)?.as_ref()?.as_raw_fd();
         Some((e, fd))
+    }
+}
+
+/// What to do when tap device `iface` cannot be attached with error `e`.
+fn attach_fix(iface: &str, e: &std::io::Error) -> String {
+    if let Some(n) = iface.strip_prefix('@') {
+        return format!("pass the tender an open tap device as descriptor {n}, or name a tap device: --net:NAME=IFACE");
+    }
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENODEV) => {
+            format!("create it (as root): ip tuntap add {iface} mode tap && ip link set {iface} up")
+        }
+        Some(libc::ENETDOWN) => format!("bring it up (as root): ip link set {iface} up"),
+        Some(libc::EBUSY) => format!("another process (a unikernel still running?) has {iface} attached: stop it, or attach another tap device"),
+        Some(libc::EPERM | libc::EACCES) => {
+            format!("run the tender as root, or give the tap device to its user: ip tuntap add {iface} mode tap user $USER")
+        }
+        Some(libc::ENAMETOOLONG) => "name a tap device of at most 15 characters".to_string(),
+        Some(libc::EINVAL) => format!("{iface} is not a tap device: name one (ip tuntap add NAME mode tap)"),
+        _ => format!("check the tap device: ip link show {iface}"),
     }
 }
 

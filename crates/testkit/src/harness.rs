@@ -14,6 +14,8 @@ pub enum Needs {
     Target(&'static str),
     /// As `Target`, plus network namespaces and tap devices.
     Net(&'static str),
+    /// A program on PATH (`dot`), with the Debian package that has it.
+    Program { name: &'static str, package: &'static str },
 }
 
 /// One end-to-end test.
@@ -52,6 +54,7 @@ pub fn run(cases: Vec<Case>) -> ! {
                 Needs::Nothing => None,
                 Needs::Target(t) => crate::missing(t),
                 Needs::Net(t) => crate::missing(t).or_else(crate::missing_net),
+                Needs::Program { name, package } => crate::missing_program(name, package),
             };
             match why {
                 Some(reason) => {

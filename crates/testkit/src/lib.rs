@@ -15,6 +15,16 @@ use std::time::{Duration, Instant};
 
 pub type TestResult = Result<(), String>;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_program_is_a_reason_to_skip() {
+        let why = super::missing_program("mirage-no-such-program", "nothing").expect("the program does not exist");
+        assert!(why.contains("`mirage-no-such-program` is not installed (apt-get install nothing"), "{why}");
+        assert_eq!(super::missing_program("sh", "dash"), None);
+    }
+}
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_else(|_| PathBuf::from("."))
@@ -290,6 +300,18 @@ pub fn missing(target: &str) -> Option<String> {
             Err(e) => Some(format!("/dev/kvm is not usable ({e})")),
         },
         _ => None,
+    }
+}
+
+/// Why this machine cannot run program `name` (from Debian's `package`),
+/// if it cannot: it is not on PATH.
+pub fn missing_program(name: &str, package: &str) -> Option<String> {
+    match Command::new(name).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Some(format!("`{name}` is not installed (apt-get install {package}; .ci/run installs it)"))
+        }
+        Err(e) => Some(format!("`{name}` cannot be run: {e}")),
+        Ok(_) => None,
     }
 }
 

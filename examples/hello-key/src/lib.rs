@@ -5,9 +5,6 @@
 use mirage_devices::console::Console;
 use mirage_devices::time::{Duration, Sleep};
 
-/// The boot arguments: name, default, documentation.
-pub const HELLO: (&str, &str, &str) = ("hello", "Hello World!", "How to say hello.");
-
 /// The unikernel.
 pub async fn start(console: impl Console, time: impl Sleep, hello: &str) -> Result<(), mirage_devices::console::Error> {
     for _ in 0..4 {

@@ -66,7 +66,7 @@ pub fn boot(program: &str, cmdline: &str, specs: &[Arg]) -> Result<Args, i32> {
             return Err(e.exit_status());
         }
     };
-    mirage_runtime::boot(program, specs, &argv, sink)
+    mirage_runtime::boot_with(program, specs, &argv, sink, &[crate::cmdline::HELP])
 }
 
 /// Runs `start` to completion; its exit status.

@@ -33,8 +33,7 @@ pub(crate) fn start(boot: Boot) -> ! {
     let Ok(cmdline) = core::str::from_utf8(boot.cmdline) else {
         abort_with(format_args!("the command line is not valid UTF-8"));
     };
-    let (level, cmdline) = crate::cmdline::parse(cmdline);
-    console::set_level(level);
+    console::set_level(crate::cmdline::level(cmdline));
 
     // SAFETY: linker-script symbols; only their addresses are used.
     let (stext, etext, erodata, end) = unsafe { (addr(&_stext), addr(&_etext), addr(&_erodata), addr(&_end)) };
@@ -64,6 +63,13 @@ pub(crate) fn start(boot: Boot) -> ! {
     if !unsafe { heap::init(heap_start as usize, heap_size as usize) } {
         abort_with(format_args!("heap initialisation failed"));
     }
+    // Options after the application's first word need a copy without them
+    // (the boot information's is not ours to change); it lives as long as
+    // the unikernel.
+    let cmdline: &'static str = match crate::cmdline::strip(cmdline) {
+        alloc::borrow::Cow::Borrowed(s) => s,
+        alloc::borrow::Cow::Owned(s) => alloc::boxed::Box::leak(s.into_boxed_str()),
+    };
     let si = StartInfo { cmdline, heap_start: heap_start as usize, heap_size: heap_size as usize };
     // SAFETY: the application defines this function with main!; its
     // signature is checked there.

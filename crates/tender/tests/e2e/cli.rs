@@ -54,11 +54,17 @@ pub fn cases(v: &mut Vec<Case>) {
             r.expect_stderr("All declared devices must be attached. See --help for syntax.")?;
             let r = boot(t, &[], "net", &[])?;
             expect_fatal(&r, "Device 'service' of type NET_BASIC declared but not attached.")?;
+            // A tap that cannot be attached: the error and its fix, not the
+            // usage (the option itself was right).
             let r = boot(t, &["--net:service=nosuchtap0"], "net", &[])?;
             expect_fatal(&r, "Could not attach interface: nosuchtap0: No such file or directory")?;
-            r.expect_stderr("Invalid option: `--net:service=nosuchtap0'")?;
+            r.expect_stderr("  fix: create it (as root): ip tuntap add nosuchtap0 mode tap && ip link set nosuchtap0 up")?;
+            if r.stderr.contains("usage:") || r.stderr.contains("Invalid option") {
+                return Err(format!("the usage follows an attach error:\n{}", r.dump()));
+            }
             let r = boot(t, &["--net:service=averyveryverylongname"], "net", &[])?;
             expect_fatal(&r, "Could not attach interface: averyveryverylon")?;
+            r.expect_stderr("  fix: name a tap device of at most 15 characters")?;
             let r = boot(t, &["--net-mac:service=02:00:00:00:00"], "net", &[])?;
             expect_fatal(&r, "Malformed MAC address for network service")
         }));

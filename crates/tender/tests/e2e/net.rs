@@ -94,7 +94,23 @@ pub fn cases(v: &mut Vec<Case>) {
             c.arg("--net:service=tap0").arg(guest(t, "net")?);
             let r = run_with(c, Duration::from_secs(30))?;
             r.expect_status(1)?;
-            r.expect_stderr("Could not attach interface: tap0: Network is down")
+            r.expect_stderr("Could not attach interface: tap0: Network is down")?;
+            r.expect_stderr("  fix: bring it up (as root): ip link set tap0 up")
+        }));
+        v.push(case(format!("{t}::net_interface_busy_is_refused_with_the_fix"), n, move || {
+            // A second tender on a tap device the first holds.
+            let ns = Netns::new()?;
+            let _first = start(&ns, t, &[])?;
+            let mut c = ns.command(tender(t));
+            c.arg("--net:service=tap0").arg(guest(t, "net")?);
+            let r = run_with(c, Duration::from_secs(30))?;
+            r.expect_status(1)?;
+            r.expect_stderr("Could not attach interface: tap0: Device or resource busy")?;
+            r.expect_stderr("  fix: another process (a unikernel still running?) has tap0 attached")?;
+            if r.stderr.contains("usage:") {
+                return Err(format!("the usage follows an attach error:\n{}", r.dump()));
+            }
+            Ok(())
         }));
     }
 }

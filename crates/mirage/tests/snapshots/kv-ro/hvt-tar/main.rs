@@ -25,9 +25,9 @@ fn start(si: &solo5::StartInfo) -> i32 {
         }
     };
     solo5::dev::run(async move {
-        let data = mirage_kv::Tar::new(data_disk)
-            .await
-            .map_err(|e| format!("cannot open the store data: block device data: {e}"))?;
+        let data = mirage_kv::Tar::new(data_disk).await.map_err(|e| {
+            format!("cannot open the kv-ro store \"data\" on block device data: {e}")
+        })?;
         Ok::<_, alloc::string::String>(kv_ro::start(console, data).await)
     })
 }

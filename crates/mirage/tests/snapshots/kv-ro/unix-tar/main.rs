@@ -6,7 +6,7 @@ fn main() {
     let specs = vec![Arg::new::<String>(
         "block:data",
         None,
-        "The disk image (a tar archive) of store data.",
+        "The disk image (a tar archive) of the kv-ro store \"data\".",
     )];
     let args = match mirage_unix::boot("kv-ro", &specs) {
         Ok(args) => args,
@@ -22,9 +22,9 @@ fn main() {
             )),
         };
     std::process::exit(mirage_unix::run(async move {
-        let data = mirage_kv::Tar::new(data_disk)
-            .await
-            .map_err(|e| format!("cannot open the store data: block device data: {e}"))?;
+        let data = mirage_kv::Tar::new(data_disk).await.map_err(|e| {
+            format!("cannot open the kv-ro store \"data\" on block device data: {e}")
+        })?;
         Ok::<_, String>(kv_ro::start(console, data).await)
     }));
 }

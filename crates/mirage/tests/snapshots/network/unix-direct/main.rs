@@ -31,7 +31,7 @@ fn main() {
     let chargen_port: u16 = args.get("chargen-port");
     std::process::exit(mirage_unix::run(async move {
         let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
-            .map_err(|e| format!("cannot start the stack stack: {e}"))?;
+            .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;
         Ok::<_, String>(network::start(console, stack, echo_port, discard_port, chargen_port).await)
     }));

@@ -61,7 +61,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let stats: u32 = args.get("stats");
     solo5::dev::run(async move {
         let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
-            .map_err(|e| format!("cannot start the stack stack: {e}"))?;
+            .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;
         Ok::<_, alloc::string::String>(
             static_website::start(

@@ -33,7 +33,7 @@ fn main() {
         Arg::new::<String>(
             "block:htdocs",
             None,
-            "The disk image (a tar archive) of store htdocs.",
+            "The disk image (a tar archive) of the kv-ro store \"htdocs\".",
         ),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
@@ -65,11 +65,11 @@ fn main() {
     let max_body: u64 = args.get("max-body");
     let stats: u32 = args.get("stats");
     std::process::exit(mirage_unix::run(async move {
-        let htdocs = mirage_kv::Tar::new(htdocs_disk)
-            .await
-            .map_err(|e| format!("cannot open the store htdocs: block device htdocs: {e}"))?;
+        let htdocs = mirage_kv::Tar::new(htdocs_disk).await.map_err(|e| {
+            format!("cannot open the kv-ro store \"htdocs\" on block device htdocs: {e}")
+        })?;
         let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
-            .map_err(|e| format!("cannot start the stack stack: {e}"))?;
+            .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;
         Ok::<_, String>(
             static_website::start(
