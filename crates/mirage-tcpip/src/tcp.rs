@@ -113,6 +113,9 @@ impl stack::TcpListener for Listener {
     async fn accept(&self) -> Result<(Flow, SocketAddr), Error> {
         poll_fn(|cx| {
             self.stack.with(|inner| {
+                // A socket made here must get the waker too: a connection
+                // completed on it would otherwise wake nobody.
+                inner.replenish(self.port);
                 let Some(l) = inner.listeners.get_mut(&self.port) else { return Poll::Ready(Err(Error::Io)) };
                 let mut ready = None;
                 for (i, &h) in l.sockets.iter().enumerate() {
@@ -127,10 +130,7 @@ impl stack::TcpListener for Listener {
                         }
                     }
                 }
-                let Some((i, peer)) = ready else {
-                    inner.replenish(self.port);
-                    return Poll::Pending;
-                };
+                let Some((i, peer)) = ready else { return Poll::Pending };
                 let handle = l.sockets.swap_remove(i);
                 inner.replenish(self.port);
                 let flow = Flow { conn: Conn::new(self.stack.clone(), handle, None) };

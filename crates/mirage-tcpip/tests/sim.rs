@@ -81,6 +81,8 @@ struct SimNet {
     rx: Rc<RefCell<Wire>>,
     tx: Rc<RefCell<Wire>>,
     link: Rc<Shared>,
+    /// A copy of every frame sent, for tests that watch a stack's answers.
+    sent: Option<Rc<RefCell<Vec<Vec<u8>>>>>,
 }
 
 /// One-way latency.
@@ -149,6 +151,9 @@ impl Net for SimNet {
         }
         let mut frame = vec![0u8; len];
         let r = f(&mut frame);
+        if let Some(sent) = &self.sent {
+            sent.borrow_mut().push(frame.clone());
+        }
         let link = &self.link;
         let faults = link.faults.get();
         if faults.cut || link.chance(faults.loss) {
@@ -170,6 +175,8 @@ impl Net for SimNet {
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
 fn config(addr: Ipv4Addr, seed: u64) -> Config {
     let mut c = Config::static_ipv4(addr, 24, None);
@@ -188,15 +195,18 @@ struct Pair {
     link: Rc<Shared>,
     /// Frames from a to b.
     ab: Rc<RefCell<Wire>>,
+    /// Every frame b sent.
+    from_b: Rc<RefCell<Vec<Vec<u8>>>>,
 }
 
 fn pair_with(seed: u64, faults: Faults, ca: Config, cb: Config) -> Pair {
     let link = Rc::new(Shared { faults: Cell::new(faults), rng: Cell::new(seed * 2 + 1), delivered: Cell::new(0) });
     let ab = Rc::new(RefCell::new(Wire::default()));
     let ba = Rc::new(RefCell::new(Wire::default()));
-    let na = SimNet { mac: MacAddr([2, 0, 0, 0, 0, 1]), rx: ba.clone(), tx: ab.clone(), link: link.clone() };
-    let nb = SimNet { mac: MacAddr([2, 0, 0, 0, 0, 2]), rx: ab.clone(), tx: ba, link: link.clone() };
-    Pair { a: Stack::new(na, ca).unwrap(), b: Stack::new(nb, cb).unwrap(), link, ab }
+    let from_b = Rc::new(RefCell::new(Vec::new()));
+    let na = SimNet { mac: MacAddr(MAC_A), rx: ba.clone(), tx: ab.clone(), link: link.clone(), sent: None };
+    let nb = SimNet { mac: MacAddr(MAC_B), rx: ab.clone(), tx: ba, link: link.clone(), sent: Some(from_b.clone()) };
+    Pair { a: Stack::new(na, ca).unwrap(), b: Stack::new(nb, cb).unwrap(), link, ab, from_b }
 }
 
 /// Two stacks joined by a link with `faults`.
@@ -501,7 +511,7 @@ fn connect_times_out_when_nobody_answers() {
         });
         let ab = Rc::new(RefCell::new(Wire::default()));
         let ba = Rc::new(RefCell::new(Wire::default()));
-        let na = SimNet { mac: MacAddr([2, 0, 0, 0, 0, 1]), rx: ba, tx: ab, link };
+        let na = SimNet { mac: MacAddr(MAC_A), rx: ba, tx: ab, link, sent: None };
         let mut cfg = config(A, 1);
         cfg.connect_timeout = Duration::from_secs(10);
         let a = Stack::new(na, cfg).unwrap();
@@ -689,5 +699,188 @@ fn a_full_backlog_delays_connections_instead_of_refusing_them() {
         for c in clients {
             assert!(c.await.is_ok(), "a connection was refused");
         }
+    });
+}
+
+// Attacks. A third host on the link (address X, MAC_X) sends hand-made
+// frames to b while a well-behaved client on a keeps asking b's server for
+// an answer; each test states the longest the client had to wait.
+
+const X: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 9);
+const MAC_X: [u8; 6] = [2, 0, 0, 0, 0, 9];
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+/// A TCP segment from `src` to `dst` in an Ethernet frame from `mac` to
+/// b, checksums right. A SYN carries an MSS option.
+fn tcp_frame(mac: [u8; 6], src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let options: &[u8] = if flags & SYN != 0 { &[2, 4, 0x05, 0xb4] } else { &[] };
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&src.1.to_be_bytes());
+    tcp.extend_from_slice(&dst.1.to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&ack.to_be_bytes());
+    tcp.push(((20 + options.len()) / 4 << 4) as u8);
+    tcp.push(flags);
+    tcp.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+    tcp.extend_from_slice(options);
+    tcp.extend_from_slice(payload);
+    let c = mirage_tcpip::wire::checksum_ipv4(src.0, dst.0, 6, &tcp);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&src.0.octets());
+    ip.extend_from_slice(&dst.0.octets());
+    let c = mirage_tcpip::wire::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = MAC_B.to_vec();
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&tcp);
+    f
+}
+
+/// The TCP header fields of a frame b sent: source and destination
+/// endpoints, sequence and acknowledgment numbers, flags, payload length.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    len: usize,
+}
+
+fn seen(f: &[u8]) -> Option<Seen> {
+    if f.len() < 54 || f[12..14] != [0x08, 0x00] || f[23] != 6 {
+        return None;
+    }
+    let ip = &f[14..];
+    let ihl = (ip[0] & 0xf) as usize * 4;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let t = &ip[ihl..total];
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let addr = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    Some(Seen {
+        src: (addr(&ip[12..16]), u16::from_be_bytes([t[0], t[1]])),
+        dst: (addr(&ip[16..20]), u16::from_be_bytes([t[2], t[3]])),
+        seq: be32(&t[4..8]),
+        ack: be32(&t[8..12]),
+        flags: t[13],
+        len: t.len() - (t[12] >> 4) as usize * 4,
+    })
+}
+
+/// Sends a frame to b now.
+fn inject(p: &Pair, frame: Vec<u8>) {
+    push(&p.ab, now().as_nanos(), frame);
+}
+
+/// A server on b: each connection gets "ok\n" once its request line has
+/// come, then is closed.
+async fn serve(b: &Stack, port: u16, backlog: usize) {
+    let l = b.listen(port, backlog).await.unwrap();
+    spawn(async move {
+        loop {
+            let (mut f, _) = l.accept().await.unwrap();
+            spawn(async move {
+                let mut buf = [0u8; 512];
+                let mut got = 0;
+                while !buf[..got].contains(&b'\n') && got < buf.len() {
+                    match f.read(&mut buf[got..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += n,
+                    }
+                }
+                if f.write_all(b"ok\n").await.is_ok() {
+                    let _ = f.close().await;
+                }
+            });
+        }
+    });
+}
+
+/// What the well-behaved client saw.
+#[derive(Debug, Default, Clone, Copy)]
+struct Probe {
+    answered: u32,
+    failed: u32,
+    /// The longest any request took, or waited before failing.
+    worst: Duration,
+}
+
+/// Runs `attack` while a client on `a` sends a request to `to` every
+/// 100 ms on a new connection (each given 60 s), and for two seconds after.
+async fn probe_during<R>(a: &Stack, to: SocketAddr, attack: impl Future<Output = R>) -> (Probe, R) {
+    let stop = Rc::new(Cell::new(false));
+    let seen = Rc::new(Cell::new(Probe::default()));
+    let client = {
+        let (a, stop, seen) = (a.clone(), stop.clone(), seen.clone());
+        spawn(async move {
+            let mut pending = Vec::new();
+            while !stop.get() {
+                let (a, seen) = (a.clone(), seen.clone());
+                pending.push(spawn(async move {
+                    let start = now();
+                    let ask = async {
+                        let mut c = a.connect(to).await.map_err(|e| format!("connect: {e:?}"))?;
+                        c.write_all(b"GET\n").await.map_err(|e| format!("write: {e:?}"))?;
+                        let got = read_to_end(&mut c).await.map_err(|e| format!("read: {e:?}"))?;
+                        if got != b"ok\n" {
+                            return Err(format!("answer {got:?}"));
+                        }
+                        Ok(())
+                    };
+                    let r = mirage_runtime::time::timeout(Duration::from_secs(60), ask).await;
+                    let took = now().saturating_duration_since(start);
+                    let mut p = seen.get();
+                    p.worst = p.worst.max(took);
+                    match r {
+                        Ok(Ok(())) => p.answered += 1,
+                        Ok(Err(e)) => {
+                            eprintln!("probe at {:?}: {e}", start);
+                            p.failed += 1
+                        }
+                        Err(_) => {
+                            eprintln!("probe at {:?}: no answer in 60 s", start);
+                            p.failed += 1
+                        }
+                    }
+                    seen.set(p);
+                }));
+                sleep(Duration::from_millis(100)).await;
+            }
+            for p in pending {
+                p.await;
+            }
+        })
+    };
+    let r = attack.await;
+    sleep(Duration::from_secs(2)).await;
+    stop.set(true);
+    client.await;
+    (seen.get(), r)
+}
+
+#[test]
+fn one_half_open_syn_does_not_stall_the_server() {
+    run(async {
+        let p = pair_with(61, Faults::default(), config(A, 1), config(B, 2));
+        serve(&p.b, 80, 16).await;
+        let (probe, ()) = probe_during(&p.a, SocketAddr::new(B.into(), 80), async {
+            sleep(Duration::from_millis(300)).await;
+            // From a host that never answers: the SYN-ACK goes nowhere and
+            // no reset ever comes back.
+            inject(&p, tcp_frame(MAC_X, (X, 40000), (B, 80), 1000, 0, SYN, b""));
+            sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+        eprintln!("{probe:?}");
+        assert!(probe.failed == 0 && probe.worst < Duration::from_millis(100), "{probe:?}");
     });
 }
