@@ -37,9 +37,19 @@ extern crate alloc;
 pub mod wire;
 
 #[cfg(feature = "stack")]
+mod conns;
+#[cfg(feature = "stack")]
 mod device;
 #[cfg(feature = "stack")]
 mod driver;
+#[cfg(feature = "stack")]
+mod handshake;
+#[cfg(feature = "stack")]
+mod inbound;
+#[cfg(feature = "stack")]
+mod neighbor;
+#[cfg(feature = "stack")]
+mod table;
 #[cfg(feature = "stack")]
 mod stack;
 #[cfg(feature = "stack")]

@@ -682,14 +682,19 @@ fn a_full_backlog_delays_connections_instead_of_refusing_them() {
     run(async {
         let (a, b, _) = pair(51, Faults::default());
         let l = b.listen(80, 2).await.unwrap();
-        let clients: Vec<_> = (0..5)
-            .map(|_| {
-                let a = a.clone();
-                spawn(async move { a.connect(SocketAddr::new(B.into(), 80)).await })
-            })
-            .collect();
-        // Nobody accepts for a while: two connections wait in the backlog,
-        // the other SYNs are dropped and retried.
+        let connect = |n| -> Vec<_> {
+            (0..n)
+                .map(|_| {
+                    let a = a.clone();
+                    spawn(async move { a.connect(SocketAddr::new(B.into(), 80)).await })
+                })
+                .collect()
+        };
+        let mut clients = connect(2);
+        sleep(Duration::from_millis(100)).await;
+        clients.extend(connect(3));
+        // Nobody accepts for a while: two connections wait in the backlog;
+        // the SYNs that come while they wait are dropped and retried.
         sleep(Duration::from_millis(500)).await;
         assert_eq!(clients.iter().filter(|c| c.is_finished()).count(), 2);
         let mut accepted = Vec::new();
