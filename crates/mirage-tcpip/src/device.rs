@@ -88,6 +88,13 @@ impl Link {
         &mut self.rx[..self.pending.unwrap_or(0)]
     }
 
+    /// Makes `frame` (a copy of one received earlier) the received frame.
+    pub(crate) fn load(&mut self, frame: &[u8]) {
+        let len = frame.len().min(self.rx.len());
+        self.rx[..len].copy_from_slice(&frame[..len]);
+        self.pending = Some(len);
+    }
+
     /// Drops the received frame.
     pub(crate) fn skip(&mut self) {
         self.pending = None;

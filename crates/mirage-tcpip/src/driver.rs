@@ -71,6 +71,18 @@ pub(crate) async fn run<N: Net>(shared: Rc<Shared>, mut net: N) {
     }
 }
 
+/// Judges the frame waiting in the link and does what the judge says.
+fn judged<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) {
+    match inbound::judge(inner, net, now) {
+        Verdict::Drop => inner.link.skip(),
+        Verdict::Engine => ingest(inner, net),
+        Verdict::Accept(port, handle, tuple) => {
+            ingest(inner, net);
+            tcp::accepted(inner, port, handle, tuple, now);
+        }
+    }
+}
+
 /// Gives the frame waiting in the link to the engine.
 fn ingest<N: Net>(inner: &mut Inner, net: &mut N) {
     let Inner { iface, sockets, link, .. } = inner;
@@ -82,6 +94,10 @@ fn ingest<N: Net>(inner: &mut Inner, net: &mut N) {
 fn step<N: Net>(inner: &mut Inner, net: &mut N) -> (Option<Duration>, bool) {
     let now = crate::now();
     inner.iface.poll_maintenance(smol_now());
+    // Handshakes that waited for room go first.
+    while inbound::resume(inner, now) {
+        judged(inner, net, now);
+    }
     let mut busy = false;
     for _ in 0..inner.config.batch.max(1) {
         if !(Adapter { net: &mut *net, link: &mut inner.link }).fetch() {
@@ -89,14 +105,7 @@ fn step<N: Net>(inner: &mut Inner, net: &mut N) -> (Option<Duration>, bool) {
             break;
         }
         busy = true;
-        match inbound::judge(inner, net, now) {
-            Verdict::Drop => inner.link.skip(),
-            Verdict::Engine => ingest(inner, net),
-            Verdict::Accept(port, handle, tuple) => {
-                ingest(inner, net);
-                tcp::accepted(inner, port, handle, tuple, now);
-            }
-        }
+        judged(inner, net, now);
     }
     egress(inner, net);
     inbound::finish_replays(inner, net, now, |inner, port, handle, tuple| tcp::accepted(inner, port, handle, tuple, now));
@@ -108,8 +117,11 @@ fn step<N: Net>(inner: &mut Inner, net: &mut N) -> (Option<Duration>, bool) {
         expire(inner, net, now);
         egress(inner, net);
     }
+    // Reaping freed room for a handshake that waits: go on at once.
+    busy |= inbound::deferred_fits(inner);
     let mut delay = inner.iface.poll_delay(smol_now(), &inner.sockets).map(|d| Duration::from_micros(d.total_micros()));
-    let waiting = inner.handshakes.queue.len() + inner.lingering.len() + inner.orphans.len() + inner.link.conns.replaying;
+    let waiting =
+        inner.handshakes.queue.len() + inner.lingering.len() + inner.orphans.len() + inner.link.conns.replaying + inner.deferred.len();
     if waiting > 0 || inner.config.close_wait_timeout.is_some() && inner.link.conns.table.len() > 0 {
         let d = inner.next_expiry.saturating_duration_since(now);
         delay = Some(delay.map_or(d, |x| x.min(d)));

@@ -26,6 +26,7 @@
 //! acknowledgment is merely old (within that window) has it raised to
 //! SND.UNA and is accepted, as section 5.2 says.
 
+use alloc::vec::Vec;
 use core::net::IpAddr;
 
 use mirage_devices::net::Net;
@@ -320,6 +321,48 @@ fn challenge(inner: &mut Inner, t: Tuple, now: Instant) -> Verdict {
     Verdict::Engine
 }
 
+/// A handshake's completing segment, waiting for the memory of a
+/// connection shed to make room for it.
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    frame: Vec<u8>,
+    since: Instant,
+}
+
+/// Segments waiting so at most, and for how long.
+const DEFERRED: usize = 64;
+const DEFER: Duration = Duration::from_secs(3);
+
+/// Keeps a copy of the received frame to judge again once there is room.
+fn defer(inner: &mut Inner, now: Instant) {
+    let frame = inner.link.frame();
+    let mut copy = Vec::new();
+    if inner.deferred.len() >= DEFERRED || inner.deferred.try_reserve(1).is_err() || copy.try_reserve_exact(frame.len()).is_err() {
+        return;
+    }
+    copy.extend_from_slice(frame);
+    inner.deferred.push_back(Deferred { frame: copy, since: now });
+}
+
+/// Puts the oldest deferred segment back as the received frame if a
+/// connection fits now; whether it did.
+pub(crate) fn resume(inner: &mut Inner, now: Instant) -> bool {
+    while inner.deferred.front().is_some_and(|d| now.saturating_duration_since(d.since) > DEFER) {
+        inner.deferred.pop_front();
+    }
+    if !deferred_fits(inner) {
+        return false;
+    }
+    let Some(d) = inner.deferred.pop_front() else { return false };
+    inner.link.load(&d.frame);
+    true
+}
+
+/// Whether a deferred segment waits and a connection fits now.
+pub(crate) fn deferred_fits(inner: &Inner) -> bool {
+    !inner.deferred.is_empty() && !inner.link.conns.table.is_full() && (inner.config.may_hold)(connection_cost(inner))
+}
+
 /// The stack-wide limit on challenge ACKs.
 #[derive(Debug)]
 pub(crate) struct Challenges {
@@ -421,16 +464,31 @@ pub(crate) fn connection_cost(inner: &Inner) -> usize {
     2 * inner.config.tcp_buffer + 2048
 }
 
-/// Whether a new connection may be made. If not, it is refused with a
-/// reset, unless room is being made for it by shedding a connection:
-/// then its SYN is dropped, and the client's retry gets in.
-fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, now: Instant) -> bool {
+/// Whether a new connection may be made now.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Yes,
+    /// Room is being made by shedding a connection: the segment is
+    /// dropped, and the client's retry gets in.
+    Later,
+    /// Refused with a reset.
+    No,
+}
+
+/// Whether a new connection fits now; at its completing ACK (`complete`)
+/// a connection is shed to make room if it does not. Shedding waits for
+/// the ACK: a SYN may come from a forged address, and a flood of them must
+/// not reset real connections. A SYN is answered when a connection could
+/// be shed, and refused otherwise.
+fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, now: Instant) -> Admit {
     let full = inner.link.conns.table.is_full();
     if !full && (inner.config.may_hold)(connection_cost(inner)) {
-        return true;
+        return Admit::Yes;
     }
-    if seg.ack.is_none() && crate::tcp::shed(inner, now) {
-        return false;
+    match complete {
+        true if crate::tcp::shed(inner, now) => return Admit::Later,
+        false if crate::tcp::sheddable(inner, now) => return Admit::Yes,
+        _ => {}
     }
     if full {
         inner.link.stats.refused_limit += 1;
@@ -438,7 +496,7 @@ fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, now: Instant) -> boo
         inner.link.stats.refused_memory += 1;
     }
     refuse(inner, net, seg);
-    false
+    Admit::No
 }
 
 /// A segment for a listener, from a peer without a connection.
@@ -455,7 +513,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                 inner.link.stats.listen_overflows += 1;
                 return Verdict::Drop;
             }
-            if !admit(inner, net, &seg, now) {
+            if admit(inner, net, &seg, false, now) != Admit::Yes {
                 return Verdict::Drop;
             }
             let isn = match inner.handshakes.queue.get(&seg.t) {
@@ -505,7 +563,22 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                 }
             };
             match found {
-                Some((peer_isn, opts)) => complete(inner, net, seg, peer_isn, isn, opts, now),
+                Some((peer_isn, opts)) => {
+                    match admit(inner, net, &seg, true, now) {
+                        Admit::Yes => {}
+                        // Room is being made: the segment waits for it (or,
+                        // if it cannot, the half-open entry stays for its
+                        // SYN-ACK retransmission to bring the peer's ACK
+                        // again).
+                        Admit::Later => {
+                            inner.handshakes.remember(seg.t, peer_isn, isn, opts, seg.mac, now);
+                            defer(inner, now);
+                            return Verdict::Drop;
+                        }
+                        Admit::No => return Verdict::Drop,
+                    }
+                    complete(inner, net, seg, peer_isn, isn, opts, now)
+                }
                 // Not a handshake of ours: the engine answers with a reset.
                 None => Verdict::Engine,
             }
@@ -518,9 +591,6 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
 /// peer's SYN replayed into it, then (once the engine's SYN-ACK has shown
 /// its sequence number) the peer's ACK.
 fn complete<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, peer_isn: u32, isn: u32, opts: Opts, now: Instant) -> Verdict {
-    if !admit(inner, net, &seg, now) {
-        return Verdict::Drop;
-    }
     let Some(handle) = inner.tcp_socket() else {
         inner.link.stats.refused_memory += 1;
         refuse(inner, net, &seg);

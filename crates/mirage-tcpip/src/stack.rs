@@ -116,7 +116,7 @@ impl Default for Config {
             syn_queue: 4096,
             linger: Duration::from_secs(60),
             close_wait_timeout: Some(Duration::from_secs(120)),
-            shed_idle: Some(Duration::from_secs(10)),
+            shed_idle: Some(Duration::from_secs(2)),
             may_hold: mirage_runtime::memory::may_hold,
         }
     }
@@ -205,16 +205,20 @@ pub struct Stats {
     /// Packets dropped for their source address: one of ours (a LAND
     /// attack), multicast or broadcast.
     pub martians: u64,
-    /// In-window resets not at the expected sequence number, answered with
-    /// a challenge ACK instead of ending the connection (RFC 5961, 3).
+    /// In-window resets not at the expected sequence number: dropped, and
+    /// answered with a challenge ACK within the rate limits instead of
+    /// ending the connection (RFC 5961, 3).
     pub rst_challenged: u64,
-    /// SYNs on synchronized connections, answered with a challenge ACK
-    /// (RFC 5961, 4).
+    /// SYNs on synchronized connections: dropped, and answered with a
+    /// challenge ACK within the rate limits (RFC 5961, 4).
     pub syn_challenged: u64,
-    /// Segments whose acknowledgment number is too old, dropped with a
-    /// challenge ACK (RFC 5961, 5).
+    /// Segments acknowledging data older than the peer's largest window:
+    /// dropped, and answered with a challenge ACK within the rate limits
+    /// (RFC 5961, 5).
     pub ack_challenged: u64,
-    /// Challenge ACKs not sent because of the rate limit.
+    /// Challenge ACKs held back by the stack-wide rate limit (about 1,000
+    /// a second; the engine also sends at most one a second per
+    /// connection).
     pub challenges_limited: u64,
     /// ARP and NDP packets refused by the neighbour-cache policy.
     pub neighbor_refused: u64,
@@ -272,11 +276,13 @@ pub(crate) struct Inner {
     pub udp_orphans: Vec<(SocketHandle, u16)>,
     /// Connections the application let go, until they end.
     pub orphans: Vec<tcp::Orphan>,
+    /// Completed handshakes waiting for room.
+    pub deferred: alloc::collections::VecDeque<crate::inbound::Deferred>,
     pub config_waiters: Vec<Waker>,
     /// When the per-state timeouts are looked at next.
     pub next_expiry: mirage_runtime::time::Instant,
-    /// When a connection was last shed for a new one, and whether one
-    /// could be: a flood of SYNs must not make the driver search each time.
+    /// When it was last decided whether a connection could be shed for a
+    /// new one, and the answer.
     pub last_shed: Option<(mirage_runtime::time::Instant, bool)>,
 }
 
@@ -459,6 +465,7 @@ impl Stack {
             udp_ports: BTreeSet::new(),
             udp_orphans: Vec::new(),
             orphans: Vec::new(),
+            deferred: alloc::collections::VecDeque::new(),
             config_waiters: Vec::new(),
             next_expiry: now(),
             last_shed: None,

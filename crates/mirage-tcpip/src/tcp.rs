@@ -638,33 +638,43 @@ fn shed_orphan(inner: &mut Inner) -> bool {
 /// [`crate::Config::shed_idle`]; whether one was reset.
 pub(crate) fn shed(inner: &mut Inner, now: Instant) -> bool {
     let Some(idle) = inner.config.shed_idle else { return false };
-    if let Some((at, shed)) = inner.last_shed
-        && now.saturating_duration_since(at) < Duration::from_millis(10)
-    {
-        // Decided moments ago: room is being made, or there is none.
-        return shed;
+    if shed_orphan(inner) {
+        return true;
     }
-    let shed = shed_orphan(inner) || shed_idlest(inner, now, idle);
-    inner.last_shed = Some((now, shed));
-    shed
+    let Some(h) = idlest(inner, now, idle) else {
+        inner.last_shed = Some((now, false));
+        return false;
+    };
+    inner.sockets.get_mut::<tcp::Socket>(h).abort();
+    inner.link.stats.shed += 1;
+    true
 }
 
-fn shed_idlest(inner: &mut Inner, now: Instant, idle: Duration) -> bool {
+/// Whether [`shed`] would find a connection to reset (decided at most
+/// every 10 ms: a flood of SYNs must not make the driver search each time).
+pub(crate) fn sheddable(inner: &mut Inner, now: Instant) -> bool {
+    let Some(idle) = inner.config.shed_idle else { return false };
+    if let Some((at, found)) = inner.last_shed
+        && now.saturating_duration_since(at) < Duration::from_millis(10)
+    {
+        return found;
+    }
+    let found = inner.orphans.iter().any(|o| !matches!(inner.sockets.get::<tcp::Socket>(o.handle).state(), State::Closed | State::TimeWait))
+        || idlest(inner, now, idle).is_some();
+    inner.last_shed = Some((now, found));
+    found
+}
+
+/// The established connection that has gone longest without data, if
+/// that is at least `idle`.
+fn idlest(inner: &Inner, now: Instant, idle: Duration) -> Option<SocketHandle> {
     let Inner { sockets, link, .. } = inner;
-    let oldest = link
-        .conns
+    link.conns
         .table
         .iter()
         .filter(|(_, r)| r.replay.is_none())
         .filter(|(_, r)| matches!(sockets.get::<tcp::Socket>(r.handle).state(), State::Established | State::CloseWait))
         .min_by_key(|(_, r)| r.last_data())
-        .map(|(_, r)| (r.handle, r.last_data()));
-    match oldest {
-        Some((h, last)) if now.saturating_duration_since(last) >= idle => {
-            sockets.get_mut::<tcp::Socket>(h).abort();
-            link.stats.shed += 1;
-            true
-        }
-        _ => false,
-    }
+        .filter(|(_, r)| now.saturating_duration_since(r.last_data()) >= idle)
+        .map(|(_, r)| r.handle)
 }
