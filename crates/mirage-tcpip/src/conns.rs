@@ -34,7 +34,9 @@ use core::net::IpAddr;
 
 use mirage_runtime::time::Instant;
 use smoltcp::iface::SocketHandle;
-use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet, TcpOption, TcpPacket, TcpSeqNumber};
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet, TcpOption, TcpPacket, TcpSeqNumber,
+};
 
 use crate::table::{Full, Table};
 
@@ -374,7 +376,10 @@ mod tests {
             let full = crate::wire::checksum(&changed);
             let incremental = update_checksum(sum, old, new);
             // 0x0000 and 0xffff are the same number in one's complement.
-            assert!(full == incremental || (full == 0 && incremental == 0xffff) || (full == 0xffff && incremental == 0), "{new:#x}: {full:#x} vs {incremental:#x}");
+            assert!(
+                full == incremental || (full == 0 && incremental == 0xffff) || (full == 0xffff && incremental == 0),
+                "{new:#x}: {full:#x} vs {incremental:#x}"
+            );
         }
     }
 

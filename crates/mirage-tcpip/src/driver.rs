@@ -108,7 +108,9 @@ fn step<N: Net>(inner: &mut Inner, net: &mut N) -> (Option<Duration>, bool) {
         judged(inner, net, now);
     }
     egress(inner, net);
-    inbound::finish_replays(inner, net, now, |inner, port, handle, tuple| tcp::accepted(inner, port, handle, tuple, now));
+    inbound::finish_replays(inner, net, now, |inner, port, handle, tuple| {
+        tcp::accepted(inner, port, handle, tuple, now)
+    });
     dhcp(inner);
     tcp::reap(inner, now);
     crate::udp::reap(inner);
@@ -120,8 +122,11 @@ fn step<N: Net>(inner: &mut Inner, net: &mut N) -> (Option<Duration>, bool) {
     // Reaping freed room for a handshake that waits: go on at once.
     busy |= inbound::deferred_fits(inner);
     let mut delay = inner.iface.poll_delay(smol_now(), &inner.sockets).map(|d| Duration::from_micros(d.total_micros()));
-    let waiting =
-        inner.handshakes.queue.len() + inner.lingering.len() + inner.orphans.len() + inner.link.conns.replaying + inner.deferred.len();
+    let waiting = inner.handshakes.queue.len()
+        + inner.lingering.len()
+        + inner.orphans.len()
+        + inner.link.conns.replaying
+        + inner.deferred.len();
     if waiting > 0 || inner.config.close_wait_timeout.is_some() && inner.link.conns.table.len() > 0 {
         let d = inner.next_expiry.saturating_duration_since(now);
         delay = Some(delay.map_or(d, |x| x.min(d)));

@@ -29,8 +29,8 @@ use core::net::IpAddr;
 use mirage_runtime::time::{Duration, Instant};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet,
-    Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr,
+    Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
 use crate::conns::Tuple;
@@ -113,7 +113,15 @@ impl Handshakes {
     }
 
     /// Remembers a half-open connection; false when the queue is full.
-    pub(crate) fn remember(&mut self, t: Tuple, peer_isn: u32, isn: u32, opts: Opts, mac: [u8; 6], now: Instant) -> bool {
+    pub(crate) fn remember(
+        &mut self,
+        t: Tuple,
+        peer_isn: u32,
+        isn: u32,
+        opts: Opts,
+        mac: [u8; 6],
+        now: Instant,
+    ) -> bool {
         let entry = HalfOpen { peer_isn, isn, opts, mac, tries: 0, next: now + FIRST_RTO };
         self.queue.insert(t, entry).is_ok()
     }
@@ -205,12 +213,14 @@ pub(crate) fn emit(buf: &mut [u8], src_mac: [u8; 6], dst_mac: [u8; 6], src: IpAd
     let tcp = match (src, dst) {
         (IpAddr::V4(s4), IpAddr::V4(d4)) => {
             let mut p = Ipv4Packet::new_unchecked(&mut *ip);
-            Ipv4Repr { src_addr: s4, dst_addr: d4, next_header: IpProtocol::Tcp, payload_len: len, hop_limit: 64 }.emit(&mut p, &caps);
+            Ipv4Repr { src_addr: s4, dst_addr: d4, next_header: IpProtocol::Tcp, payload_len: len, hop_limit: 64 }
+                .emit(&mut p, &caps);
             &mut ip[20..]
         }
         (IpAddr::V6(s6), IpAddr::V6(d6)) => {
             let mut p = Ipv6Packet::new_unchecked(&mut *ip);
-            Ipv6Repr { src_addr: s6, dst_addr: d6, next_header: IpProtocol::Tcp, payload_len: len, hop_limit: 64 }.emit(&mut p);
+            Ipv6Repr { src_addr: s6, dst_addr: d6, next_header: IpProtocol::Tcp, payload_len: len, hop_limit: 64 }
+                .emit(&mut p);
             &mut ip[40..]
         }
         // A tuple's addresses are of one family.

@@ -127,8 +127,12 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
                 Some(wire::PROTO_TCP) => Verdict::Drop,
                 Some(wire::PROTO_ICMPV6) => {
                     let told = match ndisc(payload) {
-                        Some(smoltcp::wire::NdiscRepr::NeighborSolicit { lladdr: Some(ll), .. }) => Some((Kind::Request, ll)),
-                        Some(smoltcp::wire::NdiscRepr::NeighborAdvert { lladdr: Some(ll), .. }) => Some((Kind::Reply, ll)),
+                        Some(smoltcp::wire::NdiscRepr::NeighborSolicit { lladdr: Some(ll), .. }) => {
+                            Some((Kind::Request, ll))
+                        }
+                        Some(smoltcp::wire::NdiscRepr::NeighborAdvert { lladdr: Some(ll), .. }) => {
+                            Some((Kind::Reply, ll))
+                        }
                         _ => None,
                     };
                     let Some((kind, ll)) = told else { return Verdict::Engine };
@@ -252,7 +256,11 @@ fn connection<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) ->
         // socket is closed, and the SYN is a new connection's.
         inner.sockets.get_mut::<tcp::Socket>(handle).abort();
         inner.link.conns.remove(&seg.t);
-        return if inner.listeners.contains_key(&seg.t.local_port) { listener(inner, net, seg, now) } else { Verdict::Drop };
+        return if inner.listeners.contains_key(&seg.t.local_port) {
+            listener(inner, net, seg, now)
+        } else {
+            Verdict::Drop
+        };
     }
     if seg.control == TcpControl::Syn && synchronized {
         inner.link.stats.syn_challenged += 1;
@@ -337,7 +345,10 @@ const DEFER: Duration = Duration::from_secs(3);
 fn defer(inner: &mut Inner, now: Instant) {
     let frame = inner.link.frame();
     let mut copy = Vec::new();
-    if inner.deferred.len() >= DEFERRED || inner.deferred.try_reserve(1).is_err() || copy.try_reserve_exact(frame.len()).is_err() {
+    if inner.deferred.len() >= DEFERRED
+        || inner.deferred.try_reserve(1).is_err()
+        || copy.try_reserve_exact(frame.len()).is_err()
+    {
         return;
     }
     copy.extend_from_slice(frame);
@@ -435,7 +446,9 @@ fn lingering<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> 
             handshake::bare(&seg.t, TcpControl::None, l.snd_nxt, Some(seg.seq.wrapping_add(1)), 0)
         }
         // A keep-alive probe gets its ACK; other ACKs need none.
-        _ if seg.seq == l.rcv_nxt.wrapping_sub(1) => handshake::bare(&seg.t, TcpControl::None, l.snd_nxt, Some(l.rcv_nxt), 0),
+        _ if seg.seq == l.rcv_nxt.wrapping_sub(1) => {
+            handshake::bare(&seg.t, TcpControl::None, l.snd_nxt, Some(l.rcv_nxt), 0)
+        }
         _ => return Some(Verdict::Drop),
     };
     reply(inner, net, &seg, answer);
@@ -446,7 +459,8 @@ fn lingering<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> 
 fn reply<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, repr: TcpRepr) {
     let len = handshake::frame_len(seg.t.local, &repr);
     let mac = inner.link.mac;
-    Adapter { net, link: &mut inner.link }.send(len, |buf| handshake::emit(buf, mac, seg.mac, seg.t.local, seg.t.remote, &repr));
+    Adapter { net, link: &mut inner.link }
+        .send(len, |buf| handshake::emit(buf, mac, seg.mac, seg.t.local, seg.t.remote, &repr));
 }
 
 /// Refuses a connection: a reset for its SYN or its ACK.
@@ -545,7 +559,9 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
             // ACK was lost); from a cookie alone, only the segment right
             // after the peer's SYN can be checked.
             let known = inner.handshakes.queue.get(&seg.t).copied().filter(|h| {
-                h.isn == isn && seq_le(h.peer_isn.wrapping_add(1), seg.seq) && seq_lt(seg.seq, h.peer_isn.wrapping_add(1 << 30))
+                h.isn == isn
+                    && seq_le(h.peer_isn.wrapping_add(1), seg.seq)
+                    && seq_lt(seg.seq, h.peer_isn.wrapping_add(1 << 30))
             });
             let found = match known {
                 Some(h) => {
@@ -590,7 +606,15 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
 /// Hands a completed handshake to the engine: a fresh socket, the
 /// peer's SYN replayed into it, then (once the engine's SYN-ACK has shown
 /// its sequence number) the peer's ACK.
-fn complete<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, peer_isn: u32, isn: u32, opts: Opts, now: Instant) -> Verdict {
+fn complete<N: Net>(
+    inner: &mut Inner,
+    net: &mut N,
+    seg: Seg,
+    peer_isn: u32,
+    isn: u32,
+    opts: Opts,
+    now: Instant,
+) -> Verdict {
     let Some(handle) = inner.tcp_socket() else {
         inner.link.stats.refused_memory += 1;
         refuse(inner, net, &seg);
@@ -630,7 +654,8 @@ fn complete<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, peer_isn: u32, isn
     let mut dev = Adapter { net, link };
     iface.poll_ingress_single(smol, &mut dev, sockets);
     for _ in 0..64 {
-        let captured = dev.link.conns.table.get(&seg.t).is_some_and(|r| r.replay.is_some_and(|p| p.engine_isn.is_some()));
+        let captured =
+            dev.link.conns.table.get(&seg.t).is_some_and(|r| r.replay.is_some_and(|p| p.engine_isn.is_some()));
         if captured || iface.poll_egress(smol, &mut dev, sockets) == smoltcp::iface::PollResult::None {
             break;
         }

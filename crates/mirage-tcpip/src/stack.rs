@@ -33,7 +33,6 @@ fn key(seed: u64, n: u64) -> (u64, u64) {
     (a, h.finish())
 }
 
-
 /// How the stack is configured.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -325,7 +324,10 @@ impl Inner {
         let mut storage = Vec::new();
         let mut handles = Vec::new();
         let mut fillers = Vec::new();
-        if storage.try_reserve_exact(n).is_err() || handles.try_reserve_exact(self.live).is_err() || fillers.try_reserve_exact(n).is_err() {
+        if storage.try_reserve_exact(n).is_err()
+            || handles.try_reserve_exact(self.live).is_err()
+            || fillers.try_reserve_exact(n).is_err()
+        {
             return false;
         }
         storage.resize_with(n, SocketStorage::default);
@@ -334,7 +336,12 @@ impl Inner {
         // The set hands out its first free slot: filling the slots in order,
         // with a throw-away socket where the old set has a hole, puts each
         // socket at its old index.
-        let filler = || udp::Socket::new(udp::PacketBuffer::new(Vec::new(), Vec::new()), udp::PacketBuffer::new(Vec::new(), Vec::new()));
+        let filler = || {
+            udp::Socket::new(
+                udp::PacketBuffer::new(Vec::new(), Vec::new()),
+                udp::PacketBuffer::new(Vec::new(), Vec::new()),
+            )
+        };
         for h in handles {
             loop {
                 let f = set.add(filler());
@@ -393,7 +400,16 @@ impl Stack {
         if !ethernet.is_unicast() {
             return Err(Error::BadMac);
         }
-        let seed = config.random_seed;
+        // Without the platform's random source (`Config::seed`) the seed is
+        // a constant: the interface's address and the clock at start keep
+        // two unikernels from sharing their numbers, though they do not
+        // keep an attacker from guessing them.
+        let seed = {
+            let mut h = SipHasher::new((config.random_seed, 0x6d69_7261_6765));
+            h.write(&mac);
+            h.write_u64(now().as_nanos());
+            h.finish()
+        };
         let conns = Conns::new(key(seed, 1), config.max_connections);
         let link = Link::new(info.max_frame(), mac, conns, Neighbors::new(key(seed, 2))).ok_or(Error::NoMemory)?;
         let mut net = net;
@@ -474,7 +490,8 @@ impl Stack {
         if inner.config.ipv4.is_none() && inner.config.dhcp {
             inner.dhcp = Some(inner.add_socket(smoltcp::socket::dhcpv4::Socket::new()).ok_or(Error::NoMemory)?);
         }
-        let shared = Rc::new(Shared { inner: RefCell::new(inner), kicked: Cell::new(false), driver: RefCell::new(None) });
+        let shared =
+            Rc::new(Shared { inner: RefCell::new(inner), kicked: Cell::new(false), driver: RefCell::new(None) });
         mirage_runtime::spawn(driver::run(shared.clone(), net));
         Ok(Stack { shared })
     }

@@ -30,7 +30,12 @@ impl SipHasher {
     pub(crate) fn new(key: (u64, u64)) -> SipHasher {
         let (k0, k1) = key;
         SipHasher {
-            v: [k0 ^ 0x736f_6d65_7073_6575, k1 ^ 0x646f_7261_6e64_6f6d, k0 ^ 0x6c79_6765_6e65_7261, k1 ^ 0x7465_6462_7974_6573],
+            v: [
+                k0 ^ 0x736f_6d65_7073_6575,
+                k1 ^ 0x646f_7261_6e64_6f6d,
+                k0 ^ 0x6c79_6765_6e65_7261,
+                k1 ^ 0x7465_6462_7974_6573,
+            ],
             tail: 0,
             ntail: 0,
             length: 0,

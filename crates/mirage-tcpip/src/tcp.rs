@@ -449,7 +449,8 @@ impl stack::Tcp for Stack {
         let (handle, tuple, port) = self.with(|inner| {
             let local = inner.iface.get_source_address(&remote.addr).ok_or(Error::Unreachable)?;
             let port = inner.ephemeral_port().ok_or(Error::NoSpace)?;
-            let tuple = Tuple { local: IpAddr::from(local), remote: addr.ip(), local_port: port, remote_port: addr.port() };
+            let tuple =
+                Tuple { local: IpAddr::from(local), remote: addr.ip(), local_port: port, remote_port: addr.port() };
             let h = inner.tcp_socket().ok_or(Error::NoSpace)?;
             if inner.link.conns.insert(tuple, Record::new(h, crate::now())).is_err() {
                 inner.remove_socket(h);
@@ -583,7 +584,9 @@ pub(crate) fn expire(inner: &mut Inner, now: Instant) {
                 o.progress = now;
             }
             o.queued = queued;
-            if now.saturating_duration_since(o.progress) >= limit && !matches!(s.state(), State::Closed | State::TimeWait) {
+            if now.saturating_duration_since(o.progress) >= limit
+                && !matches!(s.state(), State::Closed | State::TimeWait)
+            {
                 s.abort();
                 link.stats.timed_out += 1;
             }
@@ -659,7 +662,10 @@ pub(crate) fn sheddable(inner: &mut Inner, now: Instant) -> bool {
     {
         return found;
     }
-    let found = inner.orphans.iter().any(|o| !matches!(inner.sockets.get::<tcp::Socket>(o.handle).state(), State::Closed | State::TimeWait))
+    let found = inner
+        .orphans
+        .iter()
+        .any(|o| !matches!(inner.sockets.get::<tcp::Socket>(o.handle).state(), State::Closed | State::TimeWait))
         || idlest(inner, now, idle).is_some();
     inner.last_shed = Some((now, found));
     found

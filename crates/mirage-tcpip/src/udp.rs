@@ -59,7 +59,9 @@ impl stack::UdpSocket for UdpSocket {
             let mtu = inner.mtu;
             let configured = match to.ip() {
                 core::net::IpAddr::V4(_) => inner.ipv4.is_some(),
-                core::net::IpAddr::V6(_) => inner.iface.ip_addrs().iter().any(|a| matches!(a.address(), IpAddress::Ipv6(_))),
+                core::net::IpAddr::V6(_) => {
+                    inner.iface.ip_addrs().iter().any(|a| matches!(a.address(), IpAddress::Ipv6(_)))
+                }
             };
             (mtu.saturating_sub(header).min(inner.config.udp_buffer), configured)
         });

@@ -299,7 +299,13 @@ pub fn parse_ipv6(p: &[u8]) -> Result<Ipv6<'_>, Malformed> {
     if 40 + len > p.len() {
         return Err(Malformed::BadLength);
     }
-    let packet = Ipv6 { src: ipv6(&p[8..24]), dst: ipv6(&p[24..40]), next_header: p[6], hop_limit: p[7], payload: &p[40..40 + len] };
+    let packet = Ipv6 {
+        src: ipv6(&p[8..24]),
+        dst: ipv6(&p[24..40]),
+        next_header: p[6],
+        hop_limit: p[7],
+        payload: &p[40..40 + len],
+    };
     let (upper, data, fragment) = ipv6_upper_layer(&packet);
     match upper {
         None if !fragment => return Err(Malformed::BadLength),
@@ -450,7 +456,10 @@ mod tests {
         let (eth, p) = parse(&f).unwrap();
         assert_eq!(eth.src, [2, 0, 0, 0, 0, 1]);
         let Packet::Ipv4(ip) = p else { panic!("not IPv4: {p:?}") };
-        assert_eq!((ip.src, ip.dst, ip.protocol, ip.payload.len()), (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 1, 8));
+        assert_eq!(
+            (ip.src, ip.dst, ip.protocol, ip.payload.len()),
+            (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 1, 8)
+        );
     }
 
     #[test]

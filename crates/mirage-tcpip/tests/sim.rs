@@ -32,7 +32,6 @@ impl Platform for Sim {
         // deadlock, which a test must report rather than hang on.
         let d = deadline.expect("deadlock: every task waits and no timer is set");
         self.now = self.now.max(d);
-
     }
 }
 
@@ -664,7 +663,9 @@ fn garbage_frames_are_counted_and_change_nothing() {
                     let c = mirage_tcpip::wire::checksum(&ip);
                     ip[10..12].copy_from_slice(&c.to_be_bytes());
                     f.extend_from_slice(&ip);
-                    f.extend_from_slice(&[0, 80, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0xde, 0xad, 0, 0]);
+                    f.extend_from_slice(&[
+                        0, 80, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0xde, 0xad, 0, 0,
+                    ]);
                     f
                 }
             };
@@ -681,7 +682,6 @@ fn garbage_frames_are_counted_and_change_nothing() {
         assert!(dropped >= sent * 3 / 4, "{dropped} of {sent} junk frames counted as malformed");
     });
 }
-
 
 #[test]
 fn a_full_backlog_delays_connections_instead_of_refusing_them() {
@@ -727,7 +727,15 @@ const ACK: u8 = 0x10;
 
 /// A TCP segment from `src` to `dst` in an Ethernet frame from `mac` to
 /// b, checksums right. A SYN carries an MSS option.
-fn tcp_frame(mac: [u8; 6], src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+fn tcp_frame(
+    mac: [u8; 6],
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let options: &[u8] = if flags & SYN != 0 { &[2, 4, 0x05, 0xb4] } else { &[] };
     let mut tcp = Vec::new();
     tcp.extend_from_slice(&src.1.to_be_bytes());
@@ -916,7 +924,13 @@ fn introduce_x(p: &Pair) {
 
 /// The last TCP segment b sent from `port`.
 fn last_from_b(p: &Pair, port: u16) -> Seen {
-    p.from_b.borrow().iter().rev().filter_map(|f| seen(f)).find(|s| s.src.1 == port).expect("b sent nothing from that port")
+    p.from_b
+        .borrow()
+        .iter()
+        .rev()
+        .filter_map(|f| seen(f))
+        .find(|s| s.src.1 == port)
+        .expect("b sent nothing from that port")
 }
 
 /// The segments b sent to `to` from position `since` of its log on.
@@ -1146,7 +1160,8 @@ fn connections_the_peer_never_closes_cost_a_small_record_each() {
         let closing = held.pop().unwrap();
         closing.close().await.unwrap();
         sleep(Duration::from_millis(100)).await;
-        let answers: Vec<Seen> = p.from_b.borrow()[since..].iter().filter_map(|f| seen(f)).filter(|s| s.src.1 == 80).collect();
+        let answers: Vec<Seen> =
+            p.from_b.borrow()[since..].iter().filter_map(|f| seen(f)).filter(|s| s.src.1 == 80).collect();
         assert!(answers.iter().any(|s| s.flags == ACK) && answers.iter().all(|s| s.flags & RST == 0), "{answers:?}");
         assert_eq!(p.b.stats().fin_wait2, stats.fin_wait2 - 1);
         // After `linger`, the records go.
@@ -1301,7 +1316,10 @@ fn blind_resets_in_the_window_get_a_challenge_ack_and_the_connection_lives() {
             let challenges = sent_to(&p, since, (A, port));
             assert!(!challenges.is_empty() && challenges.len() <= 2, "{challenges:?}");
             let snd_nxt = last.seq.wrapping_add(last.len as u32);
-            assert!(challenges.iter().all(|s| s.flags == ACK && s.ack == last.ack && s.seq == snd_nxt), "{last:?} {challenges:?}");
+            assert!(
+                challenges.iter().all(|s| s.flags == ACK && s.ack == last.ack && s.seq == snd_nxt),
+                "{last:?} {challenges:?}"
+            );
             echo_once(&mut c, b"still here").await.unwrap();
         })
         .await;
@@ -1394,7 +1412,11 @@ fn bogus_arp_replies_do_not_move_a_neighbour() {
         assert!(probe.failed == 0 && probe.worst < Duration::from_millis(100), "{probe:?}");
         assert_eq!(stats.neighbor_refused, 5, "{stats:?}");
         // Everything b sent to a after the lies went to a's own address.
-        let to_a: Vec<_> = p.from_b.borrow()[since..].iter().filter(|f| f.len() > 30 && f[30..34] == A.octets()).map(|f| f[..6].to_vec()).collect();
+        let to_a: Vec<_> = p.from_b.borrow()[since..]
+            .iter()
+            .filter(|f| f.len() > 30 && f[30..34] == A.octets())
+            .map(|f| f[..6].to_vec())
+            .collect();
         assert!(!to_a.is_empty() && to_a.iter().all(|mac| mac[..] == MAC_A), "{to_a:?}");
     });
 }
@@ -1443,7 +1465,8 @@ fn handshakes_from_cookies_alone_carry_data_over_a_harsh_link() {
 #[test]
 fn ipv6_connections_over_a_harsh_link() {
     run(async {
-        let (a6, b6): (std::net::Ipv6Addr, std::net::Ipv6Addr) = ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap());
+        let (a6, b6): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+            ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap());
         let (mut ca, mut cb) = (config(A, 1), config(B, 2));
         ca.ipv6 = Some((a6, 64));
         cb.ipv6 = Some((b6, 64));
