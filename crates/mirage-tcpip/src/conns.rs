@@ -121,10 +121,20 @@ impl Record {
         self.last_sent.max(self.last_heard)
     }
 
+    /// Whether a segment starting at `seq` falls in the window last
+    /// offered (or is a keep-alive probe just before it), as the engine
+    /// requires before it takes the segment's acknowledgment.
+    pub(crate) fn in_window(&self, seq: u32) -> bool {
+        self.rcv_nxt
+            .is_none_or(|nxt| seq_le(nxt.wrapping_sub(1), seq) && seq_lt(seq, nxt.wrapping_add(self.rcv_wnd.max(1))))
+    }
+
     /// Notes a segment from the peer (after translation): its
-    /// acknowledgment, if the engine can take it, and its window.
-    pub(crate) fn heard(&mut self, ack: Option<u32>, window: u16, syn: bool) {
+    /// acknowledgment, if the engine takes it (in the window, no more than
+    /// was sent), and its window.
+    pub(crate) fn heard(&mut self, seq: u32, ack: Option<u32>, window: u16, syn: bool) {
         if let (Some(ack), Some(max)) = (ack, self.snd_max)
+            && self.in_window(seq)
             && seq_le(ack, max)
             && self.snd_una.is_none_or(|una| seq_lt(una, ack))
         {

@@ -272,7 +272,7 @@ fn connection<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) ->
     if seg.control == TcpControl::Rst && synchronized {
         match rec.rcv_nxt {
             Some(nxt) if seg.seq == nxt => {}
-            Some(nxt) if seq_le(nxt, seg.seq) && seq_lt(seg.seq, nxt.wrapping_add(rec.rcv_wnd.max(1))) => {
+            Some(nxt) if seq_lt(nxt, seg.seq) && rec.in_window(seg.seq) => {
                 inner.link.stats.rst_challenged += 1;
                 return challenge(inner, seg.t, now);
             }
@@ -302,7 +302,7 @@ fn connection<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) ->
         frame.tcp_mut().set_ack_number(TcpSeqNumber(a as i32));
     }
     if let Some(r) = inner.link.conns.table.get_mut(&seg.t) {
-        r.heard(ack, seg.window, seg.control == TcpControl::Syn);
+        r.heard(seg.seq, ack, seg.window, seg.control == TcpControl::Syn);
         r.peer_mac = seg.mac;
         if seg.len > 0 {
             r.last_heard = now;

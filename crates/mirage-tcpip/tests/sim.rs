@@ -1383,6 +1383,18 @@ fn data_with_an_unacceptable_ack_is_dropped_with_a_challenge_ack() {
         let answers = sent_to(&p, since, (A, port));
         assert!(answers.len() == 1 && answers[0].flags == ACK && answers[0].ack == last.ack, "{answers:?}");
         echo_once(&mut c, b"genuine again").await.unwrap();
+        // Data whose acknowledgment is merely old (below SND.UNA, within the
+        // window) is acceptable (5.2), where the engine alone would drop
+        // it: b acknowledges it. (a's own numbering is off after this.)
+        sleep(Duration::from_millis(50)).await;
+        let last = last_from_b(&p, 7);
+        let una = last.seq.wrapping_add(last.len as u32);
+        inject(&p, tcp_frame(MAC_X, (A, port), (B, 7), last.ack, una.wrapping_sub(1), ACK, b"old ack"));
+        sleep(Duration::from_millis(50)).await;
+        assert!(
+            p.from_b.borrow().iter().filter_map(|f| seen(f)).any(|s| s.src.1 == 7 && s.ack == last.ack.wrapping_add(7)),
+            "b did not take the data"
+        );
     });
 }
 
