@@ -41,12 +41,38 @@ use smoltcp::wire::{
 use crate::table::{Full, Table};
 
 /// A connection's addresses and ports, seen from this side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Tuple {
     pub local: IpAddr,
     pub remote: IpAddr,
     pub local_port: u16,
     pub remote_port: u16,
+}
+
+impl core::hash::Hash for Tuple {
+    /// Whole words, for the hash of every segment: two for IPv4, five for
+    /// IPv6.
+    fn hash<H: core::hash::Hasher>(&self, h: &mut H) {
+        let ports = (self.local_port as u64) << 16 | self.remote_port as u64;
+        match (self.local, self.remote) {
+            (IpAddr::V4(l), IpAddr::V4(r)) => {
+                h.write_u64((u32::from(l) as u64) << 32 | u32::from(r) as u64);
+                h.write_u64(ports);
+            }
+            (l, r) => {
+                let bits = |a: IpAddr| match a {
+                    IpAddr::V4(a) => a.to_ipv6_mapped().to_bits(),
+                    IpAddr::V6(a) => a.to_bits(),
+                };
+                let (l, r) = (bits(l), bits(r));
+                h.write_u64((l >> 64) as u64);
+                h.write_u64(l as u64);
+                h.write_u64((r >> 64) as u64);
+                h.write_u64(r as u64);
+                h.write_u64(ports | 1 << 32);
+            }
+        }
+    }
 }
 
 /// A connection whose engine socket waits for the replayed handshake.

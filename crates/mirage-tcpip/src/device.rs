@@ -18,10 +18,12 @@ use alloc::vec::Vec;
 use mirage_devices::net::{self, Net};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 
+use core::net::IpAddr;
+
 use crate::Stats;
 use crate::conns::{Conns, Outgoing};
 use crate::neighbor::Neighbors;
-use crate::wire;
+use crate::wire::{self, Packet};
 
 pub(crate) struct Link {
     rx: Vec<u8>,
@@ -32,8 +34,10 @@ pub(crate) struct Link {
     /// Room for a frame the interface refused, or one held back.
     scratch: Vec<u8>,
     max_frame: usize,
-    /// Length of the checked frame in `rx`, until the engine takes it.
+    /// Length of the checked frame in `rx`, until the engine takes it,
+    /// and what its check found.
     pending: Option<usize>,
+    fetched: Option<Fetched>,
     pub mac: [u8; 6],
     pub stats: Stats,
     /// The interface failed or is gone.
@@ -65,6 +69,7 @@ impl Link {
             scratch: buffer(max_frame)?,
             max_frame,
             pending: None,
+            fetched: None,
             mac,
             stats: Stats::default(),
             failed: None,
@@ -88,11 +93,51 @@ impl Link {
         &mut self.rx[..self.pending.unwrap_or(0)]
     }
 
-    /// Makes `frame` (a copy of one received earlier) the received frame.
+    /// What the check of the received frame found.
+    pub(crate) fn fetched(&self) -> Option<Fetched> {
+        self.fetched
+    }
+
+    /// Checks the `len` bytes in `rx`, and makes them the received frame
+    /// if they pass; the reason if not.
+    fn check(&mut self, len: usize) -> Result<(), wire::Malformed> {
+        let frame = &self.rx[..len];
+        let (eth, packet) = wire::parse(frame)?;
+        let at = |part: &[u8]| part.as_ptr() as usize - frame.as_ptr() as usize;
+        let summary = match packet {
+            Packet::Arp(arp) => Summary::Arp(arp),
+            Packet::Ipv4(p) => Summary::Ip {
+                src: IpAddr::V4(p.src),
+                upper: Some(p.protocol),
+                fragment: p.fragment,
+                extensions: false,
+                at: at(p.payload),
+                len: p.payload.len(),
+            },
+            Packet::Ipv6(p) => {
+                let (upper, data, fragment) = wire::ipv6_upper_layer(&p);
+                Summary::Ip {
+                    src: IpAddr::V6(p.src),
+                    upper,
+                    fragment,
+                    extensions: upper != Some(p.next_header),
+                    at: if upper.is_some() { at(data) } else { 0 },
+                    len: data.len(),
+                }
+            }
+            Packet::Other => Summary::Other,
+        };
+        self.fetched = Some(Fetched { dst: eth.dst, src: eth.src, summary });
+        self.pending = Some(len);
+        Ok(())
+    }
+
+    /// Makes `frame` (a copy of one received and checked earlier) the
+    /// received frame.
     pub(crate) fn load(&mut self, frame: &[u8]) {
         let len = frame.len().min(self.rx.len());
         self.rx[..len].copy_from_slice(&frame[..len]);
-        self.pending = Some(len);
+        let _ = self.check(len);
     }
 
     /// Drops the received frame.
@@ -107,6 +152,34 @@ impl Link {
         f(&mut self.made[..len]);
         self.made_len = Some(len);
     }
+}
+
+/// What [`wire::parse`] found in a received frame, kept so that nothing
+/// checks it twice.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fetched {
+    /// Ethernet destination and source.
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Summary {
+    Arp(wire::Arp),
+    Ip {
+        src: IpAddr,
+        /// The protocol after any IPv6 extension headers (`None`: they run
+        /// past the packet), whether one was a fragment header or the
+        /// packet an IPv4 fragment, whether there were extension headers,
+        /// and where the upper layer is in the frame.
+        upper: Option<u8>,
+        fragment: bool,
+        extensions: bool,
+        at: usize,
+        len: usize,
+    },
+    Other,
 }
 
 /// The link and the interface, for one round of the driver.
@@ -142,11 +215,10 @@ impl<N: Net> Adapter<'_, N> {
                 self.link.malformed("longer than the MTU");
                 continue;
             };
-            if let Err(e) = wire::parse(&self.link.rx[..len]) {
+            if let Err(e) = self.link.check(len) {
                 self.link.malformed(e);
                 continue;
             }
-            self.link.pending = Some(len);
             return true;
         }
     }

@@ -34,13 +34,13 @@ use mirage_runtime::time::{Duration, Instant};
 use smoltcp::iface::SocketHandle;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::{self, State};
-use smoltcp::wire::{IpAddress, IpListenEndpoint, TcpControl, TcpRepr, TcpSeqNumber};
+use smoltcp::wire::{IpAddress, IpListenEndpoint, NdiscRepr, TcpControl, TcpRepr, TcpSeqNumber};
 
 use crate::conns::{Record, Replay, TcpFrame, Tuple, seq_le, seq_lt};
-use crate::device::Adapter;
+use crate::device::{Adapter, Summary};
 use crate::handshake::{self, Opts};
 use crate::neighbor::{Kind, ndisc};
-use crate::wire::{self, Packet};
+use crate::wire;
 use crate::{Inner, smol_now};
 
 /// What becomes of a frame.
@@ -60,19 +60,16 @@ pub(crate) enum Verdict {
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Verdict {
-    let (eth, packet) = match wire::parse(inner.link.frame()) {
-        Ok(p) => p,
-        Err(_) => return Verdict::Drop,
-    };
+    let Some(fetched) = inner.link.fetched() else { return Verdict::Drop };
     // What the engine would ignore as not addressed to this host (no
     // checksum covers the Ethernet header) is dropped before anything is
     // judged on it.
-    let to_us = eth.dst == inner.link.mac;
-    if !to_us && eth.dst[0] & 1 == 0 {
+    let to_us = fetched.dst == inner.link.mac;
+    if !to_us && fetched.dst[0] & 1 == 0 {
         return Verdict::Drop;
     }
-    match packet {
-        Packet::Arp(arp) => {
+    match fetched.summary {
+        Summary::Arp(arp) => {
             // Only what is aimed at one of our addresses reaches the cache.
             if !inner.iface.has_ip_addr(IpAddress::Ipv4(arp.target_ip)) && neighbor_ok(arp.sender_mac) {
                 return Verdict::Engine;
@@ -90,54 +87,35 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
             }
             Verdict::Engine
         }
-        Packet::Ipv4(ip) => {
-            if martian(inner, IpAddr::V4(ip.src)) {
+        Summary::Ip { src, upper, fragment, extensions, at, len, .. } => {
+            if martian(inner, src) {
                 inner.link.stats.martians += 1;
                 return Verdict::Drop;
             }
-            if ip.fragment {
-                inner.link.stats.fragments += 1;
-                return Verdict::Drop;
-            }
-            if ip.protocol == wire::PROTO_TCP {
-                // TCP sent to a broadcast or multicast Ethernet address is
-                // not for one host (as Linux, `PACKET_HOST`).
-                return if to_us { tcp_in(inner, net, eth.src, now) } else { Verdict::Drop };
-            }
-            Verdict::Engine
-        }
-        Packet::Ipv6(ip) => {
-            if martian(inner, IpAddr::V6(ip.src)) {
-                inner.link.stats.martians += 1;
-                return Verdict::Drop;
-            }
-            let (upper, payload, fragment) = wire::ipv6_upper_layer(&ip);
             if fragment {
                 inner.link.stats.fragments += 1;
                 return Verdict::Drop;
             }
             match upper {
-                // TCP behind extension headers would pass the checks
+                // TCP behind IPv6 extension headers would pass the checks
                 // below unseen; nothing legitimate sends it.
-                Some(wire::PROTO_TCP) if ip.next_header != wire::PROTO_TCP => {
+                Some(wire::PROTO_TCP) if extensions => {
                     inner.link.stats.malformed += 1;
                     Verdict::Drop
                 }
-                Some(wire::PROTO_TCP) if to_us => tcp_in(inner, net, eth.src, now),
+                // TCP sent to a broadcast or multicast Ethernet address is
+                // not for one host (as Linux, `PACKET_HOST`).
+                Some(wire::PROTO_TCP) if to_us => tcp_in(inner, net, fetched.src, now),
                 Some(wire::PROTO_TCP) => Verdict::Drop,
-                Some(wire::PROTO_ICMPV6) => {
-                    let told = match ndisc(payload) {
-                        Some(smoltcp::wire::NdiscRepr::NeighborSolicit { lladdr: Some(ll), .. }) => {
-                            Some((Kind::Request, ll))
-                        }
-                        Some(smoltcp::wire::NdiscRepr::NeighborAdvert { lladdr: Some(ll), .. }) => {
-                            Some((Kind::Reply, ll))
-                        }
+                Some(wire::PROTO_ICMPV6) if src.is_ipv6() => {
+                    let IpAddr::V6(src) = src else { return Verdict::Engine };
+                    let told = match ndisc(&inner.link.frame()[at..at + len]) {
+                        Some(NdiscRepr::NeighborSolicit { lladdr: Some(ll), .. }) => Some((Kind::Request, ll)),
+                        Some(NdiscRepr::NeighborAdvert { lladdr: Some(ll), .. }) => Some((Kind::Reply, ll)),
                         _ => None,
                     };
                     let Some((kind, ll)) = told else { return Verdict::Engine };
                     let mac = <[u8; 6]>::try_from(ll.as_bytes()).unwrap_or([0; 6]);
-                    let src = ip.src;
                     if !inner.link.neighbors.judge(IpAddr::V6(src), mac, kind, now) {
                         inner.link.stats.neighbor_refused += 1;
                         log::debug!("refused NDP: {src} at {mac:02x?}");
@@ -148,7 +126,7 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
                 _ => Verdict::Engine,
             }
         }
-        Packet::Other => Verdict::Engine,
+        Summary::Other => Verdict::Engine,
     }
 }
 
@@ -214,8 +192,8 @@ fn tcp_in<N: Net>(inner: &mut Inner, net: &mut N, mac: [u8; 6], now: Instant) ->
     if !inner.iface.has_ip_addr(IpAddress::from(seg.t.local)) {
         return Verdict::Drop;
     }
-    if inner.link.conns.table.contains(&seg.t) {
-        return connection(inner, net, seg, now);
+    if let Some(rec) = inner.link.conns.table.get(&seg.t).cloned() {
+        return connection(inner, net, seg, rec, now);
     }
     if inner.lingering.contains(&seg.t) {
         match lingering(inner, net, seg, now) {
@@ -233,9 +211,8 @@ fn tcp_in<N: Net>(inner: &mut Inner, net: &mut N, mac: [u8; 6], now: Instant) ->
     Verdict::Engine
 }
 
-/// A segment for a connection the engine carries.
-fn connection<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> Verdict {
-    let Some(rec) = inner.link.conns.table.get(&seg.t) else { return Verdict::Drop };
+/// A segment for a connection the engine carries, whose record is `rec`.
+fn connection<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, rec: Record, now: Instant) -> Verdict {
     let handle = rec.handle;
     let state = inner.sockets.get::<tcp::Socket>(handle).state();
     if let Some(replay) = rec.replay {
@@ -266,8 +243,6 @@ fn connection<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) ->
         inner.link.stats.syn_challenged += 1;
         return challenge(inner, seg.t, now);
     }
-    let rec = inner.link.conns.table.get(&seg.t).cloned();
-    let Some(rec) = rec else { return Verdict::Drop };
     let ack = seg.ack.map(|a| a.wrapping_add(rec.delta));
     if seg.control == TcpControl::Rst && synchronized {
         match rec.rcv_nxt {
@@ -668,7 +643,8 @@ fn complete<N: Net>(
         return Verdict::Drop;
     }
     inner.link.conns.replayed(&seg.t);
-    match connection(inner, net, seg, now) {
+    let Some(rec) = inner.link.conns.table.get(&seg.t).cloned() else { return Verdict::Drop };
+    match connection(inner, net, seg, rec, now) {
         Verdict::Engine => Verdict::Accept(seg.t.local_port, handle, seg.t),
         other => other,
     }

@@ -15,8 +15,9 @@
 use alloc::vec::Vec;
 use core::hash::{Hash, Hasher};
 
-/// SipHash-2-4 (Aumasson and Bernstein), the keyed hash of the tables and
-/// of SYN cookies.
+/// SipHash (Aumasson and Bernstein): SipHash-2-4, the keyed hash of SYN
+/// cookies and keys, and SipHash-1-3 for the tables (as Rust's standard
+/// `HashMap`), which hash a connection's addresses for every segment.
 #[derive(Debug, Clone)]
 pub(crate) struct SipHasher {
     v: [u64; 4],
@@ -24,10 +25,23 @@ pub(crate) struct SipHasher {
     tail: u64,
     ntail: usize,
     length: usize,
+    /// Compression and finalisation rounds.
+    c: u8,
+    d: u8,
 }
 
 impl SipHasher {
+    /// SipHash-2-4.
     pub(crate) fn new(key: (u64, u64)) -> SipHasher {
+        SipHasher::with_rounds(key, 2, 4)
+    }
+
+    /// SipHash-1-3.
+    pub(crate) fn fast(key: (u64, u64)) -> SipHasher {
+        SipHasher::with_rounds(key, 1, 3)
+    }
+
+    fn with_rounds(key: (u64, u64), c: u8, d: u8) -> SipHasher {
         let (k0, k1) = key;
         SipHasher {
             v: [
@@ -39,6 +53,8 @@ impl SipHasher {
             tail: 0,
             ntail: 0,
             length: 0,
+            c,
+            d,
         }
     }
 
@@ -57,18 +73,21 @@ impl SipHasher {
 
     fn word(&mut self, m: u64) {
         self.v[3] ^= m;
-        SipHasher::round(&mut self.v);
-        SipHasher::round(&mut self.v);
+        for _ in 0..self.c {
+            SipHasher::round(&mut self.v);
+        }
         self.v[0] ^= m;
     }
 }
 
 impl Hasher for SipHasher {
-    fn write(&mut self, bytes: &[u8]) {
+    fn write(&mut self, mut bytes: &[u8]) {
         self.length += bytes.len();
-        for &b in bytes {
-            self.tail |= (b as u64) << (8 * self.ntail);
+        // Fill the pending word, then whole words, then keep the rest.
+        while self.ntail > 0 && !bytes.is_empty() {
+            self.tail |= (bytes[0] as u64) << (8 * self.ntail);
             self.ntail += 1;
+            bytes = &bytes[1..];
             if self.ntail == 8 {
                 let m = self.tail;
                 self.word(m);
@@ -76,17 +95,35 @@ impl Hasher for SipHasher {
                 self.ntail = 0;
             }
         }
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.word(u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]));
+        }
+        for (i, &b) in words.remainder().iter().enumerate() {
+            self.tail |= (b as u64) << (8 * i);
+        }
+        self.ntail = words.remainder().len();
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        if self.ntail == 0 {
+            self.length += 8;
+            self.word(n);
+        } else {
+            self.write(&n.to_le_bytes());
+        }
     }
 
     fn finish(&self) -> u64 {
         let mut v = self.v;
         let m = self.tail | ((self.length as u64 & 0xff) << 56);
         v[3] ^= m;
-        SipHasher::round(&mut v);
-        SipHasher::round(&mut v);
+        for _ in 0..self.c {
+            SipHasher::round(&mut v);
+        }
         v[0] ^= m;
         v[2] ^= 0xff;
-        for _ in 0..4 {
+        for _ in 0..self.d {
             SipHasher::round(&mut v);
         }
         v[0] ^ v[1] ^ v[2] ^ v[3]
@@ -131,7 +168,7 @@ impl<K: Hash + Eq, V> Table<K, V> {
     }
 
     fn home(&self, k: &K) -> usize {
-        let mut h = SipHasher::new(self.key);
+        let mut h = SipHasher::fast(self.key);
         k.hash(&mut h);
         h.finish() as usize & (self.slots.len() - 1)
     }
@@ -278,6 +315,8 @@ impl<K: Hash + Eq, V> Table<K, V> {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     use alloc::collections::BTreeMap;
 
@@ -289,10 +328,20 @@ mod tests {
         h.write(&(0u8..15).collect::<Vec<u8>>());
         assert_eq!(h.finish(), 0xa129_ca61_49be_45e5);
         // Written in pieces, the same.
-        let mut h = SipHasher::new(key);
-        h.write(&[0, 1, 2]);
-        h.write(&(3u8..15).collect::<Vec<u8>>());
-        assert_eq!(h.finish(), 0xa129_ca61_49be_45e5);
+        let message: Vec<u8> = (0u8..15).collect();
+        for cut in 0..=15 {
+            let mut h = SipHasher::new(key);
+            h.write(&message[..cut]);
+            h.write(&message[cut..]);
+            assert_eq!(h.finish(), 0xa129_ca61_49be_45e5, "cut at {cut}");
+        }
+        // SipHash-1-3 under the zero key is the standard library's
+        // `DefaultHasher`.
+        let mut std13 = std::hash::DefaultHasher::new();
+        std13.write(&message);
+        let mut h = SipHasher::fast((0, 0));
+        h.write(&message);
+        assert_eq!(h.finish(), std13.finish());
     }
 
     #[test]
