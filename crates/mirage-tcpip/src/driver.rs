@@ -1,10 +1,12 @@
 //! The driver task: it owns the interface and runs the engine.
 //!
-//! Each wake-up processes at most `Config::batch` received frames, sends
-//! everything the sockets have queued, handles DHCP events and reaps closed
-//! connections; then it sleeps until a frame may have arrived, the engine's
-//! next deadline (a retransmission, a keep-alive, a DHCP renewal) passes,
-//! or a socket queues data. When a batch fills, it yields to the other tasks
+//! Each wake-up processes at most `Config::batch` received frames, each
+//! judged first ([`crate::inbound`]), sends everything the sockets have
+//! queued, handles DHCP events and reaps closed connections; a few times a
+//! second it also retransmits SYN-ACKs and applies the per-state timeouts.
+//! Then it sleeps until a frame may have arrived, the engine's next
+//! deadline (a retransmission, a keep-alive, a DHCP renewal) passes, or a
+//! socket queues data. When a batch fills, it yields to the other tasks
 //! and goes on without sleeping.
 
 use alloc::rc::Rc;
@@ -12,25 +14,28 @@ use core::future::poll_fn;
 use core::task::Poll;
 
 use mirage_devices::net::Net;
-use mirage_runtime::time::Duration;
+use mirage_runtime::time::{Duration, Instant};
 use mirage_runtime::{Either, select};
-use alloc::vec::Vec;
-use core::net::IpAddr;
-use smoltcp::iface::SocketHandle;
-use smoltcp::socket::{dhcpv4, tcp};
+use smoltcp::socket::dhcpv4;
 use smoltcp::wire::{IpAddress, IpCidr};
 
 use crate::device::Adapter;
-use crate::{Inner, Shared, smol_now};
+use crate::handshake;
+use crate::inbound::{self, Verdict};
+use crate::{Inner, Shared, smol_now, tcp};
 
-pub(crate) async fn run<N: Net>(shared: Rc<Shared>, mut dev: Adapter<N>) {
+/// How often the half-open, lingering and closing connections are looked at.
+const EXPIRY: Duration = Duration::from_millis(250);
+
+pub(crate) async fn run<N: Net>(shared: Rc<Shared>, mut net: N) {
     loop {
         shared.kicked.set(false);
-        let (delay, busy) = {
+        let (delay, busy, failed) = {
             let mut inner = shared.inner.borrow_mut();
-            step(&mut inner, &mut dev)
+            let (delay, busy) = step(&mut inner, &mut net);
+            (delay, busy, inner.link.failed.take())
         };
-        if let Some(e) = dev.failed.take() {
+        if let Some(e) = failed {
             log::error!("network interface failed: {e}; the stack stops");
             return;
         }
@@ -57,7 +62,7 @@ pub(crate) async fn run<N: Net>(shared: Rc<Shared>, mut dev: Adapter<N>) {
                 None => core::future::pending().await,
             }
         };
-        let woken = select(dev.net.readable(), select(timer, kicked)).await;
+        let woken = select(net.readable(), select(timer, kicked)).await;
         shared.driver.borrow_mut().take();
         if let Either::Left(Err(e)) = woken {
             log::error!("network interface failed: {e}; the stack stops");
@@ -66,115 +71,95 @@ pub(crate) async fn run<N: Net>(shared: Rc<Shared>, mut dev: Adapter<N>) {
     }
 }
 
+/// Judges the frame waiting in the link and does what the judge says.
+fn judged<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) {
+    match inbound::judge(inner, net, now) {
+        Verdict::Drop => inner.link.skip(),
+        Verdict::Engine => ingest(inner, net),
+        Verdict::Accept(port, handle, tuple) => {
+            ingest(inner, net);
+            tcp::accepted(inner, port, handle, tuple, now);
+        }
+    }
+}
+
+/// Gives the frame waiting in the link to the engine.
+fn ingest<N: Net>(inner: &mut Inner, net: &mut N) {
+    let Inner { iface, sockets, link, .. } = inner;
+    iface.poll_ingress_single(smol_now(), &mut Adapter { net, link }, sockets);
+}
+
 /// One round of the engine; the delay until its next deadline and whether
 /// frames may still be waiting.
-fn step<N: Net>(inner: &mut Inner, dev: &mut Adapter<N>) -> (Option<Duration>, bool) {
-    let now = smol_now();
-    inner.iface.poll_maintenance(now);
+fn step<N: Net>(inner: &mut Inner, net: &mut N) -> (Option<Duration>, bool) {
+    let now = crate::now();
+    inner.iface.poll_maintenance(smol_now());
+    // Handshakes that waited for room go first.
+    while inbound::resume(inner, now) {
+        judged(inner, net, now);
+    }
     let mut busy = false;
     for _ in 0..inner.config.batch.max(1) {
-        if !dev.fetch() {
+        if !(Adapter { net: &mut *net, link: &mut inner.link }).fetch() {
             busy = false;
             break;
         }
         busy = true;
-        let mut hidden = Vec::new();
-        if let Some(syn) = dev.syn
-            && inner.listeners.contains_key(&syn.2)
-        {
-            match existing_connection(inner, syn) {
-                true => hidden = hide_listeners(inner, syn.2),
-                false if !inner.replenish(syn.2) => {
-                    // The backlog is full: drop the SYN, as Linux does, and
-                    // let the client retry, rather than have the engine
-                    // refuse the connection.
-                    dev.skip();
-                    continue;
-                }
-                false => {}
-            }
-        }
-        let Inner { iface, sockets, .. } = inner;
-        iface.poll_ingress_single(now, dev, sockets);
-        for &(h, port) in &hidden {
-            let _ = inner.sockets.get_mut::<tcp::Socket>(h).listen(port);
-        }
+        judged(inner, net, now);
     }
-    let Inner { iface, sockets, .. } = inner;
-    // Egress is bounded per call; loop while it reports progress, so that
-    // everything sockets queued (including replies to this batch) goes out.
-    for _ in 0..64 {
-        if iface.poll_egress(now, dev, sockets) == smoltcp::iface::PollResult::None {
-            break;
-        }
-    }
+    egress(inner, net);
+    inbound::finish_replays(inner, net, now, |inner, port, handle, tuple| {
+        tcp::accepted(inner, port, handle, tuple, now)
+    });
     dhcp(inner);
-    let now = crate::now();
-    crate::tcp::reap(inner, now);
+    tcp::reap(inner, now);
     crate::udp::reap(inner);
-    inner.stats = dev.stats;
+    if now >= inner.next_expiry {
+        inner.next_expiry = now + EXPIRY;
+        expire(inner, net, now);
+        egress(inner, net);
+    }
+    // Reaping freed room for a handshake that waits: go on at once.
+    busy |= inbound::deferred_fits(inner);
     let mut delay = inner.iface.poll_delay(smol_now(), &inner.sockets).map(|d| Duration::from_micros(d.total_micros()));
-    // Lingering connections are reset when their time is up.
-    let lingering = inner.orphans.iter().filter(|o| inner.sockets.get::<tcp::Socket>(o.0).state() == tcp::State::FinWait2);
-    if let Some(soonest) = lingering.map(|o| o.2).min() {
-        let d = soonest.saturating_duration_since(now);
+    let waiting = inner.handshakes.queue.len()
+        + inner.lingering.len()
+        + inner.orphans.len()
+        + inner.link.conns.replaying
+        + inner.deferred.len();
+    if waiting > 0 || inner.config.close_wait_timeout.is_some() && inner.link.conns.table.len() > 0 {
+        let d = inner.next_expiry.saturating_duration_since(now);
         delay = Some(delay.map_or(d, |x| x.min(d)));
     }
     (delay, busy)
 }
 
-/// Whether a SYN belongs to a connection that already has its socket (the
-/// SYN was retransmitted because the SYN-ACK was lost, or the network
-/// duplicated it).
-///
-/// A SYN for the address pair of a connection this side closed, still in
-/// TIME-WAIT, starts a new connection instead: the client has forgotten
-/// the old one and reuses its port (a client that lets the server close
-/// first has no TIME-WAIT of its own, and may reuse a port at once). The
-/// engine would give the SYN to the TIME-WAIT socket, which answers
-/// nothing useful, and the client would retry until the 10 s wait ends;
-/// Linux accepts such a SYN, and so does this: the old socket is closed,
-/// here, and a listener takes the SYN.
-fn existing_connection(inner: &mut Inner, (src, sport, dport): (IpAddr, u16, u16)) -> bool {
-    let mut existing = false;
-    for (_, s) in inner.sockets.iter_mut() {
-        let smoltcp::socket::Socket::Tcp(s) = s else { continue };
-        let same_pair = s.local_endpoint().is_some_and(|l| l.port == dport)
-            && s.remote_endpoint().is_some_and(|r| r.port == sport && IpAddr::from(r.addr) == src);
-        if !same_pair || matches!(s.state(), tcp::State::Listen | tcp::State::Closed) {
-            continue;
-        }
-        if s.state() == tcp::State::TimeWait {
-            s.abort();
-        } else {
-            existing = true;
+/// Sends everything the sockets queued. Egress is bounded per call; loop
+/// while it reports progress, so that everything (including replies to
+/// this batch) goes out.
+fn egress<N: Net>(inner: &mut Inner, net: &mut N) {
+    let Inner { iface, sockets, link, .. } = inner;
+    let mut dev = Adapter { net, link };
+    for _ in 0..64 {
+        if iface.poll_egress(smol_now(), &mut dev, sockets) == smoltcp::iface::PollResult::None {
+            break;
         }
     }
-    existing
 }
 
-/// The engine gives a segment to the first socket that accepts it, and a
-/// listening socket accepts any SYN for its port: a SYN of a connection
-/// that already has its socket would start a second, bogus handshake whose
-/// failure resets the real connection. For such a SYN the listening
-/// sockets of the port are closed while the engine processes it, and
-/// listen again after. The sockets to restore.
-fn hide_listeners(inner: &mut Inner, port: u16) -> Vec<(SocketHandle, u16)> {
-    let listening: Vec<SocketHandle> = inner
-        .sockets
-        .iter()
-        .filter_map(|(h, s)| match s {
-            smoltcp::socket::Socket::Tcp(s) if s.state() == tcp::State::Listen && s.listen_endpoint().port == port => Some(h),
-            _ => None,
-        })
-        .collect();
-    listening
-        .into_iter()
-        .map(|h| {
-            inner.sockets.get_mut::<tcp::Socket>(h).close();
-            (h, port)
-        })
-        .collect()
+/// The work done a few times a second.
+fn expire<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) {
+    let Inner { handshakes, link, mtu, config, .. } = inner;
+    let (mtu, buffer, mac) = (*mtu, config.tcp_buffer, link.mac);
+    let mut dev = Adapter { net, link };
+    handshakes.retransmit(now, |t, h| {
+        let repr = handshake::syn_ack(t, h.peer_isn, h.isn, h.opts, mtu, buffer);
+        let len = handshake::frame_len(t.local, &repr);
+        dev.send(len, |buf| handshake::emit(buf, mac, h.mac, t.local, t.remote, &repr));
+    });
+    tcp::expire(inner, now);
+    inner.link.neighbors.expire(now);
+    inner.link.conns.table.shrink();
 }
 
 /// Applies DHCP leases: addresses, default route, and wakes whoever waits
@@ -199,6 +184,7 @@ fn dhcp(inner: &mut Inner) {
                     inner.iface.routes_mut().remove_default_ipv4_route();
                 }
             }
+            inner.link.neighbors.gateways[0] = c.router.map(core::net::IpAddr::V4);
             inner.ipv4 = Some((addr, prefix));
             for w in inner.config_waiters.drain(..) {
                 w.wake();

@@ -23,8 +23,16 @@
 //! # }
 //! ```
 //!
-//! Frames that are malformed (short, bad lengths, bad IPv4 header checksums)
-//! are dropped before the engine sees them and counted ([`Stats`]).
+//! Frames that are malformed (short, bad lengths, bad checksums) are
+//! dropped before the engine sees them and counted ([`Stats`]). The stack
+//! is built for hostile networks: the adapter answers handshakes itself
+//! with SYN cookies and gives the engine a connection, with its buffers,
+//! only once it is complete; it applies RFC 5961 to resets, SYNs and old
+//! acknowledgments, times connections out by state, keeps within the
+//! memory budget ([`Config::may_hold`]) with fallible allocation, refuses
+//! bogus neighbour information, and drops martian packets and fragments.
+//! ARCHITECTURE.md says how, and each defence has its counter in
+//! [`Stats`].
 //!
 //! Without the default `stack` feature the crate is only [`wire`]: the
 //! Ethernet and IP layers on their own, for raw-frame applications, with no
@@ -37,11 +45,21 @@ extern crate alloc;
 pub mod wire;
 
 #[cfg(feature = "stack")]
+mod conns;
+#[cfg(feature = "stack")]
 mod device;
 #[cfg(feature = "stack")]
 mod driver;
 #[cfg(feature = "stack")]
+mod handshake;
+#[cfg(feature = "stack")]
+mod inbound;
+#[cfg(feature = "stack")]
+mod neighbor;
+#[cfg(feature = "stack")]
 mod stack;
+#[cfg(feature = "stack")]
+mod table;
 #[cfg(feature = "stack")]
 mod tcp;
 #[cfg(feature = "stack")]

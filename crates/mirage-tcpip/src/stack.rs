@@ -1,23 +1,37 @@
 //! The stack: configuration, the shared state its sockets and driver use.
 
-
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
-use core::net::{Ipv4Addr, Ipv6Addr};
+use core::hash::Hasher;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use core::task::Waker;
 
 use mirage_devices::net::Net;
 use mirage_devices::time::Duration;
 use mirage_runtime::args::{Arg, Args, Ipv4Cidr, Ipv6Cidr};
-use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet, SocketStorage};
+use smoltcp::socket::{AnySocket, udp};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
-use crate::{device, driver, tcp};
+use crate::conns::{Conns, Tuple};
+use crate::device::{self, Link};
+use crate::handshake::Handshakes;
+use crate::inbound::{Challenges, Linger};
+use crate::neighbor::Neighbors;
+use crate::table::{SipHasher, Table};
+use crate::{driver, tcp};
 
-
+/// A secret key for one of the stack's uses (`n`), from its seed.
+fn key(seed: u64, n: u64) -> (u64, u64) {
+    let mut h = SipHasher::new((seed, n));
+    h.write_u64(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let a = h.finish();
+    h.write_u64(a);
+    (a, h.finish())
+}
 
 /// How the stack is configured.
 #[derive(Debug, Clone)]
@@ -33,21 +47,53 @@ pub struct Config {
     pub ipv6_gateway: Option<Ipv6Addr>,
     /// Ask DHCPv4 for an address when `ipv4` is `None`.
     pub dhcp: bool,
-    /// Bytes of receive and of send buffer per TCP connection. Above 64 KiB
-    /// the stack uses TCP window scaling.
+    /// Bytes of receive and of send buffer per TCP connection, allocated
+    /// when its handshake completes. Above 64 KiB the stack uses TCP window
+    /// scaling.
     pub tcp_buffer: usize,
     /// Bytes of buffer per UDP socket and direction.
     pub udp_buffer: usize,
     /// Send keep-alive probes on idle connections this often.
     pub keep_alive: Option<Duration>,
-    /// Close a connection whose peer stops answering for this long.
+    /// Close a connection whose peer stops answering for this long, and
+    /// one closed on this side whose data and FIN make no progress for this
+    /// long.
     pub timeout: Option<Duration>,
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
     /// Frames processed per wake-up before other tasks get to run.
     pub batch: usize,
-    /// Seed for initial sequence numbers and ports.
+    /// Seed for initial sequence numbers, ports and the keys of SYN
+    /// cookies and hash tables: set it from the platform's random source
+    /// ([`Config::seed`]), or a peer can predict them.
     pub random_seed: u64,
+    /// Most TCP connections at once: established, closing, or waiting to
+    /// be accepted. Beyond it a new connection is refused with a reset.
+    pub max_connections: usize,
+    /// Most half-open connections remembered (their SYN-ACK is
+    /// retransmitted); past it, handshakes go on with SYN cookies alone.
+    pub syn_queue: usize,
+    /// How long a connection closed on this side waits for the peer to
+    /// close its side (FIN-WAIT-2) before it is forgotten. (A closed
+    /// connection whose unacknowledged data and FIN make no progress, in
+    /// FIN-WAIT-1, CLOSING or LAST-ACK, is reset after `timeout`.)
+    pub linger: Duration,
+    /// Reset a connection the peer has closed (CLOSE-WAIT) when the
+    /// application neither closes it nor sends on it for this long.
+    pub close_wait_timeout: Option<Duration>,
+    /// When a new connection does not fit ([`Config::max_connections`],
+    /// [`Config::may_hold`]), reset the connection that has gone longest
+    /// without data either way, if that is at least this long, to make
+    /// room (connections the application closed go first, those holding
+    /// the most unsent data first); the new connection's SYN is dropped
+    /// and its client's retry finds the room. `None`: refuse the new
+    /// connection with a reset instead.
+    pub shed_idle: Option<Duration>,
+    /// Whether the heap may hold this many more bytes on a peer's behalf:
+    /// asked before each new connection, which is refused with a reset when
+    /// the answer is no. The platform's memory budget by default
+    /// (`mirage_runtime::memory::may_hold`).
+    pub may_hold: fn(usize) -> bool,
 }
 
 impl Default for Config {
@@ -65,6 +111,12 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(30),
             batch: 64,
             random_seed: 0x6d69_7261_6765,
+            max_connections: 4096,
+            syn_queue: 4096,
+            linger: Duration::from_secs(60),
+            close_wait_timeout: Some(Duration::from_secs(120)),
+            shed_idle: Some(Duration::from_secs(2)),
+            may_hold: mirage_runtime::memory::may_hold,
         }
     }
 }
@@ -73,6 +125,12 @@ impl Config {
     /// A static IPv4 configuration.
     pub fn static_ipv4(addr: Ipv4Addr, prefix: u8, gateway: Option<Ipv4Addr>) -> Config {
         Config { ipv4: Some((addr, prefix)), ipv4_gateway: gateway, dhcp: false, ..Config::default() }
+    }
+
+    /// Seeds the stack's randomness from `random` (the platform's source).
+    pub fn seed(mut self, random: &impl mirage_devices::random::Random) -> Config {
+        self.random_seed = random.next_u64();
+        self
     }
 
     /// The boot arguments that configure the stack, MirageOS's names:
@@ -116,9 +174,55 @@ pub struct Stats {
     pub malformed: u64,
     /// Frames the interface refused to send.
     pub tx_dropped: u64,
-    /// TCP sockets held now: listening, connected, and closing ones not
-    /// yet forgotten.
+    /// TCP sockets held now: connections established, closing, or waiting
+    /// to be accepted (listeners and half-open connections hold none).
     pub tcp_sockets: usize,
+    /// Half-open connections remembered now (the SYN queue).
+    pub syn_queue: usize,
+    /// Handshakes answered with a SYN cookie alone (the SYN queue was full).
+    pub syn_cookies: u64,
+    /// Connections established from a SYN cookie (no SYN queue entry).
+    pub cookies_accepted: u64,
+    /// SYNs dropped because the listener's backlog of connections waiting
+    /// to be accepted was full (the client retries).
+    pub listen_overflows: u64,
+    /// Connections refused with a reset for the memory budget
+    /// ([`Config::may_hold`]).
+    pub refused_memory: u64,
+    /// Connections refused with a reset at [`Config::max_connections`].
+    pub refused_limit: u64,
+    /// Connections reset to make room: past the memory budget, closed ones
+    /// holding the most unsent data first; for a new connection that did
+    /// not fit, the one idle the longest ([`Config::shed_idle`]).
+    pub shed: u64,
+    /// Connections reset by a per-state timeout: SYN-RECEIVED, FIN-WAIT-1,
+    /// CLOSING, LAST-ACK, CLOSE-WAIT (see [`Config::linger`]).
+    pub timed_out: u64,
+    /// Connections closed on this side and waiting for the peer's FIN now,
+    /// kept as a small record without their socket.
+    pub fin_wait2: usize,
+    /// Packets dropped for their source address: one of ours (a LAND
+    /// attack), multicast or broadcast.
+    pub martians: u64,
+    /// In-window resets not at the expected sequence number: dropped, and
+    /// answered with a challenge ACK within the rate limits instead of
+    /// ending the connection (RFC 5961, 3).
+    pub rst_challenged: u64,
+    /// SYNs on synchronized connections: dropped, and answered with a
+    /// challenge ACK within the rate limits (RFC 5961, 4).
+    pub syn_challenged: u64,
+    /// Segments acknowledging data older than the peer's largest window:
+    /// dropped, and answered with a challenge ACK within the rate limits
+    /// (RFC 5961, 5).
+    pub ack_challenged: u64,
+    /// Challenge ACKs held back by the stack-wide rate limit (about 1,000
+    /// a second; the engine also sends at most one a second per
+    /// connection).
+    pub challenges_limited: u64,
+    /// ARP and NDP packets refused by the neighbour-cache policy.
+    pub neighbor_refused: u64,
+    /// IP fragments dropped (the stack does not reassemble).
+    pub fragments: u64,
 }
 
 /// Why the stack could not be created.
@@ -128,6 +232,8 @@ pub enum Error {
     BadMac,
     /// A configured address is not a usable unicast address.
     BadAddress,
+    /// The heap has no room for the stack's buffers.
+    NoMemory,
 }
 
 impl core::fmt::Display for Error {
@@ -135,6 +241,7 @@ impl core::fmt::Display for Error {
         f.write_str(match self {
             Error::BadMac => "the interface's MAC address is not unicast",
             Error::BadAddress => "a configured address is not a usable unicast address",
+            Error::NoMemory => "the heap has no room for the stack's buffers (give the unikernel more memory)",
         })
     }
 }
@@ -142,6 +249,16 @@ impl core::fmt::Display for Error {
 pub(crate) struct Inner {
     pub iface: Interface,
     pub sockets: SocketSet<'static>,
+    /// Slots of `sockets`, and sockets in them: the set grows only here
+    /// ([`Inner::add_socket`]), with fallible allocation.
+    slots: usize,
+    live: usize,
+    pub link: Link,
+    pub handshakes: Handshakes,
+    /// Connections closed on this side, their socket gone, waiting for
+    /// the peer's FIN.
+    pub lingering: Table<Tuple, Linger>,
+    pub challenges: Challenges,
     pub config: Config,
     /// The interface's IP MTU.
     pub mtu: usize,
@@ -156,11 +273,16 @@ pub(crate) struct Inner {
     pub udp_ports: BTreeSet<u16>,
     /// Dropped UDP sockets (and their ports) with datagrams still queued.
     pub udp_orphans: Vec<(SocketHandle, u16)>,
-    /// Closed flows (socket, ephemeral port, when to give up on a clean
-    /// close), removed once their connections end.
-    pub orphans: Vec<(SocketHandle, Option<u16>, mirage_runtime::time::Instant)>,
+    /// Connections the application let go, until they end.
+    pub orphans: Vec<tcp::Orphan>,
+    /// Completed handshakes waiting for room.
+    pub deferred: alloc::collections::VecDeque<crate::inbound::Deferred>,
     pub config_waiters: Vec<Waker>,
-    pub stats: Stats,
+    /// When the per-state timeouts are looked at next.
+    pub next_expiry: mirage_runtime::time::Instant,
+    /// When it was last decided whether a connection could be shed for a
+    /// new one, and the answer.
+    pub last_shed: Option<(mirage_runtime::time::Instant, bool)>,
 }
 
 impl Inner {
@@ -174,6 +296,69 @@ impl Inner {
             }
         }
         None
+    }
+
+    /// Adds a socket, or `None` when the heap cannot make room for it. The
+    /// engine's set would grow by an allocation that aborts on failure;
+    /// it is rebuilt larger here instead, and room is made in the orphan
+    /// list for every socket there is.
+    pub fn add_socket<T: AnySocket<'static>>(&mut self, socket: T) -> Option<SocketHandle> {
+        if self.live == self.slots && !self.grow() {
+            return None;
+        }
+        if self.orphans.capacity() <= self.live {
+            self.orphans.try_reserve(self.live + 1 - self.orphans.len()).ok()?;
+        }
+        self.live += 1;
+        Some(self.sockets.add(socket))
+    }
+
+    pub fn remove_socket(&mut self, handle: SocketHandle) {
+        self.sockets.remove(handle);
+        self.live -= 1;
+    }
+
+    /// Doubles the socket set, keeping every socket at its handle.
+    fn grow(&mut self) -> bool {
+        let n = (self.slots * 2).max(16);
+        let mut storage = Vec::new();
+        let mut handles = Vec::new();
+        let mut fillers = Vec::new();
+        if storage.try_reserve_exact(n).is_err()
+            || handles.try_reserve_exact(self.live).is_err()
+            || fillers.try_reserve_exact(n).is_err()
+        {
+            return false;
+        }
+        storage.resize_with(n, SocketStorage::default);
+        let mut set = SocketSet::new(storage);
+        handles.extend(self.sockets.iter().map(|(h, _)| h));
+        // The set hands out its first free slot: filling the slots in order,
+        // with a throw-away socket where the old set has a hole, puts each
+        // socket at its old index.
+        let filler = || {
+            udp::Socket::new(
+                udp::PacketBuffer::new(Vec::new(), Vec::new()),
+                udp::PacketBuffer::new(Vec::new(), Vec::new()),
+            )
+        };
+        for h in handles {
+            loop {
+                let f = set.add(filler());
+                if f == h {
+                    set.remove(f);
+                    break;
+                }
+                fillers.push(f);
+            }
+            set.add(self.sockets.remove(h));
+        }
+        for f in fillers {
+            set.remove(f);
+        }
+        self.sockets = set;
+        self.slots = n;
+        true
     }
 }
 
@@ -215,11 +400,24 @@ impl Stack {
         if !ethernet.is_unicast() {
             return Err(Error::BadMac);
         }
-        let mut dev = device::Adapter::new(net);
+        // Without the platform's random source (`Config::seed`) the seed is
+        // a constant: the interface's address and the clock at start keep
+        // two unikernels from sharing their numbers, though they do not
+        // keep an attacker from guessing them.
+        let seed = {
+            let mut h = SipHasher::new((config.random_seed, 0x6d69_7261_6765));
+            h.write(&mac);
+            h.write_u64(now().as_nanos());
+            h.finish()
+        };
+        let conns = Conns::new(key(seed, 1), config.max_connections);
+        let link = Link::new(info.max_frame(), mac, conns, Neighbors::new(key(seed, 2))).ok_or(Error::NoMemory)?;
+        let mut net = net;
+        let mut link = link;
         let mut ic = smoltcp::iface::Config::new(HardwareAddress::Ethernet(ethernet));
-        ic.random_seed = config.random_seed;
-        let mut iface = Interface::new(ic, &mut dev, smol_now());
-        let mut sockets = SocketSet::new(Vec::new());
+        ic.random_seed = seed;
+        let mut iface = Interface::new(ic, &mut device::Adapter { net: &mut net, link: &mut link }, smol_now());
+        let sockets = SocketSet::new(Vec::new());
         let mut ipv4 = None;
         iface.update_ip_addrs(|addrs| {
             if let Some((a, p)) = config.ipv4 {
@@ -258,18 +456,24 @@ impl Stack {
         }
         if let Some(gw) = config.ipv4_gateway {
             iface.routes_mut().add_default_ipv4_route(gw).map_err(|_| Error::BadAddress)?;
+            link.neighbors.gateways[0] = Some(IpAddr::V4(gw));
         }
         if let Some(gw) = config.ipv6_gateway {
             iface.routes_mut().add_default_ipv6_route(gw).map_err(|_| Error::BadAddress)?;
+            link.neighbors.gateways[1] = Some(IpAddr::V6(gw));
         }
-        let dhcp = (config.ipv4.is_none() && config.dhcp).then(|| sockets.add(smoltcp::socket::dhcpv4::Socket::new()));
-        let next_port = 49152 + (config.random_seed % 16384) as u16;
-        let inner = Inner {
+        let next_port = 49152 + (seed % 16384) as u16;
+        let mut inner = Inner {
             iface,
             sockets,
-            config,
+            slots: 0,
+            live: 0,
+            link,
+            handshakes: Handshakes::new(key(seed, 3), config.syn_queue),
+            lingering: Table::new(key(seed, 4), config.max_connections.saturating_mul(4)),
+            challenges: Challenges::new(seed ^ 0x9e37_79b9_7f4a_7c15),
             mtu: info.mtu as usize,
-            dhcp,
+            dhcp: None,
             ipv4,
             next_port,
             tcp_ports: BTreeSet::new(),
@@ -277,11 +481,18 @@ impl Stack {
             udp_ports: BTreeSet::new(),
             udp_orphans: Vec::new(),
             orphans: Vec::new(),
+            deferred: alloc::collections::VecDeque::new(),
             config_waiters: Vec::new(),
-            stats: Stats::default(),
+            next_expiry: now(),
+            last_shed: None,
+            config,
         };
-        let shared = Rc::new(Shared { inner: RefCell::new(inner), kicked: Cell::new(false), driver: RefCell::new(None) });
-        mirage_runtime::spawn(driver::run(shared.clone(), dev));
+        if inner.config.ipv4.is_none() && inner.config.dhcp {
+            inner.dhcp = Some(inner.add_socket(smoltcp::socket::dhcpv4::Socket::new()).ok_or(Error::NoMemory)?);
+        }
+        let shared =
+            Rc::new(Shared { inner: RefCell::new(inner), kicked: Cell::new(false), driver: RefCell::new(None) });
+        mirage_runtime::spawn(driver::run(shared.clone(), net));
         Ok(Stack { shared })
     }
 
@@ -321,7 +532,21 @@ impl Stack {
     pub fn stats(&self) -> Stats {
         self.with(|i| {
             let tcp_sockets = i.sockets.iter().filter(|(_, s)| matches!(s, smoltcp::socket::Socket::Tcp(_))).count();
-            Stats { tcp_sockets, ..i.stats }
+            Stats { tcp_sockets, syn_queue: i.handshakes.queue.len(), fin_wait2: i.lingering.len(), ..i.link.stats }
+        })
+    }
+
+    /// Bytes of heap the stack holds for its connections now: socket
+    /// buffers, sockets, and the tables of connections, half-open
+    /// connections and lingering ones.
+    pub fn memory(&self) -> usize {
+        self.with(|i| {
+            let tcp = i.sockets.iter().filter(|(_, s)| matches!(s, smoltcp::socket::Socket::Tcp(_))).count();
+            tcp * 2 * i.config.tcp_buffer
+                + i.slots * core::mem::size_of::<SocketStorage>()
+                + i.link.conns.table.heap_bytes()
+                + i.handshakes.queue.heap_bytes()
+                + i.lingering.heap_bytes()
         })
     }
 }

@@ -1,19 +1,21 @@
 //! TCP: listeners with a backlog, connections as flows.
 //!
-//! A listener owns `backlog` engine sockets listening on its port; each
-//! takes one incoming connection. [`Listener::accept`] hands over a socket
-//! whose handshake is done and puts a fresh listening socket in its place,
-//! so up to `backlog` connections wait, fully established, for the
-//! application. A flow that is dropped or closed sends its FIN and is left
-//! to the driver, which removes its socket once the connection has ended.
+//! A listener holds no socket: the adapter answers the handshakes for its
+//! port ([`crate::handshake`]) and the driver puts each completed
+//! connection's socket in the listener's queue, waking the task that
+//! waits in [`Listener::accept`]. While `backlog` connections wait there,
+//! new SYNs are dropped (the clients retry). A flow that is dropped or
+//! closed sends its FIN and is left to the driver (an orphan), which
+//! removes its socket once the connection has ended, keeps a small record
+//! instead while the peer has yet to close its side, and resets it when a
+//! per-state timeout passes or the heap is past its budget.
 
+use alloc::collections::VecDeque;
 use alloc::rc::Rc;
-use alloc::vec;
-use alloc::vec::Vec;
 use core::cell::Cell;
 use core::future::poll_fn;
 use core::net::{IpAddr, SocketAddr};
-use core::task::Poll;
+use core::task::{Poll, Waker};
 
 use mirage_devices::flow;
 use mirage_devices::stack::{self, Error};
@@ -22,11 +24,10 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::{self, RecvError, State};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
+use crate::conns::{Record, Tuple};
+use crate::device::buffer;
+use crate::inbound::Linger;
 use crate::{Inner, Stack};
-
-/// How long a closed flow whose data and FIN were acknowledged waits for
-/// the peer's FIN before it resets the connection.
-const LINGER: Duration = Duration::from_secs(60);
 
 fn to_smol(d: Duration) -> smoltcp::time::Duration {
     smoltcp::time::Duration::from_micros(d.as_micros() as u64)
@@ -36,61 +37,77 @@ pub(crate) fn from_endpoint(ep: IpEndpoint) -> SocketAddr {
     SocketAddr::new(IpAddr::from(ep.addr), ep.port)
 }
 
+/// A connection handed over by the application (or never accepted), for
+/// the driver to see to its end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Orphan {
+    handle: SocketHandle,
+    tuple: Option<Tuple>,
+    /// The ephemeral port it holds, for connections this side opened.
+    port: Option<u16>,
+    /// When its data and FIN last made progress.
+    progress: Instant,
+    /// Bytes it had still to send at the last look.
+    queued: usize,
+}
+
 impl Inner {
-    /// A new TCP socket with the configured buffers and timers.
-    fn tcp_socket(&mut self) -> SocketHandle {
+    /// A new TCP socket with the configured buffers and timers, or `None`
+    /// when the heap cannot give its buffers.
+    pub(crate) fn tcp_socket(&mut self) -> Option<SocketHandle> {
         let n = self.config.tcp_buffer;
-        let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; n]), tcp::SocketBuffer::new(vec![0; n]));
+        let (rx, tx) = (buffer(n)?, buffer(n)?);
+        let mut s = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         s.set_keep_alive(self.config.keep_alive.map(to_smol));
         s.set_timeout(self.config.timeout.map(to_smol));
         // Applications write whole messages; Nagle's algorithm would only
         // hold back their last segment behind the peer's delayed ACK.
         s.set_nagle_enabled(false);
-        self.sockets.add(s)
+        self.add_socket(s)
+    }
+
+    /// Hands a socket to the driver, which removes it (and its record)
+    /// when the connection is over.
+    pub(crate) fn orphan(&mut self, handle: SocketHandle, tuple: Option<Tuple>, port: Option<u16>, now: Instant) {
+        let queued = self.sockets.get::<tcp::Socket>(handle).send_queue();
+        // The list never holds more than the sockets there are, for which
+        // room was made when each was added (`add_socket`).
+        self.orphans.push(Orphan { handle, tuple, port, progress: now, queued });
     }
 }
 
-/// The sockets of a listener: one listening, the others in or past their
-/// handshake and not yet accepted.
+/// A listener's connections, established and not yet accepted.
 pub(crate) struct Listening {
-    sockets: Vec<SocketHandle>,
-    backlog: usize,
+    ready: VecDeque<(SocketHandle, Tuple)>,
+    pub backlog: usize,
+    waker: Option<Waker>,
 }
 
-impl Inner {
-    fn new_listening(&mut self, port: u16) -> SocketHandle {
-        let h = self.tcp_socket();
-        // Cannot fail: the socket is new and the port is not 0.
-        let _ = self.sockets.get_mut::<tcp::Socket>(h).listen(port);
-        h
+impl Listening {
+    /// Connections waiting to be accepted.
+    pub(crate) fn waiting(&self) -> usize {
+        self.ready.len()
     }
+}
 
-    /// Makes sure the listener on `port` has a socket listening, unless its
-    /// backlog is full; whether one listens. Sockets are made on demand, so
-    /// a large backlog of large buffers costs memory only when used.
-    pub(crate) fn replenish(&mut self, port: u16) -> bool {
-        let Some(l) = self.listeners.get(&port) else { return false };
-        let mut listening = false;
-        for &h in &l.sockets {
-            let s = self.sockets.get_mut::<tcp::Socket>(h);
-            if s.state() == State::Closed {
-                // A connection came and went before it was accepted.
-                let _ = s.listen(port);
-            }
-            listening |= s.state() == State::Listen;
+/// Puts a connection just established for the listener on `port` in its
+/// queue and wakes its acceptor; resets it if the listener is gone or its
+/// queue cannot grow.
+pub(crate) fn accepted(inner: &mut Inner, port: u16, handle: SocketHandle, tuple: Tuple, now: Instant) {
+    let state = inner.sockets.get::<tcp::Socket>(handle).state();
+    let fine = !matches!(state, State::Closed | State::Listen | State::SynReceived);
+    if let Some(l) = inner.listeners.get_mut(&port)
+        && fine
+        && l.ready.try_reserve(1).is_ok()
+    {
+        l.ready.push_back((handle, tuple));
+        if let Some(w) = l.waker.take() {
+            w.wake();
         }
-        if listening {
-            return true;
-        }
-        if l.sockets.len() >= l.backlog {
-            return false;
-        }
-        let h = self.new_listening(port);
-        if let Some(l) = self.listeners.get_mut(&port) {
-            l.sockets.push(h);
-        }
-        true
+        return;
     }
+    inner.sockets.get_mut::<tcp::Socket>(handle).abort();
+    inner.orphan(handle, Some(tuple), None, now);
 }
 
 /// A listening TCP socket.
@@ -109,35 +126,30 @@ impl stack::TcpListener for Listener {
     type Flow = Flow;
 
     /// Waits for the next connection. One task at a time should accept on
-    /// a listener (the engine keeps one waker per socket).
+    /// a listener (it keeps one waker).
     async fn accept(&self) -> Result<(Flow, SocketAddr), Error> {
-        poll_fn(|cx| {
+        let (handle, tuple, peer) = poll_fn(|cx| {
             self.stack.with(|inner| {
-                let Some(l) = inner.listeners.get_mut(&self.port) else { return Poll::Ready(Err(Error::Io)) };
-                let mut ready = None;
-                for (i, &h) in l.sockets.iter().enumerate() {
-                    let s = inner.sockets.get_mut::<tcp::Socket>(h);
-                    match s.state() {
-                        State::Listen | State::SynReceived | State::Closed => s.register_recv_waker(cx.waker()),
-                        _ => {
-                            if let Some(peer) = s.remote_endpoint() {
-                                ready = Some((i, peer));
-                                break;
-                            }
-                        }
+                let now = crate::now();
+                loop {
+                    let Some(l) = inner.listeners.get_mut(&self.port) else { return Poll::Ready(Err(Error::Io)) };
+                    let Some((h, t)) = l.ready.pop_front() else {
+                        l.waker = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    };
+                    match inner.sockets.get::<tcp::Socket>(h).remote_endpoint() {
+                        Some(peer) => return Poll::Ready(Ok((h, t, peer))),
+                        // Reset before it was accepted.
+                        None => inner.orphan(h, Some(t), None, now),
                     }
                 }
-                let Some((i, peer)) = ready else {
-                    inner.replenish(self.port);
-                    return Poll::Pending;
-                };
-                let handle = l.sockets.swap_remove(i);
-                inner.replenish(self.port);
-                let flow = Flow { conn: Conn::new(self.stack.clone(), handle, None) };
-                Poll::Ready(Ok((flow, from_endpoint(peer))))
             })
         })
-        .await
+        .await?;
+        // The driver may reap what was found reset.
+        self.stack.kick();
+        let flow = Flow { conn: Conn::new(self.stack.clone(), handle, Some(tuple), None) };
+        Ok((flow, from_endpoint(peer)))
     }
 
     fn local_addr(&self) -> SocketAddr {
@@ -149,16 +161,12 @@ impl Drop for Listener {
     fn drop(&mut self) {
         self.stack.with(|inner| {
             let Some(l) = inner.listeners.remove(&self.port) else { return };
-            for h in l.sockets {
-                let s = inner.sockets.get_mut::<tcp::Socket>(h);
-                if matches!(s.state(), State::Listen | State::Closed) {
-                    inner.sockets.remove(h);
-                } else {
-                    // A handshake in progress or a connection never
-                    // accepted: reset it, then let the driver reap it.
-                    s.abort();
-                    inner.orphans.push((h, None, crate::now() + LINGER));
-                }
+            let now = crate::now();
+            for (h, t) in l.ready {
+                // A connection never accepted: reset it, then let the
+                // driver reap it.
+                inner.sockets.get_mut::<tcp::Socket>(h).abort();
+                inner.orphan(h, Some(t), None, now);
             }
         });
         self.stack.kick();
@@ -170,13 +178,14 @@ struct Conn {
     stack: Stack,
     /// `None` once released.
     handle: Cell<Option<SocketHandle>>,
+    tuple: Option<Tuple>,
     /// The ephemeral port it holds, for connections this side opened.
     port: Cell<Option<u16>>,
 }
 
 impl Conn {
-    fn new(stack: Stack, handle: SocketHandle, port: Option<u16>) -> Conn {
-        Conn { stack, handle: Cell::new(Some(handle)), port: Cell::new(port) }
+    fn new(stack: Stack, handle: SocketHandle, tuple: Option<Tuple>, port: Option<u16>) -> Conn {
+        Conn { stack, handle: Cell::new(Some(handle)), tuple, port: Cell::new(port) }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut tcp::Socket<'static>) -> R) -> Result<R, flow::Error> {
@@ -196,7 +205,7 @@ impl Conn {
             } else {
                 s.close();
             }
-            inner.orphans.push((h, port, crate::now() + LINGER));
+            inner.orphan(h, self.tuple, port, crate::now());
         });
         self.stack.kick();
     }
@@ -425,11 +434,10 @@ impl stack::Tcp for Stack {
             if inner.listeners.contains_key(&port) {
                 return Err(Error::AddrInUse);
             }
-            inner.listeners.insert(port, Listening { sockets: Vec::new(), backlog: backlog.clamp(1, 4096) });
-            inner.replenish(port);
+            let backlog = backlog.clamp(1, 4096);
+            inner.listeners.insert(port, Listening { ready: VecDeque::new(), backlog, waker: None });
             Ok(())
         })?;
-        self.kick();
         Ok(Listener { stack: self.clone(), port })
     }
 
@@ -438,17 +446,25 @@ impl stack::Tcp for Stack {
         if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
             return Err(Error::InvalidAddress);
         }
-        let (handle, port) = self.with(|inner| {
+        let (handle, tuple, port) = self.with(|inner| {
+            let local = inner.iface.get_source_address(&remote.addr).ok_or(Error::Unreachable)?;
             let port = inner.ephemeral_port().ok_or(Error::NoSpace)?;
-            let h = inner.tcp_socket();
+            let tuple =
+                Tuple { local: IpAddr::from(local), remote: addr.ip(), local_port: port, remote_port: addr.port() };
+            let h = inner.tcp_socket().ok_or(Error::NoSpace)?;
+            if inner.link.conns.insert(tuple, Record::new(h, crate::now())).is_err() {
+                inner.remove_socket(h);
+                return Err(Error::NoSpace);
+            }
             let Inner { iface, sockets, .. } = inner;
             match sockets.get_mut::<tcp::Socket>(h).connect(iface.context(), remote, port) {
                 Ok(()) => {
                     inner.tcp_ports.insert(port);
-                    Ok((h, port))
+                    Ok((h, tuple, port))
                 }
                 Err(e) => {
-                    sockets.remove(h);
+                    inner.link.conns.remove(&tuple);
+                    inner.remove_socket(h);
                     Err(match e {
                         tcp::ConnectError::Unaddressable => Error::Unreachable,
                         tcp::ConnectError::InvalidState => Error::Io,
@@ -458,7 +474,7 @@ impl stack::Tcp for Stack {
         })?;
         // The flow owns the socket from here: dropping it (on timeout)
         // releases the socket and the port.
-        let flow = Flow { conn: Conn::new(self.clone(), handle, Some(port)) };
+        let flow = Flow { conn: Conn::new(self.clone(), handle, Some(tuple), Some(port)) };
         self.kick();
         let deadline = self.with(|i| i.config.connect_timeout);
         let established = poll_fn(|cx| {
@@ -483,13 +499,29 @@ impl stack::Tcp for Stack {
     }
 }
 
-/// Resets and forgets the orphans whose linger time is over; removes those
-/// whose connection ended.
+impl Inner {
+    /// Forgets an orphan's socket, its record and its port.
+    fn forget(&mut self, o: &Orphan) {
+        if let Some(t) = o.tuple
+            && self.link.conns.table.get(&t).is_some_and(|r| r.handle == o.handle)
+        {
+            self.link.conns.remove(&t);
+        }
+        if let Some(p) = o.port {
+            self.tcp_ports.remove(&p);
+        }
+        self.remove_socket(o.handle);
+    }
+}
+
+/// Removes the orphans whose connection ended; keeps a small record of
+/// those waiting for the peer's FIN instead of their socket.
 pub(crate) fn reap(inner: &mut Inner, now: Instant) {
-    let Inner { sockets, orphans, tcp_ports, .. } = inner;
-    orphans.retain(|&(h, port, deadline)| {
-        let s = sockets.get_mut::<tcp::Socket>(h);
-        if s.state() == State::TimeWait {
+    let mut i = 0;
+    while i < inner.orphans.len() {
+        let o = inner.orphans[i];
+        let s = inner.sockets.get::<tcp::Socket>(o.handle);
+        let done = match s.state() {
             // The connection is over: both FINs are acknowledged (this
             // step's egress sent the last ACK). The engine would keep the
             // whole socket, buffers and all, for its 10 s of TIME-WAIT; a
@@ -497,34 +529,158 @@ pub(crate) fn reap(inner: &mut Inner, now: Instant) {
             // hundreds of megabytes in them. Linux keeps a small record
             // instead; this keeps none. A FIN retransmitted because our
             // ACK was lost is answered with a reset, which ends the peer's
-            // side as well, and a SYN reusing the address pair reaches a
+            // side as well, and a SYN reusing the address pair reaches the
             // listener at once.
-            if let Some(p) = port {
-                tcp_ports.remove(&p);
+            State::TimeWait => true,
+            // All we sent is acknowledged, our FIN too; the peer has yet to
+            // close its side, and nobody reads what it may still send. The
+            // socket goes, and a record of some tens of bytes answers the
+            // peer's FIN (or resets it if it sends data) until `linger`
+            // passes, as Linux turns such a socket into a FIN-WAIT-2
+            // time-wait record.
+            State::FinWait2 => {
+                if let Some(t) = o.tuple
+                    && let Some(r) = inner.link.conns.table.get(&t).filter(|r| r.handle == o.handle)
+                    && let (Some(snd), Some(rcv)) = (r.snd_max, r.rcv_nxt)
+                {
+                    let until = now + inner.config.linger;
+                    let linger = Linger { snd_nxt: snd.wrapping_sub(r.delta), rcv_nxt: rcv, rcv_wnd: r.rcv_wnd, until };
+                    if inner.lingering.is_full() {
+                        inner.lingering.retain(|_, l| now < l.until);
+                    }
+                    // When the table is full, nothing is kept: the peer's
+                    // FIN will get a reset.
+                    let _ = inner.lingering.insert(t, linger);
+                }
+                true
             }
-            sockets.remove(h);
-            return false;
-        }
-        if s.state() != State::Closed {
-            // Until all it sent is acknowledged the engine retransmits, and
-            // its timeout (`Config::timeout`) ends a connection whose peer
-            // vanished. After that, a peer that never closes its side would
-            // hold the socket forever: it is reset after `LINGER`, as Linux
-            // does (tcp_fin_timeout).
-            if s.state() == State::FinWait2 && now >= deadline {
-                s.abort();
-            }
-            return true;
-        }
-        if s.remote_endpoint().is_some() {
             // Aborted: the engine sends the reset at its next egress and
             // only then forgets the peer.
-            return true;
+            State::Closed => s.remote_endpoint().is_none(),
+            _ => false,
+        };
+        if done {
+            inner.forget(&o);
+            inner.orphans.swap_remove(i);
+        } else {
+            i += 1;
         }
-        if let Some(p) = port {
-            tcp_ports.remove(&p);
+    }
+}
+
+/// The per-state timeouts, and shedding past the memory budget; run by
+/// the driver a few times a second.
+pub(crate) fn expire(inner: &mut Inner, now: Instant) {
+    // Orphans whose data and FIN make no progress for `timeout`: a peer
+    // that stopped reading (its zero window answered to the engine's
+    // probes, so the engine's own timeout never fires), or vanished
+    // (FIN-WAIT-1, CLOSING, LAST-ACK).
+    if let Some(limit) = inner.config.timeout {
+        let Inner { orphans, sockets, link, .. } = inner;
+        for o in orphans.iter_mut() {
+            let s = sockets.get_mut::<tcp::Socket>(o.handle);
+            let queued = s.send_queue();
+            if queued < o.queued {
+                o.progress = now;
+            }
+            o.queued = queued;
+            if now.saturating_duration_since(o.progress) >= limit
+                && !matches!(s.state(), State::Closed | State::TimeWait)
+            {
+                s.abort();
+                link.stats.timed_out += 1;
+            }
         }
-        sockets.remove(h);
-        false
-    });
+    }
+    // Connections the peer closed and the application neither closes nor
+    // writes to (CLOSE-WAIT).
+    if let Some(limit) = inner.config.close_wait_timeout {
+        let Inner { sockets, link, .. } = inner;
+        let mut timed_out = 0;
+        link.conns.table.retain(|_, r| {
+            let s = sockets.get_mut::<tcp::Socket>(r.handle);
+            if s.state() != State::CloseWait || s.send_queue() > 0 {
+                r.close_wait = None;
+                return true;
+            }
+            let since = *r.close_wait.get_or_insert(now);
+            if now.saturating_duration_since(since.max(r.last_sent)) >= limit {
+                s.abort();
+                timed_out += 1;
+            }
+            true
+        });
+        link.stats.timed_out += timed_out;
+    }
+    inner.lingering.retain(|_, l| now < l.until);
+    inner.lingering.shrink();
+    // Past the budget: shed, a few each round, until the heap is back
+    // under it.
+    for _ in 0..inner.orphans.len().div_ceil(4).min(64) {
+        if (inner.config.may_hold)(0) || !shed_orphan(inner) {
+            break;
+        }
+    }
+}
+
+/// Resets the orphan holding the most unsent data; whether there was one.
+fn shed_orphan(inner: &mut Inner) -> bool {
+    let Inner { orphans, sockets, link, .. } = inner;
+    let largest = orphans
+        .iter()
+        .filter(|o| !matches!(sockets.get::<tcp::Socket>(o.handle).state(), State::Closed | State::TimeWait))
+        .max_by_key(|o| sockets.get::<tcp::Socket>(o.handle).send_queue());
+    let Some(o) = largest else { return false };
+    sockets.get_mut::<tcp::Socket>(o.handle).abort();
+    link.stats.shed += 1;
+    true
+}
+
+/// Makes room for a new connection: resets an orphan, or else the
+/// connection idle the longest if it has been idle for
+/// [`crate::Config::shed_idle`]; whether one was reset.
+pub(crate) fn shed(inner: &mut Inner, now: Instant) -> bool {
+    let Some(idle) = inner.config.shed_idle else { return false };
+    if shed_orphan(inner) {
+        return true;
+    }
+    let Some(h) = idlest(inner, now, idle) else {
+        inner.last_shed = Some((now, false));
+        return false;
+    };
+    inner.sockets.get_mut::<tcp::Socket>(h).abort();
+    inner.link.stats.shed += 1;
+    true
+}
+
+/// Whether [`shed`] would find a connection to reset (decided at most
+/// every 10 ms: a flood of SYNs must not make the driver search each time).
+pub(crate) fn sheddable(inner: &mut Inner, now: Instant) -> bool {
+    let Some(idle) = inner.config.shed_idle else { return false };
+    if let Some((at, found)) = inner.last_shed
+        && now.saturating_duration_since(at) < Duration::from_millis(10)
+    {
+        return found;
+    }
+    let found = inner
+        .orphans
+        .iter()
+        .any(|o| !matches!(inner.sockets.get::<tcp::Socket>(o.handle).state(), State::Closed | State::TimeWait))
+        || idlest(inner, now, idle).is_some();
+    inner.last_shed = Some((now, found));
+    found
+}
+
+/// The established connection that has gone longest without data, if
+/// that is at least `idle`.
+fn idlest(inner: &Inner, now: Instant, idle: Duration) -> Option<SocketHandle> {
+    let Inner { sockets, link, .. } = inner;
+    link.conns
+        .table
+        .iter()
+        .filter(|(_, r)| r.replay.is_none())
+        .filter(|(_, r)| matches!(sockets.get::<tcp::Socket>(r.handle).state(), State::Established | State::CloseWait))
+        .min_by_key(|(_, r)| r.last_data())
+        .filter(|(_, r)| now.saturating_duration_since(r.last_data()) >= idle)
+        .map(|(_, r)| r.handle)
 }

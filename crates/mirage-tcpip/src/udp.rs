@@ -38,7 +38,7 @@ impl Drop for UdpSocket {
                 inner.udp_orphans.push((self.handle, self.port));
                 true
             } else {
-                inner.sockets.remove(self.handle);
+                inner.remove_socket(self.handle);
                 inner.udp_ports.remove(&self.port);
                 false
             }
@@ -59,7 +59,9 @@ impl stack::UdpSocket for UdpSocket {
             let mtu = inner.mtu;
             let configured = match to.ip() {
                 core::net::IpAddr::V4(_) => inner.ipv4.is_some(),
-                core::net::IpAddr::V6(_) => inner.iface.ip_addrs().iter().any(|a| matches!(a.address(), IpAddress::Ipv6(_))),
+                core::net::IpAddr::V6(_) => {
+                    inner.iface.ip_addrs().iter().any(|a| matches!(a.address(), IpAddress::Ipv6(_)))
+                }
             };
             (mtu.saturating_sub(header).min(inner.config.udp_buffer), configured)
         });
@@ -128,7 +130,13 @@ impl stack::Udp for Stack {
             let mut s = udp::Socket::new(buffer(), buffer());
             // Cannot fail: the port is not 0 and the socket is new.
             let _ = s.bind(port);
-            Ok((inner.sockets.add(s), port))
+            match inner.add_socket(s) {
+                Some(h) => Ok((h, port)),
+                None => {
+                    inner.udp_ports.remove(&port);
+                    Err(Error::NoSpace)
+                }
+            }
         })?;
         Ok(UdpSocket { stack: self.clone(), handle, port })
     }
@@ -136,13 +144,15 @@ impl stack::Udp for Stack {
 
 /// Removes dropped sockets whose queued datagrams have gone out.
 pub(crate) fn reap(inner: &mut crate::Inner) {
-    let crate::Inner { sockets, udp_orphans, udp_ports, .. } = inner;
-    udp_orphans.retain(|&(h, port)| {
-        if sockets.get::<udp::Socket>(h).send_queue() > 0 {
-            return true;
+    let mut i = 0;
+    while i < inner.udp_orphans.len() {
+        let (h, port) = inner.udp_orphans[i];
+        if inner.sockets.get::<udp::Socket>(h).send_queue() > 0 {
+            i += 1;
+            continue;
         }
-        sockets.remove(h);
-        udp_ports.remove(&port);
-        false
-    });
+        inner.remove_socket(h);
+        inner.udp_ports.remove(&port);
+        inner.udp_orphans.swap_remove(i);
+    }
 }

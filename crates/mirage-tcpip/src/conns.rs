@@ -1,0 +1,428 @@
+//! What the adapter knows of each TCP connection the engine carries, from
+//! the segments it sees go out: the record that lets it correct the
+//! engine's segments and judge the peer's before the engine does.
+//!
+//! * **Sequence translation.** A connection accepted by this stack is set
+//!   up in the engine only once its handshake has completed
+//!   ([`crate::handshake`]), and the engine then picks an initial sequence
+//!   number of its own, not the one the peer was given (a SYN cookie). The
+//!   record holds the difference: every sequence number the engine sends
+//!   is moved back by it, every acknowledgment number it receives forward.
+//! * **Pure ACKs at the highest sequence number sent.** After a
+//!   retransmission timeout the engine rewinds its next sequence number
+//!   to the oldest unacknowledged byte and sends pure ACKs with it. A peer
+//!   that already has those bytes finds such an ACK outside its window and
+//!   drops it, acknowledgment included (RFC 9293, 3.10.7.4). Between two
+//!   such engines, both with data outstanding, each drops the other's
+//!   ACKs and the connection stalls for good. Linux sends ACKs with its
+//!   highest sequence number (`tcp_acceptable_seq`); the adapter does the
+//!   same to the engine's ACKs. Keep-alive probes, one below on purpose,
+//!   carry a byte and are left alone. A fix in the engine would be to send
+//!   ACKs at `max(remote_last_seq, the highest sequence sent)`; the engine
+//!   keeps no such number, so the adapter keeps it.
+//! * **What RFC 5961 needs.** The acknowledgment number and window last
+//!   sent (the peer's view of RCV.NXT and RCV.WND), the highest
+//!   acknowledgment received and the largest window the peer offered
+//!   (SND.UNA and MAX.SND.WND).
+//!
+//! Frames are read and changed through smoltcp's typed packet accessors
+//! (`EthernetFrame`, `Ipv4Packet`, `Ipv6Packet`, `TcpPacket`), whose
+//! `new_checked` constructors refuse a buffer too short for what they
+//! read; checksums are updated incrementally (RFC 1624).
+
+use core::net::IpAddr;
+
+use mirage_runtime::time::Instant;
+use smoltcp::iface::SocketHandle;
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet, TcpOption, TcpPacket, TcpSeqNumber,
+};
+
+use crate::table::{Full, Table};
+
+/// A connection's addresses and ports, seen from this side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tuple {
+    pub local: IpAddr,
+    pub remote: IpAddr,
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+impl core::hash::Hash for Tuple {
+    /// Whole words, for the hash of every segment: two for IPv4, five for
+    /// IPv6.
+    fn hash<H: core::hash::Hasher>(&self, h: &mut H) {
+        let ports = (self.local_port as u64) << 16 | self.remote_port as u64;
+        match (self.local, self.remote) {
+            (IpAddr::V4(l), IpAddr::V4(r)) => {
+                h.write_u64((u32::from(l) as u64) << 32 | u32::from(r) as u64);
+                h.write_u64(ports);
+            }
+            (l, r) => {
+                let bits = |a: IpAddr| match a {
+                    IpAddr::V4(a) => a.to_ipv6_mapped().to_bits(),
+                    IpAddr::V6(a) => a.to_bits(),
+                };
+                let (l, r) = (bits(l), bits(r));
+                h.write_u64((l >> 64) as u64);
+                h.write_u64(l as u64);
+                h.write_u64((r >> 64) as u64);
+                h.write_u64(r as u64);
+                h.write_u64(ports | 1 << 32);
+            }
+        }
+    }
+}
+
+/// A connection whose engine socket waits for the replayed handshake.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Replay {
+    /// The initial sequence number the peer was given.
+    pub wire_isn: u32,
+    /// The engine's own, once its SYN-ACK has been seen.
+    pub engine_isn: Option<u32>,
+    /// The peer's initial sequence number and its window, for the
+    /// made-up ACK that completes the engine's handshake.
+    pub peer_isn: u32,
+    pub window: u16,
+    pub since: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub handle: SocketHandle,
+    /// The engine's initial sequence number less the peer's idea of it.
+    pub delta: u32,
+    pub replay: Option<Replay>,
+    /// End of the furthest segment sent (engine numbering).
+    pub snd_max: Option<u32>,
+    /// Acknowledgment number and window (bytes) of the last segment sent.
+    pub rcv_nxt: Option<u32>,
+    pub rcv_wnd: u32,
+    /// Highest acknowledgment received (engine numbering) and the largest
+    /// window the peer offered, in bytes.
+    pub snd_una: Option<u32>,
+    pub max_snd_wnd: u32,
+    /// Window scale shifts: ours (from our SYN) and the peer's (from its
+    /// SYN); scaling is on when both are known.
+    pub our_shift: Option<u8>,
+    pub peer_shift: Option<u8>,
+    /// When data last went out and came in, and since when the connection
+    /// has been seen in CLOSE-WAIT with nothing to send: for the CLOSE-WAIT
+    /// timeout and for shedding idle connections.
+    pub last_sent: Instant,
+    pub last_heard: Instant,
+    pub close_wait: Option<Instant>,
+    /// The peer's Ethernet address as last seen, to answer it directly.
+    pub peer_mac: [u8; 6],
+}
+
+impl Record {
+    pub(crate) fn new(handle: SocketHandle, now: Instant) -> Record {
+        Record {
+            handle,
+            delta: 0,
+            replay: None,
+            snd_max: None,
+            rcv_nxt: None,
+            rcv_wnd: 0,
+            snd_una: None,
+            max_snd_wnd: 0,
+            our_shift: None,
+            peer_shift: None,
+            last_sent: now,
+            last_heard: now,
+            close_wait: None,
+            peer_mac: [0; 6],
+        }
+    }
+
+    fn scaling(&self) -> bool {
+        self.our_shift.is_some() && self.peer_shift.is_some()
+    }
+
+    /// When data last went either way.
+    pub(crate) fn last_data(&self) -> Instant {
+        self.last_sent.max(self.last_heard)
+    }
+
+    /// Whether a segment starting at `seq` falls in the window last
+    /// offered (or is a keep-alive probe just before it), as the engine
+    /// requires before it takes the segment's acknowledgment.
+    pub(crate) fn in_window(&self, seq: u32) -> bool {
+        self.rcv_nxt
+            .is_none_or(|nxt| seq_le(nxt.wrapping_sub(1), seq) && seq_lt(seq, nxt.wrapping_add(self.rcv_wnd.max(1))))
+    }
+
+    /// Notes a segment from the peer (after translation): its
+    /// acknowledgment, if the engine takes it (in the window, no more than
+    /// was sent), and its window.
+    pub(crate) fn heard(&mut self, seq: u32, ack: Option<u32>, window: u16, syn: bool) {
+        if let (Some(ack), Some(max)) = (ack, self.snd_max)
+            && self.in_window(seq)
+            && seq_le(ack, max)
+            && self.snd_una.is_none_or(|una| seq_lt(una, ack))
+        {
+            self.snd_una = Some(ack);
+        }
+        let shift = if syn || !self.scaling() { 0 } else { self.peer_shift.unwrap_or(0) };
+        self.max_snd_wnd = self.max_snd_wnd.max((window as u32) << shift);
+    }
+}
+
+/// `a < b` in sequence space.
+pub(crate) fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+pub(crate) fn seq_le(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) <= 0
+}
+
+/// Whether a frame the engine wrote may go out.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outgoing {
+    Send,
+    /// The engine's SYN-ACK of a replayed handshake: the peer had its own.
+    Keep,
+}
+
+pub(crate) struct Conns {
+    pub table: Table<Tuple, Record>,
+    /// Records waiting for the engine's SYN-ACK.
+    pub replaying: usize,
+}
+
+impl core::fmt::Debug for Conns {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Conns").field("table", &self.table).field("replaying", &self.replaying).finish()
+    }
+}
+
+impl Conns {
+    pub(crate) fn new(key: (u64, u64), max: usize) -> Conns {
+        Conns { table: Table::new(key, max), replaying: 0 }
+    }
+
+    pub(crate) fn insert(&mut self, t: Tuple, r: Record) -> Result<(), Full> {
+        let replay = r.replay.is_some();
+        self.table.insert(t, r).map_err(|(why, _, _)| why)?;
+        self.replaying += replay as usize;
+        Ok(())
+    }
+
+    pub(crate) fn remove(&mut self, t: &Tuple) -> Option<Record> {
+        let r = self.table.remove(t)?;
+        self.replaying -= r.replay.is_some() as usize;
+        Some(r)
+    }
+
+    /// Ends the replay of a record whose handshake the engine completed.
+    pub(crate) fn replayed(&mut self, t: &Tuple) {
+        if let Some(r) = self.table.get_mut(t)
+            && r.replay.take().is_some()
+        {
+            self.replaying -= 1;
+        }
+    }
+
+    /// Looks at a frame the engine wrote: notes what the record needs,
+    /// fixes a rewound pure ACK, translates sequence numbers.
+    pub(crate) fn outgoing(&mut self, frame: &mut [u8], now: Instant) -> Outgoing {
+        let Some(mut seg) = TcpFrame::new(frame) else { return Outgoing::Send };
+        let t = seg.tuple();
+        let Some(r) = self.table.get_mut(&t) else { return Outgoing::Send };
+        let tcp = seg.tcp();
+        let seq = tcp.seq_number().0 as u32;
+        let (syn, fin, rst, ack) = (tcp.syn(), tcp.fin(), tcp.rst(), tcp.ack());
+        let len = tcp.payload().len() as u32 + syn as u32 + fin as u32;
+        if let Some(replay) = &mut r.replay
+            && syn
+            && ack
+        {
+            // The engine's answer to the replayed SYN: its initial
+            // sequence number gives the translation.
+            replay.engine_isn = Some(seq);
+            r.delta = seq.wrapping_sub(replay.wire_isn);
+            r.snd_max = Some(seq.wrapping_add(1));
+            r.our_shift = window_scale(tcp.options());
+            return Outgoing::Keep;
+        }
+        if syn {
+            r.our_shift = window_scale(tcp.options());
+        }
+        let mut new_seq = seq;
+        if !rst {
+            if len > 0 {
+                let end = seq.wrapping_add(len);
+                if r.snd_max.is_none_or(|max| seq_lt(max, end)) {
+                    r.snd_max = Some(end);
+                }
+                if tcp.payload().len() > 1 {
+                    r.last_sent = now;
+                }
+            } else if let Some(max) = r.snd_max
+                && ack
+                && max.wrapping_sub(seq) as i32 > 1
+            {
+                // More than one behind: a rewound pure ACK, not a
+                // keep-alive probe.
+                new_seq = max;
+            }
+            if ack {
+                r.rcv_nxt = Some(tcp.ack_number().0 as u32);
+                let shift = if r.scaling() && !syn { r.our_shift.unwrap_or(0) } else { 0 };
+                r.rcv_wnd = (tcp.window_len() as u32) << shift;
+            }
+        }
+        let wire_seq = new_seq.wrapping_sub(r.delta);
+        if wire_seq != seq {
+            let mut tcp = seg.tcp_mut();
+            let sum = update_checksum(tcp.checksum(), seq, wire_seq);
+            tcp.set_seq_number(TcpSeqNumber(wire_seq as i32));
+            tcp.set_checksum(sum);
+        }
+        Outgoing::Send
+    }
+}
+
+/// The window scale option of a SYN's options.
+pub(crate) fn window_scale(mut options: &[u8]) -> Option<u8> {
+    while !options.is_empty() {
+        let Ok((rest, option)) = TcpOption::parse(options) else { return None };
+        match option {
+            TcpOption::EndOfList => return None,
+            TcpOption::WindowScale(s) => return Some(s.min(14)),
+            _ => {}
+        }
+        options = rest;
+    }
+    None
+}
+
+/// A TCP checksum after a 32-bit field changed from `old` to `new`
+/// (RFC 1624: HC' = ~(~HC + ~m + m') for each 16-bit word).
+pub(crate) fn update_checksum(sum: u16, old: u32, new: u32) -> u16 {
+    let mut s = !sum as u32;
+    for (o, n) in [((old >> 16) as u16, (new >> 16) as u16), (old as u16, new as u16)] {
+        s += !o as u32 + n as u32;
+    }
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// A TCP segment in an Ethernet frame, found through the typed accessors:
+/// where its header starts and its addresses. Only IPv4 and IPv6 with TCP
+/// right after the fixed header (what the engine sends, and all the
+/// adapter judges) are recognised.
+pub(crate) struct TcpFrame<'a> {
+    frame: &'a mut [u8],
+    at: usize,
+    len: usize,
+    src: IpAddr,
+    dst: IpAddr,
+}
+
+impl<'a> TcpFrame<'a> {
+    pub(crate) fn new(frame: &'a mut [u8]) -> Option<TcpFrame<'a>> {
+        let eth = EthernetFrame::new_checked(&*frame).ok()?;
+        let header = EthernetFrame::<&[u8]>::header_len();
+        let (src, dst, at, len) = match eth.ethertype() {
+            EthernetProtocol::Ipv4 => {
+                let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+                if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+                    return None;
+                }
+                let hl = ip.header_len() as usize;
+                (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()), header + hl, ip.total_len() as usize - hl)
+            }
+            EthernetProtocol::Ipv6 => {
+                let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;
+                if ip.next_header() != IpProtocol::Tcp {
+                    return None;
+                }
+                (IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()), header + 40, ip.payload_len() as usize)
+            }
+            _ => return None,
+        };
+        let seg = TcpFrame { frame, at, len, src, dst };
+        TcpPacket::new_checked(&seg.frame[at..at + len]).ok()?;
+        Some(seg)
+    }
+
+    /// The connection, as the sender sees it.
+    pub(crate) fn tuple(&self) -> Tuple {
+        let tcp = self.tcp();
+        Tuple { local: self.src, remote: self.dst, local_port: tcp.src_port(), remote_port: tcp.dst_port() }
+    }
+
+    pub(crate) fn src(&self) -> IpAddr {
+        self.src
+    }
+
+    pub(crate) fn dst(&self) -> IpAddr {
+        self.dst
+    }
+
+    pub(crate) fn tcp(&self) -> TcpPacket<&[u8]> {
+        // `new` checked the length.
+        TcpPacket::new_unchecked(&self.frame[self.at..self.at + self.len])
+    }
+
+    pub(crate) fn tcp_mut(&mut self) -> TcpPacket<&mut [u8]> {
+        TcpPacket::new_unchecked(&mut self.frame[self.at..self.at + self.len])
+    }
+
+    /// Cuts the segment's payload, so that the engine sees its header only.
+    pub(crate) fn cut_payload(&mut self) {
+        let header = self.tcp().header_len() as usize;
+        self.len = header;
+        let eth = EthernetFrame::<&[u8]>::header_len();
+        match self.src {
+            IpAddr::V4(_) => {
+                let mut ip = Ipv4Packet::new_unchecked(&mut self.frame[eth..]);
+                let total = ip.header_len() as u16 + header as u16;
+                ip.set_total_len(total);
+                // The engine does not check received checksums.
+                ip.fill_checksum();
+            }
+            IpAddr::V6(_) => Ipv6Packet::new_unchecked(&mut self.frame[eth..]).set_payload_len(header as u16),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incremental_checksum_matches_a_full_one() {
+        let mut data = [0u8; 40];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (i * 37 + 11) as u8;
+        }
+        let sum = crate::wire::checksum(&data);
+        for new in [0u32, 1, 0xffff_ffff, 0x1234_5678, 0x8000_0000] {
+            let old = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+            let mut changed = data;
+            changed[4..8].copy_from_slice(&new.to_be_bytes());
+            let full = crate::wire::checksum(&changed);
+            let incremental = update_checksum(sum, old, new);
+            // 0x0000 and 0xffff are the same number in one's complement.
+            assert!(
+                full == incremental || (full == 0 && incremental == 0xffff) || (full == 0xffff && incremental == 0),
+                "{new:#x}: {full:#x} vs {incremental:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn sequence_comparisons_wrap() {
+        assert!(seq_lt(0xffff_fff0, 5));
+        assert!(!seq_lt(5, 0xffff_fff0));
+        assert!(seq_le(7, 7));
+    }
+}

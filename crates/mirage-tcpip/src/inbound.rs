@@ -1,0 +1,701 @@
+//! What happens to a received frame before the engine sees it: the
+//! driver asks [`judge`] for each well-formed frame.
+//!
+//! * Packets from a source address that cannot send (one of ours: a LAND
+//!   attack; multicast, broadcast, loopback) are dropped and counted.
+//! * IP fragments are dropped and counted: the stack does not reassemble.
+//! * ARP and NDP go through the neighbour-cache policy ([`crate::neighbor`]).
+//! * TCP for a listener is answered here ([`crate::handshake`]); TCP for a
+//!   connection is checked against RFC 5961 and translated
+//!   ([`crate::conns`]); TCP for a connection closed on this side and
+//!   waiting for the peer's FIN is answered from its small record.
+//!
+//! RFC 5961 in the engine (smoltcp 0.14): it answers an acknowledgment
+//! above SND.NXT with a challenge ACK (section 5), rate-limited to one a
+//! second per connection, and drops out-of-window resets; it ends a
+//! connection on any in-window reset and ignores a SYN on a synchronized
+//! connection. Here, a reset not exactly at RCV.NXT and a SYN are turned
+//! into a segment the engine answers with its challenge ACK (an ACK above
+//! SND.NXT, no payload): the engine fills in its true numbers and applies
+//! its per-connection limit, and a stack-wide limit of about a thousand a
+//! second, randomised each second (as Linux since 4.7, so that the count
+//! does not reveal to an off-path attacker which of its guesses hit),
+//! comes first. Segments acknowledging below SND.UNA by more than the
+//! largest window the peer offered are dropped with a challenge ACK; the
+//! engine drops any segment acknowledging below SND.UNA, so data whose
+//! acknowledgment is merely old (within that window) has it raised to
+//! SND.UNA and is accepted, as section 5.2 says.
+
+use alloc::vec::Vec;
+use core::net::IpAddr;
+
+use mirage_devices::net::Net;
+use mirage_runtime::time::{Duration, Instant};
+use smoltcp::iface::SocketHandle;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::wire::{IpAddress, IpListenEndpoint, NdiscRepr, TcpControl, TcpRepr, TcpSeqNumber};
+
+use crate::conns::{Record, Replay, TcpFrame, Tuple, seq_le, seq_lt};
+use crate::device::{Adapter, Summary};
+use crate::handshake::{self, Opts};
+use crate::neighbor::{Kind, ndisc};
+use crate::wire;
+use crate::{Inner, smol_now};
+
+/// What becomes of a frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The engine takes it.
+    Engine,
+    /// It is dropped (or was answered here).
+    Drop,
+    /// The engine takes it, and it completes a connection for the
+    /// listener on this port.
+    Accept(u16, SocketHandle, Tuple),
+}
+
+/// A replayed handshake the engine has not answered in this long is given
+/// up (its neighbour never resolved).
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Verdict {
+    let Some(fetched) = inner.link.fetched() else { return Verdict::Drop };
+    // What the engine would ignore as not addressed to this host (no
+    // checksum covers the Ethernet header) is dropped before anything is
+    // judged on it.
+    let to_us = fetched.dst == inner.link.mac;
+    if !to_us && fetched.dst[0] & 1 == 0 {
+        return Verdict::Drop;
+    }
+    match fetched.summary {
+        Summary::Arp(arp) => {
+            // Only what is aimed at one of our addresses reaches the cache.
+            if !inner.iface.has_ip_addr(IpAddress::Ipv4(arp.target_ip)) && neighbor_ok(arp.sender_mac) {
+                return Verdict::Engine;
+            }
+            let kind = if arp.op == 1 { Kind::Request } else { Kind::Reply };
+            let ours = inner.iface.has_ip_addr(IpAddress::Ipv4(arp.sender_ip));
+            if arp.sender_ip.is_unspecified() && arp.op == 1 && neighbor_ok(arp.sender_mac) {
+                // An address probe (RFC 5227): it teaches nothing.
+                return Verdict::Engine;
+            }
+            if ours || !inner.link.neighbors.judge(IpAddr::V4(arp.sender_ip), arp.sender_mac, kind, now) {
+                inner.link.stats.neighbor_refused += 1;
+                log::debug!("refused ARP: {} at {:02x?} (op {})", arp.sender_ip, arp.sender_mac, arp.op);
+                return Verdict::Drop;
+            }
+            Verdict::Engine
+        }
+        Summary::Ip { src, upper, fragment, extensions, at, len, .. } => {
+            if martian(inner, src) {
+                inner.link.stats.martians += 1;
+                return Verdict::Drop;
+            }
+            if fragment {
+                inner.link.stats.fragments += 1;
+                return Verdict::Drop;
+            }
+            match upper {
+                // TCP behind IPv6 extension headers would pass the checks
+                // below unseen; nothing legitimate sends it.
+                Some(wire::PROTO_TCP) if extensions => {
+                    inner.link.stats.malformed += 1;
+                    Verdict::Drop
+                }
+                // TCP sent to a broadcast or multicast Ethernet address is
+                // not for one host (as Linux, `PACKET_HOST`).
+                Some(wire::PROTO_TCP) if to_us => tcp_in(inner, net, fetched.src, now),
+                Some(wire::PROTO_TCP) => Verdict::Drop,
+                Some(wire::PROTO_ICMPV6) if src.is_ipv6() => {
+                    let IpAddr::V6(src) = src else { return Verdict::Engine };
+                    let told = match ndisc(&inner.link.frame()[at..at + len]) {
+                        Some(NdiscRepr::NeighborSolicit { lladdr: Some(ll), .. }) => Some((Kind::Request, ll)),
+                        Some(NdiscRepr::NeighborAdvert { lladdr: Some(ll), .. }) => Some((Kind::Reply, ll)),
+                        _ => None,
+                    };
+                    let Some((kind, ll)) = told else { return Verdict::Engine };
+                    let mac = <[u8; 6]>::try_from(ll.as_bytes()).unwrap_or([0; 6]);
+                    if !inner.link.neighbors.judge(IpAddr::V6(src), mac, kind, now) {
+                        inner.link.stats.neighbor_refused += 1;
+                        log::debug!("refused NDP: {src} at {mac:02x?}");
+                        return Verdict::Drop;
+                    }
+                    Verdict::Engine
+                }
+                _ => Verdict::Engine,
+            }
+        }
+        Summary::Other => Verdict::Engine,
+    }
+}
+
+fn neighbor_ok(mac: [u8; 6]) -> bool {
+    crate::neighbor::unicast(mac)
+}
+
+/// Whether `src` cannot be a packet's source: one of our addresses,
+/// multicast, broadcast, loopback.
+fn martian(inner: &Inner, src: IpAddr) -> bool {
+    if inner.iface.has_ip_addr(IpAddress::from(src)) {
+        return true;
+    }
+    match src {
+        IpAddr::V4(a) => {
+            let directed = inner.ipv4.is_some_and(|(ours, prefix)| {
+                prefix < 31 && {
+                    let host = u32::MAX >> prefix;
+                    u32::from(a) & !host == u32::from(ours) & !host && u32::from(a) & host == host
+                }
+            });
+            a.is_multicast() || a.is_broadcast() || a.is_loopback() || directed
+        }
+        IpAddr::V6(a) => a.is_multicast() || a.is_loopback(),
+    }
+}
+
+/// A received TCP segment, as the judge needs it.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    /// Seen from this side: local is the destination.
+    t: Tuple,
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    window: u16,
+    opts: Opts,
+    len: u32,
+    mac: [u8; 6],
+}
+
+fn segment(inner: &mut Inner, mac: [u8; 6]) -> Option<Seg> {
+    let frame = TcpFrame::new(inner.link.frame_mut())?;
+    let tcp = frame.tcp();
+    let (src, dst) = (IpAddress::from(frame.src()), IpAddress::from(frame.dst()));
+    // Segments the engine would refuse (bad flag combinations, port 0,
+    // broken options) are refused here.
+    let repr = TcpRepr::parse(&tcp, &src, &dst, &ChecksumCapabilities::ignored()).ok()?;
+    Some(Seg {
+        t: Tuple { local: frame.dst(), remote: frame.src(), local_port: repr.dst_port, remote_port: repr.src_port },
+        control: repr.control.quash_psh(),
+        seq: repr.seq_number.0 as u32,
+        ack: repr.ack_number.map(|a| a.0 as u32),
+        window: repr.window_len,
+        opts: Opts { mss: repr.max_seg_size.unwrap_or(536), wscale: repr.window_scale, sack: repr.sack_permitted },
+        len: repr.payload.len() as u32,
+        mac,
+    })
+}
+
+fn tcp_in<N: Net>(inner: &mut Inner, net: &mut N, mac: [u8; 6], now: Instant) -> Verdict {
+    let Some(seg) = segment(inner, mac) else { return Verdict::Drop };
+    if !inner.iface.has_ip_addr(IpAddress::from(seg.t.local)) {
+        return Verdict::Drop;
+    }
+    if let Some(rec) = inner.link.conns.table.get(&seg.t).cloned() {
+        return connection(inner, net, seg, rec, now);
+    }
+    if inner.lingering.contains(&seg.t) {
+        match lingering(inner, net, seg, now) {
+            Some(v) => return v,
+            // A SYN: the peer starts anew.
+            None => {
+                inner.lingering.remove(&seg.t);
+            }
+        }
+    }
+    if inner.listeners.contains_key(&seg.t.local_port) {
+        return listener(inner, net, seg, now);
+    }
+    // No connection and no listener: the engine answers with a reset.
+    Verdict::Engine
+}
+
+/// A segment for a connection the engine carries, whose record is `rec`.
+fn connection<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, rec: Record, now: Instant) -> Verdict {
+    let handle = rec.handle;
+    let state = inner.sockets.get::<tcp::Socket>(handle).state();
+    if let Some(replay) = rec.replay {
+        // The engine's side of the handshake is not done: the peer's
+        // retransmissions wait; its reset ends it.
+        if seg.control == TcpControl::Rst && seg.seq == replay.peer_isn.wrapping_add(1) {
+            inner.sockets.get_mut::<tcp::Socket>(handle).abort();
+            inner.link.conns.remove(&seg.t);
+            inner.orphan(handle, None, None, now);
+        }
+        return Verdict::Drop;
+    }
+    let synchronized = !matches!(state, State::Closed | State::Listen | State::SynSent | State::SynReceived);
+    if seg.control == TcpControl::Syn && seg.ack.is_none() && matches!(state, State::TimeWait | State::Closed) {
+        // The peer has forgotten the old connection and reuses its port
+        // (a client that lets the server close first has no TIME-WAIT of
+        // its own). Linux accepts such a SYN, and so does this: the old
+        // socket is closed, and the SYN is a new connection's.
+        inner.sockets.get_mut::<tcp::Socket>(handle).abort();
+        inner.link.conns.remove(&seg.t);
+        return if inner.listeners.contains_key(&seg.t.local_port) {
+            listener(inner, net, seg, now)
+        } else {
+            Verdict::Drop
+        };
+    }
+    if seg.control == TcpControl::Syn && synchronized {
+        inner.link.stats.syn_challenged += 1;
+        return challenge(inner, seg.t, now);
+    }
+    let ack = seg.ack.map(|a| a.wrapping_add(rec.delta));
+    if seg.control == TcpControl::Rst && synchronized {
+        match rec.rcv_nxt {
+            Some(nxt) if seg.seq == nxt => {}
+            Some(nxt) if seq_lt(nxt, seg.seq) && rec.in_window(seg.seq) => {
+                inner.link.stats.rst_challenged += 1;
+                return challenge(inner, seg.t, now);
+            }
+            Some(_) => return Verdict::Drop,
+            None => {}
+        }
+    }
+    let mut ack = ack;
+    if synchronized
+        && seg.control != TcpControl::Rst
+        && let (Some(a), Some(una)) = (ack, rec.snd_una)
+        && seq_lt(a, una)
+    {
+        if una.wrapping_sub(a) > rec.max_snd_wnd.max(1) {
+            inner.link.stats.ack_challenged += 1;
+            return challenge(inner, seg.t, now);
+        }
+        if seg.len > 0 || seg.control == TcpControl::Fin {
+            ack = Some(una);
+        }
+    }
+    if let (Some(a), Some(old)) = (ack, seg.ack)
+        && a != old
+        && let Some(mut frame) = TcpFrame::new(inner.link.frame_mut())
+    {
+        // The engine does not check received checksums.
+        frame.tcp_mut().set_ack_number(TcpSeqNumber(a as i32));
+    }
+    if let Some(r) = inner.link.conns.table.get_mut(&seg.t) {
+        r.heard(seg.seq, ack, seg.window, seg.control == TcpControl::Syn);
+        r.peer_mac = seg.mac;
+        if seg.len > 0 {
+            r.last_heard = now;
+        }
+    }
+    Verdict::Engine
+}
+
+/// Turns the received segment into one the engine answers with a
+/// challenge ACK and nothing else: an ACK above anything it sent, without
+/// payload. Dropped instead past the stack-wide rate limit.
+fn challenge(inner: &mut Inner, t: Tuple, now: Instant) -> Verdict {
+    let Some(max) = inner.link.conns.table.get(&t).and_then(|r| r.snd_max) else { return Verdict::Drop };
+    if !inner.challenges.allow(now) {
+        inner.link.stats.challenges_limited += 1;
+        return Verdict::Drop;
+    }
+    let Some(mut frame) = TcpFrame::new(inner.link.frame_mut()) else { return Verdict::Drop };
+    frame.cut_payload();
+    let mut tcp = frame.tcp_mut();
+    tcp.clear_flags();
+    tcp.set_ack(true);
+    tcp.set_ack_number(TcpSeqNumber(max.wrapping_add(1 << 30) as i32));
+    Verdict::Engine
+}
+
+/// A handshake's completing segment, waiting for the memory of a
+/// connection shed to make room for it.
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    frame: Vec<u8>,
+    since: Instant,
+}
+
+/// Segments waiting so at most, and for how long.
+const DEFERRED: usize = 64;
+const DEFER: Duration = Duration::from_secs(3);
+
+/// Keeps a copy of the received frame to judge again once there is room.
+fn defer(inner: &mut Inner, now: Instant) {
+    let frame = inner.link.frame();
+    let mut copy = Vec::new();
+    if inner.deferred.len() >= DEFERRED
+        || inner.deferred.try_reserve(1).is_err()
+        || copy.try_reserve_exact(frame.len()).is_err()
+    {
+        return;
+    }
+    copy.extend_from_slice(frame);
+    inner.deferred.push_back(Deferred { frame: copy, since: now });
+}
+
+/// Puts the oldest deferred segment back as the received frame if a
+/// connection fits now; whether it did.
+pub(crate) fn resume(inner: &mut Inner, now: Instant) -> bool {
+    while inner.deferred.front().is_some_and(|d| now.saturating_duration_since(d.since) > DEFER) {
+        inner.deferred.pop_front();
+    }
+    if !deferred_fits(inner) {
+        return false;
+    }
+    let Some(d) = inner.deferred.pop_front() else { return false };
+    inner.link.load(&d.frame);
+    true
+}
+
+/// Whether a deferred segment waits and a connection fits now.
+pub(crate) fn deferred_fits(inner: &Inner) -> bool {
+    !inner.deferred.is_empty() && !inner.link.conns.table.is_full() && (inner.config.may_hold)(connection_cost(inner))
+}
+
+/// The stack-wide limit on challenge ACKs.
+#[derive(Debug)]
+pub(crate) struct Challenges {
+    second: u64,
+    left: u32,
+    rng: u64,
+}
+
+impl Challenges {
+    pub(crate) fn new(seed: u64) -> Challenges {
+        Challenges { second: u64::MAX, left: 0, rng: seed | 1 }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        let second = now.as_nanos() / 1_000_000_000;
+        if second != self.second {
+            self.second = second;
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            // 500 to 1499 a second, 1000 on average.
+            self.left = 500 + (self.rng % 1000) as u32;
+        }
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+}
+
+/// A connection closed on this side whose socket is gone: what is left
+/// of it while the peer may still send its FIN (FIN-WAIT-2).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Linger {
+    /// Our next sequence number (after our FIN) and the peer's, as the
+    /// peer numbers them.
+    pub snd_nxt: u32,
+    pub rcv_nxt: u32,
+    pub rcv_wnd: u32,
+    pub until: Instant,
+}
+
+/// A segment for a lingering connection; `None` for a SYN, which starts
+/// a new connection.
+fn lingering<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> Option<Verdict> {
+    let l = *inner.lingering.get(&seg.t)?;
+    let in_window = seq_le(l.rcv_nxt, seg.seq) && seq_le(seg.seq, l.rcv_nxt.wrapping_add(l.rcv_wnd.max(1)));
+    let answer = match seg.control {
+        TcpControl::Syn if seg.ack.is_none() => return None,
+        TcpControl::Rst => {
+            if seg.seq == l.rcv_nxt {
+                inner.lingering.remove(&seg.t);
+            } else if in_window && inner.challenges.allow(now) {
+                inner.link.stats.rst_challenged += 1;
+                reply(inner, net, &seg, handshake::bare(&seg.t, TcpControl::None, l.snd_nxt, Some(l.rcv_nxt), 0));
+            }
+            return Some(Verdict::Drop);
+        }
+        // Data for a connection nobody reads any more: a reset, as Linux
+        // answers it (RFC 9293, 3.10.7.4, after a close).
+        _ if seg.len > 0 => {
+            inner.lingering.remove(&seg.t);
+            handshake::bare(&seg.t, TcpControl::Rst, l.snd_nxt, None, 0)
+        }
+        TcpControl::Fin if in_window => {
+            // The peer's close: acknowledged, and the connection is over
+            // (no TIME-WAIT is kept, as for connections with a socket).
+            inner.lingering.remove(&seg.t);
+            handshake::bare(&seg.t, TcpControl::None, l.snd_nxt, Some(seg.seq.wrapping_add(1)), 0)
+        }
+        // A keep-alive probe gets its ACK; other ACKs need none.
+        _ if seg.seq == l.rcv_nxt.wrapping_sub(1) => {
+            handshake::bare(&seg.t, TcpControl::None, l.snd_nxt, Some(l.rcv_nxt), 0)
+        }
+        _ => return Some(Verdict::Drop),
+    };
+    reply(inner, net, &seg, answer);
+    Some(Verdict::Drop)
+}
+
+/// Sends `repr` back to where `seg` came from.
+fn reply<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, repr: TcpRepr) {
+    let len = handshake::frame_len(seg.t.local, &repr);
+    let mac = inner.link.mac;
+    Adapter { net, link: &mut inner.link }
+        .send(len, |buf| handshake::emit(buf, mac, seg.mac, seg.t.local, seg.t.remote, &repr));
+}
+
+/// Refuses a connection: a reset for its SYN or its ACK.
+fn refuse<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg) {
+    let repr = match seg.ack {
+        Some(a) => handshake::bare(&seg.t, TcpControl::Rst, a, None, 0),
+        None => handshake::bare(&seg.t, TcpControl::Rst, 0, Some(seg.seq.wrapping_add(1 + seg.len)), 0),
+    };
+    reply(inner, net, seg, repr);
+}
+
+/// The bytes a new connection makes the heap hold: its buffers, its
+/// socket, its record.
+pub(crate) fn connection_cost(inner: &Inner) -> usize {
+    2 * inner.config.tcp_buffer + 2048
+}
+
+/// Whether a new connection may be made now.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Yes,
+    /// Room is being made by shedding a connection: the segment is
+    /// dropped, and the client's retry gets in.
+    Later,
+    /// Refused with a reset.
+    No,
+}
+
+/// Whether a new connection fits now; at its completing ACK (`complete`)
+/// a connection is shed to make room if it does not. Shedding waits for
+/// the ACK: a SYN may come from a forged address, and a flood of them must
+/// not reset real connections. A SYN is answered when a connection could
+/// be shed, and refused otherwise.
+fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, now: Instant) -> Admit {
+    let full = inner.link.conns.table.is_full();
+    if !full && (inner.config.may_hold)(connection_cost(inner)) {
+        return Admit::Yes;
+    }
+    match complete {
+        true if crate::tcp::shed(inner, now) => return Admit::Later,
+        false if crate::tcp::sheddable(inner, now) => return Admit::Yes,
+        _ => {}
+    }
+    if full {
+        inner.link.stats.refused_limit += 1;
+    } else {
+        inner.link.stats.refused_memory += 1;
+    }
+    refuse(inner, net, seg);
+    Admit::No
+}
+
+/// A segment for a listener, from a peer without a connection.
+fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> Verdict {
+    let port = seg.t.local_port;
+    match (seg.control, seg.ack) {
+        (TcpControl::Syn, None) => {
+            // Data on a SYN is not taken (no TCP Fast Open): the peer sends
+            // it again once the handshake is done.
+            let Some(l) = inner.listeners.get(&port) else { return Verdict::Drop };
+            if l.waiting() >= l.backlog {
+                // The application is not accepting: drop the SYN, as Linux
+                // does, and let the client retry.
+                inner.link.stats.listen_overflows += 1;
+                return Verdict::Drop;
+            }
+            if admit(inner, net, &seg, false, now) != Admit::Yes {
+                return Verdict::Drop;
+            }
+            let isn = match inner.handshakes.queue.get(&seg.t) {
+                // A retransmitted SYN: the same answer.
+                Some(h) if h.peer_isn == seg.seq => h.isn,
+                _ => {
+                    let isn = inner.handshakes.cookie(&seg.t, seg.seq, seg.opts, now);
+                    if !inner.handshakes.remember(seg.t, seg.seq, isn, seg.opts, seg.mac, now) {
+                        inner.handshakes.queue.remove(&seg.t);
+                        inner.link.stats.syn_cookies += 1;
+                    }
+                    isn
+                }
+            };
+            let repr = handshake::syn_ack(&seg.t, seg.seq, isn, seg.opts, inner.mtu, inner.config.tcp_buffer);
+            reply(inner, net, &seg, repr);
+            Verdict::Drop
+        }
+        (TcpControl::Rst, _) => {
+            if inner.handshakes.queue.get(&seg.t).is_some_and(|h| h.peer_isn.wrapping_add(1) == seg.seq) {
+                inner.handshakes.queue.remove(&seg.t);
+            }
+            Verdict::Drop
+        }
+        (TcpControl::None | TcpControl::Fin, Some(ack)) => {
+            let isn = ack.wrapping_sub(1);
+            // With an entry, any segment acknowledging our SYN completes the
+            // handshake, the first ACK or data after it (reordered, or the
+            // ACK was lost); from a cookie alone, only the segment right
+            // after the peer's SYN can be checked.
+            let known = inner.handshakes.queue.get(&seg.t).copied().filter(|h| {
+                h.isn == isn
+                    && seq_le(h.peer_isn.wrapping_add(1), seg.seq)
+                    && seq_lt(seg.seq, h.peer_isn.wrapping_add(1 << 30))
+            });
+            let found = match known {
+                Some(h) => {
+                    inner.handshakes.queue.remove(&seg.t);
+                    Some((h.peer_isn, h.opts))
+                }
+                None => {
+                    let peer_isn = seg.seq.wrapping_sub(1);
+                    let opts = inner.handshakes.check(&seg.t, peer_isn, isn, now);
+                    if opts.is_some() {
+                        inner.handshakes.queue.remove(&seg.t);
+                        inner.link.stats.cookies_accepted += 1;
+                    }
+                    opts.map(|o| (peer_isn, o))
+                }
+            };
+            match found {
+                Some((peer_isn, opts)) => {
+                    match admit(inner, net, &seg, true, now) {
+                        Admit::Yes => {}
+                        // Room is being made: the segment waits for it (or,
+                        // if it cannot, the half-open entry stays for its
+                        // SYN-ACK retransmission to bring the peer's ACK
+                        // again).
+                        Admit::Later => {
+                            inner.handshakes.remember(seg.t, peer_isn, isn, opts, seg.mac, now);
+                            defer(inner, now);
+                            return Verdict::Drop;
+                        }
+                        Admit::No => return Verdict::Drop,
+                    }
+                    complete(inner, net, seg, peer_isn, isn, opts, now)
+                }
+                // Not a handshake of ours: the engine answers with a reset.
+                None => Verdict::Engine,
+            }
+        }
+        _ => Verdict::Engine,
+    }
+}
+
+/// Hands a completed handshake to the engine: a fresh socket, the
+/// peer's SYN replayed into it, then (once the engine's SYN-ACK has shown
+/// its sequence number) the peer's ACK.
+fn complete<N: Net>(
+    inner: &mut Inner,
+    net: &mut N,
+    seg: Seg,
+    peer_isn: u32,
+    isn: u32,
+    opts: Opts,
+    now: Instant,
+) -> Verdict {
+    let Some(handle) = inner.tcp_socket() else {
+        inner.link.stats.refused_memory += 1;
+        refuse(inner, net, &seg);
+        return Verdict::Drop;
+    };
+    let endpoint = IpListenEndpoint { addr: Some(IpAddress::from(seg.t.local)), port: seg.t.local_port };
+    // Cannot fail: the socket is new and the port is not 0.
+    let _ = inner.sockets.get_mut::<tcp::Socket>(handle).listen(endpoint);
+    let mut rec = Record::new(handle, now);
+    rec.replay = Some(Replay { wire_isn: isn, engine_isn: None, peer_isn, window: seg.window, since: now });
+    rec.peer_shift = opts.wscale;
+    rec.peer_mac = seg.mac;
+    if inner.link.conns.insert(seg.t, rec).is_err() {
+        inner.remove_socket(handle);
+        inner.link.stats.refused_memory += 1;
+        refuse(inner, net, &seg);
+        return Verdict::Drop;
+    }
+    let syn = TcpRepr {
+        src_port: seg.t.remote_port,
+        dst_port: seg.t.local_port,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(peer_isn as i32),
+        ack_number: None,
+        window_len: seg.window,
+        window_scale: opts.wscale,
+        max_seg_size: Some(opts.mss),
+        sack_permitted: opts.sack,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let (ours, len) = (inner.link.mac, handshake::frame_len(seg.t.remote, &syn));
+    inner.link.make(len, |buf| handshake::emit(buf, seg.mac, ours, seg.t.remote, seg.t.local, &syn));
+    let smol = smol_now();
+    let Inner { iface, sockets, link, .. } = inner;
+    let mut dev = Adapter { net, link };
+    iface.poll_ingress_single(smol, &mut dev, sockets);
+    for _ in 0..64 {
+        let captured =
+            dev.link.conns.table.get(&seg.t).is_some_and(|r| r.replay.is_some_and(|p| p.engine_isn.is_some()));
+        if captured || iface.poll_egress(smol, &mut dev, sockets) == smoltcp::iface::PollResult::None {
+            break;
+        }
+    }
+    let Some(rec) = inner.link.conns.table.get(&seg.t) else { return Verdict::Drop };
+    if rec.replay.is_some_and(|p| p.engine_isn.is_none()) {
+        // The engine does not know where the peer is on the link yet (it
+        // sent a neighbour request instead of its SYN-ACK): the handshake
+        // ends when it answers ([`finish_replays`]).
+        return Verdict::Drop;
+    }
+    inner.link.conns.replayed(&seg.t);
+    let Some(rec) = inner.link.conns.table.get(&seg.t).cloned() else { return Verdict::Drop };
+    match connection(inner, net, seg, rec, now) {
+        Verdict::Engine => Verdict::Accept(seg.t.local_port, handle, seg.t),
+        other => other,
+    }
+}
+
+/// Ends the replayed handshakes whose SYN-ACK the engine sent late (and
+/// gives up those it never sent): a made-up ACK from the peer completes
+/// each. Calls `accepted` for each connection established.
+pub(crate) fn finish_replays<N: Net>(
+    inner: &mut Inner,
+    net: &mut N,
+    now: Instant,
+    mut accepted: impl FnMut(&mut Inner, u16, SocketHandle, Tuple),
+) {
+    if inner.link.conns.replaying == 0 {
+        return;
+    }
+    let mut due = None;
+    let mut stale = None;
+    for (t, r) in inner.link.conns.table.iter() {
+        let Some(p) = r.replay else { continue };
+        if p.engine_isn.is_some() {
+            due = Some((*t, r.handle, p, r.peer_mac));
+            break;
+        }
+        if now.saturating_duration_since(p.since) > REPLAY_TIMEOUT {
+            stale = Some((*t, r.handle));
+        }
+    }
+    if let Some((t, handle)) = stale {
+        inner.sockets.get_mut::<tcp::Socket>(handle).abort();
+        inner.link.conns.remove(&t);
+        inner.link.stats.timed_out += 1;
+        inner.orphan(handle, None, None, now);
+    }
+    // One at a time: each ingests a frame. The driver calls again on its
+    // next round.
+    let Some((t, handle, p, mac)) = due else { return };
+    let Some(engine_isn) = p.engine_isn else { return };
+    let ack = handshake::bare(
+        &Tuple { local: t.remote, remote: t.local, local_port: t.remote_port, remote_port: t.local_port },
+        TcpControl::None,
+        p.peer_isn.wrapping_add(1),
+        Some(engine_isn.wrapping_add(1)),
+        p.window,
+    );
+    let (ours, len) = (inner.link.mac, handshake::frame_len(t.remote, &ack));
+    inner.link.make(len, |buf| handshake::emit(buf, mac, ours, t.remote, t.local, &ack));
+    inner.link.conns.replayed(&t);
+    let smol = smol_now();
+    let Inner { iface, sockets, link, .. } = inner;
+    iface.poll_ingress_single(smol, &mut Adapter { net, link }, sockets);
+    accepted(inner, t.local_port, handle, t);
+}

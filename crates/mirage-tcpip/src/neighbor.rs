@@ -1,0 +1,196 @@
+//! The neighbour-cache policy: which ARP and NDP packets may reach the
+//! engine, whose cache takes the sender's hardware address from any that
+//! is aimed at this host.
+//!
+//! * A hardware address that is zero, broadcast or multicast is never
+//!   accepted, in an ARP sender field or an NDP link-layer option.
+//! * A reply (ARP reply, neighbour advertisement) is *solicited* when this
+//!   host asked for that address in the last few seconds. A solicited
+//!   reply may create an entry or change one.
+//! * An unsolicited reply, or a request (whose sender the engine also
+//!   learns), may refresh an entry with the same hardware address. A
+//!   request may create an entry that does not exist, except for a
+//!   gateway's address, which only a solicited reply sets: the gateway
+//!   carries all traffic off the link, the entry worth poisoning. Nothing
+//!   unsolicited changes the hardware address of a live entry.
+//! * Gratuitous ARP (sender and target address the same) is not aimed at
+//!   this host and the engine ignores it: it changes nothing.
+//!
+//! So a host whose hardware address really changes is reached again when
+//! the old entry expires (60 s) and the engine asks anew. Entries are
+//! followed here as the engine makes them (60 s from the last fill); when
+//! the engine forgets one sooner (its cache holds 16) it asks, and the
+//! answer is solicited.
+
+use core::net::IpAddr;
+
+use mirage_runtime::time::{Duration, Instant};
+use smoltcp::wire::{EthernetFrame, EthernetProtocol, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Packet, NdiscRepr};
+
+use crate::table::Table;
+use crate::wire;
+
+/// How long the engine keeps an entry (smoltcp's `ENTRY_LIFETIME`).
+const LIFETIME: Duration = Duration::from_secs(60);
+/// How long after asking a reply counts as solicited.
+const ASKED: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// An ARP request or neighbour solicitation aimed at this host.
+    Request,
+    /// An ARP reply or neighbour advertisement.
+    Reply,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    mac: [u8; 6],
+    until: Instant,
+}
+
+pub(crate) struct Neighbors {
+    known: Table<IpAddr, Known>,
+    asked: Table<IpAddr, Instant>,
+    pub gateways: [Option<IpAddr>; 2],
+}
+
+impl core::fmt::Debug for Neighbors {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Neighbors").field("known", &self.known).field("gateways", &self.gateways).finish()
+    }
+}
+
+/// Whether a hardware address can be a neighbour's.
+pub(crate) fn unicast(mac: [u8; 6]) -> bool {
+    mac != [0; 6] && mac[0] & 1 == 0
+}
+
+impl Neighbors {
+    pub(crate) fn new(key: (u64, u64)) -> Neighbors {
+        Neighbors { known: Table::new(key, 256), asked: Table::new((key.1, key.0), 256), gateways: [None; 2] }
+    }
+
+    /// Whether a packet telling that `ip` is at `mac` may reach the engine.
+    pub(crate) fn judge(&mut self, ip: IpAddr, mac: [u8; 6], kind: Kind, now: Instant) -> bool {
+        if !unicast(mac) {
+            return false;
+        }
+        let until = now + LIFETIME;
+        if kind == Kind::Reply && self.asked.get(&ip).is_some_and(|&t| now < t) {
+            self.asked.remove(&ip);
+            return self.learn(ip, mac, now);
+        }
+        match self.known.get_mut(&ip) {
+            Some(k) if now < k.until => {
+                if k.mac != mac {
+                    return false;
+                }
+                k.until = until;
+                true
+            }
+            _ => kind == Kind::Request && !self.gateways.contains(&Some(ip)) && self.learn(ip, mac, now),
+        }
+    }
+
+    /// Follows an entry the engine makes; false when it cannot be
+    /// followed (then the engine must not make it).
+    fn learn(&mut self, ip: IpAddr, mac: [u8; 6], now: Instant) -> bool {
+        if self.known.is_full() {
+            self.known.retain(|_, k| now < k.until);
+        }
+        self.known.insert(ip, Known { mac, until: now + LIFETIME }).is_ok()
+    }
+
+    /// Notes the ARP requests and neighbour solicitations this host sends.
+    pub(crate) fn outgoing(&mut self, frame: &[u8], now: Instant) {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else { return };
+        let target = match eth.ethertype() {
+            EthernetProtocol::Arp => match wire::parse_arp(eth.payload()) {
+                Ok(arp) if arp.op == 1 => IpAddr::V4(arp.target_ip),
+                _ => return,
+            },
+            EthernetProtocol::Ipv6 => {
+                let Ok(ip) = Ipv6Packet::new_checked(eth.payload()) else { return };
+                if ip.next_header() != IpProtocol::Icmpv6 {
+                    return;
+                }
+                match ndisc(ip.payload()) {
+                    Some(NdiscRepr::NeighborSolicit { target_addr, .. }) => IpAddr::V6(target_addr),
+                    _ => return,
+                }
+            }
+            _ => return,
+        };
+        if self.asked.is_full() {
+            self.asked.retain(|_, t| now < *t);
+        }
+        let _ = self.asked.insert(target, now + ASKED);
+    }
+
+    /// Forgets what expired.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        self.known.retain(|_, k| now < k.until);
+        self.asked.retain(|_, t| now < *t);
+        self.known.shrink();
+        self.asked.shrink();
+    }
+}
+
+/// The neighbour discovery message in an ICMPv6 packet, if it is one.
+pub(crate) fn ndisc(icmp: &[u8]) -> Option<NdiscRepr<'_>> {
+    let packet = Icmpv6Packet::new_checked(icmp).ok()?;
+    // Received checksums were checked by `wire::parse`; sent ones are
+    // the engine's own. Only the message's shape matters here.
+    let any = core::net::Ipv6Addr::UNSPECIFIED;
+    match Icmpv6Repr::parse(&any, &any, &packet, &smoltcp::phy::ChecksumCapabilities::ignored()).ok()? {
+        Icmpv6Repr::Ndisc(n) => Some(n),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::net::Ipv4Addr;
+
+    const GW: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    const HOST: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7));
+    const M1: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const M2: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    #[test]
+    fn the_policy() {
+        let t = Instant(1_000_000_000);
+        let mut n = Neighbors::new((1, 2));
+        n.gateways[0] = Some(GW);
+        // Nonsense addresses, whatever the kind.
+        for bad in [[0; 6], [0xff; 6], [1, 0, 0x5e, 0, 0, 1], [0x33, 0x33, 0, 0, 0, 1]] {
+            assert!(!n.judge(HOST, bad, Kind::Request, t));
+            assert!(!n.judge(HOST, bad, Kind::Reply, t));
+        }
+        // A request creates, an unsolicited reply does not.
+        assert!(!n.judge(HOST, M1, Kind::Reply, t));
+        assert!(n.judge(HOST, M1, Kind::Request, t));
+        // Refresh with the same address; no change to another.
+        assert!(n.judge(HOST, M1, Kind::Reply, t));
+        assert!(!n.judge(HOST, M2, Kind::Request, t));
+        assert!(!n.judge(HOST, M2, Kind::Reply, t));
+        // The gateway: not from a request, only from a solicited reply.
+        assert!(!n.judge(GW, M1, Kind::Request, t));
+        let mut arp = alloc::vec![0xffu8; 6];
+        arp.extend_from_slice(&M2);
+        arp.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&M2);
+        arp.extend_from_slice(&[10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 10, 0, 0, 1]);
+        n.outgoing(&arp, t);
+        assert!(n.judge(GW, M1, Kind::Reply, t + Duration::from_secs(1)));
+        // A second, unsolicited reply may not move it.
+        assert!(!n.judge(GW, M2, Kind::Reply, t + Duration::from_secs(2)));
+        // Once the entry has expired, a request may create it again (not
+        // for the gateway).
+        let later = t + Duration::from_secs(120);
+        assert!(n.judge(HOST, M2, Kind::Request, later));
+        assert!(!n.judge(GW, M2, Kind::Request, later));
+    }
+}
