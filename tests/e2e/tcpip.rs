@@ -222,6 +222,10 @@ pub fn cases(v: &mut Vec<Case>) {
             dnsmasq.wait_for("DHCP, IP range", Duration::from_secs(10))?;
             // No --ipv4: the stack asks for a lease.
             let g = start(&ns, t, &[])?;
+            let out = g.output();
+            if !out.contains("DHCP: leased ") || !out.contains(", router 10.0.0.1") || out.contains("Some(") {
+                return Err(format!("the lease is not logged as 'DHCP: leased ADDR/PREFIX, router 10.0.0.1':\n{out}"));
+            }
             let line = g.output().lines().find(|l| l.starts_with("network: ")).unwrap_or_default().to_string();
             let addr: Ipv4Addr = line
                 .strip_prefix("network: ")
@@ -240,6 +244,18 @@ pub fn cases(v: &mut Vec<Case>) {
             }
             tcp_echo_clients(&ns, SocketAddr::new(addr.into(), 7), 2, 1000)
         }));
+        v.push(case(format!("{t}::tcpip_says_while_no_dhcp_server_answers"), n, move || {
+            let ns = Netns::new()?;
+            // No --ipv4 and no DHCP server: the wait is logged, with the fix.
+            let mut c = ns.unikernel(t, &example(t, "network")?, &["--net:service=tap0"]);
+            c.arg("--logs=tcpip:warn");
+            let mut g = Background::start(c)?;
+            g.wait_for("DHCP: still waiting for a lease after 5 s", Duration::from_secs(20))?;
+            if !g.output().contains("--ipv4=ADDRESS/PREFIX sets an address") {
+                return Err(format!("the waiting line does not say how to set an address:\n{}", g.output()));
+            }
+            Ok(())
+        }));
         v.push(case(format!("{t}::tcpip_echoes_100_concurrent_tcp_clients"), n, move || {
             let ns = Netns::new()?;
             let _g = start(&ns, t, &["--ipv4=10.0.0.2/24"])?;
@@ -252,7 +268,7 @@ pub fn cases(v: &mut Vec<Case>) {
         }));
         v.push(case(format!("{t}::tcpip_counts_and_drops_malformed_frames"), n, move || {
             let ns = Netns::new()?;
-            let mut g = start(&ns, t, &["--ipv4=10.0.0.2/24", "--logs=mirage_tcpip::device:debug"])?;
+            let mut g = start(&ns, t, &["--ipv4=10.0.0.2/24", "--logs=tcpip:debug"])?;
             let frames = malformed_frames();
             // Paced: a burst longer than the tap's queue (500 frames)
             // would be cut by the host kernel before the guest reads it.

@@ -81,7 +81,7 @@ impl Link {
     #[cold]
     fn malformed(&mut self, why: impl core::fmt::Display) {
         self.stats.malformed += 1;
-        log::debug!("dropped a malformed frame: {why} ({} so far)", self.stats.malformed);
+        log::debug!(target: "tcpip", "dropped a malformed frame: {why} ({} so far)", self.stats.malformed);
     }
 
     /// The received frame waiting for the engine.

@@ -36,7 +36,7 @@ pub(crate) async fn run<N: Net>(shared: Rc<Shared>, mut net: N) {
             (delay, busy, inner.link.failed.take())
         };
         if let Some(e) = failed {
-            log::error!("network interface failed: {e}; the stack stops");
+            log::error!(target: "tcpip", "network interface failed: {e}; the stack stops");
             return;
         }
         if busy {
@@ -65,7 +65,7 @@ pub(crate) async fn run<N: Net>(shared: Rc<Shared>, mut net: N) {
         let woken = select(net.readable(), select(timer, kicked)).await;
         shared.driver.borrow_mut().take();
         if let Either::Left(Err(e)) = woken {
-            log::error!("network interface failed: {e}; the stack stops");
+            log::error!(target: "tcpip", "network interface failed: {e}; the stack stops");
             return;
         }
     }
@@ -171,7 +171,10 @@ fn dhcp(inner: &mut Inner) {
         None => {}
         Some(dhcpv4::Event::Configured(c)) => {
             let (addr, prefix) = (c.address.address(), c.address.prefix_len());
-            log::info!("DHCP: leased {addr}/{prefix}, router {:?}", c.router);
+            match c.router {
+                Some(r) => log::info!(target: "tcpip::dhcp", "DHCP: leased {addr}/{prefix}, router {r}"),
+                None => log::info!(target: "tcpip::dhcp", "DHCP: leased {addr}/{prefix}, no router"),
+            }
             inner.iface.update_ip_addrs(|addrs| {
                 addrs.retain(|a| !matches!(a.address(), IpAddress::Ipv4(_)));
                 let _ = addrs.push(IpCidr::Ipv4(c.address));
@@ -193,7 +196,7 @@ fn dhcp(inner: &mut Inner) {
         Some(dhcpv4::Event::Deconfigured) => {
             // The engine reports this once at start as well.
             if inner.ipv4.is_some() {
-                log::warn!("DHCP: lease lost");
+                log::warn!(target: "tcpip::dhcp", "DHCP: lease lost");
             }
             inner.iface.update_ip_addrs(|addrs| addrs.retain(|a| !matches!(a.address(), IpAddress::Ipv4(_))));
             inner.iface.routes_mut().remove_default_ipv4_route();

@@ -82,7 +82,7 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
             }
             if ours || !inner.link.neighbors.judge(IpAddr::V4(arp.sender_ip), arp.sender_mac, kind, now) {
                 inner.link.stats.neighbor_refused += 1;
-                log::debug!("refused ARP: {} at {:02x?} (op {})", arp.sender_ip, arp.sender_mac, arp.op);
+                log::debug!(target: "tcpip", "refused ARP: {} at {:02x?} (op {})", arp.sender_ip, arp.sender_mac, arp.op);
                 return Verdict::Drop;
             }
             Verdict::Engine
@@ -118,7 +118,7 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
                     let mac = <[u8; 6]>::try_from(ll.as_bytes()).unwrap_or([0; 6]);
                     if !inner.link.neighbors.judge(IpAddr::V6(src), mac, kind, now) {
                         inner.link.stats.neighbor_refused += 1;
-                        log::debug!("refused NDP: {src} at {mac:02x?}");
+                        log::debug!(target: "tcpip", "refused NDP: {src} at {mac:02x?}");
                         return Verdict::Drop;
                     }
                     Verdict::Engine

@@ -514,9 +514,11 @@ impl Stack {
     }
 
     /// Waits until the stack has an IPv4 address (at once if static; when
-    /// DHCP gets a lease otherwise).
+    /// DHCP gets a lease otherwise). While DHCP waits it says so, after 5 s
+    /// and then at doubling intervals up to a minute, so that a network
+    /// without a DHCP server is not a silent hang.
     pub async fn configured(&self) -> (Ipv4Addr, u8) {
-        core::future::poll_fn(|cx| {
+        let lease = core::future::poll_fn(|cx| {
             self.with(|i| match i.ipv4 {
                 Some(a) => core::task::Poll::Ready(a),
                 None => {
@@ -524,8 +526,23 @@ impl Stack {
                     core::task::Poll::Pending
                 }
             })
-        })
-        .await
+        });
+        let mut lease = core::pin::pin!(lease);
+        let (mut waited, mut interval) = (Duration::ZERO, Duration::from_secs(5));
+        loop {
+            match mirage_runtime::select(lease.as_mut(), mirage_runtime::time::sleep(interval)).await {
+                mirage_runtime::Either::Left(a) => return a,
+                mirage_runtime::Either::Right(()) => {
+                    waited += interval;
+                    log::warn!(
+                        target: "tcpip::dhcp",
+                        "DHCP: still waiting for a lease after {} s (is a DHCP server on this network? --ipv4=ADDRESS/PREFIX sets an address)",
+                        waited.as_secs()
+                    );
+                    interval = (interval * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
     }
 
     /// Counters.
