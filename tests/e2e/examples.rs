@@ -99,7 +99,9 @@ pub fn cases(v: &mut Vec<Case>) {
             let r = boot(t, "kv-ro", &[], quiet(t))?;
             r.expect_status(0)?;
             r.expect_stdout("secret: The answer is 42.")?;
-            r.expect_stdout("/secret: 18 bytes, sha256 dc5ed57b50f4f32321b34961f763c47c50ac952276a8b3e27404ed9af8ed308e")?;
+            r.expect_stdout(
+                "/secret: 18 bytes, sha256 dc5ed57b50f4f32321b34961f763c47c50ac952276a8b3e27404ed9af8ed308e",
+            )?;
             r.expect_stdout("/sub/")?;
             r.expect_stdout("sub/hello.txt begins with \"Hello\"")
         }));

@@ -125,7 +125,9 @@ fn read_response_to(s: &mut TcpStream, buf: &mut Vec<u8>, head_request: bool) ->
                 .ok_or_else(|| format!("not a status line: {head:?}"))?;
             let len: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+                })
                 .unwrap_or(0);
             let no_body = status == 304 || status == 100 || head_request;
             let total = end + 4 + if no_body { 0 } else { len };
@@ -140,7 +142,8 @@ fn read_response_to(s: &mut TcpStream, buf: &mut Vec<u8>, head_request: bool) ->
             buf.drain(..total);
             return Ok(Raw { status, head, body });
         }
-        let n = s.read(&mut chunk).map_err(|e| format!("reading a head: {e} (have {:?})", String::from_utf8_lossy(buf)))?;
+        let n =
+            s.read(&mut chunk).map_err(|e| format!("reading a head: {e} (have {:?})", String::from_utf8_lossy(buf)))?;
         if n == 0 {
             return Err(format!("the connection closed before a response (have {:?})", String::from_utf8_lossy(buf)));
         }
@@ -229,8 +232,16 @@ fn serves_to_curl(ns: &Netns) -> Result<(), String> {
     // Conditional GET.
     expect(&curl(ns, "/", &["-H", &format!("If-None-Match: {etag}")])?, 304, "If-None-Match: the ETag")?;
     expect(&curl(ns, "/", &["-H", "If-None-Match: \"other\""])?, 200, "If-None-Match: another tag")?;
-    expect(&curl(ns, "/", &["-H", &format!("If-Modified-Since: {modified}")])?, 304, "If-Modified-Since: Last-Modified")?;
-    expect(&curl(ns, "/", &["-H", "If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT"])?, 200, "If-Modified-Since: 1970")?;
+    expect(
+        &curl(ns, "/", &["-H", &format!("If-Modified-Since: {modified}")])?,
+        304,
+        "If-Modified-Since: Last-Modified",
+    )?;
+    expect(
+        &curl(ns, "/", &["-H", "If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT"])?,
+        200,
+        "If-Modified-Since: 1970",
+    )?;
     // Ranges.
     let g = curl(ns, "/", &["-r", "0-9"])?;
     expect(&g, 206, "Range: bytes=0-9")?;
@@ -268,7 +279,9 @@ fn serves_to_curl(ns: &Netns) -> Result<(), String> {
     expect(&curl(ns, "/", &["--http1.0"])?, 200, "HTTP/1.0")?;
     // Two requests in one curl run share one connection.
     let mut c: Command = ns.command("curl");
-    c.args(["-s", "-v", "-o", "/dev/null", "-o", "/dev/null"]).arg(format!("http://{GUEST}/")).arg(format!("http://{GUEST}/css/site.css"));
+    c.args(["-s", "-v", "-o", "/dev/null", "-o", "/dev/null"])
+        .arg(format!("http://{GUEST}/"))
+        .arg(format!("http://{GUEST}/css/site.css"));
     let r = run_with(c, Duration::from_secs(20))?;
     if !r.stderr.contains("Re-using existing connection") && !r.stderr.contains("Reusing existing connection") {
         return Err(format!("curl did not reuse the connection:\n{}", r.stderr));
@@ -335,11 +348,13 @@ fn raw_requests() -> Result<(), String> {
     // at once, as Linux accepts it.
     let port = 40_000 + (std::process::id() % 20_000) as u16;
     for i in 0..3 {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).map_err(|e| e.to_string())?;
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).map_err(|e| e.to_string())?;
         sock.set_reuse_address(true).map_err(|e| e.to_string())?;
         sock.bind(&SocketAddr::from(([10, 0, 0, 1], port)).into()).map_err(|e| format!("bind port {port}: {e}"))?;
         let started = Instant::now();
-        sock.connect_timeout(&addr().into(), Duration::from_secs(5)).map_err(|e| format!("connection {i} from port {port}: {e}"))?;
+        sock.connect_timeout(&addr().into(), Duration::from_secs(5))
+            .map_err(|e| format!("connection {i} from port {port}: {e}"))?;
         if started.elapsed() > Duration::from_millis(500) {
             return Err(format!("connection {i} from port {port} took {:?}", started.elapsed()));
         }
@@ -349,7 +364,10 @@ fn raw_requests() -> Result<(), String> {
         let mut all = Vec::new();
         s.read_to_end(&mut all).map_err(|e| format!("connection {i}: {e}"))?;
         if !all.starts_with(b"HTTP/1.1 200 ") {
-            return Err(format!("connection {i} from port {port}: {:?}", String::from_utf8_lossy(&all[..all.len().min(60)])));
+            return Err(format!(
+                "connection {i} from port {port}: {:?}",
+                String::from_utf8_lossy(&all[..all.len().min(60)])
+            ));
         }
         drop(s);
         // Our FIN and the server's ACK, so that the port is free again.
@@ -374,7 +392,10 @@ fn request_details() -> Result<(), String> {
     let (r, _) = raw(b"GET //docs HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?;
     let location = r.head.lines().find_map(|l| l.strip_prefix("Location: ")).unwrap_or("");
     if r.status != 301 || location != "/docs/" {
-        return Err(format!("GET //docs: {} to {location:?} (want 301 to \"/docs/\", never \"//docs/\", another host)", r.status));
+        return Err(format!(
+            "GET //docs: {} to {location:?} (want 301 to \"/docs/\", never \"//docs/\", another host)",
+            r.status
+        ));
     }
     refused(&[
         (&b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"[..], 400, "a space in the target"),
@@ -386,7 +407,10 @@ fn request_details() -> Result<(), String> {
     ])?;
     let (r, _) = raw(b"GET / HTTP/1.1\r\nHost: 10.0.0.2:80\r\nIf-Modified-Since: Thu, 01 Jan 2099 00:00:00 GMT\r\nConnection: close\r\n\r\n")?;
     if r.status != 200 || r.body != site("index.html") {
-        return Err(format!("If-Modified-Since in 2099: {} (want 200: a date past the server's clock is ignored)", r.status));
+        return Err(format!(
+            "If-Modified-Since in 2099: {} (want 200: a date past the server's clock is ignored)",
+            r.status
+        ));
     }
     // The chunk's data never comes; the connection stays open.
     let started = Instant::now();
@@ -436,11 +460,21 @@ fn fuzz(seed: u64, count: usize) -> Result<(), String> {
         match s.read_to_end(&mut out) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            Err(e) => return Err(format!("fuzz {i}: no answer or close in {:?} ({e}) to {:?}", started.elapsed(), String::from_utf8_lossy(&req))),
+            Err(e) => {
+                return Err(format!(
+                    "fuzz {i}: no answer or close in {:?} ({e}) to {:?}",
+                    started.elapsed(),
+                    String::from_utf8_lossy(&req)
+                ));
+            }
         }
         let answered = out.starts_with(b"HTTP/1.1 ") && out.len() >= 12 && out[9..12].iter().all(u8::is_ascii_digit);
         if !(out.is_empty() || answered) {
-            return Err(format!("fuzz {i}: not a response: {:?} to {:?}", String::from_utf8_lossy(&out[..out.len().min(80)]), String::from_utf8_lossy(&req)));
+            return Err(format!(
+                "fuzz {i}: not a response: {:?} to {:?}",
+                String::from_utf8_lossy(&out[..out.len().min(80)]),
+                String::from_utf8_lossy(&req)
+            ));
         }
     }
     Ok(())
@@ -551,7 +585,14 @@ fn tar_image(scratch: &Scratch) -> Result<(std::path::PathBuf, Vec<u8>), String>
     let big = testkit::noise(88172645463325252, 1 << 20);
     std::fs::write(dir.join("a/b/c/big.bin"), &big).map_err(|e| e.to_string())?;
     let img = scratch.0.join("htdocs.img");
-    let st = Command::new("tar").arg("-C").arg(&dir).arg("-cf").arg(&img).args(["index.html", "a"]).status().map_err(|e| e.to_string())?;
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .arg("-cf")
+        .arg(&img)
+        .args(["index.html", "a"])
+        .status()
+        .map_err(|e| e.to_string())?;
     if !st.success() {
         return Err("tar failed".into());
     }
@@ -609,7 +650,17 @@ pub fn cases(v: &mut Vec<Case>) {
         let mut g = Background::start(c)?;
         g.wait_for("static-website: serving", Duration::from_secs(30))?;
         let mut curl = ns.command("curl");
-        curl.args(["-s", "-S", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", "http://127.0.0.1:8080/docs/"]);
+        curl.args([
+            "-s",
+            "-S",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            "http://127.0.0.1:8080/docs/",
+        ]);
         let r = run_with(curl, Duration::from_secs(20))?;
         let want = format!("200 {}", site("docs/index.html").len());
         if r.stdout.trim() != want {

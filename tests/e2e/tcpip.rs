@@ -66,9 +66,14 @@ pub fn tcp_echo_clients(ns: &Netns, to: SocketAddr, clients: usize, len: usize) 
                     });
                     s.write_all(&data).map_err(|e| format!("client {i}: write: {e}"))?;
                     s.shutdown(Shutdown::Write).map_err(|e| format!("client {i}: shutdown: {e}"))?;
-                    let back = echo.join().map_err(|_| "reader panicked")?.map_err(|e| format!("client {i}: read: {e}"))?;
+                    let back =
+                        echo.join().map_err(|_| "reader panicked")?.map_err(|e| format!("client {i}: read: {e}"))?;
                     if back != data {
-                        return Err(format!("client {i}: sent {} bytes, {} came back different", data.len(), back.len()));
+                        return Err(format!(
+                            "client {i}: sent {} bytes, {} came back different",
+                            data.len(),
+                            back.len()
+                        ));
                     }
                     Ok(())
                 })
@@ -80,7 +85,11 @@ pub fn tcp_echo_clients(ns: &Netns, to: SocketAddr, clients: usize, len: usize) 
                 errors.push(e);
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(format!("{} of {clients} clients failed: {}", errors.len(), errors.join("; "))) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} of {clients} clients failed: {}", errors.len(), errors.join("; ")))
+        }
     })?
 }
 
@@ -99,7 +108,9 @@ pub fn udp_echo(ns: &Netns, to: SocketAddr, from: IpAddr) -> Result<(), String> 
             });
             match got {
                 Some((n, peer)) if peer == to && buf[..n] == msg[..] => {}
-                Some((n, peer)) => return Err(format!("{len}-byte datagram: {n} bytes from {peer} came back different")),
+                Some((n, peer)) => {
+                    return Err(format!("{len}-byte datagram: {n} bytes from {peer} came back different"));
+                }
                 None => return Err(format!("{len}-byte datagram: no echo in 5 tries")),
             }
         }
@@ -114,7 +125,8 @@ fn malformed_frames() -> Vec<Vec<u8>> {
         let mut f = vec![0xff; 6];
         f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x00]);
         let total = (20 + payload.len()) as u16;
-        let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        let mut ip =
+            vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
         let c = checksum(&ip);
         ip[10..12].copy_from_slice(&c.to_be_bytes());
         f.extend_from_slice(&ip);

@@ -103,70 +103,82 @@ pub fn cases(v: &mut Vec<Case>) {
         }));
     }
     for t in ["unix", "hvt", "spt"] {
-        v.push(case(format!("{t}::a_new_users_unikernel_outside_the_checkout_serves_http"), Needs::Net(t), move || {
-            // As a new user: mirage new in a directory of their own, then a
-            // stack, an HTTP server and stores added by hand, configure,
-            // build and run, on the tool's shared build cache.
-            let scratch = Scratch::new("new-user");
-            if scratch.0.starts_with(root()) {
-                return Err(format!("{} is inside the checkout", scratch.0.display()));
-            }
-            let dir = user_crate(&scratch.0, "site", &[("mirage.toml", SITE_TOML), ("src/lib.rs", SITE_RS), ("htdocs/index.html", SITE_INDEX)])?;
-            add_dependency(&dir, "mirage-http")?;
-            let run = |args: &[&str]| run_with(cached(Command::new(mirage()?), &dir, args), Duration::from_secs(1200));
-            let mut configure = vec!["configure", "-t", t];
-            if t != "unix" {
-                configure.push("--no-dhcp");
-            }
-            run(&configure)?.expect_status(0)?;
-            let built = run(&["build"])?;
-            built.expect_status(0)?;
-            // The generated wiring and the crate compile without a warning.
-            if built.stderr.contains("warning") {
-                return Err(format!("the build warns:\n{}", built.dump()));
-            }
-            let cache = root().join("target/mirage-cache/target").join(t);
-            if !cache.join("release").is_dir() || dir.join("mirage/target").exists() {
-                return Err(format!("the build did not go to the shared cache {}", cache.display()));
-            }
-            let ns = Netns::new()?;
-            let url = if t == "unix" {
-                "http://127.0.0.1:8080/"
-            } else {
-                ns.ip(&["link", "del", "tap0"])?;
-                "http://10.0.0.2:8080/"
-            };
-            let mut args = vec!["run"];
-            if t != "unix" {
-                args.extend(["--", "--solo5:quiet"]);
-            }
-            let mut g = Background::start(cached(ns.command(mirage()?), &dir, &args))?;
-            g.wait_for("site: boot 1, serving on port 8080", Duration::from_secs(120))?;
-            let mut curl = ns.command("curl");
-            curl.args(["-s", "-S", "--max-time", "10", url]);
-            let r = run_with(curl, Duration::from_secs(20))?;
-            r.expect_status(0)?;
-            if r.stdout != SITE_INDEX {
-                return Err(format!("GET {url}:\n{}\n{}", r.dump(), g.output()));
-            }
-            // SAFETY: kill(2) on our own child process.
-            unsafe {
-                libc::kill(g.child.id() as i32, libc::SIGTERM);
-            }
-            g.wait(Duration::from_secs(20))?;
-            // On unix mirage run made the store's directory, and the
-            // unikernel wrote to it.
-            if t == "unix" && std::fs::read_to_string(dir.join("dist/state.kv/boots")).ok().as_deref() != Some("1") {
-                return Err(format!("dist/state.kv/boots does not hold 1:\n{}", g.output()));
-            }
-            Ok(())
-        }));
+        v.push(case(
+            format!("{t}::a_new_users_unikernel_outside_the_checkout_serves_http"),
+            Needs::Net(t),
+            move || {
+                // As a new user: mirage new in a directory of their own, then a
+                // stack, an HTTP server and stores added by hand, configure,
+                // build and run, on the tool's shared build cache.
+                let scratch = Scratch::new("new-user");
+                if scratch.0.starts_with(root()) {
+                    return Err(format!("{} is inside the checkout", scratch.0.display()));
+                }
+                let dir = user_crate(
+                    &scratch.0,
+                    "site",
+                    &[("mirage.toml", SITE_TOML), ("src/lib.rs", SITE_RS), ("htdocs/index.html", SITE_INDEX)],
+                )?;
+                add_dependency(&dir, "mirage-http")?;
+                let run =
+                    |args: &[&str]| run_with(cached(Command::new(mirage()?), &dir, args), Duration::from_secs(1200));
+                let mut configure = vec!["configure", "-t", t];
+                if t != "unix" {
+                    configure.push("--no-dhcp");
+                }
+                run(&configure)?.expect_status(0)?;
+                let built = run(&["build"])?;
+                built.expect_status(0)?;
+                // The generated wiring and the crate compile without a warning.
+                if built.stderr.contains("warning") {
+                    return Err(format!("the build warns:\n{}", built.dump()));
+                }
+                let cache = root().join("target/mirage-cache/target").join(t);
+                if !cache.join("release").is_dir() || dir.join("mirage/target").exists() {
+                    return Err(format!("the build did not go to the shared cache {}", cache.display()));
+                }
+                let ns = Netns::new()?;
+                let url = if t == "unix" {
+                    "http://127.0.0.1:8080/"
+                } else {
+                    ns.ip(&["link", "del", "tap0"])?;
+                    "http://10.0.0.2:8080/"
+                };
+                let mut args = vec!["run"];
+                if t != "unix" {
+                    args.extend(["--", "--solo5:quiet"]);
+                }
+                let mut g = Background::start(cached(ns.command(mirage()?), &dir, &args))?;
+                g.wait_for("site: boot 1, serving on port 8080", Duration::from_secs(120))?;
+                let mut curl = ns.command("curl");
+                curl.args(["-s", "-S", "--max-time", "10", url]);
+                let r = run_with(curl, Duration::from_secs(20))?;
+                r.expect_status(0)?;
+                if r.stdout != SITE_INDEX {
+                    return Err(format!("GET {url}:\n{}\n{}", r.dump(), g.output()));
+                }
+                // SAFETY: kill(2) on our own child process.
+                unsafe {
+                    libc::kill(g.child.id() as i32, libc::SIGTERM);
+                }
+                g.wait(Duration::from_secs(20))?;
+                // On unix mirage run made the store's directory, and the
+                // unikernel wrote to it.
+                if t == "unix" && std::fs::read_to_string(dir.join("dist/state.kv/boots")).ok().as_deref() != Some("1")
+                {
+                    return Err(format!("dist/state.kv/boots does not hold 1:\n{}", g.output()));
+                }
+                Ok(())
+            },
+        ));
         v.push(case(format!("{t}::boot_arguments_mean_the_same_on_every_target"), needs(t), move || {
             example(t, "hello-key")?;
             let _lock = testkit::examples_lock();
             let dir = examples_dir("hello-key");
             // Each word after -- is one boot argument, quotes and all.
-            for (word, greeting) in [("--hello=\"Hola Mundo!\"", "\"Hola Mundo!\""), ("--hello=Hola Mundo!", "Hola Mundo!")] {
+            for (word, greeting) in
+                [("--hello=\"Hola Mundo!\"", "\"Hola Mundo!\""), ("--hello=Hola Mundo!", "Hola Mundo!")]
+            {
                 let mut args = vec!["run", "-t", t, "--", word];
                 if t != "unix" {
                     // The bindings' options are taken after the
@@ -205,7 +217,12 @@ pub fn cases(v: &mut Vec<Case>) {
         for boot in ["every: boot 1", "every: boot 2"] {
             let r = tool(&dir, &["run"])?;
             r.expect_status(0)?;
-            for line in [boot, "every: htdocs/index.html has ", "every: storage has 2048 sectors of 512 bytes", "Hello from every!"] {
+            for line in [
+                boot,
+                "every: htdocs/index.html has ",
+                "every: storage has 2048 sectors of 512 bytes",
+                "Hello from every!",
+            ] {
                 r.expect_stdout(line)?;
             }
         }
@@ -248,7 +265,16 @@ pub fn cases(v: &mut Vec<Case>) {
         // the same place, so both see one mirage-devices.
         let scratch = Scratch::new("git");
         let repo = scratch.0.join("mirage-rs.git");
-        let clone = testkit::run("git", &[std::ffi::OsStr::new("clone"), std::ffi::OsStr::new("--quiet"), std::ffi::OsStr::new("--bare"), root().as_os_str(), repo.as_os_str()])?;
+        let clone = testkit::run(
+            "git",
+            &[
+                std::ffi::OsStr::new("clone"),
+                std::ffi::OsStr::new("--quiet"),
+                std::ffi::OsStr::new("--bare"),
+                root().as_os_str(),
+                repo.as_os_str(),
+            ],
+        )?;
         clone.expect_status(0)?;
         let head = testkit::run("git", &["-C", &root().display().to_string(), "rev-parse", "HEAD"])?;
         head.expect_status(0)?;
@@ -375,7 +401,8 @@ pub fn cases(v: &mut Vec<Case>) {
         built.expect_status(0)?;
         built.expect_stdout("made dist/htdocs.img")?;
         // GNU tar reads what mirage wrote.
-        let listing = Command::new("tar").arg("-tf").arg(dir.join("dist/htdocs.img")).output().map_err(|e| e.to_string())?;
+        let listing =
+            Command::new("tar").arg("-tf").arg(dir.join("dist/htdocs.img")).output().map_err(|e| e.to_string())?;
         let listing = String::from_utf8_lossy(&listing.stdout);
         for f in ["index.html", "css/site.css", "docs/index.html"] {
             if !listing.lines().any(|l| l == f) {
@@ -384,12 +411,20 @@ pub fn cases(v: &mut Vec<Case>) {
         }
         // The tool reports what the image holds: the tar store is a block
         // device of its manifest, as solo5-elftool reads it.
-        let elftool = testkit::run(testkit::tender("elftool"), &[std::ffi::OsStr::new("query-manifest"), dir.join("dist/static-website.spt").as_os_str()])?;
+        let elftool = testkit::run(
+            testkit::tender("elftool"),
+            &[std::ffi::OsStr::new("query-manifest"), dir.join("dist/static-website.spt").as_os_str()],
+        )?;
         elftool.expect_status(0)?;
         let query = tool(&dir, &["query", "manifest"])?;
         query.expect_status(0)?;
-        if manifest_names(&query.stdout) != manifest_names(&elftool.stdout) || !manifest_names(&query.stdout).contains(&"htdocs".to_string()) {
-            return Err(format!("mirage query manifest:\n{}\nsolo5-elftool query-manifest:\n{}", query.stdout, elftool.stdout));
+        if manifest_names(&query.stdout) != manifest_names(&elftool.stdout)
+            || !manifest_names(&query.stdout).contains(&"htdocs".to_string())
+        {
+            return Err(format!(
+                "mirage query manifest:\n{}\nsolo5-elftool query-manifest:\n{}",
+                query.stdout, elftool.stdout
+            ));
         }
         let mut c = ns.command(mirage()?);
         c.arg("-C").arg(&dir).args(["run", "-t", "spt", "--", "--solo5:quiet", "--ipv4=10.0.0.2/24"]);
@@ -433,7 +468,11 @@ pub fn cases(v: &mut Vec<Case>) {
                 std::fs::write(&file, &dot.stdout).map_err(|e| e.to_string())?;
                 let out = Command::new("dot").arg("-Tsvg").arg(&file).output().map_err(|e| e.to_string())?;
                 if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("<svg") {
-                    return Err(format!("{ex} on {t}: dot cannot render\n{}\n{}", dot.stdout, String::from_utf8_lossy(&out.stderr)));
+                    return Err(format!(
+                        "{ex} on {t}: dot cannot render\n{}\n{}",
+                        dot.stdout,
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
                 }
                 let svg = scratch.0.join(format!("{ex}-{t}.svg"));
                 let r = tool(&examples_dir(ex), &["describe", "-t", t, &format!("--svg={}", svg.display())])?;
@@ -486,7 +525,12 @@ pub fn cases(v: &mut Vec<Case>) {
             return Err("clean left files behind".into());
         }
         let r = tool(&scratch.0, &["new", "demo-app"])?;
-        expect_failure(&r, 1, &format!("{} exists already", scratch.0.join("demo-app").display()), "choose another name, or remove it")
+        expect_failure(
+            &r,
+            1,
+            &format!("{} exists already", scratch.0.join("demo-app").display()),
+            "choose another name, or remove it",
+        )
     }));
     v.push(case("spt::mirage_builds_two_unikernels_of_one_name_in_one_target_directory", Needs::Target("spt"), || {
         // Two copies of kv-ro whose data differ, built in turn into the
@@ -596,7 +640,10 @@ pub fn cases(v: &mut Vec<Case>) {
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(mirage()?);
         c.arg("-C").arg(examples_dir("hello")).args(["run", "-t", "hvt"]);
         let r = run_with(c, Duration::from_secs(30))?;
-        if std::fs::metadata("/dev/kvm").map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o006 != 0).unwrap_or(false) {
+        if std::fs::metadata("/dev/kvm")
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o006 != 0)
+            .unwrap_or(false)
+        {
             return Err("/dev/kvm is open to every user here: this test cannot provoke the error".into());
         }
         expect_failure(&r, 1, "no access to /dev/kvm", "add yourself to the kvm group")
@@ -731,6 +778,8 @@ fn copy_kv_ro(dir: &Path) -> Result<(), String> {
     }
     let manifest = std::fs::read_to_string(src.join("Cargo.toml")).map_err(|e| e.to_string())?;
     // Outside the workspace there are no workspace lints to inherit.
-    let manifest = manifest.replace("../../crates", &root().join("crates").display().to_string()).replace("[lints]\nworkspace = true\n", "");
+    let manifest = manifest
+        .replace("../../crates", &root().join("crates").display().to_string())
+        .replace("[lints]\nworkspace = true\n", "");
     std::fs::write(dir.join("Cargo.toml"), manifest).map_err(|e| e.to_string())
 }

@@ -18,7 +18,13 @@ use mirage_devices::time::{Duration, Instant, Sleep};
 /// Sequential write, then read, of `total` bytes in requests of `chunk`
 /// bytes through the Block trait. Prints
 /// `blockbench: write W MiB/s read R MiB/s (T MiB in C KiB requests)`.
-pub async fn block(console: impl Console, block: impl Block, clock: impl Sleep, total: u64, chunk: usize) -> Result<(), &'static str> {
+pub async fn block(
+    console: impl Console,
+    block: impl Block,
+    clock: impl Sleep,
+    total: u64,
+    chunk: usize,
+) -> Result<(), &'static str> {
     let info = block.info();
     let ss = info.sector_size as usize;
     let chunk = (chunk / ss).max(1) * ss;

@@ -63,7 +63,11 @@ fn build(dir: &Path, target: &str) -> Result<PathBuf, String> {
             return Err(format!("mirage {args:?}: {}", r.dump()));
         }
     }
-    Ok(dir.join("dist").join(if target == "unix" { "static-website".to_string() } else { format!("static-website.{target}") }))
+    Ok(dir.join("dist").join(if target == "unix" {
+        "static-website".to_string()
+    } else {
+        format!("static-website.{target}")
+    }))
 }
 
 /// Starts the site on `target` in `ns` at 10.0.0.2, access log off.
@@ -164,11 +168,23 @@ fn nginx(ns: &Netns, ip: Ipv4Addr, htdocs: &Path, scratch: &Path) -> Result<Back
 /// nginx across a fresh veth pair: with the pair's segmentation and
 /// receive offloads (64 KiB segments through the host stack), or without
 /// them, when every segment is a 1500-byte frame as on a tap device.
-fn nginx_run(server: Ipv4Addr, htdocs: &Path, scratch: &Path, file: &str, conns: usize, secs: u64, offloads: bool) -> Result<Wrk, String> {
+fn nginx_run(
+    server: Ipv4Addr,
+    htdocs: &Path,
+    scratch: &Path,
+    file: &str,
+    conns: usize,
+    secs: u64,
+    offloads: bool,
+) -> Result<Wrk, String> {
     let (a, b) = crate::tcp::veth()?;
     if !offloads {
         for (ns, dev) in [(&a, "mbench-a"), (&b, "mbench-b")] {
-            let out = ns.command("ethtool").args(["-K", dev, "tso", "off", "gso", "off", "gro", "off"]).output().map_err(|e| format!("ethtool: {e} (apt-get install ethtool)"))?;
+            let out = ns
+                .command("ethtool")
+                .args(["-K", dev, "tso", "off", "gso", "off", "gro", "off"])
+                .output()
+                .map_err(|e| format!("ethtool: {e} (apt-get install ethtool)"))?;
             if !out.status.success() {
                 return Err(format!("ethtool -K {dev}: {}", String::from_utf8_lossy(&out.stderr)));
             }
@@ -182,12 +198,28 @@ pub fn http(o: &Options) -> Result<(), String> {
     machine();
     let secs = if o.runs == 50 { 10 } else { o.runs as u64 };
     let dir = site()?;
-    let images: Vec<(&str, PathBuf)> = ["unix", "hvt", "spt"].iter().map(|t| build(&dir, t).map(|i| (*t, i))).collect::<Result<_, _>>()?;
-    let v = Command::new("nginx").arg("-v").output().map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string()).unwrap_or_default();
-    let w = Command::new("wrk").arg("-v").output().map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string()).unwrap_or_default();
-    println!("HTTP: wrk (one thread, {secs} s a run, {w}) from a network namespace; the small file is {} bytes, the big one 1 MiB.", std::fs::metadata(dir.join("htdocs").join(SMALL)).map(|m| m.len()).unwrap_or(0));
-    println!("nginx ({v}, one worker, sendfile, access log off) serves the same files across a veth pair between two namespaces,");
-    println!("with the pair's offloads (64 KiB segments) and without them (1500-byte frames, as through a tap device); the ratio is to the first.");
+    let images: Vec<(&str, PathBuf)> =
+        ["unix", "hvt", "spt"].iter().map(|t| build(&dir, t).map(|i| (*t, i))).collect::<Result<_, _>>()?;
+    let v = Command::new("nginx")
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .unwrap_or_default();
+    let w = Command::new("wrk")
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+        .unwrap_or_default();
+    println!(
+        "HTTP: wrk (one thread, {secs} s a run, {w}) from a network namespace; the small file is {} bytes, the big one 1 MiB.",
+        std::fs::metadata(dir.join("htdocs").join(SMALL)).map(|m| m.len()).unwrap_or(0)
+    );
+    println!(
+        "nginx ({v}, one worker, sendfile, access log off) serves the same files across a veth pair between two namespaces,"
+    );
+    println!(
+        "with the pair's offloads (64 KiB segments) and without them (1500-byte frames, as through a tap device); the ratio is to the first."
+    );
     println!();
     println!("| file | connections | server | requests/s | p50 | p99 | errors | vs nginx |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -212,7 +244,8 @@ pub fn http(o: &Options) -> Result<(), String> {
             for (target, image) in &images {
                 let ns = Netns::new()?;
                 let g = start(&ns, target, image, &[])?;
-                let r = wrk(&ns, &format!("http://10.0.0.2/{file}"), conns, secs).map_err(|e| format!("{target}: {e}\n{}", g.output()))?;
+                let r = wrk(&ns, &format!("http://10.0.0.2/{file}"), conns, secs)
+                    .map_err(|e| format!("{target}: {e}\n{}", g.output()))?;
                 row(&format!("mirage-rs {target}"), &r);
             }
         }
@@ -224,7 +257,12 @@ pub fn http(o: &Options) -> Result<(), String> {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -240,7 +278,9 @@ pub fn soak(o: &Options, target: &str) -> Result<(), String> {
     let ns = Netns::new()?;
     let g = start(&ns, target, &image, &["--stats=10"])?;
     let pid = g.child.id();
-    println!("soak: static-website on {target} for {secs} s: wrk with 256 persistent connections on {SMALL}, and short connections (one request each) beside it");
+    println!(
+        "soak: static-website on {target} for {secs} s: wrk with 256 persistent connections on {SMALL}, and short connections (one request each) beside it"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let short_ok = Arc::new(AtomicU64::new(0));
     let short_err = Arc::new(AtomicU64::new(0));
@@ -256,7 +296,9 @@ pub fn soak(o: &Options, target: &str) -> Result<(), String> {
                         let r = (|| -> std::io::Result<bool> {
                             let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
                             s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                            s.write_all(format!("GET /{SMALL} HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n").as_bytes())?;
+                            s.write_all(
+                                format!("GET /{SMALL} HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n").as_bytes(),
+                            )?;
                             let mut got = Vec::new();
                             loop {
                                 let n = s.read(&mut buf)?;
@@ -290,7 +332,9 @@ pub fn soak(o: &Options, target: &str) -> Result<(), String> {
     let mut total = 0f64;
     let mut errors = 0u64;
     let mut samples = Vec::new();
-    println!("| after | requests/s (persistent) | short connections | errors | heap in use (unikernel's count) | tender RSS |");
+    println!(
+        "| after | requests/s (persistent) | short connections | errors | heap in use (unikernel's count) | tender RSS |"
+    );
     println!("|---|---|---|---|---|---|");
     // The unikernel's last statistics line: its heap in use.
     let heap = |g: &Background| -> String {

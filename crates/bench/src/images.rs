@@ -86,7 +86,11 @@ fn scratch_copy(name: &str) -> Result<PathBuf, String> {
     let _ = std::fs::remove_dir_all(dir.join("mirage"));
     let _ = std::fs::remove_dir_all(dir.join("dist"));
     let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("Cargo.toml"), manifest.replace("../../crates", &root().join("crates").display().to_string())).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        manifest.replace("../../crates", &root().join("crates").display().to_string()),
+    )
+    .map_err(|e| e.to_string())?;
     Ok(dir)
 }
 
@@ -108,7 +112,9 @@ fn configure_build(dir: &Path, target: &str) -> Result<Duration, String> {
 pub fn images(o: &Options) -> Result<(), String> {
     machine();
     testkit::mirage()?;
-    println!("Image sizes: `mirage configure -t TARGET && mirage build` (unix: host sockets; Solo5: opt-level s, LTO, stripped).");
+    println!(
+        "Image sizes: `mirage configure -t TARGET && mirage build` (unix: host sockets; Solo5: opt-level s, LTO, stripped)."
+    );
     println!();
     println!("| example | unix | hvt | spt | least --mem hvt | least --mem spt |");
     println!("|---|---|---|---|---|---|");
@@ -136,7 +142,9 @@ pub fn images(o: &Options) -> Result<(), String> {
         println!("| Solo5 v0.12.1 test_hello (C) | - | {} | {} | | |", size(&hello), size(&spt));
     }
     println!();
-    println!("Configure and build times of a copy of an example with a target directory of its own (every dependency compiled):");
+    println!(
+        "Configure and build times of a copy of an example with a target directory of its own (every dependency compiled):"
+    );
     println!();
     println!("| example | target | from clean | after a one-line change | rebuild with no change |");
     println!("|---|---|---|---|---|");
@@ -145,10 +153,16 @@ pub fn images(o: &Options) -> Result<(), String> {
         let clean = configure_build(&dir, target)?;
         let lib = dir.join("src/lib.rs");
         let text = std::fs::read_to_string(&lib).map_err(|e| e.to_string())?;
-        std::fs::write(&lib, format!("{text}\n/// A line added by the benchmark.\npub const BENCH_CHANGE: u32 = 1;\n")).map_err(|e| e.to_string())?;
+        std::fs::write(&lib, format!("{text}\n/// A line added by the benchmark.\npub const BENCH_CHANGE: u32 = 1;\n"))
+            .map_err(|e| e.to_string())?;
         let changed = configure_build(&dir, target)?;
         let again = configure_build(&dir, target)?;
-        println!("| {ex} | {target} | {:.1} s | {:.1} s | {:.1} s |", clean.as_secs_f64(), changed.as_secs_f64(), again.as_secs_f64());
+        println!(
+            "| {ex} | {target} | {:.1} s | {:.1} s | {:.1} s |",
+            clean.as_secs_f64(),
+            changed.as_secs_f64(),
+            again.as_secs_f64()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())

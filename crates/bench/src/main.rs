@@ -62,7 +62,9 @@ fn main() {
         Some("images") => images::images(&opts),
         Some("soak") => http::soak(&opts, &opts.target.clone()),
         _ => {
-            eprintln!("usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak [--runs N] [--count N] [--solo5 DIR] [--target T]");
+            eprintln!(
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak [--runs N] [--count N] [--solo5 DIR] [--target T]"
+            );
             std::process::exit(64);
         }
     };
@@ -75,7 +77,11 @@ fn main() {
 fn machine() {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
@@ -108,7 +114,8 @@ fn peak_rss(cmd: &mut Command) -> Result<u64, String> {
             Ok(())
         });
     }
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+    let child =
+        cmd.stdout(Stdio::null()).stderr(Stdio::null()).stdin(Stdio::null()).spawn().map_err(|e| e.to_string())?;
     let pid = child.id() as i32;
     let mut status = 0;
     let mut hwm = 0;
@@ -393,7 +400,9 @@ fn block(o: &Options) -> Result<(), String> {
         .stderr(Stdio::null())
         .status()
         .map_err(|e| e.to_string())?;
-    println!("sequential write then read of {mib} MiB through the Block trait, 1 MiB requests, on a file in the page cache");
+    println!(
+        "sequential write then read of {mib} MiB through the Block trait, 1 MiB requests, on a file in the page cache"
+    );
     println!();
     println!("| target | write | read |");
     println!("|---|---|---|");
@@ -410,7 +419,8 @@ fn block(o: &Options) -> Result<(), String> {
             .output()
             .map_err(|e| e.to_string())?;
         let lines = figures(&out.stdout, "blockbench:");
-        let (w, r) = parse(lines.first().ok_or_else(|| format!("{t}: no figures: {}", String::from_utf8_lossy(&out.stdout)))?);
+        let (w, r) =
+            parse(lines.first().ok_or_else(|| format!("{t}: no figures: {}", String::from_utf8_lossy(&out.stdout)))?);
         println!("| mirage-rs {t} | {w} | {r} |");
     }
     let line = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -455,7 +465,13 @@ fn timers(o: &Options) -> Result<(), String> {
     println!("|---|---|---|---|---|");
     let row = |t: &str, line: &str| {
         // timerbench: sleep P ms: mean L us, p99 Q us, max M us (N sleeps)
-        let f = |k: &str| line.split(k).nth(1).and_then(|s| s.split(&[',', ' ', '('][..]).find(|x| !x.is_empty())).unwrap_or("?").to_string();
+        let f = |k: &str| {
+            line.split(k)
+                .nth(1)
+                .and_then(|s| s.split(&[',', ' ', '('][..]).find(|x| !x.is_empty()))
+                .unwrap_or("?")
+                .to_string()
+        };
         println!("| {t} | {} ms | {} us | {} us | {} us |", f("sleep "), f("mean "), f("p99 "), f("max "));
     };
     for t in ["hvt", "spt"] {

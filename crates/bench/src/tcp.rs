@@ -73,7 +73,8 @@ fn connections(to: SocketAddr, total: usize, threads: usize) -> Result<f64, Stri
                 let msg = [0x42u8; 32];
                 let mut back = [0u8; 32];
                 for _ in 0..total / threads {
-                    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(10)).map_err(|e| format!("connect: {e}"))?;
+                    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(10))
+                        .map_err(|e| format!("connect: {e}"))?;
                     s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
                     s.set_nodelay(true).map_err(|e| e.to_string())?;
                     s.write_all(&msg).map_err(|e| format!("write: {e}"))?;
@@ -91,7 +92,12 @@ fn connections(to: SocketAddr, total: usize, threads: usize) -> Result<f64, Stri
 
 /// Round trips of 1000 pings 2 ms apart: p50 and p99 in milliseconds.
 fn rtt(ns: &Netns, to: Ipv4Addr) -> Result<(f64, f64), String> {
-    let out = ns.command("ping").args(["-c", "1000", "-i", "0.002"]).arg(to.to_string()).output().map_err(|e| e.to_string())?;
+    let out = ns
+        .command("ping")
+        .args(["-c", "1000", "-i", "0.002"])
+        .arg(to.to_string())
+        .output()
+        .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut rtts: Vec<f64> = text
         .lines()
@@ -157,7 +163,11 @@ pub fn veth() -> Result<(Netns, Netns), String> {
     let b = Netns::new()?;
     let run = |args: &[&str]| -> Result<(), String> {
         let out = Command::new("ip").args(args).output().map_err(|e| e.to_string())?;
-        if out.status.success() { Ok(()) } else { Err(format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr))) }
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr)))
+        }
     };
     run(&["link", "add", "mbench-a", "netns", &a.name, "type", "veth", "peer", "name", "mbench-b", "netns", &b.name])?;
     a.ip(&["addr", "add", "10.0.1.1/24", "dev", "mbench-a"])?;

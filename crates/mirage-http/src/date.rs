@@ -92,7 +92,8 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
         }
         // Sun Nov  6 08:49:37 1994
         [_, mon, d, t, y] => {
-            let d: u32 = if d.len() <= 2 && d.bytes().all(|b| b.is_ascii_digit()) { d.parse().ok()? } else { return None };
+            let d: u32 =
+                if d.len() <= 2 && d.bytes().all(|b| b.is_ascii_digit()) { d.parse().ok()? } else { return None };
             epoch(i64::from(num(y, 4)?), month(mon)?, d, hms(t)?)
         }
         _ => None,
@@ -118,7 +119,15 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_date() {
-        for bad in ["", "yesterday", "Sun, 06 Nov 1994 08:49:37 UTC", "Sun, 06 Foo 1994 08:49:37 GMT", "Sun, 6 Nov 1994 08:49:37 GMT", "Sun, 06 Nov 1994 25:49:37 GMT", "Sun, 06 Nov 1994 08:49 GMT"] {
+        for bad in [
+            "",
+            "yesterday",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 25:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49 GMT",
+        ] {
             assert_eq!(parse_http_date(bad), None, "{bad:?}");
         }
     }

@@ -148,7 +148,8 @@ fn is_other_version(buf: &[u8]) -> bool {
     let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut parts = line.split(|&b| b == b' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return false;
     };
     if method.is_empty() || target.is_empty() {
@@ -221,8 +222,7 @@ pub(crate) fn parse(buf: &[u8], limits: &crate::Limits, peer: SocketAddr) -> Res
 /// spaces, `/`, `@` and the like are refused.
 fn valid_host(value: &[u8]) -> bool {
     let value = value.trim_ascii();
-    let unreserved_or_sub_delim =
-        |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
+    let unreserved_or_sub_delim = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
     let (host_ok, rest) = if let Some(literal) = value.strip_prefix(b"[") {
         let Some(end) = literal.iter().position(|&b| b == b']') else { return false };
         let inside = &literal[..end];
@@ -394,7 +394,10 @@ mod tests {
         assert_eq!(status(b"GET / HTTX/1.1\r\nHost: a\r\n\r\n"), Err(400));
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"), Err(400));
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"), Err(400));
-        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"), Err(400));
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(400)
+        );
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), Err(501));
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999\r\n\r\n"), Err(413));
         let long = [b"GET /".as_slice(), &[b'a'; 9000], b" HTTP/1.1\r\nHost: a\r\n\r\n"].concat();
@@ -421,7 +424,8 @@ mod tests {
 
     #[test]
     fn host_once_and_valid() {
-        for host in ["a", "a:80", "example.com", "10.0.0.2:8080", "[::1]", "[fe80::1]:80", "x%41y", "", "a-b_c~d", "a:"] {
+        for host in ["a", "a:80", "example.com", "10.0.0.2:8080", "[::1]", "[fe80::1]:80", "x%41y", "", "a-b_c~d", "a:"]
+        {
             let text = alloc::format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
             assert_eq!(status(text.as_bytes()), Ok(Framing::Length(0)), "{host:?}");
         }
@@ -493,11 +497,8 @@ mod tests {
         };
         let limits = Limits { max_uri: 64, max_header_bytes: 256, max_headers: 8, ..Limits::default() };
         for i in 0..20_000 {
-            let mut text: Vec<u8> = if i % 4 == 0 {
-                (0..next() % 300).map(|_| next() as u8).collect()
-            } else {
-                good[i % 3].to_vec()
-            };
+            let mut text: Vec<u8> =
+                if i % 4 == 0 { (0..next() % 300).map(|_| next() as u8).collect() } else { good[i % 3].to_vec() };
             for _ in 0..next() % 6 {
                 if text.is_empty() {
                     break;

@@ -218,7 +218,13 @@ const REFUSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Accepts connections on `listener` and serves each in its own task
 /// until the listener fails.
-pub async fn serve<L, H, W>(listener: L, handler: Rc<H>, limits: Rc<Limits>, clock: Rc<W>, stats: Rc<Stats>) -> stack::Error
+pub async fn serve<L, H, W>(
+    listener: L,
+    handler: Rc<H>,
+    limits: Rc<Limits>,
+    clock: Rc<W>,
+    stats: Rc<Stats>,
+) -> stack::Error
 where
     L: TcpListener,
     L::Flow: 'static,
@@ -249,7 +255,8 @@ where
                 memory::budget().unwrap_or(0)
             );
         }
-        let (handler, limits, clock, stats, ledger) = (handler.clone(), limits.clone(), clock.clone(), stats.clone(), ledger.clone());
+        let (handler, limits, clock, stats, ledger) =
+            (handler.clone(), limits.clone(), clock.clone(), stats.clone(), ledger.clone());
         // The task is detached: it ends with its connection.
         drop(spawn(async move {
             if fits {
@@ -312,7 +319,13 @@ impl Fill {
 
 /// Reads more bytes into `buf` before `deadline`, first growing it
 /// towards `limit` bytes if it has little room left.
-async fn fill<F: Flow>(flow: &mut F, buf: &mut Vec<u8>, limit: usize, deadline: mirage_devices::time::Instant, me: &Holder<'_>) -> Fill {
+async fn fill<F: Flow>(
+    flow: &mut F,
+    buf: &mut Vec<u8>,
+    limit: usize,
+    deadline: mirage_devices::time::Instant,
+    me: &Holder<'_>,
+) -> Fill {
     if me.is_shed() {
         return Fill::Shed;
     }
@@ -381,8 +394,12 @@ async fn connection<F: Flow, H: Handler, W: WallClock>(
         Stop::Shed { status, held } => {
             bump(&stats.shed);
             match status {
-                Some(s) => log::warn!(target: "http", "{peer} shed: {s} {}, giving back {held} bytes: memory budget reached", reason(s)),
-                None => log::warn!(target: "http", "{peer} shed: closed, giving back {held} bytes: memory budget reached"),
+                Some(s) => {
+                    log::warn!(target: "http", "{peer} shed: {s} {}, giving back {held} bytes: memory budget reached", reason(s))
+                }
+                None => {
+                    log::warn!(target: "http", "{peer} shed: closed, giving back {held} bytes: memory budget reached")
+                }
             }
             status
         }
@@ -589,7 +606,12 @@ async fn write_response<F: Flow, B: Body, W: WallClock>(
 ) -> Result<(), ()> {
     let status = response.status;
     let mut head = String::with_capacity(256);
-    let _ = write!(head, "HTTP/1.1 {status} {}\r\nDate: {}\r\n", reason(status), crate::format_http_date(clock.now().as_secs()));
+    let _ = write!(
+        head,
+        "HTTP/1.1 {status} {}\r\nDate: {}\r\n",
+        reason(status),
+        crate::format_http_date(clock.now().as_secs())
+    );
     for (name, value) in &response.headers {
         let _ = write!(head, "{name}: {value}\r\n");
     }
@@ -619,7 +641,13 @@ async fn write_response<F: Flow, B: Body, W: WallClock>(
 
 /// Sends `head` and the body: a small body in memory in the same write,
 /// if there is room to join them.
-async fn send_with_body<F: Flow, B: Body>(flow: &mut F, mut head: Vec<u8>, body: &mut B, limits: &Limits, me: &Holder<'_>) -> Result<(), ()> {
+async fn send_with_body<F: Flow, B: Body>(
+    flow: &mut F,
+    mut head: Vec<u8>,
+    body: &mut B,
+    limits: &Limits,
+    me: &Holder<'_>,
+) -> Result<(), ()> {
     if let Some(bytes) = body.bytes().filter(|b| b.len() as u64 <= COALESCE)
         && memory::may_hold(bytes.len())
         && head.try_reserve_exact(bytes.len()).is_ok()
@@ -682,7 +710,10 @@ async fn close<F: Flow, W: WallClock>(mut flow: F, status: Option<u16>, clock: &
             text.len() + 5,
             if status == 503 { "Retry-After: 1\r\n" } else { "" },
         );
-        let sent = matches!(mirage_runtime::time::timeout(Duration::from_secs(5), flow.write_all(out.as_bytes())).await, Ok(Ok(())));
+        let sent = matches!(
+            mirage_runtime::time::timeout(Duration::from_secs(5), flow.write_all(out.as_bytes())).await,
+            Ok(Ok(()))
+        );
         drop(out);
         if sent && flow.shutdown().await.is_ok() {
             let deadline = now() + Duration::from_secs(2);

@@ -71,7 +71,8 @@ impl<K: KvRo> Body for StaticBody<K> {
         match self {
             StaticBody::Bytes(b) => flow.write_all(b).await,
             StaticBody::Value { kv, key, offset, len } => {
-                let mut piece = buffer(PIECE.min(*len as usize), MIN_PIECE.min(*len as usize)).ok_or(flow::Error::Io)?;
+                let mut piece =
+                    buffer(PIECE.min(*len as usize), MIN_PIECE.min(*len as usize)).ok_or(flow::Error::Io)?;
                 let mut at = *offset;
                 let end = *offset + *len;
                 while at < end {
@@ -251,7 +252,9 @@ impl<K: KvRo> Handler for Static<K> {
                     return text(404);
                 }
             }
-            Ok(None) | Err(kv::Error::NotFound | kv::Error::InvalidKey | kv::Error::DictionaryExpected) => return text(404),
+            Ok(None) | Err(kv::Error::NotFound | kv::Error::InvalidKey | kv::Error::DictionaryExpected) => {
+                return text(404);
+            }
             Err(e) => {
                 log::warn!(target: "http", "{key}: {e}");
                 return text(500);
@@ -266,7 +269,8 @@ impl<K: KvRo> Handler for Static<K> {
         };
         let etag = format!("\"{modified:x}-{size:x}\"");
         let last_modified = format_http_date(modified);
-        let validators = |r: Response<StaticBody<K>>| r.with("ETag", etag.clone()).with("Last-Modified", last_modified.clone());
+        let validators =
+            |r: Response<StaticBody<K>>| r.with("ETag", etag.clone()).with("Last-Modified", last_modified.clone());
 
         // Conditional requests (RFC 9110 section 13.2.2): If-None-Match
         // wins over If-Modified-Since, and a date later than the server's

@@ -136,7 +136,11 @@ fn served_within_the_budget_while_clients_hold_memory() {
                 outcomes.borrow_mut().push(status(&answer));
             }));
             settle().await;
-            assert!(PEAK.load(Ordering::Relaxed) <= budget + SLACK, "the heap passed the budget: {} > {budget}", PEAK.load(Ordering::Relaxed));
+            assert!(
+                PEAK.load(Ordering::Relaxed) <= budget + SLACK,
+                "the heap passed the budget: {} > {budget}",
+                PEAK.load(Ordering::Relaxed)
+            );
             good(&listener, &mut kept, &page).await;
         }
         settle().await;
@@ -169,7 +173,8 @@ fn served_within_the_budget_while_clients_hold_memory() {
         let mut served = 0;
         let got = loop {
             ballast.push(vec![1; budget.saturating_sub(in_use())]);
-            let got = exchange(listener.connect(WINDOW), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+            let got =
+                exchange(listener.connect(WINDOW), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
             if status(&got) != 200 || served > HOLDERS {
                 break got;
             }

@@ -98,7 +98,10 @@ fn a_chunk_larger_than_the_body_may_be_is_refused_at_once() {
 #[test]
 fn if_modified_since_in_the_future_is_ignored() {
     let head = |since: u64| {
-        format!("GET / HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: {}\r\nConnection: close\r\n\r\n", format_http_date(since))
+        format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: {}\r\nConnection: close\r\n\r\n",
+            format_http_date(since)
+        )
     };
     // The file was modified at NOW (the store's clock), and it is NOW.
     assert_eq!(status(&ask(head(NOW).as_bytes())), 304);

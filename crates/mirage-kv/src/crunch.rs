@@ -72,11 +72,8 @@ pub fn generate_named(dir: &Path, out: &Path, name: &str) -> io::Result<()> {
         println!("cargo:rerun-if-changed={}", path.display());
         let data = std::fs::read(&path)?;
         let digest: [u8; 32] = sha2::Sha256::digest(&data).into();
-        let modified = std::fs::metadata(&path)?
-            .modified()?
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let modified =
+            std::fs::metadata(&path)?.modified()?.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         let _ = writeln!(
             src,
             "    mirage_kv::Entry {{ path: {key:?}, data: include_bytes!({:?}), modified: mirage_kv::Timestamp({modified}), digest: {digest:?} }},",

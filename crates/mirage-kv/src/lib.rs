@@ -169,7 +169,11 @@ pub(crate) mod tests {
         };
         assert_eq!(
             names("/"),
-            [("/a".to_string(), Kind::Dictionary), ("/ab".to_string(), Kind::Value), ("/index.html".to_string(), Kind::Value)]
+            [
+                ("/a".to_string(), Kind::Dictionary),
+                ("/ab".to_string(), Kind::Value),
+                ("/index.html".to_string(), Kind::Value)
+            ]
         );
         assert_eq!(names("/a"), [("/a/b.txt".to_string(), Kind::Value), ("/a/c".to_string(), Kind::Dictionary)]);
         assert_eq!(now(KV.list(&k("/ab"))), Err(Error::DictionaryExpected));

@@ -120,7 +120,12 @@ impl<C: WallClock> KvRo for Mem<C> {
         }
         let p = Self::prefix(key);
         let values = self.values.borrow();
-        values.range(p.clone()..).take_while(|(k, _)| k.starts_with(&p)).map(|(_, v)| v.modified).max().ok_or(Error::NotFound)
+        values
+            .range(p.clone()..)
+            .take_while(|(k, _)| k.starts_with(&p))
+            .map(|(_, v)| v.modified)
+            .max()
+            .ok_or(Error::NotFound)
     }
 
     async fn digest(&self, key: &Key) -> Result<Digest, Error> {
@@ -182,7 +187,8 @@ impl<C: WallClock> KvRw for Mem<C> {
                 alloc::vec![(String::from(to.as_str()), v)]
             } else {
                 let p = Self::prefix(from);
-                let keys: Vec<String> = values.range(p.clone()..).map(|(k, _)| k.clone()).take_while(|k| k.starts_with(&p)).collect();
+                let keys: Vec<String> =
+                    values.range(p.clone()..).map(|(k, _)| k.clone()).take_while(|k| k.starts_with(&p)).collect();
                 if keys.is_empty() {
                     return Err(Error::NotFound);
                 }

@@ -52,10 +52,20 @@ impl fmt::Display for TarError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TarError::Block(e) => write!(f, "reading the archive: {e}"),
-            TarError::BadHeader(at) => write!(f, "the tar header at byte {at} is damaged (bad checksum or field); is the disk a tar archive?"),
-            TarError::Truncated(at) => write!(f, "the file whose header is at byte {at} reaches past the end of the disk; the archive is truncated"),
-            TarError::BadPath(p) => write!(f, "the archive holds {p:?}, which is not a valid key (a file name, no `..`, no NUL)"),
-            TarError::Conflict(p) => write!(f, "the archive holds {p:?} both as a file and as a directory; make the image from one directory tree"),
+            TarError::BadHeader(at) => {
+                write!(f, "the tar header at byte {at} is damaged (bad checksum or field); is the disk a tar archive?")
+            }
+            TarError::Truncated(at) => write!(
+                f,
+                "the file whose header is at byte {at} reaches past the end of the disk; the archive is truncated"
+            ),
+            TarError::BadPath(p) => {
+                write!(f, "the archive holds {p:?}, which is not a valid key (a file name, no `..`, no NUL)")
+            }
+            TarError::Conflict(p) => write!(
+                f,
+                "the archive holds {p:?} both as a file and as a directory; make the image from one directory tree"
+            ),
         }
     }
 }
@@ -146,7 +156,8 @@ impl<B: Block> Tar<B> {
     /// Opens the archive on `block` and indexes it.
     pub async fn new(block: B) -> Result<Tar<B>, TarError> {
         let info = block.info();
-        let mut tar = Tar { sector: u64::from(info.sector_size), capacity: info.capacity(), block, entries: Vec::new() };
+        let mut tar =
+            Tar { sector: u64::from(info.sector_size), capacity: info.capacity(), block, entries: Vec::new() };
         tar.read_index().await?;
         Ok(tar)
     }
@@ -217,11 +228,13 @@ impl<B: Block> Tar<B> {
             let header_at = at;
             if kind == b'x' {
                 // Pax records apply to the next header.
-                let mut data = alloc::vec![0u8; usize::try_from(size).map_err(|_| TarError::BadHeader(at))?.min(1 << 20)];
+                let mut data =
+                    alloc::vec![0u8; usize::try_from(size).map_err(|_| TarError::BadHeader(at))?.min(1 << 20)];
                 self.read_at(at + HEADER, &mut data).await.map_err(|_| TarError::Truncated(header_at))?;
                 pax_next = pax(&data);
             } else if kind == b'L' {
-                let mut data = alloc::vec![0u8; usize::try_from(size).map_err(|_| TarError::BadHeader(at))?.min(1 << 16)];
+                let mut data =
+                    alloc::vec![0u8; usize::try_from(size).map_err(|_| TarError::BadHeader(at))?.min(1 << 16)];
                 self.read_at(at + HEADER, &mut data).await.map_err(|_| TarError::Truncated(header_at))?;
                 long_name = Some(String::from_utf8_lossy(string(&data)).into_owned());
             } else {
@@ -246,7 +259,10 @@ impl<B: Block> Tar<B> {
                 }
             }
             let data_blocks = size.div_ceil(HEADER);
-            at = data_blocks.checked_mul(HEADER).and_then(|d| d.checked_add(at + HEADER)).ok_or(TarError::Truncated(header_at))?;
+            at = data_blocks
+                .checked_mul(HEADER)
+                .and_then(|d| d.checked_add(at + HEADER))
+                .ok_or(TarError::Truncated(header_at))?;
         }
         entries.sort_by(|a: &Entry, b: &Entry| a.path.cmp(&b.path));
         // A later member of the same path replaces an earlier one, as tar
@@ -386,7 +402,12 @@ pub fn write_archive<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8], u64
         let split = if bytes.len() <= 100 {
             Some((&b""[..], bytes))
         } else {
-            bytes.iter().enumerate().filter(|&(i, &b)| b == b'/' && i <= 155 && bytes.len() - i - 1 <= 100).map(|(i, _)| (&bytes[..i], &bytes[i + 1..])).next()
+            bytes
+                .iter()
+                .enumerate()
+                .filter(|&(i, &b)| b == b'/' && i <= 155 && bytes.len() - i - 1 <= 100)
+                .map(|(i, _)| (&bytes[..i], &bytes[i + 1..]))
+                .next()
         };
         let (prefix, name) = match split {
             Some(x) => x,

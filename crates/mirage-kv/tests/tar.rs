@@ -72,7 +72,10 @@ fn check(img: &Path, sector: u32, files: &[(String, Vec<u8>)]) {
             // Reads at odd offsets cross sector boundaries.
             let mut buf = vec![0u8; 1000];
             let off = data.len().min(777);
-            let n = tar.get_partial(&key, off as u64, &mut buf).await.unwrap_or_else(|e| panic!("{p} at {off} of {}: {e}", img.display()));
+            let n = tar
+                .get_partial(&key, off as u64, &mut buf)
+                .await
+                .unwrap_or_else(|e| panic!("{p} at {off} of {}: {e}", img.display()));
             assert_eq!(&buf[..n], &data[off..(off + 1000).min(data.len())], "{p} at {off}");
         }
         assert_eq!(tar.exists(&Key::parse("css").unwrap()).await.unwrap(), Some(Kind::Dictionary));
@@ -92,7 +95,13 @@ fn gnu_tar(root: &Path, out: &Path, format: &str) {
         .arg(root)
         .arg("-cf")
         .arg(out)
-        .args(["index.html", "css", "empty", "big.bin", "a-directory-name-long-enough-to-need-more-than-one-hundred-bytes"])
+        .args([
+            "index.html",
+            "css",
+            "empty",
+            "big.bin",
+            "a-directory-name-long-enough-to-need-more-than-one-hundred-bytes",
+        ])
         .status()
         .expect("GNU tar runs");
     assert!(st.success());

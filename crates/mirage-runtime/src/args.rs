@@ -369,7 +369,8 @@ pub fn help_with(program: &str, specs: &[Arg], platform: &[(&str, &str)]) -> Str
 
 /// Parses `argv` (the words after the kernel) against `specs`.
 pub fn parse(program: &str, specs: &[Arg], argv: &[String]) -> Result<Args, ArgError> {
-    let mut values: Vec<(&'static str, Option<String>)> = specs.iter().map(|a| (a.name, a.default.map(String::from))).collect();
+    let mut values: Vec<(&'static str, Option<String>)> =
+        specs.iter().map(|a| (a.name, a.default.map(String::from))).collect();
     let mut logs = None;
     let mut i = 0;
     while i < argv.len() {
@@ -412,9 +413,11 @@ pub fn parse(program: &str, specs: &[Arg], argv: &[String]) -> Result<Args, ArgE
     for (spec, (_, v)) in specs.iter().zip(&values) {
         match v {
             None => return Err(ArgError::Missing(spec.name)),
-            Some(v) => {
-                (spec.check)(v).map_err(|why| ArgError::Invalid { name: spec.name.to_string(), value: v.clone(), why })?
-            }
+            Some(v) => (spec.check)(v).map_err(|why| ArgError::Invalid {
+                name: spec.name.to_string(),
+                value: v.clone(),
+                why,
+            })?,
         }
     }
     Ok(Args { values, logs: logs.unwrap_or_default() })
@@ -480,7 +483,11 @@ mod tests {
             assert!(text.lines().any(|l| l.trim_start().starts_with(t)), "{t} is not listed:\n{text}");
         }
         let with = help_with("hello-key", &specs(), &[("--solo5:LEVEL", "The bindings' messages.")]);
-        assert!(with.lines().any(|l| l.trim_start().starts_with("--solo5:LEVEL ") && l.ends_with("The bindings' messages.")), "{with}");
+        assert!(
+            with.lines()
+                .any(|l| l.trim_start().starts_with("--solo5:LEVEL ") && l.ends_with("The bindings' messages.")),
+            "{with}"
+        );
         assert!(with.contains("  hello_key  the unikernel's own messages"), "{with}");
     }
 

@@ -46,7 +46,13 @@ pub fn boot(program: &str, specs: &[Arg], argv: &[String], sink: Sink) -> Result
 
 /// [`boot`] for a target with options of its own (taken from the command
 /// line before it reaches here), which `--help` lists as `platform` says.
-pub fn boot_with(program: &str, specs: &[Arg], argv: &[String], sink: Sink, platform: &[(&str, &str)]) -> Result<Args, i32> {
+pub fn boot_with(
+    program: &str,
+    specs: &[Arg],
+    argv: &[String],
+    sink: Sink,
+    platform: &[(&str, &str)],
+) -> Result<Args, i32> {
     match parse(program, specs, argv) {
         Ok(args) => {
             logger::init(args.logs.clone(), sink);

@@ -53,8 +53,8 @@ pub mod time;
 #[cfg(test)]
 mod tests;
 
-pub use exec::{Either, JoinHandle, join, join_all, run, select, spawn, yield_now};
 pub use entry::{Outcome, boot, boot_with};
+pub use exec::{Either, JoinHandle, join, join_all, run, select, spawn, yield_now};
 pub use io::{Interest, Source};
 
 /// What the executor needs from the target: a monotonic clock and a way to

@@ -137,8 +137,7 @@ impl Log for Logger {
     }
 
     fn log(&self, r: &Record<'_>) {
-        let Some((sink, enabled)) =
-            CONFIG.lock().as_ref().map(|c| (c.sink, r.level() <= c.spec.level_for(r.target())))
+        let Some((sink, enabled)) = CONFIG.lock().as_ref().map(|c| (c.sink, r.level() <= c.spec.level_for(r.target())))
         else {
             return;
         };

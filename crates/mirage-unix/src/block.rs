@@ -24,7 +24,10 @@ impl FileBlock {
         let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
         let len = file.metadata()?.len();
         if len % sector_size as u64 != 0 {
-            return Err(invalid(format!("{}: size {len} is not a multiple of {sector_size}-byte sectors", path.display())));
+            return Err(invalid(format!(
+                "{}: size {len} is not a multiple of {sector_size}-byte sectors",
+                path.display()
+            )));
         }
         if len == 0 {
             return Err(invalid(format!("{}: empty file", path.display())));

@@ -35,7 +35,10 @@ impl DirKv {
     pub fn open(root: &Path) -> std::io::Result<DirKv> {
         let root = root.canonicalize()?;
         if !root.is_dir() {
-            return Err(std::io::Error::new(ErrorKind::NotADirectory, format!("{} is not a directory", root.display())));
+            return Err(std::io::Error::new(
+                ErrorKind::NotADirectory,
+                format!("{} is not a directory", root.display()),
+            ));
         }
         Ok(DirKv { root })
     }

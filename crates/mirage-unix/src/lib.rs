@@ -37,9 +37,9 @@ pub use platform::{UnixPlatform, monotonic_ns};
 pub use socket::{SocketListener, SocketStack, SocketUdp, TcpFlow};
 
 use mirage_devices::time::Timestamp;
+use mirage_runtime::Outcome;
 use mirage_runtime::args::{Arg, Args};
 use mirage_runtime::logger::Sink;
-use mirage_runtime::Outcome;
 
 fn write_stdout(s: &str) {
     use std::io::Write;

@@ -142,7 +142,10 @@ fn directory_key_value_store() {
         assert_eq!(kv.size(&k("sub/b")).await, Ok(6));
         let names: Vec<String> = kv.list(&Key::root()).await.unwrap().iter().map(|(k, _)| k.to_string()).collect();
         assert_eq!(names, ["/a.txt", "/link", "/sub"]);
-        assert_eq!(kv.digest(&k("a.txt")).await.unwrap().to_string(), "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(
+            kv.digest(&k("a.txt")).await.unwrap().to_string(),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
         assert!(kv.last_modified(&k("a.txt")).await.unwrap().as_secs() > 1_600_000_000);
         kv.set(&k("new/deep/v"), b"1234").await.unwrap();
         assert_eq!(kv.get(&k("new/deep/v")).await.unwrap(), b"1234");

@@ -298,7 +298,8 @@ pub fn load(dir: &Path) -> Result<Config, Error> {
         line: 0,
         cause: format!("cannot read it: {e}"),
         fix: if e.kind() == std::io::ErrorKind::NotFound {
-            "run mirage in the unikernel's directory (the one with mirage.toml), or start one with `mirage new NAME`".into()
+            "run mirage in the unikernel's directory (the one with mirage.toml), or start one with `mirage new NAME`"
+                .into()
         } else {
             "check the file's permissions".into()
         },
@@ -320,8 +321,17 @@ struct CrateInfo {
 
 /// The mirage-rs libraries a unikernel may depend on, in the order their
 /// dependency is looked at to find where they come from.
-pub const LIBRARIES: [&str; 9] =
-    ["mirage-devices", "mirage-runtime", "mirage-http", "mirage-kv", "mirage-tcpip", "mirage-unix", "mirage-solo5", "solo5-abi", "solo5-elf"];
+pub const LIBRARIES: [&str; 9] = [
+    "mirage-devices",
+    "mirage-runtime",
+    "mirage-http",
+    "mirage-kv",
+    "mirage-tcpip",
+    "mirage-unix",
+    "mirage-solo5",
+    "solo5-abi",
+    "solo5-elf",
+];
 
 /// Where `dependency` (one entry of `[dependencies]` of the crate in `dir`)
 /// takes its library from: its path's directory, its git repository,
@@ -361,12 +371,15 @@ fn crate_info(dir: &Path) -> Result<CrateInfo, Error> {
         cause: e.message().trim().to_string(),
         fix: "correct the TOML syntax".into(),
     })?;
-    let package = doc
-        .get("package")
-        .and_then(|p| p.get("name"))
-        .and_then(|n| n.as_str())
-        .map(String::from)
-        .ok_or_else(|| Error { file: path, line: 0, cause: "no [package] name".into(), fix: "add name = \"...\" under [package]".into() })?;
+    let package =
+        doc.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()).map(String::from).ok_or_else(|| {
+            Error {
+                file: path,
+                line: 0,
+                cause: "no [package] name".into(),
+                fix: "add name = \"...\" under [package]".into(),
+            }
+        })?;
     let lib = doc.get("lib").and_then(|l| l.get("name")).and_then(|n| n.as_str()).map(String::from);
     let deps = doc.get("dependencies").and_then(Item::as_table_like);
     let libraries = deps.and_then(|d| LIBRARIES.iter().find_map(|name| d.get(name).and_then(|item| source(dir, item))));
@@ -390,8 +403,14 @@ fn check_start(config: &Config, lib: &str, path: &Path, text: &str) -> Result<()
     Err(Error {
         file: path.to_path_buf(),
         line,
-        cause: format!("start = {:?} is not a function of the unikernel crate {lib}: the wiring calls it from outside the crate", config.start),
-        fix: format!("name it from the crate root, as in start = \"{lib}::{}\"", config.start.rsplit("::").next().unwrap_or("start")),
+        cause: format!(
+            "start = {:?} is not a function of the unikernel crate {lib}: the wiring calls it from outside the crate",
+            config.start
+        ),
+        fix: format!(
+            "name it from the crate root, as in start = \"{lib}::{}\"",
+            config.start.rsplit("::").next().unwrap_or("start")
+        ),
     })
 }
 
@@ -423,7 +442,11 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
         });
     }
     let (start, start_line) = p.string(u, "start", "unikernel")?.ok_or_else(|| {
-        p.err(u.span(), "[unikernel] has no start function", format!("add start = \"{}::start\"", package.replace('-', "_")))
+        p.err(
+            u.span(),
+            "[unikernel] has no start function",
+            format!("add start = \"{}::start\"", package.replace('-', "_")),
+        )
     })?;
     if start.split("::").any(|seg| seg.is_empty() || !seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
         return Err(Error {
@@ -481,7 +504,11 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
     let mut boot = Vec::new();
     if let Some(item) = root.get("boot") {
         let Item::Table(t) = item else {
-            return Err(p.err(item.span(), "`boot` must be a table", "declare each argument as [boot.NAME] with type, default and doc"));
+            return Err(p.err(
+                item.span(),
+                "`boot` must be a table",
+                "declare each argument as [boot.NAME] with type, default and doc",
+            ));
         };
         for (key, item) in t.iter() {
             let key_span = t.key(key).and_then(|k| k.span());
@@ -500,13 +527,21 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
                 ));
             }
             let Item::Table(a) = item else {
-                return Err(p.err(item.span(), format!("boot.{key} must be a table"), format!("write [boot.{key}] with type = \"...\"")));
+                return Err(p.err(
+                    item.span(),
+                    format!("boot.{key} must be a table"),
+                    format!("write [boot.{key}] with type = \"...\""),
+                ));
             };
             let table = format!("boot.{key}");
             p.unknown_keys(a, &table, &BOOT_KEYS)?;
-            let (ty, ty_line) = p
-                .string(a, "type", &table)?
-                .ok_or_else(|| p.err(key_span.clone(), format!("[boot.{key}] has no type"), format!("add type = \"...\", one of {}", TYPES.join(", "))))?;
+            let (ty, ty_line) = p.string(a, "type", &table)?.ok_or_else(|| {
+                p.err(
+                    key_span.clone(),
+                    format!("[boot.{key}] has no type"),
+                    format!("add type = \"...\", one of {}", TYPES.join(", ")),
+                )
+            })?;
             let ty = ArgType::parse(&ty).ok_or_else(|| Error {
                 file: p.file.clone(),
                 line: ty_line,
@@ -520,7 +555,13 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
                         Value::String(s) => s.value().clone(),
                         Value::Boolean(b) => b.value().to_string(),
                         Value::Integer(i) => i.value().to_string(),
-                        _ => return Err(p.err(v.span(), "a default is a string, a boolean or an integer", "write it as in the command line")),
+                        _ => {
+                            return Err(p.err(
+                                v.span(),
+                                "a default is a string, a boolean or an integer",
+                                "write it as in the command line",
+                            ));
+                        }
                     };
                     if !ty.accepts(&s) {
                         return Err(p.err(
@@ -546,7 +587,11 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
             let mut seen = BTreeSet::new();
             for v in a.iter() {
                 let Value::String(s) = v else {
-                    return Err(p.err(v.span(), "arguments are names in quotes", "write arguments = [\"console\", ...]"));
+                    return Err(p.err(
+                        v.span(),
+                        "arguments are names in quotes",
+                        "write arguments = [\"console\", ...]",
+                    ));
                 };
                 let n = s.value();
                 if !devices.iter().any(|d| &d.name == n) && !boot.iter().any(|b| &b.name == n) {
@@ -557,12 +602,18 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
                     ));
                 }
                 if !seen.insert(n.clone()) {
-                    return Err(p.err(s.span(), format!("{n:?} is given to start twice"), "list each device or argument once"));
+                    return Err(p.err(
+                        s.span(),
+                        format!("{n:?} is given to start twice"),
+                        "list each device or argument once",
+                    ));
                 }
                 arguments.push(n.clone());
             }
         }
-        Some(other) => return Err(p.err(other.span(), "`arguments` must be a list", "write arguments = [\"console\", ...]")),
+        Some(other) => {
+            return Err(p.err(other.span(), "`arguments` must be a list", "write arguments = [\"console\", ...]"));
+        }
     }
     for d in &devices {
         if !arguments.contains(&d.name) {
@@ -617,18 +668,34 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
         Item::Value(Value::String(s)) => (s.value().clone(), None, s.span()),
         Item::Value(Value::InlineTable(t)) => {
             let kind = t.get("kind").and_then(|v| v.as_str()).map(String::from);
-            let kind = kind.ok_or_else(|| p.err(t.span(), format!("device {key} has no kind"), format!("add kind = \"...\", one of {}", KINDS.join(", "))))?;
+            let kind = kind.ok_or_else(|| {
+                p.err(
+                    t.span(),
+                    format!("device {key} has no kind"),
+                    format!("add kind = \"...\", one of {}", KINDS.join(", ")),
+                )
+            })?;
             (kind, Some(t.clone().into_table()), t.span())
         }
         Item::Table(t) => {
             let kind = p
                 .string(t, "kind", &format!("devices.{key}"))?
-                .ok_or_else(|| p.err(t.span(), format!("device {key} has no kind"), format!("add kind = \"...\", one of {}", KINDS.join(", "))))?
+                .ok_or_else(|| {
+                    p.err(
+                        t.span(),
+                        format!("device {key} has no kind"),
+                        format!("add kind = \"...\", one of {}", KINDS.join(", ")),
+                    )
+                })?
                 .0;
             (kind, Some(t.clone()), t.span())
         }
         other => {
-            return Err(p.err(other.span(), format!("device {key} must be a kind or a table"), format!("write {key} = \"console\", or {key} = {{ kind = \"stack\", interface = \"service\" }}")));
+            return Err(p.err(
+                other.span(),
+                format!("device {key} must be a kind or a table"),
+                format!("write {key} = \"console\", or {key} = {{ kind = \"stack\", interface = \"service\" }}"),
+            ));
         }
     };
     let t = table.unwrap_or_default();
@@ -636,16 +703,23 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
     let opt = |k: &str| -> Result<Option<String>, Error> {
         match t.get(k) {
             None => Ok(None),
-            Some(i) => i
-                .as_str()
-                .map(|s| Some(s.to_string()))
-                .ok_or_else(|| p.err(i.span().or(span.clone()), format!("`{k}` of device {key} must be a string"), format!("write {k} = \"...\""))),
+            Some(i) => i.as_str().map(|s| Some(s.to_string())).ok_or_else(|| {
+                p.err(
+                    i.span().or(span.clone()),
+                    format!("`{k}` of device {key} must be a string"),
+                    format!("write {k} = \"...\""),
+                )
+            }),
         }
     };
     let interface = |default: &str| -> Result<String, Error> {
         let i = opt("interface")?.unwrap_or_else(|| default.to_string());
         if i.is_empty() || i.len() > 67 || !i.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(p.err(span.clone(), format!("interface {i:?} of device {key} is not a valid Solo5 device name"), "use up to 67 letters, digits, - and _"));
+            return Err(p.err(
+                span.clone(),
+                format!("interface {i:?} of device {key} is not a valid Solo5 device name"),
+                "use up to 67 letters, digits, - and _",
+            ));
         }
         Ok(i)
     };
@@ -659,7 +733,11 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
             let size = match opt("size")? {
                 None => 1 << 20,
                 Some(s) => size(&s).filter(|&n| n > 0 && n % 512 == 0).ok_or_else(|| {
-                    p.err(span.clone(), format!("size {s:?} of device {key} is not a size in whole sectors"), "write a size such as \"4M\" or \"512K\"")
+                    p.err(
+                        span.clone(),
+                        format!("size {s:?} of device {key} is not a size in whole sectors"),
+                        "write a size such as \"4M\" or \"512K\"",
+                    )
                 })?,
             };
             Kind::Block { interface: interface("storage")?, size }
@@ -669,39 +747,67 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
             if let Some(a) = &ipv4
                 && !valid_cidr(a)
             {
-                return Err(p.err(span.clone(), format!("ipv4 {a:?} of device {key} is not an address with a prefix length"), "write it as \"10.0.0.2/24\""));
+                return Err(p.err(
+                    span.clone(),
+                    format!("ipv4 {a:?} of device {key} is not an address with a prefix length"),
+                    "write it as \"10.0.0.2/24\"",
+                ));
             }
             let gateway = opt("gateway")?;
             if let Some(g) = &gateway
                 && g.parse::<std::net::Ipv4Addr>().is_err()
             {
-                return Err(p.err(span.clone(), format!("gateway {g:?} of device {key} is not an IPv4 address"), "write it as \"10.0.0.1\""));
+                return Err(p.err(
+                    span.clone(),
+                    format!("gateway {g:?} of device {key} is not an IPv4 address"),
+                    "write it as \"10.0.0.1\"",
+                ));
             }
             Kind::Stack { interface: interface("service")?, ipv4, gateway }
         }
         "kv-ro" => {
             let d = opt("directory")?.ok_or_else(|| {
-                p.err(span.clone(), format!("the kv-ro device {key} has no directory"), format!("write {key} = {{ kind = \"kv-ro\", directory = \"data\" }}"))
+                p.err(
+                    span.clone(),
+                    format!("the kv-ro device {key} has no directory"),
+                    format!("write {key} = {{ kind = \"kv-ro\", directory = \"data\" }}"),
+                )
             })?;
             let path = dir.join(&d);
             if !path.is_dir() {
-                return Err(p.err(span.clone(), format!("the directory {d:?} of device {key} does not exist"), "create it, or name an existing directory (relative to mirage.toml)"));
+                return Err(p.err(
+                    span.clone(),
+                    format!("the directory {d:?} of device {key} does not exist"),
+                    "create it, or name an existing directory (relative to mirage.toml)",
+                ));
             }
             let tar = match opt("store")?.as_deref() {
                 None | Some("crunch") => None,
                 Some("tar") => Some(interface(key)?),
                 Some(other) => {
-                    return Err(p.err(span.clone(), format!("unknown store {other:?} of device {key}"), "use store = \"crunch\" (compiled into the image) or store = \"tar\" (a disk image)"));
+                    return Err(p.err(
+                        span.clone(),
+                        format!("unknown store {other:?} of device {key}"),
+                        "use store = \"crunch\" (compiled into the image) or store = \"tar\" (a disk image)",
+                    ));
                 }
             };
             if tar.is_none() && opt("interface")?.is_some() {
-                return Err(p.err(span.clone(), format!("device {key} has an interface but is compiled into the image"), "add store = \"tar\", or drop interface"));
+                return Err(p.err(
+                    span.clone(),
+                    format!("device {key} has an interface but is compiled into the image"),
+                    "add store = \"tar\", or drop interface",
+                ));
             }
             Kind::KvRo { directory: PathBuf::from(d), tar }
         }
         "kv-rw" => Kind::KvRw,
         other => {
-            return Err(p.err(span.clone(), format!("unknown device kind {other:?}"), format!("use one of {}", KINDS.join(", "))));
+            return Err(p.err(
+                span.clone(),
+                format!("unknown device kind {other:?}"),
+                format!("use one of {}", KINDS.join(", ")),
+            ));
         }
     };
     p.unknown_keys(&t, &tname, keys(k.keyword()))?;
@@ -741,7 +847,10 @@ default = 8080
         let c = check(GOOD).unwrap();
         assert_eq!(c.name, "demo");
         assert_eq!(c.arguments, ["console", "net", "greeting", "port"]);
-        assert_eq!(c.devices[1].kind, Kind::Stack { interface: "service".into(), ipv4: Some("10.0.0.2/24".into()), gateway: None });
+        assert_eq!(
+            c.devices[1].kind,
+            Kind::Stack { interface: "service".into(), ipv4: Some("10.0.0.2/24".into()), gateway: None }
+        );
         assert_eq!(c.boot[1].default.as_deref(), Some("8080"));
     }
 
@@ -773,7 +882,11 @@ default = 8080
         let e = error(&GOOD.replace("ipv4 = \"10.0.0.2/24\"", "ipv4 = \"10.0.0.2\""));
         assert!(e.fix.contains("10.0.0.2/24"), "{e}");
 
-        let e = error(&GOOD.replace("[devices]", "[devices]\nnet2 = { kind = \"net\" }").replace("\"port\"]", "\"port\", \"net2\"]"));
+        let e = error(
+            &GOOD
+                .replace("[devices]", "[devices]\nnet2 = { kind = \"net\" }")
+                .replace("\"port\"]", "\"port\", \"net2\"]"),
+        );
         assert!(e.cause.contains("declared twice"), "{e}");
 
         let e = error(&GOOD.replace("name = \"demo\"\n", ""));
@@ -782,10 +895,14 @@ default = 8080
         let e = error(&GOOD.replace("[unikernel]", "[unikernel]\nflavour = \"x\""));
         assert!(e.cause.contains("unknown key `flavour`") && e.line == 3, "{e}");
 
-        let e = error(&GOOD.replace("[devices]", "[devices]\nkv = { kind = \"kv-ro\", directory = \".\", store = \"zip\" }"));
+        let e = error(
+            &GOOD.replace("[devices]", "[devices]\nkv = { kind = \"kv-ro\", directory = \".\", store = \"zip\" }"),
+        );
         assert!(e.cause.contains("unknown store \"zip\"") && e.fix.contains("store = \"tar\""), "{e}");
 
-        let e = error(&GOOD.replace("[devices]", "[devices]\nkv = { kind = \"kv-ro\", directory = \".\", interface = \"disk\" }"));
+        let e = error(
+            &GOOD.replace("[devices]", "[devices]\nkv = { kind = \"kv-ro\", directory = \".\", interface = \"disk\" }"),
+        );
         assert!(e.cause.contains("compiled into the image") && e.fix.contains("store = \"tar\""), "{e}");
 
         let e = error("[unikernel\nname = 1");
@@ -838,14 +955,26 @@ default = 8080
         assert_eq!(libs(""), None);
         std::fs::create_dir_all(dir.join("rs/crates/mirage-devices")).unwrap();
         let crates = dir.join("rs/crates").canonicalize().unwrap();
-        assert_eq!(libs("mirage-devices = { path = \"rs/crates/mirage-devices\" }"), Some(Libraries::Path(crates.clone())));
-        assert_eq!(libs("[dependencies.mirage-http]\npath = \"rs/crates/mirage-http\"\n"), Some(Libraries::Path(crates)));
+        assert_eq!(
+            libs("mirage-devices = { path = \"rs/crates/mirage-devices\" }"),
+            Some(Libraries::Path(crates.clone()))
+        );
+        assert_eq!(
+            libs("[dependencies.mirage-http]\npath = \"rs/crates/mirage-http\"\n"),
+            Some(Libraries::Path(crates))
+        );
         assert_eq!(
             libs("mirage-devices = { git = \"https://example.org/mirage-rs\", tag = \"v0.1.0\" }"),
-            Some(Libraries::Git { url: "https://example.org/mirage-rs".into(), reference: Some(("tag".into(), "v0.1.0".into())) })
+            Some(Libraries::Git {
+                url: "https://example.org/mirage-rs".into(),
+                reference: Some(("tag".into(), "v0.1.0".into()))
+            })
         );
         assert_eq!(libs("mirage-devices = \"0.1\""), Some(Libraries::Registry("0.1".into())));
-        assert_eq!(libs("mirage-runtime = { version = \"0.1.2\", features = [\"std\"] }"), Some(Libraries::Registry("0.1.2".into())));
+        assert_eq!(
+            libs("mirage-runtime = { version = \"0.1.2\", features = [\"std\"] }"),
+            Some(Libraries::Registry("0.1.2".into()))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

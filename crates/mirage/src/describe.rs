@@ -33,13 +33,21 @@ fn implementation(name: &str, kind: &Kind, opts: &Options) -> (String, Option<St
         }
         Kind::KvRo { directory, .. } => match opts.tar(name, kind) {
             None => ("mirage_kv::Crunched".into(), Some(format!("{} compiled in", directory.display()))),
-            Some(i) => ("mirage_kv::Tar".into(), Some(format!("a tar archive of {} on block device {i}", directory.display()))),
+            Some(i) => {
+                ("mirage_kv::Tar".into(), Some(format!("a tar archive of {} on block device {i}", directory.display())))
+            }
         },
         Kind::KvRw => {
             if solo5 {
                 ("mirage_kv::Mem".into(), Some("memory".into()))
             } else {
-                ("mirage_unix::DirKv".into(), Some(format!("a host directory, {} by default (--kv-rw:{name}=DIR)", crate::generate::kv_rw_directory(name))))
+                (
+                    "mirage_unix::DirKv".into(),
+                    Some(format!(
+                        "a host directory, {} by default (--kv-rw:{name}=DIR)",
+                        crate::generate::kv_rw_directory(name)
+                    )),
+                )
             }
         }
     }
@@ -85,11 +93,8 @@ pub fn dot(config: &Config, opts: &Options) -> String {
     let mut d = String::new();
     let _ = writeln!(d, "digraph {} {{", quote(&config.name));
     d.push_str("  rankdir=LR;\n  node [shape=box, fontname=\"sans-serif\"];\n  edge [fontname=\"sans-serif\"];\n");
-    let _ = writeln!(
-        d,
-        "  start [shape=ellipse, label={}];",
-        quote(&format!("{}\n{}", config.start, opts.target.name()))
-    );
+    let _ =
+        writeln!(d, "  start [shape=ellipse, label={}];", quote(&format!("{}\n{}", config.start, opts.target.name())));
     for (i, a) in config.arguments.iter().enumerate() {
         let node = format!("n{i}");
         if let Some(dev) = config.devices.iter().find(|x| &x.name == a) {

@@ -68,19 +68,25 @@ pub fn explain(config: &Config, opts: &Options, main: &str, toml: &str, places: 
     let mut out: Vec<String> = Vec::new();
     for &(line, column) in places {
         let Some(text) = lines.get(line.wrapping_sub(1)) else { continue };
-        let token: String = text.chars().skip(column.saturating_sub(1)).take_while(|c| c.is_alphanumeric() || "_&:".contains(*c)).collect();
+        let token: String = text
+            .chars()
+            .skip(column.saturating_sub(1))
+            .take_while(|c| c.is_alphanumeric() || "_&:".contains(*c))
+            .collect();
         let explanation = if let Some(i) = arguments.iter().position(|a| *a == token) {
             let name = &config.arguments[i];
             if let Some(b) = config.boot.iter().find(|b| &b.name == name) {
                 let given = if b.ty == crate::config::ArgType::String { "&str" } else { b.ty.rust() };
-                let place = declaration_line(toml, name, true).map_or("mirage.toml".to_string(), |l| format!("mirage.toml:{l}"));
+                let place = declaration_line(toml, name, true)
+                    .map_or("mirage.toml".to_string(), |l| format!("mirage.toml:{l}"));
                 format!(
                     "main.rs:{line}: start's argument {} is the boot argument {name}, declared at {place} with type = \"{}\": the wiring gives start a `{given}` there",
                     i + 1,
                     b.ty.keyword()
                 )
             } else if let Some(d) = config.devices.iter().find(|d| &d.name == name) {
-                let place = declaration_line(toml, name, false).map_or("mirage.toml".to_string(), |l| format!("mirage.toml:{l}"));
+                let place = declaration_line(toml, name, false)
+                    .map_or("mirage.toml".to_string(), |l| format!("mirage.toml:{l}"));
                 let target = if opts.target == Target::Unix { "unix" } else { "Solo5" };
                 format!(
                     "main.rs:{line}: start's argument {} is the {} device {name}, declared at {place}: the wiring gives start its {target} implementation of {}, so start takes it as `impl {}` (or a type parameter bounded by it)",
@@ -92,7 +98,9 @@ pub fn explain(config: &Config, opts: &Options, main: &str, toml: &str, places: 
             } else {
                 continue;
             }
-        } else if token == config.start || token.ends_with(&format!("::{}", config.start.rsplit("::").next().unwrap_or_default())) {
+        } else if token == config.start
+            || token.ends_with(&format!("::{}", config.start.rsplit("::").next().unwrap_or_default()))
+        {
             format!(
                 "main.rs:{line}: the call of {}, with the {} arguments of mirage.toml's arguments = [{}]",
                 config.start,
@@ -130,12 +138,26 @@ mod tests {
         let main = "fn main() {\n    std::process::exit(mirage_unix::run(async move {\n        d::start(console, KV_HTDOCS, port, &greeting).await\n    }));\n}\n";
         let col = |s: &str| main.lines().nth(2).unwrap().find(s).unwrap() + 1;
         let e = explain(&c, &opts, main, TOML, &[(3, col("port"))]);
-        assert_eq!(e, ["main.rs:3: start's argument 3 is the boot argument port, declared at mirage.toml:10 with type = \"u16\": the wiring gives start a `u16` there"]);
+        assert_eq!(
+            e,
+            [
+                "main.rs:3: start's argument 3 is the boot argument port, declared at mirage.toml:10 with type = \"u16\": the wiring gives start a `u16` there"
+            ]
+        );
         let e = explain(&c, &opts, main, TOML, &[(3, col("&greeting"))]);
         assert!(e[0].contains("the boot argument greeting, declared at mirage.toml:14 with type = \"string\": the wiring gives start a `&str`"), "{e:?}");
         let e = explain(&c, &opts, main, TOML, &[(3, col("KV_HTDOCS"))]);
-        assert!(e[0].contains("start's argument 2 is the kv-ro device htdocs, declared at mirage.toml:8") && e[0].contains("`impl KvRo`"), "{e:?}");
+        assert!(
+            e[0].contains("start's argument 2 is the kv-ro device htdocs, declared at mirage.toml:8")
+                && e[0].contains("`impl KvRo`"),
+            "{e:?}"
+        );
         let e = explain(&c, &opts, main, TOML, &[(3, col("d::start")), (1, 1)]);
-        assert_eq!(e, ["main.rs:3: the call of d::start, with the 4 arguments of mirage.toml's arguments = [\"console\", \"htdocs\", \"port\", \"greeting\"]"]);
+        assert_eq!(
+            e,
+            [
+                "main.rs:3: the call of d::start, with the 4 arguments of mirage.toml's arguments = [\"console\", \"htdocs\", \"port\", \"greeting\"]"
+            ]
+        );
     }
 }

@@ -135,7 +135,10 @@ impl Args {
                     Some(v)
                 }
                 (false, Some(_)) => {
-                    return Err(Failure::usage(format!("{command}: --{name} takes no value"), format!("write --{name}")));
+                    return Err(Failure::usage(
+                        format!("{command}: --{name} takes no value"),
+                        format!("write --{name}"),
+                    ));
                 }
                 (false, None) => None,
             };
@@ -156,7 +159,10 @@ impl Args {
 fn real_main(mut argv: Vec<String>) -> Result<(), Failure> {
     let mut dir = PathBuf::from(".");
     if argv.first().map(String::as_str) == Some("-C") {
-        let d = argv.get(1).cloned().ok_or_else(|| Failure::usage("-C needs a directory", "write mirage -C DIR COMMAND"))?;
+        let d = argv
+            .get(1)
+            .cloned()
+            .ok_or_else(|| Failure::usage("-C needs a directory", "write mirage -C DIR COMMAND"))?;
         dir = PathBuf::from(d);
         argv.drain(..2);
     }
@@ -210,7 +216,9 @@ fn crates_dir() -> Result<PathBuf, Failure> {
             "set MIRAGE_RS to the mirage-rs repository",
         ));
     }
-    crates.canonicalize().map_err(|e| Failure::new(format!("{}: {e}", crates.display()), "set MIRAGE_RS to the mirage-rs repository"))
+    crates
+        .canonicalize()
+        .map_err(|e| Failure::new(format!("{}: {e}", crates.display()), "set MIRAGE_RS to the mirage-rs repository"))
 }
 
 /// Where the wiring of `config` takes the mirage-rs libraries from: where
@@ -223,7 +231,9 @@ fn libraries(config: &Config) -> Result<Libraries, Failure> {
 }
 
 fn load(dir: &Path) -> Result<Config, Failure> {
-    let dir = dir.canonicalize().map_err(|e| Failure::new(format!("{}: {e}", dir.display()), "name an existing directory with -C"))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| Failure::new(format!("{}: {e}", dir.display()), "name an existing directory with -C"))?;
     Ok(config::load(&dir)?)
 }
 
@@ -245,7 +255,10 @@ fn save_state(config: &Config, opts: &Options) -> std::io::Result<()> {
 /// explicit target that was configured before.
 fn load_state(config: &Config, target: Option<Target>) -> Result<Options, Failure> {
     let not_configured = |t: &str| {
-        Failure::new(format!("{} is not configured for {t}", config.name), format!("run `mirage configure -t {t}` first"))
+        Failure::new(
+            format!("{} is not configured for {t}", config.name),
+            format!("run `mirage configure -t {t}` first"),
+        )
     };
     let text = std::fs::read_to_string(state_file(config)).unwrap_or_default();
     let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).map(String::from);
@@ -307,7 +320,8 @@ fn reference() -> String {
 fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure> {
     let libraries = libraries(config)?;
     let dir = generate::dir(config, opts.target);
-    std::fs::create_dir_all(&dir).map_err(|e| Failure::new(format!("{}: {e}", dir.display()), "check the directory's permissions"))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::new(format!("{}: {e}", dir.display()), "check the directory's permissions"))?;
     let mut written = Vec::new();
     for f in generate::files_formatted(config, opts, &libraries) {
         let path = dir.join(f.path);
@@ -316,7 +330,8 @@ fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure
             written.push(path);
             continue;
         }
-        std::fs::write(&path, f.text).map_err(|e| Failure::new(format!("{}: {e}", path.display()), "check the directory's permissions"))?;
+        std::fs::write(&path, f.text)
+            .map_err(|e| Failure::new(format!("{}: {e}", path.display()), "check the directory's permissions"))?;
         written.push(path);
     }
     // Start from the versions mirage-rs is tested with: those of the
@@ -337,7 +352,9 @@ fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure
     if !written.iter().any(|p| p.ends_with("build.rs")) {
         let _ = std::fs::remove_file(dir.join("build.rs"));
     }
-    save_state(config, opts).map_err(|e| Failure::new(format!("{}: {e}", state_file(config).display()), "check the directory's permissions"))?;
+    save_state(config, opts).map_err(|e| {
+        Failure::new(format!("{}: {e}", state_file(config).display()), "check the directory's permissions")
+    })?;
     Ok(written)
 }
 
@@ -353,7 +370,9 @@ fn configure(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     let net = match args.value("net") {
         None | Some("socket") => UnixNet::Socket,
         Some("direct") => UnixNet::Direct,
-        Some(other) => return Err(Failure::usage(format!("--net={other}: unknown stack"), "use --net=socket or --net=direct")),
+        Some(other) => {
+            return Err(Failure::usage(format!("--net={other}: unknown stack"), "use --net=socket or --net=direct"));
+        }
     };
     if target != Target::Unix && args.value("net") == Some("socket") {
         return Err(Failure::usage(
@@ -372,11 +391,26 @@ fn configure(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     let kv_tar = match args.value("kv-ro") {
         None | Some("default") => false,
         Some("tar") => true,
-        Some(other) => return Err(Failure::usage(format!("--kv-ro={other}: unknown store"), "use --kv-ro=tar, or leave it out for each store's own")),
+        Some(other) => {
+            return Err(Failure::usage(
+                format!("--kv-ro={other}: unknown store"),
+                "use --kv-ro=tar, or leave it out for each store's own",
+            ));
+        }
     };
-    let opts = Options { target, net: if target == Target::Unix { net } else { UnixNet::Direct }, dhcp: !args.flag("no-dhcp"), kv_tar };
+    let opts = Options {
+        target,
+        net: if target == Target::Unix { net } else { UnixNet::Direct },
+        dhcp: !args.flag("no-dhcp"),
+        kv_tar,
+    };
     let written = write_wiring(&config, &opts)?;
-    println!("configured {} for {} in {}", config.name, target.name(), generate::relative(&generate::dir(&config, target), &std::env::current_dir().unwrap_or_default()));
+    println!(
+        "configured {} for {} in {}",
+        config.name,
+        target.name(),
+        generate::relative(&generate::dir(&config, target), &std::env::current_dir().unwrap_or_default())
+    );
     for w in written {
         println!("  wrote {}", w.file_name().and_then(|n| n.to_str()).unwrap_or(""));
     }
@@ -447,7 +481,12 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
         write_wiring(config, opts)?;
     }
     let target_dir = target_dir(config, opts.target);
-    std::fs::create_dir_all(&target_dir).map_err(|e| Failure::new(format!("{}: {e}", target_dir.display()), "set CARGO_TARGET_DIR or MIRAGE_CACHE to a directory you may write"))?;
+    std::fs::create_dir_all(&target_dir).map_err(|e| {
+        Failure::new(
+            format!("{}: {e}", target_dir.display()),
+            "set CARGO_TARGET_DIR or MIRAGE_CACHE to a directory you may write",
+        )
+    })?;
     // One build at a time in a target directory, from cargo to the copy
     // into dist/: two unikernels of one name write the same binary there.
     let _lock = lock(&target_dir.join(".mirage-lock"))?;
@@ -487,7 +526,9 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| Failure::new(format!("cannot run cargo: {e}"), "install Rust (rustup.rs) and put cargo on PATH"))?;
+        .map_err(|e| {
+            Failure::new(format!("cannot run cargo: {e}"), "install Rust (rustup.rs) and put cargo on PATH")
+        })?;
     let mut output = String::new();
     if let Some(stderr) = child.stderr.take() {
         use std::io::{BufRead, Write};
@@ -531,20 +572,32 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
     let _ = std::fs::write(&owner, &me);
     let built = target_dir.join("release").join(&config.name);
     let dist = config.dir.join("dist");
-    std::fs::create_dir_all(&dist).map_err(|e| Failure::new(format!("{}: {e}", dist.display()), "check the directory's permissions"))?;
+    std::fs::create_dir_all(&dist)
+        .map_err(|e| Failure::new(format!("{}: {e}", dist.display()), "check the directory's permissions"))?;
     let image = dist.join(opts.target.image(&config.name));
     // Replace, not overwrite in place: a running copy keeps its file.
     let _ = std::fs::remove_file(&image);
-    std::fs::copy(&built, &image).map_err(|e| Failure::new(format!("copying {} to {}: {e}", built.display(), image.display()), "check the directory's permissions"))?;
+    std::fs::copy(&built, &image).map_err(|e| {
+        Failure::new(
+            format!("copying {} to {}: {e}", built.display(), image.display()),
+            "check the directory's permissions",
+        )
+    })?;
     if opts.target.solo5()
         && let Some(trimmed) = std::fs::read(&image).ok().and_then(|elf| mirage::trim::strip_section_headers(&elf))
     {
-        std::fs::write(&image, trimmed).map_err(|e| Failure::new(format!("{}: {e}", image.display()), "check the free space"))?;
+        std::fs::write(&image, trimmed)
+            .map_err(|e| Failure::new(format!("{}: {e}", image.display()), "check the free space"))?;
     }
     for d in &config.devices {
         if let (Some(interface), config::Kind::KvRo { directory, .. }) = (opts.tar(&d.name, &d.kind), &d.kind) {
             let disk = tar_image(&config.dir.join(directory), &dist.join(format!("{interface}.img")))?;
-            println!("made {} (a tar archive of {}) for store {}", generate::relative(&disk, &config.dir), directory.display(), d.name);
+            println!(
+                "made {} (a tar archive of {}) for store {}",
+                generate::relative(&disk, &config.dir),
+                directory.display(),
+                d.name
+            );
         }
     }
     Ok(image)
@@ -572,17 +625,20 @@ fn strip_ansi(line: &str) -> String {
 /// Writes the tar archive of `dir` to `out`: the disk image of a
 /// `--kv-ro=tar` store, whole 512-byte sectors.
 fn tar_image(dir: &Path, out: &Path) -> Result<PathBuf, Failure> {
-    let read = |e: std::io::Error| Failure::new(format!("reading {}: {e}", dir.display()), "check the store's directory");
+    let read =
+        |e: std::io::Error| Failure::new(format!("reading {}: {e}", dir.display()), "check the store's directory");
     let mut files = Vec::new();
     for (key, path) in mirage_kv::crunch::files(dir).map_err(read)? {
         let meta = std::fs::metadata(&path).map_err(read)?;
-        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+        let mtime =
+            meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
         files.push((key, std::fs::read(&path).map_err(read)?, mtime));
     }
     let archive = mirage_kv::tar::write_archive(files.iter().map(|(p, d, m)| (p.as_str(), d.as_slice(), *m)), 512);
     // Replace, not overwrite in place: a running unikernel keeps its disk.
     let _ = std::fs::remove_file(out);
-    std::fs::write(out, archive).map_err(|e| Failure::new(format!("{}: {e}", out.display()), "check the directory's permissions"))?;
+    std::fs::write(out, archive)
+        .map_err(|e| Failure::new(format!("{}: {e}", out.display()), "check the directory's permissions"))?;
     Ok(out.to_path_buf())
 }
 
@@ -612,7 +668,8 @@ removed (delete them yourself when you mean to). The shared build cache
 /// What `mirage clean` may remove from dist/: what `mirage build` makes
 /// from sources, never a device's data.
 fn built_files(config: &Config) -> Vec<String> {
-    let mut files: Vec<String> = [Target::Unix, Target::Hvt, Target::Spt].iter().map(|t| t.image(&config.name)).collect();
+    let mut files: Vec<String> =
+        [Target::Unix, Target::Hvt, Target::Spt].iter().map(|t| t.image(&config.name)).collect();
     let data: Vec<&str> = config
         .devices
         .iter()
@@ -640,7 +697,9 @@ fn clean(dir: &Path, argv: &[String]) -> Result<(), Failure> {
         return Ok(());
     }
     let config = load(dir)?;
-    let perm = |p: &Path, e: std::io::Error| Failure::new(format!("{}: {e}", p.display()), "check the directory's permissions");
+    let perm = |p: &Path, e: std::io::Error| {
+        Failure::new(format!("{}: {e}", p.display()), "check the directory's permissions")
+    };
     let wiring = config.dir.join("mirage");
     if wiring.exists() {
         std::fs::remove_dir_all(&wiring).map_err(|e| perm(&wiring, e))?;
@@ -694,12 +753,19 @@ fn query(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     };
     let files = |opts: &Options| -> Vec<String> {
         let gen_dir = generate::relative(&generate::dir(&config, opts.target), &config.dir);
-        let mut f: Vec<String> = generate::files(&config, opts, &Libraries::Path("/crates".into())).iter().map(|f| format!("{gen_dir}/{}", f.path)).collect();
+        let mut f: Vec<String> = generate::files(&config, opts, &Libraries::Path("/crates".into()))
+            .iter()
+            .map(|f| format!("{gen_dir}/{}", f.path))
+            .collect();
         f.push(format!("dist/{}", opts.target.image(&config.name)));
         f
     };
     let packages = |opts: &Options| -> Vec<String> {
-        let toml = generate::files(&config, opts, &Libraries::Path("/crates".into())).into_iter().find(|f| f.path == "Cargo.toml").map(|f| f.text).unwrap_or_default();
+        let toml = generate::files(&config, opts, &Libraries::Path("/crates".into()))
+            .into_iter()
+            .find(|f| f.path == "Cargo.toml")
+            .map(|f| f.text)
+            .unwrap_or_default();
         toml.lines()
             .skip_while(|l| *l != "[dependencies]")
             .skip(1)
@@ -726,7 +792,10 @@ fn query(dir: &Path, argv: &[String]) -> Result<(), Failure> {
             println!("manifest: {}", manifest().replace('\n', " ").split_whitespace().collect::<Vec<_>>().join(" "));
         }
         Some(other) => {
-            return Err(Failure::usage(format!("query: unknown question {other:?}"), "ask name, target, files, manifest or packages"));
+            return Err(Failure::usage(
+                format!("query: unknown question {other:?}"),
+                "ask name, target, files, manifest or packages",
+            ));
         }
     }
     Ok(())
@@ -751,11 +820,15 @@ fn describe(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     let opts = load_state(&config, target)?;
     let dot = describe::dot(&config, &opts);
     if let Some(svg) = args.value("svg") {
-        let mut child = Command::new("dot")
-            .args(["-Tsvg", "-o", svg])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| Failure::new(format!("cannot run Graphviz's dot: {e}"), "install Graphviz (apt-get install graphviz), or use --dot"))?;
+        let mut child =
+            Command::new("dot").args(["-Tsvg", "-o", svg]).stdin(std::process::Stdio::piped()).spawn().map_err(
+                |e| {
+                    Failure::new(
+                        format!("cannot run Graphviz's dot: {e}"),
+                        "install Graphviz (apt-get install graphviz), or use --dot",
+                    )
+                },
+            )?;
         use std::io::Write;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(dot.as_bytes());
@@ -798,18 +871,27 @@ fn new(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if !valid {
-        return Err(Failure::usage(format!("new: {name:?} is not a usable crate name"), "use lowercase letters, digits, - and _, starting with a letter"));
+        return Err(Failure::usage(
+            format!("new: {name:?} is not a usable crate name"),
+            "use lowercase letters, digits, - and _, starting with a letter",
+        ));
     }
-    let with: Vec<&str> = args.value("with").map(|w| w.split(',').filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+    let with: Vec<&str> =
+        args.value("with").map(|w| w.split(',').filter(|s| !s.is_empty()).collect()).unwrap_or_default();
     let template = Template::with(&with).map_err(|unknown| {
-        Failure::usage(format!("new: --with={unknown}: nothing of that name"), format!("choose among {}", template::ADDITIONS.join(", ")))
+        Failure::usage(
+            format!("new: --with={unknown}: nothing of that name"),
+            format!("choose among {}", template::ADDITIONS.join(", ")),
+        )
     })?;
     let root = dir.join(&name);
     if root.exists() {
         return Err(Failure::new(format!("{} exists already", root.display()), "choose another name, or remove it"));
     }
     let crates = crates_dir()?;
-    let perm = |p: &Path, e: std::io::Error| Failure::new(format!("{}: {e}", p.display()), "check the directory's permissions");
+    let perm = |p: &Path, e: std::io::Error| {
+        Failure::new(format!("{}: {e}", p.display()), "check the directory's permissions")
+    };
     std::fs::create_dir_all(root.join("src")).map_err(|e| perm(&root, e))?;
     let abs = root.canonicalize().map_err(|e| perm(&root, e))?;
     let files = template::files(&name, &template, &Libraries::Path(crates), &abs, &reference());

@@ -32,8 +32,7 @@ dist/NAME.kv, created if missing.";
 /// splitting (a shell's: `mirage_runtime::args::split_cmdline`) gives it
 /// back as one word.
 pub fn quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_=:,./@%+^".contains(c));
+    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_=:,./@%+^".contains(c));
     if plain {
         return word.to_string();
     }
@@ -72,7 +71,9 @@ fn tender_path(target: Target) -> Result<PathBuf, Failure> {
     }
     Err(Failure::new(
         format!("no {name} tender found (looked in {})", looked.join(" and ")),
-        format!("build the tenders with `cargo build --release` in the mirage-rs repository (they go beside mirage), or put {name} on PATH"),
+        format!(
+            "build the tenders with `cargo build --release` in the mirage-rs repository (they go beside mirage), or put {name} on PATH"
+        ),
     ))
 }
 
@@ -91,18 +92,17 @@ fn check_kvm() -> Result<(), Failure> {
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
+    if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
 }
 
 /// The tap device for `interface`: given, existing, or created.
 fn tap(interface: &str, given: Option<&str>, host: &str, created: &mut Vec<CreatedTap>) -> Result<String, Failure> {
     if let Some(t) = given {
         if !Path::new("/sys/class/net").join(t).exists() {
-            return Err(Failure::new(format!("there is no network device {t}"), format!("create it (ip tuntap add {t} mode tap), or drop --tap")));
+            return Err(Failure::new(
+                format!("there is no network device {t}"),
+                format!("create it (ip tuntap add {t} mode tap), or drop --tap"),
+            ));
         }
         return Ok(t.to_string());
     }
@@ -114,12 +114,15 @@ fn tap(interface: &str, given: Option<&str>, host: &str, created: &mut Vec<Creat
         "sudo ip tuntap add {name} mode tap user $USER && sudo ip addr add {host} dev {name} && sudo ip link set {name} up"
     );
     if let Err(e) = ip(&["tuntap", "add", "dev", &name, "mode", "tap"]) {
-        return Err(Failure::new(format!("no right to create the tap device {name} ({e})"), format!("run mirage as root, or create it first: {commands}")));
+        return Err(Failure::new(
+            format!("no right to create the tap device {name} ({e})"),
+            format!("run mirage as root, or create it first: {commands}"),
+        ));
     }
     created.push(CreatedTap(name.clone()));
-    ip(&["addr", "add", host, "dev", &name])
-        .and_then(|()| ip(&["link", "set", &name, "up"]))
-        .map_err(|e| Failure::new(format!("cannot set up the tap device {name}: {e}"), format!("set it up by hand: {commands}")))?;
+    ip(&["addr", "add", host, "dev", &name]).and_then(|()| ip(&["link", "set", &name, "up"])).map_err(|e| {
+        Failure::new(format!("cannot set up the tap device {name}: {e}"), format!("set it up by hand: {commands}"))
+    })?;
     Ok(name)
 }
 
@@ -127,7 +130,8 @@ fn tap(interface: &str, given: Option<&str>, host: &str, created: &mut Vec<Creat
 fn disk(config: &Config, interface: &str, size: u64) -> Result<PathBuf, Failure> {
     let path = config.dir.join("dist").join(format!("{interface}.img"));
     if !path.exists() {
-        let f = std::fs::File::create(&path).map_err(|e| Failure::new(format!("{}: {e}", path.display()), "check the directory's permissions"))?;
+        let f = std::fs::File::create(&path)
+            .map_err(|e| Failure::new(format!("{}: {e}", path.display()), "check the directory's permissions"))?;
         f.set_len(size).map_err(|e| Failure::new(format!("{}: {e}", path.display()), "check the free space"))?;
         eprintln!("mirage: created {} ({} KiB) for block device {interface}", path.display(), size / 1024);
     }
@@ -140,7 +144,10 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
         return Ok(());
     }
     if let Some(p) = args.positional.first() {
-        return Err(Failure::usage(format!("run: unexpected argument {p:?}"), "boot arguments go after --: mirage run -- --ipv4=10.0.0.2/24"));
+        return Err(Failure::usage(
+            format!("run: unexpected argument {p:?}"),
+            "boot arguments go after --: mirage run -- --ipv4=10.0.0.2/24",
+        ));
     }
     let config = load(dir)?;
     let target = args.value("target").map(parse_target).transpose()?;
@@ -187,7 +194,10 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
                 if let Some(interface) = opts.tar(&d.name, &d.kind) {
                     let path = config.dir.join("dist").join(format!("{interface}.img"));
                     if !path.is_file() {
-                        return Err(Failure::new(format!("the disk image {} of store {} is missing", path.display(), d.name), "run `mirage build`, which makes it"));
+                        return Err(Failure::new(
+                            format!("the disk image {} of store {} is missing", path.display(), d.name),
+                            "run `mirage build`, which makes it",
+                        ));
                     }
                     device_args.push(format!("--block:{interface}={}", path.display()));
                 }
@@ -196,7 +206,9 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
             Kind::KvRw if opts.target == Target::Unix => {
                 let dir = config.dir.join(generate::kv_rw_directory(&d.name));
                 if !dir.is_dir() {
-                    std::fs::create_dir_all(&dir).map_err(|e| Failure::new(format!("{}: {e}", dir.display()), "check the directory's permissions"))?;
+                    std::fs::create_dir_all(&dir).map_err(|e| {
+                        Failure::new(format!("{}: {e}", dir.display()), "check the directory's permissions")
+                    })?;
                     eprintln!("mirage: created {} for kv-rw store {}", dir.display(), d.name);
                 }
                 device_args.push(format!("--kv-rw:{}={}", d.name, dir.display()));
@@ -255,14 +267,20 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
             libc::signal(sig, forward as extern "C" fn(libc::c_int) as libc::sighandler_t);
         }
     }
-    let mut child = cmd.spawn().map_err(|e| Failure::new(format!("cannot run {}: {e}", shown[0]), "check that the file exists and is executable"))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        Failure::new(format!("cannot run {}: {e}", shown[0]), "check that the file exists and is executable")
+    })?;
     CHILD.store(child.id() as i32, std::sync::atomic::Ordering::Relaxed);
     let status = child.wait().map_err(|e| Failure::new(format!("waiting for {}: {e}", shown[0]), ""))?;
     drop(created);
     match status.code() {
         Some(0) => Ok(()),
-        Some(c) => Err(Failure { cause: format!("{} exited with status {c}", config.name), fix: String::new(), status: c }),
-        None => Err(Failure { cause: format!("{} was killed ({status})", config.name), fix: String::new(), status: 128 }),
+        Some(c) => {
+            Err(Failure { cause: format!("{} exited with status {c}", config.name), fix: String::new(), status: c })
+        }
+        None => {
+            Err(Failure { cause: format!("{} was killed ({status})", config.name), fix: String::new(), status: 128 })
+        }
     }
 }
 
@@ -273,7 +291,17 @@ mod tests {
 
     #[test]
     fn quoted_words_come_back_as_given() {
-        let words = ["--hello=\"Hola Mundo!\"", "--hello=Hola Mundo!", "it's", "a\\b", "", "--solo5:quiet", "--ipv4=10.0.0.2/24", "tab\there", "'\"'"];
+        let words = [
+            "--hello=\"Hola Mundo!\"",
+            "--hello=Hola Mundo!",
+            "it's",
+            "a\\b",
+            "",
+            "--solo5:quiet",
+            "--ipv4=10.0.0.2/24",
+            "tab\there",
+            "'\"'",
+        ];
         let line: Vec<String> = words.iter().map(|w| quote(w)).collect();
         assert_eq!(split_cmdline(&line.join(" ")).unwrap(), words);
         // Plain words stay as they are, so the command shown reads well

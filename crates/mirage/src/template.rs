@@ -83,18 +83,25 @@ pub fn files(name: &str, t: &Template, libraries: &Libraries, dir: &Path, refere
         (".gitignore", "/mirage/\n/dist/\n".to_string()),
     ];
     if t.kv_ro {
-        files.push(("htdocs/index.html", format!("<!DOCTYPE html>\n<title>{name}</title>\n<h1>Hello from {name}!</h1>\n")));
+        files.push((
+            "htdocs/index.html",
+            format!("<!DOCTYPE html>\n<title>{name}</title>\n<h1>Hello from {name}!</h1>\n"),
+        ));
     }
     files
 }
 
 fn cargo_toml(name: &str, t: &Template, libraries: &Libraries, dir: &Path) -> String {
     let used = t.libraries();
-    let mut c = format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\n");
+    let mut c = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\n"
+    );
     for (l, why) in &used {
         let _ = writeln!(c, "# {why}\n{}", libraries.dependency(l, dir, &[]));
     }
-    c.push_str("# Libraries start may use, from the same place (the wiring takes the\n# target's own from there too):\n");
+    c.push_str(
+        "# Libraries start may use, from the same place (the wiring takes the\n# target's own from there too):\n",
+    );
     for (l, why) in OTHER_LIBRARIES.iter().filter(|(l, _)| !used.iter().any(|(u, _)| u == l)) {
         let _ = writeln!(c, "# {}  # {why}", libraries.dependency(l, dir, &[]));
     }
@@ -146,7 +153,8 @@ fn mirage_toml(name: &str, t: &Template, reference: &str) -> String {
     for (n, value) in &devices {
         let _ = writeln!(m, "{n} = {value}");
     }
-    let _ = write!(m, "\n[boot.greeting]\ntype = \"string\"\ndefault = \"Hello from {name}!\"\ndoc = \"What to print.\"\n");
+    let _ =
+        write!(m, "\n[boot.greeting]\ntype = \"string\"\ndefault = \"Hello from {name}!\"\ndoc = \"What to print.\"\n");
     if t.http {
         m.push_str("\n[boot.port]\ntype = \"u16\"\ndefault = 8080\ndoc = \"The HTTP port.\"\n");
     }
@@ -253,16 +261,23 @@ fn lib_rs(name: &str, t: &Template) -> String {
         say(&mut r, &format!("format!(\"{name}: htdocs/index.html has {{size}} bytes\")"));
     }
     if t.kv_rw {
-        r.push_str("    // The boots, counted in the read-write store (a directory on unix,\n    // memory on Solo5).\n");
+        r.push_str(
+            "    // The boots, counted in the read-write store (a directory on unix,\n    // memory on Solo5).\n",
+        );
         r.push_str("    let key = Key::parse(\"boots\").map_err(|e| format!(\"{e}\"))?;\n");
         r.push_str("    let before = state.get(&key).await.ok().and_then(|v| core::str::from_utf8(&v).ok()?.parse::<u64>().ok());\n");
         r.push_str("    let boots = before.unwrap_or(0) + 1;\n");
-        r.push_str("    state.set(&key, format!(\"{boots}\").as_bytes()).await.map_err(|e| format!(\"state: {e}\"))?;\n");
+        r.push_str(
+            "    state.set(&key, format!(\"{boots}\").as_bytes()).await.map_err(|e| format!(\"state: {e}\"))?;\n",
+        );
         say(&mut r, &format!("format!(\"{name}: boot {{boots}}\")"));
     }
     if t.block {
         r.push_str("    let info = storage.info();\n");
-        say(&mut r, &format!("format!(\"{name}: storage has {{}} sectors of {{}} bytes\", info.sectors, info.sector_size)"));
+        say(
+            &mut r,
+            &format!("format!(\"{name}: storage has {{}} sectors of {{}} bytes\", info.sectors, info.sector_size)"),
+        );
     }
     if t.random {
         say(&mut r, &format!("format!(\"{name}: a random number: {{}}\", random.next_u64())"));
@@ -310,7 +325,10 @@ mod tests {
     fn dependencies_follow_the_devices() {
         let plain = cargo(&Template::default());
         assert!(plain.contains("\nmirage-devices = { path = \"../../crates/mirage-devices\" }\n"), "{plain}");
-        assert!(plain.contains("\n# mirage-http = { path = \"../../crates/mirage-http\" }  # an HTTP server"), "{plain}");
+        assert!(
+            plain.contains("\n# mirage-http = { path = \"../../crates/mirage-http\" }  # an HTTP server"),
+            "{plain}"
+        );
         let http = cargo(&Template::with(&["http"]).unwrap());
         assert!(http.contains("\nmirage-http = { path = \"../../crates/mirage-http\" }\n"), "{http}");
         assert!(!http.contains("# mirage-http"), "{http}");
@@ -322,7 +340,10 @@ mod tests {
         assert!(t.stack && t.kv_ro && t.wall_clock);
         assert_eq!(Template::with(&["stack", "floppy"]), Err("floppy".into()));
         let m = mirage_toml("app", &t, "REF");
-        assert!(m.contains("arguments = [\"console\", \"stack\", \"htdocs\", \"clock\", \"greeting\", \"port\"]"), "{m}");
+        assert!(
+            m.contains("arguments = [\"console\", \"stack\", \"htdocs\", \"clock\", \"greeting\", \"port\"]"),
+            "{m}"
+        );
         let names: Vec<&str> = devices(&t).iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["console", "stack", "htdocs", "clock"]);
     }

@@ -21,7 +21,9 @@ fn every_kind_key_and_type_is_documented() {
             missing.push(format!("device kind {kind}"));
         }
         for key in config::keys(kind) {
-            let documented = doc.lines().any(|l| l.starts_with(&format!("| `{key}` |")) && (l.contains(&format!("`{kind}`")) || l.contains("| all |")));
+            let documented = doc.lines().any(|l| {
+                l.starts_with(&format!("| `{key}` |")) && (l.contains(&format!("`{kind}`")) || l.contains("| all |"))
+            });
             if !documented {
                 missing.push(format!("key {key} of {kind}"));
             }

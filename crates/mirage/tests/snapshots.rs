@@ -81,7 +81,11 @@ fn generated_wiring_matches_the_snapshots() {
                 // hvt and spt share their Rust code, but for the command
                 // named in the header: spt keeps only its Cargo.toml.
                 if variant == "spt" && f.path.ends_with(".rs") {
-                    let hvt = generate::files_formatted(&c, &Options { target: Target::Hvt, ..opts }, &Libraries::Path(root.join("crates")));
+                    let hvt = generate::files_formatted(
+                        &c,
+                        &Options { target: Target::Hvt, ..opts },
+                        &Libraries::Path(root.join("crates")),
+                    );
                     let same = hvt.iter().find(|h| h.path == f.path).map(|h| h.text.replace("-t hvt", "-t spt"));
                     if same.as_deref() != Some(f.text.as_str()) {
                         differ.push(format!("{ex}: spt's {} differs from hvt's beyond the header", f.path));
@@ -105,7 +109,11 @@ fn generated_wiring_matches_the_snapshots() {
         }
     }
     assert!(checked > 40, "only {checked} files checked");
-    assert!(differ.is_empty(), "generated files differ from their snapshots (UPDATE_SNAPSHOTS=1 to accept):\n{}", differ.join("\n"));
+    assert!(
+        differ.is_empty(),
+        "generated files differ from their snapshots (UPDATE_SNAPSHOTS=1 to accept):\n{}",
+        differ.join("\n")
+    );
 }
 
 #[test]
@@ -149,8 +157,11 @@ fn generated_code_imports_only_what_it_uses() {
 /// written where its kind belongs.
 fn doubled_words(text: &str) -> Vec<String> {
     // A word ends before its punctuation; a quoted name is not the word.
-    let words: Vec<&str> =
-        text.split(|c: char| c.is_whitespace()).map(|w| w.trim_end_matches([':', ',', '.', ';', ')'])).filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace())
+        .map(|w| w.trim_end_matches([':', ',', '.', ';', ')']))
+        .filter(|w| !w.is_empty())
+        .collect();
     words
         .windows(2)
         .filter(|w| w[0] == w[1] && w[0].chars().all(|c| c.is_ascii_alphabetic()) && w[0].len() > 1)
@@ -179,7 +190,10 @@ fn each_interface_has_its_own_subnet() {
     // The stack is on the second interface: its static defaults are in
     // 10.0.1.0/24, which mirage run gives tap-admin.
     let opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: false, kv_tar: false };
-    let main = generate::files(&c, &opts, &Libraries::Path(root().join("crates"))).into_iter().find(|f| f.path == "main.rs").unwrap();
+    let main = generate::files(&c, &opts, &Libraries::Path(root().join("crates")))
+        .into_iter()
+        .find(|f| f.path == "main.rs")
+        .unwrap();
     assert!(main.text.contains("mirage_tcpip::Config::args(\"10.0.1.2/24\", \"10.0.1.1\")"), "{}", main.text);
 }
 

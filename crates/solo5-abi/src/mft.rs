@@ -104,14 +104,8 @@ impl core::fmt::Debug for MftEntry {
 
 impl MftEntry {
     /// An all-zero entry.
-    pub const ZERO: MftEntry = MftEntry {
-        name: [0; MFT_NAME_SIZE],
-        mtype: 0,
-        u: [0; 16],
-        b: 0,
-        attached: 0,
-        _pad: [0; 7],
-    };
+    pub const ZERO: MftEntry =
+        MftEntry { name: [0; MFT_NAME_SIZE], mtype: 0, u: [0; 16], b: 0, attached: 0, _pad: [0; 7] };
 
     /// The mandatory first entry.
     pub const fn reserved_first() -> MftEntry {
@@ -151,9 +145,7 @@ impl MftEntry {
 
     /// `u.block_basic.capacity`, in bytes.
     pub fn block_capacity(&self) -> u64 {
-        u64::from_le_bytes([
-            self.u[0], self.u[1], self.u[2], self.u[3], self.u[4], self.u[5], self.u[6], self.u[7],
-        ])
+        u64::from_le_bytes([self.u[0], self.u[1], self.u[2], self.u[3], self.u[4], self.u[5], self.u[6], self.u[7]])
     }
 
     /// `u.block_basic.block_size`.
@@ -267,7 +259,9 @@ impl core::fmt::Display for MftError {
             MftError::BadFirstEntry => write!(f, "first manifest entry is not RESERVED_FIRST"),
             MftError::UnterminatedName(i) => write!(f, "manifest entry {i} has an unterminated name"),
             MftError::Attached(i) => write!(f, "manifest entry {i} is marked attached"),
-            MftError::Misaligned => write!(f, "manifest entries are not 8-byte aligned in memory (read them with mft::read)"),
+            MftError::Misaligned => {
+                write!(f, "manifest entries are not 8-byte aligned in memory (read them with mft::read)")
+            }
         }
     }
 }

@@ -281,22 +281,19 @@ impl fmt::Display for ElfError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ElfError::*;
         match *self {
-            ShortHeader { got } => write!(
-                f,
-                "{INV_EXE}: elf header does not match the expected size ({got} != {EHDR_SIZE})"
-            ),
-            InvalidHeader => write!(
-                f,
-                "{INV_EXE}: invalid or unsupported executable (elf header invalid while loading note)"
-            ),
+            ShortHeader { got } => {
+                write!(f, "{INV_EXE}: elf header does not match the expected size ({got} != {EHDR_SIZE})")
+            }
+            InvalidHeader => {
+                write!(f, "{INV_EXE}: invalid or unsupported executable (elf header invalid while loading note)")
+            }
             ShortPhdrs { got, want } => write!(
                 f,
                 "{INV_EXE}: program header does not match the expected size ({got} != {want} while loading note)"
             ),
-            NoteTooSmall { ph, filesz } => write!(
-                f,
-                "{INV_EXE}: phdr[{ph}].p_filesz note does not fall within valid size ({filesz} < 12)"
-            ),
+            NoteTooSmall { ph, filesz } => {
+                write!(f, "{INV_EXE}: phdr[{ph}].p_filesz note does not fall within valid size ({filesz} < 12)")
+            }
             NoteHeaderShort { ph, got } => {
                 write!(f, "phdr[{ph}] bytes read mismatches note size ({got} != {SOLO5_NHDR_SIZE})")
             }
@@ -304,14 +301,12 @@ impl fmt::Display for ElfError {
                 f,
                 "{INV_EXE}: phdr[{ph}] note does not fall within valid size ({descsz} < 1 || {descsz} > {max})"
             ),
-            NoteDescPastSegment { ph, filesz, want } => write!(
-                f,
-                "{INV_EXE}: phdr[{ph}] note does not fall within valid size ({filesz} < {want})"
-            ),
-            NoteSizeUnderflow { ph, size, descsz } => write!(
-                f,
-                "INV_EXE: phdr[{ph}] note does not fall within valid size ({size} <= 0 || {size} > {descsz})"
-            ),
+            NoteDescPastSegment { ph, filesz, want } => {
+                write!(f, "{INV_EXE}: phdr[{ph}] note does not fall within valid size ({filesz} < {want})")
+            }
+            NoteSizeUnderflow { ph, size, descsz } => {
+                write!(f, "INV_EXE: phdr[{ph}] note does not fall within valid size ({size} <= 0 || {size} > {descsz})")
+            }
             NoteContentShort { ph, got, want } => {
                 write!(f, "phdr[{ph}] bytes read mismatches note size ({got} != {want})")
             }
@@ -319,14 +314,12 @@ impl fmt::Display for ElfError {
                 f,
                 "{INV_EXE}: e_entry does not fall within the memory allocation range ({entry} < {min} || {entry} >= {mem})"
             ),
-            VaddrBelowBase { ph, vaddr, min } => write!(
-                f,
-                "{INV_EXE}: phdr[{ph}].p_vaddr outside of valid memory range ({vaddr} < {min})"
-            ),
-            NotAscending { ph, vaddr, last } => write!(
-                f,
-                "{INV_EXE}: phdr[{ph}].p_vaddr is not in ascending order ({vaddr} < {last})"
-            ),
+            VaddrBelowBase { ph, vaddr, min } => {
+                write!(f, "{INV_EXE}: phdr[{ph}].p_vaddr outside of valid memory range ({vaddr} < {min})")
+            }
+            NotAscending { ph, vaddr, last } => {
+                write!(f, "{INV_EXE}: phdr[{ph}].p_vaddr is not in ascending order ({vaddr} < {last})")
+            }
             BadAlign { ph, vaddr, align } => write!(
                 f,
                 "{INV_EXE}: phdr[{ph}].p_vaddr is outside of memory range (align_down with {vaddr} (p_vaddr) and {align} (p_align) failed)"
@@ -335,10 +328,9 @@ impl fmt::Display for ElfError {
                 f,
                 "{INV_EXE}: phdr[{ph}].p_vaddr_start is outside of memory range ({start} < {min} (p_min_loadaddr))"
             ),
-            Overlap { ph, start, end } => write!(
-                f,
-                "{INV_EXE}: phdr[{ph}].p_vaddr_start is outside of memory range ({start} < {end} (e_end))"
-            ),
+            Overlap { ph, start, end } => {
+                write!(f, "{INV_EXE}: phdr[{ph}].p_vaddr_start is outside of memory range ({start} < {end} (e_end))")
+            }
             VaddrPastMem { ph, vaddr, mem } => write!(
                 f,
                 "{INV_EXE}: phdr[{ph}] program file segment falls outside of valid range ({vaddr} >= {mem} (mem_size))"
@@ -487,12 +479,7 @@ pub fn parse_phdrs(bytes: &[u8], header: &Header) -> Result<Vec<Phdr>, ElfError>
 /// `elf_load_note`: the content of the Solo5 note of type `note_type`, with
 /// the `align`-ment padding at its start removed. `Ok(None)` if the
 /// executable has no such note; `Err` if it is malformed.
-pub fn load_note(
-    bytes: &[u8],
-    note_type: u32,
-    align: usize,
-    max_size: usize,
-) -> Result<Option<&[u8]>, ElfError> {
+pub fn load_note(bytes: &[u8], note_type: u32, align: usize, max_size: usize) -> Result<Option<&[u8]>, ElfError> {
     let header = parse_header(bytes)?;
     let phdrs = parse_phdrs(bytes, &header)?;
     for (ph, p) in phdrs.iter().enumerate() {
@@ -627,20 +614,16 @@ pub fn load_plan(bytes: &[u8], mem_size: u64, min_base: u64) -> Result<LoadPlan,
         if vaddr >= mem_size {
             return Err(ElfError::VaddrPastMem { ph, vaddr, mem: mem_size });
         }
-        let file_end = vaddr
-            .checked_add(p.filesz)
-            .ok_or(ElfError::FileEndOverflow { ph, vaddr, filesz: p.filesz })?;
+        let file_end = vaddr.checked_add(p.filesz).ok_or(ElfError::FileEndOverflow { ph, vaddr, filesz: p.filesz })?;
         if file_end > mem_size {
             return Err(ElfError::FileEndPastMem { ph, end: file_end, mem: mem_size });
         }
         if p.memsz < p.filesz {
             return Err(ElfError::MemszBelowFilesz { ph, memsz: p.memsz, filesz: p.filesz });
         }
-        let mem_end = vaddr
-            .checked_add(p.memsz)
-            .ok_or(ElfError::MemEndOverflow { ph, vaddr, memsz: p.memsz })?;
-        let end = solo5_abi::align_up(mem_end, p.align)
-            .ok_or(ElfError::MemEndAlign { ph, end: mem_end, align: p.align })?;
+        let mem_end = vaddr.checked_add(p.memsz).ok_or(ElfError::MemEndOverflow { ph, vaddr, memsz: p.memsz })?;
+        let end =
+            solo5_abi::align_up(mem_end, p.align).ok_or(ElfError::MemEndAlign { ph, end: mem_end, align: p.align })?;
         if end > mem_size {
             return Err(ElfError::MemEndPastMem { ph, end, mem: mem_size });
         }

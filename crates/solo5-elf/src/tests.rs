@@ -3,7 +3,9 @@
 
 use super::*;
 use alloc::vec;
-use solo5_abi::note::{ABI1_NOTE_ALIGN, ABI1_NOTE_MAX_SIZE, ABI1_NOTE_TYPE, MFT1_NOTE_ALIGN, MFT1_NOTE_MAX_SIZE, MFT1_NOTE_TYPE};
+use solo5_abi::note::{
+    ABI1_NOTE_ALIGN, ABI1_NOTE_MAX_SIZE, ABI1_NOTE_TYPE, MFT1_NOTE_ALIGN, MFT1_NOTE_MAX_SIZE, MFT1_NOTE_TYPE,
+};
 
 const MEM: u64 = 512 << 20;
 const BASE: u64 = 0x10_0000;
@@ -67,13 +69,53 @@ impl Image {
         bytes[DATA_OFF as usize..DATA_OFF as usize + 7].copy_from_slice(b"RUCCESS");
         let phdrs = vec![
             P { ptype: PT_LOAD, flags: PF_X, offset: TEXT_OFF, vaddr: BASE, filesz: 4, memsz: 4, align: 0x1000 },
-            P { ptype: PT_LOAD, flags: PF_R, offset: NOTE_OFF, vaddr: BASE + 0x1000, filesz: 0x200, memsz: 0x200, align: 0x1000 },
-            P { ptype: PT_LOAD, flags: PF_R | PF_W, offset: DATA_OFF, vaddr: BASE + 0x2000, filesz: 8, memsz: 8, align: 0x1000 },
+            P {
+                ptype: PT_LOAD,
+                flags: PF_R,
+                offset: NOTE_OFF,
+                vaddr: BASE + 0x1000,
+                filesz: 0x200,
+                memsz: 0x200,
+                align: 0x1000,
+            },
+            P {
+                ptype: PT_LOAD,
+                flags: PF_R | PF_W,
+                offset: DATA_OFF,
+                vaddr: BASE + 0x2000,
+                filesz: 8,
+                memsz: 8,
+                align: 0x1000,
+            },
             // An empty tdata LOAD at address 0, as the toolchain emits: skipped.
             P { ptype: PT_LOAD, flags: PF_R, offset: 0, vaddr: 0, filesz: 0, memsz: 0, align: 0x1000 },
-            P { ptype: PT_LOAD, flags: PF_R | PF_W, offset: 0, vaddr: BASE + 0x3000, filesz: 0, memsz: 0x5000, align: 0x1000 },
-            P { ptype: PT_NOTE, flags: PF_R, offset: abi_at as u64, vaddr: 0, filesz: abi.len() as u64, memsz: 0, align: 4 },
-            P { ptype: PT_NOTE, flags: PF_R, offset: mft_at as u64, vaddr: 0, filesz: mft.len() as u64, memsz: 0, align: 8 },
+            P {
+                ptype: PT_LOAD,
+                flags: PF_R | PF_W,
+                offset: 0,
+                vaddr: BASE + 0x3000,
+                filesz: 0,
+                memsz: 0x5000,
+                align: 0x1000,
+            },
+            P {
+                ptype: PT_NOTE,
+                flags: PF_R,
+                offset: abi_at as u64,
+                vaddr: 0,
+                filesz: abi.len() as u64,
+                memsz: 0,
+                align: 4,
+            },
+            P {
+                ptype: PT_NOTE,
+                flags: PF_R,
+                offset: mft_at as u64,
+                vaddr: 0,
+                filesz: mft.len() as u64,
+                memsz: 0,
+                align: 8,
+            },
         ];
         Image { bytes, phdrs }
     }
@@ -198,10 +240,13 @@ fn load_err(f: impl FnOnce(&mut Vec<P>)) -> ElfError {
 #[test]
 fn segment_rules_in_solo5_order() {
     assert!(matches!(load_err(|p| p[0].vaddr = BASE - 0x1000), ElfError::VaddrBelowBase { ph: 0, .. }));
-    assert!(matches!(load_err(|p| {
-        p[0].vaddr = BASE + 0x1000;
-        p[1].vaddr = BASE;
-    }), ElfError::NotAscending { ph: 1, .. }));
+    assert!(matches!(
+        load_err(|p| {
+            p[0].vaddr = BASE + 0x1000;
+            p[1].vaddr = BASE;
+        }),
+        ElfError::NotAscending { ph: 1, .. }
+    ));
     assert!(matches!(load_err(|p| p[0].align = 3), ElfError::BadAlign { ph: 0, .. }));
     assert!(matches!(load_err(|p| p[0].align = 0), ElfError::BadAlign { ph: 0, .. }));
     assert!(matches!(load_err(|p| p[1].align = 0x20_0000), ElfError::StartBelowBase { ph: 1, .. }));

@@ -125,11 +125,7 @@ pub fn attach(ifname: &str) -> io::Result<(OwnedFd, u16)> {
     if flags & (libc::IFF_UP | libc::IFF_RUNNING) as i16 == 0 {
         return Err(io::Error::from_raw_os_error(libc::ENETDOWN));
     }
-    let tun = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/net/tun")?;
+    let tun = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open("/dev/net/tun")?;
     let mut req = IfReq::new(ifname);
     req.data[..2].copy_from_slice(&(IFF_TAP | IFF_NO_PI).to_ne_bytes());
     ioctl(&tun, TUNSETIFF, &mut req as *mut IfReq as *mut libc::c_void)?;
@@ -171,7 +167,9 @@ mod tests {
     #[test]
     fn macs() {
         assert_eq!(parse_mac("02:00:0a:0B:c:ff"), Some([2, 0, 10, 11, 12, 255]));
-        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "02:00:00:00:00:zz", "002:00:00:00:00:00", "02::00:00:00:00"] {
+        for bad in
+            ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "02:00:00:00:00:zz", "002:00:00:00:00:00", "02::00:00:00:00"]
+        {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }
         let m = generate_mac().unwrap();

@@ -15,9 +15,8 @@ pub fn attach(path: &str) -> Result<(File, u64), Exit> {
         .write(true)
         .open(path)
         .map_err(|e| fatal!("Could not open block device: {path}: {}", strerror(&e)))?;
-    let capacity = file
-        .seek(SeekFrom::End(0))
-        .map_err(|e| fatal!("{path}: Could not determine capacity: {}", strerror(&e)))?;
+    let capacity =
+        file.seek(SeekFrom::End(0)).map_err(|e| fatal!("{path}: Could not determine capacity: {}", strerror(&e)))?;
     Ok((file, capacity))
 }
 
@@ -54,13 +53,19 @@ mod tests {
     #[test]
     fn capacity_rules() {
         assert!(check_capacity("s", 4 << 20, 512).is_ok());
-        assert!(matches!(check_capacity("s", 6 << 10, 4096), Err(Exit::Fatal(m)) if m == "s: Backing storage size must be block aligned (4096 bytes)"));
-        assert!(matches!(check_capacity("s", 0, 512), Err(Exit::Fatal(m)) if m.contains("at least 1 block (512 bytes)")));
+        assert!(
+            matches!(check_capacity("s", 6 << 10, 4096), Err(Exit::Fatal(m)) if m == "s: Backing storage size must be block aligned (4096 bytes)")
+        );
+        assert!(
+            matches!(check_capacity("s", 0, 512), Err(Exit::Fatal(m)) if m.contains("at least 1 block (512 bytes)"))
+        );
     }
 
     #[test]
     fn attach_reports_missing_files() {
         let e = attach("/nonexistent/disk.img").unwrap_err();
-        assert!(matches!(e, Exit::Fatal(m) if m == "Could not open block device: /nonexistent/disk.img: No such file or directory"));
+        assert!(
+            matches!(e, Exit::Fatal(m) if m == "Could not open block device: /nonexistent/disk.img: No such file or directory")
+        );
     }
 }

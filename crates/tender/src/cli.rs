@@ -61,11 +61,7 @@ pub fn option_str(opt: &OsStr) -> &str {
 /// `--mem=MiB`: the memory size in bytes, or `None` if `arg` is another option.
 pub fn parse_mem(arg: &str) -> Option<Result<u64, Exit>> {
     let value = arg.strip_prefix("--mem=")?;
-    let bytes = value
-        .parse::<u64>()
-        .ok()
-        .filter(|&mib| mib > 0)
-        .and_then(|mib| mib.checked_mul(1 << 20));
+    let bytes = value.parse::<u64>().ok().filter(|&mib| mib > 0).and_then(|mib| mib.checked_mul(1 << 20));
     Some(bytes.ok_or_else(|| crate::fatal!("Malformed argument to --mem")))
 }
 
@@ -187,14 +183,20 @@ mod tests {
 
     #[test]
     fn device_options() {
-        assert_eq!(device_option("--block:storage=/tmp/disk.img", "--block:", 4096), Some(("storage", "/tmp/disk.img")));
+        assert_eq!(
+            device_option("--block:storage=/tmp/disk.img", "--block:", 4096),
+            Some(("storage", "/tmp/disk.img"))
+        );
         assert_eq!(device_option("--block:storage=", "--block:", 4096), None);
         assert_eq!(device_option("--block:=x", "--block:", 4096), None);
         assert_eq!(device_option("--block:sto-rage=x", "--block:", 4096), None);
         let long = format!("--net:{}=tap0", "a".repeat(68));
         assert_eq!(device_option(&long, "--net:", 19), None);
         assert_eq!(device_option("--net:service=tap0 extra", "--net:", 19), Some(("service", "tap0")));
-        assert_eq!(device_option("--net:service=abcdefghijklmnopqrstuvwxyz", "--net:", 19), Some(("service", "abcdefghijklmnopqrs")));
+        assert_eq!(
+            device_option("--net:service=abcdefghijklmnopqrstuvwxyz", "--net:", 19),
+            Some(("service", "abcdefghijklmnopqrs"))
+        );
     }
 
     #[test]
@@ -202,6 +204,8 @@ mod tests {
         assert_eq!(guest_cmdline(&os(&["a", "b c"]), 16).unwrap(), b"a b c\0");
         assert_eq!(guest_cmdline(&os(&[]), 16).unwrap(), b"\0");
         assert!(guest_cmdline(&os(&["x".repeat(15).as_str()]), 16).is_ok());
-        assert!(matches!(guest_cmdline(&os(&["x".repeat(16).as_str()]), 16), Err(Exit::Fatal(m)) if m.contains("max=15")));
+        assert!(
+            matches!(guest_cmdline(&os(&["x".repeat(16).as_str()]), 16), Err(Exit::Fatal(m)) if m.contains("max=15"))
+        );
     }
 }

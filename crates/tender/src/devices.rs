@@ -134,11 +134,7 @@ impl Devices {
 
     /// Indices of attached entries of type `mtype`.
     pub fn attached(&self, mtype: MftType) -> impl Iterator<Item = usize> + '_ {
-        self.entries
-            .iter()
-            .enumerate()
-            .filter(move |(_, e)| e.mtype == mtype as u32 && e.attached != 0)
-            .map(|(i, _)| i)
+        self.entries.iter().enumerate().filter(move |(_, e)| e.mtype == mtype as u32 && e.attached != 0).map(|(i, _)| i)
     }
 
     /// The block module's setup: default sector size, capacity checks.
@@ -226,9 +222,13 @@ fn attach_fix(iface: &str, e: &std::io::Error) -> String {
             format!("create it (as root): ip tuntap add {iface} mode tap && ip link set {iface} up")
         }
         Some(libc::ENETDOWN) => format!("bring it up (as root): ip link set {iface} up"),
-        Some(libc::EBUSY) => format!("another process (a unikernel still running?) has {iface} attached: stop it, or attach another tap device"),
+        Some(libc::EBUSY) => format!(
+            "another process (a unikernel still running?) has {iface} attached: stop it, or attach another tap device"
+        ),
         Some(libc::EPERM | libc::EACCES) => {
-            format!("run the tender as root, or give the tap device to its user: ip tuntap add {iface} mode tap user $USER")
+            format!(
+                "run the tender as root, or give the tap device to its user: ip tuntap add {iface} mode tap user $USER"
+            )
         }
         Some(libc::ENAMETOOLONG) => "name a tap device of at most 15 characters".to_string(),
         Some(libc::EINVAL) => format!("{iface} is not a tap device: name one (ip tuntap add NAME mode tap)"),

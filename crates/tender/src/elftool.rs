@@ -170,12 +170,8 @@ fn gen_manifest(source: &str, output: &str) -> Result<(), Exit> {
     .map_err(|e| fatal!("{source}: Could not read: {}", strerror(&e)))?;
     let devices = parse_manifest(&text, source)?;
     let c = manifest_c(&devices);
-    if output == "-" {
-        std::io::stdout().write_all(c.as_bytes())
-    } else {
-        std::fs::write(output, c)
-    }
-    .map_err(|e| fatal!("{output}: Could not open for writing: {}", strerror(&e)))
+    if output == "-" { std::io::stdout().write_all(c.as_bytes()) } else { std::fs::write(output, c) }
+        .map_err(|e| fatal!("{output}: Could not open for writing: {}", strerror(&e)))
 }
 
 /// The JSON `query-manifest` prints, as Solo5's (whose trailing-comma rule
@@ -246,10 +242,19 @@ mod tests {
     #[test]
     fn refuses_bad_sources_with_their_line() {
         assert_eq!(err("[]"), "m.json:1: (root): expected OBJECT, got ARRAY");
-        assert_eq!(err("{\"type\": \"solo5.manifest\",\n\"version\": 1, \"devices\": [], \"x\": 1}"), "m.json:2: (root): unknown key: x");
+        assert_eq!(
+            err("{\"type\": \"solo5.manifest\",\n\"version\": 1, \"devices\": [], \"x\": 1}"),
+            "m.json:2: (root): unknown key: x"
+        );
         assert_eq!(err("{\"version\": 1, \"devices\": []}"), "m.json:1: missing .type");
-        assert_eq!(err("{\"type\": \"x\", \"version\": 1, \"devices\": []}"), "m.json:1: .type: invalid value, expected \"solo5.manifest\"");
-        assert_eq!(err("{\"type\": \"solo5.manifest\", \"version\": 2, \"devices\": []}"), "m.json:1: .version: invalid version 2, expected 1");
+        assert_eq!(
+            err("{\"type\": \"x\", \"version\": 1, \"devices\": []}"),
+            "m.json:1: .type: invalid value, expected \"solo5.manifest\""
+        );
+        assert_eq!(
+            err("{\"type\": \"solo5.manifest\", \"version\": 2, \"devices\": []}"),
+            "m.json:1: .version: invalid version 2, expected 1"
+        );
         let many: Vec<String> = (0..64).map(|i| format!("{{\"name\": \"d{i}\", \"type\": \"BLOCK_BASIC\"}}")).collect();
         assert_eq!(
             err(&format!("{{\"type\": \"solo5.manifest\", \"version\": 1, \"devices\": [{}]}}", many.join(","))),
@@ -259,17 +264,27 @@ mod tests {
         assert!(err(&base("{\"type\": \"NET_BASIC\"}")).ends_with("missing .name"));
         assert!(err(&base("{\"name\": \"\", \"type\": \"NET_BASIC\"}")).ends_with(".name may not be empty"));
         assert!(err(&base("{\"name\": \"a-b\", \"type\": \"NET_BASIC\"}")).ends_with("name is not alphanumeric"));
-        assert!(err(&base(&format!("{{\"name\": \"{}\", \"type\": \"NET_BASIC\"}}", "a".repeat(68)))).ends_with("name too long"));
+        assert!(
+            err(&base(&format!("{{\"name\": \"{}\", \"type\": \"NET_BASIC\"}}", "a".repeat(68))))
+                .ends_with("name too long")
+        );
         assert!(err(&base("{\"name\": \"a\", \"type\": \"DISK\"}")).contains("invalid type: DISK"));
         assert!(err(&base("{\"name\": \"a\"}")).ends_with("missing .type"));
-        assert!(err(&base("{\"name\": \"a\", \"type\": \"NET_BASIC\"}, {\"name\": \"a\", \"type\": \"NET_BASIC\"}")).contains("duplicate name: a"));
+        assert!(
+            err(&base("{\"name\": \"a\", \"type\": \"NET_BASIC\"}, {\"name\": \"a\", \"type\": \"NET_BASIC\"}"))
+                .contains("duplicate name: a")
+        );
         assert!(err("{\"type\": ").contains("JSON parse error"));
     }
 
     #[test]
     fn query_json_is_solo5s() {
         use solo5_abi::mft::MftEntry;
-        let e = [MftEntry::reserved_first(), MftEntry::device("a", MftType::NetBasic), MftEntry::device("b", MftType::BlockBasic)];
+        let e = [
+            MftEntry::reserved_first(),
+            MftEntry::device("a", MftType::NetBasic),
+            MftEntry::device("b", MftType::BlockBasic),
+        ];
         assert_eq!(
             manifest_json(&e),
             "{\n  \"type\": \"solo5.manifest\",\n  \"version\": 1,\n  \"devices\": [\n    { \"name\": \"a\", \"type\": \"NET_BASIC\" },\n    { \"name\": \"b\", \"type\": \"BLOCK_BASIC\" }\n  ]\n}\n"

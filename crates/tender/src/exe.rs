@@ -7,8 +7,7 @@ use std::ptr::NonNull;
 
 use solo5_abi::mft::{self, MftEntry};
 use solo5_abi::note::{
-    ABI1_NOTE_ALIGN, ABI1_NOTE_MAX_SIZE, ABI1_NOTE_TYPE, AbiTarget, MFT1_NOTE_ALIGN, MFT1_NOTE_MAX_SIZE,
-    MFT1_NOTE_TYPE,
+    ABI1_NOTE_ALIGN, ABI1_NOTE_MAX_SIZE, ABI1_NOTE_TYPE, AbiTarget, MFT1_NOTE_ALIGN, MFT1_NOTE_MAX_SIZE, MFT1_NOTE_TYPE,
 };
 
 use crate::{Exit, fatal, strerror};
@@ -67,9 +66,7 @@ fn map(file: &std::fs::File, len: u64) -> Option<FileBytes> {
     let len = usize::try_from(len).ok().filter(|&l| l > 0)?;
     // SAFETY: a private read-only mapping of an open file at an address of
     // the kernel's choice affects no existing memory; the result is checked.
-    let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0)
-    };
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
     if p == libc::MAP_FAILED {
         return None;
     }

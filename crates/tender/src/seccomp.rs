@@ -8,8 +8,7 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
 
 use crate::{Exit, fatal};
@@ -96,7 +95,8 @@ impl Policy {
     /// `no_new_privs` first.
     pub fn apply(&self, all_threads: bool) -> Result<(), Exit> {
         let prog = self.compile()?;
-        let r = if all_threads { seccompiler::apply_filter_all_threads(&prog) } else { seccompiler::apply_filter(&prog) };
+        let r =
+            if all_threads { seccompiler::apply_filter_all_threads(&prog) } else { seccompiler::apply_filter(&prog) };
         r.map_err(|e| fatal!("seccomp(SECCOMP_SET_MODE_FILTER) failed: {e}"))
     }
 }

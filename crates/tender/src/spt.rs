@@ -100,7 +100,8 @@ impl Memory {
     }
 
     fn protect(&self, start: u64, end: u64, prot: i32) -> std::io::Result<()> {
-        let p = self.ptr(start, end.saturating_sub(start)).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let p =
+            self.ptr(start, end.saturating_sub(start)).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: the range is inside the guest mapping.
         if unsafe { libc::mprotect(p.cast(), (end - start) as usize, prot) } != 0 {
             return Err(os_error());
@@ -119,7 +120,9 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
     let mem_size = host::parse_options(&cl, &mut devices, spt::DEFAULT_MEM_SIZE, |arg| {
         let is = arg.starts_with("--x-exec-heap");
         if is {
-            warn("WARNING: The use of --x-exec-heap is dangerous and not recommended as it makes the heap and stack executable.");
+            warn(
+                "WARNING: The use of --x-exec-heap is dangerous and not recommended as it makes the heap and stack executable.",
+            );
             exec_heap = true;
         }
         is
@@ -128,7 +131,8 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
     let mem = Memory::map(mem_size, exec_heap)?;
     let wait = WaitSet::new(Tender::Spt, spt::INTERNAL_TIMERFD)?;
 
-    let plan = solo5_elf::load_plan(&exe.bytes, mem_size, spt::GUEST_MIN_BASE).map_err(|e| fatal!("{}: {e}", exe.name))?;
+    let plan =
+        solo5_elf::load_plan(&exe.bytes, mem_size, spt::GUEST_MIN_BASE).map_err(|e| fatal!("{}: {e}", exe.name))?;
     for s in &plan.segments {
         mem.write(s.vaddr, plan.file_bytes(&exe.bytes, s))?;
         let mut prot = libc::PROT_NONE;
@@ -141,7 +145,8 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
         if s.prot.exec {
             prot |= libc::PROT_EXEC;
         }
-        mem.protect(s.prot_start, s.prot_end, prot).map_err(|e| fatal!("{}: mprotect failed: {}", exe.name, strerror(&e)))?;
+        mem.protect(s.prot_start, s.prot_end, prot)
+            .map_err(|e| fatal!("{}: mprotect failed: {}", exe.name, strerror(&e)))?;
     }
     drop(exe);
 
@@ -150,9 +155,11 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
     for i in devices.attached(MftType::NetBasic).collect::<Vec<_>>() {
         if let Some((_, fd)) = devices.get(i as u64, MftType::NetBasic) {
             wait.add(fd, i as u64)?;
-            policy
-                .when(libc::SYS_read, &[Arg::Int(0, fd as u64)], "solo5_net_read")
-                .when(libc::SYS_write, &[Arg::Int(0, fd as u64)], "solo5_net_write");
+            policy.when(libc::SYS_read, &[Arg::Int(0, fd as u64)], "solo5_net_read").when(
+                libc::SYS_write,
+                &[Arg::Int(0, fd as u64)],
+                "solo5_net_write",
+            );
         }
     }
     devices.setup_block()?;
@@ -163,7 +170,11 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
             let bs = e.block_size() as u64;
             let last = e.block_capacity() - bs;
             let cond = [Arg::Int(0, fd as u64), Arg::Eq(2, bs), Arg::Le(3, last)];
-            policy.when(libc::SYS_pread64, &cond, "solo5_block_read").when(libc::SYS_pwrite64, &cond, "solo5_block_write");
+            policy.when(libc::SYS_pread64, &cond, "solo5_block_read").when(
+                libc::SYS_pwrite64,
+                &cond,
+                "solo5_block_write",
+            );
         }
     }
     devices.check_all_attached()?;

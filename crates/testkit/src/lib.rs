@@ -9,8 +9,8 @@ pub mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub type TestResult = Result<(), String>;
@@ -235,7 +235,9 @@ pub fn run_with(mut cmd: Command, limit: Duration) -> Result<Run, String> {
             let _ = child.wait();
             let stdout = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
             let stderr = String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned();
-            return Err(format!("{cmd:?} did not finish within {limit:?}\n--- stdout:\n{stdout}--- stderr:\n{stderr}---"));
+            return Err(format!(
+                "{cmd:?} did not finish within {limit:?}\n--- stdout:\n{stdout}--- stderr:\n{stderr}---"
+            ));
         }
         std::thread::sleep(Duration::from_millis(2));
     };

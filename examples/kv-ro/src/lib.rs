@@ -35,12 +35,19 @@ pub async fn start(console: impl Console, kv: impl KvRo) -> Result<(), Failure> 
     console.log(&format!("secret: {}", text.trim_end())).await.map_err(Failure::Console)?;
     for (k, kind) in kv.list(&Key::root()).await.map_err(Failure::Kv)? {
         let line = match kind {
-            Kind::Value => format!("{k}: {} bytes, sha256 {}", kv.size(&k).await.map_err(Failure::Kv)?, kv.digest(&k).await.map_err(Failure::Kv)?),
+            Kind::Value => format!(
+                "{k}: {} bytes, sha256 {}",
+                kv.size(&k).await.map_err(Failure::Kv)?,
+                kv.digest(&k).await.map_err(Failure::Kv)?
+            ),
             Kind::Dictionary => format!("{k}/"),
         };
         console.log(&line).await.map_err(Failure::Console)?;
     }
     let mut head = [0u8; 5];
     let n = kv.get_partial(&key("sub/hello.txt")?, 0, &mut head).await.map_err(Failure::Kv)?;
-    console.log(&format!("sub/hello.txt begins with {:?}", core::str::from_utf8(&head[..n]).unwrap_or("?"))).await.map_err(Failure::Console)
+    console
+        .log(&format!("sub/hello.txt begins with {:?}", core::str::from_utf8(&head[..n]).unwrap_or("?")))
+        .await
+        .map_err(Failure::Console)
 }

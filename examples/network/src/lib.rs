@@ -28,7 +28,13 @@ const BACKLOG: usize = 128;
 /// The unikernel: echo on TCP and UDP port `echo`, discard and chargen on
 /// TCP ports `discard` and `chargen` (7, 9 and 19 by default); serves until
 /// the stack fails.
-pub async fn start<S>(console: impl Console, stack: S, echo: u16, discard: u16, chargen: u16) -> Result<(), stack::Error>
+pub async fn start<S>(
+    console: impl Console,
+    stack: S,
+    echo: u16,
+    discard: u16,
+    chargen: u16,
+) -> Result<(), stack::Error>
 where
     S: Stack + 'static,
     S::Flow: 'static,

@@ -64,7 +64,8 @@ pub fn respond(f: &mut [u8], mac: [u8; 6], ip: [u8; 4], pattern: bool) -> Action
             }
             if pattern {
                 let data = &p.payload[8..];
-                if data.len() > 16 && data[16..].iter().enumerate().any(|(i, &b)| b != [0xde, 0xad, 0xbe, 0xef][i % 4]) {
+                if data.len() > 16 && data[16..].iter().enumerate().any(|(i, &b)| b != [0xde, 0xad, 0xbe, 0xef][i % 4])
+                {
                     return Action::BadPattern;
                 }
             }
@@ -114,7 +115,13 @@ impl core::fmt::Display for Error {
 
 /// The unikernel: answers for `ip` on `net` until `limit` pings (forever if
 /// 0).
-pub async fn start(console: impl Console, mut net: impl Net, ip: impl Into<Ipv4Addr>, limit: u64, pattern: bool) -> Result<(), Error> {
+pub async fn start(
+    console: impl Console,
+    mut net: impl Net,
+    ip: impl Into<Ipv4Addr>,
+    limit: u64,
+    pattern: bool,
+) -> Result<(), Error> {
     let ip: Ipv4Addr = ip.into();
     let limit = Some(limit).filter(|&l| l > 0);
     let info = net.info();
@@ -149,7 +156,9 @@ pub async fn start(console: impl Console, mut net: impl Net, ip: impl Into<Ipv4A
     let _ = console
         .log(&alloc::format!(
             "ping: answered {} pings, {} ARP requests; dropped {} malformed frames",
-            stats.pings, stats.arps, stats.dropped
+            stats.pings,
+            stats.arps,
+            stats.dropped
         ))
         .await;
     Ok(())

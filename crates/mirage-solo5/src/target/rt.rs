@@ -47,17 +47,19 @@ pub(crate) fn start(boot: Boot) -> ! {
 
     console::log(
         Level::Info,
-        format_args!("Solo5: Bindings version {} (mirage-rs {}, {})\n", solo5_abi::SOLO5_VERSION, env!("CARGO_PKG_VERSION"), super::TARGET),
+        format_args!(
+            "Solo5: Bindings version {} (mirage-rs {}, {})\n",
+            solo5_abi::SOLO5_VERSION,
+            env!("CARGO_PKG_VERSION"),
+            super::TARGET
+        ),
     );
     console::log(Level::Info, format_args!("Solo5: Memory map: {} MB addressable:\n", boot.mem_size >> 20));
     console::log(Level::Info, format_args!("Solo5:   reserved @ (0x0 - 0x{:x})\n", stext - 1));
     console::log(Level::Info, format_args!("Solo5:       text @ (0x{stext:x} - 0x{:x})\n", etext - 1));
     console::log(Level::Info, format_args!("Solo5:     rodata @ (0x{etext:x} - 0x{:x})\n", erodata - 1));
     console::log(Level::Info, format_args!("Solo5:       data @ (0x{erodata:x} - 0x{:x})\n", end - 1));
-    console::log(
-        Level::Info,
-        format_args!("Solo5:       heap >= 0x{heap_start:x} < stack < 0x{:x}\n", boot.mem_size),
-    );
+    console::log(Level::Info, format_args!("Solo5:       heap >= 0x{heap_start:x} < stack < 0x{:x}\n", boot.mem_size));
     // SAFETY: [heap_start, heap_start + heap_size) lies between the end of
     // the image and the stack, memory nothing else uses.
     if !unsafe { heap::init(heap_start as usize, heap_size as usize) } {

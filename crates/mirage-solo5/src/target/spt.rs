@@ -38,7 +38,9 @@ unsafe fn syscall1(nr: u64, a0: u64) -> i64 {
     let ret: i64;
     // SAFETY: a raw system call; the kernel reads only the registers given
     // and clobbers rcx and r11; the caller vouches for the arguments.
-    unsafe { asm!("syscall", inlateout("rax") nr as i64 => ret, in("rdi") a0, lateout("rcx") _, lateout("r11") _, options(nostack)) };
+    unsafe {
+        asm!("syscall", inlateout("rax") nr as i64 => ret, in("rdi") a0, lateout("rcx") _, lateout("r11") _, options(nostack))
+    };
     ret
 }
 
@@ -127,11 +129,7 @@ extern "C" fn mirage_solo5_spt_start(bi: *const BootInfo) -> ! {
     let mft = super::manifest(bi.mft);
     let nics = mft.iter().filter(|e| e.mtype == solo5_abi::mft::MftType::NetBasic as u32).count();
     FDS.with(|f| *f = Fds { epoll: bi.epollfd, timer: bi.timerfd, npollfds: nics });
-    rt::start(Boot {
-        mem_size: bi.mem_size,
-        cmdline: super::cstr(bi.cmdline, solo5_abi::spt::CMDLINE_SIZE),
-        mft,
-    })
+    rt::start(Boot { mem_size: bi.mem_size, cmdline: super::cstr(bi.cmdline, solo5_abi::spt::CMDLINE_SIZE), mft })
 }
 
 pub(crate) fn puts(mut bytes: &[u8]) {
@@ -187,7 +185,8 @@ pub(crate) fn poll(deadline: u64) -> u64 {
     let n = loop {
         // SAFETY: epoll_pwait(2) writes at most `max` events, and `events`
         // holds at least that many; no signal mask is passed.
-        let n = unsafe { syscall6(sys::EPOLL_PWAIT, epoll as u64, events.as_mut_ptr() as u64, max as u64, u64::MAX, 0, 8) };
+        let n =
+            unsafe { syscall6(sys::EPOLL_PWAIT, epoll as u64, events.as_mut_ptr() as u64, max as u64, u64::MAX, 0, 8) };
         if n != sys::EINTR {
             break n;
         }

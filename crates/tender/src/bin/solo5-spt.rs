@@ -5,5 +5,9 @@
 
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
-    tender::tender_main(|args| tender::spt::run(args).map(|never| match never {}), tender::spt::usage, tender::spt::version)
+    tender::tender_main(
+        |args| tender::spt::run(args).map(|never| match never {}),
+        tender::spt::usage,
+        tender::spt::version,
+    )
 }

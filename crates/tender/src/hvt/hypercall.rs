@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use solo5_abi::hvt::{
-    HcBlockRead, HcHalt, HcNetRead, HcNetWrite, HcPoll, HcPuts, HcWalltime, Hypercall, HALT_COOKIE_MAX,
+    HALT_COOKIE_MAX, HcBlockRead, HcHalt, HcNetRead, HcNetWrite, HcPoll, HcPuts, HcWalltime, Hypercall,
 };
 use solo5_abi::mft::MftType;
 use solo5_abi::{SoloResult, spt::INTERNAL_TIMERFD};
@@ -22,7 +22,7 @@ const _: () = assert!(
         && std::mem::offset_of!(solo5_abi::hvt::HcBlockWrite, data) == std::mem::offset_of!(HcBlockRead, data)
 );
 
-use super::memory::{GuestMemory, Gpa, InvalidAccess};
+use super::memory::{Gpa, GuestMemory, InvalidAccess};
 use super::ring::Failure;
 use crate::devices::Devices;
 use crate::host::{Tender, WaitSet};

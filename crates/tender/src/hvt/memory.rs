@@ -187,12 +187,7 @@ impl GuestMemory {
         }
         let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
         let low = Protected { start: 0, end: solo5_abi::hvt::GUEST_MIN_BASE, read: true, write: false };
-        Ok(GuestMemory {
-            base,
-            alloc_size,
-            guest_size: AtomicU64::new(size),
-            protected: RwLock::new(vec![low]),
-        })
+        Ok(GuestMemory { base, alloc_size, guest_size: AtomicU64::new(size), protected: RwLock::new(vec![low]) })
     }
 
     /// Host address of guest address 0.
@@ -264,7 +259,10 @@ impl GuestMemory {
 
     /// The argument struct `T` at `gpa`, which the host reads and then
     /// writes results into: checked for both before anything is done.
-    pub fn arg<T: FromBytes + IntoBytes + zerocopy::Immutable>(&self, gpa: Gpa) -> Result<GuestArg<'_, T>, InvalidAccess> {
+    pub fn arg<T: FromBytes + IntoBytes + zerocopy::Immutable>(
+        &self,
+        gpa: Gpa,
+    ) -> Result<GuestArg<'_, T>, InvalidAccess> {
         let slice = self.writable(gpa, std::mem::size_of::<T>() as u64)?;
         Ok(GuestArg { slice, _t: PhantomData })
     }
@@ -294,7 +292,9 @@ impl GuestMemory {
     /// that the host never reads or writes there on the guest's behalf
     /// beyond what `prot` allows.
     pub fn protect(&self, start: u64, end: u64, prot: i32) -> io::Result<()> {
-        let p = self.host_ptr(start, end.saturating_sub(start)).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let p = self
+            .host_ptr(start, end.saturating_sub(start))
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: the range is inside our own mapping; changing its
         // protection affects only guest memory.
         if unsafe { libc::mprotect(p.cast(), (end - start) as usize, prot) } != 0 {

@@ -144,8 +144,8 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     }
     let vm = Vm::new(mem_size)?;
 
-    let plan = solo5_elf::load_plan(&exe.bytes, mem_size, hvt::GUEST_MIN_BASE)
-        .map_err(|e| fatal!("{}: {e}", exe.name))?;
+    let plan =
+        solo5_elf::load_plan(&exe.bytes, mem_size, hvt::GUEST_MIN_BASE).map_err(|e| fatal!("{}: {e}", exe.name))?;
     load(&vm.mem, &plan, &exe.bytes, &exe.name)?;
     drop(exe);
 
@@ -250,7 +250,9 @@ impl Vm {
                 libc::ENOENT | libc::ENXIO | libc::ENODEV => {
                     " (KVM is not available on this host: enable virtualization, or run the unikernel on solo5-spt)"
                 }
-                libc::EACCES | libc::EPERM => " (this user needs read-write access to /dev/kvm, e.g. by joining the kvm group)",
+                libc::EACCES | libc::EPERM => {
+                    " (this user needs read-write access to /dev/kvm, e.g. by joining the kvm group)"
+                }
                 _ => "",
             };
             fatal!("Could not open: /dev/kvm: {}{hint}", strerror(&io))
@@ -301,7 +303,12 @@ impl Vm {
     }
 }
 
-fn drop_privileges(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], ring: Option<&RingThread>) -> Result<(), Exit> {
+fn drop_privileges(
+    hc: &Hypercalls<'_>,
+    vcpu: &VcpuFd,
+    nics: &[ring::Nic],
+    ring: Option<&RingThread>,
+) -> Result<(), Exit> {
     host::refuse_read_implies_exec()?;
     policy(hc, vcpu, nics, ring.map(RingThread::eventfd)).apply(true)
 }
@@ -314,7 +321,11 @@ pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], rin
     let (epoll, timer) = hc.wait_fds();
     let mut p = Policy::default();
     p.when(libc::SYS_ioctl, &[Arg::Int(0, vcpu_fd), Arg::Eq(1, KVM_RUN)], "KVM_RUN: run the guest")
-        .when(libc::SYS_ioctl, &[Arg::Int(0, vcpu_fd), Arg::Eq(1, KVM_GET_REGS)], "KVM_GET_REGS: report a faulting guest")
+        .when(
+            libc::SYS_ioctl,
+            &[Arg::Int(0, vcpu_fd), Arg::Eq(1, KVM_GET_REGS)],
+            "KVM_GET_REGS: report a faulting guest",
+        )
         .when(libc::SYS_write, &[Arg::Int(0, 1)], "PUTS: the guest console")
         .when(libc::SYS_write, &[Arg::Int(0, 2)], "error messages")
         .when(libc::SYS_epoll_pwait, &[Arg::Int(0, epoll as u64)], "POLL: wait for the timer or a NIC")
@@ -334,13 +345,19 @@ pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], rin
         .when(libc::SYS_mprotect, &[Arg::NoBits(2, libc::PROT_EXEC as u64)], "allocator guard pages, never executable");
     for e in hc.devices().attached(MftType::BlockBasic) {
         if let Some((_, fd)) = hc.devices().get(e as u64, MftType::BlockBasic) {
-            p.when(libc::SYS_pread64, &[Arg::Int(0, fd as u64)], "BLOCK_READ")
-                .when(libc::SYS_pwrite64, &[Arg::Int(0, fd as u64)], "BLOCK_WRITE");
+            p.when(libc::SYS_pread64, &[Arg::Int(0, fd as u64)], "BLOCK_READ").when(
+                libc::SYS_pwrite64,
+                &[Arg::Int(0, fd as u64)],
+                "BLOCK_WRITE",
+            );
         }
     }
     for &(_, fd) in nics {
-        p.when(libc::SYS_read, &[Arg::Int(0, fd as u64)], "NET_READ and the ring's reads")
-            .when(libc::SYS_write, &[Arg::Int(0, fd as u64)], "NET_WRITE and the ring's writes");
+        p.when(libc::SYS_read, &[Arg::Int(0, fd as u64)], "NET_READ and the ring's reads").when(
+            libc::SYS_write,
+            &[Arg::Int(0, fd as u64)],
+            "NET_WRITE and the ring's writes",
+        );
     }
     if let Some(efd) = ring_eventfd {
         // SAFETY: getpid has no preconditions.

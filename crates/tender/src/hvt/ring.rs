@@ -18,7 +18,7 @@ use solo5_abi::SoloResult;
 use solo5_abi::ring::{OP_NET_READ, OP_NET_WRITE, RING_MASK, RING_POLL_ITERS, RING_SIZE, Ring};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::memory::{GuestMemory, Gpa};
+use super::memory::{Gpa, GuestMemory};
 use crate::{Exit, fatal, strerror, warn};
 
 /// The running I/O thread.
@@ -277,10 +277,8 @@ impl Worker {
             match op {
                 OP_NET_WRITE => {
                     if let Some(fd) = self.nic_fd(handle) {
-                        let frame = self
-                            .mem
-                            .readable(Gpa(data), len as u64)
-                            .map_err(|e| fatal!("net ring write: {e}"))?;
+                        let frame =
+                            self.mem.readable(Gpa(data), len as u64).map_err(|e| fatal!("net ring write: {e}"))?;
                         // SAFETY: the slice is checked, readable guest memory.
                         let n = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
                         if n < 0 {
@@ -303,17 +301,13 @@ impl Worker {
                     let (ret, got) = match self.nic_fd(handle) {
                         None => (SoloResult::Inval, 0),
                         Some(fd) => {
-                            let mut buf = self
-                                .mem
-                                .writable(Gpa(data), len as u64)
-                                .map_err(|e| fatal!("net ring read: {e}"))?;
+                            let mut buf =
+                                self.mem.writable(Gpa(data), len as u64).map_err(|e| fatal!("net ring read: {e}"))?;
                             // SAFETY: the slice is checked, writable guest memory.
                             let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
                             if n > 0 {
                                 (SoloResult::Ok, n as u32)
-                            } else if n == 0
-                                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
-                            {
+                            } else if n == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
                                 (SoloResult::Again, 0)
                             } else {
                                 (SoloResult::Inval, 0)

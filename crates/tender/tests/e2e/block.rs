@@ -1,8 +1,8 @@
 //! Block devices: I/O that round-trips through a real file, and backing
 //! files the tenders refuse with Solo5's messages.
 
-use testkit::{Scratch, boot};
 use crate::{Case, Needs, case};
+use testkit::{Scratch, boot};
 
 pub fn cases(v: &mut Vec<Case>) {
     for t in ["hvt", "spt"] {
@@ -29,7 +29,12 @@ pub fn cases(v: &mut Vec<Case>) {
         v.push(case(format!("{t}::block_misaligned_backing_file_is_refused"), n, move || {
             let dir = Scratch::new("blk");
             let disk = dir.file("disk.img", 6 << 10);
-            let r = boot(t, &[&format!("--block:storage={}", disk.display()), "--block-sector-size:storage=4096"], "blk", &[])?;
+            let r = boot(
+                t,
+                &[&format!("--block:storage={}", disk.display()), "--block-sector-size:storage=4096"],
+                "blk",
+                &[],
+            )?;
             r.expect_status(1)?;
             r.expect_stderr("storage: Backing storage size must be block aligned (4096 bytes)")
         }));

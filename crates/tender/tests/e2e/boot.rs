@@ -1,8 +1,8 @@
 //! Booting: hello, exit statuses, faults, quiet mode, memory sizes, and
 //! compute speed on both targets.
 
-use testkit::{boot, run, tender};
 use crate::{Case, Needs, case};
+use testkit::{boot, run, tender};
 
 const TARGETS: [&str; 2] = ["hvt", "spt"];
 
@@ -176,8 +176,9 @@ pub fn cases(v: &mut Vec<Case>) {
         }));
         v.push(case(format!("{t}::the_largest_manifest"), n, move || {
             let dir = testkit::Scratch::new("maxdev");
-            let opts: Vec<String> =
-                (0..63).map(|i| format!("--block:storage{i}={}", dir.file(&format!("s{i}.img"), 4096).display())).collect();
+            let opts: Vec<String> = (0..63)
+                .map(|i| format!("--block:storage{i}={}", dir.file(&format!("s{i}.img"), 4096).display()))
+                .collect();
             let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
             let r = boot(t, &opts, "maxdev", &["--solo5:quiet"])?;
             r.expect_status(0)?;
@@ -205,7 +206,8 @@ pub fn cases(v: &mut Vec<Case>) {
             c.arg(testkit::guest(t, "sleep")?).arg("5000");
             let mut g = testkit::Background::start(c)?;
             g.wait_for("Solo5: Bindings version", std::time::Duration::from_secs(10))?;
-            let status = std::fs::read_to_string(format!("/proc/{}/status", g.child.id())).map_err(|e| e.to_string())?;
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", g.child.id())).map_err(|e| e.to_string())?;
             if !status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')) {
                 return Err(format!("the tender runs without a seccomp filter:\n{status}"));
             }

@@ -1,8 +1,8 @@
 //! Bad command lines, undeclared and missing devices, malformed executables
 //! and manifests: Solo5's messages, status 1, and never a panic.
 
-use testkit::{Scratch, boot, guest, run, tender};
 use crate::{Case, Needs, case};
+use testkit::{Scratch, boot, guest, run, tender};
 
 fn expect_fatal(r: &testkit::Run, message: &str) -> Result<(), String> {
     if r.stderr.contains("panicked") {
@@ -35,7 +35,10 @@ pub fn cases(v: &mut Vec<Case>) {
             for m in ["--mem=0", "--mem=abc", "--mem=", "--mem=-8"] {
                 expect_fatal(&run(&bin, &[m, h])?, "Malformed argument to --mem")?;
             }
-            expect_fatal(&run(&bin, &["/nonexistent.hvt"])?, "/nonexistent.hvt: Could not open: No such file or directory")?;
+            expect_fatal(
+                &run(&bin, &["/nonexistent.hvt"])?,
+                "/nonexistent.hvt: Could not open: No such file or directory",
+            )?;
             let long = "x".repeat(8192);
             expect_fatal(&run(&bin, &[h, &long])?, "Guest command line too long (max=8191 characters)")?;
             // Options after the kernel belong to the guest.
@@ -58,7 +61,9 @@ pub fn cases(v: &mut Vec<Case>) {
             // usage (the option itself was right).
             let r = boot(t, &["--net:service=nosuchtap0"], "net", &[])?;
             expect_fatal(&r, "Could not attach interface: nosuchtap0: No such file or directory")?;
-            r.expect_stderr("  fix: create it (as root): ip tuntap add nosuchtap0 mode tap && ip link set nosuchtap0 up")?;
+            r.expect_stderr(
+                "  fix: create it (as root): ip tuntap add nosuchtap0 mode tap && ip link set nosuchtap0 up",
+            )?;
             if r.stderr.contains("usage:") || r.stderr.contains("Invalid option") {
                 return Err(format!("the usage follows an attach error:\n{}", r.dump()));
             }

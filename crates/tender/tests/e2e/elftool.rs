@@ -1,7 +1,7 @@
 //! `solo5-elftool` on real executables and manifest sources.
 
-use testkit::{Scratch, guest, run, tender};
 use crate::{Case, Needs, case};
+use testkit::{Scratch, guest, run, tender};
 
 pub fn cases(v: &mut Vec<Case>) {
     v.push(case("elftool::queries_real_images", Needs::Nothing, || {
@@ -57,8 +57,11 @@ pub fn cases(v: &mut Vec<Case>) {
         }
         let devices: Vec<String> =
             (0..64).map(|i| format!("{{\"name\": \"storage{i}\", \"type\": \"BLOCK_BASIC\"}}")).collect();
-        std::fs::write(&src, format!("{{\"type\": \"solo5.manifest\", \"version\": 1,\n\"devices\": [{}]}}", devices.join(",")))
-            .map_err(|e| e.to_string())?;
+        std::fs::write(
+            &src,
+            format!("{{\"type\": \"solo5.manifest\", \"version\": 1,\n\"devices\": [{}]}}", devices.join(",")),
+        )
+        .map_err(|e| e.to_string())?;
         let r = run(&tool, &[std::ffi::OsStr::new("gen-manifest"), src.as_os_str(), out.as_os_str()])?;
         r.expect_status(1)?;
         r.expect_stderr(".devices[]: too many entries, maximum 63")

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use testkit::{Background, Netns, Scratch, boot, guest, tender};
 use crate::{Case, Needs, case};
+use testkit::{Background, Netns, Scratch, boot, guest, tender};
 
 const HVT: Needs = Needs::Target("hvt");
 
@@ -93,7 +93,8 @@ pub fn cases(v: &mut Vec<Case>) {
             if status != 1 {
                 return Err(format!("status {status} instead of 1 (a signal is 128 + its number):\n{out}"));
             }
-            let want = if message.contains("{gpa}") { message.replace("{gpa}", &printed_gpa(&out)?) } else { message.into() };
+            let want =
+                if message.contains("{gpa}") { message.replace("{gpa}", &printed_gpa(&out)?) } else { message.into() };
             if !out.contains(&want) {
                 return Err(format!("expected {want:?}:\n{out}"));
             }

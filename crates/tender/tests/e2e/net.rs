@@ -6,8 +6,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use testkit::{Background, Netns, guest, run_with, tender};
 use crate::{Case, Needs, case};
+use testkit::{Background, Netns, guest, run_with, tender};
 
 fn start(ns: &Netns, t: &str, args: &[&str]) -> Result<Background, String> {
     let mut c = ns.command(tender(t));

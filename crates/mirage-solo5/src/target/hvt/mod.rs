@@ -4,8 +4,7 @@
 use core::arch::asm;
 
 use solo5_abi::hvt::{
-    BootInfo, HcBlockRead, HcBlockWrite, HcHalt, HcNetRead, HcNetWrite, HcPoll, HcPuts, HcWalltime, Hypercall,
-    TrapRegs,
+    BootInfo, HcBlockRead, HcBlockWrite, HcHalt, HcNetRead, HcNetWrite, HcPoll, HcPuts, HcWalltime, Hypercall, TrapRegs,
 };
 
 use super::{Boot, Global, rt};

@@ -5,7 +5,7 @@
 //! Writes are fire-and-forget: the frame is copied into the slot's buffer
 //! and the call returns. Reads wait for the thread's commit.
 
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, Ordering, fence};
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, Ordering, fence};
 
 use solo5_abi::SoloResult;
 use solo5_abi::ring::{OP_NET_READ, OP_NET_WRITE, RING_BUF_SIZE, RING_MASK, RING_SIZE, Ring};
@@ -54,7 +54,8 @@ pub(crate) fn get() -> Option<&'static GuestRing> {
             // as long as the guest; all of Ring's fields are atomics shared
             // with the tender's thread.
             let ring = unsafe { &*(gpa as *const Ring) };
-            let r = alloc::boxed::Box::leak(alloc::boxed::Box::new(GuestRing { ring, bufs, next_id: AtomicU32::new(0) }));
+            let r =
+                alloc::boxed::Box::leak(alloc::boxed::Box::new(GuestRing { ring, bufs, next_id: AtomicU32::new(0) }));
             RING.store(r, Ordering::Relaxed);
             STATE.store(READY, Ordering::Relaxed);
             Some(r)
