@@ -755,7 +755,7 @@ pub enum Fate {
 /// them all.
 #[derive(Debug, Default)]
 pub struct Crowd {
-    held: Mutex<Vec<TcpStream>>,
+    held: Mutex<Vec<(TcpStream, Hold)>>,
     /// Connections opened and still held.
     pub opened: AtomicUsize,
     /// Connections the server refused or shed.
@@ -819,20 +819,21 @@ impl Crowd {
             }
         }
         self.opened.fetch_add(1, Ordering::Relaxed);
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).push((s, hold));
         Fate::Held
     }
 
     /// Looks at every held connection without waiting: those the server
-    /// has reset, closed or answered are counted as refused and dropped.
-    /// How many were.
+    /// has reset, closed (a half-closed one is closed from the start) or
+    /// answered are counted as refused and dropped. How many were.
     pub fn sweep(&self) -> usize {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let mut gone = Vec::new();
-        held.retain(|s| {
+        held.retain(|(s, hold)| {
             let _ = s.set_nonblocking(true);
             let mut one = [0u8; 64];
             let verdict = match s.peek(&mut one) {
+                Ok(0) if *hold == Hold::HalfClosed => None,
                 Ok(0) => Some("closed: by the server".to_string()),
                 Ok(n) => Some(format!("answered: {:?}", String::from_utf8_lossy(&one[..n.min(12)]))),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => None,
