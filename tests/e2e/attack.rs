@@ -145,7 +145,7 @@ fn syn_flood(t: &str) -> Result<(), String> {
     attack::suppress_resets(&s.ns)?;
     let frames = attack::syn_flood(&s.wire, PORT, attack::FORGED_PORTS, 10_000, &mut Rng::new());
     // Counts the server's answers while the flood passes.
-    let sniffer = Raw::open(&s.ns, "tap0")?;
+    let sniffer = Raw::open(&s.ns, &s.wire.ifname)?;
     let counting = std::thread::spawn(move || {
         let forged = |seg: &Segment| seg.src.port() == PORT && attack::FORGED_PORTS.contains(&seg.dst.port());
         let segs = sniffer.segments(Instant::now() + Duration::from_secs(6), forged);
@@ -369,7 +369,7 @@ fn bogus_arp(t: &str) -> Result<(), String> {
     let mut failures = Vec::new();
     for (name, mac) in attack::BOGUS_MACS {
         let frames = attack::bogus_arp(&s.wire, mac);
-        let sniffer = Raw::open(&s.ns, "tap0")?;
+        let sniffer = Raw::open(&s.ns, &s.wire.ifname)?;
         let server_mac = s.wire.server_mac;
         let until = Instant::now() + Duration::from_millis(2500);
         let counting = std::thread::spawn(move || {
