@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use testkit::attack::{self, GoodClient, MAX_OUTAGE, MIN_RATE};
+use testkit::attack::{GoodClient, MAX_OUTAGE, MIN_RATE};
 use testkit::{Background, Netns, Scratch, example_with, root, run_with};
 
 use crate::{Case, Needs, case};
@@ -544,60 +544,6 @@ fn hostile_while_serving(ns: &Netns) -> Result<(), String> {
     })?
 }
 
-/// What an attacker probes in the HTTP details: a redirect that leaves
-/// the site, confusing or doubled `Host` fields, a space in the target,
-/// a chunk size no body may reach, a date in the future. Every case is
-/// tried; the failures are listed together.
-fn hostile_details() -> Result<(), String> {
-    let mut failures = Vec::new();
-    // A directory reached through a double slash is redirected to its
-    // slashed form; `//docs/` would be read as the host `docs`.
-    match raw(b"GET //docs HTTP/1.1\r\nHost: a\r\n\r\n") {
-        Ok((r, _)) => {
-            let location = r.head.lines().find_map(|l| {
-                let (n, v) = l.split_once(':')?;
-                n.trim().eq_ignore_ascii_case("location").then(|| v.trim().to_string())
-            });
-            if let Some(l) = location.filter(|l| !l.starts_with('/') || l.starts_with("//") || l.starts_with("/\\")) {
-                failures.push(format!("GET //docs: {} with Location: {l}, a redirect off the site", r.status));
-            }
-        }
-        Err(e) => failures.push(format!("GET //docs: {e}")),
-    }
-    // RFC 9112 section 3.2: a request with more than one Host field, or an
-    // invalid one, is answered 400; and section 3 a target with a space.
-    for (request, want, what) in [
-        (&b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..], 400, "two Host fields"),
-        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400, "the same Host field twice"),
-        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "Host: a b"),
-        (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400, "Host: a/b"),
-        (b"GET / HTTP/1.1\r\nHost: u@b\r\n\r\n", 400, "Host: u@b"),
-        (b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400, "a space in the target"),
-    ] {
-        match raw(request) {
-            Ok((r, _)) if r.status == want => {}
-            Ok((r, _)) => failures.push(format!("{what}: {} (want {want})", r.status)),
-            Err(e) => failures.push(format!("{what}: {e}")),
-        }
-    }
-    // A chunk far larger than the body limit is refused when its size is
-    // read, not after the header timeout (2 s here) passes.
-    let started = Instant::now();
-    match raw(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffff\r\n") {
-        Ok((r, _)) if r.status == 413 && started.elapsed() < Duration::from_secs(1) => {}
-        Ok((r, _)) => failures.push(format!("a chunk size of fffffffffffffff: {} after {:.2} s (want 413 at once)", r.status, started.elapsed().as_secs_f64())),
-        Err(e) => failures.push(format!("a chunk size of fffffffffffffff: {e}")),
-    }
-    // RFC 9110 section 13.1.3: a date later than the server's clock is
-    // ignored.
-    match raw(b"GET / HTTP/1.1\r\nHost: a\r\nIf-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\nConnection: close\r\n\r\n") {
-        Ok((r, _)) if r.status == 200 => {}
-        Ok((r, _)) => failures.push(format!("If-Modified-Since in 2100: {} (want 200)", r.status)),
-        Err(e) => failures.push(format!("If-Modified-Since in 2100: {e}")),
-    }
-    if failures.is_empty() { Ok(()) } else { Err(failures.join("\n")) }
-}
-
 /// A tar disk image made by GNU tar: a page, a 1 MiB file and a deep path.
 fn tar_image(scratch: &Scratch) -> Result<(std::path::PathBuf, Vec<u8>), String> {
     let dir = scratch.0.join("site");
@@ -690,7 +636,14 @@ pub fn cases(v: &mut Vec<Case>) {
             let mut g = start(&ns, t, None)?;
             serves_to_curl(&ns)?;
             ns.enter(raw_requests)??;
-            ns.enter(request_details)??;
+            // What an attacker probes, while a well-behaved client is
+            // measured.
+            let mut good = GoodClient::start(&ns, addr(), "/")?;
+            let details = ns.enter(request_details)?;
+            let report = good.stop();
+            eprintln!("{t}: the request details: good client: {report}");
+            details?;
+            report.check(&format!("{t}: the request details"), MIN_RATE, MAX_OUTAGE)?;
             // The access log names each request.
             if !g.output().contains("\"GET /css/site.css HTTP/1.1\" 200") {
                 return Err(format!("no access log line:\n{}", g.output()));
@@ -710,19 +663,6 @@ pub fn cases(v: &mut Vec<Case>) {
                 return Err(format!("the unikernel exited ({s}):\n{}", g.output()));
             }
             Ok(())
-        }));
-        v.push(case(format!("{t}::http_attack_redirects_hosts_chunk_sizes_and_dates"), needs(t), move || {
-            let ns = Netns::new()?;
-            let g = start(&ns, t, None)?;
-            let mut good = GoodClient::start(&ns, addr(), "/")?;
-            let details = ns.enter(hostile_details)?;
-            let report = good.stop();
-            eprintln!("{t}: HTTP details: good client: {report}");
-            if !attack::alive(g.child.id()) {
-                return Err(format!("the unikernel exited:\n{}", g.output()));
-            }
-            details?;
-            report.check(&format!("{t}: HTTP details"), MIN_RATE, MAX_OUTAGE)
         }));
         v.push(case(format!("{t}::http_serves_a_tar_disk_image_made_by_gnu_tar"), needs(t), move || {
             let scratch = Scratch::new("tar-site");
