@@ -635,15 +635,16 @@ pub fn cases(v: &mut Vec<Case>) {
             let ns = Netns::new()?;
             let mut g = start(&ns, t, None)?;
             serves_to_curl(&ns)?;
-            ns.enter(raw_requests)??;
-            // What an attacker probes, while a well-behaved client is
-            // measured.
+            // Raw requests and the details an attacker probes, while a
+            // well-behaved client is measured.
             let mut good = GoodClient::start(&ns, addr(), "/")?;
+            let raw = ns.enter(raw_requests)?;
             let details = ns.enter(request_details)?;
             let report = good.stop();
-            eprintln!("{t}: the request details: good client: {report}");
+            eprintln!("{t}: raw requests and the request details: good client: {report}");
+            raw?;
             details?;
-            report.check(&format!("{t}: the request details"), MIN_RATE, MAX_OUTAGE)?;
+            report.check(&format!("{t}: raw requests and the request details"), MIN_RATE, MAX_OUTAGE)?;
             // The access log names each request.
             if !g.output().contains("\"GET /css/site.css HTTP/1.1\" 200") {
                 return Err(format!("no access log line:\n{}", g.output()));

@@ -533,6 +533,7 @@ impl GoodClient {
         let stop = Arc::new(AtomicBool::new(false));
         let logs = [Arc::new(Mutex::new(Log::default())), Arc::new(Mutex::new(Log::default()))];
         let path = path.to_string();
+        let started = Instant::now();
         let threads = ns.enter(|| {
             (0..2)
                 .map(|i| {
@@ -541,7 +542,7 @@ impl GoodClient {
                 })
                 .collect::<Vec<_>>()
         })?;
-        Ok(GoodClient { stop, logs, threads, started: Instant::now() })
+        Ok(GoodClient { stop, logs, threads, started })
     }
 
     /// When it started.
