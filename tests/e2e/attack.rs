@@ -169,7 +169,8 @@ fn syn_flood(t: &str) -> Result<(), String> {
 fn lone_get(ns: &Netns) -> Result<Duration, String> {
     ns.enter(|| {
         let started = Instant::now();
-        let mut s = TcpStream::connect_timeout(&server(), Duration::from_secs(3)).map_err(|e| format!("connect: {e}"))?;
+        let mut s =
+            TcpStream::connect_timeout(&server(), Duration::from_secs(3)).map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         get(&mut s, &mut buf).map_err(|e| format!("{e} after {:.2} s", started.elapsed().as_secs_f64()))?;
@@ -188,7 +189,8 @@ fn syn_payload_and_land(t: &str) -> Result<(), String> {
     let mut rng = Rng::new();
     let packets = |rng: &mut Rng| {
         let port = 1024 + (rng.next_u64() % 30000) as u16;
-        let mut syn = Segment::syn(SocketAddrV4::new(HOST, port), SocketAddrV4::new(GUEST, PORT), rng.next_u64() as u32);
+        let mut syn =
+            Segment::syn(SocketAddrV4::new(HOST, port), SocketAddrV4::new(GUEST, PORT), rng.next_u64() as u32);
         syn.payload = b"GET / HTTP/1.1\r\nHost: in-the-syn\r\n\r\n".to_vec();
         let me = SocketAddrV4::new(GUEST, PORT);
         [("a SYN with a payload", syn), ("a LAND packet", Segment::syn(me, me, rng.next_u64() as u32))]
@@ -228,7 +230,8 @@ fn half_closed(t: &str) -> Result<(), String> {
     let crowd = Crowd::new();
     let started = Instant::now();
     let pid = s.pid();
-    crowd.fill(&s.ns, server(), Hold::HalfClosed, 5000, 8, started + Duration::from_secs(90), &|| attack::alive(pid))?;
+    crowd
+        .fill(&s.ns, server(), Hold::HalfClosed, 5000, 8, started + Duration::from_secs(90), &|| attack::alive(pid))?;
     let took = started.elapsed();
     // Held a while longer, the good client still asking.
     std::thread::sleep(Duration::from_secs(3));
@@ -285,7 +288,8 @@ fn until_refused(t: &str, hold: Hold, what: &str, round: usize, cap: usize) -> R
 /// A keep-alive connection to the server, one request answered on it.
 fn victim(ns: &Netns) -> Result<(TcpStream, Vec<u8>), String> {
     ns.enter(|| -> Result<(TcpStream, Vec<u8>), String> {
-        let mut s = TcpStream::connect_timeout(&server(), Duration::from_secs(5)).map_err(|e| format!("victim: {e}"))?;
+        let mut s =
+            TcpStream::connect_timeout(&server(), Duration::from_secs(5)).map_err(|e| format!("victim: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
         s.set_nodelay(true).map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
@@ -306,7 +310,12 @@ fn get(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
 /// Forges a segment with `flags` into the victim's connection at `offset`
 /// past the server's RCV.NXT, learnt by sniffing the link after one
 /// request; the server's answers in the next 500 ms.
-fn inject(s: &Site, conn: &mut (TcpStream, Vec<u8>), flags: u8, offset: u32) -> Result<(Tracked, Vec<Segment>), String> {
+fn inject(
+    s: &Site,
+    conn: &mut (TcpStream, Vec<u8>),
+    flags: u8,
+    offset: u32,
+) -> Result<(Tracked, Vec<Segment>), String> {
     let client = match conn.0.local_addr() {
         Ok(SocketAddr::V4(a)) => a,
         other => return Err(format!("victim address: {other:?}")),
@@ -325,7 +334,9 @@ fn inject(s: &Site, conn: &mut (TcpStream, Vec<u8>), flags: u8, offset: u32) -> 
 /// Whether `answers` hold a challenge ACK (RFC 5961): an empty ACK that
 /// acknowledges exactly the server's RCV.NXT.
 fn challenge_ack(tracked: &Tracked, answers: &[Segment]) -> bool {
-    answers.iter().any(|g| g.has(flags::ACK) && !g.has(flags::RST) && g.payload.is_empty() && g.ack == tracked.client_next)
+    answers
+        .iter()
+        .any(|g| g.has(flags::ACK) && !g.has(flags::RST) && g.payload.is_empty() && g.ack == tracked.client_next)
 }
 
 /// Blind in-window resets and SYNs on an established connection.
@@ -334,14 +345,19 @@ fn blind_rst_and_syn(t: &str) -> Result<(), String> {
     let mut failures = Vec::new();
     // A reset inside the window but not at RCV.NXT, and an in-window SYN:
     // each must bring a challenge ACK and leave the connection open.
-    for (what, f, offset) in [("an in-window RST 1000 bytes past RCV.NXT", flags::RST, 1000), ("an in-window SYN", flags::SYN, 500)] {
+    for (what, f, offset) in
+        [("an in-window RST 1000 bytes past RCV.NXT", flags::RST, 1000), ("an in-window SYN", flags::SYN, 500)]
+    {
         let mut conn = victim(&s.ns)?;
         let (tracked, answers) = inject(&s, &mut conn, f, offset)?;
         let challenged = challenge_ack(&tracked, &answers);
         let survived = get(&mut conn.0, &mut conn.1);
         eprintln!("{}: {what}: challenge ACK {challenged}, connection after it: {survived:?}", s.name);
         if !challenged {
-            failures.push(format!("{what}: no challenge ACK (the server answered {:?})", answers.iter().map(|g| g.flags).collect::<Vec<_>>()));
+            failures.push(format!(
+                "{what}: no challenge ACK (the server answered {:?})",
+                answers.iter().map(|g| g.flags).collect::<Vec<_>>()
+            ));
         }
         if let Err(e) = survived {
             failures.push(format!("{what}: the connection did not survive: {e}"));
@@ -353,7 +369,8 @@ fn blind_rst_and_syn(t: &str) -> Result<(), String> {
     inject(&s, &mut conn, flags::RST, 0)?;
     std::thread::sleep(Duration::from_millis(100));
     if get(&mut conn.0, &mut conn.1).is_ok() {
-        failures.push("a reset at RCV.NXT did not end the connection: the forged segments do not reach the server".into());
+        failures
+            .push("a reset at RCV.NXT did not end the connection: the forged segments do not reach the server".into());
     }
     let result = s.finish("in-window RST and SYN on established connections");
     if failures.is_empty() { result } else { Err(failures.join("\n")) }
@@ -391,7 +408,8 @@ fn bogus_arp(t: &str) -> Result<(), String> {
             failures.push(e);
         }
         if misdirected > 0 {
-            failures.push(format!("ARP claiming {name}: the server believed it and sent {misdirected} IP packets there"));
+            failures
+                .push(format!("ARP claiming {name}: the server believed it and sent {misdirected} IP packets there"));
         }
         for _ in 0..3 {
             s.raw.send(&attack::true_arp(&s.wire))?;

@@ -12,8 +12,8 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use testkit::attack::{self, Crowd, GoodClient, Hold, Raw, Report, Rng, Segment, Wire, flags};
@@ -111,7 +111,9 @@ fn up(server: &Server) -> Result<Setup, String> {
             a.ip(&["link", "del", "tap0"])?;
             b.ip(&["link", "del", "tap0"])?;
             let out = Command::new("ip")
-                .args(["link", "add", "atk-a", "netns", &a.name, "type", "veth", "peer", "name", "atk-b", "netns", &b.name])
+                .args([
+                    "link", "add", "atk-a", "netns", &a.name, "type", "veth", "peer", "name", "atk-b", "netns", &b.name,
+                ])
                 .output()
                 .map_err(|e| e.to_string())?;
             if !out.status.success() {
@@ -181,7 +183,11 @@ fn run(server: &Server, kind: Kind, secs: u64) -> Result<Row, String> {
                 let mut syn = Segment::syn(SocketAddrV4::new(CLIENT, port), me, rng.next_u64() as u32);
                 syn.payload = b"GET / HTTP/1.1\r\nHost: in-the-syn\r\n\r\n".to_vec();
                 raw.send(&syn.frame(wire.mac, wire.server_mac, rng.next_u64() as u16))?;
-                raw.send(&Segment::syn(me, me, rng.next_u64() as u32).frame(wire.mac, wire.server_mac, rng.next_u64() as u16))?;
+                raw.send(&Segment::syn(me, me, rng.next_u64() as u32).frame(
+                    wire.mac,
+                    wire.server_mac,
+                    rng.next_u64() as u16,
+                ))?;
                 sent += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -204,7 +210,11 @@ fn run(server: &Server, kind: Kind, secs: u64) -> Result<Row, String> {
                 "{} held at the end, {} refused or shed{}",
                 crowd.holding(),
                 crowd.refused.load(Ordering::Relaxed),
-                if opened_by < Duration::from_secs(secs) { format!(" (the {cap} opened in {:.0} s)", opened_by.as_secs_f64()) } else { String::new() }
+                if opened_by < Duration::from_secs(secs) {
+                    format!(" (the {cap} opened in {:.0} s)", opened_by.as_secs_f64())
+                } else {
+                    String::new()
+                }
             );
             crowd.release();
             what
@@ -254,7 +264,12 @@ fn run(server: &Server, kind: Kind, secs: u64) -> Result<Row, String> {
         "yes".to_string()
     } else {
         let out = setup.process.output();
-        let why = out.lines().rev().find(|l| l.contains("ABORT") || l.contains("memory allocation")).unwrap_or("exited").to_string();
+        let why = out
+            .lines()
+            .rev()
+            .find(|l| l.contains("ABORT") || l.contains("memory allocation"))
+            .unwrap_or("exited")
+            .to_string();
         format!("**no**: {}", why.split(": ").last().unwrap_or(&why))
     };
     let memory = if setup.unikernel {
@@ -275,14 +290,20 @@ pub fn attack(o: &Options) -> Result<(), String> {
     for t in ["unix", "hvt", "spt"] {
         servers.push(Server::Unikernel(t, testkit::example(t, "static-website")?));
     }
-    let v = Command::new("nginx").arg("-v").output().map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string()).unwrap_or_default();
+    let v = Command::new("nginx")
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .unwrap_or_default();
     println!(
         "Attacks from one host on the server's link, {secs} s each, while a good client asks for / every 50 ms on fresh connections and on a keep-alive one.\n\
          static-website on each target behind a tap device (unix: direct stack, data limit {MEM_MIB} MiB; Solo5: --mem={MEM_MIB}; statistics every {STATS_SECS} s);\n\
          nginx ({v}, one worker, 4096 connections) across a veth pair, under the same attacks. Served: requests answered 200 of those made (a failed one takes up to 2 s); outage: the longer of the two streams'."
     );
     println!();
-    println!("| attack | server | fresh connections served | keep-alive served | longest outage | memory at most | survived | the attack |");
+    println!(
+        "| attack | server | fresh connections served | keep-alive served | longest outage | memory at most | survived | the attack |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for (kind, name) in ATTACKS {
         for server in &servers {

@@ -61,7 +61,10 @@ pub struct Rng(u64);
 impl Rng {
     /// A generator seeded from the clock and the process.
     pub fn new() -> Rng {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
         Rng((t ^ (u64::from(std::process::id()) << 32)) | 1)
     }
 
@@ -94,7 +97,8 @@ impl Wire {
     /// Learns the interface's address and the server's, from the
     /// namespace's neighbour table (a ping fills it if need be).
     pub fn learn(ns: &Netns, ifname: &str, ip: Ipv4Addr, server: Ipv4Addr) -> Result<Wire, String> {
-        let link = ns.command("ip").args(["-o", "link", "show", ifname]).output().map_err(|e| format!("ip link: {e}"))?;
+        let link =
+            ns.command("ip").args(["-o", "link", "show", ifname]).output().map_err(|e| format!("ip link: {e}"))?;
         let link = String::from_utf8_lossy(&link.stdout).into_owned();
         let mac = link
             .split("link/ether ")
@@ -413,7 +417,13 @@ impl Segment {
 /// `count` SYNs from `wire`'s address to `port` on the server, each from
 /// its own source port in `ports` (at random, none twice) with a random
 /// initial sequence number: connections begun and never finished.
-pub fn syn_flood(wire: &Wire, port: u16, ports: std::ops::RangeInclusive<u16>, count: usize, rng: &mut Rng) -> Vec<Vec<u8>> {
+pub fn syn_flood(
+    wire: &Wire,
+    port: u16,
+    ports: std::ops::RangeInclusive<u16>,
+    count: usize,
+    rng: &mut Rng,
+) -> Vec<Vec<u8>> {
     let mut pool: Vec<u16> = ports.collect();
     // A partial Fisher-Yates shuffle: the first `count` are distinct.
     let count = count.min(pool.len());
@@ -424,7 +434,13 @@ pub fn syn_flood(wire: &Wire, port: u16, ports: std::ops::RangeInclusive<u16>, c
     let to = SocketAddrV4::new(wire.server, port);
     pool[..count]
         .iter()
-        .map(|&p| Segment::syn(SocketAddrV4::new(wire.ip, p), to, rng.next_u64() as u32).frame(wire.mac, wire.server_mac, rng.next_u64() as u16))
+        .map(|&p| {
+            Segment::syn(SocketAddrV4::new(wire.ip, p), to, rng.next_u64() as u32).frame(
+                wire.mac,
+                wire.server_mac,
+                rng.next_u64() as u16,
+            )
+        })
         .collect()
 }
 
@@ -444,7 +460,10 @@ pub fn suppress_resets(ns: &Netns) -> Result<(), String> {
         FORGED_PORTS.end()
     );
     let mut c = ns.command("nft");
-    c.args(["-f", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    c.args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = c.spawn().map_err(|e| format!("nft: {e} (apt-get install nftables)"))?;
     child.stdin.take().ok_or("nft: no stdin")?.write_all(rules.as_bytes()).map_err(|e| format!("nft: {e}"))?;
     let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
@@ -714,7 +733,11 @@ impl Report {
                 ));
             }
         }
-        if bad.is_empty() { Ok(()) } else { Err(format!("{what}: the good client was not served: {}", bad.join(" | "))) }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{what}: the good client was not served: {}", bad.join(" | ")))
+        }
     }
 }
 
@@ -900,7 +923,11 @@ impl Crowd {
 /// The process `pid` is running (not exited, not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).is_some_and(|state| state != "Z" && state != "X"),
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
 }
@@ -911,7 +938,12 @@ pub fn rss_kib(pid: u32) -> u64 {
     let own = |p: &str| -> u64 {
         std::fs::read_to_string(format!("/proc/{p}/status"))
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
             .unwrap_or(0)
     };
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
@@ -921,10 +953,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// The heap in use, in KiB, of each statistics line a unikernel printed
 /// (`static-website --stats=N`: "...; heap 1234 KiB in use").
 pub fn heap_kib(output: &str) -> Vec<u64> {
-    output
-        .lines()
-        .filter_map(|l| l.split("; heap ").nth(1)?.split(" KiB").next()?.trim().parse().ok())
-        .collect()
+    output.lines().filter_map(|l| l.split("; heap ").nth(1)?.split(" KiB").next()?.trim().parse().ok()).collect()
 }
 
 /// Lets this process hold as many descriptors as it is allowed: the
@@ -1038,7 +1067,13 @@ mod tests {
 
     #[test]
     fn floods_use_each_port_once_and_outages_count_the_edges() {
-        let wire = Wire { ifname: "x".into(), mac: [2; 6], ip: Ipv4Addr::new(10, 0, 0, 1), server_mac: [4; 6], server: Ipv4Addr::new(10, 0, 0, 2) };
+        let wire = Wire {
+            ifname: "x".into(),
+            mac: [2; 6],
+            ip: Ipv4Addr::new(10, 0, 0, 1),
+            server_mac: [4; 6],
+            server: Ipv4Addr::new(10, 0, 0, 2),
+        };
         let frames = syn_flood(&wire, 80, 2000..=2999, 1000, &mut Rng(7));
         let mut ports: Vec<u16> = frames.iter().map(|f| Segment::parse(f).unwrap().src.port()).collect();
         ports.sort();
@@ -1046,7 +1081,8 @@ mod tests {
         assert_eq!(ports.len(), 1000);
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let log = Log { events: vec![(at(50), true), (at(100), false), (at(900), true), (at(950), true)], errors: vec![] };
+        let log =
+            Log { events: vec![(at(50), true), (at(100), false), (at(900), true), (at(950), true)], errors: vec![] };
         let s = Series::of("x", &log, t0, at(2000));
         assert_eq!((s.attempts, s.served), (4, 3));
         assert_eq!(s.longest_outage, Duration::from_millis(1050));
