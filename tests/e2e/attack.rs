@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use testkit::attack::{self, Crowd, GoodClient, Hold, MAX_OUTAGE, MIN_RATE, Raw, Rng, Segment, Tracked, Wire, flags};
@@ -43,16 +43,15 @@ struct Site {
 /// of memory if given (`--mem` on Solo5; on unix, a data limit, which the
 /// unix platform takes as its heap size) and then statistics every second
 /// (not otherwise: their timer wakes the server, which would hide a stalled
-/// listener), and `args`; starts the good client and lets it run for a
-/// second.
-fn site(name: &str, t: &str, mem_mib: Option<u32>, args: &[&str]) -> Result<Site, String> {
-    let mut s = quiet_site(name, t, mem_mib, args)?;
+/// listener); starts the good client and lets it run for a second.
+fn site(name: &str, t: &str, mem_mib: Option<u32>) -> Result<Site, String> {
+    let mut s = quiet_site(name, t, mem_mib)?;
     s.start_good()?;
     Ok(s)
 }
 
 /// As [`site`], without the good client.
-fn quiet_site(name: &str, t: &str, mem_mib: Option<u32>, args: &[&str]) -> Result<Site, String> {
+fn quiet_site(name: &str, t: &str, mem_mib: Option<u32>) -> Result<Site, String> {
     attack::raise_fd_limit();
     let ns = Netns::new()?;
     attack::long_queue(&ns, "tap0")?;
@@ -72,7 +71,7 @@ fn quiet_site(name: &str, t: &str, mem_mib: Option<u32>, args: &[&str]) -> Resul
         }
     };
     // The access log off: thousands of connections would fill it.
-    c.args(["--ipv4=10.0.0.2/24", "--logs=http:warn"]).args(args);
+    c.args(["--ipv4=10.0.0.2/24", "--logs=http:warn"]);
     if mem_mib.is_some() {
         c.arg("--stats=1");
     }
@@ -119,12 +118,13 @@ impl Site {
         Err(format!("{}: the unikernel died under the attack:\n{}", self.name, self.tail()))
     }
 
-    /// The heap the unikernel reported: the latest and the largest, KiB.
+    /// The heap the unikernel reported, if it did: the latest and the
+    /// largest figure.
     fn heap(&self) -> String {
         let h = attack::heap_kib(&self.unikernel.output());
         match (h.last(), h.iter().max()) {
-            (Some(last), Some(max)) => format!("heap {last} KiB in use, at most {max} KiB"),
-            _ => "heap not reported".into(),
+            (Some(last), Some(max)) => format!("; heap {last} KiB in use, at most {max} KiB"),
+            _ => String::new(),
         }
     }
 
@@ -132,7 +132,7 @@ impl Site {
     /// did, and fails if the unikernel died or the client was not served.
     fn finish(mut self, what: &str) -> Result<(), String> {
         let report = self.good.as_mut().ok_or("no good client")?.stop();
-        eprintln!("{}: {what}; {}; good client: {report}", self.name, self.heap());
+        eprintln!("{}: {what}{}; good client: {report}", self.name, self.heap());
         self.check_alive()?;
         report.check(&self.name, MIN_RATE, MAX_OUTAGE)
     }
@@ -141,7 +141,7 @@ impl Site {
 /// 10,000 SYNs from random ports of the host, whose resets to the
 /// SYN-ACKs are dropped: 10,000 connections left half-open.
 fn syn_flood(t: &str) -> Result<(), String> {
-    let s = site("10,000 half-open SYNs", t, None, &[])?;
+    let s = site("10,000 half-open SYNs", t, None)?;
     attack::suppress_resets(&s.ns)?;
     let frames = attack::syn_flood(&s.wire, PORT, attack::FORGED_PORTS, 10_000, &mut Rng::new());
     // Counts the server's answers while the flood passes.
@@ -184,7 +184,7 @@ fn lone_get(ns: &Netns) -> Result<Duration, String> {
 /// (a stalled listener would be woken by other clients' traffic and be
 /// missed); then while the good client runs, for 3 s each.
 fn syn_payload_and_land(t: &str) -> Result<(), String> {
-    let mut s = quiet_site("a SYN with a payload, a LAND packet", t, None, &[])?;
+    let mut s = quiet_site("a SYN with a payload, a LAND packet", t, None)?;
     attack::suppress_resets(&s.ns)?;
     let mut rng = Rng::new();
     let packets = |rng: &mut Rng| {
@@ -226,7 +226,7 @@ fn syn_payload_and_land(t: &str) -> Result<(), String> {
 /// 5,000 HTTP/1.0 requests whose responses are read and whose connections
 /// are never closed by the client: the server's side waits in FIN-WAIT-2.
 fn half_closed(t: &str) -> Result<(), String> {
-    let s = site("5,000 half-closed connections", t, Some(256), &[])?;
+    let s = site("5,000 half-closed connections", t, Some(256))?;
     let crowd = Crowd::new();
     let started = Instant::now();
     let pid = s.pid();
@@ -239,8 +239,8 @@ fn half_closed(t: &str) -> Result<(), String> {
     let what = format!(
         "5000 HTTP/1.0 connections in {:.1} s: {} served and held half-closed, {} refused ({refusals})",
         took.as_secs_f64(),
-        crowd.served.load(std::sync::atomic::Ordering::Relaxed),
-        crowd.refused.load(std::sync::atomic::Ordering::Relaxed),
+        crowd.served.load(Relaxed),
+        crowd.refused.load(Relaxed),
     );
     let r = s.finish(&what);
     drop(crowd);
@@ -252,12 +252,12 @@ fn half_closed(t: &str) -> Result<(), String> {
 /// held for 3 s; the server must push back, stay up and keep serving.
 fn until_refused(t: &str, hold: Hold, what: &str, round: usize, cap: usize) -> Result<(), String> {
     let mem = 64;
-    let s = site(what, t, Some(mem), &[])?;
-    let crowd = Arc::new(Crowd::new());
+    let s = site(what, t, Some(mem))?;
+    let crowd = Crowd::new();
     let started = Instant::now();
     let pid = s.pid();
     let mut tried = 0;
-    while tried < cap && crowd.refused.load(std::sync::atomic::Ordering::Relaxed) == 0 && s.alive() {
+    while tried < cap && crowd.refused.load(Relaxed) == 0 && s.alive() {
         crowd.fill(&s.ns, server(), hold, round, 4, started + Duration::from_secs(60), &|| attack::alive(pid))?;
         tried += round;
         std::thread::sleep(Duration::from_millis(200));
@@ -267,7 +267,7 @@ fn until_refused(t: &str, hold: Hold, what: &str, round: usize, cap: usize) -> R
     let at_refusal = crowd.holding();
     std::thread::sleep(Duration::from_secs(3));
     crowd.sweep();
-    let refused = crowd.refused.load(std::sync::atomic::Ordering::Relaxed);
+    let refused = crowd.refused.load(Relaxed);
     let refusals = crowd.refusals.lock().map(|r| r.join("; ")).unwrap_or_default();
     let summary = format!(
         "--mem {mem} MiB: {tried} connections tried in {:.1} s, {at_refusal} held at the first refusal, {} still held 3 s later, {refused} refused ({refusals})",
@@ -341,7 +341,7 @@ fn challenge_ack(tracked: &Tracked, answers: &[Segment]) -> bool {
 
 /// Blind in-window resets and SYNs on an established connection.
 fn blind_rst_and_syn(t: &str) -> Result<(), String> {
-    let s = site("blind in-window RST and SYN", t, None, &[])?;
+    let s = site("blind in-window RST and SYN", t, None)?;
     let mut failures = Vec::new();
     // A reset inside the window but not at RCV.NXT, and an in-window SYN:
     // each must bring a challenge ACK and leave the connection open.
@@ -382,7 +382,7 @@ fn blind_rst_and_syn(t: &str) -> Result<(), String> {
 /// between them. Beside the good client's view, a sniffer counts the IP
 /// packets the server sends to the bogus address: any is a poisoned cache.
 fn bogus_arp(t: &str) -> Result<(), String> {
-    let s = site("bogus ARP", t, None, &[])?;
+    let s = site("bogus ARP", t, None)?;
     let mut failures = Vec::new();
     for (name, mac) in attack::BOGUS_MACS {
         let frames = attack::bogus_arp(&s.wire, mac);
@@ -392,7 +392,7 @@ fn bogus_arp(t: &str) -> Result<(), String> {
         let counting = std::thread::spawn(move || {
             let mut n = 0;
             while let Some(f) = sniffer.recv(until) {
-                n += usize::from(f[..6] == mac && f[6..12] == server_mac && f[12..14] == [0x08, 0x00]);
+                n += usize::from(f.len() >= 14 && f[..6] == mac && f[6..12] == server_mac && f[12..14] == [0x08, 0x00]);
             }
             n
         });
