@@ -154,7 +154,7 @@ fn syn_flood(t: &str) -> Result<(), String> {
         (syn_acks, resets)
     });
     let started = Instant::now();
-    s.raw.send_paced(&frames, 10_000)?;
+    s.raw.send_paced(&frames, 5_000)?;
     let took = started.elapsed();
     std::thread::sleep(Duration::from_secs(5));
     let (syn_acks, resets) = counting.join().map_err(|_| "the sniffer panicked")?;
