@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use testkit::attack::{GoodClient, MAX_OUTAGE, MIN_RATE};
 use testkit::{Background, Netns, Scratch, example_with, root, run_with};
 
 use crate::{Case, Needs, case};
@@ -685,8 +686,16 @@ pub fn cases(v: &mut Vec<Case>) {
             let ns = Netns::new()?;
             let mut g = start(&ns, t, None)?;
             serves_to_curl(&ns)?;
-            ns.enter(raw_requests)??;
-            ns.enter(request_details)??;
+            // Raw requests and the details an attacker probes, while a
+            // well-behaved client is measured.
+            let mut good = GoodClient::start(&ns, addr(), "/")?;
+            let raw = ns.enter(raw_requests)?;
+            let details = ns.enter(request_details)?;
+            let report = good.stop();
+            eprintln!("{t}: raw requests and the request details: good client: {report}");
+            raw?;
+            details?;
+            report.check(&format!("{t}: raw requests and the request details"), MIN_RATE, MAX_OUTAGE)?;
             // The access log names each request.
             if !g.output().contains("\"GET /css/site.css HTTP/1.1\" 200") {
                 return Err(format!("no access log line:\n{}", g.output()));

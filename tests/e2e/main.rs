@@ -8,6 +8,7 @@
 //! `target/release`. A test this machine cannot run is reported as SKIPPED
 //! with the reason and counted as ignored; it never passes silently.
 
+mod attack;
 mod examples;
 mod http;
 mod tcpip;
@@ -23,6 +24,7 @@ fn main() {
         std::process::exit(1);
     }
     let mut cases = Vec::new();
+    attack::cases(&mut cases);
     examples::cases(&mut cases);
     http::cases(&mut cases);
     tcpip::cases(&mut cases);

@@ -141,7 +141,7 @@ fn wrk(ns: &Netns, url: &str, conns: usize, secs: u64) -> Result<Wrk, String> {
 
 /// nginx with one worker in `ns`, serving `htdocs` on `ip`:80, access log
 /// off, as a unikernel has none.
-fn nginx(ns: &Netns, ip: Ipv4Addr, htdocs: &Path, scratch: &Path) -> Result<Background, String> {
+pub(crate) fn nginx(ns: &Netns, ip: Ipv4Addr, htdocs: &Path, scratch: &Path) -> Result<Background, String> {
     let conf = scratch.join("nginx.conf");
     std::fs::create_dir_all(scratch.join("tmp")).map_err(|e| e.to_string())?;
     let text = format!(

@@ -10,6 +10,7 @@
 //! mirage-bench http    [--runs SECONDS]           # wrk against static-website, beside nginx
 //! mirage-bench images  [--solo5 DIR]              # image sizes, least memory, configure and build times
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
+//! mirage-bench attack  [--runs SECONDS]           # a good client's service under each attack, beside nginx
 //! ```
 //!
 //! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use testkit::{Background, Netns, guest, tender};
 
+mod attack;
 mod http;
 mod images;
 mod tcp;
@@ -61,9 +63,10 @@ fn main() {
         Some("http") => http::http(&opts),
         Some("images") => images::images(&opts),
         Some("soak") => http::soak(&opts, &opts.target.clone()),
+        Some("attack") => attack::attack(&opts),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak [--runs N] [--count N] [--solo5 DIR] [--target T]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack [--runs N] [--count N] [--solo5 DIR] [--target T]"
             );
             std::process::exit(64);
         }

@@ -5,6 +5,7 @@
 //! Tenders are found with [`set_tenders`] (the tests pass the paths cargo
 //! gives them) or, by default, in `target/release`.
 
+pub mod attack;
 pub mod harness;
 
 use std::path::{Path, PathBuf};
