@@ -247,6 +247,10 @@ impl Conns {
             r.delta = seq.wrapping_sub(replay.wire_isn);
             r.snd_max = Some(seq.wrapping_add(1));
             r.our_shift = window_scale(tcp.options());
+            // What the peer was told: RCV.NXT and the window (unscaled in
+            // a SYN), before the engine sends anything else.
+            r.rcv_nxt = Some(tcp.ack_number().0 as u32);
+            r.rcv_wnd = tcp.window_len() as u32;
             return Outgoing::Keep;
         }
         if syn {

@@ -1114,11 +1114,19 @@ fn a_half_open_connection_is_retransmitted_then_forgotten_and_its_cookie_still_c
         assert_eq!(f.read(&mut buf).await.unwrap(), 4);
         assert_eq!(&buf[..4], b"late");
         assert_eq!(p.b.stats().cookies_accepted, 1);
+        // A reset in the window, before b has sent anything on the new
+        // connection: challenged, not taken.
+        inject(&p, tcp_frame(MAC_X, (X, 40002), (B, 80), 7105, 0, RST, b""));
+        sleep(Duration::from_millis(1)).await;
+        assert_eq!(p.b.stats().rst_challenged, 1);
+        inject(&p, tcp_frame(MAC_X, (X, 40002), (B, 80), 7005, synacks[0].seq.wrapping_add(1), ACK, b"more"));
+        assert_eq!(f.read(&mut buf).await.unwrap(), 4);
+        assert_eq!(&buf[..4], b"more");
         // b acknowledges the data (after its delayed-ACK time) in the
         // numbering X was given.
         sleep(Duration::from_millis(50)).await;
         let last = last_from_b(&p, 80);
-        assert_eq!((last.dst, last.seq, last.ack), ((X, 40002), synacks[0].seq.wrapping_add(1), 7005));
+        assert_eq!((last.dst, last.seq, last.ack), ((X, 40002), synacks[0].seq.wrapping_add(1), 7009));
         eprintln!("completed {:?} after the SYN", now().saturating_duration_since(start));
     });
 }
