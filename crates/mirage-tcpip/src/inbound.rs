@@ -450,8 +450,14 @@ fn refuse<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg) {
 /// The bytes a new connection makes the heap hold: its buffers, its
 /// socket, its record.
 pub(crate) fn connection_cost(inner: &Inner) -> usize {
-    2 * inner.config.tcp_buffer + 2048
+    2 * inner.config.tcp_buffer + 2048 + APP_HEADROOM
 }
+
+/// Room left, beyond a connection's own buffers, for what the application
+/// allocates when it accepts one (an HTTP server's first read buffer):
+/// without it the stack would fill the budget to the last byte and the
+/// application would refuse every connection the stack let in.
+const APP_HEADROOM: usize = 32 * 1024;
 
 /// Whether a new connection may be made now.
 #[derive(Debug, PartialEq, Eq)]

@@ -115,7 +115,7 @@ impl Default for Config {
             syn_queue: 4096,
             linger: Duration::from_secs(60),
             close_wait_timeout: Some(Duration::from_secs(120)),
-            shed_idle: Some(Duration::from_secs(2)),
+            shed_idle: Some(Duration::from_millis(500)),
             may_hold: mirage_runtime::memory::may_hold,
         }
     }
