@@ -670,7 +670,10 @@ fn main_rs(config: &Config, opts: &Options) -> String {
     let run = if solo5 { "solo5::dev::run" } else { "mirage_unix::run" };
     if let Some((v, net_var)) = &stack_var {
         opening.push(format!(
-            "let {v} = mirage_tcpip::Stack::new({net_var}, mirage_tcpip::Config::from_args(&args))\n            .map_err(|e| format!(\"cannot start the TCP/IP stack \\\"{v}\\\": {{e}}\"))?;"
+            // Seeded from the platform's random source: the stack's initial
+            // sequence numbers and SYN-cookie keys must not be guessable
+            // from the image.
+            "let {v} = mirage_tcpip::Stack::new({net_var}, mirage_tcpip::Config::from_args(&args).seed(&{platform}::Random))\n            .map_err(|e| format!(\"cannot start the TCP/IP stack \\\"{v}\\\": {{e}}\"))?;"
         ));
         opening.push(format!("{v}.configured().await;"));
     }

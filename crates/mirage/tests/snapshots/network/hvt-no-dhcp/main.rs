@@ -36,8 +36,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let discard_port: u16 = args.get("discard-port");
     let chargen_port: u16 = args.get("chargen-port");
     solo5::dev::run(async move {
-        let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
-            .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
+        let stack = mirage_tcpip::Stack::new(
+            stack_net,
+            mirage_tcpip::Config::from_args(&args).seed(&solo5::dev::Random),
+        )
+        .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;
         Ok::<_, alloc::string::String>(
             network::start(console, stack, echo_port, discard_port, chargen_port).await,

@@ -30,8 +30,11 @@ fn main() {
     let discard_port: u16 = args.get("discard-port");
     let chargen_port: u16 = args.get("chargen-port");
     std::process::exit(mirage_unix::run(async move {
-        let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
-            .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
+        let stack = mirage_tcpip::Stack::new(
+            stack_net,
+            mirage_tcpip::Config::from_args(&args).seed(&mirage_unix::Random),
+        )
+        .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;
         Ok::<_, String>(network::start(console, stack, echo_port, discard_port, chargen_port).await)
     }));

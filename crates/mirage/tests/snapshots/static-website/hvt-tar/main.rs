@@ -68,8 +68,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
         let htdocs = mirage_kv::Tar::new(htdocs_disk).await.map_err(|e| {
             format!("cannot open the kv-ro store \"htdocs\" on block device htdocs: {e}")
         })?;
-        let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
-            .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
+        let stack = mirage_tcpip::Stack::new(
+            stack_net,
+            mirage_tcpip::Config::from_args(&args).seed(&solo5::dev::Random),
+        )
+        .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;
         Ok::<_, alloc::string::String>(
             static_website::start(

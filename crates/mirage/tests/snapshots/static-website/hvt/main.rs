@@ -60,8 +60,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let max_body: u64 = args.get("max-body");
     let stats: u32 = args.get("stats");
     solo5::dev::run(async move {
-        let stack = mirage_tcpip::Stack::new(stack_net, mirage_tcpip::Config::from_args(&args))
-            .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
+        let stack = mirage_tcpip::Stack::new(
+            stack_net,
+            mirage_tcpip::Config::from_args(&args).seed(&solo5::dev::Random),
+        )
+        .map_err(|e| format!("cannot start the TCP/IP stack \"stack\": {e}"))?;
         stack.configured().await;
         Ok::<_, alloc::string::String>(
             static_website::start(

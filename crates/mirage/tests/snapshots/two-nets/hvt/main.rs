@@ -36,8 +36,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
     };
     let store = mirage_kv::Mem::new(solo5::dev::WallClock);
     solo5::dev::run(async move {
-        let admin = mirage_tcpip::Stack::new(admin_net, mirage_tcpip::Config::from_args(&args))
-            .map_err(|e| format!("cannot start the TCP/IP stack \"admin\": {e}"))?;
+        let admin = mirage_tcpip::Stack::new(
+            admin_net,
+            mirage_tcpip::Config::from_args(&args).seed(&solo5::dev::Random),
+        )
+        .map_err(|e| format!("cannot start the TCP/IP stack \"admin\": {e}"))?;
         admin.configured().await;
         Ok::<_, alloc::string::String>(two_nets::start(console, service, admin, store).await)
     })

@@ -48,8 +48,11 @@ fn main() {
         )),
     };
     std::process::exit(mirage_unix::run(async move {
-        let admin = mirage_tcpip::Stack::new(admin_net, mirage_tcpip::Config::from_args(&args))
-            .map_err(|e| format!("cannot start the TCP/IP stack \"admin\": {e}"))?;
+        let admin = mirage_tcpip::Stack::new(
+            admin_net,
+            mirage_tcpip::Config::from_args(&args).seed(&mirage_unix::Random),
+        )
+        .map_err(|e| format!("cannot start the TCP/IP stack \"admin\": {e}"))?;
         admin.configured().await;
         Ok::<_, String>(two_nets::start(console, service, admin, store).await)
     }));
