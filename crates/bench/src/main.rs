@@ -184,6 +184,8 @@ fn boot(o: &Options) -> Result<(), String> {
     }
     if let (Some(t), Some(g)) = (&s_spt, &s_hello_spt) {
         rows.push(("Solo5 solo5-spt, Solo5 test_hello".into(), t.clone(), g.clone()));
+        rows.push(("Solo5 solo5-spt, mirage-rs hello".into(), t.clone(), guest("spt", "hello")?));
+        rows.push(("mirage-rs solo5-spt, Solo5 test_hello".into(), tender("spt"), g.clone()));
     }
     println!("hello, from tender start to exit: median, p90 and min of {} runs; peak RSS (median)", o.runs);
     println!();

@@ -83,8 +83,9 @@ pub fn level(cmdline: &str) -> Level {
 /// `cmdline` without the options, each taken with the blanks before it;
 /// borrowed when none stands after the application's first word.
 pub fn strip(cmdline: &str) -> Cow<'_, str> {
+    // The text before `copied` is dealt with: copied to `kept`, or dropped.
     let mut kept: Option<String> = None;
-    let mut rest = 0;
+    let mut copied = 0;
     let mut last_kept = None;
     for (s, e) in words(cmdline) {
         if option(&cmdline[s..e]).is_none() {
@@ -93,18 +94,21 @@ pub fn strip(cmdline: &str) -> Cow<'_, str> {
         }
         match last_kept {
             // Leading options: the application's text starts after them.
-            None => rest = e,
+            None => copied = e,
+            // The option goes with the blanks before it: keep the text up
+            // to the end of the last word kept (or of what was copied
+            // already, when options follow each other).
             Some(end) => {
-                let out = kept.get_or_insert_with(String::new);
-                out.push_str(&cmdline[rest..end]);
-                rest = e;
+                let from = end.max(copied);
+                kept.get_or_insert_with(String::new).push_str(&cmdline[copied..from]);
+                copied = e;
             }
         }
     }
     match kept {
-        None => Cow::Borrowed(cmdline[rest..].trim_start()),
+        None => Cow::Borrowed(cmdline[copied..].trim_start()),
         Some(mut out) => {
-            out.push_str(&cmdline[rest..]);
+            out.push_str(&cmdline[copied..]);
             Cow::Owned(String::from(out.trim_start()))
         }
     }
@@ -122,6 +126,14 @@ mod tests {
     fn p(s: &str) -> (Level, String) {
         let (l, rest) = parse(s);
         (l, rest.into_owned())
+    }
+
+    #[test]
+    fn options_following_each_other_after_a_word_are_stripped() {
+        // Found by fuzzing: the second option sliced backwards.
+        assert_eq!(p("a --solo5:quiet --solo5:debug b"), (Level::Debug, "a b".into()));
+        assert_eq!(p("a\t--solo5:quiet --solo5:debug"), (Level::Debug, "a".into()));
+        assert_eq!(p("--solo5:quiet a --solo5:quiet --solo5:debug b --solo5:quiet c"), (Level::Error, "a b c".into()));
     }
 
     #[test]
