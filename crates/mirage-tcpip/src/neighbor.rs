@@ -89,7 +89,11 @@ impl Neighbors {
                 k.until = until;
                 true
             }
-            _ => kind == Kind::Request && !self.gateways.contains(&Some(ip)) && self.learn(ip, mac, now),
+            // A request may create an entry, the gateway's too: dropping
+            // the gateway's requests would leave a host that speaks first
+            // unanswered. Once live, no request or unsolicited reply
+            // changes it.
+            _ => kind == Kind::Request && self.learn(ip, mac, now),
         }
     }
 
@@ -176,8 +180,11 @@ mod tests {
         assert!(n.judge(HOST, M1, Kind::Reply, t));
         assert!(!n.judge(HOST, M2, Kind::Request, t));
         assert!(!n.judge(HOST, M2, Kind::Reply, t));
-        // The gateway: not from a request, only from a solicited reply.
-        assert!(!n.judge(GW, M1, Kind::Request, t));
+        // The gateway: learnt from its request; then nothing unsolicited
+        // changes it.
+        assert!(n.judge(GW, M1, Kind::Request, t));
+        assert!(!n.judge(GW, M2, Kind::Request, t));
+        assert!(!n.judge(GW, M2, Kind::Reply, t));
         let mut arp = alloc::vec![0xffu8; 6];
         arp.extend_from_slice(&M2);
         arp.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
@@ -187,10 +194,9 @@ mod tests {
         assert!(n.judge(GW, M1, Kind::Reply, t + Duration::from_secs(1)));
         // A second, unsolicited reply may not move it.
         assert!(!n.judge(GW, M2, Kind::Reply, t + Duration::from_secs(2)));
-        // Once the entry has expired, a request may create it again (not
-        // for the gateway).
+        // Once the entry has expired, a request may create it again.
         let later = t + Duration::from_secs(120);
         assert!(n.judge(HOST, M2, Kind::Request, later));
-        assert!(!n.judge(GW, M2, Kind::Request, later));
+        assert!(n.judge(GW, M2, Kind::Request, later));
     }
 }
