@@ -77,9 +77,24 @@ impl Server {
     }
 }
 
+/// A server process.
+enum Process {
+    Unikernel(Background),
+    Nginx(crate::http::Nginx),
+}
+
+impl Process {
+    fn background(&self) -> &Background {
+        match self {
+            Process::Unikernel(b) => b,
+            Process::Nginx(n) => &n.0,
+        }
+    }
+}
+
 /// A server running, and the client's side of its link.
 struct Setup {
-    process: Background,
+    process: Process,
     /// The client's namespace, and the server's when it has its own.
     client: Netns,
     _server: Option<Netns>,
@@ -102,7 +117,7 @@ fn up(server: &Server) -> Result<Setup, String> {
             c.args(["--ipv4=10.0.0.2/24", "--logs=http:warn", &format!("--stats={STATS_SECS}")]);
             let mut g = Background::start(c)?;
             g.wait_for("static-website: serving", Duration::from_secs(30))?;
-            Ok(Setup { process: g, client: ns, _server: None, ifname: "tap0", unikernel: true })
+            Ok(Setup { process: Process::Unikernel(g), client: ns, _server: None, ifname: "tap0", unikernel: true })
         }
         Server::Nginx => {
             let a = Netns::new()?;
@@ -125,7 +140,7 @@ fn up(server: &Server) -> Result<Setup, String> {
             b.ip(&["link", "set", "atk-b", "up"])?;
             let scratch = root().join("target/bench-attack/nginx");
             let g = crate::http::nginx(&b, SERVER, &root().join("examples/static-website/htdocs"), &scratch)?;
-            Ok(Setup { process: g, client: a, _server: Some(b), ifname: "atk-a", unikernel: false })
+            Ok(Setup { process: Process::Nginx(g), client: a, _server: Some(b), ifname: "atk-a", unikernel: false })
         }
     }
 }
@@ -141,7 +156,7 @@ struct Row {
 fn run(server: &Server, kind: Kind, secs: u64) -> Result<Row, String> {
     attack::raise_fd_limit();
     let setup = up(server)?;
-    let pid = setup.process.child.id();
+    let pid = setup.process.background().child.id();
     let mut good = GoodClient::start(&setup.client, SocketAddr::new(SERVER.into(), PORT), "/")?;
     let wire = Wire::learn(&setup.client, setup.ifname, CLIENT, SERVER)?;
     let raw = Raw::open(&setup.client, setup.ifname)?;
@@ -263,7 +278,7 @@ fn run(server: &Server, kind: Kind, secs: u64) -> Result<Row, String> {
     let survived = if alive() {
         "yes".to_string()
     } else {
-        let out = setup.process.output();
+        let out = setup.process.background().output();
         let why = out
             .lines()
             .rev()
@@ -273,7 +288,7 @@ fn run(server: &Server, kind: Kind, secs: u64) -> Result<Row, String> {
         format!("**no**: {}", why.split(": ").last().unwrap_or(&why))
     };
     let memory = if setup.unikernel {
-        match attack::heap_kib(&setup.process.output()).into_iter().max() {
+        match attack::heap_kib(&setup.process.background().output()).into_iter().max() {
             Some(k) => format!("heap {:.1} MiB", k as f64 / 1024.0),
             None => "heap not reported".into(),
         }

@@ -139,9 +139,23 @@ fn wrk(ns: &Netns, url: &str, conns: usize, secs: u64) -> Result<Wrk, String> {
     Ok(w)
 }
 
+/// nginx running in the background, stopped with its worker when dropped:
+/// a SIGTERM to the master, which ends the worker first. (The SIGKILL that
+/// stops a [`Background`] would leave the worker running, orphaned.)
+pub(crate) struct Nginx(pub(crate) Background);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with the pid of our own child, not yet reaped, so
+        // the pid cannot name another process.
+        unsafe { libc::kill(self.0.child.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait(Duration::from_secs(5));
+    }
+}
+
 /// nginx with one worker in `ns`, serving `htdocs` on `ip`:80, access log
 /// off, as a unikernel has none.
-pub(crate) fn nginx(ns: &Netns, ip: Ipv4Addr, htdocs: &Path, scratch: &Path) -> Result<Background, String> {
+pub(crate) fn nginx(ns: &Netns, ip: Ipv4Addr, htdocs: &Path, scratch: &Path) -> Result<Nginx, String> {
     let conf = scratch.join("nginx.conf");
     std::fs::create_dir_all(scratch.join("tmp")).map_err(|e| e.to_string())?;
     let text = format!(
@@ -162,7 +176,7 @@ pub(crate) fn nginx(ns: &Netns, ip: Ipv4Addr, htdocs: &Path, scratch: &Path) -> 
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(g)
+    Ok(Nginx(g))
 }
 
 /// nginx across a fresh veth pair: with the pair's segmentation and
