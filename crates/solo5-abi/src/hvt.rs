@@ -17,6 +17,10 @@ pub const HYPERCALL_PIO_BASE: u16 = 0x500;
 pub const HYPERCALL_MAX: u16 = 9;
 /// `HVT_RING_KICK_PIO_BASE`: an `outl` here wakes the net ring's I/O thread.
 pub const RING_KICK_PIO_BASE: u16 = 0x600;
+/// Ours, offered with [`FEATURE_RING_SERVE`]: an `outl` here exits to the
+/// tender, whose vCPU thread serves the ring's pending entries itself
+/// before the guest resumes. Solo5's tenders have no such port.
+pub const RING_SERVE_PIO: u16 = 0x601;
 /// `HVT_HALT_COOKIE_MAX`: bytes at a HALT cookie the tender may read.
 pub const HALT_COOKIE_MAX: u64 = 512;
 /// `HVT_CMDLINE_SIZE`: room for the guest command line, NUL included.
@@ -26,6 +30,15 @@ pub const BOOT_INFO_BASE: u64 = 0x1_0000;
 /// `HVT_FEATURE_RING_IO`: bit of [`BootInfo::host_features`] set when the
 /// tender serves the net ring.
 pub const FEATURE_RING_IO: u32 = 1 << 0;
+/// Ours (Solo5 defines bit 0 only): set with [`FEATURE_RING_IO`] when the
+/// tender also serves the ring's pending entries on the vCPU's thread: on
+/// an `outl` to [`RING_SERVE_PIO`], and before every hypercall. A guest
+/// waiting on the ring asks for it when the I/O thread is asleep or does
+/// not answer, so that its progress never depends on that thread being
+/// scheduled, and it may leave writes in the ring without waking the
+/// thread: the next hypercall (a POLL before it sleeps) sends them. A guest
+/// that ignores the bit spins and kicks, as Solo5's do.
+pub const FEATURE_RING_SERVE: u32 = 1 << 1;
 
 /// Default guest memory (512 MiB), as `solo5-hvt`.
 pub const DEFAULT_MEM_SIZE: u64 = 0x2000_0000;

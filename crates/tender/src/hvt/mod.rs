@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd};
-use solo5_abi::hvt::{self, BootInfo, FEATURE_RING_IO, GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE};
+use solo5_abi::hvt::{self, BootInfo, FEATURE_RING_IO, FEATURE_RING_SERVE, GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE};
 use solo5_abi::mft::MftType;
 use solo5_abi::note::AbiTarget;
 use solo5_abi::ring::RING_RESERVED_SIZE;
@@ -188,7 +188,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
         cpu_cycle_freq: tsc_hz,
         cmdline: cmdline_gpa,
         mft: mft_gpa,
-        host_features: if ring_active { FEATURE_RING_IO } else { 0 },
+        host_features: if ring_active { FEATURE_RING_IO | FEATURE_RING_SERVE } else { 0 },
         guest_features: 0,
         net_ring: if ring_active { ring_gpa.unwrap_or(0) } else { 0 },
     };
@@ -199,7 +199,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
 
     let mut hypercalls = Hypercalls::new(&vm.mem, devices, failure.clone())?;
     drop_privileges(&hypercalls, &vcpu, &nics, ring_thread.as_ref())?;
-    let status = vcpu_loop(&mut vcpu, &mut hypercalls, &failure, vm.mem.alloc_size());
+    let status = vcpu_loop(&mut vcpu, &mut hypercalls, ring_thread.as_ref(), &failure, vm.mem.alloc_size());
     if let Some(mut t) = ring_thread {
         t.stop();
     }
@@ -382,7 +382,13 @@ fn rip(vcpu: &VcpuFd) -> u64 {
     vcpu.get_regs().map(|r| r.rip).unwrap_or(0)
 }
 
-fn vcpu_loop(vcpu: &mut VcpuFd, hc: &mut Hypercalls<'_>, failure: &Failure, alloc_size: u64) -> Result<i32, Exit> {
+fn vcpu_loop(
+    vcpu: &mut VcpuFd,
+    hc: &mut Hypercalls<'_>,
+    ring: Option<&RingThread>,
+    failure: &Failure,
+    alloc_size: u64,
+) -> Result<i32, Exit> {
     let base = hvt::HYPERCALL_PIO_BASE;
     loop {
         if let Some(e) = failure.take() {
@@ -397,11 +403,22 @@ fn vcpu_loop(vcpu: &mut VcpuFd, hc: &mut Hypercalls<'_>, failure: &Failure, allo
             Err(e) => return Err(kvm_err("RUN")(e)),
         };
         match exit {
+            VcpuExit::IoOut(hvt::RING_SERVE_PIO, data) if data.len() == 4 && ring.is_some() => {
+                if let Some(r) = ring {
+                    r.serve_now()?;
+                }
+            }
             VcpuExit::IoOut(port, data) => {
                 if data.len() != 4 || !(base..base + hvt::HYPERCALL_MAX).contains(&port) {
                     return Err(fatal!("Invalid guest port access: port=0x{port:x}"));
                 }
                 let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
+                // Writes the guest left in the ring without waking the I/O
+                // thread go out before the hypercall does anything (waits,
+                // halts, or sends a frame of its own); see FEATURE_RING_SERVE.
+                if let Some(r) = ring {
+                    r.serve_now()?;
+                }
                 if let Outcome::Halt(status) = hc.handle(port - base, memory::Gpa(gpa))? {
                     return Ok(status);
                 }

@@ -7,6 +7,13 @@
 //! are batched; a read first publishes the writes before it, then posts its
 //! commit. Every guest address in an entry is bounds-checked, and a guest
 //! that breaks the protocol is stopped with a message.
+//!
+//! The vCPU's thread may serve the ring too ([`RingThread::serve_now`], on
+//! the guest's `outl` to [`solo5_abi::hvt::RING_SERVE_PIO`]). A guest that
+//! waits for a read's commit would otherwise spin until the I/O thread
+//! runs; on a host whose cores are all busy, that thread may wait a whole
+//! time slice behind the spinning vCPU, and a flood of frames then drains
+//! at a few a millisecond. A lock keeps the two servers apart.
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering, fence};
@@ -26,6 +33,7 @@ use crate::{Exit, fatal, strerror, warn};
 pub struct RingThread {
     stop: Arc<AtomicBool>,
     eventfd: Arc<EventFd>,
+    server: Arc<Server>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -146,10 +154,19 @@ impl Failure {
     }
 }
 
-struct Worker {
+/// What serves the ring's entries: the I/O thread, or the vCPU's thread on
+/// the guest's request. One at a time: `serving` is held while entries are
+/// consumed, since `ent_head` and `com_tail` have a single writer each.
+#[derive(Debug)]
+struct Server {
     mem: Arc<GuestMemory>,
     ring_gpa: u64,
     nics: Vec<Nic>,
+    serving: Mutex<()>,
+}
+
+struct Worker {
+    server: Arc<Server>,
     eventfd: Arc<EventFd>,
     stop: Arc<AtomicBool>,
     failure: Arc<Failure>,
@@ -169,7 +186,8 @@ impl RingThread {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let eventfd = Arc::new(eventfd);
-        let worker = Worker { mem, ring_gpa, nics, eventfd: eventfd.clone(), stop: stop.clone(), failure };
+        let server = Arc::new(Server { mem, ring_gpa, nics, serving: Mutex::new(()) });
+        let worker = Worker { server: server.clone(), eventfd: eventfd.clone(), stop: stop.clone(), failure };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("net-ring".into())
@@ -184,7 +202,19 @@ impl RingThread {
             })
             .map_err(|e| fatal!("Could not start the net I/O thread: {e}"))?;
         ready_rx.recv().map_err(|_| fatal!("the net I/O thread failed to start"))?;
-        Ok(RingThread { stop, eventfd, handle: Some(handle) })
+        Ok(RingThread { stop, eventfd, server, handle: Some(handle) })
+    }
+
+    /// Serves the ring's pending entries on the calling thread (the vCPU's,
+    /// on the guest's `outl` to the serve port), waiting for the I/O thread
+    /// if it is serving them now. A protocol error is returned, to end the
+    /// guest as the I/O thread would.
+    pub fn serve_now(&self) -> Result<(), Exit> {
+        let ring = self
+            .server
+            .ring()
+            .ok_or_else(|| fatal!("net ring at 0x{:x} is outside guest memory", self.server.ring_gpa))?;
+        self.server.process(ring)
     }
 
     /// The thread's eventfd, which the seccomp policy must let it read.
@@ -208,7 +238,7 @@ impl Drop for RingThread {
     }
 }
 
-impl Worker {
+impl Server {
     fn ring(&self) -> Option<&Ring> {
         let p = self.mem.host_ptr(self.ring_gpa, std::mem::size_of::<Ring>() as u64)?;
         // SAFETY: the range is inside the guest mapping, which lives as long
@@ -221,7 +251,9 @@ impl Worker {
     fn nic_fd(&self, handle: u32) -> Option<i32> {
         self.nics.iter().find(|(i, _)| *i == handle).map(|&(_, fd)| fd)
     }
+}
 
+impl Worker {
     fn run(self) {
         if let Err(e) = self.serve() {
             self.failure.fail(e);
@@ -229,7 +261,10 @@ impl Worker {
     }
 
     fn serve(&self) -> Result<(), Exit> {
-        let ring = self.ring().ok_or_else(|| fatal!("net ring at 0x{:x} is outside guest memory", self.ring_gpa))?;
+        let ring = self
+            .server
+            .ring()
+            .ok_or_else(|| fatal!("net ring at 0x{:x} is outside guest memory", self.server.ring_gpa))?;
         while !self.stop.load(Ordering::Relaxed) {
             let mut found = false;
             for _ in 0..RING_POLL_ITERS {
@@ -253,12 +288,15 @@ impl Worker {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
-            self.process(ring)?;
+            self.server.process(ring)?;
         }
         Ok(())
     }
+}
 
+impl Server {
     fn process(&self, ring: &Ring) -> Result<(), Exit> {
+        let _serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
         let tail = ring.ent_tail.load(Ordering::Acquire);
         let mut head = ring.ent_head.load(Ordering::Relaxed);
         if tail.wrapping_sub(head) > RING_SIZE {

@@ -60,6 +60,10 @@ const PROTECTED_NET: &[(&str, &str)] = &[
     ("ring-read-ro", "net ring read: Invalid guest access: gpa={gpa}, sz=1514"),
     ("ring-write-oob", "net ring write: Invalid guest access: gpa=0xfff00000, sz=60"),
     ("ring-overflow", "net ring: guest submitted 1025 entries, the ring holds 1024"),
+    // The same entries, served on the vCPU's thread at the guest's request.
+    ("serve-read-ro", "net ring read: Invalid guest access: gpa={gpa}, sz=1514"),
+    ("serve-write-oob", "net ring write: Invalid guest access: gpa=0xfff00000, sz=60"),
+    ("serve-overflow", "net ring: guest submitted 1025 entries, the ring holds 1024"),
 ];
 
 pub fn cases(v: &mut Vec<Case>) {
@@ -117,6 +121,7 @@ pub fn cases(v: &mut Vec<Case>) {
         ("port-high", "Invalid guest port access: port=0x509"),
         ("port-low", "Invalid guest port access: port=0x4ff"),
         ("kick", "Invalid guest port access: port=0x600"),
+        ("serve", "Invalid guest port access: port=0x601"),
     ];
     for &(what, message) in fatal {
         v.push(case(format!("hvt::hostile_{what}"), HVT, move || {

@@ -106,6 +106,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
         "port-high" => raw(0x509, 0),
         "port-low" => raw(0x4ff, 0),
         "kick" => raw(RING_KICK_PIO_BASE, 0),
+        "serve" => raw(RING_SERVE_PIO, 0),
         "net-read" => call(Hypercall::NetRead, &mut HcNetRead::default()),
         "blk-data" => {
             let mut r = HcBlockRead { handle: 1, offset: 0, data: 0xfff0_0000, len: 512, ret: 0, _pad: 0 };
