@@ -3,22 +3,60 @@
 //! exit unless the thread sleeps and must be kicked.
 //!
 //! Writes are fire-and-forget: the frame is copied into the slot's buffer
-//! and the call returns. Reads wait for the thread's commit.
+//! and the call returns. Reads wait for the thread's commit. A tender that
+//! offers [`solo5_abi::hvt::FEATURE_RING_SERVE`] (ours) serves the ring on
+//! the vCPU's own thread when asked; the guest asks when the I/O thread is
+//! asleep or has not answered within [`SERVE_AFTER_NS`], so that a busy host
+//! cannot leave the vCPU spinning through its time slice while the thread
+//! it waits for waits behind it. Without the feature the guest spins, as
+//! Solo5's guests do.
 
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, Ordering, fence};
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
 
 use solo5_abi::SoloResult;
 use solo5_abi::ring::{OP_NET_READ, OP_NET_WRITE, RING_BUF_SIZE, RING_MASK, RING_SIZE, Ring};
 
 use super::RING_INFO;
 use crate::Error;
+use crate::target::Global;
 
 pub(crate) struct GuestRing {
     ring: &'static Ring,
     /// One frame buffer per slot, for writes.
     bufs: *mut u8,
     next_id: AtomicU32,
+    /// Whether the tender serves the ring on request (RING_SERVE_PIO) and
+    /// before each hypercall.
+    serve: bool,
+    /// Writes left in the ring for a sleeping I/O thread since it was last
+    /// served or woken.
+    unwoken: AtomicU32,
+    /// When (monotonic ns, never 0) the I/O thread last failed to answer
+    /// within SERVE_AFTER_NS; 0 if it never did.
+    slow_at: AtomicU64,
 }
+
+/// Writes left for a sleeping I/O thread before it is woken anyway: a
+/// kick costs an exit, which the next read or hypercall makes in any case
+/// (and serves them), but a stream of writes with nothing in between is
+/// best sent by the thread, in parallel.
+const WAKE_AFTER_WRITES: u32 = 16;
+
+/// How long the guest spins for the I/O thread before it asks the tender
+/// to serve the ring itself. A woken thread answers within some tens of
+/// microseconds when a core is free for it; past that it is queued behind
+/// other work, possibly this vCPU's, and asking costs one exit (38 µs from
+/// CPL 3 on the nested KVM of DESIGN.md, far less on hardware
+/// virtualisation).
+const SERVE_AFTER_NS: u64 = 50_000;
+
+/// How long after the I/O thread was slow the guest stops waking it and has
+/// the ring served at once: a kick that goes unanswered costs an exit for
+/// nothing, and a host busy enough to queue the thread stays busy a while.
+const TRUST_AGAIN_NS: u64 = 1_000_000;
 
 const UNINIT: u8 = 0;
 const ABSENT: u8 = 1;
@@ -54,8 +92,15 @@ pub(crate) fn get() -> Option<&'static GuestRing> {
             // as long as the guest; all of Ring's fields are atomics shared
             // with the tender's thread.
             let ring = unsafe { &*(gpa as *const Ring) };
-            let r =
-                alloc::boxed::Box::leak(alloc::boxed::Box::new(GuestRing { ring, bufs, next_id: AtomicU32::new(0) }));
+            let serve = features & solo5_abi::hvt::FEATURE_RING_SERVE != 0;
+            let r = alloc::boxed::Box::leak(alloc::boxed::Box::new(GuestRing {
+                ring,
+                bufs,
+                next_id: AtomicU32::new(0),
+                serve,
+                unwoken: AtomicU32::new(0),
+                slow_at: AtomicU64::new(0),
+            }));
             RING.store(r, Ordering::Relaxed);
             STATE.store(READY, Ordering::Relaxed);
             Some(r)
@@ -72,17 +117,61 @@ fn kick() {
     }
 }
 
+/// Asks the tender to serve the ring's pending entries on the vCPU's thread;
+/// they are all consumed when this returns.
+fn serve() {
+    super::EXITS.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: a write to the serve port, offered by the tender with
+    // FEATURE_RING_SERVE; it traps to the CPL-0 #GP stub like a hypercall.
+    unsafe {
+        core::arch::asm!("out dx, eax", in("dx") solo5_abi::hvt::RING_SERVE_PIO, in("eax") 0u32, options(nostack, preserves_flags));
+    }
+}
+
 impl GuestRing {
+    /// Whether the I/O thread lately left the guest waiting past
+    /// [`SERVE_AFTER_NS`]: waking it is then not worth its exit.
+    fn thread_slow(&self, now: u64) -> bool {
+        let at = self.slow_at.load(Ordering::Relaxed);
+        at != 0 && now.wrapping_sub(at) < TRUST_AGAIN_NS
+    }
+
+    /// Waits until `done` holds. Spins while the I/O thread may answer;
+    /// asks the tender to serve the ring (if it offers to) when the thread
+    /// has not answered within [`SERVE_AFTER_NS`], or at once when it sleeps
+    /// and was lately slow (it was then not woken: see `read`).
+    fn wait(&self, done: impl Fn() -> bool) {
+        let mut since = None;
+        while !done() {
+            if self.serve {
+                let now = super::monotonic();
+                let start = *since.get_or_insert(now);
+                let late = now.wrapping_sub(start) > SERVE_AFTER_NS;
+                if late || (self.ring.needs_kick.load(Ordering::Acquire) != 0 && self.thread_slow(now)) {
+                    if late {
+                        self.slow_at.store(now.max(1), Ordering::Relaxed);
+                    }
+                    serve();
+                    self.unwoken.store(0, Ordering::Relaxed);
+                    since = None;
+                    continue;
+                }
+            }
+            core::hint::spin_loop();
+        }
+    }
+
     /// Waits for a free slot; returns the tail to fill.
     fn reserve(&self) -> u32 {
         let tail = self.ring.ent_tail.load(Ordering::Relaxed);
-        while tail.wrapping_sub(self.ring.ent_head.load(Ordering::Acquire)) >= RING_SIZE - 1 {
-            core::hint::spin_loop();
-        }
+        self.wait(|| tail.wrapping_sub(self.ring.ent_head.load(Ordering::Acquire)) < RING_SIZE - 1);
         tail
     }
 
-    fn submit(&self, tail: u32, op: u32, handle: u64, data: u64, len: u32) {
+    /// Publishes the entry at `tail`, and wakes a sleeping I/O thread if
+    /// `kick_if_asleep` (the caller may instead rely on the tender serving
+    /// the ring: see `wait` and WAKE_AFTER_WRITES).
+    fn submit(&self, tail: u32, op: u32, handle: u64, data: u64, len: u32, kick_if_asleep: bool) {
         let e = &self.ring.entries[(tail & RING_MASK) as usize];
         e.operation.store(op, Ordering::Relaxed);
         e.handle.store(handle as u32, Ordering::Relaxed);
@@ -93,8 +182,11 @@ impl GuestRing {
         // Order the tail store before the needs_kick load (the thread does
         // the mirror image), so a sleeping thread is always woken.
         fence(Ordering::SeqCst);
-        if self.ring.needs_kick.load(Ordering::Relaxed) != 0 {
+        if self.ring.needs_kick.load(Ordering::Relaxed) == 0 {
+            self.unwoken.store(0, Ordering::Relaxed);
+        } else if kick_if_asleep {
             kick();
+            self.unwoken.store(0, Ordering::Relaxed);
         }
     }
 
@@ -113,7 +205,10 @@ impl GuestRing {
             core::ptr::copy_nonoverlapping(frame.as_ptr(), b, frame.len());
             b
         };
-        self.submit(tail, OP_NET_WRITE, handle, buf as u64, frame.len() as u32);
+        let wake = !self.serve
+            || (self.unwoken.fetch_add(1, Ordering::Relaxed) + 1 >= WAKE_AFTER_WRITES
+                && !self.thread_slow(super::monotonic()));
+        self.submit(tail, OP_NET_WRITE, handle, buf as u64, frame.len() as u32, wake);
         Some(Ok(()))
     }
 
@@ -134,28 +229,166 @@ impl GuestRing {
             && self.ring.ent_head.load(Ordering::Acquire) == self.ring.ent_tail.load(Ordering::Relaxed)
     }
 
-    /// Reads a frame into `buf`, waiting for the thread's answer; `None`
-    /// when the caller should make the hypercall instead ([`Self::bypass`]).
+    /// Reads a frame into `buf`; `None` when the caller should make the
+    /// hypercall instead ([`Self::bypass`]).
+    ///
+    /// Frames are read in batches into buffers of the ring's own and handed
+    /// out one a call: one wait (and at most one exit) for several frames
+    /// when they queue up, as under a flood, where a frame a wait would
+    /// leave the guest spending more on exits than on the frames. The batch
+    /// grows while every read in it finds a frame and shrinks to two (a
+    /// frame and the answer that there is no other) when traffic is light.
     pub(crate) fn read(&self, handle: u64, buf: &mut [u8]) -> Option<Result<usize, Error>> {
+        if let Some(n) = RX.with(|rx| rx.pop(handle, buf)) {
+            return Some(Ok(n));
+        }
         if self.bypass() {
             return None;
         }
-        let tail = self.reserve();
-        let len = buf.len().min(u32::MAX as usize) as u32;
-        self.submit(tail, OP_NET_READ, handle, buf.as_mut_ptr() as u64, len);
+        let Some((slots, size, count)) = RX.with(|rx| rx.batch(handle, buf.len())) else {
+            return Some(self.read_one(handle, buf.as_mut_ptr() as u64, buf.len()).map(|n| n.min(buf.len())));
+        };
+        // A sleeping thread is woken (once, for the batch): it then serves
+        // the reads that follow without exits. Unless it was lately slow to
+        // answer: the vCPU then has the tender serve the reads at once (see
+        // `wait`), one exit instead of two.
+        let wake = !self.serve || !self.thread_slow(super::monotonic());
         let head = self.ring.com_head.load(Ordering::Relaxed);
-        while self.ring.com_tail.load(Ordering::Acquire) == head {
-            core::hint::spin_loop();
+        for i in 0..count {
+            let tail = self.reserve();
+            let data = slots as u64 + (i * size) as u64;
+            self.submit(tail, OP_NET_READ, handle, data, size as u32, wake && i + 1 == count);
         }
+        let n = count as u32;
+        self.wait(|| self.ring.com_tail.load(Ordering::Acquire).wrapping_sub(head) >= n);
+        let mut first_error = None;
+        let mut got = 0;
+        for i in 0..count {
+            let c = &self.ring.commits[(head.wrapping_add(i as u32) & RING_MASK) as usize];
+            match SoloResult::from_raw(c.ret.load(Ordering::Relaxed)) {
+                SoloResult::Ok => {
+                    let len = (c.len.load(Ordering::Relaxed) as usize).min(size);
+                    RX.with(|rx| rx.push(handle, i, len));
+                    got += 1;
+                }
+                SoloResult::Again => {}
+                SoloResult::Inval => _ = first_error.get_or_insert(Error::Invalid),
+                SoloResult::Unspec => _ = first_error.get_or_insert(Error::Unspecified),
+            }
+        }
+        self.ring.com_head.store(head.wrapping_add(n), Ordering::Release);
+        RX.with(|rx| rx.done(handle, got, count));
+        match RX.with(|rx| rx.pop(handle, buf)) {
+            Some(len) => Some(Ok(len)),
+            None => Some(Err(first_error.unwrap_or(Error::Again))),
+        }
+    }
+
+    /// One read into `data`, for when no batch buffers could be had.
+    fn read_one(&self, handle: u64, data: u64, len: usize) -> Result<usize, Error> {
+        let tail = self.reserve();
+        let wake = !self.serve || !self.thread_slow(super::monotonic());
+        self.submit(tail, OP_NET_READ, handle, data, len.min(u32::MAX as usize) as u32, wake);
+        let head = self.ring.com_head.load(Ordering::Relaxed);
+        self.wait(|| self.ring.com_tail.load(Ordering::Acquire) != head);
         let c = &self.ring.commits[(head & RING_MASK) as usize];
         let ret = c.ret.load(Ordering::Relaxed);
         let got = c.len.load(Ordering::Relaxed) as usize;
         self.ring.com_head.store(head.wrapping_add(1), Ordering::Release);
-        Some(match SoloResult::from_raw(ret) {
-            SoloResult::Ok => Ok(got.min(buf.len())),
+        match SoloResult::from_raw(ret) {
+            SoloResult::Ok => Ok(got),
             SoloResult::Again => Err(Error::Again),
             SoloResult::Inval => Err(Error::Invalid),
             SoloResult::Unspec => Err(Error::Unspecified),
-        })
+        }
     }
+}
+
+/// Reads at most this many frames in one batch.
+const BATCH_MAX: usize = 32;
+/// ... and at most this many bytes of buffers per interface, for large MTUs.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Frames read ahead, per interface.
+struct RxQueue {
+    handle: u64,
+    /// `BATCH_MAX.min(BATCH_BYTES / size)` buffers of `size` bytes.
+    bufs: Vec<u8>,
+    size: usize,
+    /// Frames read and not yet handed out, in order: buffer index, length.
+    ready: VecDeque<(usize, usize)>,
+    /// Reads in the next batch.
+    next: usize,
+}
+
+/// The read-ahead of every interface read through the ring.
+struct Rx(Vec<RxQueue>);
+
+static RX: Global<Rx> = Global::new(Rx(Vec::new()));
+
+impl Rx {
+    fn queue(&mut self, handle: u64) -> Option<&mut RxQueue> {
+        self.0.iter_mut().find(|q| q.handle == handle)
+    }
+
+    /// Hands out the next frame read ahead for `handle`, copied into `buf`.
+    fn pop(&mut self, handle: u64, buf: &mut [u8]) -> Option<usize> {
+        let q = self.queue(handle)?;
+        let (i, len) = q.ready.pop_front()?;
+        let n = len.min(buf.len());
+        buf[..n].copy_from_slice(&q.bufs[i * q.size..i * q.size + n]);
+        Some(n)
+    }
+
+    /// Buffers for the next batch of `handle`, each of at least `size`
+    /// bytes: their address, size and count. `None` if memory is short.
+    fn batch(&mut self, handle: u64, size: usize) -> Option<(*mut u8, usize, usize)> {
+        if size == 0 {
+            return None;
+        }
+        if self.queue(handle).is_none() {
+            self.0.try_reserve(1).ok()?;
+            self.0.push(RxQueue { handle, bufs: Vec::new(), size: 0, ready: VecDeque::new(), next: 2 });
+        }
+        let q = self.queue(handle)?;
+        let slots = BATCH_MAX.min(BATCH_BYTES / size).max(1);
+        if q.size < size {
+            // The queue is empty here: pop was asked first.
+            let mut bufs = Vec::new();
+            bufs.try_reserve_exact(slots * size).ok()?;
+            bufs.resize(slots * size, 0);
+            q.ready.try_reserve(slots).ok()?;
+            q.bufs = bufs;
+            q.size = size;
+        }
+        let slots = q.bufs.len() / q.size;
+        Some((q.bufs.as_mut_ptr(), q.size, q.next.clamp(1, slots)))
+    }
+
+    fn push(&mut self, handle: u64, index: usize, len: usize) {
+        if let Some(q) = self.queue(handle) {
+            q.ready.push_back((index, len));
+        }
+    }
+
+    /// Sizes the next batch from this one: `got` frames of `count` reads.
+    fn done(&mut self, handle: u64, got: usize, count: usize) {
+        if let Some(q) = self.queue(handle) {
+            q.next = if got == count { count * 2 } else { (got + 1).max(2) }.min(BATCH_MAX);
+        }
+    }
+
+    /// The interfaces with frames read ahead, as a POLL ready set.
+    fn ready_set(&mut self) -> u64 {
+        self.0.iter().filter(|q| !q.ready.is_empty() && q.handle < 64).fold(0, |set, q| set | 1 << q.handle)
+    }
+}
+
+/// The interfaces with frames read ahead and not yet handed out: ready
+/// without asking the tender.
+pub(crate) fn ready_set() -> u64 {
+    if STATE.load(Ordering::Relaxed) != READY {
+        return 0;
+    }
+    RX.with(Rx::ready_set)
 }
