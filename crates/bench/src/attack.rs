@@ -4,7 +4,9 @@
 //! (one worker, across a veth pair) under the same attack in the same run.
 //! A well-behaved client asks for a page every 50 ms on fresh connections
 //! and on a keep-alive one throughout; for each attack and server the
-//! table gives its success rate and longest outage, the server's memory
+//! table gives its success rate and longest outage, the CPU time the
+//! server's process used (all its threads, and nginx's workers; not the
+//! kernel's work for the veth or tap in interrupt context), its memory
 //! at its highest (the unikernel's heap in use, from its statistics
 //! lines; nginx's resident set, master and worker, sampled every 250 ms)
 //! and whether the server survived.
@@ -148,6 +150,8 @@ fn up(server: &Server) -> Result<Setup, String> {
 /// One row of the table.
 struct Row {
     report: Report,
+    /// CPU seconds the server's process used during the attack.
+    cpu: f64,
     memory: String,
     survived: String,
     what: String,
@@ -173,6 +177,7 @@ fn run(server: &Server, kind: Kind, secs: u64) -> Result<Row, String> {
         })
     };
     std::thread::sleep(Duration::from_secs(1));
+    let cpu_before = attack::cpu_ticks(pid);
     let from = Instant::now();
     let until = from + Duration::from_secs(secs);
     let alive = move || attack::alive(pid);
@@ -271,6 +276,7 @@ fn run(server: &Server, kind: Kind, secs: u64) -> Result<Row, String> {
         }
     };
     let end = Instant::now().max(until);
+    let cpu = (attack::cpu_ticks(pid).saturating_sub(cpu_before)) as f64 / attack::clock_ticks_per_second() as f64;
     let report = good.report(from, end);
     good.stop();
     stop.store(true, Ordering::Relaxed);
@@ -295,7 +301,7 @@ fn run(server: &Server, kind: Kind, secs: u64) -> Result<Row, String> {
     } else {
         format!("RSS {:.1} MiB", peak_rss.load(Ordering::Relaxed) as f64 / 1024.0)
     };
-    Ok(Row { report, memory, survived, what })
+    Ok(Row { report, cpu, memory, survived, what })
 }
 
 pub fn attack(o: &Options) -> Result<(), String> {
@@ -317,19 +323,24 @@ pub fn attack(o: &Options) -> Result<(), String> {
     );
     println!();
     println!(
-        "| attack | server | fresh connections served | keep-alive served | longest outage | memory at most | survived | the attack |"
+        "| attack | server | fresh connections served | keep-alive served | longest outage | server CPU | memory at most | survived | the attack |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (kind, name) in ATTACKS {
         for server in &servers {
+            let names = format!("{name} {}", server.name());
+            if !o.only.iter().all(|w| names.contains(w.as_str())) {
+                continue;
+            }
             let row = run(server, kind, secs).map_err(|e| format!("{name} against {}: {e}", server.name()))?;
             let served = |s: &attack::Series| format!("{}/{} ({:.0}%)", s.served, s.attempts, s.rate() * 100.0);
             println!(
-                "| {name} | {} | {} | {} | {:.2} s | {} | {} | {} |",
+                "| {name} | {} | {} | {} | {:.2} s | {:.1} s | {} | {} | {} |",
                 server.name(),
                 served(&row.report.fresh),
                 served(&row.report.keep_alive),
                 row.report.longest_outage().as_secs_f64(),
+                row.cpu,
                 row.memory,
                 row.survived,
                 row.what

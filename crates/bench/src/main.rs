@@ -10,8 +10,11 @@
 //! mirage-bench http    [--runs SECONDS]           # wrk against static-website, beside nginx
 //! mirage-bench images  [--solo5 DIR]              # image sizes, least memory, configure and build times
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
-//! mirage-bench attack  [--runs SECONDS]           # a good client's service under each attack, beside nginx
+//! mirage-bench attack  [--runs SECONDS] [--only WORD]... # a good client's service under each attack, beside nginx
 //! ```
+//!
+//! `--only WORD` (repeatable) keeps the attack rows whose attack or server
+//! names contain every WORD, e.g. `--only half-open --only hvt`.
 //!
 //! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
 //! source; nothing of it is part of this project) whose tenders and test
@@ -34,11 +37,12 @@ struct Options {
     count: usize,
     solo5: Option<PathBuf>,
     target: String,
+    only: Vec<String>,
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut opts = Options { runs: 50, count: 20_000, solo5: None, target: "hvt".into() };
+    let mut opts = Options { runs: 50, count: 20_000, solo5: None, target: "hvt".into(), only: Vec::new() };
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -46,6 +50,7 @@ fn main() {
             "--count" => opts.count = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(opts.count),
             "--solo5" => opts.solo5 = args.get(i + 1).map(PathBuf::from),
             "--target" => opts.target = args.get(i + 1).cloned().unwrap_or(opts.target),
+            "--only" => opts.only.extend(args.get(i + 1).cloned()),
             other => {
                 eprintln!("mirage-bench: unknown option {other}");
                 std::process::exit(64);
@@ -66,7 +71,7 @@ fn main() {
         Some("attack") => attack::attack(&opts),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack [--runs N] [--count N] [--solo5 DIR] [--target T]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack [--runs N] [--count N] [--solo5 DIR] [--target T] [--only WORD]"
             );
             std::process::exit(64);
         }

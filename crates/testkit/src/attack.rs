@@ -932,10 +932,17 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// `f` summed over process `pid` and its children (nginx's master and
+/// workers).
+fn family_sum(pid: u32, f: impl Fn(&str) -> u64) -> u64 {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    f(&pid.to_string()) + children.split_whitespace().map(f).sum::<u64>()
+}
+
 /// The resident set of process `pid` and of its children (nginx's
 /// master and workers), in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    let own = |p: &str| -> u64 {
+    family_sum(pid, |p| {
         std::fs::read_to_string(format!("/proc/{p}/status"))
             .ok()
             .and_then(|s| {
@@ -945,9 +952,29 @@ pub fn rss_kib(pid: u32) -> u64 {
                     .and_then(|v| v.parse().ok())
             })
             .unwrap_or(0)
-    };
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    own(&pid.to_string()) + children.split_whitespace().map(own).sum::<u64>()
+    })
+}
+
+/// The CPU time, user and system, that process `pid` (all its threads)
+/// and its children have used, in clock ticks (`sysconf(_SC_CLK_TCK)`).
+/// Work the kernel does for them in interrupt context (a veth's or a tap's
+/// packets) is not in it.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    family_sum(pid, |p| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        // Fields after the command name, which may hold spaces, in its
+        // parentheses: utime and stime are the 12th and 13th.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+        fields.iter().sum()
+    })
+}
+
+/// Clock ticks a second, for [`cpu_ticks`].
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
 }
 
 /// The heap in use, in KiB, of each statistics line a unikernel printed

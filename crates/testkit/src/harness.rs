@@ -26,7 +26,16 @@ pub struct Case {
     pub needs: Needs,
     /// The test itself.
     pub run: Box<dyn FnOnce() -> crate::TestResult + Send + std::panic::UnwindSafe>,
+    /// Whether it runs with no other test of the binary beside it. For the
+    /// tests that measure how a server serves a good client while one host
+    /// floods it: run beside another test's builds and guests on a
+    /// two-core machine, they would measure that test as much as the
+    /// server.
+    pub alone: bool,
 }
+
+/// Tests that run alone hold it for writing, every other test for reading.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 impl std::fmt::Debug for Case {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,7 +49,7 @@ pub fn case(
     needs: Needs,
     run: impl FnOnce() -> crate::TestResult + Send + std::panic::UnwindSafe + 'static,
 ) -> Case {
-    Case { name: name.into(), needs, run: Box::new(run) }
+    Case { name: name.into(), needs, run: Box::new(run), alone: false }
 }
 
 /// Runs `cases` with libtest's command line and summary, and exits.
@@ -62,8 +71,17 @@ pub fn run(cases: Vec<Case>) -> ! {
                     Trial::test(c.name, || Ok(())).with_ignored_flag(true)
                 }
                 None => {
-                    let run = c.run;
-                    Trial::test(c.name, move || run().map_err(Failed::from))
+                    let (run, alone) = (c.run, c.alone);
+                    Trial::test(c.name, move || {
+                        // A failed test poisons the lock; the next ones run
+                        // all the same.
+                        let _machine = if alone {
+                            Ok(MACHINE.write().unwrap_or_else(|e| e.into_inner()))
+                        } else {
+                            Err(MACHINE.read().unwrap_or_else(|e| e.into_inner()))
+                        };
+                        run().map_err(Failed::from)
+                    })
                 }
             }
         })
