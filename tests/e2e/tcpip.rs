@@ -298,6 +298,35 @@ pub fn cases(v: &mut Vec<Case>) {
             udp_echo(&ns, guest, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))
         }));
     }
+    for t in ["unix", "hvt", "spt"] {
+        let guest = SocketAddr::new(Ipv4Addr::new(10, 0, 0, 2).into(), 7);
+        v.push(case(format!("{t}::tcpip_drops_and_counts_ip_fragments"), Needs::Net(t), move || {
+            let ns = Netns::new()?;
+            let mut g = start(&ns, t, &["--ipv4=10.0.0.2/24", "--logs=tcpip:debug"])?;
+            udp_echo(&ns, guest, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))?;
+            // Datagrams larger than the link's MTU, which the host's own
+            // stack fragments (three fragments each): the stack does not
+            // reassemble, so none is echoed, and every fragment is counted.
+            ns.enter(|| -> Result<(), String> {
+                let s = UdpSocket::bind("10.0.0.1:0").map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| e.to_string())?;
+                let big = payload(7, 3000);
+                let mut buf = vec![0u8; 4096];
+                for _ in 0..10 {
+                    s.send_to(&big, guest).map_err(|e| format!("sending 3000 bytes: {e}"))?;
+                    if let Ok((n, _)) = s.recv_from(&mut buf) {
+                        return Err(format!("a fragmented datagram came back ({n} bytes): the stack reassembles?"));
+                    }
+                }
+                Ok(())
+            })??;
+            g.wait_for("dropped an IP fragment: the stack does not reassemble (30 so far)", Duration::from_secs(10))
+                .map_err(|e| format!("{e}\nnot every fragment was counted"))?;
+            // Still serving, fragments or not.
+            tcp_echo_clients(&ns, guest, 4, 10_000)?;
+            udp_echo(&ns, guest, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))
+        }));
+    }
     v.push(case("unix::network_example_over_host_sockets", Needs::Net("unix"), move || {
         let ns = Netns::new()?;
         // Configured with the default keys: on unix, the host's sockets.

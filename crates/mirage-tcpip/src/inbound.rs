@@ -94,6 +94,11 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
             }
             if fragment {
                 inner.link.stats.fragments += 1;
+                log::debug!(
+                    target: "tcpip",
+                    "dropped an IP fragment: the stack does not reassemble ({} so far)",
+                    inner.link.stats.fragments
+                );
                 return Verdict::Drop;
             }
             match upper {
