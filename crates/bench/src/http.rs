@@ -267,19 +267,6 @@ pub fn http(o: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// The resident set of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// `--runs SECONDS` (default 600) on `--target` hvt|spt|unix: 256
 /// persistent connections through wrk plus a stream of short connections
 /// (connect, one request, close) beside them; errors and the unikernel's
@@ -364,7 +351,7 @@ pub fn soak(o: &Options, target: &str) -> Result<(), String> {
         let w = wrk(&ns, &format!("http://10.0.0.2/{SMALL}"), 256, slice)?;
         total += w.rps * slice as f64;
         errors += w.errors;
-        let rss = rss_kib(pid);
+        let rss = testkit::attack::rss_kib(pid);
         samples.push(rss);
         if w.errors > 0 {
             eprintln!("soak: wrk: {}", w.error_text);
