@@ -531,7 +531,7 @@ mod tests {
             f.resize(len.max(at_least), 0);
             // Flip a few bytes of a valid frame, or fill with noise.
             for k in 0..(x >> 60) as usize + 1 {
-                let i = ((x >> (k * 8)) as usize) % f.len();
+                let i = ((x >> (k * 8 % 64)) as usize) % f.len();
                 f[i] = (x >> 32) as u8 ^ k as u8;
             }
             f.truncate(len);
