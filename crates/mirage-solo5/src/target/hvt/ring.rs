@@ -2,21 +2,43 @@
 //! to and from the tender's I/O thread through shared memory, without an
 //! exit unless the thread sleeps and must be kicked.
 //!
-//! Writes are fire-and-forget: the frame is copied into the slot's buffer
-//! and the call returns. Reads wait for the thread's commit.
+//! Writes are fire-and-forget: the frame is copied into an arena of
+//! write buffers and the call returns. Reads wait for the thread's commit.
+//!
+//! The arena is a circular buffer of bytes, not a buffer per slot: frames
+//! take what they need, so that a tap with a large MTU (up to 64 KiB) has
+//! its large frames carried by the ring too, without an exit each. Frames
+//! are placed one after the other, in the order of their entries (a frame
+//! that would straddle the arena's end starts again at its beginning), and
+//! the bytes of an entry are free once the thread has moved `ent_head`
+//! past it. The tender checks only that an entry's buffer is guest
+//! memory, whatever its length, so nothing changes on its side.
 
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, Ordering, fence};
 
 use solo5_abi::SoloResult;
 use solo5_abi::ring::{OP_NET_READ, OP_NET_WRITE, RING_BUF_SIZE, RING_MASK, RING_SIZE, Ring};
 
+/// Bytes of write buffers: as much as a buffer per slot of
+/// [`RING_BUF_SIZE`] bytes would take (2 MiB), shared by frames of any
+/// size. A power of two, so that free-running `u32` positions wrap with it.
+const ARENA: u32 = RING_SIZE * RING_BUF_SIZE as u32;
+/// The largest frame the ring carries; larger ones take the hypercall.
+const MAX_FRAME: usize = ARENA as usize / 4;
+const _: () = assert!(ARENA.is_power_of_two());
+
 use super::RING_INFO;
 use crate::Error;
 
 pub(crate) struct GuestRing {
     ring: &'static Ring,
-    /// One frame buffer per slot, for writes.
+    /// The arena of write buffers, [`ARENA`] bytes.
     bufs: *mut u8,
+    /// Where the next frame goes in the arena (free-running, modulo ARENA).
+    wr: AtomicU32,
+    /// For each slot, where the arena stood when its entry was submitted:
+    /// the entry's bytes (none for a read) start there or after it.
+    starts: [AtomicU32; RING_SIZE as usize],
     next_id: AtomicU32,
 }
 
@@ -41,7 +63,7 @@ pub(crate) fn get() -> Option<&'static GuestRing> {
                 STATE.store(ABSENT, Ordering::Relaxed);
                 return None;
             }
-            let size = RING_SIZE as usize * RING_BUF_SIZE;
+            let size = ARENA as usize;
             let layout = core::alloc::Layout::from_size_align(size, 64).ok()?;
             // SAFETY: a non-zero-sized layout.
             let bufs = unsafe { alloc::alloc::alloc(layout) };
@@ -54,8 +76,13 @@ pub(crate) fn get() -> Option<&'static GuestRing> {
             // as long as the guest; all of Ring's fields are atomics shared
             // with the tender's thread.
             let ring = unsafe { &*(gpa as *const Ring) };
-            let r =
-                alloc::boxed::Box::leak(alloc::boxed::Box::new(GuestRing { ring, bufs, next_id: AtomicU32::new(0) }));
+            let r = alloc::boxed::Box::leak(alloc::boxed::Box::new(GuestRing {
+                ring,
+                bufs,
+                wr: AtomicU32::new(0),
+                starts: [const { AtomicU32::new(0) }; RING_SIZE as usize],
+                next_id: AtomicU32::new(0),
+            }));
             RING.store(r, Ordering::Relaxed);
             STATE.store(READY, Ordering::Relaxed);
             Some(r)
@@ -98,22 +125,42 @@ impl GuestRing {
         }
     }
 
-    /// Sends `frame`; `None` if it is too large for a ring buffer or the
-    /// ring is bypassed (the caller then makes the hypercall).
+    /// Sends `frame`; `None` if it is too large for the ring or the ring is
+    /// bypassed (the caller then makes the hypercall).
     pub(crate) fn write(&self, handle: u64, frame: &[u8]) -> Option<Result<(), Error>> {
-        if frame.len() > RING_BUF_SIZE || self.bypass() {
+        if frame.len() > MAX_FRAME || self.bypass() {
             return None;
         }
         let tail = self.reserve();
-        // SAFETY: slot `tail & MASK` is free (the thread has consumed every
-        // entry up to ent_head, and tail - ent_head < RING_SIZE - 1), so its
-        // buffer is not being read; the buffer holds RING_BUF_SIZE bytes.
+        let start = self.wr.load(Ordering::Relaxed);
+        let len = frame.len() as u32;
+        // A frame never straddles the arena's end: the rest of the arena
+        // is skipped instead.
+        let room = ARENA - start % ARENA;
+        let at = if len > room { start.wrapping_add(room) } else { start };
+        let end = at.wrapping_add(len);
+        // Wait until the thread is done with the bytes this frame takes:
+        // those of the oldest entry in flight onwards are still in use.
+        loop {
+            let head = self.ring.ent_head.load(Ordering::Acquire);
+            let used_from =
+                if head == tail { start } else { self.starts[(head & RING_MASK) as usize].load(Ordering::Relaxed) };
+            if end.wrapping_sub(used_from) <= ARENA {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        // SAFETY: bytes [at, end) modulo ARENA lie inside the arena (the
+        // frame does not straddle its end) and no entry in flight uses
+        // them (checked above), so the thread is not reading them.
         let buf = unsafe {
-            let b = self.bufs.add((tail & RING_MASK) as usize * RING_BUF_SIZE);
+            let b = self.bufs.add((at % ARENA) as usize);
             core::ptr::copy_nonoverlapping(frame.as_ptr(), b, frame.len());
             b
         };
-        self.submit(tail, OP_NET_WRITE, handle, buf as u64, frame.len() as u32);
+        self.starts[(tail & RING_MASK) as usize].store(start, Ordering::Relaxed);
+        self.wr.store(end, Ordering::Relaxed);
+        self.submit(tail, OP_NET_WRITE, handle, buf as u64, len);
         Some(Ok(()))
     }
 
@@ -142,6 +189,8 @@ impl GuestRing {
         }
         let tail = self.reserve();
         let len = buf.len().min(u32::MAX as usize) as u32;
+        // A read takes no bytes of the arena.
+        self.starts[(tail & RING_MASK) as usize].store(self.wr.load(Ordering::Relaxed), Ordering::Relaxed);
         self.submit(tail, OP_NET_READ, handle, buf.as_mut_ptr() as u64, len);
         let head = self.ring.com_head.load(Ordering::Relaxed);
         while self.ring.com_tail.load(Ordering::Acquire) == head {
