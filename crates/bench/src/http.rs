@@ -213,7 +213,7 @@ pub fn http(o: &Options) -> Result<(), String> {
     let secs = if o.runs == 50 { 10 } else { o.runs as u64 };
     let dir = site()?;
     let images: Vec<(&str, PathBuf)> =
-        ["unix", "hvt", "spt"].iter().map(|t| build(&dir, t).map(|i| (*t, i))).collect::<Result<_, _>>()?;
+        o.targets.iter().map(|t| build(&dir, t).map(|i| (t.as_str(), i))).collect::<Result<_, _>>()?;
     let v = Command::new("nginx")
         .arg("-v")
         .output()
@@ -256,11 +256,13 @@ pub fn http(o: &Options) -> Result<(), String> {
             row("nginx 1 worker, veth", &reference);
             row("nginx 1 worker, veth without offloads", &plain);
             for (target, image) in &images {
-                let ns = Netns::new()?;
-                let g = start(&ns, target, image, &[])?;
-                let r = wrk(&ns, &format!("http://10.0.0.2/{file}"), conns, secs)
-                    .map_err(|e| format!("{target}: {e}\n{}", g.output()))?;
-                row(&format!("mirage-rs {target}"), &r);
+                for &mtu in &o.mtus {
+                    let ns = Netns::with_mtu(mtu)?;
+                    let g = start(&ns, target, image, &[])?;
+                    let r = wrk(&ns, &format!("http://10.0.0.2/{file}"), conns, secs)
+                        .map_err(|e| format!("{target}: {e}\n{}", g.output()))?;
+                    row(&format!("mirage-rs {target}, tap MTU {mtu}"), &r);
+                }
             }
         }
     }
