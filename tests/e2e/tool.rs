@@ -663,7 +663,7 @@ pub fn cases(v: &mut Vec<Case>) {
             &r,
             1,
             "no right to create the tap device tap-service",
-            "run mirage as root, or create it first: sudo ip tuntap add tap-service mode tap user $USER && sudo ip addr add 10.0.0.1/24 dev tap-service && sudo ip link set tap-service up",
+            "run mirage as root, or create it first: sudo ip tuntap add tap-service mode tap user $USER && sudo ip addr add 10.0.0.1/24 dev tap-service && sudo ip link set tap-service mtu 65520 up",
         )
     }));
 }

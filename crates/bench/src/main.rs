@@ -8,6 +8,7 @@
 //! mirage-bench timers  [--count N]                # lateness of sleeps on each target
 //! mirage-bench tcp     [--count GIB]              # TCP bulk, short connections and ping, beside Linux
 //! mirage-bench http    [--runs SECONDS]           # wrk against static-website, beside nginx
+//!     (tcp and http: [--mtu 1500,65520] the tap MTUs measured, [--targets unix,hvt,spt] the targets)
 //! mirage-bench images  [--solo5 DIR]              # image sizes, least memory, configure and build times
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
 //! mirage-bench attack  [--runs SECONDS] [--only WORD]... # a good client's service under each attack, beside nginx
@@ -38,11 +39,32 @@ struct Options {
     solo5: Option<PathBuf>,
     target: String,
     only: Vec<String>,
+    /// The tap MTUs the tcp and http benchmarks measure each target with.
+    mtus: Vec<u16>,
+    /// The targets the tcp and http benchmarks measure.
+    targets: Vec<String>,
+}
+
+/// The tap MTU `mirage run` gives the devices it creates (its
+/// `LARGE_MTU`), which the benchmarks measure beside Ethernet's 1500.
+const LARGE_MTU: u16 = 65520;
+
+/// A comma-separated list of values, or `None` if one does not parse.
+fn list<T: std::str::FromStr>(v: &str) -> Option<Vec<T>> {
+    v.split(',').map(|x| x.trim().parse().ok()).collect()
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut opts = Options { runs: 50, count: 20_000, solo5: None, target: "hvt".into(), only: Vec::new() };
+    let mut opts = Options {
+        runs: 50,
+        count: 20_000,
+        solo5: None,
+        target: "hvt".into(),
+        mtus: vec![1500, LARGE_MTU],
+        targets: ["unix", "hvt", "spt"].map(String::from).to_vec(),
+        only: Vec::new(),
+    };
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -51,6 +73,8 @@ fn main() {
             "--solo5" => opts.solo5 = args.get(i + 1).map(PathBuf::from),
             "--target" => opts.target = args.get(i + 1).cloned().unwrap_or(opts.target),
             "--only" => opts.only.extend(args.get(i + 1).cloned()),
+            "--mtu" => opts.mtus = args.get(i + 1).and_then(|v| list(v)).unwrap_or(opts.mtus),
+            "--targets" => opts.targets = args.get(i + 1).and_then(|v| list(v)).unwrap_or(opts.targets),
             other => {
                 eprintln!("mirage-bench: unknown option {other}");
                 std::process::exit(64);
@@ -71,7 +95,7 @@ fn main() {
         Some("attack") => attack::attack(&opts),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack [--runs N] [--count N] [--solo5 DIR] [--target T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
             );
             std::process::exit(64);
         }

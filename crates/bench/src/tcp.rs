@@ -196,21 +196,21 @@ pub fn tcp(o: &Options) -> Result<(), String> {
         );
     };
     let guest = Ipv4Addr::new(10, 0, 0, 2);
-    for (name, target, buffer) in [
-        ("mirage-rs unix (tap), 64 KiB windows", "unix", "64"),
-        ("mirage-rs unix (tap), 1 MiB windows", "unix", "1024"),
-        ("mirage-rs solo5-hvt, 64 KiB windows", "hvt", "64"),
-        ("mirage-rs solo5-hvt, 1 MiB windows", "hvt", "1024"),
-        ("mirage-rs solo5-spt, 64 KiB windows", "spt", "64"),
-        ("mirage-rs solo5-spt, 1 MiB windows", "spt", "1024"),
-    ] {
-        let ns = Netns::new()?;
-        let mut c = ns.unikernel(target, &example(target, "network")?, &["--net:service=tap0"]);
-        c.args(["--ipv4=10.0.0.2/24", &format!("--tcp-buffer-kib={buffer}")]);
-        let mut g = Background::start(c)?;
-        g.wait_for("network: ", Duration::from_secs(30))?;
-        let f = measure(&ns, guest, bytes, conns).map_err(|e| format!("{name}: {e}\n{}", g.output()))?;
-        print(name, &f);
+    for target in &o.targets {
+        let tender = if target == "unix" { "unix (tap)".to_string() } else { format!("solo5-{target}") };
+        for &mtu in &o.mtus {
+            for buffer in [64, 1024] {
+                let window = if buffer == 64 { "64 KiB" } else { "1 MiB" };
+                let name = format!("mirage-rs {tender}, tap MTU {mtu}, {window} windows");
+                let ns = Netns::with_mtu(mtu)?;
+                let mut c = ns.unikernel(target, &example(target, "network")?, &["--net:service=tap0"]);
+                c.args(["--ipv4=10.0.0.2/24", &format!("--tcp-buffer-kib={buffer}")]);
+                let mut g = Background::start(c)?;
+                g.wait_for("network: ", Duration::from_secs(30))?;
+                let f = measure(&ns, guest, bytes, conns).map_err(|e| format!("{name}: {e}\n{}", g.output()))?;
+                print(&name, &f);
+            }
+        }
     }
     let (a, b) = veth()?;
     let server = Ipv4Addr::new(10, 0, 1, 2);

@@ -31,8 +31,12 @@ impl<K> Static<K> {
 /// written, and go out with it.
 const SMALL: u64 = 32 * 1024;
 
-/// Larger bodies are read and written in pieces of this size.
-const PIECE: usize = 64 * 1024;
+/// Larger bodies are read and written in pieces of this size. A piece is
+/// copied into the connection's send buffer right after it is read, while
+/// it is still in the processor's cache: 16 KiB pieces cost 20 to 30% less
+/// processor time per 1 MiB response than 64 KiB ones with 64 connections
+/// (BENCHMARKS.md), and no more with one.
+const PIECE: usize = 16 * 1024;
 
 /// A body: in memory, or a range of a value read as it is written.
 #[derive(Debug)]

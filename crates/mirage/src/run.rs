@@ -21,7 +21,10 @@ Solo5, mirage quotes them into the one command line the tender passes).
 Each network interface gets a tap device: NAME if --tap is given (it must
 exist; first interface only), else tap-INTERFACE, created and removed at
 exit, which needs root (CAP_NET_ADMIN); without it, mirage prints the
-commands to run. The n-th interface (from 0, in mirage.toml's order) has
+commands to run. A tap device mirage creates has an MTU of 65520, so that
+the host and the unikernel exchange TCP segments of up to 64 KiB in one
+frame (the unikernel learns the MTU from the device); give --tap=NAME
+with a device of MTU 1500 to bridge it to an Ethernet network. The n-th interface (from 0, in mirage.toml's order) has
 the subnet 10.0.n.0/24: its tap device gets 10.0.n.1/24 (the first's is
 --host-address), and a stack on it configured --no-dhcp defaults to
 10.0.n.2. Each block device is dist/INTERFACE.img, created with the size
@@ -95,6 +98,16 @@ fn ip(args: &[&str]) -> Result<(), String> {
     if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
 }
 
+/// The MTU of the tap devices `mirage run` creates: the host and the
+/// unikernel then exchange TCP segments of up to 64 KiB (less headers) in
+/// one frame, one system call or ring entry on each side where 1500 bytes
+/// would take 45 (BENCHMARKS.md). A tap takes up to 65535; 65520 keeps a
+/// frame (MTU plus the Ethernet header) within 64 KiB and 16-byte aligned.
+/// Such a device is for a host-only link: bridged to an Ethernet network,
+/// frames over that network's MTU would be dropped, so a bridged device
+/// is made by hand with that MTU and given with `--tap`.
+pub const LARGE_MTU: u16 = 65520;
+
 /// The tap device for `interface`: given, existing, or created.
 fn tap(interface: &str, given: Option<&str>, host: &str, created: &mut Vec<CreatedTap>) -> Result<String, Failure> {
     if let Some(t) = given {
@@ -111,7 +124,7 @@ fn tap(interface: &str, given: Option<&str>, host: &str, created: &mut Vec<Creat
         return Ok(name);
     }
     let commands = format!(
-        "sudo ip tuntap add {name} mode tap user $USER && sudo ip addr add {host} dev {name} && sudo ip link set {name} up"
+        "sudo ip tuntap add {name} mode tap user $USER && sudo ip addr add {host} dev {name} && sudo ip link set {name} mtu {LARGE_MTU} up"
     );
     if let Err(e) = ip(&["tuntap", "add", "dev", &name, "mode", "tap"]) {
         return Err(Failure::new(
@@ -120,9 +133,10 @@ fn tap(interface: &str, given: Option<&str>, host: &str, created: &mut Vec<Creat
         ));
     }
     created.push(CreatedTap(name.clone()));
-    ip(&["addr", "add", host, "dev", &name]).and_then(|()| ip(&["link", "set", &name, "up"])).map_err(|e| {
-        Failure::new(format!("cannot set up the tap device {name}: {e}"), format!("set it up by hand: {commands}"))
-    })?;
+    let mtu = LARGE_MTU.to_string();
+    ip(&["addr", "add", host, "dev", &name]).and_then(|()| ip(&["link", "set", &name, "mtu", &mtu, "up"])).map_err(
+        |e| Failure::new(format!("cannot set up the tap device {name}: {e}"), format!("set it up by hand: {commands}")),
+    )?;
     Ok(name)
 }
 

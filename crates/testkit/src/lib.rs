@@ -358,6 +358,12 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 impl Netns {
     pub fn new() -> Result<Netns, String> {
+        Netns::with_mtu(1500)
+    }
+
+    /// A namespace whose `tap0` has MTU `mtu` (Linux takes up to 65535 on
+    /// a tap device).
+    pub fn with_mtu(mtu: u16) -> Result<Netns, String> {
         let n = NETNS.fetch_add(1, Ordering::Relaxed);
         let name = format!("mirage-test-{}-{n}", std::process::id());
         ip(&["netns", "add", &name])?;
@@ -365,6 +371,9 @@ impl Netns {
         ns.ip(&["link", "set", "lo", "up"])?;
         ns.ip(&["tuntap", "add", "tap0", "mode", "tap"])?;
         ns.ip(&["addr", "add", "10.0.0.1/24", "dev", "tap0"])?;
+        if mtu != 1500 {
+            ns.ip(&["link", "set", "tap0", "mtu", &mtu.to_string()])?;
+        }
         ns.ip(&["link", "set", "tap0", "up"])?;
         Ok(ns)
     }

@@ -2,8 +2,17 @@
 //! to and from the tender's I/O thread through shared memory, without an
 //! exit unless the thread sleeps and must be kicked.
 //!
-//! Writes are fire-and-forget: the frame is copied into the slot's buffer
-//! and the call returns. Reads wait for the thread's commit. A tender that
+//! Writes are fire-and-forget: the frame is copied into an arena of
+//! write buffers and the call returns. Reads wait for the thread's commit.
+//!
+//! The arena is a circular buffer of bytes, not a buffer per slot: frames
+//! take what they need, so that a tap with a large MTU (up to 64 KiB) has
+//! its large frames carried by the ring too, without an exit each. Frames
+//! are placed one after the other, in the order of their entries (a frame
+//! that would straddle the arena's end starts again at its beginning), and
+//! the bytes of an entry are free once the thread has moved `ent_head`
+//! past it. The tender checks only that an entry's buffer is guest
+//! memory, whatever its length, so nothing changes on its side. A tender that
 //! offers [`solo5_abi::hvt::FEATURE_RING_SERVE`] (ours) serves the ring on
 //! the vCPU's own thread when asked; the guest asks when the I/O thread is
 //! asleep or has not answered within [`SERVE_AFTER_NS`], so that a busy host
@@ -19,14 +28,27 @@ use alloc::vec::Vec;
 use solo5_abi::SoloResult;
 use solo5_abi::ring::{OP_NET_READ, OP_NET_WRITE, RING_BUF_SIZE, RING_MASK, RING_SIZE, Ring};
 
+/// Bytes of write buffers: as much as a buffer per slot of
+/// [`RING_BUF_SIZE`] bytes would take (2 MiB), shared by frames of any
+/// size. A power of two, so that free-running `u32` positions wrap with it.
+const ARENA: u32 = RING_SIZE * RING_BUF_SIZE as u32;
+/// The largest frame the ring carries; larger ones take the hypercall.
+const MAX_FRAME: usize = ARENA as usize / 4;
+const _: () = assert!(ARENA.is_power_of_two());
+
 use super::RING_INFO;
 use crate::Error;
 use crate::target::Global;
 
 pub(crate) struct GuestRing {
     ring: &'static Ring,
-    /// One frame buffer per slot, for writes.
+    /// The arena of write buffers, [`ARENA`] bytes.
     bufs: *mut u8,
+    /// Where the next frame goes in the arena (free-running, modulo ARENA).
+    wr: AtomicU32,
+    /// For each slot, where the arena stood when its entry was submitted:
+    /// the entry's bytes (none for a read) start there or after it.
+    starts: [AtomicU32; RING_SIZE as usize],
     next_id: AtomicU32,
     /// Whether the tender serves the ring on request (RING_SERVE_PIO) and
     /// before each hypercall.
@@ -79,7 +101,7 @@ pub(crate) fn get() -> Option<&'static GuestRing> {
                 STATE.store(ABSENT, Ordering::Relaxed);
                 return None;
             }
-            let size = RING_SIZE as usize * RING_BUF_SIZE;
+            let size = ARENA as usize;
             let layout = core::alloc::Layout::from_size_align(size, 64).ok()?;
             // SAFETY: a non-zero-sized layout.
             let bufs = unsafe { alloc::alloc::alloc(layout) };
@@ -96,6 +118,8 @@ pub(crate) fn get() -> Option<&'static GuestRing> {
             let r = alloc::boxed::Box::leak(alloc::boxed::Box::new(GuestRing {
                 ring,
                 bufs,
+                wr: AtomicU32::new(0),
+                starts: [const { AtomicU32::new(0) }; RING_SIZE as usize],
                 next_id: AtomicU32::new(0),
                 serve,
                 unwoken: AtomicU32::new(0),
@@ -161,6 +185,11 @@ impl GuestRing {
         }
     }
 
+    /// Records that the entry at `tail` (a read) takes no bytes of the arena.
+    fn no_bytes(&self, tail: u32) {
+        self.starts[(tail & RING_MASK) as usize].store(self.wr.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
     /// Waits for a free slot; returns the tail to fill.
     fn reserve(&self) -> u32 {
         let tail = self.ring.ent_tail.load(Ordering::Relaxed);
@@ -190,25 +219,42 @@ impl GuestRing {
         }
     }
 
-    /// Sends `frame`; `None` if it is too large for a ring buffer or the
-    /// ring is bypassed (the caller then makes the hypercall).
+    /// Sends `frame`; `None` if it is too large for the ring or the ring is
+    /// bypassed (the caller then makes the hypercall).
     pub(crate) fn write(&self, handle: u64, frame: &[u8]) -> Option<Result<(), Error>> {
-        if frame.len() > RING_BUF_SIZE || self.bypass() {
+        if frame.len() > MAX_FRAME || self.bypass() {
             return None;
         }
         let tail = self.reserve();
-        // SAFETY: slot `tail & MASK` is free (the thread has consumed every
-        // entry up to ent_head, and tail - ent_head < RING_SIZE - 1), so its
-        // buffer is not being read; the buffer holds RING_BUF_SIZE bytes.
+        let start = self.wr.load(Ordering::Relaxed);
+        let len = frame.len() as u32;
+        // A frame never straddles the arena's end: the rest of the arena
+        // is skipped instead.
+        let room = ARENA - start % ARENA;
+        let at = if len > room { start.wrapping_add(room) } else { start };
+        let end = at.wrapping_add(len);
+        // Wait until the thread is done with the bytes this frame takes:
+        // those of the oldest entry in flight onwards are still in use.
+        self.wait(|| {
+            let head = self.ring.ent_head.load(Ordering::Acquire);
+            let used_from =
+                if head == tail { start } else { self.starts[(head & RING_MASK) as usize].load(Ordering::Relaxed) };
+            end.wrapping_sub(used_from) <= ARENA
+        });
+        // SAFETY: bytes [at, end) modulo ARENA lie inside the arena (the
+        // frame does not straddle its end) and no entry in flight uses
+        // them (checked above), so the thread is not reading them.
         let buf = unsafe {
-            let b = self.bufs.add((tail & RING_MASK) as usize * RING_BUF_SIZE);
+            let b = self.bufs.add((at % ARENA) as usize);
             core::ptr::copy_nonoverlapping(frame.as_ptr(), b, frame.len());
             b
         };
+        self.starts[(tail & RING_MASK) as usize].store(start, Ordering::Relaxed);
+        self.wr.store(end, Ordering::Relaxed);
         let wake = !self.serve
             || (self.unwoken.fetch_add(1, Ordering::Relaxed) + 1 >= WAKE_AFTER_WRITES
                 && !self.thread_slow(super::monotonic()));
-        self.submit(tail, OP_NET_WRITE, handle, buf as u64, frame.len() as u32, wake);
+        self.submit(tail, OP_NET_WRITE, handle, buf as u64, len, wake);
         Some(Ok(()))
     }
 
@@ -256,6 +302,7 @@ impl GuestRing {
         let head = self.ring.com_head.load(Ordering::Relaxed);
         for i in 0..count {
             let tail = self.reserve();
+            self.no_bytes(tail);
             let data = slots as u64 + (i * size) as u64;
             self.submit(tail, OP_NET_READ, handle, data, size as u32, wake && i + 1 == count);
         }
@@ -287,6 +334,7 @@ impl GuestRing {
     /// One read into `data`, for when no batch buffers could be had.
     fn read_one(&self, handle: u64, data: u64, len: usize) -> Result<usize, Error> {
         let tail = self.reserve();
+        self.no_bytes(tail);
         let wake = !self.serve || !self.thread_slow(super::monotonic());
         self.submit(tail, OP_NET_READ, handle, data, len.min(u32::MAX as usize) as u32, wake);
         let head = self.ring.com_head.load(Ordering::Relaxed);
