@@ -12,6 +12,7 @@
 //! builders (`fuzz/run seeds` writes it under `fuzz/corpus/`).
 
 pub mod args;
+pub mod dhcpd;
 pub mod elf;
 pub mod http;
 pub mod hypercall;
@@ -36,4 +37,5 @@ pub const TARGETS: &[Target] = &[
     ("tar_roundtrip", tar::run_roundtrip),
     ("wire", wire::run),
     ("args", args::run),
+    ("dhcpd", dhcpd::run),
 ];

@@ -23,6 +23,7 @@ pub fn all() -> Vec<Seed> {
     seeds.extend(tar());
     seeds.extend(wire());
     seeds.extend(args());
+    seeds.extend(dhcpd());
     seeds.extend(blobs("http_request", 6));
     seeds.extend(blobs("tar_roundtrip", 6));
     seeds
@@ -310,5 +311,57 @@ fn args() -> Vec<Seed> {
         s("quotes-and-escapes", r#"--hello="a \"b\" c" 'd e'\ f"#),
         s("help", "--port=1 --help"),
         s("errors", "--port=99999 --ipv4=10.0.0.2/33 --nope"),
+    ]
+}
+
+/// A client's exchanges with the DHCP server: a lease, a renewal, a
+/// decline and a release, and a flood of DISCOVERs.
+fn dhcpd() -> Vec<Seed> {
+    use smoltcp::wire::{DhcpMessageType as T, DhcpPacket, DhcpRepr, EthernetAddress};
+    use std::net::Ipv4Addr;
+    let msg = |kind: T, mac: u8, xid: u32, requested: Option<Ipv4Addr>, ciaddr: Ipv4Addr, server: bool| {
+        let m = DhcpRepr {
+            message_type: kind,
+            transaction_id: xid,
+            secs: 0,
+            client_hardware_address: EthernetAddress([2, 0, 0, 0, 0, mac]),
+            client_ip: ciaddr,
+            your_ip: Ipv4Addr::UNSPECIFIED,
+            server_ip: Ipv4Addr::UNSPECIFIED,
+            router: None,
+            subnet_mask: None,
+            relay_agent_ip: Ipv4Addr::UNSPECIFIED,
+            broadcast: false,
+            requested_ip: requested,
+            client_identifier: None,
+            server_identifier: server.then_some(Ipv4Addr::new(10, 1, 0, 1)),
+            parameter_request_list: Some(&[1, 3, 6, 51]),
+            dns_servers: None,
+            max_size: None,
+            lease_duration: None,
+            renew_duration: None,
+            rebind_duration: None,
+            additional_options: &[],
+        };
+        let mut buf = vec![0u8; m.buffer_len()];
+        m.emit(&mut DhcpPacket::new_unchecked(&mut buf[..])).expect("room for the message");
+        buf
+    };
+    let none = Ipv4Addr::UNSPECIFIED;
+    let first = Ipv4Addr::new(10, 1, 0, 100);
+    let lease = vec![
+        (0, msg(T::Discover, 0xa, 1, None, none, false)),
+        (0, msg(T::Request, 0xa, 2, Some(first), none, true)),
+        (60, msg(T::Request, 0xa, 3, None, first, false)),
+        (1, msg(T::Decline, 0xa, 4, Some(first), none, true)),
+        (1, msg(T::Discover, 0xc, 5, Some(first), none, false)),
+        (1, msg(T::Release, 0xc, 6, None, Ipv4Addr::new(10, 1, 0, 7), true)),
+        (1, msg(T::Inform, 0xb, 7, None, Ipv4Addr::new(10, 1, 0, 50), false)),
+    ];
+    let flood: Vec<(u8, Vec<u8>)> =
+        (0..40u8).map(|i| (0, msg(T::Discover, 0x40 + i, u32::from(i), None, none, false))).collect();
+    vec![
+        ("dhcpd", "lease-renew-decline-release", crate::dhcpd::frame(&lease)),
+        ("dhcpd", "discover-flood", crate::dhcpd::frame(&flood)),
     ]
 }
