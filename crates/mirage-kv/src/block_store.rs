@@ -873,7 +873,9 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         self.block.flush().await.map_err(|_| Error::Io)?;
         let (generation, slot) = {
             let s = self.state.borrow();
-            (s.generation + 1, 1 - s.slot)
+            // A generation no counter reaches but an image can claim: the
+            // store stays readable and takes no change.
+            (s.generation.checked_add(1).ok_or(Error::Io)?, 1 - s.slot)
         };
         let sb = Super {
             block_size: g.block as u32,
