@@ -5,8 +5,10 @@
 //! # Layout
 //!
 //! The device is cut into blocks of `block_size` bytes (4 KiB by default,
-//! a multiple of the sector size). Sectors 0 and 1 hold the two superblock
-//! slots; the blocks from the first one past them are data. A superblock
+//! a multiple of the sector size). The sectors at bytes 0 and 4096 hold the
+//! two superblock slots, wherever the sector size puts them (512 to 4096
+//! bytes: an image moves between devices of either); the blocks from byte
+//! 8192 on are data. A superblock
 //! names a generation and the head of the index: a chain of blocks, each
 //! beginning with the number of the next, whose payloads concatenated are
 //! the serialized index (every key with its size, time, SHA-256 and either
@@ -85,6 +87,8 @@ const INLINE_MAX: u64 = 128;
 pub const MAX_KEY: usize = 1024;
 /// Data is read and written in runs of at most this many bytes.
 const CHUNK: usize = 256 * 1024;
+/// Bytes between the two superblock slots.
+const SLOT: u32 = 4096;
 /// Block numbers in an index block header.
 const NEXT_LEN: usize = 8;
 
@@ -112,6 +116,8 @@ pub enum OpenError {
     },
     /// The store is damaged: every generation failed a check, named here.
     Damaged(String),
+    /// The device's sectors are larger than 4096 bytes.
+    SectorTooLarge(u32),
     /// The device is read-only (formatting).
     ReadOnly,
     /// Not enough memory to hold the index.
@@ -140,6 +146,9 @@ impl fmt::Display for OpenError {
                 f,
                 "the store is damaged and no generation of it is whole ({why}); restore the image from a copy"
             ),
+            OpenError::SectorTooLarge(s) => {
+                write!(f, "the device has sectors of {s} bytes; the store takes sectors of 512 to 4096 bytes")
+            }
             OpenError::ReadOnly => f.write_str("the device is read-only"),
             OpenError::OutOfMemory => f.write_str("not enough memory to hold the store's index"),
         }
@@ -245,6 +254,11 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The sector of superblock slot `slot` (0 or 1).
+fn slot_sector(slot: u64, sector: u64) -> u64 {
+    slot * u64::from(SLOT) / sector
+}
+
 /// The geometry of a store on a device.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
@@ -264,7 +278,10 @@ impl Geometry {
             return Err(OpenError::BadBlockSize(block_size));
         }
         let block = u64::from(block_size);
-        let first = (2 * u64::from(sector)).div_ceil(block);
+        if sector > SLOT {
+            return Err(OpenError::SectorTooLarge(sector));
+        }
+        let first = (2 * u64::from(SLOT)).div_ceil(block);
         if blocks < (first + 6).max(8) {
             return Err(OpenError::TooSmall { blocks });
         }
@@ -631,8 +648,8 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         };
         let mut s0 = vec![0u8; sector as usize];
         s0[..SUPER_LEN].copy_from_slice(&sb.encode());
-        block.write(1, &vec![0u8; sector as usize]).await?;
-        block.write(0, &s0).await?;
+        block.write(slot_sector(1, sector), &vec![0u8; sector as usize]).await?;
+        block.write(slot_sector(0, sector), &s0).await?;
         block.flush().await?;
         Self::open(block, clock).await
     }
@@ -647,7 +664,13 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         let mut problems: Vec<String> = Vec::new();
         for slot in 0..2u64 {
             let mut buf = vec![0u8; sector as usize];
-            block.read(slot, &mut buf).await?;
+            if sector > u64::from(SLOT) {
+                return Err(OpenError::SectorTooLarge(info.sector_size));
+            }
+            if (slot + 1) * u64::from(SLOT) > info.capacity() {
+                return Err(OpenError::TooSmall { blocks: info.capacity() / u64::from(SLOT) });
+            }
+            block.read(slot_sector(slot, sector), &mut buf).await?;
             match Super::decode(&buf) {
                 None => {}
                 Some(Ok(s)) => slots.push((slot, s)),
@@ -890,7 +913,7 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         // From here on the device may hold the new generation even if the
         // call fails: the state in memory can no longer be trusted.
         let r = async {
-            self.block.write(slot, &sector).await?;
+            self.block.write(slot_sector(slot, self.sector), &sector).await?;
             self.block.flush().await
         }
         .await;
@@ -1270,6 +1293,9 @@ mod tests {
         let s = open(&d);
         assert_eq!(contents(&s), before);
         assert_eq!(s.recovery(), None);
+        // The same image on a device of 4096-byte sectors.
+        let d4 = Disk::new(d.live.borrow().clone(), 4096);
+        assert_eq!(contents(&open(&d4)), before);
         now(s.remove(&k("z"))).unwrap();
         assert_eq!(now(s.exists(&k("z/d"))), Ok(None));
         assert_eq!(now(s.remove(&k("nothing"))), Err(Error::NotFound));
@@ -1447,7 +1473,7 @@ mod tests {
                 _ => {
                     // Bit flips in the superblocks and the index, where
                     // they matter most.
-                    let bit = rng.below(4 * 1024 * 8);
+                    let bit = rng.below(12 * 1024 * 8);
                     img[(bit / 8) as usize] ^= 1 << (bit % 8);
                 }
             }
@@ -1470,7 +1496,7 @@ mod tests {
             }
         }
         std::println!("{refused} refused, {opened} opened ({rolled_back} rolled back)");
-        assert!(refused > 0 && opened > 0);
+        assert!(opened > 0 && refused + rolled_back > 0);
     }
 
     #[test]
@@ -1481,7 +1507,7 @@ mod tests {
         now(s.set(&k("a"), b"second")).unwrap();
         let head = {
             let mut b = [0u8; 512];
-            now(d.read(s.state.borrow().slot, &mut b)).unwrap();
+            now(d.read(slot_sector(s.state.borrow().slot, 512), &mut b)).unwrap();
             Super::decode(&b).unwrap().unwrap().index_head
         };
         d.live.borrow_mut()[head as usize * 1024 + 20] ^= 0x40;
@@ -1505,7 +1531,7 @@ mod tests {
         assert!(matches!(now(BlockStore::format(&Disk::blank(4096), Clock, None)), Err(OpenError::TooSmall { .. })));
         assert_eq!(now(BlockStore::format(&d, Clock, Some(1000))).unwrap_err(), OpenError::BadBlockSize(1000));
         let mut img = d.live.borrow().clone();
-        img[..1024].fill(0xff);
+        img[..8192].fill(0xff);
         let e = now(BlockStore::open(&Disk::new(img, 512), Clock)).unwrap_err();
         assert_eq!(e, OpenError::NotAStore);
     }
