@@ -456,7 +456,7 @@ pub fn cases(v: &mut Vec<Case>) {
     v.push(case("mirage_describe_renders_with_graphviz_for_every_example", graphviz, || {
         let scratch = Scratch::new("describe");
         let _lock = testkit::examples_lock();
-        for ex in ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website"] {
+        for ex in ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website", "kv-server"] {
             for t in ["unix", "hvt"] {
                 tool(&examples_dir(ex), &["configure", "-t", t])?.expect_status(0)?;
                 let text = tool(&examples_dir(ex), &["describe", "-t", t])?;
