@@ -102,8 +102,34 @@ fn keeps_its_data(t: &str) -> Result<(), String> {
     run(&tool, &["kv".as_ref(), "check".as_ref(), disk.as_os_str()])?.expect_status(0)
 }
 
+/// Crash trials in CI: enough to kill the writer in every phase of a
+/// change many times over; `mirage-bench crash` runs 1,000 a target.
+const TRIALS: usize = 150;
+
+fn survives_kills(t: &str) -> Result<(), String> {
+    let image = example_with(t, "kv-writer", &[])?;
+    let scratch = Scratch::new("kv-crash");
+    let disk = scratch.0.join("data.img");
+    run(mirage()?, &["kv".as_ref(), "format".as_ref(), disk.as_os_str(), "--size=64M".as_ref()])?.expect_status(0)?;
+    let outcome = testkit::crash::run(t, &image, &disk, TRIALS, Duration::from_millis(300), &mut |line| {
+        eprintln!("{t}: {line}")
+    })?;
+    eprintln!("{t}: {outcome}");
+    if outcome.acknowledged == 0 || outcome.trials - outcome.before_any < TRIALS / 2 {
+        return Err(format!("{t}: too few trials reached the writing ({outcome}): the kills came too early"));
+    }
+    Ok(())
+}
+
 pub fn cases(v: &mut Vec<Case>) {
     for t in ["unix", "hvt", "spt"] {
         v.push(case(format!("{t}::kv_server_keeps_its_data_across_a_kill"), Needs::Net(t), move || keeps_its_data(t)));
+    }
+    for t in ["hvt", "spt"] {
+        v.push(case(
+            format!("{t}::kv_store_keeps_every_acknowledged_change_through_sigkill"),
+            Needs::Target(t),
+            move || survives_kills(t),
+        ));
     }
 }

@@ -536,7 +536,10 @@ fn main_rs(config: &Config, opts: &Options) -> String {
     let (specs, stack) = specs(config, opts);
     if solo5 {
         m.push_str("#![no_std]\n#![no_main]\n\nextern crate alloc;\n\n");
-        if stack.is_some() || config.devices.iter().any(|d| opts.tar(&d.name, &d.kind).is_some()) {
+        let opened_store = |d: &crate::config::Device| {
+            opts.tar(&d.name, &d.kind).is_some() || matches!(d.kind, Kind::KvRw { block: Some(_) })
+        };
+        if stack.is_some() || config.devices.iter().any(opened_store) {
             m.push_str("use alloc::format;\n");
         }
         if config.boot.iter().any(|a| a.ty == ArgType::String) {

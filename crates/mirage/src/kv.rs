@@ -15,17 +15,9 @@ use crate::{Args, Failure, help};
 /// The sector size the tenders attach a device with by default.
 const SECTOR: u32 = 512;
 
-/// Runs a future of the store to its end. Nothing here waits on anything
-/// but the file, so a future that is not ready at once is polled again.
+/// Runs a future of the store on this thread.
 fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::yield_now();
-    }
+    mirage_runtime::run(&mut mirage_unix::UnixPlatform::new(), f)
 }
 
 fn io(path: &Path, e: std::io::Error) -> Failure {
