@@ -11,6 +11,8 @@
 //! mirage-bench images  [--solo5 DIR]              # image sizes, least memory, configure and build times
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
 //! mirage-bench attack  [--runs SECONDS]           # a good client's service under each attack, beside nginx
+//! mirage-bench crash   [--count N]                # N SIGKILL trials of the store on a block device (hvt, spt)
+//! mirage-bench store   [--runs SECONDS]           # durable writes of the store, beside SQLite (WAL)
 //! ```
 //!
 //! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
@@ -27,6 +29,7 @@ use testkit::{Background, Netns, guest, tender};
 mod attack;
 mod http;
 mod images;
+mod store;
 mod tcp;
 
 struct Options {
@@ -64,9 +67,11 @@ fn main() {
         Some("images") => images::images(&opts),
         Some("soak") => http::soak(&opts, &opts.target.clone()),
         Some("attack") => attack::attack(&opts),
+        Some("crash") => store::crash(&opts),
+        Some("store") => store::store(&opts),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack [--runs N] [--count N] [--solo5 DIR] [--target T]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store [--runs N] [--count N] [--solo5 DIR] [--target T]"
             );
             std::process::exit(64);
         }
@@ -77,7 +82,7 @@ fn main() {
     }
 }
 
-fn machine() {
+pub(crate) fn machine() {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

@@ -85,19 +85,34 @@ pub async fn apply(store: &impl KvRw, c: &Change) -> Result<(), kv::Error> {
     }
 }
 
-/// The unikernel: makes the changes of `seed` one after another, each
-/// acknowledged on the console once done, until it is killed or a change
-/// fails.
-pub async fn start(console: impl Console, data: impl KvRw, time: impl Sleep, seed: u64) -> Result<(), kv::Error> {
+/// The unikernel: makes the changes of `seed` one after another (each a
+/// set of `len` bytes if `len` is not 0), each acknowledged on the console
+/// once done, until it is killed or a change fails.
+pub async fn start(
+    console: impl Console,
+    data: impl KvRw,
+    time: impl Sleep,
+    seed: u64,
+    len: u64,
+    pause_us: u32,
+) -> Result<(), kv::Error> {
     let _ = console.log("kv-writer: ready").await;
     for n in 0.. {
-        apply(&data, &change(seed, n)).await?;
+        let c = match change(seed, n) {
+            Change::Set { key, .. } | Change::Remove { key } if len > 0 => {
+                Change::Set { key, len: len as usize, seed: mix(seed ^ n) }
+            }
+            c => c,
+        };
+        apply(&data, &c).await?;
         let _ = console.log(&format!("kv-writer: ack {n}")).await;
-        // Waiting lets the platform run (a deadline already past when the
-        // executor looks would not): on hvt that sends the console output
-        // collected in the guest to the host, so that the acknowledgement
-        // is out before the next change begins.
-        time.sleep(Duration::from_micros(100)).await;
+        if pause_us > 0 {
+            // Waiting lets the platform run (a deadline already past when
+            // the executor looks would not): on hvt that sends the console
+            // output collected in the guest to the host, so that the
+            // acknowledgement is out before the next change begins.
+            time.sleep(Duration::from_micros(pause_us.into())).await;
+        }
     }
     Ok(())
 }
