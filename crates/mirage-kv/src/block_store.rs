@@ -18,14 +18,16 @@
 //! # Why it survives a crash
 //!
 //! A change never writes a block the committed state refers to: the new
-//! value's blocks and the new index go to free blocks, then the device is
-//! flushed, then the superblock of generation `g + 1` is written into slot
-//! other than the one holding generation `g` with a single-sector write, then the
-//! device is flushed again; only then does the future complete. A crash
-//! before that last flush leaves either the new superblock (whole, the
-//! index and data it names already durable) or a torn or old one, which
-//! fails its checksum, so that opening takes the other slot: the last
-//! acknowledged state, whose blocks the interrupted change did not touch.
+//! value's blocks and the new index go to free blocks; if there are value
+//! blocks the device is flushed; then the superblock of generation `g + 1`
+//! is written, with a single-sector write, into the slot that does not
+//! hold generation `g`, and the device is flushed; only then does the
+//! future complete. A crash before that last flush leaves the new
+//! superblock with its index whole (its checksum holds, and the value
+//! blocks were flushed before it), or a superblock that is torn, old, or
+//! names an index not all on the disk: each fails a checksum, and opening
+//! takes the other generation, the last acknowledged state, whose blocks
+//! the interrupted change did not touch.
 //! A value is read from the blocks of one committed generation, so it is
 //! never seen half old, half new; `get` also checks its SHA-256.
 //!
@@ -893,7 +895,14 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
             }
             self.block.write(s * g.spb, &buf).await.map_err(|_| Error::Io)?;
         }
-        self.block.flush().await.map_err(|_| Error::Io)?;
+        // Value blocks must be durable before a superblock names them: the
+        // index's checksum does not cover them. The index needs no flush of
+        // its own: a superblock that reaches the disk before its index
+        // fails the index's checksum, and opening takes the generation
+        // before, which is all that was acknowledged.
+        if value.is_some() {
+            self.block.flush().await.map_err(|_| Error::Io)?;
+        }
         let (generation, slot) = {
             let s = self.state.borrow();
             // A generation no counter reaches but an image can claim: the
