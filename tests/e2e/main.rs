@@ -11,6 +11,7 @@
 mod attack;
 mod examples;
 mod http;
+mod kv;
 mod tcpip;
 mod tool;
 
@@ -27,6 +28,7 @@ fn main() {
     attack::cases(&mut cases);
     examples::cases(&mut cases);
     http::cases(&mut cases);
+    kv::cases(&mut cases);
     tcpip::cases(&mut cases);
     tool::cases(&mut cases);
     testkit::harness::run(cases)

@@ -364,24 +364,25 @@ pub fn cases(v: &mut Vec<Case>) {
     }));
     v.push(case("mirage_clean_keeps_data", Needs::Nothing, || {
         let scratch = Scratch::new("clean");
-        let toml = "[unikernel]\nname = \"keep\"\nstart = \"keep::start\"\narguments = [\"storage\", \"htdocs\", \"state\"]\n\n[devices]\nstorage = \"block\"\nhtdocs = { kind = \"kv-ro\", directory = \"htdocs\", store = \"tar\" }\nstate = \"kv-rw\"\n";
+        let toml = "[unikernel]\nname = \"keep\"\nstart = \"keep::start\"\narguments = [\"storage\", \"htdocs\", \"state\", \"db\"]\n\n[devices]\nstorage = \"block\"\nhtdocs = { kind = \"kv-ro\", directory = \"htdocs\", store = \"tar\" }\nstate = \"kv-rw\"\ndb = { kind = \"kv-rw\", store = \"block\" }\n";
         let dir = user_crate(&scratch.0, "keep", &[("mirage.toml", toml), ("htdocs/index.html", "hi")])?;
         let dist = dir.join("dist");
         std::fs::create_dir_all(dist.join("state.kv")).map_err(|e| e.to_string())?;
-        for f in ["keep", "keep.hvt", "keep.spt", "htdocs.img", "storage.img", "state.kv/key"] {
+        for f in ["keep", "keep.hvt", "keep.spt", "htdocs.img", "storage.img", "state.kv/key", "db.img"] {
             std::fs::write(dist.join(f), f).map_err(|e| e.to_string())?;
         }
         std::fs::create_dir_all(dir.join("mirage/unix")).map_err(|e| e.to_string())?;
         let r = tool(&dir, &["clean"])?;
         r.expect_status(0)?;
-        r.expect_stdout("kept dist/state.kv, dist/storage.img")?;
+        r.expect_stdout("kept dist/db.img, dist/state.kv, dist/storage.img")?;
         for gone in ["keep", "keep.hvt", "keep.spt", "htdocs.img"] {
             if dist.join(gone).exists() {
                 return Err(format!("clean left dist/{gone}\n{}", r.dump()));
             }
         }
-        // The block device's disk and the kv-rw store are data.
+        // The block device's disk and the kv-rw stores are data.
         if std::fs::read_to_string(dist.join("storage.img")).ok().as_deref() != Some("storage.img")
+            || std::fs::read_to_string(dist.join("db.img")).ok().as_deref() != Some("db.img")
             || !dist.join("state.kv/key").is_file()
             || dir.join("mirage").exists()
         {
@@ -450,13 +451,74 @@ pub fn cases(v: &mut Vec<Case>) {
         g.wait(Duration::from_secs(20))?;
         Ok(())
     }));
+    v.push(case("hvt::mirage_build_formats_the_image_of_a_kv_rw_store_and_run_attaches_it", Needs::Net("hvt"), || {
+        example_with("hvt", "kv-server", &[])?;
+        let ns = Netns::new()?;
+        ns.ip(&["link", "del", "tap0"])?;
+        let lock = testkit::examples_lock();
+        let dir = examples_dir("kv-server");
+        let image = dir.join("dist/data.img");
+        let _ = std::fs::remove_file(&image);
+        tool(&dir, &["configure", "-t", "hvt"])?.expect_status(0)?;
+        let built = tool(&dir, &["build"])?;
+        built.expect_status(0)?;
+        built.expect_stdout("made dist/data.img (a kv-rw store) for store data")?;
+        // A second build leaves the data alone.
+        let source = dir.join("Cargo.toml").display().to_string();
+        tool(&dir, &["kv", "put", &image.display().to_string(), "/before", &source])?.expect_status(0)?;
+        let again = tool(&dir, &["build"])?;
+        again.expect_status(0)?;
+        if again.stdout.contains("made dist/data.img") {
+            return Err(format!("a second build made the image again:\n{}", again.dump()));
+        }
+        let mut c = ns.command(mirage()?);
+        c.arg("-C").arg(&dir).args(["run", "-t", "hvt", "--", "--solo5:quiet", "--ipv4=10.0.0.2/24"]);
+        c.env("CARGO_TARGET_DIR", root().join("target/mirage"));
+        let mut g = Background::start(c)?;
+        g.wait_for("kv-server: serving", Duration::from_secs(300))?;
+        if !g.output().contains("--block:data=") {
+            return Err(format!("the disk image was not attached:\n{}", g.output()));
+        }
+        let mut curl = ns.command("curl");
+        curl.args([
+            "-s",
+            "-S",
+            "--max-time",
+            "10",
+            "-X",
+            "PUT",
+            "--data-binary",
+            "hello",
+            "http://10.0.0.2/kv/greeting",
+        ]);
+        run_with(curl, Duration::from_secs(20))?.expect_status(0)?;
+        let mut curl = ns.command("curl");
+        curl.args(["-s", "-S", "--max-time", "10", "http://10.0.0.2/kv/before"]);
+        let before = run_with(curl, Duration::from_secs(20))?;
+        let want = std::fs::read_to_string(dir.join("Cargo.toml")).map_err(|e| e.to_string())?;
+        if before.stdout != want {
+            return Err(format!("GET /kv/before (stored from the host): {}", before.dump()));
+        }
+        // SAFETY: kill(2) on our own child process.
+        unsafe {
+            libc::kill(g.child.id() as i32, libc::SIGTERM);
+        }
+        g.wait(Duration::from_secs(20))?;
+        let got = tool(&dir, &["kv", "get", &image.display().to_string(), "/greeting"])?;
+        drop(lock);
+        got.expect_status(0)?;
+        if got.stdout != "hello" {
+            return Err(format!("mirage kv get after the run: {}", got.dump()));
+        }
+        Ok(())
+    }));
     // Without Graphviz the harness says SKIPPED, as for every tool a test
     // needs that the machine lacks.
     let graphviz = Needs::Program { name: "dot", package: "graphviz" };
     v.push(case("mirage_describe_renders_with_graphviz_for_every_example", graphviz, || {
         let scratch = Scratch::new("describe");
         let _lock = testkit::examples_lock();
-        for ex in ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website"] {
+        for ex in ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website", "kv-server"] {
             for t in ["unix", "hvt"] {
                 tool(&examples_dir(ex), &["configure", "-t", t])?.expect_status(0)?;
                 let text = tool(&examples_dir(ex), &["describe", "-t", t])?;

@@ -12,6 +12,8 @@
 //! mirage-bench images  [--solo5 DIR]              # image sizes, least memory, configure and build times
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
 //! mirage-bench attack  [--runs SECONDS] [--only WORD]... # a good client's service under each attack, beside nginx
+//! mirage-bench crash   [--count N]                # N SIGKILL trials of the store on a block device (hvt, spt)
+//! mirage-bench store   [--runs SECONDS]           # durable writes of the store, beside SQLite (WAL)
 //! ```
 //!
 //! `--only WORD` (repeatable) keeps the attack rows whose attack or server
@@ -31,6 +33,7 @@ use testkit::{Background, Netns, guest, tender};
 mod attack;
 mod http;
 mod images;
+mod store;
 mod tcp;
 
 struct Options {
@@ -93,9 +96,11 @@ fn main() {
         Some("images") => images::images(&opts),
         Some("soak") => http::soak(&opts, &opts.target.clone()),
         Some("attack") => attack::attack(&opts),
+        Some("crash") => store::crash(&opts),
+        Some("store") => store::store(&opts),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
             );
             std::process::exit(64);
         }
@@ -106,7 +111,7 @@ fn main() {
     }
 }
 
-fn machine() {
+pub(crate) fn machine() {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

@@ -2,6 +2,9 @@
 //!
 //! [`Mem`] is a read-write store in memory.
 //!
+//! [`BlockStore`] is a read-write store on any block device that survives
+//! a crash or power loss at any moment (copy-on-write, two superblocks).
+//!
 //! [`Tar`] is a read-only store over a block device holding a tar
 //! archive; [`tar::write_archive`] makes such an archive.
 //!
@@ -27,14 +30,17 @@ use alloc::vec::Vec;
 use mirage_devices::kv::{Digest, Error, Key, Kind, KvRo};
 pub use mirage_devices::time::Timestamp;
 
+pub mod block_store;
 #[cfg(feature = "crunch")]
 pub mod crunch;
 mod index;
 mod mem;
 pub mod tar;
+mod tree;
 
 use index::{Index, Indexed};
 
+pub use block_store::BlockStore;
 pub use mem::Mem;
 pub use tar::Tar;
 

@@ -11,6 +11,8 @@ use mirage_devices::kv::{Digest, Error, Key, Kind, KvRo, KvRw};
 use mirage_devices::time::{Timestamp, WallClock};
 use sha2::{Digest as _, Sha256};
 
+use crate::tree;
+
 struct Value {
     data: Vec<u8>,
     modified: Timestamp,
@@ -34,49 +36,14 @@ impl<C: WallClock> Mem<C> {
         Mem { clock, values: RefCell::new(BTreeMap::new()) }
     }
 
-    /// `key/` as a prefix of the paths below it.
-    fn prefix(key: &Key) -> String {
-        if key.is_root() { String::from("/") } else { alloc::format!("{}/", key.as_str()) }
-    }
-
-    fn kind(&self, key: &Key) -> Option<Kind> {
-        let values = self.values.borrow();
-        if values.contains_key(key.as_str()) {
-            return Some(Kind::Value);
-        }
-        let p = Self::prefix(key);
-        if key.is_root() || values.range(p.clone()..).next().is_some_and(|(k, _)| k.starts_with(&p)) {
-            return Some(Kind::Dictionary);
-        }
-        None
-    }
-
     fn with_value<R>(&self, key: &Key, f: impl FnOnce(&Value) -> R) -> Result<R, Error> {
-        match self.values.borrow().get(key.as_str()) {
-            Some(v) => Ok(f(v)),
-            None => Err(if self.kind(key) == Some(Kind::Dictionary) { Error::ValueExpected } else { Error::NotFound }),
-        }
-    }
-
-    /// Refuses to store a value where a dictionary is, or under a value.
-    fn check_parents(&self, key: &Key) -> Result<(), Error> {
-        if key.is_root() || self.kind(key) == Some(Kind::Dictionary) {
-            return Err(Error::ValueExpected);
-        }
-        let mut p = key.parent();
-        while !p.is_root() {
-            if self.values.borrow().contains_key(p.as_str()) {
-                return Err(Error::DictionaryExpected);
-            }
-            p = p.parent();
-        }
-        Ok(())
+        tree::value(&self.values.borrow(), key).map(f)
     }
 }
 
 impl<C: WallClock> KvRo for Mem<C> {
     async fn exists(&self, key: &Key) -> Result<Option<Kind>, Error> {
-        Ok(self.kind(key))
+        Ok(tree::kind(&self.values.borrow(), key))
     }
 
     async fn get(&self, key: &Key) -> Result<Vec<u8>, Error> {
@@ -93,39 +60,11 @@ impl<C: WallClock> KvRo for Mem<C> {
     }
 
     async fn list(&self, key: &Key) -> Result<Vec<(Key, Kind)>, Error> {
-        match self.kind(key) {
-            None => return Err(Error::NotFound),
-            Some(Kind::Value) => return Err(Error::DictionaryExpected),
-            Some(Kind::Dictionary) => {}
-        }
-        let p = Self::prefix(key);
-        let mut out: Vec<(Key, Kind)> = Vec::new();
-        for path in self.values.borrow().range(p.clone()..).map(|(k, _)| k).take_while(|k| k.starts_with(&p)) {
-            let rest = &path[p.len()..];
-            let (child, kind) = match rest.split_once('/') {
-                Some((c, _)) => (c, Kind::Dictionary),
-                None => (rest, Kind::Value),
-            };
-            let k = key.join(child)?;
-            if out.last().is_none_or(|(l, _)| l != &k) {
-                out.push((k, kind));
-            }
-        }
-        Ok(out)
+        tree::list(&self.values.borrow(), key)
     }
 
     async fn last_modified(&self, key: &Key) -> Result<Timestamp, Error> {
-        if let Ok(t) = self.with_value(key, |v| v.modified) {
-            return Ok(t);
-        }
-        let p = Self::prefix(key);
-        let values = self.values.borrow();
-        values
-            .range(p.clone()..)
-            .take_while(|(k, _)| k.starts_with(&p))
-            .map(|(_, v)| v.modified)
-            .max()
-            .ok_or(Error::NotFound)
+        tree::last_modified(&self.values.borrow(), key, |v| v.modified)
     }
 
     async fn digest(&self, key: &Key) -> Result<Digest, Error> {
@@ -139,7 +78,7 @@ impl<C: WallClock> KvRo for Mem<C> {
 
 impl<C: WallClock> KvRw for Mem<C> {
     async fn set(&self, key: &Key, value: &[u8]) -> Result<(), Error> {
-        self.check_parents(key)?;
+        tree::check_parents(&self.values.borrow(), key)?;
         let modified = self.clock.now();
         self.values.borrow_mut().insert(String::from(key.as_str()), Value { data: value.to_vec(), modified });
         Ok(())
@@ -160,59 +99,18 @@ impl<C: WallClock> KvRw for Mem<C> {
     }
 
     async fn remove(&self, key: &Key) -> Result<(), Error> {
-        let mut values = self.values.borrow_mut();
-        if key.is_root() {
-            values.clear();
-            return Ok(());
-        }
-        if values.remove(key.as_str()).is_some() {
-            return Ok(());
-        }
-        let p = Self::prefix(key);
-        let before = values.len();
-        values.retain(|k, _| !k.starts_with(&p));
-        if values.len() == before { Err(Error::NotFound) } else { Ok(()) }
+        if tree::remove(&mut self.values.borrow_mut(), key) { Ok(()) } else { Err(Error::NotFound) }
     }
 
     async fn rename(&self, from: &Key, to: &Key) -> Result<(), Error> {
-        if from == to {
-            return if self.kind(from).is_some() { Ok(()) } else { Err(Error::NotFound) };
-        }
-        if to.as_str().starts_with(&Self::prefix(from)) {
-            return Err(Error::InvalidKey);
-        }
-        let moved: Vec<(String, Value)> = {
-            let mut values = self.values.borrow_mut();
-            if let Some(v) = values.remove(from.as_str()) {
-                alloc::vec![(String::from(to.as_str()), v)]
-            } else {
-                let p = Self::prefix(from);
-                let keys: Vec<String> =
-                    values.range(p.clone()..).map(|(k, _)| k.clone()).take_while(|k| k.starts_with(&p)).collect();
-                if keys.is_empty() {
-                    return Err(Error::NotFound);
-                }
-                keys.into_iter()
-                    .filter_map(|k| {
-                        let v = values.remove(&k)?;
-                        Some((alloc::format!("{}{}", to.as_str(), &k[from.as_str().len()..]), v))
-                    })
-                    .collect()
-            }
-        };
-        let mut values = self.values.borrow_mut();
-        // What was at `to` is replaced.
-        let p = Self::prefix(to);
-        values.retain(|k, _| k != to.as_str() && !k.starts_with(&p));
-        values.extend(moved);
-        Ok(())
+        tree::rename(&mut self.values.borrow_mut(), from, to)
     }
 
     async fn allocate(&self, key: &Key, size: u64) -> Result<(), Error> {
-        if self.kind(key).is_some() {
+        if tree::kind(&self.values.borrow(), key).is_some() {
             return Err(Error::AlreadyPresent);
         }
-        self.check_parents(key)?;
+        tree::check_parents(&self.values.borrow(), key)?;
         let n = usize::try_from(size).map_err(|_| Error::NoSpace)?;
         let mut data = Vec::new();
         data.try_reserve_exact(n).map_err(|_| Error::NoSpace)?;

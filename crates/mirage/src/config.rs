@@ -84,8 +84,21 @@ pub enum Kind {
     /// device `tar` that `mirage build` makes.
     KvRo { directory: PathBuf, tar: Option<String> },
     /// A read-write key-value store: a host directory on unix, memory on
-    /// Solo5.
-    KvRw,
+    /// Solo5; with `store = "block"`, a crash-safe store on a block device
+    /// on every target.
+    KvRw { block: Option<KvBlock> },
+}
+
+/// The block device of a `store = "block"` kv-rw store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvBlock {
+    /// The block device (`interface`, the device's name by default).
+    pub interface: String,
+    /// The size of the disk image `mirage build` or `mirage run` formats
+    /// when it is missing.
+    pub size: u64,
+    /// A directory whose files a new image is filled with.
+    pub directory: Option<PathBuf>,
 }
 
 impl Kind {
@@ -100,7 +113,7 @@ impl Kind {
             Kind::Block { .. } => "block",
             Kind::Stack { .. } => "stack",
             Kind::KvRo { .. } => "kv-ro",
-            Kind::KvRw => "kv-rw",
+            Kind::KvRw { .. } => "kv-rw",
         }
     }
 
@@ -109,6 +122,7 @@ impl Kind {
         match self {
             Kind::Net { interface } | Kind::Block { interface, .. } | Kind::Stack { interface, .. } => Some(interface),
             Kind::KvRo { tar: Some(interface), .. } => Some(interface),
+            Kind::KvRw { block: Some(b) } => Some(&b.interface),
             _ => None,
         }
     }
@@ -125,6 +139,7 @@ pub fn keys(kind: &str) -> &'static [&'static str] {
         "block" => &["kind", "interface", "size"],
         "stack" => &["kind", "interface", "ipv4", "gateway"],
         "kv-ro" => &["kind", "directory", "store", "interface"],
+        "kv-rw" => &["kind", "store", "interface", "size", "directory"],
         _ => &["kind"],
     }
 }
@@ -486,7 +501,11 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
             }
             let kind = device(&p, key, item, dir)?;
             if let Some(iface) = kind.interface() {
-                let class = if matches!(kind, Kind::Block { .. } | Kind::KvRo { .. }) { "block" } else { "network" };
+                let class = if matches!(kind, Kind::Block { .. } | Kind::KvRo { .. } | Kind::KvRw { .. }) {
+                    "block"
+                } else {
+                    "network"
+                };
                 if let Some((other, _, _)) = interfaces.iter().find(|(_, c, i)| *c == class && i == iface) {
                     return Err(p.err(
                         key_span,
@@ -645,7 +664,8 @@ impl ArgType {
 }
 
 /// Parses sizes such as `4M`, `512K`, `1G` or a byte count.
-fn size(s: &str) -> Option<u64> {
+/// A size such as `4M`, `512K` or `1G` in bytes.
+pub fn size(s: &str) -> Option<u64> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         None => (s, 1),
@@ -723,25 +743,35 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
         }
         Ok(i)
     };
+    let sectors = |default: u64| -> Result<u64, Error> {
+        match opt("size")? {
+            None => Ok(default),
+            Some(s) => size(&s).filter(|&n| n > 0 && n % 512 == 0).ok_or_else(|| {
+                p.err(
+                    span.clone(),
+                    format!("size {s:?} of device {key} is not a size in whole sectors"),
+                    "write a size such as \"4M\" or \"512K\"",
+                )
+            }),
+        }
+    };
+    let directory = |d: &str| -> Result<PathBuf, Error> {
+        if !dir.join(d).is_dir() {
+            return Err(p.err(
+                span.clone(),
+                format!("the directory {d:?} of device {key} does not exist"),
+                "create it, or name an existing directory (relative to mirage.toml)",
+            ));
+        }
+        Ok(PathBuf::from(d))
+    };
     let k = match kind.as_str() {
         "console" => Kind::Console,
         "time" => Kind::Time,
         "wall-clock" => Kind::WallClock,
         "random" => Kind::Random,
         "net" => Kind::Net { interface: interface("service")? },
-        "block" => {
-            let size = match opt("size")? {
-                None => 1 << 20,
-                Some(s) => size(&s).filter(|&n| n > 0 && n % 512 == 0).ok_or_else(|| {
-                    p.err(
-                        span.clone(),
-                        format!("size {s:?} of device {key} is not a size in whole sectors"),
-                        "write a size such as \"4M\" or \"512K\"",
-                    )
-                })?,
-            };
-            Kind::Block { interface: interface("storage")?, size }
-        }
+        "block" => Kind::Block { interface: interface("storage")?, size: sectors(1 << 20)? },
         "stack" => {
             let ipv4 = opt("ipv4")?;
             if let Some(a) = &ipv4
@@ -773,14 +803,7 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
                     format!("write {key} = {{ kind = \"kv-ro\", directory = \"data\" }}"),
                 )
             })?;
-            let path = dir.join(&d);
-            if !path.is_dir() {
-                return Err(p.err(
-                    span.clone(),
-                    format!("the directory {d:?} of device {key} does not exist"),
-                    "create it, or name an existing directory (relative to mirage.toml)",
-                ));
-            }
+            let d = directory(&d)?;
             let tar = match opt("store")?.as_deref() {
                 None | Some("crunch") => None,
                 Some("tar") => Some(interface(key)?),
@@ -799,9 +822,35 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
                     "add store = \"tar\", or drop interface",
                 ));
             }
-            Kind::KvRo { directory: PathBuf::from(d), tar }
+            Kind::KvRo { directory: d, tar }
         }
-        "kv-rw" => Kind::KvRw,
+        "kv-rw" => match opt("store")?.as_deref() {
+            None | Some("host") => {
+                if let Some(k) = ["interface", "size", "directory"].into_iter().find(|k| t.contains_key(k)) {
+                    return Err(p.err(
+                        span.clone(),
+                        format!("device {key} has `{k}` but is not on a block device"),
+                        format!("add store = \"block\", or drop {k}"),
+                    ));
+                }
+                Kind::KvRw { block: None }
+            }
+            Some("block") => Kind::KvRw {
+                block: Some(KvBlock {
+                    interface: interface(key)?,
+                    size: sectors(4 << 20)?,
+                    directory: opt("directory")?.map(|d| directory(&d)).transpose()?,
+                }),
+            },
+            Some(other) => {
+                return Err(p.err(
+                    span.clone(),
+                    format!("unknown store {other:?} of device {key}"),
+                    "use store = \"block\" (a crash-safe store on a disk image, every target), or leave store out \
+                     (a host directory on unix, memory on hvt and spt)",
+                ));
+            }
+        },
         other => {
             return Err(p.err(
                 span.clone(),
@@ -841,6 +890,22 @@ doc = "What to say."
 type = "u16"
 default = 8080
 "#;
+
+    #[test]
+    fn a_kv_rw_store_on_a_block_device() {
+        let good = GOOD.replace("\"port\"]", "\"port\", \"kv\"]");
+        let c =
+            check(&good.replace("[devices]", "[devices]\nkv = { kind = \"kv-rw\", store = \"block\", size = \"8M\" }"))
+                .unwrap();
+        let kv = c.devices.iter().find(|d| d.name == "kv").unwrap();
+        assert_eq!(
+            kv.kind,
+            Kind::KvRw { block: Some(KvBlock { interface: "kv".into(), size: 8 << 20, directory: None }) }
+        );
+        assert_eq!(kv.kind.interface(), Some("kv"));
+        let c = check(&good.replace("[devices]", "[devices]\nkv = \"kv-rw\"")).unwrap();
+        assert_eq!(c.devices[0].kind, Kind::KvRw { block: None });
+    }
 
     #[test]
     fn a_good_configuration() {
@@ -904,6 +969,26 @@ default = 8080
             &GOOD.replace("[devices]", "[devices]\nkv = { kind = \"kv-ro\", directory = \".\", interface = \"disk\" }"),
         );
         assert!(e.cause.contains("compiled into the image") && e.fix.contains("store = \"tar\""), "{e}");
+
+        let e = error(&GOOD.replace("[devices]", "[devices]\nkv = { kind = \"kv-rw\", store = \"sqlite\" }"));
+        assert!(e.cause.contains("unknown store \"sqlite\"") && e.fix.contains("store = \"block\""), "{e}");
+
+        let e = error(&GOOD.replace("[devices]", "[devices]\nkv = { kind = \"kv-rw\", size = \"4M\" }"));
+        assert!(
+            e.cause.contains("has `size` but is not on a block device") && e.fix.contains("store = \"block\""),
+            "{e}"
+        );
+
+        let e = error(&GOOD.replace(
+            "[devices]",
+            "[devices]\nkv = { kind = \"kv-rw\", store = \"block\", interface = \"disk\" }\nd = { kind = \"block\", interface = \"disk\" }",
+        ));
+        assert!(e.cause.contains("both on the block device \"disk\""), "{e}");
+
+        let e = error(
+            &GOOD.replace("[devices]", "[devices]\nkv = { kind = \"kv-rw\", store = \"block\", size = \"1000\" }"),
+        );
+        assert!(e.cause.contains("not a size in whole sectors"), "{e}");
 
         let e = error("[unikernel\nname = 1");
         assert_eq!(e.line, 1, "{e}");

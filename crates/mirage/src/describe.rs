@@ -37,7 +37,10 @@ fn implementation(name: &str, kind: &Kind, opts: &Options) -> (String, Option<St
                 ("mirage_kv::Tar".into(), Some(format!("a tar archive of {} on block device {i}", directory.display())))
             }
         },
-        Kind::KvRw => {
+        Kind::KvRw { block: Some(b) } => {
+            ("mirage_kv::BlockStore".into(), Some(format!("a crash-safe store on block device {}", b.interface)))
+        }
+        Kind::KvRw { block: None } => {
             if solo5 {
                 ("mirage_kv::Mem".into(), Some("memory".into()))
             } else {

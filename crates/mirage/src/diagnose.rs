@@ -56,7 +56,7 @@ fn device_trait(kind: &Kind) -> &'static str {
         Kind::Block { .. } => "mirage_devices::block::Block",
         Kind::Stack { .. } => "mirage_devices::stack::Stack",
         Kind::KvRo { .. } => "mirage_devices::kv::KvRo",
-        Kind::KvRw => "mirage_devices::kv::KvRw",
+        Kind::KvRw { .. } => "mirage_devices::kv::KvRw",
     }
 }
 

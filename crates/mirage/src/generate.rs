@@ -263,6 +263,7 @@ pub fn manifest(config: &Config, opts: &Options) -> Vec<(ManifestKind, String)> 
             Kind::Net { interface } | Kind::Stack { interface, .. } => Some((ManifestKind::Net, interface.clone())),
             Kind::Block { interface, .. } => Some((ManifestKind::Block, interface.clone())),
             Kind::KvRo { .. } => opts.tar(&d.name, &d.kind).map(|i| (ManifestKind::Block, i)),
+            Kind::KvRw { block: Some(b) } => Some((ManifestKind::Block, b.interface.clone())),
             _ => None,
         })
         .collect()
@@ -362,8 +363,8 @@ fn cargo_toml(config: &Config, opts: &Options, libraries: &Libraries, dir: &Path
     t.push_str("path = \"main.rs\"\n\n[dependencies]\n");
     let _ = writeln!(t, "{} = {{ path = \"{}\" }}", config.package, relative(&config.dir, dir));
     let stack = uses(config, |k| matches!(k, Kind::Stack { .. }));
-    let kv =
-        uses(config, |k| matches!(k, Kind::KvRo { .. })) || (opts.target.solo5() && uses(config, |k| *k == Kind::KvRw));
+    let kv = uses(config, |k| matches!(k, Kind::KvRo { .. } | Kind::KvRw { block: Some(_) }))
+        || (opts.target.solo5() && uses(config, |k| matches!(k, Kind::KvRw { .. })));
     if kv {
         let _ = writeln!(t, "{}", dep("mirage-kv", &[]));
     }
@@ -481,7 +482,13 @@ fn specs(config: &Config, opts: &Options) -> (Vec<String>, Option<(String, Strin
                     ));
                 }
             }
-            Kind::KvRw if !opts.target.solo5() => {
+            Kind::KvRw { block: Some(b) } if !opts.target.solo5() => {
+                specs.push(format!(
+                    "Arg::new::<String>(\"block:{}\", None, \"The disk image of the kv-rw store \\\"{}\\\".\")",
+                    b.interface, d.name
+                ));
+            }
+            Kind::KvRw { block: None } if !opts.target.solo5() => {
                 specs.push(format!(
                     "Arg::new::<String>(\"kv-rw:{0}\", Some({1}), \"The directory of the kv-rw store \\\"{0}\\\".\")",
                     d.name,
@@ -529,7 +536,10 @@ fn main_rs(config: &Config, opts: &Options) -> String {
     let (specs, stack) = specs(config, opts);
     if solo5 {
         m.push_str("#![no_std]\n#![no_main]\n\nextern crate alloc;\n\n");
-        if stack.is_some() || config.devices.iter().any(|d| opts.tar(&d.name, &d.kind).is_some()) {
+        let opened_store = |d: &crate::config::Device| {
+            opts.tar(&d.name, &d.kind).is_some() || matches!(d.kind, Kind::KvRw { block: Some(_) })
+        };
+        if stack.is_some() || config.devices.iter().any(opened_store) {
             m.push_str("use alloc::format;\n");
         }
         if config.boot.iter().any(|a| a.ty == ArgType::String) {
@@ -645,7 +655,22 @@ fn main_rs(config: &Config, opts: &Options) -> String {
                     ));
                 }
             }
-            Kind::KvRw => {
+            Kind::KvRw { block: Some(b) } => {
+                let interface = &b.interface;
+                block(&mut m, &format!("{v}_disk"), interface, solo5, false, &fail);
+                opening.push(format!(
+                    "let {v} = mirage_kv::BlockStore::open({v}_disk, {platform}::WallClock)\n            .await\n            .map_err(|e| format!(\"cannot open the kv-rw store \\\"{}\\\" on block device {interface}: {{e}}\"))?;",
+                    d.name
+                ));
+                // What opening repaired (a change torn by a crash, a
+                // damaged generation) is said on the console.
+                let say = if solo5 { "solo5::println!" } else { "eprintln!" };
+                opening.push(format!(
+                    "if let Some(why) = {v}.recovery() {{\n            {say}(\"{name}: kv-rw store \\\"{}\\\": {{why}}\");\n        }}",
+                    d.name
+                ));
+            }
+            Kind::KvRw { block: None } => {
                 if solo5 {
                     let _ = writeln!(m, "    let {v} = mirage_kv::Mem::new(solo5::dev::WallClock);");
                 } else {
@@ -706,7 +731,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
 
 fn needs_fail(config: &Config, opts: &Options) -> bool {
     config.devices.iter().any(|d| match d.kind {
-        Kind::Net { .. } | Kind::Block { .. } | Kind::KvRw => true,
+        Kind::Net { .. } | Kind::Block { .. } | Kind::KvRw { .. } => true,
         Kind::KvRo { .. } => opts.tar(&d.name, &d.kind).is_some(),
         Kind::Stack { .. } => opts.direct(),
         _ => false,

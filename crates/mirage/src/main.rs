@@ -14,6 +14,7 @@
 //! (`-C DIR` for another), whose `mirage.toml` declares its devices and
 //! boot arguments.
 
+mod kv;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +68,7 @@ commands:
   query       print the name, target, files, manifest or packages
   describe    print the device graph (--dot for Graphviz)
   new NAME    start a unikernel crate from a template
+  kv          list, read, write and check the disk image of a kv-rw store
 
 `mirage COMMAND --help` describes each.";
 
@@ -187,9 +189,10 @@ fn real_main(mut argv: Vec<String>) -> Result<(), Failure> {
         "query" => query(&dir, rest),
         "describe" => describe(&dir, rest),
         "new" => new(&dir, rest),
+        "kv" => kv::kv(rest),
         other => Err(Failure::usage(
             format!("unknown command {other:?}"),
-            "use one of configure, build, run, clean, query, describe, new (mirage --help)",
+            "use one of configure, build, run, clean, query, describe, new, kv (mirage --help)",
         )),
     }
 }
@@ -590,6 +593,17 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
             .map_err(|e| Failure::new(format!("{}: {e}", image.display()), "check the free space"))?;
     }
     for d in &config.devices {
+        if let config::Kind::KvRw { block: Some(b) } = &d.kind {
+            let disk = dist.join(format!("{}.img", b.interface));
+            if kv::ensure(&disk, b, &config.dir)? {
+                let filled = b.directory.as_ref().map(|d| format!(", filled from {}", d.display())).unwrap_or_default();
+                println!(
+                    "made {} (a kv-rw store{filled}) for store {}",
+                    generate::relative(&disk, &config.dir),
+                    d.name
+                );
+            }
+        }
         if let (Some(interface), config::Kind::KvRo { directory, .. }) = (opts.tar(&d.name, &d.kind), &d.kind) {
             let disk = tar_image(&config.dir.join(directory), &dist.join(format!("{interface}.img")))?;
             println!(
@@ -661,8 +675,8 @@ usage: mirage clean
 
 Removes the wiring (mirage/) and what mirage build made in dist/: the
 images and the tar archives of kv-ro directories. Data stays: the disk
-images of block devices and the directories of kv-rw stores are never
-removed (delete them yourself when you mean to). The shared build cache
+images of block devices and kv-rw stores and the directories of kv-rw
+stores are never removed (delete them yourself when you mean to). The shared build cache
 (see `mirage build --help`) stays too.";
 
 /// What `mirage clean` may remove from dist/: what `mirage build` makes
@@ -675,6 +689,7 @@ fn built_files(config: &Config) -> Vec<String> {
         .iter()
         .filter_map(|d| match &d.kind {
             config::Kind::Block { interface, .. } => Some(interface.as_str()),
+            config::Kind::KvRw { block: Some(b) } => Some(b.interface.as_str()),
             _ => None,
         })
         .collect();
@@ -913,7 +928,7 @@ mod tests {
     use super::*;
 
     /// Every `--help` text.
-    fn helps() -> [(&'static str, &'static str); 8] {
+    fn helps() -> [(&'static str, &'static str); 9] {
         [
             ("mirage", USAGE),
             ("configure", CONFIGURE_HELP),
@@ -923,7 +938,19 @@ mod tests {
             ("query", QUERY_HELP),
             ("describe", DESCRIBE_HELP),
             ("new", NEW_HELP),
+            ("kv", kv::KV_HELP),
         ]
+    }
+
+    #[test]
+    fn clean_keeps_the_image_of_a_kv_rw_store() {
+        let text = "[unikernel]\nname = \"d\"\nstart = \"d::start\"\narguments = [\"kv\", \"ro\"]\n[devices]\n\
+                    kv = { kind = \"kv-rw\", store = \"block\", interface = \"data\" }\n\
+                    ro = { kind = \"kv-ro\", directory = \".\", store = \"tar\" }\n";
+        let c = config::parse(Path::new("mirage.toml"), text, Path::new("."), "d".into()).unwrap();
+        let files = built_files(&c);
+        assert!(files.contains(&"ro.img".to_string()), "{files:?}");
+        assert!(!files.iter().any(|f| f == "data.img"), "{files:?}");
     }
 
     #[test]

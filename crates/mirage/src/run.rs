@@ -217,7 +217,15 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
                 }
                 continue;
             }
-            Kind::KvRw if opts.target == Target::Unix => {
+            Kind::KvRw { block: Some(b) } => {
+                let path = config.dir.join("dist").join(format!("{}.img", b.interface));
+                if crate::kv::ensure(&path, b, &config.dir)? {
+                    eprintln!("mirage: created {} for kv-rw store {}", path.display(), d.name);
+                }
+                device_args.push(format!("--block:{}={}", b.interface, path.display()));
+                continue;
+            }
+            Kind::KvRw { block: None } if opts.target == Target::Unix => {
                 let dir = config.dir.join(generate::kv_rw_directory(&d.name));
                 if !dir.is_dir() {
                     std::fs::create_dir_all(&dir).map_err(|e| {

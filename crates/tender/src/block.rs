@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 
 use crate::{Exit, fatal, strerror};
 
@@ -9,10 +10,18 @@ use crate::{Exit, fatal, strerror};
 pub const DEFAULT_BLOCK_SIZE: u16 = 512;
 
 /// `block_attach`: opens `path` read-write and returns it with its size.
-pub fn attach(path: &str) -> Result<(File, u64), Exit> {
+///
+/// Solo5's block interface has no flush: a write is done when it is in the
+/// host's page cache, which survives the guest and the tender being killed
+/// but not the host losing power. With `dsync` (`--block-dsync:`, this
+/// tender's own option) the file is opened `O_DSYNC`, so that each write
+/// (the guest's `pwrite64` on spt, the tender's on hvt) returns only once
+/// its data is on stable storage.
+pub fn attach(path: &str, dsync: bool) -> Result<(File, u64), Exit> {
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(if dsync { libc::O_DSYNC } else { 0 })
         .open(path)
         .map_err(|e| fatal!("Could not open block device: {path}: {}", strerror(&e)))?;
     let capacity =
@@ -63,9 +72,24 @@ mod tests {
 
     #[test]
     fn attach_reports_missing_files() {
-        let e = attach("/nonexistent/disk.img").unwrap_err();
+        let e = attach("/nonexistent/disk.img", false).unwrap_err();
         assert!(
             matches!(e, Exit::Fatal(m) if m == "Could not open block device: /nonexistent/disk.img: No such file or directory")
         );
+    }
+
+    #[test]
+    fn dsync_opens_the_file_o_dsync() {
+        use std::os::fd::AsRawFd;
+        let path = std::env::temp_dir().join(format!("tender-dsync-{}.img", std::process::id()));
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        for dsync in [false, true] {
+            let (file, capacity) = attach(path.to_str().unwrap(), dsync).unwrap();
+            assert_eq!(capacity, 4096);
+            // SAFETY: F_GETFL on a descriptor this test owns reads its flags only.
+            let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+            assert_eq!(flags & libc::O_DSYNC == libc::O_DSYNC, dsync);
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 }

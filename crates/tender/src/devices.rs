@@ -50,16 +50,20 @@ impl Devices {
         i
     }
 
-    /// The block module: `--block:NAME=PATH`, `--block-sector-size:NAME=N`.
+    /// The block module: `--block:NAME=PATH`, `--block-sector-size:NAME=N`,
+    /// and `--block-dsync:NAME=PATH` (not Solo5's: `--block:` with every
+    /// write synchronous, see [`block::attach`]).
     pub fn block_option(&mut self, arg: &str) -> Result<Handled, Exit> {
-        if arg.starts_with("--block:") {
-            let Some((name, path)) = device_option(arg, "--block:", PATH_MAX) else {
+        let dsync = arg.starts_with("--block-dsync:");
+        if arg.starts_with("--block:") || dsync {
+            let prefix = if dsync { "--block-dsync:" } else { "--block:" };
+            let Some((name, path)) = device_option(arg, prefix, PATH_MAX) else {
                 return Ok(Handled::No);
             };
             let Some(i) = self.lookup(name, MftType::BlockBasic) else {
                 return Ok(Handled::No);
             };
-            let (file, capacity) = block::attach(path)?;
+            let (file, capacity) = block::attach(path, dsync)?;
             let e = &mut self.entries[i];
             let block_size = e.block_size();
             e.set_block_basic(capacity, block_size);
@@ -236,7 +240,7 @@ fn attach_fix(iface: &str, e: &std::io::Error) -> String {
     }
 }
 
-pub(crate) const BLOCK_USAGE: &str = "--block:NAME=PATH (attach block device/file at PATH as block storage NAME)\n  [ --block-sector-size:NAME=SECTORSIZE ] (set sector size for block device NAME; must be a power of two greater than or equal 512)";
+pub(crate) const BLOCK_USAGE: &str = "--block:NAME=PATH (attach block device/file at PATH as block storage NAME)\n  [ --block-sector-size:NAME=SECTORSIZE ] (set sector size for block device NAME; must be a power of two greater than or equal 512)\n  [ --block-dsync:NAME=PATH ] (as --block, but each write reaches stable storage before it returns; not Solo5's)";
 pub(crate) const NET_USAGE: &str = "--net:NAME=IFACE | @NN (attach tap at IFACE or at fd @NN as network NAME)\n  [ --net-mac:NAME=HWADDR ] (set HWADDR for network NAME)";
 
 #[cfg(test)]
@@ -263,6 +267,7 @@ mod tests {
         assert_eq!(d.block_option(&format!("--block:storage={}", disk.display())).unwrap(), Handled::Yes);
         assert_eq!(d.block_option("--block:service=/x").unwrap(), Handled::No, "service is a NIC");
         assert_eq!(d.block_option("--block:other=/x").unwrap(), Handled::No);
+        assert_eq!(d.block_option(&format!("--block-dsync:storage={}", disk.display())).unwrap(), Handled::Yes);
         assert_eq!(d.block_option("--block-sector-size:storage=521").unwrap(), Handled::No);
         assert_eq!(d.block_option("--block-sector-size:storage=256").unwrap(), Handled::No);
         assert_eq!(d.block_option("--net:service=tap0").unwrap(), Handled::No);

@@ -6,6 +6,7 @@
 //! gives them) or, by default, in `target/release`.
 
 pub mod attack;
+pub mod crash;
 pub mod harness;
 
 use std::path::{Path, PathBuf};

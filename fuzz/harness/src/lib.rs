@@ -16,6 +16,7 @@ pub mod dhcpd;
 pub mod elf;
 pub mod http;
 pub mod hypercall;
+pub mod kv_store;
 pub mod manifest;
 pub mod seeds;
 pub mod sim;
@@ -35,6 +36,7 @@ pub const TARGETS: &[Target] = &[
     ("http_request", http::run_request),
     ("tar", tar::run),
     ("tar_roundtrip", tar::run_roundtrip),
+    ("kv_store", kv_store::run),
     ("wire", wire::run),
     ("args", args::run),
     ("dhcpd", dhcpd::run),

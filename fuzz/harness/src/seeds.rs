@@ -21,6 +21,7 @@ pub fn all() -> Vec<Seed> {
     seeds.extend(crate::hypercall::seeds());
     seeds.extend(http());
     seeds.extend(tar());
+    seeds.extend(crate::kv_store::seed_images().into_iter().map(|(name, image)| ("kv_store", name, image)));
     seeds.extend(wire());
     seeds.extend(args());
     seeds.extend(dhcpd());

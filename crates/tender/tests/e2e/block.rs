@@ -7,11 +7,14 @@ use testkit::{Scratch, boot};
 pub fn cases(v: &mut Vec<Case>) {
     for t in ["hvt", "spt"] {
         let n = Needs::Target(t);
-        for sector in [512u64, 4096] {
-            v.push(case(format!("{t}::block_round_trips_{sector}_byte_sectors"), n, move || {
+        // `--block-dsync:` (O_DSYNC, not Solo5's) attaches the same way.
+        for (sector, attach, what) in
+            [(512u64, "--block", ""), (4096, "--block", ""), (4096, "--block-dsync", "_with_dsync")]
+        {
+            v.push(case(format!("{t}::block_round_trips_{sector}_byte_sectors{what}"), n, move || {
                 let dir = Scratch::new("blk");
                 let disk = dir.file("disk.img", 4 << 20);
-                let opt = format!("--block:storage={}", disk.display());
+                let opt = format!("{attach}:storage={}", disk.display());
                 let size = format!("--block-sector-size:storage={sector}");
                 let r = boot(t, &[&opt, &size], "blk", &["--solo5:quiet"])?;
                 r.expect_status(0)?;

@@ -1,0 +1,1547 @@
+//! A crash-safe read-write store over any block device (MirageOS's
+//! chamelon has the same job): copy-on-write with two alternating
+//! superblocks.
+//!
+//! # Layout
+//!
+//! The device is cut into blocks of `block_size` bytes (4 KiB by default,
+//! a multiple of the sector size). The sectors at bytes 0 and 4096 hold the
+//! two superblock slots, wherever the sector size puts them (512 to 4096
+//! bytes: an image moves between devices of either); the blocks from byte
+//! 8192 on are data. A superblock
+//! names a generation and the head of the index: a chain of blocks, each
+//! beginning with the number of the next, whose payloads concatenated are
+//! the serialized index (every key with its size, time, SHA-256 and either
+//! the bytes of a small value inline or the extents of a larger one). The
+//! superblock carries the SHA-256 of the index and of itself.
+//!
+//! # Why it survives a crash
+//!
+//! A change never writes a block the committed state refers to: the new
+//! value's blocks and the new index go to free blocks; if there are value
+//! blocks the device is flushed; then the superblock of generation `g + 1`
+//! is written, with a single-sector write, into the slot that does not
+//! hold generation `g`, and the device is flushed; only then does the
+//! future complete. A crash before that last flush leaves the new
+//! superblock with its index whole (its checksum holds, and the value
+//! blocks were flushed before it), or a superblock that is torn, old, or
+//! names an index not all on the disk: each fails a checksum, and opening
+//! takes the other generation, the last acknowledged state, whose blocks
+//! the interrupted change did not touch.
+//! A value is read from the blocks of one committed generation, so it is
+//! never seen half old, half new; `get` also checks its SHA-256.
+//!
+//! Opening reads the two superblocks and the index (no journal to replay,
+//! no scan of the data): the time to open after a crash is the time to
+//! read the index. Free space is what the committed index does not name,
+//! so the blocks of a replaced or removed value are free again as soon as
+//! the change is committed. A change must leave room for one more index,
+//! so that a full store still answers `remove` (which is how it is made
+//! less full): past that it answers [`Error::NoSpace`], and stays readable.
+//!
+//! # Damaged images
+//!
+//! Everything read from the device is untrusted. No panic on any contents:
+//! fields are parsed with checked conversions; block numbers are checked
+//! against the device; the index is checked (SHA-256, keys sorted, valid
+//! and forming one tree, extents inside the device and not overlapping,
+//! sizes matching). If the newest generation is damaged the store opens
+//! the older one and says so ([`BlockStore::recovery`]); if neither is
+//! whole, [`BlockStore::open`] answers an [`OpenError`] that names the
+//! problem. A value whose blocks are damaged answers [`Error::Io`] from
+//! `get`; [`BlockStore::check`] reads every value and names the damaged
+//! ones. A fuzz target opens arbitrary images.
+//!
+//! # Costs
+//!
+//! Each change rewrites the whole index (a few dozen bytes per key plus
+//! the small values inline), so the store suits thousands of keys, not
+//! millions; a change costs two flushes. Operations run one at a time
+//! (an asynchronous lock), so that a reader never sees blocks reused by a
+//! concurrent writer.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+use core::fmt;
+use core::future::poll_fn;
+use core::task::{Poll, Waker};
+
+use mirage_devices::block::{self, Block};
+use mirage_devices::kv::{Digest, Error, Key, Kind, KvRo, KvRw};
+use mirage_devices::time::{Timestamp, WallClock};
+use sha2::{Digest as _, Sha256};
+
+use crate::tree;
+
+const MAGIC: &[u8; 8] = b"MIRAGEKV";
+const VERSION: u32 = 1;
+/// Bytes of a superblock: fields (80) and their SHA-256 (32).
+const SUPER_LEN: usize = 112;
+/// The block size [`BlockStore::format`] picks when asked for none.
+pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
+/// Values up to this size live in the index itself (no block of their own).
+const INLINE_MAX: u64 = 128;
+/// The longest key, in bytes.
+pub const MAX_KEY: usize = 1024;
+/// Data is read and written in runs of at most this many bytes.
+const CHUNK: usize = 256 * 1024;
+/// Bytes between the two superblock slots.
+const SLOT: u32 = 4096;
+/// Block numbers in an index block header.
+const NEXT_LEN: usize = 8;
+
+/// Why a store could not be opened or formatted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The device failed.
+    Block(block::Error),
+    /// Neither superblock slot holds a store.
+    NotAStore,
+    /// The device is too small for a store of this block size.
+    TooSmall {
+        /// Blocks the device holds.
+        blocks: u64,
+    },
+    /// The block size is not a power of two multiple of the sector size.
+    BadBlockSize(u32),
+    /// The store is larger than the device: the image was truncated.
+    Truncated {
+        /// Bytes the store spans.
+        store: u64,
+        /// Bytes the device holds.
+        device: u64,
+    },
+    /// The store is damaged: every generation failed a check, named here.
+    Damaged(String),
+    /// The device's sectors are larger than 4096 bytes.
+    SectorTooLarge(u32),
+    /// The device is read-only (formatting).
+    ReadOnly,
+    /// Not enough memory to hold the index.
+    OutOfMemory,
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Block(e) => write!(f, "reading the store's device: {e}"),
+            OpenError::NotAStore => f.write_str(
+                "the device holds no key-value store (no superblock); format it (`mirage kv format IMAGE`) first",
+            ),
+            OpenError::TooSmall { blocks } => {
+                write!(f, "the device has room for {blocks} blocks; a store needs at least 8")
+            }
+            OpenError::BadBlockSize(b) => {
+                write!(f, "block size {b} is not a power of two and a multiple of the sector size")
+            }
+            OpenError::Truncated { store, device } => write!(
+                f,
+                "the store spans {store} bytes but the device holds {device}: the image was truncated; restore it \
+                 from a copy or grow the file back to {store} bytes"
+            ),
+            OpenError::Damaged(why) => write!(
+                f,
+                "the store is damaged and no generation of it is whole ({why}); restore the image from a copy"
+            ),
+            OpenError::SectorTooLarge(s) => {
+                write!(f, "the device has sectors of {s} bytes; the store takes sectors of 512 to 4096 bytes")
+            }
+            OpenError::ReadOnly => f.write_str("the device is read-only"),
+            OpenError::OutOfMemory => f.write_str("not enough memory to hold the store's index"),
+        }
+    }
+}
+
+impl From<block::Error> for OpenError {
+    fn from(e: block::Error) -> OpenError {
+        OpenError::Block(e)
+    }
+}
+
+/// How a value is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Data {
+    /// In the index.
+    Inline(Vec<u8>),
+    /// In runs of blocks: (first block, number of blocks).
+    Extents(Vec<(u64, u64)>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    modified: Timestamp,
+    size: u64,
+    digest: [u8; 32],
+    data: Data,
+}
+
+/// A superblock's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Super {
+    block_size: u32,
+    blocks: u64,
+    generation: u64,
+    index_head: u64,
+    index_len: u64,
+    index_sha: [u8; 32],
+}
+
+impl Super {
+    fn encode(&self) -> [u8; SUPER_LEN] {
+        let mut b = [0u8; SUPER_LEN];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&self.block_size.to_le_bytes());
+        b[16..24].copy_from_slice(&self.blocks.to_le_bytes());
+        b[24..32].copy_from_slice(&self.generation.to_le_bytes());
+        b[32..40].copy_from_slice(&self.index_head.to_le_bytes());
+        b[40..48].copy_from_slice(&self.index_len.to_le_bytes());
+        b[48..80].copy_from_slice(&self.index_sha);
+        let sha: [u8; 32] = Sha256::digest(&b[..80]).into();
+        b[80..112].copy_from_slice(&sha);
+        b
+    }
+
+    /// `None` if the slot holds no superblock at all (no magic), else the
+    /// superblock or why it is damaged.
+    fn decode(b: &[u8]) -> Option<Result<Super, String>> {
+        if b.len() < SUPER_LEN || &b[0..8] != MAGIC {
+            return None;
+        }
+        let sha: [u8; 32] = Sha256::digest(&b[..80]).into();
+        if sha[..] != b[80..112] {
+            return Some(Err(String::from("its checksum fails (a torn write or a damaged sector)")));
+        }
+        let mut r = Reader { b: &b[8..80] };
+        let (version, block_size) = (r.u32()?, r.u32()?);
+        if version != VERSION {
+            return Some(Err(format!("it is of format version {version}; this reader knows {VERSION}")));
+        }
+        let (blocks, generation, index_head, index_len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        let index_sha = r.bytes(32)?.try_into().ok()?;
+        Some(Ok(Super { block_size, blocks, generation, index_head, index_len, index_sha }))
+    }
+}
+
+/// A cursor over untrusted bytes: every read is bounds-checked.
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.b.len() < n {
+            return None;
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Some(h)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.bytes(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.bytes(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.bytes(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.bytes(8)?.try_into().ok()?))
+    }
+}
+
+/// The sector of superblock slot `slot` (0 or 1).
+fn slot_sector(slot: u64, sector: u64) -> u64 {
+    slot * u64::from(SLOT) / sector
+}
+
+/// The geometry of a store on a device.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    /// Bytes per block.
+    block: u64,
+    /// Sectors per block.
+    spb: u64,
+    /// Blocks of the store.
+    blocks: u64,
+    /// The first data block (past the two superblock sectors).
+    first: u64,
+}
+
+impl Geometry {
+    fn new(sector: u32, block_size: u32, blocks: u64) -> Result<Geometry, OpenError> {
+        if !block_size.is_power_of_two() || block_size < sector || block_size < 512 {
+            return Err(OpenError::BadBlockSize(block_size));
+        }
+        let block = u64::from(block_size);
+        if sector > SLOT {
+            return Err(OpenError::SectorTooLarge(sector));
+        }
+        let first = (2 * u64::from(SLOT)).div_ceil(block);
+        if blocks < (first + 6).max(8) {
+            return Err(OpenError::TooSmall { blocks });
+        }
+        Ok(Geometry { block, spb: block / u64::from(sector), blocks, first })
+    }
+
+    fn payload(&self) -> usize {
+        self.block as usize - NEXT_LEN
+    }
+
+    fn index_blocks(&self, len: usize) -> u64 {
+        (len.div_ceil(self.payload()) as u64).max(1)
+    }
+}
+
+/// Blocks in use, one bit each.
+#[derive(Debug, Clone)]
+struct Bitmap {
+    words: Vec<u64>,
+    free: u64,
+}
+
+impl Bitmap {
+    fn new(g: &Geometry) -> Result<Bitmap, Error> {
+        let n = g.blocks.div_ceil(64) as usize;
+        let mut words = Vec::new();
+        words.try_reserve_exact(n).map_err(|_| Error::NoSpace)?;
+        words.resize(n, 0);
+        let mut m = Bitmap { words, free: g.blocks };
+        for b in 0..g.first {
+            m.set(b);
+        }
+        // Bits past the last block are never free.
+        for b in g.blocks..(n as u64 * 64) {
+            m.words[(b / 64) as usize] |= 1 << (b % 64);
+        }
+        Ok(m)
+    }
+
+    fn used(&self, b: u64) -> bool {
+        self.words[(b / 64) as usize] & (1 << (b % 64)) != 0
+    }
+
+    fn set(&mut self, b: u64) {
+        if !self.used(b) {
+            self.words[(b / 64) as usize] |= 1 << (b % 64);
+            self.free -= 1;
+        }
+    }
+
+    /// Marks a run used; false if any block of it already was.
+    fn claim(&mut self, start: u64, count: u64) -> bool {
+        for b in start..start + count {
+            if self.used(b) {
+                return false;
+            }
+            self.set(b);
+        }
+        true
+    }
+
+    /// Takes `n` free blocks, first fit from `from`, in as few runs as the
+    /// free space allows.
+    fn alloc(&mut self, n: u64, from: u64, blocks: u64) -> Result<Vec<(u64, u64)>, Error> {
+        if n > self.free {
+            return Err(Error::NoSpace);
+        }
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut left = n;
+        let mut b = from.min(blocks);
+        let mut scanned = 0u64;
+        while left > 0 && scanned < blocks {
+            if b >= blocks {
+                b = 0;
+            }
+            // Skip whole used words quickly.
+            if b.is_multiple_of(64) && self.words[(b / 64) as usize] == u64::MAX {
+                b += 64;
+                scanned += 64;
+                continue;
+            }
+            if !self.used(b) {
+                self.set(b);
+                left -= 1;
+                match runs.last_mut() {
+                    Some((s, c)) if *s + *c == b => *c += 1,
+                    _ => runs.push((b, 1)),
+                }
+            }
+            b += 1;
+            scanned += 1;
+        }
+        if left > 0 {
+            return Err(Error::NoSpace);
+        }
+        Ok(runs)
+    }
+}
+
+/// What a change writes: a slice, or zeros.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    Zeros(u64),
+}
+
+impl Source<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Bytes(b) => b.len() as u64,
+            Source::Zeros(n) => *n,
+        }
+    }
+
+    /// Fills `buf` from byte `at`, zeros past the end.
+    fn fill(&self, at: u64, buf: &mut [u8]) {
+        buf.fill(0);
+        if let Source::Bytes(b) = self {
+            let start = (at as usize).min(b.len());
+            let n = buf.len().min(b.len() - start);
+            buf[..n].copy_from_slice(&b[start..start + n]);
+        }
+    }
+
+    fn digest(&self) -> [u8; 32] {
+        match self {
+            Source::Bytes(b) => Sha256::digest(b).into(),
+            Source::Zeros(n) => {
+                let zeros = [0u8; 4096];
+                let mut h = Sha256::new();
+                let mut left = *n;
+                while left > 0 {
+                    let k = left.min(zeros.len() as u64) as usize;
+                    h.update(&zeros[..k]);
+                    left -= k as u64;
+                }
+                h.finalize().into()
+            }
+        }
+    }
+}
+
+/// One operation at a time: a lock that waits without blocking the
+/// executor.
+#[derive(Debug, Default)]
+struct Lock {
+    busy: Cell<bool>,
+    waiters: RefCell<VecDeque<Waker>>,
+}
+
+struct Guard<'a>(&'a Lock);
+
+impl Lock {
+    async fn lock(&self) -> Guard<'_> {
+        poll_fn(|cx| {
+            if self.busy.get() {
+                let mut w = self.waiters.borrow_mut();
+                if !w.iter().any(|x| x.will_wake(cx.waker())) {
+                    w.push_back(cx.waker().clone());
+                }
+                Poll::Pending
+            } else {
+                self.busy.set(true);
+                Poll::Ready(())
+            }
+        })
+        .await;
+        Guard(self)
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.0.busy.set(false);
+        // Every waiter tries again; the first to run takes the lock.
+        let waiters: VecDeque<Waker> = core::mem::take(&mut *self.0.waiters.borrow_mut());
+        for w in waiters {
+            w.wake();
+        }
+    }
+}
+
+/// The committed state.
+#[derive(Debug)]
+struct State {
+    generation: u64,
+    /// The superblock slot holding it; a change writes the other.
+    slot: u64,
+    entries: BTreeMap<String, Entry>,
+    used: Bitmap,
+    /// Where the next allocation starts looking.
+    cursor: u64,
+    /// A change failed after its superblock may have reached the device:
+    /// the state in memory may no longer be the one on the device.
+    poisoned: bool,
+}
+
+/// A read-write store on a block device; `C` stamps modification times.
+pub struct BlockStore<B, C> {
+    block: B,
+    clock: C,
+    geo: Geometry,
+    sector: u64,
+    state: RefCell<State>,
+    lock: Lock,
+    recovery: Option<String>,
+}
+
+impl<B, C> fmt::Debug for BlockStore<B, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.state.borrow();
+        f.debug_struct("BlockStore")
+            .field("generation", &s.generation)
+            .field("values", &s.entries.len())
+            .field("free_blocks", &s.used.free)
+            .finish()
+    }
+}
+
+/// Usage figures of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Bytes per block.
+    pub block_size: u32,
+    /// Blocks of the store.
+    pub blocks: u64,
+    /// Blocks free.
+    pub free_blocks: u64,
+    /// Values stored.
+    pub values: usize,
+    /// The committed generation.
+    pub generation: u64,
+}
+
+fn serialize(entries: &BTreeMap<String, Entry>) -> Result<Vec<u8>, Error> {
+    let mut len = 8usize;
+    for (k, e) in entries {
+        len += 2 + k.len() + 8 + 8 + 32 + 1;
+        len += match &e.data {
+            Data::Inline(b) => b.len(),
+            Data::Extents(x) => 4 + 16 * x.len(),
+        };
+    }
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| Error::NoSpace)?;
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (k, e) in entries {
+        out.extend_from_slice(&(k.len() as u16).to_le_bytes());
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(&e.modified.0.to_le_bytes());
+        out.extend_from_slice(&e.size.to_le_bytes());
+        out.extend_from_slice(&e.digest);
+        match &e.data {
+            Data::Inline(b) => {
+                out.push(0);
+                out.extend_from_slice(b);
+            }
+            Data::Extents(x) => {
+                out.push(1);
+                out.extend_from_slice(&(x.len() as u32).to_le_bytes());
+                for (s, c) in x {
+                    out.extend_from_slice(&s.to_le_bytes());
+                    out.extend_from_slice(&c.to_le_bytes());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses and checks an index; marks the blocks its values use in `used`.
+fn parse_index(blob: &[u8], g: &Geometry, used: &mut Bitmap) -> Result<BTreeMap<String, Entry>, String> {
+    let short = || String::from("the index ends in the middle of an entry");
+    let mut r = Reader { b: blob };
+    let count = r.u64().ok_or_else(short)?;
+    let mut entries = BTreeMap::new();
+    let mut last: Option<String> = None;
+    for i in 0..count {
+        let klen = r.u16().ok_or_else(short)? as usize;
+        if klen > MAX_KEY {
+            return Err(format!("entry {i} has a key of {klen} bytes (at most {MAX_KEY})"));
+        }
+        let kb = r.bytes(klen).ok_or_else(short)?;
+        let key = core::str::from_utf8(kb).map_err(|_| format!("entry {i} has a key that is not UTF-8"))?;
+        match Key::parse(key) {
+            Ok(k) if k.as_str() == key && !k.is_root() => {}
+            _ => return Err(format!("entry {i} has the key {key:?}, which is not a valid key")),
+        }
+        if last.as_deref().is_some_and(|l| l >= key) {
+            return Err(format!("the keys of the index are not sorted at {key:?}"));
+        }
+        let modified = Timestamp(r.u64().ok_or_else(short)?);
+        let size = r.u64().ok_or_else(short)?;
+        let digest: [u8; 32] = r.bytes(32).ok_or_else(short)?.try_into().map_err(|_| short())?;
+        let data = match r.u8().ok_or_else(short)? {
+            0 if size <= INLINE_MAX => Data::Inline(r.bytes(size as usize).ok_or_else(short)?.to_vec()),
+            1 if size > INLINE_MAX => {
+                let n = r.u32().ok_or_else(short)?;
+                let mut x = Vec::new();
+                let mut total = 0u64;
+                for _ in 0..n {
+                    let (s, c) = (r.u64().ok_or_else(short)?, r.u64().ok_or_else(short)?);
+                    let inside = c > 0 && s >= g.first && s.checked_add(c).is_some_and(|e| e <= g.blocks);
+                    if !inside {
+                        return Err(format!("{key} names blocks {s}+{c}, outside the store"));
+                    }
+                    if !used.claim(s, c) {
+                        return Err(format!("{key} names blocks {s}+{c}, which another value or the index uses"));
+                    }
+                    total += c;
+                    x.push((s, c));
+                }
+                if total != size.div_ceil(g.block) {
+                    return Err(format!("{key} is {size} bytes but names {total} blocks"));
+                }
+                Data::Extents(x)
+            }
+            t => return Err(format!("{key} has a storage tag {t} that does not fit its size {size}")),
+        };
+        last = Some(String::from(key));
+        entries.insert(String::from(key), Entry { modified, size, digest, data });
+    }
+    if !r.b.is_empty() {
+        return Err(String::from("the index has bytes past its last entry"));
+    }
+    // A value's parents are dictionaries, never values.
+    for k in entries.keys() {
+        let mut p = Key::parse(k).map_err(|_| format!("{k:?} is not a valid key"))?.parent();
+        while !p.is_root() {
+            if entries.contains_key(p.as_str()) {
+                return Err(format!("{p} is a value and also holds {k}"));
+            }
+            p = p.parent();
+        }
+    }
+    Ok(entries)
+}
+
+impl<B: Block, C: WallClock> BlockStore<B, C> {
+    /// Writes an empty store on `block`, with blocks of `block_size` bytes
+    /// (`None`: 4 KiB, or the sector size if larger), and opens it.
+    /// Whatever the device held is lost.
+    pub async fn format(block: B, clock: C, block_size: Option<u32>) -> Result<BlockStore<B, C>, OpenError> {
+        let info = block.info();
+        if info.read_only {
+            return Err(OpenError::ReadOnly);
+        }
+        let bs = block_size.unwrap_or(DEFAULT_BLOCK_SIZE.max(info.sector_size));
+        let g = Geometry::new(info.sector_size, bs, info.capacity() / u64::from(bs))?;
+        let sector = u64::from(info.sector_size);
+        let blob = serialize(&BTreeMap::new()).map_err(|_| OpenError::OutOfMemory)?;
+        let head = g.first;
+        let mut buf = vec![0u8; g.block as usize];
+        buf[NEXT_LEN..NEXT_LEN + blob.len()].copy_from_slice(&blob);
+        block.write(head * g.spb, &buf).await?;
+        let sb = Super {
+            block_size: bs,
+            blocks: g.blocks,
+            generation: 1,
+            index_head: head,
+            index_len: blob.len() as u64,
+            index_sha: Sha256::digest(&blob).into(),
+        };
+        let mut s0 = vec![0u8; sector as usize];
+        s0[..SUPER_LEN].copy_from_slice(&sb.encode());
+        block.write(slot_sector(1, sector), &vec![0u8; sector as usize]).await?;
+        block.write(slot_sector(0, sector), &s0).await?;
+        block.flush().await?;
+        Self::open(block, clock).await
+    }
+
+    /// Opens the store on `block`: reads both superblocks and the newest
+    /// whole generation's index. If the newest is damaged, the older is
+    /// opened and [`BlockStore::recovery`] says what was lost.
+    pub async fn open(block: B, clock: C) -> Result<BlockStore<B, C>, OpenError> {
+        let info = block.info();
+        let sector = u64::from(info.sector_size);
+        let mut slots = Vec::new();
+        let mut problems: Vec<String> = Vec::new();
+        for slot in 0..2u64 {
+            let mut buf = vec![0u8; sector as usize];
+            if sector > u64::from(SLOT) {
+                return Err(OpenError::SectorTooLarge(info.sector_size));
+            }
+            if (slot + 1) * u64::from(SLOT) > info.capacity() {
+                return Err(OpenError::TooSmall { blocks: info.capacity() / u64::from(SLOT) });
+            }
+            block.read(slot_sector(slot, sector), &mut buf).await?;
+            match Super::decode(&buf) {
+                None => {}
+                Some(Ok(s)) => slots.push((slot, s)),
+                Some(Err(why)) => problems.push(format!("superblock {slot}: {why}")),
+            }
+        }
+        if slots.is_empty() && problems.is_empty() {
+            return Err(OpenError::NotAStore);
+        }
+        slots.sort_by_key(|(_, s)| core::cmp::Reverse(s.generation));
+        let newest_damaged = !problems.is_empty();
+        for (i, (slot, s)) in slots.iter().enumerate() {
+            let g = match Geometry::new(info.sector_size, s.block_size, s.blocks) {
+                Ok(g) => g,
+                Err(e) => {
+                    problems.push(format!("superblock {slot}: {e}"));
+                    continue;
+                }
+            };
+            let store_bytes = s.blocks.saturating_mul(g.block);
+            if store_bytes > info.capacity() {
+                return Err(OpenError::Truncated { store: store_bytes, device: info.capacity() });
+            }
+            match Self::load(&block, &g, s).await {
+                Ok((entries, used)) => {
+                    let recovery = if i > 0 || newest_damaged {
+                        Some(format!(
+                            "opened generation {} from superblock {slot}; a newer change, if any, was lost: {}",
+                            s.generation,
+                            problems.join("; ")
+                        ))
+                    } else {
+                        None
+                    };
+                    let state = State {
+                        generation: s.generation,
+                        slot: *slot,
+                        entries,
+                        used,
+                        cursor: g.first,
+                        poisoned: false,
+                    };
+                    return Ok(BlockStore {
+                        block,
+                        clock,
+                        geo: g,
+                        sector,
+                        state: RefCell::new(state),
+                        lock: Lock::default(),
+                        recovery,
+                    });
+                }
+                Err(LoadError::Block(e)) => return Err(OpenError::Block(e)),
+                Err(LoadError::OutOfMemory) => return Err(OpenError::OutOfMemory),
+                Err(LoadError::Damaged(why)) => {
+                    problems.push(format!("generation {} (superblock {slot}): {why}", s.generation))
+                }
+            }
+        }
+        Err(OpenError::Damaged(problems.join("; ")))
+    }
+
+    /// Reads and checks the index a superblock names.
+    async fn load(block: &B, g: &Geometry, s: &Super) -> Result<(BTreeMap<String, Entry>, Bitmap), LoadError> {
+        let mut used = Bitmap::new(g).map_err(|_| LoadError::OutOfMemory)?;
+        let room = (g.blocks - g.first).saturating_mul(g.payload() as u64);
+        if s.index_len > room || s.index_len < 8 {
+            return Err(LoadError::Damaged(format!("an index of {} bytes cannot be", s.index_len)));
+        }
+        let len = s.index_len as usize;
+        let mut blob = Vec::new();
+        blob.try_reserve_exact(len).map_err(|_| LoadError::OutOfMemory)?;
+        let mut buf = vec![0u8; g.block as usize];
+        let mut at = s.index_head;
+        while blob.len() < len {
+            if at < g.first || at >= g.blocks {
+                return Err(LoadError::Damaged(format!("the index names block {at}, outside the store")));
+            }
+            // A loop in the chain meets a block it has already claimed.
+            if !used.claim(at, 1) {
+                return Err(LoadError::Damaged(format!("the index chain meets block {at} twice")));
+            }
+            block.read(at * g.spb, &mut buf).await.map_err(LoadError::Block)?;
+            let n = (len - blob.len()).min(g.payload());
+            blob.extend_from_slice(&buf[NEXT_LEN..NEXT_LEN + n]);
+            at = u64::from_le_bytes(buf[..NEXT_LEN].try_into().unwrap_or([0; 8]));
+        }
+        let sha: [u8; 32] = Sha256::digest(&blob).into();
+        if sha != s.index_sha {
+            return Err(LoadError::Damaged(String::from("the index fails its checksum")));
+        }
+        let entries = parse_index(&blob, g, &mut used).map_err(LoadError::Damaged)?;
+        Ok((entries, used))
+    }
+
+    /// What opening repaired, if anything: the newest generation was
+    /// damaged (or torn by a crash) and the one before it was opened.
+    pub fn recovery(&self) -> Option<&str> {
+        self.recovery.as_deref()
+    }
+
+    /// Blocks, free blocks, values.
+    pub fn usage(&self) -> Usage {
+        let s = self.state.borrow();
+        Usage {
+            block_size: self.geo.block as u32,
+            blocks: self.geo.blocks,
+            free_blocks: s.used.free,
+            values: s.entries.len(),
+            generation: s.generation,
+        }
+    }
+
+    /// Reads every value and checks its SHA-256; the keys of the damaged
+    /// ones, with why.
+    pub async fn check(&self) -> Result<Vec<(Key, Error)>, Error> {
+        let keys: Vec<String> = self.state.borrow().entries.keys().cloned().collect();
+        let mut bad = Vec::new();
+        for k in keys {
+            let key = Key::parse(&k)?;
+            match self.get(&key).await {
+                Ok(_) | Err(Error::NotFound) => {}
+                Err(e) => bad.push((key, e)),
+            }
+        }
+        Ok(bad)
+    }
+
+    /// The underlying device.
+    pub fn device(&self) -> &B {
+        &self.block
+    }
+
+    fn kind(&self, key: &Key) -> Option<Kind> {
+        tree::kind(&self.state.borrow().entries, key)
+    }
+
+    fn entry(&self, key: &Key) -> Result<Entry, Error> {
+        tree::value(&self.state.borrow().entries, key).cloned()
+    }
+
+    /// Reads bytes `offset..offset + buf.len()` of a value (inside it).
+    async fn read_value(&self, e: &Entry, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let extents = match &e.data {
+            Data::Inline(b) => {
+                let s = offset as usize;
+                buf.copy_from_slice(&b[s..s + buf.len()]);
+                return Ok(());
+            }
+            Data::Extents(x) => x,
+        };
+        let end = offset + buf.len() as u64;
+        let bs = self.geo.block;
+        let mut tmp = Vec::new();
+        let mut ext_at = 0u64; // byte offset in the value of this extent
+        for &(start, count) in extents {
+            let ext_end = ext_at + count * bs;
+            let (lo, hi) = (offset.max(ext_at), end.min(ext_end));
+            let mut pos = lo;
+            while pos < hi {
+                // Whole blocks covering pos.., at most CHUNK bytes.
+                let first = (pos - ext_at) / bs;
+                let last = ((hi - ext_at).div_ceil(bs)).min(first + (CHUNK as u64 / bs).max(1));
+                let n = ((last - first) * bs) as usize;
+                tmp.resize(n, 0);
+                self.block.read((start + first) * self.geo.spb, &mut tmp).await.map_err(|_| Error::Io)?;
+                let skip = (pos - ext_at - first * bs) as usize;
+                let take = (n - skip).min((hi - pos) as usize);
+                let out = (pos - offset) as usize;
+                buf[out..out + take].copy_from_slice(&tmp[skip..skip + take]);
+                pos += take as u64;
+            }
+            ext_at = ext_end;
+            if ext_at >= end {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits a new index: the value's blocks (`extents`, filled from
+    /// `src`) and the index are written to free blocks, the device is
+    /// flushed, the superblock is written, the device is flushed again.
+    async fn commit(
+        &self,
+        entries: BTreeMap<String, Entry>,
+        mut scratch: Bitmap,
+        value: Option<(&[(u64, u64)], Source<'_>)>,
+        reserve: bool,
+    ) -> Result<(), Error> {
+        let g = self.geo;
+        let blob = serialize(&entries)?;
+        let nidx = g.index_blocks(blob.len());
+        let cursor = self.state.borrow().cursor;
+        let idx_runs = scratch.alloc(nidx, cursor, g.blocks)?;
+        // Room for one more index, so that a full store can still remove
+        // (a removal shrinks the index and frees the old one: it needs no
+        // such room).
+        if reserve && scratch.free < nidx {
+            return Err(Error::NoSpace);
+        }
+        if let Some((extents, src)) = value {
+            self.write_value(extents, src).await?;
+        }
+        let idx_blocks: Vec<u64> = idx_runs.iter().flat_map(|&(s, c)| s..s + c).collect();
+        let pl = g.payload();
+        let mut buf = Vec::new();
+        let mut i = 0usize;
+        for &(s, c) in &idx_runs {
+            buf.clear();
+            buf.resize((c * g.block) as usize, 0);
+            for j in 0..c {
+                let next = idx_blocks.get(i + 1).copied().unwrap_or(0);
+                let at = (j * g.block) as usize;
+                buf[at..at + NEXT_LEN].copy_from_slice(&next.to_le_bytes());
+                let from = (i * pl).min(blob.len());
+                let n = (blob.len() - from).min(pl);
+                buf[at + NEXT_LEN..at + NEXT_LEN + n].copy_from_slice(&blob[from..from + n]);
+                i += 1;
+            }
+            self.block.write(s * g.spb, &buf).await.map_err(|_| Error::Io)?;
+        }
+        // Value blocks must be durable before a superblock names them: the
+        // index's checksum does not cover them. The index needs no flush of
+        // its own: a superblock that reaches the disk before its index
+        // fails the index's checksum, and opening takes the generation
+        // before, which is all that was acknowledged.
+        if value.is_some() {
+            self.block.flush().await.map_err(|_| Error::Io)?;
+        }
+        let (generation, slot) = {
+            let s = self.state.borrow();
+            // A generation no counter reaches but an image can claim: the
+            // store stays readable and takes no change.
+            (s.generation.checked_add(1).ok_or(Error::Io)?, 1 - s.slot)
+        };
+        let sb = Super {
+            block_size: g.block as u32,
+            blocks: g.blocks,
+            generation,
+            index_head: idx_blocks.first().copied().unwrap_or(0),
+            index_len: blob.len() as u64,
+            index_sha: Sha256::digest(&blob).into(),
+        };
+        let mut sector = vec![0u8; self.sector as usize];
+        sector[..SUPER_LEN].copy_from_slice(&sb.encode());
+        // From here on the device may hold the new generation even if the
+        // call fails: the state in memory can no longer be trusted.
+        let r = async {
+            self.block.write(slot_sector(slot, self.sector), &sector).await?;
+            self.block.flush().await
+        }
+        .await;
+        let mut st = self.state.borrow_mut();
+        if r.is_err() {
+            st.poisoned = true;
+            return Err(Error::Io);
+        }
+        // The new state's blocks: recomputed from the index, so that the
+        // blocks of replaced values and of the old index are free again.
+        let mut used = Bitmap::new(&g)?;
+        for &b in &idx_blocks {
+            used.set(b);
+        }
+        for e in entries.values() {
+            if let Data::Extents(x) = &e.data {
+                for &(s, c) in x {
+                    used.claim(s, c);
+                }
+            }
+        }
+        st.used = used;
+        st.entries = entries;
+        st.generation = generation;
+        st.slot = slot;
+        st.cursor = idx_blocks.last().map_or(g.first, |b| b + 1);
+        Ok(())
+    }
+
+    async fn write_value(&self, extents: &[(u64, u64)], src: Source<'_>) -> Result<(), Error> {
+        let g = self.geo;
+        let mut buf = Vec::new();
+        let mut at = 0u64;
+        for &(start, count) in extents {
+            let mut done = 0u64;
+            while done < count {
+                let n = (count - done).min((CHUNK as u64 / g.block).max(1));
+                buf.resize((n * g.block) as usize, 0);
+                src.fill(at, &mut buf);
+                self.block.write((start + done) * g.spb, &buf).await.map_err(|_| Error::Io)?;
+                at += n * g.block;
+                done += n;
+            }
+        }
+        Ok(())
+    }
+
+    fn writable(&self) -> Result<(), Error> {
+        if self.state.borrow().poisoned {
+            return Err(Error::Io);
+        }
+        if self.block.info().read_only {
+            return Err(Error::Io);
+        }
+        Ok(())
+    }
+
+    fn check_parents(&self, key: &Key) -> Result<(), Error> {
+        if key.as_str().len() > MAX_KEY {
+            return Err(Error::InvalidKey);
+        }
+        tree::check_parents(&self.state.borrow().entries, key)
+    }
+
+    /// Stores `src` at `key` (the caller holds the lock).
+    async fn put(&self, key: &Key, src: Source<'_>) -> Result<(), Error> {
+        self.writable()?;
+        self.check_parents(key)?;
+        let size = src.len();
+        let digest = src.digest();
+        let modified = self.clock.now();
+        let (mut entries, mut scratch, cursor) = {
+            let s = self.state.borrow();
+            (s.entries.clone(), s.used.clone(), s.cursor)
+        };
+        let (data, extents) = if size <= INLINE_MAX {
+            let mut v = vec![0u8; size as usize];
+            src.fill(0, &mut v);
+            (Data::Inline(v), Vec::new())
+        } else {
+            let x = scratch.alloc(size.div_ceil(self.geo.block), cursor, self.geo.blocks)?;
+            (Data::Extents(x.clone()), x)
+        };
+        entries.insert(String::from(key.as_str()), Entry { modified, size, digest, data });
+        let value = if extents.is_empty() { None } else { Some((&extents[..], src)) };
+        self.commit(entries, scratch, value, true).await
+    }
+
+    /// Commits `entries` with no new value blocks.
+    async fn put_index(&self, entries: BTreeMap<String, Entry>, reserve: bool) -> Result<(), Error> {
+        let scratch = self.state.borrow().used.clone();
+        self.commit(entries, scratch, None, reserve).await
+    }
+}
+
+#[derive(Debug)]
+enum LoadError {
+    Block(block::Error),
+    Damaged(String),
+    OutOfMemory,
+}
+
+impl<B: Block, C: WallClock> KvRo for BlockStore<B, C> {
+    async fn exists(&self, key: &Key) -> Result<Option<Kind>, Error> {
+        Ok(self.kind(key))
+    }
+
+    async fn get(&self, key: &Key) -> Result<Vec<u8>, Error> {
+        let _g = self.lock.lock().await;
+        let e = self.entry(key)?;
+        let n = usize::try_from(e.size).map_err(|_| Error::NoSpace)?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(n).map_err(|_| Error::NoSpace)?;
+        out.resize(n, 0);
+        self.read_value(&e, 0, &mut out).await?;
+        let sha: [u8; 32] = Sha256::digest(&out).into();
+        if sha != e.digest {
+            return Err(Error::Io);
+        }
+        Ok(out)
+    }
+
+    async fn get_partial(&self, key: &Key, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
+        let _g = self.lock.lock().await;
+        let e = self.entry(key)?;
+        let start = offset.min(e.size);
+        let n = (buf.len() as u64).min(e.size - start) as usize;
+        self.read_value(&e, start, &mut buf[..n]).await?;
+        Ok(n)
+    }
+
+    async fn list(&self, key: &Key) -> Result<Vec<(Key, Kind)>, Error> {
+        tree::list(&self.state.borrow().entries, key)
+    }
+
+    async fn last_modified(&self, key: &Key) -> Result<Timestamp, Error> {
+        tree::last_modified(&self.state.borrow().entries, key, |e| e.modified)
+    }
+
+    async fn digest(&self, key: &Key) -> Result<Digest, Error> {
+        Ok(Digest(self.entry(key)?.digest))
+    }
+
+    async fn size(&self, key: &Key) -> Result<u64, Error> {
+        Ok(self.entry(key)?.size)
+    }
+}
+
+impl<B: Block, C: WallClock> KvRw for BlockStore<B, C> {
+    async fn set(&self, key: &Key, value: &[u8]) -> Result<(), Error> {
+        let _g = self.lock.lock().await;
+        self.put(key, Source::Bytes(value)).await
+    }
+
+    async fn set_partial(&self, key: &Key, offset: u64, data: &[u8]) -> Result<(), Error> {
+        let _g = self.lock.lock().await;
+        let e = self.entry(key)?;
+        let start = usize::try_from(offset).map_err(|_| Error::NoSpace)?;
+        let end = start.checked_add(data.len()).ok_or(Error::NoSpace)?;
+        let size = usize::try_from(e.size).map_err(|_| Error::NoSpace)?;
+        let mut v = Vec::new();
+        v.try_reserve_exact(size.max(end)).map_err(|_| Error::NoSpace)?;
+        v.resize(size, 0);
+        self.read_value(&e, 0, &mut v).await?;
+        let sha: [u8; 32] = Sha256::digest(&v).into();
+        if sha != e.digest {
+            return Err(Error::Io);
+        }
+        if v.len() < end {
+            v.resize(end, 0);
+        }
+        v[start..end].copy_from_slice(data);
+        self.put(key, Source::Bytes(&v)).await
+    }
+
+    async fn remove(&self, key: &Key) -> Result<(), Error> {
+        let _g = self.lock.lock().await;
+        self.writable()?;
+        let mut entries = self.state.borrow().entries.clone();
+        if !tree::remove(&mut entries, key) {
+            return Err(Error::NotFound);
+        }
+        self.put_index(entries, false).await
+    }
+
+    async fn rename(&self, from: &Key, to: &Key) -> Result<(), Error> {
+        let _g = self.lock.lock().await;
+        self.writable()?;
+        if from == to {
+            return if self.kind(from).is_some() { Ok(()) } else { Err(Error::NotFound) };
+        }
+        let mut entries = self.state.borrow().entries.clone();
+        tree::rename(&mut entries, from, to)?;
+        if entries.keys().any(|k| k.len() > MAX_KEY) {
+            return Err(Error::InvalidKey);
+        }
+        self.put_index(entries, true).await
+    }
+
+    async fn allocate(&self, key: &Key, size: u64) -> Result<(), Error> {
+        let _g = self.lock.lock().await;
+        if self.kind(key).is_some() {
+            return Err(Error::AlreadyPresent);
+        }
+        self.put(key, Source::Zeros(size)).await
+    }
+}
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} values; {} of {} blocks of {} bytes free; generation {}",
+            self.values, self.free_blocks, self.blocks, self.block_size, self.generation
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use crate::tests::now;
+    use alloc::string::ToString;
+
+    /// A disk in memory that models power loss: reads see every write;
+    /// a flush makes the writes before it durable; after `budget` writes
+    /// and flushes the power is cut (every later call fails), and
+    /// [`Disk::crash`] gives the image a restart would find: the durable
+    /// bytes plus any subset of the unflushed writes, some of them torn.
+    struct Disk {
+        sector: u32,
+        live: RefCell<Vec<u8>>,
+        durable: RefCell<Vec<u8>>,
+        pending: RefCell<Vec<(usize, Vec<u8>)>>,
+        budget: Cell<u64>,
+    }
+
+    impl Disk {
+        fn new(image: Vec<u8>, sector: u32) -> Disk {
+            Disk {
+                sector,
+                live: RefCell::new(image.clone()),
+                durable: RefCell::new(image),
+                pending: RefCell::new(Vec::new()),
+                budget: Cell::new(u64::MAX),
+            }
+        }
+
+        fn blank(bytes: usize) -> Disk {
+            Disk::new(vec![0; bytes], 512)
+        }
+
+        fn spend(&self) -> Result<(), block::Error> {
+            match self.budget.get() {
+                0 => Err(block::Error::Io),
+                n => {
+                    self.budget.set(n - 1);
+                    Ok(())
+                }
+            }
+        }
+
+        fn crash(&self, rng: &mut Rng) -> Vec<u8> {
+            let mut img = self.durable.borrow().clone();
+            for (at, data) in self.pending.borrow().iter() {
+                match rng.below(4) {
+                    0 => {}
+                    1 => {
+                        let n = rng.below(data.len() as u64 + 1) as usize;
+                        img[*at..*at + n].copy_from_slice(&data[..n]);
+                    }
+                    _ => img[*at..*at + data.len()].copy_from_slice(data),
+                }
+            }
+            img
+        }
+    }
+
+    impl Block for Disk {
+        fn info(&self) -> block::BlockInfo {
+            block::BlockInfo::new(self.sector, (self.live.borrow().len() / self.sector as usize) as u64, false)
+        }
+        async fn read(&self, sector: u64, buf: &mut [u8]) -> Result<(), block::Error> {
+            self.info().check(sector, buf.len())?;
+            let at = (sector * u64::from(self.sector)) as usize;
+            buf.copy_from_slice(&self.live.borrow()[at..at + buf.len()]);
+            Ok(())
+        }
+        async fn write(&self, sector: u64, data: &[u8]) -> Result<(), block::Error> {
+            self.info().check(sector, data.len())?;
+            self.spend()?;
+            let at = (sector * u64::from(self.sector)) as usize;
+            self.live.borrow_mut()[at..at + data.len()].copy_from_slice(data);
+            self.pending.borrow_mut().push((at, data.to_vec()));
+            Ok(())
+        }
+        async fn flush(&self) -> Result<(), block::Error> {
+            self.spend()?;
+            let mut d = self.durable.borrow_mut();
+            for (at, data) in self.pending.borrow_mut().drain(..) {
+                d[at..at + data.len()].copy_from_slice(&data);
+            }
+            Ok(())
+        }
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // xorshift64*
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    struct Clock;
+    impl WallClock for Clock {
+        fn now(&self) -> Timestamp {
+            Timestamp(1_700_000_000)
+        }
+    }
+
+    fn k(s: &str) -> Key {
+        Key::parse(s).unwrap()
+    }
+
+    fn bytes(seed: u64, n: usize) -> Vec<u8> {
+        let mut r = Rng(seed | 1);
+        (0..n).map(|_| r.next() as u8).collect()
+    }
+
+    fn open(d: &Disk) -> BlockStore<&Disk, Clock> {
+        now(BlockStore::open(d, Clock)).unwrap()
+    }
+
+    /// Every value, read through `get` (which checks each digest).
+    fn contents<B: Block>(s: &BlockStore<B, Clock>) -> BTreeMap<String, Vec<u8>> {
+        let keys: Vec<String> = s.state.borrow().entries.keys().cloned().collect();
+        keys.into_iter().map(|key| (key.clone(), now(s.get(&k(&key))).unwrap())).collect()
+    }
+
+    #[test]
+    fn a_store_on_a_block_device() {
+        let d = Disk::blank(1 << 20);
+        let s = now(BlockStore::format(&d, Clock, None)).unwrap();
+        assert_eq!(s.recovery(), None);
+        now(s.set(&k("a/b"), b"one")).unwrap();
+        now(s.set(&k("a/c/d"), &bytes(1, 5000))).unwrap();
+        now(s.set(&k("empty"), b"")).unwrap();
+        assert_eq!(now(s.exists(&k("a"))), Ok(Some(Kind::Dictionary)));
+        assert_eq!(now(s.get(&k("a"))), Err(Error::ValueExpected));
+        assert_eq!(now(s.set(&k("a/b/x"), b"")), Err(Error::DictionaryExpected));
+        assert_eq!(now(s.set(&k("a"), b"")), Err(Error::ValueExpected));
+        now(s.set_partial(&k("a/b"), 5, b"!")).unwrap();
+        assert_eq!(now(s.get(&k("a/b"))).unwrap(), b"one\0\0!");
+        assert_eq!(now(s.list(&k("a"))).unwrap(), [(k("a/b"), Kind::Value), (k("a/c"), Kind::Dictionary)]);
+        let mut buf = [0u8; 10];
+        assert_eq!(now(s.get_partial(&k("a/c/d"), 4095, &mut buf)), Ok(10));
+        assert_eq!(buf[..], bytes(1, 5000)[4095..4105]);
+        assert_eq!(now(s.get_partial(&k("a/c/d"), 4995, &mut buf)), Ok(5));
+        now(s.rename(&k("a/c"), &k("z"))).unwrap();
+        assert_eq!(now(s.get(&k("z/d"))).unwrap(), bytes(1, 5000));
+        assert_eq!(now(s.allocate(&k("z/d"), 4)), Err(Error::AlreadyPresent));
+        now(s.allocate(&k("big"), 70_000)).unwrap();
+        assert_eq!(now(s.get(&k("big"))).unwrap(), vec![0; 70_000]);
+        assert_eq!(now(s.digest(&k("empty"))).unwrap().0[0], 0xe3);
+        let before = contents(&s);
+        drop(s);
+        // Everything is there after opening again.
+        let s = open(&d);
+        assert_eq!(contents(&s), before);
+        assert_eq!(s.recovery(), None);
+        // The same image on a device of 4096-byte sectors.
+        let d4 = Disk::new(d.live.borrow().clone(), 4096);
+        assert_eq!(contents(&open(&d4)), before);
+        now(s.remove(&k("z"))).unwrap();
+        assert_eq!(now(s.exists(&k("z/d"))), Ok(None));
+        assert_eq!(now(s.remove(&k("nothing"))), Err(Error::NotFound));
+        assert_eq!(now(s.check()), Ok(vec![]));
+    }
+
+    #[test]
+    fn values_of_several_mebibytes_in_fragmented_space() {
+        let d = Disk::blank(16 << 20);
+        let s = now(BlockStore::format(&d, Clock, None)).unwrap();
+        for i in 0..64 {
+            now(s.set(&k(&format!("small/{i}")), &bytes(i, 100_000))).unwrap();
+        }
+        for i in (0..64).step_by(2) {
+            now(s.remove(&k(&format!("small/{i}")))).unwrap();
+        }
+        let big = bytes(99, 11 << 20);
+        now(s.set(&k("big"), &big)).unwrap();
+        match &s.state.borrow().entries["/big"].data {
+            Data::Extents(x) => assert!(x.len() > 1, "the value fills the holes"),
+            Data::Inline(_) => panic!("inline"),
+        }
+        let s = open(&d);
+        assert_eq!(now(s.get(&k("big"))).unwrap(), big);
+        let mut buf = vec![0u8; 300_000];
+        assert_eq!(now(s.get_partial(&k("big"), 1_000_001, &mut buf)), Ok(300_000));
+        assert_eq!(buf[..], big[1_000_001..1_300_001]);
+        assert_eq!(now(s.get(&k("small/63"))).unwrap(), bytes(63, 100_000));
+    }
+
+    #[test]
+    fn space_is_reclaimed() {
+        let d = Disk::blank(1 << 20);
+        let s = now(BlockStore::format(&d, Clock, None)).unwrap();
+        let free = s.usage().free_blocks;
+        let v = bytes(1, 300_000);
+        for _ in 0..300 {
+            now(s.set(&k("v"), &v)).unwrap();
+        }
+        now(s.remove(&k("v"))).unwrap();
+        assert_eq!(s.usage().free_blocks, free);
+    }
+
+    #[test]
+    fn a_full_store_says_so_stays_readable_and_can_be_emptied() {
+        let d = Disk::blank(256 << 10);
+        let s = now(BlockStore::format(&d, Clock, None)).unwrap();
+        let mut stored = 0;
+        loop {
+            match now(s.set(&k(&format!("v{stored}")), &bytes(stored, 10_000))) {
+                Ok(()) => stored += 1,
+                Err(Error::NoSpace) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(stored > 10, "{stored}");
+        // Small values go into the index until it no longer fits either.
+        let mut small = 0;
+        while now(s.set(&k(&format!("s{small}")), &[7; 100])).is_ok() {
+            small += 1;
+        }
+        assert_eq!(now(s.set(&k("one-more"), &[1; 100])), Err(Error::NoSpace));
+        assert_eq!(now(s.set(&k("big"), &[1; 1 << 20])), Err(Error::NoSpace));
+        let s = open(&d);
+        for i in 0..stored {
+            assert_eq!(now(s.get(&k(&format!("v{i}")))).unwrap(), bytes(i, 10_000));
+        }
+        for i in 0..small {
+            now(s.remove(&k(&format!("s{i}")))).unwrap();
+        }
+        for i in 0..stored {
+            now(s.remove(&k(&format!("v{i}")))).unwrap();
+        }
+        now(s.set(&k("again"), &bytes(5, 100_000))).unwrap();
+    }
+
+    /// A power cut at every write or flush of a random run of changes:
+    /// the store opens, holds every acknowledged change, and the change in
+    /// flight entirely or not at all.
+    #[test]
+    fn power_loss_at_any_moment_loses_nothing_acknowledged() {
+        let mut rng = Rng(0x5eed);
+        let mut trials = 0;
+        let mut in_flight_kept = 0;
+        for budget in 0..300u64 {
+            for _ in 0..2 {
+                trials += 1;
+                let d = Disk::blank(512 << 10);
+                let s = now(BlockStore::format(&d, Clock, Some(1024))).unwrap();
+                d.budget.set(budget);
+                let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+                let mut in_flight = None;
+                for step in 0..1000 {
+                    let key = format!("/k{}", rng.below(6));
+                    let mut next = model.clone();
+                    let r = match rng.below(4) {
+                        0 | 1 => {
+                            let len = [0, 50, 128, 129, 1000, 5000, 40_000][rng.below(7) as usize];
+                            let v = bytes(rng.next(), len);
+                            next.insert(key.clone(), v.clone());
+                            now(s.set(&k(&key), &v))
+                        }
+                        2 => {
+                            let r = now(s.remove(&k(&key)));
+                            if next.remove(&key).is_none() {
+                                assert_eq!(r, Err(Error::NotFound));
+                                continue;
+                            }
+                            r
+                        }
+                        _ => {
+                            let to = format!("/k{}", rng.below(6));
+                            let r = now(s.rename(&k(&key), &k(&to)));
+                            match next.remove(&key) {
+                                None => {
+                                    assert_eq!(r, Err(Error::NotFound));
+                                    continue;
+                                }
+                                Some(v) => next.insert(to, v),
+                            };
+                            r
+                        }
+                    };
+                    match r {
+                        Ok(()) => model = next,
+                        Err(Error::Io) => {
+                            in_flight = Some(next);
+                            break;
+                        }
+                        Err(e) => panic!("step {step}: {e}"),
+                    }
+                }
+                let image = d.crash(&mut rng);
+                let d2 = Disk::new(image, 512);
+                let s2 = now(BlockStore::open(&d2, Clock)).unwrap_or_else(|e| panic!("budget {budget}: {e}"));
+                let found = contents(&s2);
+                if in_flight.as_ref() == Some(&found) && found != model {
+                    in_flight_kept += 1;
+                } else {
+                    assert_eq!(found, model, "budget {budget}: an acknowledged change is lost or a value is torn");
+                }
+                // The store goes on working after the crash.
+                now(s2.set(&k("after"), b"x")).unwrap();
+                assert_eq!(now(BlockStore::open(&d2, Clock)).unwrap().state.borrow().entries.len(), found.len() + 1);
+            }
+        }
+        std::println!(
+            "{trials} power cuts: every acknowledged change found; {in_flight_kept} kept the change in flight"
+        );
+    }
+
+    #[test]
+    fn damaged_images_are_refused_or_rolled_back_never_a_panic() {
+        let d = Disk::blank(256 << 10);
+        let s = now(BlockStore::format(&d, Clock, Some(1024))).unwrap();
+        for i in 0..20 {
+            now(s.set(&k(&format!("d/{i}")), &bytes(i, (i as usize) * 500))).unwrap();
+        }
+        let good = d.live.borrow().clone();
+        let mut rng = Rng(7);
+        let (mut refused, mut opened, mut rolled_back) = (0, 0, 0);
+        for trial in 0..1200 {
+            let mut img = good.clone();
+            match trial % 3 {
+                0 => {
+                    for _ in 0..1 + rng.below(4) {
+                        let bit = rng.below(img.len() as u64 * 8);
+                        img[(bit / 8) as usize] ^= 1 << (bit % 8);
+                    }
+                }
+                1 => {
+                    let b = rng.below((img.len() / 1024) as u64) as usize;
+                    img[b * 1024..(b + 1) * 1024].fill(0);
+                }
+                _ => {
+                    // Bit flips in the superblocks and the index, where
+                    // they matter most.
+                    let bit = rng.below(12 * 1024 * 8);
+                    img[(bit / 8) as usize] ^= 1 << (bit % 8);
+                }
+            }
+            let dd = Disk::new(img, 512);
+            match now(BlockStore::open(&dd, Clock)) {
+                Err(e) => {
+                    refused += 1;
+                    assert!(!e.to_string().is_empty());
+                }
+                Ok(s) => {
+                    opened += 1;
+                    if s.recovery().is_some() {
+                        rolled_back += 1;
+                    }
+                    for (key, _) in now(s.check()).unwrap() {
+                        assert_eq!(now(s.get(&key)), Err(Error::Io));
+                    }
+                    let _ = now(s.set(&k("new"), b"value"));
+                }
+            }
+        }
+        std::println!("{refused} refused, {opened} opened ({rolled_back} rolled back)");
+        assert!(opened > 0 && refused + rolled_back > 0);
+    }
+
+    #[test]
+    fn a_newer_damaged_index_rolls_back_with_a_message() {
+        let d = Disk::blank(64 << 10);
+        let s = now(BlockStore::format(&d, Clock, Some(1024))).unwrap();
+        now(s.set(&k("a"), b"first")).unwrap();
+        now(s.set(&k("a"), b"second")).unwrap();
+        let head = {
+            let mut b = [0u8; 512];
+            now(d.read(slot_sector(s.state.borrow().slot, 512), &mut b)).unwrap();
+            Super::decode(&b).unwrap().unwrap().index_head
+        };
+        d.live.borrow_mut()[head as usize * 1024 + 20] ^= 0x40;
+        let s = open(&d);
+        assert_eq!(now(s.get(&k("a"))).unwrap(), b"first");
+        let why = s.recovery().unwrap();
+        assert!(why.contains("checksum"), "{why}");
+    }
+
+    #[test]
+    fn wrong_images_are_named() {
+        let d = Disk::blank(64 << 10);
+        assert_eq!(now(BlockStore::open(&d, Clock)).unwrap_err(), OpenError::NotAStore);
+        let s = now(BlockStore::format(&d, Clock, None)).unwrap();
+        now(s.set(&k("a"), &[1; 5000])).unwrap();
+        let mut img = d.live.borrow().clone();
+        img.truncate(32 << 10);
+        let e = now(BlockStore::open(&Disk::new(img, 512), Clock)).unwrap_err();
+        assert_eq!(e, OpenError::Truncated { store: 64 << 10, device: 32 << 10 });
+        assert!(e.to_string().contains("truncated"));
+        assert!(matches!(now(BlockStore::format(&Disk::blank(4096), Clock, None)), Err(OpenError::TooSmall { .. })));
+        assert_eq!(now(BlockStore::format(&d, Clock, Some(1000))).unwrap_err(), OpenError::BadBlockSize(1000));
+        let mut img = d.live.borrow().clone();
+        img[..8192].fill(0xff);
+        let e = now(BlockStore::open(&Disk::new(img, 512), Clock)).unwrap_err();
+        assert_eq!(e, OpenError::NotAStore);
+    }
+}
