@@ -12,6 +12,7 @@ mod attack;
 mod examples;
 mod http;
 mod tcpip;
+mod tls;
 mod tool;
 
 use testkit::harness::{Case, Needs, case};
@@ -28,6 +29,7 @@ fn main() {
     examples::cases(&mut cases);
     http::cases(&mut cases);
     tcpip::cases(&mut cases);
+    tls::cases(&mut cases);
     tool::cases(&mut cases);
     testkit::harness::run(cases)
 }

@@ -17,6 +17,7 @@ extern crate alloc;
 
 pub mod config;
 pub mod flow;
+pub mod listener;
 pub mod provider;
 pub mod rng;
 
@@ -24,4 +25,5 @@ pub use config::{
     Certificates, ConfigError, ServerOptions, WallTime, client_config, load_certificates, load_roots, server_config,
 };
 pub use flow::{Error, TlsClient, TlsFlow, TlsServer};
+pub use listener::TlsListener;
 pub use rustls;
