@@ -11,6 +11,7 @@
 //! mirage-bench images  [--solo5 DIR]              # image sizes, least memory, configure and build times
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
 //! mirage-bench attack  [--runs SECONDS]           # a good client's service under each attack, beside nginx
+//! mirage-bench tls-handshake [--count N]          # TLS handshakes/s in memory, per crypto provider and key type
 //! ```
 //!
 //! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
@@ -28,6 +29,7 @@ mod attack;
 mod http;
 mod images;
 mod tcp;
+mod tls;
 
 struct Options {
     runs: usize,
@@ -64,6 +66,7 @@ fn main() {
         Some("images") => images::images(&opts),
         Some("soak") => http::soak(&opts, &opts.target.clone()),
         Some("attack") => attack::attack(&opts),
+        Some("tls-handshake") => tls::handshakes(opts.count),
         _ => {
             eprintln!(
                 "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack [--runs N] [--count N] [--solo5 DIR] [--target T]"
