@@ -286,6 +286,12 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
         &self.flow
     }
 
+    /// The flow underneath, without the TLS state (nothing is sent: no
+    /// close_notify).
+    pub fn into_flow(self) -> F {
+        self.flow
+    }
+
     /// The first failure of this connection, if any.
     pub fn error(&self) -> Option<&Error> {
         self.failed.as_ref()
