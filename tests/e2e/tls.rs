@@ -5,7 +5,8 @@
 //! the block device "certs": curl and `openssl s_client` on TLS 1.3 and
 //! 1.2, each key type chosen by SNI, ALPN, resumption, the redirect from
 //! HTTP with HSTS, refusals with their reason, old protocols refused, and
-//! hostile peers while a good client keeps being served.
+//! hostile peers while a good client keeps being served. And the
+//! `tls-client` example against `openssl s_server` and nginx.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -412,6 +413,7 @@ fn hostile_peers(ns: &Netns, dir: &Path, t: &str) -> Result<(), String> {
 }
 
 pub fn cases(v: &mut Vec<Case>) {
+    client_cases(v);
     for t in ["unix", "hvt", "spt"] {
         v.push(case(format!("{t}::tls_serves_https_to_curl_and_openssl"), Needs::Net(t), move || {
             let scratch = Scratch::new("tls");
@@ -426,6 +428,94 @@ pub fn cases(v: &mut Vec<Case>) {
             let ns = Netns::new()?;
             let g = start(&ns, t, &certs)?;
             hostile_peers(&ns, &scratch.0, t).map_err(|e| format!("{e}\n{}", g.output()))
+        }));
+    }
+}
+
+/// Waits until something listens on 10.0.0.1:`port` in `ns`.
+fn listening(ns: &Netns, port: u16, what: &Background) -> Result<(), String> {
+    let to = SocketAddr::from(([10, 0, 0, 1], port));
+    let started = Instant::now();
+    while ns.enter(|| TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_err())? {
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err(format!("nothing listens on {to}:\n{}", what.output()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Runs tls-client on `t` in `ns` against 10.0.0.1:`port` for `name`; its
+/// exit status and output.
+fn fetch(ns: &Netns, t: &str, cas: &Path, port: u16, name: &str) -> Result<(i32, String), String> {
+    let keys: &[&str] = if t == "unix" { &["--net=direct"] } else { &[] };
+    let image = example_with(t, "tls-client", keys)?;
+    let block = format!("--block:cas={}", cas.display());
+    let mut c = ns.unikernel(t, &image, &["--net:service=tap0", &block]);
+    c.args(["--ipv4=10.0.0.2/24", "--server=10.0.0.1", &format!("--port={port}"), &format!("--name={name}")]);
+    let mut bg = Background::start(c)?;
+    let code = bg.wait(Duration::from_secs(60))?;
+    Ok((code, bg.output()))
+}
+
+fn client_fetches(ns: &Netns, dir: &Path, t: &str) -> Result<(), String> {
+    // The CA as the client's trust store.
+    let cas = dir.join("cas.img");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(&cas)
+        .arg("ca.pem")
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !st.success() {
+        return Err("tar failed".into());
+    }
+    // openssl s_server, TLS 1.3, with the ECDSA certificate.
+    let mut c = ns.command("openssl");
+    c.args(["s_server", "-accept", "4433", "-cert", "store/a-ec.pem", "-key", "store/a-ec.key", "-www"])
+        .current_dir(dir);
+    let s_server = Background::start(c)?;
+    listening(ns, 4433, &s_server)?;
+    let (code, out) = fetch(ns, t, &cas, 4433, "ec.test")?;
+    if code != 0 || !out.contains("as ec.test: TLSv1_3") || !out.contains("HTTP/1.0 200 ok") {
+        return Err(format!("tls-client against openssl s_server: status {code}\n{out}"));
+    }
+    // The same server for a name its certificate does not carry: refused,
+    // with the reason.
+    let (code, out) = fetch(ns, t, &cas, 4433, "rsa.test")?;
+    if code == 0 || !out.contains("not valid for the name") {
+        return Err(format!("tls-client for the wrong name: status {code}\n{out}"));
+    }
+    drop(s_server);
+    // nginx, TLS 1.2 only, with the RSA certificate (one process: a
+    // SIGKILL ends it whole).
+    std::fs::create_dir_all(dir.join("tmp")).map_err(|e| e.to_string())?;
+    let conf = dir.join("nginx.conf");
+    let text = format!(
+        "master_process off;\ndaemon off;\nerror_log stderr warn;\npid {d}/nginx.pid;\nevents {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  server {{\n    listen 10.0.0.1:8443 ssl;\n    ssl_protocols TLSv1.2;\n    ssl_certificate {d}/store/b-rsa.pem;\n    ssl_certificate_key {d}/store/b-rsa.key;\n    location / {{ return 200 \"hello from nginx\\n\"; }}\n  }}\n}}\n",
+        d = dir.display()
+    );
+    std::fs::write(&conf, text).map_err(|e| e.to_string())?;
+    let mut c = ns.command("nginx");
+    c.arg("-c").arg(&conf).arg("-p").arg(dir);
+    let nginx = Background::start(c)?;
+    listening(ns, 8443, &nginx)?;
+    let (code, out) = fetch(ns, t, &cas, 8443, "rsa.test")?;
+    if code != 0 || !out.contains("as rsa.test: TLSv1_2") || !out.contains("hello from nginx") {
+        return Err(format!("tls-client against nginx: status {code}\n{out}\nnginx:\n{}", nginx.output()));
+    }
+    Ok(())
+}
+
+pub fn client_cases(v: &mut Vec<Case>) {
+    for t in ["unix", "hvt", "spt"] {
+        v.push(case(format!("{t}::tls_client_fetches_from_openssl_and_nginx"), Needs::Net(t), move || {
+            let scratch = Scratch::new("tls-client");
+            certificates(&scratch.0)?;
+            let ns = Netns::new()?;
+            client_fetches(&ns, &scratch.0, t)
         }));
     }
 }

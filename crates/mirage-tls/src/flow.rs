@@ -53,6 +53,10 @@ pub enum Error {
     TooLarge,
     /// No memory for the connection's buffers.
     OutOfMemory,
+    /// The TCP connection could not be made.
+    Connect(mirage_devices::stack::Error),
+    /// The server name is neither a DNS name nor an IP address.
+    Name(alloc::string::String),
 }
 
 impl fmt::Display for Error {
@@ -67,6 +71,8 @@ impl fmt::Display for Error {
             Error::Eof => f.write_str("TLS: the peer closed the connection during the handshake"),
             Error::TooLarge => write!(f, "TLS: the peer sent a message larger than {MAX_INCOMING} bytes"),
             Error::OutOfMemory => f.write_str("TLS: out of memory for the connection's buffers"),
+            Error::Connect(e) => write!(f, "TLS: cannot connect: {e}"),
+            Error::Name(n) => write!(f, "TLS: {n:?} is neither a DNS name nor an IP address"),
         }
     }
 }

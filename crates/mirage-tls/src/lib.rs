@@ -16,6 +16,7 @@
 extern crate alloc;
 
 pub mod config;
+pub mod device;
 pub mod flow;
 pub mod listener;
 pub mod provider;
@@ -24,6 +25,7 @@ pub mod rng;
 pub use config::{
     Certificates, ConfigError, ServerOptions, WallTime, client_config, load_certificates, load_roots, server_config,
 };
+pub use device::{Client, Server};
 pub use flow::{Error, TlsClient, TlsFlow, TlsServer};
 pub use listener::TlsListener;
 pub use rustls;

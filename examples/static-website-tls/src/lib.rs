@@ -8,14 +8,11 @@ extern crate alloc;
 use alloc::format;
 use alloc::rc::Rc;
 use alloc::string::String;
-use alloc::sync::Arc;
 use alloc::vec;
-use core::fmt::Debug;
 use core::time::Duration;
 
 use mirage_devices::console::Console;
-use mirage_devices::kv::{Key, KvRo};
-use mirage_devices::random::Random;
+use mirage_devices::kv::KvRo;
 use mirage_devices::stack::Stack;
 use mirage_devices::time::WallClock;
 use mirage_http::{Handler, Limits, Request, Response, Static, Stats};
@@ -79,15 +76,15 @@ impl core::fmt::Display for Failed {
     }
 }
 
-/// The unikernel: HTTPS on `https_port` with the certificates of `certs`,
-/// HTTP on `http_port` redirecting to it (none if 0).
+/// The unikernel: HTTPS on `https_port` with the TLS server `tls` (its
+/// certificates loaded by the wiring), HTTP on `http_port` redirecting to
+/// it (none if 0).
 #[allow(clippy::too_many_arguments)]
-pub async fn start<S, K, C, R, W>(
+pub async fn start<S, K, W>(
     console: impl Console,
     stack: S,
     htdocs: K,
-    certs: C,
-    random: R,
+    tls: mirage_tls::Server,
     clock: W,
     https_port: u16,
     http_port: u16,
@@ -98,24 +95,12 @@ where
     S: Stack,
     S::Flow: 'static,
     K: KvRo + 'static,
-    C: KvRo,
-    R: Random + Send + Sync + 'static,
-    W: WallClock + Clone + Send + Sync + Debug + 'static,
+    W: WallClock + 'static,
 {
-    mirage_tls::rng::install(random).map_err(|e| Failed(format!("{e}")))?;
-    let certificates = mirage_tls::load_certificates(&certs, &Key::root()).await.map_err(|e| Failed(format!("{e}")))?;
-    let names: alloc::vec::Vec<&str> = certificates.names().collect();
-    let _ = console.log(&format!("static-website-tls: certificates {}", names.join(", "))).await;
-    let options = mirage_tls::ServerOptions { alpn: vec![b"http/1.1".to_vec()] };
-    let config =
-        mirage_tls::server_config(certificates, &options, clock.clone()).map_err(|e| Failed(format!("{e}")))?;
-    drop(certs);
-
     let limits = Rc::new(Limits { idle_timeout: Duration::from_secs(idle_timeout.into()), ..Limits::default() });
     let clock = Rc::new(clock);
     let https =
-        stack.listen(https_port, BACKLOG).await.map_err(|e| Failed(format!("listening on {https_port}: {e}")))?;
-    let https = mirage_tls::TlsListener::new(https, Arc::new(config));
+        tls.listen(&stack, https_port, BACKLOG).await.map_err(|e| Failed(format!("listening on {https_port}: {e}")))?;
     let header = (hsts_max_age > 0).then(|| format!("max-age={hsts_max_age}"));
     let site = Rc::new(Hsts { files: Static::new(Rc::new(htdocs)), header });
     let addr = match stack.ipv4() {
