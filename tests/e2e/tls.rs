@@ -414,6 +414,7 @@ fn hostile_peers(ns: &Netns, dir: &Path, t: &str) -> Result<(), String> {
 
 pub fn cases(v: &mut Vec<Case>) {
     client_cases(v);
+    scanner_cases(v);
     for t in ["unix", "hvt", "spt"] {
         v.push(case(format!("{t}::tls_serves_https_to_curl_and_openssl"), Needs::Net(t), move || {
             let scratch = Scratch::new("tls");
@@ -472,23 +473,31 @@ fn client_fetches(ns: &Netns, dir: &Path, t: &str) -> Result<(), String> {
     if !st.success() {
         return Err("tar failed".into());
     }
-    // openssl s_server, TLS 1.3, with the ECDSA certificate.
-    let mut c = ns.command("openssl");
-    c.args(["s_server", "-accept", "4433", "-cert", "store/a-ec.pem", "-key", "store/a-ec.key", "-www"])
-        .current_dir(dir);
-    let s_server = Background::start(c)?;
-    listening(ns, 4433, &s_server)?;
+    // openssl s_server, TLS 1.3, with the ECDSA certificate; a fresh one
+    // for each fetch (it serves one connection at a time, and one that
+    // lingers would hold up the next).
+    let s_server = || -> Result<Background, String> {
+        let mut c = ns.command("openssl");
+        c.args(["s_server", "-accept", "4433", "-cert", "store/a-ec.pem", "-key", "store/a-ec.key", "-www"]);
+        c.current_dir(dir);
+        let s = Background::start(c)?;
+        listening(ns, 4433, &s)?;
+        Ok(s)
+    };
+    let server = s_server()?;
     let (code, out) = fetch(ns, t, &cas, 4433, "ec.test")?;
     if code != 0 || !out.contains("as ec.test: TLSv1_3") || !out.contains("HTTP/1.0 200 ok") {
-        return Err(format!("tls-client against openssl s_server: status {code}\n{out}"));
+        return Err(format!("tls-client against openssl s_server: status {code}\n{out}\n{}", server.output()));
     }
+    drop(server);
     // The same server for a name its certificate does not carry: refused,
     // with the reason.
+    let server = s_server()?;
     let (code, out) = fetch(ns, t, &cas, 4433, "rsa.test")?;
     if code == 0 || !out.contains("not valid for the name") {
-        return Err(format!("tls-client for the wrong name: status {code}\n{out}"));
+        return Err(format!("tls-client for the wrong name: status {code}\n{out}\n{}", server.output()));
     }
-    drop(s_server);
+    drop(server);
     // nginx, TLS 1.2 only, with the RSA certificate (one process: a
     // SIGKILL ends it whole).
     std::fs::create_dir_all(dir.join("tmp")).map_err(|e| e.to_string())?;
@@ -516,6 +525,87 @@ pub fn client_cases(v: &mut Vec<Case>) {
             certificates(&scratch.0)?;
             let ns = Netns::new()?;
             client_fetches(&ns, &scratch.0, t)
+        }));
+    }
+}
+
+/// sslyze's verdict on the server, from its JSON: what a scanner finds
+/// offered must be TLS 1.2 and 1.3 only, with ECDHE and AEAD suites only,
+/// no compression, no insecure renegotiation, no Heartbleed, no ROBOT.
+fn scanned(ns: &Netns, dir: &Path) -> Result<String, String> {
+    let json = dir.join("sslyze.json");
+    let mut c = ns.command("sslyze");
+    c.args(["--sslv2", "--sslv3", "--tlsv1", "--tlsv1_1", "--tlsv1_2", "--tlsv1_3", "--reneg", "--compression"]);
+    c.args(["--heartbleed", "--robot", "--fallback", "--elliptic_curves", "--json_out"]).arg(&json);
+    c.arg(format!("ec.test:443{{{GUEST}}}"));
+    let r = run_with(c, Duration::from_secs(300))?;
+    let text = std::fs::read_to_string(&json).map_err(|e| format!("sslyze wrote no JSON ({e}): {}", r.dump()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("sslyze's JSON: {e}"))?;
+    let result = &v["server_scan_results"][0]["scan_result"];
+    let accepted = |key: &str| -> Result<Vec<String>, String> {
+        let r = &result[key];
+        if r["status"] != "COMPLETED" {
+            return Err(format!("sslyze did not complete {key}: {}", r));
+        }
+        Ok(r["result"]["accepted_cipher_suites"]
+            .as_array()
+            .ok_or(format!("no accepted_cipher_suites in {key}"))?
+            .iter()
+            .map(|s| s["cipher_suite"]["name"].as_str().unwrap_or("?").to_string())
+            .collect())
+    };
+    let mut problems = Vec::new();
+    for old in ["ssl_2_0_cipher_suites", "ssl_3_0_cipher_suites", "tls_1_0_cipher_suites", "tls_1_1_cipher_suites"] {
+        let a = accepted(old)?;
+        if !a.is_empty() {
+            problems.push(format!("{old} accepted: {a:?}"));
+        }
+    }
+    let tls12 = accepted("tls_1_2_cipher_suites")?;
+    let tls13 = accepted("tls_1_3_cipher_suites")?;
+    if tls12.is_empty() || tls13.is_empty() {
+        problems.push(format!("TLS 1.2 suites {tls12:?}, TLS 1.3 suites {tls13:?}: both should be offered"));
+    }
+    for s in &tls12 {
+        if !s.starts_with("TLS_ECDHE_") || !(s.contains("_GCM_") || s.contains("CHACHA20_POLY1305")) {
+            problems.push(format!("weak TLS 1.2 suite accepted: {s}"));
+        }
+    }
+    let flag = |key: &str, field: &str| result[key]["result"][field].clone();
+    if flag("heartbleed", "is_vulnerable_to_heartbleed") != serde_json::Value::Bool(false) {
+        problems.push(format!("heartbleed: {}", result["heartbleed"]));
+    }
+    if flag("tls_compression", "supports_compression") != serde_json::Value::Bool(false) {
+        problems.push(format!("compression: {}", result["tls_compression"]));
+    }
+    if flag("session_renegotiation", "is_vulnerable_to_client_renegotiation_dos") != serde_json::Value::Bool(false) {
+        problems.push(format!("renegotiation: {}", result["session_renegotiation"]));
+    }
+    let robot = flag("robot", "robot_result").as_str().unwrap_or("?").to_string();
+    if !robot.starts_with("NOT_VULNERABLE") {
+        problems.push(format!("ROBOT: {robot}"));
+    }
+    if problems.is_empty() {
+        Ok(format!("TLS 1.3 {tls13:?}; TLS 1.2 {tls12:?}; ROBOT {robot}"))
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+pub fn scanner_cases(v: &mut Vec<Case>) {
+    for t in ["unix", "hvt", "spt"] {
+        let needs = Needs::Program { name: "sslyze", package: "sslyze (PyPI: pip install sslyze)" };
+        v.push(case(format!("{t}::tls_offers_no_weak_protocol_or_cipher"), needs, move || {
+            if let Some(why) = testkit::missing(t).or_else(testkit::missing_net) {
+                return Err(why);
+            }
+            let scratch = Scratch::new("tls-scan");
+            let certs = certificates(&scratch.0)?;
+            let ns = Netns::new()?;
+            let g = start(&ns, t, &certs)?;
+            let verdict = scanned(&ns, &scratch.0).map_err(|e| format!("{e}\n{}", g.output()))?;
+            eprintln!("{t}: sslyze: {verdict}");
+            Ok(())
         }));
     }
 }

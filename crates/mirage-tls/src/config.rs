@@ -7,7 +7,9 @@
 //! server answers each client with the first pair (in name order) whose
 //! certificate is valid for the name it asked for (SNI) and whose key can
 //! sign with a scheme it offers; a client that names nothing, or a name no
-//! certificate covers, gets the first pair that fits its schemes.
+//! certificate covers, gets the first pair that fits its schemes (and a
+//! client whose schemes no key fits, the first pair, which rustls then
+//! refuses with a handshake_failure alert).
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
@@ -233,7 +235,9 @@ impl ResolvesServerCert for Certificates {
         {
             return Some(k.clone());
         }
-        self.keys.iter().find(|(_, k)| fits(k)).map(|(_, k)| k.clone())
+        // None would make rustls answer access_denied; the first pair lets
+        // it refuse with the usual handshake_failure instead.
+        self.keys.iter().find(|(_, k)| fits(k)).or(self.keys.first()).map(|(_, k)| k.clone())
     }
 }
 
