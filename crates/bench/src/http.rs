@@ -81,8 +81,8 @@ fn start(ns: &Netns, target: &str, image: &Path, extra: &[&str]) -> Result<Backg
 
 /// What wrk reports.
 #[derive(Debug, Clone, Default)]
-struct Wrk {
-    rps: f64,
+pub(crate) struct Wrk {
+    pub(crate) rps: f64,
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
@@ -105,7 +105,7 @@ fn ms(text: &str) -> Option<f64> {
 }
 
 /// Runs wrk in `ns` for `secs` with `conns` connections on one thread.
-fn wrk(ns: &Netns, url: &str, conns: usize, secs: u64) -> Result<Wrk, String> {
+pub(crate) fn wrk(ns: &Netns, url: &str, conns: usize, secs: u64) -> Result<Wrk, String> {
     let out = ns
         .command("wrk")
         .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", "--timeout", "10s", url])

@@ -12,6 +12,7 @@
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
 //! mirage-bench attack  [--runs SECONDS]           # a good client's service under each attack, beside nginx
 //! mirage-bench tls-handshake [--count N]          # TLS handshakes/s in memory, per crypto provider and key type
+//! mirage-bench tls     [--runs SECONDS]           # static-website-tls on spt and hvt beside nginx with OpenSSL
 //! ```
 //!
 //! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
@@ -67,6 +68,7 @@ fn main() {
         Some("soak") => http::soak(&opts, &opts.target.clone()),
         Some("attack") => attack::attack(&opts),
         Some("tls-handshake") => tls::handshakes(opts.count),
+        Some("tls") => tls::serving(opts.runs as u64),
         _ => {
             eprintln!(
                 "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack [--runs N] [--count N] [--solo5 DIR] [--target T]"

@@ -247,3 +247,117 @@ pub fn handshakes(count: usize) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// `openssl s_time` against `addr` for `secs`: connections per second
+/// (by the wall clock), full handshakes (`-new`) or resumed (`-reuse`);
+/// each fetches `/small.html`.
+fn s_time(ns: &testkit::Netns, addr: &str, mode: &str, secs: u64) -> Result<f64, String> {
+    let out = ns
+        .command("openssl")
+        .args(["s_time", "-connect", addr, mode, "-time", &secs.to_string(), "-www", "/small.html"])
+        .output()
+        .map_err(|e| format!("openssl s_time: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "1234 connections in 11 real seconds, 1024 bytes read per connection"
+    let line = text.lines().find(|l| l.contains("real seconds")).ok_or(format!("s_time printed no rate:\n{text}"))?;
+    let mut words = line.split_whitespace();
+    let conns: f64 = words.next().and_then(|w| w.parse().ok()).ok_or(format!("s_time: {line}"))?;
+    let real: f64 = words.nth(2).and_then(|w| w.parse().ok()).ok_or(format!("s_time: {line}"))?;
+    Ok(conns / real.max(1.0))
+}
+
+/// A server under test, a unikernel or nginx: held until dropped.
+struct Under {
+    _unikernel: Option<testkit::Background>,
+    _nginx: Option<crate::http::Nginx>,
+}
+
+fn serve(ns: &testkit::Netns, target: &str, dir: &Path, kind: &str) -> Result<(Under, String), String> {
+    if target == "nginx" {
+        let conf = dir.join("nginx-tls.conf");
+        std::fs::create_dir_all(dir.join("tmp")).map_err(|e| e.to_string())?;
+        let text = format!(
+            "worker_processes 1;\ndaemon off;\nerror_log stderr warn;\npid {d}/nginx.pid;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  sendfile on;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n  ssl_session_cache shared:tls:1m;\n  ssl_session_tickets on;\n  server {{\n    listen 10.0.0.1:443 ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_certificate {d}/{kind}/a.pem;\n    ssl_certificate_key {d}/{kind}/a.key;\n    root {d}/htdocs;\n  }}\n}}\n",
+            d = dir.display()
+        );
+        std::fs::write(&conf, text).map_err(|e| e.to_string())?;
+        let mut c = ns.command("nginx");
+        c.arg("-c").arg(&conf).arg("-p").arg(dir);
+        let g = testkit::Background::start(c)?;
+        let to = std::net::SocketAddr::from(([10, 0, 0, 1], 443));
+        let started = Instant::now();
+        while ns.enter(|| std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_millis(200)).is_err())? {
+            if started.elapsed().as_secs() > 10 {
+                return Err(format!("nginx did not start (apt-get install nginx-light):\n{}", g.output()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        return Ok((Under { _unikernel: None, _nginx: Some(crate::http::Nginx(g)) }, "10.0.0.1".into()));
+    }
+    let keys: &[&str] = if target == "unix" { &["--net=direct", "--kv-ro=tar"] } else { &["--kv-ro=tar"] };
+    let image = testkit::example_with(target, "static-website-tls", keys)?;
+    let htdocs = format!("--block:htdocs={}", dir.join("htdocs.img").display());
+    let certs = format!("--block:certs={}", dir.join(format!("{kind}.img")).display());
+    let mut c = ns.unikernel(target, &image, &["--net:service=tap0", &htdocs, &certs]);
+    c.args(["--ipv4=10.0.0.2/24", "--http-port=0", "--idle-timeout=120", "--logs=http:warn,tls:warn"]);
+    let mut g = testkit::Background::start(c)?;
+    g.wait_for("static-website-tls: serving", std::time::Duration::from_secs(60))?;
+    Ok((Under { _unikernel: Some(g), _nginx: None }, "10.0.0.2".into()))
+}
+
+/// `mirage-bench tls`: static-website-tls on hvt and spt (and unix) beside
+/// nginx with OpenSSL (one worker, the same certificate and files): full
+/// and resumed handshakes per second (openssl s_time) for ECDSA P-256 and
+/// RSA 2048, requests per second for a small file over keep-alive TLS at
+/// 1, 64 and 256 connections (wrk), MB/s for a 1 MiB file.
+pub fn serving(secs: u64) -> Result<(), String> {
+    let scratch = testkit::root().join("target/bench-tls");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(scratch.join("htdocs")).map_err(|e| e.to_string())?;
+    std::fs::write(scratch.join("htdocs/small.html"), "<p>a small page, as most pages are</p>\n".repeat(24))
+        .map_err(|e| e.to_string())?;
+    std::fs::write(scratch.join("htdocs/big.bin"), testkit::noise(7, 1 << 20)).map_err(|e| e.to_string())?;
+    let tar = |args: &[&str]| -> Result<(), String> {
+        let st =
+            std::process::Command::new("tar").args(args).current_dir(&scratch).status().map_err(|e| e.to_string())?;
+        if st.success() { Ok(()) } else { Err(format!("tar {args:?} failed")) }
+    };
+    tar(&["-C", "htdocs", "-cf", "htdocs.img", "small.html", "big.bin"])?;
+    for kind in ["ecdsa-p256", "rsa-2048"] {
+        let dir = scratch.join(kind);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let (pem, key) = certificate(&dir, kind)?;
+        std::fs::write(dir.join("a.pem"), pem).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("a.key"), key).map_err(|e| e.to_string())?;
+        tar(&["-C", kind, "-cf", &format!("{kind}.img"), "a.pem", "a.key"])?;
+    }
+    println!("TLS serving, {secs} s per figure; clients (openssl s_time, wrk) in the unikernel's network namespace;");
+    println!(
+        "nginx (one worker, OpenSSL) listens on the namespace's tap address, so its traffic does not cross the tap device."
+    );
+    println!("| server | key | full handshakes/s | resumed/s | req/s c=1 | req/s c=64 | req/s c=256 | 1 MiB MB/s |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for target in ["spt", "hvt", "nginx"] {
+        for kind in ["ecdsa-p256", "rsa-2048"] {
+            let ns = testkit::Netns::new()?;
+            let (under, ip) = serve(&ns, target, &scratch, kind)?;
+            let addr = format!("{ip}:443");
+            let full = s_time(&ns, &addr, "-new", secs)?;
+            let resumed = s_time(&ns, &addr, "-reuse", secs)?;
+            let mut row = format!("| {target} | {kind} | {full:.0} | {resumed:.0} |");
+            if kind == "ecdsa-p256" {
+                for c in [1, 64, 256] {
+                    let w = crate::http::wrk(&ns, &format!("https://{ip}/small.html"), c, secs)?;
+                    row.push_str(&format!(" {:.0} |", w.rps));
+                }
+                let w = crate::http::wrk(&ns, &format!("https://{ip}/big.bin"), 1, secs)?;
+                row.push_str(&format!(" {:.1} |", w.rps * (1 << 20) as f64 / 1e6));
+            } else {
+                row.push_str(" | | | |");
+            }
+            println!("{row}");
+            drop(under);
+        }
+    }
+    Ok(())
+}
