@@ -520,7 +520,11 @@ fn client_fetches(ns: &Netns, dir: &Path, t: &str) -> Result<(), String> {
 
 pub fn client_cases(v: &mut Vec<Case>) {
     for t in ["unix", "hvt", "spt"] {
-        v.push(case(format!("{t}::tls_client_fetches_from_openssl_and_nginx"), Needs::Net(t), move || {
+        let needs = Needs::Program { name: "nginx", package: "nginx-light" };
+        v.push(case(format!("{t}::tls_client_fetches_from_openssl_and_nginx"), needs, move || {
+            if let Some(why) = testkit::missing(t).or_else(testkit::missing_net) {
+                return Err(why);
+            }
             let scratch = Scratch::new("tls-client");
             certificates(&scratch.0)?;
             let ns = Netns::new()?;
