@@ -272,7 +272,7 @@ struct Under {
     _nginx: Option<crate::http::Nginx>,
 }
 
-fn serve(ns: &testkit::Netns, target: &str, dir: &Path, kind: &str) -> Result<(Under, String), String> {
+fn serve(ns: &testkit::Netns, target: &str, site: &Path, dir: &Path, kind: &str) -> Result<(Under, String), String> {
     if target == "nginx" {
         let conf = dir.join("nginx-tls.conf");
         std::fs::create_dir_all(dir.join("tmp")).map_err(|e| e.to_string())?;
@@ -294,35 +294,36 @@ fn serve(ns: &testkit::Netns, target: &str, dir: &Path, kind: &str) -> Result<(U
         }
         return Ok((Under { _unikernel: None, _nginx: Some(crate::http::Nginx(g)) }, "10.0.0.1".into()));
     }
-    let keys: &[&str] = if target == "unix" { &["--net=direct", "--kv-ro=tar"] } else { &["--kv-ro=tar"] };
-    let image = testkit::example_with(target, "static-website-tls", keys)?;
-    let htdocs = format!("--block:htdocs={}", dir.join("htdocs.img").display());
+    // The files are compiled in, as in `mirage-bench http`: a tar store
+    // on spt reads its block device a sector per system call.
+    let image = crate::http::build_named(site, target, "static-website-tls")?;
     let certs = format!("--block:certs={}", dir.join(format!("{kind}.img")).display());
-    let mut c = ns.unikernel(target, &image, &["--net:service=tap0", &htdocs, &certs]);
+    let mut c = ns.unikernel(target, &image, &["--net:service=tap0", &certs]);
     c.args(["--ipv4=10.0.0.2/24", "--http-port=0", "--idle-timeout=120", "--logs=http:warn,tls:warn"]);
     let mut g = testkit::Background::start(c)?;
     g.wait_for("static-website-tls: serving", std::time::Duration::from_secs(60))?;
     Ok((Under { _unikernel: Some(g), _nginx: None }, "10.0.0.2".into()))
 }
 
-/// `mirage-bench tls`: static-website-tls on hvt and spt (and unix) beside
-/// nginx with OpenSSL (one worker, the same certificate and files): full
+/// `mirage-bench tls`: static-website-tls on spt and hvt (its files
+/// compiled in) beside nginx with OpenSSL (one worker, the same
+/// certificate and files): full
 /// and resumed handshakes per second (openssl s_time) for ECDSA P-256 and
 /// RSA 2048, requests per second for a small file over keep-alive TLS at
 /// 1, 64 and 256 connections (wrk), MB/s for a 1 MiB file.
 pub fn serving(secs: u64) -> Result<(), String> {
     let scratch = testkit::root().join("target/bench-tls");
     let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(scratch.join("htdocs")).map_err(|e| e.to_string())?;
-    std::fs::write(scratch.join("htdocs/small.html"), "<p>a small page, as most pages are</p>\n".repeat(24))
-        .map_err(|e| e.to_string())?;
-    std::fs::write(scratch.join("htdocs/big.bin"), testkit::noise(7, 1 << 20)).map_err(|e| e.to_string())?;
+    // nginx serves the files of the unikernel's copy of the example.
+    let site = crate::http::site_copy("static-website-tls", &["tls/README"])?;
+    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(scratch.join("htdocs"));
+    std::os::unix::fs::symlink(site.join("htdocs"), scratch.join("htdocs")).map_err(|e| e.to_string())?;
     let tar = |args: &[&str]| -> Result<(), String> {
         let st =
             std::process::Command::new("tar").args(args).current_dir(&scratch).status().map_err(|e| e.to_string())?;
         if st.success() { Ok(()) } else { Err(format!("tar {args:?} failed")) }
     };
-    tar(&["-C", "htdocs", "-cf", "htdocs.img", "small.html", "big.bin"])?;
     for kind in ["ecdsa-p256", "rsa-2048"] {
         let dir = scratch.join(kind);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -340,7 +341,7 @@ pub fn serving(secs: u64) -> Result<(), String> {
     for target in ["spt", "hvt", "nginx"] {
         for kind in ["ecdsa-p256", "rsa-2048"] {
             let ns = testkit::Netns::new()?;
-            let (under, ip) = serve(&ns, target, &scratch, kind)?;
+            let (under, ip) = serve(&ns, target, &site, &scratch, kind)?;
             let addr = format!("{ip}:443");
             let full = s_time(&ns, &addr, "-new", secs)?;
             let resumed = s_time(&ns, &addr, "-reuse", secs)?;
