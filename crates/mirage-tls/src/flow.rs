@@ -7,8 +7,9 @@
 //! Memory is bounded by the peer's framing, never by its will: the input
 //! buffer grows only to hold one record or one handshake message (at most
 //! [`MAX_INCOMING`]), the plaintext buffer holds at most one record's
-//! payload, a write is cut to one record's worth, and the buffers shrink
-//! back when a connection goes idle. Every growth is a fallible
+//! payload, a write is cut to one record's worth (its encoded record keeps
+//! its room while writes follow each other), and the buffers shrink back
+//! when a connection waits for its peer. Every growth is a fallible
 //! allocation. The handshake runs on the first read or write (or an
 //! explicit [`TlsFlow::handshake`]), inside whatever timeout the caller
 //! puts around that read: a half-open handshake costs the caller's
@@ -184,7 +185,7 @@ pub struct TlsFlow<F, S> {
     incoming: Vec<u8>,
     filled: usize,
     /// Records encoded, not yet written to the flow.
-    outgoing: Vec<u8>,
+    outgoing: Outgoing,
     /// Decrypted bytes not yet read, from `plain_at`.
     plain: Vec<u8>,
     plain_at: usize,
@@ -202,7 +203,7 @@ impl<F, S> fmt::Debug for TlsFlow<F, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsFlow")
             .field("filled", &self.filled)
-            .field("outgoing", &self.outgoing.len())
+            .field("outgoing", &self.outgoing.len)
             .field("plain", &(self.plain.len() - self.plain_at))
             .field("peer_closed", &self.peer_closed)
             .field("failed", &self.failed)
@@ -233,7 +234,7 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
             conn,
             incoming: Vec::new(),
             filled: 0,
-            outgoing: Vec::new(),
+            outgoing: Outgoing::default(),
             plain: Vec::new(),
             plain_at: 0,
             peer_closed: false,
@@ -306,7 +307,7 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
     /// Bytes this connection holds in its own buffers now (not counting
     /// rustls' state or the flow's).
     pub fn buffered_capacity(&self) -> usize {
-        self.incoming.capacity() + self.outgoing.capacity() + self.plain.capacity()
+        self.incoming.capacity() + self.outgoing.buf.capacity() + self.plain.capacity()
     }
 
     fn fail(&mut self, e: Error) -> Error {
@@ -354,8 +355,7 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
                     Err(Error::Tls(rustls::Error::General("unexpected early data".into())))
                 }
                 Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    encode_into(&mut self.outgoing, |buf| encode.encode(buf).map_err(EncodeOrEncrypt::Encode))
-                        .map(|()| None)
+                    self.outgoing.encode(|buf| encode.encode(buf).map_err(EncodeOrEncrypt::Encode)).map(|()| None)
                 }
                 Ok(ConnectionState::TransmitTlsData(transmit)) => {
                     // The records are in `outgoing`; they are written before
@@ -366,14 +366,14 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
                 Ok(ConnectionState::BlockedHandshake) => Ok(Some(Got::NeedInput)),
                 Ok(ConnectionState::WriteTraffic(mut traffic)) => match want {
                     Want::Read => Ok(Some(Got::Ready)),
-                    Want::Write(data) => encode_into(&mut self.outgoing, |buf| {
-                        traffic.encrypt(data, buf).map_err(EncodeOrEncrypt::Encrypt)
-                    })
-                    .map(|()| Some(Got::Done)),
-                    Want::Close => encode_into(&mut self.outgoing, |buf| {
-                        traffic.queue_close_notify(buf).map_err(EncodeOrEncrypt::Encrypt)
-                    })
-                    .map(|()| Some(Got::Done)),
+                    Want::Write(data) => self
+                        .outgoing
+                        .encode(|buf| traffic.encrypt(data, buf).map_err(EncodeOrEncrypt::Encrypt))
+                        .map(|()| Some(Got::Done)),
+                    Want::Close => self
+                        .outgoing
+                        .encode(|buf| traffic.queue_close_notify(buf).map_err(EncodeOrEncrypt::Encrypt))
+                        .map(|()| Some(Got::Done)),
                 },
                 Ok(ConnectionState::PeerClosed) => {
                     self.peer_closed = true;
@@ -405,7 +405,7 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
         // second alert).
         let UnbufferedStatus { discard, state } = self.conn.process(&mut self.incoming[..self.filled]);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
-            let _ = encode_into(&mut self.outgoing, |buf| encode.encode(buf).map_err(EncodeOrEncrypt::Encode));
+            let _ = self.outgoing.encode(|buf| encode.encode(buf).map_err(EncodeOrEncrypt::Encode));
         }
         self.discard(discard);
     }
@@ -413,10 +413,10 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
     /// Sends what is encoded (the alert that says why, if any) and
     /// returns the failure.
     async fn failed(&mut self, e: Error) -> Error {
-        if !self.outgoing.is_empty() {
-            let _ = self.flow.write_all(&self.outgoing).await;
+        if self.outgoing.len > 0 {
+            let _ = self.flow.write_all(self.outgoing.pending()).await;
             let _ = self.flow.flush().await;
-            self.outgoing = Vec::new();
+            self.outgoing = Outgoing::default();
         }
         e
     }
@@ -435,19 +435,23 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
 
     /// Writes what is encoded to the flow.
     async fn send(&mut self) -> Result<(), Error> {
-        if self.outgoing.is_empty() {
+        if self.outgoing.len == 0 {
             return Ok(());
         }
-        let r = self.flow.write_all(&self.outgoing).await;
-        self.outgoing.clear();
-        if self.outgoing.capacity() > IDLE_INCOMING {
-            self.outgoing = Vec::new();
-        }
+        let r = self.flow.write_all(self.outgoing.pending()).await;
+        // The room stays for the next record (a bulk write encrypts into
+        // it again at once); it is given back when the connection waits
+        // for its peer (`fill`).
+        self.outgoing.len = 0;
         r.map_err(|e| self.fail(Error::Flow(e)))
     }
 
     /// Reads more bytes from the peer; `Eof` if it has closed.
     async fn fill(&mut self) -> Result<(), Error> {
+        if self.outgoing.len == 0 && self.outgoing.buf.len() > IDLE_INCOMING {
+            // Waiting for the peer: give back a large record's room.
+            self.outgoing = Outgoing::default();
+        }
         if self.filled == self.incoming.len() {
             let len = self.incoming.len();
             if len >= MAX_INCOMING {
@@ -486,36 +490,45 @@ enum EncodeOrEncrypt {
     Encrypt(EncryptError),
 }
 
-/// Runs `encode` on the spare room of `out`, growing it as rustls asks.
-fn encode_into(
-    out: &mut Vec<u8>,
-    mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeOrEncrypt>,
-) -> Result<(), Error> {
-    let start = out.len();
-    let mut room = 1024;
-    loop {
-        if out.try_reserve(room).is_err() {
-            return Err(Error::OutOfMemory);
-        }
-        out.resize(start + room, 0);
-        match encode(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
+/// Encoded records waiting to be written: `buf[..len]`. The rest of `buf`
+/// is room, zeroed once when it grew, so that encoding a record does not
+/// clear its room again.
+#[derive(Default)]
+struct Outgoing {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Outgoing {
+    fn pending(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Runs `encode` on the room after what is pending, growing the room as
+    /// rustls asks.
+    fn encode(&mut self, mut encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeOrEncrypt>) -> Result<(), Error> {
+        let mut room = 1024;
+        loop {
+            let need = self.len + room;
+            if self.buf.len() < need {
+                if self.buf.try_reserve_exact(need - self.buf.len()).is_err() {
+                    return Err(Error::OutOfMemory);
+                }
+                self.buf.resize(need, 0);
             }
-            Err(
-                EncodeOrEncrypt::Encode(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
-                | EncodeOrEncrypt::Encrypt(EncryptError::InsufficientSize(InsufficientSizeError { required_size })),
-            ) if required_size > room => {
-                out.truncate(start);
-                room = required_size;
-            }
-            Err(e) => {
-                out.truncate(start);
-                return Err(match e {
-                    EncodeOrEncrypt::Encrypt(EncryptError::EncryptExhausted) => Error::Tls(rustls::Error::EncryptError),
-                    _ => Error::Tls(rustls::Error::General("TLS record encoding failed".into())),
-                });
+            match encode(&mut self.buf[self.len..]) {
+                Ok(n) => {
+                    self.len += n;
+                    return Ok(());
+                }
+                Err(
+                    EncodeOrEncrypt::Encode(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
+                    | EncodeOrEncrypt::Encrypt(EncryptError::InsufficientSize(InsufficientSizeError { required_size })),
+                ) if required_size > self.buf.len() - self.len => room = required_size,
+                Err(EncodeOrEncrypt::Encrypt(EncryptError::EncryptExhausted)) => {
+                    return Err(Error::Tls(rustls::Error::EncryptError));
+                }
+                Err(_) => return Err(Error::Tls(rustls::Error::General("TLS record encoding failed".into()))),
             }
         }
     }

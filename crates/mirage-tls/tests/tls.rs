@@ -388,20 +388,20 @@ fn large_transfers_and_idle_memory() {
             let mut tls = TlsServer::server(s_end, server).unwrap();
             tls.write_all(&data).await.unwrap();
             tls.flush().await.unwrap();
+            // Waiting for the client's word, the connection is idle.
+            let mut word = [0u8; 1];
+            tls.read_exact(&mut word).await.unwrap();
             let idle = tls.buffered_capacity();
             tls.close_tls().await.unwrap();
             idle
         };
         let talk = async move {
             let mut tls = TlsClient::client(c_end, client, name).unwrap();
-            let mut got = Vec::new();
-            let mut buf = vec![0u8; 8192];
-            loop {
-                match tls.read(&mut buf).await.unwrap() {
-                    0 => break,
-                    n => got.extend_from_slice(&buf[..n]),
-                }
-            }
+            let mut got = vec![0u8; 1_000_000];
+            tls.read_exact(&mut got).await.unwrap();
+            tls.write_all(b"!").await.unwrap();
+            let mut rest = [0u8; 16];
+            assert_eq!(tls.read(&mut rest).await.unwrap(), 0, "nothing follows the data");
             got
         };
         join(serve, talk).await
