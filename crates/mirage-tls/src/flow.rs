@@ -10,7 +10,8 @@
 //! payload, a write is cut to one record's worth (its encoded record keeps
 //! its room while writes follow each other), and the buffers shrink back
 //! when a connection waits for its peer. Every growth is a fallible
-//! allocation. The handshake runs on the first read or write (or an
+//! allocation, and input grows only within the memory budget of
+//! `mirage_runtime::memory` (beyond it, [`Error::OutOfMemory`]). The handshake runs on the first read or write (or an
 //! explicit [`TlsFlow::handshake`]), inside whatever timeout the caller
 //! puts around that read: a half-open handshake costs the caller's
 //! deadline, never a task of its own.
@@ -460,7 +461,11 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
                 return Err(self.fail(Error::TooLarge));
             }
             let to = (len * 2).clamp(IDLE_INCOMING, MAX_INCOMING);
-            if self.incoming.try_reserve_exact(to - len).is_err() {
+            // Input grows on the peer's behalf: within the unikernel's
+            // memory budget (which the TCP stack and the HTTP server keep
+            // too), so that many peers sending large handshake messages
+            // are refused before the heap runs out.
+            if !mirage_runtime::memory::may_hold(to - len) || self.incoming.try_reserve_exact(to - len).is_err() {
                 return Err(self.fail(Error::OutOfMemory));
             }
             self.incoming.resize(to, 0);
