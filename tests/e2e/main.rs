@@ -13,6 +13,7 @@ mod examples;
 mod http;
 mod kv;
 mod tcpip;
+mod tls;
 mod tool;
 
 use testkit::harness::{Case, Needs, case};
@@ -30,6 +31,7 @@ fn main() {
     http::cases(&mut cases);
     kv::cases(&mut cases);
     tcpip::cases(&mut cases);
+    tls::cases(&mut cases);
     tool::cases(&mut cases);
     testkit::harness::run(cases)
 }

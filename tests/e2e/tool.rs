@@ -518,12 +518,30 @@ pub fn cases(v: &mut Vec<Case>) {
     v.push(case("mirage_describe_renders_with_graphviz_for_every_example", graphviz, || {
         let scratch = Scratch::new("describe");
         let _lock = testkit::examples_lock();
-        for ex in ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website", "kv-server"] {
+        let examples = [
+            "hello",
+            "hello-key",
+            "block",
+            "kv-ro",
+            "ping",
+            "network",
+            "static-website",
+            "static-website-tls",
+            "tls-client",
+            "kv-server",
+        ];
+        for ex in examples {
             for t in ["unix", "hvt"] {
                 tool(&examples_dir(ex), &["configure", "-t", t])?.expect_status(0)?;
                 let text = tool(&examples_dir(ex), &["describe", "-t", t])?;
                 text.expect_status(0)?;
                 text.expect_stdout("start: ")?;
+                if ex == "static-website-tls" {
+                    text.expect_stdout(
+                        "tls device: mirage_tls::Server on stack stack, certificates in / of store certs",
+                    )?;
+                    text.expect_stdout("read by TLS device tls before start")?;
+                }
                 let dot = tool(&examples_dir(ex), &["describe", "-t", t, "--dot"])?;
                 dot.expect_status(0)?;
                 let file = scratch.0.join(format!("{ex}-{t}.dot"));

@@ -22,8 +22,14 @@ const BIG: &str = "big.bin";
 /// A copy of the static-website example whose htdocs are the benchmark's
 /// files: a small page and 1 MiB of random bytes.
 fn site() -> Result<PathBuf, String> {
-    let src = root().join("examples/static-website");
-    let dir = root().join("target/bench-http/static-website");
+    site_copy("static-website", &[])
+}
+
+/// A copy of `example` in `target/bench-http/` whose htdocs are the
+/// benchmark's files, with the example's files `extra` copied too.
+pub(crate) fn site_copy(example: &str, extra: &[&str]) -> Result<PathBuf, String> {
+    let src = root().join("examples").join(example);
+    let dir = root().join("target/bench-http").join(example);
     let htdocs = dir.join("htdocs");
     let _ = std::fs::remove_dir_all(&htdocs);
     std::fs::create_dir_all(dir.join("src")).map_err(|e| e.to_string())?;
@@ -31,7 +37,10 @@ fn site() -> Result<PathBuf, String> {
     let crates = root().join("crates");
     let manifest = std::fs::read_to_string(src.join("Cargo.toml")).map_err(|e| e.to_string())?;
     write_if_changed(&dir.join("Cargo.toml"), &manifest.replace("../../crates", &crates.display().to_string()))?;
-    for f in ["mirage.toml", "src/lib.rs"] {
+    for f in ["mirage.toml", "src/lib.rs"].iter().chain(extra) {
+        if let Some(parent) = Path::new(f).parent() {
+            std::fs::create_dir_all(dir.join(parent)).map_err(|e| e.to_string())?;
+        }
         write_if_changed(&dir.join(f), &std::fs::read_to_string(src.join(f)).map_err(|e| e.to_string())?)?;
     }
     std::fs::copy(src.join("htdocs/index.html"), htdocs.join(SMALL)).map_err(|e| e.to_string())?;
@@ -51,6 +60,11 @@ fn write_if_changed(path: &Path, text: &str) -> Result<(), String> {
 /// same name as the example, and in a shared one the two would overwrite
 /// each other's binary.
 fn build(dir: &Path, target: &str) -> Result<PathBuf, String> {
+    build_named(dir, target, "static-website")
+}
+
+/// As [`build`], for the copy of the example named `name`.
+pub(crate) fn build_named(dir: &Path, target: &str, name: &str) -> Result<PathBuf, String> {
     let mut configure = vec!["configure", "-t", target];
     if target == "unix" {
         configure.push("--net=direct");
@@ -63,11 +77,7 @@ fn build(dir: &Path, target: &str) -> Result<PathBuf, String> {
             return Err(format!("mirage {args:?}: {}", r.dump()));
         }
     }
-    Ok(dir.join("dist").join(if target == "unix" {
-        "static-website".to_string()
-    } else {
-        format!("static-website.{target}")
-    }))
+    Ok(dir.join("dist").join(if target == "unix" { name.to_string() } else { format!("{name}.{target}") }))
 }
 
 /// Starts the site on `target` in `ns` at 10.0.0.2, access log off.
@@ -81,8 +91,8 @@ fn start(ns: &Netns, target: &str, image: &Path, extra: &[&str]) -> Result<Backg
 
 /// What wrk reports.
 #[derive(Debug, Clone, Default)]
-struct Wrk {
-    rps: f64,
+pub(crate) struct Wrk {
+    pub(crate) rps: f64,
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
@@ -105,7 +115,7 @@ fn ms(text: &str) -> Option<f64> {
 }
 
 /// Runs wrk in `ns` for `secs` with `conns` connections on one thread.
-fn wrk(ns: &Netns, url: &str, conns: usize, secs: u64) -> Result<Wrk, String> {
+pub(crate) fn wrk(ns: &Netns, url: &str, conns: usize, secs: u64) -> Result<Wrk, String> {
     let out = ns
         .command("wrk")
         .args(["-t1", &format!("-c{conns}"), &format!("-d{secs}s"), "--latency", "--timeout", "10s", url])

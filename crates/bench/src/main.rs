@@ -14,6 +14,8 @@
 //! mirage-bench attack  [--runs SECONDS] [--only WORD]... # a good client's service under each attack, beside nginx
 //! mirage-bench crash   [--count N]                # N SIGKILL trials of the store on a block device (hvt, spt)
 //! mirage-bench store   [--runs SECONDS]           # durable writes of the store, beside SQLite (WAL)
+//! mirage-bench tls-handshake [--count N]          # TLS handshakes/s in memory, per crypto provider and key type
+//! mirage-bench tls     [--runs SECONDS]           # static-website-tls on spt and hvt beside nginx with OpenSSL
 //! ```
 //!
 //! `--only WORD` (repeatable) keeps the attack rows whose attack or server
@@ -35,6 +37,7 @@ mod http;
 mod images;
 mod store;
 mod tcp;
+mod tls;
 
 struct Options {
     runs: usize,
@@ -98,9 +101,11 @@ fn main() {
         Some("attack") => attack::attack(&opts),
         Some("crash") => store::crash(&opts),
         Some("store") => store::store(&opts),
+        Some("tls-handshake") => tls::handshakes(opts.count),
+        Some("tls") => tls::serving(opts.runs as u64),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|tls-handshake|tls [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
             );
             std::process::exit(64);
         }

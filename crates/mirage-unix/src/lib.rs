@@ -135,4 +135,10 @@ impl mirage_devices::random::Random for Random {
             }
         }
     }
+
+    fn weakness(&self) -> Option<&'static str> {
+        // The kernel's generator is seeded from the hardware and reseeded
+        // by the kernel; getrandom(2) blocks until it is initialised.
+        None
+    }
 }

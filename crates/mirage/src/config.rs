@@ -87,6 +87,10 @@ pub enum Kind {
     /// Solo5; with `store = "block"`, a crash-safe store on a block device
     /// on every target.
     KvRw { block: Option<KvBlock> },
+    /// A TLS server (certificates from directory `path` of kv-ro store
+    /// `store`) or client (CA certificates from file `path` of `store`),
+    /// used over stack `stack`; ALPN protocols `alpn`.
+    Tls { server: bool, stack: String, store: String, path: String, alpn: Vec<String> },
 }
 
 /// The block device of a `store = "block"` kv-rw store.
@@ -114,6 +118,7 @@ impl Kind {
             Kind::Stack { .. } => "stack",
             Kind::KvRo { .. } => "kv-ro",
             Kind::KvRw { .. } => "kv-rw",
+            Kind::Tls { .. } => "tls",
         }
     }
 
@@ -129,7 +134,8 @@ impl Kind {
 }
 
 /// The device kinds, as `mirage.toml` names them.
-pub const KINDS: [&str; 9] = ["console", "time", "wall-clock", "random", "net", "block", "stack", "kv-ro", "kv-rw"];
+pub const KINDS: [&str; 10] =
+    ["console", "time", "wall-clock", "random", "net", "block", "stack", "kv-ro", "kv-rw", "tls"];
 
 /// The keys a device of kind `kind` may have in its table (besides the
 /// short form `name = "kind"`).
@@ -140,6 +146,7 @@ pub fn keys(kind: &str) -> &'static [&'static str] {
         "stack" => &["kind", "interface", "ipv4", "gateway"],
         "kv-ro" => &["kind", "directory", "store", "interface"],
         "kv-rw" => &["kind", "store", "interface", "size", "directory"],
+        "tls" => &["kind", "role", "stack", "store", "path", "alpn"],
         _ => &["kind"],
     }
 }
@@ -634,8 +641,35 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
             return Err(p.err(other.span(), "`arguments` must be a list", "write arguments = [\"console\", ...]"));
         }
     }
+    // A TLS device names a stack and a kv-ro store declared here.
     for d in &devices {
-        if !arguments.contains(&d.name) {
+        if let Kind::Tls { stack, store, .. } = &d.kind {
+            let is = |name: &str, f: &dyn Fn(&Kind) -> bool| devices.iter().any(|x| x.name == name && f(&x.kind));
+            let line = device_line(p.text, &d.name);
+            if !is(stack, &|k| matches!(k, Kind::Stack { .. })) {
+                return Err(Error {
+                    file: p.file.clone(),
+                    line,
+                    cause: format!("the TLS device {} names stack {stack:?}, which is not a stack device", d.name),
+                    fix: format!("declare {stack} = {{ kind = \"stack\" }}, or name the stack you have"),
+                });
+            }
+            if !is(store, &|k| matches!(k, Kind::KvRo { .. })) {
+                return Err(Error {
+                    file: p.file.clone(),
+                    line,
+                    cause: format!("the TLS device {} names store {store:?}, which is not a kv-ro device", d.name),
+                    fix: format!(
+                        "declare {store} = {{ kind = \"kv-ro\", directory = \"tls\" }}, or name the store you have"
+                    ),
+                });
+            }
+        }
+    }
+    for d in &devices {
+        // A store read by a TLS device need not reach start itself.
+        let read_by_tls = devices.iter().any(|x| matches!(&x.kind, Kind::Tls { store, .. } if *store == d.name));
+        if !arguments.contains(&d.name) && !read_by_tls {
             return Err(Error {
                 file: p.file.clone(),
                 line: 0,
@@ -645,6 +679,18 @@ pub fn parse(path: &Path, text: &str, dir: &Path, package: String) -> Result<Con
         }
     }
     Ok(Config { dir: dir.to_path_buf(), package, libraries: None, name, start, arguments, devices, boot })
+}
+
+/// The line that declares device `name` (`name = ...` or `[devices.name]`),
+/// 0 if none is found.
+fn device_line(text: &str, name: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l == format!("[devices.{name}]")
+                || l.strip_prefix(name).is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(0, |i| i + 1)
 }
 
 impl ArgType {
@@ -851,6 +897,42 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
                 ));
             }
         },
+        "tls" => {
+            let server = match opt("role")?.as_deref() {
+                None | Some("server") => true,
+                Some("client") => false,
+                Some(other) => {
+                    return Err(p.err(
+                        span.clone(),
+                        format!("unknown role {other:?} of TLS device {key}"),
+                        "use role = \"server\" or role = \"client\"",
+                    ));
+                }
+            };
+            let required = |k: &str, what: &str| -> Result<String, Error> {
+                opt(k)?.ok_or_else(|| {
+                    p.err(
+                        span.clone(),
+                        format!("the TLS device {key} has no {k}"),
+                        format!("add {k} = \"NAME\", the name of {what} device"),
+                    )
+                })
+            };
+            let stack = required("stack", "a stack")?;
+            let store = required("store", "a kv-ro")?;
+            let path = opt("path")?.unwrap_or_else(|| if server { "/".into() } else { "ca.pem".into() });
+            let alpn: Vec<String> = opt("alpn")?
+                .map(|a| a.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect())
+                .unwrap_or_default();
+            if let Some(bad) = alpn.iter().find(|p| p.len() > 255 || p.contains('"') || p.contains('\\')) {
+                return Err(p.err(
+                    span.clone(),
+                    format!("ALPN protocol {bad:?} of TLS device {key} is not a protocol name"),
+                    "write alpn = \"http/1.1\" (several separated by commas)",
+                ));
+            }
+            Kind::Tls { server, stack, store, path, alpn }
+        }
         other => {
             return Err(p.err(
                 span.clone(),
@@ -992,6 +1074,35 @@ default = 8080
 
         let e = error("[unikernel\nname = 1");
         assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn tls_devices_name_a_stack_and_a_store() {
+        let tls = GOOD
+            .replace("[devices]", "[devices]\ncerts = { kind = \"kv-ro\", directory = \".\" }\ntls = { kind = \"tls\", stack = \"net\", store = \"certs\", alpn = \"h2, http/1.1\" }")
+            .replace("\"port\"]", "\"port\", \"tls\"]");
+        // The store is read by the TLS device: start need not get it.
+        let c = check(&tls).unwrap();
+        assert_eq!(
+            c.devices[1].kind,
+            Kind::Tls {
+                server: true,
+                stack: "net".into(),
+                store: "certs".into(),
+                path: "/".into(),
+                alpn: vec!["h2".into(), "http/1.1".into()]
+            }
+        );
+        let client = check(&tls.replace("alpn = \"h2, http/1.1\"", "role = \"client\"")).unwrap();
+        assert!(matches!(&client.devices[1].kind, Kind::Tls { server: false, path, .. } if path == "ca.pem"));
+        let e = error(&tls.replace("role = \"client\"", "").replace("alpn =", "role = \"middle\", alpn ="));
+        assert!(e.cause.contains("unknown role \"middle\"") && e.fix.contains("role = \"client\""), "{e}");
+        let e = error(&tls.replace("stack = \"net\"", "stack = \"console\""));
+        assert!(e.cause.contains("not a stack device") && e.line == 9, "{e}");
+        let e = error(&tls.replace("store = \"certs\"", "store = \"net\""));
+        assert!(e.cause.contains("not a kv-ro device"), "{e}");
+        let e = error(&tls.replace("store = \"certs\", ", ""));
+        assert!(e.cause.contains("has no store"), "{e}");
     }
 
     #[test]

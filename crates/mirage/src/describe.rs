@@ -53,7 +53,17 @@ fn implementation(name: &str, kind: &Kind, opts: &Options) -> (String, Option<St
                 )
             }
         }
+        Kind::Tls { server, stack, store, path, alpn } => tls(*server, stack, store, path, alpn),
     }
+}
+
+fn tls(server: bool, stack: &str, store: &str, path: &str, alpn: &[String]) -> (String, Option<String>) {
+    let what = if server { "certificates in" } else { "CA certificates in" };
+    let alpn = if alpn.is_empty() { String::new() } else { format!(", ALPN {}", alpn.join(",")) };
+    (
+        format!("mirage_tls::{}", if server { "Server" } else { "Client" }),
+        Some(format!("stack {stack}, {what} {path} of store {store}{alpn}")),
+    )
 }
 
 fn net(interface: &str, solo5: bool) -> (String, Option<String>) {
@@ -83,7 +93,30 @@ pub fn text(config: &Config, opts: &Options) -> String {
             let _ = writeln!(t, "  {}. {a:width$}  boot argument --{a}: {}, {default}", i + 1, b.ty.rust());
         }
     }
+    for (d, reader) in read_by_tls(config) {
+        let (imp, below) = implementation(&d.name, &d.kind, opts);
+        let _ = write!(t, "  -. {:width$}  {} device: {imp}", d.name, d.kind.keyword());
+        if let Some(b) = below {
+            let _ = write!(t, " on {b}");
+        }
+        let _ = writeln!(t, ", read by TLS device {reader} before start");
+    }
     t
+}
+
+/// The devices start does not get, each with the TLS device that reads it.
+fn read_by_tls(config: &Config) -> Vec<(&crate::config::Device, &str)> {
+    config
+        .devices
+        .iter()
+        .filter(|d| !config.arguments.contains(&d.name))
+        .filter_map(|d| {
+            config.devices.iter().find_map(|x| match &x.kind {
+                Kind::Tls { store, .. } if *store == d.name => Some((d, x.name.as_str())),
+                _ => None,
+            })
+        })
+        .collect()
 }
 
 fn quote(s: &str) -> String {
@@ -111,6 +144,14 @@ pub fn dot(config: &Config, opts: &Options) -> String {
             let _ = writeln!(d, "  {node} [shape=parallelogram, label={}];", quote(&format!("--{a}\n{}", b.ty.rust())));
         }
         let _ = writeln!(d, "  {node} -> start [label=\"{}\"];", i + 1);
+    }
+    for (dev, reader) in read_by_tls(config) {
+        let (imp, _) = implementation(&dev.name, &dev.kind, opts);
+        let node = format!("store_{}", dev.name.replace('-', "_"));
+        let _ = writeln!(d, "  {node} [label={}];", quote(&format!("{}: {}\n{imp}", dev.name, dev.kind.keyword())));
+        if let Some(i) = config.arguments.iter().position(|a| a == reader) {
+            let _ = writeln!(d, "  {node} -> n{i} [label=\"certificates\"];");
+        }
     }
     d.push_str("}\n");
     d

@@ -57,6 +57,8 @@ fn device_trait(kind: &Kind) -> &'static str {
         Kind::Stack { .. } => "mirage_devices::stack::Stack",
         Kind::KvRo { .. } => "mirage_devices::kv::KvRo",
         Kind::KvRw { .. } => "mirage_devices::kv::KvRw",
+        Kind::Tls { server: true, .. } => "mirage_tls::Server",
+        Kind::Tls { server: false, .. } => "mirage_tls::Client",
     }
 }
 

@@ -384,6 +384,9 @@ fn cargo_toml(config: &Config, opts: &Options, libraries: &Libraries, dir: &Path
             }
         }
     }
+    if uses(config, |k| matches!(k, Kind::Tls { .. })) {
+        let _ = writeln!(t, "{}", dep("mirage-tls", &[]));
+    }
     if config.devices.iter().any(|d| opts.crunch(&d.name, &d.kind)) {
         t.push_str("\n[build-dependencies]\n");
         let _ = writeln!(t, "{}", dep("mirage-kv", &["crunch"]));
@@ -537,7 +540,8 @@ fn main_rs(config: &Config, opts: &Options) -> String {
     if solo5 {
         m.push_str("#![no_std]\n#![no_main]\n\nextern crate alloc;\n\n");
         let opened_store = |d: &crate::config::Device| {
-            opts.tar(&d.name, &d.kind).is_some() || matches!(d.kind, Kind::KvRw { block: Some(_) })
+            opts.tar(&d.name, &d.kind).is_some()
+                || matches!(d.kind, Kind::KvRw { block: Some(_) } | Kind::Tls { .. })
         };
         if stack.is_some() || config.devices.iter().any(opened_store) {
             m.push_str("use alloc::format;\n");
@@ -620,6 +624,8 @@ fn main_rs(config: &Config, opts: &Options) -> String {
     let mut stack_var = None;
     // Statements that must await, run first inside the unikernel's task.
     let mut opening: Vec<String> = Vec::new();
+    // TLS devices, made last: they read stores opened above.
+    let mut tls_opening: Vec<String> = Vec::new();
     for d in &config.devices {
         let v = ident(&d.name);
         match &d.kind {
@@ -670,6 +676,23 @@ fn main_rs(config: &Config, opts: &Options) -> String {
                     d.name
                 ));
             }
+            Kind::Tls { server, store, path, alpn, .. } => {
+                let crunched = config.devices.iter().any(|x| &x.name == store && opts.crunch(&x.name, &x.kind));
+                let store_expr = if crunched { kv_static(store) } else { ident(store) };
+                let ty = if *server { "Server" } else { "Client" };
+                let alpn: Vec<String> = alpn.iter().map(|a| lit(a)).collect();
+                let name = lit(&d.name).replace('"', "\\\"");
+                // The keys come from the platform's random source, which
+                // must be fit for keys (else TLS refuses to start).
+                tls_opening.push(format!(
+                    "mirage_tls::rng::install({platform}::Random).map_err(|e| format!(\"the TLS device {name}: {{e}}\"))?;"
+                ));
+                tls_opening.push(format!(
+                    "let {v} = mirage_tls::{ty}::load(&{store_expr}, {}, &[{}], {platform}::WallClock)\n            .await\n            .map_err(|e| format!(\"the TLS device {name}: {{e}}\"))?;",
+                    lit(path),
+                    alpn.join(", ")
+                ));
+            }
             Kind::KvRw { block: None } => {
                 if solo5 {
                     let _ = writeln!(m, "    let {v} = mirage_kv::Mem::new(solo5::dev::WallClock);");
@@ -702,6 +725,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
         ));
         opening.push(format!("{v}.configured().await;"));
     }
+    opening.extend(tls_opening);
     let body = if opening.is_empty() {
         format!("async move {{ {}.await }}", call(config, opts))
     } else {

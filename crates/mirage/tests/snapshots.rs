@@ -15,7 +15,8 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-const EXAMPLES: [&str; 7] = ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website"];
+const EXAMPLES: [&str; 8] =
+    ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website", "static-website-tls"];
 
 /// Configurations under `tests/fixtures`, with every variant.
 const FIXTURES: [&str; 1] = ["two-nets"];

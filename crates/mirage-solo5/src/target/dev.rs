@@ -213,11 +213,27 @@ impl dblock::Block for Block {
 }
 
 /// A cryptographically secure generator: ChaCha20, seeded at first use from
-/// the CPU's RDSEED or RDRAND and the TSC.
+/// the CPU's RDSEED (or RDRAND) and the TSC, reseeded from the CPU every
+/// [`RESEED_BYTES`] of output or [`RESEED_NS`] of time (as MirageOS's
+/// Fortuna reseeds from its entropy pools), and rekeyed after every draw,
+/// so that a later capture of its state reveals no earlier output.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Random;
 
-static RNG: Global<Option<rand_chacha::ChaCha20Rng>> = Global::new(None);
+/// Output between two reseeds.
+pub const RESEED_BYTES: u64 = 1 << 20;
+/// Time between two reseeds (one minute).
+pub const RESEED_NS: u64 = 60_000_000_000;
+
+struct Csprng {
+    rng: rand_chacha::ChaCha20Rng,
+    /// Bytes drawn since the last reseed.
+    drawn: u64,
+    /// Monotonic time of the last reseed.
+    seeded_at: u64,
+}
+
+static RNG: Global<Option<Csprng>> = Global::new(None);
 
 fn cpuid(leaf: u32) -> core::arch::x86_64::CpuidResult {
     core::arch::x86_64::__cpuid_count(leaf, 0)
@@ -249,15 +265,24 @@ unsafe fn rdrand() -> Option<u64> {
     None
 }
 
-fn seed() -> [u8; 32] {
-    let has_rdseed = cpuid(0).eax >= 7 && cpuid(7).ebx & (1 << 18) != 0;
-    let has_rdrand = cpuid(1).ecx & (1 << 30) != 0;
+fn has_rdseed() -> bool {
+    cpuid(0).eax >= 7 && cpuid(7).ebx & (1 << 18) != 0
+}
+
+fn has_rdrand() -> bool {
+    cpuid(1).ecx & (1 << 30) != 0
+}
+
+/// 32 bytes from the CPU's generator, mixed with the TSC and the clock; the
+/// number of 8-byte words that came from the hardware.
+fn entropy() -> ([u8; 32], usize) {
+    let (rdseed_ok, rdrand_ok) = (has_rdseed(), has_rdrand());
     let mut s = [0u8; 32];
     let mut hardware = 0;
     for chunk in s.chunks_mut(8) {
         // SAFETY (both calls): the CPU reported the instruction above.
-        let hw = if has_rdseed { unsafe { rdseed() } } else { None }
-            .or_else(|| if has_rdrand { unsafe { rdrand() } } else { None });
+        let hw = if rdseed_ok { unsafe { rdseed() } } else { None }
+            .or_else(|| if rdrand_ok { unsafe { rdrand() } } else { None });
         if hw.is_some() {
             hardware += 1;
         }
@@ -266,17 +291,56 @@ fn seed() -> [u8; 32] {
         let v = hw.unwrap_or(0) ^ tsc.rotate_left(17) ^ time::monotonic();
         chunk.copy_from_slice(&v.to_le_bytes());
     }
+    (s, hardware)
+}
+
+fn seed() -> Csprng {
+    use rand_core::SeedableRng;
+    let (s, hardware) = entropy();
     if hardware < 4 {
         log::warn!(target: "mirage", "no hardware random source: random numbers are seeded from clocks only");
     }
-    s
+    Csprng { rng: rand_chacha::ChaCha20Rng::from_seed(s), drawn: 0, seeded_at: time::monotonic() }
+}
+
+impl Csprng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        use rand_core::{Rng, SeedableRng};
+        let now = time::monotonic();
+        if self.drawn >= RESEED_BYTES || now.wrapping_sub(self.seeded_at) >= RESEED_NS {
+            // The new key is the old generator's output xor fresh entropy:
+            // unpredictable if either is.
+            let (fresh, _) = entropy();
+            let mut key = [0u8; 32];
+            self.rng.fill_bytes(&mut key);
+            for (k, f) in key.iter_mut().zip(fresh) {
+                *k ^= f;
+            }
+            self.rng = rand_chacha::ChaCha20Rng::from_seed(key);
+            self.drawn = 0;
+            self.seeded_at = now;
+        }
+        self.rng.fill_bytes(buf);
+        self.drawn = self.drawn.saturating_add(buf.len() as u64);
+        // Fast key erasure: the key that made `buf` is gone.
+        let mut key = [0u8; 32];
+        self.rng.fill_bytes(&mut key);
+        self.rng = rand_chacha::ChaCha20Rng::from_seed(key);
+    }
 }
 
 impl mirage_devices::random::Random for Random {
     fn fill(&self, buf: &mut [u8]) {
-        use rand_core::{Rng, SeedableRng};
-        RNG.with(|r| {
-            r.get_or_insert_with(|| rand_chacha::ChaCha20Rng::from_seed(seed())).fill_bytes(buf);
-        });
+        RNG.with(|r| r.get_or_insert_with(seed).fill(buf));
+    }
+
+    fn weakness(&self) -> Option<&'static str> {
+        if !has_rdseed() && !has_rdrand() {
+            return Some(
+                "this CPU offers neither RDSEED nor RDRAND; run on a CPU (or a VM whose CPUID passes them through) that has one",
+            );
+        }
+        let (_, hardware) = entropy();
+        (hardware < 4).then_some("the CPU's RDSEED/RDRAND failed to deliver entropy")
     }
 }

@@ -1,0 +1,128 @@
+//! static-website-tls: serves a read-only key-value store over HTTPS, with
+//! certificates from another store, and redirects HTTP to HTTPS with HSTS
+//! (MirageOS's `static_website_tls`).
+#![no_std]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::String;
+use alloc::vec;
+use core::time::Duration;
+
+use mirage_devices::console::Console;
+use mirage_devices::kv::KvRo;
+use mirage_devices::stack::Stack;
+use mirage_devices::time::WallClock;
+use mirage_http::{Handler, Limits, Request, Response, Static, Stats};
+use mirage_runtime::{Either, select};
+
+/// Connections a listener keeps waiting for acceptance.
+const BACKLOG: usize = 256;
+
+/// The HTTPS site: the files, each response with HSTS.
+struct Hsts<K> {
+    files: Static<K>,
+    header: Option<String>,
+}
+
+impl<K: KvRo> Handler for Hsts<K> {
+    type Body = mirage_http::StaticBody<K>;
+
+    async fn handle(&self, request: &Request) -> Response<Self::Body> {
+        let response = self.files.handle(request).await;
+        match &self.header {
+            Some(h) => response.with("Strict-Transport-Security", h.clone()),
+            None => response,
+        }
+    }
+}
+
+/// The HTTP site: every request is sent to the same place over HTTPS.
+struct Redirect {
+    https_port: u16,
+}
+
+impl Handler for Redirect {
+    type Body = alloc::vec::Vec<u8>;
+
+    async fn handle(&self, request: &Request) -> Response<Self::Body> {
+        let host = request.header("host").and_then(|h| core::str::from_utf8(h).ok()).unwrap_or("");
+        // The port of the Host field is the HTTP one: drop it.
+        let host = match host.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || p.is_empty() => h,
+            _ => host,
+        };
+        if host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'/') {
+            return Response::new(400, b"a Host field is needed to redirect to HTTPS\n".to_vec());
+        }
+        let target = if request.target.starts_with('/') { request.target.as_str() } else { "/" };
+        let location = match self.https_port {
+            443 => format!("https://{host}{target}"),
+            p => format!("https://{host}:{p}{target}"),
+        };
+        Response::new(301, vec![]).with("Location", location)
+    }
+}
+
+/// The error that stops the unikernel: its message names the cause.
+#[derive(Debug)]
+pub struct Failed(String);
+
+impl core::fmt::Display for Failed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The unikernel: HTTPS on `https_port` with the TLS server `tls` (its
+/// certificates loaded by the wiring), HTTP on `http_port` redirecting to
+/// it (none if 0).
+#[allow(clippy::too_many_arguments)]
+pub async fn start<S, K, W>(
+    console: impl Console,
+    stack: S,
+    htdocs: K,
+    tls: mirage_tls::Server,
+    clock: W,
+    https_port: u16,
+    http_port: u16,
+    hsts_max_age: u32,
+    idle_timeout: u32,
+) -> Result<(), Failed>
+where
+    S: Stack,
+    S::Flow: 'static,
+    K: KvRo + 'static,
+    W: WallClock + 'static,
+{
+    let limits = Rc::new(Limits { idle_timeout: Duration::from_secs(idle_timeout.into()), ..Limits::default() });
+    let clock = Rc::new(clock);
+    let https =
+        tls.listen(&stack, https_port, BACKLOG).await.map_err(|e| Failed(format!("listening on {https_port}: {e}")))?;
+    let header = (hsts_max_age > 0).then(|| format!("max-age={hsts_max_age}"));
+    let site = Rc::new(Hsts { files: Static::new(Rc::new(htdocs)), header });
+    let addr = match stack.ipv4() {
+        Some((a, _)) => format!("https://{a}:{https_port}/"),
+        None => format!("port {https_port}"),
+    };
+    let _ = console.log(&format!("static-website-tls: serving on {addr}")).await;
+    let secure = mirage_http::serve(https, site, limits.clone(), clock.clone(), Rc::new(Stats::default()));
+    let plain = async {
+        if http_port == 0 {
+            return core::future::pending().await;
+        }
+        match stack.listen(http_port, BACKLOG).await {
+            Ok(l) => {
+                let redirect = Rc::new(Redirect { https_port });
+                mirage_http::serve(l, redirect, limits.clone(), clock.clone(), Rc::new(Stats::default())).await
+            }
+            Err(e) => e,
+        }
+    };
+    let e = match select(secure, plain).await {
+        Either::Left(e) | Either::Right(e) => e,
+    };
+    Err(Failed(format!("the stack failed: {e}")))
+}
