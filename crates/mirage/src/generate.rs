@@ -540,8 +540,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
     if solo5 {
         m.push_str("#![no_std]\n#![no_main]\n\nextern crate alloc;\n\n");
         let opened_store = |d: &crate::config::Device| {
-            opts.tar(&d.name, &d.kind).is_some()
-                || matches!(d.kind, Kind::KvRw { block: Some(_) } | Kind::Tls { .. })
+            opts.tar(&d.name, &d.kind).is_some() || matches!(d.kind, Kind::KvRw { block: Some(_) } | Kind::Tls { .. })
         };
         if stack.is_some() || config.devices.iter().any(opened_store) {
             m.push_str("use alloc::format;\n");
