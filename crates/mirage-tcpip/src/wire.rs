@@ -134,7 +134,7 @@ pub fn checksum_ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, data: &[u8])
 /// The stack sends its segments through this rather than have the engine
 /// sum them: it is the one pass over a segment's bytes after the last
 /// change to its header (the sequence number translation of
-/// [`crate::conns`]), and it sums eight bytes at a time.
+/// the connection table), and it sums eight bytes at a time.
 pub fn fill_tcp_checksum(frame: &mut [u8]) -> bool {
     let Some((eth, ip)) = frame.split_at_mut_checked(14) else { return false };
     let (segment, sum) = match u16::from_be_bytes([eth[12], eth[13]]) {
