@@ -93,6 +93,8 @@ fn start(ns: &Netns, target: &str, image: &Path, extra: &[&str]) -> Result<Backg
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Wrk {
     pub(crate) rps: f64,
+    /// Requests completed in the run.
+    pub(crate) requests: u64,
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
@@ -129,7 +131,9 @@ pub(crate) fn wrk(ns: &Netns, url: &str, conns: usize, secs: u64) -> Result<Wrk,
     let mut rate = false;
     for line in text.lines() {
         let l = line.trim();
-        if let Some(v) = l.strip_prefix("Requests/sec:") {
+        if let Some((n, _)) = l.split_once(" requests in ") {
+            w.requests = n.trim().parse().unwrap_or(0);
+        } else if let Some(v) = l.strip_prefix("Requests/sec:") {
             rate = true;
             w.rps = v.trim().parse().unwrap_or(0.0);
         } else if let Some(v) = l.strip_prefix("50%") {
@@ -249,17 +253,24 @@ pub fn http(o: &Options) -> Result<(), String> {
         "with the pair's offloads (64 KiB segments) and without them (1500-byte frames, as through a tap device); the ratio is to the first."
     );
     println!();
-    println!("| file | connections | server | requests/s | p50 | p99 | errors | vs nginx |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "The unikernel's processor time per request is its process's user and system time over the run (on hvt the guest's time counts as user time);"
+    );
+    println!(
+        "it depends less than requests/s on what else the machine runs. Its system time includes the host's delivery of its frames."
+    );
+    println!();
+    println!("| file | connections | server | requests/s | p50 | p99 | errors | vs nginx | CPU per request |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let scratch = root().join("target/bench-http/nginx");
     for (file, label) in [(SMALL, "small"), (BIG, "1 MiB")] {
         for conns in [1usize, 64, 256] {
             let server = Ipv4Addr::new(10, 0, 1, 2);
             let reference = nginx_run(server, &dir.join("htdocs"), &scratch, file, conns, secs, true)?;
             let plain = nginx_run(server, &dir.join("htdocs"), &scratch, file, conns, secs, false)?;
-            let row = |name: &str, r: &Wrk| {
+            let row = |name: &str, r: &Wrk, cpu: &str| {
                 println!(
-                    "| {label} | {conns} | {name} | {:.0} | {:.3} ms | {:.3} ms | {} | {:.2} |",
+                    "| {label} | {conns} | {name} | {:.0} | {:.3} ms | {:.3} ms | {} | {:.2} | {cpu} |",
                     r.rps,
                     r.p50_ms,
                     r.p99_ms,
@@ -267,15 +278,22 @@ pub fn http(o: &Options) -> Result<(), String> {
                     r.rps / reference.rps
                 );
             };
-            row("nginx 1 worker, veth", &reference);
-            row("nginx 1 worker, veth without offloads", &plain);
+            row("nginx 1 worker, veth", &reference, "-");
+            row("nginx 1 worker, veth without offloads", &plain, "-");
             for (target, image) in &images {
                 for &mtu in &o.mtus {
                     let ns = Netns::with_mtu(mtu)?;
                     let g = start(&ns, target, image, &[])?;
+                    let before = testkit::attack::cpu_ticks(g.child.id());
                     let r = wrk(&ns, &format!("http://10.0.0.2/{file}"), conns, secs)
                         .map_err(|e| format!("{target}: {e}\n{}", g.output()))?;
-                    row(&format!("mirage-rs {target}, tap MTU {mtu}"), &r);
+                    let ticks = testkit::attack::cpu_ticks(g.child.id()).saturating_sub(before);
+                    let hz = testkit::attack::clock_ticks_per_second() as f64;
+                    let cpu = match r.requests {
+                        0 => "-".to_string(),
+                        n => format!("{:.1} us", ticks as f64 * 1e6 / hz / n as f64),
+                    };
+                    row(&format!("mirage-rs {target}, tap MTU {mtu}"), &r, &cpu);
                 }
             }
         }
