@@ -723,5 +723,14 @@ pub fn cases(v: &mut Vec<Case>) {
             let _g = start(&ns, t, Some(&img))?;
             serves_a_tar_image(&ns, &big)
         }));
+        v.push(case(format!("{t}::http_serves_1_mib_byte_exact_over_a_tap_of_mtu_65520"), needs(t), move || {
+            // The tap MTU `mirage run` gives: responses leave in frames of
+            // up to 64 KiB, through the stack's checksums and the hvt ring.
+            let scratch = Scratch::new("tar-site-mtu");
+            let (img, big) = tar_image(&scratch)?;
+            let ns = Netns::with_mtu(65520)?;
+            let _g = start(&ns, t, Some(&img))?;
+            serves_a_tar_image(&ns, &big)
+        }));
     }
 }

@@ -85,6 +85,10 @@ pub fn cases(v: &mut Vec<Case>) {
             if !g.output().contains("--net:service=tap-service") {
                 return Err(format!("the tap device was not attached:\n{}", g.output()));
             }
+            let mtu = ns.command("cat").arg("/sys/class/net/tap-service/mtu").output().map_err(|e| e.to_string())?;
+            if String::from_utf8_lossy(&mtu.stdout).trim() != "65520" {
+                return Err(format!("the tap device's MTU is {:?}, not 65520", String::from_utf8_lossy(&mtu.stdout)));
+            }
             let mut p = ns.command("ping");
             p.args(["-c", "2", "-i", "0.2", "-W", "5", "10.0.0.2"]);
             run_with(p, Duration::from_secs(20))?.expect_status(0)?;
