@@ -25,7 +25,6 @@ use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering, fe
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use solo5_abi::SoloResult;
 use solo5_abi::ring::{OP_NET_READ, OP_NET_WRITE, RING_BUF_SIZE, RING_MASK, RING_SIZE, Ring};
 
 /// Bytes of write buffers: as much as a buffer per slot of
@@ -312,15 +311,14 @@ impl GuestRing {
         let mut got = 0;
         for i in 0..count {
             let c = &self.ring.commits[(head.wrapping_add(i as u32) & RING_MASK) as usize];
-            match SoloResult::from_raw(c.ret.load(Ordering::Relaxed)) {
-                SoloResult::Ok => {
+            match Error::check(c.ret.load(Ordering::Relaxed)) {
+                Ok(()) => {
                     let len = (c.len.load(Ordering::Relaxed) as usize).min(size);
                     RX.with(|rx| rx.push(handle, i, len));
                     got += 1;
                 }
-                SoloResult::Again => {}
-                SoloResult::Inval => _ = first_error.get_or_insert(Error::Invalid),
-                SoloResult::Unspec => _ = first_error.get_or_insert(Error::Unspecified),
+                Err(Error::Again) => {}
+                Err(e) => _ = first_error.get_or_insert(e),
             }
         }
         self.ring.com_head.store(head.wrapping_add(n), Ordering::Release);
@@ -343,12 +341,7 @@ impl GuestRing {
         let ret = c.ret.load(Ordering::Relaxed);
         let got = c.len.load(Ordering::Relaxed) as usize;
         self.ring.com_head.store(head.wrapping_add(1), Ordering::Release);
-        match SoloResult::from_raw(ret) {
-            SoloResult::Ok => Ok(got),
-            SoloResult::Again => Err(Error::Again),
-            SoloResult::Inval => Err(Error::Invalid),
-            SoloResult::Unspec => Err(Error::Unspecified),
-        }
+        Error::check(ret).map(|()| got)
     }
 }
 
