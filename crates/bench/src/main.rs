@@ -13,13 +13,15 @@
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
 //! mirage-bench attack  [--runs SECONDS] [--only WORD]... # a good client's service under each attack, beside nginx
 //! mirage-bench crash   [--count N]                # N SIGKILL trials of the store on a block device (hvt, spt)
-//! mirage-bench store   [--runs SECONDS]           # durable writes of the store, beside SQLite (WAL)
+//! mirage-bench store   [--runs SECONDS] [--only WORD]... # durable writes of the store, beside SQLite (WAL)
 //! mirage-bench tls-handshake [--count N]          # TLS handshakes/s in memory, per crypto provider and key type
 //! mirage-bench tls     [--runs SECONDS]           # static-website-tls on spt and hvt beside nginx with OpenSSL
 //! ```
 //!
 //! `--only WORD` (repeatable) keeps the attack rows whose attack or server
-//! names contain every WORD, e.g. `--only half-open --only hvt`.
+//! names contain every WORD, e.g. `--only half-open --only hvt`, and the
+//! store rows whose target and option do (`--only dsync`); SQLite's rows
+//! always run.
 //!
 //! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
 //! source; nothing of it is part of this project) whose tenders and test
