@@ -75,6 +75,7 @@
 
 extern crate alloc;
 
+pub mod build;
 mod rules;
 mod table;
 mod wire;
