@@ -668,6 +668,19 @@ impl Nat {
         v
     }
 
+    /// The flow and direction of `t`, unless it is past its time (then it
+    /// is expired now, whether or not [`Nat::expire`] has been called).
+    fn find(&mut self, t: &Tuple, now: u64) -> Option<(u32, usize)> {
+        let (f, d) = self.table.find(t)?;
+        let fl = self.table.get(f);
+        if fl.last.saturating_add(self.timeouts.of(fl.class as usize)) <= now {
+            self.release(f);
+            self.stats.expired += 1;
+            return None;
+        }
+        Some((f, d))
+    }
+
     fn release(&mut self, f: u32) {
         let fl: Flow = self.table.remove(f);
         if fl.flags & F_SNAT != 0 {
@@ -686,7 +699,7 @@ impl Nat {
     ) -> Result<Verdict, Reason> {
         let a = Arrival { now: self.clock(now), in_if, ip: wire::ip(p)? };
         match wire::l4(p, &a.ip)? {
-            L4::Flow { tuple, tcp_flags } => match self.table.find(&tuple) {
+            L4::Flow { tuple, tcp_flags } => match self.find(&tuple, a.now) {
                 Some((f, d)) => self.known(&a, p, f, d, tcp_flags),
                 None => self.start(&a, p, tuple, tcp_flags, route),
             },
@@ -821,7 +834,7 @@ impl Nat {
         let inner = wire::inner(p, ip, at)?;
         // The quoted packet went the other way: the error travels in the
         // direction whose tuple is the quote's turned around.
-        let (f, d) = self.table.find(&inner.tuple.inverse()).ok_or(Reason::UnknownIcmpError)?;
+        let (f, d) = self.find(&inner.tuple.inverse(), a.now).ok_or(Reason::UnknownIcmpError)?;
         let fl = *self.table.get(f);
         if fl.key[d].dst != ip.dst {
             return Err(Reason::UnknownIcmpError);

@@ -131,6 +131,24 @@ fn udp_lasts_longer_once_answered_and_icmp_30_s() {
 }
 
 #[test]
+fn a_flow_past_its_time_is_gone_without_a_call_to_expire() {
+    let mut nat = router();
+    let mut q = build::udp(sa(inside_host(1), 1000), sa(SERVER, 53), b"q");
+    through(&mut nat, 0, INSIDE, &mut q);
+    let ext = ends(&q).0;
+    let mut a = build::udp(sa(SERVER, 53), ext, b"a");
+    assert_eq!(through(&mut nat, 30 * SEC - 1, UPLINK, &mut a.clone()), Verdict::Forward(INSIDE));
+    // Answered at 30 s - 1 ms: 120 s more.
+    let late = 30 * SEC - 1 + Timeouts::LINUX.udp_replied;
+    assert_eq!(through(&mut nat, late, UPLINK, &mut a), Verdict::Drop(Reason::Denied));
+    assert_eq!(nat.stats().expired, 1);
+    assert_eq!(nat.stats().flows, 0);
+    let err = build::icmp_error(SERVER, build::ICMP_UNREACHABLE, 3, &q).unwrap();
+    through(&mut nat, late, INSIDE, &mut build::udp(sa(inside_host(1), 1000), sa(SERVER, 53), b"q"));
+    assert_eq!(through(&mut nat, late + 31 * SEC, UPLINK, &mut err.clone()), Verdict::Drop(Reason::UnknownIcmpError));
+}
+
+#[test]
 fn echo_identifiers_are_translated() {
     let mut nat = router();
     // Two inside hosts ping the server with the same identifier.
