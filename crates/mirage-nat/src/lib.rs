@@ -96,7 +96,7 @@ use wire::{Delta, IP_HEADER, L4, Tuple, be16, put16, put32};
 /// The router itself, as an interface of a flow.
 pub(crate) const LOCAL: u8 = u8::MAX;
 
-/// The flow table's size unless configured: 16,384 flows, about 2.4 MiB.
+/// The flow table's size unless configured: 16,384 flows, 1.4 MiB.
 pub const DEFAULT_MAX_FLOWS: usize = 16_384;
 
 /// An interface of the router, numbered by the caller from 0 to 254.
@@ -429,7 +429,7 @@ pub struct Stats {
     pub max_flows: usize,
     /// Flows started.
     pub created: u64,
-    /// Flows expired.
+    /// Flows expired (or forgotten by [`Nat::set_masquerade_address`]).
     pub expired: u64,
     dropped: [u64; Reason::ALL.len()],
 }
@@ -629,6 +629,7 @@ impl Nat {
         m.address = address;
         let stale: Vec<u32> =
             self.table.in_use().filter(|&f| self.table.get(f).flags & (F_SNAT | F_DNAT) != 0).collect();
+        self.stats.expired += stale.len() as u64;
         for f in stale {
             self.release(f);
         }
@@ -710,6 +711,11 @@ impl Nat {
     /// A packet of flow `f` in direction `d`.
     fn known(&mut self, a: &Arrival, p: &mut [u8], f: u32, d: usize, tcp_flags: u8) -> Result<Verdict, Reason> {
         let fl = *self.table.get(f);
+        // Requests go the way the flow started, replies back: an echo of
+        // identifier 0 has the same tuple either way.
+        if a.ip.proto == wire::ICMP && (p[IP_HEADER] == wire::ICMP_ECHO_REQUEST) != (d == 0) {
+            return Err(Reason::NoFlow);
+        }
         let (out_if, forwarding) = a.leaving(&fl, d)?;
         translate(p, &a.ip, &fl.key[d], &fl.key[1 - d].inverse(), forwarding);
         let mut flags = fl.flags;
@@ -731,8 +737,7 @@ impl Nat {
         let (now, in_if, ip) = (a.now, a.in_if, &a.ip);
         let first = match t.proto {
             wire::TCP => tcp_flags & (wire::TCP_SYN | wire::TCP_ACK | wire::TCP_RST | wire::TCP_FIN) == wire::TCP_SYN,
-            // An echo request (an echo reply has its identifier as dport).
-            wire::ICMP => t.dport == 0,
+            wire::ICMP => p[IP_HEADER] == wire::ICMP_ECHO_REQUEST,
             _ => true,
         };
         if !first {

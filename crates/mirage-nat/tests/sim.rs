@@ -168,9 +168,39 @@ fn echo_identifiers_are_translated() {
         assert_eq!(&reply[16..20], &host.octets());
         assert_eq!(id(&reply), 20000);
     }
-    // A reply nobody asked for.
-    let mut stray = build::echo(SERVER, EXTERNAL, false, 999, 1, b"");
-    assert_eq!(through(&mut nat, 1, UPLINK, &mut stray), Verdict::Drop(Reason::NoFlow));
+    // A reply nobody asked for, of any identifier.
+    for id in [999, 0] {
+        let mut stray = build::echo(SERVER, EXTERNAL, false, id, 1, b"");
+        assert_eq!(through(&mut nat, 1, UPLINK, &mut stray), Verdict::Drop(Reason::NoFlow));
+        let mut stray = build::echo(SERVER, inside_host(1), false, id, 1, b"");
+        assert_eq!(through(&mut nat, 1, UPLINK, &mut stray), Verdict::Drop(Reason::NoFlow));
+    }
+    // A request the wrong way on a flow of identifier 0 (no masquerade
+    // between inside and the router: the tuples are the same turned round).
+    let mut req = build::echo(inside_host(3), ROUTER_INSIDE, true, 0, 1, b"");
+    assert_eq!(through(&mut nat, 1, INSIDE, &mut req), Verdict::Local);
+    let mut back = build::echo(ROUTER_INSIDE, inside_host(3), true, 0, 1, b"");
+    assert_eq!(nat.output(1, INSIDE, &mut back), Verdict::Drop(Reason::NoFlow));
+    let mut reply = build::echo(ROUTER_INSIDE, inside_host(3), false, 0, 1, b"");
+    assert_eq!(nat.output(1, INSIDE, &mut reply), Verdict::Forward(INSIDE));
+}
+
+#[test]
+fn a_new_uplink_address_forgets_the_translated_flows() {
+    let mut nat = router();
+    let mut q = build::udp(sa(inside_host(1), 1000), sa(SERVER, 53), b"q");
+    through(&mut nat, 0, INSIDE, &mut q);
+    let mut own = build::udp(sa(EXTERNAL, 50000), sa(SERVER, 53), b"q");
+    nat.output(0, UPLINK, &mut own);
+    assert_eq!(nat.stats().flows, 2);
+    let new = Ipv4Addr::new(192, 0, 2, 99);
+    nat.set_masquerade_address(new);
+    assert_eq!((nat.stats().flows, nat.stats().expired), (1, 1));
+    let mut a = build::udp(sa(SERVER, 53), ends(&q).0, b"a");
+    assert_eq!(through(&mut nat, 1, UPLINK, &mut a), Verdict::Drop(Reason::Denied));
+    let mut q = build::udp(sa(inside_host(1), 1000), sa(SERVER, 53), b"q");
+    through(&mut nat, 2, INSIDE, &mut q);
+    assert_eq!(*ends(&q).0.ip(), new);
 }
 
 #[test]
