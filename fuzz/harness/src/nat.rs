@@ -104,13 +104,25 @@ fn checksums_right(p: &[u8]) -> bool {
         IpProtocol::Udp => UdpPacket::new_checked(payload).is_ok_and(|u| u.verify_checksum(&s, &d)),
         IpProtocol::Icmp => {
             let Ok(m) = Icmpv4Packet::new_checked(payload) else { return false };
-            let quote_ok = !matches!(payload[0], 3 | 4 | 11 | 12)
-                || payload.len() < 28
-                || Ipv4Packet::new_unchecked(&payload[8..]).verify_checksum();
-            m.verify_checksum() && quote_ok
+            m.verify_checksum() && (!matches!(payload[0], 3 | 4 | 11 | 12) || quote_right(&payload[8..]))
         }
         _ => false,
     }
+}
+
+/// Whether a quoted IP header's checksum is right, if it has a header
+/// length that fits (a quote may be cut anywhere after it).
+fn quote_right(q: &[u8]) -> bool {
+    let ihl = usize::from(q.first().map_or(0, |b| b & 0x0f)) * 4;
+    if ihl < 20 || ihl > q.len() {
+        return true;
+    }
+    // RFC 1071, a word at a time.
+    let mut sum: u32 = q[..ihl].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
 }
 
 pub fn run(data: &[u8]) {
