@@ -63,7 +63,11 @@
 //! TTL: forwarded packets leave with their TTL one less (the header
 //! checksum updated); a packet that would leave with TTL 0 is dropped
 //! with [`Reason::TtlExceeded`], and sending the ICMP Time Exceeded is the
-//! caller's choice. Packets to or from the router itself keep their TTL.
+//! caller's choice ([`build::icmp_error`] makes it). Send such errors of
+//! the router's own directly, not through [`Nat::output`]: they quote a
+//! packet as it arrived, which no flow's tuple matches, and `output` would
+//! drop them as [`Reason::UnknownIcmpError`]. Packets to or from the
+//! router itself keep their TTL.
 //!
 //! Checksums are updated incrementally (RFC 1624), never recomputed:
 //! the cost does not grow with the payload, and a packet that arrived

@@ -706,3 +706,33 @@ fn random_bytes_never_panic_and_the_table_stays_bounded() {
     eprintln!("{s}");
     assert!(s.created > 100 && s.dropped_total() > 100_000);
 }
+
+#[test]
+fn configurations_that_cannot_work_are_refused() {
+    use mirage_nat::{ConfigError, Forward, Masquerade, Protocol};
+    let bad = |c: Config| Nat::new(c).expect_err("a bad configuration");
+    assert_eq!(bad(config(0, PORTS)), ConfigError::MaxFlows(0));
+    assert_eq!(bad(config((1 << 24) + 1, PORTS)), ConfigError::MaxFlows((1 << 24) + 1));
+    assert_eq!(bad(config(10, (0, 100))), ConfigError::PortRange(0, 100));
+    assert_eq!(bad(config(10, (200, 100))), ConfigError::PortRange(200, 100));
+    let m = Masquerade { interface: Interface(255), address: EXTERNAL, ports: PORTS };
+    assert_eq!(bad(Config { masquerade: Some(m), ..config(10, PORTS) }), ConfigError::Interface);
+    assert_eq!(bad(Config { masquerade: None, ..config(10, PORTS) }), ConfigError::ForwardWithoutMasquerade);
+    let twice = vec![Forward { protocol: Protocol::Tcp, port: 80, to: WEB }; 2];
+    assert_eq!(bad(Config { forwards: twice, ..config(10, PORTS) }), ConfigError::ForwardTwice(80));
+    let icmp = vec![Forward { protocol: Protocol::Icmp, port: 1, to: WEB }];
+    let e = bad(Config { forwards: icmp, ..config(10, PORTS) });
+    assert_eq!(e.to_string(), "port forwards are for tcp and udp, not icmp");
+    // The same port may be forwarded for TCP and for UDP.
+    let both = vec![
+        Forward { protocol: Protocol::Tcp, port: 53, to: WEB },
+        Forward { protocol: Protocol::Udp, port: 53, to: WEB },
+    ];
+    assert!(Nat::new(Config { forwards: both, ..config(10, PORTS) }).is_ok());
+    // Without masquerade or forwards, a plain stateful firewall.
+    let mut fw = Nat::new(Config { masquerade: None, forwards: vec![], ..config(10, PORTS) }).unwrap();
+    let mut p = build::udp(sa(inside_host(1), 1000), sa(SERVER, 53), b"q");
+    assert_eq!(through(&mut fw, 0, INSIDE, &mut p), Verdict::Forward(UPLINK));
+    assert_eq!(ends(&p).0, sa(inside_host(1), 1000));
+    valid(&p);
+}
