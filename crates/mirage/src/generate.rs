@@ -477,10 +477,11 @@ fn specs(config: &Config, opts: &Options) -> (Vec<String>, Option<(String, Strin
                     "Arg::new::<String>(\"block:{interface}\", None, \"The disk image of block device {interface}.\")"
                 ));
             }
-            Kind::KvRo { .. } if !opts.target.solo5() => {
+            Kind::KvRo { fat, .. } if !opts.target.solo5() => {
                 if let Some(interface) = opts.tar(&d.name, &d.kind) {
+                    let what = if *fat { "a FAT volume" } else { "a tar archive" };
                     specs.push(format!(
-                        "Arg::new::<String>(\"block:{interface}\", None, \"The disk image (a tar archive) of the kv-ro store \\\"{}\\\".\")",
+                        "Arg::new::<String>(\"block:{interface}\", None, \"The disk image ({what}) of the kv-ro store \\\"{}\\\".\")",
                         d.name
                     ));
                 }
@@ -654,11 +655,24 @@ fn main_rs(config: &Config, opts: &Options) -> String {
             Kind::KvRo { .. } => {
                 if let Some(interface) = opts.tar(&d.name, &d.kind) {
                     block(&mut m, &format!("{v}_disk"), &interface, solo5, true, &fail);
+                    let open = if matches!(d.kind, Kind::KvRo { fat: true, .. }) {
+                        format!("mirage_kv::Fat::open({v}_disk, {platform}::WallClock)")
+                    } else {
+                        format!("mirage_kv::Tar::new({v}_disk)")
+                    };
                     opening.push(format!(
-                        "let {v} = mirage_kv::Tar::new({v}_disk)\n            .await\n            .map_err(|e| format!(\"cannot open the kv-ro store \\\"{}\\\" on block device {interface}: {{e}}\"))?;",
+                        "let {v} = {open}\n            .await\n            .map_err(|e| format!(\"cannot open the kv-ro store \\\"{}\\\" on block device {interface}: {{e}}\"))?;",
                         d.name
                     ));
                 }
+            }
+            Kind::KvRw { block: Some(b) } if b.fat => {
+                let interface = &b.interface;
+                block(&mut m, &format!("{v}_disk"), interface, solo5, false, &fail);
+                opening.push(format!(
+                    "let {v} = mirage_kv::Fat::open({v}_disk, {platform}::WallClock)\n            .await\n            .map_err(|e| format!(\"cannot open the kv-rw store \\\"{}\\\" on block device {interface}: {{e}}\"))?;",
+                    d.name
+                ));
             }
             Kind::KvRw { block: Some(b) } => {
                 let interface = &b.interface;

@@ -604,7 +604,19 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
                 );
             }
         }
-        if let (Some(interface), config::Kind::KvRo { directory, .. }) = (opts.tar(&d.name, &d.kind), &d.kind) {
+        if let (Some(interface), config::Kind::KvRo { directory, fat: true, .. }) =
+            (opts.tar(&d.name, &d.kind), &d.kind)
+        {
+            let disk = dist.join(format!("{interface}.img"));
+            if kv::ensure_fat_ro(&disk, &config.dir.join(directory))? {
+                println!(
+                    "made {} (a FAT volume of {}) for store {}",
+                    generate::relative(&disk, &config.dir),
+                    directory.display(),
+                    d.name
+                );
+            }
+        } else if let (Some(interface), config::Kind::KvRo { directory, .. }) = (opts.tar(&d.name, &d.kind), &d.kind) {
             let disk = tar_image(&config.dir.join(directory), &dist.join(format!("{interface}.img")))?;
             println!(
                 "made {} (a tar archive of {}) for store {}",
@@ -675,8 +687,8 @@ usage: mirage clean
 
 Removes the wiring (mirage/) and what mirage build made in dist/: the
 images and the tar archives of kv-ro directories. Data stays: the disk
-images of block devices and kv-rw stores and the directories of kv-rw
-stores are never removed (delete them yourself when you mean to). The shared build cache
+images of block devices, kv-rw stores and FAT stores (store = \"fat\") and
+the directories of kv-rw stores are never removed (delete them yourself when you mean to). The shared build cache
 (see `mirage build --help`) stays too.";
 
 /// What `mirage clean` may remove from dist/: what `mirage build` makes
@@ -690,6 +702,8 @@ fn built_files(config: &Config) -> Vec<String> {
         .filter_map(|d| match &d.kind {
             config::Kind::Block { interface, .. } => Some(interface.as_str()),
             config::Kind::KvRw { block: Some(b) } => Some(b.interface.as_str()),
+            // A FAT image is data: the user may have prepared or changed it.
+            config::Kind::KvRo { tar: Some(i), fat: true, .. } => Some(i.as_str()),
             _ => None,
         })
         .collect();
@@ -951,6 +965,13 @@ mod tests {
         let files = built_files(&c);
         assert!(files.contains(&"ro.img".to_string()), "{files:?}");
         assert!(!files.iter().any(|f| f == "data.img"), "{files:?}");
+        // FAT images, read-only or read-write, are data too.
+        let text = "[unikernel]\nname = \"d\"\nstart = \"d::start\"\narguments = [\"kv\", \"ro\"]\n[devices]\n\
+                    kv = { kind = \"kv-rw\", store = \"fat\", interface = \"data\" }\n\
+                    ro = { kind = \"kv-ro\", directory = \".\", store = \"fat\" }\n";
+        let c = config::parse(Path::new("mirage.toml"), text, Path::new("."), "d".into()).unwrap();
+        let files = built_files(&c);
+        assert!(!files.iter().any(|f| f == "data.img" || f == "ro.img"), "{files:?}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ const EXAMPLES: [&str; 8] =
     ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website", "static-website-tls"];
 
 /// Configurations under `tests/fixtures`, with every variant.
-const FIXTURES: [&str; 1] = ["two-nets"];
+const FIXTURES: [&str; 2] = ["two-nets", "fat-stores"];
 
 /// Each configuration to snapshot: its name and directory.
 fn configurations() -> Vec<(&'static str, PathBuf)> {
