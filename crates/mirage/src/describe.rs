@@ -41,7 +41,7 @@ fn implementation(name: &str, kind: &Kind, opts: &Options) -> (String, Option<St
                 ("mirage_kv::Tar".into(), Some(format!("a tar archive of {} on block device {i}", directory.display())))
             }
         },
-        Kind::KvRw { block: Some(b) } if b.fat => (
+        Kind::KvRw { block: Some(b) } if opts.fat(b) => (
             "mirage_kv::Fat".into(),
             Some(format!("a FAT volume on block device {} (--block:{}=PATH)", b.interface, b.interface)),
         ),

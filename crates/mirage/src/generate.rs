@@ -71,6 +71,9 @@ pub struct Options {
     /// Every kv-ro store is a tar archive on a block device
     /// (`--kv-ro=tar`), whatever its `store`.
     pub kv_tar: bool,
+    /// Every kv-rw store on a block device is a FAT volume
+    /// (`--kv-rw=fat`), whatever its `store`.
+    pub kv_fat: bool,
 }
 
 impl Options {
@@ -86,6 +89,9 @@ impl Options {
         if self.kv_tar {
             c.push_str(" --kv-ro=tar");
         }
+        if self.kv_fat {
+            c.push_str(" --kv-rw=fat");
+        }
         c
     }
 
@@ -97,6 +103,11 @@ impl Options {
             Kind::KvRo { tar: None, .. } if self.kv_tar => Some(name.to_string()),
             _ => None,
         }
+    }
+
+    /// Whether the kv-rw store on block device `b` is a FAT volume.
+    pub fn fat(&self, b: &crate::config::KvBlock) -> bool {
+        b.fat || self.kv_fat
     }
 
     /// Whether kv-ro device `name` is compiled into the image.
@@ -666,7 +677,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
                     ));
                 }
             }
-            Kind::KvRw { block: Some(b) } if b.fat => {
+            Kind::KvRw { block: Some(b) } if opts.fat(b) => {
                 let interface = &b.interface;
                 block(&mut m, &format!("{v}_disk"), interface, solo5, false, &fail);
                 opening.push(format!(
@@ -839,7 +850,7 @@ mod tests {
     fn the_manifest_follows_the_configuration() {
         let text = "[unikernel]\nname = \"w\"\nstart = \"w::start\"\narguments = [\"stack\", \"htdocs\", \"disk\"]\n\n[devices]\nstack = \"stack\"\nhtdocs = { kind = \"kv-ro\", directory = \".\" }\ndisk = \"block\"\n";
         let c = crate::config::parse(Path::new("mirage.toml"), text, Path::new("."), "w".into()).unwrap();
-        let mut opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: true, kv_tar: false };
+        let mut opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: true, kv_tar: false, kv_fat: false };
         let names = |o: &Options| manifest(&c, o).into_iter().map(|(_, n)| n).collect::<Vec<_>>();
         assert_eq!(names(&opts), ["service", "storage"]);
         // --kv-ro=tar: the store is a block device of the image too.

@@ -144,9 +144,10 @@ pub fn ensure_fat_ro(path: &Path, directory: &Path) -> Result<bool, Failure> {
     Ok(true)
 }
 
-/// The image of a kv-rw store at `path`: made (formatted, filled from its
-/// directory) when missing, left alone when present. True if it was made.
-pub fn ensure(path: &Path, block: &KvBlock, config_dir: &Path) -> Result<bool, Failure> {
+/// The image of a kv-rw store at `path`: made (formatted, a FAT volume if
+/// `fat`, filled from its directory) when missing, left alone when
+/// present. True if it was made.
+pub fn ensure(path: &Path, block: &KvBlock, fat: bool, config_dir: &Path) -> Result<bool, Failure> {
     if path.exists() {
         return Ok(false);
     }
@@ -154,7 +155,7 @@ pub fn ensure(path: &Path, block: &KvBlock, config_dir: &Path) -> Result<bool, F
         std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
     }
     let dir = block.directory.as_ref().map(|d| config_dir.join(d));
-    create(path, block.size, dir.as_deref(), block.fat.then_some(None))?;
+    create(path, block.size, dir.as_deref(), fat.then_some(None))?;
     Ok(true)
 }
 

@@ -289,11 +289,13 @@ fn load_state(config: &Config, target: Option<Target>) -> Result<Options, Failur
         net: if first.contains("--net=direct") { UnixNet::Direct } else { UnixNet::Socket },
         dhcp: !first.contains("--no-dhcp"),
         kv_tar: first.contains("--kv-ro=tar"),
+        kv_fat: first.contains("--kv-rw=fat"),
     })
 }
 
 const CONFIGURE_HELP: &str = "\
 usage: mirage configure [-t TARGET] [--net=socket|direct] [--no-dhcp] [--kv-ro=tar]
+                        [--kv-rw=fat]
 
 Writes the wiring for TARGET into mirage/TARGET/: a Cargo project whose
 main builds each device declared in mirage.toml and calls the start
@@ -307,6 +309,8 @@ function, with the Solo5 manifest and link settings.
   --kv-ro=tar           every kv-ro store is a tar archive of its directory on a
                         block device of the store's name (made by mirage build),
                         rather than compiled into the image
+  --kv-rw=fat           every kv-rw store on a block device (store = \"block\")
+                        is a FAT volume instead (store = \"fat\")
 
 The reference of mirage.toml (each device kind, its keys, their types and
 defaults, the boot-argument types, the conventions):";
@@ -362,7 +366,7 @@ fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure
 }
 
 fn configure(dir: &Path, argv: &[String]) -> Result<(), Failure> {
-    let args = Args::parse("configure", argv, &["target=", "net=", "no-dhcp", "kv-ro=", "help"])?;
+    let args = Args::parse("configure", argv, &["target=", "net=", "no-dhcp", "kv-ro=", "kv-rw=", "help"])?;
     if help(&args, &format!("{CONFIGURE_HELP}\n  {}", reference())) {
         return Ok(());
     }
@@ -401,11 +405,22 @@ fn configure(dir: &Path, argv: &[String]) -> Result<(), Failure> {
             ));
         }
     };
+    let kv_fat = match args.value("kv-rw") {
+        None | Some("default") => false,
+        Some("fat") => true,
+        Some(other) => {
+            return Err(Failure::usage(
+                format!("--kv-rw={other}: unknown store"),
+                "use --kv-rw=fat, or leave it out for each store's own",
+            ));
+        }
+    };
     let opts = Options {
         target,
         net: if target == Target::Unix { net } else { UnixNet::Direct },
         dhcp: !args.flag("no-dhcp"),
         kv_tar,
+        kv_fat,
     };
     let written = write_wiring(&config, &opts)?;
     println!(
@@ -595,7 +610,7 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
     for d in &config.devices {
         if let config::Kind::KvRw { block: Some(b) } = &d.kind {
             let disk = dist.join(format!("{}.img", b.interface));
-            if kv::ensure(&disk, b, &config.dir)? {
+            if kv::ensure(&disk, b, opts.fat(b), &config.dir)? {
                 let filled = b.directory.as_ref().map(|d| format!(", filled from {}", d.display())).unwrap_or_default();
                 println!(
                     "made {} (a kv-rw store{filled}) for store {}",
@@ -777,7 +792,13 @@ fn query(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     // The manifest follows the configuration (a tar store is a block
     // device); before any configure, that of the defaults.
     let manifest = || {
-        let opts = opts().unwrap_or(Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: true, kv_tar: false });
+        let opts = opts().unwrap_or(Options {
+            target: Target::Hvt,
+            net: UnixNet::Direct,
+            dhcp: true,
+            kv_tar: false,
+            kv_fat: false,
+        });
         generate::manifest_json(&config, &opts)
     };
     let files = |opts: &Options| -> Vec<String> {

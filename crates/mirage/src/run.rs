@@ -222,7 +222,7 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
             }
             Kind::KvRw { block: Some(b) } => {
                 let path = config.dir.join("dist").join(format!("{}.img", b.interface));
-                if crate::kv::ensure(&path, b, &config.dir)? {
+                if crate::kv::ensure(&path, b, opts.fat(b), &config.dir)? {
                     eprintln!("mirage: created {} for kv-rw store {}", path.display(), d.name);
                 }
                 // Durable: every acknowledged change on the disk. On unix
