@@ -1823,7 +1823,10 @@ impl<B: Block, C: WallClock> KvRw for Fat<B, C> {
         let (mut st, _g) = self.hold().await;
         let st = &mut *st;
         self.writable()?;
-        if from.is_root() || to.is_root() || to.as_str().starts_with(&crate::tree::prefix(from)) {
+        // Into itself: a directory below itself, whatever the case of the
+        // names (FAT's lookups ignore it).
+        let upper = |s: &str| -> String { s.chars().flat_map(char::to_uppercase).collect() };
+        if from.is_root() || to.is_root() || upper(to.as_str()).starts_with(&upper(&crate::tree::prefix(from))) {
             return Err(Error::InvalidKey);
         }
         let Some(Found::Entry(from_dir, e)) = self.resolve(st, from).await? else {
@@ -1842,8 +1845,8 @@ impl<B: Block, C: WallClock> KvRw for Fat<B, C> {
                     self.remove_entry(st, to_dir, old).await?;
                 }
             }
-            // The entry may have moved slots? No: removals only mark
-            // slots deleted. Add the new name, then drop the old one.
+            // Slots never move (a removal only marks them deleted), so `e`
+            // still names the old entry: add the new name, then drop it.
             let d = self.read_dir(st, from_dir).await?;
             let attr = d.bytes.get(e.slot * 32 + 11).copied().ok_or(Error::Io)?;
             self.add_entry(st, to_dir, to.basename(), attr, e.cluster, e.size).await?;

@@ -236,6 +236,12 @@ fn write_tree(fat: &Fat<FileBlock, Clock>) -> BTreeMap<String, Vec<u8>> {
     assert_eq!(block_on(fat.set(&k("/README.TXT/x"), b"x")), Err(Error::DictionaryExpected));
     assert_eq!(block_on(fat.set(&k("/deep"), b"x")), Err(Error::ValueExpected));
     assert_eq!(block_on(fat.rename(&k("/deep"), &k("/deep/er/x"))), Err(Error::InvalidKey));
+    assert_eq!(block_on(fat.rename(&k("/deep"), &k("/DEEP/er/x"))), Err(Error::InvalidKey));
+    // Another case of the same name: the file is renamed, not removed.
+    block_on(fat.rename(&k("/zeros"), &k("/Zeros"))).unwrap();
+    assert_eq!(block_on(fat.list(&Key::root())).unwrap().iter().filter(|(k, _)| k.as_str() == "/Zeros").count(), 1);
+    let z = t.remove("/zeros").unwrap();
+    t.insert("/Zeros".into(), z);
     t
 }
 
