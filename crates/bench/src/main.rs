@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use testkit::{Background, Netns, guest, tender};
 
 mod attack;
+mod fat;
 mod http;
 mod images;
 mod store;
@@ -103,11 +104,12 @@ fn main() {
         Some("attack") => attack::attack(&opts),
         Some("crash") => store::crash(&opts),
         Some("store") => store::store(&opts),
+        Some("fat") => fat::fat(&opts),
         Some("tls-handshake") => tls::handshakes(opts.count),
         Some("tls") => tls::serving(opts.runs as u64),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|tls-handshake|tls [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
             );
             std::process::exit(64);
         }
