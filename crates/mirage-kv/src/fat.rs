@@ -1877,7 +1877,7 @@ impl<B: Block, C: WallClock> KvRw for Fat<B, C> {
     }
 }
 
-/// How [`format`] lays out a volume.
+/// How [`format()`] lays out a volume.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FormatOptions {
