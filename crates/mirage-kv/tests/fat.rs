@@ -15,29 +15,11 @@ use mirage_devices::block::{self, Block, BlockInfo};
 use mirage_devices::kv::{Error, Key, Kind, KvRo, KvRw};
 use mirage_devices::time::{Timestamp, WallClock};
 use mirage_kv::fat::{Fat, FatError, FatType, FormatOptions, format};
-use mirage_unix::{FileBlock, UnixPlatform};
+use mirage_unix::FileBlock;
 use sha2::{Digest as _, Sha256};
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    mirage_runtime::run(&mut UnixPlatform::new(), f)
-}
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("mirage-kv-fat-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{Dir, block_on};
 
 /// A clock at 2024-05-06 07:08:10 UTC.
 struct Clock;
@@ -162,7 +144,7 @@ const KINDS: [(u32, u64, FatType); 3] = [(12, 2, FatType::Fat12), (16, 24, FatTy
 
 #[test]
 fn volumes_made_by_mkfs_and_filled_by_mcopy_read_back_exactly() {
-    let d = Dir::new("read");
+    let d = Dir::new("fat-read");
     let src = d.0.join("src");
     let t = tree();
     write_host(&src, &t);
@@ -254,7 +236,7 @@ fn mcopy_out(img: &Path, to: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn files_written_through_fat_read_back_with_mtools_and_pass_fsck() {
-    let d = Dir::new("write");
+    let d = Dir::new("fat-write");
     for (bits, mib, kind) in KINDS {
         let img = mkfs(&d.0, bits, mib);
         let fat = open(&img);
@@ -276,7 +258,7 @@ fn files_written_through_fat_read_back_with_mtools_and_pass_fsck() {
 
 #[test]
 fn volumes_formatted_here_pass_fsck_and_take_mcopy() {
-    let d = Dir::new("format");
+    let d = Dir::new("fat-format");
     for (kind, mib) in [(FatType::Fat12, 2u64), (FatType::Fat16, 20), (FatType::Fat32, 40)] {
         let img = d.0.join("ours.img");
         let _ = std::fs::remove_file(&img);
@@ -310,7 +292,7 @@ fn volumes_formatted_here_pass_fsck_and_take_mcopy() {
 
 #[test]
 fn a_full_volume_answers_no_space_stays_readable_and_frees_on_remove() {
-    let d = Dir::new("full");
+    let d = Dir::new("fat-full");
     for bits in [12, 16] {
         let mib = if bits == 12 { 1 } else { 9 };
         let img = mkfs(&d.0, bits, mib);
@@ -443,7 +425,7 @@ impl Rng {
 
 #[test]
 fn damaged_images_give_errors_never_a_panic_or_a_hang() {
-    let d = Dir::new("damaged");
+    let d = Dir::new("fat-damaged");
     let src = d.0.join("src");
     write_host(&src, &tree());
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -502,7 +484,7 @@ fn fat16_layout(img: &[u8]) -> (usize, usize) {
 
 #[test]
 fn looping_and_short_chains_and_bad_names_are_errors() {
-    let d = Dir::new("loop");
+    let d = Dir::new("fat-loop");
     let img = mkfs(&d.0, 16, 24);
     let fat = open(&img);
     block_on(fat.set(&k("/looped.bin"), &vec![3u8; 5 * 512])).unwrap();
