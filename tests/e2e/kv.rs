@@ -1,7 +1,8 @@
 //! The kv-server example end to end on unix, hvt and spt: values stored
 //! over HTTP (GET, PUT, DELETE under /kv/) in a crash-safe store on a disk
 //! image are there after the unikernel is killed with SIGKILL and booted
-//! again, and the host's `mirage kv` reads the same image.
+//! again, and the host's `mirage kv` reads the same image; configured
+//! `--kv-rw=fat`, it shares a FAT image with the host's mtools.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -105,6 +106,76 @@ fn keeps_its_data(t: &str) -> Result<(), String> {
     run(&tool, &["kv".as_ref(), "check".as_ref(), disk.as_os_str()])?.expect_status(0)
 }
 
+/// Runs a host tool of dosfstools or mtools on `disk`; its output.
+fn host_tool(program: &str, args: &[&str], disk: &Path) -> Result<Vec<u8>, String> {
+    let out = Command::new(program)
+        .args(args.iter().map(|a| a.replace("DISK", &disk.display().to_string())))
+        .output()
+        .map_err(|e| format!("{program}: {e} (install dosfstools and mtools)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out.stdout)
+}
+
+/// The kv-server configured `--kv-rw=fat` serves a FAT image made by
+/// `mkfs.fat` and filled by `mcopy`: it reads the host's file, and what it
+/// writes the host reads with mtools, and `fsck.fat` finds the volume clean,
+/// after a SIGKILL and a restart.
+fn shares_a_fat_image_with_the_host(t: &str) -> Result<(), String> {
+    let keys: &[&str] = if t == "unix" { &["--net=direct", "--kv-rw=fat"] } else { &["--kv-rw=fat"] };
+    let image = example_with(t, "kv-server", keys)?;
+    let scratch = Scratch::new("kv-fat");
+    let disk = scratch.0.join("data.img");
+    host_tool("mkfs.fat", &["-C", "-F", "16", "-n", "MIRAGE", "DISK", "16384"], &disk)?;
+    let from_host = noise(3, 70_000);
+    let host_file = scratch.0.join("from-host");
+    std::fs::write(&host_file, &from_host).map_err(|e| e.to_string())?;
+    host_tool("mmd", &["-i", "DISK", "::/notes"], &disk)?;
+    let dst = "::/notes/written-by-the-host.bin";
+    host_tool("mcopy", &["-i", "DISK", host_file.to_str().unwrap_or_default(), dst], &disk)?;
+    let big = noise(11, 1 << 20);
+    let ns = Netns::new()?;
+    {
+        let _g = start(&ns, t, &image, &disk)?;
+        let got = http(&ns, "GET", "/kv/notes/written-by-the-host.bin", None)?;
+        expect(got, 200, Some(&from_host), "GET of the host's file")?;
+        let got = http(&ns, "PUT", "/kv/from-the-unikernel/a-long-file-name.bin", Some(&big))?;
+        expect(got, 204, None, "PUT of 1 MiB")?;
+        expect(http(&ns, "PUT", "/kv/small.txt", Some(b"small"))?, 204, None, "PUT small")?;
+        expect(http(&ns, "PUT", "/kv/gone", Some(b"x"))?, 204, None, "PUT /kv/gone")?;
+        expect(http(&ns, "DELETE", "/kv/gone", None)?, 204, None, "DELETE /kv/gone")?;
+        // Killed with SIGKILL: every acknowledged change was flushed.
+    }
+    host_tool("fsck.fat", &["-n", "DISK"], &disk)?;
+    let got = host_tool("mtype", &["-i", "DISK", "::/from-the-unikernel/a-long-file-name.bin"], &disk)?;
+    if got != big {
+        return Err(format!("mtype read {} bytes, not the 1 MiB the unikernel stored", got.len()));
+    }
+    let got = host_tool("mtype", &["-i", "DISK", "::/small.txt"], &disk)?;
+    if got != b"small" {
+        return Err(format!("mtype read {:?} of small.txt", String::from_utf8_lossy(&got)));
+    }
+    let listing = String::from_utf8_lossy(&host_tool("mdir", &["-i", "DISK", "::/"], &disk)?).to_string();
+    if listing.contains("gone") || !listing.contains("from-the-unikernel") {
+        return Err(format!("mdir after the changes: {listing}"));
+    }
+    // The host changes the image; the unikernel sees it after a restart.
+    host_tool("mdel", &["-i", "DISK", "::/small.txt"], &disk)?;
+    {
+        let _g = start(&ns, t, &image, &disk)?;
+        expect(http(&ns, "GET", "/kv/small.txt", None)?, 404, None, "GET of a file the host removed")?;
+        let got = http(&ns, "GET", "/kv/from-the-unikernel/a-long-file-name.bin", None)?;
+        expect(got, 200, Some(&big), "GET of 1 MiB after a restart")?;
+    }
+    host_tool("fsck.fat", &["-n", "DISK"], &disk)?;
+    run(mirage()?, &["kv".as_ref(), "check".as_ref(), disk.as_os_str()])?.expect_status(0)
+}
+
 /// Crash trials in CI: enough to kill the writer in every phase of a
 /// change many times over; `mirage-bench crash` runs 1,000 a target.
 const TRIALS: usize = 150;
@@ -127,6 +198,11 @@ fn survives_kills(t: &str, attach: &str) -> Result<(), String> {
 pub fn cases(v: &mut Vec<Case>) {
     for t in ["unix", "hvt", "spt"] {
         v.push(case(format!("{t}::kv_server_keeps_its_data_across_a_kill"), Needs::Net(t), move || keeps_its_data(t)));
+    }
+    for t in ["unix", "hvt", "spt"] {
+        v.push(case(format!("{t}::kv_server_shares_a_fat_image_with_the_host"), Needs::Net(t), move || {
+            shares_a_fat_image_with_the_host(t)
+        }));
     }
     for t in ["hvt", "spt"] {
         v.push(case(

@@ -642,6 +642,58 @@ pub fn cases(v: &mut Vec<Case>) {
         }
         Ok(())
     }));
+    v.push(case("spt::a_kv_ro_fat_image_is_made_once_shared_with_mtools_and_kept", Needs::Target("spt"), || {
+        // store = "fat": mirage build makes dist/data.img from data/ when it
+        // is missing; the host's mtools read and change it; the unikernel
+        // serves what is there; a later build and clean leave it alone.
+        let scratch = Scratch::new("kv-ro-fat");
+        let dir = scratch.0.join("kv-ro");
+        copy_kv_ro(&dir)?;
+        let toml = std::fs::read_to_string(dir.join("mirage.toml")).map_err(|e| e.to_string())?;
+        let fat = toml.replace("directory = \"data\" }", "directory = \"data\", store = \"fat\" }");
+        if fat == toml {
+            return Err(format!("the kv-ro example's mirage.toml changed:\n{toml}"));
+        }
+        std::fs::write(dir.join("mirage.toml"), fat).map_err(|e| e.to_string())?;
+        tool(&dir, &["configure", "-t", "spt"])?.expect_status(0)?;
+        tool(&dir, &["build"])?.expect_stdout("(a FAT volume of data) for store data")?;
+        let disk = dir.join("dist/data.img");
+        let mtools = |args: &[&str]| -> Result<String, String> {
+            let out = Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .map_err(|e| format!("{}: {e} (install mtools)", args[0]))?;
+            if !out.status.success() {
+                return Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let d = disk.to_str().unwrap_or_default();
+        let secret = mtools(&["mtype", "-i", d, "::/secret"])?;
+        if !secret.contains("42") {
+            return Err(format!("mtype read {secret:?} from the image mirage build made"));
+        }
+        let added = scratch.0.join("added");
+        std::fs::write(&added, "put there by mcopy").map_err(|e| e.to_string())?;
+        mtools(&["mcopy", "-i", d, added.to_str().unwrap_or_default(), "::/A name mcopy gave.txt"])?;
+        tool(&dir, &["build"])?.expect_status(0)?;
+        let boot = || -> Result<Run, String> {
+            let mut c = Command::new(testkit::tender("spt"));
+            c.arg(format!("--block:data={d}")).arg(dir.join("dist/kv-ro.spt")).arg("--solo5:quiet");
+            run_with(c, Duration::from_secs(20))
+        };
+        let r = boot()?;
+        r.expect_status(0)?;
+        r.expect_stdout("secret: The answer is 42.")?;
+        r.expect_stdout("/A name mcopy gave.txt: 18 bytes")?;
+        let r = tool(&dir, &["clean"])?;
+        r.expect_status(0)?;
+        r.expect_stdout("kept dist/data.img")?;
+        if !disk.is_file() {
+            return Err("mirage clean removed the FAT image".into());
+        }
+        Ok(())
+    }));
     v.push(case("hvt::an_image_larger_than_2_mib_boots", Needs::Target("hvt"), || {
         // The boot code maps the image with 2 MiB pages before the real
         // tables exist: a 5 MB file compiled in spans three of them.

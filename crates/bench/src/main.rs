@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use testkit::{Background, Netns, guest, tender};
 
 mod attack;
+mod fat;
 mod http;
 mod images;
 mod nat;
@@ -105,6 +106,7 @@ fn main() {
         Some("attack") => attack::attack(&opts),
         Some("crash") => store::crash(&opts),
         Some("store") => store::store(&opts),
+        Some("fat") => fat::fat(&opts),
         Some("tls-handshake") => tls::handshakes(opts.count),
         Some("tls") => tls::serving(opts.runs as u64),
         Some("nat") => nat::nat(opts.count),

@@ -429,15 +429,15 @@ impl Source<'_> {
 /// One operation at a time: a lock that waits without blocking the
 /// executor.
 #[derive(Debug, Default)]
-struct Lock {
+pub(crate) struct Lock {
     busy: Cell<bool>,
     waiters: RefCell<VecDeque<Waker>>,
 }
 
-struct Guard<'a>(&'a Lock);
+pub(crate) struct Guard<'a>(&'a Lock);
 
 impl Lock {
-    async fn lock(&self) -> Guard<'_> {
+    pub(crate) async fn lock(&self) -> Guard<'_> {
         poll_fn(|cx| {
             if self.busy.get() {
                 let mut w = self.waiters.borrow_mut();

@@ -5,6 +5,10 @@
 //! [`BlockStore`] is a read-write store on any block device that survives
 //! a crash or power loss at any moment (copy-on-write, two superblocks).
 //!
+//! [`Fat`] is a FAT12, FAT16 or FAT32 volume on any block device, read and
+//! written (long names included), to exchange disk images with the host's
+//! tools (mtools, `mkfs.fat`, a loop mount); it has no journal.
+//!
 //! [`Tar`] is a read-only store over a block device holding a tar
 //! archive; [`tar::write_archive`] makes such an archive.
 //!
@@ -33,6 +37,7 @@ pub use mirage_devices::time::Timestamp;
 pub mod block_store;
 #[cfg(feature = "crunch")]
 pub mod crunch;
+pub mod fat;
 mod index;
 mod mem;
 pub mod tar;
@@ -41,6 +46,7 @@ mod tree;
 use index::{Index, Indexed};
 
 pub use block_store::BlockStore;
+pub use fat::Fat;
 pub use mem::Mem;
 pub use tar::Tar;
 

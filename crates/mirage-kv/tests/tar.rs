@@ -7,28 +7,10 @@ use std::process::Command;
 
 use mirage_devices::kv::{Key, Kind, KvRo};
 use mirage_kv::tar::{Tar, TarError, write_archive};
-use mirage_unix::{FileBlock, UnixPlatform};
+use mirage_unix::FileBlock;
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    mirage_runtime::run(&mut UnixPlatform::new(), f)
-}
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("mirage-kv-tar-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{Dir, block_on};
 
 const LONG: &str = "a-directory-name-long-enough-to-need-more-than-one-hundred-bytes/and-then-another-quite-long-one-too/file-with-a-long-name.txt";
 
@@ -109,7 +91,7 @@ fn gnu_tar(root: &Path, out: &Path, format: &str) {
 
 #[test]
 fn archives_made_by_gnu_tar_in_each_format() {
-    let dir = Dir::new("gnu");
+    let dir = Dir::new("tar-gnu");
     let root = dir.0.join("site");
     let files = tree(&root);
     for format in ["gnu", "pax", "ustar"] {
@@ -124,7 +106,7 @@ fn archives_made_by_gnu_tar_in_each_format() {
 
 #[test]
 fn archives_written_for_the_tool_and_read_by_gnu_tar() {
-    let dir = Dir::new("ours");
+    let dir = Dir::new("tar-ours");
     let root = dir.0.join("site");
     let files = tree(&root);
     let archive = write_archive(files.iter().map(|(p, d)| (p.as_str(), d.as_slice(), 1_700_000_000)), 4096);
@@ -151,7 +133,7 @@ fn open_count(dir: &Dir, bytes: &[u8]) -> Result<usize, TarError> {
 
 #[test]
 fn damaged_archives_are_refused_with_the_reason() {
-    let dir = Dir::new("bad");
+    let dir = Dir::new("tar-bad");
     let open = |bytes: &[u8]| open_count(&dir, bytes);
     let good = write_archive([("a.txt", &b"hello"[..], 1), ("b.txt", &[7u8; 2000][..], 2)], 512);
     assert_eq!(open(&good), Ok(2));
@@ -181,7 +163,7 @@ fn damaged_archives_are_refused_with_the_reason() {
 /// file under it unreachable by listing. Both are refused by name.
 #[test]
 fn paths_that_are_not_one_tree_are_refused() {
-    let dir = Dir::new("tree");
+    let dir = Dir::new("tar-tree");
     let open = |bytes: &[u8]| open_count(&dir, bytes);
     assert_eq!(open(&write_archive([("/", &b"x"[..], 1)], 512)), Err(TarError::BadPath(String::new())));
     let both = write_archive([("a/b/c", &b"x"[..], 1), ("a/b", b"y", 1)], 512);
@@ -196,7 +178,7 @@ fn paths_that_are_not_one_tree_are_refused() {
 /// the reader read back.
 #[test]
 fn times_past_the_octal_range_round_trip() {
-    let dir = Dir::new("mtime");
+    let dir = Dir::new("tar-mtime");
     let late = 10_507_614_452u64; // in 2302; 8^11 seconds is in 2242
     let archive = write_archive([("late", &b"x"[..], late), ("early", b"y", 8u64.pow(11) - 1)], 512);
     let img = image(&dir.0, &archive, 512);

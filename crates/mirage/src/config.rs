@@ -81,11 +81,13 @@ pub enum Kind {
     Stack { interface: String, ipv4: Option<String>, gateway: Option<String> },
     /// A read-only key-value store of a directory: compiled into the image
     /// (crunch), or, with `store = "tar"`, a tar archive of it on block
-    /// device `tar` that `mirage build` makes.
-    KvRo { directory: PathBuf, tar: Option<String> },
+    /// device `tar` that `mirage build` makes; with `store = "fat"`
+    /// (`fat`), a FAT image on block device `tar`, made from the
+    /// directory when missing and kept as data.
+    KvRo { directory: PathBuf, tar: Option<String>, fat: bool },
     /// A read-write key-value store: a host directory on unix, memory on
     /// Solo5; with `store = "block"`, a crash-safe store on a block device
-    /// on every target.
+    /// on every target; with `store = "fat"`, a FAT volume on one.
     KvRw { block: Option<KvBlock> },
     /// A TLS server (certificates from directory `path` of kv-ro store
     /// `store`) or client (CA certificates from file `path` of `store`),
@@ -93,9 +95,12 @@ pub enum Kind {
     Tls { server: bool, stack: String, store: String, path: String, alpn: Vec<String> },
 }
 
-/// The block device of a `store = "block"` kv-rw store.
+/// The block device of a `store = "block"` or `store = "fat"` kv-rw
+/// store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvBlock {
+    /// A FAT volume (`store = "fat"`) rather than a `BlockStore`.
+    pub fat: bool,
     /// The block device (`interface`, the device's name by default).
     pub interface: String,
     /// The size of the disk image `mirage build` or `mirage run` formats
@@ -854,14 +859,17 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
                 )
             })?;
             let d = directory(&d)?;
-            let tar = match opt("store")?.as_deref() {
+            let store = opt("store")?;
+            let fat = store.as_deref() == Some("fat");
+            let tar = match store.as_deref() {
                 None | Some("crunch") => None,
-                Some("tar") => Some(interface(key)?),
+                Some("tar" | "fat") => Some(interface(key)?),
                 Some(other) => {
                     return Err(p.err(
                         span.clone(),
                         format!("unknown store {other:?} of device {key}"),
-                        "use store = \"crunch\" (compiled into the image) or store = \"tar\" (a disk image)",
+                        "use store = \"crunch\" (compiled into the image), store = \"tar\" (a disk image) or \
+                         store = \"fat\" (a FAT disk image)",
                     ));
                 }
             };
@@ -872,7 +880,7 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
                     "add store = \"tar\", or drop interface",
                 ));
             }
-            Kind::KvRo { directory: d, tar }
+            Kind::KvRo { directory: d, tar, fat }
         }
         "kv-rw" => match opt("store")?.as_deref() {
             None | Some("host") => {
@@ -885,8 +893,9 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
                 }
                 Kind::KvRw { block: None }
             }
-            Some("block") => Kind::KvRw {
+            Some(store @ ("block" | "fat")) => Kind::KvRw {
                 block: Some(KvBlock {
+                    fat: store == "fat",
                     interface: interface(key)?,
                     size: sectors(4 << 20)?,
                     directory: opt("directory")?.map(|d| directory(&d)).transpose()?,
@@ -907,8 +916,8 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
                 return Err(p.err(
                     span.clone(),
                     format!("unknown store {other:?} of device {key}"),
-                    "use store = \"block\" (a crash-safe store on a disk image, every target), or leave store out \
-                     (a host directory on unix, memory on hvt and spt)",
+                    "use store = \"block\" (a crash-safe store on a disk image, every target), store = \"fat\" (a FAT \
+                     disk image, every target), or leave store out (a host directory on unix, memory on hvt and spt)",
                 ));
             }
         },
@@ -998,10 +1007,28 @@ default = 8080
         assert_eq!(
             kv.kind,
             Kind::KvRw {
-                block: Some(KvBlock { interface: "kv".into(), size: 8 << 20, directory: None, durable: true })
+                block: Some(KvBlock {
+                    fat: false,
+                    interface: "kv".into(),
+                    size: 8 << 20,
+                    directory: None,
+                    durable: true
+                })
             }
         );
         assert_eq!(kv.kind.interface(), Some("kv"));
+        // A FAT volume, on every target too.
+        let c = check(&good.replace(
+            "[devices]",
+            "[devices]\nkv = { kind = \"kv-rw\", store = \"fat\", size = \"8M\", directory = \".\" }",
+        ))
+        .unwrap();
+        assert!(matches!(&c.devices[0].kind, Kind::KvRw { block: Some(b) } if b.fat && b.size == 8 << 20));
+        let ro = GOOD.replace("\"port\"]", "\"port\", \"ro\"]");
+        let c =
+            check(&ro.replace("[devices]", "[devices]\nro = { kind = \"kv-ro\", directory = \".\", store = \"fat\" }"))
+                .unwrap();
+        assert!(matches!(&c.devices[0].kind, Kind::KvRo { tar: Some(i), fat: true, .. } if i == "ro"));
         let c = check(&good.replace("[devices]", "[devices]\nkv = \"kv-rw\"")).unwrap();
         assert_eq!(c.devices[0].kind, Kind::KvRw { block: None });
         // durable = false: the page cache is enough.

@@ -33,10 +33,18 @@ fn implementation(name: &str, kind: &Kind, opts: &Options) -> (String, Option<St
         }
         Kind::KvRo { directory, .. } => match opts.tar(name, kind) {
             None => ("mirage_kv::Crunched".into(), Some(format!("{} compiled in", directory.display()))),
+            Some(i) if matches!(kind, Kind::KvRo { fat: true, .. }) => (
+                "mirage_kv::Fat".into(),
+                Some(format!("a FAT volume on block device {i}, made from {} when missing", directory.display())),
+            ),
             Some(i) => {
                 ("mirage_kv::Tar".into(), Some(format!("a tar archive of {} on block device {i}", directory.display())))
             }
         },
+        Kind::KvRw { block: Some(b) } if opts.fat(b) => (
+            "mirage_kv::Fat".into(),
+            Some(format!("a FAT volume on block device {} (--block:{}=PATH)", b.interface, b.interface)),
+        ),
         Kind::KvRw { block: Some(b) } => {
             let on = match (b.durable, solo5) {
                 (true, true) => format!("--block-dsync:{}=PATH, durable: a flush syncs", b.interface),

@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn each_place_is_named_in_mirage_toml() {
         let c = crate::config::parse(Path::new("mirage.toml"), TOML, Path::new("."), "d".into()).unwrap();
-        let opts = Options { target: Target::Unix, net: UnixNet::Socket, dhcp: true, kv_tar: false };
+        let opts = Options { target: Target::Unix, net: UnixNet::Socket, dhcp: true, kv_tar: false, kv_fat: false };
         let main = "fn main() {\n    std::process::exit(mirage_unix::run(async move {\n        d::start(console, KV_HTDOCS, port, &greeting).await\n    }));\n}\n";
         let col = |s: &str| main.lines().nth(2).unwrap().find(s).unwrap() + 1;
         let e = explain(&c, &opts, main, TOML, &[(3, col("port"))]);

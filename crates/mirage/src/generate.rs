@@ -71,6 +71,9 @@ pub struct Options {
     /// Every kv-ro store is a tar archive on a block device
     /// (`--kv-ro=tar`), whatever its `store`.
     pub kv_tar: bool,
+    /// Every kv-rw store on a block device is a FAT volume
+    /// (`--kv-rw=fat`), whatever its `store`.
+    pub kv_fat: bool,
 }
 
 impl Options {
@@ -86,6 +89,9 @@ impl Options {
         if self.kv_tar {
             c.push_str(" --kv-ro=tar");
         }
+        if self.kv_fat {
+            c.push_str(" --kv-rw=fat");
+        }
         c
     }
 
@@ -97,6 +103,11 @@ impl Options {
             Kind::KvRo { tar: None, .. } if self.kv_tar => Some(name.to_string()),
             _ => None,
         }
+    }
+
+    /// Whether the kv-rw store on block device `b` is a FAT volume.
+    pub fn fat(&self, b: &crate::config::KvBlock) -> bool {
+        b.fat || self.kv_fat
     }
 
     /// Whether kv-ro device `name` is compiled into the image.
@@ -477,10 +488,11 @@ fn specs(config: &Config, opts: &Options) -> (Vec<String>, Option<(String, Strin
                     "Arg::new::<String>(\"block:{interface}\", None, \"The disk image of block device {interface}.\")"
                 ));
             }
-            Kind::KvRo { .. } if !opts.target.solo5() => {
+            Kind::KvRo { fat, .. } if !opts.target.solo5() => {
                 if let Some(interface) = opts.tar(&d.name, &d.kind) {
+                    let what = if *fat { "a FAT volume" } else { "a tar archive" };
                     specs.push(format!(
-                        "Arg::new::<String>(\"block:{interface}\", None, \"The disk image (a tar archive) of the kv-ro store \\\"{}\\\".\")",
+                        "Arg::new::<String>(\"block:{interface}\", None, \"The disk image ({what}) of the kv-ro store \\\"{}\\\".\")",
                         d.name
                     ));
                 }
@@ -654,11 +666,24 @@ fn main_rs(config: &Config, opts: &Options) -> String {
             Kind::KvRo { .. } => {
                 if let Some(interface) = opts.tar(&d.name, &d.kind) {
                     block(&mut m, &format!("{v}_disk"), &interface, solo5, true, &fail);
+                    let open = if matches!(d.kind, Kind::KvRo { fat: true, .. }) {
+                        format!("mirage_kv::Fat::open({v}_disk, {platform}::WallClock)")
+                    } else {
+                        format!("mirage_kv::Tar::new({v}_disk)")
+                    };
                     opening.push(format!(
-                        "let {v} = mirage_kv::Tar::new({v}_disk)\n            .await\n            .map_err(|e| format!(\"cannot open the kv-ro store \\\"{}\\\" on block device {interface}: {{e}}\"))?;",
+                        "let {v} = {open}\n            .await\n            .map_err(|e| format!(\"cannot open the kv-ro store \\\"{}\\\" on block device {interface}: {{e}}\"))?;",
                         d.name
                     ));
                 }
+            }
+            Kind::KvRw { block: Some(b) } if opts.fat(b) => {
+                let interface = &b.interface;
+                block(&mut m, &format!("{v}_disk"), interface, solo5, false, &fail);
+                opening.push(format!(
+                    "let {v} = mirage_kv::Fat::open({v}_disk, {platform}::WallClock)\n            .await\n            .map_err(|e| format!(\"cannot open the kv-rw store \\\"{}\\\" on block device {interface}: {{e}}\"))?;",
+                    d.name
+                ));
             }
             Kind::KvRw { block: Some(b) } => {
                 let interface = &b.interface;
@@ -825,7 +850,7 @@ mod tests {
     fn the_manifest_follows_the_configuration() {
         let text = "[unikernel]\nname = \"w\"\nstart = \"w::start\"\narguments = [\"stack\", \"htdocs\", \"disk\"]\n\n[devices]\nstack = \"stack\"\nhtdocs = { kind = \"kv-ro\", directory = \".\" }\ndisk = \"block\"\n";
         let c = crate::config::parse(Path::new("mirage.toml"), text, Path::new("."), "w".into()).unwrap();
-        let mut opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: true, kv_tar: false };
+        let mut opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: true, kv_tar: false, kv_fat: false };
         let names = |o: &Options| manifest(&c, o).into_iter().map(|(_, n)| n).collect::<Vec<_>>();
         assert_eq!(names(&opts), ["service", "storage"]);
         // --kv-ro=tar: the store is a block device of the image too.

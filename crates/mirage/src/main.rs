@@ -289,11 +289,13 @@ fn load_state(config: &Config, target: Option<Target>) -> Result<Options, Failur
         net: if first.contains("--net=direct") { UnixNet::Direct } else { UnixNet::Socket },
         dhcp: !first.contains("--no-dhcp"),
         kv_tar: first.contains("--kv-ro=tar"),
+        kv_fat: first.contains("--kv-rw=fat"),
     })
 }
 
 const CONFIGURE_HELP: &str = "\
 usage: mirage configure [-t TARGET] [--net=socket|direct] [--no-dhcp] [--kv-ro=tar]
+                        [--kv-rw=fat]
 
 Writes the wiring for TARGET into mirage/TARGET/: a Cargo project whose
 main builds each device declared in mirage.toml and calls the start
@@ -307,6 +309,8 @@ function, with the Solo5 manifest and link settings.
   --kv-ro=tar           every kv-ro store is a tar archive of its directory on a
                         block device of the store's name (made by mirage build),
                         rather than compiled into the image
+  --kv-rw=fat           every kv-rw store on a block device (store = \"block\")
+                        is a FAT volume instead (store = \"fat\")
 
 The reference of mirage.toml (each device kind, its keys, their types and
 defaults, the boot-argument types, the conventions):";
@@ -362,7 +366,7 @@ fn write_wiring(config: &Config, opts: &Options) -> Result<Vec<PathBuf>, Failure
 }
 
 fn configure(dir: &Path, argv: &[String]) -> Result<(), Failure> {
-    let args = Args::parse("configure", argv, &["target=", "net=", "no-dhcp", "kv-ro=", "help"])?;
+    let args = Args::parse("configure", argv, &["target=", "net=", "no-dhcp", "kv-ro=", "kv-rw=", "help"])?;
     if help(&args, &format!("{CONFIGURE_HELP}\n  {}", reference())) {
         return Ok(());
     }
@@ -401,11 +405,22 @@ fn configure(dir: &Path, argv: &[String]) -> Result<(), Failure> {
             ));
         }
     };
+    let kv_fat = match args.value("kv-rw") {
+        None | Some("default") => false,
+        Some("fat") => true,
+        Some(other) => {
+            return Err(Failure::usage(
+                format!("--kv-rw={other}: unknown store"),
+                "use --kv-rw=fat, or leave it out for each store's own",
+            ));
+        }
+    };
     let opts = Options {
         target,
         net: if target == Target::Unix { net } else { UnixNet::Direct },
         dhcp: !args.flag("no-dhcp"),
         kv_tar,
+        kv_fat,
     };
     let written = write_wiring(&config, &opts)?;
     println!(
@@ -595,7 +610,7 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
     for d in &config.devices {
         if let config::Kind::KvRw { block: Some(b) } = &d.kind {
             let disk = dist.join(format!("{}.img", b.interface));
-            if kv::ensure(&disk, b, &config.dir)? {
+            if kv::ensure(&disk, b, opts.fat(b), &config.dir)? {
                 let filled = b.directory.as_ref().map(|d| format!(", filled from {}", d.display())).unwrap_or_default();
                 println!(
                     "made {} (a kv-rw store{filled}) for store {}",
@@ -604,7 +619,19 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
                 );
             }
         }
-        if let (Some(interface), config::Kind::KvRo { directory, .. }) = (opts.tar(&d.name, &d.kind), &d.kind) {
+        if let (Some(interface), config::Kind::KvRo { directory, fat: true, .. }) =
+            (opts.tar(&d.name, &d.kind), &d.kind)
+        {
+            let disk = dist.join(format!("{interface}.img"));
+            if kv::ensure_fat_ro(&disk, &config.dir.join(directory))? {
+                println!(
+                    "made {} (a FAT volume of {}) for store {}",
+                    generate::relative(&disk, &config.dir),
+                    directory.display(),
+                    d.name
+                );
+            }
+        } else if let (Some(interface), config::Kind::KvRo { directory, .. }) = (opts.tar(&d.name, &d.kind), &d.kind) {
             let disk = tar_image(&config.dir.join(directory), &dist.join(format!("{interface}.img")))?;
             println!(
                 "made {} (a tar archive of {}) for store {}",
@@ -675,8 +702,8 @@ usage: mirage clean
 
 Removes the wiring (mirage/) and what mirage build made in dist/: the
 images and the tar archives of kv-ro directories. Data stays: the disk
-images of block devices and kv-rw stores and the directories of kv-rw
-stores are never removed (delete them yourself when you mean to). The shared build cache
+images of block devices, kv-rw stores and FAT stores (store = \"fat\") and
+the directories of kv-rw stores are never removed (delete them yourself when you mean to). The shared build cache
 (see `mirage build --help`) stays too.";
 
 /// What `mirage clean` may remove from dist/: what `mirage build` makes
@@ -690,6 +717,8 @@ fn built_files(config: &Config) -> Vec<String> {
         .filter_map(|d| match &d.kind {
             config::Kind::Block { interface, .. } => Some(interface.as_str()),
             config::Kind::KvRw { block: Some(b) } => Some(b.interface.as_str()),
+            // A FAT image is data: the user may have prepared or changed it.
+            config::Kind::KvRo { tar: Some(i), fat: true, .. } => Some(i.as_str()),
             _ => None,
         })
         .collect();
@@ -763,7 +792,13 @@ fn query(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     // The manifest follows the configuration (a tar store is a block
     // device); before any configure, that of the defaults.
     let manifest = || {
-        let opts = opts().unwrap_or(Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: true, kv_tar: false });
+        let opts = opts().unwrap_or(Options {
+            target: Target::Hvt,
+            net: UnixNet::Direct,
+            dhcp: true,
+            kv_tar: false,
+            kv_fat: false,
+        });
         generate::manifest_json(&config, &opts)
     };
     let files = |opts: &Options| -> Vec<String> {
@@ -951,6 +986,13 @@ mod tests {
         let files = built_files(&c);
         assert!(files.contains(&"ro.img".to_string()), "{files:?}");
         assert!(!files.iter().any(|f| f == "data.img"), "{files:?}");
+        // FAT images, read-only or read-write, are data too.
+        let text = "[unikernel]\nname = \"d\"\nstart = \"d::start\"\narguments = [\"kv\", \"ro\"]\n[devices]\n\
+                    kv = { kind = \"kv-rw\", store = \"fat\", interface = \"data\" }\n\
+                    ro = { kind = \"kv-ro\", directory = \".\", store = \"fat\" }\n";
+        let c = config::parse(Path::new("mirage.toml"), text, Path::new("."), "d".into()).unwrap();
+        let files = built_files(&c);
+        assert!(!files.iter().any(|f| f == "data.img" || f == "ro.img"), "{files:?}");
     }
 
     #[test]

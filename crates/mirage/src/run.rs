@@ -204,9 +204,12 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
                 device_args.push(format!("--block:{interface}={}", path.display()));
                 continue;
             }
-            Kind::KvRo { .. } => {
+            Kind::KvRo { directory, fat, .. } => {
                 if let Some(interface) = opts.tar(&d.name, &d.kind) {
                     let path = config.dir.join("dist").join(format!("{interface}.img"));
+                    if *fat && crate::kv::ensure_fat_ro(&path, &config.dir.join(directory))? {
+                        eprintln!("mirage: created {} (FAT) for kv-ro store {}", path.display(), d.name);
+                    }
                     if !path.is_file() {
                         return Err(Failure::new(
                             format!("the disk image {} of store {} is missing", path.display(), d.name),
@@ -219,7 +222,7 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
             }
             Kind::KvRw { block: Some(b) } => {
                 let path = config.dir.join("dist").join(format!("{}.img", b.interface));
-                if crate::kv::ensure(&path, b, &config.dir)? {
+                if crate::kv::ensure(&path, b, opts.fat(b), &config.dir)? {
                     eprintln!("mirage: created {} for kv-rw store {}", path.display(), d.name);
                 }
                 // Durable: every acknowledged change on the disk. On unix

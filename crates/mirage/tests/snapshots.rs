@@ -19,7 +19,7 @@ const EXAMPLES: [&str; 8] =
     ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website", "static-website-tls"];
 
 /// Configurations under `tests/fixtures`, with every variant.
-const FIXTURES: [&str; 1] = ["two-nets"];
+const FIXTURES: [&str; 2] = ["two-nets", "fat-stores"];
 
 /// Each configuration to snapshot: its name and directory.
 fn configurations() -> Vec<(&'static str, PathBuf)> {
@@ -46,8 +46,8 @@ fn generated() -> Vec<(&'static str, &'static str, generate::File)> {
 }
 
 fn variants() -> Vec<(&'static str, Options)> {
-    let o = |target, net, dhcp| Options { target, net, dhcp, kv_tar: false };
-    let tar = |target| Options { target, net: UnixNet::Direct, dhcp: true, kv_tar: true };
+    let o = |target, net, dhcp| Options { target, net, dhcp, kv_tar: false, kv_fat: false };
+    let tar = |target| Options { target, net: UnixNet::Direct, dhcp: true, kv_tar: true, kv_fat: false };
     vec![
         ("unix", o(Target::Unix, UnixNet::Socket, true)),
         ("unix-direct", o(Target::Unix, UnixNet::Direct, true)),
@@ -190,7 +190,7 @@ fn each_interface_has_its_own_subnet() {
     assert_eq!((generate::subnet(&c, "service"), generate::subnet(&c, "admin")), (0, 1));
     // The stack is on the second interface: its static defaults are in
     // 10.0.1.0/24, which mirage run gives tap-admin.
-    let opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: false, kv_tar: false };
+    let opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: false, kv_tar: false, kv_fat: false };
     let main = generate::files(&c, &opts, &Libraries::Path(root().join("crates")))
         .into_iter()
         .find(|f| f.path == "main.rs")

@@ -129,6 +129,7 @@ impl World {
         Devices {
             entries: vec![MftEntry::reserved_first(), net, block],
             fds: vec![None, dup(&self.net), Some(OwnedFd::from(self.block.try_clone().expect("dup")))],
+            flush_fds: vec![None, None, None],
         }
     }
 

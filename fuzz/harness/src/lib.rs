@@ -14,6 +14,7 @@
 pub mod args;
 pub mod dhcpd;
 pub mod elf;
+pub mod fat;
 pub mod http;
 pub mod hypercall;
 pub mod kv_store;
@@ -38,6 +39,7 @@ pub const TARGETS: &[Target] = &[
     ("tar", tar::run),
     ("tar_roundtrip", tar::run_roundtrip),
     ("kv_store", kv_store::run),
+    ("fat", fat::run),
     ("wire", wire::run),
     ("args", args::run),
     ("dhcpd", dhcpd::run),

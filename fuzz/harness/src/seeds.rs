@@ -22,6 +22,7 @@ pub fn all() -> Vec<Seed> {
     seeds.extend(http());
     seeds.extend(tar());
     seeds.extend(crate::kv_store::seed_images().into_iter().map(|(name, image)| ("kv_store", name, image)));
+    seeds.extend(crate::fat::seed_images().into_iter().map(|(name, image)| ("fat", name, image)));
     seeds.extend(wire());
     seeds.extend(args());
     seeds.extend(dhcpd());
