@@ -39,12 +39,21 @@ pub struct IpInfo {
     pub mtu: u16,
     /// Its IPv4 address and prefix length.
     pub ipv4: (Ipv4Addr, u8),
+    /// The gateway configured on its link, if any: where the unikernel's
+    /// routing table may send what no other route takes.
+    pub gateway: Option<Ipv4Addr>,
 }
 
 impl IpInfo {
     /// An interface description.
     pub const fn new(mac: MacAddr, mtu: u16, ipv4: (Ipv4Addr, u8)) -> IpInfo {
-        IpInfo { mac, mtu, ipv4 }
+        IpInfo { mac, mtu, ipv4, gateway: None }
+    }
+
+    /// The same, with a gateway.
+    pub const fn with_gateway(mut self, gateway: Option<Ipv4Addr>) -> IpInfo {
+        self.gateway = gateway;
+        self
     }
 
     /// Whether `a` is on the interface's IPv4 subnet.

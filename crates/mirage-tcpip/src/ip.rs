@@ -5,7 +5,8 @@
 //! ```no_run
 //! # async fn f(net: impl mirage_devices::net::Net) {
 //! use mirage_devices::ip::{Ip, NextHop};
-//! let mut ip = mirage_tcpip::IpLayer::new(net, ("10.0.0.2".parse().unwrap(), 24)).unwrap();
+//! let config = mirage_tcpip::IpConfig::new(("10.0.0.2".parse().unwrap(), 24), None);
+//! let mut ip = mirage_tcpip::IpLayer::new(net, config).unwrap();
 //! loop {
 //!     let _ = ip.readable().await;
 //!     while let Ok(Some(len)) = ip.try_recv(|packet| packet.len()) {
@@ -43,6 +44,7 @@ use core::net::{IpAddr, Ipv4Addr};
 
 use mirage_devices::ip::{Error, Ip, IpInfo, IpStats, NextHop};
 use mirage_devices::net::{MacAddr, Net};
+use mirage_runtime::args::{Arg, Args, Ipv4Cidr};
 use mirage_runtime::time::{Duration, Instant, now};
 
 use crate::device::buffer;
@@ -68,6 +70,8 @@ pub enum IpError {
     /// The address is not a usable unicast address, or the prefix is
     /// longer than 32.
     BadAddress,
+    /// The gateway is not on the interface's subnet, or is its own address.
+    BadGateway,
 }
 
 impl core::fmt::Display for IpError {
@@ -75,7 +79,57 @@ impl core::fmt::Display for IpError {
         f.write_str(match self {
             IpError::BadMac => "the interface's MAC address is not unicast",
             IpError::BadAddress => "the IPv4 address is not a usable unicast address with a prefix of at most 32",
+            IpError::BadGateway => "the gateway is not another address of the interface's subnet",
         })
+    }
+}
+
+/// How an IP-layer interface is configured: its address, and the
+/// gateway the unikernel's routing table may take as its default route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IpConfig {
+    /// IPv4 address and prefix length.
+    pub ipv4: (Ipv4Addr, u8),
+    /// A gateway on the interface's link.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl IpConfig {
+    /// A configuration.
+    pub fn new(ipv4: (Ipv4Addr, u8), gateway: Option<Ipv4Addr>) -> IpConfig {
+        IpConfig { ipv4, gateway }
+    }
+
+    /// The boot arguments that configure an IP-layer interface: `--ipv4`
+    /// and `--ipv4-gateway`, with these defaults (an empty gateway: none).
+    pub fn args(default_ipv4: &'static str, default_gateway: &'static str) -> Vec<Arg> {
+        alloc::vec![
+            Arg::new::<Ipv4Cidr>("ipv4", Some(default_ipv4), "IPv4 address and prefix length of the interface."),
+            Arg::new::<Option<Ipv4Addr>>(
+                "ipv4-gateway",
+                Some(default_gateway),
+                "IPv4 gateway on the interface's link."
+            ),
+        ]
+    }
+
+    /// The arguments of [`IpConfig::args`] for one of several devices:
+    /// `--PREFIX-ipv4`, `--PREFIX-ipv4-gateway`.
+    pub fn args_prefixed(prefix: &str, default_ipv4: &'static str, default_gateway: &'static str) -> Vec<Arg> {
+        IpConfig::args(default_ipv4, default_gateway).into_iter().map(|a| a.prefixed(prefix)).collect()
+    }
+
+    /// The configuration the arguments of [`IpConfig::args`] give.
+    pub fn from_args(args: &Args) -> IpConfig {
+        let c: Ipv4Cidr = args.get("ipv4");
+        IpConfig { ipv4: (c.addr, c.prefix), gateway: args.get("ipv4-gateway") }
+    }
+
+    /// The configuration the arguments of [`IpConfig::args_prefixed`] give.
+    pub fn from_args_prefixed(args: &Args, prefix: &str) -> IpConfig {
+        let c: Ipv4Cidr = args.get(&alloc::format!("{prefix}-ipv4"));
+        IpConfig { ipv4: (c.addr, c.prefix), gateway: args.get(&alloc::format!("{prefix}-ipv4-gateway")) }
     }
 }
 
@@ -117,8 +171,9 @@ fn broadcast(a: Ipv4Addr, prefix: u8) -> Ipv4Addr {
 }
 
 impl<N: Net> IpLayer<N> {
-    /// The layer on `net` with IPv4 address and prefix length `ipv4`.
-    pub fn new(net: N, ipv4: (Ipv4Addr, u8)) -> Result<IpLayer<N>, IpError> {
+    /// The layer on `net` configured with `config`.
+    pub fn new(net: N, config: IpConfig) -> Result<IpLayer<N>, IpError> {
+        let ipv4 = config.ipv4;
         let info = net.info();
         if !crate::neighbor::unicast(info.mac.0) {
             return Err(IpError::BadMac);
@@ -127,19 +182,23 @@ impl<N: Net> IpLayer<N> {
         if p > 32 || a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
             return Err(IpError::BadAddress);
         }
+        if config.gateway.is_some_and(|g| g == a || !IpInfo::new(info.mac, info.mtu, ipv4).on_link(g)) {
+            return Err(IpError::BadGateway);
+        }
         // The policy's tables are keyed with SipHash: the key need not be
         // secret for a bounded table whose entries only neighbours make,
         // but differs per interface.
         let mac = info.mac.0;
+        // (The layer is made before the runtime runs, as the other
+        // devices are: it reads no clock here.)
         let key = u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], p, 0]) ^ u32::from(a) as u64;
-        let t = now();
         Ok(IpLayer {
             net,
-            info: IpInfo::new(info.mac, info.mtu, ipv4),
-            neighbors: Neighbors::new((key, key.rotate_left(32) ^ t.as_nanos())),
+            info: IpInfo::new(info.mac, info.mtu, ipv4).with_gateway(config.gateway),
+            neighbors: Neighbors::new((key, key.rotate_left(32))),
             unresolved: Vec::new(),
             stats: IpStats::default(),
-            next_expiry: t + EXPIRY,
+            next_expiry: Instant(0),
         })
     }
 

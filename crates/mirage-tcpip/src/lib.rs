@@ -69,7 +69,7 @@ mod tcp;
 mod udp;
 
 #[cfg(feature = "stack")]
-pub use ip::{IpError, IpLayer};
+pub use ip::{IpConfig, IpError, IpLayer};
 #[cfg(feature = "stack")]
 pub use stack::{Config, Error, Stack, Stats};
 #[cfg(feature = "stack")]

@@ -16,7 +16,7 @@ use mirage_devices::stack::{Udp, UdpSocket};
 use mirage_runtime::time::{Duration, sleep};
 use mirage_runtime::{Interest, Platform, Source, select};
 use mirage_tcpip::wire;
-use mirage_tcpip::{Config, IpLayer, Stack};
+use mirage_tcpip::{Config, IpConfig, IpLayer, Stack};
 
 #[derive(Default)]
 struct Sim {
@@ -101,7 +101,7 @@ fn link(stack: bool) -> (Link, Option<Stack>) {
     let b = Rc::new(RefCell::new(Wire::default()));
     let sent = Rc::new(RefCell::new(Vec::new()));
     let ip_net = SimNet { mac: MacAddr(ROUTER_MAC), rx: a.clone(), tx: b.clone(), sent: sent.clone() };
-    let ip = IpLayer::new(ip_net, (ROUTER, 24)).unwrap();
+    let ip = IpLayer::new(ip_net, IpConfig::new((ROUTER, 24), None)).unwrap();
     let host = stack.then(|| {
         let net = SimNet { mac: MacAddr(HOST_MAC), rx: b, tx: a.clone(), sent: Rc::new(RefCell::new(Vec::new())) };
         Stack::new(net, Config::static_ipv4(HOST, 24, Some(ROUTER))).unwrap()
