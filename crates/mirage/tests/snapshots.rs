@@ -15,8 +15,8 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-const EXAMPLES: [&str; 8] =
-    ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website", "static-website-tls"];
+const EXAMPLES: [&str; 9] =
+    ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website", "static-website-tls", "router"];
 
 /// Configurations under `tests/fixtures`, with every variant.
 const FIXTURES: [&str; 2] = ["two-nets", "three-nets"];
