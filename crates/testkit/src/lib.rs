@@ -379,6 +379,17 @@ impl Netns {
         Ok(ns)
     }
 
+    /// A namespace with only its loopback device, up: for tests that
+    /// lay out their own links (the router's three namespaces).
+    pub fn empty() -> Result<Netns, String> {
+        let n = NETNS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("mirage-test-{}-{n}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
     pub fn ip(&self, args: &[&str]) -> Result<(), String> {
         let mut a = vec!["netns", "exec", &self.name, "ip"];
         a.extend_from_slice(args);
