@@ -348,6 +348,7 @@ pub async fn start(
     dns: &str,
     lease: u32,
     max_flows: u32,
+    udp_timeout: u32,
     stats: u32,
 ) -> Result<(), String> {
     let (up, ins) = (uplink.info(), inside.info());
@@ -358,11 +359,18 @@ pub async fn start(
         .map_err(|e| format!("{key}: {e}"))?;
     let nat = Nat::new(mirage_nat::Config {
         max_flows: max_flows as usize,
+        timeouts: match udp_timeout {
+            0 => mirage_nat::Timeouts::LINUX,
+            s => mirage_nat::Timeouts {
+                udp_unreplied: s as u64 * 1000,
+                udp_replied: s as u64 * 1000,
+                ..mirage_nat::Timeouts::LINUX
+            },
+        },
         masquerade: Some(Masquerade { interface: Interface(UPLINK), address: up.ipv4.0, ports: (1024, 65535) }),
         forwards: parse_forwards(forward)?,
         rules,
         seed: now_ms() ^ u64::from(u32::from(up.ipv4.0)) << 16,
-        ..mirage_nat::Config::default()
     })
     .map_err(|e| format!("the NAT: {e}"))?;
     let mut routes = Routes::new();

@@ -44,6 +44,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
             "Most flows the NAT tracks at once; a new flow beyond is refused and counted.",
         ),
         Arg::new::<u32>(
+            "udp-timeout",
+            Some("0"),
+            "How long a UDP flow lasts without a packet, in seconds (0: Linux's, 30 s unanswered and 120 s answered).",
+        ),
+        Arg::new::<u32>(
             "stats",
             Some("10"),
             "Print a line of counters every this many seconds (0: never).",
@@ -104,11 +109,22 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let dns: String = args.get("dns");
     let lease: u32 = args.get("lease");
     let max_flows: u32 = args.get("max-flows");
+    let udp_timeout: u32 = args.get("udp-timeout");
     let stats: u32 = args.get("stats");
     solo5::dev::run(async move {
         router::start(
-            console, uplink, inside, KV_CONFIG, &rules, &forward, &dhcp_pool, &dns, lease,
-            max_flows, stats,
+            console,
+            uplink,
+            inside,
+            KV_CONFIG,
+            &rules,
+            &forward,
+            &dhcp_pool,
+            &dns,
+            lease,
+            max_flows,
+            udp_timeout,
+            stats,
         )
         .await
     })
