@@ -32,6 +32,7 @@ use mirage_devices::console::Console;
 use mirage_devices::ip::{Ip, IpStats, NextHop};
 use mirage_devices::kv::{Key, KvRo};
 use mirage_devices::net::MacAddr;
+use mirage_devices::random::Random;
 use mirage_devices::time::Duration;
 use mirage_dhcpd::Destination;
 use mirage_nat::{Forward, Interface, Masquerade, Nat, Protocol, Route, Rules, Verdict};
@@ -339,6 +340,7 @@ impl Router {
 #[allow(clippy::too_many_arguments)]
 pub async fn start(
     console: impl Console,
+    random: impl Random,
     mut uplink: impl Ip,
     mut inside: impl Ip,
     config: impl KvRo,
@@ -370,7 +372,7 @@ pub async fn start(
         masquerade: Some(Masquerade { interface: Interface(UPLINK), address: up.ipv4.0, ports: (1024, 65535) }),
         forwards: parse_forwards(forward)?,
         rules,
-        seed: now_ms() ^ u64::from(u32::from(up.ipv4.0)) << 16,
+        seed: random.next_u64(),
     })
     .map_err(|e| format!("the NAT: {e}"))?;
     let mut routes = Routes::new();

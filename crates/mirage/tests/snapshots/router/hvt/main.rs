@@ -69,6 +69,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
         Err(code) => return code,
     };
     let console = solo5::dev::Console;
+    let random = solo5::dev::Random;
     let uplink_net = match solo5::dev::Net::acquire("uplink") {
         Ok(device) => device,
         Err(e) => {
@@ -114,6 +115,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
     solo5::dev::run(async move {
         router::start(
             console,
+            random,
             uplink,
             inside,
             KV_CONFIG,

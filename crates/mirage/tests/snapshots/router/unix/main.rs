@@ -68,6 +68,7 @@ fn main() {
         Err(code) => std::process::exit(code),
     };
     let console = mirage_unix::Console;
+    let random = mirage_unix::Random;
     let uplink_net_tap: String = args.get("net:uplink");
     let uplink_net = match mirage_unix::TapNet::open(&uplink_net_tap, None) {
         Ok(device) => device,
@@ -111,6 +112,7 @@ fn main() {
     std::process::exit(mirage_unix::run(async move {
         router::start(
             console,
+            random,
             uplink,
             inside,
             KV_CONFIG,
