@@ -13,103 +13,12 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use testkit::{Background, Netns, Scratch, example, run_with};
+use testkit::router::{CLIENT, INSIDE, Lab, SERVER, UPLINK};
+use testkit::{Netns, run_with};
 
 use crate::{Case, Needs, case};
-
-const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const UPLINK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
-/// The first address of the router's default pool: the client's lease.
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
-
-/// The three namespaces with the router running between them.
-struct Lab {
-    client: Netns,
-    server: Netns,
-    router: Background,
-    _router_ns: Netns,
-}
-
-impl Lab {
-    /// The router on `t` with boot arguments `args` after the defaults',
-    /// the taps moved out to the client and the server, the server's
-    /// address set; the client has none yet.
-    fn start(t: &str, args: &[&str]) -> Result<Lab, String> {
-        let image = example(t, "router")?;
-        let router_ns = Netns::empty()?;
-        let client = Netns::empty()?;
-        let server = Netns::empty()?;
-        for tap in ["tap-up", "tap-in"] {
-            router_ns.ip(&["tuntap", "add", tap, "mode", "tap"])?;
-            // Up while the unikernel attaches it (moved, it goes down, and
-            // its new namespace sets it up again).
-            router_ns.ip(&["link", "set", tap, "up"])?;
-        }
-        let mut c = router_ns.unikernel(t, &image, &["--net:uplink=tap-up", "--net:inside=tap-in"]);
-        c.args(["--stats=1"]).args(args);
-        let mut router = Background::start(c)?;
-        router.wait_for("router: uplink", Duration::from_secs(30))?;
-        router_ns.ip(&["link", "set", "tap-up", "netns", &server.name])?;
-        router_ns.ip(&["link", "set", "tap-in", "netns", &client.name])?;
-        server.ip(&["addr", "add", &format!("{SERVER}/24"), "dev", "tap-up"])?;
-        server.ip(&["link", "set", "tap-up", "up"])?;
-        client.ip(&["link", "set", "tap-in", "up"])?;
-        Ok(Lab { client, server, router, _router_ns: router_ns })
-    }
-
-    /// Takes a lease with udhcpc; the address and the default route it
-    /// set.
-    fn lease(&self) -> Result<String, String> {
-        let scratch = Scratch::new("udhcpc");
-        let script = scratch.0.join("script");
-        // udhcpc runs it with the lease in the environment; $mask is the
-        // prefix length.
-        std::fs::write(
-            &script,
-            "#!/bin/sh\ncase \"$1\" in\nbound|renew)\n  ip addr flush dev \"$interface\"\n  ip addr add \"$ip/$mask\" dev \"$interface\"\n  for r in $router; do ip route replace default via \"$r\" dev \"$interface\"; break; done\n  ;;\nesac\n",
-        )
-        .map_err(|e| e.to_string())?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-        let mut c: Command = self.client.command("busybox");
-        c.args(["udhcpc", "-f", "-q", "-n", "-t", "10", "-T", "1", "-i", "tap-in", "-s"]).arg(&script);
-        let r = run_with(c, Duration::from_secs(30))?;
-        if r.status() != 0 {
-            return Err(format!("udhcpc got no lease: {}\n--- router:\n{}", r.dump(), self.router.output()));
-        }
-        let mut out = String::new();
-        for args in [&["-4", "addr", "show", "tap-in"][..], &["route", "show", "default"]] {
-            let mut c = self.client.command("ip");
-            c.args(args);
-            out += &run_with(c, Duration::from_secs(5))?.stdout;
-        }
-        Ok(out)
-    }
-
-    /// The last `--stats` line, once more than `since` were printed.
-    fn stats_after(&self, since: usize) -> Result<String, String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self.router.output();
-            let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("stats:")).collect();
-            if lines.len() > since {
-                return Ok(lines[lines.len() - 1].to_string());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no new stats line\n{out}"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stats_lines(&self) -> usize {
-        self.router.output().lines().filter(|l| l.starts_with("stats:")).count()
-    }
-}
 
 /// The count after `label` in a stats line (`denied 5` → 5), 0 if absent.
 fn count(line: &str, label: &str) -> u64 {

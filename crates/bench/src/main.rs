@@ -16,6 +16,7 @@
 //! mirage-bench store   [--runs SECONDS]           # durable writes of the store, beside SQLite (WAL)
 //! mirage-bench tls-handshake [--count N]          # TLS handshakes/s in memory, per crypto provider and key type
 //! mirage-bench tls     [--runs SECONDS]           # static-website-tls on spt and hvt beside nginx with OpenSSL
+//! mirage-bench router  [--targets T,T] [--mtu M,M] # the router example beside Linux with nftables: iperf3, UDP, conn/s, RTT
 //! ```
 //!
 //! `--only WORD` (repeatable) keeps the attack rows whose attack or server
@@ -35,6 +36,7 @@ use testkit::{Background, Netns, guest, tender};
 mod attack;
 mod http;
 mod images;
+mod router;
 mod store;
 mod tcp;
 mod tls;
@@ -103,9 +105,10 @@ fn main() {
         Some("store") => store::store(&opts),
         Some("tls-handshake") => tls::handshakes(opts.count),
         Some("tls") => tls::serving(opts.runs as u64),
+        Some("router") => router::router(&opts),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|tls-handshake|tls [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|tls-handshake|tls|router [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
             );
             std::process::exit(64);
         }
