@@ -26,9 +26,9 @@
 //!   IPv4 header says. Fragments are handed up as they are (the caller
 //!   decides); IPv6 is not carried yet (dropped and counted).
 //! * **ARP** answers requests for the interface's address and resolves
-//!   next hops, under the stack's neighbour-cache policy
-//!   ([`crate::neighbor`]): only solicited replies create or change an
-//!   entry, requests aimed at this host may create one, nothing
+//!   next hops, under the stack's neighbour-cache policy (ARCHITECTURE.md,
+//!   "The neighbour-cache policy"): only solicited replies create or
+//!   change an entry, requests aimed at this host may create one, nothing
 //!   unsolicited changes a live one; refusals are counted. The cache holds
 //!   256 neighbours, each for 60 s from its last confirmation.
 //! * **Bounded waiting.** A packet for a neighbour not yet resolved waits:
