@@ -8,7 +8,8 @@
 //!
 //! The client takes its address from the router's DHCP server with
 //! busybox's udhcpc, reaches the server through masquerade over TCP, UDP
-//! and ping; the server reaches the client through the port forward;
+//! and ping (and the server's ICMP errors come back translated); the
+//! server reaches the client through the port forward;
 //! traffic the rules deny is dropped and counted on the `--stats` line.
 
 use std::io::{Read, Write};
@@ -120,6 +121,18 @@ fn through(t: &str) -> Result<(), String> {
     if from.ip() != UPLINK {
         return Err(format!("the server's UDP saw {from}, not {UPLINK}"));
     }
+    // An ICMP error about a flow comes back translated: the server's port
+    // unreachable reaches the client's connected socket as a refusal.
+    lab.client.enter(|| -> Result<(), String> {
+        let s = UdpSocket::bind((CLIENT, 0)).map_err(|e| e.to_string())?;
+        s.connect((SERVER, 7009)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+        s.send(b"anyone?").map_err(|e| e.to_string())?;
+        match s.recv(&mut [0; 16]) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(format!("the port unreachable did not come back translated: {other:?}")),
+        }
+    })??;
     // The port forward: the uplink's 8080 is the client's 80.
     let inside = tcp_echo_once(&lab.client, SocketAddr::from((CLIENT, 80)))?;
     tcp_exchange(&lab.server, SocketAddr::from((UPLINK, 8080)), 50_000)?;
@@ -393,7 +406,7 @@ fn ten_thousand_flows(t: &str) -> Result<(), String> {
     if n < FLOWS as u64 || count(&line, "table-full ") > 0 {
         return Err(format!("the table does not hold the {FLOWS} flows at once:\n{line}"));
     }
-    eprintln!("router_{t}: {FLOWS} UDP flows answered through NAT in {took:?}");
+    eprintln!("{t}::router: {FLOWS} UDP flows answered through NAT in {took:?}");
     Ok(())
 }
 
@@ -408,7 +421,7 @@ pub fn cases(cases: &mut Vec<Case>) {
     for t in ["unix", "hvt", "spt"] {
         for (name, test) in tests {
             cases.push(case(
-                format!("router_{t}_{name}"),
+                format!("{t}::router_{name}"),
                 Needs::NetProgram { target: t, name: "busybox", package: "busybox" },
                 move || test(t),
             ));
