@@ -14,8 +14,11 @@ use crate::{Case, Needs, case};
 
 const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
+/// Boots the kv-server on `disk` as `mirage run` does for a durable store:
+/// `--block-dsync:` on hvt and spt, whose flushes sync.
 fn start(ns: &Netns, t: &str, image: &Path, disk: &Path) -> Result<Background, String> {
-    let block = format!("--block:data={}", disk.display());
+    let attach = if t == "unix" { "--block" } else { "--block-dsync" };
+    let block = format!("{attach}:data={}", disk.display());
     let mut c = ns.unikernel(t, image, &["--net:service=tap0", &block]);
     c.arg("--ipv4=10.0.0.2/24");
     let mut bg = Background::start(c)?;
@@ -106,12 +109,12 @@ fn keeps_its_data(t: &str) -> Result<(), String> {
 /// change many times over; `mirage-bench crash` runs 1,000 a target.
 const TRIALS: usize = 150;
 
-fn survives_kills(t: &str) -> Result<(), String> {
+fn survives_kills(t: &str, attach: &str) -> Result<(), String> {
     let image = example_with(t, "kv-writer", &[])?;
     let scratch = Scratch::new("kv-crash");
     let disk = scratch.0.join("data.img");
     run(mirage()?, &["kv".as_ref(), "format".as_ref(), disk.as_os_str(), "--size=64M".as_ref()])?.expect_status(0)?;
-    let outcome = testkit::crash::run(t, &image, &disk, TRIALS, Duration::from_millis(300), &mut |line| {
+    let outcome = testkit::crash::run(t, &image, &disk, attach, TRIALS, Duration::from_millis(300), &mut |line| {
         eprintln!("{t}: {line}")
     })?;
     eprintln!("{t}: {outcome}");
@@ -129,7 +132,14 @@ pub fn cases(v: &mut Vec<Case>) {
         v.push(case(
             format!("{t}::kv_store_keeps_every_acknowledged_change_through_sigkill"),
             Needs::Target(t),
-            move || survives_kills(t),
+            move || survives_kills(t, "--block"),
+        ));
+        // The same through flushes: writes through the tender's second
+        // descriptor, each change acknowledged after its fdatasync.
+        v.push(case(
+            format!("{t}::kv_store_keeps_every_acknowledged_change_through_sigkill_with_flushes"),
+            Needs::Target(t),
+            move || survives_kills(t, "--block-dsync"),
         ));
     }
 }

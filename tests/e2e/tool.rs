@@ -480,8 +480,9 @@ pub fn cases(v: &mut Vec<Case>) {
         c.env("CARGO_TARGET_DIR", root().join("target/mirage"));
         let mut g = Background::start(c)?;
         g.wait_for("kv-server: serving", Duration::from_secs(300))?;
-        if !g.output().contains("--block:data=") {
-            return Err(format!("the disk image was not attached:\n{}", g.output()));
+        // A durable store (the default): attached so that flushes sync.
+        if !g.output().contains("--block-dsync:data=") {
+            return Err(format!("the disk image was not attached with --block-dsync:\n{}", g.output()));
         }
         let mut curl = ns.command("curl");
         curl.args([

@@ -13,14 +13,17 @@
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
 //! mirage-bench attack  [--runs SECONDS] [--only WORD]... # a good client's service under each attack, beside nginx
 //! mirage-bench crash   [--count N]                # N SIGKILL trials of the store on a block device (hvt, spt)
-//! mirage-bench store   [--runs SECONDS]           # durable writes of the store, beside SQLite (WAL)
+//! mirage-bench store   [--runs SECONDS] [--only WORD]... # durable writes of the store, beside SQLite (WAL)
 //! mirage-bench tls-handshake [--count N]          # TLS handshakes/s in memory, per crypto provider and key type
 //! mirage-bench tls     [--runs SECONDS]           # static-website-tls on spt and hvt beside nginx with OpenSSL
 //! mirage-bench router  [--targets T,T] [--mtu M,M] # the router example beside Linux with nftables: iperf3, UDP, conn/s, RTT
+//! mirage-bench nat     [--count N]                # mirage-nat's packets/s and new flows/s, in process
 //! ```
 //!
 //! `--only WORD` (repeatable) keeps the attack rows whose attack or server
-//! names contain every WORD, e.g. `--only half-open --only hvt`.
+//! names contain every WORD, e.g. `--only half-open --only hvt`, and the
+//! store rows whose target and option do (`--only dsync`); SQLite's rows
+//! always run.
 //!
 //! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
 //! source; nothing of it is part of this project) whose tenders and test
@@ -36,6 +39,7 @@ use testkit::{Background, Netns, guest, tender};
 mod attack;
 mod http;
 mod images;
+mod nat;
 mod router;
 mod store;
 mod tcp;
@@ -106,9 +110,10 @@ fn main() {
         Some("tls-handshake") => tls::handshakes(opts.count),
         Some("tls") => tls::serving(opts.runs as u64),
         Some("router") => router::router(&opts),
+        Some("nat") => nat::nat(opts.count),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|tls-handshake|tls|router [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|tls-handshake|tls|nat|router [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
             );
             std::process::exit(64);
         }

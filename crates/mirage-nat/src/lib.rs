@@ -63,7 +63,11 @@
 //! TTL: forwarded packets leave with their TTL one less (the header
 //! checksum updated); a packet that would leave with TTL 0 is dropped
 //! with [`Reason::TtlExceeded`], and sending the ICMP Time Exceeded is the
-//! caller's choice. Packets to or from the router itself keep their TTL.
+//! caller's choice ([`build::icmp_error`] makes it). Send such errors of
+//! the router's own directly, not through [`Nat::output`]: they quote a
+//! packet as it arrived, which no flow's tuple matches, and `output` would
+//! drop them as [`Reason::UnknownIcmpError`]. Packets to or from the
+//! router itself keep their TTL.
 //!
 //! Checksums are updated incrementally (RFC 1624), never recomputed:
 //! the cost does not grow with the payload, and a packet that arrived
@@ -75,6 +79,7 @@
 
 extern crate alloc;
 
+pub mod build;
 mod rules;
 mod table;
 mod wire;
@@ -95,7 +100,7 @@ use wire::{Delta, IP_HEADER, L4, Tuple, be16, put16, put32};
 /// The router itself, as an interface of a flow.
 pub(crate) const LOCAL: u8 = u8::MAX;
 
-/// The flow table's size unless configured: 16,384 flows, about 2.4 MiB.
+/// The flow table's size unless configured: 16,384 flows, 1.4 MiB.
 pub const DEFAULT_MAX_FLOWS: usize = 16_384;
 
 /// An interface of the router, numbered by the caller from 0 to 254.
@@ -428,7 +433,7 @@ pub struct Stats {
     pub max_flows: usize,
     /// Flows started.
     pub created: u64,
-    /// Flows expired.
+    /// Flows expired (or forgotten by [`Nat::set_masquerade_address`]).
     pub expired: u64,
     dropped: [u64; Reason::ALL.len()],
 }
@@ -628,6 +633,7 @@ impl Nat {
         m.address = address;
         let stale: Vec<u32> =
             self.table.in_use().filter(|&f| self.table.get(f).flags & (F_SNAT | F_DNAT) != 0).collect();
+        self.stats.expired += stale.len() as u64;
         for f in stale {
             self.release(f);
         }
@@ -667,6 +673,19 @@ impl Nat {
         v
     }
 
+    /// The flow and direction of `t`, unless it is past its time (then it
+    /// is expired now, whether or not [`Nat::expire`] has been called).
+    fn find(&mut self, t: &Tuple, now: u64) -> Option<(u32, usize)> {
+        let (f, d) = self.table.find(t)?;
+        let fl = self.table.get(f);
+        if fl.last.saturating_add(self.timeouts.of(fl.class as usize)) <= now {
+            self.release(f);
+            self.stats.expired += 1;
+            return None;
+        }
+        Some((f, d))
+    }
+
     fn release(&mut self, f: u32) {
         let fl: Flow = self.table.remove(f);
         if fl.flags & F_SNAT != 0 {
@@ -685,7 +704,7 @@ impl Nat {
     ) -> Result<Verdict, Reason> {
         let a = Arrival { now: self.clock(now), in_if, ip: wire::ip(p)? };
         match wire::l4(p, &a.ip)? {
-            L4::Flow { tuple, tcp_flags } => match self.table.find(&tuple) {
+            L4::Flow { tuple, tcp_flags } => match self.find(&tuple, a.now) {
                 Some((f, d)) => self.known(&a, p, f, d, tcp_flags),
                 None => self.start(&a, p, tuple, tcp_flags, route),
             },
@@ -696,6 +715,11 @@ impl Nat {
     /// A packet of flow `f` in direction `d`.
     fn known(&mut self, a: &Arrival, p: &mut [u8], f: u32, d: usize, tcp_flags: u8) -> Result<Verdict, Reason> {
         let fl = *self.table.get(f);
+        // Requests go the way the flow started, replies back: an echo of
+        // identifier 0 has the same tuple either way.
+        if a.ip.proto == wire::ICMP && (p[IP_HEADER] == wire::ICMP_ECHO_REQUEST) != (d == 0) {
+            return Err(Reason::NoFlow);
+        }
         let (out_if, forwarding) = a.leaving(&fl, d)?;
         translate(p, &a.ip, &fl.key[d], &fl.key[1 - d].inverse(), forwarding);
         let mut flags = fl.flags;
@@ -717,8 +741,7 @@ impl Nat {
         let (now, in_if, ip) = (a.now, a.in_if, &a.ip);
         let first = match t.proto {
             wire::TCP => tcp_flags & (wire::TCP_SYN | wire::TCP_ACK | wire::TCP_RST | wire::TCP_FIN) == wire::TCP_SYN,
-            // An echo request (an echo reply has its identifier as dport).
-            wire::ICMP => t.dport == 0,
+            wire::ICMP => p[IP_HEADER] == wire::ICMP_ECHO_REQUEST,
             _ => true,
         };
         if !first {
@@ -820,7 +843,7 @@ impl Nat {
         let inner = wire::inner(p, ip, at)?;
         // The quoted packet went the other way: the error travels in the
         // direction whose tuple is the quote's turned around.
-        let (f, d) = self.table.find(&inner.tuple.inverse()).ok_or(Reason::UnknownIcmpError)?;
+        let (f, d) = self.find(&inner.tuple.inverse(), a.now).ok_or(Reason::UnknownIcmpError)?;
         let fl = *self.table.get(f);
         if fl.key[d].dst != ip.dst {
             return Err(Reason::UnknownIcmpError);

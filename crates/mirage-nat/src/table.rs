@@ -392,3 +392,61 @@ impl Ports {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuple(n: u64) -> Tuple {
+        Tuple { src: (n >> 16) as u32, dst: 7, sport: n as u16, dport: 9, proto: 17 }
+    }
+
+    /// Flows are added and removed at random in a table of 8 (32 index
+    /// slots, so probe chains meet and wrap); after each step every flow
+    /// the model holds is found, both ways, and no other.
+    #[test]
+    fn the_index_agrees_with_a_model_under_churn() {
+        for seed in 1..20u64 {
+            let mut t = Table::new(8, seed).unwrap();
+            let mut model: Vec<(u32, u64)> = Vec::new();
+            let mut x = seed;
+            for _ in 0..5_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let n = x % 40;
+                if let Some(pos) = model.iter().position(|&(_, m)| m == n) {
+                    let (f, _) = model.swap_remove(pos);
+                    t.remove(f);
+                } else if !t.is_full() {
+                    let key = [tuple(n), tuple(n + 1000).inverse()];
+                    model.push((t.insert(key, [0, 1], Class::Icmp, 0, 0), n));
+                }
+                for n in 0..40 {
+                    let want = model.iter().find(|&&(_, m)| m == n).map(|&(f, _)| f);
+                    assert_eq!(t.find(&tuple(n)).map(|(f, _)| f), want, "seed {seed}, tuple {n}");
+                    assert_eq!(t.find(&tuple(n + 1000).inverse()), want.map(|f| (f, 1)));
+                }
+                assert_eq!(t.len(), model.len());
+            }
+        }
+    }
+
+    #[test]
+    fn ports_are_picked_in_turn_and_skip_held_words() {
+        let mut p = Ports::new(1, 200).unwrap();
+        for q in 1..=130 {
+            p.hold(q);
+        }
+        assert_eq!(p.pick(0), Some(131));
+        p.hold(131);
+        assert_eq!(p.pick(5), Some(132), "a held port is not given");
+        p.release(5);
+        assert_eq!(p.pick(5), Some(5), "a free port is kept");
+        for q in 132..=200 {
+            p.hold(q);
+        }
+        p.hold(5);
+        assert_eq!(p.pick(0), None);
+    }
+}

@@ -20,10 +20,7 @@ pub(crate) const ICMP_ECHO_REQUEST: u8 = 8;
 pub(crate) const ICMP_TIME_EXCEEDED: u8 = 11;
 pub(crate) const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
-pub(crate) const TCP_FIN: u8 = 0x01;
-pub(crate) const TCP_SYN: u8 = 0x02;
-pub(crate) const TCP_RST: u8 = 0x04;
-pub(crate) const TCP_ACK: u8 = 0x10;
+pub(crate) use crate::build::flags::{ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN};
 
 /// A flow's identity in one direction, as the packets of that direction
 /// carry it. For ICMP echo, a request has its identifier as `sport` and 0

@@ -106,6 +106,10 @@ pub struct KvBlock {
     pub size: u64,
     /// A directory whose files a new image is filled with.
     pub directory: Option<PathBuf>,
+    /// Whether an acknowledged change must be on the disk (hvt and spt:
+    /// the device attached with `--block-dsync:`, whose flushes sync),
+    /// or may be in the host's page cache (`--block:`, Solo5's).
+    pub durable: bool,
 }
 
 impl Kind {
@@ -152,7 +156,7 @@ pub fn keys(kind: &str) -> &'static [&'static str] {
         "block" => &["kind", "interface", "size"],
         "stack" | "ip" => &["kind", "interface", "ipv4", "gateway"],
         "kv-ro" => &["kind", "directory", "store", "interface"],
-        "kv-rw" => &["kind", "store", "interface", "size", "directory"],
+        "kv-rw" => &["kind", "store", "interface", "size", "directory", "durable"],
         "tls" => &["kind", "role", "stack", "store", "path", "alpn"],
         _ => &["kind"],
     }
@@ -880,7 +884,7 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
         }
         "kv-rw" => match opt("store")?.as_deref() {
             None | Some("host") => {
-                if let Some(k) = ["interface", "size", "directory"].into_iter().find(|k| t.contains_key(k)) {
+                if let Some(k) = ["interface", "size", "directory", "durable"].into_iter().find(|k| t.contains_key(k)) {
                     return Err(p.err(
                         span.clone(),
                         format!("device {key} has `{k}` but is not on a block device"),
@@ -894,6 +898,17 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
                     interface: interface(key)?,
                     size: sectors(4 << 20)?,
                     directory: opt("directory")?.map(|d| directory(&d)).transpose()?,
+                    durable: match t.get("durable") {
+                        None => true,
+                        Some(i) => i.as_bool().ok_or_else(|| {
+                            p.err(
+                                i.span().or(span.clone()),
+                                format!("`durable` of device {key} must be true or false"),
+                                "write durable = true (an acknowledged change is on the disk) or durable = false \
+                                 (in the host's page cache: it survives the unikernel, not a power loss)",
+                            )
+                        })?,
+                    },
                 }),
             },
             Some(other) => {
@@ -990,11 +1005,29 @@ default = 8080
         let kv = c.devices.iter().find(|d| d.name == "kv").unwrap();
         assert_eq!(
             kv.kind,
-            Kind::KvRw { block: Some(KvBlock { interface: "kv".into(), size: 8 << 20, directory: None }) }
+            Kind::KvRw {
+                block: Some(KvBlock { interface: "kv".into(), size: 8 << 20, directory: None, durable: true })
+            }
         );
         assert_eq!(kv.kind.interface(), Some("kv"));
         let c = check(&good.replace("[devices]", "[devices]\nkv = \"kv-rw\"")).unwrap();
         assert_eq!(c.devices[0].kind, Kind::KvRw { block: None });
+        // durable = false: the page cache is enough.
+        let c = check(
+            &good.replace("[devices]", "[devices]\nkv = { kind = \"kv-rw\", store = \"block\", durable = false }"),
+        )
+        .unwrap();
+        assert!(matches!(&c.devices[0].kind, Kind::KvRw { block: Some(b) } if !b.durable));
+        let e = check(
+            &good.replace("[devices]", "[devices]\nkv = { kind = \"kv-rw\", store = \"block\", durable = \"yes\" }"),
+        )
+        .unwrap_err();
+        assert!(
+            e.cause.contains("`durable` of device kv must be true or false") && e.fix.contains("durable = false"),
+            "{e}"
+        );
+        let e = check(&good.replace("[devices]", "[devices]\nkv = { kind = \"kv-rw\", durable = true }")).unwrap_err();
+        assert!(e.cause.contains("has `durable` but is not on a block device"), "{e}");
     }
 
     #[test]

@@ -42,7 +42,12 @@ fn implementation(name: &str, kind: &Kind, opts: &Options) -> (String, Option<St
             }
         },
         Kind::KvRw { block: Some(b) } => {
-            ("mirage_kv::BlockStore".into(), Some(format!("a crash-safe store on block device {}", b.interface)))
+            let on = match (b.durable, solo5) {
+                (true, true) => format!("--block-dsync:{}=PATH, durable: a flush syncs", b.interface),
+                (false, true) => format!("--block:{}=PATH, not durable: in the host's page cache", b.interface),
+                (_, false) => format!("--block:{}=PATH, durable: a flush is fdatasync", b.interface),
+            };
+            ("mirage_kv::BlockStore".into(), Some(format!("a crash-safe store on block device {} ({on})", b.interface)))
         }
         Kind::KvRw { block: None } => {
             if solo5 {

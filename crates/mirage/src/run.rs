@@ -222,7 +222,11 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
                 if crate::kv::ensure(&path, b, &config.dir)? {
                     eprintln!("mirage: created {} for kv-rw store {}", path.display(), d.name);
                 }
-                device_args.push(format!("--block:{}={}", b.interface, path.display()));
+                // Durable: every acknowledged change on the disk. On unix
+                // a flush is always fdatasync; our tenders sync on a
+                // flush for a device attached with --block-dsync:.
+                let attach = if b.durable && opts.target != Target::Unix { "--block-dsync" } else { "--block" };
+                device_args.push(format!("{attach}:{}={}", b.interface, path.display()));
                 continue;
             }
             Kind::KvRw { block: None } if opts.target == Target::Unix => {

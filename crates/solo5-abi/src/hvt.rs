@@ -21,6 +21,12 @@ pub const RING_KICK_PIO_BASE: u16 = 0x600;
 /// tender, whose vCPU thread serves the ring's pending entries itself
 /// before the guest resumes. Solo5's tenders have no such port.
 pub const RING_SERVE_PIO: u16 = 0x601;
+/// Ours: an `outl` here with the address of an [`HcBlockFlush`] makes
+/// the tender sync a block device to stable storage. Offered only for a
+/// device whose manifest entry carries the grant
+/// ([`crate::mft::MftEntry::block_flush`]); Solo5's tenders have no such
+/// port and never grant it.
+pub const BLOCK_FLUSH_PIO: u16 = 0x602;
 /// `HVT_HALT_COOKIE_MAX`: bytes at a HALT cookie the tender may read.
 pub const HALT_COOKIE_MAX: u64 = 512;
 /// `HVT_CMDLINE_SIZE`: room for the guest command line, NUL included.
@@ -156,6 +162,19 @@ pub struct HcBlockRead {
     /// OUT: a [`crate::SoloResult`].
     pub ret: u32,
     /// Padding to the C struct size.
+    pub _pad: u32,
+}
+
+/// Ours: the argument of an `outl` to [`BLOCK_FLUSH_PIO`].
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct HcBlockFlush {
+    /// IN: the device handle (manifest index).
+    pub handle: u64,
+    /// OUT: a [`crate::SoloResult`]: `EINVAL` for a handle that is not a
+    /// block device granted flushes.
+    pub ret: u32,
+    /// Padding to a multiple of 8 bytes.
     pub _pad: u32,
 }
 
@@ -305,6 +324,8 @@ mod tests {
         assert_eq!(offset_of!(HcBlockWrite, ret), 32);
         assert_eq!(size_of::<HcBlockRead>(), 40);
         assert_eq!(offset_of!(HcBlockRead, ret), 32);
+        assert_eq!(size_of::<HcBlockFlush>(), 16);
+        assert_eq!(offset_of!(HcBlockFlush, ret), 8);
         assert_eq!(size_of::<HcNetWrite>(), 32);
         assert_eq!(offset_of!(HcNetWrite, data), 8);
         assert_eq!(offset_of!(HcNetWrite, len), 16);

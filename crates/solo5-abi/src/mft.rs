@@ -18,6 +18,9 @@ pub const MFT_VERSION: u32 = 1;
 pub const MFT_MAX_ENTRIES: u32 = 64;
 /// `MFT_NAME_SIZE`: bytes of a name, NUL included.
 pub const MFT_NAME_SIZE: usize = 68;
+/// Ours: the bit of a block entry's flags that grants flushes
+/// ([`MftEntry::block_flush`]).
+pub const BLOCK_FLUSH_GRANTED: u8 = 1;
 /// `MFT_NAME_MAX`: the longest name.
 pub const MFT_NAME_MAX: usize = MFT_NAME_SIZE - 1;
 /// Size of the manifest header (`version`, `entries`).
@@ -157,6 +160,25 @@ impl MftEntry {
     pub fn set_block_basic(&mut self, capacity: u64, block_size: u16) {
         self.u[..8].copy_from_slice(&capacity.to_le_bytes());
         self.u[8..10].copy_from_slice(&block_size.to_le_bytes());
+    }
+
+    /// Ours: the flush grant of a block entry, in bytes of `u` that
+    /// `struct mft_block_basic` leaves as padding (10: flags, bit 0 the
+    /// grant; 12..16: a descriptor). Our tenders grant flushes for a device
+    /// attached with `--block-dsync:`; the descriptor is the one an spt
+    /// guest then writes through and syncs (`fdatasync`), opened without
+    /// `O_DSYNC`. Solo5's tenders leave these bytes as the guest's image
+    /// has them: zero, no grant.
+    pub fn block_flush(&self) -> Option<i32> {
+        (self.u[10] & BLOCK_FLUSH_GRANTED != 0)
+            .then(|| i32::from_le_bytes([self.u[12], self.u[13], self.u[14], self.u[15]]))
+    }
+
+    /// Sets or clears the flush grant ([`MftEntry::block_flush`]).
+    pub fn set_block_flush(&mut self, fd: Option<i32>) {
+        self.u[10] = if fd.is_some() { BLOCK_FLUSH_GRANTED } else { 0 };
+        self.u[11] = 0;
+        self.u[12..16].copy_from_slice(&fd.unwrap_or(0).to_le_bytes());
     }
 
     /// `u.net_basic.mac`.
@@ -467,6 +489,12 @@ mod tests {
     fn typed_accessors_round_trip() {
         let mut e = MftEntry::device("x", MftType::BlockBasic);
         e.set_block_basic(4 << 20, 4096);
+        assert_eq!(e.block_flush(), None, "a declared entry grants nothing");
+        e.set_block_flush(Some(7));
+        assert_eq!(e.block_flush(), Some(7));
+        assert_eq!((e.block_capacity(), e.block_size()), (4 << 20, 4096), "the grant is in the padding");
+        e.set_block_flush(None);
+        assert_eq!((e.block_flush(), &e.u[10..]), (None, &[0u8; 6][..]));
         assert_eq!(e.block_capacity(), 4 << 20);
         assert_eq!(e.block_size(), 4096);
         e.set_net_basic([2, 1, 2, 3, 4, 5], 9000);

@@ -50,6 +50,8 @@ pub mod sys {
     pub const PREAD64: u64 = 17;
     /// `pwrite64`.
     pub const PWRITE64: u64 = 18;
+    /// `fdatasync` (a flush of a block device granted flushes; ours).
+    pub const FDATASYNC: u64 = 75;
     /// `arch_prctl`.
     pub const ARCH_PRCTL: u64 = 158;
     /// `clock_gettime`.

@@ -24,6 +24,9 @@ pub struct Devices {
     pub entries: Vec<MftEntry>,
     /// The host descriptor of each attached entry.
     pub fds: Vec<Option<OwnedFd>>,
+    /// For a block device granted flushes (`--block-dsync:`), its file
+    /// opened without `O_DSYNC` (see [`block::attach`]).
+    pub flush_fds: Vec<Option<OwnedFd>>,
 }
 
 /// The outcome of offering an option to a module.
@@ -39,7 +42,8 @@ impl Devices {
     /// Starts from a validated manifest.
     pub fn new(entries: Vec<MftEntry>) -> Devices {
         let fds = entries.iter().map(|_| None).collect();
-        Devices { entries, fds }
+        let flush_fds = entries.iter().map(|_| None).collect();
+        Devices { entries, fds, flush_fds }
     }
 
     fn lookup(&self, name: &str, mtype: MftType) -> Option<usize> {
@@ -63,13 +67,15 @@ impl Devices {
             let Some(i) = self.lookup(name, MftType::BlockBasic) else {
                 return Ok(Handled::No);
             };
-            let (file, capacity) = block::attach(path, dsync)?;
+            let a = block::attach(path, dsync)?;
             let e = &mut self.entries[i];
             let block_size = e.block_size();
-            e.set_block_basic(capacity, block_size);
-            e.set_hostfd(file.as_raw_fd());
+            e.set_block_basic(a.capacity, block_size);
+            e.set_block_flush(a.flush.as_ref().map(|f| f.as_raw_fd()));
+            e.set_hostfd(a.file.as_raw_fd());
             e.attached = 1;
-            self.fds[i] = Some(OwnedFd::from(file));
+            self.fds[i] = Some(OwnedFd::from(a.file));
+            self.flush_fds[i] = a.flush.map(OwnedFd::from);
             Ok(Handled::Yes)
         } else if arg.starts_with("--block-sector-size:") {
             let Some((name, value)) = device_option(arg, "--block-sector-size:", usize::MAX) else {
@@ -198,6 +204,13 @@ impl Devices {
         out
     }
 
+    /// The descriptor through which block device `handle`'s flushes go,
+    /// if it was granted them.
+    pub fn flush_fd(&self, handle: u64) -> Option<i32> {
+        mft::get_by_index(&self.entries, handle, MftType::BlockBasic)?;
+        Some(self.flush_fds.get(handle as usize)?.as_ref()?.as_raw_fd())
+    }
+
     /// Whether any network interface is attached.
     pub fn has_net(&self) -> bool {
         self.attached(MftType::NetBasic).next().is_some()
@@ -240,7 +253,7 @@ fn attach_fix(iface: &str, e: &std::io::Error) -> String {
     }
 }
 
-pub(crate) const BLOCK_USAGE: &str = "--block:NAME=PATH (attach block device/file at PATH as block storage NAME)\n  [ --block-sector-size:NAME=SECTORSIZE ] (set sector size for block device NAME; must be a power of two greater than or equal 512)\n  [ --block-dsync:NAME=PATH ] (as --block, but each write reaches stable storage before it returns; not Solo5's)";
+pub(crate) const BLOCK_USAGE: &str = "--block:NAME=PATH (attach block device/file at PATH as block storage NAME)\n  [ --block-sector-size:NAME=SECTORSIZE ] (set sector size for block device NAME; must be a power of two greater than or equal 512)\n  [ --block-dsync:NAME=PATH ] (as --block, but each write reaches stable storage before it returns, or each flush for a guest that flushes; not Solo5's)";
 pub(crate) const NET_USAGE: &str = "--net:NAME=IFACE | @NN (attach tap at IFACE or at fd @NN as network NAME)\n  [ --net-mac:NAME=HWADDR ] (set HWADDR for network NAME)";
 
 #[cfg(test)]
@@ -267,7 +280,12 @@ mod tests {
         assert_eq!(d.block_option(&format!("--block:storage={}", disk.display())).unwrap(), Handled::Yes);
         assert_eq!(d.block_option("--block:service=/x").unwrap(), Handled::No, "service is a NIC");
         assert_eq!(d.block_option("--block:other=/x").unwrap(), Handled::No);
+        assert_eq!((d.entries[2].block_flush(), d.flush_fd(2)), (None, None), "Solo5's --block grants no flush");
         assert_eq!(d.block_option(&format!("--block-dsync:storage={}", disk.display())).unwrap(), Handled::Yes);
+        let granted = d.flush_fd(2).expect("--block-dsync grants flushes");
+        assert_eq!(d.entries[2].block_flush(), Some(granted));
+        assert_ne!(Some(granted), d.get(2, MftType::BlockBasic).map(|(_, fd)| fd), "a second, cached descriptor");
+        assert_eq!(d.flush_fd(1), None, "not a block device");
         assert_eq!(d.block_option("--block-sector-size:storage=521").unwrap(), Handled::No);
         assert_eq!(d.block_option("--block-sector-size:storage=256").unwrap(), Handled::No);
         assert_eq!(d.block_option("--net:service=tap0").unwrap(), Handled::No);

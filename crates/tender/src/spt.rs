@@ -164,17 +164,24 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
     }
     devices.setup_block()?;
     for i in devices.attached(MftType::BlockBasic).collect::<Vec<_>>() {
-        if let Some((e, fd)) = devices.get(i as u64, MftType::BlockBasic) {
-            // One block per call, never past the end: a guest cannot grow
-            // the backing file.
-            let bs = e.block_size() as u64;
-            let last = e.block_capacity() - bs;
+        let Some((e, fd)) = devices.get(i as u64, MftType::BlockBasic) else { continue };
+        // One block per call, never past the end: a guest cannot grow the
+        // backing file. A device granted flushes (--block-dsync:, ours)
+        // has a second, cached descriptor, on the same terms, which the
+        // guest may also sync.
+        let bs = e.block_size() as u64;
+        let last = e.block_capacity() - bs;
+        let flush_fd = devices.flush_fd(i as u64);
+        for fd in std::iter::once(fd).chain(flush_fd) {
             let cond = [Arg::Int(0, fd as u64), Arg::Eq(2, bs), Arg::Le(3, last)];
             policy.when(libc::SYS_pread64, &cond, "solo5_block_read").when(
                 libc::SYS_pwrite64,
                 &cond,
                 "solo5_block_write",
             );
+        }
+        if let Some(fd) = flush_fd {
+            policy.when(libc::SYS_fdatasync, &[Arg::Int(0, fd as u64)], "block flush (ours)");
         }
     }
     devices.check_all_attached()?;

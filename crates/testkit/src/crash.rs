@@ -37,6 +37,8 @@ pub struct Outcome {
     pub repairs: usize,
     /// The longest time to open the image after a kill.
     pub max_open: Duration,
+    /// The median time to open the image after a kill.
+    pub median_open: Duration,
     /// Seconds the trials took.
     pub seconds: f64,
 }
@@ -134,13 +136,15 @@ fn diff(found: &Contents, model: &Model) -> String {
 const MOST: u64 = 1_000_000;
 
 /// Runs `trials` crash trials of `image` (the kv-writer built for
-/// `target`) on the store `disk` (formatted), each killed at a random
-/// moment up to `max_delay` after it starts. `progress` sees each trial's
-/// line.
+/// `target`) on the store `disk` (formatted) attached with `attach`
+/// (`--block`, or `--block-dsync` on hvt and spt: the path of flushes),
+/// each killed at a random moment up to `max_delay` after it starts.
+/// `progress` sees each trial's line.
 pub fn run(
     target: &str,
     image: &Path,
     disk: &Path,
+    attach: &str,
     trials: usize,
     max_delay: Duration,
     progress: &mut dyn FnMut(&str),
@@ -151,12 +155,13 @@ pub fn run(
         return Err(format!("{}: the trials start from an empty store", disk.display()));
     }
     let mut model = Model::new();
+    let mut opens = Vec::with_capacity(trials);
     let mut rng = 0x5eed_u64 ^ trials as u64;
     for trial in 0..trials {
         rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let seed = (trial as u64) << 32 | (rng >> 40);
         let delay = Duration::from_micros((rng >> 20) % (max_delay.as_micros() as u64).max(1));
-        let block = format!("--block:data={}", disk.display());
+        let block = format!("{attach}:data={}", disk.display());
         let mut cmd = if target == "unix" {
             let mut c = Command::new(image);
             c.arg(&block);
@@ -205,6 +210,7 @@ pub fn run(
         out.beyond += made - acked;
         out.repairs += usize::from(repaired);
         out.max_open = out.max_open.max(opened);
+        opens.push(opened);
         progress(&format!(
             "trial {trial}: killed after {:.1} ms, {acked} acknowledged, all found; {made} made{}",
             delay.as_secs_f64() * 1e3,
@@ -212,5 +218,7 @@ pub fn run(
         ));
     }
     out.seconds = start.elapsed().as_secs_f64();
+    opens.sort();
+    out.median_open = opens.get(opens.len() / 2).copied().unwrap_or_default();
     Ok(out)
 }

@@ -87,7 +87,8 @@ pub async fn apply(store: &impl KvRw, c: &Change) -> Result<(), kv::Error> {
 
 /// The unikernel: makes the changes of `seed` one after another (each a
 /// set of `len` bytes if `len` is not 0), each acknowledged on the console
-/// once done, until it is killed or a change fails.
+/// once done, until it is killed or a change fails. With `reads`, it reads
+/// instead ([`read_forever`]).
 pub async fn start(
     console: impl Console,
     data: impl KvRw,
@@ -95,7 +96,11 @@ pub async fn start(
     seed: u64,
     len: u64,
     pause_us: u32,
+    reads: u32,
 ) -> Result<(), kv::Error> {
+    if reads > 0 {
+        return read_forever(&console, &data, seed, if len == 0 { 100 } else { len as usize }, reads).await;
+    }
     let _ = console.log("kv-writer: ready").await;
     for n in 0.. {
         let c = match change(seed, n) {
@@ -115,6 +120,36 @@ pub async fn start(
         }
     }
     Ok(())
+}
+
+/// The benchmark of reads: stores a `len`-byte value at each of the 24
+/// keys, then reads them in turn without end, checking each one's length
+/// and printing `kv-writer: read N` after every `every` reads.
+async fn read_forever(
+    console: &impl Console,
+    store: &impl KvRw,
+    seed: u64,
+    len: usize,
+    every: u32,
+) -> Result<(), kv::Error> {
+    let keys: Vec<Key> = (0..24).map(|i| Key::parse(&format!("/k{i}"))).collect::<Result<_, _>>()?;
+    for (i, k) in keys.iter().enumerate() {
+        store.set(k, &value(mix(seed ^ i as u64), len)).await?;
+    }
+    let _ = console.log("kv-writer: ready").await;
+    let mut n: u64 = 0;
+    loop {
+        for k in &keys {
+            if store.get(k).await?.len() != len {
+                let _ = console.log(&format!("kv-writer: {k} has the wrong length")).await;
+                return Err(kv::Error::Io);
+            }
+            n += 1;
+            if n.is_multiple_of(every.into()) {
+                let _ = console.log(&format!("kv-writer: read {n}")).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

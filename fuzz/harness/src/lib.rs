@@ -18,6 +18,7 @@ pub mod http;
 pub mod hypercall;
 pub mod kv_store;
 pub mod manifest;
+pub mod nat;
 pub mod seeds;
 pub mod sim;
 pub mod tar;
@@ -40,4 +41,5 @@ pub const TARGETS: &[Target] = &[
     ("wire", wire::run),
     ("args", args::run),
     ("dhcpd", dhcpd::run),
+    ("nat", nat::run),
 ];

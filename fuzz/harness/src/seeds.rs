@@ -25,6 +25,7 @@ pub fn all() -> Vec<Seed> {
     seeds.extend(wire());
     seeds.extend(args());
     seeds.extend(dhcpd());
+    seeds.extend(crate::nat::seeds());
     seeds.extend(blobs("http_request", 6));
     seeds.extend(blobs("tar_roundtrip", 6));
     seeds

@@ -5,6 +5,15 @@
 //! hypercall (the hvt tender accepts any length within the device), on spt
 //! it is split into one system call per block, the most the seccomp filter
 //! allows.
+//!
+//! Solo5's interface has no flush: a write is done when the host has it in
+//! its page cache. Our tenders grant a device attached with
+//! `--block-dsync:` flushes (in its manifest entry, see
+//! [`solo5_abi::mft::MftEntry::block_flush`]): [`Block::flush`] then syncs
+//! it to stable storage, through the hvt tender's flush port or, on spt,
+//! an `fdatasync` of the cached descriptor the tender gave, which the
+//! guest's writes then go through. Without the grant (Solo5's tenders, or
+//! `--block:`) `flush` returns at once, as it always did.
 
 use solo5_abi::mft::{self, MftType};
 
@@ -26,6 +35,7 @@ pub struct Block {
     handle: u64,
     fd: i32,
     info: BlockInfo,
+    flush: bool,
 }
 
 impl Block {
@@ -38,7 +48,16 @@ impl Block {
         if e.attached == 0 || bs == 0 || !bs.is_power_of_two() {
             return Err(Error::Invalid);
         }
-        Ok(Block { handle: i as u64, fd: e.hostfd(), info: BlockInfo { capacity: e.block_capacity(), block_size: bs } })
+        let info = BlockInfo { capacity: e.block_capacity(), block_size: bs };
+        // With a grant, spt writes go through the descriptor it names (the
+        // tender's own copy of the file opened without O_DSYNC); hvt's go
+        // through the tender, which switches at the first flush.
+        let (fd, flush) = match e.block_flush() {
+            Some(flush_fd) if cfg!(feature = "spt") => (flush_fd, true),
+            Some(_) => (e.hostfd(), true),
+            None => (e.hostfd(), false),
+        };
+        Ok(Block { handle: i as u64, fd, info, flush })
     }
 
     /// The device's size and block size.
@@ -75,5 +94,21 @@ impl Block {
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
         self.check(offset, data.len())?;
         platform::block_write(self.handle, self.fd, self.info.block_size, offset, data)
+    }
+
+    /// Whether the tender granted flushes: [`Block::flush`] then puts
+    /// every write before it on stable storage.
+    pub fn flushes(&self) -> bool {
+        self.flush
+    }
+
+    /// Puts every write made so far on stable storage, if the tender
+    /// granted flushes; otherwise returns at once (Solo5's semantics: a
+    /// write is done when it is in the host's page cache).
+    pub fn flush(&self) -> Result<(), Error> {
+        if !self.flush {
+            return Ok(());
+        }
+        platform::block_flush(self.handle, self.fd)
     }
 }

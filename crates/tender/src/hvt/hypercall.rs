@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use solo5_abi::hvt::{
-    HALT_COOKIE_MAX, HcBlockRead, HcHalt, HcNetRead, HcNetWrite, HcPoll, HcPuts, HcWalltime, Hypercall,
+    HALT_COOKIE_MAX, HcBlockFlush, HcBlockRead, HcHalt, HcNetRead, HcNetWrite, HcPoll, HcPuts, HcWalltime, Hypercall,
 };
 use solo5_abi::mft::MftType;
 use solo5_abi::{SoloResult, spt::INTERNAL_TIMERFD};
@@ -26,7 +26,7 @@ use super::memory::{Gpa, GuestMemory, InvalidAccess};
 use super::ring::Failure;
 use crate::devices::Devices;
 use crate::host::{Tender, WaitSet};
-use crate::{Exit, fatal, strerror};
+use crate::{Exit, block, fatal, strerror};
 
 /// What the vCPU loop does after a hypercall.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,6 +49,9 @@ pub struct Hypercalls<'m> {
     /// Where the net I/O thread leaves its error: a POLL it interrupts
     /// returns at once so that the vCPU loop can report it.
     failure: Arc<Failure>,
+    /// Per manifest index: the guest has flushed this block device, so it
+    /// knows to, and its writes go through the cached descriptor.
+    flushing: Vec<bool>,
 }
 
 fn guest(hc: Hypercall) -> impl Fn(InvalidAccess) -> Exit {
@@ -71,7 +74,17 @@ impl<'m> Hypercalls<'m> {
                 npollfds += 1;
             }
         }
-        Ok(Hypercalls { mem, block: devices.has_block(), net: devices.has_net(), devices, wait, npollfds, failure })
+        let flushing = vec![false; devices.entries.len()];
+        Ok(Hypercalls {
+            mem,
+            block: devices.has_block(),
+            net: devices.has_net(),
+            devices,
+            wait,
+            npollfds,
+            failure,
+            flushing,
+        })
     }
 
     /// The devices, for the net ring.
@@ -183,7 +196,10 @@ impl<'m> Hypercalls<'m> {
     }
 
     fn block_entry(&self, handle: u64, offset: u64, len: u64) -> Option<i32> {
-        let (e, fd) = self.devices.get(handle, MftType::BlockBasic)?;
+        let (e, mut fd) = self.devices.get(handle, MftType::BlockBasic)?;
+        if self.flushing.get(handle as usize) == Some(&true) {
+            fd = self.devices.flush_fd(handle)?;
+        }
         let capacity = e.block_capacity();
         if len > isize::MAX as u64 || offset >= capacity {
             return None;
@@ -224,6 +240,27 @@ impl<'m> Hypercalls<'m> {
             }
         };
         arg.set(&a);
+        Ok(())
+    }
+
+    /// Ours (an `outl` to [`solo5_abi::hvt::BLOCK_FLUSH_PIO`]): syncs a
+    /// block device granted flushes. Writes before a guest's first flush
+    /// went through the `O_DSYNC` descriptor and are on the disk already;
+    /// from then on they go through the cached one, and each flush is one
+    /// `fdatasync` of the file (which covers both descriptors).
+    pub fn block_flush(&mut self, gpa: Gpa) -> Result<(), Exit> {
+        let err = |e| fatal!("BlockFlush hypercall: {e}");
+        let mut arg = self.mem.arg::<HcBlockFlush>(gpa).map_err(err)?;
+        let mut f = arg.get();
+        f.ret = match self.devices.flush_fd(f.handle) {
+            None => SoloResult::Inval as u32,
+            Some(fd) => {
+                self.flushing[f.handle as usize] = true;
+                block::sync(fd).map_err(|e| fatal!("Fatal error when flushing: {}", strerror(&e)))?;
+                SoloResult::Ok as u32
+            }
+        };
+        arg.set(&f);
         Ok(())
     }
 

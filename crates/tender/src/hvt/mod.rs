@@ -351,6 +351,11 @@ pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], rin
                 "BLOCK_WRITE",
             );
         }
+        if let Some(fd) = hc.devices().flush_fd(e as u64) {
+            p.when(libc::SYS_pread64, &[Arg::Int(0, fd as u64)], "BLOCK_READ after a flush")
+                .when(libc::SYS_pwrite64, &[Arg::Int(0, fd as u64)], "BLOCK_WRITE after a flush")
+                .when(libc::SYS_fdatasync, &[Arg::Int(0, fd as u64)], "BLOCK_FLUSH");
+        }
     }
     for &(_, fd) in nics {
         p.when(libc::SYS_read, &[Arg::Int(0, fd as u64)], "NET_READ and the ring's reads").when(
@@ -407,6 +412,10 @@ fn vcpu_loop(
                 if let Some(r) = ring {
                     r.serve_now()?;
                 }
+            }
+            VcpuExit::IoOut(hvt::BLOCK_FLUSH_PIO, data) if data.len() == 4 => {
+                let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
+                hc.block_flush(memory::Gpa(gpa))?;
             }
             VcpuExit::IoOut(port, data) => {
                 if data.len() != 4 || !(base..base + hvt::HYPERCALL_MAX).contains(&port) {

@@ -7,7 +7,10 @@ use testkit::{Scratch, boot};
 pub fn cases(v: &mut Vec<Case>) {
     for t in ["hvt", "spt"] {
         let n = Needs::Target(t);
-        // `--block-dsync:` (O_DSYNC, not Solo5's) attaches the same way.
+        // `--block-dsync:` (not Solo5's) attaches the same way, and grants
+        // the guest flushes: its later writes go through the tender's
+        // second descriptor (hvt) or its own (spt), which must reach the
+        // same file.
         for (sector, attach, what) in
             [(512u64, "--block", ""), (4096, "--block", ""), (4096, "--block-dsync", "_with_dsync")]
         {
@@ -19,12 +22,24 @@ pub fn cases(v: &mut Vec<Case>) {
                 let r = boot(t, &[&opt, &size], "blk", &["--solo5:quiet"])?;
                 r.expect_status(0)?;
                 r.expect_stdout("SUCCESS")?;
-                // The data is really in the file: block 10 holds its pattern.
+                r.expect_stdout(if attach == "--block-dsync" { "flush: granted" } else { "flush: not granted" })?;
+                // The data is really in the file: block 10 holds its
+                // pattern (written before the flush), the last block and
+                // block 2's run theirs (after it).
                 let bytes = std::fs::read(&disk).map_err(|e| e.to_string())?;
-                let b = 10 * sector as usize;
-                let want: Vec<u8> = (0..sector as usize).map(|i| 10u8.wrapping_mul(31).wrapping_add(i as u8)).collect();
-                if bytes[b..b + sector as usize] != want[..] {
-                    return Err("block 10 of the backing file does not hold the written pattern".into());
+                let ss = sector as usize;
+                let pattern = |k: u8, len: usize| -> Vec<u8> {
+                    (0..len).map(|i| k.wrapping_mul(31).wrapping_add(i as u8)).collect()
+                };
+                let last = bytes.len() - ss;
+                for (what, at, want) in [
+                    ("block 10", 10 * ss, pattern(10, ss)),
+                    ("the last block", last, pattern(0xff, ss)),
+                    ("the run at block 2", 2 * ss, pattern(7, 4 * ss)),
+                ] {
+                    if bytes[at..at + want.len()] != want[..] {
+                        return Err(format!("{what} of the backing file does not hold the written pattern"));
+                    }
                 }
                 Ok(())
             }));

@@ -48,6 +48,7 @@ const PROTECTED: &[(&str, &str, u64)] = &[
     ("poll-pagetables-low", "Poll", 24),
     ("walltime-bootinfo-low", "Walltime", 8),
     ("blkread-data-low", "BlockRead", 512),
+    ("flush-ro", "BlockFlush", 16),
 ];
 
 /// The same through the network hypercalls and the net ring: the message,
@@ -122,6 +123,7 @@ pub fn cases(v: &mut Vec<Case>) {
         ("port-low", "Invalid guest port access: port=0x4ff"),
         ("kick", "Invalid guest port access: port=0x600"),
         ("serve", "Invalid guest port access: port=0x601"),
+        ("flush-oob", "BlockFlush hypercall: Invalid guest access: gpa=0xfff00000, sz=16"),
     ];
     for &(what, message) in fatal {
         v.push(case(format!("hvt::hostile_{what}"), HVT, move || {
@@ -134,14 +136,13 @@ pub fn cases(v: &mut Vec<Case>) {
             Ok(())
         }));
     }
-    v.push(case("hvt::hostile_block_requests_get_einval", HVT, || {
-        let dir = Scratch::new("hostile");
-        let disk = dir.file("disk.img", 1 << 20);
-        let r = boot("hvt", &[&format!("--block:storage={}", disk.display())], "hostile", &["blk-einval"])?;
-        no_panic(&r)?;
-        r.expect_status(0)?;
-        r.expect_stdout("SUCCESS")
-    }));
+    for what in ["blk-einval", "flush-einval"] {
+        v.push(case(format!("hvt::hostile_{what}"), HVT, move || {
+            let r = hostile(what)?;
+            r.expect_status(0)?;
+            r.expect_stdout("SUCCESS")
+        }));
+    }
     // A guest at CPL 0 with the tender's page tables, as Solo5's C guests
     // run, doing what no hypercall allows.
     let raw: &[(&str, &str)] = &[
@@ -180,7 +181,15 @@ fn spt_cases(v: &mut Vec<Case>) {
         r.expect_status(0)?;
         r.expect_stdout("SUCCESS: 12 hostile system calls got EFAULT")
     }));
-    for what in ["getpid", "open", "mprotect-exec", "pwrite-past-end", "pwrite-two-blocks", "write-other-fd"] {
+    for what in [
+        "getpid",
+        "open",
+        "mprotect-exec",
+        "pwrite-past-end",
+        "pwrite-two-blocks",
+        "write-other-fd",
+        "fdatasync-hostfd",
+    ] {
         v.push(case(format!("spt::hostile_{what}_is_killed_by_the_filter"), SPT, move || {
             let r = run(what)?;
             if r.stdout.contains("hostile-spt: unknown") {

@@ -99,6 +99,8 @@ fn start(si: &solo5::StartInfo) -> i32 {
         "pwrite-past-end" => syscall(sys::PWRITE64, [fd, good, bs, cap, 0, 0]) as i32,
         "pwrite-two-blocks" => syscall(sys::PWRITE64, [fd, good, 2 * bs, 0, 0, 0]) as i32,
         "write-other-fd" => syscall(sys::WRITE, [2, good, 1, 0, 0, 0]) as i32,
+        // Only the descriptor a flush grant names may be synced.
+        "fdatasync-hostfd" => syscall(sys::FDATASYNC, [fd, 0, 0, 0, 0, 0]) as i32,
         _ => {
             solo5::println!("hostile-spt: unknown case '{what}'");
             64

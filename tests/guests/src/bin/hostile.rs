@@ -107,6 +107,25 @@ fn start(si: &solo5::StartInfo) -> i32 {
         "port-low" => raw(0x4ff, 0),
         "kick" => raw(RING_KICK_PIO_BASE, 0),
         "serve" => raw(RING_SERVE_PIO, 0),
+        "flush-oob" => raw(BLOCK_FLUSH_PIO, 0xfff0_0000),
+        "flush-ro" => {
+            solo5::println!("hostile: gpa=0x{:x}", text());
+            solo5::console::flush();
+            raw(BLOCK_FLUSH_PIO, text());
+        }
+        "flush-einval" => {
+            // Handle 1 is "storage", attached without a flush grant.
+            for handle in [0, 1, 99, 1 << 40] {
+                let mut f = HcBlockFlush { handle, ret: 0, _pad: 0 };
+                raw(BLOCK_FLUSH_PIO, &mut f as *mut HcBlockFlush as u64);
+                if f.ret != 2 {
+                    solo5::println!("FAILURE: flush of handle {handle}: ret={} instead of EINVAL", f.ret);
+                    return 1;
+                }
+            }
+            solo5::println!("SUCCESS: every flush without a grant gave EINVAL");
+            return 0;
+        }
         "net-read" => call(Hypercall::NetRead, &mut HcNetRead::default()),
         "blk-data" => {
             let mut r = HcBlockRead { handle: 1, offset: 0, data: 0xfff0_0000, len: 512, ret: 0, _pad: 0 };

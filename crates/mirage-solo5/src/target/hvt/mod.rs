@@ -293,6 +293,22 @@ pub(crate) fn block_read(handle: u64, _fd: i32, _bs: u64, offset: u64, buf: &mut
     Error::check(r.ret)
 }
 
+/// Asks the tender to sync a block device it granted flushes (ours: an
+/// `outl` to [`solo5_abi::hvt::BLOCK_FLUSH_PIO`], which traps to the CPL-0
+/// #GP stub like a hypercall).
+pub(crate) fn block_flush(handle: u64, _fd: i32) -> Result<(), Error> {
+    let mut f = solo5_abi::hvt::HcBlockFlush { handle, ret: 0, _pad: 0 };
+    EXITS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let gpa = &mut f as *mut solo5_abi::hvt::HcBlockFlush as usize as u32;
+    // SAFETY: `f` is a live struct of the layout the port expects, below
+    // 4 GiB; the tender writes only its `ret`. The asm block is a compiler
+    // barrier, so `ret` is read after it.
+    unsafe {
+        asm!("out dx, eax", in("dx") solo5_abi::hvt::BLOCK_FLUSH_PIO, in("eax") gpa, options(nostack, preserves_flags));
+    }
+    Error::check(f.ret)
+}
+
 pub(crate) fn net_write(handle: u64, _fd: i32, frame: &[u8]) -> Result<(), Error> {
     if let Some(r) = ring() {
         if let Some(result) = r.write(handle, frame) {
