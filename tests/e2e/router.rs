@@ -121,6 +121,14 @@ fn through(t: &str) -> Result<(), String> {
     if from.ip() != UPLINK {
         return Err(format!("the server's UDP saw {from}, not {UPLINK}"));
     }
+    // A packet whose TTL runs out at the router is answered with a Time
+    // Exceeded from the router's inside address.
+    let mut c = lab.client.command("ping");
+    c.args(["-c", "1", "-t", "1", "-W", "3"]).arg(SERVER.to_string());
+    let r = run_with(c, Duration::from_secs(10))?;
+    if !r.stdout.contains(&format!("From {INSIDE}")) || !r.stdout.contains("Time to live exceeded") {
+        return Err(format!("no Time Exceeded from the router: {}", r.dump()));
+    }
     // An ICMP error about a flow comes back translated: the server's port
     // unreachable reaches the client's connected socket as a refusal.
     lab.client.enter(|| -> Result<(), String> {
@@ -164,8 +172,8 @@ fn through(t: &str) -> Result<(), String> {
     if count(&line, "line6:") < 1 || count(&line, "line8:") < 1 || count(&line, "line11:") < 1 {
         return Err(format!("the rules' hits are not counted:\n{line}"));
     }
-    if count(&line, "leases ") != 1 || count(&line, "echoes ") < 3 {
-        return Err(format!("one lease and three echoes are not counted:\n{line}"));
+    if count(&line, "leases ") != 1 || count(&line, "echoes ") < 3 || count(&line, "time-exceeded ") != 1 {
+        return Err(format!("one lease, three echoes and a Time Exceeded are not counted:\n{line}"));
     }
     Ok(())
 }

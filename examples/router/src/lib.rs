@@ -9,8 +9,9 @@
 //!   masquerade of what leaves by the uplink, the port forwards of
 //!   `--forward`, and the firewall of the rules file (read from the
 //!   `config` store at start: a bad rule stops the router with its line).
-//!   The router answers pings to its own addresses; other traffic to it is
-//!   dropped and counted.
+//!   The router answers pings to its own addresses, and a packet whose TTL
+//!   runs out here with an ICMP Time Exceeded (100 a second at most);
+//!   other traffic to it is dropped and counted.
 //! * Every `--stats` seconds a line of counters goes to the console:
 //!   per interface, the NAT's (flows in the table, its size, drops by
 //!   reason), the DHCP server's and each rule's hits.
@@ -35,7 +36,7 @@ use mirage_devices::net::MacAddr;
 use mirage_devices::random::Random;
 use mirage_devices::time::Duration;
 use mirage_dhcpd::Destination;
-use mirage_nat::{Forward, Interface, Masquerade, Nat, Protocol, Route, Rules, Verdict};
+use mirage_nat::{Forward, Interface, Masquerade, Nat, Protocol, Reason, Route, Rules, Verdict};
 use mirage_runtime::{Either, select};
 use mirage_tcpip::route::Routes;
 use mirage_tcpip::wire;
@@ -163,7 +164,14 @@ enum Later {
     Local,
     /// The packet in `scratch` is a DHCP request.
     Dhcp,
+    /// The packet in `scratch` came in on this interface with its TTL
+    /// spent: a Time Exceeded goes back.
+    TimeExceeded(u8),
 }
+
+/// ICMP errors the router sends a second, at most: a peer that makes it
+/// send them (TTL 1 packets) gets no more, however fast it sends.
+const ICMP_ERRORS_PER_TICK: u32 = 100;
 
 /// Counters of the router's own.
 #[derive(Debug, Default, Clone, Copy)]
@@ -174,6 +182,9 @@ struct Counters {
     local_dropped: u64,
     /// Forwarded packets an interface refused.
     tx_failed: u64,
+    /// Time Exceeded errors sent, and those the rate limit held back.
+    time_exceeded: u64,
+    icmp_limited: u64,
 }
 
 /// The router's state, apart from the interfaces.
@@ -186,6 +197,8 @@ struct Router {
     scratch: Vec<u8>,
     len: usize,
     counters: Counters,
+    /// ICMP errors sent since the last tick.
+    icmp_errors: u32,
 }
 
 fn now_ms() -> u64 {
@@ -244,6 +257,10 @@ impl Router {
                     keep(p);
                     Later::Local
                 }
+                Verdict::Drop(Reason::TtlExceeded) => {
+                    keep(p);
+                    Later::TimeExceeded(fi)
+                }
                 Verdict::Drop(_) => Later::Done,
             }
         });
@@ -275,6 +292,10 @@ impl Router {
                 }
             }
             Later::Dhcp => return self.dhcp(inside),
+            Later::TimeExceeded(fi) => match self.time_exceeded(fi) {
+                Some(i) => i,
+                None => return,
+            },
         };
         let p = &self.scratch[..self.len];
         let hop = next_hop(&self.routes, dst_of(p));
@@ -285,6 +306,35 @@ impl Router {
         if sent.is_err() {
             self.counters.tx_failed += 1;
         }
+    }
+
+    /// Turns the packet in `scratch`, which came in on `fi` with its TTL
+    /// spent, into the ICMP Time Exceeded for its source (RFC 1812,
+    /// 5.3.1), unless it is an ICMP error itself, its source cannot be
+    /// answered, or the rate limit is reached; the interface it goes out of.
+    fn time_exceeded(&mut self, fi: u8) -> Option<u8> {
+        let p = &self.scratch[..self.len];
+        let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+        let hl = (p[0] & 0x0f) as usize * 4;
+        let error = p[9] == wire::PROTO_ICMP && p.get(hl).is_some_and(|&t| matches!(t, 3 | 4 | 5 | 11 | 12));
+        if error || src.is_unspecified() || src.is_broadcast() || src.is_multicast() || src.is_loopback() {
+            return None;
+        }
+        if self.icmp_errors >= ICMP_ERRORS_PER_TICK {
+            self.counters.icmp_limited += 1;
+            return None;
+        }
+        let reply =
+            mirage_nat::build::icmp_error(self.own[fi as usize].0, mirage_nat::build::ICMP_TIME_EXCEEDED, 0, p)?;
+        let Route::Interface(Interface(out)) = route(&self.routes, &self.own, src) else { return None };
+        if reply.len() > self.scratch.len() {
+            return None;
+        }
+        self.icmp_errors += 1;
+        self.counters.time_exceeded += 1;
+        self.scratch[..reply.len()].copy_from_slice(&reply);
+        self.len = reply.len();
+        Some(out)
     }
 
     /// Answers the DHCP request in `scratch`.
@@ -325,7 +375,11 @@ impl Router {
             d.dropped
         );
         let c = self.counters;
-        let _ = write!(s, " local echoes {} dropped {} tx-failed {};", c.echoes, c.local_dropped, c.tx_failed);
+        let _ = write!(
+            s,
+            " local echoes {} dropped {} tx-failed {} time-exceeded {} icmp-limited {};",
+            c.echoes, c.local_dropped, c.tx_failed, c.time_exceeded, c.icmp_limited
+        );
         s.push_str(" rules");
         for r in self.nat.rules().iter() {
             let _ = write!(s, " line{}:{}", r.line, r.hits);
@@ -403,6 +457,7 @@ pub async fn start(
         scratch: vec![0; mtu],
         len: 0,
         counters: Counters::default(),
+        icmp_errors: 0,
     };
     let _ = console
         .write(
@@ -442,6 +497,7 @@ pub async fn start(
             next_tick = now + TICK;
             r.nat.expire(now_ms());
             r.dhcp.expire(now_ms() / 1000);
+            r.icmp_errors = 0;
         }
         if stats > 0 && now >= next_stats {
             next_stats = now + every;
