@@ -418,9 +418,40 @@ fn ten_thousand_flows(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A configuration the router cannot work with stops it at start, with
+/// status 1 and a message naming what is wrong.
+fn refuses(t: &str) -> Result<(), String> {
+    let image = testkit::example(t, "router")?;
+    let ns = Netns::empty()?;
+    for tap in ["tap-up", "tap-in"] {
+        ns.ip(&["tuntap", "add", tap, "mode", "tap"])?;
+        ns.ip(&["link", "set", tap, "up"])?;
+    }
+    let bad: [(&[&str], &str); 5] = [
+        (&["--rules=/no-such-file"], "the firewall rules /no-such-file"),
+        (&["--forward=icmp:1:10.0.1.5:1"], "is not PROTO:PORT:ADDRESS:PORT"),
+        (
+            &["--dhcp-pool=10.0.0.10-10.0.0.20"],
+            "the DHCP server: the pool 10.0.0.10-10.0.0.20 is not inside 10.0.1.0/24",
+        ),
+        (&["--max-flows=0"], "the NAT: a flow table of 0 flows"),
+        (&["--uplink-ipv4-gateway=192.0.2.1"], "cannot configure the IP layer \"uplink\""),
+    ];
+    for (args, want) in bad {
+        let mut c = ns.unikernel(t, &image, &["--net:uplink=tap-up", "--net:inside=tap-in"]);
+        c.args(args);
+        let r = run_with(c, Duration::from_secs(30))?;
+        if r.status() != 1 || !format!("{}{}", r.stdout, r.stderr).contains(want) {
+            return Err(format!("{args:?}: not refused with {want:?}: status {}\n{}", r.status(), r.dump()));
+        }
+    }
+    Ok(())
+}
+
 pub fn cases(cases: &mut Vec<Case>) {
     type Test = fn(&str) -> Result<(), String>;
-    let tests: [(&str, Test); 4] = [
+    let tests: [(&str, Test); 5] = [
+        ("refuses_a_bad_configuration", refuses),
         ("dhcp_nat_forward_and_firewall", through),
         ("table_full_refuses_and_recovers", table_full),
         ("malformed_dropped_and_counted", malformed),
