@@ -1,6 +1,7 @@
 //! End-to-end tests above the tenders: the examples on unix, hvt and spt,
 //! each configured and built by the `mirage` tool; the TCP/IP stack against
 //! the host's Linux stack; the HTTP server against curl and raw sockets;
+//! the router between three namespaces;
 //! the tool's commands and errors. Network tests run in network namespaces
 //! each test creates and removes, with tap devices.
 //!
@@ -12,6 +13,7 @@ mod attack;
 mod examples;
 mod http;
 mod kv;
+mod router;
 mod tcpip;
 mod tls;
 mod tool;
@@ -30,6 +32,7 @@ fn main() {
     examples::cases(&mut cases);
     http::cases(&mut cases);
     kv::cases(&mut cases);
+    router::cases(&mut cases);
     tcpip::cases(&mut cases);
     tls::cases(&mut cases);
     tool::cases(&mut cases);

@@ -16,6 +16,7 @@
 //! mirage-bench store   [--runs SECONDS] [--only WORD]... # durable writes of the store, beside SQLite (WAL)
 //! mirage-bench tls-handshake [--count N]          # TLS handshakes/s in memory, per crypto provider and key type
 //! mirage-bench tls     [--runs SECONDS]           # static-website-tls on spt and hvt beside nginx with OpenSSL
+//! mirage-bench router  [--targets T,T] [--mtu M,M] # the router example beside Linux with nftables: iperf3, UDP, conn/s, RTT
 //! mirage-bench nat     [--count N]                # mirage-nat's packets/s and new flows/s, in process
 //! ```
 //!
@@ -40,6 +41,7 @@ mod fat;
 mod http;
 mod images;
 mod nat;
+mod router;
 mod store;
 mod tcp;
 mod tls;
@@ -109,10 +111,11 @@ fn main() {
         Some("fat") => fat::fat(&opts),
         Some("tls-handshake") => tls::handshakes(opts.count),
         Some("tls") => tls::serving(opts.runs as u64),
+        Some("router") => router::router(&opts),
         Some("nat") => nat::nat(opts.count),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|tls-handshake|tls|nat [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|tls-handshake|tls|nat|router [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
             );
             std::process::exit(64);
         }

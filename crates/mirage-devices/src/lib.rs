@@ -39,6 +39,7 @@ extern crate alloc;
 pub mod block;
 pub mod console;
 pub mod flow;
+pub mod ip;
 pub mod kv;
 pub mod net;
 pub mod random;

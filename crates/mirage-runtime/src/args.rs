@@ -15,6 +15,7 @@
 //! assert_eq!(args.get::<String>("hello"), "Hola!");
 //! ```
 
+use alloc::borrow::Cow;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -175,8 +176,9 @@ impl<T: FromArg> FromArg for Option<T> {
 /// A boot argument a unikernel accepts.
 #[derive(Clone)]
 pub struct Arg {
-    /// `--NAME`.
-    pub name: &'static str,
+    /// `--NAME`: a literal, or made at boot for a prefixed argument
+    /// ([`Arg::prefixed`]).
+    pub name: Cow<'static, str>,
     /// The default value, as text; `None` makes the argument required.
     pub default: Option<&'static str>,
     /// One line of documentation.
@@ -200,7 +202,28 @@ fn check<T: FromArg>(s: &str) -> Result<(), String> {
 impl Arg {
     /// An argument of type `T`.
     pub fn new<T: FromArg>(name: &'static str, default: Option<&'static str>, doc: &'static str) -> Arg {
-        Arg { name, default, doc, type_name: T::TYPE, is_bool: T::TYPE == bool::TYPE, check: check::<T> }
+        Arg {
+            name: Cow::Borrowed(name),
+            default,
+            doc,
+            type_name: T::TYPE,
+            is_bool: T::TYPE == bool::TYPE,
+            check: check::<T>,
+        }
+    }
+
+    /// The same argument for one of several devices: `--PREFIX-NAME`, as
+    /// MirageOS groups the arguments of each of several stacks
+    /// (`--uplink-ipv4`, `--inside-ipv4`).
+    pub fn prefixed(mut self, prefix: &str) -> Arg {
+        self.name = Cow::Owned(format!("{prefix}-{}", self.name));
+        self
+    }
+
+    /// The same argument with another default.
+    pub fn with_default(mut self, default: Option<&'static str>) -> Arg {
+        self.default = default;
+        self
     }
 }
 
@@ -212,7 +235,7 @@ pub enum ArgError {
     /// An argument nobody declared.
     Unknown(String),
     /// A required argument is missing.
-    Missing(&'static str),
+    Missing(String),
     /// An argument that needs a value has none.
     NoValue(String),
     /// A value that does not parse.
@@ -251,7 +274,7 @@ impl fmt::Display for ArgError {
 /// Parsed arguments.
 #[derive(Debug, Clone)]
 pub struct Args {
-    values: Vec<(&'static str, Option<String>)>,
+    values: Vec<(Cow<'static, str>, Option<String>)>,
     /// The log levels (`-l`).
     pub logs: LogSpec,
 }
@@ -369,8 +392,8 @@ pub fn help_with(program: &str, specs: &[Arg], platform: &[(&str, &str)]) -> Str
 
 /// Parses `argv` (the words after the kernel) against `specs`.
 pub fn parse(program: &str, specs: &[Arg], argv: &[String]) -> Result<Args, ArgError> {
-    let mut values: Vec<(&'static str, Option<String>)> =
-        specs.iter().map(|a| (a.name, a.default.map(String::from))).collect();
+    let mut values: Vec<(Cow<'static, str>, Option<String>)> =
+        specs.iter().map(|a| (a.name.clone(), a.default.map(String::from))).collect();
     let mut logs = None;
     let mut i = 0;
     while i < argv.len() {
@@ -412,7 +435,7 @@ pub fn parse(program: &str, specs: &[Arg], argv: &[String]) -> Result<Args, ArgE
     }
     for (spec, (_, v)) in specs.iter().zip(&values) {
         match v {
-            None => return Err(ArgError::Missing(spec.name)),
+            None => return Err(ArgError::Missing(spec.name.to_string())),
             Some(v) => (spec.check)(v).map_err(|why| ArgError::Invalid {
                 name: spec.name.to_string(),
                 value: v.clone(),
@@ -466,7 +489,25 @@ mod tests {
         assert_eq!(parse("t", &specs(), &words("stray")).unwrap_err(), ArgError::Unknown("stray".into()));
         assert!(matches!(parse("t", &specs(), &words("--port")).unwrap_err(), ArgError::NoValue(_)));
         let req = [Arg::new::<String>("name", None, "Required.")];
-        assert_eq!(parse("t", &req, &[]).unwrap_err(), ArgError::Missing("name"));
+        assert_eq!(parse("t", &req, &[]).unwrap_err(), ArgError::Missing("name".into()));
+    }
+
+    #[test]
+    fn prefixed_arguments_are_apart() {
+        // Two devices with the same arguments, as the router's two
+        // interfaces: each its own, with its own default.
+        let ipv4 = Arg::new::<Ipv4Cidr>("ipv4", Some("10.0.0.2/24"), "The address.");
+        let specs = [ipv4.clone().prefixed("uplink"), ipv4.prefixed("inside").with_default(Some("10.0.1.2/24"))];
+        let a = parse("t", &specs, &words("--inside-ipv4=192.168.7.1/24")).unwrap();
+        assert_eq!(a.get::<Ipv4Cidr>("uplink-ipv4").to_string(), "10.0.0.2/24");
+        assert_eq!(a.get::<Ipv4Cidr>("inside-ipv4").to_string(), "192.168.7.1/24");
+        assert_eq!(
+            parse("t", &specs, &words("--ipv4=1.2.3.4/8")).unwrap_err(),
+            ArgError::Unknown("--ipv4=1.2.3.4/8".into())
+        );
+        let e = parse("t", &specs, &words("--uplink-ipv4=nope")).unwrap_err();
+        assert!(e.to_string().starts_with("invalid value 'nope' for --uplink-ipv4"), "{e}");
+        assert!(help("t", &specs).contains("--inside-ipv4=IPV4/N"));
     }
 
     #[test]

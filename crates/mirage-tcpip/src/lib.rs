@@ -42,6 +42,7 @@
 
 extern crate alloc;
 
+pub mod route;
 pub mod wire;
 
 #[cfg(feature = "stack")]
@@ -55,6 +56,8 @@ mod handshake;
 #[cfg(feature = "stack")]
 mod inbound;
 #[cfg(feature = "stack")]
+pub mod ip;
+#[cfg(feature = "stack")]
 mod neighbor;
 #[cfg(feature = "stack")]
 mod stack;
@@ -65,6 +68,8 @@ mod tcp;
 #[cfg(feature = "stack")]
 mod udp;
 
+#[cfg(feature = "stack")]
+pub use ip::{IpConfig, IpError, IpLayer};
 #[cfg(feature = "stack")]
 pub use stack::{Config, Error, Stack, Stats};
 #[cfg(feature = "stack")]

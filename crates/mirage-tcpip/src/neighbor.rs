@@ -132,6 +132,18 @@ impl Neighbors {
         let _ = self.asked.insert(target, now + ASKED);
     }
 
+    /// The hardware address of `ip`, while its entry lives (the IP layer
+    /// keeps no other cache).
+    pub(crate) fn lookup(&self, ip: IpAddr, now: Instant) -> Option<[u8; 6]> {
+        self.known.get(&ip).filter(|k| now < k.until).map(|k| k.mac)
+    }
+
+    /// Neighbours known now (expired entries included until the next
+    /// [`Neighbors::expire`]).
+    pub(crate) fn len(&self) -> usize {
+        self.known.len()
+    }
+
     /// Forgets what expired.
     pub(crate) fn expire(&mut self, now: Instant) {
         self.known.retain(|_, k| now < k.until);

@@ -147,16 +147,31 @@ impl Config {
         ]
     }
 
+    /// The arguments of [`Config::args`] for one of several stacks, each
+    /// named `--PREFIX-NAME` (`--uplink-ipv4`), as MirageOS groups them.
+    pub fn args_prefixed(prefix: &str, default_ipv4: &'static str, default_gateway: &'static str) -> Vec<Arg> {
+        Config::args(default_ipv4, default_gateway).into_iter().map(|a| a.prefixed(prefix)).collect()
+    }
+
     /// The configuration the arguments of [`Config::args`] give.
     pub fn from_args(args: &Args) -> Config {
-        let ipv4 = args.get::<Option<Ipv4Cidr>>("ipv4").map(|c| (c.addr, c.prefix));
+        Config::from_args_named(args, |n| n.into())
+    }
+
+    /// The configuration the arguments of [`Config::args_prefixed`] give.
+    pub fn from_args_prefixed(args: &Args, prefix: &str) -> Config {
+        Config::from_args_named(args, |n| alloc::format!("{prefix}-{n}"))
+    }
+
+    fn from_args_named(args: &Args, name: impl Fn(&str) -> alloc::string::String) -> Config {
+        let ipv4 = args.get::<Option<Ipv4Cidr>>(&name("ipv4")).map(|c| (c.addr, c.prefix));
         Config {
             ipv4,
-            ipv4_gateway: args.get("ipv4-gateway"),
-            ipv6: args.get::<Option<Ipv6Cidr>>("ipv6").map(|c| (c.addr, c.prefix)),
-            ipv6_gateway: args.get("ipv6-gateway"),
+            ipv4_gateway: args.get(&name("ipv4-gateway")),
+            ipv6: args.get::<Option<Ipv6Cidr>>(&name("ipv6")).map(|c| (c.addr, c.prefix)),
+            ipv6_gateway: args.get(&name("ipv6-gateway")),
             dhcp: ipv4.is_none(),
-            tcp_buffer: (args.get::<u32>("tcp-buffer-kib") as usize).clamp(4, 1 << 16) * 1024,
+            tcp_buffer: (args.get::<u32>(&name("tcp-buffer-kib")) as usize).clamp(4, 1 << 16) * 1024,
             ..Config::default()
         }
     }

@@ -79,6 +79,9 @@ pub enum Kind {
     /// A TCP/IP stack on a network interface (the direct stack on Solo5,
     /// the direct or host-socket stack on unix).
     Stack { interface: String, ipv4: Option<String>, gateway: Option<String> },
+    /// An IP layer on a network interface (mirage-tcpip's `IpLayer` on
+    /// every target): whole IP packets, ARP done beneath, a static address.
+    Ip { interface: String, ipv4: Option<String>, gateway: Option<String> },
     /// A read-only key-value store of a directory: compiled into the image
     /// (crunch), or, with `store = "tar"`, a tar archive of it on block
     /// device `tar` that `mirage build` makes; with `store = "fat"`
@@ -125,6 +128,7 @@ impl Kind {
             Kind::Net { .. } => "net",
             Kind::Block { .. } => "block",
             Kind::Stack { .. } => "stack",
+            Kind::Ip { .. } => "ip",
             Kind::KvRo { .. } => "kv-ro",
             Kind::KvRw { .. } => "kv-rw",
             Kind::Tls { .. } => "tls",
@@ -134,7 +138,10 @@ impl Kind {
     /// The host interface or block device it is attached to, if any.
     pub fn interface(&self) -> Option<&str> {
         match self {
-            Kind::Net { interface } | Kind::Block { interface, .. } | Kind::Stack { interface, .. } => Some(interface),
+            Kind::Net { interface }
+            | Kind::Block { interface, .. }
+            | Kind::Stack { interface, .. }
+            | Kind::Ip { interface, .. } => Some(interface),
             Kind::KvRo { tar: Some(interface), .. } => Some(interface),
             Kind::KvRw { block: Some(b) } => Some(&b.interface),
             _ => None,
@@ -143,8 +150,8 @@ impl Kind {
 }
 
 /// The device kinds, as `mirage.toml` names them.
-pub const KINDS: [&str; 10] =
-    ["console", "time", "wall-clock", "random", "net", "block", "stack", "kv-ro", "kv-rw", "tls"];
+pub const KINDS: [&str; 11] =
+    ["console", "time", "wall-clock", "random", "net", "block", "stack", "ip", "kv-ro", "kv-rw", "tls"];
 
 /// The keys a device of kind `kind` may have in its table (besides the
 /// short form `name = "kind"`).
@@ -152,7 +159,7 @@ pub fn keys(kind: &str) -> &'static [&'static str] {
     match kind {
         "net" => &["kind", "interface"],
         "block" => &["kind", "interface", "size"],
-        "stack" => &["kind", "interface", "ipv4", "gateway"],
+        "stack" | "ip" => &["kind", "interface", "ipv4", "gateway"],
         "kv-ro" => &["kind", "directory", "store", "interface"],
         "kv-rw" => &["kind", "store", "interface", "size", "directory", "durable"],
         "tls" => &["kind", "role", "stack", "store", "path", "alpn"],
@@ -827,7 +834,7 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
         "random" => Kind::Random,
         "net" => Kind::Net { interface: interface("service")? },
         "block" => Kind::Block { interface: interface("storage")?, size: sectors(1 << 20)? },
-        "stack" => {
+        "stack" | "ip" => {
             let ipv4 = opt("ipv4")?;
             if let Some(a) = &ipv4
                 && !valid_cidr(a)
@@ -848,7 +855,8 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
                     "write it as \"10.0.0.1\"",
                 ));
             }
-            Kind::Stack { interface: interface("service")?, ipv4, gateway }
+            let interface = interface("service")?;
+            if kind == "ip" { Kind::Ip { interface, ipv4, gateway } } else { Kind::Stack { interface, ipv4, gateway } }
         }
         "kv-ro" => {
             let d = opt("directory")?.ok_or_else(|| {

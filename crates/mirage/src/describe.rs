@@ -31,6 +31,10 @@ fn implementation(name: &str, kind: &Kind, opts: &Options) -> (String, Option<St
                 ("mirage_unix::SocketStack".into(), Some("the host's sockets".into()))
             }
         }
+        Kind::Ip { interface, .. } => {
+            let (n, below) = net(interface, solo5);
+            ("mirage_tcpip::IpLayer".into(), Some(format!("{n} ({})", below.unwrap_or_default())))
+        }
         Kind::KvRo { directory, .. } => match opts.tar(name, kind) {
             None => ("mirage_kv::Crunched".into(), Some(format!("{} compiled in", directory.display()))),
             Some(i) if matches!(kind, Kind::KvRo { fat: true, .. }) => (

@@ -55,6 +55,7 @@ fn device_trait(kind: &Kind) -> &'static str {
         Kind::Net { .. } => "mirage_devices::net::Net",
         Kind::Block { .. } => "mirage_devices::block::Block",
         Kind::Stack { .. } => "mirage_devices::stack::Stack",
+        Kind::Ip { .. } => "mirage_devices::ip::Ip",
         Kind::KvRo { .. } => "mirage_devices::kv::KvRo",
         Kind::KvRw { .. } => "mirage_devices::kv::KvRw",
         Kind::Tls { server: true, .. } => "mirage_tls::Server",

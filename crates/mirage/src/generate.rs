@@ -238,7 +238,9 @@ pub fn network_interfaces(config: &Config) -> Vec<&str> {
         .devices
         .iter()
         .filter_map(|d| match &d.kind {
-            Kind::Net { interface } | Kind::Stack { interface, .. } => Some(interface.as_str()),
+            Kind::Net { interface } | Kind::Stack { interface, .. } | Kind::Ip { interface, .. } => {
+                Some(interface.as_str())
+            }
             _ => None,
         })
         .collect()
@@ -252,15 +254,56 @@ pub fn subnet(config: &Config, interface: &str) -> u8 {
     u8::try_from(i).unwrap_or(u8::MAX)
 }
 
-/// The default address of the stack's `--ipv4` and `--ipv4-gateway`.
+/// The default address of the stack's or IP layer's `--ipv4` and
+/// `--ipv4-gateway`.
 fn stack_defaults(config: &Config, kind: &Kind, opts: &Options) -> (String, String) {
-    let Kind::Stack { interface, ipv4, gateway } = kind else { return (String::new(), String::new()) };
-    let n = subnet(config, interface);
-    match (ipv4, opts.dhcp) {
-        (Some(a), _) => (a.clone(), gateway.clone().unwrap_or_default()),
-        (None, true) => (String::new(), gateway.clone().unwrap_or_default()),
-        // MirageOS's static defaults, in the interface's own subnet.
-        (None, false) => (format!("10.0.{n}.2/24"), gateway.clone().unwrap_or_else(|| format!("10.0.{n}.1"))),
+    match kind {
+        Kind::Stack { interface, ipv4, gateway } => {
+            let n = subnet(config, interface);
+            match (ipv4, opts.dhcp) {
+                (Some(a), _) => (a.clone(), gateway.clone().unwrap_or_default()),
+                (None, true) => (String::new(), gateway.clone().unwrap_or_default()),
+                // MirageOS's static defaults, in the interface's own subnet.
+                (None, false) => (format!("10.0.{n}.2/24"), gateway.clone().unwrap_or_else(|| format!("10.0.{n}.1"))),
+            }
+        }
+        // An IP layer has no DHCP client: its address is static, and it has
+        // a gateway only if mirage.toml gives one (a router's inside
+        // interface has none).
+        Kind::Ip { interface, ipv4, gateway } => (
+            ipv4.clone().unwrap_or_else(|| format!("10.0.{}.2/24", subnet(config, interface))),
+            gateway.clone().unwrap_or_default(),
+        ),
+        _ => (String::new(), String::new()),
+    }
+}
+
+/// Whether the stacks' and IP layers' boot arguments are prefixed with
+/// their device's name (`--uplink-ipv4`): when there are several, as
+/// MirageOS groups them. A single one keeps the plain names (`--ipv4`).
+fn prefixed(config: &Config) -> bool {
+    config.devices.iter().filter(|d| matches!(d.kind, Kind::Stack { .. } | Kind::Ip { .. })).count() > 1
+}
+
+/// The statement that adds the boot arguments of stack or IP layer
+/// `name` to the specs.
+fn network_args(config: &Config, name: &str, kind: &Kind, opts: &Options) -> String {
+    let (ipv4, gateway) = stack_defaults(config, kind, opts);
+    let ty = if matches!(kind, Kind::Ip { .. }) { "IpConfig" } else { "Config" };
+    if prefixed(config) {
+        format!("specs.extend(mirage_tcpip::{ty}::args_prefixed({}, {}, {}));", lit(name), lit(&ipv4), lit(&gateway))
+    } else {
+        format!("specs.extend(mirage_tcpip::{ty}::args({}, {}));", lit(&ipv4), lit(&gateway))
+    }
+}
+
+/// The expression of the configuration of stack or IP layer `name`.
+fn network_config(config: &Config, name: &str, kind: &Kind) -> String {
+    let ty = if matches!(kind, Kind::Ip { .. }) { "IpConfig" } else { "Config" };
+    if prefixed(config) {
+        format!("mirage_tcpip::{ty}::from_args_prefixed(&args, {})", lit(name))
+    } else {
+        format!("mirage_tcpip::{ty}::from_args(&args)")
     }
 }
 
@@ -271,7 +314,9 @@ pub fn manifest(config: &Config, opts: &Options) -> Vec<(ManifestKind, String)> 
         .devices
         .iter()
         .filter_map(|d| match &d.kind {
-            Kind::Net { interface } | Kind::Stack { interface, .. } => Some((ManifestKind::Net, interface.clone())),
+            Kind::Net { interface } | Kind::Stack { interface, .. } | Kind::Ip { interface, .. } => {
+                Some((ManifestKind::Net, interface.clone()))
+            }
             Kind::Block { interface, .. } => Some((ManifestKind::Block, interface.clone())),
             Kind::KvRo { .. } => opts.tar(&d.name, &d.kind).map(|i| (ManifestKind::Block, i)),
             Kind::KvRw { block: Some(b) } => Some((ManifestKind::Block, b.interface.clone())),
@@ -373,7 +418,7 @@ fn cargo_toml(config: &Config, opts: &Options, libraries: &Libraries, dir: &Path
     let _ = writeln!(t, "name = \"{}\"", config.name);
     t.push_str("path = \"main.rs\"\n\n[dependencies]\n");
     let _ = writeln!(t, "{} = {{ path = \"{}\" }}", config.package, relative(&config.dir, dir));
-    let stack = uses(config, |k| matches!(k, Kind::Stack { .. }));
+    let stack = uses(config, |k| matches!(k, Kind::Stack { .. } | Kind::Ip { .. }));
     let kv = uses(config, |k| matches!(k, Kind::KvRo { .. } | Kind::KvRw { block: Some(_) }))
         || (opts.target.solo5() && uses(config, |k| matches!(k, Kind::KvRw { .. })));
     if kv {
@@ -461,10 +506,12 @@ fn build_rs(config: &Config, opts: &Options) -> Option<String> {
     Some(b)
 }
 
-/// Boot argument declarations, one per line.
-fn specs(config: &Config, opts: &Options) -> (Vec<String>, Option<(String, String)>) {
+/// Boot argument declarations, one per line, and the statements that add
+/// the stacks' and IP layers' own.
+fn specs(config: &Config, opts: &Options) -> (Vec<String>, Vec<String>) {
     let mut specs = Vec::new();
-    let mut stack = None;
+    // The stacks' and IP layers' own, from mirage-tcpip.
+    let mut stack = Vec::new();
     for a in &config.boot {
         let default = a.default.as_deref().map_or("None".to_string(), |d| format!("Some({})", lit(d)));
         specs.push(format!("Arg::new::<{}>({}, {default}, {})", a.ty.rust(), lit(&a.name), lit(&a.doc)));
@@ -480,9 +527,17 @@ fn specs(config: &Config, opts: &Options) -> (Vec<String>, Option<(String, Strin
                 specs.push(format!(
                     "Arg::new::<String>(\"net:{interface}\", Some(\"tap0\"), \"The tap device of network interface {interface}.\")"
                 ));
-                stack = Some(stack_defaults(config, &d.kind, opts));
+                stack.push(network_args(config, &d.name, &d.kind, opts));
             }
-            Kind::Stack { .. } => stack = Some(stack_defaults(config, &d.kind, opts)),
+            Kind::Stack { .. } => stack.push(network_args(config, &d.name, &d.kind, opts)),
+            Kind::Ip { interface, .. } => {
+                if !opts.target.solo5() {
+                    specs.push(format!(
+                        "Arg::new::<String>(\"net:{interface}\", Some(\"tap0\"), \"The tap device of network interface {interface}.\")"
+                    ));
+                }
+                stack.push(network_args(config, &d.name, &d.kind, opts));
+            }
             Kind::Block { interface, .. } if !opts.target.solo5() => {
                 specs.push(format!(
                     "Arg::new::<String>(\"block:{interface}\", None, \"The disk image of block device {interface}.\")"
@@ -554,13 +609,15 @@ fn main_rs(config: &Config, opts: &Options) -> String {
         let opened_store = |d: &crate::config::Device| {
             opts.tar(&d.name, &d.kind).is_some() || matches!(d.kind, Kind::KvRw { block: Some(_) } | Kind::Tls { .. })
         };
-        if stack.is_some() || config.devices.iter().any(opened_store) {
+        if config.devices.iter().any(|d| matches!(d.kind, Kind::Stack { .. }))
+            || config.devices.iter().any(opened_store)
+        {
             m.push_str("use alloc::format;\n");
         }
         if config.boot.iter().any(|a| a.ty == ArgType::String) {
             m.push_str("use alloc::string::String;\n");
         }
-        if !specs.is_empty() || stack.is_some() {
+        if !specs.is_empty() || !stack.is_empty() {
             m.push_str("use alloc::vec;\n");
         }
     }
@@ -589,7 +646,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
     }
 
     // Boot arguments.
-    match (specs.is_empty(), stack.is_some()) {
+    match (specs.is_empty(), !stack.is_empty()) {
         // An empty list needs its type spelled out.
         (true, false) => m.push_str("    let specs: [mirage_runtime::args::Arg; 0] = [];\n"),
         (true, true) => m.push_str("    let mut specs = vec![];\n"),
@@ -601,8 +658,8 @@ fn main_rs(config: &Config, opts: &Options) -> String {
             m.push_str("    ];\n");
         }
     }
-    if let Some((ipv4, gateway)) = &stack {
-        let _ = writeln!(m, "    specs.extend(mirage_tcpip::Config::args({}, {}));", lit(ipv4), lit(gateway));
+    for s in &stack {
+        let _ = writeln!(m, "    {s}");
     }
     // Boot parses the command line (and answers --help) even when nothing
     // reads the arguments.
@@ -612,7 +669,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
         format!("mirage_unix::boot({}, &specs)", lit(name))
     };
     let exit = if solo5 { "return code" } else { "std::process::exit(code)" };
-    if specs.is_empty() && stack.is_none() {
+    if specs.is_empty() && stack.is_empty() {
         let _ = writeln!(m, "    if let Err(code) = {boot} {{\n        {exit};\n    }}");
     } else {
         let _ = writeln!(
@@ -632,7 +689,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
         }
     };
     let platform = if solo5 { "solo5::dev" } else { "mirage_unix" };
-    let mut stack_var = None;
+    let mut stack_vars = Vec::new();
     // Statements that must await, run first inside the unikernel's task.
     let mut opening: Vec<String> = Vec::new();
     // TLS devices, made last: they read stores opened above.
@@ -657,10 +714,22 @@ fn main_rs(config: &Config, opts: &Options) -> String {
                 if opts.direct() {
                     let net_var = format!("{v}_net");
                     net(&mut m, &net_var, interface, solo5, &fail);
-                    stack_var = Some((v.clone(), net_var));
+                    stack_vars.push((v.clone(), net_var, network_config(config, &d.name, &d.kind)));
                 } else {
                     let _ = writeln!(m, "    let {v} = mirage_unix::SocketStack;");
                 }
+            }
+            Kind::Ip { interface, .. } => {
+                let net_var = format!("{v}_net");
+                net(&mut m, &net_var, interface, solo5, &fail);
+                let _ = writeln!(
+                    m,
+                    "    let {v} = match mirage_tcpip::IpLayer::new({net_var}, {}) {{",
+                    network_config(config, &d.name, &d.kind)
+                );
+                m.push_str("        Ok(device) => device,\n");
+                m.push_str(&fail(format!("cannot configure the IP layer \\\"{}\\\" on {interface}", d.name)));
+                m.push_str("    };\n");
             }
             Kind::Block { interface, .. } => block(&mut m, &v, interface, solo5, false, &fail),
             Kind::KvRo { .. } => {
@@ -740,13 +809,17 @@ fn main_rs(config: &Config, opts: &Options) -> String {
 
     // Run.
     let run = if solo5 { "solo5::dev::run" } else { "mirage_unix::run" };
-    if let Some((v, net_var)) = &stack_var {
+    for (v, net_var, stack_config) in &stack_vars {
         opening.push(format!(
             // Seeded from the platform's random source: the stack's initial
             // sequence numbers and SYN-cookie keys must not be guessable
             // from the image.
-            "let {v} = mirage_tcpip::Stack::new({net_var}, mirage_tcpip::Config::from_args(&args).seed(&{platform}::Random))\n            .map_err(|e| format!(\"cannot start the TCP/IP stack \\\"{v}\\\": {{e}}\"))?;"
+            "let {v} = mirage_tcpip::Stack::new({net_var}, {stack_config}.seed(&{platform}::Random))\n            .map_err(|e| format!(\"cannot start the TCP/IP stack \\\"{v}\\\": {{e}}\"))?;"
         ));
+    }
+    // Every stack is started before any waits for its address (DHCP on
+    // each link at once).
+    for (v, _, _) in &stack_vars {
         opening.push(format!("{v}.configured().await;"));
     }
     opening.extend(tls_opening);
@@ -779,7 +852,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
 
 fn needs_fail(config: &Config, opts: &Options) -> bool {
     config.devices.iter().any(|d| match d.kind {
-        Kind::Net { .. } | Kind::Block { .. } | Kind::KvRw { .. } => true,
+        Kind::Net { .. } | Kind::Block { .. } | Kind::KvRw { .. } | Kind::Ip { .. } => true,
         Kind::KvRo { .. } => opts.tar(&d.name, &d.kind).is_some(),
         Kind::Stack { .. } => opts.direct(),
         _ => false,

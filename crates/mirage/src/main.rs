@@ -388,13 +388,6 @@ fn configure(dir: &Path, argv: &[String]) -> Result<(), Failure> {
         ));
     }
     let config = load(dir)?;
-    let stacks = config.devices.iter().filter(|d| matches!(d.kind, config::Kind::Stack { .. })).count();
-    if stacks > 1 {
-        return Err(Failure::new(
-            format!("{} declares {stacks} stacks; the boot arguments (--ipv4, ...) configure one", config.name),
-            "declare one stack device",
-        ));
-    }
     let kv_tar = match args.value("kv-ro") {
         None | Some("default") => false,
         Some("tar") => true,

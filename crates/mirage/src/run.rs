@@ -196,7 +196,7 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     let mut first_tap = true;
     for d in &config.devices {
         let interface = match &d.kind {
-            Kind::Net { interface } => interface,
+            Kind::Net { interface } | Kind::Ip { interface, .. } => interface,
             Kind::Stack { interface, .. } if opts.target != Target::Unix || opts.net == UnixNet::Direct => interface,
             Kind::Block { interface, size } => {
                 std::fs::create_dir_all(config.dir.join("dist")).ok();

@@ -15,11 +15,11 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-const EXAMPLES: [&str; 8] =
-    ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website", "static-website-tls"];
+const EXAMPLES: [&str; 9] =
+    ["hello", "hello-key", "block", "kv-ro", "ping", "network", "static-website", "static-website-tls", "router"];
 
 /// Configurations under `tests/fixtures`, with every variant.
-const FIXTURES: [&str; 2] = ["two-nets", "fat-stores"];
+const FIXTURES: [&str; 3] = ["two-nets", "fat-stores", "three-nets"];
 
 /// Each configuration to snapshot: its name and directory.
 fn configurations() -> Vec<(&'static str, PathBuf)> {
@@ -196,6 +196,41 @@ fn each_interface_has_its_own_subnet() {
         .find(|f| f.path == "main.rs")
         .unwrap();
     assert!(main.text.contains("mirage_tcpip::Config::args(\"10.0.1.2/24\", \"10.0.1.1\")"), "{}", main.text);
+}
+
+#[test]
+fn several_stacks_and_ip_layers_have_their_own_arguments() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/three-nets");
+    let c = config::load(&dir).unwrap();
+    let opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: false, kv_tar: false };
+    let main = generate::files(&c, &opts, &Libraries::Path(root().join("crates")))
+        .into_iter()
+        .find(|f| f.path == "main.rs")
+        .unwrap();
+    for line in [
+        // Each in its own subnet, with mirage.toml's address where given.
+        "mirage_tcpip::Config::args_prefixed(\"front\", \"10.0.0.2/24\", \"10.0.0.1\")",
+        "mirage_tcpip::Config::args_prefixed(\"back\", \"192.168.5.1/24\", \"\")",
+        "mirage_tcpip::IpConfig::args_prefixed(\"wan\", \"10.0.2.2/24\", \"10.0.2.1\")",
+        "mirage_tcpip::Config::from_args_prefixed(&args, \"front\")",
+        "mirage_tcpip::IpConfig::from_args_prefixed(&args, \"wan\")",
+    ] {
+        assert!(main.text.contains(line), "no {line} in\n{}", main.text);
+    }
+    // The boot arguments the wiring declares parse, apart.
+    let mut specs = mirage_tcpip::Config::args_prefixed("front", "10.0.0.2/24", "10.0.0.1");
+    specs.extend(mirage_tcpip::Config::args_prefixed("back", "192.168.5.1/24", ""));
+    specs.extend(mirage_tcpip::IpConfig::args_prefixed("wan", "10.0.2.2/24", "10.0.2.1"));
+    let words = ["--back-ipv4=192.168.9.1/24".to_string(), "--wan-ipv4-gateway=10.0.2.254".to_string()];
+    let args = mirage_runtime::args::parse("three-nets", &specs, &words).unwrap();
+    let front = mirage_tcpip::Config::from_args_prefixed(&args, "front");
+    let back = mirage_tcpip::Config::from_args_prefixed(&args, "back");
+    let wan = mirage_tcpip::IpConfig::from_args_prefixed(&args, "wan");
+    assert_eq!(front.ipv4, Some(("10.0.0.2".parse().unwrap(), 24)));
+    assert_eq!(back.ipv4, Some(("192.168.9.1".parse().unwrap(), 24)));
+    assert_eq!(back.ipv4_gateway, None);
+    assert_eq!(wan.ipv4, ("10.0.2.2".parse().unwrap(), 24));
+    assert_eq!(wan.gateway, Some("10.0.2.254".parse().unwrap()));
 }
 
 #[test]

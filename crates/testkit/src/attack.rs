@@ -459,6 +459,12 @@ pub fn suppress_resets(ns: &Netns) -> Result<(), String> {
         FORGED_PORTS.start(),
         FORGED_PORTS.end()
     );
+    nft(ns, &rules)
+}
+
+/// Loads nftables `rules` (nft's file syntax) in `ns`. Needs nft (Debian's
+/// nftables).
+pub fn nft(ns: &Netns, rules: &str) -> Result<(), String> {
     let mut c = ns.command("nft");
     c.args(["-f", "-"])
         .stdin(std::process::Stdio::piped())

@@ -8,6 +8,7 @@
 pub mod attack;
 pub mod crash;
 pub mod harness;
+pub mod router;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -376,6 +377,17 @@ impl Netns {
             ns.ip(&["link", "set", "tap0", "mtu", &mtu.to_string()])?;
         }
         ns.ip(&["link", "set", "tap0", "up"])?;
+        Ok(ns)
+    }
+
+    /// A namespace with only its loopback device, up: for tests that
+    /// lay out their own links (the router's three namespaces).
+    pub fn empty() -> Result<Netns, String> {
+        let n = NETNS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("mirage-test-{}-{n}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
 

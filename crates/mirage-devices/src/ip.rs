@@ -1,0 +1,142 @@
+//! IP-layer interfaces (`Mirage_ip`): whole IP packets in and out of one
+//! network interface, with the link layer (ARP) done beneath.
+//!
+//! This is what a router, a NAT or a firewall works on: it sees every IP
+//! packet that arrives on the interface, addressed to this host or not,
+//! and sends packets towards a next hop it chose (from its routing table),
+//! leaving the neighbour's hardware address to the layer. Like
+//! [`crate::net::Net`], packets are lent to closures: [`Ip::try_recv`]
+//! hands the next packet to a closure in the layer's own buffer, and
+//! [`Ip::send`] has the closure write the packet into the buffer it will
+//! send from.
+
+use core::fmt;
+use core::net::{IpAddr, Ipv4Addr};
+
+use crate::net::MacAddr;
+
+/// Where a packet goes on the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextHop {
+    /// A neighbour on the link (the destination itself, or a gateway): its
+    /// hardware address is resolved by the layer (ARP), and the packet
+    /// waits, within a bound, while it is.
+    Ip(IpAddr),
+    /// Every host on the link (the broadcast hardware address).
+    Broadcast,
+    /// This hardware address, unresolved: for a host that has no address
+    /// yet (a DHCP server's answer to a client's request).
+    Mac(MacAddr),
+}
+
+/// What an interface is, at the IP layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IpInfo {
+    /// The interface's hardware address.
+    pub mac: MacAddr,
+    /// The largest IP packet it carries.
+    pub mtu: u16,
+    /// Its IPv4 address and prefix length.
+    pub ipv4: (Ipv4Addr, u8),
+    /// The gateway configured on its link, if any: where the unikernel's
+    /// routing table may send what no other route takes.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl IpInfo {
+    /// An interface description.
+    pub const fn new(mac: MacAddr, mtu: u16, ipv4: (Ipv4Addr, u8)) -> IpInfo {
+        IpInfo { mac, mtu, ipv4, gateway: None }
+    }
+
+    /// The same, with a gateway.
+    pub const fn with_gateway(mut self, gateway: Option<Ipv4Addr>) -> IpInfo {
+        self.gateway = gateway;
+        self
+    }
+
+    /// Whether `a` is on the interface's IPv4 subnet.
+    pub fn on_link(&self, a: Ipv4Addr) -> bool {
+        let (own, prefix) = self.ipv4;
+        let mask = u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
+        u32::from(a) & mask == u32::from(own) & mask
+    }
+}
+
+/// Why an IP-layer operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The packet is larger than the interface carries.
+    TooLarge,
+    /// No room to send now, or too many packets wait for neighbours
+    /// already; the packet is dropped (and counted).
+    WouldBlock,
+    /// The next hop is not on this interface's link, or not an address
+    /// the layer can resolve.
+    Unreachable,
+    /// The interface is gone.
+    Disconnected,
+    /// The host failed.
+    Io,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Error::TooLarge => "packet larger than the MTU",
+            Error::WouldBlock => "no room to send or to wait for the neighbour",
+            Error::Unreachable => "next hop not on the link",
+            Error::Disconnected => "interface gone",
+            Error::Io => "network I/O failed",
+        })
+    }
+}
+
+/// Counters an IP-layer interface keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IpStats {
+    /// IP packets handed up.
+    pub rx_packets: u64,
+    /// IP packets sent (including those that waited for a neighbour).
+    pub tx_packets: u64,
+    /// Frames dropped on the way in: malformed, not for this host's
+    /// hardware address, or of a protocol the layer does not carry.
+    pub rx_dropped: u64,
+    /// Packets dropped on the way out: no room, a neighbour that never
+    /// answered, or too many waiting.
+    pub tx_dropped: u64,
+    /// ARP requests and replies received and accepted.
+    pub arp_in: u64,
+    /// ARP packets refused by the neighbour-cache policy.
+    pub arp_refused: u64,
+    /// Neighbours known now.
+    pub neighbors: usize,
+}
+
+/// A network interface at the IP layer.
+pub trait Ip {
+    /// Hardware address, MTU and IP address.
+    fn info(&self) -> IpInfo;
+
+    /// Hands the next received IP packet (its IP header first) to `f`, if
+    /// one is waiting. Packets not addressed to this host's IP address are
+    /// handed up too: the caller routes.
+    fn try_recv<R>(&mut self, f: impl FnOnce(&mut [u8]) -> R) -> Result<Option<R>, Error>;
+
+    /// Waits until a packet may be waiting, or the layer has work of its
+    /// own (a neighbour to ask again): call [`Ip::try_recv`] then.
+    async fn readable(&mut self) -> Result<(), Error>;
+
+    /// Sends an IP packet of `len` bytes, written by `f`, towards `to`.
+    /// Does not wait: while `to`'s hardware address is resolved the packet
+    /// is held (a few per neighbour, a bounded number in all).
+    fn send<R>(&mut self, to: NextHop, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, Error>;
+
+    /// Counters.
+    fn stats(&self) -> IpStats {
+        IpStats::default()
+    }
+}

@@ -1,0 +1,571 @@
+//! router: an IPv4 router, NAT and firewall between two interfaces,
+//! generic over any IP-layer device ([`mirage_devices::ip::Ip`]).
+//!
+//! * `uplink` (interface 0) has a static address and a gateway, the
+//!   default route; `inside` (interface 1) a static address, the gateway
+//!   of its network, to which it hands out addresses by DHCP
+//!   (mirage-dhcpd).
+//! * Every other packet goes through mirage-nat: connection tracking,
+//!   masquerade of what leaves by the uplink, the port forwards of
+//!   `--forward`, and the firewall of the rules file (read from the
+//!   `config` store at start: a bad rule stops the router with its line).
+//!   The router answers pings to its own addresses, and a packet whose TTL
+//!   runs out here with an ICMP Time Exceeded (100 a second at most);
+//!   other traffic to it is dropped and counted.
+//! * Every `--stats` seconds a line of counters goes to the console:
+//!   per interface, the NAT's (flows in the table, its size, drops by
+//!   reason), the DHCP server's and each rule's hits.
+//!
+//! DHCP requests on the inside are answered before the firewall (a client
+//! without an address cannot be matched by rules on addresses anyway).
+#![no_std]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+use core::net::{Ipv4Addr, SocketAddrV4};
+
+use mirage_devices::console::Console;
+use mirage_devices::ip::{Ip, IpStats, NextHop};
+use mirage_devices::kv::{Key, KvRo};
+use mirage_devices::net::MacAddr;
+use mirage_devices::random::Random;
+use mirage_devices::time::Duration;
+use mirage_dhcpd::Destination;
+use mirage_nat::{Forward, Interface, Masquerade, Nat, Protocol, Reason, Route, Rules, Verdict};
+use mirage_runtime::{Either, select};
+use mirage_tcpip::route::Routes;
+use mirage_tcpip::wire;
+
+/// The uplink's interface number, and the inside's.
+pub const UPLINK: u8 = 0;
+/// The inside network's interface number.
+pub const INSIDE: u8 = 1;
+
+/// Packets taken from one interface before the other gets its turn.
+const BATCH: usize = 64;
+/// How often flows and leases are expired.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The port forwards of `--forward`: `PROTO:PORT:ADDRESS:PORT`, several
+/// separated by commas; empty for none.
+pub fn parse_forwards(s: &str) -> Result<Vec<Forward>, String> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let bad = || format!("--forward: {item:?} is not PROTO:PORT:ADDRESS:PORT (as tcp:8080:10.0.1.100:80)");
+        let parts: Vec<&str> = item.split(':').collect();
+        let [proto, port, addr, to_port] = parts[..] else { return Err(bad()) };
+        let protocol = match proto {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            _ => return Err(bad()),
+        };
+        let port = port.parse().map_err(|_| bad())?;
+        let to = SocketAddrV4::new(addr.parse().map_err(|_| bad())?, to_port.parse().map_err(|_| bad())?);
+        out.push(Forward { protocol, port, to });
+    }
+    Ok(out)
+}
+
+fn mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0)
+}
+
+/// The DHCP pool: `FIRST-LAST`, or, empty, hosts .100 to .199 of the
+/// inside network (which must then be a /24 or larger).
+pub fn parse_pool(s: &str, (own, prefix): (Ipv4Addr, u8)) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+    if s.is_empty() {
+        if prefix > 24 {
+            return Err(format!(
+                "--dhcp-pool: the inside network {own}/{prefix} is smaller than a /24: give the pool as FIRST-LAST"
+            ));
+        }
+        let net = u32::from(own) & mask(prefix);
+        return Ok((Ipv4Addr::from(net + 100), Ipv4Addr::from(net + 199)));
+    }
+    let bad = || format!("--dhcp-pool: {s:?} is not FIRST-LAST (as 10.0.1.100-10.0.1.199)");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    Ok((a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?))
+}
+
+/// A UDP datagram from `src:sport` to `dst:dport` in an IPv4 packet with
+/// TTL 64, checksums filled in.
+pub fn udp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 28 + payload.len();
+    let mut p = vec![0u8; total];
+    p[..12].copy_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, wire::PROTO_UDP, 0, 0]);
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let c = wire::checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let u = &mut p[20..];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u[8..].copy_from_slice(payload);
+    let c = match wire::checksum_ipv4(src, dst, wire::PROTO_UDP, u) {
+        // A computed 0 is sent as all ones (0 means no checksum).
+        0 => 0xffff,
+        c => c,
+    };
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// Turns the ICMP echo request `p` (a checked IPv4 packet to this
+/// router) into its reply, in place; whether it was one.
+pub fn echo_reply(p: &mut [u8]) -> bool {
+    let Ok(ip) = wire::parse_ipv4(p) else { return false };
+    if ip.protocol != wire::PROTO_ICMP || ip.fragment || ip.payload.first() != Some(&8) {
+        return false;
+    }
+    let (hl, end) = (ip.header_len, ip.header_len + ip.payload.len());
+    let (src, dst) = (ip.src, ip.dst);
+    p[12..16].copy_from_slice(&dst.octets());
+    p[16..20].copy_from_slice(&src.octets());
+    p[8] = 64;
+    p[10..12].copy_from_slice(&[0, 0]);
+    let c = wire::checksum(&p[..hl]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[hl] = 0;
+    p[hl + 2..hl + 4].copy_from_slice(&[0, 0]);
+    let c = wire::checksum(&p[hl..end]);
+    p[hl + 2..hl + 4].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
+fn dst_of(p: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(p[16], p[17], p[18], p[19])
+}
+
+/// Whether `p` is a DHCP request (UDP to port 67) to `own` or to the
+/// limited broadcast.
+fn is_dhcp_request(p: &[u8], own: Ipv4Addr) -> bool {
+    let hl = (p[0] & 0x0f) as usize * 4;
+    let dst = dst_of(p);
+    p[9] == wire::PROTO_UDP
+        && p.len() >= hl + 8
+        && p[hl + 2..hl + 4] == 67u16.to_be_bytes()
+        && (dst == own || dst == Ipv4Addr::BROADCAST)
+}
+
+/// What a received packet left for the router to do once the interface
+/// it came from is free again.
+enum Later {
+    /// Nothing: it was forwarded or dropped.
+    Done,
+    /// The packet in `scratch` goes out of this interface.
+    Forward(u8),
+    /// The packet in `scratch` is for the router itself.
+    Local,
+    /// The packet in `scratch` is a DHCP request.
+    Dhcp,
+    /// The packet in `scratch` came in on this interface with its TTL
+    /// spent: a Time Exceeded goes back.
+    TimeExceeded(u8),
+}
+
+/// ICMP errors the router sends a second, at most: a peer that makes it
+/// send them (TTL 1 packets) gets no more, however fast it sends.
+const ICMP_ERRORS_PER_TICK: u32 = 100;
+
+/// Counters of the router's own.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    /// Pings to the router answered.
+    echoes: u64,
+    /// Packets to the router itself that it does not serve.
+    local_dropped: u64,
+    /// Forwarded packets an interface refused.
+    tx_failed: u64,
+    /// Time Exceeded errors sent, and those the rate limit held back.
+    time_exceeded: u64,
+    icmp_limited: u64,
+}
+
+/// The router's state, apart from the interfaces.
+struct Router {
+    nat: Nat,
+    routes: Routes<u8>,
+    dhcp: mirage_dhcpd::Server,
+    /// Each interface's address and prefix.
+    own: [(Ipv4Addr, u8); 2],
+    scratch: Vec<u8>,
+    len: usize,
+    counters: Counters,
+    /// ICMP errors sent since the last tick.
+    icmp_errors: u32,
+}
+
+fn now_ms() -> u64 {
+    mirage_runtime::time::now().as_nanos() / 1_000_000
+}
+
+/// Where the routing table sends `dst`, as the NAT asks.
+fn route(routes: &Routes<u8>, own: &[(Ipv4Addr, u8); 2], dst: Ipv4Addr) -> Route {
+    let local = own.iter().any(|&(a, p)| dst == a || (p < 31 && u32::from(dst) == u32::from(a) | !mask(p)));
+    if local || dst == Ipv4Addr::BROADCAST {
+        return Route::Local;
+    }
+    match routes.lookup(dst) {
+        Some(h) => Route::Interface(Interface(h.interface)),
+        None => Route::Unreachable,
+    }
+}
+
+/// The neighbour a packet to `dst` goes to.
+fn next_hop(routes: &Routes<u8>, dst: Ipv4Addr) -> NextHop {
+    match routes.lookup(dst) {
+        Some(h) => NextHop::Ip(h.via.addr().into()),
+        None => NextHop::Ip(dst.into()),
+    }
+}
+
+impl Router {
+    /// Takes the next packet from `from` (interface `fi`), forwarding it
+    /// straight to `to` (interface `ti`) when that is where it goes; what
+    /// else it needs is left in `scratch`. `None`: no packet waited.
+    fn pump(&mut self, from: &mut impl Ip, fi: u8, to: &mut impl Ip, ti: u8) -> Option<Later> {
+        let Router { nat, routes, own, scratch, len, counters, .. } = self;
+        let inside_own = own[INSIDE as usize].0;
+        let got = from.try_recv(|p| {
+            let mut keep = |p: &[u8]| {
+                *len = p.len().min(scratch.len());
+                scratch[..*len].copy_from_slice(&p[..*len]);
+            };
+            if fi == INSIDE && is_dhcp_request(p, inside_own) {
+                keep(p);
+                return Later::Dhcp;
+            }
+            match nat.process(now_ms(), Interface(fi), p, |dst| route(routes, own, dst)) {
+                Verdict::Forward(Interface(i)) if i == ti => {
+                    let hop = next_hop(routes, dst_of(p));
+                    if to.send(hop, p.len(), |b| b.copy_from_slice(p)).is_err() {
+                        counters.tx_failed += 1;
+                    }
+                    Later::Done
+                }
+                Verdict::Forward(Interface(i)) => {
+                    keep(p);
+                    Later::Forward(i)
+                }
+                Verdict::Local => {
+                    keep(p);
+                    Later::Local
+                }
+                Verdict::Drop(Reason::TtlExceeded) => {
+                    keep(p);
+                    Later::TimeExceeded(fi)
+                }
+                Verdict::Drop(_) => Later::Done,
+            }
+        });
+        got.ok().flatten()
+    }
+
+    /// Does what [`Router::pump`] left, with both interfaces at hand.
+    fn finish(&mut self, later: Later, uplink: &mut impl Ip, inside: &mut impl Ip) {
+        let out = match later {
+            Later::Done => return,
+            Later::Forward(i) => i,
+            Later::Local => {
+                let p = &mut self.scratch[..self.len];
+                if !echo_reply(p) {
+                    self.counters.local_dropped += 1;
+                    return;
+                }
+                let dst = dst_of(p);
+                let Route::Interface(Interface(i)) = route(&self.routes, &self.own, dst) else {
+                    self.counters.local_dropped += 1;
+                    return;
+                };
+                match self.nat.output(now_ms(), Interface(i), p) {
+                    Verdict::Forward(Interface(i)) => {
+                        self.counters.echoes += 1;
+                        i
+                    }
+                    _ => return,
+                }
+            }
+            Later::Dhcp => return self.dhcp(inside),
+            Later::TimeExceeded(fi) => match self.time_exceeded(fi) {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        let p = &self.scratch[..self.len];
+        let hop = next_hop(&self.routes, dst_of(p));
+        let sent = match out {
+            UPLINK => uplink.send(hop, p.len(), |b| b.copy_from_slice(p)),
+            _ => inside.send(hop, p.len(), |b| b.copy_from_slice(p)),
+        };
+        if sent.is_err() {
+            self.counters.tx_failed += 1;
+        }
+    }
+
+    /// Turns the packet in `scratch`, which came in on `fi` with its TTL
+    /// spent, into the ICMP Time Exceeded for its source (RFC 1812,
+    /// 5.3.1), unless it is an ICMP error itself, its source cannot be
+    /// answered, or the rate limit is reached; the interface it goes out of.
+    fn time_exceeded(&mut self, fi: u8) -> Option<u8> {
+        let p = &self.scratch[..self.len];
+        let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+        let hl = (p[0] & 0x0f) as usize * 4;
+        let error = p[9] == wire::PROTO_ICMP && p.get(hl).is_some_and(|&t| matches!(t, 3 | 4 | 5 | 11 | 12));
+        if error || src.is_unspecified() || src.is_broadcast() || src.is_multicast() || src.is_loopback() {
+            return None;
+        }
+        if self.icmp_errors >= ICMP_ERRORS_PER_TICK {
+            self.counters.icmp_limited += 1;
+            return None;
+        }
+        let reply =
+            mirage_nat::build::icmp_error(self.own[fi as usize].0, mirage_nat::build::ICMP_TIME_EXCEEDED, 0, p)?;
+        let Route::Interface(Interface(out)) = route(&self.routes, &self.own, src) else { return None };
+        if reply.len() > self.scratch.len() {
+            return None;
+        }
+        self.icmp_errors += 1;
+        self.counters.time_exceeded += 1;
+        self.scratch[..reply.len()].copy_from_slice(&reply);
+        self.len = reply.len();
+        Some(out)
+    }
+
+    /// Answers the DHCP request in `scratch`.
+    fn dhcp(&mut self, inside: &mut impl Ip) {
+        let Ok(ip) = wire::parse_ipv4(&self.scratch[..self.len]) else { return };
+        let Some(payload) = ip.payload.get(8..) else { return };
+        let Some(reply) = self.dhcp.input(payload, now_ms() / 1000) else { return };
+        let own = self.own[INSIDE as usize].0;
+        let (dst, hop) = match reply.to {
+            Destination::Broadcast => (Ipv4Addr::BROADCAST, NextHop::Broadcast),
+            Destination::Unicast(a, mac) => (a, NextHop::Mac(MacAddr(mac))),
+        };
+        let packet = udp_packet(own, 67, dst, 68, &reply.payload);
+        if inside.send(hop, packet.len(), |b| b.copy_from_slice(&packet)).is_err() {
+            self.counters.tx_failed += 1;
+        }
+    }
+
+    /// The `--stats` line.
+    fn stats_line(&self, uplink: IpStats, inside: IpStats) -> String {
+        let mut s = String::from("stats:");
+        for (name, i) in [("uplink", uplink), ("inside", inside)] {
+            let _ = write!(
+                s,
+                " {name} rx {} tx {} rx-dropped {} tx-dropped {} neighbours {};",
+                i.rx_packets, i.tx_packets, i.rx_dropped, i.tx_dropped, i.neighbors
+            );
+        }
+        let _ = write!(s, " nat {} memory {};", self.nat.stats(), self.nat.memory());
+        let d = self.dhcp.stats();
+        let _ = write!(
+            s,
+            " dhcp leases {} offers {} acks {} naks {} dropped {};",
+            self.dhcp.leases().count(),
+            d.offers,
+            d.acks,
+            d.naks,
+            d.dropped
+        );
+        let c = self.counters;
+        let _ = write!(
+            s,
+            " local echoes {} dropped {} tx-failed {} time-exceeded {} icmp-limited {};",
+            c.echoes, c.local_dropped, c.tx_failed, c.time_exceeded, c.icmp_limited
+        );
+        s.push_str(" rules");
+        for r in self.nat.rules().iter() {
+            let _ = write!(s, " line{}:{}", r.line, r.hits);
+        }
+        let _ = write!(s, " default:{}", self.nat.rules().default_hits());
+        s
+    }
+}
+
+/// The unikernel: routes between `uplink` and `inside` until an interface
+/// fails. `rules` names the firewall's file in `config`.
+#[allow(clippy::too_many_arguments)]
+pub async fn start(
+    console: impl Console,
+    random: impl Random,
+    mut uplink: impl Ip,
+    mut inside: impl Ip,
+    config: impl KvRo,
+    rules: &str,
+    forward: &str,
+    dhcp_pool: &str,
+    dns: &str,
+    lease: u32,
+    max_flows: u32,
+    udp_timeout: u32,
+    stats: u32,
+) -> Result<(), String> {
+    let (up, ins) = (uplink.info(), inside.info());
+    let key = Key::parse(rules).map_err(|e| format!("--rules: {rules:?} is not a key of the config store: {e}"))?;
+    let text = config.get(&key).await.map_err(|e| format!("the firewall rules {key}: {e}"))?;
+    let text = core::str::from_utf8(&text).map_err(|_| format!("the firewall rules {key} are not UTF-8 text"))?;
+    let rules = Rules::parse(text, &[("uplink", Interface(UPLINK)), ("inside", Interface(INSIDE))])
+        .map_err(|e| format!("{key}: {e}"))?;
+    let nat = Nat::new(mirage_nat::Config {
+        max_flows: max_flows as usize,
+        timeouts: match udp_timeout {
+            0 => mirage_nat::Timeouts::LINUX,
+            s => mirage_nat::Timeouts {
+                udp_unreplied: s as u64 * 1000,
+                udp_replied: s as u64 * 1000,
+                ..mirage_nat::Timeouts::LINUX
+            },
+        },
+        masquerade: Some(Masquerade { interface: Interface(UPLINK), address: up.ipv4.0, ports: (1024, 65535) }),
+        forwards: parse_forwards(forward)?,
+        rules,
+        seed: random.next_u64(),
+    })
+    .map_err(|e| format!("the NAT: {e}"))?;
+    let mut routes = Routes::new();
+    let (net_up, net_in) = (u32::from(up.ipv4.0) & mask(up.ipv4.1), u32::from(ins.ipv4.0) & mask(ins.ipv4.1));
+    routes.add(Ipv4Addr::from(net_up), up.ipv4.1, None, UPLINK).map_err(|e| format!("a route: {e}"))?;
+    routes.add(Ipv4Addr::from(net_in), ins.ipv4.1, None, INSIDE).map_err(|e| format!("a route: {e}"))?;
+    if let Some(gw) = up.gateway {
+        routes.add(Ipv4Addr::UNSPECIFIED, 0, Some(gw), UPLINK).map_err(|e| format!("a route: {e}"))?;
+    }
+    let dns: Result<Vec<Ipv4Addr>, _> =
+        dns.split(',').map(str::trim).filter(|d| !d.is_empty()).map(str::parse).collect();
+    let dhcp = mirage_dhcpd::Server::new(mirage_dhcpd::Config {
+        server: ins.ipv4.0,
+        prefix: ins.ipv4.1,
+        pool: parse_pool(dhcp_pool, ins.ipv4)?,
+        router: Some(ins.ipv4.0),
+        dns: dns.map_err(|_| String::from("--dns: give IPv4 addresses separated by commas"))?,
+        lease_secs: lease,
+        reservations: Vec::new(),
+    })
+    .map_err(|e| format!("the DHCP server: {e}"))?;
+    let mtu = up.mtu.max(ins.mtu) as usize;
+    let mut r = Router {
+        nat,
+        routes,
+        dhcp,
+        own: [up.ipv4, ins.ipv4],
+        scratch: vec![0; mtu],
+        len: 0,
+        counters: Counters::default(),
+        icmp_errors: 0,
+    };
+    let _ = console
+        .write(
+            format!(
+                "router: uplink {}/{} (gateway {}), inside {}/{}; {} flows at most; {} port forwards\n",
+                up.ipv4.0,
+                up.ipv4.1,
+                up.gateway.map_or("none".into(), |g| format!("{g}")),
+                ins.ipv4.0,
+                ins.ipv4.1,
+                max_flows,
+                parse_forwards(forward)?.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+    let every = Duration::from_secs(stats as u64);
+    let start = mirage_runtime::time::now();
+    let mut next_stats = start + every;
+    let mut next_tick = start + TICK;
+    loop {
+        let mut busy = false;
+        for (i, _) in [(); 2].iter().enumerate() {
+            for n in 0..BATCH {
+                let later = if i == 0 {
+                    r.pump(&mut uplink, UPLINK, &mut inside, INSIDE)
+                } else {
+                    r.pump(&mut inside, INSIDE, &mut uplink, UPLINK)
+                };
+                let Some(later) = later else { break };
+                r.finish(later, &mut uplink, &mut inside);
+                busy |= n + 1 == BATCH;
+            }
+        }
+        let now = mirage_runtime::time::now();
+        if now >= next_tick {
+            next_tick = now + TICK;
+            r.nat.expire(now_ms());
+            r.dhcp.expire(now_ms() / 1000);
+            r.icmp_errors = 0;
+        }
+        if stats > 0 && now >= next_stats {
+            next_stats = now + every;
+            let line = r.stats_line(uplink.stats(), inside.stats());
+            let _ = console.write(format!("{line}\n").as_bytes()).await;
+        }
+        if busy {
+            mirage_runtime::yield_now().await;
+            continue;
+        }
+        let wake = if stats > 0 { next_tick.min(next_stats) } else { next_tick };
+        let woken = select(uplink.readable(), select(inside.readable(), mirage_runtime::time::sleep_until(wake))).await;
+        match woken {
+            Either::Left(Err(e)) => return Err(format!("the uplink failed: {e}")),
+            Either::Right(Either::Left(Err(e))) => return Err(format!("the inside interface failed: {e}")),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_and_pools_parse_or_say_why_not() {
+        let f = parse_forwards("tcp:8080:10.0.1.100:80, udp:53:10.0.1.5:5353").unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!((f[1].protocol, f[1].port, f[1].to), (Protocol::Udp, 53, "10.0.1.5:5353".parse().unwrap()));
+        assert!(parse_forwards("").unwrap().is_empty());
+        let e = parse_forwards("icmp:1:10.0.0.1:1").unwrap_err();
+        assert!(e.contains("PROTO:PORT:ADDRESS:PORT"), "{e}");
+        let own = (Ipv4Addr::new(10, 0, 1, 2), 24);
+        assert_eq!(parse_pool("", own).unwrap(), (Ipv4Addr::new(10, 0, 1, 100), Ipv4Addr::new(10, 0, 1, 199)));
+        assert_eq!(
+            parse_pool("10.0.1.10-10.0.1.20", own).unwrap(),
+            (Ipv4Addr::new(10, 0, 1, 10), Ipv4Addr::new(10, 0, 1, 20))
+        );
+        assert!(parse_pool("", (Ipv4Addr::new(10, 0, 1, 2), 28)).unwrap_err().contains("FIRST-LAST"));
+    }
+
+    #[test]
+    fn built_packets_check_out() {
+        let p = udp_packet(Ipv4Addr::new(10, 0, 1, 2), 67, Ipv4Addr::BROADCAST, 68, b"offer");
+        let ip = wire::parse_ipv4(&p).expect("lengths and checksums hold");
+        assert_eq!(
+            (ip.src, ip.dst, ip.protocol, &ip.payload[8..]),
+            (Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::BROADCAST, 17, &b"offer"[..])
+        );
+        // An echo request from 10.0.1.7 to 10.0.1.2, answered in place.
+        let mut req = vec![0x45, 0, 0, 36, 0, 1, 0, 0, 61, 1, 0, 0, 10, 0, 1, 7, 10, 0, 1, 2];
+        let c = wire::checksum(&req);
+        req[10..12].copy_from_slice(&c.to_be_bytes());
+        let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8];
+        let c = wire::checksum(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        req.extend_from_slice(&icmp);
+        assert!(echo_reply(&mut req));
+        let ip = wire::parse_ipv4(&req).expect("the reply checks out");
+        assert_eq!((ip.src, ip.dst, ip.payload[0]), (Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 1, 7), 0));
+        assert_eq!(&ip.payload[4..], &icmp[4..]);
+        assert!(!echo_reply(&mut req), "a reply is not answered");
+    }
+
+    #[test]
+    fn the_rules_file_parses() {
+        let text = include_str!("../config/rules");
+        let rules = Rules::parse(text, &[("uplink", Interface(UPLINK)), ("inside", Interface(INSIDE))]).unwrap();
+        assert_eq!(rules.iter().count(), 4);
+    }
+}

@@ -1,0 +1,469 @@
+//! The router example end to end, on unix, hvt and spt, in three network
+//! namespaces: a client on the inside tap, the router unikernel holding
+//! both taps, a server on the uplink tap. The taps are made in the
+//! router's namespace, the unikernel attaches them, and then each is moved
+//! into its peer's namespace (an attached tap keeps working there), so
+//! that the client and the server reach each other only through the
+//! router.
+//!
+//! The client takes its address from the router's DHCP server with
+//! busybox's udhcpc, reaches the server through masquerade over TCP, UDP
+//! and ping (and the server's ICMP errors come back translated); the
+//! server reaches the client through the port forward;
+//! traffic the rules deny is dropped and counted on the `--stats` line.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use testkit::router::{CLIENT, INSIDE, Lab, SERVER, UPLINK};
+use testkit::{Netns, run_with};
+
+use crate::{Case, Needs, case};
+
+/// The count after `label` in a stats line (`denied 5` → 5), 0 if absent.
+fn count(line: &str, label: &str) -> u64 {
+    line.split(label)
+        .nth(1)
+        .and_then(|rest| rest.split([',', ')', ';', ' ']).find(|w| !w.is_empty()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn ping(ns: &Netns, to: Ipv4Addr) -> Result<(), String> {
+    let mut c = ns.command("ping");
+    c.args(["-c", "3", "-i", "0.2", "-W", "2"]).arg(to.to_string());
+    let r = run_with(c, Duration::from_secs(20))?;
+    if r.status() != 0 {
+        return Err(format!("ping {to}: {}", r.dump()));
+    }
+    Ok(())
+}
+
+/// A TCP echo server on `at` in `ns`, for one connection; the peer it
+/// saw.
+fn tcp_echo_once(ns: &Netns, at: SocketAddr) -> Result<std::thread::JoinHandle<Result<SocketAddr, String>>, String> {
+    let listener = ns.enter(|| TcpListener::bind(at))?.map_err(|e| format!("bind {at}: {e}"))?;
+    Ok(std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        let mut buf = vec![0; 65536];
+        loop {
+            let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Ok(peer);
+            }
+            s.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        }
+    }))
+}
+
+/// Connects from `ns` to `to`, sends `len` bytes and reads them back.
+fn tcp_exchange(ns: &Netns, to: SocketAddr, len: usize) -> Result<(), String> {
+    ns.enter(|| {
+        let mut s =
+            TcpStream::connect_timeout(&to, Duration::from_secs(10)).map_err(|e| format!("connect {to}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        let data = testkit::noise(len as u64, len);
+        let mut r = s.try_clone().map_err(|e| e.to_string())?;
+        let reader = std::thread::spawn(move || {
+            let mut back = Vec::new();
+            r.read_to_end(&mut back).map(|_| back)
+        });
+        s.write_all(&data).map_err(|e| format!("write: {e}"))?;
+        s.shutdown(std::net::Shutdown::Write).map_err(|e| e.to_string())?;
+        let back = reader.join().map_err(|_| "reader panicked")?.map_err(|e| format!("read: {e}"))?;
+        if back != data {
+            return Err(format!("sent {len} bytes to {to}, {} came back different", back.len()));
+        }
+        Ok(())
+    })?
+}
+
+fn through(t: &str) -> Result<(), String> {
+    let lab = Lab::start(t, &[])?;
+    let lease = lab.lease()?;
+    if !lease.contains(&format!("{CLIENT}/24")) || !lease.contains(&format!("default via {INSIDE}")) {
+        return Err(format!("the lease is not {CLIENT}/24 via {INSIDE}:\n{lease}"));
+    }
+    // Ping: the router itself, then the server through masquerade.
+    ping(&lab.client, INSIDE)?;
+    ping(&lab.client, SERVER)?;
+    // TCP through masquerade: the server sees the uplink's address.
+    let at = SocketAddr::from((SERVER, 7000));
+    let server = tcp_echo_once(&lab.server, at)?;
+    tcp_exchange(&lab.client, at, 200_000)?;
+    let peer = server.join().map_err(|_| "server panicked")??;
+    if peer.ip() != UPLINK {
+        return Err(format!("the server saw {peer}, not the masquerade address {UPLINK}"));
+    }
+    // UDP through masquerade, both ways.
+    let udp = lab.server.enter(|| UdpSocket::bind((SERVER, 7001)))?.map_err(|e| e.to_string())?;
+    udp.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let echo = std::thread::spawn(move || -> Result<SocketAddr, String> {
+        let mut buf = [0; 2048];
+        let (n, from) = udp.recv_from(&mut buf).map_err(|e| format!("server's UDP: {e}"))?;
+        udp.send_to(&buf[..n], from).map_err(|e| e.to_string())?;
+        Ok(from)
+    });
+    lab.client.enter(|| -> Result<(), String> {
+        let s = UdpSocket::bind((CLIENT, 0)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        s.send_to(b"through the router", (SERVER, 7001)).map_err(|e| e.to_string())?;
+        let mut buf = [0; 64];
+        let (n, from) = s.recv_from(&mut buf).map_err(|e| format!("no UDP answer: {e}"))?;
+        if &buf[..n] != b"through the router" || from != SocketAddr::from((SERVER, 7001)) {
+            return Err(format!("UDP answer {:?} from {from}", &buf[..n]));
+        }
+        Ok(())
+    })??;
+    let from = echo.join().map_err(|_| "server panicked")??;
+    if from.ip() != UPLINK {
+        return Err(format!("the server's UDP saw {from}, not {UPLINK}"));
+    }
+    // A packet whose TTL runs out at the router is answered with a Time
+    // Exceeded from the router's inside address.
+    let mut c = lab.client.command("ping");
+    c.args(["-c", "1", "-t", "1", "-W", "3"]).arg(SERVER.to_string());
+    let r = run_with(c, Duration::from_secs(10))?;
+    if !r.stdout.contains(&format!("From {INSIDE}")) || !r.stdout.contains("Time to live exceeded") {
+        return Err(format!("no Time Exceeded from the router: {}", r.dump()));
+    }
+    // An ICMP error about a flow comes back translated: the server's port
+    // unreachable reaches the client's connected socket as a refusal.
+    lab.client.enter(|| -> Result<(), String> {
+        let s = UdpSocket::bind((CLIENT, 0)).map_err(|e| e.to_string())?;
+        s.connect((SERVER, 7009)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+        s.send(b"anyone?").map_err(|e| e.to_string())?;
+        match s.recv(&mut [0; 16]) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(format!("the port unreachable did not come back translated: {other:?}")),
+        }
+    })??;
+    // The port forward: the uplink's 8080 is the client's 80.
+    let inside = tcp_echo_once(&lab.client, SocketAddr::from((CLIENT, 80)))?;
+    tcp_exchange(&lab.server, SocketAddr::from((UPLINK, 8080)), 50_000)?;
+    let peer = inside.join().map_err(|_| "client panicked")??;
+    if peer.ip() != SERVER {
+        return Err(format!("the forwarded connection came from {peer}, not the server {SERVER}"));
+    }
+    // Denied: UDP to port 9, which the rules forbid the inside.
+    let before = lab.stats_lines();
+    let discard = lab.server.enter(|| UdpSocket::bind((SERVER, 9)))?.map_err(|e| e.to_string())?;
+    discard.set_read_timeout(Some(Duration::from_millis(1500))).map_err(|e| e.to_string())?;
+    lab.client.enter(|| -> Result<(), String> {
+        let s = UdpSocket::bind((CLIENT, 0)).map_err(|e| e.to_string())?;
+        for _ in 0..5 {
+            s.send_to(b"denied", (SERVER, 9)).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })??;
+    let mut buf = [0; 64];
+    if let Ok((n, from)) = discard.recv_from(&mut buf) {
+        return Err(format!("a denied datagram arrived: {:?} from {from}", &buf[..n]));
+    }
+    let line = lab.stats_after(before)?;
+    if count(&line, "denied ") < 5 {
+        return Err(format!("5 denied datagrams are not counted:\n{line}"));
+    }
+    // The deny rule (line 6 of config/rules) decided it; the allow rules
+    // the rest.
+    if count(&line, "line6:") < 1 || count(&line, "line8:") < 1 || count(&line, "line11:") < 1 {
+        return Err(format!("the rules' hits are not counted:\n{line}"));
+    }
+    if count(&line, "leases ") != 1 || count(&line, "echoes ") < 3 || count(&line, "time-exceeded ") != 1 {
+        return Err(format!("one lease, three echoes and a Time Exceeded are not counted:\n{line}"));
+    }
+    Ok(())
+}
+
+/// The `N/M` after `flows ` in a stats line.
+fn flows(line: &str) -> (u64, u64) {
+    let Some(rest) = line.split(" flows ").nth(1) else { return (0, 0) };
+    let word = rest.split(' ').next().unwrap_or("");
+    let (n, m) = word.split_once('/').unwrap_or(("0", "0"));
+    (n.parse().unwrap_or(0), m.parse().unwrap_or(0))
+}
+
+/// A UDP round trip from the client to the server's echo at `port`.
+fn udp_round_trip(lab: &Lab, port: u16) -> Result<(), String> {
+    let udp = lab.server.enter(|| UdpSocket::bind((SERVER, port)))?.map_err(|e| e.to_string())?;
+    udp.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let echo = std::thread::spawn(move || -> Result<(), String> {
+        let mut buf = [0; 64];
+        let (n, from) = udp.recv_from(&mut buf).map_err(|e| format!("server's UDP: {e}"))?;
+        udp.send_to(&buf[..n], from).map(drop).map_err(|e| e.to_string())
+    });
+    lab.client.enter(|| -> Result<(), String> {
+        let s = UdpSocket::bind((CLIENT, 0)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        s.send_to(b"again", (SERVER, port)).map_err(|e| e.to_string())?;
+        let mut buf = [0; 64];
+        s.recv_from(&mut buf).map(drop).map_err(|e| format!("no UDP answer: {e}"))
+    })??;
+    echo.join().map_err(|_| "server panicked")?
+}
+
+/// A full flow table refuses new flows and counts them, and takes new ones
+/// again once the old have expired.
+fn table_full(t: &str) -> Result<(), String> {
+    let lab = Lab::start(t, &["--max-flows=100", "--udp-timeout=2"])?;
+    lab.lease()?;
+    let sink = lab.server.enter(|| UdpSocket::bind((SERVER, 7002)))?.map_err(|e| e.to_string())?;
+    sink.set_read_timeout(Some(Duration::from_millis(1000))).map_err(|e| e.to_string())?;
+    // 300 flows from 300 ports, a datagram each, sockets kept open.
+    let _sockets = lab.client.enter(|| -> Result<Vec<UdpSocket>, String> {
+        let mut v = Vec::new();
+        for _ in 0..300 {
+            let s = UdpSocket::bind((CLIENT, 0)).map_err(|e| e.to_string())?;
+            s.send_to(b"one flow", (SERVER, 7002)).map_err(|e| e.to_string())?;
+            v.push(s);
+            // The tap's queue holds 500 frames; this keeps well within it.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(v)
+    })??;
+    let mut sources = std::collections::BTreeSet::new();
+    let mut buf = [0; 64];
+    while let Ok((_, from)) = sink.recv_from(&mut buf) {
+        sources.insert(from);
+    }
+    let before = lab.stats_lines();
+    let line = lab.stats_after(before)?;
+    let (n, m) = flows(&line);
+    if m != 100 || n != 100 || sources.len() as u64 > m || sources.len() < 95 {
+        return Err(format!("{} flows reached the server, the table holds {n}/{m}:\n{line}", sources.len()));
+    }
+    if count(&line, "table-full ") < 190 {
+        return Err(format!("200 refused flows are not counted:\n{line}"));
+    }
+    // After the UDP timeout (2 s) and the next expiry (1 s), the table has
+    // room again: new flows go through, TCP and UDP.
+    std::thread::sleep(Duration::from_millis(3500));
+    let line = lab.stats_after(lab.stats_lines())?;
+    if flows(&line).0 != 0 || count(&line, "expired ") < 100 {
+        return Err(format!("the flows did not expire:\n{line}"));
+    }
+    let at = SocketAddr::from((SERVER, 7000));
+    let server = tcp_echo_once(&lab.server, at)?;
+    tcp_exchange(&lab.client, at, 10_000)?;
+    server.join().map_err(|_| "server panicked")??;
+    udp_round_trip(&lab, 7004)
+}
+
+/// An IPv4 packet from `src` to `dst` of protocol `proto`, header checksum
+/// filled in, in an Ethernet frame to broadcast from a made-up address.
+fn frame(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, flags_offset: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[2, 0, 0, 0, 0x51, 0x51, 0x08, 0x00]);
+    let total = (20 + payload.len()) as u16;
+    let fo = flags_offset.to_be_bytes();
+    let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 7, fo[0], fo[1], 64, proto, 0, 0];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = sum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The Internet checksum of `d`, plus `extra` (a pseudo-header's sum).
+fn sum(d: &[u8], extra: u32) -> u16 {
+    let mut s: u32 =
+        extra + d.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum::<u32>();
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// `segment` (TCP or UDP, its checksum field zero) with its checksum.
+fn with_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, mut segment: Vec<u8>, at: usize) -> Vec<u8> {
+    let pseudo: u32 = [src.octets(), dst.octets()]
+        .iter()
+        .flat_map(|o| [u16::from_be_bytes([o[0], o[1]]) as u32, u16::from_be_bytes([o[2], o[3]]) as u32])
+        .sum::<u32>()
+        + proto as u32
+        + segment.len() as u32;
+    let c = sum(&segment, pseudo);
+    segment[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    segment
+}
+
+/// Malformed and truncated packets, fragments, ICMP errors about unknown
+/// flows and TCP segments of no flow are dropped and counted, and the
+/// router goes on serving.
+fn malformed(t: &str) -> Result<(), String> {
+    let lab = Lab::start(t, &[])?;
+    lab.lease()?;
+    let udp = with_checksum(CLIENT, SERVER, 17, vec![0x13, 0x88, 0x15, 0xb3, 0, 12, 0, 0, 1, 2, 3, 4], 6);
+    let good = frame(CLIENT, SERVER, 17, 0, &udp);
+    let mut bad_header = good.clone();
+    bad_header[24] ^= 0x55; // the header checksum
+    let mut bad_udp = good.clone();
+    *bad_udp.last_mut().unwrap() ^= 1;
+    let truncated = good[..14 + 12].to_vec();
+    let mut long = good.clone();
+    long[16..18].copy_from_slice(&200u16.to_be_bytes()); // total length past the frame
+    let fragment = frame(CLIENT, SERVER, 17, 0x2000, &udp); // more fragments
+    // Port unreachable about SERVER:5555 -> CLIENT:4444, a flow never seen.
+    let mut quoted = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0];
+    quoted.extend_from_slice(&SERVER.octets());
+    quoted.extend_from_slice(&CLIENT.octets());
+    let c = sum(&quoted, 0);
+    quoted[10..12].copy_from_slice(&c.to_be_bytes());
+    quoted.extend_from_slice(&[0x15, 0xb3, 0x11, 0x5c, 0, 8, 0, 0]);
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted);
+    let c = sum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let icmp_error = frame(CLIENT, SERVER, 1, 0, &icmp);
+    // An ACK of no connection.
+    let mut tcp = vec![0x13, 0x88, 0, 80, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0];
+    tcp = with_checksum(CLIENT, SERVER, 6, tcp, 16);
+    let no_flow = frame(CLIENT, SERVER, 6, 0, &tcp);
+    let mut frames = Vec::new();
+    for _ in 0..10 {
+        frames.extend([&bad_header, &bad_udp, &truncated, &long, &fragment, &icmp_error, &no_flow].map(Clone::clone));
+    }
+    let before = lab.stats_lines();
+    lab.client.enter(|| testkit::send_frames("tap-in", &frames))??;
+    std::thread::sleep(Duration::from_millis(500));
+    let line = lab.stats_after(before)?;
+    let inside = line.split(" inside ").nth(1).unwrap_or("");
+    let want = [
+        ("rx-dropped ", inside, 40),
+        ("fragment ", &line, 10),
+        ("unknown-icmp-error ", &line, 10),
+        ("no-flow ", &line, 10),
+    ];
+    for (label, text, n) in want {
+        if count(text, label) < n {
+            return Err(format!("{n} of {label:?} are not counted:\n{line}"));
+        }
+    }
+    // And it still routes.
+    ping(&lab.client, SERVER)?;
+    udp_round_trip(&lab, 7005)
+}
+
+/// 10,000 UDP flows at once through masquerade, each answered: the server
+/// redirects ports 20000 to 29999 to one echo socket (nftables), so that
+/// each port is a flow of its own in the router.
+fn ten_thousand_flows(t: &str) -> Result<(), String> {
+    const FLOWS: u16 = 10_000;
+    let lab = Lab::start(t, &[])?;
+    lab.lease()?;
+    testkit::attack::nft(
+        &lab.server,
+        "table ip mirage_router_test {\n  chain pre {\n    type nat hook prerouting priority -100; policy accept;\n    udp dport 20000-29999 redirect to :7003\n  }\n}\n",
+    )?;
+    let echo = lab.server.enter(|| UdpSocket::bind((SERVER, 7003)))?.map_err(|e| e.to_string())?;
+    echo.set_read_timeout(Some(Duration::from_millis(300))).map_err(|e| e.to_string())?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let server = std::thread::spawn(move || {
+        let mut buf = [0; 64];
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((n, from)) = echo.recv_from(&mut buf) {
+                let _ = echo.send_to(&buf[..n], from);
+            }
+        }
+    });
+    let started = Instant::now();
+    let answered = lab.client.enter(|| -> Result<usize, String> {
+        let s = UdpSocket::bind((CLIENT, 0)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| e.to_string())?;
+        let mut answered = vec![false; FLOWS as usize];
+        let mut buf = [0; 64];
+        for _round in 0..10 {
+            let missing: Vec<u16> = (0..FLOWS).filter(|&i| !answered[i as usize]).collect();
+            if missing.is_empty() {
+                break;
+            }
+            // Windows of 100 datagrams, each window read back before the
+            // next: within the taps' queues.
+            for w in missing.chunks(100) {
+                for &i in w {
+                    s.send_to(&i.to_be_bytes(), (SERVER, 20000 + i)).map_err(|e| e.to_string())?;
+                }
+                while let Ok((n, from)) = s.recv_from(&mut buf) {
+                    let port = from.port().wrapping_sub(20000);
+                    if n == 2 && u16::from_be_bytes([buf[0], buf[1]]) == port && port < FLOWS {
+                        answered[port as usize] = true;
+                    }
+                    if w.iter().all(|&i| answered[i as usize]) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(answered.iter().filter(|a| **a).count())
+    })??;
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = server.join();
+    let line = lab.stats_after(lab.stats_lines())?;
+    if answered != FLOWS as usize {
+        return Err(format!("{answered} of {FLOWS} flows answered in {took:?}:\n{line}"));
+    }
+    // All at once in the table (UDP flows last 120 s once answered).
+    let (n, _) = flows(&line);
+    if n < FLOWS as u64 || count(&line, "table-full ") > 0 {
+        return Err(format!("the table does not hold the {FLOWS} flows at once:\n{line}"));
+    }
+    eprintln!("{t}::router: {FLOWS} UDP flows answered through NAT in {took:?}");
+    Ok(())
+}
+
+/// A configuration the router cannot work with stops it at start, with
+/// status 1 and a message naming what is wrong.
+fn refuses(t: &str) -> Result<(), String> {
+    let image = testkit::example(t, "router")?;
+    let ns = Netns::empty()?;
+    for tap in ["tap-up", "tap-in"] {
+        ns.ip(&["tuntap", "add", tap, "mode", "tap"])?;
+        ns.ip(&["link", "set", tap, "up"])?;
+    }
+    let bad: [(&[&str], &str); 5] = [
+        (&["--rules=/no-such-file"], "the firewall rules /no-such-file"),
+        (&["--forward=icmp:1:10.0.1.5:1"], "is not PROTO:PORT:ADDRESS:PORT"),
+        (
+            &["--dhcp-pool=10.0.0.10-10.0.0.20"],
+            "the DHCP server: the pool 10.0.0.10-10.0.0.20 is not inside 10.0.1.0/24",
+        ),
+        (&["--max-flows=0"], "the NAT: a flow table of 0 flows"),
+        (&["--uplink-ipv4-gateway=192.0.2.1"], "cannot configure the IP layer \"uplink\""),
+    ];
+    for (args, want) in bad {
+        let mut c = ns.unikernel(t, &image, &["--net:uplink=tap-up", "--net:inside=tap-in"]);
+        c.args(args);
+        let r = run_with(c, Duration::from_secs(30))?;
+        if r.status() != 1 || !format!("{}{}", r.stdout, r.stderr).contains(want) {
+            return Err(format!("{args:?}: not refused with {want:?}: status {}\n{}", r.status(), r.dump()));
+        }
+    }
+    Ok(())
+}
+
+pub fn cases(cases: &mut Vec<Case>) {
+    type Test = fn(&str) -> Result<(), String>;
+    let tests: [(&str, Test); 5] = [
+        ("refuses_a_bad_configuration", refuses),
+        ("dhcp_nat_forward_and_firewall", through),
+        ("table_full_refuses_and_recovers", table_full),
+        ("malformed_dropped_and_counted", malformed),
+        ("10000_flows", ten_thousand_flows),
+    ];
+    for t in ["unix", "hvt", "spt"] {
+        for (name, test) in tests {
+            cases.push(case(
+                format!("{t}::router_{name}"),
+                Needs::NetProgram { target: t, name: "busybox", package: "busybox" },
+                move || test(t),
+            ));
+        }
+    }
+}
