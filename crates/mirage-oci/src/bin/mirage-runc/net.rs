@@ -1,0 +1,209 @@
+//! The container's network, given to the unikernel: a tap device in the
+//! container's network namespace joined to the namespace's interface
+//! (the veth a CNI plugin or the user made) by two tc `mirred` redirects,
+//! as urunc does. The interface's IPv4 address, prefix and default
+//! gateway become the unikernel's boot arguments, and the address leaves
+//! the interface, so that the host's stack in the namespace neither
+//! answers for it nor sends from it; the unikernel uses the interface's
+//! MAC address, so neighbours and static entries made for the interface
+//! stay right. `teardown` puts the address and route back.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use crate::Failure;
+
+/// The tap device of the first network interface; further ones are
+/// `tapN_mirage`, unconnected.
+pub fn tap_name(n: usize) -> String {
+    format!("tap{n}_mirage")
+}
+
+/// The namespace's interface, as it was before the unikernel took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uplink {
+    pub name: String,
+    pub address: String,
+    pub prefix: u8,
+    pub gateway: Option<String>,
+    pub mac: String,
+    pub mtu: u32,
+}
+
+impl Uplink {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name, "address": self.address, "prefix": self.prefix,
+            "gateway": self.gateway, "mac": self.mac, "mtu": self.mtu,
+        })
+    }
+
+    pub fn from_json(v: &serde_json::Value) -> Option<Uplink> {
+        Some(Uplink {
+            name: v["name"].as_str()?.to_string(),
+            address: v["address"].as_str()?.to_string(),
+            prefix: u8::try_from(v["prefix"].as_u64()?).ok()?,
+            gateway: v["gateway"].as_str().map(String::from),
+            mac: v["mac"].as_str()?.to_string(),
+            mtu: u32::try_from(v["mtu"].as_u64()?).ok()?,
+        })
+    }
+}
+
+/// A command run in the network namespace `ns`.
+fn command(ns: Option<&File>, program: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(program);
+    c.args(args).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    if let Some(ns) = ns {
+        let fd = ns.as_raw_fd();
+        // SAFETY: the closure runs in the forked child before exec and
+        // makes one async-signal-safe system call on a descriptor the
+        // parent keeps open across the spawn.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    c
+}
+
+/// Runs `program args` in `ns`; its standard output, or its error.
+fn run(ns: Option<&File>, program: &str, args: &[&str]) -> Result<String, String> {
+    let out = command(ns, program, args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn failure(step: &str, e: String) -> Failure {
+    Failure::new(
+        format!("{step}: {e}"),
+        "mirage-runc needs iproute2's ip and tc, and the kernel's tun, u32 and mirred; check that the namespace's interface is up",
+    )
+}
+
+/// The interface of namespace `ns` the unikernel takes: the first, other
+/// than the loopback, with a global IPv4 address. `None` when there is
+/// none (a namespace with no network: the unikernel gets an unconnected
+/// tap device, as a container there gets only a loopback).
+pub fn find_uplink(ns: Option<&File>) -> Result<Option<Uplink>, Failure> {
+    let addrs = run(ns, "ip", &["-j", "-4", "addr", "show"]).map_err(|e| failure("listing addresses", e))?;
+    let addrs: serde_json::Value =
+        serde_json::from_str(&addrs).map_err(|e| failure("listing addresses", format!("ip -j: {e}")))?;
+    let routes = run(ns, "ip", &["-j", "-4", "route", "show", "default"]).map_err(|e| failure("listing routes", e))?;
+    let routes: serde_json::Value = serde_json::from_str(&routes).unwrap_or(serde_json::Value::Null);
+    for link in addrs.as_array().into_iter().flatten() {
+        let Some(name) = link["ifname"].as_str() else { continue };
+        if name == "lo" || name.starts_with("tap") && name.ends_with("_mirage") {
+            continue;
+        }
+        let Some(inet) = link["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["family"] == "inet" && a["scope"] == "global")
+        else {
+            continue;
+        };
+        let (Some(address), Some(prefix)) = (inet["local"].as_str(), inet["prefixlen"].as_u64()) else { continue };
+        let link_info =
+            run(ns, "ip", &["-j", "link", "show", "dev", name]).map_err(|e| failure("reading a link", e))?;
+        let link_info: serde_json::Value = serde_json::from_str(&link_info).unwrap_or(serde_json::Value::Null);
+        let mac = link_info[0]["address"].as_str().unwrap_or_default().to_string();
+        let mtu = link_info[0]["mtu"].as_u64().unwrap_or(1500) as u32;
+        let gateway = routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["dev"] == name)
+            .and_then(|r| r["gateway"].as_str())
+            .map(String::from);
+        return Ok(Some(Uplink {
+            name: name.to_string(),
+            address: address.to_string(),
+            prefix: prefix as u8,
+            gateway,
+            mac,
+            mtu,
+        }));
+    }
+    Ok(None)
+}
+
+/// Creates tap device `tap` in `ns`, up, with `mtu`.
+pub fn add_tap(ns: Option<&File>, tap: &str, mtu: u32) -> Result<(), Failure> {
+    if run(ns, "ip", &["link", "show", "dev", tap]).is_ok() {
+        return Err(Failure::new(
+            format!("the network namespace has a device {tap} already: another unikernel container uses it"),
+            "give each unikernel container a network namespace of its own (one unikernel per pod)",
+        ));
+    }
+    run(ns, "ip", &["tuntap", "add", "dev", tap, "mode", "tap"]).map_err(|e| failure("creating the tap device", e))?;
+    run(ns, "ip", &["link", "set", "dev", tap, "mtu", &mtu.to_string(), "up"])
+        .map_err(|e| failure("setting up the tap device", e))?;
+    Ok(())
+}
+
+/// Joins `tap` to `uplink` in `ns` and takes the address off the uplink.
+pub fn join(ns: Option<&File>, tap: &str, uplink: &Uplink) -> Result<(), Failure> {
+    let redirect = |from: &str, to: &str| -> Result<(), Failure> {
+        run(ns, "tc", &["qdisc", "add", "dev", from, "ingress"])
+            .map_err(|e| failure(&format!("adding an ingress queue to {from}"), e))?;
+        run(
+            ns,
+            "tc",
+            &[
+                "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match", "u32", "0", "0",
+                "action", "mirred", "egress", "redirect", "dev", to,
+            ],
+        )
+        .map_err(|e| failure(&format!("redirecting {from} to {to}"), e))?;
+        Ok(())
+    };
+    redirect(&uplink.name, tap)?;
+    redirect(tap, &uplink.name)?;
+    let cidr = format!("{}/{}", uplink.address, uplink.prefix);
+    run(ns, "ip", &["addr", "del", &cidr, "dev", &uplink.name])
+        .map_err(|e| failure("moving the address to the unikernel", e))?;
+    Ok(())
+}
+
+/// Undoes `add_tap` and `join`, as far as they went: every step is tried,
+/// each failure ignored (the device or queue may not exist), so that a
+/// half-made network is cleaned up as well as a whole one.
+pub fn teardown(ns: Option<&File>, taps: &[String], uplink: Option<&Uplink>) {
+    if let Some(u) = uplink {
+        let _ = run(ns, "tc", &["qdisc", "del", "dev", &u.name, "ingress"]);
+    }
+    for tap in taps {
+        let _ = run(ns, "ip", &["link", "del", "dev", tap]);
+    }
+    if let Some(u) = uplink {
+        let cidr = format!("{}/{}", u.address, u.prefix);
+        let _ = run(ns, "ip", &["addr", "add", &cidr, "dev", &u.name]);
+        if let Some(gw) = &u.gateway {
+            let _ = run(ns, "ip", &["route", "add", "default", "via", gw, "dev", &u.name]);
+        }
+    }
+}
+
+/// Creates the named network namespace `name` (`/var/run/netns/NAME`),
+/// for a container whose configuration asks for a new one.
+pub fn add_netns(name: &str) -> Result<String, Failure> {
+    run(None, "ip", &["netns", "add", name]).map_err(|e| failure("creating a network namespace", e))?;
+    Ok(format!("/var/run/netns/{name}"))
+}
+
+pub fn del_netns(name: &str) {
+    let _ = run(None, "ip", &["netns", "del", name]);
+}
