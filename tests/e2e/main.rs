@@ -1,7 +1,8 @@
 //! End-to-end tests above the tenders: the examples on unix, hvt and spt,
 //! each configured and built by the `mirage` tool; the TCP/IP stack against
 //! the host's Linux stack; the HTTP server against curl and raw sockets;
-//! the tool's commands and errors. Network tests run in network namespaces
+//! the tool's commands and errors; unikernels as containers under
+//! containerd. Network tests run in network namespaces
 //! each test creates and removes, with tap devices.
 //!
 //! The tenders and the tool are built once, at the start, into
@@ -12,6 +13,7 @@ mod attack;
 mod examples;
 mod http;
 mod kv;
+mod oci;
 mod tcpip;
 mod tls;
 mod tool;
@@ -30,6 +32,7 @@ fn main() {
     examples::cases(&mut cases);
     http::cases(&mut cases);
     kv::cases(&mut cases);
+    oci::cases(&mut cases);
     tcpip::cases(&mut cases);
     tls::cases(&mut cases);
     tool::cases(&mut cases);

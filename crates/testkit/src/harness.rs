@@ -16,6 +16,8 @@ pub enum Needs {
     Net(&'static str),
     /// A program on PATH (`dot`), with the Debian package that has it.
     Program { name: &'static str, package: &'static str },
+    /// As `Net`, plus programs on PATH, each with its Debian package.
+    NetPrograms(&'static str, &'static [(&'static str, &'static str)]),
 }
 
 /// One end-to-end test.
@@ -64,6 +66,9 @@ pub fn run(cases: Vec<Case>) -> ! {
                 Needs::Target(t) => crate::missing(t),
                 Needs::Net(t) => crate::missing(t).or_else(crate::missing_net),
                 Needs::Program { name, package } => crate::missing_program(name, package),
+                Needs::NetPrograms(t, programs) => crate::missing(t)
+                    .or_else(crate::missing_net)
+                    .or_else(|| programs.iter().find_map(|(name, package)| crate::missing_program(name, package))),
             };
             match why {
                 Some(reason) => {
