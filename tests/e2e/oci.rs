@@ -134,9 +134,7 @@ impl Containerd {
             left.push(format!("the runtime's state {}", runc_dir.display()));
         }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in
-            mounts.lines().filter(|l| l.contains(&format!("/{}/{id}/", self.namespace)) || l.contains(&self.namespace))
-        {
+        for m in mounts.lines().filter(|l| l.contains(&format!("/{}/{id}/", self.namespace))) {
             left.push(format!("a mount: {m}"));
         }
         left
@@ -145,6 +143,19 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // Whatever a failed test left: its tasks (their shims would
+        // outlive containerd, holding the root file systems mounted) and
+        // containers.
+        if let Ok(r) = self.ctr(&["task", "ls", "-q"]) {
+            for id in r.stdout.split_whitespace() {
+                let _ = self.ctr(&["task", "delete", "--force", id]);
+            }
+        }
+        if let Ok(r) = self.ctr(&["container", "ls", "-q"]) {
+            for id in r.stdout.split_whitespace() {
+                let _ = self.ctr(&["container", "rm", id]);
+            }
+        }
         // SAFETY: kill(2) on the containerd this test started.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
