@@ -7,7 +7,7 @@
 //! Every time in the archives is zero and every entry is written in a
 //! fixed order, so the same files make the same image, digest for digest.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
 use sha2::{Digest, Sha256};
@@ -98,6 +98,11 @@ pub fn layer(unikernel: &Unikernel, files: &[Entry]) -> std::io::Result<Vec<u8>>
         mode: 0o644,
         data: unikernel.description_file().into_bytes(),
     });
+    tar_of(entries)
+}
+
+/// A layer of `entries` and the directories above them, sorted.
+fn tar_of(mut entries: Vec<Entry>) -> std::io::Result<Vec<u8>> {
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     let mut dirs = BTreeSet::new();
     for e in &entries {
@@ -121,15 +126,36 @@ pub fn layer(unikernel: &Unikernel, files: &[Entry]) -> std::io::Result<Vec<u8>>
 /// layer holds `files`, as an OCI image layout tarball to `out`.
 pub fn write(reference: &str, unikernel: &Unikernel, files: &[Entry], out: &mut dyn Write) -> std::io::Result<()> {
     let layer = layer(unikernel, files)?;
-    let annotations = unikernel.annotations();
+    write_layout(reference, std::slice::from_ref(&unikernel.binary), &unikernel.annotations(), &layer, out)
+}
+
+/// Writes an ordinary image, no unikernel: `files` in one layer, run as
+/// `entrypoint` (the benchmarks' nginx, which runc runs).
+pub fn write_plain(
+    reference: &str,
+    entrypoint: &[String],
+    files: &[Entry],
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let layer = tar_of(files.to_vec())?;
+    write_layout(reference, entrypoint, &BTreeMap::new(), &layer, out)
+}
+
+fn write_layout(
+    reference: &str,
+    entrypoint: &[String],
+    annotations: &BTreeMap<String, String>,
+    layer: &[u8],
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "config": {
-            "Entrypoint": [unikernel.binary],
+            "Entrypoint": entrypoint,
             "Labels": annotations,
         },
-        "rootfs": { "type": "layers", "diff_ids": [digest(&layer)] },
+        "rootfs": { "type": "layers", "diff_ids": [digest(layer)] },
         "history": [{ "created_by": "mirage package --oci" }],
     });
     let config = serde_json::to_vec(&config)?;
@@ -137,7 +163,7 @@ pub fn write(reference: &str, unikernel: &Unikernel, files: &[Entry], out: &mut 
         "schemaVersion": 2,
         "mediaType": MANIFEST,
         "config": descriptor(CONFIG, &config),
-        "layers": [descriptor(LAYER, &layer)],
+        "layers": [descriptor(LAYER, layer)],
         "annotations": annotations,
     });
     let manifest = serde_json::to_vec(&manifest)?;
@@ -154,7 +180,7 @@ pub fn write(reference: &str, unikernel: &Unikernel, files: &[Entry], out: &mut 
     tar.file("index.json", 0o644, &serde_json::to_vec(&index)?)?;
     tar.dir("blobs")?;
     tar.dir("blobs/sha256")?;
-    for blob in [&layer, &config, &manifest] {
+    for blob in [layer, &config, &manifest] {
         let name = digest(blob).replace("sha256:", "blobs/sha256/");
         tar.file(&name, 0o644, blob)?;
     }

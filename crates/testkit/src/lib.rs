@@ -8,6 +8,7 @@
 pub mod attack;
 pub mod crash;
 pub mod harness;
+pub mod oci;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -409,18 +409,27 @@ pub fn create(global: &Global, id: &str, options: &CreateOptions) -> Result<(), 
         let ns = File::open(&path).map_err(|e| {
             Failure::new(format!("the network namespace {}: {e}", path.display()), "give an existing namespace")
         })?;
-        let uplink = net::find_uplink(Some(&ns))?;
-        for (n, interface) in unikernel.nets.iter().enumerate() {
-            let tap = net::tap_name(n);
-            let mtu = if n == 0 { uplink.as_ref().map_or(1500, |u| u.mtu) } else { 1500 };
-            net::add_tap(Some(&ns), &tap, mtu)?;
-            made.taps.push(tap.clone());
+        let links = net::links(Some(&ns))?;
+        let uplink = links.uplink();
+        let taps: Vec<(String, u32)> = (0..unikernel.nets.len())
+            .map(|n| (net::tap_name(n), if n == 0 { uplink.as_ref().map_or(1500, |u| u.mtu) } else { 1500 }))
+            .collect();
+        // Recorded first: a failure half-way is undone whole.
+        made.taps = taps.iter().map(|(t, _)| t.clone()).collect();
+        made.uplink = uplink.clone();
+        if let Err(e) = net::set_up(Some(&ns), &links, &taps, uplink.as_ref()) {
+            // A tap that existed before is not ours to remove.
+            if e.cause.contains("already") {
+                made.taps.clear();
+                made.uplink = None;
+            }
+            return Err(e);
+        }
+        for (interface, tap) in unikernel.nets.iter().zip(&made.taps) {
             tender_args.push(format!("--net:{interface}={tap}"));
         }
         if let Some(u) = uplink {
             let first = &unikernel.nets[0];
-            made.uplink = Some(u.clone());
-            net::join(Some(&ns), &made.taps[0], &u)?;
             if !u.mac.is_empty() {
                 tender_args.push(format!("--net-mac:{first}={}", u.mac));
             }

@@ -75,12 +75,27 @@ fn command(ns: Option<&File>, program: &str, args: &[&str]) -> Command {
 
 /// Runs `program args` in `ns`; its standard output, or its error.
 fn run(ns: Option<&File>, program: &str, args: &[&str]) -> Result<String, String> {
-    let out = command(ns, program, args)
-        .stdin(std::process::Stdio::null())
-        .output()
+    batch(ns, program, args, "")
+}
+
+/// Runs `program args` in `ns` with `input` on its standard input (the
+/// `-batch -` of ip and tc: one process for many commands, where each
+/// costs a process start, milliseconds on a busy host).
+fn batch(ns: Option<&File>, program: &str, args: &[&str], input: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = command(ns, program, args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| format!("{program}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+        let what = if input.is_empty() { args.join(" ") } else { input.trim().replace('\n', "; ") };
+        return Err(format!("{program} {what}: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -92,93 +107,109 @@ fn failure(step: &str, e: String) -> Failure {
     )
 }
 
-/// The interface of namespace `ns` the unikernel takes: the first, other
-/// than the loopback, with a global IPv4 address. `None` when there is
-/// none (a namespace with no network: the unikernel gets an unconnected
-/// tap device, as a container there gets only a loopback).
-pub fn find_uplink(ns: Option<&File>) -> Result<Option<Uplink>, Failure> {
-    let addrs = run(ns, "ip", &["-j", "-4", "addr", "show"]).map_err(|e| failure("listing addresses", e))?;
-    let addrs: serde_json::Value =
-        serde_json::from_str(&addrs).map_err(|e| failure("listing addresses", format!("ip -j: {e}")))?;
-    let routes = run(ns, "ip", &["-j", "-4", "route", "show", "default"]).map_err(|e| failure("listing routes", e))?;
-    let routes: serde_json::Value = serde_json::from_str(&routes).unwrap_or(serde_json::Value::Null);
-    for link in addrs.as_array().into_iter().flatten() {
-        let Some(name) = link["ifname"].as_str() else { continue };
-        if name == "lo" || name.starts_with("tap") && name.ends_with("_mirage") {
-            continue;
-        }
-        let Some(inet) = link["addr_info"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["family"] == "inet" && a["scope"] == "global")
-        else {
-            continue;
-        };
-        let (Some(address), Some(prefix)) = (inet["local"].as_str(), inet["prefixlen"].as_u64()) else { continue };
-        let link_info =
-            run(ns, "ip", &["-j", "link", "show", "dev", name]).map_err(|e| failure("reading a link", e))?;
-        let link_info: serde_json::Value = serde_json::from_str(&link_info).unwrap_or(serde_json::Value::Null);
-        let mac = link_info[0]["address"].as_str().unwrap_or_default().to_string();
-        let mtu = link_info[0]["mtu"].as_u64().unwrap_or(1500) as u32;
-        let gateway = routes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["dev"] == name)
-            .and_then(|r| r["gateway"].as_str())
-            .map(String::from);
-        return Ok(Some(Uplink {
-            name: name.to_string(),
-            address: address.to_string(),
-            prefix: prefix as u8,
-            gateway,
-            mac,
-            mtu,
-        }));
-    }
-    Ok(None)
+/// The namespace's devices and default routes, as `ip -j` gives them.
+pub struct Links {
+    links: serde_json::Value,
+    routes: serde_json::Value,
 }
 
-/// Creates tap device `tap` in `ns`, up, with `mtu`.
-pub fn add_tap(ns: Option<&File>, tap: &str, mtu: u32) -> Result<(), Failure> {
-    if run(ns, "ip", &["link", "show", "dev", tap]).is_ok() {
+/// Lists the devices, addresses and default routes of `ns`, in one `ip`.
+pub fn links(ns: Option<&File>) -> Result<Links, Failure> {
+    let out = batch(ns, "ip", &["-j", "-batch", "-"], "addr show\nroute show default\n")
+        .map_err(|e| failure("listing the namespace's devices", e))?;
+    let mut values = serde_json::Deserializer::from_str(&out).into_iter::<serde_json::Value>();
+    let mut next = || values.next().and_then(Result::ok).unwrap_or(serde_json::Value::Null);
+    Ok(Links { links: next(), routes: next() })
+}
+
+impl Links {
+    /// Whether device `name` exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.links.as_array().into_iter().flatten().any(|l| l["ifname"] == name)
+    }
+
+    /// The interface the unikernel takes: the first, other than the
+    /// loopback, with a global IPv4 address. `None` when there is none (a
+    /// namespace with no network: the unikernel gets an unconnected tap
+    /// device, as a container there gets only a loopback).
+    pub fn uplink(&self) -> Option<Uplink> {
+        for link in self.links.as_array().into_iter().flatten() {
+            let Some(name) = link["ifname"].as_str() else { continue };
+            if name == "lo" || name.starts_with("tap") && name.ends_with("_mirage") {
+                continue;
+            }
+            let Some(inet) = link["addr_info"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["family"] == "inet" && a["scope"] == "global")
+            else {
+                continue;
+            };
+            let (Some(address), Some(prefix)) = (inet["local"].as_str(), inet["prefixlen"].as_u64()) else {
+                continue;
+            };
+            let gateway = self
+                .routes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["dev"] == name)
+                .and_then(|r| r["gateway"].as_str())
+                .map(String::from);
+            return Some(Uplink {
+                name: name.to_string(),
+                address: address.to_string(),
+                prefix: prefix as u8,
+                gateway,
+                mac: link["address"].as_str().unwrap_or_default().to_string(),
+                mtu: link["mtu"].as_u64().unwrap_or(1500) as u32,
+            });
+        }
+        None
+    }
+}
+
+/// Creates the tap devices `taps` (name, MTU) in `ns`, up, and joins the
+/// first to `uplink`, taking the address off the uplink: one `ip` and
+/// one `tc`.
+pub fn set_up(
+    ns: Option<&File>,
+    links: &Links,
+    taps: &[(String, u32)],
+    uplink: Option<&Uplink>,
+) -> Result<(), Failure> {
+    if let Some((tap, _)) = taps.iter().find(|(t, _)| links.has(t)) {
         return Err(Failure::new(
             format!("the network namespace has a device {tap} already: another unikernel container uses it"),
             "give each unikernel container a network namespace of its own (one unikernel per pod)",
         ));
     }
-    run(ns, "ip", &["tuntap", "add", "dev", tap, "mode", "tap"]).map_err(|e| failure("creating the tap device", e))?;
-    run(ns, "ip", &["link", "set", "dev", tap, "mtu", &mtu.to_string(), "up"])
-        .map_err(|e| failure("setting up the tap device", e))?;
-    Ok(())
-}
-
-/// Joins `tap` to `uplink` in `ns` and takes the address off the uplink.
-pub fn join(ns: Option<&File>, tap: &str, uplink: &Uplink) -> Result<(), Failure> {
-    let redirect = |from: &str, to: &str| -> Result<(), Failure> {
-        run(ns, "tc", &["qdisc", "add", "dev", from, "ingress"])
-            .map_err(|e| failure(&format!("adding an ingress queue to {from}"), e))?;
-        run(
-            ns,
-            "tc",
-            &[
-                "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match", "u32", "0", "0",
-                "action", "mirred", "egress", "redirect", "dev", to,
-            ],
-        )
-        .map_err(|e| failure(&format!("redirecting {from} to {to}"), e))?;
-        Ok(())
+    let mut ip_commands = String::new();
+    for (tap, mtu) in taps {
+        ip_commands.push_str(&format!("tuntap add dev {tap} mode tap\nlink set dev {tap} mtu {mtu} up\n"));
+    }
+    let (Some(u), Some((tap, _))) = (uplink, taps.first()) else {
+        return batch(ns, "ip", &["-batch", "-"], &ip_commands)
+            .map(drop)
+            .map_err(|e| failure("creating the tap devices", e));
     };
-    redirect(&uplink.name, tap)?;
-    redirect(tap, &uplink.name)?;
-    let cidr = format!("{}/{}", uplink.address, uplink.prefix);
-    run(ns, "ip", &["addr", "del", &cidr, "dev", &uplink.name])
-        .map_err(|e| failure("moving the address to the unikernel", e))?;
+    // Redirect each way on ingress, then move the address.
+    let redirect = |from: &str, to: &str| {
+        format!(
+            "qdisc add dev {from} ingress\nfilter add dev {from} parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev {to}\n"
+        )
+    };
+    ip_commands.push_str(&format!("addr del {}/{} dev {}\n", u.address, u.prefix, u.name));
+    let (first, moved) = ip_commands.split_at(ip_commands.find("addr del").unwrap_or(ip_commands.len()));
+    batch(ns, "ip", &["-batch", "-"], first).map_err(|e| failure("creating the tap devices", e))?;
+    let tc = format!("{}{}", redirect(&u.name, tap), redirect(tap, &u.name));
+    batch(ns, "tc", &["-batch", "-"], &tc).map_err(|e| failure("joining the tap device to the interface", e))?;
+    batch(ns, "ip", &["-batch", "-"], moved).map_err(|e| failure("moving the address to the unikernel", e))?;
     Ok(())
 }
 
-/// Undoes `add_tap` and `join`, as far as they went: every step is tried,
+/// Undoes `set_up`, as far as it went: every step is tried,
 /// each failure ignored (the device or queue may not exist), so that a
 /// half-made network is cleaned up as well as a whole one.
 pub fn teardown(ns: Option<&File>, taps: &[String], uplink: Option<&Uplink>) {
