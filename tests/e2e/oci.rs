@@ -84,11 +84,23 @@ fn serves_and_leaves_nothing(target: &'static str) -> TestResult {
     }
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| e.to_string())?;
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ");
-    if !exe.ends_with(format!("solo5-{target}")) || !cmdline.contains("--mem=64 ") {
+    if !exe.ends_with(format!("solo5-{target}")) || !cmdline.contains("--mem=62 ") {
         return Err(format!("the task's process is {} {cmdline}", exe.display()));
     }
     if !cmdline.contains(&format!("--ipv4={}/24 --ipv4-gateway=", link.address)) {
         return Err(format!("the unikernel was not given the container's address: {cmdline}"));
+    }
+    // The tender is in the container's cgroup, under its memory limit.
+    let cgroups = ctd.cgroups(&id);
+    let procs_in = |d: &PathBuf| std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+    if cgroups.is_empty() || !cgroups.iter().all(|d| procs_in(d).lines().any(|l| l == pid.to_string())) {
+        return Err(format!("the tender {pid} is not in the container's cgroups {cgroups:?}"));
+    }
+    let limit = |d: &PathBuf| {
+        ["memory.limit_in_bytes", "memory.max"].iter().find_map(|f| std::fs::read_to_string(d.join(f)).ok())
+    };
+    if !cgroups.iter().filter_map(limit).any(|l| l.trim() == "67108864") {
+        return Err(format!("no cgroup of {cgroups:?} limits the memory to 64 MiB"));
     }
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     if !console.contains("Solo5: Bindings version") {

@@ -199,9 +199,9 @@ pub(crate) fn oci(opts: &Options) -> Result<(), String> {
     );
     println!();
     println!(
-        "| server | ctr run to first answer: median | min | max | memory (PSS) of the container's processes | with its shim | instances per GiB (with the shim) |"
+        "| server | ctr run -d returns | ctr run to first answer: median | min | max | memory (PSS) of the container's processes | with its shim | instances per GiB (with the shim) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for (name, runtime, image) in &images {
         let mut row = measure(&ctd, name, runtime.as_deref(), image, runs)?;
         let min = row.times.iter().cloned().fold(f64::INFINITY, f64::min);

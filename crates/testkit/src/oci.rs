@@ -132,12 +132,33 @@ impl Containerd {
         }
     }
 
+    /// The cgroup directories of container `id` (ctr's cgroupsPath is
+    /// `/NAMESPACE/ID`), in each hierarchy that has one.
+    pub fn cgroups(&self, id: &str) -> Vec<PathBuf> {
+        let rel = Path::new(&self.namespace).join(id);
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|h| h.path().join(&rel))
+            .filter(|d| d.is_dir())
+            .collect();
+        let unified = Path::new("/sys/fs/cgroup").join(&rel);
+        if unified.is_dir() {
+            dirs.push(unified);
+        }
+        dirs
+    }
+
     /// What the runtime keeps for container `id`: nothing, once deleted.
     pub fn leftovers(&self, id: &str) -> Vec<String> {
         let mut left = Vec::new();
         let runc_dir = Path::new("/run/containerd/runc").join(&self.namespace).join(id);
         if runc_dir.exists() {
             left.push(format!("the runtime's state {}", runc_dir.display()));
+        }
+        for d in self.cgroups(id) {
+            left.push(format!("the cgroup {}", d.display()));
         }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for m in mounts.lines().filter(|l| l.contains(&format!("/{}/{id}/", self.namespace))) {
@@ -175,6 +196,12 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The namespace's cgroup, in each hierarchy (runtimes remove only
+        // the containers' own).
+        for h in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir(h.path().join(&self.namespace));
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.namespace));
         let _ = std::fs::remove_dir_all(&self.state);
         let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.namespace));
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use mirage_oci::{DESCRIPTION_FILE, Target, Unikernel, quote};
 
+use crate::cgroup;
 use crate::net::{self, Uplink};
 use crate::{Failure, Global};
 
@@ -23,6 +24,9 @@ use crate::{Failure, Global};
 pub const INIT: &str = "__init";
 const STATE: &str = "mirage-runc.json";
 const FIFO: &str = "exec.fifo";
+/// What the tender itself needs beside the guest's memory, in MiB: left
+/// out of `--mem` when the container has a memory limit.
+const TENDER_MIB: i64 = 2;
 /// The largest config.json read (runc's are a few KiB).
 const MAX_SPEC: u64 = 4 << 20;
 
@@ -101,6 +105,7 @@ struct Spec {
     memory_limit: Option<i64>,
     /// (destination, source) of bind mounts.
     binds: Vec<(String, PathBuf)>,
+    cgroups_path: Option<String>,
 }
 
 fn spec_error(what: impl std::fmt::Display) -> Failure {
@@ -152,6 +157,7 @@ fn read_spec(bundle: &Path) -> Result<Spec, Failure> {
         netns,
         memory_limit: v["linux"]["resources"]["memory"]["limit"].as_i64(),
         binds,
+        cgroups_path: v["linux"]["cgroupsPath"].as_str().filter(|p| !p.is_empty()).map(String::from),
     })
 }
 
@@ -238,6 +244,7 @@ struct Made {
     taps: Vec<String>,
     uplink: Option<Uplink>,
     child: Option<std::process::Child>,
+    cgroups: Vec<PathBuf>,
 }
 
 impl Drop for Made {
@@ -246,6 +253,7 @@ impl Drop for Made {
             let _ = c.kill();
             let _ = c.wait();
         }
+        cgroup::remove(&self.cgroups);
         if !self.taps.is_empty() {
             net::teardown(self.netns.as_ref(), &self.taps, self.uplink.as_ref());
         }
@@ -356,7 +364,10 @@ pub fn create(global: &Global, id: &str, options: &CreateOptions) -> Result<(), 
                     "give the container at least 2 MiB",
                 ));
             }
-            Some(mib.min(65536) as u32)
+            // The cgroup holds the tender too: its own pages (about 1 MiB)
+            // come out of the limit, so the guest fitting in its memory
+            // never gets the container killed.
+            Some((mib - TENDER_MIB).clamp(2, 65536) as u32)
         }
         None => unikernel.mem_mib,
     };
@@ -383,6 +394,8 @@ pub fn create(global: &Global, id: &str, options: &CreateOptions) -> Result<(), 
         _ => None,
     };
 
+    let cgroup_dir = spec.cgroups_path.as_deref().map(|p| cgroup::relative(p, global.systemd_cgroup)).transpose()?;
+
     // From here on, what is made is undone on failure.
     std::fs::create_dir_all(&global.root).map_err(|e| {
         Failure::new(format!("{}: {e}", global.root.display()), "give --root a directory you may write")
@@ -390,8 +403,15 @@ pub fn create(global: &Global, id: &str, options: &CreateOptions) -> Result<(), 
     std::fs::create_dir(&dir).map_err(|e| {
         Failure::new(format!("{}: {e}", dir.display()), "another create of this ID may be under way; choose another ID")
     })?;
-    let mut made =
-        Made { dir: Some(dir.clone()), netns: None, netns_created: None, taps: Vec::new(), uplink: None, child: None };
+    let mut made = Made {
+        dir: Some(dir.clone()),
+        netns: None,
+        netns_created: None,
+        taps: Vec::new(),
+        uplink: None,
+        child: None,
+        cgroups: Vec::new(),
+    };
     let mut tender_args: Vec<String> = Vec::new();
     if let Some(m) = mem {
         tender_args.push(format!("--mem={m}"));
@@ -518,6 +538,9 @@ pub fn create(global: &Global, id: &str, options: &CreateOptions) -> Result<(), 
     let started = start_time(pid).ok_or_else(|| {
         Failure::new("the container's process ended at once", "run mirage-runc create by hand to see why")
     })?;
+    if let Some(rel) = &cgroup_dir {
+        cgroup::enter(rel, pid, spec.memory_limit.filter(|&l| l > 0), &mut made.cgroups)?;
+    }
     let state = serde_json::json!({
         "id": id,
         "pid": pid,
@@ -531,6 +554,7 @@ pub fn create(global: &Global, id: &str, options: &CreateOptions) -> Result<(), 
         "taps": made.taps,
         "uplink": made.uplink.as_ref().map(Uplink::to_json),
         "tender": tender,
+        "cgroups": made.cgroups,
         "args": cmd.get_args().skip(2).map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>(),
     });
     write_atomic(&dir.join(STATE), state.to_string().as_bytes())?;
@@ -543,6 +567,7 @@ pub fn create(global: &Global, id: &str, options: &CreateOptions) -> Result<(), 
         std::mem::forget(c);
     }
     made.taps.clear();
+    made.cgroups.clear();
     made.netns_created = None;
     made.dir = None;
     Ok(())
@@ -725,6 +750,9 @@ pub fn delete(global: &Global, id: &str, force: bool) -> Result<(), Failure> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    let cgroups: Vec<PathBuf> =
+        state["cgroups"].as_array().into_iter().flatten().filter_map(|c| c.as_str().map(PathBuf::from)).collect();
+    cgroup::remove(&cgroups);
     let taps: Vec<String> =
         state["taps"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(String::from)).collect();
     let uplink = Uplink::from_json(&state["uplink"]);
@@ -817,6 +845,7 @@ mod tests {
             netns: None,
             memory_limit: None,
             binds,
+            cgroups_path: None,
         }
     }
 

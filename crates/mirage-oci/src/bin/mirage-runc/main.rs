@@ -20,6 +20,7 @@
 //! (`level`, `msg`, `time`) in the `--log` file, which the shim reads to
 //! tell the user why, and on standard error.
 
+mod cgroup;
 mod container;
 mod net;
 
