@@ -90,6 +90,18 @@ fn serves_and_leaves_nothing(target: &'static str) -> TestResult {
     if !cmdline.contains(&format!("--ipv4={}/24 --ipv4-gateway=", link.address)) {
         return Err(format!("the unikernel was not given the container's address: {cmdline}"));
     }
+    // A second unikernel in the same namespace is refused, and the first
+    // goes on serving.
+    let second = format!("{id}-second");
+    let r = ctd.run(&["--rm", "--with-ns", &netns], &image, &second, &[])?;
+    if r.status() == 0 || !r.stderr.contains("another unikernel container uses it") {
+        return Err(format!("a second unikernel in the namespace was not refused\n{}", r.dump()));
+    }
+    link.wait_served(&index_html()?)?;
+    let left = ctd.leftovers(&second);
+    if !left.is_empty() {
+        return Err(format!("the refused container left: {}", left.join("; ")));
+    }
     // The tender is in the container's cgroup, under its memory limit.
     let cgroups = ctd.cgroups(&id);
     let procs_in = |d: &PathBuf| std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
