@@ -117,12 +117,18 @@ pub struct Links {
 pub fn links(ns: Option<&File>) -> Result<Links, Failure> {
     let out = batch(ns, "ip", &["-j", "-batch", "-"], "addr show\nroute show default\n")
         .map_err(|e| failure("listing the namespace's devices", e))?;
-    let mut values = serde_json::Deserializer::from_str(&out).into_iter::<serde_json::Value>();
-    let mut next = || values.next().and_then(Result::ok).unwrap_or(serde_json::Value::Null);
-    Ok(Links { links: next(), routes: next() })
+    Ok(Links::parse(&out))
 }
 
 impl Links {
+    /// Reads the two JSON documents of `links`' batch; what is not JSON
+    /// reads as no devices.
+    fn parse(text: &str) -> Links {
+        let mut values = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
+        let mut next = || values.next().and_then(Result::ok).unwrap_or(serde_json::Value::Null);
+        Links { links: next(), routes: next() }
+    }
+
     /// Whether device `name` exists.
     pub fn has(&self, name: &str) -> bool {
         self.links.as_array().into_iter().flatten().any(|l| l["ifname"] == name)
@@ -237,4 +243,49 @@ pub fn add_netns(name: &str) -> Result<String, Failure> {
 
 pub fn del_netns(name: &str) {
     let _ = run(None, "ip", &["netns", "del", name]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ip -j -batch -` with `addr show` and `route show default`, as
+    /// iproute2 6.1 prints them for a CNI-like namespace.
+    const IP: &str = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP"],"mtu":65536,"address":"00:00:00:00:00:00","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host"}]},{"ifindex":3,"ifname":"tap0_mirage","mtu":1500,"address":"aa:aa:aa:aa:aa:aa","addr_info":[]},{"ifindex":2,"link_index":2,"ifname":"eth0","mtu":1450,"address":"ba:ff:78:21:18:f8","addr_info":[{"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"},{"family":"inet","local":"10.244.1.7","prefixlen":24,"scope":"global"}]}]
+[{"dst":"default","gateway":"10.244.1.1","dev":"eth0","flags":[]}]
+"#;
+
+    fn parse(text: &str) -> Links {
+        Links::parse(text)
+    }
+
+    #[test]
+    fn the_uplink_is_the_first_global_ipv4_interface() {
+        let links = parse(IP);
+        let u = links.uplink().unwrap();
+        assert_eq!(
+            u,
+            Uplink {
+                name: "eth0".into(),
+                address: "10.244.1.7".into(),
+                prefix: 24,
+                gateway: Some("10.244.1.1".into()),
+                mac: "ba:ff:78:21:18:f8".into(),
+                mtu: 1450,
+            }
+        );
+        assert_eq!(Uplink::from_json(&u.to_json()), Some(u));
+        assert!(links.has("tap0_mirage") && !links.has("tap1_mirage"));
+    }
+
+    #[test]
+    fn a_namespace_without_an_address_has_no_uplink() {
+        let links = parse(
+            r#"[{"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8,"scope":"host"}]}] []"#,
+        );
+        assert_eq!(links.uplink(), None);
+        // Output ip did not give (an old iproute2 without -j): no uplink,
+        // not a panic.
+        assert_eq!(parse("garbage").uplink(), None);
+    }
 }
