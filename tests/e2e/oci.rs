@@ -370,7 +370,32 @@ fn fifty_at_once(target: &'static str) -> TestResult {
     Ok(())
 }
 
+/// `mirage package` refuses what it cannot pack, saying how to fix it.
+fn package_refusals() -> TestResult {
+    let scratch = Scratch::new("oci-package");
+    let crate_dir = scratch.0.join("pk");
+    testkit::mirage_in(&scratch.0, &["new", "pk"])?.expect_status(0)?;
+    let expect = |args: &[&str], status: i32, cause: &str, fix: &str| -> TestResult {
+        let r = testkit::mirage_in(&crate_dir, args)?;
+        r.expect_status(status)?;
+        if !r.stderr.contains(&format!("mirage: {cause}")) || !r.stderr.contains(&format!("  fix: {fix}")) {
+            return Err(format!("mirage {}: expected {cause:?} and {fix:?}\n{}", args.join(" "), r.dump()));
+        }
+        Ok(())
+    };
+    expect(&["package"], 64, "package: no format given", "write mirage package --oci")?;
+    expect(&["package", "--oci"], 1, "pk is not configured", "run `mirage configure -t unix`")?;
+    testkit::mirage_in(&crate_dir, &["configure", "-t", "unix"])?.expect_status(0)?;
+    expect(&["package", "--oci"], 64, "package --oci packs hvt and spt unikernels", "mirage configure -t hvt")?;
+    expect(&["package", "--oci", "extra"], 64, "package: unexpected argument \"extra\"", "boot arguments go after --")?;
+    if crate_dir.join("dist").exists() {
+        return Err("a refused package wrote dist/".into());
+    }
+    Ok(())
+}
+
 pub fn cases(v: &mut Vec<Case>) {
+    v.push(case("oci::mirage_package_refuses_what_it_cannot_pack", Needs::Nothing, package_refusals));
     for t in ["hvt", "spt"] {
         let needs = Needs::NetPrograms(t, PROGRAMS);
         v.push(case(format!("oci::{t}_serves_http_and_leaves_nothing"), needs, move || serves_and_leaves_nothing(t)));
