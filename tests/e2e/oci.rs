@@ -140,6 +140,40 @@ fn serves_and_leaves_nothing(target: &'static str) -> TestResult {
     Ok(())
 }
 
+/// A container given no network namespace gets one of its own, with an
+/// unconnected tap device (as a runc container there gets only its
+/// loopback), removed with the container.
+fn own_namespace(target: &'static str) -> TestResult {
+    let (image, tarball) = website(target)?;
+    let ctd = Containerd::start()?;
+    ctd.import(&tarball)?;
+    let id = format!("alone-{target}");
+    ctd.run(&["-d"], &image, &id, &[])?.expect_status(0)?;
+    let ns = format!("mirage-runc-{id}");
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &ns, "ip", "-o", "link"]);
+    let links = run_with(c, Duration::from_secs(10))?;
+    if !links.stdout.contains("tap0_mirage") {
+        return Err(format!("no namespace {ns} with the tap device\n{}", links.dump()));
+    }
+    let (_, status) = ctd.task(&id)?.ok_or("the task is not listed")?;
+    if status != "RUNNING" {
+        return Err(format!("task {id} is {status}"));
+    }
+    ctd.ctr(&["task", "kill", "-s", "SIGKILL", &id])?.expect_status(0)?;
+    ctd.wait_stopped(&id)?;
+    ctd.ctr(&["task", "delete", &id])?.expect_status(0)?;
+    ctd.ctr(&["container", "rm", &id])?.expect_status(0)?;
+    if Path::new("/var/run/netns").join(&ns).exists() {
+        return Err(format!("the namespace {ns} outlived its container"));
+    }
+    let left = ctd.leftovers(&id);
+    if !left.is_empty() {
+        return Err(format!("left behind: {}", left.join("; ")));
+    }
+    Ok(())
+}
+
 /// A unikernel that faults is reported with the tender's own status.
 fn crash_is_reported(target: &'static str) -> TestResult {
     let scratch = Scratch::new("oci-crash");
@@ -400,6 +434,7 @@ pub fn cases(v: &mut Vec<Case>) {
         let needs = Needs::NetPrograms(t, PROGRAMS);
         v.push(case(format!("oci::{t}_serves_http_and_leaves_nothing"), needs, move || serves_and_leaves_nothing(t)));
         v.push(case(format!("oci::{t}_crash_is_reported_with_its_status"), needs, move || crash_is_reported(t)));
+        v.push(case(format!("oci::{t}_without_a_namespace_gets_one_of_its_own"), needs, move || own_namespace(t)));
         v.push(case(format!("oci::{t}_malformed_images_are_refused"), needs, move || malformed_images_are_refused(t)));
         let mut fifty = case(format!("oci::{t}_fifty_at_once"), needs, move || fifty_at_once(t));
         // Fifty guests and their shims fill this machine's two cores.
