@@ -2,7 +2,8 @@
 //! each configured and built by the `mirage` tool; the TCP/IP stack against
 //! the host's Linux stack; the HTTP server against curl and raw sockets;
 //! the router between three namespaces;
-//! the tool's commands and errors. Network tests run in network namespaces
+//! the tool's commands and errors; unikernels as containers under
+//! containerd. Network tests run in network namespaces
 //! each test creates and removes, with tap devices.
 //!
 //! The tenders and the tool are built once, at the start, into
@@ -14,6 +15,7 @@ mod examples;
 mod http;
 mod kv;
 mod router;
+mod oci;
 mod tcpip;
 mod tls;
 mod tool;
@@ -33,6 +35,7 @@ fn main() {
     http::cases(&mut cases);
     kv::cases(&mut cases);
     router::cases(&mut cases);
+    oci::cases(&mut cases);
     tcpip::cases(&mut cases);
     tls::cases(&mut cases);
     tool::cases(&mut cases);

@@ -10,6 +10,7 @@
 //! mirage-bench http    [--runs SECONDS]           # wrk against static-website, beside nginx
 //!     (tcp and http: [--mtu 1500,65520] the tap MTUs measured, [--targets unix,hvt,spt] the targets)
 //! mirage-bench images  [--solo5 DIR]              # image sizes, least memory, configure and build times
+//! mirage-bench oci     [--runs N]                 # containers: ctr run to first HTTP answer, memory, beside nginx with runc
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
 //! mirage-bench attack  [--runs SECONDS] [--only WORD]... # a good client's service under each attack, beside nginx
 //! mirage-bench crash   [--count N]                # N SIGKILL trials of the store on a block device (hvt, spt)
@@ -42,6 +43,7 @@ mod http;
 mod images;
 mod nat;
 mod router;
+mod oci;
 mod store;
 mod tcp;
 mod tls;
@@ -104,6 +106,7 @@ fn main() {
         Some("tcp") => tcp::tcp(&opts),
         Some("http") => http::http(&opts),
         Some("images") => images::images(&opts),
+        Some("oci") => oci::oci(&opts),
         Some("soak") => http::soak(&opts, &opts.target.clone()),
         Some("attack") => attack::attack(&opts),
         Some("crash") => store::crash(&opts),
@@ -115,7 +118,7 @@ fn main() {
         Some("nat") => nat::nat(opts.count),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|tls-handshake|tls|nat|router [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
             );
             std::process::exit(64);
         }

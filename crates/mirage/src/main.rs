@@ -4,6 +4,7 @@
 //! mirage configure -t unix|hvt|spt [--net=socket|direct] [--no-dhcp]
 //! mirage build [-t TARGET]
 //! mirage run [-t TARGET] [--tap=NAME] [-- ARGS...]
+//! mirage package --oci [-t TARGET] [--output=FILE] [--name=REF] [-- ARGS...]
 //! mirage clean
 //! mirage query [name|target|files|manifest|packages]
 //! mirage describe [--dot] [--svg=FILE]
@@ -15,6 +16,7 @@
 //! boot arguments.
 
 mod kv;
+mod package;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -64,6 +66,7 @@ commands:
   configure   write the wiring for a target (-t unix|hvt|spt)
   build       build dist/NAME, dist/NAME.hvt or dist/NAME.spt
   run         boot the image with its tender and devices
+  package     pack the image, its tender and disks as an OCI image (--oci)
   clean       remove the wiring and dist/
   query       print the name, target, files, manifest or packages
   describe    print the device graph (--dot for Graphviz)
@@ -185,6 +188,7 @@ fn real_main(mut argv: Vec<String>) -> Result<(), Failure> {
         "configure" => configure(&dir, rest),
         "build" => build(&dir, rest),
         "run" => run::run(&dir, rest),
+        "package" => package::package(&dir, rest),
         "clean" => clean(&dir, rest),
         "query" => query(&dir, rest),
         "describe" => describe(&dir, rest),
@@ -192,7 +196,7 @@ fn real_main(mut argv: Vec<String>) -> Result<(), Failure> {
         "kv" => kv::kv(rest),
         other => Err(Failure::usage(
             format!("unknown command {other:?}"),
-            "use one of configure, build, run, clean, query, describe, new, kv (mirage --help)",
+            "use one of configure, build, run, package, clean, query, describe, new, kv (mirage --help)",
         )),
     }
 }
@@ -956,12 +960,13 @@ mod tests {
     use super::*;
 
     /// Every `--help` text.
-    fn helps() -> [(&'static str, &'static str); 9] {
+    fn helps() -> [(&'static str, &'static str); 10] {
         [
             ("mirage", USAGE),
             ("configure", CONFIGURE_HELP),
             ("build", BUILD_HELP),
             ("run", run::RUN_HELP),
+            ("package", package::PACKAGE_HELP),
             ("clean", CLEAN_HELP),
             ("query", QUERY_HELP),
             ("describe", DESCRIBE_HELP),

@@ -31,18 +31,7 @@ the subnet 10.0.n.0/24: its tap device gets 10.0.n.1/24 (the first's is
 in mirage.toml if missing; on unix each kv-rw store is the directory
 dist/NAME.kv, created if missing.";
 
-/// `word` quoted, if it must be, so that the unikernel's command-line
-/// splitting (a shell's: `mirage_runtime::args::split_cmdline`) gives it
-/// back as one word.
-pub fn quote(word: &str) -> String {
-    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_=:,./@%+^".contains(c));
-    if plain {
-        return word.to_string();
-    }
-    // Inside single quotes nothing is special; a single quote itself is
-    // closed, escaped and reopened.
-    format!("'{}'", word.replace('\'', "'\\''"))
-}
+pub use mirage_oci::quote;
 
 /// A tap device this run created, removed when dropped.
 struct CreatedTap(String);
@@ -53,7 +42,7 @@ impl Drop for CreatedTap {
     }
 }
 
-fn tender_path(target: Target) -> Result<PathBuf, Failure> {
+pub fn tender_path(target: Target) -> Result<PathBuf, Failure> {
     let name = format!("solo5-{}", target.name());
     let mut looked = Vec::new();
     if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
@@ -152,6 +141,88 @@ fn disk(config: &Config, interface: &str, size: u64) -> Result<PathBuf, Failure>
     Ok(path)
 }
 
+/// A device of the unikernel as the host provides it.
+#[derive(Debug)]
+pub enum Device {
+    /// A network interface (a tap device on the host).
+    Net(String),
+    /// A block device and its disk image, and whether it is attached with
+    /// `--block-dsync:` (a durable kv-rw store on hvt and spt).
+    Block(String, PathBuf, bool),
+    /// On unix, a kv-rw store's directory.
+    KvRwDirectory(String, PathBuf),
+}
+
+/// The devices of the configured unikernel on the host, in mirage.toml's
+/// order, with the disk images and directories they need, created (and
+/// formatted, for a kv-rw store) when missing.
+pub fn devices(config: &Config, opts: &Options) -> Result<Vec<Device>, Failure> {
+    let mut out = Vec::new();
+    for d in &config.devices {
+        match &d.kind {
+            Kind::Net { interface } | Kind::Ip { interface, .. } => out.push(Device::Net(interface.clone())),
+            Kind::Stack { interface, .. } if opts.target != Target::Unix || opts.net == UnixNet::Direct => {
+                out.push(Device::Net(interface.clone()))
+            }
+            Kind::Block { interface, size } => {
+                std::fs::create_dir_all(config.dir.join("dist")).ok();
+                out.push(Device::Block(interface.clone(), disk(config, interface, *size)?, false));
+            }
+            Kind::KvRo { directory, fat, .. } => {
+                if let Some(interface) = opts.tar(&d.name, &d.kind) {
+                    let path = config.dir.join("dist").join(format!("{interface}.img"));
+                    if *fat && crate::kv::ensure_fat_ro(&path, &config.dir.join(directory))? {
+                        eprintln!("mirage: created {} (FAT) for kv-ro store {}", path.display(), d.name);
+                    }
+                    if !path.is_file() {
+                        return Err(Failure::new(
+                            format!("the disk image {} of store {} is missing", path.display(), d.name),
+                            "run `mirage build`, which makes it",
+                        ));
+                    }
+                    out.push(Device::Block(interface, path, false));
+                }
+            }
+            Kind::KvRw { block: Some(b) } => {
+                let path = config.dir.join("dist").join(format!("{}.img", b.interface));
+                if crate::kv::ensure(&path, b, opts.fat(b), &config.dir)? {
+                    eprintln!("mirage: created {} for kv-rw store {}", path.display(), d.name);
+                }
+                // Durable: every acknowledged change on the disk. On unix
+                // a flush is always fdatasync; our tenders sync on a
+                // flush for a device attached with --block-dsync:.
+                let dsync = b.durable && opts.target != Target::Unix;
+                out.push(Device::Block(b.interface.clone(), path, dsync));
+            }
+            Kind::KvRw { block: None } if opts.target == Target::Unix => {
+                let dir = config.dir.join(generate::kv_rw_directory(&d.name));
+                if !dir.is_dir() {
+                    std::fs::create_dir_all(&dir).map_err(|e| {
+                        Failure::new(format!("{}: {e}", dir.display()), "check the directory's permissions")
+                    })?;
+                    eprintln!("mirage: created {} for kv-rw store {}", dir.display(), d.name);
+                }
+                out.push(Device::KvRwDirectory(d.name.clone(), dir));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the image when it is missing or older than its configuration;
+/// its path.
+pub fn ensure_built(config: &Config, opts: &Options) -> Result<PathBuf, Failure> {
+    let image = config.dir.join("dist").join(opts.target.image(&config.name));
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let wiring = crate::generate::dir(config, opts.target).join("main.rs");
+    let sources = [modified(&wiring), modified(&config.dir.join(mirage::config::FILE))];
+    if modified(&image).is_none_or(|i| sources.iter().flatten().any(|s| *s > i)) {
+        crate::build_image(config, opts)?;
+    }
+    Ok(image)
+}
+
 pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     let args = Args::parse("run", argv, &["target=", "tap=", "host-address=", "mem=", "help"])?;
     if help(&args, RUN_HELP) {
@@ -166,14 +237,7 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     let config = load(dir)?;
     let target = args.value("target").map(parse_target).transpose()?;
     let opts: Options = load_state(&config, target)?;
-    let image = config.dir.join("dist").join(opts.target.image(&config.name));
-    // Build when the image is missing or older than its configuration.
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let wiring = crate::generate::dir(&config, opts.target).join("main.rs");
-    let sources = [modified(&wiring), modified(&config.dir.join(mirage::config::FILE))];
-    if modified(&image).is_none_or(|i| sources.iter().flatten().any(|s| *s > i)) {
-        crate::build_image(&config, &opts)?;
-    }
+    let image = ensure_built(&config, &opts)?;
     let mut cmd = match opts.target {
         Target::Unix => Command::new(&image),
         t => {
@@ -194,66 +258,28 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     let mut created = Vec::new();
     let mut device_args = Vec::new();
     let mut first_tap = true;
-    for d in &config.devices {
-        let interface = match &d.kind {
-            Kind::Net { interface } | Kind::Ip { interface, .. } => interface,
-            Kind::Stack { interface, .. } if opts.target != Target::Unix || opts.net == UnixNet::Direct => interface,
-            Kind::Block { interface, size } => {
-                std::fs::create_dir_all(config.dir.join("dist")).ok();
-                let path = disk(&config, interface, *size)?;
-                device_args.push(format!("--block:{interface}={}", path.display()));
+    for device in devices(&config, &opts)? {
+        let interface = match device {
+            Device::Net(interface) => interface,
+            Device::Block(interface, path, dsync) => {
+                let attach = if dsync { "--block-dsync" } else { "--block" };
+                device_args.push(format!("{attach}:{interface}={}", path.display()));
                 continue;
             }
-            Kind::KvRo { directory, fat, .. } => {
-                if let Some(interface) = opts.tar(&d.name, &d.kind) {
-                    let path = config.dir.join("dist").join(format!("{interface}.img"));
-                    if *fat && crate::kv::ensure_fat_ro(&path, &config.dir.join(directory))? {
-                        eprintln!("mirage: created {} (FAT) for kv-ro store {}", path.display(), d.name);
-                    }
-                    if !path.is_file() {
-                        return Err(Failure::new(
-                            format!("the disk image {} of store {} is missing", path.display(), d.name),
-                            "run `mirage build`, which makes it",
-                        ));
-                    }
-                    device_args.push(format!("--block:{interface}={}", path.display()));
-                }
+            Device::KvRwDirectory(name, dir) => {
+                device_args.push(format!("--kv-rw:{name}={}", dir.display()));
                 continue;
             }
-            Kind::KvRw { block: Some(b) } => {
-                let path = config.dir.join("dist").join(format!("{}.img", b.interface));
-                if crate::kv::ensure(&path, b, opts.fat(b), &config.dir)? {
-                    eprintln!("mirage: created {} for kv-rw store {}", path.display(), d.name);
-                }
-                // Durable: every acknowledged change on the disk. On unix
-                // a flush is always fdatasync; our tenders sync on a
-                // flush for a device attached with --block-dsync:.
-                let attach = if b.durable && opts.target != Target::Unix { "--block-dsync" } else { "--block" };
-                device_args.push(format!("{attach}:{}={}", b.interface, path.display()));
-                continue;
-            }
-            Kind::KvRw { block: None } if opts.target == Target::Unix => {
-                let dir = config.dir.join(generate::kv_rw_directory(&d.name));
-                if !dir.is_dir() {
-                    std::fs::create_dir_all(&dir).map_err(|e| {
-                        Failure::new(format!("{}: {e}", dir.display()), "check the directory's permissions")
-                    })?;
-                    eprintln!("mirage: created {} for kv-rw store {}", dir.display(), d.name);
-                }
-                device_args.push(format!("--kv-rw:{}={}", d.name, dir.display()));
-                continue;
-            }
-            _ => continue,
         };
         let given = if first_tap { args.value("tap") } else { None };
         // Each interface has its own subnet (two taps in one subnet would
         // make two routes to it).
-        let host = match generate::subnet(&config, interface) {
+        let host = match generate::subnet(&config, &interface) {
             0 => first_host.to_string(),
             n => format!("10.0.{n}.1/24"),
         };
         first_tap = false;
-        let t = tap(interface, given, &host, &mut created)?;
+        let t = tap(&interface, given, &host, &mut created)?;
         device_args.push(format!("--net:{interface}={t}"));
     }
     match opts.target {

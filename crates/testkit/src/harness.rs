@@ -18,6 +18,8 @@ pub enum Needs {
     Program { name: &'static str, package: &'static str },
     /// As `Net`, plus a program on PATH, with its Debian package.
     NetProgram { target: &'static str, name: &'static str, package: &'static str },
+    /// As `Net`, plus programs on PATH, each with its Debian package.
+    NetPrograms(&'static str, &'static [(&'static str, &'static str)]),
 }
 
 /// One end-to-end test.
@@ -69,6 +71,9 @@ pub fn run(cases: Vec<Case>) -> ! {
                 Needs::NetProgram { target, name, package } => {
                     crate::missing(target).or_else(crate::missing_net).or_else(|| crate::missing_program(name, package))
                 }
+                Needs::NetPrograms(t, programs) => crate::missing(t)
+                    .or_else(crate::missing_net)
+                    .or_else(|| programs.iter().find_map(|(name, package)| crate::missing_program(name, package))),
             };
             match why {
                 Some(reason) => {

@@ -9,6 +9,7 @@ pub mod attack;
 pub mod crash;
 pub mod harness;
 pub mod router;
+pub mod oci;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -85,14 +86,15 @@ pub fn guest(target: &str, name: &str) -> Result<PathBuf, String> {
     Ok(guests(target)?.join(name))
 }
 
-/// The `mirage` tool, built once per run (`target/release/mirage`).
+/// The `mirage` tool, built once per run (`target/release/mirage`), with
+/// the tenders and `mirage-runc`.
 pub fn mirage() -> Result<PathBuf, String> {
     static TOOL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     TOOL.get_or_init(|| {
         let root = root();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let out = Command::new(cargo)
-            .args(["build", "--release", "--quiet", "-p", "mirage", "-p", "tender"])
+            .args(["build", "--release", "--quiet", "-p", "mirage", "-p", "tender", "-p", "mirage-oci"])
             .current_dir(&root)
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")

@@ -1,0 +1,449 @@
+//! Unikernels as containers: `mirage package --oci` images imported into a
+//! real containerd (Debian's, started by each test with its own root,
+//! state and socket, stopped afterwards) and run by its runc shim with
+//! `mirage-runc` as the runtime, in network namespaces the tests make:
+//! the static website answering at the container's address from another
+//! namespace, kill, delete and remove leaving no process, tap device,
+//! address change or mount behind, a crash reported with the tender's own
+//! exit status, malformed images and bundles refused with their reason and
+//! nothing left, ordinary bundles handed to runc, and fifty containers at
+//! once.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mirage_oci::image::Entry;
+use mirage_oci::{Target, Unikernel};
+use testkit::harness::{Case, Needs, case};
+use testkit::oci::{Containerd, Link, SEQ, index_html, ip, runc, website};
+use testkit::{Run, Scratch, TestResult, run_with};
+
+const PROGRAMS: &[(&str, &str)] =
+    &[("containerd", "containerd"), ("ctr", "containerd"), ("runc", "runc"), ("curl", "curl"), ("tc", "iproute2")];
+
+/// An image holding test guest `guest` with `cmdline`, packed by the
+/// library as the tool packs a unikernel; `adjust` may spoil the
+/// description.
+fn guest_image(
+    target: &str,
+    guest: &str,
+    cmdline: &str,
+    scratch: &Scratch,
+    adjust: impl FnOnce(&mut Unikernel),
+) -> Result<(String, PathBuf), String> {
+    let binary = format!("/unikernel/{guest}.{target}");
+    let tender = format!("/unikernel/solo5-{target}");
+    let mut u = Unikernel {
+        target: if target == "hvt" { Target::Hvt } else { Target::Spt },
+        binary: binary.clone(),
+        tender: tender.clone(),
+        cmdline: cmdline.into(),
+        mem_mib: None,
+        nets: vec![],
+        blocks: vec![],
+        version: "test".into(),
+    };
+    adjust(&mut u);
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let files = [
+        Entry { path: binary, mode: 0o644, data: read(&testkit::guest(target, guest)?)? },
+        Entry { path: tender, mode: 0o755, data: read(&testkit::tender(target))? },
+    ];
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    let reference = format!("localhost/mirage/{guest}-{n}:{target}");
+    let path = scratch.0.join(format!("{guest}-{n}.oci.tar"));
+    let mut data = Vec::new();
+    mirage_oci::image::write(&reference, &u, &files, &mut data).map_err(|e| e.to_string())?;
+    std::fs::write(&path, data).map_err(|e| e.to_string())?;
+    Ok((reference, path))
+}
+
+/// The static website as a container: served at the container's address
+/// from another namespace, console in the task's log, memory limit as
+/// --mem; then kill, delete and remove leave the namespace as it was and
+/// nothing of the container behind.
+fn serves_and_leaves_nothing(target: &'static str) -> TestResult {
+    let (image, tarball) = website(target)?;
+    let ctd = Containerd::start()?;
+    ctd.import(&tarball)?;
+    let link = Link::new(SEQ.fetch_add(1, Ordering::Relaxed) % 200 + 1)?;
+    let before = link.snapshot()?;
+    let scratch = Scratch::new("oci-log");
+    let log = scratch.0.join("console.log");
+    let id = format!("web-{target}");
+    let netns = link.netns();
+    let log_uri = format!("file://{}", log.display());
+    let options = ["-d", "--with-ns", &netns, "--memory-limit", "67108864", "--log-uri", &log_uri];
+    ctd.run(&options, &image, &id, &[])?.expect_status(0)?;
+    link.wait_served(&index_html()?)?;
+    let (pid, status) = ctd.task(&id)?.ok_or("the task is not listed")?;
+    if status != "RUNNING" {
+        return Err(format!("task {id} is {status}"));
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| e.to_string())?;
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ");
+    if !exe.ends_with(format!("solo5-{target}")) || !cmdline.contains("--mem=62 ") {
+        return Err(format!("the task's process is {} {cmdline}", exe.display()));
+    }
+    if !cmdline.contains(&format!("--ipv4={}/24 --ipv4-gateway=", link.address)) {
+        return Err(format!("the unikernel was not given the container's address: {cmdline}"));
+    }
+    // A second unikernel in the same namespace is refused, and the first
+    // goes on serving.
+    let second = format!("{id}-second");
+    let r = ctd.run(&["--rm", "--with-ns", &netns], &image, &second, &[])?;
+    if r.status() == 0 || !r.stderr.contains("another unikernel container uses it") {
+        return Err(format!("a second unikernel in the namespace was not refused\n{}", r.dump()));
+    }
+    link.wait_served(&index_html()?)?;
+    let left = ctd.leftovers(&second);
+    if !left.is_empty() {
+        return Err(format!("the refused container left: {}", left.join("; ")));
+    }
+    // The tender is in the container's cgroup, under its memory limit.
+    let cgroups = ctd.cgroups(&id);
+    let procs_in = |d: &PathBuf| std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+    if cgroups.is_empty() || !cgroups.iter().all(|d| procs_in(d).lines().any(|l| l == pid.to_string())) {
+        return Err(format!("the tender {pid} is not in the container's cgroups {cgroups:?}"));
+    }
+    let limit = |d: &PathBuf| {
+        ["memory.limit_in_bytes", "memory.max"].iter().find_map(|f| std::fs::read_to_string(d.join(f)).ok())
+    };
+    if !cgroups.iter().filter_map(limit).any(|l| l.trim() == "67108864") {
+        return Err(format!("no cgroup of {cgroups:?} limits the memory to 64 MiB"));
+    }
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    if !console.contains("Solo5: Bindings version") {
+        return Err(format!("the console is not in the task's log: {console:?}"));
+    }
+    ctd.ctr(&["task", "kill", &id])?.expect_status(0)?;
+    ctd.wait_stopped(&id)?;
+    ctd.ctr(&["task", "delete", &id])?.expect_status(0)?;
+    ctd.ctr(&["container", "rm", &id])?.expect_status(0)?;
+    if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe) {
+        return Err(format!("the tender {pid} is still running"));
+    }
+    let after = link.snapshot()?;
+    if after != before {
+        return Err(format!("the namespace changed:\n--- before\n{before}--- after\n{after}"));
+    }
+    let left = ctd.leftovers(&id);
+    if !left.is_empty() {
+        return Err(format!("left behind: {}", left.join("; ")));
+    }
+    // The address is the container's again: nothing answers it.
+    if link.get()?.status() == 0 {
+        return Err("something still answers at the container's address".into());
+    }
+    Ok(())
+}
+
+/// A container given no network namespace gets one of its own, with an
+/// unconnected tap device (as a runc container there gets only its
+/// loopback), removed with the container.
+fn own_namespace(target: &'static str) -> TestResult {
+    let (image, tarball) = website(target)?;
+    let ctd = Containerd::start()?;
+    ctd.import(&tarball)?;
+    let id = format!("alone-{target}");
+    ctd.run(&["-d"], &image, &id, &[])?.expect_status(0)?;
+    let ns = format!("mirage-runc-{id}");
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &ns, "ip", "-o", "link"]);
+    let links = run_with(c, Duration::from_secs(10))?;
+    if !links.stdout.contains("tap0_mirage") {
+        return Err(format!("no namespace {ns} with the tap device\n{}", links.dump()));
+    }
+    let (_, status) = ctd.task(&id)?.ok_or("the task is not listed")?;
+    if status != "RUNNING" {
+        return Err(format!("task {id} is {status}"));
+    }
+    ctd.ctr(&["task", "kill", "-s", "SIGKILL", &id])?.expect_status(0)?;
+    ctd.wait_stopped(&id)?;
+    ctd.ctr(&["task", "delete", &id])?.expect_status(0)?;
+    ctd.ctr(&["container", "rm", &id])?.expect_status(0)?;
+    if Path::new("/var/run/netns").join(&ns).exists() {
+        return Err(format!("the namespace {ns} outlived its container"));
+    }
+    let left = ctd.leftovers(&id);
+    if !left.is_empty() {
+        return Err(format!("left behind: {}", left.join("; ")));
+    }
+    Ok(())
+}
+
+/// A unikernel that faults is reported with the tender's own status.
+fn crash_is_reported(target: &'static str) -> TestResult {
+    let scratch = Scratch::new("oci-crash");
+    let direct = testkit::boot(target, &[], "fault", &["unmapped"])?;
+    if direct.status() == 0 {
+        return Err(format!("the fault guest did not fail\n{}", direct.dump()));
+    }
+    let (image, tarball) = guest_image(target, "fault", "unmapped", &scratch, |_| {})?;
+    let ctd = Containerd::start()?;
+    ctd.import(&tarball)?;
+    let id = format!("crash-{target}");
+    let r = ctd.run(&["--rm"], &image, &id, &[])?;
+    if r.status() != direct.status() {
+        return Err(format!("ctr reported {} where the tender gives {}\n{}", r.status(), direct.status(), r.dump()));
+    }
+    r.expect_stdout("fault: unmapped")?;
+    // An exit status of the unikernel's own choosing, from the image's
+    // command line and the container's arguments after it.
+    let (image, tarball) = guest_image(target, "fault", "exit", &scratch, |_| {})?;
+    ctd.import(&tarball)?;
+    ctd.run(&["--rm"], &image, &format!("{id}-42"), &["42"])?.expect_status(42)?;
+    let left = ctd.leftovers(&id);
+    if !left.is_empty() {
+        return Err(format!("left behind: {}", left.join("; ")));
+    }
+    Ok(())
+}
+
+/// Malformed images are refused through containerd with the reason, and
+/// leave nothing: no task, no runtime state, no tap, the namespace as it
+/// was.
+fn malformed_images_are_refused(target: &'static str) -> TestResult {
+    let scratch = Scratch::new("oci-bad");
+    let ctd = Containerd::start()?;
+    let link = Link::new(SEQ.fetch_add(1, Ordering::Relaxed) % 200 + 1)?;
+    let before = link.snapshot()?;
+    let netns = link.netns();
+    type Spoil = Box<dyn FnOnce(&mut Unikernel)>;
+    let cases: Vec<(&str, Spoil, &[&str], &str)> = vec![
+        (
+            "missing",
+            Box::new(|u| u.binary = "/unikernel/none.hvt".into()),
+            &[],
+            "the unikernel /unikernel/none.hvt is not in the container",
+        ),
+        ("mem", Box::new(|u| u.mem_mib = Some(1)), &[], "is not a memory size in MiB"),
+        ("net", Box::new(|u| u.nets = vec!["eth0/x".into()]), &[], "names the interface \"eth0/x\""),
+        ("limit", Box::new(|u| u.nets = vec!["service".into()]), &["--memory-limit", "1048576"], "under the 2 MiB"),
+        ("disk", Box::new(|u| u.blocks = vec![("storage".into(), "/unikernel".into())]), &[], "is not a regular file"),
+    ];
+    for (name, spoil, options, want) in cases {
+        let (image, tarball) = guest_image(target, "hello", "", &scratch, spoil)?;
+        ctd.import(&tarball)?;
+        let id = format!("bad-{name}");
+        let mut o = vec!["--rm", "--with-ns", &netns];
+        o.extend_from_slice(options);
+        let r = ctd.run(&o, &image, &id, &[])?;
+        if r.status() == 0 || !r.stderr.contains(want) {
+            return Err(format!("{name}: ctr run should fail saying {want:?}\n{}", r.dump()));
+        }
+        if ctd.task(&id)?.is_some() {
+            return Err(format!("{name}: a task is left"));
+        }
+        let left = ctd.leftovers(&id);
+        if !left.is_empty() {
+            return Err(format!("{name}: left behind: {}", left.join("; ")));
+        }
+        let after = link.snapshot()?;
+        if after != before {
+            return Err(format!("{name}: the namespace changed:\n--- before\n{before}--- after\n{after}"));
+        }
+    }
+    Ok(())
+}
+
+/// `mirage-runc create` on bundles made by hand: a malformed config.json,
+/// bad annotations and a path out of the root file system are refused
+/// with a JSON error line in the log (what the shim shows) and no state;
+/// a bundle that is no unikernel goes to runc.
+fn malformed_bundles_are_refused() -> TestResult {
+    let scratch = Scratch::new("oci-bundle");
+    let bundle = scratch.0.join("bundle");
+    std::fs::create_dir_all(bundle.join("rootfs/unikernel")).map_err(|e| e.to_string())?;
+    std::fs::write(bundle.join("rootfs/unikernel/k.hvt"), b"not an image").map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink("/etc/passwd", bundle.join("rootfs/unikernel/out.hvt")).map_err(|e| e.to_string())?;
+    let state = scratch.0.join("state");
+    let annotated = |extra: &str| {
+        format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"process":{{"args":["x"]}},
+               "annotations":{{"com.urunc.unikernel.unikernelType":"mirage","com.urunc.unikernel.hypervisor":"spt",
+               "com.urunc.unikernel.binary":"/unikernel/k.hvt","org.mirage-rs.unikernel.tender":"/unikernel/solo5-spt"{extra}}}}}"#
+        )
+    };
+    let cases = [
+        ("garbage", "{ not json".to_string(), "config.json: "),
+        ("noroot", r#"{"ociVersion":"1.0.2"}"#.to_string(), "config.json: no root.path"),
+        ("qemu", annotated(r#","com.urunc.unikernel.hypervisor":"qemu""#), "mirage-runc runs hvt and spt"),
+        ("unikraft", annotated(r#","com.urunc.unikernel.unikernelType":"unikraft""#), "not a mirage-rs unikernel"),
+        ("dotdot", annotated(r#","com.urunc.unikernel.binary":"/../../etc/passwd""#), "not an absolute path inside"),
+        ("link", annotated(r#","com.urunc.unikernel.binary":"/unikernel/out.hvt""#), "leads out of the container"),
+        ("blocks", annotated(r#","org.mirage-rs.unikernel.block":"storage""#), "not NAME=PATH"),
+        ("nofile", annotated(r#","com.urunc.unikernel.binary":"/unikernel/none""#), "is not in the container"),
+    ];
+    for (name, config, want) in cases {
+        std::fs::write(bundle.join("config.json"), config).map_err(|e| e.to_string())?;
+        let log = scratch.0.join(format!("{name}.log"));
+        let mut c = Command::new(runc());
+        c.arg("--root").arg(&state).arg("--log").arg(&log).args(["--log-format", "json", "create", "--bundle"]);
+        c.arg(&bundle).arg(name);
+        let r = run_with(c, Duration::from_secs(30))?;
+        let line = std::fs::read_to_string(&log).unwrap_or_default();
+        let entry: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
+        if r.status() != 1 || entry["level"] != "error" || !entry["msg"].as_str().unwrap_or("").contains(want) {
+            return Err(format!(
+                "{name}: want status 1 and an error log line with {want:?}; log {line:?}\n{}",
+                r.dump()
+            ));
+        }
+        if state.join(name).exists() {
+            return Err(format!("{name}: state left in {}", state.join(name).display()));
+        }
+    }
+    // No description at all: runc's, whose own error comes back.
+    std::fs::write(
+        bundle.join("config.json"),
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"terminal":true,"args":["/bin/sh"],"cwd":"/"}}"#,
+    )
+    .map_err(|e| e.to_string())?;
+    let log = scratch.0.join("runc.log");
+    let mut c = Command::new(runc());
+    c.arg("--root").arg(&state).arg("--log").arg(&log).args(["--log-format", "json", "create", "--bundle"]);
+    c.arg(&bundle).arg("plain");
+    let r = run_with(c, Duration::from_secs(30))?;
+    let line = std::fs::read_to_string(&log).unwrap_or_default();
+    if r.status() == 0 || !line.contains("runc create failed") {
+        return Err(format!("an ordinary bundle did not reach runc: log {line:?}\n{}", r.dump()));
+    }
+    Ok(())
+}
+
+/// Fifty static websites started at once, each in its own namespace
+/// behind one bridge, all serving; then all deleted, nothing left.
+fn fifty_at_once(target: &'static str) -> TestResult {
+    const N: usize = 50;
+    let (image, tarball) = website(target)?;
+    let ctd = Containerd::start()?;
+    ctd.import(&tarball)?;
+    let tag = format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+    let hub = format!("moh-{tag}");
+    struct Namespaces(Vec<String>);
+    impl Drop for Namespaces {
+        fn drop(&mut self) {
+            for n in &self.0 {
+                let _ = ip(&["netns", "del", n]);
+            }
+        }
+    }
+    let mut spaces = Namespaces(vec![hub.clone()]);
+    ip(&["netns", "add", &hub])?;
+    ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", &hub, "addr", "add", "10.78.0.1/16", "dev", "br0"])?;
+    ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+    for i in 0..N {
+        let ns = format!("moc-{tag}-{i}");
+        ip(&["netns", "add", &ns])?;
+        spaces.0.push(ns.clone());
+        let port = format!("p{i}");
+        ip(&["link", "add", "v0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &hub])?;
+        ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("10.78.1.{}/16", i + 10), "dev", "v0"])?;
+        ip(&["-n", &ns, "link", "set", "v0", "up"])?;
+    }
+    let started = Instant::now();
+    let results: Vec<Result<Run, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let (ctd, image, tag) = (&ctd, &image, &tag);
+                s.spawn(move || {
+                    let netns = format!("network:/var/run/netns/moc-{tag}-{i}");
+                    ctd.run(&["-d", "--with-ns", &netns, "--memory-limit", "33554432"], image, &format!("w{i}"), &[])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a thread panicked".into()))).collect()
+    });
+    for (i, r) in results.into_iter().enumerate() {
+        r?.expect_status(0).map_err(|e| format!("container w{i}: {e}"))?;
+    }
+    let want = index_html()?;
+    for i in 0..N {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &hub, "curl", "-s", "-m", "2"]).arg(format!("http://10.78.1.{}/", i + 10));
+            let r = run_with(c, Duration::from_secs(10))?;
+            if r.status() == 0 && r.stdout == want {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("container w{i} does not serve\n{}", r.dump()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!("oci: {N} {target} containers started and all serving in {:?}", started.elapsed());
+    for i in 0..N {
+        let id = format!("w{i}");
+        ctd.ctr(&["task", "kill", "-s", "SIGKILL", &id])?.expect_status(0)?;
+    }
+    for i in 0..N {
+        let id = format!("w{i}");
+        ctd.wait_stopped(&id)?;
+        ctd.ctr(&["task", "delete", &id])?.expect_status(0)?;
+        ctd.ctr(&["container", "rm", &id])?.expect_status(0)?;
+        let left = ctd.leftovers(&id);
+        if !left.is_empty() {
+            return Err(format!("{id}: left behind: {}", left.join("; ")));
+        }
+    }
+    for ns in &spaces.0[1..] {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, "ip", "-o", "link"]);
+        let links = run_with(c, Duration::from_secs(10))?.stdout;
+        if links.contains("_mirage") {
+            return Err(format!("{ns} keeps a tap device: {links}"));
+        }
+    }
+    Ok(())
+}
+
+/// `mirage package` refuses what it cannot pack, saying how to fix it.
+fn package_refusals() -> TestResult {
+    let scratch = Scratch::new("oci-package");
+    let crate_dir = scratch.0.join("pk");
+    testkit::mirage_in(&scratch.0, &["new", "pk"])?.expect_status(0)?;
+    let expect = |args: &[&str], status: i32, cause: &str, fix: &str| -> TestResult {
+        let r = testkit::mirage_in(&crate_dir, args)?;
+        r.expect_status(status)?;
+        if !r.stderr.contains(&format!("mirage: {cause}")) || !r.stderr.contains(&format!("  fix: {fix}")) {
+            return Err(format!("mirage {}: expected {cause:?} and {fix:?}\n{}", args.join(" "), r.dump()));
+        }
+        Ok(())
+    };
+    expect(&["package"], 64, "package: no format given", "write mirage package --oci")?;
+    expect(&["package", "--oci"], 1, "pk is not configured", "run `mirage configure -t unix`")?;
+    testkit::mirage_in(&crate_dir, &["configure", "-t", "unix"])?.expect_status(0)?;
+    expect(&["package", "--oci"], 64, "package --oci packs hvt and spt unikernels", "mirage configure -t hvt")?;
+    expect(&["package", "--oci", "extra"], 64, "package: unexpected argument \"extra\"", "boot arguments go after --")?;
+    if crate_dir.join("dist").exists() {
+        return Err("a refused package wrote dist/".into());
+    }
+    Ok(())
+}
+
+pub fn cases(v: &mut Vec<Case>) {
+    v.push(case("oci::mirage_package_refuses_what_it_cannot_pack", Needs::Nothing, package_refusals));
+    for t in ["hvt", "spt"] {
+        let needs = Needs::NetPrograms(t, PROGRAMS);
+        v.push(case(format!("oci::{t}_serves_http_and_leaves_nothing"), needs, move || serves_and_leaves_nothing(t)));
+        v.push(case(format!("oci::{t}_crash_is_reported_with_its_status"), needs, move || crash_is_reported(t)));
+        v.push(case(format!("oci::{t}_without_a_namespace_gets_one_of_its_own"), needs, move || own_namespace(t)));
+        v.push(case(format!("oci::{t}_malformed_images_are_refused"), needs, move || malformed_images_are_refused(t)));
+        let mut fifty = case(format!("oci::{t}_fifty_at_once"), needs, move || fifty_at_once(t));
+        // Fifty guests and their shims fill this machine's two cores.
+        fifty.alone = true;
+        v.push(fifty);
+    }
+    v.push(case(
+        "oci::malformed_bundles_are_refused",
+        Needs::Program { name: "runc", package: "runc" },
+        malformed_bundles_are_refused,
+    ));
+}
