@@ -16,6 +16,24 @@ pub enum Needs {
     Net(&'static str),
     /// A program on PATH (`dot`), with the Debian package that has it.
     Program { name: &'static str, package: &'static str },
+    /// Solo5 v0.12.1's own test programs, built ([`crate::solo5_tests`]).
+    Solo5Tests,
+    /// Everything in the list.
+    All(&'static [Needs]),
+}
+
+impl Needs {
+    /// Why this machine cannot meet the need, if it cannot.
+    pub fn missing(&self) -> Option<String> {
+        match *self {
+            Needs::Nothing => None,
+            Needs::Target(t) => crate::missing(t),
+            Needs::Net(t) => crate::missing(t).or_else(crate::missing_net),
+            Needs::Program { name, package } => crate::missing_program(name, package),
+            Needs::Solo5Tests => crate::solo5_tests().err(),
+            Needs::All(all) => all.iter().find_map(Needs::missing),
+        }
+    }
 }
 
 /// One end-to-end test.
@@ -59,12 +77,7 @@ pub fn run(cases: Vec<Case>) -> ! {
     let trials = cases
         .into_iter()
         .map(|c| {
-            let why = match c.needs {
-                Needs::Nothing => None,
-                Needs::Target(t) => crate::missing(t),
-                Needs::Net(t) => crate::missing(t).or_else(crate::missing_net),
-                Needs::Program { name, package } => crate::missing_program(name, package),
-            };
+            let why = c.needs.missing();
             match why {
                 Some(reason) => {
                     skipped.push(format!("SKIPPED {}: {reason}", c.name));

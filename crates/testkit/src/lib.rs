@@ -319,6 +319,21 @@ pub fn missing_program(name: &str, package: &str) -> Option<String> {
     }
 }
 
+/// The directory of Solo5 v0.12.1's built test programs (`tests/` of a
+/// Solo5 source tree after `./configure.sh && make`): `$SOLO5_TESTS`, or
+/// `/tmp/solo5/tests`; or why there is none.
+pub fn solo5_tests() -> Result<PathBuf, String> {
+    let dir = std::env::var_os("SOLO5_TESTS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp/solo5/tests"));
+    if dir.join("test_hello/test_hello.hvt").is_file() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "Solo5's test programs are not in {} (build Solo5 v0.12.1 from source, `./configure.sh && make`, and set SOLO5_TESTS to its tests/ directory)",
+            dir.display()
+        ))
+    }
+}
+
 /// Why this machine cannot run the network tests, if it cannot.
 pub fn missing_net() -> Option<String> {
     static WHY: OnceLock<Option<String>> = OnceLock::new();

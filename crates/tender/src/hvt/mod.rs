@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd};
-use solo5_abi::hvt::{self, BootInfo, FEATURE_RING_IO, FEATURE_RING_SERVE, GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE};
+use solo5_abi::hvt::{
+    self, BootInfo, FEATURE_RING_IO, FEATURE_RING_SERVE, GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE, TrapRegs,
+};
 use solo5_abi::mft::MftType;
 use solo5_abi::note::AbiTarget;
 use solo5_abi::ring::RING_RESERVED_SIZE;
@@ -25,18 +27,25 @@ use crate::host;
 use crate::seccomp::{Arg, Policy};
 use crate::{Exit, exe, fatal, strerror, warn};
 
+pub mod dumpcore;
 pub mod hypercall;
 pub mod memory;
 pub mod ring;
+pub mod state;
 pub mod x86;
 
+use dumpcore::DumpCore;
 use hypercall::{Hypercalls, Outcome};
 use memory::GuestMemory;
 use ring::{Failure, RingThread, VcpuStopper};
 
 /// The usage text.
 pub fn usage(prog: &str) -> String {
-    cli::usage(prog, true, &[("core", None), ("block", Some(BLOCK_USAGE)), ("net", Some(NET_USAGE))])
+    cli::usage(
+        prog,
+        true,
+        &[("core", None), ("block", Some(BLOCK_USAGE)), ("net", Some(NET_USAGE)), ("dumpcore", Some(dumpcore::USAGE))],
+    )
 }
 
 /// The `--version` text.
@@ -135,7 +144,11 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     let cl = cli::split(args)?;
     let exe = exe::open(&cl.kernel, AbiTarget::Hvt, hvt::ABI_VERSION)?;
     let mut devices = Devices::new(exe.manifest.clone());
-    let mem_size = host::parse_options(&cl, &mut devices, hvt::DEFAULT_MEM_SIZE, |_| false)?;
+    let mut dump_dir = None;
+    let mem_size = host::parse_options(&cl, &mut devices, hvt::DEFAULT_MEM_SIZE, |arg| {
+        dumpcore::option(arg).map(|d| dump_dir = Some(d.to_string())).is_some()
+    })?;
+    let dumpcore = dump_dir.as_deref().map(DumpCore::open).transpose()?;
     install_signal_handlers()?;
 
     let mut mem_size = adjust_mem_size(mem_size)?;
@@ -198,8 +211,25 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     vm.mem.load(cmdline_gpa, &cmdline).map_err(low)?;
 
     let mut hypercalls = Hypercalls::new(&vm.mem, devices, failure.clone())?;
-    drop_privileges(&hypercalls, &vcpu, &nics, ring_thread.as_ref())?;
-    let status = vcpu_loop(&mut vcpu, &mut hypercalls, ring_thread.as_ref(), &failure, vm.mem.alloc_size());
+    drop_privileges(&hypercalls, &vcpu, &nics, ring_thread.as_ref(), dumpcore.as_ref())?;
+    let stopped = vcpu_loop(&mut vcpu, &mut hypercalls, ring_thread.as_ref(), &failure, vm.mem.alloc_size());
+    let status = match stopped {
+        Ok(Stopped::Halt(status, trap)) => {
+            if let (Some(dc), 255) = (&dumpcore, status) {
+                // A trap frame means a CPU exception; no frame, an abort.
+                let signal = if trap.is_some() { libc::SIGSEGV } else { libc::SIGABRT };
+                dump(dc, &vcpu, &vm.mem, trap.as_ref(), signal);
+            }
+            Ok(status)
+        }
+        Ok(Stopped::Fault(e)) => {
+            if let Some(dc) = &dumpcore {
+                dump(dc, &vcpu, &vm.mem, None, libc::SIGSEGV);
+            }
+            Err(e)
+        }
+        Err(e) => Err(e),
+    };
     if let Some(mut t) = ring_thread {
         t.stop();
     }
@@ -303,14 +333,51 @@ impl Vm {
     }
 }
 
+/// Writes the core of a guest that aborted or faulted, with the
+/// program's registers ([`state::user_view`]) and the trap frame it passed,
+/// if any.
+fn dump(dc: &DumpCore, vcpu: &VcpuFd, mem: &GuestMemory, trap: Option<&TrapRegs>, signal: i32) {
+    let (Ok(regs), Ok(sregs)) = (vcpu.get_regs(), vcpu.get_sregs()) else {
+        warn("dumpcore: Could not retrieve guest state");
+        return;
+    };
+    let mut g = state::user_view(mem, &regs, &sregs);
+    if let Some(t) = trap {
+        g.apply_trap(t);
+    }
+    dc.write(mem, &g, signal);
+}
+
 fn drop_privileges(
     hc: &Hypercalls<'_>,
     vcpu: &VcpuFd,
     nics: &[ring::Nic],
     ring: Option<&RingThread>,
+    dumpcore: Option<&DumpCore>,
 ) -> Result<(), Exit> {
     host::refuse_read_implies_exec()?;
-    policy(hc, vcpu, nics, ring.map(RingThread::eventfd)).apply(true)
+    let mut p = policy(hc, vcpu, nics, ring.map(RingThread::eventfd));
+    if let Some(dc) = dumpcore {
+        dumpcore_policy(&mut p, vcpu, dc);
+    }
+    p.apply(true)
+}
+
+/// What writing a core file adds: reading the vCPU's segments, writing the
+/// one unnamed file opened before, and linking it into the one directory.
+fn dumpcore_policy(p: &mut Policy, vcpu: &VcpuFd, dc: &DumpCore) {
+    use std::os::fd::AsRawFd;
+    let (dir, file) = dc.fds();
+    p.when(
+        libc::SYS_ioctl,
+        &[Arg::Int(0, vcpu.as_raw_fd() as u64), Arg::Eq(1, KVM_GET_SREGS)],
+        "dumpcore: the guest's segments",
+    )
+    .when(libc::SYS_pwrite64, &[Arg::Int(0, file as u64)], "dumpcore: writing the core file")
+    .when(libc::SYS_ftruncate, &[Arg::Int(0, file as u64)], "dumpcore: sizing the core file")
+    .when(libc::SYS_linkat, &[Arg::Int(2, dir as u64)], "dumpcore: naming the core file in its directory")
+    .any(libc::SYS_mincore, "dumpcore: which guest pages were touched")
+    .any(libc::SYS_getpid, "dumpcore: the core file's name");
 }
 
 /// What the tender may do once the guest runs. `TSYNC` extends it to the
@@ -377,6 +444,17 @@ pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], rin
 const KVM_RUN: u64 = 0xAE80;
 /// `KVM_GET_REGS` = `_IOR(KVMIO, 0x81, struct kvm_regs)`.
 const KVM_GET_REGS: u64 = 0x8090_AE81;
+/// `KVM_GET_SREGS` = `_IOR(KVMIO, 0x83, struct kvm_sregs)`.
+const KVM_GET_SREGS: u64 = 0x8138_AE83;
+
+/// How the guest stopped, when the tender did not fail.
+enum Stopped {
+    /// HALT with this status and trap frame.
+    Halt(i32, Option<TrapRegs>),
+    /// The guest did what ends it: a triple fault, an access outside its
+    /// memory, an instruction KVM cannot run. Worth a core file.
+    Fault(Exit),
+}
 
 fn rip(vcpu: &VcpuFd) -> u64 {
     vcpu.get_regs().map(|r| r.rip).unwrap_or(0)
@@ -388,7 +466,7 @@ fn vcpu_loop(
     ring: Option<&RingThread>,
     failure: &Failure,
     alloc_size: u64,
-) -> Result<i32, Exit> {
+) -> Result<Stopped, Exit> {
     let base = hvt::HYPERCALL_PIO_BASE;
     loop {
         if let Some(e) = failure.take() {
@@ -398,7 +476,7 @@ fn vcpu_loop(
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
             Err(e) if e.errno() == libc::EFAULT => {
-                return Err(fatal!("KVM: host/guest translation fault: rip=0x{:x}", rip(vcpu)));
+                return Ok(Stopped::Fault(fatal!("KVM: host/guest translation fault: rip=0x{:x}", rip(vcpu))));
             }
             Err(e) => return Err(kvm_err("RUN")(e)),
         };
@@ -410,7 +488,7 @@ fn vcpu_loop(
             }
             VcpuExit::IoOut(port, data) => {
                 if data.len() != 4 || !(base..base + hvt::HYPERCALL_MAX).contains(&port) {
-                    return Err(fatal!("Invalid guest port access: port=0x{port:x}"));
+                    return Ok(Stopped::Fault(fatal!("Invalid guest port access: port=0x{port:x}")));
                 }
                 let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
                 // Writes the guest left in the ring without waking the I/O
@@ -419,41 +497,46 @@ fn vcpu_loop(
                 if let Some(r) = ring {
                     r.serve_now()?;
                 }
-                if let Outcome::Halt(status) = hc.handle(port - base, memory::Gpa(gpa))? {
-                    return Ok(status);
+                if let Outcome::Halt(status, trap) = hc.handle(port - base, memory::Gpa(gpa))? {
+                    return Ok(Stopped::Halt(status, trap));
                 }
             }
-            VcpuExit::IoIn(port, _) => return Err(fatal!("Invalid guest port access: port=0x{port:x}")),
+            VcpuExit::IoIn(port, _) => {
+                return Ok(Stopped::Fault(fatal!("Invalid guest port access: port=0x{port:x}")));
+            }
             VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _) => {
                 // KVM reports a write to memory the host mapped read-only
                 // (the guest's text and rodata) either as EFAULT or, on some
                 // hosts, as an MMIO exit. Anything else is unbacked.
                 let rip = rip(vcpu);
-                return Err(if addr < alloc_size {
+                return Ok(Stopped::Fault(if addr < alloc_size {
                     fatal!("KVM: host/guest translation fault: rip=0x{rip:x} (write to read-only memory at 0x{addr:x})")
                 } else {
                     fatal!("KVM: guest accessed unbacked memory: gpa=0x{addr:x}, rip=0x{rip:x}")
-                });
+                }));
             }
             VcpuExit::FailEntry(reason, _) => {
-                return Err(fatal!("KVM: entry failure: hw_entry_failure_reason=0x{reason:x}"));
+                return Ok(Stopped::Fault(fatal!("KVM: entry failure: hw_entry_failure_reason=0x{reason:x}")));
             }
             VcpuExit::InternalError => {
                 let sub = vcpu.get_kvm_run();
                 // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so the
                 // `internal` member of the union is the valid one.
                 let suberror = unsafe { sub.__bindgen_anon_1.internal.suberror };
-                return Err(fatal!("KVM: internal error exit: suberror=0x{suberror:x}"));
+                return Ok(Stopped::Fault(fatal!("KVM: internal error exit: suberror=0x{suberror:x}")));
             }
             VcpuExit::Shutdown => {
-                return Err(fatal!(
+                return Ok(Stopped::Fault(fatal!(
                     "KVM: unhandled exit: exit_reason=0x8, rip=0x{:x} (the guest triple-faulted)",
                     rip(vcpu)
-                ));
+                )));
             }
             _ => {
                 let reason = vcpu.get_kvm_run().exit_reason;
-                return Err(fatal!("KVM: unhandled exit: exit_reason=0x{reason:x}, rip=0x{:x}", rip(vcpu)));
+                return Ok(Stopped::Fault(fatal!(
+                    "KVM: unhandled exit: exit_reason=0x{reason:x}, rip=0x{:x}",
+                    rip(vcpu)
+                )));
             }
         }
     }
