@@ -28,6 +28,7 @@ use crate::seccomp::{Arg, Policy};
 use crate::{Exit, exe, fatal, strerror, warn};
 
 pub mod dumpcore;
+pub mod gdb;
 pub mod hypercall;
 pub mod memory;
 pub mod ring;
@@ -44,7 +45,13 @@ pub fn usage(prog: &str) -> String {
     cli::usage(
         prog,
         true,
-        &[("core", None), ("block", Some(BLOCK_USAGE)), ("net", Some(NET_USAGE)), ("dumpcore", Some(dumpcore::USAGE))],
+        &[
+            ("core", None),
+            ("block", Some(BLOCK_USAGE)),
+            ("net", Some(NET_USAGE)),
+            ("gdb", Some(gdb::USAGE)),
+            ("dumpcore", Some(dumpcore::USAGE)),
+        ],
     )
 }
 
@@ -145,9 +152,18 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     let exe = exe::open(&cl.kernel, AbiTarget::Hvt, hvt::ABI_VERSION)?;
     let mut devices = Devices::new(exe.manifest.clone());
     let mut dump_dir = None;
+    let mut gdb_options = gdb::Options::default();
+    let mut bad_option = None;
     let mem_size = host::parse_options(&cl, &mut devices, hvt::DEFAULT_MEM_SIZE, |arg| {
+        if let Some(r) = gdb_options.option(arg) {
+            bad_option = bad_option.take().or(r.err());
+            return true;
+        }
         dumpcore::option(arg).map(|d| dump_dir = Some(d.to_string())).is_some()
     })?;
+    if let Some(e) = bad_option {
+        return Err(e);
+    }
     let dumpcore = dump_dir.as_deref().map(DumpCore::open).transpose()?;
     install_signal_handlers()?;
 
@@ -211,8 +227,22 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     vm.mem.load(cmdline_gpa, &cmdline).map_err(low)?;
 
     let mut hypercalls = Hypercalls::new(&vm.mem, devices, failure.clone())?;
-    drop_privileges(&hypercalls, &vcpu, &nics, ring_thread.as_ref(), dumpcore.as_ref())?;
-    let stopped = vcpu_loop(&mut vcpu, &mut hypercalls, ring_thread.as_ref(), &failure, vm.mem.alloc_size());
+    let mut debugger = None;
+    if gdb_options.enabled {
+        gdb::make_writable(&vm.mem)?;
+        debugger = Some(gdb::Server::accept(gdb_options.port, &vcpu)?);
+    }
+    drop_privileges(&hypercalls, &vcpu, &nics, ring_thread.as_ref(), dumpcore.as_ref(), debugger.as_ref())?;
+    let stopped = match debugger.as_mut().map(|d| d.first_stop(&vcpu, &vm.mem)).transpose()? {
+        Some(gdb::Resume::Kill) => Err(fatal!("GDB: Debugger asked us to quit")),
+        _ => vcpu_loop(&mut vcpu, &mut hypercalls, ring_thread.as_ref(), &failure, &vm.mem, debugger.as_mut()),
+    };
+    if let Some(d) = &mut debugger {
+        match &stopped {
+            Ok(Stopped::Halt(status, _)) => d.exited(*status),
+            _ => d.killed(),
+        }
+    }
     let status = match stopped {
         Ok(Stopped::Halt(status, trap)) => {
             if let (Some(dc), 255) = (&dumpcore, status) {
@@ -354,13 +384,41 @@ fn drop_privileges(
     nics: &[ring::Nic],
     ring: Option<&RingThread>,
     dumpcore: Option<&DumpCore>,
+    debugger: Option<&gdb::Server>,
 ) -> Result<(), Exit> {
     host::refuse_read_implies_exec()?;
     let mut p = policy(hc, vcpu, nics, ring.map(RingThread::eventfd));
     if let Some(dc) = dumpcore {
         dumpcore_policy(&mut p, vcpu, dc);
     }
+    if let Some(d) = debugger {
+        gdb_policy(&mut p, vcpu, d.fd());
+    }
     p.apply(true)
+}
+
+/// What the GDB server adds: the debugger's connection, and the vCPU
+/// state it reads and changes.
+fn gdb_policy(p: &mut Policy, vcpu: &VcpuFd, sock: i32) {
+    use std::os::fd::AsRawFd;
+    let vcpu = vcpu.as_raw_fd() as u64;
+    let sock = sock as u64;
+    for (request, why) in [
+        (KVM_GET_SREGS, "gdb: reading segments and the IDT"),
+        (KVM_SET_REGS, "gdb: writing registers, resuming after a stop"),
+        (KVM_SET_SREGS, "gdb: resuming at CPL 3 after a stop in a handler"),
+        (KVM_SET_GUEST_DEBUG, "gdb: breakpoint registers and single steps"),
+    ] {
+        p.when(libc::SYS_ioctl, &[Arg::Int(0, vcpu), Arg::Eq(1, request)], why);
+    }
+    for (nr, why) in [
+        (libc::SYS_read, "gdb: requests"),
+        (libc::SYS_recvfrom, "gdb: requests"),
+        (libc::SYS_write, "gdb: replies"),
+        (libc::SYS_sendto, "gdb: replies"),
+    ] {
+        p.when(nr, &[Arg::Int(0, sock)], why);
+    }
 }
 
 /// What writing a core file adds: reading the vCPU's segments, writing the
@@ -446,6 +504,12 @@ const KVM_RUN: u64 = 0xAE80;
 const KVM_GET_REGS: u64 = 0x8090_AE81;
 /// `KVM_GET_SREGS` = `_IOR(KVMIO, 0x83, struct kvm_sregs)`.
 const KVM_GET_SREGS: u64 = 0x8138_AE83;
+/// `KVM_SET_REGS` = `_IOW(KVMIO, 0x82, struct kvm_regs)`.
+const KVM_SET_REGS: u64 = 0x4090_AE82;
+/// `KVM_SET_SREGS` = `_IOW(KVMIO, 0x84, struct kvm_sregs)`.
+const KVM_SET_SREGS: u64 = 0x4138_AE84;
+/// `KVM_SET_GUEST_DEBUG` = `_IOW(KVMIO, 0x9b, struct kvm_guest_debug)`.
+const KVM_SET_GUEST_DEBUG: u64 = 0x4048_AE9B;
 
 /// How the guest stopped, when the tender did not fail.
 enum Stopped {
@@ -465,9 +529,11 @@ fn vcpu_loop(
     hc: &mut Hypercalls<'_>,
     ring: Option<&RingThread>,
     failure: &Failure,
-    alloc_size: u64,
+    mem: &GuestMemory,
+    mut debugger: Option<&mut gdb::Server>,
 ) -> Result<Stopped, Exit> {
     let base = hvt::HYPERCALL_PIO_BASE;
+    let alloc_size = mem.alloc_size();
     loop {
         if let Some(e) = failure.take() {
             return Err(e);
@@ -514,6 +580,13 @@ fn vcpu_loop(
                 } else {
                     fatal!("KVM: guest accessed unbacked memory: gpa=0x{addr:x}, rip=0x{rip:x}")
                 }));
+            }
+            VcpuExit::Debug(arch) if debugger.is_some() => {
+                if let Some(d) = debugger.as_deref_mut()
+                    && d.on_debug(vcpu, mem, &arch)? == gdb::Resume::Kill
+                {
+                    return Err(fatal!("GDB: Debugger asked us to quit"));
+                }
             }
             VcpuExit::FailEntry(reason, _) => {
                 return Ok(Stopped::Fault(fatal!("KVM: entry failure: hw_entry_failure_reason=0x{reason:x}")));

@@ -94,9 +94,15 @@ const OUTL: u8 = 0xef;
 /// (both selectors with RPL 3): what a CPL-0 handler of this guest finds on
 /// its stack.
 pub fn user_frame(mem: &GuestMemory, gpa: u64) -> Option<Frame> {
+    frame(mem, gpa).filter(|f| f.cs & 3 == 3 && f.ss & 3 == 3)
+}
+
+/// Reads an interrupt frame at `gpa`, if it lies in guest memory and its
+/// selectors are selectors.
+pub fn frame(mem: &GuestMemory, gpa: u64) -> Option<Frame> {
     let words: [u64; 5] = mem.read_obj(Gpa(gpa)).ok()?;
     let f = Frame { rip: words[0], cs: words[1], rflags: words[2], rsp: words[3], ss: words[4] };
-    (f.cs & 3 == 3 && f.ss & 3 == 3 && f.cs <= 0xffff && f.ss <= 0xffff).then_some(f)
+    (f.cs <= 0xffff && f.ss <= 0xffff).then_some(f)
 }
 
 /// The program's view of a guest stopped at a hypercall exit: if the vCPU
