@@ -156,14 +156,7 @@ fn gdb_tender(options: &[&str], guest_name: &str, args: &[&str]) -> Result<(Back
     let mut c = Command::new(tender("hvt"));
     c.args(["--gdb", "--gdb-port=0"]).args(options).arg(guest("hvt", guest_name)?).args(args);
     let mut bg = Background::start(c)?;
-    bg.wait_for("\" KERNEL", Duration::from_secs(30))?;
-    let out = bg.output();
-    let port = out
-        .split("target remote localhost:")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| format!("no port in the tender's message:\n{out}"))?;
+    let port = testkit::gdb_port(&mut bg)?;
     Ok((bg, port))
 }
 
