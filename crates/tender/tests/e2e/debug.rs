@@ -81,20 +81,26 @@ pub fn cases(v: &mut Vec<Case>) {
     v.push(case("hvt::dumpcore_of_a_page_fault_shows_the_faulting_function", HVT_AND_GDB, || {
         // The frame the CPL-3 program faulted in, not the CPL-0 stub that
         // caught the fault nor the reporter that halted.
-        fault_core("zeropage", "fault::start", &["signal SIGSEGV", "mirage_solo5::target::rt::start"])
+        fault_core(
+            "zeropage",
+            "core::ptr::write_volatile<u8> (dst=0x8",
+            &["signal SIGSEGV", "fault::start (si=", "at src/bin/fault.rs:", "mirage_solo5::target::rt::start"],
+        )
     }));
     v.push(case("hvt::dumpcore_of_a_panic_shows_the_panicking_function", HVT_AND_GDB, || {
+        // Frame #0 is the HALT hypercall the bindings make at CPL 3, not
+        // the CPL-0 stub that performs it.
         fault_core(
             "panic",
-            "mirage_solo5::target::hvt::halt",
-            &["signal SIGABRT", "panicking::panic_fmt", "in fault::start"],
+            "mirage_solo5::target::hvt::hypercall",
+            &["signal SIGABRT", "panicking::panic_fmt", "fault::start (si="],
         )
     }));
     v.push(case("hvt::dumpcore_of_an_abort_shows_its_caller", HVT_AND_GDB, || {
         fault_core(
             "abort",
-            "mirage_solo5::target::hvt::halt",
-            &["signal SIGABRT", "mirage_solo5::target::rt::abort", "in fault::start"],
+            "mirage_solo5::target::hvt::hypercall",
+            &["signal SIGABRT", "hvt::halt (status=255", "mirage_solo5::target::rt::abort", "fault::start (si="],
         )
     }));
     v.push(case("hvt::dumpcore_of_an_invalid_opcode", HVT_AND_GDB, || {
