@@ -16,6 +16,7 @@
 //! mirage-bench store   [--runs SECONDS]           # durable writes of the store, beside SQLite (WAL)
 //! mirage-bench tls-handshake [--count N]          # TLS handshakes/s in memory, per crypto provider and key type
 //! mirage-bench tls     [--runs SECONDS]           # static-website-tls on spt and hvt beside nginx with OpenSSL
+//! mirage-bench debug   [--runs N]                 # image and debug-file sizes, --dumpcore's time for 32 MiB
 //! ```
 //!
 //! `--only WORD` (repeatable) keeps the attack rows whose attack or server
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 use testkit::{Background, Netns, guest, tender};
 
 mod attack;
+mod debug;
 mod http;
 mod images;
 mod store;
@@ -97,6 +99,7 @@ fn main() {
         Some("tcp") => tcp::tcp(&opts),
         Some("http") => http::http(&opts),
         Some("images") => images::images(&opts),
+        Some("debug") => debug::debug(&opts),
         Some("soak") => http::soak(&opts, &opts.target.clone()),
         Some("attack") => attack::attack(&opts),
         Some("crash") => store::crash(&opts),
@@ -105,7 +108,7 @@ fn main() {
         Some("tls") => tls::serving(opts.runs as u64),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|tls-handshake|tls [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|tls-handshake|tls|debug [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
             );
             std::process::exit(64);
         }

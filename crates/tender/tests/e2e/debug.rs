@@ -106,6 +106,23 @@ pub fn cases(v: &mut Vec<Case>) {
     v.push(case("hvt::dumpcore_of_an_invalid_opcode", HVT_AND_GDB, || {
         fault_core("ud2", "fault::start", &["signal SIGSEGV"])
     }));
+    v.push(case("hvt::dumpcore_writes_touched_memory_and_leaves_the_rest_as_holes", Needs::Target("hvt"), || {
+        use std::os::unix::fs::MetadataExt;
+        let dir = Scratch::new("core");
+        let r = boot("hvt", &["--mem=32", &format!("--dumpcore={}", dir.0.display())], "fault", &["touch", "8"])?;
+        r.expect_status(255)?;
+        r.expect_stdout("fault: touched 2048 pages")?;
+        let core = the_core(&dir.0, &r.stderr)?;
+        let m = std::fs::metadata(&core).map_err(|e| e.to_string())?;
+        let on_disk = m.blocks() * 512;
+        // All 32 MiB are in the file; the 8 MiB written (and the image,
+        // stack and tables) are on disk, the rest are holes.
+        if m.len() != (32 << 20) + 4096 || on_disk < 8 << 20 || on_disk > 12 << 20 {
+            return Err(format!("core of {} bytes, {on_disk} on disk\n{}", m.len(), r.dump()));
+        }
+        r.expect_stderr("dumpcore: dumped ")?;
+        r.expect_stderr(" pages of total 8192 pages")
+    }));
     v.push(case("hvt::dumpcore_writes_nothing_for_a_clean_exit", Needs::Target("hvt"), || {
         let dir = Scratch::new("core");
         for status in ["0", "3"] {
