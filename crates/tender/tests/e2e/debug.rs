@@ -117,7 +117,7 @@ pub fn cases(v: &mut Vec<Case>) {
         let on_disk = m.blocks() * 512;
         // All 32 MiB are in the file; the 8 MiB written (and the image,
         // stack and tables) are on disk, the rest are holes.
-        if m.len() != (32 << 20) + 4096 || on_disk < 8 << 20 || on_disk > 12 << 20 {
+        if m.len() != (32 << 20) + 4096 || !(8 << 20..=12 << 20).contains(&on_disk) {
             return Err(format!("core of {} bytes, {on_disk} on disk\n{}", m.len(), r.dump()));
         }
         r.expect_stderr("dumpcore: dumped ")?;
