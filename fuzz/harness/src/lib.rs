@@ -14,6 +14,7 @@
 pub mod args;
 pub mod dhcpd;
 pub mod elf;
+pub mod gdb_remote;
 pub mod http;
 pub mod hypercall;
 pub mod kv_store;
@@ -38,6 +39,7 @@ pub const TARGETS: &[Target] = &[
     ("tar_roundtrip", tar::run_roundtrip),
     ("kv_store", kv_store::run),
     ("wire", wire::run),
+    ("gdb_remote", gdb_remote::run),
     ("args", args::run),
     ("dhcpd", dhcpd::run),
 ];

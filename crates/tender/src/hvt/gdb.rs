@@ -214,6 +214,11 @@ impl<S: Read + Write> Wire<S> {
         Err(io::Error::new(io::ErrorKind::InvalidData, "the debugger refused a reply ten times"))
     }
 
+    /// The stream, back.
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+
     /// Sends without waiting for the acknowledgement (the last words of a
     /// tender that is exiting).
     pub fn send_no_ack(&mut self, data: &[u8]) {
