@@ -2,7 +2,8 @@
 //! behaviour of Solo5's `hvt_module_gdb.c`: the tender waits for gdb
 //! before the guest's first instruction, then serves registers (`g`, `G`,
 //! `p`, `P`), memory (`m`, `M`), software breakpoints (`Z0`, `z0`), single
-//! steps (`s`), `c`, `?`, `k`, `D` and `qSupported`, and reports the
+//! steps (`s`), hardware breakpoints (`Z1`, `z1`), `c`, `?`, `k`, `D` and
+//! `qSupported`, and reports the
 //! guest's exit (`W`) or the tender's end (`X`).
 //!
 //! # Breakpoints and steps without KVM's help
@@ -27,9 +28,11 @@
 //!
 //! What this machine's KVM cannot do: an `int3` at CPL 0 (a Solo5 guest's
 //! code, or our CPL-0 stubs) is an internal error of its instruction
-//! emulator, so breakpoints there end the guest; hardware breakpoints
-//! (`Z1`) fire at CPL 0 only, so the server does not offer them; and a
-//! running guest cannot be interrupted with Ctrl-C (as with Solo5).
+//! emulator, so software breakpoints there end the guest; hardware
+//! breakpoints (`Z1`, gdb's `hbreak`, two of them in DR2 and DR3) fire at
+//! CPL 0 only, which makes them the way to break in a Solo5 guest and
+//! useless in ours; and a running guest cannot be interrupted with Ctrl-C
+//! (as with Solo5).
 //!
 //! # A hostile client
 //!
@@ -254,6 +257,10 @@ pub enum Request {
     InsertBreak(u64),
     /// `z0,addr,kind`.
     RemoveBreak(u64),
+    /// `Z1,addr,kind`: a hardware breakpoint.
+    InsertHwBreak(u64),
+    /// `z1,addr,kind`.
+    RemoveHwBreak(u64),
     /// `c`.
     Continue,
     /// `s`.
@@ -318,12 +325,14 @@ pub fn parse(p: &[u8]) -> Request {
             (bytes.len() as u64 == l).then_some(Request::WriteMem(a, bytes))
         }),
         b'Z' | b'z' => match rest.split_first() {
-            Some((b'0', r)) => r.strip_prefix(b",").and_then(addr_len).map(|(a, kind)| {
-                // kind 1: the one-byte int3 of x86.
-                match (first, kind) {
-                    (_, k) if k != 1 => Request::Bad,
-                    (b'Z', _) => Request::InsertBreak(a),
-                    _ => Request::RemoveBreak(a),
+            Some((&t @ (b'0' | b'1'), r)) => r.strip_prefix(b",").and_then(addr_len).map(|(a, kind)| {
+                // kind 1: the one-byte int3 of x86, or one byte of code.
+                match (first, t, kind) {
+                    (_, _, k) if k != 1 => Request::Bad,
+                    (b'Z', b'0', _) => Request::InsertBreak(a),
+                    (_, b'0', _) => Request::RemoveBreak(a),
+                    (b'Z', _, _) => Request::InsertHwBreak(a),
+                    _ => Request::RemoveHwBreak(a),
                 }
             }),
             _ => Some(Request::Unsupported),
@@ -448,6 +457,9 @@ pub struct Server {
     breakpoints: BTreeMap<u64, u8>,
     /// The guest's #DB and #BP handlers, once its IDT is loaded.
     hooks: Option<[u64; 2]>,
+    /// Hardware breakpoints (DR2, DR3): on this machine's KVM they fire
+    /// in CPL-0 code only, such as a Solo5 guest's.
+    hw: Vec<u64>,
     /// The IDT at entry (the tender's), to tell when the guest has its own.
     entry_idt: (u64, u16),
     run: Run,
@@ -482,6 +494,7 @@ impl Server {
             wire: Wire::new(stream),
             breakpoints: BTreeMap::new(),
             hooks: None,
+            hw: Vec::new(),
             entry_idt: (sregs.idt.base, sregs.idt.limit),
             run: Run::Free,
             last_stop: format!("S{SIGTRAP:02x}").into_bytes(),
@@ -524,6 +537,9 @@ impl Server {
                 vcpu.set_sregs(&sregs).map_err(kvm("SET_SREGS"))?;
             }
             vcpu.set_regs(&regs).map_err(kvm("SET_REGS"))?;
+        } else if self.hw.contains(&regs.rip) {
+            self.last_stop = b"T05hwbreak:;".to_vec();
+            return self.serve(vcpu, mem);
         } else if self.run == Run::SeekIdt {
             // Single-stepping the guest's first instructions at CPL 0.
             if !self.breakpoints.contains_key(&regs.rip) {
@@ -574,11 +590,18 @@ impl Server {
         };
         let mut dbg = kvm_guest_debug::default();
         if let Some([db, bp]) = self.hooks {
-            dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
             dbg.arch.debugreg[0] = db;
             dbg.arch.debugreg[1] = bp;
-            // G0 and G1, execution breakpoints of one byte; GE.
-            dbg.arch.debugreg[7] = (1 << 1) | (1 << 3) | (1 << 9) | (1 << 10);
+            // G0 and G1: execution breakpoints of one byte.
+            dbg.arch.debugreg[7] |= (1 << 1) | (1 << 3);
+        }
+        for (i, &addr) in self.hw.iter().enumerate() {
+            dbg.arch.debugreg[2 + i] = addr;
+            dbg.arch.debugreg[7] |= 1 << (5 + 2 * i); // G2, G3
+        }
+        if dbg.arch.debugreg[7] != 0 {
+            dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
+            dbg.arch.debugreg[7] |= (1 << 9) | (1 << 10); // GE, and bit 10 (always 1)
         }
         if matches!(self.run, Run::StepKvm | Run::SeekIdt) {
             dbg.control |= KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
@@ -647,6 +670,23 @@ impl Server {
                 }
                 Request::InsertBreak(addr) => self.insert(mem, addr),
                 Request::RemoveBreak(addr) => self.remove(mem, addr),
+                Request::InsertHwBreak(addr) => {
+                    if self.hw.contains(&addr) {
+                        b"OK".to_vec()
+                    } else if self.hw.len() < 2 && mem.host_ptr(addr, 1).is_some() {
+                        self.hw.push(addr);
+                        b"OK".to_vec()
+                    } else {
+                        b"E01".to_vec()
+                    }
+                }
+                Request::RemoveHwBreak(addr) => match self.hw.iter().position(|&a| a == addr) {
+                    Some(i) => {
+                        self.hw.remove(i);
+                        b"OK".to_vec()
+                    }
+                    None => b"E01".to_vec(),
+                },
                 Request::Continue | Request::Step => {
                     self.arm(vcpu, mem, parse(&packet) == Request::Step)?;
                     return Ok(Resume::Go);
@@ -660,10 +700,11 @@ impl Server {
                     }
                     self.detached = true;
                     self.hooks = None;
+                    self.hw.clear();
                     vcpu.set_guest_debug(&kvm_guest_debug::default()).map_err(kvm("SET_GUEST_DEBUG"))?;
                     return Ok(Resume::Go);
                 }
-                Request::Supported => format!("PacketSize={MAX_PACKET:x};swbreak+").into_bytes(),
+                Request::Supported => format!("PacketSize={MAX_PACKET:x};swbreak+;hwbreak+").into_bytes(),
                 Request::Fixed(s) => s.as_bytes().to_vec(),
                 Request::Unsupported => Vec::new(),
                 Request::Bad => b"E01".to_vec(),
@@ -834,7 +875,9 @@ mod tests {
         assert_eq!(parse(b"Z0,100123,1"), Request::InsertBreak(0x100123));
         assert_eq!(parse(b"z0,100123,1"), Request::RemoveBreak(0x100123));
         assert_eq!(parse(b"Z0,100123,4"), Request::Bad);
-        assert_eq!(parse(b"Z1,100123,1"), Request::Unsupported);
+        assert_eq!(parse(b"Z1,100123,1"), Request::InsertHwBreak(0x100123));
+        assert_eq!(parse(b"z1,100123,1"), Request::RemoveHwBreak(0x100123));
+        assert_eq!(parse(b"Z2,100123,1"), Request::Unsupported);
         assert_eq!(parse(b"P10=0100000000000000"), Request::WriteReg(16, vec![1, 0, 0, 0, 0, 0, 0, 0]));
         assert_eq!(parse(b"qSupported:multiprocess+;swbreak+"), Request::Supported);
         for junk in [

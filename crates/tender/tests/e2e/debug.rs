@@ -324,6 +324,44 @@ fn gdb_cases(v: &mut Vec<Case>) {
         }
         Ok(())
     }));
+    v.push(case(
+        "hvt::gdb_hardware_breakpoint_in_solo5s_test_hello",
+        Needs::All(&[Needs::Target("hvt"), GDB, Needs::Solo5Tests]),
+        || {
+            // Solo5's guests run at CPL 0, where this machine's KVM cannot
+            // run an int3: hbreak (DR2, DR3) and stepi (KVM's single step).
+            let kernel = testkit::solo5_tests()?.join("test_hello/test_hello.hvt");
+            let mut c = Command::new(tender("hvt"));
+            c.args(["--gdb", "--gdb-port=0"]).arg(&kernel).arg("Hi_gdb");
+            let mut bg = Background::start(c)?;
+            let port = testkit::gdb_port(&mut bg)?;
+            let target = format!("target remote localhost:{port}");
+            let cmds = [
+                target.as_str(),
+                "hbreak solo5_app_main",
+                "continue",
+                "bt",
+                "print si->cmdline",
+                "stepi",
+                "stepi",
+                "info registers rip",
+                "delete",
+                "continue",
+            ];
+            let out = gdb(&kernel, None, &cmds)?;
+            let status = bg.wait(Duration::from_secs(30))?;
+            let ctx = |e: String| format!("{e}\ntender:\n{}", bg.output());
+            expect_all(
+                &out,
+                &["Breakpoint 1, solo5_app_main", "test_hello.c:", "in _start", "\"Hi_gdb\"", "exited normally"],
+            )
+            .map_err(ctx)?;
+            if status != 0 {
+                return Err(ctx(format!("status {status}\n{out}")));
+            }
+            Ok(())
+        },
+    ));
     v.push(case("hvt::gdb_kill_ends_the_tender", Needs::Target("hvt"), || {
         let (mut bg, port) = gdb_tender(&[], "debuggee", &[])?;
         let mut c = Client::connect(port)?;
@@ -389,6 +427,8 @@ fn gdb_cases(v: &mut Vec<Case>) {
                 b"Z0,ffffffffffffffff,1",
                 b"Z0,100000,8",
                 b"z0,100000,1",
+                b"Z1,20000000,1",
+                b"z1,100000,1",
                 b"G00",
                 b"Gzz",
                 b"P10=00",
@@ -399,7 +439,7 @@ fn gdb_cases(v: &mut Vec<Case>) {
                     return Err(format!("{:?} got {got:?}, not E01", String::from_utf8_lossy(bad)));
                 }
             }
-            for unsupported in [&b"vMustReplyEmpty"[..], b"X100000,1:a", b"Z1,100000,1", b"c100000", b"!", b"p99"] {
+            for unsupported in [&b"vMustReplyEmpty"[..], b"X100000,1:a", b"Z2,100000,1", b"c100000", b"!", b"p99"] {
                 expect_reply(&mut c, unsupported, "")?;
             }
             // Still serving: registers, memory, then the guest runs to its
@@ -409,7 +449,7 @@ fn gdb_cases(v: &mut Vec<Case>) {
                 return Err(format!("g gave {regs:?}"));
             }
             expect_reply(&mut c, b"m1ffffffc,4", "00000000")?;
-            expect_reply(&mut c, b"qSupported:swbreak+", "PacketSize=1000;swbreak+")?;
+            expect_reply(&mut c, b"qSupported:swbreak+", "PacketSize=1000;swbreak+;hwbreak+")?;
             c.raw(&Client::packet(b"c"))?;
             let exit = c.reply()?;
             if exit != "W0a" {
