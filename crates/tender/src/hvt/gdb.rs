@@ -340,6 +340,10 @@ pub fn parse(p: &[u8]) -> Request {
         // With an address, `c`/`s` resume elsewhere; gdb does not use that.
         b'c' => Some(if rest.is_empty() { Request::Continue } else { Request::Unsupported }),
         b's' => Some(if rest.is_empty() { Request::Step } else { Request::Unsupported }),
+        // With a signal: the guest has no signals to deliver, so the same
+        // as `c` and `s` (gdb sends these after a SIGSEGV stop).
+        b'C' if hex_u64(rest).is_some() => Some(Request::Continue),
+        b'S' if hex_u64(rest).is_some() => Some(Request::Step),
         b'k' => Some(Request::Kill),
         b'D' => Some(Request::Detach),
         b'q' if rest.starts_with(b"Supported") => Some(Request::Supported),
@@ -687,8 +691,8 @@ impl Server {
                     }
                     None => b"E01".to_vec(),
                 },
-                Request::Continue | Request::Step => {
-                    self.arm(vcpu, mem, parse(&packet) == Request::Step)?;
+                r @ (Request::Continue | Request::Step) => {
+                    self.arm(vcpu, mem, r == Request::Step)?;
                     return Ok(Resume::Go);
                 }
                 Request::Kill => return Ok(Resume::Kill),
@@ -740,6 +744,27 @@ impl Server {
             Some(old) if write_mem(mem, addr, &[old]) => b"OK".to_vec(),
             _ => b"E01".to_vec(),
         }
+    }
+
+    /// A guest that aborted or faulted, stopped for gdb where its program
+    /// was (as in its core file, [`super::dumpcore`]) before the tender
+    /// exits: gdb can read its backtrace, registers and memory. Resuming
+    /// it, or killing it, ends it.
+    pub fn post_mortem(&mut self, vcpu: &VcpuFd, mem: &GuestMemory, g: &GuestRegs, signal: i32) -> Result<(), Exit> {
+        if self.detached {
+            return Ok(());
+        }
+        let mut sregs = vcpu.get_sregs().map_err(kvm("GET_SREGS"))?;
+        if g.cpl() == 3 {
+            state::resume_user(&mut sregs, g);
+            vcpu.set_sregs(&sregs).map_err(kvm("SET_SREGS"))?;
+        }
+        vcpu.set_regs(&g.regs).map_err(kvm("SET_REGS"))?;
+        self.last_stop = format!("S{:02x}", signal as u8).into_bytes();
+        // Whatever gdb does now (resume, kill, hang up), the guest is over
+        // and the tender exits with its status.
+        let _ = self.serve(vcpu, mem);
+        Ok(())
     }
 
     /// Tells gdb the guest exited with `status` (`W`).
@@ -878,6 +903,9 @@ mod tests {
         assert_eq!(parse(b"Z1,100123,1"), Request::InsertHwBreak(0x100123));
         assert_eq!(parse(b"z1,100123,1"), Request::RemoveHwBreak(0x100123));
         assert_eq!(parse(b"Z2,100123,1"), Request::Unsupported);
+        assert_eq!(parse(b"C0b"), Request::Continue);
+        assert_eq!(parse(b"S05"), Request::Step);
+        assert_eq!(parse(b"C0b;100000"), Request::Unsupported);
         assert_eq!(parse(b"P10=0100000000000000"), Request::WriteReg(16, vec![1, 0, 0, 0, 0, 0, 0, 0]));
         assert_eq!(parse(b"qSupported:multiprocess+;swbreak+"), Request::Supported);
         for junk in [

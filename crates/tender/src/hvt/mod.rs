@@ -239,7 +239,21 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     };
     if let Some(d) = &mut debugger {
         match &stopped {
-            Ok(Stopped::Halt(status, _)) => d.exited(*status),
+            Ok(Stopped::Halt(status, trap)) => {
+                if *status == 255 {
+                    // Show gdb where the program died before it goes.
+                    let signal = if trap.is_some() { libc::SIGSEGV } else { libc::SIGABRT };
+                    let (Ok(regs), Ok(sregs)) = (vcpu.get_regs(), vcpu.get_sregs()) else {
+                        return Err(fatal!("GDB: KVM: cannot read the guest's registers"));
+                    };
+                    let mut g = state::user_view(&vm.mem, &regs, &sregs);
+                    if let Some(t) = trap {
+                        g.apply_trap(t);
+                    }
+                    d.post_mortem(&vcpu, &vm.mem, &g, signal)?;
+                }
+                d.exited(*status)
+            }
             _ => d.killed(),
         }
     }

@@ -362,6 +362,26 @@ fn gdb_cases(v: &mut Vec<Case>) {
             Ok(())
         },
     ));
+    for (what, signal, needle) in [
+        ("zeropage", "SIGSEGV, Segmentation fault", "fault::start"),
+        ("panic", "SIGABRT, Aborted", "panicking::panic_fmt"),
+    ] {
+        v.push(case(format!("hvt::gdb_stops_where_a_guest_{what}_ends_it"), HVT_AND_GDB, move || {
+            // The guest's own trap reporter halts it; the server shows gdb
+            // the program where it died, then lets it go.
+            let (mut bg, port) = gdb_tender(&[], "fault", &[what])?;
+            let target = format!("target remote localhost:{port}");
+            let out = gdb(&guest("hvt", "fault")?, None, &[target.as_str(), "continue", "bt", "continue"])?;
+            let status = bg.wait(Duration::from_secs(30))?;
+            let ctx = |e: String| format!("{e}\ntender:\n{}", bg.output());
+            expect_all(&out, &[&format!("Program received signal {signal}"), needle, "exited with code 0377"])
+                .map_err(ctx)?;
+            if status != 255 {
+                return Err(ctx(format!("status {status}\n{out}")));
+            }
+            Ok(())
+        }));
+    }
     v.push(case("hvt::gdb_kill_ends_the_tender", Needs::Target("hvt"), || {
         let (mut bg, port) = gdb_tender(&[], "debuggee", &[])?;
         let mut c = Client::connect(port)?;
