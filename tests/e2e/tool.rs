@@ -366,20 +366,72 @@ pub fn cases(v: &mut Vec<Case>) {
         }
         Ok(())
     }));
+    v.push(case(
+        "hvt::mirage_build_keeps_a_debug_file_gdb_reads_beside_the_image",
+        Needs::All(&[Needs::Target("hvt"), Needs::Program { name: "gdb", package: "gdb" }]),
+        || {
+            let image = example("hvt", "hello")?;
+            let debug = image.with_file_name("hello.hvt.debug");
+            let (img, dbg) = (
+                std::fs::read(&image).map_err(|e| e.to_string())?,
+                std::fs::read(&debug).map_err(|e| format!("{}: {e}", debug.display()))?,
+            );
+            // The image is the debug file cut after its last segment: the
+            // same program, none of the debug information.
+            if img.len() >= dbg.len() || img[64..] != dbg[64..img.len()] {
+                return Err(format!("{} is not {} trimmed", image.display(), debug.display()));
+            }
+            let mut c = Command::new(testkit::tender("hvt"));
+            c.args(["--gdb", "--gdb-port=0"]).arg(&image);
+            let mut bg = Background::start(c)?;
+            let port = testkit::gdb_port(&mut bg)?;
+            let mut g = Command::new("gdb");
+            g.args(["-batch", "-nx"]);
+            for cmd in [
+                &format!("target remote localhost:{port}"),
+                "break hello/src/lib.rs:12",
+                "continue",
+                "bt",
+                "delete",
+                "continue",
+            ] {
+                g.arg("-ex").arg(cmd);
+            }
+            g.arg(&debug);
+            let r = run_with(g, Duration::from_secs(60))?;
+            let out = format!("{}{}", r.stdout, r.stderr);
+            for want in [
+                "Breakpoint 1, hello::start::{async_fn#0}",
+                "lib.rs:12",
+                "console.log(\"hello\")",
+                "mirage_runtime::exec::run",
+                "exited normally",
+            ] {
+                if !out.contains(want) {
+                    return Err(format!("gdb's output lacks {want:?}:\n{out}\n{}", bg.output()));
+                }
+            }
+            let status = bg.wait(Duration::from_secs(30))?;
+            if status != 0 {
+                return Err(format!("the tender exited with {status}\n{}", bg.output()));
+            }
+            Ok(())
+        },
+    ));
     v.push(case("mirage_clean_keeps_data", Needs::Nothing, || {
         let scratch = Scratch::new("clean");
         let toml = "[unikernel]\nname = \"keep\"\nstart = \"keep::start\"\narguments = [\"storage\", \"htdocs\", \"state\", \"db\"]\n\n[devices]\nstorage = \"block\"\nhtdocs = { kind = \"kv-ro\", directory = \"htdocs\", store = \"tar\" }\nstate = \"kv-rw\"\ndb = { kind = \"kv-rw\", store = \"block\" }\n";
         let dir = user_crate(&scratch.0, "keep", &[("mirage.toml", toml), ("htdocs/index.html", "hi")])?;
         let dist = dir.join("dist");
         std::fs::create_dir_all(dist.join("state.kv")).map_err(|e| e.to_string())?;
-        for f in ["keep", "keep.hvt", "keep.spt", "htdocs.img", "storage.img", "state.kv/key", "db.img"] {
+        for f in ["keep", "keep.hvt", "keep.hvt.debug", "keep.spt", "htdocs.img", "storage.img", "state.kv/key", "db.img"] {
             std::fs::write(dist.join(f), f).map_err(|e| e.to_string())?;
         }
         std::fs::create_dir_all(dir.join("mirage/unix")).map_err(|e| e.to_string())?;
         let r = tool(&dir, &["clean"])?;
         r.expect_status(0)?;
         r.expect_stdout("kept dist/db.img, dist/state.kv, dist/storage.img")?;
-        for gone in ["keep", "keep.hvt", "keep.spt", "htdocs.img"] {
+        for gone in ["keep", "keep.hvt", "keep.hvt.debug", "keep.spt", "htdocs.img"] {
             if dist.join(gone).exists() {
                 return Err(format!("clean left dist/{gone}\n{}", r.dump()));
             }

@@ -19,6 +19,7 @@
 //! mirage-bench tls     [--runs SECONDS]           # static-website-tls on spt and hvt beside nginx with OpenSSL
 //! mirage-bench router  [--targets T,T] [--mtu M,M] # the router example beside Linux with nftables: iperf3, UDP, conn/s, RTT
 //! mirage-bench nat     [--count N]                # mirage-nat's packets/s and new flows/s, in process
+//! mirage-bench debug   [--runs N]                 # image and debug-file sizes, --dumpcore's time for 32 MiB
 //! ```
 //!
 //! `--only WORD` (repeatable) keeps the attack rows whose attack or server
@@ -39,6 +40,7 @@ use testkit::{Background, Netns, guest, tender};
 
 mod attack;
 mod fat;
+mod debug;
 mod http;
 mod images;
 mod nat;
@@ -107,6 +109,7 @@ fn main() {
         Some("http") => http::http(&opts),
         Some("images") => images::images(&opts),
         Some("oci") => oci::oci(&opts),
+        Some("debug") => debug::debug(&opts),
         Some("soak") => http::soak(&opts, &opts.target.clone()),
         Some("attack") => attack::attack(&opts),
         Some("crash") => store::crash(&opts),
@@ -118,7 +121,7 @@ fn main() {
         Some("nat") => nat::nat(opts.count),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci|debug [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
             );
             std::process::exit(64);
         }

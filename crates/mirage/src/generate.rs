@@ -450,8 +450,10 @@ fn cargo_toml(config: &Config, opts: &Options, libraries: &Libraries, dir: &Path
     t.push_str("\n[profile.release]\n");
     if opts.target.solo5() {
         // Small images: there is no unwinding on Solo5, and size matters
-        // more than the last percent of speed.
-        t.push_str("panic = \"abort\"\nopt-level = \"s\"\nlto = true\ncodegen-units = 1\nstrip = true\n\n[profile.dev]\npanic = \"abort\"\n");
+        // more than the last percent of speed. Debug information costs the
+        // image nothing: it lies after every segment, where `mirage build`
+        // cuts the image off, and stays in dist/NAME.TARGET.debug for gdb.
+        t.push_str("panic = \"abort\"\nopt-level = \"s\"\nlto = true\ncodegen-units = 1\ndebug = \"full\"\n\n[profile.dev]\npanic = \"abort\"\n");
     } else {
         t.push_str("lto = true\ncodegen-units = 1\n");
     }

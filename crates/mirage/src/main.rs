@@ -601,8 +601,18 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
     if opts.target.solo5()
         && let Some(trimmed) = std::fs::read(&image).ok().and_then(|elf| mirage::trim::strip_section_headers(&elf))
     {
+        // The untrimmed ELF, with its symbols, call-frame and debug
+        // information, is what gdb reads beside the image it runs (a core
+        // file, or solo5-hvt --gdb): the same addresses, nothing loaded.
+        let debug = dist.join(format!("{}.debug", opts.target.image(&config.name)));
+        let _ = std::fs::remove_file(&debug);
+        std::fs::rename(&image, &debug)
+            .map_err(|e| Failure::new(format!("{}: {e}", debug.display()), "check the directory's permissions"))?;
         std::fs::write(&image, trimmed)
             .map_err(|e| Failure::new(format!("{}: {e}", image.display()), "check the free space"))?;
+        if let Ok(m) = std::fs::metadata(&debug) {
+            let _ = std::fs::set_permissions(&image, m.permissions());
+        }
     }
     for d in &config.devices {
         if let config::Kind::KvRw { block: Some(b) } = &d.kind {
@@ -708,6 +718,8 @@ the directories of kv-rw stores are never removed (delete them yourself when you
 fn built_files(config: &Config) -> Vec<String> {
     let mut files: Vec<String> =
         [Target::Unix, Target::Hvt, Target::Spt].iter().map(|t| t.image(&config.name)).collect();
+    // The debug files gdb reads beside the Solo5 images.
+    files.extend([Target::Hvt, Target::Spt].iter().map(|t| format!("{}.debug", t.image(&config.name))));
     let data: Vec<&str> = config
         .devices
         .iter()

@@ -20,6 +20,30 @@ pub enum Needs {
     NetProgram { target: &'static str, name: &'static str, package: &'static str },
     /// As `Net`, plus programs on PATH, each with its Debian package.
     NetPrograms(&'static str, &'static [(&'static str, &'static str)]),
+    /// Solo5 v0.12.1's own test programs, built ([`crate::solo5_tests`]).
+    Solo5Tests,
+    /// Everything in the list.
+    All(&'static [Needs]),
+}
+
+impl Needs {
+    /// Why this machine cannot meet the need, if it cannot.
+    pub fn missing(&self) -> Option<String> {
+        match *self {
+            Needs::Nothing => None,
+            Needs::Target(t) => crate::missing(t),
+            Needs::Net(t) => crate::missing(t).or_else(crate::missing_net),
+            Needs::Program { name, package } => crate::missing_program(name, package),
+            Needs::NetProgram { target, name, package } => {
+                crate::missing(target).or_else(crate::missing_net).or_else(|| crate::missing_program(name, package))
+            }
+            Needs::NetPrograms(t, programs) => crate::missing(t)
+                .or_else(crate::missing_net)
+                .or_else(|| programs.iter().find_map(|(name, package)| crate::missing_program(name, package))),
+            Needs::Solo5Tests => crate::solo5_tests().err(),
+            Needs::All(all) => all.iter().find_map(Needs::missing),
+        }
+    }
 }
 
 /// One end-to-end test.
@@ -63,18 +87,7 @@ pub fn run(cases: Vec<Case>) -> ! {
     let trials = cases
         .into_iter()
         .map(|c| {
-            let why = match c.needs {
-                Needs::Nothing => None,
-                Needs::Target(t) => crate::missing(t),
-                Needs::Net(t) => crate::missing(t).or_else(crate::missing_net),
-                Needs::Program { name, package } => crate::missing_program(name, package),
-                Needs::NetProgram { target, name, package } => {
-                    crate::missing(target).or_else(crate::missing_net).or_else(|| crate::missing_program(name, package))
-                }
-                Needs::NetPrograms(t, programs) => crate::missing(t)
-                    .or_else(crate::missing_net)
-                    .or_else(|| programs.iter().find_map(|(name, package)| crate::missing_program(name, package))),
-            };
+            let why = c.needs.missing();
             match why {
                 Some(reason) => {
                     skipped.push(format!("SKIPPED {}: {reason}", c.name));

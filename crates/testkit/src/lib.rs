@@ -154,6 +154,13 @@ pub fn example_with(target: &str, name: &str, keys: &[&str]) -> Result<PathBuf, 
         let out = out_dir.join(&image);
         let _ = std::fs::remove_file(&out);
         std::fs::copy(dir.join("dist").join(&image), &out).map_err(|e| format!("copying {image}: {e}"))?;
+        // The debug file gdb reads beside a Solo5 image, where there is one.
+        let debug = format!("{image}.debug");
+        let _ = std::fs::remove_file(out_dir.join(&debug));
+        if dir.join("dist").join(&debug).is_file() {
+            std::fs::copy(dir.join("dist").join(&debug), out_dir.join(&debug))
+                .map_err(|e| format!("copying {debug}: {e}"))?;
+        }
         Ok(out)
     })();
     built.push((format!("{id}/{name}"), result.clone()));
@@ -319,6 +326,21 @@ pub fn missing_program(name: &str, package: &str) -> Option<String> {
         }
         Err(e) => Some(format!("`{name}` cannot be run: {e}")),
         Ok(_) => None,
+    }
+}
+
+/// The directory of Solo5 v0.12.1's built test programs (`tests/` of a
+/// Solo5 source tree after `./configure.sh && make`): `$SOLO5_TESTS`, or
+/// `/tmp/solo5/tests`; or why there is none.
+pub fn solo5_tests() -> Result<PathBuf, String> {
+    let dir = std::env::var_os("SOLO5_TESTS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp/solo5/tests"));
+    if dir.join("test_hello/test_hello.hvt").is_file() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "Solo5's test programs are not in {} (build Solo5 v0.12.1 from source, `./configure.sh && make`, and set SOLO5_TESTS to its tests/ directory)",
+            dir.display()
+        ))
     }
 }
 
@@ -490,6 +512,17 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.name]);
     }
+}
+
+/// The port a `solo5-hvt --gdb` in `bg` waits on, once it says so.
+pub fn gdb_port(bg: &mut Background) -> Result<u16, String> {
+    bg.wait_for("\" KERNEL", Duration::from_secs(30))?;
+    let out = bg.output();
+    out.split("target remote localhost:")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("no port in the tender's message:\n{out}"))
 }
 
 /// A tender running in the background; killed when dropped.

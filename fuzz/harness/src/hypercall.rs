@@ -503,7 +503,7 @@ fn call(
         (Expect::Invalid(h, g, n), Err(e)) => {
             assert_eq!(message(e), format!("{h:?} hypercall: Invalid guest access: gpa={g:#x}, sz={n}"));
         }
-        (Expect::Halt(status), Ok(Outcome::Halt(s))) => assert_eq!(s, status),
+        (Expect::Halt(status), Ok(Outcome::Halt(s, _))) => assert_eq!(s, status),
         (Expect::ResumeOrIoError, Err(e)) => assert!(message(e).starts_with("Fatal error"), "{}", message(e)),
         (Expect::Resume { .. } | Expect::ResumeOrIoError, Ok(Outcome::Resume)) => {
             let ret = match &expected {

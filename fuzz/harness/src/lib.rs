@@ -15,6 +15,7 @@ pub mod args;
 pub mod dhcpd;
 pub mod elf;
 pub mod fat;
+pub mod gdb_remote;
 pub mod http;
 pub mod hypercall;
 pub mod kv_store;
@@ -41,6 +42,7 @@ pub const TARGETS: &[Target] = &[
     ("kv_store", kv_store::run),
     ("fat", fat::run),
     ("wire", wire::run),
+    ("gdb_remote", gdb_remote::run),
     ("args", args::run),
     ("dhcpd", dhcpd::run),
     ("nat", nat::run),

@@ -25,6 +25,7 @@ pub fn all() -> Vec<Seed> {
     seeds.extend(crate::fat::seed_images().into_iter().map(|(name, image)| ("fat", name, image)));
     seeds.extend(wire());
     seeds.extend(args());
+    seeds.extend(gdb_remote());
     seeds.extend(dhcpd());
     seeds.extend(crate::nat::seeds());
     seeds.extend(blobs("http_request", 6));
@@ -298,6 +299,41 @@ fn wire() -> Vec<Seed> {
         ("wire", "icmpv6-echo", recipe(0x01, &[128, 0, 0, 0, 0, 1, 0, 1])),
         ("wire", "udp6", recipe(0x03, &[0x04, 0xd2, 0x02, 0x22, 0, 0, 0, 0, 1, 2, 3])),
         ("wire", "tcp6", recipe(0x05, &syn)),
+    ]
+}
+
+/// A gdb session's packets as the server receives them, and a few that
+/// gdb would never send.
+fn gdb_remote() -> Vec<Seed> {
+    let packet = |data: &str| {
+        let sum = data.bytes().fold(0u8, |s, c| s.wrapping_add(c));
+        format!("${data}#{sum:02x}")
+    };
+    let session = |packets: &[&str]| packets.iter().map(|p| packet(p)).collect::<Vec<_>>().join("+").into_bytes();
+    vec![
+        (
+            "gdb_remote",
+            "attach-break-step-continue",
+            session(&[
+                "qSupported:multiprocess+;swbreak+;hwbreak+",
+                "vMustReplyEmpty",
+                "Hg0",
+                "qfThreadInfo",
+                "?",
+                "g",
+                "m100020,1",
+                "Z0,1004a9,1",
+                "c",
+                "z0,1004a9,1",
+                "s",
+                "p10",
+                "P10=2000100000000000",
+                "M10000,4:01020304",
+                "k",
+            ]),
+        ),
+        ("gdb_remote", "out-of-range", session(&["m1ffffff,2", "mffffffffffffffff,10", "M1fffff,2:0000", "m0,fff"])),
+        ("gdb_remote", "bad-checksum-then-good", b"$g#00$g#67+-\x03".to_vec()),
     ]
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use solo5_abi::hvt::{
     HALT_COOKIE_MAX, HcBlockFlush, HcBlockRead, HcHalt, HcNetRead, HcNetWrite, HcPoll, HcPuts, HcWalltime, Hypercall,
+    TrapRegs,
 };
 use solo5_abi::mft::MftType;
 use solo5_abi::{SoloResult, spt::INTERNAL_TIMERFD};
@@ -29,12 +30,12 @@ use crate::host::{Tender, WaitSet};
 use crate::{Exit, block, fatal, strerror};
 
 /// What the vCPU loop does after a hypercall.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Outcome {
     /// Resume the guest.
     Resume,
     /// The guest halted with this status.
-    Halt(i32),
+    Halt(i32, Option<TrapRegs>),
 }
 
 /// The state the hypercalls need.
@@ -314,11 +315,13 @@ impl<'m> Hypercalls<'m> {
     fn halt(&self, gpa: Gpa) -> Result<Outcome, Exit> {
         let err = guest(Hypercall::Halt);
         let h: HcHalt = self.mem.read_obj(gpa).map_err(&err)?;
+        let mut trap = None;
         if h.cookie != 0 {
-            // The cookie points at the guest's trap frame; a debug tender
-            // would dump it. Checked all the same, as Solo5 does.
+            // The cookie points at the guest's trap frame, for the core
+            // dump. Checked for Solo5's 512 bytes, as Solo5 does.
             self.mem.readable(Gpa(h.cookie), HALT_COOKIE_MAX).map_err(&err)?;
+            trap = Some(self.mem.read_obj(Gpa(h.cookie)).map_err(&err)?);
         }
-        Ok(Outcome::Halt(h.exit_status))
+        Ok(Outcome::Halt(h.exit_status, trap))
     }
 }

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd};
-use solo5_abi::hvt::{self, BootInfo, FEATURE_RING_IO, FEATURE_RING_SERVE, GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE};
+use solo5_abi::hvt::{
+    self, BootInfo, FEATURE_RING_IO, FEATURE_RING_SERVE, GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE, TrapRegs,
+};
 use solo5_abi::mft::MftType;
 use solo5_abi::note::AbiTarget;
 use solo5_abi::ring::RING_RESERVED_SIZE;
@@ -25,18 +27,32 @@ use crate::host;
 use crate::seccomp::{Arg, Policy};
 use crate::{Exit, exe, fatal, strerror, warn};
 
+pub mod dumpcore;
+pub mod gdb;
 pub mod hypercall;
 pub mod memory;
 pub mod ring;
+pub mod state;
 pub mod x86;
 
+use dumpcore::DumpCore;
 use hypercall::{Hypercalls, Outcome};
 use memory::GuestMemory;
 use ring::{Failure, RingThread, VcpuStopper};
 
 /// The usage text.
 pub fn usage(prog: &str) -> String {
-    cli::usage(prog, true, &[("core", None), ("block", Some(BLOCK_USAGE)), ("net", Some(NET_USAGE))])
+    cli::usage(
+        prog,
+        true,
+        &[
+            ("core", None),
+            ("block", Some(BLOCK_USAGE)),
+            ("net", Some(NET_USAGE)),
+            ("gdb", Some(gdb::USAGE)),
+            ("dumpcore", Some(dumpcore::USAGE)),
+        ],
+    )
 }
 
 /// The `--version` text.
@@ -135,7 +151,20 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     let cl = cli::split(args)?;
     let exe = exe::open(&cl.kernel, AbiTarget::Hvt, hvt::ABI_VERSION)?;
     let mut devices = Devices::new(exe.manifest.clone());
-    let mem_size = host::parse_options(&cl, &mut devices, hvt::DEFAULT_MEM_SIZE, |_| false)?;
+    let mut dump_dir = None;
+    let mut gdb_options = gdb::Options::default();
+    let mut bad_option = None;
+    let mem_size = host::parse_options(&cl, &mut devices, hvt::DEFAULT_MEM_SIZE, |arg| {
+        if let Some(r) = gdb_options.option(arg) {
+            bad_option = bad_option.take().or(r.err());
+            return true;
+        }
+        dumpcore::option(arg).map(|d| dump_dir = Some(d.to_string())).is_some()
+    })?;
+    if let Some(e) = bad_option {
+        return Err(e);
+    }
+    let dumpcore = dump_dir.as_deref().map(DumpCore::open).transpose()?;
     install_signal_handlers()?;
 
     let mut mem_size = adjust_mem_size(mem_size)?;
@@ -198,8 +227,53 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     vm.mem.load(cmdline_gpa, &cmdline).map_err(low)?;
 
     let mut hypercalls = Hypercalls::new(&vm.mem, devices, failure.clone())?;
-    drop_privileges(&hypercalls, &vcpu, &nics, ring_thread.as_ref())?;
-    let status = vcpu_loop(&mut vcpu, &mut hypercalls, ring_thread.as_ref(), &failure, vm.mem.alloc_size());
+    let mut debugger = None;
+    if gdb_options.enabled {
+        gdb::make_writable(&vm.mem)?;
+        debugger = Some(gdb::Server::accept(gdb_options.port, &vcpu)?);
+    }
+    drop_privileges(&hypercalls, &vcpu, &nics, ring_thread.as_ref(), dumpcore.as_ref(), debugger.as_ref())?;
+    let stopped = match debugger.as_mut().map(|d| d.first_stop(&vcpu, &vm.mem)).transpose()? {
+        Some(gdb::Resume::Kill) => Err(fatal!("GDB: Debugger asked us to quit")),
+        _ => vcpu_loop(&mut vcpu, &mut hypercalls, ring_thread.as_ref(), &failure, &vm.mem, debugger.as_mut()),
+    };
+    if let Some(d) = &mut debugger {
+        match &stopped {
+            Ok(Stopped::Halt(status, trap)) => {
+                if *status == 255 {
+                    // Show gdb where the program died before it goes.
+                    let signal = if trap.is_some() { libc::SIGSEGV } else { libc::SIGABRT };
+                    let (Ok(regs), Ok(sregs)) = (vcpu.get_regs(), vcpu.get_sregs()) else {
+                        return Err(fatal!("GDB: KVM: cannot read the guest's registers"));
+                    };
+                    let mut g = state::user_view(&vm.mem, &regs, &sregs);
+                    if let Some(t) = trap {
+                        g.apply_trap(t);
+                    }
+                    d.post_mortem(&vcpu, &vm.mem, &g, signal)?;
+                }
+                d.exited(*status)
+            }
+            _ => d.killed(),
+        }
+    }
+    let status = match stopped {
+        Ok(Stopped::Halt(status, trap)) => {
+            if let (Some(dc), 255) = (&dumpcore, status) {
+                // A trap frame means a CPU exception; no frame, an abort.
+                let signal = if trap.is_some() { libc::SIGSEGV } else { libc::SIGABRT };
+                dump(dc, &vcpu, &vm.mem, trap.as_ref(), signal);
+            }
+            Ok(status)
+        }
+        Ok(Stopped::Fault(e)) => {
+            if let Some(dc) = &dumpcore {
+                dump(dc, &vcpu, &vm.mem, None, libc::SIGSEGV);
+            }
+            Err(e)
+        }
+        Err(e) => Err(e),
+    };
     if let Some(mut t) = ring_thread {
         t.stop();
     }
@@ -303,14 +377,79 @@ impl Vm {
     }
 }
 
+/// Writes the core of a guest that aborted or faulted, with the
+/// program's registers ([`state::user_view`]) and the trap frame it passed,
+/// if any.
+fn dump(dc: &DumpCore, vcpu: &VcpuFd, mem: &GuestMemory, trap: Option<&TrapRegs>, signal: i32) {
+    let (Ok(regs), Ok(sregs)) = (vcpu.get_regs(), vcpu.get_sregs()) else {
+        warn("dumpcore: Could not retrieve guest state");
+        return;
+    };
+    let mut g = state::user_view(mem, &regs, &sregs);
+    if let Some(t) = trap {
+        g.apply_trap(t);
+    }
+    dc.write(mem, &g, signal);
+}
+
 fn drop_privileges(
     hc: &Hypercalls<'_>,
     vcpu: &VcpuFd,
     nics: &[ring::Nic],
     ring: Option<&RingThread>,
+    dumpcore: Option<&DumpCore>,
+    debugger: Option<&gdb::Server>,
 ) -> Result<(), Exit> {
     host::refuse_read_implies_exec()?;
-    policy(hc, vcpu, nics, ring.map(RingThread::eventfd)).apply(true)
+    let mut p = policy(hc, vcpu, nics, ring.map(RingThread::eventfd));
+    if let Some(dc) = dumpcore {
+        dumpcore_policy(&mut p, vcpu, dc);
+    }
+    if let Some(d) = debugger {
+        gdb_policy(&mut p, vcpu, d.fd());
+    }
+    p.apply(true)
+}
+
+/// What the GDB server adds: the debugger's connection, and the vCPU
+/// state it reads and changes.
+fn gdb_policy(p: &mut Policy, vcpu: &VcpuFd, sock: i32) {
+    use std::os::fd::AsRawFd;
+    let vcpu = vcpu.as_raw_fd() as u64;
+    let sock = sock as u64;
+    for (request, why) in [
+        (KVM_GET_SREGS, "gdb: reading segments and the IDT"),
+        (KVM_SET_REGS, "gdb: writing registers, resuming after a stop"),
+        (KVM_SET_SREGS, "gdb: resuming at CPL 3 after a stop in a handler"),
+        (KVM_SET_GUEST_DEBUG, "gdb: breakpoint registers and single steps"),
+    ] {
+        p.when(libc::SYS_ioctl, &[Arg::Int(0, vcpu), Arg::Eq(1, request)], why);
+    }
+    for (nr, why) in [
+        (libc::SYS_read, "gdb: requests"),
+        (libc::SYS_recvfrom, "gdb: requests"),
+        (libc::SYS_write, "gdb: replies"),
+        (libc::SYS_sendto, "gdb: replies"),
+    ] {
+        p.when(nr, &[Arg::Int(0, sock)], why);
+    }
+}
+
+/// What writing a core file adds: reading the vCPU's segments, writing the
+/// one unnamed file opened before, and linking it into the one directory.
+fn dumpcore_policy(p: &mut Policy, vcpu: &VcpuFd, dc: &DumpCore) {
+    use std::os::fd::AsRawFd;
+    let (dir, file) = dc.fds();
+    p.when(
+        libc::SYS_ioctl,
+        &[Arg::Int(0, vcpu.as_raw_fd() as u64), Arg::Eq(1, KVM_GET_SREGS)],
+        "dumpcore: the guest's segments",
+    )
+    .when(libc::SYS_pwrite64, &[Arg::Int(0, file as u64)], "dumpcore: writing the core file")
+    .when(libc::SYS_ftruncate, &[Arg::Int(0, file as u64)], "dumpcore: sizing the core file")
+    .when(libc::SYS_linkat, &[Arg::Int(2, dir as u64)], "dumpcore: naming the core file in its directory")
+    .any(libc::SYS_mincore, "dumpcore: which guest pages were touched")
+    .any(libc::SYS_getpid, "dumpcore: the core file's name");
 }
 
 /// What the tender may do once the guest runs. `TSYNC` extends it to the
@@ -382,6 +521,23 @@ pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], rin
 const KVM_RUN: u64 = 0xAE80;
 /// `KVM_GET_REGS` = `_IOR(KVMIO, 0x81, struct kvm_regs)`.
 const KVM_GET_REGS: u64 = 0x8090_AE81;
+/// `KVM_GET_SREGS` = `_IOR(KVMIO, 0x83, struct kvm_sregs)`.
+const KVM_GET_SREGS: u64 = 0x8138_AE83;
+/// `KVM_SET_REGS` = `_IOW(KVMIO, 0x82, struct kvm_regs)`.
+const KVM_SET_REGS: u64 = 0x4090_AE82;
+/// `KVM_SET_SREGS` = `_IOW(KVMIO, 0x84, struct kvm_sregs)`.
+const KVM_SET_SREGS: u64 = 0x4138_AE84;
+/// `KVM_SET_GUEST_DEBUG` = `_IOW(KVMIO, 0x9b, struct kvm_guest_debug)`.
+const KVM_SET_GUEST_DEBUG: u64 = 0x4048_AE9B;
+
+/// How the guest stopped, when the tender did not fail.
+enum Stopped {
+    /// HALT with this status and trap frame.
+    Halt(i32, Option<TrapRegs>),
+    /// The guest did what ends it: a triple fault, an access outside its
+    /// memory, an instruction KVM cannot run. Worth a core file.
+    Fault(Exit),
+}
 
 fn rip(vcpu: &VcpuFd) -> u64 {
     vcpu.get_regs().map(|r| r.rip).unwrap_or(0)
@@ -392,9 +548,11 @@ fn vcpu_loop(
     hc: &mut Hypercalls<'_>,
     ring: Option<&RingThread>,
     failure: &Failure,
-    alloc_size: u64,
-) -> Result<i32, Exit> {
+    mem: &GuestMemory,
+    mut debugger: Option<&mut gdb::Server>,
+) -> Result<Stopped, Exit> {
     let base = hvt::HYPERCALL_PIO_BASE;
+    let alloc_size = mem.alloc_size();
     loop {
         if let Some(e) = failure.take() {
             return Err(e);
@@ -403,7 +561,7 @@ fn vcpu_loop(
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
             Err(e) if e.errno() == libc::EFAULT => {
-                return Err(fatal!("KVM: host/guest translation fault: rip=0x{:x}", rip(vcpu)));
+                return Ok(Stopped::Fault(fatal!("KVM: host/guest translation fault: rip=0x{:x}", rip(vcpu))));
             }
             Err(e) => return Err(kvm_err("RUN")(e)),
         };
@@ -419,7 +577,7 @@ fn vcpu_loop(
             }
             VcpuExit::IoOut(port, data) => {
                 if data.len() != 4 || !(base..base + hvt::HYPERCALL_MAX).contains(&port) {
-                    return Err(fatal!("Invalid guest port access: port=0x{port:x}"));
+                    return Ok(Stopped::Fault(fatal!("Invalid guest port access: port=0x{port:x}")));
                 }
                 let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
                 // Writes the guest left in the ring without waking the I/O
@@ -428,41 +586,53 @@ fn vcpu_loop(
                 if let Some(r) = ring {
                     r.serve_now()?;
                 }
-                if let Outcome::Halt(status) = hc.handle(port - base, memory::Gpa(gpa))? {
-                    return Ok(status);
+                if let Outcome::Halt(status, trap) = hc.handle(port - base, memory::Gpa(gpa))? {
+                    return Ok(Stopped::Halt(status, trap));
                 }
             }
-            VcpuExit::IoIn(port, _) => return Err(fatal!("Invalid guest port access: port=0x{port:x}")),
+            VcpuExit::IoIn(port, _) => {
+                return Ok(Stopped::Fault(fatal!("Invalid guest port access: port=0x{port:x}")));
+            }
             VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _) => {
                 // KVM reports a write to memory the host mapped read-only
                 // (the guest's text and rodata) either as EFAULT or, on some
                 // hosts, as an MMIO exit. Anything else is unbacked.
                 let rip = rip(vcpu);
-                return Err(if addr < alloc_size {
+                return Ok(Stopped::Fault(if addr < alloc_size {
                     fatal!("KVM: host/guest translation fault: rip=0x{rip:x} (write to read-only memory at 0x{addr:x})")
                 } else {
                     fatal!("KVM: guest accessed unbacked memory: gpa=0x{addr:x}, rip=0x{rip:x}")
-                });
+                }));
+            }
+            VcpuExit::Debug(arch) if debugger.is_some() => {
+                if let Some(d) = debugger.as_deref_mut()
+                    && d.on_debug(vcpu, mem, &arch)? == gdb::Resume::Kill
+                {
+                    return Err(fatal!("GDB: Debugger asked us to quit"));
+                }
             }
             VcpuExit::FailEntry(reason, _) => {
-                return Err(fatal!("KVM: entry failure: hw_entry_failure_reason=0x{reason:x}"));
+                return Ok(Stopped::Fault(fatal!("KVM: entry failure: hw_entry_failure_reason=0x{reason:x}")));
             }
             VcpuExit::InternalError => {
                 let sub = vcpu.get_kvm_run();
                 // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so the
                 // `internal` member of the union is the valid one.
                 let suberror = unsafe { sub.__bindgen_anon_1.internal.suberror };
-                return Err(fatal!("KVM: internal error exit: suberror=0x{suberror:x}"));
+                return Ok(Stopped::Fault(fatal!("KVM: internal error exit: suberror=0x{suberror:x}")));
             }
             VcpuExit::Shutdown => {
-                return Err(fatal!(
+                return Ok(Stopped::Fault(fatal!(
                     "KVM: unhandled exit: exit_reason=0x8, rip=0x{:x} (the guest triple-faulted)",
                     rip(vcpu)
-                ));
+                )));
             }
             _ => {
                 let reason = vcpu.get_kvm_run().exit_reason;
-                return Err(fatal!("KVM: unhandled exit: exit_reason=0x{reason:x}, rip=0x{:x}", rip(vcpu)));
+                return Ok(Stopped::Fault(fatal!(
+                    "KVM: unhandled exit: exit_reason=0x{reason:x}, rip=0x{:x}",
+                    rip(vcpu)
+                )));
             }
         }
     }

@@ -12,6 +12,7 @@
 mod block;
 mod boot;
 mod cli;
+mod debug;
 mod elftool;
 mod hostile;
 mod net;
@@ -27,6 +28,7 @@ fn main() {
     let mut cases = Vec::new();
     boot::cases(&mut cases);
     block::cases(&mut cases);
+    debug::cases(&mut cases);
     hostile::cases(&mut cases);
     cli::cases(&mut cases);
     elftool::cases(&mut cases);

@@ -5,9 +5,13 @@
 //! * `zeropage`, `unmapped`, `bootinfo`, `text`: writes to address 8, to
 //!   16 GiB, to the read-only boot information, to the guest's own code;
 //! * `ud2`, `divide`, `int3`: CPU exceptions;
-//! * `float`: floating-point and SSE work, which must simply work.
+//! * `float`: floating-point and SSE work, which must simply work;
+//! * `touch N`: writes every page of N MiB of heap, then aborts (the
+//!   largest core file a guest of that size makes).
 #![no_std]
 #![no_main]
+
+extern crate alloc;
 
 use core::arch::asm;
 use mirage_solo5 as solo5;
@@ -33,6 +37,20 @@ fn start(si: &solo5::StartInfo) -> i32 {
             "ud2" => asm!("ud2"),
             "divide" => asm!("xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _),
             "int3" => asm!("int3"),
+            "touch" => {
+                let mib: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+                let mut heap = alloc::vec::Vec::<u8>::new();
+                if heap.try_reserve_exact(mib << 20).is_err() {
+                    solo5::println!("fault: cannot allocate {mib} MiB");
+                    return 2;
+                }
+                heap.resize(mib << 20, 0);
+                for page in heap.chunks_mut(4096) {
+                    core::ptr::write_volatile(&mut page[0], 1);
+                }
+                solo5::println!("fault: touched {} pages", heap.len() / 4096);
+                solo5::abort()
+            }
             "float" => {
                 let mut x = core::hint::black_box(1.5f64);
                 let mut v = core::hint::black_box([1.0f32, 2.0, 3.0, 4.0]);
