@@ -39,13 +39,13 @@ use std::time::{Duration, Instant};
 use testkit::{Background, Netns, guest, tender};
 
 mod attack;
-mod fat;
 mod debug;
+mod fat;
 mod http;
 mod images;
 mod nat;
-mod router;
 mod oci;
+mod router;
 mod store;
 mod tcp;
 mod tls;

@@ -202,7 +202,7 @@ fn each_interface_has_its_own_subnet() {
 fn several_stacks_and_ip_layers_have_their_own_arguments() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/three-nets");
     let c = config::load(&dir).unwrap();
-    let opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: false, kv_tar: false };
+    let opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: false, kv_tar: false, kv_fat: false };
     let main = generate::files(&c, &opts, &Libraries::Path(root().join("crates")))
         .into_iter()
         .find(|f| f.path == "main.rs")

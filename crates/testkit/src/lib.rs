@@ -8,8 +8,8 @@
 pub mod attack;
 pub mod crash;
 pub mod harness;
-pub mod router;
 pub mod oci;
+pub mod router;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

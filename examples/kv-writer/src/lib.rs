@@ -88,7 +88,7 @@ pub async fn apply(store: &impl KvRw, c: &Change) -> Result<(), kv::Error> {
 /// The unikernel: makes the changes of `seed` one after another (each a
 /// set of `len` bytes if `len` is not 0), each acknowledged on the console
 /// once done, until it is killed or a change fails. With `reads`, it reads
-/// instead ([`read_forever`]).
+/// instead (see `read_forever`).
 pub async fn start(
     console: impl Console,
     data: impl KvRw,
