@@ -111,6 +111,12 @@ fn step<N: Net>(inner: &mut Inner, net: &mut N) -> (Option<Duration>, bool) {
     inbound::finish_replays(inner, net, now, |inner, port, handle, tuple| {
         tcp::accepted(inner, port, handle, tuple, now)
     });
+    if !inner.early.is_empty() {
+        while inbound::release_early(inner, now) {
+            judged(inner, net, now);
+        }
+        egress(inner, net);
+    }
     dhcp(inner);
     tcp::reap(inner, now);
     crate::udp::reap(inner);
@@ -126,7 +132,8 @@ fn step<N: Net>(inner: &mut Inner, net: &mut N) -> (Option<Duration>, bool) {
         + inner.lingering.len()
         + inner.orphans.len()
         + inner.link.conns.replaying
-        + inner.deferred.len();
+        + inner.deferred.len()
+        + inner.early.len();
     if waiting > 0 || inner.config.close_wait_timeout.is_some() && inner.link.conns.table.len() > 0 {
         let d = inner.next_expiry.saturating_duration_since(now);
         delay = Some(delay.map_or(d, |x| x.min(d)));

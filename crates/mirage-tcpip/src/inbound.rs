@@ -227,6 +227,13 @@ fn connection<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, rec: Record, now
             inner.sockets.get_mut::<tcp::Socket>(handle).abort();
             inner.link.conns.remove(&seg.t);
             inner.orphan(handle, None, None, now);
+        } else if seg.len > 0 || seg.control == TcpControl::Fin {
+            // Data (a request sent right after the handshake) while the
+            // engine asks where the peer is: kept for the engine, which
+            // the neighbour's answer lets finish within a round trip;
+            // dropped, it would cost the peer's retransmission time
+            // (200 ms on Linux).
+            keep_early(inner, seg.t, now);
         }
         return Verdict::Drop;
     }
@@ -333,6 +340,41 @@ fn defer(inner: &mut Inner, now: Instant) {
     }
     copy.extend_from_slice(frame);
     inner.deferred.push_back(Deferred { frame: copy, since: now });
+}
+
+/// Segments kept for handshakes the engine has yet to finish, at most.
+const EARLY: usize = 16;
+
+/// Keeps a copy of the received frame, a segment for the replayed
+/// handshake of `t`, to judge again once the engine has finished it.
+fn keep_early(inner: &mut Inner, t: Tuple, now: Instant) {
+    let frame = inner.link.frame();
+    let mut copy = Vec::new();
+    if inner.early.len() >= EARLY
+        || !(inner.config.may_hold)(frame.len())
+        || inner.early.try_reserve(1).is_err()
+        || copy.try_reserve_exact(frame.len()).is_err()
+    {
+        return;
+    }
+    copy.extend_from_slice(frame);
+    inner.early.push_back((t, Deferred { frame: copy, since: now }));
+}
+
+/// Puts the oldest segment kept by [`keep_early`] whose connection's
+/// handshake is done back as the received frame (whether there is one);
+/// forgets those whose connection is gone or still waits after [`DEFER`].
+pub(crate) fn release_early(inner: &mut Inner, now: Instant) -> bool {
+    let conns = &inner.link.conns.table;
+    inner.early.retain(|(t, d)| {
+        conns.get(t).is_some_and(|r| r.replay.is_none() || now.saturating_duration_since(d.since) <= DEFER)
+    });
+    let Some(i) = inner.early.iter().position(|(t, _)| conns.get(t).is_some_and(|r| r.replay.is_none())) else {
+        return false;
+    };
+    let Some((_, d)) = inner.early.remove(i) else { return false };
+    inner.link.load(&d.frame);
+    true
 }
 
 /// Puts the oldest deferred segment back as the received frame if a

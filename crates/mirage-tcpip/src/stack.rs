@@ -292,6 +292,9 @@ pub(crate) struct Inner {
     pub orphans: Vec<tcp::Orphan>,
     /// Completed handshakes waiting for room.
     pub deferred: alloc::collections::VecDeque<crate::inbound::Deferred>,
+    /// Segments that came before the engine's side of their handshake
+    /// ended, kept until it does.
+    pub early: alloc::collections::VecDeque<(crate::conns::Tuple, crate::inbound::Deferred)>,
     pub config_waiters: Vec<Waker>,
     /// When the per-state timeouts are looked at next.
     pub next_expiry: mirage_runtime::time::Instant,
@@ -497,6 +500,7 @@ impl Stack {
             udp_orphans: Vec::new(),
             orphans: Vec::new(),
             deferred: alloc::collections::VecDeque::new(),
+            early: alloc::collections::VecDeque::new(),
             config_waiters: Vec::new(),
             next_expiry: now(),
             last_shed: None,

@@ -1494,3 +1494,32 @@ fn ipv6_connections_over_a_harsh_link() {
         exchange_between(&a, a6.into(), &b, SocketAddr::new(b6.into(), 80), data(256 << 10, 93)).await;
     });
 }
+
+/// A client whose cache already holds b (it never asks) connects and sends
+/// its request at once, before b has learnt where the client is: b asks,
+/// and the request, come while it asked, is answered as soon as the
+/// client's reply comes, not after the client's retransmission timeout.
+#[test]
+fn a_request_sent_before_the_server_knows_the_client_is_answered_without_a_retransmission() {
+    run(async {
+        let p = pair_with(71, Faults::default(), config(A, 1), config(B, 2));
+        serve(&p.b, 80, 16).await;
+        sleep(Duration::from_millis(10)).await;
+        let (x, isn) = ((X, 40001), 5000u32);
+        inject(&p, tcp_frame(MAC_X, x, (B, 80), isn, 0, SYN, b""));
+        sleep(Duration::from_millis(1)).await;
+        let syn_ack = *sent_to(&p, 0, x).iter().find(|s| s.flags == SYN | ACK).expect("b answers the SYN");
+        let since = p.from_b.borrow().len();
+        inject(&p, tcp_frame(MAC_X, x, (B, 80), isn + 1, syn_ack.seq + 1, ACK, b""));
+        inject(&p, tcp_frame(MAC_X, x, (B, 80), isn + 1, syn_ack.seq + 1, ACK, b"GET\n"));
+        sleep(Duration::from_millis(1)).await;
+        let asked = p.from_b.borrow()[since..]
+            .iter()
+            .any(|f| f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[38..42] == X.octets());
+        assert!(asked, "b does not ask where the client is");
+        inject(&p, arp_frame(2, MAC_X, MAC_X, X, B));
+        sleep(Duration::from_millis(5)).await;
+        let out = sent_to(&p, since, x);
+        assert!(out.iter().any(|s| s.len == 3 && s.ack == isn + 5), "no answer within 5 ms of the ARP reply: {out:?}");
+    });
+}
