@@ -10,7 +10,7 @@
 //! mirage-bench http    [--runs SECONDS]           # wrk against static-website, beside nginx
 //!     (tcp and http: [--mtu 1500,65520] the tap MTUs measured, [--targets unix,hvt,spt] the targets)
 //! mirage-bench images  [--solo5 DIR]              # image sizes, least memory, configure and build times
-//! mirage-bench oci     [--runs N]                 # containers: ctr run to first HTTP answer, memory, beside nginx with runc
+//! mirage-bench oci     [--runs N] [--at-once N]   # containers: ctr run to first HTTP answer, memory, N at once, beside nginx with runc
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
 //! mirage-bench attack  [--runs SECONDS] [--only WORD]... # a good client's service under each attack, beside nginx
 //! mirage-bench crash   [--count N]                # N SIGKILL trials of the store on a block device (hvt, spt)
@@ -60,6 +60,9 @@ struct Options {
     mtus: Vec<u16>,
     /// The targets the tcp and http benchmarks measure.
     targets: Vec<String>,
+    /// How many containers the oci benchmark runs at once for its density
+    /// figures.
+    at_once: usize,
 }
 
 /// The tap MTU `mirage run` gives the devices it creates (its
@@ -81,11 +84,15 @@ fn main() {
         mtus: vec![1500, LARGE_MTU],
         targets: ["unix", "hvt", "spt"].map(String::from).to_vec(),
         only: Vec::new(),
+        at_once: 20,
     };
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
             "--runs" => opts.runs = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(opts.runs),
+            "--at-once" => {
+                opts.at_once = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(opts.at_once).clamp(1, 200)
+            }
             "--count" => opts.count = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(opts.count),
             "--solo5" => opts.solo5 = args.get(i + 1).map(PathBuf::from),
             "--target" => opts.target = args.get(i + 1).cloned().unwrap_or(opts.target),
@@ -121,7 +128,7 @@ fn main() {
         Some("nat") => nat::nat(opts.count),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci|debug [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci|debug [--runs N] [--count N] [--at-once N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
             );
             std::process::exit(64);
         }

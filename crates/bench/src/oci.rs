@@ -135,9 +135,8 @@ fn measure(ctd: &Containerd, name: &str, runtime: Option<&Path>, image: &str, ru
         let link = Link::new(i as u32 % 200 + 1)?;
         // The client asks for the container's address by ARP every 10 ms
         // rather than every second: a probe unanswered while the server
-        // starts would otherwise cost a second. (A static entry instead
-        // would leave the unikernel to ask for the client, and its first
-        // answer waits on the client's retransmission, 200 ms.)
+        // starts would otherwise cost a second, to nginx and the
+        // unikernels alike.
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &link.client, "sh", "-c", "echo 10 > /proc/sys/net/ipv4/neigh/v1/retrans_time_ms"]);
         c.status().map_err(|e| e.to_string())?;
@@ -175,6 +174,87 @@ fn measure(ctd: &Containerd, name: &str, runtime: Option<&Path>, image: &str, ru
     Ok(row)
 }
 
+/// What `n` instances running at once cost: the proportional set size
+/// of all their processes, then with their shims, per instance (shared
+/// pages counted once among them), and the host's `MemAvailable` drop per
+/// instance (with the kernel's own share: page tables, taps, namespaces,
+/// cgroups).
+struct AtOnce {
+    task_kib: f64,
+    shim_kib: f64,
+    host_kib: f64,
+}
+
+fn mem_available_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemAvailable:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Starts `n` containers of `image`, each in its own pair of namespaces,
+/// waits until every one has answered, then measures them all.
+fn at_once(ctd: &Containerd, name: &str, runtime: Option<&Path>, image: &str, n: usize) -> Result<AtOnce, String> {
+    let before = mem_available_kib();
+    let mut links = Vec::new();
+    let mut ids = Vec::new();
+    let result = (|| {
+        for i in 0..n {
+            let link = Link::new(i as u32 % 200 + 1)?;
+            let id: String =
+                format!("{name}-many-{i}").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+            let r = ctd.run_with(
+                runtime,
+                &["-d", "--with-ns", &link.netns(), "--memory-limit", "67108864"],
+                image,
+                &id,
+                &[],
+            )?;
+            if r.status() != 0 {
+                return Err(format!("ctr run {image}: {}", r.dump()));
+            }
+            ids.push(id);
+            links.push(link);
+        }
+        for link in &links {
+            let addr: SocketAddr = format!("{}:80", link.address).parse().map_err(|e| format!("{e}"))?;
+            let path = format!("/var/run/netns/{}", link.client);
+            std::thread::spawn(move || -> Result<Instant, String> {
+                let ns = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns on a namespace file this thread opened; it
+                // moves only this thread.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error().to_string());
+                }
+                first_answer(addr)
+            })
+            .join()
+            .map_err(|_| "the client panicked".to_string())??;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let after = mem_available_kib();
+        let (mut task_kib, mut shim_kib) = (0, 0);
+        for id in &ids {
+            let (task, shim) = processes(ctd, id)?;
+            task_kib += task.iter().map(|&p| pss(p)).sum::<u64>();
+            shim_kib += shim.iter().map(|&p| pss(p)).sum::<u64>();
+        }
+        let per = |kib: u64| kib as f64 / n as f64;
+        Ok(AtOnce { task_kib: per(task_kib), shim_kib: per(shim_kib), host_kib: per(before.saturating_sub(after)) })
+    })();
+    for id in &ids {
+        let _ = ctd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        let _ = ctd.wait_stopped(id);
+        let _ = ctd.ctr(&["task", "delete", id]);
+        let _ = ctd.ctr(&["container", "rm", id]);
+    }
+    result
+}
+
 pub(crate) fn oci(opts: &Options) -> Result<(), String> {
     machine();
     let runs = opts.runs.clamp(1, 200);
@@ -203,8 +283,10 @@ pub(crate) fn oci(opts: &Options) -> Result<(), String> {
         "| server | ctr run -d returns | ctr run to first answer: median | min | max | memory (PSS) of the container's processes | with its shim | instances per GiB (with the shim) |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut rows = Vec::new();
     for (name, runtime, image) in &images {
         let mut row = measure(&ctd, name, runtime.as_deref(), image, runs)?;
+        rows.push((name.clone(), runtime.clone(), image.clone()));
         let min = row.times.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = row.times.iter().cloned().fold(0.0, f64::max);
         let t = median(&mut row.times);
@@ -219,6 +301,29 @@ pub(crate) fn oci(opts: &Options) -> Result<(), String> {
             (task + shim) / 1024.0,
             per_gib(task),
             per_gib(task + shim)
+        );
+    }
+    let n = opts.at_once;
+    println!();
+    println!(
+        "{n} instances running at once (each in its own namespaces, started one after the other, all answered), per instance:"
+    );
+    println!();
+    println!(
+        "| server | PSS of the container's processes | with its shim | host MemAvailable drop | instances per GiB: processes / with shims / by MemAvailable |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, runtime, image) in &rows {
+        let m = at_once(&ctd, name, runtime.as_deref(), image, n)?;
+        let per_gib = |kib: f64| if kib > 0.0 { (1024.0 * 1024.0 / kib).floor() } else { 0.0 };
+        println!(
+            "| {name} | {:.2} MiB | {:.2} MiB | {:.2} MiB | {:.0} / {:.0} / {:.0} |",
+            m.task_kib / 1024.0,
+            (m.task_kib + m.shim_kib) / 1024.0,
+            m.host_kib / 1024.0,
+            per_gib(m.task_kib),
+            per_gib(m.task_kib + m.shim_kib),
+            per_gib(m.host_kib)
         );
     }
     Ok(())
