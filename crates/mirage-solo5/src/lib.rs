@@ -54,8 +54,12 @@
 #![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 
-#[cfg(all(feature = "hvt", feature = "spt"))]
-compile_error!("mirage-solo5: enable exactly one of the features `hvt` and `spt`");
+#[cfg(any(
+    all(feature = "hvt", feature = "spt"),
+    all(feature = "hvt", feature = "virtio"),
+    all(feature = "spt", feature = "virtio")
+))]
+compile_error!("mirage-solo5: enable exactly one of the features `hvt`, `spt` and `virtio`");
 
 extern crate alloc;
 
@@ -63,9 +67,9 @@ pub mod cmdline;
 #[doc(hidden)]
 pub mod macros;
 
-#[cfg(any(feature = "hvt", feature = "spt"))]
+#[cfg(any(feature = "hvt", feature = "spt", feature = "virtio"))]
 mod target;
-#[cfg(any(feature = "hvt", feature = "spt"))]
+#[cfg(any(feature = "hvt", feature = "spt", feature = "virtio"))]
 pub use target::*;
 
 pub use solo5_abi as abi;

@@ -51,6 +51,12 @@ pub fn package(dir: &Path, argv: &[String]) -> Result<(), Failure> {
     let oci_target = match opts.target {
         Target::Hvt => OciTarget::Hvt,
         Target::Spt => OciTarget::Spt,
+        Target::Virtio => {
+            return Err(Failure::usage(
+                "package --oci packs hvt and spt unikernels; this one is configured for virtio",
+                "boot a virtio unikernel from an ISO: mirage package --iso; or mirage configure -t hvt (or -t spt), then mirage package --oci",
+            ));
+        }
         Target::Unix => {
             return Err(Failure::usage(
                 "package --oci packs hvt and spt unikernels; this one is configured for unix",

@@ -23,12 +23,26 @@ mod spt;
 #[cfg(feature = "spt")]
 use spt as platform;
 
+#[cfg(feature = "virtio")]
+mod virtio;
+#[cfg(feature = "virtio")]
+use virtio as platform;
+
+#[cfg(any(feature = "hvt", feature = "virtio"))]
+mod stack;
+
 pub use rt::{abort, exit};
 
 use crate::HandleSet;
 
 /// The name of the target the guest was built for.
-pub const TARGET: &str = if cfg!(feature = "hvt") { "hvt" } else { "spt" };
+pub const TARGET: &str = if cfg!(feature = "hvt") {
+    "hvt"
+} else if cfg!(feature = "virtio") {
+    "virtio"
+} else {
+    "spt"
+};
 
 /// A global of the guest. A Solo5 guest has one thread and takes no
 /// interrupts or signals, so there is never concurrent access; the only

@@ -113,26 +113,6 @@ unsafe extern "C" {
     fn mirage_solo5_switch_stack(arg: usize, stack_top: usize, f: extern "C" fn(usize) -> !) -> !;
 }
 
-core::arch::global_asm!(
-    r#"
-    .section .text.mirage_solo5_switch_stack, "ax"
-    .global mirage_solo5_switch_stack
-    .type mirage_solo5_switch_stack, @function
-mirage_solo5_switch_stack:
-    /* The outermost frame of the unikernel's stack: a debugger's
-       backtrace ends here (no return address) instead of reading past the
-       top of memory. */
-    .cfi_startproc
-    .cfi_undefined rip
-    movq %rsi, %rsp
-    xorl %ebp, %ebp
-    callq *%rdx
-    ud2
-    .cfi_endproc
-"#,
-    options(att_syntax)
-);
-
 /// Maps guest memory up to `top` (at most 4 GiB): 2 MiB pages, user
 /// read-write, above 2 MiB; 4 KiB pages below, with the zero page and the
 /// tender's structures (below 64 KiB) not present and the boot information
