@@ -16,7 +16,7 @@
 //!
 //! The guest exits through QEMU's `isa-debug-exit` device (port 0x501,
 //! `mirage run` attaches it), which ends QEMU with status `2 * v + 1` for
-//! the byte `v` written; without it, through the ACPI power-off of QEMU's
+//! the byte `v` written (the bindings write the status plus one); without it, through the ACPI power-off of QEMU's
 //! PC machine, and failing both the CPU halts.
 
 use core::arch::asm;
@@ -286,9 +286,10 @@ pub(crate) fn puts(bytes: &[u8]) {
 }
 
 pub(crate) fn halt(status: i32, _cookie: u64) -> ! {
-    // isa-debug-exit makes QEMU exit with 2 * v + 1; 127 stands for every
-    // status it cannot carry (255 from an abort among them).
-    let v = if (0..127).contains(&status) { status as u8 } else { 127 };
+    // isa-debug-exit makes QEMU exit with 2 * v + 1, so v = status + 1
+    // keeps QEMU's own failure (1) apart; 127 stands for every status it
+    // cannot carry (255 from an abort among them).
+    let v = if (0..126).contains(&status) { status as u8 + 1 } else { 127 };
     EXITS.fetch_add(1, Ordering::Relaxed);
     // SAFETY: the exit device's port, then the PIIX4 ACPI power-off of
     // QEMU's PC machine (SLP_EN | S5); neither touches guest memory.
