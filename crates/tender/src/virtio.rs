@@ -208,8 +208,13 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     for (n, (i, tap)) in attach.taps.iter().enumerate() {
         let mac = devices.entries[*i].net_mac();
         let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        // `@NN` is a tap device open as descriptor NN, which QEMU inherits.
+        let netdev = match tap.strip_prefix('@') {
+            Some(fd) => format!("tap,id=net{n},fd={}", escape(fd)),
+            None => format!("tap,id=net{n},ifname={},script=no,downscript=no", escape(tap)),
+        };
         cmd.arg("-netdev")
-            .arg(format!("tap,id=net{n},ifname={},script=no,downscript=no", escape(tap)))
+            .arg(netdev)
             .arg("-device")
             .arg(format!("virtio-net-pci,netdev=net{n},mac={mac},disable-legacy=off"));
     }
