@@ -41,9 +41,13 @@ pub fn set_tenders(hvt: PathBuf, spt: PathBuf, elftool: PathBuf) {
     let _ = TENDERS.set([hvt, spt, elftool]);
 }
 
-/// The path of `solo5-hvt` (`"hvt"`), `solo5-spt` (`"spt"`) or
-/// `solo5-elftool` (`"elftool"`).
+/// The path of `solo5-hvt` (`"hvt"`), `solo5-spt` (`"spt"`),
+/// `solo5-virtio` (`"virtio"`, built beside the others) or `solo5-elftool`
+/// (`"elftool"`).
 pub fn tender(name: &str) -> PathBuf {
+    if name == "virtio" {
+        return root().join("target/release/solo5-virtio");
+    }
     let t = TENDERS.get_or_init(|| {
         let dir = root().join("target/release");
         [dir.join("solo5-hvt"), dir.join("solo5-spt"), dir.join("solo5-elftool")]
@@ -313,6 +317,7 @@ pub fn missing(target: &str) -> Option<String> {
             Ok(_) => None,
             Err(e) => Some(format!("/dev/kvm is not usable ({e})")),
         },
+        "virtio" => missing_program("qemu-system-x86_64", "qemu-system-x86"),
         _ => None,
     }
 }
