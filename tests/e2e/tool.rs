@@ -42,7 +42,7 @@ fn needs(t: &'static str) -> Needs {
 }
 
 pub fn cases(v: &mut Vec<Case>) {
-    for t in ["unix", "hvt", "spt"] {
+    for t in ["unix", "hvt", "spt", "virtio"] {
         v.push(case(format!("{t}::mirage_run_boots_hello"), needs(t), move || {
             // Built by the same configure and build as the other tests'.
             example(t, "hello")?;
@@ -86,8 +86,10 @@ pub fn cases(v: &mut Vec<Case>) {
                 return Err(format!("the tap device was not attached:\n{}", g.output()));
             }
             let mtu = ns.command("cat").arg("/sys/class/net/tap-service/mtu").output().map_err(|e| e.to_string())?;
-            if String::from_utf8_lossy(&mtu.stdout).trim() != "65520" {
-                return Err(format!("the tap device's MTU is {:?}, not 65520", String::from_utf8_lossy(&mtu.stdout)));
+            // A virtio guest's MTU is 1500, and so is its tap's.
+            let want = if t == "virtio" { "1500" } else { "65520" };
+            if String::from_utf8_lossy(&mtu.stdout).trim() != want {
+                return Err(format!("the tap device's MTU is {:?}, not {want}", String::from_utf8_lossy(&mtu.stdout)));
             }
             let mut p = ns.command("ping");
             p.args(["-c", "2", "-i", "0.2", "-W", "5", "10.0.0.2"]);
