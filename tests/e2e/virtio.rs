@@ -63,7 +63,7 @@ pub fn cases(v: &mut Vec<Case>) {
     v.push(case(
         "virtio::http_serves_curl_from_the_image_and_from_a_tar_disk",
         Needs::NetProgram { target: "virtio", name: "curl", package: "curl" },
-        || crate::http::virtio_serves_curl(),
+        crate::http::virtio_serves_curl,
     ));
     v.push(case(
         "virtio::iso_boots_under_grub_and_says_hello",
@@ -79,7 +79,10 @@ pub fn cases(v: &mut Vec<Case>) {
             let scratch = Scratch::new("virtio-iso");
             let iso = scratch.0.join("hello-key.iso");
             let out = format!("--output={}", iso.display());
-            let r = mirage_in(&dir, &["package", "--iso", "-t", "virtio", &out, "--", "--solo5:quiet", "--hello=Hola ISO!"])?;
+            let r = mirage_in(
+                &dir,
+                &["package", "--iso", "-t", "virtio", &out, "--", "--solo5:quiet", "--hello=Hola ISO!"],
+            )?;
             r.expect_status(0)?;
             let r = boot_iso(&iso)?;
             // isa-debug-exit: QEMU exits with 2 * (status + 1) + 1.
@@ -120,7 +123,8 @@ pub fn cases(v: &mut Vec<Case>) {
         c.arg(format!("--block:storage={}", disk.display())).arg(&image).env("PATH", "/nonexistent");
         let r = run_with(c, Duration::from_secs(60))?;
         r.expect_status(1)?;
-        if !r.stderr.contains("no qemu-system-x86_64 on PATH") || !r.stderr.contains("apt-get install qemu-system-x86") {
+        if !r.stderr.contains("no qemu-system-x86_64 on PATH") || !r.stderr.contains("apt-get install qemu-system-x86")
+        {
             return Err(format!("no word of the missing QEMU and its fix\n{}", r.dump()));
         }
         // QEMU without the device: the guest itself names what is missing.

@@ -248,7 +248,8 @@ pub(super) fn blk_attach(scan: &Scan, n: usize) -> Option<(u64, u16, bool)> {
         let bs = if f & BLK_F_BLK_SIZE != 0 { inl(io + CONFIG + 20) } else { 512 };
         ((hi << 32) | lo, bs)
     };
-    let bs = if bs >= 512 && bs <= 65536 && bs.is_power_of_two() { bs as u16 } else { 512 };
+    // The manifest holds a 16-bit block size.
+    let bs = if (512..=32768).contains(&bs) && bs.is_power_of_two() { bs as u16 } else { 512 };
     BLKS.with(|d| d[n] = Some(BlkDev { io, q: None, failed: false }));
     Some((sectors * 512, bs, f & BLK_F_FLUSH != 0))
 }
