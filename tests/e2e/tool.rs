@@ -773,7 +773,7 @@ pub fn cases(v: &mut Vec<Case>) {
     v.push(case("mirage_errors_give_a_cause_and_a_fix", Needs::Nothing, || {
         let scratch = Scratch::new("errors");
         let r = tool(&examples_dir("hello"), &["configure", "-t", "xen"])?;
-        expect_failure(&r, 64, "unknown target \"xen\"", "use -t unix, -t hvt or -t spt")?;
+        expect_failure(&r, 64, "unknown target \"xen\"", "use -t unix, -t hvt, -t spt or -t virtio")?;
         let r = tool(&examples_dir("hello"), &["configur"])?;
         expect_failure(&r, 64, "unknown command \"configur\"", "use one of configure")?;
         let r = tool(&examples_dir("hello"), &["build", "--fast"])?;

@@ -20,6 +20,7 @@
 //! mirage-bench router  [--targets T,T] [--mtu M,M] # the router example beside Linux with nftables: iperf3, UDP, conn/s, RTT
 //! mirage-bench nat     [--count N]                # mirage-nat's packets/s and new flows/s, in process
 //! mirage-bench debug   [--runs N]                 # image and debug-file sizes, --dumpcore's time for 32 MiB
+//! mirage-bench virtio  [--runs N] [--count N]     # virtio under QEMU beside hvt: boot, sizes, ping flood, HTTP
 //! ```
 //!
 //! `--only WORD` (repeatable) keeps the attack rows whose attack or server
@@ -49,6 +50,7 @@ mod router;
 mod store;
 mod tcp;
 mod tls;
+mod virtio;
 
 struct Options {
     runs: usize,
@@ -119,9 +121,10 @@ fn main() {
         Some("tls") => tls::serving(opts.runs as u64),
         Some("router") => router::router(&opts),
         Some("nat") => nat::nat(opts.count),
+        Some("virtio") => virtio::virtio(&opts),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci|debug [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci|debug|virtio [--runs N] [--count N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
             );
             std::process::exit(64);
         }
