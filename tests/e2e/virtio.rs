@@ -4,7 +4,8 @@
 //! in a namespace; static-website serving curl, from its compiled-in site
 //! and from a tar disk image on a virtio-blk device; the ISO of `mirage
 //! package --iso` booting under GRUB; and the errors for a missing or bad
-//! device, from solo5-virtio and from the guest itself. The examples'
+//! device, from solo5-virtio and from the guest itself; exit statuses,
+//! panics and CPU exceptions of the `fault` test guest. The examples'
 //! tests (hello, block, ping, kv-ro) run on virtio in examples.rs, and
 //! `mirage run -t virtio` in tool.rs.
 
@@ -12,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
-use testkit::{Background, Netns, Scratch, example, example_with, mirage_in, root, run_with, tender};
+use testkit::{Background, Netns, Scratch, example, example_with, guest, mirage_in, root, run_with, tender};
 
 use crate::{Case, Needs, case};
 
@@ -136,6 +137,36 @@ pub fn cases(v: &mut Vec<Case>) {
         // 255 (an abort) comes back as 2 * 127 + 1.
         r.expect_status(255)?;
         r.expect_stdout("Solo5: ABORT: the manifest's block device \"storage\" has no virtio-blk-pci device")
+    }));
+    v.push(case("virtio::exits_faults_and_panics_end_the_guest_as_on_solo5", Needs::Target("virtio"), || {
+        let fault = guest("virtio", "fault")?;
+        let run = |args: &[&str]| {
+            let mut c = Command::new(tender("virtio"));
+            c.arg(&fault).args(args);
+            run_with(c, Duration::from_secs(60))
+        };
+        let r = run(&["exit", "7"])?;
+        r.expect_status(7)?;
+        r.expect_stdout("Solo5: solo5_exit(7) called")?;
+        // Rust's floating point and SSE at CPL 0 (TCG runs them).
+        let r = run(&["float"])?;
+        r.expect_status(0)?;
+        r.expect_stdout("float: ")?;
+        let r = run(&["panic"])?;
+        r.expect_status(255)?;
+        r.expect_stdout("Solo5: ABORT: src/bin/fault.rs")?;
+        let r = run(&["ud2"])?;
+        r.expect_status(255)?;
+        r.expect_stdout("Solo5: trap: type=#UD ec=0x0")?;
+        r.expect_stdout("Solo5: ABORT: Fatal trap")?;
+        // The zero page is not mapped: a null pointer faults.
+        let r = run(&["zeropage"])?;
+        r.expect_status(255)?;
+        r.expect_stdout("Solo5: trap: type=#PF ec=0x2")?;
+        r.expect_stdout("Solo5: trap: cr2=0x8")?;
+        let r = run(&["unmapped"])?;
+        r.expect_status(255)?;
+        r.expect_stdout("Solo5: trap: cr2=0x400000000")
     }));
     v.push(case("virtio::an_image_for_another_target_is_refused", Needs::Target("virtio"), || {
         let image = example_with("hvt", "hello", &[])?;

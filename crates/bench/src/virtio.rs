@@ -76,7 +76,9 @@ pub fn virtio(o: &Options) -> Result<(), String> {
         if accel == ::tender::virtio::Accel::Kvm { "KVM" } else { "TCG" }
     );
     println!();
-    println!("Boot: the hello example, from the tender's start to its first console line, median and min of {runs} runs.");
+    println!(
+        "Boot: the hello example, from the tender's start to its first console line, median and min of {runs} runs."
+    );
     println!();
     println!("| tender | accelerator | median | min |");
     println!("|---|---|---|---|");
@@ -173,7 +175,9 @@ pub fn virtio(o: &Options) -> Result<(), String> {
     }
 
     println!();
-    println!("HTTP: static-website's index page, wrk with one thread and 16 connections for 10 s, through a tap device of MTU 1500.");
+    println!(
+        "HTTP: static-website's index page, wrk with one thread and 16 connections for 10 s, through a tap device of MTU 1500."
+    );
     println!();
     println!("| target | requests/s | errors |");
     println!("|---|---|---|");

@@ -59,12 +59,16 @@ pub fn tender(name: &str) -> PathBuf {
     }
 }
 
-static GUESTS: [OnceLock<Result<PathBuf, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+static GUESTS: [OnceLock<Result<PathBuf, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
 
 /// Builds the test guests for `target` (once per test run) and returns the
 /// directory holding them.
 pub fn guests(target: &str) -> Result<PathBuf, String> {
-    let slot = if target == "hvt" { &GUESTS[0] } else { &GUESTS[1] };
+    let slot = match target {
+        "hvt" => &GUESTS[0],
+        "virtio" => &GUESTS[2],
+        _ => &GUESTS[1],
+    };
     slot.get_or_init(|| {
         let root = root();
         let target_dir = root.join("target/guests").join(target);

@@ -30,6 +30,8 @@ use virtio as platform;
 
 #[cfg(any(feature = "hvt", feature = "virtio"))]
 mod stack;
+#[cfg(any(feature = "hvt", feature = "virtio"))]
+mod trap_stubs;
 
 pub use rt::{abort, exit};
 

@@ -322,25 +322,7 @@ pub(crate) fn net_read(handle: u64, _fd: i32, buf: &mut [u8]) -> Result<usize, E
 /// status 255 and the trap frame as cookie, as Solo5 guests do.
 #[unsafe(no_mangle)]
 extern "C" fn mirage_solo5_hvt_trap(vector: u64, regs: *const TrapRegs) -> ! {
-    const NAMES: [&str; 22] = [
-        "#DE", "#DB", "#NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS", "#GP", "#PF",
-        "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
-    ];
     // SAFETY: the CPL-0 stub filled the static frame before coming here.
-    let r = unsafe { regs.read() };
-    let name = NAMES.get(vector as usize).copied().unwrap_or("#??");
-    use super::console::{Level, log};
-    log(
-        Level::Error,
-        format_args!(
-            "Solo5: trap: type={name} ec=0x{:x} rip=0x{:x} rsp=0x{:x} rflags=0x{:x}\n",
-            r.ec, r.rip, r.rsp, r.rflags
-        ),
-    );
-    if vector == 14 {
-        log(Level::Error, format_args!("Solo5: trap: cr2=0x{:x}\n", r.cr2));
-    }
-    log(Level::Error, format_args!("Solo5: ABORT: Fatal trap\n"));
-    super::console::flush();
+    rt::report_trap(vector, &unsafe { regs.read() });
     halt(solo5_abi::EXIT_ABORT, regs as u64)
 }

@@ -11,16 +11,17 @@
 //!
 //! `_start32` loads a GDT with a 64-bit code segment, turns on PAE and
 //! long mode, loads page tables that are static data in the image (the
-//! first 4 GiB identity-mapped with 2 MiB pages, so that no code has to
-//! build them) and jumps to 64-bit code, which enables SSE (Rust uses it
-//! for copies and floating point) and calls [`super::start`] with the
-//! Multiboot information on a boot stack in .bss.
+//! first 4 GiB identity-mapped, the zero page left out, so that no code
+//! has to build them) and jumps to 64-bit code, which enables SSE (Rust
+//! uses it for copies and floating point) and calls
+//! `mirage_solo5_virtio_start` with the Multiboot information on a boot
+//! stack in .bss.
 //!
 //! The guest runs at CPL 0 as Solo5's virtio guests do: there is no
 //! hypervisor interface to protect, and port I/O to the serial line and
-//! the virtio devices needs no trap. CPU exceptions go through the IDT that
-//! [`super::trap_init`] fills to [`super::trap`], which reports them and
-//! ends the guest.
+//! the virtio devices needs no trap. CPU exceptions go through the IDT,
+//! which the Rust side fills from `mirage_solo5_virtio_trap_table`, to
+//! `mirage_solo5_virtio_trap`, which reports them and ends the guest.
 
 use core::arch::global_asm;
 
@@ -97,44 +98,23 @@ _start32:
     jmp 3b
     .size _start32, . - _start32
 
-    /* Exception stubs: each pushes a zero error code if the CPU pushed
-       none, then its vector. */
-    .macro TRAP n
-    .global mirage_solo5_virtio_trap_\n
-mirage_solo5_virtio_trap_\n:
-    pushq $0
-    pushq $\n
-    jmp trap_common
-    .endm
-    .macro TRAP_EC n
-    .global mirage_solo5_virtio_trap_\n
-mirage_solo5_virtio_trap_\n:
-    pushq $\n
-    jmp trap_common
-    .endm
-
-    TRAP 0
-    TRAP 1
-    TRAP 2
-    TRAP 3
-    TRAP 4
-    TRAP 5
-    TRAP 6
-    TRAP 7
-    TRAP_EC 8
-    TRAP 9
-    TRAP_EC 10
-    TRAP_EC 11
-    TRAP_EC 12
+    /* Exception stubs (trap_stubs.rs), and #GP's, which is an
+       ordinary fault here; their addresses by vector, for the IDT. */
+"#,
+    super::super::trap_stubs::trap_stubs_asm!(),
+    r#"
     TRAP_EC 13
-    TRAP_EC 14
-    TRAP 15
-    TRAP 16
-    TRAP_EC 17
-    TRAP 18
-    TRAP 19
-    TRAP 20
-    TRAP_EC 21
+
+    .section .rodata.virtio_traps, "a"
+    .balign 8
+    .global mirage_solo5_virtio_trap_table
+mirage_solo5_virtio_trap_table:
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    .quad trap_\n
+    .endr
+
+    .section .text.boot, "ax"
+    .code64
 
     /* Stack: vector, error code, rip, cs, rflags, rsp, ss. Fill Solo5's
        struct x86_trap_regs (cr2, ec, rip, cs, rflags, rsp, ss) and report
@@ -179,8 +159,10 @@ gdtr32:
 mxcsr_default:
     .long 0x1f80
 
-    /* The first 4 GiB, identity-mapped with 2 MiB pages, read-write,
-       executable: static data, so the 32-bit entry only loads CR3. */
+    /* The first 4 GiB, identity-mapped, read-write, executable: static
+       data, so the 32-bit entry only loads CR3. 2 MiB pages, but 4 KiB
+       pages under the first 2 MiB, where the zero page is left out, so
+       that a null pointer faults. */
     .balign 4096
 virtio_pml4:
     .quad virtio_pdpt + 3
@@ -192,9 +174,17 @@ virtio_pdpt:
     .quad virtio_pd + 0x3003
     .fill 508, 8, 0
 virtio_pd:
-    .set page, 0
-    .rept 2048
+    .quad virtio_pt0 + 3
+    .set page, 1
+    .rept 2047
     .quad (page << 21) | 0x83
+    .set page, page + 1
+    .endr
+virtio_pt0:
+    .quad 0
+    .set page, 1
+    .rept 511
+    .quad (page << 12) | 3
     .set page, page + 1
     .endr
 

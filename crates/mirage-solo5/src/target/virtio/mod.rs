@@ -457,39 +457,24 @@ pub(crate) fn block_flush(_handle: u64, dev: i32) -> Result<(), Error> {
     virtq::blk_io(dev as usize, virtq::BlkOp::Flush, 0, core::ptr::null_mut(), 0)
 }
 
-/// The IDT: 32 gates of 16 bytes.
+/// The IDT: 32 gates of 16 bytes, one per exception vector.
 #[repr(C, align(16))]
 struct Idt([u64; 64]);
 
 static IDT: Global<Idt> = Global::new(Idt([0; 64]));
 
-macro_rules! trap_stubs {
-    ($($n:literal => $stub:ident),* $(,)?) => {
-        unsafe extern "C" {
-            $(fn $stub();)*
-        }
-        /// The stubs of `boot.rs`, by vector.
-        const STUBS: &[(usize, unsafe extern "C" fn())] = &[$(($n, $stub)),*];
-    };
-}
-
-trap_stubs! {
-    0 => mirage_solo5_virtio_trap_0, 1 => mirage_solo5_virtio_trap_1, 2 => mirage_solo5_virtio_trap_2,
-    3 => mirage_solo5_virtio_trap_3, 4 => mirage_solo5_virtio_trap_4, 5 => mirage_solo5_virtio_trap_5,
-    6 => mirage_solo5_virtio_trap_6, 7 => mirage_solo5_virtio_trap_7, 8 => mirage_solo5_virtio_trap_8,
-    9 => mirage_solo5_virtio_trap_9, 10 => mirage_solo5_virtio_trap_10, 11 => mirage_solo5_virtio_trap_11,
-    12 => mirage_solo5_virtio_trap_12, 13 => mirage_solo5_virtio_trap_13, 14 => mirage_solo5_virtio_trap_14,
-    15 => mirage_solo5_virtio_trap_15, 16 => mirage_solo5_virtio_trap_16, 17 => mirage_solo5_virtio_trap_17,
-    18 => mirage_solo5_virtio_trap_18, 19 => mirage_solo5_virtio_trap_19, 20 => mirage_solo5_virtio_trap_20,
-    21 => mirage_solo5_virtio_trap_21,
+unsafe extern "C" {
+    /// The stubs' addresses by vector (boot.rs).
+    static mirage_solo5_virtio_trap_table: [u64; 32];
 }
 
 /// Fills the IDT with the exception stubs and loads it. At CPL 0 under a
 /// PC emulator this is cheap, unlike on hvt, so it is built at run time.
 fn trap_init() {
     IDT.with(|idt| {
-        for &(n, stub) in STUBS {
-            let a = stub as usize as u64;
+        // SAFETY: a table of 32 addresses in the image's read-only data.
+        let stubs = unsafe { &mirage_solo5_virtio_trap_table };
+        for (n, &a) in stubs.iter().enumerate() {
             // Present 64-bit interrupt gate, DPL 0, code selector 0x08.
             idt.0[2 * n] = (a & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((a >> 16) & 0xffff) << 48;
             idt.0[2 * n + 1] = a >> 32;
@@ -509,24 +494,7 @@ fn trap_init() {
 /// Reports a CPU exception and ends the guest with status 255.
 #[unsafe(no_mangle)]
 extern "C" fn mirage_solo5_virtio_trap(vector: u64, regs: *const TrapRegs) -> ! {
-    const NAMES: [&str; 22] = [
-        "#DE", "#DB", "#NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS", "#GP", "#PF",
-        "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
-    ];
     // SAFETY: the stub filled the static frame before calling.
-    let r = unsafe { regs.read() };
-    let name = NAMES.get(vector as usize).copied().unwrap_or("#??");
-    use super::console::{Level, log};
-    log(
-        Level::Error,
-        format_args!(
-            "Solo5: trap: type={name} ec=0x{:x} rip=0x{:x} rsp=0x{:x} rflags=0x{:x}\n",
-            r.ec, r.rip, r.rsp, r.rflags
-        ),
-    );
-    if vector == 14 {
-        log(Level::Error, format_args!("Solo5: trap: cr2=0x{:x}\n", r.cr2));
-    }
-    log(Level::Error, format_args!("Solo5: ABORT: Fatal trap\n"));
+    rt::report_trap(vector, &unsafe { regs.read() });
     halt(solo5_abi::EXIT_ABORT, 0)
 }
