@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use testkit::{Background, Netns, example, root, tender};
 
-use crate::{Options, machine, median, percentile, ping_stats};
+use crate::{Options, flood, machine, median, percentile, ping_stats, round_trips};
 
 /// Spawn to the first line on standard output, then the guest is stopped.
 /// None if no line came within `limit` (the guest failed to boot).
@@ -146,29 +146,10 @@ pub fn virtio(o: &Options) -> Result<(), String> {
         let ns = Netns::new()?;
         let _g = serve(&ns, t, &example(t, "network")?, "network: 10.0.0.2/24", &[])?;
         ping_stats(&ns, &["-c", "3", "-i", "0.1", "-W", "5"])?;
-        let start = Instant::now();
-        let flood = ping_stats(&ns, &["-f", "-q", "-c", &o.count.to_string()])?;
-        let secs = start.elapsed().as_secs_f64();
-        let received: f64 = flood
-            .split(" received")
-            .next()
-            .and_then(|s| s.rsplit(' ').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0.0);
-        let loss = flood.split(", ").find(|s| s.contains("packet loss")).unwrap_or("?").replace(" packet loss", "");
-        let lat = ping_stats(&ns, &["-c", "200", "-i", "0.002"])?;
-        let mut rtts: Vec<f64> = lat
-            .lines()
-            .filter_map(|l| l.split("time=").nth(1))
-            .filter_map(|t| t.split(' ').next())
-            .filter_map(|t| t.parse().ok())
-            .collect();
-        if rtts.is_empty() {
-            return Err(format!("{t}: no round-trip times"));
-        }
+        let (rate, loss) = flood(&ns, o.count)?;
+        let mut rtts = round_trips(&ns, 200).map_err(|e| format!("{t}: {e}"))?;
         println!(
-            "| {t} | {:.0} | {loss} | {:.3} ms | {:.3} ms |",
-            received / secs,
+            "| {t} | {rate:.0} | {loss} | {:.3} ms | {:.3} ms |",
             percentile(&mut rtts, 0.5),
             percentile(&mut rtts, 0.99)
         );
