@@ -168,6 +168,29 @@ pub fn cases(v: &mut Vec<Case>) {
         r.expect_status(255)?;
         r.expect_stdout("Solo5: trap: cr2=0x400000000")
     }));
+    v.push(case("virtio::a_sleeping_guest_leaves_the_cpu_idle", Needs::Target("virtio"), || {
+        // hello sleeps four times a second: halted, QEMU uses a fraction of
+        // that in processor time; polling, it would use all of it.
+        let image = example("virtio", "hello")?;
+        let mut c = Command::new("bash");
+        c.arg("-c").arg(r#""$0" "$1" --solo5:quiet >/dev/null 2>&1; echo "status $?"; times"#);
+        c.arg(tender("virtio")).arg(&image);
+        let r = run_with(c, Duration::from_secs(60))?;
+        r.expect_stdout("status 0")?;
+        // `times`: the shell's user and system time, then its children's.
+        let children = r.stdout.lines().last().unwrap_or_default();
+        let secs: f64 = children
+            .split_whitespace()
+            .filter_map(|t| {
+                let (m, s) = t.strip_suffix('s')?.split_once('m')?;
+                Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+            })
+            .sum();
+        if !(0.0..1.5).contains(&secs) || children.is_empty() {
+            return Err(format!("QEMU used {secs:.2} s of processor time over four seconds of sleep\n{}", r.dump()));
+        }
+        Ok(())
+    }));
     v.push(case("virtio::an_image_for_another_target_is_refused", Needs::Target("virtio"), || {
         let image = example_with("hvt", "hello", &[])?;
         let mut c = Command::new(tender("virtio"));

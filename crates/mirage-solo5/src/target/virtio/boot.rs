@@ -116,6 +116,30 @@ mirage_solo5_virtio_trap_table:
     .section .text.boot, "ax"
     .code64
 
+    /* The 8259s' interrupts, taken only inside the halt of a wait (the
+       guest runs with interrupts off otherwise): end of interrupt, and
+       back to the wait with interrupts off (IF cleared in the saved
+       flags), which looks at what woke it and acknowledges the devices.
+       Returning with IF set would take a level-triggered device's
+       interrupt again at once, forever, before the wait could lower it. */
+    .global mirage_solo5_virtio_irq_master
+mirage_solo5_virtio_irq_master:
+    pushq %rax
+    movb $0x20, %al
+    outb %al, $0x20
+    andq $~0x200, 24(%rsp)
+    popq %rax
+    iretq
+    .global mirage_solo5_virtio_irq_slave
+mirage_solo5_virtio_irq_slave:
+    pushq %rax
+    movb $0x20, %al
+    outb %al, $0xa0
+    outb %al, $0x20
+    andq $~0x200, 24(%rsp)
+    popq %rax
+    iretq
+
     /* Stack: vector, error code, rip, cs, rflags, rsp, ss. Fill Solo5's
        struct x86_trap_regs (cr2, ec, rip, cs, rflags, rsp, ss) and report
        on the trap stack; a fault while reporting halts at once. */

@@ -9,10 +9,12 @@
 //! left without a device stops the boot with a message naming it, as a
 //! Solo5 tender refuses to start without it.
 //!
-//! The guest takes no interrupts: waiting for input ([`poll`]) checks the
-//! receive rings and the clock in a loop with `pause` until a frame is
-//! there or the deadline passes. It is a bounded busy wait (it ends at the
-//! deadline), not a halt: the CPU stays busy while the unikernel waits.
+//! The guest runs with interrupts off, and takes them only while it waits
+//! ([`poll`]): with the 8259s unmasked for the PIT and the net devices'
+//! interrupt lines, it halts until the PIT's one-shot count reaches the
+//! deadline or a device has filled a receive buffer, so a waiting guest
+//! leaves the host's CPU idle. (A net device without an interrupt line
+//! makes the wait poll its rings and the clock instead.)
 //!
 //! The guest exits through QEMU's `isa-debug-exit` device (port 0x501,
 //! `mirage run` attaches it), which ends QEMU with status `2 * v + 1` for
@@ -140,6 +142,7 @@ const MAPPED: u64 = 4 << 30;
 #[unsafe(no_mangle)]
 extern "C" fn mirage_solo5_virtio_start(mbi: u32) -> ! {
     serial_init();
+    pic_init();
     trap_init();
     // SAFETY: the loader placed the information at this address, identity
     // mapped; it is read before anything can overwrite it.
@@ -253,6 +256,26 @@ fn missing(kind: &str, e: &MftEntry, device: &str, n: usize) -> ! {
         "the manifest's {kind} device {:?} has no {device} device: {n} found; attach one per {kind} device, in manifest order (QEMU: -device {device},...)",
         e.name_str()
     ))
+}
+
+/// Remaps the 8259s to vectors 32 to 47, clear of the exceptions, with
+/// every IRQ masked; [`poll`] unmasks the ones it waits for.
+fn pic_init() {
+    // SAFETY: the 8259s' command and data ports; ICW1 to ICW4 in order
+    // (edge or level as the firmware's ELCR says, cascade on IRQ 2, 8086
+    // mode), then the masks.
+    unsafe {
+        outb(0x20, 0x11);
+        outb(0xa0, 0x11);
+        outb(0x21, 32);
+        outb(0xa1, 40);
+        outb(0x21, 4);
+        outb(0xa1, 2);
+        outb(0x21, 1);
+        outb(0xa1, 1);
+        outb(0x21, 0xff);
+        outb(0xa1, 0xff);
+    }
 }
 
 fn serial_init() {
@@ -426,13 +449,62 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146097 + doe - 719468
 }
 
+/// The 8259 IRQs unmasked now (bit n for IRQ n).
+static UNMASKED: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(0);
+
+/// Unmasks exactly `irqs` (and the cascade, for the slave's).
+fn unmask(irqs: u16) {
+    let irqs = if irqs & 0xff00 != 0 { irqs | 1 << 2 } else { irqs };
+    if UNMASKED.swap(irqs, Ordering::Relaxed) != irqs {
+        // SAFETY: the 8259s' mask registers.
+        unsafe {
+            outb(0x21, !(irqs as u8));
+            outb(0xa1, !((irqs >> 8) as u8));
+        }
+    }
+}
+
+/// The longest the PIT's 16-bit count covers: about 55 ms.
+const PIT_MAX_NS: u64 = 65535 * 1_000_000_000 / PIT_HZ;
+
+/// Arms the PIT's channel 0 to interrupt (IRQ 0) once, after `ns` or
+/// [`PIT_MAX_NS`], whichever is shorter.
+fn pit_oneshot(ns: u64) {
+    let count = ((ns.min(PIT_MAX_NS) as u128 * PIT_HZ as u128) / 1_000_000_000).clamp(1, 65535) as u16;
+    // SAFETY: the PIT's mode and channel 0 registers: mode 0 (interrupt on
+    // terminal count), low then high byte.
+    unsafe {
+        outb(0x43, 0x30);
+        outb(0x40, count as u8);
+        outb(0x40, (count >> 8) as u8);
+    }
+}
+
+/// Waits with the CPU halted until the deadline or a frame: the PIT
+/// interrupts at the deadline (or every 55 ms before a later one), each
+/// net device when it has filled a receive buffer. With a net device
+/// that has no interrupt line, the wait polls instead.
 pub(crate) fn poll(deadline: u64) -> u64 {
     loop {
         let ready = virtq::net_ready();
-        if ready != 0 || monotonic() >= deadline {
+        let now = monotonic();
+        if ready != 0 || now >= deadline {
             return ready;
         }
-        core::hint::spin_loop();
+        let Some(irqs) = virtq::net_irqs() else {
+            core::hint::spin_loop();
+            continue;
+        };
+        unmask(irqs | 1);
+        pit_oneshot(deadline - now);
+        EXITS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: interrupts are taken only here, between `sti` and the
+        // end of `hlt` (an interrupt pending before `sti` ends the `hlt`
+        // at once); the stubs end the interrupt and return. Not `nostack`:
+        // the CPU pushes the interrupt frame below %rsp, so the compiler
+        // keeps nothing there.
+        unsafe { asm!("sti", "hlt", "cli", options(nomem)) };
+        virtq::net_ack();
     }
 }
 
@@ -457,15 +529,19 @@ pub(crate) fn block_flush(_handle: u64, dev: i32) -> Result<(), Error> {
     virtq::blk_io(dev as usize, virtq::BlkOp::Flush, 0, core::ptr::null_mut(), 0)
 }
 
-/// The IDT: 32 gates of 16 bytes, one per exception vector.
+/// The IDT: 48 gates of 16 bytes, one per exception vector (0 to 31) and
+/// per 8259 IRQ (32 to 47).
 #[repr(C, align(16))]
-struct Idt([u64; 64]);
+struct Idt([u64; 96]);
 
-static IDT: Global<Idt> = Global::new(Idt([0; 64]));
+static IDT: Global<Idt> = Global::new(Idt([0; 96]));
 
 unsafe extern "C" {
     /// The stubs' addresses by vector (boot.rs).
     static mirage_solo5_virtio_trap_table: [u64; 32];
+    /// The IRQ stubs (boot.rs), for the master's and the slave's IRQs.
+    fn mirage_solo5_virtio_irq_master();
+    fn mirage_solo5_virtio_irq_slave();
 }
 
 /// Fills the IDT with the exception stubs and loads it. At CPL 0 under a
@@ -473,8 +549,11 @@ unsafe extern "C" {
 fn trap_init() {
     IDT.with(|idt| {
         // SAFETY: a table of 32 addresses in the image's read-only data.
-        let stubs = unsafe { &mirage_solo5_virtio_trap_table };
-        for (n, &a) in stubs.iter().enumerate() {
+        let traps = unsafe { &mirage_solo5_virtio_trap_table };
+        let master = mirage_solo5_virtio_irq_master as *const () as u64;
+        let slave = mirage_solo5_virtio_irq_slave as *const () as u64;
+        let irqs = [master; 8].into_iter().chain([slave; 8]);
+        for (n, a) in traps.iter().copied().chain(irqs).enumerate() {
             // Present 64-bit interrupt gate, DPL 0, code selector 0x08.
             idt.0[2 * n] = (a & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | ((a >> 16) & 0xffff) << 48;
             idt.0[2 * n + 1] = a >> 32;
@@ -485,8 +564,9 @@ fn trap_init() {
             base: u64,
         }
         let r = Idtr { limit: (core::mem::size_of::<Idt>() - 1) as u16, base: idt.0.as_ptr() as u64 };
-        // SAFETY: the IDT is static and filled with the stubs above, which
-        // never return into the faulting code.
+        // SAFETY: the IDT is static and filled with the stubs above: the
+        // exceptions' never return into the faulting code, the IRQs' return
+        // to the halt they interrupted.
         unsafe { asm!("lidt [{}]", in(reg) &r, options(readonly, nostack, preserves_flags)) };
     });
 }

@@ -18,6 +18,9 @@ pub(super) const MAX_DEVICES: usize = 8;
 pub(super) struct Found {
     pub device: u16,
     pub io: u16,
+    /// The legacy interrupt line the firmware routed INTx to (an 8259
+    /// IRQ), if any.
+    pub irq: Option<u8>,
 }
 
 /// The virtio devices on bus 0, in slot order.
@@ -77,7 +80,12 @@ pub(super) fn scan() -> Scan {
             }
             let cmd = read32(slot, func, 0x04);
             write32(slot, func, 0x04, (cmd & 0xffff) | 0x5);
-            out.devices[k] = Some(Found { device, io: (bar0 & !3) as u16 });
+            // Interrupt line (byte 0x3c) and pin (0x3d): no pin, or a line
+            // the firmware left unset (0xff), means no interrupt.
+            let int = read32(slot, func, 0x3c);
+            let (line, pin) = (int as u8, (int >> 8) as u8);
+            let irq = (pin != 0 && line < 16).then_some(line);
+            out.devices[k] = Some(Found { device, io: (bar0 & !3) as u16, irq });
             k += 1;
         }
     }

@@ -3,9 +3,9 @@
 //! page frame the guest gives.
 //!
 //! Guest memory is identity-mapped, so the addresses the device is given
-//! are the guest's pointers. The device never interrupts (the rings ask
-//! it not to): the guest looks at the used rings when it reads, writes or
-//! waits. Queues and buffers come from the heap, so they are set up on a
+//! are the guest's pointers. Only a net device's receive queue asks for
+//! interrupts, which end a waiting guest's halt (see `super::poll`); the
+//! guest looks at the used rings when it reads, writes or waits. Queues and buffers come from the heap, so they are set up on a
 //! device's first use, when the heap exists; the devices are reset and
 //! their features agreed at boot.
 
@@ -25,6 +25,8 @@ const QUEUE_SIZE: u16 = 0x0c;
 const QUEUE_SEL: u16 = 0x0e;
 const QUEUE_NOTIFY: u16 = 0x10;
 const STATUS: u16 = 0x12;
+/// Reading it acknowledges the device's interrupt (and lowers INTx).
+const ISR: u16 = 0x13;
 /// Device-specific configuration (no MSI-X: the guest never enables it).
 const CONFIG: u16 = 0x14;
 
@@ -74,8 +76,9 @@ fn align_page(x: usize) -> usize {
 }
 
 impl Virtq {
-    /// Sets up queue `sel` of the device at `io`; None if it has none.
-    fn new(io: u16, sel: u16) -> Option<Virtq> {
+    /// Sets up queue `sel` of the device at `io`, which interrupts when it
+    /// returns buffers if `interrupts`; None if it has none.
+    fn new(io: u16, sel: u16, interrupts: bool) -> Option<Virtq> {
         // SAFETY: the device's own registers.
         let n = unsafe {
             outw(io + QUEUE_SEL, sel);
@@ -93,7 +96,7 @@ impl Virtq {
         // device's registers: the ring is given by page frame (below 4 GiB
         // times 4 KiB, as all guest memory is).
         unsafe {
-            (q.base.add(16 * nu) as *mut u16).write_volatile(AVAIL_F_NO_INTERRUPT);
+            (q.base.add(16 * nu) as *mut u16).write_volatile(if interrupts { 0 } else { AVAIL_F_NO_INTERRUPT });
             outw(io + QUEUE_SEL, sel);
             outl(io + QUEUE_PFN, (base as usize >> 12) as u32);
         }
@@ -199,6 +202,8 @@ struct NetQueues {
 
 struct NetDev {
     io: u16,
+    /// Its interrupt line, when it has one.
+    irq: Option<u8>,
     /// The manifest index of the entry it serves.
     handle: u64,
     /// Set up on first use; None before, or if it failed.
@@ -230,7 +235,7 @@ pub(super) fn net_attach(scan: &Scan, n: usize, handle: u64) -> Option<[u8; 6]> 
         // A locally administered address from the slot order.
         mac = [0x02, 0, 0, 0, 0, n as u8 + 1];
     }
-    NETS.with(|d| d[n] = Some(NetDev { io, handle, q: None, failed: false }));
+    NETS.with(|d| d[n] = Some(NetDev { io, irq: found.irq, handle, q: None, failed: false }));
     Some(mac)
 }
 
@@ -256,8 +261,10 @@ pub(super) fn blk_attach(scan: &Scan, n: usize) -> Option<(u64, u16, bool)> {
 
 /// Sets up a net device's queues: every receive buffer posted.
 fn net_setup(io: u16) -> Option<NetQueues> {
-    let mut rx = Virtq::new(io, 0)?;
-    let tx = Virtq::new(io, 1)?;
+    // Only the receive queue interrupts: that is what a waiting guest
+    // waits for. Transmitted buffers are taken back when the next is sent.
+    let mut rx = Virtq::new(io, 0, true)?;
+    let tx = Virtq::new(io, 1, false)?;
     let rx_bufs = zeroed(rx.n as usize * NET_BUF, 4096)?;
     let tx_bufs = zeroed(tx.n as usize * NET_BUF, 4096)?;
     for i in 0..rx.n {
@@ -298,6 +305,29 @@ pub(super) fn net_ready() -> u64 {
         }
     }
     set
+}
+
+/// The interrupt lines of the net devices, as a mask of 8259 IRQs; None
+/// if one of them has none (the guest must then poll).
+pub(super) fn net_irqs() -> Option<u16> {
+    NETS.with(|d| {
+        let mut mask = 0u16;
+        for dev in d.iter().flatten() {
+            mask |= 1 << dev.irq?;
+        }
+        Some(mask)
+    })
+}
+
+/// Acknowledges every net device's interrupt (reading its ISR lowers its
+/// INTx line, which would otherwise wake the guest again at once).
+pub(super) fn net_ack() {
+    NETS.with(|d| {
+        for dev in d.iter().flatten() {
+            // SAFETY: the device's ISR register.
+            unsafe { inb(dev.io + ISR) };
+        }
+    });
 }
 
 pub(super) fn net_read(n: usize, buf: &mut [u8]) -> Result<usize, Error> {
@@ -372,7 +402,8 @@ pub(super) fn blk_io(n: usize, op: BlkOp, offset: u64, buf: *mut u8, len: usize)
     BLKS.with(|d| {
         let dev = d.get_mut(n).and_then(|d| d.as_mut()).ok_or(Error::Invalid)?;
         if dev.q.is_none() && !dev.failed {
-            dev.q = Virtq::new(dev.io, 0).and_then(|q| zeroed(core::mem::size_of::<BlkReq>(), 16).map(|r| (q, r)));
+            dev.q =
+                Virtq::new(dev.io, 0, false).and_then(|q| zeroed(core::mem::size_of::<BlkReq>(), 16).map(|r| (q, r)));
             dev.failed = dev.q.is_none();
             driver_ok(dev.io, !dev.failed);
         }
