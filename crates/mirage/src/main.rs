@@ -1,10 +1,11 @@
 //! `mirage`: configures, builds, runs and describes unikernels.
 //!
 //! ```text
-//! mirage configure -t unix|hvt|spt [--net=socket|direct] [--no-dhcp]
+//! mirage configure -t unix|hvt|spt|virtio [--net=socket|direct] [--no-dhcp]
 //! mirage build [-t TARGET]
-//! mirage run [-t TARGET] [--tap=NAME] [-- ARGS...]
+//! mirage run [-t TARGET] [--tap=NAME] [--accel=kvm|tcg] [-- ARGS...]
 //! mirage package --oci [-t TARGET] [--output=FILE] [--name=REF] [-- ARGS...]
+//! mirage package --iso [--output=FILE] [-- ARGS...]
 //! mirage clean
 //! mirage query [name|target|files|manifest|packages]
 //! mirage describe [--dot] [--svg=FILE]

@@ -17,7 +17,7 @@ pub const PACKAGE_HELP: &str = "\
 usage: mirage package --oci [-t TARGET] [--output=FILE] [--name=REFERENCE] [--mem=MIB] [-- ARGS...]
        mirage package --iso [--output=FILE] [-- ARGS...]
 
-Packs the unikernel built for hvt or spt (building it first if needed)
+--oci packs the unikernel built for hvt or spt (building it first if needed)
 into an OCI image: a tarball in the OCI image layout, written to FILE
 (default dist/NAME-TARGET.oci.tar), that `ctr images import FILE` loads
 as REFERENCE (default localhost/mirage/NAME:TARGET). Its one layer holds

@@ -18,9 +18,9 @@ older than its configuration: on hvt, spt and virtio with solo5-hvt,
 solo5-spt or solo5-virtio (found beside mirage, or on PATH), on unix as a
 process. solo5-virtio boots the image under qemu-system-x86_64, with KVM
 where /dev/kvm can run it, else with TCG (emulation), and says which;
---accel chooses. ARGS are the
-unikernel's boot arguments, each word one argument on every target (on
-Solo5, mirage quotes them into the one command line the tender passes).
+--accel chooses. ARGS are the unikernel's boot arguments, each word one
+argument on every target (on Solo5, mirage quotes them into the one
+command line the tender passes).
 
 Each network interface gets a tap device: NAME if --tap is given (it must
 exist; first interface only), else tap-INTERFACE, created and removed at
