@@ -89,8 +89,10 @@ fn generated_wiring_matches_the_snapshots() {
                         &Options { target: Target::Hvt, ..opts },
                         &Libraries::Path(root.join("crates")),
                     );
-                    let same =
-                        hvt.iter().find(|h| h.path == f.path).map(|h| h.text.replace("-t hvt", &format!("-t {variant}")));
+                    let same = hvt
+                        .iter()
+                        .find(|h| h.path == f.path)
+                        .map(|h| h.text.replace("-t hvt", &format!("-t {variant}")));
                     if same.as_deref() != Some(f.text.as_str()) {
                         differ.push(format!("{ex}: {variant}'s {} differs from hvt's beyond the header", f.path));
                     }

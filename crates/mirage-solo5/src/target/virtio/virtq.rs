@@ -330,22 +330,30 @@ pub(super) fn net_ack() {
     });
 }
 
+/// The next frame into `buf`; a frame longer than `buf` is dropped (as a
+/// tender drops what the guest has no room for) and the next one read.
 pub(super) fn net_read(n: usize, buf: &mut [u8]) -> Result<usize, Error> {
     with_net(n, |q| {
-        let Some((id, len)) = q.rx.pop_used() else {
-            return Err(Error::Again);
-        };
-        let len = (len as usize).clamp(NET_HDR, NET_BUF) - NET_HDR;
-        let copied = len.min(buf.len());
-        // SAFETY: buffer `id` of the receive area, which the device has
-        // handed back; `copied` bytes fit both it and `buf`.
-        unsafe {
-            let src = q.rx_bufs.add((id % q.rx.n) as usize * NET_BUF + NET_HDR);
-            core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), copied);
+        loop {
+            let Some((id, len)) = q.rx.pop_used() else {
+                return Err(Error::Again);
+            };
+            let len = (len as usize).clamp(NET_HDR, NET_BUF) - NET_HDR;
+            let fits = len <= buf.len();
+            if fits {
+                // SAFETY: buffer `id` of the receive area, which the device
+                // has handed back; `len` bytes fit both it and `buf`.
+                unsafe {
+                    let src = q.rx_bufs.add((id % q.rx.n) as usize * NET_BUF + NET_HDR);
+                    core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), len);
+                }
+            }
+            q.rx.push(id % q.rx.n);
+            q.rx.notify();
+            if fits {
+                return Ok(len);
+            }
         }
-        q.rx.push(id % q.rx.n);
-        q.rx.notify();
-        if copied < len { Err(Error::Invalid) } else { Ok(copied) }
     })?
 }
 
