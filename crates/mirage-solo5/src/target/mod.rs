@@ -112,8 +112,8 @@ pub(crate) fn manifest(addr: u64) -> &'static [MftEntry] {
 }
 
 /// How many times the guest has left to the host so far: hypercalls and
-/// net ring kicks on hvt, blocking waits (`epoll_pwait`) on spt. For
-/// measurements.
+/// net ring kicks on hvt, blocking waits (`epoll_pwait`) on spt, device
+/// notifications and halts on virtio. For measurements.
 pub fn exits() -> u64 {
     platform::EXITS.load(core::sync::atomic::Ordering::Relaxed)
 }

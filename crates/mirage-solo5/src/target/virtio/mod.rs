@@ -17,9 +17,10 @@
 //! makes the wait poll its rings and the clock instead.)
 //!
 //! The guest exits through QEMU's `isa-debug-exit` device (port 0x501,
-//! `mirage run` attaches it), which ends QEMU with status `2 * v + 1` for
-//! the byte `v` written (the bindings write the status plus one); without it, through the ACPI power-off of QEMU's
-//! PC machine, and failing both the CPU halts.
+//! which `solo5-virtio` attaches), which ends QEMU with status `2 * v + 1`
+//! for the byte `v` written (the bindings write the status plus one);
+//! without it, through the ACPI power-off of QEMU's PC machine, and
+//! failing both the CPU halts.
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +35,8 @@ mod boot;
 mod pci;
 mod virtq;
 
-/// Device notifications and port writes to the host (see `super::exits`).
+/// Device notifications, halts and the exit: what leaves the guest for the
+/// host on purpose (see `super::exits`).
 pub(crate) static EXITS: AtomicU64 = AtomicU64::new(0);
 
 /// # Safety
