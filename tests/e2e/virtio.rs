@@ -33,7 +33,7 @@ fn ping(ns: &Netns, args: &[&str]) -> Result<String, String> {
 /// bindings use: the Run, status decoded as solo5-virtio does.
 fn boot_iso(iso: &std::path::Path) -> Result<testkit::Run, String> {
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio", "-device", "isa-debug-exit"])
+    c.args(["-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio", "-device", "isa-debug-exit"])
         .args(["-accel", "tcg", "-m", "128", "-cdrom"])
         .arg(iso);
     run_with(c, Duration::from_secs(120))
@@ -130,7 +130,7 @@ pub fn cases(v: &mut Vec<Case>) {
         }
         // QEMU without the device: the guest itself names what is missing.
         let mut c = Command::new("qemu-system-x86_64");
-        c.args(["-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio", "-device", "isa-debug-exit"])
+        c.args(["-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio", "-device", "isa-debug-exit"])
             .args(["-accel", "tcg", "-m", "64", "-kernel"])
             .arg(&image);
         let r = run_with(c, Duration::from_secs(60))?;

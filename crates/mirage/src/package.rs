@@ -34,7 +34,7 @@ boots it under containerd (README.md, \"Containers\").
 (default dist/NAME.iso) with grub-mkrescue (Debian: grub-pc-bin,
 grub-common, xorriso, mtools): GRUB boots dist/NAME.virtio with ARGS as
 its command line, its own menu and messages on the serial line. Boot it
-with `qemu-system-x86_64 -cdrom FILE -serial stdio -nographic`, or on any
+with `qemu-system-x86_64 -cdrom FILE -serial stdio -display none`, or on any
 PC or hypervisor that boots a CD image, plus a virtio-net-pci device for
 each network interface and a virtio-blk-pci device for each block device,
 in mirage.toml's order.";
@@ -233,7 +233,7 @@ fn iso(dir: &Path, args: &Args) -> Result<(), Failure> {
     result?;
     let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
     println!(
-        "made {} ({} KiB): qemu-system-x86_64 -cdrom {} -serial stdio -nographic",
+        "made {} ({} KiB): qemu-system-x86_64 -cdrom {} -serial stdio -display none",
         output.display(),
         size.div_ceil(1024),
         output.display()

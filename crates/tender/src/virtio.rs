@@ -187,11 +187,10 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     ));
 
     let mut cmd = Command::new(qemu);
-    cmd.args(["-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio", "-device", "isa-debug-exit"])
-        // SeaBIOS would print its banner and terminal escapes on the
-        // serial line before the unikernel's output (QEMU warns that the
-        // name lacks its "opt/" prefix, which SeaBIOS does not look for).
-        .args(["-fw_cfg", "name=etc/sercon-port,string=0"])
+    // No display, rather than -nographic, which would also have SeaBIOS
+    // print its banner and terminal escapes on the serial line before the
+    // unikernel's output.
+    cmd.args(["-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio", "-device", "isa-debug-exit"])
         .args(["-machine", "pc", "-accel", if accel == Accel::Kvm { "kvm" } else { "tcg" }])
         .args(["-m", &mem_mib.to_string()])
         .arg("-kernel")
