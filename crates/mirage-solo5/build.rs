@@ -8,12 +8,15 @@ fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let hvt = std::env::var_os("CARGO_FEATURE_HVT").is_some();
     let spt = std::env::var_os("CARGO_FEATURE_SPT").is_some();
+    let virtio = std::env::var_os("CARGO_FEATURE_VIRTIO").is_some();
     println!("cargo:rerun-if-changed=link/hvt.lds");
     println!("cargo:rerun-if-changed=link/spt.lds");
-    let target = match (hvt, spt) {
-        (true, false) => "hvt",
-        (false, true) => "spt",
-        // Neither: a host build (documentation, unit tests); nothing to link.
+    println!("cargo:rerun-if-changed=link/virtio.lds");
+    let target = match (hvt, spt, virtio) {
+        (true, false, false) => "hvt",
+        (false, true, false) => "spt",
+        (false, false, true) => "virtio",
+        // None (or several, which lib.rs refuses): a host build (documentation, unit tests); nothing to link.
         _ => return,
     };
     println!("cargo:target={target}");

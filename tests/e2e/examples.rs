@@ -1,5 +1,6 @@
-//! The examples, unchanged, on every target: unix (a process), hvt and spt,
-//! each configured and built by the mirage tool.
+//! The examples, unchanged, on every target: unix (a process), hvt, spt
+//! and virtio (under QEMU, through solo5-virtio), each configured and
+//! built by the mirage tool.
 
 use std::process::Command;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use testkit::{Run, Scratch, example, run_with, tender};
 
 use crate::{Case, Needs, case};
 
-const TARGETS: [&str; 3] = ["unix", "hvt", "spt"];
+const TARGETS: [&str; 4] = ["unix", "hvt", "spt", "virtio"];
 
 /// Runs example `name` on `target` with tender options and boot arguments.
 fn boot(target: &str, name: &str, tender_opts: &[&str], args: &[&str]) -> Result<Run, String> {
@@ -25,7 +26,12 @@ fn boot(target: &str, name: &str, tender_opts: &[&str], args: &[&str]) -> Result
 }
 
 fn needs(t: &str) -> Needs {
-    if t == "unix" { Needs::Nothing } else { Needs::Target(if t == "hvt" { "hvt" } else { "spt" }) }
+    match t {
+        "unix" => Needs::Nothing,
+        "hvt" => Needs::Target("hvt"),
+        "virtio" => Needs::Target("virtio"),
+        _ => Needs::Target("spt"),
+    }
 }
 
 fn quiet(t: &str) -> &'static [&'static str] {
@@ -79,7 +85,7 @@ pub fn cases(v: &mut Vec<Case>) {
             let dir = Scratch::new("example-block");
             let disk = dir.file("disk.img", 1 << 20);
             // The same option attaches the disk on every target: the
-            // tender's on hvt and spt, the process's own on unix.
+            // tender's on hvt, spt and virtio, the process's own on unix.
             let opt = format!("--block:storage={}", disk.display());
             let mut args = quiet(t).to_vec();
             if t == "unix" {

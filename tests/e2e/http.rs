@@ -734,3 +734,17 @@ pub fn cases(v: &mut Vec<Case>) {
         }));
     }
 }
+
+/// static-website on virtio: curl against the compiled-in site, then
+/// against a tar disk image on a virtio-blk device (virtio.rs).
+pub fn virtio_serves_curl() -> Result<(), String> {
+    let ns = Netns::new()?;
+    let g = start(&ns, "virtio", None)?;
+    serves_to_curl(&ns)?;
+    drop(g);
+    let scratch = Scratch::new("tar-site-virtio");
+    let (img, big) = tar_image(&scratch)?;
+    let ns = Netns::new()?;
+    let _g = start(&ns, "virtio", Some(&img))?;
+    serves_a_tar_image(&ns, &big)
+}

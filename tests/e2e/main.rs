@@ -1,4 +1,5 @@
-//! End-to-end tests above the tenders: the examples on unix, hvt and spt,
+//! End-to-end tests above the tenders: the examples on unix, hvt, spt and
+//! virtio (under QEMU),
 //! each configured and built by the `mirage` tool; the TCP/IP stack against
 //! the host's Linux stack; the HTTP server against curl and raw sockets;
 //! the router between three namespaces;
@@ -19,6 +20,7 @@ mod router;
 mod tcpip;
 mod tls;
 mod tool;
+mod virtio;
 
 use testkit::harness::{Case, Needs, case};
 
@@ -39,5 +41,6 @@ fn main() {
     tcpip::cases(&mut cases);
     tls::cases(&mut cases);
     tool::cases(&mut cases);
+    virtio::cases(&mut cases);
     testkit::harness::run(cases)
 }

@@ -421,6 +421,13 @@ fn package_refusals() -> TestResult {
     expect(&["package", "--oci"], 1, "pk is not configured", "run `mirage configure -t unix`")?;
     testkit::mirage_in(&crate_dir, &["configure", "-t", "unix"])?.expect_status(0)?;
     expect(&["package", "--oci"], 64, "package --oci packs hvt and spt unikernels", "mirage configure -t hvt")?;
+    expect(
+        &["package", "--iso"],
+        64,
+        "package --iso packs virtio unikernels; this one is configured for unix",
+        "mirage configure -t virtio",
+    )?;
+    expect(&["package", "--iso", "--oci"], 64, "package: both --oci and --iso given", "make one at a time")?;
     expect(&["package", "--oci", "extra"], 64, "package: unexpected argument \"extra\"", "boot arguments go after --")?;
     if crate_dir.join("dist").exists() {
         return Err("a refused package wrote dist/".into());

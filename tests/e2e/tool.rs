@@ -42,7 +42,7 @@ fn needs(t: &'static str) -> Needs {
 }
 
 pub fn cases(v: &mut Vec<Case>) {
-    for t in ["unix", "hvt", "spt"] {
+    for t in ["unix", "hvt", "spt", "virtio"] {
         v.push(case(format!("{t}::mirage_run_boots_hello"), needs(t), move || {
             // Built by the same configure and build as the other tests'.
             example(t, "hello")?;
@@ -86,8 +86,10 @@ pub fn cases(v: &mut Vec<Case>) {
                 return Err(format!("the tap device was not attached:\n{}", g.output()));
             }
             let mtu = ns.command("cat").arg("/sys/class/net/tap-service/mtu").output().map_err(|e| e.to_string())?;
-            if String::from_utf8_lossy(&mtu.stdout).trim() != "65520" {
-                return Err(format!("the tap device's MTU is {:?}, not 65520", String::from_utf8_lossy(&mtu.stdout)));
+            // A virtio guest's MTU is 1500, and so is its tap's.
+            let want = if t == "virtio" { "1500" } else { "65520" };
+            if String::from_utf8_lossy(&mtu.stdout).trim() != want {
+                return Err(format!("the tap device's MTU is {:?}, not {want}", String::from_utf8_lossy(&mtu.stdout)));
             }
             let mut p = ns.command("ping");
             p.args(["-c", "2", "-i", "0.2", "-W", "5", "10.0.0.2"]);
@@ -771,7 +773,7 @@ pub fn cases(v: &mut Vec<Case>) {
     v.push(case("mirage_errors_give_a_cause_and_a_fix", Needs::Nothing, || {
         let scratch = Scratch::new("errors");
         let r = tool(&examples_dir("hello"), &["configure", "-t", "xen"])?;
-        expect_failure(&r, 64, "unknown target \"xen\"", "use -t unix, -t hvt or -t spt")?;
+        expect_failure(&r, 64, "unknown target \"xen\"", "use -t unix, -t hvt, -t spt or -t virtio")?;
         let r = tool(&examples_dir("hello"), &["configur"])?;
         expect_failure(&r, 64, "unknown command \"configur\"", "use one of configure")?;
         let r = tool(&examples_dir("hello"), &["build", "--fast"])?;

@@ -7,6 +7,6 @@ fn main() {
                 println!("cargo:rustc-link-arg-bins={arg}");
             }
         }
-        Err(_) => panic!("build the test guests with --features hvt or --features spt"),
+        Err(_) => panic!("build the test guests with --features hvt, --features spt or --features virtio"),
     }
 }

@@ -97,7 +97,7 @@ pub(crate) struct Wrk {
     pub(crate) requests: u64,
     p50_ms: f64,
     p99_ms: f64,
-    errors: u64,
+    pub(crate) errors: u64,
     /// wrk's own words for them.
     error_text: String,
 }

@@ -20,6 +20,7 @@
 //! mirage-bench router  [--targets T,T] [--mtu M,M] # the router example beside Linux with nftables: iperf3, UDP, conn/s, RTT
 //! mirage-bench nat     [--count N]                # mirage-nat's packets/s and new flows/s, in process
 //! mirage-bench debug   [--runs N]                 # image and debug-file sizes, --dumpcore's time for 32 MiB
+//! mirage-bench virtio  [--runs N] [--count N]     # virtio under QEMU beside hvt: boot, sizes, ping flood, HTTP
 //! ```
 //!
 //! `--only WORD` (repeatable) keeps the attack rows whose attack or server
@@ -49,6 +50,7 @@ mod router;
 mod store;
 mod tcp;
 mod tls;
+mod virtio;
 
 struct Options {
     runs: usize,
@@ -126,9 +128,10 @@ fn main() {
         Some("tls") => tls::serving(opts.runs as u64),
         Some("router") => router::router(&opts),
         Some("nat") => nat::nat(opts.count),
+        Some("virtio") => virtio::virtio(&opts),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci|debug [--runs N] [--count N] [--at-once N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci|debug|virtio [--runs N] [--count N] [--at-once N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
             );
             std::process::exit(64);
         }
@@ -329,6 +332,33 @@ fn ping_stats(ns: &Netns, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A flood of `count` pings (`ping -f`) to 10.0.0.2 from `ns`: replies per
+/// second and the loss ping reports.
+fn flood(ns: &Netns, count: usize) -> Result<(f64, String), String> {
+    let start = Instant::now();
+    let out = ping_stats(ns, &["-f", "-q", "-c", &count.to_string()])?;
+    let secs = start.elapsed().as_secs_f64();
+    let received: f64 =
+        out.split(" received").next().and_then(|s| s.rsplit(' ').next()).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let loss = out.split(", ").find(|s| s.contains("packet loss")).unwrap_or("?").replace(" packet loss", "");
+    Ok((received / secs, loss))
+}
+
+/// The round-trip times of `n` pings 2 ms apart, in ms.
+fn round_trips(ns: &Netns, n: usize) -> Result<Vec<f64>, String> {
+    let out = ping_stats(ns, &["-c", &n.to_string(), "-i", "0.002"])?;
+    let rtts: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split(' ').next())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    if rtts.is_empty() {
+        return Err("no round-trip times".into());
+    }
+    Ok(rtts)
+}
+
 fn ping(o: &Options) -> Result<(), String> {
     machine();
     let mut rows = vec![
@@ -412,38 +442,12 @@ fn ping(o: &Options) -> Result<(), String> {
         // Solo5's C guest is slow (its code runs in the CPL-0 emulator), so
         // it gets fewer pings.
         let count = if r.name.contains("test_net") { (o.count / 10).max(1000) } else { o.count };
-        let start = Instant::now();
-        let flood = ping_stats(&ns, &["-f", "-q", "-c", &count.to_string()])?;
-        let secs = start.elapsed().as_secs_f64();
-        let received: f64 = flood
-            .split(" received")
-            .next()
-            .and_then(|s| s.rsplit(' ').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0.0);
-        let loss = flood.split(", ").find(|s| s.contains("packet loss")).unwrap_or("?").to_string();
-        let lat = ping_stats(&ns, &["-c", "500", "-i", "0.002"])?;
-        let mut rtts: Vec<f64> = lat
-            .lines()
-            .filter_map(|l| l.split("time=").nth(1))
-            .filter_map(|t| t.split(' ').next())
-            .filter_map(|t| t.parse().ok())
-            .collect();
-        if rtts.is_empty() {
-            return Err(format!("{}: no round-trip times", r.name));
-        }
+        let (rate, loss) = flood(&ns, count)?;
+        let mut rtts = round_trips(&ns, 500).map_err(|e| format!("{}: {e}", r.name))?;
         let p50 = percentile(&mut rtts, 0.5);
         let p99 = percentile(&mut rtts, 0.99);
         let max = rtts[rtts.len() - 1];
-        println!(
-            "| {} | {:.0} | {} | {:.3} ms | {:.3} ms | {:.3} ms |",
-            r.name,
-            received / secs,
-            loss.replace(" packet loss", ""),
-            p50,
-            p99,
-            max
-        );
+        println!("| {} | {:.0} | {} | {:.3} ms | {:.3} ms | {:.3} ms |", r.name, rate, loss, p50, p99, max);
         drop(g);
     }
     Ok(())

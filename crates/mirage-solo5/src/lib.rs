@@ -1,11 +1,12 @@
 //! Guest bindings for the Solo5 targets: what a `#![no_std]` unikernel
-//! links against to boot on `solo5-hvt` (KVM) or `solo5-spt` (seccomp).
+//! links against to boot on `solo5-hvt` (KVM), `solo5-spt` (seccomp) or
+//! virtio (a Multiboot image for QEMU or GRUB, with virtio devices).
 //!
-//! The same guest source builds for both targets; the crate feature `hvt`
-//! or `spt` picks one. The bindings provide the entry point, the ELF notes,
-//! a heap (`alloc` works), a panic handler, and the Solo5 API in Rust:
-//! `console`, `time`, `yield_until`, `net`, `block`, `exit` and `abort`
-//! (built with the `hvt` or `spt` feature only).
+//! The same guest source builds for every target; the crate feature `hvt`,
+//! `spt` or `virtio` picks one. The bindings provide the entry point, the
+//! ELF notes, a heap (`alloc` works), a panic handler, and the Solo5 API in
+//! Rust: `console`, `time`, `yield_until`, `net`, `block`, `exit` and
+//! `abort` (built with one of those features only).
 //!
 //! A minimal guest:
 //!
@@ -49,13 +50,26 @@
 //! halts with status 255. See [`hvt`](crate#on-hvt) and ARCHITECTURE.md.
 //!
 //! Console output is buffered on hvt (each flush is an exit) and flushed
-//! when the guest yields, exits, aborts or fills the buffer; on spt it is
-//! written at once.
+//! when the guest yields, exits, aborts or fills the buffer; on spt and
+//! virtio it is written at once.
+//!
+//! # On virtio
+//!
+//! A Multiboot loader starts the guest in 32-bit mode; the bindings switch
+//! to long mode with static page tables and run everything at CPL 0, as
+//! Solo5's virtio bindings do: the console is COM1, the clocks the TSC
+//! (calibrated against the PIT) and the CMOS RTC, the devices virtio-net
+//! and virtio-blk over legacy PCI, and a waiting guest halts until the PIT
+//! or a network device interrupts. See ARCHITECTURE.md.
 #![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 
-#[cfg(all(feature = "hvt", feature = "spt"))]
-compile_error!("mirage-solo5: enable exactly one of the features `hvt` and `spt`");
+#[cfg(any(
+    all(feature = "hvt", feature = "spt"),
+    all(feature = "hvt", feature = "virtio"),
+    all(feature = "spt", feature = "virtio")
+))]
+compile_error!("mirage-solo5: enable exactly one of the features `hvt`, `spt` and `virtio`");
 
 extern crate alloc;
 
@@ -63,9 +77,9 @@ pub mod cmdline;
 #[doc(hidden)]
 pub mod macros;
 
-#[cfg(any(feature = "hvt", feature = "spt"))]
+#[cfg(any(feature = "hvt", feature = "spt", feature = "virtio"))]
 mod target;
-#[cfg(any(feature = "hvt", feature = "spt"))]
+#[cfg(any(feature = "hvt", feature = "spt", feature = "virtio"))]
 pub use target::*;
 
 pub use solo5_abi as abi;

@@ -18,6 +18,8 @@ pub enum Target {
     Unix,
     Hvt,
     Spt,
+    /// A Multiboot image for QEMU (`-kernel`) or GRUB, with virtio devices.
+    Virtio,
 }
 
 impl Target {
@@ -26,6 +28,7 @@ impl Target {
             "unix" => Some(Target::Unix),
             "hvt" => Some(Target::Hvt),
             "spt" => Some(Target::Spt),
+            "virtio" => Some(Target::Virtio),
             _ => None,
         }
     }
@@ -35,6 +38,7 @@ impl Target {
             Target::Unix => "unix",
             Target::Hvt => "hvt",
             Target::Spt => "spt",
+            Target::Virtio => "virtio",
         }
     }
 

@@ -1,10 +1,11 @@
 //! `mirage`: configures, builds, runs and describes unikernels.
 //!
 //! ```text
-//! mirage configure -t unix|hvt|spt [--net=socket|direct] [--no-dhcp]
+//! mirage configure -t unix|hvt|spt|virtio [--net=socket|direct] [--no-dhcp]
 //! mirage build [-t TARGET]
-//! mirage run [-t TARGET] [--tap=NAME] [-- ARGS...]
+//! mirage run [-t TARGET] [--tap=NAME] [--accel=kvm|tcg] [-- ARGS...]
 //! mirage package --oci [-t TARGET] [--output=FILE] [--name=REF] [-- ARGS...]
+//! mirage package --iso [--output=FILE] [-- ARGS...]
 //! mirage clean
 //! mirage query [name|target|files|manifest|packages]
 //! mirage describe [--dot] [--svg=FILE]
@@ -63,8 +64,8 @@ Configures, builds and runs the unikernel crate in the current directory
 (or DIR), as its mirage.toml declares.
 
 commands:
-  configure   write the wiring for a target (-t unix|hvt|spt)
-  build       build dist/NAME, dist/NAME.hvt or dist/NAME.spt
+  configure   write the wiring for a target (-t unix|hvt|spt|virtio)
+  build       build dist/NAME, dist/NAME.hvt, dist/NAME.spt or dist/NAME.virtio
   run         boot the image with its tender and devices
   package     pack the image, its tender and disks as an OCI image (--oci)
   clean       remove the wiring and dist/
@@ -245,7 +246,8 @@ fn load(dir: &Path) -> Result<Config, Failure> {
 }
 
 fn parse_target(s: &str) -> Result<Target, Failure> {
-    Target::parse(s).ok_or_else(|| Failure::usage(format!("unknown target {s:?}"), "use -t unix, -t hvt or -t spt"))
+    Target::parse(s)
+        .ok_or_else(|| Failure::usage(format!("unknown target {s:?}"), "use -t unix, -t hvt, -t spt or -t virtio"))
 }
 
 /// Where `configure` records its keys, for `build` and `run`.
@@ -305,9 +307,10 @@ Writes the wiring for TARGET into mirage/TARGET/: a Cargo project whose
 main builds each device declared in mirage.toml and calls the start
 function, with the Solo5 manifest and link settings.
 
-  -t, --target=TARGET   unix (a Linux process, the default), hvt (KVM) or spt (seccomp)
+  -t, --target=TARGET   unix (a Linux process, the default), hvt (KVM), spt (seccomp)
+                        or virtio (QEMU, or GRUB from an ISO)
   --net=socket|direct   unix: stacks on the host's sockets (default) or
-                        mirage-tcpip on a tap device (hvt and spt are always direct)
+                        mirage-tcpip on a tap device (the other targets are always direct)
   --no-dhcp             stacks default to the static 10.0.0.2/24 (gateway
                         10.0.0.1) instead of asking DHCP when no --ipv4 is given
   --kv-ro=tar           every kv-ro store is a tar archive of its directory on a
@@ -437,7 +440,8 @@ const BUILD_HELP: &str = "\
 usage: mirage build [-t TARGET]
 
 Builds the configured unikernel (the last target configured, or TARGET)
-into dist/NAME (unix), dist/NAME.hvt or dist/NAME.spt, with cargo's
+into dist/NAME (unix), dist/NAME.hvt, dist/NAME.spt or dist/NAME.virtio
+(a Multiboot image for QEMU or GRUB), with cargo's
 progress. Reconfigures first when mirage.toml changed.
 
 Every unikernel shares one cargo target directory per target, under the
@@ -717,9 +721,11 @@ the directories of kv-rw stores are never removed (delete them yourself when you
 /// from sources, never a device's data.
 fn built_files(config: &Config) -> Vec<String> {
     let mut files: Vec<String> =
-        [Target::Unix, Target::Hvt, Target::Spt].iter().map(|t| t.image(&config.name)).collect();
+        [Target::Unix, Target::Hvt, Target::Spt, Target::Virtio].iter().map(|t| t.image(&config.name)).collect();
     // The debug files gdb reads beside the Solo5 images.
-    files.extend([Target::Hvt, Target::Spt].iter().map(|t| format!("{}.debug", t.image(&config.name))));
+    files.extend([Target::Hvt, Target::Spt, Target::Virtio].iter().map(|t| format!("{}.debug", t.image(&config.name))));
+    // The bootable ISO of mirage package --iso.
+    files.push(format!("{}.iso", config.name));
     let data: Vec<&str> = config
         .devices
         .iter()

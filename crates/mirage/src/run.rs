@@ -10,20 +10,25 @@ use crate::generate::{self, Options, Target, UnixNet};
 use crate::{Args, Failure, help, load, load_state, parse_target};
 
 pub const RUN_HELP: &str = "\
-usage: mirage run [-t TARGET] [--tap=NAME] [--host-address=CIDR] [--mem=MIB] [-- ARGS...]
+usage: mirage run [-t TARGET] [--tap=NAME] [--host-address=CIDR] [--mem=MIB]
+                  [--accel=kvm|tcg] [-- ARGS...]
 
-Boots dist/NAME[.hvt|.spt], building it first if it is missing or older
-than its configuration: on hvt and spt with solo5-hvt or solo5-spt (found
-beside mirage, or on PATH), on unix as a process. ARGS are the
-unikernel's boot arguments, each word one argument on every target (on
-Solo5, mirage quotes them into the one command line the tender passes).
+Boots dist/NAME[.hvt|.spt|.virtio], building it first if it is missing or
+older than its configuration: on hvt, spt and virtio with solo5-hvt,
+solo5-spt or solo5-virtio (found beside mirage, or on PATH), on unix as a
+process. solo5-virtio boots the image under qemu-system-x86_64, with KVM
+where /dev/kvm can run it, else with TCG (emulation), and says which;
+--accel chooses. ARGS are the unikernel's boot arguments, each word one
+argument on every target (on Solo5, mirage quotes them into the one
+command line the tender passes).
 
 Each network interface gets a tap device: NAME if --tap is given (it must
 exist; first interface only), else tap-INTERFACE, created and removed at
 exit, which needs root (CAP_NET_ADMIN); without it, mirage prints the
 commands to run. A tap device mirage creates has an MTU of 65520, so that
 the host and the unikernel exchange TCP segments of up to 64 KiB in one
-frame (the unikernel learns the MTU from the device); give --tap=NAME
+frame (the unikernel learns the MTU from the device; a virtio unikernel's
+is 1500, and so is the tap device mirage creates for it); give --tap=NAME
 with a device of MTU 1500 to bridge it to an Ethernet network. The n-th interface (from 0, in mirage.toml's order) has
 the subnet 10.0.n.0/24: its tap device gets 10.0.n.1/24 (the first's is
 --host-address), and a stack on it configured --no-dhcp defaults to
@@ -97,8 +102,18 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// is made by hand with that MTU and given with `--tap`.
 pub const LARGE_MTU: u16 = 65520;
 
+/// The MTU of a virtio unikernel's interfaces (its receive buffers hold a
+/// frame of that MTU), and so of the tap devices made for it.
+pub const VIRTIO_MTU: u16 = 1500;
+
 /// The tap device for `interface`: given, existing, or created.
-fn tap(interface: &str, given: Option<&str>, host: &str, created: &mut Vec<CreatedTap>) -> Result<String, Failure> {
+fn tap(
+    interface: &str,
+    given: Option<&str>,
+    host: &str,
+    mtu: u16,
+    created: &mut Vec<CreatedTap>,
+) -> Result<String, Failure> {
     if let Some(t) = given {
         if !Path::new("/sys/class/net").join(t).exists() {
             return Err(Failure::new(
@@ -113,7 +128,7 @@ fn tap(interface: &str, given: Option<&str>, host: &str, created: &mut Vec<Creat
         return Ok(name);
     }
     let commands = format!(
-        "sudo ip tuntap add {name} mode tap user $USER && sudo ip addr add {host} dev {name} && sudo ip link set {name} mtu {LARGE_MTU} up"
+        "sudo ip tuntap add {name} mode tap user $USER && sudo ip addr add {host} dev {name} && sudo ip link set {name} mtu {mtu} up"
     );
     if let Err(e) = ip(&["tuntap", "add", "dev", &name, "mode", "tap"]) {
         return Err(Failure::new(
@@ -122,7 +137,7 @@ fn tap(interface: &str, given: Option<&str>, host: &str, created: &mut Vec<Creat
         ));
     }
     created.push(CreatedTap(name.clone()));
-    let mtu = LARGE_MTU.to_string();
+    let mtu = mtu.to_string();
     ip(&["addr", "add", host, "dev", &name]).and_then(|()| ip(&["link", "set", &name, "mtu", &mtu, "up"])).map_err(
         |e| Failure::new(format!("cannot set up the tap device {name}: {e}"), format!("set it up by hand: {commands}")),
     )?;
@@ -224,7 +239,7 @@ pub fn ensure_built(config: &Config, opts: &Options) -> Result<PathBuf, Failure>
 }
 
 pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
-    let args = Args::parse("run", argv, &["target=", "tap=", "host-address=", "mem=", "help"])?;
+    let args = Args::parse("run", argv, &["target=", "tap=", "host-address=", "mem=", "accel=", "help"])?;
     if help(&args, RUN_HELP) {
         return Ok(());
     }
@@ -248,11 +263,21 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
             if let Some(m) = args.value("mem") {
                 c.arg(format!("--mem={m}"));
             }
+            match args.value("accel") {
+                Some(a) if t == Target::Virtio => {
+                    c.arg(format!("--accel={a}"));
+                }
+                Some(_) => return Err(Failure::usage("--accel applies to virtio", "drop --accel")),
+                None => {}
+            }
             c
         }
     };
     if opts.target == Target::Unix && args.value("mem").is_some() {
-        return Err(Failure::usage("--mem applies to hvt and spt", "drop --mem on unix"));
+        return Err(Failure::usage("--mem applies to hvt, spt and virtio", "drop --mem on unix"));
+    }
+    if opts.target == Target::Unix && args.value("accel").is_some() {
+        return Err(Failure::usage("--accel applies to virtio", "drop --accel"));
     }
     let first_host = args.value("host-address").unwrap_or("10.0.0.1/24");
     let mut created = Vec::new();
@@ -279,7 +304,8 @@ pub fn run(dir: &Path, argv: &[String]) -> Result<(), Failure> {
             n => format!("10.0.{n}.1/24"),
         };
         first_tap = false;
-        let t = tap(&interface, given, &host, &mut created)?;
+        let mtu = if opts.target == Target::Virtio { VIRTIO_MTU } else { LARGE_MTU };
+        let t = tap(&interface, given, &host, mtu, &mut created)?;
         device_args.push(format!("--net:{interface}={t}"));
     }
     match opts.target {

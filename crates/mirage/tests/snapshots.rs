@@ -53,6 +53,7 @@ fn variants() -> Vec<(&'static str, Options)> {
         ("unix-direct", o(Target::Unix, UnixNet::Direct, true)),
         ("hvt", o(Target::Hvt, UnixNet::Direct, true)),
         ("spt", o(Target::Spt, UnixNet::Direct, true)),
+        ("virtio", o(Target::Virtio, UnixNet::Direct, true)),
         ("hvt-no-dhcp", o(Target::Hvt, UnixNet::Direct, false)),
         ("unix-tar", tar(Target::Unix)),
         ("hvt-tar", tar(Target::Hvt)),
@@ -79,17 +80,21 @@ fn generated_wiring_matches_the_snapshots() {
             }
             let snap_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(ex).join(variant);
             for f in generate::files_formatted(&c, &opts, &Libraries::Path(root.join("crates"))) {
-                // hvt and spt share their Rust code, but for the command
-                // named in the header: spt keeps only its Cargo.toml.
-                if variant == "spt" && f.path.ends_with(".rs") {
+                // hvt, spt and virtio share their Rust code, but for the
+                // command named in the header: spt and virtio keep only
+                // their Cargo.toml.
+                if (variant == "spt" || variant == "virtio") && f.path.ends_with(".rs") {
                     let hvt = generate::files_formatted(
                         &c,
                         &Options { target: Target::Hvt, ..opts },
                         &Libraries::Path(root.join("crates")),
                     );
-                    let same = hvt.iter().find(|h| h.path == f.path).map(|h| h.text.replace("-t hvt", "-t spt"));
+                    let same = hvt
+                        .iter()
+                        .find(|h| h.path == f.path)
+                        .map(|h| h.text.replace("-t hvt", &format!("-t {variant}")));
                     if same.as_deref() != Some(f.text.as_str()) {
-                        differ.push(format!("{ex}: spt's {} differs from hvt's beyond the header", f.path));
+                        differ.push(format!("{ex}: {variant}'s {} differs from hvt's beyond the header", f.path));
                     }
                     checked += 1;
                     continue;

@@ -19,6 +19,8 @@
 //! * [`devices`], [`block`] (and the `tap` crate): attaching the manifest's devices;
 //! * [`host`]: what both tenders do on the host alike (options, the wait set);
 //! * [`hvt`]: the KVM tender; [`spt`]: the seccomp tender;
+//! * [`virtio`]: `solo5-virtio`, which checks like a tender and boots the
+//!   guest under QEMU;
 //! * [`elftool`], [`json`]: `solo5-elftool`.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -36,6 +38,7 @@ pub mod hvt;
 pub mod json;
 pub mod seccomp;
 pub mod spt;
+pub mod virtio;
 
 /// How a tender stops before (or instead of) running the guest. The
 /// binaries turn this into Solo5's output and exit status.

@@ -41,9 +41,13 @@ pub fn set_tenders(hvt: PathBuf, spt: PathBuf, elftool: PathBuf) {
     let _ = TENDERS.set([hvt, spt, elftool]);
 }
 
-/// The path of `solo5-hvt` (`"hvt"`), `solo5-spt` (`"spt"`) or
-/// `solo5-elftool` (`"elftool"`).
+/// The path of `solo5-hvt` (`"hvt"`), `solo5-spt` (`"spt"`),
+/// `solo5-virtio` (`"virtio"`, built beside the others) or `solo5-elftool`
+/// (`"elftool"`).
 pub fn tender(name: &str) -> PathBuf {
+    if name == "virtio" {
+        return root().join("target/release/solo5-virtio");
+    }
     let t = TENDERS.get_or_init(|| {
         let dir = root().join("target/release");
         [dir.join("solo5-hvt"), dir.join("solo5-spt"), dir.join("solo5-elftool")]
@@ -55,12 +59,16 @@ pub fn tender(name: &str) -> PathBuf {
     }
 }
 
-static GUESTS: [OnceLock<Result<PathBuf, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+static GUESTS: [OnceLock<Result<PathBuf, String>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
 
 /// Builds the test guests for `target` (once per test run) and returns the
 /// directory holding them.
 pub fn guests(target: &str) -> Result<PathBuf, String> {
-    let slot = if target == "hvt" { &GUESTS[0] } else { &GUESTS[1] };
+    let slot = match target {
+        "hvt" => &GUESTS[0],
+        "virtio" => &GUESTS[2],
+        _ => &GUESTS[1],
+    };
     slot.get_or_init(|| {
         let root = root();
         let target_dir = root.join("target/guests").join(target);
@@ -313,6 +321,7 @@ pub fn missing(target: &str) -> Option<String> {
             Ok(_) => None,
             Err(e) => Some(format!("/dev/kvm is not usable ({e})")),
         },
+        "virtio" => missing_program("qemu-system-x86_64", "qemu-system-x86"),
         _ => None,
     }
 }

@@ -75,7 +75,7 @@ impl Block {
     fn check(&self, offset: u64, len: usize) -> Result<(), Error> {
         let bs = self.info.block_size;
         let len = len as u64;
-        if len == 0 || len % bs != 0 || offset % bs != 0 {
+        if len == 0 || !len.is_multiple_of(bs) || !offset.is_multiple_of(bs) {
             return Err(Error::Invalid);
         }
         match offset.checked_add(len) {

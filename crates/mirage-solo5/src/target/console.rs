@@ -3,7 +3,8 @@
 //! On hvt every write to the host is a VM exit, so output collects in a
 //! buffer and goes out in one `PUTS` when the buffer fills, when the guest
 //! yields, and when it exits or aborts. On spt a write is a cheap system
-//! call and goes out at once.
+//! call, and on virtio a few port writes to the serial line: it goes out
+//! at once.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -52,7 +53,7 @@ pub fn write(bytes: &[u8]) {
             }
         }
     }
-    #[cfg(feature = "spt")]
+    #[cfg(not(feature = "hvt"))]
     platform::puts(bytes);
 }
 

@@ -282,9 +282,20 @@ fn entropy() -> ([u8; 32], usize) {
     let mut s = [0u8; 32];
     let mut hardware = 0;
     for chunk in s.chunks_mut(8) {
-        // SAFETY (both calls): the CPU reported the instruction above.
-        let hw = if rdseed_ok { unsafe { rdseed() } } else { None }
-            .or_else(|| if rdrand_ok { unsafe { rdrand() } } else { None });
+        let hw = if rdseed_ok {
+            // SAFETY: the CPU reported RDSEED above.
+            unsafe { rdseed() }
+        } else {
+            None
+        }
+        .or_else(|| {
+            if rdrand_ok {
+                // SAFETY: the CPU reported RDRAND above.
+                unsafe { rdrand() }
+            } else {
+                None
+            }
+        });
         if hw.is_some() {
             hardware += 1;
         }

@@ -23,12 +23,28 @@ mod spt;
 #[cfg(feature = "spt")]
 use spt as platform;
 
+#[cfg(feature = "virtio")]
+mod virtio;
+#[cfg(feature = "virtio")]
+use virtio as platform;
+
+#[cfg(any(feature = "hvt", feature = "virtio"))]
+mod stack;
+#[cfg(any(feature = "hvt", feature = "virtio"))]
+mod trap_stubs;
+
 pub use rt::{abort, exit};
 
 use crate::HandleSet;
 
 /// The name of the target the guest was built for.
-pub const TARGET: &str = if cfg!(feature = "hvt") { "hvt" } else { "spt" };
+pub const TARGET: &str = if cfg!(feature = "hvt") {
+    "hvt"
+} else if cfg!(feature = "virtio") {
+    "virtio"
+} else {
+    "spt"
+};
 
 /// A global of the guest. A Solo5 guest has one thread and takes no
 /// interrupts or signals, so there is never concurrent access; the only
@@ -96,8 +112,8 @@ pub(crate) fn manifest(addr: u64) -> &'static [MftEntry] {
 }
 
 /// How many times the guest has left to the host so far: hypercalls and
-/// net ring kicks on hvt, blocking waits (`epoll_pwait`) on spt. For
-/// measurements.
+/// net ring kicks on hvt, blocking waits (`epoll_pwait`) on spt, device
+/// notifications and halts on virtio. For measurements.
 pub fn exits() -> u64 {
     platform::EXITS.load(core::sync::atomic::Ordering::Relaxed)
 }

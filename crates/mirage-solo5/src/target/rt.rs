@@ -98,6 +98,30 @@ pub(crate) fn abort_with(msg: core::fmt::Arguments<'_>) -> ! {
     platform::halt(solo5_abi::EXIT_ABORT, 0)
 }
 
+/// Reports a CPU exception as Solo5 guests do (its vector's name, the
+/// error code, the trap frame, `%cr2` for a page fault), flushed; the
+/// caller then halts.
+#[cfg(any(feature = "hvt", feature = "virtio"))]
+pub(crate) fn report_trap(vector: u64, r: &solo5_abi::hvt::TrapRegs) {
+    const NAMES: [&str; 22] = [
+        "#DE", "#DB", "#NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS", "#GP", "#PF",
+        "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
+    ];
+    let name = NAMES.get(vector as usize).copied().unwrap_or("#??");
+    console::log(
+        Level::Error,
+        format_args!(
+            "Solo5: trap: type={name} ec=0x{:x} rip=0x{:x} rsp=0x{:x} rflags=0x{:x}\n",
+            r.ec, r.rip, r.rsp, r.rflags
+        ),
+    );
+    if vector == 14 {
+        console::log(Level::Error, format_args!("Solo5: trap: cr2=0x{:x}\n", r.cr2));
+    }
+    console::log(Level::Error, format_args!("Solo5: ABORT: Fatal trap\n"));
+    console::flush();
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut w = console::Writer;

@@ -113,26 +113,6 @@ unsafe extern "C" {
     fn mirage_solo5_switch_stack(arg: usize, stack_top: usize, f: extern "C" fn(usize) -> !) -> !;
 }
 
-core::arch::global_asm!(
-    r#"
-    .section .text.mirage_solo5_switch_stack, "ax"
-    .global mirage_solo5_switch_stack
-    .type mirage_solo5_switch_stack, @function
-mirage_solo5_switch_stack:
-    /* The outermost frame of the unikernel's stack: a debugger's
-       backtrace ends here (no return address) instead of reading past the
-       top of memory. */
-    .cfi_startproc
-    .cfi_undefined rip
-    movq %rsi, %rsp
-    xorl %ebp, %ebp
-    callq *%rdx
-    ud2
-    .cfi_endproc
-"#,
-    options(att_syntax)
-);
-
 /// Maps guest memory up to `top` (at most 4 GiB): 2 MiB pages, user
 /// read-write, above 2 MiB; 4 KiB pages below, with the zero page and the
 /// tender's structures (below 64 KiB) not present and the boot information
@@ -342,25 +322,7 @@ pub(crate) fn net_read(handle: u64, _fd: i32, buf: &mut [u8]) -> Result<usize, E
 /// status 255 and the trap frame as cookie, as Solo5 guests do.
 #[unsafe(no_mangle)]
 extern "C" fn mirage_solo5_hvt_trap(vector: u64, regs: *const TrapRegs) -> ! {
-    const NAMES: [&str; 22] = [
-        "#DE", "#DB", "#NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS", "#GP", "#PF",
-        "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
-    ];
     // SAFETY: the CPL-0 stub filled the static frame before coming here.
-    let r = unsafe { regs.read() };
-    let name = NAMES.get(vector as usize).copied().unwrap_or("#??");
-    use super::console::{Level, log};
-    log(
-        Level::Error,
-        format_args!(
-            "Solo5: trap: type={name} ec=0x{:x} rip=0x{:x} rsp=0x{:x} rflags=0x{:x}\n",
-            r.ec, r.rip, r.rsp, r.rflags
-        ),
-    );
-    if vector == 14 {
-        log(Level::Error, format_args!("Solo5: trap: cr2=0x{:x}\n", r.cr2));
-    }
-    log(Level::Error, format_args!("Solo5: ABORT: Fatal trap\n"));
-    super::console::flush();
+    rt::report_trap(vector, &unsafe { regs.read() });
     halt(solo5_abi::EXIT_ABORT, regs as u64)
 }
