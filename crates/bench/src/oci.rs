@@ -90,6 +90,23 @@ fn first_answer(addr: SocketAddr) -> Result<Instant, String> {
     Err(format!("no answer from {addr} within 30 s"))
 }
 
+/// Starts [`first_answer`] for the container of `link` on a thread in
+/// the link's client namespace.
+fn ask_from_client(link: &Link) -> Result<std::thread::JoinHandle<Result<Instant, String>>, String> {
+    let addr: SocketAddr = format!("{}:80", link.address).parse().map_err(|e| format!("{e}"))?;
+    let path = format!("/var/run/netns/{}", link.client);
+    Ok(std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a namespace file this thread opened; it moves
+        // only this thread.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        first_answer(addr)
+    }))
+}
+
 /// The proportional set size of process `pid`, in KiB.
 fn pss(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
@@ -140,20 +157,9 @@ fn measure(ctd: &Containerd, name: &str, runtime: Option<&Path>, image: &str, ru
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &link.client, "sh", "-c", "echo 10 > /proc/sys/net/ipv4/neigh/v1/retrans_time_ms"]);
         c.status().map_err(|e| e.to_string())?;
-        let addr: SocketAddr = format!("{}:80", link.address).parse().map_err(|e| format!("{e}"))?;
         let id: String = format!("{name}-{i}").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
         let netns = link.netns();
-        let path = format!("/var/run/netns/{}", link.client);
-        let client = std::thread::spawn(move || -> Result<Instant, String> {
-            let ns = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on a namespace file this thread opened; it
-            // moves only this thread.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error().to_string());
-            }
-            first_answer(addr)
-        });
+        let client = ask_from_client(&link)?;
         let start = Instant::now();
         let r = ctd.run_with(runtime, &["-d", "--with-ns", &netns, "--memory-limit", "67108864"], image, &id, &[])?;
         if r.status() != 0 {
@@ -220,20 +226,7 @@ fn at_once(ctd: &Containerd, name: &str, runtime: Option<&Path>, image: &str, n:
             links.push(link);
         }
         for link in &links {
-            let addr: SocketAddr = format!("{}:80", link.address).parse().map_err(|e| format!("{e}"))?;
-            let path = format!("/var/run/netns/{}", link.client);
-            std::thread::spawn(move || -> Result<Instant, String> {
-                let ns = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-                use std::os::fd::AsRawFd;
-                // SAFETY: setns on a namespace file this thread opened; it
-                // moves only this thread.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error().to_string());
-                }
-                first_answer(addr)
-            })
-            .join()
-            .map_err(|_| "the client panicked".to_string())??;
+            ask_from_client(link)?.join().map_err(|_| "the client panicked".to_string())??;
         }
         std::thread::sleep(Duration::from_millis(500));
         let after = mem_available_kib();
