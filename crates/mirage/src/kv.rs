@@ -3,7 +3,7 @@
 //! from the host by `mirage kv` (which tells the two formats apart by
 //! their first sector).
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 use mirage::config::KvBlock;
@@ -74,20 +74,50 @@ async fn fill<S: KvRw>(store: &S, path: &Path, dir: &Path) -> Result<(), Failure
     Ok(())
 }
 
-/// Creates the image at `path` of `size` bytes, formats it (a FAT volume
-/// of type `fat`, or a `BlockStore`), and fills it with the files of
-/// `directory`, if any. The image must not exist: a data image is never
-/// replaced.
-pub fn create(path: &Path, size: u64, directory: Option<&Path>, fat: Option<Option<FatType>>) -> Result<(), Failure> {
+/// Gives every block of `file` (`size` bytes, all of it still zero) its
+/// place on the disk: zeros written and synced. A sparse image costs a
+/// durable store dearly: each sync that reaches a block the file has not
+/// allocated yet also allocates it and writes the inode, which more than
+/// halves the durable small-change rate on ext4 (BENCHMARKS.md); an
+/// unwritten extent (`fallocate`) costs the same at its first write.
+fn allocate(file: &mut std::fs::File, size: u64) -> std::io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK as usize];
+    let mut at = 0;
+    file.rewind()?;
+    while at < size {
+        let n = (size - at).min(CHUNK);
+        file.write_all(&zeros[..n as usize])?;
+        at += n;
+    }
+    file.sync_all()
+}
+
+/// Creates the image at `path` of `size` bytes, allocated on the disk
+/// unless `sparse`, formats it (a FAT volume of type `fat`, or a
+/// `BlockStore`), and fills it with the files of `directory`, if any. The
+/// image must not exist: a data image is never replaced.
+pub fn create(
+    path: &Path,
+    size: u64,
+    directory: Option<&Path>,
+    fat: Option<Option<FatType>>,
+    sparse: bool,
+) -> Result<(), Failure> {
     if path.exists() {
         return Err(Failure::new(
             format!("{} exists: its data would be lost", path.display()),
             "remove it first if you mean to start an empty store",
         ));
     }
-    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| io(path, e))?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| io(path, e))?;
     let made = (|| {
         file.set_len(size).map_err(|e| io(path, e))?;
+        if !sparse {
+            allocate(&mut file, size).map_err(|e| {
+                Failure::new(format!("{}: allocating {size} bytes: {e}", path.display()), "check the free space")
+            })?;
+        }
         drop(file);
         let block = FileBlock::open(path, SECTOR, false).map_err(|e| io(path, e))?;
         let larger = |e: &dyn std::fmt::Display| {
@@ -140,7 +170,8 @@ pub fn ensure_fat_ro(path: &Path, directory: &Path) -> Result<bool, Failure> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
     }
-    create(path, fat_size_for(directory)?, Some(directory), Some(None))?;
+    // Read-only: no sync will ever reach it, so it may stay sparse.
+    create(path, fat_size_for(directory)?, Some(directory), Some(None), true)?;
     Ok(true)
 }
 
@@ -155,7 +186,7 @@ pub fn ensure(path: &Path, block: &KvBlock, fat: bool, config_dir: &Path) -> Res
         std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
     }
     let dir = block.directory.as_ref().map(|d| config_dir.join(d));
-    create(path, block.size, dir.as_deref(), fat.then_some(None))?;
+    create(path, block.size, dir.as_deref(), fat.then_some(None), false)?;
     Ok(true)
 }
 
@@ -169,10 +200,14 @@ image's first sector. Do not use it on an image a running unikernel has
 attached.
 
   mirage kv format IMAGE [--size=4M] [--fat] [--fat-bits=12|16|32]
-                                       create IMAGE (it must not exist) and
+                   [--sparse]          create IMAGE (it must not exist) and
                                        format it, empty: a crash-safe store,
                                        or with --fat a FAT volume (its type
-                                       by size unless --fat-bits)
+                                       by size unless --fat-bits). Its
+                                       blocks are allocated on the disk
+                                       (zeros written and synced), which
+                                       durable writes need to be fast;
+                                       --sparse leaves it a sparse file
   mirage kv ls IMAGE [KEY]             list the values under KEY (all), with
                                        their sizes
   mirage kv get IMAGE KEY              write the value at KEY to stdout
@@ -183,7 +218,7 @@ attached.
                                        directory); exit 1 if any is damaged";
 
 pub fn kv(argv: &[String]) -> Result<(), Failure> {
-    let args = Args::parse("kv", argv, &["size=", "fat", "fat-bits=", "help"])?;
+    let args = Args::parse("kv", argv, &["size=", "fat", "fat-bits=", "sparse", "help"])?;
     if help(&args, KV_HELP) {
         return Ok(());
     }
@@ -224,7 +259,7 @@ pub fn kv(argv: &[String]) -> Result<(), Failure> {
             } else {
                 None
             };
-            create(image, size, None, fat)?;
+            create(image, size, None, fat, args.flag("sparse"))?;
             let what = if fat.is_some() { "a FAT volume" } else { "a crash-safe store" };
             println!("formatted {} ({what}, {} KiB)", image.display(), size / 1024);
         }
