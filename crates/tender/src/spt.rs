@@ -167,18 +167,25 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
         let Some((e, fd)) = devices.get(i as u64, MftType::BlockBasic) else { continue };
         // One block per call, never past the end: a guest cannot grow the
         // backing file. A device granted flushes (--block-dsync:, ours)
-        // has a second, cached descriptor, on the same terms, which the
-        // guest may also sync.
+        // has a second, cached descriptor, which the guest may also sync,
+        // and which takes runs of 2^k blocks up to BLOCK_RUN_MAX bytes
+        // (MftEntry::block_runs), each length with its own bound so that
+        // no run ends past the device. A filter compares with constants
+        // only: lengths from a fixed set are what it can bound.
         let bs = e.block_size() as u64;
-        let last = e.block_capacity() - bs;
+        let capacity = e.block_capacity();
         let flush_fd = devices.flush_fd(i as u64);
-        for fd in std::iter::once(fd).chain(flush_fd) {
-            let cond = [Arg::Int(0, fd as u64), Arg::Eq(2, bs), Arg::Le(3, last)];
-            policy.when(libc::SYS_pread64, &cond, "solo5_block_read").when(
-                libc::SYS_pwrite64,
-                &cond,
-                "solo5_block_write",
-            );
+        for (fd, runs) in std::iter::once((fd, false)).chain(flush_fd.map(|f| (f, true))) {
+            let mut len = bs;
+            while len <= capacity && (len == bs || (runs && len <= solo5_abi::mft::BLOCK_RUN_MAX)) {
+                let cond = [Arg::Int(0, fd as u64), Arg::Eq(2, len), Arg::Le(3, capacity - len)];
+                policy.when(libc::SYS_pread64, &cond, "solo5_block_read").when(
+                    libc::SYS_pwrite64,
+                    &cond,
+                    "solo5_block_write",
+                );
+                len *= 2;
+            }
         }
         if let Some(fd) = flush_fd {
             policy.when(libc::SYS_fdatasync, &[Arg::Int(0, fd as u64)], "block flush (ours)");

@@ -36,6 +36,10 @@ pub struct Block {
     fd: i32,
     info: BlockInfo,
     flush: bool,
+    /// The most bytes one read or write call may carry on spt: a block
+    /// (Solo5's filter), or a run of 2^k blocks up to `BLOCK_RUN_MAX`
+    /// through a descriptor our tender granted runs.
+    max_call: u64,
 }
 
 impl Block {
@@ -57,7 +61,8 @@ impl Block {
             Some(_) => (e.hostfd(), true),
             None => (e.hostfd(), false),
         };
-        Ok(Block { handle: i as u64, fd, info, flush })
+        let max_call = if flush && e.block_runs() { mft::BLOCK_RUN_MAX.max(bs) } else { bs };
+        Ok(Block { handle: i as u64, fd, info, flush, max_call })
     }
 
     /// The device's size and block size.
@@ -87,13 +92,13 @@ impl Block {
     /// Reads whole blocks at byte `offset` into `buf`.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
         self.check(offset, buf.len())?;
-        platform::block_read(self.handle, self.fd, self.info.block_size, offset, buf)
+        platform::block_read(self.handle, self.fd, self.info.block_size, self.max_call, offset, buf)
     }
 
     /// Writes whole blocks from `data` at byte `offset`.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
         self.check(offset, data.len())?;
-        platform::block_write(self.handle, self.fd, self.info.block_size, offset, data)
+        platform::block_write(self.handle, self.fd, self.info.block_size, self.max_call, offset, data)
     }
 
     /// Whether the tender granted flushes: [`Block::flush`] then puts

@@ -219,36 +219,68 @@ pub(crate) fn net_write(_handle: u64, fd: i32, frame: &[u8]) -> Result<(), Error
     if n == frame.len() as i64 { Ok(()) } else { Err(Error::Unspecified) }
 }
 
-/// One system call per block: the seccomp filter allows no more.
+/// One system call per block, which is all Solo5's seccomp filter allows;
+/// through a descriptor our tender granted runs (`max_call` above `bs`),
+/// one per run of 2^k blocks of at most `max_call` bytes, the lengths its
+/// filter allows.
 ///
 /// # Safety
+///
 /// `buf` is valid for `len` bytes, a whole number of blocks of `bs`: read
 /// for `PWRITE64`, written for `PREAD64`.
-unsafe fn block_io(fd: i32, bs: u64, offset: u64, buf: *mut u8, len: usize, nr: u64) -> Result<(), Error> {
-    if bs == 0 || len as u64 % bs != 0 {
+unsafe fn block_io(
+    fd: i32,
+    bs: u64,
+    max_call: u64,
+    offset: u64,
+    buf: *mut u8,
+    len: usize,
+    nr: u64,
+) -> Result<(), Error> {
+    if bs == 0 || !bs.is_power_of_two() || len as u64 % bs != 0 {
         return Err(Error::Invalid);
     }
     let mut done = 0;
     while done < len as u64 {
-        // SAFETY: [buf + done, buf + done + bs) lies in the caller's buffer.
-        let n = unsafe { syscall4(nr, fd as u64, buf as u64 + done, bs, offset + done) };
-        if n != bs as i64 {
+        let left = len as u64 - done;
+        // The largest 2^k blocks within what is left and the grant.
+        let mut n = bs;
+        while n * 2 <= left.min(max_call) {
+            n *= 2;
+        }
+        // SAFETY: [buf + done, buf + done + n) lies in the caller's buffer.
+        let r = unsafe { syscall4(nr, fd as u64, buf as u64 + done, n, offset + done) };
+        if r != n as i64 {
             return Err(Error::Unspecified);
         }
-        done += bs;
+        done += n;
     }
     Ok(())
 }
 
-pub(crate) fn block_read(_handle: u64, fd: i32, bs: u64, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+pub(crate) fn block_read(
+    _handle: u64,
+    fd: i32,
+    bs: u64,
+    max_call: u64,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), Error> {
     // SAFETY: pread64 writes into `buf`, a live, exclusive slice.
-    unsafe { block_io(fd, bs, offset, buf.as_mut_ptr(), buf.len(), sys::PREAD64) }
+    unsafe { block_io(fd, bs, max_call, offset, buf.as_mut_ptr(), buf.len(), sys::PREAD64) }
 }
 
-pub(crate) fn block_write(_handle: u64, fd: i32, bs: u64, offset: u64, data: &[u8]) -> Result<(), Error> {
+pub(crate) fn block_write(
+    _handle: u64,
+    fd: i32,
+    bs: u64,
+    max_call: u64,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), Error> {
     // SAFETY: pwrite64 only reads `data`, a live slice; nothing writes
     // through the pointer despite its type.
-    unsafe { block_io(fd, bs, offset, data.as_ptr().cast_mut(), data.len(), sys::PWRITE64) }
+    unsafe { block_io(fd, bs, max_call, offset, data.as_ptr().cast_mut(), data.len(), sys::PWRITE64) }
 }
 
 /// Syncs the cached descriptor a tender granted for flushes; its filter

@@ -171,11 +171,14 @@ pub fn cases(v: &mut Vec<Case>) {
 /// call, descriptor or block range it does not allow.
 fn spt_cases(v: &mut Vec<Case>) {
     const SPT: Needs = Needs::Target("spt");
-    let run = |what: &str| -> Result<testkit::Run, String> {
+    // `attach` is `--block` (Solo5's) or `--block-dsync` (ours, which
+    // grants a second descriptor).
+    let run_with = |attach: &str, what: &str| -> Result<testkit::Run, String> {
         let dir = Scratch::new("hostile-spt");
-        let disk = dir.file("disk.img", 1 << 20);
-        boot("spt", &[&format!("--block:storage={}", disk.display())], "hostile-spt", &[what])
+        let disk = dir.file("disk.img", 4 << 20);
+        boot("spt", &[&format!("{attach}:storage={}", disk.display())], "hostile-spt", &[what])
     };
+    let run = move |what: &str| run_with("--block", what);
     v.push(case("spt::hostile_pointers_get_efault", SPT, move || {
         let r = run("efault")?;
         r.expect_status(0)?;
@@ -192,6 +195,23 @@ fn spt_cases(v: &mut Vec<Case>) {
     ] {
         v.push(case(format!("spt::hostile_{what}_is_killed_by_the_filter"), SPT, move || {
             let r = run(what)?;
+            if r.stdout.contains("hostile-spt: unknown") {
+                return Err(r.dump());
+            }
+            r.expect_status(159)
+        }));
+    }
+    // With `--block-dsync:` the granted descriptor takes runs of 2^k
+    // blocks up to 1 MiB inside the device, and nothing else.
+    let granted = move |what: &str| run_with("--block-dsync", what);
+    v.push(case("spt::granted_runs_of_2k_blocks_are_allowed", SPT, move || {
+        let r = granted("granted-run")?;
+        r.expect_status(0)?;
+        r.expect_stdout("SUCCESS: runs of 2 and 4 blocks")
+    }));
+    for what in ["granted-run-past-end", "granted-run-of-3", "granted-run-over-1-mib"] {
+        v.push(case(format!("spt::hostile_{what}_is_killed_by_the_filter"), SPT, move || {
+            let r = granted(what)?;
             if r.stdout.contains("hostile-spt: unknown") {
                 return Err(r.dump());
             }

@@ -48,8 +48,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let text = start as *const () as u64;
     let (epoll, timer) = (bi.epollfd as u64, bi.timerfd as u64);
     let top = bi.mem_size;
-    let mut good = [0u8; 512];
+    let mut good = [0u8; 4096];
     let good = good.as_mut_ptr() as u64;
+    // The descriptor of a flush grant (`--block-dsync:`, ours), which also
+    // takes runs of 2^k blocks up to 1 MiB, never past the end.
+    let granted = blk.block_flush().map(|f| f as u64);
     match what {
         "efault" => {
             // Make the timer due so that epoll_pwait has an event to write.
@@ -99,6 +102,22 @@ fn start(si: &solo5::StartInfo) -> i32 {
         "pwrite-past-end" => syscall(sys::PWRITE64, [fd, good, bs, cap, 0, 0]) as i32,
         "pwrite-two-blocks" => syscall(sys::PWRITE64, [fd, good, 2 * bs, 0, 0, 0]) as i32,
         "write-other-fd" => syscall(sys::WRITE, [2, good, 1, 0, 0, 0]) as i32,
+        // Runs through the granted descriptor: 2^k blocks, inside the
+        // device, are allowed; any other length, or past the end, is not.
+        "granted-run" => {
+            let Some(g) = granted else { return 2 };
+            let r = syscall(sys::PREAD64, [g, good, 2 * bs, cap - 2 * bs, 0, 0]);
+            let w = syscall(sys::PWRITE64, [g, good, 4 * bs, 0, 0, 0]);
+            if r != 2 * bs as i64 || w != 4 * bs as i64 {
+                solo5::println!("FAILURE: runs through the granted descriptor gave {r} and {w}");
+                return 1;
+            }
+            solo5::println!("SUCCESS: runs of 2 and 4 blocks through the granted descriptor");
+            0
+        }
+        "granted-run-past-end" => syscall(sys::PWRITE64, [granted.unwrap_or(fd), good, 2 * bs, cap - bs, 0, 0]) as i32,
+        "granted-run-of-3" => syscall(sys::PWRITE64, [granted.unwrap_or(fd), good, 3 * bs, 0, 0, 0]) as i32,
+        "granted-run-over-1-mib" => syscall(sys::PREAD64, [granted.unwrap_or(fd), good, 2 << 20, 0, 0, 0]) as i32,
         // Only the descriptor a flush grant names may be synced.
         "fdatasync-hostfd" => syscall(sys::FDATASYNC, [fd, 0, 0, 0, 0, 0]) as i32,
         _ => {

@@ -264,14 +264,28 @@ pub(crate) fn poll(deadline: u64) -> u64 {
     p.ready_set
 }
 
-pub(crate) fn block_write(handle: u64, _fd: i32, _bs: u64, offset: u64, data: &[u8]) -> Result<(), Error> {
+pub(crate) fn block_write(
+    handle: u64,
+    _fd: i32,
+    _bs: u64,
+    _max_call: u64,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), Error> {
     let mut w = HcBlockWrite { handle, offset, data: data.as_ptr() as u64, len: data.len() as u64, ret: 0, _pad: 0 };
     // SAFETY: the tender reads `data`, a live slice of w.len bytes.
     unsafe { hypercall(&mut w) };
     Error::check(w.ret)
 }
 
-pub(crate) fn block_read(handle: u64, _fd: i32, _bs: u64, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+pub(crate) fn block_read(
+    handle: u64,
+    _fd: i32,
+    _bs: u64,
+    _max_call: u64,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), Error> {
     let mut r = HcBlockRead { handle, offset, data: buf.as_mut_ptr() as u64, len: buf.len() as u64, ret: 0, _pad: 0 };
     // SAFETY: the tender writes at most r.len bytes into `buf`, a live,
     // exclusive slice.

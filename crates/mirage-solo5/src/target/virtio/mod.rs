@@ -518,11 +518,25 @@ pub(crate) fn net_write(_handle: u64, dev: i32, frame: &[u8]) -> Result<(), Erro
     virtq::net_write(dev as usize, frame)
 }
 
-pub(crate) fn block_read(_handle: u64, dev: i32, _bs: u64, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+pub(crate) fn block_read(
+    _handle: u64,
+    dev: i32,
+    _bs: u64,
+    _max_call: u64,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), Error> {
     virtq::blk_io(dev as usize, virtq::BlkOp::Read, offset, buf.as_mut_ptr(), buf.len())
 }
 
-pub(crate) fn block_write(_handle: u64, dev: i32, _bs: u64, offset: u64, data: &[u8]) -> Result<(), Error> {
+pub(crate) fn block_write(
+    _handle: u64,
+    dev: i32,
+    _bs: u64,
+    _max_call: u64,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), Error> {
     // The device only reads `data` for a write, despite the pointer's type.
     virtq::blk_io(dev as usize, virtq::BlkOp::Write, offset, data.as_ptr().cast_mut(), data.len())
 }
