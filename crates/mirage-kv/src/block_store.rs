@@ -1,6 +1,6 @@
 //! A crash-safe read-write store over any block device (MirageOS's
-//! chamelon has the same job): copy-on-write with two alternating
-//! superblocks.
+//! chamelon has the same job): copy-on-write records appended to a log,
+//! with two alternating superblocks as checkpoints.
 //!
 //! # Layout
 //!
@@ -8,45 +8,63 @@
 //! a multiple of the sector size). The sectors at bytes 0 and 4096 hold the
 //! two superblock slots, wherever the sector size puts them (512 to 4096
 //! bytes: an image moves between devices of either); the blocks from byte
-//! 8192 on are data. A superblock
-//! names a generation and the head of the index: a chain of blocks, each
-//! beginning with the number of the next, whose payloads concatenated are
-//! the serialized index (every key with its size, time, SHA-256 and either
-//! the bytes of a small value inline or the extents of a larger one). The
-//! superblock carries the SHA-256 of the index and of itself.
+//! 8192 on are data. A generation of the store is a *record*: a chain of
+//! blocks, each beginning with the number of the next, whose payloads
+//! concatenated are a header (generation, the block reserved for the next
+//! record, the index's length and SHA-256, and the header's own SHA-256)
+//! and the serialized index (every key with its size, time, SHA-256 and
+//! either the bytes of a small value inline or the extents of a larger
+//! one). A superblock names one record, with its length and SHA-256.
 //!
 //! # Why it survives a crash
 //!
-//! A change never writes a block the committed state refers to: the new
-//! value's blocks and the new index go to free blocks; if there are value
-//! blocks the device is flushed; then the superblock of generation `g + 1`
-//! is written, with a single-sector write, into the slot that does not
-//! hold generation `g`, and the device is flushed; only then does the
-//! future complete. A crash before that last flush leaves the new
-//! superblock with its index whole (its checksum holds, and the value
-//! blocks were flushed before it), or a superblock that is torn, old, or
-//! names an index not all on the disk: each fails a checksum, and opening
-//! takes the other generation, the last acknowledged state, whose blocks
-//! the interrupted change did not touch.
+//! A change never writes a block the committed state refers to. Its new
+//! value's blocks go to free blocks, and are flushed; then the record of
+//! generation `g + 1` is written in one run from the block that record
+//! `g` reserved for it, and the device is flushed; only then does the
+//! future complete. A change of small values (inline) or a removal is one
+//! write and one flush, as a database's write-ahead-log commit is.
+//! Opening reads the newest superblock whose checksum holds, its record,
+//! then follows the log: the block each record reserved, while it holds a
+//! whole record (both checksums) of the next generation. A crash while
+//! record `g + 1` was written leaves there a record that is torn (its
+//! checksums fail) or whole: the store opens at `g`, the last acknowledged
+//! state, or at `g + 1`, never between; what a reserved block held before
+//! (an older record, a value, zeros) is never of generation `g + 1`, since
+//! generations only grow.
+//!
+//! Every [`LOG_MAX`] records (or sooner, when space runs short) a
+//! checkpoint writes a superblock naming the last record into the slot not
+//! holding the last checkpoint, and flushes; the records before it are
+//! free after that. Until then they stay in use, so that the log from the
+//! last checkpoint is whole. A torn checkpoint fails its checksum and
+//! opening takes the other slot, whose log still reaches the last record.
 //! A value is read from the blocks of one committed generation, so it is
 //! never seen half old, half new; `get` also checks its SHA-256.
 //!
-//! Opening reads the two superblocks and the index (no journal to replay,
-//! no scan of the data): the time to open after a crash is the time to
-//! read the index. Free space is what the committed index does not name,
-//! so the blocks of a replaced or removed value are free again as soon as
-//! the change is committed. A change must leave room for one more index,
-//! so that a full store still answers `remove` (which is how it is made
-//! less full): past that it answers [`Error::NoSpace`], and stays readable.
+//! Opening reads at most one superblock's record and the log after it
+//! ([`LOG_MAX`] records): no journal to replay, no scan of the data. Free
+//! space is what the state does not name: the blocks of a replaced or
+//! removed value are free as soon as the change is committed, those of the
+//! log at the next checkpoint. A change must leave room for one more
+//! record, so that a full store still answers `remove` (which is how it
+//! is made less full): past that it answers [`Error::NoSpace`], and stays
+//! readable.
+//!
+//! Stores of the first format (version 1: superblocks naming a bare index,
+//! a superblock written by every change) open as they are; their first
+//! change writes a record and a superblock naming it.
 //!
 //! # Damaged images
 //!
 //! Everything read from the device is untrusted. No panic on any contents:
 //! fields are parsed with checked conversions; block numbers are checked
 //! against the device; the index is checked (SHA-256, keys sorted, valid
-//! and forming one tree, extents inside the device and not overlapping,
-//! sizes matching). If the newest generation is damaged the store opens
-//! the older one and says so ([`BlockStore::recovery`]); if neither is
+//! and forming one tree, extents inside the device and not overlapping
+//! each other or the log, sizes matching). If the newest superblock's
+//! record is damaged the store opens the older one and its log; if a
+//! record in the log is damaged the store opens the one before it; either
+//! way it says so ([`BlockStore::recovery`]). If no superblock's record is
 //! whole, [`BlockStore::open`] answers an [`OpenError`] that names the
 //! problem. A value whose blocks are damaged answers [`Error::Io`] from
 //! `get`; [`BlockStore::check`] reads every value and names the damaged
@@ -56,9 +74,10 @@
 //!
 //! Each change rewrites the whole index (a few dozen bytes per key plus
 //! the small values inline), so the store suits thousands of keys, not
-//! millions; a change costs two flushes. Operations run one at a time
-//! (an asynchronous lock), so that a reader never sees blocks reused by a
-//! concurrent writer.
+//! millions; a change of small values costs one flush, one of a larger
+//! value two (its blocks must be on the disk before a record names them).
+//! Operations run one at a time (an asynchronous lock), so that a reader
+//! never sees blocks reused by a concurrent writer.
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
@@ -78,7 +97,19 @@ use sha2::{Digest as _, Sha256};
 use crate::tree;
 
 const MAGIC: &[u8; 8] = b"MIRAGEKV";
-const VERSION: u32 = 1;
+/// The format written: superblocks name a record (header and index),
+/// whose header names the block of the next record.
+const VERSION: u32 = 2;
+/// The first format, still opened: its superblocks name a bare index,
+/// and it has no log (its first change writes a superblock).
+const VERSION_1: u32 = 1;
+/// The first bytes of a record's header.
+const REC_MAGIC: &[u8; 8] = b"MKVLOG02";
+/// Bytes of a record's header: fields (64) and their SHA-256 (32).
+const REC_HDR: usize = 96;
+/// Records written after a checkpoint before the next: bounds what
+/// opening follows, and what the log holds.
+const LOG_MAX: u32 = 32;
 /// Bytes of a superblock: fields (80) and their SHA-256 (32).
 const SUPER_LEN: usize = 112;
 /// The block size [`BlockStore::format`] picks when asked for none.
@@ -183,6 +214,8 @@ struct Entry {
 /// A superblock's fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Super {
+    /// [`VERSION`] or [`VERSION_1`].
+    version: u32,
     block_size: u32,
     blocks: u64,
     generation: u64,
@@ -191,20 +224,39 @@ struct Super {
     index_sha: [u8; 32],
 }
 
+/// Fields laid end to end, then their SHA-256: how superblocks and record
+/// headers are sealed.
+fn sealed<const N: usize>(fields: &[&[u8]]) -> [u8; N] {
+    let mut b = [0u8; N];
+    let mut at = 0;
+    for f in fields {
+        b[at..at + f.len()].copy_from_slice(f);
+        at += f.len();
+    }
+    let sha: [u8; 32] = Sha256::digest(&b[..N - 32]).into();
+    b[N - 32..].copy_from_slice(&sha);
+    b
+}
+
+/// Whether the last 32 of the first `n` bytes of `b` are the SHA-256 of
+/// those before them.
+fn seal_holds(b: &[u8], n: usize) -> bool {
+    let sha: [u8; 32] = Sha256::digest(&b[..n - 32]).into();
+    sha[..] == b[n - 32..n]
+}
+
 impl Super {
     fn encode(&self) -> [u8; SUPER_LEN] {
-        let mut b = [0u8; SUPER_LEN];
-        b[0..8].copy_from_slice(MAGIC);
-        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        b[12..16].copy_from_slice(&self.block_size.to_le_bytes());
-        b[16..24].copy_from_slice(&self.blocks.to_le_bytes());
-        b[24..32].copy_from_slice(&self.generation.to_le_bytes());
-        b[32..40].copy_from_slice(&self.index_head.to_le_bytes());
-        b[40..48].copy_from_slice(&self.index_len.to_le_bytes());
-        b[48..80].copy_from_slice(&self.index_sha);
-        let sha: [u8; 32] = Sha256::digest(&b[..80]).into();
-        b[80..112].copy_from_slice(&sha);
-        b
+        sealed(&[
+            MAGIC,
+            &self.version.to_le_bytes(),
+            &self.block_size.to_le_bytes(),
+            &self.blocks.to_le_bytes(),
+            &self.generation.to_le_bytes(),
+            &self.index_head.to_le_bytes(),
+            &self.index_len.to_le_bytes(),
+            &self.index_sha,
+        ])
     }
 
     /// `None` if the slot holds no superblock at all (no magic), else the
@@ -213,18 +265,57 @@ impl Super {
         if b.len() < SUPER_LEN || &b[0..8] != MAGIC {
             return None;
         }
-        let sha: [u8; 32] = Sha256::digest(&b[..80]).into();
-        if sha[..] != b[80..112] {
+        if !seal_holds(b, SUPER_LEN) {
             return Some(Err(String::from("its checksum fails (a torn write or a damaged sector)")));
         }
         let mut r = Reader { b: &b[8..80] };
         let (version, block_size) = (r.u32()?, r.u32()?);
-        if version != VERSION {
-            return Some(Err(format!("it is of format version {version}; this reader knows {VERSION}")));
+        if version != VERSION && version != VERSION_1 {
+            return Some(Err(format!(
+                "it is of format version {version}; this reader knows {VERSION_1} and {VERSION}"
+            )));
         }
         let (blocks, generation, index_head, index_len) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
         let index_sha = r.bytes(32)?.try_into().ok()?;
-        Some(Ok(Super { block_size, blocks, generation, index_head, index_len, index_sha }))
+        Some(Ok(Super { version, block_size, blocks, generation, index_head, index_len, index_sha }))
+    }
+}
+
+/// A record's header: the first [`REC_HDR`] bytes of its chain's payload,
+/// before the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    generation: u64,
+    /// The block reserved for the record of `generation + 1` (0: none).
+    next: u64,
+    index_len: u64,
+    index_sha: [u8; 32],
+}
+
+impl Record {
+    fn encode(&self) -> [u8; REC_HDR] {
+        sealed(&[
+            REC_MAGIC,
+            &self.generation.to_le_bytes(),
+            &self.next.to_le_bytes(),
+            &self.index_len.to_le_bytes(),
+            &self.index_sha,
+        ])
+    }
+
+    /// `None` if `b` holds no record (no magic); `Some(Err(g))` if its
+    /// checksum fails, `g` being what its generation field says.
+    fn decode(b: &[u8]) -> Option<Result<Record, u64>> {
+        if b.len() < REC_HDR || &b[0..8] != REC_MAGIC {
+            return None;
+        }
+        let mut r = Reader { b: &b[8..64] };
+        let (generation, next, index_len) = (r.u64()?, r.u64()?, r.u64()?);
+        if !seal_holds(b, REC_HDR) {
+            return Some(Err(generation));
+        }
+        let index_sha = r.bytes(32)?.try_into().ok()?;
+        Some(Ok(Record { generation, next, index_len, index_sha }))
     }
 }
 
@@ -476,9 +567,23 @@ struct State {
     used: Bitmap,
     /// Where the next allocation starts looking.
     cursor: u64,
-    /// A change failed after its superblock may have reached the device:
-    /// the state in memory may no longer be the one on the device.
+    /// A change failed after its record or superblock may have reached
+    /// the device: the state in memory may no longer be the one on it.
     poisoned: bool,
+    /// The committed generation's record: its blocks, in chain order,
+    /// its length and SHA-256 (what a checkpoint's superblock names).
+    record: Vec<u64>,
+    rec_len: u64,
+    rec_sha: [u8; 32],
+    /// The block reserved for the next record (0: none, a version-1
+    /// store, whose first change writes a superblock).
+    next: u64,
+    /// Blocks of the records before the committed one since the last
+    /// checkpoint: opening follows the log through them, so they stay in
+    /// use until the next checkpoint.
+    held: Vec<u64>,
+    /// Records written since the last checkpoint.
+    log_len: u32,
 }
 
 /// A read-write store on a block device; `C` stamps modification times.
@@ -513,10 +618,34 @@ pub struct Usage {
     pub blocks: u64,
     /// Blocks free.
     pub free_blocks: u64,
+    /// Blocks of the log's records before the committed one: free again
+    /// at the next checkpoint (at most every 32 changes, or sooner when
+    /// space runs short).
+    pub log_blocks: u64,
     /// Values stored.
     pub values: usize,
     /// The committed generation.
     pub generation: u64,
+}
+
+/// The blocks a state uses: its log's records, the block reserved for
+/// the next, and its values'.
+fn used_by(g: &Geometry, st: &State) -> Result<Bitmap, Error> {
+    let mut used = Bitmap::new(g)?;
+    for &b in st.held.iter().chain(&st.record) {
+        used.set(b);
+    }
+    if st.next != 0 {
+        used.set(st.next);
+    }
+    for e in st.entries.values() {
+        if let Data::Extents(x) = &e.data {
+            for &(s, c) in x {
+                used.claim(s, c);
+            }
+        }
+    }
+    Ok(used)
 }
 
 fn serialize(entries: &BTreeMap<String, Entry>) -> Result<Vec<u8>, Error> {
@@ -635,12 +764,15 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         let bs = block_size.unwrap_or(DEFAULT_BLOCK_SIZE.max(info.sector_size));
         let g = Geometry::new(info.sector_size, bs, info.capacity() / u64::from(bs))?;
         let sector = u64::from(info.sector_size);
-        let blob = serialize(&BTreeMap::new()).map_err(|_| OpenError::OutOfMemory)?;
+        let index = serialize(&BTreeMap::new()).map_err(|_| OpenError::OutOfMemory)?;
+        // The first record, and the block after it for the second.
         let head = g.first;
+        let blob = record(1, head + 1, &index).map_err(|_| OpenError::OutOfMemory)?;
         let mut buf = vec![0u8; g.block as usize];
         buf[NEXT_LEN..NEXT_LEN + blob.len()].copy_from_slice(&blob);
         block.write(head * g.spb, &buf).await?;
         let sb = Super {
+            version: VERSION,
             block_size: bs,
             blocks: g.blocks,
             generation: 1,
@@ -697,23 +829,37 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
                 return Err(OpenError::Truncated { store: store_bytes, device: info.capacity() });
             }
             match Self::load(&block, &g, s).await {
-                Ok((entries, used)) => {
+                Ok(l) => {
                     let recovery = if i > 0 || newest_damaged {
+                        let log = l.note.as_deref().map(|n| format!("; {n}")).unwrap_or_default();
                         Some(format!(
-                            "opened generation {} from superblock {slot}; a newer change, if any, was lost: {}",
-                            s.generation,
+                            "opened generation {} from superblock {slot} and its log; a newer change, if any, was \
+                             lost: {}{log}",
+                            l.generation,
                             problems.join("; ")
                         ))
                     } else {
-                        None
+                        l.note.as_deref().map(|n| {
+                            format!(
+                                "opened generation {}; {n}: the change in flight when it stopped was lost",
+                                l.generation
+                            )
+                        })
                     };
+                    let cursor = if l.next == 0 { g.first } else { l.next + 1 };
                     let state = State {
-                        generation: s.generation,
+                        generation: l.generation,
                         slot: *slot,
-                        entries,
-                        used,
-                        cursor: g.first,
+                        entries: l.entries,
+                        used: l.used,
+                        cursor,
                         poisoned: false,
+                        record: l.record,
+                        rec_len: l.rec_len,
+                        rec_sha: l.rec_sha,
+                        next: l.next,
+                        held: l.held,
+                        log_len: l.log_len,
                     };
                     return Ok(BlockStore {
                         block,
@@ -735,37 +881,85 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         Err(OpenError::Damaged(problems.join("; ")))
     }
 
-    /// Reads and checks the index a superblock names.
-    async fn load(block: &B, g: &Geometry, s: &Super) -> Result<(BTreeMap<String, Entry>, Bitmap), LoadError> {
-        let mut used = Bitmap::new(g).map_err(|_| LoadError::OutOfMemory)?;
-        let room = (g.blocks - g.first).saturating_mul(g.payload() as u64);
-        if s.index_len > room || s.index_len < 8 {
+    /// Reads and checks the record (or, in a version-1 store, the index)
+    /// a superblock names, then follows the log from it: the record in
+    /// the block each names for the next, while that holds a whole record
+    /// of the next generation. The state is the last such record's.
+    async fn load(block: &B, g: &Geometry, s: &Super) -> Result<Loaded, LoadError> {
+        let least = if s.version == VERSION_1 { 8 } else { REC_HDR as u64 + 8 };
+        if s.index_len < least {
             return Err(LoadError::Damaged(format!("an index of {} bytes cannot be", s.index_len)));
         }
-        let len = s.index_len as usize;
-        let mut blob = Vec::new();
-        blob.try_reserve_exact(len).map_err(|_| LoadError::OutOfMemory)?;
-        let mut buf = vec![0u8; g.block as usize];
-        let mut at = s.index_head;
-        while blob.len() < len {
-            if at < g.first || at >= g.blocks {
-                return Err(LoadError::Damaged(format!("the index names block {at}, outside the store")));
-            }
-            // A loop in the chain meets a block it has already claimed.
-            if !used.claim(at, 1) {
-                return Err(LoadError::Damaged(format!("the index chain meets block {at} twice")));
-            }
-            block.read(at * g.spb, &mut buf).await.map_err(LoadError::Block)?;
-            let n = (len - blob.len()).min(g.payload());
-            blob.extend_from_slice(&buf[NEXT_LEN..NEXT_LEN + n]);
-            at = u64::from_le_bytes(buf[..NEXT_LEN].try_into().unwrap_or([0; 8]));
-        }
+        let mut chain = Bitmap::new(g).map_err(|_| LoadError::OutOfMemory)?;
+        let mut record = Vec::new();
+        let blob = read_chain(block, g, s.index_head, s.index_len, &mut chain, &mut record).await?;
         let sha: [u8; 32] = Sha256::digest(&blob).into();
         if sha != s.index_sha {
             return Err(LoadError::Damaged(String::from("the index fails its checksum")));
         }
-        let entries = parse_index(&blob, g, &mut used).map_err(LoadError::Damaged)?;
-        Ok((entries, used))
+        let (index, next) = if s.version == VERSION_1 {
+            (&blob[..], 0)
+        } else {
+            let r = match Record::decode(&blob[..REC_HDR]) {
+                Some(Ok(r)) => r,
+                _ => return Err(LoadError::Damaged(String::from("the header of its record is damaged"))),
+            };
+            let index_sha: [u8; 32] = Sha256::digest(&blob[REC_HDR..]).into();
+            if r.generation != s.generation || r.index_len != (blob.len() - REC_HDR) as u64 || r.index_sha != index_sha
+            {
+                return Err(LoadError::Damaged(String::from("its record does not match the superblock")));
+            }
+            (&blob[REC_HDR..], r.next)
+        };
+        let (entries, used) = state_of(g, index, &chain, next).map_err(LoadError::Damaged)?;
+        let mut l = Loaded {
+            entries,
+            used,
+            generation: s.generation,
+            record,
+            rec_len: s.index_len,
+            rec_sha: s.index_sha,
+            next,
+            held: Vec::new(),
+            log_len: 0,
+            note: None,
+        };
+        while l.next != 0 {
+            let Some(expect) = l.generation.checked_add(1) else { break };
+            let mut bits = chain.clone();
+            let mut blocks = Vec::new();
+            let (r, blob) = match follow(block, g, l.next, expect, &mut bits, &mut blocks).await {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                Err(LoadError::Damaged(why)) => {
+                    l.note = Some(format!("the record of generation {expect} {why}"));
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            let (entries, used) = match state_of(g, &blob[REC_HDR..], &bits, r.next) {
+                Ok(x) => x,
+                Err(why) => {
+                    l.note = Some(format!("the record of generation {expect} is damaged: {why}"));
+                    break;
+                }
+            };
+            chain = bits;
+            l.held.append(&mut l.record);
+            l = Loaded {
+                entries,
+                used,
+                generation: expect,
+                record: blocks,
+                rec_len: blob.len() as u64,
+                rec_sha: Sha256::digest(&blob).into(),
+                next: r.next,
+                held: l.held,
+                log_len: l.log_len + 1,
+                note: None,
+            };
+        }
+        Ok(l)
     }
 
     /// What opening repaired, if anything: the newest generation was
@@ -781,6 +975,7 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
             block_size: self.geo.block as u32,
             blocks: self.geo.blocks,
             free_blocks: s.used.free,
+            log_blocks: s.held.len() as u64,
             values: s.entries.len(),
             generation: s.generation,
         }
@@ -853,9 +1048,13 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         Ok(())
     }
 
-    /// Commits a new index: the value's blocks (`extents`, filled from
-    /// `src`) and the index are written to free blocks, the device is
-    /// flushed, the superblock is written, the device is flushed again.
+    /// Commits a new index as the record of the next generation: the
+    /// value's blocks (`extents`, filled from `src`) are written to free
+    /// blocks and flushed, then the record (its header and the index) in
+    /// one run from the block the committed record reserved for it, and
+    /// flushed: one write and one flush for a change of small values.
+    /// Every [`LOG_MAX`] records a checkpoint writes a superblock naming
+    /// the last (see [`BlockStore::checkpoint`]).
     async fn commit(
         &self,
         entries: BTreeMap<String, Entry>,
@@ -864,91 +1063,145 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         reserve: bool,
     ) -> Result<(), Error> {
         let g = self.geo;
-        let blob = serialize(&entries)?;
-        let nidx = g.index_blocks(blob.len());
-        let cursor = self.state.borrow().cursor;
-        let idx_runs = scratch.alloc(nidx, cursor, g.blocks)?;
-        // Room for one more index, so that a full store can still remove
+        let index = serialize(&entries)?;
+        let (generation, reserved, cursor) = {
+            let s = self.state.borrow();
+            // A generation no counter reaches but an image can claim: the
+            // store stays readable and takes no change.
+            (s.generation.checked_add(1).ok_or(Error::Io)?, s.next, s.cursor)
+        };
+        let n = g.index_blocks(REC_HDR + index.len());
+        // A version-1 store reserved no block: its first record goes
+        // anywhere, and a superblock names it at once.
+        let named = reserved == 0;
+        let mut blocks: Vec<u64> = Vec::new();
+        if named {
+            for (s, c) in scratch.alloc(n, cursor, g.blocks)? {
+                blocks.extend(s..s + c);
+            }
+        } else {
+            blocks.push(reserved);
+            for (s, c) in scratch.alloc(n - 1, reserved + 1, g.blocks)? {
+                blocks.extend(s..s + c);
+            }
+        }
+        let last = blocks.last().copied().unwrap_or(g.first);
+        let next = scratch.alloc(1, last + 1, g.blocks)?[0].0;
+        // Room for one more record, so that a full store can still remove
         // (a removal shrinks the index and frees the old one: it needs no
         // such room).
-        if reserve && scratch.free < nidx {
+        if reserve && scratch.free < n {
             return Err(Error::NoSpace);
         }
         if let Some((extents, src)) = value {
             self.write_value(extents, src).await?;
-        }
-        let idx_blocks: Vec<u64> = idx_runs.iter().flat_map(|&(s, c)| s..s + c).collect();
-        let pl = g.payload();
-        let mut buf = Vec::new();
-        let mut i = 0usize;
-        for &(s, c) in &idx_runs {
-            buf.clear();
-            buf.resize((c * g.block) as usize, 0);
-            for j in 0..c {
-                let next = idx_blocks.get(i + 1).copied().unwrap_or(0);
-                let at = (j * g.block) as usize;
-                buf[at..at + NEXT_LEN].copy_from_slice(&next.to_le_bytes());
-                let from = (i * pl).min(blob.len());
-                let n = (blob.len() - from).min(pl);
-                buf[at + NEXT_LEN..at + NEXT_LEN + n].copy_from_slice(&blob[from..from + n]);
-                i += 1;
-            }
-            self.block.write(s * g.spb, &buf).await.map_err(|_| Error::Io)?;
-        }
-        // Value blocks must be durable before a superblock names them: the
-        // index's checksum does not cover them. The index needs no flush of
-        // its own: a superblock that reaches the disk before its index
-        // fails the index's checksum, and opening takes the generation
-        // before, which is all that was acknowledged.
-        if value.is_some() {
+            // Value blocks must be durable before a record names them: the
+            // record's checksum does not cover them.
             self.block.flush().await.map_err(|_| Error::Io)?;
         }
-        let (generation, slot) = {
-            let s = self.state.borrow();
-            // A generation no counter reaches but an image can claim: the
-            // store stays readable and takes no change.
-            (s.generation.checked_add(1).ok_or(Error::Io)?, 1 - s.slot)
-        };
-        let sb = Super {
-            block_size: g.block as u32,
-            blocks: g.blocks,
-            generation,
-            index_head: idx_blocks.first().copied().unwrap_or(0),
-            index_len: blob.len() as u64,
-            index_sha: Sha256::digest(&blob).into(),
-        };
-        let mut sector = vec![0u8; self.sector as usize];
-        sector[..SUPER_LEN].copy_from_slice(&sb.encode());
+        let blob = record(generation, next, &index)?;
+        let rec_sha: [u8; 32] = Sha256::digest(&blob).into();
         // From here on the device may hold the new generation even if the
         // call fails: the state in memory can no longer be trusted.
         let r = async {
-            self.block.write(slot_sector(slot, self.sector), &sector).await?;
+            self.write_chain(&blocks, &blob).await?;
             self.block.flush().await
         }
         .await;
-        let mut st = self.state.borrow_mut();
         if r.is_err() {
-            st.poisoned = true;
+            self.state.borrow_mut().poisoned = true;
             return Err(Error::Io);
         }
-        // The new state's blocks: recomputed from the index, so that the
-        // blocks of replaced values and of the old index are free again.
-        let mut used = Bitmap::new(&g)?;
-        for &b in &idx_blocks {
-            used.set(b);
+        {
+            let mut st = self.state.borrow_mut();
+            let done = core::mem::replace(&mut st.record, blocks);
+            st.held.extend(done);
+            st.entries = entries;
+            st.generation = generation;
+            st.rec_len = blob.len() as u64;
+            st.rec_sha = rec_sha;
+            st.next = next;
+            st.cursor = next + 1;
+            st.log_len += 1;
+            st.used = used_by(&g, &st)?;
         }
-        for e in entries.values() {
-            if let Data::Extents(x) = &e.data {
-                for &(s, c) in x {
-                    used.claim(s, c);
-                }
+        let held = {
+            let st = self.state.borrow();
+            st.held.len() as u64 + st.record.len() as u64
+        };
+        if named {
+            // Only a superblock reaches this record: the change is not
+            // acknowledged without one.
+            if self.checkpoint().await.is_err() {
+                self.state.borrow_mut().poisoned = true;
+                return Err(Error::Io);
             }
+        } else if self.state.borrow().log_len >= LOG_MAX || held > self.state.borrow().used.free / 4 {
+            // The change is acknowledged without it (the log reaches it);
+            // a checkpoint that fails frees nothing and is tried again
+            // after the next change.
+            let _ = self.checkpoint().await;
         }
-        st.used = used;
-        st.entries = entries;
-        st.generation = generation;
+        Ok(())
+    }
+
+    /// Writes `blob` across `blocks` (in chain order: each block begins
+    /// with the number of the next), one write a run.
+    async fn write_chain(&self, blocks: &[u64], blob: &[u8]) -> Result<(), block::Error> {
+        let g = self.geo;
+        let pl = g.payload();
+        let mut buf = Vec::new();
+        let mut i = 0;
+        while i < blocks.len() {
+            let start = blocks[i];
+            let mut c = 1;
+            while i + c < blocks.len() && blocks[i + c] == start + c as u64 {
+                c += 1;
+            }
+            buf.clear();
+            buf.resize(c * g.block as usize, 0);
+            for j in 0..c {
+                let at = j * g.block as usize;
+                let next = blocks.get(i + j + 1).copied().unwrap_or(0);
+                buf[at..at + NEXT_LEN].copy_from_slice(&next.to_le_bytes());
+                let from = ((i + j) * pl).min(blob.len());
+                let n = (blob.len() - from).min(pl);
+                buf[at + NEXT_LEN..at + NEXT_LEN + n].copy_from_slice(&blob[from..from + n]);
+            }
+            self.block.write(start * g.spb, &buf).await?;
+            i += c;
+        }
+        Ok(())
+    }
+
+    /// Writes a superblock naming the committed record, into the slot not
+    /// holding the last, and flushes; then the records before it are
+    /// free. If it fails, the other slot still names a record whose log
+    /// reaches the committed one, and nothing is freed.
+    async fn checkpoint(&self) -> Result<(), Error> {
+        let g = self.geo;
+        let (sb, slot) = {
+            let s = self.state.borrow();
+            let sb = Super {
+                version: VERSION,
+                block_size: g.block as u32,
+                blocks: g.blocks,
+                generation: s.generation,
+                index_head: s.record.first().copied().ok_or(Error::Io)?,
+                index_len: s.rec_len,
+                index_sha: s.rec_sha,
+            };
+            (sb, 1 - s.slot)
+        };
+        let mut sector = vec![0u8; self.sector as usize];
+        sector[..SUPER_LEN].copy_from_slice(&sb.encode());
+        self.block.write(slot_sector(slot, self.sector), &sector).await.map_err(|_| Error::Io)?;
+        self.block.flush().await.map_err(|_| Error::Io)?;
+        let mut st = self.state.borrow_mut();
         st.slot = slot;
-        st.cursor = idx_blocks.last().map_or(g.first, |b| b + 1);
+        st.held.clear();
+        st.log_len = 0;
+        st.used = used_by(&g, &st)?;
         Ok(())
     }
 
@@ -987,10 +1240,22 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         tree::check_parents(&self.state.borrow().entries, key)
     }
 
-    /// Stores `src` at `key` (the caller holds the lock).
+    /// Stores `src` at `key` (the caller holds the lock). A store short
+    /// of space checkpoints, which frees the log's older records, and
+    /// tries again.
     async fn put(&self, key: &Key, src: Source<'_>) -> Result<(), Error> {
         self.writable()?;
         self.check_parents(key)?;
+        match self.try_put(key, src).await {
+            Err(Error::NoSpace) if self.state.borrow().log_len > 0 => {
+                self.checkpoint().await?;
+                self.try_put(key, src).await
+            }
+            r => r,
+        }
+    }
+
+    async fn try_put(&self, key: &Key, src: Source<'_>) -> Result<(), Error> {
         let size = src.len();
         let digest = src.digest();
         let modified = self.clock.now();
@@ -1014,8 +1279,130 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
     /// Commits `entries` with no new value blocks.
     async fn put_index(&self, entries: BTreeMap<String, Entry>, reserve: bool) -> Result<(), Error> {
         let scratch = self.state.borrow().used.clone();
-        self.commit(entries, scratch, None, reserve).await
+        match self.commit(entries.clone(), scratch, None, reserve).await {
+            Err(Error::NoSpace) if self.state.borrow().log_len > 0 => {
+                self.checkpoint().await?;
+                let scratch = self.state.borrow().used.clone();
+                self.commit(entries, scratch, None, reserve).await
+            }
+            r => r,
+        }
     }
+}
+
+/// A generation as opening found it.
+struct Loaded {
+    entries: BTreeMap<String, Entry>,
+    used: Bitmap,
+    generation: u64,
+    record: Vec<u64>,
+    rec_len: u64,
+    rec_sha: [u8; 32],
+    next: u64,
+    held: Vec<u64>,
+    log_len: u32,
+    /// Why the log ended at a record that was there but not whole.
+    note: Option<String>,
+}
+
+/// A record's bytes: its header, then `index`.
+fn record(generation: u64, next: u64, index: &[u8]) -> Result<Vec<u8>, Error> {
+    let header =
+        Record { generation, next, index_len: index.len() as u64, index_sha: Sha256::digest(index).into() }.encode();
+    let mut blob = Vec::new();
+    blob.try_reserve_exact(REC_HDR + index.len()).map_err(|_| Error::NoSpace)?;
+    blob.extend_from_slice(&header);
+    blob.extend_from_slice(index);
+    Ok(blob)
+}
+
+/// Reads the chain of blocks from `head` whose payloads hold `len` bytes;
+/// claims its blocks in `chain` and lists them in `blocks`.
+async fn read_chain<B: Block>(
+    block: &B,
+    g: &Geometry,
+    head: u64,
+    len: u64,
+    chain: &mut Bitmap,
+    blocks: &mut Vec<u64>,
+) -> Result<Vec<u8>, LoadError> {
+    let room = (g.blocks - g.first).saturating_mul(g.payload() as u64);
+    if len > room {
+        return Err(LoadError::Damaged(format!("an index of {len} bytes cannot be")));
+    }
+    let len = len as usize;
+    let mut blob = Vec::new();
+    blob.try_reserve_exact(len).map_err(|_| LoadError::OutOfMemory)?;
+    let mut buf = vec![0u8; g.block as usize];
+    let mut at = head;
+    while blob.len() < len {
+        if at < g.first || at >= g.blocks {
+            return Err(LoadError::Damaged(format!("the index names block {at}, outside the store")));
+        }
+        // A loop in the chain, or a record over another, meets a block
+        // already claimed.
+        if !chain.claim(at, 1) {
+            return Err(LoadError::Damaged(format!("the index chain meets block {at} twice")));
+        }
+        blocks.push(at);
+        block.read(at * g.spb, &mut buf).await.map_err(LoadError::Block)?;
+        let n = (len - blob.len()).min(g.payload());
+        blob.extend_from_slice(&buf[NEXT_LEN..NEXT_LEN + n]);
+        at = u64::from_le_bytes(buf[..NEXT_LEN].try_into().unwrap_or([0; 8]));
+    }
+    Ok(blob)
+}
+
+/// The record of generation `expect` at block `at`, if one is there:
+/// `None` if the block holds something else (no record, or one of another
+/// generation: what a reserved block holds before its record is written),
+/// an error if it holds one that is not whole (torn by a crash, or
+/// damaged).
+async fn follow<B: Block>(
+    block: &B,
+    g: &Geometry,
+    at: u64,
+    expect: u64,
+    chain: &mut Bitmap,
+    blocks: &mut Vec<u64>,
+) -> Result<Option<(Record, Vec<u8>)>, LoadError> {
+    let torn = || LoadError::Damaged(String::from("fails its checksum (torn by a crash, or damaged)"));
+    let mut buf = vec![0u8; g.block as usize];
+    block.read(at * g.spb, &mut buf).await.map_err(LoadError::Block)?;
+    let r = match Record::decode(&buf[NEXT_LEN..NEXT_LEN + REC_HDR]) {
+        None => return Ok(None),
+        Some(Err(generation)) => return if generation == expect { Err(torn()) } else { Ok(None) },
+        Some(Ok(r)) if r.generation != expect => return Ok(None),
+        Some(Ok(r)) => r,
+    };
+    let len = r.index_len.checked_add(REC_HDR as u64).ok_or_else(torn)?;
+    let blob = read_chain(block, g, at, len, chain, blocks).await?;
+    let sha: [u8; 32] = Sha256::digest(&blob[REC_HDR..]).into();
+    if sha != r.index_sha {
+        return Err(torn());
+    }
+    Ok(Some((r, blob)))
+}
+
+/// The entries of `index` and the blocks in use with it: the log's
+/// (`chain`), the one reserved for the next record, and its values'.
+fn state_of(
+    g: &Geometry,
+    index: &[u8],
+    chain: &Bitmap,
+    next: u64,
+) -> Result<(BTreeMap<String, Entry>, Bitmap), String> {
+    let mut used = chain.clone();
+    if next != 0 {
+        if next < g.first || next >= g.blocks {
+            return Err(format!("it reserves block {next} for the next record, outside the store"));
+        }
+        if !used.claim(next, 1) {
+            return Err(format!("it reserves block {next} for the next record, which the log uses"));
+        }
+    }
+    let entries = parse_index(index, g, &mut used)?;
+    Ok((entries, used))
 }
 
 #[derive(Debug)]
@@ -1135,8 +1522,8 @@ impl fmt::Display for Usage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} values; {} of {} blocks of {} bytes free; generation {}",
-            self.values, self.free_blocks, self.blocks, self.block_size, self.generation
+            "{} values; {} of {} blocks of {} bytes free ({} more at the next checkpoint); generation {}",
+            self.values, self.free_blocks, self.blocks, self.block_size, self.log_blocks, self.generation
         )
     }
 }
@@ -1160,6 +1547,8 @@ mod tests {
         durable: RefCell<Vec<u8>>,
         pending: RefCell<Vec<(usize, Vec<u8>)>>,
         budget: Cell<u64>,
+        writes: Cell<u64>,
+        flushes: Cell<u64>,
     }
 
     impl Disk {
@@ -1170,6 +1559,8 @@ mod tests {
                 durable: RefCell::new(image),
                 pending: RefCell::new(Vec::new()),
                 budget: Cell::new(u64::MAX),
+                writes: Cell::new(0),
+                flushes: Cell::new(0),
             }
         }
 
@@ -1216,6 +1607,7 @@ mod tests {
         async fn write(&self, sector: u64, data: &[u8]) -> Result<(), block::Error> {
             self.info().check(sector, data.len())?;
             self.spend()?;
+            self.writes.set(self.writes.get() + 1);
             let at = (sector * u64::from(self.sector)) as usize;
             self.live.borrow_mut()[at..at + data.len()].copy_from_slice(data);
             self.pending.borrow_mut().push((at, data.to_vec()));
@@ -1223,6 +1615,7 @@ mod tests {
         }
         async fn flush(&self) -> Result<(), block::Error> {
             self.spend()?;
+            self.flushes.set(self.flushes.get() + 1);
             let mut d = self.durable.borrow_mut();
             for (at, data) in self.pending.borrow_mut().drain(..) {
                 d[at..at + data.len()].copy_from_slice(&data);
@@ -1345,7 +1738,9 @@ mod tests {
             now(s.set(&k("v"), &v)).unwrap();
         }
         now(s.remove(&k("v"))).unwrap();
-        assert_eq!(s.usage().free_blocks, free);
+        let u = s.usage();
+        assert_eq!(u.free_blocks + u.log_blocks, free);
+        assert!(u.log_blocks <= u64::from(LOG_MAX), "the log is checkpointed: {u}");
     }
 
     #[test]
@@ -1514,16 +1909,93 @@ mod tests {
         let s = now(BlockStore::format(&d, Clock, Some(1024))).unwrap();
         now(s.set(&k("a"), b"first")).unwrap();
         now(s.set(&k("a"), b"second")).unwrap();
-        let head = {
-            let mut b = [0u8; 512];
-            now(d.read(slot_sector(s.state.borrow().slot, 512), &mut b)).unwrap();
-            Super::decode(&b).unwrap().unwrap().index_head
-        };
-        d.live.borrow_mut()[head as usize * 1024 + 20] ^= 0x40;
+        // The last record, reached through the log: a flipped bit in its
+        // index.
+        let head = s.state.borrow().record[0];
+        d.live.borrow_mut()[head as usize * 1024 + NEXT_LEN + REC_HDR + 12] ^= 0x40;
         let s = open(&d);
         assert_eq!(now(s.get(&k("a"))).unwrap(), b"first");
         let why = s.recovery().unwrap();
         assert!(why.contains("checksum"), "{why}");
+        // The record a superblock names: the other slot's, older.
+        for i in 0..LOG_MAX {
+            now(s.set(&k("b"), &[i as u8; 3])).unwrap();
+        }
+        assert_eq!(s.state.borrow().log_len, 0, "a checkpoint after {LOG_MAX} records");
+        let slot = s.state.borrow().slot;
+        let head = {
+            let mut b = [0u8; 512];
+            now(d.read(slot_sector(slot, 512), &mut b)).unwrap();
+            Super::decode(&b).unwrap().unwrap().index_head
+        };
+        d.live.borrow_mut()[head as usize * 1024 + NEXT_LEN + REC_HDR + 12] ^= 0x40;
+        let s = open(&d);
+        let why = s.recovery().unwrap();
+        assert!(why.contains("from superblock") && why.contains("checksum"), "{why}");
+    }
+
+    /// A change of small values is one write and one flush (the record
+    /// appended where the last reserved); every LOG_MAX changes a
+    /// checkpoint adds a superblock write and a flush. Opening follows the
+    /// log to the last change.
+    #[test]
+    fn a_small_change_is_one_write_and_one_flush() {
+        let d = Disk::blank(1 << 20);
+        let s = now(BlockStore::format(&d, Clock, None)).unwrap();
+        let changes = 3 * u64::from(LOG_MAX) + 5;
+        let (w0, f0) = (d.writes.get(), d.flushes.get());
+        for i in 0..changes {
+            now(s.set(&k(&format!("k{}", i % 7)), &bytes(i, 100))).unwrap();
+        }
+        let checkpoints = changes / u64::from(LOG_MAX);
+        assert_eq!(d.writes.get() - w0, changes + checkpoints);
+        assert_eq!(d.flushes.get() - f0, changes + checkpoints);
+        let s2 = open(&d);
+        assert_eq!(contents(&s2), contents(&s));
+        assert_eq!(s2.state.borrow().log_len, (changes % u64::from(LOG_MAX)) as u32);
+        assert_eq!(s2.recovery(), None);
+    }
+
+    /// A store of the first format (superblocks naming a bare index, no
+    /// log) opens, and its first change moves it to the current one.
+    #[test]
+    fn a_version_1_store_opens_and_is_carried_forward() {
+        let d = Disk::blank(64 << 10);
+        let g = Geometry::new(512, 1024, 64).unwrap();
+        let mut entries = BTreeMap::new();
+        let v = b"kept from version 1".to_vec();
+        let digest = Sha256::digest(&v).into();
+        entries.insert(
+            String::from("/old"),
+            Entry { modified: Timestamp(5), size: v.len() as u64, digest, data: Data::Inline(v.clone()) },
+        );
+        let index = serialize(&entries).unwrap();
+        let mut block = vec![0u8; 1024];
+        block[NEXT_LEN..NEXT_LEN + index.len()].copy_from_slice(&index);
+        now(d.write(g.first * g.spb, &block)).unwrap();
+        let sb = Super {
+            version: VERSION_1,
+            block_size: 1024,
+            blocks: 64,
+            generation: 9,
+            index_head: g.first,
+            index_len: index.len() as u64,
+            index_sha: Sha256::digest(&index).into(),
+        };
+        let mut sector = vec![0u8; 512];
+        sector[..SUPER_LEN].copy_from_slice(&sb.encode());
+        now(d.write(0, &sector)).unwrap();
+        let s = open(&d);
+        assert_eq!(now(s.get(&k("/old"))).unwrap(), v);
+        now(s.set(&k("/new"), b"v2")).unwrap();
+        let s = open(&d);
+        assert_eq!(now(s.get(&k("/old"))).unwrap(), v);
+        assert_eq!(now(s.get(&k("/new"))).unwrap(), b"v2");
+        let st = s.state.borrow();
+        assert_eq!((st.generation, st.slot, st.log_len), (10, 1, 0));
+        let mut b = [0u8; 512];
+        now(d.read(slot_sector(1, 512), &mut b)).unwrap();
+        assert_eq!(Super::decode(&b).unwrap().unwrap().version, VERSION);
     }
 
     #[test]

@@ -134,38 +134,88 @@ fn check_store<B: Block, C: WallClock>(store: &BlockStore<B, C>) {
     assert_eq!(values, store.usage().values, "some values are not reachable by listing");
 }
 
-/// Makes the checksums of both superblocks, and of the index each names,
-/// hold (a second reading of the format: superblock fields at fixed
-/// offsets, index blocks chained by the first 8 bytes of each).
+/// Makes the checksums of both superblocks, of the record each names (its
+/// header's, and its index's) and of the first record of each log hold
+/// (a second reading of the format: superblock fields at fixed offsets,
+/// blocks chained by their first 8 bytes, a record's 96-byte header first
+/// in its payload, naming the next record's block at bytes 16..24).
 fn reseal(image: &mut [u8]) {
+    let u64_at = |img: &[u8], o: usize| u64::from_le_bytes(img[o..o + 8].try_into().expect("8 bytes"));
     for slot in 0..2 {
         let at = slot * 4096;
         if image.len() < at + 112 || &image[at..at + 8] != b"MIRAGEKV" {
             continue;
         }
-        let u64_at = |img: &[u8], o: usize| u64::from_le_bytes(img[o..o + 8].try_into().expect("8 bytes"));
+        let version = u32::from_le_bytes(image[at + 8..at + 12].try_into().expect("4 bytes"));
         let block = u32::from_le_bytes(image[at + 12..at + 16].try_into().expect("4 bytes")) as usize;
         let (head, len) = (u64_at(image, at + 32), u64_at(image, at + 40));
         if (512..=1 << 16).contains(&block) && len < image.len() as u64 {
-            let mut blob = Vec::new();
-            let mut b = head;
-            let mut hops = 0;
-            while (blob.len() as u64) < len && hops < image.len() / block {
-                let Some(start) = usize::try_from(b).ok().and_then(|b| b.checked_mul(block)) else { break };
-                if start + block > image.len() {
-                    break;
+            let blocks = chain(image, block, head, len as usize);
+            if let (2, Some(&first)) = (version, blocks.first()) {
+                reseal_record(image, block, &blocks);
+                // The log's next record, if a record header is there.
+                let next = u64_at(image, first + 8 + 16);
+                let start = usize::try_from(next).ok().and_then(|b| b.checked_mul(block));
+                if let Some(start) = start.filter(|s| s + block <= image.len())
+                    && &image[start + 8..start + 16] == b"MKVLOG02"
+                {
+                    let rec_len = u64_at(image, start + 8 + 24).saturating_add(96);
+                    if rec_len < image.len() as u64 {
+                        let next_blocks = chain(image, block, next, rec_len as usize);
+                        reseal_record(image, block, &next_blocks);
+                    }
                 }
-                let n = (len as usize - blob.len()).min(block - 8);
-                blob.extend_from_slice(&image[start + 8..start + 8 + n]);
-                b = u64_at(image, start);
-                hops += 1;
             }
+            let blob = payload(image, block, &blocks, len as usize);
             let sha: [u8; 32] = Sha256::digest(&blob).into();
             image[at + 48..at + 80].copy_from_slice(&sha);
         }
         let sha: [u8; 32] = Sha256::digest(&image[at..at + 80]).into();
         image[at + 80..at + 112].copy_from_slice(&sha);
     }
+}
+
+/// The offsets of the blocks of the chain from `head` whose payloads
+/// hold `len` bytes, as far as the image goes.
+fn chain(image: &[u8], block: usize, head: u64, len: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut b = head;
+    let mut got = 0;
+    while got < len && out.len() < image.len() / block {
+        let Some(start) = usize::try_from(b).ok().and_then(|b| b.checked_mul(block)) else { break };
+        if start + block > image.len() {
+            break;
+        }
+        out.push(start);
+        got += block - 8;
+        b = u64::from_le_bytes(image[start..start + 8].try_into().expect("8 bytes"));
+    }
+    out
+}
+
+/// The first `len` bytes of the payloads of `blocks`.
+fn payload(image: &[u8], block: usize, blocks: &[usize], len: usize) -> Vec<u8> {
+    let mut blob = Vec::new();
+    for &start in blocks {
+        let n = (len - blob.len()).min(block - 8);
+        blob.extend_from_slice(&image[start + 8..start + 8 + n]);
+    }
+    blob
+}
+
+/// Makes a record's index checksum and header checksum hold.
+fn reseal_record(image: &mut [u8], block: usize, blocks: &[usize]) {
+    let first = blocks[0];
+    let index_len = u64::from_le_bytes(image[first + 8 + 24..first + 8 + 32].try_into().expect("8 bytes"));
+    let Some(len) = usize::try_from(index_len).ok().and_then(|n| n.checked_add(96)) else { return };
+    if len > blocks.len() * (block - 8) {
+        return;
+    }
+    let blob = payload(image, block, blocks, len);
+    let sha: [u8; 32] = Sha256::digest(&blob[96..]).into();
+    image[first + 8 + 32..first + 8 + 64].copy_from_slice(&sha);
+    let sha: [u8; 32] = Sha256::digest(&image[first + 8..first + 8 + 64]).into();
+    image[first + 8 + 64..first + 8 + 96].copy_from_slice(&sha);
 }
 
 /// Seeds: stores as the writer leaves them, of 512-byte blocks.
