@@ -263,8 +263,17 @@ pub fn http(o: &Options) -> Result<(), String> {
     println!("| file | connections | server | requests/s | p50 | p99 | errors | vs nginx | CPU per request |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let scratch = root().join("target/bench-http/nginx");
+    // `--only small|big|N`: the rows of that file or that many connections.
+    let files: Vec<&str> = o.only.iter().filter(|w| *w == "small" || *w == "big").map(String::as_str).collect();
+    let counts: Vec<usize> = o.only.iter().filter_map(|w| w.parse().ok()).collect();
     for (file, label) in [(SMALL, "small"), (BIG, "1 MiB")] {
+        if !files.is_empty() && !files.contains(&if file == SMALL { "small" } else { "big" }) {
+            continue;
+        }
         for conns in [1usize, 64, 256] {
+            if !counts.is_empty() && !counts.contains(&conns) {
+                continue;
+            }
             let server = Ipv4Addr::new(10, 0, 1, 2);
             let reference = nginx_run(server, &dir.join("htdocs"), &scratch, file, conns, secs, true)?;
             let plain = nginx_run(server, &dir.join("htdocs"), &scratch, file, conns, secs, false)?;

@@ -26,7 +26,8 @@
 //! `--only WORD` (repeatable) keeps the attack rows whose attack or server
 //! names contain every WORD, e.g. `--only half-open --only hvt`, and the
 //! store rows whose target and option do (`--only dsync`); SQLite's rows
-//! always run.
+//! always run. For `http`, `--only small`, `--only big` and `--only N`
+//! keep the rows of that file and of N connections (nginx's included).
 //!
 //! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
 //! source; nothing of it is part of this project) whose tenders and test
