@@ -14,7 +14,7 @@
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
 //! mirage-bench attack  [--runs SECONDS] [--only WORD]... # a good client's service under each attack, beside nginx
 //! mirage-bench crash   [--count N]                # N SIGKILL trials of the store on a block device (hvt, spt)
-//! mirage-bench store   [--runs SECONDS] [--only WORD]... # durable writes of the store, beside SQLite (WAL)
+//! mirage-bench store   [--runs SECONDS] [--count ROUNDS] [--only WORD]... # durable writes of the store, beside SQLite (WAL), rows taking turns
 //! mirage-bench tls-handshake [--count N]          # TLS handshakes/s in memory, per crypto provider and key type
 //! mirage-bench tls     [--runs SECONDS]           # static-website-tls on spt and hvt beside nginx with OpenSSL
 //! mirage-bench router  [--targets T,T] [--mtu M,M] # the router example beside Linux with nftables: iperf3, UDP, conn/s, RTT

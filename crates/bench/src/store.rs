@@ -210,40 +210,74 @@ fn sqlite_reopen(dir: &Path, trials: usize) -> Result<(f64, f64), String> {
     Ok((times[times.len() / 2], times[times.len() - 1]))
 }
 
-/// `mirage-bench store [--runs SECONDS]`: durable writes of 100-byte and
-/// 1 MiB values, beside SQLite, on files of the same disk.
+/// The median of `v` (not empty) and its range, as a table cell.
+fn median_cell(v: &mut [f64], decimals: usize) -> String {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v[v.len() / 2];
+    if v.len() == 1 {
+        return format!("{m:.decimals$}");
+    }
+    format!("{m:.decimals$} ({:.decimals$}–{:.decimals$})", v[0], v[v.len() - 1])
+}
+
+/// `mirage-bench store [--runs SECONDS] [--count ROUNDS]`: durable writes
+/// of 100-byte and 1 MiB values, beside SQLite, on files of the same
+/// disk. The rows take turns, round after round (3 by default), and each
+/// cell is the median of its rounds with their range: a disk's sync cost
+/// drifts over minutes, and rows measured one after another would
+/// compare moments rather than stores.
 pub fn store(o: &Options) -> Result<(), String> {
     machine();
     let secs = if o.runs == 50 { 5 } else { o.runs as u64 };
+    let rounds = if o.count == 20_000 { 3 } else { o.count.max(1) };
     println!(
         "acknowledged writes per second (each one change: its future completed, or its transaction committed), \
-         {secs} s a row, values rewritten over 24 keys; files on the same disk (/tmp)"
+         {secs} s a row, values rewritten over 24 keys; files on the same disk (/tmp); the rows take turns for \
+         {rounds} rounds: median (range)"
     );
     println!();
     println!("| store | durable when | 100 B writes/s | 1 MiB writes/s | 1 MiB MB/s |");
     println!("|---|---|---|---|---|");
-    let rows: [(&str, &str, &str); 5] = [
+    let mirage: [(&str, &str, &str); 5] = [
         ("unix", "--block", "flush is fdatasync: on the disk"),
         ("hvt", "--block", "in the host's page cache (Solo5: no flush)"),
         ("spt", "--block", "in the host's page cache (Solo5: no flush)"),
         ("hvt", "--block-dsync", "on the disk (granted flush: fdatasync)"),
         ("spt", "--block-dsync", "on the disk (granted flush: fdatasync)"),
     ];
-    for (t, attach, when) in rows {
+    /// A row: its name, when a write is durable, and the unikernel's
+    /// target and attachment, or SQLite's `synchronous`.
+    type Row<'a> = (String, &'a str, Option<(&'a str, &'a str)>, &'a str);
+    let mut rows: Vec<Row> = Vec::new();
+    for (t, attach, when) in mirage {
         let label = format!("{t} {attach}");
-        if !o.only.iter().all(|w| label.contains(w.as_str())) {
-            continue;
+        if o.only.iter().all(|w| label.contains(w.as_str())) {
+            rows.push((format!("mirage-rs {label}"), when, Some((t, attach)), ""));
         }
-        let small = writer_rate(t, attach, 100, secs)?;
-        let big = writer_rate(t, attach, 1 << 20, secs)?;
-        println!("| mirage-rs {t} {attach} | {when} | {small:.0} | {big:.1} | {:.1} |", big * 1.048576);
     }
+    rows.push(("SQLite WAL synchronous=FULL".into(), "on the disk", None, "FULL"));
+    rows.push(("SQLite WAL synchronous=NORMAL".into(), "on the disk at checkpoints (WAL)", None, "NORMAL"));
     let dir = Scratch::new("sqlitebench");
-    for sync in ["FULL", "NORMAL"] {
-        let small = sqlite_rate(&dir.0, sync, 100, secs)?;
-        let big = sqlite_rate(&dir.0, sync, 1 << 20, secs)?;
-        let when = if sync == "FULL" { "on the disk" } else { "on the disk at checkpoints (WAL)" };
-        println!("| SQLite WAL synchronous={sync} | {when} | {small:.0} | {big:.1} | {:.1} |", big * 1.048576);
+    let mut figures: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); rows.len()];
+    for _ in 0..rounds {
+        for (i, (_, _, target, sync)) in rows.iter().enumerate() {
+            for (len, out) in [(100usize, 0usize), (1 << 20, 1)] {
+                let rate = match target {
+                    Some((t, attach)) => writer_rate(t, attach, len, secs)?,
+                    None => sqlite_rate(&dir.0, sync, len, secs)?,
+                };
+                if out == 0 { figures[i].0.push(rate) } else { figures[i].1.push(rate) }
+            }
+        }
+    }
+    for ((name, when, _, _), (small, big)) in rows.iter().zip(&mut figures) {
+        let mut mb: Vec<f64> = big.iter().map(|b| b * 1.048576).collect();
+        println!(
+            "| {name} | {when} | {} | {} | {} |",
+            median_cell(small, 0),
+            median_cell(big, 1),
+            median_cell(&mut mb, 1)
+        );
     }
     println!();
     println!("values read per second ({secs} s a row; 24 keys read in turn, each whole and its length checked):");
