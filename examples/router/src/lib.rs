@@ -1,5 +1,5 @@
-//! router: an IPv4 router, NAT and firewall between two interfaces,
-//! generic over any IP-layer device ([`mirage_devices::ip::Ip`]).
+//! router: an IPv4 and IPv6 router, IPv4 NAT and firewall between two
+//! interfaces, generic over any IP-layer device ([`mirage_devices::ip::Ip`]).
 //!
 //! * `uplink` (interface 0) has a static address and a gateway, the
 //!   default route; `inside` (interface 1) a static address, the gateway
@@ -12,6 +12,9 @@
 //!   The router answers pings to its own addresses, and a packet whose TTL
 //!   runs out here with an ICMP Time Exceeded (100 a second at most);
 //!   other traffic to it is dropped and counted.
+//! * IPv6, when an interface has an IPv6 address (`--uplink-ipv6`,
+//!   `--inside-ipv6`, `--uplink-ipv6-gateway`), is routed without NAT
+//!   under the same rules: see [`v6`].
 //! * Every `--stats` seconds a line of counters goes to the console:
 //!   per interface, the NAT's (flows in the table, its size, drops by
 //!   reason), the DHCP server's and each rule's hits.
@@ -22,12 +25,14 @@
 
 extern crate alloc;
 
+pub mod v6;
+
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use mirage_devices::console::Console;
 use mirage_devices::ip::{Ip, IpStats, NextHop};
@@ -167,6 +172,9 @@ enum Later {
     /// The packet in `scratch` came in on this interface with its TTL
     /// spent: a Time Exceeded goes back.
     TimeExceeded(u8),
+    /// The IPv6 packet in `scratch` goes out of this interface to this
+    /// neighbour.
+    Forward6(u8, Ipv6Addr),
 }
 
 /// ICMP errors the router sends a second, at most: a peer that makes it
@@ -199,6 +207,8 @@ struct Router {
     counters: Counters,
     /// ICMP errors sent since the last tick.
     icmp_errors: u32,
+    /// IPv6 routing and its flows.
+    v6: v6::V6,
 }
 
 fn now_ms() -> u64 {
@@ -230,13 +240,28 @@ impl Router {
     /// straight to `to` (interface `ti`) when that is where it goes; what
     /// else it needs is left in `scratch`. `None`: no packet waited.
     fn pump(&mut self, from: &mut impl Ip, fi: u8, to: &mut impl Ip, ti: u8) -> Option<Later> {
-        let Router { nat, routes, own, scratch, len, counters, .. } = self;
+        let Router { nat, routes, own, scratch, len, counters, v6, .. } = self;
         let inside_own = own[INSIDE as usize].0;
         let got = from.try_recv(|p| {
             let mut keep = |p: &[u8]| {
                 *len = p.len().min(scratch.len());
                 scratch[..*len].copy_from_slice(&p[..*len]);
             };
+            if p.first().is_some_and(|b| b >> 4 == 6) {
+                return match v6.process(now_ms(), fi, p, nat.rules_mut()) {
+                    v6::Decision::Forward(i, via) if i == ti => {
+                        if to.send(NextHop::Ip(IpAddr::V6(via)), p.len(), |b| b.copy_from_slice(p)).is_err() {
+                            counters.tx_failed += 1;
+                        }
+                        Later::Done
+                    }
+                    v6::Decision::Forward(i, via) => {
+                        keep(p);
+                        Later::Forward6(i, via)
+                    }
+                    v6::Decision::Drop => Later::Done,
+                };
+            }
             if fi == INSIDE && is_dhcp_request(p, inside_own) {
                 keep(p);
                 return Later::Dhcp;
@@ -296,9 +321,23 @@ impl Router {
                 Some(i) => i,
                 None => return,
             },
+            Later::Forward6(i, via) => return self.send6(i, via, uplink, inside),
         };
         let p = &self.scratch[..self.len];
         let hop = next_hop(&self.routes, dst_of(p));
+        let sent = match out {
+            UPLINK => uplink.send(hop, p.len(), |b| b.copy_from_slice(p)),
+            _ => inside.send(hop, p.len(), |b| b.copy_from_slice(p)),
+        };
+        if sent.is_err() {
+            self.counters.tx_failed += 1;
+        }
+    }
+
+    /// Sends the IPv6 packet in `scratch` out of interface `out` to `via`.
+    fn send6(&mut self, out: u8, via: Ipv6Addr, uplink: &mut impl Ip, inside: &mut impl Ip) {
+        let p = &self.scratch[..self.len];
+        let hop = NextHop::Ip(IpAddr::V6(via));
         let sent = match out {
             UPLINK => uplink.send(hop, p.len(), |b| b.copy_from_slice(p)),
             _ => inside.send(hop, p.len(), |b| b.copy_from_slice(p)),
@@ -380,6 +419,21 @@ impl Router {
             " local echoes {} dropped {} tx-failed {} time-exceeded {} icmp-limited {};",
             c.echoes, c.local_dropped, c.tx_failed, c.time_exceeded, c.icmp_limited
         );
+        if self.v6.enabled() {
+            let c = self.v6.counters;
+            let _ = write!(
+                s,
+                " ipv6 forwarded {} echoes {} flows {} denied {} no-route {} hop-limit {} full {} dropped {};",
+                c.forwarded,
+                c.echoes,
+                self.v6.flows(),
+                c.denied,
+                c.no_route,
+                c.hop_limit,
+                c.full,
+                c.dropped
+            );
+        }
         s.push_str(" rules");
         for r in self.nat.rules().iter() {
             let _ = write!(s, " line{}:{}", r.line, r.hits);
@@ -387,6 +441,20 @@ impl Router {
         let _ = write!(s, " default:{}", self.nat.rules().default_hits());
         s
     }
+}
+
+/// The IPv6 part of the start line: empty without IPv6.
+fn ipv6_summary(up: &mirage_devices::ip::IpInfo, ins: &mirage_devices::ip::IpInfo) -> String {
+    let one = |i: &mirage_devices::ip::IpInfo| i.ipv6.map_or("none".into(), |(a, p)| format!("{a}/{p}"));
+    if up.ipv6.is_none() && ins.ipv6.is_none() {
+        return String::new();
+    }
+    format!(
+        "; IPv6 (routed, no NAT): uplink {} (gateway {}), inside {}",
+        one(up),
+        up.gateway6.map_or("none".into(), |g| format!("{g}")),
+        one(ins)
+    )
 }
 
 /// The unikernel: routes between `uplink` and `inside` until an interface
@@ -448,6 +516,8 @@ pub async fn start(
         reservations: Vec::new(),
     })
     .map_err(|e| format!("the DHCP server: {e}"))?;
+    let v6 = v6::V6::new([up.ipv6, ins.ipv6], up.gateway6.map(|g| (g, UPLINK)), max_flows as usize, udp_timeout)
+        .map_err(|e| format!("an IPv6 route: {e}"))?;
     let mtu = up.mtu.max(ins.mtu) as usize;
     let mut r = Router {
         nat,
@@ -458,18 +528,20 @@ pub async fn start(
         len: 0,
         counters: Counters::default(),
         icmp_errors: 0,
+        v6,
     };
     let _ = console
         .write(
             format!(
-                "router: uplink {}/{} (gateway {}), inside {}/{}; {} flows at most; {} port forwards\n",
+                "router: uplink {}/{} (gateway {}), inside {}/{}; {} flows at most; {} port forwards{}\n",
                 up.ipv4.0,
                 up.ipv4.1,
                 up.gateway.map_or("none".into(), |g| format!("{g}")),
                 ins.ipv4.0,
                 ins.ipv4.1,
                 max_flows,
-                parse_forwards(forward)?.len()
+                parse_forwards(forward)?.len(),
+                ipv6_summary(&up, &ins)
             )
             .as_bytes(),
         )
@@ -496,6 +568,7 @@ pub async fn start(
         if now >= next_tick {
             next_tick = now + TICK;
             r.nat.expire(now_ms());
+            r.v6.expire(now_ms());
             r.dhcp.expire(now_ms() / 1000);
             r.icmp_errors = 0;
         }
