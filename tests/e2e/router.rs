@@ -12,6 +12,10 @@
 //! server reaches the client through the port forward;
 //! traffic the rules deny is dropped and counted on the `--stats` line.
 //!
+//! The uplink can lease its address too: dnsmasq serves DHCP on the
+//! server's side, the router leases from it and masquerades behind the
+//! leased address.
+//!
 //! IPv6 is routed between static addresses, without NAT: ping and TCP
 //! cross the router with the client's own address, and a connection
 //! opened from the uplink side is denied by the rules.
@@ -21,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use testkit::router::{CLIENT, CLIENT6, INSIDE, INSIDE6, IPV6_ARGS, Lab, SERVER, SERVER6, UPLINK, UPLINK6};
-use testkit::{Netns, run_with};
+use testkit::{Background, Netns, run_with};
 
 use crate::{Case, Needs, case};
 
@@ -462,6 +466,60 @@ fn ipv6(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The uplink leases its address from dnsmasq on the server's link: the
+/// start line gives the lease, and the client (leased by the router)
+/// reaches the server through masquerade behind the leased address.
+fn uplink_dhcp(t: &str) -> Result<(), String> {
+    let mut lab = Lab::start(t, &["--uplink-ipv4=dhcp"])?;
+    if !lab.output().contains("router: uplink waiting for a DHCP lease") {
+        return Err(format!("the router does not say it waits for a lease:\n{}", lab.output()));
+    }
+    let mut d = lab.server.command("dnsmasq");
+    d.args([
+        "--no-daemon",
+        "--conf-file=/dev/null",
+        "--interface=tap-up",
+        "--bind-interfaces",
+        "--port=0",
+        "--no-ping",
+        "--leasefile-ro",
+        "--dhcp-range=10.0.0.50,10.0.0.59,255.255.255.0,1h",
+        "--dhcp-option=option:dns-server,10.0.0.53",
+    ]);
+    let mut dnsmasq = Background::start(d)?;
+    dnsmasq.wait_for("DHCP, IP range", Duration::from_secs(10))?;
+    let router = lab.router.as_mut().ok_or("no router")?;
+    router.wait_for("(leased by DHCP, gateway 10.0.0.1)", Duration::from_secs(30))?;
+    let out = lab.output();
+    let line = out.lines().find(|l| l.contains("leased by DHCP")).unwrap_or_default();
+    let leased: Ipv4Addr = line
+        .strip_prefix("router: uplink ")
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("no leased address in {line:?}\n{out}"))?;
+    if !(50..60).contains(&leased.octets()[3]) || leased.octets()[..3] != [10, 0, 0] || !line.contains("/24 ") {
+        return Err(format!("leased {line:?}, outside dnsmasq's 10.0.0.50-59/24"));
+    }
+    lab.lease()?;
+    ping(&lab.client, SERVER)?;
+    let at = SocketAddr::from((SERVER, 7000));
+    let server = tcp_echo_once(&lab.server, at)?;
+    tcp_exchange(&lab.client, at, 100_000)?;
+    let peer = server.join().map_err(|_| "server panicked")??;
+    if peer.ip() != leased {
+        return Err(format!("the server saw {peer}, not the leased address {leased}"));
+    }
+    // The port forward follows the leased address too.
+    let inside = tcp_echo_once(&lab.client, SocketAddr::from((CLIENT, 80)))?;
+    tcp_exchange(&lab.server, SocketAddr::from((leased, 8080)), 10_000)?;
+    inside.join().map_err(|_| "client panicked")??;
+    let line = lab.stats_after(lab.stats_lines())?;
+    if count(&line, "uplink-dhcp acks ") != 1 {
+        return Err(format!("the lease is not counted:\n{line}"));
+    }
+    Ok(())
+}
+
 /// A configuration the router cannot work with stops it at start, with
 /// status 1 and a message naming what is wrong.
 fn refuses(t: &str) -> Result<(), String> {
@@ -471,7 +529,7 @@ fn refuses(t: &str) -> Result<(), String> {
         ns.ip(&["tuntap", "add", tap, "mode", "tap"])?;
         ns.ip(&["link", "set", tap, "up"])?;
     }
-    let bad: [(&[&str], &str); 6] = [
+    let bad: [(&[&str], &str); 7] = [
         (&["--rules=/no-such-file"], "the firewall rules /no-such-file"),
         (&["--forward=icmp:1:10.0.1.5:1"], "is not PROTO:PORT:ADDRESS:PORT"),
         (
@@ -480,6 +538,7 @@ fn refuses(t: &str) -> Result<(), String> {
         ),
         (&["--max-flows=0"], "the NAT: a flow table of 0 flows"),
         (&["--uplink-ipv4-gateway=192.0.2.1"], "cannot configure the IP layer \"uplink\""),
+        (&["--uplink-ipv4=10.0.0.2"], "expected an IPv4 address and prefix length"),
         (
             &["--uplink-ipv6=fd00::2/64", "--uplink-ipv6-gateway=fd00:9::1"],
             "the IPv6 gateway is not another address of the interface's IPv6 prefix",
@@ -514,5 +573,10 @@ pub fn cases(cases: &mut Vec<Case>) {
                 move || test(t),
             ));
         }
+        cases.push(case(
+            format!("{t}::router_uplink_leases_by_dhcp"),
+            Needs::NetPrograms(t, &[("busybox", "busybox"), ("dnsmasq", "dnsmasq-base")]),
+            move || uplink_dhcp(t),
+        ));
     }
 }

@@ -38,7 +38,8 @@ pub struct IpInfo {
     pub mac: MacAddr,
     /// The largest IP packet it carries.
     pub mtu: u16,
-    /// Its IPv4 address and prefix length.
+    /// Its IPv4 address and prefix length: `0.0.0.0/0` while an interface
+    /// configured by DHCP has no lease.
     pub ipv4: (Ipv4Addr, u8),
     /// The gateway configured on its link, if any: where the unikernel's
     /// routing table may send what no other route takes.
@@ -47,12 +48,17 @@ pub struct IpInfo {
     pub ipv6: Option<(Ipv6Addr, u8)>,
     /// The IPv6 gateway on its link, if any.
     pub gateway6: Option<Ipv6Addr>,
+    /// Whether the IPv4 address, gateway and name servers come from a
+    /// DHCP server (and change with its leases).
+    pub dhcp: bool,
+    /// Name servers the DHCP server gave.
+    pub dns: [Option<Ipv4Addr>; 3],
 }
 
 impl IpInfo {
     /// An interface description.
     pub const fn new(mac: MacAddr, mtu: u16, ipv4: (Ipv4Addr, u8)) -> IpInfo {
-        IpInfo { mac, mtu, ipv4, gateway: None, ipv6: None, gateway6: None }
+        IpInfo { mac, mtu, ipv4, gateway: None, ipv6: None, gateway6: None, dhcp: false, dns: [None; 3] }
     }
 
     /// The same, with an IPv6 address and prefix, and an IPv6 gateway.
@@ -142,6 +148,12 @@ pub struct IpStats {
     pub nd_refused: u64,
     /// Neighbours known now.
     pub neighbors: usize,
+    /// DHCP leases taken or renewed (an interface configured by DHCP).
+    pub dhcp_acks: u64,
+    /// DHCP replies dropped: malformed, not for this client (another
+    /// transaction or hardware address), or unacceptable (a bad address
+    /// or mask, an absurd lease).
+    pub dhcp_dropped: u64,
 }
 
 /// A network interface at the IP layer.

@@ -52,6 +52,15 @@
 //!   with a link-layer option) is dropped and counted
 //!   (`IpStats::nd_refused`), as is one the policy refuses. Solicitations
 //!   for other targets cost nothing: they are dropped without state.
+//! * **DHCP.** An interface configured by DHCP ([`IpConfig::dhcp`],
+//!   `--ipv4=dhcp`) runs the client of [`crate::dhcpc`] beneath: until it
+//!   holds a lease its IPv4 address is `0.0.0.0/0` and IPv4 next hops are
+//!   unreachable; a lease sets the address, prefix, gateway (its router)
+//!   and name servers ([`IpInfo`]), renewed at T1, rebound at T2, dropped
+//!   when it expires or a server refuses it. DHCP replies (UDP from port
+//!   67 to 68) are the layer's own and never handed up; those that do
+//!   not answer this client are dropped and counted
+//!   (`IpStats::dhcp_dropped`). A static gateway is ignored then.
 //! * **Bounded waiting.** A packet for a neighbour not yet resolved waits:
 //!   at most [`PER_NEIGHBOR`] packets each for at most [`MAX_UNRESOLVED`]
 //!   neighbours, copied into buffers allocated fallibly. The request is
@@ -130,12 +139,41 @@ pub struct IpConfig {
     pub ipv6: Option<(Ipv6Addr, u8)>,
     /// An IPv6 gateway on the interface's link.
     pub gateway6: Option<Ipv6Addr>,
+    /// Whether the IPv4 address comes from a DHCP server (then `ipv4`
+    /// and `gateway` are not used).
+    pub dhcp: bool,
+}
+
+/// The value of `--ipv4` for an IP-layer interface: an address and
+/// prefix, or `dhcp` (or empty, as the stack's `--ipv4`) for a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv4Setting {
+    /// A static address.
+    Static(Ipv4Cidr),
+    /// A lease from a DHCP server.
+    Dhcp,
+}
+
+impl mirage_runtime::args::FromArg for Ipv4Setting {
+    const TYPE: &'static str = "IPV4/N|dhcp";
+    fn from_arg(s: &str) -> Result<Self, alloc::string::String> {
+        match s {
+            "" | "dhcp" => Ok(Ipv4Setting::Dhcp),
+            _ => Ipv4Cidr::from_arg(s).map(Ipv4Setting::Static).map_err(|e| alloc::format!("{e}, or dhcp")),
+        }
+    }
 }
 
 impl IpConfig {
     /// A configuration, IPv4 only.
     pub fn new(ipv4: (Ipv4Addr, u8), gateway: Option<Ipv4Addr>) -> IpConfig {
-        IpConfig { ipv4, gateway, ipv6: None, gateway6: None }
+        IpConfig { ipv4, gateway, ipv6: None, gateway6: None, dhcp: false }
+    }
+
+    /// An interface whose IPv4 address, gateway and name servers come from
+    /// a DHCP server.
+    pub fn dhcp() -> IpConfig {
+        IpConfig { dhcp: true, ..IpConfig::new((Ipv4Addr::UNSPECIFIED, 0), None) }
     }
 
     /// The same, with an IPv6 address and prefix and an IPv6 gateway.
@@ -150,11 +188,15 @@ impl IpConfig {
     /// and `--ipv6` and `--ipv6-gateway`, empty by default (no IPv6).
     pub fn args(default_ipv4: &'static str, default_gateway: &'static str) -> Vec<Arg> {
         alloc::vec![
-            Arg::new::<Ipv4Cidr>("ipv4", Some(default_ipv4), "IPv4 address and prefix length of the interface."),
+            Arg::new::<Ipv4Setting>(
+                "ipv4",
+                Some(default_ipv4),
+                "IPv4 address and prefix length of the interface, or dhcp for a lease."
+            ),
             Arg::new::<Option<Ipv4Addr>>(
                 "ipv4-gateway",
                 Some(default_gateway),
-                "IPv4 gateway on the interface's link."
+                "IPv4 gateway on the interface's link (not used with DHCP)."
             ),
             Arg::new::<Option<Ipv6Cidr>>(
                 "ipv6",
@@ -183,10 +225,12 @@ impl IpConfig {
     }
 
     fn from_named(args: &Args, name: impl Fn(&str) -> alloc::string::String) -> IpConfig {
-        let c: Ipv4Cidr = args.get(&name("ipv4"));
         let c6: Option<Ipv6Cidr> = args.get(&name("ipv6"));
-        IpConfig::new((c.addr, c.prefix), args.get(&name("ipv4-gateway")))
-            .with_ipv6(c6.map(|c| (c.addr, c.prefix)), args.get(&name("ipv6-gateway")))
+        let v4 = match args.get(&name("ipv4")) {
+            Ipv4Setting::Static(c) => IpConfig::new((c.addr, c.prefix), args.get(&name("ipv4-gateway"))),
+            Ipv4Setting::Dhcp => IpConfig::dhcp(),
+        };
+        v4.with_ipv6(c6.map(|c| (c.addr, c.prefix)), args.get(&name("ipv6-gateway")))
     }
 }
 
@@ -219,6 +263,8 @@ enum Received<R> {
     Packet(R),
     Arp(wire::Arp),
     Nd(Nd),
+    /// A DHCP reply to the client (`None`: malformed).
+    Dhcp(Option<crate::dhcpc::Reply>),
     /// A neighbour discovery message dropped: malformed, or not one the
     /// layer takes.
     NdRefused,
@@ -294,6 +340,10 @@ pub struct IpLayer<N> {
     unresolved: Vec<Unresolved>,
     stats: IpStats,
     next_expiry: Instant,
+    /// The DHCP client, for an interface configured by DHCP; whether it
+    /// has been seeded with the clock yet.
+    dhcp: Option<crate::dhcpc::Client>,
+    dhcp_seeded: bool,
 }
 
 impl<N> core::fmt::Debug for IpLayer<N> {
@@ -315,10 +365,11 @@ impl<N: Net> IpLayer<N> {
             return Err(IpError::BadMac);
         }
         let (a, p) = ipv4;
-        if p > 32 || a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+        let gateway = if config.dhcp { None } else { config.gateway };
+        if !config.dhcp && (p > 32 || a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback()) {
             return Err(IpError::BadAddress);
         }
-        if config.gateway.is_some_and(|g| g == a || !IpInfo::new(info.mac, info.mtu, ipv4).on_link(g)) {
+        if gateway.is_some_and(|g| g == a || !IpInfo::new(info.mac, info.mtu, ipv4).on_link(g)) {
             return Err(IpError::BadGateway);
         }
         if let Some((a6, p6)) = config.ipv6
@@ -326,8 +377,9 @@ impl<N: Net> IpLayer<N> {
         {
             return Err(IpError::BadIpv6Address);
         }
-        let with6 =
-            IpInfo::new(info.mac, info.mtu, ipv4).with_gateway(config.gateway).with_ipv6(config.ipv6, config.gateway6);
+        let mut with6 =
+            IpInfo::new(info.mac, info.mtu, ipv4).with_gateway(gateway).with_ipv6(config.ipv6, config.gateway6);
+        with6.dhcp = config.dhcp;
         if let Some(g) = config.gateway6
             && (config.ipv6.is_none_or(|(a6, _)| a6 == g) || g.is_multicast() || !with6.on_link6(g))
         {
@@ -347,6 +399,8 @@ impl<N: Net> IpLayer<N> {
             unresolved: Vec::new(),
             stats: IpStats::default(),
             next_expiry: Instant(0),
+            dhcp: config.dhcp.then(|| crate::dhcpc::Client::new(mac, key)),
+            dhcp_seeded: false,
         })
     }
 
@@ -525,7 +579,7 @@ impl<N: Net> IpLayer<N> {
 
     /// Handles an ARP packet that passed the checks.
     fn arp_in(&mut self, arp: wire::Arp, t: Instant) {
-        if arp.target_ip != self.own() || arp.sender_ip == self.own() {
+        if self.own().is_unspecified() || arp.target_ip != self.own() || arp.sender_ip == self.own() {
             // Not aimed at this host (gratuitous ARP among them): the
             // policy lets it change nothing.
             return;
@@ -568,11 +622,60 @@ impl<N: Net> IpLayer<N> {
             self.next_expiry = t + EXPIRY;
             self.neighbors.expire(t);
         }
+        if let Some(c) = &mut self.dhcp {
+            if !self.dhcp_seeded {
+                // Transaction IDs differ between boots too.
+                c.mix(t.as_nanos());
+                self.dhcp_seeded = true;
+            }
+            let out = c.poll(t);
+            self.dhcp_out(out);
+        }
+    }
+
+    /// Sends what the DHCP client asked to, and applies what it learnt.
+    fn dhcp_out(&mut self, (message, event): (Option<crate::dhcpc::Message>, crate::dhcpc::Event)) {
+        use crate::dhcpc::Event;
+        match event {
+            Event::None => {}
+            Event::Bound(l) => {
+                self.info.ipv4 = (l.addr, l.prefix);
+                self.info.gateway = l.router;
+                self.info.dns = l.dns;
+            }
+            Event::Lost => {
+                self.info.ipv4 = (Ipv4Addr::UNSPECIFIED, 0);
+                self.info.gateway = None;
+                self.info.dns = [None; 3];
+            }
+        }
+        if let Some(c) = &self.dhcp {
+            self.stats.dhcp_acks = c.acks;
+            self.stats.dhcp_dropped = c.dropped;
+        }
+        let Some(m) = message else { return };
+        let len = 28 + m.payload.len();
+        let write = |buf: &mut [u8]| {
+            let _ = wire::write_udp_ipv4(buf, m.src, 68, m.dst, 67, &m.payload);
+        };
+        // A failed send is counted; the client sends again.
+        let _ = if m.dst.is_broadcast() {
+            self.send(NextHop::Broadcast, len, write)
+        } else {
+            // Renewing: to the server, through the gateway if it is off
+            // the link (a relay's).
+            let hop = match self.info.gateway {
+                Some(g) if !self.info.on_link(m.dst) => g,
+                _ => m.dst,
+            };
+            self.send(NextHop::Ip(IpAddr::V4(hop)), len, write)
+        };
     }
 
     /// The earliest time the layer has work of its own.
     fn deadline(&self) -> Option<Instant> {
-        self.unresolved.iter().map(|u| u.retry).min()
+        let dhcp = self.dhcp.as_ref().map(|c| c.deadline());
+        self.unresolved.iter().map(|u| u.retry).chain(dhcp).min()
     }
 
     /// Holds a packet for `to` while it is resolved.
@@ -616,6 +719,7 @@ impl<N: Net> Ip for IpLayer<N> {
         let mut f = Some(f);
         let mac = self.info.mac.0;
         let own6 = self.own6();
+        let dhcp = self.dhcp.is_some();
         // Our solicited-node group's hardware address, taken for
         // neighbour discovery only.
         let group = own6.map(|a| multicast_mac(solicited_node(a)));
@@ -629,6 +733,15 @@ impl<N: Net> Ip for IpLayer<N> {
                 }
                 match packet {
                     Packet::Arp(arp) if !to_group => Received::Arp(arp),
+                    Packet::Ipv4(p)
+                        if dhcp
+                            && p.protocol == wire::PROTO_UDP
+                            && !p.fragment
+                            && p.payload.get(0..4) == Some(&[0, 67, 0, 68]) =>
+                    {
+                        // Lengths and checksum were checked.
+                        Received::Dhcp(crate::dhcpc::Reply::parse(&p.payload[8..]))
+                    }
                     Packet::Ipv4(p) if !to_group => {
                         let len = p.header_len + p.payload.len();
                         match f.take() {
@@ -670,6 +783,18 @@ impl<N: Net> Ip for IpLayer<N> {
                 Ok(Some(Received::Arp(arp))) => self.arp_in(arp, t),
                 Ok(Some(Received::Nd(nd))) => self.nd_in(nd, t),
                 Ok(Some(Received::NdRefused)) => self.stats.nd_refused += 1,
+                Ok(Some(Received::Dhcp(reply))) => {
+                    if let Some(c) = &mut self.dhcp {
+                        let out = match reply {
+                            Some(r) => c.input(&r, t),
+                            None => {
+                                c.dropped += 1;
+                                (None, crate::dhcpc::Event::None)
+                            }
+                        };
+                        self.dhcp_out(out);
+                    }
+                }
                 Ok(Some(Received::Dropped)) => self.stats.rx_dropped += 1,
                 Err(e) => {
                     return Err(match e {
@@ -706,6 +831,11 @@ impl<N: Net> Ip for IpLayer<N> {
             NextHop::Mac(MacAddr(m)) => m,
             NextHop::Ip(IpAddr::V4(a)) => {
                 let (own, prefix) = self.info.ipv4;
+                if own.is_unspecified() {
+                    // No lease yet: no IPv4 neighbour can be reached.
+                    self.stats.tx_dropped += 1;
+                    return Err(Error::Unreachable);
+                }
                 if a.is_broadcast() || a == broadcast(own, prefix) {
                     [0xff; 6]
                 } else if !self.info.on_link(a) || a == own || a.is_multicast() || a.is_unspecified() {

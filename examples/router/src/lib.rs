@@ -2,9 +2,12 @@
 //! interfaces, generic over any IP-layer device ([`mirage_devices::ip::Ip`]).
 //!
 //! * `uplink` (interface 0) has a static address and a gateway, the
-//!   default route; `inside` (interface 1) a static address, the gateway
-//!   of its network, to which it hands out addresses by DHCP
-//!   (mirage-dhcpd).
+//!   default route, or leases them by DHCP (`--uplink-ipv4=dhcp`: the
+//!   router waits for the lease before it starts, masquerades behind the
+//!   leased address, follows renewals and gives the lease's name servers
+//!   to the inside when `--dns` is empty); `inside` (interface 1) a
+//!   static address, the gateway of its network, to which it hands out
+//!   addresses by DHCP (mirage-dhcpd).
 //! * Every other packet goes through mirage-nat: connection tracking,
 //!   masquerade of what leaves by the uplink, the port forwards of
 //!   `--forward`, and the firewall of the rules file (read from the
@@ -35,7 +38,7 @@ use core::fmt::Write as _;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use mirage_devices::console::Console;
-use mirage_devices::ip::{Ip, IpStats, NextHop};
+use mirage_devices::ip::{Ip, IpInfo, IpStats, NextHop};
 use mirage_devices::kv::{Key, KvRo};
 use mirage_devices::net::MacAddr;
 use mirage_devices::random::Random;
@@ -100,24 +103,10 @@ pub fn parse_pool(s: &str, (own, prefix): (Ipv4Addr, u8)) -> Result<(Ipv4Addr, I
 /// A UDP datagram from `src:sport` to `dst:dport` in an IPv4 packet with
 /// TTL 64, checksums filled in.
 pub fn udp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let total = 28 + payload.len();
-    let mut p = vec![0u8; total];
-    p[..12].copy_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, wire::PROTO_UDP, 0, 0]);
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let c = wire::checksum(&p[..20]);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    let u = &mut p[20..];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    u[8..].copy_from_slice(payload);
-    let c = match wire::checksum_ipv4(src, dst, wire::PROTO_UDP, u) {
-        // A computed 0 is sent as all ones (0 means no checksum).
-        0 => 0xffff,
-        c => c,
-    };
-    u[6..8].copy_from_slice(&c.to_be_bytes());
+    let mut p = vec![0u8; 28 + payload.len()];
+    // The buffer is the datagram's length; a DHCP answer is far below
+    // 64 KiB.
+    let _ = wire::write_udp_ipv4(&mut p, src, sport, dst, dport, payload);
     p
 }
 
@@ -209,6 +198,10 @@ struct Router {
     icmp_errors: u32,
     /// IPv6 routing and its flows.
     v6: v6::V6,
+    /// The uplink's gateway, as last applied; whether the uplink is
+    /// configured by DHCP.
+    uplink_gateway: Option<Ipv4Addr>,
+    uplink_dhcp: bool,
 }
 
 fn now_ms() -> u64 {
@@ -392,6 +385,26 @@ impl Router {
         }
     }
 
+    /// Follows the uplink's lease: a new address is the masquerade
+    /// address, and the routes follow the subnet and the router. Whether
+    /// anything changed.
+    fn follow_uplink(&mut self, up: &IpInfo, ins: &IpInfo) -> bool {
+        if up.ipv4 == self.own[UPLINK as usize] && up.gateway == self.uplink_gateway {
+            return false;
+        }
+        self.own[UPLINK as usize] = up.ipv4;
+        self.uplink_gateway = up.gateway;
+        if !up.ipv4.0.is_unspecified() {
+            self.nat.set_masquerade_address(up.ipv4.0);
+        }
+        // Two or three routes: the heap has room for them, or the router
+        // could not have started.
+        if let Ok(r) = routes4(up, ins) {
+            self.routes = r;
+        }
+        true
+    }
+
     /// The `--stats` line.
     fn stats_line(&self, uplink: IpStats, inside: IpStats) -> String {
         let mut s = String::from("stats:");
@@ -401,6 +414,9 @@ impl Router {
                 " {name} rx {} tx {} rx-dropped {} tx-dropped {} neighbours {};",
                 i.rx_packets, i.tx_packets, i.rx_dropped, i.tx_dropped, i.neighbors
             );
+        }
+        if self.uplink_dhcp {
+            let _ = write!(s, " uplink-dhcp acks {} dropped {};", uplink.dhcp_acks, uplink.dhcp_dropped);
         }
         let _ = write!(s, " nat {} memory {};", self.nat.stats(), self.nat.memory());
         let d = self.dhcp.stats();
@@ -443,6 +459,46 @@ impl Router {
     }
 }
 
+/// The IPv4 routes: each interface's subnet, and the default route
+/// through the uplink's gateway (none for an uplink without a lease).
+fn routes4(up: &IpInfo, ins: &IpInfo) -> Result<Routes<u8>, String> {
+    let mut routes = Routes::new();
+    let err = |e| format!("a route: {e}");
+    if !up.ipv4.0.is_unspecified() {
+        routes.add(up.ipv4.0, up.ipv4.1, None, UPLINK).map_err(err)?;
+        if let Some(gw) = up.gateway {
+            routes.add(Ipv4Addr::UNSPECIFIED, 0, Some(gw), UPLINK).map_err(err)?;
+        }
+    }
+    routes.add(ins.ipv4.0, ins.ipv4.1, None, INSIDE).map_err(err)?;
+    Ok(routes)
+}
+
+/// Waits until the uplink holds a DHCP lease, saying so every 10 s;
+/// what arrives meanwhile is dropped (nothing can be routed yet).
+async fn wait_for_lease(console: &impl Console, uplink: &mut impl Ip) -> Result<(), String> {
+    let _ = console.write(b"router: uplink waiting for a DHCP lease\n").await;
+    let start = mirage_runtime::time::now();
+    let every = Duration::from_secs(10);
+    let mut note = start + every;
+    while uplink.info().ipv4.0.is_unspecified() {
+        match select(uplink.readable(), mirage_runtime::time::sleep_until(note)).await {
+            Either::Left(Err(e)) => return Err(format!("the uplink failed: {e}")),
+            Either::Right(()) => {
+                let waited = (note.as_nanos() - start.as_nanos()) / 1_000_000_000;
+                let line = format!(
+                    "router: uplink still waiting for a DHCP lease after {waited} s (is a DHCP server on its link? --uplink-ipv4=ADDRESS/PREFIX sets one)\n"
+                );
+                let _ = console.write(line.as_bytes()).await;
+                note = note + every;
+            }
+            Either::Left(Ok(())) => {}
+        }
+        while let Ok(Some(())) = uplink.try_recv(|_| ()) {}
+    }
+    Ok(())
+}
+
 /// The IPv6 part of the start line: empty without IPv6.
 fn ipv6_summary(up: &mirage_devices::ip::IpInfo, ins: &mirage_devices::ip::IpInfo) -> String {
     let one = |i: &mirage_devices::ip::IpInfo| i.ipv6.map_or("none".into(), |(a, p)| format!("{a}/{p}"));
@@ -475,12 +531,16 @@ pub async fn start(
     udp_timeout: u32,
     stats: u32,
 ) -> Result<(), String> {
-    let (up, ins) = (uplink.info(), inside.info());
     let key = Key::parse(rules).map_err(|e| format!("--rules: {rules:?} is not a key of the config store: {e}"))?;
     let text = config.get(&key).await.map_err(|e| format!("the firewall rules {key}: {e}"))?;
     let text = core::str::from_utf8(&text).map_err(|_| format!("the firewall rules {key} are not UTF-8 text"))?;
     let rules = Rules::parse(text, &[("uplink", Interface(UPLINK)), ("inside", Interface(INSIDE))])
         .map_err(|e| format!("{key}: {e}"))?;
+    let forwards = parse_forwards(forward)?;
+    if uplink.info().dhcp {
+        wait_for_lease(&console, &mut uplink).await?;
+    }
+    let (up, ins) = (uplink.info(), inside.info());
     let nat = Nat::new(mirage_nat::Config {
         max_flows: max_flows as usize,
         timeouts: match udp_timeout {
@@ -492,20 +552,18 @@ pub async fn start(
             },
         },
         masquerade: Some(Masquerade { interface: Interface(UPLINK), address: up.ipv4.0, ports: (1024, 65535) }),
-        forwards: parse_forwards(forward)?,
+        forwards: forwards.clone(),
         rules,
         seed: random.next_u64(),
     })
     .map_err(|e| format!("the NAT: {e}"))?;
-    let mut routes = Routes::new();
-    let (net_up, net_in) = (u32::from(up.ipv4.0) & mask(up.ipv4.1), u32::from(ins.ipv4.0) & mask(ins.ipv4.1));
-    routes.add(Ipv4Addr::from(net_up), up.ipv4.1, None, UPLINK).map_err(|e| format!("a route: {e}"))?;
-    routes.add(Ipv4Addr::from(net_in), ins.ipv4.1, None, INSIDE).map_err(|e| format!("a route: {e}"))?;
-    if let Some(gw) = up.gateway {
-        routes.add(Ipv4Addr::UNSPECIFIED, 0, Some(gw), UPLINK).map_err(|e| format!("a route: {e}"))?;
-    }
-    let dns: Result<Vec<Ipv4Addr>, _> =
-        dns.split(',').map(str::trim).filter(|d| !d.is_empty()).map(str::parse).collect();
+    let routes = routes4(&up, &ins)?;
+    let dns: Result<Vec<Ipv4Addr>, _> = if dns.trim().is_empty() && up.dhcp {
+        // The uplink's name servers, from its lease.
+        Ok(up.dns.iter().flatten().copied().collect())
+    } else {
+        dns.split(',').map(str::trim).filter(|d| !d.is_empty()).map(str::parse).collect()
+    };
     let dhcp = mirage_dhcpd::Server::new(mirage_dhcpd::Config {
         server: ins.ipv4.0,
         prefix: ins.ipv4.1,
@@ -529,18 +587,21 @@ pub async fn start(
         counters: Counters::default(),
         icmp_errors: 0,
         v6,
+        uplink_gateway: up.gateway,
+        uplink_dhcp: up.dhcp,
     };
     let _ = console
         .write(
             format!(
-                "router: uplink {}/{} (gateway {}), inside {}/{}; {} flows at most; {} port forwards{}\n",
+                "router: uplink {}/{} ({}gateway {}), inside {}/{}; {} flows at most; {} port forwards{}\n",
                 up.ipv4.0,
                 up.ipv4.1,
+                if up.dhcp { "leased by DHCP, " } else { "" },
                 up.gateway.map_or("none".into(), |g| format!("{g}")),
                 ins.ipv4.0,
                 ins.ipv4.1,
                 max_flows,
-                parse_forwards(forward)?.len(),
+                forwards.len(),
                 ipv6_summary(&up, &ins)
             )
             .as_bytes(),
@@ -569,6 +630,17 @@ pub async fn start(
             next_tick = now + TICK;
             r.nat.expire(now_ms());
             r.v6.expire(now_ms());
+            let up = uplink.info();
+            if r.follow_uplink(&up, &inside.info()) {
+                let line = match up.ipv4 {
+                    (a, _) if a.is_unspecified() => String::from("router: uplink lost its DHCP lease\n"),
+                    (a, p) => format!(
+                        "router: uplink leased {a}/{p} (gateway {})\n",
+                        up.gateway.map_or("none".into(), |g| format!("{g}"))
+                    ),
+                };
+                let _ = console.write(line.as_bytes()).await;
+            }
             r.dhcp.expire(now_ms() / 1000);
             r.icmp_errors = 0;
         }
