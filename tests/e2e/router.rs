@@ -529,7 +529,7 @@ fn refuses(t: &str) -> Result<(), String> {
         ns.ip(&["tuntap", "add", tap, "mode", "tap"])?;
         ns.ip(&["link", "set", tap, "up"])?;
     }
-    let bad: [(&[&str], &str); 7] = [
+    let bad: [(&[&str], &str); 6] = [
         (&["--rules=/no-such-file"], "the firewall rules /no-such-file"),
         (&["--forward=icmp:1:10.0.1.5:1"], "is not PROTO:PORT:ADDRESS:PORT"),
         (
@@ -538,7 +538,6 @@ fn refuses(t: &str) -> Result<(), String> {
         ),
         (&["--max-flows=0"], "the NAT: a flow table of 0 flows"),
         (&["--uplink-ipv4-gateway=192.0.2.1"], "cannot configure the IP layer \"uplink\""),
-        (&["--uplink-ipv4=10.0.0.2"], "expected an IPv4 address and prefix length"),
         (
             &["--uplink-ipv6=fd00::2/64", "--uplink-ipv6-gateway=fd00:9::1"],
             "the IPv6 gateway is not another address of the interface's IPv6 prefix",
@@ -551,6 +550,15 @@ fn refuses(t: &str) -> Result<(), String> {
         if r.status() != 1 || !format!("{}{}", r.stdout, r.stderr).contains(want) {
             return Err(format!("{args:?}: not refused with {want:?}: status {}\n{}", r.status(), r.dump()));
         }
+    }
+    // An address without its prefix is a usage error (status 64), which
+    // says what to write.
+    let mut c = ns.unikernel(t, &image, &["--net:uplink=tap-up", "--net:inside=tap-in"]);
+    c.arg("--uplink-ipv4=10.0.0.2");
+    let r = run_with(c, Duration::from_secs(30))?;
+    let want = "expected an IPv4 address and prefix length (A.B.C.D/N, N at most 32), or dhcp";
+    if r.status() != 64 || !format!("{}{}", r.stdout, r.stderr).contains(want) {
+        return Err(format!("--uplink-ipv4=10.0.0.2: not refused with {want:?}: status {}\n{}", r.status(), r.dump()));
     }
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! The IP layer (`IpLayer`) against the stack, back to back on a
 //! simulated link and clock: ARP and NDP resolution both ways, packets
 //! held while a neighbour is resolved and sent when it answers, the bounds
-//! on what waits, and the neighbour-cache policy against forged ARP and
-//! NDP.
+//! on what waits, the neighbour-cache policy against forged ARP and
+//! NDP, and the DHCP client leasing from mirage-dhcpd.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -596,4 +596,132 @@ fn ipv6_configurations_are_checked() {
     ] {
         assert_eq!(IpLayer::new(net(), config).err(), Some(want), "{config:?}");
     }
+}
+
+const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x10];
+const DHCP_SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+/// An Ethernet frame to `dst_mac` carrying a UDP datagram from port 67 to
+/// 68, as a DHCP server sends it.
+fn dhcp_frame(dst_mac: [u8; 6], dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let mut f = dst_mac.to_vec();
+    f.extend_from_slice(&SERVER_MAC);
+    f.extend_from_slice(&[8, 0]);
+    let mut p = vec![0; 28 + payload.len()];
+    wire::write_udp_ipv4(&mut p, DHCP_SERVER, 67, dst, 68, payload).unwrap();
+    f.extend_from_slice(&p);
+    f
+}
+
+/// Plays the DHCP server (and ARP for its address) for the frames the
+/// layer sent since `seen`, for `time` of simulated time; `tamper`
+/// changes each reply's payload before it goes (`false`: not sent). The
+/// IPv4 destinations of the DHCP requests seen.
+async fn serve(
+    l: &mut Link,
+    server: &mut mirage_dhcpd::Server,
+    seen: &mut usize,
+    time: Duration,
+    tamper: &mut dyn FnMut(&mut Vec<u8>) -> Vec<Vec<u8>>,
+) -> Vec<Ipv4Addr> {
+    let mut requests = Vec::new();
+    let end = mirage_runtime::time::now() + time;
+    while mirage_runtime::time::now() < end {
+        let _ = recv(&mut l.ip, Duration::from_millis(500)).await;
+        let frames: Vec<Vec<u8>> = l.sent.borrow()[*seen..].to_vec();
+        *seen += frames.len();
+        for f in frames {
+            match wire::parse(&f) {
+                Ok((_, wire::Packet::Arp(a))) if a.op == 1 && a.target_ip == DHCP_SERVER => {
+                    let mut r = a.sender_mac.to_vec();
+                    r.extend_from_slice(&SERVER_MAC);
+                    r.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 2]);
+                    r.extend_from_slice(&SERVER_MAC);
+                    r.extend_from_slice(&DHCP_SERVER.octets());
+                    r.extend_from_slice(&a.sender_mac);
+                    r.extend_from_slice(&a.sender_ip.octets());
+                    l.to_ip.borrow_mut().frames.push_back(r);
+                }
+                Ok((_, wire::Packet::Ipv4(p))) if p.protocol == 17 && p.payload[2..4] == [0, 67] => {
+                    requests.push(p.dst);
+                    let now = mirage_runtime::time::now().as_nanos() / 1_000_000_000;
+                    let Some(reply) = server.input(&p.payload[8..], now) else { continue };
+                    let (mac, dst) = match reply.to {
+                        mirage_dhcpd::Destination::Broadcast => ([0xff; 6], Ipv4Addr::BROADCAST),
+                        mirage_dhcpd::Destination::Unicast(a, m) => (m, a),
+                    };
+                    let mut payload = reply.payload;
+                    for extra in tamper(&mut payload) {
+                        l.to_ip.borrow_mut().frames.push_back(dhcp_frame(mac, dst, &extra));
+                    }
+                    l.to_ip.borrow_mut().frames.push_back(dhcp_frame(mac, dst, &payload));
+                }
+                _ => {}
+            }
+        }
+    }
+    requests
+}
+
+#[test]
+fn a_dhcp_lease_is_taken_renewed_and_lost() {
+    mirage_runtime::run(&mut Sim::default(), async {
+        let a = Rc::new(RefCell::new(Wire::default()));
+        let sent = Rc::new(RefCell::new(Vec::new()));
+        let net = SimNet {
+            mac: MacAddr(HOST_MAC),
+            rx: a.clone(),
+            tx: Rc::new(RefCell::new(Wire::default())),
+            sent: sent.clone(),
+        };
+        let ip = IpLayer::new(net, IpConfig::dhcp()).unwrap();
+        let mut l = Link { ip, sent, to_ip: a };
+        assert_eq!(l.ip.info().ipv4, (Ipv4Addr::UNSPECIFIED, 0));
+        assert!(l.ip.info().dhcp);
+        // No lease: no IPv4 neighbour.
+        assert_eq!(l.ip.send(NextHop::Ip(IpAddr::V4(DHCP_SERVER)), 20, |_| ()), Err(Error::Unreachable));
+        let mut server = mirage_dhcpd::Server::new(mirage_dhcpd::Config {
+            server: DHCP_SERVER,
+            prefix: 24,
+            pool: (Ipv4Addr::new(10, 0, 0, 50), Ipv4Addr::new(10, 0, 0, 59)),
+            router: Some(DHCP_SERVER),
+            dns: vec![Ipv4Addr::new(10, 0, 0, 53)],
+            lease_secs: 60,
+            reservations: Vec::new(),
+        })
+        .unwrap();
+        let mut seen = 0;
+        // Each reply comes after three that are not for this client: one
+        // for another hardware address, one of another transaction, one cut
+        // short.
+        let mut hostile = |p: &mut Vec<u8>| {
+            let mut other_mac = p.clone();
+            other_mac[28 + 5] ^= 1;
+            let mut other_xid = p.clone();
+            other_xid[4] ^= 0x80;
+            vec![other_mac, other_xid, p[..100].to_vec()]
+        };
+        let requests = serve(&mut l, &mut server, &mut seen, Duration::from_secs(3), &mut hostile).await;
+        let info = l.ip.info();
+        assert_eq!(info.ipv4, (Ipv4Addr::new(10, 0, 0, 50), 24), "{requests:?}");
+        assert_eq!((info.gateway, info.dns[0]), (Some(DHCP_SERVER), Some(Ipv4Addr::new(10, 0, 0, 53))));
+        let s = l.ip.stats();
+        // DISCOVER and REQUEST were broadcast; 3 hostile copies of the
+        // OFFER and of the ACK were dropped.
+        assert_eq!(requests, [Ipv4Addr::BROADCAST; 2]);
+        assert_eq!((s.dhcp_acks, s.dhcp_dropped, s.rx_packets), (1, 6, 0), "{s:?}");
+        // At T1 (30 s) the client renews with the server, unicast (the
+        // layer resolves the server by ARP).
+        let requests = serve(&mut l, &mut server, &mut seen, Duration::from_secs(40), &mut |_| Vec::new()).await;
+        assert_eq!(requests, [DHCP_SERVER], "one unicast REQUEST at T1");
+        assert_eq!(l.ip.stats().dhcp_acks, 2);
+        assert_eq!(l.ip.info().ipv4.0, Ipv4Addr::new(10, 0, 0, 50));
+        // The server goes silent: the lease (renewed at about 30 s, for
+        // 60 s) runs out, and the address with it.
+        assert_eq!(recv(&mut l.ip, Duration::from_secs(70)).await, None);
+        let asked = l.sent.borrow()[seen..].iter().filter(|f| f.len() > 40 && f[36..38] == [0, 67]).count();
+        assert!(asked >= 2, "renewing, then rebinding, asked again: {asked}");
+        assert_eq!(l.ip.info().ipv4, (Ipv4Addr::UNSPECIFIED, 0));
+        assert_eq!(l.ip.info().gateway, None);
+    });
 }
