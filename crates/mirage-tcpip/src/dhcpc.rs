@@ -588,19 +588,20 @@ mod tests {
         let (m, _) = c.poll(t(0));
         let xid = sent(&m.unwrap()).transaction_id;
         let ok = reply(DhcpMessageType::Offer, xid, Some(3600));
-        let mut bad = Vec::new();
-        bad.push(Reply { xid: xid ^ 1, ..ok });
-        bad.push(Reply { chaddr: [2, 0, 0, 0, 0, 8], ..ok });
-        bad.push(Reply { kind: DhcpMessageType::Ack, ..ok });
-        bad.push(Reply { lease: Some(0), ..ok });
-        bad.push(Reply { lease: Some(MIN_LEASE_SECS - 1), ..ok });
-        bad.push(Reply { lease: None, ..ok });
-        bad.push(Reply { mask: Some(Ipv4Addr::new(255, 0, 255, 0)), ..ok });
-        bad.push(Reply { mask: None, ..ok });
-        bad.push(Reply { your_ip: Ipv4Addr::BROADCAST, ..ok });
-        bad.push(Reply { your_ip: Ipv4Addr::new(10, 0, 0, 255), ..ok });
-        bad.push(Reply { your_ip: Ipv4Addr::new(224, 0, 0, 1), ..ok });
-        bad.push(Reply { server_id: None, ..ok });
+        let bad = [
+            Reply { xid: xid ^ 1, ..ok },
+            Reply { chaddr: [2, 0, 0, 0, 0, 8], ..ok },
+            Reply { kind: DhcpMessageType::Ack, ..ok },
+            Reply { lease: Some(0), ..ok },
+            Reply { lease: Some(MIN_LEASE_SECS - 1), ..ok },
+            Reply { lease: None, ..ok },
+            Reply { mask: Some(Ipv4Addr::new(255, 0, 255, 0)), ..ok },
+            Reply { mask: None, ..ok },
+            Reply { your_ip: Ipv4Addr::BROADCAST, ..ok },
+            Reply { your_ip: Ipv4Addr::new(10, 0, 0, 255), ..ok },
+            Reply { your_ip: Ipv4Addr::new(224, 0, 0, 1), ..ok },
+            Reply { server_id: None, ..ok },
+        ];
         for (i, r) in bad.iter().enumerate() {
             assert_eq!(c.input(r, t(0)), (None, Event::None), "reply {i}");
         }
