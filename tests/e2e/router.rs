@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use testkit::router::{CLIENT, CLIENT6, INSIDE, INSIDE6, IPV6_ARGS, Lab, SERVER, SERVER6, UPLINK, UPLINK6};
-use testkit::{Background, Netns, run_with};
+use testkit::{Netns, run_with};
 
 use crate::{Case, Needs, case};
 
@@ -474,20 +474,12 @@ fn uplink_dhcp(t: &str) -> Result<(), String> {
     if !lab.output().contains("router: uplink waiting for a DHCP lease") {
         return Err(format!("the router does not say it waits for a lease:\n{}", lab.output()));
     }
-    let mut d = lab.server.command("dnsmasq");
-    d.args([
-        "--no-daemon",
-        "--conf-file=/dev/null",
-        "--interface=tap-up",
-        "--bind-interfaces",
-        "--port=0",
-        "--no-ping",
-        "--leasefile-ro",
-        "--dhcp-range=10.0.0.50,10.0.0.59,255.255.255.0,1h",
-        "--dhcp-option=option:dns-server,10.0.0.53",
-    ]);
-    let mut dnsmasq = Background::start(d)?;
-    dnsmasq.wait_for("DHCP, IP range", Duration::from_secs(10))?;
+    let _dnsmasq = testkit::dnsmasq(
+        &lab.server,
+        "tap-up",
+        "10.0.0.50,10.0.0.59,255.255.255.0,1h",
+        &["--dhcp-option=option:dns-server,10.0.0.53"],
+    )?;
     let router = lab.router.as_mut().ok_or("no router")?;
     router.wait_for("(leased by DHCP, gateway 10.0.0.1)", Duration::from_secs(30))?;
     let out = lab.output();

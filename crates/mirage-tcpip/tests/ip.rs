@@ -98,36 +98,48 @@ struct Link {
 /// The IP layer at ROUTER, and a stack at HOST whose gateway it is (or
 /// nothing on the other end, with `stack` false).
 fn link(stack: bool) -> (Link, Option<Stack>) {
+    link_with(stack, false)
+}
+
+/// As [`link`], with IPv6 on both ends too when `ipv6`: ROUTER6 and
+/// HOST6 on fd00::/64, the host's IPv6 gateway the layer.
+fn link_with(stack: bool, ipv6: bool) -> (Link, Option<Stack>) {
     let a = Rc::new(RefCell::new(Wire::default()));
     let b = Rc::new(RefCell::new(Wire::default()));
     let sent = Rc::new(RefCell::new(Vec::new()));
     let ip_net = SimNet { mac: MacAddr(ROUTER_MAC), rx: a.clone(), tx: b.clone(), sent: sent.clone() };
-    let ip = IpLayer::new(ip_net, IpConfig::new((ROUTER, 24), None)).unwrap();
+    let config = IpConfig::new((ROUTER, 24), None).with_ipv6(ipv6.then_some((ROUTER6, 64)), None);
+    let ip = IpLayer::new(ip_net, config).unwrap();
     let host = stack.then(|| {
         let net = SimNet { mac: MacAddr(HOST_MAC), rx: b, tx: a.clone(), sent: Rc::new(RefCell::new(Vec::new())) };
-        Stack::new(net, Config::static_ipv4(HOST, 24, Some(ROUTER))).unwrap()
+        let mut c = Config::static_ipv4(HOST, 24, Some(ROUTER));
+        if ipv6 {
+            c.ipv6 = Some((HOST6, 64));
+            c.ipv6_gateway = Some(ROUTER6);
+        }
+        Stack::new(net, c).unwrap()
     });
     (Link { ip, sent, to_ip: a }, host)
 }
 
+/// An Ethernet frame from HOST_MAC to `dst`.
+fn eth(dst: [u8; 6], ethertype: [u8; 2], packet: &[u8]) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&HOST_MAC);
+    f.extend_from_slice(&ethertype);
+    f.extend_from_slice(packet);
+    f
+}
+
+/// Sends `p` to `to` `n` times; how many the layer took.
+fn send_n(ip: &mut IpLayer<SimNet>, to: IpAddr, p: &[u8], n: usize) -> usize {
+    (0..n).filter(|_| ip.send(NextHop::Ip(to), p.len(), |b| b.copy_from_slice(p)).is_ok()).count()
+}
+
 /// A UDP datagram from `src:sport` to `dst:dport`, as an IPv4 packet.
 fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, data: &[u8]) -> Vec<u8> {
-    let total = 28 + data.len();
-    let mut p = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    let c = wire::checksum(&p);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    let ulen = (8 + data.len()) as u16;
-    let mut u = Vec::new();
-    u.extend_from_slice(&sport.to_be_bytes());
-    u.extend_from_slice(&dport.to_be_bytes());
-    u.extend_from_slice(&ulen.to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(data);
-    let c = wire::checksum_ipv4(src, dst, 17, &u);
-    u[6..8].copy_from_slice(&c.to_be_bytes());
-    p.extend_from_slice(&u);
+    let mut p = vec![0; 28 + data.len()];
+    wire::write_udp_ipv4(&mut p, src, sport, dst, dport, data).unwrap();
     p
 }
 
@@ -183,13 +195,7 @@ fn what_waits_for_a_silent_neighbour_is_bounded_and_dropped() {
     mirage_runtime::run(&mut Sim::default(), async {
         let (mut l, _) = link(false);
         let p = udp(ROUTER, 1, HOST, 2, &[0; 100]);
-        let mut held = 0;
-        for _ in 0..100 {
-            if l.ip.send(NextHop::Ip(IpAddr::V4(HOST)), p.len(), |b| b.copy_from_slice(&p)).is_ok() {
-                held += 1;
-            }
-        }
-        assert_eq!(held, mirage_tcpip::ip::PER_NEIGHBOR);
+        assert_eq!(send_n(&mut l.ip, IpAddr::V4(HOST), &p, 100), mirage_tcpip::ip::PER_NEIGHBOR);
         // As many silent neighbours as the layer resolves at once, and one
         // more, which is refused.
         for i in 0..mirage_tcpip::ip::MAX_UNRESOLVED as u8 {
@@ -243,18 +249,11 @@ fn forged_arp_and_bad_frames_are_refused_and_counted() {
         bad[10] ^= 1; // header checksum
         let mut frames: Vec<Vec<u8>> = frames.into();
         for (dst, packet) in [(ROUTER_MAC, bad), ([2, 0, 0, 0, 0, 9], udp(HOST, 1, ROUTER, 2, b"not my MAC"))] {
-            let mut f = dst.to_vec();
-            f.extend_from_slice(&HOST_MAC);
-            f.extend_from_slice(&[8, 0]);
-            f.extend_from_slice(&packet);
-            frames.push(f);
+            frames.push(eth(dst, [8, 0], &packet));
         }
         // A good packet, with Ethernet padding the layer cuts off.
         let good = udp(HOST, 1, ROUTER, 2, b"ok");
-        let mut f = ROUTER_MAC.to_vec();
-        f.extend_from_slice(&HOST_MAC);
-        f.extend_from_slice(&[8, 0]);
-        f.extend_from_slice(&good);
+        let mut f = eth(ROUTER_MAC, [8, 0], &good);
         f.resize(60, 0);
         frames.push(f);
         l.to_ip.borrow_mut().frames.extend(frames);
@@ -275,25 +274,6 @@ fn forged_arp_and_bad_frames_are_refused_and_counted() {
 const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 const HOST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const FAR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9);
-
-/// As [`link`], with IPv6 on both ends too: ROUTER6 and HOST6 on
-/// fd00::/64, the host's IPv6 gateway the layer.
-fn link6(stack: bool) -> (Link, Option<Stack>) {
-    let a = Rc::new(RefCell::new(Wire::default()));
-    let b = Rc::new(RefCell::new(Wire::default()));
-    let sent = Rc::new(RefCell::new(Vec::new()));
-    let ip_net = SimNet { mac: MacAddr(ROUTER_MAC), rx: a.clone(), tx: b.clone(), sent: sent.clone() };
-    let config = IpConfig::new((ROUTER, 24), None).with_ipv6(Some((ROUTER6, 64)), None);
-    let ip = IpLayer::new(ip_net, config).unwrap();
-    let host = stack.then(|| {
-        let net = SimNet { mac: MacAddr(HOST_MAC), rx: b, tx: a.clone(), sent: Rc::new(RefCell::new(Vec::new())) };
-        let mut c = Config::static_ipv4(HOST, 24, Some(ROUTER));
-        c.ipv6 = Some((HOST6, 64));
-        c.ipv6_gateway = Some(ROUTER6);
-        Stack::new(net, c).unwrap()
-    });
-    (Link { ip, sent, to_ip: a }, host)
-}
 
 /// A UDP datagram from `src:sport` to `dst:dport`, as an IPv6 packet.
 fn udp6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, data: &[u8]) -> Vec<u8> {
@@ -363,7 +343,7 @@ fn is_ns_for(f: &[u8], target: Ipv6Addr) -> bool {
 #[test]
 fn ipv6_packets_wait_for_ndp_and_go_both_ways() {
     mirage_runtime::run(&mut Sim::default(), async {
-        let (mut l, host) = link6(true);
+        let (mut l, host) = link_with(true, true);
         let host = host.unwrap();
         let sock = host.bind(7).await.unwrap();
         // Sent before the host is known: held, a solicitation goes to the
@@ -403,18 +383,12 @@ fn ipv6_packets_wait_for_ndp_and_go_both_ways() {
 #[test]
 fn what_waits_for_a_silent_ipv6_neighbour_is_bounded_and_dropped() {
     mirage_runtime::run(&mut Sim::default(), async {
-        let (mut l, _) = link6(false);
+        let (mut l, _) = link_with(false, true);
         let p = udp6(ROUTER6, 1, HOST6, 2, &[0; 100]);
-        let mut held = 0;
-        for _ in 0..10 {
-            if l.ip.send(NextHop::Ip(IpAddr::V6(HOST6)), p.len(), |b| b.copy_from_slice(&p)).is_ok() {
-                held += 1;
-            }
-        }
-        assert_eq!(held, mirage_tcpip::ip::PER_NEIGHBOR);
+        assert_eq!(send_n(&mut l.ip, IpAddr::V6(HOST6), &p, 10), mirage_tcpip::ip::PER_NEIGHBOR);
         // IPv6 neighbours share the bound with IPv4's.
         let v4 = udp(ROUTER, 1, HOST, 2, &[0; 10]);
-        assert!(l.ip.send(NextHop::Ip(IpAddr::V4(HOST)), v4.len(), |b| b.copy_from_slice(&v4)).is_ok());
+        assert_eq!(send_n(&mut l.ip, IpAddr::V4(HOST), &v4, 1), 1);
         for i in 0..mirage_tcpip::ip::MAX_UNRESOLVED as u16 {
             let to = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, i);
             let r = l.ip.send(NextHop::Ip(IpAddr::V6(to)), p.len(), |b| b.copy_from_slice(&p));
@@ -446,7 +420,7 @@ fn what_waits_for_a_silent_ipv6_neighbour_is_bounded_and_dropped() {
 #[test]
 fn forged_ndp_and_bad_frames_are_refused_and_counted() {
     mirage_runtime::run(&mut Sim::default(), async {
-        let (mut l, _) = link6(false);
+        let (mut l, _) = link_with(false, true);
         let (g, gmac) = group();
         let evil = [2, 0, 0, 0, 0, 0x66];
         let ns = |hop, src, option| nd_frame(gmac, HOST_MAC, src, g, hop, 135, 0, ROUTER6, option);
@@ -504,18 +478,11 @@ fn forged_ndp_and_bad_frames_are_refused_and_counted() {
         // solicited-node group (taken for NDP only).
         let datagram = udp6(HOST6, 1, ROUTER6, 2, b"x");
         for dst in [[2, 0, 0, 0, 0, 9], gmac, [0xff; 6]] {
-            let mut f = dst.to_vec();
-            f.extend_from_slice(&HOST_MAC);
-            f.extend_from_slice(&[0x86, 0xdd]);
-            f.extend_from_slice(&datagram);
-            frames.push(f);
+            frames.push(eth(dst, [0x86, 0xdd], &datagram));
         }
         // A good packet, padded.
         let good = udp6(HOST6, 1, FAR6, 2, b"ok");
-        let mut f = ROUTER_MAC.to_vec();
-        f.extend_from_slice(&HOST_MAC);
-        f.extend_from_slice(&[0x86, 0xdd]);
-        f.extend_from_slice(&good);
+        let mut f = eth(ROUTER_MAC, [0x86, 0xdd], &good);
         f.resize(f.len() + 10, 0);
         frames.push(f);
         l.to_ip.borrow_mut().frames.extend(frames);
@@ -539,7 +506,7 @@ fn forged_ndp_and_bad_frames_are_refused_and_counted() {
 #[test]
 fn a_flood_of_solicitations_is_bounded() {
     mirage_runtime::run(&mut Sim::default(), async {
-        let (mut l, _) = link6(false);
+        let (mut l, _) = link_with(false, true);
         let (g, gmac) = group();
         // 2,000 senders solicit our address, and 2,000 other targets are
         // solicited: the cache stays within its 256 entries, nothing waits,
