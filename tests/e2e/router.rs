@@ -448,6 +448,14 @@ fn ipv6(t: &str) -> Result<(), String> {
     if peer.ip() != CLIENT6 {
         return Err(format!("the server saw {peer}, not the client's own address {CLIENT6}"));
     }
+    // A hop limit spent at the router: a Time Exceeded from its inside
+    // address.
+    let mut c = lab.client.command("ping");
+    c.args(["-6", "-c", "1", "-t", "1", "-W", "3"]).arg(SERVER6.to_string());
+    let r = run_with(c, Duration::from_secs(10))?;
+    if !r.stdout.contains(&format!("From {INSIDE6}")) || !r.stdout.contains("Time exceeded") {
+        return Err(format!("no ICMPv6 Time Exceeded from the router: {}", r.dump()));
+    }
     // Nothing lets the uplink open a flow to the inside over IPv6 (the
     // port forward's rule names an IPv4 address).
     let before = lab.stats_lines();

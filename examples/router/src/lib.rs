@@ -13,7 +13,8 @@
 //!   `--forward`, and the firewall of the rules file (read from the
 //!   `config` store at start: a bad rule stops the router with its line).
 //!   The router answers pings to its own addresses, and a packet whose TTL
-//!   runs out here with an ICMP Time Exceeded (100 a second at most);
+//!   (or hop limit) runs out here with an ICMP (ICMPv6) Time Exceeded
+//!   (100 a second at most, both families together);
 //!   other traffic to it is dropped and counted.
 //! * IPv6, when an interface has an IPv6 address (`--uplink-ipv6`,
 //!   `--inside-ipv6`, `--uplink-ipv6-gateway`), is routed without NAT
@@ -164,6 +165,9 @@ enum Later {
     /// The IPv6 packet in `scratch` goes out of this interface to this
     /// neighbour.
     Forward6(u8, Ipv6Addr),
+    /// The IPv6 packet in `scratch` came in on this interface with its
+    /// hop limit spent.
+    TimeExceeded6(u8),
 }
 
 /// ICMP errors the router sends a second, at most: a peer that makes it
@@ -252,6 +256,10 @@ impl Router {
                         keep(p);
                         Later::Forward6(i, via)
                     }
+                    v6::Decision::HopLimit => {
+                        keep(p);
+                        Later::TimeExceeded6(fi)
+                    }
                     v6::Decision::Drop => Later::Done,
                 };
             }
@@ -315,6 +323,21 @@ impl Router {
                 None => return,
             },
             Later::Forward6(i, via) => return self.send6(i, via, uplink, inside),
+            Later::TimeExceeded6(fi) => {
+                if self.icmp_errors >= ICMP_ERRORS_PER_TICK {
+                    self.counters.icmp_limited += 1;
+                    return;
+                }
+                let Some((e, out, via)) = self.v6.time_exceeded(fi, &self.scratch[..self.len]) else { return };
+                if e.len() > self.scratch.len() {
+                    return;
+                }
+                self.icmp_errors += 1;
+                self.counters.time_exceeded += 1;
+                self.scratch[..e.len()].copy_from_slice(&e);
+                self.len = e.len();
+                return self.send6(out, via, uplink, inside);
+            }
         };
         let p = &self.scratch[..self.len];
         let hop = next_hop(&self.routes, dst_of(p));

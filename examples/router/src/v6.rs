@@ -18,9 +18,12 @@
 //!   unspecified addresses are not forwarded, nor are fragments (the
 //!   ports are only in the first) or packets with extension headers other
 //!   than those `wire` walks. A packet whose hop limit runs out here is
-//!   dropped and counted (no ICMPv6 Time Exceeded is sent).
+//!   dropped and counted, and answered with an ICMPv6 Time Exceeded
+//!   ([`V6::time_exceeded`]; the router limits how many it sends, with
+//!   IPv4's).
 
 use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 use core::net::Ipv6Addr;
 
 use mirage_nat::{Action, Interface, Protocol, Rules};
@@ -87,6 +90,9 @@ pub enum Decision {
     Forward(u8, Ipv6Addr),
     /// Nothing: it was dropped and counted.
     Drop,
+    /// Dropped and counted, its hop limit spent: a Time Exceeded may go
+    /// back ([`V6::time_exceeded`]).
+    HopLimit,
 }
 
 /// The router's IPv6 state.
@@ -210,7 +216,7 @@ impl V6 {
         };
         if hop_limit <= 1 {
             self.counters.hop_limit += 1;
-            return Decision::Drop;
+            return Decision::HopLimit;
         }
         let key = Key::new(proto, src, sport, dst, dport);
         let until = now_ms + self.timeout(proto);
@@ -238,6 +244,33 @@ impl V6 {
         p[7] = hop_limit - 1;
         self.counters.forwarded += 1;
         Decision::Forward(hop.interface, hop.via.addr())
+    }
+
+    /// The ICMPv6 Time Exceeded (RFC 4443, 3.3) for `p`, which came in on
+    /// `fi` with its hop limit spent: from the router's address on `fi`,
+    /// quoting as much of `p` as fits in 1,280 bytes, with the interface
+    /// and neighbour it goes to. `None` when `p` is an ICMPv6 error itself,
+    /// its source cannot be answered, or no route leads back.
+    pub fn time_exceeded(&self, fi: u8, p: &[u8]) -> Option<(Vec<u8>, u8, Ipv6Addr)> {
+        let (own, _) = (*self.own.get(fi as usize)?)?;
+        let ip = wire::parse_ipv6(p).ok()?;
+        let (upper, data, _) = wire::ipv6_upper_layer(&ip);
+        if upper == Some(wire::PROTO_ICMPV6) && data.first().is_none_or(|&t| t < 128) || special(ip.src) {
+            return None;
+        }
+        let hop = self.routes.lookup(ip.src)?;
+        let quoted = &p[..p.len().min(1280 - 48)];
+        let mut icmp = alloc::vec![3, 0, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(quoted);
+        let c = wire::checksum_ipv6(own, ip.src, wire::PROTO_ICMPV6, &icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let mut out = alloc::vec![0x60, 0, 0, 0];
+        out.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[wire::PROTO_ICMPV6, 64]);
+        out.extend_from_slice(&own.octets());
+        out.extend_from_slice(&ip.src.octets());
+        out.extend_from_slice(&icmp);
+        Some((out, hop.interface, hop.via.addr()))
     }
 
     fn drop(&mut self) -> Decision {
@@ -403,10 +436,17 @@ mod tests {
         assert_eq!(v.process(0, up, &mut p, &mut rules), Decision::Forward(up, SERVER));
         let r = wire::parse_ipv6(&p).expect("the reply's checksum holds");
         assert_eq!((r.src, r.dst, r.payload[0]), (UP, SERVER, ECHO_REPLY));
-        // Hop limit 1: dropped and counted.
+        // Hop limit 1: dropped and counted, and answered from the inside
+        // address with a Time Exceeded quoting it.
         let mut p = echo(CLIENT, SERVER, 1);
-        assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Drop);
+        assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::HopLimit);
         assert_eq!(v.counters.hop_limit, 1);
+        let (e, out, via) = v.time_exceeded(ins, &p).unwrap();
+        assert_eq!((out, via), (ins, CLIENT));
+        let r = wire::parse_ipv6(&e).expect("the error's checksum holds");
+        assert_eq!((r.src, r.dst, r.payload[0], &r.payload[8..]), (IN, CLIENT, 3, &p[..]));
+        // No error about an error.
+        assert_eq!(v.time_exceeded(ins, &e), None);
         // Link-local and multicast are not forwarded; no route for a
         // destination without a default route is counted.
         for dst in ["fe80::1", "ff02::1"] {
