@@ -11,12 +11,20 @@
 //! and ping (and the server's ICMP errors come back translated); the
 //! server reaches the client through the port forward;
 //! traffic the rules deny is dropped and counted on the `--stats` line.
+//!
+//! The uplink can lease its address too: dnsmasq serves DHCP on the
+//! server's side, the router leases from it and masquerades behind the
+//! leased address.
+//!
+//! IPv6 is routed between static addresses, without NAT: ping and TCP
+//! cross the router with the client's own address, and a connection
+//! opened from the uplink side is denied by the rules.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use testkit::router::{CLIENT, INSIDE, Lab, SERVER, UPLINK};
+use testkit::router::{CLIENT, CLIENT6, INSIDE, INSIDE6, IPV6_ARGS, Lab, SERVER, SERVER6, UPLINK, UPLINK6};
 use testkit::{Netns, run_with};
 
 use crate::{Case, Needs, case};
@@ -30,8 +38,10 @@ fn count(line: &str, label: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn ping(ns: &Netns, to: Ipv4Addr) -> Result<(), String> {
+fn ping(ns: &Netns, to: impl Into<IpAddr>) -> Result<(), String> {
+    let to = to.into();
     let mut c = ns.command("ping");
+    c.arg(if to.is_ipv6() { "-6" } else { "-4" });
     c.args(["-c", "3", "-i", "0.2", "-W", "2"]).arg(to.to_string());
     let r = run_with(c, Duration::from_secs(20))?;
     if r.status() != 0 {
@@ -418,6 +428,98 @@ fn ten_thousand_flows(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// IPv6 routed between the client and the server, without NAT, under the
+/// rules: the router answers ping on both its addresses, the client's
+/// ping and TCP reach the server, which sees the client's own address;
+/// a connection from the server to the client is denied and counted.
+fn ipv6(t: &str) -> Result<(), String> {
+    let lab = Lab::start(t, &IPV6_ARGS)?;
+    lab.ipv6()?;
+    if !lab.output().contains("IPv6 (routed, no NAT): uplink fd00::2/64") {
+        return Err(format!("the start line does not give the IPv6 addresses:\n{}", lab.output()));
+    }
+    ping(&lab.client, INSIDE6)?;
+    ping(&lab.server, UPLINK6)?;
+    ping(&lab.client, SERVER6)?;
+    let at = SocketAddr::from((SERVER6, 7000));
+    let server = tcp_echo_once(&lab.server, at)?;
+    tcp_exchange(&lab.client, at, 300_000)?;
+    let peer = server.join().map_err(|_| "server panicked")??;
+    if peer.ip() != CLIENT6 {
+        return Err(format!("the server saw {peer}, not the client's own address {CLIENT6}"));
+    }
+    // A hop limit spent at the router: a Time Exceeded from its inside
+    // address.
+    let mut c = lab.client.command("ping");
+    c.args(["-6", "-c", "1", "-t", "1", "-W", "3"]).arg(SERVER6.to_string());
+    let r = run_with(c, Duration::from_secs(10))?;
+    if !r.stdout.contains(&format!("From {INSIDE6}")) || !r.stdout.contains("Time exceeded") {
+        return Err(format!("no ICMPv6 Time Exceeded from the router: {}", r.dump()));
+    }
+    // Nothing lets the uplink open a flow to the inside over IPv6 (the
+    // port forward's rule names an IPv4 address).
+    let before = lab.stats_lines();
+    let listener = lab.client.enter(|| TcpListener::bind((CLIENT6, 80)))?.map_err(|e| format!("bind: {e}"))?;
+    let to = SocketAddr::from((CLIENT6, 80));
+    let r = lab.server.enter(|| TcpStream::connect_timeout(&to, Duration::from_secs(2)))?;
+    if let Ok(s) = r {
+        return Err(format!("a connection from the uplink side reached the client: {s:?}"));
+    }
+    drop(listener);
+    let line = lab.stats_after(before)?;
+    let v6 = line.split(" ipv6 ").nth(1).unwrap_or_default();
+    if count(v6, "denied ") < 1 || count(v6, "forwarded ") < 100 || count(v6, "echoes ") < 6 {
+        return Err(format!("IPv6 forwarding, echoes and the denied SYN are not counted:\n{line}"));
+    }
+    Ok(())
+}
+
+/// The uplink leases its address from dnsmasq on the server's link: the
+/// start line gives the lease, and the client (leased by the router)
+/// reaches the server through masquerade behind the leased address.
+fn uplink_dhcp(t: &str) -> Result<(), String> {
+    let mut lab = Lab::start(t, &["--uplink-ipv4=dhcp"])?;
+    if !lab.output().contains("router: uplink waiting for a DHCP lease") {
+        return Err(format!("the router does not say it waits for a lease:\n{}", lab.output()));
+    }
+    let _dnsmasq = testkit::dnsmasq(
+        &lab.server,
+        "tap-up",
+        "10.0.0.50,10.0.0.59,255.255.255.0,1h",
+        &["--dhcp-option=option:dns-server,10.0.0.53"],
+    )?;
+    let router = lab.router.as_mut().ok_or("no router")?;
+    router.wait_for("(leased by DHCP, gateway 10.0.0.1)", Duration::from_secs(30))?;
+    let out = lab.output();
+    let line = out.lines().find(|l| l.contains("leased by DHCP")).unwrap_or_default();
+    let leased: Ipv4Addr = line
+        .strip_prefix("router: uplink ")
+        .and_then(|r| r.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("no leased address in {line:?}\n{out}"))?;
+    if !(50..60).contains(&leased.octets()[3]) || leased.octets()[..3] != [10, 0, 0] || !line.contains("/24 ") {
+        return Err(format!("leased {line:?}, outside dnsmasq's 10.0.0.50-59/24"));
+    }
+    lab.lease()?;
+    ping(&lab.client, SERVER)?;
+    let at = SocketAddr::from((SERVER, 7000));
+    let server = tcp_echo_once(&lab.server, at)?;
+    tcp_exchange(&lab.client, at, 100_000)?;
+    let peer = server.join().map_err(|_| "server panicked")??;
+    if peer.ip() != leased {
+        return Err(format!("the server saw {peer}, not the leased address {leased}"));
+    }
+    // The port forward follows the leased address too.
+    let inside = tcp_echo_once(&lab.client, SocketAddr::from((CLIENT, 80)))?;
+    tcp_exchange(&lab.server, SocketAddr::from((leased, 8080)), 10_000)?;
+    inside.join().map_err(|_| "client panicked")??;
+    let line = lab.stats_after(lab.stats_lines())?;
+    if count(&line, "uplink-dhcp acks ") != 1 {
+        return Err(format!("the lease is not counted:\n{line}"));
+    }
+    Ok(())
+}
+
 /// A configuration the router cannot work with stops it at start, with
 /// status 1 and a message naming what is wrong.
 fn refuses(t: &str) -> Result<(), String> {
@@ -427,7 +529,7 @@ fn refuses(t: &str) -> Result<(), String> {
         ns.ip(&["tuntap", "add", tap, "mode", "tap"])?;
         ns.ip(&["link", "set", tap, "up"])?;
     }
-    let bad: [(&[&str], &str); 5] = [
+    let bad: [(&[&str], &str); 6] = [
         (&["--rules=/no-such-file"], "the firewall rules /no-such-file"),
         (&["--forward=icmp:1:10.0.1.5:1"], "is not PROTO:PORT:ADDRESS:PORT"),
         (
@@ -436,6 +538,10 @@ fn refuses(t: &str) -> Result<(), String> {
         ),
         (&["--max-flows=0"], "the NAT: a flow table of 0 flows"),
         (&["--uplink-ipv4-gateway=192.0.2.1"], "cannot configure the IP layer \"uplink\""),
+        (
+            &["--uplink-ipv6=fd00::2/64", "--uplink-ipv6-gateway=fd00:9::1"],
+            "the IPv6 gateway is not another address of the interface's IPv6 prefix",
+        ),
     ];
     for (args, want) in bad {
         let mut c = ns.unikernel(t, &image, &["--net:uplink=tap-up", "--net:inside=tap-in"]);
@@ -445,17 +551,27 @@ fn refuses(t: &str) -> Result<(), String> {
             return Err(format!("{args:?}: not refused with {want:?}: status {}\n{}", r.status(), r.dump()));
         }
     }
+    // An address without its prefix is a usage error (status 64), which
+    // says what to write.
+    let mut c = ns.unikernel(t, &image, &["--net:uplink=tap-up", "--net:inside=tap-in"]);
+    c.arg("--uplink-ipv4=10.0.0.2");
+    let r = run_with(c, Duration::from_secs(30))?;
+    let want = "expected an IPv4 address and prefix length (A.B.C.D/N, N at most 32), or dhcp";
+    if r.status() != 64 || !format!("{}{}", r.stdout, r.stderr).contains(want) {
+        return Err(format!("--uplink-ipv4=10.0.0.2: not refused with {want:?}: status {}\n{}", r.status(), r.dump()));
+    }
     Ok(())
 }
 
 pub fn cases(cases: &mut Vec<Case>) {
     type Test = fn(&str) -> Result<(), String>;
-    let tests: [(&str, Test); 5] = [
+    let tests: [(&str, Test); 6] = [
         ("refuses_a_bad_configuration", refuses),
         ("dhcp_nat_forward_and_firewall", through),
         ("table_full_refuses_and_recovers", table_full),
         ("malformed_dropped_and_counted", malformed),
         ("10000_flows", ten_thousand_flows),
+        ("routes_ipv6_without_nat", ipv6),
     ];
     for t in ["unix", "hvt", "spt"] {
         for (name, test) in tests {
@@ -465,5 +581,10 @@ pub fn cases(cases: &mut Vec<Case>) {
                 move || test(t),
             ));
         }
+        cases.push(case(
+            format!("{t}::router_uplink_leases_by_dhcp"),
+            Needs::NetPrograms(t, &[("busybox", "busybox"), ("dnsmasq", "dnsmasq-base")]),
+            move || uplink_dhcp(t),
+        ));
     }
 }

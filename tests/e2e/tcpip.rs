@@ -219,19 +219,7 @@ pub fn cases(v: &mut Vec<Case>) {
         }));
         v.push(case(format!("{t}::tcpip_leases_an_address_from_a_dhcp_server"), n, move || {
             let ns = Netns::new()?;
-            let mut d = ns.command("dnsmasq");
-            d.args([
-                "--no-daemon",
-                "--conf-file=/dev/null",
-                "--interface=tap0",
-                "--bind-interfaces",
-                "--port=0",
-                "--no-ping",
-                "--leasefile-ro",
-                "--dhcp-range=10.0.0.50,10.0.0.59,255.255.255.0,1h",
-            ]);
-            let mut dnsmasq = Background::start(d)?;
-            dnsmasq.wait_for("DHCP, IP range", Duration::from_secs(10))?;
+            let _dnsmasq = testkit::dnsmasq(&ns, "tap0", "10.0.0.50,10.0.0.59,255.255.255.0,1h", &[])?;
             // No --ipv4: the stack asks for a lease.
             let g = start(&ns, t, &[])?;
             let out = g.output();

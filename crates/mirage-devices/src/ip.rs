@@ -1,5 +1,6 @@
 //! IP-layer interfaces (`Mirage_ip`): whole IP packets in and out of one
-//! network interface, with the link layer (ARP) done beneath.
+//! network interface, IPv4 and IPv6, with the link layer (ARP and NDP)
+//! done beneath.
 //!
 //! This is what a router, a NAT or a firewall works on: it sees every IP
 //! packet that arrives on the interface, addressed to this host or not,
@@ -11,7 +12,7 @@
 //! send from.
 
 use core::fmt;
-use core::net::{IpAddr, Ipv4Addr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::net::MacAddr;
 
@@ -19,8 +20,8 @@ use crate::net::MacAddr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NextHop {
     /// A neighbour on the link (the destination itself, or a gateway): its
-    /// hardware address is resolved by the layer (ARP), and the packet
-    /// waits, within a bound, while it is.
+    /// hardware address is resolved by the layer (ARP for IPv4, NDP for
+    /// IPv6), and the packet waits, within a bound, while it is.
     Ip(IpAddr),
     /// Every host on the link (the broadcast hardware address).
     Broadcast,
@@ -37,17 +38,34 @@ pub struct IpInfo {
     pub mac: MacAddr,
     /// The largest IP packet it carries.
     pub mtu: u16,
-    /// Its IPv4 address and prefix length.
+    /// Its IPv4 address and prefix length: `0.0.0.0/0` while an interface
+    /// configured by DHCP has no lease.
     pub ipv4: (Ipv4Addr, u8),
     /// The gateway configured on its link, if any: where the unikernel's
     /// routing table may send what no other route takes.
     pub gateway: Option<Ipv4Addr>,
+    /// Its IPv6 address and prefix length, if it has one.
+    pub ipv6: Option<(Ipv6Addr, u8)>,
+    /// The IPv6 gateway on its link, if any.
+    pub gateway6: Option<Ipv6Addr>,
+    /// Whether the IPv4 address, gateway and name servers come from a
+    /// DHCP server (and change with its leases).
+    pub dhcp: bool,
+    /// Name servers the DHCP server gave.
+    pub dns: [Option<Ipv4Addr>; 3],
 }
 
 impl IpInfo {
     /// An interface description.
     pub const fn new(mac: MacAddr, mtu: u16, ipv4: (Ipv4Addr, u8)) -> IpInfo {
-        IpInfo { mac, mtu, ipv4, gateway: None }
+        IpInfo { mac, mtu, ipv4, gateway: None, ipv6: None, gateway6: None, dhcp: false, dns: [None; 3] }
+    }
+
+    /// The same, with an IPv6 address and prefix, and an IPv6 gateway.
+    pub const fn with_ipv6(mut self, ipv6: Option<(Ipv6Addr, u8)>, gateway6: Option<Ipv6Addr>) -> IpInfo {
+        self.ipv6 = ipv6;
+        self.gateway6 = gateway6;
+        self
     }
 
     /// The same, with a gateway.
@@ -61,6 +79,17 @@ impl IpInfo {
         let (own, prefix) = self.ipv4;
         let mask = u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
         u32::from(a) & mask == u32::from(own) & mask
+    }
+
+    /// Whether `a` is on the link for IPv6: on the interface's IPv6
+    /// prefix, or link-local (`fe80::/10`, on every link).
+    pub fn on_link6(&self, a: Ipv6Addr) -> bool {
+        if a.segments()[0] & 0xffc0 == 0xfe80 {
+            return true;
+        }
+        let Some((own, prefix)) = self.ipv6 else { return false };
+        let mask = u128::MAX.checked_shl(128 - prefix as u32).unwrap_or(0);
+        u128::from(a) & mask == u128::from(own) & mask
     }
 }
 
@@ -112,8 +141,19 @@ pub struct IpStats {
     pub arp_in: u64,
     /// ARP packets refused by the neighbour-cache policy.
     pub arp_refused: u64,
+    /// Neighbour solicitations and advertisements received and accepted.
+    pub nd_in: u64,
+    /// Neighbour discovery messages refused: malformed, a hop limit other
+    /// than 255, or refused by the neighbour-cache policy.
+    pub nd_refused: u64,
     /// Neighbours known now.
     pub neighbors: usize,
+    /// DHCP leases taken or renewed (an interface configured by DHCP).
+    pub dhcp_acks: u64,
+    /// DHCP replies dropped: malformed, not for this client (another
+    /// transaction or hardware address), or unacceptable (a bad address
+    /// or mask, an absurd lease).
+    pub dhcp_dropped: u64,
 }
 
 /// A network interface at the IP layer.

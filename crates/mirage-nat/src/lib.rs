@@ -650,6 +650,13 @@ impl Nat {
         &self.rules
     }
 
+    /// The same rules, to decide IPv6 flows with ([`Rules::decide_ipv6`]):
+    /// a router that routes IPv6 beside the NAT keeps one set of rules and
+    /// counters.
+    pub fn rules_mut(&mut self) -> &mut Rules {
+        &mut self.rules
+    }
+
     /// Bytes held by the flow table and the port maps, all allocated by
     /// [`Nat::new`].
     pub fn memory(&self) -> usize {

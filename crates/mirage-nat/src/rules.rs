@@ -14,6 +14,12 @@
 //! PORTS   N or N-M, several joined by commas without spaces; tcp and udp only
 //! ```
 //!
+//! The rules are written for IPv4. A router that also routes IPv6 (without
+//! NAT) may ask them about a new IPv6 flow ([`Rules::decide_ipv6`]): a rule
+//! that names an address or prefix never matches IPv6, the others match on
+//! interfaces, protocol (`icmp` is ICMPv6 echo) and ports as for IPv4, and
+//! a flow no rule matches is denied, as for IPv4.
+//!
 //! Rules are matched against the first packet of each new flow, in order;
 //! the first that matches decides, and a flow no rule matches is denied.
 //! Packets of flows already allowed (both directions), and ICMP errors
@@ -174,6 +180,50 @@ impl Rules {
     /// How many new flows no rule matched (and were denied).
     pub fn default_hits(&self) -> u64 {
         self.default_hits
+    }
+
+    /// Decides a new IPv6 flow coming in on `in_if` and going out of
+    /// `out_if` (`None`: to the router itself), counting the hit: the
+    /// first rule without an address that matches decides, and a flow no
+    /// rule matches is denied.
+    ///
+    /// ```
+    /// use mirage_nat::{Action, Interface, Protocol, Rules};
+    /// let ifs = [("uplink", Interface(0)), ("inside", Interface(1))];
+    /// let mut rules = Rules::parse("allow in on uplink proto tcp to 10.0.0.5 port 80\n\
+    ///                               allow in on inside\n", &ifs).unwrap();
+    /// let out = rules.decide_ipv6(Interface(1), Some(Interface(0)), Protocol::Udp, 5000, 53);
+    /// assert_eq!(out, Action::Allow);
+    /// // The first rule names an IPv4 address: it never matches IPv6.
+    /// let back = rules.decide_ipv6(Interface(0), Some(Interface(1)), Protocol::Tcp, 5000, 80);
+    /// assert_eq!(back, Action::Deny);
+    /// assert_eq!(rules.default_hits(), 1);
+    /// ```
+    pub fn decide_ipv6(
+        &mut self,
+        in_if: Interface,
+        out_if: Option<Interface>,
+        protocol: Protocol,
+        sport: u16,
+        dport: u16,
+    ) -> Action {
+        let c = Candidate {
+            in_if: in_if.0,
+            out_if: out_if.map_or(LOCAL, |i| i.0),
+            proto: protocol.number(),
+            src: 0,
+            sport: if protocol == Protocol::Icmp { 0 } else { sport },
+            dst: 0,
+            dport,
+        };
+        for r in &mut self.rules {
+            if r.src == Prefix::ANY && r.dst == Prefix::ANY && r.matches(&c) {
+                r.hits += 1;
+                return r.action;
+            }
+        }
+        self.default_hits += 1;
+        Action::Deny
     }
 
     /// Decides a new flow, counting the hit.

@@ -1,6 +1,7 @@
-//! The IP layer on its own: whole IPv4 packets in and out of one network
-//! interface, ARP done beneath ([`mirage_devices::ip::Ip`]), for routers,
-//! NATs and firewalls that handle packets rather than connections.
+//! The IP layer on its own: whole IPv4 and IPv6 packets in and out of one
+//! network interface, ARP and NDP done beneath ([`mirage_devices::ip::Ip`]),
+//! for routers, NATs and firewalls that handle packets rather than
+//! connections.
 //!
 //! ```no_run
 //! # async fn f(net: impl mirage_devices::net::Net) {
@@ -23,29 +24,60 @@
 //!   not sent to the interface's hardware address or to broadcast, and
 //!   malformed ones, are dropped and counted (`IpStats::rx_dropped`).
 //!   Ethernet padding is cut off: the packet handed up is as long as its
-//!   IPv4 header says. Fragments are handed up as they are (the caller
-//!   decides); IPv6 is not carried yet (dropped and counted).
+//!   IP header says. Fragments are handed up as they are (the caller
+//!   decides).
+//! * **IPv6** is carried when the interface has an IPv6 address
+//!   ([`IpConfig::with_ipv6`], `--ipv6=ADDR/N`); without one, IPv6 frames
+//!   are dropped and counted. Packets are checked as IPv4's are (lengths,
+//!   extension headers, the ICMPv6, UDP or TCP checksum). Frames to the
+//!   interface's solicited-node multicast address (`33:33:ff:…`) are taken
+//!   for neighbour discovery only.
 //! * **ARP** answers requests for the interface's address and resolves
 //!   next hops, under the stack's neighbour-cache policy (ARCHITECTURE.md,
 //!   "The neighbour-cache policy"): only solicited replies create or
 //!   change an entry, requests aimed at this host may create one, nothing
 //!   unsolicited changes a live one; refusals are counted. The cache holds
 //!   256 neighbours, each for 60 s from its last confirmation.
+//! * **NDP** (RFC 4861) is done the same way, under the same policy and
+//!   cache: a neighbour solicitation for the interface's IPv6 address,
+//!   to it or to its solicited-node multicast address, is answered with a
+//!   solicited advertisement; a next hop is resolved by a solicitation to
+//!   its solicited-node address, and only a solicited advertisement (one
+//!   for an address asked in the last 3 s) creates or changes an entry.
+//!   Neighbour discovery messages are the layer's own and never handed
+//!   up (router solicitations and advertisements and redirects included:
+//!   the layer configures nothing from them). A malformed one (RFC 4861,
+//!   7.1: a hop limit other than 255, a code other than 0, a multicast
+//!   target, a bad option, a solicitation from the unspecified address
+//!   with a link-layer option) is dropped and counted
+//!   (`IpStats::nd_refused`), as is one the policy refuses. Solicitations
+//!   for other targets cost nothing: they are dropped without state.
+//! * **DHCP.** An interface configured by DHCP ([`IpConfig::dhcp`],
+//!   `--ipv4=dhcp`) runs the client of [`crate::dhcpc`] beneath: until it
+//!   holds a lease its IPv4 address is `0.0.0.0/0` and IPv4 next hops are
+//!   unreachable; a lease sets the address, prefix, gateway (its router)
+//!   and name servers ([`IpInfo`]), renewed at T1, rebound at T2, dropped
+//!   when it expires or a server refuses it. DHCP replies (UDP from port
+//!   67 to 68) are the layer's own and never handed up; those that do
+//!   not answer this client are dropped and counted
+//!   (`IpStats::dhcp_dropped`). A static gateway is ignored then.
 //! * **Bounded waiting.** A packet for a neighbour not yet resolved waits:
 //!   at most [`PER_NEIGHBOR`] packets each for at most [`MAX_UNRESOLVED`]
 //!   neighbours, copied into buffers allocated fallibly. The request is
 //!   sent again after a second, three times in all; then the packets are
-//!   dropped and counted. A peer making the layer ARP for many addresses
-//!   (a scan through a router) costs that much memory and no more.
+//!   dropped and counted. A peer making the layer ARP (or solicit) for many
+//!   addresses (a scan through a router) costs that much memory and no
+//!   more. IPv4 and IPv6 neighbours share these bounds.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use core::net::{IpAddr, Ipv4Addr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use mirage_devices::ip::{Error, Ip, IpInfo, IpStats, NextHop};
 use mirage_devices::net::{MacAddr, Net};
-use mirage_runtime::args::{Arg, Args, Ipv4Cidr};
+use mirage_runtime::args::{Arg, Args, Ipv4Cidr, Ipv6Cidr};
 use mirage_runtime::time::{Duration, Instant, now};
+use smoltcp::wire::NdiscRepr;
 
 use crate::device::buffer;
 use crate::neighbor::{Kind, Neighbors};
@@ -55,7 +87,8 @@ use crate::wire::{self, Packet};
 pub const PER_NEIGHBOR: usize = 4;
 /// Neighbours being resolved at once; packets for more are dropped.
 pub const MAX_UNRESOLVED: usize = 64;
-/// Time between ARP requests for a neighbour that does not answer.
+/// Time between ARP requests (or neighbour solicitations) for a neighbour
+/// that does not answer.
 const RETRY: Duration = Duration::from_secs(1);
 /// ARP requests sent before the waiting packets are dropped.
 const TRIES: u8 = 3;
@@ -72,6 +105,11 @@ pub enum IpError {
     BadAddress,
     /// The gateway is not on the interface's subnet, or is its own address.
     BadGateway,
+    /// The IPv6 address is unspecified, multicast or loopback.
+    BadIpv6Address,
+    /// The IPv6 gateway is neither on the interface's IPv6 prefix nor
+    /// link-local, or is its own address, or there is no IPv6 address.
+    BadIpv6Gateway,
 }
 
 impl core::fmt::Display for IpError {
@@ -80,6 +118,10 @@ impl core::fmt::Display for IpError {
             IpError::BadMac => "the interface's MAC address is not unicast",
             IpError::BadAddress => "the IPv4 address is not a usable unicast address with a prefix of at most 32",
             IpError::BadGateway => "the gateway is not another address of the interface's subnet",
+            IpError::BadIpv6Address => "the IPv6 address is not a usable unicast address",
+            IpError::BadIpv6Gateway => {
+                "the IPv6 gateway is not another address of the interface's IPv6 prefix or a link-local one (or the interface has no IPv6 address)"
+            }
         })
     }
 }
@@ -93,61 +135,201 @@ pub struct IpConfig {
     pub ipv4: (Ipv4Addr, u8),
     /// A gateway on the interface's link.
     pub gateway: Option<Ipv4Addr>,
+    /// IPv6 address and prefix length, if the interface carries IPv6.
+    pub ipv6: Option<(Ipv6Addr, u8)>,
+    /// An IPv6 gateway on the interface's link.
+    pub gateway6: Option<Ipv6Addr>,
+    /// Whether the IPv4 address comes from a DHCP server (then `ipv4`
+    /// and `gateway` are not used).
+    pub dhcp: bool,
+}
+
+/// The value of `--ipv4` for an IP-layer interface: an address and
+/// prefix, or `dhcp` (or empty, as the stack's `--ipv4`) for a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv4Setting {
+    /// A static address.
+    Static(Ipv4Cidr),
+    /// A lease from a DHCP server.
+    Dhcp,
+}
+
+impl mirage_runtime::args::FromArg for Ipv4Setting {
+    const TYPE: &'static str = "IPV4/N|dhcp";
+    fn from_arg(s: &str) -> Result<Self, alloc::string::String> {
+        match s {
+            "" | "dhcp" => Ok(Ipv4Setting::Dhcp),
+            _ => Ipv4Cidr::from_arg(s).map(Ipv4Setting::Static).map_err(|e| alloc::format!("{e}, or dhcp")),
+        }
+    }
 }
 
 impl IpConfig {
-    /// A configuration.
+    /// A configuration, IPv4 only.
     pub fn new(ipv4: (Ipv4Addr, u8), gateway: Option<Ipv4Addr>) -> IpConfig {
-        IpConfig { ipv4, gateway }
+        IpConfig { ipv4, gateway, ipv6: None, gateway6: None, dhcp: false }
+    }
+
+    /// An interface whose IPv4 address, gateway and name servers come from
+    /// a DHCP server.
+    pub fn dhcp() -> IpConfig {
+        IpConfig { dhcp: true, ..IpConfig::new((Ipv4Addr::UNSPECIFIED, 0), None) }
+    }
+
+    /// The same, with an IPv6 address and prefix and an IPv6 gateway.
+    pub fn with_ipv6(mut self, ipv6: Option<(Ipv6Addr, u8)>, gateway6: Option<Ipv6Addr>) -> IpConfig {
+        self.ipv6 = ipv6;
+        self.gateway6 = gateway6;
+        self
     }
 
     /// The boot arguments that configure an IP-layer interface: `--ipv4`
-    /// and `--ipv4-gateway`, with these defaults (an empty gateway: none).
+    /// and `--ipv4-gateway`, with these defaults (an empty gateway: none),
+    /// and `--ipv6` and `--ipv6-gateway`, empty by default (no IPv6).
     pub fn args(default_ipv4: &'static str, default_gateway: &'static str) -> Vec<Arg> {
         alloc::vec![
-            Arg::new::<Ipv4Cidr>("ipv4", Some(default_ipv4), "IPv4 address and prefix length of the interface."),
+            Arg::new::<Ipv4Setting>(
+                "ipv4",
+                Some(default_ipv4),
+                "IPv4 address and prefix length of the interface, or dhcp for a lease."
+            ),
             Arg::new::<Option<Ipv4Addr>>(
                 "ipv4-gateway",
                 Some(default_gateway),
-                "IPv4 gateway on the interface's link."
+                "IPv4 gateway on the interface's link (not used with DHCP)."
             ),
+            Arg::new::<Option<Ipv6Cidr>>(
+                "ipv6",
+                Some(""),
+                "IPv6 address and prefix length of the interface (empty: no IPv6)."
+            ),
+            Arg::new::<Option<Ipv6Addr>>("ipv6-gateway", Some(""), "IPv6 gateway on the interface's link."),
         ]
     }
 
     /// The arguments of [`IpConfig::args`] for one of several devices:
-    /// `--PREFIX-ipv4`, `--PREFIX-ipv4-gateway`.
+    /// `--PREFIX-ipv4`, `--PREFIX-ipv4-gateway`, `--PREFIX-ipv6`,
+    /// `--PREFIX-ipv6-gateway`.
     pub fn args_prefixed(prefix: &str, default_ipv4: &'static str, default_gateway: &'static str) -> Vec<Arg> {
         IpConfig::args(default_ipv4, default_gateway).into_iter().map(|a| a.prefixed(prefix)).collect()
     }
 
     /// The configuration the arguments of [`IpConfig::args`] give.
     pub fn from_args(args: &Args) -> IpConfig {
-        let c: Ipv4Cidr = args.get("ipv4");
-        IpConfig { ipv4: (c.addr, c.prefix), gateway: args.get("ipv4-gateway") }
+        IpConfig::from_named(args, |n| n.into())
     }
 
     /// The configuration the arguments of [`IpConfig::args_prefixed`] give.
     pub fn from_args_prefixed(args: &Args, prefix: &str) -> IpConfig {
-        let c: Ipv4Cidr = args.get(&alloc::format!("{prefix}-ipv4"));
-        IpConfig { ipv4: (c.addr, c.prefix), gateway: args.get(&alloc::format!("{prefix}-ipv4-gateway")) }
+        IpConfig::from_named(args, |n| alloc::format!("{prefix}-{n}"))
+    }
+
+    fn from_named(args: &Args, name: impl Fn(&str) -> alloc::string::String) -> IpConfig {
+        let c6: Option<Ipv6Cidr> = args.get(&name("ipv6"));
+        let v4 = match args.get(&name("ipv4")) {
+            Ipv4Setting::Static(c) => IpConfig::new((c.addr, c.prefix), args.get(&name("ipv4-gateway"))),
+            Ipv4Setting::Dhcp => IpConfig::dhcp(),
+        };
+        v4.with_ipv6(c6.map(|c| (c.addr, c.prefix)), args.get(&name("ipv6-gateway")))
     }
 }
 
 /// A neighbour being resolved, and what waits for it.
 #[derive(Debug)]
 struct Unresolved {
-    ip: Ipv4Addr,
+    ip: IpAddr,
     packets: VecDeque<Vec<u8>>,
     /// When the next request goes, and how many went.
     retry: Instant,
     tries: u8,
 }
 
+/// A neighbour discovery message that passed RFC 4861's checks.
+#[derive(Debug, Clone, Copy)]
+struct Nd {
+    /// A solicitation (else an advertisement).
+    solicit: bool,
+    src: Ipv6Addr,
+    target: Ipv6Addr,
+    /// The link-layer address option: source's in a solicitation,
+    /// target's in an advertisement.
+    lladdr: Option<[u8; 6]>,
+    /// The frame's source hardware address.
+    eth_src: [u8; 6],
+}
+
 /// What a received frame was.
 enum Received<R> {
     Packet(R),
     Arp(wire::Arp),
+    Nd(Nd),
+    /// A DHCP reply to the client (`None`: malformed).
+    Dhcp(Option<crate::dhcpc::Reply>),
+    /// A neighbour discovery message dropped: malformed, or not one the
+    /// layer takes.
+    NdRefused,
     Dropped,
+}
+
+/// ICMPv6 types of neighbour discovery (RFC 4861): router solicitation
+/// to redirect.
+const ND_TYPES: core::ops::RangeInclusive<u8> = 133..=137;
+const ND_SOLICIT: u8 = 135;
+const ND_ADVERT: u8 = 136;
+/// The advertisement's flags: solicited, override.
+const NA_SOLICITED: u8 = 0x40;
+const NA_OVERRIDE: u8 = 0x20;
+
+/// The solicited-node multicast address of `a` (RFC 4291, 2.7.1).
+pub fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
+    let o = a.octets();
+    Ipv6Addr::from([0xff02, 0, 0, 0, 0, 1, 0xff00 | o[13] as u16, u16::from_be_bytes([o[14], o[15]])])
+}
+
+/// The hardware address an IPv6 multicast address maps to (RFC 2464, 7).
+pub fn multicast_mac(a: Ipv6Addr) -> [u8; 6] {
+    let o = a.octets();
+    [0x33, 0x33, o[12], o[13], o[14], o[15]]
+}
+
+/// Checks a received neighbour discovery message (its checksum already
+/// checked by `wire::parse`): `None` for one to drop.
+fn nd_check(ip: &wire::Ipv6<'_>, icmp: &[u8], eth_src: [u8; 6]) -> Option<Nd> {
+    // RFC 4861, 7.1.1 and 7.1.2: a hop limit of 255 proves the message
+    // was not forwarded; no extension headers in between for these.
+    if ip.hop_limit != 255 || ip.next_header != wire::PROTO_ICMPV6 || icmp.get(1) != Some(&0) {
+        return None;
+    }
+    let solicit = match icmp[0] {
+        ND_SOLICIT => true,
+        ND_ADVERT => false,
+        _ => return None,
+    };
+    let (target, lladdr) = match crate::neighbor::ndisc(icmp)? {
+        NdiscRepr::NeighborSolicit { target_addr, lladdr } if solicit => (target_addr, lladdr),
+        NdiscRepr::NeighborAdvert { target_addr, lladdr, flags } if !solicit => {
+            // A solicited advertisement is never sent to a multicast
+            // address.
+            if ip.dst.is_multicast() && flags.contains(smoltcp::wire::NdiscNeighborFlags::SOLICITED) {
+                return None;
+            }
+            (target_addr, lladdr)
+        }
+        _ => return None,
+    };
+    let lladdr = match lladdr {
+        Some(ll) => Some(<[u8; 6]>::try_from(ll.as_bytes()).ok()?),
+        None => None,
+    };
+    if target.is_multicast() || ip.src.is_multicast() {
+        return None;
+    }
+    // Duplicate address detection: from the unspecified address, to a
+    // solicited-node address, without a link-layer option.
+    if ip.src.is_unspecified() && (!solicit || lladdr.is_some() || ip.dst != solicited_node(target)) {
+        return None;
+    }
+    Some(Nd { solicit, src: ip.src, target, lladdr, eth_src })
 }
 
 /// An IP layer over a network interface: see the module documentation.
@@ -158,6 +340,10 @@ pub struct IpLayer<N> {
     unresolved: Vec<Unresolved>,
     stats: IpStats,
     next_expiry: Instant,
+    /// The DHCP client, for an interface configured by DHCP; whether it
+    /// has been seeded with the clock yet.
+    dhcp: Option<crate::dhcpc::Client>,
+    dhcp_seeded: bool,
 }
 
 impl<N> core::fmt::Debug for IpLayer<N> {
@@ -179,11 +365,25 @@ impl<N: Net> IpLayer<N> {
             return Err(IpError::BadMac);
         }
         let (a, p) = ipv4;
-        if p > 32 || a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+        let gateway = if config.dhcp { None } else { config.gateway };
+        if !config.dhcp && (p > 32 || a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback()) {
             return Err(IpError::BadAddress);
         }
-        if config.gateway.is_some_and(|g| g == a || !IpInfo::new(info.mac, info.mtu, ipv4).on_link(g)) {
+        if gateway.is_some_and(|g| g == a || !IpInfo::new(info.mac, info.mtu, ipv4).on_link(g)) {
             return Err(IpError::BadGateway);
+        }
+        if let Some((a6, p6)) = config.ipv6
+            && (p6 > 128 || a6.is_unspecified() || a6.is_multicast() || a6.is_loopback())
+        {
+            return Err(IpError::BadIpv6Address);
+        }
+        let mut with6 =
+            IpInfo::new(info.mac, info.mtu, ipv4).with_gateway(gateway).with_ipv6(config.ipv6, config.gateway6);
+        with6.dhcp = config.dhcp;
+        if let Some(g) = config.gateway6
+            && (config.ipv6.is_none_or(|(a6, _)| a6 == g) || g.is_multicast() || !with6.on_link6(g))
+        {
+            return Err(IpError::BadIpv6Gateway);
         }
         // The policy's tables are keyed with SipHash: the key need not be
         // secret for a bounded table whose entries only neighbours make,
@@ -194,11 +394,13 @@ impl<N: Net> IpLayer<N> {
         let key = u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], p, 0]) ^ u32::from(a) as u64;
         Ok(IpLayer {
             net,
-            info: IpInfo::new(info.mac, info.mtu, ipv4).with_gateway(config.gateway),
+            info: with6,
             neighbors: Neighbors::new((key, key.rotate_left(32))),
             unresolved: Vec::new(),
             stats: IpStats::default(),
             next_expiry: Instant(0),
+            dhcp: config.dhcp.then(|| crate::dhcpc::Client::new(mac, key)),
+            dhcp_seeded: false,
         })
     }
 
@@ -209,6 +411,118 @@ impl<N: Net> IpLayer<N> {
 
     fn own(&self) -> Ipv4Addr {
         self.info.ipv4.0
+    }
+
+    fn own6(&self) -> Option<Ipv6Addr> {
+        self.info.ipv6.map(|(a, _)| a)
+    }
+
+    /// Sends a neighbour solicitation for `target` (to its solicited-node
+    /// address), or an advertisement for our address to `to_mac`/`to_ip`.
+    fn nd(&mut self, solicit: bool, to_mac: [u8; 6], to_ip: Ipv6Addr, target: Ipv6Addr) {
+        let Some(own) = self.own6() else { return };
+        let mac = self.info.mac.0;
+        let (dst_mac, dst) = if solicit {
+            let group = solicited_node(target);
+            (multicast_mac(group), group)
+        } else {
+            (to_mac, to_ip)
+        };
+        let mut frame = [0u8; 14 + 40 + 32];
+        frame[0..6].copy_from_slice(&dst_mac);
+        frame[6..12].copy_from_slice(&mac);
+        frame[12..14].copy_from_slice(&wire::ETHERTYPE_IPV6.to_be_bytes());
+        let ip = &mut frame[14..];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&32u16.to_be_bytes());
+        ip[6] = wire::PROTO_ICMPV6;
+        ip[7] = 255;
+        ip[8..24].copy_from_slice(&own.octets());
+        ip[24..40].copy_from_slice(&dst.octets());
+        let icmp = &mut ip[40..];
+        icmp[0] = if solicit { ND_SOLICIT } else { ND_ADVERT };
+        if !solicit {
+            icmp[4] = NA_SOLICITED | NA_OVERRIDE;
+        }
+        icmp[8..24].copy_from_slice(&target.octets());
+        // The source (solicitation) or target (advertisement) link-layer
+        // address option.
+        icmp[24] = if solicit { 1 } else { 2 };
+        icmp[25] = 1;
+        icmp[26..32].copy_from_slice(&mac);
+        let c = wire::checksum_ipv6(own, dst, wire::PROTO_ICMPV6, icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        if solicit {
+            self.neighbors.outgoing(&frame, now());
+        }
+        if self.net.send(frame.len(), |buf| buf.copy_from_slice(&frame)).is_err() {
+            self.stats.tx_dropped += 1;
+        }
+    }
+
+    /// Asks for `ip`'s hardware address.
+    fn solicit(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(a) => self.arp(1, [0; 6], a),
+            IpAddr::V6(a) => self.nd(true, [0; 6], Ipv6Addr::UNSPECIFIED, a),
+        }
+    }
+
+    /// Handles a neighbour discovery message that passed the checks.
+    fn nd_in(&mut self, nd: Nd, t: Instant) {
+        let Some(own) = self.own6() else { return };
+        if nd.solicit {
+            if nd.target != own || nd.src.is_unspecified() {
+                // For another host: nothing to do, and no state kept. Or
+                // another host checking whether our address is free: it
+                // is not, but this layer does not defend it (RFC 4862's
+                // reply would go to all nodes); nothing is learnt.
+                self.stats.nd_refused += 1;
+                return;
+            }
+            // The sender is learnt from its option; a unicast solicitation
+            // may come without one (RFC 4861, 7.2.4): answered to the
+            // frame's source, nothing learnt.
+            if let Some(mac) = nd.lladdr
+                && !self.neighbors.judge(IpAddr::V6(nd.src), mac, Kind::Request, t)
+            {
+                self.stats.nd_refused += 1;
+                return;
+            }
+            self.stats.nd_in += 1;
+            let to = nd.lladdr.unwrap_or(nd.eth_src);
+            if !crate::neighbor::unicast(to) {
+                self.stats.nd_refused += 1;
+                return;
+            }
+            self.nd(false, to, nd.src, own);
+            if let Some(mac) = nd.lladdr {
+                self.release(IpAddr::V6(nd.src), mac);
+            }
+            return;
+        }
+        // An advertisement tells where its target is; without the option
+        // it tells nothing this layer uses.
+        let Some(mac) = nd.lladdr else {
+            self.stats.nd_refused += 1;
+            return;
+        };
+        if nd.target == own || !self.neighbors.judge(IpAddr::V6(nd.target), mac, Kind::Reply, t) {
+            self.stats.nd_refused += 1;
+            return;
+        }
+        self.stats.nd_in += 1;
+        self.release(IpAddr::V6(nd.target), mac);
+    }
+
+    /// Sends whatever waited for `ip`, now known to be at `mac`.
+    fn release(&mut self, ip: IpAddr, mac: [u8; 6]) {
+        if let Some(i) = self.unresolved.iter().position(|u| u.ip == ip) {
+            let u = self.unresolved.swap_remove(i);
+            for p in u.packets {
+                let _ = self.frame(mac, p.len(), |buf| buf.copy_from_slice(&p));
+            }
+        }
     }
 
     /// Sends an ARP packet: a request for `target`, or a reply to
@@ -234,14 +548,17 @@ impl<N: Net> IpLayer<N> {
         }
     }
 
-    /// Sends `packet` (already written) to `mac`.
+    /// Sends `packet` (already written) to `mac`, with the EtherType of
+    /// the IP version it says.
     fn frame(&mut self, mac: [u8; 6], len: usize, write: impl FnOnce(&mut [u8])) -> Result<(), Error> {
         let src = self.info.mac.0;
         let sent = self.net.send(14 + len, |buf| {
             buf[0..6].copy_from_slice(&mac);
             buf[6..12].copy_from_slice(&src);
-            buf[12..14].copy_from_slice(&wire::ETHERTYPE_IPV4.to_be_bytes());
             write(&mut buf[14..]);
+            let v6 = buf.get(14).is_some_and(|b| b >> 4 == 6);
+            let ethertype = if v6 { wire::ETHERTYPE_IPV6 } else { wire::ETHERTYPE_IPV4 };
+            buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
         });
         match sent {
             Ok(()) => {
@@ -262,7 +579,7 @@ impl<N: Net> IpLayer<N> {
 
     /// Handles an ARP packet that passed the checks.
     fn arp_in(&mut self, arp: wire::Arp, t: Instant) {
-        if arp.target_ip != self.own() || arp.sender_ip == self.own() {
+        if self.own().is_unspecified() || arp.target_ip != self.own() || arp.sender_ip == self.own() {
             // Not aimed at this host (gratuitous ARP among them): the
             // policy lets it change nothing.
             return;
@@ -277,12 +594,7 @@ impl<N: Net> IpLayer<N> {
             self.arp(2, arp.sender_mac, arp.sender_ip);
         }
         // Whatever waited for this neighbour goes now.
-        if let Some(i) = self.unresolved.iter().position(|u| u.ip == arp.sender_ip) {
-            let u = self.unresolved.swap_remove(i);
-            for p in u.packets {
-                let _ = self.frame(arp.sender_mac, p.len(), |buf| buf.copy_from_slice(&p));
-            }
-        }
+        self.release(IpAddr::V4(arp.sender_ip), arp.sender_mac);
     }
 
     /// Asks again for neighbours that did not answer, drops what waited
@@ -303,22 +615,71 @@ impl<N: Net> IpLayer<N> {
             u.tries += 1;
             u.retry = t + RETRY;
             let ip = u.ip;
-            self.arp(1, [0; 6], ip);
+            self.solicit(ip);
             i += 1;
         }
         if t >= self.next_expiry {
             self.next_expiry = t + EXPIRY;
             self.neighbors.expire(t);
         }
+        if let Some(c) = &mut self.dhcp {
+            if !self.dhcp_seeded {
+                // Transaction IDs differ between boots too.
+                c.mix(t.as_nanos());
+                self.dhcp_seeded = true;
+            }
+            let out = c.poll(t);
+            self.dhcp_out(out);
+        }
+    }
+
+    /// Sends what the DHCP client asked to, and applies what it learnt.
+    fn dhcp_out(&mut self, (message, event): (Option<crate::dhcpc::Message>, crate::dhcpc::Event)) {
+        use crate::dhcpc::Event;
+        match event {
+            Event::None => {}
+            Event::Bound(l) => {
+                self.info.ipv4 = (l.addr, l.prefix);
+                self.info.gateway = l.router;
+                self.info.dns = l.dns;
+            }
+            Event::Lost => {
+                self.info.ipv4 = (Ipv4Addr::UNSPECIFIED, 0);
+                self.info.gateway = None;
+                self.info.dns = [None; 3];
+            }
+        }
+        if let Some(c) = &self.dhcp {
+            self.stats.dhcp_acks = c.acks;
+            self.stats.dhcp_dropped = c.dropped;
+        }
+        let Some(m) = message else { return };
+        let len = 28 + m.payload.len();
+        let write = |buf: &mut [u8]| {
+            let _ = wire::write_udp_ipv4(buf, m.src, 68, m.dst, 67, &m.payload);
+        };
+        // A failed send is counted; the client sends again.
+        let _ = if m.dst.is_broadcast() {
+            self.send(NextHop::Broadcast, len, write)
+        } else {
+            // Renewing: to the server, through the gateway if it is off
+            // the link (a relay's).
+            let hop = match self.info.gateway {
+                Some(g) if !self.info.on_link(m.dst) => g,
+                _ => m.dst,
+            };
+            self.send(NextHop::Ip(IpAddr::V4(hop)), len, write)
+        };
     }
 
     /// The earliest time the layer has work of its own.
     fn deadline(&self) -> Option<Instant> {
-        self.unresolved.iter().map(|u| u.retry).min()
+        let dhcp = self.dhcp.as_ref().map(|c| c.deadline());
+        self.unresolved.iter().map(|u| u.retry).chain(dhcp).min()
     }
 
     /// Holds a packet for `to` while it is resolved.
-    fn hold<R>(&mut self, to: Ipv4Addr, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, Error> {
+    fn hold<R>(&mut self, to: IpAddr, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, Error> {
         let t = now();
         let i = match self.unresolved.iter().position(|u| u.ip == to) {
             Some(i) => i,
@@ -357,16 +718,54 @@ impl<N: Net> Ip for IpLayer<N> {
         }
         let mut f = Some(f);
         let mac = self.info.mac.0;
+        let own6 = self.own6();
+        let dhcp = self.dhcp.is_some();
+        // Our solicited-node group's hardware address, taken for
+        // neighbour discovery only.
+        let group = own6.map(|a| multicast_mac(solicited_node(a)));
         loop {
             let got = self.net.try_recv(|frame| {
                 let Ok((eth, packet)) = wire::parse(frame) else { return Received::Dropped };
-                if eth.dst != mac && eth.dst != [0xff; 6] {
+                let to_us = eth.dst == mac;
+                let to_group = group == Some(eth.dst);
+                if !to_us && !to_group && eth.dst != [0xff; 6] {
                     return Received::Dropped;
                 }
                 match packet {
-                    Packet::Arp(arp) => Received::Arp(arp),
-                    Packet::Ipv4(p) => {
+                    Packet::Arp(arp) if !to_group => Received::Arp(arp),
+                    Packet::Ipv4(p)
+                        if dhcp
+                            && p.protocol == wire::PROTO_UDP
+                            && !p.fragment
+                            && p.payload.get(0..4) == Some(&[0, 67, 0, 68]) =>
+                    {
+                        // Lengths and checksum were checked.
+                        Received::Dhcp(crate::dhcpc::Reply::parse(&p.payload[8..]))
+                    }
+                    Packet::Ipv4(p) if !to_group => {
                         let len = p.header_len + p.payload.len();
+                        match f.take() {
+                            Some(f) => Received::Packet(f(&mut frame[14..14 + len])),
+                            None => Received::Dropped,
+                        }
+                    }
+                    Packet::Ipv6(p) if own6.is_some() => {
+                        let (upper, data, fragment) = wire::ipv6_upper_layer(&p);
+                        if upper == Some(wire::PROTO_ICMPV6)
+                            && !fragment
+                            && data.first().is_some_and(|t| ND_TYPES.contains(t))
+                        {
+                            return match nd_check(&p, data, eth.src) {
+                                Some(nd) => Received::Nd(nd),
+                                None => Received::NdRefused,
+                            };
+                        }
+                        // Ethernet broadcast is not IPv6's; the group is
+                        // for neighbour discovery.
+                        if !to_us {
+                            return Received::Dropped;
+                        }
+                        let len = 40 + p.payload.len();
                         match f.take() {
                             Some(f) => Received::Packet(f(&mut frame[14..14 + len])),
                             None => Received::Dropped,
@@ -382,6 +781,20 @@ impl<N: Net> Ip for IpLayer<N> {
                     return Ok(Some(r));
                 }
                 Ok(Some(Received::Arp(arp))) => self.arp_in(arp, t),
+                Ok(Some(Received::Nd(nd))) => self.nd_in(nd, t),
+                Ok(Some(Received::NdRefused)) => self.stats.nd_refused += 1,
+                Ok(Some(Received::Dhcp(reply))) => {
+                    if let Some(c) = &mut self.dhcp {
+                        let out = match reply {
+                            Some(r) => c.input(&r, t),
+                            None => {
+                                c.dropped += 1;
+                                (None, crate::dhcpc::Event::None)
+                            }
+                        };
+                        self.dhcp_out(out);
+                    }
+                }
                 Ok(Some(Received::Dropped)) => self.stats.rx_dropped += 1,
                 Err(e) => {
                     return Err(match e {
@@ -418,6 +831,11 @@ impl<N: Net> Ip for IpLayer<N> {
             NextHop::Mac(MacAddr(m)) => m,
             NextHop::Ip(IpAddr::V4(a)) => {
                 let (own, prefix) = self.info.ipv4;
+                if own.is_unspecified() {
+                    // No lease yet: no IPv4 neighbour can be reached.
+                    self.stats.tx_dropped += 1;
+                    return Err(Error::Unreachable);
+                }
                 if a.is_broadcast() || a == broadcast(own, prefix) {
                     [0xff; 6]
                 } else if !self.info.on_link(a) || a == own || a.is_multicast() || a.is_unspecified() {
@@ -426,13 +844,26 @@ impl<N: Net> Ip for IpLayer<N> {
                 } else {
                     match self.neighbors.lookup(IpAddr::V4(a), now()) {
                         Some(m) => m,
-                        None => return self.hold(a, len, f),
+                        None => return self.hold(IpAddr::V4(a), len, f),
                     }
                 }
             }
-            NextHop::Ip(IpAddr::V6(_)) => {
-                self.stats.tx_dropped += 1;
-                return Err(Error::Unreachable);
+            NextHop::Ip(IpAddr::V6(a)) => {
+                let Some(own) = self.own6() else {
+                    self.stats.tx_dropped += 1;
+                    return Err(Error::Unreachable);
+                };
+                if a.is_multicast() {
+                    multicast_mac(a)
+                } else if !self.info.on_link6(a) || a == own || a.is_unspecified() || a.is_loopback() {
+                    self.stats.tx_dropped += 1;
+                    return Err(Error::Unreachable);
+                } else {
+                    match self.neighbors.lookup(IpAddr::V6(a), now()) {
+                        Some(m) => m,
+                        None => return self.hold(IpAddr::V6(a), len, f),
+                    }
+                }
             }
         };
         let mut out = None;

@@ -50,6 +50,8 @@ mod conns;
 #[cfg(feature = "stack")]
 mod device;
 #[cfg(feature = "stack")]
+pub mod dhcpc;
+#[cfg(feature = "stack")]
 mod driver;
 #[cfg(feature = "stack")]
 mod handshake;

@@ -405,6 +405,43 @@ pub fn ipv6_upper_layer<'a>(p: &Ipv6<'a>) -> (Option<u8>, &'a [u8], bool) {
     (None, &[], fragment)
 }
 
+/// Writes a UDP datagram from `src:sport` to `dst:dport` carrying
+/// `payload`, in an IPv4 packet with TTL 64, checksums filled in, at the
+/// start of `buf`; its length (28 + the payload's), or `None` when `buf`
+/// is too short or the datagram too long for one packet.
+pub fn write_udp_ipv4(
+    buf: &mut [u8],
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    payload: &[u8],
+) -> Option<usize> {
+    let total = 28 + payload.len();
+    if total > usize::from(u16::MAX) || buf.len() < total {
+        return None;
+    }
+    let p = &mut buf[..total];
+    p[..12].copy_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, PROTO_UDP, 0, 0]);
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let c = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let u = &mut p[20..];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u[6..8].copy_from_slice(&[0, 0]);
+    u[8..].copy_from_slice(payload);
+    let c = match checksum_ipv4(src, dst, PROTO_UDP, u) {
+        // A computed 0 is sent as all ones (0 means no checksum).
+        0 => 0xffff,
+        c => c,
+    };
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    Some(total)
+}
+
 /// Checks the lengths and checksum of an ICMP, ICMPv6, UDP or TCP header
 /// (other protocols pass). `pseudo` sums under the IP pseudo-header.
 fn check_transport(protocol: u8, data: &[u8], pseudo: impl Fn(&[u8]) -> u16, v6: bool) -> Result<(), Malformed> {

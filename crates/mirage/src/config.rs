@@ -836,13 +836,21 @@ fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Er
         "block" => Kind::Block { interface: interface("storage")?, size: sectors(1 << 20)? },
         "stack" | "ip" => {
             let ipv4 = opt("ipv4")?;
+            // An IP layer may lease its address ("dhcp"); a stack does
+            // when it is given none.
             if let Some(a) = &ipv4
                 && !valid_cidr(a)
+                && !(kind == "ip" && a == "dhcp")
             {
+                let fix = if kind == "ip" {
+                    "write it as \"10.0.0.2/24\", or \"dhcp\" for a lease"
+                } else {
+                    "write it as \"10.0.0.2/24\", or leave it out for a DHCP lease"
+                };
                 return Err(p.err(
                     span.clone(),
                     format!("ipv4 {a:?} of device {key} is not an address with a prefix length"),
-                    "write it as \"10.0.0.2/24\"",
+                    fix,
                 ));
             }
             let gateway = opt("gateway")?;
@@ -1096,6 +1104,19 @@ default = 8080
 
         let e = error(&GOOD.replace("ipv4 = \"10.0.0.2/24\"", "ipv4 = \"10.0.0.2\""));
         assert!(e.fix.contains("10.0.0.2/24"), "{e}");
+        // "dhcp" is an IP layer's, not a stack's.
+        let e = error(&GOOD.replace("ipv4 = \"10.0.0.2/24\"", "ipv4 = \"dhcp\""));
+        assert!(e.fix.contains("leave it out"), "{e}");
+        let ip = GOOD.replace(
+            "kind = \"stack\", interface = \"service\", ipv4 = \"10.0.0.2/24\"",
+            "kind = \"ip\", interface = \"service\", ipv4 = \"dhcp\"",
+        );
+        assert!(ip.contains("ipv4 = \"dhcp\""));
+        let c = check(&ip).unwrap();
+        assert_eq!(
+            c.devices[1].kind,
+            Kind::Ip { interface: "service".into(), ipv4: Some("dhcp".into()), gateway: None }
+        );
 
         let e = error(
             &GOOD

@@ -523,6 +523,18 @@ impl Drop for Netns {
     }
 }
 
+/// dnsmasq serving DHCP only (no DNS, no lease file, no ping before an
+/// offer) on `interface` in `ns`, from `range` (`FIRST,LAST,MASK,TIME`),
+/// with `extra` options; started and ready.
+pub fn dnsmasq(ns: &Netns, interface: &str, range: &str, extra: &[&str]) -> Result<Background, String> {
+    let mut d = ns.command("dnsmasq");
+    d.args(["--no-daemon", "--conf-file=/dev/null", "--bind-interfaces", "--port=0", "--no-ping", "--leasefile-ro"]);
+    d.arg(format!("--interface={interface}")).arg(format!("--dhcp-range={range}")).args(extra);
+    let mut dnsmasq = Background::start(d)?;
+    dnsmasq.wait_for("DHCP, IP range", Duration::from_secs(10))?;
+    Ok(dnsmasq)
+}
+
 /// The port a `solo5-hvt --gdb` in `bg` waits on, once it says so.
 pub fn gdb_port(bg: &mut Background) -> Result<u16, String> {
     bg.wait_for("\" KERNEL", Duration::from_secs(30))?;

@@ -9,7 +9,7 @@
 //! namespace (an attached tap keeps working there), so that the client and
 //! the server reach each other only through the router.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,17 @@ pub const UPLINK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 pub const INSIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
 /// The client: the first address of the router's default pool, its lease.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
+
+/// The server's IPv6 address, on the uplink's link.
+pub const SERVER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+/// The router's IPv6 address on the uplink.
+pub const UPLINK6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+/// The router's IPv6 address on the inside link: the client's gateway.
+pub const INSIDE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
+/// The client's IPv6 address (static: the router hands out no IPv6).
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x100);
+/// The router's boot arguments for those addresses.
+pub const IPV6_ARGS: [&str; 2] = ["--uplink-ipv6=fd00::2/64", "--inside-ipv6=fd00:1::2/64"];
 
 /// The three namespaces with the router running between them.
 #[derive(Debug)]
@@ -96,6 +107,18 @@ impl Lab {
             out += &run_with(c, Duration::from_secs(5))?.stdout;
         }
         Ok(out)
+    }
+
+    /// Gives the server and the client their IPv6 addresses ([`SERVER6`],
+    /// [`CLIENT6`], without duplicate address detection, which would keep
+    /// them unusable for a second), and routes to each other's prefix
+    /// through the router (started with [`IPV6_ARGS`]).
+    pub fn ipv6(&self) -> Result<(), String> {
+        self.server.ip(&["-6", "addr", "add", &format!("{SERVER6}/64"), "dev", "tap-up", "nodad"])?;
+        self.server.ip(&["-6", "route", "add", "fd00:1::/64", "via", &UPLINK6.to_string()])?;
+        self.client.ip(&["-6", "addr", "add", &format!("{CLIENT6}/64"), "dev", "tap-in", "nodad"])?;
+        self.client.ip(&["-6", "route", "add", "default", "via", &INSIDE6.to_string()])?;
+        Ok(())
     }
 
     /// The last `--stats` line, once more than `since` were printed.

@@ -1,17 +1,24 @@
-//! router: an IPv4 router, NAT and firewall between two interfaces,
-//! generic over any IP-layer device ([`mirage_devices::ip::Ip`]).
+//! router: an IPv4 and IPv6 router, IPv4 NAT and firewall between two
+//! interfaces, generic over any IP-layer device ([`mirage_devices::ip::Ip`]).
 //!
 //! * `uplink` (interface 0) has a static address and a gateway, the
-//!   default route; `inside` (interface 1) a static address, the gateway
-//!   of its network, to which it hands out addresses by DHCP
-//!   (mirage-dhcpd).
+//!   default route, or leases them by DHCP (`--uplink-ipv4=dhcp`: the
+//!   router waits for the lease before it starts, masquerades behind the
+//!   leased address, follows renewals and gives the lease's name servers
+//!   to the inside when `--dns` is empty); `inside` (interface 1) a
+//!   static address, the gateway of its network, to which it hands out
+//!   addresses by DHCP (mirage-dhcpd).
 //! * Every other packet goes through mirage-nat: connection tracking,
 //!   masquerade of what leaves by the uplink, the port forwards of
 //!   `--forward`, and the firewall of the rules file (read from the
 //!   `config` store at start: a bad rule stops the router with its line).
 //!   The router answers pings to its own addresses, and a packet whose TTL
-//!   runs out here with an ICMP Time Exceeded (100 a second at most);
+//!   (or hop limit) runs out here with an ICMP (ICMPv6) Time Exceeded
+//!   (100 a second at most, both families together);
 //!   other traffic to it is dropped and counted.
+//! * IPv6, when an interface has an IPv6 address (`--uplink-ipv6`,
+//!   `--inside-ipv6`, `--uplink-ipv6-gateway`), is routed without NAT
+//!   under the same rules: see [`v6`].
 //! * Every `--stats` seconds a line of counters goes to the console:
 //!   per interface, the NAT's (flows in the table, its size, drops by
 //!   reason), the DHCP server's and each rule's hits.
@@ -22,15 +29,17 @@
 
 extern crate alloc;
 
+pub mod v6;
+
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use mirage_devices::console::Console;
-use mirage_devices::ip::{Ip, IpStats, NextHop};
+use mirage_devices::ip::{Ip, IpInfo, IpStats, NextHop};
 use mirage_devices::kv::{Key, KvRo};
 use mirage_devices::net::MacAddr;
 use mirage_devices::random::Random;
@@ -95,24 +104,10 @@ pub fn parse_pool(s: &str, (own, prefix): (Ipv4Addr, u8)) -> Result<(Ipv4Addr, I
 /// A UDP datagram from `src:sport` to `dst:dport` in an IPv4 packet with
 /// TTL 64, checksums filled in.
 pub fn udp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let total = 28 + payload.len();
-    let mut p = vec![0u8; total];
-    p[..12].copy_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, wire::PROTO_UDP, 0, 0]);
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let c = wire::checksum(&p[..20]);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    let u = &mut p[20..];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    u[8..].copy_from_slice(payload);
-    let c = match wire::checksum_ipv4(src, dst, wire::PROTO_UDP, u) {
-        // A computed 0 is sent as all ones (0 means no checksum).
-        0 => 0xffff,
-        c => c,
-    };
-    u[6..8].copy_from_slice(&c.to_be_bytes());
+    let mut p = vec![0u8; 28 + payload.len()];
+    // The buffer is the datagram's length; a DHCP answer is far below
+    // 64 KiB.
+    let _ = wire::write_udp_ipv4(&mut p, src, sport, dst, dport, payload);
     p
 }
 
@@ -167,6 +162,12 @@ enum Later {
     /// The packet in `scratch` came in on this interface with its TTL
     /// spent: a Time Exceeded goes back.
     TimeExceeded(u8),
+    /// The IPv6 packet in `scratch` goes out of this interface to this
+    /// neighbour.
+    Forward6(u8, Ipv6Addr),
+    /// The IPv6 packet in `scratch` came in on this interface with its
+    /// hop limit spent.
+    TimeExceeded6(u8),
 }
 
 /// ICMP errors the router sends a second, at most: a peer that makes it
@@ -199,6 +200,12 @@ struct Router {
     counters: Counters,
     /// ICMP errors sent since the last tick.
     icmp_errors: u32,
+    /// IPv6 routing and its flows.
+    v6: v6::V6,
+    /// The uplink's gateway, as last applied; whether the uplink is
+    /// configured by DHCP.
+    uplink_gateway: Option<Ipv4Addr>,
+    uplink_dhcp: bool,
 }
 
 fn now_ms() -> u64 {
@@ -230,13 +237,32 @@ impl Router {
     /// straight to `to` (interface `ti`) when that is where it goes; what
     /// else it needs is left in `scratch`. `None`: no packet waited.
     fn pump(&mut self, from: &mut impl Ip, fi: u8, to: &mut impl Ip, ti: u8) -> Option<Later> {
-        let Router { nat, routes, own, scratch, len, counters, .. } = self;
+        let Router { nat, routes, own, scratch, len, counters, v6, .. } = self;
         let inside_own = own[INSIDE as usize].0;
         let got = from.try_recv(|p| {
             let mut keep = |p: &[u8]| {
                 *len = p.len().min(scratch.len());
                 scratch[..*len].copy_from_slice(&p[..*len]);
             };
+            if p.first().is_some_and(|b| b >> 4 == 6) {
+                return match v6.process(now_ms(), fi, p, nat.rules_mut()) {
+                    v6::Decision::Forward(i, via) if i == ti => {
+                        if to.send(NextHop::Ip(IpAddr::V6(via)), p.len(), |b| b.copy_from_slice(p)).is_err() {
+                            counters.tx_failed += 1;
+                        }
+                        Later::Done
+                    }
+                    v6::Decision::Forward(i, via) => {
+                        keep(p);
+                        Later::Forward6(i, via)
+                    }
+                    v6::Decision::HopLimit => {
+                        keep(p);
+                        Later::TimeExceeded6(fi)
+                    }
+                    v6::Decision::Drop => Later::Done,
+                };
+            }
             if fi == INSIDE && is_dhcp_request(p, inside_own) {
                 keep(p);
                 return Later::Dhcp;
@@ -296,9 +322,38 @@ impl Router {
                 Some(i) => i,
                 None => return,
             },
+            Later::Forward6(i, via) => return self.send6(i, via, uplink, inside),
+            Later::TimeExceeded6(fi) => {
+                if self.icmp_errors >= ICMP_ERRORS_PER_TICK {
+                    self.counters.icmp_limited += 1;
+                    return;
+                }
+                let Some((e, out, via)) = self.v6.time_exceeded(fi, &self.scratch[..self.len]) else { return };
+                if e.len() > self.scratch.len() {
+                    return;
+                }
+                self.icmp_errors += 1;
+                self.counters.time_exceeded += 1;
+                self.scratch[..e.len()].copy_from_slice(&e);
+                self.len = e.len();
+                return self.send6(out, via, uplink, inside);
+            }
         };
         let p = &self.scratch[..self.len];
         let hop = next_hop(&self.routes, dst_of(p));
+        let sent = match out {
+            UPLINK => uplink.send(hop, p.len(), |b| b.copy_from_slice(p)),
+            _ => inside.send(hop, p.len(), |b| b.copy_from_slice(p)),
+        };
+        if sent.is_err() {
+            self.counters.tx_failed += 1;
+        }
+    }
+
+    /// Sends the IPv6 packet in `scratch` out of interface `out` to `via`.
+    fn send6(&mut self, out: u8, via: Ipv6Addr, uplink: &mut impl Ip, inside: &mut impl Ip) {
+        let p = &self.scratch[..self.len];
+        let hop = NextHop::Ip(IpAddr::V6(via));
         let sent = match out {
             UPLINK => uplink.send(hop, p.len(), |b| b.copy_from_slice(p)),
             _ => inside.send(hop, p.len(), |b| b.copy_from_slice(p)),
@@ -353,6 +408,26 @@ impl Router {
         }
     }
 
+    /// Follows the uplink's lease: a new address is the masquerade
+    /// address, and the routes follow the subnet and the router. Whether
+    /// anything changed.
+    fn follow_uplink(&mut self, up: &IpInfo, ins: &IpInfo) -> bool {
+        if up.ipv4 == self.own[UPLINK as usize] && up.gateway == self.uplink_gateway {
+            return false;
+        }
+        self.own[UPLINK as usize] = up.ipv4;
+        self.uplink_gateway = up.gateway;
+        if !up.ipv4.0.is_unspecified() {
+            self.nat.set_masquerade_address(up.ipv4.0);
+        }
+        // Two or three routes: the heap has room for them, or the router
+        // could not have started.
+        if let Ok(r) = routes4(up, ins) {
+            self.routes = r;
+        }
+        true
+    }
+
     /// The `--stats` line.
     fn stats_line(&self, uplink: IpStats, inside: IpStats) -> String {
         let mut s = String::from("stats:");
@@ -362,6 +437,9 @@ impl Router {
                 " {name} rx {} tx {} rx-dropped {} tx-dropped {} neighbours {};",
                 i.rx_packets, i.tx_packets, i.rx_dropped, i.tx_dropped, i.neighbors
             );
+        }
+        if self.uplink_dhcp {
+            let _ = write!(s, " uplink-dhcp acks {} dropped {};", uplink.dhcp_acks, uplink.dhcp_dropped);
         }
         let _ = write!(s, " nat {} memory {};", self.nat.stats(), self.nat.memory());
         let d = self.dhcp.stats();
@@ -380,6 +458,21 @@ impl Router {
             " local echoes {} dropped {} tx-failed {} time-exceeded {} icmp-limited {};",
             c.echoes, c.local_dropped, c.tx_failed, c.time_exceeded, c.icmp_limited
         );
+        if self.v6.enabled() {
+            let c = self.v6.counters;
+            let _ = write!(
+                s,
+                " ipv6 forwarded {} echoes {} flows {} denied {} no-route {} hop-limit {} full {} dropped {};",
+                c.forwarded,
+                c.echoes,
+                self.v6.flows(),
+                c.denied,
+                c.no_route,
+                c.hop_limit,
+                c.full,
+                c.dropped
+            );
+        }
         s.push_str(" rules");
         for r in self.nat.rules().iter() {
             let _ = write!(s, " line{}:{}", r.line, r.hits);
@@ -387,6 +480,60 @@ impl Router {
         let _ = write!(s, " default:{}", self.nat.rules().default_hits());
         s
     }
+}
+
+/// The IPv4 routes: each interface's subnet, and the default route
+/// through the uplink's gateway (none for an uplink without a lease).
+fn routes4(up: &IpInfo, ins: &IpInfo) -> Result<Routes<u8>, String> {
+    let mut routes = Routes::new();
+    let err = |e| format!("a route: {e}");
+    if !up.ipv4.0.is_unspecified() {
+        routes.add(up.ipv4.0, up.ipv4.1, None, UPLINK).map_err(err)?;
+        if let Some(gw) = up.gateway {
+            routes.add(Ipv4Addr::UNSPECIFIED, 0, Some(gw), UPLINK).map_err(err)?;
+        }
+    }
+    routes.add(ins.ipv4.0, ins.ipv4.1, None, INSIDE).map_err(err)?;
+    Ok(routes)
+}
+
+/// Waits until the uplink holds a DHCP lease, saying so every 10 s;
+/// what arrives meanwhile is dropped (nothing can be routed yet).
+async fn wait_for_lease(console: &impl Console, uplink: &mut impl Ip) -> Result<(), String> {
+    let _ = console.write(b"router: uplink waiting for a DHCP lease\n").await;
+    let start = mirage_runtime::time::now();
+    let every = Duration::from_secs(10);
+    let mut note = start + every;
+    while uplink.info().ipv4.0.is_unspecified() {
+        match select(uplink.readable(), mirage_runtime::time::sleep_until(note)).await {
+            Either::Left(Err(e)) => return Err(format!("the uplink failed: {e}")),
+            Either::Right(()) => {
+                let waited = (note.as_nanos() - start.as_nanos()) / 1_000_000_000;
+                let line = format!(
+                    "router: uplink still waiting for a DHCP lease after {waited} s (is a DHCP server on its link? --uplink-ipv4=ADDRESS/PREFIX sets one)\n"
+                );
+                let _ = console.write(line.as_bytes()).await;
+                note = note + every;
+            }
+            Either::Left(Ok(())) => {}
+        }
+        while let Ok(Some(())) = uplink.try_recv(|_| ()) {}
+    }
+    Ok(())
+}
+
+/// The IPv6 part of the start line: empty without IPv6.
+fn ipv6_summary(up: &mirage_devices::ip::IpInfo, ins: &mirage_devices::ip::IpInfo) -> String {
+    let one = |i: &mirage_devices::ip::IpInfo| i.ipv6.map_or("none".into(), |(a, p)| format!("{a}/{p}"));
+    if up.ipv6.is_none() && ins.ipv6.is_none() {
+        return String::new();
+    }
+    format!(
+        "; IPv6 (routed, no NAT): uplink {} (gateway {}), inside {}",
+        one(up),
+        up.gateway6.map_or("none".into(), |g| format!("{g}")),
+        one(ins)
+    )
 }
 
 /// The unikernel: routes between `uplink` and `inside` until an interface
@@ -407,12 +554,16 @@ pub async fn start(
     udp_timeout: u32,
     stats: u32,
 ) -> Result<(), String> {
-    let (up, ins) = (uplink.info(), inside.info());
     let key = Key::parse(rules).map_err(|e| format!("--rules: {rules:?} is not a key of the config store: {e}"))?;
     let text = config.get(&key).await.map_err(|e| format!("the firewall rules {key}: {e}"))?;
     let text = core::str::from_utf8(&text).map_err(|_| format!("the firewall rules {key} are not UTF-8 text"))?;
     let rules = Rules::parse(text, &[("uplink", Interface(UPLINK)), ("inside", Interface(INSIDE))])
         .map_err(|e| format!("{key}: {e}"))?;
+    let forwards = parse_forwards(forward)?;
+    if uplink.info().dhcp {
+        wait_for_lease(&console, &mut uplink).await?;
+    }
+    let (up, ins) = (uplink.info(), inside.info());
     let nat = Nat::new(mirage_nat::Config {
         max_flows: max_flows as usize,
         timeouts: match udp_timeout {
@@ -424,20 +575,18 @@ pub async fn start(
             },
         },
         masquerade: Some(Masquerade { interface: Interface(UPLINK), address: up.ipv4.0, ports: (1024, 65535) }),
-        forwards: parse_forwards(forward)?,
+        forwards: forwards.clone(),
         rules,
         seed: random.next_u64(),
     })
     .map_err(|e| format!("the NAT: {e}"))?;
-    let mut routes = Routes::new();
-    let (net_up, net_in) = (u32::from(up.ipv4.0) & mask(up.ipv4.1), u32::from(ins.ipv4.0) & mask(ins.ipv4.1));
-    routes.add(Ipv4Addr::from(net_up), up.ipv4.1, None, UPLINK).map_err(|e| format!("a route: {e}"))?;
-    routes.add(Ipv4Addr::from(net_in), ins.ipv4.1, None, INSIDE).map_err(|e| format!("a route: {e}"))?;
-    if let Some(gw) = up.gateway {
-        routes.add(Ipv4Addr::UNSPECIFIED, 0, Some(gw), UPLINK).map_err(|e| format!("a route: {e}"))?;
-    }
-    let dns: Result<Vec<Ipv4Addr>, _> =
-        dns.split(',').map(str::trim).filter(|d| !d.is_empty()).map(str::parse).collect();
+    let routes = routes4(&up, &ins)?;
+    let dns: Result<Vec<Ipv4Addr>, _> = if dns.trim().is_empty() && up.dhcp {
+        // The uplink's name servers, from its lease.
+        Ok(up.dns.iter().flatten().copied().collect())
+    } else {
+        dns.split(',').map(str::trim).filter(|d| !d.is_empty()).map(str::parse).collect()
+    };
     let dhcp = mirage_dhcpd::Server::new(mirage_dhcpd::Config {
         server: ins.ipv4.0,
         prefix: ins.ipv4.1,
@@ -448,6 +597,8 @@ pub async fn start(
         reservations: Vec::new(),
     })
     .map_err(|e| format!("the DHCP server: {e}"))?;
+    let v6 = v6::V6::new([up.ipv6, ins.ipv6], up.gateway6.map(|g| (g, UPLINK)), max_flows as usize, udp_timeout)
+        .map_err(|e| format!("an IPv6 route: {e}"))?;
     let mtu = up.mtu.max(ins.mtu) as usize;
     let mut r = Router {
         nat,
@@ -458,18 +609,23 @@ pub async fn start(
         len: 0,
         counters: Counters::default(),
         icmp_errors: 0,
+        v6,
+        uplink_gateway: up.gateway,
+        uplink_dhcp: up.dhcp,
     };
     let _ = console
         .write(
             format!(
-                "router: uplink {}/{} (gateway {}), inside {}/{}; {} flows at most; {} port forwards\n",
+                "router: uplink {}/{} ({}gateway {}), inside {}/{}; {} flows at most; {} port forwards{}\n",
                 up.ipv4.0,
                 up.ipv4.1,
+                if up.dhcp { "leased by DHCP, " } else { "" },
                 up.gateway.map_or("none".into(), |g| format!("{g}")),
                 ins.ipv4.0,
                 ins.ipv4.1,
                 max_flows,
-                parse_forwards(forward)?.len()
+                forwards.len(),
+                ipv6_summary(&up, &ins)
             )
             .as_bytes(),
         )
@@ -496,6 +652,18 @@ pub async fn start(
         if now >= next_tick {
             next_tick = now + TICK;
             r.nat.expire(now_ms());
+            r.v6.expire(now_ms());
+            let up = uplink.info();
+            if r.follow_uplink(&up, &inside.info()) {
+                let line = match up.ipv4 {
+                    (a, _) if a.is_unspecified() => String::from("router: uplink lost its DHCP lease\n"),
+                    (a, p) => format!(
+                        "router: uplink leased {a}/{p} (gateway {})\n",
+                        up.gateway.map_or("none".into(), |g| format!("{g}"))
+                    ),
+                };
+                let _ = console.write(line.as_bytes()).await;
+            }
             r.dhcp.expire(now_ms() / 1000);
             r.icmp_errors = 0;
         }

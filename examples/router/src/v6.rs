@@ -1,0 +1,484 @@
+//! IPv6 in the router: routed between the interfaces as it is, without
+//! NAT (mirage-nat, like MirageOS's, is IPv4 only), under the same
+//! firewall rules and the same default deny.
+//!
+//! * A new flow (a TCP SYN, a UDP datagram, an ICMPv6 echo request) is
+//!   decided by the rules ([`mirage_nat::Rules::decide_ipv6`]): the first
+//!   rule without an address that matches it decides, and a flow no rule
+//!   matches is denied. Allowed flows are tracked, and their packets pass
+//!   both ways; so are ICMPv6 errors about them (Packet Too Big for path
+//!   MTU discovery among them). Anything else is dropped and counted.
+//! * Flows are tracked in a table of at most [`MAX_FLOWS`] (or
+//!   `--max-flows`, if smaller); when it is full, a new flow is refused and
+//!   counted. A flow lasts, from its last packet, 7,440 s for TCP (its
+//!   state is not followed), `--udp-timeout` (120 s by default) for UDP
+//!   and 30 s for ICMPv6 echo.
+//! * The router answers echo requests to its own IPv6 addresses (as the
+//!   rules allow traffic to `local`). Multicast, link-local and
+//!   unspecified addresses are not forwarded, nor are fragments (the
+//!   ports are only in the first) or packets with extension headers other
+//!   than those `wire` walks. A packet whose hop limit runs out here is
+//!   dropped and counted, and answered with an ICMPv6 Time Exceeded
+//!   ([`V6::time_exceeded`]; the router limits how many it sends, with
+//!   IPv4's).
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::net::Ipv6Addr;
+
+use mirage_nat::{Action, Interface, Protocol, Rules};
+use mirage_tcpip::route::Routes;
+use mirage_tcpip::wire;
+
+/// The most IPv6 flows tracked at once.
+pub const MAX_FLOWS: usize = 4096;
+
+const TCP_MS: u64 = 7440 * 1000;
+const UDP_MS: u64 = 120 * 1000;
+const ICMP_MS: u64 = 30 * 1000;
+
+const ECHO_REQUEST: u8 = 128;
+const ECHO_REPLY: u8 = 129;
+
+/// A flow, as its first packet went: from `a` to `b`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    proto: u8,
+    a: [u8; 16],
+    a_port: u16,
+    b: [u8; 16],
+    b_port: u16,
+}
+
+impl Key {
+    fn new(proto: u8, src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Key {
+        Key { proto, a: src.octets(), a_port: sport, b: dst.octets(), b_port: dport }
+    }
+
+    fn reversed(self) -> Key {
+        Key { proto: self.proto, a: self.b, a_port: self.b_port, b: self.a, b_port: self.a_port }
+    }
+}
+
+/// IPv6 counters, for the `--stats` line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    /// Packets forwarded.
+    pub forwarded: u64,
+    /// Echo requests to the router answered.
+    pub echoes: u64,
+    /// New flows the rules denied, and packets of no known flow that
+    /// cannot start one.
+    pub denied: u64,
+    /// Packets to a destination no route takes.
+    pub no_route: u64,
+    /// Packets whose hop limit ran out here.
+    pub hop_limit: u64,
+    /// New flows refused because the table was full.
+    pub full: u64,
+    /// Other packets dropped: fragments, multicast or link-local
+    /// addresses, protocols not tracked, traffic to the router it does
+    /// not serve.
+    pub dropped: u64,
+}
+
+/// What to do with an IPv6 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send it (rewritten in place) out of this interface, to this
+    /// neighbour.
+    Forward(u8, Ipv6Addr),
+    /// Nothing: it was dropped and counted.
+    Drop,
+    /// Dropped and counted, its hop limit spent: a Time Exceeded may go
+    /// back ([`V6::time_exceeded`]).
+    HopLimit,
+}
+
+/// The router's IPv6 state.
+#[derive(Debug)]
+pub struct V6 {
+    /// Each interface's IPv6 address and prefix.
+    own: [Option<(Ipv6Addr, u8)>; 2],
+    routes: Routes<u8, Ipv6Addr>,
+    /// Flows and when each expires, in milliseconds.
+    flows: BTreeMap<Key, u64>,
+    max_flows: usize,
+    udp_ms: u64,
+    /// Counters.
+    pub counters: Counters,
+}
+
+fn special(a: Ipv6Addr) -> bool {
+    a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.segments()[0] & 0xffc0 == 0xfe80
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+impl V6 {
+    /// The state for interfaces with these IPv6 addresses; the default
+    /// route goes to `gateway` on `gateway_if`. `udp_secs` 0: 120 s.
+    pub fn new(
+        own: [Option<(Ipv6Addr, u8)>; 2],
+        gateway: Option<(Ipv6Addr, u8)>,
+        max_flows: usize,
+        udp_secs: u32,
+    ) -> Result<V6, mirage_tcpip::route::RouteError> {
+        let mut routes = Routes::new();
+        for (i, o) in own.iter().enumerate() {
+            if let Some((a, p)) = *o {
+                routes.add(a, p, None, i as u8)?;
+            }
+        }
+        if let Some((g, i)) = gateway {
+            routes.add(Ipv6Addr::UNSPECIFIED, 0, Some(g), i)?;
+        }
+        Ok(V6 {
+            own,
+            routes,
+            flows: BTreeMap::new(),
+            max_flows: max_flows.min(MAX_FLOWS),
+            udp_ms: if udp_secs == 0 { UDP_MS } else { udp_secs as u64 * 1000 },
+            counters: Counters::default(),
+        })
+    }
+
+    /// Whether any interface routes IPv6.
+    pub fn enabled(&self) -> bool {
+        self.own.iter().any(Option::is_some)
+    }
+
+    /// Flows tracked now.
+    pub fn flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Forgets flows whose time is up.
+    pub fn expire(&mut self, now_ms: u64) {
+        self.flows.retain(|_, until| *until > now_ms);
+    }
+
+    fn timeout(&self, proto: u8) -> u64 {
+        match proto {
+            wire::PROTO_TCP => TCP_MS,
+            wire::PROTO_UDP => self.udp_ms,
+            _ => ICMP_MS,
+        }
+    }
+
+    /// Decides the IPv6 packet `p` (checked by the IP layer) that came in
+    /// on interface `fi`, rewriting it in place: the hop limit, or the
+    /// whole of an echo request to the router, which becomes its reply.
+    pub fn process(&mut self, now_ms: u64, fi: u8, p: &mut [u8], rules: &mut Rules) -> Decision {
+        let Ok(ip) = wire::parse_ipv6(p) else { return self.drop() };
+        let (upper, data, fragment) = wire::ipv6_upper_layer(&ip);
+        let (src, dst, hop_limit, extensions) = (ip.src, ip.dst, ip.hop_limit, ip.next_header != upper.unwrap_or(0));
+        let Some(proto) = upper.filter(|_| !fragment && !extensions) else { return self.drop() };
+        if special(src) {
+            return self.drop();
+        }
+        // The ports (echo identifiers), and whether the packet may start
+        // a flow.
+        let icmp_type = data.first().copied().unwrap_or(0);
+        let (protocol, sport, dport, opener) = match proto {
+            wire::PROTO_TCP => {
+                let flags = data.get(13).copied().unwrap_or(0);
+                (Protocol::Tcp, be16(data, 0).unwrap_or(0), be16(data, 2).unwrap_or(0), flags & 0x12 == 0x02)
+            }
+            wire::PROTO_UDP => (Protocol::Udp, be16(data, 0).unwrap_or(0), be16(data, 2).unwrap_or(0), true),
+            wire::PROTO_ICMPV6 if icmp_type == ECHO_REQUEST || icmp_type == ECHO_REPLY => {
+                let id = be16(data, 4).unwrap_or(0);
+                (Protocol::Icmp, id, id, icmp_type == ECHO_REQUEST)
+            }
+            wire::PROTO_ICMPV6 if (1..=4).contains(&icmp_type) => {
+                return self.icmp_error(p, dst, hop_limit);
+            }
+            _ => return self.drop(),
+        };
+        if self.own.iter().flatten().any(|&(a, _)| a == dst) {
+            if icmp_type != ECHO_REQUEST || proto != wire::PROTO_ICMPV6 {
+                return self.drop();
+            }
+            if rules.decide_ipv6(Interface(fi), None, protocol, sport, dport) == Action::Deny {
+                self.counters.denied += 1;
+                return Decision::Drop;
+            }
+            return self.echo_reply(p, src, dst);
+        }
+        if special(dst) {
+            return self.drop();
+        }
+        let Some(hop) = self.routes.lookup(dst) else {
+            self.counters.no_route += 1;
+            return Decision::Drop;
+        };
+        if hop_limit <= 1 {
+            self.counters.hop_limit += 1;
+            return Decision::HopLimit;
+        }
+        let key = Key::new(proto, src, sport, dst, dport);
+        let until = now_ms + self.timeout(proto);
+        if let Some(e) = self.flows.get_mut(&key) {
+            *e = until;
+        } else if let Some(e) = self.flows.get_mut(&key.reversed()) {
+            *e = until;
+        } else {
+            if !opener
+                || rules.decide_ipv6(Interface(fi), Some(Interface(hop.interface)), protocol, sport, dport)
+                    == Action::Deny
+            {
+                self.counters.denied += 1;
+                return Decision::Drop;
+            }
+            if self.flows.len() >= self.max_flows {
+                self.expire(now_ms);
+                if self.flows.len() >= self.max_flows {
+                    self.counters.full += 1;
+                    return Decision::Drop;
+                }
+            }
+            self.flows.insert(key, until);
+        }
+        p[7] = hop_limit - 1;
+        self.counters.forwarded += 1;
+        Decision::Forward(hop.interface, hop.via.addr())
+    }
+
+    /// The ICMPv6 Time Exceeded (RFC 4443, 3.3) for `p`, which came in on
+    /// `fi` with its hop limit spent: from the router's address on `fi`,
+    /// quoting as much of `p` as fits in 1,280 bytes, with the interface
+    /// and neighbour it goes to. `None` when `p` is an ICMPv6 error itself,
+    /// its source cannot be answered, or no route leads back.
+    pub fn time_exceeded(&self, fi: u8, p: &[u8]) -> Option<(Vec<u8>, u8, Ipv6Addr)> {
+        let (own, _) = (*self.own.get(fi as usize)?)?;
+        let ip = wire::parse_ipv6(p).ok()?;
+        let (upper, data, _) = wire::ipv6_upper_layer(&ip);
+        if upper == Some(wire::PROTO_ICMPV6) && data.first().is_none_or(|&t| t < 128) || special(ip.src) {
+            return None;
+        }
+        let hop = self.routes.lookup(ip.src)?;
+        let quoted = &p[..p.len().min(1280 - 48)];
+        let mut icmp = alloc::vec![3, 0, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(quoted);
+        let c = wire::checksum_ipv6(own, ip.src, wire::PROTO_ICMPV6, &icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        let mut out = alloc::vec![0x60, 0, 0, 0];
+        out.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[wire::PROTO_ICMPV6, 64]);
+        out.extend_from_slice(&own.octets());
+        out.extend_from_slice(&ip.src.octets());
+        out.extend_from_slice(&icmp);
+        Some((out, hop.interface, hop.via.addr()))
+    }
+
+    fn drop(&mut self) -> Decision {
+        self.counters.dropped += 1;
+        Decision::Drop
+    }
+
+    /// An ICMPv6 error passes when the packet it quotes belongs to a
+    /// tracked flow.
+    fn icmp_error(&mut self, p: &mut [u8], dst: Ipv6Addr, hop_limit: u8) -> Decision {
+        // The quoted packet follows the 40-byte header and the error's 8.
+        let Some(quoted) = p.get(48..).filter(|q| q.len() >= 48 && q[0] >> 4 == 6) else { return self.drop() };
+        let mut a = [0; 16];
+        a.copy_from_slice(&quoted[8..24]);
+        let mut b = [0; 16];
+        b.copy_from_slice(&quoted[24..40]);
+        let proto = quoted[6];
+        let (sport, dport) = match proto {
+            wire::PROTO_TCP | wire::PROTO_UDP => (be16(quoted, 40).unwrap_or(0), be16(quoted, 42).unwrap_or(0)),
+            wire::PROTO_ICMPV6 if quoted[40] == ECHO_REQUEST || quoted[40] == ECHO_REPLY => {
+                let id = be16(quoted, 44).unwrap_or(0);
+                (id, id)
+            }
+            _ => return self.drop(),
+        };
+        let key = Key::new(proto, Ipv6Addr::from(a), sport, Ipv6Addr::from(b), dport);
+        if !self.flows.contains_key(&key) && !self.flows.contains_key(&key.reversed()) {
+            self.counters.denied += 1;
+            return Decision::Drop;
+        }
+        if special(dst) || hop_limit <= 1 {
+            return self.drop();
+        }
+        let Some(hop) = self.routes.lookup(dst) else {
+            self.counters.no_route += 1;
+            return Decision::Drop;
+        };
+        p[7] = hop_limit - 1;
+        self.counters.forwarded += 1;
+        Decision::Forward(hop.interface, hop.via.addr())
+    }
+
+    /// Turns the echo request in `p` (no extension headers) into its
+    /// reply, from `dst` back to `src`.
+    fn echo_reply(&mut self, p: &mut [u8], src: Ipv6Addr, dst: Ipv6Addr) -> Decision {
+        let Some(hop) = self.routes.lookup(src) else {
+            self.counters.no_route += 1;
+            return Decision::Drop;
+        };
+        let len = 40 + be16(p, 4).unwrap_or(0) as usize;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&dst.octets());
+        p[24..40].copy_from_slice(&src.octets());
+        let icmp = &mut p[40..len];
+        icmp[0] = ECHO_REPLY;
+        icmp[2..4].copy_from_slice(&[0, 0]);
+        let c = wire::checksum_ipv6(dst, src, wire::PROTO_ICMPV6, icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        self.counters.echoes += 1;
+        Decision::Forward(hop.interface, hop.via.addr())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    const UP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+    const IN: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
+    const CLIENT: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x100);
+    const SERVER: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    const FAR: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+
+    /// An IPv6 packet of `proto` carrying `l4`, its checksum filled in at
+    /// `sum` (the offset in `l4`).
+    fn packet(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, proto: u8, mut l4: Vec<u8>, sum: usize) -> Vec<u8> {
+        let c = wire::checksum_ipv6(src, dst, proto, &l4);
+        l4[sum..sum + 2].copy_from_slice(&c.to_be_bytes());
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[proto, hop]);
+        p.extend_from_slice(&src.octets());
+        p.extend_from_slice(&dst.octets());
+        p.extend_from_slice(&l4);
+        p
+    }
+
+    fn udp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+        let mut u = Vec::new();
+        u.extend_from_slice(&sport.to_be_bytes());
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&[0, 10, 0, 0, 0xab, 0xcd]);
+        packet(src, dst, 64, wire::PROTO_UDP, u, 6)
+    }
+
+    fn syn(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+        let mut t = vec![0; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[12] = 0x50;
+        t[13] = 0x02;
+        packet(src, dst, 64, wire::PROTO_TCP, t, 16)
+    }
+
+    fn echo(src: Ipv6Addr, dst: Ipv6Addr, hop: u8) -> Vec<u8> {
+        packet(src, dst, hop, wire::PROTO_ICMPV6, vec![ECHO_REQUEST, 0, 0, 0, 0x12, 0x34, 0, 1, 9, 9], 2)
+    }
+
+    fn setup(max: usize) -> (V6, Rules) {
+        let rules = Rules::parse(
+            include_str!("../config/rules"),
+            &[("uplink", Interface(crate::UPLINK)), ("inside", Interface(crate::INSIDE))],
+        )
+        .unwrap();
+        let v6 = V6::new([Some((UP, 64)), Some((IN, 64))], Some((SERVER, crate::UPLINK)), max, 0).unwrap();
+        (v6, rules)
+    }
+
+    #[test]
+    fn inside_goes_out_replies_come_back_nothing_else_comes_in() {
+        let (mut v, mut rules) = setup(100);
+        let (up, ins) = (crate::UPLINK, crate::INSIDE);
+        // Out: forwarded unchanged but for the hop limit, to the server
+        // directly, and far away through the gateway.
+        let mut p = udp(CLIENT, 5000, SERVER, 53);
+        assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));
+        assert_eq!(p[7], 63);
+        assert!(wire::parse_ipv6(&p).is_ok(), "no checksum covers the hop limit");
+        let mut p = syn(CLIENT, 40000, FAR, 80);
+        assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));
+        // Back: the reply passes; a new flow in is denied, as is TCP that
+        // is not a SYN; the rules' port forward names an IPv4 address.
+        let mut p = udp(SERVER, 53, CLIENT, 5000);
+        assert_eq!(v.process(1, up, &mut p, &mut rules), Decision::Forward(ins, CLIENT));
+        let mut p = udp(SERVER, 53, CLIENT, 5001);
+        assert_eq!(v.process(1, up, &mut p, &mut rules), Decision::Drop);
+        let mut p = syn(SERVER, 40000, CLIENT, 80);
+        assert_eq!(v.process(1, up, &mut p, &mut rules), Decision::Drop);
+        let mut p = syn(CLIENT, 40001, SERVER, 80);
+        p[40 + 13] = 0x10; // a bare ACK of no known flow
+        let c = {
+            p[40 + 16..40 + 18].copy_from_slice(&[0, 0]);
+            wire::checksum_ipv6(CLIENT, SERVER, wire::PROTO_TCP, &p[40..])
+        };
+        p[40 + 16..40 + 18].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(v.process(1, ins, &mut p, &mut rules), Decision::Drop);
+        assert_eq!((v.counters.forwarded, v.counters.denied, v.flows()), (3, 3, 2));
+        // Flows expire: the reply no longer passes.
+        v.expire(UDP_MS + 1);
+        let mut p = udp(SERVER, 53, CLIENT, 5000);
+        assert_eq!(v.process(UDP_MS + 1, up, &mut p, &mut rules), Decision::Drop);
+    }
+
+    #[test]
+    fn echoes_hop_limits_errors_and_a_full_table() {
+        let (mut v, mut rules) = setup(2);
+        let (up, ins) = (crate::UPLINK, crate::INSIDE);
+        // A ping to the router's uplink address, from the server: answered
+        // ("allow in on uplink out on local proto icmp").
+        let mut p = echo(SERVER, UP, 64);
+        assert_eq!(v.process(0, up, &mut p, &mut rules), Decision::Forward(up, SERVER));
+        let r = wire::parse_ipv6(&p).expect("the reply's checksum holds");
+        assert_eq!((r.src, r.dst, r.payload[0]), (UP, SERVER, ECHO_REPLY));
+        // Hop limit 1: dropped and counted, and answered from the inside
+        // address with a Time Exceeded quoting it.
+        let mut p = echo(CLIENT, SERVER, 1);
+        assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::HopLimit);
+        assert_eq!(v.counters.hop_limit, 1);
+        let (e, out, via) = v.time_exceeded(ins, &p).unwrap();
+        assert_eq!((out, via), (ins, CLIENT));
+        let r = wire::parse_ipv6(&e).expect("the error's checksum holds");
+        assert_eq!((r.src, r.dst, r.payload[0], &r.payload[8..]), (IN, CLIENT, 3, &p[..]));
+        // No error about an error.
+        assert_eq!(v.time_exceeded(ins, &e), None);
+        // Link-local and multicast are not forwarded; no route for a
+        // destination without a default route is counted.
+        for dst in ["fe80::1", "ff02::1"] {
+            let mut p = echo(CLIENT, dst.parse().unwrap(), 64);
+            assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Drop);
+        }
+        assert_eq!(v.counters.dropped, 2);
+        // Two flows fill the table; a third is refused.
+        for port in [1, 2, 3] {
+            let mut p = udp(CLIENT, port, SERVER, 53);
+            let want = if port < 3 { Decision::Forward(up, SERVER) } else { Decision::Drop };
+            assert_eq!(v.process(0, ins, &mut p, &mut rules), want);
+        }
+        assert_eq!(v.counters.full, 1);
+        // An ICMPv6 error about a known flow comes back; about another,
+        // not.
+        for (port, want) in [(1, Decision::Forward(ins, CLIENT)), (9, Decision::Drop)] {
+            let quoted = udp(CLIENT, port, SERVER, 53);
+            let mut err = vec![1, 4, 0, 0, 0, 0, 0, 0];
+            err.extend_from_slice(&quoted);
+            let mut p = packet(SERVER, CLIENT, 64, wire::PROTO_ICMPV6, err, 2);
+            assert_eq!(v.process(0, up, &mut p, &mut rules), want, "port {port}");
+        }
+        // Garbage never panics.
+        for len in 0..120 {
+            let mut p = echo(CLIENT, SERVER, 64);
+            p.truncate(len);
+            let _ = v.process(0, ins, &mut p, &mut rules);
+            let mut e = vec![1, 4, 0, 0, 0, 0, 0, 0];
+            e.extend_from_slice(&vec![0x60; len]);
+            let mut p = packet(SERVER, CLIENT, 64, wire::PROTO_ICMPV6, e, 2);
+            let _ = v.process(0, up, &mut p, &mut rules);
+        }
+    }
+}
