@@ -78,6 +78,14 @@ pub trait Block {
 
     /// Waits until everything written is on stable storage.
     async fn flush(&self) -> Result<(), Error>;
+
+    /// Writes `data` at `sector`, then flushes: what a commit does last.
+    /// A device that can do both in one request overrides it (on hvt, one
+    /// exit instead of two).
+    async fn write_and_flush(&self, sector: u64, data: &[u8]) -> Result<(), Error> {
+        self.write(sector, data).await?;
+        self.flush().await
+    }
 }
 
 impl<B: Block> Block for &B {
@@ -92,6 +100,9 @@ impl<B: Block> Block for &B {
     }
     async fn flush(&self) -> Result<(), Error> {
         (**self).flush().await
+    }
+    async fn write_and_flush(&self, sector: u64, data: &[u8]) -> Result<(), Error> {
+        (**self).write_and_flush(sector, data).await
     }
 }
 

@@ -1103,12 +1103,7 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         let rec_sha: [u8; 32] = Sha256::digest(&blob).into();
         // From here on the device may hold the new generation even if the
         // call fails: the state in memory can no longer be trusted.
-        let r = async {
-            self.write_chain(&blocks, &blob).await?;
-            self.block.flush().await
-        }
-        .await;
-        if r.is_err() {
+        if self.write_chain(&blocks, &blob).await.is_err() {
             self.state.borrow_mut().poisoned = true;
             return Err(Error::Io);
         }
@@ -1146,7 +1141,8 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
     }
 
     /// Writes `blob` across `blocks` (in chain order: each block begins
-    /// with the number of the next), one write a run.
+    /// with the number of the next), one write a run, and flushes with the
+    /// last (one request where the device takes both at once).
     async fn write_chain(&self, blocks: &[u64], blob: &[u8]) -> Result<(), block::Error> {
         let g = self.geo;
         let pl = g.payload();
@@ -1168,10 +1164,13 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
                 let n = (blob.len() - from).min(pl);
                 buf[at + NEXT_LEN..at + NEXT_LEN + n].copy_from_slice(&blob[from..from + n]);
             }
-            self.block.write(start * g.spb, &buf).await?;
             i += c;
+            if i == blocks.len() {
+                return self.block.write_and_flush(start * g.spb, &buf).await;
+            }
+            self.block.write(start * g.spb, &buf).await?;
         }
-        Ok(())
+        self.block.flush().await
     }
 
     /// Writes a superblock naming the committed record, into the slot not
@@ -1195,8 +1194,7 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         };
         let mut sector = vec![0u8; self.sector as usize];
         sector[..SUPER_LEN].copy_from_slice(&sb.encode());
-        self.block.write(slot_sector(slot, self.sector), &sector).await.map_err(|_| Error::Io)?;
-        self.block.flush().await.map_err(|_| Error::Io)?;
+        self.block.write_and_flush(slot_sector(slot, self.sector), &sector).await.map_err(|_| Error::Io)?;
         let mut st = self.state.borrow_mut();
         st.slot = slot;
         st.held.clear();

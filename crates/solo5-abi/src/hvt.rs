@@ -27,6 +27,11 @@ pub const RING_SERVE_PIO: u16 = 0x601;
 /// ([`crate::mft::MftEntry::block_flush`]); Solo5's tenders have no such
 /// port and never grant it.
 pub const BLOCK_FLUSH_PIO: u16 = 0x602;
+/// Ours: an `outl` here with the address of an [`HcBlockWrite`] makes the
+/// tender write the block device and then sync it, as BLOCK_WRITE and a
+/// flush would, in one exit. Offered for a device whose manifest entry
+/// carries the grant ([`crate::mft::MftEntry::block_write_sync`]).
+pub const BLOCK_WRITE_SYNC_PIO: u16 = 0x603;
 /// `HVT_HALT_COOKIE_MAX`: bytes at a HALT cookie the tender may read.
 pub const HALT_COOKIE_MAX: u64 = 512;
 /// `HVT_CMDLINE_SIZE`: room for the guest command line, NUL included.

@@ -24,6 +24,9 @@ pub const BLOCK_FLUSH_GRANTED: u8 = 1;
 /// Ours: the bit of a block entry's flags that grants runs
 /// ([`MftEntry::block_runs`]).
 pub const BLOCK_RUNS_GRANTED: u8 = 2;
+/// Ours: the bit of a block entry's flags that grants hvt's write-and-
+/// sync port ([`MftEntry::block_write_sync`]).
+pub const BLOCK_WRITE_SYNC_GRANTED: u8 = 4;
 /// Ours: the most bytes one call through a descriptor granted runs may
 /// carry.
 pub const BLOCK_RUN_MAX: u64 = 1 << 20;
@@ -191,10 +194,19 @@ impl MftEntry {
         self.u[10] & BLOCK_RUNS_GRANTED != 0 && self.block_flush().is_some()
     }
 
+    /// Ours: whether the hvt tender takes a write and a sync of this
+    /// device in one exit ([`crate::hvt::BLOCK_WRITE_SYNC_PIO`]; flags bit
+    /// 2). Our tenders grant it with the flush: a commit that ends with a
+    /// write and a flush then costs the guest one exit, not two.
+    pub fn block_write_sync(&self) -> bool {
+        self.u[10] & BLOCK_WRITE_SYNC_GRANTED != 0 && self.block_flush().is_some()
+    }
+
     /// Sets or clears the flush grant ([`MftEntry::block_flush`]) and,
-    /// with it, the grant of runs ([`MftEntry::block_runs`]).
+    /// with it, the grants of runs ([`MftEntry::block_runs`]) and of the
+    /// write-and-sync port ([`MftEntry::block_write_sync`]).
     pub fn set_block_flush(&mut self, fd: Option<i32>) {
-        self.u[10] = if fd.is_some() { BLOCK_FLUSH_GRANTED | BLOCK_RUNS_GRANTED } else { 0 };
+        self.u[10] = if fd.is_some() { BLOCK_FLUSH_GRANTED | BLOCK_RUNS_GRANTED | BLOCK_WRITE_SYNC_GRANTED } else { 0 };
         self.u[11] = 0;
         self.u[12..16].copy_from_slice(&fd.unwrap_or(0).to_le_bytes());
     }
@@ -511,6 +523,7 @@ mod tests {
         e.set_block_flush(Some(7));
         assert_eq!(e.block_flush(), Some(7));
         assert!(e.block_runs(), "runs are granted with the flush");
+        assert!(e.block_write_sync(), "so is hvt's write-and-sync port");
         assert_eq!((e.block_capacity(), e.block_size()), (4 << 20, 4096), "the grant is in the padding");
         e.set_block_flush(None);
         assert_eq!((e.block_flush(), &e.u[10..]), (None, &[0u8; 6][..]));

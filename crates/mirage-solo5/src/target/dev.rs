@@ -212,6 +212,16 @@ impl dblock::Block for Block {
         // puts the writes before it on the disk.
         self.raw.flush().map_err(block_err)
     }
+
+    async fn write_and_flush(&self, sector: u64, data: &[u8]) -> Result<(), dblock::Error> {
+        if data.len() > MAX_RUN {
+            self.write(sector, data).await?;
+            return self.flush().await;
+        }
+        self.info.check(sector, data.len())?;
+        let ss = self.info.sector_size as u64;
+        self.raw.write_and_flush(sector * ss, data).map_err(block_err)
+    }
 }
 
 /// A cryptographically secure generator: ChaCha20, seeded at first use from

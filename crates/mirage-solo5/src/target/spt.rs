@@ -237,7 +237,7 @@ unsafe fn block_io(
     len: usize,
     nr: u64,
 ) -> Result<(), Error> {
-    if bs == 0 || !bs.is_power_of_two() || len as u64 % bs != 0 {
+    if bs == 0 || !bs.is_power_of_two() || !(len as u64).is_multiple_of(bs) {
         return Err(Error::Invalid);
     }
     let mut done = 0;
@@ -281,6 +281,20 @@ pub(crate) fn block_write(
     // SAFETY: pwrite64 only reads `data`, a live slice; nothing writes
     // through the pointer despite its type.
     unsafe { block_io(fd, bs, max_call, offset, data.as_ptr().cast_mut(), data.len(), sys::PWRITE64) }
+}
+
+/// A write and a flush: two system calls on spt, which a seccomp filter
+/// cannot merge (`pwritev2`'s lengths are in memory it cannot bound).
+pub(crate) fn block_write_sync(
+    handle: u64,
+    fd: i32,
+    bs: u64,
+    max_call: u64,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), Error> {
+    block_write(handle, fd, bs, max_call, offset, data)?;
+    block_flush(handle, fd)
 }
 
 /// Syncs the cached descriptor a tender granted for flushes; its filter

@@ -265,6 +265,28 @@ impl<'m> Hypercalls<'m> {
         Ok(())
     }
 
+    /// Ours (an `outl` to [`solo5_abi::hvt::BLOCK_WRITE_SYNC_PIO`] with
+    /// the address of a BLOCK_WRITE argument): the write, then the flush,
+    /// of a block device granted flushes, in one exit; `EINVAL` for any
+    /// other device, and for a write BLOCK_WRITE would refuse (then
+    /// nothing is synced).
+    pub fn block_write_sync(&mut self, gpa: Gpa) -> Result<(), Exit> {
+        let err = |e| fatal!("BlockWriteSync hypercall: {e}");
+        let mut arg = self.mem.arg::<HcBlockRead>(gpa).map_err(err)?;
+        let mut a = arg.get();
+        let Some(fd) = self.devices.flush_fd(a.handle) else {
+            a.ret = SoloResult::Inval as u32;
+            arg.set(&a);
+            return Ok(());
+        };
+        self.flushing[a.handle as usize] = true;
+        self.block_io(gpa, true)?;
+        if self.mem.arg::<HcBlockRead>(gpa).map_err(err)?.get().ret == SoloResult::Ok as u32 {
+            block::sync(fd).map_err(|e| fatal!("Fatal error when flushing: {}", strerror(&e)))?;
+        }
+        Ok(())
+    }
+
     fn net_write(&self, gpa: Gpa) -> Result<(), Exit> {
         let err = guest(Hypercall::NetWrite);
         let mut arg = self.mem.arg::<HcNetWrite>(gpa).map_err(&err)?;

@@ -575,6 +575,10 @@ fn vcpu_loop(
                 let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
                 hc.block_flush(memory::Gpa(gpa))?;
             }
+            VcpuExit::IoOut(hvt::BLOCK_WRITE_SYNC_PIO, data) if data.len() == 4 => {
+                let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
+                hc.block_write_sync(memory::Gpa(gpa))?;
+            }
             VcpuExit::IoOut(port, data) => {
                 if data.len() != 4 || !(base..base + hvt::HYPERCALL_MAX).contains(&port) {
                     return Ok(Stopped::Fault(fatal!("Invalid guest port access: port=0x{port:x}")));

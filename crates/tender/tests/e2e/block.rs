@@ -37,6 +37,7 @@ pub fn cases(v: &mut Vec<Case>) {
                     ("the last block", last, pattern(0xff, ss)),
                     ("the run at block 2", 2 * ss, pattern(7, 4 * ss)),
                     ("the run of 7 blocks at block 20", 20 * ss, pattern(20, 7 * ss)),
+                    ("block 31, written and flushed at once", 31 * ss, pattern(0x5a, ss)),
                     ("the run of 300 blocks at block 400", 400 * ss, pattern(400u64 as u8, 300 * ss)),
                 ] {
                     if bytes[at..at + want.len()] != want[..] {

@@ -49,6 +49,7 @@ const PROTECTED: &[(&str, &str, u64)] = &[
     ("walltime-bootinfo-low", "Walltime", 8),
     ("blkread-data-low", "BlockRead", 512),
     ("flush-ro", "BlockFlush", 16),
+    ("wsync-ro", "BlockWriteSync", 40),
 ];
 
 /// The same through the network hypercalls and the net ring: the message,
@@ -124,6 +125,7 @@ pub fn cases(v: &mut Vec<Case>) {
         ("kick", "Invalid guest port access: port=0x600"),
         ("serve", "Invalid guest port access: port=0x601"),
         ("flush-oob", "BlockFlush hypercall: Invalid guest access: gpa=0xfff00000, sz=16"),
+        ("wsync-oob", "BlockWriteSync hypercall: Invalid guest access: gpa=0xfff00000, sz=40"),
     ];
     for &(what, message) in fatal {
         v.push(case(format!("hvt::hostile_{what}"), HVT, move || {
@@ -136,7 +138,7 @@ pub fn cases(v: &mut Vec<Case>) {
             Ok(())
         }));
     }
-    for what in ["blk-einval", "flush-einval"] {
+    for what in ["blk-einval", "flush-einval", "wsync-einval"] {
         v.push(case(format!("hvt::hostile_{what}"), HVT, move || {
             let r = hostile(what)?;
             r.expect_status(0)?;

@@ -96,6 +96,17 @@ fn start(_si: &solo5::StartInfo) -> i32 {
             }
         }
     }
+    // A write and a flush as one request (one exit on hvt with our
+    // tender's grant): a pattern of its own at block 31, read back.
+    if blocks >= 40 {
+        fill(&mut wbuf, 0x5a);
+        if b.write_and_flush(31 * bs, &wbuf).is_err() || b.read(31 * bs, &mut rbuf).is_err() || rbuf != wbuf {
+            return fail("write and flush");
+        }
+        if b.write_and_flush(blocks * bs, &wbuf) != Err(Error::Invalid) {
+            return fail("a write and flush past the end was not refused");
+        }
+    }
     // Refused: past the end, misaligned, wrong sizes.
     let bad: [(&str, Result<(), Error>); 6] = [
         ("write past the end", b.write(blocks * bs, &wbuf)),

@@ -113,6 +113,28 @@ fn start(si: &solo5::StartInfo) -> i32 {
             solo5::console::flush();
             raw(BLOCK_FLUSH_PIO, text());
         }
+        "wsync-oob" => raw(BLOCK_WRITE_SYNC_PIO, 0xfff0_0000),
+        "wsync-ro" => {
+            solo5::println!("hostile: gpa=0x{:x}", text());
+            solo5::console::flush();
+            raw(BLOCK_WRITE_SYNC_PIO, text());
+        }
+        "wsync-einval" => {
+            // Handle 1 is "storage", attached without a grant: the write
+            // is refused whole, as a flush is.
+            let buf = [0u8; 512];
+            for handle in [0, 1, 99, 1 << 40] {
+                let mut w =
+                    HcBlockWrite { handle, offset: 0, data: buf.as_ptr() as u64, len: 512, ret: 0, _pad: 0 };
+                raw(BLOCK_WRITE_SYNC_PIO, &mut w as *mut HcBlockWrite as u64);
+                if w.ret != 2 {
+                    solo5::println!("FAILURE: write-sync of handle {handle}: ret={} instead of EINVAL", w.ret);
+                    return 1;
+                }
+            }
+            solo5::println!("SUCCESS: every write-sync without a grant gave EINVAL");
+            return 0;
+        }
         "flush-einval" => {
             // Handle 1 is "storage", attached without a flush grant.
             for handle in [0, 1, 99, 1 << 40] {

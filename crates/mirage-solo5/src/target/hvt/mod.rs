@@ -309,11 +309,35 @@ pub(crate) fn block_flush(handle: u64, _fd: i32) -> Result<(), Error> {
     Error::check(f.ret)
 }
 
+/// A write and a flush in one exit, for a device granted both (ours: an
+/// `outl` to [`solo5_abi::hvt::BLOCK_WRITE_SYNC_PIO`] with the address of
+/// a BLOCK_WRITE argument).
+pub(crate) fn block_write_sync(
+    handle: u64,
+    _fd: i32,
+    _bs: u64,
+    _max_call: u64,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), Error> {
+    let mut w = HcBlockWrite { handle, offset, data: data.as_ptr() as u64, len: data.len() as u64, ret: 0, _pad: 0 };
+    EXITS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let gpa = &mut w as *mut HcBlockWrite as usize as u32;
+    // SAFETY: `w` is a live BLOCK_WRITE argument below 4 GiB whose `data`
+    // is a live slice of `len` bytes; the tender reads them and writes
+    // only `ret`. The asm block is a compiler barrier, so `ret` is read
+    // after it.
+    unsafe {
+        asm!("out dx, eax", in("dx") solo5_abi::hvt::BLOCK_WRITE_SYNC_PIO, in("eax") gpa, options(nostack, preserves_flags));
+    }
+    Error::check(w.ret)
+}
+
 pub(crate) fn net_write(handle: u64, _fd: i32, frame: &[u8]) -> Result<(), Error> {
-    if let Some(r) = ring() {
-        if let Some(result) = r.write(handle, frame) {
-            return result;
-        }
+    if let Some(r) = ring()
+        && let Some(result) = r.write(handle, frame)
+    {
+        return result;
     }
     let mut w = HcNetWrite { handle, data: frame.as_ptr() as u64, len: frame.len() as u64, ret: 0, _pad: 0 };
     // SAFETY: the tender reads `frame`, a live slice of w.len bytes.

@@ -541,6 +541,19 @@ pub(crate) fn block_write(
     virtq::blk_io(dev as usize, virtq::BlkOp::Write, offset, data.as_ptr().cast_mut(), data.len())
 }
 
+/// A write and a flush: two requests on the queue.
+pub(crate) fn block_write_sync(
+    handle: u64,
+    dev: i32,
+    bs: u64,
+    max_call: u64,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), Error> {
+    block_write(handle, dev, bs, max_call, offset, data)?;
+    block_flush(handle, dev)
+}
+
 pub(crate) fn block_flush(_handle: u64, dev: i32) -> Result<(), Error> {
     virtq::blk_io(dev as usize, virtq::BlkOp::Flush, 0, core::ptr::null_mut(), 0)
 }
