@@ -183,15 +183,20 @@ impl MftEntry {
             .then(|| i32::from_le_bytes([self.u[12], self.u[13], self.u[14], self.u[15]]))
     }
 
-    /// Ours: whether the granted descriptor ([`MftEntry::block_flush`])
-    /// takes runs: one `pread64` or `pwrite64` of 2^k whole blocks, at most
-    /// [`BLOCK_RUN_MAX`] bytes, where Solo5's seccomp filter allows one
-    /// block a call (flags bit 1). Our tenders grant it with the flush: an
-    /// spt guest then reads a 1 MiB value in one call instead of 2,048.
-    /// (hvt's block hypercalls take any length within the device on
-    /// Solo5's tender and ours alike.)
+    /// Ours: whether the device's descriptors (the manifest's, and the
+    /// one of a flush grant) take runs: one `pread64` or `pwrite64` of 2^k
+    /// whole blocks, at most [`BLOCK_RUN_MAX`] bytes, where Solo5's seccomp
+    /// filter allows one block a call (flags bit 1). Our tenders grant it
+    /// for every block device: an spt guest then reads a 1 MiB value in
+    /// one call instead of 2,048. (hvt's block hypercalls take any length
+    /// within the device on Solo5's tender and ours alike.)
     pub fn block_runs(&self) -> bool {
-        self.u[10] & BLOCK_RUNS_GRANTED != 0 && self.block_flush().is_some()
+        self.u[10] & BLOCK_RUNS_GRANTED != 0
+    }
+
+    /// Sets or clears the grant of runs ([`MftEntry::block_runs`]).
+    pub fn set_block_runs(&mut self, runs: bool) {
+        self.u[10] = (self.u[10] & !BLOCK_RUNS_GRANTED) | if runs { BLOCK_RUNS_GRANTED } else { 0 };
     }
 
     /// Ours: whether the hvt tender takes a write and a sync of this
@@ -203,10 +208,12 @@ impl MftEntry {
     }
 
     /// Sets or clears the flush grant ([`MftEntry::block_flush`]) and,
-    /// with it, the grants of runs ([`MftEntry::block_runs`]) and of the
-    /// write-and-sync port ([`MftEntry::block_write_sync`]).
+    /// with it, the grant of the write-and-sync port
+    /// ([`MftEntry::block_write_sync`]); the grant of runs is left as it
+    /// is.
     pub fn set_block_flush(&mut self, fd: Option<i32>) {
-        self.u[10] = if fd.is_some() { BLOCK_FLUSH_GRANTED | BLOCK_RUNS_GRANTED | BLOCK_WRITE_SYNC_GRANTED } else { 0 };
+        let runs = self.u[10] & BLOCK_RUNS_GRANTED;
+        self.u[10] = runs | if fd.is_some() { BLOCK_FLUSH_GRANTED | BLOCK_WRITE_SYNC_GRANTED } else { 0 };
         self.u[11] = 0;
         self.u[12..16].copy_from_slice(&fd.unwrap_or(0).to_le_bytes());
     }
@@ -522,8 +529,13 @@ mod tests {
         assert_eq!(e.block_flush(), None, "a declared entry grants nothing");
         e.set_block_flush(Some(7));
         assert_eq!(e.block_flush(), Some(7));
-        assert!(e.block_runs(), "runs are granted with the flush");
-        assert!(e.block_write_sync(), "so is hvt's write-and-sync port");
+        assert!(e.block_write_sync(), "hvt's write-and-sync port is granted with the flush");
+        assert!(!e.block_runs(), "runs are a grant of their own");
+        e.set_block_runs(true);
+        assert!(e.block_runs() && e.block_flush() == Some(7));
+        e.set_block_flush(None);
+        assert!(e.block_runs() && !e.block_write_sync());
+        e.set_block_runs(false);
         assert_eq!((e.block_capacity(), e.block_size()), (4 << 20, 4096), "the grant is in the padding");
         e.set_block_flush(None);
         assert_eq!((e.block_flush(), &e.u[10..]), (None, &[0u8; 6][..]));

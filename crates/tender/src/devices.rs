@@ -72,6 +72,9 @@ impl Devices {
             let block_size = e.block_size();
             e.set_block_basic(a.capacity, block_size);
             e.set_block_flush(a.flush.as_ref().map(|f| f.as_raw_fd()));
+            // Runs of 2^k blocks on either descriptor: the spt filter
+            // allows them (spt.rs), hvt's hypercalls take any length.
+            e.set_block_runs(true);
             e.set_hostfd(a.file.as_raw_fd());
             e.attached = 1;
             self.fds[i] = Some(OwnedFd::from(a.file));

@@ -163,33 +163,25 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
         }
     }
     devices.setup_block()?;
-    for i in devices.attached(MftType::BlockBasic).collect::<Vec<_>>() {
-        let Some((e, fd)) = devices.get(i as u64, MftType::BlockBasic) else { continue };
-        // One block per call, never past the end: a guest cannot grow the
-        // backing file. A device granted flushes (--block-dsync:, ours)
-        // has a second, cached descriptor, which the guest may also sync,
-        // and which takes runs of 2^k blocks up to BLOCK_RUN_MAX bytes
-        // (MftEntry::block_runs), each length with its own bound so that
-        // no run ends past the device. A filter compares with constants
-        // only: lengths from a fixed set are what it can bound.
-        let bs = e.block_size() as u64;
-        let capacity = e.block_capacity();
-        let flush_fd = devices.flush_fd(i as u64);
-        for (fd, runs) in std::iter::once((fd, false)).chain(flush_fd.map(|f| (f, true))) {
-            let mut len = bs;
-            while len <= capacity && (len == bs || (runs && len <= solo5_abi::mft::BLOCK_RUN_MAX)) {
-                let cond = [Arg::Int(0, fd as u64), Arg::Eq(2, len), Arg::Le(3, capacity - len)];
-                policy.when(libc::SYS_pread64, &cond, "solo5_block_read").when(
-                    libc::SYS_pwrite64,
-                    &cond,
-                    "solo5_block_write",
-                );
-                len *= 2;
-            }
+    let blocks: Vec<usize> = devices.attached(MftType::BlockBasic).collect();
+    // Runs cost the filter about twenty rules a descriptor, and a filter
+    // holds 4,096 instructions: with many devices, the first ones keep
+    // their runs and the rest go back to one block a call (their grant
+    // cleared, so that their guest asks no more), as few as it takes.
+    let mut with_runs = blocks.len();
+    let base = policy;
+    policy = loop {
+        let mut p = base.clone();
+        for (n, &i) in blocks.iter().enumerate() {
+            block_rules(&mut p, &devices, i, n < with_runs);
         }
-        if let Some(fd) = flush_fd {
-            policy.when(libc::SYS_fdatasync, &[Arg::Int(0, fd as u64)], "block flush (ours)");
+        if with_runs == 0 || p.compile().is_ok() {
+            break p;
         }
+        with_runs /= 2;
+    };
+    for &i in &blocks[with_runs..] {
+        devices.entries[i].set_block_runs(false);
     }
     devices.check_all_attached()?;
 
@@ -213,6 +205,38 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
     std::mem::forget(wait);
     std::mem::forget(devices);
     launch(&policy, plan.entry, mem_size)
+}
+
+/// The filter's rules for block device `i`: `pread64` and `pwrite64` on
+/// its descriptors, never past the end (a guest cannot grow the backing
+/// file), of one block a call as Solo5's filter allows or, with `runs`
+/// (ours, granted in the manifest: `MftEntry::block_runs`), also of 2^k
+/// blocks up to `BLOCK_RUN_MAX` bytes, each length with its own bound so
+/// that no run ends past the device (a filter compares with constants
+/// only: lengths from a fixed set are what it can bound). A device granted
+/// flushes (`--block-dsync:`, ours) has a second, cached descriptor, on
+/// the same terms, which the guest may also sync.
+fn block_rules(policy: &mut Policy, devices: &Devices, i: usize, runs: bool) {
+    let Some((e, fd)) = devices.get(i as u64, MftType::BlockBasic) else { return };
+    let bs = e.block_size() as u64;
+    let capacity = e.block_capacity();
+    let flush_fd = devices.flush_fd(i as u64);
+    let max = if runs { solo5_abi::mft::BLOCK_RUN_MAX } else { bs };
+    for fd in std::iter::once(fd).chain(flush_fd) {
+        let mut len = bs;
+        while len <= capacity && (len == bs || len <= max) {
+            let cond = [Arg::Int(0, fd as u64), Arg::Eq(2, len), Arg::Le(3, capacity - len)];
+            policy.when(libc::SYS_pread64, &cond, "solo5_block_read").when(
+                libc::SYS_pwrite64,
+                &cond,
+                "solo5_block_write",
+            );
+            len *= 2;
+        }
+    }
+    if let Some(fd) = flush_fd {
+        policy.when(libc::SYS_fdatasync, &[Arg::Int(0, fd as u64)], "block flush (ours)");
+    }
 }
 
 /// The system calls every spt guest may make.

@@ -64,7 +64,7 @@ impl Block {
             Some(_) => (e.hostfd(), true),
             None => (e.hostfd(), false),
         };
-        let max_call = if flush && e.block_runs() { mft::BLOCK_RUN_MAX.max(bs) } else { bs };
+        let max_call = if e.block_runs() { mft::BLOCK_RUN_MAX.max(bs) } else { bs };
         let write_sync = flush && e.block_write_sync();
         Ok(Block { handle: i as u64, fd, info, flush, max_call, write_sync })
     }

@@ -191,7 +191,8 @@ fn spt_cases(v: &mut Vec<Case>) {
         "open",
         "mprotect-exec",
         "pwrite-past-end",
-        "pwrite-two-blocks",
+        "pwrite-three-blocks",
+        "pwrite-run-past-end",
         "write-other-fd",
         "fdatasync-hostfd",
     ] {
@@ -206,6 +207,11 @@ fn spt_cases(v: &mut Vec<Case>) {
     // With `--block-dsync:` the granted descriptor takes runs of 2^k
     // blocks up to 1 MiB inside the device, and nothing else.
     let granted = move |what: &str| run_with("--block-dsync", what);
+    v.push(case("spt::runs_of_2k_blocks_are_allowed", SPT, move || {
+        let r = run("run")?;
+        r.expect_status(0)?;
+        r.expect_stdout("SUCCESS: a run of 2 blocks")
+    }));
     v.push(case("spt::granted_runs_of_2k_blocks_are_allowed", SPT, move || {
         let r = granted("granted-run")?;
         r.expect_status(0)?;

@@ -100,7 +100,19 @@ fn start(si: &solo5::StartInfo) -> i32 {
         "open" => syscall(2, [text, 0, 0, 0, 0, 0]) as i32,
         "mprotect-exec" => syscall(10, [text & !0xfff, 0x1000, 7, 0, 0, 0]) as i32,
         "pwrite-past-end" => syscall(sys::PWRITE64, [fd, good, bs, cap, 0, 0]) as i32,
-        "pwrite-two-blocks" => syscall(sys::PWRITE64, [fd, good, 2 * bs, 0, 0, 0]) as i32,
+        // Our filter takes runs of 2^k blocks (MftEntry::block_runs), no
+        // other length, none past the end.
+        "pwrite-three-blocks" => syscall(sys::PWRITE64, [fd, good, 3 * bs, 0, 0, 0]) as i32,
+        "pwrite-run-past-end" => syscall(sys::PWRITE64, [fd, good, 2 * bs, cap - bs, 0, 0]) as i32,
+        "run" => {
+            let r = syscall(sys::PREAD64, [fd, good, 2 * bs, cap - 2 * bs, 0, 0]);
+            if r != 2 * bs as i64 || !blk.block_runs() {
+                solo5::println!("FAILURE: a run of 2 blocks gave {r}; runs granted: {}", blk.block_runs());
+                return 1;
+            }
+            solo5::println!("SUCCESS: a run of 2 blocks through the manifest's descriptor");
+            0
+        }
         "write-other-fd" => syscall(sys::WRITE, [2, good, 1, 0, 0, 0]) as i32,
         // Runs through the granted descriptor: 2^k blocks, inside the
         // device, are allowed; any other length, or past the end, is not.

@@ -3,6 +3,8 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 use mirage_solo5::{self as solo5, block::Block};
 
 solo5::manifest!(
@@ -25,7 +27,18 @@ solo5::main!(start);
 fn start(_si: &solo5::StartInfo) -> i32 {
     for name in ["storage0", "storage62"] {
         match Block::acquire(name) {
-            Ok(b) => solo5::println!("{name}: handle {}, {} bytes", b.handle(), b.info().capacity),
+            Ok(b) => {
+                // The whole device in one request: as runs where the tender
+                // granted them, a block a call where it did not (on spt the
+                // filter of a manifest this large cannot hold runs for
+                // every device, and must say so in the grant).
+                let mut buf = alloc::vec![0u8; b.info().capacity as usize];
+                if let Err(e) = b.read(0, &mut buf) {
+                    solo5::println!("FAILURE: reading {name} whole: {e}");
+                    return 1;
+                }
+                solo5::println!("{name}: handle {}, {} bytes", b.handle(), b.info().capacity)
+            }
             Err(e) => {
                 solo5::println!("FAILURE: acquire {name}: {e}");
                 return 1;
