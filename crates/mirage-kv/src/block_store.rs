@@ -109,7 +109,7 @@ const REC_MAGIC: &[u8; 8] = b"MKVLOG02";
 const REC_HDR: usize = 96;
 /// Records written after a checkpoint before the next: bounds what
 /// opening follows, and what the log holds.
-const LOG_MAX: u32 = 32;
+pub const LOG_MAX: u32 = 32;
 /// Bytes of a superblock: fields (80) and their SHA-256 (32).
 const SUPER_LEN: usize = 112;
 /// The block size [`BlockStore::format`] picks when asked for none.
