@@ -3,7 +3,8 @@
 //! [`Mem`] is a read-write store in memory.
 //!
 //! [`BlockStore`] is a read-write store on any block device that survives
-//! a crash or power loss at any moment (copy-on-write, two superblocks).
+//! a crash or power loss at any moment (copy-on-write records appended to
+//! a log, two superblocks as checkpoints).
 //!
 //! [`Fat`] is a FAT12, FAT16 or FAT32 volume on any block device, read and
 //! written (long names included), to exchange disk images with the host's
