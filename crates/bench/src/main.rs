@@ -17,7 +17,7 @@
 //! mirage-bench store   [--runs SECONDS] [--count ROUNDS] [--only WORD]... # durable writes of the store, beside SQLite (WAL), rows taking turns
 //! mirage-bench tls-handshake [--count N]          # TLS handshakes/s in memory, per crypto provider and key type
 //! mirage-bench tls     [--runs SECONDS]           # static-website-tls on spt and hvt beside nginx with OpenSSL
-//! mirage-bench router  [--targets T,T] [--mtu M,M] # the router example beside Linux with nftables: iperf3, UDP, conn/s, RTT
+//! mirage-bench router  [--targets T,T] [--mtu M,M] [--only tcp] # the router example beside Linux with nftables: iperf3, UDP, conn/s, RTT
 //! mirage-bench nat     [--count N]                # mirage-nat's packets/s and new flows/s, in process
 //! mirage-bench debug   [--runs N]                 # image and debug-file sizes, --dumpcore's time for 32 MiB
 //! mirage-bench virtio  [--runs N] [--count N]     # virtio under QEMU beside hvt: boot, sizes, ping flood, HTTP
@@ -28,6 +28,7 @@
 //! store rows whose target and option do (`--only dsync`); SQLite's rows
 //! always run. For `http`, `--only small`, `--only big` and `--only N`
 //! keep the rows of that file and of N connections (nginx's included).
+//! For `router`, `--only tcp` measures the TCP columns alone.
 //!
 //! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
 //! source; nothing of it is part of this project) whose tenders and test

@@ -6,7 +6,8 @@
 //! 8 streams, the rate of 64-byte UDP datagrams that arrive (iperf3,
 //! unlimited), new TCP connections a second through NAT, and UDP round
 //! trips through the router (p50 and p99); with taps (and veths) of MTU
-//! 1500 and 65520 (`--mtu`).
+//! 1500 and 65520 (`--mtu`). `--only tcp` measures the TCP columns alone
+//! (the others print `-`), for short runs while working on the path.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -141,9 +142,13 @@ fn latency(lab: &Lab, count: usize) -> Result<(f64, f64), String> {
     })?
 }
 
-fn measure(lab: &Lab) -> Result<Row, String> {
+fn measure(lab: &Lab, tcp_only: bool) -> Result<Row, String> {
     let tcp1 = tcp(lab, 1)?;
     let tcp8 = tcp(lab, 8)?;
+    if tcp_only {
+        let nan = f64::NAN;
+        return Ok(Row { tcp1, tcp8, udp_pps: nan, conns: nan, p50: nan, p99: nan });
+    }
     let udp_pps = udp(lab)?;
     let conns = connections(lab, 2000)?;
     let (p50, p99) = latency(lab, 2000)?;
@@ -176,28 +181,35 @@ pub fn router(opts: &Options) -> Result<(), String> {
         "{:<24} {:>12} {:>12} {:>14} {:>10} {:>10} {:>10} {:>10}",
         "router", "TCP 1 Mbit/s", "TCP 8 Mbit/s", "UDP64 pkt/s", "conn/s", "p50 µs", "p99 µs", "CPU s"
     );
+    let tcp_only = match opts.only.as_slice() {
+        [] => false,
+        [w] if w == "tcp" => true,
+        other => return Err(format!("router: --only {other:?}: the one word it takes is `tcp`")),
+    };
+    // A figure not measured (`--only tcp`) is a `-`.
+    let fig = |v: f64| if v.is_nan() { "-".to_string() } else { format!("{v:.0}") };
     let print = |name: &str, r: &Row, cpu: Option<f64>| {
         println!(
-            "{:<24} {:>12.0} {:>12.0} {:>14.0} {:>10.0} {:>10.0} {:>10.0} {:>10}",
+            "{:<24} {:>12} {:>12} {:>14} {:>10} {:>10} {:>10} {:>10}",
             name,
-            r.tcp1,
-            r.tcp8,
-            r.udp_pps,
-            r.conns,
-            r.p50,
-            r.p99,
+            fig(r.tcp1),
+            fig(r.tcp8),
+            fig(r.udp_pps),
+            fig(r.conns),
+            fig(r.p50),
+            fig(r.p99),
             cpu.map_or("-".to_string(), |c| format!("{c:.1}"))
         );
     };
     for &mtu in &opts.mtus {
         let linux = Lab::linux(mtu)?;
-        let row = measure(&linux)?;
+        let row = measure(&linux, tcp_only)?;
         print(&format!("Linux nftables, MTU {mtu}"), &row, None);
         drop(linux);
         for t in &opts.targets {
             let lab = Lab::start_with_mtu(t, mtu, &["--stats=0"])?;
             lab.lease()?;
-            let row = measure(&lab)?;
+            let row = measure(&lab, tcp_only)?;
             let cpu = lab.router.as_ref().map(cpu_seconds);
             print(&format!("mirage {t}, MTU {mtu}"), &row, cpu);
         }
