@@ -293,19 +293,30 @@ pub(crate) fn block_read(
     Error::check(r.ret)
 }
 
+/// An `outl` of the address of `arg` to one of our ports, which traps to
+/// the CPL-0 #GP stub like a hypercall.
+///
+/// # Safety
+///
+/// `arg` must have the layout the port expects, and every address in it
+/// must be live memory the tender may access as the port says.
+unsafe fn our_port<T>(port: u16, arg: &mut T) {
+    EXITS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    // Guest memory lies below 4 GiB.
+    let gpa = arg as *mut T as usize as u32;
+    // SAFETY: per the caller; the tender writes only the argument's `ret`.
+    // The asm block is a compiler barrier, so `ret` is read after it.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") gpa, options(nostack, preserves_flags));
+    }
+}
+
 /// Asks the tender to sync a block device it granted flushes (ours: an
-/// `outl` to [`solo5_abi::hvt::BLOCK_FLUSH_PIO`], which traps to the CPL-0
-/// #GP stub like a hypercall).
+/// `outl` to [`solo5_abi::hvt::BLOCK_FLUSH_PIO`]).
 pub(crate) fn block_flush(handle: u64, _fd: i32) -> Result<(), Error> {
     let mut f = solo5_abi::hvt::HcBlockFlush { handle, ret: 0, _pad: 0 };
-    EXITS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    let gpa = &mut f as *mut solo5_abi::hvt::HcBlockFlush as usize as u32;
-    // SAFETY: `f` is a live struct of the layout the port expects, below
-    // 4 GiB; the tender writes only its `ret`. The asm block is a compiler
-    // barrier, so `ret` is read after it.
-    unsafe {
-        asm!("out dx, eax", in("dx") solo5_abi::hvt::BLOCK_FLUSH_PIO, in("eax") gpa, options(nostack, preserves_flags));
-    }
+    // SAFETY: `f` is the flush port's argument and holds no address.
+    unsafe { our_port(solo5_abi::hvt::BLOCK_FLUSH_PIO, &mut f) };
     Error::check(f.ret)
 }
 
@@ -321,15 +332,9 @@ pub(crate) fn block_write_sync(
     data: &[u8],
 ) -> Result<(), Error> {
     let mut w = HcBlockWrite { handle, offset, data: data.as_ptr() as u64, len: data.len() as u64, ret: 0, _pad: 0 };
-    EXITS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    let gpa = &mut w as *mut HcBlockWrite as usize as u32;
-    // SAFETY: `w` is a live BLOCK_WRITE argument below 4 GiB whose `data`
-    // is a live slice of `len` bytes; the tender reads them and writes
-    // only `ret`. The asm block is a compiler barrier, so `ret` is read
-    // after it.
-    unsafe {
-        asm!("out dx, eax", in("dx") solo5_abi::hvt::BLOCK_WRITE_SYNC_PIO, in("eax") gpa, options(nostack, preserves_flags));
-    }
+    // SAFETY: `w` is a BLOCK_WRITE argument whose `data` is a live slice
+    // of `len` bytes, which the tender only reads.
+    unsafe { our_port(solo5_abi::hvt::BLOCK_WRITE_SYNC_PIO, &mut w) };
     Error::check(w.ret)
 }
 
