@@ -91,6 +91,53 @@ pub struct Stats {
     pub tx_bytes: u64,
 }
 
+/// A checksum an interface completes for the sender (virtio-net's
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`, Linux's `CHECKSUM_PARTIAL`): the 16-bit
+/// field `offset` bytes into the data at `start` (a TCP or UDP header)
+/// holds the sum of the pseudo-header, folded and not complemented; the
+/// checksum is the complement of the sum of the frame's bytes from `start`
+/// to its end, that field included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialChecksum {
+    /// Where the checksummed data begins, from the frame's first byte.
+    pub start: u16,
+    /// Where the field lies, from `start`.
+    pub offset: u16,
+}
+
+impl PartialChecksum {
+    /// Completes the checksum of `frame` in software, as the host would;
+    /// false (and `frame` left as it is) if the field lies outside it.
+    pub fn complete(self, frame: &mut [u8]) -> bool {
+        let (start, field) = (self.start as usize, self.start as usize + self.offset as usize);
+        if field + 2 > frame.len() {
+            return false;
+        }
+        let mut sum: u64 = 0;
+        let mut chunks = frame[start..].chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            let (s, carry) = sum.overflowing_add(w);
+            sum = s + carry as u64;
+        }
+        let mut rest = chunks.remainder();
+        while rest.len() >= 2 {
+            let (s, carry) = sum.overflowing_add(u16::from_be_bytes([rest[0], rest[1]]) as u64);
+            sum = s + carry as u64;
+            rest = &rest[2..];
+        }
+        if let [b] = rest {
+            let (s, carry) = sum.overflowing_add((*b as u64) << 8);
+            sum = s + carry as u64;
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        frame[field..field + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        true
+    }
+}
+
 /// A network interface carrying Ethernet frames.
 pub trait Net {
     /// MAC and MTU.
@@ -106,6 +153,29 @@ pub trait Net {
     /// Sends a frame of `len` bytes that `f` writes into the buffer it is
     /// given. Does not wait: [`Error::WouldBlock`] if there is no room.
     fn send<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, Error>;
+
+    /// Whether the host completes checksums of frames sent with
+    /// [`Net::send_partial`] (an offload): if not, those checksums are
+    /// completed in software, and a sender gains nothing by leaving them.
+    fn checksum_offload(&self) -> bool {
+        false
+    }
+
+    /// As [`Net::send`], where `f` may leave one checksum for the host to
+    /// complete. Without the offload the interface completes it here.
+    fn send_partial<R>(
+        &mut self,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> (R, Option<PartialChecksum>),
+    ) -> Result<R, Error> {
+        self.send(len, |buf| {
+            let (r, partial) = f(buf);
+            if let Some(p) = partial {
+                p.complete(buf);
+            }
+            r
+        })
+    }
 
     /// Waits for the next frame and hands it to `f`.
     async fn recv<R>(&mut self, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, Error> {
@@ -138,7 +208,36 @@ impl<N: Net> Net for &mut N {
     fn send<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, Error> {
         (**self).send(len, f)
     }
+    fn checksum_offload(&self) -> bool {
+        (**self).checksum_offload()
+    }
+    fn send_partial<R>(
+        &mut self,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> (R, Option<PartialChecksum>),
+    ) -> Result<R, Error> {
+        (**self).send_partial(len, f)
+    }
     fn stats(&self) -> Stats {
         (**self).stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_checksums_complete_within_the_frame() {
+        // An odd number of bytes after start; the field holds 0x0102.
+        let mut f = [0u8, 0, 0x45, 0x00, 0x01, 0x02, 0xff];
+        assert!(PartialChecksum { start: 2, offset: 2 }.complete(&mut f));
+        // 0x4500 + 0x0102 + 0xff00 = 0x14502 -> 0x4503, complemented.
+        assert_eq!(&f[4..6], &(!0x4503u16).to_be_bytes());
+        for (start, offset) in [(6, 0), (2, 4), (7, 0), (u16::MAX, u16::MAX)] {
+            let before = f;
+            assert!(!PartialChecksum { start, offset }.complete(&mut f), "{start}+{offset}");
+            assert_eq!(f, before);
+        }
     }
 }
