@@ -15,7 +15,7 @@
 
 use alloc::vec::Vec;
 
-use mirage_devices::net::{self, Net};
+use mirage_devices::net::{self, Net, PartialChecksum};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 
 use core::net::IpAddr;
@@ -233,6 +233,18 @@ impl<N: Net> Adapter<'_, N> {
     }
 }
 
+/// Leaves a TCP segment's checksum to the host, or fills it in where it
+/// cannot be left (a frame with padding); other frames are left alone.
+fn partial_or_fill(frame: &mut [u8]) -> Option<PartialChecksum> {
+    match wire::partial_tcp_checksum(frame) {
+        Some((start, offset)) => Some(PartialChecksum { start, offset }),
+        None => {
+            wire::fill_tcp_checksum(frame);
+            None
+        }
+    }
+}
+
 pub(crate) struct Rx<'a>(&'a [u8]);
 
 pub(crate) struct Tx<'a, N> {
@@ -263,8 +275,17 @@ impl<N: Net> phy::TxToken for Tx<'_, N> {
             if conns.outgoing(frame, now) == Outgoing::Keep {
                 return r;
             }
-            wire::fill_tcp_checksum(frame);
-            match net.send(frame.len(), |buf| buf.copy_from_slice(frame)) {
+            let sent = if net.checksum_offload() {
+                let partial = partial_or_fill(frame);
+                net.send_partial(frame.len(), |buf| {
+                    buf.copy_from_slice(frame);
+                    ((), partial)
+                })
+            } else {
+                wire::fill_tcp_checksum(frame);
+                net.send(frame.len(), |buf| buf.copy_from_slice(frame))
+            };
+            match sent {
                 Ok(()) => stats.tx_frames += 1,
                 Err(_) => stats.tx_dropped += 1,
             }
@@ -277,13 +298,22 @@ impl<N: Net> phy::TxToken for Tx<'_, N> {
         // ran it, it runs on scratch space.
         let mut f = Some(f);
         let mut out = None;
-        let sent = net.send(len, |buf| {
+        // With the host completing checksums, the segment's bytes are not
+        // read again here: only its pseudo-header is summed.
+        let offload = net.checksum_offload();
+        let sent = net.send_partial(len, |buf| {
+            let mut partial = None;
             if let Some(f) = f.take() {
                 out = Some(f(buf));
                 neighbors.outgoing(buf, now);
                 conns.outgoing(buf, now);
-                wire::fill_tcp_checksum(buf);
+                if offload {
+                    partial = partial_or_fill(buf);
+                } else {
+                    wire::fill_tcp_checksum(buf);
+                }
             }
+            ((), partial)
         });
         match sent {
             Ok(()) => stats.tx_frames += 1,

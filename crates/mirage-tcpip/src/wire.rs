@@ -136,37 +136,66 @@ pub fn checksum_ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, data: &[u8])
 /// change to its header (the sequence number translation of
 /// the connection table), and it sums eight bytes at a time.
 pub fn fill_tcp_checksum(frame: &mut [u8]) -> bool {
-    let Some((eth, ip)) = frame.split_at_mut_checked(14) else { return false };
-    let (segment, sum) = match u16::from_be_bytes([eth[12], eth[13]]) {
-        ETHERTYPE_IPV4 => {
-            let Some(&[vihl, _, t0, t1, ..]) = ip.get(..20) else { return false };
-            let (ihl, total) = ((vihl & 0x0f) as usize * 4, u16::from_be_bytes([t0, t1]) as usize);
-            if vihl >> 4 != 4 || ihl < 20 || ip[9] != PROTO_TCP || total < ihl + 20 || total > ip.len() {
-                return false;
-            }
-            let (header, rest) = ip.split_at_mut(ihl);
-            let mut sum = add(0, &header[12..20]);
-            sum += PROTO_TCP as u64 + (total - ihl) as u64;
-            (&mut rest[..total - ihl], sum)
-        }
-        ETHERTYPE_IPV6 => {
-            let Some(&[v, _, _, _, l0, l1, next, _]) = ip.get(..8) else { return false };
-            let len = u16::from_be_bytes([l0, l1]) as usize;
-            if v >> 4 != 6 || next != PROTO_TCP || len < 20 || ip.len() < 40 + len {
-                return false;
-            }
-            let (header, rest) = ip.split_at_mut(40);
-            let mut sum = add(0, &header[8..40]);
-            sum += PROTO_TCP as u64 + len as u64;
-            (&mut rest[..len], sum)
-        }
-        _ => return false,
-    };
+    let Some((start, end, sum)) = tcp_pseudo_sum(frame) else { return false };
+    let segment = &mut frame[start..end];
     segment[16] = 0;
     segment[17] = 0;
     let sum = fold(add(sum, segment));
     segment[16..18].copy_from_slice(&sum.to_be_bytes());
     true
+}
+
+/// Leaves the TCP checksum of `frame` (as [`fill_tcp_checksum`] takes it)
+/// for the host to complete: the field gets the pseudo-header's sum, and
+/// the answer says where the segment begins in the frame and where the
+/// field lies in the segment (virtio-net's `csum_start` and
+/// `csum_offset`). `None`, and the frame left as it is, for any other
+/// frame, or one with bytes after the segment (the host would sum them).
+pub fn partial_tcp_checksum(frame: &mut [u8]) -> Option<(u16, u16)> {
+    let (start, end, sum) = tcp_pseudo_sum(frame)?;
+    if end != frame.len() {
+        // The host sums to the frame's end: padding would count.
+        return None;
+    }
+    // The folded sum, not complemented: the host adds the segment's bytes
+    // (this field among them) and complements the total.
+    let mut s = sum;
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    frame[start + 16..start + 18].copy_from_slice(&(s as u16).to_be_bytes());
+    Some((start as u16, 16))
+}
+
+/// Where the TCP segment of `frame` begins and ends, and the unfolded sum
+/// of its pseudo-header, if `frame` carries TCP over IPv4 or over IPv6
+/// without extension headers and its lengths hold together (the segment
+/// then holds at least a TCP header).
+fn tcp_pseudo_sum(frame: &[u8]) -> Option<(usize, usize, u64)> {
+    let (eth, ip) = frame.split_at_checked(14)?;
+    match u16::from_be_bytes([eth[12], eth[13]]) {
+        ETHERTYPE_IPV4 => {
+            let &[vihl, _, t0, t1, ..] = ip.get(..20)? else { return None };
+            let (ihl, total) = ((vihl & 0x0f) as usize * 4, u16::from_be_bytes([t0, t1]) as usize);
+            if vihl >> 4 != 4 || ihl < 20 || ip[9] != PROTO_TCP || total < ihl + 20 || total > ip.len() {
+                return None;
+            }
+            let mut sum = add(0, &ip[12..20]);
+            sum += PROTO_TCP as u64 + (total - ihl) as u64;
+            Some((14 + ihl, 14 + total, sum))
+        }
+        ETHERTYPE_IPV6 => {
+            let &[v, _, _, _, l0, l1, next, _] = ip.get(..8)? else { return None };
+            let len = u16::from_be_bytes([l0, l1]) as usize;
+            if v >> 4 != 6 || next != PROTO_TCP || len < 20 || ip.len() < 40 + len {
+                return None;
+            }
+            let mut sum = add(0, &ip[8..40]);
+            sum += PROTO_TCP as u64 + len as u64;
+            Some((14 + 40, 14 + 40 + len, sum))
+        }
+        _ => None,
+    }
 }
 
 /// An Ethernet frame.
@@ -583,84 +612,108 @@ mod tests {
             EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol, Ipv4Packet,
             Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
         };
-        let payload: alloc::vec::Vec<u8> = (0..9000u32).map(|i| (i * 31 + 7) as u8).collect();
-        let tcp = TcpRepr {
-            src_port: 80,
-            dst_port: 40000,
-            control: TcpControl::Psh,
-            seq_number: TcpSeqNumber(0x1234_5678),
-            ack_number: Some(TcpSeqNumber(0x0bad_cafe)),
-            window_len: 512,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: &payload,
-        };
-        let caps = ChecksumCapabilities::default();
-        for v6 in [false, true] {
-            let (src, dst) = if v6 {
-                (IpAddress::v6(0xfe80, 0, 0, 0, 0, 0, 0, 1), IpAddress::v6(0xfe80, 0, 0, 0, 0, 0, 0, 2))
-            } else {
-                (IpAddress::v4(10, 0, 0, 2), IpAddress::v4(10, 0, 0, 1))
+        let all: alloc::vec::Vec<u8> = (0..9000u32).map(|i| (i * 31 + 7) as u8).collect();
+        // Even and odd lengths: the host's sum pads the last byte.
+        for payload in [&all[..], &all[..8999]] {
+            let tcp = TcpRepr {
+                src_port: 80,
+                dst_port: 40000,
+                control: TcpControl::Psh,
+                seq_number: TcpSeqNumber(0x1234_5678),
+                ack_number: Some(TcpSeqNumber(0x0bad_cafe)),
+                window_len: 512,
+                window_scale: None,
+                max_seg_size: None,
+                sack_permitted: false,
+                sack_ranges: [None; 3],
+                timestamp: None,
+                payload,
             };
-            let ip_len = if v6 { 40 } else { 20 };
-            let mut frame = alloc::vec![0u8; 14 + ip_len + tcp.buffer_len()];
-            let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-            EthernetRepr {
-                src_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
-                dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
-                ethertype: if v6 { EthernetProtocol::Ipv6 } else { EthernetProtocol::Ipv4 },
-            }
-            .emit(&mut eth);
-            let ip = eth.payload_mut();
-            let (IpAddress::Ipv4(s4), IpAddress::Ipv4(d4)) = (src, dst) else {
-                let (IpAddress::Ipv6(s6), IpAddress::Ipv6(d6)) = (src, dst) else { unreachable!() };
-                let repr = Ipv6Repr {
-                    src_addr: s6,
-                    dst_addr: d6,
+            let caps = ChecksumCapabilities::default();
+            for v6 in [false, true] {
+                let (src, dst) = if v6 {
+                    (IpAddress::v6(0xfe80, 0, 0, 0, 0, 0, 0, 1), IpAddress::v6(0xfe80, 0, 0, 0, 0, 0, 0, 2))
+                } else {
+                    (IpAddress::v4(10, 0, 0, 2), IpAddress::v4(10, 0, 0, 1))
+                };
+                let ip_len = if v6 { 40 } else { 20 };
+                let mut frame = alloc::vec![0u8; 14 + ip_len + tcp.buffer_len()];
+                let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+                EthernetRepr {
+                    src_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
+                    dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+                    ethertype: if v6 { EthernetProtocol::Ipv6 } else { EthernetProtocol::Ipv4 },
+                }
+                .emit(&mut eth);
+                let ip = eth.payload_mut();
+                let (IpAddress::Ipv4(s4), IpAddress::Ipv4(d4)) = (src, dst) else {
+                    let (IpAddress::Ipv6(s6), IpAddress::Ipv6(d6)) = (src, dst) else { unreachable!() };
+                    let repr = Ipv6Repr {
+                        src_addr: s6,
+                        dst_addr: d6,
+                        next_header: IpProtocol::Tcp,
+                        payload_len: tcp.buffer_len(),
+                        hop_limit: 64,
+                    };
+                    let mut p = Ipv6Packet::new_unchecked(&mut ip[..]);
+                    repr.emit(&mut p);
+                    tcp.emit(&mut TcpPacket::new_unchecked(p.payload_mut()), &src, &dst, &caps);
+                    let expected = frame.clone();
+                    frame[14 + 40 + 16] ^= 0x5a;
+                    assert!(fill_tcp_checksum(&mut frame));
+                    assert_eq!(frame, expected, "IPv6");
+                    completed_by_the_host_as_filled(&expected, 14 + 40);
+                    continue;
+                };
+                let repr = Ipv4Repr {
+                    src_addr: s4,
+                    dst_addr: d4,
                     next_header: IpProtocol::Tcp,
                     payload_len: tcp.buffer_len(),
                     hop_limit: 64,
                 };
-                let mut p = Ipv6Packet::new_unchecked(&mut ip[..]);
-                repr.emit(&mut p);
+                let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
+                repr.emit(&mut p, &caps);
                 tcp.emit(&mut TcpPacket::new_unchecked(p.payload_mut()), &src, &dst, &caps);
                 let expected = frame.clone();
-                frame[14 + 40 + 16] ^= 0x5a;
+                frame[14 + 20 + 16] = 0;
+                frame[14 + 20 + 17] = 0;
                 assert!(fill_tcp_checksum(&mut frame));
-                assert_eq!(frame, expected, "IPv6");
-                continue;
-            };
-            let repr = Ipv4Repr {
-                src_addr: s4,
-                dst_addr: d4,
-                next_header: IpProtocol::Tcp,
-                payload_len: tcp.buffer_len(),
-                hop_limit: 64,
-            };
-            let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
-            repr.emit(&mut p, &caps);
-            tcp.emit(&mut TcpPacket::new_unchecked(p.payload_mut()), &src, &dst, &caps);
-            let expected = frame.clone();
-            frame[14 + 20 + 16] = 0;
-            frame[14 + 20 + 17] = 0;
-            assert!(fill_tcp_checksum(&mut frame));
-            assert_eq!(frame, expected, "IPv4");
-            // Damaged frames are left alone and never make it panic.
-            for cut in 0..60 {
-                let mut short = expected[..cut].to_vec();
-                assert!(!fill_tcp_checksum(&mut short), "cut at {cut}");
-                assert_eq!(short, expected[..cut]);
+                assert_eq!(frame, expected, "IPv4");
+                // Damaged frames are left alone and never make it panic.
+                for cut in 0..60 {
+                    let mut short = expected[..cut].to_vec();
+                    assert!(!fill_tcp_checksum(&mut short), "cut at {cut}");
+                    assert_eq!(short, expected[..cut]);
+                }
+                let mut long_total = expected.clone();
+                long_total[16] = 0xff;
+                assert!(!fill_tcp_checksum(&mut long_total));
+                let mut udp = expected.clone();
+                udp[23] = PROTO_UDP;
+                assert!(!fill_tcp_checksum(&mut udp));
+                assert_eq!(partial_tcp_checksum(&mut udp), None);
+                completed_by_the_host_as_filled(&expected, 14 + 20);
             }
-            let mut long_total = expected.clone();
-            long_total[16] = 0xff;
-            assert!(!fill_tcp_checksum(&mut long_total));
-            let mut udp = expected.clone();
-            udp[23] = PROTO_UDP;
-            assert!(!fill_tcp_checksum(&mut udp));
         }
+    }
+
+    /// A checksum left partial and completed as the host completes it
+    /// (`PartialChecksum::complete`, the sum from `csum_start` to the
+    /// frame's end) is the one `fill_tcp_checksum` fills.
+    fn completed_by_the_host_as_filled(expected: &[u8], start: usize) {
+        let mut frame = expected.to_vec();
+        frame[start + 16] ^= 0xa5;
+        let (s, offset) = partial_tcp_checksum(&mut frame).expect("a TCP frame");
+        assert_eq!((s as usize, offset), (start, 16));
+        assert_ne!(frame, expected, "the field holds the pseudo-header's sum");
+        assert!(mirage_devices::net::PartialChecksum { start: s, offset }.complete(&mut frame));
+        assert_eq!(frame, expected);
+        // Bytes after the segment would enter the host's sum: refused.
+        let mut padded = expected.to_vec();
+        padded.push(0);
+        assert_eq!(partial_tcp_checksum(&mut padded), None);
+        assert_eq!(&padded[..expected.len()], expected);
     }
 
     #[test]
