@@ -19,6 +19,8 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const ETHTOOL_SGSO: u32 = 0x0000_0024;
 const ETHTOOL_SGRO: u32 = 0x0000_002c;
 
@@ -93,9 +95,56 @@ fn disable_offloads(sock: &OwnedFd, name: &str) {
     }
 }
 
+/// Asks the kernel for whole frames with complete checksums on a tap
+/// with virtio-net headers: no partial checksums, no GSO packets.
+fn no_offload_to_guest(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its flags by value, not a pointer.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// `tap_attach`: opens tap interface `ifname` (or the already open tap
 /// descriptor `@N`), returning it non-blocking, with the interface's MTU.
+/// Frames are plain Ethernet frames, as Solo5 reads and writes them.
 pub fn attach(ifname: &str) -> io::Result<(OwnedFd, u16)> {
+    match attach_with(ifname, false)? {
+        (fd, mtu, false) => Ok((fd, mtu)),
+        // An inherited descriptor opened with virtio-net headers: every
+        // frame would carry one the caller does not expect.
+        (_, _, true) => Err(io::Error::from_raw_os_error(libc::EPROTO)),
+    }
+}
+
+/// The size of `struct virtio_net_hdr`, which precedes every frame on a
+/// tap opened with [`attach_with`] and `vnet_hdr` (the kernel's default
+/// size, without `num_buffers`).
+pub const VNET_HDR_LEN: usize = 10;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the host is to complete a checksum
+/// (`csum_start`, `csum_offset`).
+pub const VNET_F_NEEDS_CSUM: u8 = 1;
+
+/// Writes the virtio-net header of a frame sent without segmentation
+/// offload: `partial` is a checksum the host is to complete, as
+/// (`csum_start`, `csum_offset`). The header is little-endian, the tap's
+/// byte order on x86.
+pub fn vnet_hdr(hdr: &mut [u8; VNET_HDR_LEN], partial: Option<(u16, u16)>) {
+    *hdr = [0; VNET_HDR_LEN];
+    if let Some((start, offset)) = partial {
+        hdr[0] = VNET_F_NEEDS_CSUM;
+        hdr[6..8].copy_from_slice(&start.to_le_bytes());
+        hdr[8..10].copy_from_slice(&offset.to_le_bytes());
+    }
+}
+
+/// As [`attach`]; with `vnet_hdr`, the tap is opened with a virtio-net
+/// header before each frame (`IFF_VNET_HDR`), so that frames sent may
+/// leave their TCP or UDP checksum for the host's kernel to complete
+/// ([`vnet_hdr`]). No offload is asked for the other way (`TUNSETOFFLOAD`
+/// with no flags): the kernel completes the checksums of what it sends
+/// and never sends a frame larger than the MTU, so received headers carry
+/// nothing to act on. The answer says whether frames carry the header: an
+/// inherited descriptor (`@N`) carries it when its opener asked for it.
+pub fn attach_with(ifname: &str, vnet_hdr: bool) -> io::Result<(OwnedFd, u16, bool)> {
     let sock = control_socket()?;
     if let Some(num) = ifname.strip_prefix('@') {
         // An inherited descriptor (as a parent such as albatross passes
@@ -114,9 +163,13 @@ pub fn attach(ifname: &str) -> io::Result<(OwnedFd, u16)> {
         let mut req = IfReq::new("");
         ioctl(&owned, TUNGETIFF, &mut req as *mut IfReq as *mut libc::c_void)?;
         let name = req.name();
+        let has_hdr = req.short() & IFF_VNET_HDR != 0;
         let mtu = mtu_of(&sock, &name)?;
         disable_offloads(&sock, &name);
-        return Ok((owned, mtu));
+        if has_hdr {
+            no_offload_to_guest(&owned)?;
+        }
+        return Ok((owned, mtu, has_hdr));
     }
     if ifname.len() >= IFNAMSIZ {
         return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
@@ -127,7 +180,8 @@ pub fn attach(ifname: &str) -> io::Result<(OwnedFd, u16)> {
     }
     let tun = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open("/dev/net/tun")?;
     let mut req = IfReq::new(ifname);
-    req.data[..2].copy_from_slice(&(IFF_TAP | IFF_NO_PI).to_ne_bytes());
+    let flags = IFF_TAP | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
+    req.data[..2].copy_from_slice(&flags.to_ne_bytes());
     ioctl(&tun, TUNSETIFF, &mut req as *mut IfReq as *mut libc::c_void)?;
     if req.name() != ifname {
         // E.g. a name with "%d": the kernel made a new device instead.
@@ -135,7 +189,10 @@ pub fn attach(ifname: &str) -> io::Result<(OwnedFd, u16)> {
     }
     let mtu = mtu_of(&sock, ifname)?;
     disable_offloads(&sock, ifname);
-    Ok((OwnedFd::from(tun), mtu))
+    if vnet_hdr {
+        no_offload_to_guest(&tun)?;
+    }
+    Ok((OwnedFd::from(tun), mtu, vnet_hdr))
 }
 
 /// `tap_attach_genmac`: a random locally administered unicast MAC address.
