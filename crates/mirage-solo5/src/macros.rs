@@ -42,7 +42,9 @@ macro_rules! manifest {
         static __mirage_solo5_manifest_declared: u8 = 0;
     };
     (@entry net $name:literal) => {
-        $crate::abi::mft::MftEntry::device($name, $crate::abi::mft::MftType::NetBasic)
+        // The bindings read and write frames behind a virtio-net header
+        // where the tender grants one (our spt tender).
+        $crate::abi::mft::MftEntry::device($name, $crate::abi::mft::MftType::NetBasic).wanting_vnet_hdr()
     };
     (@entry block $name:literal) => {
         $crate::abi::mft::MftEntry::device($name, $crate::abi::mft::MftType::BlockBasic)

@@ -27,6 +27,13 @@ pub const BLOCK_RUNS_GRANTED: u8 = 2;
 /// Ours: the bit of a block entry's flags that grants hvt's write-and-
 /// sync port ([`MftEntry::block_write_sync`]).
 pub const BLOCK_WRITE_SYNC_GRANTED: u8 = 4;
+/// Ours: the bit of a network entry's flags by which the guest's image
+/// says it reads and writes frames behind a virtio-net header where its
+/// tender grants one ([`MftEntry::net_vnet_hdr`]).
+pub const NET_VNET_HDR_WANTED: u8 = 1;
+/// Ours: the bit of a network entry's flags by which the tender grants the
+/// header ([`MftEntry::net_vnet_hdr`]).
+pub const NET_VNET_HDR_GRANTED: u8 = 2;
 /// Ours: the most bytes one call through a descriptor granted runs may
 /// carry.
 pub const BLOCK_RUN_MAX: u64 = 1 << 20;
@@ -216,6 +223,39 @@ impl MftEntry {
         self.u[10] = runs | if fd.is_some() { BLOCK_FLUSH_GRANTED | BLOCK_WRITE_SYNC_GRANTED } else { 0 };
         self.u[11] = 0;
         self.u[12..16].copy_from_slice(&fd.unwrap_or(0).to_le_bytes());
+    }
+
+    /// Ours: this entry, as an image that reads and writes its frames
+    /// behind a virtio-net header where granted declares it (a network
+    /// entry's flags, byte 8 of `u`, which `struct mft_net_basic` leaves as
+    /// padding: bit 0).
+    pub const fn wanting_vnet_hdr(mut self) -> MftEntry {
+        self.u[8] |= NET_VNET_HDR_WANTED;
+        self
+    }
+
+    /// Ours: whether the image asks for the header
+    /// ([`MftEntry::wanting_vnet_hdr`]).
+    pub fn net_vnet_hdr_wanted(&self) -> bool {
+        self.u[8] & NET_VNET_HDR_WANTED != 0
+    }
+
+    /// Ours: whether the tender grants the header (bit 1 of byte 8): the
+    /// descriptor of an spt guest is then a tap opened with
+    /// `IFF_VNET_HDR`, and every frame read or written through it is
+    /// preceded by a 10-byte `struct virtio_net_hdr`, so that the guest may
+    /// leave TCP and UDP checksums for the host's kernel to complete. The
+    /// host is asked for no offload the other way: frames it sends carry
+    /// complete checksums and are no larger than the MTU. Our spt tender
+    /// grants it to an image that asks; Solo5's tenders, and our hvt
+    /// tender, which reads and writes the tap itself, leave the bit clear.
+    pub fn net_vnet_hdr(&self) -> bool {
+        self.u[8] & NET_VNET_HDR_GRANTED != 0
+    }
+
+    /// Sets or clears the grant of the header ([`MftEntry::net_vnet_hdr`]).
+    pub fn set_net_vnet_hdr(&mut self, granted: bool) {
+        self.u[8] = (self.u[8] & !NET_VNET_HDR_GRANTED) | if granted { NET_VNET_HDR_GRANTED } else { 0 };
     }
 
     /// `u.net_basic.mac`.
@@ -547,5 +587,15 @@ mod tests {
         e.set_hostfd(-1);
         assert_eq!(e.hostfd(), -1);
         assert_eq!(e.b, 0xFFFF_FFFF);
+        let mut n = MftEntry::device("service", MftType::NetBasic);
+        assert!(!n.net_vnet_hdr_wanted() && !n.net_vnet_hdr());
+        n = n.wanting_vnet_hdr();
+        assert!(n.net_vnet_hdr_wanted() && !n.net_vnet_hdr(), "asking grants nothing");
+        n.set_net_basic([2, 0, 0, 0, 0, 9], 65520);
+        n.set_net_vnet_hdr(true);
+        assert!(n.net_vnet_hdr() && n.net_vnet_hdr_wanted());
+        assert_eq!((n.net_mac(), n.net_mtu()), ([2, 0, 0, 0, 0, 9], 65520), "the flags are in the padding");
+        n.set_net_vnet_hdr(false);
+        assert!(!n.net_vnet_hdr() && n.net_vnet_hdr_wanted());
     }
 }

@@ -48,6 +48,11 @@ pub mod sys {
     pub const WRITE: u64 = 1;
     /// `pread64`.
     pub const PREAD64: u64 = 17;
+    /// `readv` (a frame behind its virtio-net header, on a tap granted
+    /// one; ours).
+    pub const READV: u64 = 19;
+    /// `writev` (as `readv`).
+    pub const WRITEV: u64 = 20;
     /// `pwrite64`.
     pub const PWRITE64: u64 = 18;
     /// `fdatasync` (a flush of a block device granted flushes; ours).

@@ -27,6 +27,10 @@ pub struct Devices {
     /// For a block device granted flushes (`--block-dsync:`), its file
     /// opened without `O_DSYNC` (see [`block::attach`]).
     pub flush_fds: Vec<Option<OwnedFd>>,
+    /// Whether taps are opened with a virtio-net header for guests whose
+    /// image asks ([`MftEntry::net_vnet_hdr`]): spt, whose guest reads and
+    /// writes the tap itself.
+    pub offer_vnet_hdr: bool,
 }
 
 /// The outcome of offering an option to a module.
@@ -43,7 +47,7 @@ impl Devices {
     pub fn new(entries: Vec<MftEntry>) -> Devices {
         let fds = entries.iter().map(|_| None).collect();
         let flush_fds = entries.iter().map(|_| None).collect();
-        Devices { entries, fds, flush_fds }
+        Devices { entries, fds, flush_fds, offer_vnet_hdr: false }
     }
 
     fn lookup(&self, name: &str, mtype: MftType) -> Option<usize> {
@@ -115,12 +119,21 @@ impl Devices {
             };
             // Solo5 goes on to "Invalid option" and the usage here; the
             // option was right, the host was not: the error and its fix.
-            let (fd, mtu) = tap::attach(iface).map_err(|e| {
+            let want = self.offer_vnet_hdr && self.entries[i].net_vnet_hdr_wanted();
+            let (fd, mtu, vnet) = tap::attach_with(iface, want).map_err(|e| {
                 fatal!("Could not attach interface: {iface}: {}\n  fix: {}", strerror(&e), attach_fix(iface, &e))
             })?;
+            if vnet && !want {
+                // An inherited descriptor opened with headers the guest
+                // would take for the start of each frame.
+                return Err(fatal!(
+                    "Could not attach interface: {iface}: the tap descriptor was opened with IFF_VNET_HDR, which this guest does not read\n  fix: open the tap without IFF_VNET_HDR"
+                ));
+            }
             let e = &mut self.entries[i];
             let mac = e.net_mac();
             e.set_net_basic(mac, mtu);
+            e.set_net_vnet_hdr(vnet);
             e.set_hostfd(fd.as_raw_fd());
             e.attached = 1;
             self.fds[i] = Some(fd);
@@ -234,6 +247,10 @@ impl Devices {
 
 /// What to do when tap device `iface` cannot be attached with error `e`.
 fn attach_fix(iface: &str, e: &std::io::Error) -> String {
+    if e.raw_os_error() == Some(libc::EPROTO) {
+        // tap::attach: an inherited descriptor with virtio-net headers.
+        return "the tap descriptor carries virtio-net headers (IFF_VNET_HDR), which this tender does not read: open it without them".to_string();
+    }
     if let Some(n) = iface.strip_prefix('@') {
         return format!("pass the tender an open tap device as descriptor {n}, or name a tap device: --net:NAME=IFACE");
     }

@@ -116,6 +116,9 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
     let cl = cli::split(args)?;
     let exe = exe::open(&cl.kernel, AbiTarget::Spt, spt::ABI_VERSION)?;
     let mut devices = Devices::new(exe.manifest.clone());
+    // The guest reads and writes its taps itself: it may have them with
+    // virtio-net headers, if its image asks.
+    devices.offer_vnet_hdr = true;
     let mut exec_heap = false;
     let mem_size = host::parse_options(&cl, &mut devices, spt::DEFAULT_MEM_SIZE, |arg| {
         let is = arg.starts_with("--x-exec-heap");
@@ -160,6 +163,14 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
                 &[Arg::Int(0, fd as u64)],
                 "solo5_net_write",
             );
+            if devices.entries[i].net_vnet_hdr() {
+                // The header and the frame in two vectors (ours).
+                policy.when(libc::SYS_readv, &[Arg::Int(0, fd as u64)], "net_read_hdr").when(
+                    libc::SYS_writev,
+                    &[Arg::Int(0, fd as u64)],
+                    "net_write_hdr",
+                );
+            }
         }
     }
     devices.setup_block()?;

@@ -99,6 +99,10 @@ impl mirage_devices::time::WallClock for WallClock {
 }
 
 /// A network interface of the manifest.
+///
+/// Where the tender granted a virtio-net header (our spt tender), the TCP
+/// checksums of what is sent are left for the host's kernel to complete
+/// ([`dnet::Net::checksum_offload`]).
 #[derive(Debug)]
 pub struct Net {
     raw: net::Net,
@@ -146,6 +150,34 @@ impl dnet::Net for Net {
         }
         let r = f(&mut self.tx[..len]);
         self.raw.write(&self.tx[..len]).map_err(|_| dnet::Error::Io)?;
+        self.stats.tx_frames += 1;
+        self.stats.tx_bytes += len as u64;
+        Ok(r)
+    }
+
+    fn checksum_offload(&self) -> bool {
+        self.raw.vnet_hdr()
+    }
+
+    fn send_partial<R>(
+        &mut self,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> (R, Option<dnet::PartialChecksum>),
+    ) -> Result<R, dnet::Error> {
+        if len > self.tx.len() {
+            return Err(dnet::Error::TooLarge);
+        }
+        let frame = &mut self.tx[..len];
+        let (r, partial) = f(frame);
+        if self.raw.vnet_hdr() {
+            self.raw.write_partial(frame, partial.map(|p| (p.start, p.offset)))
+        } else {
+            if let Some(p) = partial {
+                p.complete(frame);
+            }
+            self.raw.write(frame)
+        }
+        .map_err(|_| dnet::Error::Io)?;
         self.stats.tx_frames += 1;
         self.stats.tx_bytes += len as u64;
         Ok(r)

@@ -16,6 +16,12 @@ pub fn use_ring(enabled: bool) {
     let _ = enabled;
 }
 
+/// The size of the virtio-net header before each frame where the tender
+/// granted one ([`Net::vnet_hdr`]).
+const VNET_HDR_LEN: usize = 10;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+
 /// What the tender attached for an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetInfo {
@@ -32,6 +38,7 @@ pub struct Net {
     handle: u64,
     fd: i32,
     info: NetInfo,
+    vnet_hdr: bool,
 }
 
 impl Net {
@@ -43,7 +50,10 @@ impl Net {
         if e.attached == 0 {
             return Err(Error::Invalid);
         }
-        Ok(Net { handle: i as u64, fd: e.hostfd(), info: NetInfo { mac: e.net_mac(), mtu: e.net_mtu() } })
+        // Only spt's guest reads its tap itself; a grant on another target
+        // would be a tender's mistake, and is not acted on.
+        let vnet_hdr = cfg!(feature = "spt") && e.net_vnet_hdr();
+        Ok(Net { handle: i as u64, fd: e.hostfd(), info: NetInfo { mac: e.net_mac(), mtu: e.net_mtu() }, vnet_hdr })
     }
 
     /// The handle (manifest index), as in [`crate::HandleSet`].
@@ -56,14 +66,62 @@ impl Net {
         self.info
     }
 
+    /// Whether the tender granted a virtio-net header before each frame
+    /// (`solo5_abi::mft::MftEntry::net_vnet_hdr`, our spt tender): the host
+    /// then completes the checksums [`Net::write_partial`] leaves.
+    /// [`Net::read`] and [`Net::write`] read and write plain frames either
+    /// way (the header goes in a second vector of `readv` and `writev`).
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// Sends one frame whose checksum at (`csum_start`, `csum_offset`),
+    /// if given, the host is to complete (virtio-net's `NEEDS_CSUM`: the
+    /// field holds the pseudo-header's sum). Only where [`Net::vnet_hdr`]:
+    /// elsewhere [`Error::Invalid`], and nothing is sent.
+    pub fn write_partial(&self, frame: &[u8], partial: Option<(u16, u16)>) -> Result<(), Error> {
+        if !self.vnet_hdr {
+            return Err(Error::Invalid);
+        }
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        if let Some((start, offset)) = partial {
+            // struct virtio_net_hdr, little-endian: flags, gso_type (none),
+            // hdr_len, gso_size, csum_start, csum_offset.
+            hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+            hdr[6..8].copy_from_slice(&start.to_le_bytes());
+            hdr[8..10].copy_from_slice(&offset.to_le_bytes());
+        }
+        self.write_hdr(&hdr, frame)
+    }
+
+    #[cfg(feature = "spt")]
+    fn write_hdr(&self, hdr: &[u8], frame: &[u8]) -> Result<(), Error> {
+        super::spt::net_write_hdr(self.fd, hdr, frame)
+    }
+
+    #[cfg(not(feature = "spt"))]
+    fn write_hdr(&self, _hdr: &[u8], _frame: &[u8]) -> Result<(), Error> {
+        Err(Error::Invalid)
+    }
+
     /// Reads one frame into `buf`; its length, or [`Error::Again`] if none
     /// is waiting. `buf` should hold `mtu + 14` bytes.
     pub fn read(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        #[cfg(feature = "spt")]
+        if self.vnet_hdr {
+            // No offload was asked for this way: the header says nothing
+            // the frame needs, and is dropped.
+            let mut hdr = [0u8; VNET_HDR_LEN];
+            return super::spt::net_read_hdr(self.fd, &mut hdr, buf);
+        }
         platform::net_read(self.handle, self.fd, buf)
     }
 
     /// Sends one frame.
     pub fn write(&self, frame: &[u8]) -> Result<(), Error> {
+        if self.vnet_hdr {
+            return self.write_partial(frame, None);
+        }
         platform::net_write(self.handle, self.fd, frame)
     }
 }

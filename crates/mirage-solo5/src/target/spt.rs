@@ -219,6 +219,46 @@ pub(crate) fn net_write(_handle: u64, fd: i32, frame: &[u8]) -> Result<(), Error
     if n == frame.len() as i64 { Ok(()) } else { Err(Error::Unspecified) }
 }
 
+/// `struct iovec`.
+#[repr(C)]
+struct IoVec {
+    base: u64,
+    len: u64,
+}
+
+/// Reads a frame behind its virtio-net header (a tap our tender granted
+/// one): the header into `hdr`, the frame into `buf`; the frame's length.
+pub(crate) fn net_read_hdr(fd: i32, hdr: &mut [u8], buf: &mut [u8]) -> Result<usize, Error> {
+    let iov = [
+        IoVec { base: hdr.as_mut_ptr() as u64, len: hdr.len() as u64 },
+        IoVec { base: buf.as_mut_ptr() as u64, len: buf.len() as u64 },
+    ];
+    // SAFETY: readv(2) writes at most each vector's length into the live,
+    // exclusive slices they name.
+    let n = unsafe { syscall4(sys::READV, fd as u64, iov.as_ptr() as u64, 2, 0) };
+    if n == sys::EAGAIN {
+        Err(Error::Again)
+    } else if n < 0 {
+        Err(Error::Unspecified)
+    } else {
+        // A read without a whole header (which the host never makes) is
+        // an empty frame, which the reader drops as malformed.
+        Ok((n as usize).saturating_sub(hdr.len()))
+    }
+}
+
+/// Writes a frame behind its virtio-net header, as [`net_read_hdr`] reads.
+pub(crate) fn net_write_hdr(fd: i32, hdr: &[u8], frame: &[u8]) -> Result<(), Error> {
+    let iov = [
+        IoVec { base: hdr.as_ptr() as u64, len: hdr.len() as u64 },
+        IoVec { base: frame.as_ptr() as u64, len: frame.len() as u64 },
+    ];
+    // SAFETY: writev(2) reads each vector's length from the live slices
+    // they name.
+    let n = unsafe { syscall4(sys::WRITEV, fd as u64, iov.as_ptr() as u64, 2, 0) };
+    if n == (hdr.len() + frame.len()) as i64 { Ok(()) } else { Err(Error::Unspecified) }
+}
+
 /// One system call per block, which is all Solo5's seccomp filter allows;
 /// through a descriptor our tender granted runs (`max_call` above `bs`),
 /// one per run of 2^k blocks of at most `max_call` bytes, the lengths its

@@ -5,7 +5,8 @@
 //! * `limit=N`: exit with status 0 after answering N pings;
 //! * `pattern`: check that each echo payload, after ping's 16-byte
 //!   timestamp, is the repeating 0xdeadbeef of `ping -p deadbeef`;
-//! * `mtu`: print the device's MTU and exit;
+//! * `mtu`: print the device's MTU, whether the tender granted a
+//!   virtio-net header, and exit;
 //! * `noring`: use one hypercall per frame even if the tender offers the
 //!   shared-memory ring (hvt).
 //!
@@ -65,6 +66,8 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let info = net.info();
     if mtu_only {
         solo5::println!("MTU is {}", info.mtu);
+        let granted = if net.vnet_hdr() { "granted" } else { "not granted" };
+        solo5::println!("virtio-net header: {granted}");
         return 0;
     }
     let m = info.mac;
