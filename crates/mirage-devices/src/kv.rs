@@ -170,6 +170,15 @@ pub trait KvRo {
 
     /// The size in bytes of the value at `key`.
     async fn size(&self, key: &Key) -> Result<u64, Error>;
+
+    /// The value at `key` where it lies, when the store holds it in memory
+    /// for the life of the program (a store compiled into the image): a
+    /// server then sends it from there instead of copying it out first.
+    /// `None` for any other store, or key.
+    fn value_in_memory(&self, key: &Key) -> Option<&'static [u8]> {
+        let _ = key;
+        None
+    }
 }
 
 /// A read-write store.

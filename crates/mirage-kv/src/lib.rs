@@ -128,6 +128,10 @@ impl KvRo for Crunched {
     async fn size(&self, key: &Key) -> Result<u64, Error> {
         Ok(self.index().value_or_err(key)?.data.len() as u64)
     }
+
+    fn value_in_memory(&self, key: &Key) -> Option<&'static [u8]> {
+        self.index().value_or_err(key).ok().map(|e| e.data)
+    }
 }
 
 #[cfg(test)]
