@@ -50,6 +50,12 @@ pub const FEATURE_RING_IO: u32 = 1 << 0;
 /// thread: the next hypercall (a POLL before it sleeps) sends them. A guest
 /// that ignores the bit spins and kicks, as Solo5's do.
 pub const FEATURE_RING_SERVE: u32 = 1 << 1;
+/// Ours: set with [`FEATURE_RING_IO`] when the tender's taps carry
+/// virtio-net headers, which the tender writes and reads itself: a ring
+/// write entry may then ask the host to complete its frame's TCP or UDP
+/// checksum ([`crate::ring::RingEntry::csum`]). A guest that ignores the
+/// bit leaves the field zero and sums its frames itself.
+pub const FEATURE_NET_CSUM: u32 = 1 << 2;
 
 /// Default guest memory (512 MiB), as `solo5-hvt`.
 pub const DEFAULT_MEM_SIZE: u64 = 0x2000_0000;

@@ -43,8 +43,42 @@ pub struct RingEntry {
     pub len: AtomicU32,
     /// Request id, echoed in the commit.
     pub id: AtomicU32,
-    /// Reserved.
-    pub _reserved: AtomicU64,
+    /// Reserved in Solo5's ring. Ours, where the tender offers
+    /// [`crate::hvt::FEATURE_NET_CSUM`]: on a write, 0, or a checksum the
+    /// host is to complete ([`csum_entry`]).
+    pub csum: AtomicU64,
+}
+
+/// Bit 32 of [`RingEntry::csum`]: the checksum is to be completed.
+pub const CSUM_NEEDED: u64 = 1 << 32;
+
+/// The [`RingEntry::csum`] of a frame whose checksum the host completes:
+/// the field at `offset` from `start` (virtio-net's `csum_start` and
+/// `csum_offset`, in bits 0 to 15 and 16 to 31) holds the pseudo-header's
+/// sum.
+pub const fn csum_entry(start: u16, offset: u16) -> u64 {
+    CSUM_NEEDED | start as u64 | (offset as u64) << 16
+}
+
+/// A [`RingEntry::csum`] that asks for a field outside its frame, or sets
+/// unknown bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadCsum;
+
+/// What [`RingEntry::csum`] asks of a frame of `len` bytes: nothing, or a
+/// checksum (`csum_start`, `csum_offset`).
+pub fn csum_request(csum: u64, len: u32) -> Result<Option<(u16, u16)>, BadCsum> {
+    if csum == 0 {
+        return Ok(None);
+    }
+    if csum >> 32 != 1 {
+        return Err(BadCsum);
+    }
+    let (start, offset) = (csum as u16, (csum >> 16) as u16);
+    if start as u64 + offset as u64 + 2 > len as u64 {
+        return Err(BadCsum);
+    }
+    Ok(Some((start, offset)))
 }
 
 /// `struct hvt_ring_commit`: the completion of a read.
@@ -115,5 +149,17 @@ mod tests {
         assert_eq!(offset_of!(Ring, needs_kick), 72);
         assert_eq!(offset_of!(Ring, entries), 128);
         assert_eq!(offset_of!(Ring, commits), 32_896);
+        assert_eq!(offset_of!(RingEntry, csum), 24);
+    }
+
+    #[test]
+    fn csum_requests_are_checked_against_the_frame() {
+        assert_eq!(csum_request(0, 0), Ok(None));
+        assert_eq!(csum_request(csum_entry(34, 16), 54), Ok(Some((34, 16))));
+        assert_eq!(csum_request(csum_entry(34, 16), 51), Err(BadCsum), "the field ends past the frame");
+        assert_eq!(csum_request(csum_entry(u16::MAX, u16::MAX), u32::MAX), Ok(Some((u16::MAX, u16::MAX))));
+        assert_eq!(csum_request(csum_entry(u16::MAX, u16::MAX), 131_071), Err(BadCsum));
+        assert_eq!(csum_request(34 | 16 << 16, 1000), Err(BadCsum), "without the bit");
+        assert_eq!(csum_request(csum_entry(34, 16) | 1 << 40, 1000), Err(BadCsum), "unknown bits");
     }
 }

@@ -136,6 +136,56 @@ pub fn vnet_hdr(hdr: &mut [u8; VNET_HDR_LEN], partial: Option<(u16, u16)>) {
     }
 }
 
+/// Reads one frame from tap `fd` into the `len` bytes at `buf`, behind its
+/// virtio-net header if the tap has them (`with_hdr`; the header is
+/// dropped: no offload is asked the kernel's way). `read(2)`'s answer: the
+/// frame's length (a read without a whole header gives 0), or -1 with
+/// `errno` set.
+///
+/// # Safety
+///
+/// `buf` is valid for writes of `len` bytes (the kernel writes there).
+pub unsafe fn read_frame(fd: i32, with_hdr: bool, buf: *mut u8, len: usize) -> isize {
+    if !with_hdr {
+        // SAFETY: the caller's promise on buf and len.
+        return unsafe { libc::read(fd, buf.cast(), len) };
+    }
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    let iov = [
+        libc::iovec { iov_base: hdr.as_mut_ptr().cast(), iov_len: hdr.len() },
+        libc::iovec { iov_base: buf.cast(), iov_len: len },
+    ];
+    // SAFETY: readv(2) writes at most each vector's length: into hdr, and
+    // into buf by the caller's promise.
+    let n = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
+    if n < 0 { n } else { (n as usize).saturating_sub(VNET_HDR_LEN) as isize }
+}
+
+/// Writes the `len` bytes at `frame` to tap `fd`, behind a virtio-net
+/// header if the tap has them (`with_hdr`), which carries `partial`
+/// ([`vnet_hdr`]; ignored without headers). The frame's bytes written, or
+/// -1 with `errno` set.
+///
+/// # Safety
+///
+/// `frame` is valid for reads of `len` bytes.
+pub unsafe fn write_frame(fd: i32, with_hdr: bool, partial: Option<(u16, u16)>, frame: *const u8, len: usize) -> isize {
+    if !with_hdr {
+        // SAFETY: the caller's promise on frame and len.
+        return unsafe { libc::write(fd, frame.cast(), len) };
+    }
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    vnet_hdr(&mut hdr, partial);
+    let iov = [
+        libc::iovec { iov_base: hdr.as_mut_ptr().cast(), iov_len: hdr.len() },
+        libc::iovec { iov_base: frame as *mut libc::c_void, iov_len: len },
+    ];
+    // SAFETY: writev(2) only reads the buffers the vectors name: hdr, and
+    // frame by the caller's promise.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), 2) };
+    if n < 0 { n } else { (n as usize).saturating_sub(VNET_HDR_LEN) as isize }
+}
+
 /// As [`attach`]; with `vnet_hdr`, the tap is opened with a virtio-net
 /// header before each frame (`IFF_VNET_HDR`), so that frames sent may
 /// leave their TCP or UDP checksum for the host's kernel to complete

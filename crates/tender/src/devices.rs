@@ -31,6 +31,11 @@ pub struct Devices {
     /// image asks ([`MftEntry::net_vnet_hdr`]): spt, whose guest reads and
     /// writes the tap itself.
     pub offer_vnet_hdr: bool,
+    /// Whether taps are opened with a virtio-net header that the tender
+    /// itself writes and reads (hvt), whatever the image asks.
+    pub tender_vnet_hdr: bool,
+    /// Whether each entry's tap carries virtio-net headers.
+    pub vnet: Vec<bool>,
 }
 
 /// The outcome of offering an option to a module.
@@ -47,7 +52,8 @@ impl Devices {
     pub fn new(entries: Vec<MftEntry>) -> Devices {
         let fds = entries.iter().map(|_| None).collect();
         let flush_fds = entries.iter().map(|_| None).collect();
-        Devices { entries, fds, flush_fds, offer_vnet_hdr: false }
+        let vnet = entries.iter().map(|_| false).collect();
+        Devices { entries, fds, flush_fds, offer_vnet_hdr: false, tender_vnet_hdr: false, vnet }
     }
 
     fn lookup(&self, name: &str, mtype: MftType) -> Option<usize> {
@@ -119,7 +125,8 @@ impl Devices {
             };
             // Solo5 goes on to "Invalid option" and the usage here; the
             // option was right, the host was not: the error and its fix.
-            let want = self.offer_vnet_hdr && self.entries[i].net_vnet_hdr_wanted();
+            let guest_reads = self.offer_vnet_hdr && self.entries[i].net_vnet_hdr_wanted();
+            let want = guest_reads || self.tender_vnet_hdr;
             let (fd, mtu, vnet) = tap::attach_with(iface, want).map_err(|e| {
                 fatal!("Could not attach interface: {iface}: {}\n  fix: {}", strerror(&e), attach_fix(iface, &e))
             })?;
@@ -133,7 +140,8 @@ impl Devices {
             let e = &mut self.entries[i];
             let mac = e.net_mac();
             e.set_net_basic(mac, mtu);
-            e.set_net_vnet_hdr(vnet);
+            e.set_net_vnet_hdr(vnet && guest_reads);
+            self.vnet[i] = vnet;
             e.set_hostfd(fd.as_raw_fd());
             e.attached = 1;
             self.fds[i] = Some(fd);

@@ -156,7 +156,7 @@ impl dnet::Net for Net {
     }
 
     fn checksum_offload(&self) -> bool {
-        self.raw.vnet_hdr()
+        self.raw.checksum_offload()
     }
 
     fn send_partial<R>(
@@ -169,15 +169,7 @@ impl dnet::Net for Net {
         }
         let frame = &mut self.tx[..len];
         let (r, partial) = f(frame);
-        if self.raw.vnet_hdr() {
-            self.raw.write_partial(frame, partial.map(|p| (p.start, p.offset)))
-        } else {
-            if let Some(p) = partial {
-                p.complete(frame);
-            }
-            self.raw.write(frame)
-        }
-        .map_err(|_| dnet::Error::Io)?;
+        self.raw.write_partial(frame, partial.map(|p| (p.start, p.offset))).map_err(|_| dnet::Error::Io)?;
         self.stats.tx_frames += 1;
         self.stats.tx_bytes += len as u64;
         Ok(r)

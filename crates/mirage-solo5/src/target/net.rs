@@ -18,8 +18,10 @@ pub fn use_ring(enabled: bool) {
 
 /// The size of the virtio-net header before each frame where the tender
 /// granted one ([`Net::vnet_hdr`]).
+#[cfg(feature = "spt")]
 const VNET_HDR_LEN: usize = 10;
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
+#[cfg(feature = "spt")]
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 
 /// What the tender attached for an interface.
@@ -67,41 +69,49 @@ impl Net {
     }
 
     /// Whether the tender granted a virtio-net header before each frame
-    /// (`solo5_abi::mft::MftEntry::net_vnet_hdr`, our spt tender): the host
-    /// then completes the checksums [`Net::write_partial`] leaves.
+    /// (`solo5_abi::mft::MftEntry::net_vnet_hdr`, our spt tender).
     /// [`Net::read`] and [`Net::write`] read and write plain frames either
     /// way (the header goes in a second vector of `readv` and `writev`).
     pub fn vnet_hdr(&self) -> bool {
         self.vnet_hdr
     }
 
-    /// Sends one frame whose checksum at (`csum_start`, `csum_offset`),
-    /// if given, the host is to complete (virtio-net's `NEEDS_CSUM`: the
-    /// field holds the pseudo-header's sum). Only where [`Net::vnet_hdr`]:
-    /// elsewhere [`Error::Invalid`], and nothing is sent.
-    pub fn write_partial(&self, frame: &[u8], partial: Option<(u16, u16)>) -> Result<(), Error> {
-        if !self.vnet_hdr {
-            return Err(Error::Invalid);
-        }
-        let mut hdr = [0u8; VNET_HDR_LEN];
-        if let Some((start, offset)) = partial {
-            // struct virtio_net_hdr, little-endian: flags, gso_type (none),
-            // hdr_len, gso_size, csum_start, csum_offset.
-            hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-            hdr[6..8].copy_from_slice(&start.to_le_bytes());
-            hdr[8..10].copy_from_slice(&offset.to_le_bytes());
-        }
-        self.write_hdr(&hdr, frame)
+    /// Whether the host completes the checksums [`Net::write_partial`]
+    /// leaves: on spt where the tender granted the header, on hvt where
+    /// the tender offers it in the ring (`FEATURE_NET_CSUM`, ours).
+    pub fn checksum_offload(&self) -> bool {
+        #[cfg(feature = "hvt")]
+        return super::hvt::net_checksum_offload();
+        #[cfg(not(feature = "hvt"))]
+        self.vnet_hdr
     }
 
-    #[cfg(feature = "spt")]
-    fn write_hdr(&self, hdr: &[u8], frame: &[u8]) -> Result<(), Error> {
-        super::spt::net_write_hdr(self.fd, hdr, frame)
-    }
-
-    #[cfg(not(feature = "spt"))]
-    fn write_hdr(&self, _hdr: &[u8], _frame: &[u8]) -> Result<(), Error> {
-        Err(Error::Invalid)
+    /// Sends one frame, leaving its checksum at `partial` (`csum_start`,
+    /// `csum_offset`; the field holds the pseudo-header's sum) for the host
+    /// to complete, as virtio-net's `NEEDS_CSUM` does. Where the host cannot
+    /// ([`Net::checksum_offload`]), it is completed here first.
+    pub fn write_partial(&self, frame: &mut [u8], partial: Option<(u16, u16)>) -> Result<(), Error> {
+        #[cfg(feature = "hvt")]
+        return super::hvt::net_write_partial(self.handle, frame, partial);
+        #[cfg(feature = "spt")]
+        if self.vnet_hdr {
+            let mut hdr = [0u8; VNET_HDR_LEN];
+            if let Some((start, offset)) = partial {
+                // struct virtio_net_hdr, little-endian: flags, gso_type
+                // (none), hdr_len, gso_size, csum_start, csum_offset.
+                hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+                hdr[6..8].copy_from_slice(&start.to_le_bytes());
+                hdr[8..10].copy_from_slice(&offset.to_le_bytes());
+            }
+            return super::spt::net_write_hdr(self.fd, &hdr, frame);
+        }
+        #[cfg(not(feature = "hvt"))]
+        {
+            if let Some((start, offset)) = partial {
+                mirage_devices::net::PartialChecksum { start, offset }.complete(frame);
+            }
+            self.write(frame)
+        }
     }
 
     /// Reads one frame into `buf`; its length, or [`Error::Again`] if none
@@ -119,8 +129,9 @@ impl Net {
 
     /// Sends one frame.
     pub fn write(&self, frame: &[u8]) -> Result<(), Error> {
+        #[cfg(feature = "spt")]
         if self.vnet_hdr {
-            return self.write_partial(frame, None);
+            return super::spt::net_write_hdr(self.fd, &[0u8; VNET_HDR_LEN], frame);
         }
         platform::net_write(self.handle, self.fd, frame)
     }

@@ -296,7 +296,9 @@ impl<'m> Hypercalls<'m> {
             Some((_, fd)) => {
                 let data = self.mem.readable(Gpa(w.data), w.len).map_err(&err)?;
                 // SAFETY: the slice is checked, readable guest memory.
-                let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+                let n = unsafe {
+                    tap::write_frame(fd, self.devices.vnet[w.handle as usize], None, data.as_ptr(), data.len())
+                };
                 if n < 0 {
                     return Err(fatal!("Fatal error when writing: {}", strerror(&os_error())));
                 }
@@ -319,7 +321,8 @@ impl<'m> Hypercalls<'m> {
             Some((_, fd)) => {
                 let mut data = self.mem.writable(Gpa(r.data), r.len).map_err(&err)?;
                 // SAFETY: the slice is checked, writable guest memory.
-                let n = unsafe { libc::read(fd, data.as_mut_ptr().cast(), data.len()) };
+                let n =
+                    unsafe { tap::read_frame(fd, self.devices.vnet[r.handle as usize], data.as_mut_ptr(), data.len()) };
                 if n > 0 {
                     r.len = n as u64;
                     r.ret = SoloResult::Ok as u32;

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd};
 use solo5_abi::hvt::{
-    self, BootInfo, FEATURE_RING_IO, FEATURE_RING_SERVE, GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE, TrapRegs,
+    self, BootInfo, FEATURE_NET_CSUM, FEATURE_RING_IO, FEATURE_RING_SERVE, GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE,
+    TrapRegs,
 };
 use solo5_abi::mft::MftType;
 use solo5_abi::note::AbiTarget;
@@ -151,6 +152,9 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     let cl = cli::split(args)?;
     let exe = exe::open(&cl.kernel, AbiTarget::Hvt, hvt::ABI_VERSION)?;
     let mut devices = Devices::new(exe.manifest.clone());
+    // The tender reads and writes the taps: with virtio-net headers, so
+    // that the guest may leave checksums to the host (FEATURE_NET_CSUM).
+    devices.tender_vnet_hdr = true;
     let mut dump_dir = None;
     let mut gdb_options = gdb::Options::default();
     let mut bad_option = None;
@@ -195,7 +199,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     devices.setup_net()?;
     let nics: Vec<ring::Nic> = devices
         .attached(MftType::NetBasic)
-        .filter_map(|i| devices.get(i as u64, MftType::NetBasic).map(|(_, fd)| (i as u32, fd)))
+        .filter_map(|i| devices.get(i as u64, MftType::NetBasic).map(|(_, fd)| (i as u32, fd, devices.vnet[i])))
         .collect();
     let failure = Arc::new(Failure::new(VcpuStopper::for_this_thread(&mut vcpu)));
     let mut ring_thread = None;
@@ -217,7 +221,11 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
         cpu_cycle_freq: tsc_hz,
         cmdline: cmdline_gpa,
         mft: mft_gpa,
-        host_features: if ring_active { FEATURE_RING_IO | FEATURE_RING_SERVE } else { 0 },
+        host_features: match &ring_thread {
+            Some(r) if r.offers_csum() => FEATURE_RING_IO | FEATURE_RING_SERVE | FEATURE_NET_CSUM,
+            Some(_) => FEATURE_RING_IO | FEATURE_RING_SERVE,
+            None => 0,
+        },
         guest_features: 0,
         net_ring: if ring_active { ring_gpa.unwrap_or(0) } else { 0 },
     };
@@ -496,12 +504,19 @@ pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], rin
                 .when(libc::SYS_fdatasync, &[Arg::Int(0, fd as u64)], "BLOCK_FLUSH");
         }
     }
-    for &(_, fd) in nics {
+    for &(_, fd, hdr) in nics {
         p.when(libc::SYS_read, &[Arg::Int(0, fd as u64)], "NET_READ and the ring's reads").when(
             libc::SYS_write,
             &[Arg::Int(0, fd as u64)],
             "NET_WRITE and the ring's writes",
         );
+        if hdr {
+            p.when(libc::SYS_readv, &[Arg::Int(0, fd as u64)], "frames behind their virtio-net header").when(
+                libc::SYS_writev,
+                &[Arg::Int(0, fd as u64)],
+                "frames behind their virtio-net header",
+            );
+        }
     }
     if let Some(efd) = ring_eventfd {
         // SAFETY: getpid has no preconditions.

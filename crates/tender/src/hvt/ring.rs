@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use solo5_abi::SoloResult;
-use solo5_abi::ring::{OP_NET_READ, OP_NET_WRITE, RING_MASK, RING_POLL_ITERS, RING_SIZE, Ring};
+use solo5_abi::ring::{OP_NET_READ, OP_NET_WRITE, RING_MASK, RING_POLL_ITERS, RING_SIZE, Ring, csum_request};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::memory::{Gpa, GuestMemory};
@@ -37,8 +37,9 @@ pub struct RingThread {
     handle: Option<JoinHandle<()>>,
 }
 
-/// A NIC the thread may serve: manifest index and tap descriptor.
-pub type Nic = (u32, i32);
+/// A NIC the thread may serve: manifest index, tap descriptor, and whether
+/// the tap carries virtio-net headers.
+pub type Nic = (u32, i32, bool);
 
 /// Creates the kick eventfd and binds it to the kick port of `vm`. On
 /// failure the tender falls back to hypercalls, as Solo5 does.
@@ -162,6 +163,9 @@ struct Server {
     mem: Arc<GuestMemory>,
     ring_gpa: u64,
     nics: Vec<Nic>,
+    /// Whether checksums may be left to the host
+    /// ([`solo5_abi::hvt::FEATURE_NET_CSUM`]): every tap has headers.
+    csum: bool,
     serving: Mutex<()>,
 }
 
@@ -173,6 +177,12 @@ struct Worker {
 }
 
 impl RingThread {
+    /// Whether the ring takes checksums for the host to complete
+    /// ([`solo5_abi::hvt::FEATURE_NET_CSUM`]).
+    pub fn offers_csum(&self) -> bool {
+        self.server.csum
+    }
+
     /// Starts serving the ring at `ring_gpa`; a failure ends up in `failure`.
     pub fn start(
         mem: Arc<GuestMemory>,
@@ -186,7 +196,8 @@ impl RingThread {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let eventfd = Arc::new(eventfd);
-        let server = Arc::new(Server { mem, ring_gpa, nics, serving: Mutex::new(()) });
+        let csum = !nics.is_empty() && nics.iter().all(|&(_, _, hdr)| hdr);
+        let server = Arc::new(Server { mem, ring_gpa, nics, csum, serving: Mutex::new(()) });
         let worker = Worker { server: server.clone(), eventfd: eventfd.clone(), stop: stop.clone(), failure };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -253,8 +264,8 @@ impl Server {
         Some(unsafe { &*p.cast::<Ring>() })
     }
 
-    fn nic_fd(&self, handle: u32) -> Option<i32> {
-        self.nics.iter().find(|(i, _)| *i == handle).map(|&(_, fd)| fd)
+    fn nic_fd(&self, handle: u32) -> Option<(i32, bool)> {
+        self.nics.iter().find(|(i, _, _)| *i == handle).map(|&(_, fd, hdr)| (fd, hdr))
     }
 }
 
@@ -319,11 +330,22 @@ impl Server {
             let len = ent.len.load(Ordering::Relaxed);
             match op {
                 OP_NET_WRITE => {
-                    if let Some(fd) = self.nic_fd(handle) {
+                    if let Some((fd, hdr)) = self.nic_fd(handle) {
                         let frame =
                             self.mem.readable(Gpa(data), len as u64).map_err(|e| fatal!("net ring write: {e}"))?;
+                        // A checksum to complete, where offered (all taps
+                        // with headers); elsewhere the field is Solo5's
+                        // reserved one, and ignored.
+                        let partial = if hdr && self.csum {
+                            let csum = ent.csum.load(Ordering::Relaxed);
+                            csum_request(csum, len).map_err(|_| {
+                                fatal!("net ring: a write asks for a checksum the frame does not hold: {csum:#x} for {len} bytes")
+                            })?
+                        } else {
+                            None
+                        };
                         // SAFETY: the slice is checked, readable guest memory.
-                        let n = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
+                        let n = unsafe { tap::write_frame(fd, hdr, partial, frame.as_ptr(), frame.len()) };
                         if n < 0 {
                             let e = std::io::Error::last_os_error();
                             return Err(fatal!("Fatal write error on net device: {}", strerror(&e)));
@@ -343,11 +365,11 @@ impl Server {
                     let id = ent.id.load(Ordering::Relaxed);
                     let (ret, got) = match self.nic_fd(handle) {
                         None => (SoloResult::Inval, 0),
-                        Some(fd) => {
+                        Some((fd, hdr)) => {
                             let mut buf =
                                 self.mem.writable(Gpa(data), len as u64).map_err(|e| fatal!("net ring read: {e}"))?;
                             // SAFETY: the slice is checked, writable guest memory.
-                            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                            let n = unsafe { tap::read_frame(fd, hdr, buf.as_mut_ptr(), buf.len()) };
                             if n > 0 {
                                 (SoloResult::Ok, n as u32)
                             } else if n == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {

@@ -48,7 +48,7 @@ fn ring() -> Option<&'static Ring> {
 /// Puts one entry on the ring, kicks the I/O thread (or, with `port`
 /// RING_SERVE_PIO, has the tender serve the ring on the vCPU's thread) and
 /// waits: the tender must end the guest.
-fn submit(ring: &Ring, port: u16, op: u32, data: u64, len: u32, count: u32) -> ! {
+fn submit(ring: &Ring, port: u16, op: u32, data: u64, len: u32, count: u32, csum: u64) -> ! {
     let tail = ring.ent_tail.load(Ordering::Relaxed);
     let e = &ring.entries[(tail & RING_MASK) as usize];
     e.operation.store(op, Ordering::Relaxed);
@@ -56,6 +56,7 @@ fn submit(ring: &Ring, port: u16, op: u32, data: u64, len: u32, count: u32) -> !
     e.data.store(data, Ordering::Relaxed);
     e.len.store(len, Ordering::Relaxed);
     e.id.store(1, Ordering::Relaxed);
+    e.csum.store(csum, Ordering::Relaxed);
     ring.ent_tail.store(tail.wrapping_add(count), Ordering::SeqCst);
     raw(port, 0);
     solo5::println!("hostile: submitted; waiting for the tender to stop the guest");
@@ -81,7 +82,8 @@ fn start(si: &solo5::StartInfo) -> i32 {
             let mut w = HcNetWrite { handle: 1, data: 0xfff0_0000, len: 60, ret: 0, _pad: 0 };
             call(Hypercall::NetWrite, &mut w);
         }
-        "ring-read-ro" | "ring-write-oob" | "ring-overflow" | "serve-read-ro" | "serve-write-oob" | "serve-overflow" => {
+        "ring-read-ro" | "ring-write-oob" | "ring-overflow" | "ring-bad-csum" | "serve-read-ro" | "serve-write-oob"
+        | "serve-overflow" | "serve-bad-csum" => {
             let Some(ring) = ring() else {
                 solo5::println!("hostile: the tender offers no net ring");
                 return 2;
@@ -91,9 +93,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
                 None => (RING_KICK_PIO_BASE, what.trim_start_matches("ring-")),
             };
             match case {
-                "read-ro" => submit(ring, port, OP_NET_READ, text(), 1514, 1),
-                "write-oob" => submit(ring, port, OP_NET_WRITE, 0xfff0_0000, 60, 1),
-                _ => submit(ring, port, OP_NET_WRITE, frame.as_mut_ptr() as u64, 60, RING_SIZE + 1),
+                "read-ro" => submit(ring, port, OP_NET_READ, text(), 1514, 1, 0),
+                "write-oob" => submit(ring, port, OP_NET_WRITE, 0xfff0_0000, 60, 1, 0),
+                // A checksum field past the frame's end (FEATURE_NET_CSUM).
+                "bad-csum" => submit(ring, port, OP_NET_WRITE, frame.as_mut_ptr() as u64, 60, 1, csum_entry(60, 16)),
+                _ => submit(ring, port, OP_NET_WRITE, frame.as_mut_ptr() as u64, 60, RING_SIZE + 1, 0),
             }
         }
         _ => {

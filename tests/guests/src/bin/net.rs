@@ -6,7 +6,8 @@
 //! * `pattern`: check that each echo payload, after ping's 16-byte
 //!   timestamp, is the repeating 0xdeadbeef of `ping -p deadbeef`;
 //! * `mtu`: print the device's MTU, whether the tender granted a
-//!   virtio-net header, and exit;
+//!   virtio-net header and whether checksums are left to the host, and
+//!   exit;
 //! * `noring`: use one hypercall per frame even if the tender offers the
 //!   shared-memory ring (hvt).
 //!
@@ -68,6 +69,8 @@ fn start(si: &solo5::StartInfo) -> i32 {
         solo5::println!("MTU is {}", info.mtu);
         let granted = if net.vnet_hdr() { "granted" } else { "not granted" };
         solo5::println!("virtio-net header: {granted}");
+        let offload = if net.checksum_offload() { "yes" } else { "no" };
+        solo5::println!("checksums left to the host: {offload}");
         return 0;
     }
     let m = info.mac;

@@ -338,9 +338,30 @@ pub(crate) fn block_write_sync(
     Error::check(w.ret)
 }
 
+/// Whether frames may leave a checksum for the host to complete: the
+/// tender offers it (`FEATURE_NET_CSUM`, ours) and the ring is in use.
+pub(crate) fn net_checksum_offload() -> bool {
+    RING_INFO.with(|r| r.0) & solo5_abi::hvt::FEATURE_NET_CSUM != 0 && ring().is_some()
+}
+
+/// Sends `frame`, whose checksum at `partial` (`csum_start`,
+/// `csum_offset`) the host completes through the ring where it can; when
+/// the frame goes by hypercall instead, it is completed here first.
+pub(crate) fn net_write_partial(handle: u64, frame: &mut [u8], partial: Option<(u16, u16)>) -> Result<(), Error> {
+    let Some((start, offset)) = partial else { return net_write(handle, 0, frame) };
+    if net_checksum_offload()
+        && let Some(r) = ring()
+        && let Some(result) = r.write(handle, frame, solo5_abi::ring::csum_entry(start, offset))
+    {
+        return result;
+    }
+    mirage_devices::net::PartialChecksum { start, offset }.complete(frame);
+    net_write(handle, 0, frame)
+}
+
 pub(crate) fn net_write(handle: u64, _fd: i32, frame: &[u8]) -> Result<(), Error> {
     if let Some(r) = ring()
-        && let Some(result) = r.write(handle, frame)
+        && let Some(result) = r.write(handle, frame, 0)
     {
         return result;
     }

@@ -199,9 +199,11 @@ impl GuestRing {
     /// Publishes the entry at `tail`, and wakes a sleeping I/O thread if
     /// `kick_if_asleep` (the caller may instead rely on the tender serving
     /// the ring: see `wait` and WAKE_AFTER_WRITES).
-    fn submit(&self, tail: u32, op: u32, handle: u64, data: u64, len: u32, kick_if_asleep: bool) {
+    #[allow(clippy::too_many_arguments)]
+    fn submit(&self, tail: u32, op: u32, handle: u64, data: u64, len: u32, csum: u64, kick_if_asleep: bool) {
         let e = &self.ring.entries[(tail & RING_MASK) as usize];
         e.operation.store(op, Ordering::Relaxed);
+        e.csum.store(csum, Ordering::Relaxed);
         e.handle.store(handle as u32, Ordering::Relaxed);
         e.data.store(data, Ordering::Relaxed);
         e.len.store(len, Ordering::Relaxed);
@@ -219,8 +221,10 @@ impl GuestRing {
     }
 
     /// Sends `frame`; `None` if it is too large for the ring or the ring is
-    /// bypassed (the caller then makes the hypercall).
-    pub(crate) fn write(&self, handle: u64, frame: &[u8]) -> Option<Result<(), Error>> {
+    /// bypassed (the caller then makes the hypercall). `csum` is the
+    /// entry's checksum request (`solo5_abi::ring::csum_entry`, where the
+    /// tender offers `FEATURE_NET_CSUM`), or 0.
+    pub(crate) fn write(&self, handle: u64, frame: &[u8], csum: u64) -> Option<Result<(), Error>> {
         if frame.len() > MAX_FRAME || self.bypass() {
             return None;
         }
@@ -253,7 +257,7 @@ impl GuestRing {
         let wake = !self.serve
             || (self.unwoken.fetch_add(1, Ordering::Relaxed) + 1 >= WAKE_AFTER_WRITES
                 && !self.thread_slow(super::monotonic()));
-        self.submit(tail, OP_NET_WRITE, handle, buf as u64, len, wake);
+        self.submit(tail, OP_NET_WRITE, handle, buf as u64, len, csum, wake);
         Some(Ok(()))
     }
 
@@ -303,7 +307,7 @@ impl GuestRing {
             let tail = self.reserve();
             self.no_bytes(tail);
             let data = slots as u64 + (i * size) as u64;
-            self.submit(tail, OP_NET_READ, handle, data, size as u32, wake && i + 1 == count);
+            self.submit(tail, OP_NET_READ, handle, data, size as u32, 0, wake && i + 1 == count);
         }
         let n = count as u32;
         self.wait(|| self.ring.com_tail.load(Ordering::Acquire).wrapping_sub(head) >= n);
@@ -334,7 +338,7 @@ impl GuestRing {
         let tail = self.reserve();
         self.no_bytes(tail);
         let wake = !self.serve || !self.thread_slow(super::monotonic());
-        self.submit(tail, OP_NET_READ, handle, data, len.min(u32::MAX as usize) as u32, wake);
+        self.submit(tail, OP_NET_READ, handle, data, len.min(u32::MAX as usize) as u32, 0, wake);
         let head = self.ring.com_head.load(Ordering::Relaxed);
         self.wait(|| self.ring.com_tail.load(Ordering::Acquire) != head);
         let c = &self.ring.commits[(head & RING_MASK) as usize];
