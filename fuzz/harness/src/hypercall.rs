@@ -130,6 +130,10 @@ impl World {
             entries: vec![MftEntry::reserved_first(), net, block],
             fds: vec![None, dup(&self.net), Some(OwnedFd::from(self.block.try_clone().expect("dup")))],
             flush_fds: vec![None, None, None],
+            offer_vnet_hdr: false,
+            tender_vnet_hdr: false,
+            // A socket pair stands for the tap: plain frames.
+            vnet: vec![false, false, false],
         }
     }
 
