@@ -95,13 +95,10 @@ impl Net for TapNet {
         }
         let (hdr, frame) = self.tx[..self.hdr + len].split_at_mut(self.hdr);
         let (r, partial) = f(frame);
-        match <&mut [u8; tap::VNET_HDR_LEN]>::try_from(hdr) {
-            Ok(hdr) => tap::vnet_hdr(hdr, partial.map(|p| (p.start, p.offset))),
-            Err(_) => {
-                if let Some(p) = partial {
-                    p.complete(frame);
-                }
-            }
+        if self.hdr != 0 {
+            hdr.copy_from_slice(&tap::vnet_hdr(partial.map(|p| (p.start, p.offset))));
+        } else if let Some(p) = partial {
+            p.complete(frame);
         }
         let total = self.hdr + len;
         // SAFETY: tx holds at least `total` initialised bytes.

@@ -30,6 +30,7 @@ pub mod mft;
 pub mod note;
 pub mod ring;
 pub mod spt;
+pub mod vnet;
 
 /// The Solo5 release whose interface this crate describes.
 pub const SOLO5_VERSION: &str = "v0.12.1";

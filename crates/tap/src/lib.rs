@@ -115,26 +115,7 @@ pub fn attach(ifname: &str) -> io::Result<(OwnedFd, u16)> {
     }
 }
 
-/// The size of `struct virtio_net_hdr`, which precedes every frame on a
-/// tap opened with [`attach_with`] and `vnet_hdr` (the kernel's default
-/// size, without `num_buffers`).
-pub const VNET_HDR_LEN: usize = 10;
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the host is to complete a checksum
-/// (`csum_start`, `csum_offset`).
-pub const VNET_F_NEEDS_CSUM: u8 = 1;
-
-/// Writes the virtio-net header of a frame sent without segmentation
-/// offload: `partial` is a checksum the host is to complete, as
-/// (`csum_start`, `csum_offset`). The header is little-endian, the tap's
-/// byte order on x86.
-pub fn vnet_hdr(hdr: &mut [u8; VNET_HDR_LEN], partial: Option<(u16, u16)>) {
-    *hdr = [0; VNET_HDR_LEN];
-    if let Some((start, offset)) = partial {
-        hdr[0] = VNET_F_NEEDS_CSUM;
-        hdr[6..8].copy_from_slice(&start.to_le_bytes());
-        hdr[8..10].copy_from_slice(&offset.to_le_bytes());
-    }
-}
+pub use solo5_abi::vnet::{VNET_F_NEEDS_CSUM, VNET_HDR_LEN, vnet_hdr};
 
 /// Reads one frame from tap `fd` into the `len` bytes at `buf`, behind its
 /// virtio-net header if the tap has them (`with_hdr`; the header is
@@ -174,8 +155,7 @@ pub unsafe fn write_frame(fd: i32, with_hdr: bool, partial: Option<(u16, u16)>, 
         // SAFETY: the caller's promise on frame and len.
         return unsafe { libc::write(fd, frame.cast(), len) };
     }
-    let mut hdr = [0u8; VNET_HDR_LEN];
-    vnet_hdr(&mut hdr, partial);
+    let mut hdr = vnet_hdr(partial);
     let iov = [
         libc::iovec { iov_base: hdr.as_mut_ptr().cast(), iov_len: hdr.len() },
         libc::iovec { iov_base: frame as *mut libc::c_void, iov_len: len },

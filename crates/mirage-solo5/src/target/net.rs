@@ -16,13 +16,8 @@ pub fn use_ring(enabled: bool) {
     let _ = enabled;
 }
 
-/// The size of the virtio-net header before each frame where the tender
-/// granted one ([`Net::vnet_hdr`]).
 #[cfg(feature = "spt")]
-const VNET_HDR_LEN: usize = 10;
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
-#[cfg(feature = "spt")]
-const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+use solo5_abi::vnet::{VNET_HDR_LEN, vnet_hdr};
 
 /// What the tender attached for an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,15 +90,7 @@ impl Net {
         return super::hvt::net_write_partial(self.handle, frame, partial);
         #[cfg(feature = "spt")]
         if self.vnet_hdr {
-            let mut hdr = [0u8; VNET_HDR_LEN];
-            if let Some((start, offset)) = partial {
-                // struct virtio_net_hdr, little-endian: flags, gso_type
-                // (none), hdr_len, gso_size, csum_start, csum_offset.
-                hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-                hdr[6..8].copy_from_slice(&start.to_le_bytes());
-                hdr[8..10].copy_from_slice(&offset.to_le_bytes());
-            }
-            return super::spt::net_write_hdr(self.fd, &hdr, frame);
+            return super::spt::net_write_hdr(self.fd, &vnet_hdr(partial), frame);
         }
         #[cfg(not(feature = "hvt"))]
         {
