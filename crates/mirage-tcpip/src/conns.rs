@@ -15,11 +15,16 @@
 //!   drops it, acknowledgment included (RFC 9293, 3.10.7.4). Between two
 //!   such engines, both with data outstanding, each drops the other's
 //!   ACKs and the connection stalls for good. Linux sends ACKs with its
-//!   highest sequence number (`tcp_acceptable_seq`); the adapter does the
-//!   same to the engine's ACKs. Keep-alive probes, one below on purpose,
-//!   carry a byte and are left alone. A fix in the engine would be to send
-//!   ACKs at `max(remote_last_seq, the highest sequence sent)`; the engine
-//!   keeps no such number, so the adapter keeps it.
+//!   highest sequence number, or the right edge of the peer's window where
+//!   that lies before it (`tcp_acceptable_seq`); the adapter does the same
+//!   to the engine's ACKs. The edge matters when the peer's window is
+//!   closed: a peer whose buffer is full takes a segment only at RCV.NXT,
+//!   so an ACK numbered past data it dropped would be dropped too, and with
+//!   it the acknowledgment that would let its own sender drain (two
+//!   applications each blocked writing to the other stall for good).
+//!   Keep-alive probes, one below on purpose, carry a byte and are left
+//!   alone. A fix in the engine would be to send ACKs at that number; the
+//!   engine keeps no such number, so the adapter keeps it.
 //! * **What RFC 5961 needs.** The acknowledgment number and window last
 //!   sent (the peer's view of RCV.NXT and RCV.WND), the highest
 //!   acknowledgment received and the largest window the peer offered
@@ -100,9 +105,10 @@ pub(crate) struct Record {
     /// Acknowledgment number and window (bytes) of the last segment sent.
     pub rcv_nxt: Option<u32>,
     pub rcv_wnd: u32,
-    /// Highest acknowledgment received (engine numbering) and the largest
-    /// window the peer offered, in bytes.
+    /// Highest acknowledgment received (engine numbering), the window that
+    /// came with it and the largest window the peer offered, in bytes.
     pub snd_una: Option<u32>,
+    pub snd_wnd: u32,
     pub max_snd_wnd: u32,
     /// Window scale shifts: ours (from our SYN) and the peer's (from its
     /// SYN); scaling is on when both are known.
@@ -128,6 +134,7 @@ impl Record {
             rcv_nxt: None,
             rcv_wnd: 0,
             snd_una: None,
+            snd_wnd: 0,
             max_snd_wnd: 0,
             our_shift: None,
             peer_shift: None,
@@ -159,15 +166,29 @@ impl Record {
     /// acknowledgment, if the engine takes it (in the window, no more than
     /// was sent), and its window.
     pub(crate) fn heard(&mut self, seq: u32, ack: Option<u32>, window: u16, syn: bool) {
+        let shift = if syn || !self.scaling() { 0 } else { self.peer_shift.unwrap_or(0) };
+        let window = (window as u32) << shift;
         if let (Some(ack), Some(max)) = (ack, self.snd_max)
             && self.in_window(seq)
             && seq_le(ack, max)
-            && self.snd_una.is_none_or(|una| seq_lt(una, ack))
+            && self.snd_una.is_none_or(|una| seq_le(una, ack))
         {
             self.snd_una = Some(ack);
+            self.snd_wnd = window;
         }
-        let shift = if syn || !self.scaling() { 0 } else { self.peer_shift.unwrap_or(0) };
-        self.max_snd_wnd = self.max_snd_wnd.max((window as u32) << shift);
+        self.max_snd_wnd = self.max_snd_wnd.max(window);
+    }
+
+    /// The sequence number a pure ACK goes out with (Linux's
+    /// `tcp_acceptable_seq`): the highest sent, or the right edge of the
+    /// peer's window where that lies before it. `None` before anything
+    /// was sent.
+    fn acceptable_seq(&self) -> Option<u32> {
+        let max = self.snd_max?;
+        Some(match self.snd_una {
+            Some(una) if seq_lt(una.wrapping_add(self.snd_wnd), max) => una.wrapping_add(self.snd_wnd),
+            _ => max,
+        })
     }
 }
 
@@ -268,11 +289,12 @@ impl Conns {
                 }
             } else if let Some(max) = r.snd_max
                 && ack
-                && max.wrapping_sub(seq) as i32 > 1
+                && max.wrapping_sub(seq) != 1
+                && let Some(acceptable) = r.acceptable_seq()
             {
-                // More than one behind: a rewound pure ACK, not a
-                // keep-alive probe.
-                new_seq = max;
+                // Not one behind, as a keep-alive probe is: a pure ACK,
+                // perhaps rewound, perhaps past a closed window.
+                new_seq = acceptable;
             }
             if ack {
                 r.rcv_nxt = Some(tcp.ack_number().0 as u32);
