@@ -103,9 +103,20 @@ pub struct PartialChecksum {
     pub start: u16,
     /// Where the field lies, from `start`.
     pub offset: u16,
+    /// TCP segmentation left to the host as well (virtio-net's GSO,
+    /// Linux's TSO): 0, or the payload bytes of each segment the host cuts
+    /// the frame's one TCP segment into, each segment with its own headers
+    /// and checksum. Only where the interface offers it
+    /// ([`Net::segmentation_offload`]); `start` is then the TCP header.
+    pub segment: u16,
 }
 
 impl PartialChecksum {
+    /// A checksum to complete, without segmentation.
+    pub const fn new(start: u16, offset: u16) -> PartialChecksum {
+        PartialChecksum { start, offset, segment: 0 }
+    }
+
     /// Completes the checksum of `frame` in software, as the host would;
     /// false (and `frame` left as it is) if the field lies outside it.
     pub fn complete(self, frame: &mut [u8]) -> bool {
@@ -161,6 +172,15 @@ pub trait Net {
         false
     }
 
+    /// The largest frame [`Net::send_partial`] takes when the host cuts it
+    /// into TCP segments ([`PartialChecksum::segment`]); 0 where the host
+    /// does not (the default), and then no frame may be longer than
+    /// [`NetInfo::max_frame`]. An interface offering it also offers
+    /// [`Net::checksum_offload`].
+    fn segmentation_offload(&self) -> usize {
+        0
+    }
+
     /// As [`Net::send`], where `f` may leave one checksum for the host to
     /// complete. Without the offload the interface completes it here.
     fn send_partial<R>(
@@ -211,6 +231,9 @@ impl<N: Net> Net for &mut N {
     fn checksum_offload(&self) -> bool {
         (**self).checksum_offload()
     }
+    fn segmentation_offload(&self) -> usize {
+        (**self).segmentation_offload()
+    }
     fn send_partial<R>(
         &mut self,
         len: usize,
@@ -231,12 +254,12 @@ mod tests {
     fn partial_checksums_complete_within_the_frame() {
         // An odd number of bytes after start; the field holds 0x0102.
         let mut f = [0u8, 0, 0x45, 0x00, 0x01, 0x02, 0xff];
-        assert!(PartialChecksum { start: 2, offset: 2 }.complete(&mut f));
+        assert!(PartialChecksum::new(2, 2).complete(&mut f));
         // 0x4500 + 0x0102 + 0xff00 = 0x14502 -> 0x4503, complemented.
         assert_eq!(&f[4..6], &(!0x4503u16).to_be_bytes());
         for (start, offset) in [(6, 0), (2, 4), (7, 0), (u16::MAX, u16::MAX)] {
             let before = f;
-            assert!(!PartialChecksum { start, offset }.complete(&mut f), "{start}+{offset}");
+            assert!(!PartialChecksum::new(start, offset).complete(&mut f), "{start}+{offset}");
             assert_eq!(f, before);
         }
     }

@@ -33,7 +33,11 @@ pub(crate) struct Link {
     made_len: Option<usize>,
     /// Room for a frame the interface refused, or one held back.
     scratch: Vec<u8>,
+    /// The largest frame received or sent whole (the MTU's).
     max_frame: usize,
+    /// The largest frame holding a TCP segment that the interface cuts to
+    /// `max_frame` (segmentation offload), or `max_frame` without it.
+    segmented_frame: usize,
     /// Length of the checked frame in `rx`, until the engine takes it,
     /// and what its check found.
     pending: Option<usize>,
@@ -61,13 +65,20 @@ pub(crate) fn buffer(len: usize) -> Option<Vec<u8>> {
 }
 
 impl Link {
-    pub(crate) fn new(max_frame: usize, mac: [u8; 6], conns: Conns, neighbors: Neighbors) -> Option<Link> {
+    /// A link for frames of at most `max_frame` bytes; with `tso` (the
+    /// interface's [`Net::segmentation_offload`], or 0) the engine writes
+    /// TCP segments of up to 64 KiB, which the interface cuts to the
+    /// segment size the engine names (the peer's MSS, or what the MTU
+    /// leaves).
+    pub(crate) fn new(max_frame: usize, tso: usize, mac: [u8; 6], conns: Conns, neighbors: Neighbors) -> Option<Link> {
+        let segmented_frame = if tso > max_frame { tso.min(SEGMENTED_FRAME) } else { max_frame };
         Some(Link {
             rx: buffer(max_frame)?,
             made: buffer(max_frame)?,
             made_len: None,
-            scratch: buffer(max_frame)?,
+            scratch: buffer(segmented_frame)?,
             max_frame,
+            segmented_frame,
             pending: None,
             fetched: None,
             mac,
@@ -233,22 +244,53 @@ impl<N: Net> Adapter<'_, N> {
     }
 }
 
+/// The largest frame the engine is told it may write with segmentation
+/// offload: an IPv4 packet with its largest headers (60 bytes of IP, 60 of
+/// TCP) then stays within the 65,535 bytes its length field holds.
+const SEGMENTED_FRAME: usize = 14 + 65_535 - 120;
+
 /// Leaves a TCP segment's checksum to the host, or fills it in where it
 /// cannot be left (a frame with padding); other frames are left alone.
-fn partial_or_fill(frame: &mut [u8]) -> Option<PartialChecksum> {
-    match wire::partial_tcp_checksum(frame) {
-        Some((start, offset)) => Some(PartialChecksum { start, offset }),
-        None => {
-            wire::fill_tcp_checksum(frame);
-            None
+/// With `segment` (the segment size the engine asks for), a segment whose
+/// payload is larger than it, or than the MTU (`max_frame`) allows, is
+/// also left to the host to cut. `Err` for a frame longer than
+/// `max_frame` that cannot be cut.
+fn offload(frame: &mut [u8], segment: Option<u16>, max_frame: usize) -> Result<Option<PartialChecksum>, ()> {
+    let Some((start, offset)) = wire::partial_tcp_checksum(frame) else {
+        if frame.len() > max_frame {
+            return Err(());
+        }
+        wire::fill_tcp_checksum(frame);
+        return Ok(None);
+    };
+    let mut partial = PartialChecksum::new(start, offset);
+    if let Some(mss) = segment {
+        // `partial_tcp_checksum` found a whole TCP header at `start`.
+        let tcp_end = start as usize + (frame[start as usize + 12] >> 4) as usize * 4;
+        let payload = frame.len().saturating_sub(tcp_end);
+        let fits = max_frame.saturating_sub(tcp_end).min(mss as usize);
+        if payload > fits {
+            if fits == 0 {
+                return Err(());
+            }
+            partial.segment = fits as u16;
         }
     }
+    if partial.segment == 0 && frame.len() > max_frame {
+        return Err(());
+    }
+    Ok(Some(partial))
 }
 
 pub(crate) struct Rx<'a>(&'a [u8]);
 
 pub(crate) struct Tx<'a, N> {
     net: &'a mut N,
+    /// The largest frame sent whole.
+    max_frame: usize,
+    /// The payload of each segment the interface is to cut the frame's
+    /// TCP segment into, as the engine asks (`PacketMeta`).
+    segment: Option<u16>,
     scratch: &'a mut [u8],
     stats: &'a mut Stats,
     conns: &'a mut Conns,
@@ -262,8 +304,12 @@ impl phy::RxToken for Rx<'_> {
 }
 
 impl<N: Net> phy::TxToken for Tx<'_, N> {
+    fn set_meta(&mut self, meta: phy::PacketMeta) {
+        self.segment = meta.segmentation_offload_size.map(|s| s.get());
+    }
+
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let Tx { net, scratch, stats, conns, neighbors } = self;
+        let Tx { net, max_frame, segment, scratch, stats, conns, neighbors } = self;
         let now = crate::now();
         if conns.replaying > 0 {
             // A handshake waits for the engine's SYN-ACK, which must not
@@ -276,11 +322,13 @@ impl<N: Net> phy::TxToken for Tx<'_, N> {
                 return r;
             }
             let sent = if net.checksum_offload() {
-                let partial = partial_or_fill(frame);
-                net.send_partial(frame.len(), |buf| {
-                    buf.copy_from_slice(frame);
-                    ((), partial)
-                })
+                match offload(frame, segment, max_frame) {
+                    Ok(partial) => net.send_partial(frame.len(), |buf| {
+                        buf.copy_from_slice(frame);
+                        ((), partial)
+                    }),
+                    Err(()) => Err(net::Error::TooLarge),
+                }
             } else {
                 wire::fill_tcp_checksum(frame);
                 net.send(frame.len(), |buf| buf.copy_from_slice(frame))
@@ -298,17 +346,27 @@ impl<N: Net> phy::TxToken for Tx<'_, N> {
         // ran it, it runs on scratch space.
         let mut f = Some(f);
         let mut out = None;
+        let mut unfit = false;
         // With the host completing checksums, the segment's bytes are not
         // read again here: only its pseudo-header is summed.
-        let offload = net.checksum_offload();
+        let offloading = net.checksum_offload();
         let sent = net.send_partial(len, |buf| {
             let mut partial = None;
             if let Some(f) = f.take() {
                 out = Some(f(buf));
                 neighbors.outgoing(buf, now);
                 conns.outgoing(buf, now);
-                if offload {
-                    partial = partial_or_fill(buf);
+                if offloading {
+                    match offload(buf, segment, max_frame) {
+                        Ok(p) => partial = p,
+                        Err(()) => {
+                            // Longer than the MTU and not a TCP segment the
+                            // host can cut (the engine writes none such):
+                            // spoiled, so that the host drops it.
+                            unfit = true;
+                            buf.fill(0);
+                        }
+                    }
                 } else {
                     wire::fill_tcp_checksum(buf);
                 }
@@ -316,8 +374,8 @@ impl<N: Net> phy::TxToken for Tx<'_, N> {
             ((), partial)
         });
         match sent {
-            Ok(()) => stats.tx_frames += 1,
-            Err(_) => stats.tx_dropped += 1,
+            Ok(()) if !unfit => stats.tx_frames += 1,
+            _ => stats.tx_dropped += 1,
         }
         match (out, f) {
             (Some(r), _) => r,
@@ -333,8 +391,8 @@ impl<N: Net> phy::TxToken for Tx<'_, N> {
 
 impl<N> Adapter<'_, N> {
     fn tx(&mut self) -> Tx<'_, N> {
-        let Link { scratch, stats, conns, neighbors, .. } = &mut *self.link;
-        Tx { net: &mut *self.net, scratch, stats, conns, neighbors }
+        let Link { max_frame, scratch, stats, conns, neighbors, .. } = &mut *self.link;
+        Tx { net: &mut *self.net, max_frame: *max_frame, segment: None, scratch, stats, conns, neighbors }
     }
 }
 
@@ -349,12 +407,13 @@ impl<N: Net> phy::Device for Adapter<'_, N> {
         Self: 'a;
 
     fn receive(&mut self, _now: smoltcp::time::Instant) -> Option<(Rx<'_>, Tx<'_, N>)> {
-        let Link { rx, made, made_len, pending, scratch, stats, conns, neighbors, .. } = &mut *self.link;
+        let Link { rx, made, made_len, pending, max_frame, scratch, stats, conns, neighbors, .. } = &mut *self.link;
         let frame = match made_len.take() {
             Some(len) => &made[..len],
             None => &rx[..pending.take()?],
         };
-        Some((Rx(frame), Tx { net: &mut *self.net, scratch, stats, conns, neighbors }))
+        let max_frame = *max_frame;
+        Some((Rx(frame), Tx { net: &mut *self.net, max_frame, segment: None, scratch, stats, conns, neighbors }))
     }
 
     fn transmit(&mut self, _now: smoltcp::time::Instant) -> Option<Tx<'_, N>> {
@@ -365,6 +424,13 @@ impl<N: Net> phy::Device for Adapter<'_, N> {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = self.link.max_frame;
+        if self.link.segmented_frame > self.link.max_frame {
+            // The engine writes TCP segments of up to this size and names
+            // the segment size they are to be cut to (`Tx::set_meta`).
+            let size = core::num::NonZeroUsize::new(self.link.segmented_frame);
+            caps.segmentation.tcpv4 = size;
+            caps.segmentation.tcpv6 = size;
+        }
         // Received frames were checked by `wire::parse`: the engine only
         // computes checksums of what it sends, TCP's excepted: the
         // transmit token fills those in after the adapter's last change
@@ -377,5 +443,54 @@ impl<N: Net> phy::Device for Adapter<'_, N> {
         checksum.icmpv6 = Checksum::Tx;
         caps.checksum = checksum;
         caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    /// An Ethernet frame holding an IPv4 TCP segment with `options` bytes
+    /// of TCP options and `payload` bytes of data.
+    fn segment(options: usize, payload: usize) -> Vec<u8> {
+        let tcp_len = 20 + options;
+        let total = 20 + tcp_len + payload;
+        let mut f = vec![0u8; 14 + total];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+        f[14 + 9] = 6;
+        f[14 + 12..14 + 20].copy_from_slice(&[10, 0, 0, 2, 10, 0, 0, 1]);
+        f[34 + 12] = (tcp_len as u8 / 4) << 4;
+        f
+    }
+
+    #[test]
+    fn a_segment_larger_than_the_mtu_or_the_peer_takes_is_left_to_the_host_to_cut() {
+        let max_frame = 1514;
+        // Up to the MTU, and no larger than the peer's MSS: sent whole.
+        let mut f = segment(0, 1460);
+        assert_eq!(offload(&mut f, Some(1460), max_frame), Ok(Some(PartialChecksum::new(34, 16))));
+        // Larger: cut to what a frame holds, headers and options counted.
+        let mut f = segment(12, 64_000);
+        let p = offload(&mut f, Some(1460), max_frame).unwrap().unwrap();
+        assert_eq!((p.start, p.offset, p.segment), (34, 16, 1448));
+        // A peer taking less than the MTU allows: cut to its MSS.
+        let mut f = segment(0, 3000);
+        assert_eq!(offload(&mut f, Some(536), max_frame).unwrap().unwrap().segment, 536);
+        // A segment within the peer's MSS but past the MTU is still cut.
+        let mut f = segment(0, 8000);
+        assert_eq!(offload(&mut f, Some(8960), max_frame).unwrap().unwrap().segment, 1460);
+        // Without segmentation a frame past the MTU cannot go.
+        let mut f = segment(0, 3000);
+        assert_eq!(offload(&mut f, None, max_frame), Err(()));
+        // Nor can one that is not TCP.
+        let mut f = segment(0, 3000);
+        f[14 + 9] = 17;
+        assert_eq!(offload(&mut f, Some(1460), max_frame), Err(()));
+        // Headers that leave no room for data in a frame.
+        let mut f = segment(40, 3000);
+        assert_eq!(offload(&mut f, Some(1460), 14 + 20 + 60), Err(()));
     }
 }

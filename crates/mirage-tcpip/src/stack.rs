@@ -94,6 +94,11 @@ pub struct Config {
     /// the answer is no. The platform's memory budget by default
     /// (`mirage_runtime::memory::may_hold`).
     pub may_hold: fn(usize) -> bool,
+    /// Whether TCP segments larger than the MTU are handed to an interface
+    /// that cuts them up itself ([`mirage_devices::net::Net::segmentation_offload`]):
+    /// the engine then writes one segment of up to 64 KiB where it would
+    /// write dozens. No effect on an interface without the offload.
+    pub segmentation_offload: bool,
 }
 
 impl Default for Config {
@@ -117,6 +122,7 @@ impl Default for Config {
             close_wait_timeout: Some(Duration::from_secs(120)),
             shed_idle: Some(Duration::from_millis(500)),
             may_hold: mirage_runtime::memory::may_hold,
+            segmentation_offload: true,
         }
     }
 }
@@ -144,6 +150,11 @@ impl Config {
             Arg::new::<Option<Ipv6Cidr>>("ipv6", Some(""), "IPv6 address and prefix length."),
             Arg::new::<Option<Ipv6Addr>>("ipv6-gateway", Some(""), "IPv6 default gateway."),
             Arg::new::<u32>("tcp-buffer-kib", Some("64"), "Receive and send buffer per TCP connection, in KiB."),
+            Arg::new::<bool>(
+                "tcp-segmentation-offload",
+                Some("true"),
+                "Let the host cut TCP segments to the MTU, where the interface offers it.",
+            ),
         ]
     }
 
@@ -172,6 +183,7 @@ impl Config {
             ipv6_gateway: args.get(&name("ipv6-gateway")),
             dhcp: ipv4.is_none(),
             tcp_buffer: (args.get::<u32>(&name("tcp-buffer-kib")) as usize).clamp(4, 1 << 16) * 1024,
+            segmentation_offload: args.get(&name("tcp-segmentation-offload")),
             ..Config::default()
         }
     }
@@ -429,7 +441,8 @@ impl Stack {
             h.finish()
         };
         let conns = Conns::new(key(seed, 1), config.max_connections);
-        let link = Link::new(info.max_frame(), mac, conns, Neighbors::new(key(seed, 2))).ok_or(Error::NoMemory)?;
+        let tso = if config.segmentation_offload { net.segmentation_offload() } else { 0 };
+        let link = Link::new(info.max_frame(), tso, mac, conns, Neighbors::new(key(seed, 2))).ok_or(Error::NoMemory)?;
         let mut net = net;
         let mut link = link;
         let mut ic = smoltcp::iface::Config::new(HardwareAddress::Ethernet(ethernet));

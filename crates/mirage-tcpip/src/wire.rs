@@ -707,7 +707,7 @@ mod tests {
         let (s, offset) = partial_tcp_checksum(&mut frame).expect("a TCP frame");
         assert_eq!((s as usize, offset), (start, 16));
         assert_ne!(frame, expected, "the field holds the pseudo-header's sum");
-        assert!(mirage_devices::net::PartialChecksum { start: s, offset }.complete(&mut frame));
+        assert!(mirage_devices::net::PartialChecksum::new(s, offset).complete(&mut frame));
         assert_eq!(frame, expected);
         // Bytes after the segment would enter the host's sum: refused.
         let mut padded = expected.to_vec();

@@ -12,7 +12,8 @@ use mirage_runtime::{Interest, Source, io};
 /// completes the TCP checksums of what the stack sends
 /// ([`Net::checksum_offload`]); each frame read or written is preceded by
 /// a header ([`tap::VNET_HDR_LEN`] bytes), kept at the front of `rx` and
-/// `tx`.
+/// `tx`. The header also lets the stack hand over TCP segments of up to
+/// 64 KiB for the kernel to cut to the MTU ([`Net::segmentation_offload`]).
 #[derive(Debug)]
 pub struct TapNet {
     fd: OwnedFd,
@@ -35,7 +36,8 @@ impl TapNet {
         };
         let info = NetInfo::new(mac, mtu);
         let hdr = if vnet { tap::VNET_HDR_LEN } else { 0 };
-        let (rx, tx) = (vec![0; hdr + info.max_frame()], vec![0; hdr + info.max_frame()]);
+        let tx_frame = if vnet { tap::VNET_MAX_SEGMENTED.max(info.max_frame()) } else { info.max_frame() };
+        let (rx, tx) = (vec![0; hdr + info.max_frame()], vec![0; hdr + tx_frame]);
         Ok(TapNet { fd, info, hdr, rx, tx, stats: Stats::default() })
     }
 
@@ -85,18 +87,33 @@ impl Net for TapNet {
         self.hdr != 0
     }
 
+    fn segmentation_offload(&self) -> usize {
+        if self.hdr != 0 { self.tx.len() - self.hdr } else { 0 }
+    }
+
     fn send_partial<R>(
         &mut self,
         len: usize,
         f: impl FnOnce(&mut [u8]) -> (R, Option<PartialChecksum>),
     ) -> Result<R, Error> {
-        if len > self.info.max_frame() {
+        if len > self.info.max_frame() && (self.hdr == 0 || len > self.tx.len() - self.hdr) {
             return Err(Error::TooLarge);
         }
         let (hdr, frame) = self.tx[..self.hdr + len].split_at_mut(self.hdr);
         let (r, partial) = f(frame);
         if self.hdr != 0 {
-            hdr.copy_from_slice(&tap::vnet_hdr(partial.map(|p| (p.start, p.offset))));
+            // A frame longer than the MTU goes out only as a segment the
+            // kernel cuts.
+            let h = match partial {
+                Some(p) => tap::vnet_hdr_segmented(frame, (p.start, p.offset), p.segment),
+                None => Some(tap::vnet_hdr(None)),
+            };
+            match h {
+                Some(h) if len <= self.info.max_frame() || partial.is_some_and(|p| p.segment != 0) => {
+                    hdr.copy_from_slice(&h)
+                }
+                _ => return Err(Error::TooLarge),
+            }
         } else if let Some(p) = partial {
             p.complete(frame);
         }

@@ -56,6 +56,13 @@ pub const FEATURE_RING_SERVE: u32 = 1 << 1;
 /// checksum ([`crate::ring::RingEntry::csum`]). A guest that ignores the
 /// bit leaves the field zero and sums its frames itself.
 pub const FEATURE_NET_CSUM: u32 = 1 << 2;
+/// Ours: set with [`FEATURE_NET_CSUM`] when the tender's taps take
+/// segmentation offload (as every tap with virtio-net headers does): a
+/// ring write entry that leaves its TCP checksum may then also hold a
+/// segment size ([`crate::ring::csum_entry_segmented`]), and its frame may
+/// be one TCP segment of up to 64 KiB that the host's kernel cuts into
+/// segments of that size (virtio-net's GSO, Linux's TSO).
+pub const FEATURE_NET_TSO: u32 = 1 << 3;
 
 /// Default guest memory (512 MiB), as `solo5-hvt`.
 pub const DEFAULT_MEM_SIZE: u64 = 0x2000_0000;

@@ -60,25 +60,35 @@ pub const fn csum_entry(start: u16, offset: u16) -> u64 {
     CSUM_NEEDED | start as u64 | (offset as u64) << 16
 }
 
-/// A [`RingEntry::csum`] that asks for a field outside its frame, or sets
-/// unknown bits.
+/// The [`RingEntry::csum`] of a frame whose checksum the host completes
+/// (as [`csum_entry`]) and whose one TCP segment (its header at `start`)
+/// it cuts into segments of `segment` payload bytes (bits 48 to 63), where
+/// the tender offers [`crate::hvt::FEATURE_NET_TSO`].
+pub const fn csum_entry_segmented(start: u16, offset: u16, segment: u16) -> u64 {
+    csum_entry(start, offset) | (segment as u64) << 48
+}
+
+/// A [`RingEntry::csum`] that asks for a field outside its frame, for
+/// segmentation where it is not offered, or sets unknown bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadCsum;
 
 /// What [`RingEntry::csum`] asks of a frame of `len` bytes: nothing, or a
-/// checksum (`csum_start`, `csum_offset`).
-pub fn csum_request(csum: u64, len: u32) -> Result<Option<(u16, u16)>, BadCsum> {
+/// checksum (`csum_start`, `csum_offset`) and a segment size (0: none; only
+/// where `segmentation` is offered).
+pub fn csum_request(csum: u64, len: u32, segmentation: bool) -> Result<Option<(u16, u16, u16)>, BadCsum> {
     if csum == 0 {
         return Ok(None);
     }
-    if csum >> 32 != 1 {
+    let segment = (csum >> 48) as u16;
+    if (csum >> 32) & 0xffff != 1 || (segment != 0 && !segmentation) {
         return Err(BadCsum);
     }
     let (start, offset) = (csum as u16, (csum >> 16) as u16);
     if start as u64 + offset as u64 + 2 > len as u64 {
         return Err(BadCsum);
     }
-    Ok(Some((start, offset)))
+    Ok(Some((start, offset, segment)))
 }
 
 /// `struct hvt_ring_commit`: the completion of a read.
@@ -154,12 +164,16 @@ mod tests {
 
     #[test]
     fn csum_requests_are_checked_against_the_frame() {
-        assert_eq!(csum_request(0, 0), Ok(None));
-        assert_eq!(csum_request(csum_entry(34, 16), 54), Ok(Some((34, 16))));
-        assert_eq!(csum_request(csum_entry(34, 16), 51), Err(BadCsum), "the field ends past the frame");
-        assert_eq!(csum_request(csum_entry(u16::MAX, u16::MAX), u32::MAX), Ok(Some((u16::MAX, u16::MAX))));
-        assert_eq!(csum_request(csum_entry(u16::MAX, u16::MAX), 131_071), Err(BadCsum));
-        assert_eq!(csum_request(34 | 16 << 16, 1000), Err(BadCsum), "without the bit");
-        assert_eq!(csum_request(csum_entry(34, 16) | 1 << 40, 1000), Err(BadCsum), "unknown bits");
+        assert_eq!(csum_request(0, 0, false), Ok(None));
+        assert_eq!(csum_request(csum_entry(34, 16), 54, false), Ok(Some((34, 16, 0))));
+        assert_eq!(csum_request(csum_entry(34, 16), 51, false), Err(BadCsum), "the field ends past the frame");
+        assert_eq!(csum_request(csum_entry(u16::MAX, u16::MAX), u32::MAX, false), Ok(Some((u16::MAX, u16::MAX, 0))));
+        assert_eq!(csum_request(csum_entry(u16::MAX, u16::MAX), 131_071, false), Err(BadCsum));
+        assert_eq!(csum_request(34 | 16 << 16, 1000, false), Err(BadCsum), "without the bit");
+        assert_eq!(csum_request(csum_entry(34, 16) | 1 << 40, 1000, true), Err(BadCsum), "unknown bits");
+        let seg = csum_entry_segmented(34, 16, 1448);
+        assert_eq!(csum_request(seg, 65_000, true), Ok(Some((34, 16, 1448))));
+        assert_eq!(csum_request(seg, 65_000, false), Err(BadCsum), "segmentation not offered");
+        assert_eq!(csum_request(seg, 40, true), Err(BadCsum), "the field ends past the frame");
     }
 }

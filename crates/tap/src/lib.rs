@@ -115,7 +115,7 @@ pub fn attach(ifname: &str) -> io::Result<(OwnedFd, u16)> {
     }
 }
 
-pub use solo5_abi::vnet::{VNET_F_NEEDS_CSUM, VNET_HDR_LEN, vnet_hdr};
+pub use solo5_abi::vnet::{VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VNET_MAX_SEGMENTED, vnet_hdr, vnet_hdr_segmented};
 
 /// Reads one frame from tap `fd` into the `len` bytes at `buf`, behind its
 /// virtio-net header if the tap has them (`with_hdr`; the header is
@@ -143,19 +143,19 @@ pub unsafe fn read_frame(fd: i32, with_hdr: bool, buf: *mut u8, len: usize) -> i
 }
 
 /// Writes the `len` bytes at `frame` to tap `fd`, behind a virtio-net
-/// header if the tap has them (`with_hdr`), which carries `partial`
-/// ([`vnet_hdr`]; ignored without headers). The frame's bytes written, or
-/// -1 with `errno` set.
+/// header if the tap has them (`with_hdr`): `hdr` ([`vnet_hdr`],
+/// [`vnet_hdr_segmented`]; ignored without headers). The frame's bytes
+/// written, or -1 with `errno` set.
 ///
 /// # Safety
 ///
 /// `frame` is valid for reads of `len` bytes.
-pub unsafe fn write_frame(fd: i32, with_hdr: bool, partial: Option<(u16, u16)>, frame: *const u8, len: usize) -> isize {
+pub unsafe fn write_frame(fd: i32, with_hdr: bool, hdr: [u8; VNET_HDR_LEN], frame: *const u8, len: usize) -> isize {
     if !with_hdr {
         // SAFETY: the caller's promise on frame and len.
         return unsafe { libc::write(fd, frame.cast(), len) };
     }
-    let mut hdr = vnet_hdr(partial);
+    let mut hdr = hdr;
     let iov = [
         libc::iovec { iov_base: hdr.as_mut_ptr().cast(), iov_len: hdr.len() },
         libc::iovec { iov_base: frame as *mut libc::c_void, iov_len: len },

@@ -118,7 +118,9 @@ impl Net {
         let raw = net::Net::acquire(name)?;
         let i = raw.info();
         let info = NetInfo::new(MacAddr(i.mac), i.mtu);
-        Ok(Net { raw, info, rx: vec![0; info.max_frame()], tx: vec![0; info.max_frame()], stats: Stats::default() })
+        // Room for a segment the host cuts, where it does.
+        let tx = vec![0; raw.segmentation_offload().max(info.max_frame())];
+        Ok(Net { raw, info, rx: vec![0; info.max_frame()], tx, stats: Stats::default() })
     }
 }
 
@@ -145,7 +147,7 @@ impl dnet::Net for Net {
     }
 
     fn send<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, dnet::Error> {
-        if len > self.tx.len() {
+        if len > self.info.max_frame() {
             return Err(dnet::Error::TooLarge);
         }
         let r = f(&mut self.tx[..len]);
@@ -159,6 +161,10 @@ impl dnet::Net for Net {
         self.raw.checksum_offload()
     }
 
+    fn segmentation_offload(&self) -> usize {
+        self.raw.segmentation_offload().min(self.tx.len())
+    }
+
     fn send_partial<R>(
         &mut self,
         len: usize,
@@ -169,7 +175,12 @@ impl dnet::Net for Net {
         }
         let frame = &mut self.tx[..len];
         let (r, partial) = f(frame);
-        self.raw.write_partial(frame, partial.map(|p| (p.start, p.offset))).map_err(|_| dnet::Error::Io)?;
+        // A frame longer than the MTU goes out only as a segment the host
+        // cuts.
+        if len > self.info.max_frame() && partial.is_none_or(|p| p.segment == 0) {
+            return Err(dnet::Error::TooLarge);
+        }
+        self.raw.write_partial(frame, partial.map(|p| (p.start, p.offset, p.segment))).map_err(|_| dnet::Error::Io)?;
         self.stats.tx_frames += 1;
         self.stats.tx_bytes += len as u64;
         Ok(r)

@@ -17,7 +17,7 @@ pub fn use_ring(enabled: bool) {
 }
 
 #[cfg(feature = "spt")]
-use solo5_abi::vnet::{VNET_HDR_LEN, vnet_hdr};
+use solo5_abi::vnet::{VNET_HDR_LEN, vnet_hdr_segmented};
 
 /// What the tender attached for an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,21 +81,45 @@ impl Net {
         self.vnet_hdr
     }
 
+    /// The largest frame [`Net::write_partial`] takes as one TCP segment
+    /// for the host to cut (segmentation offload: on spt where the tender
+    /// granted the header, on hvt where it offers `FEATURE_NET_TSO`, ours);
+    /// 0 where the host does not cut segments.
+    pub fn segmentation_offload(&self) -> usize {
+        #[cfg(feature = "hvt")]
+        return super::hvt::net_segmentation_offload();
+        #[cfg(not(feature = "hvt"))]
+        if self.vnet_hdr { solo5_abi::vnet::VNET_MAX_SEGMENTED } else { 0 }
+    }
+
     /// Sends one frame, leaving its checksum at `partial` (`csum_start`,
     /// `csum_offset`; the field holds the pseudo-header's sum) for the host
     /// to complete, as virtio-net's `NEEDS_CSUM` does. Where the host cannot
-    /// ([`Net::checksum_offload`]), it is completed here first.
-    pub fn write_partial(&self, frame: &mut [u8], partial: Option<(u16, u16)>) -> Result<(), Error> {
+    /// ([`Net::checksum_offload`]), it is completed here first. A third
+    /// number other than 0 asks the host to cut the frame's TCP segment
+    /// into segments of that many payload bytes
+    /// ([`Net::segmentation_offload`]).
+    pub fn write_partial(&self, frame: &mut [u8], partial: Option<(u16, u16, u16)>) -> Result<(), Error> {
         #[cfg(feature = "hvt")]
         return super::hvt::net_write_partial(self.handle, frame, partial);
         #[cfg(feature = "spt")]
         if self.vnet_hdr {
-            return super::spt::net_write_hdr(self.fd, &vnet_hdr(partial), frame);
+            let hdr = match partial {
+                Some((start, offset, segment)) => vnet_hdr_segmented(frame, (start, offset), segment),
+                None => Some([0; VNET_HDR_LEN]),
+            };
+            return match hdr {
+                Some(hdr) => super::spt::net_write_hdr(self.fd, &hdr, frame),
+                None => Err(Error::Invalid),
+            };
         }
         #[cfg(not(feature = "hvt"))]
         {
-            if let Some((start, offset)) = partial {
-                mirage_devices::net::PartialChecksum { start, offset }.complete(frame);
+            if let Some((start, offset, segment)) = partial {
+                if segment != 0 {
+                    return Err(Error::Invalid);
+                }
+                mirage_devices::net::PartialChecksum::new(start, offset).complete(frame);
             }
             self.write(frame)
         }

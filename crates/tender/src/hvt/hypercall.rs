@@ -297,7 +297,13 @@ impl<'m> Hypercalls<'m> {
                 let data = self.mem.readable(Gpa(w.data), w.len).map_err(&err)?;
                 // SAFETY: the slice is checked, readable guest memory.
                 let n = unsafe {
-                    tap::write_frame(fd, self.devices.vnet[w.handle as usize], None, data.as_ptr(), data.len())
+                    tap::write_frame(
+                        fd,
+                        self.devices.vnet[w.handle as usize],
+                        tap::vnet_hdr(None),
+                        data.as_ptr(),
+                        data.len(),
+                    )
                 };
                 if n < 0 {
                     return Err(fatal!("Fatal error when writing: {}", strerror(&os_error())));

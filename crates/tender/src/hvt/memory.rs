@@ -67,6 +67,18 @@ impl GuestSlice<'_> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Copies the range's first bytes into `out`, as many as both hold: a
+    /// snapshot to look at (headers), which the guest cannot change under
+    /// the reader. How many were copied.
+    pub fn copy_prefix(&self, out: &mut [u8]) -> usize {
+        let n = self.len.min(out.len());
+        // SAFETY: the range's first n bytes are mapped and readable while
+        // the slice lives, and `out` is a distinct host buffer of at least
+        // n bytes.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), out.as_mut_ptr(), n) };
+        n
+    }
 }
 
 /// A checked range of guest memory the host may write.

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd};
 use solo5_abi::hvt::{
-    self, BootInfo, FEATURE_NET_CSUM, FEATURE_RING_IO, FEATURE_RING_SERVE, GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE,
-    TrapRegs,
+    self, BootInfo, FEATURE_NET_CSUM, FEATURE_NET_TSO, FEATURE_RING_IO, FEATURE_RING_SERVE, GUEST_MAX_MEM_SIZE,
+    GUEST_PAGE_SIZE, TrapRegs,
 };
 use solo5_abi::mft::MftType;
 use solo5_abi::note::AbiTarget;
@@ -153,7 +153,8 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     let exe = exe::open(&cl.kernel, AbiTarget::Hvt, hvt::ABI_VERSION)?;
     let mut devices = Devices::new(exe.manifest.clone());
     // The tender reads and writes the taps: with virtio-net headers, so
-    // that the guest may leave checksums to the host (FEATURE_NET_CSUM).
+    // that the guest may leave checksums and TCP segmentation to the host
+    // (FEATURE_NET_CSUM, FEATURE_NET_TSO).
     devices.tender_vnet_hdr = true;
     let mut dump_dir = None;
     let mut gdb_options = gdb::Options::default();
@@ -222,7 +223,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
         cmdline: cmdline_gpa,
         mft: mft_gpa,
         host_features: match &ring_thread {
-            Some(r) if r.offers_csum() => FEATURE_RING_IO | FEATURE_RING_SERVE | FEATURE_NET_CSUM,
+            Some(r) if r.offers_csum() => FEATURE_RING_IO | FEATURE_RING_SERVE | FEATURE_NET_CSUM | FEATURE_NET_TSO,
             Some(_) => FEATURE_RING_IO | FEATURE_RING_SERVE,
             None => 0,
         },

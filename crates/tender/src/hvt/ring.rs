@@ -163,8 +163,9 @@ struct Server {
     mem: Arc<GuestMemory>,
     ring_gpa: u64,
     nics: Vec<Nic>,
-    /// Whether checksums may be left to the host
-    /// ([`solo5_abi::hvt::FEATURE_NET_CSUM`]): every tap has headers.
+    /// Whether checksums and segmentation may be left to the host
+    /// ([`solo5_abi::hvt::FEATURE_NET_CSUM`], [`solo5_abi::hvt::FEATURE_NET_TSO`]):
+    /// every tap has headers.
     csum: bool,
     serving: Mutex<()>,
 }
@@ -177,8 +178,9 @@ struct Worker {
 }
 
 impl RingThread {
-    /// Whether the ring takes checksums for the host to complete
-    /// ([`solo5_abi::hvt::FEATURE_NET_CSUM`]).
+    /// Whether the ring takes checksums for the host to complete and
+    /// segments for it to cut ([`solo5_abi::hvt::FEATURE_NET_CSUM`],
+    /// [`solo5_abi::hvt::FEATURE_NET_TSO`]).
     pub fn offers_csum(&self) -> bool {
         self.server.csum
     }
@@ -336,16 +338,29 @@ impl Server {
                         // A checksum to complete, where offered (all taps
                         // with headers); elsewhere the field is Solo5's
                         // reserved one, and ignored.
-                        let partial = if hdr && self.csum {
+                        // A checksum to complete and a segment to cut,
+                        // where offered (all taps with headers); elsewhere
+                        // the field is Solo5's reserved one, and ignored.
+                        let vnet = if hdr && self.csum {
                             let csum = ent.csum.load(Ordering::Relaxed);
-                            csum_request(csum, len).map_err(|_| {
+                            match csum_request(csum, len, true).map_err(|_| {
                                 fatal!("net ring: a write asks for a checksum the frame does not hold: {csum:#x} for {len} bytes")
-                            })?
+                            })? {
+                                None => tap::vnet_hdr(None),
+                                Some((start, offset, segment)) => {
+                                    // Ethernet, IP and TCP headers fit.
+                                    let mut headers = [0u8; 192];
+                                    let n = frame.copy_prefix(&mut headers);
+                                    tap::vnet_hdr_segmented(&headers[..n], (start, offset), segment).ok_or_else(|| {
+                                        fatal!("net ring: a write asks to cut a TCP segment the frame does not hold: {csum:#x} for {len} bytes")
+                                    })?
+                                }
+                            }
                         } else {
-                            None
+                            tap::vnet_hdr(None)
                         };
                         // SAFETY: the slice is checked, readable guest memory.
-                        let n = unsafe { tap::write_frame(fd, hdr, partial, frame.as_ptr(), frame.len()) };
+                        let n = unsafe { tap::write_frame(fd, hdr, vnet, frame.as_ptr(), frame.len()) };
                         if n < 0 {
                             let e = std::io::Error::last_os_error();
                             return Err(fatal!("Fatal write error on net device: {}", strerror(&e)));

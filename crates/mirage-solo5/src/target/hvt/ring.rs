@@ -225,7 +225,8 @@ impl GuestRing {
     /// entry's checksum request (`solo5_abi::ring::csum_entry`, where the
     /// tender offers `FEATURE_NET_CSUM`), or 0.
     pub(crate) fn write(&self, handle: u64, frame: &[u8], csum: u64) -> Option<Result<(), Error>> {
-        if frame.len() > MAX_FRAME || self.bypass() {
+        // A segment for the host to cut (bits 48 and up) has no other way.
+        if frame.len() > MAX_FRAME || (csum >> 48 == 0 && self.bypass()) {
             return None;
         }
         let tail = self.reserve();
