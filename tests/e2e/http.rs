@@ -44,12 +44,16 @@ fn keys(t: &str, tar: bool) -> Vec<&'static str> {
 /// Starts static-website on `t` in `ns`; `disk` is the tar image of a
 /// `--kv-ro=tar` build.
 fn start(ns: &Netns, t: &str, disk: Option<&Path>) -> Result<Background, String> {
+    start_with(ns, t, disk, &[])
+}
+
+fn start_with(ns: &Netns, t: &str, disk: Option<&Path>, args: &[&str]) -> Result<Background, String> {
     let image = example_with(t, "static-website", &keys(t, disk.is_some()))?;
     let block = disk.map(|d| format!("--block:htdocs={}", d.display()));
     let mut devices = vec!["--net:service=tap0"];
     devices.extend(block.as_deref());
     let mut c = ns.unikernel(t, &image, &devices);
-    c.args(LIMITS);
+    c.args(LIMITS).args(args);
     let mut bg = Background::start(c)?;
     bg.wait_for("static-website: serving", Duration::from_secs(30))?;
     Ok(bg)
@@ -638,6 +642,38 @@ fn serves_a_tar_image(ns: &Netns, big: &[u8]) -> Result<(), String> {
     })?
 }
 
+/// The 1 MiB file over a tap of MTU 1500, with the stack's segmentation
+/// offload on or off: byte-exact either way, and in how many packets the
+/// host received it (a segment the host cuts arrives as one).
+fn one_mib_at_mtu_1500(t: &str, offload: bool) -> Result<(), String> {
+    let scratch = Scratch::new(if offload { "tar-site-tso" } else { "tar-site-no-tso" });
+    let (img, big) = tar_image(&scratch)?;
+    let ns = Netns::new()?;
+    let arg = format!("--tcp-segmentation-offload={offload}");
+    let g = start_with(&ns, t, Some(&img), &[&arg])?;
+    let mut packets = 0;
+    for _ in 0..4 {
+        let before = ns.rx_packets("tap0")?;
+        let got = curl(&ns, "/a/b/c/big.bin", &[])?;
+        packets += ns.rx_packets("tap0")? - before;
+        expect(&got, 200, "the 1 MiB file")?;
+        if got.body != big {
+            return Err(format!("the 1 MiB file came back different ({} bytes)\n{}", got.body.len(), g.output()));
+        }
+    }
+    // 1,448 payload bytes a frame at MTU 1500 (with timestamps; 1,460
+    // without): at least 724 frames a download when the stack cuts them.
+    let per_download = packets / 4;
+    eprintln!("{t}: 1 MiB at MTU 1500, segmentation offload {offload}: {per_download} packets a download");
+    if offload && per_download > 200 {
+        return Err(format!("{per_download} packets a download: the host did not cut the segments"));
+    }
+    if !offload && per_download < 724 {
+        return Err(format!("{per_download} packets a download with the offload off: frames above the MTU?"));
+    }
+    Ok(())
+}
+
 fn needs(t: &'static str) -> Needs {
     Needs::Net(t)
 }
@@ -731,6 +767,10 @@ pub fn cases(v: &mut Vec<Case>) {
             let ns = Netns::with_mtu(65520)?;
             let _g = start(&ns, t, Some(&img))?;
             serves_a_tar_image(&ns, &big)
+        }));
+        v.push(case(format!("{t}::http_serves_1_mib_at_mtu_1500_in_segments_the_host_cuts"), needs(t), move || {
+            one_mib_at_mtu_1500(t, true)?;
+            one_mib_at_mtu_1500(t, false)
         }));
     }
 }

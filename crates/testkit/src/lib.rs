@@ -430,6 +430,20 @@ impl Netns {
         ip(&a)
     }
 
+    /// Packets the host received from interface `dev` of the namespace so
+    /// far (a segment the host cuts counts once: it arrives as one).
+    pub fn rx_packets(&self, dev: &str) -> Result<u64, String> {
+        let out = self
+            .command("cat")
+            .arg(format!("/sys/class/net/{dev}/statistics/rx_packets"))
+            .output()
+            .map_err(|e| format!("reading {dev}'s counters: {e}"))?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| format!("{dev}'s rx_packets: {:?}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+
     /// A command run inside the namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");

@@ -63,11 +63,19 @@ const PROTECTED_NET: &[(&str, &str)] = &[
     ("ring-write-oob", "net ring write: Invalid guest access: gpa=0xfff00000, sz=60"),
     ("ring-overflow", "net ring: guest submitted 1025 entries, the ring holds 1024"),
     ("ring-bad-csum", "net ring: a write asks for a checksum the frame does not hold: 0x10010003c for 60 bytes"),
+    (
+        "ring-bad-tso",
+        "net ring: a write asks to cut a TCP segment the frame does not hold: 0x5a8000100100022 for 60 bytes",
+    ),
     // The same entries, served on the vCPU's thread at the guest's request.
     ("serve-read-ro", "net ring read: Invalid guest access: gpa={gpa}, sz=1514"),
     ("serve-write-oob", "net ring write: Invalid guest access: gpa=0xfff00000, sz=60"),
     ("serve-overflow", "net ring: guest submitted 1025 entries, the ring holds 1024"),
     ("serve-bad-csum", "net ring: a write asks for a checksum the frame does not hold: 0x10010003c for 60 bytes"),
+    (
+        "serve-bad-tso",
+        "net ring: a write asks to cut a TCP segment the frame does not hold: 0x5a8000100100022 for 60 bytes",
+    ),
 ];
 
 pub fn cases(v: &mut Vec<Case>) {

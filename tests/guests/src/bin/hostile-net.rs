@@ -82,8 +82,8 @@ fn start(si: &solo5::StartInfo) -> i32 {
             let mut w = HcNetWrite { handle: 1, data: 0xfff0_0000, len: 60, ret: 0, _pad: 0 };
             call(Hypercall::NetWrite, &mut w);
         }
-        "ring-read-ro" | "ring-write-oob" | "ring-overflow" | "ring-bad-csum" | "serve-read-ro" | "serve-write-oob"
-        | "serve-overflow" | "serve-bad-csum" => {
+        "ring-read-ro" | "ring-write-oob" | "ring-overflow" | "ring-bad-csum" | "ring-bad-tso" | "serve-read-ro"
+        | "serve-write-oob" | "serve-overflow" | "serve-bad-csum" | "serve-bad-tso" => {
             let Some(ring) = ring() else {
                 solo5::println!("hostile: the tender offers no net ring");
                 return 2;
@@ -97,6 +97,12 @@ fn start(si: &solo5::StartInfo) -> i32 {
                 "write-oob" => submit(ring, port, OP_NET_WRITE, 0xfff0_0000, 60, 1, 0),
                 // A checksum field past the frame's end (FEATURE_NET_CSUM).
                 "bad-csum" => submit(ring, port, OP_NET_WRITE, frame.as_mut_ptr() as u64, 60, 1, csum_entry(60, 16)),
+                // A segment to cut in a frame that holds no TCP/IP headers
+                // (FEATURE_NET_TSO).
+                "bad-tso" => {
+                    let csum = csum_entry_segmented(34, 16, 1448);
+                    submit(ring, port, OP_NET_WRITE, frame.as_mut_ptr() as u64, 60, 1, csum)
+                }
                 _ => submit(ring, port, OP_NET_WRITE, frame.as_mut_ptr() as u64, 60, RING_SIZE + 1, 0),
             }
         }
