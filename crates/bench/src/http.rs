@@ -292,7 +292,8 @@ pub fn http(o: &Options) -> Result<(), String> {
             for (target, image) in &images {
                 for &mtu in &o.mtus {
                     let ns = Netns::with_mtu(mtu)?;
-                    let g = start(&ns, target, image, &[])?;
+                    let extra: Vec<&str> = o.boot_args.iter().map(String::as_str).collect();
+                    let g = start(&ns, target, image, &extra)?;
                     let before = testkit::attack::cpu_ticks(g.child.id());
                     let r = wrk(&ns, &format!("http://10.0.0.2/{file}"), conns, secs)
                         .map_err(|e| format!("{target}: {e}\n{}", g.output()))?;

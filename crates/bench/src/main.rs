@@ -8,7 +8,8 @@
 //! mirage-bench timers  [--count N]                # lateness of sleeps on each target
 //! mirage-bench tcp     [--count GIB]              # TCP bulk, short connections and ping, beside Linux
 //! mirage-bench http    [--runs SECONDS]           # wrk against static-website, beside nginx
-//!     (tcp and http: [--mtu 1500,65520] the tap MTUs measured, [--targets unix,hvt,spt] the targets)
+//!     (tcp and http: [--mtu 1500,65520] the tap MTUs measured, [--targets unix,hvt,spt] the targets,
+//!     [--boot-args "ARG ..."] boot arguments added to the unikernel's)
 //! mirage-bench images  [--solo5 DIR]              # image sizes, least memory, configure and build times
 //! mirage-bench oci     [--runs N] [--at-once N]   # containers: ctr run to first HTTP answer, memory, N at once, beside nginx with runc
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
@@ -67,6 +68,10 @@ struct Options {
     /// How many containers the oci benchmark runs at once for its density
     /// figures.
     at_once: usize,
+    /// Boot arguments the tcp and http benchmarks add to the unikernel's
+    /// (`--boot-args "--tcp-segmentation-offload=false"`), to measure a
+    /// change with and without.
+    boot_args: Vec<String>,
 }
 
 /// The tap MTU `mirage run` gives the devices it creates (its
@@ -89,6 +94,7 @@ fn main() {
         targets: ["unix", "hvt", "spt"].map(String::from).to_vec(),
         only: Vec::new(),
         at_once: 20,
+        boot_args: Vec::new(),
     };
     let mut i = 1;
     while i < args.len() {
@@ -103,6 +109,9 @@ fn main() {
             "--only" => opts.only.extend(args.get(i + 1).cloned()),
             "--mtu" => opts.mtus = args.get(i + 1).and_then(|v| list(v)).unwrap_or(opts.mtus),
             "--targets" => opts.targets = args.get(i + 1).and_then(|v| list(v)).unwrap_or(opts.targets),
+            "--boot-args" => {
+                opts.boot_args.extend(args.get(i + 1).into_iter().flat_map(|v| v.split_whitespace().map(String::from)))
+            }
             other => {
                 eprintln!("mirage-bench: unknown option {other}");
                 std::process::exit(64);
@@ -133,7 +142,7 @@ fn main() {
         Some("virtio") => virtio::virtio(&opts),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci|debug|virtio [--runs N] [--count N] [--at-once N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci|debug|virtio [--runs N] [--count N] [--at-once N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD] [--boot-args \"ARG ...\"]"
             );
             std::process::exit(64);
         }

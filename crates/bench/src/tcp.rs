@@ -204,7 +204,7 @@ pub fn tcp(o: &Options) -> Result<(), String> {
                 let name = format!("mirage-rs {tender}, tap MTU {mtu}, {window} windows");
                 let ns = Netns::with_mtu(mtu)?;
                 let mut c = ns.unikernel(target, &example(target, "network")?, &["--net:service=tap0"]);
-                c.args(["--ipv4=10.0.0.2/24", &format!("--tcp-buffer-kib={buffer}")]);
+                c.args(["--ipv4=10.0.0.2/24", &format!("--tcp-buffer-kib={buffer}")]).args(&o.boot_args);
                 let mut g = Background::start(c)?;
                 g.wait_for("network: ", Duration::from_secs(30))?;
                 let f = measure(&ns, guest, bytes, conns).map_err(|e| format!("{name}: {e}\n{}", g.output()))?;
