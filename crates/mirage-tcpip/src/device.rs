@@ -71,7 +71,7 @@ impl Link {
     /// segment size the engine names (the peer's MSS, or what the MTU
     /// leaves).
     pub(crate) fn new(max_frame: usize, tso: usize, mac: [u8; 6], conns: Conns, neighbors: Neighbors) -> Option<Link> {
-        let segmented_frame = if tso > max_frame { tso.min(SEGMENTED_FRAME) } else { max_frame };
+        let segmented_frame = tso.min(SEGMENTED_FRAME).max(max_frame);
         Some(Link {
             rx: buffer(max_frame)?,
             made: buffer(max_frame)?,
