@@ -362,7 +362,8 @@ impl<N: Net> phy::TxToken for Tx<'_, N> {
                         Err(()) => {
                             // Longer than the MTU and not a TCP segment the
                             // host can cut (the engine writes none such):
-                            // spoiled, so that the host drops it.
+                            // without a segment size the interface refuses
+                            // it, and it is zeroed in case one would not.
                             unfit = true;
                             buf.fill(0);
                         }
