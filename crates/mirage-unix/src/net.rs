@@ -104,11 +104,7 @@ impl Net for TapNet {
         if self.hdr != 0 {
             // A frame longer than the MTU goes out only as a segment the
             // kernel cuts.
-            let h = match partial {
-                Some(p) => tap::vnet_hdr_segmented(frame, (p.start, p.offset), p.segment),
-                None => Some(tap::vnet_hdr(None)),
-            };
-            match h {
+            match tap::vnet_hdr_for(frame, partial.map(|p| (p.start, p.offset, p.segment))) {
                 Some(h) if len <= self.info.max_frame() || partial.is_some_and(|p| p.segment != 0) => {
                     hdr.copy_from_slice(&h)
                 }

@@ -62,6 +62,16 @@ pub fn vnet_hdr_segmented(frame: &[u8], partial: (u16, u16), segment: u16) -> Op
     Some(hdr)
 }
 
+/// The header of a frame sent with `partial` (`csum_start`,
+/// `csum_offset` and a segment size, or 0), or without anything left to
+/// the host: [`vnet_hdr`] or [`vnet_hdr_segmented`].
+pub fn vnet_hdr_for(frame: &[u8], partial: Option<(u16, u16, u16)>) -> Option<[u8; VNET_HDR_LEN]> {
+    match partial {
+        Some((start, offset, segment)) => vnet_hdr_segmented(frame, (start, offset), segment),
+        None => Some(vnet_hdr(None)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

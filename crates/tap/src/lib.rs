@@ -115,7 +115,9 @@ pub fn attach(ifname: &str) -> io::Result<(OwnedFd, u16)> {
     }
 }
 
-pub use solo5_abi::vnet::{VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VNET_MAX_SEGMENTED, vnet_hdr, vnet_hdr_segmented};
+pub use solo5_abi::vnet::{
+    VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VNET_MAX_SEGMENTED, vnet_hdr, vnet_hdr_for, vnet_hdr_segmented,
+};
 
 /// Reads one frame from tap `fd` into the `len` bytes at `buf`, behind its
 /// virtio-net header if the tap has them (`with_hdr`; the header is

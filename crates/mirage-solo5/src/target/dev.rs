@@ -162,7 +162,7 @@ impl dnet::Net for Net {
     }
 
     fn segmentation_offload(&self) -> usize {
-        self.raw.segmentation_offload().min(self.tx.len())
+        self.raw.segmentation_offload()
     }
 
     fn send_partial<R>(

@@ -17,7 +17,7 @@ pub fn use_ring(enabled: bool) {
 }
 
 #[cfg(feature = "spt")]
-use solo5_abi::vnet::{VNET_HDR_LEN, vnet_hdr_segmented};
+use solo5_abi::vnet::{VNET_HDR_LEN, vnet_hdr_for};
 
 /// What the tender attached for an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,11 +104,7 @@ impl Net {
         return super::hvt::net_write_partial(self.handle, frame, partial);
         #[cfg(feature = "spt")]
         if self.vnet_hdr {
-            let hdr = match partial {
-                Some((start, offset, segment)) => vnet_hdr_segmented(frame, (start, offset), segment),
-                None => Some([0; VNET_HDR_LEN]),
-            };
-            return match hdr {
+            return match vnet_hdr_for(frame, partial) {
                 Some(hdr) => super::spt::net_write_hdr(self.fd, &hdr, frame),
                 None => Err(Error::Invalid),
             };

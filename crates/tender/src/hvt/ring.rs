@@ -335,9 +335,6 @@ impl Server {
                     if let Some((fd, hdr)) = self.nic_fd(handle) {
                         let frame =
                             self.mem.readable(Gpa(data), len as u64).map_err(|e| fatal!("net ring write: {e}"))?;
-                        // A checksum to complete, where offered (all taps
-                        // with headers); elsewhere the field is Solo5's
-                        // reserved one, and ignored.
                         // A checksum to complete and a segment to cut,
                         // where offered (all taps with headers); elsewhere
                         // the field is Solo5's reserved one, and ignored.
@@ -347,6 +344,7 @@ impl Server {
                                 fatal!("net ring: a write asks for a checksum the frame does not hold: {csum:#x} for {len} bytes")
                             })? {
                                 None => tap::vnet_hdr(None),
+                                Some((start, offset, 0)) => tap::vnet_hdr(Some((start, offset))),
                                 Some((start, offset, segment)) => {
                                     // Ethernet, IP and TCP headers fit.
                                     let mut headers = [0u8; 192];

@@ -358,8 +358,10 @@ pub(crate) fn net_segmentation_offload() -> usize {
 /// segment size (the third number, if not 0) goes only through the ring.
 pub(crate) fn net_write_partial(handle: u64, frame: &mut [u8], partial: Option<(u16, u16, u16)>) -> Result<(), Error> {
     let Some((start, offset, segment)) = partial else { return net_write(handle, 0, frame) };
-    if net_checksum_offload()
-        && (segment == 0 || net_segmentation_offload() != 0)
+    let features = RING_INFO.with(|r| r.0);
+    let offered = features & solo5_abi::hvt::FEATURE_NET_CSUM != 0
+        && (segment == 0 || features & solo5_abi::hvt::FEATURE_NET_TSO != 0);
+    if offered
         && let Some(r) = ring()
         && let Some(result) = r.write(handle, frame, solo5_abi::ring::csum_entry_segmented(start, offset, segment))
     {
