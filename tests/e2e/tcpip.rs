@@ -296,6 +296,31 @@ pub fn cases(v: &mut Vec<Case>) {
             }
             Ok(())
         }));
+        v.push(case(format!("{t}::tcpip_takes_whole_the_segments_the_host_did_not_cut_at_mtu_1500"), n, move || {
+            // Receive offload on and off: byte-exact either way, and in
+            // how many packets the host sent what the clients uploaded (a
+            // segment it hands over uncut counts once).
+            let ns = Netns::new()?;
+            let (clients, len) = (4, 8 << 20);
+            for offload in [true, false] {
+                let arg = format!("--tcp-receive-offload={offload}");
+                let g = start(&ns, t, &["--ipv4=10.0.0.2/24", &arg])?;
+                let before = ns.tx_packets("tap0")?;
+                tcp_echo_clients(&ns, guest, clients, len).map_err(|e| format!("{e}\n{}", g.output()))?;
+                let sent = ns.tx_packets("tap0")? - before;
+                // 1,448 payload bytes a frame at MTU 1500: at least 5,793
+                // frames for each client's 8 MiB when the host cuts them.
+                let per_client = sent / clients as u64;
+                eprintln!("{t}: 8 MiB uploaded at MTU 1500, receive offload {offload}: {per_client} packets a client");
+                if offload && per_client > 2_000 {
+                    return Err(format!("{per_client} packets a client: the host cut the segments"));
+                }
+                if !offload && per_client < 5_793 {
+                    return Err(format!("{per_client} packets a client with the offload off: frames above the MTU?"));
+                }
+            }
+            Ok(())
+        }));
         v.push(case(format!("{t}::tcpip_echoes_udp_datagrams"), n, move || {
             let ns = Netns::new()?;
             let _g = start(&ns, t, &["--ipv4=10.0.0.2/24"])?;

@@ -149,6 +149,27 @@ impl PartialChecksum {
     }
 }
 
+/// What the host says of a received frame, where the interface passes it
+/// on ([`Net::try_recv_meta`]): virtio-net's header flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RxMeta {
+    /// The host vouches for the frame's TCP or UDP checksum: it checked it
+    /// (`VIRTIO_NET_HDR_F_DATA_VALID`), or the frame never left the host
+    /// and the field holds only the pseudo-header's sum, as a sender with
+    /// checksum offload leaves it (`VIRTIO_NET_HDR_F_NEEDS_CSUM`). Either
+    /// way the field is not to be checked, and in the second case is not a
+    /// checksum at all.
+    pub checksum_valid: bool,
+}
+
+impl RxMeta {
+    /// A frame whose checksums the host vouches for, or not.
+    pub const fn new(checksum_valid: bool) -> RxMeta {
+        RxMeta { checksum_valid }
+    }
+}
+
 /// A network interface carrying Ethernet frames.
 pub trait Net {
     /// MAC and MTU.
@@ -156,6 +177,26 @@ pub trait Net {
 
     /// Hands the next received frame to `f`, if one is waiting.
     fn try_recv<R>(&mut self, f: impl FnOnce(&mut [u8]) -> R) -> Result<Option<R>, Error>;
+
+    /// As [`Net::try_recv`], with what the host says of the frame. An
+    /// interface that says nothing (the default) checks nothing for the
+    /// caller: every checksum is the caller's to check.
+    fn try_recv_meta<R>(&mut self, f: impl FnOnce(&mut [u8], RxMeta) -> R) -> Result<Option<R>, Error> {
+        self.try_recv(|frame| f(frame, RxMeta::default()))
+    }
+
+    /// Asks for receive offload: from now on the interface may hand over
+    /// one TCP segment of up to 64 KiB where the host would have cut it to
+    /// the MTU (Linux's TSO and GRO towards a virtio-net guest), and frames
+    /// whose checksum the host vouches for ([`RxMeta::checksum_valid`]).
+    /// Only a receiver that takes TCP segments whole (a TCP/IP stack, not
+    /// a router, which would have to cut them again) asks. The largest
+    /// frame [`Net::try_recv_meta`] may now hand over; 0 where the host
+    /// does not offer it (the default), and then no frame is longer than
+    /// [`NetInfo::max_frame`].
+    fn receive_offload(&mut self) -> usize {
+        0
+    }
 
     /// Waits until a frame may be waiting (readiness: the next
     /// [`Net::try_recv`] may still find none).
@@ -221,6 +262,12 @@ impl<N: Net> Net for &mut N {
     }
     fn try_recv<R>(&mut self, f: impl FnOnce(&mut [u8]) -> R) -> Result<Option<R>, Error> {
         (**self).try_recv(f)
+    }
+    fn try_recv_meta<R>(&mut self, f: impl FnOnce(&mut [u8], RxMeta) -> R) -> Result<Option<R>, Error> {
+        (**self).try_recv_meta(f)
+    }
+    fn receive_offload(&mut self) -> usize {
+        (**self).receive_offload()
     }
     async fn readable(&mut self) -> Result<(), Error> {
         (**self).readable().await

@@ -33,7 +33,7 @@ pub(crate) struct Link {
     made_len: Option<usize>,
     /// Room for a frame the interface refused, or one held back.
     scratch: Vec<u8>,
-    /// The largest frame received or sent whole (the MTU's).
+    /// The largest frame sent whole (the MTU's).
     max_frame: usize,
     /// The largest frame holding a TCP segment that the interface cuts to
     /// `max_frame` (segmentation offload), or `max_frame` without it.
@@ -69,11 +69,19 @@ impl Link {
     /// interface's [`Net::segmentation_offload`], or 0) the engine writes
     /// TCP segments of up to 64 KiB, which the interface cuts to the
     /// segment size the engine names (the peer's MSS, or what the MTU
-    /// leaves).
-    pub(crate) fn new(max_frame: usize, tso: usize, mac: [u8; 6], conns: Conns, neighbors: Neighbors) -> Option<Link> {
+    /// leaves). With `rx_frame` (what [`Net::receive_offload`] answered, or
+    /// 0) received frames may be as long as that.
+    pub(crate) fn new(
+        max_frame: usize,
+        tso: usize,
+        rx_frame: usize,
+        mac: [u8; 6],
+        conns: Conns,
+        neighbors: Neighbors,
+    ) -> Option<Link> {
         let segmented_frame = tso.min(SEGMENTED_FRAME).max(max_frame);
         Some(Link {
-            rx: buffer(max_frame)?,
+            rx: buffer(rx_frame.max(max_frame))?,
             made: buffer(max_frame)?,
             made_len: None,
             scratch: buffer(segmented_frame)?,
@@ -109,11 +117,12 @@ impl Link {
         self.fetched
     }
 
-    /// Checks the `len` bytes in `rx`, and makes them the received frame
-    /// if they pass; the reason if not.
-    fn check(&mut self, len: usize) -> Result<(), wire::Malformed> {
+    /// Checks the `len` bytes in `rx` (their checksums, unless the host
+    /// vouches for them), and makes them the received frame if they pass;
+    /// the reason if not.
+    fn check(&mut self, len: usize, vouched: bool) -> Result<(), wire::Malformed> {
         let frame = &self.rx[..len];
-        let (eth, packet) = wire::parse(frame)?;
+        let (eth, packet) = wire::parse_vouched(frame, vouched)?;
         let at = |part: &[u8]| part.as_ptr() as usize - frame.as_ptr() as usize;
         let summary = match packet {
             Packet::Arp(arp) => Summary::Arp(arp),
@@ -144,11 +153,12 @@ impl Link {
     }
 
     /// Makes `frame` (a copy of one received and checked earlier) the
-    /// received frame.
+    /// received frame. Its checksum was checked then, or vouched for and
+    /// perhaps left partial: it is not checked again.
     pub(crate) fn load(&mut self, frame: &[u8]) {
         let len = frame.len().min(self.rx.len());
         self.rx[..len].copy_from_slice(&frame[..len]);
-        let _ = self.check(len);
+        let _ = self.check(len, true);
     }
 
     /// Drops the received frame.
@@ -208,11 +218,12 @@ impl<N: Net> Adapter<'_, N> {
         }
         loop {
             let rx = &mut self.link.rx;
-            let got = match self.net.try_recv(|frame| {
+            let got = match self.net.try_recv_meta(|frame, meta| {
                 let n = frame.len().min(rx.len());
                 rx[..n].copy_from_slice(&frame[..n]);
-                // A frame longer than the MTU allows is malformed.
-                if frame.len() > rx.len() { None } else { Some(n) }
+                // A frame longer than the MTU allows (or, with receive
+                // offload, the largest segment) is malformed.
+                if frame.len() > rx.len() { None } else { Some((n, meta.checksum_valid)) }
             }) {
                 Ok(got) => got,
                 Err(e) => {
@@ -222,11 +233,11 @@ impl<N: Net> Adapter<'_, N> {
             };
             let Some(got) = got else { return false };
             self.link.stats.rx_frames += 1;
-            let Some(len) = got else {
+            let Some((len, vouched)) = got else {
                 self.link.malformed("longer than the MTU");
                 continue;
             };
-            if let Err(e) = self.link.check(len) {
+            if let Err(e) = self.link.check(len, vouched) {
                 self.link.malformed(e);
                 continue;
             }

@@ -99,6 +99,12 @@ pub struct Config {
     /// the engine then writes one segment of up to 64 KiB where it would
     /// write dozens. No effect on an interface without the offload.
     pub segmentation_offload: bool,
+    /// Whether the interface is asked for receive offload
+    /// ([`mirage_devices::net::Net::receive_offload`]): the host then hands
+    /// over TCP segments of up to 64 KiB where it would have cut them to
+    /// the MTU, and checks or vouches for their checksums. No effect on an
+    /// interface without the offload.
+    pub receive_offload: bool,
 }
 
 impl Default for Config {
@@ -123,6 +129,7 @@ impl Default for Config {
             shed_idle: Some(Duration::from_millis(500)),
             may_hold: mirage_runtime::memory::may_hold,
             segmentation_offload: true,
+            receive_offload: true,
         }
     }
 }
@@ -155,6 +162,11 @@ impl Config {
                 Some("true"),
                 "Let the host cut TCP segments to the MTU, where the interface offers it.",
             ),
+            Arg::new::<bool>(
+                "tcp-receive-offload",
+                Some("true"),
+                "Take TCP segments the host has not cut to the MTU, where the interface offers it.",
+            ),
         ]
     }
 
@@ -184,6 +196,7 @@ impl Config {
             dhcp: ipv4.is_none(),
             tcp_buffer: (args.get::<u32>(&name("tcp-buffer-kib")) as usize).clamp(4, 1 << 16) * 1024,
             segmentation_offload: args.get(&name("tcp-segmentation-offload")),
+            receive_offload: args.get(&name("tcp-receive-offload")),
             ..Config::default()
         }
     }
@@ -442,8 +455,10 @@ impl Stack {
         };
         let conns = Conns::new(key(seed, 1), config.max_connections);
         let tso = if config.segmentation_offload { net.segmentation_offload() } else { 0 };
-        let link = Link::new(info.max_frame(), tso, mac, conns, Neighbors::new(key(seed, 2))).ok_or(Error::NoMemory)?;
         let mut net = net;
+        let rx_frame = if config.receive_offload { net.receive_offload() } else { 0 };
+        let link = Link::new(info.max_frame(), tso, rx_frame, mac, conns, Neighbors::new(key(seed, 2)))
+            .ok_or(Error::NoMemory)?;
         let mut link = link;
         let mut ic = smoltcp::iface::Config::new(HardwareAddress::Ethernet(ethernet));
         ic.random_seed = seed;

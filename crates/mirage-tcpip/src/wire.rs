@@ -303,11 +303,19 @@ pub fn ethernet(frame: &[u8]) -> Result<Ethernet<'_>, Malformed> {
 /// Parses and checks a whole frame, through the transport header and its
 /// checksum.
 pub fn parse(frame: &[u8]) -> Result<(Ethernet<'_>, Packet<'_>), Malformed> {
+    parse_vouched(frame, false)
+}
+
+/// As [`parse`]; with `vouched` (the host vouches for the frame's
+/// checksums: `mirage_devices::net::RxMeta::checksum_valid`), the ICMP,
+/// UDP and TCP checksums are not checked, and may hold a partial sum.
+/// Lengths and the IPv4 header's checksum still are.
+pub fn parse_vouched(frame: &[u8], vouched: bool) -> Result<(Ethernet<'_>, Packet<'_>), Malformed> {
     let eth = ethernet(frame)?;
     let packet = match eth.ethertype {
         ETHERTYPE_ARP => Packet::Arp(parse_arp(eth.payload)?),
-        ETHERTYPE_IPV4 => Packet::Ipv4(parse_ipv4(eth.payload)?),
-        ETHERTYPE_IPV6 => Packet::Ipv6(parse_ipv6(eth.payload)?),
+        ETHERTYPE_IPV4 => Packet::Ipv4(ipv4_packet(eth.payload, !vouched)?),
+        ETHERTYPE_IPV6 => Packet::Ipv6(ipv6_packet(eth.payload, !vouched)?),
         _ => Packet::Other,
     };
     Ok((eth, packet))
@@ -333,6 +341,10 @@ pub fn parse_arp(p: &[u8]) -> Result<Arp, Malformed> {
 /// Parses an IPv4 packet and checks its header checksum and, unless it is
 /// a fragment, its ICMP, UDP or TCP header and checksum.
 pub fn parse_ipv4(p: &[u8]) -> Result<Ipv4<'_>, Malformed> {
+    ipv4_packet(p, true)
+}
+
+fn ipv4_packet(p: &[u8], sums: bool) -> Result<Ipv4<'_>, Malformed> {
     if p.len() < 20 {
         return Err(Malformed::Truncated);
     }
@@ -363,7 +375,7 @@ pub fn parse_ipv4(p: &[u8]) -> Result<Ipv4<'_>, Malformed> {
     };
     if !fragment {
         let pseudo = |data: &[u8]| checksum_ipv4(packet.src, packet.dst, packet.protocol, data);
-        check_transport(packet.protocol, packet.payload, pseudo, false)?;
+        check_transport(packet.protocol, packet.payload, pseudo, false, sums)?;
     }
     Ok(packet)
 }
@@ -372,6 +384,10 @@ pub fn parse_ipv4(p: &[u8]) -> Result<Ipv4<'_>, Malformed> {
 /// carries, behind any extension headers, and its checksum (not for a
 /// fragment: its upper-layer header may be in another).
 pub fn parse_ipv6(p: &[u8]) -> Result<Ipv6<'_>, Malformed> {
+    ipv6_packet(p, true)
+}
+
+fn ipv6_packet(p: &[u8], sums: bool) -> Result<Ipv6<'_>, Malformed> {
     if p.len() < 40 {
         return Err(Malformed::Truncated);
     }
@@ -394,7 +410,7 @@ pub fn parse_ipv6(p: &[u8]) -> Result<Ipv6<'_>, Malformed> {
         None if !fragment => return Err(Malformed::BadLength),
         Some(proto) if !fragment => {
             let pseudo = |d: &[u8]| checksum_ipv6(packet.src, packet.dst, proto, d);
-            check_transport(proto, data, pseudo, true)?;
+            check_transport(proto, data, pseudo, true, sums)?;
         }
         _ => {}
     }
@@ -471,15 +487,22 @@ pub fn write_udp_ipv4(
     Some(total)
 }
 
-/// Checks the lengths and checksum of an ICMP, ICMPv6, UDP or TCP header
-/// (other protocols pass). `pseudo` sums under the IP pseudo-header.
-fn check_transport(protocol: u8, data: &[u8], pseudo: impl Fn(&[u8]) -> u16, v6: bool) -> Result<(), Malformed> {
+/// Checks the lengths and, with `sums`, the checksum of an ICMP, ICMPv6,
+/// UDP or TCP header (other protocols pass). `pseudo` sums under the IP
+/// pseudo-header.
+fn check_transport(
+    protocol: u8,
+    data: &[u8],
+    pseudo: impl Fn(&[u8]) -> u16,
+    v6: bool,
+    sums: bool,
+) -> Result<(), Malformed> {
     match protocol {
         PROTO_ICMP if !v6 => {
             if data.len() < 8 {
                 return Err(Malformed::Truncated);
             }
-            if checksum(data) != 0 {
+            if sums && checksum(data) != 0 {
                 return Err(Malformed::BadChecksum);
             }
         }
@@ -487,7 +510,7 @@ fn check_transport(protocol: u8, data: &[u8], pseudo: impl Fn(&[u8]) -> u16, v6:
             if data.len() < 4 {
                 return Err(Malformed::Truncated);
             }
-            if pseudo(data) != 0 {
+            if sums && pseudo(data) != 0 {
                 return Err(Malformed::BadChecksum);
             }
         }
@@ -502,10 +525,10 @@ fn check_transport(protocol: u8, data: &[u8], pseudo: impl Fn(&[u8]) -> u16, v6:
             let sum = be16(data, 6);
             // A zero UDP checksum means "none" over IPv4 and is forbidden
             // over IPv6 (RFC 8200, 8.1).
-            if sum == 0 && v6 {
+            if sums && sum == 0 && v6 {
                 return Err(Malformed::BadChecksum);
             }
-            if sum != 0 && pseudo(&data[..len]) != 0 {
+            if sums && sum != 0 && pseudo(&data[..len]) != 0 {
                 return Err(Malformed::BadChecksum);
             }
         }
@@ -517,7 +540,7 @@ fn check_transport(protocol: u8, data: &[u8], pseudo: impl Fn(&[u8]) -> u16, v6:
             if offset < 20 || offset > data.len() {
                 return Err(Malformed::BadLength);
             }
-            if pseudo(data) != 0 {
+            if sums && pseudo(data) != 0 {
                 return Err(Malformed::BadChecksum);
             }
         }
@@ -746,6 +769,24 @@ mod tests {
         let mut bad = f;
         bad[14] = 0x44; // header length 16
         assert_eq!(parse(&bad).unwrap_err(), Malformed::BadHeader);
+    }
+
+    #[test]
+    fn a_frame_the_host_vouches_for_skips_only_the_transport_checksum() {
+        let f = echo();
+        let mut partial = f;
+        partial[41] ^= 1; // as a sum left partial
+        assert_eq!(parse(&partial).unwrap_err(), Malformed::BadChecksum);
+        assert!(parse_vouched(&partial, true).is_ok());
+        // Lengths and the IP header's checksum are the frame's, not the
+        // host's offload's: still checked.
+        let mut bad = f;
+        bad[16] = 0xff;
+        assert_eq!(parse_vouched(&bad, true).unwrap_err(), Malformed::BadLength);
+        let mut bad = f;
+        bad[22] ^= 1;
+        assert_eq!(parse_vouched(&bad, true).unwrap_err(), Malformed::BadChecksum);
+        assert_eq!(parse_vouched(&f[..40], true).unwrap_err(), Malformed::BadLength);
     }
 
     #[test]

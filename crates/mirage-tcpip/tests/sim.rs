@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use mirage_devices::flow::{self, Flow as _};
-use mirage_devices::net::{self, MacAddr, Net, NetInfo};
+use mirage_devices::net::{self, MacAddr, Net, NetInfo, RxMeta};
 use mirage_devices::stack::{self, Tcp, TcpListener, Udp, UdpSocket};
 use mirage_runtime::time::{Duration, Instant, now, sleep, sleep_until};
 use mirage_runtime::{Interest, Platform, Source, select, spawn};
@@ -46,10 +46,11 @@ struct Faults {
     cut: bool,
 }
 
-/// One direction of the link: frames by delivery time.
+/// One direction of the link: frames by delivery time, each with whether
+/// the host vouches for its checksum (a segment handed over uncut).
 #[derive(Default)]
 struct Wire {
-    frames: BTreeMap<(u64, u64), Vec<u8>>,
+    frames: BTreeMap<(u64, u64), (Vec<u8>, bool)>,
     seq: u64,
     generation: u64,
     waker: Option<Waker>,
@@ -61,6 +62,8 @@ struct Shared {
     delivered: Cell<u64>,
     /// Segments the interfaces cut (segmentation offload).
     segmented: Cell<u64>,
+    /// Segments handed over whole instead (receive offload).
+    uncut: Cell<u64>,
 }
 
 impl Shared {
@@ -90,19 +93,40 @@ struct SimNet {
     /// Segmentation offload, done here as a host's kernel does it
     /// ([`cut_segment`]).
     tso: bool,
+    /// Whether this end offers receive offload, and whether each end took
+    /// it ([`Net::receive_offload`]): a segment for an end that did
+    /// arrives whole, its checksum left partial, as Linux hands a guest a
+    /// segment from the host that it never cut.
+    gro: bool,
+    took_gro: Rc<Cell<bool>>,
+    peer_took_gro: Rc<Cell<bool>>,
 }
 
 impl SimNet {
     fn new(mac: [u8; 6], rx: Rc<RefCell<Wire>>, tx: Rc<RefCell<Wire>>, link: Rc<Shared>) -> SimNet {
-        SimNet { mac: MacAddr(mac), rx, tx, link, sent: None, mtu: 1500, peer_mtu: 1500, tso: false }
+        SimNet {
+            mac: MacAddr(mac),
+            rx,
+            tx,
+            link,
+            sent: None,
+            mtu: 1500,
+            peer_mtu: 1500,
+            tso: false,
+            gro: false,
+            took_gro: Rc::default(),
+            peer_took_gro: Rc::default(),
+        }
     }
 
-    /// Puts `frame` on the wire, through the link's faults.
-    fn transmit(&mut self, mut frame: Vec<u8>) {
+    /// Puts `frame` on the wire, through the link's faults; `whole`, a
+    /// segment handed over uncut, which is neither checked against the
+    /// peer's MTU nor corrupted (it never leaves the host).
+    fn transmit(&mut self, mut frame: Vec<u8>, whole: bool) {
         // Nothing larger than the other end takes ever leaves: a segment
         // past its MSS would be dropped there for good.
         assert!(
-            frame.len() <= self.peer_mtu as usize + 14,
+            whole || frame.len() <= self.peer_mtu as usize + 14,
             "a {}-byte frame for a peer of MTU {}",
             frame.len(),
             self.peer_mtu
@@ -115,7 +139,7 @@ impl SimNet {
         if faults.cut || link.chance(faults.loss) {
             return;
         }
-        if link.chance(faults.corrupt) && !frame.is_empty() {
+        if !whole && link.chance(faults.corrupt) && !frame.is_empty() {
             let i = (link.rand() as usize) % frame.len();
             frame[i] ^= (link.rand() % 255 + 1) as u8;
         }
@@ -123,7 +147,7 @@ impl SimNet {
         let copies = if link.chance(faults.duplicate) { 2 } else { 1 };
         for _ in 0..copies {
             let extra = if link.chance(faults.reorder) { link.rand() % 5_000_000 } else { 0 };
-            push(&self.tx, t + LATENCY + extra, frame.clone());
+            push(&self.tx, t + LATENCY + extra, frame.clone(), whole);
         }
     }
 }
@@ -180,11 +204,11 @@ fn cut_segment(frame: &[u8], p: net::PartialChecksum) -> Vec<Vec<u8>> {
 /// One-way latency.
 const LATENCY: u64 = 1_000_000;
 
-fn push(wire: &RefCell<Wire>, at: u64, frame: Vec<u8>) {
+fn push(wire: &RefCell<Wire>, at: u64, frame: Vec<u8>, whole: bool) {
     let mut w = wire.borrow_mut();
     let seq = w.seq;
     w.seq += 1;
-    w.frames.insert((at, seq), frame);
+    w.frames.insert((at, seq), (frame, whole));
     w.generation += 1;
     if let Some(waker) = w.waker.take() {
         waker.wake();
@@ -215,11 +239,16 @@ impl Net for SimNet {
         let mut frame = vec![0u8; len];
         let (r, partial) = f(&mut frame);
         match partial {
+            Some(p) if p.segment != 0 && self.peer_took_gro.get() => {
+                assert!(self.tso, "a segment to cut for an interface that does not offer it");
+                self.link.uncut.set(self.link.uncut.get() + 1);
+                self.transmit(frame, true);
+            }
             Some(p) if p.segment != 0 => {
                 assert!(self.tso, "a segment to cut for an interface that does not offer it");
                 self.link.segmented.set(self.link.segmented.get() + 1);
                 for piece in cut_segment(&frame, p) {
-                    self.transmit(piece);
+                    self.transmit(piece, false);
                 }
             }
             _ => {
@@ -227,23 +256,35 @@ impl Net for SimNet {
                     assert!(p.complete(&mut frame));
                 }
                 assert!(len <= self.info().max_frame(), "a {len}-byte frame sent whole at MTU {}", self.mtu);
-                self.transmit(frame);
+                self.transmit(frame, false);
             }
         }
         Ok(r)
     }
 
     fn try_recv<R>(&mut self, f: impl FnOnce(&mut [u8]) -> R) -> Result<Option<R>, net::Error> {
+        self.try_recv_meta(|frame, meta| {
+            assert!(!meta.checksum_valid, "a segment handed over whole to an end that did not ask");
+            f(frame)
+        })
+    }
+
+    fn receive_offload(&mut self) -> usize {
+        self.took_gro.set(self.gro);
+        if self.gro { 14 + 65_535 } else { 0 }
+    }
+
+    fn try_recv_meta<R>(&mut self, f: impl FnOnce(&mut [u8], RxMeta) -> R) -> Result<Option<R>, net::Error> {
         let t = now().as_nanos();
         let mut w = self.rx.borrow_mut();
         let Some((&key, _)) = w.frames.iter().next() else { return Ok(None) };
         if key.0 > t {
             return Ok(None);
         }
-        let mut frame = w.frames.remove(&key).unwrap();
+        let (mut frame, whole) = w.frames.remove(&key).unwrap();
         drop(w);
         self.link.delivered.set(self.link.delivered.get() + 1);
-        Ok(Some(f(&mut frame)))
+        Ok(Some(f(&mut frame, RxMeta::new(whole))))
     }
 
     async fn readable(&mut self) -> Result<(), net::Error> {
@@ -280,7 +321,7 @@ impl Net for SimNet {
         }
         let mut frame = vec![0u8; len];
         let r = f(&mut frame);
-        self.transmit(frame);
+        self.transmit(frame, false);
         Ok(r)
     }
 }
@@ -312,31 +353,35 @@ struct Pair {
 }
 
 fn pair_with(seed: u64, faults: Faults, ca: Config, cb: Config) -> Pair {
-    pair_of(seed, faults, (ca, 1500, false), (cb, 1500, false))
+    pair_of(seed, faults, (ca, 1500, false, false), (cb, 1500, false, false))
 }
 
 /// Two stacks joined by a link, each with its configuration, its
-/// interface's MTU, and whether the interface cuts segments.
+/// interface's MTU, whether the interface cuts segments, and whether it
+/// offers receive offload.
 fn pair_of(
     seed: u64,
     faults: Faults,
-    (ca, mtu_a, tso_a): (Config, u16, bool),
-    (cb, mtu_b, tso_b): (Config, u16, bool),
+    (ca, mtu_a, tso_a, gro_a): (Config, u16, bool, bool),
+    (cb, mtu_b, tso_b, gro_b): (Config, u16, bool, bool),
 ) -> Pair {
     let link = Rc::new(Shared {
         faults: Cell::new(faults),
         rng: Cell::new(seed * 2 + 1),
         delivered: Cell::new(0),
         segmented: Cell::new(0),
+        uncut: Cell::new(0),
     });
     let ab = Rc::new(RefCell::new(Wire::default()));
     let ba = Rc::new(RefCell::new(Wire::default()));
     let from_b = Rc::new(RefCell::new(Vec::new()));
     let mut na = SimNet::new(MAC_A, ba.clone(), ab.clone(), link.clone());
-    (na.mtu, na.peer_mtu, na.tso) = (mtu_a, mtu_b, tso_a);
+    (na.mtu, na.peer_mtu, na.tso, na.gro) = (mtu_a, mtu_b, tso_a, gro_a);
     let mut nb = SimNet::new(MAC_B, ab.clone(), ba, link.clone());
     nb.sent = Some(from_b.clone());
-    (nb.mtu, nb.peer_mtu, nb.tso) = (mtu_b, mtu_a, tso_b);
+    (nb.mtu, nb.peer_mtu, nb.tso, nb.gro) = (mtu_b, mtu_a, tso_b, gro_b);
+    nb.peer_took_gro = na.took_gro.clone();
+    na.peer_took_gro = nb.took_gro.clone();
     Pair { a: Stack::new(na, ca).unwrap(), b: Stack::new(nb, cb).unwrap(), link, ab, from_b }
 }
 
@@ -455,26 +500,30 @@ fn ten_mebibytes_arrive_byte_exact_over_a_harsh_link() {
 
 #[test]
 fn segments_the_interface_cuts_arrive_byte_exact_within_each_peers_mss() {
-    // Each side's MTU, and whether its interface cuts segments: neither
-    // (the same exchange without the offload, for its simulated time), a
-    // peer with a smaller MTU than ours, both as the side that connects
-    // and the side that accepts, and a peer without the offload.
+    // Each side's MTU, whether its interface cuts segments, and whether it
+    // takes them whole (receive offload): neither (the same exchange
+    // without the offloads, for its simulated time), a peer with a
+    // smaller MTU than ours, both as the side that connects and the side
+    // that accepts, and a peer without the offload; then segments handed
+    // over whole one way and both.
     let cases = [
-        (1500, false, 1500, false),
-        (1000, false, 1500, false),
-        (1500, true, 1500, true),
-        (1500, true, 1000, true),
-        (1000, true, 1500, true),
-        (1500, true, 1200, false),
+        (1500, false, false, 1500, false, false),
+        (1000, false, false, 1500, false, false),
+        (1500, true, false, 1500, true, false),
+        (1500, true, false, 1000, true, false),
+        (1000, true, false, 1500, true, false),
+        (1500, true, false, 1200, false, false),
+        (1500, true, false, 1500, true, true),
+        (1500, true, true, 1200, true, true),
     ];
-    for (i, (mtu_a, tso_a, mtu_b, tso_b)) in cases.into_iter().enumerate() {
+    for (i, (mtu_a, tso_a, gro_a, mtu_b, tso_b, gro_b)) in cases.into_iter().enumerate() {
         run(async move {
             let seed = 40 + i as u64;
             let (mut ca, mut cb) = (config(A, seed), config(B, seed * 31));
             ca.tcp_buffer = 256 << 10;
             cb.tcp_buffer = 256 << 10;
             let faults = Faults { loss: 5, duplicate: 5, reorder: 10, corrupt: 5, cut: false };
-            let p = pair_of(seed, faults, (ca, mtu_a, tso_a), (cb, mtu_b, tso_b));
+            let p = pair_of(seed, faults, (ca, mtu_a, tso_a, gro_a), (cb, mtu_b, tso_b, gro_b));
             // A stall (the peers each waiting for the other) fails here
             // rather than retransmitting for ever. At this loss the
             // exchange takes 200 to 900 s of simulated time, with the
@@ -485,15 +534,18 @@ fn segments_the_interface_cuts_arrive_byte_exact_within_each_peers_mss() {
                 panic!("MTUs {mtu_a} and {mtu_b}: the exchange stalled");
             }
             let took = now().saturating_duration_since(started);
-            let cut = p.link.segmented.get();
+            let (cut, uncut) = (p.link.segmented.get(), p.link.uncut.get());
             eprintln!(
-                "MTUs {mtu_a} and {mtu_b}: {cut} segments cut, {} frames delivered, {took:?} simulated",
+                "MTUs {mtu_a} and {mtu_b}: {cut} segments cut, {uncut} handed over whole, {} frames delivered, {took:?} simulated",
                 p.link.delivered.get()
             );
-            assert!(cut > 0 || !tso_a, "MTUs {mtu_a} and {mtu_b}: no segment was cut");
+            assert!(cut + uncut > 0 || !tso_a, "MTUs {mtu_a} and {mtu_b}: no segment was cut");
+            // A segment goes whole exactly where the receiver took it.
+            assert_eq!(uncut > 0, (tso_a && gro_b) || (tso_b && gro_a), "MTUs {mtu_a} and {mtu_b}");
+            assert_eq!(cut > 0, (tso_a && !gro_b) || (tso_b && !gro_a), "MTUs {mtu_a} and {mtu_b}");
             // Without the offload, b sent nothing past its MTU (SimNet
             // checks it), and with it, every frame on the wire fit the
-            // other end (`SimNet::transmit`).
+            // other end (`SimNet::transmit`) or was taken whole.
         });
     }
 }
@@ -691,6 +743,7 @@ fn connect_times_out_when_nobody_answers() {
             rng: Cell::new(3),
             delivered: Cell::new(0),
             segmented: Cell::new(0),
+            uncut: Cell::new(0),
         });
         let ab = Rc::new(RefCell::new(Wire::default()));
         let ba = Rc::new(RefCell::new(Wire::default()));
@@ -847,7 +900,7 @@ fn garbage_frames_are_counted_and_change_nothing() {
                     f
                 }
             };
-            push(&ab, now().as_nanos(), frame);
+            push(&ab, now().as_nanos(), frame, false);
             sent += 1;
             if i % 100 == 0 {
                 c.write_all(b"0123456789").await.unwrap();
@@ -975,7 +1028,7 @@ fn seen(f: &[u8]) -> Option<Seen> {
 
 /// Sends a frame to b now.
 fn inject(p: &Pair, frame: Vec<u8>) {
-    push(&p.ab, now().as_nanos(), frame);
+    push(&p.ab, now().as_nanos(), frame, false);
 }
 
 /// A server on b: each connection gets "ok\n" once its request line has

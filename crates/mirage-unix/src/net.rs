@@ -2,7 +2,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use mirage_devices::net::{Error, MacAddr, Net, NetInfo, PartialChecksum, Stats};
+use mirage_devices::net::{Error, MacAddr, Net, NetInfo, PartialChecksum, RxMeta, Stats};
 use mirage_runtime::{Interest, Source, io};
 
 /// The unikernel's end of a tap device: frames read from and written to it.
@@ -13,7 +13,9 @@ use mirage_runtime::{Interest, Source, io};
 /// ([`Net::checksum_offload`]); each frame read or written is preceded by
 /// a header ([`tap::VNET_HDR_LEN`] bytes), kept at the front of `rx` and
 /// `tx`. The header also lets the stack hand over TCP segments of up to
-/// 64 KiB for the kernel to cut to the MTU ([`Net::segmentation_offload`]).
+/// 64 KiB for the kernel to cut to the MTU ([`Net::segmentation_offload`]),
+/// and, where the stack asks, take such segments whole the other way
+/// ([`Net::receive_offload`]).
 #[derive(Debug)]
 pub struct TapNet {
     fd: OwnedFd,
@@ -52,6 +54,10 @@ impl Net for TapNet {
     }
 
     fn try_recv<R>(&mut self, f: impl FnOnce(&mut [u8]) -> R) -> Result<Option<R>, Error> {
+        self.try_recv_meta(|frame, _| f(frame))
+    }
+
+    fn try_recv_meta<R>(&mut self, f: impl FnOnce(&mut [u8], RxMeta) -> R) -> Result<Option<R>, Error> {
         // SAFETY: rx is a writable buffer of rx.len() bytes; the descriptor
         // is ours and non-blocking.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), self.rx.as_mut_ptr().cast(), self.rx.len()) };
@@ -66,12 +72,27 @@ impl Net for TapNet {
             // The kernel writes the header whole; nothing to hand on.
             return Ok(None);
         }
-        // No offload was asked for this way (tap::attach_with): the header
-        // says nothing the frame needs, and the stack checks every checksum.
+        // Without receive offload the header says nothing (no offload was
+        // asked for this way: tap::attach_with), and the stack checks
+        // every checksum.
+        let meta = match self.rx.first_chunk() {
+            Some(h) if self.hdr != 0 => RxMeta::new(tap::vnet_checksum_valid(h)),
+            _ => RxMeta::default(),
+        };
         let frame = &mut self.rx[self.hdr..n];
         self.stats.rx_frames += 1;
         self.stats.rx_bytes += frame.len() as u64;
-        Ok(Some(f(frame)))
+        Ok(Some(f(frame, meta)))
+    }
+
+    fn receive_offload(&mut self) -> usize {
+        if self.hdr == 0 || tap::receive_offload(&self.fd).is_err() {
+            return 0;
+        }
+        // Frames are read whole or not at all: the buffer holds the
+        // largest segment before the kernel may send one.
+        self.rx.resize(self.hdr + tap::VNET_MAX_RECEIVED.max(self.info.max_frame()), 0);
+        self.rx.len() - self.hdr
     }
 
     async fn readable(&mut self) -> Result<(), Error> {

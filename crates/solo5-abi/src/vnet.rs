@@ -9,6 +9,23 @@ pub const VNET_HDR_LEN: usize = 10;
 /// (`csum_start`, `csum_offset`).
 pub const VNET_F_NEEDS_CSUM: u8 = 1;
 
+/// `VIRTIO_NET_HDR_F_DATA_VALID`: the host checked the frame's checksum.
+pub const VNET_F_DATA_VALID: u8 = 2;
+
+/// The largest frame a host with receive offload hands over (one TCP
+/// segment of up to 64 KiB, as [`VNET_MAX_SEGMENTED`] is sent).
+pub const VNET_MAX_RECEIVED: usize = VNET_MAX_SEGMENTED;
+
+/// Whether the host vouches for the checksums of the frame behind
+/// received header `hdr`: it checked them ([`VNET_F_DATA_VALID`]), or it
+/// left the frame's one checksum partial, as a sender on the host itself
+/// does ([`VNET_F_NEEDS_CSUM`]; a segment it did not cut, `gso_type` other
+/// than none, always carries it). Linux's tap sets nothing else when asked
+/// for receive offload (`TUNSETOFFLOAD`), and without it, nothing at all.
+pub const fn vnet_checksum_valid(hdr: &[u8; VNET_HDR_LEN]) -> bool {
+    hdr[0] & (VNET_F_NEEDS_CSUM | VNET_F_DATA_VALID) != 0
+}
+
 /// The header of a frame sent without segmentation offload: `partial` is
 /// a checksum the host is to complete, as (`csum_start`, `csum_offset`).
 /// Little-endian, the tap's byte order on x86.
@@ -75,6 +92,15 @@ pub fn vnet_hdr_for(frame: &[u8], partial: Option<(u16, u16, u16)>) -> Option<[u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_received_header_vouches_for_checksums_by_its_flags() {
+        assert!(!vnet_checksum_valid(&[0; VNET_HDR_LEN]));
+        assert!(vnet_checksum_valid(&vnet_hdr(Some((34, 16)))));
+        assert!(vnet_checksum_valid(&[VNET_F_DATA_VALID, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+        // A segment without a flag has no checksum the host vouches for.
+        assert!(!vnet_checksum_valid(&[0, VNET_GSO_TCPV4, 54, 0, 0xa8, 5, 0, 0, 0, 0]));
+    }
 
     #[test]
     fn a_segmented_header_takes_its_type_and_length_from_the_frame() {

@@ -21,6 +21,9 @@ const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+const TUN_F_TSO4: libc::c_ulong = 0x02;
+const TUN_F_TSO6: libc::c_ulong = 0x04;
 const ETHTOOL_SGSO: u32 = 0x0000_0024;
 const ETHTOOL_SGRO: u32 = 0x0000_002c;
 
@@ -95,12 +98,28 @@ fn disable_offloads(sock: &OwnedFd, name: &str) {
     }
 }
 
+fn set_offload(fd: &impl AsRawFd, flags: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its flags by value, not a pointer.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
 /// Asks the kernel for whole frames with complete checksums on a tap
 /// with virtio-net headers: no partial checksums, no GSO packets.
 fn no_offload_to_guest(fd: &impl AsRawFd) -> io::Result<()> {
-    // SAFETY: TUNSETOFFLOAD takes its flags by value, not a pointer.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    set_offload(fd, 0)
+}
+
+/// Receive offload on tap `fd`, opened with virtio-net headers: the
+/// kernel may then hand over, behind its header, one TCP segment of up to
+/// 64 KiB ([`VNET_MAX_RECEIVED`]) where it would have cut it to the MTU,
+/// and may leave a checksum partial where the frame never left the host
+/// (`TUNSETOFFLOAD` with `TUN_F_CSUM`, `TUN_F_TSO4` and `TUN_F_TSO6`, as a
+/// virtio-net device that negotiated `GUEST_CSUM` and `GUEST_TSO4/6`).
+/// The caller reads every frame with a buffer of that size, and trusts
+/// checksums only as the header says ([`vnet_checksum_valid`]).
+pub fn receive_offload(fd: &impl AsRawFd) -> io::Result<()> {
+    set_offload(fd, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
 }
 
 /// `tap_attach`: opens tap interface `ifname` (or the already open tap
@@ -116,7 +135,8 @@ pub fn attach(ifname: &str) -> io::Result<(OwnedFd, u16)> {
 }
 
 pub use solo5_abi::vnet::{
-    VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VNET_MAX_SEGMENTED, vnet_hdr, vnet_hdr_for, vnet_hdr_segmented,
+    VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VNET_MAX_RECEIVED, VNET_MAX_SEGMENTED, vnet_checksum_valid, vnet_hdr,
+    vnet_hdr_for, vnet_hdr_segmented,
 };
 
 /// Reads one frame from tap `fd` into the `len` bytes at `buf`, behind its

@@ -433,15 +433,25 @@ impl Netns {
     /// Packets the host received from interface `dev` of the namespace so
     /// far (a segment the host cuts counts once: it arrives as one).
     pub fn rx_packets(&self, dev: &str) -> Result<u64, String> {
+        self.counter(dev, "rx_packets")
+    }
+
+    /// Packets the host sent through interface `dev` of the namespace so
+    /// far (a segment handed over uncut counts once).
+    pub fn tx_packets(&self, dev: &str) -> Result<u64, String> {
+        self.counter(dev, "tx_packets")
+    }
+
+    fn counter(&self, dev: &str, name: &str) -> Result<u64, String> {
         let out = self
             .command("cat")
-            .arg(format!("/sys/class/net/{dev}/statistics/rx_packets"))
+            .arg(format!("/sys/class/net/{dev}/statistics/{name}"))
             .output()
             .map_err(|e| format!("reading {dev}'s counters: {e}"))?;
         String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
-            .map_err(|_| format!("{dev}'s rx_packets: {:?}", String::from_utf8_lossy(&out.stderr).trim()))
+            .map_err(|_| format!("{dev}'s {name}: {:?}", String::from_utf8_lossy(&out.stderr).trim()))
     }
 
     /// A command run inside the namespace.
