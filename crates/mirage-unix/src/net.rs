@@ -75,8 +75,8 @@ impl Net for TapNet {
         // Without receive offload the header says nothing (no offload was
         // asked for this way: tap::attach_with), and the stack checks
         // every checksum.
-        let meta = match self.rx.first_chunk() {
-            Some(h) if self.hdr != 0 => RxMeta::new(tap::vnet_checksum_valid(h)),
+        let meta = match self.rx.first() {
+            Some(&flags) if self.hdr != 0 => RxMeta::new(tap::vnet_checksum_valid(flags)),
             _ => RxMeta::default(),
         };
         let frame = &mut self.rx[self.hdr..n];
@@ -89,8 +89,8 @@ impl Net for TapNet {
         if self.hdr == 0 || tap::receive_offload(&self.fd).is_err() {
             return 0;
         }
-        // Frames are read whole or not at all: the buffer holds the
-        // largest segment before the kernel may send one.
+        // A frame longer than the buffer would be cut: from the next
+        // read on it holds the largest segment.
         self.rx.resize(self.hdr + tap::VNET_MAX_RECEIVED.max(self.info.max_frame()), 0);
         self.rx.len() - self.hdr
     }

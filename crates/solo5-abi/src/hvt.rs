@@ -32,6 +32,16 @@ pub const BLOCK_FLUSH_PIO: u16 = 0x602;
 /// flush would, in one exit. Offered for a device whose manifest entry
 /// carries the grant ([`crate::mft::MftEntry::block_write_sync`]).
 pub const BLOCK_WRITE_SYNC_PIO: u16 = 0x603;
+/// Ours, offered with [`FEATURE_NET_RX_OFFLOAD`]: an `outl` here with the
+/// address of an [`HcNetRxOffload`] asks the tender for receive offload
+/// on a network device, as a virtio-net driver sets its guest offloads
+/// (`VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET`): from then on a frame read
+/// through the ring may be one TCP segment of up to 64 KiB that the host
+/// did not cut to the MTU, and its checksum may be partial, as the
+/// commit's flags say ([`crate::ring::RingCommit::flags`]). A NET_READ
+/// hypercall still reads such frames, without the flags: a guest that
+/// asks reads the device through the ring.
+pub const NET_RX_OFFLOAD_PIO: u16 = 0x604;
 /// `HVT_HALT_COOKIE_MAX`: bytes at a HALT cookie the tender may read.
 pub const HALT_COOKIE_MAX: u64 = 512;
 /// `HVT_CMDLINE_SIZE`: room for the guest command line, NUL included.
@@ -63,6 +73,10 @@ pub const FEATURE_NET_CSUM: u32 = 1 << 2;
 /// be one TCP segment of up to 64 KiB that the host's kernel cuts into
 /// segments of that size (virtio-net's GSO, Linux's TSO).
 pub const FEATURE_NET_TSO: u32 = 1 << 3;
+/// Ours: set with [`FEATURE_NET_CSUM`] when the tender takes
+/// [`NET_RX_OFFLOAD_PIO`], and says in each read's commit what the frame's
+/// virtio-net header said ([`crate::ring::RingCommit::flags`]).
+pub const FEATURE_NET_RX_OFFLOAD: u32 = 1 << 4;
 
 /// Default guest memory (512 MiB), as `solo5-hvt`.
 pub const DEFAULT_MEM_SIZE: u64 = 0x2000_0000;
@@ -195,6 +209,12 @@ pub struct HcBlockFlush {
     /// Padding to a multiple of 8 bytes.
     pub _pad: u32,
 }
+
+/// Ours: the argument of an `outl` to [`NET_RX_OFFLOAD_PIO`], laid out as
+/// [`HcBlockFlush`]: IN the device handle, OUT a [`crate::SoloResult`]
+/// (`EINVAL` for a handle that is not a network device whose tap carries
+/// virtio-net headers, `UNSPEC` if the host refused).
+pub type HcNetRxOffload = HcBlockFlush;
 
 /// `struct hvt_hc_net_write`.
 #[repr(C)]

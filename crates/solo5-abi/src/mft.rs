@@ -34,6 +34,9 @@ pub const NET_VNET_HDR_WANTED: u8 = 1;
 /// Ours: the bit of a network entry's flags by which the tender grants the
 /// header ([`MftEntry::net_vnet_hdr`]).
 pub const NET_VNET_HDR_GRANTED: u8 = 2;
+/// Ours: the bit of a network entry's flags by which our spt tender lets
+/// the guest ask for receive offload ([`MftEntry::net_rx_offload`]).
+pub const NET_RX_OFFLOAD_GRANTED: u8 = 4;
 /// Ours: the most bytes one call through a descriptor granted runs may
 /// carry.
 pub const BLOCK_RUN_MAX: u64 = 1 << 20;
@@ -245,7 +248,8 @@ impl MftEntry {
     /// `IFF_VNET_HDR`, and every frame read or written through it is
     /// preceded by a 10-byte `struct virtio_net_hdr`, so that the guest may
     /// leave TCP and UDP checksums for the host's kernel to complete. The
-    /// host is asked for no offload the other way: frames it sends carry
+    /// host is asked for no offload the other way, unless the guest asks
+    /// where granted ([`MftEntry::net_rx_offload`]): frames it sends carry
     /// complete checksums and are no larger than the MTU. Our spt tender
     /// grants it to an image that asks; Solo5's tenders, and our hvt
     /// tender, which reads and writes the tap itself, leave the bit clear.
@@ -256,6 +260,25 @@ impl MftEntry {
     /// Sets or clears the grant of the header ([`MftEntry::net_vnet_hdr`]).
     pub fn set_net_vnet_hdr(&mut self, granted: bool) {
         self.u[8] = (self.u[8] & !NET_VNET_HDR_GRANTED) | if granted { NET_VNET_HDR_GRANTED } else { 0 };
+    }
+
+    /// Ours: whether the tender lets an spt guest ask for receive offload
+    /// on the tap it was granted with a virtio-net header (bit 2 of byte 8;
+    /// only with [`MftEntry::net_vnet_hdr`]): the seccomp filter then
+    /// allows `ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 |
+    /// TUN_F_TSO6)` on the descriptor, and nothing else of `ioctl`. From the
+    /// call on, the host may hand the guest one TCP segment of up to 64 KiB
+    /// where it would have cut it to the MTU, with a partial checksum the
+    /// header marks (`VIRTIO_NET_HDR_F_NEEDS_CSUM`), as a virtio-net guest
+    /// gets once it negotiated `GUEST_TSO4`, `GUEST_TSO6` and `GUEST_CSUM`.
+    pub fn net_rx_offload(&self) -> bool {
+        self.u[8] & NET_RX_OFFLOAD_GRANTED != 0 && self.net_vnet_hdr()
+    }
+
+    /// Sets or clears the grant of receive offload
+    /// ([`MftEntry::net_rx_offload`]).
+    pub fn set_net_rx_offload(&mut self, granted: bool) {
+        self.u[8] = (self.u[8] & !NET_RX_OFFLOAD_GRANTED) | if granted { NET_RX_OFFLOAD_GRANTED } else { 0 };
     }
 
     /// `u.net_basic.mac`.

@@ -101,8 +101,12 @@ pub struct RingCommit {
     pub ret: AtomicU32,
     /// Bytes read.
     pub len: AtomicU32,
-    /// Reserved.
-    pub _reserved: AtomicU32,
+    /// Reserved in Solo5's ring. Ours, where the tender offers
+    /// [`crate::hvt::FEATURE_NET_RX_OFFLOAD`]: the flags of the frame's
+    /// virtio-net header (`VIRTIO_NET_HDR_F_NEEDS_CSUM`,
+    /// `VIRTIO_NET_HDR_F_DATA_VALID`; [`crate::vnet::vnet_checksum_valid`]),
+    /// 0 where the tap has none.
+    pub flags: AtomicU32,
 }
 
 /// `struct hvt_ring`: indices on separate cache lines, then the entries and

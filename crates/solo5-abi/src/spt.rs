@@ -55,6 +55,9 @@ pub mod sys {
     pub const WRITEV: u64 = 20;
     /// `pwrite64`.
     pub const PWRITE64: u64 = 18;
+    /// `ioctl` (`TUNSETOFFLOAD` with receive offload's flags, on a tap
+    /// granted it; ours).
+    pub const IOCTL: u64 = 16;
     /// `fdatasync` (a flush of a block device granted flushes; ours).
     pub const FDATASYNC: u64 = 75;
     /// `arch_prctl`.

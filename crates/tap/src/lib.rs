@@ -4,7 +4,8 @@
 //! otherwise create a new, unconfigured device, which is never what the user
 //! meant. Frames are read and written whole, without the packet-information
 //! header (`IFF_NO_PI`), and GRO/GSO are turned off so that the host never
-//! hands the guest a frame larger than its MTU.
+//! hands the guest a frame larger than its MTU, unless the guest asks for
+//! receive offload on a tap with virtio-net headers ([`receive_offload`]).
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -20,10 +21,7 @@ const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUN_F_CSUM: libc::c_ulong = 0x01;
-const TUN_F_TSO4: libc::c_ulong = 0x02;
-const TUN_F_TSO6: libc::c_ulong = 0x04;
+pub use solo5_abi::vnet::{RX_OFFLOAD_FLAGS, TUNSETOFFLOAD};
 const ETHTOOL_SGSO: u32 = 0x0000_0024;
 const ETHTOOL_SGRO: u32 = 0x0000_002c;
 
@@ -98,9 +96,9 @@ fn disable_offloads(sock: &OwnedFd, name: &str) {
     }
 }
 
-fn set_offload(fd: &impl AsRawFd, flags: libc::c_ulong) -> io::Result<()> {
+fn set_offload(fd: &impl AsRawFd, flags: u64) -> io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes its flags by value, not a pointer.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags) };
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD as libc::c_ulong, flags as libc::c_ulong) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
@@ -119,7 +117,7 @@ fn no_offload_to_guest(fd: &impl AsRawFd) -> io::Result<()> {
 /// The caller reads every frame with a buffer of that size, and trusts
 /// checksums only as the header says ([`vnet_checksum_valid`]).
 pub fn receive_offload(fd: &impl AsRawFd) -> io::Result<()> {
-    set_offload(fd, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+    set_offload(fd, RX_OFFLOAD_FLAGS)
 }
 
 /// `tap_attach`: opens tap interface `ifname` (or the already open tap
@@ -141,17 +139,31 @@ pub use solo5_abi::vnet::{
 
 /// Reads one frame from tap `fd` into the `len` bytes at `buf`, behind its
 /// virtio-net header if the tap has them (`with_hdr`; the header is
-/// dropped: no offload is asked the kernel's way). `read(2)`'s answer: the
-/// frame's length (a read without a whole header gives 0), or -1 with
-/// `errno` set.
+/// dropped). `read(2)`'s answer: the frame's length (a read without a
+/// whole header gives 0), or -1 with `errno` set.
 ///
 /// # Safety
 ///
 /// `buf` is valid for writes of `len` bytes (the kernel writes there).
 pub unsafe fn read_frame(fd: i32, with_hdr: bool, buf: *mut u8, len: usize) -> isize {
+    // SAFETY: the caller's promise on buf and len.
+    unsafe { read_frame_flags(fd, with_hdr, buf, len) }.0
+}
+
+/// As [`read_frame`], with the flags of the frame's header (0 without
+/// one): `VIRTIO_NET_HDR_F_NEEDS_CSUM` and `VIRTIO_NET_HDR_F_DATA_VALID`
+/// ([`vnet_checksum_valid`]). The length is never more than `len`: a
+/// frame longer than the buffer is cut, and a cut frame's own lengths
+/// then say so to whoever parses it.
+///
+/// # Safety
+///
+/// As [`read_frame`].
+pub unsafe fn read_frame_flags(fd: i32, with_hdr: bool, buf: *mut u8, len: usize) -> (isize, u8) {
     if !with_hdr {
         // SAFETY: the caller's promise on buf and len.
-        return unsafe { libc::read(fd, buf.cast(), len) };
+        let n = unsafe { libc::read(fd, buf.cast(), len) };
+        return (n.min(len as isize), 0);
     }
     let mut hdr = [0u8; VNET_HDR_LEN];
     let iov = [
@@ -161,7 +173,10 @@ pub unsafe fn read_frame(fd: i32, with_hdr: bool, buf: *mut u8, len: usize) -> i
     // SAFETY: readv(2) writes at most each vector's length: into hdr, and
     // into buf by the caller's promise.
     let n = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
-    if n < 0 { n } else { (n as usize).saturating_sub(VNET_HDR_LEN) as isize }
+    if n < 0 {
+        return (n, 0);
+    }
+    ((n as usize).saturating_sub(VNET_HDR_LEN).min(len) as isize, hdr[0])
 }
 
 /// Writes the `len` bytes at `frame` to tap `fd`, behind a virtio-net
@@ -192,9 +207,9 @@ pub unsafe fn write_frame(fd: i32, with_hdr: bool, hdr: [u8; VNET_HDR_LEN], fram
 /// header before each frame (`IFF_VNET_HDR`), so that frames sent may
 /// leave their TCP or UDP checksum for the host's kernel to complete
 /// ([`vnet_hdr`]). No offload is asked for the other way (`TUNSETOFFLOAD`
-/// with no flags): the kernel completes the checksums of what it sends
-/// and never sends a frame larger than the MTU, so received headers carry
-/// nothing to act on. The answer says whether frames carry the header: an
+/// with no flags) until the reader asks ([`receive_offload`]): the kernel
+/// completes the checksums of what it sends and never sends a frame
+/// larger than the MTU, so received headers carry nothing to act on. The answer says whether frames carry the header: an
 /// inherited descriptor (`@N`) carries it when its opener asked for it.
 pub fn attach_with(ifname: &str, vnet_hdr: bool) -> io::Result<(OwnedFd, u16, bool)> {
     let sock = control_socket()?;

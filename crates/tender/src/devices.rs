@@ -141,6 +141,9 @@ impl Devices {
             let mac = e.net_mac();
             e.set_net_basic(mac, mtu);
             e.set_net_vnet_hdr(vnet && guest_reads);
+            // The guest that reads its tap itself may ask for receive
+            // offload there (spt's seccomp filter allows the one ioctl).
+            e.set_net_rx_offload(vnet && guest_reads);
             self.vnet[i] = vnet;
             e.set_hostfd(fd.as_raw_fd());
             e.attached = 1;

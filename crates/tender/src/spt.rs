@@ -171,6 +171,15 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
                     "net_write_hdr",
                 );
             }
+            if devices.entries[i].net_rx_offload() {
+                // Receive offload, at the guest's request, and only that
+                // request (ours; MftEntry::net_rx_offload).
+                policy.when(
+                    libc::SYS_ioctl,
+                    &[Arg::Int(0, fd as u64), Arg::Int(1, tap::TUNSETOFFLOAD), Arg::Eq(2, tap::RX_OFFLOAD_FLAGS)],
+                    "net_rx_offload",
+                );
+            }
         }
     }
     devices.setup_block()?;

@@ -17,7 +17,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use mirage_devices::block::{self as dblock, BlockInfo};
-use mirage_devices::net::{self as dnet, MacAddr, NetInfo, Stats};
+use mirage_devices::net::{self as dnet, MacAddr, NetInfo, RxMeta, Stats};
 use mirage_devices::time::Timestamp;
 use mirage_runtime::args::{Arg, Args, split_cmdline};
 use mirage_runtime::logger::Sink;
@@ -130,15 +130,30 @@ impl dnet::Net for Net {
     }
 
     fn try_recv<R>(&mut self, f: impl FnOnce(&mut [u8]) -> R) -> Result<Option<R>, dnet::Error> {
-        match self.raw.read(&mut self.rx) {
-            Ok(n) => {
+        self.try_recv_meta(|frame, _| f(frame))
+    }
+
+    fn try_recv_meta<R>(&mut self, f: impl FnOnce(&mut [u8], RxMeta) -> R) -> Result<Option<R>, dnet::Error> {
+        match self.raw.read_meta(&mut self.rx) {
+            Ok((n, vouched)) => {
                 self.stats.rx_frames += 1;
                 self.stats.rx_bytes += n as u64;
-                Ok(Some(f(&mut self.rx[..n])))
+                Ok(Some(f(&mut self.rx[..n], RxMeta::new(vouched))))
             }
             Err(crate::Error::Again) => Ok(None),
             Err(_) => Err(dnet::Error::Io),
         }
+    }
+
+    fn receive_offload(&mut self) -> usize {
+        // Room first: once the host hands over long frames, a shorter
+        // buffer would cut them.
+        let want = solo5_abi::vnet::VNET_MAX_RECEIVED.max(self.rx.len());
+        if self.rx.try_reserve_exact(want - self.rx.len()).is_err() || self.raw.rx_offload().is_err() {
+            return 0;
+        }
+        self.rx.resize(want, 0);
+        want
     }
 
     async fn readable(&mut self) -> Result<(), dnet::Error> {

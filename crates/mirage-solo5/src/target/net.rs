@@ -121,13 +121,54 @@ impl Net {
         }
     }
 
+    /// Asks the host for receive offload (ours): from now on a frame read
+    /// may be one TCP segment of up to 64 KiB that the host did not cut to
+    /// the MTU, whose checksum [`Net::read_meta`] says the host vouches
+    /// for (and may have left partial). On spt where the tender granted it
+    /// (`solo5_abi::mft::MftEntry::net_rx_offload`), on hvt where the
+    /// tender offers it with the ring (`FEATURE_NET_RX_OFFLOAD`). Reads
+    /// then need buffers of [`solo5_abi::vnet::VNET_MAX_RECEIVED`] bytes.
+    /// [`Error::Unspecified`] where the host does not offer it.
+    pub fn rx_offload(&self) -> Result<(), Error> {
+        #[cfg(feature = "hvt")]
+        super::hvt::net_rx_offload(self.handle)?;
+        #[cfg(feature = "spt")]
+        {
+            let e = &boot().mft[self.handle as usize];
+            if !self.vnet_hdr || !e.net_rx_offload() {
+                return Err(Error::Unspecified);
+            }
+            super::spt::net_rx_offload(self.fd)?;
+        }
+        #[cfg(not(any(feature = "hvt", feature = "spt")))]
+        return Err(Error::Unspecified);
+        #[cfg(any(feature = "hvt", feature = "spt"))]
+        Ok(())
+    }
+
+    /// As [`Net::read`], with whether the host vouches for the frame's
+    /// checksum (only ever where [`Net::rx_offload`] was asked).
+    pub fn read_meta(&self, buf: &mut [u8]) -> Result<(usize, bool), Error> {
+        #[cfg(feature = "spt")]
+        if self.vnet_hdr {
+            let mut hdr = [0u8; VNET_HDR_LEN];
+            let n = super::spt::net_read_hdr(self.fd, &mut hdr, buf)?;
+            return Ok((n, solo5_abi::vnet::vnet_checksum_valid(hdr[0])));
+        }
+        #[cfg(feature = "hvt")]
+        return super::hvt::net_read_meta(self.handle, buf);
+        #[cfg(not(feature = "hvt"))]
+        platform::net_read(self.handle, self.fd, buf).map(|n| (n, false))
+    }
+
     /// Reads one frame into `buf`; its length, or [`Error::Again`] if none
-    /// is waiting. `buf` should hold `mtu + 14` bytes.
+    /// is waiting. `buf` should hold `mtu + 14` bytes (or, after
+    /// [`Net::rx_offload`], what it answered).
     pub fn read(&self, buf: &mut [u8]) -> Result<usize, Error> {
         #[cfg(feature = "spt")]
         if self.vnet_hdr {
-            // No offload was asked for this way: the header says nothing
-            // the frame needs, and is dropped.
+            // The header is dropped: a reader that asked for receive
+            // offload reads with Net::read_meta.
             let mut hdr = [0u8; VNET_HDR_LEN];
             return super::spt::net_read_hdr(self.fd, &mut hdr, buf);
         }

@@ -243,8 +243,17 @@ pub(crate) fn net_read_hdr(fd: i32, hdr: &mut [u8], buf: &mut [u8]) -> Result<us
     } else {
         // A read without a whole header (which the host never makes) is
         // an empty frame, which the reader drops as malformed.
-        Ok((n as usize).saturating_sub(hdr.len()))
+        Ok((n as usize).saturating_sub(hdr.len()).min(buf.len()))
     }
+}
+
+/// Asks the host for receive offload on the tap at `fd` (where the tender
+/// granted it: `solo5_abi::mft::MftEntry::net_rx_offload`).
+pub(crate) fn net_rx_offload(fd: i32) -> Result<(), Error> {
+    use solo5_abi::vnet::{RX_OFFLOAD_FLAGS, TUNSETOFFLOAD};
+    // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is named.
+    let n = unsafe { syscall4(sys::IOCTL, fd as u64, TUNSETOFFLOAD, RX_OFFLOAD_FLAGS, 0) };
+    if n < 0 { Err(Error::Unspecified) } else { Ok(()) }
 }
 
 /// Writes a frame behind its virtio-net header, as [`net_read_hdr`] reads.

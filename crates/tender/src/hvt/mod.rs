@@ -15,8 +15,8 @@ use std::sync::Arc;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd};
 use solo5_abi::hvt::{
-    self, BootInfo, FEATURE_NET_CSUM, FEATURE_NET_TSO, FEATURE_RING_IO, FEATURE_RING_SERVE, GUEST_MAX_MEM_SIZE,
-    GUEST_PAGE_SIZE, TrapRegs,
+    self, BootInfo, FEATURE_NET_CSUM, FEATURE_NET_RX_OFFLOAD, FEATURE_NET_TSO, FEATURE_RING_IO, FEATURE_RING_SERVE,
+    GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE, TrapRegs,
 };
 use solo5_abi::mft::MftType;
 use solo5_abi::note::AbiTarget;
@@ -154,7 +154,8 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     let mut devices = Devices::new(exe.manifest.clone());
     // The tender reads and writes the taps: with virtio-net headers, so
     // that the guest may leave checksums and TCP segmentation to the host
-    // (FEATURE_NET_CSUM, FEATURE_NET_TSO).
+    // (FEATURE_NET_CSUM, FEATURE_NET_TSO), and ask for receive offload
+    // (FEATURE_NET_RX_OFFLOAD).
     devices.tender_vnet_hdr = true;
     let mut dump_dir = None;
     let mut gdb_options = gdb::Options::default();
@@ -223,7 +224,9 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
         cmdline: cmdline_gpa,
         mft: mft_gpa,
         host_features: match &ring_thread {
-            Some(r) if r.offers_csum() => FEATURE_RING_IO | FEATURE_RING_SERVE | FEATURE_NET_CSUM | FEATURE_NET_TSO,
+            Some(r) if r.offers_csum() => {
+                FEATURE_RING_IO | FEATURE_RING_SERVE | FEATURE_NET_CSUM | FEATURE_NET_TSO | FEATURE_NET_RX_OFFLOAD
+            }
             Some(_) => FEATURE_RING_IO | FEATURE_RING_SERVE,
             None => 0,
         },
@@ -512,11 +515,13 @@ pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], rin
             "NET_WRITE and the ring's writes",
         );
         if hdr {
-            p.when(libc::SYS_readv, &[Arg::Int(0, fd as u64)], "frames behind their virtio-net header").when(
-                libc::SYS_writev,
-                &[Arg::Int(0, fd as u64)],
-                "frames behind their virtio-net header",
-            );
+            p.when(libc::SYS_readv, &[Arg::Int(0, fd as u64)], "frames behind their virtio-net header")
+                .when(libc::SYS_writev, &[Arg::Int(0, fd as u64)], "frames behind their virtio-net header")
+                .when(
+                    libc::SYS_ioctl,
+                    &[Arg::Int(0, fd as u64), Arg::Int(1, tap::TUNSETOFFLOAD), Arg::Eq(2, tap::RX_OFFLOAD_FLAGS)],
+                    "NET_RX_OFFLOAD_PIO",
+                );
         }
     }
     if let Some(efd) = ring_eventfd {
@@ -590,6 +595,12 @@ fn vcpu_loop(
             VcpuExit::IoOut(hvt::BLOCK_FLUSH_PIO, data) if data.len() == 4 => {
                 let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
                 hc.block_flush(memory::Gpa(gpa))?;
+            }
+            VcpuExit::IoOut(hvt::NET_RX_OFFLOAD_PIO, data)
+                if data.len() == 4 && ring.is_some_and(|r| r.offers_csum()) =>
+            {
+                let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
+                hc.net_rx_offload(memory::Gpa(gpa))?;
             }
             VcpuExit::IoOut(hvt::BLOCK_WRITE_SYNC_PIO, data) if data.len() == 4 => {
                 let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;

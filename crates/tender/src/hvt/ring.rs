@@ -376,19 +376,19 @@ impl Server {
                         pending_writes = 0;
                     }
                     let id = ent.id.load(Ordering::Relaxed);
-                    let (ret, got) = match self.nic_fd(handle) {
-                        None => (SoloResult::Inval, 0),
+                    let (ret, got, flags) = match self.nic_fd(handle) {
+                        None => (SoloResult::Inval, 0, 0),
                         Some((fd, hdr)) => {
                             let mut buf =
                                 self.mem.writable(Gpa(data), len as u64).map_err(|e| fatal!("net ring read: {e}"))?;
                             // SAFETY: the slice is checked, writable guest memory.
-                            let n = unsafe { tap::read_frame(fd, hdr, buf.as_mut_ptr(), buf.len()) };
+                            let (n, flags) = unsafe { tap::read_frame_flags(fd, hdr, buf.as_mut_ptr(), buf.len()) };
                             if n > 0 {
-                                (SoloResult::Ok, n as u32)
+                                (SoloResult::Ok, n as u32, flags as u32)
                             } else if n == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
-                                (SoloResult::Again, 0)
+                                (SoloResult::Again, 0, 0)
                             } else {
-                                (SoloResult::Inval, 0)
+                                (SoloResult::Inval, 0, 0)
                             }
                         }
                     };
@@ -397,6 +397,7 @@ impl Server {
                     c.id.store(id, Ordering::Relaxed);
                     c.ret.store(ret as u32, Ordering::Relaxed);
                     c.len.store(got, Ordering::Relaxed);
+                    c.flags.store(flags, Ordering::Relaxed);
                     head = head.wrapping_add(1);
                     ring.com_tail.store(com_tail.wrapping_add(1), Ordering::Release);
                     ring.ent_head.store(head, Ordering::Release);

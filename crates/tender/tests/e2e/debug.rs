@@ -209,10 +209,15 @@ impl Client {
 
     fn byte(&mut self) -> Result<u8, String> {
         let mut b = [0u8];
-        match self.0.read(&mut b) {
-            Ok(1) => Ok(b[0]),
-            Ok(_) => Err("the tender closed the connection".into()),
-            Err(e) => Err(format!("no reply from the tender: {e}")),
+        loop {
+            // A signal to the test process (a child of another test
+            // exiting) interrupts the read; the reply is still coming.
+            return match self.0.read(&mut b) {
+                Ok(1) => Ok(b[0]),
+                Ok(_) => Err("the tender closed the connection".into()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(format!("no reply from the tender: {e}")),
+            };
         }
     }
 

@@ -59,6 +59,7 @@ const PROTECTED_NET: &[(&str, &str)] = &[
     ("netwrite-arg-ro", "NetWrite hypercall: Invalid guest access: gpa={gpa}, sz=32"),
     ("netread-data-ro", "NetRead hypercall: Invalid guest access: gpa={gpa}, sz=1514"),
     ("netwrite-data-oob", "NetWrite hypercall: Invalid guest access: gpa=0xfff00000, sz=60"),
+    ("rx-offload-arg-ro", "NetRxOffload hypercall: Invalid guest access: gpa={gpa}, sz=16"),
     ("ring-read-ro", "net ring read: Invalid guest access: gpa={gpa}, sz=1514"),
     ("ring-write-oob", "net ring write: Invalid guest access: gpa=0xfff00000, sz=60"),
     ("ring-overflow", "net ring: guest submitted 1025 entries, the ring holds 1024"),
@@ -117,6 +118,20 @@ pub fn cases(v: &mut Vec<Case>) {
             Ok(())
         }));
     }
+    v.push(case("hvt::net_rx_offload_answers_einval_for_what_is_not_a_tap", Needs::Net("hvt"), || {
+        let ns = Netns::new()?;
+        let mut c = ns.command(tender("hvt"));
+        c.arg("--net:service=tap0").arg(guest("hvt", "hostile-net")?).arg("rx-offload-handles");
+        let mut g = Background::start(c)?;
+        let status = g.wait(Duration::from_secs(30))?;
+        let out = g.output();
+        // EINVAL (2) for the reserved entry, a handle past the manifest
+        // and a huge one; OK (0) for the tap.
+        if status != 0 || !out.contains("hostile: rx offload answers: [2, 2, 2, 0]") {
+            return Err(format!("status {status}:\n{out}"));
+        }
+        Ok(())
+    }));
     let fatal: &[(&str, &str)] = &[
         ("puts-ptr", "Puts hypercall: Invalid guest access: gpa=0xffff0000, sz=16"),
         ("puts-len", "Puts hypercall: Invalid guest access: gpa=0x"),
@@ -183,6 +198,32 @@ pub fn cases(v: &mut Vec<Case>) {
 /// call, descriptor or block range it does not allow.
 fn spt_cases(v: &mut Vec<Case>) {
     const SPT: Needs = Needs::Target("spt");
+    // A tap granted receive offload: the filter allows the one ioctl that
+    // asks for it, and kills the guest for any other.
+    let net = |what: &str| -> Result<(i32, String), String> {
+        let ns = Netns::new()?;
+        let mut c = ns.command(tender("spt"));
+        c.arg("--net:service=tap0").arg(guest("spt", "hostile-net")?).arg(what);
+        let mut g = Background::start(c)?;
+        let status = g.wait(Duration::from_secs(30))?;
+        Ok((status, g.output()))
+    };
+    v.push(case("spt::the_receive_offload_ioctl_is_allowed_on_a_granted_tap", Needs::Net("spt"), move || {
+        let (status, out) = net("ioctl-granted")?;
+        if status != 0 || !out.contains("granted: true") || !out.contains("receive offload's flags: 0") {
+            return Err(format!("status {status}:\n{out}"));
+        }
+        Ok(())
+    }));
+    for what in ["ioctl-other-flags", "ioctl-other-request"] {
+        v.push(case(format!("spt::hostile_{what}_is_killed_by_the_filter"), Needs::Net("spt"), move || {
+            let (status, out) = net(what)?;
+            if status != 159 || !out.contains("granted: true") {
+                return Err(format!("status {status} instead of 159 (SIGSYS):\n{out}"));
+            }
+            Ok(())
+        }));
+    }
     // `attach` is `--block` (Solo5's) or `--block-dsync` (ours, which
     // grants a second descriptor).
     let run_with = |attach: &str, what: &str| -> Result<testkit::Run, String> {

@@ -3,14 +3,15 @@
 //! argument structs or buffers in its read-only text; and straight through
 //! the shared-memory net ring (bypassing the bindings), where the tender's
 //! I/O thread finds the bad entry and must stop the guest through the
-//! vCPU loop with a message and status 1.
+//! vCPU loop with a message and status 1. On spt, the one `ioctl` the
+//! filter allows a tap granted receive offload, and others it does not.
 #![no_std]
 #![no_main]
 
 use core::arch::asm;
 use core::sync::atomic::Ordering;
 
-use mirage_solo5::{self as solo5, abi::hvt::*, abi::ring::*};
+use mirage_solo5::{self as solo5, abi::hvt::*, abi::ring::*, abi::vnet};
 
 solo5::manifest!(net "service");
 solo5::main!(start);
@@ -66,6 +67,36 @@ fn submit(ring: &Ring, port: u16, op: u32, data: u64, len: u32, count: u32, csum
     }
 }
 
+/// A raw system call (spt), whatever its arguments.
+fn syscall3(nr: u64, a0: u64, a1: u64, a2: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: deliberately hostile; the filter checks every call.
+    unsafe {
+        asm!("syscall", inlateout("rax") nr as i64 => ret, in("rdi") a0, in("rsi") a1, in("rdx") a2,
+             lateout("rcx") _, lateout("r11") _, options(nostack))
+    };
+    ret
+}
+
+/// The host descriptor of the tap (spt): entry 1 of the manifest.
+fn tap_fd() -> u64 {
+    // SAFETY: the tender wrote the boot information there before the jump.
+    let bi = unsafe { core::ptr::read_volatile(solo5::abi::spt::BOOT_INFO_BASE as *const solo5::abi::spt::BootInfo) };
+    // SAFETY: the tender's copy of the manifest: a header, then entry 0
+    // (reserved), then this image's network device.
+    let e = unsafe { &*((bi.mft + 8) as *const solo5::abi::mft::MftEntry).add(1) };
+    solo5::println!("hostile: rx offload granted: {}", e.net_rx_offload());
+    solo5::console::flush();
+    e.hostfd() as u64
+}
+
+/// NET_RX_OFFLOAD_PIO for `handle` (hvt): the tender's answer.
+fn rx_offload(handle: u64) -> u32 {
+    let mut a = HcNetRxOffload { handle, ret: 99, _pad: 0 };
+    raw(NET_RX_OFFLOAD_PIO, &mut a as *mut HcNetRxOffload as u64);
+    a.ret
+}
+
 fn start(si: &solo5::StartInfo) -> i32 {
     let what = si.cmdline.split_whitespace().next().unwrap_or("");
     solo5::println!("hostile: {what}");
@@ -78,6 +109,22 @@ fn start(si: &solo5::StartInfo) -> i32 {
             let mut r = HcNetRead { handle: 1, data: text(), len: 1514, ret: 0, _pad: 0 };
             call(Hypercall::NetRead, &mut r);
         }
+        "rx-offload-arg-ro" => raw(NET_RX_OFFLOAD_PIO, text()),
+        "rx-offload-handles" => {
+            // The reserved entry, one past the manifest, then the device.
+            let answers = [rx_offload(0), rx_offload(7), rx_offload(1 << 40), rx_offload(1)];
+            solo5::println!("hostile: rx offload answers: {answers:?}");
+            return 0;
+        }
+        "ioctl-granted" => {
+            let r = syscall3(16, tap_fd(), vnet::TUNSETOFFLOAD, vnet::RX_OFFLOAD_FLAGS);
+            solo5::println!("hostile: TUNSETOFFLOAD with receive offload's flags: {r}");
+            return 0;
+        }
+        // UFO besides: not the request granted.
+        "ioctl-other-flags" => _ = syscall3(16, tap_fd(), vnet::TUNSETOFFLOAD, vnet::RX_OFFLOAD_FLAGS | 0x08),
+        // TUNSETIFF, whose argument is a pointer.
+        "ioctl-other-request" => _ = syscall3(16, tap_fd(), 0x4004_54ca, vnet::RX_OFFLOAD_FLAGS),
         "netwrite-data-oob" => {
             let mut w = HcNetWrite { handle: 1, data: 0xfff0_0000, len: 60, ret: 0, _pad: 0 };
             call(Hypercall::NetWrite, &mut w);

@@ -352,6 +352,21 @@ pub(crate) fn net_segmentation_offload() -> usize {
     if offered && net_checksum_offload() { solo5_abi::vnet::VNET_MAX_SEGMENTED } else { 0 }
 }
 
+/// Asks the tender for receive offload on device `handle`: where it offers
+/// it (`FEATURE_NET_RX_OFFLOAD`, ours) and the ring is in use, through
+/// which alone the device is read from then on.
+pub(crate) fn net_rx_offload(handle: u64) -> Result<(), Error> {
+    if RING_INFO.with(|r| r.0) & solo5_abi::hvt::FEATURE_NET_RX_OFFLOAD == 0 || ring().is_none() {
+        return Err(Error::Unspecified);
+    }
+    let mut a = solo5_abi::hvt::HcNetRxOffload { handle, ret: 0, _pad: 0 };
+    // SAFETY: `a` is the port's argument and holds no address.
+    unsafe { our_port(solo5_abi::hvt::NET_RX_OFFLOAD_PIO, &mut a) };
+    Error::check(a.ret)?;
+    ring::set_rx_offload(handle);
+    Ok(())
+}
+
 /// Sends `frame`, whose checksum at `partial` (`csum_start`,
 /// `csum_offset`) the host completes through the ring where it can; when
 /// the frame goes by hypercall instead, it is completed here first. A
@@ -387,9 +402,19 @@ pub(crate) fn net_write(handle: u64, _fd: i32, frame: &[u8]) -> Result<(), Error
     Error::check(w.ret)
 }
 
+/// Reads a frame into `buf`: its length, and whether the host vouches for
+/// its checksum (where the device has receive offload, which the flags of
+/// its commit say).
+pub(crate) fn net_read_meta(handle: u64, buf: &mut [u8]) -> Result<(usize, bool), Error> {
+    if let Some(result) = ring().and_then(|r| r.read(handle, buf)) {
+        return result.map(|(n, flags)| (n, solo5_abi::vnet::vnet_checksum_valid(flags as u8)));
+    }
+    net_read(handle, 0, buf).map(|n| (n, false))
+}
+
 pub(crate) fn net_read(handle: u64, _fd: i32, buf: &mut [u8]) -> Result<usize, Error> {
     if let Some(result) = ring().and_then(|r| r.read(handle, buf)) {
-        return result;
+        return result.map(|(n, _)| n);
     }
     let mut r = HcNetRead { handle, data: buf.as_mut_ptr() as u64, len: buf.len() as u64, ret: 0, _pad: 0 };
     // SAFETY: the tender writes at most r.len bytes into `buf`, a live,

@@ -279,8 +279,9 @@ impl GuestRing {
             && self.ring.ent_head.load(Ordering::Acquire) == self.ring.ent_tail.load(Ordering::Relaxed)
     }
 
-    /// Reads a frame into `buf`; `None` when the caller should make the
-    /// hypercall instead ([`Self::bypass`]).
+    /// Reads a frame into `buf`: its length and its virtio-net header's
+    /// flags ([`solo5_abi::ring::RingCommit::flags`]); `None` when the
+    /// caller should make the hypercall instead ([`Self::bypass`]).
     ///
     /// Frames are read in batches into buffers of the ring's own and handed
     /// out one a call: one wait (and at most one exit) for several frames
@@ -288,15 +289,17 @@ impl GuestRing {
     /// leave the guest spending more on exits than on the frames. The batch
     /// grows while every read in it finds a frame and shrinks to two (a
     /// frame and the answer that there is no other) when traffic is light.
-    pub(crate) fn read(&self, handle: u64, buf: &mut [u8]) -> Option<Result<usize, Error>> {
-        if let Some(n) = RX.with(|rx| rx.pop(handle, buf)) {
-            return Some(Ok(n));
+    pub(crate) fn read(&self, handle: u64, buf: &mut [u8]) -> Option<Result<(usize, u32), Error>> {
+        if let Some(got) = RX.with(|rx| rx.pop(handle, buf)) {
+            return Some(Ok(got));
         }
-        if self.bypass() {
+        // A device with receive offload is read only through the ring,
+        // whose commits carry the flags its frames need.
+        if !rx_offload(handle) && self.bypass() {
             return None;
         }
         let Some((slots, size, count)) = RX.with(|rx| rx.batch(handle, buf.len())) else {
-            return Some(self.read_one(handle, buf.as_mut_ptr() as u64, buf.len()).map(|n| n.min(buf.len())));
+            return Some(self.read_one(handle, buf.as_mut_ptr() as u64, buf.len()).map(|(n, f)| (n.min(buf.len()), f)));
         };
         // A sleeping thread is woken (once, for the batch): it then serves
         // the reads that follow without exits. Unless it was lately slow to
@@ -319,7 +322,8 @@ impl GuestRing {
             match Error::check(c.ret.load(Ordering::Relaxed)) {
                 Ok(()) => {
                     let len = (c.len.load(Ordering::Relaxed) as usize).min(size);
-                    RX.with(|rx| rx.push(handle, i, len));
+                    let flags = c.flags.load(Ordering::Relaxed);
+                    RX.with(|rx| rx.push(handle, i, len, flags));
                     got += 1;
                 }
                 Err(Error::Again) => {}
@@ -329,13 +333,13 @@ impl GuestRing {
         self.ring.com_head.store(head.wrapping_add(n), Ordering::Release);
         RX.with(|rx| rx.done(handle, got, count));
         match RX.with(|rx| rx.pop(handle, buf)) {
-            Some(len) => Some(Ok(len)),
+            Some(got) => Some(Ok(got)),
             None => Some(Err(first_error.unwrap_or(Error::Again))),
         }
     }
 
     /// One read into `data`, for when no batch buffers could be had.
-    fn read_one(&self, handle: u64, data: u64, len: usize) -> Result<usize, Error> {
+    fn read_one(&self, handle: u64, data: u64, len: usize) -> Result<(usize, u32), Error> {
         let tail = self.reserve();
         self.no_bytes(tail);
         let wake = !self.serve || !self.thread_slow(super::monotonic());
@@ -345,8 +349,9 @@ impl GuestRing {
         let c = &self.ring.commits[(head & RING_MASK) as usize];
         let ret = c.ret.load(Ordering::Relaxed);
         let got = c.len.load(Ordering::Relaxed) as usize;
+        let flags = c.flags.load(Ordering::Relaxed);
         self.ring.com_head.store(head.wrapping_add(1), Ordering::Release);
-        Error::check(ret).map(|()| got)
+        Error::check(ret).map(|()| (got, flags))
     }
 }
 
@@ -361,8 +366,9 @@ struct RxQueue {
     /// `BATCH_MAX.min(BATCH_BYTES / size)` buffers of `size` bytes.
     bufs: Vec<u8>,
     size: usize,
-    /// Frames read and not yet handed out, in order: buffer index, length.
-    ready: VecDeque<(usize, usize)>,
+    /// Frames read and not yet handed out, in order: buffer index, length,
+    /// header flags.
+    ready: VecDeque<(usize, usize, u32)>,
     /// Reads in the next batch.
     next: usize,
 }
@@ -377,13 +383,14 @@ impl Rx {
         self.0.iter_mut().find(|q| q.handle == handle)
     }
 
-    /// Hands out the next frame read ahead for `handle`, copied into `buf`.
-    fn pop(&mut self, handle: u64, buf: &mut [u8]) -> Option<usize> {
+    /// Hands out the next frame read ahead for `handle`, copied into `buf`,
+    /// with its flags.
+    fn pop(&mut self, handle: u64, buf: &mut [u8]) -> Option<(usize, u32)> {
         let q = self.queue(handle)?;
-        let (i, len) = q.ready.pop_front()?;
+        let (i, len, flags) = q.ready.pop_front()?;
         let n = len.min(buf.len());
         buf[..n].copy_from_slice(&q.bufs[i * q.size..i * q.size + n]);
-        Some(n)
+        Some((n, flags))
     }
 
     /// Buffers for the next batch of `handle`, each of at least `size`
@@ -411,9 +418,9 @@ impl Rx {
         Some((q.bufs.as_mut_ptr(), q.size, q.next.clamp(1, slots)))
     }
 
-    fn push(&mut self, handle: u64, index: usize, len: usize) {
+    fn push(&mut self, handle: u64, index: usize, len: usize, flags: u32) {
         if let Some(q) = self.queue(handle) {
-            q.ready.push_back((index, len));
+            q.ready.push_back((index, len, flags));
         }
     }
 
@@ -428,6 +435,22 @@ impl Rx {
     fn ready_set(&mut self) -> u64 {
         self.0.iter().filter(|q| !q.ready.is_empty() && q.handle < 64).fold(0, |set, q| set | 1 << q.handle)
     }
+}
+
+/// The devices (by handle, below 64 as every manifest's) the tender turned
+/// receive offload on for ([`solo5_abi::hvt::NET_RX_OFFLOAD_PIO`]).
+static RX_OFFLOAD: AtomicU64 = AtomicU64::new(0);
+
+/// Records that `handle` has receive offload: it is read through the ring
+/// from now on.
+pub(crate) fn set_rx_offload(handle: u64) {
+    if handle < 64 {
+        RX_OFFLOAD.fetch_or(1 << handle, Ordering::Relaxed);
+    }
+}
+
+fn rx_offload(handle: u64) -> bool {
+    handle < 64 && RX_OFFLOAD.load(Ordering::Relaxed) & (1 << handle) != 0
 }
 
 /// The interfaces with frames read ahead and not yet handed out: ready
