@@ -185,6 +185,20 @@ pub trait Net {
         self.try_recv(|frame| f(frame, RxMeta::default()))
     }
 
+    /// Reads the next received frame into `buf`, with what the host says
+    /// of it: the frame's length, which is more than `buf` holds for a
+    /// frame too long for it (only `buf.len()` bytes of it were written
+    /// then). The default copies what [`Net::try_recv_meta`] lends; an
+    /// interface that reads frames into a buffer of its own anyway reads
+    /// straight into `buf` instead, one copy fewer.
+    fn try_recv_into(&mut self, buf: &mut [u8]) -> Result<Option<(usize, RxMeta)>, Error> {
+        self.try_recv_meta(|frame, meta| {
+            let n = frame.len().min(buf.len());
+            buf[..n].copy_from_slice(&frame[..n]);
+            (frame.len(), meta)
+        })
+    }
+
     /// Asks for receive offload: from now on the interface may hand over
     /// one TCP segment of up to 64 KiB where the host would have cut it to
     /// the MTU (Linux's TSO and GRO towards a virtio-net guest), and frames
@@ -268,6 +282,9 @@ impl<N: Net> Net for &mut N {
     }
     fn receive_offload(&mut self) -> usize {
         (**self).receive_offload()
+    }
+    fn try_recv_into(&mut self, buf: &mut [u8]) -> Result<Option<(usize, RxMeta)>, Error> {
+        (**self).try_recv_into(buf)
     }
     async fn readable(&mut self) -> Result<(), Error> {
         (**self).readable().await

@@ -1,8 +1,9 @@
 //! The adapter between a [`Net`] interface and the protocol engine.
 //!
 //! The engine pulls frames through a token pair; `Net` lends a frame to a
-//! closure. The adapter copies each received frame into its own buffer
-//! (one copy, into cache-warm memory), checks it with [`crate::wire::parse`]
+//! closure. The adapter has each received frame read into its own buffer
+//! (`Net::try_recv_into`: straight from the host where the interface can,
+//! or one copy, into cache-warm memory), checks it with [`crate::wire::parse`]
 //! and only then lets the driver judge it ([`crate::inbound`]) and hand it
 //! on, so malformed frames are counted here and the engine sees none. Sent
 //! frames are written by the engine straight into the buffer the interface
@@ -217,26 +218,22 @@ impl<N: Net> Adapter<'_, N> {
             return true;
         }
         loop {
-            let rx = &mut self.link.rx;
-            let got = match self.net.try_recv_meta(|frame, meta| {
-                let n = frame.len().min(rx.len());
-                rx[..n].copy_from_slice(&frame[..n]);
-                // A frame longer than the MTU allows (or, with receive
-                // offload, the largest segment) is malformed.
-                if frame.len() > rx.len() { None } else { Some((n, meta.checksum_valid)) }
-            }) {
+            let got = match self.net.try_recv_into(&mut self.link.rx) {
                 Ok(got) => got,
                 Err(e) => {
                     self.link.failed = Some(e);
                     return false;
                 }
             };
-            let Some(got) = got else { return false };
+            let Some((len, meta)) = got else { return false };
             self.link.stats.rx_frames += 1;
-            let Some((len, vouched)) = got else {
+            // A frame longer than the MTU allows (or, with receive
+            // offload, the largest segment) is malformed.
+            if len > self.link.rx.len() {
                 self.link.malformed("longer than the MTU");
                 continue;
-            };
+            }
+            let vouched = meta.checksum_valid;
             if let Err(e) = self.link.check(len, vouched) {
                 self.link.malformed(e);
                 continue;

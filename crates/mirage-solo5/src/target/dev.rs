@@ -145,6 +145,18 @@ impl dnet::Net for Net {
         }
     }
 
+    fn try_recv_into(&mut self, buf: &mut [u8]) -> Result<Option<(usize, RxMeta)>, dnet::Error> {
+        match self.raw.read_meta(buf) {
+            Ok((n, vouched)) => {
+                self.stats.rx_frames += 1;
+                self.stats.rx_bytes += n as u64;
+                Ok(Some((n, RxMeta::new(vouched))))
+            }
+            Err(crate::Error::Again) => Ok(None),
+            Err(_) => Err(dnet::Error::Io),
+        }
+    }
+
     fn receive_offload(&mut self) -> usize {
         // Room first: once the host hands over long frames, a shorter
         // buffer would cut them.
