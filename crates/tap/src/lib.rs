@@ -209,8 +209,9 @@ pub unsafe fn write_frame(fd: i32, with_hdr: bool, hdr: [u8; VNET_HDR_LEN], fram
 /// ([`vnet_hdr`]). No offload is asked for the other way (`TUNSETOFFLOAD`
 /// with no flags) until the reader asks ([`receive_offload`]): the kernel
 /// completes the checksums of what it sends and never sends a frame
-/// larger than the MTU, so received headers carry nothing to act on. The answer says whether frames carry the header: an
-/// inherited descriptor (`@N`) carries it when its opener asked for it.
+/// larger than the MTU, so received headers carry nothing to act on. The
+/// answer says whether frames carry the header: an inherited descriptor
+/// (`@N`) carries it when its opener asked for it.
 pub fn attach_with(ifname: &str, vnet_hdr: bool) -> io::Result<(OwnedFd, u16, bool)> {
     let sock = control_socket()?;
     if let Some(num) = ifname.strip_prefix('@') {

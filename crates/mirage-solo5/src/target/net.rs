@@ -147,7 +147,9 @@ impl Net {
     }
 
     /// As [`Net::read`], with whether the host vouches for the frame's
-    /// checksum (only ever where [`Net::rx_offload`] was asked).
+    /// checksum, as its virtio-net header's flags say: a sum the host
+    /// checked (whenever it did), or one it left partial (only after
+    /// [`Net::rx_offload`]). Never where the frame came without a header.
     pub fn read_meta(&self, buf: &mut [u8]) -> Result<(usize, bool), Error> {
         #[cfg(feature = "spt")]
         if self.vnet_hdr {
@@ -163,7 +165,7 @@ impl Net {
 
     /// Reads one frame into `buf`; its length, or [`Error::Again`] if none
     /// is waiting. `buf` should hold `mtu + 14` bytes (or, after
-    /// [`Net::rx_offload`], what it answered).
+    /// [`Net::rx_offload`], [`solo5_abi::vnet::VNET_MAX_RECEIVED`]).
     pub fn read(&self, buf: &mut [u8]) -> Result<usize, Error> {
         #[cfg(feature = "spt")]
         if self.vnet_hdr {
