@@ -11,8 +11,8 @@ use mirage_runtime::{Interest, Source, io};
 /// The tap is opened with virtio-net headers, so that the host's kernel
 /// completes the TCP checksums of what the stack sends
 /// ([`Net::checksum_offload`]); each frame read or written is preceded by
-/// a header ([`tap::VNET_HDR_LEN`] bytes), kept at the front of `rx` and
-/// `tx`. The header also lets the stack hand over TCP segments of up to
+/// a header ([`tap::VNET_HDR_LEN`] bytes), kept at the front of `tx` and
+/// read into a vector of its own. The header also lets the stack hand over TCP segments of up to
 /// 64 KiB for the kernel to cut to the MTU ([`Net::segmentation_offload`]),
 /// and, where the stack asks, take such segments whole the other way
 /// ([`Net::receive_offload`]).
@@ -39,7 +39,7 @@ impl TapNet {
         let info = NetInfo::new(mac, mtu);
         let hdr = if vnet { tap::VNET_HDR_LEN } else { 0 };
         let tx_frame = if vnet { tap::VNET_MAX_SEGMENTED.max(info.max_frame()) } else { info.max_frame() };
-        let (rx, tx) = (vec![0; hdr + info.max_frame()], vec![0; hdr + tx_frame]);
+        let (rx, tx) = (vec![0; info.max_frame()], vec![0; hdr + tx_frame]);
         Ok(TapNet { fd, info, hdr, rx, tx, stats: Stats::default() })
     }
 
@@ -58,31 +58,11 @@ impl Net for TapNet {
     }
 
     fn try_recv_meta<R>(&mut self, f: impl FnOnce(&mut [u8], RxMeta) -> R) -> Result<Option<R>, Error> {
-        // SAFETY: rx is a writable buffer of rx.len() bytes; the descriptor
-        // is ours and non-blocking.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), self.rx.as_mut_ptr().cast(), self.rx.len()) };
-        if n < 0 {
-            return match std::io::Error::last_os_error().kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(None),
-                _ => Err(Error::Io),
-            };
-        }
-        let n = n as usize;
-        if n < self.hdr {
-            // The kernel writes the header whole; nothing to hand on.
-            return Ok(None);
-        }
-        // Without receive offload the header says nothing (no offload was
-        // asked for this way: tap::attach_with), and the stack checks
-        // every checksum.
-        let meta = match self.rx.first() {
-            Some(&flags) if self.hdr != 0 => RxMeta::new(tap::vnet_checksum_valid(flags)),
-            _ => RxMeta::default(),
-        };
-        let frame = &mut self.rx[self.hdr..n];
-        self.stats.rx_frames += 1;
-        self.stats.rx_bytes += frame.len() as u64;
-        Ok(Some(f(frame, meta)))
+        let mut rx = core::mem::take(&mut self.rx);
+        let got = self.try_recv_into(&mut rx);
+        let r = got.map(|got| got.map(|(n, meta)| f(&mut rx[..n], meta)));
+        self.rx = rx;
+        r
     }
 
     fn try_recv_into(&mut self, buf: &mut [u8]) -> Result<Option<(usize, RxMeta)>, Error> {
@@ -109,8 +89,8 @@ impl Net for TapNet {
         }
         // A frame longer than the buffer would be cut: from the next
         // read on it holds the largest segment.
-        self.rx.resize(self.hdr + tap::VNET_MAX_RECEIVED.max(self.info.max_frame()), 0);
-        self.rx.len() - self.hdr
+        self.rx.resize(tap::VNET_MAX_RECEIVED.max(self.info.max_frame()), 0);
+        self.rx.len()
     }
 
     async fn readable(&mut self) -> Result<(), Error> {

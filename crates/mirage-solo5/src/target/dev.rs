@@ -134,15 +134,11 @@ impl dnet::Net for Net {
     }
 
     fn try_recv_meta<R>(&mut self, f: impl FnOnce(&mut [u8], RxMeta) -> R) -> Result<Option<R>, dnet::Error> {
-        match self.raw.read_meta(&mut self.rx) {
-            Ok((n, vouched)) => {
-                self.stats.rx_frames += 1;
-                self.stats.rx_bytes += n as u64;
-                Ok(Some(f(&mut self.rx[..n], RxMeta::new(vouched))))
-            }
-            Err(crate::Error::Again) => Ok(None),
-            Err(_) => Err(dnet::Error::Io),
-        }
+        let mut rx = core::mem::take(&mut self.rx);
+        let got = self.try_recv_into(&mut rx);
+        let r = got.map(|got| got.map(|(n, meta)| f(&mut rx[..n], meta)));
+        self.rx = rx;
+        r
     }
 
     fn try_recv_into(&mut self, buf: &mut [u8]) -> Result<Option<(usize, RxMeta)>, dnet::Error> {
