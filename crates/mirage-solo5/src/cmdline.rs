@@ -48,29 +48,29 @@ fn option(word: &str) -> Option<Level> {
 /// quotes group, a backslash escapes); an unterminated quote runs to the
 /// end (the application's splitting reports it).
 fn words(cmdline: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let bytes = cmdline.as_bytes();
-    let mut i = 0;
+    // Blanks are what `split_cmdline` takes them to be, `char::is_whitespace`
+    // (a vertical tab or a no-break space too), so that an option is a word
+    // here exactly where it is a word there.
+    let mut chars = cmdline.char_indices().peekable();
     core::iter::from_fn(move || {
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i == bytes.len() {
-            return None;
-        }
-        let start = i;
+        while chars.next_if(|&(_, c)| c.is_whitespace()).is_some() {}
+        let &(start, _) = chars.peek()?;
         let mut quote = None;
-        while i < bytes.len() {
-            match (quote, bytes[i]) {
-                (None, c) if c.is_ascii_whitespace() => break,
-                (None, b'\\') | (Some(b'"'), b'\\') => i += 1,
-                (None, q @ (b'\'' | b'"')) => quote = Some(q),
+        while let Some(&(_, c)) = chars.peek() {
+            match (quote, c) {
+                (None, c) if c.is_whitespace() => break,
+                // The escaped character, whatever it is, belongs to the word.
+                (None, '\\') | (Some('"'), '\\') => {
+                    chars.next();
+                }
+                (None, q @ ('\'' | '"')) => quote = Some(q),
                 (Some(q), c) if c == q => quote = None,
                 _ => {}
             }
-            i += 1;
+            chars.next();
         }
-        i = i.min(bytes.len());
-        Some((start, i))
+        let end = chars.peek().map_or(cmdline.len(), |&(i, _)| i);
+        Some((start, end))
     })
 }
 
@@ -134,6 +134,17 @@ mod tests {
         assert_eq!(p("a --solo5:quiet --solo5:debug b"), (Level::Debug, "a b".into()));
         assert_eq!(p("a\t--solo5:quiet --solo5:debug"), (Level::Debug, "a".into()));
         assert_eq!(p("--solo5:quiet a --solo5:quiet --solo5:debug b --solo5:quiet c"), (Level::Error, "a b c".into()));
+    }
+
+    #[test]
+    fn blanks_are_the_applications_blanks() {
+        // Found by fuzzing: a vertical tab (and any Unicode blank) separates
+        // words for `split_cmdline`, so it must here too.
+        assert_eq!(p("\x0b--solo5:quiet --solo5x=1"), (Level::Error, "--solo5x=1".into()));
+        assert_eq!(p("a\u{a0}--solo5:debug\u{2003}b"), (Level::Debug, "a\u{2003}b".into()));
+        assert_eq!(p("\u{3000}--solo5:warn"), (Level::Warn, "".into()));
+        // A multi-byte character escaped stays whole.
+        assert_eq!(p("\\\u{e9}--solo5:quiet"), (Level::Info, "\\\u{e9}--solo5:quiet".into()));
     }
 
     #[test]
