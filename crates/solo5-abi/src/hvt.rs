@@ -77,6 +77,14 @@ pub const FEATURE_NET_TSO: u32 = 1 << 3;
 /// [`NET_RX_OFFLOAD_PIO`], and says in each read's commit what the frame's
 /// virtio-net header said ([`crate::ring::RingCommit::flags`]).
 pub const FEATURE_NET_RX_OFFLOAD: u32 = 1 << 4;
+/// Ours: the ring also takes [`crate::ring::OP_BLOCK_WRITE_SYNC`] for the
+/// block devices granted flushes ([`crate::mft::MftEntry::block_flush`]),
+/// and the tender sets a ring up for such a device even where no network
+/// device is attached. A durable write then costs no exit while the I/O
+/// thread is awake: the thread writes and syncs, the vCPU waits in the
+/// guest. A guest that ignores the bit makes the BLOCK_WRITE_SYNC_PIO
+/// hypercall, as before.
+pub const FEATURE_RING_BLOCK: u32 = 1 << 5;
 
 /// Default guest memory (512 MiB), as `solo5-hvt`.
 pub const DEFAULT_MEM_SIZE: u64 = 0x2000_0000;

@@ -28,12 +28,23 @@ pub const RING_POLL_ITERS: u32 = 4096;
 pub const OP_NET_WRITE: u32 = 1;
 /// `HVT_RING_NET_READ`.
 pub const OP_NET_READ: u32 = 2;
+/// Ours, where the tender offers [`crate::hvt::FEATURE_RING_BLOCK`]: the
+/// write of `len` bytes at `data` to the block device `handle`, at the
+/// byte offset held in [`RingEntry::csum`], then a flush of the device, as
+/// [`crate::hvt::BLOCK_WRITE_SYNC_PIO`] does. The tender moves `ent_head`
+/// past the entry when it takes it, before the write (the bytes are the
+/// guest's own buffer, not the arena's), so that a guest waiting for the
+/// commit knows the thread is at work and not asleep; the commit (`ret`,
+/// and `len` the bytes written) is posted once the flush is done. A device
+/// not granted flushes, or a range outside it, gets `ret` EINVAL and
+/// nothing is written. Solo5's tenders skip the unknown operation.
+pub const OP_BLOCK_WRITE_SYNC: u32 = 0x100;
 
 /// `struct hvt_ring_entry`: one request from the guest.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct RingEntry {
-    /// [`OP_NET_WRITE`] or [`OP_NET_READ`].
+    /// [`OP_NET_WRITE`], [`OP_NET_READ`] or [`OP_BLOCK_WRITE_SYNC`].
     pub operation: AtomicU32,
     /// The device handle (manifest index).
     pub handle: AtomicU32,
@@ -45,7 +56,8 @@ pub struct RingEntry {
     pub id: AtomicU32,
     /// Reserved in Solo5's ring. Ours, where the tender offers
     /// [`crate::hvt::FEATURE_NET_CSUM`]: on a write, 0, or a checksum the
-    /// host is to complete ([`csum_entry`]).
+    /// host is to complete ([`csum_entry`]); on an [`OP_BLOCK_WRITE_SYNC`],
+    /// the byte offset on the device.
     pub csum: AtomicU64,
 }
 
@@ -91,7 +103,8 @@ pub fn csum_request(csum: u64, len: u32, segmentation: bool) -> Result<Option<(u
     Ok(Some((start, offset, segment)))
 }
 
-/// `struct hvt_ring_commit`: the completion of a read.
+/// `struct hvt_ring_commit`: the completion of a read (or of an
+/// [`OP_BLOCK_WRITE_SYNC`]).
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct RingCommit {

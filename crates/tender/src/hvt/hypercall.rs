@@ -8,6 +8,7 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use solo5_abi::hvt::{
     HALT_COOKIE_MAX, HcBlockFlush, HcBlockRead, HcHalt, HcNetRead, HcNetRxOffload, HcNetWrite, HcPoll, HcPuts,
@@ -24,7 +25,7 @@ const _: () = assert!(
 );
 
 use super::memory::{Gpa, GuestMemory, InvalidAccess};
-use super::ring::Failure;
+use super::ring::{Failure, Flushing};
 use crate::devices::Devices;
 use crate::host::{Tender, WaitSet};
 use crate::{Exit, block, fatal, strerror};
@@ -51,8 +52,9 @@ pub struct Hypercalls<'m> {
     /// returns at once so that the vCPU loop can report it.
     failure: Arc<Failure>,
     /// Per manifest index: the guest has flushed this block device, so it
-    /// knows to, and its writes go through the cached descriptor.
-    flushing: Vec<bool>,
+    /// knows to, and its writes go through the cached descriptor. Shared
+    /// with the ring's I/O thread, which flushes too.
+    flushing: Flushing,
 }
 
 fn guest(hc: Hypercall) -> impl Fn(InvalidAccess) -> Exit {
@@ -66,7 +68,12 @@ fn os_error() -> std::io::Error {
 impl<'m> Hypercalls<'m> {
     /// Sets up the wait set (a timerfd and every attached NIC) and enables
     /// the block and net hypercalls if such devices are attached.
-    pub fn new(mem: &'m GuestMemory, devices: Devices, failure: Arc<Failure>) -> Result<Hypercalls<'m>, Exit> {
+    pub fn new(
+        mem: &'m GuestMemory,
+        devices: Devices,
+        failure: Arc<Failure>,
+        flushing: Flushing,
+    ) -> Result<Hypercalls<'m>, Exit> {
         let wait = WaitSet::new(Tender::Hvt, INTERNAL_TIMERFD)?;
         let mut npollfds = 0;
         for i in devices.attached(MftType::NetBasic) {
@@ -75,7 +82,6 @@ impl<'m> Hypercalls<'m> {
                 npollfds += 1;
             }
         }
-        let flushing = vec![false; devices.entries.len()];
         Ok(Hypercalls {
             mem,
             block: devices.has_block(),
@@ -198,7 +204,7 @@ impl<'m> Hypercalls<'m> {
 
     fn block_entry(&self, handle: u64, offset: u64, len: u64) -> Option<i32> {
         let (e, mut fd) = self.devices.get(handle, MftType::BlockBasic)?;
-        if self.flushing.get(handle as usize) == Some(&true) {
+        if self.flushing.get(handle as usize).is_some_and(|f| f.load(Ordering::Relaxed)) {
             fd = self.devices.flush_fd(handle)?;
         }
         let capacity = e.block_capacity();
@@ -256,7 +262,7 @@ impl<'m> Hypercalls<'m> {
         f.ret = match self.devices.flush_fd(f.handle) {
             None => SoloResult::Inval as u32,
             Some(fd) => {
-                self.flushing[f.handle as usize] = true;
+                self.flushing[f.handle as usize].store(true, Ordering::Relaxed);
                 block::sync(fd).map_err(|e| fatal!("Fatal error when flushing: {}", strerror(&e)))?;
                 SoloResult::Ok as u32
             }
@@ -279,7 +285,7 @@ impl<'m> Hypercalls<'m> {
             arg.set(&a);
             return Ok(());
         };
-        self.flushing[a.handle as usize] = true;
+        self.flushing[a.handle as usize].store(true, Ordering::Relaxed);
         self.block_io(gpa, true)?;
         if self.mem.arg::<HcBlockRead>(gpa).map_err(err)?.get().ret == SoloResult::Ok as u32 {
             block::sync(fd).map_err(|e| fatal!("Fatal error when flushing: {}", strerror(&e)))?;

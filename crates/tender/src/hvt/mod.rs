@@ -11,12 +11,13 @@
 
 use std::ffi::OsString;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd};
 use solo5_abi::hvt::{
-    self, BootInfo, FEATURE_NET_CSUM, FEATURE_NET_RX_OFFLOAD, FEATURE_NET_TSO, FEATURE_RING_IO, FEATURE_RING_SERVE,
-    GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE, TrapRegs,
+    self, BootInfo, FEATURE_NET_CSUM, FEATURE_NET_RX_OFFLOAD, FEATURE_NET_TSO, FEATURE_RING_BLOCK, FEATURE_RING_IO,
+    FEATURE_RING_SERVE, GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE, TrapRegs,
 };
 use solo5_abi::mft::MftType;
 use solo5_abi::note::AbiTarget;
@@ -174,7 +175,11 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     install_signal_handlers()?;
 
     let mut mem_size = adjust_mem_size(mem_size)?;
-    if devices.has_net() {
+    // The ring carries frames, and durable block writes
+    // (FEATURE_RING_BLOCK) for a device granted flushes.
+    let wants_ring =
+        devices.has_net() || devices.attached(MftType::BlockBasic).any(|i| devices.flush_fd(i as u64).is_some());
+    if wants_ring {
         mem_size = (mem_size + RING_RESERVED_SIZE).min(GUEST_MAX_MEM_SIZE);
     }
     let vm = Vm::new(mem_size)?;
@@ -186,7 +191,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
 
     // The ring takes the top 2 MiB; the guest's memory ends below it.
     let mut ring_gpa = None;
-    if devices.has_net() {
+    if wants_ring {
         if mem_size < 2 * RING_RESERVED_SIZE {
             warn("Not enough guest memory for ring allocation");
         } else {
@@ -203,12 +208,21 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
         .attached(MftType::NetBasic)
         .filter_map(|i| devices.get(i as u64, MftType::NetBasic).map(|(_, fd)| (i as u32, fd, devices.vnet[i])))
         .collect();
+    let blocks: Vec<ring::RingBlock> = devices
+        .attached(MftType::BlockBasic)
+        .filter_map(|i| {
+            let (e, _) = devices.get(i as u64, MftType::BlockBasic)?;
+            Some((i as u32, devices.flush_fd(i as u64)?, e.block_capacity()))
+        })
+        .collect();
+    let flushing: ring::Flushing = devices.entries.iter().map(|_| AtomicBool::new(false)).collect();
     let failure = Arc::new(Failure::new(VcpuStopper::for_this_thread(&mut vcpu)));
     let mut ring_thread = None;
     if let (Some(gpa), true) = (ring_gpa, vm.has_ioeventfd)
         && let Some(efd) = ring::kick_eventfd(&vm.vm)
     {
-        ring_thread = Some(RingThread::start(vm.mem.clone(), gpa, nics.clone(), efd, failure.clone())?);
+        let served = (nics.clone(), blocks, flushing.clone());
+        ring_thread = Some(RingThread::start(vm.mem.clone(), gpa, served, efd, failure.clone())?);
     }
     devices.check_all_attached()?;
 
@@ -224,10 +238,11 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
         cmdline: cmdline_gpa,
         mft: mft_gpa,
         host_features: match &ring_thread {
-            Some(r) if r.offers_csum() => {
-                FEATURE_RING_IO | FEATURE_RING_SERVE | FEATURE_NET_CSUM | FEATURE_NET_TSO | FEATURE_NET_RX_OFFLOAD
+            Some(r) => {
+                let net = if r.offers_csum() { FEATURE_NET_CSUM | FEATURE_NET_TSO | FEATURE_NET_RX_OFFLOAD } else { 0 };
+                let block = if r.offers_block() { FEATURE_RING_BLOCK } else { 0 };
+                FEATURE_RING_IO | FEATURE_RING_SERVE | net | block
             }
-            Some(_) => FEATURE_RING_IO | FEATURE_RING_SERVE,
             None => 0,
         },
         guest_features: 0,
@@ -238,7 +253,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     vm.mem.load(mft_gpa, &manifest).map_err(low)?;
     vm.mem.load(cmdline_gpa, &cmdline).map_err(low)?;
 
-    let mut hypercalls = Hypercalls::new(&vm.mem, devices, failure.clone())?;
+    let mut hypercalls = Hypercalls::new(&vm.mem, devices, failure.clone(), flushing)?;
     let mut debugger = None;
     if gdb_options.enabled {
         gdb::make_writable(&vm.mem)?;

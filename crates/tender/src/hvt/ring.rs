@@ -1,5 +1,7 @@
 //! The host side of the net ring: an I/O thread that serves the guest's
-//! network requests from shared memory (see [`solo5_abi::ring`]).
+//! network requests from shared memory (see [`solo5_abi::ring`]), and its
+//! durable block writes where offered
+//! ([`solo5_abi::hvt::FEATURE_RING_BLOCK`]).
 //!
 //! The thread spins a while on `ent_tail` after each batch, then sets
 //! `needs_kick` and sleeps on an eventfd that KVM signals when the guest
@@ -22,7 +24,9 @@ use std::thread::JoinHandle;
 
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use solo5_abi::SoloResult;
-use solo5_abi::ring::{OP_NET_READ, OP_NET_WRITE, RING_MASK, RING_POLL_ITERS, RING_SIZE, Ring, csum_request};
+use solo5_abi::ring::{
+    OP_BLOCK_WRITE_SYNC, OP_NET_READ, OP_NET_WRITE, RING_MASK, RING_POLL_ITERS, RING_SIZE, Ring, csum_request,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::memory::{Gpa, GuestMemory};
@@ -40,6 +44,16 @@ pub struct RingThread {
 /// A NIC the thread may serve: manifest index, tap descriptor, and whether
 /// the tap carries virtio-net headers.
 pub type Nic = (u32, i32, bool);
+
+/// A block device granted flushes, which the thread may write and sync
+/// ([`solo5_abi::ring::OP_BLOCK_WRITE_SYNC`]): manifest index, the cached
+/// descriptor flushes go through, and the capacity in bytes.
+pub type RingBlock = (u32, i32, u64);
+
+/// Per manifest index, whether the guest has flushed that block device
+/// (its writes then go through the cached descriptor): shared by the
+/// hypercalls and the ring's servers.
+pub type Flushing = Arc<[AtomicBool]>;
 
 /// Creates the kick eventfd and binds it to the kick port of `vm`. On
 /// failure the tender falls back to hypercalls, as Solo5 does.
@@ -167,6 +181,8 @@ struct Server {
     /// ([`solo5_abi::hvt::FEATURE_NET_CSUM`], [`solo5_abi::hvt::FEATURE_NET_TSO`]):
     /// every tap has headers.
     csum: bool,
+    blocks: Vec<RingBlock>,
+    flushing: Flushing,
     serving: Mutex<()>,
 }
 
@@ -185,11 +201,19 @@ impl RingThread {
         self.server.csum
     }
 
-    /// Starts serving the ring at `ring_gpa`; a failure ends up in `failure`.
+    /// Whether the ring takes durable block writes
+    /// ([`solo5_abi::hvt::FEATURE_RING_BLOCK`]): some device is granted
+    /// flushes.
+    pub fn offers_block(&self) -> bool {
+        !self.server.blocks.is_empty()
+    }
+
+    /// Starts serving the ring at `ring_gpa` for `nics` and `blocks`; a
+    /// failure ends up in `failure`.
     pub fn start(
         mem: Arc<GuestMemory>,
         ring_gpa: u64,
-        nics: Vec<Nic>,
+        (nics, blocks, flushing): (Vec<Nic>, Vec<RingBlock>, Flushing),
         eventfd: EventFd,
         failure: Arc<Failure>,
     ) -> Result<RingThread, Exit> {
@@ -199,7 +223,7 @@ impl RingThread {
         let stop = Arc::new(AtomicBool::new(false));
         let eventfd = Arc::new(eventfd);
         let csum = !nics.is_empty() && nics.iter().all(|&(_, _, hdr)| hdr);
-        let server = Arc::new(Server { mem, ring_gpa, nics, csum, serving: Mutex::new(()) });
+        let server = Arc::new(Server { mem, ring_gpa, nics, csum, blocks, flushing, serving: Mutex::new(()) });
         let worker = Worker { server: server.clone(), eventfd: eventfd.clone(), stop: stop.clone(), failure };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -313,6 +337,36 @@ impl Worker {
 }
 
 impl Server {
+    /// An [`OP_BLOCK_WRITE_SYNC`]: the write through the device's cached
+    /// descriptor, then its `fdatasync`, as the BLOCK_WRITE_SYNC_PIO
+    /// hypercall does. EINVAL, and nothing written, for a device not granted
+    /// flushes or a range outside it; a buffer outside guest memory, or a
+    /// failing host, ends the guest.
+    fn block_write_sync(&self, handle: u32, offset: u64, data: u64, len: u32) -> Result<SoloResult, Exit> {
+        let Some(&(_, fd, capacity)) = self.blocks.iter().find(|b| b.0 == handle) else {
+            return Ok(SoloResult::Inval);
+        };
+        if offset >= capacity
+            || offset.checked_add(len as u64).is_none_or(|end| end > capacity || end > i64::MAX as u64)
+        {
+            return Ok(SoloResult::Inval);
+        }
+        let buf = self.mem.readable(Gpa(data), len as u64).map_err(|e| fatal!("block ring write: {e}"))?;
+        // SAFETY: the slice is checked, readable guest memory of `len` bytes.
+        let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), offset as i64) };
+        if n < 0 {
+            return Err(fatal!("Fatal error when writing: {}", strerror(&std::io::Error::last_os_error())));
+        }
+        if n as u64 != len as u64 {
+            return Err(fatal!("Fatal error: wrote only {n} out of {len} bytes"));
+        }
+        if let Some(f) = self.flushing.get(handle as usize) {
+            f.store(true, Ordering::Relaxed);
+        }
+        crate::block::sync(fd).map_err(|e| fatal!("Fatal error when flushing: {}", strerror(&e)))?;
+        Ok(SoloResult::Ok)
+    }
+
     fn process(&self, ring: &Ring) -> Result<(), Exit> {
         let _serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
         let tail = ring.ent_tail.load(Ordering::Acquire);
@@ -401,6 +455,24 @@ impl Server {
                     head = head.wrapping_add(1);
                     ring.com_tail.store(com_tail.wrapping_add(1), Ordering::Release);
                     ring.ent_head.store(head, Ordering::Release);
+                }
+                OP_BLOCK_WRITE_SYNC => {
+                    let id = ent.id.load(Ordering::Relaxed);
+                    let offset = ent.csum.load(Ordering::Relaxed);
+                    // Taken: the guest waiting for the commit now knows the
+                    // thread is at work (the write's bytes are the guest's
+                    // own, not the arena's, so the slot may be reused).
+                    head = head.wrapping_add(1);
+                    ring.ent_head.store(head, Ordering::Release);
+                    pending_writes = 0;
+                    let ret = self.block_write_sync(handle, offset, data, len)?;
+                    let com_tail = ring.com_tail.load(Ordering::Relaxed);
+                    let c = &ring.commits[(com_tail & RING_MASK) as usize];
+                    c.id.store(id, Ordering::Relaxed);
+                    c.ret.store(ret as u32, Ordering::Relaxed);
+                    c.len.store(if ret == SoloResult::Ok { len } else { 0 }, Ordering::Relaxed);
+                    c.flags.store(0, Ordering::Relaxed);
+                    ring.com_tail.store(com_tail.wrapping_add(1), Ordering::Release);
                 }
                 // Unknown operations are skipped, as Solo5 does.
                 _ => {

@@ -19,6 +19,17 @@ fn hostile(what: &str) -> Result<testkit::Run, String> {
     Ok(r)
 }
 
+/// The same with "storage" granted flushes (`--block-dsync:`), so that
+/// the tender offers the ring for durable writes; the run and the disk.
+fn hostile_dsync(what: &str) -> Result<(testkit::Run, Vec<u8>), String> {
+    let dir = Scratch::new("hostile");
+    let disk = dir.file("disk.img", 1 << 20);
+    let r = boot("hvt", &[&format!("--block-dsync:storage={}", disk.display())], "hostile", &[what])?;
+    no_panic(&r)?;
+    let bytes = std::fs::read(&disk).map_err(|e| format!("{}: {e}", disk.display()))?;
+    Ok((r, bytes))
+}
+
 fn no_panic(r: &testkit::Run) -> Result<(), String> {
     if r.stderr.contains("panicked") || r.stderr.contains("RUST_BACKTRACE") {
         return Err(format!("the tender panicked\n{}", r.dump()));
@@ -163,6 +174,31 @@ pub fn cases(v: &mut Vec<Case>) {
             Ok(())
         }));
     }
+    // Durable writes through the ring (FEATURE_RING_BLOCK): a buffer
+    // outside guest memory ends the guest, whichever thread serves it.
+    for what in ["ring-block-oob", "serve-block-oob"] {
+        v.push(case(format!("hvt::hostile_{what}"), HVT, move || {
+            let (r, _) = hostile_dsync(what)?;
+            r.expect_status(1)?;
+            r.expect_stderr("block ring write: Invalid guest access: gpa=0xfff00000, sz=512")
+        }));
+    }
+    v.push(case("hvt::ring_block_writes_answer_einval_outside_the_device_and_land_inside_it", HVT, || {
+        let (r, disk) = hostile_dsync("ring-block-answers")?;
+        r.expect_status(0)?;
+        // Handles 0, 99 and 2^32 - 1; an offset at the end, a range past
+        // it, an offset that overflows: EINVAL (2). Then the good write.
+        r.expect_stdout("hostile: block ring answers: [2, 2, 2, 2, 2, 2, 0]")?;
+        if disk[4096..5120].iter().any(|&b| b != 0xa5) || disk[..4096].iter().chain(&disk[5120..]).any(|&b| b != 0) {
+            return Err(format!("the disk does not hold exactly the one good write\n{}", r.dump()));
+        }
+        Ok(())
+    }));
+    v.push(case("hvt::ring_block_is_not_offered_without_a_flush_grant", HVT, || {
+        let r = hostile("ring-block-answers")?;
+        r.expect_status(0)?;
+        r.expect_stdout("hostile: the tender offers no block ring")
+    }));
     for what in ["blk-einval", "flush-einval", "wsync-einval"] {
         v.push(case(format!("hvt::hostile_{what}"), HVT, move || {
             let r = hostile(what)?;

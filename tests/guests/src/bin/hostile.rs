@@ -13,7 +13,8 @@
 #![no_main]
 
 use core::arch::asm;
-use mirage_solo5::{self as solo5, abi::hvt::*};
+use core::sync::atomic::Ordering;
+use mirage_solo5::{self as solo5, abi::hvt::*, abi::ring::*};
 
 solo5::manifest!(block "storage");
 solo5::main!(start);
@@ -58,6 +59,47 @@ fn block_at(hc: Hypercall, data: u64) {
     solo5::console::flush();
     let mut r = HcBlockRead { handle: 1, offset: 0, data, len: 512, ret: 0, _pad: 0 };
     call(hc, &mut r);
+}
+
+/// The ring, if the tender offers durable block writes through it.
+fn block_ring() -> Option<&'static Ring> {
+    // SAFETY: the boot information is at BOOT_INFO_BASE, mapped read-only
+    // for the guest; the tender wrote it before the guest started.
+    let bi = unsafe { core::ptr::read_volatile(BOOT_INFO_BASE as *const BootInfo) };
+    if bi.host_features & FEATURE_RING_BLOCK == 0 || bi.net_ring == 0 {
+        return None;
+    }
+    // SAFETY: the tender placed the ring there, in memory mapped for the
+    // guest; every field is atomic, as the tender shares it.
+    Some(unsafe { &*(bi.net_ring as *const Ring) })
+}
+
+/// Puts an OP_BLOCK_WRITE_SYNC on the ring, wakes the tender through
+/// `port` (the kick, or the serve port), and returns the commit's result.
+fn ring_block(ring: &Ring, port: u16, handle: u32, offset: u64, data: u64, len: u32) -> u32 {
+    solo5::println!("hostile: gpa=0x{data:x}");
+    solo5::console::flush();
+    let tail = ring.ent_tail.load(Ordering::Relaxed);
+    let head = ring.com_head.load(Ordering::Relaxed);
+    let e = &ring.entries[(tail & RING_MASK) as usize];
+    e.operation.store(OP_BLOCK_WRITE_SYNC, Ordering::Relaxed);
+    e.handle.store(handle, Ordering::Relaxed);
+    e.data.store(data, Ordering::Relaxed);
+    e.len.store(len, Ordering::Relaxed);
+    e.id.store(tail, Ordering::Relaxed);
+    e.csum.store(offset, Ordering::Relaxed);
+    ring.ent_tail.store(tail.wrapping_add(1), Ordering::SeqCst);
+    raw(port, 0);
+    while ring.com_tail.load(Ordering::Acquire) == head {
+        core::hint::spin_loop();
+    }
+    let c = &ring.commits[(head & RING_MASK) as usize];
+    let ret = c.ret.load(Ordering::Relaxed);
+    if c.id.load(Ordering::Relaxed) != tail {
+        solo5::println!("hostile: the commit answers another entry");
+    }
+    ring.com_head.store(head.wrapping_add(1), Ordering::Release);
+    ret
 }
 
 fn start(si: &solo5::StartInfo) -> i32 {
@@ -146,6 +188,35 @@ fn start(si: &solo5::StartInfo) -> i32 {
                 }
             }
             solo5::println!("SUCCESS: every flush without a grant gave EINVAL");
+            return 0;
+        }
+        "ring-block-oob" | "serve-block-oob" => {
+            // Attached with a flush grant: the tender offers the block ring.
+            let Some(ring) = block_ring() else {
+                solo5::println!("hostile: the tender offers no block ring");
+                return 1;
+            };
+            let port = if what.starts_with("serve") { RING_SERVE_PIO } else { RING_KICK_PIO_BASE };
+            ring_block(ring, port, 1, 0, 0xfff0_0000, 512);
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+        "ring-block-answers" => {
+            let Some(ring) = block_ring() else {
+                solo5::println!("hostile: the tender offers no block ring");
+                return 0;
+            };
+            // Bad handles, ranges outside the 1 MiB device, then a good
+            // write of 0xa5 at 4 KiB, which the test finds in the file.
+            let buf = [0xa5u8; 1024];
+            let p = buf.as_ptr() as u64;
+            let mut rets = [0u32; 7];
+            let cases = [(0, 0, 512), (99, 0, 512), (u32::MAX, 0, 512), (1, 1 << 20, 512), (1, (1 << 20) - 512, 1024), (1, u64::MAX - 10, 512), (1, 4096, 1024)];
+            for (r, (handle, offset, len)) in rets.iter_mut().zip(cases) {
+                *r = ring_block(ring, RING_KICK_PIO_BASE, handle, offset, p, len);
+            }
+            solo5::println!("hostile: block ring answers: {rets:?}");
             return 0;
         }
         "net-read" => call(Hypercall::NetRead, &mut HcNetRead::default()),

@@ -320,9 +320,11 @@ pub(crate) fn block_flush(handle: u64, _fd: i32) -> Result<(), Error> {
     Error::check(f.ret)
 }
 
-/// A write and a flush in one exit, for a device granted both (ours: an
-/// `outl` to [`solo5_abi::hvt::BLOCK_WRITE_SYNC_PIO`] with the address of
-/// a BLOCK_WRITE argument).
+/// A write and a flush as one request, for a device granted both: through
+/// the ring's I/O thread without an exit where it is offered and awake
+/// (`FEATURE_RING_BLOCK`, ours), else in one exit (ours: an `outl` to
+/// [`solo5_abi::hvt::BLOCK_WRITE_SYNC_PIO`] with the address of a
+/// BLOCK_WRITE argument).
 pub(crate) fn block_write_sync(
     handle: u64,
     _fd: i32,
@@ -331,6 +333,9 @@ pub(crate) fn block_write_sync(
     offset: u64,
     data: &[u8],
 ) -> Result<(), Error> {
+    if let Some(done) = ring().and_then(|r| r.block_write_sync(handle, offset, data)) {
+        return done;
+    }
     let mut w = HcBlockWrite { handle, offset, data: data.as_ptr() as u64, len: data.len() as u64, ret: 0, _pad: 0 };
     // SAFETY: `w` is a BLOCK_WRITE argument whose `data` is a live slice
     // of `len` bytes, which the tender only reads.

@@ -25,7 +25,7 @@ use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering, fe
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use solo5_abi::ring::{OP_NET_READ, OP_NET_WRITE, RING_BUF_SIZE, RING_MASK, RING_SIZE, Ring};
+use solo5_abi::ring::{OP_BLOCK_WRITE_SYNC, OP_NET_READ, OP_NET_WRITE, RING_BUF_SIZE, RING_MASK, RING_SIZE, Ring};
 
 /// Bytes of write buffers: as much as a buffer per slot of
 /// [`RING_BUF_SIZE`] bytes would take (2 MiB), shared by frames of any
@@ -336,6 +336,42 @@ impl GuestRing {
             Some(got) => Some(Ok(got)),
             None => Some(Err(first_error.unwrap_or(Error::Again))),
         }
+    }
+
+    /// Writes `data` at byte `offset` of block device `handle` and syncs
+    /// it, through the I/O thread ([`OP_BLOCK_WRITE_SYNC`]); `None` when
+    /// the tender does not offer it, or the thread sleeps and was lately
+    /// slow to wake (the caller then makes the hypercall, one exit).
+    ///
+    /// A sleeping thread is woken: that costs an exit (the kick) once, and
+    /// keeps the thread awake for the writes that follow closely.
+    /// The vCPU waits in the guest, spinning, while the thread writes and
+    /// syncs: no exit at all for a durable write while commits follow each
+    /// other closely enough to keep the thread awake. Until the thread has
+    /// taken the entry the wait is `wait`'s, which has the tender serve the
+    /// ring if the thread is asleep or slow; once taken, the thread is
+    /// known to be at work, and serving would only queue behind it.
+    pub(crate) fn block_write_sync(&self, handle: u64, offset: u64, data: &[u8]) -> Option<Result<(), Error>> {
+        let offered = RING_INFO.with(|r| r.0) & solo5_abi::hvt::FEATURE_RING_BLOCK != 0;
+        let asleep = self.ring.needs_kick.load(Ordering::Acquire) != 0;
+        if !offered || data.len() > u32::MAX as usize || (asleep && self.thread_slow(super::monotonic())) {
+            return None;
+        }
+        let tail = self.reserve();
+        self.no_bytes(tail);
+        // Every read waits for its commits before it returns, so none is
+        // outstanding: this entry's commit is the next one.
+        let head = self.ring.com_head.load(Ordering::Relaxed);
+        self.submit(tail, OP_BLOCK_WRITE_SYNC, handle, data.as_ptr() as u64, data.len() as u32, offset, true);
+        let taken = tail.wrapping_add(1);
+        self.wait(|| self.ring.ent_head.load(Ordering::Acquire).wrapping_sub(taken) < RING_SIZE);
+        while self.ring.com_tail.load(Ordering::Acquire) == head {
+            core::hint::spin_loop();
+        }
+        let c = &self.ring.commits[(head & RING_MASK) as usize];
+        let ret = c.ret.load(Ordering::Relaxed);
+        self.ring.com_head.store(head.wrapping_add(1), Ordering::Release);
+        Some(Error::check(ret))
     }
 
     /// One read into `data`, for when no batch buffers could be had.
