@@ -22,6 +22,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use arbitrary::{Arbitrary, Unstructured};
 use solo5_abi::SoloResult;
@@ -333,8 +334,10 @@ fn play(w: &World, ring: bool, actions: &[Action]) -> Vec<Expect> {
     w.drain();
     w.reset(ring);
     let mem = &w.mem;
+    let devices = w.devices();
+    let flushing = devices.entries.iter().map(|_| AtomicBool::new(false)).collect();
     let mut hc =
-        Hypercalls::new(mem, w.devices(), w.failure.clone()).unwrap_or_else(|e| panic!("Hypercalls::new: {e}"));
+        Hypercalls::new(mem, devices, w.failure.clone(), flushing).unwrap_or_else(|e| panic!("Hypercalls::new: {e}"));
     let rules = Rules { size: if ring { RING_AT } else { ALLOC }, read_only: w.read_only.clone() };
     let mut wire: VecDeque<Vec<u8>> = VecDeque::new();
     for action in actions {
