@@ -9,6 +9,11 @@
 //! the guest wakes it by writing to port [`crate::hvt::RING_KICK_PIO_BASE`]
 //! (an ioeventfd, so KVM signals the thread without leaving the kernel).
 //!
+//! Our tenders also carry durable block writes on it where they offer
+//! [`crate::hvt::FEATURE_RING_BLOCK`] ([`OP_BLOCK_WRITE_SYNC`]): the one
+//! entry whose `ent_head` moves before the work is done, and whose commit
+//! says when it is.
+//!
 //! Indices are free-running `u32`s; the slot is `index & RING_MASK`.
 //! Every field is an atomic: the two sides run concurrently on shared
 //! memory, and either may be hostile to the other.

@@ -1,7 +1,9 @@
 //! The host side of the net ring: an I/O thread that serves the guest's
 //! network requests from shared memory (see [`solo5_abi::ring`]), and its
 //! durable block writes where offered
-//! ([`solo5_abi::hvt::FEATURE_RING_BLOCK`]).
+//! ([`solo5_abi::hvt::FEATURE_RING_BLOCK`]). A block write is the one
+//! entry taken (`ent_head` moved past it) before it is done: a serve
+//! request waits for it.
 //!
 //! The thread spins a while on `ent_tail` after each batch, then sets
 //! `needs_kick` and sleeps on an eventfd that KVM signals when the guest
@@ -183,6 +185,9 @@ struct Server {
     csum: bool,
     blocks: Vec<RingBlock>,
     flushing: Flushing,
+    /// An [`OP_BLOCK_WRITE_SYNC`] is taken (`ent_head` past it) and not yet
+    /// committed: a serve request then waits for it (on `serving`).
+    block_in_flight: AtomicBool,
     serving: Mutex<()>,
 }
 
@@ -223,7 +228,16 @@ impl RingThread {
         let stop = Arc::new(AtomicBool::new(false));
         let eventfd = Arc::new(eventfd);
         let csum = !nics.is_empty() && nics.iter().all(|&(_, _, hdr)| hdr);
-        let server = Arc::new(Server { mem, ring_gpa, nics, csum, blocks, flushing, serving: Mutex::new(()) });
+        let server = Arc::new(Server {
+            mem,
+            ring_gpa,
+            nics,
+            csum,
+            blocks,
+            flushing,
+            block_in_flight: AtomicBool::new(false),
+            serving: Mutex::new(()),
+        });
         let worker = Worker { server: server.clone(), eventfd: eventfd.clone(), stop: stop.clone(), failure };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -244,16 +258,20 @@ impl RingThread {
 
     /// Serves the ring's pending entries on the calling thread (the vCPU's,
     /// on the guest's `outl` to the serve port), waiting for the I/O thread
-    /// if it is serving them now. A protocol error is returned, to end the
-    /// guest as the I/O thread would.
+    /// if it is serving them now, a durable block write it has taken
+    /// included: every entry is done when this returns. A protocol error
+    /// is returned, to end the guest as the I/O thread would.
     pub fn serve_now(&self) -> Result<(), Exit> {
         let ring = self
             .server
             .ring()
             .ok_or_else(|| fatal!("net ring at 0x{:x} is outside guest memory", self.server.ring_gpa))?;
-        // Nothing pending: the guest, stopped in this exit, cannot add any,
-        // so the lock (taken before every hypercall) is not needed.
-        if ring.ent_head.load(Ordering::Acquire) == ring.ent_tail.load(Ordering::Acquire) {
+        // Nothing pending and nothing in flight: the guest, stopped in this
+        // exit, cannot add any, so the lock (taken before every hypercall)
+        // is not needed.
+        if ring.ent_head.load(Ordering::Acquire) == ring.ent_tail.load(Ordering::Acquire)
+            && !self.server.block_in_flight.load(Ordering::Acquire)
+        {
             return Ok(());
         }
         self.server.process(ring)
@@ -462,10 +480,16 @@ impl Server {
                     // Taken: the guest waiting for the commit now knows the
                     // thread is at work (the write's bytes are the guest's
                     // own, not the arena's, so the slot may be reused).
+                    // In flight from here to the commit; set before
+                    // `ent_head` moves, so that a serve request seeing the
+                    // entry taken also sees it in flight. The lock is held.
+                    self.block_in_flight.store(true, Ordering::Release);
                     head = head.wrapping_add(1);
                     ring.ent_head.store(head, Ordering::Release);
                     pending_writes = 0;
-                    let ret = self.block_write_sync(handle, offset, data, len)?;
+                    let ret = self.block_write_sync(handle, offset, data, len).inspect_err(|_| {
+                        self.block_in_flight.store(false, Ordering::Release);
+                    })?;
                     let com_tail = ring.com_tail.load(Ordering::Relaxed);
                     let c = &ring.commits[(com_tail & RING_MASK) as usize];
                     c.id.store(id, Ordering::Relaxed);
@@ -473,6 +497,7 @@ impl Server {
                     c.len.store(if ret == SoloResult::Ok { len } else { 0 }, Ordering::Relaxed);
                     c.flags.store(0, Ordering::Relaxed);
                     ring.com_tail.store(com_tail.wrapping_add(1), Ordering::Release);
+                    self.block_in_flight.store(false, Ordering::Release);
                 }
                 // Unknown operations are skipped, as Solo5 does.
                 _ => {

@@ -194,6 +194,11 @@ pub fn cases(v: &mut Vec<Case>) {
         }
         Ok(())
     }));
+    v.push(case("hvt::a_serve_request_waits_for_the_block_write_the_thread_has_taken", HVT, || {
+        let (r, _) = hostile_dsync("ring-block-serve-waits")?;
+        r.expect_status(0)?;
+        r.expect_stdout("hostile: committed when the serve returned: true")
+    }));
     v.push(case("hvt::ring_block_is_not_offered_without_a_flush_grant", HVT, || {
         let r = hostile("ring-block-answers")?;
         r.expect_status(0)?;

@@ -202,6 +202,33 @@ fn start(si: &solo5::StartInfo) -> i32 {
                 core::hint::spin_loop();
             }
         }
+        "ring-block-serve-waits" => {
+            // A whole-device write (1 MiB, then a sync: milliseconds), and
+            // a serve request as soon as the thread has taken it: the
+            // tender must answer only once the commit is posted.
+            let Some(ring) = block_ring() else {
+                solo5::println!("hostile: the tender offers no block ring");
+                return 1;
+            };
+            let tail = ring.ent_tail.load(Ordering::Relaxed);
+            let head = ring.com_head.load(Ordering::Relaxed);
+            let e = &ring.entries[(tail & RING_MASK) as usize];
+            e.operation.store(OP_BLOCK_WRITE_SYNC, Ordering::Relaxed);
+            e.handle.store(1, Ordering::Relaxed);
+            e.data.store(si.heap_start as u64, Ordering::Relaxed);
+            e.len.store(1 << 20, Ordering::Relaxed);
+            e.id.store(7, Ordering::Relaxed);
+            e.csum.store(0, Ordering::Relaxed);
+            ring.ent_tail.store(tail.wrapping_add(1), Ordering::SeqCst);
+            raw(RING_KICK_PIO_BASE, 0);
+            while ring.ent_head.load(Ordering::Acquire) == tail {
+                core::hint::spin_loop();
+            }
+            raw(RING_SERVE_PIO, 0);
+            let posted = ring.com_tail.load(Ordering::Acquire) != head;
+            solo5::println!("hostile: committed when the serve returned: {posted}");
+            return 0;
+        }
         "ring-block-answers" => {
             let Some(ring) = block_ring() else {
                 solo5::println!("hostile: the tender offers no block ring");

@@ -41,8 +41,10 @@ use crate::target::Global;
 
 pub(crate) struct GuestRing {
     ring: &'static Ring,
-    /// The arena of write buffers, [`ARENA`] bytes.
-    bufs: *mut u8,
+    /// The arena of write buffers, [`ARENA`] bytes, allocated at the first
+    /// frame written (a guest whose ring carries only block writes never
+    /// needs it); null until then.
+    bufs: AtomicPtr<u8>,
     /// Where the next frame goes in the arena (free-running, modulo ARENA).
     wr: AtomicU32,
     /// For each slot, where the arena stood when its entry was submitted:
@@ -74,6 +76,12 @@ const WAKE_AFTER_WRITES: u32 = 16;
 /// virtualisation).
 const SERVE_AFTER_NS: u64 = 50_000;
 
+/// How long the guest spins for a durable block write the I/O thread has
+/// taken before it has the tender wait for it instead: a sync on a disk
+/// with a cache takes some tens of microseconds, and spinning through a
+/// slow disk's milliseconds would burn the core its thread may need.
+const SYNC_SPIN_NS: u64 = 1_000_000;
+
 /// How long after the I/O thread was slow the guest stops waking it and has
 /// the ring served at once: a kick that goes unanswered costs an exit for
 /// nothing, and a host busy enough to queue the thread stays busy a while.
@@ -85,8 +93,7 @@ const READY: u8 = 2;
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 static RING: AtomicPtr<GuestRing> = AtomicPtr::new(core::ptr::null_mut());
 
-/// The ring, if the tender offers one; set up on first use (it needs the
-/// heap for its 2 MiB of write buffers).
+/// The ring, if the tender offers one; set up on first use.
 pub(crate) fn get() -> Option<&'static GuestRing> {
     match STATE.load(Ordering::Relaxed) {
         READY => {
@@ -100,14 +107,6 @@ pub(crate) fn get() -> Option<&'static GuestRing> {
                 STATE.store(ABSENT, Ordering::Relaxed);
                 return None;
             }
-            let size = ARENA as usize;
-            let layout = core::alloc::Layout::from_size_align(size, 64).ok()?;
-            // SAFETY: a non-zero-sized layout.
-            let bufs = unsafe { alloc::alloc::alloc(layout) };
-            if bufs.is_null() {
-                STATE.store(ABSENT, Ordering::Relaxed);
-                return None;
-            }
             // SAFETY: the tender reserved and zeroed the ring at `gpa`
             // (2 MiB aligned, mapped by map_memory); it lives
             // as long as the guest; all of Ring's fields are atomics shared
@@ -116,7 +115,7 @@ pub(crate) fn get() -> Option<&'static GuestRing> {
             let serve = features & solo5_abi::hvt::FEATURE_RING_SERVE != 0;
             let r = alloc::boxed::Box::leak(alloc::boxed::Box::new(GuestRing {
                 ring,
-                bufs,
+                bufs: AtomicPtr::new(core::ptr::null_mut()),
                 wr: AtomicU32::new(0),
                 starts: [const { AtomicU32::new(0) }; RING_SIZE as usize],
                 next_id: AtomicU32::new(0),
@@ -141,7 +140,8 @@ fn kick() {
 }
 
 /// Asks the tender to serve the ring's pending entries on the vCPU's thread;
-/// they are all consumed when this returns.
+/// they are all done when this returns (a block write the I/O thread has
+/// taken included: the tender waits for it).
 fn serve() {
     super::EXITS.fetch_add(1, Ordering::Relaxed);
     // SAFETY: a write to the serve port, offered by the tender with
@@ -152,6 +152,23 @@ fn serve() {
 }
 
 impl GuestRing {
+    /// The arena of write buffers, allocated now if it was not; `None` if
+    /// memory is short (frames then take the hypercall).
+    fn arena(&self) -> Option<*mut u8> {
+        let bufs = self.bufs.load(Ordering::Relaxed);
+        if !bufs.is_null() {
+            return Some(bufs);
+        }
+        let layout = core::alloc::Layout::from_size_align(ARENA as usize, 64).ok()?;
+        // SAFETY: a non-zero-sized layout.
+        let bufs = unsafe { alloc::alloc::alloc(layout) };
+        if bufs.is_null() {
+            return None;
+        }
+        self.bufs.store(bufs, Ordering::Relaxed);
+        Some(bufs)
+    }
+
     /// Whether the I/O thread lately left the guest waiting past
     /// [`SERVE_AFTER_NS`]: waking it is then not worth its exit.
     fn thread_slow(&self, now: u64) -> bool {
@@ -229,6 +246,7 @@ impl GuestRing {
         if frame.len() > MAX_FRAME || (csum >> 48 == 0 && self.bypass()) {
             return None;
         }
+        let arena = self.arena()?;
         let tail = self.reserve();
         let start = self.wr.load(Ordering::Relaxed);
         let len = frame.len() as u32;
@@ -249,7 +267,7 @@ impl GuestRing {
         // frame does not straddle its end) and no entry in flight uses
         // them (checked above), so the thread is not reading them.
         let buf = unsafe {
-            let b = self.bufs.add((at % ARENA) as usize);
+            let b = arena.add((at % ARENA) as usize);
             core::ptr::copy_nonoverlapping(frame.as_ptr(), b, frame.len());
             b
         };
@@ -365,10 +383,19 @@ impl GuestRing {
         self.submit(tail, OP_BLOCK_WRITE_SYNC, handle, data.as_ptr() as u64, data.len() as u32, offset, true);
         let taken = tail.wrapping_add(1);
         self.wait(|| self.ring.ent_head.load(Ordering::Acquire).wrapping_sub(taken) < RING_SIZE);
+        // Taken: a sync usually ends within the spin; past it, the disk is
+        // slow or the thread waits behind this vCPU for a core, and the
+        // tender's serve request sleeps until the commit is posted.
+        let since = super::monotonic();
         while self.ring.com_tail.load(Ordering::Acquire) == head {
+            if super::monotonic().wrapping_sub(since) > SYNC_SPIN_NS {
+                serve();
+                continue;
+            }
             core::hint::spin_loop();
         }
         let c = &self.ring.commits[(head & RING_MASK) as usize];
+        debug_assert_eq!(c.id.load(Ordering::Relaxed), self.next_id.load(Ordering::Relaxed).wrapping_sub(1));
         let ret = c.ret.load(Ordering::Relaxed);
         self.ring.com_head.store(head.wrapping_add(1), Ordering::Release);
         Some(Error::check(ret))
