@@ -56,6 +56,15 @@ pub fn sync(fd: i32) -> std::io::Result<()> {
     if unsafe { libc::fdatasync(fd) } < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// Whether a request of `len` bytes at `offset` lies inside a device of
+/// `capacity` bytes, and its end is a valid file offset (Solo5's check;
+/// outside it a request is EINVAL).
+pub fn in_range(offset: u64, len: u64, capacity: u64) -> bool {
+    len <= isize::MAX as u64
+        && offset < capacity
+        && offset.checked_add(len).is_some_and(|end| end <= capacity && end <= i64::MAX as u64)
+}
+
 /// Whether `size` is a valid sector size: a power of two of at least 512.
 pub fn valid_block_size(size: u64) -> bool {
     size >= 512 && size <= u16::MAX as u64 && size.is_power_of_two()

@@ -207,14 +207,7 @@ impl<'m> Hypercalls<'m> {
         if self.flushing.get(handle as usize).is_some_and(|f| f.load(Ordering::Relaxed)) {
             fd = self.devices.flush_fd(handle)?;
         }
-        let capacity = e.block_capacity();
-        if len > isize::MAX as u64 || offset >= capacity {
-            return None;
-        }
-        match offset.checked_add(len) {
-            Some(end) if end <= capacity && end <= i64::MAX as u64 => Some(fd),
-            _ => None,
-        }
+        block::in_range(offset, len, e.block_capacity()).then_some(fd)
     }
 
     /// BLOCK_WRITE and BLOCK_READ, whose argument structs share a layout.

@@ -354,6 +354,17 @@ impl Worker {
     }
 }
 
+/// Posts the commit of entry `id` at `com_tail`.
+fn post_commit(ring: &Ring, id: u32, ret: SoloResult, len: u32, flags: u32) {
+    let com_tail = ring.com_tail.load(Ordering::Relaxed);
+    let c = &ring.commits[(com_tail & RING_MASK) as usize];
+    c.id.store(id, Ordering::Relaxed);
+    c.ret.store(ret as u32, Ordering::Relaxed);
+    c.len.store(len, Ordering::Relaxed);
+    c.flags.store(flags, Ordering::Relaxed);
+    ring.com_tail.store(com_tail.wrapping_add(1), Ordering::Release);
+}
+
 impl Server {
     /// An [`OP_BLOCK_WRITE_SYNC`]: the write through the device's cached
     /// descriptor, then its `fdatasync`, as the BLOCK_WRITE_SYNC_PIO
@@ -364,9 +375,7 @@ impl Server {
         let Some(&(_, fd, capacity)) = self.blocks.iter().find(|b| b.0 == handle) else {
             return Ok(SoloResult::Inval);
         };
-        if offset >= capacity
-            || offset.checked_add(len as u64).is_none_or(|end| end > capacity || end > i64::MAX as u64)
-        {
+        if !crate::block::in_range(offset, len as u64, capacity) {
             return Ok(SoloResult::Inval);
         }
         let buf = self.mem.readable(Gpa(data), len as u64).map_err(|e| fatal!("block ring write: {e}"))?;
@@ -464,25 +473,19 @@ impl Server {
                             }
                         }
                     };
-                    let com_tail = ring.com_tail.load(Ordering::Relaxed);
-                    let c = &ring.commits[(com_tail & RING_MASK) as usize];
-                    c.id.store(id, Ordering::Relaxed);
-                    c.ret.store(ret as u32, Ordering::Relaxed);
-                    c.len.store(got, Ordering::Relaxed);
-                    c.flags.store(flags, Ordering::Relaxed);
                     head = head.wrapping_add(1);
-                    ring.com_tail.store(com_tail.wrapping_add(1), Ordering::Release);
+                    post_commit(ring, id, ret, got, flags);
                     ring.ent_head.store(head, Ordering::Release);
                 }
                 OP_BLOCK_WRITE_SYNC => {
                     let id = ent.id.load(Ordering::Relaxed);
                     let offset = ent.csum.load(Ordering::Relaxed);
-                    // Taken: the guest waiting for the commit now knows the
-                    // thread is at work (the write's bytes are the guest's
-                    // own, not the arena's, so the slot may be reused).
-                    // In flight from here to the commit; set before
-                    // `ent_head` moves, so that a serve request seeing the
-                    // entry taken also sees it in flight. The lock is held.
+                    // Taken before it is done: the guest waiting for the
+                    // commit then knows the thread is at work (the write's
+                    // bytes are the guest's own, not the arena's, so the
+                    // slot may be reused). In flight until the commit, set
+                    // before `ent_head` moves so that a serve request that
+                    // sees the entry taken waits for it (the lock is held).
                     self.block_in_flight.store(true, Ordering::Release);
                     head = head.wrapping_add(1);
                     ring.ent_head.store(head, Ordering::Release);
@@ -490,13 +493,7 @@ impl Server {
                     let ret = self.block_write_sync(handle, offset, data, len).inspect_err(|_| {
                         self.block_in_flight.store(false, Ordering::Release);
                     })?;
-                    let com_tail = ring.com_tail.load(Ordering::Relaxed);
-                    let c = &ring.commits[(com_tail & RING_MASK) as usize];
-                    c.id.store(id, Ordering::Relaxed);
-                    c.ret.store(ret as u32, Ordering::Relaxed);
-                    c.len.store(if ret == SoloResult::Ok { len } else { 0 }, Ordering::Relaxed);
-                    c.flags.store(0, Ordering::Relaxed);
-                    ring.com_tail.store(com_tail.wrapping_add(1), Ordering::Release);
+                    post_commit(ring, id, ret, if ret == SoloResult::Ok { len } else { 0 }, 0);
                     self.block_in_flight.store(false, Ordering::Release);
                 }
                 // Unknown operations are skipped, as Solo5 does.

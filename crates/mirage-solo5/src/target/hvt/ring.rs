@@ -363,12 +363,14 @@ impl GuestRing {
     ///
     /// A sleeping thread is woken: that costs an exit (the kick) once, and
     /// keeps the thread awake for the writes that follow closely.
+    ///
     /// The vCPU waits in the guest, spinning, while the thread writes and
     /// syncs: no exit at all for a durable write while commits follow each
     /// other closely enough to keep the thread awake. Until the thread has
     /// taken the entry the wait is `wait`'s, which has the tender serve the
-    /// ring if the thread is asleep or slow; once taken, the thread is
-    /// known to be at work, and serving would only queue behind it.
+    /// ring if the thread is asleep or slow; once taken, the thread is at
+    /// work, and the guest asks the tender to wait for it only after
+    /// [`SYNC_SPIN_NS`].
     pub(crate) fn block_write_sync(&self, handle: u64, offset: u64, data: &[u8]) -> Option<Result<(), Error>> {
         let offered = RING_INFO.with(|r| r.0) & solo5_abi::hvt::FEATURE_RING_BLOCK != 0;
         let asleep = self.ring.needs_kick.load(Ordering::Acquire) != 0;
