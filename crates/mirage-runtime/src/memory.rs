@@ -64,6 +64,42 @@ pub fn may_hold(bytes: usize) -> bool {
     }
 }
 
+/// A buffer of `len` zero bytes, or `None` when the heap cannot give it
+/// (where `vec![0; len]` would end the unikernel).
+///
+/// It asks the allocator for zeroed memory, where `try_reserve` and
+/// `resize` would write every byte: on Solo5 the guest's allocator leaves
+/// memory the host never backed as it is, so a 64 KiB socket or frame
+/// buffer costs the host only the pages that are ever used.
+pub fn zeroed(len: usize) -> Option<alloc::vec::Vec<u8>> {
+    if len == 0 {
+        return Some(alloc::vec::Vec::new());
+    }
+    let layout = core::alloc::Layout::array::<u8>(len).ok()?;
+    // SAFETY: the layout's size is not zero.
+    let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` was allocated by the global allocator with the layout of
+    // `len` bytes of alignment 1, all initialised (to zero): what a Vec of
+    // that capacity and length owns.
+    Some(unsafe { alloc::vec::Vec::from_raw_parts(p, len, len) })
+}
+
+#[cfg(test)]
+mod zeroed_tests {
+    #[test]
+    fn gives_zeros_of_the_length_asked() {
+        for len in [0, 1, 4095, 65_536, 1 << 20] {
+            let v = super::zeroed(len).expect("a small allocation");
+            assert_eq!(v.len(), len);
+            assert!(v.iter().all(|&b| b == 0));
+        }
+        assert!(super::zeroed(usize::MAX).is_none(), "a size past isize::MAX is refused");
+    }
+}
+
 #[cfg(test)]
 mod budget_tests {
     use super::*;

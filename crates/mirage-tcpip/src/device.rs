@@ -59,10 +59,7 @@ impl core::fmt::Debug for Link {
 
 /// A zeroed buffer, or `None` when the heap cannot give it.
 pub(crate) fn buffer(len: usize) -> Option<Vec<u8>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).ok()?;
-    v.resize(len, 0);
-    Some(v)
+    mirage_runtime::memory::zeroed(len)
 }
 
 impl Link {

@@ -157,10 +157,13 @@ impl dnet::Net for Net {
         // Room first: once the host hands over long frames, a shorter
         // buffer would cut them.
         let want = solo5_abi::vnet::VNET_MAX_RECEIVED.max(self.rx.len());
-        if self.rx.try_reserve_exact(want - self.rx.len()).is_err() || self.raw.rx_offload().is_err() {
+        let Some(rx) = mirage_runtime::memory::zeroed(want) else { return 0 };
+        if self.raw.rx_offload().is_err() {
             return 0;
         }
-        self.rx.resize(want, 0);
+        // The old buffer holds nothing: frames are read into it one at a
+        // time and handed on at once.
+        self.rx = rx;
         want
     }
 

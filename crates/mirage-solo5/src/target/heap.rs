@@ -1,7 +1,22 @@
 //! The global allocator: talc over the memory between the end of the image
 //! and the stack.
+//!
+//! On hvt and spt the tender hands the guest fresh anonymous memory, which
+//! is zero and which the host backs with a page only once it is touched.
+//! A zeroed allocation (`vec![0; n]`: every TCP connection's buffers, the
+//! network's 64 KiB frame buffers) carved from memory no block has ever
+//! covered is therefore zero already, and writing the zeros would make the
+//! host back every page of it: for the static website, some 200 KiB of a
+//! running instance's 450 KiB, in buffers whose first page alone is ever
+//! used. So the allocator remembers the highest address any block has
+//! reached (the mark) and writes zeros only where memory may hold
+//! something: below the mark, and where talc keeps its own boundary tags
+//! (a free gap's header at its start, its footer at its end, a block's
+//! tag just after it): above the mark, that is the page after it and the
+//! last pages of the heap, where the one gap above the mark ends.
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use talc::TalcCell;
 use talc::source::Manual;
@@ -14,11 +29,61 @@ struct Heap(TalcCell<Manual>);
 // interrupts or signals.
 unsafe impl Sync for Heap {}
 
-// SAFETY: every method delegates to TalcCell's GlobalAlloc implementation.
+const PAGE: usize = solo5_abi::PAGE_SIZE as usize;
+
+/// Below this address the heap's memory may hold anything; above it, only
+/// talc's boundary tags (see the module's documentation). `usize::MAX`
+/// where the platform does not promise zeroed memory (virtio: a boot
+/// loader ran in it) or before [`init`].
+static MARK: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// What talc may write when it claims the heap (its bins), at the heap's
+/// start, with room to spare: treated as used from the start.
+const CLAIM_METADATA: usize = 64 * 1024;
+
+/// Notes that `[ptr, ptr + size)` is handed out: it may be written.
+fn touched(ptr: *mut u8, size: usize) {
+    let end = (ptr as usize).saturating_add(size);
+    if MARK.load(Relaxed) < end {
+        MARK.store(end, Relaxed);
+    }
+}
+
+// SAFETY: every method delegates to TalcCell's GlobalAlloc implementation;
+// alloc_zeroed leaves unwritten only bytes that are zero (see the module's
+// documentation).
 unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded contract.
-        unsafe { self.0.alloc(layout) }
+        let p = unsafe { self.0.alloc(layout) };
+        touched(p, layout.size());
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let mark = MARK.load(Relaxed);
+        // SAFETY: forwarded contract.
+        let p = unsafe { self.0.alloc(layout) };
+        if p.is_null() {
+            return p;
+        }
+        let (start, size) = (p as usize, layout.size());
+        let end = start + size;
+        // Zeros up to the end of the page after the mark (old data below
+        // it, the header of the gap the block was carved from just above
+        // it), and near the heap's end (that gap's footer).
+        let clean_from = match mark.max(start).checked_add(2 * PAGE) {
+            Some(a) => (a & !(PAGE - 1)).min(end),
+            None => end,
+        };
+        let heap_end = END.load(Relaxed);
+        let tail = if end.saturating_add(2 * PAGE) > heap_end { (end - 1) & !(PAGE - 1) } else { end }.max(clean_from);
+        // SAFETY: both ranges lie within the block just allocated.
+        unsafe {
+            core::ptr::write_bytes(p, 0, clean_from - start);
+            core::ptr::write_bytes(tail as *mut u8, 0, end - tail);
+        }
+        touched(p, size);
+        p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded contract.
@@ -26,19 +91,21 @@ unsafe impl GlobalAlloc for Heap {
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded contract.
-        unsafe { self.0.realloc(ptr, layout, new_size) }
+        let p = unsafe { self.0.realloc(ptr, layout, new_size) };
+        touched(p, new_size);
+        p
     }
 }
 
-#[global_allocator]
-static HEAP: Heap = Heap(TalcCell::new(Manual));
-
 /// The size of the range the allocator was given, 0 before [`init`].
-static SIZE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+static SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// The end of that range.
+static END: AtomicUsize = AtomicUsize::new(0);
 
 /// The heap's size in bytes.
 pub(crate) fn size() -> usize {
-    SIZE.load(core::sync::atomic::Ordering::Relaxed)
+    SIZE.load(Relaxed)
 }
 
 /// Bytes allocated and not yet freed.
@@ -46,12 +113,21 @@ pub(crate) fn in_use() -> usize {
     HEAP.0.counters().allocated_bytes
 }
 
-/// Gives the allocator `[start, start + size)`.
+#[global_allocator]
+static HEAP: Heap = Heap(TalcCell::new(Manual));
+
+/// Gives the allocator `[start, start + size)`; `zeroed`: the platform
+/// promises that the range holds zeros, as the tender's fresh memory does.
 ///
 /// # Safety
-/// The range is memory the guest owns and uses for nothing else.
-pub(crate) unsafe fn init(start: usize, size: usize) -> bool {
-    SIZE.store(size, core::sync::atomic::Ordering::Relaxed);
+/// The range is memory the guest owns and uses for nothing else, and holds
+/// only zeros if `zeroed` is set.
+pub(crate) unsafe fn init(start: usize, size: usize, zeroed: bool) -> bool {
+    SIZE.store(size, Relaxed);
+    END.store(start.saturating_add(size), Relaxed);
+    if zeroed {
+        MARK.store(start.saturating_add(CLAIM_METADATA), Relaxed);
+    }
     // SAFETY: the caller hands over the range for the allocator's exclusive use.
     unsafe { HEAP.0.claim(start as *mut u8, size).is_some() }
 }

@@ -60,9 +60,13 @@ pub(crate) fn start(boot: Boot) -> ! {
     console::log(Level::Info, format_args!("Solo5:     rodata @ (0x{etext:x} - 0x{:x})\n", erodata - 1));
     console::log(Level::Info, format_args!("Solo5:       data @ (0x{erodata:x} - 0x{:x})\n", end - 1));
     console::log(Level::Info, format_args!("Solo5:       heap >= 0x{heap_start:x} < stack < 0x{:x}\n", boot.mem_size));
+    // hvt's and spt's tenders (ours and Solo5's) give the guest fresh
+    // anonymous memory and write nothing past the image's end; on virtio a
+    // boot loader has run in it.
+    let zeroed = cfg!(any(feature = "hvt", feature = "spt"));
     // SAFETY: [heap_start, heap_start + heap_size) lies between the end of
-    // the image and the stack, memory nothing else uses.
-    if !unsafe { heap::init(heap_start as usize, heap_size as usize) } {
+    // the image and the stack, memory nothing else uses, zero as above.
+    if !unsafe { heap::init(heap_start as usize, heap_size as usize, zeroed) } {
         abort_with(format_args!("heap initialisation failed"));
     }
     // Options after the application's first word need a copy without them

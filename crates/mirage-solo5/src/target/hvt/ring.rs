@@ -248,7 +248,14 @@ impl GuestRing {
         }
         let arena = self.arena()?;
         let tail = self.reserve();
-        let start = self.wr.load(Ordering::Relaxed);
+        let mut start = self.wr.load(Ordering::Relaxed);
+        // With nothing in flight the whole arena is free: start again at
+        // its beginning, so that a guest whose writes do not queue up keeps
+        // to the same few pages of it (the host backs only those it
+        // touches), and to the same cache lines.
+        if self.ring.ent_head.load(Ordering::Acquire) == tail {
+            start = start.wrapping_add((ARENA - start % ARENA) % ARENA);
+        }
         let len = frame.len() as u32;
         // A frame never straddles the arena's end: the rest of the arena
         // is skipped instead.
@@ -472,9 +479,7 @@ impl Rx {
         let slots = BATCH_MAX.min(BATCH_BYTES / size).max(1);
         if q.size < size {
             // The queue is empty here: pop was asked first.
-            let mut bufs = Vec::new();
-            bufs.try_reserve_exact(slots * size).ok()?;
-            bufs.resize(slots * size, 0);
+            let bufs = mirage_runtime::memory::zeroed(slots.checked_mul(size)?)?;
             q.ready.try_reserve(slots).ok()?;
             q.bufs = bufs;
             q.size = size;
