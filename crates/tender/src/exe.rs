@@ -33,8 +33,9 @@ pub struct Executable {
 /// page faults.
 #[derive(Debug)]
 pub enum FileBytes {
-    /// A private, read-only mapping of the whole file.
-    Mapped { ptr: NonNull<u8>, len: usize },
+    /// A private, read-only mapping of the whole file, and the file (kept
+    /// open so that parts of it can be mapped again into guest memory).
+    Mapped { ptr: NonNull<u8>, len: usize, file: std::fs::File },
     /// The file's contents (a pipe, an empty file).
     Read(Vec<u8>),
 }
@@ -45,7 +46,7 @@ impl std::ops::Deref for FileBytes {
         match self {
             // SAFETY: the mapping is `len` readable bytes, private and
             // read-only, alive until drop; nothing writes to it.
-            FileBytes::Mapped { ptr, len } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
+            FileBytes::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
             FileBytes::Read(v) => v,
         }
     }
@@ -53,7 +54,7 @@ impl std::ops::Deref for FileBytes {
 
 impl Drop for FileBytes {
     fn drop(&mut self) {
-        if let FileBytes::Mapped { ptr, len } = self {
+        if let FileBytes::Mapped { ptr, len, .. } = self {
             // SAFETY: the mapping was made by map() with this length and no
             // slice of it outlives self.
             unsafe { libc::munmap(ptr.as_ptr().cast(), *len) };
@@ -61,16 +62,26 @@ impl Drop for FileBytes {
     }
 }
 
+impl FileBytes {
+    /// The regular file the bytes are mapped from, if they are.
+    pub fn file(&self) -> Option<&std::fs::File> {
+        match self {
+            FileBytes::Mapped { file, .. } => Some(file),
+            FileBytes::Read(_) => None,
+        }
+    }
+}
+
 /// Maps `len` bytes of `file` read-only, if it can be.
-fn map(file: &std::fs::File, len: u64) -> Option<FileBytes> {
-    let len = usize::try_from(len).ok().filter(|&l| l > 0)?;
+fn map(file: std::fs::File, len: u64) -> Result<FileBytes, std::fs::File> {
+    let Some(len) = usize::try_from(len).ok().filter(|&l| l > 0) else { return Err(file) };
     // SAFETY: a private read-only mapping of an open file at an address of
     // the kernel's choice affects no existing memory; the result is checked.
     let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
-    if p == libc::MAP_FAILED {
-        return None;
+    match NonNull::new(p.cast::<u8>()) {
+        Some(ptr) if p != libc::MAP_FAILED => Ok(FileBytes::Mapped { ptr, len, file }),
+        _ => Err(file),
     }
-    Some(FileBytes::Mapped { ptr: NonNull::new(p.cast())?, len })
 }
 
 /// Reads the file at `path`.
@@ -82,10 +93,11 @@ pub fn read(path: &OsStr) -> Result<(String, FileBytes), Exit> {
     if len > MAX_FILE_SIZE {
         return Err(fatal!("{name}: invalid executable: file is {len} bytes, more than any guest memory"));
     }
-    if meta.is_file()
-        && let Some(bytes) = map(&file, len)
-    {
-        return Ok((name, bytes));
+    if meta.is_file() {
+        match map(file, len) {
+            Ok(bytes) => return Ok((name, bytes)),
+            Err(f) => file = f,
+        }
     }
     let mut bytes = Vec::with_capacity(len as usize);
     file.read_to_end(&mut bytes).map_err(|e| fatal!("{name}: Could not read: {}", strerror(&e)))?;

@@ -73,6 +73,59 @@ macro_rules! fatal {
 
 static PROG: OnceLock<String> = OnceLock::new();
 
+/// Ours, on hvt and spt: the image's read-only segments (its code and
+/// constants) are mapped from its file rather than copied into guest
+/// memory, so that every tender running the same file shares their pages
+/// (the page cache's), as processes share an executable's. For an image
+/// that does not change while it runs, such as one in a container image's
+/// snapshot (`mirage-runc` gives it): a file rewritten in place would
+/// change a running guest's code under it (replace a file by renaming a
+/// new one over it, as package managers replace libraries).
+pub const MAP_IMAGE: &str = "--x-map-image";
+
+/// The usage line of [`MAP_IMAGE`].
+pub const MAP_IMAGE_USAGE: &str = "--x-map-image (map the image's code from its file, shared by every tender running it; the file must not change while the guest runs)";
+
+/// The whole pages of segment `s` that [`MAP_IMAGE`] maps from the file
+/// (`None`: none, it is copied): a read-only segment starting on a page
+/// in memory and in the file, the bytes of its last partial page copied.
+pub fn mappable(s: &solo5_elf::Segment) -> Option<u64> {
+    let page = solo5_abi::PAGE_SIZE;
+    let whole = s.filesz & !(page - 1);
+    (!s.prot.write && s.vaddr.is_multiple_of(page) && s.file_offset.is_multiple_of(page) && whole > 0).then_some(whole)
+}
+
+/// Maps `len` bytes of `file` from `offset` at `at`, privately and
+/// read-only, replacing the pages there ([`MAP_IMAGE`]).
+///
+/// # Safety
+/// `[at, at + len)` is memory of this process that nothing references
+/// (guest memory before the guest runs); its pages are replaced.
+pub unsafe fn map_file_at(at: *mut u8, len: u64, file: &std::fs::File, offset: u64) -> std::io::Result<()> {
+    let einval = || std::io::Error::from_raw_os_error(libc::EINVAL);
+    let page = solo5_abi::PAGE_SIZE;
+    if !(at as u64).is_multiple_of(page) || !len.is_multiple_of(page) || !offset.is_multiple_of(page) || len == 0 {
+        return Err(einval());
+    }
+    let offset = libc::off_t::try_from(offset).map_err(|_| einval())?;
+    // SAFETY: the caller gives the range over; MAP_FIXED replaces only its
+    // pages. The mapping is private: nothing written to it reaches the file.
+    let q = unsafe {
+        libc::mmap(
+            at.cast(),
+            len as usize,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_FIXED,
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            offset,
+        )
+    };
+    if q != at.cast() {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Records the program name (the basename of `argv[0]`) for messages.
 pub fn set_prog(argv0: &std::ffi::OsStr) {
     let name = std::path::Path::new(argv0)

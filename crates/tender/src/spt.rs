@@ -27,7 +27,8 @@ const CORE_USAGE: &str = "--x-exec-heap (make the heap executable). WARNING: Thi
 
 /// The usage text.
 pub fn usage(prog: &str) -> String {
-    cli::usage(prog, false, &[("core", Some(CORE_USAGE)), ("net", Some(NET_USAGE)), ("block", Some(BLOCK_USAGE))])
+    let core = format!("{CORE_USAGE}\n    {}", crate::MAP_IMAGE_USAGE);
+    cli::usage(prog, false, &[("core", Some(&core)), ("net", Some(NET_USAGE)), ("block", Some(BLOCK_USAGE))])
 }
 
 /// The `--version` text.
@@ -99,6 +100,20 @@ impl Memory {
         Ok(())
     }
 
+    /// Maps the whole pages of read-only segment `s` from `file` over its
+    /// place in guest memory, where the segment and its bytes in the file
+    /// start on a page; returns how many bytes of it are mapped (0: none,
+    /// the caller copies them all).
+    fn map_file(&self, file: &std::fs::File, s: &solo5_elf::Segment) -> Result<u64, Exit> {
+        let Some(whole) = crate::mappable(s) else { return Ok(0) };
+        let p = self.ptr(s.vaddr, whole)?;
+        // SAFETY: the range lies inside the guest mapping (ptr checked it),
+        // which nothing references while the tender sets it up.
+        unsafe { crate::map_file_at(p, whole, file, s.file_offset) }
+            .map_err(|e| fatal!("mapping the image into guest memory failed: {}", strerror(&e)))?;
+        Ok(whole)
+    }
+
     fn protect(&self, start: u64, end: u64, prot: i32) -> std::io::Result<()> {
         let p =
             self.ptr(start, end.saturating_sub(start)).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -120,7 +135,12 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
     // virtio-net headers, if its image asks.
     devices.offer_vnet_hdr = true;
     let mut exec_heap = false;
+    let mut map_image = false;
     let mem_size = host::parse_options(&cl, &mut devices, spt::DEFAULT_MEM_SIZE, |arg| {
+        if arg == crate::MAP_IMAGE {
+            map_image = true;
+            return true;
+        }
         let is = arg.starts_with("--x-exec-heap");
         if is {
             warn(
@@ -137,7 +157,11 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
     let plan =
         solo5_elf::load_plan(&exe.bytes, mem_size, spt::GUEST_MIN_BASE).map_err(|e| fatal!("{}: {e}", exe.name))?;
     for s in &plan.segments {
-        mem.write(s.vaddr, plan.file_bytes(&exe.bytes, s))?;
+        let mapped = match exe.bytes.file() {
+            Some(file) if map_image => mem.map_file(file, s)?,
+            _ => 0,
+        };
+        mem.write(s.vaddr + mapped, &plan.file_bytes(&exe.bytes, s)[mapped as usize..])?;
         let mut prot = libc::PROT_NONE;
         if s.prot.read {
             prot |= libc::PROT_READ;

@@ -292,6 +292,17 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Maps `len` bytes of `file` from `offset` over guest memory at `gpa`
+    /// while loading the guest ([`crate::map_file_at`]): pages shared with
+    /// every other mapping of the file (the page cache's), where a copy
+    /// would give each guest its own.
+    pub fn map_file(&self, gpa: u64, len: u64, file: &std::fs::File, offset: u64) -> io::Result<()> {
+        let p = self.host_ptr(gpa, len).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: [gpa, gpa + len) lies inside our own mapping (host_ptr
+        // checked it); the guest has not run yet.
+        unsafe { crate::map_file_at(p, len, file, offset) }
+    }
+
     /// Host pointer to `gpa` for the tender's own structures (page tables,
     /// boot info, the ring), with the whole mapping as bound.
     pub fn host_ptr(&self, gpa: u64, len: u64) -> Option<*mut u8> {

@@ -48,7 +48,7 @@ pub fn usage(prog: &str) -> String {
         prog,
         true,
         &[
-            ("core", None),
+            ("core", Some(crate::MAP_IMAGE_USAGE)),
             ("block", Some(BLOCK_USAGE)),
             ("net", Some(NET_USAGE)),
             ("gdb", Some(gdb::USAGE)),
@@ -161,7 +161,12 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     let mut dump_dir = None;
     let mut gdb_options = gdb::Options::default();
     let mut bad_option = None;
+    let mut map_image = false;
     let mem_size = host::parse_options(&cl, &mut devices, hvt::DEFAULT_MEM_SIZE, |arg| {
+        if arg == crate::MAP_IMAGE {
+            map_image = true;
+            return true;
+        }
         if let Some(r) = gdb_options.option(arg) {
             bad_option = bad_option.take().or(r.err());
             return true;
@@ -186,7 +191,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
 
     let plan =
         solo5_elf::load_plan(&exe.bytes, mem_size, hvt::GUEST_MIN_BASE).map_err(|e| fatal!("{}: {e}", exe.name))?;
-    load(&vm.mem, &plan, &exe.bytes, &exe.name)?;
+    load(&vm.mem, &plan, &exe.bytes, &exe.name, exe.bytes.file().filter(|_| map_image))?;
     drop(exe);
 
     // The ring takes the top 2 MiB; the guest's memory ends below it.
@@ -314,10 +319,25 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
 /// Copies the segments of `plan` from `bytes` into guest memory and gives
 /// each the host protection the tender gives it: guest-executable pages are
 /// readable, never executable, on the host, and KVM turns host read-only
-/// into guest write protection. `name` is the executable's, for messages.
-pub fn load(mem: &GuestMemory, plan: &solo5_elf::LoadPlan, bytes: &[u8], name: &str) -> Result<(), Exit> {
+/// into guest write protection. With `file` (`--x-map-image`), the whole
+/// pages of read-only segments are mapped from it instead
+/// ([`GuestMemory::map_file`]). `name` is the executable's, for messages.
+pub fn load(
+    mem: &GuestMemory,
+    plan: &solo5_elf::LoadPlan,
+    bytes: &[u8],
+    name: &str,
+    file: Option<&std::fs::File>,
+) -> Result<(), Exit> {
     for s in &plan.segments {
-        mem.load(s.vaddr, plan.file_bytes(bytes, s)).map_err(|e| fatal!("{name}: {e}"))?;
+        let mapped = match file {
+            Some(f) => {
+                crate::mappable(s).map_or(Ok(0), |whole| mem.map_file(s.vaddr, whole, f, s.file_offset).map(|()| whole))
+            }
+            None => Ok(0),
+        }
+        .map_err(|e| fatal!("{name}: mapping the image into guest memory failed: {}", strerror(&e)))?;
+        mem.load(s.vaddr + mapped, &plan.file_bytes(bytes, s)[mapped as usize..]).map_err(|e| fatal!("{name}: {e}"))?;
         let mut prot = libc::PROT_NONE;
         if s.prot.read || s.prot.exec {
             prot |= libc::PROT_READ;
