@@ -218,7 +218,7 @@ fn resolve(spec: &Spec, what: &str, path: &str) -> Result<PathBuf, Failure> {
 /// tender runs on the host, as root, outside any sandbox: code from an
 /// image must not, unless the operator trusts the images.
 fn tender(spec: &Spec, unikernel: &Unikernel) -> Result<PathBuf, Failure> {
-    if std::env::var_os("MIRAGE_RUNC_IMAGE_TENDER").is_some_and(|v| v == "1") {
+    if image_tender() {
         return resolve(spec, "tender", &unikernel.tender);
     }
     let name = format!("solo5-{}", unikernel.target.name());
@@ -233,6 +233,11 @@ fn tender(spec: &Spec, unikernel: &Unikernel) -> Result<PathBuf, Failure> {
             ),
         )
     })
+}
+
+/// Whether the operator asked for the image's own tender.
+fn image_tender() -> bool {
+    std::env::var_os("MIRAGE_RUNC_IMAGE_TENDER").is_some_and(|v| v == "1")
 }
 
 /// What `create` made so far, undone when dropped unless disarmed: a
@@ -415,6 +420,14 @@ pub fn create(global: &Global, id: &str, options: &CreateOptions) -> Result<(), 
     let mut tender_args: Vec<String> = Vec::new();
     if let Some(m) = mem {
         tender_args.push(format!("--mem={m}"));
+    }
+    // The image lies in the container's root file system, a snapshot of
+    // the container image that nothing rewrites while the container runs:
+    // our tenders map its code and read-only data from the file, so that
+    // every container of the image shares those pages. (The image's own
+    // tender may be Solo5's, which has no such option.)
+    if !image_tender() {
+        tender_args.push("--x-map-image".into());
     }
     if let Some(path) = netns_path {
         let path = match path {
