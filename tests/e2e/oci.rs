@@ -6,8 +6,8 @@
 //! namespace, kill, delete and remove leaving no process, tap device,
 //! address change or mount behind, a crash reported with the tender's own
 //! exit status, malformed images and bundles refused with their reason and
-//! nothing left, ordinary bundles handed to runc, and fifty containers at
-//! once.
+//! nothing left, ordinary bundles handed to runc, fifty containers at
+//! once, and containers grouped under one shim.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use mirage_oci::image::Entry;
 use mirage_oci::{Target, Unikernel};
 use testkit::harness::{Case, Needs, case};
-use testkit::oci::{Containerd, Link, SEQ, index_html, ip, runc, website};
+use testkit::oci::{Containerd, GROUP_ANNOTATION, Link, SEQ, index_html, ip, runc, website};
 use testkit::{Run, Scratch, TestResult, run_with};
 
 const PROGRAMS: &[(&str, &str)] =
@@ -404,6 +404,88 @@ fn fifty_at_once(target: &'static str) -> TestResult {
     Ok(())
 }
 
+/// Three containers started with the same shim group annotation: one
+/// runc shim serves them all (where each would have its own), each
+/// answers at its own address, killing one leaves the others serving, and
+/// once all are deleted neither the shim nor anything of the containers
+/// is left.
+fn grouped_under_one_shim(target: &'static str) -> TestResult {
+    const N: usize = 3;
+    let (image, tarball) = website(target)?;
+    let ctd = Containerd::start()?;
+    ctd.import(&tarball)?;
+    let links =
+        (0..N).map(|_| Link::new(SEQ.fetch_add(1, Ordering::Relaxed) % 200 + 1)).collect::<Result<Vec<_>, String>>()?;
+    let before = links.iter().map(Link::snapshot).collect::<Result<Vec<_>, String>>()?;
+    let group = format!("{GROUP_ANNOTATION}=web-{target}");
+    let ids: Vec<String> = (0..N).map(|i| format!("grouped-{target}-{i}")).collect();
+    for (id, link) in ids.iter().zip(&links) {
+        let netns = link.netns();
+        let options = ["-d", "--with-ns", &netns, "--memory-limit", "33554432", "--annotation", &group];
+        ctd.run(&options, &image, id, &[])?.expect_status(0)?;
+    }
+    let want = index_html()?;
+    for link in &links {
+        link.wait_served(&want)?;
+    }
+    let shims = ctd.shims();
+    if shims.len() != 1 {
+        return Err(format!("{N} grouped containers have {} shims: {shims:?}", shims.len()));
+    }
+    let tenders: Vec<i32> =
+        ids.iter().map(|id| Ok(ctd.task(id)?.ok_or("a task is not listed")?.0)).collect::<Result<_, String>>()?;
+    for pid in &tenders {
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
+            s.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok())
+        });
+        if ppid != Some(shims[0]) {
+            return Err(format!("the tender {pid} is a child of {ppid:?}, not of the group's shim {}", shims[0]));
+        }
+    }
+    // The first goes; the others serve on.
+    ctd.ctr(&["task", "kill", &ids[0]])?.expect_status(0)?;
+    ctd.wait_stopped(&ids[0])?;
+    ctd.ctr(&["task", "delete", &ids[0]])?.expect_status(0)?;
+    ctd.ctr(&["container", "rm", &ids[0]])?.expect_status(0)?;
+    for link in &links[1..] {
+        link.wait_served(&want)?;
+    }
+    if ctd.shims() != shims {
+        return Err(format!("the group's shim {shims:?} did not outlive one of its containers: {:?}", ctd.shims()));
+    }
+    for id in &ids[1..] {
+        ctd.ctr(&["task", "kill", "-s", "SIGKILL", id])?.expect_status(0)?;
+        ctd.wait_stopped(id)?;
+        ctd.ctr(&["task", "delete", id])?.expect_status(0)?;
+        ctd.ctr(&["container", "rm", id])?.expect_status(0)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ctd.shims().is_empty() {
+        if Instant::now() > deadline {
+            return Err(format!("the group's shim outlived its containers: {:?}", ctd.shims()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (i, (id, link)) in ids.iter().zip(&links).enumerate() {
+        let left = ctd.leftovers(id);
+        if !left.is_empty() {
+            return Err(format!("{id}: left behind: {}", left.join("; ")));
+        }
+        let after = link.snapshot()?;
+        if after != before[i] {
+            return Err(format!("{id}'s namespace changed:\n--- before\n{}--- after\n{after}", before[i]));
+        }
+    }
+    for pid in tenders {
+        if std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with(format!("solo5-{target}")))
+        {
+            return Err(format!("the tender {pid} is still running"));
+        }
+    }
+    Ok(())
+}
+
 /// `mirage package` refuses what it cannot pack, saying how to fix it.
 fn package_refusals() -> TestResult {
     let scratch = Scratch::new("oci-package");
@@ -443,6 +525,7 @@ pub fn cases(v: &mut Vec<Case>) {
         v.push(case(format!("oci::{t}_crash_is_reported_with_its_status"), needs, move || crash_is_reported(t)));
         v.push(case(format!("oci::{t}_without_a_namespace_gets_one_of_its_own"), needs, move || own_namespace(t)));
         v.push(case(format!("oci::{t}_malformed_images_are_refused"), needs, move || malformed_images_are_refused(t)));
+        v.push(case(format!("oci::{t}_grouped_containers_share_one_shim"), needs, move || grouped_under_one_shim(t)));
         let mut fifty = case(format!("oci::{t}_fifty_at_once"), needs, move || fifty_at_once(t));
         // Fifty guests and their shims fill this machine's two cores.
         fifty.alone = true;

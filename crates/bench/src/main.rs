@@ -11,7 +11,7 @@
 //!     (tcp and http: [--mtu 1500,65520] the tap MTUs measured, [--targets unix,hvt,spt] the targets,
 //!     [--boot-args "ARG ..."] boot arguments added to the unikernel's)
 //! mirage-bench images  [--solo5 DIR]              # image sizes, least memory, configure and build times
-//! mirage-bench oci     [--runs N] [--at-once N]   # containers: ctr run to first HTTP answer, memory, N at once, beside nginx with runc
+//! mirage-bench oci     [--runs N] [--at-once N] [--only at-once] # containers: ctr run to first HTTP answer, memory, N at once, beside nginx with runc
 //! mirage-bench soak    [--runs SECONDS] [--target T] # persistent and short HTTP connections, errors and memory
 //! mirage-bench attack  [--runs SECONDS] [--only WORD]... # a good client's service under each attack, beside nginx
 //! mirage-bench crash   [--count N]                # N SIGKILL trials of the store on a block device (hvt, spt)
@@ -30,6 +30,8 @@
 //! always run. For `http`, `--only small`, `--only big` and `--only N`
 //! keep the rows of that file and of N connections (nginx's included).
 //! For `router`, `--only tcp` measures the TCP columns alone.
+//! For `oci`, `--only at-once` measures the instances running at once
+//! alone (with a shim each, then all under one shim).
 //!
 //! `--solo5 DIR` names a Solo5 v0.12.1 build tree (built by hand from its
 //! source; nothing of it is part of this project) whose tenders and test

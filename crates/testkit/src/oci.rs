@@ -19,6 +19,12 @@ pub fn runc() -> PathBuf {
 
 pub static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// The OCI annotation by which containerd's runc shim (v2) serves every
+/// container that carries the same value from one shim process, where
+/// each would otherwise get its own (`ctr run --annotation`; Kubernetes
+/// groups a pod's containers by `io.kubernetes.cri.sandbox-id`).
+pub const GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
+
 /// A containerd of the test's own, stopped and its directories removed
 /// when dropped.
 #[derive(Debug)]
@@ -107,6 +113,24 @@ impl Containerd {
         a.push(id);
         a.extend_from_slice(args);
         self.ctr(&a)
+    }
+
+    /// The pids of the runc shims serving this namespace's containers:
+    /// one per container, or one per group of containers started with the
+    /// same [`GROUP_ANNOTATION`].
+    pub fn shims(&self) -> Vec<i32> {
+        let mut shims = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let words: Vec<&str> = cmdline.split('\0').collect();
+            if words.first().is_some_and(|w| w.ends_with("containerd-shim-runc-v2"))
+                && words.windows(2).any(|w| w == ["-namespace", self.namespace.as_str()])
+            {
+                shims.push(pid);
+            }
+        }
+        shims
     }
 
     /// The task's status column in `ctr task ls` (RUNNING, STOPPED), if it
