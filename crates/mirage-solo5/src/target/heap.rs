@@ -12,8 +12,8 @@
 //! reached (the mark) and writes zeros only where memory may hold
 //! something: below the mark, and where talc keeps its own boundary tags
 //! (a free gap's header at its start, its footer at its end, a block's
-//! tag just after it): above the mark, that is the page after it and the
-//! last pages of the heap, where the one gap above the mark ends.
+//! tag just after it): above the mark, that is the few words after it and
+//! the last pages of the heap, where the one gap above the mark ends.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -37,9 +37,15 @@ const PAGE: usize = solo5_abi::PAGE_SIZE as usize;
 /// loader ran in it) or before [`init`].
 static MARK: AtomicUsize = AtomicUsize::new(usize::MAX);
 
-/// What talc may write when it claims the heap (its bins), at the heap's
-/// start, with room to spare: treated as used from the start.
-const CLAIM_METADATA: usize = 64 * 1024;
+/// What talc may write when it claims the heap (its bins, about 1 KiB),
+/// at the heap's start, with room to spare: treated as used from the start.
+const CLAIM_METADATA: usize = 16 * 1024;
+
+/// How far past the mark talc's boundary tags may lie: talc rounds a
+/// block's chunk up to 32 bytes with its 8-byte tag at the end, and the
+/// gap after it starts with a 32-byte header, so both end within 72 bytes
+/// of the block's end; with room to spare.
+const TAGS: usize = 512;
 
 /// Notes that `[ptr, ptr + size)` is handed out: it may be written.
 fn touched(ptr: *mut u8, size: usize) {
@@ -68,13 +74,10 @@ unsafe impl GlobalAlloc for Heap {
         }
         let (start, size) = (p as usize, layout.size());
         let end = start + size;
-        // Zeros up to the end of the page after the mark (old data below
-        // it, the header of the gap the block was carved from just above
-        // it), and near the heap's end (that gap's footer).
-        let clean_from = match mark.max(start).checked_add(2 * PAGE) {
-            Some(a) => (a & !(PAGE - 1)).min(end),
-            None => end,
-        };
+        // Zeros up to just past the mark (old data below it, the header of
+        // the gap the block was carved from just above it), and near the
+        // heap's end (that gap's footer).
+        let clean_from = mark.max(start).saturating_add(TAGS).min(end);
         let heap_end = END.load(Relaxed);
         let tail = if end.saturating_add(2 * PAGE) > heap_end { (end - 1) & !(PAGE - 1) } else { end }.max(clean_from);
         // SAFETY: both ranges lie within the block just allocated.
