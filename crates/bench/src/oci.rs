@@ -182,29 +182,13 @@ fn measure(ctd: &Containerd, name: &str, runtime: Option<&Path>, image: &str, ru
 
 /// What `n` instances running at once cost: the proportional set size
 /// of all their processes, then with their shims, per instance (shared
-/// pages counted once among them), and the host's `MemAvailable` drop per
-/// instance (with the kernel's own share: page tables, taps, namespaces,
-/// cgroups).
+/// pages counted once among them). The host's `MemAvailable` was tried
+/// too (it would count the kernel's share: page tables, taps,
+/// namespaces), but it moves by more than the instances hold with
+/// whatever else the host does.
 struct AtOnce {
     task_kib: f64,
     shim_kib: f64,
-    host_kib: f64,
-}
-
-/// The host's `MemAvailable`, read after the kernel has dropped its clean
-/// caches (those in use stay), so that what the page cache did meanwhile
-/// does not count for or against the instances.
-fn mem_available_kib() -> u64 {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("MemAvailable:").and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Starts `n` containers of `image`, each in its own pair of namespaces,
@@ -220,7 +204,6 @@ fn at_once(
     n: usize,
     group: Option<&str>,
 ) -> Result<AtOnce, String> {
-    let before = mem_available_kib();
     let annotation = group.map(|g| format!("{GROUP_ANNOTATION}={g}"));
     let mut links = Vec::new();
     let mut ids = Vec::new();
@@ -245,7 +228,6 @@ fn at_once(
             ask_from_client(link)?.join().map_err(|_| "the client panicked".to_string())??;
         }
         std::thread::sleep(Duration::from_millis(500));
-        let after = mem_available_kib();
         let mut task_kib = 0;
         for id in &ids {
             let (task, _) = processes(ctd, id)?;
@@ -256,13 +238,18 @@ fn at_once(
         let shim_kib = shims.iter().map(|&p| pss(p)).sum::<u64>();
         println!("<!-- {name}: {} shim processes for {n} containers -->", shims.len());
         let per = |kib: u64| kib as f64 / n as f64;
-        Ok(AtOnce { task_kib: per(task_kib), shim_kib: per(shim_kib), host_kib: per(before.saturating_sub(after)) })
+        Ok(AtOnce { task_kib: per(task_kib), shim_kib: per(shim_kib) })
     })();
     for id in &ids {
         let _ = ctd.ctr(&["task", "kill", "-s", "SIGKILL", id]);
         let _ = ctd.wait_stopped(id);
         let _ = ctd.ctr(&["task", "delete", id]);
         let _ = ctd.ctr(&["container", "rm", id]);
+    }
+    // The next row starts once these shims are gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ctd.shims().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
     }
     result
 }
@@ -326,21 +313,19 @@ pub(crate) fn oci(opts: &Options) -> Result<(), String> {
     );
     println!();
     println!(
-        "| server | PSS of the container's processes | with its shim | host MemAvailable drop | instances per GiB: processes / with shims / by MemAvailable |"
+        "| server | PSS of the container's processes | with its shim | instances per GiB: processes / with shims |"
     );
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- |");
     for ((name, runtime, image), group) in rows.iter().flat_map(|r| [(r, None), (r, Some("bench"))]) {
         let m = at_once(&ctd, name, runtime.as_deref(), image, n, group)?;
         let per_gib = |kib: f64| if kib > 0.0 { (1024.0 * 1024.0 / kib).floor() } else { 0.0 };
         let shims = if group.is_some() { "one shim for all" } else { "a shim each" };
         println!(
-            "| {name}, {shims} | {:.2} MiB | {:.2} MiB | {:.2} MiB | {:.0} / {:.0} / {:.0} |",
+            "| {name}, {shims} | {:.2} MiB | {:.2} MiB | {:.0} / {:.0} |",
             m.task_kib / 1024.0,
             (m.task_kib + m.shim_kib) / 1024.0,
-            m.host_kib / 1024.0,
             per_gib(m.task_kib),
             per_gib(m.task_kib + m.shim_kib),
-            per_gib(m.host_kib)
         );
     }
     Ok(())
