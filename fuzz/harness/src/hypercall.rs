@@ -152,7 +152,7 @@ impl World {
 /// each segment copied, then protected as the tender protects it.
 fn memory(image: &[u8], plan: &LoadPlan) -> GuestMemory {
     let mem = GuestMemory::new(ALLOC).expect("guest memory");
-    tender::hvt::load(&mem, plan, image, "fuzz").expect("the image loads");
+    tender::hvt::load(&mem, plan, image, "fuzz", None).expect("the image loads");
     mem
 }
 
