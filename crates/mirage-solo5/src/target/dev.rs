@@ -176,8 +176,20 @@ impl dnet::Net for Net {
         if len > self.info.max_frame() {
             return Err(dnet::Error::TooLarge);
         }
-        let r = f(&mut self.tx[..len]);
-        self.raw.write(&self.tx[..len]).map_err(|_| dnet::Error::Io)?;
+        let mut f = Some(f);
+        let r = match self.raw.write_in_place(len, |buf| match f.take() {
+            Some(f) => Ok((f(buf), None)),
+            None => Err(crate::Error::Invalid),
+        }) {
+            Some(done) => done.map_err(|_| dnet::Error::Io)?,
+            None => {
+                // The frame was not written in place: f is still here.
+                let Some(f) = f else { return Err(dnet::Error::Io) };
+                let r = f(&mut self.tx[..len]);
+                self.raw.write(&self.tx[..len]).map_err(|_| dnet::Error::Io)?;
+                r
+            }
+        };
         self.stats.tx_frames += 1;
         self.stats.tx_bytes += len as u64;
         Ok(r)
@@ -199,14 +211,36 @@ impl dnet::Net for Net {
         if len > self.tx.len() {
             return Err(dnet::Error::TooLarge);
         }
-        let frame = &mut self.tx[..len];
-        let (r, partial) = f(frame);
         // A frame longer than the MTU goes out only as a segment the host
         // cuts.
-        if len > self.info.max_frame() && partial.is_none_or(|p| p.segment == 0) {
-            return Err(dnet::Error::TooLarge);
-        }
-        self.raw.write_partial(frame, partial.map(|p| (p.start, p.offset, p.segment))).map_err(|_| dnet::Error::Io)?;
+        let max_frame = self.info.max_frame();
+        let too_large =
+            |partial: &Option<dnet::PartialChecksum>| len > max_frame && partial.is_none_or(|p| p.segment == 0);
+        let (mut f, mut refused) = (Some(f), false);
+        let r = match self.raw.write_in_place(len, |buf| {
+            let Some(f) = f.take() else { return Err(crate::Error::Invalid) };
+            let (r, partial) = f(buf);
+            refused = too_large(&partial);
+            if refused {
+                return Err(crate::Error::Invalid);
+            }
+            Ok((r, partial.map(|p| (p.start, p.offset, p.segment))))
+        }) {
+            Some(_) if refused => return Err(dnet::Error::TooLarge),
+            Some(done) => done.map_err(|_| dnet::Error::Io)?,
+            None => {
+                // The frame was not written in place: f is still here.
+                let Some(f) = f else { return Err(dnet::Error::Io) };
+                let frame = &mut self.tx[..len];
+                let (r, partial) = f(frame);
+                if too_large(&partial) {
+                    return Err(dnet::Error::TooLarge);
+                }
+                let partial = partial.map(|p| (p.start, p.offset, p.segment));
+                self.raw.write_partial(frame, partial).map_err(|_| dnet::Error::Io)?;
+                r
+            }
+        };
         self.stats.tx_frames += 1;
         self.stats.tx_bytes += len as u64;
         Ok(r)

@@ -177,6 +177,26 @@ impl Net {
         platform::net_read(self.handle, self.fd, buf)
     }
 
+    /// Sends a frame of `len` bytes that `fill` writes where the host reads
+    /// it (on hvt, the ring's arena), returning its result and the checksum
+    /// it leaves for the host as [`Net::write_partial`] takes it. `None`,
+    /// and `fill` not called, where that cannot be done now: the caller
+    /// then writes the frame into a buffer of its own and sends it.
+    #[allow(clippy::type_complexity)]
+    pub fn write_in_place<R>(
+        &self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(R, Option<(u16, u16, u16)>), Error>,
+    ) -> Option<Result<R, Error>> {
+        #[cfg(feature = "hvt")]
+        return super::hvt::net_write_in_place(self.handle, len, fill);
+        #[cfg(not(feature = "hvt"))]
+        {
+            let _ = (len, fill);
+            None
+        }
+    }
+
     /// Sends one frame.
     pub fn write(&self, frame: &[u8]) -> Result<(), Error> {
         #[cfg(feature = "spt")]

@@ -372,18 +372,55 @@ pub(crate) fn net_rx_offload(handle: u64) -> Result<(), Error> {
     Ok(())
 }
 
+/// What the host is asked to do with a frame's checksum at `partial`
+/// (`csum_start`, `csum_offset`, segment size), as the ring's entry says
+/// it: complete it (and cut the segment) where the tender offers it, else
+/// `None`.
+fn ring_csum(partial: (u16, u16, u16)) -> Option<u64> {
+    let (start, offset, segment) = partial;
+    let features = RING_INFO.with(|r| r.0);
+    let offered = features & solo5_abi::hvt::FEATURE_NET_CSUM != 0
+        && (segment == 0 || features & solo5_abi::hvt::FEATURE_NET_TSO != 0);
+    offered.then(|| solo5_abi::ring::csum_entry_segmented(start, offset, segment))
+}
+
+/// Sends a frame of `len` bytes that `fill` writes straight into the
+/// ring's arena (one copy fewer than writing it elsewhere first), `fill`
+/// returning its result and the checksum it leaves for the host (as
+/// [`net_write_partial`] takes it). `None`, and `fill` not called, where
+/// the ring does not take the frame now.
+pub(crate) fn net_write_in_place<R>(
+    handle: u64,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<(R, Option<(u16, u16, u16)>), Error>,
+) -> Option<Result<R, Error>> {
+    ring()?.write_with(handle, len, |buf| {
+        let (r, partial) = fill(&mut *buf)?;
+        let csum = match partial {
+            None => 0,
+            Some(p) => match ring_csum(p) {
+                Some(csum) => csum,
+                // Neither the ring nor a hypercall can take it.
+                None if p.2 != 0 => return Err(Error::Invalid),
+                None => {
+                    mirage_devices::net::PartialChecksum::new(p.0, p.1).complete(buf);
+                    0
+                }
+            },
+        };
+        Ok((r, csum))
+    })
+}
+
 /// Sends `frame`, whose checksum at `partial` (`csum_start`,
 /// `csum_offset`) the host completes through the ring where it can; when
 /// the frame goes by hypercall instead, it is completed here first. A
 /// segment size (the third number, if not 0) goes only through the ring.
 pub(crate) fn net_write_partial(handle: u64, frame: &mut [u8], partial: Option<(u16, u16, u16)>) -> Result<(), Error> {
     let Some((start, offset, segment)) = partial else { return net_write(handle, 0, frame) };
-    let features = RING_INFO.with(|r| r.0);
-    let offered = features & solo5_abi::hvt::FEATURE_NET_CSUM != 0
-        && (segment == 0 || features & solo5_abi::hvt::FEATURE_NET_TSO != 0);
-    if offered
+    if let Some(csum) = ring_csum((start, offset, segment))
         && let Some(r) = ring()
-        && let Some(result) = r.write(handle, frame, solo5_abi::ring::csum_entry_segmented(start, offset, segment))
+        && let Some(result) = r.write(handle, frame, csum)
     {
         return result;
     }

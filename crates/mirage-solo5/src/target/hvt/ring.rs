@@ -246,6 +246,39 @@ impl GuestRing {
         if frame.len() > MAX_FRAME || (csum >> 48 == 0 && self.bypass()) {
             return None;
         }
+        self.put(handle, frame.len(), |buf| {
+            buf.copy_from_slice(frame);
+            Ok(((), csum))
+        })
+    }
+
+    /// Sends a frame of `len` bytes that `fill` writes straight into the
+    /// arena, where [`GuestRing::write`] would copy it there: `fill`
+    /// returns its own result and the entry's checksum request, or an
+    /// error, and then nothing is sent. `None` (and `fill` not called) if
+    /// the frame is too large for the ring or the ring is bypassed: the
+    /// caller then writes the frame elsewhere and sends it with `write` or
+    /// the hypercall.
+    pub(crate) fn write_with<R>(
+        &self,
+        handle: u64,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(R, u64), Error>,
+    ) -> Option<Result<R, Error>> {
+        if len > MAX_FRAME || self.bypass() {
+            return None;
+        }
+        self.put(handle, len, fill)
+    }
+
+    /// Takes `len` bytes of the arena for the next entry once the thread is
+    /// done with them, has `fill` write the frame there and submits it.
+    fn put<R>(
+        &self,
+        handle: u64,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(R, u64), Error>,
+    ) -> Option<Result<R, Error>> {
         let arena = self.arena()?;
         let tail = self.reserve();
         let mut start = self.wr.load(Ordering::Relaxed);
@@ -256,7 +289,8 @@ impl GuestRing {
         if self.ring.ent_head.load(Ordering::Acquire) == tail {
             start = start.wrapping_add((ARENA - start % ARENA) % ARENA);
         }
-        let len = frame.len() as u32;
+        // len <= MAX_FRAME, a quarter of the arena: the callers checked.
+        let len = len as u32;
         // A frame never straddles the arena's end: the rest of the arena
         // is skipped instead.
         let room = ARENA - start % ARENA;
@@ -272,19 +306,20 @@ impl GuestRing {
         });
         // SAFETY: bytes [at, end) modulo ARENA lie inside the arena (the
         // frame does not straddle its end) and no entry in flight uses
-        // them (checked above), so the thread is not reading them.
-        let buf = unsafe {
-            let b = arena.add((at % ARENA) as usize);
-            core::ptr::copy_nonoverlapping(frame.as_ptr(), b, frame.len());
-            b
+        // them (checked above), so the thread is not reading them; nothing
+        // else refers to them until the entry is submitted.
+        let buf = unsafe { core::slice::from_raw_parts_mut(arena.add((at % ARENA) as usize), len as usize) };
+        let (r, csum) = match fill(buf) {
+            Ok(filled) => filled,
+            Err(e) => return Some(Err(e)),
         };
         self.starts[(tail & RING_MASK) as usize].store(start, Ordering::Relaxed);
         self.wr.store(end, Ordering::Relaxed);
         let wake = !self.serve
             || (self.unwoken.fetch_add(1, Ordering::Relaxed) + 1 >= WAKE_AFTER_WRITES
                 && !self.thread_slow(super::monotonic()));
-        self.submit(tail, OP_NET_WRITE, handle, buf as u64, len, csum, wake);
-        Some(Ok(()))
+        self.submit(tail, OP_NET_WRITE, handle, buf.as_ptr() as u64, len, csum, wake);
+        Some(Ok(r))
     }
 
     /// Whether to leave the ring's sleeping I/O thread alone and make a
