@@ -178,7 +178,7 @@ pub fn router(opts: &Options) -> Result<(), String> {
         "router: client -> router -> server; iperf3 {SECONDS} s per figure; the machine's other load disturbs every row"
     );
     println!(
-        "{:<24} {:>12} {:>12} {:>14} {:>10} {:>10} {:>10} {:>10}",
+        "{:<40} {:>12} {:>12} {:>14} {:>10} {:>10} {:>10} {:>10}",
         "router", "TCP 1 Mbit/s", "TCP 8 Mbit/s", "UDP64 pkt/s", "conn/s", "p50 µs", "p99 µs", "CPU s"
     );
     let tcp_only = match opts.only.as_slice() {
@@ -190,7 +190,7 @@ pub fn router(opts: &Options) -> Result<(), String> {
     let fig = |v: f64| if v.is_nan() { "-".to_string() } else { format!("{v:.0}") };
     let print = |name: &str, r: &Row, cpu: Option<f64>| {
         println!(
-            "{:<24} {:>12} {:>12} {:>14} {:>10} {:>10} {:>10} {:>10}",
+            "{:<40} {:>12} {:>12} {:>14} {:>10} {:>10} {:>10} {:>10}",
             name,
             fig(r.tcp1),
             fig(r.tcp8),
@@ -207,11 +207,25 @@ pub fn router(opts: &Options) -> Result<(), String> {
         print(&format!("Linux nftables, MTU {mtu}"), &row, None);
         drop(linux);
         for t in &opts.targets {
-            let lab = Lab::start_with_mtu(t, mtu, &["--stats=0"])?;
-            lab.lease()?;
-            let row = measure(&lab, tcp_only)?;
-            let cpu = lab.router.as_ref().map(cpu_seconds);
-            print(&format!("mirage {t}, MTU {mtu}"), &row, cpu);
+            // The router as it comes, and again with --boot-args (as
+            // `--offload=false`) in the same run, where given.
+            let mut variants = vec![vec!["--stats=0"]];
+            if !opts.boot_args.is_empty() {
+                variants.push(["--stats=0"].into_iter().chain(opts.boot_args.iter().map(String::as_str)).collect());
+            }
+            for args in variants {
+                let lab = Lab::start_with_mtu(t, mtu, &args)?;
+                lab.lease()?;
+                let row = measure(&lab, tcp_only)?;
+                let cpu = lab.router.as_ref().map(cpu_seconds);
+                let with = args[1..].join(" ");
+                let label = if with.is_empty() {
+                    format!("mirage {t}, MTU {mtu}")
+                } else {
+                    format!("mirage {t}, MTU {mtu}, {with}")
+                };
+                print(&label, &row, cpu);
+            }
         }
     }
     Ok(())

@@ -14,7 +14,7 @@
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::net::MacAddr;
+use crate::net::{MacAddr, PartialChecksum, RxMeta};
 
 /// Where a packet goes on the link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +174,40 @@ pub trait Ip {
     /// Does not wait: while `to`'s hardware address is resolved the packet
     /// is held (a few per neighbour, a bounded number in all).
     fn send<R>(&mut self, to: NextHop, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, Error>;
+
+    /// As [`Ip::try_recv`], with what the host says of the packet. Only
+    /// after [`Ip::forward_offload`] may a packet be longer than the MTU
+    /// (one TCP segment of up to 64 KiB) or carry a partial checksum
+    /// ([`RxMeta::partial`]); the default says nothing of any packet.
+    fn try_recv_meta<R>(&mut self, f: impl FnOnce(&mut [u8], RxMeta) -> R) -> Result<Option<R>, Error> {
+        self.try_recv(|p| f(p, RxMeta::default()))
+    }
+
+    /// Asks for what a router forwards large packets with, as a host
+    /// hands them to a virtio-net guest and takes them back: from now on
+    /// the interface may hand over TCP segments of up to 64 KiB whole, and
+    /// packets whose checksum the host left partial ([`Ip::try_recv_meta`]),
+    /// and [`Ip::send_partial`] takes the same. Whether granted: the
+    /// default, and an interface whose host cannot both take and hand over
+    /// such packets, answer false and change nothing.
+    fn forward_offload(&mut self) -> bool {
+        false
+    }
+
+    /// As [`Ip::send`], where `f` may leave the packet's one checksum for
+    /// the host to complete ([`PartialChecksum`], `start` counted from the
+    /// IP header) and, after [`Ip::forward_offload`] was granted, its one
+    /// TCP segment for the host to cut ([`PartialChecksum::segment`]; the
+    /// packet may then be up to 65,535 bytes). Without the offload the
+    /// checksum is completed here (the default).
+    fn send_partial<R>(
+        &mut self,
+        to: NextHop,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> (R, Option<PartialChecksum>),
+    ) -> Result<R, Error> {
+        self.send(to, len, crate::net::completing(f))
+    }
 
     /// Counters.
     fn stats(&self) -> IpStats {

@@ -149,6 +149,18 @@ impl PartialChecksum {
     }
 }
 
+/// `f`, with the checksum it leaves completed in software: for a sender
+/// whose interface cannot leave it to the host.
+pub fn completing<R>(f: impl FnOnce(&mut [u8]) -> (R, Option<PartialChecksum>)) -> impl FnOnce(&mut [u8]) -> R {
+    |buf| {
+        let (r, partial) = f(buf);
+        if let Some(p) = partial {
+            p.complete(buf);
+        }
+        r
+    }
+}
+
 /// What the host says of a received frame, where the interface passes it
 /// on ([`Net::try_recv_meta`]): virtio-net's header flags.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -161,12 +173,29 @@ pub struct RxMeta {
     /// way the field is not to be checked, and in the second case is not a
     /// checksum at all.
     pub checksum_valid: bool,
+    /// Of those, the frame whose one TCP or UDP checksum field holds only
+    /// the pseudo-header's sum (`VIRTIO_NET_HDR_F_NEEDS_CSUM`, Linux's
+    /// `CHECKSUM_PARTIAL`): a receiver that passes the packet on (a router)
+    /// must send it on with the checksum still left to the host
+    /// ([`Net::send_partial`]), or complete it, and must update the field
+    /// for a changed address as Linux's `inet_proto_csum_replace4` does for
+    /// such a packet (without the complements), and not at all for a
+    /// changed port.
+    pub partial: bool,
 }
 
 impl RxMeta {
     /// A frame whose checksums the host vouches for, or not.
     pub const fn new(checksum_valid: bool) -> RxMeta {
-        RxMeta { checksum_valid }
+        RxMeta { checksum_valid, partial: false }
+    }
+
+    /// What a virtio-net header with `flags` (its first byte) says:
+    /// `NEEDS_CSUM` (1) is a partial checksum, `DATA_VALID` (2) one the
+    /// host checked.
+    pub const fn from_vnet_flags(flags: u8) -> RxMeta {
+        let partial = flags & 1 != 0;
+        RxMeta { checksum_valid: partial || flags & 2 != 0, partial }
     }
 }
 
@@ -243,13 +272,7 @@ pub trait Net {
         len: usize,
         f: impl FnOnce(&mut [u8]) -> (R, Option<PartialChecksum>),
     ) -> Result<R, Error> {
-        self.send(len, |buf| {
-            let (r, partial) = f(buf);
-            if let Some(p) = partial {
-                p.complete(buf);
-            }
-            r
-        })
+        self.send(len, completing(f))
     }
 
     /// Waits for the next frame and hands it to `f`.

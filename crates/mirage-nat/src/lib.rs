@@ -576,10 +576,31 @@ impl Nat {
         now_ms: u64,
         iface: Interface,
         packet: &mut [u8],
+        route: R,
+    ) -> Verdict {
+        self.process_partial(now_ms, iface, packet, false, route)
+    }
+
+    /// As [`Nat::process`], for a packet whose TCP or UDP checksum field
+    /// holds only the pseudo-header's sum, if `partial` (a host's
+    /// `CHECKSUM_PARTIAL`, which it completes when the packet leaves: the
+    /// router's interfaces with forward offload). The field is then updated
+    /// for changed addresses without the complements, as Linux's
+    /// `inet_proto_csum_replace4` does for such a packet, and not for
+    /// changed ports: the host's sum takes them in.
+    pub fn process_partial<R: FnMut(Ipv4Addr) -> Route>(
+        &mut self,
+        now_ms: u64,
+        iface: Interface,
+        packet: &mut [u8],
+        partial: bool,
         mut route: R,
     ) -> Verdict {
-        let v =
-            if iface.0 == LOCAL { Err(Reason::BadInterface) } else { self.handle(now_ms, iface.0, packet, &mut route) };
+        let v = if iface.0 == LOCAL {
+            Err(Reason::BadInterface)
+        } else {
+            self.handle(now_ms, iface.0, packet, partial, &mut route)
+        };
         self.count(v)
     }
 
@@ -591,7 +612,7 @@ impl Nat {
         let v = if out.0 == LOCAL {
             Err(Reason::BadInterface)
         } else {
-            self.handle(now_ms, LOCAL, packet, &mut |_| Route::Interface(out))
+            self.handle(now_ms, LOCAL, packet, false, &mut |_| Route::Interface(out))
         };
         self.count(v)
     }
@@ -707,9 +728,10 @@ impl Nat {
         now: u64,
         in_if: u8,
         p: &mut [u8],
+        partial: bool,
         route: &mut dyn FnMut(Ipv4Addr) -> Route,
     ) -> Result<Verdict, Reason> {
-        let a = Arrival { now: self.clock(now), in_if, ip: wire::ip(p)? };
+        let a = Arrival { now: self.clock(now), in_if, ip: wire::ip(p)?, partial };
         match wire::l4(p, &a.ip)? {
             L4::Flow { tuple, tcp_flags } => match self.find(&tuple, a.now) {
                 Some((f, d)) => self.known(&a, p, f, d, tcp_flags),
@@ -728,7 +750,7 @@ impl Nat {
             return Err(Reason::NoFlow);
         }
         let (out_if, forwarding) = a.leaving(&fl, d)?;
-        translate(p, &a.ip, &fl.key[d], &fl.key[1 - d].inverse(), forwarding);
+        translate(p, &a.ip, &fl.key[d], &fl.key[1 - d].inverse(), forwarding, a.partial);
         let mut flags = fl.flags;
         let class = advance(fl.class, &mut flags, d, a.ip.proto, tcp_flags);
         self.table.get_mut(f).flags = flags;
@@ -819,7 +841,7 @@ impl Nat {
         };
         self.table.insert(key, [in_if, out_if], class, flags, now);
         self.stats.created += 1;
-        translate(p, ip, &t, &out, forwarding);
+        translate(p, ip, &t, &out, forwarding, a.partial);
         Ok(verdict(out_if))
     }
 
@@ -916,6 +938,9 @@ struct Arrival {
     now: u64,
     in_if: u8,
     ip: wire::Ip,
+    /// The transport checksum field holds a partial sum
+    /// ([`Nat::process_partial`]).
+    partial: bool,
 }
 
 impl Arrival {
@@ -956,21 +981,30 @@ fn decrement_ttl(p: &mut [u8], ip: &mut Delta) {
     ip.word(old, be16(p, 8));
 }
 
-/// Rewrites a flow's packet from tuple `from` to `to`, and its TTL.
-fn translate(p: &mut [u8], hdr: &wire::Ip, from: &Tuple, to: &Tuple, forwarding: bool) {
+/// Rewrites a flow's packet from tuple `from` to `to`, and its TTL; with
+/// `partial`, its transport checksum field holds a partial sum, which only
+/// the pseudo-header's changes (the addresses) go into.
+fn translate(p: &mut [u8], hdr: &wire::Ip, from: &Tuple, to: &Tuple, forwarding: bool, partial: bool) {
     let mut ip = Delta::default();
     let mut l4 = Delta::default();
     let l = IP_HEADER;
     match hdr.proto {
         wire::TCP | wire::UDP => {
             rewrite_addrs(p, hdr, to.src, to.dst, &mut ip, Some(&mut l4));
+            let mut ports = Delta::default();
             for (off, old, new) in [(l, from.sport, to.sport), (l + 2, from.dport, to.dport)] {
                 if old != new {
-                    l4.word(old, new);
+                    ports.word(old, new);
                     put16(p, off, new);
                 }
             }
-            l4.apply_at(p, l + wire::checksum_offset(hdr.proto), hdr.proto == wire::UDP);
+            let at = l + wire::checksum_offset(hdr.proto);
+            if partial {
+                l4.apply_partial_at(p, at);
+            } else {
+                l4.add(&ports);
+                l4.apply_at(p, at, hdr.proto == wire::UDP);
+            }
         }
         _ => {
             rewrite_addrs(p, hdr, to.src, to.dst, &mut ip, None);
@@ -980,7 +1014,11 @@ fn translate(p: &mut [u8], hdr: &wire::Ip, from: &Tuple, to: &Tuple, forwarding:
                 l4.word(old, new);
                 put16(p, l + 4, new);
             }
-            l4.apply_at(p, l + 2, false);
+            // ICMP's sum has no pseudo-header: a partial one is the
+            // host's to take the identifier into.
+            if !partial {
+                l4.apply_at(p, l + 2, false);
+            }
         }
     }
     if forwarding {

@@ -107,6 +107,21 @@ impl Delta {
         self.0 == 0
     }
 
+    /// The changes of `other` as well.
+    pub fn add(&mut self, other: &Delta) {
+        self.0 += other.0;
+    }
+
+    /// Applies the changes to the partial sum at `at` of `b` (a field a
+    /// host completes: the pseudo-header's sum, folded and not
+    /// complemented), as Linux's `inet_proto_csum_replace4` does for a
+    /// `CHECKSUM_PARTIAL` packet: `S' = S + ~m + m'`.
+    pub fn apply_partial_at(&self, b: &mut [u8], at: usize) {
+        if !self.is_empty() {
+            put16(b, at, fold(u64::from(be16(b, at)) + self.0));
+        }
+    }
+
     /// The checksum `hc` after the changes.
     pub fn apply(&self, hc: u16) -> u16 {
         !fold(u64::from(!hc) + self.0)

@@ -283,6 +283,84 @@ fn checksums_agree_with_a_full_computation() {
     assert!(replies > 6000);
 }
 
+/// The sum of `p`'s IPv4 pseudo-header (addresses, protocol, transport
+/// length), folded and not complemented: what a host leaves in the
+/// checksum field of a `CHECKSUM_PARTIAL` packet.
+fn pseudo_sum(p: &[u8]) -> u16 {
+    let mut sum = 0u64;
+    for w in p[12..20].chunks(2) {
+        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    sum += u64::from(p[9]) + (p.len() as u64 - 20);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Completes the partial checksum at `at` as the host would: the
+/// complement of the sum of the transport bytes, the field included.
+fn complete(p: &mut [u8], at: usize) {
+    let mut sum = 0u64;
+    for w in p[20..].chunks(2) {
+        sum += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    p[at..at + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+#[test]
+fn partial_checksums_are_updated_as_the_host_completes_them() {
+    let mut nat = Nat::new(config(20_000, PORTS)).unwrap();
+    let mut rng = Rng(0x0fed_cba9_8765_4321);
+    for i in 0..10_000u64 {
+        let host = sa(Ipv4Addr::from(0x0a00_0000 | rng.below(1 << 16) as u32 | 0x100), rng.next() as u16 | 1);
+        let server = sa(Ipv4Addr::from(0x4000_0000 + rng.below(1 << 24) as u32), 1 + rng.below(65535) as u16);
+        let len = rng.below(3000) as usize;
+        let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let (mut p, at) = match i % 2 {
+            0 => (build::udp(host, server, &payload), 26),
+            _ => (build::tcp(host, server, flags::SYN, rng.next() as u32, 0, &payload), 36),
+        };
+        // As the sender's host hands it over: the field holds the
+        // pseudo-header's sum.
+        let ps = pseudo_sum(&p);
+        p[at..at + 2].copy_from_slice(&ps.to_be_bytes());
+        let v = nat.process_partial(i, INSIDE, &mut p, true, route);
+        if v == Verdict::Drop(Reason::Conflict) {
+            continue;
+        }
+        assert_eq!(v, Verdict::Forward(UPLINK), "{i}");
+        // What Linux leaves after its own NAT of such a packet: the new
+        // pseudo-header's sum (0 and 0xffff are the same ones'-complement
+        // number).
+        let field = u16::from_be_bytes([p[at], p[at + 1]]);
+        let want = pseudo_sum(&p);
+        assert!(
+            field == want || (field, want) == (0, 0xffff) || (field, want) == (0xffff, 0),
+            "{i}: {field:#x} {want:#x}"
+        );
+        // Completed by the receiving host, it checks out in full.
+        complete(&mut p, at);
+        valid(&p);
+        // And back, the server's reply partial as well.
+        let (src, dst) = ends(&p);
+        let mut r = if i % 2 == 0 {
+            build::udp(dst, src, &payload)
+        } else {
+            build::tcp(dst, src, flags::SYN | flags::ACK, rng.next() as u32, 1, &payload)
+        };
+        let ps = pseudo_sum(&r);
+        r[at..at + 2].copy_from_slice(&ps.to_be_bytes());
+        assert_eq!(nat.process_partial(i, UPLINK, &mut r, true, route), Verdict::Forward(INSIDE), "{i}");
+        complete(&mut r, at);
+        valid(&r);
+        assert_eq!(ends(&r), (server, host));
+    }
+}
+
 #[test]
 fn a_udp_datagram_without_checksum_keeps_none() {
     let mut nat = router();

@@ -74,7 +74,7 @@ use alloc::vec::Vec;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use mirage_devices::ip::{Error, Ip, IpInfo, IpStats, NextHop};
-use mirage_devices::net::{MacAddr, Net};
+use mirage_devices::net::{MacAddr, Net, PartialChecksum, RxMeta};
 use mirage_runtime::args::{Arg, Args, Ipv4Cidr, Ipv6Cidr};
 use mirage_runtime::time::{Duration, Instant, now};
 use smoltcp::wire::NdiscRepr;
@@ -344,6 +344,10 @@ pub struct IpLayer<N> {
     /// has been seeded with the clock yet.
     dhcp: Option<crate::dhcpc::Client>,
     dhcp_seeded: bool,
+    /// Whether forward offload was granted ([`Ip::forward_offload`]): the
+    /// largest frame the interface sends as a segment for the host to cut,
+    /// 0 if not.
+    offload: usize,
 }
 
 impl<N> core::fmt::Debug for IpLayer<N> {
@@ -401,6 +405,7 @@ impl<N: Net> IpLayer<N> {
             next_expiry: Instant(0),
             dhcp: config.dhcp.then(|| crate::dhcpc::Client::new(mac, key)),
             dhcp_seeded: false,
+            offload: 0,
         })
     }
 
@@ -551,14 +556,29 @@ impl<N: Net> IpLayer<N> {
     /// Sends `packet` (already written) to `mac`, with the EtherType of
     /// the IP version it says.
     fn frame(&mut self, mac: [u8; 6], len: usize, write: impl FnOnce(&mut [u8])) -> Result<(), Error> {
+        self.frame_partial(mac, len, |p| {
+            write(p);
+            None
+        })
+    }
+
+    /// As [`IpLayer::frame`], where `write` may leave a checksum for the
+    /// host (its `start` counted from the IP header).
+    fn frame_partial(
+        &mut self,
+        mac: [u8; 6],
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> Option<PartialChecksum>,
+    ) -> Result<(), Error> {
         let src = self.info.mac.0;
-        let sent = self.net.send(14 + len, |buf| {
+        let sent = self.net.send_partial(14 + len, |buf| {
             buf[0..6].copy_from_slice(&mac);
             buf[6..12].copy_from_slice(&src);
-            write(&mut buf[14..]);
+            let partial = write(&mut buf[14..]);
             let v6 = buf.get(14).is_some_and(|b| b >> 4 == 6);
             let ethertype = if v6 { wire::ETHERTYPE_IPV6 } else { wire::ETHERTYPE_IPV4 };
             buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
+            ((), partial.map(|p| PartialChecksum { start: p.start + 14, ..p }))
         });
         match sent {
             Ok(()) => {
@@ -678,6 +698,22 @@ impl<N: Net> IpLayer<N> {
         self.unresolved.iter().map(|u| u.retry).chain(dhcp).min()
     }
 
+    /// As [`IpLayer::hold`], for a packet that may leave its checksum to
+    /// the host: it is completed now (held packets go out plain), and one
+    /// too long to go out plain is dropped.
+    fn hold_partial<R>(
+        &mut self,
+        to: IpAddr,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> (R, Option<PartialChecksum>),
+    ) -> Result<R, Error> {
+        if len > self.info.mtu as usize {
+            self.stats.tx_dropped += 1;
+            return Err(Error::TooLarge);
+        }
+        self.hold(to, len, mirage_devices::net::completing(f))
+    }
+
     /// Holds a packet for `to` while it is resolved.
     fn hold<R>(&mut self, to: IpAddr, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, Error> {
         let t = now();
@@ -712,6 +748,10 @@ impl<N: Net> Ip for IpLayer<N> {
     }
 
     fn try_recv<R>(&mut self, f: impl FnOnce(&mut [u8]) -> R) -> Result<Option<R>, Error> {
+        self.try_recv_meta(|p, _| f(p))
+    }
+
+    fn try_recv_meta<R>(&mut self, f: impl FnOnce(&mut [u8], RxMeta) -> R) -> Result<Option<R>, Error> {
         let t = now();
         if self.deadline().is_some_and(|d| t >= d) || t >= self.next_expiry {
             self.maintain(t);
@@ -724,8 +764,13 @@ impl<N: Net> Ip for IpLayer<N> {
         // neighbour discovery only.
         let group = own6.map(|a| multicast_mac(solicited_node(a)));
         loop {
-            let got = self.net.try_recv(|frame| {
-                let Ok((eth, packet)) = wire::parse(frame) else { return Received::Dropped };
+            let got = self.net.try_recv_meta(|frame, meta| {
+                // What the host vouches for is not checked again (a partial
+                // sum is no checksum at all); lengths and the IPv4 header's
+                // sum still are.
+                let Ok((eth, packet)) = wire::parse_vouched(frame, meta.checksum_valid) else {
+                    return Received::Dropped;
+                };
                 let to_us = eth.dst == mac;
                 let to_group = group == Some(eth.dst);
                 if !to_us && !to_group && eth.dst != [0xff; 6] {
@@ -745,7 +790,7 @@ impl<N: Net> Ip for IpLayer<N> {
                     Packet::Ipv4(p) if !to_group => {
                         let len = p.header_len + p.payload.len();
                         match f.take() {
-                            Some(f) => Received::Packet(f(&mut frame[14..14 + len])),
+                            Some(f) => Received::Packet(f(&mut frame[14..14 + len], meta)),
                             None => Received::Dropped,
                         }
                     }
@@ -767,7 +812,7 @@ impl<N: Net> Ip for IpLayer<N> {
                         }
                         let len = 40 + p.payload.len();
                         match f.take() {
-                            Some(f) => Received::Packet(f(&mut frame[14..14 + len])),
+                            Some(f) => Received::Packet(f(&mut frame[14..14 + len], meta)),
                             None => Received::Dropped,
                         }
                     }
@@ -822,7 +867,36 @@ impl<N: Net> Ip for IpLayer<N> {
     }
 
     fn send<R>(&mut self, to: NextHop, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, Error> {
-        if len > self.info.mtu as usize {
+        self.send_partial(to, len, |p| (f(p), None))
+    }
+
+    fn forward_offload(&mut self) -> bool {
+        if self.offload != 0 {
+            return true;
+        }
+        // Both ways or neither: a host that hands over 64 KiB segments and
+        // partial sums must take them back, or the router would have to
+        // cut and sum them itself.
+        let segments = self.net.segmentation_offload();
+        if !self.net.checksum_offload() || segments <= self.info.mtu as usize + 14 {
+            return false;
+        }
+        if self.net.receive_offload() == 0 {
+            return false;
+        }
+        self.offload = segments;
+        true
+    }
+
+    fn send_partial<R>(
+        &mut self,
+        to: NextHop,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> (R, Option<PartialChecksum>),
+    ) -> Result<R, Error> {
+        // Longer than the MTU only as a segment the host cuts, where it
+        // does; the interface refuses a long packet that is not one.
+        if len > self.info.mtu as usize && 14 + len > self.offload {
             self.stats.tx_dropped += 1;
             return Err(Error::TooLarge);
         }
@@ -844,7 +918,7 @@ impl<N: Net> Ip for IpLayer<N> {
                 } else {
                     match self.neighbors.lookup(IpAddr::V4(a), now()) {
                         Some(m) => m,
-                        None => return self.hold(IpAddr::V4(a), len, f),
+                        None => return self.hold_partial(IpAddr::V4(a), len, f),
                     }
                 }
             }
@@ -861,14 +935,18 @@ impl<N: Net> Ip for IpLayer<N> {
                 } else {
                     match self.neighbors.lookup(IpAddr::V6(a), now()) {
                         Some(m) => m,
-                        None => return self.hold(IpAddr::V6(a), len, f),
+                        None => return self.hold_partial(IpAddr::V6(a), len, f),
                     }
                 }
             }
         };
         let mut out = None;
-        self.frame(mac, len, |buf| out = Some(f(buf)))?;
-        // `frame` succeeded: the closure ran.
+        self.frame_partial(mac, len, |buf| {
+            let (r, partial) = f(buf);
+            out = Some(r);
+            partial
+        })?;
+        // `frame_partial` succeeded: the closure ran.
         out.ok_or(Error::Io)
     }
 

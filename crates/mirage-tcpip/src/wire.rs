@@ -387,6 +387,13 @@ pub fn parse_ipv6(p: &[u8]) -> Result<Ipv6<'_>, Malformed> {
     ipv6_packet(p, true)
 }
 
+/// As [`parse_ipv6`]; with `vouched` (the checksum was checked already,
+/// or the host vouches for it and it may hold a partial sum), the upper
+/// layer's checksum is not checked again.
+pub fn parse_ipv6_vouched(p: &[u8], vouched: bool) -> Result<Ipv6<'_>, Malformed> {
+    ipv6_packet(p, !vouched)
+}
+
 fn ipv6_packet(p: &[u8], sums: bool) -> Result<Ipv6<'_>, Malformed> {
     if p.len() < 40 {
         return Err(Malformed::Truncated);
@@ -448,6 +455,41 @@ pub fn ipv6_upper_layer<'a>(p: &Ipv6<'a>) -> (Option<u8>, &'a [u8], bool) {
         data = &data[len..];
     }
     (None, &[], fragment)
+}
+
+/// Where the TCP or UDP checksum of the IP packet `p` (its IPv4 or IPv6
+/// header first) lies, for a host to complete it: the transport header's
+/// offset in `p`, the field's offset in that header, and the protocol.
+/// `None` for a fragment, another protocol, or a packet whose headers do
+/// not hold together (lengths are checked, checksums not).
+pub fn transport_checksum_field(p: &[u8]) -> Option<(u16, u16, u8)> {
+    let (start, proto) = match p.first()? >> 4 {
+        4 => {
+            let ip = ipv4_packet(p, false).ok()?;
+            if ip.fragment {
+                return None;
+            }
+            (ip.header_len, ip.protocol)
+        }
+        6 => {
+            let ip = ipv6_packet(p, false).ok()?;
+            let (upper, data, fragment) = ipv6_upper_layer(&ip);
+            if fragment {
+                return None;
+            }
+            (40 + ip.payload.len() - data.len(), upper?)
+        }
+        _ => return None,
+    };
+    let offset = match proto {
+        PROTO_TCP => 16,
+        PROTO_UDP => 6,
+        _ => return None,
+    };
+    if start + offset + 2 > p.len() {
+        return None;
+    }
+    Some((start as u16, offset as u16, proto))
 }
 
 /// Writes a UDP datagram from `src:sport` to `dst:dport` carrying

@@ -80,7 +80,7 @@ impl Net for TapNet {
         }
         self.stats.rx_frames += 1;
         self.stats.rx_bytes += n as u64;
-        Ok(Some((n as usize, RxMeta::new(tap::vnet_checksum_valid(flags)))))
+        Ok(Some((n as usize, RxMeta::from_vnet_flags(flags))))
     }
 
     fn receive_offload(&mut self) -> usize {

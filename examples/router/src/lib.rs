@@ -41,7 +41,7 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use mirage_devices::console::Console;
 use mirage_devices::ip::{Ip, IpInfo, IpStats, NextHop};
 use mirage_devices::kv::{Key, KvRo};
-use mirage_devices::net::MacAddr;
+use mirage_devices::net::{MacAddr, PartialChecksum, RxMeta};
 use mirage_devices::random::Random;
 use mirage_devices::time::Duration;
 use mirage_dhcpd::Destination;
@@ -186,6 +186,14 @@ struct Counters {
     /// Time Exceeded errors sent, and those the rate limit held back.
     time_exceeded: u64,
     icmp_limited: u64,
+    /// Packets forwarded with their checksum left to the host (forward
+    /// offload), and of those, TCP segments longer than the outgoing
+    /// interface's MTU, for its host to cut.
+    partial: u64,
+    segmented: u64,
+    /// Packets with a partial checksum the router could not place (not
+    /// TCP or UDP, or a fragment), dropped.
+    unsummable: u64,
 }
 
 /// The router's state, apart from the interfaces.
@@ -198,6 +206,8 @@ struct Router {
     scratch: Vec<u8>,
     len: usize,
     counters: Counters,
+    /// Each interface's MTU.
+    mtu: [u16; 2],
     /// ICMP errors sent since the last tick.
     icmp_errors: u32,
     /// IPv6 routing and its flows.
@@ -232,22 +242,62 @@ fn next_hop(routes: &Routes<u8>, dst: Ipv4Addr) -> NextHop {
     }
 }
 
+/// The checksum a forwarded packet `p` leaves to the host of the outgoing
+/// interface (of MTU `mtu`): none unless it came with one partial, at
+/// `field` ([`wire::transport_checksum_field`]); a TCP segment longer
+/// than the MTU is also left for the host to cut, into segments as large
+/// as the MTU holds with the packet's own headers.
+fn offloaded(p: &[u8], field: Option<(u16, u16, u8)>, mtu: usize, counters: &mut Counters) -> Option<PartialChecksum> {
+    let (start, offset, proto) = field?;
+    counters.partial += 1;
+    let mut c = PartialChecksum::new(start, offset);
+    if p.len() > mtu && proto == wire::PROTO_TCP {
+        let headers = start as usize + (p.get(start as usize + 12).map_or(5, |o| o >> 4) as usize) * 4;
+        c.segment = mtu.saturating_sub(headers).clamp(1, u16::MAX as usize) as u16;
+        counters.segmented += 1;
+    }
+    Some(c)
+}
+
 impl Router {
     /// Takes the next packet from `from` (interface `fi`), forwarding it
     /// straight to `to` (interface `ti`) when that is where it goes; what
     /// else it needs is left in `scratch`. `None`: no packet waited.
     fn pump(&mut self, from: &mut impl Ip, fi: u8, to: &mut impl Ip, ti: u8) -> Option<Later> {
-        let Router { nat, routes, own, scratch, len, counters, v6, .. } = self;
+        let Router { nat, routes, own, scratch, len, counters, v6, mtu, .. } = self;
         let inside_own = own[INSIDE as usize].0;
-        let got = from.try_recv(|p| {
-            let mut keep = |p: &[u8]| {
+        let out_mtu = mtu[ti as usize] as usize;
+        let got = from.try_recv_meta(|p, meta| {
+            // A partial checksum (forward offload) is passed on as it is
+            // to the other interface; a packet kept for later, or that
+            // cannot be, is completed or dropped here.
+            let field = match meta {
+                RxMeta { partial: true, .. } => match wire::transport_checksum_field(p) {
+                    Some(f) => Some(f),
+                    None => {
+                        counters.unsummable += 1;
+                        return Later::Done;
+                    }
+                },
+                _ => None,
+            };
+            let mut keep = |p: &mut [u8]| {
+                if let Some((start, offset, _)) = field {
+                    PartialChecksum::new(start, offset).complete(p);
+                }
                 *len = p.len().min(scratch.len());
                 scratch[..*len].copy_from_slice(&p[..*len]);
             };
+            let out = |p: &[u8], counters: &mut Counters| offloaded(p, field, out_mtu, counters);
             if p.first().is_some_and(|b| b >> 4 == 6) {
-                return match v6.process(now_ms(), fi, p, nat.rules_mut()) {
+                // The IP layer checked the packet (or its host did).
+                return match v6.process_checked(now_ms(), fi, p, nat.rules_mut(), true) {
                     v6::Decision::Forward(i, via) if i == ti => {
-                        if to.send(NextHop::Ip(IpAddr::V6(via)), p.len(), |b| b.copy_from_slice(p)).is_err() {
+                        let sent = to.send_partial(NextHop::Ip(IpAddr::V6(via)), p.len(), |b| {
+                            b.copy_from_slice(p);
+                            ((), out(p, counters))
+                        });
+                        if sent.is_err() {
                             counters.tx_failed += 1;
                         }
                         Later::Done
@@ -267,10 +317,14 @@ impl Router {
                 keep(p);
                 return Later::Dhcp;
             }
-            match nat.process(now_ms(), Interface(fi), p, |dst| route(routes, own, dst)) {
+            match nat.process_partial(now_ms(), Interface(fi), p, field.is_some(), |dst| route(routes, own, dst)) {
                 Verdict::Forward(Interface(i)) if i == ti => {
                     let hop = next_hop(routes, dst_of(p));
-                    if to.send(hop, p.len(), |b| b.copy_from_slice(p)).is_err() {
+                    let sent = to.send_partial(hop, p.len(), |b| {
+                        b.copy_from_slice(p);
+                        ((), out(p, counters))
+                    });
+                    if sent.is_err() {
                         counters.tx_failed += 1;
                     }
                     Later::Done
@@ -458,6 +512,7 @@ impl Router {
             " local echoes {} dropped {} tx-failed {} time-exceeded {} icmp-limited {};",
             c.echoes, c.local_dropped, c.tx_failed, c.time_exceeded, c.icmp_limited
         );
+        let _ = write!(s, " offload partial {} segmented {} unsummable {};", c.partial, c.segmented, c.unsummable);
         if self.v6.enabled() {
             let c = self.v6.counters;
             let _ = write!(
@@ -553,6 +608,7 @@ pub async fn start(
     max_flows: u32,
     udp_timeout: u32,
     stats: u32,
+    offload: bool,
 ) -> Result<(), String> {
     let key = Key::parse(rules).map_err(|e| format!("--rules: {rules:?} is not a key of the config store: {e}"))?;
     let text = config.get(&key).await.map_err(|e| format!("the firewall rules {key}: {e}"))?;
@@ -599,7 +655,17 @@ pub async fn start(
     .map_err(|e| format!("the DHCP server: {e}"))?;
     let v6 = v6::V6::new([up.ipv6, ins.ipv6], up.gateway6.map(|g| (g, UPLINK)), max_flows as usize, udp_timeout)
         .map_err(|e| format!("an IPv6 route: {e}"))?;
-    let mtu = up.mtu.max(ins.mtu) as usize;
+    // Forward offload on both interfaces or, where one host refuses, said:
+    // TCP segments longer than the other's MTU are then dropped.
+    let offloaded = if offload { [uplink.forward_offload(), inside.forward_offload()] } else { [false; 2] };
+    let offload_note = match offloaded {
+        [true, true] => "; forward offload",
+        [false, false] => "",
+        [true, false] => "; forward offload on the uplink only (segments longer than the inside's MTU are dropped)",
+        [false, true] => "; forward offload on the inside only (segments longer than the uplink's MTU are dropped)",
+    };
+    // Room for a whole 64 KiB segment once a host may hand one over.
+    let mtu = if offloaded.contains(&true) { 65_535 } else { up.mtu.max(ins.mtu) as usize };
     let mut r = Router {
         nat,
         routes,
@@ -608,6 +674,7 @@ pub async fn start(
         scratch: vec![0; mtu],
         len: 0,
         counters: Counters::default(),
+        mtu: [up.mtu, ins.mtu],
         icmp_errors: 0,
         v6,
         uplink_gateway: up.gateway,
@@ -616,7 +683,7 @@ pub async fn start(
     let _ = console
         .write(
             format!(
-                "router: uplink {}/{} ({}gateway {}), inside {}/{}; {} flows at most; {} port forwards{}\n",
+                "router: uplink {}/{} ({}gateway {}), inside {}/{}; {} flows at most; {} port forwards{}{}\n",
                 up.ipv4.0,
                 up.ipv4.1,
                 if up.dhcp { "leased by DHCP, " } else { "" },
@@ -625,7 +692,8 @@ pub async fn start(
                 ins.ipv4.1,
                 max_flows,
                 forwards.len(),
-                ipv6_summary(&up, &ins)
+                ipv6_summary(&up, &ins),
+                offload_note
             )
             .as_bytes(),
         )

@@ -172,7 +172,15 @@ impl V6 {
     /// on interface `fi`, rewriting it in place: the hop limit, or the
     /// whole of an echo request to the router, which becomes its reply.
     pub fn process(&mut self, now_ms: u64, fi: u8, p: &mut [u8], rules: &mut Rules) -> Decision {
-        let Ok(ip) = wire::parse_ipv6(p) else { return self.drop() };
+        self.process_checked(now_ms, fi, p, rules, false)
+    }
+
+    /// As [`V6::process`]; with `checked`, the packet's upper-layer
+    /// checksum is not checked again: the IP layer did, or the host
+    /// vouched for it (and it may hold a partial sum, which the router
+    /// passes on).
+    pub fn process_checked(&mut self, now_ms: u64, fi: u8, p: &mut [u8], rules: &mut Rules, checked: bool) -> Decision {
+        let Ok(ip) = wire::parse_ipv6_vouched(p, checked) else { return self.drop() };
         let (upper, data, fragment) = wire::ipv6_upper_layer(&ip);
         let (src, dst, hop_limit, extensions) = (ip.src, ip.dst, ip.hop_limit, ip.next_header != upper.unwrap_or(0));
         let Some(proto) = upper.filter(|_| !fragment && !extensions) else { return self.drop() };

@@ -143,10 +143,10 @@ impl dnet::Net for Net {
 
     fn try_recv_into(&mut self, buf: &mut [u8]) -> Result<Option<(usize, RxMeta)>, dnet::Error> {
         match self.raw.read_meta(buf) {
-            Ok((n, vouched)) => {
+            Ok((n, flags)) => {
                 self.stats.rx_frames += 1;
                 self.stats.rx_bytes += n as u64;
-                Ok(Some((n, RxMeta::new(vouched))))
+                Ok(Some((n, RxMeta::from_vnet_flags(flags))))
             }
             Err(crate::Error::Again) => Ok(None),
             Err(_) => Err(dnet::Error::Io),

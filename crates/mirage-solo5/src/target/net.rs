@@ -146,21 +146,21 @@ impl Net {
         Ok(())
     }
 
-    /// As [`Net::read`], with whether the host vouches for the frame's
-    /// checksum, as its virtio-net header's flags say: a sum the host
-    /// checked (whenever it did), or one it left partial (only after
-    /// [`Net::rx_offload`]). Never where the frame came without a header.
-    pub fn read_meta(&self, buf: &mut [u8]) -> Result<(usize, bool), Error> {
+    /// As [`Net::read`], with the flags of the frame's virtio-net header
+    /// (`solo5_abi::vnet::VNET_F_NEEDS_CSUM`, `VNET_F_DATA_VALID`): a sum
+    /// the host checked (whenever it did), or one it left partial (only
+    /// after [`Net::rx_offload`]). 0 where the frame came without a header.
+    pub fn read_meta(&self, buf: &mut [u8]) -> Result<(usize, u8), Error> {
         #[cfg(feature = "spt")]
         if self.vnet_hdr {
             let mut hdr = [0u8; VNET_HDR_LEN];
             let n = super::spt::net_read_hdr(self.fd, &mut hdr, buf)?;
-            return Ok((n, solo5_abi::vnet::vnet_checksum_valid(hdr[0])));
+            return Ok((n, hdr[0]));
         }
         #[cfg(feature = "hvt")]
         return super::hvt::net_read_meta(self.handle, buf);
         #[cfg(not(feature = "hvt"))]
-        platform::net_read(self.handle, self.fd, buf).map(|n| (n, false))
+        platform::net_read(self.handle, self.fd, buf).map(|n| (n, 0))
     }
 
     /// Reads one frame into `buf`; its length, or [`Error::Again`] if none

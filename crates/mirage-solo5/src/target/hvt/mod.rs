@@ -444,14 +444,14 @@ pub(crate) fn net_write(handle: u64, _fd: i32, frame: &[u8]) -> Result<(), Error
     Error::check(w.ret)
 }
 
-/// Reads a frame into `buf`: its length, and whether the host vouches for
-/// its checksum (where the device has receive offload, which the flags of
-/// its commit say).
-pub(crate) fn net_read_meta(handle: u64, buf: &mut [u8]) -> Result<(usize, bool), Error> {
+/// Reads a frame into `buf`: its length, and its virtio-net header's flags
+/// (where the device has receive offload, which the flags of its commit
+/// say; 0 otherwise).
+pub(crate) fn net_read_meta(handle: u64, buf: &mut [u8]) -> Result<(usize, u8), Error> {
     if let Some(result) = ring().and_then(|r| r.read(handle, buf)) {
-        return result.map(|(n, flags)| (n, solo5_abi::vnet::vnet_checksum_valid(flags as u8)));
+        return result.map(|(n, flags)| (n, flags as u8));
     }
-    net_read(handle, 0, buf).map(|n| (n, false))
+    net_read(handle, 0, buf).map(|n| (n, 0))
 }
 
 pub(crate) fn net_read(handle: u64, _fd: i32, buf: &mut [u8]) -> Result<usize, Error> {
