@@ -252,8 +252,14 @@ pub struct HcNetRead {
     pub len: u64,
     /// OUT: a [`crate::SoloResult`].
     pub ret: u32,
-    /// Padding to the C struct size.
-    pub _pad: u32,
+    /// Padding to the C struct size in Solo5's. Ours: OUT, the flags of
+    /// the frame's virtio-net header (`VIRTIO_NET_HDR_F_NEEDS_CSUM`,
+    /// `VIRTIO_NET_HDR_F_DATA_VALID`; 0 where the tap has none), as
+    /// [`crate::ring::RingCommit::flags`] carries them: what a guest that
+    /// asked for receive offload ([`NET_RX_OFFLOAD_PIO`]) reads a frame
+    /// with. Solo5's tenders leave it as it is; our guests read it only
+    /// from a tender that granted receive offload.
+    pub flags: u32,
 }
 
 /// `struct hvt_hc_halt`.

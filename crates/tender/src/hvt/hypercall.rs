@@ -345,11 +345,15 @@ impl<'m> Hypercalls<'m> {
             Some((_, fd)) => {
                 let mut data = self.mem.writable(Gpa(r.data), r.len).map_err(&err)?;
                 // SAFETY: the slice is checked, writable guest memory.
-                let n =
-                    unsafe { tap::read_frame(fd, self.devices.vnet[r.handle as usize], data.as_mut_ptr(), data.len()) };
+                let (n, flags) = unsafe {
+                    tap::read_frame_flags(fd, self.devices.vnet[r.handle as usize], data.as_mut_ptr(), data.len())
+                };
                 if n > 0 {
                     r.len = n as u64;
                     r.ret = SoloResult::Ok as u32;
+                    // Ours, in Solo5's padding: what a guest with receive
+                    // offload needs of the header (HcNetRead::flags).
+                    r.flags = flags as u32;
                 } else if n == 0 || os_error().raw_os_error() == Some(libc::EAGAIN) {
                     r.ret = SoloResult::Again as u32;
                 } else {

@@ -106,7 +106,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
         "netread-arg-ro" => raw(Hypercall::NetRead.port(), text()),
         "netwrite-arg-ro" => raw(Hypercall::NetWrite.port(), text()),
         "netread-data-ro" => {
-            let mut r = HcNetRead { handle: 1, data: text(), len: 1514, ret: 0, _pad: 0 };
+            let mut r = HcNetRead { handle: 1, data: text(), len: 1514, ret: 0, flags: 0 };
             call(Hypercall::NetRead, &mut r);
         }
         "rx-offload-arg-ro" => raw(NET_RX_OFFLOAD_PIO, text()),

@@ -451,18 +451,27 @@ pub(crate) fn net_read_meta(handle: u64, buf: &mut [u8]) -> Result<(usize, u8), 
     if let Some(result) = ring().and_then(|r| r.read(handle, buf)) {
         return result.map(|(n, flags)| (n, flags as u8));
     }
-    net_read(handle, 0, buf).map(|n| (n, 0))
+    // Only our tender grants receive offload, and it gives the flags in
+    // the hypercall's padding (HcNetRead::flags); Solo5's leave it alone.
+    let (n, flags) = net_read_hypercall(handle, buf)?;
+    Ok((n, if ring::rx_offload(handle) { flags } else { 0 }))
 }
 
 pub(crate) fn net_read(handle: u64, _fd: i32, buf: &mut [u8]) -> Result<usize, Error> {
     if let Some(result) = ring().and_then(|r| r.read(handle, buf)) {
         return result.map(|(n, _)| n);
     }
-    let mut r = HcNetRead { handle, data: buf.as_mut_ptr() as u64, len: buf.len() as u64, ret: 0, _pad: 0 };
+    net_read_hypercall(handle, buf).map(|(n, _)| n)
+}
+
+/// One NET_READ hypercall: the frame's length and what the tender put in
+/// the flags.
+fn net_read_hypercall(handle: u64, buf: &mut [u8]) -> Result<(usize, u8), Error> {
+    let mut r = HcNetRead { handle, data: buf.as_mut_ptr() as u64, len: buf.len() as u64, ret: 0, flags: 0 };
     // SAFETY: the tender writes at most r.len bytes into `buf`, a live,
     // exclusive slice.
     unsafe { hypercall(&mut r) };
-    Error::check(r.ret).map(|()| r.len as usize)
+    Error::check(r.ret).map(|()| (r.len as usize, r.flags as u8))
 }
 
 /// Reports a CPU exception, at CPL 3 on the trap stack, then halts with

@@ -353,9 +353,9 @@ impl GuestRing {
         if let Some(got) = RX.with(|rx| rx.pop(handle, buf)) {
             return Some(Ok(got));
         }
-        // A device with receive offload is read only through the ring,
-        // whose commits carry the flags its frames need.
-        if !rx_offload(handle) && self.bypass() {
+        // (A device with receive offload gets its frames' flags either
+        // way: in the commits, or in the hypercall's.)
+        if self.bypass() {
             return None;
         }
         let Some((slots, size, count)) = RX.with(|rx| rx.batch(handle, buf.len())) else {
@@ -464,8 +464,14 @@ impl GuestRing {
 
 /// Reads at most this many frames in one batch.
 const BATCH_MAX: usize = 32;
-/// ... and at most this many bytes of buffers per interface, for large MTUs.
-const BATCH_BYTES: usize = 256 * 1024;
+/// ... and at most this many bytes of buffers per interface, for large
+/// frames: 32 of 64 KiB, so that a device with receive offload (whose
+/// every buffer must hold a 64 KiB segment) still reads a flood of small
+/// frames 32 a wait. The host backs only the pages frames are read into:
+/// a small frame touches one page of its buffer.
+const BATCH_BYTES: usize = 32 * 64 * 1024;
+/// Where memory is short for that, this many bytes.
+const BATCH_BYTES_SHORT: usize = 256 * 1024;
 
 /// Frames read ahead, per interface.
 struct RxQueue {
@@ -511,10 +517,12 @@ impl Rx {
             self.0.push(RxQueue { handle, bufs: Vec::new(), size: 0, ready: VecDeque::new(), next: 2 });
         }
         let q = self.queue(handle)?;
-        let slots = BATCH_MAX.min(BATCH_BYTES / size).max(1);
+        let slots = |bytes: usize| BATCH_MAX.min(bytes / size).max(1);
         if q.size < size {
             // The queue is empty here: pop was asked first.
-            let bufs = mirage_runtime::memory::zeroed(slots.checked_mul(size)?)?;
+            let bufs = mirage_runtime::memory::zeroed(slots(BATCH_BYTES).checked_mul(size)?)
+                .or_else(|| mirage_runtime::memory::zeroed(slots(BATCH_BYTES_SHORT).checked_mul(size)?))?;
+            let slots = bufs.len() / size;
             q.ready.try_reserve(slots).ok()?;
             q.bufs = bufs;
             q.size = size;
@@ -546,15 +554,17 @@ impl Rx {
 /// receive offload on for ([`solo5_abi::hvt::NET_RX_OFFLOAD_PIO`]).
 static RX_OFFLOAD: AtomicU64 = AtomicU64::new(0);
 
-/// Records that `handle` has receive offload: it is read through the ring
-/// from now on.
+/// Records that `handle` has receive offload: its frames' header flags
+/// are read from now on, from the ring's commits or the hypercall's.
 pub(crate) fn set_rx_offload(handle: u64) {
     if handle < 64 {
         RX_OFFLOAD.fetch_or(1 << handle, Ordering::Relaxed);
     }
 }
 
-fn rx_offload(handle: u64) -> bool {
+/// Whether the tender turned receive offload on for `handle` (it is ours,
+/// then, and gives each frame's flags).
+pub(crate) fn rx_offload(handle: u64) -> bool {
     handle < 64 && RX_OFFLOAD.load(Ordering::Relaxed) & (1 << handle) != 0
 }
 
