@@ -163,6 +163,22 @@ impl Net {
         platform::net_read(self.handle, self.fd, buf).map(|n| (n, 0))
     }
 
+    /// Reads one frame and lends it to `f` with its header's flags (as
+    /// [`Net::read_meta`] gives them) where it was read, instead of copying
+    /// it into a buffer of the caller's, of `size` bytes: `f`'s result and
+    /// the frame's length. `None`, and `f` not called, where frames are not
+    /// read that way (only hvt's ring reads them into buffers of its own)
+    /// or not now: the caller then reads with [`Net::read_meta`].
+    pub fn read_lent<R>(&self, size: usize, f: impl FnOnce(&mut [u8], u8) -> R) -> Option<Result<(usize, R), Error>> {
+        #[cfg(feature = "hvt")]
+        return super::hvt::net_read_lent(self.handle, size, f);
+        #[cfg(not(feature = "hvt"))]
+        {
+            let _ = (size, f);
+            None
+        }
+    }
+
     /// Reads one frame into `buf`; its length, or [`Error::Again`] if none
     /// is waiting. `buf` should hold `mtu + 14` bytes (or, after
     /// [`Net::rx_offload`], [`solo5_abi::vnet::VNET_MAX_RECEIVED`]).

@@ -457,6 +457,18 @@ pub(crate) fn net_read_meta(handle: u64, buf: &mut [u8]) -> Result<(usize, u8), 
     Ok((n, if ring::rx_offload(handle) { flags } else { 0 }))
 }
 
+/// Reads a frame and lends it to `f` where the ring layer read it, with
+/// its header's flags; `None` when it must be read with
+/// [`net_read_meta`] instead. `size` is what the caller's own buffer
+/// holds.
+pub(crate) fn net_read_lent<R>(
+    handle: u64,
+    size: usize,
+    f: impl FnOnce(&mut [u8], u8) -> R,
+) -> Option<Result<(usize, R), Error>> {
+    ring()?.read_lent(handle, size, |frame, flags| f(frame, flags as u8))
+}
+
 pub(crate) fn net_read(handle: u64, _fd: i32, buf: &mut [u8]) -> Result<usize, Error> {
     if let Some(result) = ring().and_then(|r| r.read(handle, buf)) {
         return result.map(|(n, _)| n);

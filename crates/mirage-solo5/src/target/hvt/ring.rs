@@ -358,9 +358,50 @@ impl GuestRing {
         if self.bypass() {
             return None;
         }
-        let Some((slots, size, count)) = RX.with(|rx| rx.batch(handle, buf.len())) else {
+        let Some(first_error) = self.fill(handle, buf.len()) else {
             return Some(self.read_one(handle, buf.as_mut_ptr() as u64, buf.len()).map(|(n, f)| (n.min(buf.len()), f)));
         };
+        match RX.with(|rx| rx.pop(handle, buf)) {
+            Some(got) => Some(Ok(got)),
+            None => Some(Err(first_error.unwrap_or(Error::Again))),
+        }
+    }
+
+    /// As [`GuestRing::read`], the frame lent to `f` where it was read (one
+    /// of the ring layer's buffers of `size` bytes) instead of copied out:
+    /// `f`'s result, and the frame's length. `None` when the caller should
+    /// read it otherwise ([`Self::bypass`], or no buffers could be had).
+    pub(crate) fn read_lent<R>(
+        &self,
+        handle: u64,
+        size: usize,
+        f: impl FnOnce(&mut [u8], u32) -> R,
+    ) -> Option<Result<(usize, R), Error>> {
+        let mut first_error = None;
+        if !RX.with(|rx| rx.ready(handle)) {
+            if self.bypass() {
+                return None;
+            }
+            first_error = self.fill(handle, size)?;
+        }
+        let Some((frame, len, flags)) = RX.with(|rx| rx.lend(handle)) else {
+            return Some(Err(first_error.unwrap_or(Error::Again)));
+        };
+        // SAFETY: `len` bytes of the queue's buffers from `frame`, which
+        // the tender has written and is done with (its commit was taken);
+        // they are not read into again while lent (`Rx::batch` refuses
+        // until `give_back`), and the queue's buffers are not freed while
+        // it lives, which is for ever.
+        let r = f(unsafe { core::slice::from_raw_parts_mut(frame, len) }, flags);
+        RX.with(|rx| rx.give_back(handle));
+        Some(Ok((len, r)))
+    }
+
+    /// Reads a batch of frames ahead for `handle` into buffers of `size`
+    /// bytes: `None` if no buffers could be had, else the first error
+    /// a read in it met, if any.
+    fn fill(&self, handle: u64, size: usize) -> Option<Option<Error>> {
+        let (slots, size, count) = RX.with(|rx| rx.batch(handle, size))?;
         // A sleeping thread is woken (once, for the batch): it then serves
         // the reads that follow without exits. Unless it was lately slow to
         // answer: the vCPU then has the tender serve the reads at once (see
@@ -392,10 +433,7 @@ impl GuestRing {
         }
         self.ring.com_head.store(head.wrapping_add(n), Ordering::Release);
         RX.with(|rx| rx.done(handle, got, count));
-        match RX.with(|rx| rx.pop(handle, buf)) {
-            Some(got) => Some(Ok(got)),
-            None => Some(Err(first_error.unwrap_or(Error::Again))),
-        }
+        Some(first_error)
     }
 
     /// Writes `data` at byte `offset` of block device `handle` and syncs
@@ -484,6 +522,9 @@ struct RxQueue {
     ready: VecDeque<(usize, usize, u32)>,
     /// Reads in the next batch.
     next: usize,
+    /// A frame of `bufs` is lent out ([`GuestRing::read_lent`]): no batch
+    /// may read into them until it is given back.
+    lent: bool,
 }
 
 /// The read-ahead of every interface read through the ring.
@@ -506,6 +547,29 @@ impl Rx {
         Some((n, flags))
     }
 
+    /// Whether a frame is read ahead for `handle`.
+    fn ready(&mut self, handle: u64) -> bool {
+        self.queue(handle).is_some_and(|q| !q.ready.is_empty())
+    }
+
+    /// Lends the next frame read ahead for `handle`, where it lies: its
+    /// address, length and flags. The queue reads nothing more until
+    /// [`Rx::give_back`].
+    fn lend(&mut self, handle: u64) -> Option<(*mut u8, usize, u32)> {
+        let q = self.queue(handle).filter(|q| !q.lent)?;
+        let (i, len, flags) = q.ready.pop_front()?;
+        q.lent = true;
+        // In bounds: `i` is a buffer of the batch, `len` at most its size.
+        Some((q.bufs[i * q.size..].as_mut_ptr(), len.min(q.size), flags))
+    }
+
+    /// The frame [`Rx::lend`] lent out is done with.
+    fn give_back(&mut self, handle: u64) {
+        if let Some(q) = self.queue(handle) {
+            q.lent = false;
+        }
+    }
+
     /// Buffers for the next batch of `handle`, each of at least `size`
     /// bytes: their address, size and count. `None` if memory is short.
     fn batch(&mut self, handle: u64, size: usize) -> Option<(*mut u8, usize, usize)> {
@@ -514,9 +578,9 @@ impl Rx {
         }
         if self.queue(handle).is_none() {
             self.0.try_reserve(1).ok()?;
-            self.0.push(RxQueue { handle, bufs: Vec::new(), size: 0, ready: VecDeque::new(), next: 2 });
+            self.0.push(RxQueue { handle, bufs: Vec::new(), size: 0, ready: VecDeque::new(), next: 2, lent: false });
         }
-        let q = self.queue(handle)?;
+        let q = self.queue(handle).filter(|q| !q.lent)?;
         let slots = |bytes: usize| BATCH_MAX.min(bytes / size).max(1);
         if q.size < size {
             // The queue is empty here: pop was asked first.
