@@ -353,12 +353,14 @@ impl GuestRing {
         if let Some(got) = RX.with(|rx| rx.pop(handle, buf)) {
             return Some(Ok(got));
         }
-        // (A device with receive offload gets its frames' flags either
-        // way: in the commits, or in the hypercall's.)
-        if self.bypass() {
+        // A device with receive offload (a stack's) is read only through
+        // the ring, in batches of at most BATCH_BYTES_SHORT: measured
+        // best for a server under many connections (BENCHMARKS.md,
+        // 2026-12-02), though the hypercall gives the flags too.
+        if !rx_offload(handle) && self.bypass() {
             return None;
         }
-        let Some(first_error) = self.fill(handle, buf.len()) else {
+        let Some(first_error) = self.fill(handle, buf.len(), BATCH_BYTES_SHORT) else {
             return Some(self.read_one(handle, buf.as_mut_ptr() as u64, buf.len()).map(|(n, f)| (n.min(buf.len()), f)));
         };
         match RX.with(|rx| rx.pop(handle, buf)) {
@@ -379,10 +381,14 @@ impl GuestRing {
     ) -> Option<Result<(usize, R), Error>> {
         let mut first_error = None;
         if !RX.with(|rx| rx.ready(handle)) {
+            // A forwarder (the IP layer lends its frames) keeps the
+            // sparse-traffic bypass, and reads up to 32 frames a batch
+            // whatever their size: measured best for forwarding small
+            // packets and for round trips (BENCHMARKS.md, 2026-12-02).
             if self.bypass() {
                 return None;
             }
-            first_error = self.fill(handle, size)?;
+            first_error = self.fill(handle, size, BATCH_BYTES)?;
         }
         let Some((frame, len, flags)) = RX.with(|rx| rx.lend(handle)) else {
             return Some(Err(first_error.unwrap_or(Error::Again)));
@@ -400,8 +406,8 @@ impl GuestRing {
     /// Reads a batch of frames ahead for `handle` into buffers of `size`
     /// bytes: `None` if no buffers could be had, else the first error
     /// a read in it met, if any.
-    fn fill(&self, handle: u64, size: usize) -> Option<Option<Error>> {
-        let (slots, size, count) = RX.with(|rx| rx.batch(handle, size))?;
+    fn fill(&self, handle: u64, size: usize, bytes: usize) -> Option<Option<Error>> {
+        let (slots, size, count) = RX.with(|rx| rx.batch(handle, size, bytes))?;
         // A sleeping thread is woken (once, for the batch): it then serves
         // the reads that follow without exits. Unless it was lately slow to
         // answer: the vCPU then has the tender serve the reads at once (see
@@ -503,18 +509,20 @@ impl GuestRing {
 /// Reads at most this many frames in one batch.
 const BATCH_MAX: usize = 32;
 /// ... and at most this many bytes of buffers per interface, for large
-/// frames: 32 of 64 KiB, so that a device with receive offload (whose
-/// every buffer must hold a 64 KiB segment) still reads a flood of small
-/// frames 32 a wait. The host backs only the pages frames are read into:
-/// a small frame touches one page of its buffer.
+/// frames, where frames are lent ([`GuestRing::read_lent`]): 32 of 64
+/// KiB, so that a forwarder with receive offload (whose every buffer must
+/// hold a 64 KiB segment) still reads a flood of small frames 32 a wait.
+/// The host backs only the pages frames are read into: a small frame
+/// touches one page of its buffer.
 const BATCH_BYTES: usize = 32 * 64 * 1024;
-/// Where memory is short for that, this many bytes.
+/// Where frames are copied out ([`GuestRing::read`]), or memory is short
+/// for [`BATCH_BYTES`], this many.
 const BATCH_BYTES_SHORT: usize = 256 * 1024;
 
 /// Frames read ahead, per interface.
 struct RxQueue {
     handle: u64,
-    /// `BATCH_MAX.min(BATCH_BYTES / size)` buffers of `size` bytes.
+    /// At most `BATCH_MAX` buffers of `size` bytes (see `BATCH_BYTES`).
     bufs: Vec<u8>,
     size: usize,
     /// Frames read and not yet handed out, in order: buffer index, length,
@@ -572,7 +580,7 @@ impl Rx {
 
     /// Buffers for the next batch of `handle`, each of at least `size`
     /// bytes: their address, size and count. `None` if memory is short.
-    fn batch(&mut self, handle: u64, size: usize) -> Option<(*mut u8, usize, usize)> {
+    fn batch(&mut self, handle: u64, size: usize, bytes: usize) -> Option<(*mut u8, usize, usize)> {
         if size == 0 {
             return None;
         }
@@ -584,7 +592,7 @@ impl Rx {
         let slots = |bytes: usize| BATCH_MAX.min(bytes / size).max(1);
         if q.size < size {
             // The queue is empty here: pop was asked first.
-            let bufs = mirage_runtime::memory::zeroed(slots(BATCH_BYTES).checked_mul(size)?)
+            let bufs = mirage_runtime::memory::zeroed(slots(bytes).checked_mul(size)?)
                 .or_else(|| mirage_runtime::memory::zeroed(slots(BATCH_BYTES_SHORT).checked_mul(size)?))?;
             let slots = bufs.len() / size;
             q.ready.try_reserve(slots).ok()?;
