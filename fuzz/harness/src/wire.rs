@@ -16,6 +16,12 @@ use smoltcp::wire::{self as smol, IpAddress, IpProtocol};
 /// The input is a frame, and the recipe for one.
 pub fn run(data: &[u8]) {
     assert_eq!(wire::checksum(data), reference_checksum(0, data), "checksum of {} bytes", data.len());
+    // Where a router leaves a partial checksum: within the packet, and
+    // only TCP's or UDP's, whatever the bytes.
+    if let Some((start, offset, proto)) = wire::transport_checksum_field(data) {
+        assert!(usize::from(start) + usize::from(offset) + 2 <= data.len(), "a field past the packet");
+        assert!(matches!((proto, offset), (wire::PROTO_TCP, 16) | (wire::PROTO_UDP, 6)), "{proto} at {offset}");
+    }
     check_parse(data);
     if let Some((frame, expect)) = build(data) {
         let (_, packet) =
@@ -70,6 +76,10 @@ fn check_parse(frame: &[u8]) {
             assert_eq!(reference_checksum(0, &eth.payload[..p.header_len]), 0);
             if !p.fragment {
                 check_transport(p.protocol, p.payload, IpAddress::Ipv4(p.src), IpAddress::Ipv4(p.dst));
+                if matches!(p.protocol, wire::PROTO_TCP | wire::PROTO_UDP) {
+                    let field = wire::transport_checksum_field(eth.payload).map(|f| f.0);
+                    assert_eq!(field, Some(p.header_len as u16), "the checksum field of a packet wire accepts");
+                }
             }
         }
         Packet::Ipv6(p) => {
