@@ -53,6 +53,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
             Some("10"),
             "Print a line of counters every this many seconds (0: never).",
         ),
+        Arg::new::<bool>(
+            "offload",
+            Some("true"),
+            "Forward TCP segments of up to 64 KiB whole, their checksums left to the host, where both interfaces' hosts offer it (virtio-net headers on the taps: our tenders and the unix target); false: every packet within the MTU, summed in full.",
+        ),
     ];
     specs.extend(mirage_tcpip::IpConfig::args_prefixed(
         "uplink",
@@ -112,6 +117,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let max_flows: u32 = args.get("max-flows");
     let udp_timeout: u32 = args.get("udp-timeout");
     let stats: u32 = args.get("stats");
+    let offload: bool = args.get("offload");
     solo5::dev::run(async move {
         router::start(
             console,
@@ -127,6 +133,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
             max_flows,
             udp_timeout,
             stats,
+            offload,
         )
         .await
     })

@@ -42,6 +42,11 @@ fn main() {
             Some("10"),
             "Print a line of counters every this many seconds (0: never).",
         ),
+        Arg::new::<bool>(
+            "offload",
+            Some("true"),
+            "Forward TCP segments of up to 64 KiB whole, their checksums left to the host, where both interfaces' hosts offer it (virtio-net headers on the taps: our tenders and the unix target); false: every packet within the MTU, summed in full.",
+        ),
         Arg::new::<String>(
             "net:uplink",
             Some("tap0"),
@@ -109,6 +114,7 @@ fn main() {
     let max_flows: u32 = args.get("max-flows");
     let udp_timeout: u32 = args.get("udp-timeout");
     let stats: u32 = args.get("stats");
+    let offload: bool = args.get("offload");
     std::process::exit(mirage_unix::run(async move {
         router::start(
             console,
@@ -124,6 +130,7 @@ fn main() {
             max_flows,
             udp_timeout,
             stats,
+            offload,
         )
         .await
     }));
