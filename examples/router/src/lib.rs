@@ -206,8 +206,6 @@ struct Router {
     scratch: Vec<u8>,
     len: usize,
     counters: Counters,
-    /// Each interface's MTU.
-    mtu: [u16; 2],
     /// ICMP errors sent since the last tick.
     icmp_errors: u32,
     /// IPv6 routing and its flows.
@@ -264,9 +262,9 @@ impl Router {
     /// straight to `to` (interface `ti`) when that is where it goes; what
     /// else it needs is left in `scratch`. `None`: no packet waited.
     fn pump(&mut self, from: &mut impl Ip, fi: u8, to: &mut impl Ip, ti: u8) -> Option<Later> {
-        let Router { nat, routes, own, scratch, len, counters, v6, mtu, .. } = self;
+        let Router { nat, routes, own, scratch, len, counters, v6, .. } = self;
         let inside_own = own[INSIDE as usize].0;
-        let out_mtu = mtu[ti as usize] as usize;
+        let out_mtu = to.info().mtu as usize;
         let got = from.try_recv_meta(|p, meta| {
             // A partial checksum (forward offload) is passed on as it is
             // to the other interface; a packet kept for later, or that
@@ -674,7 +672,6 @@ pub async fn start(
         scratch: vec![0; mtu],
         len: 0,
         counters: Counters::default(),
-        mtu: [up.mtu, ins.mtu],
         icmp_errors: 0,
         v6,
         uplink_gateway: up.gateway,
