@@ -85,6 +85,19 @@ pub const FEATURE_NET_RX_OFFLOAD: u32 = 1 << 4;
 /// guest. A guest that ignores the bit makes the BLOCK_WRITE_SYNC_PIO
 /// hypercall, as before.
 pub const FEATURE_RING_BLOCK: u32 = 1 << 5;
+/// Ours: the ring also takes [`crate::ring::OP_NET_POST_READ`], receive
+/// buffers the guest posts for the I/O thread to fill as frames arrive,
+/// as a virtio-net driver fills its receive queue. The thread takes such
+/// an entry at once and keeps the buffer; it blocks in `epoll` on the
+/// taps it holds buffers for (and its kick eventfd), and posts a commit,
+/// with the entry's id, for each frame it reads into one. A guest that
+/// posts reads a device only that way from then on, and consumes commits
+/// without waiting for or asking anyone; it makes POLL only when no
+/// buffer is filled, and the tender's POLL fills the posted buffers
+/// itself before it answers or sleeps, so that a frame never waits for
+/// the I/O thread to be scheduled. A guest that ignores the bit reads as
+/// Solo5's guests do.
+pub const FEATURE_RING_POSTED: u32 = 1 << 6;
 
 /// Default guest memory (512 MiB), as `solo5-hvt`.
 pub const DEFAULT_MEM_SIZE: u64 = 0x2000_0000;

@@ -44,12 +44,24 @@ pub const OP_NET_READ: u32 = 2;
 /// not granted flushes, or a range outside it, gets `ret` EINVAL and
 /// nothing is written. Solo5's tenders skip the unknown operation.
 pub const OP_BLOCK_WRITE_SYNC: u32 = 0x100;
+/// Ours, where the tender offers [`crate::hvt::FEATURE_RING_POSTED`]: a
+/// receive buffer of `len` bytes at `data` for the network device
+/// `handle`. The tender takes the entry at once (moves `ent_head` past it)
+/// and keeps the buffer, at most [`RING_SIZE`] of them in all; buffers of a
+/// device are filled in the order they were posted, one frame each, and
+/// each filled buffer gets a commit with the entry's id, its length and
+/// its header's flags, in the order the frames arrived. A commit is posted
+/// only while fewer than [`RING_SIZE`] commits wait for the guest. A buffer
+/// for a handle that is not a network device is committed at once with
+/// `ret` EINVAL. Solo5's tenders skip the unknown operation.
+pub const OP_NET_POST_READ: u32 = 0x101;
 
 /// `struct hvt_ring_entry`: one request from the guest.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct RingEntry {
-    /// [`OP_NET_WRITE`], [`OP_NET_READ`] or [`OP_BLOCK_WRITE_SYNC`].
+    /// [`OP_NET_WRITE`], [`OP_NET_READ`], [`OP_BLOCK_WRITE_SYNC`] or
+    /// [`OP_NET_POST_READ`].
     pub operation: AtomicU32,
     /// The device handle (manifest index).
     pub handle: AtomicU32,
