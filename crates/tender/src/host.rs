@@ -104,7 +104,22 @@ impl WaitSet {
 
     /// Adds `fd`, reported ready with `data`.
     pub fn add(&self, fd: i32, data: u64) -> Result<(), Exit> {
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: data };
+        self.add_events(fd, data, libc::EPOLLIN as u32)
+    }
+
+    /// Adds `fd`, reported ready with `data`, to be woken exclusively
+    /// (`EPOLLEXCLUSIVE`): where another thread's wait set holds `fd` the
+    /// same way, a frame wakes one of the two, this one first when it is
+    /// waiting (it was registered first). hvt's POLL and the net ring's I/O
+    /// thread both wait on a tap the guest posts receive buffers for
+    /// ([`solo5_abi::hvt::FEATURE_RING_POSTED`]); waking both for each
+    /// frame doubled the latency a frame saw.
+    pub fn add_exclusive(&self, fd: i32, data: u64) -> Result<(), Exit> {
+        self.add_events(fd, data, (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32)
+    }
+
+    fn add_events(&self, fd: i32, data: u64, events: u32) -> Result<(), Exit> {
+        let mut ev = libc::epoll_event { events, u64: data };
         // SAFETY: both descriptors are open; ev is a valid epoll_event.
         if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
             let e = strerror(&os_error());

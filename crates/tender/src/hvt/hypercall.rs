@@ -78,7 +78,7 @@ impl<'m> Hypercalls<'m> {
         let mut npollfds = 0;
         for i in devices.attached(MftType::NetBasic) {
             if let Some((_, fd)) = devices.get(i as u64, MftType::NetBasic) {
-                wait.add(fd, i as u64)?;
+                wait.add_exclusive(fd, i as u64)?;
                 npollfds += 1;
             }
         }
@@ -114,7 +114,7 @@ impl<'m> Hypercalls<'m> {
         match hc {
             Some(Hypercall::Walltime) => self.walltime(gpa),
             Some(Hypercall::Puts) => self.puts(gpa),
-            Some(Hypercall::Poll) => self.poll(gpa),
+            Some(Hypercall::Poll) => self.poll(gpa).map(|_| ()),
             Some(Hypercall::BlockWrite) => self.block_io(gpa, true),
             Some(Hypercall::BlockRead) => self.block_io(gpa, false),
             Some(Hypercall::NetWrite) => self.net_write(gpa),
@@ -153,9 +153,27 @@ impl<'m> Hypercalls<'m> {
         Ok(())
     }
 
-    fn poll(&self, gpa: Gpa) -> Result<(), Exit> {
+    /// Answers a POLL at once: the devices in `ready` have input (frames
+    /// the net ring's posted buffers hold; see [`super::ring::RingThread::poll`]).
+    pub fn poll_ready(&self, gpa: Gpa, ready: u64) -> Result<(), Exit> {
         let mut arg = self.mem.arg::<HcPoll>(gpa).map_err(guest(Hypercall::Poll))?;
         let mut p = arg.get();
+        p.ready_set = ready;
+        p.ret = ready.count_ones() as i32;
+        arg.set(&p);
+        Ok(())
+    }
+
+    /// POLL: waits for the timeout or a NIC, and answers; the NICs ready,
+    /// as its ready set.
+    pub fn poll(&self, gpa: Gpa) -> Result<u64, Exit> {
+        self.poll_timer(gpa)?;
+        self.poll_wait(gpa)
+    }
+
+    /// The first half of POLL: arms its timeout.
+    pub fn poll_timer(&self, gpa: Gpa) -> Result<(), Exit> {
+        let p = self.mem.arg::<HcPoll>(gpa).map_err(guest(Hypercall::Poll))?.get();
         let it = libc::itimerspec {
             it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
             it_value: libc::timespec {
@@ -168,6 +186,15 @@ impl<'m> Hypercalls<'m> {
         if unsafe { libc::timerfd_settime(self.wait.timerfd.as_raw_fd(), 0, &it, std::ptr::null_mut()) } < 0 {
             return Err(fatal!("timerfd_settime() failed: {}", strerror(&os_error())));
         }
+        Ok(())
+    }
+
+    /// The second half of POLL, once [`Hypercalls::poll_timer`] armed
+    /// the timeout: waits for it or a NIC, and answers; the NICs ready,
+    /// as its ready set.
+    pub fn poll_wait(&self, gpa: Gpa) -> Result<u64, Exit> {
+        let mut arg = self.mem.arg::<HcPoll>(gpa).map_err(guest(Hypercall::Poll))?;
+        let mut p = arg.get();
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 65];
         let max = (self.npollfds + 1).min(events.len());
         let n = loop {
@@ -184,7 +211,7 @@ impl<'m> Hypercalls<'m> {
             }
             if self.failure.failed() {
                 // The vCPU loop reports the I/O thread's error next.
-                return Ok(());
+                return Ok(0);
             }
         };
         let mut ready = 0u64;
@@ -199,7 +226,7 @@ impl<'m> Hypercalls<'m> {
         p.ready_set = ready;
         p.ret = count;
         arg.set(&p);
-        Ok(())
+        Ok(ready)
     }
 
     fn block_entry(&self, handle: u64, offset: u64, len: u64) -> Option<i32> {

@@ -17,7 +17,7 @@ use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd};
 use solo5_abi::hvt::{
     self, BootInfo, FEATURE_NET_CSUM, FEATURE_NET_RX_OFFLOAD, FEATURE_NET_TSO, FEATURE_RING_BLOCK, FEATURE_RING_IO,
-    FEATURE_RING_SERVE, GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE, TrapRegs,
+    FEATURE_RING_POSTED, FEATURE_RING_SERVE, GUEST_MAX_MEM_SIZE, GUEST_PAGE_SIZE, TrapRegs,
 };
 use solo5_abi::mft::MftType;
 use solo5_abi::note::AbiTarget;
@@ -246,7 +246,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
             Some(r) => {
                 let net = if r.offers_csum() { FEATURE_NET_CSUM | FEATURE_NET_TSO | FEATURE_NET_RX_OFFLOAD } else { 0 };
                 let block = if r.offers_block() { FEATURE_RING_BLOCK } else { 0 };
-                FEATURE_RING_IO | FEATURE_RING_SERVE | net | block
+                FEATURE_RING_IO | FEATURE_RING_SERVE | FEATURE_RING_POSTED | net | block
             }
             None => 0,
         },
@@ -448,7 +448,7 @@ fn drop_privileges(
     debugger: Option<&gdb::Server>,
 ) -> Result<(), Exit> {
     host::refuse_read_implies_exec()?;
-    let mut p = policy(hc, vcpu, nics, ring.map(RingThread::eventfd));
+    let mut p = policy(hc, vcpu, nics, ring.map(|r| (r.eventfd(), r.epoll())));
     if let Some(dc) = dumpcore {
         dumpcore_policy(&mut p, vcpu, dc);
     }
@@ -501,7 +501,7 @@ fn dumpcore_policy(p: &mut Policy, vcpu: &VcpuFd, dc: &DumpCore) {
 
 /// What the tender may do once the guest runs. `TSYNC` extends it to the
 /// net I/O thread.
-pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], ring_eventfd: Option<i32>) -> Policy {
+pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], ring_fds: Option<(i32, i32)>) -> Policy {
     use std::os::fd::AsRawFd;
     let vcpu_fd = vcpu.as_raw_fd() as u64;
     let (epoll, timer) = hc.wait_fds();
@@ -559,11 +559,21 @@ pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], rin
                 );
         }
     }
-    if let Some(efd) = ring_eventfd {
+    if let Some((efd, epoll)) = ring_fds {
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() } as u64;
-        p.when(libc::SYS_read, &[Arg::Int(0, efd as u64), Arg::Eq(2, 8)], "the net I/O thread sleeps on its eventfd")
-            .when(libc::SYS_write, &[Arg::Int(0, efd as u64), Arg::Eq(2, 8)], "waking the net I/O thread to stop it")
+        p.when(libc::SYS_read, &[Arg::Int(0, efd as u64), Arg::Eq(2, 8)], "the net I/O thread takes its kicks")
+            .when(libc::SYS_epoll_pwait, &[Arg::Int(0, epoll as u64)], "the net I/O thread sleeps")
+            .when(
+                libc::SYS_epoll_ctl,
+                &[Arg::Int(0, epoll as u64), Arg::Eq(1, libc::EPOLL_CTL_ADD as u64)],
+                "the net I/O thread waits on a tap the guest posts receive buffers for",
+            )
+            .when(
+                libc::SYS_write,
+                &[Arg::Int(0, efd as u64), Arg::Eq(2, 8)],
+                "waking the net I/O thread: to stop it, or to spin for the guest's writes",
+            )
             .when(
                 libc::SYS_tgkill,
                 &[Arg::Int(0, pid), Arg::Int(2, ring::STOP_SIGNAL as u64)],
@@ -646,6 +656,19 @@ fn vcpu_loop(
                     return Ok(Stopped::Fault(fatal!("Invalid guest port access: port=0x{port:x}")));
                 }
                 let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
+                // A guest that posts receive buffers has them filled before
+                // its POLL answers or sleeps (FEATURE_RING_POSTED).
+                if port - base == hvt::Hypercall::Poll as u16
+                    && let Some(r) = ring.filter(|r| r.posting())
+                {
+                    let gpa = memory::Gpa(gpa);
+                    hc.poll_timer(gpa)?;
+                    r.poll(|ready| match ready {
+                        Some(ready) => hc.poll_ready(gpa, ready).map(|()| ready),
+                        None => hc.poll_wait(gpa),
+                    })?;
+                    continue;
+                }
                 // Writes the guest left in the ring without waking the I/O
                 // thread go out before the hypercall does anything (waits,
                 // halts, or sends a frame of its own); see FEATURE_RING_SERVE.

@@ -83,12 +83,28 @@ const PROTECTED_NET: &[(&str, &str)] = &[
     ("serve-read-ro", "net ring read: Invalid guest access: gpa={gpa}, sz=1514"),
     ("serve-write-oob", "net ring write: Invalid guest access: gpa=0xfff00000, sz=60"),
     ("serve-overflow", "net ring: guest submitted 1025 entries, the ring holds 1024"),
+    // Receive buffers posted (FEATURE_RING_POSTED): in read-only memory,
+    // and more than the tender keeps.
+    ("ring-post-ro", "net ring posted read: Invalid guest access: gpa={gpa}, sz=1514"),
+    ("serve-post-ro", "net ring posted read: Invalid guest access: gpa={gpa}, sz=1514"),
+    ("post-flood", "net ring: guest posted more than 1024 receive buffers"),
     ("serve-bad-csum", "net ring: a write asks for a checksum the frame does not hold: 0x10010003c for 60 bytes"),
     (
         "serve-bad-tso",
         "net ring: a write asks to cut a TCP segment the frame does not hold: 0x5a8000100100022 for 60 bytes",
     ),
 ];
+
+/// Runs `hostile-net WHAT` on hvt with a tap in a namespace of its own:
+/// its exit status and output.
+fn hostile_net(what: &str) -> Result<(i32, String), String> {
+    let ns = Netns::new()?;
+    let mut c = ns.command(tender("hvt"));
+    c.arg("--net:service=tap0").arg(guest("hvt", "hostile-net")?).arg(what);
+    let mut g = Background::start(c)?;
+    let status = g.wait(Duration::from_secs(30))?;
+    Ok((status, g.output()))
+}
 
 pub fn cases(v: &mut Vec<Case>) {
     spt_cases(v);
@@ -109,12 +125,7 @@ pub fn cases(v: &mut Vec<Case>) {
     }
     for &(what, message) in PROTECTED_NET {
         v.push(case(format!("hvt::hostile_{what}"), Needs::Net("hvt"), move || {
-            let ns = Netns::new()?;
-            let mut c = ns.command(tender("hvt"));
-            c.arg("--net:service=tap0").arg(guest("hvt", "hostile-net")?).arg(what);
-            let mut g = Background::start(c)?;
-            let status = g.wait(Duration::from_secs(30))?;
-            let out = g.output();
+            let (status, out) = hostile_net(what)?;
             if out.contains("panicked") || out.contains("the tender accepted") {
                 return Err(format!("the tender accepted {what} or panicked:\n{out}"));
             }
@@ -129,13 +140,16 @@ pub fn cases(v: &mut Vec<Case>) {
             Ok(())
         }));
     }
+    v.push(case("hvt::ring_post_for_what_is_not_a_tap_is_committed_einval", Needs::Net("hvt"), || {
+        let (status, out) = hostile_net("post-bad-handle")?;
+        // Committed at once, with the entry's id, EINVAL (2).
+        if status != 0 || !out.contains("hostile: a buffer posted for handle 7: 1 commit, id 77, ret 2") {
+            return Err(format!("status {status}:\n{out}"));
+        }
+        Ok(())
+    }));
     v.push(case("hvt::net_rx_offload_answers_einval_for_what_is_not_a_tap", Needs::Net("hvt"), || {
-        let ns = Netns::new()?;
-        let mut c = ns.command(tender("hvt"));
-        c.arg("--net:service=tap0").arg(guest("hvt", "hostile-net")?).arg("rx-offload-handles");
-        let mut g = Background::start(c)?;
-        let status = g.wait(Duration::from_secs(30))?;
-        let out = g.output();
+        let (status, out) = hostile_net("rx-offload-handles")?;
         // EINVAL (2) for the reserved entry, a handle past the manifest
         // and a huge one; OK (0) for the tap.
         if status != 0 || !out.contains("hostile: rx offload answers: [2, 2, 2, 0]") {

@@ -129,8 +129,58 @@ fn start(si: &solo5::StartInfo) -> i32 {
             let mut w = HcNetWrite { handle: 1, data: 0xfff0_0000, len: 60, ret: 0, _pad: 0 };
             call(Hypercall::NetWrite, &mut w);
         }
+        "post-flood" => {
+            let Some(ring) = ring() else {
+                solo5::println!("hostile: the tender offers no net ring");
+                return 2;
+            };
+            // Receive buffers beyond the RING_SIZE the tender keeps, 1000
+            // entries at a time, each served at once.
+            static mut BUF: [u8; 2048] = [0; 2048];
+            let data = core::ptr::addr_of_mut!(BUF) as u64;
+            for round in 0..3u32 {
+                let tail = ring.ent_tail.load(Ordering::Relaxed);
+                for i in 0..1000u32 {
+                    let e = &ring.entries[(tail.wrapping_add(i) & RING_MASK) as usize];
+                    e.operation.store(OP_NET_POST_READ, Ordering::Relaxed);
+                    e.handle.store(1, Ordering::Relaxed);
+                    e.data.store(data, Ordering::Relaxed);
+                    e.len.store(2048, Ordering::Relaxed);
+                    e.id.store(round * 1000 + i, Ordering::Relaxed);
+                    e.csum.store(0, Ordering::Relaxed);
+                }
+                ring.ent_tail.store(tail.wrapping_add(1000), Ordering::SeqCst);
+                raw(RING_SERVE_PIO, 0);
+            }
+            solo5::println!("hostile: 3000 buffers posted");
+        }
+        "post-bad-handle" => {
+            let Some(ring) = ring() else {
+                solo5::println!("hostile: the tender offers no net ring");
+                return 2;
+            };
+            let tail = ring.ent_tail.load(Ordering::Relaxed);
+            let head = ring.com_head.load(Ordering::Relaxed);
+            let e = &ring.entries[(tail & RING_MASK) as usize];
+            e.operation.store(OP_NET_POST_READ, Ordering::Relaxed);
+            e.handle.store(7, Ordering::Relaxed);
+            e.data.store(frame.as_mut_ptr() as u64, Ordering::Relaxed);
+            e.len.store(64, Ordering::Relaxed);
+            e.id.store(77, Ordering::Relaxed);
+            ring.ent_tail.store(tail.wrapping_add(1), Ordering::SeqCst);
+            raw(RING_SERVE_PIO, 0);
+            let c = &ring.commits[(head & RING_MASK) as usize];
+            let posted = ring.com_tail.load(Ordering::SeqCst).wrapping_sub(head);
+            solo5::println!(
+                "hostile: a buffer posted for handle 7: {posted} commit, id {}, ret {}",
+                c.id.load(Ordering::Relaxed),
+                c.ret.load(Ordering::Relaxed)
+            );
+            return 0;
+        }
         "ring-read-ro" | "ring-write-oob" | "ring-overflow" | "ring-bad-csum" | "ring-bad-tso" | "serve-read-ro"
-        | "serve-write-oob" | "serve-overflow" | "serve-bad-csum" | "serve-bad-tso" => {
+        | "serve-write-oob" | "serve-overflow" | "serve-bad-csum" | "serve-bad-tso" | "ring-post-ro"
+        | "serve-post-ro" => {
             let Some(ring) = ring() else {
                 solo5::println!("hostile: the tender offers no net ring");
                 return 2;
@@ -141,6 +191,8 @@ fn start(si: &solo5::StartInfo) -> i32 {
             };
             match case {
                 "read-ro" => submit(ring, port, OP_NET_READ, text(), 1514, 1, 0),
+                // A receive buffer in read-only text (FEATURE_RING_POSTED).
+                "post-ro" => submit(ring, port, OP_NET_POST_READ, text(), 1514, 1, 0),
                 "write-oob" => submit(ring, port, OP_NET_WRITE, 0xfff0_0000, 60, 1, 0),
                 // A checksum field past the frame's end (FEATURE_NET_CSUM).
                 "bad-csum" => submit(ring, port, OP_NET_WRITE, frame.as_mut_ptr() as u64, 60, 1, csum_entry(60, 16)),
