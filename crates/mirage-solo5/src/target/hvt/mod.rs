@@ -253,6 +253,12 @@ pub(crate) fn poll(deadline: u64) -> u64 {
     if queued != 0 {
         return queued;
     }
+    if let Some(r) = ring() {
+        let ready = r.spin_for_input(deadline);
+        if ready != 0 {
+            return ready;
+        }
+    }
     let start = monotonic();
     let timeout = deadline.saturating_sub(start);
     let mut p = HcPoll { timeout_nsecs: timeout, ..Default::default() };

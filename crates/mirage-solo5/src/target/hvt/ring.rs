@@ -19,13 +19,24 @@
 //! cannot leave the vCPU spinning through its time slice while the thread
 //! it waits for waits behind it. Without the feature the guest spins, as
 //! Solo5's guests do.
+//!
+//! Where the tender offers [`solo5_abi::hvt::FEATURE_RING_POSTED`] (ours),
+//! reads are not requests the guest waits for: each interface keeps
+//! receive buffers posted with the tender ([`OP_NET_POST_READ`]), which
+//! its I/O thread fills as frames arrive, and a read takes the next filled
+//! one, or answers that there is none, without waiting or exiting. A
+//! buffer is posted again as soon as its frame is handed out. The guest's
+//! POLL, which it makes when it has nothing to do, has the tender fill
+//! the buffers itself before it answers or sleeps.
 
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use solo5_abi::ring::{OP_BLOCK_WRITE_SYNC, OP_NET_READ, OP_NET_WRITE, RING_BUF_SIZE, RING_MASK, RING_SIZE, Ring};
+use solo5_abi::ring::{
+    OP_BLOCK_WRITE_SYNC, OP_NET_POST_READ, OP_NET_READ, OP_NET_WRITE, RING_BUF_SIZE, RING_MASK, RING_SIZE, Ring,
+};
 
 /// Bytes of write buffers: as much as a buffer per slot of
 /// [`RING_BUF_SIZE`] bytes would take (2 MiB), shared by frames of any
@@ -54,6 +65,9 @@ pub(crate) struct GuestRing {
     /// Whether the tender serves the ring on request (RING_SERVE_PIO) and
     /// before each hypercall.
     serve: bool,
+    /// Whether reads go through posted receive buffers
+    /// ([`solo5_abi::hvt::FEATURE_RING_POSTED`]).
+    posted: bool,
     /// Writes left in the ring for a sleeping I/O thread since it was last
     /// served or woken.
     unwoken: AtomicU32,
@@ -113,6 +127,7 @@ pub(crate) fn get() -> Option<&'static GuestRing> {
             // with the tender's thread.
             let ring = unsafe { &*(gpa as *const Ring) };
             let serve = features & solo5_abi::hvt::FEATURE_RING_SERVE != 0;
+            let posted = serve && features & solo5_abi::hvt::FEATURE_RING_POSTED != 0;
             let r = alloc::boxed::Box::leak(alloc::boxed::Box::new(GuestRing {
                 ring,
                 bufs: AtomicPtr::new(core::ptr::null_mut()),
@@ -120,6 +135,7 @@ pub(crate) fn get() -> Option<&'static GuestRing> {
                 starts: [const { AtomicU32::new(0) }; RING_SIZE as usize],
                 next_id: AtomicU32::new(0),
                 serve,
+                posted,
                 unwoken: AtomicU32::new(0),
                 slow_at: AtomicU64::new(0),
             }));
@@ -218,13 +234,30 @@ impl GuestRing {
     /// the ring: see `wait` and WAKE_AFTER_WRITES).
     #[allow(clippy::too_many_arguments)]
     fn submit(&self, tail: u32, op: u32, handle: u64, data: u64, len: u32, csum: u64, kick_if_asleep: bool) {
+        // Below POSTED_ID: the ids of posted buffers' commits are apart.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) & !POSTED_ID;
+        self.submit_id(tail, (op, id), handle, data, len, csum, kick_if_asleep);
+    }
+
+    /// As [`GuestRing::submit`], with the entry's operation and id given.
+    #[allow(clippy::too_many_arguments)]
+    fn submit_id(
+        &self,
+        tail: u32,
+        (op, id): (u32, u32),
+        handle: u64,
+        data: u64,
+        len: u32,
+        csum: u64,
+        kick_if_asleep: bool,
+    ) {
         let e = &self.ring.entries[(tail & RING_MASK) as usize];
         e.operation.store(op, Ordering::Relaxed);
         e.csum.store(csum, Ordering::Relaxed);
         e.handle.store(handle as u32, Ordering::Relaxed);
         e.data.store(data, Ordering::Relaxed);
         e.len.store(len, Ordering::Relaxed);
-        e.id.store(self.next_id.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        e.id.store(id, Ordering::Relaxed);
         self.ring.ent_tail.store(tail.wrapping_add(1), Ordering::Release);
         // Order the tail store before the needs_kick load (the thread does
         // the mirror image), so a sleeping thread is always woken.
@@ -350,6 +383,14 @@ impl GuestRing {
     /// grows while every read in it finds a frame and shrinks to two (a
     /// frame and the answer that there is no other) when traffic is light.
     pub(crate) fn read(&self, handle: u64, buf: &mut [u8]) -> Option<Result<(usize, u32), Error>> {
+        if self.posted {
+            let size = buf.len();
+            return self.posted_read(handle, size, |frame, flags| {
+                let n = frame.len().min(buf.len());
+                buf[..n].copy_from_slice(&frame[..n]);
+                (n, flags)
+            });
+        }
         if let Some(got) = RX.with(|rx| rx.pop(handle, buf)) {
             return Some(Ok(got));
         }
@@ -379,6 +420,9 @@ impl GuestRing {
         size: usize,
         f: impl FnOnce(&mut [u8], u32) -> R,
     ) -> Option<Result<(usize, R), Error>> {
+        if self.posted {
+            return self.posted_read(handle, size, |frame, flags| (frame.len(), f(frame, flags)));
+        }
         let mut first_error = None;
         if !RX.with(|rx| rx.ready(handle)) {
             // A forwarder (the IP layer lends its frames) keeps the
@@ -401,6 +445,100 @@ impl GuestRing {
         let r = f(unsafe { core::slice::from_raw_parts_mut(frame, len) }, flags);
         RX.with(|rx| rx.give_back(handle));
         Some(Ok((len, r)))
+    }
+
+    /// Hands the next frame a posted buffer of `handle` holds to `f`,
+    /// where it lies, and posts the buffer again; `Again` if none is
+    /// filled. On the first read of `handle`, sets up and posts its buffers
+    /// of `size` bytes; `None` if they cannot be had (memory is short, or
+    /// enough buffers are posted), and then nothing is posted for `handle`
+    /// and the caller reads it otherwise.
+    fn posted_read<R>(
+        &self,
+        handle: u64,
+        size: usize,
+        f: impl FnOnce(&mut [u8], u32) -> R,
+    ) -> Option<Result<R, Error>> {
+        self.drain();
+        if !PX.with(|px| px.has(handle)) {
+            PX.with(|px| px.add(handle, size))?;
+            self.post_idle(handle);
+        }
+        let Some((frame, len, flags)) = PX.with(|px| px.lend(handle)) else {
+            return Some(Err(PX.with(|px| px.take_error(handle)).unwrap_or(Error::Again)));
+        };
+        // SAFETY: `len` bytes of a posted buffer the tender has filled and
+        // committed (so it no longer writes there) and that is not posted
+        // again until `give_back`, below; the queue's buffers are never
+        // freed.
+        let r = f(unsafe { core::slice::from_raw_parts_mut(frame, len) }, flags);
+        PX.with(|px| px.give_back(handle));
+        self.post_idle(handle);
+        Some(Ok(r))
+    }
+
+    /// With posted buffers, while the I/O thread is awake (it fills them as
+    /// frames arrive, and looks at the taps while it spins), waits for a
+    /// filled one, spinning, up to [`IDLE_SPIN_NS`] or `deadline`, instead
+    /// of making POLL at once: a POLL is an exit (about 40 µs on the
+    /// nested KVM of DESIGN.md), and an answer or the next frame of a flow
+    /// often comes sooner. The interfaces with frames, as a POLL ready set;
+    /// 0 if none came, or the thread went to sleep.
+    pub(crate) fn spin_for_input(&self, deadline: u64) -> u64 {
+        if !self.posted {
+            return 0;
+        }
+        let end = deadline.min(super::monotonic().saturating_add(IDLE_SPIN_NS));
+        loop {
+            if self.ring.com_tail.load(Ordering::Acquire) != self.ring.com_head.load(Ordering::Relaxed) {
+                self.drain();
+                let ready = PX.with(|px| px.ready_set());
+                if ready != 0 {
+                    return ready;
+                }
+            }
+            if self.ring.needs_kick.load(Ordering::Acquire) != 0 || super::monotonic() >= end {
+                return 0;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Posts the buffers of `handle` that are neither posted, filled nor
+    /// lent. The I/O thread is not woken for them: a frame wakes it, and
+    /// the POLL the guest makes when it runs out of frames has the tender
+    /// take them.
+    fn post_idle(&self, handle: u64) {
+        while let Some((id, data, len)) = PX.with(|px| px.next_idle(handle)) {
+            let tail = self.reserve();
+            self.no_bytes(tail);
+            self.submit_id(tail, (OP_NET_POST_READ, id), handle, data, len, 0, false);
+        }
+    }
+
+    /// Takes the commits the tender has posted: a posted buffer's goes to
+    /// its interface's queue, any other (a durable block write's) is kept
+    /// for its waiter.
+    fn drain(&self) {
+        let mut head = self.ring.com_head.load(Ordering::Relaxed);
+        let tail = self.ring.com_tail.load(Ordering::Acquire);
+        if head == tail {
+            return;
+        }
+        PX.with(|px| {
+            while head != tail {
+                let c = &self.ring.commits[(head & RING_MASK) as usize];
+                let (id, ret) = (c.id.load(Ordering::Relaxed), c.ret.load(Ordering::Relaxed));
+                let (len, flags) = (c.len.load(Ordering::Relaxed), c.flags.load(Ordering::Relaxed));
+                if id & POSTED_ID != 0 {
+                    px.filled(id, ret, len as usize, flags);
+                } else {
+                    px.other = Some((id, ret));
+                }
+                head = head.wrapping_add(1);
+            }
+        });
+        self.ring.com_head.store(head, Ordering::Release);
     }
 
     /// Reads a batch of frames ahead for `handle` into buffers of `size`
@@ -465,9 +603,12 @@ impl GuestRing {
         }
         let tail = self.reserve();
         self.no_bytes(tail);
-        // Every read waits for its commits before it returns, so none is
-        // outstanding: this entry's commit is the next one.
+        // Every read that is a request waits for its commits before it
+        // returns, so none is outstanding: without posted buffers, this
+        // entry's commit is the next one. With them, commits of filled
+        // buffers come between, and the drain sorts them out.
         let head = self.ring.com_head.load(Ordering::Relaxed);
+        let id = self.next_id.load(Ordering::Relaxed) & !POSTED_ID;
         self.submit(tail, OP_BLOCK_WRITE_SYNC, handle, data.as_ptr() as u64, data.len() as u32, offset, true);
         let taken = tail.wrapping_add(1);
         self.wait(|| self.ring.ent_head.load(Ordering::Acquire).wrapping_sub(taken) < RING_SIZE);
@@ -475,17 +616,25 @@ impl GuestRing {
         // slow or the thread waits behind this vCPU for a core, and the
         // tender's serve request sleeps until the commit is posted.
         let since = super::monotonic();
-        while self.ring.com_tail.load(Ordering::Acquire) == head {
+        let ret = loop {
+            if self.posted {
+                self.drain();
+                if let Some(ret) = PX.with(|px| px.other.take_if(|o| o.0 == id).map(|o| o.1)) {
+                    break ret;
+                }
+            } else if self.ring.com_tail.load(Ordering::Acquire) != head {
+                let c = &self.ring.commits[(head & RING_MASK) as usize];
+                debug_assert_eq!(c.id.load(Ordering::Relaxed), id);
+                let ret = c.ret.load(Ordering::Relaxed);
+                self.ring.com_head.store(head.wrapping_add(1), Ordering::Release);
+                break ret;
+            }
             if super::monotonic().wrapping_sub(since) > SYNC_SPIN_NS {
                 serve();
                 continue;
             }
             core::hint::spin_loop();
-        }
-        let c = &self.ring.commits[(head & RING_MASK) as usize];
-        debug_assert_eq!(c.id.load(Ordering::Relaxed), self.next_id.load(Ordering::Relaxed).wrapping_sub(1));
-        let ret = c.ret.load(Ordering::Relaxed);
-        self.ring.com_head.store(head.wrapping_add(1), Ordering::Release);
+        };
         Some(Error::check(ret))
     }
 
@@ -646,5 +795,140 @@ pub(crate) fn ready_set() -> u64 {
     if STATE.load(Ordering::Relaxed) != READY {
         return 0;
     }
+    if let Some(r) = get()
+        && r.posted
+    {
+        r.drain();
+        return PX.with(|px| px.ready_set());
+    }
     RX.with(Rx::ready_set)
+}
+
+/// The longest the guest spins for input before it makes POLL
+/// ([`GuestRing::spin_for_input`]); the I/O thread stops spinning 50 µs
+/// after its last work in any case.
+const IDLE_SPIN_NS: u64 = 100_000;
+
+/// Bit 31 of a posted buffer's entry id (and so of its commit's); the
+/// queue's index is in bits 16 to 30, the buffer's in bits 0 to 15.
+const POSTED_ID: u32 = 1 << 31;
+/// Buffers posted at most, across interfaces: well within the ring's
+/// [`RING_SIZE`] commits, which the tender never overruns.
+const POSTED_MAX: usize = RING_SIZE as usize / 2;
+
+/// Posted receive buffers, per interface.
+struct PostedQueue {
+    handle: u64,
+    /// The buffers, `size` bytes each; the tender writes into those
+    /// posted, so they are reached through this pointer, never through a
+    /// reference to all of them. Leaked: posted buffers are never freed.
+    bufs: *mut u8,
+    size: usize,
+    count: usize,
+    /// Filled buffers not yet handed out, in the order of their frames:
+    /// index, length, header flags.
+    ready: VecDeque<(usize, usize, u32)>,
+    /// Buffers to post: neither posted, filled nor lent.
+    idle: Vec<usize>,
+    /// The buffer lent out, given back before the next read.
+    lent: Option<usize>,
+    /// The first error a commit reported, for the next read that finds no
+    /// frame.
+    error: Option<Error>,
+}
+
+/// Every interface's posted buffers, and the commit of a request that
+/// is not a posted buffer's (a durable block write's), kept for its waiter:
+/// its id and result.
+struct Posted {
+    queues: Vec<PostedQueue>,
+    total: usize,
+    other: Option<(u32, u32)>,
+}
+
+static PX: Global<Posted> = Global::new(Posted { queues: Vec::new(), total: 0, other: None });
+
+impl Posted {
+    fn has(&self, handle: u64) -> bool {
+        self.queues.iter().any(|q| q.handle == handle)
+    }
+
+    fn queue(&mut self, handle: u64) -> Option<&mut PostedQueue> {
+        self.queues.iter_mut().find(|q| q.handle == handle)
+    }
+
+    /// Sets up the buffers of `handle`, `size` bytes each, all idle: as
+    /// many as [`BATCH_BYTES`] and [`BATCH_MAX`] allow, within
+    /// [`POSTED_MAX`]. `None` if memory is short or no more may be posted.
+    fn add(&mut self, handle: u64, size: usize) -> Option<()> {
+        if size == 0 || size > u32::MAX as usize || self.queues.len() >= 1 << 15 || self.total >= POSTED_MAX {
+            return None;
+        }
+        let count = BATCH_MAX.min(BATCH_BYTES / size).min(POSTED_MAX - self.total).max(1);
+        let bufs = mirage_runtime::memory::zeroed(count.checked_mul(size)?)
+            .or_else(|| mirage_runtime::memory::zeroed(count.min(BATCH_BYTES_SHORT / size).max(1) * size))?;
+        let count = bufs.len() / size;
+        let mut ready = VecDeque::new();
+        ready.try_reserve(count).ok()?;
+        let mut idle = Vec::new();
+        idle.try_reserve(count).ok()?;
+        idle.extend((0..count).rev());
+        self.queues.try_reserve(1).ok()?;
+        let bufs = bufs.leak().as_mut_ptr();
+        self.queues.push(PostedQueue { handle, bufs, size, count, ready, idle, lent: None, error: None });
+        self.total += count;
+        Some(())
+    }
+
+    /// The next idle buffer of `handle` to post, now counted as posted:
+    /// its entry id, address and size.
+    fn next_idle(&mut self, handle: u64) -> Option<(u32, u64, u32)> {
+        let qi = self.queues.iter().position(|q| q.handle == handle)?;
+        let q = &mut self.queues[qi];
+        let i = q.idle.pop()?;
+        let id = POSTED_ID | (qi as u32) << 16 | i as u32;
+        Some((id, q.bufs as u64 + (i * q.size) as u64, q.size as u32))
+    }
+
+    /// A posted buffer's commit: its frame is ready, or the buffer is idle
+    /// again if the read failed. Ids the guest never gave are ignored.
+    fn filled(&mut self, id: u32, ret: u32, len: usize, flags: u32) {
+        let (qi, i) = (((id & !POSTED_ID) >> 16) as usize, (id & 0xffff) as usize);
+        let Some(q) = self.queues.get_mut(qi).filter(|q| i < q.count) else { return };
+        match Error::check(ret) {
+            Ok(()) => q.ready.push_back((i, len.min(q.size), flags)),
+            Err(e) => {
+                q.error.get_or_insert(e);
+                q.idle.push(i);
+            }
+        }
+    }
+
+    /// Lends the next filled buffer of `handle`: its address, the frame's
+    /// length and flags.
+    fn lend(&mut self, handle: u64) -> Option<(*mut u8, usize, u32)> {
+        let q = self.queue(handle).filter(|q| q.lent.is_none())?;
+        let (i, len, flags) = q.ready.pop_front()?;
+        q.lent = Some(i);
+        // SAFETY: buffer `i` lies within the allocation of count * size bytes.
+        Some((unsafe { q.bufs.add(i * q.size) }, len, flags))
+    }
+
+    /// The lent buffer of `handle` is done with: idle, to post again.
+    fn give_back(&mut self, handle: u64) {
+        if let Some(q) = self.queue(handle)
+            && let Some(i) = q.lent.take()
+        {
+            q.idle.push(i);
+        }
+    }
+
+    fn take_error(&mut self, handle: u64) -> Option<Error> {
+        self.queue(handle)?.error.take()
+    }
+
+    /// The interfaces with filled buffers, as a POLL ready set.
+    fn ready_set(&self) -> u64 {
+        self.queues.iter().filter(|q| !q.ready.is_empty() && q.handle < 64).fold(0, |set, q| set | 1 << q.handle)
+    }
 }
