@@ -471,7 +471,8 @@ impl Worker {
                 // awake gets its frames without an exit (see the guest's
                 // idle spin).
                 let since = std::time::Instant::now();
-                while !found && since.elapsed().as_nanos() < POSTED_SPIN_NS as u128 {
+                while !found && since.elapsed().as_nanos() < POSTED_SPIN_NS as u128 && !self.stop.load(Ordering::SeqCst)
+                {
                     for _ in 0..64 {
                         if pending() {
                             found = true;
@@ -494,7 +495,12 @@ impl Worker {
                 ring.needs_kick.store(1, Ordering::SeqCst);
                 fence(Ordering::SeqCst);
                 let mut tap = false;
-                if ring.ent_head.load(Ordering::Acquire) == ring.ent_tail.load(Ordering::Acquire) {
+                // A stop asked for while the spin above took the eventfd's
+                // count is seen here: `stop` is set before the eventfd is
+                // written.
+                if ring.ent_head.load(Ordering::Acquire) == ring.ent_tail.load(Ordering::Acquire)
+                    && !self.stop.load(Ordering::SeqCst)
+                {
                     tap = self.wait_events(&mut events, -1)?;
                 }
                 ring.needs_kick.store(0, Ordering::Release);
