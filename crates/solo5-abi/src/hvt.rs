@@ -93,10 +93,11 @@ pub const FEATURE_RING_BLOCK: u32 = 1 << 5;
 /// with the entry's id, for each frame it reads into one. A guest that
 /// posts reads a device only that way from then on, and consumes commits
 /// without waiting for or asking anyone; it makes POLL only when no
-/// buffer is filled, and the tender's POLL fills the posted buffers
-/// itself before it answers or sleeps, so that a frame never waits for
-/// the I/O thread to be scheduled. A guest that ignores the bit reads as
-/// Solo5's guests do.
+/// buffer is filled. The tender's POLL answers at once while commits wait,
+/// and otherwise fills the posted buffers of the taps that end its wait
+/// itself before it answers, so that a frame never waits for the I/O
+/// thread to be scheduled. A guest that ignores the bit reads as Solo5's
+/// guests do.
 pub const FEATURE_RING_POSTED: u32 = 1 << 6;
 
 /// Default guest memory (512 MiB), as `solo5-hvt`.

@@ -47,13 +47,18 @@ pub const OP_BLOCK_WRITE_SYNC: u32 = 0x100;
 /// Ours, where the tender offers [`crate::hvt::FEATURE_RING_POSTED`]: a
 /// receive buffer of `len` bytes at `data` for the network device
 /// `handle`. The tender takes the entry at once (moves `ent_head` past it)
-/// and keeps the buffer, at most [`RING_SIZE`] of them in all; buffers of a
-/// device are filled in the order they were posted, one frame each, and
-/// each filled buffer gets a commit with the entry's id, its length and
-/// its header's flags, in the order the frames arrived. A commit is posted
-/// only while fewer than [`RING_SIZE`] commits wait for the guest. A buffer
-/// for a handle that is not a network device is committed at once with
-/// `ret` EINVAL. Solo5's tenders skip the unknown operation.
+/// and keeps the buffer; a guest that posts more than [`RING_SIZE`] of them
+/// in all, or a buffer that is not writable guest memory, is stopped. The
+/// buffers of a device are filled in the order they were posted, one frame
+/// each, and each filled buffer gets a commit with the entry's id, its
+/// length and its header's flags: a device's commits come in the order its
+/// frames arrived. A frame is read into a buffer only while fewer than
+/// [`RING_SIZE`] commits wait for the guest. A failed read of the tap uses
+/// the buffer up, committed with `ret` EINVAL. A buffer of no bytes, or for
+/// a handle that is not a network device, is committed at once with `ret`
+/// EINVAL. Once a device has buffers posted, the tender waits on its tap
+/// for as long as the guest runs. Solo5's tenders skip the unknown
+/// operation.
 pub const OP_NET_POST_READ: u32 = 0x101;
 
 /// `struct hvt_ring_entry`: one request from the guest.

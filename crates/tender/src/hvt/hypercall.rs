@@ -193,6 +193,12 @@ impl<'m> Hypercalls<'m> {
     /// the timeout: waits for it or a NIC, and answers; the NICs ready,
     /// as its ready set.
     pub fn poll_wait(&self, gpa: Gpa) -> Result<u64, Exit> {
+        // The I/O thread's failure stops the vCPU with a signal, which a
+        // wait for the ring's lock before this one may have taken: the
+        // vCPU loop reports the error next.
+        if self.failure.failed() {
+            return Ok(0);
+        }
         let mut arg = self.mem.arg::<HcPoll>(gpa).map_err(guest(Hypercall::Poll))?;
         let mut p = arg.get();
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 65];

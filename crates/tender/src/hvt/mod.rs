@@ -658,8 +658,11 @@ fn vcpu_loop(
                 let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
                 // A guest that posts receive buffers has them filled before
                 // its POLL answers or sleeps (FEATURE_RING_POSTED).
+                // The entries are served first if the guest has not posted
+                // yet: they may hold its first buffers.
                 if port - base == hvt::Hypercall::Poll as u16
-                    && let Some(r) = ring.filter(|r| r.posting())
+                    && let Some(r) = ring
+                    && (r.posting() || r.serve_now().map(|()| r.posting())?)
                 {
                     let gpa = memory::Gpa(gpa);
                     hc.poll_timer(gpa)?;

@@ -17,8 +17,9 @@
 //! thread keeps them and fills them as frames arrive: it sleeps in `epoll`
 //! on its eventfd and, edge-triggered, on the taps the guest posted
 //! buffers for, so that a frame wakes it and a guest consumes frames
-//! without waiting for or asking anyone. The guest's POLL fills them on
-//! the vCPU's thread before it answers or sleeps ([`RingThread::poll`]).
+//! without waiting for or asking anyone. The guest's POLL answers at once
+//! if commits wait, and otherwise fills them on the vCPU's thread from the
+//! taps that end its wait, before it answers ([`RingThread::poll`]).
 //!
 //! The vCPU's thread may serve the ring too ([`RingThread::serve_now`], on
 //! the guest's `outl` to [`solo5_abi::hvt::RING_SERVE_PIO`]). A guest that
@@ -369,6 +370,8 @@ impl RingThread {
         let mut s = self.server.lock();
         self.server.entries(&mut s, ring)?;
         if ring.com_tail.load(Ordering::Relaxed) != ring.com_head.load(Ordering::Acquire) {
+            // Which devices the waiting commits are for is the guest's to
+            // sort out: every device with buffers may be.
             answer(Some(self.server.armed_handles(&s)))?;
         } else {
             let ready = answer(None)?;
@@ -480,7 +483,9 @@ impl Worker {
                         }
                         std::hint::spin_loop();
                     }
-                    found = found || self.wait_events(&mut events, 0)?;
+                    // A kick is work too: it may be `release`'s, for
+                    // work left to this thread.
+                    found = found || self.wait_events(&mut events, 0)? != (false, false);
                 }
             } else {
                 for _ in 0..RING_POLL_ITERS {
@@ -494,19 +499,20 @@ impl Worker {
             if !found {
                 ring.needs_kick.store(1, Ordering::SeqCst);
                 fence(Ordering::SeqCst);
-                let mut tap = false;
+                let mut woken = (false, false);
                 // A stop asked for while the spin above took the eventfd's
                 // count is seen here: `stop` is set before the eventfd is
                 // written.
                 if ring.ent_head.load(Ordering::Acquire) == ring.ent_tail.load(Ordering::Acquire)
                     && !self.stop.load(Ordering::SeqCst)
                 {
-                    tap = self.wait_events(&mut events, -1)?;
+                    woken = self.wait_events(&mut events, -1)?;
                 }
                 ring.needs_kick.store(0, Ordering::Release);
                 // Woken by the vCPU to spin for the guest's writes (see
-                // `RingThread::poll`): nothing to do until they come.
-                if !tap && !pending() {
+                // `RingThread::poll`): nothing to do until they come. But
+                // work `release` left to this thread is done now.
+                if !woken.0 && !pending() && !self.server.pending.load(Ordering::SeqCst) {
                     continue;
                 }
             }
@@ -520,8 +526,8 @@ impl Worker {
 
     /// Waits, up to `timeout` ms (-1: for ever, 0: not at all), for a
     /// kick, a stop, or a frame on a tap the guest posted receive buffers
-    /// for: whether a tap had one.
-    fn wait_events(&self, events: &mut [libc::epoll_event], timeout: i32) -> Result<bool, Exit> {
+    /// for: whether a tap had one, and whether the eventfd was written.
+    fn wait_events(&self, events: &mut [libc::epoll_event], timeout: i32) -> Result<(bool, bool), Exit> {
         // SAFETY: events has room for its length in entries.
         let n = unsafe {
             libc::epoll_pwait(
@@ -535,11 +541,12 @@ impl Worker {
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
-                return Ok(false);
+                return Ok((false, false));
             }
             return Err(fatal!("net I/O thread: epoll_pwait() failed: {}", strerror(&e)));
         }
-        if events[..n as usize].iter().any(|ev| ev.u64 == EVENTFD_DATA) {
+        let kicked = events[..n as usize].iter().any(|ev| ev.u64 == EVENTFD_DATA);
+        if kicked {
             // Readable, so this does not block.
             if let Err(e) = self.eventfd.read()
                 && e.kind() != std::io::ErrorKind::Interrupted
@@ -547,7 +554,7 @@ impl Worker {
                 return Err(fatal!("net I/O thread: reading its eventfd failed: {}", strerror(&e)));
             }
         }
-        Ok(events[..n as usize].iter().any(|ev| ev.u64 != EVENTFD_DATA))
+        Ok((events[..n as usize].iter().any(|ev| ev.u64 != EVENTFD_DATA), kicked))
     }
 }
 

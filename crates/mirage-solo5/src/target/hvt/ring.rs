@@ -26,8 +26,9 @@
 //! its I/O thread fills as frames arrive, and a read takes the next filled
 //! one, or answers that there is none, without waiting or exiting. A
 //! buffer is posted again as soon as its frame is handed out. The guest's
-//! POLL, which it makes when it has nothing to do, has the tender fill
-//! the buffers itself before it answers or sleeps.
+//! POLL, which it makes when it has nothing to do (after a short spin
+//! for input while the I/O thread is awake), has the tender fill the
+//! buffers of the taps that end its wait itself before it answers.
 
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 
