@@ -49,7 +49,6 @@ use crate::{Exit, fatal, strerror, warn};
 #[derive(Debug)]
 pub struct RingThread {
     stop: Arc<AtomicBool>,
-    eventfd: Arc<EventFd>,
     server: Arc<Server>,
     handle: Option<JoinHandle<()>>,
 }
@@ -208,9 +207,10 @@ struct Server {
     /// The I/O thread woke for work while the vCPU's thread held the lock,
     /// and left the work to it instead of waiting (see [`Server::run`]).
     pending: AtomicBool,
-    /// The I/O thread's eventfd, with which the vCPU's thread wakes it in
-    /// the rare case that work was left to it as it let go of the lock.
-    kick: Arc<EventFd>,
+    /// The I/O thread's kick eventfd: the guest's kicks (an ioeventfd),
+    /// a stop, and the vCPU's thread waking it to spin or for work it left
+    /// as it let go of the lock.
+    eventfd: EventFd,
     serving: Mutex<Serving>,
 }
 
@@ -240,7 +240,6 @@ const POSTED_SPIN_NS: u64 = 50_000;
 
 struct Worker {
     server: Arc<Server>,
-    eventfd: Arc<EventFd>,
     stop: Arc<AtomicBool>,
     failure: Arc<Failure>,
 }
@@ -273,7 +272,6 @@ impl RingThread {
             return Err(fatal!("net ring at 0x{ring_gpa:x} is outside guest memory"));
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let eventfd = Arc::new(eventfd);
         let csum = !nics.is_empty() && nics.iter().all(|&(_, _, hdr)| hdr);
         // SAFETY: epoll_create1 has no preconditions.
         let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -299,10 +297,10 @@ impl RingThread {
             epoll,
             posting: AtomicBool::new(false),
             pending: AtomicBool::new(false),
-            kick: eventfd.clone(),
+            eventfd,
             serving: Mutex::new(serving),
         });
-        let worker = Worker { server: server.clone(), eventfd: eventfd.clone(), stop: stop.clone(), failure };
+        let worker = Worker { server: server.clone(), stop: stop.clone(), failure };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("net-ring".into())
@@ -317,7 +315,7 @@ impl RingThread {
             })
             .map_err(|e| fatal!("Could not start the net I/O thread: {e}"))?;
         ready_rx.recv().map_err(|_| fatal!("the net I/O thread failed to start"))?;
-        Ok(RingThread { stop, eventfd, server, handle: Some(handle) })
+        Ok(RingThread { stop, server, handle: Some(handle) })
     }
 
     /// Serves the ring's pending entries on the calling thread (the vCPU's,
@@ -379,7 +377,7 @@ impl RingThread {
             // forward them. A sleeping I/O thread is woken, now so that
             // it is up by then, to spin for the guest's writes.
             if ready & self.server.armed_handles(&s) != 0 && ring.needs_kick.load(Ordering::Acquire) != 0 {
-                let _ = self.eventfd.write(1);
+                let _ = self.server.eventfd.write(1);
             }
             self.server.fill_only(&mut s, ring, ready)?;
         }
@@ -388,7 +386,7 @@ impl RingThread {
 
     /// The thread's eventfd, which the seccomp policy must let it read.
     pub fn eventfd(&self) -> i32 {
-        self.eventfd.as_raw_fd()
+        self.server.eventfd.as_raw_fd()
     }
 
     /// The thread's epoll descriptor, which the seccomp policy must let it
@@ -400,7 +398,7 @@ impl RingThread {
     /// Stops the thread and waits for it (the HALT hook).
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.eventfd.write(1);
+        let _ = self.server.eventfd.write(1);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -548,7 +546,7 @@ impl Worker {
         let kicked = events[..n as usize].iter().any(|ev| ev.u64 == EVENTFD_DATA);
         if kicked {
             // Readable, so this does not block.
-            if let Err(e) = self.eventfd.read()
+            if let Err(e) = self.server.eventfd.read()
                 && e.kind() != std::io::ErrorKind::Interrupted
             {
                 return Err(fatal!("net I/O thread: reading its eventfd failed: {}", strerror(&e)));
@@ -635,7 +633,7 @@ impl Server {
         }
         drop(s);
         if self.pending.load(Ordering::SeqCst) {
-            let _ = self.kick.write(1);
+            let _ = self.eventfd.write(1);
         }
         Ok(())
     }
