@@ -156,6 +156,21 @@ pub struct IpStats {
     pub dhcp_dropped: u64,
 }
 
+/// Sends the packet `p` towards `to` through `ip`, copied into the buffer
+/// [`Ip::send_partial`] gives: how [`Ip::send_in_place`] sends a packet
+/// it cannot send where it lies.
+pub fn send_copied<I: Ip + ?Sized>(
+    ip: &mut I,
+    to: NextHop,
+    p: &[u8],
+    partial: Option<PartialChecksum>,
+) -> Result<(), Error> {
+    ip.send_partial(to, p.len(), |b| {
+        b.copy_from_slice(p);
+        ((), partial)
+    })
+}
+
 /// A network interface at the IP layer.
 pub trait Ip {
     /// Hardware address, MTU and IP address.
@@ -207,6 +222,35 @@ pub trait Ip {
         f: impl FnOnce(&mut [u8]) -> (R, Option<PartialChecksum>),
     ) -> Result<R, Error> {
         self.send(to, len, crate::net::completing(f))
+    }
+
+    /// As [`Ip::try_recv_meta`], the packet handed to `f` inside the frame
+    /// it came in: `f` gets the frame and where the packet starts in it.
+    /// The bytes before the packet (the link's header) are the caller's to
+    /// overwrite, so that [`Ip::send_in_place`] of another interface can
+    /// send the packet on where it lies. The default hands over the packet
+    /// alone, at 0.
+    fn try_recv_framed<R>(&mut self, f: impl FnOnce(&mut [u8], usize, RxMeta) -> R) -> Result<Option<R>, Error> {
+        self.try_recv_meta(|p, meta| f(p, 0, meta))
+    }
+
+    /// Sends the packet `frame[at..]` towards `to`, as [`Ip::send_partial`]
+    /// with `partial` (`start` counted from the IP header), writing the
+    /// link's header into the bytes before the packet where they hold it:
+    /// a packet received with [`Ip::try_recv_framed`] then goes out without
+    /// a copy where the interface can send a frame where it lies
+    /// ([`crate::net::Net::send_frame`]). Otherwise (no room, or the
+    /// neighbour not yet resolved, when the packet is held), the packet is
+    /// copied, as the default does. The caller leaves the frame as it is
+    /// once sent.
+    fn send_in_place(
+        &mut self,
+        to: NextHop,
+        frame: &mut [u8],
+        at: usize,
+        partial: Option<PartialChecksum>,
+    ) -> Result<(), Error> {
+        send_copied(self, to, frame.get(at..).ok_or(Error::Io)?, partial)
     }
 
     /// Counters.

@@ -275,6 +275,20 @@ pub trait Net {
         self.send(len, completing(f))
     }
 
+    /// Sends `frame` as it is, its one checksum and TCP segment left to
+    /// the host as [`Net::send_partial`] leaves them. The default copies
+    /// it into the buffer `send_partial` gives; an interface that can send
+    /// it from where it lies does so, one copy fewer for a frame received
+    /// and sent on (hvt's ring sends a frame lent from one of its posted
+    /// receive buffers in place, and keeps the buffer until the host has
+    /// read it). The caller leaves the frame as it is once sent.
+    fn send_frame(&mut self, frame: &mut [u8], partial: Option<PartialChecksum>) -> Result<(), Error> {
+        self.send_partial(frame.len(), |buf| {
+            buf.copy_from_slice(frame);
+            ((), partial)
+        })
+    }
+
     /// Waits for the next frame and hands it to `f`.
     async fn recv<R>(&mut self, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, Error> {
         let mut f = Some(f);
@@ -327,6 +341,9 @@ impl<N: Net> Net for &mut N {
         f: impl FnOnce(&mut [u8]) -> (R, Option<PartialChecksum>),
     ) -> Result<R, Error> {
         (**self).send_partial(len, f)
+    }
+    fn send_frame(&mut self, frame: &mut [u8], partial: Option<PartialChecksum>) -> Result<(), Error> {
+        (**self).send_frame(frame, partial)
     }
     fn stats(&self) -> Stats {
         (**self).stats()

@@ -580,6 +580,11 @@ impl<N: Net> IpLayer<N> {
             buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
             ((), partial.map(|p| PartialChecksum { start: p.start + 14, ..p }))
         });
+        self.sent(sent)
+    }
+
+    /// Counts a frame sent, or not, and gives the IP layer's error.
+    fn sent(&mut self, sent: Result<(), mirage_devices::net::Error>) -> Result<(), Error> {
         match sent {
             Ok(()) => {
                 self.stats.tx_packets += 1;
@@ -752,6 +757,10 @@ impl<N: Net> Ip for IpLayer<N> {
     }
 
     fn try_recv_meta<R>(&mut self, f: impl FnOnce(&mut [u8], RxMeta) -> R) -> Result<Option<R>, Error> {
+        self.try_recv_framed(|frame, at, meta| f(&mut frame[at..], meta))
+    }
+
+    fn try_recv_framed<R>(&mut self, f: impl FnOnce(&mut [u8], usize, RxMeta) -> R) -> Result<Option<R>, Error> {
         let t = now();
         if self.deadline().is_some_and(|d| t >= d) || t >= self.next_expiry {
             self.maintain(t);
@@ -790,7 +799,7 @@ impl<N: Net> Ip for IpLayer<N> {
                     Packet::Ipv4(p) if !to_group => {
                         let len = p.header_len + p.payload.len();
                         match f.take() {
-                            Some(f) => Received::Packet(f(&mut frame[14..14 + len], meta)),
+                            Some(f) => Received::Packet(f(&mut frame[..14 + len], 14, meta)),
                             None => Received::Dropped,
                         }
                     }
@@ -812,7 +821,7 @@ impl<N: Net> Ip for IpLayer<N> {
                         }
                         let len = 40 + p.payload.len();
                         match f.take() {
-                            Some(f) => Received::Packet(f(&mut frame[14..14 + len], meta)),
+                            Some(f) => Received::Packet(f(&mut frame[..14 + len], 14, meta)),
                             None => Received::Dropped,
                         }
                     }
@@ -900,7 +909,71 @@ impl<N: Net> Ip for IpLayer<N> {
             self.stats.tx_dropped += 1;
             return Err(Error::TooLarge);
         }
-        let mac = match to {
+        let mac = match self.resolve(to)? {
+            Ok(mac) => mac,
+            Err(a) => return self.hold_partial(a, len, f),
+        };
+        let mut out = None;
+        self.frame_partial(mac, len, |buf| {
+            let (r, partial) = f(buf);
+            out = Some(r);
+            partial
+        })?;
+        // `frame_partial` succeeded: the closure ran.
+        out.ok_or(Error::Io)
+    }
+
+    fn send_in_place(
+        &mut self,
+        to: NextHop,
+        frame: &mut [u8],
+        at: usize,
+        partial: Option<PartialChecksum>,
+    ) -> Result<(), Error> {
+        let len = frame.len().checked_sub(at).ok_or(Error::Io)?;
+        if at < 14 {
+            return mirage_devices::ip::send_copied(self, to, &frame[at..], partial);
+        }
+        // As send_partial: longer than the MTU only as a segment the host
+        // cuts.
+        if len > self.info.mtu as usize && 14 + len > self.offload {
+            self.stats.tx_dropped += 1;
+            return Err(Error::TooLarge);
+        }
+        let mac = match self.resolve(to)? {
+            Ok(mac) => mac,
+            Err(a) => {
+                let p = &frame[at..];
+                return self.hold_partial(a, len, |b| {
+                    b.copy_from_slice(p);
+                    ((), partial)
+                });
+            }
+        };
+        let frame = &mut frame[at - 14..];
+        frame[0..6].copy_from_slice(&mac);
+        frame[6..12].copy_from_slice(&self.info.mac.0);
+        let v6 = frame.get(14).is_some_and(|b| b >> 4 == 6);
+        let ethertype = if v6 { wire::ETHERTYPE_IPV6 } else { wire::ETHERTYPE_IPV4 };
+        frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        let partial = partial.map(|p| PartialChecksum { start: p.start + 14, ..p });
+        let sent = self.net.send_frame(frame, partial);
+        self.sent(sent)
+    }
+
+    fn stats(&self) -> IpStats {
+        let mut s = self.stats;
+        s.neighbors = self.neighbors.len();
+        s
+    }
+}
+
+impl<N: Net> IpLayer<N> {
+    /// The hardware address of `to`; the neighbour's IP address where it
+    /// is not yet resolved (a packet is then held); an error, counted,
+    /// where it cannot be reached.
+    fn resolve(&mut self, to: NextHop) -> Result<Result<[u8; 6], IpAddr>, Error> {
+        Ok(Ok(match to {
             NextHop::Broadcast => [0xff; 6],
             NextHop::Mac(MacAddr(m)) => m,
             NextHop::Ip(IpAddr::V4(a)) => {
@@ -918,7 +991,7 @@ impl<N: Net> Ip for IpLayer<N> {
                 } else {
                     match self.neighbors.lookup(IpAddr::V4(a), now()) {
                         Some(m) => m,
-                        None => return self.hold_partial(IpAddr::V4(a), len, f),
+                        None => return Ok(Err(IpAddr::V4(a))),
                     }
                 }
             }
@@ -935,24 +1008,10 @@ impl<N: Net> Ip for IpLayer<N> {
                 } else {
                     match self.neighbors.lookup(IpAddr::V6(a), now()) {
                         Some(m) => m,
-                        None => return self.hold_partial(IpAddr::V6(a), len, f),
+                        None => return Ok(Err(IpAddr::V6(a))),
                     }
                 }
             }
-        };
-        let mut out = None;
-        self.frame_partial(mac, len, |buf| {
-            let (r, partial) = f(buf);
-            out = Some(r);
-            partial
-        })?;
-        // `frame_partial` succeeded: the closure ran.
-        out.ok_or(Error::Io)
-    }
-
-    fn stats(&self) -> IpStats {
-        let mut s = self.stats;
-        s.neighbors = self.neighbors.len();
-        s
+        }))
     }
 }

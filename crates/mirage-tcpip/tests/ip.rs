@@ -692,3 +692,50 @@ fn a_dhcp_lease_is_taken_renewed_and_lost() {
         assert_eq!(l.ip.info().gateway, None);
     });
 }
+
+#[test]
+fn a_packet_received_framed_is_sent_on_in_place() {
+    mirage_runtime::run(&mut Sim::default(), async {
+        let (mut l, host) = link(true);
+        let host = host.unwrap();
+        let sock = host.bind(7).await.unwrap();
+        // The host's datagram to a network beyond the layer, handed over
+        // inside its frame: the packet after the link's 14 bytes.
+        let far = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9)), 4000);
+        sock.send_to(b"out", far).await.unwrap();
+        let mut frame = None;
+        for _ in 0..100 {
+            if let Ok(Some(got)) = l.ip.try_recv_framed(|f, at, _| (f.to_vec(), at)) {
+                frame = Some(got);
+                break;
+            }
+            let _ = select(l.ip.readable(), sleep(Duration::from_millis(10))).await;
+        }
+        let (mut frame, at) = frame.expect("the host's datagram reaches the layer");
+        assert_eq!(at, 14);
+        assert_eq!((&frame[0..6], &frame[6..12]), (&ROUTER_MAC[..], &HOST_MAC[..]));
+        let p = wire::parse_ipv4(&frame[at..]).unwrap();
+        assert_eq!((p.src, p.dst, &p.payload[8..]), (HOST, Ipv4Addr::new(192, 0, 2, 9), &b"out"[..]));
+        // Sent back to the host (now a known neighbour) where it lies: the
+        // link's header is written over the one it came with.
+        let back = udp(Ipv4Addr::new(192, 0, 2, 9), 4000, HOST, 7, b"in place");
+        frame.truncate(at);
+        frame.extend_from_slice(&back);
+        let sent_before = l.sent.borrow().len();
+        l.ip.send_in_place(NextHop::Ip(IpAddr::V4(HOST)), &mut frame, at, None).unwrap();
+        assert_eq!((&frame[0..6], &frame[6..12], &frame[12..14]), (&HOST_MAC[..], &ROUTER_MAC[..], &[8, 0][..]));
+        assert_eq!(l.sent.borrow()[sent_before..], [frame.clone()], "the frame goes out as it lies");
+        // A packet with no room before it is copied behind a header.
+        let mut bare = udp(Ipv4Addr::new(192, 0, 2, 9), 4000, HOST, 7, b"copied");
+        l.ip.send_in_place(NextHop::Ip(IpAddr::V4(HOST)), &mut bare, 0, None).unwrap();
+        assert_eq!(l.sent.borrow().last().map(|f| f[14..].to_vec()), Some(bare.clone()));
+        // An offset past the frame's end is refused.
+        assert!(l.ip.send_in_place(NextHop::Ip(IpAddr::V4(HOST)), &mut bare, 1000, None).is_err());
+        let mut buf = [0u8; 64];
+        for want in [&b"in place"[..], b"copied"] {
+            let (n, from) = sock.recv_from(&mut buf).await.unwrap();
+            assert_eq!((&buf[..n], from), (want, far));
+        }
+        assert_eq!(l.ip.stats().tx_packets, 2, "{:?}", l.ip.stats());
+    });
+}

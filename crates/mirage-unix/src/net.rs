@@ -5,6 +5,20 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use mirage_devices::net::{Error, MacAddr, Net, NetInfo, PartialChecksum, RxMeta, Stats};
 use mirage_runtime::{Interest, Source, io};
 
+/// The virtio-net header of `frame`, sent with `partial` left to the
+/// kernel: a frame longer than the MTU (`max_frame`) goes out only as a
+/// segment the kernel cuts.
+fn vnet_hdr(
+    frame: &[u8],
+    partial: Option<PartialChecksum>,
+    max_frame: usize,
+) -> Result<[u8; tap::VNET_HDR_LEN], Error> {
+    match tap::vnet_hdr_for(frame, partial.map(|p| (p.start, p.offset, p.segment))) {
+        Some(h) if frame.len() <= max_frame || partial.is_some_and(|p| p.segment != 0) => Ok(h),
+        _ => Err(Error::TooLarge),
+    }
+}
+
 /// The unikernel's end of a tap device: frames read from and written to it.
 /// The unikernel has its own MAC address (the tap's is the host's).
 ///
@@ -41,6 +55,19 @@ impl TapNet {
         let tx_frame = if vnet { tap::VNET_MAX_SEGMENTED.max(info.max_frame()) } else { info.max_frame() };
         let (rx, tx) = (vec![0; info.max_frame()], vec![0; hdr + tx_frame]);
         Ok(TapNet { fd, info, hdr, rx, tx, stats: Stats::default() })
+    }
+
+    /// Counts a frame of `len` bytes written (`n`, `write`'s result).
+    fn sent(&mut self, n: isize, len: usize) -> Result<(), Error> {
+        if n < 0 {
+            return match std::io::Error::last_os_error().kind() {
+                std::io::ErrorKind::WouldBlock => Err(Error::WouldBlock),
+                _ => Err(Error::Io),
+            };
+        }
+        self.stats.tx_frames += 1;
+        self.stats.tx_bytes += len as u64;
+        Ok(())
     }
 
     fn source(&self) -> Source {
@@ -121,29 +148,34 @@ impl Net for TapNet {
         let (hdr, frame) = self.tx[..self.hdr + len].split_at_mut(self.hdr);
         let (r, partial) = f(frame);
         if self.hdr != 0 {
-            // A frame longer than the MTU goes out only as a segment the
-            // kernel cuts.
-            match tap::vnet_hdr_for(frame, partial.map(|p| (p.start, p.offset, p.segment))) {
-                Some(h) if len <= self.info.max_frame() || partial.is_some_and(|p| p.segment != 0) => {
-                    hdr.copy_from_slice(&h)
-                }
-                _ => return Err(Error::TooLarge),
-            }
+            hdr.copy_from_slice(&vnet_hdr(frame, partial, self.info.max_frame())?);
         } else if let Some(p) = partial {
             p.complete(frame);
         }
         let total = self.hdr + len;
         // SAFETY: tx holds at least `total` initialised bytes.
         let n = unsafe { libc::write(self.fd.as_raw_fd(), self.tx.as_ptr().cast(), total) };
-        if n < 0 {
-            return match std::io::Error::last_os_error().kind() {
-                std::io::ErrorKind::WouldBlock => Err(Error::WouldBlock),
-                _ => Err(Error::Io),
-            };
-        }
-        self.stats.tx_frames += 1;
-        self.stats.tx_bytes += len as u64;
+        self.sent(n, len)?;
         Ok(r)
+    }
+
+    fn send_frame(&mut self, frame: &mut [u8], partial: Option<PartialChecksum>) -> Result<(), Error> {
+        let len = frame.len();
+        if len > self.info.max_frame() && (self.hdr == 0 || len > self.tx.len() - self.hdr) {
+            return Err(Error::TooLarge);
+        }
+        // Written from where it lies, behind its header: no copy into tx.
+        let vnet = if self.hdr != 0 {
+            vnet_hdr(frame, partial, self.info.max_frame())?
+        } else {
+            if let Some(p) = partial {
+                p.complete(frame);
+            }
+            [0; tap::VNET_HDR_LEN]
+        };
+        // SAFETY: `frame` is a live slice of `len` bytes.
+        let n = unsafe { tap::write_frame(self.fd.as_raw_fd(), self.hdr != 0, vnet, frame.as_ptr(), len) };
+        self.sent(n, len)
     }
 
     fn stats(&self) -> Stats {
