@@ -57,8 +57,11 @@ pub const OP_BLOCK_WRITE_SYNC: u32 = 0x100;
 /// the buffer up, committed with `ret` EINVAL. A buffer of no bytes, or for
 /// a handle that is not a network device, is committed at once with `ret`
 /// EINVAL. Once a device has buffers posted, the tender waits on its tap
-/// for as long as the guest runs. Solo5's tenders skip the unknown
-/// operation.
+/// for as long as the guest runs. Entries are served in the ring's order,
+/// a write's frame sent before the next entry is taken: a guest may send a
+/// frame from a filled buffer ([`OP_NET_WRITE`] with `data` in it, as a
+/// router sends on what it received) and post the buffer again in a later
+/// entry at once. Solo5's tenders skip the unknown operation.
 pub const OP_NET_POST_READ: u32 = 0x101;
 
 /// `struct hvt_ring_entry`: one request from the guest.

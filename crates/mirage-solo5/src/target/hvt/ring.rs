@@ -275,10 +275,24 @@ impl GuestRing {
     /// bypassed (the caller then makes the hypercall). `csum` is the
     /// entry's checksum request (`solo5_abi::ring::csum_entry`, where the
     /// tender offers `FEATURE_NET_CSUM`), or 0.
+    ///
+    /// A frame that lies in a posted buffer lent out now (received, and
+    /// being sent on: [`mirage_devices::net::Net::send_frame`]) is sent
+    /// where it lies, without a copy. The buffer may be posted again as
+    /// soon as it is given back: the thread serves entries in the ring's
+    /// order, so it has written the frame before it takes the buffer's
+    /// next post, which comes after this entry.
     pub(crate) fn write(&self, handle: u64, frame: &[u8], csum: u64) -> Option<Result<(), Error>> {
         // A segment for the host to cut (bits 48 and up) has no other way.
         if frame.len() > MAX_FRAME || (csum >> 48 == 0 && self.bypass()) {
             return None;
+        }
+        if self.posted && PX.with(|px| px.lent_holds(frame)) {
+            let tail = self.reserve();
+            self.no_bytes(tail);
+            let wake = self.wake_for_write();
+            self.submit(tail, OP_NET_WRITE, handle, frame.as_ptr() as u64, frame.len() as u32, csum, wake);
+            return Some(Ok(()));
         }
         self.put(handle, frame.len(), |buf| {
             buf.copy_from_slice(frame);
@@ -349,11 +363,17 @@ impl GuestRing {
         };
         self.starts[(tail & RING_MASK) as usize].store(start, Ordering::Relaxed);
         self.wr.store(end, Ordering::Relaxed);
-        let wake = !self.serve
-            || (self.unwoken.fetch_add(1, Ordering::Relaxed) + 1 >= WAKE_AFTER_WRITES
-                && !self.thread_slow(super::monotonic()));
+        let wake = self.wake_for_write();
         self.submit(tail, OP_NET_WRITE, handle, buf.as_ptr() as u64, len, csum, wake);
         Some(Ok(r))
+    }
+
+    /// Whether a write about to be submitted should wake a sleeping I/O
+    /// thread (see [`WAKE_AFTER_WRITES`]).
+    fn wake_for_write(&self) -> bool {
+        !self.serve
+            || (self.unwoken.fetch_add(1, Ordering::Relaxed) + 1 >= WAKE_AFTER_WRITES
+                && !self.thread_slow(super::monotonic()))
     }
 
     /// Whether to leave the ring's sleeping I/O thread alone and make a
@@ -938,6 +958,18 @@ impl Posted {
             q.idle.push(i);
         }
         q.idle.len() >= REPOST_BATCH.min(q.count / 4).max(1)
+    }
+
+    /// Whether all of `frame` lies in a buffer lent out now, of any
+    /// interface.
+    fn lent_holds(&self, frame: &[u8]) -> bool {
+        let (start, end) = (frame.as_ptr() as usize, frame.as_ptr() as usize + frame.len());
+        self.queues.iter().any(|q| {
+            q.lent.is_some_and(|i| {
+                let buf = q.bufs as usize + i * q.size;
+                start >= buf && end <= buf + q.size
+            })
+        })
     }
 
     fn take_error(&mut self, handle: u64) -> Option<Error> {
