@@ -123,6 +123,27 @@ fn through_with(t: &str, offload: bool) -> Result<(), String> {
     if peer.ip() != UPLINK {
         return Err(format!("the server saw {peer}, not the masquerade address {UPLINK}"));
     }
+    // Four streams at once, 16 MiB each way, byte-exact: both interfaces'
+    // frames in flight together, where hvt sends each on from the
+    // receive buffer it arrived in and posts the buffer again only once
+    // the host has taken it.
+    let mut streams = Vec::new();
+    for port in 7010..7014 {
+        let at = SocketAddr::from((SERVER, port));
+        streams.push((tcp_echo_once(&lab.server, at)?, at));
+    }
+    std::thread::scope(|scope| -> Result<(), String> {
+        let client = &lab.client;
+        let clients: Vec<_> =
+            streams.iter().map(|&(_, at)| scope.spawn(move || tcp_exchange(client, at, 16 << 20))).collect();
+        for c in clients {
+            c.join().map_err(|_| "client panicked")??;
+        }
+        Ok(())
+    })?;
+    for (server, _) in streams {
+        server.join().map_err(|_| "server panicked")??;
+    }
     let line = lab.stats_after(lab.stats_lines())?;
     let (partial, segmented) = (count(&line, "partial "), count(&line, "segmented "));
     if offload && (partial == 0 || segmented == 0) {

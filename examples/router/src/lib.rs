@@ -265,7 +265,10 @@ impl Router {
         let Router { nat, routes, own, scratch, len, counters, v6, .. } = self;
         let inside_own = own[INSIDE as usize].0;
         let out_mtu = to.info().mtu as usize;
-        let got = from.try_recv_meta(|p, meta| {
+        // The packet comes inside its frame, so that it goes on where it
+        // lies where the interfaces can (`Ip::send_in_place`).
+        let got = from.try_recv_framed(|frame, at, meta| {
+            let p = &mut frame[at..];
             // A partial checksum (forward offload) is passed on as it is
             // to the other interface; a packet kept for later, or that
             // cannot be, is completed or dropped here.
@@ -291,11 +294,8 @@ impl Router {
                 // The IP layer checked the packet (or its host did).
                 return match v6.process_checked(now_ms(), fi, p, nat.rules_mut(), true) {
                     v6::Decision::Forward(i, via) if i == ti => {
-                        let sent = to.send_partial(NextHop::Ip(IpAddr::V6(via)), p.len(), |b| {
-                            b.copy_from_slice(p);
-                            ((), out(p, counters))
-                        });
-                        if sent.is_err() {
+                        let partial = out(p, counters);
+                        if to.send_in_place(NextHop::Ip(IpAddr::V6(via)), frame, at, partial).is_err() {
                             counters.tx_failed += 1;
                         }
                         Later::Done
@@ -318,11 +318,8 @@ impl Router {
             match nat.process_partial(now_ms(), Interface(fi), p, field.is_some(), |dst| route(routes, own, dst)) {
                 Verdict::Forward(Interface(i)) if i == ti => {
                     let hop = next_hop(routes, dst_of(p));
-                    let sent = to.send_partial(hop, p.len(), |b| {
-                        b.copy_from_slice(p);
-                        ((), out(p, counters))
-                    });
-                    if sent.is_err() {
+                    let partial = out(p, counters);
+                    if to.send_in_place(hop, frame, at, partial).is_err() {
                         counters.tx_failed += 1;
                     }
                     Later::Done
