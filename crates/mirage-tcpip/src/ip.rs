@@ -572,15 +572,21 @@ impl<N: Net> IpLayer<N> {
     ) -> Result<(), Error> {
         let src = self.info.mac.0;
         let sent = self.net.send_partial(14 + len, |buf| {
-            buf[0..6].copy_from_slice(&mac);
-            buf[6..12].copy_from_slice(&src);
             let partial = write(&mut buf[14..]);
-            let v6 = buf.get(14).is_some_and(|b| b >> 4 == 6);
-            let ethertype = if v6 { wire::ETHERTYPE_IPV6 } else { wire::ETHERTYPE_IPV4 };
-            buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
+            eth_header(buf, mac, src);
             ((), partial.map(|p| PartialChecksum { start: p.start + 14, ..p }))
         });
         self.sent(sent)
+    }
+
+    /// Refuses, and counts, a packet of `len` bytes longer than the MTU
+    /// that is not a segment the host cuts (where it does).
+    fn check_len(&mut self, len: usize) -> Result<(), Error> {
+        if len > self.info.mtu as usize && 14 + len > self.offload {
+            self.stats.tx_dropped += 1;
+            return Err(Error::TooLarge);
+        }
+        Ok(())
     }
 
     /// Counts a frame sent, or not, and gives the IP layer's error.
@@ -903,12 +909,8 @@ impl<N: Net> Ip for IpLayer<N> {
         len: usize,
         f: impl FnOnce(&mut [u8]) -> (R, Option<PartialChecksum>),
     ) -> Result<R, Error> {
-        // Longer than the MTU only as a segment the host cuts, where it
-        // does; the interface refuses a long packet that is not one.
-        if len > self.info.mtu as usize && 14 + len > self.offload {
-            self.stats.tx_dropped += 1;
-            return Err(Error::TooLarge);
-        }
+        // The interface would refuse a long packet that is not a segment.
+        self.check_len(len)?;
         let mac = match self.resolve(to)? {
             Ok(mac) => mac,
             Err(a) => return self.hold_partial(a, len, f),
@@ -934,12 +936,7 @@ impl<N: Net> Ip for IpLayer<N> {
         if at < 14 {
             return mirage_devices::ip::send_copied(self, to, &frame[at..], partial);
         }
-        // As send_partial: longer than the MTU only as a segment the host
-        // cuts.
-        if len > self.info.mtu as usize && 14 + len > self.offload {
-            self.stats.tx_dropped += 1;
-            return Err(Error::TooLarge);
-        }
+        self.check_len(len)?;
         let mac = match self.resolve(to)? {
             Ok(mac) => mac,
             Err(a) => {
@@ -951,11 +948,7 @@ impl<N: Net> Ip for IpLayer<N> {
             }
         };
         let frame = &mut frame[at - 14..];
-        frame[0..6].copy_from_slice(&mac);
-        frame[6..12].copy_from_slice(&self.info.mac.0);
-        let v6 = frame.get(14).is_some_and(|b| b >> 4 == 6);
-        let ethertype = if v6 { wire::ETHERTYPE_IPV6 } else { wire::ETHERTYPE_IPV4 };
-        frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        eth_header(frame, mac, self.info.mac.0);
         let partial = partial.map(|p| PartialChecksum { start: p.start + 14, ..p });
         let sent = self.net.send_frame(frame, partial);
         self.sent(sent)
@@ -966,6 +959,16 @@ impl<N: Net> Ip for IpLayer<N> {
         s.neighbors = self.neighbors.len();
         s
     }
+}
+
+/// Writes the Ethernet header of `frame` (to `dst`, from `src`), its type
+/// that of the IP packet after it.
+fn eth_header(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
+    frame[0..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
+    let v6 = frame.get(14).is_some_and(|b| b >> 4 == 6);
+    let ethertype = if v6 { wire::ETHERTYPE_IPV6 } else { wire::ETHERTYPE_IPV4 };
+    frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
 }
 
 impl<N: Net> IpLayer<N> {

@@ -83,13 +83,7 @@ impl WaitSet {
             Tender::Hvt => ("Could not create wait set", "Could not create wait set timerfd"),
             Tender::Spt => ("epoll_create1() failed", "timerfd_create() failed"),
         };
-        // SAFETY: plain epoll_create1; the result is checked.
-        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epfd < 0 {
-            return Err(fatal!("{no_epoll}: {}", strerror(&os_error())));
-        }
-        // SAFETY: epfd is a fresh descriptor owned by nothing else.
-        let epoll = unsafe { OwnedFd::from_raw_fd(epfd) };
+        let epoll = epoll_create().map_err(|e| fatal!("{no_epoll}: {}", strerror(&e)))?;
         // SAFETY: plain timerfd_create; the result is checked.
         let tfd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
         if tfd < 0 {
@@ -119,15 +113,34 @@ impl WaitSet {
     }
 
     fn add_events(&self, fd: i32, data: u64, events: u32) -> Result<(), Exit> {
-        let mut ev = libc::epoll_event { events, u64: data };
-        // SAFETY: both descriptors are open; ev is a valid epoll_event.
-        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-            let e = strerror(&os_error());
-            return Err(match self.tender {
+        epoll_add(&self.epoll, fd, events, data).map_err(|e| {
+            let e = strerror(&e);
+            match self.tender {
                 Tender::Hvt => fatal!("epoll_ctl(EPOLL_CTL_ADD) failed: {e}"),
                 Tender::Spt => fatal!("epoll_ctl(EPOLL_CTL_ADD, hostfd={fd}) failed: {e}"),
-            });
-        }
-        Ok(())
+            }
+        })
     }
+}
+
+/// A new epoll instance, closed on exec.
+pub fn epoll_create() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain epoll_create1; the result is checked.
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epfd < 0 {
+        return Err(os_error());
+    }
+    // SAFETY: epfd is a fresh descriptor owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(epfd) })
+}
+
+/// Adds `fd` to the wait set `epoll` for `events`, reported ready with
+/// `data`.
+pub fn epoll_add(epoll: &OwnedFd, fd: i32, events: u32, data: u64) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: data };
+    // SAFETY: both descriptors are open; ev is a valid epoll_event.
+    if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(os_error());
+    }
+    Ok(())
 }

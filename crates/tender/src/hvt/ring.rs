@@ -29,7 +29,7 @@
 //! at a few a millisecond. A lock keeps the two servers apart.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -273,13 +273,7 @@ impl RingThread {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let csum = !nics.is_empty() && nics.iter().all(|&(_, _, hdr)| hdr);
-        // SAFETY: epoll_create1 has no preconditions.
-        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epfd < 0 {
-            return Err(fatal!("epoll_create1() failed: {}", strerror(&std::io::Error::last_os_error())));
-        }
-        // SAFETY: a descriptor just created, owned by nothing else.
-        let epoll = unsafe { OwnedFd::from_raw_fd(epfd) };
+        let epoll = crate::host::epoll_create().map_err(|e| fatal!("epoll_create1() failed: {}", strerror(&e)))?;
         epoll_add(&epoll, eventfd.as_raw_fd(), libc::EPOLLIN as u32, EVENTFD_DATA)?;
         let serving = Serving {
             posted: nics.iter().map(|_| VecDeque::new()).collect(),
@@ -442,12 +436,7 @@ impl Server {
 
 /// Adds `fd` to the wait set `epoll` for `events`, with `data`.
 fn epoll_add(epoll: &OwnedFd, fd: i32, events: u32, data: u64) -> Result<(), Exit> {
-    let mut ev = libc::epoll_event { events, u64: data };
-    // SAFETY: both descriptors are open; ev is a valid epoll_event.
-    if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-        return Err(fatal!("epoll_ctl() failed: {}", strerror(&std::io::Error::last_os_error())));
-    }
-    Ok(())
+    crate::host::epoll_add(epoll, fd, events, data).map_err(|e| fatal!("epoll_ctl() failed: {}", strerror(&e)))
 }
 
 impl Worker {
