@@ -304,7 +304,14 @@ fn connect() -> Result<TcpStream, String> {
 /// Sends `bytes` and reads what comes back until the server closes.
 fn answer_to(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let mut s = connect()?;
-    s.write_all(bytes).map_err(|e| e.to_string())?;
+    // A server that refuses what it has read so far may close before the
+    // rest is written: the write then fails with a broken pipe or a reset,
+    // and what the server answered is still read.
+    if let Err(e) = s.write_all(bytes)
+        && !matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
+    {
+        return Err(e.to_string());
+    }
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
     Ok(got)
