@@ -34,6 +34,8 @@
 #![forbid(unsafe_code)]
 
 pub mod image;
+pub mod proto;
+pub mod ttrpc;
 
 use std::collections::BTreeMap;
 
