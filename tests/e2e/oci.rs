@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use mirage_oci::image::Entry;
 use mirage_oci::{Target, Unikernel};
 use testkit::harness::{Case, Needs, case};
-use testkit::oci::{Containerd, GROUP_ANNOTATION, Link, SEQ, index_html, ip, runc, website};
+use testkit::oci::{Containerd, GROUP_ANNOTATION, Link, Runtime, SEQ, index_html, ip, runc, website};
 use testkit::{Run, Scratch, TestResult, run_with};
 
 const PROGRAMS: &[(&str, &str)] =
@@ -60,11 +60,17 @@ fn guest_image(
     Ok((reference, path))
 }
 
+/// The parent of process `pid`.
+fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The static website as a container: served at the container's address
 /// from another namespace, console in the task's log, memory limit as
 /// --mem; then kill, delete and remove leave the namespace as it was and
 /// nothing of the container behind.
-fn serves_and_leaves_nothing(target: &'static str) -> TestResult {
+fn serves_and_leaves_nothing(target: &'static str, rt: Runtime) -> TestResult {
     let (image, tarball) = website(target)?;
     let ctd = Containerd::start()?;
     ctd.import(&tarball)?;
@@ -76,11 +82,16 @@ fn serves_and_leaves_nothing(target: &'static str) -> TestResult {
     let netns = link.netns();
     let log_uri = format!("file://{}", log.display());
     let options = ["-d", "--with-ns", &netns, "--memory-limit", "67108864", "--log-uri", &log_uri];
-    ctd.run(&options, &image, &id, &[])?.expect_status(0)?;
+    ctd.run_on(rt, &options, &image, &id, &[])?.expect_status(0)?;
     link.wait_served(&index_html()?)?;
     let (pid, status) = ctd.task(&id)?.ok_or("the task is not listed")?;
     if status != "RUNNING" {
         return Err(format!("task {id} is {status}"));
+    }
+    // The runtime's shim serves it: the tender is its child.
+    let shims = ctd.shims_of(rt);
+    if shims.len() != 1 || parent(pid) != Some(shims[0]) {
+        return Err(format!("the tender {pid} is a child of {:?}, not of the {} {shims:?}", parent(pid), rt.shim()));
     }
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| e.to_string())?;
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ");
@@ -93,7 +104,7 @@ fn serves_and_leaves_nothing(target: &'static str) -> TestResult {
     // A second unikernel in the same namespace is refused, and the first
     // goes on serving.
     let second = format!("{id}-second");
-    let r = ctd.run(&["--rm", "--with-ns", &netns], &image, &second, &[])?;
+    let r = ctd.run_on(rt, &["--rm", "--with-ns", &netns], &image, &second, &[])?;
     if r.status() == 0 || !r.stderr.contains("another unikernel container uses it") {
         return Err(format!("a second unikernel in the namespace was not refused\n{}", r.dump()));
     }
@@ -175,7 +186,7 @@ fn own_namespace(target: &'static str) -> TestResult {
 }
 
 /// A unikernel that faults is reported with the tender's own status.
-fn crash_is_reported(target: &'static str) -> TestResult {
+fn crash_is_reported(target: &'static str, rt: Runtime) -> TestResult {
     let scratch = Scratch::new("oci-crash");
     let direct = testkit::boot(target, &[], "fault", &["unmapped"])?;
     if direct.status() == 0 {
@@ -185,16 +196,35 @@ fn crash_is_reported(target: &'static str) -> TestResult {
     let ctd = Containerd::start()?;
     ctd.import(&tarball)?;
     let id = format!("crash-{target}");
-    let r = ctd.run(&["--rm"], &image, &id, &[])?;
+    let mut events = ctd.events()?;
+    let r = ctd.run_on(rt, &["--rm"], &image, &id, &[])?;
     if r.status() != direct.status() {
         return Err(format!("ctr reported {} where the tender gives {}\n{}", r.status(), direct.status(), r.dump()));
     }
     r.expect_stdout("fault: unmapped")?;
+    // The task's life as containerd published it, the exit with the
+    // tender's status.
+    let _ = events.kill();
+    let mut seen = String::new();
+    if let Some(mut out) = events.stdout.take() {
+        use std::io::Read;
+        let _ = out.read_to_string(&mut seen);
+    }
+    let _ = events.wait();
+    for topic in ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"] {
+        if !seen.lines().any(|l| l.contains(topic) && l.contains(&format!("\"{id}\""))) {
+            return Err(format!("no {topic} event for {id} was published:\n{seen}"));
+        }
+    }
+    let status = format!("\"exit_status\":{}", direct.status());
+    if !seen.lines().any(|l| l.contains("/tasks/exit") && l.contains(&status)) {
+        return Err(format!("the /tasks/exit event does not carry {status}:\n{seen}"));
+    }
     // An exit status of the unikernel's own choosing, from the image's
     // command line and the container's arguments after it.
     let (image, tarball) = guest_image(target, "fault", "exit", &scratch, |_| {})?;
     ctd.import(&tarball)?;
-    ctd.run(&["--rm"], &image, &format!("{id}-42"), &["42"])?.expect_status(42)?;
+    ctd.run_on(rt, &["--rm"], &image, &format!("{id}-42"), &["42"])?.expect_status(42)?;
     let left = ctd.leftovers(&id);
     if !left.is_empty() {
         return Err(format!("left behind: {}", left.join("; ")));
@@ -205,7 +235,7 @@ fn crash_is_reported(target: &'static str) -> TestResult {
 /// Malformed images are refused through containerd with the reason, and
 /// leave nothing: no task, no runtime state, no tap, the namespace as it
 /// was.
-fn malformed_images_are_refused(target: &'static str) -> TestResult {
+fn malformed_images_are_refused(target: &'static str, rt: Runtime) -> TestResult {
     let scratch = Scratch::new("oci-bad");
     let ctd = Containerd::start()?;
     let link = Link::new(SEQ.fetch_add(1, Ordering::Relaxed) % 200 + 1)?;
@@ -230,7 +260,7 @@ fn malformed_images_are_refused(target: &'static str) -> TestResult {
         let id = format!("bad-{name}");
         let mut o = vec!["--rm", "--with-ns", &netns];
         o.extend_from_slice(options);
-        let r = ctd.run(&o, &image, &id, &[])?;
+        let r = ctd.run_on(rt, &o, &image, &id, &[])?;
         if r.status() == 0 || !r.stderr.contains(want) {
             return Err(format!("{name}: ctr run should fail saying {want:?}\n{}", r.dump()));
         }
@@ -316,7 +346,7 @@ fn malformed_bundles_are_refused() -> TestResult {
 
 /// Fifty static websites started at once, each in its own namespace
 /// behind one bridge, all serving; then all deleted, nothing left.
-fn fifty_at_once(target: &'static str) -> TestResult {
+fn fifty_at_once(target: &'static str, rt: Runtime) -> TestResult {
     const N: usize = 50;
     let (image, tarball) = website(target)?;
     let ctd = Containerd::start()?;
@@ -353,7 +383,13 @@ fn fifty_at_once(target: &'static str) -> TestResult {
                 let (ctd, image, tag) = (&ctd, &image, &tag);
                 s.spawn(move || {
                     let netns = format!("network:/var/run/netns/moc-{tag}-{i}");
-                    ctd.run(&["-d", "--with-ns", &netns, "--memory-limit", "33554432"], image, &format!("w{i}"), &[])
+                    ctd.run_on(
+                        rt,
+                        &["-d", "--with-ns", &netns, "--memory-limit", "33554432"],
+                        image,
+                        &format!("w{i}"),
+                        &[],
+                    )
                 })
             })
             .collect();
@@ -404,12 +440,13 @@ fn fifty_at_once(target: &'static str) -> TestResult {
     Ok(())
 }
 
-/// Three containers started with the same shim group annotation: one
-/// runc shim serves them all (where each would have its own), each
+/// Three containers started with the same shim group annotation (for
+/// the runc shim; ours groups a namespace's containers unasked): one shim
+/// serves them all (where each runc shim would have its own), each
 /// answers at its own address, killing one leaves the others serving, and
 /// once all are deleted neither the shim nor anything of the containers
 /// is left.
-fn grouped_under_one_shim(target: &'static str) -> TestResult {
+fn grouped_under_one_shim(target: &'static str, rt: Runtime) -> TestResult {
     const N: usize = 3;
     let (image, tarball) = website(target)?;
     let ctd = Containerd::start()?;
@@ -421,23 +458,25 @@ fn grouped_under_one_shim(target: &'static str) -> TestResult {
     let ids: Vec<String> = (0..N).map(|i| format!("grouped-{target}-{i}")).collect();
     for (id, link) in ids.iter().zip(&links) {
         let netns = link.netns();
-        let options = ["-d", "--with-ns", &netns, "--memory-limit", "33554432", "--annotation", &group];
-        ctd.run(&options, &image, id, &[])?.expect_status(0)?;
+        let mut options = vec!["-d", "--with-ns", &netns, "--memory-limit", "33554432"];
+        // Our shim serves a namespace from one process without being asked.
+        if rt == Runtime::RuncShim {
+            options.extend_from_slice(&["--annotation", &group]);
+        }
+        ctd.run_on(rt, &options, &image, id, &[])?.expect_status(0)?;
     }
     let want = index_html()?;
     for link in &links {
         link.wait_served(&want)?;
     }
-    let shims = ctd.shims();
+    let shims = ctd.shims_of(rt);
     if shims.len() != 1 {
         return Err(format!("{N} grouped containers have {} shims: {shims:?}", shims.len()));
     }
     let tenders: Vec<i32> =
         ids.iter().map(|id| Ok(ctd.task(id)?.ok_or("a task is not listed")?.0)).collect::<Result<_, String>>()?;
-    for pid in &tenders {
-        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
-            s.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok())
-        });
+    for &pid in &tenders {
+        let ppid = parent(pid);
         if ppid != Some(shims[0]) {
             return Err(format!("the tender {pid} is a child of {ppid:?}, not of the group's shim {}", shims[0]));
         }
@@ -450,8 +489,11 @@ fn grouped_under_one_shim(target: &'static str) -> TestResult {
     for link in &links[1..] {
         link.wait_served(&want)?;
     }
-    if ctd.shims() != shims {
-        return Err(format!("the group's shim {shims:?} did not outlive one of its containers: {:?}", ctd.shims()));
+    if ctd.shims_of(rt) != shims {
+        return Err(format!(
+            "the group's shim {shims:?} did not outlive one of its containers: {:?}",
+            ctd.shims_of(rt)
+        ));
     }
     for id in &ids[1..] {
         ctd.ctr(&["task", "kill", "-s", "SIGKILL", id])?.expect_status(0)?;
@@ -460,9 +502,9 @@ fn grouped_under_one_shim(target: &'static str) -> TestResult {
         ctd.ctr(&["container", "rm", id])?.expect_status(0)?;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !ctd.shims().is_empty() {
+    while !ctd.shims_of(rt).is_empty() {
         if Instant::now() > deadline {
-            return Err(format!("the group's shim outlived its containers: {:?}", ctd.shims()));
+            return Err(format!("the group's shim outlived its containers: {:?}", ctd.shims_of(rt)));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -483,6 +525,117 @@ fn grouped_under_one_shim(target: &'static str) -> TestResult {
             return Err(format!("the tender {pid} is still running"));
         }
     }
+    Ok(())
+}
+
+/// Our shim's socket under hostile and broken callers, a container
+/// serving throughout: an oversized message drops that connection alone;
+/// malformed, unknown and wrong calls are answered with their error on a
+/// connection that goes on working; a hundred idle connections and one
+/// that stops mid-message hold nothing up; an output it cannot give is
+/// refused through containerd, leaving nothing.
+fn mirage_shim_survives_hostile_callers() -> TestResult {
+    use mirage_oci::proto::{Reader, Writer};
+    use mirage_oci::ttrpc::{self, code};
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let rt = Runtime::MirageShim;
+    let (image, tarball) = website("spt")?;
+    let ctd = Containerd::start()?;
+    ctd.import(&tarball)?;
+    let link = Link::new(SEQ.fetch_add(1, Ordering::Relaxed) % 200 + 1)?;
+    let id = "hostile-callers";
+    let netns = link.netns();
+    ctd.run_on(rt, &["-d", "--with-ns", &netns], &image, id, &[])?.expect_status(0)?;
+    let want = index_html()?;
+    link.wait_served(&want)?;
+    let address =
+        std::fs::read_to_string(ctd.bundle(id).join("address")).map_err(|e| format!("the address file: {e}"))?;
+    let path = address.trim().strip_prefix("unix://").ok_or(format!("address {address:?}"))?.to_string();
+    let connect = || {
+        let c = UnixStream::connect(&path).map_err(|e| format!("connecting to {path}: {e}"))?;
+        c.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        Ok::<_, String>(c)
+    };
+    let call = |c: &mut UnixStream, service: &str, method: &str, payload: Vec<u8>| {
+        ttrpc::call(c, service, method, payload).map_err(|e| format!("{service}/{method}: {e}"))
+    };
+    let task = "containerd.task.v2.Task";
+    let state_of = |c: &mut UnixStream| -> Result<u64, String> {
+        let mut req = Writer::new();
+        req.string(1, id);
+        let reply = call(c, task, "State", req.into_bytes())?.map_err(|e| format!("State: {e:?}"))?;
+        let mut r = Reader::new(&reply);
+        while let Some((f, v)) = r.next_field().map_err(|e| e.to_string())? {
+            if f == 4 {
+                return v.uint().map_err(|e| e.to_string());
+            }
+        }
+        Err("State gave no status".into())
+    };
+    // Idle connections, and one stopped halfway through a header.
+    let idle = (0..100).map(|_| connect()).collect::<Result<Vec<_>, String>>()?;
+    let mut half = connect()?;
+    half.write_all(&[0, 0, 0]).map_err(|e| e.to_string())?;
+    // A message over the limit: that connection is closed.
+    let mut big = connect()?;
+    big.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 1, ttrpc::REQUEST, 0]).map_err(|e| e.to_string())?;
+    if ttrpc::read_frame(&mut big).map_err(|e| format!("after an oversized message: {e}"))?.is_some() {
+        return Err("an oversized message was answered, not dropped".into());
+    }
+    // Errors answered, one connection throughout.
+    let mut c = connect()?;
+    let expect = |got: ttrpc::Reply, want: i32, what: &str| match got {
+        Err((code, _)) if code == want => Ok(()),
+        other => Err(format!("{what}: {other:?}, expected code {want}")),
+    };
+    ttrpc::write_frame(&mut c, 1, ttrpc::REQUEST, b"\xff\xff").map_err(|e| e.to_string())?;
+    let f = ttrpc::read_frame(&mut c).map_err(|e| e.to_string())?.ok_or("no answer to a malformed request")?;
+    expect(
+        ttrpc::decode_response(&f.payload).map_err(|e| e.to_string())?,
+        code::INVALID_ARGUMENT,
+        "a malformed request",
+    )?;
+    expect(call(&mut c, task, "State", vec![0x0a, 0x40, b'x'])?, code::INVALID_ARGUMENT, "a malformed State")?;
+    expect(call(&mut c, "containerd.task.v9.Nothing", "State", vec![])?, code::UNIMPLEMENTED, "another service")?;
+    expect(call(&mut c, task, "Explode", vec![])?, code::UNIMPLEMENTED, "an unknown method")?;
+    expect(call(&mut c, task, "Exec", vec![])?, code::UNIMPLEMENTED, "Exec")?;
+    let mut bogus = Writer::new();
+    bogus.string(1, "no-such-task").uint(3, 9);
+    expect(call(&mut c, task, "Kill", bogus.finish())?, code::NOT_FOUND, "Kill of an unknown task")?;
+    let mut relative = Writer::new();
+    relative.string(1, "rel").string(2, "bundle");
+    expect(call(&mut c, task, "Create", relative.into_bytes())?, code::INVALID_ARGUMENT, "a relative bundle")?;
+    let mut again = Writer::new();
+    again.string(1, id).string(2, &ctd.bundle(id).display().to_string());
+    expect(call(&mut c, task, "Create", again.into_bytes())?, code::ALREADY_EXISTS, "a second Create")?;
+    let mut delete = Writer::new();
+    delete.string(1, id);
+    expect(call(&mut c, task, "Delete", delete.into_bytes())?, code::FAILED_PRECONDITION, "Delete while running")?;
+    if state_of(&mut c)? != 2 {
+        return Err("the container is not RUNNING after the hostile calls".into());
+    }
+    // containerd is still served, and the container still serves.
+    let (_, status) = ctd.task(id)?.ok_or("the task is not listed")?;
+    if status != "RUNNING" {
+        return Err(format!("ctr task ls says {status}"));
+    }
+    link.wait_served(&want)?;
+    drop((idle, half, c));
+    // An output the shim cannot give is refused with the fix, nothing left.
+    let bad = format!("{id}-binary-log");
+    let r = ctd.run_on(rt, &["--log-uri", "binary:///bin/cat"], &image, &bad, &[])?;
+    if r.status() == 0 || !r.stderr.contains("give a file:// log URI") {
+        return Err(format!("a binary:// log was not refused\n{}", r.dump()));
+    }
+    let left = ctd.leftovers(&bad);
+    if !left.is_empty() || ctd.task(&bad)?.is_some() {
+        return Err(format!("the refused container left: {left:?}"));
+    }
+    ctd.ctr(&["task", "kill", id])?.expect_status(0)?;
+    ctd.wait_stopped(id)?;
+    ctd.ctr(&["task", "delete", id])?.expect_status(0)?;
+    ctd.ctr(&["container", "rm", id])?.expect_status(0)?;
     Ok(())
 }
 
@@ -521,16 +674,32 @@ pub fn cases(v: &mut Vec<Case>) {
     v.push(case("oci::mirage_package_refuses_what_it_cannot_pack", Needs::Nothing, package_refusals));
     for t in ["hvt", "spt"] {
         let needs = Needs::NetPrograms(t, PROGRAMS);
-        v.push(case(format!("oci::{t}_serves_http_and_leaves_nothing"), needs, move || serves_and_leaves_nothing(t)));
-        v.push(case(format!("oci::{t}_crash_is_reported_with_its_status"), needs, move || crash_is_reported(t)));
+        for rt in [Runtime::RuncShim, Runtime::MirageShim] {
+            let n = rt.name();
+            v.push(case(format!("oci::{t}_{n}_serves_http_and_leaves_nothing"), needs, move || {
+                serves_and_leaves_nothing(t, rt)
+            }));
+            v.push(case(format!("oci::{t}_{n}_crash_is_reported_with_its_status"), needs, move || {
+                crash_is_reported(t, rt)
+            }));
+            v.push(case(format!("oci::{t}_{n}_malformed_images_are_refused"), needs, move || {
+                malformed_images_are_refused(t, rt)
+            }));
+            v.push(case(format!("oci::{t}_{n}_grouped_containers_share_one_shim"), needs, move || {
+                grouped_under_one_shim(t, rt)
+            }));
+            let mut fifty = case(format!("oci::{t}_{n}_fifty_at_once"), needs, move || fifty_at_once(t, rt));
+            // Fifty guests and their shims fill this machine's two cores.
+            fifty.alone = true;
+            v.push(fifty);
+        }
         v.push(case(format!("oci::{t}_without_a_namespace_gets_one_of_its_own"), needs, move || own_namespace(t)));
-        v.push(case(format!("oci::{t}_malformed_images_are_refused"), needs, move || malformed_images_are_refused(t)));
-        v.push(case(format!("oci::{t}_grouped_containers_share_one_shim"), needs, move || grouped_under_one_shim(t)));
-        let mut fifty = case(format!("oci::{t}_fifty_at_once"), needs, move || fifty_at_once(t));
-        // Fifty guests and their shims fill this machine's two cores.
-        fifty.alone = true;
-        v.push(fifty);
     }
+    v.push(case(
+        "oci::mirage_shim_survives_hostile_callers",
+        Needs::NetPrograms("spt", PROGRAMS),
+        mirage_shim_survives_hostile_callers,
+    ));
     v.push(case(
         "oci::malformed_bundles_are_refused",
         Needs::Program { name: "runc", package: "runc" },

@@ -17,6 +17,33 @@ pub fn runc() -> PathBuf {
     root().join("target/release/mirage-runc")
 }
 
+/// Which of the two ways containerd runs a unikernel container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// containerd's runc shim, with `mirage-runc` as its runc.
+    RuncShim,
+    /// Our own shim, `containerd-shim-mirage-v2`
+    /// (`io.containerd.mirage.v2`), which runs `mirage-runc` itself.
+    MirageShim,
+}
+
+impl Runtime {
+    /// The shim binary's name, as it shows in a process listing.
+    pub fn shim(self) -> &'static str {
+        match self {
+            Runtime::RuncShim => "containerd-shim-runc-v2",
+            Runtime::MirageShim => "containerd-shim-mirage-v2",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::RuncShim => "runc_shim",
+            Runtime::MirageShim => "mirage_shim",
+        }
+    }
+}
+
 pub static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// The OCI annotation by which containerd's runc shim (v2) serves every
@@ -57,7 +84,15 @@ impl Containerd {
         let config_path = dir.0.join("config.toml");
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.0.join("containerd.log")).map_err(|e| e.to_string())?;
+        // containerd finds a runtime's shim on its PATH: ours is built
+        // beside mirage-runc.
+        let path = format!(
+            "{}:{}",
+            root().join("target/release").display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
         let child = Command::new("containerd")
+            .env("PATH", path)
             .arg("--config")
             .arg(&config_path)
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -85,6 +120,22 @@ impl Containerd {
         run_with(c, Duration::from_secs(120))
     }
 
+    /// The bundle containerd made for container `id`'s task.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.state.join("io.containerd.runtime.v2.task").join(&self.namespace).join(id)
+    }
+
+    /// `ctr events`, running until killed: what containerd publishes for
+    /// this namespace, one event a line.
+    pub fn events(&self) -> Result<std::process::Child, String> {
+        Command::new("ctr")
+            .args(["--address", &self.address, "--namespace", &self.namespace, "events"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run ctr events: {e}"))
+    }
+
     pub fn import(&self, tarball: &Path) -> TestResult {
         self.ctr(&["images", "import", &tarball.display().to_string()])?.expect_status(0)
     }
@@ -92,6 +143,28 @@ impl Containerd {
     /// `ctr run` with mirage-runc as the runc shim's binary.
     pub fn run(&self, options: &[&str], image: &str, id: &str, args: &[&str]) -> Result<Run, String> {
         self.run_with(Some(&runc()), options, image, id, args)
+    }
+
+    /// `ctr run` of a unikernel container by `runtime`.
+    pub fn run_on(
+        &self,
+        runtime: Runtime,
+        options: &[&str],
+        image: &str,
+        id: &str,
+        args: &[&str],
+    ) -> Result<Run, String> {
+        match runtime {
+            Runtime::RuncShim => self.run(options, image, id, args),
+            Runtime::MirageShim => {
+                let mut a = vec!["run", "--runtime", "io.containerd.mirage.v2"];
+                a.extend_from_slice(options);
+                a.push(image);
+                a.push(id);
+                a.extend_from_slice(args);
+                self.ctr(&a)
+            }
+        }
     }
 
     /// `ctr run` by the runc shim with `binary` (runc when `None`).
@@ -119,12 +192,17 @@ impl Containerd {
     /// one per container, or one per group of containers started with the
     /// same [`GROUP_ANNOTATION`].
     pub fn shims(&self) -> Vec<i32> {
+        self.shims_of(Runtime::RuncShim)
+    }
+
+    /// The pids of `runtime`'s shims serving this namespace's containers.
+    pub fn shims_of(&self, runtime: Runtime) -> Vec<i32> {
         let mut shims = Vec::new();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
             let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let words: Vec<&str> = cmdline.split('\0').collect();
-            if words.first().is_some_and(|w| w.ends_with("containerd-shim-runc-v2"))
+            if words.first().is_some_and(|w| w.ends_with(runtime.shim()))
                 && words.windows(2).any(|w| w == ["-namespace", self.namespace.as_str()])
             {
                 shims.push(pid);
