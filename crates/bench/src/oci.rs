@@ -1,8 +1,9 @@
 //! `mirage-bench oci`: the static website as a container under containerd,
-//! on hvt and spt with mirage-runc, beside nginx in a runc container from
-//! a local image (Debian's nginx-light binary and its libraries, the same
-//! files), all started by containerd's runc shim with `ctr run` in a
-//! network namespace of their own: the time from `ctr run` to the first
+//! on hvt and spt, started by our shim (`io.containerd.mirage.v2`) and by
+//! containerd's runc shim with mirage-runc, beside nginx in a runc
+//! container from a local image (Debian's nginx-light binary and its
+//! libraries, the same files), each with `ctr run` in a network namespace
+//! of its own: the time from `ctr run` to the first
 //! HTTP answer, the memory of a running instance (the proportional set
 //! size of the container's processes, and with its shim), and so how many
 //! fit in 1 GiB.
@@ -14,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mirage_oci::image::Entry;
-use testkit::oci::{Containerd, GROUP_ANNOTATION, Link, website};
+use testkit::oci::{Containerd, GROUP_ANNOTATION, Link, Runtime, website};
 use testkit::{Scratch, root};
 
 use crate::{Options, machine, median};
@@ -116,10 +117,39 @@ fn pss(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The pids of task `id` (`ctr task ps`) and of its shim.
-fn processes(ctd: &Containerd, id: &str) -> Result<(Vec<i32>, Vec<i32>), String> {
+/// How a row's containers are started: by containerd's runc shim with
+/// this runc (runc itself when `None`), or by our shim.
+#[derive(Debug, Clone)]
+enum Way {
+    RuncShim(Option<PathBuf>),
+    MirageShim,
+}
+
+impl Way {
+    fn run(&self, ctd: &Containerd, options: &[&str], image: &str, id: &str) -> Result<testkit::Run, String> {
+        match self {
+            Way::RuncShim(runc) => ctd.run_with(runc.as_deref(), options, image, id, &[]),
+            Way::MirageShim => ctd.run_on(Runtime::MirageShim, options, image, id, &[]),
+        }
+    }
+
+    /// Every shim process of the namespace.
+    fn shims(&self, ctd: &Containerd) -> Vec<i32> {
+        match self {
+            Way::RuncShim(_) => ctd.shims(),
+            Way::MirageShim => ctd.shims_of(Runtime::MirageShim),
+        }
+    }
+}
+
+/// The pids of task `id` (`ctr task ps`) and of its shim (ours serves
+/// the namespace, so it is every one of ours there).
+fn processes(ctd: &Containerd, way: &Way, id: &str) -> Result<(Vec<i32>, Vec<i32>), String> {
     let r = ctd.ctr(&["task", "ps", id])?;
     let task: Vec<i32> = r.stdout.lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    if let Way::MirageShim = way {
+        return Ok((task, way.shims(ctd)));
+    }
     let mut shim = Vec::new();
     for e in std::fs::read_dir("/proc").map_err(|e| e.to_string())?.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
@@ -145,7 +175,7 @@ struct Row {
 
 /// `runs` containers of `image` one after the other, each in a fresh pair
 /// of namespaces.
-fn measure(ctd: &Containerd, name: &str, runtime: Option<&Path>, image: &str, runs: usize) -> Result<Row, String> {
+fn measure(ctd: &Containerd, name: &str, way: &Way, image: &str, runs: usize) -> Result<Row, String> {
     let mut row =
         Row { name: name.into(), times: Vec::new(), returned: Vec::new(), task_kib: Vec::new(), shim_kib: Vec::new() };
     for i in 0..runs {
@@ -161,7 +191,7 @@ fn measure(ctd: &Containerd, name: &str, runtime: Option<&Path>, image: &str, ru
         let netns = link.netns();
         let client = ask_from_client(&link)?;
         let start = Instant::now();
-        let r = ctd.run_with(runtime, &["-d", "--with-ns", &netns, "--memory-limit", "67108864"], image, &id, &[])?;
+        let r = way.run(ctd, &["-d", "--with-ns", &netns, "--memory-limit", "67108864"], image, &id)?;
         if r.status() != 0 {
             return Err(format!("ctr run {image}: {}", r.dump()));
         }
@@ -169,7 +199,7 @@ fn measure(ctd: &Containerd, name: &str, runtime: Option<&Path>, image: &str, ru
         let answered = client.join().map_err(|_| "the client panicked".to_string())??;
         row.times.push(answered.saturating_duration_since(start).as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_millis(200));
-        let (task, shim) = processes(ctd, &id)?;
+        let (task, shim) = processes(ctd, way, &id)?;
         row.task_kib.push(task.iter().map(|&p| pss(p)).sum::<u64>() as f64);
         row.shim_kib.push(shim.iter().map(|&p| pss(p)).sum::<u64>() as f64);
         ctd.ctr(&["task", "kill", "-s", "SIGKILL", &id])?;
@@ -199,7 +229,7 @@ struct AtOnce {
 fn at_once(
     ctd: &Containerd,
     name: &str,
-    runtime: Option<&Path>,
+    way: &Way,
     image: &str,
     n: usize,
     group: Option<&str>,
@@ -217,7 +247,7 @@ fn at_once(
             if let Some(a) = &annotation {
                 options.extend_from_slice(&["--annotation", a]);
             }
-            let r = ctd.run_with(runtime, &options, image, &id, &[])?;
+            let r = way.run(ctd, &options, image, &id)?;
             if r.status() != 0 {
                 return Err(format!("ctr run {image}: {}", r.dump()));
             }
@@ -230,11 +260,11 @@ fn at_once(
         std::thread::sleep(Duration::from_millis(500));
         let mut task_kib = 0;
         for id in &ids {
-            let (task, _) = processes(ctd, id)?;
+            let (task, _) = processes(ctd, way, id)?;
             task_kib += task.iter().map(|&p| pss(p)).sum::<u64>();
         }
         // Every shim of the namespace: only these containers run in it.
-        let shims = ctd.shims();
+        let shims = way.shims(ctd);
         let shim_kib = shims.iter().map(|&p| pss(p)).sum::<u64>();
         println!("<!-- {name}: {} shim processes for {n} containers -->", shims.len());
         let per = |kib: u64| kib as f64 / n as f64;
@@ -248,7 +278,7 @@ fn at_once(
     }
     // The next row starts once these shims are gone.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !ctd.shims().is_empty() && Instant::now() < deadline {
+    while !way.shims(ctd).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     result
@@ -264,19 +294,19 @@ pub(crate) fn oci(opts: &Options) -> Result<(), String> {
     for t in ["hvt", "spt"] {
         let (reference, tarball) = website(t)?;
         ctd.import(&tarball)?;
-        images.push((format!("static-website {t}, mirage-runc"), Some(testkit::oci::runc()), reference));
+        images.push((format!("static-website {t}, our shim"), Way::MirageShim, reference.clone()));
+        let runc = Way::RuncShim(Some(testkit::oci::runc()));
+        images.push((format!("static-website {t}, runc shim and mirage-runc"), runc, reference));
     }
     let (nginx, tarball) = nginx_image(&scratch)?;
     ctd.import(&tarball)?;
-    images.push(("nginx, runc".to_string(), None, nginx));
+    images.push(("nginx, runc".to_string(), Way::RuncShim(None), nginx));
     let containerd = String::from_utf8_lossy(
         &Command::new("containerd").arg("--version").output().map_err(|e| e.to_string())?.stdout,
     )
     .trim()
     .to_string();
-    println!(
-        "{containerd}; ctr run -d by the runc shim, a fresh network namespace each, memory limit 64 MiB; {runs} runs each"
-    );
+    println!("{containerd}; ctr run -d, a fresh network namespace each, memory limit 64 MiB; {runs} runs each");
     println!();
     println!(
         "| server | ctr run -d returns | ctr run to first answer: median | min | max | memory (PSS) of the container's processes | with its shim | instances per GiB (with the shim) |"
@@ -284,12 +314,12 @@ pub(crate) fn oci(opts: &Options) -> Result<(), String> {
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut rows = Vec::new();
     let at_once_only = opts.only.iter().any(|w| w == "at-once");
-    for (name, runtime, image) in &images {
-        rows.push((name.clone(), runtime.clone(), image.clone()));
+    for (name, way, image) in &images {
+        rows.push((name.clone(), way.clone(), image.clone()));
         if at_once_only {
             continue;
         }
-        let mut row = measure(&ctd, name, runtime.as_deref(), image, runs)?;
+        let mut row = measure(&ctd, name, way, image, runs)?;
         let min = row.times.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = row.times.iter().cloned().fold(0.0, f64::max);
         let t = median(&mut row.times);
@@ -316,10 +346,19 @@ pub(crate) fn oci(opts: &Options) -> Result<(), String> {
         "| server | PSS of the container's processes | with its shim | instances per GiB: processes / with shims |"
     );
     println!("| --- | --- | --- | --- |");
-    for ((name, runtime, image), group) in rows.iter().flat_map(|r| [(r, None), (r, Some("bench"))]) {
-        let m = at_once(&ctd, name, runtime.as_deref(), image, n, group)?;
+    // The runc shim both ways; ours serves a namespace from one process.
+    let variants = rows.iter().flat_map(|r| match r.1 {
+        Way::MirageShim => vec![(r, None)],
+        Way::RuncShim(_) => vec![(r, None), (r, Some("bench"))],
+    });
+    for ((name, way, image), group) in variants {
+        let m = at_once(&ctd, name, way, image, n, group)?;
         let per_gib = |kib: f64| if kib > 0.0 { (1024.0 * 1024.0 / kib).floor() } else { 0.0 };
-        let shims = if group.is_some() { "one shim for all" } else { "a shim each" };
+        let shims = match (way, group) {
+            (Way::MirageShim, _) => "one for the namespace",
+            (_, Some(_)) => "one shim for all",
+            _ => "a shim each",
+        };
         println!(
             "| {name}, {shims} | {:.2} MiB | {:.2} MiB | {:.0} / {:.0} |",
             m.task_kib / 1024.0,
