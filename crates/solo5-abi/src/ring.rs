@@ -49,10 +49,12 @@ pub const OP_BLOCK_WRITE_SYNC: u32 = 0x100;
 /// `handle`. The tender takes the entry at once (moves `ent_head` past it)
 /// and keeps the buffer; a guest that posts more than [`RING_SIZE`] of them
 /// in all, or a buffer that is not writable guest memory, is stopped. The
-/// buffers of a device are filled in the order they were posted, one frame
-/// each, and each filled buffer gets a commit with the entry's id, its
-/// length and its header's flags: a device's commits come in the order its
-/// frames arrived. A frame is read into a buffer only while fewer than
+/// buffers of a device are filled one frame each, the one posted last
+/// first (so that buffers given back and posted again are used while warm
+/// in the caches, and the pages of those light traffic never needs are
+/// never touched, nor backed by the host), and each filled buffer gets a
+/// commit with the entry's id, its length and its header's flags: a
+/// device's commits come in the order its frames arrived. A frame is read into a buffer only while fewer than
 /// [`RING_SIZE`] commits wait for the guest. A failed read of the tap uses
 /// the buffer up, committed with `ret` EINVAL. A buffer of no bytes, or for
 /// a handle that is not a network device, is committed at once with `ret`

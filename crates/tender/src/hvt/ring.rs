@@ -218,7 +218,8 @@ struct Server {
 #[derive(Debug)]
 struct Serving {
     /// Per NIC (as `Server::nics` lists them): the receive buffers posted
-    /// and not yet filled, oldest first: entry id, guest address, length.
+    /// and not yet filled, in the order posted, filled from the back (see
+    /// [`OP_NET_POST_READ`]): entry id, guest address, length.
     posted: Vec<VecDeque<(u32, u64, u32)>>,
     /// Buffers posted across NICs, at most [`RING_SIZE`].
     total: usize,
@@ -628,7 +629,7 @@ impl Server {
     }
 
     /// Fills the posted receive buffers with the frames the taps hold,
-    /// each NIC's in the order posted, while fewer than [`RING_SIZE`]
+    /// each NIC's last posted first, while fewer than [`RING_SIZE`]
     /// commits wait for the guest: the handles that got frames, as a POLL
     /// ready set.
     fn fill(&self, s: &mut Serving, ring: &Ring) -> Result<u64, Exit> {
@@ -646,7 +647,7 @@ impl Server {
             if handle < 64 && handles & 1 << handle == 0 {
                 continue;
             }
-            while let Some(&(id, data, len)) = s.posted[i].front() {
+            while let Some(&(id, data, len)) = s.posted[i].back() {
                 // The guest's com_head, whatever it holds, only stops this.
                 let waiting = ring.com_tail.load(Ordering::Relaxed).wrapping_sub(ring.com_head.load(Ordering::Acquire));
                 if waiting >= RING_SIZE {
@@ -663,7 +664,7 @@ impl Server {
                 } else {
                     SoloResult::Inval
                 };
-                s.posted[i].pop_front();
+                s.posted[i].pop_back();
                 s.total -= 1;
                 post_commit(ring, id, ret, n.max(0) as u32, flags as u32);
                 if ret != SoloResult::Ok {
