@@ -76,7 +76,7 @@ fn nginx_image(scratch: &Scratch) -> Result<(String, PathBuf), String> {
 fn first_answer(addr: SocketAddr) -> Result<Instant, String> {
     let since = Instant::now();
     while since.elapsed() < Duration::from_secs(30) {
-        if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(50)) {
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(5)) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
             let mut answer = Vec::new();
             if s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").is_ok()
