@@ -211,10 +211,16 @@ fn crash_is_reported(target: &'static str, rt: Runtime) -> TestResult {
         let _ = out.read_to_string(&mut seen);
     }
     let _ = events.wait();
+    // In the order of the task's life, though the unikernel fails at once.
+    let mut last = None;
     for topic in ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"] {
-        if !seen.lines().any(|l| l.contains(topic) && l.contains(&format!("\"{id}\""))) {
+        let Some(at) = seen.lines().position(|l| l.contains(topic) && l.contains(&format!("\"{id}\""))) else {
             return Err(format!("no {topic} event for {id} was published:\n{seen}"));
+        };
+        if last.is_some_and(|l| l > at) {
+            return Err(format!("the {topic} event for {id} came out of order:\n{seen}"));
         }
+        last = Some(at);
     }
     let status = format!("\"exit_status\":{}", direct.status());
     if !seen.lines().any(|l| l.contains("/tasks/exit") && l.contains(&status)) {

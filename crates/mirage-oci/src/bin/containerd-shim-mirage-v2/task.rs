@@ -44,6 +44,23 @@ struct Task {
     status: Status,
     exit: Option<(u32, SystemTime)>,
     stdio: [String; 3],
+    /// `/tasks/start` is published: containerd expects a task's events
+    /// in the order of its life, so an exit that comes first (a unikernel
+    /// that fails at once, or one killed before it started) is published
+    /// after it, or with the delete.
+    started: bool,
+    exit_unpublished: bool,
+}
+
+impl Task {
+    /// `TaskExit`: container_id = 1, id = 2 (the task's own process has
+    /// the container's id), pid = 3, exit_status = 4, exited_at = 5.
+    fn exit_event(&self, id: &str) -> Option<Writer> {
+        let (code, at) = self.exit?;
+        let mut ev = Writer::new();
+        ev.string(1, id).string(2, id).uint(3, u64::from(self.pid)).uint(4, u64::from(code)).message(5, &timestamp(at));
+        Some(ev)
+    }
 }
 
 struct Shim {
@@ -321,7 +338,16 @@ impl Shim {
         self.reaper().claim(pid as i32, |exit| {
             let exit = exit.map(|c| (c, SystemTime::now()));
             let status = if exit.is_some() { Status::Stopped } else { Status::Created };
-            self.tasks().insert(id.clone(), Task { bundle: bundle.clone(), pid, status, exit, stdio: stdio.clone() });
+            let task = Task {
+                bundle: bundle.clone(),
+                pid,
+                status,
+                exit,
+                stdio: stdio.clone(),
+                started: false,
+                exit_unpublished: exit.is_some(),
+            };
+            self.tasks().insert(id.clone(), task);
         });
         let mut io = Writer::new();
         io.string(1, &stdio[0]).string(2, &stdio[1]).string(3, &stdio[2]);
@@ -349,14 +375,23 @@ impl Shim {
         if o.code != 0 {
             return Err((code::UNKNOWN, format!("OCI runtime start failed: {}", Self::why(&log, &o.stderr))));
         }
-        if let Some(t) = self.tasks().get_mut(id)
-            && t.status == Status::Created
-        {
-            t.status = Status::Running;
+        let mut tasks = self.tasks();
+        if let Some(t) = tasks.get_mut(id) {
+            if t.status == Status::Created {
+                t.status = Status::Running;
+            }
+            // Sent with the lock held, so that an exit's event follows.
+            t.started = true;
+            let mut ev = Writer::new();
+            ev.string(1, id).uint(2, u64::from(pid));
+            self.event("/tasks/start", "containerd.events.TaskStart", ev);
+            if std::mem::take(&mut t.exit_unpublished)
+                && let Some(ev) = t.exit_event(id)
+            {
+                self.event("/tasks/exit", "containerd.events.TaskExit", ev);
+            }
         }
-        let mut ev = Writer::new();
-        ev.string(1, id).uint(2, u64::from(pid));
-        self.event("/tasks/start", "containerd.events.TaskStart", ev);
+        drop(tasks);
         pid_reply(pid)
     }
 
@@ -429,6 +464,11 @@ impl Shim {
         // Its exit, if the kill above ended it, is in the task by now.
         let mut tasks = self.tasks();
         let t = tasks.remove(&id).ok_or_else(|| not_found(&id))?;
+        if t.exit_unpublished
+            && let Some(ev) = t.exit_event(&id)
+        {
+            self.event("/tasks/exit", "containerd.events.TaskExit", ev);
+        }
         drop(tasks);
         self.stopped.notify_all();
         let (code, at) = t.exit.unwrap_or((128 + libc::SIGKILL as u32, SystemTime::now()));
@@ -506,14 +546,17 @@ impl Shim {
         let Some((id, t)) = tasks.iter_mut().find(|(_, t)| t.pid as i32 == pid && t.exit.is_none()) else {
             return false;
         };
-        let at = SystemTime::now();
         t.status = Status::Stopped;
-        t.exit = Some((code, at));
-        let mut ev = Writer::new();
-        ev.string(1, id).string(2, id).uint(3, pid as u64).uint(4, u64::from(code)).message(5, &timestamp(at));
+        t.exit = Some((code, SystemTime::now()));
+        if t.started {
+            if let Some(ev) = t.exit_event(id) {
+                self.event("/tasks/exit", "containerd.events.TaskExit", ev);
+            }
+        } else {
+            t.exit_unpublished = true;
+        }
         drop(tasks);
         self.stopped.notify_all();
-        self.event("/tasks/exit", "containerd.events.TaskExit", ev);
         true
     }
 
@@ -549,8 +592,8 @@ fn same_user(conn: &UnixStream) -> Result<(), String> {
 
 /// Where the container's output goes, as containerd gives it: a FIFO
 /// (opened for reading and writing, so that opening never waits for a
-/// reader and writing never fails for want of one), a `file://` log, or
-/// nowhere.
+/// reader and writing never fails for want of one), a `file://` log or
+/// another path (appended to), or nowhere.
 fn open_output(spec: &str) -> Result<File, String> {
     if spec.is_empty() {
         return File::options().write(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"));
@@ -568,7 +611,11 @@ fn open_output(spec: &str) -> Result<File, String> {
             "the output {spec:?} is not supported by the mirage shim: give a file:// log URI, or none"
         ));
     }
-    File::options().read(true).write(true).open(spec).map_err(|e| format!("the output FIFO {spec}: {e}"))
+    let is_fifo = std::fs::metadata(spec).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
+    if is_fifo {
+        return File::options().read(true).write(true).open(spec).map_err(|e| format!("the output FIFO {spec}: {e}"));
+    }
+    File::options().create(true).append(true).mode(0o640).open(spec).map_err(|e| format!("the output file {spec}: {e}"))
 }
 
 /// Sends the shim's events to containerd, one call each on its ttrpc
