@@ -95,7 +95,7 @@ pub fn guest(target: &str, name: &str) -> Result<PathBuf, String> {
 }
 
 /// The `mirage` tool, built once per run (`target/release/mirage`), with
-/// the tenders and `mirage-runc`.
+/// the tenders, `mirage-runc` and our containerd shim.
 pub fn mirage() -> Result<PathBuf, String> {
     static TOOL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     TOOL.get_or_init(|| {
