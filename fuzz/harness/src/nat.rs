@@ -145,6 +145,12 @@ fn partial_form(p: &[u8]) -> Option<(Vec<u8>, usize)> {
     if at + 2 > total || (ip.next_header() == IpProtocol::Udp && p[at..at + 2] == [0, 0]) {
         return None;
     }
+    // A host sums from the transport header to the packet's end: a UDP
+    // datagram shorter than the IP payload (bytes after it, which its own
+    // checksum leaves out) is never handed over with its sum partial.
+    if ip.next_header() == IpProtocol::Udp && usize::from(u16::from_be_bytes([p[hl + 4], p[hl + 5]])) != total - hl {
+        return None;
+    }
     let mut sum: u32 = p[12..20].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
     sum += u32::from(p[9]) + (total - hl) as u32;
     while sum > 0xffff {
