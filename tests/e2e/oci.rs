@@ -645,6 +645,45 @@ fn mirage_shim_survives_hostile_callers() -> TestResult {
     Ok(())
 }
 
+/// Our shim killed under a serving container: containerd cleans up
+/// (`shim delete`), and no tender, tap, mount or address change is left.
+fn mirage_shim_killed_leaves_nothing() -> TestResult {
+    let rt = Runtime::MirageShim;
+    let (image, tarball) = website("spt")?;
+    let ctd = Containerd::start()?;
+    ctd.import(&tarball)?;
+    let link = Link::new(SEQ.fetch_add(1, Ordering::Relaxed) % 200 + 1)?;
+    let before = link.snapshot()?;
+    let id = "shim-killed";
+    let netns = link.netns();
+    ctd.run_on(rt, &["-d", "--with-ns", &netns], &image, id, &[])?.expect_status(0)?;
+    link.wait_served(&index_html()?)?;
+    let (pid, _) = ctd.task(id)?.ok_or("the task is not listed")?;
+    let shims = ctd.shims_of(rt);
+    let [shim] = shims[..] else { return Err(format!("shims: {shims:?}")) };
+    // SAFETY: kill(2) on the shim this test's containerd started.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let tender_alive = || std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("solo5-spt"));
+    while tender_alive() || ctd.task(id)?.is_some_and(|(_, s)| s != "STOPPED") {
+        if Instant::now() > deadline {
+            return Err(format!("20 s after its shim was killed the tender {pid} runs or the task is listed"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = ctd.ctr(&["task", "delete", id]);
+    ctd.ctr(&["container", "rm", id])?.expect_status(0)?;
+    let left = ctd.leftovers(id);
+    if !left.is_empty() {
+        return Err(format!("left behind: {}", left.join("; ")));
+    }
+    let after = link.snapshot()?;
+    if after != before {
+        return Err(format!("the namespace changed:\n--- before\n{before}--- after\n{after}"));
+    }
+    Ok(())
+}
+
 /// `mirage package` refuses what it cannot pack, saying how to fix it.
 fn package_refusals() -> TestResult {
     let scratch = Scratch::new("oci-package");
@@ -701,6 +740,11 @@ pub fn cases(v: &mut Vec<Case>) {
         }
         v.push(case(format!("oci::{t}_without_a_namespace_gets_one_of_its_own"), needs, move || own_namespace(t)));
     }
+    v.push(case(
+        "oci::mirage_shim_killed_leaves_nothing",
+        Needs::NetPrograms("spt", PROGRAMS),
+        mirage_shim_killed_leaves_nothing,
+    ));
     v.push(case(
         "oci::mirage_shim_survives_hostile_callers",
         Needs::NetPrograms("spt", PROGRAMS),
