@@ -113,7 +113,7 @@ pub fn cases(v: &mut Vec<Case>) {
         }));
     }
     for t in TARGETS {
-        v.push(case(format!("{t}::example_ping_answers_a_flood"), Needs::Net(t), move || {
+        let mut flood = case(format!("{t}::example_ping_answers_a_flood"), Needs::Net(t), move || {
             let ns = testkit::Netns::new()?;
             let mut c = ns.unikernel(t, &example(t, "ping")?, &["--net:service=tap0"]);
             c.arg("--limit=5001");
@@ -136,7 +136,13 @@ pub fn cases(v: &mut Vec<Case>) {
                 return Err(format!("responder exited with {status}:\n{}", g.output()));
             }
             Ok(())
-        }));
+        });
+        // Under QEMU the guest runs at CPL 0, which nested KVM emulates
+        // here (DESIGN.md): with the other tests taking both cores, one
+        // echo of 5,000 was once lost in a CI run (never alone). The flood
+        // runs with the machine to itself.
+        flood.alone = t == "virtio";
+        v.push(flood);
     }
     for t in ["hvt", "spt"] {
         v.push(case(format!("{t}::example_hello_sleeps_without_spinning"), needs(t), move || {
