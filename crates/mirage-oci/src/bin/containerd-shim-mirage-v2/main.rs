@@ -163,17 +163,7 @@ fn start(args: &Args) -> Result<(), String> {
     let address = format!("unix://{}", path.display());
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
-    let lock_path = path.with_extension("lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-    // SAFETY: flock on a descriptor we own; released when it is closed.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(format!("cannot lock {}: {}", lock_path.display(), std::io::Error::last_os_error()));
-    }
+    let _lock = lock(&path)?;
     if UnixStream::connect(&path).is_err() {
         // A stale socket of a shim that died.
         let _ = std::fs::remove_file(&path);
@@ -194,10 +184,26 @@ fn start(args: &Args) -> Result<(), String> {
 /// `start` takes: a `start` after it begins a new shim.
 pub fn unlink_socket(args: &Args) {
     let path = socket_path(args);
-    let Ok(lock) = std::fs::OpenOptions::new().write(true).open(path.with_extension("lock")) else { return };
-    // SAFETY: flock on a descriptor we own; released when it is closed.
-    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    let Ok(_lock) = lock(&path) else { return };
     let _ = std::fs::remove_file(&path);
+}
+
+/// Takes the lock file beside the socket `path`, which `start` and a
+/// leaving shim hold while they look at or remove the socket's name;
+/// released when the file is dropped.
+fn lock(path: &Path) -> Result<std::fs::File, String> {
+    let lock_path = path.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    // SAFETY: flock on a descriptor we own; released when it is closed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(format!("cannot lock {}: {}", lock_path.display(), std::io::Error::last_os_error()));
+    }
+    Ok(lock)
 }
 
 /// Starts the shim: this binary with no action, in a session of its own
