@@ -316,7 +316,7 @@ fn malformed_bundles_are_refused() -> TestResult {
     for (name, config, want) in cases {
         std::fs::write(bundle.join("config.json"), config).map_err(|e| e.to_string())?;
         let log = scratch.0.join(format!("{name}.log"));
-        let mut c = Command::new(runc());
+        let mut c = Command::new(runc()?);
         c.arg("--root").arg(&state).arg("--log").arg(&log).args(["--log-format", "json", "create", "--bundle"]);
         c.arg(&bundle).arg(name);
         let r = run_with(c, Duration::from_secs(30))?;
@@ -339,7 +339,7 @@ fn malformed_bundles_are_refused() -> TestResult {
     )
     .map_err(|e| e.to_string())?;
     let log = scratch.0.join("runc.log");
-    let mut c = Command::new(runc());
+    let mut c = Command::new(runc()?);
     c.arg("--root").arg(&state).arg("--log").arg(&log).args(["--log-format", "json", "create", "--bundle"]);
     c.arg(&bundle).arg("plain");
     let r = run_with(c, Duration::from_secs(30))?;
@@ -715,8 +715,78 @@ fn package_refusals() -> TestResult {
     Ok(())
 }
 
+/// Whether the ELF executable `bytes` asks for a dynamic loader (has a
+/// PT_INTERP program header); an error if it is no 64-bit ELF file.
+fn has_interpreter(bytes: &[u8]) -> Result<bool, String> {
+    let u = |at: usize, n: usize| -> Result<u64, String> {
+        let b = bytes.get(at..at + n).ok_or("a truncated ELF file")?;
+        Ok(b.iter().rev().fold(0, |v, &x| v << 8 | u64::from(x)))
+    };
+    if bytes.get(..5) != Some(b"\x7fELF\x02") {
+        return Err("not a 64-bit ELF file".into());
+    }
+    let (phoff, phentsize, phnum) = (u(0x20, 8)? as usize, u(0x36, 2)? as usize, u(0x38, 2)? as usize);
+    for i in 0..phnum {
+        if u(phoff + i * phentsize, 4)? == 3 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `mirage install-runtime` puts the shim, mirage-runc and statically
+/// linked tenders in one directory (the one every other test here runs
+/// containerd with), the image's tender is the static one too, and a
+/// wrong command line is refused.
+fn install_runtime_is_static() -> TestResult {
+    let dir = testkit::oci::runtime_dir()?;
+    for name in ["containerd-shim-mirage-v2", "mirage-runc", "solo5-hvt", "solo5-spt"] {
+        let p = dir.join(name);
+        let meta = std::fs::metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 == 0 {
+            return Err(format!("{} is not executable", p.display()));
+        }
+    }
+    for t in ["hvt", "spt"] {
+        let p = dir.join(format!("solo5-{t}"));
+        let bytes = std::fs::read(&p).map_err(|e| e.to_string())?;
+        if has_interpreter(&bytes)? {
+            return Err(format!("{} is linked dynamically", p.display()));
+        }
+        // Static, and a working tender: it answers --version.
+        let r = run_with(
+            {
+                let mut c = Command::new(&p);
+                c.arg("--version");
+                c
+            },
+            Duration::from_secs(10),
+        )?;
+        r.expect_status(0)?;
+        // The tender in the image is the same file.
+        let (_, tarball) = website(t)?;
+        let image = std::fs::read(&tarball).map_err(|e| e.to_string())?;
+        if !image.windows(bytes.len()).any(|w| w == bytes.as_slice()) {
+            return Err(format!("the image {} does not hold the static tender {}", tarball.display(), p.display()));
+        }
+    }
+    let expect = |args: &[&str], status: i32, cause: &str| -> TestResult {
+        let r = testkit::mirage_in(&dir, args)?;
+        r.expect_status(status)?;
+        if !r.stderr.contains(&format!("mirage: {cause}")) || !r.stderr.contains("  fix: ") {
+            return Err(format!("mirage {}: expected {cause:?} and a fix\n{}", args.join(" "), r.dump()));
+        }
+        Ok(())
+    };
+    expect(&["install-runtime", "--prefix=/nonexistent/bin"], 1, "/nonexistent/bin: not a directory")?;
+    expect(&["install-runtime", "bin"], 64, "install-runtime: unexpected argument \"bin\"")?;
+    expect(&["install-runtime", "--into=bin"], 64, "install-runtime: unknown option --into=bin")?;
+    Ok(())
+}
+
 pub fn cases(v: &mut Vec<Case>) {
     v.push(case("oci::mirage_package_refuses_what_it_cannot_pack", Needs::Nothing, package_refusals));
+    v.push(case("oci::install_runtime_installs_static_tenders", Needs::Nothing, install_runtime_is_static));
     for t in ["hvt", "spt"] {
         let needs = Needs::NetPrograms(t, PROGRAMS);
         for rt in [Runtime::RuncShim, Runtime::MirageShim] {

@@ -295,7 +295,7 @@ pub(crate) fn oci(opts: &Options) -> Result<(), String> {
         let (reference, tarball) = website(t)?;
         ctd.import(&tarball)?;
         images.push((format!("static-website {t}, our shim"), Way::MirageShim, reference.clone()));
-        let runc = Way::RuncShim(Some(testkit::oci::runc()));
+        let runc = Way::RuncShim(Some(testkit::oci::runc()?));
         images.push((format!("static-website {t}, runc shim and mirage-runc"), runc, reference));
     }
     let (nginx, tarball) = nginx_image(&scratch)?;

@@ -16,6 +16,7 @@
 //! (`-C DIR` for another), whose `mirage.toml` declares its devices and
 //! boot arguments.
 
+mod install;
 mod kv;
 mod package;
 mod run;
@@ -73,6 +74,8 @@ commands:
   describe    print the device graph (--dot for Graphviz)
   new NAME    start a unikernel crate from a template
   kv          list, read, write and check the disk image of a kv-rw store
+  install-runtime
+              install the containerd shim, mirage-runc and static tenders
 
 `mirage COMMAND --help` describes each.";
 
@@ -195,9 +198,10 @@ fn real_main(mut argv: Vec<String>) -> Result<(), Failure> {
         "describe" => describe(&dir, rest),
         "new" => new(&dir, rest),
         "kv" => kv::kv(rest),
+        "install-runtime" => install::install_runtime(rest),
         other => Err(Failure::usage(
             format!("unknown command {other:?}"),
-            "use one of configure, build, run, package, clean, query, describe, new, kv (mirage --help)",
+            "use one of configure, build, run, package, clean, query, describe, new, kv, install-runtime (mirage --help)",
         )),
     }
 }
@@ -212,7 +216,7 @@ fn help(args: &Args, text: &str) -> bool {
 
 /// The directory holding the mirage-rs crates the wiring depends on: the
 /// repository this tool was built from, or `$MIRAGE_RS/crates`.
-fn crates_dir() -> Result<PathBuf, Failure> {
+pub(crate) fn crates_dir() -> Result<PathBuf, Failure> {
     let root = match std::env::var_os("MIRAGE_RS") {
         Some(r) => PathBuf::from(r),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
@@ -457,18 +461,23 @@ fn target_dir(config: &Config, target: Target) -> PathBuf {
     if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    let cache = env("MIRAGE_CACHE")
-        .or_else(|| env("XDG_CACHE_HOME").map(|c| c.join("mirage")))
-        .or_else(|| env("HOME").map(|h| h.join(".cache/mirage")));
-    match cache {
+    match cache_dir() {
         Some(c) => c.join("target").join(target.name()),
         None => config.dir.join("mirage/target"),
     }
 }
 
+/// The tool's cache: `$MIRAGE_CACHE`, else `$XDG_CACHE_HOME/mirage`, else
+/// `~/.cache/mirage`; `None` without a home.
+pub(crate) fn cache_dir() -> Option<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("MIRAGE_CACHE")
+        .or_else(|| env("XDG_CACHE_HOME").map(|c| c.join("mirage")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache/mirage")))
+}
+
 /// An exclusive lock on `path` (created if missing), held until dropped.
-fn lock(path: &Path) -> Result<std::fs::File, Failure> {
+pub(crate) fn lock(path: &Path) -> Result<std::fs::File, Failure> {
     use std::os::fd::AsRawFd;
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -978,7 +987,7 @@ mod tests {
     use super::*;
 
     /// Every `--help` text.
-    fn helps() -> [(&'static str, &'static str); 10] {
+    fn helps() -> [(&'static str, &'static str); 11] {
         [
             ("mirage", USAGE),
             ("configure", CONFIGURE_HELP),
@@ -990,6 +999,7 @@ mod tests {
             ("describe", DESCRIBE_HELP),
             ("new", NEW_HELP),
             ("kv", kv::KV_HELP),
+            ("install-runtime", install::INSTALL_HELP),
         ]
     }
 

@@ -10,7 +10,8 @@ use mirage_oci::image::Entry;
 use mirage_oci::{Target as OciTarget, Unikernel, quote};
 
 use crate::generate::Target;
-use crate::run::{Device, devices, ensure_built, tender_path};
+use crate::install::static_tender;
+use crate::run::{Device, devices, ensure_built};
 use crate::{Args, Failure, help, load, load_state, parse_target};
 
 pub const PACKAGE_HELP: &str = "\
@@ -21,8 +22,9 @@ usage: mirage package --oci [-t TARGET] [--output=FILE] [--name=REFERENCE] [--me
 into an OCI image: a tarball in the OCI image layout, written to FILE
 (default dist/NAME-TARGET.oci.tar), that `ctr images import FILE` loads
 as REFERENCE (default localhost/mirage/NAME:TARGET). Its one layer holds
-/unikernel/IMAGE, the tender (solo5-hvt or solo5-spt, found as mirage run
-finds it), each block device's disk image (/unikernel/NAME.img, made as
+/unikernel/IMAGE, the tender (solo5-hvt or solo5-spt, built from the
+mirage-rs sources and linked statically, so that it runs whatever C
+library the host has), each block device's disk image (/unikernel/NAME.img, made as
 mirage run makes it) and /urunc.json; the boot description is in the
 image's annotations and labels, named as urunc names them where it can
 (com.urunc.unikernel.*), so urunc boots the image too. ARGS become the
@@ -91,7 +93,7 @@ pub fn package(dir: &Path, argv: &[String]) -> Result<(), Failure> {
         })
         .transpose()?;
     let image = ensure_built(&config, &opts)?;
-    let tender = tender_path(opts.target)?;
+    let tender = static_tender(opts.target)?;
     let image_name = opts.target.image(&config.name);
     let tender_name = format!("solo5-{}", opts.target.name());
     let mut files = vec![

@@ -12,9 +12,32 @@ use std::time::{Duration, Instant};
 
 use crate::{Run, Scratch, TestResult, root, run_with};
 
-/// `mirage-runc`, built beside the tenders by [`crate::mirage`].
-pub fn runc() -> PathBuf {
-    root().join("target/release/mirage-runc")
+/// Where the tests install what runs unikernel containers, as a user
+/// does (`mirage install-runtime`, README.md, "Containers"): our shim and
+/// `mirage-runc` as built, the tenders linked statically. Once per run.
+pub fn runtime_dir() -> Result<PathBuf, String> {
+    static INSTALLED: Mutex<Option<Result<PathBuf, String>>> = Mutex::new(None);
+    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = installed.as_ref() {
+        return r.clone();
+    }
+    let result = (|| {
+        let dir = root().join("target/oci-runtime");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let prefix = format!("--prefix={}", dir.display());
+        let r = crate::mirage_in(&root(), &["install-runtime", &prefix])?;
+        if r.status() != 0 {
+            return Err(format!("mirage install-runtime: {}", r.dump()));
+        }
+        Ok(dir)
+    })();
+    *installed = Some(result.clone());
+    result
+}
+
+/// `mirage-runc`, installed by [`runtime_dir`].
+pub fn runc() -> Result<PathBuf, String> {
+    Ok(runtime_dir()?.join("mirage-runc"))
 }
 
 /// Which of the two ways containerd runs a unikernel container.
@@ -84,11 +107,11 @@ impl Containerd {
         let config_path = dir.0.join("config.toml");
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.0.join("containerd.log")).map_err(|e| e.to_string())?;
-        // containerd finds a runtime's shim on its PATH: ours is built
-        // beside mirage-runc.
+        // containerd finds a runtime's shim on its PATH: ours is
+        // installed beside mirage-runc.
         let path = format!(
             "{}:{}",
-            root().join("target/release").display(),
+            runtime_dir()?.display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
         let child = Command::new("containerd")
@@ -142,7 +165,7 @@ impl Containerd {
 
     /// `ctr run` with mirage-runc as the runc shim's binary.
     pub fn run(&self, options: &[&str], image: &str, id: &str, args: &[&str]) -> Result<Run, String> {
-        self.run_with(Some(&runc()), options, image, id, args)
+        self.run_with(Some(&runc()?), options, image, id, args)
     }
 
     /// `ctr run` of a unikernel container by `runtime`.

@@ -128,10 +128,13 @@ impl VcpuStopper {
     pub fn for_this_thread(vcpu: &mut kvm_ioctls::VcpuFd) -> VcpuStopper {
         let run = vcpu.get_kvm_run();
         VcpuStopper {
-            // SAFETY: getpid and gettid have no preconditions.
+            // SAFETY: getpid has no preconditions.
             pid: unsafe { libc::getpid() },
-            // SAFETY: as above.
-            tid: unsafe { libc::gettid() },
+            // The system call, not glibc's gettid(): the standard library
+            // declares that symbol weak, so a statically linked tender (the
+            // one `mirage package --oci` packs) would call a null pointer.
+            // SAFETY: gettid takes no arguments and cannot fail.
+            tid: unsafe { libc::syscall(libc::SYS_gettid) } as libc::pid_t,
             immediate_exit: std::ptr::addr_of_mut!(run.immediate_exit).cast::<AtomicU8>(),
         }
     }
