@@ -493,10 +493,15 @@ impl GuestRing {
         // again until `give_back`, below; the queue's buffers are never
         // freed.
         let r = f(unsafe { core::slice::from_raw_parts_mut(frame, len) }, flags);
-        // Posted back a few at a time: the I/O thread then reads frames
-        // into them back to back, where one at a time it looked at the
-        // other taps between each two.
-        if PX.with(|px| px.give_back(handle)) {
+        // Posted back a few at a time while traffic is dense: the I/O
+        // thread then reads frames into them back to back, where one at a
+        // time it looked at the other taps between each two. While it is
+        // sparse, at once: the next frame then lands in the buffer just
+        // used, where with batches it cycled through REPOST_BATCH of them,
+        // and the host backed a page of each (16 KiB more of an idle
+        // website's memory, BENCHMARKS.md "static tenders").
+        let batch = if super::sparse_traffic() { 1 } else { REPOST_BATCH };
+        if PX.with(|px| px.give_back(handle, batch)) {
             self.post_idle(handle);
         }
         Some(Ok(r))
@@ -840,8 +845,9 @@ pub(crate) fn ready_set() -> u64 {
 /// after its last work in any case.
 const IDLE_SPIN_NS: u64 = 30_000;
 
-/// Buffers handed back are posted again this many at a time (see
-/// [`Posted::give_back`]); the rest of the 32 stay posted meanwhile.
+/// Buffers handed back are posted again this many at a time while
+/// traffic is dense (see [`Posted::give_back`]); the rest of the 32 stay
+/// posted meanwhile.
 const REPOST_BATCH: usize = 8;
 
 /// Bit 31 of a posted buffer's entry id (and so of its commit's); the
@@ -950,14 +956,14 @@ impl Posted {
     }
 
     /// The lent buffer of `handle` is done with: idle, to post again.
-    /// Whether enough are idle to post them ([`REPOST_BATCH`], or a
-    /// quarter of the queue's buffers if that is fewer).
-    fn give_back(&mut self, handle: u64) -> bool {
+    /// Whether enough are idle to post them (`batch`, or a quarter of the
+    /// queue's buffers if that is fewer).
+    fn give_back(&mut self, handle: u64, batch: usize) -> bool {
         let Some(q) = self.queue(handle) else { return false };
         if let Some(i) = q.lent.take() {
             q.idle.push(i);
         }
-        q.idle.len() >= REPOST_BATCH.min(q.count / 4).max(1)
+        q.idle.len() >= batch.min(q.count / 4).max(1)
     }
 
     /// Whether all of `frame` lies in a buffer lent out now, of any
