@@ -121,6 +121,9 @@ pub fn static_tender(target: Target) -> Result<PathBuf, Failure> {
         .arg("--target-dir")
         .arg(&dir)
         .args(["--", "-C", "target-feature=+crt-static"])
+        // Cargo reads its configuration from the working directory up:
+        // the repository's, not whatever directory the tool runs in.
+        .current_dir(&root)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .output()
