@@ -248,14 +248,19 @@ fn sparse_traffic() -> bool {
 }
 
 pub(crate) fn poll(deadline: u64) -> u64 {
-    // Frames the ring read ahead are input waiting: no need to ask.
+    // Frames the ring read ahead are input waiting: no need to ask. Input
+    // found without a wait is dense traffic too: a guest kept busy by a
+    // flood never makes POLL, and would otherwise keep the verdict of the
+    // last long wait before it.
     let queued = ring::ready_set();
     if queued != 0 {
+        SPARSE.store(false, core::sync::atomic::Ordering::Relaxed);
         return queued;
     }
     if let Some(r) = ring() {
         let ready = r.spin_for_input(deadline);
         if ready != 0 {
+            SPARSE.store(false, core::sync::atomic::Ordering::Relaxed);
             return ready;
         }
     }
