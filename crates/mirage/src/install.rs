@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::generate::Target;
-use crate::{Args, Failure, cache_dir, crates_dir, help, lock};
+use crate::{Args, Failure, cache_dir, cargo, crates_dir, help, lock};
 
 pub const INSTALL_HELP: &str = "\
 usage: mirage install-runtime [--prefix=DIR]
@@ -114,18 +114,12 @@ pub fn static_tender(target: Target) -> Result<PathBuf, Failure> {
         )
     })?;
     let _lock = lock(&dir.join(".mirage-lock"))?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = std::process::Command::new(&cargo)
-        .args(["rustc", "--release", "--quiet", "--color", "never", "-p", "tender", "--bin", &name, "--manifest-path"])
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&dir)
+    let out = cargo("rustc", &manifest, &dir)
+        .args(["--quiet", "--color", "never", "-p", "tender", "--bin", &name])
         .args(["--", "-C", "target-feature=+crt-static"])
         // Cargo reads its configuration from the working directory up:
         // the repository's, not whatever directory the tool runs in.
         .current_dir(&root)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .output()
         .map_err(|e| {
             Failure::new(format!("cannot run cargo: {e}"), "install Rust (rustup.rs) and put cargo on PATH")

@@ -476,6 +476,21 @@ pub(crate) fn cache_dir() -> Option<PathBuf> {
         .or_else(|| env("HOME").map(|h| h.join(".cache/mirage")))
 }
 
+/// `cargo SUBCOMMAND --release` (the cargo that runs the tool, under
+/// `cargo run` or a test, else the one on PATH) for the package at
+/// `manifest`, into `target_dir`, without the caller's RUSTFLAGS: what the
+/// tool builds takes its flags from its own configuration.
+pub(crate) fn cargo(subcommand: &str, manifest: &Path, target_dir: &Path) -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.args([subcommand, "--release", "--manifest-path"])
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    c
+}
+
 /// An exclusive lock on `path` (created if missing), held until dropped.
 pub(crate) fn lock(path: &Path) -> Result<std::fs::File, Failure> {
     use std::os::fd::AsRawFd;
@@ -540,18 +555,12 @@ pub fn build_image(config: &Config, opts: &Options) -> Result<PathBuf, Failure> 
             }
         }
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // Cargo's messages pass through mirage, which reads where rustc's
     // errors point (in colour when they go to a terminal).
     // SAFETY: isatty only inspects descriptor 2.
     let colour = if unsafe { libc::isatty(2) } == 1 { "always" } else { "never" };
-    let mut child = Command::new(&cargo)
-        .args(["build", "--release", "--color", colour, "--manifest-path"])
-        .arg(gen_dir.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+    let mut child = cargo("build", &gen_dir.join("Cargo.toml"), &target_dir)
+        .args(["--color", colour])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| {

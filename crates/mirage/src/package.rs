@@ -18,19 +18,20 @@ pub const PACKAGE_HELP: &str = "\
 usage: mirage package --oci [-t TARGET] [--output=FILE] [--name=REFERENCE] [--mem=MIB] [-- ARGS...]
        mirage package --iso [--output=FILE] [-- ARGS...]
 
---oci packs the unikernel built for hvt or spt (building it first if needed)
-into an OCI image: a tarball in the OCI image layout, written to FILE
-(default dist/NAME-TARGET.oci.tar), that `ctr images import FILE` loads
-as REFERENCE (default localhost/mirage/NAME:TARGET). Its one layer holds
-/unikernel/IMAGE, the tender (solo5-hvt or solo5-spt, built from the
-mirage-rs sources and linked statically, so that it runs whatever C
-library the host has), each block device's disk image (/unikernel/NAME.img, made as
-mirage run makes it) and /urunc.json; the boot description is in the
-image's annotations and labels, named as urunc names them where it can
-(com.urunc.unikernel.*), so urunc boots the image too. ARGS become the
-unikernel's command line in the image; --mem its memory in MiB when the
-container has no memory limit. mirage-runc, the OCI runtime of mirage-rs,
-boots it under containerd (README.md, \"Containers\").
+--oci packs the unikernel built for hvt or spt (building it first if
+needed) into an OCI image: a tarball in the OCI image layout, written to
+FILE (default dist/NAME-TARGET.oci.tar), that `ctr images import FILE`
+loads as REFERENCE (default localhost/mirage/NAME:TARGET). Its one layer
+holds /unikernel/IMAGE, the tender (solo5-hvt or solo5-spt, built from
+the mirage-rs sources and linked statically, so that it runs whatever C
+library the host has), each block device's disk image
+(/unikernel/NAME.img, made as mirage run makes it) and /urunc.json; the
+boot description is in the image's annotations and labels, named as urunc
+names them where it can (com.urunc.unikernel.*), so urunc boots the image
+too. ARGS become the unikernel's command line in the image; --mem its
+memory in MiB when the container has no memory limit. mirage-runc, the
+OCI runtime of mirage-rs, boots it under containerd (README.md,
+\"Containers\").
 
 --iso makes the unikernel built for virtio a bootable ISO 9660 image
 (default dist/NAME.iso) with grub-mkrescue (Debian: grub-pc-bin,
