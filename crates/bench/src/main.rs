@@ -6,7 +6,7 @@
 //! mirage-bench compute [--solo5 DIR]              # 10^8 iterations of integer and float work
 //! mirage-bench block   [--count MIB]              # sequential block throughput, beside dd
 //! mirage-bench timers  [--count N]                # lateness of sleeps on each target
-//! mirage-bench tcp     [--count GIB]              # TCP bulk, short connections and ping, beside Linux
+//! mirage-bench tcp     [--count GIB] [--buffers KIB,KIB] # TCP bulk, short connections and ping, beside Linux (0 KiB: the stack's default buffers)
 //! mirage-bench http    [--runs SECONDS]           # wrk against static-website, beside nginx
 //!     (tcp and http: [--mtu 1500,65520] the tap MTUs measured, [--targets unix,hvt,spt] the targets,
 //!     [--boot-args "ARG ..."] boot arguments added to the unikernel's)
@@ -75,6 +75,9 @@ struct Options {
     /// change with and without; the router benchmark measures each target
     /// both without and with them.
     boot_args: Vec<String>,
+    /// The TCP buffers (`--tcp-buffer-kib`) the tcp benchmark gives the
+    /// unikernel, in KiB; 0 for the stack's default (no argument).
+    buffers: Vec<u32>,
 }
 
 /// The tap MTU `mirage run` gives the devices it creates (its
@@ -98,6 +101,7 @@ fn main() {
         only: Vec::new(),
         at_once: 20,
         boot_args: Vec::new(),
+        buffers: vec![0, 1024],
     };
     let mut i = 1;
     while i < args.len() {
@@ -111,6 +115,7 @@ fn main() {
             "--target" => opts.target = args.get(i + 1).cloned().unwrap_or(opts.target),
             "--only" => opts.only.extend(args.get(i + 1).cloned()),
             "--mtu" => opts.mtus = args.get(i + 1).and_then(|v| list(v)).unwrap_or(opts.mtus),
+            "--buffers" => opts.buffers = args.get(i + 1).and_then(|v| list(v)).unwrap_or(opts.buffers),
             "--targets" => opts.targets = args.get(i + 1).and_then(|v| list(v)).unwrap_or(opts.targets),
             "--boot-args" => {
                 opts.boot_args.extend(args.get(i + 1).into_iter().flat_map(|v| v.split_whitespace().map(String::from)))
@@ -145,7 +150,7 @@ fn main() {
         Some("virtio") => virtio::virtio(&opts),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci|debug|virtio [--runs N] [--count N] [--at-once N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--only WORD] [--boot-args \"ARG ...\"]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci|debug|virtio [--runs N] [--count N] [--at-once N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--buffers KIB,KIB] [--only WORD] [--boot-args \"ARG ...\"]"
             );
             std::process::exit(64);
         }
