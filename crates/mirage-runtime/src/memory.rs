@@ -64,6 +64,27 @@ pub fn may_hold(bytes: usize) -> bool {
     }
 }
 
+/// Whether a subsystem may hold `bytes` on its peers' behalf beyond the
+/// least they need (the TCP stack: its connections' buffers, for large
+/// windows while they fit): `bytes` within a sixteenth of the budget,
+/// about where Linux's TCP starts its memory pressure. The rest of the
+/// budget then holds peers at the least they need, so that a peer opening
+/// connections gains little from the first ones being generous. A platform
+/// that measures the heap but has no fixed size (unix without a data
+/// limit) counts a sixteenth of the budget a 512 MiB unikernel has,
+/// 24 MiB. False when the heap cannot be measured.
+pub fn plenty(bytes: usize) -> bool {
+    let share = match budget() {
+        Some(budget) => budget / 16,
+        None => UNBOUNDED_BUDGET / 16,
+    };
+    heap_in_use().is_some() && bytes <= share
+}
+
+/// [`plenty`]'s budget where the heap has no fixed size: that of a
+/// 512 MiB unikernel.
+const UNBOUNDED_BUDGET: usize = 384 << 20;
+
 /// A buffer of `len` zero bytes, or `None` when the heap cannot give it
 /// (where `vec![0; len]` would end the unikernel).
 ///
@@ -115,5 +136,11 @@ mod budget_tests {
         assert!(may_hold(268));
         assert!(!may_hold(269));
         assert!(!may_hold(usize::MAX));
+        // Plenty: a sixteenth of the budget, 192 bytes.
+        set_heap_size(4096);
+        assert_eq!(budget(), Some(3072));
+        assert!(plenty(192));
+        assert!(!plenty(193));
+        assert!(!plenty(usize::MAX));
     }
 }

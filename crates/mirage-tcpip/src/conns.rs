@@ -114,6 +114,13 @@ pub(crate) struct Record {
     /// SYN); scaling is on when both are known.
     pub our_shift: Option<u8>,
     pub peer_shift: Option<u8>,
+    /// The shift the peer was told in the adapter's SYN-ACK (passive opens
+    /// with scaling), where it differs from the engine's: the socket got
+    /// buffers smaller than the largest, and its windows are rescaled.
+    pub wire_shift: Option<u8>,
+    /// Where the peer's FIN ends (its sequence number plus one), once one
+    /// came: the engine owes it an acknowledgment until `rcv_nxt` is there.
+    pub fin_end: Option<u32>,
     /// When data last went out and came in, and since when the connection
     /// has been seen in CLOSE-WAIT with nothing to send: for the CLOSE-WAIT
     /// timeout and for shedding idle connections.
@@ -138,6 +145,8 @@ impl Record {
             max_snd_wnd: 0,
             our_shift: None,
             peer_shift: None,
+            wire_shift: None,
+            fin_end: None,
             last_sent: now,
             last_heard: now,
             close_wait: None,
@@ -147,6 +156,15 @@ impl Record {
 
     fn scaling(&self) -> bool {
         self.our_shift.is_some() && self.peer_shift.is_some()
+    }
+
+    /// Whether the engine has acknowledged the peer's FIN (or none came).
+    pub(crate) fn fin_acknowledged(&self) -> bool {
+        match (self.fin_end, self.rcv_nxt) {
+            (Some(end), Some(nxt)) => seq_le(end, nxt),
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
     }
 
     /// When data last went either way.
@@ -278,6 +296,7 @@ impl Conns {
             r.our_shift = window_scale(tcp.options());
         }
         let mut new_seq = seq;
+        let mut window = None;
         if !rst {
             if len > 0 {
                 let end = seq.wrapping_add(len);
@@ -298,9 +317,26 @@ impl Conns {
             }
             if ack {
                 r.rcv_nxt = Some(tcp.ack_number().0 as u32);
-                let shift = if r.scaling() && !syn { r.our_shift.unwrap_or(0) } else { 0 };
-                r.rcv_wnd = (tcp.window_len() as u32) << shift;
+                let field = tcp.window_len();
+                r.rcv_wnd = match (r.scaling() && !syn, r.our_shift.unwrap_or(0), r.wire_shift) {
+                    (false, _, _) => field as u32,
+                    (true, engine, Some(wire)) if wire != engine => {
+                        // In the peer's scale, rounded down: never more
+                        // room than the buffer has.
+                        let bytes = (field as u32) << engine;
+                        let scaled = (bytes >> wire).min(u16::MAX as u32) as u16;
+                        window = Some((field, scaled));
+                        (scaled as u32) << wire
+                    }
+                    (true, engine, _) => (field as u32) << engine,
+                };
             }
+        }
+        if let Some((old, new)) = window {
+            let mut tcp = seg.tcp_mut();
+            let sum = update_checksum(tcp.checksum(), old as u32, new as u32);
+            tcp.set_window_len(new);
+            tcp.set_checksum(sum);
         }
         let wire_seq = new_seq.wrapping_sub(r.delta);
         if wire_seq != seq {

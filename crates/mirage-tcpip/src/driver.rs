@@ -117,6 +117,10 @@ fn step<N: Net>(inner: &mut Inner, net: &mut N) -> (Option<Duration>, bool) {
         }
         egress(inner, net);
     }
+    // The connections with data to send, for the share of large buffers
+    // (`Inner::send_limit`): once a round, after this round's sending,
+    // while there are large buffers.
+    inner.senders.set((inner.large > 0).then(|| inner.count_senders()));
     dhcp(inner);
     tcp::reap(inner, now);
     crate::udp::reap(inner);
@@ -157,10 +161,10 @@ fn egress<N: Net>(inner: &mut Inner, net: &mut N) {
 /// The work done a few times a second.
 fn expire<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) {
     let Inner { handshakes, link, mtu, config, .. } = inner;
-    let (mtu, buffer, mac) = (*mtu, config.tcp_buffer, link.mac);
+    let (mtu, buffers, mac) = (*mtu, config.buffers(), link.mac);
     let mut dev = Adapter { net, link };
     handshakes.retransmit(now, |t, h| {
-        let repr = handshake::syn_ack(t, h.peer_isn, h.isn, h.opts, mtu, buffer);
+        let repr = handshake::syn_ack(t, h.peer_isn, h.isn, h.opts, mtu, buffers);
         let len = handshake::frame_len(t.local, &repr);
         dev.send(len, |buf| handshake::emit(buf, mac, h.mac, t.local, t.remote, &repr));
     });

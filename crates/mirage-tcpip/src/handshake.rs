@@ -150,8 +150,19 @@ impl Handshakes {
 
 /// The SYN-ACK for a handshake: what the engine would send (MSS from the
 /// MTU, the window of an empty buffer, window scaling and SACK if the peer
-/// offered them, no timestamps) but with `isn`.
-pub(crate) fn syn_ack(t: &Tuple, peer_isn: u32, isn: u32, opts: Opts, mtu: usize, buffer: usize) -> TcpRepr<'static> {
+/// offered them, no timestamps) but with `isn`. Which buffers the
+/// connection gets is decided when it completes, so the window is that of
+/// the least (`buffers.0`, what every connection gets) and the scale that
+/// of the largest (`buffers.1`): the adapter rescales the engine's windows
+/// where its buffers are smaller ([`wire_shift`]).
+pub(crate) fn syn_ack(
+    t: &Tuple,
+    peer_isn: u32,
+    isn: u32,
+    opts: Opts,
+    mtu: usize,
+    buffers: (usize, usize),
+) -> TcpRepr<'static> {
     let ip_header = if t.local.is_ipv4() { 20 } else { 40 };
     TcpRepr {
         src_port: t.local_port,
@@ -159,14 +170,20 @@ pub(crate) fn syn_ack(t: &Tuple, peer_isn: u32, isn: u32, opts: Opts, mtu: usize
         control: TcpControl::Syn,
         seq_number: TcpSeqNumber(isn as i32),
         ack_number: Some(TcpSeqNumber(peer_isn.wrapping_add(1) as i32)),
-        window_len: buffer.min(u16::MAX as usize) as u16,
-        window_scale: opts.wscale.map(|_| engine_shift(buffer)),
+        window_len: buffers.0.min(u16::MAX as usize) as u16,
+        window_scale: opts.wscale.map(|_| wire_shift(buffers)),
         max_seg_size: Some((mtu.saturating_sub(ip_header + 20)).min(u16::MAX as usize) as u16),
         sack_permitted: opts.sack,
         sack_ranges: [None; 3],
         timestamp: None,
         payload: &[],
     }
+}
+
+/// The window scale the peers of passive opens are told: the engine's for
+/// the largest receive buffer a connection may get.
+pub(crate) fn wire_shift((least, most): (usize, usize)) -> u8 {
+    engine_shift(least.max(most))
 }
 
 /// The window scale the engine uses for a receive buffer of `capacity`

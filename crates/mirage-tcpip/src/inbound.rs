@@ -290,6 +290,9 @@ fn connection<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, rec: Record, now
     }
     if let Some(r) = inner.link.conns.table.get_mut(&seg.t) {
         r.heard(seg.seq, ack, seg.window, seg.control == TcpControl::Syn);
+        if seg.control == TcpControl::Fin {
+            r.fin_end = Some(seg.seq.wrapping_add(seg.len).wrapping_add(1));
+        }
         r.peer_mac = seg.mac;
         if seg.len > 0 {
             r.last_heard = now;
@@ -497,7 +500,10 @@ fn refuse<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg) {
 /// The bytes a new connection makes the heap hold: its buffers, its
 /// socket, its record.
 pub(crate) fn connection_cost(inner: &Inner) -> usize {
-    2 * inner.config.tcp_buffer + 2048 + APP_HEADROOM
+    let n = inner.buffer_size();
+    // A pooled socket's buffers are in the heap already.
+    let buffers = if inner.pooled(n) { 0 } else { 2 * n };
+    buffers + 2048 + APP_HEADROOM
 }
 
 /// Room left, beyond a connection's own buffers, for what the application
@@ -524,7 +530,9 @@ enum Admit {
 /// be shed, and refused otherwise.
 fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, now: Instant) -> Admit {
     let full = inner.link.conns.table.is_full();
-    if !full && (inner.config.may_hold)(connection_cost(inner)) {
+    let fits = |inner: &Inner| (inner.config.may_hold)(connection_cost(inner));
+    // The pool's sockets are freed before any connection is refused or shed.
+    if !full && (fits(inner) || (inner.drain_pool() && fits(inner))) {
         return Admit::Yes;
     }
     match complete {
@@ -570,7 +578,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                     isn
                 }
             };
-            let repr = handshake::syn_ack(&seg.t, seg.seq, isn, seg.opts, inner.mtu, inner.config.tcp_buffer);
+            let repr = handshake::syn_ack(&seg.t, seg.seq, isn, seg.opts, inner.mtu, inner.config.buffers());
             reply(inner, net, &seg, repr);
             Verdict::Drop
         }
@@ -654,6 +662,7 @@ fn complete<N: Net>(
     let mut rec = Record::new(handle, now);
     rec.replay = Some(Replay { wire_isn: isn, engine_isn: None, peer_isn, window: seg.window, since: now });
     rec.peer_shift = opts.wscale;
+    rec.wire_shift = opts.wscale.map(|_| handshake::wire_shift(inner.config.buffers()));
     rec.peer_mac = seg.mac;
     if inner.link.conns.insert(seg.t, rec).is_err() {
         inner.remove_socket(handle);

@@ -48,9 +48,23 @@ pub struct Config {
     /// Ask DHCPv4 for an address when `ipv4` is `None`.
     pub dhcp: bool,
     /// Bytes of receive and of send buffer per TCP connection, allocated
-    /// when its handshake completes. Above 64 KiB the stack uses TCP window
-    /// scaling.
+    /// when its handshake completes: the least a connection gets, and what
+    /// each gets once memory is short. Above 64 KiB the stack uses TCP
+    /// window scaling.
     pub tcp_buffer: usize,
+    /// Bytes of buffer each way for a connection made while the stack's
+    /// buffers, with these, are within [`Config::plenty`]: one round trip carries a
+    /// window this large, where `tcp_buffer`'s would bound a fast link's
+    /// throughput. No larger than `tcp_buffer`: every connection gets
+    /// `tcp_buffer`.
+    pub tcp_buffer_max: usize,
+    /// Whether the stack may hold this many bytes of TCP buffers (all its
+    /// connections', with a new one's large buffers, or with a socket kept
+    /// for reuse). By default a sixteenth of the memory budget
+    /// (`mirage_runtime::memory::plenty`): large buffers while the stack
+    /// holds little, so that a peer opening connections gains little from
+    /// the first ones.
+    pub plenty: fn(usize) -> bool,
     /// Bytes of buffer per UDP socket and direction.
     pub udp_buffer: usize,
     /// Send keep-alive probes on idle connections this often.
@@ -116,6 +130,8 @@ impl Default for Config {
             ipv6_gateway: None,
             dhcp: true,
             tcp_buffer: 64 * 1024,
+            tcp_buffer_max: 1024 * 1024,
+            plenty: mirage_runtime::memory::plenty,
             udp_buffer: 64 * 1024,
             keep_alive: None,
             timeout: Some(Duration::from_secs(120)),
@@ -140,6 +156,11 @@ impl Config {
         Config { ipv4: Some((addr, prefix)), ipv4_gateway: gateway, dhcp: false, ..Config::default() }
     }
 
+    /// The least and the largest buffer a TCP connection gets.
+    pub(crate) fn buffers(&self) -> (usize, usize) {
+        (self.tcp_buffer, self.tcp_buffer.max(self.tcp_buffer_max))
+    }
+
     /// Seeds the stack's randomness from `random` (the platform's source).
     pub fn seed(mut self, random: &impl mirage_devices::random::Random) -> Config {
         self.random_seed = random.next_u64();
@@ -148,7 +169,7 @@ impl Config {
 
     /// The boot arguments that configure the stack, MirageOS's names:
     /// `--ipv4`, `--ipv4-gateway`, `--ipv6`, `--ipv6-gateway`,
-    /// `--tcp-buffer-kib`, with the given defaults for the first two. An
+    /// `--tcp-buffer-kib`, `--tcp-buffer-max-kib`, with the given defaults for the first two. An
     /// empty `--ipv4` means DHCP.
     pub fn args(default_ipv4: &'static str, default_gateway: &'static str) -> Vec<Arg> {
         vec![
@@ -156,7 +177,16 @@ impl Config {
             Arg::new::<Option<Ipv4Addr>>("ipv4-gateway", Some(default_gateway), "IPv4 default gateway."),
             Arg::new::<Option<Ipv6Cidr>>("ipv6", Some(""), "IPv6 address and prefix length."),
             Arg::new::<Option<Ipv6Addr>>("ipv6-gateway", Some(""), "IPv6 default gateway."),
-            Arg::new::<u32>("tcp-buffer-kib", Some("64"), "Receive and send buffer per TCP connection, in KiB."),
+            Arg::new::<Option<u32>>(
+                "tcp-buffer-kib",
+                Some(""),
+                "Receive and send buffer of every TCP connection, in KiB (default: 64, up to --tcp-buffer-max-kib while memory is plentiful).",
+            ),
+            Arg::new::<u32>(
+                "tcp-buffer-max-kib",
+                Some("1024"),
+                "Receive and send buffer of a TCP connection made while memory is plentiful, in KiB.",
+            ),
             Arg::new::<bool>(
                 "tcp-segmentation-offload",
                 Some("true"),
@@ -188,13 +218,18 @@ impl Config {
 
     fn from_args_named(args: &Args, name: impl Fn(&str) -> alloc::string::String) -> Config {
         let ipv4 = args.get::<Option<Ipv4Cidr>>(&name("ipv4")).map(|c| (c.addr, c.prefix));
+        let fixed = args.get::<Option<u32>>(&name("tcp-buffer-kib"));
+        let kib = |n: u32| (n as usize).clamp(4, 1 << 16) * 1024;
         Config {
             ipv4,
             ipv4_gateway: args.get(&name("ipv4-gateway")),
             ipv6: args.get::<Option<Ipv6Cidr>>(&name("ipv6")).map(|c| (c.addr, c.prefix)),
             ipv6_gateway: args.get(&name("ipv6-gateway")),
             dhcp: ipv4.is_none(),
-            tcp_buffer: (args.get::<u32>(&name("tcp-buffer-kib")) as usize).clamp(4, 1 << 16) * 1024,
+            tcp_buffer: kib(fixed.unwrap_or(64)),
+            // A size given is every connection's (as SO_RCVBUF turns off
+            // Linux's tuning).
+            tcp_buffer_max: kib(fixed.unwrap_or(args.get::<u32>(&name("tcp-buffer-max-kib")))),
             segmentation_offload: args.get(&name("tcp-segmentation-offload")),
             receive_offload: args.get(&name("tcp-receive-offload")),
             ..Config::default()
@@ -217,6 +252,9 @@ pub struct Stats {
     /// TCP sockets held now: connections established, closing, or waiting
     /// to be accepted (listeners and half-open connections hold none).
     pub tcp_sockets: usize,
+    /// TCP sockets of ended connections kept with their buffers for new
+    /// ones (the pool).
+    pub tcp_pooled: usize,
     /// Half-open connections remembered now (the SYN queue).
     pub syn_queue: usize,
     /// Handshakes answered with a SYN cookie alone (the SYN queue was full).
@@ -326,7 +364,27 @@ pub(crate) struct Inner {
     /// When it was last decided whether a connection could be shed for a
     /// new one, and the answer.
     pub last_shed: Option<(mirage_runtime::time::Instant, bool)>,
+    /// TCP sockets whose connection ended, kept with their buffers for
+    /// new connections ([`Inner::remove_socket`]); freed when the heap
+    /// nears its budget.
+    pub pool: Vec<smoltcp::socket::tcp::Socket<'static>>,
+    /// Live TCP sockets with the largest buffers.
+    pub large: usize,
+    /// TCP sockets with data to send, counted by the driver once a round
+    /// while there are large buffers ([`Inner::send_limit`]).
+    pub senders: core::cell::Cell<Option<usize>>,
+    /// Bytes of buffer the live TCP sockets hold.
+    pub buffered: usize,
 }
+
+/// Most sockets the pool keeps: enough for connections that come and go
+/// a few at a time, each at its full rate.
+const POOL: usize = 32;
+
+/// Bytes that the connections with data to send, together, may queue in
+/// large buffers: four connections fill theirs (1 MiB by default), sixty
+/// four get 64 KiB each.
+const SEND_SHARE: usize = 4 << 20;
 
 impl Inner {
     /// An unused ephemeral port (49152 to 65535), if any is left.
@@ -356,9 +414,79 @@ impl Inner {
         Some(self.sockets.add(socket))
     }
 
+    /// Removes a socket. A TCP socket whose connection is over goes to the
+    /// pool while the stack's buffers, with it, are within
+    /// [`Config::plenty`]: a new connection takes it
+    /// as it is, where new buffers would be allocated zeroed, a write of
+    /// every byte once the heap reuses memory (2 MiB for large buffers,
+    /// more than the rest of a short connection's work).
     pub fn remove_socket(&mut self, handle: SocketHandle) {
-        self.sockets.remove(handle);
+        let socket = self.sockets.remove(handle);
         self.live -= 1;
+        let smoltcp::socket::Socket::Tcp(s) = socket else { return };
+        let bytes = s.recv_capacity() + s.send_capacity();
+        self.buffered = self.buffered.saturating_sub(bytes);
+        self.large = self.large.saturating_sub(self.is_large(&s) as usize);
+        if !s.is_open()
+            && self.pool.len() < POOL
+            && (self.config.plenty)(self.tcp_bytes() + bytes)
+            && self.pool.try_reserve(1).is_ok()
+        {
+            self.pool.push(s);
+        }
+    }
+
+    /// Bytes of buffer the stack's TCP sockets hold, live and pooled.
+    pub fn tcp_bytes(&self) -> usize {
+        self.buffered + self.pool_bytes()
+    }
+
+    /// Whether a TCP socket has the largest buffers (not the least).
+    pub fn is_large(&self, s: &smoltcp::socket::tcp::Socket) -> bool {
+        let (least, most) = self.config.buffers();
+        most > least && s.send_capacity() == most
+    }
+
+    /// How much of a socket's send buffer the application may fill: all
+    /// of the least buffers; of the largest, an equal share of
+    /// [`SEND_SHARE`] among the connections with data to send, no less
+    /// than the least. Buffers are sized when a connection is made, for
+    /// what memory allows then; without the share, the connections that
+    /// got large ones would take most of the link from those that did
+    /// not, whose every 64 KiB waits for a round trip. The senders are
+    /// counted by the driver once a round, after its sending (here only
+    /// before the first round with large buffers).
+    pub fn send_limit(&self, s: &smoltcp::socket::tcp::Socket) -> usize {
+        let (least, _) = self.config.buffers();
+        if !self.is_large(s) {
+            return s.send_capacity();
+        }
+        let senders = self.senders.get().unwrap_or_else(|| {
+            let n = self.count_senders();
+            self.senders.set(Some(n));
+            n
+        });
+        // The writer is one, its buffer empty or not (the count may be of
+        // the round before it queued anything).
+        let senders = (senders + (s.send_queue() == 0) as usize).max(1);
+        (SEND_SHARE / senders).clamp(least, s.send_capacity())
+    }
+
+    /// TCP sockets with data to send (or acknowledgments to wait for).
+    pub fn count_senders(&self) -> usize {
+        self.sockets.iter().filter(|(_, s)| matches!(s, smoltcp::socket::Socket::Tcp(t) if t.send_queue() > 0)).count()
+    }
+
+    /// Frees the pool's sockets; `false` if it held none.
+    pub fn drain_pool(&mut self) -> bool {
+        let had = !self.pool.is_empty();
+        self.pool = Vec::new();
+        had
+    }
+
+    /// Bytes of buffer the pool's sockets hold.
+    pub fn pool_bytes(&self) -> usize {
+        self.pool.iter().map(|s| s.recv_capacity() + s.send_capacity()).sum()
     }
 
     /// Doubles the socket set, keeping every socket at its handle.
@@ -532,6 +660,10 @@ impl Stack {
             config_waiters: Vec::new(),
             next_expiry: now(),
             last_shed: None,
+            pool: Vec::new(),
+            large: 0,
+            senders: core::cell::Cell::new(None),
+            buffered: 0,
             config,
         };
         if inner.config.ipv4.is_none() && inner.config.dhcp {
@@ -596,17 +728,22 @@ impl Stack {
     pub fn stats(&self) -> Stats {
         self.with(|i| {
             let tcp_sockets = i.sockets.iter().filter(|(_, s)| matches!(s, smoltcp::socket::Socket::Tcp(_))).count();
-            Stats { tcp_sockets, syn_queue: i.handshakes.queue.len(), fin_wait2: i.lingering.len(), ..i.link.stats }
+            Stats {
+                tcp_sockets,
+                tcp_pooled: i.pool.len(),
+                syn_queue: i.handshakes.queue.len(),
+                fin_wait2: i.lingering.len(),
+                ..i.link.stats
+            }
         })
     }
 
     /// Bytes of heap the stack holds for its connections now: socket
-    /// buffers, sockets, and the tables of connections, half-open
+    /// buffers (the pool's too), sockets, and the tables of connections, half-open
     /// connections and lingering ones.
     pub fn memory(&self) -> usize {
         self.with(|i| {
-            let tcp = i.sockets.iter().filter(|(_, s)| matches!(s, smoltcp::socket::Socket::Tcp(_))).count();
-            tcp * 2 * i.config.tcp_buffer
+            i.tcp_bytes()
                 + i.slots * core::mem::size_of::<SocketStorage>()
                 + i.link.conns.table.heap_bytes()
                 + i.handshakes.queue.heap_bytes()

@@ -52,18 +52,63 @@ pub(crate) struct Orphan {
 }
 
 impl Inner {
-    /// A new TCP socket with the configured buffers and timers, or `None`
-    /// when the heap cannot give its buffers.
+    /// The buffer each way of a connection made now: the largest
+    /// (`Config::tcp_buffer_max`) while the stack's buffers, with these,
+    /// are within `Config::plenty` (and the heap may hold them), else the
+    /// least (`Config::tcp_buffer`). Linux grows a busy connection's
+    /// buffers; the engine's are fixed when its socket is made, so the
+    /// choice is made then, by how much the stack holds. A unikernel whose
+    /// share would not hold four connections' large buffers (below about
+    /// 170 MiB with the defaults) keeps to the least: there one large
+    /// connection would be a tenth of the share, and the budget would
+    /// fill that much sooner under a flood of connections.
+    pub(crate) fn buffer_size(&self) -> usize {
+        let (least, most) = self.config.buffers();
+        // A pooled socket's buffers are counted already.
+        let more = if self.pooled(most) { 0 } else { 2 * most };
+        let plenty = self.config.plenty;
+        if most > least && plenty(4 * 2 * most) && plenty(self.tcp_bytes() + more) && (self.config.may_hold)(more) {
+            most
+        } else {
+            least
+        }
+    }
+
+    /// Whether the pool holds a socket with buffers of `n` bytes.
+    pub(crate) fn pooled(&self, n: usize) -> bool {
+        self.pool.iter().any(|s| s.recv_capacity() == n)
+    }
+
+    /// A TCP socket for a new connection, with its buffers
+    /// ([`Inner::buffer_size`]) and the configured timers: one of the pool
+    /// if it holds one of that size, else a new one; `None` when the heap
+    /// cannot give its buffers.
     pub(crate) fn tcp_socket(&mut self) -> Option<SocketHandle> {
-        let n = self.config.tcp_buffer;
-        let (rx, tx) = (buffer(n)?, buffer(n)?);
-        let mut s = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
+        let n = self.buffer_size();
+        let mut s = match self.pool.iter().position(|s| s.recv_capacity() == n) {
+            // Its `listen` or `connect` clears its state and buffers (the
+            // bytes stay: the engine sends and hands over only what was
+            // queued or received since).
+            Some(i) => self.pool.swap_remove(i),
+            None => {
+                let (rx, tx) = (buffer(n)?, buffer(n)?);
+                tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx))
+            }
+        };
+        // A fresh congestion window: the engine's reset keeps the
+        // controller of the socket's last connection.
+        s.set_congestion_control(s.congestion_control());
         s.set_keep_alive(self.config.keep_alive.map(to_smol));
         s.set_timeout(self.config.timeout.map(to_smol));
         // Applications write whole messages; Nagle's algorithm would only
         // hold back their last segment behind the peer's delayed ACK.
         s.set_nagle_enabled(false);
-        self.add_socket(s)
+        let (large, bytes) = (self.is_large(&s), s.recv_capacity() + s.send_capacity());
+        let handle = self.add_socket(s)?;
+        // Undone in `remove_socket`.
+        self.large += large as usize;
+        self.buffered += bytes;
+        Some(handle)
     }
 
     /// Hands a socket to the driver, which removes it (and its record)
@@ -193,6 +238,16 @@ impl Conn {
         Ok(self.stack.with(|inner| f(inner.sockets.get_mut::<tcp::Socket>(h))))
     }
 
+    /// As `with`, with how much of the send buffer may be filled
+    /// ([`Inner::send_limit`]).
+    fn with_limit<R>(&self, f: impl FnOnce(&mut tcp::Socket<'static>, usize) -> R) -> Result<R, flow::Error> {
+        let h = self.handle.get().ok_or(flow::Error::Closed)?;
+        Ok(self.stack.with(|inner| {
+            let limit = inner.send_limit(inner.sockets.get::<tcp::Socket>(h));
+            f(inner.sockets.get_mut::<tcp::Socket>(h), limit)
+        }))
+    }
+
     /// Hands the socket to the driver, which removes it when the
     /// connection is over; `abort` resets the connection now.
     fn release(&self, abort: bool) {
@@ -244,11 +299,12 @@ impl Conn {
             return Ok(0);
         }
         let r = poll_fn(|cx| {
-            self.with(|s| {
+            self.with_limit(|s, limit| {
                 if !s.may_send() {
                     return Poll::Ready(Err(dead(s)));
                 }
-                match s.send_slice(data) {
+                let room = limit.saturating_sub(s.send_queue());
+                match s.send_slice(&data[..data.len().min(room)]) {
                     Ok(0) => {
                         s.register_send_waker(cx.waker());
                         Poll::Pending
@@ -522,8 +578,11 @@ pub(crate) fn reap(inner: &mut Inner, now: Instant) {
         let o = inner.orphans[i];
         let s = inner.sockets.get::<tcp::Socket>(o.handle);
         let done = match s.state() {
-            // The connection is over: both FINs are acknowledged (this
-            // step's egress sent the last ACK). The engine would keep the
+            // The connection is over: both FINs are acknowledged, once
+            // the engine has sent the ACK of the peer's (it delays it, as
+            // any ACK, up to 10 ms; freed before, the socket would never
+            // send it, and the peer would wait in LAST-ACK for its
+            // retransmission timeout, then be reset). The engine would keep the
             // whole socket, buffers and all, for its 10 s of TIME-WAIT; a
             // server closing a few hundred connections a second would hold
             // hundreds of megabytes in them. Linux keeps a small record
@@ -531,7 +590,10 @@ pub(crate) fn reap(inner: &mut Inner, now: Instant) {
             // ACK was lost is answered with a reset, which ends the peer's
             // side as well, and a SYN reusing the address pair reaches the
             // listener at once.
-            State::TimeWait => true,
+            State::TimeWait => o
+                .tuple
+                .and_then(|t| inner.link.conns.table.get(&t).filter(|r| r.handle == o.handle))
+                .is_none_or(|r| r.fin_acknowledged()),
             // All we sent is acknowledged, our FIN too; the peer has yet to
             // close its side, and nobody reads what it may still send. The
             // socket goes, and a record of some tens of bytes answers the
@@ -614,6 +676,10 @@ pub(crate) fn expire(inner: &mut Inner, now: Instant) {
     }
     inner.lingering.retain(|_, l| now < l.until);
     inner.lingering.shrink();
+    // Past plenty: the pool's memory goes back to the heap first.
+    if !inner.pool.is_empty() && !(inner.config.plenty)(inner.tcp_bytes()) {
+        inner.drain_pool();
+    }
     // Past the budget: shed, a few each round, until the heap is back
     // under it.
     for _ in 0..inner.orphans.len().div_ceil(4).min(64) {

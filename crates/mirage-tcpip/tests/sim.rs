@@ -522,6 +522,7 @@ fn segments_the_interface_cuts_arrive_byte_exact_within_each_peers_mss() {
             let (mut ca, mut cb) = (config(A, seed), config(B, seed * 31));
             ca.tcp_buffer = 256 << 10;
             cb.tcp_buffer = 256 << 10;
+            (ca.tcp_buffer_max, cb.tcp_buffer_max) = (256 << 10, 256 << 10);
             let faults = Faults { loss: 5, duplicate: 5, reorder: 10, corrupt: 5, cut: false };
             let p = pair_of(seed, faults, (ca, mtu_a, tso_a, gro_a), (cb, mtu_b, tso_b, gro_b));
             // A stall (the peers each waiting for the other) fails here
@@ -566,20 +567,209 @@ fn echo_both_ways_at_once_over_a_harsh_link() {
 /// Simulated time to send `len` bytes one way with `buffer`-byte windows.
 async fn one_way(buffer: usize, len: usize) -> Duration {
     let (mut ca, mut cb) = (config(A, 1), config(B, 2));
-    ca.tcp_buffer = buffer;
-    cb.tcp_buffer = buffer;
-    let Pair { a, b, .. } = pair_with(9, Faults::default(), ca, cb);
+    (ca.tcp_buffer, ca.tcp_buffer_max) = (buffer, buffer);
+    (cb.tcp_buffer, cb.tcp_buffer_max) = (buffer, buffer);
+    one_way_between(ca, cb, Faults::default(), len).await
+}
+
+/// Simulated time to send `len` bytes from a stack configured `ca` to one
+/// configured `cb`, which accepts; the bytes are checked.
+async fn one_way_between(ca: Config, cb: Config, faults: Faults, len: usize) -> Duration {
+    let Pair { a, b, .. } = pair_with(9, faults, ca, cb);
     let l = b.listen(80, 1).await.unwrap();
     let server = spawn(async move {
         let (mut f, _) = l.accept().await.unwrap();
-        read_to_end(&mut f).await.unwrap().len()
+        read_to_end(&mut f).await.unwrap()
     });
     let start = now();
     let mut c = a.connect(SocketAddr::new(B.into(), 80)).await.unwrap();
-    c.write_all(&data(len, 1)).await.unwrap();
+    let payload = data(len, 1);
+    c.write_all(&payload).await.unwrap();
     c.shutdown().await.unwrap();
-    assert_eq!(server.await, len);
+    let got = server.await;
+    assert!(got == payload, "{} bytes arrived of {len}, or different ones", got.len());
     now().saturating_duration_since(start)
+}
+
+fn plenty(_: usize) -> bool {
+    true
+}
+
+fn short(_: usize) -> bool {
+    false
+}
+
+#[test]
+fn buffers_are_large_while_memory_is_plentiful() {
+    run(async {
+        // The defaults, 64 KiB each way and 1 MiB while memory is
+        // plentiful. The test has no heap to measure, so `plenty` says.
+        let tuned = |plentiful: fn(usize) -> bool| {
+            let (mut ca, mut cb) = (config(A, 1), config(B, 2));
+            (ca.plenty, cb.plenty) = (plentiful, plentiful);
+            assert_eq!((ca.tcp_buffer, ca.tcp_buffer_max), (64 << 10, 1 << 20));
+            (ca, cb)
+        };
+        let (ca, cb) = tuned(plenty);
+        let large = one_way_between(ca, cb, Faults::default(), 16 << 20).await;
+        let (ca, cb) = tuned(short);
+        let small = one_way_between(ca, cb, Faults::default(), 16 << 20).await;
+        assert!(small >= Duration::from_millis(512), "64 KiB windows took {small:?}");
+        assert!(large * 2 < small, "with plenty of memory {large:?}, without {small:?}: the buffers did not grow");
+        // As fast as buffers of 1 MiB given outright.
+        let fixed = one_way(1 << 20, 16 << 20).await;
+        assert!(large <= fixed + fixed / 10, "{large:?} against {fixed:?} with 1 MiB buffers");
+    });
+}
+
+#[test]
+fn windows_of_buffers_smaller_than_announced_are_rescaled() {
+    // The accepting side announced the scale of its largest buffers (shift
+    // 5 for 1 MiB) and then, short of memory, gave the connection smaller
+    // ones (shift 1 for 64 KiB, 0 for 6,000 bytes): its windows go out in
+    // the announced scale. Both ways at once, over a lossy link, and one
+    // way against the time smaller buffers take when announced as such.
+    // (Heavier loss is no test here: between a peer with 1 MiB windows
+    // and one with 64 KiB, the engine's recovery without SACK takes hours
+    // of simulated time, rescaled or not.)
+    for (i, least) in [64 << 10, 6000].into_iter().enumerate() {
+        run(async move {
+            let seed = 90 + i as u64;
+            let (mut ca, mut cb) = (config(A, seed), config(B, seed * 31));
+            (ca.tcp_buffer, ca.tcp_buffer_max) = (1 << 20, 1 << 20);
+            (cb.tcp_buffer, cb.tcp_buffer_max, cb.plenty) = (least, 1 << 20, short);
+            let faults = Faults { loss: 5, duplicate: 5, reorder: 10, corrupt: 5, cut: false };
+            let Pair { a, b, .. } = pair_with(seed, faults, ca.clone(), cb.clone());
+            let bound = sleep(Duration::from_secs(3600));
+            if let mirage_runtime::Either::Right(()) = select(exchange(&a, &b, data(1 << 20, seed)), bound).await {
+                panic!("{least}-byte buffers announced at 1 MiB's scale: the exchange stalled");
+            }
+            let rescaled = one_way_between(ca.clone(), cb, Faults::default(), 4 << 20).await;
+            let mut as_such = config(B, seed * 31);
+            (as_such.tcp_buffer, as_such.tcp_buffer_max) = (least, least);
+            let plain = one_way_between(ca, as_such, Faults::default(), 4 << 20).await;
+            assert!(
+                rescaled <= plain + plain / 10,
+                "{least}-byte buffers: {rescaled:?} rescaled, {plain:?} announced as they are"
+            );
+        });
+    }
+}
+
+#[test]
+fn the_side_closing_first_acknowledges_the_last_fin_before_its_socket_goes() {
+    run(async {
+        let Pair { a, b, .. } = pair_with(4, Faults::default(), config(A, 4), config(B, 5));
+        let l = b.listen(80, 1).await.unwrap();
+        let server = spawn(async move {
+            let (mut f, _) = l.accept().await.unwrap();
+            let got = read_to_end(&mut f).await.unwrap();
+            f.write_all(&got).await.unwrap();
+            f.close().await.unwrap();
+        });
+        let mut c = a.connect(SocketAddr::new(B.into(), 80)).await.unwrap();
+        let payload = data(3000, 4);
+        c.write_all(&payload).await.unwrap();
+        c.shutdown().await.unwrap();
+        // b's data and FIN: a is in TIME-WAIT, the ACK of the FIN delayed
+        // by the engine; the flow let go, its socket goes once that ACK
+        // has.
+        assert!(read_to_end(&mut c).await.unwrap() == payload);
+        drop(c);
+        sleep(Duration::from_millis(30)).await;
+        // b's LAST-ACK ended with a's ACK, not with a retransmitted FIN
+        // and a's reset a retransmission timeout later.
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!((sa.tcp_sockets, sb.tcp_sockets), (0, 0), "{sa:?} {sb:?}");
+        server.await;
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!((sb.rx_frames, sb.tx_frames), (sa.tx_frames, sa.rx_frames), "{sa:?} {sb:?}");
+    });
+}
+
+#[test]
+fn ended_connections_leave_their_sockets_for_new_ones() {
+    run(async {
+        let (mut ca, mut cb) = (config(A, 3), config(B, 4));
+        (ca.plenty, cb.plenty) = (plenty, plenty);
+        let Pair { a, b, .. } = pair_with(3, Faults::default(), ca, cb);
+        let l = b.listen(80, 4).await.unwrap();
+        let server = spawn(async move {
+            // An echo of each connection's bytes, then its close.
+            for _ in 0..100 {
+                let (mut f, _) = l.accept().await.unwrap();
+                let got = read_to_end(&mut f).await.unwrap();
+                f.write_all(&got).await.unwrap();
+                f.close().await.unwrap();
+            }
+        });
+        let mut most = 0;
+        for i in 0..100u64 {
+            let mut c = a.connect(SocketAddr::new(B.into(), 80)).await.unwrap();
+            let payload = data(3000 + i as usize * 97, i);
+            c.write_all(&payload).await.unwrap();
+            c.shutdown().await.unwrap();
+            assert!(read_to_end(&mut c).await.unwrap() == payload, "connection {i}: the echo differs");
+            drop(c);
+            sleep(Duration::from_millis(50)).await;
+            let s = b.stats();
+            most = most.max(s.tcp_pooled + s.tcp_sockets);
+        }
+        server.await;
+        // Each side kept the socket of each ended connection and the next
+        // took it: one socket for a hundred connections. (b's socket ends
+        // as soon as a's last ACK comes: a, in TIME-WAIT, sends it before
+        // its socket goes, though the engine delays it.)
+        let s = b.stats();
+        assert_eq!((s.tcp_pooled, s.tcp_sockets), (1, 0), "{s:?}");
+        assert!(most <= 2, "b held {most} sockets at once");
+        assert!(b.memory() <= 2 * 2 * (1 << 20) + (1 << 20), "{} bytes held", b.memory());
+        let s = a.stats();
+        assert_eq!((s.tcp_pooled, s.tcp_sockets), (1, 0), "{s:?}");
+    });
+}
+
+/// Whether memory is plentiful, for the test that changes its mind.
+static PLENTIFUL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+fn plentiful(_: usize) -> bool {
+    PLENTIFUL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn the_pool_is_freed_when_memory_is_short() {
+    run(async {
+        let (ca, mut cb) = (config(A, 5), config(B, 6));
+        cb.plenty = plentiful;
+        let Pair { a, b, .. } = pair_with(5, Faults::default(), ca, cb);
+        let l = b.listen(80, 4).await.unwrap();
+        let server = spawn(async move {
+            let (mut f, _) = l.accept().await.unwrap();
+            read_to_end(&mut f).await.unwrap();
+            f.close().await.unwrap();
+            l
+        });
+        let mut c = a.connect(SocketAddr::new(B.into(), 80)).await.unwrap();
+        c.write_all(b"hello").await.unwrap();
+        c.shutdown().await.unwrap();
+        read_to_end(&mut c).await.unwrap();
+        drop(c);
+        let _listening = server.await;
+        sleep(Duration::from_secs(1)).await;
+        let (s, held) = (b.stats(), b.memory());
+        assert_eq!((s.tcp_pooled, s.tcp_sockets), (1, 0), "{s:?}");
+        assert!(held >= 2 << 20, "the pooled socket's 1 MiB buffers are not counted: {held} bytes");
+        // Short of memory: the pool goes at the driver's next round (the
+        // next frame wakes it), and a new connection gets the least
+        // buffers.
+        PLENTIFUL.store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut c = a.connect(SocketAddr::new(B.into(), 80)).await.unwrap();
+        sleep(Duration::from_millis(10)).await;
+        let s = b.stats();
+        assert_eq!((s.tcp_pooled, s.tcp_sockets), (0, 1), "{s:?}");
+        assert_eq!(b.memory(), held - (2 << 20) + (128 << 10));
+        c.write_all(b"again").await.unwrap();
+    });
 }
 
 #[test]
@@ -1433,7 +1623,11 @@ fn idle_connections_are_refused_past_the_memory_budget_then_shed_for_new_ones() 
         let stats = p.b.stats();
         eprintln!("{} idle connections, then {refused:?}; {stats:?}", idle.len());
         assert_eq!(refused, stack::Error::Refused);
-        assert!(stats.refused_memory == 1 && idle.len() > 50, "{stats:?}");
+        // One refusal, or two: the heap is both stacks', and a's socket,
+        // allocated between b's answer to its last SYN and its ACK, may
+        // leave that ACK no room (a then counts the connection made).
+        let refusals = stats.refused_memory;
+        assert!((1..=2).contains(&refusals) && idle.len() > 50, "{stats:?}");
         assert!(held() <= BUDGET.with(|b| b.get()));
         // Once they have been idle a while, a new connection makes room by
         // resetting the one idle the longest, and its handshake completes
@@ -1454,7 +1648,7 @@ fn idle_connections_are_refused_past_the_memory_budget_then_shed_for_new_ones() 
         let stats = p.b.stats();
         eprintln!("{probe:?}\n{stats:?}");
         assert!(probe.failed == 0 && probe.worst < Duration::from_millis(500), "{probe:?}");
-        assert!(stats.shed > 0 && stats.refused_memory == 1, "{stats:?}");
+        assert!(stats.shed > 0 && stats.refused_memory == refusals, "{stats:?}");
         assert!(held() <= BUDGET.with(|b| b.get()));
     });
 }
