@@ -53,9 +53,9 @@ pub struct Config {
     /// window scaling.
     pub tcp_buffer: usize,
     /// Bytes of buffer each way for a connection made while the stack's
-    /// buffers, with these, are within [`Config::plenty`]: one round trip carries a
-    /// window this large, where `tcp_buffer`'s would bound a fast link's
-    /// throughput. No larger than `tcp_buffer`: every connection gets
+    /// buffers, with these, are within [`Config::plenty`]: one round trip
+    /// carries a window this large, where `tcp_buffer`'s would bound a fast
+    /// link's throughput. At or below `tcp_buffer`, every connection gets
     /// `tcp_buffer`.
     pub tcp_buffer_max: usize,
     /// Whether the stack may hold this many bytes of TCP buffers (all its
@@ -169,8 +169,8 @@ impl Config {
 
     /// The boot arguments that configure the stack, MirageOS's names:
     /// `--ipv4`, `--ipv4-gateway`, `--ipv6`, `--ipv6-gateway`,
-    /// `--tcp-buffer-kib`, `--tcp-buffer-max-kib`, with the given defaults for the first two. An
-    /// empty `--ipv4` means DHCP.
+    /// `--tcp-buffer-kib`, `--tcp-buffer-max-kib`, with the given defaults
+    /// for the first two. An empty `--ipv4` means DHCP.
     pub fn args(default_ipv4: &'static str, default_gateway: &'static str) -> Vec<Arg> {
         vec![
             Arg::new::<Option<Ipv4Cidr>>("ipv4", Some(default_ipv4), "IPv4 address and prefix length (empty: DHCP)."),
@@ -365,8 +365,9 @@ pub(crate) struct Inner {
     /// new one, and the answer.
     pub last_shed: Option<(mirage_runtime::time::Instant, bool)>,
     /// TCP sockets whose connection ended, kept with their buffers for
-    /// new connections ([`Inner::remove_socket`]); freed when the heap
-    /// nears its budget.
+    /// new connections ([`Inner::remove_socket`]); freed once the stack's
+    /// buffers pass [`Config::plenty`], and before a connection is refused
+    /// or shed for memory.
     pub pool: Vec<smoltcp::socket::tcp::Socket<'static>>,
     /// Live TCP sockets with the largest buffers.
     pub large: usize,
