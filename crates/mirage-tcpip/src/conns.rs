@@ -121,6 +121,9 @@ pub(crate) struct Record {
     /// Where the peer's FIN ends (its sequence number plus one), once one
     /// came: the engine owes it an acknowledgment until `rcv_nxt` is there.
     pub fin_end: Option<u32>,
+    /// The end of the last zero-window probe sent (a byte past a closed
+    /// window), which is not data in flight.
+    pub probe_end: Option<u32>,
     /// When data last went out and came in, and since when the connection
     /// has been seen in CLOSE-WAIT with nothing to send: for the CLOSE-WAIT
     /// timeout and for shedding idle connections.
@@ -147,6 +150,7 @@ impl Record {
             peer_shift: None,
             wire_shift: None,
             fin_end: None,
+            probe_end: None,
             last_sent: now,
             last_heard: now,
             close_wait: None,
@@ -182,10 +186,10 @@ impl Record {
 
     /// Notes a segment from the peer (after translation): its
     /// acknowledgment, if the engine takes it (in the window, no more than
-    /// was sent), and its window.
-    pub(crate) fn heard(&mut self, seq: u32, ack: Option<u32>, window: u16, syn: bool) {
-        let shift = if syn || !self.scaling() { 0 } else { self.peer_shift.unwrap_or(0) };
-        let window = (window as u32) << shift;
+    /// was sent), and its window. Whether the acknowledgment was taken.
+    pub(crate) fn heard(&mut self, seq: u32, ack: Option<u32>, window: u16, syn: bool) -> bool {
+        let window = (window as u32) << if syn { 0 } else { self.peer_scale() };
+        let mut taken = false;
         if let (Some(ack), Some(max)) = (ack, self.snd_max)
             && self.in_window(seq)
             && seq_le(ack, max)
@@ -193,8 +197,47 @@ impl Record {
         {
             self.snd_una = Some(ack);
             self.snd_wnd = window;
+            taken = true;
         }
         self.max_snd_wnd = self.max_snd_wnd.max(window);
+        taken
+    }
+
+    /// The shift of the peer's window fields after the handshake.
+    fn peer_scale(&self) -> u8 {
+        if self.scaling() { self.peer_shift.unwrap_or(0) } else { 0 }
+    }
+
+    /// The window field to show the engine in place of a zero window that
+    /// came with data in flight past it (`None` when the window is open
+    /// or nothing is in flight): one that covers exactly what was sent.
+    ///
+    /// A peer that closes its window below data it was sent (it shrinks
+    /// the window, and drops that data) leaves the engine stuck: smoltcp
+    /// then runs its zero-window probe timer in place of its
+    /// retransmission timer, and when the window opens it stops the probe
+    /// timer and arms nothing, while the dropped bytes still count as in
+    /// flight and fill the congestion window, so it never sends again.
+    /// Linux probes a zero window only with nothing in flight and leaves
+    /// data in flight to its retransmission timer; shown a window that
+    /// ends where its data does, the engine does the same: it sends
+    /// nothing new, and retransmits from the acknowledgment on its timer
+    /// (with backoff) until the window opens. A zero-window probe's byte
+    /// does not count: with nothing else in flight, the engine's probe
+    /// timer is the right one.
+    pub(crate) fn zero_window_cover(&self, ack: u32, window: u16) -> Option<u16> {
+        let max = self.snd_max?;
+        // A probe's byte is past the window by design (and the engine's
+        // probe timer is what sends it again).
+        let max = if self.probe_end == Some(max) { max.wrapping_sub(1) } else { max };
+        if window != 0 || !seq_lt(ack, max) {
+            return None;
+        }
+        let shift = self.peer_scale();
+        let bytes = max.wrapping_sub(ack);
+        // Rounded up: a window that stops short of the data would leave
+        // the engine waiting on the bytes past it.
+        Some(bytes.div_ceil(1 << shift).min(u16::MAX as u32) as u16)
     }
 
     /// The sequence number a pure ACK goes out with (Linux's
@@ -300,6 +343,16 @@ impl Conns {
         if !rst {
             if len > 0 {
                 let end = seq.wrapping_add(len);
+                if len == 1
+                    && !syn
+                    && !fin
+                    && r.snd_max == Some(seq)
+                    && r.snd_una.is_some_and(|una| seq_le(una.wrapping_add(r.snd_wnd), seq))
+                {
+                    // One new byte past the peer's window: a zero-window
+                    // probe (data never goes past it).
+                    r.probe_end = Some(end);
+                }
                 if r.snd_max.is_none_or(|max| seq_lt(max, end)) {
                     r.snd_max = Some(end);
                 }
@@ -479,6 +532,29 @@ mod tests {
                 "{new:#x}: {full:#x} vs {incremental:#x}"
             );
         }
+    }
+
+    #[test]
+    fn a_zero_window_is_covered_only_over_data_in_flight() {
+        let mut r = Record::new(SocketHandle::default(), Instant(0));
+        (r.our_shift, r.peer_shift) = (Some(7), Some(3));
+        r.snd_max = Some(10_000);
+        // Open windows, and nothing in flight, are left alone.
+        assert_eq!(r.zero_window_cover(9_000, 5), None);
+        assert_eq!(r.zero_window_cover(10_000, 0), None);
+        // 1,001 bytes in flight at the peer's scale of 8, rounded up, and
+        // across the wrap of the sequence space.
+        assert_eq!(r.zero_window_cover(8_999, 0), Some(126));
+        r.snd_max = Some(5);
+        assert_eq!(r.zero_window_cover(u32::MAX - 995, 0), Some(126));
+        // Without scaling the field is in bytes, and at most 65,535.
+        r.peer_shift = None;
+        r.snd_max = Some(200_000);
+        assert_eq!(r.zero_window_cover(100_000, 0), Some(u16::MAX));
+        // A zero-window probe's byte is not in flight.
+        r.probe_end = Some(200_000);
+        assert_eq!(r.zero_window_cover(199_999, 0), None);
+        assert_eq!(r.zero_window_cover(199_000, 0), Some(999));
     }
 
     #[test]

@@ -289,13 +289,27 @@ fn connection<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, rec: Record, now
         frame.tcp_mut().set_ack_number(TcpSeqNumber(a as i32));
     }
     if let Some(r) = inner.link.conns.table.get_mut(&seg.t) {
-        r.heard(seg.seq, ack, seg.window, seg.control == TcpControl::Syn);
+        if state == State::SynSent && seg.control == TcpControl::Syn && ack.is_some() {
+            // The SYN-ACK of a connection this side opened: the peer's
+            // window scale (the engine takes it from here too).
+            r.peer_shift = seg.opts.wscale;
+        }
+        let taken = r.heard(seg.seq, ack, seg.window, seg.control == TcpControl::Syn);
+        let cover = ack.filter(|_| taken && synchronized && seg.control != TcpControl::Rst);
+        let window = cover.and_then(|a| r.zero_window_cover(a, seg.window));
         if seg.control == TcpControl::Fin {
             r.fin_end = Some(seg.seq.wrapping_add(seg.len).wrapping_add(1));
         }
         r.peer_mac = seg.mac;
         if seg.len > 0 {
             r.last_heard = now;
+        }
+        if let Some(window) = window
+            && let Some(mut frame) = TcpFrame::new(inner.link.frame_mut())
+        {
+            // The engine does not check received checksums.
+            frame.tcp_mut().set_window_len(window);
+            inner.link.stats.zero_windows_covered += 1;
         }
     }
     Verdict::Engine

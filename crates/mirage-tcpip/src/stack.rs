@@ -293,6 +293,11 @@ pub struct Stats {
     /// dropped, and answered with a challenge ACK within the rate limits
     /// (RFC 5961, 5).
     pub ack_challenged: u64,
+    /// Zero windows that came with data in flight past them (the peer
+    /// shrank its window), shown to the engine as the window that covers
+    /// that data, so that it retransmits rather than stalls
+    /// (`Record::zero_window_cover`).
+    pub zero_windows_covered: u64,
     /// Challenge ACKs held back by the stack-wide rate limit (about 1,000
     /// a second; the engine also sends at most one a second per
     /// connection).
