@@ -105,6 +105,9 @@ pub(crate) struct Record {
     /// Acknowledgment number and window (bytes) of the last segment sent.
     pub rcv_nxt: Option<u32>,
     pub rcv_wnd: u32,
+    /// The furthest right edge of the windows sent (`rcv_nxt + rcv_wnd`
+    /// at its largest): the peer may have sent up to there.
+    pub rcv_edge: Option<u32>,
     /// Highest acknowledgment received (engine numbering), the window that
     /// came with it and the largest window the peer offered, in bytes.
     pub snd_una: Option<u32>,
@@ -143,6 +146,7 @@ impl Record {
             snd_max: None,
             rcv_nxt: None,
             rcv_wnd: 0,
+            rcv_edge: None,
             snd_una: None,
             snd_wnd: 0,
             max_snd_wnd: 0,
@@ -174,6 +178,30 @@ impl Record {
     /// When data last went either way.
     pub(crate) fn last_data(&self) -> Instant {
         self.last_sent.max(self.last_heard)
+    }
+
+    /// Where a segment without payload that starts at `seq`, past the
+    /// window last offered but within one offered before (the window
+    /// shrank under the peer), is moved to so that the engine takes its
+    /// acknowledgment: the last byte of the window, or its left edge when
+    /// it is closed. `None` for a segment the engine takes as it is, and
+    /// for one past any window offered.
+    ///
+    /// The engine rounds its window down to its scale, so its right edge
+    /// can move back by a few bytes that the peer may already have sent;
+    /// its window then closes with the peer's next sequence number past
+    /// it. The engine judges every segment, a pure ACK too, against its
+    /// last window, and one that starts past it has its acknowledgment
+    /// ignored (RFC 9293 asks that valid ACKs be taken even by a zero
+    /// window). With the peer's ACKs ignored the engine's sent data is
+    /// never acknowledged, its send buffer stays full, an application that
+    /// echoes does not read, and the window stays closed: both ends wait
+    /// for ever. A pure ACK carries no data, so the number it starts at is
+    /// free to move within what the peer was allowed.
+    pub(crate) fn ack_seq(&self, seq: u32) -> Option<u32> {
+        let (nxt, edge) = (self.rcv_nxt?, self.rcv_edge?);
+        let last = if self.rcv_wnd == 0 { nxt } else { nxt.wrapping_add(self.rcv_wnd - 1) };
+        (seq_lt(last, seq) && seq_le(seq, edge)).then_some(last)
     }
 
     /// Whether a segment starting at `seq` falls in the window last
@@ -383,6 +411,11 @@ impl Conns {
                     }
                     (true, engine, _) => (field as u32) << engine,
                 };
+                let edge = tcp.ack_number().0 as u32;
+                let edge = edge.wrapping_add(r.rcv_wnd);
+                if r.rcv_edge.is_none_or(|e| seq_lt(e, edge)) {
+                    r.rcv_edge = Some(edge);
+                }
             }
         }
         if let Some((old, new)) = window {
@@ -555,6 +588,26 @@ mod tests {
         r.probe_end = Some(200_000);
         assert_eq!(r.zero_window_cover(199_999, 0), None);
         assert_eq!(r.zero_window_cover(199_000, 0), Some(999));
+    }
+
+    #[test]
+    fn an_ack_past_a_shrunk_window_is_moved_inside_it() {
+        let mut r = Record::new(SocketHandle::default(), Instant(0));
+        // Before anything was offered, and inside the window, nothing moves.
+        assert_eq!(r.ack_seq(5), None);
+        (r.rcv_nxt, r.rcv_wnd, r.rcv_edge) = (Some(1000), 100, Some(1104));
+        assert_eq!(r.ack_seq(1000), None);
+        assert_eq!(r.ack_seq(1099), None);
+        // Past the window but within an edge offered before: to its last
+        // byte; past any edge offered: left as it is.
+        assert_eq!(r.ack_seq(1100), Some(1099));
+        assert_eq!(r.ack_seq(1104), Some(1099));
+        assert_eq!(r.ack_seq(1105), None);
+        // A closed window: to its left edge, across the wrap too.
+        (r.rcv_nxt, r.rcv_wnd, r.rcv_edge) = (Some(u32::MAX - 1), 0, Some(3));
+        assert_eq!(r.ack_seq(u32::MAX - 1), None);
+        assert_eq!(r.ack_seq(2), Some(u32::MAX - 1));
+        assert_eq!(r.ack_seq(4), None);
     }
 
     #[test]

@@ -288,13 +288,36 @@ fn connection<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, rec: Record, now
         // The engine does not check received checksums.
         frame.tcp_mut().set_ack_number(TcpSeqNumber(a as i32));
     }
+    // An acknowledgment that starts past a window that shrank under the
+    // peer reaches the engine inside it (`Record::ack_seq`): a pure ACK,
+    // or a zero-window probe whose data the closed window drops anyway
+    // when it acknowledges new data (cut, the engine does not answer it;
+    // the next probe is answered, and the engine announces its window as
+    // it opens).
+    let new_ack = matches!((ack, rec.snd_una), (Some(a), Some(una)) if seq_lt(una, a));
+    let plain = matches!(seg.control, TcpControl::None);
+    let probe = seg.len > 0 && rec.rcv_wnd == 0 && new_ack && rec.rcv_nxt == Some(seg.seq);
+    let mut seq = seg.seq;
+    if synchronized && plain && (seg.len == 0 || probe) {
+        let moved = if probe { rec.rcv_nxt } else { rec.ack_seq(seg.seq) };
+        if let Some(to) = moved
+            && let Some(mut frame) = TcpFrame::new(inner.link.frame_mut())
+        {
+            if probe {
+                frame.cut_payload();
+            }
+            frame.tcp_mut().set_seq_number(TcpSeqNumber(to as i32));
+            inner.link.stats.acks_moved_into_window += 1;
+            seq = to;
+        }
+    }
     if let Some(r) = inner.link.conns.table.get_mut(&seg.t) {
         if state == State::SynSent && seg.control == TcpControl::Syn && ack.is_some() {
             // The SYN-ACK of a connection this side opened: the peer's
             // window scale (the engine takes it from here too).
             r.peer_shift = seg.opts.wscale;
         }
-        let taken = r.heard(seg.seq, ack, seg.window, seg.control == TcpControl::Syn);
+        let taken = r.heard(seq, ack, seg.window, seg.control == TcpControl::Syn);
         let cover = ack.filter(|_| taken && synchronized && seg.control != TcpControl::Rst);
         let window = cover.and_then(|a| r.zero_window_cover(a, seg.window));
         if seg.control == TcpControl::Fin {

@@ -298,6 +298,10 @@ pub struct Stats {
     /// that data, so that it retransmits rather than stalls
     /// (`Record::zero_window_cover`).
     pub zero_windows_covered: u64,
+    /// Acknowledgments that started past a window of ours that shrank
+    /// under the peer, moved inside it for the engine to take
+    /// (`Record::ack_seq`).
+    pub acks_moved_into_window: u64,
     /// Challenge ACKs held back by the stack-wide rate limit (about 1,000
     /// a second; the engine also sends at most one a second per
     /// connection).

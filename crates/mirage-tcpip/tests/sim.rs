@@ -2018,3 +2018,138 @@ fn a_reader_that_pauses_gets_everything_once_it_reads_again() {
         });
     }
 }
+
+/// A segment from X to b with the window field and TCP options given.
+fn tcp_frame_with(seq: u32, ack: u32, flags: u8, window: u16, options: &[u8], payload: &[u8], port: u16) -> Vec<u8> {
+    let mut f = tcp_frame(MAC_X, (X, port), (B, 7), seq, ack, flags, payload);
+    // Rebuilt with the options and window: tcp_frame's header is 20
+    // bytes (no SYN here) at offset 34.
+    let mut tcp = f.split_off(34);
+    let body = tcp.split_off(20);
+    tcp[12] = (((20 + options.len()) / 4) << 4) as u8;
+    tcp[14..16].copy_from_slice(&window.to_be_bytes());
+    tcp[16..18].copy_from_slice(&[0, 0]);
+    tcp.extend_from_slice(options);
+    tcp.extend_from_slice(&body);
+    let c = mirage_tcpip::wire::checksum_ipv4(X, B, 6, &tcp);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    f[16..18].copy_from_slice(&((20 + tcp.len()) as u16).to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = mirage_tcpip::wire::checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&tcp);
+    f
+}
+
+/// The window field and, in a SYN, the window scale of a frame b sent.
+fn window_of(f: &[u8]) -> (u16, Option<u8>) {
+    let t = &f[34..];
+    let window = u16::from_be_bytes([t[14], t[15]]);
+    let header = (t[12] >> 4) as usize * 4;
+    let mut opts = &t[20..header];
+    let mut scale = None;
+    while let [kind, rest @ ..] = opts {
+        match kind {
+            0 => break,
+            1 => opts = rest,
+            _ => {
+                let len = rest.first().copied().unwrap_or(2).max(2) as usize;
+                if *kind == 3 && len == 3 {
+                    scale = rest.get(1).copied();
+                }
+                opts = opts.get(len..).unwrap_or(&[]);
+            }
+        }
+    }
+    (window, scale)
+}
+
+#[test]
+fn an_ack_past_a_window_that_shrank_under_the_peer_is_taken() {
+    // A peer like Linux: its pure ACKs start at its next sequence number
+    // even where b's window, rounded down to its scale, has closed a few
+    // bytes short of it. b's echo fills its send buffer (the peer does
+    // not acknowledge) and stops reading; its window closes; then the
+    // peer acknowledges everything from past the closed window. b must
+    // take that acknowledgment: its echo then goes on, and its window
+    // opens. Ignored, both ends waited for ever (b for the ACK, the peer
+    // for the window).
+    run(async {
+        let (ca, mut cb) = (config(A, 1), config(B, 2));
+        (cb.tcp_buffer, cb.tcp_buffer_max) = (256 << 10, 256 << 10);
+        let p = pair_with(81, Faults::default(), ca, cb);
+        serve_echo(&p.b, 7).await;
+        introduce_x(&p);
+        sleep(Duration::from_millis(5)).await;
+        let port = 40_000;
+        let frames_to_x = |since: usize| -> Vec<(Seen, u16)> {
+            p.from_b.borrow()[since..]
+                .iter()
+                .filter_map(|f| seen(f).filter(|s| s.dst == (X, port)).map(|s| (s, window_of(f).0)))
+                .collect()
+        };
+        // MSS 1460, window scale 7.
+        let isn = 1_000_000u32;
+        inject(&p, tcp_frame_with(isn, 0, SYN, 65535, &[2, 4, 0x05, 0xb4, 1, 3, 3, 7], b"", port));
+        sleep(Duration::from_millis(5)).await;
+        let synack = p.from_b.borrow().iter().rev().find(|f| seen(f).is_some_and(|s| s.dst == (X, port))).cloned();
+        let synack = synack.expect("no SYN-ACK");
+        let shift = window_of(&synack).1.expect("no window scale in the SYN-ACK");
+        let b_isn = seen(&synack).unwrap().seq;
+        let mut nxt = isn + 1;
+        inject(&p, tcp_frame_with(nxt, b_isn + 1, ACK, 0xffff, &[], b"", port));
+        // Data in segments of 1,000 bytes, never a multiple of b's scale,
+        // as far as b's window allows, b's own data never acknowledged.
+        let mut since = p.from_b.borrow().len() - 1;
+        let mut shrunk = None;
+        for _ in 0..5000 {
+            sleep(Duration::from_millis(1)).await;
+            let Some(&(last, window)) = frames_to_x(since).last() else { continue };
+            since = p.from_b.borrow().len();
+            let scale = if last.flags & SYN != 0 { 0 } else { shift };
+            let edge = last.ack.wrapping_add((window as u32) << scale);
+
+            if window == 0 && seq_lt(last.ack, nxt) {
+                shrunk = Some(last);
+                break;
+            }
+            // Ten segments a round at most, so that there are many rounds
+            // while b's buffer fills. Where a round reaches the edge of b's
+            // window, its last byte comes a little behind the rest: b
+            // acknowledges the rest first and rounds its window down,
+            // which can close it short of that byte, as over a link that
+            // takes time.
+            let end = if seq_lt(nxt.wrapping_add(9_990), edge) { nxt.wrapping_add(9_990) } else { edge };
+            let last_byte = if end == edge { end.wrapping_sub(1) } else { end };
+            while seq_lt(nxt, end) {
+                let stop = if seq_lt(nxt, last_byte) { last_byte } else { end };
+                let n = stop.wrapping_sub(nxt).min(999);
+                let at = now().as_nanos() + if stop == end && end == edge { 2_000_000 } else { 0 };
+                push(&p.ab, at, tcp_frame_with(nxt, b_isn + 1, ACK, 0xffff, &[], &vec![7u8; n as usize], port), false);
+                nxt = nxt.wrapping_add(n);
+            }
+            sleep(Duration::from_millis(3)).await;
+        }
+        let last = shrunk.expect("b's window never closed short of what it had allowed");
+        // Everything b sent so far, acknowledged from past its window.
+        let b_max = frames_to_x(0)
+            .iter()
+            .map(|(s, _)| s.seq.wrapping_add(s.len as u32))
+            .max_by(|a, b| if seq_lt(*a, *b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
+        let b_max = b_max.unwrap();
+        let since = p.from_b.borrow().len();
+        inject(&p, tcp_frame_with(nxt, b_max, ACK, 0xffff, &[], b"", port));
+        sleep(Duration::from_millis(20)).await;
+        let after = frames_to_x(since);
+        assert!(
+            after.iter().any(|(s, w)| *w > 0 || (s.len > 0 && seq_lt(b_max, s.seq.wrapping_add(s.len as u32)))),
+            "b closed its window at {} with the peer at {nxt}; the ACK of {b_max} from there went unheeded: {after:?}",
+            last.ack
+        );
+        assert!(p.b.stats().acks_moved_into_window > 0);
+    });
+}
+
+fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
