@@ -369,6 +369,37 @@ pub fn cases(v: &mut Vec<Case>) {
                 Ok(())
             },
         ));
+        if t != "unix" {
+            v.push(case(format!("{t}::tcpip_serves_at_8_mib_and_says_why_it_refuses_at_2"), n, move || {
+                // A small `--mem` (8 MiB): the platform's own
+                // buffers (on hvt, the ring's: 4 MiB at their largest) must
+                // leave the memory budget room for connections; they once
+                // left none, and every connection was refused.
+                let ns = Netns::new()?;
+                let mut c = ns.unikernel(t, &example(t, "network")?, &["--net:service=tap0", "--mem=8"]);
+                c.arg("--ipv4=10.0.0.2/24");
+                let mut g = Background::start(c)?;
+                g.wait_for("network: ", Duration::from_secs(30))?;
+                tcp_echo_clients(&ns, guest, 8, 1 << 20).map_err(|e| format!("--mem=8: {e}\n{}", g.output()))?;
+                udp_echo(&ns, guest, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))?;
+                drop(g);
+                // At 2 MiB the budget holds no connection: each is refused,
+                // and the unikernel says why and what to do.
+                let mut c = ns.unikernel(t, &example(t, "network")?, &["--net:service=tap0", "--mem=2"]);
+                c.arg("--ipv4=10.0.0.2/24");
+                let mut g = Background::start(c)?;
+                g.wait_for("network: ", Duration::from_secs(30))?;
+                if tcp_echo_clients(&ns, guest, 1, 1000).is_ok() {
+                    return Err(format!("--mem=2: a connection was served where none fits\n{}", g.output()));
+                }
+                g.wait_for("for memory", Duration::from_secs(10))?;
+                let out = g.output();
+                if !out.contains("a larger --mem makes room") {
+                    return Err(format!("--mem=2: the refusal does not name the fix:\n{out}"));
+                }
+                Ok(())
+            }));
+        }
         v.push(case(format!("{t}::tcpip_echoes_udp_datagrams"), n, move || {
             let ns = Netns::new()?;
             let _g = start(&ns, t, &["--ipv4=10.0.0.2/24"])?;

@@ -581,9 +581,36 @@ fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, now:
         inner.link.stats.refused_limit += 1;
     } else {
         inner.link.stats.refused_memory += 1;
+        log_refusal(inner, seg, now);
     }
     refuse(inner, net, seg);
     Admit::No
+}
+
+/// A refusal for memory is logged at most this often: a flood of them
+/// must not become a flood of lines.
+pub(crate) const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Says that a connection was refused for memory, what the heap holds,
+/// and the fix, where the last such line is old enough: an operator
+/// whose unikernel has too little memory for even one connection
+/// otherwise sees only the peers' resets.
+fn log_refusal(inner: &mut Inner, seg: &Seg, now: Instant) {
+    if inner.refusal_logged.is_some_and(|at| now.saturating_duration_since(at) < REFUSAL_LOG_EVERY) {
+        return;
+    }
+    inner.refusal_logged = Some(now);
+    let kib = |b: Option<usize>| b.map_or_else(|| "?".into(), |b| alloc::format!("{}", b / 1024));
+    log::warn!(
+        target: "tcpip",
+        "refused a connection from {} for memory: {} KiB of the heap in use, {} KiB the budget peers may fill, \
+         {} KiB a connection needs ({} refused so far); a larger --mem makes room",
+        core::net::SocketAddr::new(seg.t.remote, seg.t.remote_port),
+        kib(mirage_runtime::memory::heap_in_use()),
+        kib(mirage_runtime::memory::budget()),
+        connection_cost(inner) / 1024,
+        inner.link.stats.refused_memory,
+    );
 }
 
 /// A segment for a listener, from a peer without a connection.

@@ -346,6 +346,9 @@ pub(crate) struct Inner {
     /// the peer's FIN.
     pub lingering: Table<Tuple, Linger>,
     pub challenges: Challenges,
+    /// When a refusal for memory was last logged (at most one a
+    /// [`crate::inbound::REFUSAL_LOG_EVERY`]).
+    pub refusal_logged: Option<mirage_runtime::time::Instant>,
     pub config: Config,
     /// The interface's IP MTU.
     pub mtu: usize,
@@ -656,6 +659,7 @@ impl Stack {
             handshakes: Handshakes::new(key(seed, 3), config.syn_queue),
             lingering: Table::new(key(seed, 4), config.max_connections.saturating_mul(4)),
             challenges: Challenges::new(seed ^ 0x9e37_79b9_7f4a_7c15),
+            refusal_logged: None,
             mtu: info.mtu as usize,
             dhcp: None,
             ipv4,

@@ -361,11 +361,13 @@ pub(crate) fn net_checksum_offload() -> bool {
 }
 
 /// The largest frame the host cuts into TCP segments: where the tender
-/// offers it (`FEATURE_NET_TSO`, ours) and the ring is in use, a 64 KiB
-/// segment; 0 elsewhere.
+/// offers it (`FEATURE_NET_TSO`, ours) and the ring is in use with its
+/// write arena (allocated now: such a segment goes through it alone), a
+/// 64 KiB segment; 0 elsewhere.
 pub(crate) fn net_segmentation_offload() -> usize {
     let offered = RING_INFO.with(|r| r.0) & solo5_abi::hvt::FEATURE_NET_TSO != 0;
-    if offered && net_checksum_offload() { solo5_abi::vnet::VNET_MAX_SEGMENTED } else { 0 }
+    let arena = ring().is_some_and(|r| r.has_arena());
+    if offered && net_checksum_offload() && arena { solo5_abi::vnet::VNET_MAX_SEGMENTED } else { 0 }
 }
 
 /// Asks the tender for receive offload on device `handle`: where it offers

@@ -39,13 +39,59 @@ use solo5_abi::ring::{
     OP_BLOCK_WRITE_SYNC, OP_NET_POST_READ, OP_NET_READ, OP_NET_WRITE, RING_BUF_SIZE, RING_MASK, RING_SIZE, Ring,
 };
 
-/// Bytes of write buffers: as much as a buffer per slot of
+/// Bytes of write buffers at most: as much as a buffer per slot of
 /// [`RING_BUF_SIZE`] bytes would take (2 MiB), shared by frames of any
 /// size. A power of two, so that free-running `u32` positions wrap with it.
 const ARENA: u32 = RING_SIZE * RING_BUF_SIZE as u32;
-/// The largest frame the ring carries; larger ones take the hypercall.
-const MAX_FRAME: usize = ARENA as usize / 4;
-const _: () = assert!(ARENA.is_power_of_two());
+/// ... and at least: a quarter of it (the largest frame the ring carries,
+/// [`GuestRing::max_frame`]) holds a 64 KiB segment with its headers.
+const ARENA_LEAST: u32 = 512 * 1024;
+const _: () = assert!(ARENA.is_power_of_two() && ARENA_LEAST.is_power_of_two() && ARENA_LEAST <= ARENA);
+const _: () = assert!(ARENA_LEAST as usize / 4 >= solo5_abi::vnet::VNET_MAX_SEGMENTED);
+
+/// The share of the heap each of the ring's two sets of buffers (the
+/// write arena, and the receive buffers posted) may take, in sixteenths.
+/// Both are the platform's, outside any peer's doing, yet they count
+/// against the memory budget like the rest of the heap: at their largest
+/// (2 MiB each) a unikernel of `--mem=8` (a 5 MiB heap, a budget of
+/// 3.9 MiB) had no room left for a single connection.
+const RING_SHARE_SIXTEENTHS: usize = 1;
+
+/// The heap's share for one set of the ring's buffers, and the most
+/// either may take whatever its floor (a quarter of the heap, so that a
+/// tiny unikernel's application still has the rest), if the platform
+/// gave the heap's size.
+fn ring_share() -> Option<(usize, usize)> {
+    mirage_runtime::memory::heap_size().map(|heap| (heap / 16 * RING_SHARE_SIXTEENTHS, heap / 4))
+}
+
+/// The write arena's size: [`ARENA`], or in a small heap the largest
+/// power of two within [`ring_share`] and at least [`ARENA_LEAST`]; 0 (no
+/// arena: frames go by hypercall, and the host cuts no segments) in a
+/// heap whose quarter would not hold that.
+fn arena_size() -> u32 {
+    match ring_share() {
+        Some((share, most)) if share < ARENA as usize => {
+            let size = (1u32 << (share as u32).max(1).ilog2()).max(ARENA_LEAST);
+            if size as usize <= most { size } else { 0 }
+        }
+        _ => ARENA,
+    }
+}
+
+/// Bytes of receive buffers of `size` bytes for one interface: `bytes`,
+/// or in a small heap [`ring_share`] and at least [`RX_LEAST`] buffers,
+/// within a quarter of the heap. Less than `size` (no buffer) in a heap
+/// too small: frames are then read one at a time into the caller's buffer.
+fn rx_bytes(bytes: usize, size: usize) -> usize {
+    match ring_share() {
+        Some((share, most)) => bytes.min(share.max(RX_LEAST * size)).min(most),
+        None => bytes,
+    }
+}
+
+/// Receive buffers an interface keeps at least where the heap allows.
+const RX_LEAST: usize = 4;
 
 use super::RING_INFO;
 use crate::Error;
@@ -53,11 +99,14 @@ use crate::target::Global;
 
 pub(crate) struct GuestRing {
     ring: &'static Ring,
-    /// The arena of write buffers, [`ARENA`] bytes, allocated at the first
+    /// The arena of write buffers, `arena` bytes, allocated at the first
     /// frame written (a guest whose ring carries only block writes never
     /// needs it); null until then.
     bufs: AtomicPtr<u8>,
-    /// Where the next frame goes in the arena (free-running, modulo ARENA).
+    /// The arena's size ([`arena_size`]): a power of two, or 0 for none.
+    arena: u32,
+    /// Where the next frame goes in the arena (free-running, modulo
+    /// `arena`).
     wr: AtomicU32,
     /// For each slot, where the arena stood when its entry was submitted:
     /// the entry's bytes (none for a read) start there or after it.
@@ -132,6 +181,7 @@ pub(crate) fn get() -> Option<&'static GuestRing> {
             let r = alloc::boxed::Box::leak(alloc::boxed::Box::new(GuestRing {
                 ring,
                 bufs: AtomicPtr::new(core::ptr::null_mut()),
+                arena: arena_size(),
                 wr: AtomicU32::new(0),
                 starts: [const { AtomicU32::new(0) }; RING_SIZE as usize],
                 next_id: AtomicU32::new(0),
@@ -169,6 +219,18 @@ fn serve() {
 }
 
 impl GuestRing {
+    /// The largest frame the ring carries; larger ones take the hypercall
+    /// (all of them without an arena).
+    fn max_frame(&self) -> usize {
+        self.arena as usize / 4
+    }
+
+    /// Whether the arena of write buffers is there, allocated now if it
+    /// was not.
+    pub(crate) fn has_arena(&self) -> bool {
+        self.arena().is_some()
+    }
+
     /// The arena of write buffers, allocated now if it was not; `None` if
     /// memory is short (frames then take the hypercall).
     fn arena(&self) -> Option<*mut u8> {
@@ -176,7 +238,10 @@ impl GuestRing {
         if !bufs.is_null() {
             return Some(bufs);
         }
-        let layout = core::alloc::Layout::from_size_align(ARENA as usize, 64).ok()?;
+        if self.arena == 0 {
+            return None;
+        }
+        let layout = core::alloc::Layout::from_size_align(self.arena as usize, 64).ok()?;
         // SAFETY: a non-zero-sized layout.
         let bufs = unsafe { alloc::alloc::alloc(layout) };
         if bufs.is_null() {
@@ -284,7 +349,7 @@ impl GuestRing {
     /// next post, which comes after this entry.
     pub(crate) fn write(&self, handle: u64, frame: &[u8], csum: u64) -> Option<Result<(), Error>> {
         // A segment for the host to cut (bits 48 and up) has no other way.
-        if frame.len() > MAX_FRAME || (csum >> 48 == 0 && self.bypass()) {
+        if frame.len() > self.max_frame() || (csum >> 48 == 0 && self.bypass()) {
             return None;
         }
         if self.posted && PX.with(|px| px.lent_holds(frame)) {
@@ -313,7 +378,7 @@ impl GuestRing {
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(R, u64), Error>,
     ) -> Option<Result<R, Error>> {
-        if len > MAX_FRAME || self.bypass() {
+        if len > self.max_frame() || self.bypass() {
             return None;
         }
         self.put(handle, len, fill)
@@ -327,7 +392,7 @@ impl GuestRing {
         len: usize,
         fill: impl FnOnce(&mut [u8]) -> Result<(R, u64), Error>,
     ) -> Option<Result<R, Error>> {
-        let arena = self.arena()?;
+        let (arena, size) = (self.arena()?, self.arena);
         let tail = self.reserve();
         let mut start = self.wr.load(Ordering::Relaxed);
         // With nothing in flight the whole arena is free: start again at
@@ -335,13 +400,13 @@ impl GuestRing {
         // to the same few pages of it (the host backs only those it
         // touches), and to the same cache lines.
         if self.ring.ent_head.load(Ordering::Acquire) == tail {
-            start = start.wrapping_add((ARENA - start % ARENA) % ARENA);
+            start = start.wrapping_add((size - start % size) % size);
         }
-        // len <= MAX_FRAME, a quarter of the arena: the callers checked.
+        // len <= max_frame(), a quarter of the arena: the callers checked.
         let len = len as u32;
         // A frame never straddles the arena's end: the rest of the arena
         // is skipped instead.
-        let room = ARENA - start % ARENA;
+        let room = size - start % size;
         let at = if len > room { start.wrapping_add(room) } else { start };
         let end = at.wrapping_add(len);
         // Wait until the thread is done with the bytes this frame takes:
@@ -350,13 +415,13 @@ impl GuestRing {
             let head = self.ring.ent_head.load(Ordering::Acquire);
             let used_from =
                 if head == tail { start } else { self.starts[(head & RING_MASK) as usize].load(Ordering::Relaxed) };
-            end.wrapping_sub(used_from) <= ARENA
+            end.wrapping_sub(used_from) <= size
         });
-        // SAFETY: bytes [at, end) modulo ARENA lie inside the arena (the
+        // SAFETY: bytes [at, end) modulo `size` lie inside the arena (the
         // frame does not straddle its end) and no entry in flight uses
         // them (checked above), so the thread is not reading them; nothing
         // else refers to them until the entry is submitted.
-        let buf = unsafe { core::slice::from_raw_parts_mut(arena.add((at % ARENA) as usize), len as usize) };
+        let buf = unsafe { core::slice::from_raw_parts_mut(arena.add((at % size) as usize), len as usize) };
         let (r, csum) = match fill(buf) {
             Ok(filled) => filled,
             Err(e) => return Some(Err(e)),
@@ -777,6 +842,10 @@ impl Rx {
         let slots = |bytes: usize| BATCH_MAX.min(bytes / size).max(1);
         if q.size < size {
             // The queue is empty here: pop was asked first.
+            let bytes = rx_bytes(bytes, size);
+            if bytes < size {
+                return None;
+            }
             let bufs = mirage_runtime::memory::zeroed(slots(bytes).checked_mul(size)?)
                 .or_else(|| mirage_runtime::memory::zeroed(slots(BATCH_BYTES_SHORT).checked_mul(size)?))?;
             let slots = bufs.len() / size;
@@ -899,13 +968,17 @@ impl Posted {
     }
 
     /// Sets up the buffers of `handle`, `size` bytes each, all idle: as
-    /// many as [`BATCH_BYTES`] and [`BATCH_MAX`] allow, within
-    /// [`POSTED_MAX`]. `None` if memory is short or no more may be posted.
+    /// many as [`BATCH_BYTES`] (in a small heap, [`rx_bytes`]) and
+    /// [`BATCH_MAX`] allow, within [`POSTED_MAX`]. `None` if memory is
+    /// short or no more may be posted.
     fn add(&mut self, handle: u64, size: usize) -> Option<()> {
         if size == 0 || size > u32::MAX as usize || self.queues.len() >= 1 << 15 || self.total >= POSTED_MAX {
             return None;
         }
-        let count = BATCH_MAX.min(BATCH_BYTES / size).min(POSTED_MAX - self.total).max(1);
+        let count = BATCH_MAX.min(rx_bytes(BATCH_BYTES, size) / size).min(POSTED_MAX - self.total);
+        if count == 0 {
+            return None;
+        }
         let bufs = mirage_runtime::memory::zeroed(count.checked_mul(size)?)
             .or_else(|| mirage_runtime::memory::zeroed(count.min(BATCH_BYTES_SHORT / size).max(1) * size))?;
         let count = bufs.len() / size;
