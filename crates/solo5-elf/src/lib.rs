@@ -277,6 +277,21 @@ pub enum ElfError {
 
 const INV_EXE: &str = "invalid executable";
 
+impl ElfError {
+    /// Whether the image would load into more guest memory: its entry
+    /// point or a segment lies past the end of the memory given. Solo5
+    /// reports such an image as invalid; a tender can also say that a
+    /// larger `--mem` fits it.
+    pub fn needs_more_memory(&self) -> bool {
+        use ElfError::*;
+        match *self {
+            EntryOutOfRange { entry, min, mem } => entry >= min && entry >= mem,
+            VaddrPastMem { .. } | FileEndPastMem { .. } | MemEndPastMem { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for ElfError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ElfError::*;

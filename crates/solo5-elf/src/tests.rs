@@ -223,8 +223,11 @@ fn entry_point_rules() {
     let mut e = Image::hvt().build();
     e[24..32].copy_from_slice(&(BASE - 1).to_le_bytes());
     assert!(matches!(plan(&e), Err(ElfError::EntryOutOfRange { .. })));
+    // Below the base no memory helps; past the end, more would.
+    assert!(!plan(&e).unwrap_err().needs_more_memory());
     e[24..32].copy_from_slice(&MEM.to_le_bytes());
     assert!(matches!(plan(&e), Err(ElfError::EntryOutOfRange { .. })));
+    assert!(plan(&e).unwrap_err().needs_more_memory());
     let msg = alloc::format!("{}", plan(&e).unwrap_err());
     assert_eq!(
         msg,

@@ -71,6 +71,17 @@ macro_rules! fatal {
     };
 }
 
+/// The error of an image that does not load into `mem_size` bytes of
+/// guest memory: Solo5's words, and where a larger `--mem` would fit the
+/// image, that too.
+pub fn load_error(name: &str, e: &solo5_elf::ElfError, mem_size: u64) -> Exit {
+    if e.needs_more_memory() {
+        fatal!("{name}: {e}; the image does not fit in --mem={} MiB: give it more memory", mem_size >> 20)
+    } else {
+        fatal!("{name}: {e}")
+    }
+}
+
 static PROG: OnceLock<String> = OnceLock::new();
 
 /// Ours, on hvt and spt: the image's read-only segments (its code and

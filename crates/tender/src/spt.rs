@@ -154,8 +154,8 @@ pub fn run(args: &[OsString]) -> Result<Infallible, Exit> {
     let mem = Memory::map(mem_size, exec_heap)?;
     let wait = WaitSet::new(Tender::Spt, spt::INTERNAL_TIMERFD)?;
 
-    let plan =
-        solo5_elf::load_plan(&exe.bytes, mem_size, spt::GUEST_MIN_BASE).map_err(|e| fatal!("{}: {e}", exe.name))?;
+    let plan = solo5_elf::load_plan(&exe.bytes, mem_size, spt::GUEST_MIN_BASE)
+        .map_err(|e| crate::load_error(&exe.name, &e, mem_size))?;
     for s in &plan.segments {
         let mapped = match exe.bytes.file() {
             Some(file) if map_image => mem.map_file(file, s)?,

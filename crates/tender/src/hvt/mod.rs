@@ -189,8 +189,8 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     }
     let vm = Vm::new(mem_size)?;
 
-    let plan =
-        solo5_elf::load_plan(&exe.bytes, mem_size, hvt::GUEST_MIN_BASE).map_err(|e| fatal!("{}: {e}", exe.name))?;
+    let plan = solo5_elf::load_plan(&exe.bytes, mem_size, hvt::GUEST_MIN_BASE)
+        .map_err(|e| crate::load_error(&exe.name, &e, mem_size))?;
     load(&vm.mem, &plan, &exe.bytes, &exe.name, exe.bytes.file().filter(|_| map_image))?;
     drop(exe);
 

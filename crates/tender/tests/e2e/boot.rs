@@ -103,6 +103,7 @@ pub fn cases(v: &mut Vec<Case>) {
         let r = boot("spt", &["--mem=1"], "hello", &[])?;
         r.expect_status(1)?;
         r.expect_stderr("e_entry does not fall within the memory allocation range")?;
+        r.expect_stderr("does not fit in --mem=1 MiB: give it more memory")?;
         let r = boot("spt", &["--mem=2"], "hello", &[])?;
         r.expect_status(0)?;
         let r = boot("spt", &["--mem=3"], "hello", &[])?;
