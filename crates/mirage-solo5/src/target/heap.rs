@@ -47,6 +47,24 @@ const CLAIM_METADATA: usize = 16 * 1024;
 /// of the block's end; with room to spare.
 const TAGS: usize = 512;
 
+/// The size of the last allocation the heap could not give, 0 once one
+/// succeeds after it: an allocation failure the program did not answer
+/// ends in a panic right after it, which then says what ran out.
+static FAILED: AtomicUsize = AtomicUsize::new(0);
+
+/// The allocation that failed last, if nothing was allocated since.
+pub(crate) fn failed() -> Option<usize> {
+    match FAILED.load(Relaxed) {
+        0 => None,
+        n => Some(n),
+    }
+}
+
+/// Notes whether an allocation of `size` bytes was given.
+fn outcome(ptr: *mut u8, size: usize) {
+    FAILED.store(if ptr.is_null() { size.max(1) } else { 0 }, Relaxed);
+}
+
 /// Notes that `[ptr, ptr + size)` is handed out: it may be written.
 fn touched(ptr: *mut u8, size: usize) {
     let end = (ptr as usize).saturating_add(size);
@@ -62,6 +80,7 @@ unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded contract.
         let p = unsafe { self.0.alloc(layout) };
+        outcome(p, layout.size());
         touched(p, layout.size());
         p
     }
@@ -69,6 +88,7 @@ unsafe impl GlobalAlloc for Heap {
         let mark = MARK.load(Relaxed);
         // SAFETY: forwarded contract.
         let p = unsafe { self.0.alloc(layout) };
+        outcome(p, layout.size());
         if p.is_null() {
             return p;
         }
@@ -95,6 +115,7 @@ unsafe impl GlobalAlloc for Heap {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded contract.
         let p = unsafe { self.0.realloc(ptr, layout, new_size) };
+        outcome(p, new_size);
         touched(p, new_size);
         p
     }

@@ -134,6 +134,17 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         let _ = write!(w, "{}:{}:{}: ", loc.file(), loc.line(), loc.column());
     }
     let _ = writeln!(w, "{}", info.message());
+    if let Some(n) = heap::failed() {
+        // The panic of an allocation that failed (`handle_alloc_error`):
+        // say what ran out, and the fix.
+        let _ = writeln!(
+            w,
+            "Solo5: out of memory: {n} bytes could not be had with {} KiB of the heap's {} KiB in use; \
+             give the unikernel more memory (the tender's --mem)",
+            heap::in_use() / 1024,
+            heap::size() / 1024
+        );
+    }
     console::flush();
     platform::halt(solo5_abi::EXIT_ABORT, 0)
 }

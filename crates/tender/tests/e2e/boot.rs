@@ -37,6 +37,14 @@ pub fn cases(v: &mut Vec<Case>) {
             r.expect_stdout("Solo5: ABORT: src/bin/fault.rs:")?;
             r.expect_stdout("deliberate panic")
         }));
+        v.push(case(format!("{t}::running_out_of_memory_says_so_and_names_the_fix"), n, move || {
+            // The heap guest allocates 32 MiB outright: in 16 it cannot.
+            let r = boot(t, &["--mem=16"], "heap", &[])?;
+            r.expect_status(255)?;
+            r.expect_stdout("Solo5: ABORT: ")?;
+            r.expect_stdout("Solo5: out of memory: 65536 bytes could not be had with ")?;
+            r.expect_stdout("give the unikernel more memory (the tender's --mem)")
+        }));
         v.push(case(format!("{t}::abort_exits_255"), n, move || {
             let r = boot(t, &[], "fault", &["abort"])?;
             r.expect_status(255)?;
