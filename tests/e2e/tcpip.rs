@@ -394,7 +394,7 @@ pub fn cases(v: &mut Vec<Case>) {
                 }
                 g.wait_for("for memory", Duration::from_secs(10))?;
                 let out = g.output();
-                if !out.contains("a larger --mem makes room") {
+                if !out.contains("give the unikernel more memory (--mem on Solo5") {
                     return Err(format!("--mem=2: the refusal does not name the fix:\n{out}"));
                 }
                 Ok(())

@@ -604,7 +604,8 @@ fn log_refusal(inner: &mut Inner, seg: &Seg, now: Instant) {
     log::warn!(
         target: "tcpip",
         "refused a connection from {} for memory: {} KiB of the heap in use, {} KiB the budget peers may fill, \
-         {} KiB a connection needs ({} refused so far); a larger --mem makes room",
+         {} KiB a connection needs ({} refused so far); give the unikernel more memory (--mem on Solo5, its data \
+         limit on unix)",
         core::net::SocketAddr::new(seg.t.remote, seg.t.remote_port),
         kib(mirage_runtime::memory::heap_in_use()),
         kib(mirage_runtime::memory::budget()),
