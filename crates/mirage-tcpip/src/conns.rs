@@ -411,8 +411,7 @@ impl Conns {
                     }
                     (true, engine, _) => (field as u32) << engine,
                 };
-                let edge = tcp.ack_number().0 as u32;
-                let edge = edge.wrapping_add(r.rcv_wnd);
+                let edge = (tcp.ack_number().0 as u32).wrapping_add(r.rcv_wnd);
                 if r.rcv_edge.is_none_or(|e| seq_lt(e, edge)) {
                     r.rcv_edge = Some(edge);
                 }

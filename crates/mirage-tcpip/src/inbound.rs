@@ -600,7 +600,10 @@ fn log_refusal(inner: &mut Inner, seg: &Seg, now: Instant) {
         return;
     }
     inner.refusal_logged = Some(now);
-    let kib = |b: Option<usize>| b.map_or_else(|| "?".into(), |b| alloc::format!("{}", b / 1024));
+    // Numbers only, nothing allocated: the heap is at its budget here.
+    // With the default `Config::may_hold` both are known (a platform that
+    // cannot measure the heap refuses nothing for memory); 0 otherwise.
+    let kib = |b: Option<usize>| b.unwrap_or(0) / 1024;
     log::warn!(
         target: "tcpip",
         "refused a connection from {} for memory: {} KiB of the heap in use, {} KiB the budget peers may fill, \
