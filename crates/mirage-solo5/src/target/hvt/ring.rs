@@ -100,8 +100,9 @@ use crate::target::Global;
 pub(crate) struct GuestRing {
     ring: &'static Ring,
     /// The arena of write buffers, `arena` bytes, allocated at the first
-    /// frame written (a guest whose ring carries only block writes never
-    /// needs it); null until then.
+    /// frame written or when the interface is asked for segmentation
+    /// offload, which needs it (a guest whose ring carries only block
+    /// writes never allocates it); null until then.
     bufs: AtomicPtr<u8>,
     /// The arena's size ([`arena_size`]): a power of two, or 0 for none.
     arena: u32,
