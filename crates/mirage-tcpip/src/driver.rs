@@ -121,6 +121,9 @@ fn step<N: Net>(inner: &mut Inner, net: &mut N) -> (Option<Duration>, bool) {
     // (`Inner::send_limit`): once a round, after this round's sending,
     // while there are large buffers.
     inner.senders.set((inner.large > 0).then(|| inner.count_senders()));
+    // After this round's acknowledgments: a stream may have stalled, or
+    // a write waited long enough.
+    let streams = inner.streams_round(now);
     dhcp(inner);
     tcp::reap(inner, now);
     crate::udp::reap(inner);
@@ -132,6 +135,9 @@ fn step<N: Net>(inner: &mut Inner, net: &mut N) -> (Option<Duration>, bool) {
     // Reaping freed room for a handshake that waits: go on at once.
     busy |= inbound::deferred_fits(inner);
     let mut delay = inner.iface.poll_delay(smol_now(), &inner.sockets).map(|d| Duration::from_micros(d.total_micros()));
+    if let Some(d) = streams {
+        delay = Some(delay.map_or(d, |x| x.min(d)));
+    }
     let waiting = inner.handshakes.queue.len()
         + inner.lingering.len()
         + inner.orphans.len()

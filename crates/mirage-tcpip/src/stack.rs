@@ -1,6 +1,6 @@
 //! The stack: configuration, the shared state its sockets and driver use.
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -302,6 +302,11 @@ pub struct Stats {
     /// under the peer, moved inside it for the engine to take
     /// (`Record::ack_seq`).
     pub acks_moved_into_window: u64,
+    /// Large writes that waited their turn to send (at most 64 send at
+    /// once, so that the send buffers in use stay within the caches).
+    pub stream_waits: u64,
+    /// Large writes that went without their turn after waiting 250 ms.
+    pub stream_waits_timed_out: u64,
     /// Challenge ACKs held back by the stack-wide rate limit (about 1,000
     /// a second; the engine also sends at most one a second per
     /// connection).
@@ -386,6 +391,9 @@ pub(crate) struct Inner {
     /// TCP sockets with data to send, counted by the driver once a round
     /// while there are large buffers ([`Inner::send_limit`]).
     pub senders: core::cell::Cell<Option<usize>>,
+    /// Large writes sending now, and those waiting their turn
+    /// ([`Streams`]).
+    pub streams: Streams,
     /// Bytes of buffer the live TCP sockets hold.
     pub buffered: usize,
 }
@@ -399,7 +407,173 @@ const POOL: usize = 32;
 /// four get 64 KiB each.
 const SEND_SHARE: usize = 4 << 20;
 
+/// Large writes that may send at once: 64 connections sending 64 KiB each
+/// keep 4 MiB of send buffer in use.
+const STREAMS: usize = 64;
+
+/// A write that takes a connection's queue past this many bytes is large
+/// and waits for a stream; smaller ones (a small response, or the head of
+/// a large one) go at once.
+const BURST: usize = 16 << 10;
+
+/// A stream whose peer has acknowledged nothing new for this long (it
+/// reads nothing: a closed window, a slow or hostile reader) does not
+/// count against [`STREAMS`].
+const STALLED: Duration = Duration::from_millis(100);
+
+/// The longest a large write waits for a stream; then it goes anyway.
+/// Streams are for the caches' sake, not a limit: peers that keep
+/// their data moving slowly cannot hold the others' writes for longer.
+const STREAM_WAIT: Duration = Duration::from_millis(250);
+
+/// How many large writes send at once, first come first served.
+///
+/// Why: the application's copy into a send buffer and the engine's copy
+/// out of it into a frame are most of what a large response costs, and
+/// they run at cache speed only while the send buffers in use fit in the
+/// caches. With 256 connections each filling 64 KiB, the buffers cycled
+/// through 16 MiB and a copy ran at a third of its speed (BENCHMARKS.md,
+/// 2026-12-03). With at most [`STREAMS`] large writes sending, and the
+/// others waiting their turn, a response, once begun, is sent through at
+/// full speed, and the ones waiting start in the order they came.
+#[derive(Debug, Default)]
+pub struct Streams {
+    /// The writes sending.
+    sending: Vec<Stream>,
+    /// The writes waiting: ticket, waker, since when.
+    waiting: VecDeque<(u64, Waker, mirage_runtime::time::Instant)>,
+    next: u64,
+}
+
+/// A large write sending: its ticket and connection, the highest
+/// acknowledgment the connection had when last looked at, and when that
+/// last moved.
+#[derive(Debug)]
+struct Stream {
+    ticket: u64,
+    handle: SocketHandle,
+    tuple: Option<Tuple>,
+    acked: Option<u32>,
+    moved: mirage_runtime::time::Instant,
+}
+
+impl Streams {
+    fn ticket(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+}
+
 impl Inner {
+    /// Whether a write of `len` bytes to `handle` (whose queue holds
+    /// `queued` bytes), holding `ticket` if it waited already, may send
+    /// now; if so it holds a stream (`ticket` set) until
+    /// [`Inner::stream_done`]. Otherwise it waits, woken by `waker`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stream_start(
+        &mut self,
+        (handle, tuple): (SocketHandle, Option<Tuple>),
+        queued: usize,
+        len: usize,
+        ticket: &mut Option<u64>,
+        since: &mut Option<mirage_runtime::time::Instant>,
+        waker: &Waker,
+    ) -> bool {
+        // Where the heap cannot hold one more entry, the write goes without
+        // a turn rather than abort.
+        if queued.saturating_add(len) <= BURST
+            || self.streams.sending.try_reserve(1).is_err()
+            || self.streams.waiting.try_reserve(1).is_err()
+        {
+            return true;
+        }
+        let now = now();
+        let first = self.streams.waiting.front().is_none_or(|w| Some(w.0) == *ticket);
+        let waited_out = since.is_some_and(|s| now.saturating_duration_since(s) >= STREAM_WAIT);
+        let free = first && self.streams_busy(now) < STREAMS;
+        if free || waited_out {
+            if !free {
+                self.link.stats.stream_waits_timed_out += 1;
+            }
+            let t = ticket.take().unwrap_or_else(|| self.streams.ticket());
+            self.streams.waiting.retain(|w| w.0 != t);
+            self.streams.sending.push(Stream { ticket: t, handle, tuple, acked: None, moved: now });
+            *ticket = Some(t);
+            *since = None;
+            // The next one looks for a stream in turn.
+            self.wake_first_stream(now);
+            return true;
+        }
+        since.get_or_insert(now);
+        match *ticket {
+            Some(t) => {
+                if let Some(w) = self.streams.waiting.iter_mut().find(|w| w.0 == t)
+                    && !w.1.will_wake(waker)
+                {
+                    w.1 = waker.clone();
+                }
+            }
+            None => {
+                let t = self.streams.ticket();
+                *ticket = Some(t);
+                self.streams.waiting.push_back((t, waker.clone(), now));
+                self.link.stats.stream_waits += 1;
+            }
+        }
+        false
+    }
+
+    /// A write holding `ticket` (sending or waiting) is done or gone.
+    pub fn stream_done(&mut self, ticket: u64) {
+        self.streams.sending.retain(|s| s.ticket != ticket);
+        self.streams.waiting.retain(|w| w.0 != ticket);
+        self.wake_first_stream(now());
+    }
+
+    /// Once a round: wakes the first write waiting if a stream is free
+    /// (one may have stalled), and those that waited [`STREAM_WAIT`].
+    /// While writes still wait, how long until the next has waited that long.
+    pub fn streams_round(&mut self, now: mirage_runtime::time::Instant) -> Option<Duration> {
+        self.streams.waiting.front()?;
+        self.wake_first_stream(now);
+        let mut next: Option<Duration> = None;
+        for (_, waker, since) in &self.streams.waiting {
+            let waited = now.saturating_duration_since(*since);
+            if waited >= STREAM_WAIT {
+                waker.wake_by_ref();
+            } else {
+                let left = STREAM_WAIT - waited;
+                next = Some(next.map_or(left, |n| n.min(left)));
+            }
+        }
+        next
+    }
+
+    fn wake_first_stream(&mut self, now: mirage_runtime::time::Instant) {
+        if !self.streams.waiting.is_empty()
+            && self.streams_busy(now) < STREAMS
+            && let Some(w) = self.streams.waiting.front()
+        {
+            w.1.wake_by_ref();
+        }
+    }
+
+    /// The streams whose peer acknowledged new data within [`STALLED`]
+    /// (or that began within it).
+    fn streams_busy(&mut self, now: mirage_runtime::time::Instant) -> usize {
+        let mut busy = 0;
+        for s in &mut self.streams.sending {
+            let table = &self.link.conns.table;
+            let una = s.tuple.and_then(|t| table.get(&t)).filter(|r| r.handle == s.handle).and_then(|r| r.snd_una);
+            if una != s.acked {
+                s.acked = una;
+                s.moved = now;
+            }
+            busy += (now.saturating_duration_since(s.moved) < STALLED) as usize;
+        }
+        busy
+    }
+
     /// An unused ephemeral port (49152 to 65535), if any is left.
     pub fn ephemeral_port(&mut self) -> Option<u16> {
         for _ in 0..16384 {
@@ -677,6 +851,7 @@ impl Stack {
             pool: Vec::new(),
             large: 0,
             senders: core::cell::Cell::new(None),
+            streams: Streams::default(),
             buffered: 0,
             config,
         };

@@ -238,14 +238,10 @@ impl Conn {
         Ok(self.stack.with(|inner| f(inner.sockets.get_mut::<tcp::Socket>(h))))
     }
 
-    /// As `with`, with how much of the send buffer may be filled
-    /// ([`Inner::send_limit`]).
-    fn with_limit<R>(&self, f: impl FnOnce(&mut tcp::Socket<'static>, usize) -> R) -> Result<R, flow::Error> {
+    /// As `with`, with the whole stack and the socket's handle.
+    fn with_inner<R>(&self, f: impl FnOnce(&mut Inner, SocketHandle) -> R) -> Result<R, flow::Error> {
         let h = self.handle.get().ok_or(flow::Error::Closed)?;
-        Ok(self.stack.with(|inner| {
-            let limit = inner.send_limit(inner.sockets.get::<tcp::Socket>(h));
-            f(inner.sockets.get_mut::<tcp::Socket>(h), limit)
-        }))
+        Ok(self.stack.with(|inner| f(inner, h)))
     }
 
     /// Hands the socket to the driver, which removes it when the
@@ -263,6 +259,48 @@ impl Conn {
             inner.orphan(h, self.tuple, port, crate::now());
         });
         self.stack.kick();
+    }
+
+    /// Queues what of `data` the socket's send buffer takes ([`Inner::send_limit`]),
+    /// once the write holds a stream if it is large ([`Inner::stream_start`]):
+    /// how much.
+    async fn send(&self, data: &[u8], turn: &mut Turn<'_>) -> Result<usize, flow::Error> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let r = poll_fn(|cx| {
+            self.with_inner(|inner, h| {
+                let limit = inner.send_limit(inner.sockets.get::<tcp::Socket>(h));
+                let s = inner.sockets.get_mut::<tcp::Socket>(h);
+                if !s.may_send() {
+                    return Poll::Ready(Err(dead(s)));
+                }
+                let queued = s.send_queue();
+                let len = data.len().min(limit.saturating_sub(queued));
+                let sending = turn.ticket.is_some() && turn.since.is_none();
+                if len > 0
+                    && !sending
+                    && !inner.stream_start((h, self.tuple), queued, len, &mut turn.ticket, &mut turn.since, cx.waker())
+                {
+                    return Poll::Pending;
+                }
+                let s = inner.sockets.get_mut::<tcp::Socket>(h);
+                match s.send_slice(&data[..len]) {
+                    Ok(0) => {
+                        s.register_send_waker(cx.waker());
+                        Poll::Pending
+                    }
+                    Ok(n) => Poll::Ready(Ok(n)),
+                    Err(_) => Poll::Ready(Err(dead(s))),
+                }
+            })
+            .unwrap_or_else(|e| Poll::Ready(Err(e)))
+        })
+        .await;
+        if r.is_ok() {
+            self.stack.kick();
+        }
+        r
     }
 
     fn peer(&self) -> Option<SocketAddr> {
@@ -295,36 +333,15 @@ impl Conn {
     }
 
     async fn write(&self, data: &[u8]) -> Result<usize, flow::Error> {
-        if data.is_empty() {
-            return Ok(0);
-        }
-        let r = poll_fn(|cx| {
-            self.with_limit(|s, limit| {
-                if !s.may_send() {
-                    return Poll::Ready(Err(dead(s)));
-                }
-                let room = limit.saturating_sub(s.send_queue());
-                match s.send_slice(&data[..data.len().min(room)]) {
-                    Ok(0) => {
-                        s.register_send_waker(cx.waker());
-                        Poll::Pending
-                    }
-                    Ok(n) => Poll::Ready(Ok(n)),
-                    Err(_) => Poll::Ready(Err(dead(s))),
-                }
-            })
-            .unwrap_or_else(|e| Poll::Ready(Err(e)))
-        })
-        .await;
-        if r.is_ok() {
-            self.stack.kick();
-        }
-        r
+        let mut turn = Turn { stack: &self.stack, ticket: None, since: None };
+        self.send(data, &mut turn).await
     }
 
     async fn write_all(&self, mut data: &[u8]) -> Result<(), flow::Error> {
+        // One stream for the whole of it (`Inner::stream_start`).
+        let mut turn = Turn { stack: &self.stack, ticket: None, since: None };
         while !data.is_empty() {
-            let n = self.write(data).await?;
+            let n = self.send(data, &mut turn).await?;
             data = &data[n..];
         }
         Ok(())
@@ -351,6 +368,24 @@ impl Conn {
         self.with(|s| s.close())?;
         self.stack.kick();
         Ok(())
+    }
+}
+
+/// A write's stream ([`Inner::stream_start`]): its ticket, and since when
+/// it waits (`None` once it sends). Dropped, it gives the stream (or its
+/// place in the queue) up, so that a write that ended or gave up (a
+/// timeout, a closed connection) holds nobody up.
+struct Turn<'a> {
+    stack: &'a Stack,
+    ticket: Option<u64>,
+    since: Option<Instant>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            self.stack.with(|inner| inner.stream_done(t));
+        }
     }
 }
 
@@ -420,6 +455,10 @@ impl flow::Flow for Flow {
 
     async fn write(&mut self, data: &[u8]) -> Result<usize, flow::Error> {
         self.conn.write(data).await
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> Result<(), flow::Error> {
+        self.conn.write_all(data).await
     }
 
     async fn flush(&mut self) -> Result<(), flow::Error> {

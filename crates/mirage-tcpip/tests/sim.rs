@@ -1012,6 +1012,69 @@ fn a_hundred_concurrent_connections_over_a_harsh_link() {
 }
 
 #[test]
+fn large_writes_take_turns_and_stalled_readers_hold_no_turn() {
+    // 100 readers each fetch 256 KiB while 70 others asked for as much and
+    // read nothing: at most 64 large writes send at once (`Streams`), the
+    // rest wait their turn, and a write whose reader stalls stops counting,
+    // so nobody waits out the time limit.
+    run(async {
+        let (good, stalled) = (100usize, 70usize);
+        let len = 256 << 10;
+        let (a, b, _) = pair(33, Faults::default());
+        let l = b.listen(80, 256).await.unwrap();
+        let server = spawn(async move {
+            loop {
+                let (mut f, _) = l.accept().await.unwrap();
+                spawn(async move {
+                    let mut which = [0u8; 8];
+                    f.read_exact(&mut which).await.unwrap();
+                    let body = data(len, u64::from_le_bytes(which));
+                    // A stalled reader's write never ends; the test ends first.
+                    if f.write_all(&body).await.is_ok() {
+                        let _ = f.close().await;
+                    }
+                });
+            }
+        });
+        let connect = |i: u64| {
+            let a = a.clone();
+            async move {
+                let mut c = a.connect(SocketAddr::new(B.into(), 80)).await.unwrap();
+                c.write_all(&i.to_le_bytes()).await.unwrap();
+                c
+            }
+        };
+        // The stalled readers first, so that their writes hold streams.
+        let mut idle = Vec::new();
+        for i in 0..stalled as u64 {
+            idle.push(connect(1000 + i).await);
+        }
+        sleep(Duration::from_millis(50)).await;
+        let started = now();
+        let readers: Vec<_> = (0..good as u64)
+            .map(|i| {
+                let c = connect(i);
+                spawn(async move {
+                    let mut c = c.await;
+                    let got = read_to_end(&mut c).await.unwrap();
+                    assert!(got == data(len, i), "reader {i}: {} bytes, not the {len} sent", got.len());
+                })
+            })
+            .collect();
+        for r in readers {
+            r.await;
+        }
+        let took = now().saturating_duration_since(started);
+        let stats = b.stats();
+        assert!(stats.stream_waits > 0, "no large write waited for a stream: {stats:?}");
+        assert_eq!(stats.stream_waits_timed_out, 0, "a stalled reader held a stream: {stats:?}");
+        assert!(took < Duration::from_secs(10), "the readers took {took:?}");
+        drop(idle);
+        drop(server);
+    });
+}
+
+#[test]
 fn udp_datagrams_cross_and_oversized_ones_are_refused() {
     run(async {
         let (a, b, _) = pair(31, Faults::default());
