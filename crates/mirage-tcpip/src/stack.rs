@@ -411,10 +411,10 @@ const SEND_SHARE: usize = 4 << 20;
 /// keep 4 MiB of send buffer in use.
 const STREAMS: usize = 64;
 
-/// A write that takes a connection's queue past this many bytes is large
-/// and waits for a stream; smaller ones (a small response, or the head of
-/// a large one) go at once.
-const BURST: usize = 16 << 10;
+/// A write of more than this many bytes (a large response's body) is
+/// large and waits for a stream; smaller ones (a small response, a
+/// response's head, a TLS record, chargen's blocks) go at once.
+const LARGE: usize = 32 << 10;
 
 /// A stream whose peer has acknowledged nothing new for this long (it
 /// reads nothing: a closed window, a slow or hostile reader) does not
@@ -465,25 +465,21 @@ impl Streams {
 }
 
 impl Inner {
-    /// Whether a write of `len` bytes to `handle` (whose queue holds
-    /// `queued` bytes), holding `ticket` if it waited already, may send
-    /// now; if so it holds a stream (`ticket` set) until
-    /// [`Inner::stream_done`]. Otherwise it waits, woken by `waker`.
-    #[allow(clippy::too_many_arguments)]
+    /// Whether the application's write of `size` bytes to `handle`,
+    /// holding `ticket` if it waited already, may send now; if so it holds
+    /// a stream (`ticket` set) until [`Inner::stream_done`]. Otherwise it
+    /// waits, woken by `waker`.
     pub fn stream_start(
         &mut self,
         (handle, tuple): (SocketHandle, Option<Tuple>),
-        queued: usize,
-        len: usize,
+        size: usize,
         ticket: &mut Option<u64>,
         since: &mut Option<mirage_runtime::time::Instant>,
         waker: &Waker,
     ) -> bool {
         // Where the heap cannot hold one more entry, the write goes without
         // a turn rather than abort.
-        if queued.saturating_add(len) <= BURST
-            || self.streams.sending.try_reserve(1).is_err()
-            || self.streams.waiting.try_reserve(1).is_err()
+        if size <= LARGE || self.streams.sending.try_reserve(1).is_err() || self.streams.waiting.try_reserve(1).is_err()
         {
             return true;
         }

@@ -280,7 +280,7 @@ impl Conn {
                 let sending = turn.ticket.is_some() && turn.since.is_none();
                 if len > 0
                     && !sending
-                    && !inner.stream_start((h, self.tuple), queued, len, &mut turn.ticket, &mut turn.since, cx.waker())
+                    && !inner.stream_start((h, self.tuple), data.len(), &mut turn.ticket, &mut turn.since, cx.waker())
                 {
                     return Poll::Pending;
                 }
