@@ -440,8 +440,8 @@ const STREAM_WAIT: Duration = Duration::from_millis(250);
 pub struct Streams {
     /// The writes sending.
     sending: Vec<Stream>,
-    /// The writes waiting: ticket, waker, since when.
-    waiting: VecDeque<(u64, Waker, mirage_runtime::time::Instant)>,
+    /// The writes waiting, first come first.
+    waiting: VecDeque<Waiting>,
     next: u64,
 }
 
@@ -455,6 +455,15 @@ struct Stream {
     tuple: Option<Tuple>,
     acked: Option<u32>,
     moved: mirage_runtime::time::Instant,
+}
+
+/// A large write waiting for a stream: its ticket, what wakes it, and since
+/// when it waits.
+#[derive(Debug)]
+struct Waiting {
+    ticket: u64,
+    waker: Waker,
+    since: mirage_runtime::time::Instant,
 }
 
 impl Streams {
@@ -484,7 +493,7 @@ impl Inner {
             return true;
         }
         let now = now();
-        let first = self.streams.waiting.front().is_none_or(|w| Some(w.0) == *ticket);
+        let first = self.streams.waiting.front().is_none_or(|w| Some(w.ticket) == *ticket);
         let waited_out = since.is_some_and(|s| now.saturating_duration_since(s) >= STREAM_WAIT);
         let free = first && self.streams_busy(now) < STREAMS;
         if free || waited_out {
@@ -492,7 +501,7 @@ impl Inner {
                 self.link.stats.stream_waits_timed_out += 1;
             }
             let t = ticket.take().unwrap_or_else(|| self.streams.ticket());
-            self.streams.waiting.retain(|w| w.0 != t);
+            self.streams.waiting.retain(|w| w.ticket != t);
             self.streams.sending.push(Stream { ticket: t, handle, tuple, acked: None, moved: now });
             *ticket = Some(t);
             *since = None;
@@ -503,16 +512,16 @@ impl Inner {
         since.get_or_insert(now);
         match *ticket {
             Some(t) => {
-                if let Some(w) = self.streams.waiting.iter_mut().find(|w| w.0 == t)
-                    && !w.1.will_wake(waker)
+                if let Some(w) = self.streams.waiting.iter_mut().find(|w| w.ticket == t)
+                    && !w.waker.will_wake(waker)
                 {
-                    w.1 = waker.clone();
+                    w.waker = waker.clone();
                 }
             }
             None => {
                 let t = self.streams.ticket();
                 *ticket = Some(t);
-                self.streams.waiting.push_back((t, waker.clone(), now));
+                self.streams.waiting.push_back(Waiting { ticket: t, waker: waker.clone(), since: now });
                 self.link.stats.stream_waits += 1;
             }
         }
@@ -522,7 +531,7 @@ impl Inner {
     /// A write holding `ticket` (sending or waiting) is done or gone.
     pub fn stream_done(&mut self, ticket: u64) {
         self.streams.sending.retain(|s| s.ticket != ticket);
-        self.streams.waiting.retain(|w| w.0 != ticket);
+        self.streams.waiting.retain(|w| w.ticket != ticket);
         self.wake_first_stream(now());
     }
 
@@ -533,10 +542,10 @@ impl Inner {
         self.streams.waiting.front()?;
         self.wake_first_stream(now);
         let mut next: Option<Duration> = None;
-        for (_, waker, since) in &self.streams.waiting {
-            let waited = now.saturating_duration_since(*since);
+        for w in &self.streams.waiting {
+            let waited = now.saturating_duration_since(w.since);
             if waited >= STREAM_WAIT {
-                waker.wake_by_ref();
+                w.waker.wake_by_ref();
             } else {
                 let left = STREAM_WAIT - waited;
                 next = Some(next.map_or(left, |n| n.min(left)));
@@ -550,7 +559,7 @@ impl Inner {
             && self.streams_busy(now) < STREAMS
             && let Some(w) = self.streams.waiting.front()
         {
-            w.1.wake_by_ref();
+            w.waker.wake_by_ref();
         }
     }
 
