@@ -18,7 +18,7 @@
 //! mirage-bench store   [--runs SECONDS] [--count ROUNDS] [--only WORD]... # durable writes of the store, beside SQLite (WAL), rows taking turns
 //! mirage-bench tls-handshake [--count N]          # TLS handshakes/s in memory, per crypto provider and key type
 //! mirage-bench tls     [--runs SECONDS]           # static-website-tls on spt and hvt beside nginx with OpenSSL
-//! mirage-bench router  [--targets T,T] [--mtu M,M] [--only tcp] [--boot-args "ARG ..."] # the router example beside Linux with nftables: iperf3, UDP, conn/s, RTT (with --boot-args, each target also with them, same run)
+//! mirage-bench router  [--targets T,T] [--mtu M,M] [--only tcp] [--count ROUNDS] [--boot-args "ARG ..."] # the router example beside Linux with nftables: iperf3, UDP, conn/s, RTT (with --boot-args, each target also with them, same run; rounds taking turns, with each target's median share of Linux)
 //! mirage-bench nat     [--count N]                # mirage-nat's packets/s and new flows/s, in process
 //! mirage-bench debug   [--runs N]                 # image and debug-file sizes, --dumpcore's time for 32 MiB
 //! mirage-bench virtio  [--runs N] [--count N]     # virtio under QEMU beside hvt: boot, sizes, ping flood, HTTP

@@ -8,6 +8,9 @@
 //! trips through the router (p50 and p99); with taps (and veths) of MTU
 //! 1500 and 65520 (`--mtu`). `--only tcp` measures the TCP columns alone
 //! (the others print `-`), for short runs while working on the path.
+//! `--count ROUNDS` measures every row that many times, taking turns, and
+//! ends with each target's TCP figures as shares of its round's Linux
+//! figure: their median and range.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 use testkit::router::{CLIENT, Lab, SERVER};
 use testkit::{Background, run_with};
 
-use crate::{Options, machine, percentile};
+use crate::{Options, machine, median, percentile};
 
 /// Seconds each iperf3 run lasts.
 const SECONDS: u64 = 5;
@@ -142,6 +145,10 @@ fn latency(lab: &Lab, count: usize) -> Result<(f64, f64), String> {
     })?
 }
 
+/// A row's TCP figures over the rounds, per MTU and row label: each
+/// round's share of that round's Linux figure, one and eight streams.
+type Shares = (u16, String, Vec<(f64, f64)>);
+
 fn measure(lab: &Lab, tcp_only: bool) -> Result<Row, String> {
     let tcp1 = tcp(lab, 1)?;
     let tcp8 = tcp(lab, 8)?;
@@ -201,31 +208,59 @@ pub fn router(opts: &Options) -> Result<(), String> {
             cpu.map_or("-".to_string(), |c| format!("{c:.1}"))
         );
     };
+    // Rows taking turns (`--count ROUNDS`): Linux, then each target, again
+    // and again, so that the machine's drift over minutes, which moves
+    // Linux's figure by a third, falls on every row alike; each
+    // unikernel figure is compared with the Linux figure of its own round.
+    let rounds = if opts.count == 20_000 { 1 } else { opts.count.max(1) };
+    let mut shares: Vec<Shares> = Vec::new();
     for &mtu in &opts.mtus {
-        let linux = Lab::linux(mtu)?;
-        let row = measure(&linux, tcp_only)?;
-        print(&format!("Linux nftables, MTU {mtu}"), &row, None);
-        drop(linux);
-        for t in &opts.targets {
-            // The router as it comes, and again with --boot-args (as
-            // `--offload=false`) in the same run, where given.
-            let mut variants = vec![vec!["--stats=0"]];
-            if !opts.boot_args.is_empty() {
-                variants.push(["--stats=0"].into_iter().chain(opts.boot_args.iter().map(String::as_str)).collect());
+        for round in 0..rounds {
+            if rounds > 1 {
+                println!("MTU {mtu}, round {} of {rounds}", round + 1);
             }
-            for args in variants {
-                let lab = Lab::start_with_mtu(t, mtu, &args)?;
-                lab.lease()?;
-                let row = measure(&lab, tcp_only)?;
-                let cpu = lab.router.as_ref().map(cpu_seconds);
-                let with = args[1..].join(" ");
-                let label = if with.is_empty() {
-                    format!("mirage {t}, MTU {mtu}")
-                } else {
-                    format!("mirage {t}, MTU {mtu}, {with}")
-                };
-                print(&label, &row, cpu);
+            let linux = Lab::linux(mtu)?;
+            let base = measure(&linux, tcp_only)?;
+            print(&format!("Linux nftables, MTU {mtu}"), &base, None);
+            drop(linux);
+            for t in &opts.targets {
+                // The router as it comes, and again with --boot-args (as
+                // `--offload=false`) in the same run, where given.
+                let mut variants = vec![vec!["--stats=0"]];
+                if !opts.boot_args.is_empty() {
+                    variants.push(["--stats=0"].into_iter().chain(opts.boot_args.iter().map(String::as_str)).collect());
+                }
+                for args in variants {
+                    let lab = Lab::start_with_mtu(t, mtu, &args)?;
+                    lab.lease()?;
+                    let row = measure(&lab, tcp_only)?;
+                    let cpu = lab.router.as_ref().map(cpu_seconds);
+                    let with = args[1..].join(" ");
+                    let label = if with.is_empty() { format!("mirage {t}") } else { format!("mirage {t}, {with}") };
+                    print(&format!("{label}, MTU {mtu}"), &row, cpu);
+                    let share = (row.tcp1 / base.tcp1, row.tcp8 / base.tcp8);
+                    match shares.iter_mut().find(|(m, l, _)| *m == mtu && *l == label) {
+                        Some((_, _, v)) => v.push(share),
+                        None => shares.push((mtu, label, vec![share])),
+                    }
+                }
             }
+        }
+    }
+    if rounds > 1 {
+        println!();
+        println!(
+            "TCP throughput as a share of the same round's Linux figure, over {rounds} rounds: median (lowest to highest)"
+        );
+        println!("{:<40} {:>24} {:>24}", "router", "1 stream", "8 streams");
+        let cell = |v: &mut Vec<f64>| {
+            let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            format!("{:.0}% ({:.0}% to {:.0}%)", median(v) * 100.0, lo * 100.0, hi * 100.0)
+        };
+        for (mtu, label, v) in &shares {
+            let mut one: Vec<f64> = v.iter().map(|s| s.0).collect();
+            let mut eight: Vec<f64> = v.iter().map(|s| s.1).collect();
+            println!("{:<40} {:>24} {:>24}", format!("{label}, MTU {mtu}"), cell(&mut one), cell(&mut eight));
         }
     }
     Ok(())
