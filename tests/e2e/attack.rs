@@ -2,20 +2,23 @@
 //! link, on unix (the direct stack on a tap device), hvt and spt: half-open
 //! SYN floods with the host's resets suppressed, a SYN with a payload and
 //! a LAND packet, thousands of half-closed, idle and body-holding
-//! connections against a small memory, blind in-window resets and SYNs,
-//! and ARP replies that claim nonsense addresses. Throughout each, a
+//! connections against a small memory, downloads never read, blind
+//! in-window resets and SYNs, and ARP replies that claim nonsense
+//! addresses. Throughout each, a
 //! well-behaved client asks for a page every 50 ms on fresh connections
 //! and on a keep-alive one; the test fails if it stops being served (its
 //! success rate and longest outage are printed) or if the unikernel dies.
 
+use std::io::Read;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use testkit::attack::{self, Crowd, GoodClient, Hold, MAX_OUTAGE, MIN_RATE, Raw, Rng, Segment, Tracked, Wire, flags};
-use testkit::{Background, Netns, example};
+use testkit::{Background, Netns, Scratch, example, example_with};
 
 use crate::{Case, Needs, case};
 
@@ -45,29 +48,37 @@ struct Site {
 /// (not otherwise: their timer wakes the server, which would hide a stalled
 /// listener); starts the good client and lets it run for a second.
 fn site(name: &str, t: &str, mem_mib: Option<u32>) -> Result<Site, String> {
-    let mut s = quiet_site(name, t, mem_mib)?;
+    let mut s = quiet_site(name, t, mem_mib, None)?;
     s.start_good()?;
     Ok(s)
 }
 
-/// As [`site`], without the good client.
-fn quiet_site(name: &str, t: &str, mem_mib: Option<u32>) -> Result<Site, String> {
+/// As [`site`], without the good client; with `disk`, the site built to
+/// serve the tar image `disk` from a block device (`--kv-ro=tar`).
+fn quiet_site(name: &str, t: &str, mem_mib: Option<u32>, disk: Option<&Path>) -> Result<Site, String> {
     attack::raise_fd_limit();
     let ns = Netns::new()?;
     attack::long_queue(&ns, "tap0")?;
-    let image = example(t, "static-website")?;
+    let image = match (t, disk) {
+        (_, None) => example(t, "static-website")?,
+        ("unix", Some(_)) => example_with(t, "static-website", &["--net=direct", "--kv-ro=tar"])?,
+        (_, Some(_)) => example_with(t, "static-website", &["--kv-ro=tar"])?,
+    };
+    let block = disk.map(|d| format!("--block:htdocs={}", d.display()));
+    let mut devices: Vec<&str> = vec!["--net:service=tap0"];
+    devices.extend(block.as_deref());
     let mut c: Command = match (t, mem_mib) {
         ("unix", Some(m)) => {
             let mut c = ns.command("prlimit");
-            c.arg(format!("--data={}", u64::from(m) << 20)).arg(&image).arg("--net:service=tap0");
+            c.arg(format!("--data={}", u64::from(m) << 20)).arg(&image).args(&devices);
             c
         }
-        ("unix", None) => ns.unikernel(t, &image, &["--net:service=tap0"]),
+        ("unix", None) => ns.unikernel(t, &image, &devices),
         (_, m) => {
             let mem = m.map(|m| format!("--mem={m}"));
-            let mut devices: Vec<&str> = mem.iter().map(String::as_str).collect();
-            devices.push("--net:service=tap0");
-            ns.unikernel(t, &image, &devices)
+            let mut all: Vec<&str> = mem.iter().map(String::as_str).collect();
+            all.extend(&devices);
+            ns.unikernel(t, &image, &all)
         }
     };
     // The access log off: thousands of connections would fill it.
@@ -184,7 +195,7 @@ fn lone_get(ns: &Netns) -> Result<Duration, String> {
 /// (a stalled listener would be woken by other clients' traffic and be
 /// missed); then while the good client runs, for 3 s each.
 fn syn_payload_and_land(t: &str) -> Result<(), String> {
-    let mut s = quiet_site("a SYN with a payload, a LAND packet", t, None)?;
+    let mut s = quiet_site("a SYN with a payload, a LAND packet", t, None, None)?;
     attack::suppress_resets(&s.ns)?;
     let mut rng = Rng::new();
     let packets = |rng: &mut Rng| {
@@ -293,6 +304,87 @@ fn until_refused(t: &str, hold: Hold, what: &str, round: usize, cap: usize) -> R
         return Err(format!("{name}: {cap} connections were opened and none was refused: nothing bounds them"));
     }
     Ok(())
+}
+
+/// Downloads never read: connections that ask for the tar image's 1 MiB
+/// file (from a block device) and never read it, opened in rounds of 50
+/// until the server refuses or sheds some or 1,000 are open, with 64 MiB
+/// of memory, then kept there for 4 s, a round every 200 ms. Each closes
+/// its window once the host's receive buffer is full, and the server holds
+/// the rest of what it was sending. The server must stay up and serve the
+/// good client throughout, and a client that reads must get the same file
+/// whole, while the crowd holds on and after it lets go. Holding them
+/// all is no failure here: what each holds is bounded, and the send
+/// timeout ends them.
+fn unread_downloads(t: &str) -> Result<(), String> {
+    let scratch = Scratch::new("unread");
+    let (img, big) = crate::http::tar_image(&scratch)?;
+    let mem = 64;
+    let mut s = quiet_site("downloads never read", t, Some(mem), Some(&img))?;
+    s.start_good()?;
+    let crowd = Crowd::new();
+    let started = Instant::now();
+    let pid = s.pid();
+    let alive = || attack::alive(pid);
+    let (round, cap) = (50, 1000);
+    let mut tried = 0;
+    while tried < cap && crowd.refused.load(Relaxed) == 0 && s.alive() {
+        crowd.fill(&s.ns, server(), Hold::Unread, round, 4, started + Duration::from_secs(60), &alive)?;
+        tried += round;
+        std::thread::sleep(Duration::from_millis(200));
+        crowd.sweep();
+    }
+    let took = started.elapsed();
+    let at_limit = crowd.holding();
+    let pressed = Instant::now();
+    while pressed.elapsed() < Duration::from_secs(4) && s.alive() {
+        crowd.fill(&s.ns, server(), Hold::Unread, round, 4, pressed + Duration::from_secs(4), &alive)?;
+        tried += round;
+        std::thread::sleep(Duration::from_millis(200));
+        crowd.sweep();
+    }
+    s.check_alive()?;
+    let during = download(&s.ns, &big);
+    let held = crowd.holding();
+    let refused = crowd.refused.load(Relaxed);
+    let refusals = crowd.refusals.lock().map(|r| r.join("; ")).unwrap_or_default();
+    crowd.release();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = download(&s.ns, &big);
+    let summary = format!(
+        "--mem {mem} MiB: {at_limit} held after {:.1} s, {held} after 4 s more of pressure; {tried} tried, \
+         {refused} refused or shed ({refusals}); a reader's 1 MiB meanwhile: {}; after: {}",
+        took.as_secs_f64(),
+        during.as_ref().map_or_else(|e| e.clone(), |d| format!("{} ms", d.as_millis())),
+        after.as_ref().map_or_else(|e| e.clone(), |d| format!("{} ms", d.as_millis())),
+    );
+    s.finish(&summary)?;
+    during.map_err(|e| format!("{t}: a reader's download while the crowd held on: {e}"))?;
+    after.map_err(|e| format!("{t}: a reader's download after the crowd let go: {e}"))?;
+    Ok(())
+}
+
+/// Downloads the tar image's 1 MiB file from a fresh connection in `ns`,
+/// reading it all, and checks it against `big`: how long it took.
+fn download(ns: &Netns, big: &[u8]) -> Result<Duration, String> {
+    ns.enter(|| {
+        let start = Instant::now();
+        let mut s =
+            TcpStream::connect_timeout(&server(), Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+        let request = format!("GET {} HTTP/1.1\r\nHost: reader\r\nConnection: close\r\n\r\n", attack::UNREAD_PATH);
+        s.write_all(request.as_bytes()).map_err(|e| format!("write: {e}"))?;
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).map_err(|e| format!("read after {} bytes: {e}", all.len()))?;
+        let end = all.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no response head")? + 4;
+        if !all.starts_with(b"HTTP/1.1 200 ") {
+            return Err(format!("answered {:?}", String::from_utf8_lossy(&all[..all.len().min(16)])));
+        }
+        if &all[end..] != big {
+            return Err(format!("the file came back different: {} bytes of {}", all.len() - end, big.len()));
+        }
+        Ok(start.elapsed())
+    })?
 }
 
 /// A keep-alive connection to the server, one request answered on it.
@@ -461,6 +553,7 @@ pub fn cases(v: &mut Vec<Case>) {
         v.push(case(format!("{t}::attack_body_holding_connections_until_refused"), n, move || {
             until_refused(t, Hold::Body, "connections holding half a 1 MiB body", 20, 600)
         }));
+        v.push(case(format!("{t}::attack_downloads_never_read"), n, move || unread_downloads(t)));
         v.push(case(format!("{t}::attack_blind_in_window_rst_and_syn"), n, move || blind_rst_and_syn(t)));
         v.push(case(format!("{t}::attack_bogus_arp"), n, move || bogus_arp(t)));
     }

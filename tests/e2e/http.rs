@@ -583,7 +583,7 @@ fn hostile_while_serving(ns: &Netns) -> Result<(), String> {
 }
 
 /// A tar disk image made by GNU tar: a page, a 1 MiB file and a deep path.
-fn tar_image(scratch: &Scratch) -> Result<(std::path::PathBuf, Vec<u8>), String> {
+pub(crate) fn tar_image(scratch: &Scratch) -> Result<(std::path::PathBuf, Vec<u8>), String> {
     let dir = scratch.0.join("site");
     std::fs::create_dir_all(dir.join("a/b/c")).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("index.html"), "<h1>from a tar archive</h1>\n").map_err(|e| e.to_string())?;

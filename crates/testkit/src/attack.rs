@@ -765,7 +765,15 @@ pub enum Hold {
     /// Sends a request head announcing a 1 MiB body and the first half of
     /// the body, then nothing more.
     Body,
+    /// Asks for [`UNREAD_PATH`] and never reads the answer: once the
+    /// host's receive buffer is full its window stays closed, and the
+    /// server holds the rest of the response.
+    Unread,
 }
+
+/// The file a [`Hold::Unread`] connection asks for: the 1 MiB file of the
+/// tar image the HTTP tests serve.
+pub const UNREAD_PATH: &str = "/a/b/c/big.bin";
 
 /// The body a [`Hold::Body`] connection announces, and what it sends.
 pub const BODY_ANNOUNCED: usize = 1 << 20;
@@ -847,6 +855,12 @@ impl Crowd {
                     return self.refuse(format!("write: {e}"));
                 }
             }
+            Hold::Unread => {
+                let head = format!("GET {UNREAD_PATH} HTTP/1.1\r\nHost: holder\r\n\r\n");
+                if let Err(e) = s.write_all(head.as_bytes()) {
+                    return self.refuse(format!("write: {e}"));
+                }
+            }
         }
         self.opened.fetch_add(1, Ordering::Relaxed);
         self.held.lock().unwrap_or_else(|e| e.into_inner()).push((s, hold));
@@ -865,6 +879,14 @@ impl Crowd {
             let verdict = match s.peek(&mut one) {
                 Ok(0) if *hold == Hold::HalfClosed => None,
                 Ok(0) => Some("closed: by the server".to_string()),
+                // The answer it asked for and does not read comes first:
+                // held while the connection is (a reset or a close from
+                // the server leaves that answer's bytes to be read before
+                // they show), unless a refusal (503) came in its place.
+                Ok(n) if *hold == Hold::Unread && !one[..n].starts_with(b"HTTP/1.1 503") => match tcp_state(s) {
+                    Some(TCP_ESTABLISHED) => None,
+                    state => Some(format!("closed: by the server (TCP state {state:?})")),
+                },
                 Ok(n) => Some(format!("answered: {:?}", String::from_utf8_lossy(&one[..n.min(12)]))),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => None,
                 Err(e) => Some(format!("reset: {e}")),
@@ -924,6 +946,23 @@ impl Crowd {
             })
         })
     }
+}
+
+/// `TCP_ESTABLISHED` of Linux's `tcp_info.tcpi_state`.
+const TCP_ESTABLISHED: u8 = 1;
+
+/// The state of `s` as the host's TCP sees it (`tcp_info.tcpi_state`).
+fn tcp_state(s: &TcpStream) -> Option<u8> {
+    use std::os::fd::AsRawFd;
+    // tcpi_state is the first byte of struct tcp_info; the kernel fills
+    // as much of the buffer as it has, and says how much.
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: info has room for `len` bytes, and `len` is a valid pointer.
+    let r = unsafe {
+        libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len)
+    };
+    (r == 0 && len > 0).then_some(info[0])
 }
 
 /// The process `pid` is running (not exited, not a zombie).
