@@ -885,7 +885,7 @@ impl Crowd {
                 // they show), unless a refusal (503) came in its place.
                 Ok(n) if *hold == Hold::Unread && !one[..n].starts_with(b"HTTP/1.1 503") => match tcp_state(s) {
                     Some(TCP_ESTABLISHED) => None,
-                    state => Some(format!("closed: by the server (TCP state {state:?})")),
+                    state => Some(format!("closed: by the server (the host's TCP in {})", tcp_state_name(state))),
                 },
                 Ok(n) => Some(format!("answered: {:?}", String::from_utf8_lossy(&one[..n.min(12)]))),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => None,
@@ -950,6 +950,29 @@ impl Crowd {
 
 /// `TCP_ESTABLISHED` of Linux's `tcp_info.tcpi_state`.
 const TCP_ESTABLISHED: u8 = 1;
+
+/// The name of a `tcpi_state`, as Linux's `ss` prints it.
+fn tcp_state_name(state: Option<u8>) -> String {
+    const NAMES: [&str; 12] = [
+        "",
+        "ESTAB",
+        "SYN-SENT",
+        "SYN-RECV",
+        "FIN-WAIT-1",
+        "FIN-WAIT-2",
+        "TIME-WAIT",
+        "CLOSED",
+        "CLOSE-WAIT",
+        "LAST-ACK",
+        "LISTEN",
+        "CLOSING",
+    ];
+    match state {
+        Some(s) if (1..NAMES.len()).contains(&(s as usize)) => NAMES[s as usize].to_string(),
+        Some(s) => format!("state {s}"),
+        None => "an unknown state".to_string(),
+    }
+}
 
 /// The state of `s` as the host's TCP sees it (`tcp_info.tcpi_state`).
 fn tcp_state(s: &TcpStream) -> Option<u8> {
