@@ -4,13 +4,12 @@
 //! a LAND packet, thousands of half-closed, idle and body-holding
 //! connections against a small memory, downloads never read, blind
 //! in-window resets and SYNs, and ARP replies that claim nonsense
-//! addresses. Throughout each, a
-//! well-behaved client asks for a page every 50 ms on fresh connections
-//! and on a keep-alive one; the test fails if it stops being served (its
-//! success rate and longest outage are printed) or if the unikernel dies.
+//! addresses. Throughout each, a well-behaved client asks for a page every
+//! 50 ms on fresh connections and on a keep-alive one; the test fails if
+//! it stops being served (its success rate and longest outage are printed)
+//! or if the unikernel dies.
 
-use std::io::Read;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::Path;
 use std::process::Command;
