@@ -257,16 +257,12 @@ fn half_closed(t: &str) -> Result<(), String> {
     r
 }
 
-/// Connections of kind `hold` opened in rounds of `round` until the server
-/// refuses or sheds some (or `cap` are open), with 64 MiB of memory; then
-/// kept at that limit for 4 s, a round every 200 ms taking whatever room
-/// the server makes, as an attacker would. The server must push back, stay
-/// up and keep serving the good client: it sheds what the attacker holds,
-/// or keeps room for others, rather than refuse every newcomer.
-fn until_refused(t: &str, hold: Hold, what: &str, round: usize, cap: usize) -> Result<(), String> {
-    let mem = 64;
-    let s = site(what, t, Some(mem))?;
-    let crowd = Crowd::new();
+/// Opens connections of kind `hold` into `crowd` in rounds of `round`, a
+/// round every 200 ms, until the server refuses or sheds some (or `cap`
+/// are open); then keeps at that limit for 4 s, each round taking whatever
+/// room the server makes, as an attacker would. How many were tried, how
+/// long the first phase took, and how many were held at its end.
+fn press(s: &Site, crowd: &Crowd, hold: Hold, round: usize, cap: usize) -> Result<(usize, Duration, usize), String> {
     let started = Instant::now();
     let pid = s.pid();
     let alive = || attack::alive(pid);
@@ -278,7 +274,7 @@ fn until_refused(t: &str, hold: Hold, what: &str, round: usize, cap: usize) -> R
         crowd.sweep();
     }
     let took = started.elapsed();
-    let at_refusal = crowd.holding();
+    let at_limit = crowd.holding();
     let pressed = Instant::now();
     while pressed.elapsed() < Duration::from_secs(4) && s.alive() {
         crowd.fill(&s.ns, server(), hold, round, 4, pressed + Duration::from_secs(4), &alive)?;
@@ -286,6 +282,20 @@ fn until_refused(t: &str, hold: Hold, what: &str, round: usize, cap: usize) -> R
         std::thread::sleep(Duration::from_millis(200));
         crowd.sweep();
     }
+    Ok((tried, took, at_limit))
+}
+
+/// Connections of kind `hold` opened in rounds of `round` until the server
+/// refuses or sheds some (or `cap` are open), with 64 MiB of memory; then
+/// kept at that limit for 4 s, a round every 200 ms taking whatever room
+/// the server makes, as an attacker would. The server must push back, stay
+/// up and keep serving the good client: it sheds what the attacker holds,
+/// or keeps room for others, rather than refuse every newcomer.
+fn until_refused(t: &str, hold: Hold, what: &str, round: usize, cap: usize) -> Result<(), String> {
+    let mem = 64;
+    let s = site(what, t, Some(mem))?;
+    let crowd = Crowd::new();
+    let (tried, took, at_refusal) = press(&s, &crowd, hold, round, cap)?;
     let refused = crowd.refused.load(Relaxed);
     let refusals = crowd.refusals.lock().map(|r| r.join("; ")).unwrap_or_default();
     let summary = format!(
@@ -322,26 +332,7 @@ fn unread_downloads(t: &str) -> Result<(), String> {
     let mut s = quiet_site("downloads never read", t, Some(mem), Some(&img))?;
     s.start_good()?;
     let crowd = Crowd::new();
-    let started = Instant::now();
-    let pid = s.pid();
-    let alive = || attack::alive(pid);
-    let (round, cap) = (50, 1000);
-    let mut tried = 0;
-    while tried < cap && crowd.refused.load(Relaxed) == 0 && s.alive() {
-        crowd.fill(&s.ns, server(), Hold::Unread, round, 4, started + Duration::from_secs(60), &alive)?;
-        tried += round;
-        std::thread::sleep(Duration::from_millis(200));
-        crowd.sweep();
-    }
-    let took = started.elapsed();
-    let at_limit = crowd.holding();
-    let pressed = Instant::now();
-    while pressed.elapsed() < Duration::from_secs(4) && s.alive() {
-        crowd.fill(&s.ns, server(), Hold::Unread, round, 4, pressed + Duration::from_secs(4), &alive)?;
-        tried += round;
-        std::thread::sleep(Duration::from_millis(200));
-        crowd.sweep();
-    }
+    let (tried, took, at_limit) = press(&s, &crowd, Hold::Unread, 50, 1000)?;
     s.check_alive()?;
     let during = download(&s.ns, &big);
     let held = crowd.holding();
