@@ -41,7 +41,7 @@ fn quiet(t: &str) -> &'static [&'static str] {
 pub fn cases(v: &mut Vec<Case>) {
     for t in TARGETS {
         let n = needs(t);
-        v.push(case(format!("{t}::example_hello_prints_four_times_a_second_apart"), n, move || {
+        let mut hello = case(format!("{t}::example_hello_prints_four_times_a_second_apart"), n, move || {
             let r = boot(t, "hello", &[], quiet(t))?;
             r.expect_status(0)?;
             let lines = r.stdout.lines().filter(|l| *l == "hello").count();
@@ -53,7 +53,13 @@ pub fn cases(v: &mut Vec<Case>) {
                 return Err(format!("ran for {:?}", r.elapsed));
             }
             Ok(())
-        }));
+        });
+        // The time counts QEMU's start, whose guest code at CPL 0 nested
+        // KVM emulates here (DESIGN.md): with the other tests taking both
+        // cores it once ran 7.4 s in a CI run (never alone). It runs with
+        // the machine to itself.
+        hello.alone = t == "virtio";
+        v.push(hello);
         v.push(case(format!("{t}::example_hello_key_takes_its_greeting_from_a_boot_argument"), n, move || {
             // On Solo5 the command line is one string, words joined with
             // spaces (as Solo5's tenders do): a value with a space is quoted
