@@ -189,12 +189,9 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
     }
     let vm = Vm::new(mem_size)?;
 
-    let plan = solo5_elf::load_plan(&exe.bytes, mem_size, hvt::GUEST_MIN_BASE)
-        .map_err(|e| crate::load_error(&exe.name, &e, mem_size))?;
-    load(&vm.mem, &plan, &exe.bytes, &exe.name, exe.bytes.file().filter(|_| map_image))?;
-    drop(exe);
-
-    // The ring takes the top 2 MiB; the guest's memory ends below it.
+    // The ring takes the top 2 MiB; the guest's memory ends below it, and
+    // so must the image: a segment reaching into the ring would share its
+    // pages (and a read-only one would fault the I/O thread's writes).
     let mut ring_gpa = None;
     if wants_ring {
         if mem_size < 2 * RING_RESERVED_SIZE {
@@ -205,6 +202,11 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
             ring_gpa = Some(gpa);
         }
     }
+    let guest_size = ring_gpa.unwrap_or(mem_size);
+    let plan = solo5_elf::load_plan(&exe.bytes, guest_size, hvt::GUEST_MIN_BASE)
+        .map_err(|e| crate::load_error(&exe.name, &e, guest_size))?;
+    load(&vm.mem, &plan, &exe.bytes, &exe.name, exe.bytes.file().filter(|_| map_image))?;
+    drop(exe);
     let (mut vcpu, tsc_hz) = vm.init_vcpu(plan.entry)?;
 
     devices.setup_block()?;

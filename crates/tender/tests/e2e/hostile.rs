@@ -140,6 +140,38 @@ pub fn cases(v: &mut Vec<Case>) {
             Ok(())
         }));
     }
+    for (flags, what) in [(PF_R, "read-only"), (PF_R | PF_W, "writable")] {
+        v.push(case(format!("hvt::an_image_reaching_into_the_ring_is_refused_{what}"), HVT, move || {
+            // The hostile guest's last segment (its .bss) made to end one
+            // page past 2 MiB: with --mem=2 and a device granted flushes,
+            // the ring takes the 2 MiB above the guest's 2, so the segment
+            // would cover its first page. Loaded, a read-only one killed
+            // the tender (SIGSEGV) at the I/O thread's first write there.
+            let dir = Scratch::new("ring-image");
+            let disk = dir.file("disk.img", 1 << 20);
+            let image = dir.0.join("reaching.hvt");
+            let mut elf = std::fs::read(guest("hvt", "hostile")?).map_err(|e| e.to_string())?;
+            reach_past_2_mib(&mut elf, flags)?;
+            std::fs::write(&image, &elf).map_err(|e| e.to_string())?;
+            let run = |mem: &str| {
+                let mut c = std::process::Command::new(tender("hvt"));
+                c.arg(mem).arg(format!("--block-dsync:storage={}", disk.display())).arg(&image).arg("no-case");
+                testkit::run_with(c, Duration::from_secs(60))
+            };
+            let r = run("--mem=2")?;
+            no_panic(&r)?;
+            r.expect_status(1)?;
+            r.expect_stderr("does not fit in --mem=2 MiB: give it more memory")?;
+            // With room below the ring it loads, and the guest runs (an
+            // unknown case ends it with 64).
+            if flags & PF_W != 0 {
+                let r = run("--mem=4")?;
+                r.expect_status(64)?;
+                r.expect_stdout("hostile: unknown case 'no-case'")?;
+            }
+            Ok(())
+        }));
+    }
     v.push(case("hvt::ring_post_for_what_is_not_a_tap_is_committed_einval", Needs::Net("hvt"), || {
         let (status, out) = hostile_net("post-bad-handle")?;
         // Committed at once, with the entry's id, EINVAL (2).
@@ -332,4 +364,33 @@ fn spt_cases(v: &mut Vec<Case>) {
             r.expect_status(159)
         }));
     }
+}
+
+const PF_W: u32 = 2;
+const PF_R: u32 = 4;
+
+/// Makes the last `PT_LOAD` of ELF64 image `elf` end one page past 2 MiB,
+/// with flags `flags`, its bytes zeroes from the file (appended to it), so
+/// that a read-only one is mapped read-only to its last page.
+fn reach_past_2_mib(elf: &mut Vec<u8>, flags: u32) -> Result<(), String> {
+    let u16_at = |e: &[u8], at: usize| u16::from_le_bytes([e[at], e[at + 1]]) as usize;
+    let u64_at = |e: &[u8], at: usize| u64::from_le_bytes(e[at..at + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(elf, 0x20) as usize, u16_at(elf, 0x36), u16_at(elf, 0x38));
+    let last = (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .filter(|&ph| u32::from_le_bytes(elf[ph..ph + 4].try_into().unwrap()) == 1)
+        .max_by_key(|&ph| u64_at(elf, ph + 0x10))
+        .ok_or("the guest has no PT_LOAD")?;
+    let vaddr = u64_at(elf, last + 0x10);
+    if vaddr >= 0x20_0000 || vaddr % 0x1000 != 0 {
+        return Err(format!("the guest's last segment starts at {vaddr:#x}"));
+    }
+    let size = 0x20_1000 - vaddr;
+    let offset = elf.len().next_multiple_of(0x1000) as u64;
+    elf.resize((offset + size) as usize, 0);
+    elf[last + 4..last + 8].copy_from_slice(&flags.to_le_bytes());
+    elf[last + 8..last + 0x10].copy_from_slice(&offset.to_le_bytes());
+    elf[last + 0x20..last + 0x28].copy_from_slice(&size.to_le_bytes());
+    elf[last + 0x28..last + 0x30].copy_from_slice(&size.to_le_bytes());
+    Ok(())
 }
