@@ -16,6 +16,14 @@
 //! * Gratuitous ARP (sender and target address the same) is not aimed at
 //!   this host and the engine ignores it: it changes nothing.
 //!
+//! * The cache is bounded (256 entries). When it is full of live entries,
+//!   an answer to this host's own question still gets in: it takes the
+//!   place of an entry a request made (the one that expires first), never
+//!   of a gateway's or another answer's. So a host on the link that sends
+//!   requests from many made-up addresses, and keeps sending them, can
+//!   fill the cache with them but cannot keep this host from learning the
+//!   neighbours it asks for, its gateway first.
+//!
 //! So a host whose hardware address really changes is reached again when
 //! the old entry expires (60 s) and the engine asks anew. Entries are
 //! followed here as the engine makes them (60 s from the last fill); when
@@ -47,6 +55,8 @@ pub(crate) enum Kind {
 struct Known {
     mac: [u8; 6],
     until: Instant,
+    /// Made by an answer to this host's question (not by a request).
+    asked: bool,
 }
 
 pub(crate) struct Neighbors {
@@ -79,7 +89,7 @@ impl Neighbors {
         let until = now + LIFETIME;
         if kind == Kind::Reply && self.asked.get(&ip).is_some_and(|&t| now < t) {
             self.asked.remove(&ip);
-            return self.learn(ip, mac, now);
+            return self.learn(ip, mac, now, true);
         }
         match self.known.get_mut(&ip) {
             Some(k) if now < k.until => {
@@ -93,17 +103,33 @@ impl Neighbors {
             // the gateway's requests would leave a host that speaks first
             // unanswered. Once live, no request or unsolicited reply
             // changes it.
-            _ => kind == Kind::Request && self.learn(ip, mac, now),
+            _ => kind == Kind::Request && self.learn(ip, mac, now, false),
         }
     }
 
-    /// Follows an entry the engine makes; false when it cannot be
-    /// followed (then the engine must not make it).
-    fn learn(&mut self, ip: IpAddr, mac: [u8; 6], now: Instant) -> bool {
+    /// Follows an entry the engine makes (`asked`: from an answer to this
+    /// host's question); false when it cannot be followed (then the engine
+    /// must not make it).
+    fn learn(&mut self, ip: IpAddr, mac: [u8; 6], now: Instant, asked: bool) -> bool {
         if self.known.is_full() {
             self.known.retain(|_, k| now < k.until);
         }
-        self.known.insert(ip, Known { mac, until: now + LIFETIME }).is_ok()
+        if asked && self.known.is_full() && !self.known.contains(&ip) {
+            // Room for what this host asked about: a request's entry gives
+            // way, never a gateway's. At most one pass over the 256
+            // entries, and only for an answer that was asked for.
+            let gateways = self.gateways;
+            let give_way = self
+                .known
+                .iter()
+                .filter(|(a, k)| !k.asked && !gateways.contains(&Some(**a)))
+                .min_by_key(|(_, k)| k.until)
+                .map(|(a, _)| *a);
+            if let Some(a) = give_way {
+                self.known.remove(&a);
+            }
+        }
+        self.known.insert(ip, Known { mac, until: now + LIFETIME, asked }).is_ok()
     }
 
     /// Notes the ARP requests and neighbour solicitations this host sends.
@@ -210,5 +236,46 @@ mod tests {
         let later = t + Duration::from_secs(120);
         assert!(n.judge(HOST, M2, Kind::Request, later));
         assert!(n.judge(GW, M2, Kind::Request, later));
+    }
+
+    /// The ARP request this host would send for `target`.
+    fn asking(target: Ipv4Addr) -> alloc::vec::Vec<u8> {
+        let mut arp = alloc::vec![0xffu8; 6];
+        arp.extend_from_slice(&M2);
+        arp.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&M2);
+        arp.extend_from_slice(&[10, 0, 0, 2, 0, 0, 0, 0, 0, 0]);
+        arp.extend_from_slice(&target.octets());
+        arp
+    }
+
+    #[test]
+    fn requests_from_made_up_senders_never_crowd_out_an_answer() {
+        let t = Instant(1_000_000_000);
+        let mut n = Neighbors::new((1, 2));
+        n.gateways[0] = Some(GW);
+        assert!(n.judge(GW, M1, Kind::Request, t));
+        // 255 more senders fill the cache, and keep it full.
+        let fake = |i: u32| IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i));
+        for i in 0..255 {
+            assert!(n.judge(fake(i), [2, 0, 0, 1, 0, i as u8], Kind::Request, t));
+        }
+        assert!(!n.judge(fake(999), M2, Kind::Request, t), "a full cache takes no more requests");
+        // Answers to this host's questions still get in, each in place of
+        // a request's entry, the gateway's kept: as many as the cache holds.
+        let host = |i: u32| Ipv4Addr::new(10, 0, 1, i as u8);
+        let later = t + Duration::from_secs(1);
+        for i in 0..255 {
+            n.outgoing(&asking(host(i)), later);
+            assert!(n.judge(IpAddr::V4(host(i)), M1, Kind::Reply, later), "answer {i}");
+        }
+        assert_eq!(n.len(), 256);
+        assert_eq!(n.lookup(GW, later), Some(M1));
+        assert!((0..255).all(|i| n.lookup(fake(i), later).is_none()));
+        // Full of answers and the gateway, an answer finds no room: what
+        // this host asked about is never given up for another.
+        n.outgoing(&asking(Ipv4Addr::new(10, 0, 2, 1)), later);
+        assert!(!n.judge(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1)), M1, Kind::Reply, later));
+        assert!((0..255).all(|i| n.lookup(IpAddr::V4(host(i)), later) == Some(M1)));
     }
 }

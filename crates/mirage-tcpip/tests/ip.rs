@@ -220,20 +220,50 @@ fn what_waits_for_a_silent_neighbour_is_bounded_and_dropped() {
     });
 }
 
+/// An ARP packet (`op` 1, request; 2, reply) in a frame to `dst`.
+fn arp(op: u8, dst: [u8; 6], sender_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&sender_mac);
+    f.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, op]);
+    f.extend_from_slice(&sender_mac);
+    f.extend_from_slice(&sender.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+#[test]
+fn requests_from_made_up_senders_do_not_keep_a_neighbour_unknown() {
+    mirage_runtime::run(&mut Sim::default(), async {
+        let (mut l, _) = link(false);
+        // One host on the link sends requests from 1,000 made-up
+        // addresses: the cache fills with them.
+        let frames: Vec<Vec<u8>> = (0..1000u32)
+            .map(|i| {
+                arp(1, [0xff; 6], [2, 0, 0, 0x66, (i >> 8) as u8, i as u8], Ipv4Addr::from(0xc612_0000 + i), ROUTER)
+            })
+            .collect();
+        l.to_ip.borrow_mut().frames.extend(frames);
+        assert_eq!(recv(&mut l.ip, Duration::from_millis(100)).await, None);
+        let s = l.ip.stats();
+        assert_eq!((s.neighbors, s.arp_in, s.arp_refused), (256, 256, 744), "{s:?}");
+        // A packet for HOST: asked, answered, sent to HOST's address.
+        let p = udp(ROUTER, 1, HOST, 2, b"still reached");
+        l.ip.send(NextHop::Ip(IpAddr::V4(HOST)), p.len(), |b| b.copy_from_slice(&p)).unwrap();
+        assert!(l.sent.borrow().iter().any(|f| f[12..14] == [8, 6] && f[21] == 1 && f[38..42] == HOST.octets()));
+        l.to_ip.borrow_mut().frames.push_back(arp(2, ROUTER_MAC, HOST_MAC, HOST, ROUTER));
+        assert_eq!(recv(&mut l.ip, Duration::from_millis(100)).await, None);
+        let last = l.sent.borrow().last().cloned().unwrap();
+        assert_eq!((&last[0..6], &last[14..]), (&HOST_MAC[..], &p[..]));
+        let s = l.ip.stats();
+        assert_eq!((s.neighbors, s.tx_packets, s.tx_dropped), (256, 1, 0), "{s:?}");
+    });
+}
+
 #[test]
 fn forged_arp_and_bad_frames_are_refused_and_counted() {
     mirage_runtime::run(&mut Sim::default(), async {
         let (mut l, _) = link(false);
-        let arp = |op: u8, dst: [u8; 6], sender_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr| {
-            let mut f = dst.to_vec();
-            f.extend_from_slice(&sender_mac);
-            f.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, op]);
-            f.extend_from_slice(&sender_mac);
-            f.extend_from_slice(&sender.octets());
-            f.extend_from_slice(&[0; 6]);
-            f.extend_from_slice(&target.octets());
-            f
-        };
         let evil = [2, 0, 0, 0, 0, 0x66];
         let frames = [
             // An unsolicited reply: refused.
