@@ -834,12 +834,7 @@ impl Nat {
             }
             return Err(Reason::Conflict);
         }
-        let class = match t.proto {
-            wire::TCP => Class::SynSent,
-            wire::UDP => Class::UdpUnreplied,
-            _ => Class::Icmp,
-        };
-        self.table.insert(key, [in_if, out_if], class, flags, now);
+        self.table.insert(key, [in_if, out_if], first_class(t.proto), flags, now);
         self.stats.created += 1;
         translate(p, ip, &t, &out, forwarding, a.partial);
         Ok(verdict(out_if))
@@ -1025,6 +1020,45 @@ fn translate(p: &mut [u8], hdr: &wire::Ip, from: &Tuple, to: &Tuple, forwarding:
         decrement_ttl(p, &mut ip);
     }
     ip.apply_at(p, 10, false);
+}
+
+/// A new flow's timeout class, by its protocol.
+fn first_class(proto: u8) -> Class {
+    match proto {
+        wire::TCP => Class::SynSent,
+        wire::UDP => Class::UdpUnreplied,
+        _ => Class::Icmp,
+    }
+}
+
+/// A flow's state as the NAT follows it (TCP's from the flags seen,
+/// UDP's from whether a reply came), for a flow table kept elsewhere (the
+/// router's IPv6 flows, which are not translated): the same states, and
+/// the same [`Timeouts`], as the NAT's own flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowState {
+    class: Class,
+    flags: u8,
+}
+
+impl FlowState {
+    /// A flow of IP protocol `proto` (6 TCP, 17 UDP; any other is an
+    /// echo) whose first packet has gone.
+    pub fn new(proto: u8) -> FlowState {
+        FlowState { class: first_class(proto), flags: 0 }
+    }
+
+    /// Follows a later packet of the flow, with its TCP flags (0 for
+    /// another protocol); `reply` when it goes the other way from the
+    /// first.
+    pub fn advance(&mut self, reply: bool, proto: u8, tcp_flags: u8) {
+        self.class = advance(self.class, &mut self.flags, usize::from(reply), proto, tcp_flags);
+    }
+
+    /// How long the flow lasts from its last packet, in milliseconds.
+    pub fn timeout(&self, t: &Timeouts) -> u64 {
+        t.of(self.class as usize)
+    }
 }
 
 /// The timeout class after a packet of direction `d` with TCP flags

@@ -615,16 +615,17 @@ pub async fn start(
         wait_for_lease(&console, &mut uplink).await?;
     }
     let (up, ins) = (uplink.info(), inside.info());
+    let timeouts = match udp_timeout {
+        0 => mirage_nat::Timeouts::LINUX,
+        s => mirage_nat::Timeouts {
+            udp_unreplied: s as u64 * 1000,
+            udp_replied: s as u64 * 1000,
+            ..mirage_nat::Timeouts::LINUX
+        },
+    };
     let nat = Nat::new(mirage_nat::Config {
         max_flows: max_flows as usize,
-        timeouts: match udp_timeout {
-            0 => mirage_nat::Timeouts::LINUX,
-            s => mirage_nat::Timeouts {
-                udp_unreplied: s as u64 * 1000,
-                udp_replied: s as u64 * 1000,
-                ..mirage_nat::Timeouts::LINUX
-            },
-        },
+        timeouts,
         masquerade: Some(Masquerade { interface: Interface(UPLINK), address: up.ipv4.0, ports: (1024, 65535) }),
         forwards: forwards.clone(),
         rules,
@@ -648,7 +649,7 @@ pub async fn start(
         reservations: Vec::new(),
     })
     .map_err(|e| format!("the DHCP server: {e}"))?;
-    let v6 = v6::V6::new([up.ipv6, ins.ipv6], up.gateway6.map(|g| (g, UPLINK)), max_flows as usize, udp_timeout)
+    let v6 = v6::V6::new([up.ipv6, ins.ipv6], up.gateway6.map(|g| (g, UPLINK)), max_flows as usize, timeouts)
         .map_err(|e| format!("an IPv6 route: {e}"))?;
     // Forward offload on both interfaces or, where one host refuses, said:
     // TCP segments longer than the other's MTU are then dropped.

@@ -6,13 +6,19 @@
 //!   decided by the rules ([`mirage_nat::Rules::decide_ipv6`]): the first
 //!   rule without an address that matches it decides, and a flow no rule
 //!   matches is denied. Allowed flows are tracked, and their packets pass
-//!   both ways; so are ICMPv6 errors about them (Packet Too Big for path
-//!   MTU discovery among them). Anything else is dropped and counted.
+//!   both ways; so do ICMPv6 errors about them, to the sender of the
+//!   packet they quote (Packet Too Big for path MTU discovery among
+//!   them). Anything else is dropped and counted.
 //! * Flows are tracked in a table of at most [`MAX_FLOWS`] (or
 //!   `--max-flows`, if smaller); when it is full, a new flow is refused and
-//!   counted. A flow lasts, from its last packet, 7,440 s for TCP (its
-//!   state is not followed), `--udp-timeout` (120 s by default) for UDP
-//!   and 30 s for ICMPv6 echo.
+//!   counted. A flow's state is followed as the IPv4 NAT follows its own
+//!   ([`mirage_nat::FlowState`]: TCP's from the flags seen, UDP's from
+//!   whether a reply came), and it lasts from its last packet as long as
+//!   the NAT's [`Timeouts`] give that state: a SYN never answered
+//!   120 s, a reset connection 10 s, an established one 5 days; UDP
+//!   30 s, or 120 s once answered (`--udp-timeout` for both); ICMPv6 echo
+//!   30 s. So SYNs sent once hold the table for two minutes, not for as
+//!   long as a connection may be idle.
 //! * The router answers echo requests to its own IPv6 addresses (as the
 //!   rules allow traffic to `local`). Multicast, link-local and
 //!   unspecified addresses are not forwarded, nor are fragments (the
@@ -26,16 +32,12 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::net::Ipv6Addr;
 
-use mirage_nat::{Action, Interface, Protocol, Rules};
+use mirage_nat::{Action, FlowState, Interface, Protocol, Rules, Timeouts};
 use mirage_tcpip::route::Routes;
 use mirage_tcpip::wire;
 
 /// The most IPv6 flows tracked at once.
 pub const MAX_FLOWS: usize = 4096;
-
-const TCP_MS: u64 = 7440 * 1000;
-const UDP_MS: u64 = 120 * 1000;
-const ICMP_MS: u64 = 30 * 1000;
 
 const ECHO_REQUEST: u8 = 128;
 const ECHO_REPLY: u8 = 129;
@@ -101,10 +103,10 @@ pub struct V6 {
     /// Each interface's IPv6 address and prefix.
     own: [Option<(Ipv6Addr, u8)>; 2],
     routes: Routes<u8, Ipv6Addr>,
-    /// Flows and when each expires, in milliseconds.
-    flows: BTreeMap<Key, u64>,
+    /// Flows: when each expires, in milliseconds, and its state.
+    flows: BTreeMap<Key, (u64, FlowState)>,
     max_flows: usize,
-    udp_ms: u64,
+    timeouts: Timeouts,
     /// Counters.
     pub counters: Counters,
 }
@@ -119,12 +121,13 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 
 impl V6 {
     /// The state for interfaces with these IPv6 addresses; the default
-    /// route goes to `gateway` on `gateway_if`. `udp_secs` 0: 120 s.
+    /// route goes to `gateway` on `gateway_if`; flows last as `timeouts`
+    /// say (the NAT's).
     pub fn new(
         own: [Option<(Ipv6Addr, u8)>; 2],
         gateway: Option<(Ipv6Addr, u8)>,
         max_flows: usize,
-        udp_secs: u32,
+        timeouts: Timeouts,
     ) -> Result<V6, mirage_tcpip::route::RouteError> {
         let mut routes = Routes::new();
         for (i, o) in own.iter().enumerate() {
@@ -140,7 +143,7 @@ impl V6 {
             routes,
             flows: BTreeMap::new(),
             max_flows: max_flows.min(MAX_FLOWS),
-            udp_ms: if udp_secs == 0 { UDP_MS } else { udp_secs as u64 * 1000 },
+            timeouts,
             counters: Counters::default(),
         })
     }
@@ -157,15 +160,7 @@ impl V6 {
 
     /// Forgets flows whose time is up.
     pub fn expire(&mut self, now_ms: u64) {
-        self.flows.retain(|_, until| *until > now_ms);
-    }
-
-    fn timeout(&self, proto: u8) -> u64 {
-        match proto {
-            wire::PROTO_TCP => TCP_MS,
-            wire::PROTO_UDP => self.udp_ms,
-            _ => ICMP_MS,
-        }
+        self.flows.retain(|_, (until, _)| *until > now_ms);
     }
 
     /// Decides the IPv6 packet `p` (checked by the IP layer) that came in
@@ -190,10 +185,10 @@ impl V6 {
         // The ports (echo identifiers), and whether the packet may start
         // a flow.
         let icmp_type = data.first().copied().unwrap_or(0);
+        let tcp_flags = if proto == wire::PROTO_TCP { data.get(13).copied().unwrap_or(0) } else { 0 };
         let (protocol, sport, dport, opener) = match proto {
             wire::PROTO_TCP => {
-                let flags = data.get(13).copied().unwrap_or(0);
-                (Protocol::Tcp, be16(data, 0).unwrap_or(0), be16(data, 2).unwrap_or(0), flags & 0x12 == 0x02)
+                (Protocol::Tcp, be16(data, 0).unwrap_or(0), be16(data, 2).unwrap_or(0), tcp_flags & 0x12 == 0x02)
             }
             wire::PROTO_UDP => (Protocol::Udp, be16(data, 0).unwrap_or(0), be16(data, 2).unwrap_or(0), true),
             wire::PROTO_ICMPV6 if icmp_type == ECHO_REQUEST || icmp_type == ECHO_REPLY => {
@@ -227,11 +222,14 @@ impl V6 {
             return Decision::HopLimit;
         }
         let key = Key::new(proto, src, sport, dst, dport);
-        let until = now_ms + self.timeout(proto);
-        if let Some(e) = self.flows.get_mut(&key) {
-            *e = until;
-        } else if let Some(e) = self.flows.get_mut(&key.reversed()) {
-            *e = until;
+        let t = self.timeouts;
+        let known = match self.flows.get_mut(&key) {
+            Some(e) => Some((e, false)),
+            None => self.flows.get_mut(&key.reversed()).map(|e| (e, true)),
+        };
+        if let Some(((until, state), reply)) = known {
+            state.advance(reply, proto, tcp_flags);
+            *until = now_ms + state.timeout(&t);
         } else {
             if !opener
                 || rules.decide_ipv6(Interface(fi), Some(Interface(hop.interface)), protocol, sport, dport)
@@ -247,7 +245,8 @@ impl V6 {
                     return Decision::Drop;
                 }
             }
-            self.flows.insert(key, until);
+            let state = FlowState::new(proto);
+            self.flows.insert(key, (now_ms + state.timeout(&t), state));
         }
         p[7] = hop_limit - 1;
         self.counters.forwarded += 1;
@@ -305,7 +304,10 @@ impl V6 {
             _ => return self.drop(),
         };
         let key = Key::new(proto, Ipv6Addr::from(a), sport, Ipv6Addr::from(b), dport);
-        if !self.flows.contains_key(&key) && !self.flows.contains_key(&key.reversed()) {
+        // An error goes back to the sender of the packet it quotes: one
+        // aimed anywhere else would let whoever knows a flow send errors
+        // to every host behind the router.
+        if dst != Ipv6Addr::from(a) || !self.flows.contains_key(&key) && !self.flows.contains_key(&key.reversed()) {
             self.counters.denied += 1;
             return Decision::Drop;
         }
@@ -395,7 +397,8 @@ mod tests {
             &[("uplink", Interface(crate::UPLINK)), ("inside", Interface(crate::INSIDE))],
         )
         .unwrap();
-        let v6 = V6::new([Some((UP, 64)), Some((IN, 64))], Some((SERVER, crate::UPLINK)), max, 0).unwrap();
+        let v6 =
+            V6::new([Some((UP, 64)), Some((IN, 64))], Some((SERVER, crate::UPLINK)), max, Timeouts::LINUX).unwrap();
         (v6, rules)
     }
 
@@ -429,9 +432,59 @@ mod tests {
         assert_eq!(v.process(1, ins, &mut p, &mut rules), Decision::Drop);
         assert_eq!((v.counters.forwarded, v.counters.denied, v.flows()), (3, 3, 2));
         // Flows expire: the reply no longer passes.
-        v.expire(UDP_MS + 1);
+        let replied = Timeouts::LINUX.udp_replied;
+        v.expire(replied + 1);
         let mut p = udp(SERVER, 53, CLIENT, 5000);
-        assert_eq!(v.process(UDP_MS + 1, up, &mut p, &mut rules), Decision::Drop);
+        assert_eq!(v.process(replied + 1, up, &mut p, &mut rules), Decision::Drop);
+    }
+
+    /// `p` with TCP flags `flags`, its checksum made again.
+    fn with_flags(mut p: Vec<u8>, flags: u8) -> Vec<u8> {
+        p[40 + 13] = flags;
+        p[40 + 16..40 + 18].copy_from_slice(&[0, 0]);
+        let (src, dst) = (
+            Ipv6Addr::from(<[u8; 16]>::try_from(&p[8..24]).unwrap()),
+            Ipv6Addr::from(<[u8; 16]>::try_from(&p[24..40]).unwrap()),
+        );
+        let c = wire::checksum_ipv6(src, dst, wire::PROTO_TCP, &p[40..]);
+        p[40 + 16..40 + 18].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn tcp_flows_last_as_their_state_allows() {
+        let (mut v, mut rules) = setup(4096);
+        let (up, ins) = (crate::UPLINK, crate::INSIDE);
+        let t = Timeouts::LINUX;
+        // A table's worth of SYNs, each sent once and never answered...
+        for port in 0..4095u16 {
+            let mut p = syn(CLIENT, 10_000 + port, SERVER, 80);
+            assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));
+        }
+        // ...and one connection that is answered and established.
+        let mut p = syn(CLIENT, 9000, SERVER, 80);
+        assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));
+        let mut p = with_flags(syn(SERVER, 80, CLIENT, 9000), 0x12);
+        assert_eq!(v.process(0, up, &mut p, &mut rules), Decision::Forward(ins, CLIENT));
+        let mut p = with_flags(syn(CLIENT, 9000, SERVER, 80), 0x10);
+        assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));
+        // Full: a new flow is refused.
+        let mut p = udp(CLIENT, 5000, SERVER, 53);
+        assert_eq!(v.process(1000, ins, &mut p, &mut rules), Decision::Drop);
+        assert_eq!(v.counters.full, 1);
+        // The unanswered SYNs go after 120 s, the connection stays.
+        let later = t.tcp_syn_sent + 1;
+        let mut p = udp(CLIENT, 5000, SERVER, 53);
+        assert_eq!(v.process(later, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));
+        assert_eq!(v.flows(), 2);
+        let mut p = with_flags(syn(SERVER, 80, CLIENT, 9000), 0x10);
+        assert_eq!(v.process(later, up, &mut p, &mut rules), Decision::Forward(ins, CLIENT));
+        // A reset ends it 10 s later.
+        let mut p = with_flags(syn(SERVER, 80, CLIENT, 9000), 0x14);
+        assert_eq!(v.process(later, up, &mut p, &mut rules), Decision::Forward(ins, CLIENT));
+        v.expire(later + t.tcp_close + 1);
+        let mut p = with_flags(syn(CLIENT, 9000, SERVER, 80), 0x10);
+        assert_eq!(v.process(later + t.tcp_close + 1, ins, &mut p, &mut rules), Decision::Drop);
     }
 
     #[test]
@@ -469,14 +522,18 @@ mod tests {
             assert_eq!(v.process(0, ins, &mut p, &mut rules), want);
         }
         assert_eq!(v.counters.full, 1);
-        // An ICMPv6 error about a known flow comes back; about another,
-        // not.
-        for (port, want) in [(1, Decision::Forward(ins, CLIENT)), (9, Decision::Drop)] {
+        // An ICMPv6 error about a known flow comes back to the sender of
+        // the packet it quotes; about another flow, or to another address
+        // (another host inside), not.
+        let other = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x99);
+        for (port, to, want) in
+            [(1, CLIENT, Decision::Forward(ins, CLIENT)), (9, CLIENT, Decision::Drop), (1, other, Decision::Drop)]
+        {
             let quoted = udp(CLIENT, port, SERVER, 53);
             let mut err = vec![1, 4, 0, 0, 0, 0, 0, 0];
             err.extend_from_slice(&quoted);
-            let mut p = packet(SERVER, CLIENT, 64, wire::PROTO_ICMPV6, err, 2);
-            assert_eq!(v.process(0, up, &mut p, &mut rules), want, "port {port}");
+            let mut p = packet(SERVER, to, 64, wire::PROTO_ICMPV6, err, 2);
+            assert_eq!(v.process(0, up, &mut p, &mut rules), want, "port {port} to {to}");
         }
         // Garbage never panics.
         for len in 0..120 {
