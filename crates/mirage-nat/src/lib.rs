@@ -872,6 +872,12 @@ impl Nat {
         if fl.key[d].dst != ip.dst {
             return Err(Reason::UnknownIcmpError);
         }
+        // The checks a new flow's first packet gets: an error's sender is
+        // never loopback, multicast, or our own address from outside.
+        let masq = self.masquerade;
+        if bad_source(ip.src) || (a.in_if != LOCAL && masq.is_some_and(|m| u32::from(m.address) == ip.src)) {
+            return Err(Reason::Martian);
+        }
         let (out_if, forwarding) = a.leaving(&fl, d)?;
         // Packets of direction d leave as `to`; the quote becomes the
         // packet of the other direction as it was before translation.
@@ -915,9 +921,12 @@ impl Nat {
         let (old, new) = iip.apply_at(p, at + 10, false);
         icmp.word(old, new);
         icmp.apply_at(p, IP_HEADER + 2, false);
-        // The outer header: to the flow's endpoint; from it too when the
-        // endpoint itself sent the error.
-        let src = if ip.src == fl.key[d].src { to.src } else { ip.src };
+        // The outer header: to the flow's endpoint; and where the flow's
+        // packets of this direction leave from another source (masquerade,
+        // a port forward's reply), so does the error, whoever on the way
+        // sent it, as Linux's NAT does: no address from behind the NAT
+        // leaves it, and none is left for a sender to forge.
+        let src = if fl.key[d].src != to.src { to.src } else { ip.src };
         let mut outer = Delta::default();
         rewrite_addrs(p, ip, src, to.dst, &mut outer, None);
         if forwarding {

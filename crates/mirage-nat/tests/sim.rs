@@ -550,6 +550,19 @@ fn icmp_errors_are_translated_both_headers() {
     assert_eq!(&err[12..16], &EXTERNAL.octets());
     assert_eq!(&err[16..20], &SERVER.octets());
     assert_eq!(ends(&err[28..]), (client, sa(EXTERNAL, 8080)));
+
+    // From a router inside, or a host forging any source, about the reply
+    // the host got: it leaves masqueraded, as every packet from inside.
+    let mut reply = build::tcp(sa(SERVER, 443), sa(EXTERNAL, host.port()), flags::SYN | flags::ACK, 7, 2, b"");
+    assert_eq!(through(&mut nat, 6, UPLINK, &mut reply), Verdict::Forward(INSIDE));
+    for from in [Ipv4Addr::new(10, 0, 1, 254), Ipv4Addr::new(8, 8, 8, 8)] {
+        let mut err = build::icmp_error(from, build::ICMP_UNREACHABLE, 1, &reply).unwrap();
+        assert_eq!(through(&mut nat, 7, INSIDE, &mut err), Verdict::Forward(UPLINK));
+        valid(&err);
+        assert_eq!(&err[12..16], &EXTERNAL.octets(), "from {from}");
+        assert_eq!(&err[16..20], &SERVER.octets());
+        assert_eq!(ends(&err[28..]), (sa(SERVER, 443), sa(EXTERNAL, host.port())));
+    }
 }
 
 #[test]
@@ -570,6 +583,11 @@ fn icmp_errors_about_unknown_flows_are_dropped() {
     let mut err = build::icmp_error(SERVER, 3, 3, &inner).unwrap();
     assert_eq!(through(&mut nat, 0, UPLINK, &mut err), Verdict::Drop(Reason::Unsupported));
     assert_eq!(nat.stats().dropped(Reason::UnknownIcmpError), 2);
+    // About a real flow, from loopback or from our own address outside.
+    for from in [Ipv4Addr::LOCALHOST, EXTERNAL, Ipv4Addr::new(224, 0, 0, 1)] {
+        let mut err = build::icmp_error(from, build::ICMP_UNREACHABLE, 3, &q).unwrap();
+        assert_eq!(through(&mut nat, 0, UPLINK, &mut err), Verdict::Drop(Reason::Martian), "from {from}");
+    }
 }
 
 #[test]
