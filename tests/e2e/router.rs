@@ -348,7 +348,8 @@ fn with_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, mut segment: Vec<u8>, 
 }
 
 /// Malformed and truncated packets, fragments, ICMP errors about unknown
-/// flows and TCP segments of no flow are dropped and counted, and the
+/// flows, TCP segments of no flow and DHCP requests under another
+/// hardware address than the frame's are dropped and counted, and the
 /// router goes on serving.
 fn malformed(t: &str) -> Result<(), String> {
     let lab = Lab::start(t, &[])?;
@@ -379,9 +380,24 @@ fn malformed(t: &str) -> Result<(), String> {
     let mut tcp = vec![0x13, 0x88, 0, 80, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0];
     tcp = with_checksum(CLIENT, SERVER, 6, tcp, 16);
     let no_flow = frame(CLIENT, SERVER, 6, 0, &tcp);
+    // A DHCP DISCOVER whose client hardware address is not the frame's
+    // source (02:00:00:00:51:51): a host asking under a made-up address.
+    let mut bootp = vec![1, 1, 6, 0, 0, 0, 0x51, 0x52, 0, 0, 0x80, 0];
+    bootp.extend_from_slice(&[0; 16]);
+    bootp.extend_from_slice(&[2, 0, 0, 0, 0x99, 0x99]);
+    bootp.extend_from_slice(&[0; 10 + 64 + 128]);
+    bootp.extend_from_slice(&[99, 130, 83, 99, 53, 1, 1, 255]);
+    let len = (8 + bootp.len()) as u16;
+    let mut dhcp = vec![0, 68, 0, 67, (len >> 8) as u8, len as u8, 0, 0];
+    dhcp.extend_from_slice(&bootp);
+    let dhcp = with_checksum(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, 17, dhcp, 6);
+    let forged_dhcp = frame(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, 17, 0, &dhcp);
     let mut frames = Vec::new();
     for _ in 0..10 {
-        frames.extend([&bad_header, &bad_udp, &truncated, &long, &fragment, &icmp_error, &no_flow].map(Clone::clone));
+        frames.extend(
+            [&bad_header, &bad_udp, &truncated, &long, &fragment, &icmp_error, &no_flow, &forged_dhcp]
+                .map(Clone::clone),
+        );
     }
     let before = lab.stats_lines();
     lab.client.enter(|| testkit::send_frames("tap-in", &frames))??;
@@ -393,6 +409,7 @@ fn malformed(t: &str) -> Result<(), String> {
         ("fragment ", &line, 10),
         ("unknown-icmp-error ", &line, 10),
         ("no-flow ", &line, 10),
+        ("forged ", &line, 10),
     ];
     for (label, text, n) in want {
         if count(text, label) < n {

@@ -15,7 +15,12 @@
 //! no address is free, the oldest offer not yet accepted is given to the
 //! newcomer, so a flood churns offers but cannot keep a real client, whose
 //! REQUEST follows its DISCOVER at once, from a lease, and bound leases are
-//! never taken. Malformed messages are counted and dropped.
+//! never taken. A peer that goes on to REQUEST under each made-up address
+//! binds the addresses, as with any DHCP server: the caller should pass
+//! on only requests whose client hardware address is their frame's
+//! source (the router example does), and what stops a peer that forges
+//! its frames too is the link (port security), not the server. Malformed
+//! messages are counted and dropped.
 
 #![no_std]
 

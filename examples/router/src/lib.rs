@@ -148,6 +148,15 @@ fn is_dhcp_request(p: &[u8], own: Ipv4Addr) -> bool {
         && (dst == own || dst == Ipv4Addr::BROADCAST)
 }
 
+/// Whether the DHCP request `p` (checked by [`is_dhcp_request`]) names
+/// `mac` as its client's hardware address (BOOTP's `chaddr`). A client on
+/// the link sends from its own address: one host asking for leases under
+/// made-up addresses must forge its frames' too.
+fn dhcp_client_is(p: &[u8], mac: [u8; 6]) -> bool {
+    let bootp = (p[0] & 0x0f) as usize * 4 + 8;
+    p.get(bootp + 28..bootp + 34).is_some_and(|c| c == mac)
+}
+
 /// What a received packet left for the router to do once the interface
 /// it came from is free again.
 enum Later {
@@ -194,6 +203,9 @@ struct Counters {
     /// Packets with a partial checksum the router could not place (not
     /// TCP or UDP, or a fragment), dropped.
     unsummable: u64,
+    /// DHCP requests whose client hardware address is not the frame's
+    /// source, dropped.
+    dhcp_forged: u64,
 }
 
 /// The router's state, apart from the interfaces.
@@ -268,6 +280,8 @@ impl Router {
         // The packet comes inside its frame, so that it goes on where it
         // lies where the interfaces can (`Ip::send_in_place`).
         let got = from.try_recv_framed(|frame, at, meta| {
+            // The sender's hardware address, where the packet came framed.
+            let eth_src: Option<[u8; 6]> = frame.get(6..12).filter(|_| at >= 14).and_then(|m| m.try_into().ok());
             let p = &mut frame[at..];
             // A partial checksum (forward offload) is passed on as it is
             // to the other interface; a packet kept for later, or that
@@ -312,6 +326,10 @@ impl Router {
                 };
             }
             if fi == INSIDE && is_dhcp_request(p, inside_own) {
+                if eth_src.is_some_and(|m| !dhcp_client_is(p, m)) {
+                    counters.dhcp_forged += 1;
+                    return Later::Done;
+                }
                 keep(p);
                 return Later::Dhcp;
             }
@@ -494,12 +512,13 @@ impl Router {
         let d = self.dhcp.stats();
         let _ = write!(
             s,
-            " dhcp leases {} offers {} acks {} naks {} dropped {};",
+            " dhcp leases {} offers {} acks {} naks {} dropped {} forged {};",
             self.dhcp.leases().count(),
             d.offers,
             d.acks,
             d.naks,
-            d.dropped
+            d.dropped,
+            self.counters.dhcp_forged
         );
         let c = self.counters;
         let _ = write!(
