@@ -134,6 +134,12 @@ impl DumpCore {
         if unsafe { libc::mincore(base.cast(), size as usize, resident.as_mut_ptr()) } != 0 {
             return Err(format!("mincore() failed: {}", strerror(&os_error())));
         }
+        // Pages mapped PROT_NONE (an image's segment without permissions)
+        // cannot be copied from: they stay holes, read as zeros.
+        for (start, end) in mem.unreadable() {
+            let (first, last) = ((start / page) as usize, end.div_ceil(page) as usize);
+            resident[first.min(pages)..last.min(pages)].fill(0);
+        }
         let mut dumped = 0;
         let mut i = 0;
         while i < pages {

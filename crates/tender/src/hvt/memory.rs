@@ -248,6 +248,13 @@ impl GuestMemory {
         Ok(unsafe { NonNull::new_unchecked(self.base.as_ptr().add(gpa.0 as usize)) })
     }
 
+    /// The ranges the host may not read at all (`PROT_NONE` segments of the
+    /// image), as `(start, end)`.
+    pub fn unreadable(&self) -> Vec<(u64, u64)> {
+        let protected = self.protected.read().unwrap_or_else(|e| e.into_inner());
+        protected.iter().filter(|p| !p.read).map(|p| (p.start, p.end)).collect()
+    }
+
     /// `len` bytes at `gpa` for the host to read on the guest's behalf.
     pub fn readable(&self, gpa: Gpa, len: u64) -> Result<GuestSlice<'_>, InvalidAccess> {
         let ptr = self.check(gpa, len, false)?;

@@ -123,6 +123,48 @@ pub fn cases(v: &mut Vec<Case>) {
         r.expect_stderr("dumpcore: dumped ")?;
         r.expect_stderr(" pages of total 8192 pages")
     }));
+    v.push(case("hvt::dumpcore_of_an_image_with_a_segment_without_permissions", Needs::Target("hvt"), || {
+        // The fault guest with its INTERP header made a PT_LOAD of one
+        // page at 2 MiB with no permissions (PROT_NONE on the host, its
+        // zero byte from the file loaded first): the core is still written,
+        // that page a hole.
+        let dir = Scratch::new("core");
+        let mut elf = std::fs::read(guest("hvt", "fault")?).map_err(|e| e.to_string())?;
+        let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+        let phnum = u16::from_le_bytes([elf[0x38], elf[0x39]]) as usize;
+        let mut headers: Vec<Vec<u8>> =
+            (0..phnum).map(|i| elf[phoff + i * 56..phoff + (i + 1) * 56].to_vec()).collect();
+        let kind = |h: &Vec<u8>| u32::from_le_bytes(h[0..4].try_into().unwrap());
+        let interp = headers.iter().position(|h| kind(h) == 3).ok_or("the fault guest has no INTERP header")?;
+        headers.remove(interp);
+        let offset = elf.len().next_multiple_of(4096) as u64;
+        elf.resize(offset as usize + 4096, 0);
+        let mut ph = Vec::new();
+        for v in [1u32, 0] {
+            ph.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [offset, 0x20_0000, 0x20_0000, 4096, 4096, 4096] {
+            ph.extend_from_slice(&v.to_le_bytes());
+        }
+        // After the last PT_LOAD: loadable segments go in ascending order.
+        let after = headers.iter().rposition(|h| kind(h) == 1).ok_or("the fault guest has no PT_LOAD")?;
+        headers.insert(after + 1, ph);
+        elf[phoff..phoff + phnum * 56].copy_from_slice(&headers.concat());
+        let image = dir.0.join("no-permissions.hvt");
+        std::fs::write(&image, &elf).map_err(|e| e.to_string())?;
+        let mut c = Command::new(tender("hvt"));
+        c.arg(format!("--dumpcore={}", dir.0.display())).arg(&image).arg("abort");
+        let r = run_with(c, Duration::from_secs(60))?;
+        r.expect_status(255)?;
+        let core = the_core(&dir.0, &r.stderr)?;
+        let bytes = std::fs::read(&core).map_err(|e| e.to_string())?;
+        // The image's code is in the core, where the guest had it.
+        let text = &elf[0x1000..0x1100];
+        if bytes.get(4096 + 0x10_0000..4096 + 0x10_0100) != Some(text) {
+            return Err(format!("the core does not hold the guest's code\n{}", r.dump()));
+        }
+        r.expect_stderr("dumpcore: dumped ")
+    }));
     v.push(case("hvt::dumpcore_writes_nothing_for_a_clean_exit", Needs::Target("hvt"), || {
         let dir = Scratch::new("core");
         for status in ["0", "3"] {
