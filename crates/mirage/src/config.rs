@@ -742,7 +742,8 @@ pub fn size(s: &str) -> Option<u64> {
             },
         ),
     };
-    num.parse::<u64>().ok().map(|n| n * mult)
+    // A size past u64 is no size (rather than one wrapped round).
+    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult))
 }
 
 fn device(p: &Parser<'_>, key: &str, item: &Item, dir: &Path) -> Result<Kind, Error> {
@@ -1269,5 +1270,9 @@ default = 8080
         assert_eq!(size("512 KiB"), Some(512 << 10));
         assert_eq!(size("1024"), Some(1024));
         assert_eq!(size("3X"), None);
+        // Past u64: refused, not wrapped round to a small size.
+        assert_eq!(size("17179869184G"), None);
+        assert_eq!(size("17179869185G"), None);
+        assert_eq!(size("16777215G"), Some(16_777_215 << 30));
     }
 }

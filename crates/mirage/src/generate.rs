@@ -501,10 +501,11 @@ fn build_rs(config: &Config, opts: &Options) -> Option<String> {
             let d = directory.to_string_lossy().replace('\\', "/");
             let _ = writeln!(
                 b,
-                "    mirage_kv::crunch::generate_named(&unikernel.join({}), &out.join(\"{}.rs\"), \"{}\")\n        .expect(\"compiling the kv-ro directory {d}\");",
+                "    mirage_kv::crunch::generate_named(&unikernel.join({}), &out.join(\"{}.rs\"), \"{}\")\n        .expect({});",
                 lit(&d),
                 ident(name),
-                kv_static(name)
+                kv_static(name),
+                lit(&format!("compiling the kv-ro directory {d}"))
             );
         }
     }
@@ -943,6 +944,24 @@ mod tests {
             "{}",
             main.text
         );
+    }
+
+    #[test]
+    fn a_directory_name_is_never_code_in_build_rs() {
+        // A kv-ro directory whose name would close a string literal.
+        let name = "x\"); std::process::exit(7); (\"";
+        let dir = std::env::temp_dir().join(format!("mirage-generate-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        let text = format!(
+            "[unikernel]\nname = \"w\"\nstart = \"w::start\"\narguments = [\"htdocs\"]\n\n[devices]\nhtdocs = {{ kind = \"kv-ro\", directory = {} }}\n",
+            lit(name)
+        );
+        let c = crate::config::parse(Path::new("mirage.toml"), &text, &dir, "w".into());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let opts = Options { target: Target::Hvt, net: UnixNet::Direct, dhcp: true, kv_tar: false, kv_fat: false };
+        let b = build_rs(&c.unwrap(), &opts).unwrap();
+        assert!(b.contains(&format!(".expect({});", lit(&format!("compiling the kv-ro directory {name}")))), "{b}");
+        assert!(!b.contains("exit(7); (\"\")"), "{b}");
     }
 
     #[test]
