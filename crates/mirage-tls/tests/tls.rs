@@ -344,6 +344,22 @@ impl Flow for Trickle {
 }
 
 #[test]
+fn a_configuration_never_prints_its_private_keys() {
+    setup();
+    let pki = Pki::new("debug");
+    for kind in ["ec", "ed25519", "rsa"] {
+        pki.leaf(kind, kind, &["server.test"]);
+    }
+    let server = server_config(&pki, &["ec", "ed25519", "rsa"], &[]);
+    let text = format!("{server:?}");
+    // The RSA key's private parts, as `rsa`'s own Debug names them.
+    for secret in ["primes", "precomputed", "BoxedUint", "BigUint"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert!(text.contains("bits"), "{text}");
+}
+
+#[test]
 fn records_a_byte_at_a_time() {
     setup();
     let pki = Pki::new("trickle");

@@ -138,8 +138,20 @@ pub(crate) const RSA_SCHEMES: [SignatureScheme; 6] = [
     SignatureScheme::RSA_PKCS1_SHA512,
 ];
 
-#[derive(Debug)]
 struct Rsa(Arc<rsa::RsaPrivateKey>);
+
+/// The key's size, never its parts: `rsa`'s own `Debug` prints the private
+/// exponent and primes, and a configuration holding this key is `Debug`.
+fn rsa_debug(f: &mut core::fmt::Formatter<'_>, name: &str, key: &rsa::RsaPrivateKey) -> core::fmt::Result {
+    use rsa::traits::PublicKeyParts;
+    f.debug_struct(name).field("bits", &key.n().bits()).finish_non_exhaustive()
+}
+
+impl core::fmt::Debug for Rsa {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        rsa_debug(f, "Rsa", &self.0)
+    }
+}
 
 impl SigningKey for Rsa {
     fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
@@ -158,10 +170,15 @@ impl SigningKey for Rsa {
     }
 }
 
-#[derive(Debug)]
 struct RsaSigner {
     key: Arc<rsa::RsaPrivateKey>,
     scheme: SignatureScheme,
+}
+
+impl core::fmt::Debug for RsaSigner {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        rsa_debug(f, "RsaSigner", &self.key)
+    }
 }
 
 fn rsa_sign<S, K>(key: K, message: &[u8]) -> Result<Vec<u8>, rustls::Error>
