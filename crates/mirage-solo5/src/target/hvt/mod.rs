@@ -496,7 +496,9 @@ fn net_read_hypercall(handle: u64, buf: &mut [u8]) -> Result<(usize, u8), Error>
     // SAFETY: the tender writes at most r.len bytes into `buf`, a live,
     // exclusive slice.
     unsafe { hypercall(&mut r) };
-    Error::check(r.ret).map(|()| (r.len as usize, r.flags as u8))
+    // The tender's length is clamped to the buffer, as the ring's is: a
+    // faulty tender must not make a reader index past it.
+    Error::check(r.ret).map(|()| ((r.len as usize).min(buf.len()), r.flags as u8))
 }
 
 /// Reports a CPU exception, at CPL 3 on the trap stack, then halts with
