@@ -321,7 +321,15 @@ fn connection<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, rec: Record, now
         let cover = ack.filter(|_| taken && synchronized && seg.control != TcpControl::Rst);
         let window = cover.and_then(|a| r.zero_window_cover(a, seg.window));
         if seg.control == TcpControl::Fin {
-            r.fin_end = Some(seg.seq.wrapping_add(seg.len).wrapping_add(1));
+            // Only a FIN the engine can take ends the stream: one that
+            // reaches the next byte expected (or a copy of it). One past
+            // that, out of order or far outside the window, would set an
+            // end the reaper waits to see acknowledged for ever, while
+            // its copies restarted the engine's TIME-WAIT timer.
+            let end = seg.seq.wrapping_add(seg.len).wrapping_add(1);
+            if r.rcv_nxt.is_none_or(|nxt| seq_le(seg.seq, nxt) && seq_le(nxt, end)) {
+                r.fin_end = Some(end);
+            }
         }
         r.peer_mac = seg.mac;
         if seg.len > 0 {

@@ -858,6 +858,48 @@ fn a_closed_connection_is_forgotten_without_waiting_out_time_wait() {
 }
 
 #[test]
+fn a_fin_far_past_the_window_does_not_hold_time_wait() {
+    // The peer acknowledges b's FIN and sends its own, then a second FIN
+    // a quarter of the sequence space ahead, and repeats that one every
+    // 9 s. Taken as the connection's FIN, it put the end b waits to have
+    // acknowledged out of reach, and each copy restarted the engine's
+    // TIME-WAIT timer: the socket and its buffers were never freed.
+    run(async {
+        let p = pair_with(82, Faults::default(), config(A, 1), config(B, 2));
+        // `tcp_frame_with` speaks to port 7.
+        serve(&p.b, 7, 4).await;
+        introduce_x(&p);
+        sleep(Duration::from_millis(5)).await;
+        let idle = p.b.stats().tcp_sockets;
+        let port = 40_001;
+        let to_x = |f: &Vec<u8>| seen(f).filter(|s| s.dst == (X, port));
+        let isn = 7_000_000u32;
+        inject(&p, tcp_frame_with(isn, 0, SYN, 65535, &[2, 4, 0x05, 0xb4], b"", port));
+        sleep(Duration::from_millis(5)).await;
+        let synack = p.from_b.borrow().iter().rev().find_map(to_x).expect("no SYN-ACK");
+        let nxt = isn + 1;
+        inject(&p, tcp_frame_with(nxt, synack.seq + 1, ACK, 65535, &[], b"", port));
+        inject(&p, tcp_frame_with(nxt, synack.seq + 1, ACK, 65535, &[], b"GET\n", port));
+        sleep(Duration::from_millis(50)).await;
+        let fin = p.from_b.borrow().iter().find_map(|f| to_x(f).filter(|s| s.flags & FIN != 0));
+        let fin = fin.unwrap_or_else(|| {
+            panic!("b did not close: {:?}", p.from_b.borrow().iter().filter_map(to_x).collect::<Vec<_>>())
+        });
+        let (nxt, b_end) = (nxt + 4, fin.seq.wrapping_add(fin.len as u32) + 1);
+        let far = tcp_frame_with(nxt.wrapping_add(0x1000_0000), b_end, FIN | ACK, 65535, &[], b"x", port);
+        inject(&p, tcp_frame_with(nxt, b_end, FIN | ACK, 65535, &[], b"", port));
+        inject(&p, far.clone());
+        for _ in 0..3 {
+            sleep(Duration::from_secs(9)).await;
+            inject(&p, far.clone());
+        }
+        sleep(Duration::from_secs(1)).await;
+        let held = p.b.stats().tcp_sockets;
+        assert!(held <= idle, "{held} TCP sockets held 28 s after the close ({idle} before)");
+    });
+}
+
+#[test]
 fn both_close_at_once() {
     run(async {
         let (a, b, _) = pair(13, HARSH);
