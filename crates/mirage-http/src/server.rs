@@ -717,7 +717,11 @@ async fn close<F: Flow, W: WallClock>(mut flow: F, status: Option<u16>, clock: &
             Ok(Ok(()))
         );
         drop(out);
-        if sent && flow.shutdown().await.is_ok() {
+        // A shutdown that writes (TLS's close_notify) waits on the peer's
+        // window: bounded as the answer's write is.
+        let shut =
+            sent && matches!(mirage_runtime::time::timeout(Duration::from_secs(5), flow.shutdown()).await, Ok(Ok(())));
+        if shut {
             let deadline = now() + Duration::from_secs(2);
             let mut sink = [0u8; 256];
             let mut budget = 1usize << 20;
@@ -729,5 +733,8 @@ async fn close<F: Flow, W: WallClock>(mut flow: F, status: Option<u16>, clock: &
             }
         }
     }
-    let _ = flow.close().await;
+    // Nor may the close wait on a peer that stopped reading (a flow whose
+    // close writes first, as TLS's does): past this, the flow is dropped,
+    // and its connection handed to the stack, which bounds it.
+    let _ = mirage_runtime::time::timeout(Duration::from_secs(10), flow.close()).await;
 }

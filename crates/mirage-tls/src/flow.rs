@@ -34,6 +34,10 @@ use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, ServerConfig};
 /// rustls accepts (64 KiB) plus one more record (2^14 + 2048 + header).
 pub const MAX_INCOMING: usize = 0xffff + 4 + 18_437;
 
+/// How long [`TlsFlow::close_tls`] waits for the peer to take what is
+/// pending and the close_notify alert.
+pub const CLOSE_NOTIFY_WAIT: mirage_runtime::time::Duration = mirage_runtime::time::Duration::from_secs(5);
+
 /// A connection's input buffer when idle, and its first size.
 const IDLE_INCOMING: usize = 2048;
 
@@ -193,6 +197,10 @@ pub struct TlsFlow<F, S> {
     peer_closed: bool,
     /// The first failure; every later operation answers it.
     failed: Option<Error>,
+    /// A write of records to the flow is under way: still set when one
+    /// was cancelled part-way (a timeout around it), after which the
+    /// record stream is cut and nothing more may follow it.
+    sending: bool,
 }
 
 /// A server-side TLS connection.
@@ -240,6 +248,7 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
             plain_at: 0,
             peer_closed: false,
             failed: None,
+            sending: false,
         }
     }
 
@@ -436,10 +445,17 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
 
     /// Writes what is encoded to the flow.
     async fn send(&mut self) -> Result<(), Error> {
+        if self.sending {
+            // The last write was cancelled with part of a record sent:
+            // the peer would take what follows as that record's rest.
+            return Err(self.fail(Error::Flow(flow::Error::Io)));
+        }
         if self.outgoing.len == 0 {
             return Ok(());
         }
+        self.sending = true;
         let r = self.flow.write_all(self.outgoing.pending()).await;
+        self.sending = false;
         // The room stays for the next record (a bulk write encrypts into
         // it again at once); it is given back when the connection waits
         // for its peer (`fill`).
@@ -481,10 +497,12 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
     }
 
     /// Sends what is pending, then ends the connection: close_notify, then
-    /// the flow's own close.
+    /// the flow's own close. A peer that does not take them within
+    /// [`CLOSE_NOTIFY_WAIT`] (it stopped reading, its window shut) gets
+    /// the flow's close without them: closing never waits on the peer.
     pub async fn close_tls(mut self) -> Result<(), Error> {
         if self.failed.is_none() && !self.conn.is_handshaking() && self.step(Want::Close).is_ok() {
-            let _ = self.send().await;
+            let _ = mirage_runtime::time::timeout(CLOSE_NOTIFY_WAIT, self.send()).await;
         }
         self.flow.close().await.map_err(Error::Flow)
     }

@@ -26,6 +26,6 @@ pub use config::{
     Certificates, ConfigError, ServerOptions, WallTime, client_config, load_certificates, load_roots, server_config,
 };
 pub use device::{Client, Server};
-pub use flow::{Error, TlsClient, TlsFlow, TlsServer};
+pub use flow::{CLOSE_NOTIFY_WAIT, Error, TlsClient, TlsFlow, TlsServer};
 pub use listener::TlsListener;
 pub use rustls;

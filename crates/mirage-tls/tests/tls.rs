@@ -13,6 +13,7 @@ use mirage_devices::flow::Flow;
 use mirage_devices::kv::Key;
 use mirage_devices::time::{Timestamp, WallClock};
 use mirage_runtime::join;
+use mirage_runtime::time::Duration;
 use mirage_tls::rustls::{self, CertificateError, HandshakeKind, ProtocolVersion};
 use mirage_tls::{Certificates, Error, ServerOptions, TlsClient, TlsServer, config};
 use pki::Pki;
@@ -357,6 +358,49 @@ fn a_configuration_never_prints_its_private_keys() {
         assert!(!text.contains(secret), "{secret} in {text}");
     }
     assert!(text.contains("bits"), "{text}");
+}
+
+#[test]
+fn closing_never_waits_on_a_peer_that_stopped_reading() {
+    setup();
+    let pki = Pki::new("unread");
+    pki.leaf("ec", "ec", &["server.test"]);
+    let server = server_config(&pki, &["ec"], &[]);
+    let client = client_config(&pki, 0, None, &[]);
+    let (waited, closed) = common::run(async move {
+        let (s_end, c_end) = pair(4096);
+        let name = rustls::pki_types::ServerName::try_from("server.test").unwrap();
+        let (stalled, closed) =
+            (std::rc::Rc::new(std::cell::Cell::new(false)), std::rc::Rc::new(std::cell::Cell::new(false)));
+        let (s2, c2) = (stalled.clone(), closed.clone());
+        let serve = async move {
+            let mut tls = TlsServer::server(s_end, server).unwrap();
+            let mut buf = [0u8; 16];
+            let n = tls.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"hello");
+            // Write until the peer's window has shut, the write cancelled
+            // part-way by its timeout.
+            let block = [7u8; 16384];
+            while mirage_runtime::time::timeout(Duration::from_secs(1), tls.write_all(&block)).await.is_ok() {}
+            s2.set(true);
+            let started = mirage_runtime::time::now();
+            let _ = tls.close_tls().await;
+            c2.set(true);
+            mirage_runtime::time::now().as_nanos() - started.as_nanos()
+        };
+        let talk = async move {
+            let mut tls = TlsClient::client(c_end, client, name).unwrap();
+            tls.write_all(b"hello").await.unwrap();
+            // Never reads; holds the connection a minute.
+            mirage_runtime::time::sleep(Duration::from_secs(60)).await;
+            drop(tls);
+        };
+        let (waited, ()) = join(serve, talk).await;
+        assert!(stalled.get());
+        (waited, closed.get())
+    });
+    assert!(closed);
+    assert!(u128::from(waited) <= mirage_tls::CLOSE_NOTIFY_WAIT.as_nanos(), "close_tls waited {waited} ns");
 }
 
 #[test]
