@@ -61,6 +61,14 @@ fn server_config(pki: &Pki, files: &[&str], alpn: &[&[u8]]) -> Arc<rustls::Serve
     Arc::new(mirage_tls::server_config(certs(pki, files), &options, Clock::default()).unwrap())
 }
 
+/// A CA and one leaf of `kind` for "server.test" in a PKI named `name`: the
+/// server's configuration with it, and a client's trusting the CA.
+fn one_leaf(name: &str, kind: &str) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    let pki = Pki::new(name);
+    pki.leaf(kind, kind, &["server.test"]);
+    (server_config(&pki, &[kind], &[]), client_config(&pki, 0, None, &[]))
+}
+
 fn client_config(
     pki: &Pki,
     skew: i64,
@@ -363,10 +371,7 @@ fn a_configuration_never_prints_its_private_keys() {
 #[test]
 fn closing_never_waits_on_a_peer_that_stopped_reading() {
     setup();
-    let pki = Pki::new("unread");
-    pki.leaf("ec", "ec", &["server.test"]);
-    let server = server_config(&pki, &["ec"], &[]);
-    let client = client_config(&pki, 0, None, &[]);
+    let (server, client) = one_leaf("unread", "ec");
     let (waited, closed) = common::run(async move {
         let (s_end, c_end) = pair(4096);
         let name = rustls::pki_types::ServerName::try_from("server.test").unwrap();
@@ -406,10 +411,7 @@ fn closing_never_waits_on_a_peer_that_stopped_reading() {
 #[test]
 fn records_a_byte_at_a_time() {
     setup();
-    let pki = Pki::new("trickle");
-    pki.leaf("rsa", "rsa", &["server.test"]);
-    let server = server_config(&pki, &["rsa"], &[]);
-    let client = client_config(&pki, 0, None, &[]);
+    let (server, client) = one_leaf("trickle", "rsa");
     let got = common::run(async move {
         let (s_end, c_end) = pair(64 * 1024);
         let name = rustls::pki_types::ServerName::try_from("server.test").unwrap();
@@ -435,10 +437,7 @@ fn records_a_byte_at_a_time() {
 #[test]
 fn large_transfers_and_idle_memory() {
     setup();
-    let pki = Pki::new("large");
-    pki.leaf("ec", "ec", &["server.test"]);
-    let server = server_config(&pki, &["ec"], &[]);
-    let client = client_config(&pki, 0, None, &[]);
+    let (server, client) = one_leaf("large", "ec");
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let expect = data.clone();
     let (idle, got) = common::run(async move {
