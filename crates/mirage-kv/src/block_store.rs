@@ -31,7 +31,11 @@
 //! checksums fail) or whole: the store opens at `g`, the last acknowledged
 //! state, or at `g + 1`, never between; what a reserved block held before
 //! (an older record, a value, zeros) is never of generation `g + 1`, since
-//! generations only grow.
+//! generations only grow. Where opening stopped at a damaged record, the
+//! rest of that log may still hold whole records of later generations:
+//! the next change then takes a generation 2^32 ahead, in a record a
+//! superblock names at once, so that none of them is ever taken for a
+//! record after it.
 //!
 //! Every [`LOG_MAX`] records (or sooner, when space runs short) a
 //! checkpoint writes a superblock naming the last record into the slot not
@@ -43,7 +47,9 @@
 //! never seen half old, half new; `get` also checks its SHA-256.
 //!
 //! Opening reads at most one superblock's record and the log after it
-//! ([`LOG_MAX`] records): no journal to replay, no scan of the data. Free
+//! ([`LOG_MAX`] records, four times that at most where checkpoints kept
+//! failing; a longer log is damage): no journal to replay, no scan of
+//! the data. Free
 //! space is what the state does not name: the blocks of a replaced or
 //! removed value are free as soon as the change is committed, those of the
 //! log at the next checkpoint. A change must leave room for one more
@@ -110,6 +116,15 @@ const REC_HDR: usize = 96;
 /// Records written after a checkpoint before the next: bounds what
 /// opening follows, and what the log holds.
 pub const LOG_MAX: u32 = 32;
+/// The longest log a store writes (checkpoints that keep failing let it
+/// pass [`LOG_MAX`]; past this a change fails until one succeeds), and
+/// so the most records opening follows.
+const LOG_LIMIT: u32 = 4 * LOG_MAX;
+/// How far the generation moves at the first change after opening
+/// stopped at a damaged record: past any record the abandoned rest of
+/// that log may hold (at most [`LOG_LIMIT`] of them), so that none is
+/// ever taken for the next one.
+const GENERATION_JUMP: u64 = 1 << 32;
 /// Bytes of a superblock: fields (80) and their SHA-256 (32).
 const SUPER_LEN: usize = 112;
 /// The block size [`BlockStore::format`] picks when asked for none.
@@ -584,6 +599,10 @@ struct State {
     held: Vec<u64>,
     /// Records written since the last checkpoint.
     log_len: u32,
+    /// Opening stopped at a damaged record: records of later generations
+    /// may still lie past it, so the next change takes a generation
+    /// [`GENERATION_JUMP`] ahead, in a record a superblock names at once.
+    jump: bool,
 }
 
 /// A read-write store on a block device; `C` stamps modification times.
@@ -847,6 +866,10 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
                         })
                     };
                     let cursor = if l.next == 0 { g.first } else { l.next + 1 };
+                    // Past a damaged record, the next change goes where a
+                    // superblock names it, not into the block the last
+                    // whole record reserved (which the damaged one took).
+                    let jump = l.note.is_some();
                     let state = State {
                         generation: l.generation,
                         slot: *slot,
@@ -857,9 +880,10 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
                         record: l.record,
                         rec_len: l.rec_len,
                         rec_sha: l.rec_sha,
-                        next: l.next,
+                        next: if jump { 0 } else { l.next },
                         held: l.held,
                         log_len: l.log_len,
+                        jump,
                     };
                     return Ok(BlockStore {
                         block,
@@ -926,6 +950,10 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         };
         while l.next != 0 {
             let Some(expect) = l.generation.checked_add(1) else { break };
+            if l.log_len >= LOG_LIMIT {
+                l.note = Some(format!("the log goes on past {LOG_LIMIT} records, more than the store writes"));
+                break;
+            }
             let mut bits = chain.clone();
             let mut blocks = Vec::new();
             let (r, blob) = match follow(block, g, l.next, expect, &mut bits, &mut blocks).await {
@@ -1064,11 +1092,17 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
     ) -> Result<(), Error> {
         let g = self.geo;
         let index = serialize(&entries)?;
+        if self.state.borrow().log_len >= LOG_LIMIT {
+            // Checkpoints have failed since LOG_MAX records: no longer
+            // log than opening follows.
+            self.checkpoint().await?;
+        }
         let (generation, reserved, cursor) = {
             let s = self.state.borrow();
+            let step = if s.jump { GENERATION_JUMP } else { 1 };
             // A generation no counter reaches but an image can claim: the
             // store stays readable and takes no change.
-            (s.generation.checked_add(1).ok_or(Error::Io)?, s.next, s.cursor)
+            (s.generation.checked_add(step).ok_or(Error::Io)?, s.next, s.cursor)
         };
         let n = g.index_blocks(REC_HDR + index.len());
         // A version-1 store reserved no block: its first record goes
@@ -1118,6 +1152,7 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
             st.next = next;
             st.cursor = next + 1;
             st.log_len += 1;
+            st.jump = false;
             st.used = used_by(&g, &st)?;
         }
         let held = {
@@ -1902,6 +1937,54 @@ mod tests {
     }
 
     #[test]
+    fn a_change_after_a_roll_back_never_meets_the_abandoned_log() {
+        let d = Disk::blank(64 << 10);
+        let s = now(BlockStore::format(&d, Clock, Some(1024))).unwrap();
+        let mut heads = Vec::new();
+        for v in [b"one", b"two", b"six"] {
+            now(s.set(&k("a"), v)).unwrap();
+            heads.push(s.state.borrow().record[0]);
+        }
+        // The record of "two" damaged: the store opens at "one", and
+        // "six" lies whole past it, one generation on.
+        d.live.borrow_mut()[heads[1] as usize * 1024 + NEXT_LEN + REC_HDR + 12] ^= 0x40;
+        let s = open(&d);
+        assert!(s.recovery().is_some());
+        assert_eq!(now(s.get(&k("a"))).unwrap(), b"one");
+        // An acknowledged change after it survives reopening, and "six"
+        // never comes back: the change's record reserved the block "six"
+        // lies in, a generation on from the change.
+        now(s.set(&k("b"), b"kept")).unwrap();
+        let s = open(&d);
+        assert_eq!(s.recovery(), None);
+        assert_eq!(now(s.get(&k("a"))).unwrap(), b"one");
+        assert_eq!(now(s.get(&k("b"))).unwrap(), b"kept");
+        now(s.set(&k("c"), b"kept too")).unwrap();
+        let s = open(&d);
+        assert_eq!(now(s.get(&k("b"))).unwrap(), b"kept");
+        assert_eq!(now(s.get(&k("c"))).unwrap(), b"kept too");
+    }
+
+    #[test]
+    fn opening_follows_no_longer_log_than_the_store_writes() {
+        let d = Disk::blank(1 << 20);
+        let s = now(BlockStore::format(&d, Clock, Some(1024))).unwrap();
+        // Checkpoints that never happen: the log as a hostile image (or
+        // checkpoints failing for ever) would leave it.
+        for i in 0..LOG_LIMIT + 10 {
+            now(s.set(&k("a"), &i.to_le_bytes())).unwrap();
+            if s.state.borrow().log_len >= LOG_LIMIT {
+                break;
+            }
+            s.state.borrow_mut().log_len = 0;
+        }
+        let s = open(&d);
+        let why = s.recovery().unwrap();
+        assert!(why.contains("past 128 records"), "{why}");
+        assert_eq!(s.state.borrow().log_len, LOG_LIMIT);
+    }
+
+    #[test]
     fn a_newer_damaged_index_rolls_back_with_a_message() {
         let d = Disk::blank(64 << 10);
         let s = now(BlockStore::format(&d, Clock, Some(1024))).unwrap();
@@ -1915,11 +1998,18 @@ mod tests {
         assert_eq!(now(s.get(&k("a"))).unwrap(), b"first");
         let why = s.recovery().unwrap();
         assert!(why.contains("checksum"), "{why}");
-        // The record a superblock names: the other slot's, older.
-        for i in 0..LOG_MAX {
+        // The record a superblock names: the other slot's, older. The
+        // first change after the roll back is named by one at once; then
+        // changes until the next checkpoint, within LOG_MAX records.
+        now(s.set(&k("b"), &[0; 3])).unwrap();
+        assert_eq!(s.state.borrow().log_len, 0, "the first change after a roll back is checkpointed");
+        for i in 1..=LOG_MAX {
             now(s.set(&k("b"), &[i as u8; 3])).unwrap();
+            if s.state.borrow().log_len == 0 {
+                break;
+            }
         }
-        assert_eq!(s.state.borrow().log_len, 0, "a checkpoint after {LOG_MAX} records");
+        assert_eq!(s.state.borrow().log_len, 0, "a checkpoint within {LOG_MAX} records");
         let slot = s.state.borrow().slot;
         let head = {
             let mut b = [0u8; 512];
