@@ -1838,19 +1838,17 @@ impl<B: Block, C: WallClock> KvRw for Fat<B, C> {
         check_name(to.basename())?;
         let r = async {
             let to_dir = self.mkdirs(st, &to.parent()).await?;
-            if let Some(old) = self.lookup(st, to_dir, to.basename()).await? {
-                if to_dir == from_dir && old.slot == e.slot {
-                    // The same file under another case: renamed below.
-                } else {
-                    self.remove_entry(st, to_dir, old).await?;
-                }
-            }
-            // Slots never move (a removal only marks them deleted), so `e`
-            // still names the old entry: add the new name, then drop it.
             let d = self.read_dir(st, from_dir).await?;
             let attr = d.bytes.get(e.slot * 32 + 11).copied().ok_or(Error::Io)?;
-            self.add_entry(st, to_dir, to.basename(), attr, e.cluster, e.size).await?;
+            // The old name goes first (its clusters stay, now named by `e`
+            // alone): what `to` names may be a directory holding it (`/a/b`
+            // to `/a`), whose removal would otherwise free them. Another
+            // case of the same name is then no longer found below.
             self.delete_entry(st, from_dir, &e).await?;
+            if let Some(old) = self.lookup(st, to_dir, to.basename()).await? {
+                self.remove_entry(st, to_dir, old).await?;
+            }
+            self.add_entry(st, to_dir, to.basename(), attr, e.cluster, e.size).await?;
             if e.is_dir() && to_dir != from_dir {
                 let child = self.child_dir(&e)?;
                 let dd = self.dotdot(to_dir);

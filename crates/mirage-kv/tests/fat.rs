@@ -219,6 +219,13 @@ fn write_tree(fat: &Fat<FileBlock, Clock>) -> BTreeMap<String, Vec<u8>> {
     assert_eq!(block_on(fat.set(&k("/deep"), b"x")), Err(Error::ValueExpected));
     assert_eq!(block_on(fat.rename(&k("/deep"), &k("/deep/er/x"))), Err(Error::InvalidKey));
     assert_eq!(block_on(fat.rename(&k("/deep"), &k("/DEEP/er/x"))), Err(Error::InvalidKey));
+    // Onto the directory holding it: the directory and the rest of it go,
+    // as in every store, and the file's clusters stay its own.
+    block_on(fat.set(&k("/up/b"), &[5u8; 5000])).unwrap();
+    block_on(fat.set(&k("/up/c"), b"goes with /up")).unwrap();
+    block_on(fat.rename(&k("/up/b"), &k("/up"))).unwrap();
+    t.insert("/up".into(), vec![5u8; 5000]);
+    assert!(block_on(fat.get(&k("/up/c"))).is_err());
     // Another case of the same name: the file is renamed, not removed.
     block_on(fat.rename(&k("/zeros"), &k("/Zeros"))).unwrap();
     assert_eq!(block_on(fat.list(&Key::root())).unwrap().iter().filter(|(k, _)| k.as_str() == "/Zeros").count(), 1);
