@@ -33,6 +33,18 @@ fn guest_image(
     scratch: &Scratch,
     adjust: impl FnOnce(&mut Unikernel),
 ) -> Result<(String, PathBuf), String> {
+    guest_image_with(target, guest, cmdline, scratch, adjust, Vec::new())
+}
+
+/// As [`guest_image`], with more files in the image.
+fn guest_image_with(
+    target: &str,
+    guest: &str,
+    cmdline: &str,
+    scratch: &Scratch,
+    adjust: impl FnOnce(&mut Unikernel),
+    more: Vec<Entry>,
+) -> Result<(String, PathBuf), String> {
     let binary = format!("/unikernel/{guest}.{target}");
     let tender = format!("/unikernel/solo5-{target}");
     let mut u = Unikernel {
@@ -47,10 +59,11 @@ fn guest_image(
     };
     adjust(&mut u);
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    let files = [
+    let mut files = vec![
         Entry { path: binary, mode: 0o644, data: read(&testkit::guest(target, guest)?)? },
         Entry { path: tender, mode: 0o755, data: read(&testkit::tender(target))? },
     ];
+    files.extend(more);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
     let reference = format!("localhost/mirage/{guest}-{n}:{target}");
     let path = scratch.0.join(format!("{guest}-{n}.oci.tar"));
@@ -186,6 +199,28 @@ fn own_namespace(target: &'static str) -> TestResult {
 }
 
 /// A unikernel that faults is reported with the tender's own status.
+/// A block device on a disk image in the image: the runtime opens it once
+/// and hands the tender its descriptor, and the guest writes and reads it
+/// back through that.
+fn block_device_from_the_image(target: &'static str, rt: Runtime) -> TestResult {
+    let scratch = Scratch::new("oci-block");
+    let disk = Entry { path: "/unikernel/disk.img".into(), mode: 0o644, data: vec![0; 1 << 20] };
+    let (image, tarball) = guest_image_with(
+        target,
+        "blk",
+        "",
+        &scratch,
+        |u| u.blocks = vec![("storage".into(), "/unikernel/disk.img".into())],
+        vec![disk],
+    )?;
+    let ctd = Containerd::start()?;
+    ctd.import(&tarball)?;
+    let r = ctd.run_on(rt, &["--rm"], &image, &format!("block-{target}"), &[])?;
+    r.expect_status(0)?;
+    r.expect_stdout("verified 205 blocks")?;
+    r.expect_stdout("SUCCESS")
+}
+
 fn crash_is_reported(target: &'static str, rt: Runtime) -> TestResult {
     let scratch = Scratch::new("oci-crash");
     let direct = testkit::boot(target, &[], "fault", &["unmapped"])?;
@@ -796,6 +831,9 @@ pub fn cases(v: &mut Vec<Case>) {
             }));
             v.push(case(format!("oci::{t}_{n}_crash_is_reported_with_its_status"), needs, move || {
                 crash_is_reported(t, rt)
+            }));
+            v.push(case(format!("oci::{t}_{n}_block_device_from_the_image"), needs, move || {
+                block_device_from_the_image(t, rt)
             }));
             v.push(case(format!("oci::{t}_{n}_malformed_images_are_refused"), needs, move || {
                 malformed_images_are_refused(t, rt)

@@ -103,8 +103,10 @@ struct Spec {
     /// the host's.
     netns: Option<Option<PathBuf>>,
     memory_limit: Option<i64>,
-    /// (destination, source) of bind mounts.
-    binds: Vec<(String, PathBuf)>,
+    /// (destination, source, read-only) of bind mounts.
+    binds: Vec<(String, PathBuf, bool)>,
+    /// The root file system is mounted read-only (`root.readonly`).
+    root_readonly: bool,
     cgroups_path: Option<String>,
 }
 
@@ -147,7 +149,10 @@ fn read_spec(bundle: &Path) -> Result<Spec, Failure> {
             m["type"] == "bind"
                 || m["options"].as_array().is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"))
         })
-        .filter_map(|m| Some((m["destination"].as_str()?.to_string(), PathBuf::from(m["source"].as_str()?))))
+        .filter_map(|m| {
+            let ro = m["options"].as_array().is_some_and(|o| o.iter().any(|x| x == "ro"));
+            Some((m["destination"].as_str()?.to_string(), PathBuf::from(m["source"].as_str()?), ro))
+        })
         .collect();
     Ok(Spec {
         rootfs,
@@ -157,6 +162,7 @@ fn read_spec(bundle: &Path) -> Result<Spec, Failure> {
         netns,
         memory_limit: v["linux"]["resources"]["memory"]["limit"].as_i64(),
         binds,
+        root_readonly: v["root"]["readonly"].as_bool().unwrap_or(false),
         cgroups_path: v["linux"]["cgroupsPath"].as_str().filter(|p| !p.is_empty()).map(String::from),
     })
 }
@@ -180,18 +186,26 @@ fn describe(spec: &Spec) -> Result<Option<Unikernel>, Failure> {
     Unikernel::from_description_file(&read_small(&file, 1 << 20)?).map_err(bad)
 }
 
-/// The host path of `path` in the container: under the bind mount with
-/// the longest destination that holds it, else in the root file system;
-/// a regular file that stays there once links are followed.
-fn resolve(spec: &Spec, what: &str, path: &str) -> Result<PathBuf, Failure> {
+/// Where `path` in the container lies on the host: the bind mount with
+/// the longest destination that holds it, else the root file system; its
+/// host directory, the rest of the path below it, and whether that mount
+/// is read-only.
+fn mount_of(spec: &Spec, path: &str) -> (PathBuf, String, bool) {
     let under = |dest: &str| {
         let dest = dest.trim_end_matches('/');
         path == dest || path.strip_prefix(dest).is_some_and(|r| r.starts_with('/')) || dest.is_empty()
     };
-    let (base, rest) = match spec.binds.iter().filter(|(d, _)| under(d)).max_by_key(|(d, _)| d.len()) {
-        Some((dest, source)) => (source.clone(), path[dest.trim_end_matches('/').len()..].to_string()),
-        None => (spec.rootfs.clone(), path.to_string()),
-    };
+    match spec.binds.iter().filter(|(d, _, _)| under(d)).max_by_key(|(d, _, _)| d.len()) {
+        Some((dest, source, ro)) => (source.clone(), path[dest.trim_end_matches('/').len()..].to_string(), *ro),
+        None => (spec.rootfs.clone(), path.to_string(), spec.root_readonly),
+    }
+}
+
+/// The host path of `path` in the container: under the bind mount with
+/// the longest destination that holds it, else in the root file system;
+/// a regular file that stays there once links are followed.
+fn resolve(spec: &Spec, what: &str, path: &str) -> Result<PathBuf, Failure> {
+    let (base, rest, _) = mount_of(spec, path);
     let candidate = if rest.is_empty() { base.clone() } else { base.join(rest.trim_start_matches('/')) };
     let missing = |e: std::io::Error| {
         Failure::new(
@@ -211,6 +225,38 @@ fn resolve(spec: &Spec, what: &str, path: &str) -> Result<PathBuf, Failure> {
         return Err(Failure::new(format!("the {what} {path} is not a regular file"), "repack the image"));
     }
     Ok(real)
+}
+
+/// Opens the disk image of block device `name` at `path` in the
+/// container, read-write, for the tender to take from the container's
+/// process by its descriptor: the file checked is the file the guest gets,
+/// whatever the container (or another sharing the volume) does to the
+/// path between `create` and `start`. Refused on a read-only mount, and
+/// if the path changed while it was opened.
+fn open_disk(spec: &Spec, name: &str, path: &str) -> Result<File, Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let what = format!("disk image of block device {name}");
+    let real = resolve(spec, &what, path)?;
+    if mount_of(spec, path).2 {
+        return Err(Failure::new(
+            format!("the {what} {path} is on a read-only mount, and the unikernel writes to its block devices"),
+            "mount it read-write in config.json, or give the unikernel no such device",
+        ));
+    }
+    let changed = || Failure::new(format!("the {what} {path} changed while it was opened"), "try again");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&real)
+        .map_err(|e| Failure::new(format!("the {what} {path}: {}: {e}", real.display()), "check the file"))?;
+    // What was opened, as the kernel names it: the checked path, or the
+    // path was swapped (a directory of it made a link) in between.
+    let opened = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).map_err(|_| changed())?;
+    if opened != real || !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(changed());
+    }
+    Ok(f)
 }
 
 /// The tender to run: the one installed beside mirage-runc (or on PATH);
@@ -358,7 +404,7 @@ pub fn create(global: &Global, id: &str, options: &CreateOptions) -> Result<(), 
     }
     let mut disks = Vec::new();
     for (name, path) in &unikernel.blocks {
-        disks.push((name.clone(), resolve(&spec, &format!("disk image of block device {name}"), path)?));
+        disks.push((name.clone(), open_disk(&spec, name, path)?));
     }
     let mem = match spec.memory_limit.filter(|&l| l > 0) {
         Some(limit) => {
@@ -476,8 +522,18 @@ pub fn create(global: &Global, id: &str, options: &CreateOptions) -> Result<(), 
         }
         made.netns = Some(ns);
     }
-    for (name, path) in &disks {
-        tender_args.push(format!("--block:{name}={}", path.display()));
+    for (name, file) in &disks {
+        // The container's process, and the tender it becomes, inherit the
+        // descriptor (it is not closed on exec); the tender opens the file
+        // again through it.
+        // SAFETY: F_SETFD on a descriptor this function owns.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFD, 0) } != 0 {
+            return Err(Failure::new(
+                format!("cannot pass block device {name}: {}", std::io::Error::last_os_error()),
+                "check the host",
+            ));
+        }
+        tender_args.push(format!("--block:{name}=/proc/self/fd/{}", file.as_raw_fd()));
     }
     for word in extra {
         if !cmdline.is_empty() {
@@ -849,7 +905,7 @@ mod tests {
         assert_eq!(start_time(i32::MAX), None);
     }
 
-    fn spec(root: &Path, binds: Vec<(String, PathBuf)>) -> Spec {
+    fn spec(root: &Path, binds: Vec<(String, PathBuf, bool)>) -> Spec {
         Spec {
             rootfs: root.to_path_buf(),
             annotations: BTreeMap::new(),
@@ -858,6 +914,7 @@ mod tests {
             netns: None,
             memory_limit: None,
             binds,
+            root_readonly: false,
             cgroups_path: None,
         }
     }
@@ -873,7 +930,7 @@ mod tests {
         std::fs::write(data.join("disk.img"), b"y").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.join("unikernel/evil")).unwrap();
         std::os::unix::fs::symlink("web.hvt", root.join("unikernel/alias")).unwrap();
-        let s = spec(&root, vec![("/data".into(), data.clone())]);
+        let s = spec(&root, vec![("/data".into(), data.clone(), false)]);
         assert_eq!(
             resolve(&s, "unikernel", "/unikernel/web.hvt").unwrap(),
             root.join("unikernel/web.hvt").canonicalize().unwrap()
@@ -885,6 +942,32 @@ mod tests {
         let e = resolve(&s, "unikernel", "/unikernel/none").unwrap_err();
         assert!(e.cause.contains("is not in the container"), "{e:?}");
         assert!(resolve(&s, "unikernel", "/unikernel").unwrap_err().cause.contains("not a regular file"));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn disks_are_opened_once_and_never_on_a_read_only_mount() {
+        let base = std::env::temp_dir().join(format!("mirage-runc-disks-{}", std::process::id()));
+        let (root, data, ro) = (base.join("rootfs"), base.join("data"), base.join("ro"));
+        for d in [&root, &data, &ro] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(data.join("disk.img"), b"y").unwrap();
+        std::fs::write(ro.join("disk.img"), b"z").unwrap();
+        let mut s = spec(&root, vec![("/data".into(), data.clone(), false), ("/ro".into(), ro.clone(), true)]);
+        let f = open_disk(&s, "storage", "/data/disk.img").unwrap();
+        assert_eq!(std::fs::read(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap(), b"y");
+        // The path made a link to a host file afterwards: the descriptor
+        // still names the file that was checked.
+        std::fs::rename(data.join("disk.img"), data.join("moved.img")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", data.join("disk.img")).unwrap();
+        assert_eq!(std::fs::read(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap(), b"y");
+        let e = open_disk(&s, "storage", "/ro/disk.img").unwrap_err();
+        assert!(e.cause.contains("read-only mount"), "{e:?}");
+        std::fs::write(root.join("disk.img"), b"r").unwrap();
+        assert!(open_disk(&s, "storage", "/disk.img").is_ok());
+        s.root_readonly = true;
+        assert!(open_disk(&s, "storage", "/disk.img").unwrap_err().cause.contains("read-only mount"));
         let _ = std::fs::remove_dir_all(&base);
     }
 }
