@@ -55,6 +55,9 @@ pub(crate) struct HalfOpen {
     pub mac: [u8; 6],
     pub tries: u8,
     pub next: Instant,
+    /// The peer's ACK came, and a connection was shed to make room for
+    /// it: a copy of that ACK waits for the room, and sheds no other.
+    pub made_room: bool,
 }
 
 /// The MSS values a cookie can carry (the common ones: the IPv4 minimum,
@@ -122,7 +125,7 @@ impl Handshakes {
         mac: [u8; 6],
         now: Instant,
     ) -> bool {
-        let entry = HalfOpen { peer_isn, isn, opts, mac, tries: 0, next: now + FIRST_RTO };
+        let entry = HalfOpen { peer_isn, isn, opts, mac, tries: 0, next: now + FIRST_RTO, made_room: false };
         self.queue.insert(t, entry).is_ok()
     }
 

@@ -573,13 +573,19 @@ enum Admit {
 /// the ACK: a SYN may come from a forged address, and a flood of them must
 /// not reset real connections. A SYN is answered when a connection could
 /// be shed, and refused otherwise.
-fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, now: Instant) -> Admit {
-    let full = inner.link.conns.table.is_full();
+/// Whether a new connection fits now: a free slot, and memory for its
+/// buffers (the pool's sockets freed first, before any connection is
+/// refused or shed).
+fn room(inner: &mut Inner) -> bool {
     let fits = |inner: &Inner| (inner.config.may_hold)(connection_cost(inner));
-    // The pool's sockets are freed before any connection is refused or shed.
-    if !full && (fits(inner) || (inner.drain_pool() && fits(inner))) {
+    !inner.link.conns.table.is_full() && (fits(inner) || (inner.drain_pool() && fits(inner)))
+}
+
+fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, now: Instant) -> Admit {
+    if room(inner) {
         return Admit::Yes;
     }
+    let full = inner.link.conns.table.is_full();
     match complete {
         true if crate::tcp::shed(inner, now) => return Admit::Later,
         false if crate::tcp::sheddable(inner, now) => return Admit::Yes,
@@ -678,7 +684,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
             let found = match known {
                 Some(h) => {
                     inner.handshakes.queue.remove(&seg.t);
-                    Some((h.peer_isn, h.opts))
+                    Some((h.peer_isn, h.opts, h.made_room))
                 }
                 None => {
                     let peer_isn = seg.seq.wrapping_sub(1);
@@ -687,12 +693,17 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                         inner.handshakes.queue.remove(&seg.t);
                         inner.link.stats.cookies_accepted += 1;
                     }
-                    opts.map(|o| (peer_isn, o))
+                    opts.map(|o| (peer_isn, o, false))
                 }
             };
             match found {
-                Some((peer_isn, opts)) => {
-                    match admit(inner, net, &seg, true, now) {
+                Some((peer_isn, opts, made_room)) => {
+                    // A copy of an ACK that already made room waits for
+                    // it: each copy shedding another connection would let
+                    // one handshake reset a batch of them.
+                    let admitted =
+                        if made_room && !room(inner) { Admit::Later } else { admit(inner, net, &seg, true, now) };
+                    match admitted {
                         Admit::Yes => {}
                         // Room is being made: the segment waits for it (or,
                         // if it cannot, the half-open entry stays for its
@@ -700,6 +711,9 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                         // again).
                         Admit::Later => {
                             inner.handshakes.remember(seg.t, peer_isn, isn, opts, seg.mac, now);
+                            if let Some(h) = inner.handshakes.queue.get_mut(&seg.t) {
+                                h.made_room = true;
+                            }
                             defer(inner, now);
                             return Verdict::Drop;
                         }

@@ -1706,6 +1706,40 @@ fn connections_the_peer_never_closes_cost_a_small_record_each() {
 }
 
 #[test]
+fn copies_of_one_handshakes_ack_shed_one_connection() {
+    // The table full of idle connections, one handshake's last ACK comes
+    // three times in one batch: one idle connection makes room for it,
+    // the copies shed no more.
+    run(async {
+        let mut cb = config(B, 2);
+        cb.max_connections = 2;
+        cb.shed_idle = Some(Duration::from_millis(500));
+        let p = pair_with(83, Faults::default(), config(A, 1), cb);
+        // `tcp_frame_with` speaks to port 7.
+        serve(&p.b, 7, 4).await;
+        let mut idle = Vec::new();
+        for _ in 0..2 {
+            idle.push(p.a.connect(SocketAddr::new(B.into(), 7)).await.unwrap());
+        }
+        introduce_x(&p);
+        sleep(Duration::from_secs(1)).await;
+        let port = 40_002;
+        let isn = 9_000_000u32;
+        inject(&p, tcp_frame_with(isn, 0, SYN, 65535, &[2, 4, 0x05, 0xb4], b"", port));
+        sleep(Duration::from_millis(5)).await;
+        let synack = p.from_b.borrow().iter().rev().find_map(|f| seen(f).filter(|s| s.dst == (X, port)));
+        let synack = synack.expect("no SYN-ACK");
+        for _ in 0..3 {
+            inject(&p, tcp_frame_with(isn + 1, synack.seq + 1, ACK, 65535, &[], b"", port));
+        }
+        sleep(Duration::from_millis(100)).await;
+        let stats = p.b.stats();
+        assert_eq!(stats.shed, 1, "{stats:?}");
+        assert_eq!(idle.iter().filter(|c| c.peer().is_some()).count(), 1, "{stats:?}");
+    });
+}
+
+#[test]
 fn idle_connections_are_refused_past_the_memory_budget_then_shed_for_new_ones() {
     run(async {
         let mut ca = config(A, 1);
