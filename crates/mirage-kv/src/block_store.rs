@@ -1338,6 +1338,15 @@ struct Loaded {
     note: Option<String>,
 }
 
+/// A zeroed buffer of one block: the block size comes from the image's
+/// superblock, so it may be larger than the heap holds.
+fn block_buffer(g: &Geometry) -> Result<Vec<u8>, LoadError> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(g.block as usize).map_err(|_| LoadError::OutOfMemory)?;
+    buf.resize(g.block as usize, 0);
+    Ok(buf)
+}
+
 /// A record's bytes: its header, then `index`.
 fn record(generation: u64, next: u64, index: &[u8]) -> Result<Vec<u8>, Error> {
     let header =
@@ -1366,7 +1375,7 @@ async fn read_chain<B: Block>(
     let len = len as usize;
     let mut blob = Vec::new();
     blob.try_reserve_exact(len).map_err(|_| LoadError::OutOfMemory)?;
-    let mut buf = vec![0u8; g.block as usize];
+    let mut buf = block_buffer(g)?;
     let mut at = head;
     while blob.len() < len {
         if at < g.first || at >= g.blocks {
@@ -1400,7 +1409,7 @@ async fn follow<B: Block>(
     blocks: &mut Vec<u64>,
 ) -> Result<Option<(Record, Vec<u8>)>, LoadError> {
     let torn = || LoadError::Damaged(String::from("fails its checksum (torn by a crash, or damaged)"));
-    let mut buf = vec![0u8; g.block as usize];
+    let mut buf = block_buffer(g)?;
     block.read(at * g.spb, &mut buf).await.map_err(LoadError::Block)?;
     let r = match Record::decode(&buf[NEXT_LEN..NEXT_LEN + REC_HDR]) {
         None => return Ok(None),
