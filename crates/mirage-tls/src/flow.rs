@@ -407,6 +407,23 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
         }
     }
 
+    /// Encrypts close_notify into `outgoing`; false if it could not be
+    /// (the connection is closed already, or still in its handshake).
+    /// Records the peer sent before it are decrypted first, into `plain`,
+    /// as rustls hands them out before it takes the close: one each time
+    /// round, as many as the input holds.
+    fn queue_close(&mut self) -> Result<bool, Error> {
+        // Each record takes bytes of the input: no more rounds than bytes.
+        for _ in 0..=self.filled {
+            match self.step(Want::Close)? {
+                Got::Plaintext => {}
+                Got::Done => return Ok(true),
+                Got::NeedInput | Got::Ready | Got::Closed => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
     /// After a failure, encodes the alert rustls queued for the peer, so
     /// that it learns why (an unknown CA, a bad record) before the close.
     fn encode_alert(&mut self) {
@@ -501,7 +518,7 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
     /// [`CLOSE_NOTIFY_WAIT`] (it stopped reading, its window shut) gets
     /// the flow's close without them: closing never waits on the peer.
     pub async fn close_tls(mut self) -> Result<(), Error> {
-        if self.failed.is_none() && !self.conn.is_handshaking() && self.step(Want::Close).is_ok() {
+        if self.failed.is_none() && !self.conn.is_handshaking() && self.queue_close().is_ok_and(|q| q) {
             let _ = mirage_runtime::time::timeout(CLOSE_NOTIFY_WAIT, self.send()).await;
         }
         self.flow.close().await.map_err(Error::Flow)
@@ -629,7 +646,7 @@ impl<F: Flow, S: Side> Flow for TlsFlow<F, S> {
 
     async fn shutdown(&mut self) -> Result<(), flow::Error> {
         if !self.conn.is_handshaking() {
-            self.step(Want::Close).map_err(|e| self.report(e))?;
+            self.queue_close().map_err(|e| self.report(e))?;
             self.send().await.map_err(|e| self.report(e))?;
         }
         self.flow.shutdown().await

@@ -409,6 +409,34 @@ fn closing_never_waits_on_a_peer_that_stopped_reading() {
 }
 
 #[test]
+fn close_notify_goes_even_when_records_wait_unread() {
+    setup();
+    let (server, client) = one_leaf("unread-records", "ec");
+    let got = common::run(async move {
+        let (s_end, c_end) = pair(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from("server.test").unwrap();
+        let serve = async move {
+            let mut tls = TlsServer::server(s_end, server).unwrap();
+            let mut buf = [0u8; 1];
+            assert_eq!(tls.read(&mut buf).await.unwrap(), 1);
+            // Let the second record arrive, then close without reading it.
+            mirage_runtime::time::sleep(Duration::from_millis(100)).await;
+            tls.close_tls().await.unwrap();
+        };
+        let talk = async move {
+            let mut tls = TlsClient::client(c_end, client, name).unwrap();
+            tls.write_all(b"A").await.unwrap();
+            tls.write_all(b"B").await.unwrap();
+            let mut buf = [0u8; 16];
+            tls.read(&mut buf).await
+        };
+        join(serve, talk).await.1
+    });
+    // The end of the stream, close_notify first: not a truncation.
+    assert_eq!(got, Ok(0));
+}
+
+#[test]
 fn records_a_byte_at_a_time() {
     setup();
     let (server, client) = one_leaf("trickle", "rsa");
