@@ -1485,6 +1485,15 @@ impl<B: Block, C: WallClock> Fat<B, C> {
         if old.as_ref().is_some_and(Entry::is_dir) {
             return Err(Error::ValueExpected);
         }
+        // The old value's chain is freed once the new one is in place, but
+        // only if it is whole now: a damaged image (or a power cut between
+        // the FAT's write and the directory's) can name clusters the FAT
+        // calls free, which the new chain may take, and freeing them after
+        // would free the new value. A damaged chain is left as it is.
+        let old_whole = match &old {
+            Some(e) if e.cluster != 0 => self.runs(st, e.cluster, u64::MAX, async |_, _, _| Ok(())).await.is_ok(),
+            _ => false,
+        };
         let first = self.grow(st, 0, self.clusters_for(size), false).await?;
         let r = async {
             let mut buf = Vec::new();
@@ -1524,7 +1533,7 @@ impl<B: Block, C: WallClock> Fat<B, C> {
             return Err(e);
         }
         if let Some(e) = old
-            && e.cluster != 0
+            && old_whole
         {
             self.free_chain(st, e.cluster).await?;
         }
@@ -1778,7 +1787,9 @@ impl<B: Block, C: WallClock> KvRw for Fat<B, C> {
                 c
             };
             let added = self.grow(st, last, want - have, false).await?;
-            if first == 0 {
+            // An empty value owns no cluster, whatever its entry says (a
+            // damaged one may name another value's, or a directory's).
+            if have == 0 {
                 first = added;
             }
         }
@@ -1802,7 +1813,7 @@ impl<B: Block, C: WallClock> KvRw for Fat<B, C> {
             .await
         }
         .await;
-        if r.is_err() && e.cluster == 0 && first != 0 {
+        if r.is_err() && have == 0 && first != 0 {
             self.free_chain(st, first).await?;
         }
         self.finish(st).await?;

@@ -489,6 +489,45 @@ fn fat16_layout(img: &[u8]) -> (usize, usize) {
     (reserved, reserved + 2 * fat + root)
 }
 
+/// Where a FAT16 image's root directory starts (after the two FATs).
+fn fat16_root(img: &[u8]) -> usize {
+    let reserved = u16::from_le_bytes([img[14], img[15]]) as usize * 512;
+    reserved + 2 * u16::from_le_bytes([img[22], img[23]]) as usize * 512
+}
+
+#[test]
+fn entries_naming_clusters_not_theirs_never_cost_another_value() {
+    let d = Dir::new("fat-claims");
+    let img = mkfs(&d.0, 16, 24);
+    let fat = open(&img);
+    block_on(fat.set(&k("/old.bin"), &vec![3u8; 5 * 512])).unwrap();
+    block_on(fat.set(&k("/other.bin"), &vec![4u8; 512])).unwrap();
+    block_on(fat.set(&k("/empty"), b"")).unwrap();
+    drop(fat);
+    let mut image = std::fs::read(&img).unwrap();
+    let (fat_at, root) = (fat16_layout(&image).0, fat16_root(&image));
+    let slot = |image: &[u8], name: &[u8; 11]| (0..512).step_by(32).find(|&o| &image[root + o..root + o + 11] == name);
+    // old.bin is clusters 2..=6, other.bin 7: the FAT calls old.bin's
+    // free (its entry written, the FAT not, when the power went).
+    for c in 2..=6 {
+        image[fat_at + 2 * c..fat_at + 2 * c + 2].copy_from_slice(&[0, 0]);
+    }
+    // And the empty file names other.bin's cluster.
+    let empty = slot(&image, b"EMPTY      ").unwrap();
+    image[root + empty + 26..root + empty + 28].copy_from_slice(&7u16.to_le_bytes());
+    let dev = Mem::new(image);
+    let fat = block_on(Fat::open(&dev, Clock)).unwrap();
+    // A new value over old.bin takes the free clusters; the old chain is
+    // not freed after it (that would free the new one).
+    block_on(fat.set(&k("/old.bin"), &vec![5u8; 2 * 512])).unwrap();
+    assert_eq!(block_on(fat.get(&k("/old.bin"))).unwrap(), vec![5u8; 2 * 512]);
+    // Written into, the empty file gets a cluster of its own.
+    block_on(fat.set_partial(&k("/empty"), 0, b"mine")).unwrap();
+    assert_eq!(block_on(fat.get(&k("/empty"))).unwrap(), b"mine");
+    assert_eq!(block_on(fat.get(&k("/other.bin"))).unwrap(), vec![4u8; 512]);
+    assert_eq!(block_on(fat.get(&k("/old.bin"))).unwrap(), vec![5u8; 2 * 512]);
+}
+
 #[test]
 fn looping_and_short_chains_and_bad_names_are_errors() {
     let d = Dir::new("fat-loop");
@@ -520,11 +559,7 @@ fn looping_and_short_chains_and_bad_names_are_errors() {
     assert!(problems.iter().any(|p| p.contains("/looped.bin") && p.contains("meets cluster 3")), "{problems:?}");
     drop(fat);
     // A size larger than the chain: the short entry's size is at byte 28.
-    let root = {
-        let reserved = u16::from_le_bytes([whole[14], whole[15]]) as usize * 512;
-        let fat = u16::from_le_bytes([whole[22], whole[23]]) as usize * 512;
-        reserved + 2 * fat
-    };
+    let root = fat16_root(&whole);
     let slot = (0..512).step_by(32).find(|&o| &image[root + o..root + o + 11] == b"LOOPED  BIN").unwrap();
     image[root + slot + 28..root + slot + 32].copy_from_slice(&(1u32 << 30).to_le_bytes());
     let dev = Mem::new(image.clone());
@@ -535,7 +570,7 @@ fn looping_and_short_chains_and_bad_names_are_errors() {
     let mut buf = vec![0u8; 4096];
     assert_eq!(block_on(fat.get_partial(&k("/looped.bin"), 1 << 20, &mut buf)), Err(Error::Io));
     assert!(start.elapsed().as_secs() < 5);
-    // Writing over it frees what can be freed and stores the new value.
+    // Writing over it stores the new value (the looped chain is left).
     block_on(fat.set(&k("/looped.bin"), b"fixed")).unwrap();
     assert_eq!(block_on(fat.get(&k("/looped.bin"))).unwrap(), b"fixed");
     drop(fat);
