@@ -422,13 +422,8 @@ mod tests {
         assert_eq!(v.process(1, up, &mut p, &mut rules), Decision::Drop);
         let mut p = syn(SERVER, 40000, CLIENT, 80);
         assert_eq!(v.process(1, up, &mut p, &mut rules), Decision::Drop);
-        let mut p = syn(CLIENT, 40001, SERVER, 80);
-        p[40 + 13] = 0x10; // a bare ACK of no known flow
-        let c = {
-            p[40 + 16..40 + 18].copy_from_slice(&[0, 0]);
-            wire::checksum_ipv6(CLIENT, SERVER, wire::PROTO_TCP, &p[40..])
-        };
-        p[40 + 16..40 + 18].copy_from_slice(&c.to_be_bytes());
+        // A bare ACK of no known flow.
+        let mut p = with_flags(syn(CLIENT, 40001, SERVER, 80), 0x10);
         assert_eq!(v.process(1, ins, &mut p, &mut rules), Decision::Drop);
         assert_eq!((v.counters.forwarded, v.counters.denied, v.flows()), (3, 3, 2));
         // Flows expire: the reply no longer passes.
