@@ -13,6 +13,7 @@ use core::net::SocketAddr;
 use mirage_devices::kv::{Key, KvRo};
 use mirage_devices::stack::{self, Tcp, TcpListener};
 use mirage_devices::time::WallClock;
+use mirage_runtime::time::{Duration, timeout};
 use pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 
@@ -77,10 +78,16 @@ impl Server {
     }
 }
 
+/// How long [`Client::connect`] gives the server to complete the handshake
+/// once the TCP connection is made, unless [`Client::handshake_wait`] says
+/// otherwise: as long as the HTTP server gives a client for its headers.
+pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(30);
+
 /// A TLS client: its configuration, trusted CAs included.
 #[derive(Debug, Clone)]
 pub struct Client {
     config: Arc<ClientConfig>,
+    handshake_wait: Duration,
 }
 
 impl Client {
@@ -92,12 +99,19 @@ impl Client {
         W: WallClock + Send + Sync + Debug + 'static,
     {
         let roots = config::load_roots(store, &key(ca_file)?).await?;
-        Ok(Client { config: Arc::new(config::client_config(roots, protocols(alpn), clock)?) })
+        Ok(Client::new(Arc::new(config::client_config(roots, protocols(alpn), clock)?)))
     }
 
     /// A client of `config`.
     pub fn new(config: Arc<ClientConfig>) -> Client {
-        Client { config }
+        Client { config, handshake_wait: HANDSHAKE_WAIT }
+    }
+
+    /// The same client, giving servers `wait` to complete a handshake
+    /// (the default is [`HANDSHAKE_WAIT`]).
+    #[must_use]
+    pub fn handshake_wait(self, wait: Duration) -> Client {
+        Client { handshake_wait: wait, ..self }
     }
 
     /// Its configuration.
@@ -107,11 +121,20 @@ impl Client {
 
     /// Connects to `addr` over `tcp` and runs the handshake; the server's
     /// certificate must be valid for `name` (a DNS name or an IP address).
+    /// A server that accepts the connection and then stalls the handshake
+    /// costs at most the handshake wait: [`Error::HandshakeTimeout`].
     pub async fn connect<T: Tcp>(&self, tcp: &T, addr: SocketAddr, name: &str) -> Result<TlsClient<T::Flow>, Error> {
         let server = ServerName::try_from(String::from(name)).map_err(|_| Error::Name(String::from(name)))?;
         let flow = tcp.connect(addr).await.map_err(Error::Connect)?;
         let mut tls = TlsClient::client(flow, self.config.clone(), server)?;
-        tls.handshake().await?;
+        match timeout(self.handshake_wait, tls.handshake()).await {
+            Ok(done) => done?,
+            Err(_) => {
+                // The flow is dropped, which resets or closes the TCP
+                // connection: nothing is left waiting on the server.
+                return Err(Error::HandshakeTimeout(self.handshake_wait));
+            }
+        }
         Ok(tls)
     }
 }

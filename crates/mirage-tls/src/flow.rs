@@ -63,6 +63,9 @@ pub enum Error {
     Connect(mirage_devices::stack::Error),
     /// The server name is neither a DNS name nor an IP address.
     Name(alloc::string::String),
+    /// The server did not complete the handshake in this long
+    /// ([`crate::Client::handshake_wait`]).
+    HandshakeTimeout(mirage_runtime::time::Duration),
 }
 
 impl fmt::Display for Error {
@@ -79,6 +82,11 @@ impl fmt::Display for Error {
             Error::OutOfMemory => f.write_str("TLS: out of memory for the connection's buffers"),
             Error::Connect(e) => write!(f, "TLS: cannot connect: {e}"),
             Error::Name(n) => write!(f, "TLS: {n:?} is neither a DNS name nor an IP address"),
+            Error::HandshakeTimeout(d) => write!(
+                f,
+                "TLS: the server did not complete the handshake within {} ms (Client::handshake_wait sets how long)",
+                d.as_millis()
+            ),
         }
     }
 }

@@ -25,7 +25,7 @@ pub mod rng;
 pub use config::{
     Certificates, ConfigError, ServerOptions, WallTime, client_config, load_certificates, load_roots, server_config,
 };
-pub use device::{Client, Server};
+pub use device::{Client, HANDSHAKE_WAIT, Server};
 pub use flow::{CLOSE_NOTIFY_WAIT, Error, TlsClient, TlsFlow, TlsServer};
 pub use listener::TlsListener;
 pub use rustls;

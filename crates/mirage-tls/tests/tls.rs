@@ -497,3 +497,59 @@ fn large_transfers_and_idle_memory() {
     assert!(got == expect, "the bytes arrive unchanged");
     assert!(idle <= 4096, "an idle server connection keeps {idle} bytes of buffers");
 }
+
+/// A TCP whose connections reach a server that accepts and then says
+/// nothing: each server end is kept in `held`.
+#[derive(Default)]
+struct Silent {
+    held: std::cell::RefCell<Vec<End>>,
+}
+
+impl mirage_devices::stack::Tcp for Silent {
+    type Flow = End;
+    type Listener = common::Listener;
+
+    async fn listen(&self, _: u16, _: usize) -> Result<common::Listener, mirage_devices::stack::Error> {
+        Err(mirage_devices::stack::Error::Io)
+    }
+
+    async fn connect(&self, _: std::net::SocketAddr) -> Result<End, mirage_devices::stack::Error> {
+        let (client, server) = pair(64 * 1024);
+        self.held.borrow_mut().push(server);
+        Ok(client)
+    }
+}
+
+#[test]
+fn a_server_that_stalls_the_handshake_costs_the_client_its_wait() {
+    setup();
+    let (_, client) = one_leaf("stalled-handshake", "ec");
+    let addr = std::net::SocketAddr::from(([10, 0, 0, 2], 443));
+    let (default, short, hello) = common::run(async move {
+        let tcp = Silent::default();
+        let connect = |c: mirage_tls::Client| {
+            let tcp = &tcp;
+            async move {
+                let started = mirage_runtime::time::now();
+                let got = c.connect(tcp, addr, "server.test").await.map(|_| ());
+                (got, mirage_runtime::time::now().as_nanos() - started.as_nanos())
+            }
+        };
+        let default = connect(mirage_tls::Client::new(client.clone())).await;
+        let short = connect(mirage_tls::Client::new(client).handshake_wait(Duration::from_millis(1500))).await;
+        // The server end saw a ClientHello, then the client hang up.
+        let mut server = tcp.held.borrow_mut().remove(0);
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = server.read(&mut buf).await {
+            seen.extend_from_slice(&buf[..n]);
+        }
+        (default, short, seen)
+    });
+    assert_eq!(default.0, Err(Error::HandshakeTimeout(mirage_tls::HANDSHAKE_WAIT)));
+    assert_eq!(u128::from(default.1), mirage_tls::HANDSHAKE_WAIT.as_nanos(), "waited the default");
+    assert_eq!(short.0, Err(Error::HandshakeTimeout(Duration::from_millis(1500))));
+    assert_eq!(short.1, 1_500_000_000, "waited what it was told");
+    assert!(short.0.unwrap_err().to_string().contains("within 1500 ms"));
+    assert_eq!(hello.first(), Some(&22), "a handshake record went first");
+}
