@@ -173,6 +173,25 @@ fn usable(a: Ipv4Addr) -> bool {
     !(a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback())
 }
 
+/// Whether a host may take `addr` on a subnet of `prefix` bits: a usable
+/// address, a prefix of 1 to 30, and neither the subnet's network address
+/// nor its broadcast.
+pub(crate) fn address_ok(addr: Ipv4Addr, prefix: u8) -> bool {
+    if !usable(addr) || !(1..=30).contains(&prefix) {
+        return false;
+    }
+    let mask = u32::MAX << (32 - prefix);
+    let host = u32::from(addr) & !mask;
+    host != 0 && host != !mask
+}
+
+/// Whether `router` can be the gateway of `addr/prefix` (an
+/// [`address_ok`] pair): another usable host address of the same subnet.
+pub(crate) fn router_ok(addr: Ipv4Addr, prefix: u8, router: Ipv4Addr) -> bool {
+    let mask = u32::MAX << (32 - prefix);
+    router != addr && u32::from(router) & mask == u32::from(addr) & mask && address_ok(router, prefix)
+}
+
 fn secs(s: u32) -> Duration {
     Duration::from_secs(s as u64)
 }
@@ -395,15 +414,9 @@ impl Client {
     /// The lease an OFFER or ACK describes, if it is acceptable.
     fn check(&self, r: &Reply, now: Instant) -> Option<Lease> {
         let server = r.server_id.filter(|s| usable(*s))?;
-        if !usable(r.your_ip) {
-            return None;
-        }
         let prefix = prefix_of(r.mask?)?;
         let addr = r.your_ip;
-        let mask = u32::MAX << (32 - prefix);
-        let host = u32::from(addr) & !mask;
-        // Neither the network's address nor its broadcast.
-        if host == 0 || host == !mask {
+        if !address_ok(addr, prefix) {
             return None;
         }
         let lease = r.lease?;
@@ -415,9 +428,7 @@ impl Client {
         if !(0 < t1 && t1 < t2 && t2 < lease) {
             (t1, t2) = (lease / 2, (lease as u64 * 7 / 8) as u32);
         }
-        let router = r.router.filter(|g| {
-            *g != addr && usable(*g) && u32::from(*g) & mask == u32::from(addr) & mask && u32::from(*g) & !mask != !mask
-        });
+        let router = r.router.filter(|g| router_ok(addr, prefix, *g));
         Some(Lease {
             addr,
             prefix,

@@ -188,7 +188,27 @@ fn dhcp(inner: &mut Inner) {
         None => {}
         Some(dhcpv4::Event::Configured(c)) => {
             let (addr, prefix) = (c.address.address(), c.address.prefix_len());
-            match c.router {
+            // The engine's client takes any unicast address, any mask and
+            // any router; the engine then panics on a router that is not
+            // unicast. A lease is held to the rules of `dhcpc` (as on
+            // `IpLayer`): an unfit address is refused (the client starts
+            // over), an unfit router is left out.
+            if !crate::dhcpc::address_ok(addr, prefix) {
+                log::warn!(target: "tcpip::dhcp", "DHCP: refused a lease of {addr}/{prefix}: not a host address of its subnet");
+                inner.link.stats.dhcp_refused += 1;
+                inner.sockets.get_mut::<dhcpv4::Socket>(handle).reset();
+                deconfigure(inner);
+                return;
+            }
+            let router = c.router.filter(|r| {
+                let ok = crate::dhcpc::router_ok(addr, prefix, *r);
+                if !ok {
+                    log::warn!(target: "tcpip::dhcp", "DHCP: left out router {r}: not another host of {addr}/{prefix}");
+                    inner.link.stats.dhcp_refused += 1;
+                }
+                ok
+            });
+            match router {
                 Some(r) => log::info!(target: "tcpip::dhcp", "DHCP: leased {addr}/{prefix}, router {r}"),
                 None => log::info!(target: "tcpip::dhcp", "DHCP: leased {addr}/{prefix}, no router"),
             }
@@ -196,7 +216,7 @@ fn dhcp(inner: &mut Inner) {
                 addrs.retain(|a| !matches!(a.address(), IpAddress::Ipv4(_)));
                 let _ = addrs.push(IpCidr::Ipv4(c.address));
             });
-            match c.router {
+            match router {
                 Some(r) => {
                     let _ = inner.iface.routes_mut().add_default_ipv4_route(r);
                 }
@@ -204,7 +224,7 @@ fn dhcp(inner: &mut Inner) {
                     inner.iface.routes_mut().remove_default_ipv4_route();
                 }
             }
-            inner.link.neighbors.gateways[0] = c.router.map(core::net::IpAddr::V4);
+            inner.link.neighbors.gateways[0] = router.map(core::net::IpAddr::V4);
             inner.ipv4 = Some((addr, prefix));
             for w in inner.config_waiters.drain(..) {
                 w.wake();
@@ -215,9 +235,15 @@ fn dhcp(inner: &mut Inner) {
             if inner.ipv4.is_some() {
                 log::warn!(target: "tcpip::dhcp", "DHCP: lease lost");
             }
-            inner.iface.update_ip_addrs(|addrs| addrs.retain(|a| !matches!(a.address(), IpAddress::Ipv4(_))));
-            inner.iface.routes_mut().remove_default_ipv4_route();
-            inner.ipv4 = None;
+            deconfigure(inner);
         }
     }
+}
+
+/// Drops the IPv4 address and default route a lease gave.
+fn deconfigure(inner: &mut Inner) {
+    inner.iface.update_ip_addrs(|addrs| addrs.retain(|a| !matches!(a.address(), IpAddress::Ipv4(_))));
+    inner.iface.routes_mut().remove_default_ipv4_route();
+    inner.link.neighbors.gateways[0] = None;
+    inner.ipv4 = None;
 }

@@ -88,7 +88,10 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
             Verdict::Engine
         }
         Summary::Ip { src, upper, fragment, extensions, at, len, .. } => {
-            if martian(inner, src) {
+            let to_dhcp_server = upper == Some(wire::PROTO_UDP)
+                && inner.link.frame().get(at + 2..at + 4) == Some(&67u16.to_be_bytes()[..])
+                && len >= 8;
+            if martian(inner, src, to_dhcp_server) {
                 inner.link.stats.martians += 1;
                 return Verdict::Drop;
             }
@@ -140,9 +143,15 @@ fn neighbor_ok(mac: [u8; 6]) -> bool {
 }
 
 /// Whether `src` cannot be a packet's source: one of our addresses,
-/// multicast, broadcast, loopback.
-fn martian(inner: &Inner, src: IpAddr) -> bool {
+/// multicast, broadcast, loopback, or unspecified but for a DHCP client's
+/// request (`to_dhcp_server`; nothing else comes from no address, and the
+/// engine's DHCP client would take such a server's address and later send
+/// to it, which the engine refuses with a panic).
+fn martian(inner: &Inner, src: IpAddr, to_dhcp_server: bool) -> bool {
     if inner.iface.has_ip_addr(IpAddress::from(src)) {
+        return true;
+    }
+    if src.is_unspecified() && !(src.is_ipv4() && to_dhcp_server) {
         return true;
     }
     match src {

@@ -280,7 +280,8 @@ pub struct Stats {
     /// kept as a small record without their socket.
     pub fin_wait2: usize,
     /// Packets dropped for their source address: one of ours (a LAND
-    /// attack), multicast or broadcast.
+    /// attack), multicast, broadcast, loopback, or unspecified (but for a
+    /// DHCP client's request).
     pub martians: u64,
     /// In-window resets not at the expected sequence number: dropped, and
     /// answered with a challenge ACK within the rate limits instead of
@@ -315,6 +316,9 @@ pub struct Stats {
     pub neighbor_refused: u64,
     /// IP fragments dropped (the stack does not reassemble).
     pub fragments: u64,
+    /// DHCP leases refused (an address that is not a host of its subnet)
+    /// and routers left out of leases (not another host of the subnet).
+    pub dhcp_refused: u64,
 }
 
 /// Why the stack could not be created.
@@ -861,7 +865,13 @@ impl Stack {
             config,
         };
         if inner.config.ipv4.is_none() && inner.config.dhcp {
-            inner.dhcp = Some(inner.add_socket(smoltcp::socket::dhcpv4::Socket::new()).ok_or(Error::NoMemory)?);
+            let mut client = smoltcp::socket::dhcpv4::Socket::new();
+            // A lease without end (or one of years) is held for
+            // `dhcpc::MAX_LEASE_SECS` at most, as on `IpLayer`.
+            client.set_max_lease_duration(Some(smoltcp::time::Duration::from_secs(u64::from(
+                crate::dhcpc::MAX_LEASE_SECS,
+            ))));
+            inner.dhcp = Some(inner.add_socket(client).ok_or(Error::NoMemory)?);
         }
         let shared =
             Rc::new(Shared { inner: RefCell::new(inner), kicked: Cell::new(false), driver: RefCell::new(None) });

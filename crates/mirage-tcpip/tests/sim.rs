@@ -2292,3 +2292,125 @@ fn an_ack_past_a_window_that_shrank_under_the_peer_is_taken() {
 fn seq_lt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
+
+/// A DHCP reply of `kind` (2 OFFER, 5 ACK) for transaction `xid` from a
+/// server at `server` (its IP source `src`), leasing `yiaddr` on a /24
+/// with `router`, in a frame from MAC_X to b.
+fn dhcp_reply(kind: u8, xid: [u8; 4], src: Ipv4Addr, server: Ipv4Addr, yiaddr: Ipv4Addr, router: Ipv4Addr) -> Vec<u8> {
+    let mut d = vec![2, 1, 6, 0];
+    d.extend_from_slice(&xid);
+    d.extend_from_slice(&[0; 8]); // secs, flags, ciaddr
+    d.extend_from_slice(&yiaddr.octets());
+    d.extend_from_slice(&[0; 8]); // siaddr, giaddr
+    d.extend_from_slice(&MAC_B);
+    d.extend_from_slice(&[0; 10 + 64 + 128]);
+    d.extend_from_slice(&[99, 130, 83, 99, 53, 1, kind, 54, 4]);
+    d.extend_from_slice(&server.octets());
+    d.extend_from_slice(&[51, 4, 0, 0, 0x0e, 0x10, 1, 4, 255, 255, 255, 0, 3, 4]);
+    d.extend_from_slice(&router.octets());
+    d.push(255);
+    let mut f = MAC_B.to_vec();
+    f.extend_from_slice(&MAC_X);
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&yiaddr.octets());
+    f.extend_from_slice(&[0, 67, 0, 68, 0, 0, 0, 0]);
+    f.extend_from_slice(&d);
+    let ip_len = (f.len() - 14) as u16;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    let c = mirage_tcpip::wire::checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The transaction ID and message type (option 53) of the last DHCP
+/// message b sent from position `since` of its log on.
+fn dhcp_sent(p: &Pair, since: usize) -> Option<([u8; 4], u8)> {
+    p.from_b.borrow()[since..]
+        .iter()
+        .rev()
+        .find(|f| f.len() > 282 && f[12..14] == [8, 0] && f[23] == 17 && f[36..38] == [0, 67])
+        .map(|f| {
+            let d = &f[42..];
+            let kind = d[240..].windows(3).find(|o| o[0] == 53 && o[1] == 1).map_or(0, |o| o[2]);
+            (<[u8; 4]>::try_from(&d[4..8]).unwrap(), kind)
+        })
+}
+
+/// An echo request from `src`, off b's subnet, to `dst`, sent by MAC_X.
+fn echo_from(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut f = MAC_B.to_vec();
+    f.extend_from_slice(&MAC_X);
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    let c = mirage_tcpip::wire::checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    let mut icmp = vec![8, 0, 0, 0, 0, 1, 0, 1];
+    let c = mirage_tcpip::wire::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&icmp);
+    f
+}
+
+#[test]
+fn a_lying_dhcp_server_never_brings_the_stack_down() {
+    run(async {
+        let mut cb = Config::default();
+        cb.random_seed = 97;
+        cb.connect_timeout = Duration::from_secs(60);
+        let p = pair_with(97, Faults::default(), config(A, 97), cb);
+        introduce_x(&p);
+        let server = Ipv4Addr::new(10, 0, 0, 9);
+        // An OFFER from no address at all: the engine's client would take
+        // 0.0.0.0 for the server, and renew by sending to it.
+        sleep(Duration::from_millis(200)).await;
+        let (xid, kind) = dhcp_sent(&p, 0).expect("b asks for a lease");
+        assert_eq!(kind, 1, "a DISCOVER");
+        let since = p.from_b.borrow().len();
+        inject(&p, dhcp_reply(2, xid, Ipv4Addr::UNSPECIFIED, server, B, A));
+        sleep(Duration::from_millis(200)).await;
+        assert_eq!(dhcp_sent(&p, since), None, "no REQUEST answers an OFFER from 0.0.0.0");
+        assert_eq!(p.b.stats().martians, 1);
+        // Offers of a lease with a router that is not a host of the
+        // subnet: multicast (which the engine asserts against), broadcast,
+        // the subnet's own broadcast, off the subnet.
+        for (i, router) in
+            [[224, 0, 0, 1], [255, 255, 255, 255], [10, 0, 0, 255], [192, 0, 2, 1]].into_iter().enumerate()
+        {
+            let since = p.from_b.borrow().len();
+            let (xid, _) = dhcp_sent(&p, 0).unwrap();
+            inject(&p, dhcp_reply(2, xid, server, server, B, router.into()));
+            sleep(Duration::from_millis(200)).await;
+            let (xid, kind) = dhcp_sent(&p, since).expect("b asks for the offered lease");
+            assert_eq!(kind, 3, "a REQUEST");
+            inject(&p, dhcp_reply(5, xid, server, server, B, router.into()));
+            sleep(Duration::from_millis(200)).await;
+            assert_eq!(p.b.ipv4_addr(), Some((B, 24)), "the address is taken");
+            assert_eq!(p.b.stats().dhcp_refused, i as u64 + 1, "the router is left out");
+            // Answering a host off the subnet needs a router: with none,
+            // the echo goes unanswered, and nothing panics.
+            let since = p.from_b.borrow().len();
+            inject(&p, echo_from(Ipv4Addr::new(198, 51, 100, 7), B));
+            sleep(Duration::from_millis(200)).await;
+            assert!(p.from_b.borrow()[since..].iter().all(|f| f[12..14] != [8, 0] || f[23] != 1));
+            // Starts over for the next lie.
+            inject(&p, dhcp_reply(6, xid, server, server, B, router.into()));
+            sleep(Duration::from_millis(200)).await;
+        }
+        // Then an honest lease, whose router is a host of the subnet: the
+        // stack works, and a reaches it.
+        let (xid, _) = dhcp_sent(&p, 0).unwrap();
+        inject(&p, dhcp_reply(2, xid, server, server, B, A));
+        sleep(Duration::from_millis(200)).await;
+        let (xid, _) = dhcp_sent(&p, 0).unwrap();
+        inject(&p, dhcp_reply(5, xid, server, server, B, A));
+        sleep(Duration::from_millis(200)).await;
+        assert_eq!(p.b.stats().dhcp_refused, 4);
+        serve(&p.b, 80, 4).await;
+        let mut c = p.a.connect(SocketAddr::new(B.into(), 80)).await.unwrap();
+        c.write_all(b"GET\n").await.unwrap();
+        assert_eq!(read_to_end(&mut c).await.unwrap(), b"ok\n");
+    });
+}
