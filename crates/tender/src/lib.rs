@@ -166,6 +166,30 @@ pub fn strerror(e: &std::io::Error) -> String {
     }
 }
 
+/// Opens `/dev/null` on each of descriptors 0, 1 and 2 that is closed, as
+/// the Rust runtime's start-up does for an ordinary `main` (the tenders'
+/// is `no_main`). Otherwise the next file opened takes the number: a disk
+/// opened as descriptor 1 would take the guest's console writes, which
+/// the seccomp filter allows on descriptor 1 whatever it is, and could be
+/// grown without bound. False if `/dev/null` cannot be opened.
+fn standard_fds_open() -> bool {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD reads a descriptor's flags and touches no memory.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::EBADF)
+        {
+            continue;
+        }
+        // SAFETY: the path is a NUL-terminated literal; open(2) returns
+        // the lowest free descriptor, which is `fd`, left open for good.
+        let got = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+        if got != fd {
+            return false;
+        }
+    }
+    true
+}
+
 /// The `main` of a tender binary: records the program name, runs `run` on
 /// the arguments and exits as Solo5 does ([`exit_with`]).
 pub fn tender_main(
@@ -173,6 +197,10 @@ pub fn tender_main(
     usage: fn(&str) -> String,
     version: fn(&str) -> String,
 ) -> ! {
+    if !standard_fds_open() {
+        // Nothing to report on: standard error may be among the closed.
+        std::process::exit(1);
+    }
     let mut args = std::env::args_os();
     set_prog(&args.next().unwrap_or_default());
     let args: Vec<_> = args.collect();

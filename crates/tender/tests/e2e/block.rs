@@ -79,6 +79,32 @@ pub fn cases(v: &mut Vec<Case>) {
                 r.expect_stderr(&format!("Invalid option: `{opt}'"))
             }));
         }
+        // Started with standard input and output closed, the tender must
+        // not let the disk take descriptor 1: the guest's console writes
+        // would go to the end of the disk's file (on spt the filter allows
+        // writes to descriptor 1 of any length), growing it without bound.
+        v.push(case(format!("{t}::closed_standard_descriptors_never_make_the_console_a_disk"), n, move || {
+            use std::os::unix::process::CommandExt;
+            let dir = Scratch::new("blk");
+            let disk = dir.file("disk.img", 4 << 20);
+            let mut c = std::process::Command::new(testkit::tender(t));
+            c.arg(format!("--block:storage={}", disk.display())).arg(testkit::guest(t, "blk")?);
+            // SAFETY: close(2) only, between fork and exec.
+            unsafe {
+                c.pre_exec(|| {
+                    libc::close(0);
+                    libc::close(1);
+                    Ok(())
+                });
+            }
+            let r = testkit::run_with(c, std::time::Duration::from_secs(60))?;
+            r.expect_status(0)?;
+            let len = std::fs::metadata(&disk).map_err(|e| e.to_string())?.len();
+            if len != 4 << 20 {
+                return Err(format!("the disk's file is {len} bytes, not {}: the console wrote into it", 4 << 20));
+            }
+            Ok(())
+        }));
         v.push(case(format!("{t}::block_missing_file_is_refused"), n, move || {
             let r = boot(t, &["--block:storage=/nonexistent/disk.img"], "blk", &[])?;
             r.expect_status(1)?;
