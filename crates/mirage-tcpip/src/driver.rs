@@ -155,6 +155,7 @@ fn step<N: Net>(inner: &mut Inner, net: &mut N) -> (Option<Duration>, bool) {
 /// while it reports progress, so that everything (including replies to
 /// this batch) goes out.
 fn egress<N: Net>(inner: &mut Inner, net: &mut N) {
+    crate::udp::before_egress(inner);
     let Inner { iface, sockets, link, .. } = inner;
     let mut dev = Adapter { net, link };
     for _ in 0..64 {
@@ -162,6 +163,7 @@ fn egress<N: Net>(inner: &mut Inner, net: &mut N) {
             break;
         }
     }
+    crate::udp::after_egress(inner, crate::now());
 }
 
 /// The work done a few times a second.
@@ -175,6 +177,7 @@ fn expire<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) {
         dev.send(len, |buf| handshake::emit(buf, mac, h.mac, t.local, t.remote, &repr));
     });
     tcp::expire(inner, now);
+    crate::udp::watch(inner, now);
     inner.link.neighbors.expire(now);
     inner.link.conns.table.shrink();
 }

@@ -79,4 +79,4 @@ pub(crate) use stack::{Inner, Shared, now, smol_now};
 #[cfg(feature = "stack")]
 pub use tcp::{Flow, Listener, ReadHalf, WriteHalf};
 #[cfg(feature = "stack")]
-pub use udp::UdpSocket;
+pub use udp::{STUCK as UDP_STUCK, UdpSocket};

@@ -316,6 +316,10 @@ pub struct Stats {
     pub neighbor_refused: u64,
     /// IP fragments dropped (the stack does not reassemble).
     pub fragments: u64,
+    /// UDP send queues cleared because their first datagram could not
+    /// leave for [`crate::UDP_STUCK`] (its next hop never answered ARP or
+    /// NDP, or there was no route), with every datagram behind it.
+    pub udp_queues_cleared: u64,
     /// DHCP leases refused (an address that is not a host of its subnet)
     /// and routers left out of leases (not another host of the subnet).
     pub dhcp_refused: u64,
@@ -372,6 +376,9 @@ pub(crate) struct Inner {
     pub udp_ports: BTreeSet<u16>,
     /// Dropped UDP sockets (and their ports) with datagrams still queued.
     pub udp_orphans: Vec<(SocketHandle, u16)>,
+    /// Every UDP socket's send queue, watched for a datagram that cannot
+    /// leave (`udp::watch`).
+    pub udp_queues: Vec<crate::udp::Queue>,
     /// Connections the application let go, until they end.
     pub orphans: Vec<tcp::Orphan>,
     /// Completed handshakes waiting for room.
@@ -851,6 +858,7 @@ impl Stack {
             listeners: BTreeMap::new(),
             udp_ports: BTreeSet::new(),
             udp_orphans: Vec::new(),
+            udp_queues: Vec::new(),
             orphans: Vec::new(),
             deferred: alloc::collections::VecDeque::new(),
             early: alloc::collections::VecDeque::new(),

@@ -6,6 +6,7 @@ use core::net::SocketAddr;
 use core::task::Poll;
 
 use mirage_devices::stack::{self, Error};
+use mirage_runtime::time::{Duration, Instant};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::udp;
 use smoltcp::wire::{IpAddress, IpEndpoint};
@@ -15,6 +16,78 @@ use crate::tcp::from_endpoint;
 
 /// Datagrams a socket queues each way, besides the byte budget.
 const SLOTS: usize = 64;
+
+/// How long the first datagram of a send queue may wait before the queue
+/// is cleared: about as long as Linux tries to resolve a neighbour (three
+/// probes a second apart).
+///
+/// The engine keeps a datagram it cannot send at the head of its
+/// socket's queue, and retries it each second for ever: one datagram to
+/// an address that never answers ARP or NDP (a forged source, a host that
+/// left), or with no route, would stop every later datagram of the
+/// socket, and `send_to` would wait for good once the queue filled. The
+/// engine offers no way to drop only the head, so the whole queue is
+/// cleared (the socket stays bound; datagrams waiting to be read are
+/// lost with it), and counted in `Stats::udp_queues_cleared`.
+pub const STUCK: Duration = Duration::from_secs(3);
+
+/// A socket's send queue, as [`watch`] follows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Queue {
+    handle: SocketHandle,
+    port: u16,
+    /// Its length before this round's sending.
+    before: usize,
+    /// Since when its first datagram has not left.
+    waiting: Option<Instant>,
+}
+
+/// Notes each send queue's length before the engine sends.
+pub(crate) fn before_egress(inner: &mut crate::Inner) {
+    for q in &mut inner.udp_queues {
+        q.before = inner.sockets.get::<udp::Socket>(q.handle).send_queue();
+    }
+}
+
+/// After the engine sent: a queue that shrank made progress; one that did
+/// not has waited since it last did.
+pub(crate) fn after_egress(inner: &mut crate::Inner, now: Instant) {
+    for q in &mut inner.udp_queues {
+        let len = inner.sockets.get::<udp::Socket>(q.handle).send_queue();
+        if len == 0 {
+            q.waiting = None;
+        } else if len < q.before || q.waiting.is_none() {
+            q.waiting = Some(now);
+        }
+    }
+}
+
+/// Clears the queues whose first datagram has waited [`STUCK`].
+pub(crate) fn watch(inner: &mut crate::Inner, now: Instant) {
+    for q in &mut inner.udp_queues {
+        if q.waiting.is_some_and(|t| now.saturating_duration_since(t) >= STUCK) {
+            let s = inner.sockets.get_mut::<udp::Socket>(q.handle);
+            s.close();
+            // Cannot fail: the port is not 0 and the socket was closed.
+            let _ = s.bind(q.port);
+            q.waiting = None;
+            inner.link.stats.udp_queues_cleared += 1;
+            log::warn!(
+                target: "tcpip",
+                "UDP port {}: a datagram could not be sent for {} s (no answer to ARP or NDP, or no route): the port's send queue was cleared",
+                q.port,
+                STUCK.as_secs()
+            );
+        }
+    }
+}
+
+/// Removes a UDP socket and frees its port.
+fn remove(inner: &mut crate::Inner, handle: SocketHandle, port: u16) {
+    inner.remove_socket(handle);
+    inner.udp_ports.remove(&port);
+    inner.udp_queues.retain(|q| q.handle != handle);
+}
 
 /// A bound UDP socket.
 pub struct UdpSocket {
@@ -38,8 +111,7 @@ impl Drop for UdpSocket {
                 inner.udp_orphans.push((self.handle, self.port));
                 true
             } else {
-                inner.remove_socket(self.handle);
-                inner.udp_ports.remove(&self.port);
+                remove(inner, self.handle, self.port);
                 false
             }
         });
@@ -131,7 +203,10 @@ impl stack::Udp for Stack {
             // Cannot fail: the port is not 0 and the socket is new.
             let _ = s.bind(port);
             match inner.add_socket(s) {
-                Some(h) => Ok((h, port)),
+                Some(h) => {
+                    inner.udp_queues.push(Queue { handle: h, port, before: 0, waiting: None });
+                    Ok((h, port))
+                }
                 None => {
                     inner.udp_ports.remove(&port);
                     Err(Error::NoSpace)
@@ -151,8 +226,7 @@ pub(crate) fn reap(inner: &mut crate::Inner) {
             i += 1;
             continue;
         }
-        inner.remove_socket(h);
-        inner.udp_ports.remove(&port);
+        remove(inner, h, port);
         inner.udp_orphans.swap_remove(i);
     }
 }

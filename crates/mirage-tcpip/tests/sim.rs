@@ -2414,3 +2414,64 @@ fn a_lying_dhcp_server_never_brings_the_stack_down() {
         assert_eq!(read_to_end(&mut c).await.unwrap(), b"ok\n");
     });
 }
+
+/// A datagram to b's UDP port 5353 from `src`, sent by MAC_X.
+fn udp_from(src: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let mut f = MAC_B.to_vec();
+    f.extend_from_slice(&MAC_X);
+    let ip_len = (20 + 8 + payload.len()) as u16;
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+    f.extend_from_slice(&ip_len.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&B.octets());
+    let c = mirage_tcpip::wire::checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&[0x30, 0x39, 0x14, 0xe9]);
+    f.extend_from_slice(&(ip_len - 20).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn one_datagram_to_an_address_that_never_answers_does_not_stop_a_udp_port() {
+    run(async {
+        let p = pair_with(98, Faults::default(), config(A, 98), config(B, 99));
+        let sb = p.b.bind(5353).await.unwrap();
+        spawn(async move {
+            let mut buf = [0u8; 2048];
+            loop {
+                let (n, from) = sb.recv_from(&mut buf).await.unwrap();
+                sb.send_to(&buf[..n], from).await.unwrap();
+            }
+        });
+        // A datagram from an address on the link that nobody holds: its
+        // echo waits on ARP that is never answered.
+        inject(&p, udp_from(Ipv4Addr::new(10, 0, 0, 99), b"forged"));
+        sleep(Duration::from_millis(100)).await;
+        // A client that asks again each second, as a resolver does: its
+        // echoes queued behind the stuck one are lost with it, the next
+        // ones come.
+        let sa = p.a.bind(0).await.unwrap();
+        let started = now();
+        for i in 0..3u8 {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                assert!(tries <= 10, "echo {i} never came; {:?}", p.b.stats());
+                sa.send_to(&[i; 8], SocketAddr::new(B.into(), 5353)).await.unwrap();
+                let mut buf = [0u8; 64];
+                if let Ok(got) = mirage_runtime::time::timeout(Duration::from_secs(1), sa.recv_from(&mut buf)).await {
+                    let (n, _) = got.unwrap();
+                    if buf[..n] == [i; 8] {
+                        break;
+                    }
+                }
+            }
+        }
+        let waited = now().saturating_duration_since(started);
+        assert!(waited <= mirage_tcpip::UDP_STUCK + Duration::from_secs(2), "the echoes waited {waited:?}");
+        assert_eq!(p.b.stats().udp_queues_cleared, 1);
+    });
+}
