@@ -95,6 +95,9 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
                 inner.link.stats.martians += 1;
                 return Verdict::Drop;
             }
+            if to_us {
+                inner.link.neighbors.refresh(src, fetched.src, now);
+            }
             if fragment {
                 inner.link.stats.fragments += 1;
                 log::debug!(

@@ -26,7 +26,8 @@
 //!
 //! So a host whose hardware address really changes is reached again when
 //! the old entry expires (60 s) and the engine asks anew. Entries are
-//! followed here as the engine makes them (60 s from the last fill); when
+//! followed here as the engine makes them (60 s from the last fill, or
+//! from the last IP packet from that address and hardware address); when
 //! the engine forgets one sooner (its cache holds 16) it asks, and the
 //! answer is solicited.
 
@@ -104,6 +105,16 @@ impl Neighbors {
             // unanswered. Once live, no request or unsolicited reply
             // changes it.
             _ => kind == Kind::Request && self.learn(ip, mac, now, false),
+        }
+    }
+
+    /// Extends the entry of `ip` if it is live at `mac`: the engine
+    /// extends its own on every unicast IP packet from that neighbour, and
+    /// an entry followed here for less long would let a request from
+    /// anyone change a neighbour the engine still uses.
+    pub(crate) fn refresh(&mut self, ip: IpAddr, mac: [u8; 6], now: Instant) {
+        if let Some(k) = self.known.get_mut(&ip).filter(|k| k.mac == mac && now < k.until) {
+            k.until = now + LIFETIME;
         }
     }
 

@@ -2475,3 +2475,31 @@ fn one_datagram_to_an_address_that_never_answers_does_not_stop_a_udp_port() {
         assert_eq!(p.b.stats().udp_queues_cleared, 1);
     });
 }
+
+#[test]
+fn a_request_never_moves_a_neighbour_that_keeps_talking() {
+    run(async {
+        let p = pair_with(83, Faults::default(), config(A, 1), config(B, 2));
+        serve(&p.b, 80, 16).await;
+        let (probe, since) = probe_during(&p.a, SocketAddr::new(B.into(), 80), async {
+            // a talks to b throughout, but sends b no ARP: the engine's
+            // entry for a lives on a's IP packets, past the 60 s of its
+            // last fill.
+            sleep(Duration::from_secs(70)).await;
+            let since = p.from_b.borrow().len();
+            inject(&p, arp_frame(1, MAC_X, MAC_X, A, B));
+            sleep(Duration::from_secs(3)).await;
+            since
+        })
+        .await;
+        let stats = p.b.stats();
+        assert!(probe.failed == 0, "{probe:?}");
+        assert_eq!(stats.neighbor_refused, 1, "{stats:?}");
+        let to_a: Vec<_> = p.from_b.borrow()[since..]
+            .iter()
+            .filter(|f| f.len() > 30 && f[30..34] == A.octets())
+            .map(|f| f[..6].to_vec())
+            .collect();
+        assert!(!to_a.is_empty() && to_a.iter().all(|mac| mac[..] == MAC_A), "{to_a:?}");
+    });
+}
