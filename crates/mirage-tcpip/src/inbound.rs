@@ -107,6 +107,10 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
                 );
                 return Verdict::Drop;
             }
+            if !to_us && !for_a_group(inner, upper, at, len) {
+                inner.link.stats.group_dropped += 1;
+                return Verdict::Drop;
+            }
             match upper {
                 // TCP behind IPv6 extension headers would pass the checks
                 // below unseen; nothing legitimate sends it.
@@ -140,6 +144,30 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
         Summary::Other => Verdict::Engine,
     }
 }
+
+/// Whether a packet that came in a broadcast or multicast frame is one
+/// the stack takes from a group: neighbour discovery and group membership,
+/// and UDP to a bound port (or to the DHCP client's). The engine answers
+/// the rest too (echo requests, port and protocol unreachable), so that
+/// one forged packet to a group would have every host of the link answer
+/// its forged source (a Smurf), against RFC 1122 3.2.2 and RFC 4443 2.4.
+fn for_a_group(inner: &Inner, upper: Option<u8>, at: usize, len: usize) -> bool {
+    let upper_bytes = inner.link.frame().get(at..at + len).unwrap_or(&[]);
+    match upper {
+        Some(wire::PROTO_UDP) => {
+            let port = upper_bytes.get(2..4).map_or(0, |p| u16::from_be_bytes([p[0], p[1]]));
+            inner.udp_ports.contains(&port) || (inner.dhcp.is_some() && port == 68)
+        }
+        // Router and neighbour discovery, redirects, and multicast
+        // listener queries and reports.
+        Some(wire::PROTO_ICMPV6) => upper_bytes.first().is_some_and(|t| matches!(t, 130..=137 | 143)),
+        Some(PROTO_IGMP) => true,
+        _ => false,
+    }
+}
+
+/// IGMP (IPv4 group membership).
+const PROTO_IGMP: u8 = 2;
 
 fn neighbor_ok(mac: [u8; 6]) -> bool {
     crate::neighbor::unicast(mac)

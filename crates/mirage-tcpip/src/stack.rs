@@ -316,6 +316,11 @@ pub struct Stats {
     pub neighbor_refused: u64,
     /// IP fragments dropped (the stack does not reassemble).
     pub fragments: u64,
+    /// Packets in broadcast or multicast frames dropped for asking an
+    /// answer of every host on the link: echo requests, UDP to a port
+    /// nobody bound, other protocols (neighbour discovery, group
+    /// membership and UDP to bound ports pass).
+    pub group_dropped: u64,
     /// UDP send queues cleared because their first datagram could not
     /// leave for [`crate::UDP_STUCK`] (its next hop never answered ARP or
     /// NDP, or there was no route), with every datagram behind it.

@@ -2503,3 +2503,44 @@ fn a_request_never_moves_a_neighbour_that_keeps_talking() {
         assert!(!to_a.is_empty() && to_a.iter().all(|mac| mac[..] == MAC_A), "{to_a:?}");
     });
 }
+
+/// `frame` sent to the link's broadcast address, to IP `dst`.
+fn to_everyone(mut frame: Vec<u8>, dst: Ipv4Addr) -> Vec<u8> {
+    frame[..6].fill(0xff);
+    frame[30..34].copy_from_slice(&dst.octets());
+    frame[24..26].fill(0);
+    let c = mirage_tcpip::wire::checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    frame
+}
+
+#[test]
+fn packets_to_everyone_get_no_answer_but_bound_ports_get_them() {
+    run(async {
+        let p = pair_with(84, Faults::default(), config(A, 1), config(B, 2));
+        let sb = p.b.bind(5353).await.unwrap();
+        introduce_x(&p);
+        sleep(Duration::from_millis(100)).await;
+        let since = p.from_b.borrow().len();
+        // An echo request and a datagram to a port nobody bound, each to
+        // the subnet's broadcast and to everyone: a forged source would
+        // have every host of the link answer it.
+        for dst in [Ipv4Addr::new(10, 0, 0, 255), Ipv4Addr::BROADCAST] {
+            inject(&p, to_everyone(echo_from(X, B), dst));
+            let mut closed = udp_from(X, b"anyone?");
+            closed[36..38].copy_from_slice(&9u16.to_be_bytes());
+            inject(&p, to_everyone(closed, dst));
+        }
+        // A datagram to everyone on a port b listens on still arrives.
+        inject(&p, to_everyone(udp_from(X, b"hello all"), Ipv4Addr::BROADCAST));
+        let mut buf = [0u8; 64];
+        let got = mirage_runtime::time::timeout(Duration::from_secs(1), sb.recv_from(&mut buf)).await;
+        let (n, from) = got.expect("the datagram to a bound port arrives").unwrap();
+        assert_eq!((&buf[..n], from), (&b"hello all"[..], SocketAddr::new(X.into(), 12345)));
+        sleep(Duration::from_millis(500)).await;
+        let answers =
+            p.from_b.borrow()[since..].iter().filter(|f| f[12..14] == [8, 0] && f[30..34] == X.octets()).count();
+        assert_eq!(answers, 0, "b answered a packet sent to everyone");
+        assert_eq!(p.b.stats().group_dropped, 4);
+    });
+}
