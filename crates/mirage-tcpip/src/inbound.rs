@@ -74,6 +74,13 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
             if !inner.iface.has_ip_addr(IpAddress::Ipv4(arp.target_ip)) && neighbor_ok(arp.sender_mac) {
                 return Verdict::Engine;
             }
+            // Neither a request nor a reply: the engine ignores it, and
+            // taken as a reply it would use up the mark of a question
+            // this host asked.
+            if !(1..=2).contains(&arp.op) {
+                inner.link.stats.neighbor_refused += 1;
+                return Verdict::Drop;
+            }
             let kind = if arp.op == 1 { Kind::Request } else { Kind::Reply };
             let ours = inner.iface.has_ip_addr(IpAddress::Ipv4(arp.sender_ip));
             if arp.sender_ip.is_unspecified() && arp.op == 1 && neighbor_ok(arp.sender_mac) {
@@ -130,6 +137,13 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
                         _ => None,
                     };
                     let Some((kind, ll)) = told else { return Verdict::Engine };
+                    // RFC 4861 7.1: a hop limit of 255 proves the message
+                    // came from the link; the engine drops the rest, and
+                    // the policy must not learn from them either.
+                    if inner.link.frame().get(14 + 7) != Some(&255) {
+                        inner.link.stats.neighbor_refused += 1;
+                        return Verdict::Drop;
+                    }
                     let mac = <[u8; 6]>::try_from(ll.as_bytes()).unwrap_or([0; 6]);
                     if !inner.link.neighbors.judge(IpAddr::V6(src), mac, kind, now) {
                         inner.link.stats.neighbor_refused += 1;

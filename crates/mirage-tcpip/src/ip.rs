@@ -616,7 +616,7 @@ impl<N: Net> IpLayer<N> {
             return;
         }
         let kind = if arp.op == 1 { Kind::Request } else { Kind::Reply };
-        if arp.op > 2 || !self.neighbors.judge(IpAddr::V4(arp.sender_ip), arp.sender_mac, kind, t) {
+        if !(1..=2).contains(&arp.op) || !self.neighbors.judge(IpAddr::V4(arp.sender_ip), arp.sender_mac, kind, t) {
             self.stats.arp_refused += 1;
             return;
         }

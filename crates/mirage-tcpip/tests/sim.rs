@@ -2544,3 +2544,24 @@ fn packets_to_everyone_get_no_answer_but_bound_ports_get_them() {
         assert_eq!(p.b.stats().group_dropped, 4);
     });
 }
+
+#[test]
+fn an_arp_packet_that_is_neither_request_nor_reply_spends_no_question() {
+    run(async {
+        let p = pair_with(85, Faults::default(), config(A, 1), config(B, 2));
+        let since = p.from_b.borrow().len();
+        let b = p.b.clone();
+        // b asks for X, who answers late: first a forged packet of op 3
+        // with another hardware address, then X's own reply.
+        spawn(async move {
+            let _ = b.connect(SocketAddr::new(X.into(), 80)).await;
+        });
+        sleep(Duration::from_millis(50)).await;
+        inject(&p, arp_frame(3, MAC_X, [2, 0, 0, 0, 0, 0x66], X, B));
+        inject(&p, arp_frame(2, MAC_X, MAC_X, X, B));
+        sleep(Duration::from_millis(300)).await;
+        assert_eq!(p.b.stats().neighbor_refused, 1, "{:?}", p.b.stats());
+        let to_x = p.from_b.borrow()[since..].iter().filter(|f| f[..6] == MAC_X && f[12..14] == [8, 0]).count();
+        assert!(to_x > 0, "the answer to b's question was taken: b's SYN goes to X");
+    });
+}
