@@ -36,6 +36,10 @@ pub struct Devices {
     pub tender_vnet_hdr: bool,
     /// Whether each entry's tap carries virtio-net headers.
     pub vnet: Vec<bool>,
+    /// Whether each entry's receive offload was turned on, once the guest
+    /// asked (hvt): the ioctl takes the host's network-wide lock, and a
+    /// guest asking again and again gets the first answer.
+    pub rx_offload: Vec<Option<bool>>,
 }
 
 /// The outcome of offering an option to a module.
@@ -53,7 +57,8 @@ impl Devices {
         let fds = entries.iter().map(|_| None).collect();
         let flush_fds = entries.iter().map(|_| None).collect();
         let vnet = entries.iter().map(|_| false).collect();
-        Devices { entries, fds, flush_fds, offer_vnet_hdr: false, tender_vnet_hdr: false, vnet }
+        let rx_offload = entries.iter().map(|_| None).collect();
+        Devices { entries, fds, flush_fds, offer_vnet_hdr: false, tender_vnet_hdr: false, vnet, rx_offload }
     }
 
     fn lookup(&self, name: &str, mtype: MftType) -> Option<usize> {

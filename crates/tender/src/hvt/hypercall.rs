@@ -328,10 +328,16 @@ impl<'m> Hypercalls<'m> {
         let mut arg = self.mem.arg::<HcNetRxOffload>(gpa).map_err(err)?;
         let mut a = arg.get();
         a.ret = match self.devices.get(a.handle, MftType::NetBasic) {
-            Some((_, fd)) if self.devices.vnet[a.handle as usize] => match tap::receive_offload(&fd) {
-                Ok(()) => SoloResult::Ok as u32,
-                Err(_) => SoloResult::Unspec as u32,
-            },
+            Some((_, fd)) if self.devices.vnet[a.handle as usize] => {
+                // Once per device: TUNSETOFFLOAD takes the host's RTNL
+                // lock, which a guest asking in a loop would keep busy.
+                let done = &mut self.devices.rx_offload[a.handle as usize];
+                if *done.get_or_insert_with(|| tap::receive_offload(&fd).is_ok()) {
+                    SoloResult::Ok as u32
+                } else {
+                    SoloResult::Unspec as u32
+                }
+            }
             _ => SoloResult::Inval as u32,
         };
         arg.set(&a);

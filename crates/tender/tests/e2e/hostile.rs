@@ -189,6 +189,30 @@ pub fn cases(v: &mut Vec<Case>) {
         }
         Ok(())
     }));
+    // Asked again and again, the tender turns receive offload on once:
+    // TUNSETOFFLOAD takes the host's network-wide RTNL lock.
+    let strace = Needs::NetProgram { target: "hvt", name: "strace", package: "strace" };
+    v.push(case("hvt::net_rx_offload_asked_in_a_loop_reaches_the_host_once", strace, || {
+        let dir = Scratch::new("rx-offload");
+        let trace = dir.0.join("ioctls");
+        let ns = Netns::new()?;
+        let mut c = ns.command("strace");
+        c.args(["-f", "-qq", "-e", "trace=ioctl", "-o"]).arg(&trace).arg(tender("hvt"));
+        c.arg("--net:service=tap0").arg(guest("hvt", "hostile-net")?).arg("rx-offload-repeated");
+        let mut g = Background::start(c)?;
+        let status = g.wait(Duration::from_secs(60))?;
+        let out = g.output();
+        if status != 0 || !out.contains("hostile: rx offload asked 1000 times, 1000 answered OK") {
+            return Err(format!("status {status}:\n{out}"));
+        }
+        let ioctls = std::fs::read_to_string(&trace).map_err(|e| format!("strace's output: {e}"))?;
+        // The tap's attachment clears the offloads first (flags 0).
+        let n = ioctls.lines().filter(|l| l.contains("TUNSETOFFLOAD") && !l.contains("TUNSETOFFLOAD, 0)")).count();
+        if n != 1 {
+            return Err(format!("{n} TUNSETOFFLOAD calls turning offloads on, not 1:\n{ioctls}"));
+        }
+        Ok(())
+    }));
     let fatal: &[(&str, &str)] = &[
         ("puts-ptr", "Puts hypercall: Invalid guest access: gpa=0xffff0000, sz=16"),
         ("puts-len", "Puts hypercall: Invalid guest access: gpa=0x"),

@@ -116,6 +116,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
             solo5::println!("hostile: rx offload answers: {answers:?}");
             return 0;
         }
+        "rx-offload-repeated" => {
+            let ok = (0..1000).filter(|_| rx_offload(1) == 0).count();
+            solo5::println!("hostile: rx offload asked 1000 times, {ok} answered OK");
+            return 0;
+        }
         "ioctl-granted" => {
             let r = syscall3(16, tap_fd(), vnet::TUNSETOFFLOAD, vnet::RX_OFFLOAD_FLAGS);
             solo5::println!("hostile: TUNSETOFFLOAD with receive offload's flags: {r}");
