@@ -87,6 +87,22 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
                 // An address probe (RFC 5227): it teaches nothing.
                 return Verdict::Engine;
             }
+            // The engine learns nothing from a sender off its subnets:
+            // neither may the policy.
+            let on_link = inner.iface.ip_addrs().iter().any(|c| c.contains_addr(&IpAddress::Ipv4(arp.sender_ip)));
+            if !on_link {
+                inner.link.stats.neighbor_refused += 1;
+                return Verdict::Drop;
+            }
+            if !ours
+                && kind == Kind::Request
+                && !inner.link.neighbors.request_fits(IpAddr::V4(arp.sender_ip), now)
+                && neighbor_ok(arp.sender_mac)
+            {
+                inner.link.stats.neighbor_answered += 1;
+                answer_arp(inner, net, &arp);
+                return Verdict::Drop;
+            }
             if ours || !inner.link.neighbors.judge(IpAddr::V4(arp.sender_ip), arp.sender_mac, kind, now) {
                 inner.link.stats.neighbor_refused += 1;
                 log::debug!(target: "tcpip", "refused ARP: {} at {:02x?} (op {})", arp.sender_ip, arp.sender_mac, arp.op);
@@ -132,11 +148,13 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
                 Some(wire::PROTO_ICMPV6) if src.is_ipv6() => {
                     let IpAddr::V6(src) = src else { return Verdict::Engine };
                     let told = match ndisc(&inner.link.frame()[at..at + len]) {
-                        Some(NdiscRepr::NeighborSolicit { lladdr: Some(ll), .. }) => Some((Kind::Request, ll)),
-                        Some(NdiscRepr::NeighborAdvert { lladdr: Some(ll), .. }) => Some((Kind::Reply, ll)),
+                        Some(NdiscRepr::NeighborSolicit { lladdr: Some(ll), target_addr }) => {
+                            Some((Kind::Request, ll, Some(target_addr)))
+                        }
+                        Some(NdiscRepr::NeighborAdvert { lladdr: Some(ll), .. }) => Some((Kind::Reply, ll, None)),
                         _ => None,
                     };
-                    let Some((kind, ll)) = told else { return Verdict::Engine };
+                    let Some((kind, ll, target)) = told else { return Verdict::Engine };
                     // RFC 4861 7.1: a hop limit of 255 proves the message
                     // came from the link; the engine drops the rest, and
                     // the policy must not learn from them either.
@@ -145,6 +163,14 @@ pub(crate) fn judge<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) -> Ver
                         return Verdict::Drop;
                     }
                     let mac = <[u8; 6]>::try_from(ll.as_bytes()).unwrap_or([0; 6]);
+                    if let Some(target) = target.filter(|t| inner.iface.has_ip_addr(IpAddress::Ipv6(*t)))
+                        && neighbor_ok(mac)
+                        && !inner.link.neighbors.request_fits(IpAddr::V6(src), now)
+                    {
+                        inner.link.stats.neighbor_answered += 1;
+                        answer_ns(inner, net, src, mac, target);
+                        return Verdict::Drop;
+                    }
                     if !inner.link.neighbors.judge(IpAddr::V6(src), mac, kind, now) {
                         inner.link.stats.neighbor_refused += 1;
                         log::debug!(target: "tcpip", "refused NDP: {src} at {mac:02x?}");
@@ -182,6 +208,67 @@ fn for_a_group(inner: &Inner, upper: Option<u8>, at: usize, len: usize) -> bool 
 
 /// IGMP (IPv4 group membership).
 const PROTO_IGMP: u8 = 2;
+
+/// Answers an ARP request for one of our addresses without the engine
+/// (past `neighbor::REQUEST_BUDGET`): the sender learns us, the engine
+/// learns nothing, and asks in its turn when it has something to send.
+fn answer_arp<N: Net>(inner: &mut Inner, net: &mut N, arp: &wire::Arp) {
+    let mac = inner.link.mac;
+    let (to_mac, to_ip, ours) = (arp.sender_mac, arp.sender_ip, arp.target_ip);
+    Adapter { net, link: &mut inner.link }.send(42, |f| {
+        f[..6].copy_from_slice(&to_mac);
+        f[6..12].copy_from_slice(&mac);
+        f[12..22].copy_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+        f[22..28].copy_from_slice(&mac);
+        f[28..32].copy_from_slice(&ours.octets());
+        f[32..38].copy_from_slice(&to_mac);
+        f[38..42].copy_from_slice(&to_ip.octets());
+    });
+}
+
+/// Answers a neighbour solicitation for `target`, one of our addresses,
+/// without the engine, as [`answer_arp`].
+fn answer_ns<N: Net>(
+    inner: &mut Inner,
+    net: &mut N,
+    to: core::net::Ipv6Addr,
+    to_mac: [u8; 6],
+    target: core::net::Ipv6Addr,
+) {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetFrame, EthernetProtocol, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Packet, Ipv6Repr,
+        NdiscNeighborFlags, RawHardwareAddress,
+    };
+    let mac = inner.link.mac;
+    let icmp = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+        flags: NdiscNeighborFlags::SOLICITED | NdiscNeighborFlags::OVERRIDE,
+        target_addr: target,
+        lladdr: Some(RawHardwareAddress::from_bytes(&mac)),
+    });
+    let ip = Ipv6Repr {
+        src_addr: target,
+        dst_addr: to,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 255,
+    };
+    let len = 14 + ip.buffer_len() + icmp.buffer_len();
+    Adapter { net, link: &mut inner.link }.send(len, |buf| {
+        let mut frame = EthernetFrame::new_unchecked(buf);
+        frame.set_dst_addr(smoltcp::wire::EthernetAddress(to_mac));
+        frame.set_src_addr(smoltcp::wire::EthernetAddress(mac));
+        frame.set_ethertype(EthernetProtocol::Ipv6);
+        let mut packet = Ipv6Packet::new_unchecked(frame.payload_mut());
+        ip.emit(&mut packet);
+        icmp.emit(
+            &target,
+            &to,
+            &mut Icmpv6Packet::new_unchecked(packet.payload_mut()),
+            &ChecksumCapabilities::default(),
+        );
+    });
+}
 
 fn neighbor_ok(mac: [u8; 6]) -> bool {
     crate::neighbor::unicast(mac)

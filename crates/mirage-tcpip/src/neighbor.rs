@@ -9,10 +9,13 @@
 //!   reply may create an entry or change one.
 //! * An unsolicited reply, or a request (whose sender the engine also
 //!   learns), may refresh an entry with the same hardware address. A
-//!   request may create an entry that does not exist, except for a
-//!   gateway's address, which only a solicited reply sets: the gateway
-//!   carries all traffic off the link, the entry worth poisoning. Nothing
-//!   unsolicited changes the hardware address of a live entry.
+//!   request may create an entry that does not exist, the gateway's too
+//!   (refusing it would leave a gateway that speaks first unanswered), but
+//!   only [`REQUEST_BUDGET`] live entries at once: past that, the adapter
+//!   answers a request from an unknown sender itself and the engine never
+//!   sees it, so that made-up senders cannot flush the engine's 16
+//!   entries. Nothing unsolicited changes the hardware address of a live
+//!   entry.
 //! * Gratuitous ARP (sender and target address the same) is not aimed at
 //!   this host and the engine ignores it: it changes nothing.
 //!
@@ -43,6 +46,13 @@ use crate::wire;
 const LIFETIME: Duration = Duration::from_secs(60);
 /// How long after asking a reply counts as solicited.
 const ASKED: Duration = Duration::from_secs(3);
+
+/// The most live entries requests may have made in the engine's cache,
+/// which holds 16 and, when full, evicts whichever expires first: past
+/// this, the adapter answers a request from an unknown sender itself and
+/// the engine never sees it, so that requests from made-up senders cannot
+/// flush the gateway and the neighbours this host asked for.
+pub(crate) const REQUEST_BUDGET: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -106,6 +116,24 @@ impl Neighbors {
             // changes it.
             _ => kind == Kind::Request && self.learn(ip, mac, now, false),
         }
+    }
+
+    /// Whether a request from `ip` should reach the engine: it has a live
+    /// entry here (the request refreshes it), or the entries requests made
+    /// are fewer than [`REQUEST_BUDGET`]. One pass over the table, only
+    /// for a sender not known.
+    pub(crate) fn request_fits(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.lookup(ip, now).is_some() {
+            return true;
+        }
+        let gateways = self.gateways;
+        let made = self
+            .known
+            .iter()
+            .filter(|(a, k)| !k.asked && now < k.until && !gateways.contains(&Some(**a)))
+            .take(REQUEST_BUDGET)
+            .count();
+        made < REQUEST_BUDGET
     }
 
     /// Extends the entry of `ip` if it is live at `mac`: the engine

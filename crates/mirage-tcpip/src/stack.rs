@@ -314,6 +314,11 @@ pub struct Stats {
     pub challenges_limited: u64,
     /// ARP and NDP packets refused by the neighbour-cache policy.
     pub neighbor_refused: u64,
+    /// ARP requests and neighbour solicitations from unknown senders
+    /// answered by the adapter, not the engine, once requests had made
+    /// `REQUEST_BUDGET` (8) of the engine's 16 entries: so requests from
+    /// made-up senders cannot flush the neighbours in use.
+    pub neighbor_answered: u64,
     /// IP fragments dropped (the stack does not reassemble).
     pub fragments: u64,
     /// Packets in broadcast or multicast frames dropped for asking an

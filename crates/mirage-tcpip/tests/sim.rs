@@ -2565,3 +2565,91 @@ fn an_arp_packet_that_is_neither_request_nor_reply_spends_no_question() {
         assert!(to_x > 0, "the answer to b's question was taken: b's SYN goes to X");
     });
 }
+
+#[test]
+fn requests_from_made_up_senders_never_flush_the_neighbours_in_use() {
+    run(async {
+        let p = pair_with(86, Faults::default(), config(A, 1), config(B, 2));
+        serve(&p.b, 80, 16).await;
+        let (probe, since) = probe_during(&p.a, SocketAddr::new(B.into(), 80), async {
+            sleep(Duration::from_millis(300)).await;
+            let since = p.from_b.borrow().len();
+            // Bursts of requests from 32 made-up senders on the link (200
+            // of them in turn), every 50 ms for 3 s: past the engine's 16
+            // entries, each burst would evict a, and every stream to a
+            // would wait on ARP, one a second for the whole stack.
+            for burst in 0..60u32 {
+                for i in 0..32u32 {
+                    let n = ((burst * 32 + i) % 200) as u8;
+                    let mac = [2, 0x44, 0, 0, 0, n];
+                    inject(&p, arp_frame(1, mac, mac, Ipv4Addr::new(10, 0, 0, 10 + n), B));
+                }
+                sleep(Duration::from_millis(50)).await;
+            }
+            since
+        })
+        .await;
+        let stats = p.b.stats();
+        assert!(probe.failed == 0 && probe.worst < Duration::from_millis(200), "{probe:?} {stats:?}");
+        let sent = &p.from_b.borrow()[since..];
+        let asked_for_a = sent.iter().filter(|f| f[12..14] == [8, 6] && f[21] == 1 && f[38..42] == A.octets()).count();
+        assert!(asked_for_a <= 1, "b asked for a {asked_for_a} times");
+        // Every request got its answer, from the engine or the adapter.
+        let answers = sent.iter().filter(|f| f[12..14] == [8, 6] && f[21] == 2 && f[28..32] == B.octets()).count();
+        assert_eq!(answers, 60 * 32, "{stats:?}");
+        assert!(stats.neighbor_answered >= 60 * 32 - 60 * 8, "{stats:?}");
+    });
+}
+
+/// A neighbour solicitation for `target` from `src` at `mac`, to the
+/// target's solicited-node group.
+fn solicitation(src: std::net::Ipv6Addr, mac: [u8; 6], target: std::net::Ipv6Addr) -> Vec<u8> {
+    let t = target.octets();
+    let group =
+        std::net::Ipv6Addr::from([0xff02, 0, 0, 0, 0, 1, 0xff00 | t[13] as u16, u16::from_be_bytes([t[14], t[15]])]);
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&t);
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&mac);
+    let c = mirage_tcpip::wire::checksum_ipv6(src, group, 58, &icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![0x33, 0x33, 0xff, t[13], t[14], t[15]];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, icmp.len() as u8, 58, 255]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&group.octets());
+    f.extend_from_slice(&icmp);
+    f
+}
+
+#[test]
+fn solicitations_past_the_budget_are_answered_by_the_adapter() {
+    run(async {
+        let b6: std::net::Ipv6Addr = "fd00::2".parse().unwrap();
+        let mut cb = config(B, 2);
+        cb.ipv6 = Some((b6, 64));
+        let p = pair_with(87, Faults::default(), config(A, 1), cb);
+        sleep(Duration::from_millis(100)).await;
+        let since = p.from_b.borrow().len();
+        let senders: Vec<_> = (0..40u16).map(|n| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, n)).collect();
+        for (n, s) in senders.iter().enumerate() {
+            inject(&p, solicitation(*s, [2, 0x55, 0, 0, 0, n as u8], b6));
+        }
+        sleep(Duration::from_millis(200)).await;
+        // An advertisement to each, from the engine or the adapter, whole.
+        let sent = &p.from_b.borrow()[since..];
+        for (n, s) in senders.iter().enumerate() {
+            let na = sent
+                .iter()
+                .find(|f| f.len() >= 86 && f[12..14] == [0x86, 0xdd] && f[54] == 136 && f[38..54] == s.octets())
+                .unwrap_or_else(|| panic!("no advertisement to {s}"));
+            assert_eq!(na[..6], [2, 0x55, 0, 0, 0, n as u8]);
+            assert_eq!((na[21], &na[62..78]), (255, &b6.octets()[..]), "hop limit 255, the target b");
+            let mut icmp = na[54..].to_vec();
+            let stored = u16::from_be_bytes([icmp[2], icmp[3]]);
+            icmp[2..4].fill(0);
+            assert_eq!(mirage_tcpip::wire::checksum_ipv6(b6, *s, 58, &icmp), stored);
+        }
+        assert!(p.b.stats().neighbor_answered >= 30, "{:?}", p.b.stats());
+    });
+}
