@@ -16,11 +16,13 @@
 //! (op 2) with the transaction ID of the exchange in progress and this
 //! interface's hardware address, of the type the state expects, offering
 //! a usable unicast address with a contiguous subnet mask, a server
-//! identifier, and a lease of at least [`MIN_LEASE_SECS`]. Anything else
+//! identifier, and a lease of at least [`MIN_LEASE_SECS`]; an ACK must
+//! come from the server asked (any, when rebinding). Anything else
 //! is dropped and counted (the layer's `IpStats::dhcp_dropped`). A
 //! lease longer than [`MAX_LEASE_SECS`] (or infinite) is held for that
-//! long and renewed; T1 and T2 that are not 0 < T1 < T2 < lease are
-//! replaced by RFC 2131's defaults (half and seven eighths). A router
+//! long and renewed; T1 and T2 that are not `MIN_LEASE_SECS` / 2 <= T1 <
+//! T2 < lease are replaced by RFC 2131's defaults (half and seven
+//! eighths), so that no server has the client renew every second. A router
 //! option off the leased subnet is ignored: the lease then has no
 //! gateway.
 
@@ -387,12 +389,17 @@ impl Client {
                 self.restart(now)
             }
             (State::Requesting { .. } | State::Renewing | State::Rebinding, DhcpMessageType::Ack) => {
-                let want = match self.state {
-                    State::Requesting { addr, .. } => addr,
-                    _ => self.lease.map_or(Ipv4Addr::UNSPECIFIED, |l| l.addr),
+                // The address asked for, from the server asked (any,
+                // when rebinding).
+                let (want, asked) = match self.state {
+                    State::Requesting { addr, server } => (addr, Some(server)),
+                    State::Renewing => {
+                        (self.lease.map_or(Ipv4Addr::UNSPECIFIED, |l| l.addr), self.lease.map(|l| l.server))
+                    }
+                    _ => (self.lease.map_or(Ipv4Addr::UNSPECIFIED, |l| l.addr), None),
                 };
                 let lease = match self.check(r, now) {
-                    Some(l) if l.addr == want => l,
+                    Some(l) if l.addr == want && asked.is_none_or(|s| s == l.server) => l,
                     _ => {
                         self.dropped += 1;
                         return (None, Event::None);
@@ -425,7 +432,9 @@ impl Client {
         }
         let lease = lease.min(MAX_LEASE_SECS);
         let (mut t1, mut t2) = (r.t1.unwrap_or(lease / 2), r.t2.unwrap_or((lease as u64 * 7 / 8) as u32));
-        if !(0 < t1 && t1 < t2 && t2 < lease) {
+        // A renewal no sooner than half the shortest lease: a T1 of a
+        // second would have the client renew every second.
+        if !(MIN_LEASE_SECS / 2 <= t1 && t1 < t2 && t2 < lease) {
             (t1, t2) = (lease / 2, (lease as u64 * 7 / 8) as u32);
         }
         let router = r.router.filter(|g| router_ok(addr, prefix, *g));
@@ -635,6 +644,33 @@ mod tests {
         assert_eq!(l.t1, t(MAX_LEASE_SECS as u64 / 2));
         // A second ACK for the finished exchange: dropped.
         assert_eq!(c.input(&ack, t(1)), (None, Event::None));
+    }
+
+    #[test]
+    fn only_the_server_asked_acknowledges_and_renewals_wait_half_the_shortest_lease() {
+        let mut c = Client::new(MAC, 9);
+        let (m, _) = c.poll(t(0));
+        let xid = sent(&m.unwrap()).transaction_id;
+        let offer = reply(DhcpMessageType::Offer, xid, Some(3600));
+        assert!(c.input(&offer, t(0)).0.is_some());
+        // Another server's ACK for the address asked of ours: dropped.
+        let other = Reply { kind: DhcpMessageType::Ack, server_id: Some(Ipv4Addr::new(10, 0, 0, 66)), ..offer };
+        assert_eq!(c.input(&other, t(0)), (None, Event::None));
+        assert_eq!(c.dropped, 1);
+        // Ours, with a T1 of one second: renewal comes at half the lease.
+        let ack = Reply { kind: DhcpMessageType::Ack, t1: Some(1), t2: Some(3000), ..offer };
+        let (_, e) = c.input(&ack, t(0));
+        let Event::Bound(l) = e else { panic!("{e:?}") };
+        assert_eq!((l.t1, l.t2), (t(1800), t(3150)));
+        // The lower bound itself is kept.
+        let mut c = Client::new(MAC, 10);
+        let (m, _) = c.poll(t(0));
+        let xid = sent(&m.unwrap()).transaction_id;
+        let offer = reply(DhcpMessageType::Offer, xid, Some(3600));
+        c.input(&offer, t(0));
+        let ack = Reply { kind: DhcpMessageType::Ack, t1: Some(MIN_LEASE_SECS / 2), t2: Some(3000), ..offer };
+        let Event::Bound(l) = c.input(&ack, t(0)).1 else { panic!() };
+        assert_eq!(l.t1, t(u64::from(MIN_LEASE_SECS / 2)));
     }
 
     #[test]
