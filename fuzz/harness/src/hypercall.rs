@@ -135,6 +135,7 @@ impl World {
             tender_vnet_hdr: false,
             // A socket pair stands for the tap: plain frames.
             vnet: vec![false, false, false],
+            rx_offload: vec![None, None, None],
         }
     }
 
