@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod nat;
 pub mod seeds;
 pub mod sim;
+pub mod stack;
 pub mod tar;
 pub mod wire;
 
@@ -46,4 +47,5 @@ pub const TARGETS: &[Target] = &[
     ("args", args::run),
     ("dhcpd", dhcpd::run),
     ("nat", nat::run),
+    ("stack", stack::run),
 ];

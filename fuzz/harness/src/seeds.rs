@@ -28,6 +28,7 @@ pub fn all() -> Vec<Seed> {
     seeds.extend(gdb_remote());
     seeds.extend(dhcpd());
     seeds.extend(crate::nat::seeds());
+    seeds.extend(crate::stack::seeds());
     seeds.extend(blobs("http_request", 6));
     seeds.extend(blobs("tar_roundtrip", 6));
     seeds
