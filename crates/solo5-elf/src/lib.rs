@@ -135,6 +135,12 @@ pub enum ElfError {
         /// Guest memory size.
         mem: u64,
     },
+    /// `e_entry` lies in no executable segment (ours: Solo5 loads such an
+    /// image, whose first instruction then faults).
+    EntryNotExecutable {
+        /// `e_entry`.
+        entry: u64,
+    },
     /// A segment starts below the lowest load address.
     VaddrBelowBase {
         /// Program header index.
@@ -328,6 +334,10 @@ impl fmt::Display for ElfError {
             EntryOutOfRange { entry, min, mem } => write!(
                 f,
                 "{INV_EXE}: e_entry does not fall within the memory allocation range ({entry} < {min} || {entry} >= {mem})"
+            ),
+            EntryNotExecutable { entry } => write!(
+                f,
+                "{INV_EXE}: e_entry ({entry:#x}) is in no executable segment: the first instruction would fault (check the linker script)"
             ),
             VaddrBelowBase { ph, vaddr, min } => {
                 write!(f, "{INV_EXE}: phdr[{ph}].p_vaddr outside of valid memory range ({vaddr} < {min})")
@@ -669,7 +679,12 @@ pub fn load_plan(bytes: &[u8], mem_size: u64, min_base: u64) -> Result<LoadPlan,
             prot,
         });
     }
-    Ok(LoadPlan { entry: header.entry, kernel_end: e_end, segments })
+    // Checked last, so that every one of Solo5's checks keeps its message.
+    let entry = header.entry;
+    if !segments.iter().any(|s| s.prot.exec && s.vaddr <= entry && entry - s.vaddr < s.memsz) {
+        return Err(ElfError::EntryNotExecutable { entry });
+    }
+    Ok(LoadPlan { entry, kernel_end: e_end, segments })
 }
 
 #[cfg(test)]

@@ -236,6 +236,26 @@ fn entry_point_rules() {
     );
 }
 
+#[test]
+fn the_entry_point_must_be_in_an_executable_segment() {
+    // In the read-only notes, in the data, past the text's 4 bytes.
+    for entry in [BASE + 0x1000, BASE + 0x2000, BASE + 4] {
+        let mut e = Image::hvt().build();
+        e[24..32].copy_from_slice(&entry.to_le_bytes());
+        assert_eq!(plan(&e), Err(ElfError::EntryNotExecutable { entry }));
+    }
+    let mut e = Image::hvt().build();
+    e[24..32].copy_from_slice(&(BASE + 3).to_le_bytes());
+    assert!(plan(&e).is_ok(), "the text's last byte");
+    // No executable segment at all.
+    let e = Image::hvt().with(|p| p[0].flags = PF_R).build();
+    assert_eq!(plan(&e), Err(ElfError::EntryNotExecutable { entry: BASE }));
+    assert_eq!(
+        alloc::format!("{}", plan(&e).unwrap_err()),
+        "invalid executable: e_entry (0x100000) is in no executable segment: the first instruction would fault (check the linker script)"
+    );
+}
+
 fn load_err(f: impl FnOnce(&mut Vec<P>)) -> ElfError {
     plan(&Image::hvt().with(f).build()).unwrap_err()
 }
