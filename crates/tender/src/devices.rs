@@ -187,6 +187,17 @@ impl Devices {
                 let capacity = e.block_capacity();
                 e.set_block_basic(capacity, block::DEFAULT_BLOCK_SIZE);
             }
+            // A size the image's manifest gave (without
+            // --block-sector-size, whose value is checked as it is read):
+            // Solo5 asserts on it; the filter's bounds need a power of two.
+            if !block::valid_block_size(u64::from(e.block_size())) {
+                return Err(fatal!(
+                    "{}: the image's manifest sets a sector size of {} bytes: it must be a power of two from 512 to 32768 (give --block-sector-size:{}=N, or rebuild the image)",
+                    e.name_str(),
+                    e.block_size(),
+                    e.name_str()
+                ));
+            }
             block::check_capacity(e.name_str(), e.block_capacity(), e.block_size())?;
         }
         Ok(())

@@ -105,6 +105,25 @@ pub fn cases(v: &mut Vec<Case>) {
             }
             Ok(())
         }));
+        // A sector size preset in the image's manifest is checked as the
+        // option's is: the image's own word is no better than the user's.
+        v.push(case(format!("{t}::a_manifest_sector_size_that_is_no_power_of_two_is_refused"), n, move || {
+            let dir = Scratch::new("blk");
+            let disk = dir.file("disk.img", 1 << 20);
+            let mut image = std::fs::read(testkit::guest(t, "blk")?).map_err(|e| e.to_string())?;
+            // The manifest entry named "storage": its 68-byte name, the
+            // type, then `u.block_basic` (capacity, then the sector size).
+            let name = b"storage\0";
+            let at = image.windows(name.len()).position(|w| w == name).ok_or("no entry named storage")?;
+            image[at + 80..at + 82].copy_from_slice(&1536u16.to_le_bytes());
+            let patched = dir.0.join("blk-1536");
+            std::fs::write(&patched, &image).map_err(|e| e.to_string())?;
+            let mut c = std::process::Command::new(testkit::tender(t));
+            c.arg(format!("--block:storage={}", disk.display())).arg(&patched);
+            let r = testkit::run_with(c, std::time::Duration::from_secs(60))?;
+            r.expect_status(1)?;
+            r.expect_stderr("storage: the image's manifest sets a sector size of 1536 bytes: it must be a power of two from 512 to 32768")
+        }));
         v.push(case(format!("{t}::block_missing_file_is_refused"), n, move || {
             let r = boot(t, &["--block:storage=/nonexistent/disk.img"], "blk", &[])?;
             r.expect_status(1)?;
