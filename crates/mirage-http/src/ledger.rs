@@ -143,6 +143,28 @@ impl Holder<'_> {
         .await
     }
 
+    /// Claims `bytes` more within the memory budget for what is allocated
+    /// outside a buffer it grows (a parsed request's fields), shedding
+    /// larger holders if need be; false if there is no room, or it has
+    /// been shed itself. [`Holder::set`] gives it back.
+    pub(crate) async fn claim(&self, bytes: usize) -> bool {
+        let mut rounds = 0;
+        loop {
+            if self.is_shed() {
+                return false;
+            }
+            if may_hold(bytes) {
+                self.set(self.held().saturating_add(bytes));
+                return true;
+            }
+            if rounds == SHED_ROUNDS || !self.ledger.shed_largest(self.held()) {
+                return false;
+            }
+            rounds += 1;
+            yield_now().await;
+        }
+    }
+
     /// Grows the capacity of `v` to `cap` bytes (exactly, as far as the
     /// allocator goes) within the memory budget, shedding larger holders
     /// if need be; false if there is no room, or it has been shed itself.

@@ -218,6 +218,24 @@ const CHUNK_WINDOW: usize = 16 * 1024;
 /// head before it is closed without an answer.
 const REFUSE_WAIT: Duration = Duration::from_secs(5);
 
+/// Where the head in `buf` ends (after its blank line), if it is all
+/// there: a line feed followed by an empty line, with or without its
+/// carriage return, as the parser takes them; blank lines before the
+/// request line (which the parser skips) are not its end.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
+    (start..buf.len()).find_map(|i| match (buf[i], buf.get(i + 1), buf.get(i + 2)) {
+        (b'\n', Some(b'\n'), _) => Some(i + 2),
+        (b'\n', Some(b'\r'), Some(b'\n')) => Some(i + 3),
+        _ => None,
+    })
+}
+
+/// What a parsed header field costs beyond its bytes: a `String` and a
+/// `Vec` of 24 bytes each in the request, and the allocator's rounding of
+/// each of them.
+const FIELD_COST: usize = 80;
+
 /// Accepts connections on `listener` and serves each in its own task
 /// until the listener fails.
 pub async fn serve<L, H, W>(
@@ -432,8 +450,29 @@ async fn converse<F: Flow, H: Handler, W: WallClock>(
         // close; a head begun must be complete by the header deadline.
         let idle_deadline = now() + limits.idle_timeout;
         let mut head_deadline = if buf.is_empty() { None } else { Some(now() + limits.header_timeout) };
+        // What the parsed request will cost, claimed before it is made.
+        let mut head_cost = 0;
         let (mut request, head_len, framing) = loop {
             if !buf.is_empty() {
+                // The parsed request copies the head's fields out of the
+                // buffer: as much again as the head, and an allocation or
+                // two a field. Held as long as the request, by as many
+                // connections as end their heads at once, it is claimed
+                // before the copy, as a buffer's growth is.
+                if head_cost == 0
+                    && let Some(end) = head_end(&buf)
+                {
+                    let lines = buf[..end].iter().filter(|&&b| b == b'\n').count();
+                    let cost = end + lines.saturating_add(2).saturating_mul(FIELD_COST);
+                    if !me.claim(cost).await {
+                        return if me.is_shed() {
+                            Stop::Shed { status: Some(503), held: me.held() }
+                        } else {
+                            Stop::NoMemory(503)
+                        };
+                    }
+                    head_cost = cost;
+                }
                 match request::parse(&buf, limits, peer) {
                     Ok(Head::Complete { request, len, framing }) => break (request, len, framing),
                     Ok(Head::Partial) => {}
@@ -470,7 +509,7 @@ async fn converse<F: Flow, H: Handler, W: WallClock>(
             Ok(body) => request.body = body,
             Err(stop) => return stop,
         }
-        me.set(buf.capacity() + request.body.capacity());
+        me.set(buf.capacity() + request.body.capacity() + head_cost);
 
         let keep = request.keep_alive();
         let mut response = handler.handle(&request).await;
@@ -737,4 +776,18 @@ async fn close<F: Flow, W: WallClock>(mut flow: F, status: Option<u16>, clock: &
     // close writes first, as TLS's does): past this, the flow is dropped,
     // and its connection handed to the stack, which bounds it.
     let _ = mirage_runtime::time::timeout(Duration::from_secs(10), flow.close()).await;
+}
+
+#[cfg(test)]
+mod head_tests {
+    use super::head_end;
+
+    #[test]
+    fn a_head_ends_after_its_blank_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\n"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(head_end(b"\r\n\r\nGET / HTTP/1.1\r\n"), None, "blank lines before it are no end");
+        assert_eq!(head_end(b"\r\n\r\n"), None);
+    }
 }
