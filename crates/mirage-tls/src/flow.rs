@@ -6,12 +6,13 @@
 //!
 //! Memory is bounded by the peer's framing, never by its will: the input
 //! buffer grows only to hold one record or one handshake message (at most
-//! [`MAX_INCOMING`]), the plaintext buffer holds at most one record's
-//! payload, a write is cut to one record's worth (its encoded record keeps
+//! [`MAX_INCOMING`]), the plaintext buffer at most the payloads of the
+//! records the input holds, a write is cut to one record's worth (its encoded record keeps
 //! its room while writes follow each other), and the buffers shrink back
 //! when a connection waits for its peer. Every growth is a fallible
-//! allocation, and input grows only within the memory budget of
-//! `mirage_runtime::memory` (beyond it, [`Error::OutOfMemory`]). The handshake runs on the first read or write (or an
+//! allocation, and the input, the plaintext and the encoded records grow
+//! only within the memory budget of `mirage_runtime::memory` (beyond it,
+//! [`Error::OutOfMemory`]). The handshake runs on the first read or write (or an
 //! explicit [`TlsFlow::handshake`]), inside whatever timeout the caller
 //! puts around that read: a half-open handshake costs the caller's
 //! deadline, never a task of its own.
@@ -353,7 +354,13 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
                     while let Some(record) = traffic.next_record() {
                         match record {
                             Ok(r) => {
-                                if self.plain.try_reserve(r.payload.len()).is_err() {
+                                // Within the budget, as the input is: the
+                                // records of a full input buffer decrypt
+                                // into up to 32 KiB.
+                                let grows = r.payload.len().saturating_sub(self.plain.capacity() - self.plain.len());
+                                if (grows > 0 && !mirage_runtime::memory::may_hold(grows))
+                                    || self.plain.try_reserve(r.payload.len()).is_err()
+                                {
                                     result = Err(Error::OutOfMemory);
                                     break;
                                 }
@@ -559,7 +566,10 @@ impl Outgoing {
         loop {
             let need = self.len + room;
             if self.buf.len() < need {
-                if self.buf.try_reserve_exact(need - self.buf.len()).is_err() {
+                // Within the budget: a record waits here while the peer
+                // does not read.
+                let grows = need - self.buf.len();
+                if !mirage_runtime::memory::may_hold(grows) || self.buf.try_reserve_exact(grows).is_err() {
                     return Err(Error::OutOfMemory);
                 }
                 self.buf.resize(need, 0);
