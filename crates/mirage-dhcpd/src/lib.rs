@@ -159,6 +159,9 @@ pub struct Server {
     stats: Stats,
 }
 
+/// The most addresses a pool holds.
+pub const MAX_POOL: u32 = 65_536;
+
 fn bits(a: Ipv4Addr) -> u32 {
     u32::from(a)
 }
@@ -183,6 +186,15 @@ impl Server {
                 "the pool {first}-{last} is not inside {}/{} (network and broadcast excluded)",
                 Ipv4Addr::from(net),
                 config.prefix
+            ));
+        }
+        // Each message costs a pass over the pool, and it may hold a
+        // record per address: a /8's 16 million would starve the router
+        // and could fill its heap.
+        if bits(last) - bits(first) >= MAX_POOL {
+            return err(alloc::format!(
+                "the pool {first}-{last} holds {} addresses: at most {MAX_POOL} (a /16's worth)",
+                u64::from(bits(last) - bits(first)) + 1
             ));
         }
         if (bits(first)..=bits(last)).contains(&bits(config.server)) {

@@ -326,8 +326,15 @@ fn malformed_and_foreign_messages_are_dropped() {
 #[test]
 fn bad_configurations_are_refused_with_the_reason() {
     type Change = fn(&mut Config);
-    let cases: [(Change, &str); 7] = [
+    let cases: [(Change, &str); 8] = [
         (|c| c.prefix = 31, "prefix /31"),
+        (
+            |c| {
+                c.prefix = 8;
+                c.pool = (Ipv4Addr::new(10, 1, 0, 10), Ipv4Addr::new(10, 200, 0, 1));
+            },
+            "holds 13041656 addresses: at most 65536",
+        ),
         (|c| c.pool = (Ipv4Addr::new(10, 1, 0, 9), Ipv4Addr::new(10, 1, 0, 1)), "is empty"),
         (|c| c.pool = (Ipv4Addr::new(10, 1, 0, 100), Ipv4Addr::new(10, 1, 1, 5)), "is not inside 10.1.0.0/24"),
         (|c| c.pool = (Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 1, 0, 5)), "server's own address"),
