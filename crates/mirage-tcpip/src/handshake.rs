@@ -124,9 +124,12 @@ impl Handshakes {
         opts: Opts,
         mac: [u8; 6],
         now: Instant,
+        may_hold: fn(usize) -> bool,
     ) -> bool {
         let entry = HalfOpen { peer_isn, isn, opts, mac, tries: 0, next: now + FIRST_RTO, made_room: false };
-        self.queue.insert(t, entry).is_ok()
+        // Within the memory budget too: a flood of spoofed SYNs grows the
+        // queue to its limit, and past the budget the cookie answers alone.
+        self.queue.insert_within(t, entry, may_hold).is_ok()
     }
 
     /// The half-open connections whose SYN-ACK is due again (calls `resend`

@@ -513,15 +513,20 @@ pub(crate) struct Deferred {
     since: Instant,
 }
 
-/// Segments waiting so at most, and for how long.
+/// Segments waiting so at most, their bytes at most, and for how long.
+/// They wait when memory is short, so they are not asked of the budget,
+/// but bounded in bytes: with receive offload a segment is up to 64 KiB.
 const DEFERRED: usize = 64;
+const DEFERRED_BYTES: usize = 128 * 1024;
 const DEFER: Duration = Duration::from_secs(3);
 
 /// Keeps a copy of the received frame to judge again once there is room.
 fn defer(inner: &mut Inner, now: Instant) {
     let frame = inner.link.frame();
     let mut copy = Vec::new();
+    let held: usize = inner.deferred.iter().map(|d| d.frame.len()).sum();
     if inner.deferred.len() >= DEFERRED
+        || held.saturating_add(frame.len()) > DEFERRED_BYTES
         || inner.deferred.try_reserve(1).is_err()
         || copy.try_reserve_exact(frame.len()).is_err()
     {
@@ -794,7 +799,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                 Some(h) if h.peer_isn == seg.seq => h.isn,
                 _ => {
                     let isn = inner.handshakes.cookie(&seg.t, seg.seq, seg.opts, now);
-                    if !inner.handshakes.remember(seg.t, seg.seq, isn, seg.opts, seg.mac, now) {
+                    if !inner.handshakes.remember(seg.t, seg.seq, isn, seg.opts, seg.mac, now, inner.config.may_hold) {
                         inner.handshakes.queue.remove(&seg.t);
                         inner.link.stats.syn_cookies += 1;
                     }
@@ -851,7 +856,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                         // SYN-ACK retransmission to bring the peer's ACK
                         // again).
                         Admit::Later => {
-                            inner.handshakes.remember(seg.t, peer_isn, isn, opts, seg.mac, now);
+                            inner.handshakes.remember(seg.t, peer_isn, isn, opts, seg.mac, now, inner.config.may_hold);
                             if let Some(h) = inner.handshakes.queue.get_mut(&seg.t) {
                                 h.made_room = true;
                             }

@@ -203,6 +203,13 @@ impl<K: Hash + Eq, V> Table<K, V> {
     /// Puts `v` under `k` (replacing what was there) unless the table is at
     /// its limit or cannot grow; then the entry comes back with the reason.
     pub(crate) fn insert(&mut self, k: K, v: V) -> Result<(), (Full, K, V)> {
+        self.insert_within(k, v, |_| true)
+    }
+
+    /// As [`Table::insert`], but a growth of the table must also be
+    /// allowed by `may_hold` (the bytes of the new slots): for tables a
+    /// peer fills, which must stay within the memory budget.
+    pub(crate) fn insert_within(&mut self, k: K, v: V, may_hold: impl Fn(usize) -> bool) -> Result<(), (Full, K, V)> {
         if let Some(i) = self.find(&k) {
             self.slots[i] = Some((k, v));
             return Ok(());
@@ -210,8 +217,11 @@ impl<K: Hash + Eq, V> Table<K, V> {
         if self.len >= self.max {
             return Err((Full::Limit, k, v));
         }
-        if (self.len + 1) * 2 > self.slots.len() && !self.resize(((self.len + 1) * 2).next_power_of_two().max(16)) {
-            return Err((Full::Memory, k, v));
+        if (self.len + 1) * 2 > self.slots.len() {
+            let capacity = ((self.len + 1) * 2).next_power_of_two().max(16);
+            if !may_hold(capacity * core::mem::size_of::<Option<(K, V)>>()) || !self.resize(capacity) {
+                return Err((Full::Memory, k, v));
+            }
         }
         self.place(k, v);
         self.len += 1;

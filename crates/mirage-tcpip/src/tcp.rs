@@ -649,9 +649,10 @@ pub(crate) fn reap(inner: &mut Inner, now: Instant) {
                     if inner.lingering.is_full() {
                         inner.lingering.retain(|_, l| now < l.until);
                     }
-                    // When the table is full, nothing is kept: the peer's
-                    // FIN will get a reset.
-                    let _ = inner.lingering.insert(t, linger);
+                    // When the table is full, or would grow past the
+                    // memory budget, nothing is kept: the peer's FIN will
+                    // get a reset.
+                    let _ = inner.lingering.insert_within(t, linger, inner.config.may_hold);
                 }
                 true
             }

@@ -2653,3 +2653,38 @@ fn solicitations_past_the_budget_are_answered_by_the_adapter() {
         assert!(p.b.stats().neighbor_answered >= 30, "{:?}", p.b.stats());
     });
 }
+
+/// A budget that refuses mid-sized allocations only: a SYN queue past 256
+/// entries (a table of 1,024 slots), while a connection's buffers (over
+/// 100 KB) and the smallest tables are allowed.
+fn no_large_tables(bytes: usize) -> bool {
+    !(40_000..100_000).contains(&bytes)
+}
+
+#[test]
+fn the_syn_queue_grows_within_the_memory_budget() {
+    run(async {
+        let mut cb = config(B, 2);
+        cb.may_hold = no_large_tables;
+        let p = pair_with(65, Faults::default(), config(A, 1), cb);
+        serve(&p.b, 80, 16).await;
+        let (probe, ()) = probe_during(&p.a, SocketAddr::new(B.into(), 80), async {
+            sleep(Duration::from_millis(300)).await;
+            for i in 0..5_000u32 {
+                let src = Ipv4Addr::new(10, 0, 0, 100 + (i % 150) as u8);
+                let port = 1024 + (i.wrapping_mul(7919) % 60_000) as u16;
+                inject(&p, tcp_frame(MAC_X, (src, port), (B, 80), i.wrapping_mul(2_654_435_761), 0, SYN, b""));
+                if i % 10 == 9 {
+                    sleep(Duration::from_millis(1)).await;
+                }
+            }
+            sleep(Duration::from_secs(1)).await;
+        })
+        .await;
+        let stats = p.b.stats();
+        assert!(probe.failed == 0, "{probe:?}");
+        // Past 256 the queue could not grow: cookies answered the rest.
+        assert!(stats.syn_queue > 200 && stats.syn_queue <= 256, "{stats:?}");
+        assert!(stats.syn_cookies >= 4000, "{stats:?}");
+    });
+}
