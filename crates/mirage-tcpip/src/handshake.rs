@@ -72,6 +72,8 @@ const FIRST_RTO: Duration = Duration::from_secs(1);
 pub(crate) struct Handshakes {
     pub queue: Table<Tuple, HalfOpen>,
     key: (u64, u64),
+    /// The memory budget, asked before the queue grows.
+    may_hold: fn(usize) -> bool,
 }
 
 impl core::fmt::Debug for Handshakes {
@@ -81,8 +83,8 @@ impl core::fmt::Debug for Handshakes {
 }
 
 impl Handshakes {
-    pub(crate) fn new(key: (u64, u64), max: usize) -> Handshakes {
-        Handshakes { queue: Table::new((key.0 ^ 0x5eed, key.1), max), key }
+    pub(crate) fn new(key: (u64, u64), max: usize, may_hold: fn(usize) -> bool) -> Handshakes {
+        Handshakes { queue: Table::new((key.0 ^ 0x5eed, key.1), max), key, may_hold }
     }
 
     fn mac(&self, t: &Tuple, peer_isn: u32, period: u64, bits: u32) -> u32 {
@@ -124,12 +126,11 @@ impl Handshakes {
         opts: Opts,
         mac: [u8; 6],
         now: Instant,
-        may_hold: fn(usize) -> bool,
     ) -> bool {
         let entry = HalfOpen { peer_isn, isn, opts, mac, tries: 0, next: now + FIRST_RTO, made_room: false };
         // Within the memory budget too: a flood of spoofed SYNs grows the
         // queue to its limit, and past the budget the cookie answers alone.
-        self.queue.insert_within(t, entry, may_hold).is_ok()
+        self.queue.insert_within(t, entry, self.may_hold).is_ok()
     }
 
     /// The half-open connections whose SYN-ACK is due again (calls `resend`
@@ -268,7 +269,7 @@ mod tests {
 
     #[test]
     fn cookies_carry_their_options_and_expire() {
-        let h = Handshakes::new((7, 9), 16);
+        let h = Handshakes::new((7, 9), 16, |_| true);
         let t0 = Instant(1000 * 1_000_000_000);
         let opts = Opts { mss: 1460, wscale: Some(7), sack: true };
         let c = h.cookie(&tuple(4000), 77, opts, t0);

@@ -799,7 +799,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                 Some(h) if h.peer_isn == seg.seq => h.isn,
                 _ => {
                     let isn = inner.handshakes.cookie(&seg.t, seg.seq, seg.opts, now);
-                    if !inner.handshakes.remember(seg.t, seg.seq, isn, seg.opts, seg.mac, now, inner.config.may_hold) {
+                    if !inner.handshakes.remember(seg.t, seg.seq, isn, seg.opts, seg.mac, now) {
                         inner.handshakes.queue.remove(&seg.t);
                         inner.link.stats.syn_cookies += 1;
                     }
@@ -856,7 +856,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                         // SYN-ACK retransmission to bring the peer's ACK
                         // again).
                         Admit::Later => {
-                            inner.handshakes.remember(seg.t, peer_isn, isn, opts, seg.mac, now, inner.config.may_hold);
+                            inner.handshakes.remember(seg.t, peer_isn, isn, opts, seg.mac, now);
                             if let Some(h) = inner.handshakes.queue.get_mut(&seg.t) {
                                 h.made_room = true;
                             }

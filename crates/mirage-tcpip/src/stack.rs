@@ -856,7 +856,7 @@ impl Stack {
             slots: 0,
             live: 0,
             link,
-            handshakes: Handshakes::new(key(seed, 3), config.syn_queue),
+            handshakes: Handshakes::new(key(seed, 3), config.syn_queue, config.may_hold),
             lingering: Table::new(key(seed, 4), config.max_connections.saturating_mul(4)),
             challenges: Challenges::new(seed ^ 0x9e37_79b9_7f4a_7c15),
             refusal_logged: None,
