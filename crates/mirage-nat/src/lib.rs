@@ -652,11 +652,18 @@ impl Nat {
             return;
         }
         m.address = address;
-        let stale: Vec<u32> =
-            self.table.in_use().filter(|&f| self.table.get(f).flags & (F_SNAT | F_DNAT) != 0).collect();
-        self.stats.expired += stale.len() as u64;
-        for f in stale {
-            self.release(f);
+        // Walked in place, each flow's successor taken before it goes: a
+        // list of them would be an allocation of up to 64 KiB in the
+        // router's loop, with no way to answer its failure.
+        for class in 0..CLASSES {
+            let mut next = self.table.oldest(class);
+            while let Some(f) = next {
+                next = self.table.next_in_class(f);
+                if self.table.get(f).flags & (F_SNAT | F_DNAT) != 0 {
+                    self.release(f);
+                    self.stats.expired += 1;
+                }
+            }
         }
         self.stats.flows = self.table.len();
     }

@@ -299,18 +299,10 @@ impl Table {
         (h != NONE).then_some(h)
     }
 
-    /// Every flow in use (for flushing on a change of address).
-    pub fn in_use(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..CLASSES).flat_map(move |c| {
-            let mut f = self.head[c];
-            core::iter::from_fn(move || {
-                (f != NONE).then(|| {
-                    let cur = f;
-                    f = self.flows[f as usize].next;
-                    cur
-                })
-            })
-        })
+    /// The flow after `f` in its class's list (the next to expire).
+    pub fn next_in_class(&self, f: u32) -> Option<u32> {
+        let n = self.flows[f as usize].next;
+        (n != NONE).then_some(n)
     }
 }
 

@@ -201,6 +201,21 @@ fn a_new_uplink_address_forgets_the_translated_flows() {
     let mut q = build::udp(sa(inside_host(1), 1000), sa(SERVER, 53), b"q");
     through(&mut nat, 2, INSIDE, &mut q);
     assert_eq!(*ends(&q).0.ip(), new);
+
+    // Many, of two classes, among the router's own: every translated one
+    // goes, in one walk, and the others stay.
+    let mut nat = router();
+    for n in 0..20u16 {
+        let mut q = build::udp(sa(inside_host(u32::from(n) + 1), 1000 + n), sa(SERVER, 53), b"q");
+        assert_eq!(through(&mut nat, 0, INSIDE, &mut q), Verdict::Forward(UPLINK));
+        let mut e = build::echo(inside_host(u32::from(n) + 1), SERVER, true, n, 1, b"");
+        assert_eq!(through(&mut nat, 0, INSIDE, &mut e), Verdict::Forward(UPLINK));
+        let mut own = build::udp(sa(EXTERNAL, 40000 + n), sa(SERVER, 53), b"q");
+        nat.output(0, UPLINK, &mut own);
+    }
+    assert_eq!(nat.stats().flows, 60);
+    nat.set_masquerade_address(new);
+    assert_eq!((nat.stats().flows, nat.stats().expired), (20, 40));
 }
 
 #[test]
