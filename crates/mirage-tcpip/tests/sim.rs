@@ -1577,6 +1577,14 @@ fn a_syn_with_payload_and_a_land_packet_change_nothing() {
     });
 }
 
+/// The `i`th SYN of a flood to b's port 80, from 150 addresses that never
+/// answer, each SYN from its own port.
+fn flood_syn(i: u32) -> Vec<u8> {
+    let src = Ipv4Addr::new(10, 0, 0, 100 + (i % 150) as u8);
+    let port = 1024 + (i.wrapping_mul(7919) % 60_000) as u16;
+    tcp_frame(MAC_X, (src, port), (B, 80), i.wrapping_mul(2_654_435_761), 0, SYN, b"")
+}
+
 #[test]
 fn ten_thousand_half_open_syns_from_random_ports() {
     run(async {
@@ -1588,9 +1596,7 @@ fn ten_thousand_half_open_syns_from_random_ports() {
             // never answer, each from its own port.
             let mut peak = 0;
             for i in 0..10_000u32 {
-                let src = Ipv4Addr::new(10, 0, 0, 100 + (i % 150) as u8);
-                let port = 1024 + (i.wrapping_mul(7919) % 60_000) as u16;
-                inject(&p, tcp_frame(MAC_X, (src, port), (B, 80), i.wrapping_mul(2_654_435_761), 0, SYN, b""));
+                inject(&p, flood_syn(i));
                 if i % 10 == 9 {
                     sleep(Duration::from_millis(1)).await;
                     peak = peak.max(p.b.memory());
@@ -1970,6 +1976,16 @@ fn data_with_an_unacceptable_ack_is_dropped_with_a_challenge_ack() {
     });
 }
 
+/// The destination MACs of the frames b sent to a's address from position
+/// `since` of its log on.
+fn macs_of_frames_to_a(p: &Pair, since: usize) -> Vec<Vec<u8>> {
+    p.from_b.borrow()[since..]
+        .iter()
+        .filter(|f| f.len() > 30 && f[30..34] == A.octets())
+        .map(|f| f[..6].to_vec())
+        .collect()
+}
+
 #[test]
 fn bogus_arp_replies_do_not_move_a_neighbour() {
     run(async {
@@ -1996,11 +2012,7 @@ fn bogus_arp_replies_do_not_move_a_neighbour() {
         assert!(probe.failed == 0 && probe.worst < Duration::from_millis(100), "{probe:?}");
         assert_eq!(stats.neighbor_refused, 5, "{stats:?}");
         // Everything b sent to a after the lies went to a's own address.
-        let to_a: Vec<_> = p.from_b.borrow()[since..]
-            .iter()
-            .filter(|f| f.len() > 30 && f[30..34] == A.octets())
-            .map(|f| f[..6].to_vec())
-            .collect();
+        let to_a = macs_of_frames_to_a(&p, since);
         assert!(!to_a.is_empty() && to_a.iter().all(|mac| mac[..] == MAC_A), "{to_a:?}");
     });
 }
@@ -2297,7 +2309,7 @@ fn seq_lt(a: u32, b: u32) -> bool {
 /// server at `server` (its IP source `src`), leasing `yiaddr` on a /24
 /// with `router`, in a frame from MAC_X to b.
 fn dhcp_reply(kind: u8, xid: [u8; 4], src: Ipv4Addr, server: Ipv4Addr, yiaddr: Ipv4Addr, router: Ipv4Addr) -> Vec<u8> {
-    let mut d = vec![2, 1, 6, 0];
+    let mut d = vec![0, 67, 0, 68, 0, 0, 0, 0, 2, 1, 6, 0];
     d.extend_from_slice(&xid);
     d.extend_from_slice(&[0; 8]); // secs, flags, ciaddr
     d.extend_from_slice(&yiaddr.octets());
@@ -2309,18 +2321,24 @@ fn dhcp_reply(kind: u8, xid: [u8; 4], src: Ipv4Addr, server: Ipv4Addr, yiaddr: I
     d.extend_from_slice(&[51, 4, 0, 0, 0x0e, 0x10, 1, 4, 255, 255, 255, 0, 3, 4]);
     d.extend_from_slice(&router.octets());
     d.push(255);
+    let udp_len = d.len() as u16;
+    d[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    ipv4_from_x(src, yiaddr, 17, &d)
+}
+
+/// An IPv4 packet from `src` to `dst` carrying `payload` (whose own
+/// checksum is the caller's), in a frame from MAC_X to b.
+fn ipv4_from_x(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = MAC_B.to_vec();
     f.extend_from_slice(&MAC_X);
-    f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0]);
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+    f.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0, 0, 64, protocol, 0, 0]);
     f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&yiaddr.octets());
-    f.extend_from_slice(&[0, 67, 0, 68, 0, 0, 0, 0]);
-    f.extend_from_slice(&d);
-    let ip_len = (f.len() - 14) as u16;
-    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
-    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    f.extend_from_slice(&dst.octets());
     let c = mirage_tcpip::wire::checksum(&f[14..34]);
     f[24..26].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(payload);
     f
 }
 
@@ -2340,18 +2358,10 @@ fn dhcp_sent(p: &Pair, since: usize) -> Option<([u8; 4], u8)> {
 
 /// An echo request from `src`, off b's subnet, to `dst`, sent by MAC_X.
 fn echo_from(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let mut f = MAC_B.to_vec();
-    f.extend_from_slice(&MAC_X);
-    f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0]);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    let c = mirage_tcpip::wire::checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
     let mut icmp = vec![8, 0, 0, 0, 0, 1, 0, 1];
     let c = mirage_tcpip::wire::checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&icmp);
-    f
+    ipv4_from_x(src, dst, 1, &icmp)
 }
 
 #[test]
@@ -2417,21 +2427,11 @@ fn a_lying_dhcp_server_never_brings_the_stack_down() {
 
 /// A datagram to b's UDP port 5353 from `src`, sent by MAC_X.
 fn udp_from(src: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
-    let mut f = MAC_B.to_vec();
-    f.extend_from_slice(&MAC_X);
-    let ip_len = (20 + 8 + payload.len()) as u16;
-    f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
-    f.extend_from_slice(&ip_len.to_be_bytes());
-    f.extend_from_slice(&[0, 1, 0, 0, 64, 17, 0, 0]);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&B.octets());
-    let c = mirage_tcpip::wire::checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&[0x30, 0x39, 0x14, 0xe9]);
-    f.extend_from_slice(&(ip_len - 20).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(payload);
-    f
+    let mut udp = vec![0x30, 0x39, 0x14, 0xe9];
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    ipv4_from_x(src, B, 17, &udp)
 }
 
 #[test]
@@ -2495,11 +2495,7 @@ fn a_request_never_moves_a_neighbour_that_keeps_talking() {
         let stats = p.b.stats();
         assert!(probe.failed == 0, "{probe:?}");
         assert_eq!(stats.neighbor_refused, 1, "{stats:?}");
-        let to_a: Vec<_> = p.from_b.borrow()[since..]
-            .iter()
-            .filter(|f| f.len() > 30 && f[30..34] == A.octets())
-            .map(|f| f[..6].to_vec())
-            .collect();
+        let to_a = macs_of_frames_to_a(&p, since);
         assert!(!to_a.is_empty() && to_a.iter().all(|mac| mac[..] == MAC_A), "{to_a:?}");
     });
 }
@@ -2671,9 +2667,7 @@ fn the_syn_queue_grows_within_the_memory_budget() {
         let (probe, ()) = probe_during(&p.a, SocketAddr::new(B.into(), 80), async {
             sleep(Duration::from_millis(300)).await;
             for i in 0..5_000u32 {
-                let src = Ipv4Addr::new(10, 0, 0, 100 + (i % 150) as u8);
-                let port = 1024 + (i.wrapping_mul(7919) % 60_000) as u16;
-                inject(&p, tcp_frame(MAC_X, (src, port), (B, 80), i.wrapping_mul(2_654_435_761), 0, SYN, b""));
+                inject(&p, flood_syn(i));
                 if i % 10 == 9 {
                     sleep(Duration::from_millis(1)).await;
                 }
