@@ -98,8 +98,9 @@ pub struct Config {
     /// When a new connection does not fit ([`Config::max_connections`],
     /// [`Config::may_hold`]), reset the connection that has gone longest
     /// without data either way, if that is at least this long, to make
-    /// room (connections the application closed go first, those holding
-    /// the most unsent data first); the new connection's SYN is dropped
+    /// room (connections the application closed whose data has made no
+    /// progress for as long go first, those holding the most unsent data
+    /// first); the new connection's SYN is dropped
     /// and its client's retry finds the room. `None`: refuse the new
     /// connection with a reset instead.
     pub shed_idle: Option<Duration>,

@@ -677,15 +677,16 @@ pub(crate) fn expire(inner: &mut Inner, now: Instant) {
     // that stopped reading (its zero window answered to the engine's
     // probes, so the engine's own timeout never fires), or vanished
     // (FIN-WAIT-1, CLOSING, LAST-ACK).
+    {
+        let Inner { orphans, sockets, .. } = inner;
+        for o in orphans.iter_mut() {
+            o.note(sockets.get::<tcp::Socket>(o.handle), now);
+        }
+    }
     if let Some(limit) = inner.config.timeout {
         let Inner { orphans, sockets, link, .. } = inner;
         for o in orphans.iter_mut() {
             let s = sockets.get_mut::<tcp::Socket>(o.handle);
-            let queued = s.send_queue();
-            if queued < o.queued {
-                o.progress = now;
-            }
-            o.queued = queued;
             if now.saturating_duration_since(o.progress) >= limit
                 && !matches!(s.state(), State::Closed | State::TimeWait)
             {
@@ -722,20 +723,44 @@ pub(crate) fn expire(inner: &mut Inner, now: Instant) {
     }
     // Past the budget: shed, a few each round, until the heap is back
     // under it.
+    let stall = inner.config.shed_idle.unwrap_or_default();
     for _ in 0..inner.orphans.len().div_ceil(4).min(64) {
-        if (inner.config.may_hold)(0) || !shed_orphan(inner) {
+        if (inner.config.may_hold)(0) || !shed_orphan(inner, now, stall) {
             break;
         }
     }
 }
 
-/// Resets the orphan holding the most unsent data; whether there was one.
-fn shed_orphan(inner: &mut Inner) -> bool {
+impl Orphan {
+    /// Notes whether its data went out since the last look.
+    fn note(&mut self, s: &tcp::Socket, now: Instant) {
+        let queued = s.send_queue();
+        if queued < self.queued {
+            self.progress = now;
+        }
+        self.queued = queued;
+    }
+
+    /// Whether it may be reset to give its memory back: it is not over,
+    /// and its data and FIN have made no progress for `stall`. One just
+    /// closed, its last response still to go out in the next round, would
+    /// otherwise be reset before a byte of it left.
+    fn sheddable(&self, s: &tcp::Socket, now: Instant, stall: Duration) -> bool {
+        !matches!(s.state(), State::Closed | State::TimeWait) && now.saturating_duration_since(self.progress) >= stall
+    }
+}
+
+/// Resets the orphan holding the most unsent data of those that have
+/// stalled for `stall`; whether there was one.
+fn shed_orphan(inner: &mut Inner, now: Instant, stall: Duration) -> bool {
     let Inner { orphans, sockets, link, .. } = inner;
+    for o in orphans.iter_mut() {
+        o.note(sockets.get::<tcp::Socket>(o.handle), now);
+    }
     let largest = orphans
         .iter()
-        .filter(|o| !matches!(sockets.get::<tcp::Socket>(o.handle).state(), State::Closed | State::TimeWait))
-        .max_by_key(|o| sockets.get::<tcp::Socket>(o.handle).send_queue());
+        .filter(|o| o.sheddable(sockets.get::<tcp::Socket>(o.handle), now, stall))
+        .max_by_key(|o| o.queued);
     let Some(o) = largest else { return false };
     sockets.get_mut::<tcp::Socket>(o.handle).abort();
     link.stats.shed += 1;
@@ -743,11 +768,11 @@ fn shed_orphan(inner: &mut Inner) -> bool {
 }
 
 /// Makes room for a new connection: resets an orphan, or else the
-/// connection idle the longest if it has been idle for
+/// connection idle the longest, if its data has made no progress for
 /// [`crate::Config::shed_idle`]; whether one was reset.
 pub(crate) fn shed(inner: &mut Inner, now: Instant) -> bool {
     let Some(idle) = inner.config.shed_idle else { return false };
-    if shed_orphan(inner) {
+    if shed_orphan(inner, now, idle) {
         return true;
     }
     let Some(h) = idlest(inner, now, idle) else {
@@ -768,10 +793,7 @@ pub(crate) fn sheddable(inner: &mut Inner, now: Instant) -> bool {
     {
         return found;
     }
-    let found = inner
-        .orphans
-        .iter()
-        .any(|o| !matches!(inner.sockets.get::<tcp::Socket>(o.handle).state(), State::Closed | State::TimeWait))
+    let found = inner.orphans.iter().any(|o| o.sheddable(inner.sockets.get::<tcp::Socket>(o.handle), now, idle))
         || idlest(inner, now, idle).is_some();
     inner.last_shed = Some((now, found));
     found

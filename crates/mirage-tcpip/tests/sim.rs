@@ -1746,6 +1746,48 @@ fn copies_of_one_handshakes_ack_shed_one_connection() {
 }
 
 #[test]
+fn a_response_closed_on_leaves_before_room_is_made_from_its_connection() {
+    // The table full, a connection's response written and closed on just
+    // as a new handshake's last ACK comes: room is made from a connection
+    // idle past `shed_idle`, and the response goes out whole. (Its
+    // connection, closed with data not yet sent, used to be the first one
+    // shed: reset before a byte of the response left.)
+    run(async {
+        let mut cb = config(B, 2);
+        cb.max_connections = 3;
+        cb.shed_idle = Some(Duration::from_millis(500));
+        let p = pair_with(84, Faults::default(), config(A, 1), cb);
+        // `tcp_frame_with` speaks to port 7.
+        let l = p.b.listen(7, 4).await.unwrap();
+        let to = SocketAddr::new(B.into(), 7);
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            let (c, accepted) = mirage_runtime::join(p.a.connect(to), l.accept()).await;
+            conns.push((c.unwrap(), accepted.unwrap().0));
+        }
+        introduce_x(&p);
+        sleep(Duration::from_secs(1)).await;
+        let port = 40_003;
+        let isn = 7_000_000u32;
+        inject(&p, tcp_frame_with(isn, 0, SYN, 65535, &[2, 4, 0x05, 0xb4], b"", port));
+        sleep(Duration::from_millis(5)).await;
+        let synack = p.from_b.borrow().iter().rev().find_map(|f| seen(f).filter(|s| s.dst == (X, port)));
+        let synack = synack.expect("no SYN-ACK: an idle connection could be shed");
+        let (mut client, mut served) = conns.pop().unwrap();
+        let response = data(3000, 84);
+        served.write_all(&response).await.unwrap();
+        drop(served);
+        inject(&p, tcp_frame_with(isn + 1, synack.seq + 1, ACK, 65535, &[], b"", port));
+        let got = mirage_runtime::time::timeout(Duration::from_secs(2), read_to_end(&mut client)).await;
+        let stats = p.b.stats();
+        let whole = matches!(&got, Ok(Ok(b)) if *b == response);
+        assert!(whole, "read {:?} of {} bytes; {stats:?}", got.map(|r| r.map(|b| b.len())), response.len());
+        assert_eq!(stats.shed, 1, "{stats:?}");
+        assert_eq!(conns.iter().filter(|(c, _)| c.peer().is_some()).count(), 1, "one idle connection shed: {stats:?}");
+    });
+}
+
+#[test]
 fn idle_connections_are_refused_past_the_memory_budget_then_shed_for_new_ones() {
     run(async {
         let mut ca = config(A, 1);
