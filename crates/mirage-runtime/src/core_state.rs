@@ -4,6 +4,7 @@
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BinaryHeap};
+use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
 use core::future::Future;
@@ -11,6 +12,7 @@ use core::pin::Pin;
 use core::task::Waker;
 
 use crate::io::{Interest, Source};
+use crate::memory::Reclaim;
 
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()>>>;
 
@@ -90,11 +92,24 @@ pub(crate) struct Core {
     /// The platform's clock.
     pub now: u64,
     pub clock: Option<fn() -> u64>,
+    /// What can give memory back on demand, by registration number
+    /// (`crate::memory::add_reclaimer`).
+    pub reclaimers: Vec<(u64, Rc<dyn Reclaim>)>,
+    pub next_reclaimer: u64,
 }
 
 impl Core {
     pub(crate) fn new() -> Core {
-        Core { timers: Timers::default(), io: BTreeMap::new(), next_token: 0, spawned: Vec::new(), now: 0, clock: None }
+        Core {
+            timers: Timers::default(),
+            io: BTreeMap::new(),
+            next_token: 0,
+            spawned: Vec::new(),
+            now: 0,
+            clock: None,
+            reclaimers: Vec::new(),
+            next_reclaimer: 0,
+        }
     }
 }
 

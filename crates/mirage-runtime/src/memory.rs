@@ -64,6 +64,79 @@ pub fn may_hold(bytes: usize) -> bool {
     }
 }
 
+/// Something that holds memory for peers and can give some back on
+/// demand: a server that sheds the connections holding the most.
+///
+/// A subsystem that must refuse a peer for memory (the TCP stack, at a new
+/// connection) asks the reclaimers first, so that memory one layer holds
+/// does not make another refuse newcomers while it could be freed.
+pub trait Reclaim {
+    /// Whether [`Reclaim::reclaim`] would find something to give back;
+    /// nothing is done.
+    fn reclaimable(&self) -> bool;
+
+    /// Starts giving something back; whether it did. The memory comes back
+    /// once the tasks that hold it run, not before this returns.
+    fn reclaim(&self) -> bool;
+}
+
+/// Registers `r` with the running runtime until the returned guard is
+/// dropped. Outside the runtime nothing is registered.
+pub fn add_reclaimer(r: alloc::rc::Rc<dyn Reclaim>) -> Reclaimer {
+    let id = crate::core_state::with_core(|c| {
+        let id = c.next_reclaimer;
+        c.next_reclaimer += 1;
+        c.reclaimers.push((id, r));
+        id
+    });
+    Reclaimer { id }
+}
+
+/// A registration made by [`add_reclaimer`]; dropped, it ends.
+#[derive(Debug)]
+#[must_use = "the reclaimer is removed when this is dropped"]
+pub struct Reclaimer {
+    id: Option<u64>,
+}
+
+impl Drop for Reclaimer {
+    fn drop(&mut self) {
+        let Some(id) = self.id else { return };
+        // Taken out first, and dropped outside the runtime's core: the
+        // reclaimer's own drop may reach the runtime.
+        let gone = crate::core_state::with_core(|c| {
+            let i = c.reclaimers.iter().position(|(n, _)| *n == id)?;
+            Some(c.reclaimers.swap_remove(i).1)
+        });
+        drop(gone);
+    }
+}
+
+/// Whether `f` holds for one of the registered reclaimers, each taken out
+/// of the core in turn so that `f` runs outside it (a reclaimer wakes
+/// tasks). Nothing is allocated: this is asked when memory is short.
+fn any_reclaimer(f: impl Fn(&dyn Reclaim) -> bool) -> bool {
+    let mut i = 0;
+    while let Some(r) = crate::core_state::with_core(|c| c.reclaimers.get(i).map(|(_, r)| r.clone())).flatten() {
+        if f(&*r) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether some registered [`Reclaim`] could give memory back.
+pub fn reclaimable() -> bool {
+    any_reclaimer(|r| r.reclaimable())
+}
+
+/// Asks the registered reclaimers, in turn, to give memory back; whether
+/// one started to (the memory comes back once its tasks run).
+pub fn reclaim() -> bool {
+    any_reclaimer(|r| r.reclaim())
+}
+
 /// Whether a subsystem may hold `bytes` on its peers' behalf beyond the
 /// least they need (the TCP stack: its connections' buffers, for large
 /// windows while they fit): `bytes` within a sixteenth of the budget,

@@ -194,3 +194,45 @@ fn runtimes_run_one_after_another() {
         assert_eq!(v, i * 2);
     }
 }
+
+#[test]
+fn reclaimers_are_asked_in_turn_until_their_guard_is_dropped() {
+    use crate::memory::{self, Reclaim};
+    use core::cell::Cell;
+
+    /// Gives back one unit per request while it has any.
+    struct Units(Cell<u32>);
+    impl Reclaim for Units {
+        fn reclaimable(&self) -> bool {
+            self.0.get() > 0
+        }
+        fn reclaim(&self) -> bool {
+            let n = self.0.get();
+            self.0.set(n.saturating_sub(1));
+            n > 0
+        }
+    }
+
+    let mut sim = Sim::default();
+    crate::run(&mut sim, async {
+        assert!(!memory::reclaimable() && !memory::reclaim(), "none registered");
+        let (empty, two) = (Rc::new(Units(Cell::new(0))), Rc::new(Units(Cell::new(2))));
+        let g1 = memory::add_reclaimer(empty.clone());
+        let g2 = memory::add_reclaimer(two.clone());
+        assert!(memory::reclaimable());
+        // The empty one is passed over; the other gives back its two.
+        assert!(memory::reclaim() && memory::reclaim());
+        assert_eq!(two.0.get(), 0);
+        assert!(!memory::reclaimable() && !memory::reclaim());
+        two.0.set(1);
+        drop(g2);
+        assert!(!memory::reclaimable(), "a dropped guard ends its registration");
+        assert_eq!(Rc::strong_count(&two), 1, "and the runtime lets go of it");
+        drop(g1);
+        assert_eq!(Rc::strong_count(&empty), 1);
+    });
+    // Outside the runtime, nothing is registered or asked.
+    let g = memory::add_reclaimer(Rc::new(Units(Cell::new(1))));
+    assert!(!memory::reclaimable());
+    drop(g);
+}
