@@ -2,18 +2,22 @@
 //! back when the memory budget is reached.
 //!
 //! A connection's buffers (the request head being read, the body, a
-//! response assembled in memory) are memory held on a peer's behalf. Every
+//! response assembled in memory, the buffer a streamed response is read
+//! into) are memory held on a peer's behalf. Every
 //! growth asks [`mirage_runtime::memory::may_hold`] first and allocates
 //! fallibly, so a peer can never make the server abort. When the budget is
 //! reached the largest holders are shed first: asked to answer 503 (or 413
 //! in the middle of a body) and close, which frees their buffers before
-//! the one who asked tries again. Connections that hold little, idle ones
-//! above all, are never shed; when nothing large is left to shed, it is the
-//! asking connection that is refused.
+//! the one who asked tries again. Of holders of a size, the one that has
+//! gone longest without progress (bytes read or written for its peer) goes
+//! first. Connections that hold little, idle ones above all, are never
+//! shed; when nothing large is left to shed, it is the asking connection
+//! that is refused.
 
 use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
+use core::cmp::Reverse;
 use core::task::{Poll, Waker};
 
 use mirage_runtime::memory::may_hold;
@@ -32,6 +36,9 @@ const SHED_ROUNDS: usize = 4;
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
     accounts: RefCell<Vec<Rc<Account>>>,
+    /// Counts progress made by all connections: an account's stamp is its
+    /// value at the connection's last.
+    clock: Cell<u64>,
 }
 
 /// One connection's entry in the ledger.
@@ -41,6 +48,8 @@ struct Account {
     slot: Cell<usize>,
     /// Bytes its buffers hold.
     held: Cell<usize>,
+    /// The ledger's clock at its last progress.
+    stamp: Cell<u64>,
     /// Whether it has been asked to give its memory back.
     shed: Cell<bool>,
     /// The task to wake when it is.
@@ -60,18 +69,21 @@ impl Ledger {
         let mut accounts = self.accounts.borrow_mut();
         account.slot.set(accounts.len());
         accounts.push(account.clone());
-        Holder { ledger: self, stats, account }
+        let holder = Holder { ledger: self, stats, account };
+        holder.progressed();
+        holder
     }
 
     /// Asks the largest holder that holds more than `than` (and at least
-    /// [`MIN_SHED`]), and has not been asked yet, to give its memory back;
-    /// false if there is none.
+    /// [`MIN_SHED`]), and has not been asked yet, to give its memory back
+    /// (of the largest, the one longest without progress); false if there
+    /// is none.
     fn shed_largest(&self, than: usize) -> bool {
         let accounts = self.accounts.borrow();
         let victim = accounts
             .iter()
             .filter(|a| !a.shed.get() && a.held.get() >= MIN_SHED && a.held.get() > than)
-            .max_by_key(|a| a.held.get());
+            .max_by_key(|a| (a.held.get(), Reverse(a.stamp.get())));
         match victim {
             Some(v) => {
                 v.shed.set(true);
@@ -82,6 +94,11 @@ impl Ledger {
             }
             None => false,
         }
+    }
+
+    /// Whether [`Ledger::shed_largest`] would find a holder.
+    fn sheddable(&self) -> bool {
+        self.accounts.borrow().iter().any(|a| !a.shed.get() && a.held.get() >= MIN_SHED)
     }
 
     /// Makes room for `bytes` more within the memory budget by shedding
@@ -101,6 +118,18 @@ impl Ledger {
     }
 }
 
+/// Another layer short of memory (the TCP stack, at a new connection)
+/// sheds the largest holder here before it refuses a peer.
+impl mirage_runtime::memory::Reclaim for Ledger {
+    fn reclaimable(&self) -> bool {
+        self.sheddable()
+    }
+
+    fn reclaim(&self) -> bool {
+        self.shed_largest(0)
+    }
+}
+
 /// A connection's hold on its account.
 #[derive(Debug)]
 pub(crate) struct Holder<'a> {
@@ -115,8 +144,17 @@ impl Holder<'_> {
         self.account.held.get()
     }
 
-    /// Records that its buffers now hold `bytes`.
+    /// Records that bytes went to or came from its peer.
+    pub(crate) fn progressed(&self) {
+        let now = self.ledger.clock.get().wrapping_add(1);
+        self.ledger.clock.set(now);
+        self.account.stamp.set(now);
+    }
+
+    /// Records that its buffers now hold `bytes` (a change that comes of
+    /// bytes read or written: progress).
     pub(crate) fn set(&self, bytes: usize) {
+        self.progressed();
         let before = self.account.held.replace(bytes);
         let total = self.stats.held.get().saturating_sub(before).saturating_add(bytes);
         self.stats.held.set(total);
@@ -235,5 +273,26 @@ mod tests {
         drop(a);
         assert_eq!(stats.held.get(), 0);
         assert!(ledger.accounts.borrow().is_empty());
+    }
+
+    #[test]
+    fn of_holders_of_a_size_the_one_without_progress_goes_first() {
+        let stats = Stats::default();
+        let ledger = Ledger::default();
+        let (stalled, reading, newer) = (ledger.open(&stats), ledger.open(&stats), ledger.open(&stats));
+        for h in [&stalled, &reading, &newer] {
+            h.set(16 * 1024);
+        }
+        // `stalled` went quiet first; `reading` keeps taking its bytes.
+        reading.progressed();
+        assert!(ledger.shed_largest(0));
+        assert!(stalled.is_shed() && !reading.is_shed() && !newer.is_shed());
+        assert!(ledger.shed_largest(0));
+        assert!(newer.is_shed() && !reading.is_shed());
+        // A larger holder still goes before any of a smaller size.
+        let large = ledger.open(&stats);
+        large.set(64 * 1024);
+        assert!(ledger.shed_largest(0));
+        assert!(large.is_shed() && !reading.is_shed());
     }
 }

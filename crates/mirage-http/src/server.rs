@@ -104,6 +104,14 @@ pub trait Body {
     /// small one in the same segment as the head.
     fn bytes(&self) -> Option<&[u8]>;
 
+    /// Bytes of heap it holds while it is written, when it is not in
+    /// memory whole: the buffer it is read into piece by piece. The
+    /// server counts them as held for the peer, so that a download the
+    /// peer stopped reading can be shed when memory is short.
+    fn buffer(&self) -> usize {
+        0
+    }
+
     /// Writes the body to `flow`.
     async fn write_to<F: Flow>(&mut self, flow: &mut F) -> Result<(), flow::Error>;
 }
@@ -252,6 +260,8 @@ where
     W: WallClock + 'static,
 {
     let ledger = Rc::new(Ledger::default());
+    // The stack asks it for room before it refuses a new connection.
+    let _reclaimer = memory::add_reclaimer(ledger.clone());
     loop {
         let (flow, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -514,9 +524,12 @@ async fn converse<F: Flow, H: Handler, W: WallClock>(
         let keep = request.keep_alive();
         let mut response = handler.handle(&request).await;
         let head_only = request.method == "HEAD";
-        let written = write_response(flow, &request, &mut response, keep, head_only, clock, limits, me).await;
-        if written.is_err() {
-            return if me.is_shed() { Stop::Shed { status: None, held: me.held() } } else { Stop::Quiet };
+        match write_response(flow, &request, &mut response, keep, head_only, clock, limits, me).await {
+            Ok(()) => {}
+            Err(Unwritten::NoRoom) if me.is_shed() => return Stop::Shed { status: Some(503), held: me.held() },
+            Err(Unwritten::NoRoom) => return Stop::NoMemory(503),
+            Err(Unwritten::Failed) if me.is_shed() => return Stop::Shed { status: None, held: me.held() },
+            Err(Unwritten::Failed) => return Stop::Quiet,
         }
         bump(&stats.responses);
         log::info!(target: "http", "{peer} \"{} {} HTTP/1.{}\" {} {}", request.method, request.target, request.version, response.status, response.body.len());
@@ -644,7 +657,7 @@ async fn write_response<F: Flow, B: Body, W: WallClock>(
     clock: &W,
     limits: &Limits,
     me: &Holder<'_>,
-) -> Result<(), ()> {
+) -> Result<(), Unwritten> {
     let status = response.status;
     let mut head = String::with_capacity(256);
     let _ = write!(
@@ -666,18 +679,41 @@ async fn write_response<F: Flow, B: Body, W: WallClock>(
         head.push_str("Connection: keep-alive\r\n");
     }
     head.push_str("\r\n");
-    // A response in memory is held for the peer while it takes it: a
-    // reader slow enough to hold the most may be shed.
+    // A response in memory, or the buffer a streamed one is read into, is
+    // held for the peer while it takes it: a reader slow enough to hold
+    // the most may be shed.
     let held = me.held();
+    let streamed = !(no_body || head_only) && response.body.bytes().is_none();
     let in_memory = response.body.bytes().map_or(0, <[u8]>::len);
-    me.set(held + head.len() + in_memory);
+    // A streamed body's buffer is claimed before the head goes, shedding
+    // larger holders if need be: without room for it, the response could
+    // not be sent whole once begun.
+    let buffer = if streamed { response.body.buffer() } else { 0 };
+    if buffer > 0 && !me.claim(buffer).await {
+        return Err(Unwritten::NoRoom);
+    }
+    me.set(held + head.len() + in_memory + buffer);
     let sent = if no_body || head_only {
         write_timed(flow, head.as_bytes(), limits.send_timeout, me).await
     } else {
         send_with_body(flow, head.into_bytes(), &mut response.body, limits, me).await
-    };
-    me.set(held);
+    }
+    .map_err(|()| Unwritten::Failed);
+    // On failure the account keeps what the response held: a connection
+    // shed meanwhile says what it gave back.
+    if sent.is_ok() {
+        me.set(held);
+    }
     sent
+}
+
+/// Why a response was not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unwritten {
+    /// Nothing was sent: no room for the buffer of its streamed body.
+    NoRoom,
+    /// The flow failed, timed out, or the connection was shed meanwhile.
+    Failed,
 }
 
 /// Sends `head` and the body: a small body in memory in the same write,
@@ -698,9 +734,44 @@ async fn send_with_body<F: Flow, B: Body>(
     }
     write_timed(flow, &head, limits.send_timeout, me).await?;
     drop(head);
-    match select(mirage_runtime::time::timeout(limits.send_timeout, body.write_to(flow)), me.shed()).await {
+    let mut noted = Noted { flow, me };
+    match select(mirage_runtime::time::timeout(limits.send_timeout, body.write_to(&mut noted)), me.shed()).await {
         Either::Left(Ok(Ok(()))) => Ok(()),
         _ => Err(()),
+    }
+}
+
+/// A flow whose writes are noted in its connection's account as progress:
+/// of holders of a size, the one that has gone longest without any is
+/// shed first, so a download the peer reads is kept over one it stopped
+/// reading.
+struct Noted<'a, 'b, F> {
+    flow: &'a mut F,
+    me: &'a Holder<'b>,
+}
+
+impl<F: Flow> Flow for Noted<'_, '_, F> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, flow::Error> {
+        self.flow.read(buf).await
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<usize, flow::Error> {
+        let n = self.flow.write(data).await?;
+        self.me.progressed();
+        Ok(n)
+    }
+
+    async fn flush(&mut self) -> Result<(), flow::Error> {
+        self.flow.flush().await
+    }
+
+    async fn shutdown(&mut self) -> Result<(), flow::Error> {
+        self.flow.shutdown().await
+    }
+
+    /// Shuts the borrowed flow down for writing: its owner closes it.
+    async fn close(self) -> Result<(), flow::Error> {
+        self.flow.shutdown().await
     }
 }
 

@@ -71,6 +71,15 @@ impl<K: KvRo> Body for StaticBody<K> {
         }
     }
 
+    fn buffer(&self) -> usize {
+        match self {
+            StaticBody::Value { kv, key, len, .. } if kv.value_in_memory(key).is_none() => {
+                PIECE.min(usize::try_from(*len).unwrap_or(usize::MAX))
+            }
+            _ => 0,
+        }
+    }
+
     async fn write_to<F: Flow>(&mut self, flow: &mut F) -> Result<(), flow::Error> {
         match self {
             StaticBody::Bytes(b) => flow.write_all(b).await,
@@ -315,11 +324,12 @@ impl<K: KvRo> Handler for Static<K> {
             Range::Part(a, b) => (206, a, b - a + 1),
             Range::Unsatisfiable => return text(416).with("Content-Range", format!("bytes */{size}")),
         };
-        let body = if len <= SMALL && get {
-            // Held for the peer until it takes it: within the budget.
-            let Some(mut data) = buffer(len as usize, len as usize) else {
-                return text(503).with("Retry-After", "1");
-            };
+        // Held for the peer until it takes it: within the budget. Without
+        // room for it, the body is streamed, and the server claims its
+        // buffer, shedding larger holders (downloads stalled longest) if
+        // need be.
+        let small = if len <= SMALL && get { buffer(len as usize, len as usize) } else { None };
+        let body = if let Some(mut data) = small {
             match self.kv.get_partial(&key, offset, &mut data).await {
                 Ok(n) if n == data.len() => StaticBody::Bytes(data),
                 Ok(_) => return text(500),

@@ -1,6 +1,7 @@
 //! The whole server under a small memory budget, over flows in memory:
-//! idle connections, and clients that each send most of a large body and
-//! hold it, while a well-behaved client keeps asking. The heap is this
+//! idle connections, clients that each send most of a large body and hold
+//! it, large heads, and downloads never read, while a well-behaved client
+//! keeps asking. The heap is this
 //! process's, measured by a counting allocator, as a unikernel's is by
 //! its allocator; each connection's flow holds its windows from the start,
 //! as a TCP socket holds its buffers.
@@ -88,6 +89,8 @@ fn served_within_the_budget_while_clients_hold_memory() {
         let kv = Mem::new(Clock);
         let page: Vec<u8> = (0..20_000).map(|i| b"abcdefghij"[i % 10]).collect();
         kv.set(&Key::parse("/index.html").unwrap(), &page).await.unwrap();
+        let big = vec![b'd'; BODY];
+        kv.set(&Key::parse("/big.bin").unwrap(), &big).await.unwrap();
         let handler = Rc::new(Static::new(Rc::new(kv)));
         let limits = Rc::new(Limits {
             max_body: BODY as u64,
@@ -225,6 +228,29 @@ fn served_within_the_budget_while_clients_hold_memory() {
         assert!(peak <= budget + SLACK, "peak heap {peak} > budget {budget}, with {heads_n} heads parsed at once");
         good(&listener, &mut kept, &page).await;
         drop(heads);
+        settle().await;
+
+        // Downloads never read: connections that each ask for a 1 MiB
+        // value and take none of it, opened until the budget has no room
+        // for another connection (16 KiB). Each holds the piece its value
+        // is read into: counted as held for its peer, so the good client
+        // is served by shedding the download stalled longest, not
+        // refused with 503.
+        let shed_before = stats.shed.get();
+        let mut downloads = Vec::new();
+        while memory::may_hold(16 * 1024) && downloads.len() < 4000 {
+            let mut c = listener.connect(WINDOW);
+            let _ = c.write_all(b"GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\n").await;
+            downloads.push(c);
+            settle().await;
+        }
+        let n = downloads.len();
+        good(&listener, &mut kept, &page).await;
+        let peak = PEAK.load(Ordering::Relaxed);
+        println!("downloads: {n} never read, peak heap {peak}, shed {}", stats.shed.get() - shed_before);
+        assert!(peak <= budget + SLACK, "peak heap {peak} > budget {budget}, with {n} downloads never read");
+        assert!(stats.shed.get() > shed_before, "no download was shed for the good client");
+        drop(downloads);
 
         drop(idle);
         drop(kept);
