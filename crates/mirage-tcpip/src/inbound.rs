@@ -714,11 +714,6 @@ enum Admit {
     No,
 }
 
-/// Whether a new connection fits now; at its completing ACK (`complete`)
-/// a connection is shed to make room if it does not. Shedding waits for
-/// the ACK: a SYN may come from a forged address, and a flood of them must
-/// not reset real connections. A SYN is answered when a connection could
-/// be shed, and refused otherwise.
 /// Whether a new connection fits now: a free slot, and memory for its
 /// buffers (the pool's sockets freed first, before any connection is
 /// refused or shed).
@@ -727,6 +722,13 @@ fn room(inner: &mut Inner) -> bool {
     !inner.link.conns.table.is_full() && (fits(inner) || (inner.drain_pool() && fits(inner)))
 }
 
+/// Whether a new connection fits now; at its completing ACK (`complete`)
+/// a connection is shed to make room if it does not, or the ACK waits for
+/// closed connections to end, or for the application to give back memory
+/// it holds for peers ([`mirage_runtime::memory::reclaim`]). Shedding waits
+/// for the ACK: a SYN may come from a forged address, and a flood of them
+/// must not reset real connections. A SYN is answered when room is on its
+/// way or could be made, and refused otherwise.
 fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, now: Instant) -> Admit {
     if room(inner) {
         return Admit::Yes;
@@ -734,7 +736,13 @@ fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, now:
     let full = inner.link.conns.table.is_full();
     match complete {
         true if crate::tcp::shed(inner, now) => return Admit::Later,
-        false if crate::tcp::sheddable(inner, now) => return Admit::Yes,
+        // Closed connections still sending give their memory back as they
+        // end, or are shed once stalled: the client's retry finds room.
+        true if crate::tcp::draining(inner) => return Admit::Later,
+        // The application sheds what it holds for a peer (a server, its
+        // largest request or response): room once its tasks have run.
+        true if mirage_runtime::memory::reclaim() => return Admit::Later,
+        false if crate::tcp::sheddable(inner, now) || mirage_runtime::memory::reclaimable() => return Admit::Yes,
         _ => {}
     }
     if full {

@@ -784,8 +784,18 @@ pub(crate) fn shed(inner: &mut Inner, now: Instant) -> bool {
     true
 }
 
-/// Whether [`shed`] would find a connection to reset (decided at most
-/// every 10 ms: a flood of SYNs must not make the driver search each time).
+/// Whether room for a new connection is on its way: an orphan that is not
+/// over (it frees its memory as it ends, or is shed once stalled).
+pub(crate) fn draining(inner: &Inner) -> bool {
+    inner
+        .orphans
+        .iter()
+        .any(|o| !matches!(inner.sockets.get::<tcp::Socket>(o.handle).state(), State::Closed | State::TimeWait))
+}
+
+/// Whether room for a new connection is on its way ([`draining`]) or
+/// [`shed`] would find a connection to reset (decided at most every
+/// 10 ms: a flood of SYNs must not make the driver search each time).
 pub(crate) fn sheddable(inner: &mut Inner, now: Instant) -> bool {
     let Some(idle) = inner.config.shed_idle else { return false };
     if let Some((at, found)) = inner.last_shed
@@ -793,8 +803,7 @@ pub(crate) fn sheddable(inner: &mut Inner, now: Instant) -> bool {
     {
         return found;
     }
-    let found = inner.orphans.iter().any(|o| o.sheddable(inner.sockets.get::<tcp::Socket>(o.handle), now, idle))
-        || idlest(inner, now, idle).is_some();
+    let found = draining(inner) || idlest(inner, now, idle).is_some();
     inner.last_shed = Some((now, found));
     found
 }

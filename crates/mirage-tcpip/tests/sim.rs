@@ -1841,6 +1841,51 @@ fn idle_connections_are_refused_past_the_memory_budget_then_shed_for_new_ones() 
 }
 
 #[test]
+fn past_the_budget_a_new_connection_is_made_room_by_the_application() {
+    // The heap past the budget with memory the application holds for its
+    // peers and can give back (a server's largest request), and nothing
+    // of the stack's own to shed: a new connection is not refused. Its
+    // SYN is answered, its ACK has the application give memory back, and
+    // its client's retry gets in.
+    use mirage_runtime::memory::{self, Reclaim};
+    struct Ballast(RefCell<Option<Vec<u8>>>);
+    impl Reclaim for Ballast {
+        fn reclaimable(&self) -> bool {
+            self.0.borrow().is_some()
+        }
+        fn reclaim(&self) -> bool {
+            self.0.borrow_mut().take().is_some()
+        }
+    }
+    run(async {
+        let mut cb = config(B, 2);
+        cb.may_hold = may_hold;
+        let p = pair_with(85, Faults::default(), config(A, 1), cb);
+        serve(&p.b, 80, 16).await;
+        let ballast = Rc::new(Ballast(RefCell::new(Some(vec![1u8; 4 << 20]))));
+        let _registered = memory::add_reclaimer(ballast.clone());
+        // Less room than a connection's buffers.
+        BUDGET.with(|b| b.set(held() + (16 << 10)));
+        let started = now();
+        let connected =
+            mirage_runtime::time::timeout(Duration::from_secs(5), p.a.connect(SocketAddr::new(B.into(), 80))).await;
+        let mut c = match connected {
+            Ok(Ok(c)) => c,
+            other => panic!("{other:?} after {:?}; {:?}", now().saturating_duration_since(started), p.b.stats()),
+        };
+        c.write_all(b"GET\n").await.unwrap();
+        let answer = mirage_runtime::time::timeout(Duration::from_secs(5), read_to_end(&mut c)).await;
+        let (took, stats) = (now().saturating_duration_since(started), p.b.stats());
+        eprintln!("answered after {took:?}; {stats:?}");
+        assert_eq!(answer, Ok(Ok(b"ok\n".to_vec())), "{stats:?}");
+        assert!(ballast.0.borrow().is_none(), "the application was not asked");
+        assert_eq!(stats.refused_memory, 0, "{stats:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        BUDGET.with(|b| b.set(usize::MAX));
+    });
+}
+
+#[test]
 fn a_closed_connection_whose_peer_stops_reading_is_reset_and_orphans_are_shed_past_the_budget() {
     run(async {
         let mut ca = config(A, 1);
