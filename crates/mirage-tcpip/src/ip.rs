@@ -63,7 +63,8 @@
 //!   (`IpStats::dhcp_dropped`). A static gateway is ignored then.
 //! * **Bounded waiting.** A packet for a neighbour not yet resolved waits:
 //!   at most [`PER_NEIGHBOR`] packets each for at most [`MAX_UNRESOLVED`]
-//!   neighbours, copied into buffers allocated fallibly. The request is
+//!   neighbours, and [`HELD_BYTES`] in all, copied into buffers allocated
+//!   fallibly. The request is
 //!   sent again after a second, three times in all; then the packets are
 //!   dropped and counted. A peer making the layer ARP (or solicit) for many
 //!   addresses (a scan through a router) costs that much memory and no
@@ -83,10 +84,15 @@ use crate::device::buffer;
 use crate::neighbor::{Kind, Neighbors};
 use crate::wire::{self, Packet};
 
-/// Packets held for one unresolved neighbour; more are dropped.
-pub const PER_NEIGHBOR: usize = 4;
+/// Packets held for one unresolved neighbour; more are dropped. A router
+/// forwarding a burst to a host it has not yet met must not lose the
+/// burst's head to the ARP round trip (Linux holds about a hundred).
+pub const PER_NEIGHBOR: usize = 32;
 /// Neighbours being resolved at once; packets for more are dropped.
 pub const MAX_UNRESOLVED: usize = 64;
+/// Bytes held for all unresolved neighbours together; packets past this
+/// are dropped.
+pub const HELD_BYTES: usize = 256 * 1024;
 /// Time between ARP requests (or neighbour solicitations) for a neighbour
 /// that does not answer.
 const RETRY: Duration = Duration::from_secs(1);
@@ -338,6 +344,8 @@ pub struct IpLayer<N> {
     info: IpInfo,
     neighbors: Neighbors,
     unresolved: Vec<Unresolved>,
+    /// Bytes of the packets in `unresolved`.
+    held: usize,
     stats: IpStats,
     next_expiry: Instant,
     /// The DHCP client, for an interface configured by DHCP; whether it
@@ -401,6 +409,7 @@ impl<N: Net> IpLayer<N> {
             info: with6,
             neighbors: Neighbors::new((key, key.rotate_left(32))),
             unresolved: Vec::new(),
+            held: 0,
             stats: IpStats::default(),
             next_expiry: Instant(0),
             dhcp: config.dhcp.then(|| crate::dhcpc::Client::new(mac, key)),
@@ -524,6 +533,7 @@ impl<N: Net> IpLayer<N> {
     fn release(&mut self, ip: IpAddr, mac: [u8; 6]) {
         if let Some(i) = self.unresolved.iter().position(|u| u.ip == ip) {
             let u = self.unresolved.swap_remove(i);
+            self.held -= u.packets.iter().map(Vec::len).sum::<usize>();
             for p in u.packets {
                 let _ = self.frame(mac, p.len(), |buf| buf.copy_from_slice(&p));
             }
@@ -640,6 +650,7 @@ impl<N: Net> IpLayer<N> {
             }
             if u.tries >= TRIES {
                 let u = self.unresolved.swap_remove(i);
+                self.held -= u.packets.iter().map(Vec::len).sum::<usize>();
                 self.stats.tx_dropped += u.packets.len() as u64;
                 continue;
             }
@@ -740,12 +751,15 @@ impl<N: Net> IpLayer<N> {
             }
         };
         let u = &mut self.unresolved[i];
-        let room = u.packets.len() < PER_NEIGHBOR && u.packets.try_reserve(1).is_ok();
+        let room = u.packets.len() < PER_NEIGHBOR
+            && self.held.saturating_add(len) <= HELD_BYTES
+            && u.packets.try_reserve(1).is_ok();
         let Some(mut p) = buffer(len).filter(|_| room) else {
             self.stats.tx_dropped += 1;
             return Err(Error::WouldBlock);
         };
         let r = f(&mut p);
+        self.held += p.len();
         u.packets.push_back(p);
         // A new neighbour is asked for at once.
         self.maintain(t);

@@ -213,10 +213,30 @@ fn what_waits_for_a_silent_neighbour_is_bounded_and_dropped() {
         let requests = l.sent.borrow().iter().filter(|f| f[12..14] == [8, 6] && f[38..42] == HOST.octets()).count();
         assert_eq!(requests, 3);
         let s = l.ip.stats();
-        // 96 refused for HOST, the 64th neighbour's, the one off the link,
-        // the one too large, and the 4 + 63 that waited.
-        assert_eq!(s.tx_dropped, 96 + 1 + 1 + 1 + 4 + 63, "{s:?}");
+        // Those of the 100 refused for HOST, the 64th neighbour's, the one
+        // off the link, the one too large, and those that waited (for HOST
+        // and for 63 others).
+        let held = mirage_tcpip::ip::PER_NEIGHBOR as u64;
+        assert_eq!(s.tx_dropped, (100 - held) + 1 + 1 + 1 + held + 63, "{s:?}");
         assert_eq!(s.tx_packets, 0);
+    });
+}
+
+#[test]
+fn what_waits_for_all_silent_neighbours_is_bounded_in_bytes() {
+    mirage_runtime::run(&mut Sim::default(), async {
+        let (mut l, _) = link(false);
+        // Packets of the MTU for eight neighbours, as many as each may hold:
+        // the bytes held in all stop them first.
+        let p = udp(ROUTER, 1, HOST, 2, &[0; 1472]);
+        let per = mirage_tcpip::ip::PER_NEIGHBOR;
+        let held: usize =
+            (0..8u8).map(|i| send_n(&mut l.ip, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10 + i)), &p, per)).sum();
+        assert_eq!(held, mirage_tcpip::ip::HELD_BYTES / p.len());
+        assert!(held < 8 * per);
+        // Once they are dropped, room is back.
+        assert_eq!(recv(&mut l.ip, Duration::from_secs(5)).await, None);
+        assert_eq!(send_n(&mut l.ip, IpAddr::V4(HOST), &p, per), per);
     });
 }
 
@@ -415,7 +435,7 @@ fn what_waits_for_a_silent_ipv6_neighbour_is_bounded_and_dropped() {
     mirage_runtime::run(&mut Sim::default(), async {
         let (mut l, _) = link_with(false, true);
         let p = udp6(ROUTER6, 1, HOST6, 2, &[0; 100]);
-        assert_eq!(send_n(&mut l.ip, IpAddr::V6(HOST6), &p, 10), mirage_tcpip::ip::PER_NEIGHBOR);
+        assert_eq!(send_n(&mut l.ip, IpAddr::V6(HOST6), &p, 100), mirage_tcpip::ip::PER_NEIGHBOR);
         // IPv6 neighbours share the bound with IPv4's.
         let v4 = udp(ROUTER, 1, HOST, 2, &[0; 10]);
         assert_eq!(send_n(&mut l.ip, IpAddr::V4(HOST), &v4, 1), 1);
@@ -437,9 +457,11 @@ fn what_waits_for_a_silent_ipv6_neighbour_is_bounded_and_dropped() {
         let asked = l.sent.borrow().iter().filter(|f| is_ns_for(f, HOST6)).count();
         assert_eq!(asked, 3);
         let s = l.ip.stats();
-        // 6 refused for HOST6, 2 neighbours beyond the bound, 3 refused
-        // next hops, the link-local one; 4 + 1 + 62 waited.
-        assert_eq!(s.tx_dropped, 6 + 2 + 3 + 1 + 4 + 1 + 62, "{s:?}");
+        // Those of the 100 refused for HOST6, 2 neighbours beyond the
+        // bound, 3 refused next hops, the link-local one; those that waited
+        // for HOST6, and 1 + 62 more.
+        let held = mirage_tcpip::ip::PER_NEIGHBOR as u64;
+        assert_eq!(s.tx_dropped, (100 - held) + 2 + 3 + 1 + held + 1 + 62, "{s:?}");
         assert_eq!(s.tx_packets, 0);
         // Without an IPv6 address, IPv6 goes nowhere.
         let (mut l4, _) = link(false);
