@@ -8,9 +8,10 @@
 //! fallibly, so a peer can never make the server abort. When the budget is
 //! reached the largest holders are shed first: asked to answer 503 (or 413
 //! in the middle of a body) and close, which frees their buffers before
-//! the one who asked tries again. Of holders of a size, the one that has
-//! gone longest without progress (bytes read or written for its peer) goes
-//! first. Connections that hold little, idle ones above all, are never
+//! the one who asked tries again. Of holders of about a size (within
+//! [`MIN_SHED`]), the one that has gone longest without progress (its
+//! buffers growing as its peer's bytes arrive, or bytes written to it)
+//! goes first. Connections that hold little, idle ones above all, are never
 //! shed; when nothing large is left to shed, it is the asking connection
 //! that is refused.
 
@@ -75,15 +76,16 @@ impl Ledger {
     }
 
     /// Asks the largest holder that holds more than `than` (and at least
-    /// [`MIN_SHED`]), and has not been asked yet, to give its memory back
-    /// (of the largest, the one longest without progress); false if there
-    /// is none.
+    /// [`MIN_SHED`]), and has not been asked yet, to give its memory back;
+    /// false if there is none. Sizes are compared in steps of [`MIN_SHED`]
+    /// (requests differ by a few bytes of head), and of holders in the same
+    /// step the one longest without progress goes.
     fn shed_largest(&self, than: usize) -> bool {
         let accounts = self.accounts.borrow();
         let victim = accounts
             .iter()
             .filter(|a| !a.shed.get() && a.held.get() >= MIN_SHED && a.held.get() > than)
-            .max_by_key(|a| (a.held.get(), Reverse(a.stamp.get())));
+            .max_by_key(|a| (a.held.get() / MIN_SHED, Reverse(a.stamp.get())));
         match victim {
             Some(v) => {
                 v.shed.set(true);
@@ -280,8 +282,9 @@ mod tests {
         let stats = Stats::default();
         let ledger = Ledger::default();
         let (stalled, reading, newer) = (ledger.open(&stats), ledger.open(&stats), ledger.open(&stats));
-        for h in [&stalled, &reading, &newer] {
-            h.set(16 * 1024);
+        // About a size: their heads differ by a few bytes.
+        for (h, extra) in [(&stalled, 0), (&reading, 120), (&newer, 60)] {
+            h.set(16 * 1024 + extra);
         }
         // `stalled` went quiet first; `reading` keeps taking its bytes.
         reading.progressed();

@@ -77,6 +77,11 @@ pub trait Reclaim {
 
     /// Starts giving something back; whether it did. The memory comes back
     /// once the tasks that hold it run, not before this returns.
+    ///
+    /// It is called from inside another subsystem (the TCP stack, in the
+    /// middle of judging a segment): it must only mark what is to go and
+    /// wake the tasks that hold it, never reach into them, or into that
+    /// subsystem, before it returns.
     fn reclaim(&self) -> bool;
 }
 

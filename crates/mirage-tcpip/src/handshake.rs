@@ -55,9 +55,11 @@ pub(crate) struct HalfOpen {
     pub mac: [u8; 6],
     pub tries: u8,
     pub next: Instant,
-    /// The peer's ACK came, and a connection was shed to make room for
-    /// it: a copy of that ACK waits for the room, and sheds no other.
-    pub made_room: bool,
+    /// When the peer's ACK came and room was asked for it (a connection
+    /// shed, closed ones left to drain, or memory asked back of the
+    /// application): a copy of that ACK within `inbound::DEFER` waits for
+    /// the room and asks no more; a later one is judged again.
+    pub made_room: Option<Instant>,
 }
 
 /// The MSS values a cookie can carry (the common ones: the IPv4 minimum,
@@ -127,7 +129,7 @@ impl Handshakes {
         mac: [u8; 6],
         now: Instant,
     ) -> bool {
-        let entry = HalfOpen { peer_isn, isn, opts, mac, tries: 0, next: now + FIRST_RTO, made_room: false };
+        let entry = HalfOpen { peer_isn, isn, opts, mac, tries: 0, next: now + FIRST_RTO, made_room: None };
         // Within the memory budget too: a flood of spoofed SYNs grows the
         // queue to its limit, and past the budget the cookie answers alone.
         self.queue.insert_within(t, entry, self.may_hold).is_ok()

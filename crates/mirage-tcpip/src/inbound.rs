@@ -742,7 +742,7 @@ fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, now:
         // The application sheds what it holds for a peer (a server, its
         // largest request or response): room once its tasks have run.
         true if mirage_runtime::memory::reclaim() => return Admit::Later,
-        false if crate::tcp::sheddable(inner, now) || mirage_runtime::memory::reclaimable() => return Admit::Yes,
+        false if crate::tcp::sheddable(inner, now) => return Admit::Yes,
         _ => {}
     }
     if full {
@@ -847,16 +847,21 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                         inner.handshakes.queue.remove(&seg.t);
                         inner.link.stats.cookies_accepted += 1;
                     }
-                    opts.map(|o| (peer_isn, o, false))
+                    opts.map(|o| (peer_isn, o, None))
                 }
             };
             match found {
                 Some((peer_isn, opts, made_room)) => {
-                    // A copy of an ACK that already made room waits for
-                    // it: each copy shedding another connection would let
-                    // one handshake reset a batch of them.
+                    // A copy of an ACK that already asked for room waits
+                    // for it: each copy shedding another connection would
+                    // let one handshake reset a batch of them. Past DEFER
+                    // it is judged again, so that room asked for and never
+                    // come (closed connections that stalled, memory given
+                    // back that was too little) ends in a shed or a reset,
+                    // not in a wait as long as the handshake's.
+                    let asked = made_room.filter(|at| now.saturating_duration_since(*at) <= DEFER);
                     let admitted =
-                        if made_room && !room(inner) { Admit::Later } else { admit(inner, net, &seg, true, now) };
+                        if asked.is_some() && !room(inner) { Admit::Later } else { admit(inner, net, &seg, true, now) };
                     match admitted {
                         Admit::Yes => {}
                         // Room is being made: the segment waits for it (or,
@@ -866,7 +871,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                         Admit::Later => {
                             inner.handshakes.remember(seg.t, peer_isn, isn, opts, seg.mac, now);
                             if let Some(h) = inner.handshakes.queue.get_mut(&seg.t) {
-                                h.made_room = true;
+                                h.made_room = Some(asked.unwrap_or(now));
                             }
                             defer(inner, now);
                             return Verdict::Drop;

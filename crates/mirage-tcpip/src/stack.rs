@@ -100,9 +100,12 @@ pub struct Config {
     /// without data either way, if that is at least this long, to make
     /// room (connections the application closed whose data has made no
     /// progress for as long go first, those holding the most unsent data
-    /// first); the new connection's SYN is dropped
-    /// and its client's retry finds the room. `None`: refuse the new
-    /// connection with a reset instead.
+    /// first); the new connection's completing ACK is dropped and its
+    /// client's retry finds the room. `None`: nothing of the stack's own is
+    /// reset (a new connection may still wait for closed connections to
+    /// drain, or for the application to give memory back,
+    /// [`mirage_runtime::memory::Reclaim`]); it is refused with a reset
+    /// otherwise.
     pub shed_idle: Option<Duration>,
     /// Whether the heap may hold this many more bytes on a peer's behalf:
     /// asked before each new connection, which is refused with a reset when

@@ -775,10 +775,7 @@ pub(crate) fn shed(inner: &mut Inner, now: Instant) -> bool {
     if shed_orphan(inner, now, idle) {
         return true;
     }
-    let Some(h) = idlest(inner, now, idle) else {
-        inner.last_shed = Some((now, false));
-        return false;
-    };
+    let Some(h) = idlest(inner, now, idle) else { return false };
     inner.sockets.get_mut::<tcp::Socket>(h).abort();
     inner.link.stats.shed += 1;
     true
@@ -793,17 +790,20 @@ pub(crate) fn draining(inner: &Inner) -> bool {
         .any(|o| !matches!(inner.sockets.get::<tcp::Socket>(o.handle).state(), State::Closed | State::TimeWait))
 }
 
-/// Whether room for a new connection is on its way ([`draining`]) or
-/// [`shed`] would find a connection to reset (decided at most every
-/// 10 ms: a flood of SYNs must not make the driver search each time).
+/// Whether room for a new connection is on its way ([`draining`]), or
+/// could be made: [`shed`] would find a connection to reset, or the
+/// application could give memory back
+/// ([`mirage_runtime::memory::reclaimable`]). Decided at most every
+/// 10 ms: a flood of SYNs must not make the driver search each time.
 pub(crate) fn sheddable(inner: &mut Inner, now: Instant) -> bool {
-    let Some(idle) = inner.config.shed_idle else { return false };
     if let Some((at, found)) = inner.last_shed
         && now.saturating_duration_since(at) < Duration::from_millis(10)
     {
         return found;
     }
-    let found = draining(inner) || idlest(inner, now, idle).is_some();
+    let found = draining(inner)
+        || inner.config.shed_idle.is_some_and(|idle| idlest(inner, now, idle).is_some())
+        || mirage_runtime::memory::reclaimable();
     inner.last_shed = Some((now, found));
     found
 }
