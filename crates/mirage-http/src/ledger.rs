@@ -57,6 +57,14 @@ struct Account {
     waker: Cell<Option<Waker>>,
 }
 
+impl Account {
+    /// Whether it may be asked to give its memory back for one holding
+    /// `than`: not asked yet, and holding at least [`MIN_SHED`] and more.
+    fn sheddable(&self, than: usize) -> bool {
+        !self.shed.get() && self.held.get() >= MIN_SHED && self.held.get() > than
+    }
+}
+
 impl core::fmt::Debug for Account {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Account").field("held", &self.held.get()).field("shed", &self.shed.get()).finish()
@@ -84,7 +92,7 @@ impl Ledger {
         let accounts = self.accounts.borrow();
         let victim = accounts
             .iter()
-            .filter(|a| !a.shed.get() && a.held.get() >= MIN_SHED && a.held.get() > than)
+            .filter(|a| a.sheddable(than))
             .max_by_key(|a| (a.held.get() / MIN_SHED, Reverse(a.stamp.get())));
         match victim {
             Some(v) => {
@@ -100,7 +108,7 @@ impl Ledger {
 
     /// Whether [`Ledger::shed_largest`] would find a holder.
     fn sheddable(&self) -> bool {
-        self.accounts.borrow().iter().any(|a| !a.shed.get() && a.held.get() >= MIN_SHED)
+        self.accounts.borrow().iter().any(|a| a.sheddable(0))
     }
 
     /// Makes room for `bytes` more within the memory budget by shedding

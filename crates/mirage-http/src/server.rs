@@ -683,12 +683,11 @@ async fn write_response<F: Flow, B: Body, W: WallClock>(
     // held for the peer while it takes it: a reader slow enough to hold
     // the most may be shed.
     let held = me.held();
-    let streamed = !(no_body || head_only) && response.body.bytes().is_none();
     let in_memory = response.body.bytes().map_or(0, <[u8]>::len);
     // A streamed body's buffer is claimed before the head goes, shedding
     // larger holders if need be: without room for it, the response could
-    // not be sent whole once begun.
-    let buffer = if streamed { response.body.buffer() } else { 0 };
+    // not be sent whole once begun. (A body in memory has none.)
+    let buffer = if no_body || head_only { 0 } else { response.body.buffer() };
     if buffer > 0 && !me.claim(buffer).await {
         return Err(Unwritten::NoRoom);
     }

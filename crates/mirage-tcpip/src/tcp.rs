@@ -676,23 +676,19 @@ pub(crate) fn expire(inner: &mut Inner, now: Instant) {
     // Orphans whose data and FIN make no progress for `timeout`: a peer
     // that stopped reading (its zero window answered to the engine's
     // probes, so the engine's own timeout never fires), or vanished
-    // (FIN-WAIT-1, CLOSING, LAST-ACK).
-    {
-        let Inner { orphans, sockets, .. } = inner;
-        for o in orphans.iter_mut() {
-            o.note(sockets.get::<tcp::Socket>(o.handle), now);
-        }
-    }
-    if let Some(limit) = inner.config.timeout {
-        let Inner { orphans, sockets, link, .. } = inner;
-        for o in orphans.iter_mut() {
-            let s = sockets.get_mut::<tcp::Socket>(o.handle);
-            if now.saturating_duration_since(o.progress) >= limit
-                && !matches!(s.state(), State::Closed | State::TimeWait)
-            {
-                s.abort();
-                link.stats.timed_out += 1;
-            }
+    // (FIN-WAIT-1, CLOSING, LAST-ACK). Their progress is noted with or
+    // without a timeout: shedding asks it too.
+    let timeout = inner.config.timeout;
+    let Inner { orphans, sockets, link, .. } = inner;
+    for o in orphans.iter_mut() {
+        let s = sockets.get_mut::<tcp::Socket>(o.handle);
+        o.note(s, now);
+        if let Some(limit) = timeout
+            && now.saturating_duration_since(o.progress) >= limit
+            && !matches!(s.state(), State::Closed | State::TimeWait)
+        {
+            s.abort();
+            link.stats.timed_out += 1;
         }
     }
     // Connections the peer closed and the application neither closes nor

@@ -874,9 +874,7 @@ fn a_fin_far_past_the_window_does_not_hold_time_wait() {
         let port = 40_001;
         let to_x = |f: &Vec<u8>| seen(f).filter(|s| s.dst == (X, port));
         let isn = 7_000_000u32;
-        inject(&p, tcp_frame_with(isn, 0, SYN, 65535, &[2, 4, 0x05, 0xb4], b"", port));
-        sleep(Duration::from_millis(5)).await;
-        let synack = p.from_b.borrow().iter().rev().find_map(to_x).expect("no SYN-ACK");
+        let synack = syn_from_x(&p, port, isn).await.expect("no SYN-ACK");
         let nxt = isn + 1;
         inject(&p, tcp_frame_with(nxt, synack.seq + 1, ACK, 65535, &[], b"", port));
         inject(&p, tcp_frame_with(nxt, synack.seq + 1, ACK, 65535, &[], b"GET\n", port));
@@ -1448,6 +1446,14 @@ fn introduce_x(p: &Pair) {
     inject(p, arp_frame(1, MAC_X, MAC_X, X, B));
 }
 
+/// A SYN from X's `port` with `isn` (and an MSS option) to b's port 7;
+/// b's answer to it in the next 5 ms, if any.
+async fn syn_from_x(p: &Pair, port: u16, isn: u32) -> Option<Seen> {
+    inject(p, tcp_frame_with(isn, 0, SYN, 65535, &[2, 4, 0x05, 0xb4], b"", port));
+    sleep(Duration::from_millis(5)).await;
+    p.from_b.borrow().iter().rev().find_map(|f| seen(f).filter(|s| s.dst == (X, port)))
+}
+
 /// The last TCP segment b sent from `port`.
 fn last_from_b(p: &Pair, port: u16) -> Seen {
     p.from_b
@@ -1731,10 +1737,7 @@ fn copies_of_one_handshakes_ack_shed_one_connection() {
         sleep(Duration::from_secs(1)).await;
         let port = 40_002;
         let isn = 9_000_000u32;
-        inject(&p, tcp_frame_with(isn, 0, SYN, 65535, &[2, 4, 0x05, 0xb4], b"", port));
-        sleep(Duration::from_millis(5)).await;
-        let synack = p.from_b.borrow().iter().rev().find_map(|f| seen(f).filter(|s| s.dst == (X, port)));
-        let synack = synack.expect("no SYN-ACK");
+        let synack = syn_from_x(&p, port, isn).await.expect("no SYN-ACK");
         for _ in 0..3 {
             inject(&p, tcp_frame_with(isn + 1, synack.seq + 1, ACK, 65535, &[], b"", port));
         }
@@ -1769,10 +1772,7 @@ fn a_response_closed_on_leaves_before_room_is_made_from_its_connection() {
         sleep(Duration::from_secs(1)).await;
         let port = 40_003;
         let isn = 7_000_000u32;
-        inject(&p, tcp_frame_with(isn, 0, SYN, 65535, &[2, 4, 0x05, 0xb4], b"", port));
-        sleep(Duration::from_millis(5)).await;
-        let synack = p.from_b.borrow().iter().rev().find_map(|f| seen(f).filter(|s| s.dst == (X, port)));
-        let synack = synack.expect("no SYN-ACK: an idle connection could be shed");
+        let synack = syn_from_x(&p, port, isn).await.expect("no SYN-ACK: an idle connection could be shed");
         let (mut client, mut served) = conns.pop().unwrap();
         let response = data(3000, 84);
         served.write_all(&response).await.unwrap();
