@@ -860,8 +860,19 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                     // back that was too little) ends in a shed or a reset,
                     // not in a wait as long as the handshake's.
                     let asked = made_room.filter(|at| now.saturating_duration_since(*at) <= DEFER);
-                    let admitted =
-                        if asked.is_some() && !room(inner) { Admit::Later } else { admit(inner, net, &seg, true, now) };
+                    let admitted = if asked.is_some() && !room(inner) {
+                        // Closed connections that have stalled meanwhile
+                        // are nobody's: one is reset for each copy, which
+                        // costs no live connection, where the room asked
+                        // of others (draining, the application's memory)
+                        // did not come or was taken.
+                        if let Some(stall) = inner.config.shed_idle {
+                            crate::tcp::shed_orphan(inner, now, stall);
+                        }
+                        Admit::Later
+                    } else {
+                        admit(inner, net, &seg, true, now)
+                    };
                     match admitted {
                         Admit::Yes => {}
                         // Room is being made: the segment waits for it (or,

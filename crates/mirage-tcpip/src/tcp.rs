@@ -748,7 +748,7 @@ impl Orphan {
 
 /// Resets the orphan holding the most unsent data of those that have
 /// stalled for `stall`; whether there was one.
-fn shed_orphan(inner: &mut Inner, now: Instant, stall: Duration) -> bool {
+pub(crate) fn shed_orphan(inner: &mut Inner, now: Instant, stall: Duration) -> bool {
     let Inner { orphans, sockets, link, .. } = inner;
     for o in orphans.iter_mut() {
         o.note(sockets.get::<tcp::Socket>(o.handle), now);
