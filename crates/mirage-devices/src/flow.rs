@@ -71,4 +71,16 @@ pub trait Flow {
     async fn close(self) -> Result<(), Error>
     where
         Self: Sized;
+
+    /// Ends the flow at once, dropping what is not yet sent: the peer sees
+    /// a reset where the flow has one (TCP's RST). For a flow whose data
+    /// can no longer be delivered whole (a response cut short), so that
+    /// nothing is held for a peer that may never read it. By default, a
+    /// [`Flow::close`].
+    async fn abort(self)
+    where
+        Self: Sized,
+    {
+        let _ = self.close().await;
+    }
 }

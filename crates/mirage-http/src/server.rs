@@ -313,6 +313,8 @@ enum Stop {
     /// The request no longer fits in the memory budget: answer with this
     /// status, then close.
     NoMemory(u16),
+    /// The response was cut short (its write failed or timed out): reset.
+    Cut,
 }
 
 /// What a read brought.
@@ -421,17 +423,24 @@ async fn connection<F: Flow, H: Handler, W: WallClock>(
             log::info!(target: "http", "{peer} refused: {status} {}", reason(status));
             Some(status)
         }
-        Stop::Shed { status, held } => {
+        Stop::Shed { status: Some(s), held } => {
             bump(&stats.shed);
-            match status {
-                Some(s) => {
-                    log::warn!(target: "http", "{peer} shed: {s} {}, giving back {held} bytes: memory budget reached", reason(s))
-                }
-                None => {
-                    log::warn!(target: "http", "{peer} shed: closed, giving back {held} bytes: memory budget reached")
-                }
-            }
-            status
+            log::warn!(target: "http", "{peer} shed: {s} {}, giving back {held} bytes: memory budget reached", reason(s));
+            Some(s)
+        }
+        // A response cut short can no longer be delivered whole: a reset
+        // says so, and gives back at once what the stack still holds of it
+        // for a peer that may never read it (one that stopped reading, or
+        // was shed for it), where a close would leave it to drain.
+        Stop::Shed { status: None, held } => {
+            bump(&stats.shed);
+            log::warn!(target: "http", "{peer} shed: reset, giving back {held} bytes: memory budget reached");
+            flow.abort().await;
+            return;
+        }
+        Stop::Cut => {
+            flow.abort().await;
+            return;
         }
         Stop::NoMemory(status) => {
             bump(&stats.refused_memory);
@@ -529,7 +538,7 @@ async fn converse<F: Flow, H: Handler, W: WallClock>(
             Err(Unwritten::NoRoom) if me.is_shed() => return Stop::Shed { status: Some(503), held: me.held() },
             Err(Unwritten::NoRoom) => return Stop::NoMemory(503),
             Err(Unwritten::Failed) if me.is_shed() => return Stop::Shed { status: None, held: me.held() },
-            Err(Unwritten::Failed) => return Stop::Quiet,
+            Err(Unwritten::Failed) => return Stop::Cut,
         }
         bump(&stats.responses);
         log::info!(target: "http", "{peer} \"{} {} HTTP/1.{}\" {} {}", request.method, request.target, request.version, response.status, response.body.len());

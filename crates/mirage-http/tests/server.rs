@@ -6,7 +6,7 @@ mod common;
 use std::rc::Rc;
 
 use common::{Clock, End, NOW, header, pair, run, status};
-use mirage_devices::flow::Flow;
+use mirage_devices::flow::{self, Flow};
 use mirage_devices::kv::{Key, KvRw};
 use mirage_http::{Limits, Static, Stats, format_http_date, serve_connection};
 use mirage_kv::Mem;
@@ -246,9 +246,10 @@ fn random_streams_end_in_time() {
 }
 
 /// A connection whose client never reads gets no more of the server's
-/// time than the send timeout.
+/// time than the send timeout, and is reset: its response cut short, what
+/// is unsent is not held for a peer that may never read it.
 #[test]
-fn a_client_that_never_reads_is_dropped_after_the_send_timeout() {
+fn a_client_that_never_reads_is_reset_after_the_send_timeout() {
     run(async {
         let handler = Static::new(site().await);
         let (mut client, server): (End, End) = pair(64);
@@ -263,6 +264,8 @@ fn a_client_that_never_reads_is_dropped_after_the_send_timeout() {
         let ((), client) = mirage_runtime::join(serving, asking).await;
         assert_eq!(now().saturating_duration_since(started).as_secs(), 4);
         assert_eq!(stats.responses.get(), 0);
-        assert_eq!(client.pending(), 64);
+        assert_eq!(client.pending(), 0, "the response's first bytes are dropped with the reset");
+        let mut client = client;
+        assert_eq!(client.read(&mut [0u8; 16]).await, Err(flow::Error::Reset));
     });
 }

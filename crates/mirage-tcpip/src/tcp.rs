@@ -478,6 +478,10 @@ impl flow::Flow for Flow {
         self.conn.release(false);
         r
     }
+
+    async fn abort(self) {
+        Flow::abort(self);
+    }
 }
 
 /// The reading half of a [`Flow`].

@@ -673,6 +673,12 @@ impl<F: Flow, S: Side> Flow for TlsFlow<F, S> {
     async fn close(self) -> Result<(), flow::Error> {
         self.close_tls().await.map_err(flow::Error::from)
     }
+
+    /// No close_notify: the transport is reset, so the peer cannot take a
+    /// cut stream for a whole one.
+    async fn abort(self) {
+        self.flow.abort().await;
+    }
 }
 
 impl<F: Flow, S: Side> TlsFlow<F, S> {

@@ -175,6 +175,13 @@ impl Flow for TcpFlow {
         drop(self.stream);
         Ok(())
     }
+
+    /// A zero linger time makes the kernel's close a reset, unsent data
+    /// dropped, rather than a FIN queued behind it.
+    async fn abort(self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(std::time::Duration::ZERO));
+        drop(self.stream);
+    }
 }
 
 impl Udp for SocketStack {

@@ -28,6 +28,9 @@ struct Pipe {
     shut: bool,
     /// The reader is gone: writes fail.
     gone: bool,
+    /// The writer reset the connection: what was not read is dropped, and
+    /// reads fail.
+    reset: bool,
     reader: Option<Waker>,
     writer: Option<Waker>,
 }
@@ -107,6 +110,9 @@ impl Flow for End {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, flow::Error> {
         std::future::poll_fn(|cx| {
             let mut rx = self.rx.borrow_mut();
+            if rx.reset {
+                return Poll::Ready(Err(flow::Error::Reset));
+            }
             if !rx.data.is_empty() {
                 let n = buf.len().min(rx.data.len());
                 for (b, d) in buf.iter_mut().zip(rx.data.drain(..n)) {
@@ -160,6 +166,13 @@ impl Flow for End {
     async fn close(self) -> Result<(), flow::Error> {
         drop(self);
         Ok(())
+    }
+
+    async fn abort(self) {
+        let mut tx = self.tx.borrow_mut();
+        tx.data.clear();
+        tx.reset = true;
+        tx.wake_reader();
     }
 }
 
