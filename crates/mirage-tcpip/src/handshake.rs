@@ -57,7 +57,7 @@ pub(crate) struct HalfOpen {
     pub next: Instant,
     /// When the peer's ACK came and room was asked for it (a connection
     /// shed, closed ones left to drain, or memory asked back of the
-    /// application): a copy of that ACK within `inbound::DEFER` waits for
+    /// application): a copy of that ACK within `inbound::ASKED` waits for
     /// the room and asks no more; a later one is judged again.
     pub made_room: Option<Instant>,
 }

@@ -520,6 +520,13 @@ const DEFERRED: usize = 64;
 const DEFERRED_BYTES: usize = 128 * 1024;
 const DEFER: Duration = Duration::from_secs(3);
 
+/// How long copies of a handshake's last ACK wait for the room it asked
+/// of others (closed connections draining, the application's memory)
+/// before it is judged again: its client's retransmissions (from 200 ms,
+/// doubling, on Linux) bring a copy past it within about a second and a
+/// half, before a client's patience of a few seconds runs out.
+const ASKED: Duration = Duration::from_secs(1);
+
 /// Keeps a copy of the received frame to judge again once there is room.
 fn defer(inner: &mut Inner, now: Instant) {
     let frame = inner.link.frame();
@@ -728,8 +735,11 @@ fn room(inner: &mut Inner) -> bool {
 /// it holds for peers ([`mirage_runtime::memory::reclaim`]). Shedding waits
 /// for the ACK: a SYN may come from a forged address, and a flood of them
 /// must not reset real connections. A SYN is answered when room is on its
-/// way or could be made, and refused otherwise.
-fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, now: Instant) -> Admit {
+/// way or could be made, and refused otherwise. A handshake that `waited`
+/// for closed connections to drain, and got no room, waits for them no
+/// more: room is made, or it is refused, so that connections draining
+/// slowly cannot keep it waiting round after round.
+fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, waited: bool, now: Instant) -> Admit {
     if room(inner) {
         return Admit::Yes;
     }
@@ -738,7 +748,7 @@ fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, now:
         true if crate::tcp::shed(inner, now) => return Admit::Later,
         // Closed connections still sending give their memory back as they
         // end, or are shed once stalled: the client's retry finds room.
-        true if crate::tcp::draining(inner) => return Admit::Later,
+        true if !waited && crate::tcp::draining(inner) => return Admit::Later,
         // The application sheds what it holds for a peer (a server, its
         // largest request or response): room once its tasks have run.
         true if mirage_runtime::memory::reclaim() => return Admit::Later,
@@ -799,7 +809,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                 inner.link.stats.listen_overflows += 1;
                 return Verdict::Drop;
             }
-            if admit(inner, net, &seg, false, now) != Admit::Yes {
+            if admit(inner, net, &seg, false, false, now) != Admit::Yes {
                 return Verdict::Drop;
             }
             let isn = match inner.handshakes.queue.get(&seg.t) {
@@ -854,12 +864,14 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                 Some((peer_isn, opts, made_room)) => {
                     // A copy of an ACK that already asked for room waits
                     // for it: each copy shedding another connection would
-                    // let one handshake reset a batch of them. Past DEFER
+                    // let one handshake reset a batch of them. Past ASKED
                     // it is judged again, so that room asked for and never
-                    // come (closed connections that stalled, memory given
-                    // back that was too little) ends in a shed or a reset,
-                    // not in a wait as long as the handshake's.
-                    let asked = made_room.filter(|at| now.saturating_duration_since(*at) <= DEFER);
+                    // come (closed connections that stalled or drain
+                    // slowly, memory given back that was too little or
+                    // taken by others) ends in a shed or a reset, not in a
+                    // wait longer than its client's patience.
+                    let asked = made_room.filter(|at| now.saturating_duration_since(*at) <= ASKED);
+                    let waited = made_room.is_some() && asked.is_none();
                     let admitted = if asked.is_some() && !room(inner) {
                         // Closed connections that have stalled meanwhile
                         // are nobody's: one is reset for each copy, which
@@ -871,7 +883,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                         }
                         Admit::Later
                     } else {
-                        admit(inner, net, &seg, true, now)
+                        admit(inner, net, &seg, true, waited, now)
                     };
                     match admitted {
                         Admit::Yes => {}

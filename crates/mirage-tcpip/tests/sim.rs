@@ -1886,6 +1886,63 @@ fn past_the_budget_a_new_connection_is_made_room_by_the_application() {
 }
 
 #[test]
+fn room_asked_of_the_application_that_does_not_come_is_asked_again_within_a_second() {
+    // As above, but the application's first answer frees nothing (the
+    // holder it marked had too little, or another connection took the
+    // room): the handshake asks again after a second, and does not wait
+    // out its client's patience for room that is not coming.
+    use mirage_runtime::memory::{self, Reclaim};
+    struct Slow {
+        asked: Cell<u32>,
+        ballast: RefCell<Option<Vec<u8>>>,
+    }
+    impl Reclaim for Slow {
+        fn reclaimable(&self) -> bool {
+            self.ballast.borrow().is_some()
+        }
+        fn reclaim(&self) -> bool {
+            self.asked.set(self.asked.get() + 1);
+            if self.asked.get() > 1 {
+                self.ballast.borrow_mut().take();
+            }
+            self.ballast.borrow().is_some() || self.asked.get() > 1
+        }
+    }
+    run(async {
+        // The heap is both stacks': the client's buffers small, so that
+        // its socket leaves the server's SYN queue its room.
+        let mut ca = config(A, 1);
+        ca.tcp_buffer = 4096;
+        let mut cb = config(B, 2);
+        cb.may_hold = may_hold;
+        let p = pair_with(86, Faults::default(), ca, cb);
+        serve(&p.b, 80, 16).await;
+        let slow = Rc::new(Slow { asked: Cell::new(0), ballast: RefCell::new(Some(vec![1u8; 4 << 20])) });
+        let _registered = memory::add_reclaimer(slow.clone());
+        // Room for the handshake's record (which notes when room was
+        // asked), not for the connection's buffers.
+        BUDGET.with(|b| b.set(held() + (64 << 10)));
+        let started = now();
+        let connected =
+            mirage_runtime::time::timeout(Duration::from_secs(5), p.a.connect(SocketAddr::new(B.into(), 80))).await;
+        let mut c = match connected {
+            Ok(Ok(c)) => c,
+            other => panic!("{other:?} after {:?}; {:?}", now().saturating_duration_since(started), p.b.stats()),
+        };
+        c.write_all(b"GET\n").await.unwrap();
+        let answer = mirage_runtime::time::timeout(Duration::from_secs(5), read_to_end(&mut c)).await;
+        let (took, stats) = (now().saturating_duration_since(started), p.b.stats());
+        eprintln!("answered after {took:?}, the application asked {} times; {stats:?}", slow.asked.get());
+        assert_eq!(answer, Ok(Ok(b"ok\n".to_vec())), "{stats:?}");
+        assert_eq!(slow.asked.get(), 2, "{stats:?}");
+        // At the first of the client's retransmissions past a second of
+        // waiting (2.25 s here; 4.25 s when its copies waited for three).
+        assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(3), "{took:?}");
+        BUDGET.with(|b| b.set(usize::MAX));
+    });
+}
+
+#[test]
 fn a_closed_connection_whose_peer_stops_reading_is_reset_and_orphans_are_shed_past_the_budget() {
     run(async {
         let mut ca = config(A, 1);
