@@ -285,17 +285,26 @@ where
                 memory::budget().unwrap_or(0)
             );
         }
-        let (handler, limits, clock, stats, ledger) =
-            (handler.clone(), limits.clone(), clock.clone(), stats.clone(), ledger.clone());
-        // The task is detached: it ends with its connection.
-        drop(spawn(async move {
-            if fits {
+        let (limits, clock, stats) = (limits.clone(), clock.clone(), stats.clone());
+        // Each task is detached: it ends with its connection. A refused
+        // connection's task is a future of its own, under a third of the
+        // size of one that serves (880 bytes against 2,928 over the tests'
+        // flows), where one future for both was as large as the larger:
+        // refusals come when memory is short.
+        if fits {
+            let (handler, ledger) = (handler.clone(), ledger.clone());
+            let task = async move {
                 connection(flow, peer, &*handler, &limits, &*clock, &stats, &ledger).await;
-            } else {
+                stats.open.set(stats.open.get() - 1);
+            };
+            drop(spawn(task));
+        } else {
+            let task = async move {
                 refuse_for_memory(flow, &limits, &*clock).await;
-            }
-            stats.open.set(stats.open.get() - 1);
-        }));
+                stats.open.set(stats.open.get() - 1);
+            };
+            drop(spawn(task));
+        }
     }
 }
 
