@@ -44,7 +44,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// How long a persistent connection may wait for its next request.
     pub idle_timeout: Duration,
-    /// How long a response may take to be taken by the peer.
+    /// How long a response may take to be taken by the peer; past it,
+    /// the connection is reset.
     pub send_timeout: Duration,
     /// The most connections served at once; more are closed at once.
     pub max_connections: usize,
@@ -316,8 +317,8 @@ enum Stop {
     /// The request is refused for its form or its timing: answer with
     /// this status, then close.
     Refuse(u16),
-    /// Shed to give memory back: answer with this status (none in the
-    /// middle of a response), then close.
+    /// Shed to give memory back: answer with this status, then close; in
+    /// the middle of a response (no status), reset.
     Shed { status: Option<u16>, held: usize },
     /// The request no longer fits in the memory budget: answer with this
     /// status, then close.
@@ -448,6 +449,7 @@ async fn connection<F: Flow, H: Handler, W: WallClock>(
             return;
         }
         Stop::Cut => {
+            log::info!(target: "http", "{peer} reset: the response was cut short (its write failed or timed out)");
             flow.abort().await;
             return;
         }

@@ -522,9 +522,12 @@ const DEFER: Duration = Duration::from_secs(3);
 
 /// How long copies of a handshake's last ACK wait for the room it asked
 /// of others (closed connections draining, the application's memory)
-/// before it is judged again: its client's retransmissions (from 200 ms,
-/// doubling, on Linux) bring a copy past it within about a second and a
-/// half, before a client's patience of a few seconds runs out.
+/// before it is judged again: a client with a request to send retransmits
+/// it from 200 ms, doubling, on Linux, so a copy past it comes at 1.4 s,
+/// before a client's patience of a few seconds runs out (one with nothing
+/// to send is brought back by the SYN-ACK's retransmission, a second
+/// on). It also bounds how often one pending handshake asks for room: at
+/// most once per ASKED.
 const ASKED: Duration = Duration::from_secs(1);
 
 /// Keeps a copy of the received frame to judge again once there is room.
@@ -735,11 +738,8 @@ fn room(inner: &mut Inner) -> bool {
 /// it holds for peers ([`mirage_runtime::memory::reclaim`]). Shedding waits
 /// for the ACK: a SYN may come from a forged address, and a flood of them
 /// must not reset real connections. A SYN is answered when room is on its
-/// way or could be made, and refused otherwise. A handshake that `waited`
-/// for closed connections to drain, and got no room, waits for them no
-/// more: room is made, or it is refused, so that connections draining
-/// slowly cannot keep it waiting round after round.
-fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, waited: bool, now: Instant) -> Admit {
+/// way or could be made, and refused otherwise.
+fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, now: Instant) -> Admit {
     if room(inner) {
         return Admit::Yes;
     }
@@ -748,7 +748,7 @@ fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, wait
         true if crate::tcp::shed(inner, now) => return Admit::Later,
         // Closed connections still sending give their memory back as they
         // end, or are shed once stalled: the client's retry finds room.
-        true if !waited && crate::tcp::draining(inner) => return Admit::Later,
+        true if crate::tcp::draining(inner) => return Admit::Later,
         // The application sheds what it holds for a peer (a server, its
         // largest request or response): room once its tasks have run.
         true if mirage_runtime::memory::reclaim() => return Admit::Later,
@@ -809,7 +809,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                 inner.link.stats.listen_overflows += 1;
                 return Verdict::Drop;
             }
-            if admit(inner, net, &seg, false, false, now) != Admit::Yes {
+            if admit(inner, net, &seg, false, now) != Admit::Yes {
                 return Verdict::Drop;
             }
             let isn = match inner.handshakes.queue.get(&seg.t) {
@@ -866,12 +866,13 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                     // for it: each copy shedding another connection would
                     // let one handshake reset a batch of them. Past ASKED
                     // it is judged again, so that room asked for and never
-                    // come (closed connections that stalled or drain
-                    // slowly, memory given back that was too little or
-                    // taken by others) ends in a shed or a reset, not in a
-                    // wait longer than its client's patience.
+                    // come (closed connections that stalled, memory given
+                    // back that was too little or taken by others) is
+                    // asked again: a shed, another ask of the application,
+                    // or a reset, not a wait longer than its client's
+                    // patience. Closed connections still draining are
+                    // waited for again: that room is coming.
                     let asked = made_room.filter(|at| now.saturating_duration_since(*at) <= ASKED);
-                    let waited = made_room.is_some() && asked.is_none();
                     let admitted = if asked.is_some() && !room(inner) {
                         // Closed connections that have stalled meanwhile
                         // are nobody's: one is reset for each copy, which
@@ -883,7 +884,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                         }
                         Admit::Later
                     } else {
-                        admit(inner, net, &seg, true, waited, now)
+                        admit(inner, net, &seg, true, now)
                     };
                     match admitted {
                         Admit::Yes => {}

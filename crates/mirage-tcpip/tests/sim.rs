@@ -1886,7 +1886,7 @@ fn past_the_budget_a_new_connection_is_made_room_by_the_application() {
 }
 
 #[test]
-fn room_asked_of_the_application_that_does_not_come_is_asked_again_within_a_second() {
+fn room_asked_of_the_application_that_does_not_come_is_asked_again_after_a_second() {
     // As above, but the application's first answer frees nothing (the
     // holder it marked had too little, or another connection took the
     // room): the handshake asks again after a second, and does not wait
