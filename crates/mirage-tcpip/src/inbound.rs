@@ -748,7 +748,7 @@ fn admit<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg, complete: bool, now:
         true if crate::tcp::shed(inner, now) => return Admit::Later,
         // Closed connections still sending give their memory back as they
         // end, or are shed once stalled: the client's retry finds room.
-        true if crate::tcp::draining(inner) => return Admit::Later,
+        true if crate::tcp::draining(inner, now) => return Admit::Later,
         // The application sheds what it holds for a peer (a server, its
         // largest request or response): room once its tasks have run.
         true if mirage_runtime::memory::reclaim() => return Admit::Later,

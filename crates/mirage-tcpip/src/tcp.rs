@@ -49,7 +49,19 @@ pub(crate) struct Orphan {
     progress: Instant,
     /// Bytes it had still to send at the last look.
     queued: usize,
+    /// When it was handed over, and the bytes it had to send then: its
+    /// pace since, for whether a new connection waits for it.
+    since: Instant,
+    at_start: usize,
 }
+
+/// How long a new connection waits, at most, for the room an orphan
+/// gives back as it ends: one whose data would take longer to leave at
+/// its pace so far is shed for the new connection, as one stalled is.
+/// Otherwise a peer reading its response a kilobyte at a time (always
+/// some progress, never stalled) would hold new connections out for as
+/// long as it liked.
+pub(crate) const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 impl Inner {
     /// The buffer each way of a connection made now: the largest
@@ -117,7 +129,7 @@ impl Inner {
         let queued = self.sockets.get::<tcp::Socket>(handle).send_queue();
         // The list never holds more than the sockets there are, for which
         // room was made when each was added (`add_socket`).
-        self.orphans.push(Orphan { handle, tuple, port, progress: now, queued });
+        self.orphans.push(Orphan { handle, tuple, port, progress: now, queued, since: now, at_start: queued });
     }
 }
 
@@ -748,6 +760,29 @@ impl Orphan {
     fn sheddable(&self, s: &tcp::Socket, now: Instant, stall: Duration) -> bool {
         !matches!(s.state(), State::Closed | State::TimeWait) && now.saturating_duration_since(self.progress) >= stall
     }
+
+    /// How long its data would take to leave at its pace so far, once
+    /// that pace has been watched for `watch` (before, a response just
+    /// written has not had its chance; nothing sent yet, the time is
+    /// unbounded).
+    fn eta(&self, now: Instant, watch: Duration) -> Option<Duration> {
+        let age = now.saturating_duration_since(self.since);
+        if age < watch {
+            return None;
+        }
+        let sent = self.at_start.saturating_sub(self.queued) as u128;
+        if sent == 0 {
+            return Some(Duration::MAX);
+        }
+        let ms = (self.queued as u128).saturating_mul(age.as_millis()) / sent;
+        Some(Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)))
+    }
+
+    /// Whether it is not over, and its data would take longer than
+    /// [`DRAIN_WAIT`] to leave at its pace.
+    fn slow(&self, s: &tcp::Socket, now: Instant, watch: Duration) -> bool {
+        !matches!(s.state(), State::Closed | State::TimeWait) && self.eta(now, watch).is_some_and(|t| t > DRAIN_WAIT)
+    }
 }
 
 /// Resets the orphan holding the most unsent data of those that have
@@ -769,25 +804,41 @@ pub(crate) fn shed_orphan(inner: &mut Inner, now: Instant, stall: Duration) -> b
 
 /// Makes room for a new connection: resets an orphan, or else the
 /// connection idle the longest, if its data has made no progress for
-/// [`crate::Config::shed_idle`]; whether one was reset.
+/// [`crate::Config::shed_idle`]; or else the orphan whose data would take
+/// the longest to leave at its pace, if that is past [`DRAIN_WAIT`]
+/// (an idle connection costs its client least: it is reset between
+/// requests, where a slow orphan loses the rest of a response). Whether
+/// one was reset.
 pub(crate) fn shed(inner: &mut Inner, now: Instant) -> bool {
     let Some(idle) = inner.config.shed_idle else { return false };
     if shed_orphan(inner, now, idle) {
         return true;
     }
-    let Some(h) = idlest(inner, now, idle) else { return false };
-    inner.sockets.get_mut::<tcp::Socket>(h).abort();
-    inner.link.stats.shed += 1;
+    if let Some(h) = idlest(inner, now, idle) {
+        inner.sockets.get_mut::<tcp::Socket>(h).abort();
+        inner.link.stats.shed += 1;
+        return true;
+    }
+    let Inner { orphans, sockets, link, .. } = inner;
+    let slowest = orphans
+        .iter()
+        .filter(|o| o.slow(sockets.get::<tcp::Socket>(o.handle), now, idle))
+        .max_by_key(|o| o.eta(now, idle));
+    let Some(o) = slowest else { return false };
+    sockets.get_mut::<tcp::Socket>(o.handle).abort();
+    link.stats.shed += 1;
     true
 }
 
 /// Whether room for a new connection is on its way: an orphan that is not
-/// over (it frees its memory as it ends, or is shed once stalled).
-pub(crate) fn draining(inner: &Inner) -> bool {
-    inner
-        .orphans
-        .iter()
-        .any(|o| !matches!(inner.sockets.get::<tcp::Socket>(o.handle).state(), State::Closed | State::TimeWait))
+/// over and, with shedding, not slow (it frees its memory as it ends, or
+/// is shed once stalled or found slow).
+pub(crate) fn draining(inner: &Inner, now: Instant) -> bool {
+    inner.orphans.iter().any(|o| {
+        let s = inner.sockets.get::<tcp::Socket>(o.handle);
+        !matches!(s.state(), State::Closed | State::TimeWait)
+            && inner.config.shed_idle.is_none_or(|watch| !o.slow(s, now, watch))
+    })
 }
 
 /// Whether room for a new connection is on its way ([`draining`]), or
@@ -801,7 +852,12 @@ pub(crate) fn sheddable(inner: &mut Inner, now: Instant) -> bool {
     {
         return found;
     }
-    let found = draining(inner)
+    // An orphan not over drains, or is shed once stalled or found slow.
+    let live = inner
+        .orphans
+        .iter()
+        .any(|o| !matches!(inner.sockets.get::<tcp::Socket>(o.handle).state(), State::Closed | State::TimeWait));
+    let found = live
         || inner.config.shed_idle.is_some_and(|idle| idlest(inner, now, idle).is_some())
         || mirage_runtime::memory::reclaimable();
     inner.last_shed = Some((now, found));

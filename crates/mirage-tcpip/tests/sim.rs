@@ -2826,3 +2826,67 @@ fn the_syn_queue_grows_within_the_memory_budget() {
         assert!(stats.syn_cookies >= 4000, "{stats:?}");
     });
 }
+
+#[test]
+fn a_closed_connection_read_at_a_trickle_does_not_hold_new_connections_out() {
+    // The heap at its budget but for a closed connection whose peer reads
+    // a kilobyte every 100 ms (always some progress, never stalled): a new
+    // connection is not made to wait until that response has trickled out.
+    run(async {
+        let mut ca = config(A, 1);
+        ca.tcp_buffer = 4096;
+        ca.tcp_buffer_max = 4096;
+        let mut cb = config(B, 2);
+        cb.may_hold = may_hold;
+        cb.shed_idle = Some(Duration::from_millis(500));
+        cb.timeout = Some(Duration::from_secs(30));
+        cb.tcp_buffer_max = cb.tcp_buffer;
+        let cb_buffer = cb.tcp_buffer;
+        let p = pair_with(87, Faults::default(), ca, cb);
+        serve(&p.b, 80, 16).await;
+        let l = p.b.listen(81, 4).await.unwrap();
+        let before = held();
+        let (c, accepted) = mirage_runtime::join(p.a.connect(SocketAddr::new(B.into(), 81)), l.accept()).await;
+        let mut slow = c.unwrap();
+        let (mut f, _) = accepted.unwrap();
+        let sent = f.write(&[7; 1 << 20]).await.unwrap();
+        drop(f);
+        let read = Rc::new(Cell::new(0usize));
+        let reader = {
+            let read = read.clone();
+            spawn(async move {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match slow.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read.set(read.get() + n),
+                    }
+                    sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        sleep(Duration::from_secs(1)).await;
+        // Room a little short of a new connection (its buffers and the
+        // application's headroom, as `connection_cost` counts them) until
+        // the orphan's buffers are back.
+        let cost = 2 * cb_buffer + 2048 + (32 << 10);
+        assert!(held() - before > 2 * cb_buffer, "{} {cost}", held() - before);
+        BUDGET.with(|b| b.set(held() + cost - (16 << 10)));
+        let started = now();
+        let ask = async {
+            let mut c = p.a.connect(SocketAddr::new(B.into(), 80)).await?;
+            c.write_all(b"GET\n").await.map_err(|_| stack::Error::Refused)?;
+            read_to_end(&mut c).await.map_err(|_| stack::Error::Refused)
+        };
+        let answer = mirage_runtime::time::timeout(Duration::from_secs(10), ask).await;
+        let (took, stats) = (now().saturating_duration_since(started), p.b.stats());
+        eprintln!("answered {answer:?} after {took:?}; {} of {sent} bytes read at a trickle; {stats:?}", read.get());
+        BUDGET.with(|b| b.set(usize::MAX));
+        assert_eq!(answer, Ok(Ok(b"ok\n".to_vec())), "{stats:?}");
+        // Room is made at the handshake's ACK (before, the client waited
+        // for the orphan to trickle out: 7 s).
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        assert_eq!(stats.shed, 1, "{stats:?}");
+        drop(reader);
+    });
+}
