@@ -511,6 +511,8 @@ fn challenge(inner: &mut Inner, t: Tuple, now: Instant) -> Verdict {
 pub(crate) struct Deferred {
     frame: Vec<u8>,
     since: Instant,
+    /// The connection it is for.
+    t: Tuple,
 }
 
 /// Segments waiting so at most, their bytes at most, and for how long.
@@ -531,7 +533,7 @@ const DEFER: Duration = Duration::from_secs(3);
 const ASKED: Duration = Duration::from_secs(1);
 
 /// Keeps a copy of the received frame to judge again once there is room.
-fn defer(inner: &mut Inner, now: Instant) {
+fn defer(inner: &mut Inner, t: Tuple, now: Instant) {
     let frame = inner.link.frame();
     let mut copy = Vec::new();
     let held: usize = inner.deferred.iter().map(|d| d.frame.len()).sum();
@@ -543,26 +545,33 @@ fn defer(inner: &mut Inner, now: Instant) {
         return;
     }
     copy.extend_from_slice(frame);
-    inner.deferred.push_back(Deferred { frame: copy, since: now });
+    inner.deferred.push_back(Deferred { frame: copy, since: now, t });
 }
 
-/// Segments kept for handshakes the engine has yet to finish, at most.
+/// Segments kept for handshakes the engine has yet to finish, at most,
+/// and their bytes at most. Like deferred segments they are not asked of
+/// the budget: a handshake admitted at the budget's edge has just taken
+/// the room there was, and its client's request, come with the ACK,
+/// would otherwise be dropped for the client's retransmission (a second,
+/// for some stacks).
 const EARLY: usize = 16;
+const EARLY_BYTES: usize = 64 * 1024;
 
 /// Keeps a copy of the received frame, a segment for the replayed
 /// handshake of `t`, to judge again once the engine has finished it.
 fn keep_early(inner: &mut Inner, t: Tuple, now: Instant) {
     let frame = inner.link.frame();
     let mut copy = Vec::new();
+    let held: usize = inner.early.iter().map(|d| d.frame.len()).sum();
     if inner.early.len() >= EARLY
-        || !(inner.config.may_hold)(frame.len())
+        || held.saturating_add(frame.len()) > EARLY_BYTES
         || inner.early.try_reserve(1).is_err()
         || copy.try_reserve_exact(frame.len()).is_err()
     {
         return;
     }
     copy.extend_from_slice(frame);
-    inner.early.push_back((t, Deferred { frame: copy, since: now }));
+    inner.early.push_back(Deferred { frame: copy, since: now, t });
 }
 
 /// Puts the oldest segment kept by [`keep_early`] whose connection's
@@ -570,34 +579,52 @@ fn keep_early(inner: &mut Inner, t: Tuple, now: Instant) {
 /// forgets those whose connection is gone or still waits after [`DEFER`].
 pub(crate) fn release_early(inner: &mut Inner, now: Instant) -> bool {
     let conns = &inner.link.conns.table;
-    inner.early.retain(|(t, d)| {
-        conns.get(t).is_some_and(|r| r.replay.is_none() || now.saturating_duration_since(d.since) <= DEFER)
+    inner.early.retain(|d| {
+        conns.get(&d.t).is_some_and(|r| r.replay.is_none() || now.saturating_duration_since(d.since) <= DEFER)
     });
-    let Some(i) = inner.early.iter().position(|(t, _)| conns.get(t).is_some_and(|r| r.replay.is_none())) else {
+    let Some(i) = inner.early.iter().position(|d| conns.get(&d.t).is_some_and(|r| r.replay.is_none())) else {
         return false;
     };
-    let Some((_, d)) = inner.early.remove(i) else { return false };
+    let Some(d) = inner.early.remove(i) else { return false };
     inner.link.load(&d.frame);
     true
 }
 
-/// Puts the oldest deferred segment back as the received frame if a
-/// connection fits now; whether it did.
+/// Puts a deferred segment back as the received frame: first one whose
+/// connection has been made meanwhile (a copy of its handshake's ACK, or
+/// the request sent with it), which needs no room; else the oldest, if a
+/// connection fits now. Whether it did.
 pub(crate) fn resume(inner: &mut Inner, now: Instant) -> bool {
     while inner.deferred.front().is_some_and(|d| now.saturating_duration_since(d.since) > DEFER) {
         inner.deferred.pop_front();
     }
-    if !deferred_fits(inner) {
-        return false;
-    }
-    let Some(d) = inner.deferred.pop_front() else { return false };
+    let i = match made(inner) {
+        Some(i) => i,
+        None if deferred_fits(inner) => 0,
+        None => return false,
+    };
+    let Some(d) = inner.deferred.remove(i) else { return false };
     inner.link.load(&d.frame);
     true
 }
 
-/// Whether a deferred segment waits and a connection fits now.
+/// The first deferred segment whose connection has been made.
+fn made(inner: &Inner) -> Option<usize> {
+    inner.deferred.iter().position(|d| inner.link.conns.table.get(&d.t).is_some())
+}
+
+/// Whether a deferred segment waits and can be judged now: its
+/// connection made, or a connection fits.
 pub(crate) fn deferred_fits(inner: &Inner) -> bool {
-    !inner.deferred.is_empty() && !inner.link.conns.table.is_full() && (inner.config.may_hold)(connection_cost(inner))
+    !inner.deferred.is_empty()
+        && (made(inner).is_some()
+            || !inner.link.conns.table.is_full() && (inner.config.may_hold)(connection_cost(inner)))
+}
+
+/// Forgets the deferred segments of a handshake refused or reset: judged
+/// later, they could make a connection its client has given up.
+fn forget_deferred(inner: &mut Inner, t: &Tuple) {
+    inner.deferred.retain(|d| d.t != *t);
 }
 
 /// The stack-wide limit on challenge ACKs.
@@ -831,6 +858,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
         (TcpControl::Rst, _) => {
             if inner.handshakes.queue.get(&seg.t).is_some_and(|h| h.peer_isn.wrapping_add(1) == seg.seq) {
                 inner.handshakes.queue.remove(&seg.t);
+                forget_deferred(inner, &seg.t);
             }
             Verdict::Drop
         }
@@ -897,10 +925,13 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                             if let Some(h) = inner.handshakes.queue.get_mut(&seg.t) {
                                 h.made_room = Some(asked.unwrap_or(now));
                             }
-                            defer(inner, now);
+                            defer(inner, seg.t, now);
                             return Verdict::Drop;
                         }
-                        Admit::No => return Verdict::Drop,
+                        Admit::No => {
+                            forget_deferred(inner, &seg.t);
+                            return Verdict::Drop;
+                        }
                     }
                     complete(inner, net, seg, peer_isn, isn, opts, now)
                 }

@@ -399,7 +399,7 @@ pub(crate) struct Inner {
     pub deferred: alloc::collections::VecDeque<crate::inbound::Deferred>,
     /// Segments that came before the engine's side of their handshake
     /// ended, kept until it does.
-    pub early: alloc::collections::VecDeque<(crate::conns::Tuple, crate::inbound::Deferred)>,
+    pub early: alloc::collections::VecDeque<crate::inbound::Deferred>,
     pub config_waiters: Vec<Waker>,
     /// When the per-state timeouts are looked at next.
     pub next_expiry: mirage_runtime::time::Instant,
