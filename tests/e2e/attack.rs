@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -325,16 +326,39 @@ fn until_refused(t: &str, hold: Hold, what: &str, round: usize, cap: usize) -> R
 /// whole, while the crowd holds on and after it lets go. Holding them
 /// all is no failure here: what each holds is bounded, and the send
 /// timeout ends them.
-fn unread_downloads(t: &str) -> Result<(), String> {
+///
+/// With [`Hold::Trickle`], the same downloads read a kilobyte every
+/// 200 ms through a receive buffer of a few kilobytes, throughout, the
+/// reader's download included: never stalled, so never timed out, each
+/// would hold its response for minutes.
+fn unread_downloads(t: &str, hold: Hold) -> Result<(), String> {
     let scratch = Scratch::new("unread");
     let (img, big) = crate::http::tar_image(&scratch)?;
     let mem = 64;
-    let mut s = quiet_site("downloads never read", t, Some(mem), Some(&img))?;
+    let what = match hold {
+        Hold::Trickle => "downloads read at a trickle",
+        _ => "downloads never read",
+    };
+    let mut s = quiet_site(what, t, Some(mem), Some(&img))?;
     s.start_good()?;
     let crowd = Crowd::new();
-    let (tried, took, at_limit) = press(&s, &crowd, Hold::Unread, 50, 1000)?;
+    let (tried, took, at_limit) = press(&s, &crowd, hold, 50, 1000)?;
     s.check_alive()?;
-    let during = download(&s.ns, &big);
+    // The trickle goes on while the reader downloads.
+    let stop = AtomicBool::new(false);
+    let during = std::thread::scope(|scope| {
+        if hold == Hold::Trickle {
+            scope.spawn(|| {
+                while !stop.load(Relaxed) {
+                    crowd.sweep();
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+        }
+        let during = download(&s.ns, &big);
+        stop.store(true, Relaxed);
+        during
+    });
     let held = crowd.holding();
     let refused = crowd.refused.load(Relaxed);
     let refusals = crowd.refusals.lock().map(|r| r.join("; ")).unwrap_or_default();
@@ -543,7 +567,8 @@ pub fn cases(v: &mut Vec<Case>) {
         v.push(case(format!("{t}::attack_body_holding_connections_until_refused"), n, move || {
             until_refused(t, Hold::Body, "connections holding half a 1 MiB body", 20, 600)
         }));
-        v.push(case(format!("{t}::attack_downloads_never_read"), n, move || unread_downloads(t)));
+        v.push(case(format!("{t}::attack_downloads_never_read"), n, move || unread_downloads(t, Hold::Unread)));
+        v.push(case(format!("{t}::attack_downloads_read_at_a_trickle"), n, move || unread_downloads(t, Hold::Trickle)));
         v.push(case(format!("{t}::attack_blind_in_window_rst_and_syn"), n, move || blind_rst_and_syn(t)));
         v.push(case(format!("{t}::attack_bogus_arp"), n, move || bogus_arp(t)));
     }

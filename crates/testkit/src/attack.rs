@@ -769,7 +769,14 @@ pub enum Hold {
     /// host's receive buffer is full its window stays closed, and the
     /// server holds the rest of the response.
     Unread,
+    /// Asks for [`UNREAD_PATH`] with a receive buffer of a few kilobytes,
+    /// and reads [`TRICKLE`] bytes of it at each [`Crowd::sweep`]: always
+    /// some progress, never stalled, a response held for minutes.
+    Trickle,
 }
+
+/// What a [`Hold::Trickle`] connection reads at each sweep.
+pub const TRICKLE: usize = 1024;
 
 /// The file a [`Hold::Unread`] connection asks for: the 1 MiB file of the
 /// tar image the HTTP tests serve.
@@ -822,7 +829,7 @@ impl Crowd {
     /// Opens one connection of kind `hold` to `server` (from a thread in
     /// the client's namespace) and keeps it.
     pub fn open(&self, server: SocketAddr, hold: Hold) -> Fate {
-        let mut s = match TcpStream::connect_timeout(&server, Duration::from_secs(2)) {
+        let mut s = match connect(server, hold) {
             Ok(s) => s,
             Err(e) => return self.refuse(format!("connect: {e}")),
         };
@@ -855,7 +862,7 @@ impl Crowd {
                     return self.refuse(format!("write: {e}"));
                 }
             }
-            Hold::Unread => {
+            Hold::Unread | Hold::Trickle => {
                 let head = format!("GET {UNREAD_PATH} HTTP/1.1\r\nHost: holder\r\n\r\n");
                 if let Err(e) = s.write_all(head.as_bytes()) {
                     return self.refuse(format!("write: {e}"));
@@ -877,6 +884,7 @@ impl Crowd {
             let _ = s.set_nonblocking(true);
             let mut one = [0u8; 64];
             let verdict = match s.peek(&mut one) {
+                Ok(n) if *hold == Hold::Trickle && n > 0 => trickle(s),
                 Ok(0) if *hold == Hold::HalfClosed => None,
                 Ok(0) => Some("closed: by the server".to_string()),
                 // The answer it asked for and does not read comes first:
@@ -945,6 +953,37 @@ impl Crowd {
                 }
             })
         })
+    }
+}
+
+/// A connection to `server` for `hold`: a [`Hold::Trickle`] one with a
+/// receive buffer of a few kilobytes, set before the handshake so that
+/// the window it announces stays small (the host would otherwise take
+/// the whole response at once and the server would hold nothing).
+fn connect(server: SocketAddr, hold: Hold) -> std::io::Result<TcpStream> {
+    if hold != Hold::Trickle {
+        return TcpStream::connect_timeout(&server, Duration::from_secs(2));
+    }
+    let s = socket2::Socket::new(socket2::Domain::for_address(server), socket2::Type::STREAM, None)?;
+    s.set_recv_buffer_size(4096)?;
+    s.connect_timeout(&server.into(), Duration::from_secs(2))?;
+    Ok(s.into())
+}
+
+/// Reads [`TRICKLE`] bytes of a held [`Hold::Trickle`] connection, which
+/// has some waiting: why it is gone, if it is (a refusal in place of
+/// its response, a reset, or the end of a response cut short or, after
+/// minutes, read whole).
+fn trickle(mut s: &TcpStream) -> Option<String> {
+    let mut buf = [0u8; TRICKLE];
+    match s.read(&mut buf) {
+        Ok(0) => Some("closed: by the server".to_string()),
+        Ok(n) if buf[..n].starts_with(b"HTTP/1.1 ") && !buf[..n].starts_with(b"HTTP/1.1 200 ") => {
+            Some(format!("answered: {:?}", String::from_utf8_lossy(&buf[..n.min(12)])))
+        }
+        Ok(_) => None,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+        Err(e) => Some(format!("reset: {e}")),
     }
 }
 
