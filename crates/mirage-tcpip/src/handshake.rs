@@ -76,7 +76,18 @@ pub(crate) struct Handshakes {
     key: (u64, u64),
     /// The memory budget, asked before the queue grows.
     may_hold: fn(usize) -> bool,
+    /// When room was asked for handshakes the queue could not hold (its
+    /// SYN answered by a cookie alone, the budget reached): the newest
+    /// few, in a ring that takes no memory of the heap, so that copies of
+    /// their ACK wait for that room instead of each shedding another
+    /// connection (the queue cannot grow just when room is short, which
+    /// is when room is asked).
+    asked: [Option<(Tuple, Instant)>; ASKED_RING],
+    next_asked: usize,
 }
+
+/// Handshakes noted in [`Handshakes::asked`], at most.
+const ASKED_RING: usize = 16;
 
 impl core::fmt::Debug for Handshakes {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -86,7 +97,13 @@ impl core::fmt::Debug for Handshakes {
 
 impl Handshakes {
     pub(crate) fn new(key: (u64, u64), max: usize, may_hold: fn(usize) -> bool) -> Handshakes {
-        Handshakes { queue: Table::new((key.0 ^ 0x5eed, key.1), max), key, may_hold }
+        Handshakes {
+            queue: Table::new((key.0 ^ 0x5eed, key.1), max),
+            key,
+            may_hold,
+            asked: [None; ASKED_RING],
+            next_asked: 0,
+        }
     }
 
     fn mac(&self, t: &Tuple, peer_isn: u32, period: u64, bits: u32) -> u32 {
@@ -133,6 +150,29 @@ impl Handshakes {
         // Within the memory budget too: a flood of spoofed SYNs grows the
         // queue to its limit, and past the budget the cookie answers alone.
         self.queue.insert_within(t, entry, self.may_hold).is_ok()
+    }
+
+    /// Notes that room was asked, at `at`, for the handshake of `t`: in
+    /// its queued entry, or in the ring if it has none.
+    pub(crate) fn note_asked(&mut self, t: Tuple, at: Instant) {
+        if let Some(h) = self.queue.get_mut(&t) {
+            h.made_room = Some(at);
+            return;
+        }
+        let slot = match self.asked.iter().position(|a| a.is_some_and(|(u, _)| u == t)) {
+            Some(i) => i,
+            None => {
+                let i = self.next_asked;
+                self.next_asked = (i + 1) % ASKED_RING;
+                i
+            }
+        };
+        self.asked[slot] = Some((t, at));
+    }
+
+    /// When room was asked for the handshake of `t`, if the ring has it.
+    pub(crate) fn asked(&self, t: &Tuple) -> Option<Instant> {
+        self.asked.iter().find_map(|a| a.filter(|(u, _)| u == t).map(|(_, at)| at))
     }
 
     /// The half-open connections whose SYN-ACK is due again (calls `resend`

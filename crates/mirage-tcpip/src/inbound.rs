@@ -885,7 +885,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                         inner.handshakes.queue.remove(&seg.t);
                         inner.link.stats.cookies_accepted += 1;
                     }
-                    opts.map(|o| (peer_isn, o, None))
+                    opts.map(|o| (peer_isn, o, inner.handshakes.asked(&seg.t)))
                 }
             };
             match found {
@@ -922,9 +922,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                         // again).
                         Admit::Later => {
                             inner.handshakes.remember(seg.t, peer_isn, isn, opts, seg.mac, now);
-                            if let Some(h) = inner.handshakes.queue.get_mut(&seg.t) {
-                                h.made_room = Some(asked.unwrap_or(now));
-                            }
+                            inner.handshakes.note_asked(seg.t, asked.unwrap_or(now));
                             defer(inner, seg.t, now);
                             return Verdict::Drop;
                         }

@@ -1717,34 +1717,58 @@ fn connections_the_peer_never_closes_cost_a_small_record_each() {
     });
 }
 
+/// The table full of idle connections (and, `at_budget`, the heap at
+/// its budget), one handshake's last ACK comes three times in one batch:
+/// b's counters after, and how many idle connections are left.
+async fn copies_of_one_ack(seed: u64, port: u16, isn: u32, at_budget: bool) -> (mirage_tcpip::Stats, usize) {
+    let mut cb = config(B, 2);
+    cb.max_connections = 2;
+    cb.shed_idle = Some(Duration::from_millis(500));
+    cb.may_hold = may_hold;
+    let p = pair_with(seed, Faults::default(), config(A, 1), cb);
+    // `tcp_frame_with` speaks to port 7.
+    serve(&p.b, 7, 4).await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(p.a.connect(SocketAddr::new(B.into(), 7)).await.unwrap());
+    }
+    introduce_x(&p);
+    sleep(Duration::from_secs(1)).await;
+    if at_budget {
+        BUDGET.with(|b| b.set(held()));
+    }
+    let synack = syn_from_x(&p, port, isn).await.expect("no SYN-ACK");
+    for _ in 0..3 {
+        inject(&p, tcp_frame_with(isn + 1, synack.seq + 1, ACK, 65535, &[], b"", port));
+    }
+    sleep(Duration::from_millis(100)).await;
+    BUDGET.with(|b| b.set(usize::MAX));
+    (p.b.stats(), idle.iter().filter(|c| c.peer().is_some()).count())
+}
+
 #[test]
 fn copies_of_one_handshakes_ack_shed_one_connection() {
-    // The table full of idle connections, one handshake's last ACK comes
-    // three times in one batch: one idle connection makes room for it,
-    // the copies shed no more.
+    // One idle connection makes room for the handshake; the copies shed
+    // no more.
     run(async {
-        let mut cb = config(B, 2);
-        cb.max_connections = 2;
-        cb.shed_idle = Some(Duration::from_millis(500));
-        let p = pair_with(83, Faults::default(), config(A, 1), cb);
-        // `tcp_frame_with` speaks to port 7.
-        serve(&p.b, 7, 4).await;
-        let mut idle = Vec::new();
-        for _ in 0..2 {
-            idle.push(p.a.connect(SocketAddr::new(B.into(), 7)).await.unwrap());
-        }
-        introduce_x(&p);
-        sleep(Duration::from_secs(1)).await;
-        let port = 40_002;
-        let isn = 9_000_000u32;
-        let synack = syn_from_x(&p, port, isn).await.expect("no SYN-ACK");
-        for _ in 0..3 {
-            inject(&p, tcp_frame_with(isn + 1, synack.seq + 1, ACK, 65535, &[], b"", port));
-        }
-        sleep(Duration::from_millis(100)).await;
-        let stats = p.b.stats();
+        let (stats, left) = copies_of_one_ack(83, 40_002, 9_000_000, false).await;
         assert_eq!(stats.shed, 1, "{stats:?}");
-        assert_eq!(idle.iter().filter(|c| c.peer().is_some()).count(), 1, "{stats:?}");
+        assert_eq!(left, 1, "{stats:?}");
+    });
+}
+
+#[test]
+fn copies_of_one_handshakes_ack_shed_one_connection_when_its_syn_was_answered_by_cookie() {
+    // As above, with the heap at its budget: the SYN queue cannot grow,
+    // the SYN is answered by a cookie alone, and nothing of the handshake
+    // is queued to say that room was made for it. The copies still shed
+    // no more (before, each shed one, and the third, finding nothing
+    // left to shed, was refused).
+    run(async {
+        let (stats, left) = copies_of_one_ack(89, 40_005, 11_000_000, true).await;
+        assert_eq!(stats.syn_cookies, 1, "{stats:?}");
+        assert_eq!(stats.shed, 1, "{stats:?}");
+        assert_eq!(left, 1, "{stats:?}");
     });
 }
 
