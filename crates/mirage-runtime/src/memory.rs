@@ -142,6 +142,14 @@ pub fn reclaim() -> bool {
     any_reclaimer(|r| r.reclaim())
 }
 
+/// As [`reclaim`], passing over `own` (the asking subsystem's registered
+/// reclaimer, which has already given back what it would): a server
+/// whose own largest holders are not enough asks the other layers (the
+/// TCP stack, its idle connections) without shedding its own again.
+pub fn reclaim_others(own: &dyn Reclaim) -> bool {
+    any_reclaimer(|r| !core::ptr::addr_eq(r as *const dyn Reclaim, own as *const dyn Reclaim) && r.reclaim())
+}
+
 /// Whether a subsystem may hold `bytes` on its peers' behalf beyond the
 /// least they need (the TCP stack: its connections' buffers, for large
 /// windows while they fit): `bytes` within a sixteenth of the budget,

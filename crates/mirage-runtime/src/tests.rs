@@ -224,7 +224,11 @@ fn reclaimers_are_asked_in_turn_until_their_guard_is_dropped() {
         assert!(memory::reclaim() && memory::reclaim());
         assert_eq!(two.0.get(), 0);
         assert!(!memory::reclaimable() && !memory::reclaim());
+        // Asked by one of them, the others are asked, not it.
         two.0.set(1);
+        empty.0.set(1);
+        assert!(memory::reclaim_others(&*two) && empty.0.get() == 0 && two.0.get() == 1);
+        assert!(!memory::reclaim_others(&*two) && two.0.get() == 1);
         drop(g2);
         assert!(!memory::reclaimable(), "a dropped guard ends its registration");
         assert_eq!(Rc::strong_count(&two), 1, "and the runtime lets go of it");
