@@ -755,6 +755,50 @@ pub(crate) struct Shared {
     /// Something for the driver to do (a socket queued data).
     pub kicked: Cell<bool>,
     pub driver: RefCell<Option<Waker>>,
+    /// The stack's registration as a [`mirage_runtime::memory::Reclaim`]
+    /// (see [`Room`]), ended with the stack.
+    reclaimer: RefCell<Option<mirage_runtime::memory::Reclaimer>>,
+}
+
+impl Shared {
+    /// Tells the driver it has something to do.
+    fn kick(&self) {
+        self.kicked.set(true);
+        if let Some(w) = self.driver.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// What the stack gives back when another layer is short of memory (an
+/// HTTP server that must read a request or take a new connection): the
+/// connections it would shed for a new one of its own (a closed one
+/// stalled or slow, or one idle past `Config::shed_idle`), so that idle
+/// connections the stack holds never make the server answer 503 while
+/// they could be let go. It holds the stack weakly: the runtime keeps
+/// it, and the stack's end ends its registration.
+struct Room(alloc::rc::Weak<Shared>);
+
+impl mirage_runtime::memory::Reclaim for Room {
+    fn reclaimable(&self) -> bool {
+        let Some(shared) = self.0.upgrade() else { return false };
+        // Busy: it is the stack itself that asks.
+        let Ok(mut inner) = shared.inner.try_borrow_mut() else { return false };
+        crate::tcp::could_shed(&mut inner, now())
+    }
+
+    fn reclaim(&self) -> bool {
+        let Some(shared) = self.0.upgrade() else { return false };
+        let Ok(mut inner) = shared.inner.try_borrow_mut() else { return false };
+        let shed = crate::tcp::shed(&mut inner, now());
+        drop(inner);
+        // The reset goes out, and the memory comes back, in the driver's
+        // next round.
+        if shed {
+            shared.kick();
+        }
+        shed
+    }
 }
 
 /// A TCP/IP stack over one network interface. Cheap to clone: clones share
@@ -895,8 +939,14 @@ impl Stack {
             ))));
             inner.dhcp = Some(inner.add_socket(client).ok_or(Error::NoMemory)?);
         }
-        let shared =
-            Rc::new(Shared { inner: RefCell::new(inner), kicked: Cell::new(false), driver: RefCell::new(None) });
+        let shared = Rc::new(Shared {
+            inner: RefCell::new(inner),
+            kicked: Cell::new(false),
+            driver: RefCell::new(None),
+            reclaimer: RefCell::new(None),
+        });
+        let room = mirage_runtime::memory::add_reclaimer(Rc::new(Room(Rc::downgrade(&shared))));
+        *shared.reclaimer.borrow_mut() = Some(room);
         mirage_runtime::spawn(driver::run(shared.clone(), net));
         Ok(Stack { shared })
     }
@@ -907,10 +957,7 @@ impl Stack {
 
     /// Tells the driver a socket has something to send.
     pub(crate) fn kick(&self) {
-        self.shared.kicked.set(true);
-        if let Some(w) = self.shared.driver.borrow_mut().take() {
-            w.wake();
-        }
+        self.shared.kick();
     }
 
     /// The IPv4 address and prefix length, once configured.

@@ -830,6 +830,20 @@ pub(crate) fn shed(inner: &mut Inner, now: Instant) -> bool {
     true
 }
 
+/// Whether [`shed`] would find a connection to reset.
+pub(crate) fn could_shed(inner: &mut Inner, now: Instant) -> bool {
+    let Some(idle) = inner.config.shed_idle else { return false };
+    let Inner { orphans, sockets, .. } = inner;
+    for o in orphans.iter_mut() {
+        o.note(sockets.get::<tcp::Socket>(o.handle), now);
+    }
+    let orphan = orphans.iter().any(|o| {
+        let s = sockets.get::<tcp::Socket>(o.handle);
+        o.sheddable(s, now, idle) || o.slow(s, now, idle)
+    });
+    orphan || idlest(inner, now, idle).is_some()
+}
+
 /// Whether room for a new connection is on its way: an orphan that is not
 /// over and, with shedding, not slow (it frees its memory as it ends, or
 /// is shed once stalled or found slow).
