@@ -141,11 +141,30 @@ impl Site {
 
     /// Stops the good client; prints what it saw, with `what` the attack
     /// did, and fails if the unikernel died or the client was not served.
-    fn finish(mut self, what: &str) -> Result<(), String> {
+    fn finish(self, what: &str) -> Result<(), String> {
+        self.finish_with(what, false)
+    }
+
+    /// As [`Site::finish`]; with `keep_alive_whole`, also fails if any of
+    /// the good client's keep-alive requests went unserved: where the
+    /// attack holds memory the server can take back (connections idle or
+    /// holding large bodies), the keep-alive connection, busy and holding
+    /// little, has no reason to be refused.
+    fn finish_with(mut self, what: &str, keep_alive_whole: bool) -> Result<(), String> {
         let report = self.good.as_mut().ok_or("no good client")?.stop();
         eprintln!("{}: {what}{}; good client: {report}", self.name, self.heap());
         self.check_alive()?;
-        report.check(&self.name, MIN_RATE, MAX_OUTAGE)
+        report.check(&self.name, MIN_RATE, MAX_OUTAGE)?;
+        let k = &report.keep_alive;
+        if keep_alive_whole && k.served < k.attempts {
+            return Err(format!(
+                "{}: the good client's keep-alive connection was refused while the attack held memory the server \
+                 could take back: {k}; failures: {}",
+                self.name,
+                k.errors.join("; ")
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -291,7 +310,8 @@ fn press(s: &Site, crowd: &Crowd, hold: Hold, round: usize, cap: usize) -> Resul
 /// kept at that limit for 4 s, a round every 200 ms taking whatever room
 /// the server makes, as an attacker would. The server must push back, stay
 /// up and keep serving the good client: it sheds what the attacker holds,
-/// or keeps room for others, rather than refuse every newcomer.
+/// or keeps room for others, rather than refuse every newcomer; and it
+/// never refuses the good client's keep-alive requests.
 fn until_refused(t: &str, hold: Hold, what: &str, round: usize, cap: usize) -> Result<(), String> {
     let mem = 64;
     let s = site(what, t, Some(mem))?;
@@ -307,7 +327,7 @@ fn until_refused(t: &str, hold: Hold, what: &str, round: usize, cap: usize) -> R
     );
     let pushed_back = refused > 0;
     let name = s.name.clone();
-    let r = s.finish(&summary);
+    let r = s.finish_with(&summary, true);
     crowd.release();
     r?;
     if !pushed_back {

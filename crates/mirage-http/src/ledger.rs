@@ -21,7 +21,7 @@ use core::cell::{Cell, RefCell};
 use core::cmp::Reverse;
 use core::task::{Poll, Waker};
 
-use mirage_runtime::memory::may_hold;
+use mirage_runtime::memory::{self, may_hold};
 use mirage_runtime::yield_now;
 
 use crate::Stats;
@@ -32,6 +32,12 @@ const MIN_SHED: usize = 8 * 1024;
 
 /// How many holders one request for memory may shed before giving up.
 const SHED_ROUNDS: usize = 4;
+
+/// How many times one request for memory yields to the tasks that give
+/// back what another layer was asked for: the stack's driver sends the
+/// reset, the connection's task lets its flow go, the driver frees the
+/// socket.
+const OTHERS_ROUNDS: usize = 8;
 
 /// The connections of one server, by what they hold.
 #[derive(Debug, Default)]
@@ -112,19 +118,39 @@ impl Ledger {
     }
 
     /// Makes room for `bytes` more within the memory budget by shedding
-    /// the largest holders; whether there is room.
+    /// the largest holders (or what other layers hold); whether there is
+    /// room.
     pub(crate) async fn relieve(&self, bytes: usize) -> bool {
-        for _ in 0..SHED_ROUNDS {
-            if may_hold(bytes) {
+        self.make_room(0, || may_hold(bytes), || false).await
+    }
+
+    /// Makes room until `fits` does: sheds holders here larger than
+    /// `than`, one a round (at most [`SHED_ROUNDS`]), then asks the other
+    /// layers once ([`memory::reclaim_others`]: the TCP stack resets a
+    /// connection idle past its `shed_idle`, which this ledger never
+    /// sheds, holding little here but its socket's buffers there) and
+    /// waits for that memory. False if it does not fit, or the asker was
+    /// shed meanwhile (`shed`).
+    async fn make_room(&self, than: usize, mut fits: impl FnMut() -> bool, shed: impl Fn() -> bool) -> bool {
+        let mut rounds = 0;
+        let mut waiting: Option<usize> = None;
+        loop {
+            if shed() {
+                return false;
+            }
+            if fits() {
                 return true;
             }
-            if !self.shed_largest(0) {
-                return false;
+            match waiting {
+                Some(0) => return false,
+                Some(n) => waiting = Some(n - 1),
+                None if rounds < SHED_ROUNDS && self.shed_largest(than) => rounds += 1,
+                None if memory::reclaim_others(self) => waiting = Some(OTHERS_ROUNDS),
+                None => return false,
             }
             // The holder just woken runs first, and frees its buffers.
             yield_now().await;
         }
-        may_hold(bytes)
     }
 }
 
@@ -196,21 +222,11 @@ impl Holder<'_> {
     /// larger holders if need be; false if there is no room, or it has
     /// been shed itself. [`Holder::set`] gives it back.
     pub(crate) async fn claim(&self, bytes: usize) -> bool {
-        let mut rounds = 0;
-        loop {
-            if self.is_shed() {
-                return false;
-            }
-            if may_hold(bytes) {
-                self.set(self.held().saturating_add(bytes));
-                return true;
-            }
-            if rounds == SHED_ROUNDS || !self.ledger.shed_largest(self.held()) {
-                return false;
-            }
-            rounds += 1;
-            yield_now().await;
+        if !self.ledger.make_room(self.held(), || may_hold(bytes), || self.is_shed()).await {
+            return false;
         }
+        self.set(self.held().saturating_add(bytes));
+        true
     }
 
     /// Grows the capacity of `v` to `cap` bytes (exactly, as far as the
@@ -221,21 +237,12 @@ impl Holder<'_> {
         if cap <= before {
             return true;
         }
-        let mut rounds = 0;
-        loop {
-            if self.is_shed() {
-                return false;
-            }
-            if may_hold(cap - before) && v.try_reserve_exact(cap - v.len()).is_ok() {
-                self.set(self.held().saturating_add(v.capacity() - before));
-                return true;
-            }
-            if rounds == SHED_ROUNDS || !self.ledger.shed_largest(self.held()) {
-                return false;
-            }
-            rounds += 1;
-            yield_now().await;
+        let fits = || may_hold(cap - before) && v.try_reserve_exact(cap - v.len()).is_ok();
+        if !self.ledger.make_room(self.held(), fits, || self.is_shed()).await {
+            return false;
         }
+        self.set(self.held().saturating_add(v.capacity() - before));
+        true
     }
 }
 
