@@ -411,6 +411,11 @@ pub(crate) struct Inner {
     /// buffers pass [`Config::plenty`], and before a connection is refused
     /// or shed for memory.
     pub pool: Vec<smoltcp::socket::tcp::Socket<'static>>,
+    /// Sockets to be removed that go back to the heap, not to the pool:
+    /// one for each connection reset because another layer asked for
+    /// memory back (the first removed may be another's; either way that
+    /// memory is given).
+    pub give_back: usize,
     /// Live TCP sockets with the largest buffers.
     pub large: usize,
     /// TCP sockets with data to send, counted by the driver once a round
@@ -633,7 +638,10 @@ impl Inner {
 
     /// Removes a socket. A TCP socket whose connection is over goes to the
     /// pool while the stack's buffers, with it, are within
-    /// [`Config::plenty`]: a new connection takes it
+    /// [`Config::plenty`] and the heap has room for as much again, and
+    /// none is owed back ([`Inner::give_back`]: memory asked for must be
+    /// given; pooled, the buffers would stay taken): a new connection
+    /// takes it
     /// as it is, where new buffers would be allocated zeroed, a write of
     /// every byte once the heap reuses memory (2 MiB for large buffers,
     /// more than the rest of a short connection's work).
@@ -644,9 +652,14 @@ impl Inner {
         let bytes = s.recv_capacity() + s.send_capacity();
         self.buffered = self.buffered.saturating_sub(bytes);
         self.large = self.large.saturating_sub(self.is_large(&s) as usize);
+        if self.give_back > 0 {
+            self.give_back -= 1;
+            return;
+        }
         if !s.is_open()
             && self.pool.len() < POOL
             && (self.config.plenty)(self.tcp_bytes() + bytes)
+            && (self.config.may_hold)(bytes)
             && self.pool.try_reserve(1).is_ok()
         {
             self.pool.push(s);
@@ -772,7 +785,7 @@ impl Shared {
 
 /// What the stack gives back when another layer is short of memory (an
 /// HTTP server that must read a request or take a new connection): the
-/// connections it would shed for a new one of its own (a closed one
+/// sockets it keeps for reuse, else the connections it would shed for a new one of its own (a closed one
 /// stalled or slow, or one idle past `Config::shed_idle`), so that idle
 /// connections the stack holds never make the server answer 503 while
 /// they could be let go. It holds the stack weakly: the runtime keeps
@@ -784,13 +797,18 @@ impl mirage_runtime::memory::Reclaim for Room {
         let Some(shared) = self.0.upgrade() else { return false };
         // Busy: it is the stack itself that asks.
         let Ok(mut inner) = shared.inner.try_borrow_mut() else { return false };
-        crate::tcp::could_shed(&mut inner, now())
+        !inner.pool.is_empty() || crate::tcp::could_shed(&mut inner, now())
     }
 
     fn reclaim(&self) -> bool {
         let Some(shared) = self.0.upgrade() else { return false };
         let Ok(mut inner) = shared.inner.try_borrow_mut() else { return false };
+        // Sockets kept for reuse go first: they are nobody's connection.
+        if inner.drain_pool() {
+            return true;
+        }
         let shed = crate::tcp::shed(&mut inner, now());
+        inner.give_back += shed as usize;
         drop(inner);
         // The reset goes out, and the memory comes back, in the driver's
         // next round.
@@ -924,6 +942,7 @@ impl Stack {
             next_expiry: now(),
             last_shed: None,
             pool: Vec::new(),
+            give_back: 0,
             large: 0,
             senders: core::cell::Cell::new(None),
             streams: Streams::default(),

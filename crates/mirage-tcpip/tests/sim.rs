@@ -773,6 +773,53 @@ fn the_pool_is_freed_when_memory_is_short() {
 }
 
 #[test]
+fn memory_asked_back_is_the_pool_first_and_a_connection_shed_for_it_is_not_pooled() {
+    // Another layer short of memory asks the stacks for it back
+    // (`memory::reclaim`): b gives its pooled socket first, its
+    // connections untouched. Asked again, it resets its idle connection,
+    // whose socket goes back to the heap, not to the pool (pooled, the
+    // memory asked for would stay taken).
+    run(async {
+        let (mut ca, mut cb) = (config(A, 7), config(B, 8));
+        // The reclaimers are the process's: a keeps nothing to give.
+        (ca.plenty, ca.shed_idle) = (short, None);
+        (cb.plenty, cb.may_hold) = (plenty, may_hold);
+        let p = pair_with(93, Faults::default(), ca, cb);
+        serve(&p.b, 81, 4).await;
+        let idle = p.a.connect(SocketAddr::new(B.into(), 81)).await.unwrap();
+        let l = p.b.listen(80, 4).await.unwrap();
+        let server = spawn(async move {
+            let (mut f, _) = l.accept().await.unwrap();
+            read_to_end(&mut f).await.unwrap();
+            f.close().await.unwrap();
+            l
+        });
+        let mut c = p.a.connect(SocketAddr::new(B.into(), 80)).await.unwrap();
+        c.write_all(b"hello").await.unwrap();
+        c.shutdown().await.unwrap();
+        read_to_end(&mut c).await.unwrap();
+        drop(c);
+        let _listening = server.await;
+        sleep(Duration::from_secs(1)).await;
+        let (s, before) = (p.b.stats(), p.b.memory());
+        assert_eq!((s.tcp_pooled, s.tcp_sockets), (1, 1), "{s:?}");
+        BUDGET.with(|b| b.set(held()));
+        assert!(mirage_runtime::memory::reclaim());
+        let s = p.b.stats();
+        assert_eq!((s.tcp_pooled, s.tcp_sockets, s.shed), (0, 1, 0), "{s:?}");
+        assert!(p.b.memory() < before, "{} of {before} bytes held", p.b.memory());
+        let before = p.b.memory();
+        assert!(mirage_runtime::memory::reclaim());
+        sleep(Duration::from_millis(10)).await;
+        let s = p.b.stats();
+        BUDGET.with(|b| b.set(usize::MAX));
+        assert_eq!((s.tcp_pooled, s.tcp_sockets, s.shed), (0, 0, 1), "{s:?}");
+        assert!(p.b.memory() < before, "{} of {before} bytes held", p.b.memory());
+        assert!(idle.peer().is_none());
+    });
+}
+
+#[test]
 fn window_scaling_with_large_buffers() {
     run(async {
         // 16 MiB over a 2 ms round trip: 64 KiB windows need at least 256
