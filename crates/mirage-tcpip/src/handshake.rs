@@ -76,14 +76,28 @@ pub(crate) struct Handshakes {
     key: (u64, u64),
     /// The memory budget, asked before the queue grows.
     may_hold: fn(usize) -> bool,
-    /// When room was asked for handshakes the queue could not hold (its
-    /// SYN answered by a cookie alone, the budget reached): the newest
-    /// few, in a ring that takes no memory of the heap, so that copies of
-    /// their ACK wait for that room instead of each shedding another
-    /// connection (the queue cannot grow just when room is short, which
-    /// is when room is asked).
-    asked: [Option<(Tuple, Instant)>; ASKED_RING],
+    /// Handshakes the queue could not hold (the SYN answered by a cookie
+    /// alone, the budget reached) whose ACK asked for room: the newest
+    /// few, in a ring that takes no memory of the heap. Copies of the ACK
+    /// wait for that room instead of each shedding another connection
+    /// (the queue cannot grow just when room is short, which is when room
+    /// is asked), and the client's next segments complete the handshake as
+    /// with a queued entry, where the cookie checks only the first (the
+    /// second segment of a request would otherwise reach the engine, which
+    /// knows no such connection and resets it).
+    asked: [Option<Asked>; ASKED_RING],
     next_asked: usize,
+}
+
+/// A handshake in the ring of [`Handshakes::asked`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asked {
+    pub t: Tuple,
+    pub peer_isn: u32,
+    pub isn: u32,
+    pub opts: Opts,
+    /// When room was asked for it.
+    pub at: Instant,
 }
 
 /// Handshakes noted in [`Handshakes::asked`], at most.
@@ -152,14 +166,15 @@ impl Handshakes {
         self.queue.insert_within(t, entry, self.may_hold).is_ok()
     }
 
-    /// Notes that room was asked, at `at`, for the handshake of `t`: in
+    /// Notes that room was asked, at `at`, for the handshake of `a.t`: in
     /// its queued entry, or in the ring if it has none.
-    pub(crate) fn note_asked(&mut self, t: Tuple, at: Instant) {
-        if let Some(h) = self.queue.get_mut(&t) {
-            h.made_room = Some(at);
+    pub(crate) fn note_asked(&mut self, a: Asked) {
+        if let Some(h) = self.queue.get_mut(&a.t) {
+            h.made_room = Some(a.at);
+            self.forget_asked(&a.t);
             return;
         }
-        let slot = match self.asked.iter().position(|a| a.is_some_and(|(u, _)| u == t)) {
+        let slot = match self.asked.iter().position(|x| x.is_some_and(|x| x.t == a.t)) {
             Some(i) => i,
             None => {
                 let i = self.next_asked;
@@ -167,12 +182,38 @@ impl Handshakes {
                 i
             }
         };
-        self.asked[slot] = Some((t, at));
+        self.asked[slot] = Some(a);
     }
 
-    /// When room was asked for the handshake of `t`, if the ring has it.
-    pub(crate) fn asked(&self, t: &Tuple) -> Option<Instant> {
-        self.asked.iter().find_map(|a| a.filter(|(u, _)| u == t).map(|(_, at)| at))
+    /// The handshake of `t` in the ring, while its cookie is valid (a
+    /// minute or two: the ring is not a way around the cookie's period).
+    pub(crate) fn asked(&self, t: &Tuple, now: Instant) -> Option<Asked> {
+        self.asked
+            .iter()
+            .flatten()
+            .find(|a| a.t == *t)
+            .filter(|a| self.check(t, a.peer_isn, a.isn, now).is_some())
+            .copied()
+    }
+
+    /// The peer's initial sequence number in the handshake of `t` that is
+    /// pending: queued, or in the ring.
+    pub(crate) fn peer_isn(&self, t: &Tuple, now: Instant) -> Option<u32> {
+        self.queue.get(t).map(|h| h.peer_isn).or_else(|| self.asked(t, now).map(|a| a.peer_isn))
+    }
+
+    /// Forgets the pending handshake of `t`: made, refused or reset.
+    pub(crate) fn forget(&mut self, t: &Tuple) {
+        self.queue.remove(t);
+        self.forget_asked(t);
+    }
+
+    fn forget_asked(&mut self, t: &Tuple) {
+        for a in self.asked.iter_mut() {
+            if a.is_some_and(|a| a.t == *t) {
+                *a = None;
+            }
+        }
     }
 
     /// The half-open connections whose SYN-ACK is due again (calls `resend`

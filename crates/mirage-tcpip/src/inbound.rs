@@ -38,7 +38,7 @@ use smoltcp::wire::{IpAddress, IpListenEndpoint, NdiscRepr, TcpControl, TcpRepr,
 
 use crate::conns::{Record, Replay, TcpFrame, Tuple, seq_le, seq_lt};
 use crate::device::{Adapter, Summary};
-use crate::handshake::{self, Opts};
+use crate::handshake::{self, Asked, Opts};
 use crate::neighbor::{Kind, ndisc};
 use crate::wire;
 use crate::{Inner, smol_now};
@@ -856,27 +856,34 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
             Verdict::Drop
         }
         (TcpControl::Rst, _) => {
-            if inner.handshakes.queue.get(&seg.t).is_some_and(|h| h.peer_isn.wrapping_add(1) == seg.seq) {
-                inner.handshakes.queue.remove(&seg.t);
+            // The client gives up a handshake waiting for room (queued,
+            // or noted when the queue could not hold it): its copies
+            // kept for later would make a connection nobody holds.
+            if inner.handshakes.peer_isn(&seg.t, now).is_some_and(|p| p.wrapping_add(1) == seg.seq) {
+                inner.handshakes.forget(&seg.t);
                 forget_deferred(inner, &seg.t);
             }
             Verdict::Drop
         }
         (TcpControl::None | TcpControl::Fin, Some(ack)) => {
             let isn = ack.wrapping_sub(1);
-            // With an entry, any segment acknowledging our SYN completes the
-            // handshake, the first ACK or data after it (reordered, or the
-            // ACK was lost); from a cookie alone, only the segment right
-            // after the peer's SYN can be checked.
-            let known = inner.handshakes.queue.get(&seg.t).copied().filter(|h| {
-                h.isn == isn
-                    && seq_le(h.peer_isn.wrapping_add(1), seg.seq)
-                    && seq_lt(seg.seq, h.peer_isn.wrapping_add(1 << 30))
-            });
+            // With an entry (queued, or noted as waiting for room), any
+            // segment acknowledging our SYN completes the handshake, the
+            // first ACK or data after it (reordered, or the ACK was lost);
+            // from a cookie alone, only the segment right after the peer's
+            // SYN can be checked.
+            let queued = inner.handshakes.queue.get(&seg.t).map(|h| (h.peer_isn, h.isn, h.opts, h.made_room));
+            let known = queued
+                .or_else(|| inner.handshakes.asked(&seg.t, now).map(|a| (a.peer_isn, a.isn, a.opts, Some(a.at))))
+                .filter(|&(peer_isn, ours, ..)| {
+                    ours == isn
+                        && seq_le(peer_isn.wrapping_add(1), seg.seq)
+                        && seq_lt(seg.seq, peer_isn.wrapping_add(1 << 30))
+                });
             let found = match known {
-                Some(h) => {
+                Some((peer_isn, _, opts, made_room)) => {
                     inner.handshakes.queue.remove(&seg.t);
-                    Some((h.peer_isn, h.opts, h.made_room))
+                    Some((peer_isn, opts, made_room))
                 }
                 None => {
                     let peer_isn = seg.seq.wrapping_sub(1);
@@ -885,7 +892,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                         inner.handshakes.queue.remove(&seg.t);
                         inner.link.stats.cookies_accepted += 1;
                     }
-                    opts.map(|o| (peer_isn, o, inner.handshakes.asked(&seg.t)))
+                    opts.map(|o| (peer_isn, o, None))
                 }
             };
             match found {
@@ -922,11 +929,13 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                         // again).
                         Admit::Later => {
                             inner.handshakes.remember(seg.t, peer_isn, isn, opts, seg.mac, now);
-                            inner.handshakes.note_asked(seg.t, asked.unwrap_or(now));
+                            let at = asked.unwrap_or(now);
+                            inner.handshakes.note_asked(Asked { t: seg.t, peer_isn, isn, opts, at });
                             defer(inner, seg.t, now);
                             return Verdict::Drop;
                         }
                         Admit::No => {
+                            inner.handshakes.forget(&seg.t);
                             forget_deferred(inner, &seg.t);
                             return Verdict::Drop;
                         }
@@ -953,8 +962,10 @@ fn complete<N: Net>(
     opts: Opts,
     now: Instant,
 ) -> Verdict {
+    inner.handshakes.forget(&seg.t);
     let Some(handle) = inner.tcp_socket() else {
         inner.link.stats.refused_memory += 1;
+        forget_deferred(inner, &seg.t);
         refuse(inner, net, &seg);
         return Verdict::Drop;
     };
@@ -969,6 +980,7 @@ fn complete<N: Net>(
     if inner.link.conns.insert(seg.t, rec).is_err() {
         inner.remove_socket(handle);
         inner.link.stats.refused_memory += 1;
+        forget_deferred(inner, &seg.t);
         refuse(inner, net, &seg);
         return Verdict::Drop;
     }

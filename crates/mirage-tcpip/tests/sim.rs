@@ -2968,45 +2968,101 @@ fn a_closed_connection_read_at_a_trickle_does_not_hold_new_connections_out() {
     });
 }
 
+/// The table full, one slot held by a closed connection still sending
+/// (nothing shed: shedding is off), and X's handshake on `port` waiting
+/// for that room; `queue`, whether b's SYN queue holds handshakes (else
+/// each SYN is answered by a cookie alone). Runs `meanwhile` (given the
+/// pair and X's SYN-ACK), then lets the closed connection's peer read it
+/// all, which makes the room; the pair and b's counters after.
+async fn waiting_for_room<F: std::future::Future<Output = ()>>(
+    seed: u64,
+    port: u16,
+    isn: u32,
+    queue: bool,
+    meanwhile: impl FnOnce(Rc<Pair>, Seen) -> F,
+) -> (Rc<Pair>, mirage_tcpip::Stats) {
+    let mut ca = config(A, 1);
+    ca.tcp_buffer = 4096;
+    ca.tcp_buffer_max = 4096;
+    let mut cb = config(B, 2);
+    cb.max_connections = 2;
+    cb.shed_idle = None;
+    if !queue {
+        cb.syn_queue = 0;
+    }
+    let p = Rc::new(pair_with(seed, Faults::default(), ca, cb));
+    // `tcp_frame_with` speaks to port 7.
+    serve(&p.b, 7, 4).await;
+    let _idle = p.a.connect(SocketAddr::new(B.into(), 7)).await.unwrap();
+    let l = p.b.listen(81, 4).await.unwrap();
+    let (c, accepted) = mirage_runtime::join(p.a.connect(SocketAddr::new(B.into(), 81)), l.accept()).await;
+    let mut unread = c.unwrap();
+    let (mut f, _) = accepted.unwrap();
+    assert!(f.write(&[7; 64 << 10]).await.unwrap() > 4096);
+    drop(f);
+    introduce_x(&p);
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(p.b.stats().tcp_sockets, 2);
+    let synack = syn_from_x(&p, port, isn).await.expect("no SYN-ACK: room is on its way");
+    meanwhile(p.clone(), synack).await;
+    // The room comes: the closed connection's peer reads it all.
+    let got = read_to_end(&mut unread).await.unwrap();
+    assert_eq!(got.len(), 64 << 10);
+    sleep(Duration::from_millis(500)).await;
+    let stats = p.b.stats();
+    (p, stats)
+}
+
 #[test]
 fn a_handshake_its_client_reset_while_it_waited_for_room_makes_no_connection() {
-    // The table full, one slot held by a closed connection still sending:
-    // a handshake's last ACK waits for that room. Its client resets it
-    // meanwhile; when the room comes, the ACK kept is not judged again
+    // The handshake's last ACK waits for room; its client resets it
+    // meanwhile. When the room comes, the ACK kept is not judged again
     // (its cookie still checks out: it would make a connection nobody
-    // holds).
+    // holds), whether the handshake was queued or answered by a cookie
+    // alone (before, the reset of one with no queued entry was not
+    // matched to it, and the connection was made).
+    for (seed, port, queue) in [(88, 40_004, true), (90, 40_006, false)] {
+        run(async {
+            let isn = 5_000_000u32;
+            let (_, stats) = waiting_for_room(seed, port, isn, queue, |p, synack| async move {
+                inject(&p, tcp_frame_with(isn + 1, synack.seq + 1, ACK, 65535, &[], b"", port));
+                sleep(Duration::from_millis(5)).await;
+                inject(&p, tcp_frame_with(isn + 1, 0, RST, 0, &[], b"", port));
+                sleep(Duration::from_millis(5)).await;
+            })
+            .await;
+            // Every SYN answered by a cookie alone: the two connections'
+            // and X's.
+            assert_eq!(stats.syn_cookies, if queue { 0 } else { 3 }, "{stats:?}");
+            assert_eq!(stats.tcp_sockets, 1, "only the idle connection: {stats:?}");
+        });
+    }
+}
+
+#[test]
+fn a_request_in_two_segments_waits_with_its_handshake_answered_by_cookie() {
+    // The SYN answered by a cookie alone, the handshake's last ACK and a
+    // request in two segments come while the handshake waits for room.
+    // The cookie checks the first segment only (the one right after the
+    // SYN); the second waits with them, as it would with a queued entry,
+    // and the request is answered once the room comes. (Before, it
+    // reached the engine, which knew no such connection and reset it.)
     run(async {
-        let mut ca = config(A, 1);
-        ca.tcp_buffer = 4096;
-        ca.tcp_buffer_max = 4096;
-        let mut cb = config(B, 2);
-        cb.max_connections = 2;
-        // Nothing shed: the handshake waits for the closed connection.
-        cb.shed_idle = None;
-        let p = pair_with(88, Faults::default(), ca, cb);
-        // `tcp_frame_with` speaks to port 7.
-        serve(&p.b, 7, 4).await;
-        let _idle = p.a.connect(SocketAddr::new(B.into(), 7)).await.unwrap();
-        let l = p.b.listen(81, 4).await.unwrap();
-        let (c, accepted) = mirage_runtime::join(p.a.connect(SocketAddr::new(B.into(), 81)), l.accept()).await;
-        let mut unread = c.unwrap();
-        let (mut f, _) = accepted.unwrap();
-        assert!(f.write(&[7; 64 << 10]).await.unwrap() > 4096);
-        drop(f);
-        introduce_x(&p);
-        sleep(Duration::from_secs(1)).await;
-        assert_eq!(p.b.stats().tcp_sockets, 2);
-        let (port, isn) = (40_004, 5_000_000u32);
-        let synack = syn_from_x(&p, port, isn).await.expect("no SYN-ACK: room is on its way");
-        inject(&p, tcp_frame_with(isn + 1, synack.seq + 1, ACK, 65535, &[], b"", port));
-        sleep(Duration::from_millis(5)).await;
-        inject(&p, tcp_frame_with(isn + 1, 0, RST, 0, &[], b"", port));
-        sleep(Duration::from_millis(5)).await;
-        // The room comes: the closed connection's peer reads it all.
-        let got = read_to_end(&mut unread).await.unwrap();
-        assert_eq!(got.len(), 64 << 10);
-        sleep(Duration::from_millis(500)).await;
-        let stats = p.b.stats();
-        assert_eq!(stats.tcp_sockets, 1, "only the idle connection: {stats:?}");
+        let (port, isn) = (40_007, 6_000_000u32);
+        let since = Rc::new(Cell::new(0));
+        let start = since.clone();
+        let (p, stats) = waiting_for_room(91, port, isn, false, |p, synack| async move {
+            start.set(p.from_b.borrow().len());
+            let ack = synack.seq + 1;
+            inject(&p, tcp_frame_with(isn + 1, ack, ACK, 65535, &[], b"", port));
+            inject(&p, tcp_frame_with(isn + 1, ack, ACK, 65535, &[], b"GE", port));
+            inject(&p, tcp_frame_with(isn + 3, ack, ACK, 65535, &[], b"T\n", port));
+            sleep(Duration::from_millis(5)).await;
+        })
+        .await;
+        let sent = sent_to(&p, since.get(), (X, port));
+        assert_eq!(stats.syn_cookies, 3, "{stats:?}");
+        assert!(sent.iter().all(|s| s.flags & RST == 0), "reset: {sent:?} {stats:?}");
+        assert!(sent.iter().any(|s| s.len == 3), "no answer: {sent:?} {stats:?}");
     });
 }
