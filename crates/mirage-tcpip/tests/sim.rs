@@ -44,6 +44,9 @@ struct Faults {
     corrupt: u64,
     /// Drop everything (a cable pulled).
     cut: bool,
+    /// Nanoseconds each frame takes, past the link's latency (a long
+    /// path).
+    delay: u64,
 }
 
 /// One direction of the link: frames by delivery time, each with whether
@@ -147,7 +150,7 @@ impl SimNet {
         let copies = if link.chance(faults.duplicate) { 2 } else { 1 };
         for _ in 0..copies {
             let extra = if link.chance(faults.reorder) { link.rand() % 5_000_000 } else { 0 };
-            push(&self.tx, t + LATENCY + extra, frame.clone(), whole);
+            push(&self.tx, t + LATENCY + faults.delay + extra, frame.clone(), whole);
         }
     }
 }
@@ -411,7 +414,7 @@ async fn read_to_end(f: &mut impl flow::Flow) -> Result<Vec<u8>, flow::Error> {
     }
 }
 
-const HARSH: Faults = Faults { loss: 30, duplicate: 10, reorder: 20, corrupt: 10, cut: false };
+const HARSH: Faults = Faults { loss: 30, duplicate: 10, reorder: 20, corrupt: 10, cut: false, delay: 0 };
 
 /// Sends `payload` from `a` to `b` and back at the same time.
 async fn exchange(a: &Stack, b: &Stack, payload: Vec<u8>) {
@@ -523,7 +526,7 @@ fn segments_the_interface_cuts_arrive_byte_exact_within_each_peers_mss() {
             ca.tcp_buffer = 256 << 10;
             cb.tcp_buffer = 256 << 10;
             (ca.tcp_buffer_max, cb.tcp_buffer_max) = (256 << 10, 256 << 10);
-            let faults = Faults { loss: 5, duplicate: 5, reorder: 10, corrupt: 5, cut: false };
+            let faults = Faults { loss: 5, duplicate: 5, reorder: 10, corrupt: 5, cut: false, delay: 0 };
             let p = pair_of(seed, faults, (ca, mtu_a, tso_a, gro_a), (cb, mtu_b, tso_b, gro_b));
             // A stall (the peers each waiting for the other) fails here
             // rather than retransmitting for ever. At this loss the
@@ -638,7 +641,7 @@ fn windows_of_buffers_smaller_than_announced_are_rescaled() {
             let (mut ca, mut cb) = (config(A, seed), config(B, seed * 31));
             (ca.tcp_buffer, ca.tcp_buffer_max) = (1 << 20, 1 << 20);
             (cb.tcp_buffer, cb.tcp_buffer_max, cb.plenty) = (least, 1 << 20, short);
-            let faults = Faults { loss: 5, duplicate: 5, reorder: 10, corrupt: 5, cut: false };
+            let faults = Faults { loss: 5, duplicate: 5, reorder: 10, corrupt: 5, cut: false, delay: 0 };
             let Pair { a, b, .. } = pair_with(seed, faults, ca.clone(), cb.clone());
             let bound = sleep(Duration::from_secs(3600));
             if let mirage_runtime::Either::Right(()) = select(exchange(&a, &b, data(1 << 20, seed)), bound).await {
@@ -2335,7 +2338,7 @@ fn a_window_shrunk_to_zero_under_data_in_flight_does_not_stall_the_sender() {
             let (mut ca, mut cb) = (config(A, seed), config(B, seed * 31));
             (ca.tcp_buffer, cb.tcp_buffer) = (256 << 10, 256 << 10);
             (ca.tcp_buffer_max, cb.tcp_buffer_max) = (256 << 10, 256 << 10);
-            let faults = Faults { loss: 5, duplicate: 5, reorder: 10, corrupt: 5, cut: false };
+            let faults = Faults { loss: 5, duplicate: 5, reorder: 10, corrupt: 5, cut: false, delay: 0 };
             let p = pair_of(seed, faults, (ca, 1000, false, false), (cb, 1500, false, false));
             let bound = sleep(Duration::from_secs(3600));
             if let mirage_runtime::Either::Right(()) = select(exchange(&p.a, &p.b, data(2 << 20, seed)), bound).await {
@@ -2355,7 +2358,7 @@ fn a_reader_that_pauses_gets_everything_once_it_reads_again() {
     // opens, over a clean link and a lossy one.
     for (seed, loss) in [(1u64, 0), (2, 5)] {
         run(async move {
-            let faults = Faults { loss, duplicate: 0, reorder: 0, corrupt: 0, cut: false };
+            let faults = Faults { loss, duplicate: 0, reorder: 0, corrupt: 0, cut: false, delay: 0 };
             let (mut ca, mut cb) = (config(A, seed), config(B, seed * 31));
             (ca.tcp_buffer, cb.tcp_buffer) = (64 << 10, 64 << 10);
             (ca.tcp_buffer_max, cb.tcp_buffer_max) = (64 << 10, 64 << 10);
@@ -2940,7 +2943,8 @@ fn a_closed_connection_read_at_a_trickle_does_not_hold_new_connections_out() {
                 }
             })
         };
-        sleep(Duration::from_secs(1)).await;
+        // Past the time an orphan's pace is watched before it is judged.
+        sleep(Duration::from_millis(2100)).await;
         // Room a little short of a new connection (its buffers and the
         // application's headroom, as `connection_cost` counts them) until
         // the orphan's buffers are back.
@@ -3011,6 +3015,55 @@ async fn waiting_for_room<F: std::future::Future<Output = ()>>(
     sleep(Duration::from_millis(500)).await;
     let stats = p.b.stats();
     (p, stats)
+}
+
+#[test]
+fn a_large_response_in_slow_start_over_a_long_path_is_not_shed_as_slow() {
+    // 50 ms each way, and a closed connection's quarter megabyte leaving
+    // in slow start (the engine's grows by a segment for each ACK, and
+    // this peer, as one with receive offload, acknowledges a flight at
+    // once): at 600 ms its pace so far says three seconds more, but it is
+    // done by about 2 s. A new connection comes then with the heap at its
+    // budget: it waits for the response's room, and the response is not
+    // reset for it as a slow one (it was, judged after half a second).
+    run(async {
+        let (mut ca, mut cb) = (config(A, 1), config(B, 2));
+        (ca.plenty, cb.plenty) = (plenty, plenty);
+        cb.may_hold = may_hold;
+        cb.shed_idle = Some(Duration::from_millis(500));
+        let faults = Faults { delay: 50_000_000, ..Faults::default() };
+        let p = pair_with(92, faults, ca, cb);
+        serve(&p.b, 80, 16).await;
+        let l = p.b.listen(81, 4).await.unwrap();
+        let (c, accepted) = mirage_runtime::join(p.a.connect(SocketAddr::new(B.into(), 81)), l.accept()).await;
+        let mut download = c.unwrap();
+        let (mut f, _) = accepted.unwrap();
+        f.write_all(&[7; 256 << 10]).await.unwrap();
+        drop(f);
+        let written = now();
+        let reader = spawn(async move { (read_to_end(&mut download).await, now()) });
+        sleep(Duration::from_millis(600)).await;
+        // Short of a new connection's large buffers (the budget counts
+        // the whole test's heap: the reader's copy grows meanwhile).
+        BUDGET.with(|b| b.set(held() + (1 << 20)));
+        let ask = async {
+            let mut c = p.a.connect(SocketAddr::new(B.into(), 80)).await?;
+            c.write_all(b"GET\n").await.map_err(|_| stack::Error::Refused)?;
+            read_to_end(&mut c).await.map_err(|_| stack::Error::Refused)
+        };
+        let answer = mirage_runtime::time::timeout(Duration::from_secs(10), ask).await;
+        let answered = now().saturating_duration_since(written);
+        let (got, read) = reader.await;
+        let (read, stats) = (read.saturating_duration_since(written), p.b.stats());
+        BUDGET.with(|b| b.set(usize::MAX));
+        eprintln!("answered {answer:?} after {answered:?}, the response read after {read:?}; {stats:?}");
+        assert_eq!(got.map(|g| g.len()), Ok(256 << 10), "{stats:?}");
+        assert_eq!(stats.shed, 0, "{stats:?}");
+        assert_eq!(answer, Ok(Ok(b"ok\n".to_vec())), "{stats:?}");
+        assert!(read < Duration::from_millis(2500), "{read:?}");
+        // The handshake waited for the response's room, no longer.
+        assert!(answered < read + Duration::from_millis(500), "{answered:?}");
+    });
 }
 
 #[test]
