@@ -46,7 +46,33 @@ pub(crate) struct Ledger {
     /// Counts progress made by all connections: an account's stamp is its
     /// value at the connection's last.
     clock: Cell<u64>,
+    /// Whether a request for memory waits for what it asked of the other
+    /// layers ([`Ledger::make_room`]): others short meanwhile wait with
+    /// it rather than ask again, as each ask resets another idle
+    /// connection there, where the first may free enough for all.
+    asking: Cell<bool>,
 }
+
+/// A request's ask of the other layers, in flight while it lives.
+struct Asking<'a>(&'a Cell<bool>);
+
+impl<'a> Asking<'a> {
+    fn new(flag: &'a Cell<bool>) -> Asking<'a> {
+        flag.set(true);
+        Asking(flag)
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+/// How many times a request for memory yields, at most, to asks of the
+/// other layers made by other requests, before it asks itself or gives
+/// up.
+const BEHIND_ROUNDS: usize = 4 * OTHERS_ROUNDS;
 
 /// One connection's entry in the ledger.
 #[derive(Default)]
@@ -126,14 +152,18 @@ impl Ledger {
 
     /// Makes room until `fits` does: sheds holders here larger than
     /// `than`, one a round (at most [`SHED_ROUNDS`]), then asks the other
-    /// layers once ([`memory::reclaim_others`]: the TCP stack resets a
-    /// connection idle past its `shed_idle`, which this ledger never
-    /// sheds, holding little here but its socket's buffers there) and
-    /// waits for that memory. False if it does not fit, or the asker was
-    /// shed meanwhile (`shed`).
+    /// layers once ([`memory::reclaim_others`]: the stack gives back the
+    /// sockets it keeps for reuse, else resets a connection idle past its
+    /// `shed_idle`, which this ledger never sheds, holding little here
+    /// but its socket's buffers there) and waits for that memory. While
+    /// another request's ask is in flight it waits for that one instead
+    /// (at most [`BEHIND_ROUNDS`]). False if it does not fit, or the
+    /// asker was shed meanwhile (`shed`).
     async fn make_room(&self, than: usize, mut fits: impl FnMut() -> bool, shed: impl Fn() -> bool) -> bool {
         let mut rounds = 0;
+        let mut behind = 0;
         let mut waiting: Option<usize> = None;
+        let mut _asking = None;
         loop {
             if shed() {
                 return false;
@@ -145,7 +175,11 @@ impl Ledger {
                 Some(0) => return false,
                 Some(n) => waiting = Some(n - 1),
                 None if rounds < SHED_ROUNDS && self.shed_largest(than) => rounds += 1,
-                None if memory::reclaim_others(self) => waiting = Some(OTHERS_ROUNDS),
+                None if self.asking.get() && behind < BEHIND_ROUNDS => behind += 1,
+                None if !self.asking.get() && memory::reclaim_others(self) => {
+                    _asking = Some(Asking::new(&self.asking));
+                    waiting = Some(OTHERS_ROUNDS);
+                }
                 None => return false,
             }
             // The holder just woken runs first, and frees its buffers.
@@ -290,6 +324,64 @@ mod tests {
         drop(a);
         assert_eq!(stats.held.get(), 0);
         assert!(ledger.accounts.borrow().is_empty());
+    }
+
+    /// A platform whose clock only moves when every task waits.
+    struct Steps(u64);
+
+    impl mirage_runtime::Platform for Steps {
+        fn now(&self) -> u64 {
+            self.0
+        }
+        fn wait(
+            &mut self,
+            deadline: Option<u64>,
+            _: &[(mirage_runtime::Source, mirage_runtime::Interest)],
+            _: &mut dyn FnMut(mirage_runtime::Source, mirage_runtime::Interest),
+        ) {
+            self.0 = deadline.expect("every task waits, with no deadline").max(self.0);
+        }
+    }
+
+    /// Another layer that gives memory back a couple of rounds after it
+    /// is asked (a reset sent, then the socket freed).
+    struct Other {
+        asked: Cell<u32>,
+        freed: Rc<Cell<bool>>,
+    }
+
+    impl memory::Reclaim for Other {
+        fn reclaimable(&self) -> bool {
+            true
+        }
+        fn reclaim(&self) -> bool {
+            self.asked.set(self.asked.get() + 1);
+            let freed = self.freed.clone();
+            mirage_runtime::spawn(async move {
+                yield_now().await;
+                yield_now().await;
+                freed.set(true);
+            });
+            true
+        }
+    }
+
+    #[test]
+    fn requests_short_at_once_ask_the_other_layers_once() {
+        // Three requests short of memory at once, nothing here to shed:
+        // the first asks the other layers, the others wait for what it
+        // asked. (Each asked, and each ask reset another idle connection,
+        // where the first freed enough for all.)
+        mirage_runtime::run(&mut Steps(0), async {
+            let ledger = Ledger::default();
+            let freed = Rc::new(Cell::new(false));
+            let other = Rc::new(Other { asked: Cell::new(0), freed: freed.clone() });
+            let _registered = memory::add_reclaimer(other.clone());
+            let room = || ledger.make_room(0, || freed.get(), || false);
+            let ((a, b), c) = mirage_runtime::join(mirage_runtime::join(room(), room()), room()).await;
+            assert!(a && b && c);
+            assert_eq!(other.asked.get(), 1);
+        });
     }
 
     #[test]
