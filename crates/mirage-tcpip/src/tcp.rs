@@ -55,14 +55,19 @@ pub(crate) struct Orphan {
     at_start: usize,
 }
 
-/// How long an orphan's pace is watched, at least, before it is judged,
-/// and how long its data may then take to leave at that pace: one slower
-/// is shed for a new connection, as one stalled is. Otherwise a peer
-/// reading its response a kilobyte at a time (always some progress,
+/// How long an orphan's data may take to leave at its pace so far: one
+/// slower is shed for a new connection, as one stalled is. Otherwise a
+/// peer reading its response a kilobyte at a time (always some progress,
 /// never stalled) would hold new connections out for as long as it
-/// liked; judged sooner, a large response would be judged by its slow
-/// start.
+/// liked.
 pub(crate) const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+/// How long an orphan's pace is watched, at least, before it is judged:
+/// long enough for slow start over a long path to show its pace (a
+/// quarter megabyte over 100 ms round trips looks three seconds from
+/// done at 600 ms, and is done at 1.9 s), short enough that newcomers
+/// wait about a second at most for orphans read at a trickle.
+const PACE_WATCH: Duration = Duration::from_secs(1);
 
 impl Inner {
     /// The buffer each way of a connection made now: the largest
@@ -763,14 +768,12 @@ impl Orphan {
     }
 
     /// How long its data would take to leave at its pace so far, once
-    /// that pace has been watched for `watch`, and for [`DRAIN_WAIT`] at
-    /// least (before, a response just written has not had its chance: a
-    /// quarter megabyte over a 100 ms round trip is in slow start all the
-    /// way, its pace at 600 ms saying three seconds more, and done by 1.9
-    /// s; nothing sent yet, the time is unbounded).
+    /// that pace has been watched for `watch`, and for [`PACE_WATCH`] at
+    /// least (before, a response just written has not had its chance;
+    /// nothing sent yet, the time is unbounded).
     fn eta(&self, now: Instant, watch: Duration) -> Option<Duration> {
         let age = now.saturating_duration_since(self.since);
-        if age < watch.max(DRAIN_WAIT) {
+        if age < watch.max(PACE_WATCH) {
             return None;
         }
         let sent = self.at_start.saturating_sub(self.queued) as u128;

@@ -2944,7 +2944,7 @@ fn a_closed_connection_read_at_a_trickle_does_not_hold_new_connections_out() {
             })
         };
         // Past the time an orphan's pace is watched before it is judged.
-        sleep(Duration::from_millis(2100)).await;
+        sleep(Duration::from_millis(1100)).await;
         // Room a little short of a new connection (its buffers and the
         // application's headroom, as `connection_cost` counts them) until
         // the orphan's buffers are back.
