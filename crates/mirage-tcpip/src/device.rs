@@ -164,6 +164,21 @@ impl Link {
         self.pending = None;
     }
 
+    /// Puts a copy of the received frame, changed by `f`, before it;
+    /// whether there was one to copy.
+    pub(crate) fn copy_before(&mut self, f: impl FnOnce(&mut [u8])) -> bool {
+        let Some(len) = self.pending.filter(|&len| len <= self.made.len()) else { return false };
+        self.made[..len].copy_from_slice(&self.rx[..len]);
+        f(&mut self.made[..len]);
+        self.made_len = Some(len);
+        true
+    }
+
+    /// Forgets a made-up frame the engine did not take.
+    pub(crate) fn forget_made(&mut self) {
+        self.made_len = None;
+    }
+
     /// Puts a made-up frame of `len` bytes (written by `f`) before the
     /// received one.
     pub(crate) fn make(&mut self, len: usize, f: impl FnOnce(&mut [u8])) {

@@ -84,7 +84,7 @@ fn judged<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) {
 }
 
 /// Gives the frame waiting in the link to the engine.
-fn ingest<N: Net>(inner: &mut Inner, net: &mut N) {
+pub(crate) fn ingest<N: Net>(inner: &mut Inner, net: &mut N) {
     let Inner { iface, sockets, link, .. } = inner;
     iface.poll_ingress_single(smol_now(), &mut Adapter { net, link }, sockets);
 }

@@ -307,6 +307,11 @@ pub struct Stats {
     /// under the peer, moved inside it for the engine to take
     /// (`Record::ack_seq`).
     pub acks_moved_into_window: u64,
+    /// Acknowledgments made up for the engine, a segment apart, before
+    /// one that acknowledged many while its congestion window held its
+    /// sending back: its slow start then doubles the window each round
+    /// trip, as Linux's does (`inbound::count_each_segment`).
+    pub acks_per_segment: u64,
     /// Large writes that waited their turn to send (at most 64 send at
     /// once, so that the send buffers in use stay within the caches).
     pub stream_waits: u64,

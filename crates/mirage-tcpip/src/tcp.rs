@@ -64,9 +64,9 @@ pub(crate) const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// How long an orphan's pace is watched, at least, before it is judged:
 /// long enough for slow start over a long path to show its pace (a
-/// quarter megabyte over 100 ms round trips looks three seconds from
-/// done at 600 ms, and is done at 1.9 s), short enough that newcomers
-/// wait about a second at most for orphans read at a trickle.
+/// megabyte over 100 ms round trips looks four seconds from done at 700
+/// ms, and is done at 1.2 s), short enough that newcomers wait about a
+/// second at most for orphans read at a trickle.
 const PACE_WATCH: Duration = Duration::from_secs(1);
 
 impl Inner {
