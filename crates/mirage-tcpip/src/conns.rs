@@ -127,6 +127,10 @@ pub(crate) struct Record {
     /// The end of the last zero-window probe sent (a byte past a closed
     /// window), which is not data in flight.
     pub probe_end: Option<u32>,
+    /// Where the data in flight ended when the engine last sent data again
+    /// (a loss): until it is all acknowledged, acknowledgments go to the
+    /// engine as they came (`inbound::count_each_segment`).
+    pub resent_below: Option<u32>,
     /// When data last went out and came in, and since when the connection
     /// has been seen in CLOSE-WAIT with nothing to send: for the CLOSE-WAIT
     /// timeout and for shedding idle connections.
@@ -155,6 +159,7 @@ impl Record {
             wire_shift: None,
             fin_end: None,
             probe_end: None,
+            resent_below: None,
             last_sent: now,
             last_heard: now,
             close_wait: None,
@@ -225,6 +230,9 @@ impl Record {
         {
             self.snd_una = Some(ack);
             self.snd_wnd = window;
+            if self.resent_below.is_some_and(|below| seq_le(below, ack)) {
+                self.resent_below = None;
+            }
             taken = true;
         }
         self.max_snd_wnd = self.max_snd_wnd.max(window);
@@ -380,6 +388,13 @@ impl Conns {
                     // One new byte past the peer's window: a zero-window
                     // probe (data never goes past it).
                     r.probe_end = Some(end);
+                }
+                if !syn
+                    && tcp.payload().len() > 1
+                    && let Some(max) = r.snd_max
+                    && seq_lt(seq, max)
+                {
+                    r.resent_below = Some(max);
                 }
                 if r.snd_max.is_none_or(|max| seq_lt(max, end)) {
                     r.snd_max = Some(end);

@@ -86,7 +86,6 @@ pub(crate) struct Handshakes {
     /// second segment of a request would otherwise reach the engine, which
     /// knows no such connection and resets it).
     asked: [Option<Asked>; ASKED_RING],
-    next_asked: usize,
 }
 
 /// A handshake in the ring of [`Handshakes::asked`].
@@ -111,13 +110,7 @@ impl core::fmt::Debug for Handshakes {
 
 impl Handshakes {
     pub(crate) fn new(key: (u64, u64), max: usize, may_hold: fn(usize) -> bool) -> Handshakes {
-        Handshakes {
-            queue: Table::new((key.0 ^ 0x5eed, key.1), max),
-            key,
-            may_hold,
-            asked: [None; ASKED_RING],
-            next_asked: 0,
-        }
+        Handshakes { queue: Table::new((key.0 ^ 0x5eed, key.1), max), key, may_hold, asked: [None; ASKED_RING] }
     }
 
     fn mac(&self, t: &Tuple, peer_isn: u32, period: u64, bits: u32) -> u32 {
@@ -167,22 +160,30 @@ impl Handshakes {
     }
 
     /// Notes that room was asked, at `at`, for the handshake of `a.t`: in
-    /// its queued entry, or in the ring if it has none.
-    pub(crate) fn note_asked(&mut self, a: Asked) {
+    /// its queued entry, or in the ring if it has none. The ring's slot is
+    /// the handshake's own, else a free one, else one whose cookie has
+    /// run out, else the one that asked longest ago: that handshake is
+    /// returned, for what was kept of it to be forgotten too.
+    pub(crate) fn note_asked(&mut self, a: Asked, now: Instant) -> Option<Tuple> {
         if let Some(h) = self.queue.get_mut(&a.t) {
             h.made_room = Some(a.at);
             self.forget_asked(&a.t);
-            return;
+            return None;
         }
-        let slot = match self.asked.iter().position(|x| x.is_some_and(|x| x.t == a.t)) {
-            Some(i) => i,
-            None => {
-                let i = self.next_asked;
-                self.next_asked = (i + 1) % ASKED_RING;
-                i
-            }
+        let rank = |x: &Option<Asked>| match x {
+            Some(x) if x.t == a.t => (0, x.at),
+            None => (1, now),
+            Some(x) if self.check(&x.t, x.peer_isn, x.isn, now).is_none() => (2, x.at),
+            Some(x) => (3, x.at),
         };
+        // The lowest rank; of live ones, the oldest.
+        let slot = (0..ASKED_RING).min_by_key(|&i| {
+            let (r, at) = rank(&self.asked[i]);
+            (r, if r == 3 { at } else { now })
+        })?;
+        let evicted = self.asked[slot].filter(|x| x.t != a.t && rank(&self.asked[slot]).0 == 3).map(|x| x.t);
         self.asked[slot] = Some(a);
+        evicted
     }
 
     /// The handshake of `t` in the ring, while its cookie is valid (a
@@ -368,6 +369,36 @@ mod tests {
         // An MSS is rounded down to one the cookie can carry; no scaling.
         let c = h.cookie(&tuple(4000), 5, Opts { mss: 1400, wscale: None, sack: false }, t0);
         assert_eq!(h.check(&tuple(4000), 5, c, t0), Some(Opts { mss: 1220, wscale: None, sack: false }));
+    }
+
+    #[test]
+    fn the_ring_of_handshakes_waiting_for_room_gives_up_the_oldest_last() {
+        let mut h = Handshakes::new((7, 9), 0, |_| true);
+        let t0 = Instant(1000 * 1_000_000_000);
+        let opts = Opts { mss: 1460, wscale: None, sack: false };
+        let asked = |h: &Handshakes, port: u16, at: Instant| {
+            let isn = h.cookie(&tuple(port), 77, opts, t0);
+            Asked { t: tuple(port), peer_isn: 77, isn, opts, at }
+        };
+        for i in 0..ASKED_RING as u16 {
+            let a = asked(&h, 5000 + i, t0 + Duration::from_millis(i as u64));
+            assert_eq!(h.note_asked(a, t0), None);
+        }
+        // Its own slot again: nothing given up.
+        let again = asked(&h, 5003, t0 + Duration::from_secs(1));
+        assert_eq!(h.note_asked(again, t0), None);
+        // A slot freed is taken before any live one.
+        h.forget(&tuple(5007));
+        assert_eq!(h.note_asked(asked(&h, 6000, t0), t0), None);
+        assert!(h.asked(&tuple(5000), t0).is_some());
+        // Full: the one that asked longest ago goes, and is said.
+        assert_eq!(h.note_asked(asked(&h, 6001, t0), t0), Some(tuple(5000)));
+        assert!(h.asked(&tuple(5000), t0).is_none());
+        assert!(h.asked(&tuple(6001), t0).is_some());
+        // Cookies run out: those slots go first, and are not said.
+        let later = t0 + Duration::from_secs(3 * PERIOD);
+        let fresh = Asked { at: later, ..asked(&h, 6002, t0) };
+        assert_eq!(h.note_asked(fresh, later), None);
     }
 
     #[test]

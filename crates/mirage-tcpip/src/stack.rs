@@ -809,7 +809,11 @@ impl mirage_runtime::memory::Reclaim for Room {
         let Some(shared) = self.0.upgrade() else { return false };
         let Ok(mut inner) = shared.inner.try_borrow_mut() else { return false };
         // Sockets kept for reuse go first: they are nobody's connection.
-        if inner.drain_pool() {
+        // Less than a connection's least buffers is not worth an ask
+        // (the asker asks once): a connection is shed as well.
+        let pooled = inner.pool_bytes();
+        let drained = inner.drain_pool();
+        if drained && pooled >= 2 * inner.config.tcp_buffer {
             return true;
         }
         let shed = crate::tcp::shed(&mut inner, now());
@@ -820,7 +824,7 @@ impl mirage_runtime::memory::Reclaim for Room {
         if shed {
             shared.kick();
         }
-        shed
+        shed || drained
     }
 }
 
