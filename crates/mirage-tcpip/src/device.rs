@@ -165,11 +165,14 @@ impl Link {
     }
 
     /// Puts a copy of the received frame, changed by `f`, before it;
-    /// whether there was one to copy.
-    pub(crate) fn copy_before(&mut self, f: impl FnOnce(&mut [u8])) -> bool {
+    /// whether there was one to copy and `f` changed it (an unchanged
+    /// copy is not put: to the engine it would be the frame twice).
+    pub(crate) fn copy_before(&mut self, f: impl FnOnce(&mut [u8]) -> bool) -> bool {
         let Some(len) = self.pending.filter(|&len| len <= self.made.len()) else { return false };
         self.made[..len].copy_from_slice(&self.rx[..len]);
-        f(&mut self.made[..len]);
+        if !f(&mut self.made[..len]) {
+            return false;
+        }
         self.made_len = Some(len);
         true
     }

@@ -170,18 +170,15 @@ impl Handshakes {
             self.forget_asked(&a.t);
             return None;
         }
+        // The lowest rank; of live ones (rank 3), the oldest.
         let rank = |x: &Option<Asked>| match x {
-            Some(x) if x.t == a.t => (0, x.at),
-            None => (1, now),
-            Some(x) if self.check(&x.t, x.peer_isn, x.isn, now).is_none() => (2, x.at),
-            Some(x) => (3, x.at),
+            Some(x) if x.t == a.t => (0, None),
+            None => (1, None),
+            Some(x) if self.check(&x.t, x.peer_isn, x.isn, now).is_none() => (2, None),
+            Some(x) => (3, Some(x.at)),
         };
-        // The lowest rank; of live ones, the oldest.
-        let slot = (0..ASKED_RING).min_by_key(|&i| {
-            let (r, at) = rank(&self.asked[i]);
-            (r, if r == 3 { at } else { now })
-        })?;
-        let evicted = self.asked[slot].filter(|x| x.t != a.t && rank(&self.asked[slot]).0 == 3).map(|x| x.t);
+        let slot = (0..ASKED_RING).min_by_key(|&i| rank(&self.asked[i]))?;
+        let evicted = self.asked[slot].filter(|_| rank(&self.asked[slot]).0 == 3).map(|x| x.t);
         self.asked[slot] = Some(a);
         evicted
     }

@@ -549,16 +549,12 @@ fn count_each_segment<N: Net>(inner: &mut Inner, net: &mut N, rec: &Record, ack:
     for k in 1..pieces {
         // At most acked * 16 / 17: no overflow for any u32 `acked` in u64.
         let at = una.wrapping_add((acked as u64 * k as u64 / pieces as u64) as u32);
-        let mut changed = false;
         let copied = inner.link.copy_before(|f| {
-            if let Some(mut frame) = TcpFrame::new(f) {
-                frame.tcp_mut().set_ack_number(TcpSeqNumber(at as i32));
-                changed = true;
-            }
+            let Some(mut frame) = TcpFrame::new(f) else { return false };
+            frame.tcp_mut().set_ack_number(TcpSeqNumber(at as i32));
+            true
         });
-        if !copied || !changed {
-            // An unchanged copy would be a duplicate ACK to the engine.
-            inner.link.forget_made();
+        if !copied {
             return;
         }
         crate::driver::ingest(inner, net);
@@ -705,9 +701,11 @@ pub(crate) fn deferred_fits(inner: &Inner) -> bool {
             || !inner.link.conns.table.is_full() && (inner.config.may_hold)(connection_cost(inner)))
 }
 
-/// Forgets the deferred segments of a handshake refused or reset: judged
-/// later, they could make a connection its client has given up.
-fn forget_deferred(inner: &mut Inner, t: &Tuple) {
+/// Forgets a pending handshake refused or reset, and the segments kept
+/// for it: judged later, they could make a connection its client has
+/// given up.
+fn give_up(inner: &mut Inner, t: &Tuple) {
+    inner.handshakes.forget(t);
     inner.deferred.retain(|d| d.t != *t);
 }
 
@@ -947,8 +945,7 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
             // sent (kept here).
             let after_syn = inner.handshakes.peer_isn(&seg.t, now).is_some_and(|p| p.wrapping_add(1) == seg.seq);
             if after_syn || inner.deferred.iter().any(|d| d.t == seg.t && d.end == seg.seq) {
-                inner.handshakes.forget(&seg.t);
-                forget_deferred(inner, &seg.t);
+                give_up(inner, &seg.t);
             }
             Verdict::Drop
         }
@@ -1022,14 +1019,13 @@ fn listener<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, now: Instant) -> V
                                 // Its kept segments would make a
                                 // connection its reset could no longer
                                 // reach.
-                                forget_deferred(inner, &evicted);
+                                give_up(inner, &evicted);
                             }
                             defer(inner, seg.t, seg.seq.wrapping_add(seg.len), now);
                             return Verdict::Drop;
                         }
                         Admit::No => {
-                            inner.handshakes.forget(&seg.t);
-                            forget_deferred(inner, &seg.t);
+                            give_up(inner, &seg.t);
                             return Verdict::Drop;
                         }
                     }
@@ -1058,7 +1054,7 @@ fn complete<N: Net>(
     inner.handshakes.forget(&seg.t);
     let Some(handle) = inner.tcp_socket() else {
         inner.link.stats.refused_memory += 1;
-        forget_deferred(inner, &seg.t);
+        give_up(inner, &seg.t);
         refuse(inner, net, &seg);
         return Verdict::Drop;
     };
@@ -1073,7 +1069,7 @@ fn complete<N: Net>(
     if inner.link.conns.insert(seg.t, rec).is_err() {
         inner.remove_socket(handle);
         inner.link.stats.refused_memory += 1;
-        forget_deferred(inner, &seg.t);
+        give_up(inner, &seg.t);
         refuse(inner, net, &seg);
         return Verdict::Drop;
     }

@@ -790,8 +790,9 @@ impl Shared {
 
 /// What the stack gives back when another layer is short of memory (an
 /// HTTP server that must read a request or take a new connection): the
-/// sockets it keeps for reuse, else the connections it would shed for a new one of its own (a closed one
-/// stalled or slow, or one idle past `Config::shed_idle`), so that idle
+/// sockets it keeps for reuse, else the connections it would shed for a
+/// new one of its own (a closed one stalled or slow, or one idle past
+/// `Config::shed_idle`), so that idle
 /// connections the stack holds never make the server answer 503 while
 /// they could be let go. It holds the stack weakly: the runtime keeps
 /// it, and the stack's end ends its registration.

@@ -758,25 +758,31 @@ fn plentiful(_: usize) -> bool {
     PLENTIFUL.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// One connection from a to b's port 80, over (b's socket goes to its
+/// pool); b's listener, still listening.
+async fn one_connection_over(a: &Stack, b: &Stack) -> impl Sized + use<> {
+    let l = b.listen(80, 4).await.unwrap();
+    let server = spawn(async move {
+        let (mut f, _) = l.accept().await.unwrap();
+        read_to_end(&mut f).await.unwrap();
+        f.close().await.unwrap();
+        l
+    });
+    let mut c = a.connect(SocketAddr::new(B.into(), 80)).await.unwrap();
+    c.write_all(b"hello").await.unwrap();
+    c.shutdown().await.unwrap();
+    read_to_end(&mut c).await.unwrap();
+    drop(c);
+    server.await
+}
+
 #[test]
 fn the_pool_is_freed_when_memory_is_short() {
     run(async {
         let (ca, mut cb) = (config(A, 5), config(B, 6));
         cb.plenty = plentiful;
         let Pair { a, b, .. } = pair_with(5, Faults::default(), ca, cb);
-        let l = b.listen(80, 4).await.unwrap();
-        let server = spawn(async move {
-            let (mut f, _) = l.accept().await.unwrap();
-            read_to_end(&mut f).await.unwrap();
-            f.close().await.unwrap();
-            l
-        });
-        let mut c = a.connect(SocketAddr::new(B.into(), 80)).await.unwrap();
-        c.write_all(b"hello").await.unwrap();
-        c.shutdown().await.unwrap();
-        read_to_end(&mut c).await.unwrap();
-        drop(c);
-        let _listening = server.await;
+        let _listening = one_connection_over(&a, &b).await;
         sleep(Duration::from_secs(1)).await;
         let (s, held) = (b.stats(), b.memory());
         assert_eq!((s.tcp_pooled, s.tcp_sockets), (1, 0), "{s:?}");
@@ -809,19 +815,7 @@ fn memory_asked_back_is_the_pool_first_and_a_connection_shed_for_it_is_not_poole
         let p = pair_with(93, Faults::default(), ca, cb);
         serve(&p.b, 81, 4).await;
         let idle = p.a.connect(SocketAddr::new(B.into(), 81)).await.unwrap();
-        let l = p.b.listen(80, 4).await.unwrap();
-        let server = spawn(async move {
-            let (mut f, _) = l.accept().await.unwrap();
-            read_to_end(&mut f).await.unwrap();
-            f.close().await.unwrap();
-            l
-        });
-        let mut c = p.a.connect(SocketAddr::new(B.into(), 80)).await.unwrap();
-        c.write_all(b"hello").await.unwrap();
-        c.shutdown().await.unwrap();
-        read_to_end(&mut c).await.unwrap();
-        drop(c);
-        let _listening = server.await;
+        let _listening = one_connection_over(&p.a, &p.b).await;
         sleep(Duration::from_secs(1)).await;
         let (s, before) = (p.b.stats(), p.b.memory());
         assert_eq!((s.tcp_pooled, s.tcp_sockets), (1, 1), "{s:?}");
