@@ -644,6 +644,36 @@ fn buffers_are_large_while_memory_is_plentiful() {
     });
 }
 
+/// A share of 24 MiB for the stack's TCP buffers, as a unikernel of 512
+/// MiB has.
+fn share_of_512_mib(bytes: usize) -> bool {
+    bytes <= 24 << 20
+}
+
+#[test]
+fn a_largest_buffer_more_than_memory_allows_gives_what_fits() {
+    // Four connections' 4 MiB buffers each way are 32 MiB, more than the
+    // share: the largest becomes 2 MiB, not the least (64 KiB), whose one
+    // window a round trip made 16 MiB over 20 ms round trips take seconds.
+    run(async {
+        let faults = Faults { delay: 10_000_000, ..Faults::default() };
+        let asked = |max: usize| {
+            let (mut ca, mut cb) = (config(A, 1), config(B, 2));
+            (ca.plenty, cb.plenty) = (share_of_512_mib, share_of_512_mib);
+            (ca.tcp_buffer_max, cb.tcp_buffer_max) = (max, max);
+            (ca, cb)
+        };
+        let (ca, cb) = asked(4 << 20);
+        let too_much = one_way_between(ca, cb, faults, 16 << 20).await;
+        let (ca, cb) = asked(2 << 20);
+        let fits = one_way_between(ca, cb, faults, 16 << 20).await;
+        eprintln!("16 MiB over 20 ms round trips: {too_much:?} asking 4 MiB, {fits:?} asking 2 MiB");
+        assert!(too_much <= fits + fits / 10, "asking 4 MiB took {too_much:?}, 2 MiB {fits:?}");
+        // 64 KiB a round trip would be 5.1 s.
+        assert!(too_much < Duration::from_secs(2), "asking 4 MiB took {too_much:?}");
+    });
+}
+
 #[test]
 fn windows_of_buffers_smaller_than_announced_are_rescaled() {
     // The accepting side announced the scale of its largest buffers (shift
