@@ -7,6 +7,7 @@
 //! mirage-bench block   [--count MIB]              # sequential block throughput, beside dd
 //! mirage-bench timers  [--count N]                # lateness of sleeps on each target
 //! mirage-bench tcp     [--count GIB] [--buffers KIB,KIB] # TCP bulk, short connections and ping, beside Linux (0 KiB: the stack's default buffers)
+//! mirage-bench path    [--delay MS,MS] [--rate MBIT] [--count N] # fetches and uploads across a link with a delay (a relay), beside nginx and Linux
 //! mirage-bench http    [--runs SECONDS]           # wrk against static-website, beside nginx
 //!     (tcp and http: [--mtu 1500,65520] the tap MTUs measured, [--targets unix,hvt,spt] the targets,
 //!     [--boot-args "ARG ..."] boot arguments added to the unikernel's)
@@ -51,6 +52,7 @@ mod http;
 mod images;
 mod nat;
 mod oci;
+mod path;
 mod router;
 mod store;
 mod tcp;
@@ -78,6 +80,10 @@ struct Options {
     /// The TCP buffers (`--tcp-buffer-kib`) the tcp benchmark gives the
     /// unikernel, in KiB; 0 for the stack's default (no argument).
     buffers: Vec<u32>,
+    /// The one-way delays, in milliseconds, the path benchmark's link has.
+    delays: Vec<u64>,
+    /// The path benchmark's link rate, in Mbit/s.
+    rate_mbit: u64,
 }
 
 /// The tap MTU `mirage run` gives the devices it creates (its
@@ -102,6 +108,8 @@ fn main() {
         at_once: 20,
         boot_args: Vec::new(),
         buffers: vec![0, 1024],
+        delays: vec![10, 50],
+        rate_mbit: 1000,
     };
     let mut i = 1;
     while i < args.len() {
@@ -116,6 +124,8 @@ fn main() {
             "--only" => opts.only.extend(args.get(i + 1).cloned()),
             "--mtu" => opts.mtus = args.get(i + 1).and_then(|v| list(v)).unwrap_or(opts.mtus),
             "--buffers" => opts.buffers = args.get(i + 1).and_then(|v| list(v)).unwrap_or(opts.buffers),
+            "--delay" => opts.delays = args.get(i + 1).and_then(|v| list(v)).unwrap_or(opts.delays),
+            "--rate" => opts.rate_mbit = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(opts.rate_mbit).max(1),
             "--targets" => opts.targets = args.get(i + 1).and_then(|v| list(v)).unwrap_or(opts.targets),
             "--boot-args" => {
                 opts.boot_args.extend(args.get(i + 1).into_iter().flat_map(|v| v.split_whitespace().map(String::from)))
@@ -134,6 +144,7 @@ fn main() {
         Some("block") => block(&opts),
         Some("timers") => timers(&opts),
         Some("tcp") => tcp::tcp(&opts),
+        Some("path") => path::path_bench(&opts),
         Some("http") => http::http(&opts),
         Some("images") => images::images(&opts),
         Some("oci") => oci::oci(&opts),
@@ -150,7 +161,7 @@ fn main() {
         Some("virtio") => virtio::virtio(&opts),
         _ => {
             eprintln!(
-                "usage: mirage-bench boot|ping|compute|block|timers|tcp|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci|debug|virtio [--runs N] [--count N] [--at-once N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--buffers KIB,KIB] [--only WORD] [--boot-args \"ARG ...\"]"
+                "usage: mirage-bench boot|ping|compute|block|timers|tcp|path|http|images|soak|attack|crash|store|fat|tls-handshake|tls|nat|router|oci|debug|virtio [--runs N] [--count N] [--at-once N] [--solo5 DIR] [--target T] [--mtu M,M] [--targets T,T] [--buffers KIB,KIB] [--delay MS,MS] [--rate MBIT] [--only WORD] [--boot-args \"ARG ...\"]"
             );
             std::process::exit(64);
         }
