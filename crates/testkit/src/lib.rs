@@ -9,6 +9,7 @@ pub mod attack;
 pub mod crash;
 pub mod harness;
 pub mod oci;
+pub mod path;
 pub mod router;
 
 use std::path::{Path, PathBuf};
