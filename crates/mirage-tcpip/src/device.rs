@@ -305,6 +305,48 @@ fn offload(frame: &mut [u8], segment: Option<u16>, max_frame: usize) -> Result<O
     Ok(Some(partial))
 }
 
+/// Sends `len` bytes of the payload of TCP segment `frame` from `off`
+/// as a segment of its own ([`crate::conns::piece`]), its checksum left to
+/// the host or filled here, cut by the host as the whole would have been.
+#[allow(clippy::too_many_arguments)]
+fn send_piece<N: Net>(
+    net: &mut N,
+    frame: &mut [u8],
+    header: usize,
+    off: u32,
+    len: u32,
+    segment: Option<u16>,
+    max_frame: usize,
+    stats: &mut Stats,
+) {
+    let offloading = net.checksum_offload();
+    let mut sent_whole = true;
+    let sent = net.send_partial(header + len as usize, |buf| {
+        let mut partial = None;
+        match crate::conns::piece(frame, header, off, len, buf) {
+            Some(_) if offloading => match offload(buf, segment, max_frame) {
+                Ok(p) => partial = p,
+                Err(()) => {
+                    sent_whole = false;
+                    buf.fill(0);
+                }
+            },
+            Some(_) => {
+                wire::fill_tcp_checksum(buf);
+            }
+            None => {
+                sent_whole = false;
+                buf.fill(0);
+            }
+        }
+        ((), partial)
+    });
+    match sent {
+        Ok(()) if sent_whole => stats.tx_frames += 1,
+        _ => stats.tx_dropped += 1,
+    }
+}
+
 pub(crate) struct Rx<'a>(&'a [u8]);
 
 pub(crate) struct Tx<'a, N> {
@@ -334,15 +376,28 @@ impl<N: Net> phy::TxToken for Tx<'_, N> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let Tx { net, max_frame, segment, scratch, stats, conns, neighbors } = self;
         let now = crate::now();
-        if conns.replaying > 0 {
+        if conns.replaying > 0 || conns.sacked.len() > 0 {
             // A handshake waits for the engine's SYN-ACK, which must not
-            // go out: frames are written aside and sent after a look.
+            // go out, or a peer holds data the engine may send again:
+            // frames are written aside and sent after a look.
             let len = len.min(scratch.len());
             let frame = &mut scratch[..len];
             let r = f(frame);
             neighbors.outgoing(frame, now);
-            if conns.outgoing(frame, now) == Outgoing::Keep {
-                return r;
+            match conns.outgoing(frame, now) {
+                Outgoing::Send => {}
+                Outgoing::Keep => return r,
+                Outgoing::Sacked => {
+                    stats.sacked_unsent += 1;
+                    return r;
+                }
+                Outgoing::Runs { header, count } => {
+                    stats.sacked_unsent += 1;
+                    for &(off, len) in &conns.runs[..count] {
+                        send_piece(net, frame, header, off, len, segment, max_frame, stats);
+                    }
+                    return r;
+                }
             }
             let sent = if net.checksum_offload() {
                 match offload(frame, segment, max_frame) {

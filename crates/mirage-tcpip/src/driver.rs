@@ -180,6 +180,7 @@ fn expire<N: Net>(inner: &mut Inner, net: &mut N, now: Instant) {
     crate::udp::watch(inner, now);
     inner.link.neighbors.expire(now);
     inner.link.conns.table.shrink();
+    inner.link.conns.sacked.shrink();
 }
 
 /// Applies DHCP leases: addresses, default route, and wakes whoever waits

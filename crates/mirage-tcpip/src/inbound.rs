@@ -310,6 +310,8 @@ struct Seg {
     ack: Option<u32>,
     window: u16,
     opts: Opts,
+    /// SACK blocks (wire numbering).
+    sack: [Option<(u32, u32)>; 3],
     len: u32,
     mac: [u8; 6],
 }
@@ -328,6 +330,7 @@ fn segment(inner: &mut Inner, mac: [u8; 6]) -> Option<Seg> {
         ack: repr.ack_number.map(|a| a.0 as u32),
         window: repr.window_len,
         opts: Opts { mss: repr.max_seg_size.unwrap_or(536), wscale: repr.window_scale, sack: repr.sack_permitted },
+        sack: repr.sack_ranges,
         len: repr.payload.len() as u32,
         mac,
     })
@@ -487,6 +490,12 @@ fn connection<N: Net>(inner: &mut Inner, net: &mut N, seg: Seg, rec: Record, now
             frame.tcp_mut().set_window_len(window);
             inner.link.stats.zero_windows_covered += 1;
         }
+    }
+    if synchronized
+        && seg.control != TcpControl::Rst
+        && let (Some(a), Some(_)) = (ack, took)
+    {
+        inner.link.conns.note_sack(&seg.t, a, &seg.sack);
     }
     if synchronized
         && plain

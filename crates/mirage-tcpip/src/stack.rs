@@ -327,6 +327,10 @@ pub struct Stats {
     /// sending back: its slow start then doubles the window each round
     /// trip, as Linux's does (`inbound::count_each_segment`).
     pub acks_per_segment: u64,
+    /// Segments the engine sent again that the peer had acknowledged
+    /// selectively (SACK), left out: the engine ignores SACK blocks
+    /// (`Conns::note_sack`).
+    pub sacked_unsent: u64,
     /// Large writes that waited their turn to send (at most 64 send at
     /// once, so that the send buffers in use stay within the caches).
     pub stream_waits: u64,
