@@ -308,6 +308,12 @@ pub(crate) enum Outgoing {
     /// Data sent again that the peer has acknowledged selectively: it has
     /// the bytes ([`Conns::note_sack`]).
     Sacked,
+    /// As `Sacked`, but the frame's acknowledgment or window is news to
+    /// the peer: it goes as a pure ACK, cut to its first `len` bytes (its
+    /// headers), its sequence number one the peer takes.
+    AckOnly {
+        len: usize,
+    },
     /// Data sent again of which the peer holds some: only the first
     /// `count` of [`Conns::runs`] go, each as a segment of its own
     /// (`piece`); `header` is where the payload starts in the frame.
@@ -401,6 +407,12 @@ impl Conns {
             return;
         }
         let Some(ranges) = self.sacked.get_mut(t) else { return };
+        if ranges.iter().any(|&(l, r)| seq_lt(l, ack) && seq_lt(ack, r)) {
+            // The peer acknowledges up to the middle of a range it had
+            // acknowledged selectively: it dropped the rest (RFC 2018
+            // allows it), and what is kept is no longer true.
+            ranges.clear();
+        }
         ranges.retain_mut(|(l, r)| {
             if seq_lt(*l, ack) {
                 *l = ack;
@@ -417,6 +429,9 @@ impl Conns {
 
     pub(crate) fn insert(&mut self, t: Tuple, r: Record) -> Result<(), Full> {
         let replay = r.replay.is_some();
+        // What a connection on this tuple before was acknowledged is not
+        // this one's.
+        self.sacked.remove(&t);
         self.table.insert(t, r).map_err(|(why, _, _)| why)?;
         self.replaying += replay as usize;
         Ok(())
@@ -480,6 +495,9 @@ impl Conns {
         }
         let mut new_seq = seq;
         let mut window = None;
+        // What the peer was last told, for a frame left out that tells it
+        // more.
+        let told = (r.rcv_nxt, r.rcv_wnd);
         if !rst {
             if len > 0 {
                 let end = seq.wrapping_add(len);
@@ -536,6 +554,14 @@ impl Conns {
                 }
             }
         }
+        // Left out whole, a frame would take with it an acknowledgment or
+        // a window the peer has not had (the engine counts them sent):
+        // those go in a pure ACK.
+        let ack_only = matches!(held, Some((_, 0))) && ack && (r.rcv_nxt, r.rcv_wnd) != told;
+        if ack_only {
+            seg.cut_payload();
+            new_seq = r.acceptable_seq().unwrap_or(seq);
+        }
         if let Some((old, new)) = window {
             let mut tcp = seg.tcp_mut();
             let sum = update_checksum(tcp.checksum(), old as u32, new as u32);
@@ -550,6 +576,7 @@ impl Conns {
             tcp.set_checksum(sum);
         }
         match held {
+            Some((_, 0)) if ack_only => Outgoing::AckOnly { len: header },
             Some((_, 0)) => Outgoing::Sacked,
             Some((runs, count)) => {
                 *kept = runs;
@@ -850,9 +877,9 @@ mod tests {
         // one past what was sent are ignored.
         c.note_sack(&t, 1000, &[Some((2000, 3000)), Some((500, 900)), Some((99_000, 100_001))]);
         assert_eq!(ranges(&c), [(1500, 4000)]);
-        // The ACK moving up trims what it passes, and ends it.
-        c.note_sack(&t, 2500, &[Some((3000, 4000)), None, None]);
-        assert_eq!(ranges(&c), [(2500, 4000)]);
+        // The ACK reaching a range leaves it, and passing it ends it.
+        c.note_sack(&t, 1500, &[Some((3000, 4000)), None, None]);
+        assert_eq!(ranges(&c), [(1500, 4000)]);
         c.note_sack(&t, 4000, &[Some((5000, 6000)), None, None]);
         assert_eq!(ranges(&c), [(5000, 6000)]);
         // An ACK without blocks: the peer holds nothing out of order.
@@ -862,9 +889,78 @@ mod tests {
         let mut c = one_connection(5000, 10_000);
         c.note_sack(&t, u32::MAX - 100, &[Some((u32::MAX - 10_000, u32::MAX - 9_000)), None, None]);
         assert_eq!(ranges(&c), [(u32::MAX, 999)]);
-        // Removing the connection removes its ranges.
+        // Removing the connection removes its ranges, and so does a new
+        // record on the same tuple.
         c.remove(&t);
         assert_eq!(c.sacked.len(), 0);
+        let mut c = one_connection(100_000, 0);
+        c.note_sack(&t, 1000, &[Some((3000, 4000)), None, None]);
+        let r = Record::new(SocketHandle::default(), Instant(0));
+        c.insert(t, r).unwrap();
+        assert_eq!(c.sacked.len(), 0);
+    }
+
+    #[test]
+    fn a_peer_that_dropped_what_it_acknowledged_selectively_is_believed() {
+        let t = tuple();
+        let mut c = one_connection(100_000, 0);
+        c.note_sack(&t, 1000, &[Some((3000, 4000)), Some((5000, 6000)), None]);
+        // The ACK stops inside a range: the peer holds only what this
+        // ACK's blocks say.
+        c.note_sack(&t, 3500, &[Some((8000, 9000)), None, None]);
+        assert_eq!(ranges(&c), [(8000, 9000)]);
+    }
+
+    /// A data segment of 200 bytes at `seq` (engine numbering), as the
+    /// engine writes it, acknowledging `ack` with window `window`.
+    fn data_frame(seq: u32, ack: u32, window: u16) -> Vec<u8> {
+        let t = tuple();
+        let payload = [7u8; 200];
+        let repr = TcpRepr {
+            src_port: t.local_port,
+            dst_port: t.remote_port,
+            control: smoltcp::wire::TcpControl::None,
+            seq_number: TcpSeqNumber(seq as i32),
+            ack_number: Some(TcpSeqNumber(ack as i32)),
+            window_len: window,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &payload,
+        };
+        let mut frame = vec![0u8; crate::handshake::frame_len(t.local, &repr)];
+        crate::handshake::emit(&mut frame, [2; 6], [4; 6], t.local, t.remote, &repr);
+        frame
+    }
+
+    #[test]
+    fn data_the_peer_holds_is_left_out_but_not_news_it_carries() {
+        let t = tuple();
+        let mut c = one_connection(10_000, 0);
+        if let Some(r) = c.table.get_mut(&t) {
+            (r.snd_una, r.snd_wnd, r.rcv_nxt, r.rcv_wnd) = (Some(4000), 100_000, Some(77), 1000);
+        }
+        c.note_sack(&t, 4000, &[Some((4500, 6000)), None, None]);
+        // Held, and telling nothing new: left out.
+        let mut f = data_frame(5000, 77, 1000);
+        assert_eq!(c.outgoing(&mut f, Instant(0)), Outgoing::Sacked);
+        // Held, with a new acknowledgment: a pure ACK at a sequence number
+        // the peer takes (the highest sent), the record noting what went.
+        let mut f = data_frame(5000, 90, 1000);
+        let Outgoing::AckOnly { len } = c.outgoing(&mut f, Instant(0)) else { panic!("not an ACK") };
+        let seg = TcpFrame::new(&mut f[..len]).unwrap();
+        assert!(seg.tcp().payload().is_empty());
+        assert_eq!(seg.tcp().seq_number(), TcpSeqNumber(10_000));
+        assert_eq!(seg.tcp().ack_number(), TcpSeqNumber(90));
+        assert_eq!(c.table.get(&t).and_then(|r| r.rcv_nxt), Some(90));
+        // The first byte unacknowledged always goes, and so does a
+        // segment the peer holds part of, as the part it lacks.
+        assert_eq!(c.outgoing(&mut data_frame(4000, 90, 1000), Instant(0)), Outgoing::Send);
+        let mut f = data_frame(4400, 90, 1000);
+        assert_eq!(c.outgoing(&mut f, Instant(0)), Outgoing::Runs { header: f.len() - 200, count: 1 });
+        assert_eq!(c.runs[0], (0, 100));
     }
 
     #[test]

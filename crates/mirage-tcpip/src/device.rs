@@ -384,8 +384,12 @@ impl<N: Net> phy::TxToken for Tx<'_, N> {
             let frame = &mut scratch[..len];
             let r = f(frame);
             neighbors.outgoing(frame, now);
-            match conns.outgoing(frame, now) {
-                Outgoing::Send => {}
+            let len = match conns.outgoing(frame, now) {
+                Outgoing::Send => len,
+                Outgoing::AckOnly { len } => {
+                    stats.sacked_unsent += 1;
+                    len
+                }
                 Outgoing::Keep => return r,
                 Outgoing::Sacked => {
                     stats.sacked_unsent += 1;
@@ -398,7 +402,8 @@ impl<N: Net> phy::TxToken for Tx<'_, N> {
                     }
                     return r;
                 }
-            }
+            };
+            let frame = &mut frame[..len];
             let sent = if net.checksum_offload() {
                 match offload(frame, segment, max_frame) {
                     Ok(partial) => net.send_partial(frame.len(), |buf| {

@@ -174,7 +174,7 @@ impl Config {
     pub(crate) fn buffers(&self) -> (usize, usize) {
         let least = self.tcp_buffer;
         let mut most = least.max(self.tcp_buffer_max);
-        while most > DEFAULT_TCP_BUFFER_MAX.max(least) && !(self.plenty)(4 * 2 * most) {
+        while most > DEFAULT_TCP_BUFFER_MAX.max(least) && !(self.plenty)(most.saturating_mul(8)) {
             most = (most / 2).max(DEFAULT_TCP_BUFFER_MAX).max(least);
         }
         (least, most)
