@@ -388,7 +388,10 @@ impl Conns {
     /// it does, RFC 2018), and forgets what was kept: a peer that
     /// dropped data it had acknowledged selectively is sent it again.
     pub(crate) fn note_sack(&mut self, t: &Tuple, ack: u32, blocks: &[Option<(u32, u32)>; 3]) {
-        if self.sacked.len() == 0 && blocks.iter().all(Option::is_none) {
+        if blocks.iter().all(Option::is_none) {
+            if self.sacked.len() > 0 {
+                self.sacked.remove(t);
+            }
             return;
         }
         let Some(r) = self.table.get(t) else { return };
@@ -399,10 +402,6 @@ impl Conns {
             .map(|&(l, r)| (l.wrapping_add(delta), r.wrapping_add(delta)))
             .filter(|&(l, r)| seq_lt(ack, l) && seq_lt(l, r) && seq_le(r, max))
             .peekable();
-        if blocks.iter().all(Option::is_none) {
-            self.sacked.remove(t);
-            return;
-        }
         if self.sacked.get(t).is_none() && (valid.peek().is_none() || self.sacked.insert(*t, Vec::new()).is_err()) {
             return;
         }
@@ -413,12 +412,8 @@ impl Conns {
             // allows it), and what is kept is no longer true.
             ranges.clear();
         }
-        ranges.retain_mut(|(l, r)| {
-            if seq_lt(*l, ack) {
-                *l = ack;
-            }
-            seq_lt(*l, *r)
-        });
+        // No range is left that the ACK reaches into: those it passed go.
+        ranges.retain(|&(_, r)| seq_lt(ack, r));
         for block in valid {
             add_range(ranges, block);
         }
@@ -780,7 +775,7 @@ impl<'a> TcpFrame<'a> {
 #[cfg(test)]
 mod tests {
     use alloc::vec;
-    use smoltcp::wire::TcpRepr;
+    use smoltcp::wire::{TcpControl, TcpRepr};
 
     use super::*;
 
@@ -911,28 +906,18 @@ mod tests {
         assert_eq!(ranges(&c), [(8000, 9000)]);
     }
 
-    /// A data segment of 200 bytes at `seq` (engine numbering), as the
-    /// engine writes it, acknowledging `ack` with window `window`.
-    fn data_frame(seq: u32, ack: u32, window: u16) -> Vec<u8> {
-        let t = tuple();
-        let payload = [7u8; 200];
-        let repr = TcpRepr {
-            src_port: t.local_port,
-            dst_port: t.remote_port,
-            control: smoltcp::wire::TcpControl::None,
-            seq_number: TcpSeqNumber(seq as i32),
-            ack_number: Some(TcpSeqNumber(ack as i32)),
-            window_len: window,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: &payload,
-        };
+    /// The frame of a segment of connection `t` carrying `payload`.
+    fn frame_of(t: &Tuple, control: TcpControl, seq: u32, ack: u32, window: u16, payload: &[u8]) -> Vec<u8> {
+        let repr = TcpRepr { payload, ..crate::handshake::bare(t, control, seq, Some(ack), window) };
         let mut frame = vec![0u8; crate::handshake::frame_len(t.local, &repr)];
         crate::handshake::emit(&mut frame, [2; 6], [4; 6], t.local, t.remote, &repr);
         frame
+    }
+
+    /// A data segment of 200 bytes at `seq` (engine numbering), as the
+    /// engine writes it, acknowledging `ack` with window `window`.
+    fn data_frame(seq: u32, ack: u32, window: u16) -> Vec<u8> {
+        frame_of(&tuple(), TcpControl::None, seq, ack, window, &[7u8; 200])
     }
 
     #[test]
@@ -996,22 +981,8 @@ mod tests {
         let payload: Vec<u8> = (0..200u8).collect();
         let v6 = |last| IpAddr::V6([0xfe80, 0, 0, 0, 0, 0, 0, last].into());
         for (local, remote) in [(tuple().local, tuple().remote), (v6(2), v6(1))] {
-            let repr = TcpRepr {
-                src_port: 80,
-                dst_port: 40000,
-                control: smoltcp::wire::TcpControl::Psh,
-                seq_number: TcpSeqNumber(5000),
-                ack_number: Some(TcpSeqNumber(77)),
-                window_len: 1000,
-                window_scale: None,
-                max_seg_size: None,
-                sack_permitted: false,
-                sack_ranges: [None; 3],
-                timestamp: None,
-                payload: &payload,
-            };
-            let mut frame = vec![0u8; crate::handshake::frame_len(local, &repr)];
-            crate::handshake::emit(&mut frame, [2; 6], [4; 6], local, remote, &repr);
+            let t = Tuple { local, remote, ..tuple() };
+            let mut frame = frame_of(&t, TcpControl::Psh, 5000, 77, 1000, &payload);
             let header = frame.len() - payload.len();
             let mut out = vec![0u8; 2048];
             let n = piece(&mut frame, header, 30, 50, &mut out).unwrap();
