@@ -7,6 +7,7 @@
 
 pub mod attack;
 pub mod crash;
+pub mod echo;
 pub mod harness;
 pub mod oci;
 pub mod path;
