@@ -33,9 +33,16 @@ fn key(seed: u64, n: u64) -> (u64, u64) {
     (a, h.finish())
 }
 
-/// [`Config::tcp_buffer_max`]'s default, 1 MiB: one round trip's window
-/// for 10 Gbit/s at 0.8 ms, or 80 Mbit/s over 100 ms.
-pub(crate) const DEFAULT_TCP_BUFFER_MAX: usize = 1 << 20;
+/// [`Config::tcp_buffer_max`]'s default, 2 MiB: one round trip's window
+/// for 10 Gbit/s at 1.6 ms, or 160 Mbit/s over 100 ms. A unikernel of the
+/// default 512 MiB holds four connections' worth (`Config::buffers`).
+pub(crate) const DEFAULT_TCP_BUFFER_MAX: usize = 2 << 20;
+
+/// Where halving a largest buffer that memory would not hold stops
+/// (`Config::buffers`): 1 MiB, whose window bounds a stream over 100 ms
+/// round trips near 80 Mbit/s. Below it the least is what a connection
+/// gets.
+pub(crate) const HALVED_TCP_BUFFER_MAX: usize = 1 << 20;
 
 /// How the stack is configured.
 #[derive(Debug, Clone)]
@@ -168,14 +175,15 @@ impl Config {
     /// buffers are given only while [`Config::plenty`] would hold four
     /// connections' worth each way (`Inner::buffer_size`); a largest size
     /// set above what the memory allows (`--tcp-buffer-max-kib=4096` where
-    /// plenty is 24 MiB) is halved until it would, down to
-    /// [`DEFAULT_TCP_BUFFER_MAX`], so that asking for more gives what fits
-    /// rather than the least. Below the default the rule stands as it is.
+    /// plenty is 24 MiB, or the default 2 MiB in a unikernel of 256 MiB)
+    /// is halved until it would, down to [`HALVED_TCP_BUFFER_MAX`], so
+    /// that asking for more gives what fits rather than the least. Below
+    /// that the rule stands as it is.
     pub(crate) fn buffers(&self) -> (usize, usize) {
         let least = self.tcp_buffer;
         let mut most = least.max(self.tcp_buffer_max);
-        while most > DEFAULT_TCP_BUFFER_MAX.max(least) && !(self.plenty)(most.saturating_mul(8)) {
-            most = (most / 2).max(DEFAULT_TCP_BUFFER_MAX).max(least);
+        while most > HALVED_TCP_BUFFER_MAX.max(least) && !(self.plenty)(most.saturating_mul(8)) {
+            most = (most / 2).max(HALVED_TCP_BUFFER_MAX).max(least);
         }
         (least, most)
     }
@@ -203,7 +211,7 @@ impl Config {
             ),
             Arg::new::<u32>(
                 "tcp-buffer-max-kib",
-                Some("1024"),
+                Some("2048"),
                 "Receive and send buffer of a TCP connection made while memory is plentiful, in KiB.",
             ),
             Arg::new::<bool>(
@@ -457,7 +465,7 @@ pub(crate) struct Inner {
 const POOL: usize = 32;
 
 /// Bytes that the connections with data to send, together, may queue in
-/// large buffers: four connections fill theirs (1 MiB by default), sixty
+/// large buffers: two connections fill theirs (2 MiB by default), sixty
 /// four get 64 KiB each.
 const SEND_SHARE: usize = 4 << 20;
 
