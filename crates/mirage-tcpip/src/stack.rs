@@ -33,9 +33,10 @@ fn key(seed: u64, n: u64) -> (u64, u64) {
     (a, h.finish())
 }
 
-/// [`Config::tcp_buffer_max`]'s default, 2 MiB: one round trip's window
-/// for 10 Gbit/s at 1.6 ms, or 160 Mbit/s over 100 ms. A unikernel of the
-/// default 512 MiB holds four connections' worth (`Config::buffers`).
+/// [`Config::tcp_buffer_max`]'s default, 2 MiB: one round trip's receive
+/// window for 10 Gbit/s at 1.6 ms, or 160 Mbit/s over 100 ms. A unikernel
+/// of the default 512 MiB holds four connections' worth
+/// (`Config::buffers`).
 pub(crate) const DEFAULT_TCP_BUFFER_MAX: usize = 2 << 20;
 
 /// Where halving a largest buffer that memory would not hold stops
@@ -43,6 +44,22 @@ pub(crate) const DEFAULT_TCP_BUFFER_MAX: usize = 2 << 20;
 /// round trips near 80 Mbit/s. Below it the least is what a connection
 /// gets.
 pub(crate) const HALVED_TCP_BUFFER_MAX: usize = 1 << 20;
+
+/// The largest send buffer a connection with large buffers gets: its
+/// receive buffer may be larger. What a sender has queued bounds its
+/// flight, and the engine recovers from loss slowly (no SACK recovery, a
+/// timeout of 1 s at least): through a queue that slow start overflows,
+/// a 2 MiB flight lost 830 frames where 1 MiB lost 610, and a 4 MiB
+/// download took 5.2 to 6.3 s against 2.8. A receive window costs no
+/// such thing: the peer's sender recovers.
+pub(crate) const SEND_BUFFER_MAX: usize = 1 << 20;
+
+/// The send buffer of a connection whose receive buffer is `rx` bytes,
+/// `least` the least buffer: capped at [`SEND_BUFFER_MAX`] for large
+/// buffers, never below the least.
+pub(crate) fn send_buffer(rx: usize, least: usize) -> usize {
+    if rx > least { rx.min(SEND_BUFFER_MAX.max(least)) } else { rx }
+}
 
 /// How the stack is configured.
 #[derive(Debug, Clone)]
@@ -63,11 +80,12 @@ pub struct Config {
     /// each gets once memory is short. Above 64 KiB the stack uses TCP
     /// window scaling.
     pub tcp_buffer: usize,
-    /// Bytes of buffer each way for a connection made while the stack's
+    /// Bytes of receive buffer for a connection made while the stack's
     /// buffers, with these, are within [`Config::plenty`]: one round trip
     /// carries a window this large, where `tcp_buffer`'s would bound a fast
-    /// link's throughput. At or below `tcp_buffer`, every connection gets
-    /// `tcp_buffer`.
+    /// link's throughput. Its send buffer is as large up to 1 MiB
+    /// (`stack::send_buffer`). At or below `tcp_buffer`, every connection gets
+    /// `tcp_buffer` each way.
     pub tcp_buffer_max: usize,
     /// Whether the stack may hold this many bytes of TCP buffers (all its
     /// connections', with a new one's large buffers, or with a socket kept
@@ -171,9 +189,10 @@ impl Config {
         Config { ipv4: Some((addr, prefix)), ipv4_gateway: gateway, dhcp: false, ..Config::default() }
     }
 
-    /// The least and the largest buffer a TCP connection gets. Large
-    /// buffers are given only while [`Config::plenty`] would hold four
-    /// connections' worth each way (`Inner::buffer_size`); a largest size
+    /// The least and the largest receive buffer a TCP connection gets (its
+    /// send buffer is [`send_buffer`]'s). Large buffers are given only
+    /// while [`Config::plenty`] would hold four connections' worth
+    /// (`Inner::buffer_size`); a largest size
     /// set above what the memory allows (`--tcp-buffer-max-kib=4096` where
     /// plenty is 24 MiB, or the default 2 MiB in a unikernel of 256 MiB)
     /// is halved until it would, down to [`HALVED_TCP_BUFFER_MAX`], so
@@ -182,7 +201,9 @@ impl Config {
     pub(crate) fn buffers(&self) -> (usize, usize) {
         let least = self.tcp_buffer;
         let mut most = least.max(self.tcp_buffer_max);
-        while most > HALVED_TCP_BUFFER_MAX.max(least) && !(self.plenty)(most.saturating_mul(8)) {
+        while most > HALVED_TCP_BUFFER_MAX.max(least)
+            && !(self.plenty)(most.saturating_add(send_buffer(most, least)).saturating_mul(4))
+        {
             most = (most / 2).max(HALVED_TCP_BUFFER_MAX).max(least);
         }
         (least, most)
@@ -212,7 +233,7 @@ impl Config {
             Arg::new::<u32>(
                 "tcp-buffer-max-kib",
                 Some("2048"),
-                "Receive and send buffer of a TCP connection made while memory is plentiful, in KiB.",
+                "Receive buffer of a TCP connection made while memory is plentiful, in KiB (its send buffer: at most 1024).",
             ),
             Arg::new::<bool>(
                 "tcp-segmentation-offload",
@@ -465,8 +486,8 @@ pub(crate) struct Inner {
 const POOL: usize = 32;
 
 /// Bytes that the connections with data to send, together, may queue in
-/// large buffers: two connections fill theirs (2 MiB by default), sixty
-/// four get 64 KiB each.
+/// large buffers: four connections fill theirs (1 MiB, `SEND_BUFFER_MAX`),
+/// sixty four get 64 KiB each.
 const SEND_SHARE: usize = 4 << 20;
 
 /// Large writes that may send at once: 64 connections sending 64 KiB each
@@ -706,7 +727,7 @@ impl Inner {
     /// Whether a TCP socket has the largest buffers (not the least).
     pub fn is_large(&self, s: &smoltcp::socket::tcp::Socket) -> bool {
         let (least, most) = self.config.buffers();
-        most > least && s.send_capacity() == most
+        most > least && s.recv_capacity() == most
     }
 
     /// How much of a socket's send buffer the application may fill: all
@@ -1098,5 +1119,32 @@ impl mirage_devices::stack::Stack for Stack {
                 })
                 .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_connection_sends_from_at_most_a_mebibyte_and_never_less_than_the_least() {
+        let (kib, mib) = (1 << 10, 1 << 20);
+        assert_eq!(send_buffer(2 * mib, 64 * kib), mib);
+        assert_eq!(send_buffer(512 * kib, 64 * kib), 512 * kib);
+        // Not large: the least each way, whatever its size.
+        assert_eq!(send_buffer(64 * kib, 64 * kib), 64 * kib);
+        assert_eq!(send_buffer(4 * mib, 4 * mib), 4 * mib);
+        // A least above the cap is still the least.
+        assert_eq!(send_buffer(8 * mib, 2 * mib), 2 * mib);
+    }
+
+    #[test]
+    fn the_largest_buffer_halves_to_what_four_connections_fit_and_stops_at_a_mebibyte() {
+        let with = |plenty: fn(usize) -> bool| Config { plenty, ..Config::default() }.buffers();
+        // 4 × (2 MiB + 1 MiB) = 12 MiB.
+        assert_eq!(with(|b| b <= 12 << 20), (64 << 10, 2 << 20));
+        assert_eq!(with(|b| b < 12 << 20), (64 << 10, 1 << 20));
+        // Halving stops at 1 MiB; `Inner::buffer_size` then gives the least.
+        assert_eq!(with(|_| false), (64 << 10, 1 << 20));
     }
 }

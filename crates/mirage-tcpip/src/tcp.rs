@@ -70,22 +70,25 @@ pub(crate) const DRAIN_WAIT: Duration = Duration::from_secs(2);
 const PACE_WATCH: Duration = Duration::from_secs(1);
 
 impl Inner {
-    /// The buffer each way of a connection made now: the largest
+    /// The receive buffer of a connection made now (its send buffer is
+    /// `stack::send_buffer`'s): the largest
     /// (`Config::tcp_buffer_max`) while the stack's buffers, with these,
     /// are within `Config::plenty` (and the heap may hold them), else the
     /// least (`Config::tcp_buffer`). Linux grows a busy connection's
     /// buffers; the engine's are fixed when its socket is made, so the
     /// choice is made then, by how much the stack holds. A unikernel whose
     /// share would not hold four connections' large buffers (below about
-    /// 170 MiB with the defaults) keeps to the least: there one large
+    /// 170 MiB with the defaults, where `Config::buffers` has halved the
+    /// largest to 1 MiB) keeps to the least: there one large
     /// connection would be a tenth of the share, and the budget would
     /// fill that much sooner under a flood of connections.
     pub(crate) fn buffer_size(&self) -> usize {
         let (least, most) = self.config.buffers();
+        let both = most + crate::stack::send_buffer(most, least);
         // A pooled socket's buffers are counted already.
-        let more = if self.pooled(most) { 0 } else { 2 * most };
+        let more = if self.pooled(most) { 0 } else { both };
         let plenty = self.config.plenty;
-        if most > least && plenty(4 * 2 * most) && plenty(self.tcp_bytes() + more) && (self.config.may_hold)(more) {
+        if most > least && plenty(4 * both) && plenty(self.tcp_bytes() + more) && (self.config.may_hold)(more) {
             most
         } else {
             least
@@ -109,7 +112,8 @@ impl Inner {
             // queued or received since).
             Some(i) => self.pool.swap_remove(i),
             None => {
-                let (rx, tx) = (buffer(n)?, buffer(n)?);
+                let tx = crate::stack::send_buffer(n, self.config.tcp_buffer);
+                let (rx, tx) = (buffer(n)?, buffer(tx)?);
                 tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx))
             }
         };
