@@ -222,6 +222,17 @@ pub fn cases(v: &mut Vec<Case>) {
         if f.whole() || f.answered != 1980 || f.lost.first() != Some(&7) || f.lost.get(1) != Some(&107) {
             return Err(format!("1 reply in 100 dropped, from the 8th: {f}"));
         }
+        // A host that stops answering ends the flood after the grace, not
+        // after 2,000 requests 10 ms apart.
+        testkit::attack::nft(
+            &ns,
+            "table ip u {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    \
+             icmp type echo-reply drop\n  }\n}\n",
+        )?;
+        let f = testkit::echo::flood(&ns, local, 2000, Duration::from_secs(1))?;
+        if f.whole() || f.answered != 0 || f.sent >= 2000 || f.elapsed > Duration::from_secs(5) {
+            return Err(format!("every reply dropped: {f}"));
+        }
         Ok(())
     }));
     for t in ["unix", "hvt", "spt"] {

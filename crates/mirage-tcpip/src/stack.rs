@@ -193,8 +193,8 @@ impl Config {
     /// send buffer is [`send_buffer`]'s). Large buffers are given only
     /// while [`Config::plenty`] would hold four connections' worth
     /// (`Inner::buffer_size`); a largest size
-    /// set above what the memory allows (`--tcp-buffer-max-kib=4096` where
-    /// plenty is 24 MiB, or the default 2 MiB in a unikernel of 256 MiB)
+    /// set above what the memory allows (`--tcp-buffer-max-kib=8192` where
+    /// plenty is 24 MiB, or the default 2 MiB in a unikernel of 192 MiB)
     /// is halved until it would, down to [`HALVED_TCP_BUFFER_MAX`], so
     /// that asking for more gives what fits rather than the least. Below
     /// that the rule stands as it is.
@@ -228,7 +228,7 @@ impl Config {
             Arg::new::<Option<u32>>(
                 "tcp-buffer-kib",
                 Some(""),
-                "Receive and send buffer of every TCP connection, in KiB (default: 64, up to --tcp-buffer-max-kib while memory is plentiful).",
+                "Receive and send buffer of every TCP connection, in KiB (default: 64; while memory is plentiful, receive up to --tcp-buffer-max-kib and send up to 1024).",
             ),
             Arg::new::<u32>(
                 "tcp-buffer-max-kib",
@@ -696,7 +696,7 @@ impl Inner {
     /// given; pooled, the buffers would stay taken): a new connection
     /// takes it
     /// as it is, where new buffers would be allocated zeroed, a write of
-    /// every byte once the heap reuses memory (2 MiB for large buffers,
+    /// every byte once the heap reuses memory (3 MiB for large buffers,
     /// more than the rest of a short connection's work).
     pub fn remove_socket(&mut self, handle: SocketHandle) {
         let socket = self.sockets.remove(handle);

@@ -653,9 +653,10 @@ fn share_of_512_mib(bytes: usize) -> bool {
 
 #[test]
 fn a_largest_buffer_more_than_memory_allows_gives_what_fits() {
-    // Four connections' 4 MiB buffers each way are 32 MiB, more than the
-    // share: the largest becomes 2 MiB, not the least (64 KiB), whose one
-    // window a round trip made 16 MiB over 20 ms round trips take seconds.
+    // Four connections' buffers of 8 MiB to receive into and 1 MiB to
+    // send from are 36 MiB, more than the share: the largest becomes 4
+    // MiB (20 MiB for four), not the least (64 KiB), whose one window a
+    // round trip made 16 MiB over 20 ms round trips take seconds.
     run(async {
         let faults = Faults { delay: 10_000_000, ..Faults::default() };
         let asked = |max: usize| {
@@ -664,14 +665,14 @@ fn a_largest_buffer_more_than_memory_allows_gives_what_fits() {
             (ca.tcp_buffer_max, cb.tcp_buffer_max) = (max, max);
             (ca, cb)
         };
-        let (ca, cb) = asked(4 << 20);
+        let (ca, cb) = asked(8 << 20);
         let too_much = one_way_between(ca, cb, faults, 16 << 20).await;
-        let (ca, cb) = asked(2 << 20);
+        let (ca, cb) = asked(4 << 20);
         let fits = one_way_between(ca, cb, faults, 16 << 20).await;
-        eprintln!("16 MiB over 20 ms round trips: {too_much:?} asking 4 MiB, {fits:?} asking 2 MiB");
-        assert!(too_much <= fits + fits / 10, "asking 4 MiB took {too_much:?}, 2 MiB {fits:?}");
+        eprintln!("16 MiB over 20 ms round trips: {too_much:?} asking 8 MiB, {fits:?} asking 4 MiB");
+        assert!(too_much <= fits + fits / 10, "asking 8 MiB took {too_much:?}, 4 MiB {fits:?}");
         // 64 KiB a round trip would be 5.1 s.
-        assert!(too_much < Duration::from_secs(2), "asking 4 MiB took {too_much:?}");
+        assert!(too_much < Duration::from_secs(2), "asking 8 MiB took {too_much:?}");
     });
 }
 

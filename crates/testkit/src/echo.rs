@@ -19,6 +19,8 @@ use crate::Netns;
 /// What a flood gave.
 #[derive(Debug)]
 pub struct Flood {
+    /// Requests the flood was to send.
+    pub asked: u32,
     pub sent: u32,
     /// Distinct requests answered, with a correct payload.
     pub answered: u32,
@@ -34,9 +36,9 @@ pub struct Flood {
 }
 
 impl Flood {
-    /// Every request answered once, with its own payload.
+    /// Every request sent and answered once, with its own payload.
     pub fn whole(&self) -> bool {
-        self.answered == self.sent && self.duplicates == 0 && self.corrupt == 0
+        self.sent == self.asked && self.answered == self.sent && self.duplicates == 0 && self.corrupt == 0
     }
 }
 
@@ -44,8 +46,15 @@ impl std::fmt::Display for Flood {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} requests, {} answered, {} duplicates, {} corrupt in {:?}; rtt avg {:?} max {:?}",
-            self.sent, self.answered, self.duplicates, self.corrupt, self.elapsed, self.rtt_avg, self.rtt_max
+            "{} of {} requests sent, {} answered, {} duplicates, {} corrupt in {:?}; rtt avg {:?} max {:?}",
+            self.sent,
+            self.asked,
+            self.answered,
+            self.duplicates,
+            self.corrupt,
+            self.elapsed,
+            self.rtt_avg,
+            self.rtt_max
         )?;
         if !self.lost.is_empty() {
             write!(f, "; never answered: {:?}", self.lost)?;
@@ -97,7 +106,8 @@ impl Drop for Socket {
 }
 
 /// Floods `addr` with `count` echo requests from inside `ns`, then waits up
-/// to `grace` for the replies still due.
+/// to `grace` for the replies still due. A flood that hears no reply for
+/// `grace` while it sends (the host is gone) ends there, not whole.
 pub fn flood(ns: &Netns, addr: Ipv4Addr, count: u32, grace: Duration) -> Result<Flood, String> {
     ns.enter(|| flood_here(addr, count, grace))?
 }
@@ -112,14 +122,18 @@ pub fn flood_here(addr: Ipv4Addr, count: u32, grace: Duration) -> Result<Flood, 
             return Err(format!("raw ICMP socket: {}", std::io::Error::last_os_error()));
         }
         let s = Socket(fd);
+        // Without it a silent host would hold `recv` for ever.
         let tv = libc::timeval { tv_sec: 0, tv_usec: 2_000 };
-        libc::setsockopt(
+        if libc::setsockopt(
             fd,
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
             (&tv as *const libc::timeval).cast(),
             std::mem::size_of::<libc::timeval>() as u32,
-        );
+        ) != 0
+        {
+            return Err(format!("SO_RCVTIMEO: {}", std::io::Error::last_os_error()));
+        }
         s
     };
     let to = libc::sockaddr_in {
@@ -128,7 +142,11 @@ pub fn flood_here(addr: Ipv4Addr, count: u32, grace: Duration) -> Result<Flood, 
         sin_addr: libc::in_addr { s_addr: u32::from(addr).to_be() },
         sin_zero: [0; 8],
     };
-    let id = (std::process::id() as u16) ^ 0x6d72;
+    // Each flood its own identifier: a late reply to an earlier flood of
+    // this process is not taken for one of this flood's.
+    static FLOODS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let nth = FLOODS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = (std::process::id() as u16) ^ 0x6d72 ^ nth.wrapping_mul(0x9e37);
     let mut sent_at: Vec<Option<Instant>> = vec![None; count as usize];
     let mut answered = vec![false; count as usize];
     let (mut n_answered, mut duplicates, mut corrupt) = (0u32, 0u32, 0u32);
@@ -138,6 +156,7 @@ pub fn flood_here(addr: Ipv4Addr, count: u32, grace: Duration) -> Result<Flood, 
     let mut awaiting = false;
     let start = Instant::now();
     let mut end: Option<Instant> = None;
+    let mut heard = start;
     let mut buf = [0u8; 2048];
     loop {
         let now = Instant::now();
@@ -156,7 +175,8 @@ pub fn flood_here(addr: Ipv4Addr, count: u32, grace: Duration) -> Result<Flood, 
             };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
-                // The socket's buffer is full: try again after a reply.
+                // The socket's buffer is full: try again after the next
+                // look for replies (2 ms at most).
                 if e.raw_os_error() != Some(libc::ENOBUFS) {
                     return Err(format!("sending echo request {sent}: {e}"));
                 }
@@ -170,7 +190,8 @@ pub fn flood_here(addr: Ipv4Addr, count: u32, grace: Duration) -> Result<Flood, 
         if sent == count && end.is_none() {
             end = Some(Instant::now() + grace);
         }
-        if n_answered == count || end.is_some_and(|e| Instant::now() >= e) {
+        let now = Instant::now();
+        if n_answered == count || end.is_some_and(|e| now >= e) || now.duration_since(heard) > grace {
             break;
         }
         // SAFETY: a buffer this function owns, of the length given.
@@ -185,7 +206,7 @@ pub fn flood_here(addr: Ipv4Addr, count: u32, grace: Duration) -> Result<Flood, 
         let p = &buf[..n as usize];
         // The raw socket gives the IP header too.
         let Some(ihl) = p.first().map(|b| usize::from(b & 0x0f) * 4) else { continue };
-        if p.len() < ihl + 8 || p[12..16] != addr.octets() {
+        if ihl < 20 || p.len() < ihl + 8 || p[12..16] != addr.octets() {
             continue;
         }
         let m = &p[ihl..];
@@ -209,6 +230,7 @@ pub fn flood_here(addr: Ipv4Addr, count: u32, grace: Duration) -> Result<Flood, 
         }
         answered[seq as usize] = true;
         n_answered += 1;
+        heard = Instant::now();
         if let Some(t) = sent_at[seq as usize] {
             let rtt = t.elapsed();
             rtt_max = rtt_max.max(rtt);
@@ -220,6 +242,7 @@ pub fn flood_here(addr: Ipv4Addr, count: u32, grace: Duration) -> Result<Flood, 
     }
     let lost = (0..sent).filter(|&s| !answered[s as usize]).take(16).collect();
     Ok(Flood {
+        asked: count,
         sent,
         answered: n_answered,
         duplicates,
