@@ -137,6 +137,10 @@ fn main() {
         }
         i += 2;
     }
+    if let Some(why) = args.first().and_then(|b| missing(b)) {
+        eprintln!("mirage-bench {}: {why}", args[0]);
+        std::process::exit(1);
+    }
     let result = match args.first().map(String::as_str) {
         Some("boot") => boot(&opts),
         Some("ping") => ping(&opts),
@@ -170,6 +174,44 @@ fn main() {
         eprintln!("mirage-bench: {e}");
         std::process::exit(1);
     }
+}
+
+/// The programs each benchmark runs beside the unikernels, with the
+/// Debian packages that have them: checked before it starts, so that a
+/// missing one is named with its package rather than found half way.
+const NEEDS: &[(&str, &[(&str, &str)])] = &[
+    ("ping", &[("ping", "iputils-ping")]),
+    ("tcp", &[("ping", "iputils-ping")]),
+    ("path", &[("nginx", "nginx-light")]),
+    ("http", &[("wrk", "wrk"), ("nginx", "nginx-light"), ("ethtool", "ethtool")]),
+    ("soak", &[("wrk", "wrk")]),
+    ("attack", &[("nginx", "nginx-light"), ("nft", "nftables"), ("prlimit", "util-linux")]),
+    ("store", &[("python3", "python3")]),
+    ("tls", &[("wrk", "wrk"), ("nginx", "nginx-light"), ("openssl", "openssl")]),
+    ("router", &[("iperf3", "iperf3"), ("busybox", "busybox"), ("nft", "nftables")]),
+    (
+        "virtio",
+        &[
+            ("qemu-system-x86_64", "qemu-system-x86"),
+            ("wrk", "wrk"),
+            ("grub-mkrescue", "grub-common grub-pc-bin xorriso mtools"),
+        ],
+    ),
+    ("oci", &[("containerd", "containerd"), ("runc", "runc"), ("nginx", "nginx-light")]),
+];
+
+/// What benchmark `bench` needs and this machine lacks, with how to get it.
+fn missing(bench: &str) -> Option<String> {
+    let (_, programs) = NEEDS.iter().find(|(b, _)| *b == bench)?;
+    let lacking: Vec<String> = programs
+        .iter()
+        .filter(|(name, _)| {
+            let found = Command::new(name).arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status();
+            matches!(found, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        })
+        .map(|(name, package)| format!("`{name}` is not installed (apt-get install {package})"))
+        .collect();
+    (!lacking.is_empty()).then(|| lacking.join("; "))
 }
 
 pub(crate) fn machine() {
