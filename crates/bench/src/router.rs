@@ -176,11 +176,6 @@ fn cpu_seconds(bg: &Background) -> f64 {
 
 pub fn router(opts: &Options) -> Result<(), String> {
     machine();
-    if testkit::missing_program("iperf3", "iperf3").is_some()
-        || testkit::missing_program("busybox", "busybox").is_some()
-    {
-        return Err("needs iperf3 and busybox (apt-get install iperf3 busybox)".into());
-    }
     println!(
         "router: client -> router -> server; iperf3 {SECONDS} s per figure; the machine's other load disturbs every row"
     );

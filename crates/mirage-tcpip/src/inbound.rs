@@ -821,7 +821,7 @@ fn refuse<N: Net>(inner: &mut Inner, net: &mut N, seg: &Seg) {
 pub(crate) fn connection_cost(inner: &Inner) -> usize {
     let n = inner.buffer_size();
     // A pooled socket's buffers are in the heap already.
-    let buffers = if inner.pooled(n) { 0 } else { n + crate::stack::send_buffer(n, inner.config.tcp_buffer) };
+    let buffers = if inner.pooled(n) { 0 } else { inner.config.both_ways(n) };
     buffers + 2048 + APP_HEADROOM
 }
 

@@ -54,13 +54,6 @@ pub(crate) const HALVED_TCP_BUFFER_MAX: usize = 1 << 20;
 /// such thing: the peer's sender recovers.
 pub(crate) const SEND_BUFFER_MAX: usize = 1 << 20;
 
-/// The send buffer of a connection whose receive buffer is `rx` bytes,
-/// `least` the least buffer: capped at [`SEND_BUFFER_MAX`] for large
-/// buffers, never below the least.
-pub(crate) fn send_buffer(rx: usize, least: usize) -> usize {
-    if rx > least { rx.min(SEND_BUFFER_MAX.max(least)) } else { rx }
-}
-
 /// How the stack is configured.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -84,7 +77,7 @@ pub struct Config {
     /// buffers, with these, are within [`Config::plenty`]: one round trip
     /// carries a window this large, where `tcp_buffer`'s would bound a fast
     /// link's throughput. Its send buffer is as large up to 1 MiB
-    /// (`stack::send_buffer`). At or below `tcp_buffer`, every connection gets
+    /// (`Config::send_buffer`). At or below `tcp_buffer`, every connection gets
     /// `tcp_buffer` each way.
     pub tcp_buffer_max: usize,
     /// Whether the stack may hold this many bytes of TCP buffers (all its
@@ -190,7 +183,7 @@ impl Config {
     }
 
     /// The least and the largest receive buffer a TCP connection gets (its
-    /// send buffer is [`send_buffer`]'s). Large buffers are given only
+    /// send buffer is [`Config::send_buffer`]'s). Large buffers are given only
     /// while [`Config::plenty`] would hold four connections' worth
     /// (`Inner::buffer_size`); a largest size
     /// set above what the memory allows (`--tcp-buffer-max-kib=8192` where
@@ -201,12 +194,24 @@ impl Config {
     pub(crate) fn buffers(&self) -> (usize, usize) {
         let least = self.tcp_buffer;
         let mut most = least.max(self.tcp_buffer_max);
-        while most > HALVED_TCP_BUFFER_MAX.max(least)
-            && !(self.plenty)(most.saturating_add(send_buffer(most, least)).saturating_mul(4))
-        {
+        while most > HALVED_TCP_BUFFER_MAX.max(least) && !(self.plenty)(self.both_ways(most).saturating_mul(4)) {
             most = (most / 2).max(HALVED_TCP_BUFFER_MAX).max(least);
         }
         (least, most)
+    }
+
+    /// The send buffer of a connection whose receive buffer is `rx` bytes:
+    /// capped at [`SEND_BUFFER_MAX`] for large buffers, never below the
+    /// least (`tcp_buffer`).
+    pub(crate) fn send_buffer(&self, rx: usize) -> usize {
+        let least = self.tcp_buffer;
+        if rx > least { rx.min(SEND_BUFFER_MAX.max(least)) } else { rx }
+    }
+
+    /// The bytes of buffer, both ways, of a connection that receives into
+    /// `rx` bytes.
+    pub(crate) fn both_ways(&self, rx: usize) -> usize {
+        rx.saturating_add(self.send_buffer(rx))
     }
 
     /// Seeds the stack's randomness from `random` (the platform's source).
@@ -1129,6 +1134,7 @@ mod tests {
     #[test]
     fn a_large_connection_sends_from_at_most_a_mebibyte_and_never_less_than_the_least() {
         let (kib, mib) = (1 << 10, 1 << 20);
+        let send_buffer = |rx, least| Config { tcp_buffer: least, ..Config::default() }.send_buffer(rx);
         assert_eq!(send_buffer(2 * mib, 64 * kib), mib);
         assert_eq!(send_buffer(512 * kib, 64 * kib), 512 * kib);
         // Not large: the least each way, whatever its size.

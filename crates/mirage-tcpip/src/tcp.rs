@@ -71,7 +71,7 @@ const PACE_WATCH: Duration = Duration::from_secs(1);
 
 impl Inner {
     /// The receive buffer of a connection made now (its send buffer is
-    /// `stack::send_buffer`'s): the largest
+    /// `Config::send_buffer`'s): the largest
     /// (`Config::tcp_buffer_max`) while the stack's buffers, with these,
     /// are within `Config::plenty` (and the heap may hold them), else the
     /// least (`Config::tcp_buffer`). Linux grows a busy connection's
@@ -84,7 +84,7 @@ impl Inner {
     /// fill that much sooner under a flood of connections.
     pub(crate) fn buffer_size(&self) -> usize {
         let (least, most) = self.config.buffers();
-        let both = most + crate::stack::send_buffer(most, least);
+        let both = self.config.both_ways(most);
         // A pooled socket's buffers are counted already.
         let more = if self.pooled(most) { 0 } else { both };
         let plenty = self.config.plenty;
@@ -112,8 +112,7 @@ impl Inner {
             // queued or received since).
             Some(i) => self.pool.swap_remove(i),
             None => {
-                let tx = crate::stack::send_buffer(n, self.config.tcp_buffer);
-                let (rx, tx) = (buffer(n)?, buffer(tx)?);
+                let (rx, tx) = (buffer(n)?, buffer(self.config.send_buffer(n))?);
                 tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx))
             }
         };
