@@ -31,9 +31,16 @@ pub(crate) fn site_copy(example: &str, extra: &[&str]) -> Result<PathBuf, String
     let src = root().join("examples").join(example);
     let dir = root().join("target/bench-http").join(example);
     let htdocs = dir.join("htdocs");
-    let _ = std::fs::remove_dir_all(&htdocs);
     std::fs::create_dir_all(dir.join("src")).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&htdocs).map_err(|e| e.to_string())?;
+    // Only the benchmark's two files are served; the rest go. Those two
+    // are kept when unchanged (below), so that the site is not built again.
+    for entry in std::fs::read_dir(&htdocs).map_err(|e| e.to_string())?.flatten() {
+        if entry.file_name() != SMALL && entry.file_name() != BIG {
+            let p = entry.path();
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        }
+    }
     let crates = root().join("crates");
     let manifest = std::fs::read_to_string(src.join("Cargo.toml")).map_err(|e| e.to_string())?;
     write_if_changed(&dir.join("Cargo.toml"), &manifest.replace("../../crates", &crates.display().to_string()))?;
@@ -43,14 +50,23 @@ pub(crate) fn site_copy(example: &str, extra: &[&str]) -> Result<PathBuf, String
         }
         write_if_changed(&dir.join(f), &std::fs::read_to_string(src.join(f)).map_err(|e| e.to_string())?)?;
     }
-    std::fs::copy(src.join("htdocs/index.html"), htdocs.join(SMALL)).map_err(|e| e.to_string())?;
-    std::fs::write(htdocs.join(BIG), testkit::noise(0x2545_f491_4f6c_dd1d, 1 << 20)).map_err(|e| e.to_string())?;
+    // Written only when they differ, as above: a new modification time
+    // would make the build compile the site's files in again, every run.
+    write_bytes_if_changed(
+        &htdocs.join(SMALL),
+        &std::fs::read(src.join("htdocs/index.html")).map_err(|e| e.to_string())?,
+    )?;
+    write_bytes_if_changed(&htdocs.join(BIG), &testkit::noise(0x2545_f491_4f6c_dd1d, 1 << 20))?;
     Ok(dir)
 }
 
 fn write_if_changed(path: &Path, text: &str) -> Result<(), String> {
-    if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
-        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    write_bytes_if_changed(path, text.as_bytes())
+}
+
+fn write_bytes_if_changed(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    if std::fs::read(path).ok().as_deref() != Some(bytes) {
+        std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
 }
