@@ -621,6 +621,82 @@ fn slow_start_over_a_long_path_doubles_the_window_each_round_trip() {
     });
 }
 
+/// The end of the data b has sent to X's `port` so far (at or past
+/// `from`, in sequence space).
+fn sent_end(p: &Pair, port: u16, from: u32) -> u32 {
+    sent_to(p, 0, (X, port))
+        .iter()
+        .filter(|s| s.len > 0)
+        .map(|s| s.seq.wrapping_add(s.len as u32))
+        .fold(from, |end, e| if (e.wrapping_sub(end) as i32) > 0 { e } else { end })
+}
+
+#[test]
+fn an_ack_of_many_segments_is_shown_as_many_only_when_the_engine_takes_it_and_not_after_a_loss() {
+    // X, a peer of our own making, takes a download from b: it grows b's
+    // window by acknowledging each segment, then acknowledges a whole
+    // flight at once. Shown one ACK a segment, the engine grows its
+    // window as Linux's would; but an ACK the engine drops (its sequence
+    // number far outside the window) must not be shown many times over,
+    // nor one that covers what b sent again after a timeout.
+    run(async {
+        let p = pair_with(91, Faults::default(), config(A, 1), config(B, 2));
+        let l = p.b.listen(7, 4).await.unwrap();
+        spawn(async move {
+            let (mut f, _) = l.accept().await.unwrap();
+            let _ = f.write_all(&data(1 << 20, 91)).await;
+            sleep(Duration::from_secs(3600)).await;
+        });
+        introduce_x(&p);
+        let (port, isn) = (40_100, 5_000_000u32);
+        let synack = syn_from_x(&p, port, isn).await.expect("no SYN-ACK");
+        let seq = isn + 1;
+        let ack = |n: u32| tcp_frame_with(seq, n, ACK, 65535, &[], b"", port);
+        let mut acked = synack.seq.wrapping_add(1);
+        inject(&p, ack(acked));
+        sleep(Duration::from_millis(10)).await;
+        // Five rounds of one ACK a segment.
+        for _ in 0..5 {
+            let end = sent_end(&p, port, acked);
+            while acked != end {
+                acked = acked.wrapping_add(1460.min(end.wrapping_sub(acked)));
+                inject(&p, ack(acked));
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        let end = sent_end(&p, port, acked);
+        let flight = end.wrapping_sub(acked);
+        assert!(flight >= 8 * 1460, "b sent only {flight} bytes past the last ACK: its window did not grow");
+        let split = |p: &Pair| p.b.stats().acks_per_segment;
+
+        // The whole flight acknowledged by a segment the engine drops.
+        let before = split(&p);
+        inject(&p, tcp_frame_with(seq.wrapping_add(1 << 30), end, ACK, 65535, &[], b"", port));
+        sleep(Duration::from_millis(10)).await;
+        assert_eq!(split(&p), before, "an ACK the engine drops was shown to it as many");
+
+        // The same acknowledgment, in the window: shown as one a segment.
+        inject(&p, ack(end));
+        sleep(Duration::from_millis(10)).await;
+        assert!(split(&p) > before, "an ACK of {flight} bytes was shown to the engine as one");
+        acked = end;
+
+        // Nothing acknowledged until b sends again on its timer, then
+        // everything it had sent: shown as one.
+        let end = sent_end(&p, port, acked);
+        assert!(end != acked, "b sent nothing after the ACK");
+        let since = p.from_b.borrow().len();
+        sleep(Duration::from_millis(3000)).await;
+        let resent = sent_to(&p, since, (X, port)).iter().any(|s| s.seq == acked && s.len > 0);
+        assert!(resent, "b did not send its unacknowledged data again");
+        let end = sent_end(&p, port, acked);
+        let before = split(&p);
+        inject(&p, ack(end));
+        sleep(Duration::from_millis(10)).await;
+        assert_eq!(split(&p), before, "an ACK of what was sent again after a timeout was shown as many");
+    });
+}
+
 #[test]
 fn buffers_are_large_while_memory_is_plentiful() {
     run(async {
