@@ -593,7 +593,7 @@ fn refuses(t: &str) -> Result<(), String> {
         ns.ip(&["tuntap", "add", tap, "mode", "tap"])?;
         ns.ip(&["link", "set", tap, "up"])?;
     }
-    let bad: [(&[&str], &str); 6] = [
+    let bad: [(&[&str], &str); 7] = [
         (&["--rules=/no-such-file"], "the firewall rules /no-such-file"),
         (&["--forward=icmp:1:10.0.1.5:1"], "is not PROTO:PORT:ADDRESS:PORT"),
         (
@@ -601,6 +601,10 @@ fn refuses(t: &str) -> Result<(), String> {
             "the DHCP server: the pool 10.0.0.10-10.0.0.20 is not inside 10.0.1.0/24",
         ),
         (&["--max-flows=0"], "the NAT: a flow table of 0 flows"),
+        (
+            &["--uplink-ipv4=10.0.0.2/24", "--inside-ipv4=10.0.0.9/16"],
+            "--uplink-ipv4=10.0.0.2/24 overlaps --inside-ipv4=10.0.0.9/16: give each interface a subnet of its own",
+        ),
         (&["--uplink-ipv4-gateway=192.0.2.1"], "cannot configure the IP layer \"uplink\""),
         (
             &["--uplink-ipv6=fd00::2/64", "--uplink-ipv6-gateway=fd00:9::1"],

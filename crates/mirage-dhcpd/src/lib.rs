@@ -19,8 +19,14 @@
 //! binds the addresses, as with any DHCP server: the caller should pass
 //! on only requests whose client hardware address is their frame's
 //! source (the router example does), and what stops a peer that forges
-//! its frames too is the link (port security), not the server. Malformed
-//! messages are counted and dropped.
+//! its frames too is the link (port security), not the server. A client
+//! holds one address at a time: a REQUEST granted for another address
+//! gives back the one it held, so a host under its own hardware address
+//! cannot bind the pool address by address. Only a bound lease can be
+//! declined, and at most a quarter of the pool is kept out as declined at
+//! once (the oldest decline is forgotten for a new one), so that a client
+//! that takes and declines address after address cannot empty the pool.
+//! Malformed messages are counted and dropped.
 
 #![no_std]
 
@@ -114,6 +120,9 @@ pub struct Stats {
     pub releases: u64,
     /// Offers withdrawn to make room for a newer client.
     pub offers_reclaimed: u64,
+    /// Declined addresses given back to the pool early, to keep at most a
+    /// quarter of it declined.
+    pub declines_forgotten: u64,
     /// DISCOVERs left unanswered: no address was free.
     pub exhausted: u64,
     /// Messages dropped: malformed, not for this server, or replies.
@@ -156,6 +165,11 @@ pub struct Server {
     /// Every address given out, offered or declined; at most one per
     /// address of the pool and reservation.
     leases: BTreeMap<Ipv4Addr, Lease>,
+    /// The reserved addresses, sorted.
+    reserved: Vec<u32>,
+    /// The time of the last [`Server::expire`] made by [`Server::input`]:
+    /// one pass over the records a second, whatever the rate of messages.
+    expired_at: Option<u64>,
     stats: Stats,
 }
 
@@ -217,7 +231,9 @@ impl Server {
                 return err(alloc::format!("{a} or {:02x?} is reserved twice", mac));
             }
         }
-        Ok(Server { config, netmask, leases: BTreeMap::new(), stats: Stats::default() })
+        let mut reserved: Vec<u32> = config.reservations.iter().map(|(_, a)| bits(*a)).collect();
+        reserved.sort_unstable();
+        Ok(Server { config, netmask, leases: BTreeMap::new(), reserved, expired_at: None, stats: Stats::default() })
     }
 
     /// The server's counters.
@@ -239,7 +255,10 @@ impl Server {
     /// received at `now` (seconds, monotonic); `None` when there is
     /// nothing to send.
     pub fn input(&mut self, payload: &[u8], now: u64) -> Option<Reply> {
-        self.expire(now);
+        if self.expired_at != Some(now) {
+            self.expire(now);
+            self.expired_at = Some(now);
+        }
         let packet = match DhcpPacket::new_checked(payload) {
             Ok(p) => p,
             Err(_) => return self.drop_it(),
@@ -258,12 +277,14 @@ impl Server {
             DhcpMessageType::Discover => self.discover(&msg, mac, now),
             DhcpMessageType::Request => self.request(&msg, mac, now),
             DhcpMessageType::Decline => {
+                // Only an address the client was granted: a client
+                // declines what it found in use after the ACK (RFC 2131
+                // 4.4.1), never an offer.
                 if msg.server_identifier == Some(self.config.server)
                     && let Some(a) = msg.requested_ip
-                    && self.leases.get(&a).is_some_and(|l| l.client == mac)
+                    && self.leases.get(&a).is_some_and(|l| l.client == mac && matches!(l.state, State::Bound(_)))
                 {
-                    self.leases.insert(a, Lease { client: [0; 6], state: State::Declined(now + DECLINED_SECS) });
-                    self.stats.declines += 1;
+                    self.decline(a, now);
                 }
                 None
             }
@@ -288,6 +309,22 @@ impl Server {
         }
     }
 
+    /// Keeps `a` out of the pool for [`DECLINED_SECS`], forgetting the
+    /// oldest decline first when a quarter of the pool is declined.
+    fn decline(&mut self, a: Ipv4Addr, now: u64) {
+        let (first, last) = self.config.pool;
+        let most = ((bits(last) - bits(first)) as usize + 1).div_ceil(4);
+        let declined = || self.leases.iter().filter(|(_, l)| matches!(l.state, State::Declined(_)));
+        if declined().count() >= most
+            && let Some((_, oldest)) = declined().map(|(b, l)| (l.until(), *b)).min()
+        {
+            self.leases.remove(&oldest);
+            self.stats.declines_forgotten += 1;
+        }
+        self.leases.insert(a, Lease { client: [0; 6], state: State::Declined(now + DECLINED_SECS) });
+        self.stats.declines += 1;
+    }
+
     fn drop_it(&mut self) -> Option<Reply> {
         self.stats.dropped += 1;
         None
@@ -310,7 +347,7 @@ impl Server {
         }
         let (first, last) = self.config.pool;
         (bits(first)..=bits(last)).contains(&bits(a))
-            && !self.config.reservations.iter().any(|(_, r)| *r == a)
+            && self.reserved.binary_search(&bits(a)).is_err()
             && self.leases.get(&a).is_none_or(|l| l.client == mac && !matches!(l.state, State::Declined(_)))
     }
 
@@ -319,7 +356,9 @@ impl Server {
     /// oldest offer is withdrawn for it.
     fn choose(&mut self, mac: [u8; 6], requested: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
         if let Some(r) = self.reserved_for(mac) {
-            return Some(r);
+            // A reservation the client found in use waits out its
+            // decline: offered at once, it would be declined again.
+            return self.leases.get(&r).is_none_or(|l| !matches!(l.state, State::Declined(_))).then_some(r);
         }
         if let Some((a, _)) =
             self.leases.iter().find(|(_, l)| l.client == mac && !matches!(l.state, State::Declined(_)))
@@ -329,10 +368,8 @@ impl Server {
         if let Some(a) = requested.filter(|a| self.may_have(*a, mac)) {
             return Some(a);
         }
-        let (first, last) = self.config.pool;
-        let free = (bits(first)..=bits(last)).map(Ipv4Addr::from).find(|a| self.may_have(*a, mac));
-        if free.is_some() {
-            return free;
+        if let Some(free) = self.lowest_free() {
+            return Some(free);
         }
         let oldest = self
             .leases
@@ -345,6 +382,19 @@ impl Server {
         self.stats.offers_reclaimed += 1;
         self.leases.remove(&oldest.1);
         Some(oldest.1)
+    }
+
+    /// The lowest address of the pool that has no record and is not
+    /// reserved: one walk of the pool beside the records, in order.
+    fn lowest_free(&self) -> Option<Ipv4Addr> {
+        let (first, last) = self.config.pool;
+        let mut taken = self.leases.range(first..=last).map(|(a, _)| bits(*a)).peekable();
+        (bits(first)..=bits(last))
+            .find(|&a| {
+                while taken.next_if(|&t| t < a).is_some() {}
+                taken.peek() != Some(&a) && self.reserved.binary_search(&a).is_err()
+            })
+            .map(Ipv4Addr::from)
     }
 
     fn discover(&mut self, msg: &DhcpRepr<'_>, mac: [u8; 6], now: u64) -> Option<Reply> {
@@ -393,6 +443,8 @@ impl Server {
             None => self.in_subnet(a) && self.may_have(a, mac),
         };
         if grant {
+            // One address a client: whatever else it held goes back.
+            self.leases.retain(|b, l| *b == a || l.client != mac);
             self.leases.insert(a, Lease { client: mac, state: State::Bound(now + u64::from(self.config.lease_secs)) });
             self.stats.acks += 1;
             return Some(self.reply(msg, DhcpMessageType::Ack, a, true, to));

@@ -99,6 +99,14 @@ fn send(s: &mut Server, m: &DhcpRepr<'_>, now: u64) -> Option<Answer> {
     s.input(&bytes(m), now).map(answer)
 }
 
+/// A DECLINE of `a` by `mac`, to this server.
+fn decline(mac: [u8; 6], a: Ipv4Addr, xid: u32) -> DhcpRepr<'static> {
+    let mut m = message(DhcpMessageType::Decline, mac, xid);
+    m.requested_ip = Some(a);
+    m.server_identifier = Some(SERVER);
+    m
+}
+
 /// DISCOVER, OFFER, REQUEST, ACK: the address bound.
 fn lease(s: &mut Server, mac: [u8; 6], now: u64) -> Ipv4Addr {
     let offer = send(s, &message(DhcpMessageType::Discover, mac, 1), now).expect("an offer");
@@ -203,10 +211,7 @@ fn expired_leases_go_back_to_the_pool() {
 fn a_declined_address_is_kept_out_and_a_released_one_comes_back() {
     let mut s = server();
     let a = lease(&mut s, A, 0);
-    let mut decline = message(DhcpMessageType::Decline, A, 3);
-    decline.requested_ip = Some(a);
-    decline.server_identifier = Some(SERVER);
-    assert!(send(&mut s, &decline, 1).is_none());
+    assert!(send(&mut s, &decline(A, a, 3), 1).is_none());
     assert_eq!(s.stats().declines, 1);
     let b = lease(&mut s, A, 2);
     assert_ne!(a, b, "the declined address was offered again");
@@ -230,6 +235,67 @@ fn a_declined_address_is_kept_out_and_a_released_one_comes_back() {
     assert!(send(&mut s, &release, 700).is_none());
     assert!(s.leases().all(|(x, _)| x != b));
     assert_eq!(s.stats().releases, 1);
+}
+
+#[test]
+fn one_client_cannot_bind_the_pool_address_by_address() {
+    // A host under its own hardware address asks for each address in turn
+    // as a rebooting client would (no server identifier): each is granted,
+    // and each gives back the one before.
+    let mut s = server();
+    for i in 100..110u8 {
+        let mut req = message(DhcpMessageType::Request, A, u32::from(i));
+        req.requested_ip = Some(Ipv4Addr::new(10, 1, 0, i));
+        assert_eq!(send(&mut s, &req, 1).unwrap().kind, DhcpMessageType::Ack);
+        let held: Vec<_> = s.leases().filter(|(_, l)| l.client == A).map(|(a, _)| a).collect();
+        assert_eq!(held, [Ipv4Addr::new(10, 1, 0, i)]);
+    }
+    // An offer it held goes back too.
+    let offered = send(&mut s, &message(DhcpMessageType::Discover, B, 1), 2).unwrap().yiaddr;
+    let mut req = message(DhcpMessageType::Request, B, 2);
+    req.requested_ip = Some(if offered == Ipv4Addr::new(10, 1, 0, 100) {
+        Ipv4Addr::new(10, 1, 0, 101)
+    } else {
+        Ipv4Addr::new(10, 1, 0, 100)
+    });
+    assert_eq!(send(&mut s, &req, 2).unwrap().kind, DhcpMessageType::Ack);
+    assert_eq!(s.leases().filter(|(_, l)| l.client == B).count(), 1);
+    // Eight addresses are left for others.
+    for i in 0..8u8 {
+        lease(&mut s, [2, 0, 0, 0, 4, i], 3);
+    }
+}
+
+#[test]
+fn offers_cannot_be_declined_and_declines_keep_most_of_the_pool() {
+    let mut s = server();
+    // An offer, never granted, declined: nothing happens.
+    let offered = send(&mut s, &message(DhcpMessageType::Discover, A, 1), 0).unwrap().yiaddr;
+    assert!(send(&mut s, &decline(A, offered, 2), 0).is_none());
+    assert_eq!(s.stats().declines, 0);
+    // A client that takes and declines address after address keeps at
+    // most a quarter of the pool (3 of 10) declined.
+    for round in 0..40u32 {
+        let a = lease(&mut s, A, 1);
+        send(&mut s, &decline(A, a, round), 1);
+        let declined = s.leases().filter(|(_, l)| matches!(l.state, State::Declined(_))).count();
+        assert!(declined <= 3, "{declined} addresses declined after round {round}");
+    }
+    assert_eq!(s.stats().declines, 40);
+    assert_eq!(s.stats().declines_forgotten, 37);
+    // The rest of the pool serves seven other clients.
+    for i in 0..7u8 {
+        lease(&mut s, [2, 0, 0, 0, 5, i], 2);
+    }
+}
+
+#[test]
+fn a_declined_reservation_waits_out_its_decline() {
+    let mut s = server();
+    let r = lease(&mut s, R, 0);
+    send(&mut s, &decline(R, r, 2), 1);
+    assert!(send(&mut s, &message(DhcpMessageType::Discover, R, 3), 2).is_none());
+    assert_eq!(lease(&mut s, R, 1 + DECLINED_SECS), r);
 }
 
 #[test]

@@ -194,6 +194,14 @@ pub(crate) fn router_ok(addr: Ipv4Addr, prefix: u8, router: Ipv4Addr) -> bool {
     router != addr && u32::from(router) & mask == u32::from(addr) & mask && address_ok(router, prefix)
 }
 
+/// Whether `dns` can be a name server for `addr/prefix`: a usable address,
+/// not our own, and not the network or broadcast address of our subnet.
+fn dns_ok(addr: Ipv4Addr, prefix: u8, dns: Ipv4Addr) -> bool {
+    let mask = u32::MAX << (32 - prefix);
+    let ours = u32::from(dns) & mask == u32::from(addr) & mask;
+    usable(dns) && dns != addr && (!ours || address_ok(dns, prefix))
+}
+
 fn secs(s: u32) -> Duration {
     Duration::from_secs(s as u64)
 }
@@ -423,7 +431,9 @@ impl Client {
         let server = r.server_id.filter(|s| usable(*s))?;
         let prefix = prefix_of(r.mask?)?;
         let addr = r.your_ip;
-        if !address_ok(addr, prefix) {
+        // A server that leases its own address would have renewals sent
+        // to ourselves.
+        if !address_ok(addr, prefix) || addr == server {
             return None;
         }
         let lease = r.lease?;
@@ -442,7 +452,7 @@ impl Client {
             addr,
             prefix,
             router,
-            dns: r.dns.map(|d| d.filter(|a| usable(*a))),
+            dns: r.dns.map(|d| d.filter(|a| dns_ok(addr, prefix, *a))),
             server,
             t1: now + secs(t1),
             t2: now + secs(t2),
@@ -621,6 +631,8 @@ mod tests {
             Reply { your_ip: Ipv4Addr::new(10, 0, 0, 255), ..ok },
             Reply { your_ip: Ipv4Addr::new(224, 0, 0, 1), ..ok },
             Reply { server_id: None, ..ok },
+            // The server leasing its own address.
+            Reply { your_ip: SERVER, ..ok },
         ];
         for (i, r) in bad.iter().enumerate() {
             assert_eq!(c.input(r, t(0)), (None, Event::None), "reply {i}");
@@ -630,17 +642,21 @@ mod tests {
         // is no gateway; T1/T2 out of order are replaced.
         let (m, _) = c.input(&Reply { lease: Some(u32::MAX), ..ok }, t(0));
         assert!(m.is_some());
+        // Name servers that are our own address or our subnet's
+        // broadcast are none; one beyond the subnet is kept.
         let ack = Reply {
             kind: DhcpMessageType::Ack,
             lease: Some(u32::MAX),
             router: Some(Ipv4Addr::new(192, 0, 2, 1)),
             t1: Some(500),
             t2: Some(100),
+            dns: [Some(ADDR), Some(Ipv4Addr::new(10, 0, 0, 255)), Some(Ipv4Addr::new(192, 0, 2, 53))],
             ..ok
         };
         let (_, e) = c.input(&ack, t(0));
         let Event::Bound(l) = e else { panic!("{e:?}") };
         assert_eq!((l.router, l.expires), (None, t(MAX_LEASE_SECS as u64)));
+        assert_eq!(l.dns, [None, None, Some(Ipv4Addr::new(192, 0, 2, 53))]);
         assert_eq!(l.t1, t(MAX_LEASE_SECS as u64 / 2));
         // A second ACK for the finished exchange: dropped.
         assert_eq!(c.input(&ack, t(1)), (None, Event::None));

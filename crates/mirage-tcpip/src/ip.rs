@@ -813,8 +813,11 @@ impl<N: Net> Ip for IpLayer<N> {
                             && !p.fragment
                             && p.payload.get(0..4) == Some(&[0, 67, 0, 68]) =>
                     {
-                        // Lengths and checksum were checked.
-                        Received::Dhcp(crate::dhcpc::Reply::parse(&p.payload[8..]))
+                        // Lengths and checksum were checked: the UDP length
+                        // is 8 or more and within the payload, whose bytes
+                        // past it (the link's padding) are not the message's.
+                        let end = wire::be16(p.payload, 4) as usize;
+                        Received::Dhcp(crate::dhcpc::Reply::parse(p.payload.get(8..end).unwrap_or_default()))
                     }
                     Packet::Ipv4(p) if !to_group => {
                         let len = p.header_len + p.payload.len();

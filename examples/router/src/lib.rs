@@ -226,6 +226,16 @@ struct Router {
     /// configured by DHCP.
     uplink_gateway: Option<Ipv4Addr>,
     uplink_dhcp: bool,
+    /// The uplink lease last refused for overlapping the inside network
+    /// (said once).
+    uplink_refused: Option<(Ipv4Addr, u8)>,
+}
+
+/// Whether the subnets of `a` and `b` (address, prefix length) share
+/// addresses: the shorter prefix's network holds the other.
+fn overlaps((a, p): (Ipv4Addr, u8), (b, q): (Ipv4Addr, u8)) -> bool {
+    let m = u32::MAX.checked_shl(32 - u32::from(p.min(q))).unwrap_or(0);
+    u32::from(a) & m == u32::from(b) & m
 }
 
 fn now_ms() -> u64 {
@@ -462,7 +472,9 @@ impl Router {
     /// Answers the DHCP request in `scratch`.
     fn dhcp(&mut self, inside: &mut impl Ip) {
         let Ok(ip) = wire::parse_ipv4(&self.scratch[..self.len]) else { return };
-        let Some(payload) = ip.payload.get(8..) else { return };
+        // The datagram's own bytes: not the link's padding past its length.
+        let end = ip.payload.get(4..6).map_or(0, |l| u16::from_be_bytes([l[0], l[1]]) as usize);
+        let Some(payload) = ip.payload.get(8..end) else { return };
         let Some(reply) = self.dhcp.input(payload, now_ms() / 1000) else { return };
         let own = self.own[INSIDE as usize].0;
         let (dst, hop) = match reply.to {
@@ -476,12 +488,25 @@ impl Router {
     }
 
     /// Follows the uplink's lease: a new address is the masquerade
-    /// address, and the routes follow the subnet and the router. Whether
-    /// anything changed.
-    fn follow_uplink(&mut self, up: &IpInfo, ins: &IpInfo) -> bool {
+    /// address, and the routes follow the subnet and the router. A lease
+    /// whose subnet overlaps the inside network is not followed: its
+    /// route would take inside hosts' traffic out of the uplink. What
+    /// changed, as a line for the console.
+    fn follow_uplink(&mut self, up: &IpInfo, ins: &IpInfo) -> Option<String> {
         if up.ipv4 == self.own[UPLINK as usize] && up.gateway == self.uplink_gateway {
-            return false;
+            return None;
         }
+        if !up.ipv4.0.is_unspecified() && overlaps(up.ipv4, ins.ipv4) {
+            if self.uplink_refused == Some(up.ipv4) {
+                return None;
+            }
+            self.uplink_refused = Some(up.ipv4);
+            let ((a, p), (b, q)) = (up.ipv4, ins.ipv4);
+            return Some(format!(
+                "router: uplink leased {a}/{p}, which overlaps the inside network {b}/{q}: not followed (give the inside interface a subnet apart with --inside-ipv4=ADDRESS/PREFIX)\n"
+            ));
+        }
+        self.uplink_refused = None;
         self.own[UPLINK as usize] = up.ipv4;
         self.uplink_gateway = up.gateway;
         if !up.ipv4.0.is_unspecified() {
@@ -492,7 +517,15 @@ impl Router {
         if let Ok(r) = routes4(up, ins) {
             self.routes = r;
         }
-        true
+        Some(match up.ipv4 {
+            (a, _) if a.is_unspecified() => String::from("router: uplink lost its DHCP lease\n"),
+            (a, p) => {
+                format!(
+                    "router: uplink leased {a}/{p} (gateway {})\n",
+                    up.gateway.map_or("none".into(), |g| format!("{g}"))
+                )
+            }
+        })
     }
 
     /// The `--stats` line.
@@ -512,11 +545,12 @@ impl Router {
         let d = self.dhcp.stats();
         let _ = write!(
             s,
-            " dhcp leases {} offers {} acks {} naks {} dropped {} forged {};",
+            " dhcp leases {} offers {} acks {} naks {} declines {} dropped {} forged {};",
             self.dhcp.leases().count(),
             d.offers,
             d.acks,
             d.naks,
+            d.declines,
             d.dropped,
             self.counters.dhcp_forged
         );
@@ -634,6 +668,16 @@ pub async fn start(
         wait_for_lease(&console, &mut uplink).await?;
     }
     let (up, ins) = (uplink.info(), inside.info());
+    if overlaps(up.ipv4, ins.ipv4) {
+        let ((a, p), (b, q)) = (up.ipv4, ins.ipv4);
+        return Err(if up.dhcp {
+            format!(
+                "the uplink's DHCP lease {a}/{p} overlaps the inside network {b}/{q}: give the inside interface a subnet apart (--inside-ipv4=ADDRESS/PREFIX)"
+            )
+        } else {
+            format!("--uplink-ipv4={a}/{p} overlaps --inside-ipv4={b}/{q}: give each interface a subnet of its own")
+        });
+    }
     let timeouts = match udp_timeout {
         0 => mirage_nat::Timeouts::LINUX,
         s => mirage_nat::Timeouts {
@@ -692,6 +736,7 @@ pub async fn start(
         icmp_errors: 0,
         v6,
         uplink_gateway: up.gateway,
+        uplink_refused: None,
         uplink_dhcp: up.dhcp,
     };
     let _ = console
@@ -736,14 +781,7 @@ pub async fn start(
             r.nat.expire(now_ms());
             r.v6.expire(now_ms());
             let up = uplink.info();
-            if r.follow_uplink(&up, &inside.info()) {
-                let line = match up.ipv4 {
-                    (a, _) if a.is_unspecified() => String::from("router: uplink lost its DHCP lease\n"),
-                    (a, p) => format!(
-                        "router: uplink leased {a}/{p} (gateway {})\n",
-                        up.gateway.map_or("none".into(), |g| format!("{g}"))
-                    ),
-                };
+            if let Some(line) = r.follow_uplink(&up, &inside.info()) {
                 let _ = console.write(line.as_bytes()).await;
             }
             r.dhcp.expire(now_ms() / 1000);
@@ -810,6 +848,17 @@ mod tests {
         assert_eq!((ip.src, ip.dst, ip.payload[0]), (Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 1, 7), 0));
         assert_eq!(&ip.payload[4..], &icmp[4..]);
         assert!(!echo_reply(&mut req), "a reply is not answered");
+    }
+
+    #[test]
+    fn subnets_overlap_when_the_shorter_prefix_holds_the_other() {
+        let a = |s: &str, p| (s.parse::<Ipv4Addr>().unwrap(), p);
+        assert!(overlaps(a("10.0.5.7", 24), a("10.0.0.1", 16)));
+        assert!(overlaps(a("10.0.0.1", 16), a("10.0.5.7", 24)));
+        assert!(overlaps(a("10.0.1.9", 24), a("10.0.1.2", 24)));
+        assert!(overlaps(a("192.0.2.1", 0), a("10.0.1.2", 24)));
+        assert!(!overlaps(a("10.0.0.2", 24), a("10.0.1.2", 24)));
+        assert!(!overlaps(a("10.0.0.2", 32), a("10.0.0.3", 32)));
     }
 
     #[test]
