@@ -48,6 +48,9 @@
 //! flows, allocated up front ([`FLOW_BYTES`] bytes each and four 8-byte
 //! index slots); when it is full, a new flow is refused and counted
 //! ([`Reason::TableFull`]) after the flows whose time is up are expired.
+//! Flows started from outside (on the masquerade interface) hold at most
+//! half of it ([`Reason::InboundFull`]), so that outside hosts never take
+//! the inside's room; an echo request to the router itself makes no flow.
 //! Masquerade hands out each external port (ICMP identifier) of its range
 //! to one flow at a time, so a port is used again only after its flow
 //! expired. Nothing allocates after [`Nat::new`] but
@@ -58,7 +61,9 @@
 //! fragments (the ports are only in the first; there is no reassembly),
 //! protocols other than TCP, UDP and ICMP, ICMP other than echo and
 //! errors, ICMP errors about unknown flows, TCP segments other than a SYN
-//! without a flow, TTL exhausted, martian addresses.
+//! without a flow, TTL exhausted, martian addresses, and sources the
+//! routing table would not reach through the interface they came in on
+//! (strict reverse-path filtering).
 //!
 //! TTL: forwarded packets leave with their TTL one less (the header
 //! checksum updated); a packet that would leave with TTL 0 is dropped
@@ -167,6 +172,10 @@ pub enum Reason {
     WrongInterface,
     /// The flow table is full: a new flow refused.
     TableFull,
+    /// Flows started from the masquerade interface (from outside) hold
+    /// half the table: a new one refused, so that outside hosts cannot
+    /// take the room of the inside's own flows.
+    InboundFull,
     /// Masquerade has no free port (or ICMP identifier) in its range.
     PortsExhausted,
     /// The flow's translated tuple is already another flow's.
@@ -177,7 +186,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of [`Stats::dropped`]'s counts.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Truncated,
         Reason::Malformed,
         Reason::Checksum,
@@ -192,6 +201,7 @@ impl Reason {
         Reason::UnknownIcmpError,
         Reason::WrongInterface,
         Reason::TableFull,
+        Reason::InboundFull,
         Reason::PortsExhausted,
         Reason::Conflict,
         Reason::BadInterface,
@@ -214,6 +224,7 @@ impl Reason {
             Reason::UnknownIcmpError => "unknown-icmp-error",
             Reason::WrongInterface => "wrong-interface",
             Reason::TableFull => "table-full",
+            Reason::InboundFull => "inbound-full",
             Reason::PortsExhausted => "ports-exhausted",
             Reason::Conflict => "conflict",
             Reason::BadInterface => "bad-interface",
@@ -492,6 +503,8 @@ pub struct Nat {
     rules: Rules,
     stats: Stats,
     now: u64,
+    /// Flows in the table that started on the masquerade interface.
+    inbound: usize,
 }
 
 fn port_index(proto: u8) -> usize {
@@ -563,6 +576,7 @@ impl Nat {
             forwards: config.forwards,
             rules: config.rules,
             now: 0,
+            inbound: 0,
         })
     }
 
@@ -723,6 +737,9 @@ impl Nat {
 
     fn release(&mut self, f: u32) {
         let fl: Flow = self.table.remove(f);
+        if self.masquerade.is_some_and(|m| m.interface.0 == fl.iface[0]) {
+            self.inbound -= 1;
+        }
         if fl.flags & F_SNAT != 0 {
             // The external port is the reply's destination port (for ICMP
             // echo, the reply's identifier, kept there too).
@@ -775,9 +792,12 @@ impl Nat {
         route: &mut dyn FnMut(Ipv4Addr) -> Route,
     ) -> Result<Verdict, Reason> {
         let (now, in_if, ip) = (a.now, a.in_if, &a.ip);
+        // The router's answer to an echo request to itself: such requests
+        // are not tracked (below), and the answer needs no translation.
+        let local_echo_reply = in_if == LOCAL && t.proto == wire::ICMP && p[IP_HEADER] == wire::ICMP_ECHO_REPLY;
         let first = match t.proto {
             wire::TCP => tcp_flags & (wire::TCP_SYN | wire::TCP_ACK | wire::TCP_RST | wire::TCP_FIN) == wire::TCP_SYN,
-            wire::ICMP => p[IP_HEADER] == wire::ICMP_ECHO_REQUEST,
+            wire::ICMP => p[IP_HEADER] == wire::ICMP_ECHO_REQUEST || local_echo_reply,
             _ => true,
         };
         if !first {
@@ -785,6 +805,15 @@ impl Nat {
         }
         let masq = self.masquerade;
         if bad_source(t.src) || (in_if != LOCAL && masq.is_some_and(|m| u32::from(m.address) == t.src)) {
+            return Err(Reason::Martian);
+        }
+        // A source the routing table would not reach through the interface
+        // it came in on is spoofed (strict reverse-path filtering, as
+        // Linux's rp_filter=1): an inside address from the uplink would
+        // reach a forwarded port as a host of the inside network, or have
+        // the router send it an ICMP error.
+        if in_if != LOCAL && t.src != 0 && !matches!(route(Ipv4Addr::from(t.src)), Route::Interface(i) if i.0 == in_if)
+        {
             return Err(Reason::Martian);
         }
         let mut out = t;
@@ -818,8 +847,24 @@ impl Nat {
             dst: out.dst,
             dport: out.dport,
         };
+        if local_echo_reply {
+            return Ok(verdict(out_if));
+        }
         if self.rules.decide(&candidate) == Action::Deny {
             return Err(Reason::Denied);
+        }
+        // An echo request to the router itself is answered at once: a flow
+        // for each would let any host allowed to ping fill the table with
+        // made-up identifiers.
+        if out_if == LOCAL && t.proto == wire::ICMP {
+            return Ok(Verdict::Local);
+        }
+        let inbound = masq.is_some_and(|m| m.interface.0 == in_if);
+        if inbound && self.inbound >= self.table.capacity() / 2 {
+            self.expire(now);
+            if self.inbound >= self.table.capacity() / 2 {
+                return Err(Reason::InboundFull);
+            }
         }
         if self.table.is_full() {
             self.expire(now);
@@ -842,6 +887,7 @@ impl Nat {
             return Err(Reason::Conflict);
         }
         self.table.insert(key, [in_if, out_if], first_class(t.proto), flags, now);
+        self.inbound += usize::from(inbound);
         self.stats.created += 1;
         translate(p, ip, &t, &out, forwarding, a.partial);
         Ok(verdict(out_if))

@@ -175,14 +175,16 @@ fn echo_identifiers_are_translated() {
         let mut stray = build::echo(SERVER, inside_host(1), false, id, 1, b"");
         assert_eq!(through(&mut nat, 1, UPLINK, &mut stray), Verdict::Drop(Reason::NoFlow));
     }
-    // A request the wrong way on a flow of identifier 0 (no masquerade
-    // between inside and the router: the tuples are the same turned round).
-    let mut req = build::echo(inside_host(3), ROUTER_INSIDE, true, 0, 1, b"");
-    assert_eq!(through(&mut nat, 1, INSIDE, &mut req), Verdict::Local);
-    let mut back = build::echo(ROUTER_INSIDE, inside_host(3), true, 0, 1, b"");
-    assert_eq!(nat.output(1, INSIDE, &mut back), Verdict::Drop(Reason::NoFlow));
-    let mut reply = build::echo(ROUTER_INSIDE, inside_host(3), false, 0, 1, b"");
-    assert_eq!(nat.output(1, INSIDE, &mut reply), Verdict::Forward(INSIDE));
+    // Pings to the router itself are answered, and tracked by no flow:
+    // a host allowed to ping cannot fill the table with identifiers.
+    let flows = nat.stats().flows;
+    for id in 0..100 {
+        let mut req = build::echo(inside_host(3), ROUTER_INSIDE, true, id, 1, b"");
+        assert_eq!(through(&mut nat, 1, INSIDE, &mut req), Verdict::Local);
+        let mut reply = build::echo(ROUTER_INSIDE, inside_host(3), false, id, 1, b"");
+        assert_eq!(nat.output(1, INSIDE, &mut reply), Verdict::Forward(INSIDE));
+    }
+    assert_eq!(nat.stats().flows, flows);
 }
 
 #[test]
@@ -507,6 +509,54 @@ fn port_forward_reaches_the_inside_server() {
     let mut p = build::tcp(sa(inside_host(3), 8080), sa(SERVER, 80), flags::SYN, 1, 0, b"");
     through(&mut nat, 2, INSIDE, &mut p);
     assert_ne!(ends(&p).0.port(), 8080);
+}
+
+#[test]
+fn sources_from_the_wrong_side_are_martians() {
+    // From the uplink with an inside source: to the forwarded port it
+    // would reach the server as a host of the inside network; with TTL 1
+    // it would have the router send an ICMP error inside.
+    let mut nat = router();
+    let mut syn = build::tcp(sa(inside_host(7), 51000), sa(EXTERNAL, 8080), flags::SYN, 1, 0, b"");
+    assert_eq!(through(&mut nat, 0, UPLINK, &mut syn), Verdict::Drop(Reason::Martian));
+    let mut p = build::udp(sa(inside_host(7), 6000), sa(inside_host(8), 53), b"q");
+    build::set_ttl(&mut p, 1);
+    assert_eq!(through(&mut nat, 0, UPLINK, &mut p), Verdict::Drop(Reason::Martian));
+    // From the inside with an outside source, or the router's own.
+    let mut p = build::udp(sa(SERVER, 6000), sa(Ipv4Addr::new(198, 51, 100, 10), 53), b"q");
+    assert_eq!(through(&mut nat, 0, INSIDE, &mut p), Verdict::Drop(Reason::Martian));
+    let mut p = build::udp(sa(ROUTER_INSIDE, 6000), sa(SERVER, 53), b"q");
+    assert_eq!(through(&mut nat, 0, INSIDE, &mut p), Verdict::Drop(Reason::Martian));
+    assert_eq!(nat.stats().flows, 0);
+    assert_eq!(nat.stats().dropped(Reason::Martian), 4);
+}
+
+#[test]
+fn outside_hosts_take_at_most_half_the_table() {
+    // SYNs from outside to the forwarded port, from ever new ports (a
+    // flood, spoofed or not): half the table, then refused; the inside's
+    // own flows still find the other half.
+    let mut nat = Nat::new(config(100, PORTS)).unwrap();
+    let mut refused = 0;
+    for i in 0..200u16 {
+        let mut syn = build::tcp(sa(SERVER, 1000 + i), sa(EXTERNAL, 8080), flags::SYN, 1, 0, b"");
+        match through(&mut nat, 0, UPLINK, &mut syn) {
+            Verdict::Forward(INSIDE) => {}
+            Verdict::Drop(Reason::InboundFull) => refused += 1,
+            v => panic!("{v:?}"),
+        }
+    }
+    assert_eq!((refused, nat.stats().flows), (150, 50));
+    for i in 0..50u32 {
+        let mut p = build::udp(sa(inside_host(i), 6000), sa(SERVER, 53), b"q");
+        assert_eq!(through(&mut nat, 0, INSIDE, &mut p), Verdict::Forward(UPLINK), "{i}");
+    }
+    let mut p = build::udp(sa(inside_host(60), 6000), sa(SERVER, 53), b"q");
+    assert_eq!(through(&mut nat, 0, INSIDE, &mut p), Verdict::Drop(Reason::TableFull));
+    // The half-open flows expire, and outside hosts come in again.
+    nat.expire(200 * SEC);
+    let mut syn = build::tcp(sa(SERVER, 9), sa(EXTERNAL, 8080), flags::SYN, 1, 0, b"");
+    assert_eq!(through(&mut nat, 200 * SEC, UPLINK, &mut syn), Verdict::Forward(INSIDE));
 }
 
 #[test]

@@ -377,7 +377,11 @@ impl Router {
             Later::Forward(i) => i,
             Later::Local => {
                 let p = &mut self.scratch[..self.len];
-                if !echo_reply(p) {
+                // Only pings to one of the router's own addresses: the
+                // reply to one sent to a broadcast address would come from
+                // that address.
+                let to = dst_of(p);
+                if !self.own.iter().any(|&(a, _)| a == to) || !echo_reply(p) {
                     self.counters.local_dropped += 1;
                     return;
                 }

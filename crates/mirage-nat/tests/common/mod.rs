@@ -38,7 +38,7 @@ pub fn inside_host(n: u32) -> Ipv4Addr {
 pub fn route(dst: Ipv4Addr) -> Route {
     if dst == EXTERNAL || dst == ROUTER_INSIDE || dst == Ipv4Addr::BROADCAST {
         Route::Local
-    } else if dst.octets()[..3] == [10, 0, 0] {
+    } else if dst.octets()[..2] == [10, 0] {
         Route::Interface(INSIDE)
     } else if dst.octets()[0] == 203 {
         Route::Unreachable
