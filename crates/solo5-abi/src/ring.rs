@@ -18,7 +18,7 @@
 //! Every field is an atomic: the two sides run concurrently on shared
 //! memory, and either may be hostile to the other.
 
-use core::sync::atomic::{AtomicU32, AtomicU64};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
 
 /// `HVT_RING_SIZE`: entries (and commits) in the ring.
 pub const RING_SIZE: u32 = 1024;
@@ -158,14 +158,17 @@ pub struct Ring {
     pub ent_tail: AtomicU32,
     /// Written by the guest: next commit to consume.
     pub com_head: AtomicU32,
-    _pad0: [u8; 56],
+    // Atomic like every other byte of the ring, which the guest may write
+    // at any time: a `&Ring` over plain bytes another party writes would
+    // not be sound.
+    _pad0: [AtomicU8; 56],
     /// Written by the tender: next entry to process.
     pub ent_head: AtomicU32,
     /// Written by the tender: next commit to post.
     pub com_tail: AtomicU32,
     /// Written by the tender: non-zero when its thread sleeps and must be kicked.
     pub needs_kick: AtomicU32,
-    _pad1: [u8; 52],
+    _pad1: [AtomicU8; 52],
     /// Requests.
     pub entries: [RingEntry; RING_SIZE as usize],
     /// Completions of reads.

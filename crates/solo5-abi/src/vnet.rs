@@ -62,19 +62,29 @@ pub const VNET_MAX_SEGMENTED: usize = 14 + 65_535;
 /// which the host cuts into segments of `segment` payload bytes. The
 /// segmentation type and the headers' length come from the frame (its
 /// EtherType and the TCP header's data offset); `None` if the frame does
-/// not hold them. The host checks the rest (Linux's
-/// `virtio_net_hdr_to_skb`), and refuses a frame whose header lies.
+/// not hold them: an IPv4 packet (its header's own length) or an IPv6 one
+/// (without extension headers) of TCP, the checksum at the TCP header's
+/// checksum field, the TCP header whole. A tender hands the host only
+/// headers that say what the frame is, whatever its guest asks: Linux
+/// checks them too (`virtio_net_hdr_to_skb`), but kernels before 2024
+/// let some lies reach warnings that a host set to panic on a warning
+/// would panic on.
 pub fn vnet_hdr_segmented(frame: &[u8], partial: (u16, u16), segment: u16) -> Option<[u8; VNET_HDR_LEN]> {
     let mut hdr = vnet_hdr(Some(partial));
     if segment == 0 {
         return Some(hdr);
     }
-    let gso_type = match frame.get(12..14)? {
-        [0x08, 0x00] => VNET_GSO_TCPV4,
-        [0x86, 0xdd] => VNET_GSO_TCPV6,
+    // The IP header's end, which must be the TCP header's start, and its
+    // protocol (next header), which must be TCP.
+    let (gso_type, ip_end, proto) = match frame.get(12..14)? {
+        [0x08, 0x00] => (VNET_GSO_TCPV4, 14 + (*frame.get(14)? & 0xf) as usize * 4, *frame.get(23)?),
+        [0x86, 0xdd] => (VNET_GSO_TCPV6, 54, *frame.get(20)?),
         _ => return None,
     };
     let start = partial.0 as usize;
+    if proto != 6 || start != ip_end || partial.1 != 16 || ip_end < 34 {
+        return None;
+    }
     let data_offset = (*frame.get(start + 12)? >> 4) as usize * 4;
     let hdr_len = u16::try_from(start + data_offset).ok()?;
     if data_offset < 20 || hdr_len as usize > frame.len() {
@@ -114,6 +124,7 @@ mod tests {
         // Ethernet, IPv4 (20 bytes), TCP with 12 bytes of options.
         let mut frame = [0u8; 14 + 20 + 32 + 100];
         frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        (frame[14], frame[23], frame[20]) = (0x45, 6, 6);
         frame[34 + 12] = 8 << 4;
         let hdr = vnet_hdr_segmented(&frame, (34, 16), 1448).unwrap();
         assert_eq!(hdr, [VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, 66, 0, 0xa8, 0x05, 34, 0, 16, 0]);
@@ -129,5 +140,18 @@ mod tests {
         assert_eq!(vnet_hdr_segmented(&frame, (u16::MAX, 16), 1448), None, "start past the end");
         frame[34 + 12] = 4 << 4;
         assert_eq!(vnet_hdr_segmented(&frame, (34, 16), 1448), None, "a data offset below 5 words");
+        frame[34 + 12] = 5 << 4;
+        // Headers that do not say what the frame is.
+        assert_eq!(vnet_hdr_segmented(&frame, (0, 16), 1448), None, "the checksum before the TCP header");
+        assert_eq!(vnet_hdr_segmented(&frame, (34, 6), 1448), None, "a checksum field not TCP's");
+        (frame[14], frame[38 + 12]) = (0x46, 5 << 4);
+        assert_eq!(vnet_hdr_segmented(&frame, (34, 16), 1448), None, "the TCP header inside IPv4 options");
+        assert!(vnet_hdr_segmented(&frame, (38, 16), 1448).is_some(), "after them");
+        frame[14] = 0x45;
+        frame[23] = 17;
+        assert_eq!(vnet_hdr_segmented(&frame, (34, 16), 1448), None, "UDP");
+        frame[12..14].copy_from_slice(&[0x86, 0xdd]);
+        frame[20] = 0;
+        assert_eq!(vnet_hdr_segmented(&frame, (54, 16), 1448), None, "an IPv6 extension header");
     }
 }

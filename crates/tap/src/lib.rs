@@ -203,6 +203,34 @@ pub unsafe fn write_frame(fd: i32, with_hdr: bool, hdr: [u8; VNET_HDR_LEN], fram
     if n < 0 { n } else { (n as usize).saturating_sub(VNET_HDR_LEN) as isize }
 }
 
+/// As [`write_frame`] to a tap with headers, for a frame whose first
+/// bytes are `head` (a copy of its headers, which `hdr` was made from) and
+/// whose `rest_len` other bytes are at `rest`: the host then cuts and sums
+/// the headers `hdr` describes, whatever the memory at `rest` holds by
+/// the time it is read. The frame's bytes written, or -1 with `errno` set.
+///
+/// # Safety
+///
+/// `rest` is valid for reads of `rest_len` bytes.
+pub unsafe fn write_frame_headed(
+    fd: i32,
+    hdr: [u8; VNET_HDR_LEN],
+    head: &[u8],
+    rest: *const u8,
+    rest_len: usize,
+) -> isize {
+    let mut hdr = hdr;
+    let iov = [
+        libc::iovec { iov_base: hdr.as_mut_ptr().cast(), iov_len: hdr.len() },
+        libc::iovec { iov_base: head.as_ptr() as *mut libc::c_void, iov_len: head.len() },
+        libc::iovec { iov_base: rest as *mut libc::c_void, iov_len: rest_len },
+    ];
+    // SAFETY: writev(2) only reads the buffers the vectors name: hdr, head,
+    // and rest by the caller's promise.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), 3) };
+    if n < 0 { n } else { (n as usize).saturating_sub(VNET_HDR_LEN) as isize }
+}
+
 /// As [`attach`]; with `vnet_hdr`, the tap is opened with a virtio-net
 /// header before each frame (`IFF_VNET_HDR`), so that frames sent may
 /// leave their TCP or UDP checksum for the host's kernel to complete

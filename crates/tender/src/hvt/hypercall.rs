@@ -248,6 +248,15 @@ impl<'m> Hypercalls<'m> {
         let err = guest(if write { Hypercall::BlockWrite } else { Hypercall::BlockRead });
         let mut arg = self.mem.arg::<HcBlockRead>(gpa).map_err(&err)?;
         let mut a = arg.get();
+        self.block_io_of(&mut a, write)?;
+        arg.set(&a);
+        Ok(())
+    }
+
+    /// As [`Self::block_io`], for an argument read once already: its
+    /// `ret` set.
+    fn block_io_of(&self, a: &mut HcBlockRead, write: bool) -> Result<(), Exit> {
+        let err = guest(if write { Hypercall::BlockWrite } else { Hypercall::BlockRead });
         a.ret = match self.block_entry(a.handle, a.offset, a.len) {
             None => SoloResult::Inval as u32,
             Some(fd) => {
@@ -272,7 +281,6 @@ impl<'m> Hypercalls<'m> {
                 SoloResult::Ok as u32
             }
         };
-        arg.set(&a);
         Ok(())
     }
 
@@ -312,8 +320,12 @@ impl<'m> Hypercalls<'m> {
             return Ok(());
         };
         self.flushing[a.handle as usize].store(true, Ordering::Relaxed);
-        self.block_io(gpa, true)?;
-        if self.mem.arg::<HcBlockRead>(gpa).map_err(err)?.get().ret == SoloResult::Ok as u32 {
+        // The argument as read once: the I/O thread may write guest memory
+        // (a frame into a posted buffer) while this exit lasts, so what is
+        // written, and whether it is synced, is decided from this copy.
+        self.block_io_of(&mut a, true)?;
+        arg.set(&a);
+        if a.ret == SoloResult::Ok as u32 {
             block::sync(fd).map_err(|e| fatal!("Fatal error when flushing: {}", strerror(&e)))?;
         }
         Ok(())

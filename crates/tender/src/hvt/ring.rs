@@ -734,6 +734,9 @@ impl Server {
                         // A checksum to complete and a segment to cut,
                         // where offered (all taps with headers); elsewhere
                         // the field is Solo5's reserved one, and ignored.
+                        // Ethernet, IP and TCP headers fit.
+                        let mut headers = [0u8; 192];
+                        let mut head = 0;
                         let vnet = if hdr && self.csum {
                             let csum = ent.csum.load(Ordering::Relaxed);
                             match csum_request(csum, len, true).map_err(|_| {
@@ -742,19 +745,34 @@ impl Server {
                                 None => tap::vnet_hdr(None),
                                 Some((start, offset, 0)) => tap::vnet_hdr(Some((start, offset))),
                                 Some((start, offset, segment)) => {
-                                    // Ethernet, IP and TCP headers fit.
-                                    let mut headers = [0u8; 192];
                                     let n = frame.copy_prefix(&mut headers);
-                                    tap::vnet_hdr_segmented(&headers[..n], (start, offset), segment).ok_or_else(|| {
-                                        fatal!("net ring: a write asks to cut a TCP segment the frame does not hold: {csum:#x} for {len} bytes")
-                                    })?
+                                    let vnet = tap::vnet_hdr_segmented(&headers[..n], (start, offset), segment)
+                                        .ok_or_else(|| {
+                                            fatal!("net ring: a write asks to cut a TCP segment the frame does not hold: {csum:#x} for {len} bytes")
+                                        })?;
+                                    // The headers go from the copy they were
+                                    // checked in: the guest may rewrite its
+                                    // own while the host reads the frame.
+                                    head = u16::from_le_bytes([vnet[2], vnet[3]]) as usize;
+                                    vnet
                                 }
                             }
                         } else {
                             tap::vnet_hdr(None)
                         };
-                        // SAFETY: the slice is checked, readable guest memory.
-                        let n = unsafe { tap::write_frame(fd, hdr, vnet, frame.as_ptr(), frame.len()) };
+                        let n = if head > 0 {
+                            // SAFETY: the slice is checked, readable guest
+                            // memory, and `head` (the headers' length, which
+                            // `vnet_hdr_segmented` found within the copy of
+                            // its first bytes) is at most its length.
+                            unsafe {
+                                let rest = frame.as_ptr().add(head);
+                                tap::write_frame_headed(fd, vnet, &headers[..head], rest, frame.len() - head)
+                            }
+                        } else {
+                            // SAFETY: the slice is checked, readable guest memory.
+                            unsafe { tap::write_frame(fd, hdr, vnet, frame.as_ptr(), frame.len()) }
+                        };
                         if n < 0 {
                             let e = std::io::Error::last_os_error();
                             return Err(fatal!("Fatal write error on net device: {}", strerror(&e)));

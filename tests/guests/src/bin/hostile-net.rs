@@ -185,7 +185,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
         }
         "ring-read-ro" | "ring-write-oob" | "ring-overflow" | "ring-bad-csum" | "ring-bad-tso" | "serve-read-ro"
         | "serve-write-oob" | "serve-overflow" | "serve-bad-csum" | "serve-bad-tso" | "ring-post-ro"
-        | "serve-post-ro" => {
+        | "serve-post-ro" | "ring-tso-udp" => {
             let Some(ring) = ring() else {
                 solo5::println!("hostile: the tender offers no net ring");
                 return 2;
@@ -204,6 +204,14 @@ fn start(si: &solo5::StartInfo) -> i32 {
                 // A segment to cut in a frame that holds no TCP/IP headers
                 // (FEATURE_NET_TSO).
                 "bad-tso" => {
+                    let csum = csum_entry_segmented(34, 16, 1448);
+                    submit(ring, port, OP_NET_WRITE, frame.as_mut_ptr() as u64, 60, 1, csum)
+                }
+                // A segment to cut in a frame whose IPv4 header says UDP,
+                // with a TCP header's data offset where TCP's would be.
+                "tso-udp" => {
+                    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+                    (frame[14], frame[23], frame[34 + 12]) = (0x45, 17, 5 << 4);
                     let csum = csum_entry_segmented(34, 16, 1448);
                     submit(ring, port, OP_NET_WRITE, frame.as_mut_ptr() as u64, 60, 1, csum)
                 }
