@@ -99,7 +99,7 @@ pub use table::FLOW_BYTES;
 pub use wire::checksum;
 
 use rules::Candidate;
-use table::{CLASSES, Class, F_DNAT, F_FIN_ORIG, F_FIN_REPLY, F_REPLIED, F_SNAT, Flow, Ports, Table};
+use table::{CLASSES, Class, F_DNAT, F_FIN_ORIG, F_FIN_REPLY, F_REPLIED, F_SNAT, Flow, NO_SCALE, Ports, Table};
 use wire::{Delta, IP_HEADER, L4, Tuple, be16, put16, put32};
 
 /// The router itself, as an interface of a flow.
@@ -170,6 +170,10 @@ pub enum Reason {
     /// A flow's packet arrived on an interface the flow does not use
     /// (spoofed).
     WrongInterface,
+    /// A TCP reset or FIN whose sequence number lies outside the window of
+    /// its connection (a blind attempt to end it, or to shorten its
+    /// timeout): dropped, and the flow left as it was.
+    OutOfWindow,
     /// The flow table is full: a new flow refused.
     TableFull,
     /// Flows started from the masquerade interface (from outside) hold
@@ -186,7 +190,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of [`Stats::dropped`]'s counts.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::Truncated,
         Reason::Malformed,
         Reason::Checksum,
@@ -200,6 +204,7 @@ impl Reason {
         Reason::NoFlow,
         Reason::UnknownIcmpError,
         Reason::WrongInterface,
+        Reason::OutOfWindow,
         Reason::TableFull,
         Reason::InboundFull,
         Reason::PortsExhausted,
@@ -223,6 +228,7 @@ impl Reason {
             Reason::NoFlow => "no-flow",
             Reason::UnknownIcmpError => "unknown-icmp-error",
             Reason::WrongInterface => "wrong-interface",
+            Reason::OutOfWindow => "out-of-window",
             Reason::TableFull => "table-full",
             Reason::InboundFull => "inbound-full",
             Reason::PortsExhausted => "ports-exhausted",
@@ -774,6 +780,14 @@ impl Nat {
             return Err(Reason::NoFlow);
         }
         let (out_if, forwarding) = a.leaving(&fl, d)?;
+        if a.ip.proto == wire::TCP {
+            let s = wire::tcp_seq(p, &a.ip);
+            let seen = d == 0 || fl.flags & F_REPLIED != 0;
+            if tcp_flags & (wire::TCP_RST | wire::TCP_FIN) != 0 && !in_window(&fl, d, &s, tcp_flags, seen) {
+                return Err(Reason::OutOfWindow);
+            }
+            track(self.table.get_mut(f), d, &s, tcp_flags, seen);
+        }
         translate(p, &a.ip, &fl.key[d], &fl.key[1 - d].inverse(), forwarding, a.partial);
         let mut flags = fl.flags;
         let class = advance(fl.class, &mut flags, d, a.ip.proto, tcp_flags);
@@ -886,7 +900,10 @@ impl Nat {
             }
             return Err(Reason::Conflict);
         }
-        self.table.insert(key, [in_if, out_if], first_class(t.proto), flags, now);
+        let f = self.table.insert(key, [in_if, out_if], first_class(t.proto), flags, now);
+        if t.proto == wire::TCP {
+            track(self.table.get_mut(f), 0, &wire::tcp_seq(p, ip), tcp_flags, true);
+        }
         self.inbound += usize::from(inbound);
         self.stats.created += 1;
         translate(p, ip, &t, &out, forwarding, a.partial);
@@ -1124,6 +1141,47 @@ impl FlowState {
 }
 
 /// The timeout class after a packet of direction `d` with TCP flags
+/// The least window a reset or FIN is judged against: a connection whose
+/// windows were never seen larger is still given 64 KiB.
+const LEAST_WINDOW: u32 = 65_535;
+
+/// Notes what TCP segment `s` of direction `d` (`seen`: not its first)
+/// says: its window scale if a SYN, where its sequence numbers end, the
+/// window it offers. A SYN of the original direction without ACK (a new
+/// connection on the tuple) starts both directions again.
+fn track(fl: &mut Flow, d: usize, s: &wire::TcpSeq, tcp: u8, seen: bool) {
+    let syn = tcp & wire::TCP_SYN != 0;
+    if syn {
+        fl.shift[d] = s.wscale.unwrap_or(NO_SCALE);
+    }
+    // Windows are scaled once both SYNs asked for it, and never a SYN's.
+    let scaled = !syn && fl.shift[0] != NO_SCALE && fl.shift[1] != NO_SCALE;
+    let win = u32::from(s.window) << if scaled { fl.shift[d] } else { 0 };
+    if syn && d == 0 && tcp & wire::TCP_ACK == 0 {
+        (fl.seq[0], fl.win, fl.shift[1]) = (s.end, [win, 0], NO_SCALE);
+        return;
+    }
+    if !seen || (s.end.wrapping_sub(fl.seq[d]) as i32) > 0 {
+        fl.seq[d] = s.end;
+    }
+    fl.win[d] = fl.win[d].max(win);
+}
+
+/// Whether a reset or FIN of direction `d` lies where its connection is:
+/// its sequence number within the window the other side offered (at
+/// least [`LEAST_WINDOW`]) of where `d`'s sequence numbers end, either
+/// side (a retransmission lies behind); before anything came back, only
+/// a reset that acknowledges the SYN exactly (a refused connection). A
+/// blind attacker who knows the tuple must then guess a window's worth
+/// of the sequence space, as RFC 5961 asks of the endpoints.
+fn in_window(fl: &Flow, d: usize, s: &wire::TcpSeq, tcp: u8, seen: bool) -> bool {
+    if !seen {
+        return tcp & wire::TCP_RST != 0 && tcp & wire::TCP_ACK != 0 && s.ack == fl.seq[0];
+    }
+    let w = fl.win[1 - d].max(LEAST_WINDOW);
+    u64::from(s.seq.wrapping_sub(fl.seq[d].wrapping_sub(w))) <= 2 * u64::from(w)
+}
+
 /// `tcp`, noting FINs and replies in `flags`.
 fn advance(class: Class, flags: &mut u8, d: usize, proto: u8, tcp: u8) -> Class {
     if d == 1 {

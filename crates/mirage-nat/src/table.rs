@@ -67,7 +67,16 @@ pub(crate) struct Flow {
     pub iface: [u8; 2],
     pub class: Class,
     pub flags: u8,
+    /// TCP, each direction: the window scale its SYN asked for
+    /// ([`NO_SCALE`] if none), where its sequence numbers end (the
+    /// furthest seen), and the largest window it offered the other.
+    pub shift: [u8; 2],
+    pub seq: [u32; 2],
+    pub win: [u32; 2],
 }
+
+/// [`Flow::shift`] of a direction whose SYN asked for no window scale.
+pub(crate) const NO_SCALE: u8 = 0xff;
 
 const BLANK: Tuple = Tuple { src: 0, dst: 0, sport: 0, dport: 0, proto: 0 };
 
@@ -115,6 +124,9 @@ impl Table {
                 iface: [0; 2],
                 class: Class::Close,
                 flags: 0,
+                shift: [NO_SCALE; 2],
+                seq: [0; 2],
+                win: [0; 2],
             });
         }
         // Three keys from the seed, odd-bit-rich (splitmix64 steps).
@@ -231,7 +243,8 @@ impl Table {
         let f = self.free;
         debug_assert!(f != NONE);
         self.free = self.flows[f as usize].next;
-        self.flows[f as usize] = Flow { key, last: now, prev: NONE, next: NONE, iface, class, flags };
+        let (shift, seq, win) = ([NO_SCALE; 2], [0; 2], [0; 2]);
+        self.flows[f as usize] = Flow { key, last: now, prev: NONE, next: NONE, iface, class, flags, shift, seq, win };
         self.index_insert(&key[0], f << 1);
         self.index_insert(&key[1], f << 1 | 1);
         self.push(f);

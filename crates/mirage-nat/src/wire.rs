@@ -193,6 +193,49 @@ pub(crate) fn ip(p: &[u8]) -> Result<Ip, Reason> {
     Ok(Ip { ttl: p[8], proto: p[9], src: be32(p, 12), dst: be32(p, 16), end })
 }
 
+/// What a TCP segment says about its sequence space.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TcpSeq {
+    pub seq: u32,
+    pub ack: u32,
+    /// Where the segment ends: its sequence number, its payload, one for a
+    /// SYN and one for a FIN.
+    pub end: u32,
+    pub window: u16,
+    /// The window scale option of a SYN (at most 14).
+    pub wscale: Option<u8>,
+}
+
+/// Reads the sequence space of a TCP segment that [`l4`] has checked.
+pub(crate) fn tcp_seq(p: &[u8], ip: &Ip) -> TcpSeq {
+    let t = &p[IP_HEADER..ip.end];
+    let off = usize::from(t[12] >> 4) * 4;
+    let (seq, flags) = (be32(t, 4), t[13]);
+    let len = (t.len() - off) as u32 + u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
+    let mut wscale = None;
+    if flags & TCP_SYN != 0 {
+        let mut o = &t[20..off];
+        while let [kind, rest @ ..] = o {
+            match kind {
+                0 => break,
+                1 => o = rest,
+                _ => {
+                    let Some(&l) = rest.first() else { break };
+                    let l = usize::from(l);
+                    if l < 2 || l > o.len() {
+                        break;
+                    }
+                    if *kind == 3 && l == 3 {
+                        wscale = Some(o[2].min(14));
+                    }
+                    o = &o[l..];
+                }
+            }
+        }
+    }
+    TcpSeq { seq, ack: be32(t, 8), end: seq.wrapping_add(len), window: be16(t, 14), wscale }
+}
+
 /// What the transport header says, for tracking.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum L4 {

@@ -512,6 +512,59 @@ fn port_forward_reaches_the_inside_server() {
 }
 
 #[test]
+fn resets_and_fins_outside_the_window_change_nothing() {
+    let t = Timeouts::LINUX;
+    let mut nat = router();
+    let host = sa(inside_host(1), 40000);
+    let server = sa(SERVER, 443);
+    let mut syn = build::tcp(host, server, flags::SYN, 1000, 0, b"");
+    through(&mut nat, 0, INSIDE, &mut syn);
+    let ext = ends(&syn).0;
+    // Refused: only a reset that acknowledges the SYN exactly ends it.
+    let mut blind = build::tcp(server, ext, flags::RST | flags::ACK, 0, 77, b"");
+    assert_eq!(through(&mut nat, 0, UPLINK, &mut blind), Verdict::Drop(Reason::OutOfWindow));
+    let mut blind = build::tcp(server, ext, flags::RST, 0, 0, b"");
+    assert_eq!(through(&mut nat, 0, UPLINK, &mut blind), Verdict::Drop(Reason::OutOfWindow));
+    let mut refused = build::tcp(server, ext, flags::RST | flags::ACK, 0, 1001, b"");
+    assert_eq!(through(&mut nat, 0, UPLINK, &mut refused), Verdict::Forward(INSIDE));
+    assert_eq!(nat.next_expiry(), Some(t.tcp_close));
+
+    // A connection with data both ways, then idle.
+    let now = 100 * SEC;
+    let mut syn = build::tcp(host, server, flags::SYN, 1000, 0, b"");
+    through(&mut nat, now, INSIDE, &mut syn);
+    let mut synack = build::tcp(server, ext, flags::SYN | flags::ACK, 5000, 1001, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut synack), Verdict::Forward(INSIDE));
+    let mut ack = build::tcp(host, server, flags::ACK, 1001, 5001, &[7; 1000]);
+    through(&mut nat, now, INSIDE, &mut ack);
+    let mut data = build::tcp(server, ext, flags::ACK, 5001, 2001, &[8; 1000]);
+    assert_eq!(through(&mut nat, now, UPLINK, &mut data), Verdict::Forward(INSIDE));
+    // Blind resets and FINs from outside, far from where the server's
+    // numbers are (each side of them): dropped, the flow established.
+    for seq in [6001u32.wrapping_add(1 << 20), 6001u32.wrapping_sub(1 << 20), 6001 ^ 0x8000_0000] {
+        for f in [flags::RST, flags::RST | flags::ACK, flags::FIN | flags::ACK] {
+            let mut p = build::tcp(server, ext, f, seq, 2001, b"");
+            assert_eq!(through(&mut nat, now, UPLINK, &mut p), Verdict::Drop(Reason::OutOfWindow), "{seq} {f:#x}");
+        }
+    }
+    assert_eq!(nat.next_expiry(), Some(now + t.tcp_established));
+    // Nor from inside, about the client's numbers.
+    let mut p = build::tcp(host, server, flags::RST, 2001 + (1 << 24), 0, b"");
+    assert_eq!(through(&mut nat, now, INSIDE, &mut p), Verdict::Drop(Reason::OutOfWindow));
+    assert_eq!(nat.stats().dropped(Reason::OutOfWindow), 12);
+    // A retransmission behind the window's edge, and a FIN at it, pass.
+    let mut again = build::tcp(server, ext, flags::ACK, 5001, 2001, &[8; 1000]);
+    assert_eq!(through(&mut nat, now, UPLINK, &mut again), Verdict::Forward(INSIDE));
+    let mut fin = build::tcp(server, ext, flags::FIN | flags::ACK, 6001, 2001, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut fin), Verdict::Forward(INSIDE));
+    assert_eq!(nat.next_expiry(), Some(now + t.tcp_fin_wait));
+    // The real reset, where the client's numbers are, ends it.
+    let mut rst = build::tcp(host, server, flags::RST, 2001, 0, b"");
+    assert_eq!(through(&mut nat, now, INSIDE, &mut rst), Verdict::Forward(UPLINK));
+    assert_eq!(nat.next_expiry(), Some(now + t.tcp_close));
+}
+
+#[test]
 fn sources_from_the_wrong_side_are_martians() {
     // From the uplink with an inside source: to the forwarded port it
     // would reach the server as a host of the inside network; with TTL 1
