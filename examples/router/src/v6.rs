@@ -19,6 +19,13 @@
 //!   30 s, or 120 s once answered (`--udp-timeout` for both); ICMPv6 echo
 //!   30 s. So SYNs sent once hold the table for two minutes, not for as
 //!   long as a connection may be idle.
+//! * A flow is bound to the interfaces it started between: its packets
+//!   pass only in on the interface of their direction. A packet whose
+//!   source the routing table would not reach through the interface it
+//!   came in on is dropped (strict reverse-path filtering, as IPv4's), so
+//!   that an outside host cannot open a flow in an inside host's name.
+//!   A full table is swept for flows past their time at most once a
+//!   second, not once a refused packet.
 //! * The router answers echo requests to its own IPv6 addresses (as the
 //!   rules allow traffic to `local`). Multicast, link-local and
 //!   unspecified addresses are not forwarded, nor are fragments (the
@@ -103,8 +110,11 @@ pub struct V6 {
     /// Each interface's IPv6 address and prefix.
     own: [Option<(Ipv6Addr, u8)>; 2],
     routes: Routes<u8, Ipv6Addr>,
-    /// Flows: when each expires, in milliseconds, and its state.
-    flows: BTreeMap<Key, (u64, FlowState)>,
+    /// Flows: when each expires, in milliseconds, its state, and the
+    /// interfaces its first packet came in on and went out by.
+    flows: BTreeMap<Key, (u64, FlowState, [u8; 2])>,
+    /// When a full table was last swept (`expire`), in milliseconds.
+    swept: Option<u64>,
     max_flows: usize,
     timeouts: Timeouts,
     /// Counters.
@@ -142,6 +152,7 @@ impl V6 {
             own,
             routes,
             flows: BTreeMap::new(),
+            swept: None,
             max_flows: max_flows.min(MAX_FLOWS),
             timeouts,
             counters: Counters::default(),
@@ -160,7 +171,7 @@ impl V6 {
 
     /// Forgets flows whose time is up.
     pub fn expire(&mut self, now_ms: u64) {
-        self.flows.retain(|_, (until, _)| *until > now_ms);
+        self.flows.retain(|_, (until, _, _)| *until > now_ms);
     }
 
     /// Decides the IPv6 packet `p` (checked by the IP layer) that came in
@@ -179,7 +190,8 @@ impl V6 {
         let (upper, data, fragment) = wire::ipv6_upper_layer(&ip);
         let (src, dst, hop_limit, extensions) = (ip.src, ip.dst, ip.hop_limit, ip.next_header != upper.unwrap_or(0));
         let Some(proto) = upper.filter(|_| !fragment && !extensions) else { return self.drop() };
-        if special(src) {
+        // Spoofed: a source the routes would not reach through `fi`.
+        if special(src) || self.routes.lookup(src).is_none_or(|h| h.interface != fi) {
             return self.drop();
         }
         // The ports (echo identifiers), and whether the packet may start
@@ -227,7 +239,13 @@ impl V6 {
             Some(e) => Some((e, false)),
             None => self.flows.get_mut(&key.reversed()).map(|e| (e, true)),
         };
-        if let Some(((until, state), reply)) = known {
+        if let Some(((until, state, ifs), reply)) = known {
+            // In on the interface of its direction, out by the other's.
+            let (came, goes) = if reply { (ifs[1], ifs[0]) } else { (ifs[0], ifs[1]) };
+            if came != fi || goes != hop.interface {
+                self.counters.denied += 1;
+                return Decision::Drop;
+            }
             state.advance(reply, proto, tcp_flags);
             *until = now_ms + state.timeout(&t);
         } else {
@@ -239,14 +257,17 @@ impl V6 {
                 return Decision::Drop;
             }
             if self.flows.len() >= self.max_flows {
-                self.expire(now_ms);
+                if self.swept.is_none_or(|at| now_ms.saturating_sub(at) >= 1000) {
+                    self.swept = Some(now_ms);
+                    self.expire(now_ms);
+                }
                 if self.flows.len() >= self.max_flows {
                     self.counters.full += 1;
                     return Decision::Drop;
                 }
             }
             let state = FlowState::new(proto);
-            self.flows.insert(key, (now_ms + state.timeout(&t), state));
+            self.flows.insert(key, (now_ms + state.timeout(&t), state, [fi, hop.interface]));
         }
         p[7] = hop_limit - 1;
         self.counters.forwarded += 1;
@@ -434,6 +455,28 @@ mod tests {
     }
 
     /// `p` with TCP flags `flags`, its checksum made again.
+    #[test]
+    fn spoofed_sources_and_flows_from_the_wrong_side_are_dropped() {
+        let (mut v, mut rules) = setup(100);
+        let (up, ins) = (crate::UPLINK, crate::INSIDE);
+        let mut p = udp(CLIENT, 5000, SERVER, 53);
+        assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));
+        // The flow's own packet, in from outside with the client's
+        // source: an inside address on the uplink is spoofed.
+        let mut p = udp(CLIENT, 5000, SERVER, 53);
+        assert_eq!(v.process(0, up, &mut p, &mut rules), Decision::Drop);
+        // An outside source from inside, answering the flow.
+        let mut p = udp(SERVER, 53, CLIENT, 5000);
+        assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Drop);
+        // A ping to the router in the name of an inside host, from outside.
+        let mut p = echo(CLIENT, UP, 64);
+        assert_eq!(v.process(0, up, &mut p, &mut rules), Decision::Drop);
+        assert_eq!(v.counters.dropped, 3);
+        // The real reply still comes back.
+        let mut p = udp(SERVER, 53, CLIENT, 5000);
+        assert_eq!(v.process(0, up, &mut p, &mut rules), Decision::Forward(ins, CLIENT));
+    }
+
     fn with_flags(mut p: Vec<u8>, flags: u8) -> Vec<u8> {
         p[40 + 13] = flags;
         p[40 + 16..40 + 18].copy_from_slice(&[0, 0]);
