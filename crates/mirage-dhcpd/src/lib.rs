@@ -236,6 +236,16 @@ impl Server {
         Ok(Server { config, netmask, leases: BTreeMap::new(), reserved, expired_at: None, stats: Stats::default() })
     }
 
+    /// Changes the name servers given from now on (a router whose uplink's
+    /// lease brought new ones); more than 8 are refused.
+    pub fn set_dns(&mut self, dns: Vec<Ipv4Addr>) -> Result<(), ConfigError> {
+        if dns.len() > 8 {
+            return Err(ConfigError(alloc::format!("{} name servers: at most 8", dns.len())));
+        }
+        self.config.dns = dns;
+        Ok(())
+    }
+
     /// The server's counters.
     pub fn stats(&self) -> Stats {
         self.stats

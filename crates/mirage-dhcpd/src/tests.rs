@@ -310,6 +310,15 @@ fn a_client_that_chose_another_server_returns_the_offer() {
 }
 
 #[test]
+fn name_servers_changed_are_given_from_then_on() {
+    let mut s = server();
+    s.set_dns(vec![Ipv4Addr::new(192, 0, 2, 53)]).unwrap();
+    let offer = send(&mut s, &message(DhcpMessageType::Discover, A, 1), 0).unwrap();
+    assert_eq!(offer.dns, [Ipv4Addr::new(192, 0, 2, 53)]);
+    assert!(s.set_dns(vec![Ipv4Addr::new(192, 0, 2, 53); 9]).is_err());
+}
+
+#[test]
 fn inform_gets_the_options_and_no_lease() {
     let mut s = server();
     let mut inform = message(DhcpMessageType::Inform, A, 8);

@@ -229,6 +229,9 @@ struct Router {
     /// The uplink lease last refused for overlapping the inside network
     /// (said once).
     uplink_refused: Option<(Ipv4Addr, u8)>,
+    /// The DHCP server gives the name servers of the uplink's lease (no
+    /// `--dns`), as they are now.
+    dns_from_uplink: bool,
 }
 
 /// Whether the subnets of `a` and `b` (address, prefix length) share
@@ -511,6 +514,10 @@ impl Router {
             ));
         }
         self.uplink_refused = None;
+        if self.dns_from_uplink {
+            // At most 3 from a lease: within the server's 8.
+            let _ = self.dhcp.set_dns(up.dns.iter().flatten().copied().collect());
+        }
         self.own[UPLINK as usize] = up.ipv4;
         self.uplink_gateway = up.gateway;
         if !up.ipv4.0.is_unspecified() {
@@ -700,7 +707,8 @@ pub async fn start(
     })
     .map_err(|e| format!("the NAT: {e}"))?;
     let routes = routes4(&up, &ins)?;
-    let dns: Result<Vec<Ipv4Addr>, _> = if dns.trim().is_empty() && up.dhcp {
+    let dns_from_uplink = dns.trim().is_empty() && up.dhcp;
+    let dns: Result<Vec<Ipv4Addr>, _> = if dns_from_uplink {
         // The uplink's name servers, from its lease.
         Ok(up.dns.iter().flatten().copied().collect())
     } else {
@@ -741,6 +749,7 @@ pub async fn start(
         v6,
         uplink_gateway: up.gateway,
         uplink_refused: None,
+        dns_from_uplink,
         uplink_dhcp: up.dhcp,
     };
     let _ = console
