@@ -37,7 +37,9 @@
 //!   "The neighbour-cache policy"): only solicited replies create or
 //!   change an entry, requests aimed at this host may create one, nothing
 //!   unsolicited changes a live one; refusals are counted. The cache holds
-//!   256 neighbours, each for 60 s from its last confirmation.
+//!   256 neighbours, each for 60 s from its last confirmation; a neighbour
+//!   in use is asked for again in its entry's last 10 s, so that
+//!   its traffic never waits for it to be resolved anew.
 //! * **NDP** (RFC 4861) is done the same way, under the same policy and
 //!   cache: a neighbour solicitation for the interface's IPv6 address,
 //!   to it or to its solicited-node multicast address, is answered with a
@@ -98,6 +100,10 @@ pub const HELD_BYTES: usize = 256 * 1024;
 const RETRY: Duration = Duration::from_secs(1);
 /// ARP requests sent before the waiting packets are dropped.
 const TRIES: u8 = 3;
+/// How long before a neighbour's entry ends a packet to it has the layer
+/// ask for it again (every 3 s, as an answer counts as asked for that
+/// long): three tries while the entry still serves.
+const REFRESH: Duration = Duration::from_secs(10);
 /// How often expired neighbours are forgotten.
 const EXPIRY: Duration = Duration::from_secs(10);
 
@@ -989,6 +995,19 @@ fn eth_header(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
 }
 
 impl<N: Net> IpLayer<N> {
+    /// The hardware address of neighbour `ip`, if known; asked for again,
+    /// while it is still used, in the last [`REFRESH`] of its entry's life,
+    /// so that the traffic of a neighbour in use (a router's gateway) is
+    /// never held, or dropped past what is held, while it is resolved anew.
+    fn known(&mut self, ip: IpAddr) -> Option<[u8; 6]> {
+        let t = now();
+        let mac = self.neighbors.lookup(ip, t)?;
+        if self.neighbors.expiring(ip, t, REFRESH) {
+            self.solicit(ip);
+        }
+        Some(mac)
+    }
+
     /// The hardware address of `to`; the neighbour's IP address where it
     /// is not yet resolved (a packet is then held); an error, counted,
     /// where it cannot be reached.
@@ -1009,7 +1028,7 @@ impl<N: Net> IpLayer<N> {
                     self.stats.tx_dropped += 1;
                     return Err(Error::Unreachable);
                 } else {
-                    match self.neighbors.lookup(IpAddr::V4(a), now()) {
+                    match self.known(IpAddr::V4(a)) {
                         Some(m) => m,
                         None => return Ok(Err(IpAddr::V4(a))),
                     }
@@ -1026,7 +1045,7 @@ impl<N: Net> IpLayer<N> {
                     self.stats.tx_dropped += 1;
                     return Err(Error::Unreachable);
                 } else {
-                    match self.neighbors.lookup(IpAddr::V6(a), now()) {
+                    match self.known(IpAddr::V6(a)) {
                         Some(m) => m,
                         None => return Ok(Err(IpAddr::V6(a))),
                     }

@@ -197,6 +197,15 @@ impl Neighbors {
         let _ = self.asked.insert(target, now + ASKED);
     }
 
+    /// Whether the live entry of `ip` ends within `within` and nobody
+    /// asked for `ip` lately: time to ask again while the entry is still
+    /// used, so that a neighbour in use never expires under its traffic
+    /// (the answer, solicited, extends it; Linux's STALE and PROBE states).
+    pub(crate) fn expiring(&self, ip: IpAddr, now: Instant, within: Duration) -> bool {
+        self.known.get(&ip).is_some_and(|k| now < k.until && k.until < now + within)
+            && self.asked.get(&ip).is_none_or(|&t| now >= t)
+    }
+
     /// The hardware address of `ip`, while its entry lives (the IP layer
     /// keeps no other cache).
     pub(crate) fn lookup(&self, ip: IpAddr, now: Instant) -> Option<[u8; 6]> {

@@ -191,6 +191,35 @@ fn packets_wait_for_arp_and_go_both_ways() {
 }
 
 #[test]
+fn a_neighbour_in_use_is_asked_for_again_before_its_entry_ends() {
+    // A router forwarding to its gateway every second for three minutes:
+    // after the first ARP round trip, no packet waits for the neighbour to
+    // be resolved again (its entry lasts 60 s; before, each expiry held,
+    // and past 32 packets dropped, what was forwarded meanwhile).
+    mirage_runtime::run(&mut Sim::default(), async {
+        let (mut l, host) = link(true);
+        let host = host.unwrap();
+        let _sock = host.bind(7).await.unwrap();
+        let p = udp(Ipv4Addr::new(192, 0, 2, 9), 4000, HOST, 7, b"tick");
+        l.ip.send(NextHop::Ip(IpAddr::V4(HOST)), p.len(), |b| b.copy_from_slice(&p)).unwrap();
+        let _ = recv(&mut l.ip, Duration::from_secs(1)).await;
+        let is_ip = |f: &Vec<u8>| f[12..14] == [8, 0];
+        let is_arp = |f: &Vec<u8>| f[12..14] == [8, 6];
+        let arps = l.sent.borrow().iter().filter(|f| is_arp(f)).count();
+        for second in 0..180 {
+            let before = l.sent.borrow().len();
+            l.ip.send(NextHop::Ip(IpAddr::V4(HOST)), p.len(), |b| b.copy_from_slice(&p)).unwrap();
+            assert!(l.sent.borrow()[before..].iter().any(is_ip), "the packet waited for ARP at {second} s");
+            // The layer takes the host's answers meanwhile.
+            let _ = recv(&mut l.ip, Duration::from_secs(1)).await;
+        }
+        let asked = l.sent.borrow().iter().filter(|f| is_arp(f)).count() - arps;
+        assert!((3..=6).contains(&asked), "{asked} ARP requests in three minutes");
+        assert_eq!(l.ip.stats().tx_dropped, 0);
+    });
+}
+
+#[test]
 fn what_waits_for_a_silent_neighbour_is_bounded_and_dropped() {
     mirage_runtime::run(&mut Sim::default(), async {
         let (mut l, _) = link(false);
