@@ -717,6 +717,32 @@ pub fn cases(v: &mut Vec<Case>) {
             Ok(())
         })?
     }));
+    v.push(case("unix::http_over_the_host_sockets_outlives_running_out_of_descriptors", Needs::Net("unix"), || {
+        // Forty descriptors and sixty connections held open: accept fails
+        // with EMFILE, which used to end the server.
+        let ns = Netns::new()?;
+        let mut c = ns.command("prlimit");
+        c.arg("--nofile=40").arg(example_with("unix", "static-website", &[])?);
+        c.args(["--port=8080", "--logs=http:warn"]);
+        let mut g = Background::start(c)?;
+        g.wait_for("static-website: serving", Duration::from_secs(30))?;
+        let to = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let held = ns.enter(move || -> Result<Vec<TcpStream>, String> {
+            (0..60)
+                .map(|_| TcpStream::connect_timeout(&to, Duration::from_secs(5)).map_err(|e| e.to_string()))
+                .collect()
+        })??;
+        std::thread::sleep(Duration::from_secs(1));
+        g.wait_for("accept: no sockets or buffers left", Duration::from_secs(10))?;
+        drop(held);
+        let mut curl = ns.command("curl");
+        curl.args(["-s", "-S", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8080/"]);
+        let r = run_with(curl, Duration::from_secs(20))?;
+        if r.stdout.trim() != "200" || g.child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            return Err(format!("after running out of descriptors: {:?}\n{}", r.stdout, g.output()));
+        }
+        Ok(())
+    }));
     for t in ["unix", "hvt", "spt"] {
         v.push(case(format!("{t}::http_answers_curl_with_every_status"), needs(t), move || {
             let ns = Netns::new()?;

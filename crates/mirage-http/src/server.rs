@@ -196,6 +196,9 @@ pub struct Stats {
     pub held: Cell<usize>,
     /// The most they held at once.
     pub peak_held: Cell<usize>,
+    /// Connections the listener could not take (out of descriptors or
+    /// memory for them), each waited out before the next accept.
+    pub accept_failed: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>) {
@@ -206,6 +209,11 @@ fn bump(c: &Cell<u64>) {
 /// first read buffer, the head it parses. Without room for it in the
 /// memory budget (after shedding), the connection is refused.
 const CONNECTION_COST: usize = 16 * 1024;
+
+/// The wait after an accept that failed for want of room, doubling up to
+/// the most while they go on failing.
+const ACCEPT_BACKOFF_LEAST: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MOST: Duration = Duration::from_secs(1);
 
 /// The read buffer of a new or idle connection; it grows as a request
 /// needs, and shrinks back to this when the request is done.
@@ -263,9 +271,25 @@ where
     let ledger = Rc::new(Ledger::default());
     // The stack asks it for room before it refuses a new connection.
     let _reclaimer = memory::add_reclaimer(ledger.clone());
+    let mut backoff = ACCEPT_BACKOFF_LEAST;
     loop {
         let (flow, peer) = match listener.accept().await {
-            Ok(x) => x,
+            Ok(x) => {
+                backoff = ACCEPT_BACKOFF_LEAST;
+                x
+            }
+            // Out of descriptors, sockets or memory for one connection
+            // (a host that opens more than the process may hold): the
+            // listener is still there, and connections that end give the
+            // room back. Waited out, the wait doubling, as Go's server
+            // does, so that a listener still ready is not spun on.
+            Err(e @ (stack::Error::NoSpace | stack::Error::TimedOut | stack::Error::Refused)) => {
+                bump(&stats.accept_failed);
+                log::warn!(target: "http", "accept: {e}; trying again in {} ms", backoff.as_millis());
+                mirage_runtime::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MOST);
+                continue;
+            }
             Err(e) => return e,
         };
         bump(&stats.accepted);
@@ -753,9 +777,12 @@ async fn send_with_body<F: Flow, B: Body>(
     }
     write_timed(flow, &head, limits.send_timeout, me).await?;
     drop(head);
-    let mut noted = Noted { flow, me };
-    match select(mirage_runtime::time::timeout(limits.send_timeout, body.write_to(&mut noted)), me.shed()).await {
-        Either::Left(Ok(Ok(()))) => Ok(()),
+    // The time limit is on each write, not the whole body: a download
+    // the peer keeps taking may last as long as it needs; one it stops
+    // taking ends after `send_timeout`.
+    let mut noted = Noted { flow, me, timeout: limits.send_timeout };
+    match select(body.write_to(&mut noted), me.shed()).await {
+        Either::Left(Ok(())) => Ok(()),
         _ => Err(()),
     }
 }
@@ -763,10 +790,11 @@ async fn send_with_body<F: Flow, B: Body>(
 /// A flow whose writes are noted in its connection's account as progress:
 /// of holders of a size, the one that has gone longest without any is
 /// shed first, so a download the peer reads is kept over one it stopped
-/// reading.
+/// reading. A write that takes nothing for `timeout` fails.
 struct Noted<'a, 'b, F> {
     flow: &'a mut F,
     me: &'a Holder<'b>,
+    timeout: Duration,
 }
 
 impl<F: Flow> Flow for Noted<'_, '_, F> {
@@ -775,7 +803,9 @@ impl<F: Flow> Flow for Noted<'_, '_, F> {
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<usize, flow::Error> {
-        let n = self.flow.write(data).await?;
+        let n = mirage_runtime::time::timeout(self.timeout, self.flow.write(data))
+            .await
+            .map_err(|_| flow::Error::TimedOut)??;
         self.me.progressed();
         Ok(n)
     }

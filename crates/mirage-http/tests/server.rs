@@ -269,3 +269,41 @@ fn a_client_that_never_reads_is_reset_after_the_send_timeout() {
         assert_eq!(client.read(&mut [0u8; 16]).await, Err(flow::Error::Reset));
     });
 }
+
+/// A large file read slowly, but steadily, goes out whole however long it
+/// takes: the send timeout is on each write's progress, not on the
+/// response (a 64 KiB file read 4 KiB a second takes 16 s, four times
+/// the timeout).
+#[test]
+fn a_slow_reader_that_keeps_reading_gets_the_whole_file() {
+    run(async {
+        let kv = Mem::new(Clock);
+        let file: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+        kv.set(&Key::parse("/big.bin").unwrap(), &file).await.unwrap();
+        let handler = Static::new(Rc::new(kv));
+        let (mut client, server): (End, End) = pair(4096);
+        let limits = Limits { send_timeout: std::time::Duration::from_secs(4), ..Limits::default() };
+        let stats = Stats::default();
+        let started = now();
+        let serving = serve_connection(server, "10.0.0.1:5000".parse().unwrap(), &handler, &limits, &Clock, &stats);
+        let asking = async {
+            client.write_all(b"GET /big.bin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+                mirage_runtime::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            got
+        };
+        let ((), got) = mirage_runtime::join(serving, asking).await;
+        assert!(now().saturating_duration_since(started).as_secs() >= 15);
+        assert_eq!(status(&got), 200);
+        let body = &got[got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+        assert!(body == &file[..], "{} bytes of {}", body.len(), file.len());
+        assert_eq!(stats.responses.get(), 1);
+    });
+}

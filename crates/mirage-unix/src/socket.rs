@@ -108,8 +108,31 @@ impl stack::TcpListener for SocketListener {
                 Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
                     io::ready(source(&self.listener), Interest::Read).await;
                 }
-                // A connection that died in the backlog: take the next one.
+                // A connection that died in the backlog: take the next one;
+                // so for the network errors accept(2) passes on from the
+                // connection, which it says to treat as EAGAIN.
                 Err(e) if e.kind() == ErrorKind::ConnectionAborted => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(
+                            libc::ENETDOWN
+                                | libc::EPROTO
+                                | libc::ENOPROTOOPT
+                                | libc::EHOSTDOWN
+                                | libc::ENONET
+                                | libc::EHOSTUNREACH
+                                | libc::EOPNOTSUPP
+                                | libc::ENETUNREACH
+                        )
+                    ) => {}
+                // Out of descriptors or memory: this connection cannot be
+                // taken now, and the listener is still there.
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) =>
+                {
+                    return Err(stack::Error::NoSpace);
+                }
                 Err(e) => return Err(stack_err(&e)),
             }
         }
