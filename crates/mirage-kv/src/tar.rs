@@ -31,6 +31,18 @@ use sha2::{Digest as _, Sha256};
 
 use crate::index::{Index, Indexed};
 
+/// The longest path taken, as [`crate::block_store::MAX_KEY`] is the
+/// longest key the writable store takes.
+const MAX_PATH: usize = 1024;
+
+/// `len` zero bytes, or `None` where the heap cannot give them.
+fn zeroed(len: usize) -> Option<Vec<u8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, 0);
+    Some(v)
+}
+
 /// Why an archive could not be opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TarError {
@@ -46,6 +58,8 @@ pub enum TarError {
     /// A path is both a file and, as the parent of another file, a
     /// directory.
     Conflict(String),
+    /// The index of the archive does not fit in memory.
+    NoMemory,
 }
 
 impl fmt::Display for TarError {
@@ -66,6 +80,9 @@ impl fmt::Display for TarError {
                 f,
                 "the archive holds {p:?} both as a file and as a directory; make the image from one directory tree"
             ),
+            TarError::NoMemory => {
+                f.write_str("the archive's index does not fit in memory; give the unikernel more (--mem) or the archive fewer files")
+            }
         }
     }
 }
@@ -185,7 +202,9 @@ impl<B: Block> Tar<B> {
         if skip == 0 && (buf.len() as u64).is_multiple_of(self.sector) {
             return self.block.read(first, buf).await;
         }
-        let mut tmp = alloc::vec![0u8; ((last - first) * self.sector) as usize];
+        // Fallible: a file's bytes as large as the device would otherwise
+        // end the unikernel when memory is short.
+        let mut tmp = zeroed(((last - first) * self.sector) as usize).ok_or(block::Error::Io)?;
         self.block.read(first, &mut tmp).await?;
         buf.copy_from_slice(&tmp[skip..skip + buf.len()]);
         Ok(())
@@ -198,7 +217,7 @@ impl<B: Block> Tar<B> {
         let mut long_name: Option<String> = None;
         let mut pax_next: (Option<String>, Option<u64>, Option<u64>) = (None, None, None);
         let mut entries = Vec::new();
-        while at + HEADER <= self.capacity {
+        while at.checked_add(HEADER).is_some_and(|end| end <= self.capacity) {
             if window_at == u64::MAX || at < window_at || at + HEADER > window_at + window.len() as u64 {
                 window_at = at - at % self.sector;
                 let len = WINDOW.max(self.sector).min(self.capacity - window_at);
@@ -242,6 +261,11 @@ impl<B: Block> Tar<B> {
                 if let Some(p) = long_name.take().or(pax_path) {
                     path = p;
                 }
+                // As the writable stores allow: a pax path of a megabyte
+                // of `a/a/…` would cost its every parent's walk.
+                if path.len() > MAX_PATH {
+                    return Err(TarError::BadPath(path));
+                }
                 size = pax_size.unwrap_or(size);
                 if kind == b'0' || kind == 0 || kind == b'7' {
                     let key = Key::parse(&path).map_err(|_| TarError::BadPath(path.clone()))?;
@@ -255,19 +279,24 @@ impl<B: Block> Tar<B> {
                         return Err(TarError::Truncated(header_at));
                     }
                     let modified = Timestamp(pax_mtime.unwrap_or(mtime).saturating_mul(1_000_000_000));
+                    entries.try_reserve(1).map_err(|_| TarError::NoMemory)?;
                     entries.push(Entry { path: String::from(key.as_str()), offset: data_at, size, modified });
                 }
             }
             let data_blocks = size.div_ceil(HEADER);
+            // Every member's data within the device, whatever its kind: a
+            // directory or link claiming 2^64 bytes would wrap `at` round.
             at = data_blocks
                 .checked_mul(HEADER)
                 .and_then(|d| d.checked_add(at + HEADER))
+                .filter(|&next| next <= self.capacity.next_multiple_of(HEADER))
                 .ok_or(TarError::Truncated(header_at))?;
         }
         entries.sort_by(|a: &Entry, b: &Entry| a.path.cmp(&b.path));
         // A later member of the same path replaces an earlier one, as tar
         // extracts; the sort is stable, so the last is the latest.
-        let mut dedup: Vec<Entry> = Vec::with_capacity(entries.len());
+        let mut dedup: Vec<Entry> = Vec::new();
+        dedup.try_reserve_exact(entries.len()).map_err(|_| TarError::NoMemory)?;
         for e in entries {
             match dedup.last_mut() {
                 Some(last) if last.path == e.path => *last = e,
@@ -276,13 +305,14 @@ impl<B: Block> Tar<B> {
         }
         // A key is a value or a dictionary, never both (as in every store):
         // no file may sit under another.
+        // Each parent is a prefix of the path: looked up in place, not
+        // copied.
         for e in &dedup {
-            let mut parent = Key::parse(&e.path).map_err(|_| TarError::BadPath(e.path.clone()))?.parent();
-            while !parent.is_root() {
-                if dedup.binary_search_by(|x| x.path.as_str().cmp(parent.as_str())).is_ok() {
-                    return Err(TarError::Conflict(String::from(parent.as_str())));
+            for (i, _) in e.path.match_indices('/').filter(|&(i, _)| i > 0) {
+                let parent = &e.path[..i];
+                if dedup.binary_search_by(|x| x.path.as_str().cmp(parent)).is_ok() {
+                    return Err(TarError::Conflict(String::from(parent)));
                 }
-                parent = parent.parent();
             }
         }
         self.entries = dedup;
@@ -311,7 +341,8 @@ impl<B: Block> KvRo for Tar<B> {
 
     async fn get(&self, key: &Key) -> Result<Vec<u8>, Error> {
         let e = self.index().value_or_err(key)?;
-        let mut data = alloc::vec![0u8; usize::try_from(e.size).map_err(|_| Error::NoSpace)?];
+        let len = usize::try_from(e.size).map_err(|_| Error::NoSpace)?;
+        let mut data = zeroed(len).ok_or(Error::NoSpace)?;
         self.read_at(e.offset, &mut data).await.map_err(|_| Error::Io)?;
         Ok(data)
     }

@@ -157,6 +157,27 @@ fn damaged_archives_are_refused_with_the_reason() {
     assert!(msg.contains("tar archive"), "{msg}");
 }
 
+/// A directory header whose size (base-256) is almost 2^64: the next
+/// header's offset wrapped round, and the index read panicked on a slice
+/// past its window. A path of a megabyte of `a/a/…` cost the walk of its
+/// half a million parents. Both are refused by name now.
+#[test]
+fn sizes_past_the_device_and_paths_past_a_key_are_refused() {
+    let dir = Dir::new("tar-huge");
+    let open = |bytes: &[u8]| open_count(&dir, bytes);
+    let mut huge = write_archive([("d", &b""[..], 1)], 512);
+    huge[156] = b'5';
+    huge[124..136].copy_from_slice(&[0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe, 0]);
+    huge[148..156].copy_from_slice(b"        ");
+    let sum: u64 = huge[..512].iter().map(|&b| u64::from(b)).sum();
+    huge[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    assert_eq!(open(&huge), Err(TarError::Truncated(0)));
+    let deep = "a/".repeat(600) + "f";
+    assert_eq!(open(&write_archive([(deep.as_str(), &b"x"[..], 1)], 512)), Err(TarError::BadPath(deep.clone())));
+    let fits = "a/".repeat(400) + "f";
+    assert_eq!(open(&write_archive([(fits.as_str(), &b"x"[..], 1)], 512)), Ok(1));
+}
+
 /// Found by fuzzing (fuzz/regressions/tar): a file whose path names the
 /// root made the root a value, so that nothing could be listed; a file
 /// under another file made a key both a value and a dictionary, and the
