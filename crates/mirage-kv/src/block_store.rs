@@ -29,9 +29,11 @@
 //! whole record (both checksums) of the next generation. A crash while
 //! record `g + 1` was written leaves there a record that is torn (its
 //! checksums fail) or whole: the store opens at `g`, the last acknowledged
-//! state, or at `g + 1`, never between; what a reserved block held before
-//! (an older record, a value, zeros) is never of generation `g + 1`, since
-//! generations only grow. Where opening stopped at a damaged record, the
+//! state, or at `g + 1`, never between. A reserved block is zeroed in the
+//! flush of the record that reserves it (and `format` zeroes the one its
+//! first record reserves), so before its own record it holds zeros: not
+//! what it held before, which could be an older store's record of that
+//! generation, or a freed value's bytes that spell one. Where opening stopped at a damaged record, the
 //! rest of that log may still hold whole records of later generations:
 //! the next change then takes a generation 2^32 ahead, in a record a
 //! superblock names at once, so that none of them is ever taken for a
@@ -787,7 +789,10 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         // The first record, and the block after it for the second.
         let head = g.first;
         let blob = record(1, head + 1, &index).map_err(|_| OpenError::OutOfMemory)?;
-        let mut buf = vec![0u8; g.block as usize];
+        // The record, and the block it reserves for the next one zeroed:
+        // a device that held a store before holds its second record there,
+        // which opening would otherwise follow, old contents and all.
+        let mut buf = vec![0u8; 2 * g.block as usize];
         buf[NEXT_LEN..NEXT_LEN + blob.len()].copy_from_slice(&blob);
         block.write(head * g.spb, &buf).await?;
         let sb = Super {
@@ -868,8 +873,10 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
                     let cursor = if l.next == 0 { g.first } else { l.next + 1 };
                     // Past a damaged record, the next change goes where a
                     // superblock names it, not into the block the last
-                    // whole record reserved (which the damaged one took).
-                    let jump = l.note.is_some();
+                    // whole record reserved (which the damaged one took);
+                    // so after opening an older superblock than the newest,
+                    // whose log may have gone on past what was read.
+                    let jump = l.note.is_some() || i > 0 || newest_damaged;
                     let state = State {
                         generation: l.generation,
                         slot: *slot,
@@ -1137,7 +1144,7 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         let rec_sha: [u8; 32] = Sha256::digest(&blob).into();
         // From here on the device may hold the new generation even if the
         // call fails: the state in memory can no longer be trusted.
-        if self.write_chain(&blocks, &blob).await.is_err() {
+        if self.write_chain(&blocks, &blob, next).await.is_err() {
             self.state.borrow_mut().poisoned = true;
             return Err(Error::Io);
         }
@@ -1153,7 +1160,17 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
             st.cursor = next + 1;
             st.log_len += 1;
             st.jump = false;
-            st.used = used_by(&g, &st)?;
+            // The blocks in use with the new generation. Without them
+            // (memory short) later changes could take blocks it holds: the
+            // store takes no more changes (the device holds the change,
+            // which opening again finds).
+            match used_by(&g, &st) {
+                Ok(used) => st.used = used,
+                Err(e) => {
+                    st.poisoned = true;
+                    return Err(e);
+                }
+            }
         }
         let held = {
             let st = self.state.borrow();
@@ -1177,8 +1194,13 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
 
     /// Writes `blob` across `blocks` (in chain order: each block begins
     /// with the number of the next), one write a run, and flushes with the
-    /// last (one request where the device takes both at once).
-    async fn write_chain(&self, blocks: &[u64], blob: &[u8]) -> Result<(), block::Error> {
+    /// last (one request where the device takes both at once). Block
+    /// `next`, reserved for the next record, is zeroed in the same flush
+    /// (in the last run's write where it follows it, as it mostly does): a
+    /// free block may hold anything, a record of the next generation
+    /// among it (a value's bytes, an old store's log), which opening would
+    /// follow.
+    async fn write_chain(&self, blocks: &[u64], blob: &[u8], next: u64) -> Result<(), block::Error> {
         let g = self.geo;
         let pl = g.payload();
         let mut buf = Vec::new();
@@ -1201,11 +1223,16 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
             }
             i += c;
             if i == blocks.len() {
+                if next == start + c as u64 {
+                    buf.resize((c + 1) * g.block as usize, 0);
+                } else {
+                    self.block.write(next * g.spb, &vec![0u8; g.block as usize]).await?;
+                }
                 return self.block.write_and_flush(start * g.spb, &buf).await;
             }
             self.block.write(start * g.spb, &buf).await?;
         }
-        self.block.flush().await
+        self.block.write_and_flush(next * g.spb, &vec![0u8; g.block as usize]).await
     }
 
     /// Writes a superblock naming the committed record, into the slot not
@@ -1744,6 +1771,41 @@ mod tests {
         assert_eq!(now(s.exists(&k("z/d"))), Ok(None));
         assert_eq!(now(s.remove(&k("nothing"))), Err(Error::NotFound));
         assert_eq!(now(s.check()), Ok(vec![]));
+    }
+
+    /// Formatting a device that held a store: its second record, in the
+    /// block the new store's first reserves, was followed when it opened,
+    /// and the "empty" store came back with the old contents.
+    #[test]
+    fn a_device_formatted_again_opens_empty() {
+        let d = Disk::blank(1 << 20);
+        let s = now(BlockStore::format(&d, Clock, None)).unwrap();
+        for i in 0..5 {
+            now(s.set(&k(&format!("old{i}")), &bytes(i, 300))).unwrap();
+        }
+        drop(s);
+        let s = now(BlockStore::format(&d, Clock, None)).unwrap();
+        assert!(contents(&s).is_empty(), "{:?}", contents(&s).keys().collect::<Vec<_>>());
+        drop(s);
+        assert!(contents(&open(&d)).is_empty());
+    }
+
+    /// The block reserved for the next record holds none once the record
+    /// that reserves it is on the disk, whatever it held before (a
+    /// value's bytes may spell a record of the next generation).
+    #[test]
+    fn the_block_reserved_for_the_next_record_is_zeroed_with_the_record() {
+        let d = Disk::blank(1 << 20);
+        let s = now(BlockStore::format(&d, Clock, None)).unwrap();
+        let g = s.geo;
+        for i in 0..100u64 {
+            // Values of every size fill freed blocks with their bytes.
+            now(s.set(&k(&format!("k{}", i % 9)), &bytes(i, (i as usize * 997) % 20_000))).unwrap();
+            let next = s.state.borrow().next;
+            let at = (next * g.spb * 512) as usize;
+            let durable = d.durable.borrow();
+            assert!(durable[at..at + g.block as usize].iter().all(|&b| b == 0), "block {next} after change {i}");
+        }
     }
 
     #[test]
