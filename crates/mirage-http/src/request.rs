@@ -254,6 +254,24 @@ fn valid_host(value: &[u8]) -> bool {
 /// The framing of the body (RFC 9112 section 6.3), refusing what could
 /// be read two ways: both fields, or Content-Length values that differ.
 fn framing(request: &Request, limits: &crate::Limits) -> Result<Framing, Refusal> {
+    // The fields that frame the body in visible ASCII, spaces and tabs
+    // only, each Content-Length element a number: a value another parser
+    // might read otherwise (a proxy that drops a field it cannot decode,
+    // or trims other whitespace) would let the two disagree on where the
+    // body ends, and smuggle a request past the proxy.
+    for (name, value) in &request.headers {
+        let framing = name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding");
+        if framing && !value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+            return Err(Refusal::BadRequest);
+        }
+        if name.eq_ignore_ascii_case("content-length")
+            && value
+                .split(|&b| b == b',')
+                .any(|e| !e.trim_ascii().iter().all(u8::is_ascii_digit) || e.trim_ascii().is_empty())
+        {
+            return Err(Refusal::BadRequest);
+        }
+    }
     let codings: Vec<&str> = request.header_list("transfer-encoding").collect();
     let has_te = request.header("transfer-encoding").is_some();
     let mut length: Option<u64> = None;
@@ -412,6 +430,21 @@ mod tests {
         let big = [b"GET / HTTP/1.1\r\nHost: a\r\nX: ".as_slice(), &[b'b'; 20000]].concat();
         assert_eq!(status(&big), Err(431));
         assert_eq!(status(b"G\x01T / HTTP/1.1\r\nHost: a\r\n\r\n"), Err(400));
+    }
+
+    #[test]
+    fn framing_fields_that_another_parser_could_read_otherwise_are_refused() {
+        let head = |fields: &[u8]| [b"POST / HTTP/1.1\r\nHost: a\r\n".as_slice(), fields, b"\r\n"].concat();
+        // A Transfer-Encoding a proxy could drop as undecodable, or trim.
+        assert_eq!(status(&head(b"Transfer-Encoding: chunked\r\nTransfer-Encoding: \x80gzip\r\n")), Err(400));
+        assert_eq!(status(&head(b"Transfer-Encoding: chunked\xc2\xa0\r\n")), Err(400));
+        // A Content-Length beside one that is not a number.
+        assert_eq!(status(&head(b"Content-Length: 5\r\nContent-Length: \xff\r\n")), Err(400));
+        assert_eq!(status(&head(b"Content-Length: 5,,5\r\n")), Err(400));
+        assert_eq!(status(&head(b"Content-Length: 5, x\r\n")), Err(400));
+        // What stays allowed: copies of one length, spaces and tabs.
+        assert_eq!(status(&head(b"Content-Length: 5, 5\r\n")), Ok(Framing::Length(5)));
+        assert_eq!(status(&head(b"Transfer-Encoding:\tchunked \r\n")), Ok(Framing::Chunked));
     }
 
     #[test]

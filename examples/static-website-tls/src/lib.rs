@@ -49,11 +49,7 @@ impl Handler for Redirect {
 
     async fn handle(&self, request: &Request) -> Response<Self::Body> {
         let host = request.header("host").and_then(|h| core::str::from_utf8(h).ok()).unwrap_or("");
-        // The port of the Host field is the HTTP one: drop it.
-        let host = match host.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || p.is_empty() => h,
-            _ => host,
-        };
+        let host = without_port(host);
         if host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'/') {
             return Response::new(400, b"a Host field is needed to redirect to HTTPS\n".to_vec());
         }
@@ -63,6 +59,16 @@ impl Handler for Redirect {
             p => format!("https://{host}:{p}{target}"),
         };
         Response::new(301, vec![]).with("Location", location)
+    }
+}
+
+/// The host of a Host field, its port (the HTTP one) dropped: what
+/// follows the last `:`, unless that is inside an IPv6 literal's
+/// brackets (`[::1]` has no port; `[::1]:8080` has).
+fn without_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => h,
+        _ => host,
     }
 }
 
@@ -125,4 +131,19 @@ where
         Either::Left(e) | Either::Right(e) => e,
     };
     Err(Failed(format!("the stack failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_port;
+
+    #[test]
+    fn the_port_is_dropped_and_an_ipv6_literal_kept_whole() {
+        assert_eq!(without_port("example.com:8080"), "example.com");
+        assert_eq!(without_port("example.com"), "example.com");
+        assert_eq!(without_port("10.0.0.2:80"), "10.0.0.2");
+        assert_eq!(without_port("[::1]:8080"), "[::1]");
+        assert_eq!(without_port("[::1]"), "[::1]");
+        assert_eq!(without_port("[fd00::2]:"), "[fd00::2]");
+    }
 }
