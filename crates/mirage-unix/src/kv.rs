@@ -2,8 +2,8 @@
 //! a value a file, a dictionary a directory.
 
 use std::fs;
-use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
+use std::io::{ErrorKind, Write as _};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -75,11 +75,20 @@ impl DirKv {
         if key.is_root() {
             return Err(Error::ValueExpected);
         }
-        let parent = self.path(&key.parent());
-        fs::create_dir_all(&parent).map_err(io_err)?;
-        let real = parent.canonicalize().map_err(io_err)?;
-        if !real.starts_with(&self.root) {
-            return Err(Error::InvalidKey);
+        // One dictionary at a time, each checked to stay inside the root
+        // before the next is made in it: a link out of the root is never
+        // made a directory in.
+        let mut real = self.root.clone();
+        for segment in key.parent().segments() {
+            let dir = real.join(segment);
+            match fs::create_dir(&dir) {
+                Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(io_err(e)),
+                _ => {}
+            }
+            real = dir.canonicalize().map_err(io_err)?;
+            if !real.starts_with(&self.root) {
+                return Err(Error::InvalidKey);
+            }
         }
         Ok(real.join(key.basename()))
     }
@@ -157,10 +166,26 @@ impl KvRw for DirKv {
         if p.is_dir() {
             return Err(Error::ValueExpected);
         }
-        // Write a temporary file and rename it: readers never see half a value.
+        // Write a temporary file and rename it: readers never see half a
+        // value. The file is new (a symbolic link planted at its name is
+        // not followed out of the directory) and on the disk before the
+        // rename, and the rename is on the disk before `set` returns: a
+        // crash leaves the old value or the new, never an empty file.
         let tmp = p.with_file_name(format!(".{}.tmp", key.basename()));
-        fs::write(&tmp, value).map_err(io_err)?;
-        fs::rename(&tmp, &p).map_err(io_err)
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(io_err)?;
+        f.write_all(value).and_then(|()| f.sync_data()).map_err(io_err)?;
+        drop(f);
+        fs::rename(&tmp, &p).map_err(io_err)?;
+        match p.parent() {
+            Some(dir) => fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err),
+            None => Ok(()),
+        }
     }
 
     async fn set_partial(&self, key: &Key, offset: u64, data: &[u8]) -> Result<(), Error> {

@@ -160,6 +160,18 @@ fn directory_key_value_store() {
         kv.remove(&k("new")).await.unwrap();
         assert_eq!(kv.exists(&k("new")).await, Ok(None));
         assert_eq!(kv.remove(&Key::root()).await, Err(KvError::InvalidKey));
+        // Links planted in the root lead nothing out of it: a dictionary
+        // linked outside is neither written in nor made deeper, and a link
+        // at the temporary file's name is not written through.
+        std::fs::create_dir_all(dir.join("outside")).unwrap();
+        std::os::unix::fs::symlink(dir.join("outside"), dir.join("root/out")).unwrap();
+        assert_eq!(kv.set(&k("out/x"), b"no").await, Err(KvError::InvalidKey));
+        assert_eq!(kv.set(&k("out/deeper/x"), b"no").await, Err(KvError::InvalidKey));
+        assert!(!dir.join("outside/deeper").exists() && !dir.join("outside/x").exists());
+        std::os::unix::fs::symlink(dir.join("secret"), dir.join("root/.t.tmp")).unwrap();
+        kv.set(&k("t"), b"value").await.unwrap();
+        assert_eq!(std::fs::read(dir.join("secret")).unwrap(), b"outside");
+        assert_eq!(kv.get(&k("t")).await.unwrap(), b"value");
     });
     std::fs::remove_dir_all(dir).unwrap();
 }
