@@ -1512,6 +1512,12 @@ impl<B: Block, C: WallClock> Fat<B, C> {
                 .await?;
             }
             self.sync_fat(st).await?;
+            // The new chain on the disk before the entry names it, and
+            // the entry before the old chain is freed: a device (or the
+            // host's cache beneath it) may write in any order what one
+            // flush covers, and a freed old chain still named by the entry
+            // would be taken by the next file.
+            self.block.flush().await.map_err(io)?;
             let now = fat_time(self.clock.now());
             match &old {
                 Some(e) => {
@@ -1535,6 +1541,7 @@ impl<B: Block, C: WallClock> Fat<B, C> {
         if let Some(e) = old
             && old_whole
         {
+            self.block.flush().await.map_err(io)?;
             self.free_chain(st, e.cluster).await?;
         }
         self.finish(st).await
