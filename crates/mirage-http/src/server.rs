@@ -239,14 +239,53 @@ const REFUSE_WAIT: Duration = Duration::from_secs(5);
 /// there: a line feed followed by an empty line, with or without its
 /// carriage return, as the parser takes them; blank lines before the
 /// request line (which the parser skips) are not its end.
+#[cfg(test)]
 fn head_end(buf: &[u8]) -> Option<usize> {
-    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
-    (start..buf.len()).find_map(|i| match (buf[i], buf.get(i + 1), buf.get(i + 2)) {
-        (b'\n', Some(b'\n'), _) => Some(i + 2),
-        (b'\n', Some(b'\r'), Some(b'\n')) => Some(i + 3),
-        _ => None,
-    })
+    HeadScan::default().end(buf)
 }
+
+/// [`head_end`] over a buffer that grows between calls, looking at each
+/// byte once: a head sent a byte a segment would otherwise be scanned
+/// whole at every byte, its cost the square of its length.
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// Where the request line starts, once found.
+    start: Option<usize>,
+    /// Where the next look begins.
+    scanned: usize,
+}
+
+impl HeadScan {
+    fn end(&mut self, buf: &[u8]) -> Option<usize> {
+        let start = match self.start {
+            Some(s) => s,
+            None => {
+                let Some(p) = buf[self.scanned.min(buf.len())..].iter().position(|&b| b != b'\r' && b != b'\n') else {
+                    self.scanned = buf.len();
+                    return None;
+                };
+                let s = self.scanned + p;
+                self.start = Some(s);
+                s
+            }
+        };
+        let from = self.scanned.max(start);
+        let end = (from..buf.len()).find_map(|i| match (buf[i], buf.get(i + 1), buf.get(i + 2)) {
+            (b'\n', Some(b'\n'), _) => Some(i + 2),
+            (b'\n', Some(b'\r'), Some(b'\n')) => Some(i + 3),
+            _ => None,
+        });
+        // The last two bytes are looked at again: the blank line may end
+        // in what comes next.
+        self.scanned = buf.len().saturating_sub(2).max(start);
+        end
+    }
+}
+
+/// How much a partial head must grow before it is parsed again (for a
+/// request line or a field that is already too long): a parse costs the
+/// whole head, and a head sent a byte at a time would cost its square.
+const REPARSE_AFTER: usize = 1024;
 
 /// What a parsed header field costs beyond its bytes: a `String` and a
 /// `Vec` of 24 bytes each in the request, and the allocator's rounding of
@@ -506,6 +545,8 @@ async fn converse<F: Flow, H: Handler, W: WallClock>(
         let mut head_deadline = if buf.is_empty() { None } else { Some(now() + limits.header_timeout) };
         // What the parsed request will cost, claimed before it is made.
         let mut head_cost = 0;
+        let mut scan = HeadScan::default();
+        let mut parsed_at = 0;
         let (mut request, head_len, framing) = loop {
             if !buf.is_empty() {
                 // The parsed request copies the head's fields out of the
@@ -513,8 +554,9 @@ async fn converse<F: Flow, H: Handler, W: WallClock>(
                 // two a field. Held as long as the request, by as many
                 // connections as end their heads at once, it is claimed
                 // before the copy, as a buffer's growth is.
+                let end = scan.end(&buf);
                 if head_cost == 0
-                    && let Some(end) = head_end(&buf)
+                    && let Some(end) = end
                 {
                     let lines = buf[..end].iter().filter(|&&b| b == b'\n').count();
                     let cost = end + lines.saturating_add(2).saturating_mul(FIELD_COST);
@@ -527,10 +569,13 @@ async fn converse<F: Flow, H: Handler, W: WallClock>(
                     }
                     head_cost = cost;
                 }
-                match request::parse(&buf, limits, peer) {
-                    Ok(Head::Complete { request, len, framing }) => break (request, len, framing),
-                    Ok(Head::Partial) => {}
-                    Err(r) => return Stop::Refuse(r.status()),
+                if end.is_some() || buf.len() >= parsed_at + REPARSE_AFTER {
+                    parsed_at = buf.len();
+                    match request::parse(&buf, limits, peer) {
+                        Ok(Head::Complete { request, len, framing }) => break (request, len, framing),
+                        Ok(Head::Partial) => {}
+                        Err(r) => return Stop::Refuse(r.status()),
+                    }
                 }
             }
             let deadline = head_deadline.unwrap_or(idle_deadline);
@@ -909,5 +954,28 @@ mod head_tests {
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
         assert_eq!(head_end(b"\r\n\r\nGET / HTTP/1.1\r\n"), None, "blank lines before it are no end");
         assert_eq!(head_end(b"\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn a_head_scanned_as_it_grows_ends_where_it_ends_whole() {
+        let heads: [&[u8]; 4] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody",
+            b"\r\n\r\nGET / HTTP/1.1\nHost: a\n\nrest",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n",
+            b"\r\n\n\r\n",
+        ];
+        for head in heads {
+            let whole = head_end(head);
+            for step in 1..5 {
+                let mut scan = super::HeadScan::default();
+                let mut found = None;
+                let mut len = 0;
+                while found.is_none() && len < head.len() {
+                    len = (len + step).min(head.len());
+                    found = scan.end(&head[..len]);
+                }
+                assert_eq!(found, whole, "{head:?} by {step}");
+            }
+        }
     }
 }
