@@ -569,7 +569,8 @@ async fn converse<F: Flow, H: Handler, W: WallClock>(
                     }
                     head_cost = cost;
                 }
-                if end.is_some() || buf.len() >= parsed_at + REPARSE_AFTER {
+                // And at the limit: what is too large is refused as such.
+                if end.is_some() || buf.len() >= parsed_at + REPARSE_AFTER || buf.len() >= head_limit {
                     parsed_at = buf.len();
                     match request::parse(&buf, limits, peer) {
                         Ok(Head::Complete { request, len, framing }) => break (request, len, framing),

@@ -307,3 +307,32 @@ fn a_slow_reader_that_keeps_reading_gets_the_whole_file() {
         assert_eq!(stats.responses.get(), 1);
     });
 }
+
+/// A field too long for the head is 431, however the head arrives: whole,
+/// or a few bytes at a time (it is parsed again every KiB, and at the
+/// limit).
+#[test]
+fn a_field_too_long_is_431_however_it_arrives() {
+    let big = [b"GET / HTTP/1.1\r\nHost: a\r\nX: ".as_slice(), &[b'b'; 20_000]].concat();
+    assert_eq!(status(&ask(&big)), 431);
+    for piece in [1usize, 7, 1000] {
+        let got = run(async {
+            let handler = Static::new(site().await);
+            let (mut client, server) = pair(1 << 20);
+            let stats = Stats::default();
+            let limits = Limits::default();
+            let serving = serve_connection(server, "10.0.0.1:5000".parse().unwrap(), &handler, &limits, &Clock, &stats);
+            let asking = async {
+                for chunk in big.chunks(piece) {
+                    if client.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                    mirage_runtime::yield_now().await;
+                }
+                client.read_to_end(1 << 20).await
+            };
+            mirage_runtime::join(serving, asking).await.1
+        });
+        assert_eq!(status(&got), 431, "{piece} bytes at a time");
+    }
+}
