@@ -840,6 +840,10 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
         }
         slots.sort_by_key(|(_, s)| core::cmp::Reverse(s.generation));
         let newest_damaged = !problems.is_empty();
+        // A superblock whose store is larger than the device: the image was
+        // cut short (then every slot says so, and that is the answer), or
+        // this slot lies, and the other may still open.
+        let mut truncated = None;
         for (i, (slot, s)) in slots.iter().enumerate() {
             let g = match Geometry::new(info.sector_size, s.block_size, s.blocks) {
                 Ok(g) => g,
@@ -850,7 +854,12 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
             };
             let store_bytes = s.blocks.saturating_mul(g.block);
             if store_bytes > info.capacity() {
-                return Err(OpenError::Truncated { store: store_bytes, device: info.capacity() });
+                problems.push(format!(
+                    "superblock {slot}: a store of {store_bytes} bytes on a device of {}",
+                    info.capacity()
+                ));
+                truncated.get_or_insert(OpenError::Truncated { store: store_bytes, device: info.capacity() });
+                continue;
             }
             match Self::load(&block, &g, s).await {
                 Ok(l) => {
@@ -909,7 +918,7 @@ impl<B: Block, C: WallClock> BlockStore<B, C> {
                 }
             }
         }
-        Err(OpenError::Damaged(problems.join("; ")))
+        Err(truncated.unwrap_or_else(|| OpenError::Damaged(problems.join("; "))))
     }
 
     /// Reads and checks the record (or, in a version-1 store, the index)
@@ -1806,6 +1815,34 @@ mod tests {
             let durable = d.durable.borrow();
             assert!(durable[at..at + g.block as usize].iter().all(|&b| b == 0), "block {next} after change {i}");
         }
+    }
+
+    /// A newest superblock whose checksum holds but whose store is larger
+    /// than the device (it lies): the older slot opens, and says so. A
+    /// device cut short, where both say so, is named as such.
+    #[test]
+    fn a_superblock_larger_than_the_device_gives_way_to_the_other() {
+        let d = Disk::blank(1 << 20);
+        let s = now(BlockStore::format(&d, Clock, None)).unwrap();
+        for i in 0..(u64::from(LOG_MAX) + 3) {
+            now(s.set(&k(&format!("k{}", i % 5)), &bytes(i, 200))).unwrap();
+        }
+        let newest = s.state.borrow().slot;
+        drop(s);
+        let at = (newest * u64::from(SLOT)) as usize;
+        let mut sb = match Super::decode(&d.live.borrow()[at..at + SUPER_LEN]) {
+            Some(Ok(sb)) => sb,
+            other => panic!("{other:?}"),
+        };
+        sb.blocks *= 1000;
+        let mut image = d.live.borrow().clone();
+        image[at..at + SUPER_LEN].copy_from_slice(&sb.encode());
+        let lied = Disk::new(image.clone(), 512);
+        let s = open(&lied);
+        assert!(s.recovery().is_some_and(|r| r.contains("superblock")), "{:?}", s.recovery());
+        // Cut short: both superblocks name more than the device holds.
+        let cut = Disk::new(image[..1 << 19].to_vec(), 512);
+        assert!(matches!(now(BlockStore::open(&cut, Clock)), Err(OpenError::Truncated { .. })));
     }
 
     #[test]
