@@ -282,9 +282,11 @@ impl HeadScan {
     }
 }
 
-/// How much a partial head must grow before it is parsed again (for a
-/// request line or a field that is already too long): a parse costs the
-/// whole head, and a head sent a byte at a time would cost its square.
+/// How much a partial head must grow without ending a line before it is
+/// parsed again (for a request line or a field that is already too long):
+/// a parse costs the whole head, and a head sent a byte at a time would
+/// cost its square; a line ended (at most `max_headers` of them) is parsed
+/// at once.
 const REPARSE_AFTER: usize = 1024;
 
 /// What a parsed header field costs beyond its bytes: a `String` and a
@@ -569,8 +571,17 @@ async fn converse<F: Flow, H: Handler, W: WallClock>(
                     }
                     head_cost = cost;
                 }
-                // And at the limit: what is too large is refused as such.
-                if end.is_some() || buf.len() >= parsed_at + REPARSE_AFTER || buf.len() >= head_limit {
+                // Parsed again when it may say more: its first bytes (a TLS
+                // hello on this port is refused at once), each line ended,
+                // every KiB, and at the limit (what is too large is
+                // refused as such).
+                let news = &buf[parsed_at.min(buf.len())..];
+                if end.is_some()
+                    || parsed_at == 0
+                    || news.contains(&b'\n')
+                    || buf.len() >= parsed_at + REPARSE_AFTER
+                    || buf.len() >= head_limit
+                {
                     parsed_at = buf.len();
                     match request::parse(&buf, limits, peer) {
                         Ok(Head::Complete { request, len, framing }) => break (request, len, framing),

@@ -336,3 +336,17 @@ fn a_field_too_long_is_431_however_it_arrives() {
         assert_eq!(status(&got), 431, "{piece} bytes at a time");
     }
 }
+
+/// Bytes that cannot begin a request (a TLS hello on the HTTP port) are
+/// 400 at once, not 408 once the head's time is up; so is a line that
+/// cannot be a field, as soon as it ends.
+#[test]
+fn what_cannot_be_a_head_is_400_at_once() {
+    let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    // (Within the two seconds the server lingers to deliver the answer,
+    // not the 30 of the head's time.)
+    let (got, secs) = ask_with(&hello, Limits::default());
+    assert!(status(&got) == 400 && secs <= 2, "{} after {secs} s", status(&got));
+    let (got, secs) = ask_with(b"GET / HTTP/1.1\r\nHost: a\r\nbad field\r\n", Limits::default());
+    assert!(status(&got) == 400 && secs <= 2, "{} after {secs} s", status(&got));
+}
