@@ -17,6 +17,11 @@ use mirage_devices::stack::Stack;
 /// The most of a response kept (the rest is counted, not printed).
 const MAX_BODY: usize = 64 * 1024;
 
+/// How long the server may send nothing before the client gives up: a
+/// server that goes silent after the handshake would otherwise hold it
+/// for ever.
+const SILENCE: mirage_runtime::time::Duration = mirage_runtime::time::Duration::from_secs(30);
+
 /// The unikernel: `GET path` from `server:port`, whose certificate must be
 /// valid for `name`.
 pub async fn start<S: Stack>(
@@ -41,7 +46,10 @@ pub async fn start<S: Stack>(
     let mut total = 0usize;
     let mut buf = [0u8; 4096];
     loop {
-        match flow.read(&mut buf).await {
+        let Ok(read) = mirage_runtime::time::timeout(SILENCE, flow.read(&mut buf)).await else {
+            return Err(format!("{name} sent nothing for {} s after {total} bytes", SILENCE.as_secs()));
+        };
+        match read {
             Ok(0) => break,
             Ok(n) => {
                 total += n;
