@@ -378,13 +378,27 @@ fn raw_requests() -> Result<(), String> {
         // Our FIN and the server's ACK, so that the port is free again.
         std::thread::sleep(Duration::from_millis(100));
     }
-    // An idle persistent connection is closed, quietly, after 3 s.
+    // A new connection that sends nothing is closed, quietly, at the
+    // header timeout (2 s).
     let mut s = connect()?;
     let started = Instant::now();
     let mut one = [0u8; 1];
     match s.read(&mut one) {
-        Ok(0) if started.elapsed() >= Duration::from_millis(2500) => {}
-        other => return Err(format!("an idle connection: {other:?} after {:?}", started.elapsed())),
+        Ok(0) if (1500..2900).contains(&started.elapsed().as_millis()) => {}
+        other => return Err(format!("a silent new connection: {other:?} after {:?}", started.elapsed())),
+    }
+    // A persistent connection, once served, at the idle timeout (3 s).
+    let mut s = connect()?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").map_err(|e| e.to_string())?;
+    let r = read_response(&mut s, &mut Vec::new())?;
+    if r.status != 200 {
+        return Err(format!("the connection to be left idle: {}", r.status));
+    }
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    if !(2500..5000).contains(&started.elapsed().as_millis()) {
+        return Err(format!("an idle served connection was closed after {:?}", started.elapsed()));
     }
     Ok(())
 }

@@ -117,7 +117,7 @@ fn start(ns: &Netns, t: &str, certs: &Path) -> Result<Background, String> {
     let image = example_with(t, "static-website-tls", keys)?;
     let block = format!("--block:certs={}", certs.display());
     let mut c = ns.unikernel(t, &image, &["--net:service=tap0", &block]);
-    c.args(["--ipv4=10.0.0.2/24", "--idle-timeout=5"]);
+    c.args(["--ipv4=10.0.0.2/24", "--header-timeout=3", "--idle-timeout=5"]);
     let mut bg = Background::start(c)?;
     bg.wait_for("static-website-tls: serving", Duration::from_secs(60))?;
     Ok(bg)
@@ -380,6 +380,30 @@ fn hostile_peers(ns: &Netns, dir: &Path, t: &str) -> Result<(), String> {
         s.read_exact(&mut first).map_err(|e| format!("no answer to a trickled ClientHello: {e}"))?;
         if first[0] != 22 {
             return Err(format!("a trickled ClientHello was answered with a record of type {}", first[0]));
+        }
+        drop(s);
+        // A ClientHello trickled too slowly to end in time (a byte every
+        // 250 ms): the connection is closed at the header timeout (3 s)
+        // from its start, not at the idle timeout (5 s), however steadily
+        // the bytes come.
+        let mut s = connect()?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut reader = s.try_clone().map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let watch = std::thread::spawn(move || {
+            let mut rest = Vec::new();
+            let _ = reader.read_to_end(&mut rest);
+            started.elapsed()
+        });
+        for b in &hello {
+            if watch.is_finished() || s.write_all(&[*b]).is_err() || started.elapsed() > Duration::from_secs(8) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let closed = watch.join().map_err(|_| "the watching thread panicked".to_string())?;
+        if !(Duration::from_millis(2500)..Duration::from_millis(4800)).contains(&closed) {
+            return Err(format!("a trickled handshake was closed after {closed:?}, not at the header timeout (3 s)"));
         }
         drop(s);
         // 1000 half-open handshakes: each sends half a ClientHello and

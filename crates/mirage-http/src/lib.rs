@@ -9,7 +9,9 @@
 //!   does not arrive in time, 413 a body over [`Limits::max_body`], 414 a
 //!   target over [`Limits::max_uri`], 431 too many or too large header
 //!   fields, 501 an unknown transfer coding, 505 a version other than 1.x;
-//!   an idle keep-alive connection is closed after [`Limits::idle_timeout`];
+//!   an idle keep-alive connection is closed after [`Limits::idle_timeout`],
+//!   and a new one that has not sent its first head whole (a TLS handshake
+//!   included) within [`Limits::header_timeout`] of its start;
 //! - an access log through `log` (target `http`, level info), one line
 //!   per response.
 //!

@@ -40,7 +40,10 @@ pub struct Limits {
     pub max_headers: usize,
     /// The largest request body, in bytes (413 beyond).
     pub max_body: u64,
-    /// How long a head, or a body, may take to arrive once begun (408).
+    /// How long a head, or a body, may take to arrive once begun (408);
+    /// and how long a new connection may take to send its first head
+    /// whole, from its start (a TLS handshake included): nothing sent in
+    /// that time is a quiet close, a part of a head is 408.
     pub header_timeout: Duration,
     /// How long a persistent connection may wait for its next request.
     pub idle_timeout: Duration,
@@ -540,11 +543,18 @@ async fn converse<F: Flow, H: Handler, W: WallClock>(
     let mut buf: Vec<u8> = Vec::new();
     // A head may be one byte over the limit: that byte tells it is too large.
     let head_limit = limits.max_header_bytes.saturating_add(1);
+    // A new connection's first head must be whole within the header
+    // timeout of the connection's start, as with nginx's
+    // `client_header_timeout`: a peer that sends its first byte just
+    // before a deadline, or spends the wait in a TLS handshake (whose
+    // bytes never reach this loop), gets no second wait after it.
+    let mut first_by = Some(now() + limits.header_timeout);
     loop {
         // The head: nothing at all until the idle deadline is a quiet
         // close; a head begun must be complete by the header deadline.
-        let idle_deadline = now() + limits.idle_timeout;
-        let mut head_deadline = if buf.is_empty() { None } else { Some(now() + limits.header_timeout) };
+        let idle_deadline = first_by.unwrap_or_else(|| now() + limits.idle_timeout);
+        let head_by = |first_by: Option<_>| first_by.unwrap_or_else(|| now() + limits.header_timeout);
+        let mut head_deadline = if buf.is_empty() { None } else { Some(head_by(first_by)) };
         // What the parsed request will cost, claimed before it is made.
         let mut head_cost = 0;
         let mut scan = HeadScan::default();
@@ -596,7 +606,7 @@ async fn converse<F: Flow, H: Handler, W: WallClock>(
                 Fill::Read(0) => return Stop::Refuse(400),
                 Fill::Read(_) => {
                     if head_deadline.is_none() {
-                        head_deadline = Some(now() + limits.header_timeout);
+                        head_deadline = Some(head_by(first_by));
                     }
                 }
                 Fill::TimedOut if head_deadline.is_none() => return Stop::Quiet,
@@ -605,6 +615,7 @@ async fn converse<F: Flow, H: Handler, W: WallClock>(
         };
         request.received = clock.now().as_secs();
         buf.drain(..head_len);
+        first_by = None;
 
         // The body, by its framing, before the body deadline.
         let body_deadline = now() + limits.header_timeout;

@@ -171,8 +171,39 @@ fn timeouts() {
     assert_eq!((status(&got), took), (408, 3 + 2), "a head begun must end in time (then 2 s of lingering)");
     let (got, took) = ask_with(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc", limits.clone());
     assert_eq!((status(&got), took), (408, 3 + 2), "so must a body");
-    let (got, took) = ask_with(b"", limits);
-    assert_eq!((got.len(), took), (0, 60), "an idle connection is closed quietly");
+    let (got, took) = ask_with(b"", limits.clone());
+    assert_eq!((got.len(), took), (0, 3), "a new connection that sends nothing is closed quietly");
+    let (got, took) = ask_with(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", limits);
+    assert_eq!((status(&got), took), (200, 60), "a connection that was served waits for its next request");
+}
+
+/// A new connection's first head is due within the header timeout of the
+/// connection's start, whenever its first byte comes: a peer that waits
+/// almost to the deadline and then trickles gets no second wait.
+#[test]
+fn the_first_head_is_due_from_the_connections_start() {
+    let limits = Limits { header_timeout: std::time::Duration::from_secs(10), ..Limits::default() };
+    let (took, got) = run(async {
+        let handler = Static::new(site().await);
+        let (mut client, server) = pair(1 << 16);
+        let stats = Stats::default();
+        let started = now();
+        let serving = serve_connection(server, "10.0.0.1:5000".parse().unwrap(), &handler, &limits, &Clock, &stats);
+        let asking = async {
+            mirage_runtime::time::sleep(std::time::Duration::from_secs(9)).await;
+            for b in b"GET / HTTP/1.1\r\nHost: a\r\n" {
+                if client.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                mirage_runtime::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            client.read_to_end(1 << 16).await
+        };
+        let ((), got) = mirage_runtime::join(serving, asking).await;
+        (now().saturating_duration_since(started).as_secs(), got)
+    });
+    assert_eq!(status(&got), 408);
+    assert_eq!(took, 10 + 2, "408 at the header timeout from the start (then 2 s of lingering)");
 }
 
 /// Any byte stream, sent in any pieces, ends the connection with one

@@ -95,6 +95,7 @@ pub async fn start<S, K, W>(
     https_port: u16,
     http_port: u16,
     hsts_max_age: u32,
+    header_timeout: u32,
     idle_timeout: u32,
 ) -> Result<(), Failed>
 where
@@ -103,7 +104,11 @@ where
     K: KvRo + 'static,
     W: WallClock + 'static,
 {
-    let limits = Rc::new(Limits { idle_timeout: Duration::from_secs(idle_timeout.into()), ..Limits::default() });
+    let limits = Rc::new(Limits {
+        header_timeout: Duration::from_secs(header_timeout.into()),
+        idle_timeout: Duration::from_secs(idle_timeout.into()),
+        ..Limits::default()
+    });
     let clock = Rc::new(clock);
     let https =
         tls.listen(&stack, https_port, BACKLOG).await.map_err(|e| Failed(format!("listening on {https_port}: {e}")))?;

@@ -29,9 +29,14 @@ fn start(si: &solo5::StartInfo) -> i32 {
             "Seconds browsers keep to HTTPS (Strict-Transport-Security max-age); 0 for no HSTS.",
         ),
         Arg::new::<u32>(
+            "header-timeout",
+            Some("30"),
+            "Seconds a request may take to arrive once begun, and a new connection to send its first (its TLS handshake included).",
+        ),
+        Arg::new::<u32>(
             "idle-timeout",
             Some("60"),
-            "Seconds a connection may wait for its next request (and a TLS handshake may take).",
+            "Seconds a connection may wait for its next request.",
         ),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
@@ -58,6 +63,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let https_port: u16 = args.get("https-port");
     let http_port: u16 = args.get("http-port");
     let hsts_max_age: u32 = args.get("hsts-max-age");
+    let header_timeout: u32 = args.get("header-timeout");
     let idle_timeout: u32 = args.get("idle-timeout");
     solo5::dev::run(async move {
         let certs = mirage_kv::Tar::new(certs_disk).await.map_err(|e| {
@@ -84,6 +90,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
                 https_port,
                 http_port,
                 hsts_max_age,
+                header_timeout,
                 idle_timeout,
             )
             .await,

@@ -18,9 +18,14 @@ fn main() {
             "Seconds browsers keep to HTTPS (Strict-Transport-Security max-age); 0 for no HSTS.",
         ),
         Arg::new::<u32>(
+            "header-timeout",
+            Some("30"),
+            "Seconds a request may take to arrive once begun, and a new connection to send its first (its TLS handshake included).",
+        ),
+        Arg::new::<u32>(
             "idle-timeout",
             Some("60"),
-            "Seconds a connection may wait for its next request (and a TLS handshake may take).",
+            "Seconds a connection may wait for its next request.",
         ),
         Arg::new::<String>(
             "block:certs",
@@ -47,6 +52,7 @@ fn main() {
     let https_port: u16 = args.get("https-port");
     let http_port: u16 = args.get("http-port");
     let hsts_max_age: u32 = args.get("hsts-max-age");
+    let header_timeout: u32 = args.get("header-timeout");
     let idle_timeout: u32 = args.get("idle-timeout");
     std::process::exit(mirage_unix::run(async move {
         let certs = mirage_kv::Tar::new(certs_disk).await.map_err(|e| {
@@ -67,6 +73,7 @@ fn main() {
                 https_port,
                 http_port,
                 hsts_max_age,
+                header_timeout,
                 idle_timeout,
             )
             .await,
