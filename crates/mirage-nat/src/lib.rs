@@ -99,7 +99,7 @@ pub use table::FLOW_BYTES;
 pub use wire::checksum;
 
 use rules::Candidate;
-use table::{CLASSES, Class, F_DNAT, F_FIN_ORIG, F_FIN_REPLY, F_REPLIED, F_SNAT, Flow, NO_SCALE, Ports, Table};
+use table::{CLASSES, Class, F_DNAT, F_FIN_ORIG, F_FIN_REPLY, F_REPLIED, F_SNAT, Flow, Ports, Table};
 use wire::{Delta, IP_HEADER, L4, Tuple, be16, put16, put32};
 
 /// The router itself, as an interface of a flow.
@@ -783,10 +783,10 @@ impl Nat {
         if a.ip.proto == wire::TCP {
             let s = wire::tcp_seq(p, &a.ip);
             let seen = d == 0 || fl.flags & F_REPLIED != 0;
-            if tcp_flags & (wire::TCP_RST | wire::TCP_FIN) != 0 && !in_window(&fl, d, &s, tcp_flags, seen) {
+            if !fl.tcp.admits(d, &s, seen) {
                 return Err(Reason::OutOfWindow);
             }
-            track(self.table.get_mut(f), d, &s, tcp_flags, seen);
+            self.table.get_mut(f).tcp.track(d, &s, seen);
         }
         translate(p, &a.ip, &fl.key[d], &fl.key[1 - d].inverse(), forwarding, a.partial);
         let mut flags = fl.flags;
@@ -902,7 +902,7 @@ impl Nat {
         }
         let f = self.table.insert(key, [in_if, out_if], first_class(t.proto), flags, now);
         if t.proto == wire::TCP {
-            track(self.table.get_mut(f), 0, &wire::tcp_seq(p, ip), tcp_flags, true);
+            self.table.get_mut(f).tcp.track(0, &wire::tcp_seq(p, ip), true);
         }
         self.inbound += usize::from(inbound);
         self.stats.created += 1;
@@ -1114,24 +1114,56 @@ fn first_class(proto: u8) -> Class {
 /// UDP's from whether a reply came), for a flow table kept elsewhere (the
 /// router's IPv6 flows, which are not translated): the same states, and
 /// the same [`Timeouts`], as the NAT's own flows.
+/// A TCP flow's resets and FINs are judged by the window of its
+/// connection, as the NAT's are ([`Reason::OutOfWindow`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowState {
     class: Class,
     flags: u8,
+    tcp: TcpWindow,
+}
+
+/// Why [`FlowState`] refused a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// A TCP segment too short for its header, or with a wrong data
+    /// offset.
+    Malformed,
+    /// A TCP reset or FIN outside the window of its connection.
+    OutOfWindow,
 }
 
 impl FlowState {
     /// A flow of IP protocol `proto` (6 TCP, 17 UDP; any other is an
-    /// echo) whose first packet has gone.
-    pub fn new(proto: u8) -> FlowState {
-        FlowState { class: first_class(proto), flags: 0 }
+    /// echo) whose first packet, with `l4` its transport header and
+    /// payload, has gone.
+    pub fn new(proto: u8, l4: &[u8]) -> Result<FlowState, Refused> {
+        let mut tcp = TcpWindow::NEW;
+        if proto == wire::TCP {
+            tcp.track(0, &wire::tcp_segment(l4).ok_or(Refused::Malformed)?, true);
+        }
+        Ok(FlowState { class: first_class(proto), flags: 0, tcp })
     }
 
-    /// Follows a later packet of the flow, with its TCP flags (0 for
-    /// another protocol); `reply` when it goes the other way from the
-    /// first.
-    pub fn advance(&mut self, reply: bool, proto: u8, tcp_flags: u8) {
-        self.class = advance(self.class, &mut self.flags, usize::from(reply), proto, tcp_flags);
+    /// Follows a later packet of the flow, `l4` its transport header and
+    /// payload; `reply` when it goes the other way from the first. A TCP
+    /// segment that is malformed, or a reset or FIN outside its
+    /// connection's window, is refused, and the state left as it was:
+    /// drop the packet.
+    pub fn advance(&mut self, reply: bool, proto: u8, l4: &[u8]) -> Result<(), Refused> {
+        let d = usize::from(reply);
+        let mut tcp_flags = 0;
+        if proto == wire::TCP {
+            let s = wire::tcp_segment(l4).ok_or(Refused::Malformed)?;
+            let seen = d == 0 || self.flags & F_REPLIED != 0;
+            if !self.tcp.admits(d, &s, seen) {
+                return Err(Refused::OutOfWindow);
+            }
+            self.tcp.track(d, &s, seen);
+            tcp_flags = s.flags;
+        }
+        self.class = advance(self.class, &mut self.flags, d, proto, tcp_flags);
+        Ok(())
     }
 
     /// How long the flow lasts from its last packet, in milliseconds.
@@ -1140,48 +1172,72 @@ impl FlowState {
     }
 }
 
-/// The timeout class after a packet of direction `d` with TCP flags
 /// The least window a reset or FIN is judged against: a connection whose
 /// windows were never seen larger is still given 64 KiB.
 const LEAST_WINDOW: u32 = 65_535;
 
-/// Notes what TCP segment `s` of direction `d` (`seen`: not its first)
-/// says: its window scale if a SYN, where its sequence numbers end, the
-/// window it offers. A SYN of the original direction without ACK (a new
-/// connection on the tuple) starts both directions again.
-fn track(fl: &mut Flow, d: usize, s: &wire::TcpSeq, tcp: u8, seen: bool) {
-    let syn = tcp & wire::TCP_SYN != 0;
-    if syn {
-        fl.shift[d] = s.wscale.unwrap_or(NO_SCALE);
-    }
-    // Windows are scaled once both SYNs asked for it, and never a SYN's.
-    let scaled = !syn && fl.shift[0] != NO_SCALE && fl.shift[1] != NO_SCALE;
-    let win = u32::from(s.window) << if scaled { fl.shift[d] } else { 0 };
-    if syn && d == 0 && tcp & wire::TCP_ACK == 0 {
-        (fl.seq[0], fl.win, fl.shift[1]) = (s.end, [win, 0], NO_SCALE);
-        return;
-    }
-    if !seen || (s.end.wrapping_sub(fl.seq[d]) as i32) > 0 {
-        fl.seq[d] = s.end;
-    }
-    fl.win[d] = fl.win[d].max(win);
+/// A window scale not asked for.
+const NO_SCALE: u8 = 0xff;
+
+/// What a flow keeps of its TCP connection's sequence space, each
+/// direction (0 the way the flow started): where its sequence numbers end
+/// (the furthest seen), the largest window it offered the other, and the
+/// window scale its SYN asked for. A reset or FIN is judged by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TcpWindow {
+    seq: [u32; 2],
+    win: [u32; 2],
+    shift: [u8; 2],
 }
 
-/// Whether a reset or FIN of direction `d` lies where its connection is:
-/// its sequence number within the window the other side offered (at
-/// least [`LEAST_WINDOW`]) of where `d`'s sequence numbers end, either
-/// side (a retransmission lies behind); before anything came back, only
-/// a reset that acknowledges the SYN exactly (a refused connection). A
-/// blind attacker who knows the tuple must then guess a window's worth
-/// of the sequence space, as RFC 5961 asks of the endpoints.
-fn in_window(fl: &Flow, d: usize, s: &wire::TcpSeq, tcp: u8, seen: bool) -> bool {
-    if !seen {
-        return tcp & wire::TCP_RST != 0 && tcp & wire::TCP_ACK != 0 && s.ack == fl.seq[0];
+impl TcpWindow {
+    pub(crate) const NEW: TcpWindow = TcpWindow { seq: [0; 2], win: [0; 2], shift: [NO_SCALE; 2] };
+
+    /// Notes what TCP segment `s` of direction `d` (`seen`: not its
+    /// direction's first, or of a connection answered) says: its window
+    /// scale if a SYN, where its sequence numbers end, the window it
+    /// offers. A SYN of the original direction without ACK (a new
+    /// connection on the tuple) starts both directions again.
+    pub(crate) fn track(&mut self, d: usize, s: &wire::TcpSeq, seen: bool) {
+        let syn = s.flags & wire::TCP_SYN != 0;
+        if syn {
+            self.shift[d] = s.wscale.unwrap_or(NO_SCALE);
+        }
+        // Windows are scaled once both SYNs asked for it, and never a SYN's.
+        let scaled = !syn && self.shift[0] != NO_SCALE && self.shift[1] != NO_SCALE;
+        let win = u32::from(s.window) << if scaled { self.shift[d] } else { 0 };
+        if syn && d == 0 && s.flags & wire::TCP_ACK == 0 {
+            (self.seq[0], self.win, self.shift[1]) = (s.end, [win, 0], NO_SCALE);
+            return;
+        }
+        if !seen || (s.end.wrapping_sub(self.seq[d]) as i32) > 0 {
+            self.seq[d] = s.end;
+        }
+        self.win[d] = self.win[d].max(win);
     }
-    let w = fl.win[1 - d].max(LEAST_WINDOW);
-    u64::from(s.seq.wrapping_sub(fl.seq[d].wrapping_sub(w))) <= 2 * u64::from(w)
+
+    /// Whether segment `s` of direction `d` may change the flow: any but
+    /// a reset or FIN; those only where their connection is, their
+    /// sequence number within the window the other side offered (at
+    /// least [`LEAST_WINDOW`]) of where `d`'s sequence numbers end, either
+    /// side (a retransmission lies behind); before anything came back
+    /// (`seen` false), only a reset that acknowledges the SYN exactly (a
+    /// refused connection). A blind attacker who knows the tuple must
+    /// then guess a window's worth of the sequence space, as RFC 5961 asks
+    /// of the endpoints.
+    pub(crate) fn admits(&self, d: usize, s: &wire::TcpSeq, seen: bool) -> bool {
+        if s.flags & (wire::TCP_RST | wire::TCP_FIN) == 0 {
+            return true;
+        }
+        if !seen {
+            return s.flags & wire::TCP_RST != 0 && s.flags & wire::TCP_ACK != 0 && s.ack == self.seq[0];
+        }
+        let w = self.win[1 - d].max(LEAST_WINDOW);
+        u64::from(s.seq.wrapping_sub(self.seq[d].wrapping_sub(w))) <= 2 * u64::from(w)
+    }
 }
 
+/// The timeout class after a packet of direction `d` with TCP flags
 /// `tcp`, noting FINs and replies in `flags`.
 fn advance(class: Class, flags: &mut u8, d: usize, proto: u8, tcp: u8) -> Class {
     if d == 1 {

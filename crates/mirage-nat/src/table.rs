@@ -12,6 +12,7 @@
 use alloc::collections::TryReserveError;
 use alloc::vec::Vec;
 
+use crate::TcpWindow;
 use crate::wire::Tuple;
 
 /// Marks an empty index slot or the end of a list.
@@ -67,16 +68,9 @@ pub(crate) struct Flow {
     pub iface: [u8; 2],
     pub class: Class,
     pub flags: u8,
-    /// TCP, each direction: the window scale its SYN asked for
-    /// ([`NO_SCALE`] if none), where its sequence numbers end (the
-    /// furthest seen), and the largest window it offered the other.
-    pub shift: [u8; 2],
-    pub seq: [u32; 2],
-    pub win: [u32; 2],
+    /// TCP: where each direction's sequence numbers are.
+    pub tcp: TcpWindow,
 }
-
-/// [`Flow::shift`] of a direction whose SYN asked for no window scale.
-pub(crate) const NO_SCALE: u8 = 0xff;
 
 const BLANK: Tuple = Tuple { src: 0, dst: 0, sport: 0, dport: 0, proto: 0 };
 
@@ -124,9 +118,7 @@ impl Table {
                 iface: [0; 2],
                 class: Class::Close,
                 flags: 0,
-                shift: [NO_SCALE; 2],
-                seq: [0; 2],
-                win: [0; 2],
+                tcp: TcpWindow::NEW,
             });
         }
         // Three keys from the seed, odd-bit-rich (splitmix64 steps).
@@ -243,8 +235,8 @@ impl Table {
         let f = self.free;
         debug_assert!(f != NONE);
         self.free = self.flows[f as usize].next;
-        let (shift, seq, win) = ([NO_SCALE; 2], [0; 2], [0; 2]);
-        self.flows[f as usize] = Flow { key, last: now, prev: NONE, next: NONE, iface, class, flags, shift, seq, win };
+        self.flows[f as usize] =
+            Flow { key, last: now, prev: NONE, next: NONE, iface, class, flags, tcp: TcpWindow::NEW };
         self.index_insert(&key[0], f << 1);
         self.index_insert(&key[1], f << 1 | 1);
         self.push(f);

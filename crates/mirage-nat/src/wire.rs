@@ -204,12 +204,22 @@ pub(crate) struct TcpSeq {
     pub window: u16,
     /// The window scale option of a SYN (at most 14).
     pub wscale: Option<u8>,
+    pub flags: u8,
 }
 
 /// Reads the sequence space of a TCP segment that [`l4`] has checked.
 pub(crate) fn tcp_seq(p: &[u8], ip: &Ip) -> TcpSeq {
-    let t = &p[IP_HEADER..ip.end];
-    let off = usize::from(t[12] >> 4) * 4;
+    // `l4` checked the header's length and its data offset.
+    tcp_segment(&p[IP_HEADER..ip.end]).unwrap_or(TcpSeq { seq: 0, ack: 0, end: 0, window: 0, wscale: None, flags: 0 })
+}
+
+/// Reads the sequence space of the TCP segment `t` (its header and
+/// payload); `None` if its header is short or its data offset wrong.
+pub(crate) fn tcp_segment(t: &[u8]) -> Option<TcpSeq> {
+    let off = usize::from(*t.get(12)? >> 4) * 4;
+    if off < 20 || off > t.len() {
+        return None;
+    }
     let (seq, flags) = (be32(t, 4), t[13]);
     let len = (t.len() - off) as u32 + u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
     let mut wscale = None;
@@ -233,7 +243,7 @@ pub(crate) fn tcp_seq(p: &[u8], ip: &Ip) -> TcpSeq {
             }
         }
     }
-    TcpSeq { seq, ack: be32(t, 8), end: seq.wrapping_add(len), window: be16(t, 14), wscale }
+    Some(TcpSeq { seq, ack: be32(t, 8), end: seq.wrapping_add(len), window: be16(t, 14), wscale, flags })
 }
 
 /// What the transport header says, for tracking.

@@ -18,7 +18,9 @@
 //!   120 s, a reset connection 10 s, an established one 5 days; UDP
 //!   30 s, or 120 s once answered (`--udp-timeout` for both); ICMPv6 echo
 //!   30 s. So SYNs sent once hold the table for two minutes, not for as
-//!   long as a connection may be idle.
+//!   long as a connection may be idle. A TCP reset or FIN changes its
+//!   flow only within the window of its connection, as the NAT's; a
+//!   blind one is dropped and counted (`out-of-window`).
 //! * A flow is bound to the interfaces it started between: its packets
 //!   pass only in on the interface of their direction. A packet whose
 //!   source the routing table would not reach through the interface it
@@ -39,7 +41,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::net::Ipv6Addr;
 
-use mirage_nat::{Action, FlowState, Interface, Protocol, Rules, Timeouts};
+use mirage_nat::{Action, FlowState, Interface, Protocol, Refused, Rules, Timeouts};
 use mirage_tcpip::route::Routes;
 use mirage_tcpip::wire;
 
@@ -85,6 +87,9 @@ pub struct Counters {
     pub hop_limit: u64,
     /// New flows refused because the table was full.
     pub full: u64,
+    /// TCP resets and FINs outside the window of their connection (blind
+    /// attempts to end a flow, or to shorten its time).
+    pub out_of_window: u64,
     /// Other packets dropped: fragments, multicast or link-local
     /// addresses, protocols not tracked, traffic to the router it does
     /// not serve.
@@ -246,7 +251,14 @@ impl V6 {
                 self.counters.denied += 1;
                 return Decision::Drop;
             }
-            state.advance(reply, proto, tcp_flags);
+            match state.advance(reply, proto, data) {
+                Ok(()) => {}
+                Err(Refused::OutOfWindow) => {
+                    self.counters.out_of_window += 1;
+                    return Decision::Drop;
+                }
+                Err(Refused::Malformed) => return self.drop(),
+            }
             *until = now_ms + state.timeout(&t);
         } else {
             if !opener
@@ -266,7 +278,7 @@ impl V6 {
                     return Decision::Drop;
                 }
             }
-            let state = FlowState::new(proto);
+            let Ok(state) = FlowState::new(proto, data) else { return self.drop() };
             self.flows.insert(key, (now_ms + state.timeout(&t), state, [fi, hop.interface]));
         }
         p[7] = hop_limit - 1;
@@ -523,6 +535,62 @@ mod tests {
         v.expire(later + t.tcp_close + 1);
         let mut p = with_flags(syn(CLIENT, 9000, SERVER, 80), 0x10);
         assert_eq!(v.process(later + t.tcp_close + 1, ins, &mut p, &mut rules), Decision::Drop);
+    }
+
+    /// A TCP segment with sequence number `seq`, acknowledgment `ack`,
+    /// flags `flags` and a window of 64,000 bytes.
+    fn segment(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
+        let mut p = syn(src, sport, dst, dport);
+        p[40 + 4..40 + 8].copy_from_slice(&seq.to_be_bytes());
+        p[40 + 8..40 + 12].copy_from_slice(&ack.to_be_bytes());
+        p[40 + 14..40 + 16].copy_from_slice(&64_000u16.to_be_bytes());
+        with_flags(p, flags)
+    }
+
+    /// An outside host that knows a connection's addresses and ports but
+    /// not where its sequence numbers are cannot end its flow with a reset
+    /// or a FIN: those are dropped and counted, and the connection goes
+    /// on; the real reset still ends it.
+    #[test]
+    fn blind_resets_and_fins_leave_the_flow_as_it_was() {
+        let (mut v, mut rules) = setup(100);
+        let (up, ins) = (crate::UPLINK, crate::INSIDE);
+        let t = Timeouts::LINUX;
+        let (c, s) = (1_000_000u32, 3_000_000_000u32);
+        let mut go = |at: u64, fi: u8, mut p: Vec<u8>| v.process(at, fi, &mut p, &mut rules);
+        assert_eq!(go(0, ins, segment(CLIENT, 9000, SERVER, 80, c, 0, 0x02)), Decision::Forward(up, SERVER));
+        // Before the SYN is answered, a reset must acknowledge it exactly.
+        assert_eq!(go(0, up, segment(SERVER, 80, CLIENT, 9000, 0, c + 7, 0x14)), Decision::Drop);
+        assert_eq!(go(0, up, segment(SERVER, 80, CLIENT, 9000, s, c + 1, 0x12)), Decision::Forward(ins, CLIENT));
+        assert_eq!(go(0, ins, segment(CLIENT, 9000, SERVER, 80, c + 1, s + 1, 0x10)), Decision::Forward(up, SERVER));
+        // Resets and FINs from far outside the window, either way.
+        for (fi, p) in [
+            (up, segment(SERVER, 80, CLIENT, 9000, s + 1 + 10_000_000, 0, 0x04)),
+            (up, segment(SERVER, 80, CLIENT, 9000, s.wrapping_sub(1_000_000), c + 1, 0x11)),
+            (ins, segment(CLIENT, 9000, SERVER, 80, c + 500_000_000, s + 1, 0x14)),
+        ] {
+            assert_eq!(go(1, fi, p), Decision::Drop);
+        }
+        // The connection is still established: days later, it passes.
+        let later = 2 * t.tcp_close + 1;
+        assert_eq!(
+            go(later, up, segment(SERVER, 80, CLIENT, 9000, s + 1, c + 1, 0x10)),
+            Decision::Forward(ins, CLIENT)
+        );
+        // A reset where the connection is passes, and ends the flow soon.
+        assert_eq!(
+            go(later, up, segment(SERVER, 80, CLIENT, 9000, s + 1, c + 1, 0x14)),
+            Decision::Forward(ins, CLIENT)
+        );
+        assert_eq!(v.counters.out_of_window, 4);
+        v.expire(later + t.tcp_close + 1);
+        assert_eq!(v.flows(), 0);
+        // A segment too short for its header is dropped, not followed.
+        let mut p = segment(CLIENT, 9001, SERVER, 80, c, 0, 0x02);
+        p[40 + 12] = 0xf0;
+        let mut p = with_flags(p, 0x02);
+        assert_eq!(v.process(later, ins, &mut p, &mut rules), Decision::Drop);
+        assert_eq!(v.flows(), 0);
     }
 
     #[test]
