@@ -22,7 +22,11 @@
 //! its frames too is the link (port security), not the server. A client
 //! holds one address at a time: a REQUEST granted for another address
 //! gives back the one it held, so a host under its own hardware address
-//! cannot bind the pool address by address. Only a bound lease can be
+//! cannot bind the pool address by address. A client is known by its
+//! hardware address alone: a client identifier (option 61), which RFC
+//! 2131 prefers where present, is not used, because it is a free string
+//! the frame-source check cannot vouch for, and with it one host could
+//! bind the pool under made-up identifiers. Only a bound lease can be
 //! declined, and at most a quarter of the pool is kept out as declined at
 //! once (the oldest decline is forgotten for a new one), so that a client
 //! that takes and declines address after address cannot empty the pool.
