@@ -17,6 +17,10 @@ use solo5_abi::hvt::{
 use solo5_abi::mft::MftType;
 use solo5_abi::{SoloResult, spt::INTERNAL_TIMERFD};
 
+/// The epoll data of the net I/O thread's failure eventfd in POLL's wait
+/// set (not a NIC's handle, nor the timer's).
+const FAILURE_DATA: u64 = INTERNAL_TIMERFD - 1;
+
 // BLOCK_READ is served with BLOCK_WRITE's code: same fields, same offsets.
 const _: () = assert!(
     std::mem::size_of::<solo5_abi::hvt::HcBlockWrite>() == std::mem::size_of::<HcBlockRead>()
@@ -75,6 +79,9 @@ impl<'m> Hypercalls<'m> {
         flushing: Flushing,
     ) -> Result<Hypercalls<'m>, Exit> {
         let wait = WaitSet::new(Tender::Hvt, INTERNAL_TIMERFD)?;
+        if let Some(fd) = failure.wake_fd() {
+            wait.add(fd, FAILURE_DATA)?;
+        }
         let mut npollfds = 0;
         for i in devices.attached(MftType::NetBasic) {
             if let Some((_, fd)) = devices.get(i as u64, MftType::NetBasic) {
@@ -102,6 +109,11 @@ impl<'m> Hypercalls<'m> {
     /// The descriptors the seccomp policy must allow: (epoll, timerfd).
     pub fn wait_fds(&self) -> (i32, i32) {
         (self.wait.epoll.as_raw_fd(), self.wait.timerfd.as_raw_fd())
+    }
+
+    /// The descriptor the net I/O thread writes when it fails.
+    pub fn failure_fd(&self) -> Option<i32> {
+        self.failure.wake_fd()
     }
 
     /// Handles hypercall `nr` with its argument at `gpa`.
@@ -202,22 +214,25 @@ impl<'m> Hypercalls<'m> {
         let mut arg = self.mem.arg::<HcPoll>(gpa).map_err(guest(Hypercall::Poll))?;
         let mut p = arg.get();
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 65];
-        let max = (self.npollfds + 1).min(events.len());
+        let max = (self.npollfds + 2).min(events.len());
         let n = loop {
             // SAFETY: events has room for `max` entries.
             let n = unsafe {
                 libc::epoll_pwait(self.wait.epoll.as_raw_fd(), events.as_mut_ptr(), max as i32, -1, std::ptr::null())
             };
+            let e = (n < 0).then(os_error);
+            if let Some(e) = &e
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                return Err(fatal!("epoll_pwait() failed: {}", strerror(e)));
+            }
+            // Woken by the failure's eventfd or its signal: the vCPU loop
+            // reports the I/O thread's error next.
+            if self.failure.failed() {
+                return Ok(0);
+            }
             if n >= 0 {
                 break n as usize;
-            }
-            let e = os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(fatal!("epoll_pwait() failed: {}", strerror(&e)));
-            }
-            if self.failure.failed() {
-                // The vCPU loop reports the I/O thread's error next.
-                return Ok(0);
             }
         };
         let mut ready = 0u64;

@@ -223,7 +223,7 @@ pub fn run(args: &[OsString]) -> Result<i32, Exit> {
         })
         .collect();
     let flushing: ring::Flushing = devices.entries.iter().map(|_| AtomicBool::new(false)).collect();
-    let failure = Arc::new(Failure::new(VcpuStopper::for_this_thread(&mut vcpu)));
+    let failure = Arc::new(Failure::new(VcpuStopper::for_this_thread(&mut vcpu))?);
     let mut ring_thread = None;
     if let (Some(gpa), true) = (ring_gpa, vm.has_ioeventfd)
         && let Some(efd) = ring::kick_eventfd(&vm.vm)
@@ -517,6 +517,11 @@ pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], rin
         .when(libc::SYS_write, &[Arg::Int(0, 1)], "PUTS: the guest console")
         .when(libc::SYS_write, &[Arg::Int(0, 2)], "error messages")
         .when(libc::SYS_epoll_pwait, &[Arg::Int(0, epoll as u64)], "POLL: wait for the timer or a NIC")
+        .when(
+            libc::SYS_write,
+            &[Arg::Int(0, hc.failure_fd().unwrap_or(-1i32) as u64)],
+            "the net I/O thread's failure, waking a POLL",
+        )
         .when(libc::SYS_timerfd_settime, &[Arg::Int(0, timer as u64)], "POLL: arm the timeout")
         .any(libc::SYS_clock_gettime, "WALLTIME (the vDSO's fallback)")
         .any(libc::SYS_exit_group, "guest exit")

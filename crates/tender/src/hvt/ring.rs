@@ -96,6 +96,11 @@ pub struct Failure {
     /// The vCPU to stop; none where hypercalls are served without one (a
     /// test or fuzz harness driving the handlers directly).
     vcpu: Option<VcpuStopper>,
+    /// Written once at the failure, and never read: in POLL's wait set,
+    /// it wakes a POLL that began after the signal was sent (between its
+    /// look at the slot and its wait), which the signal alone would leave
+    /// sleeping until its deadline.
+    wake: Option<EventFd>,
 }
 
 /// What stops the vCPU from another thread: KVM's `immediate_exit` flag in
@@ -151,14 +156,22 @@ impl VcpuStopper {
 
 impl Failure {
     /// A failure slot for the vCPU that `vcpu` stops.
-    pub fn new(vcpu: VcpuStopper) -> Failure {
-        Failure { exit: Mutex::new(None), vcpu: Some(vcpu) }
+    pub fn new(vcpu: VcpuStopper) -> Result<Failure, Exit> {
+        let wake = EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK)
+            .map_err(|e| fatal!("eventfd() failed: {}", strerror(&e)))?;
+        Ok(Failure { exit: Mutex::new(None), vcpu: Some(vcpu), wake: Some(wake) })
     }
 
     /// A failure slot with no vCPU to stop, for serving hypercalls outside
     /// a VM (tests, fuzzing).
     pub fn detached() -> Failure {
-        Failure { exit: Mutex::new(None), vcpu: None }
+        Failure { exit: Mutex::new(None), vcpu: None, wake: None }
+    }
+
+    /// The descriptor POLL's wait set holds to be woken by a failure (the
+    /// seccomp policy lets the failing thread write it).
+    pub fn wake_fd(&self) -> Option<i32> {
+        self.wake.as_ref().map(|w| w.as_raw_fd())
     }
 
     /// Records `exit` (the first one wins) and stops the vCPU.
@@ -168,6 +181,10 @@ impl Failure {
             *slot = Some(exit);
         }
         drop(slot);
+        if let Some(w) = &self.wake {
+            // A counter of 1 cannot overflow; nothing else writes it.
+            let _ = w.write(1);
+        }
         if let Some(v) = &self.vcpu {
             v.stop();
         }

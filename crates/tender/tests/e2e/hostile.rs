@@ -104,7 +104,7 @@ const PROTECTED_NET: &[(&str, &str)] = &[
 fn hostile_net(what: &str) -> Result<(i32, String), String> {
     let ns = Netns::new()?;
     let mut c = ns.command(tender("hvt"));
-    c.arg("--net:service=tap0").arg(guest("hvt", "hostile-net")?).arg(what);
+    c.arg("--net:service=tap0").arg(guest("hvt", "hostile-net")?).args(what.split(' '));
     let mut g = Background::start(c)?;
     let status = g.wait(Duration::from_secs(30))?;
     Ok((status, g.output()))
@@ -144,6 +144,19 @@ pub fn cases(v: &mut Vec<Case>) {
             Ok(())
         }));
     }
+    v.push(case("hvt::hostile_ring_entry_found_while_the_guest_sleeps_in_poll", Needs::Net("hvt"), || {
+        // The guest kicks a bad entry and sleeps in POLL for a minute at a
+        // time: the I/O thread's failure must wake it, and the guest end
+        // with the message, at once.
+        let started = std::time::Instant::now();
+        let (status, out) = hostile_net("ring-write-oob poll")?;
+        let took = started.elapsed();
+        let want = "net ring write: Invalid guest access: gpa=0xfff00000, sz=60";
+        if status != 1 || !out.contains(want) || took > Duration::from_secs(10) {
+            return Err(format!("status {status} after {took:?}, expected 1 with {want:?} at once:\n{out}"));
+        }
+        Ok(())
+    }));
     for (flags, what) in [(PF_R, "read-only"), (PF_R | PF_W, "writable")] {
         v.push(case(format!("hvt::an_image_reaching_into_the_ring_is_refused_{what}"), HVT, move || {
             // The hostile guest's last segment (its .bss) made to end one

@@ -1,5 +1,5 @@
 //! A guest with a network interface that makes hostile network requests:
-//! `hostile-net WHAT`. Through the NET_READ and NET_WRITE hypercalls, with
+//! `hostile-net WHAT [poll]`. Through the NET_READ and NET_WRITE hypercalls, with
 //! argument structs or buffers in its read-only text; and straight through
 //! the shared-memory net ring (bypassing the bindings), where the tender's
 //! I/O thread finds the bad entry and must stop the guest through the
@@ -62,10 +62,21 @@ fn submit(ring: &Ring, port: u16, op: u32, data: u64, len: u32, count: u32, csum
     raw(port, 0);
     solo5::println!("hostile: submitted; waiting for the tender to stop the guest");
     solo5::console::flush();
+    if POLL_AFTER.load(Ordering::Relaxed) {
+        // Asleep in POLL, a minute at a time, when the I/O thread finds
+        // the entry: the tender must wake it and stop the guest at once.
+        loop {
+            let mut p = HcPoll { timeout_nsecs: 60_000_000_000, ready_set: 0, ret: 0, _pad: 0 };
+            call(Hypercall::Poll, &mut p);
+        }
+    }
     loop {
         core::hint::spin_loop();
     }
 }
+
+/// Whether [`submit`] waits in POLL rather than spinning.
+static POLL_AFTER: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// A raw system call (spt), whatever its arguments.
 fn syscall3(nr: u64, a0: u64, a1: u64, a2: u64) -> i64 {
@@ -99,6 +110,7 @@ fn rx_offload(handle: u64) -> u32 {
 
 fn start(si: &solo5::StartInfo) -> i32 {
     let what = si.cmdline.split_whitespace().next().unwrap_or("");
+    POLL_AFTER.store(si.cmdline.split_whitespace().nth(1) == Some("poll"), Ordering::Relaxed);
     solo5::println!("hostile: {what}");
     solo5::console::flush();
     let mut frame = [0u8; 64];
