@@ -525,6 +525,7 @@ pub(crate) fn policy(hc: &Hypercalls<'_>, vcpu: &VcpuFd, nics: &[ring::Nic], rin
         .when(libc::SYS_timerfd_settime, &[Arg::Int(0, timer as u64)], "POLL: arm the timeout")
         .any(libc::SYS_clock_gettime, "WALLTIME (the vDSO's fallback)")
         .any(libc::SYS_exit_group, "guest exit")
+        .any(libc::SYS_sched_yield, "the net I/O thread's spin, letting a thread waiting for its core go first")
         .any(libc::SYS_close, "releasing descriptors at exit")
         .any(libc::SYS_exit, "net I/O thread exit")
         .any(libc::SYS_futex, "joining the net I/O thread")

@@ -256,7 +256,11 @@ const EVENTFD_DATA: u64 = u64::MAX;
 /// them, and a spinning thread sends its frames while the vCPU is still
 /// on its way out to POLL, a VM exit sooner (about 40 µs on the nested
 /// KVM of DESIGN.md, where the round trips through the router took twice
-/// as long without it).
+/// as long without it). Between its looks the thread yields its core
+/// (`sched_yield`) to any thread waiting for it there: on a host with
+/// fewer cores than busy threads (the vCPU, this thread, the peer's
+/// process) the one it waits for is often that thread, which a spin that
+/// held the core would keep from producing the work.
 const POSTED_SPIN_NS: u64 = 50_000;
 
 struct Worker {
@@ -494,6 +498,11 @@ impl Worker {
                     // A kick is work too: it may be `release`'s, for
                     // work left to this thread.
                     found = found || self.wait_events(&mut events, 0)? != (false, false);
+                    if !found {
+                        // SAFETY: sched_yield has no arguments and cannot
+                        // fail on Linux.
+                        unsafe { libc::sched_yield() };
+                    }
                 }
             } else {
                 for _ in 0..RING_POLL_ITERS {
