@@ -18,7 +18,11 @@ const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 /// Boots the kv-server on `disk` as `mirage run` does for a durable store:
 /// `--block-dsync:` on hvt and spt, whose flushes sync.
 fn start(ns: &Netns, t: &str, image: &Path, disk: &Path) -> Result<Background, String> {
-    let attach = if t == "unix" { "--block" } else { "--block-dsync" };
+    start_attached(ns, t, image, disk, if t == "unix" { "--block" } else { "--block-dsync" })
+}
+
+/// Boots the kv-server on `disk` attached with `attach`.
+fn start_attached(ns: &Netns, t: &str, image: &Path, disk: &Path, attach: &str) -> Result<Background, String> {
     let block = format!("{attach}:data={}", disk.display());
     let mut c = ns.unikernel(t, image, &["--net:service=tap0", &block]);
     c.arg("--ipv4=10.0.0.2/24");
@@ -71,7 +75,10 @@ fn keeps_its_data(t: &str) -> Result<(), String> {
     let big = noise(7, 1 << 20);
     let ns = Netns::new()?;
     {
-        let _g = start(&ns, t, &image, &disk)?;
+        let g = start(&ns, t, &image, &disk)?;
+        if g.output().contains("warning") {
+            return Err(format!("a warning with flushes granted:\n{}", g.output()));
+        }
         expect(http(&ns, "PUT", "/kv/a/b", Some(b"one"))?, 204, None, "PUT /kv/a/b")?;
         expect(http(&ns, "PUT", "/kv/a/b", Some(b"two"))?, 204, None, "overwriting /kv/a/b")?;
         expect(http(&ns, "PUT", "/kv/big", Some(&big))?, 204, None, "PUT of 1 MiB")?;
@@ -195,7 +202,30 @@ fn survives_kills(t: &str, attach: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The durable store attached without flushes (`--block:`, as on Solo5's
+/// own tender) still serves, and says on the console what it lacks.
+fn warns_without_flushes(t: &str) -> Result<(), String> {
+    let image = example_with(t, "kv-server", &[])?;
+    let scratch = Scratch::new("kv-unflushed");
+    let disk = scratch.0.join("data.img");
+    run(mirage()?, &["kv".as_ref(), "format".as_ref(), disk.as_os_str(), "--size=8M".as_ref()])?.expect_status(0)?;
+    let ns = Netns::new()?;
+    let g = start_attached(&ns, t, &image, &disk, "--block")?;
+    let want =
+        "kv-server: warning: the kv-rw store \"data\" is durable, but block device data was attached without flushes";
+    if !g.output().contains(want) || !g.output().contains("--block-dsync:data=PATH") {
+        return Err(format!("no warning naming the store and the fix:\n{}", g.output()));
+    }
+    expect(http(&ns, "PUT", "/kv/a", Some(b"one"))?, 204, None, "PUT /kv/a")?;
+    expect(http(&ns, "GET", "/kv/a", None)?, 200, Some(b"one"), "GET /kv/a")
+}
+
 pub fn cases(v: &mut Vec<Case>) {
+    for t in ["hvt", "spt"] {
+        v.push(case(format!("{t}::kv_server_warns_when_its_durable_store_has_no_flushes"), Needs::Net(t), move || {
+            warns_without_flushes(t)
+        }));
+    }
     for t in ["unix", "hvt", "spt"] {
         v.push(case(format!("{t}::kv_server_keeps_its_data_across_a_kill"), Needs::Net(t), move || keeps_its_data(t)));
     }

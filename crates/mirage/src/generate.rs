@@ -756,6 +756,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
             Kind::KvRw { block: Some(b) } if opts.fat(b) => {
                 let interface = &b.interface;
                 block(&mut m, &format!("{v}_disk"), interface, solo5, false, &fail);
+                unflushed(&mut m, &v, b, solo5, name, &d.name);
                 opening.push(format!(
                     "let {v} = mirage_kv::Fat::open({v}_disk, {platform}::WallClock)\n            .await\n            .map_err(|e| format!(\"cannot open the kv-rw store \\\"{}\\\" on block device {interface}: {{e}}\"))?;",
                     d.name
@@ -764,6 +765,7 @@ fn main_rs(config: &Config, opts: &Options) -> String {
             Kind::KvRw { block: Some(b) } => {
                 let interface = &b.interface;
                 block(&mut m, &format!("{v}_disk"), interface, solo5, false, &fail);
+                unflushed(&mut m, &v, b, solo5, name, &d.name);
                 opening.push(format!(
                     "let {v} = mirage_kv::BlockStore::open({v}_disk, {platform}::WallClock)\n            .await\n            .map_err(|e| format!(\"cannot open the kv-rw store \\\"{}\\\" on block device {interface}: {{e}}\"))?;",
                     d.name
@@ -868,6 +870,20 @@ fn needs_fail(config: &Config, opts: &Options) -> bool {
 
 /// A block device `v` on `interface`; read-only on unix when `read_only`
 /// (Solo5 has no read-only attachment).
+/// A kv-rw store declared durable but attached without flushes (by hand
+/// with `--block:`, or on Solo5's own tender) still runs, as Solo5's
+/// guests do, but says so on the console.
+fn unflushed(m: &mut String, v: &str, b: &crate::config::KvBlock, solo5: bool, unikernel: &str, store: &str) {
+    if !solo5 || !b.durable {
+        return;
+    }
+    let interface = &b.interface;
+    let _ = writeln!(
+        m,
+        "    if !{v}_disk.flushes() {{\n        solo5::println!(\"{unikernel}: warning: the kv-rw store \\\"{store}\\\" is durable, but block device {interface} was attached without flushes: a change is acknowledged once it is in the host's page cache; attach it with --block-dsync:{interface}=PATH (the mirage-rs tenders)\");\n    }}"
+    );
+}
+
 fn block(m: &mut String, v: &str, interface: &str, solo5: bool, read_only: bool, fail: &dyn Fn(String) -> String) {
     if solo5 {
         let _ = writeln!(m, "    let {v} = match solo5::dev::Block::acquire({}) {{", lit(interface));

@@ -282,6 +282,13 @@ impl Block {
         let i = raw.info();
         Ok(Block { raw, info: BlockInfo::new(i.block_size as u32, i.capacity / i.block_size, false) })
     }
+
+    /// Whether the tender granted flushes (our tenders' `--block-dsync:`):
+    /// without them a flush returns at once, and a write is done when it
+    /// is in the host's page cache (Solo5's semantics).
+    pub fn flushes(&self) -> bool {
+        self.raw.flushes()
+    }
 }
 
 fn block_err(e: crate::Error) -> dblock::Error {

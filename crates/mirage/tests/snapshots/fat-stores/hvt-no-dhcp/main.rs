@@ -31,6 +31,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
             return 1;
         }
     };
+    if !data_disk.flushes() {
+        solo5::println!(
+            "fat-stores: warning: the kv-rw store \"data\" is durable, but block device data was attached without flushes: a change is acknowledged once it is in the host's page cache; attach it with --block-dsync:data=PATH (the mirage-rs tenders)"
+        );
+    }
     solo5::dev::run(async move {
         let files = mirage_kv::Fat::open(files_disk, solo5::dev::WallClock)
             .await
