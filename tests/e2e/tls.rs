@@ -546,6 +546,24 @@ fn client_fetches(ns: &Netns, dir: &Path, t: &str) -> Result<(), String> {
     if code != 0 || !out.contains("as rsa.test: TLSv1_2") || !out.contains("hello from nginx") {
         return Err(format!("tls-client against nginx: status {code}\n{out}\nnginx:\n{}", nginx.output()));
     }
+    drop(nginx);
+    // A server that completes the handshake, takes the request and then
+    // sends nothing (openssl s_server without -www, its input held open):
+    // the client gives up after 30 s of silence, with a message.
+    let mut c = ns.command("bash");
+    c.arg("-c")
+        .arg("exec openssl s_server -naccept 2 -accept 4434 -cert store/a-ec.pem -key store/a-ec.key < <(sleep 90)");
+    c.current_dir(dir);
+    let silent = Background::start(c)?;
+    // The look for a listener is the first of the two connections.
+    listening(ns, 4434, &silent)?;
+    let started = Instant::now();
+    let (code, out) = fetch(ns, t, &cas, 4434, "ec.test")?;
+    let took = started.elapsed();
+    if code == 0 || !out.contains("ec.test sent nothing for 30 s after 0 bytes") || !(29..50).contains(&took.as_secs())
+    {
+        return Err(format!("tls-client against a silent server: status {code} after {took:?}\n{out}"));
+    }
     Ok(())
 }
 
