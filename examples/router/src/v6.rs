@@ -571,7 +571,8 @@ mod tests {
         ] {
             assert_eq!(go(1, fi, p), Decision::Drop);
         }
-        // The connection is still established: days later, it passes.
+        // The connection is still established: past the time a reset
+        // flow would have lasted, it passes.
         let later = 2 * t.tcp_close + 1;
         assert_eq!(
             go(later, up, segment(SERVER, 80, CLIENT, 9000, s + 1, c + 1, 0x10)),

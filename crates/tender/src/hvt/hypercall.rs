@@ -220,11 +220,11 @@ impl<'m> Hypercalls<'m> {
             let n = unsafe {
                 libc::epoll_pwait(self.wait.epoll.as_raw_fd(), events.as_mut_ptr(), max as i32, -1, std::ptr::null())
             };
-            let e = (n < 0).then(os_error);
-            if let Some(e) = &e
-                && e.kind() != std::io::ErrorKind::Interrupted
-            {
-                return Err(fatal!("epoll_pwait() failed: {}", strerror(e)));
+            if n < 0 {
+                let e = os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(fatal!("epoll_pwait() failed: {}", strerror(&e)));
+                }
             }
             // Woken by the failure's eventfd or its signal: the vCPU loop
             // reports the I/O thread's error next.
