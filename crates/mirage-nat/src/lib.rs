@@ -172,7 +172,8 @@ pub enum Reason {
     WrongInterface,
     /// A TCP reset or FIN whose sequence number lies outside the window of
     /// its connection (a blind attempt to end it, or to shorten its
-    /// timeout): dropped, and the flow left as it was.
+    /// timeout), or a first reply that does not acknowledge the SYN:
+    /// dropped, and the flow left as it was.
     OutOfWindow,
     /// The flow table is full: a new flow refused.
     TableFull,
@@ -786,7 +787,9 @@ impl Nat {
             if !fl.tcp.admits(d, &s, seen) {
                 return Err(Reason::OutOfWindow);
             }
-            self.table.get_mut(f).tcp.track(d, &s, seen);
+            // A connection over (or reset) may start again on its tuple.
+            let reopen = matches!(fl.class, Class::TimeWait | Class::Close);
+            self.table.get_mut(f).tcp.track(d, &s, seen, reopen);
         }
         translate(p, &a.ip, &fl.key[d], &fl.key[1 - d].inverse(), forwarding, a.partial);
         let mut flags = fl.flags;
@@ -902,7 +905,7 @@ impl Nat {
         }
         let f = self.table.insert(key, [in_if, out_if], first_class(t.proto), flags, now);
         if t.proto == wire::TCP {
-            self.table.get_mut(f).tcp.track(0, &wire::tcp_seq(p, ip), true);
+            self.table.get_mut(f).tcp.track(0, &wire::tcp_seq(p, ip), true, true);
         }
         self.inbound += usize::from(inbound);
         self.stats.created += 1;
@@ -1140,16 +1143,17 @@ impl FlowState {
     pub fn new(proto: u8, l4: &[u8]) -> Result<FlowState, Refused> {
         let mut tcp = TcpWindow::NEW;
         if proto == wire::TCP {
-            tcp.track(0, &wire::tcp_segment(l4).ok_or(Refused::Malformed)?, true);
+            tcp.track(0, &wire::tcp_segment(l4).ok_or(Refused::Malformed)?, true, true);
         }
         Ok(FlowState { class: first_class(proto), flags: 0, tcp })
     }
 
     /// Follows a later packet of the flow, `l4` its transport header and
     /// payload; `reply` when it goes the other way from the first. A TCP
-    /// segment that is malformed, or a reset or FIN outside its
-    /// connection's window, is refused, and the state left as it was:
-    /// drop the packet.
+    /// segment that is malformed, a first reply that does not acknowledge
+    /// the SYN, or a reset or FIN outside its connection's window, is
+    /// refused, and the state left as it was: drop the packet. Other
+    /// segments outside the window pass and change nothing.
     pub fn advance(&mut self, reply: bool, proto: u8, l4: &[u8]) -> Result<(), Refused> {
         let d = usize::from(reply);
         let mut tcp_flags = 0;
@@ -1159,7 +1163,8 @@ impl FlowState {
             if !self.tcp.admits(d, &s, seen) {
                 return Err(Refused::OutOfWindow);
             }
-            self.tcp.track(d, &s, seen);
+            let reopen = matches!(self.class, Class::TimeWait | Class::Close);
+            self.tcp.track(d, &s, seen, reopen);
             tcp_flags = s.flags;
         }
         self.class = advance(self.class, &mut self.flags, d, proto, tcp_flags);
@@ -1196,17 +1201,26 @@ impl TcpWindow {
     /// Notes what TCP segment `s` of direction `d` (`seen`: not its
     /// direction's first, or of a connection answered) says: its window
     /// scale if a SYN, where its sequence numbers end, the window it
-    /// offers. A SYN of the original direction without ACK (a new
-    /// connection on the tuple) starts both directions again.
-    pub(crate) fn track(&mut self, d: usize, s: &wire::TcpSeq, seen: bool) {
+    /// offers. With `reopen` (a new flow, or one whose connection is
+    /// over), a SYN of the original direction without ACK starts both
+    /// directions again. A segment whose sequence number lies outside the
+    /// window ([`TcpWindow::in_window`]) notes nothing: a blind sender
+    /// could otherwise walk where the flow's numbers are taken to be
+    /// across the sequence space, a quarter of it a segment, until a
+    /// reset of its own lands in the window.
+    pub(crate) fn track(&mut self, d: usize, s: &wire::TcpSeq, seen: bool, reopen: bool) {
         let syn = s.flags & wire::TCP_SYN != 0;
+        let opens = reopen && syn && d == 0 && s.flags & wire::TCP_ACK == 0;
+        if seen && !opens && !self.in_window(d, s.seq) {
+            return;
+        }
         if syn {
             self.shift[d] = s.wscale.unwrap_or(NO_SCALE);
         }
         // Windows are scaled once both SYNs asked for it, and never a SYN's.
         let scaled = !syn && self.shift[0] != NO_SCALE && self.shift[1] != NO_SCALE;
         let win = u32::from(s.window) << if scaled { self.shift[d] } else { 0 };
-        if syn && d == 0 && s.flags & wire::TCP_ACK == 0 {
+        if opens {
             (self.seq[0], self.win, self.shift[1]) = (s.end, [win, 0], NO_SCALE);
             return;
         }
@@ -1216,24 +1230,29 @@ impl TcpWindow {
         self.win[d] = self.win[d].max(win);
     }
 
-    /// Whether segment `s` of direction `d` may change the flow: any but
-    /// a reset or FIN; those only where their connection is, their
-    /// sequence number within the window the other side offered (at
-    /// least [`LEAST_WINDOW`]) of where `d`'s sequence numbers end, either
-    /// side (a retransmission lies behind); before anything came back
-    /// (`seen` false), only a reset that acknowledges the SYN exactly (a
-    /// refused connection). A blind attacker who knows the tuple must
-    /// then guess a window's worth of the sequence space, as RFC 5961 asks
-    /// of the endpoints.
-    pub(crate) fn admits(&self, d: usize, s: &wire::TcpSeq, seen: bool) -> bool {
-        if s.flags & (wire::TCP_RST | wire::TCP_FIN) == 0 {
-            return true;
-        }
-        if !seen {
-            return s.flags & wire::TCP_RST != 0 && s.flags & wire::TCP_ACK != 0 && s.ack == self.seq[0];
-        }
+    /// Whether sequence number `seq` of direction `d` lies within the
+    /// window the other side offered (at least [`LEAST_WINDOW`]) of where
+    /// `d`'s sequence numbers end, either side (a retransmission lies
+    /// behind). A sender's segments lie there: it sends no further than
+    /// the window from what was acknowledged, which is behind that end.
+    fn in_window(&self, d: usize, seq: u32) -> bool {
         let w = self.win[1 - d].max(LEAST_WINDOW);
-        u64::from(s.seq.wrapping_sub(self.seq[d].wrapping_sub(w))) <= 2 * u64::from(w)
+        u64::from(seq.wrapping_sub(self.seq[d].wrapping_sub(w))) <= 2 * u64::from(w)
+    }
+
+    /// Whether segment `s` of direction `d` may change the flow. Before
+    /// anything came back (`seen` false), only a reply that acknowledges
+    /// the SYN exactly: the SYN-ACK, or the reset of a refused
+    /// connection. Then any segment but a reset or FIN; those only within
+    /// the window ([`TcpWindow::in_window`]). A blind attacker who knows
+    /// the tuple must then guess the SYN's sequence number, or a window's
+    /// worth of the sequence space, as RFC 5961 asks of the endpoints.
+    pub(crate) fn admits(&self, d: usize, s: &wire::TcpSeq, seen: bool) -> bool {
+        if !seen {
+            let answers = s.flags & (wire::TCP_SYN | wire::TCP_RST) != 0;
+            return answers && s.flags & wire::TCP_ACK != 0 && s.ack == self.seq[0];
+        }
+        s.flags & (wire::TCP_RST | wire::TCP_FIN) == 0 || self.in_window(d, s.seq)
     }
 }
 

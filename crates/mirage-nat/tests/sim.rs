@@ -367,7 +367,10 @@ fn partial_checksums_are_updated_as_the_host_completes_them() {
         let mut r = if i % 2 == 0 {
             build::udp(dst, src, &payload)
         } else {
-            build::tcp(dst, src, flags::SYN | flags::ACK, rng.next() as u32, 1, &payload)
+            // Acknowledging the SYN and its payload, as a reply must.
+            let isn = u32::from_be_bytes([p[24], p[25], p[26], p[27]]);
+            let ack = isn.wrapping_add(len as u32 + 1);
+            build::tcp(dst, src, flags::SYN | flags::ACK, rng.next() as u32, ack, &payload)
         };
         let ps = pseudo_sum(&r);
         r[at..at + 2].copy_from_slice(&ps.to_be_bytes());
@@ -565,6 +568,85 @@ fn resets_and_fins_outside_the_window_change_nothing() {
 }
 
 #[test]
+fn segments_far_outside_the_window_do_not_carry_it_to_a_blind_reset() {
+    // A blind attacker who knows a flow's tuple, not its numbers: bare
+    // ACKs a quarter of the sequence space apart, each followed by a
+    // reset at the same number, would put one reset within the window if
+    // the ACKs moved where the flow's numbers are taken to be.
+    let t = Timeouts::LINUX;
+    let mut nat = router();
+    let host = sa(inside_host(1), 40000);
+    let server = sa(SERVER, 443);
+    let now = 100 * SEC;
+    let mut syn = build::tcp(host, server, flags::SYN, 1000, 0, b"");
+    through(&mut nat, now, INSIDE, &mut syn);
+    let ext = ends(&syn).0;
+    // Before the server answers, only a reply that acknowledges the SYN
+    // counts: a forged SYN-ACK would set the server's numbers.
+    let mut forged = build::tcp(server, ext, flags::SYN | flags::ACK, 0x4000_0000, 77, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut forged), Verdict::Drop(Reason::OutOfWindow));
+    let mut forged = build::tcp(server, ext, flags::ACK, 0x4000_0000, 1001, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut forged), Verdict::Drop(Reason::OutOfWindow));
+    let mut synack = build::tcp(server, ext, flags::SYN | flags::ACK, 5000, 1001, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut synack), Verdict::Forward(INSIDE));
+    let mut ack = build::tcp(host, server, flags::ACK, 1001, 5001, b"");
+    through(&mut nat, now, INSIDE, &mut ack);
+    let mut dropped = 0;
+    for k in 1..4u32 {
+        let seq = 5001u32.wrapping_add(k << 30);
+        // Passed on (the server's peer answers it, if at all), but it
+        // moves nothing.
+        let mut walk = build::tcp(server, ext, flags::ACK, seq, 1001, b"");
+        assert_eq!(through(&mut nat, now, UPLINK, &mut walk), Verdict::Forward(INSIDE));
+        for f in [flags::RST, flags::FIN | flags::ACK] {
+            let mut p = build::tcp(server, ext, f, seq, 1001, b"");
+            assert_eq!(through(&mut nat, now, UPLINK, &mut p), Verdict::Drop(Reason::OutOfWindow), "{k} {f:#x}");
+            dropped += 1;
+        }
+    }
+    assert_eq!(nat.stats().dropped(Reason::OutOfWindow), 2 + dropped);
+    assert_eq!(nat.next_expiry(), Some(now + t.tcp_established));
+    // The flow's own segments still pass and end it.
+    let mut data = build::tcp(server, ext, flags::ACK, 5001, 1001, &[8; 1000]);
+    assert_eq!(through(&mut nat, now, UPLINK, &mut data), Verdict::Forward(INSIDE));
+    let mut fin = build::tcp(server, ext, flags::FIN | flags::ACK, 6001, 1001, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut fin), Verdict::Forward(INSIDE));
+    assert_eq!(nat.next_expiry(), Some(now + t.tcp_fin_wait));
+}
+
+#[test]
+fn a_syn_in_the_middle_of_a_connection_starts_nothing_again() {
+    // A port forward: the flow starts from outside, so an outside host can
+    // send a SYN on its tuple, whose sequence number would otherwise
+    // become where the flow's numbers are.
+    let t = Timeouts::LINUX;
+    let mut nat = router();
+    let client = sa(SERVER, 51000);
+    let now = 10 * SEC;
+    let mut syn = build::tcp(client, sa(EXTERNAL, 8080), flags::SYN, 1, 0, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut syn), Verdict::Forward(INSIDE));
+    let mut synack = build::tcp(WEB, client, flags::SYN | flags::ACK, 7, 2, b"");
+    assert_eq!(through(&mut nat, now, INSIDE, &mut synack), Verdict::Forward(UPLINK));
+    let mut ack = build::tcp(client, sa(EXTERNAL, 8080), flags::ACK, 2, 8, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut ack), Verdict::Forward(INSIDE));
+    let far = 0x9000_0000u32;
+    let mut syn = build::tcp(client, sa(EXTERNAL, 8080), flags::SYN, far, 0, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut syn), Verdict::Forward(INSIDE));
+    let mut rst = build::tcp(client, sa(EXTERNAL, 8080), flags::RST, far.wrapping_add(1), 0, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut rst), Verdict::Drop(Reason::OutOfWindow));
+    assert_eq!(nat.next_expiry(), Some(now + t.tcp_established));
+    // Once the connection is over, a SYN on the tuple opens a new one.
+    let mut rst = build::tcp(client, sa(EXTERNAL, 8080), flags::RST, 2, 0, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut rst), Verdict::Forward(INSIDE));
+    let mut syn = build::tcp(client, sa(EXTERNAL, 8080), flags::SYN, far, 0, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut syn), Verdict::Forward(INSIDE));
+    let mut synack = build::tcp(WEB, client, flags::SYN | flags::ACK, 99, far.wrapping_add(1), b"");
+    assert_eq!(through(&mut nat, now, INSIDE, &mut synack), Verdict::Forward(UPLINK));
+    let mut rst = build::tcp(client, sa(EXTERNAL, 8080), flags::RST, far.wrapping_add(1), 0, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut rst), Verdict::Forward(INSIDE));
+}
+
+#[test]
 fn sources_from_the_wrong_side_are_martians() {
     // From the uplink with an inside source: to the forwarded port it
     // would reach the server as a host of the inside network; with TTL 1
@@ -671,7 +753,8 @@ fn icmp_errors_are_translated_both_headers() {
 
     // From a router inside, or a host forging any source, about the reply
     // the host got: it leaves masqueraded, as every packet from inside.
-    let mut reply = build::tcp(sa(SERVER, 443), sa(EXTERNAL, host.port()), flags::SYN | flags::ACK, 7, 2, b"");
+    // It acknowledges the SYN, which carried 8 bytes from 1.
+    let mut reply = build::tcp(sa(SERVER, 443), sa(EXTERNAL, host.port()), flags::SYN | flags::ACK, 7, 10, b"");
     assert_eq!(through(&mut nat, 6, UPLINK, &mut reply), Verdict::Forward(INSIDE));
     for from in [Ipv4Addr::new(10, 0, 1, 254), Ipv4Addr::new(8, 8, 8, 8)] {
         let mut err = build::icmp_error(from, build::ICMP_UNREACHABLE, 1, &reply).unwrap();
