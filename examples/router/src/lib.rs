@@ -576,7 +576,7 @@ impl Router {
             let c = self.v6.counters;
             let _ = write!(
                 s,
-                " ipv6 forwarded {} echoes {} flows {} denied {} no-route {} hop-limit {} full {} out-of-window {} dropped {};",
+                " ipv6 forwarded {} echoes {} flows {} denied {} no-route {} hop-limit {} full {} inbound-full {} out-of-window {} dropped {};",
                 c.forwarded,
                 c.echoes,
                 self.v6.flows(),
@@ -584,6 +584,7 @@ impl Router {
                 c.no_route,
                 c.hop_limit,
                 c.full,
+                c.inbound_full,
                 c.out_of_window,
                 c.dropped
             );

@@ -11,7 +11,8 @@
 //!   them). Anything else is dropped and counted.
 //! * Flows are tracked in a table of at most [`MAX_FLOWS`] (or
 //!   `--max-flows`, if smaller); when it is full, a new flow is refused and
-//!   counted. A flow's state is followed as the IPv4 NAT follows its own
+//!   counted; flows that started on the uplink (from outside) hold at
+//!   most half of it, as the NAT's do. A flow's state is followed as the IPv4 NAT follows its own
 //!   ([`mirage_nat::FlowState`]: TCP's from the flags seen, UDP's from
 //!   whether a reply came), and it lasts from its last packet as long as
 //!   the NAT's [`Timeouts`] give that state: a SYN never answered
@@ -87,6 +88,9 @@ pub struct Counters {
     pub hop_limit: u64,
     /// New flows refused because the table was full.
     pub full: u64,
+    /// New flows from outside refused because flows from outside held
+    /// half the table.
+    pub inbound_full: u64,
     /// TCP resets and FINs outside the window of their connection (blind
     /// attempts to end a flow, or to shorten its time).
     pub out_of_window: u64,
@@ -120,6 +124,8 @@ pub struct V6 {
     flows: BTreeMap<Key, (u64, FlowState, [u8; 2])>,
     /// When a full table was last swept (`expire`), in milliseconds.
     swept: Option<u64>,
+    /// Flows that started on the uplink (from outside).
+    inbound: usize,
     max_flows: usize,
     timeouts: Timeouts,
     /// Counters.
@@ -158,6 +164,7 @@ impl V6 {
             routes,
             flows: BTreeMap::new(),
             swept: None,
+            inbound: 0,
             max_flows: max_flows.min(MAX_FLOWS),
             timeouts,
             counters: Counters::default(),
@@ -176,7 +183,14 @@ impl V6 {
 
     /// Forgets flows whose time is up.
     pub fn expire(&mut self, now_ms: u64) {
-        self.flows.retain(|_, (until, _, _)| *until > now_ms);
+        let inbound = &mut self.inbound;
+        self.flows.retain(|_, (until, _, ifs)| {
+            let keep = *until > now_ms;
+            if !keep && ifs[0] == crate::UPLINK {
+                *inbound -= 1;
+            }
+            keep
+        });
     }
 
     /// Decides the IPv6 packet `p` (checked by the IP layer) that came in
@@ -245,9 +259,13 @@ impl V6 {
             None => self.flows.get_mut(&key.reversed()).map(|e| (e, true)),
         };
         if let Some(((until, state, ifs), reply)) = known {
-            // In on the interface of its direction, out by the other's.
+            // In on the interface of its direction, out by the other's;
+            // echo requests the way the flow started, replies back (as
+            // the NAT's): a host pinged from inside would otherwise ping
+            // back in under the flow, whatever the rules say.
             let (came, goes) = if reply { (ifs[1], ifs[0]) } else { (ifs[0], ifs[1]) };
-            if came != fi || goes != hop.interface {
+            let wrong_echo = proto == wire::PROTO_ICMPV6 && (icmp_type == ECHO_REQUEST) == reply;
+            if came != fi || goes != hop.interface || wrong_echo {
                 self.counters.denied += 1;
                 return Decision::Drop;
             }
@@ -268,18 +286,28 @@ impl V6 {
                 self.counters.denied += 1;
                 return Decision::Drop;
             }
-            if self.flows.len() >= self.max_flows {
+            // Flows from outside hold at most half the table (as the
+            // NAT's): a flood of them, spoofed from anywhere the uplink
+            // routes, leaves the inside room to start its own.
+            let inbound = fi == crate::UPLINK;
+            let full = |v: &V6| v.flows.len() >= v.max_flows || inbound && v.inbound >= v.max_flows / 2;
+            if full(self) {
                 if self.swept.is_none_or(|at| now_ms.saturating_sub(at) >= 1000) {
                     self.swept = Some(now_ms);
                     self.expire(now_ms);
                 }
-                if self.flows.len() >= self.max_flows {
-                    self.counters.full += 1;
+                if full(self) {
+                    if self.flows.len() >= self.max_flows {
+                        self.counters.full += 1;
+                    } else {
+                        self.counters.inbound_full += 1;
+                    }
                     return Decision::Drop;
                 }
             }
             let Ok(state) = FlowState::new(proto, data) else { return self.drop() };
             self.flows.insert(key, (now_ms + state.timeout(&t), state, [fi, hop.interface]));
+            self.inbound += usize::from(inbound);
         }
         p[7] = hop_limit - 1;
         self.counters.forwarded += 1;
@@ -514,7 +542,8 @@ mod tests {
         // ...and one connection that is answered and established.
         let mut p = syn(CLIENT, 9000, SERVER, 80);
         assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));
-        let mut p = with_flags(syn(SERVER, 80, CLIENT, 9000), 0x12);
+        // The SYN-ACK acknowledges the SYN (sequence number 0).
+        let mut p = segment(SERVER, 80, CLIENT, 9000, 0, 1, 0x12);
         assert_eq!(v.process(0, up, &mut p, &mut rules), Decision::Forward(ins, CLIENT));
         let mut p = with_flags(syn(CLIENT, 9000, SERVER, 80), 0x10);
         assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));
@@ -652,5 +681,56 @@ mod tests {
             let mut p = packet(SERVER, CLIENT, 64, wire::PROTO_ICMPV6, e, 2);
             let _ = v.process(0, up, &mut p, &mut rules);
         }
+    }
+
+    #[test]
+    fn echo_requests_pass_only_the_way_their_flow_started() {
+        let (mut v, mut rules) = setup(100);
+        let (up, ins) = (crate::UPLINK, crate::INSIDE);
+        let reply = |src, dst| packet(src, dst, 64, wire::PROTO_ICMPV6, vec![ECHO_REPLY, 0, 0, 0, 0x12, 0x34, 0, 1], 2);
+        let mut p = echo(CLIENT, SERVER, 64);
+        assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));
+        // The server pings the client with the flow's identifier: the
+        // rules deny pings in, and the flow is not theirs to pass.
+        let mut p = echo(SERVER, CLIENT, 64);
+        assert_eq!(v.process(0, up, &mut p, &mut rules), Decision::Drop);
+        // Nor does the client answer through it.
+        let mut p = reply(CLIENT, SERVER);
+        assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Drop);
+        assert_eq!(v.counters.denied, 2);
+        // The server's answer comes back.
+        let mut p = reply(SERVER, CLIENT);
+        assert_eq!(v.process(0, up, &mut p, &mut rules), Decision::Forward(ins, CLIENT));
+    }
+
+    #[test]
+    fn flows_from_outside_hold_at_most_half_the_table() {
+        let (mut v, _) = setup(10);
+        let mut rules = Rules::parse(
+            "allow in on uplink proto tcp to any port 80\nallow in on inside\n",
+            &[("uplink", Interface(crate::UPLINK)), ("inside", Interface(crate::INSIDE))],
+        )
+        .unwrap();
+        let (up, ins) = (crate::UPLINK, crate::INSIDE);
+        let t = Timeouts::LINUX;
+        // SYNs from outside (a flood, from ever new ports): half the table.
+        for port in 0..10u16 {
+            let mut p = syn(SERVER, 1000 + port, CLIENT, 80);
+            let want = if port < 5 { Decision::Forward(ins, CLIENT) } else { Decision::Drop };
+            assert_eq!(v.process(0, up, &mut p, &mut rules), want, "{port}");
+        }
+        assert_eq!((v.counters.inbound_full, v.counters.full), (5, 0));
+        // The inside has the other half.
+        for port in 1..=6u16 {
+            let mut p = udp(CLIENT, port, SERVER, 53);
+            let want = if port <= 5 { Decision::Forward(up, SERVER) } else { Decision::Drop };
+            assert_eq!(v.process(1, ins, &mut p, &mut rules), want, "{port}");
+        }
+        assert_eq!((v.counters.inbound_full, v.counters.full), (5, 1));
+        // The unanswered SYNs expire: outside hosts may start flows again.
+        let later = t.tcp_syn_sent + 1;
+        let mut p = syn(SERVER, 2000, CLIENT, 80);
+        assert_eq!(v.process(later, up, &mut p, &mut rules), Decision::Forward(ins, CLIENT));
+        assert_eq!(v.flows(), 1);
     }
 }
