@@ -56,6 +56,16 @@ pub const VNET_GSO_TCPV6: u8 = 4;
 /// most 64 KiB with its Ethernet header.
 pub const VNET_MAX_SEGMENTED: usize = 14 + 65_535;
 
+/// The fewest payload bytes a segment may be asked to hold (segmentation
+/// offload). The host cuts a frame into as many segments as the size
+/// asks, in its own kernel, on the guest's behalf: one 64 KiB frame cut
+/// into segments of 1 byte is 65,535 frames of 55 bytes, 3.6 MB of work
+/// for one write. At 32, the host makes at most 2,048 segments of a frame
+/// and a little over twice its bytes. No TCP of ours asks for less:
+/// smoltcp takes a peer's MSS as 48 bytes at least, 36 with its
+/// timestamps.
+pub const VNET_MIN_SEGMENT: u16 = 32;
+
 /// The header of a frame sent with a checksum to complete at `partial`
 /// (`csum_start`, `csum_offset`) and, if `segment` is not 0, segmentation
 /// offload: the frame holds one TCP segment (its header at `csum_start`),
@@ -64,7 +74,8 @@ pub const VNET_MAX_SEGMENTED: usize = 14 + 65_535;
 /// EtherType and the TCP header's data offset); `None` if the frame does
 /// not hold them: an IPv4 packet (its header's own length) or an IPv6 one
 /// (without extension headers) of TCP, the checksum at the TCP header's
-/// checksum field, the TCP header whole. A tender hands the host only
+/// checksum field, the TCP header whole; `None` too for a segment size
+/// below [`VNET_MIN_SEGMENT`]. A tender hands the host only
 /// headers that say what the frame is, whatever its guest asks: Linux
 /// checks them too (`virtio_net_hdr_to_skb`), but kernels before 2024
 /// let some lies reach warnings that a host set to panic on a warning
@@ -73,6 +84,9 @@ pub fn vnet_hdr_segmented(frame: &[u8], partial: (u16, u16), segment: u16) -> Op
     let mut hdr = vnet_hdr(Some(partial));
     if segment == 0 {
         return Some(hdr);
+    }
+    if segment < VNET_MIN_SEGMENT {
+        return None;
     }
     // The IP header's end, which must be the TCP header's start, and its
     // protocol (next header), which must be TCP.
@@ -128,6 +142,9 @@ mod tests {
         frame[34 + 12] = 8 << 4;
         let hdr = vnet_hdr_segmented(&frame, (34, 16), 1448).unwrap();
         assert_eq!(hdr, [VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, 66, 0, 0xa8, 0x05, 34, 0, 16, 0]);
+        assert_eq!(vnet_hdr_segmented(&frame, (34, 16), VNET_MIN_SEGMENT).unwrap()[4], 32);
+        assert_eq!(vnet_hdr_segmented(&frame, (34, 16), VNET_MIN_SEGMENT - 1), None, "segments too small");
+        assert_eq!(vnet_hdr_segmented(&frame, (34, 16), 1), None, "segments too small");
         assert_eq!(vnet_hdr_segmented(&frame, (34, 16), 0), Some(vnet_hdr(Some((34, 16)))));
         frame[12..14].copy_from_slice(&[0x86, 0xdd]);
         frame[54 + 12] = 5 << 4;

@@ -133,8 +133,8 @@ pub fn attach(ifname: &str) -> io::Result<(OwnedFd, u16)> {
 }
 
 pub use solo5_abi::vnet::{
-    VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VNET_MAX_RECEIVED, VNET_MAX_SEGMENTED, vnet_checksum_valid, vnet_hdr,
-    vnet_hdr_for, vnet_hdr_segmented,
+    VNET_F_NEEDS_CSUM, VNET_HDR_LEN, VNET_MAX_RECEIVED, VNET_MAX_SEGMENTED, VNET_MIN_SEGMENT, vnet_checksum_valid,
+    vnet_hdr, vnet_hdr_for, vnet_hdr_segmented,
 };
 
 /// Reads one frame from tap `fd` into the `len` bytes at `buf`, behind its

@@ -770,6 +770,12 @@ impl Server {
                             })? {
                                 None => tap::vnet_hdr(None),
                                 Some((start, offset, 0)) => tap::vnet_hdr(Some((start, offset))),
+                                Some((_, _, segment)) if segment < tap::VNET_MIN_SEGMENT => {
+                                    return Err(fatal!(
+                                        "net ring: a write asks to cut a TCP segment with a segment size of {segment}, below {} bytes",
+                                        tap::VNET_MIN_SEGMENT
+                                    ));
+                                }
                                 Some((start, offset, segment)) => {
                                     let n = frame.copy_prefix(&mut headers);
                                     let vnet = tap::vnet_hdr_segmented(&headers[..n], (start, offset), segment)

@@ -197,7 +197,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
         }
         "ring-read-ro" | "ring-write-oob" | "ring-overflow" | "ring-bad-csum" | "ring-bad-tso" | "serve-read-ro"
         | "serve-write-oob" | "serve-overflow" | "serve-bad-csum" | "serve-bad-tso" | "ring-post-ro"
-        | "serve-post-ro" | "ring-tso-udp" => {
+        | "serve-post-ro" | "ring-tso-udp" | "ring-tso-tiny" => {
             let Some(ring) = ring() else {
                 solo5::println!("hostile: the tender offers no net ring");
                 return 2;
@@ -225,6 +225,14 @@ fn start(si: &solo5::StartInfo) -> i32 {
                     frame[12..14].copy_from_slice(&[0x08, 0x00]);
                     (frame[14], frame[23], frame[34 + 12]) = (0x45, 17, 5 << 4);
                     let csum = csum_entry_segmented(34, 16, 1448);
+                    submit(ring, port, OP_NET_WRITE, frame.as_mut_ptr() as u64, 60, 1, csum)
+                }
+                // A TCP segment to cut into segments of one byte each: the
+                // host would make a frame of every byte.
+                "tso-tiny" => {
+                    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+                    (frame[14], frame[23], frame[34 + 12]) = (0x45, 6, 5 << 4);
+                    let csum = csum_entry_segmented(34, 16, 1);
                     submit(ring, port, OP_NET_WRITE, frame.as_mut_ptr() as u64, 60, 1, csum)
                 }
                 _ => submit(ring, port, OP_NET_WRITE, frame.as_mut_ptr() as u64, 60, RING_SIZE + 1, 0),

@@ -392,8 +392,11 @@ pub(crate) fn net_rx_offload(handle: u64) -> Result<(), Error> {
 fn ring_csum(partial: (u16, u16, u16)) -> Option<u64> {
     let (start, offset, segment) = partial;
     let features = RING_INFO.with(|r| r.0);
+    // The tender refuses segments smaller than VNET_MIN_SEGMENT (it ends
+    // the guest): such a frame is not sent.
     let offered = features & solo5_abi::hvt::FEATURE_NET_CSUM != 0
-        && (segment == 0 || features & solo5_abi::hvt::FEATURE_NET_TSO != 0);
+        && (segment == 0
+            || features & solo5_abi::hvt::FEATURE_NET_TSO != 0 && segment >= solo5_abi::vnet::VNET_MIN_SEGMENT);
     offered.then(|| solo5_abi::ring::csum_entry_segmented(start, offset, segment))
 }
 
