@@ -1,7 +1,9 @@
 //! `mirage-bench nat`: the packet rate of mirage-nat's connection
 //! tracking and translation, in process (no device, no copy but one of
 //! each packet into the buffer it is rewritten in, as a router's receive
-//! buffer would be).
+//! buffer would be); and the DHCP server's rate of DISCOVERs with a pool
+//! of 65,535 addresses, filling it and then full (each a made-up client,
+//! as a flood of them would be).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
@@ -117,6 +119,44 @@ fn new_flows(table: usize, count: usize) -> Result<Rate, String> {
     })
 }
 
+/// A DHCPDISCOVER from `mac`: BOOTP's fixed part, the magic cookie, the
+/// message type.
+fn discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 240];
+    (p[0], p[1], p[2]) = (1, 1, 6);
+    p[4..8].copy_from_slice(&xid.to_be_bytes());
+    p[28..34].copy_from_slice(&mac);
+    p[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    p.extend_from_slice(&[53, 1, 1, 255]);
+    p
+}
+
+/// DISCOVERs from made-up clients, `count` of them, to a server whose
+/// pool of 65,535 addresses holds `filled` offers first.
+fn discovers(filled: usize, count: usize) -> Result<Rate, String> {
+    let mut s = mirage_dhcpd::Server::new(mirage_dhcpd::Config {
+        server: Ipv4Addr::new(10, 1, 0, 1),
+        prefix: 16,
+        pool: (Ipv4Addr::new(10, 1, 0, 2), Ipv4Addr::new(10, 1, 255, 254)),
+        router: None,
+        dns: Vec::new(),
+        lease_secs: 3600,
+        reservations: Vec::new(),
+    })
+    .map_err(|e| e.0)?;
+    let mac = |n: usize| [2, (n >> 24) as u8, (n >> 16) as u8, (n >> 8) as u8, n as u8, 1];
+    for n in 0..filled {
+        s.input(&discover(mac(n), n as u32), 1).ok_or("no offer while filling the pool")?;
+    }
+    measure(count, |i| {
+        let n = filled + i;
+        match s.input(&discover(mac(n), n as u32), 1) {
+            Some(_) => Ok(()),
+            None => Err(format!("DISCOVER {n} was not answered: {:?}", s.stats())),
+        }
+    })
+}
+
 fn show(what: &str, r: &Rate, unit: &str) {
     println!(
         "  {what}: {:>6.2} M{unit}/s on the CPU ({:.0} ns each), {:>6.2} M{unit}/s wall",
@@ -138,5 +178,10 @@ pub(crate) fn nat(count: usize) -> Result<(), String> {
     }
     let r = new_flows(16_384, n * 20)?;
     show("new TCP flows (SYN, rules, masquerade, expiry), table of 16384", &r, "flows");
+    println!("mirage-dhcpd in process: DISCOVERs from made-up clients, a pool of 65,535 addresses");
+    let r = discovers(0, 60_000)?;
+    show("DISCOVERs filling the pool (the lowest free address each)", &r, "messages");
+    let r = discovers(65_535, 20_000)?;
+    show("DISCOVERs with the pool full (the oldest offer taken back each)", &r, "messages");
     Ok(())
 }

@@ -424,3 +424,80 @@ fn bad_configurations_are_refused_with_the_reason() {
         assert!(e.0.contains(want), "{e} (wanted {want:?})");
     }
 }
+
+/// What the records' indexes say, worked out again from the records
+/// alone, as the server did before it kept them.
+fn check_indexes(s: &Server) {
+    let r = &s.leases;
+    for (mac, a) in &r.by_client {
+        assert_eq!(r.get(a).map(|l| l.client), Some(*mac), "{a} is indexed for a client that does not hold it");
+    }
+    for (a, l) in r.iter() {
+        if l.client != [0; 6] {
+            assert_eq!(r.of_client(l.client), Some(*a), "{a}'s client is not indexed to it");
+        }
+    }
+    let (first, last) = s.config.pool;
+    let free = (bits(first)..=bits(last))
+        .find(|&a| r.get(&Ipv4Addr::from(a)).is_none() && s.reserved.binary_search(&a).is_err())
+        .map(Ipv4Addr::from);
+    assert_eq!(r.lowest_free(), free);
+    let oldest = |want: fn(&State) -> Option<u64>| {
+        r.iter().filter_map(|(a, l)| want(&l.state).map(|t| (t, *a))).min().map(|(_, a)| a)
+    };
+    let offered = |st: &State| if let State::Offered(t) = st { Some(*t) } else { None };
+    let declined = |st: &State| if let State::Declined(t) = st { Some(*t) } else { None };
+    assert_eq!(r.oldest_offer(), oldest(offered));
+    let count = r.iter().filter(|(_, l)| declined(&l.state).is_some()).count();
+    assert_eq!(r.declines(), (count, oldest(declined)));
+}
+
+#[test]
+fn the_indexes_agree_with_the_records_through_churn() {
+    // Clients that discover, request, decline, release and go quiet, over
+    // a pool of 40 with a reservation inside it, for hours of expiry.
+    let mut c = config();
+    c.pool = (Ipv4Addr::new(10, 1, 0, 100), Ipv4Addr::new(10, 1, 0, 139));
+    c.reservations = vec![(R, Ipv4Addr::new(10, 1, 0, 120))];
+    c.lease_secs = 60;
+    let mut s = Server::new(c).unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for step in 0..20_000u64 {
+        let now = step / 20;
+        let mac = if next(50) == 0 { R } else { [2, 0, 0, 0, 1, next(70) as u8] };
+        match next(5) {
+            0 | 1 => {
+                let mut m = message(DhcpMessageType::Discover, mac, step as u32);
+                m.requested_ip = (next(3) == 0).then(|| Ipv4Addr::new(10, 1, 0, 95 + next(50) as u8));
+                send(&mut s, &m, now);
+            }
+            2 => {
+                let mut m = message(DhcpMessageType::Request, mac, step as u32);
+                m.requested_ip = Some(Ipv4Addr::new(10, 1, 0, 95 + next(50) as u8));
+                m.server_identifier = (next(4) != 0).then_some(SERVER).or(Some(Ipv4Addr::new(10, 1, 0, 2)));
+                send(&mut s, &m, now);
+            }
+            3 => {
+                let a = s.leases.of_client(mac).unwrap_or(Ipv4Addr::new(10, 1, 0, 100));
+                send(&mut s, &decline(mac, a, step as u32), now);
+            }
+            _ => {
+                let mut m = message(DhcpMessageType::Release, mac, step as u32);
+                m.client_ip = s.leases.of_client(mac).unwrap_or(Ipv4Addr::UNSPECIFIED);
+                m.server_identifier = Some(SERVER);
+                send(&mut s, &m, now);
+            }
+        }
+        check_indexes(&s);
+    }
+    let st = s.stats();
+    // Every path was taken, the full pool's included.
+    assert!(st.acks > 20 && st.declines > 10 && st.declines_forgotten > 0, "{st:?}");
+    assert!(st.offers_reclaimed > 0 && st.releases > 100 && st.naks > 0, "{st:?}");
+}
