@@ -234,6 +234,9 @@ const MAX_READ: usize = 16 * 1024;
 /// the start of the next request.
 const CHUNK_WINDOW: usize = 16 * 1024;
 
+/// The least a chunked body is given room for at first.
+const MIN_BODY: usize = 256;
+
 /// How long a connection refused for want of memory may take to send its
 /// head before it is closed without an answer.
 const REFUSE_WAIT: Duration = Duration::from_secs(5);
@@ -693,55 +696,72 @@ async fn read_body<F: Flow>(
         }
         Framing::Chunked => {
             let mut body: Vec<u8> = Vec::new();
+            // Where the unread bytes of `buf` start. What was read is cut
+            // off once, before `buf` is filled again, not chunk by chunk:
+            // cutting each chunk's bytes off at once shifted the rest of
+            // the buffer every time, and a body of 1-byte chunks cost
+            // thousands of times its bytes.
+            let mut pos = 0;
+            macro_rules! refill {
+                () => {{
+                    buf.drain(..pos);
+                    pos = 0;
+                    more!(CHUNK_WINDOW);
+                }};
+            }
             loop {
                 let allowance = limits.max_body.saturating_sub(body.len() as u64);
                 let size = loop {
-                    match request::chunk_size(buf, allowance) {
+                    match request::chunk_size(&buf[pos..], allowance) {
                         Ok(ChunkLine::Size { size, len }) => {
-                            buf.drain(..len);
+                            pos += len;
                             break size;
                         }
-                        Ok(ChunkLine::Partial) => more!(CHUNK_WINDOW),
+                        Ok(ChunkLine::Partial) => refill!(),
                         Err(r) => return Err(Stop::Refuse(r.status())),
                     }
                 };
                 if size == 0 {
                     loop {
-                        match request::trailers(buf) {
+                        match request::trailers(&buf[pos..]) {
                             Ok(Some(len)) => {
-                                buf.drain(..len);
+                                buf.drain(..pos + len);
                                 return Ok(body);
                             }
-                            Ok(None) => more!(CHUNK_WINDOW),
+                            Ok(None) => refill!(),
                             Err(r) => return Err(Stop::Refuse(r.status())),
                         }
                     }
                 }
-                // The data moves to the body as it arrives; the body grows
-                // by doubling, never past what the chunk declared.
+                // The data moves to the body as it arrives. The body grows
+                // by doubling what arrived (never to more than twice the
+                // bytes received, nor past the largest body), not by what
+                // each chunk declares: chunks of a byte each grew it a
+                // byte at a time, a reallocation a chunk.
                 let mut left = usize::try_from(size).unwrap_or(usize::MAX);
                 while left > 0 {
-                    if buf.is_empty() {
-                        more!(CHUNK_WINDOW);
+                    if pos == buf.len() {
+                        refill!();
                     }
-                    let take = left.min(buf.len());
+                    let take = left.min(buf.len() - pos);
                     if body.capacity() - body.len() < take {
-                        let cap = body.len().saturating_add(left).min((body.capacity() * 2).max(body.len() + take));
+                        let most = usize::try_from(limits.max_body).unwrap_or(usize::MAX);
+                        let cap = (body.capacity() * 2).max(MIN_BODY).min(most).max(body.len() + take);
                         if !me.grow(&mut body, cap).await {
                             return Err(Fill::Short.stop(me, 413));
                         }
                     }
-                    body.extend_from_slice(&buf[..take]);
-                    buf.drain(..take);
+                    body.extend_from_slice(&buf[pos..pos + take]);
+                    pos += take;
                     left -= take;
                 }
-                while buf.len() < 2 {
-                    more!(CHUNK_WINDOW);
+                while buf.len() - pos < 2 {
+                    refill!();
                 }
-                if buf[..2] != *b"\r\n" {
+                if buf[pos..pos + 2] != *b"\r\n" {
                     return Err(Stop::Refuse(400));
                 }
-                buf.drain(..2);
+                pos += 2;
             }
         }
     }
