@@ -29,6 +29,10 @@ impl fmt::Display for Error {
     }
 }
 
+/// A count a flow keeps current of the bytes it buffers on its peer's
+/// behalf beyond what the stack holds ([`Flow::meter`]).
+pub type Meter = alloc::rc::Rc<core::cell::Cell<usize>>;
+
 /// A bidirectional byte stream.
 pub trait Flow {
     /// Reads into `buf`; the number of bytes read, 0 at the end of the
@@ -58,6 +62,17 @@ pub trait Flow {
             buf = &mut buf[n..];
         }
         Ok(())
+    }
+
+    /// From now on keeps `meter` at the bytes this flow holds in buffers
+    /// of its own on its peer's behalf (a TLS connection's records read
+    /// and not yet decrypted, or encrypted and not yet sent), even while a
+    /// read or write waits: a server that accounts for what each
+    /// connection holds, and sheds the largest when memory runs short,
+    /// then counts them too. A flow that keeps no buffers of its own
+    /// leaves it at 0.
+    fn meter(&mut self, meter: Meter) {
+        let _ = meter;
     }
 
     /// Sends what is buffered.

@@ -3,7 +3,9 @@
 //!
 //! A connection's buffers (the request head being read, the body, a
 //! response assembled in memory, the buffer a streamed response is read
-//! into) are memory held on a peer's behalf. Every
+//! into), and those its flow keeps itself (a TLS connection's records,
+//! which the flow counts in a meter: `Flow::meter`), are memory held on a
+//! peer's behalf. Every
 //! growth asks [`mirage_runtime::memory::may_hold`] first and allocates
 //! fallibly, so a peer can never make the server abort. When the budget is
 //! reached the largest holders are shed first: asked to answer 503 (or 413
@@ -21,6 +23,7 @@ use core::cell::{Cell, RefCell};
 use core::cmp::Reverse;
 use core::task::{Poll, Waker};
 
+use mirage_devices::flow::Meter;
 use mirage_runtime::memory::{self, may_hold};
 use mirage_runtime::yield_now;
 
@@ -81,6 +84,11 @@ struct Account {
     slot: Cell<usize>,
     /// Bytes its buffers hold.
     held: Cell<usize>,
+    /// Bytes its flow holds in buffers of its own (a TLS connection's
+    /// records), kept current by the flow ([`Flow::meter`]).
+    ///
+    /// [`Flow::meter`]: mirage_devices::flow::Flow::meter
+    flow: Meter,
     /// The ledger's clock at its last progress.
     stamp: Cell<u64>,
     /// Whether it has been asked to give its memory back.
@@ -90,16 +98,25 @@ struct Account {
 }
 
 impl Account {
+    /// All it holds: its buffers and its flow's.
+    fn total(&self) -> usize {
+        self.held.get().saturating_add(self.flow.get())
+    }
+
     /// Whether it may be asked to give its memory back for one holding
     /// `than`: not asked yet, and holding at least [`MIN_SHED`] and more.
     fn sheddable(&self, than: usize) -> bool {
-        !self.shed.get() && self.held.get() >= MIN_SHED && self.held.get() > than
+        !self.shed.get() && self.total() >= MIN_SHED && self.total() > than
     }
 }
 
 impl core::fmt::Debug for Account {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Account").field("held", &self.held.get()).field("shed", &self.shed.get()).finish()
+        f.debug_struct("Account")
+            .field("held", &self.held.get())
+            .field("flow", &self.flow.get())
+            .field("shed", &self.shed.get())
+            .finish()
     }
 }
 
@@ -125,7 +142,7 @@ impl Ledger {
         let victim = accounts
             .iter()
             .filter(|a| a.sheddable(than))
-            .max_by_key(|a| (a.held.get() / MIN_SHED, Reverse(a.stamp.get())));
+            .max_by_key(|a| (a.total() / MIN_SHED, Reverse(a.stamp.get())));
         match victim {
             Some(v) => {
                 v.shed.set(true);
@@ -214,6 +231,18 @@ impl Holder<'_> {
         self.account.held.get()
     }
 
+    /// What it holds with its flow's buffers: what larger holders are
+    /// judged against.
+    fn total(&self) -> usize {
+        self.account.total()
+    }
+
+    /// The meter its flow keeps current with the bytes the flow buffers
+    /// itself ([`mirage_devices::flow::Flow::meter`]).
+    pub(crate) fn meter(&self) -> Meter {
+        self.account.flow.clone()
+    }
+
     /// Records that bytes went to or came from its peer.
     pub(crate) fn progressed(&self) {
         let now = self.ledger.clock.get().wrapping_add(1);
@@ -256,7 +285,7 @@ impl Holder<'_> {
     /// larger holders if need be; false if there is no room, or it has
     /// been shed itself. [`Holder::set`] gives it back.
     pub(crate) async fn claim(&self, bytes: usize) -> bool {
-        if !self.ledger.make_room(self.held(), || may_hold(bytes), || self.is_shed()).await {
+        if !self.ledger.make_room(self.total(), || may_hold(bytes), || self.is_shed()).await {
             return false;
         }
         self.set(self.held().saturating_add(bytes));
@@ -272,7 +301,7 @@ impl Holder<'_> {
             return true;
         }
         let fits = || may_hold(cap - before) && v.try_reserve_exact(cap - v.len()).is_ok();
-        if !self.ledger.make_room(self.held(), fits, || self.is_shed()).await {
+        if !self.ledger.make_room(self.total(), fits, || self.is_shed()).await {
             return false;
         }
         self.set(self.held().saturating_add(v.capacity() - before));
@@ -324,6 +353,30 @@ mod tests {
         drop(a);
         assert_eq!(stats.held.get(), 0);
         assert!(ledger.accounts.borrow().is_empty());
+    }
+
+    #[test]
+    fn what_a_flow_buffers_itself_counts_with_the_connection() {
+        // A TLS connection that holds little in the server's buffers but
+        // a large record half received in its own (its flow's meter), and
+        // one holding a body: the TLS one is the larger, and goes first.
+        let stats = Stats::default();
+        let ledger = Ledger::default();
+        let (tls, body) = (ledger.open(&stats), ledger.open(&stats));
+        tls.set(2 * 1024);
+        body.set(40 * 1024);
+        let meter = tls.meter();
+        meter.set(82 * 1024);
+        assert!(ledger.shed_largest(0));
+        assert!(tls.is_shed() && !body.is_shed());
+        // Idle with little in its flow, a connection is not worth shedding.
+        let idle = ledger.open(&stats);
+        idle.set(2 * 1024);
+        idle.meter().set(4 * 1024);
+        assert!(ledger.shed_largest(0));
+        assert!(body.is_shed());
+        assert!(!ledger.shed_largest(0));
+        assert!(!idle.is_shed());
     }
 
     /// A platform whose clock only moves when every task waits.

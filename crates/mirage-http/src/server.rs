@@ -493,6 +493,8 @@ async fn connection<F: Flow, H: Handler, W: WallClock>(
     ledger: &Ledger,
 ) {
     let me = ledger.open(stats);
+    // What the flow buffers itself (TLS records) counts with the rest.
+    flow.meter(me.meter());
     let stop = converse(&mut flow, peer, handler, limits, clock, stats, &me).await;
     // The buffers are gone with `converse`; the answer needs none of them.
     me.set(0);

@@ -210,6 +210,9 @@ pub struct TlsFlow<F, S> {
     /// was cancelled part-way (a timeout around it), after which the
     /// record stream is cut and nothing more may follow it.
     sending: bool,
+    /// Kept at [`TlsFlow::buffered_capacity`] where the owner asked
+    /// ([`Flow::meter`]).
+    meter: Option<flow::Meter>,
 }
 
 /// A server-side TLS connection.
@@ -258,13 +261,16 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
             peer_closed: false,
             failed: None,
             sending: false,
+            meter: None,
         }
     }
 
     /// Runs the handshake to its end (a no-op once done).
     pub async fn handshake(&mut self) -> Result<(), Error> {
         while self.conn.is_handshaking() {
-            let got = match self.step(Want::Read) {
+            let got = self.step(Want::Read);
+            self.note();
+            let got = match got {
                 Ok(g) => g,
                 Err(e) => return Err(self.failed(e).await),
             };
@@ -327,6 +333,13 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
     /// rustls' state or the flow's).
     pub fn buffered_capacity(&self) -> usize {
         self.incoming.capacity() + self.outgoing.buf.capacity() + self.plain.capacity()
+    }
+
+    /// Brings the meter up to date, after the buffers grew or shrank.
+    fn note(&self) {
+        if let Some(m) = &self.meter {
+            m.set(self.buffered_capacity());
+        }
     }
 
     fn fail(&mut self, e: Error) -> Error {
@@ -472,6 +485,7 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
         if self.filled == 0 && self.incoming.len() > IDLE_INCOMING {
             // Idle again: give back what a large record took.
             self.incoming = Vec::new();
+            self.note();
         }
     }
 
@@ -518,6 +532,9 @@ impl<F: Flow, S: Side> TlsFlow<F, S> {
             }
             self.incoming.resize(to, 0);
         }
+        // Before the wait: a peer that sends part of a large record and
+        // holds it is seen holding the room it took.
+        self.note();
         match self.flow.read(&mut self.incoming[self.filled..]).await {
             Ok(0) => Err(self.fail(Error::Eof)),
             Ok(n) => {
@@ -593,6 +610,11 @@ impl Outgoing {
 }
 
 impl<F: Flow, S: Side> Flow for TlsFlow<F, S> {
+    fn meter(&mut self, meter: flow::Meter) {
+        meter.set(self.buffered_capacity());
+        self.meter = Some(meter);
+    }
+
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, flow::Error> {
         loop {
             if self.plain_at < self.plain.len() {
@@ -604,6 +626,7 @@ impl<F: Flow, S: Side> Flow for TlsFlow<F, S> {
                     self.plain_at = 0;
                     if self.plain.capacity() > IDLE_INCOMING {
                         self.plain = Vec::new();
+                        self.note();
                     }
                 }
                 return Ok(n);
@@ -611,7 +634,9 @@ impl<F: Flow, S: Side> Flow for TlsFlow<F, S> {
             if buf.is_empty() {
                 return Ok(0);
             }
-            let got = match self.step(Want::Read) {
+            let got = self.step(Want::Read);
+            self.note();
+            let got = match got {
                 Ok(g) => g,
                 Err(e) => {
                     let e = self.failed(e).await;
@@ -636,7 +661,9 @@ impl<F: Flow, S: Side> Flow for TlsFlow<F, S> {
         }
         let data = &data[..data.len().min(MAX_WRITE)];
         loop {
-            let got = match self.step(Want::Write(data)) {
+            let got = self.step(Want::Write(data));
+            self.note();
+            let got = match got {
                 Ok(g) => g,
                 Err(e) => {
                     let e = self.failed(e).await;

@@ -553,3 +553,37 @@ fn a_server_that_stalls_the_handshake_costs_the_client_its_wait() {
     assert!(short.0.unwrap_err().to_string().contains("within 1500 ms"));
     assert_eq!(hello.first(), Some(&22), "a handshake record went first");
 }
+
+#[test]
+fn the_meter_counts_a_large_record_held_half_sent() {
+    // A peer sends 16 KiB of a record of a ClientHello that says it is
+    // 60,000 bytes long, and then nothing: the server's read waits, its
+    // input grown (doubled to 32 KiB when the 16 KiB it had filled), and
+    // its meter says so while it waits, so that the HTTP server, which
+    // reads the meter, can shed it.
+    setup();
+    let (server, _client) = one_leaf("meter", "ec");
+    let (held, failed) = common::run(async move {
+        let (s_end, mut c_end) = pair(256 * 1024);
+        let meter = mirage_devices::flow::Meter::default();
+        let mut tls = TlsServer::server(s_end, server).unwrap();
+        tls.meter(meter.clone());
+        let serve = async move {
+            let mut buf = [0u8; 16];
+            tls.read(&mut buf).await.is_err()
+        };
+        let hold = async move {
+            let mut record = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0xea, 0x60, 0x03, 0x03];
+            record.resize(16 * 1024, 0);
+            c_end.write_all(&record).await.unwrap();
+            mirage_runtime::time::sleep(Duration::from_secs(1)).await;
+            let held = meter.get();
+            drop(c_end);
+            held
+        };
+        let (failed, held) = join(serve, hold).await;
+        (held, failed)
+    });
+    assert!(held >= 32 * 1024, "the meter said {held} bytes while the read waited with 32 KiB of input");
+    assert!(failed, "the read fails when the peer goes");
+}
