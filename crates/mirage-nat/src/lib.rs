@@ -784,12 +784,17 @@ impl Nat {
         if a.ip.proto == wire::TCP {
             let s = wire::tcp_seq(p, &a.ip);
             let seen = d == 0 || fl.flags & F_REPLIED != 0;
-            if !fl.tcp.admits(d, &s, seen) {
-                return Err(Reason::OutOfWindow);
+            // A connection over (or reset, or never answered) may start
+            // again on its tuple.
+            let reopen = matches!(fl.class, Class::TimeWait | Class::Close) || fl.flags & F_REPLIED == 0;
+            match self.table.get_mut(f).tcp.judge(d, &s, seen, reopen) {
+                Judged::Refuse => return Err(Reason::OutOfWindow),
+                Judged::Pass => {
+                    translate(p, &a.ip, &fl.key[d], &fl.key[1 - d].inverse(), forwarding, a.partial);
+                    return Ok(verdict(out_if));
+                }
+                Judged::Note => {}
             }
-            // A connection over (or reset) may start again on its tuple.
-            let reopen = matches!(fl.class, Class::TimeWait | Class::Close);
-            self.table.get_mut(f).tcp.track(d, &s, seen, reopen);
         }
         translate(p, &a.ip, &fl.key[d], &fl.key[1 - d].inverse(), forwarding, a.partial);
         let mut flags = fl.flags;
@@ -905,7 +910,7 @@ impl Nat {
         }
         let f = self.table.insert(key, [in_if, out_if], first_class(t.proto), flags, now);
         if t.proto == wire::TCP {
-            self.table.get_mut(f).tcp.track(0, &wire::tcp_seq(p, ip), true, true);
+            self.table.get_mut(f).tcp.judge(0, &wire::tcp_seq(p, ip), true, true);
         }
         self.inbound += usize::from(inbound);
         self.stats.created += 1;
@@ -1143,32 +1148,35 @@ impl FlowState {
     pub fn new(proto: u8, l4: &[u8]) -> Result<FlowState, Refused> {
         let mut tcp = TcpWindow::NEW;
         if proto == wire::TCP {
-            tcp.track(0, &wire::tcp_segment(l4).ok_or(Refused::Malformed)?, true, true);
+            tcp.judge(0, &wire::tcp_segment(l4).ok_or(Refused::Malformed)?, true, true);
         }
         Ok(FlowState { class: first_class(proto), flags: 0, tcp })
     }
 
     /// Follows a later packet of the flow, `l4` its transport header and
     /// payload; `reply` when it goes the other way from the first. A TCP
-    /// segment that is malformed, a first reply that does not acknowledge
-    /// the SYN, or a reset or FIN outside its connection's window, is
-    /// refused, and the state left as it was: drop the packet. Other
-    /// segments outside the window pass and change nothing.
-    pub fn advance(&mut self, reply: bool, proto: u8, l4: &[u8]) -> Result<(), Refused> {
+    /// segment that is malformed, a first reply that answers the SYN with
+    /// other numbers, or a reset or FIN outside its connection's window, is
+    /// refused, and the state left as it was: drop the packet. `Ok(false)`:
+    /// a segment that passes but is not the connection's as the flow knows
+    /// it ([`TcpWindow::judge`]), which changes nothing, its flow's time
+    /// not renewed; `Ok(true)`: noted, the flow's time renewed.
+    pub fn advance(&mut self, reply: bool, proto: u8, l4: &[u8]) -> Result<bool, Refused> {
         let d = usize::from(reply);
         let mut tcp_flags = 0;
         if proto == wire::TCP {
             let s = wire::tcp_segment(l4).ok_or(Refused::Malformed)?;
             let seen = d == 0 || self.flags & F_REPLIED != 0;
-            if !self.tcp.admits(d, &s, seen) {
-                return Err(Refused::OutOfWindow);
+            let reopen = matches!(self.class, Class::TimeWait | Class::Close) || self.flags & F_REPLIED == 0;
+            match self.tcp.judge(d, &s, seen, reopen) {
+                Judged::Refuse => return Err(Refused::OutOfWindow),
+                Judged::Pass => return Ok(false),
+                Judged::Note => {}
             }
-            let reopen = matches!(self.class, Class::TimeWait | Class::Close);
-            self.tcp.track(d, &s, seen, reopen);
             tcp_flags = s.flags;
         }
         self.class = advance(self.class, &mut self.flags, d, proto, tcp_flags);
-        Ok(())
+        Ok(true)
     }
 
     /// How long the flow lasts from its last packet, in milliseconds.
@@ -1187,33 +1195,94 @@ const NO_SCALE: u8 = 0xff;
 /// What a flow keeps of its TCP connection's sequence space, each
 /// direction (0 the way the flow started): where its sequence numbers end
 /// (the furthest seen), the largest window it offered the other, and the
-/// window scale its SYN asked for. A reset or FIN is judged by it.
+/// window scale its SYN asked for. Each segment is judged by it
+/// ([`TcpWindow::judge`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TcpWindow {
     seq: [u32; 2],
     win: [u32; 2],
     shift: [u8; 2],
+    /// Before the first reply was noted, one passed that acknowledged
+    /// other numbers than the SYN's (a challenge ACK): its number is in
+    /// `seq[1]`, where the reset that answers it will be.
+    challenged: bool,
+}
+
+/// What a TCP segment does to its flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Judged {
+    /// Dropped, the flow left as it was.
+    Refuse,
+    /// Passed on, noting nothing, its flags moving no state and its
+    /// flow's time not renewed: its numbers are not where the flow has its
+    /// connection's (a blind sender's, an endpoint's answer about another
+    /// connection); the endpoint judges it.
+    Pass,
+    /// Noted, and its flags move the flow's state.
+    Note,
 }
 
 impl TcpWindow {
-    pub(crate) const NEW: TcpWindow = TcpWindow { seq: [0; 2], win: [0; 2], shift: [NO_SCALE; 2] };
+    pub(crate) const NEW: TcpWindow = TcpWindow { seq: [0; 2], win: [0; 2], shift: [NO_SCALE; 2], challenged: false };
 
-    /// Notes what TCP segment `s` of direction `d` (`seen`: not its
-    /// direction's first, or of a connection answered) says: its window
-    /// scale if a SYN, where its sequence numbers end, the window it
-    /// offers. With `reopen` (a new flow, or one whose connection is
-    /// over), a SYN of the original direction without ACK starts both
-    /// directions again. A segment whose sequence number lies outside the
-    /// window ([`TcpWindow::in_window`]) notes nothing: a blind sender
-    /// could otherwise walk where the flow's numbers are taken to be
-    /// across the sequence space, a quarter of it a segment, until a
-    /// reset of its own lands in the window.
-    pub(crate) fn track(&mut self, d: usize, s: &wire::TcpSeq, seen: bool, reopen: bool) {
-        let syn = s.flags & wire::TCP_SYN != 0;
-        let opens = reopen && syn && d == 0 && s.flags & wire::TCP_ACK == 0;
-        if seen && !opens && !self.in_window(d, s.seq) {
-            return;
+    /// Judges TCP segment `s` of direction `d` (`seen`: not its
+    /// direction's first, or of a connection answered; `reopen`: a new
+    /// flow, one whose connection is over, or one not yet answered, where
+    /// a SYN of the original direction without ACK starts both directions
+    /// again), noting what it says where it is the connection's.
+    ///
+    /// * The first reply must acknowledge the SYN (with or without the data
+    ///   it carried, TCP Fast Open's: up to 64 KiB past it): a SYN-ACK, or the reset
+    ///   of a refused connection; or be a SYN itself (a simultaneous open,
+    ///   as hole punching makes). Another SYN or reset is refused: a blind
+    ///   sender must guess the SYN's sequence number. A bare ACK passes,
+    ///   noting nothing: the server holds an older connection on the tuple
+    ///   (a challenge ACK, RFC 5961, or TIME_WAIT's answer), and the
+    ///   client's reset at the number it acknowledges, which clears that
+    ///   connection, passes too.
+    /// * Later, a segment within the window ([`TcpWindow::in_window`]) is
+    ///   noted. A reset or FIN outside it is refused (a blind attempt to
+    ///   end the flow or cut its time); anything else outside it passes,
+    ///   noting nothing: were the flow to follow any segment's numbers, a
+    ///   blind sender's bare ACKs a quarter of the space apart would walk
+    ///   them onto a reset of its own, and its ACKs would move a
+    ///   half-open flow to the established one's five days.
+    pub(crate) fn judge(&mut self, d: usize, s: &wire::TcpSeq, seen: bool, reopen: bool) -> Judged {
+        let (syn, ack, rst) =
+            (s.flags & wire::TCP_SYN != 0, s.flags & wire::TCP_ACK != 0, s.flags & wire::TCP_RST != 0);
+        if !seen {
+            // `seq[0]` is the SYN's number plus one, whatever data the SYN
+            // carried (TCP Fast Open's): the answer acknowledges that, or
+            // the data too.
+            let acks_syn = ack && s.ack.wrapping_sub(self.seq[0]) <= LEAST_WINDOW;
+            if (syn || rst) && acks_syn || syn && !ack && !rst {
+                self.challenged = false;
+                self.win[d] = 0;
+                self.track(d, s, false, false);
+                return Judged::Note;
+            }
+            if syn || rst || !ack {
+                return Judged::Refuse;
+            }
+            (self.seq[1], self.challenged) = (s.ack, true);
+            return Judged::Pass;
         }
+        let opens = reopen && syn && d == 0 && !ack;
+        if opens || self.in_window(d, s.seq) {
+            self.track(d, s, true, opens);
+            return Judged::Note;
+        }
+        if d == 0 && rst && self.challenged && s.seq == self.seq[1] {
+            return Judged::Pass;
+        }
+        if rst || s.flags & wire::TCP_FIN != 0 { Judged::Refuse } else { Judged::Pass }
+    }
+
+    /// Notes what TCP segment `s` of direction `d` says: its window scale
+    /// if a SYN, where its sequence numbers end, the window it offers;
+    /// `opens` starts both directions again.
+    fn track(&mut self, d: usize, s: &wire::TcpSeq, seen: bool, opens: bool) {
+        let syn = s.flags & wire::TCP_SYN != 0;
         if syn {
             self.shift[d] = s.wscale.unwrap_or(NO_SCALE);
         }
@@ -1221,7 +1290,10 @@ impl TcpWindow {
         let scaled = !syn && self.shift[0] != NO_SCALE && self.shift[1] != NO_SCALE;
         let win = u32::from(s.window) << if scaled { self.shift[d] } else { 0 };
         if opens {
-            (self.seq[0], self.win, self.shift[1]) = (s.end, [win, 0], NO_SCALE);
+            // Where the SYN's data would start: the answer may decline
+            // the data (Fast Open refused), and the client sends it again.
+            let end = s.seq.wrapping_add(1);
+            (self.seq[0], self.win, self.shift[1], self.challenged) = (end, [win, 0], NO_SCALE, false);
             return;
         }
         if !seen || (s.end.wrapping_sub(self.seq[d]) as i32) > 0 {
@@ -1238,21 +1310,6 @@ impl TcpWindow {
     fn in_window(&self, d: usize, seq: u32) -> bool {
         let w = self.win[1 - d].max(LEAST_WINDOW);
         u64::from(seq.wrapping_sub(self.seq[d].wrapping_sub(w))) <= 2 * u64::from(w)
-    }
-
-    /// Whether segment `s` of direction `d` may change the flow. Before
-    /// anything came back (`seen` false), only a reply that acknowledges
-    /// the SYN exactly: the SYN-ACK, or the reset of a refused
-    /// connection. Then any segment but a reset or FIN; those only within
-    /// the window ([`TcpWindow::in_window`]). A blind attacker who knows
-    /// the tuple must then guess the SYN's sequence number, or a window's
-    /// worth of the sequence space, as RFC 5961 asks of the endpoints.
-    pub(crate) fn admits(&self, d: usize, s: &wire::TcpSeq, seen: bool) -> bool {
-        if !seen {
-            let answers = s.flags & (wire::TCP_SYN | wire::TCP_RST) != 0;
-            return answers && s.flags & wire::TCP_ACK != 0 && s.ack == self.seq[0];
-        }
-        s.flags & (wire::TCP_RST | wire::TCP_FIN) == 0 || self.in_window(d, s.seq)
     }
 }
 

@@ -582,11 +582,16 @@ fn segments_far_outside_the_window_do_not_carry_it_to_a_blind_reset() {
     through(&mut nat, now, INSIDE, &mut syn);
     let ext = ends(&syn).0;
     // Before the server answers, only a reply that acknowledges the SYN
-    // counts: a forged SYN-ACK would set the server's numbers.
+    // counts: a forged SYN-ACK would set the server's numbers. A bare ACK
+    // passes (it may be the server's answer about an older connection),
+    // noting nothing.
     let mut forged = build::tcp(server, ext, flags::SYN | flags::ACK, 0x4000_0000, 77, b"");
     assert_eq!(through(&mut nat, now, UPLINK, &mut forged), Verdict::Drop(Reason::OutOfWindow));
-    let mut forged = build::tcp(server, ext, flags::ACK, 0x4000_0000, 1001, b"");
+    let mut forged = build::tcp(server, ext, flags::RST | flags::ACK, 0x4000_0000, 999, b"");
     assert_eq!(through(&mut nat, now, UPLINK, &mut forged), Verdict::Drop(Reason::OutOfWindow));
+    let mut forged = build::tcp(server, ext, flags::ACK, 0x4000_0000, 1001, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut forged), Verdict::Forward(INSIDE));
+    assert_eq!(nat.next_expiry(), Some(now + t.tcp_syn_sent), "a bare ACK is not the answer");
     let mut synack = build::tcp(server, ext, flags::SYN | flags::ACK, 5000, 1001, b"");
     assert_eq!(through(&mut nat, now, UPLINK, &mut synack), Verdict::Forward(INSIDE));
     let mut ack = build::tcp(host, server, flags::ACK, 1001, 5001, b"");
@@ -644,6 +649,88 @@ fn a_syn_in_the_middle_of_a_connection_starts_nothing_again() {
     assert_eq!(through(&mut nat, now, INSIDE, &mut synack), Verdict::Forward(UPLINK));
     let mut rst = build::tcp(client, sa(EXTERNAL, 8080), flags::RST, far.wrapping_add(1), 0, b"");
     assert_eq!(through(&mut nat, now, UPLINK, &mut rst), Verdict::Forward(INSIDE));
+}
+
+#[test]
+fn fast_open_simultaneous_open_and_challenge_acks_pass() {
+    let t = Timeouts::LINUX;
+    let server = sa(SERVER, 443);
+    let host = sa(inside_host(1), 41000);
+    let now = 10 * SEC;
+    // TCP Fast Open: the SYN carries 100 bytes. The SYN-ACK acknowledges
+    // the SYN alone (the data declined, to be sent again), or its data too.
+    for ack in [1001, 1101] {
+        let mut nat = router();
+        let mut syn = build::tcp(host, server, flags::SYN, 1000, 0, &[1; 100]);
+        through(&mut nat, now, INSIDE, &mut syn);
+        let ext = ends(&syn).0;
+        let mut synack = build::tcp(server, ext, flags::SYN | flags::ACK, 5000, ack, b"");
+        assert_eq!(through(&mut nat, now, UPLINK, &mut synack), Verdict::Forward(INSIDE), "{ack}");
+        assert_eq!(nat.next_expiry(), Some(now + t.tcp_syn_recv));
+        let mut data = build::tcp(host, server, flags::ACK, 1001, 5001, &[1; 100]);
+        assert_eq!(through(&mut nat, now, INSIDE, &mut data), Verdict::Forward(UPLINK));
+        assert_eq!(nat.next_expiry(), Some(now + t.tcp_established));
+    }
+    // A simultaneous open (hole punching): the first reply is a SYN.
+    let mut nat = router();
+    let mut syn = build::tcp(host, server, flags::SYN, 7000, 0, b"");
+    through(&mut nat, now, INSIDE, &mut syn);
+    let ext = ends(&syn).0;
+    let mut theirs = build::tcp(server, ext, flags::SYN, 9000, 0, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut theirs), Verdict::Forward(INSIDE));
+    let mut synack = build::tcp(host, server, flags::SYN | flags::ACK, 7000, 9001, b"");
+    assert_eq!(through(&mut nat, now, INSIDE, &mut synack), Verdict::Forward(UPLINK));
+    // A server that still holds an older connection on the tuple answers
+    // the SYN with an ACK of that one's numbers: it passes, and so does
+    // the client's reset at the number it acknowledges (which clears the
+    // old connection); another reset does not. Neither changes the flow,
+    // whose SYN, sent again, is then answered.
+    let mut nat = router();
+    let mut syn = build::tcp(host, server, flags::SYN, 3000, 0, b"");
+    through(&mut nat, now, INSIDE, &mut syn);
+    let ext = ends(&syn).0;
+    let mut challenge = build::tcp(server, ext, flags::ACK, 123_456, 0x7777_0000, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut challenge), Verdict::Forward(INSIDE));
+    let mut wrong = build::tcp(host, server, flags::RST, 0x7777_0001, 0, b"");
+    assert_eq!(through(&mut nat, now, INSIDE, &mut wrong), Verdict::Drop(Reason::OutOfWindow));
+    let mut rst = build::tcp(host, server, flags::RST, 0x7777_0000, 0, b"");
+    assert_eq!(through(&mut nat, now, INSIDE, &mut rst), Verdict::Forward(UPLINK));
+    assert_eq!(nat.next_expiry(), Some(now + t.tcp_syn_sent), "still waiting for the answer");
+    let mut syn = build::tcp(host, server, flags::SYN, 3000, 0, b"");
+    assert_eq!(through(&mut nat, now, INSIDE, &mut syn), Verdict::Forward(UPLINK));
+    let mut synack = build::tcp(server, ext, flags::SYN | flags::ACK, 8000, 3001, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut synack), Verdict::Forward(INSIDE));
+    // A client that tries again from the same port with a new sequence
+    // number before any answer is followed: its server's answer counts.
+    let mut nat = router();
+    let mut syn = build::tcp(host, server, flags::SYN, 100, 0, b"");
+    through(&mut nat, now, INSIDE, &mut syn);
+    let ext = ends(&syn).0;
+    let mut again = build::tcp(host, server, flags::SYN, 0x5000_0000, 0, b"");
+    assert_eq!(through(&mut nat, now, INSIDE, &mut again), Verdict::Forward(UPLINK));
+    let mut synack = build::tcp(server, ext, flags::SYN | flags::ACK, 42, 0x5000_0001, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut synack), Verdict::Forward(INSIDE));
+}
+
+#[test]
+fn blind_acks_do_not_make_a_half_open_flow_established() {
+    // A port forward's SYN answered but never completed: a blind ACK from
+    // outside, with numbers of its own, passes but leaves the flow
+    // half-open, to go in minutes rather than days.
+    let t = Timeouts::LINUX;
+    let mut nat = router();
+    let client = sa(SERVER, 52000);
+    let now = 10 * SEC;
+    let mut syn = build::tcp(client, sa(EXTERNAL, 8080), flags::SYN, 1, 0, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut syn), Verdict::Forward(INSIDE));
+    let mut synack = build::tcp(WEB, client, flags::SYN | flags::ACK, 7, 2, b"");
+    assert_eq!(through(&mut nat, now, INSIDE, &mut synack), Verdict::Forward(UPLINK));
+    let mut blind = build::tcp(client, sa(EXTERNAL, 8080), flags::ACK, 0x6000_0000, 8, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut blind), Verdict::Forward(INSIDE));
+    assert_eq!(nat.next_expiry(), Some(now + t.tcp_syn_recv));
+    let mut ack = build::tcp(client, sa(EXTERNAL, 8080), flags::ACK, 2, 8, b"");
+    assert_eq!(through(&mut nat, now, UPLINK, &mut ack), Verdict::Forward(INSIDE));
+    assert_eq!(nat.next_expiry(), Some(now + t.tcp_established));
 }
 
 #[test]

