@@ -31,7 +31,7 @@ use crate::Stats;
 
 /// Connections holding less than this are never shed: what an idle or a
 /// small request costs, which shedding would not win back.
-const MIN_SHED: usize = 8 * 1024;
+pub(crate) const MIN_SHED: usize = 8 * 1024;
 
 /// How many holders one request for memory may shed before giving up.
 const SHED_ROUNDS: usize = 4;

@@ -498,8 +498,20 @@ async fn connection<F: Flow, H: Handler, W: WallClock>(
     let stop = converse(&mut flow, peer, handler, limits, clock, stats, &me).await;
     // The buffers are gone with `converse`; the answer needs none of them.
     me.set(0);
+    let flow_held = me.meter().get();
     drop(me);
     let status = match stop {
+        // Shed for what its flow holds (a TLS record half received): an
+        // answer would keep that until it was written and the flow closed,
+        // seconds for a peer that does not read (and a handshake not
+        // finished cannot carry one), while the one that asked for the
+        // memory sheds others in vain meanwhile. A reset frees it now.
+        Stop::Shed { held, .. } if flow_held >= crate::ledger::MIN_SHED => {
+            bump(&stats.shed);
+            log::warn!(target: "http", "{peer} shed: reset, giving back {} bytes: memory budget reached", held + flow_held);
+            flow.abort().await;
+            return;
+        }
         Stop::Quiet => None,
         Stop::Refuse(status) => {
             bump(&stats.refusals);
