@@ -1159,8 +1159,9 @@ impl FlowState {
     /// other numbers, or a reset or FIN outside its connection's window, is
     /// refused, and the state left as it was: drop the packet. `Ok(false)`:
     /// a segment that passes but is not the connection's as the flow knows
-    /// it ([`TcpWindow::judge`]), which changes nothing, its flow's time
-    /// not renewed; `Ok(true)`: noted, the flow's time renewed.
+    /// it (a blind sender's, or an answer about another connection), which
+    /// changes nothing, its flow's time not renewed; `Ok(true)`: noted, the
+    /// flow's time renewed.
     pub fn advance(&mut self, reply: bool, proto: u8, l4: &[u8]) -> Result<bool, Refused> {
         let d = usize::from(reply);
         let mut tcp_flags = 0;
