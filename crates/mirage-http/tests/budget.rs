@@ -9,64 +9,22 @@
 //! One test in this binary: the budget is the process's.
 
 mod common;
+mod counting;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Clock, Listener, exchange, header, run, status};
+use counting::{Counting, in_use};
 use mirage_devices::flow::Flow;
 use mirage_devices::kv::{Key, KvRw};
 use mirage_http::{Limits, Static, Stats, serve};
 use mirage_kv::Mem;
 use mirage_runtime::{memory, spawn};
 
-/// The system allocator, counting the bytes allocated and not freed.
-struct Counting;
-
-static IN_USE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(bytes: usize) {
-    let now = IN_USE.fetch_add(bytes, Ordering::Relaxed) + bytes;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-// SAFETY: every call is passed to the system allocator unchanged; only
-// the counters are added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc` is System's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract for `dealloc` is System's.
-        unsafe { System.dealloc(ptr, layout) };
-        IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: the caller's contract for `realloc` is System's.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
-            grew(new_size);
-        }
-        p
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-fn in_use() -> usize {
-    IN_USE.load(Ordering::Relaxed)
-}
 
 /// What the budget allows beyond what the test holds before it starts.
 const ROOM: usize = 24 << 20;
@@ -141,11 +99,7 @@ fn served_within_the_budget_while_clients_hold_memory() {
                 outcomes.borrow_mut().push(status(&answer));
             }));
             settle().await;
-            assert!(
-                PEAK.load(Ordering::Relaxed) <= budget + SLACK,
-                "the heap passed the budget: {} > {budget}",
-                PEAK.load(Ordering::Relaxed)
-            );
+            assert!(counting::peak() <= budget + SLACK, "the heap passed the budget: {} > {budget}", counting::peak());
             good(&listener, &mut kept, &page).await;
         }
         settle().await;
@@ -153,7 +107,7 @@ fn served_within_the_budget_while_clients_hold_memory() {
         // Memory stayed within the budget, by shedding the largest
         // holders: each got 413 in the middle of its body, or 503 if
         // refused before its head was read.
-        let peak = PEAK.load(Ordering::Relaxed);
+        let peak = counting::peak();
         println!(
             "budget {budget}, peak heap {peak}, peak held by connections {}, shed {}, refused for memory {}, outcomes {:?}",
             stats.peak_held.get(),
@@ -215,12 +169,12 @@ fn served_within_the_budget_while_clients_hold_memory() {
             heads.push(c);
         }
         settle().await;
-        println!("heads sent but their last line: peak {}, in use {}", PEAK.load(Ordering::Relaxed), in_use());
+        println!("heads sent but their last line: peak {}, in use {}", counting::peak(), in_use());
         for c in &mut heads {
             let _ = c.write_all(b"\r\n").await;
         }
         settle().await;
-        let peak = PEAK.load(Ordering::Relaxed);
+        let peak = counting::peak();
         println!(
             "heads: {heads_n} at once, peak heap {peak}, shed or refused {}",
             stats.shed.get() + stats.refused_memory.get() - shed_before
@@ -246,7 +200,7 @@ fn served_within_the_budget_while_clients_hold_memory() {
         }
         let n = downloads.len();
         good(&listener, &mut kept, &page).await;
-        let peak = PEAK.load(Ordering::Relaxed);
+        let peak = counting::peak();
         println!("downloads: {n} never read, peak heap {peak}, shed {}", stats.shed.get() - shed_before);
         assert!(peak <= budget + SLACK, "peak heap {peak} > budget {budget}, with {n} downloads never read");
         assert!(stats.shed.get() > shed_before, "no download was shed for the good client");
