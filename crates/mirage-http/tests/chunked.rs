@@ -1,39 +1,17 @@
 //! A chunked body of tiny chunks costs what its bytes cost: the server
 //! grows the body by doubling, not chunk by chunk, and moves each byte of
 //! its read buffer once, not once a chunk. Counted with an allocator that
-//! counts reallocations (alone in this test binary, so that no other test
-//! moves the count).
+//! counts reallocations (tests/counting; the one test in this binary, so
+//! that no other moves the count).
 
 mod common;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod counting;
 
 use common::{Clock, pair, run, status};
+use counting::{Counting, reallocs};
 use mirage_devices::flow::Flow;
 use mirage_http::{Limits, Static, Stats, serve_connection};
 use mirage_kv::Mem;
-
-struct Counting;
-
-static REALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is passed to the system allocator as it came.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's promises are the system allocator's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        REALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -49,7 +27,7 @@ fn a_body_of_one_byte_chunks_grows_by_doubling() {
     }
     request.extend_from_slice(b"0\r\n\r\n");
     let limits = Limits { max_body: BODY as u64, ..Limits::default() };
-    let before = REALLOCS.load(Ordering::Relaxed);
+    let before = reallocs();
     let got = run(async {
         let handler = Static::new(std::rc::Rc::new(Mem::new(Clock)));
         let (mut client, server) = pair(64 * 1024);
@@ -61,7 +39,7 @@ fn a_body_of_one_byte_chunks_grows_by_doubling() {
         };
         mirage_runtime::join(serving, asking).await.1
     });
-    let reallocs = REALLOCS.load(Ordering::Relaxed) - before;
+    let reallocs = reallocs() - before;
     assert_eq!(status(&got), 405, "the body was read whole, and the method refused");
     // Doubling from the first chunk to 256 KiB is 18 or so; growing by
     // what each chunk declared was one a chunk, 262,144.

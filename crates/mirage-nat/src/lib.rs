@@ -781,6 +781,7 @@ impl Nat {
             return Err(Reason::NoFlow);
         }
         let (out_if, forwarding) = a.leaving(&fl, d)?;
+        let mut noted = true;
         if a.ip.proto == wire::TCP {
             let s = wire::tcp_seq(p, &a.ip);
             let seen = d == 0 || fl.flags & F_REPLIED != 0;
@@ -789,14 +790,15 @@ impl Nat {
             let reopen = matches!(fl.class, Class::TimeWait | Class::Close) || fl.flags & F_REPLIED == 0;
             match self.table.get_mut(f).tcp.judge(d, &s, seen, reopen) {
                 Judged::Refuse => return Err(Reason::OutOfWindow),
-                Judged::Pass => {
-                    translate(p, &a.ip, &fl.key[d], &fl.key[1 - d].inverse(), forwarding, a.partial);
-                    return Ok(verdict(out_if));
-                }
+                Judged::Pass => noted = false,
                 Judged::Note => {}
             }
         }
         translate(p, &a.ip, &fl.key[d], &fl.key[1 - d].inverse(), forwarding, a.partial);
+        if !noted {
+            // Passed on, changing nothing: no state, no time renewed.
+            return Ok(verdict(out_if));
+        }
         let mut flags = fl.flags;
         let class = advance(fl.class, &mut flags, d, a.ip.proto, tcp_flags);
         self.table.get_mut(f).flags = flags;

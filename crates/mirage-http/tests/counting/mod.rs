@@ -1,6 +1,7 @@
-//! The system allocator, counting the bytes allocated and not freed, for
-//! a test binary whose memory budget is its own heap: `#[global_allocator]
-//! static ALLOCATOR: Counting = Counting;` in the binary.
+//! The system allocator, counting the bytes allocated and not freed and
+//! the reallocations, for a test binary that measures its own heap:
+//! `#[global_allocator] static ALLOCATOR: Counting = Counting;` in the
+//! binary.
 #![allow(dead_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -11,6 +12,7 @@ pub struct Counting;
 
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+static REALLOCS: AtomicUsize = AtomicUsize::new(0);
 
 fn grew(bytes: usize) {
     let now = IN_USE.fetch_add(bytes, Ordering::Relaxed) + bytes;
@@ -34,6 +36,7 @@ unsafe impl GlobalAlloc for Counting {
         IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        REALLOCS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the caller's contract for `realloc` is System's.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
@@ -52,4 +55,9 @@ pub fn in_use() -> usize {
 /// The most there were at once.
 pub fn peak() -> usize {
     PEAK.load(Ordering::Relaxed)
+}
+
+/// Reallocations made so far.
+pub fn reallocs() -> usize {
+    REALLOCS.load(Ordering::Relaxed)
 }
