@@ -24,6 +24,7 @@ fn router(max_flows: usize) -> Result<Nat, String> {
         Rules::parse("allow in on inside\n", &[("uplink", UPLINK), ("inside", INSIDE)]).map_err(|e| e.to_string())?;
     Nat::new(Config {
         max_flows,
+        max_flows_per_host: None,
         timeouts: Timeouts::LINUX,
         masquerade: Some(Masquerade { interface: UPLINK, address: EXTERNAL, ports: (10000, 60000) }),
         forwards: Vec::new(),

@@ -50,11 +50,13 @@
 //! ([`Reason::TableFull`]) after the flows whose time is up are expired.
 //! Flows started from outside (on the masquerade interface) hold at most
 //! half of it ([`Reason::InboundFull`]), so that outside hosts never take
-//! the inside's room; an echo request to the router itself makes no flow.
+//! the inside's room, and the flows one source address started at most
+//! [`Config::max_flows_per_host`] (half the table unless given;
+//! [`Reason::HostFull`]), so that one host never takes the others';
+//! an echo request to the router itself makes no flow.
 //! Masquerade hands out each external port (ICMP identifier) of its range
 //! to one flow at a time, so a port is used again only after its flow
-//! expired. Nothing allocates after [`Nat::new`] but
-//! [`Nat::set_masquerade_address`].
+//! expired. Nothing allocates after [`Nat::new`].
 //!
 //! What is dropped and counted, never a panic: packets too short for
 //! their headers, bad IPv4 header checksums and lengths, IP options,
@@ -67,7 +69,10 @@
 //!
 //! TTL: forwarded packets leave with their TTL one less (the header
 //! checksum updated); a packet that would leave with TTL 0 is dropped
-//! with [`Reason::TtlExceeded`], and sending the ICMP Time Exceeded is the
+//! with [`Reason::TtlExceeded`] (once it is known to be allowed: of a
+//! known flow, or a new one the rules allow; a new flow the rules deny
+//! is [`Reason::Denied`] whatever its TTL, so that it draws no error),
+//! and sending the ICMP Time Exceeded is the
 //! caller's choice ([`build::icmp_error`] makes it). Send such errors of
 //! the router's own directly, not through [`Nat::output`]: they quote a
 //! packet as it arrived, which no flow's tuple matches, and `output` would
@@ -99,7 +104,7 @@ pub use table::FLOW_BYTES;
 pub use wire::checksum;
 
 use rules::Candidate;
-use table::{CLASSES, Class, F_DNAT, F_FIN_ORIG, F_FIN_REPLY, F_REPLIED, F_SNAT, Flow, Ports, Table};
+use table::{CLASSES, Class, F_DNAT, F_FIN_ORIG, F_FIN_REPLY, F_REPLIED, F_SNAT, Flow, Hosts, Ports, Table};
 use wire::{Delta, IP_HEADER, L4, Tuple, be16, put16, put32};
 
 /// The router itself, as an interface of a flow.
@@ -181,6 +186,10 @@ pub enum Reason {
     /// half the table: a new one refused, so that outside hosts cannot
     /// take the room of the inside's own flows.
     InboundFull,
+    /// The source address holds its share of the table
+    /// ([`Config::max_flows_per_host`]): a new flow of its refused, so
+    /// that one host cannot take the room of the others.
+    HostFull,
     /// Masquerade has no free port (or ICMP identifier) in its range.
     PortsExhausted,
     /// The flow's translated tuple is already another flow's.
@@ -191,7 +200,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of [`Stats::dropped`]'s counts.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::Truncated,
         Reason::Malformed,
         Reason::Checksum,
@@ -208,6 +217,7 @@ impl Reason {
         Reason::OutOfWindow,
         Reason::TableFull,
         Reason::InboundFull,
+        Reason::HostFull,
         Reason::PortsExhausted,
         Reason::Conflict,
         Reason::BadInterface,
@@ -232,6 +242,7 @@ impl Reason {
             Reason::OutOfWindow => "out-of-window",
             Reason::TableFull => "table-full",
             Reason::InboundFull => "inbound-full",
+            Reason::HostFull => "host-full",
             Reason::PortsExhausted => "ports-exhausted",
             Reason::Conflict => "conflict",
             Reason::BadInterface => "bad-interface",
@@ -360,6 +371,11 @@ pub struct Forward {
 pub struct Config {
     /// The flow table's size (at most 2^24).
     pub max_flows: usize,
+    /// Most flows one source address may have started and hold at once
+    /// (`None`: half of `max_flows`), so that one host, inside or out,
+    /// cannot take the whole table from the others. The router's own flows
+    /// are not counted.
+    pub max_flows_per_host: Option<usize>,
     /// How long flows last.
     pub timeouts: Timeouts,
     /// Source NAT, if any.
@@ -379,6 +395,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             max_flows: DEFAULT_MAX_FLOWS,
+            max_flows_per_host: None,
             timeouts: Timeouts::LINUX,
             masquerade: None,
             forwards: Vec::new(),
@@ -394,6 +411,8 @@ impl Default for Config {
 pub enum ConfigError {
     /// `max_flows` is 0 or above 2^24.
     MaxFlows(usize),
+    /// `max_flows_per_host` is 0.
+    MaxFlowsPerHost,
     /// The masquerade port range is empty or includes port 0.
     PortRange(u16, u16),
     /// Interface 255 is reserved (the router itself).
@@ -412,6 +431,12 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::MaxFlows(n) => write!(f, "a flow table of {n} flows: give between 1 and {}", table::MAX_FLOWS),
+            ConfigError::MaxFlowsPerHost => {
+                write!(
+                    f,
+                    "a share of 0 flows a host would refuse every flow: give 1 or more, or none for half the table"
+                )
+            }
             ConfigError::PortRange(lo, hi) => {
                 write!(f, "masquerade ports {lo}-{hi}: give a range from low to high without port 0")
             }
@@ -512,6 +537,9 @@ pub struct Nat {
     now: u64,
     /// Flows in the table that started on the masquerade interface.
     inbound: usize,
+    /// Flows each source address started (the router's own not counted).
+    hosts: Hosts,
+    per_host: usize,
 }
 
 fn port_index(proto: u8) -> usize {
@@ -565,7 +593,11 @@ impl Nat {
             // Masquerade never hands out a forwarded port.
             ports[port_index(f.protocol.number())].hold(f.port);
         }
+        if config.max_flows_per_host == Some(0) {
+            return Err(ConfigError::MaxFlowsPerHost);
+        }
         let table = Table::new(config.max_flows, config.seed)?;
+        let hosts = Hosts::new(config.max_flows, config.seed)?;
         Ok(Nat {
             stats: Stats {
                 forwarded: 0,
@@ -584,6 +616,8 @@ impl Nat {
             rules: config.rules,
             now: 0,
             inbound: 0,
+            hosts,
+            per_host: config.max_flows_per_host.unwrap_or((config.max_flows / 2).max(1)),
         })
     }
 
@@ -689,6 +723,11 @@ impl Nat {
         self.stats.flows = self.table.len();
     }
 
+    /// Most flows one source address may hold ([`Config::max_flows_per_host`]).
+    pub fn max_flows_per_host(&self) -> usize {
+        self.per_host
+    }
+
     /// The counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -706,10 +745,11 @@ impl Nat {
         &mut self.rules
     }
 
-    /// Bytes held by the flow table and the port maps, all allocated by
+    /// Bytes held by the flow table, the count of each host's flows and the
+    /// port maps, all allocated by
     /// [`Nat::new`].
     pub fn memory(&self) -> usize {
-        self.table.bytes() + 3 * 1024 * 8
+        self.table.bytes() + self.hosts.bytes() + 3 * 1024 * 8
     }
 
     fn clock(&mut self, now: u64) -> u64 {
@@ -746,6 +786,9 @@ impl Nat {
         let fl: Flow = self.table.remove(f);
         if self.masquerade.is_some_and(|m| m.interface.0 == fl.iface[0]) {
             self.inbound -= 1;
+        }
+        if fl.iface[0] != LOCAL {
+            self.hosts.sub(fl.key[0].src);
         }
         if fl.flags & F_SNAT != 0 {
             // The external port is the reply's destination port (for ICMP
@@ -859,9 +902,6 @@ impl Nat {
         if out_if != LOCAL && (t.src == 0 || bad_forward_destination(out.dst)) {
             return Err(Reason::Martian);
         }
-        if forwarding && ip.ttl <= 1 {
-            return Err(Reason::TtlExceeded);
-        }
         let candidate = Candidate {
             in_if,
             out_if,
@@ -877,6 +917,11 @@ impl Nat {
         if self.rules.decide(&candidate) == Action::Deny {
             return Err(Reason::Denied);
         }
+        // Only now, so that traffic the rules deny draws no Time Exceeded
+        // (nor shows a traceroute the router).
+        if forwarding && ip.ttl <= 1 {
+            return Err(Reason::TtlExceeded);
+        }
         // An echo request to the router itself is answered at once: a flow
         // for each would let any host allowed to ping fill the table with
         // made-up identifiers.
@@ -888,6 +933,14 @@ impl Nat {
             self.expire(now);
             if self.inbound >= self.table.capacity() / 2 {
                 return Err(Reason::InboundFull);
+            }
+        }
+        // A host's own share before the table's: a host at its share is
+        // told so even when the table is full too.
+        if in_if != LOCAL && self.hosts.count(t.src) as usize >= self.per_host {
+            self.expire(now);
+            if self.hosts.count(t.src) as usize >= self.per_host {
+                return Err(Reason::HostFull);
             }
         }
         if self.table.is_full() {
@@ -915,6 +968,9 @@ impl Nat {
             self.table.get_mut(f).tcp.judge(0, &wire::tcp_seq(p, ip), true, true);
         }
         self.inbound += usize::from(inbound);
+        if in_if != LOCAL {
+            self.hosts.add(t.src);
+        }
         self.stats.created += 1;
         translate(p, ip, &t, &out, forwarding, a.partial);
         Ok(verdict(out_if))

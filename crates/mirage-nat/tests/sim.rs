@@ -986,6 +986,73 @@ fn ttl_runs_out_on_forwarding_only() {
 }
 
 #[test]
+fn traffic_the_rules_deny_draws_no_time_exceeded() {
+    // A new flow in from outside to an inside host (denied), with TTL 1:
+    // denied, not a TTL run out, so the router sends nothing back.
+    let mut nat = router();
+    let mut p = build::tcp(sa(SERVER, 7000), sa(EXTERNAL, 22), flags::SYN, 1, 0, b"");
+    build::set_ttl(&mut p, 1);
+    assert_eq!(through(&mut nat, 0, UPLINK, &mut p), Verdict::Drop(Reason::Denied));
+    // The port forward's, which the rules allow, runs out as before.
+    let mut p = build::tcp(sa(SERVER, 7000), sa(EXTERNAL, 8080), flags::SYN, 1, 0, b"");
+    build::set_ttl(&mut p, 1);
+    assert_eq!(through(&mut nat, 0, UPLINK, &mut p), Verdict::Drop(Reason::TtlExceeded));
+    assert_eq!((nat.stats().dropped(Reason::TtlExceeded), nat.stats().flows), (1, 0));
+}
+
+#[test]
+fn one_host_takes_at_most_its_share() {
+    // A table of 100, half of it a host's (the default share).
+    let mut nat = Nat::new(Config { max_flows_per_host: None, ..config(100, PORTS) }).unwrap();
+    assert_eq!(nat.max_flows_per_host(), 50);
+    let send = |nat: &mut Nat, now, host: u32, port: u16| {
+        let mut p = build::udp(sa(inside_host(host), port), sa(SERVER, 53), b"q");
+        (through(nat, now, INSIDE, &mut p), p)
+    };
+    let flow = |nat: &mut Nat, now, host: u32, port: u16| send(nat, now, host, port).0;
+    let (v, first) = send(&mut nat, 0, 1, 999);
+    assert_eq!(v, Verdict::Forward(UPLINK));
+    let (mut passed, mut refused) = (0, 0);
+    for port in 1000..1079 {
+        match flow(&mut nat, 0, 1, port) {
+            Verdict::Forward(UPLINK) => passed += 1,
+            Verdict::Drop(Reason::HostFull) => refused += 1,
+            v => panic!("{v:?}"),
+        }
+    }
+    assert_eq!((passed, refused), (49, 30));
+    // The router's own flows are not a host's: they take room beside it.
+    for port in 0..20 {
+        let mut own = build::udp(sa(EXTERNAL, 40000 + port), sa(SERVER, 53), b"q");
+        assert_eq!(nat.output(0, UPLINK, &mut own), Verdict::Forward(UPLINK));
+    }
+    // Another host has the rest of the table; then it is full, for a
+    // third host too.
+    for port in 1000..1030 {
+        assert_eq!(flow(&mut nat, 0, 2, port), Verdict::Forward(UPLINK), "{port}");
+    }
+    assert_eq!(flow(&mut nat, 0, 2, 2000), Verdict::Drop(Reason::TableFull));
+    assert_eq!(flow(&mut nat, 0, 3, 2000), Verdict::Drop(Reason::TableFull));
+    // The first host at its share is told so even with the table full.
+    assert_eq!(flow(&mut nat, 0, 1, 2000), Verdict::Drop(Reason::HostFull));
+    assert_eq!(nat.stats().flows, 100);
+    // Its answered flow lasts; its others expire and give its share back.
+    let mut a = build::udp(sa(SERVER, 53), ends(&first).0, b"a");
+    assert_eq!(through(&mut nat, 1, UPLINK, &mut a), Verdict::Forward(INSIDE));
+    let t = Timeouts::LINUX;
+    nat.expire(t.udp_unreplied + 1);
+    assert_eq!(nat.stats().flows, 1);
+    for port in 3000..3049 {
+        assert_eq!(flow(&mut nat, t.udp_unreplied + 2, 1, port), Verdict::Forward(UPLINK), "{port}");
+    }
+    assert_eq!(flow(&mut nat, t.udp_unreplied + 2, 1, 3049), Verdict::Drop(Reason::HostFull));
+    // A share of 0 is refused at start.
+    let e = Nat::new(Config { max_flows_per_host: Some(0), ..config(10, PORTS) }).unwrap_err();
+    assert_eq!(e, mirage_nat::ConfigError::MaxFlowsPerHost);
+    assert!(e.to_string().contains("give 1 or more"), "{e}");
+}
+
+#[test]
 fn malformed_packets_are_dropped_and_counted() {
     let mut nat = router();
     let good = build::tcp(sa(inside_host(1), 6000), sa(SERVER, 80), flags::SYN, 0, 0, b"data");

@@ -37,6 +37,7 @@ pub fn router() -> Nat {
     let rules = Rules::parse(RULES, &[("uplink", UPLINK), ("inside", INSIDE)]).expect("rules that parse");
     Nat::new(Config {
         max_flows: MAX_FLOWS,
+        max_flows_per_host: None,
         timeouts: Timeouts::LINUX,
         masquerade: Some(Masquerade { interface: UPLINK, address: EXTERNAL, ports: PORTS }),
         forwards: vec![Forward { protocol: Protocol::Tcp, port: 8080, to: WEB }],

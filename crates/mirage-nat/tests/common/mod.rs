@@ -54,6 +54,8 @@ pub fn rules(text: &str) -> Rules {
 pub fn config(max_flows: usize, ports: (u16, u16)) -> Config {
     Config {
         max_flows,
+        // The whole table for one host unless a test shares it.
+        max_flows_per_host: Some(max_flows),
         timeouts: Timeouts::LINUX,
         masquerade: Some(Masquerade { interface: UPLINK, address: EXTERNAL, ports }),
         forwards: vec![Forward { protocol: Protocol::Tcp, port: 8080, to: WEB }],
