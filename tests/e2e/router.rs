@@ -260,22 +260,30 @@ fn udp_round_trip(lab: &Lab, port: u16) -> Result<(), String> {
     echo.join().map_err(|_| "server panicked")?
 }
 
-/// A full flow table refuses new flows and counts them, and takes new ones
-/// again once the old have expired.
+/// One host holds at most its share of the flow table, and a second host
+/// the rest; a full table refuses new flows and counts them, and takes
+/// new ones again once the old have expired.
 fn table_full(t: &str) -> Result<(), String> {
-    let lab = Lab::start(t, &["--max-flows=100", "--udp-timeout=2"])?;
+    let lab = Lab::start(t, &["--max-flows=100", "--max-flows-per-host=60", "--udp-timeout=2"])?;
     lab.lease()?;
+    // The client's second address (outside the DHCP pool): a second host.
+    let second = Ipv4Addr::new(10, 0, 1, 50);
+    lab.client.ip(&["addr", "add", &format!("{second}/24"), "dev", "tap-in"])?;
     let sink = lab.server.enter(|| UdpSocket::bind((SERVER, 7002)))?.map_err(|e| e.to_string())?;
     sink.set_read_timeout(Some(Duration::from_millis(1000))).map_err(|e| e.to_string())?;
-    // 300 flows from 300 ports, a datagram each, sockets kept open.
+    // 150 flows from 150 ports of each host, a datagram each, sockets
+    // kept open: the first host's first 60 pass, then the second's first
+    // 40 fill the table.
     let _sockets = lab.client.enter(|| -> Result<Vec<UdpSocket>, String> {
         let mut v = Vec::new();
-        for _ in 0..300 {
-            let s = UdpSocket::bind((CLIENT, 0)).map_err(|e| e.to_string())?;
-            s.send_to(b"one flow", (SERVER, 7002)).map_err(|e| e.to_string())?;
-            v.push(s);
-            // The tap's queue holds 500 frames; this keeps well within it.
-            std::thread::sleep(Duration::from_micros(200));
+        for host in [CLIENT, second] {
+            for _ in 0..150 {
+                let s = UdpSocket::bind((host, 0)).map_err(|e| e.to_string())?;
+                s.send_to(b"one flow", (SERVER, 7002)).map_err(|e| e.to_string())?;
+                v.push(s);
+                // The tap's queue holds 500 frames; this keeps well within it.
+                std::thread::sleep(Duration::from_micros(200));
+            }
         }
         Ok(v)
     })??;
@@ -290,8 +298,13 @@ fn table_full(t: &str) -> Result<(), String> {
     if m != 100 || n != 100 || sources.len() as u64 > m || sources.len() < 95 {
         return Err(format!("{} flows reached the server, the table holds {n}/{m}:\n{line}", sources.len()));
     }
-    if count(&line, "table-full ") < 190 {
-        return Err(format!("200 refused flows are not counted:\n{line}"));
+    if !lab.output().contains("100 flows at most, 60 a host") {
+        return Err(format!("the start line does not give the share:\n{}", lab.output()));
+    }
+    if count(&line, "host-full ") < 85 || count(&line, "table-full ") < 105 {
+        return Err(format!(
+            "the first host's 90 flows past its share and the 110 past a full table are not counted:\n{line}"
+        ));
     }
     // After the UDP timeout (2 s) and the next expiry (1 s), the table has
     // room again: new flows go through, TCP and UDP.
@@ -483,7 +496,7 @@ fn ten_thousand_flows(t: &str) -> Result<(), String> {
     }
     // All at once in the table (UDP flows last 120 s once answered).
     let (n, _) = flows(&line);
-    if n < FLOWS as u64 || count(&line, "table-full ") > 0 {
+    if n < FLOWS as u64 || count(&line, "table-full ") > 0 || count(&line, "host-full ") > 0 {
         return Err(format!("the table does not hold the {FLOWS} flows at once:\n{line}"));
     }
     eprintln!("{t}::router: {FLOWS} UDP flows answered through NAT in {took:?}");
@@ -637,7 +650,7 @@ pub fn cases(cases: &mut Vec<Case>) {
         ("refuses_a_bad_configuration", refuses),
         ("dhcp_nat_forward_and_firewall", through),
         ("dhcp_nat_forward_and_firewall_without_offload", through_without_offload),
-        ("table_full_refuses_and_recovers", table_full),
+        ("a_host_share_and_a_full_table_refuse_and_recover", table_full),
         ("malformed_dropped_and_counted", malformed),
         ("10000_flows", ten_thousand_flows),
         ("routes_ipv6_without_nat", ipv6),

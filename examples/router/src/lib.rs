@@ -12,8 +12,11 @@
 //!   masquerade of what leaves by the uplink, the port forwards of
 //!   `--forward`, and the firewall of the rules file (read from the
 //!   `config` store at start: a bad rule stops the router with its line).
+//!   One host (an IPv4 address, an IPv6 /64) starts at most
+//!   `--max-flows-per-host` of the table's flows, half unless given.
 //!   The router answers pings to its own addresses, and a packet whose TTL
-//!   (or hop limit) runs out here with an ICMP (ICMPv6) Time Exceeded
+//!   (or hop limit) runs out here, if the rules allow it, with an ICMP
+//!   (ICMPv6) Time Exceeded
 //!   (100 a second at most, both families together);
 //!   other traffic to it is dropped and counted.
 //! * IPv6, when an interface has an IPv6 address (`--uplink-ipv6`,
@@ -576,7 +579,7 @@ impl Router {
             let c = self.v6.counters;
             let _ = write!(
                 s,
-                " ipv6 forwarded {} echoes {} flows {} denied {} no-route {} hop-limit {} full {} inbound-full {} out-of-window {} dropped {};",
+                " ipv6 forwarded {} echoes {} flows {} denied {} no-route {} hop-limit {} full {} inbound-full {} host-full {} out-of-window {} dropped {};",
                 c.forwarded,
                 c.echoes,
                 self.v6.flows(),
@@ -585,6 +588,7 @@ impl Router {
                 c.hop_limit,
                 c.full,
                 c.inbound_full,
+                c.host_full,
                 c.out_of_window,
                 c.dropped
             );
@@ -667,6 +671,7 @@ pub async fn start(
     dns: &str,
     lease: u32,
     max_flows: u32,
+    max_flows_per_host: u32,
     udp_timeout: u32,
     stats: u32,
     offload: bool,
@@ -701,6 +706,7 @@ pub async fn start(
     };
     let nat = Nat::new(mirage_nat::Config {
         max_flows: max_flows as usize,
+        max_flows_per_host: (max_flows_per_host > 0).then_some(max_flows_per_host as usize),
         timeouts,
         masquerade: Some(Masquerade { interface: Interface(UPLINK), address: up.ipv4.0, ports: (1024, 65535) }),
         forwards: forwards.clone(),
@@ -708,6 +714,7 @@ pub async fn start(
         seed: random.next_u64(),
     })
     .map_err(|e| format!("the NAT: {e}"))?;
+    let per_host = nat.max_flows_per_host();
     let routes = routes4(&up, &ins)?;
     let dns_from_uplink = dns.trim().is_empty() && up.dhcp;
     let dns: Result<Vec<Ipv4Addr>, _> = if dns_from_uplink {
@@ -726,8 +733,14 @@ pub async fn start(
         reservations: Vec::new(),
     })
     .map_err(|e| format!("the DHCP server: {e}"))?;
-    let v6 = v6::V6::new([up.ipv6, ins.ipv6], up.gateway6.map(|g| (g, UPLINK)), max_flows as usize, timeouts)
-        .map_err(|e| format!("an IPv6 route: {e}"))?;
+    let v6 = v6::V6::new(
+        [up.ipv6, ins.ipv6],
+        up.gateway6.map(|g| (g, UPLINK)),
+        max_flows as usize,
+        max_flows_per_host as usize,
+        timeouts,
+    )
+    .map_err(|e| format!("an IPv6 route: {e}"))?;
     // Forward offload on both interfaces or, where one host refuses, said:
     // TCP segments longer than the other's MTU are then dropped.
     let offloaded = if offload { [uplink.forward_offload(), inside.forward_offload()] } else { [false; 2] };
@@ -757,7 +770,7 @@ pub async fn start(
     let _ = console
         .write(
             format!(
-                "router: uplink {}/{} ({}gateway {}), inside {}/{}; {} flows at most; {} port forwards{}{}\n",
+                "router: uplink {}/{} ({}gateway {}), inside {}/{}; {} flows at most, {} a host; {} port forwards{}{}\n",
                 up.ipv4.0,
                 up.ipv4.1,
                 if up.dhcp { "leased by DHCP, " } else { "" },
@@ -765,6 +778,7 @@ pub async fn start(
                 ins.ipv4.0,
                 ins.ipv4.1,
                 max_flows,
+                per_host,
                 forwards.len(),
                 ipv6_summary(&up, &ins),
                 offload_note

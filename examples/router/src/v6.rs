@@ -12,7 +12,9 @@
 //! * Flows are tracked in a table of at most [`MAX_FLOWS`] (or
 //!   `--max-flows`, if smaller); when it is full, a new flow is refused and
 //!   counted; flows that started on the uplink (from outside) hold at
-//!   most half of it, as the NAT's do. A flow's state is followed as the IPv4 NAT follows its own
+//!   most half of it, as the NAT's do, and the flows started from one
+//!   /64 (one host, which may use any address of its prefix) at most
+//!   `--max-flows-per-host`, half the table unless given. A flow's state is followed as the IPv4 NAT follows its own
 //!   ([`mirage_nat::FlowState`]: TCP's from the flags seen, UDP's from
 //!   whether a reply came), and it lasts from its last packet as long as
 //!   the NAT's [`Timeouts`] give that state: a SYN never answered
@@ -33,7 +35,8 @@
 //!   rules allow traffic to `local`). Multicast, link-local and
 //!   unspecified addresses are not forwarded, nor are fragments (the
 //!   ports are only in the first) or packets with extension headers other
-//!   than those `wire` walks. A packet whose hop limit runs out here is
+//!   than those `wire` walks. A packet whose hop limit runs out here (of
+//!   a known flow, or one the rules allow to start one) is
 //!   dropped and counted, and answered with an ICMPv6 Time Exceeded
 //!   ([`V6::time_exceeded`]; the router limits how many it sends, with
 //!   IPv4's).
@@ -51,6 +54,14 @@ pub const MAX_FLOWS: usize = 4096;
 
 const ECHO_REQUEST: u8 = 128;
 const ECHO_REPLY: u8 = 129;
+
+/// The /64 prefix of an address: one host's, as far as the router can
+/// tell (SLAAC's privacy addresses alone take a new one a day).
+fn prefix64(a: &[u8; 16]) -> u64 {
+    let mut p = [0; 8];
+    p.copy_from_slice(&a[..8]);
+    u64::from_be_bytes(p)
+}
 
 /// A flow, as its first packet went: from `a` to `b`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,6 +102,8 @@ pub struct Counters {
     /// New flows from outside refused because flows from outside held
     /// half the table.
     pub inbound_full: u64,
+    /// New flows refused because their source's /64 held its share.
+    pub host_full: u64,
     /// TCP resets and FINs outside the window of their connection (blind
     /// attempts to end a flow, or to shorten its time).
     pub out_of_window: u64,
@@ -126,6 +139,9 @@ pub struct V6 {
     swept: Option<u64>,
     /// Flows that started on the uplink (from outside).
     inbound: usize,
+    /// Flows each source /64 started, and the most it may hold.
+    hosts: BTreeMap<u64, u32>,
+    per_host: usize,
     max_flows: usize,
     timeouts: Timeouts,
     /// Counters.
@@ -143,11 +159,13 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 impl V6 {
     /// The state for interfaces with these IPv6 addresses; the default
     /// route goes to `gateway` on `gateway_if`; flows last as `timeouts`
-    /// say (the NAT's).
+    /// say (the NAT's); one /64 starts at most `per_host` of the
+    /// `max_flows` (0: half).
     pub fn new(
         own: [Option<(Ipv6Addr, u8)>; 2],
         gateway: Option<(Ipv6Addr, u8)>,
         max_flows: usize,
+        per_host: usize,
         timeouts: Timeouts,
     ) -> Result<V6, mirage_tcpip::route::RouteError> {
         let mut routes = Routes::new();
@@ -165,6 +183,8 @@ impl V6 {
             flows: BTreeMap::new(),
             swept: None,
             inbound: 0,
+            hosts: BTreeMap::new(),
+            per_host: if per_host == 0 { (max_flows.min(MAX_FLOWS) / 2).max(1) } else { per_host },
             max_flows: max_flows.min(MAX_FLOWS),
             timeouts,
             counters: Counters::default(),
@@ -183,11 +203,20 @@ impl V6 {
 
     /// Forgets flows whose time is up.
     pub fn expire(&mut self, now_ms: u64) {
-        let inbound = &mut self.inbound;
-        self.flows.retain(|_, (until, _, ifs)| {
+        let (inbound, hosts) = (&mut self.inbound, &mut self.hosts);
+        self.flows.retain(|k, (until, _, ifs)| {
             let keep = *until > now_ms;
-            if !keep && ifs[0] == crate::UPLINK {
-                *inbound -= 1;
+            if !keep {
+                if ifs[0] == crate::UPLINK {
+                    *inbound -= 1;
+                }
+                let p = prefix64(&k.a);
+                if let Some(n) = hosts.get_mut(&p) {
+                    *n -= 1;
+                    if *n == 0 {
+                        hosts.remove(&p);
+                    }
+                }
             }
             keep
         });
@@ -248,10 +277,12 @@ impl V6 {
             self.counters.no_route += 1;
             return Decision::Drop;
         };
-        if hop_limit <= 1 {
-            self.counters.hop_limit += 1;
-            return Decision::HopLimit;
-        }
+        // Its hop limit is looked at once the packet is known to be
+        // allowed: traffic the rules deny draws no Time Exceeded.
+        let spent = |v: &mut V6| {
+            v.counters.hop_limit += 1;
+            Decision::HopLimit
+        };
         let key = Key::new(proto, src, sport, dst, dport);
         let t = self.timeouts;
         let known = match self.flows.get_mut(&key) {
@@ -268,6 +299,9 @@ impl V6 {
             if came != fi || goes != hop.interface || wrong_echo {
                 self.counters.denied += 1;
                 return Decision::Drop;
+            }
+            if hop_limit <= 1 {
+                return spent(self);
             }
             match state.advance(reply, proto, data) {
                 // Noted: the flow's time is renewed.
@@ -289,18 +323,28 @@ impl V6 {
                 self.counters.denied += 1;
                 return Decision::Drop;
             }
+            if hop_limit <= 1 {
+                return spent(self);
+            }
             // Flows from outside hold at most half the table (as the
             // NAT's): a flood of them, spoofed from anywhere the uplink
-            // routes, leaves the inside room to start its own.
+            // routes, leaves the inside room to start its own. One /64
+            // holds at most its share.
             let inbound = fi == crate::UPLINK;
-            let full = |v: &V6| v.flows.len() >= v.max_flows || inbound && v.inbound >= v.max_flows / 2;
+            let host = prefix64(&key.a);
+            let held = |v: &V6| v.hosts.get(&host).map_or(0, |&n| n as usize);
+            let full = |v: &V6| {
+                v.flows.len() >= v.max_flows || inbound && v.inbound >= v.max_flows / 2 || held(v) >= v.per_host
+            };
             if full(self) {
                 if self.swept.is_none_or(|at| now_ms.saturating_sub(at) >= 1000) {
                     self.swept = Some(now_ms);
                     self.expire(now_ms);
                 }
                 if full(self) {
-                    if self.flows.len() >= self.max_flows {
+                    if held(self) >= self.per_host {
+                        self.counters.host_full += 1;
+                    } else if self.flows.len() >= self.max_flows {
                         self.counters.full += 1;
                     } else {
                         self.counters.inbound_full += 1;
@@ -311,6 +355,7 @@ impl V6 {
             let Ok(state) = FlowState::new(proto, data) else { return self.drop() };
             self.flows.insert(key, (now_ms + state.timeout(&t), state, [fi, hop.interface]));
             self.inbound += usize::from(inbound);
+            *self.hosts.entry(host).or_insert(0) += 1;
         }
         p[7] = hop_limit - 1;
         self.counters.forwarded += 1;
@@ -455,14 +500,20 @@ mod tests {
         packet(src, dst, hop, wire::PROTO_ICMPV6, vec![ECHO_REQUEST, 0, 0, 0, 0x12, 0x34, 0, 1, 9, 9], 2)
     }
 
+    /// A router with room for `max` flows, with no share for a host.
     fn setup(max: usize) -> (V6, Rules) {
+        setup_shared(max, usize::MAX)
+    }
+
+    fn setup_shared(max: usize, per_host: usize) -> (V6, Rules) {
         let rules = Rules::parse(
             include_str!("../config/rules"),
             &[("uplink", Interface(crate::UPLINK)), ("inside", Interface(crate::INSIDE))],
         )
         .unwrap();
         let v6 =
-            V6::new([Some((UP, 64)), Some((IN, 64))], Some((SERVER, crate::UPLINK)), max, Timeouts::LINUX).unwrap();
+            V6::new([Some((UP, 64)), Some((IN, 64))], Some((SERVER, crate::UPLINK)), max, per_host, Timeouts::LINUX)
+                .unwrap();
         (v6, rules)
     }
 
@@ -647,6 +698,12 @@ mod tests {
         assert_eq!((r.src, r.dst, r.payload[0], &r.payload[8..]), (IN, CLIENT, 3, &p[..]));
         // No error about an error.
         assert_eq!(v.time_exceeded(ins, &e), None);
+        // A new flow the rules deny draws no Time Exceeded, whatever its
+        // hop limit: it is denied.
+        let mut p = syn(SERVER, 40000, CLIENT, 22);
+        p[7] = 1;
+        assert_eq!(v.process(0, up, &mut p, &mut rules), Decision::Drop);
+        assert_eq!((v.counters.hop_limit, v.counters.denied), (1, 1));
         // Link-local and multicast are not forwarded; no route for a
         // destination without a default route is counted.
         for dst in ["fe80::1", "ff02::1"] {
@@ -735,5 +792,38 @@ mod tests {
         let mut p = syn(SERVER, 2000, CLIENT, 80);
         assert_eq!(v.process(later, up, &mut p, &mut rules), Decision::Forward(ins, CLIENT));
         assert_eq!(v.flows(), 1);
+    }
+
+    /// One /64 holds at most its share of the table, and another /64
+    /// still gets room; the share comes back as flows expire. Addresses
+    /// of one /64 are one host's.
+    #[test]
+    fn one_prefix_holds_at_most_its_share() {
+        let (mut v, mut rules) = setup_shared(10, 4);
+        let (up, ins) = (crate::UPLINK, crate::INSIDE);
+        let t = Timeouts::LINUX;
+        for port in 1..=6u16 {
+            // Each from a new address of the client's /64.
+            let src = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 1, port);
+            let mut p = udp(src, port, SERVER, 53);
+            let want = if port <= 4 { Decision::Forward(up, SERVER) } else { Decision::Drop };
+            assert_eq!(v.process(0, ins, &mut p, &mut rules), want, "{port}");
+        }
+        assert_eq!((v.counters.host_full, v.counters.full, v.flows()), (2, 0, 4));
+        // Another inside /64 (the router routes fd00:1::/64 inside; a
+        // second prefix is made up by rerouting): the rules' and the
+        // table's room are its.
+        v.routes.add(Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0), 64, None, ins).unwrap();
+        for port in 1..=4u16 {
+            let mut p = udp(Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 7), port, SERVER, 53);
+            assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Forward(up, SERVER), "{port}");
+        }
+        assert_eq!(v.flows(), 8);
+        // The first host's flows expire (unanswered UDP): it may start
+        // again.
+        let later = t.udp_unreplied + 1;
+        let mut p = udp(CLIENT, 9, SERVER, 53);
+        assert_eq!(v.process(later, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));
+        assert_eq!((v.flows(), v.hosts.len()), (1, 1));
     }
 }

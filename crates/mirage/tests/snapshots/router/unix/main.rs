@@ -29,8 +29,13 @@ fn main() {
         Arg::new::<u32>("lease", Some("3600"), "DHCP lease time, in seconds."),
         Arg::new::<u32>(
             "max-flows",
-            Some("16384"),
-            "Most flows the NAT tracks at once; a new flow beyond is refused and counted.",
+            Some("32768"),
+            "Most flows the NAT tracks at once (about 110 bytes each, allocated at start); a new flow beyond is refused and counted (table-full).",
+        ),
+        Arg::new::<u32>(
+            "max-flows-per-host",
+            Some("0"),
+            "Most flows one host (an IPv4 address, an IPv6 /64) may have started and hold at once, so that one host cannot take the table from the others; a new flow beyond is refused and counted (host-full). 0: half of --max-flows.",
         ),
         Arg::new::<u32>(
             "udp-timeout",
@@ -112,6 +117,7 @@ fn main() {
     let dns: String = args.get("dns");
     let lease: u32 = args.get("lease");
     let max_flows: u32 = args.get("max-flows");
+    let max_flows_per_host: u32 = args.get("max-flows-per-host");
     let udp_timeout: u32 = args.get("udp-timeout");
     let stats: u32 = args.get("stats");
     let offload: bool = args.get("offload");
@@ -128,6 +134,7 @@ fn main() {
             &dns,
             lease,
             max_flows,
+            max_flows_per_host,
             udp_timeout,
             stats,
             offload,
