@@ -41,7 +41,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
         Arg::new::<u32>(
             "max-flows",
             Some("32768"),
-            "Most flows the NAT tracks at once (about 110 bytes each, allocated at start); a new flow beyond is refused and counted (table-full).",
+            "Most flows the NAT tracks at once (120 bytes each, allocated at start); a new flow beyond is refused and counted (table-full).",
         ),
         Arg::new::<u32>(
             "max-flows-per-host",

@@ -30,7 +30,7 @@ fn main() {
         Arg::new::<u32>(
             "max-flows",
             Some("32768"),
-            "Most flows the NAT tracks at once (about 110 bytes each, allocated at start); a new flow beyond is refused and counted (table-full).",
+            "Most flows the NAT tracks at once (120 bytes each, allocated at start); a new flow beyond is refused and counted (table-full).",
         ),
         Arg::new::<u32>(
             "max-flows-per-host",
