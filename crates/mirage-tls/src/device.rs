@@ -19,6 +19,7 @@ use rustls::{ClientConfig, ServerConfig};
 
 use crate::config::{self, ConfigError, ServerOptions};
 use crate::flow::{Error, TlsClient};
+use crate::limit::HandshakeLimit;
 use crate::listener::TlsListener;
 
 fn key(path: &str) -> Result<Key, ConfigError> {
@@ -29,10 +30,13 @@ fn protocols(alpn: &[&str]) -> Vec<Vec<u8>> {
     alpn.iter().map(|p| p.as_bytes().to_vec()).collect()
 }
 
-/// A TLS server: its configuration, certificates included.
+/// A TLS server: its configuration, certificates included, and how many
+/// handshakes one host may start ([`HandshakeLimit::DEFAULT`] unless
+/// [`Server::handshake_limit`] says otherwise).
 #[derive(Debug, Clone)]
 pub struct Server {
     config: Arc<ServerConfig>,
+    limit: HandshakeLimit,
 }
 
 impl Server {
@@ -49,12 +53,19 @@ impl Server {
         let names: Vec<&str> = certs.names().collect();
         log::info!(target: "tls", "server certificates: {}", names.join(", "));
         let options = ServerOptions { alpn: protocols(alpn) };
-        Ok(Server { config: Arc::new(config::server_config(certs, &options, clock)?) })
+        Ok(Server::new(Arc::new(config::server_config(certs, &options, clock)?)))
     }
 
     /// A server of `config`.
     pub fn new(config: Arc<ServerConfig>) -> Server {
-        Server { config }
+        Server { config, limit: HandshakeLimit::DEFAULT }
+    }
+
+    /// The same server, holding each host to `limit` new connections
+    /// ([`HandshakeLimit::NONE`]: none).
+    #[must_use]
+    pub fn handshake_limit(self, limit: HandshakeLimit) -> Server {
+        Server { limit, ..self }
     }
 
     /// Its configuration.
@@ -69,12 +80,16 @@ impl Server {
         port: u16,
         backlog: usize,
     ) -> Result<TlsListener<T::Listener>, stack::Error> {
-        Ok(self.serve_on(tcp.listen(port, backlog).await?))
+        self.serve_on(tcp.listen(port, backlog).await?)
     }
 
-    /// Serves TLS on the connections of `listener`.
-    pub fn serve_on<L: TcpListener>(&self, listener: L) -> TlsListener<L> {
-        TlsListener::new(listener, self.config.clone())
+    /// Serves TLS on the connections of `listener`. `Error::NoSpace` when
+    /// the table of hosts' allowances (16 KiB) cannot be allocated, or the
+    /// random source (installed by [`crate::rng::install`]) fails.
+    pub fn serve_on<L: TcpListener>(&self, listener: L) -> Result<TlsListener<L>, stack::Error> {
+        let mut seed = [0; 8];
+        crate::rng::fill(&mut seed).map_err(|_| stack::Error::NoSpace)?;
+        TlsListener::new(listener, self.config.clone(), self.limit, u64::from_le_bytes(seed))
     }
 }
 

@@ -18,6 +18,7 @@ extern crate alloc;
 pub mod config;
 pub mod device;
 pub mod flow;
+pub mod limit;
 pub mod listener;
 pub mod provider;
 pub mod rng;
@@ -27,5 +28,6 @@ pub use config::{
 };
 pub use device::{Client, HANDSHAKE_WAIT, Server};
 pub use flow::{CLOSE_NOTIFY_WAIT, Error, TlsClient, TlsFlow, TlsServer};
+pub use limit::HandshakeLimit;
 pub use listener::TlsListener;
 pub use rustls;

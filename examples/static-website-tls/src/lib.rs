@@ -1,6 +1,9 @@
 //! static-website-tls: serves a read-only key-value store over HTTPS, with
 //! certificates from another store, and redirects HTTP to HTTPS with HSTS
-//! (MirageOS's `static_website_tls`).
+//! (MirageOS's `static_website_tls`). One host may start
+//! `--handshakes-per-host` new HTTPS connections a second (50), twice as
+//! many at once; those beyond are reset before their handshake costs
+//! anything.
 #![no_std]
 
 extern crate alloc;
@@ -17,6 +20,7 @@ use mirage_devices::stack::Stack;
 use mirage_devices::time::WallClock;
 use mirage_http::{Handler, Limits, Request, Response, Static, Stats};
 use mirage_runtime::{Either, select};
+use mirage_tls::HandshakeLimit;
 
 /// Connections a listener keeps waiting for acceptance.
 const BACKLOG: usize = 256;
@@ -97,6 +101,7 @@ pub async fn start<S, K, W>(
     hsts_max_age: u32,
     header_timeout: u32,
     idle_timeout: u32,
+    handshakes_per_host: u32,
 ) -> Result<(), Failed>
 where
     S: Stack,
@@ -110,8 +115,15 @@ where
         ..Limits::default()
     });
     let clock = Rc::new(clock);
-    let https =
-        tls.listen(&stack, https_port, BACKLOG).await.map_err(|e| Failed(format!("listening on {https_port}: {e}")))?;
+    let limit = match handshakes_per_host {
+        0 => HandshakeLimit::NONE,
+        n => HandshakeLimit { per_second: n, burst: n.saturating_mul(2) },
+    };
+    let https = tls
+        .handshake_limit(limit)
+        .listen(&stack, https_port, BACKLOG)
+        .await
+        .map_err(|e| Failed(format!("listening on {https_port}: {e}")))?;
     let header = (hsts_max_age > 0).then(|| format!("max-age={hsts_max_age}"));
     let site = Rc::new(Hsts { files: Static::new(Rc::new(htdocs)), header });
     let addr = match stack.ipv4() {

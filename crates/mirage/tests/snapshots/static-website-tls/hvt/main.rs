@@ -38,6 +38,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
             Some("60"),
             "Seconds a connection may wait for its next request.",
         ),
+        Arg::new::<u32>(
+            "handshakes-per-host",
+            Some("50"),
+            "New HTTPS connections one host (an IPv4 address, an IPv6 /64) may start a second, twice as many at once; those beyond are reset before their TLS handshake costs anything. 0 for no limit.",
+        ),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
     let args = match solo5::dev::boot("static-website-tls", si.cmdline, &specs) {
@@ -65,6 +70,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let hsts_max_age: u32 = args.get("hsts-max-age");
     let header_timeout: u32 = args.get("header-timeout");
     let idle_timeout: u32 = args.get("idle-timeout");
+    let handshakes_per_host: u32 = args.get("handshakes-per-host");
     solo5::dev::run(async move {
         let certs = mirage_kv::Tar::new(certs_disk).await.map_err(|e| {
             format!("cannot open the kv-ro store \"certs\" on block device certs: {e}")
@@ -92,6 +98,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
                 hsts_max_age,
                 header_timeout,
                 idle_timeout,
+                handshakes_per_host,
             )
             .await,
         )

@@ -27,6 +27,11 @@ fn main() {
             Some("60"),
             "Seconds a connection may wait for its next request.",
         ),
+        Arg::new::<u32>(
+            "handshakes-per-host",
+            Some("50"),
+            "New HTTPS connections one host (an IPv4 address, an IPv6 /64) may start a second, twice as many at once; those beyond are reset before their TLS handshake costs anything. 0 for no limit.",
+        ),
         Arg::new::<String>(
             "block:certs",
             None,
@@ -54,6 +59,7 @@ fn main() {
     let hsts_max_age: u32 = args.get("hsts-max-age");
     let header_timeout: u32 = args.get("header-timeout");
     let idle_timeout: u32 = args.get("idle-timeout");
+    let handshakes_per_host: u32 = args.get("handshakes-per-host");
     std::process::exit(mirage_unix::run(async move {
         let certs = mirage_kv::Tar::new(certs_disk).await.map_err(|e| {
             format!("cannot open the kv-ro store \"certs\" on block device certs: {e}")
@@ -75,6 +81,7 @@ fn main() {
                 hsts_max_age,
                 header_timeout,
                 idle_timeout,
+                handshakes_per_host,
             )
             .await,
         )
