@@ -597,11 +597,17 @@ fn listening(ns: &Netns, port: u16, what: &Background) -> Result<(), String> {
 /// Runs tls-client on `t` in `ns` against 10.0.0.1:`port` for `name`; its
 /// exit status and output.
 fn fetch(ns: &Netns, t: &str, cas: &Path, port: u16, name: &str) -> Result<(i32, String), String> {
+    fetch_with(ns, t, cas, port, name, &[])
+}
+
+/// As [`fetch`], with more boot arguments.
+fn fetch_with(ns: &Netns, t: &str, cas: &Path, port: u16, name: &str, more: &[&str]) -> Result<(i32, String), String> {
     let keys: &[&str] = if t == "unix" { &["--net=direct"] } else { &[] };
     let image = example_with(t, "tls-client", keys)?;
     let block = format!("--block:cas={}", cas.display());
     let mut c = ns.unikernel(t, &image, &["--net:service=tap0", &block]);
     c.args(["--ipv4=10.0.0.2/24", "--server=10.0.0.1", &format!("--port={port}"), &format!("--name={name}")]);
+    c.args(more);
     let mut bg = Background::start(c)?;
     let code = bg.wait(Duration::from_secs(60))?;
     Ok((code, bg.output()))
@@ -680,6 +686,23 @@ fn client_fetches(ns: &Netns, dir: &Path, t: &str) -> Result<(), String> {
     if code == 0 || !out.contains("ec.test sent nothing for 30 s after 0 bytes") || !(29..50).contains(&took.as_secs())
     {
         return Err(format!("tls-client against a silent server: status {code} after {took:?}\n{out}"));
+    }
+    drop(silent);
+    // A server that trickles its response, a byte a second, never silent
+    // for long: the client gives up at its deadline (5 s here), with a
+    // message.
+    let mut c = ns.command("bash");
+    c.arg("-c").arg(
+        "exec openssl s_server -naccept 2 -accept 4435 -cert store/a-ec.pem -key store/a-ec.key < <(while :; do printf x; sleep 1; done)",
+    );
+    c.current_dir(dir);
+    let trickle = Background::start(c)?;
+    listening(ns, 4435, &trickle)?;
+    let started = Instant::now();
+    let (code, out) = fetch_with(ns, t, &cas, 4435, "ec.test", &["--deadline=5"])?;
+    let took = started.elapsed();
+    if code == 0 || !out.contains("ec.test: no whole response within 5 s (--deadline)") || took.as_secs() > 30 {
+        return Err(format!("tls-client against a trickling server: status {code} after {took:?}\n{out}"));
     }
     Ok(())
 }

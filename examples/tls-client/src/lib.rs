@@ -1,6 +1,7 @@
 //! tls-client: fetches one page over HTTPS, checking the server's
 //! certificate, and prints what it got: the protocol agreed, then the
-//! response as it came.
+//! response as it came. The whole fetch has a deadline (`--deadline`),
+//! and the server may be silent for at most 30 s at a time within it.
 #![no_std]
 
 extern crate alloc;
@@ -23,9 +24,28 @@ const MAX_BODY: usize = 64 * 1024;
 const SILENCE: mirage_runtime::time::Duration = mirage_runtime::time::Duration::from_secs(30);
 
 /// The unikernel: `GET path` from `server:port`, whose certificate must be
-/// valid for `name`.
+/// valid for `name`, within `deadline` seconds.
+#[allow(clippy::too_many_arguments)]
 pub async fn start<S: Stack>(
     console: impl Console,
+    stack: S,
+    tls: mirage_tls::Client,
+    server: Ipv4Addr,
+    port: u16,
+    name: &str,
+    path: &str,
+    deadline: u32,
+) -> Result<(), String> {
+    let limit = mirage_runtime::time::Duration::from_secs(deadline.into());
+    match mirage_runtime::time::timeout(limit, fetch(&console, stack, tls, server, port, name, path)).await {
+        Ok(done) => done,
+        // The flow is dropped with the fetch, which closes it.
+        Err(_) => Err(format!("{name}: no whole response within {deadline} s (--deadline)")),
+    }
+}
+
+async fn fetch<S: Stack>(
+    console: &impl Console,
     stack: S,
     tls: mirage_tls::Client,
     server: Ipv4Addr,
