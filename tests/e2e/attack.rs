@@ -56,6 +56,18 @@ fn site(name: &str, t: &str, mem_mib: Option<u32>) -> Result<Site, String> {
 /// As [`site`], without the good client; with `disk`, the site built to
 /// serve the tar image `disk` from a block device (`--kv-ro=tar`).
 fn quiet_site(name: &str, t: &str, mem_mib: Option<u32>, disk: Option<&Path>) -> Result<Site, String> {
+    quiet_site_with(name, t, mem_mib, disk, false)
+}
+
+/// As [`quiet_site`]; with `share`, each host holds at most the server's
+/// default share of its connections (512).
+fn quiet_site_with(
+    name: &str,
+    t: &str,
+    mem_mib: Option<u32>,
+    disk: Option<&Path>,
+    share: bool,
+) -> Result<Site, String> {
     attack::raise_fd_limit();
     let ns = Netns::new()?;
     attack::long_queue(&ns, "tap0")?;
@@ -81,8 +93,14 @@ fn quiet_site(name: &str, t: &str, mem_mib: Option<u32>, disk: Option<&Path>) ->
             ns.unikernel(t, &image, &all)
         }
     };
-    // The access log off: thousands of connections would fill it.
+    // The access log off: thousands of connections would fill it. The
+    // attacker and the good client are one host: each host's share of the
+    // connections is off, so that what is tested is what the server holds
+    // (`one_host_holds_its_share` tests the share, with two hosts).
     c.args(["--ipv4=10.0.0.2/24", "--logs=http:warn"]);
+    if !share {
+        c.arg("--max-connections-per-host=0");
+    }
     if mem_mib.is_some() {
         c.arg("--stats=1");
     }
@@ -332,6 +350,50 @@ fn until_refused(t: &str, hold: Hold, what: &str, round: usize, cap: usize) -> R
     r?;
     if !pushed_back {
         return Err(format!("{name}: {cap} connections were opened and none was refused: nothing bounds them"));
+    }
+    Ok(())
+}
+
+/// The good client's own address: another host than the attacker's.
+const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+
+/// One host opens 3,000 idle connections in rounds of 300 and keeps
+/// trying for 4 s more, while a good client on another address is served:
+/// the host holds at most its share (512) of the server's 4,096, the rest
+/// closed at once, and the good client, fresh connections and keep-alive,
+/// is served throughout.
+fn one_host_holds_its_share(t: &str) -> Result<(), String> {
+    let mut s = quiet_site_with("3,000 idle connections from one host", t, None, None, true)?;
+    s.ns.ip(&["addr", "add", &format!("{OTHER_HOST}/24"), "dev", "tap0"])?;
+    s.good = Some(GoodClient::start_from(&s.ns, server(), "/", Some(OTHER_HOST.into()))?);
+    std::thread::sleep(Duration::from_secs(1));
+    let crowd = Crowd::new();
+    let pid = s.pid();
+    let alive = || attack::alive(pid);
+    let started = Instant::now();
+    let mut tried = 0;
+    while tried < 3000 && s.alive() {
+        crowd.fill(&s.ns, server(), Hold::Idle, 300, 4, started + Duration::from_secs(60), &alive)?;
+        tried += 300;
+        std::thread::sleep(Duration::from_millis(200));
+        crowd.sweep();
+    }
+    let pressed = Instant::now();
+    while pressed.elapsed() < Duration::from_secs(4) && s.alive() {
+        crowd.fill(&s.ns, server(), Hold::Idle, 300, 4, pressed + Duration::from_secs(4), &alive)?;
+        tried += 300;
+        std::thread::sleep(Duration::from_millis(200));
+        crowd.sweep();
+    }
+    let held = crowd.holding();
+    let refused = crowd.refused.load(Relaxed);
+    let summary = format!("{tried} tried, {held} held at the end, {refused} closed by the server");
+    let name = s.name.clone();
+    let r = s.finish_with(&summary, true);
+    crowd.release();
+    r?;
+    if held > 512 || refused < tried - 512 - 300 {
+        return Err(format!("{name}: one host holds more than its share of 512: {summary}"));
     }
     Ok(())
 }
@@ -586,6 +648,9 @@ pub fn cases(v: &mut Vec<Case>) {
         }));
         v.push(case(format!("{t}::attack_body_holding_connections_until_refused"), n, move || {
             until_refused(t, Hold::Body, "connections holding half a 1 MiB body", 20, 600)
+        }));
+        v.push(case(format!("{t}::attack_one_host_holds_its_share_of_connections"), n, move || {
+            one_host_holds_its_share(t)
         }));
         v.push(case(format!("{t}::attack_downloads_never_read"), n, move || unread_downloads(t, Hold::Unread)));
         v.push(case(format!("{t}::attack_downloads_read_at_a_trickle"), n, move || unread_downloads(t, Hold::Trickle)));

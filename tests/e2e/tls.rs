@@ -575,7 +575,7 @@ pub fn cases(v: &mut Vec<Case>) {
             // Its thousand half-open handshakes come from one host, beyond
             // a host's allowance of new connections (tested apart, above):
             // here they test what the server holds for them.
-            let g = start_with(&ns, t, &certs, &["--handshakes-per-host=0"])?;
+            let g = start_with(&ns, t, &certs, &["--handshakes-per-host=0", "--max-connections-per-host=0"])?;
             hostile_peers(&ns, &scratch.0, t).map_err(|e| format!("{e}\n{}", g.output()))
         }));
     }

@@ -27,6 +27,7 @@
 extern crate alloc;
 
 mod date;
+mod hosts;
 mod ledger;
 mod mime;
 mod request;

@@ -9,11 +9,15 @@
 //! connection is answered 503 (once its head arrives) and closed, a request
 //! that no longer fits is answered 503 or 413 and closed, and the largest
 //! holders are shed first to make room for the others.
+//!
+//! Connections: at most [`Limits::max_connections`] open, and at most
+//! [`Limits::max_connections_per_host`] from one host (an IPv4 address,
+//! an IPv6 /64); more are closed as they are accepted.
 
 use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::cell::Cell;
+use core::cell::{Cell, RefCell};
 use core::fmt::Write as _;
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -25,6 +29,7 @@ use mirage_runtime::memory;
 use mirage_runtime::time::{now, sleep_until};
 use mirage_runtime::{Either, select, spawn};
 
+use crate::hosts::{Hosts, host_id};
 use crate::ledger::{Holder, Ledger};
 use crate::request::{self, ChunkLine, Framing, Head, Request};
 
@@ -52,6 +57,10 @@ pub struct Limits {
     pub send_timeout: Duration,
     /// The most connections served at once; more are closed at once.
     pub max_connections: usize,
+    /// The most connections one host (an IPv4 address, an IPv6 /64) may
+    /// have open at once, so that one host cannot take them all from the
+    /// others; more are closed at once. 0: no limit.
+    pub max_connections_per_host: usize,
 }
 
 impl Default for Limits {
@@ -65,6 +74,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            max_connections_per_host: 512,
         }
     }
 }
@@ -181,6 +191,9 @@ pub struct Stats {
     pub accepted: Cell<u64>,
     /// Connections closed at once because [`Limits::max_connections`] were open.
     pub refused: Cell<u64>,
+    /// Connections closed at once because their host had
+    /// [`Limits::max_connections_per_host`] open.
+    pub refused_host: Cell<u64>,
     /// Responses sent.
     pub responses: Cell<u64>,
     /// Requests refused for their form (4xx and 5xx from the server itself).
@@ -318,6 +331,15 @@ where
     let ledger = Rc::new(Ledger::default());
     // The stack asks it for room before it refuses a new connection.
     let _reclaimer = memory::add_reclaimer(ledger.clone());
+    let per_host = limits.max_connections_per_host;
+    let Some(hosts) = Hosts::new(if per_host > 0 { limits.max_connections } else { 0 }) else {
+        log::error!(target: "http", "no memory to count each host's connections: give a smaller max_connections");
+        return stack::Error::NoSpace;
+    };
+    let hosts = Rc::new(RefCell::new(hosts));
+    // Whether the last connection was refused for its host: a run of them
+    // is logged once.
+    let mut refusing_host = false;
     let mut backoff = ACCEPT_BACKOFF_LEAST;
     loop {
         let (flow, peer) = match listener.accept().await {
@@ -346,6 +368,25 @@ where
             let _ = flow.close().await;
             continue;
         }
+        let id = host_id(peer.ip());
+        if per_host > 0 {
+            // `add` fails only when more hosts than the map was made for
+            // have connections (more than `max_connections`).
+            let refuse = {
+                let mut h = hosts.borrow_mut();
+                h.count(id) as usize >= per_host || !h.add(id)
+            };
+            if refuse {
+                bump(&stats.refused_host);
+                if !refusing_host {
+                    log::warn!(target: "http", "{}: refused, {per_host} connections open from it", peer.ip());
+                }
+                refusing_host = true;
+                let _ = flow.close().await;
+                continue;
+            }
+        }
+        refusing_host = false;
         stats.open.set(stats.open.get() + 1);
         let fits = memory::may_hold(CONNECTION_COST) || ledger.relieve(CONNECTION_COST).await;
         if !fits {
@@ -357,7 +398,7 @@ where
                 memory::budget().unwrap_or(0)
             );
         }
-        let (limits, clock, stats) = (limits.clone(), clock.clone(), stats.clone());
+        let (limits, clock, stats, hosts) = (limits.clone(), clock.clone(), stats.clone(), hosts.clone());
         // Each task is detached: it ends with its connection. A refused
         // connection's task is a future of its own, under a third of the
         // size of one that serves (880 bytes against 2,928 over the tests'
@@ -368,12 +409,14 @@ where
             let task = async move {
                 connection(flow, peer, &*handler, &limits, &*clock, &stats, &ledger).await;
                 stats.open.set(stats.open.get() - 1);
+                hosts.borrow_mut().sub(id);
             };
             drop(spawn(task));
         } else {
             let task = async move {
                 refuse_for_memory(flow, &limits, &*clock).await;
                 stats.open.set(stats.open.get() - 1);
+                hosts.borrow_mut().sub(id);
             };
             drop(spawn(task));
         }

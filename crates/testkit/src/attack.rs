@@ -555,6 +555,17 @@ const GOOD_TIMEOUT: Duration = Duration::from_secs(2);
 impl GoodClient {
     /// Starts it in `ns`, asking `server` for `path`.
     pub fn start(ns: &Netns, server: SocketAddr, path: &str) -> Result<GoodClient, String> {
+        GoodClient::start_from(ns, server, path, None)
+    }
+
+    /// As [`GoodClient::start`], its connections from address `from` of
+    /// the namespace if given (another host than the attacker's).
+    pub fn start_from(
+        ns: &Netns,
+        server: SocketAddr,
+        path: &str,
+        from: Option<std::net::IpAddr>,
+    ) -> Result<GoodClient, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let logs = [Arc::new(Mutex::new(Log::default())), Arc::new(Mutex::new(Log::default()))];
         let path = path.to_string();
@@ -563,7 +574,7 @@ impl GoodClient {
             (0..2)
                 .map(|i| {
                     let (stop, log, path) = (stop.clone(), logs[i].clone(), path.clone());
-                    std::thread::spawn(move || good_loop(server, &path, i == 1, &stop, &log))
+                    std::thread::spawn(move || good_loop(server, from, &path, i == 1, &stop, &log))
                 })
                 .collect::<Vec<_>>()
         })?;
@@ -609,7 +620,23 @@ impl Drop for GoodClient {
     }
 }
 
-fn good_loop(server: SocketAddr, path: &str, keep_alive: bool, stop: &AtomicBool, log: &Mutex<Log>) {
+/// A connection to `server`, from `from` if given.
+fn connect_from(server: SocketAddr, from: Option<std::net::IpAddr>, wait: Duration) -> std::io::Result<TcpStream> {
+    let Some(from) = from else { return TcpStream::connect_timeout(&server, wait) };
+    let s = socket2::Socket::new(socket2::Domain::for_address(server), socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::new(from, 0).into())?;
+    s.connect_timeout(&server.into(), wait)?;
+    Ok(s.into())
+}
+
+fn good_loop(
+    server: SocketAddr,
+    from: Option<std::net::IpAddr>,
+    path: &str,
+    keep_alive: bool,
+    stop: &AtomicBool,
+    log: &Mutex<Log>,
+) {
     let request = if keep_alive {
         format!("GET {path} HTTP/1.1\r\nHost: good-client\r\n\r\n")
     } else {
@@ -624,7 +651,7 @@ fn good_loop(server: SocketAddr, path: &str, keep_alive: bool, stop: &AtomicBool
         next = Instant::now().max(next) + INTERVAL;
         let result = (|| -> Result<(), String> {
             if conn.is_none() {
-                let s = TcpStream::connect_timeout(&server, GOOD_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+                let s = connect_from(server, from, GOOD_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
                 s.set_read_timeout(Some(GOOD_TIMEOUT)).map_err(|e| e.to_string())?;
                 s.set_write_timeout(Some(GOOD_TIMEOUT)).map_err(|e| e.to_string())?;
                 s.set_nodelay(true).map_err(|e| e.to_string())?;

@@ -102,6 +102,7 @@ pub async fn start<S, K, W>(
     header_timeout: u32,
     idle_timeout: u32,
     handshakes_per_host: u32,
+    max_connections_per_host: u32,
 ) -> Result<(), Failed>
 where
     S: Stack,
@@ -112,6 +113,7 @@ where
     let limits = Rc::new(Limits {
         header_timeout: Duration::from_secs(header_timeout.into()),
         idle_timeout: Duration::from_secs(idle_timeout.into()),
+        max_connections_per_host: max_connections_per_host as usize,
         ..Limits::default()
     });
     let clock = Rc::new(clock);

@@ -33,6 +33,7 @@ pub async fn start<S, K, W>(
     idle_timeout: u32,
     max_body: u64,
     stats: u32,
+    max_connections_per_host: u32,
 ) -> Result<(), stack::Error>
 where
     S: Stack,
@@ -50,6 +51,7 @@ where
         header_timeout: Duration::from_secs(header_timeout.into()),
         idle_timeout: Duration::from_secs(idle_timeout.into()),
         max_body,
+        max_connections_per_host: max_connections_per_host as usize,
         ..Limits::default()
     };
     let handler = Rc::new(Static::new(Rc::new(htdocs)));
@@ -66,10 +68,11 @@ where
                 None => "unknown".into(),
             };
             let line = format!(
-                "static-website: {} connections open, {} accepted, {} responses, {} refused; \
-                 {} refused for memory, {} shed, {} KiB held (peak {} KiB); heap {heap} in use",
+                "static-website: {} connections open, {} accepted, {} refused for their host, {} responses, \
+                 {} refused; {} refused for memory, {} shed, {} KiB held (peak {} KiB); heap {heap} in use",
                 counters.open.get(),
                 counters.accepted.get(),
+                counters.refused_host.get(),
                 counters.responses.get(),
                 counters.refusals.get(),
                 counters.refused_memory.get(),

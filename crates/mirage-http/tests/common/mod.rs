@@ -187,12 +187,18 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Opens a connection; the client's end, with `window` bytes each way.
+    /// Opens a connection from 10.0.0.1; the client's end, with `window`
+    /// bytes each way.
     pub fn connect(&self, window: usize) -> End {
+        self.connect_from(std::net::Ipv4Addr::new(10, 0, 0, 1), window)
+    }
+
+    /// Opens a connection from `host`.
+    pub fn connect_from(&self, host: std::net::Ipv4Addr, window: usize) -> End {
         let (client, server) = pair(window);
         let mut port = self.next_port.borrow_mut();
         *port = port.wrapping_add(1);
-        let peer = SocketAddr::from(([10, 0, 0, 1], 1024 + *port));
+        let peer = SocketAddr::from((host, 1024 + *port));
         let mut q = self.queue.borrow_mut();
         q.0.push_back((server, peer));
         if let Some(w) = q.1.take() {

@@ -43,6 +43,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
             Some("50"),
             "New HTTPS connections one host (an IPv4 address, an IPv6 /64) may start a second, twice as many at once; those beyond are reset before their TLS handshake costs anything. 0 for no limit.",
         ),
+        Arg::new::<u32>(
+            "max-connections-per-host",
+            Some("512"),
+            "The most connections one host (an IPv4 address, an IPv6 /64) may have open at once, of the 4,096 served; more from it are closed at once. 0 for no limit.",
+        ),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
     let args = match solo5::dev::boot("static-website-tls", si.cmdline, &specs) {
@@ -71,6 +76,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let header_timeout: u32 = args.get("header-timeout");
     let idle_timeout: u32 = args.get("idle-timeout");
     let handshakes_per_host: u32 = args.get("handshakes-per-host");
+    let max_connections_per_host: u32 = args.get("max-connections-per-host");
     solo5::dev::run(async move {
         let certs = mirage_kv::Tar::new(certs_disk).await.map_err(|e| {
             format!("cannot open the kv-ro store \"certs\" on block device certs: {e}")
@@ -99,6 +105,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
                 header_timeout,
                 idle_timeout,
                 handshakes_per_host,
+                max_connections_per_host,
             )
             .await,
         )

@@ -36,6 +36,11 @@ fn start(si: &solo5::StartInfo) -> i32 {
             Some("0"),
             "Seconds between statistics lines (connections, responses, heap in use); 0 for none.",
         ),
+        Arg::new::<u32>(
+            "max-connections-per-host",
+            Some("512"),
+            "The most connections one host (an IPv4 address, an IPv6 /64) may have open at once, of the 4,096 served; more from it are closed at once. 0 for no limit.",
+        ),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
     let args = match solo5::dev::boot("static-website", si.cmdline, &specs) {
@@ -64,6 +69,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
     let idle_timeout: u32 = args.get("idle-timeout");
     let max_body: u64 = args.get("max-body");
     let stats: u32 = args.get("stats");
+    let max_connections_per_host: u32 = args.get("max-connections-per-host");
     solo5::dev::run(async move {
         let htdocs = mirage_kv::Tar::new(htdocs_disk).await.map_err(|e| {
             format!("cannot open the kv-ro store \"htdocs\" on block device htdocs: {e}")
@@ -86,6 +92,7 @@ fn start(si: &solo5::StartInfo) -> i32 {
                 idle_timeout,
                 max_body,
                 stats,
+                max_connections_per_host,
             )
             .await,
         )

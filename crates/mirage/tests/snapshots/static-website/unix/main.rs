@@ -27,6 +27,11 @@ fn main() {
             Some("0"),
             "Seconds between statistics lines (connections, responses, heap in use); 0 for none.",
         ),
+        Arg::new::<u32>(
+            "max-connections-per-host",
+            Some("512"),
+            "The most connections one host (an IPv4 address, an IPv6 /64) may have open at once, of the 4,096 served; more from it are closed at once. 0 for no limit.",
+        ),
     ];
     specs.extend(mirage_tcpip::Config::args("", ""));
     let args = match mirage_unix::boot("static-website", &specs) {
@@ -42,6 +47,7 @@ fn main() {
     let idle_timeout: u32 = args.get("idle-timeout");
     let max_body: u64 = args.get("max-body");
     let stats: u32 = args.get("stats");
+    let max_connections_per_host: u32 = args.get("max-connections-per-host");
     std::process::exit(mirage_unix::run(async move {
         static_website::start(
             console,
@@ -54,6 +60,7 @@ fn main() {
             idle_timeout,
             max_body,
             stats,
+            max_connections_per_host,
         )
         .await
     }));
