@@ -45,8 +45,9 @@
 //! ```
 //!
 //! What is bounded: the flow table holds at most [`Config::max_flows`]
-//! flows, allocated up front ([`FLOW_BYTES`] bytes each and four 8-byte
-//! index slots); when it is full, a new flow is refused and counted
+//! flows, allocated up front ([`FLOW_BYTES`] bytes each, four 8-byte
+//! index slots, and two 8-byte slots counting each host's flows); when it
+//! is full, a new flow is refused and counted
 //! ([`Reason::TableFull`]) after the flows whose time is up are expired.
 //! Flows started from outside (on the masquerade interface) hold at most
 //! half of it ([`Reason::InboundFull`]), so that outside hosts never take
@@ -110,7 +111,7 @@ use wire::{Delta, IP_HEADER, L4, Tuple, be16, put16, put32};
 /// The router itself, as an interface of a flow.
 pub(crate) const LOCAL: u8 = u8::MAX;
 
-/// The flow table's size unless configured: 16,384 flows, 1.4 MiB.
+/// The flow table's size unless configured: 16,384 flows, 1.9 MiB.
 pub const DEFAULT_MAX_FLOWS: usize = 16_384;
 
 /// An interface of the router, numbered by the caller from 0 to 254.

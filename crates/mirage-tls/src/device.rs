@@ -84,7 +84,7 @@ impl Server {
     }
 
     /// Serves TLS on the connections of `listener`. `Error::NoSpace` when
-    /// the table of hosts' allowances (16 KiB) cannot be allocated, or the
+    /// the table of hosts' allowances (24 KiB) cannot be allocated, or the
     /// random source (installed by [`crate::rng::install`]) fails.
     pub fn serve_on<L: TcpListener>(&self, listener: L) -> Result<TlsListener<L>, stack::Error> {
         let mut seed = [0; 8];

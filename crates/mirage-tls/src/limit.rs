@@ -13,7 +13,10 @@
 //! host (by a hash keyed at random, so that peers cannot aim at a slot);
 //! a host with neither takes the slot whose allowance comes back first,
 //! which a host within its rate has already got back. So the table never
-//! grows, and a host over its rate keeps its slot for as long as it is.
+//! grows, and a host over its rate keeps its slot unless a newcomer finds
+//! both its candidates held by hosts over their rate (it then takes the
+//! one nearer its allowance, whose host starts afresh when it returns:
+//! many flooding hosts at once can win back a burst this way).
 
 use alloc::vec::Vec;
 use core::net::IpAddr;
@@ -106,6 +109,11 @@ impl Hosts {
             IpAddr::V6(a) => (6, (u128::from(a) >> 64) as u64),
         };
         mix(mix(id ^ self.key[0], tag ^ self.key[1]), self.key[0]).max(1)
+    }
+
+    /// Whether there is a limit at all.
+    pub fn limits(&self) -> bool {
+        !self.slots.is_empty()
     }
 
     /// Whether `peer` may start a connection at `now_ns`.

@@ -1,6 +1,7 @@
 //! [`TlsListener`]: a TCP listener whose flows are TLS server connections,
 //! so that a server written for TCP (`mirage_http::serve`) serves TLS.
 
+use alloc::rc::Rc;
 use alloc::sync::Arc;
 use core::cell::{Cell, RefCell};
 use core::net::SocketAddr;
@@ -24,7 +25,7 @@ pub struct TlsListener<L> {
     config: Arc<ServerConfig>,
     limit: HandshakeLimit,
     hosts: RefCell<Hosts>,
-    refused: Cell<u64>,
+    refused: Rc<Cell<u64>>,
 }
 
 impl<L: TcpListener> TlsListener<L> {
@@ -38,12 +39,14 @@ impl<L: TcpListener> TlsListener<L> {
         seed: u64,
     ) -> Result<TlsListener<L>, stack::Error> {
         let hosts = Hosts::new(limit, seed).ok_or(stack::Error::NoSpace)?;
-        Ok(TlsListener { listener, config, limit, hosts: RefCell::new(hosts), refused: Cell::new(0) })
+        Ok(TlsListener { listener, config, limit, hosts: RefCell::new(hosts), refused: Rc::new(Cell::new(0)) })
     }
 
-    /// Connections reset because their host was beyond its limit.
-    pub fn refused(&self) -> u64 {
-        self.refused.get()
+    /// The count of connections reset because their host was beyond its
+    /// limit: a handle that can still be read once the listener has moved
+    /// into a server.
+    pub fn refused(&self) -> Rc<Cell<u64>> {
+        self.refused.clone()
     }
 }
 
@@ -53,9 +56,12 @@ impl<L: TcpListener> TcpListener for TlsListener<L> {
     async fn accept(&self) -> Result<(Self::Flow, SocketAddr), stack::Error> {
         loop {
             let (flow, peer) = self.listener.accept().await?;
-            let now = mirage_runtime::time::now().as_nanos();
-            // The borrow ends here, before any await.
-            let verdict = self.hosts.borrow_mut().admit(peer.ip(), now);
+            // The borrow ends here, before any await. Without a limit the
+            // clock is not read (nor needed: any executor will do).
+            let verdict = {
+                let mut hosts = self.hosts.borrow_mut();
+                if hosts.limits() { hosts.admit(peer.ip(), mirage_runtime::time::now().as_nanos()) } else { Admit::Yes }
+            };
             if let Admit::No { first } = verdict {
                 self.refused.set(self.refused.get() + 1);
                 if first {

@@ -12,7 +12,8 @@
 //!   masquerade of what leaves by the uplink, the port forwards of
 //!   `--forward`, and the firewall of the rules file (read from the
 //!   `config` store at start: a bad rule stops the router with its line).
-//!   One host (an IPv4 address, an IPv6 /64) starts at most
+//!   One host (an IPv4 address; an IPv6 address on the router's links, a
+//!   /64 behind a gateway) starts at most
 //!   `--max-flows-per-host` of the table's flows, half unless given.
 //!   The router answers pings to its own addresses, and a packet whose TTL
 //!   (or hop limit) runs out here, if the rules allow it, with an ICMP

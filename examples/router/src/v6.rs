@@ -12,9 +12,10 @@
 //! * Flows are tracked in a table of at most [`MAX_FLOWS`] (or
 //!   `--max-flows`, if smaller); when it is full, a new flow is refused and
 //!   counted; flows that started on the uplink (from outside) hold at
-//!   most half of it, as the NAT's do, and the flows started from one
-//!   /64 (one host, which may use any address of its prefix) at most
-//!   `--max-flows-per-host`, half the table unless given. A flow's state is followed as the IPv4 NAT follows its own
+//!   most half of it, as the NAT's do, and the flows one host started at
+//!   most `--max-flows-per-host`, half the table unless given: a host is
+//!   an address on the router's own links, and a /64 behind a gateway
+//!   (where one host may use any address of its prefix). A flow's state is followed as the IPv4 NAT follows its own
 //!   ([`mirage_nat::FlowState`]: TCP's from the flags seen, UDP's from
 //!   whether a reply came), and it lasts from its last packet as long as
 //!   the NAT's [`Timeouts`] give that state: a SYN never answered
@@ -55,12 +56,19 @@ pub const MAX_FLOWS: usize = 4096;
 const ECHO_REQUEST: u8 = 128;
 const ECHO_REPLY: u8 = 129;
 
-/// The /64 prefix of an address: one host's, as far as the router can
-/// tell (SLAAC's privacy addresses alone take a new one a day).
-fn prefix64(a: &[u8; 16]) -> u64 {
-    let mut p = [0; 8];
-    p.copy_from_slice(&a[..8]);
-    u64::from_be_bytes(p)
+/// The host whose share of the table a flow from `a`, in on interface
+/// `fi`, counts against: the address itself when it is on the link of
+/// `fi` (the router's own prefix there, where each host has addresses
+/// of its own), else its /64 (a host behind a gateway may use any
+/// address of its prefix: SLAAC's privacy addresses alone take a new one
+/// a day).
+fn host_of(own: &[Option<(Ipv6Addr, u8)>; 2], fi: u8, a: &[u8; 16]) -> u128 {
+    let a = u128::from_be_bytes(*a);
+    let on_link = own.get(fi as usize).copied().flatten().is_some_and(|(mine, len)| {
+        let keep = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) };
+        (a ^ u128::from(mine)) & keep == 0
+    });
+    if on_link { a } else { a & (u128::MAX << 64) }
 }
 
 /// A flow, as its first packet went: from `a` to `b`.
@@ -102,7 +110,7 @@ pub struct Counters {
     /// New flows from outside refused because flows from outside held
     /// half the table.
     pub inbound_full: u64,
-    /// New flows refused because their source's /64 held its share.
+    /// New flows refused because their source's host held its share.
     pub host_full: u64,
     /// TCP resets and FINs outside the window of their connection (blind
     /// attempts to end a flow, or to shorten its time).
@@ -139,8 +147,9 @@ pub struct V6 {
     swept: Option<u64>,
     /// Flows that started on the uplink (from outside).
     inbound: usize,
-    /// Flows each source /64 started, and the most it may hold.
-    hosts: BTreeMap<u64, u32>,
+    /// Flows each host started (an address on the router's links, a /64
+    /// behind a gateway), and the most one may hold.
+    hosts: BTreeMap<u128, u32>,
     per_host: usize,
     max_flows: usize,
     timeouts: Timeouts,
@@ -159,7 +168,7 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 impl V6 {
     /// The state for interfaces with these IPv6 addresses; the default
     /// route goes to `gateway` on `gateway_if`; flows last as `timeouts`
-    /// say (the NAT's); one /64 starts at most `per_host` of the
+    /// say (the NAT's); one host starts at most `per_host` of the
     /// `max_flows` (0: half).
     pub fn new(
         own: [Option<(Ipv6Addr, u8)>; 2],
@@ -203,14 +212,14 @@ impl V6 {
 
     /// Forgets flows whose time is up.
     pub fn expire(&mut self, now_ms: u64) {
-        let (inbound, hosts) = (&mut self.inbound, &mut self.hosts);
+        let (inbound, hosts, own) = (&mut self.inbound, &mut self.hosts, &self.own);
         self.flows.retain(|k, (until, _, ifs)| {
             let keep = *until > now_ms;
             if !keep {
                 if ifs[0] == crate::UPLINK {
                     *inbound -= 1;
                 }
-                let p = prefix64(&k.a);
+                let p = host_of(own, ifs[0], &k.a);
                 if let Some(n) = hosts.get_mut(&p) {
                     *n -= 1;
                     if *n == 0 {
@@ -328,10 +337,10 @@ impl V6 {
             }
             // Flows from outside hold at most half the table (as the
             // NAT's): a flood of them, spoofed from anywhere the uplink
-            // routes, leaves the inside room to start its own. One /64
+            // routes, leaves the inside room to start its own. One host
             // holds at most its share.
             let inbound = fi == crate::UPLINK;
-            let host = prefix64(&key.a);
+            let host = host_of(&self.own, fi, &key.a);
             let held = |v: &V6| v.hosts.get(&host).map_or(0, |&n| n as usize);
             let full = |v: &V6| {
                 v.flows.len() >= v.max_flows || inbound && v.inbound >= v.max_flows / 2 || held(v) >= v.per_host
@@ -794,33 +803,32 @@ mod tests {
         assert_eq!(v.flows(), 1);
     }
 
-    /// One /64 holds at most its share of the table, and another /64
-    /// still gets room; the share comes back as flows expire. Addresses
-    /// of one /64 are one host's.
+    /// One host holds at most its share of the table and another still
+    /// gets room; a host is an address on the router's own link, and a
+    /// /64 behind a gateway; the share comes back as flows expire.
     #[test]
-    fn one_prefix_holds_at_most_its_share() {
-        let (mut v, mut rules) = setup_shared(10, 4);
+    fn one_host_holds_at_most_its_share() {
+        let (mut v, mut rules) = setup_shared(20, 4);
         let (up, ins) = (crate::UPLINK, crate::INSIDE);
         let t = Timeouts::LINUX;
-        for port in 1..=6u16 {
-            // Each from a new address of the client's /64.
-            let src = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 1, port);
-            let mut p = udp(src, port, SERVER, 53);
-            let want = if port <= 4 { Decision::Forward(up, SERVER) } else { Decision::Drop };
-            assert_eq!(v.process(0, ins, &mut p, &mut rules), want, "{port}");
-        }
-        assert_eq!((v.counters.host_full, v.counters.full, v.flows()), (2, 0, 4));
-        // Another inside /64 (the router routes fd00:1::/64 inside; a
-        // second prefix is made up by rerouting): the rules' and the
-        // table's room are its.
-        v.routes.add(Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0), 64, None, ins).unwrap();
-        for port in 1..=4u16 {
-            let mut p = udp(Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 7), port, SERVER, 53);
-            assert_eq!(v.process(0, ins, &mut p, &mut rules), Decision::Forward(up, SERVER), "{port}");
-        }
-        assert_eq!(v.flows(), 8);
-        // The first host's flows expire (unanswered UDP): it may start
-        // again.
+        let tries = |v: &mut V6, rules: &mut Rules, src: &dyn Fn(u16) -> Ipv6Addr, n: u16| {
+            (1..=n)
+                .filter(|&port| {
+                    let mut p = udp(src(port), port, SERVER, 53);
+                    v.process(0, ins, &mut p, rules) == Decision::Forward(up, SERVER)
+                })
+                .count()
+        };
+        // The client, on the inside link: its share, then refused.
+        assert_eq!(tries(&mut v, &mut rules, &|_| CLIENT, 6), 4);
+        // Its neighbour on the same /64 is another host.
+        assert_eq!(tries(&mut v, &mut rules, &|_| Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x101), 6), 4);
+        // Behind a gateway inside, every address of a /64 is one host's.
+        let gw = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0xfe);
+        v.routes.add(Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0), 64, Some(gw), ins).unwrap();
+        assert_eq!(tries(&mut v, &mut rules, &|port| Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 1, port), 6), 4);
+        assert_eq!((v.counters.host_full, v.counters.full, v.flows(), v.hosts.len()), (6, 0, 12, 3));
+        // The client's flows expire (unanswered UDP): it may start again.
         let later = t.udp_unreplied + 1;
         let mut p = udp(CLIENT, 9, SERVER, 53);
         assert_eq!(v.process(later, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));

@@ -35,7 +35,7 @@ fn main() {
         Arg::new::<u32>(
             "max-flows-per-host",
             Some("0"),
-            "Most flows one host (an IPv4 address, an IPv6 /64) may have started and hold at once, so that one host cannot take the table from the others; a new flow beyond is refused and counted (host-full). 0: half of --max-flows.",
+            "Most flows one host (an IPv4 address; an IPv6 address on the router's links, an IPv6 /64 beyond them) may have started and hold at once, so that one host cannot take the table from the others; a new flow beyond is refused and counted (host-full). 0: half of --max-flows.",
         ),
         Arg::new::<u32>(
             "udp-timeout",
