@@ -26,6 +26,7 @@ fn limits() -> Limits {
         idle_timeout: Duration::from_secs(10),
         send_timeout: Duration::from_secs(5),
         max_connections: 4,
+        max_connections_per_host: 2,
     }
 }
 
