@@ -17,6 +17,10 @@ pub(crate) struct Hosts {
     slots: Vec<(u64, u32)>,
     /// Slots in use.
     len: usize,
+    /// The hash's key, so that peers cannot choose addresses whose slots
+    /// meet (were they to, a probe would walk at most as many slots as
+    /// connections are open: microseconds, not a stall).
+    key: u64,
 }
 
 /// One id for a host: an IPv6 host may use any address of its /64. (An
@@ -30,22 +34,23 @@ pub(crate) fn host_id(peer: IpAddr) -> u64 {
 }
 
 impl Hosts {
-    /// The map for a server of at most `connections` connections; empty
-    /// (counting nothing) for `connections` 0. `None` without the memory.
-    pub fn new(connections: usize) -> Option<Hosts> {
+    /// The map for a server of at most `connections` connections, its
+    /// hash keyed by `key`; empty (counting nothing) for `connections` 0.
+    /// `None` without the memory.
+    pub fn new(connections: usize, key: u64) -> Option<Hosts> {
         let mut slots = Vec::new();
         if connections > 0 {
             let len = connections.saturating_mul(2).clamp(2, MAX_SLOTS).next_power_of_two();
             slots.try_reserve_exact(len).ok()?;
             slots.resize(len, (0, 0));
         }
-        Some(Hosts { slots, len: 0 })
+        Some(Hosts { slots, len: 0, key: key | 1 })
     }
 
     fn home(&self, id: u64) -> usize {
-        // A folded multiply by an odd constant: the low bits of an address
-        // spread over the table.
-        let p = u128::from(id) * 0x9e37_79b9_7f4a_7c15;
+        // A folded multiply, keyed: the low bits of an address spread over
+        // the table.
+        let p = u128::from(id ^ self.key.rotate_left(32)) * u128::from(self.key | 0x9e37_79b9_7f4a_7c15);
         ((p as u64) ^ ((p >> 64) as u64)) as usize & (self.slots.len() - 1)
     }
 
@@ -126,7 +131,7 @@ mod tests {
     #[test]
     fn counts_agree_with_a_model_under_churn() {
         for seed in 1..20u64 {
-            let mut h = Hosts::new(8).unwrap();
+            let mut h = Hosts::new(8, seed).unwrap();
             let mut model = [0u32; 12];
             let mut x = seed;
             for _ in 0..5_000 {
@@ -155,7 +160,7 @@ mod tests {
         let a: IpAddr = "2001:db8:0:1::5".parse().unwrap();
         let b: IpAddr = "2001:db8:0:1:ffff::9".parse().unwrap();
         assert_eq!(host_id(a), host_id(b));
-        let mut h = Hosts::new(1).unwrap();
+        let mut h = Hosts::new(1, 7).unwrap();
         assert!(h.add(host_id(a)));
         assert!(h.add(host_id(b)), "the same host again");
         assert!(!h.add(host_id("10.0.0.1".parse().unwrap())), "a second host in a map for one");
@@ -166,7 +171,7 @@ mod tests {
 
     #[test]
     fn no_limit_counts_nothing() {
-        let mut h = Hosts::new(0).unwrap();
+        let mut h = Hosts::new(0, 7).unwrap();
         assert!(h.add(1));
         assert_eq!(h.count(1), 0);
         h.sub(1);

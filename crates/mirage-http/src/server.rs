@@ -331,15 +331,26 @@ where
     let ledger = Rc::new(Ledger::default());
     // The stack asks it for room before it refuses a new connection.
     let _reclaimer = memory::add_reclaimer(ledger.clone());
-    let per_host = limits.max_connections_per_host;
-    let Some(hosts) = Hosts::new(if per_host > 0 { limits.max_connections } else { 0 }) else {
-        log::error!(target: "http", "no memory to count each host's connections: give a smaller max_connections");
-        return stack::Error::NoSpace;
+    let mut per_host = limits.max_connections_per_host;
+    // Keyed by the clock, which peers do not see to the nanosecond.
+    let key = now().as_nanos();
+    let hosts = match Hosts::new(if per_host > 0 { limits.max_connections } else { 0 }, key) {
+        Some(h) => h,
+        None => {
+            // Serving without the share beats not serving: the memory
+            // budget still bounds what connections hold.
+            log::warn!(
+                target: "http",
+                "no memory to count each host's connections: serving without a share for each host (give a smaller max_connections)"
+            );
+            per_host = 0;
+            Hosts::new(0, key).unwrap_or_else(|| unreachable!("an empty map allocates nothing"))
+        }
     };
     let hosts = Rc::new(RefCell::new(hosts));
-    // Whether the last connection was refused for its host: a run of them
-    // is logged once.
-    let mut refusing_host = false;
+    // The host whose connection was last refused for its share: a run of
+    // them is logged once.
+    let mut refusing_host = None;
     let mut backoff = ACCEPT_BACKOFF_LEAST;
     loop {
         let (flow, peer) = match listener.accept().await {
@@ -370,23 +381,30 @@ where
         }
         let id = host_id(peer.ip());
         if per_host > 0 {
-            // `add` fails only when more hosts than the map was made for
-            // have connections (more than `max_connections`).
             let refuse = {
                 let mut h = hosts.borrow_mut();
-                h.count(id) as usize >= per_host || !h.add(id)
-            };
-            if refuse {
-                bump(&stats.refused_host);
-                if !refusing_host {
-                    log::warn!(target: "http", "{}: refused, {per_host} connections open from it", peer.ip());
+                if h.count(id) as usize >= per_host {
+                    Some(true)
+                } else if !h.add(id) {
+                    // Only past 2^20 hosts with connections open at once.
+                    Some(false)
+                } else {
+                    None
                 }
-                refusing_host = true;
+            };
+            if let Some(at_share) = refuse {
+                bump(&stats.refused_host);
+                if refusing_host != Some(id) && at_share {
+                    log::warn!(target: "http", "{}: refused, {per_host} connections open from it", peer.ip());
+                } else if refusing_host != Some(id) {
+                    log::warn!(target: "http", "{}: refused, as many hosts have connections open as are counted", peer.ip());
+                }
+                refusing_host = Some(id);
                 let _ = flow.close().await;
                 continue;
             }
         }
-        refusing_host = false;
+        refusing_host = None;
         stats.open.set(stats.open.get() + 1);
         let fits = memory::may_hold(CONNECTION_COST) || ledger.relieve(CONNECTION_COST).await;
         if !fits {

@@ -14,8 +14,10 @@
 //!   counted; flows that started on the uplink (from outside) hold at
 //!   most half of it, as the NAT's do, and the flows one host started at
 //!   most `--max-flows-per-host`, half the table unless given: a host is
-//!   an address on the router's own links, and a /64 behind a gateway
-//!   (where one host may use any address of its prefix). A flow's state is followed as the IPv4 NAT follows its own
+//!   an address on the router's own links (whose hosts together hold at
+//!   most half the table, so that a host inventing addresses there takes
+//!   no more), and a /64 behind a gateway (where one host may use any
+//!   address of its prefix). A flow's state is followed as the IPv4 NAT follows its own
 //!   ([`mirage_nat::FlowState`]: TCP's from the flags seen, UDP's from
 //!   whether a reply came), and it lasts from its last packet as long as
 //!   the NAT's [`Timeouts`] give that state: a SYN never answered
@@ -47,7 +49,7 @@ use alloc::vec::Vec;
 use core::net::Ipv6Addr;
 
 use mirage_nat::{Action, FlowState, Interface, Protocol, Refused, Rules, Timeouts};
-use mirage_tcpip::route::Routes;
+use mirage_tcpip::route::{Routes, Via};
 use mirage_tcpip::wire;
 
 /// The most IPv6 flows tracked at once.
@@ -56,19 +58,38 @@ pub const MAX_FLOWS: usize = 4096;
 const ECHO_REQUEST: u8 = 128;
 const ECHO_REPLY: u8 = 129;
 
-/// The host whose share of the table a flow from `a`, in on interface
-/// `fi`, counts against: the address itself when it is on the link of
-/// `fi` (the router's own prefix there, where each host has addresses
-/// of its own), else its /64 (a host behind a gateway may use any
-/// address of its prefix: SLAAC's privacy addresses alone take a new one
-/// a day).
-fn host_of(own: &[Option<(Ipv6Addr, u8)>; 2], fi: u8, a: &[u8; 16]) -> u128 {
-    let a = u128::from_be_bytes(*a);
-    let on_link = own.get(fi as usize).copied().flatten().is_some_and(|(mine, len)| {
-        let keep = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) };
-        (a ^ u128::from(mine)) & keep == 0
-    });
-    if on_link { a } else { a & (u128::MAX << 64) }
+/// Whom a flow counts against: its host, and for a host on one of the
+/// router's links that link's /64. A host behind a gateway is its /64 (it
+/// may use any address of its prefix: SLAAC's privacy addresses alone
+/// take a new one a day); a host on the router's own link is its address,
+/// so that its neighbours each have a share of their own, and its /64,
+/// so that a host inventing addresses there (reverse-path filtering lets
+/// any address of the prefix through) takes no more than half the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    host: u128,
+    link: Option<u64>,
+}
+
+impl Owner {
+    fn of(src: Ipv6Addr, on_link: bool) -> Owner {
+        let a = u128::from(src);
+        if on_link {
+            Owner { host: a, link: Some((a >> 64) as u64) }
+        } else {
+            Owner { host: a & (u128::MAX << 64), link: None }
+        }
+    }
+}
+
+/// One fewer for `k` in `counts`, which forgets it at none.
+fn uncount<K: Ord>(counts: &mut BTreeMap<K, u32>, k: &K) {
+    if let Some(n) = counts.get_mut(k) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(k);
+        }
+    }
 }
 
 /// A flow, as its first packet went: from `a` to `b`.
@@ -140,9 +161,10 @@ pub struct V6 {
     /// Each interface's IPv6 address and prefix.
     own: [Option<(Ipv6Addr, u8)>; 2],
     routes: Routes<u8, Ipv6Addr>,
-    /// Flows: when each expires, in milliseconds, its state, and the
-    /// interfaces its first packet came in on and went out by.
-    flows: BTreeMap<Key, (u64, FlowState, [u8; 2])>,
+    /// Flows: when each expires, in milliseconds, its state, the
+    /// interfaces its first packet came in on and went out by, and whom it
+    /// counts against.
+    flows: BTreeMap<Key, (u64, FlowState, [u8; 2], Owner)>,
     /// When a full table was last swept (`expire`), in milliseconds.
     swept: Option<u64>,
     /// Flows that started on the uplink (from outside).
@@ -151,6 +173,11 @@ pub struct V6 {
     /// behind a gateway), and the most one may hold.
     hosts: BTreeMap<u128, u32>,
     per_host: usize,
+    /// Flows the hosts of each of the router's own /64s started, and the
+    /// most they may hold together: half the table, or a host's share if
+    /// that is more.
+    links: BTreeMap<u64, u32>,
+    per_link: usize,
     max_flows: usize,
     timeouts: Timeouts,
     /// Counters.
@@ -194,6 +221,8 @@ impl V6 {
             inbound: 0,
             hosts: BTreeMap::new(),
             per_host: if per_host == 0 { (max_flows.min(MAX_FLOWS) / 2).max(1) } else { per_host },
+            links: BTreeMap::new(),
+            per_link: (max_flows.min(MAX_FLOWS) / 2).max(1).max(per_host),
             max_flows: max_flows.min(MAX_FLOWS),
             timeouts,
             counters: Counters::default(),
@@ -212,19 +241,16 @@ impl V6 {
 
     /// Forgets flows whose time is up.
     pub fn expire(&mut self, now_ms: u64) {
-        let (inbound, hosts, own) = (&mut self.inbound, &mut self.hosts, &self.own);
-        self.flows.retain(|k, (until, _, ifs)| {
+        let (inbound, hosts, links) = (&mut self.inbound, &mut self.hosts, &mut self.links);
+        self.flows.retain(|_, (until, _, ifs, owner)| {
             let keep = *until > now_ms;
             if !keep {
                 if ifs[0] == crate::UPLINK {
                     *inbound -= 1;
                 }
-                let p = host_of(own, ifs[0], &k.a);
-                if let Some(n) = hosts.get_mut(&p) {
-                    *n -= 1;
-                    if *n == 0 {
-                        hosts.remove(&p);
-                    }
+                uncount(hosts, &owner.host);
+                if let Some(l) = owner.link {
+                    uncount(links, &l);
                 }
             }
             keep
@@ -248,9 +274,9 @@ impl V6 {
         let (src, dst, hop_limit, extensions) = (ip.src, ip.dst, ip.hop_limit, ip.next_header != upper.unwrap_or(0));
         let Some(proto) = upper.filter(|_| !fragment && !extensions) else { return self.drop() };
         // Spoofed: a source the routes would not reach through `fi`.
-        if special(src) || self.routes.lookup(src).is_none_or(|h| h.interface != fi) {
-            return self.drop();
-        }
+        let back = self.routes.lookup(src).filter(|h| h.interface == fi && !special(src));
+        let Some(back) = back else { return self.drop() };
+        let owner = Owner::of(src, matches!(back.via, Via::Direct(_)));
         // The ports (echo identifiers), and whether the packet may start
         // a flow.
         let icmp_type = data.first().copied().unwrap_or(0);
@@ -298,7 +324,7 @@ impl V6 {
             Some(e) => Some((e, false)),
             None => self.flows.get_mut(&key.reversed()).map(|e| (e, true)),
         };
-        if let Some(((until, state, ifs), reply)) = known {
+        if let Some(((until, state, ifs, _), reply)) = known {
             // In on the interface of its direction, out by the other's;
             // echo requests the way the flow started, replies back (as
             // the NAT's): a host pinged from inside would otherwise ping
@@ -340,18 +366,18 @@ impl V6 {
             // routes, leaves the inside room to start its own. One host
             // holds at most its share.
             let inbound = fi == crate::UPLINK;
-            let host = host_of(&self.own, fi, &key.a);
-            let held = |v: &V6| v.hosts.get(&host).map_or(0, |&n| n as usize);
-            let full = |v: &V6| {
-                v.flows.len() >= v.max_flows || inbound && v.inbound >= v.max_flows / 2 || held(v) >= v.per_host
+            let held = |v: &V6| {
+                v.hosts.get(&owner.host).is_some_and(|&n| n as usize >= v.per_host)
+                    || owner.link.is_some_and(|l| v.links.get(&l).is_some_and(|&n| n as usize >= v.per_link))
             };
+            let full = |v: &V6| v.flows.len() >= v.max_flows || inbound && v.inbound >= v.max_flows / 2 || held(v);
             if full(self) {
                 if self.swept.is_none_or(|at| now_ms.saturating_sub(at) >= 1000) {
                     self.swept = Some(now_ms);
                     self.expire(now_ms);
                 }
                 if full(self) {
-                    if held(self) >= self.per_host {
+                    if held(self) {
                         self.counters.host_full += 1;
                     } else if self.flows.len() >= self.max_flows {
                         self.counters.full += 1;
@@ -362,9 +388,12 @@ impl V6 {
                 }
             }
             let Ok(state) = FlowState::new(proto, data) else { return self.drop() };
-            self.flows.insert(key, (now_ms + state.timeout(&t), state, [fi, hop.interface]));
+            self.flows.insert(key, (now_ms + state.timeout(&t), state, [fi, hop.interface], owner));
             self.inbound += usize::from(inbound);
-            *self.hosts.entry(host).or_insert(0) += 1;
+            *self.hosts.entry(owner.host).or_insert(0) += 1;
+            if let Some(l) = owner.link {
+                *self.links.entry(l).or_insert(0) += 1;
+            }
         }
         p[7] = hop_limit - 1;
         self.counters.forwarded += 1;
@@ -804,8 +833,9 @@ mod tests {
     }
 
     /// One host holds at most its share of the table and another still
-    /// gets room; a host is an address on the router's own link, and a
-    /// /64 behind a gateway; the share comes back as flows expire.
+    /// gets room; a host is an address on the router's own link (whose
+    /// hosts together hold at most half the table), and a /64 behind a
+    /// gateway; the share comes back as flows expire.
     #[test]
     fn one_host_holds_at_most_its_share() {
         let (mut v, mut rules) = setup_shared(20, 4);
@@ -823,15 +853,18 @@ mod tests {
         assert_eq!(tries(&mut v, &mut rules, &|_| CLIENT, 6), 4);
         // Its neighbour on the same /64 is another host.
         assert_eq!(tries(&mut v, &mut rules, &|_| Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x101), 6), 4);
+        // A host inventing addresses on the link, a flow from each: the
+        // link's hosts together hold at most half the table (10).
+        assert_eq!(tries(&mut v, &mut rules, &|port| Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 1, port), 6), 2);
         // Behind a gateway inside, every address of a /64 is one host's.
         let gw = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0xfe);
         v.routes.add(Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0), 64, Some(gw), ins).unwrap();
         assert_eq!(tries(&mut v, &mut rules, &|port| Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 1, port), 6), 4);
-        assert_eq!((v.counters.host_full, v.counters.full, v.flows(), v.hosts.len()), (6, 0, 12, 3));
+        assert_eq!((v.counters.host_full, v.counters.full, v.flows(), v.hosts.len()), (10, 0, 14, 5));
         // The client's flows expire (unanswered UDP): it may start again.
         let later = t.udp_unreplied + 1;
         let mut p = udp(CLIENT, 9, SERVER, 53);
         assert_eq!(v.process(later, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));
-        assert_eq!((v.flows(), v.hosts.len()), (1, 1));
+        assert_eq!((v.flows(), v.hosts.len(), v.links.len()), (1, 1, 1));
     }
 }
