@@ -59,7 +59,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// The most connections one host (an IPv4 address, an IPv6 /64) may
     /// have open at once, so that one host cannot take them all from the
-    /// others; more are closed at once. 0: no limit.
+    /// others; more are closed at once. 0: no limit (nor is there one,
+    /// with a warning, when the count of each host's connections cannot be
+    /// allocated as `serve` starts).
     pub max_connections_per_host: usize,
 }
 
@@ -192,7 +194,8 @@ pub struct Stats {
     /// Connections closed at once because [`Limits::max_connections`] were open.
     pub refused: Cell<u64>,
     /// Connections closed at once because their host had
-    /// [`Limits::max_connections_per_host`] open.
+    /// [`Limits::max_connections_per_host`] open (or, past 2^20 hosts
+    /// with connections open at once, because no more hosts are counted).
     pub refused_host: Cell<u64>,
     /// Responses sent.
     pub responses: Cell<u64>,
@@ -332,7 +335,9 @@ where
     // The stack asks it for room before it refuses a new connection.
     let _reclaimer = memory::add_reclaimer(ledger.clone());
     let mut per_host = limits.max_connections_per_host;
-    // Keyed by the clock, which peers do not see to the nanosecond.
+    // Keyed by the clock at start, which differs from run to run: a peer
+    // can guess it only roughly, and a guess that made probes meet would
+    // cost each at most as many slots as connections are open.
     let key = now().as_nanos();
     let hosts = match Hosts::new(if per_host > 0 { limits.max_connections } else { 0 }, key) {
         Some(h) => h,
@@ -351,6 +356,8 @@ where
     // The host whose connection was last refused for its share: a run of
     // them is logged once.
     let mut refusing_host = None;
+    // When the last such line was written, in nanoseconds.
+    let mut warned: Option<u64> = None;
     let mut backoff = ACCEPT_BACKOFF_LEAST;
     loop {
         let (flow, peer) = match listener.accept().await {
@@ -394,10 +401,17 @@ where
             };
             if let Some(at_share) = refuse {
                 bump(&stats.refused_host);
-                if refusing_host != Some(id) && at_share {
-                    log::warn!(target: "http", "{}: refused, {per_host} connections open from it", peer.ip());
-                } else if refusing_host != Some(id) {
-                    log::warn!(target: "http", "{}: refused, as many hosts have connections open as are counted", peer.ip());
+                // A line for each new run, at most one a second: hosts
+                // refused in turn must not flood the console.
+                let t = now().as_nanos();
+                if refusing_host != Some(id) && warned.is_none_or(|w| t.saturating_sub(w) >= 1_000_000_000) {
+                    warned = Some(t);
+                    let n = stats.refused_host.get();
+                    if at_share {
+                        log::warn!(target: "http", "{}: refused, {per_host} connections open from it ({n} so refused)", peer.ip());
+                    } else {
+                        log::warn!(target: "http", "{}: refused, as many hosts have connections open as are counted", peer.ip());
+                    }
                 }
                 refusing_host = Some(id);
                 let _ = flow.close().await;

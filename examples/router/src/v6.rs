@@ -14,10 +14,10 @@
 //!   counted; flows that started on the uplink (from outside) hold at
 //!   most half of it, as the NAT's do, and the flows one host started at
 //!   most `--max-flows-per-host`, half the table unless given: a host is
-//!   an address on the router's own links (whose hosts together hold at
-//!   most half the table, so that a host inventing addresses there takes
-//!   no more), and a /64 behind a gateway (where one host may use any
-//!   address of its prefix). A flow's state is followed as the IPv4 NAT follows its own
+//!   an address on the router's own links, and a /64 behind a gateway
+//!   (where one host may use any address of its prefix). A host inventing
+//!   addresses on the router's link gets a share for each, as an IPv4
+//!   host forging addresses of its subnet does. A flow's state is followed as the IPv4 NAT follows its own
 //!   ([`mirage_nat::FlowState`]: TCP's from the flags seen, UDP's from
 //!   whether a reply came), and it lasts from its last packet as long as
 //!   the NAT's [`Timeouts`] give that state: a SYN never answered
@@ -58,27 +58,25 @@ pub const MAX_FLOWS: usize = 4096;
 const ECHO_REQUEST: u8 = 128;
 const ECHO_REPLY: u8 = 129;
 
-/// Whom a flow counts against: its host, and for a host on one of the
-/// router's links that link's /64. A host behind a gateway is its /64 (it
-/// may use any address of its prefix: SLAAC's privacy addresses alone
-/// take a new one a day); a host on the router's own link is its address,
-/// so that its neighbours each have a share of their own, and its /64,
-/// so that a host inventing addresses there (reverse-path filtering lets
-/// any address of the prefix through) takes no more than half the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The host a flow counts against. One on a link of the router's own is
+/// its address, so that its neighbours each have a share of their own;
+/// one behind a gateway is its /64, as it may use any address of its
+/// prefix (SLAAC's privacy addresses alone take a new one a day). The two
+/// kinds are kept apart: an address whose low half is zero is not the /64
+/// of that name behind a gateway. A host that invents addresses on the
+/// router's link (reverse-path filtering lets any address of the prefix
+/// through) gets a share for each, as an IPv4 host forging addresses of
+/// its subnet does: the share bounds a host that keeps to its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Owner {
-    host: u128,
-    link: Option<u64>,
+    on_link: bool,
+    key: u128,
 }
 
 impl Owner {
     fn of(src: Ipv6Addr, on_link: bool) -> Owner {
         let a = u128::from(src);
-        if on_link {
-            Owner { host: a, link: Some((a >> 64) as u64) }
-        } else {
-            Owner { host: a & (u128::MAX << 64), link: None }
-        }
+        Owner { on_link, key: if on_link { a } else { a & (u128::MAX << 64) } }
     }
 }
 
@@ -171,13 +169,8 @@ pub struct V6 {
     inbound: usize,
     /// Flows each host started (an address on the router's links, a /64
     /// behind a gateway), and the most one may hold.
-    hosts: BTreeMap<u128, u32>,
+    hosts: BTreeMap<Owner, u32>,
     per_host: usize,
-    /// Flows the hosts of each of the router's own /64s started, and the
-    /// most they may hold together: half the table, or a host's share if
-    /// that is more.
-    links: BTreeMap<u64, u32>,
-    per_link: usize,
     max_flows: usize,
     timeouts: Timeouts,
     /// Counters.
@@ -221,8 +214,6 @@ impl V6 {
             inbound: 0,
             hosts: BTreeMap::new(),
             per_host: if per_host == 0 { (max_flows.min(MAX_FLOWS) / 2).max(1) } else { per_host },
-            links: BTreeMap::new(),
-            per_link: (max_flows.min(MAX_FLOWS) / 2).max(1).max(per_host),
             max_flows: max_flows.min(MAX_FLOWS),
             timeouts,
             counters: Counters::default(),
@@ -241,17 +232,14 @@ impl V6 {
 
     /// Forgets flows whose time is up.
     pub fn expire(&mut self, now_ms: u64) {
-        let (inbound, hosts, links) = (&mut self.inbound, &mut self.hosts, &mut self.links);
+        let (inbound, hosts) = (&mut self.inbound, &mut self.hosts);
         self.flows.retain(|_, (until, _, ifs, owner)| {
             let keep = *until > now_ms;
             if !keep {
                 if ifs[0] == crate::UPLINK {
                     *inbound -= 1;
                 }
-                uncount(hosts, &owner.host);
-                if let Some(l) = owner.link {
-                    uncount(links, &l);
-                }
+                uncount(hosts, owner);
             }
             keep
         });
@@ -366,10 +354,7 @@ impl V6 {
             // routes, leaves the inside room to start its own. One host
             // holds at most its share.
             let inbound = fi == crate::UPLINK;
-            let held = |v: &V6| {
-                v.hosts.get(&owner.host).is_some_and(|&n| n as usize >= v.per_host)
-                    || owner.link.is_some_and(|l| v.links.get(&l).is_some_and(|&n| n as usize >= v.per_link))
-            };
+            let held = |v: &V6| v.hosts.get(&owner).is_some_and(|&n| n as usize >= v.per_host);
             let full = |v: &V6| v.flows.len() >= v.max_flows || inbound && v.inbound >= v.max_flows / 2 || held(v);
             if full(self) {
                 if self.swept.is_none_or(|at| now_ms.saturating_sub(at) >= 1000) {
@@ -390,10 +375,7 @@ impl V6 {
             let Ok(state) = FlowState::new(proto, data) else { return self.drop() };
             self.flows.insert(key, (now_ms + state.timeout(&t), state, [fi, hop.interface], owner));
             self.inbound += usize::from(inbound);
-            *self.hosts.entry(owner.host).or_insert(0) += 1;
-            if let Some(l) = owner.link {
-                *self.links.entry(l).or_insert(0) += 1;
-            }
+            *self.hosts.entry(owner).or_insert(0) += 1;
         }
         p[7] = hop_limit - 1;
         self.counters.forwarded += 1;
@@ -833,9 +815,8 @@ mod tests {
     }
 
     /// One host holds at most its share of the table and another still
-    /// gets room; a host is an address on the router's own link (whose
-    /// hosts together hold at most half the table), and a /64 behind a
-    /// gateway; the share comes back as flows expire.
+    /// gets room; a host is an address on the router's own link, and a
+    /// /64 behind a gateway; the share comes back as flows expire.
     #[test]
     fn one_host_holds_at_most_its_share() {
         let (mut v, mut rules) = setup_shared(20, 4);
@@ -853,18 +834,18 @@ mod tests {
         assert_eq!(tries(&mut v, &mut rules, &|_| CLIENT, 6), 4);
         // Its neighbour on the same /64 is another host.
         assert_eq!(tries(&mut v, &mut rules, &|_| Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x101), 6), 4);
-        // A host inventing addresses on the link, a flow from each: the
-        // link's hosts together hold at most half the table (10).
-        assert_eq!(tries(&mut v, &mut rules, &|port| Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 1, port), 6), 2);
+        // Addresses on the link are hosts of their own, each with its
+        // share.
+        assert_eq!(tries(&mut v, &mut rules, &|port| Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 1, port), 2), 2);
         // Behind a gateway inside, every address of a /64 is one host's.
         let gw = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0xfe);
         v.routes.add(Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0), 64, Some(gw), ins).unwrap();
         assert_eq!(tries(&mut v, &mut rules, &|port| Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 1, port), 6), 4);
-        assert_eq!((v.counters.host_full, v.counters.full, v.flows(), v.hosts.len()), (10, 0, 14, 5));
+        assert_eq!((v.counters.host_full, v.counters.full, v.flows(), v.hosts.len()), (6, 0, 14, 5));
         // The client's flows expire (unanswered UDP): it may start again.
         let later = t.udp_unreplied + 1;
         let mut p = udp(CLIENT, 9, SERVER, 53);
         assert_eq!(v.process(later, ins, &mut p, &mut rules), Decision::Forward(up, SERVER));
-        assert_eq!((v.flows(), v.hosts.len(), v.links.len()), (1, 1, 1));
+        assert_eq!((v.flows(), v.hosts.len()), (1, 1));
     }
 }
