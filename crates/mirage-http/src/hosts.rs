@@ -64,6 +64,24 @@ impl Hosts {
         i
     }
 
+    /// A map that counts nothing (no share for a host).
+    pub fn none() -> Hosts {
+        Hosts { slots: Vec::new(), len: 0, key: 1 }
+    }
+
+    /// Counts a new connection of `id` unless its host has `share` open
+    /// (`Err(true)`) or the map would be more than half full
+    /// (`Err(false)`, only past 2^20 hosts with connections open at once).
+    pub fn admit(&mut self, id: u64, share: usize) -> Result<(), bool> {
+        if self.count(id) as usize >= share {
+            return Err(true);
+        }
+        if !self.add(id) {
+            return Err(false);
+        }
+        Ok(())
+    }
+
     /// Connections `id` has open.
     pub fn count(&self, id: u64) -> u32 {
         if self.slots.is_empty() { 0 } else { self.slots[self.slot(id)].1 }

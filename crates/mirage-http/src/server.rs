@@ -339,19 +339,16 @@ where
     // can guess it only roughly, and a guess that made probes meet would
     // cost each at most as many slots as connections are open.
     let key = now().as_nanos();
-    let hosts = match Hosts::new(if per_host > 0 { limits.max_connections } else { 0 }, key) {
-        Some(h) => h,
-        None => {
-            // Serving without the share beats not serving: the memory
-            // budget still bounds what connections hold.
-            log::warn!(
-                target: "http",
-                "no memory to count each host's connections: serving without a share for each host (give a smaller max_connections)"
-            );
-            per_host = 0;
-            Hosts::new(0, key).unwrap_or_else(|| unreachable!("an empty map allocates nothing"))
-        }
-    };
+    let hosts = Hosts::new(if per_host > 0 { limits.max_connections } else { 0 }, key).unwrap_or_else(|| {
+        // Serving without the share beats not serving: the memory budget
+        // still bounds what connections hold.
+        log::warn!(
+            target: "http",
+            "no memory to count each host's connections: serving without a share for each host (give a smaller max_connections)"
+        );
+        per_host = 0;
+        Hosts::none()
+    });
     let hosts = Rc::new(RefCell::new(hosts));
     // The host whose connection was last refused for its share: a run of
     // them is logged once.
@@ -388,18 +385,8 @@ where
         }
         let id = host_id(peer.ip());
         if per_host > 0 {
-            let refuse = {
-                let mut h = hosts.borrow_mut();
-                if h.count(id) as usize >= per_host {
-                    Some(true)
-                } else if !h.add(id) {
-                    // Only past 2^20 hosts with connections open at once.
-                    Some(false)
-                } else {
-                    None
-                }
-            };
-            if let Some(at_share) = refuse {
+            let admitted = hosts.borrow_mut().admit(id, per_host);
+            if let Err(at_share) = admitted {
                 bump(&stats.refused_host);
                 // A line for each new run, at most one a second: hosts
                 // refused in turn must not flood the console.

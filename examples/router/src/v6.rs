@@ -80,16 +80,6 @@ impl Owner {
     }
 }
 
-/// One fewer for `k` in `counts`, which forgets it at none.
-fn uncount<K: Ord>(counts: &mut BTreeMap<K, u32>, k: &K) {
-    if let Some(n) = counts.get_mut(k) {
-        *n -= 1;
-        if *n == 0 {
-            counts.remove(k);
-        }
-    }
-}
-
 /// A flow, as its first packet went: from `a` to `b`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
@@ -239,7 +229,12 @@ impl V6 {
                 if ifs[0] == crate::UPLINK {
                     *inbound -= 1;
                 }
-                uncount(hosts, owner);
+                if let Some(n) = hosts.get_mut(owner) {
+                    *n -= 1;
+                    if *n == 0 {
+                        hosts.remove(owner);
+                    }
+                }
             }
             keep
         });
